@@ -1,0 +1,2 @@
+//! `ringmq-bench`: the bundled load generator.
+fn main() {}

@@ -1,0 +1,1 @@
+//! ringmq-broker: configuration, startup and the process around the shards.

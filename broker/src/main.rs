@@ -1,0 +1,2 @@
+//! `ringmq`: the broker binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! ringmq-shard: one share-nothing executor per core.
