@@ -1,0 +1,139 @@
+//! The shard's configuration: every tunable the broker core reads.
+//!
+//! The broker crate builds this from flags, environment and file
+//! (`broker/src/config.rs`); tests build it directly. Plain data, `Clone`,
+//! shared read-only by every shard.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What to do when a persistent session's queue of QoS 1/2 messages is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Keep the queue, drop the message that arrived (counted).
+    DropNewest,
+    /// Drop the oldest queued message to make room (counted).
+    DropOldest,
+}
+
+/// When an acknowledged QoS 1/2 message is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// PUBACK/PUBREC only after the commit holding the message is durable.
+    Sync,
+    /// Commit every `interval_ms`; acknowledge before (loss window: one interval).
+    Batch { interval_ms: u64 },
+    /// Memory only.
+    None,
+}
+
+/// Every tunable of the broker core.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// Listener addresses (`mqtt://HOST:PORT`); port 0 picks one free port shared by all shards.
+    pub listen: Vec<SocketAddr>,
+    /// Number of shards (one executor per core). 0 means all available CPUs.
+    pub cores: usize,
+    /// CPUs to pin shards to, in order; `None`: CPUs 0..cores.
+    pub cpu_list: Option<Vec<usize>>,
+    /// Pin executors to their CPU (off lets the kernel schedule them).
+    pub pin: bool,
+    /// io_uring registered memory per executor, bytes.
+    pub io_memory: usize,
+    /// listen(2) backlog per shard socket.
+    pub backlog: u32,
+    /// Maximum concurrent connections, whole broker (split evenly across shards).
+    pub max_connections: usize,
+    /// Largest packet accepted and advertised (v5 Maximum Packet Size), bytes.
+    pub max_packet_size: u32,
+    /// Longest topic name or filter, bytes.
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Most subscriptions one client may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Inflight window: v5 Receive Maximum advertised to clients, and the
+    /// outbound window used for clients that do not give one.
+    pub receive_maximum: u16,
+    /// Most QoS 1/2 messages queued for one session beyond its inflight window.
+    pub max_queued_messages: usize,
+    /// What happens when that queue is full.
+    pub queue_overflow: OverflowPolicy,
+    /// Largest keep alive accepted; larger (or 0) gets v5 Server Keep Alive. 0: no limit.
+    pub max_keep_alive: u16,
+    /// v5 Topic Alias Maximum advertised for client-to-broker aliases.
+    pub topic_alias_maximum: u16,
+    /// Cap on v5 Session Expiry Interval, seconds (3.1.1 persistent sessions use it too).
+    pub max_session_expiry: u32,
+    /// Bytes buffered for a connection before QoS 0 is dropped and QoS 1/2 queue.
+    pub outbound_buffer_bytes: usize,
+    /// A connection whose socket accepts no bytes for this long is closed.
+    pub slow_consumer_timeout: Duration,
+    /// Interval of `$SYS/broker/...` publications; zero turns them off.
+    pub sys_interval: Duration,
+    /// Retained messages sent per step when replaying to a new subscription.
+    pub retained_replay_batch: usize,
+    /// Where persistent state lives.
+    pub data_dir: PathBuf,
+    /// Durability of acknowledged messages.
+    pub durability: Durability,
+    /// v5 Retain Available.
+    pub retain_available: bool,
+    /// v5 Shared Subscription Available.
+    pub shared_subscriptions: bool,
+    /// v5 Wildcard Subscription Available.
+    pub wildcard_subscriptions: bool,
+    /// Capacity of each cross-shard channel (messages; each message is a batch).
+    pub mesh_capacity: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            cores: 0,
+            cpu_list: None,
+            pin: true,
+            io_memory: 1 << 20,
+            backlog: 4096,
+            max_connections: 1_000_000,
+            max_packet_size: 1 << 20,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_subscriptions_per_client: 1000,
+            receive_maximum: 256,
+            max_queued_messages: 10_000,
+            queue_overflow: OverflowPolicy::DropNewest,
+            max_keep_alive: 0,
+            topic_alias_maximum: 64,
+            max_session_expiry: u32::MAX,
+            outbound_buffer_bytes: 1 << 20,
+            slow_consumer_timeout: Duration::from_secs(30),
+            sys_interval: Duration::from_secs(10),
+            retained_replay_batch: 256,
+            data_dir: PathBuf::from("./data"),
+            durability: Durability::None,
+            retain_available: true,
+            shared_subscriptions: true,
+            wildcard_subscriptions: true,
+            mesh_capacity: 1024,
+        }
+    }
+}
+
+impl ShardConfig {
+    /// The number of shards this config asks for, resolving 0 to all CPUs.
+    pub fn shard_count(&self) -> usize {
+        if self.cores == 0 {
+            available_cpus()
+        } else {
+            self.cores
+        }
+    }
+}
+
+/// CPUs this process may run on.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
