@@ -1,0 +1,69 @@
+//! AUTH (v5 3.15, v5 only): decode, encode, length; tests at the bottom.
+//! Short form: remaining length 0 = Success, no properties (v5 3.15.2.1).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::properties::AuthProperties;
+use crate::reason::{ReasonCode, ReasonContext};
+use crate::types::ProtocolVersion;
+use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
+
+/// AUTH: extended authentication exchange (v5 4.12).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Auth {
+    pub reason: ReasonCode,
+    pub properties: AuthProperties,
+}
+
+impl Auth {
+    pub(crate) fn decode(body: &Bytes) -> Result<Auth, DecodeError> {
+        let mut r = Reader::new(body);
+        let mut a = Auth::default();
+        if !r.is_empty() {
+            // v5 3.15.2.1: Success, Continue authentication, Re-authenticate.
+            a.reason = ReasonCode::parse_in(r.u8()?, ReasonContext::Auth)?;
+            if !r.is_empty() {
+                a.properties = AuthProperties::read(&mut r)?;
+            }
+        }
+        r.finish()?;
+        Ok(a)
+    }
+
+    fn remaining_len(&self) -> usize {
+        if !self.properties.is_empty() {
+            1 + self.properties.encoded_len()
+        } else if self.reason != ReasonCode::Success {
+            1
+        } else {
+            0
+        }
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        frame_len(self.remaining_len())
+    }
+
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        // AUTH exists only in v5 (3.1.1 2.2.1: packet type 15 is reserved).
+        if !version.is_v5() {
+            return Err(EncodeError::NotInVersion);
+        }
+        let remaining = self.remaining_len();
+        check_remaining(remaining)?;
+        out.reserve(frame_len(remaining));
+        put_fixed_header(out, 0xF0, remaining);
+        if remaining > 0 {
+            out.put_u8(self.reason as u8);
+        }
+        if remaining > 1 {
+            self.properties.put(out);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! PUBLISH (v5 3.3, 3.1.1 3.3): decode, encode, length; tests at the bottom.
+//! Fan-out to many subscribers goes through `PublishFrame` (frame.rs), not through here.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::properties::PublishProperties;
+use crate::topic::TopicName;
+use crate::types::{PacketId, ProtocolVersion, QoS};
+use crate::wire::{binary_len, check_remaining, frame_len, put_binary, put_fixed_header, Reader};
+
+/// PUBLISH. `packet_id` is `Some` exactly when `qos` > 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Empty only in a v5 PUBLISH that names its topic by `properties.topic_alias`.
+    pub topic: TopicName,
+    pub packet_id: Option<PacketId>,
+    pub properties: PublishProperties,
+    pub payload: Bytes,
+}
+
+/// QoS from the PUBLISH fixed-header flags, checked before the body is read.
+#[inline]
+pub(crate) fn check_flags(flags: u8) -> Result<(), DecodeError> {
+    // [MQTT-3.3.1-4] A PUBLISH Packet MUST NOT have both QoS bits set to 1.
+    let qos = QoS::try_from((flags >> 1) & 3)?;
+    // [MQTT-3.3.1-2] The DUP flag MUST be set to 0 for all QoS 0 messages.
+    if qos == QoS::AtMostOnce && flags & 0x08 != 0 {
+        return Err(DecodeError::DupOnQoS0);
+    }
+    Ok(())
+}
+
+impl Publish {
+    /// A QoS 0 PUBLISH with no properties.
+    pub fn new(topic: TopicName, payload: Bytes) -> Self {
+        Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic,
+            packet_id: None,
+            properties: PublishProperties::default(),
+            payload,
+        }
+    }
+
+    /// The first byte of the fixed header.
+    #[inline]
+    pub(crate) fn first_byte(&self) -> u8 {
+        0x30 | (self.dup as u8) << 3 | (self.qos as u8) << 1 | self.retain as u8
+    }
+
+    #[inline]
+    pub(crate) fn decode(
+        flags: u8,
+        body: &Bytes,
+        version: ProtocolVersion,
+    ) -> Result<Publish, DecodeError> {
+        check_flags(flags)?;
+        let qos = QoS::try_from((flags >> 1) & 3)?;
+        let mut r = Reader::new(body);
+        // [MQTT-3.3.2-1] UTF-8 string; [MQTT-3.3.2-2] no wildcards.
+        let topic = r.topic_name_or_empty()?;
+        // [MQTT-2.2.1-2] no packet id at QoS 0; [MQTT-2.2.1-3] non-zero at QoS 1/2.
+        let packet_id = if qos == QoS::AtMostOnce {
+            None
+        } else {
+            Some(r.packet_id()?)
+        };
+        let properties = if version.is_v5() {
+            PublishProperties::read(&mut r)?
+        } else {
+            PublishProperties::default()
+        };
+        if topic.is_empty() && properties.topic_alias.is_none() {
+            // [MQTT-4.7.3-1] (3.1.1: [MQTT-4.7.3-1]); v5 3.3.2.3.4: an empty topic needs an alias.
+            return Err(if version.is_v5() {
+                DecodeError::TopicAliasMissing
+            } else {
+                DecodeError::TopicEmpty
+            });
+        }
+        let payload = r.rest();
+        Ok(Publish {
+            dup: flags & 0x08 != 0,
+            qos,
+            retain: flags & 0x01 != 0,
+            topic,
+            packet_id,
+            properties,
+            payload,
+        })
+    }
+
+    pub(crate) fn remaining_len(&self, version: ProtocolVersion) -> usize {
+        let mut n = binary_len(self.topic.as_str().as_bytes()) + self.payload.len();
+        if self.qos != QoS::AtMostOnce {
+            n += 2;
+        }
+        if version.is_v5() {
+            n += self.properties.encoded_len();
+        }
+        n
+    }
+
+    pub(crate) fn encoded_len(&self, version: ProtocolVersion) -> usize {
+        frame_len(self.remaining_len(version))
+    }
+
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let remaining = self.remaining_len(version);
+        check_remaining(remaining)?;
+        if (self.qos == QoS::AtMostOnce) != self.packet_id.is_none() {
+            return Err(EncodeError::PacketIdMismatch);
+        }
+        if self.topic.is_empty() && !(version.is_v5() && self.properties.topic_alias.is_some()) {
+            return Err(EncodeError::EmptyTopic);
+        }
+        let mut first = self.first_byte();
+        if self.qos == QoS::AtMostOnce {
+            // [MQTT-3.3.1-2]
+            first &= !0x08;
+        }
+        out.reserve(frame_len(remaining));
+        put_fixed_header(out, first, remaining);
+        put_binary(out, self.topic.as_str().as_bytes());
+        if let Some(id) = self.packet_id {
+            out.put_u16(id.get());
+        }
+        if version.is_v5() {
+            self.properties.put(out);
+        }
+        out.put_slice(&self.payload);
+        Ok(())
+    }
+}

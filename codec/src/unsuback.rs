@@ -1,0 +1,77 @@
+//! UNSUBACK (v5 3.11, 3.1.1 3.11): decode, encode, length; tests at the bottom.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::properties::UnsubAckProperties;
+use crate::reason::{ReasonCode, ReasonContext};
+use crate::types::{PacketId, ProtocolVersion};
+use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
+
+/// UNSUBACK: in v5 one reason per filter; below v5 `reasons` is empty (only the packet id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsubAck {
+    pub packet_id: PacketId,
+    pub reasons: Vec<ReasonCode>,
+    pub properties: UnsubAckProperties,
+}
+
+impl UnsubAck {
+    pub(crate) fn decode(body: &Bytes, version: ProtocolVersion) -> Result<UnsubAck, DecodeError> {
+        let mut r = Reader::new(body);
+        let packet_id = r.packet_id()?;
+        let mut ack = UnsubAck {
+            packet_id,
+            reasons: Vec::new(),
+            properties: UnsubAckProperties::default(),
+        };
+        if version.is_v5() {
+            ack.properties = UnsubAckProperties::read(&mut r)?;
+            ack.reasons.reserve(r.remaining());
+            while !r.is_empty() {
+                // v5 3.11.3: the UNSUBACK reason codes.
+                ack.reasons
+                    .push(ReasonCode::parse_in(r.u8()?, ReasonContext::UnsubAck)?);
+            }
+            // One code per Topic Filter of the UNSUBSCRIBE, which has at least one.
+            if ack.reasons.is_empty() {
+                return Err(DecodeError::EmptyAck);
+            }
+        }
+        // 3.1.1 3.11.1: remaining length is exactly 2.
+        r.finish()?;
+        Ok(ack)
+    }
+
+    fn remaining_len(&self, version: ProtocolVersion) -> usize {
+        if version.is_v5() {
+            2 + self.properties.encoded_len() + self.reasons.len()
+        } else {
+            2
+        }
+    }
+
+    pub(crate) fn encoded_len(&self, version: ProtocolVersion) -> usize {
+        frame_len(self.remaining_len(version))
+    }
+
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let remaining = self.remaining_len(version);
+        check_remaining(remaining)?;
+        if version.is_v5() && self.reasons.is_empty() {
+            return Err(EncodeError::EmptyPayload);
+        }
+        out.reserve(frame_len(remaining));
+        put_fixed_header(out, 0xB0, remaining);
+        out.put_u16(self.packet_id.get());
+        if version.is_v5() {
+            self.properties.put(out);
+            out.extend(self.reasons.iter().map(|&rc| rc as u8));
+        }
+        Ok(())
+    }
+}
