@@ -1,0 +1,168 @@
+//! The outbound side of one connection: a byte buffer that handlers and
+//! fan-out append to, drained by the connection's writer task once per tick.
+//!
+//! Everything a shard sends to a client goes through here, so the per-
+//! connection limits (buffer bound, client's Maximum Packet Size, outbound
+//! topic aliases) are applied in one place.
+
+use crate::config::ShardConfig;
+use crate::notify::Notify;
+use crate::session::delivery;
+use crate::stats::{CloseReason, DropReason, ShardStats};
+use bytes::BytesMut;
+use ringmq_codec::{
+    Packet, PacketId, ProtocolVersion, PubResp, PubRespProperties, PublishFrame, ReasonCode,
+    TopicName,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Outbound state of one live connection.
+pub struct ConnOut {
+    /// Bytes waiting for the writer.
+    pub buf: RefCell<BytesMut>,
+    /// Wakes the writer.
+    pub wake: Notify,
+    /// Set when the connection must close once `buf` is flushed.
+    pub close: Cell<Option<CloseReason>>,
+    pub version: ProtocolVersion,
+    /// The client's Receive Maximum (our outbound QoS 1/2 window).
+    pub receive_max: u16,
+    /// The client's Maximum Packet Size [MQTT-3.1.2-24].
+    pub max_packet: u32,
+    /// The client's Topic Alias Maximum (0: no outbound aliases).
+    pub alias_max: u16,
+    aliases: RefCell<HashMap<Box<str>, u16>>,
+    aliases_in: RefCell<HashMap<u16, TopicName>>,
+    pub peer: Option<SocketAddr>,
+    pub keep_alive: u16,
+    pub clean_start: bool,
+}
+
+impl ConnOut {
+    /// A new connection's outbound side.
+    pub fn new(
+        version: ProtocolVersion,
+        receive_max: u16,
+        max_packet: u32,
+        alias_max: u16,
+        peer: Option<SocketAddr>,
+        keep_alive: u16,
+        clean_start: bool,
+    ) -> Self {
+        ConnOut {
+            buf: RefCell::new(BytesMut::with_capacity(4096)),
+            wake: Notify::default(),
+            close: Cell::new(None),
+            version,
+            receive_max: receive_max.max(1),
+            max_packet,
+            alias_max,
+            aliases: RefCell::new(HashMap::new()),
+            aliases_in: RefCell::new(HashMap::new()),
+            peer,
+            keep_alive,
+            clean_start,
+        }
+    }
+
+    /// Whether a QoS 0 message may still be buffered.
+    pub fn has_room(&self, cfg: &ShardConfig) -> bool {
+        self.close.get().is_none() && self.buf.borrow().len() < cfg.outbound_buffer_bytes
+    }
+
+    /// Whether the connection is closing.
+    pub fn closing(&self) -> bool {
+        self.close.get().is_some()
+    }
+
+    /// Appends any packet.
+    pub fn send(&self, p: &Packet) {
+        if self.closing() {
+            return;
+        }
+        let mut buf = self.buf.borrow_mut();
+        let was_empty = buf.is_empty();
+        if p.encode(self.version, &mut buf).is_ok() && was_empty {
+            self.wake.notify();
+        }
+    }
+
+    /// Appends a PUBLISH for this subscriber from a shared frame.
+    pub fn write_publish(
+        &self,
+        stats: &ShardStats,
+        frame: &PublishFrame,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        retain: bool,
+        sub_ids: &[u32],
+    ) {
+        if self.closing() {
+            return;
+        }
+        let mut d = delivery(packet_id, dup, retain, sub_ids);
+        if self.alias_max > 0 && self.version == ProtocolVersion::V5 {
+            d.topic_alias = self.alias_for(frame);
+        }
+        if frame.len(&d) > self.max_packet as usize {
+            // [MQTT-3.1.2-25] never send more than the client accepts; the message is discarded.
+            stats.drop_msg(DropReason::TooLargeForClient);
+            return;
+        }
+        let mut buf = self.buf.borrow_mut();
+        let was_empty = buf.is_empty();
+        frame.write(&mut buf, &d);
+        stats.msgs_out[frame.qos() as usize].inc();
+        if was_empty {
+            self.wake.notify();
+        }
+    }
+
+    fn alias_for(&self, frame: &PublishFrame) -> Option<(u16, bool)> {
+        let topic = frame.topic();
+        let mut aliases = self.aliases.borrow_mut();
+        if let Some(&a) = aliases.get(topic) {
+            return Some((a, false));
+        }
+        let next = aliases.len() as u16 + 1;
+        if next > self.alias_max {
+            return None;
+        }
+        aliases.insert(topic.into(), next);
+        Some((next, true))
+    }
+
+    /// The topic a client's inbound alias stands for.
+    pub fn alias_in(&self, alias: u16) -> Option<TopicName> {
+        self.aliases_in.borrow().get(&alias).cloned()
+    }
+
+    /// Records a client's inbound alias.
+    pub fn set_alias_in(&self, alias: u16, topic: TopicName) {
+        self.aliases_in.borrow_mut().insert(alias, topic);
+    }
+
+    /// Appends a PUBREL.
+    pub fn write_pubrel(&self, id: PacketId) {
+        self.send(&Packet::PubRel(resp(id, ReasonCode::Success)));
+    }
+
+    /// Asks the writer to flush and close.
+    pub fn request_close(&self, reason: CloseReason) {
+        if self.close.get().is_none() {
+            self.close.set(Some(reason));
+        }
+        self.wake.notify();
+    }
+}
+
+/// A PUBACK/PUBREC/PUBREL/PUBCOMP body.
+pub fn resp(packet_id: PacketId, reason: ReasonCode) -> PubResp {
+    PubResp {
+        packet_id,
+        reason,
+        properties: PubRespProperties::default(),
+    }
+}

@@ -1,0 +1,297 @@
+//! CONNECT to CONNACK, session takeover and resume, and what happens to a
+//! session when its connection closes (will, expiry).
+
+use crate::conn_out::ConnOut;
+use crate::connection::{disconnect_client, home_shard};
+use crate::session::{Session, SessionId};
+use crate::shard::Shard;
+use crate::stats::CloseReason;
+use ringmq_codec::{
+    ConnAck, ConnAckProperties, Connect, MqttString, ProtocolVersion, Publish, PublishProperties,
+    ReasonCode,
+};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Whether an empty client id may be given one by the server:
+/// v5 always [MQTT-3.1.3-6]; 3.1.1 only with CleanSession=1 [MQTT-3.1.3-7];
+/// 3.1 never (ids are 1-23 characters).
+pub(crate) fn may_assign_id(c: &Connect) -> bool {
+    match c.protocol {
+        ProtocolVersion::V5 => true,
+        ProtocolVersion::V3_1_1 => c.clean_start,
+        ProtocolVersion::V3_1 => false,
+    }
+}
+
+/// Assigns a unique client id that hashes to this shard.
+pub(crate) fn assign_id(shard: &Shard, c: &mut Connect) {
+    loop {
+        let n = shard.next_assigned.get() + 1;
+        shard.next_assigned.set(n);
+        let id = format!(
+            "ringmq-{:x}-{}-{n}",
+            shard.started.elapsed().as_nanos() as u64,
+            shard.id
+        );
+        if home_shard(id.as_bytes(), shard.shards) == shard.id {
+            if let Ok(id) = MqttString::try_from(id) {
+                c.client_id = id;
+                return;
+            }
+        }
+    }
+}
+
+/// A CONNACK refusing the connection.
+pub(crate) fn refusal(reason: ReasonCode) -> ConnAck {
+    ConnAck {
+        session_present: false,
+        reason,
+        properties: ConnAckProperties::default(),
+    }
+}
+
+/// Checks a CONNECT against configuration and limits.
+fn check(shard: &Shard, c: &Connect) -> Result<(), ReasonCode> {
+    if shard.stopping.get() || !shard.accepting.get() {
+        return Err(ReasonCode::ServerUnavailable);
+    }
+    if shard.conns.get() >= shard.conn_limit() {
+        return Err(ReasonCode::ServerBusy);
+    }
+    if c.properties.authentication_method.is_some() {
+        // No authentication method is configured [MQTT-4.12.0-1].
+        return Err(ReasonCode::BadAuthenticationMethod);
+    }
+    if let Some(w) = &c.will {
+        if w.retain && !shard.cfg.retain_available {
+            // [MQTT-3.2.2-13]
+            return Err(ReasonCode::RetainNotSupported);
+        }
+        if w.topic.len() > shard.cfg.max_topic_length {
+            return Err(ReasonCode::TopicNameInvalid);
+        }
+    }
+    Ok(())
+}
+
+/// The CONNACK for a refused CONNECT, or the accepted session.
+pub(crate) fn accept(
+    shard: &Rc<Shard>,
+    c: &Connect,
+    peer: Option<SocketAddr>,
+    assigned: bool,
+) -> Result<(SessionId, Rc<ConnOut>, u16), Box<ConnAck>> {
+    check(shard, c).map_err(|r| Box::new(refusal(r)))?;
+    let cfg = &shard.cfg;
+    let v5 = c.protocol == ProtocolVersion::V5;
+    // Keep alive: v5 may be overridden by Server Keep Alive [MQTT-3.2.2-21].
+    let mut keep_alive = c.keep_alive;
+    let mut server_keep_alive = None;
+    if cfg.max_keep_alive > 0 && (keep_alive == 0 || keep_alive > cfg.max_keep_alive) && v5 {
+        keep_alive = cfg.max_keep_alive;
+        server_keep_alive = Some(keep_alive);
+    }
+    let expiry = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    }
+    .min(cfg.max_session_expiry);
+    let conn = Rc::new(ConnOut::new(
+        c.protocol,
+        c.properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(cfg.receive_maximum.max(1)),
+        c.properties.maximum_packet_size.unwrap_or(u32::MAX),
+        c.properties.topic_alias_maximum.unwrap_or(0),
+        peer,
+        keep_alive,
+        c.clean_start,
+    ));
+    let now = Instant::now();
+    let existing = shard.by_client.borrow().get(&c.client_id).copied();
+    let mut session_present = false;
+    let sid = match existing {
+        Some(sid) => {
+            let old_conn = shard.sessions.borrow_mut()[sid as usize].conn.take();
+            if let Some(old) = old_conn {
+                // [MQTT-3.1.4-3] the existing connection is closed (v5: 0x8E).
+                disconnect_client(&old, CloseReason::SessionTakenOver);
+                let will = shard.sessions.borrow_mut()[sid as usize].will.take();
+                if let Some(w) = will {
+                    if w.properties.will_delay_interval.unwrap_or(0) == 0 || c.clean_start {
+                        crate::route::publish_will(shard, w);
+                    }
+                }
+            }
+            if c.clean_start {
+                // [MQTT-3.1.2-4] discard the old session.
+                crate::subscribe::drop_all_subscriptions(shard, sid);
+                shard.sessions.borrow_mut()[sid as usize].clear(&shard.stats);
+            } else {
+                // [MQTT-3.2.2-2] session present.
+                session_present = true;
+            }
+            sid
+        }
+        None => {
+            let sid = shard
+                .sessions
+                .borrow_mut()
+                .insert(Session::new(c.client_id.clone(), c.protocol))
+                as SessionId;
+            shard
+                .by_client
+                .borrow_mut()
+                .insert(c.client_id.clone(), sid);
+            shard.stats.sessions.inc();
+            sid
+        }
+    };
+    {
+        let mut sessions = shard.sessions.borrow_mut();
+        let s = &mut sessions[sid as usize];
+        s.version = c.protocol;
+        s.conn = Some(conn.clone());
+        s.generation += 1;
+        s.expiry = expiry;
+        s.will = c.will.clone();
+        s.disconnected_at = None;
+    }
+    let mut props = ConnAckProperties::default();
+    if v5 {
+        if assigned {
+            // [MQTT-3.2.2-16]
+            props.assigned_client_identifier = Some(c.client_id.clone());
+        }
+        props.server_keep_alive = server_keep_alive;
+        if cfg.receive_maximum != u16::MAX {
+            props.receive_maximum = Some(cfg.receive_maximum);
+        }
+        props.maximum_packet_size = Some(cfg.max_packet_size);
+        if cfg.topic_alias_maximum > 0 {
+            props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        }
+        if !cfg.retain_available {
+            props.retain_available = Some(false);
+        }
+        if !cfg.wildcard_subscriptions {
+            props.wildcard_subscription_available = Some(false);
+        }
+        if !cfg.shared_subscriptions {
+            props.shared_subscription_available = Some(false);
+        }
+        if let Some(req) = c.properties.session_expiry_interval {
+            if req > expiry {
+                props.session_expiry_interval = Some(expiry);
+            }
+        }
+    }
+    conn.send(&ringmq_codec::Packet::ConnAck(ConnAck {
+        session_present,
+        reason: ReasonCode::Success,
+        properties: props,
+    }));
+    {
+        let mut sessions = shard.sessions.borrow_mut();
+        let s = &mut sessions[sid as usize];
+        s.resend_inflight(&shard.stats, now);
+        s.pump(&shard.stats, now);
+    }
+    Ok((sid, conn, keep_alive))
+}
+
+/// The connection of session `sid` closed with `reason`.
+pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reason: CloseReason) {
+    let (will, expiry, generation) = {
+        let mut sessions = shard.sessions.borrow_mut();
+        let Some(s) = sessions.get_mut(sid as usize) else {
+            return;
+        };
+        if !s.conn.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) {
+            return; // taken over: the new connection owns the session now
+        }
+        s.conn = None;
+        s.disconnected_at = Some(Instant::now());
+        // [MQTT-3.1.2-8] the will is published unless DISCONNECT 0x00 removed it.
+        let will = if reason == CloseReason::ClientDisconnect {
+            s.will = None;
+            None
+        } else {
+            s.will.take()
+        };
+        (will, s.expiry, s.generation)
+    };
+    if let Some(w) = will {
+        let delay = w.properties.will_delay_interval.unwrap_or(0).min(expiry);
+        if delay == 0 {
+            crate::route::publish_will(shard, w);
+        } else {
+            // [MQTT-3.1.3-9] not sent if the session reconnects first.
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(Duration::from_secs(delay as u64)).await;
+                let still = shard
+                    .sessions
+                    .borrow()
+                    .get(sid as usize)
+                    .is_some_and(|s| s.generation == generation && s.conn.is_none());
+                let gone = shard.sessions.borrow().get(sid as usize).is_none();
+                if still || gone {
+                    crate::route::publish_will(&shard, w);
+                }
+            })
+            .detach();
+        }
+    }
+    if expiry == 0 {
+        remove_session(shard, sid);
+    }
+}
+
+/// Removes a session entirely (expiry reached, or expiry 0 at close).
+pub(crate) fn remove_session(shard: &Rc<Shard>, sid: SessionId) {
+    crate::subscribe::drop_all_subscriptions(shard, sid);
+    let removed = {
+        let mut sessions = shard.sessions.borrow_mut();
+        if sessions.contains(sid as usize) {
+            let mut s = sessions.remove(sid as usize);
+            s.clear(&shard.stats);
+            Some(s.client_id)
+        } else {
+            None
+        }
+    };
+    if let Some(id) = removed {
+        shard.by_client.borrow_mut().remove(&id);
+        shard.stats.sessions.sub(1);
+    }
+}
+
+/// A will as a PUBLISH.
+pub(crate) fn will_publish(w: ringmq_codec::LastWill) -> Publish {
+    let p = w.properties;
+    Publish {
+        dup: false,
+        qos: w.qos,
+        retain: w.retain,
+        topic: w.topic,
+        packet_id: None,
+        properties: PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            ..Default::default()
+        },
+        payload: w.payload,
+    }
+}

@@ -1,0 +1,53 @@
+//! Listener sockets: built with socket2 (SO_REUSEPORT, backlog, TCP_NODELAY
+//! inherited by accepted sockets) before the shards start, so the bound
+//! addresses are known when `start` returns. Every shard gets its own socket
+//! on the same address; the kernel spreads incoming connections.
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+/// One listener address, bound once per shard.
+pub struct BoundListener {
+    /// The address actually bound (port 0 resolved).
+    pub addr: SocketAddr,
+    /// One socket per shard, in shard order.
+    pub sockets: Vec<OwnedFd>,
+}
+
+fn socket_for(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s)
+}
+
+/// Binds `addr` once per shard. Port 0 is resolved by the first socket and
+/// the rest bind the same port.
+pub fn bind(addr: SocketAddr, shards: usize, backlog: u32) -> io::Result<BoundListener> {
+    let first = socket_for(addr, backlog)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    let bound = first
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("listener has no inet address"))?;
+    let mut sockets = vec![OwnedFd::from(first)];
+    for _ in 1..shards {
+        let s = socket_for(bound, backlog)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {bound}: {e}")))?;
+        sockets.push(OwnedFd::from(s));
+    }
+    Ok(BoundListener {
+        addr: bound,
+        sockets,
+    })
+}

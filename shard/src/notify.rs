@@ -1,0 +1,44 @@
+//! A shard-local wake-up flag: one waiting task, any number of notifiers on
+//! the same executor. `!Send` by construction; cheaper than any channel.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+/// Set by `notify`, consumed by `wait`.
+#[derive(Default)]
+pub struct Notify {
+    set: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Notify {
+    /// Wakes the waiter (or makes its next `wait` return at once).
+    pub fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Waits until notified, consuming the notification.
+    pub fn wait(&self) -> Wait<'_> {
+        Wait(self)
+    }
+}
+
+/// Future of [`Notify::wait`].
+pub struct Wait<'a>(&'a Notify);
+
+impl Future for Wait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.replace(false) {
+            Poll::Ready(())
+        } else {
+            self.0.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! An inbound PUBLISH: topic alias resolution, limits, QoS 1/2 handshakes,
+//! then routing.
+
+use crate::conn_out::{resp, ConnOut};
+use crate::connection::protocol_close;
+use crate::session::SessionId;
+use crate::shard::Shard;
+use crate::stats::CloseReason;
+use ringmq_codec::{Packet, ProtocolVersion, Publish, QoS, ReasonCode};
+use std::rc::Rc;
+
+/// Refuses a publish: v5 QoS 1/2 get the reason in PUBACK/PUBREC; otherwise
+/// the connection closes (v5 with DISCONNECT carrying the reason).
+fn refuse(conn: &ConnOut, p: &Publish, code: ReasonCode) -> Result<(), CloseReason> {
+    if conn.version == ProtocolVersion::V5 {
+        if let Some(id) = p.packet_id {
+            let r = resp(id, code);
+            conn.send(&match p.qos {
+                QoS::AtLeastOnce => Packet::PubAck(r),
+                _ => Packet::PubRec(r),
+            });
+            return Ok(());
+        }
+    }
+    protocol_close(conn, code, CloseReason::ProtocolError);
+    Err(CloseReason::ProtocolError)
+}
+
+/// Handles a PUBLISH from the client of session `sid`.
+pub(crate) fn inbound(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    conn: &Rc<ConnOut>,
+    mut p: Publish,
+) -> Result<(), CloseReason> {
+    let cfg = &shard.cfg;
+    shard.stats.msgs_in[p.qos as usize].inc();
+    if let Some(alias) = p.properties.topic_alias.take() {
+        if alias == 0 || alias > cfg.topic_alias_maximum {
+            // [MQTT-3.3.2-9] [MQTT-3.3.2-10]
+            protocol_close(
+                conn,
+                ReasonCode::TopicAliasInvalid,
+                CloseReason::TopicAliasInvalid,
+            );
+            return Err(CloseReason::TopicAliasInvalid);
+        }
+        if p.topic.is_empty() {
+            match conn.alias_in(alias) {
+                Some(t) => p.topic = t,
+                None => {
+                    // An alias never set is a protocol error (v5 3.3.2.3.4).
+                    protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
+                    return Err(CloseReason::ProtocolError);
+                }
+            }
+        } else {
+            conn.set_alias_in(alias, p.topic.clone());
+        }
+    } else if p.topic.is_empty() {
+        // [MQTT-4.7.3-1] a topic name is at least one character long.
+        protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
+        return Err(CloseReason::ProtocolError);
+    }
+    if p.topic.len() > cfg.max_topic_length
+        || crate::topic::levels(p.topic.as_str()).count() > cfg.max_topic_levels
+    {
+        return refuse(conn, &p, ReasonCode::TopicNameInvalid);
+    }
+    if p.retain && !cfg.retain_available {
+        // [MQTT-3.3.1-14] (v5) RETAIN=1 when Retain Available is 0.
+        protocol_close(
+            conn,
+            ReasonCode::RetainNotSupported,
+            CloseReason::ProtocolError,
+        );
+        return Err(CloseReason::ProtocolError);
+    }
+    if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err()
+    {
+        // [MQTT-3.3.2-4] payload declared UTF-8 must be UTF-8 (v5 reason 0x99).
+        return refuse(conn, &p, ReasonCode::PayloadFormatInvalid);
+    }
+    let packet_id = p.packet_id.take();
+    p.dup = false;
+    match (p.qos, packet_id) {
+        (QoS::AtMostOnce, _) => crate::route::route(shard, p, Some(sid)),
+        (QoS::AtLeastOnce, Some(id)) => {
+            crate::route::route(shard, p, Some(sid));
+            // [MQTT-4.3.2-2] PUBACK after taking ownership.
+            conn.send(&Packet::PubAck(resp(id, ReasonCode::Success)));
+        }
+        (QoS::ExactlyOnce, Some(id)) => {
+            let fresh = {
+                let mut sessions = shard.sessions.borrow_mut();
+                let s = &mut sessions[sid as usize];
+                if s.inbound_qos2.contains(&id.get()) {
+                    false
+                } else {
+                    if s.inbound_qos2.len() >= cfg.receive_maximum as usize {
+                        // [MQTT-3.3.4-9] more unacknowledged QoS 2 than Receive Maximum.
+                        drop(sessions);
+                        protocol_close(
+                            conn,
+                            ReasonCode::ReceiveMaximumExceeded,
+                            CloseReason::ReceiveMaximumExceeded,
+                        );
+                        return Err(CloseReason::ReceiveMaximumExceeded);
+                    }
+                    s.inbound_qos2.push(id.get());
+                    true
+                }
+            };
+            // [MQTT-4.3.3-10] route once; a resent PUBLISH (same id before PUBREL) is not routed again.
+            if fresh {
+                crate::route::route(shard, p, Some(sid));
+            }
+            conn.send(&Packet::PubRec(resp(id, ReasonCode::Success)));
+        }
+        _ => {
+            // The codec refuses QoS>0 without packet id; unreachable in practice.
+            protocol_close(
+                conn,
+                ReasonCode::MalformedPacket,
+                CloseReason::MalformedPacket,
+            );
+            return Err(CloseReason::MalformedPacket);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Routing a publish: retained store, the shards with subscribers (one mesh
+//! item each), shared-subscription groups, and delivery to this shard's own
+//! sessions with each (version, QoS) frame encoded at most once.
+
+use crate::connect::will_publish;
+use crate::mesh::{MeshItem, Routed};
+use crate::retained::RetainedMessage;
+use crate::router::{PublishInfo, ShardSet, SharedTarget};
+use crate::session::{FrameCache, SessionId};
+use crate::shard::Shard;
+use ringmq_codec::{LastWill, Publish, QoS, TopicFilter};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Routes a publish received on this shard (from a client, a will, `$SYS`).
+/// `publisher` is the local session that sent it, for No Local.
+pub(crate) fn route(shard: &Rc<Shard>, p: Publish, publisher: Option<SessionId>) {
+    if p.retain {
+        // [MQTT-3.3.1-5] store (or, empty, delete [MQTT-3.3.1-10/11]) on every shard.
+        shard
+            .mesh
+            .broadcast(|| MeshItem::Retain(Box::new(p.clone())));
+        store_retained(shard, p.clone());
+    }
+    let me = shard.id as u16;
+    let mut shards = ShardSet::new();
+    let mut shared: Vec<SharedTarget> = Vec::new();
+    {
+        let mut router = shard.router.borrow_mut();
+        router.match_shards(p.topic.as_str(), &mut shards);
+        router.match_shared(p.topic.as_str(), &mut shared);
+    }
+    for s in shards.iter().filter(|&s| s != me) {
+        shard.mesh.push(
+            s as usize,
+            MeshItem::Publish(Box::new(Routed {
+                publish: p.clone(),
+                origin: publisher.map(|sid| (me, sid)),
+            })),
+        );
+    }
+    for t in shared {
+        if t.shard == me {
+            deliver_shared_local(shard, &t.filter, &p);
+        } else {
+            shard.mesh.push(
+                t.shard as usize,
+                MeshItem::SharedPublish(
+                    Box::new(Routed {
+                        publish: p.clone(),
+                        origin: None,
+                    }),
+                    t.filter,
+                ),
+            );
+        }
+    }
+    if shards.contains(me) {
+        deliver_local(shard, &p, publisher);
+    }
+}
+
+/// Delivers to this shard's sessions with non-shared subscriptions matching the topic.
+pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<SessionId>) {
+    let mut scratch = shard.scratch.borrow_mut();
+    let router = shard.router.borrow();
+    let info = PublishInfo {
+        publisher,
+        retain: p.retain,
+    };
+    let matches = router.match_local_with(p.topic.as_str(), info, &mut scratch);
+    if matches.is_empty() {
+        return;
+    }
+    let mut sessions = shard.sessions.borrow_mut();
+    let mut frames = FrameCache::default();
+    let mut shared_msg = None;
+    let now = Instant::now();
+    for m in matches {
+        let Some(s) = sessions.get_mut(m.session as usize) else {
+            continue;
+        };
+        // [MQTT-3.8.4-8] the lower of the granted and the published QoS.
+        let qos = p.qos.min(m.qos);
+        let version = s.conn.as_ref().map_or(s.version, |c| c.version);
+        let frame = frames.get(p, version, qos);
+        // [MQTT-3.3.1-12/13] Retain As Published; 3.1.1 clears it on live delivery [MQTT-3.3.1-9].
+        let retain = m.retain_as_published && p.retain;
+        s.deliver(
+            &shard.cfg,
+            &shard.stats,
+            p,
+            &mut shared_msg,
+            frame,
+            retain,
+            &m.subscription_ids,
+            now,
+        );
+    }
+}
+
+/// Delivers to the next local member of a shared subscription group.
+pub(crate) fn deliver_shared_local(shard: &Shard, filter: &TopicFilter, p: &Publish) {
+    let Some(sub) = shard.router.borrow_mut().pick_shared_local(filter) else {
+        return;
+    };
+    let mut sessions = shard.sessions.borrow_mut();
+    let Some(s) = sessions.get_mut(sub.session as usize) else {
+        return;
+    };
+    let qos = p.qos.min(sub.options.qos);
+    let version = s.conn.as_ref().map_or(s.version, |c| c.version);
+    let frame = ringmq_codec::PublishFrame::new(p, version, qos);
+    let ids: &[u32] = match &sub.subscription_id {
+        Some(id) => std::slice::from_ref(id),
+        None => &[],
+    };
+    let retain = sub.options.retain_as_published && p.retain;
+    let mut shared_msg = None;
+    s.deliver(
+        &shard.cfg,
+        &shard.stats,
+        p,
+        &mut shared_msg,
+        &frame,
+        retain,
+        ids,
+        Instant::now(),
+    );
+}
+
+/// Sets or (empty payload) deletes this shard's replica of a retained message.
+pub(crate) fn store_retained(shard: &Shard, mut p: Publish) {
+    let mut store = shard.retained.borrow_mut();
+    if p.payload.is_empty() {
+        // [MQTT-3.3.1-10] [MQTT-3.3.1-11]
+        store.remove(p.topic.as_str());
+    } else {
+        p.packet_id = None;
+        p.dup = false;
+        store.set(
+            p.topic.clone(),
+            RetainedMessage {
+                topic: p.topic.clone(),
+                publish: p,
+                stored_at: Instant::now(),
+            },
+        );
+    }
+    shard.stats.retained.set(store.len() as u64);
+}
+
+/// Publishes a will [MQTT-3.1.2-8].
+pub(crate) fn publish_will(shard: &Rc<Shard>, w: LastWill) {
+    let p = will_publish(w);
+    debug_assert!(p.qos <= QoS::ExactlyOnce);
+    route(shard, p, None);
+}

@@ -1,0 +1,227 @@
+//! Starting the broker core: listeners bound, one executor per shard, the
+//! channel mesh joined; and the [`ServerHandle`] that controls them from
+//! outside (main thread, admin socket, tests).
+
+use crate::config::{available_cpus, ShardConfig};
+use crate::control::{Control, Query, Reply};
+use crate::listener;
+use crate::mesh::ShardMsg;
+use crate::stats::ShardStats;
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one shard is given when it starts.
+pub(crate) struct ShardInit {
+    pub id: usize,
+    pub shards: usize,
+    pub cfg: Arc<ShardConfig>,
+    pub listeners: Vec<OwnedFd>,
+    /// Sender to each peer shard, by shard id (`None` at our own index).
+    pub mesh_tx: Vec<Option<SharedSender<ShardMsg>>>,
+    /// Receiver from each peer shard, by shard id (`None` at our own index).
+    pub mesh_rx: Vec<Option<SharedReceiver<ShardMsg>>>,
+    pub control: flume::Receiver<Control>,
+    pub stats: Arc<ShardStats>,
+    /// Every shard's counters (shard 0 sums them for `$SYS`).
+    pub all_stats: Arc<Vec<Arc<ShardStats>>>,
+    pub started: Instant,
+}
+
+/// A running broker core.
+pub struct ServerHandle {
+    addrs: Vec<SocketAddr>,
+    controls: Vec<flume::Sender<Control>>,
+    stats: Vec<Arc<ShardStats>>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    started: Instant,
+}
+
+/// Checks the placement asked for against the CPUs present.
+fn placements(cfg: &ShardConfig) -> io::Result<Vec<Placement>> {
+    let cpus = available_cpus();
+    let online = online_cpus();
+    let shards = cfg.shard_count();
+    if shards == 0 {
+        return Err(invalid("--cores: must be at least 1".into()));
+    }
+    if cfg.cpu_list.is_none() && shards > cpus {
+        return Err(invalid(format!(
+            "--cores {shards}: only {cpus} CPUs available"
+        )));
+    }
+    if !cfg.pin {
+        return Ok(vec![Placement::Unbound; shards]);
+    }
+    let list: Vec<usize> = match &cfg.cpu_list {
+        Some(l) => l.clone(),
+        None => (0..shards).collect(),
+    };
+    if list.len() < shards {
+        return Err(invalid(format!(
+            "--cpu-list: {} CPUs listed for {shards} shards",
+            list.len()
+        )));
+    }
+    if let Some(bad) = list.iter().find(|&&c| c >= online) {
+        return Err(invalid(format!(
+            "--cpu-list: CPU {bad} does not exist (CPUs 0-{} present)",
+            online - 1
+        )));
+    }
+    Ok(list[..shards]
+        .iter()
+        .map(|&c| Placement::Fixed(c))
+        .collect())
+}
+
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n < 1 {
+        available_cpus()
+    } else {
+        n as usize
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Starts the broker core: binds every listener, starts one executor per
+/// shard and returns once the listeners are bound.
+pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
+    let placements = placements(&cfg)?;
+    let shards = placements.len();
+    if cfg.listen.is_empty() {
+        return Err(invalid("--listen: no listener configured".into()));
+    }
+    let mut addrs = Vec::new();
+    let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+    for addr in &cfg.listen {
+        let bound = listener::bind(*addr, shards, cfg.backlog)?;
+        addrs.push(bound.addr);
+        for (i, fd) in bound.sockets.into_iter().enumerate() {
+            per_shard[i].push(fd);
+        }
+    }
+    let cfg = Arc::new(cfg);
+    // The channel mesh: one SPSC channel per ordered pair of shards.
+    let mut mesh_tx: Vec<Vec<Option<SharedSender<ShardMsg>>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
+    let mut mesh_rx: Vec<Vec<Option<SharedReceiver<ShardMsg>>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
+    for from in 0..shards {
+        for to in (0..shards).filter(|&to| to != from) {
+            let (tx, rx) = shared_channel::new_bounded(cfg.mesh_capacity);
+            mesh_tx[from][to] = Some(tx);
+            mesh_rx[to][from] = Some(rx);
+        }
+    }
+    let mut mesh_tx = mesh_tx.into_iter();
+    let mut mesh_rx = mesh_rx.into_iter();
+    let started = Instant::now();
+    let mut controls = Vec::new();
+    let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
+    let all_stats = Arc::new(stats.clone());
+    let mut threads = Vec::new();
+    for (id, (placement, listeners)) in placements.into_iter().zip(per_shard).enumerate() {
+        let (tx, rx) = flume::unbounded();
+        let st = stats[id].clone();
+        let init = ShardInit {
+            id,
+            shards,
+            cfg: cfg.clone(),
+            listeners,
+            mesh_tx: mesh_tx.next().unwrap_or_default(),
+            mesh_rx: mesh_rx.next().unwrap_or_default(),
+            control: rx,
+            stats: st,
+            all_stats: all_stats.clone(),
+            started,
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("ringmq-shard-{id}"))
+            .io_memory(cfg.io_memory)
+            .preempt_timer(Duration::from_millis(10))
+            .spawn(move || crate::shard::run(init))
+            .map_err(|e| io::Error::other(format!("cannot start shard {id}: {e}")))?;
+        controls.push(tx);
+        threads.push(handle);
+    }
+    Ok(ServerHandle {
+        addrs,
+        controls,
+        stats,
+        threads,
+        started,
+    })
+}
+
+impl ServerHandle {
+    /// The bound listener addresses, in `listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.controls.len()
+    }
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+    /// Per-shard counters, readable from any thread without stopping a shard.
+    pub fn stats(&self) -> &[Arc<ShardStats>] {
+        &self.stats
+    }
+    /// Graceful shutdown: stop accepting, tell v5 clients 0x8B, close, stop.
+    /// Returns at once; `join` waits for the shards.
+    pub fn shutdown(&self) {
+        for c in &self.controls {
+            let _ = c.send(Control::Shutdown);
+        }
+    }
+    /// Stop accepting new connections on every shard (connections stay).
+    pub fn drain(&self) {
+        for c in &self.controls {
+            let _ = c.send(Control::Drain);
+        }
+    }
+    /// Asks every shard (or one) and collects the replies, waiting at most `timeout`.
+    pub fn query(&self, q: Query, shard: Option<usize>, timeout: Duration) -> Vec<Reply> {
+        let (tx, rx) = flume::unbounded();
+        let mut asked = 0;
+        for (i, c) in self.controls.iter().enumerate() {
+            if shard.is_none_or(|s| s == i) && c.send(Control::Query(q.clone(), tx.clone())).is_ok()
+            {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::with_capacity(asked);
+        while out.len() < asked {
+            match rx.recv_deadline(deadline) {
+                Ok(r) => out.push(r),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+    /// Waits for every shard to stop.
+    pub fn join(self) -> io::Result<()> {
+        for t in self.threads {
+            t.join()
+                .map_err(|e| io::Error::other(format!("shard failed: {e}")))?;
+        }
+        Ok(())
+    }
+}

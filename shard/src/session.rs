@@ -1,0 +1,373 @@
+//! A session: what the broker keeps for one client id, connected or not.
+//!
+//! Owned by the client id's home shard. Holds the subscriptions, outbound
+//! QoS 1/2 messages in flight and queued, inbound QoS 2 packet ids awaiting
+//! PUBREL, the will, and — while connected — the connection's outbound side.
+
+use crate::config::{OverflowPolicy, ShardConfig};
+use crate::conn_out::ConnOut;
+use crate::stats::{DropReason, ShardStats};
+use ringmq_codec::{
+    Delivery, LastWill, MqttString, PacketId, ProtocolVersion, Publish, PublishFrame, QoS,
+    SubscriptionOptions, TopicFilter,
+};
+use smallvec::SmallVec;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Index of a session in its shard's slab.
+pub type SessionId = u32;
+
+/// A message as received, shared by every session of this shard that holds it.
+pub struct Message {
+    /// The publish (topic resolved, no alias, no subscription ids).
+    pub publish: Publish,
+    /// When this broker received it (message expiry counts from here).
+    pub received_at: Instant,
+}
+
+impl Message {
+    /// Seconds of expiry left, `None` when the message never expires,
+    /// `Some(0)` when it has expired [MQTT-3.3.2-5].
+    pub fn expiry_left(&self, now: Instant) -> Option<u32> {
+        let total = self.publish.properties.message_expiry_interval?;
+        let gone = now.saturating_duration_since(self.received_at).as_secs();
+        Some((total as u64).saturating_sub(gone) as u32)
+    }
+
+    /// The frame for (version, qos) with the remaining expiry forwarded [MQTT-3.3.2-6].
+    pub fn frame(&self, version: ProtocolVersion, qos: QoS, now: Instant) -> PublishFrame {
+        match self.expiry_left(now) {
+            Some(left) if Some(left) != self.publish.properties.message_expiry_interval => {
+                let mut p = self.publish.clone();
+                p.properties.message_expiry_interval = Some(left);
+                PublishFrame::new(&p, version, qos)
+            }
+            _ => PublishFrame::new(&self.publish, version, qos),
+        }
+    }
+}
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutState {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// An outbound QoS 1/2 message in flight.
+pub struct Outflight {
+    pub packet_id: PacketId,
+    pub msg: Rc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: SmallVec<[u32; 1]>,
+    pub state: OutState,
+}
+
+/// A QoS 1/2 message waiting for the session's inflight window (or its client).
+pub struct Queued {
+    pub msg: Rc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: SmallVec<[u32; 1]>,
+}
+
+/// One subscription as the session remembers it.
+#[derive(Clone, Debug)]
+pub struct SubEntry {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+/// What a broker keeps for one client id.
+pub struct Session {
+    pub client_id: MqttString,
+    /// Protocol of the last connection.
+    pub version: ProtocolVersion,
+    /// The live connection's outbound side, if connected.
+    pub conn: Option<Rc<ConnOut>>,
+    /// Bumped at every (re)connect; stale timers compare it.
+    pub generation: u64,
+    pub subs: HashMap<TopicFilter, SubEntry>,
+    /// Outbound QoS 1/2 in send order.
+    pub inflight: VecDeque<Outflight>,
+    /// Outbound QoS 1/2 waiting for the window.
+    pub queue: VecDeque<Queued>,
+    /// Inbound QoS 2 packet ids received, PUBREC sent, PUBREL not yet [MQTT-4.3.3-10].
+    pub inbound_qos2: SmallVec<[u16; 8]>,
+    next_packet_id: u16,
+    /// Session Expiry Interval, seconds (u32::MAX: never).
+    pub expiry: u32,
+    /// The will of the current connection.
+    pub will: Option<LastWill>,
+    /// When the last connection closed (session expiry counts from here).
+    pub disconnected_at: Option<Instant>,
+}
+
+impl Session {
+    /// A fresh session.
+    pub fn new(client_id: MqttString, version: ProtocolVersion) -> Self {
+        Session {
+            client_id,
+            version,
+            conn: None,
+            generation: 0,
+            subs: HashMap::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            inbound_qos2: SmallVec::new(),
+            next_packet_id: 0,
+            expiry: 0,
+            will: None,
+            disconnected_at: None,
+        }
+    }
+
+    /// Next packet id not in flight [MQTT-2.2.1-3].
+    fn alloc_packet_id(&mut self) -> Option<PacketId> {
+        for _ in 0..=u16::MAX {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            let Some(id) = PacketId::new(self.next_packet_id) else {
+                continue;
+            };
+            if !self.inflight.iter().any(|o| o.packet_id == id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// How many more QoS 1/2 messages the client accepts now.
+    fn window_open(&self) -> bool {
+        match &self.conn {
+            Some(c) => self.inflight.len() < c.receive_max as usize,
+            None => false,
+        }
+    }
+
+    /// Delivers one message to this session: QoS 0 straight to the socket
+    /// buffer (or dropped, counted), QoS 1/2 into the inflight window or the queue.
+    #[allow(clippy::too_many_arguments)]
+    pub fn deliver(
+        &mut self,
+        cfg: &ShardConfig,
+        stats: &ShardStats,
+        msg: &Publish,
+        shared: &mut Option<Rc<Message>>,
+        frame: &PublishFrame,
+        retain: bool,
+        sub_ids: &[u32],
+        now: Instant,
+    ) {
+        let qos = frame.qos();
+        if qos == QoS::AtMostOnce {
+            match &self.conn {
+                Some(c) if c.has_room(cfg) => {
+                    c.write_publish(stats, frame, None, false, retain, sub_ids);
+                }
+                Some(_) => stats.drop_msg(DropReason::QoS0BufferFull),
+                None => stats.drop_msg(DropReason::QoS0Offline),
+            }
+            return;
+        }
+        let msg = shared
+            .get_or_insert_with(|| {
+                Rc::new(Message {
+                    publish: msg.clone(),
+                    received_at: now,
+                })
+            })
+            .clone();
+        let sub_ids: SmallVec<[u32; 1]> = SmallVec::from_slice(sub_ids);
+        if self.queue.is_empty() && self.window_open() {
+            self.send_new(stats, msg, Some(frame), qos, retain, sub_ids, now);
+        } else {
+            self.enqueue(
+                cfg,
+                stats,
+                Queued {
+                    msg,
+                    qos,
+                    retain,
+                    sub_ids,
+                },
+            );
+        }
+    }
+
+    fn enqueue(&mut self, cfg: &ShardConfig, stats: &ShardStats, q: Queued) {
+        if self.queue.len() >= cfg.max_queued_messages {
+            stats.drop_msg(DropReason::QueueFull);
+            match cfg.queue_overflow {
+                OverflowPolicy::DropNewest => return,
+                OverflowPolicy::DropOldest => {
+                    self.queue.pop_front();
+                    stats.queued.sub(1);
+                }
+            }
+        }
+        self.queue.push_back(q);
+        stats.queued.inc();
+    }
+
+    /// Sends a QoS 1/2 message now under a fresh packet id.
+    #[allow(clippy::too_many_arguments)]
+    fn send_new(
+        &mut self,
+        stats: &ShardStats,
+        msg: Rc<Message>,
+        frame: Option<&PublishFrame>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: SmallVec<[u32; 1]>,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let Some(packet_id) = self.alloc_packet_id() else {
+            return;
+        };
+        match frame {
+            Some(f) => conn.write_publish(stats, f, Some(packet_id), false, retain, &sub_ids),
+            None => {
+                let f = msg.frame(conn.version, qos, now);
+                conn.write_publish(stats, &f, Some(packet_id), false, retain, &sub_ids)
+            }
+        }
+        self.inflight.push_back(Outflight {
+            packet_id,
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            state: OutState::Published,
+        });
+        stats.inflight.inc();
+    }
+
+    /// Moves queued messages into the window while it is open; expired ones are dropped.
+    pub fn pump(&mut self, stats: &ShardStats, now: Instant) {
+        while self.window_open() {
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            stats.queued.sub(1);
+            if q.msg.expiry_left(now) == Some(0) {
+                stats.drop_msg(DropReason::Expired);
+                continue;
+            }
+            self.send_new(stats, q.msg, None, q.qos, q.retain, q.sub_ids, now);
+        }
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) received: frees the packet id.
+    /// Returns whether the id was in flight in the expected state.
+    pub fn complete(&mut self, stats: &ShardStats, id: PacketId, qos: QoS) -> bool {
+        let want = if qos == QoS::AtLeastOnce {
+            OutState::Published
+        } else {
+            OutState::Released
+        };
+        match self
+            .inflight
+            .iter()
+            .position(|o| o.packet_id == id && o.qos == qos && o.state == want)
+        {
+            Some(i) => {
+                self.inflight.remove(i);
+                stats.inflight.sub(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC with an error reason: the flow ends, the packet id is free (v5 4.3.3).
+    pub fn complete_rejected(&mut self, stats: &ShardStats, id: PacketId) -> bool {
+        match self.inflight.iter().position(|o| {
+            o.packet_id == id && o.qos == QoS::ExactlyOnce && o.state == OutState::Published
+        }) {
+            Some(i) => {
+                self.inflight.remove(i);
+                stats.inflight.sub(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC received: the message is released (PUBREL follows). Returns
+    /// whether the id was awaiting PUBREC.
+    pub fn released(&mut self, id: PacketId) -> bool {
+        match self.inflight.iter_mut().find(|o| {
+            o.packet_id == id && o.qos == QoS::ExactlyOnce && o.state == OutState::Published
+        }) {
+            Some(o) => {
+                o.state = OutState::Released;
+                true
+            }
+            None => self
+                .inflight
+                .iter()
+                .any(|o| o.packet_id == id && o.state == OutState::Released),
+        }
+    }
+
+    /// Resends everything in flight after a reconnect, in order: PUBLISH with
+    /// DUP=1, PUBREL as PUBREL [MQTT-4.4.0-1].
+    pub fn resend_inflight(&mut self, stats: &ShardStats, now: Instant) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        for o in &self.inflight {
+            match o.state {
+                OutState::Published => {
+                    let f = o.msg.frame(conn.version, o.qos, now);
+                    conn.write_publish(stats, &f, Some(o.packet_id), true, o.retain, &o.sub_ids);
+                }
+                OutState::Released => conn.write_pubrel(o.packet_id),
+            }
+        }
+    }
+
+    /// Forgets everything but the identity (clean start, or expiry).
+    pub fn clear(&mut self, stats: &ShardStats) {
+        stats.inflight.sub(self.inflight.len() as u64);
+        stats.queued.sub(self.queue.len() as u64);
+        self.inflight.clear();
+        self.queue.clear();
+        self.inbound_qos2.clear();
+        self.will = None;
+    }
+}
+
+/// Per-publish, per-shard frame cache: each (version, QoS) encoded at most once.
+#[derive(Default)]
+pub struct FrameCache {
+    frames: [Option<PublishFrame>; 6],
+}
+
+impl FrameCache {
+    /// The frame of `publish` for (version, qos), encoded on first use.
+    pub fn get(&mut self, publish: &Publish, version: ProtocolVersion, qos: QoS) -> &PublishFrame {
+        let v = usize::from(version == ProtocolVersion::V5);
+        let slot = &mut self.frames[v * 3 + qos as usize];
+        slot.get_or_insert_with(|| PublishFrame::new(publish, version, qos))
+    }
+}
+
+/// Unused-delivery helper kept for readability of callers.
+pub fn delivery(packet_id: Option<PacketId>, dup: bool, retain: bool, ids: &[u32]) -> Delivery<'_> {
+    Delivery {
+        packet_id,
+        dup,
+        retain,
+        topic_alias: None,
+        subscription_ids: ids,
+    }
+}

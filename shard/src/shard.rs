@@ -1,0 +1,192 @@
+//! One shard: its state and its life.
+//!
+//! [`run`] is the body of a shard's executor: it connects the mesh, starts
+//! the acceptors, the mesh receivers, the control task and the timers, and
+//! returns after a shutdown has closed every connection.
+
+use crate::config::ShardConfig;
+use crate::control::Control;
+use crate::mesh::{Mesh, MeshItem, ShardMsg};
+use crate::notify::Notify;
+use crate::retained::RetainedStore;
+use crate::router::{MatchScratch, Router};
+use crate::server::ShardInit;
+use crate::session::{Session, SessionId};
+use crate::stats::{CloseReason, ShardStats};
+use glommio::net::TcpListener;
+use glommio::{spawn_local, Task};
+use ringmq_codec::MqttString;
+use slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The state of one shard. `!Send`: it never leaves its executor.
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub cfg: Arc<ShardConfig>,
+    pub stats: Arc<ShardStats>,
+    pub started: Instant,
+    pub router: RefCell<Router>,
+    pub retained: RefCell<RetainedStore>,
+    pub sessions: RefCell<Slab<Session>>,
+    pub by_client: RefCell<HashMap<MqttString, SessionId>>,
+    pub mesh: Rc<Mesh>,
+    pub scratch: RefCell<MatchScratch>,
+    /// New connections are accepted.
+    pub accepting: Cell<bool>,
+    /// Shutdown under way.
+    pub stopping: Cell<bool>,
+    /// Live connections on this shard.
+    pub conns: Cell<usize>,
+    /// Notified when `conns` drops to zero while stopping.
+    pub idle: Notify,
+    acceptors: RefCell<Vec<Task<()>>>,
+    /// Counter for assigned client identifiers.
+    pub next_assigned: Cell<u64>,
+}
+
+impl Shard {
+    /// Connections this shard may hold.
+    pub fn conn_limit(&self) -> usize {
+        self.cfg.max_connections.div_ceil(self.shards)
+    }
+
+    /// Stops accepting: the acceptor tasks and their sockets are dropped.
+    pub fn stop_accepting(&self) {
+        self.accepting.set(false);
+        self.acceptors.borrow_mut().clear();
+    }
+
+    /// Closes every connection with `reason` (v5 clients get DISCONNECT first).
+    pub fn close_all(&self, reason: CloseReason) {
+        let sessions = self.sessions.borrow();
+        for (_, s) in sessions.iter() {
+            if let Some(c) = &s.conn {
+                crate::connection::disconnect_client(c, reason);
+            }
+        }
+    }
+}
+
+/// The body of a shard's executor.
+pub(crate) async fn run(init: ShardInit) {
+    let mut senders = Vec::with_capacity(init.shards);
+    for tx in init.mesh_tx {
+        senders.push(match tx {
+            Some(tx) => Some(tx.connect().await),
+            None => None,
+        });
+    }
+    let mut receivers = Vec::new();
+    for (from, rx) in init.mesh_rx.into_iter().enumerate() {
+        if let Some(rx) = rx {
+            receivers.push((from, rx.connect().await));
+        }
+    }
+    let mesh = Rc::new(Mesh::new(init.id, senders));
+    let shard = Rc::new(Shard {
+        id: init.id,
+        shards: init.shards,
+        router: RefCell::new(Router::new(init.id as u16, init.shards as u16)),
+        retained: RefCell::new(RetainedStore::new()),
+        sessions: RefCell::new(Slab::new()),
+        by_client: RefCell::new(HashMap::new()),
+        mesh: mesh.clone(),
+        scratch: RefCell::new(MatchScratch::default()),
+        accepting: Cell::new(true),
+        stopping: Cell::new(false),
+        conns: Cell::new(0),
+        idle: Notify::default(),
+        acceptors: RefCell::new(Vec::new()),
+        next_assigned: Cell::new(0),
+        cfg: init.cfg,
+        stats: init.stats,
+        started: init.started,
+    });
+
+    let st = shard.stats.clone();
+    spawn_local(mesh.clone().run_flusher(move |n| {
+        st.mesh_msgs_out.add(n as u64);
+        st.mesh_batches_out.inc();
+    }))
+    .detach();
+    for (from, rx) in receivers {
+        let shard = shard.clone();
+        spawn_local(async move {
+            while let Some(ShardMsg::Batch(items)) = rx.recv().await {
+                for item in items {
+                    on_mesh_item(&shard, from, item);
+                }
+            }
+        })
+        .detach();
+    }
+    for fd in init.listeners {
+        // SAFETY: the descriptor is a listening TCP socket we own (moved in from `start`).
+        let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        let task = spawn_local(accept_loop(shard.clone(), listener));
+        shard.acceptors.borrow_mut().push(task);
+    }
+    spawn_local(crate::timers::expiry_sweep(shard.clone())).detach();
+    if shard.id == 0 && !shard.cfg.sys_interval.is_zero() {
+        spawn_local(crate::sys::publish_loop(shard.clone(), init.all_stats)).detach();
+    }
+
+    // The control task runs in this future: the shard lives until shutdown.
+    while let Ok(msg) = init.control.recv_async().await {
+        match msg {
+            Control::Shutdown => break,
+            Control::Drain => {
+                shard.stop_accepting();
+                spawn_local(crate::connection::drain(shard.clone())).detach();
+            }
+            Control::Query(q, reply) => {
+                let _ = reply.send(crate::admin::answer(&shard, q));
+            }
+        }
+    }
+    shard.stopping.set(true);
+    shard.stop_accepting();
+    shard.close_all(CloseReason::ServerShuttingDown);
+    let deadline = glommio::timer::sleep(Duration::from_secs(5));
+    let wait_idle = async {
+        while shard.conns.get() > 0 {
+            shard.idle.wait().await;
+        }
+    };
+    futures_lite::future::or(wait_idle, deadline).await;
+    mesh.close();
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                shard.stats.connections_total.inc();
+                spawn_local(crate::connection::handshake(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                tracing::warn!(shard = shard.id, "accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
+    match item {
+        MeshItem::Publish(r) => crate::route::deliver_local(shard, &r.publish, None),
+        MeshItem::SharedPublish(r, group) => {
+            crate::route::deliver_shared_local(shard, &group, &r.publish)
+        }
+        MeshItem::SubAdd(f) => shard.router.borrow_mut().add_remote(&f, from as u16),
+        MeshItem::SubRemove(f) => shard.router.borrow_mut().remove_remote(&f, from as u16),
+        MeshItem::Retain(p) => crate::route::store_retained(shard, *p),
+        MeshItem::Handoff(h) => crate::connection::adopt(shard.clone(), *h),
+    }
+}

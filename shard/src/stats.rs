@@ -1,0 +1,206 @@
+//! Per-shard counters and the typed reason of every close.
+//!
+//! Each shard owns one [`ShardStats`]. Only that shard writes it, with a plain
+//! load + store (no locked read-modify-write, no contention); the admin and
+//! metrics threads read snapshots with relaxed loads. Nothing here is shared
+//! for writing across cores.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A counter with a single writer (its shard) and any number of readers.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning shard calls this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Subtracts `n` (for gauges). Only the owning shard calls this.
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+    /// Sets the value (for gauges).
+    #[inline]
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Relaxed);
+    }
+    /// Reads the value (any thread).
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! reasons {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $v,)* }
+        impl $name {
+            /// Every variant, in order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+            /// A stable snake_case name (metrics label, admin output).
+            pub fn as_str(self) -> &'static str { match self { $($name::$v => $s,)* } }
+        }
+    };
+}
+
+reasons! {
+    /// Why a connection was closed. Every close carries one.
+    CloseReason {
+        /// The client sent DISCONNECT (reason 0x00).
+        ClientDisconnect => "client_disconnect",
+        /// The client sent DISCONNECT 0x04 (with will).
+        ClientDisconnectWithWill => "client_disconnect_with_will",
+        /// The client sent DISCONNECT with an error reason.
+        ClientDisconnectError => "client_disconnect_error",
+        /// The peer closed the socket without DISCONNECT.
+        ConnectionLost => "connection_lost",
+        /// Read or write error on the socket.
+        IoError => "io_error",
+        /// Keep alive expired (1.5x) [MQTT-3.1.2-22].
+        KeepAliveTimeout => "keep_alive_timeout",
+        /// No CONNECT within the connect timeout.
+        ConnectTimeout => "connect_timeout",
+        /// Malformed packet.
+        MalformedPacket => "malformed_packet",
+        /// Valid packet, wrong in this state (protocol error).
+        ProtocolError => "protocol_error",
+        /// Packet larger than the maximum packet size.
+        PacketTooLarge => "packet_too_large",
+        /// CONNECT refused (CONNACK with an error code).
+        ConnectRefused => "connect_refused",
+        /// Another connection took over the session (0x8E).
+        SessionTakenOver => "session_taken_over",
+        /// The socket stopped draining past the slow consumer deadline.
+        SlowConsumer => "slow_consumer",
+        /// Receive maximum exceeded by the client (0x93).
+        ReceiveMaximumExceeded => "receive_maximum_exceeded",
+        /// Topic alias invalid (0x94).
+        TopicAliasInvalid => "topic_alias_invalid",
+        /// Kicked by an operator.
+        AdministrativeAction => "administrative_action",
+        /// The broker is shutting down (0x8B).
+        ServerShuttingDown => "server_shutting_down",
+        /// Connection limit reached.
+        ServerBusy => "server_busy",
+        /// Handed to its home shard (not a close of the client's connection).
+        HandedOff => "handed_off",
+        /// A QoS 1/2 message could not be persisted.
+        StorageError => "storage_error",
+    }
+}
+
+reasons! {
+    /// Why a message was not delivered to a subscriber.
+    DropReason {
+        /// QoS 0 to a connection whose outbound buffer was full.
+        QoS0BufferFull => "qos0_buffer_full",
+        /// QoS 0 to an offline session.
+        QoS0Offline => "qos0_offline",
+        /// Session queue full (overflow policy applied).
+        QueueFull => "queue_full",
+        /// Message expiry interval passed before delivery.
+        Expired => "expired",
+        /// Larger than the subscriber's Maximum Packet Size [MQTT-3.1.2-25].
+        TooLargeForClient => "too_large_for_client",
+        /// The target shard's channel was closed.
+        MeshClosed => "mesh_closed",
+    }
+}
+
+/// Counters of one shard. Written only by that shard.
+#[derive(Debug)]
+pub struct ShardStats {
+    /// Connections currently open on this shard (gauge).
+    pub connections: Counter,
+    /// Connections accepted since start.
+    pub connections_total: Counter,
+    /// Sessions held by this shard, connected or not (gauge).
+    pub sessions: Counter,
+    /// Subscriptions held by this shard's sessions (gauge).
+    pub subscriptions: Counter,
+    /// Retained messages in this shard's replica (gauge).
+    pub retained: Counter,
+    /// PUBLISH packets received, by QoS.
+    pub msgs_in: [Counter; 3],
+    /// PUBLISH packets sent, by QoS.
+    pub msgs_out: [Counter; 3],
+    /// Bytes read from sockets.
+    pub bytes_in: Counter,
+    /// Bytes written to sockets.
+    pub bytes_out: Counter,
+    /// All packets received / sent.
+    pub packets_in: Counter,
+    /// All packets sent.
+    pub packets_out: Counter,
+    /// Outbound QoS 1/2 messages awaiting acknowledgement (gauge).
+    pub inflight: Counter,
+    /// Messages queued for sessions (gauge).
+    pub queued: Counter,
+    /// Closes by reason, indexed by `CloseReason as usize`.
+    pub closes: Vec<Counter>,
+    /// Drops by reason, indexed by `DropReason as usize`.
+    pub drops: Vec<Counter>,
+    /// Messages sent to other shards over the mesh, and batches carrying them.
+    pub mesh_msgs_out: Counter,
+    /// Batches sent over the mesh.
+    pub mesh_batches_out: Counter,
+    /// Nanoseconds this shard spent busy (handling), for the busy ratio.
+    pub busy_ns: Counter,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            connections: Counter::default(),
+            connections_total: Counter::default(),
+            sessions: Counter::default(),
+            subscriptions: Counter::default(),
+            retained: Counter::default(),
+            msgs_in: Default::default(),
+            msgs_out: Default::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            packets_in: Counter::default(),
+            packets_out: Counter::default(),
+            inflight: Counter::default(),
+            queued: Counter::default(),
+            closes: CloseReason::ALL
+                .iter()
+                .map(|_| Counter::default())
+                .collect(),
+            drops: DropReason::ALL.iter().map(|_| Counter::default()).collect(),
+            mesh_msgs_out: Counter::default(),
+            mesh_batches_out: Counter::default(),
+            busy_ns: Counter::default(),
+        }
+    }
+}
+
+impl ShardStats {
+    /// Counts a close.
+    pub fn close(&self, r: CloseReason) {
+        self.closes[r as usize].inc();
+    }
+    /// Counts a drop.
+    pub fn drop_msg(&self, r: DropReason) {
+        self.drops[r as usize].inc();
+    }
+    /// Closes counted for `r`.
+    pub fn closes_for(&self, r: CloseReason) -> u64 {
+        self.closes[r as usize].get()
+    }
+    /// Drops counted for `r`.
+    pub fn drops_for(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].get()
+    }
+}

@@ -1,0 +1,249 @@
+//! SUBSCRIBE and UNSUBSCRIBE: the session's subscriptions, the router
+//! replica (broadcast to the other shards when this shard's set changes),
+//! and the replay of retained messages in bounded steps.
+
+use crate::conn_out::ConnOut;
+use crate::connection::protocol_close;
+use crate::mesh::MeshItem;
+use crate::router::LocalSub;
+use crate::session::{SessionId, SubEntry};
+use crate::shard::Shard;
+use crate::stats::CloseReason;
+use ringmq_codec::{
+    Packet, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, SubAckProperties, Subscribe,
+    SubscriptionOptions, TopicFilter, UnsubAck, UnsubAckProperties, Unsubscribe,
+};
+use std::rc::Rc;
+use std::time::Instant;
+
+fn granted(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    }
+}
+
+/// Why one filter of a SUBSCRIBE is refused, if it is.
+fn check_filter(
+    shard: &Shard,
+    n_subs: usize,
+    f: &TopicFilter,
+    existed: bool,
+) -> Option<ReasonCode> {
+    let cfg = &shard.cfg;
+    if f.len() > cfg.max_topic_length
+        || crate::topic::levels(f.as_str()).count() > cfg.max_topic_levels
+    {
+        return Some(ReasonCode::TopicFilterInvalid);
+    }
+    if f.shared().is_some() && !cfg.shared_subscriptions {
+        // [MQTT-3.8.4-?] v5 0x9E Shared Subscriptions not supported.
+        return Some(ReasonCode::SharedSubscriptionsNotSupported);
+    }
+    if f.has_wildcards() && !cfg.wildcard_subscriptions {
+        return Some(ReasonCode::WildcardSubscriptionsNotSupported);
+    }
+    if !existed && n_subs >= cfg.max_subscriptions_per_client {
+        return Some(ReasonCode::QuotaExceeded);
+    }
+    None
+}
+
+/// Handles SUBSCRIBE.
+pub(crate) fn subscribe(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    conn: &Rc<ConnOut>,
+    sub: Subscribe,
+) -> Result<(), CloseReason> {
+    let v5 = conn.version == ProtocolVersion::V5;
+    let sub_id = sub.properties.subscription_identifier;
+    let mut reasons = Vec::with_capacity(sub.filters.len());
+    let mut replays = Vec::new();
+    for (filter, options) in &sub.filters {
+        if filter.shared().is_some() && options.no_local {
+            // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+            protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
+            return Err(CloseReason::ProtocolError);
+        }
+        let (existed, n) = {
+            let sessions = shard.sessions.borrow();
+            let s = &sessions[sid as usize];
+            (s.subs.contains_key(filter), s.subs.len())
+        };
+        if let Some(code) = check_filter(shard, n, filter, existed) {
+            reasons.push(if v5 {
+                code
+            } else {
+                ReasonCode::UnspecifiedError
+            });
+            continue;
+        }
+        add(shard, sid, filter, *options, sub_id);
+        reasons.push(granted(options.qos));
+        let send = filter.shared().is_none()
+            && match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+        if send {
+            replays.push((filter.clone(), *options));
+        }
+    }
+    // [MQTT-3.8.4-1] SUBACK with one reason per filter [MQTT-3.8.4-6].
+    conn.send(&Packet::SubAck(SubAck {
+        packet_id: sub.packet_id,
+        reasons,
+        properties: SubAckProperties::default(),
+    }));
+    if !replays.is_empty() {
+        let generation = shard.sessions.borrow()[sid as usize].generation;
+        glommio::spawn_local(replay(shard.clone(), sid, generation, replays, sub_id)).detach();
+    }
+    Ok(())
+}
+
+/// Adds (or replaces [MQTT-3.8.4-3]) one subscription of session `sid`.
+pub(crate) fn add(
+    shard: &Shard,
+    sid: SessionId,
+    filter: &TopicFilter,
+    options: SubscriptionOptions,
+    subscription_id: Option<u32>,
+) {
+    let first = shard.router.borrow_mut().subscribe_local(
+        filter,
+        LocalSub {
+            session: sid,
+            options,
+            subscription_id,
+        },
+    );
+    if first {
+        shard.mesh.broadcast(|| MeshItem::SubAdd(filter.clone()));
+    }
+    shard.sessions.borrow_mut()[sid as usize].subs.insert(
+        filter.clone(),
+        SubEntry {
+            options,
+            subscription_id,
+        },
+    );
+    let n = shard.router.borrow().local_subscription_count();
+    shard.stats.subscriptions.set(n as u64);
+}
+
+fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> bool {
+    let r = shard.router.borrow_mut().unsubscribe_local(filter, sid);
+    if r == Some(true) {
+        shard.mesh.broadcast(|| MeshItem::SubRemove(filter.clone()));
+    }
+    let n = shard.router.borrow().local_subscription_count();
+    shard.stats.subscriptions.set(n as u64);
+    r.is_some()
+}
+
+/// Handles UNSUBSCRIBE.
+pub(crate) fn unsubscribe(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    conn: &Rc<ConnOut>,
+    u: Unsubscribe,
+) -> Result<(), CloseReason> {
+    let mut reasons = Vec::new();
+    for f in &u.filters {
+        let had = shard.sessions.borrow_mut()[sid as usize]
+            .subs
+            .remove(f)
+            .is_some();
+        let removed = had && remove(shard, sid, f);
+        // [MQTT-3.11.3-1] one reason per filter (v5).
+        reasons.push(if removed {
+            ReasonCode::Success
+        } else {
+            ReasonCode::NoSubscriptionExisted
+        });
+    }
+    if conn.version != ProtocolVersion::V5 {
+        reasons.clear();
+    }
+    // [MQTT-3.10.4-4] UNSUBACK even when nothing was removed.
+    conn.send(&Packet::UnsubAck(UnsubAck {
+        packet_id: u.packet_id,
+        reasons,
+        properties: UnsubAckProperties::default(),
+    }));
+    Ok(())
+}
+
+/// Removes every subscription of a session (clean start, expiry).
+pub(crate) fn drop_all_subscriptions(shard: &Shard, sid: SessionId) {
+    let filters: Vec<TopicFilter> = match shard.sessions.borrow_mut().get_mut(sid as usize) {
+        Some(s) => s.subs.drain().map(|(f, _)| f).collect(),
+        None => return,
+    };
+    for f in filters {
+        remove(shard, sid, &f);
+    }
+}
+
+/// Sends the retained messages matching new subscriptions, a batch per
+/// scheduler turn, so a `#` over millions of retained messages never stalls
+/// the shard. Retained messages go out with RETAIN=1 [MQTT-3.3.1-8].
+async fn replay(
+    shard: Rc<Shard>,
+    sid: SessionId,
+    generation: u64,
+    filters: Vec<(TopicFilter, SubscriptionOptions)>,
+    sub_id: Option<u32>,
+) {
+    let batch = shard.cfg.retained_replay_batch.max(1);
+    let ids: Vec<u32> = sub_id.into_iter().collect();
+    let mut out = Vec::with_capacity(batch);
+    for (filter, options) in filters {
+        let mut cursor = shard.retained.borrow().replay(&filter);
+        loop {
+            out.clear();
+            let done = cursor.next_batch(&shard.retained.borrow(), batch, &mut out);
+            {
+                let mut sessions = shard.sessions.borrow_mut();
+                let Some(s) = sessions.get_mut(sid as usize) else {
+                    return;
+                };
+                if s.generation != generation {
+                    return;
+                }
+                let now = Instant::now();
+                for m in &out {
+                    let msg = crate::session::Message {
+                        publish: m.publish.clone(),
+                        received_at: m.stored_at,
+                    };
+                    if msg.expiry_left(now) == Some(0) {
+                        continue;
+                    }
+                    let qos = m.publish.qos.min(options.qos);
+                    let version = s.conn.as_ref().map_or(s.version, |c| c.version);
+                    let frame = msg.frame(version, qos, now);
+                    let mut shared = Some(Rc::new(msg));
+                    s.deliver(
+                        &shard.cfg,
+                        &shard.stats,
+                        &m.publish,
+                        &mut shared,
+                        &frame,
+                        true,
+                        &ids,
+                        now,
+                    );
+                }
+            }
+            if done {
+                break;
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+}
