@@ -1,1 +1,15 @@
 //! ringmq-broker: configuration, startup and the process around the shards.
+//!
+//! Layout:
+//! - `cli.rs`: the command line (`ringmq`, `ringmq config check`, `ringmq ctl`).
+//! - `config.rs` (+ `config/`): every tunable as flag, environment variable and TOML key.
+//! - `logging.rs`: tracing subscriber, text or JSON, live log level.
+//! - `admin/`: the admin socket (line-delimited JSON) and its `AdminBackend`.
+//! - `metrics.rs`: Prometheus `/metrics` over a tiny HTTP server.
+//! - `main.rs`: startup, signals, shutdown.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod metrics;

@@ -1,2 +1,187 @@
 //! `ringmq`: the broker binary.
-fn main() {}
+//!
+//! `ringmq [FLAGS]` runs the broker: configuration (flag > env > file >
+//! default), logging, the shards, the admin socket, the metrics endpoint, one
+//! `ringmq listening on mqtt://ADDR` line per listener on stdout once ready,
+//! then waits for SIGTERM/SIGINT or an admin `shutdown` and stops gracefully
+//! (exit 0). `ringmq config check FILE` and `ringmq ctl ...` are subcommands.
+
+use ringmq_broker::admin::protocol::Handler;
+use ringmq_broker::admin::shard_backend::ShardBackend;
+use ringmq_broker::admin::{self, AdminServer};
+use ringmq_broker::cli::{self, Cli, Command, ConfigCommand};
+use ringmq_broker::config::{self, Config};
+use ringmq_broker::logging;
+use ringmq_broker::metrics::MetricsServer;
+use std::io::Write;
+use std::sync::{mpsc, Arc};
+
+fn main() {
+    std::process::exit(real_main());
+}
+
+fn real_main() -> i32 {
+    let (cli, matches) = match cli::parse_from(std::env::args_os()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let resolved = || config::resolve(&matches, &cli.run, cli.config.as_deref());
+    match &cli.command {
+        Some(Command::Config(ConfigCommand::Check { file })) => match config::check_file(file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                0
+            }
+            Err(e) => fail(&e),
+        },
+        Some(Command::Config(ConfigCommand::Show)) => match resolved() {
+            Ok((cfg, _)) => {
+                print!("{}", toml::to_string(&cfg).unwrap_or_default());
+                0
+            }
+            Err(e) => fail(&e),
+        },
+        Some(Command::Config(ConfigCommand::Example)) => {
+            print!("{}", config::example_toml());
+            0
+        }
+        Some(Command::Ctl(args)) => {
+            // The socket from the broker's own flags/env/file when ctl has none.
+            let cfg = resolved()
+                .map(|(c, _)| c)
+                .unwrap_or_else(|_| cli.run.clone());
+            admin::client::run(args, cfg.admin_socket_path())
+        }
+        None => match resolved() {
+            Ok((cfg, _)) => run(&cli, cfg),
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> i32 {
+    eprintln!("error: {e}");
+    1
+}
+
+/// Runs the broker until SIGTERM/SIGINT or an admin `shutdown`.
+fn run(cli: &Cli, cfg: Config) -> i32 {
+    let set_level = match logging::init(&cfg.logging.log_level, cfg.logging.log_format) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    if let Some(f) = &cli.config {
+        tracing::info!(file = %f.display(), "configuration file read");
+    }
+    // Blocked before any thread starts, so every thread inherits the mask and
+    // the signals are only ever taken by `signals::wait`.
+    signals::block();
+    let handle = match ringmq_shard::server::start(cfg.to_shard_config()) {
+        Ok(h) => h,
+        Err(e) => return fail(&e),
+    };
+    let addrs = handle.local_addrs();
+    tracing::info!(shards = handle.shards(), "broker started");
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let backend = Arc::new(ShardBackend::new(handle, stop_tx.clone()));
+    let admin_path = cfg.admin_socket_path();
+    let handler = Handler::new(backend.clone(), Some(set_level));
+    let mut admin = match AdminServer::start(&admin_path, handler) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::error!(error = %e, "admin socket not available");
+            None
+        }
+    };
+    let mut metrics = match cfg.admin.metrics_listen.0 {
+        Some(addr) => match MetricsServer::start(addr, backend.clone()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                shutdown(&backend);
+                return fail(&e);
+            }
+        },
+        None => None,
+    };
+    let mut out = std::io::stdout().lock();
+    for a in &addrs {
+        let _ = writeln!(out, "ringmq listening on mqtt://{a}");
+    }
+    if let Some(m) = &metrics {
+        let _ = writeln!(out, "ringmq metrics on http://{}/metrics", m.local_addr());
+    }
+    let _ = out.flush();
+    drop(out);
+    std::thread::Builder::new()
+        .name("ringmq-signals".into())
+        .spawn(move || {
+            let sig = signals::wait();
+            tracing::info!(signal = sig, "signal received, shutting down");
+            let _ = stop_tx.send(());
+        })
+        .expect("spawn the signal thread");
+    let _ = stop_rx.recv();
+    if let Some(a) = admin.as_mut() {
+        a.stop();
+    }
+    if let Some(m) = metrics.as_mut() {
+        m.stop();
+    }
+    shutdown(&backend)
+}
+
+/// Graceful shutdown of the shards; waits for them.
+fn shutdown(backend: &ShardBackend) -> i32 {
+    let Some(handle) = backend.take_handle() else {
+        return 0;
+    };
+    handle.shutdown();
+    match handle.join() {
+        Ok(()) => {
+            tracing::info!("stopped");
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// SIGTERM/SIGINT taken synchronously by one thread (`sigwait`), so no
+/// async-signal-safety concerns.
+mod signals {
+    fn set() -> libc::sigset_t {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+        unsafe {
+            let mut s: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut s);
+            libc::sigaddset(&mut s, libc::SIGTERM);
+            libc::sigaddset(&mut s, libc::SIGINT);
+            s
+        }
+    }
+
+    /// Blocks SIGTERM and SIGINT in this thread (and threads it starts later).
+    pub fn block() {
+        let s = set();
+        // SAFETY: `s` is an initialised set; a null old-set pointer is allowed.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &s, std::ptr::null_mut()) };
+    }
+
+    /// Waits for SIGTERM or SIGINT; returns its name.
+    pub fn wait() -> &'static str {
+        let s = set();
+        let mut sig: libc::c_int = 0;
+        loop {
+            // SAFETY: `s` is initialised and `sig` is a valid out pointer.
+            if unsafe { libc::sigwait(&s, &mut sig) } == 0 {
+                return if sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! What the admin socket and the metrics endpoint need from the broker: the
+//! [`AdminBackend`] trait and the plain, serializable answers it gives.
+//!
+//! The admin and metrics servers run on their own threads; a backend answers
+//! them by asking the shards over their control channels (never a lock on the
+//! message path). `shard_backend.rs` implements it for the real broker;
+//! tests of the protocol use a fake.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Machine-readable error codes of the admin protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request line is not JSON (or not an object).
+    BadJson,
+    /// A known command with missing or wrong arguments.
+    BadRequest,
+    /// The `cmd` is not a command of this protocol.
+    UnknownCommand,
+    /// The client, session or retained message does not exist.
+    NotFound,
+    /// The broker cannot answer now (shutting down, shard not answering).
+    Unavailable,
+    /// Anything else.
+    Internal,
+}
+
+/// An error answer: a code and a one-line message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl AdminError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        AdminError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+}
+
+impl fmt::Display for AdminError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, code_str(self.code))
+    }
+}
+
+impl std::error::Error for AdminError {}
+
+fn code_str(c: ErrorCode) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `status`: the broker at a glance. Rates are filled in by the admin server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub shards: usize,
+    pub connections: u64,
+    pub sessions: u64,
+    pub subscriptions: u64,
+    pub retained: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// PUBLISH received per second, since the previous `status` (or start).
+    pub messages_in_per_sec: f64,
+    /// PUBLISH sent per second, since the previous `status` (or start).
+    pub messages_out_per_sec: f64,
+    pub draining: bool,
+}
+
+/// A client or session (`clients`, `client show`, `sessions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub shard: usize,
+    pub connected: bool,
+    /// Protocol level: 3 (3.1), 4 (3.1.1), 5 (5.0).
+    pub protocol: u8,
+    pub peer: Option<String>,
+    pub keep_alive: u16,
+    pub clean_start: bool,
+    pub session_expiry: u32,
+    pub subscriptions: usize,
+    pub inflight: usize,
+    pub queued: usize,
+}
+
+/// One subscription (`subscriptions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionInfo {
+    pub client_id: String,
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    pub subscription_id: Option<u32>,
+}
+
+/// One retained message (`retained list`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedInfo {
+    pub topic: String,
+    pub qos: u8,
+    pub payload_len: usize,
+}
+
+/// A latency histogram: cumulative counts per upper bound, Prometheus style.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// `(upper bound in seconds, observations <= bound)`, bounds increasing.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+/// Counters of one shard, read without stopping it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardMetrics {
+    pub shard: usize,
+    /// Open connections (gauge).
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    pub sessions: u64,
+    pub subscriptions: u64,
+    pub retained: u64,
+    /// PUBLISH received, by QoS 0, 1, 2.
+    pub messages_in: [u64; 3],
+    /// PUBLISH sent, by QoS 0, 1, 2.
+    pub messages_out: [u64; 3],
+    /// PUBLISH payload bytes received by QoS, when the shard counts them.
+    pub publish_bytes_in: Option<[u64; 3]>,
+    /// PUBLISH payload bytes sent by QoS, when the shard counts them.
+    pub publish_bytes_out: Option<[u64; 3]>,
+    /// All bytes read from / written to sockets.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Outbound QoS 1/2 awaiting acknowledgement (gauge).
+    pub inflight: u64,
+    /// Messages queued for sessions (gauge).
+    pub queued: u64,
+    /// Closes by reason (`keep_alive_timeout`, `slow_consumer`, ...).
+    pub closes: BTreeMap<String, u64>,
+    /// Undelivered messages by reason (`qos0_buffer_full`, `queue_full`, ...).
+    pub drops: BTreeMap<String, u64>,
+    pub mesh_messages_out: u64,
+    pub mesh_batches_out: u64,
+    /// Seconds spent handling work since start.
+    pub busy_seconds: f64,
+    /// Fraction of wall time busy since the previous snapshot (0..1).
+    pub busy_ratio: f64,
+    /// Storage commit latency, when the shard persists.
+    pub storage_commit: Option<Histogram>,
+}
+
+/// Every shard's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    pub uptime_secs: f64,
+    pub draining: bool,
+    pub shards: Vec<ShardMetrics>,
+}
+
+impl MetricsSnapshot {
+    /// Sums across shards into a status (rates left at zero).
+    pub fn to_status(&self) -> BrokerStatus {
+        let sum = |f: fn(&ShardMetrics) -> u64| self.shards.iter().map(f).sum::<u64>();
+        // Retained messages are replicated on every shard: take one replica.
+        let retained = self.shards.iter().map(|s| s.retained).max().unwrap_or(0);
+        BrokerStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.uptime_secs as u64,
+            shards: self.shards.len(),
+            connections: sum(|s| s.connections),
+            sessions: sum(|s| s.sessions),
+            subscriptions: sum(|s| s.subscriptions),
+            retained,
+            messages_in: sum(|s| s.messages_in.iter().sum()),
+            messages_out: sum(|s| s.messages_out.iter().sum()),
+            bytes_in: sum(|s| s.bytes_in),
+            bytes_out: sum(|s| s.bytes_out),
+            messages_in_per_sec: 0.0,
+            messages_out_per_sec: 0.0,
+            draining: self.draining,
+        }
+    }
+}
+
+/// The broker as the admin socket and metrics endpoint see it. Called from
+/// their threads (never a shard); each call may block briefly while shards
+/// answer over their control channels.
+pub trait AdminBackend: Send + Sync {
+    /// Version, uptime, shards, totals. Default: summed from [`Self::metrics`].
+    fn status(&self) -> Result<BrokerStatus, AdminError> {
+        Ok(self.metrics()?.to_status())
+    }
+    /// Connected clients, optionally of one shard; `pattern` as in `--match`
+    /// (`*`/`?` glob, else substring), see [`crate::admin::id_matches`].
+    fn clients(
+        &self,
+        shard: Option<usize>,
+        pattern: Option<&str>,
+    ) -> Result<Vec<ClientInfo>, AdminError>;
+    /// One client's session; `NotFound` when there is none.
+    fn client_show(&self, client_id: &str) -> Result<ClientInfo, AdminError>;
+    /// Disconnects a client (v5: DISCONNECT 0x98); `NotFound` when not connected.
+    fn kick(&self, client_id: &str) -> Result<(), AdminError>;
+    /// Every session, connected or not.
+    fn sessions(&self) -> Result<Vec<ClientInfo>, AdminError>;
+    /// Subscriptions, optionally only those matching topic name `topic`.
+    fn subscriptions(&self, topic: Option<&str>) -> Result<Vec<SubscriptionInfo>, AdminError>;
+    /// Retained messages matching `filter`, at most `limit`.
+    fn retained_list(&self, filter: &str, limit: usize) -> Result<Vec<RetainedInfo>, AdminError>;
+    /// Deletes a retained message; `NotFound` when there was none.
+    fn retained_delete(&self, topic: &str) -> Result<(), AdminError>;
+    /// Every shard's counters.
+    fn metrics(&self) -> Result<MetricsSnapshot, AdminError>;
+    /// Stop accepting connections, shed existing ones gradually. Returns at once.
+    fn drain(&self) -> Result<(), AdminError>;
+    /// Start a graceful shutdown; the process exits once the shards stopped.
+    /// Returns at once.
+    fn shutdown(&self) -> Result<(), AdminError>;
+}

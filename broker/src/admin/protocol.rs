@@ -1,0 +1,224 @@
+//! The admin protocol: one JSON object per line each way (docs/admin-protocol.md).
+//!
+//! Request: `{"cmd": "client.kick", "client_id": "c1", "id": 7}` (`id` is
+//! optional and echoed). Response: `{"id": 7, "ok": true, "result": ...}` or
+//! `{"id": 7, "ok": false, "error": {"code": "not_found", "message": "..."}}`.
+
+use super::backend::{AdminBackend, AdminError, ErrorCode};
+use crate::logging::SetLevel;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Every command, as sent on the wire (`cmd` is the tag).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd")]
+pub enum Request {
+    #[serde(rename = "status")]
+    Status,
+    #[serde(rename = "clients")]
+    Clients {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shard: Option<usize>,
+        #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+        pattern: Option<String>,
+    },
+    #[serde(rename = "client.show")]
+    ClientShow { client_id: String },
+    #[serde(rename = "client.kick")]
+    ClientKick { client_id: String },
+    #[serde(rename = "sessions")]
+    Sessions,
+    #[serde(rename = "subscriptions")]
+    Subscriptions {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+    },
+    #[serde(rename = "retained.list")]
+    RetainedList {
+        #[serde(default = "all_topics")]
+        filter: String,
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
+    #[serde(rename = "retained.delete")]
+    RetainedDelete { topic: String },
+    #[serde(rename = "metrics")]
+    Metrics,
+    #[serde(rename = "log-level")]
+    LogLevel { level: String },
+    #[serde(rename = "drain")]
+    Drain,
+    #[serde(rename = "shutdown")]
+    Shutdown,
+}
+
+fn all_topics() -> String {
+    "#".into()
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// Every `cmd` this protocol knows, for the `unknown_command` answer.
+pub const COMMANDS: &[&str] = &[
+    "status",
+    "clients",
+    "client.show",
+    "client.kick",
+    "sessions",
+    "subscriptions",
+    "retained.list",
+    "retained.delete",
+    "metrics",
+    "log-level",
+    "drain",
+    "shutdown",
+];
+
+/// A response line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<AdminError>,
+}
+
+/// What the admin server answers with: the backend, the live log filter and
+/// the last `status` sample (for rates).
+pub struct Handler {
+    backend: Arc<dyn AdminBackend>,
+    set_level: Option<SetLevel>,
+    last: Mutex<Option<(Instant, u64, u64)>>,
+    started: Instant,
+}
+
+impl Handler {
+    pub fn new(backend: Arc<dyn AdminBackend>, set_level: Option<SetLevel>) -> Self {
+        Handler {
+            backend,
+            set_level,
+            last: Mutex::new(None),
+            started: Instant::now(),
+        }
+    }
+
+    /// Answers one request line with one response line (no newline).
+    pub fn handle_line(&self, line: &str) -> String {
+        let resp = match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(mut obj)) => {
+                let id = obj.remove("id");
+                let result = parse_request(Value::Object(obj)).and_then(|r| self.execute(r));
+                match result {
+                    Ok(v) => Response {
+                        id,
+                        ok: true,
+                        result: Some(v),
+                        error: None,
+                    },
+                    Err(e) => Response {
+                        id,
+                        ok: false,
+                        result: None,
+                        error: Some(e),
+                    },
+                }
+            }
+            Ok(_) => error_response(ErrorCode::BadJson, "a request is a JSON object".into()),
+            Err(e) => error_response(ErrorCode::BadJson, format!("not JSON: {e}")),
+        };
+        serde_json::to_string(&resp).expect("responses serialize")
+    }
+
+    /// Runs one command.
+    pub fn execute(&self, req: Request) -> Result<Value, AdminError> {
+        let b = &*self.backend;
+        match req {
+            Request::Status => to_value(self.status()?),
+            Request::Clients { shard, pattern } => to_value(b.clients(shard, pattern.as_deref())?),
+            Request::ClientShow { client_id } => to_value(b.client_show(&client_id)?),
+            Request::ClientKick { client_id } => {
+                b.kick(&client_id)?;
+                Ok(json!({ "kicked": client_id }))
+            }
+            Request::Sessions => to_value(b.sessions()?),
+            Request::Subscriptions { topic } => to_value(b.subscriptions(topic.as_deref())?),
+            Request::RetainedList { filter, limit } => to_value(b.retained_list(&filter, limit)?),
+            Request::RetainedDelete { topic } => {
+                b.retained_delete(&topic)?;
+                Ok(json!({ "deleted": topic }))
+            }
+            Request::Metrics => to_value(b.metrics()?),
+            Request::LogLevel { level } => {
+                let set = self
+                    .set_level
+                    .as_ref()
+                    .ok_or_else(|| AdminError::unavailable("this broker has no live log filter"))?;
+                set(&level).map_err(|e| AdminError::new(ErrorCode::BadRequest, e))?;
+                Ok(json!({ "log_level": level }))
+            }
+            Request::Drain => {
+                b.drain()?;
+                Ok(json!({ "draining": true }))
+            }
+            Request::Shutdown => {
+                b.shutdown()?;
+                Ok(json!({ "shutting_down": true }))
+            }
+        }
+    }
+
+    /// `status` with message rates since the previous `status` (or start).
+    fn status(&self) -> Result<super::backend::BrokerStatus, AdminError> {
+        let mut st = self.backend.status()?;
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (t0, in0, out0) = last.unwrap_or((self.started, 0, 0));
+        let dt = now.duration_since(t0).as_secs_f64().max(1e-3);
+        st.messages_in_per_sec = st.messages_in.saturating_sub(in0) as f64 / dt;
+        st.messages_out_per_sec = st.messages_out.saturating_sub(out0) as f64 / dt;
+        *last = Some((now, st.messages_in, st.messages_out));
+        Ok(st)
+    }
+}
+
+fn to_value<T: Serialize>(v: T) -> Result<Value, AdminError> {
+    serde_json::to_value(v).map_err(|e| AdminError::new(ErrorCode::Internal, e.to_string()))
+}
+
+fn error_response(code: ErrorCode, message: String) -> Response {
+    Response {
+        id: None,
+        ok: false,
+        result: None,
+        error: Some(AdminError::new(code, message)),
+    }
+}
+
+/// Parses a request object: an unknown `cmd` and bad arguments are told apart.
+pub fn parse_request(v: Value) -> Result<Request, AdminError> {
+    let cmd = match v.get("cmd") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(AdminError::new(
+                ErrorCode::BadRequest,
+                "\"cmd\" must be a string",
+            ))
+        }
+        None => return Err(AdminError::new(ErrorCode::BadRequest, "missing \"cmd\"")),
+    };
+    if !COMMANDS.contains(&cmd.as_str()) {
+        return Err(AdminError::new(
+            ErrorCode::UnknownCommand,
+            format!("unknown command \"{cmd}\" (known: {})", COMMANDS.join(", ")),
+        ));
+    }
+    serde_json::from_value(v)
+        .map_err(|e| AdminError::new(ErrorCode::BadRequest, format!("{cmd}: {e}")))
+}

@@ -1,0 +1,281 @@
+//! [`AdminBackend`] for the running broker core: questions go to the shards
+//! over their control channels (`ServerHandle::query`), counters are read
+//! from each shard's single-writer stats (no lock on the message path).
+
+use super::backend::{
+    AdminBackend, AdminError, ClientInfo, MetricsSnapshot, RetainedInfo, ShardMetrics,
+    SubscriptionInfo,
+};
+use ringmq_shard::control::{self, Query, Reply};
+use ringmq_shard::server::ServerHandle;
+use ringmq_shard::stats::{CloseReason, DropReason, ShardStats};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long a question waits for the shards.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The broker core seen by the admin socket and the metrics endpoint.
+pub struct ShardBackend {
+    /// `None` once `main` took it back to join the shards.
+    handle: Mutex<Option<ServerHandle>>,
+    /// Told when an admin `shutdown` arrives (main waits on it).
+    on_shutdown: Mutex<Sender<()>>,
+    draining: AtomicBool,
+    /// Per shard: (when, busy ns) at the previous snapshot, for the busy ratio.
+    last_busy: Mutex<Vec<(Instant, u64)>>,
+}
+
+impl ShardBackend {
+    /// Wraps a started core; `on_shutdown` is signalled by the `shutdown` command.
+    pub fn new(handle: ServerHandle, on_shutdown: Sender<()>) -> Self {
+        let now = Instant::now();
+        let last = handle
+            .stats()
+            .iter()
+            .map(|s| (now, s.busy_ns.get()))
+            .collect();
+        ShardBackend {
+            handle: Mutex::new(Some(handle)),
+            on_shutdown: Mutex::new(on_shutdown),
+            draining: AtomicBool::new(false),
+            last_busy: Mutex::new(last),
+        }
+    }
+
+    /// Takes the handle back (to `join` the shards); the backend then answers `unavailable`.
+    pub fn take_handle(&self) -> Option<ServerHandle> {
+        lock(&self.handle).take()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&ServerHandle) -> T) -> Result<T, AdminError> {
+        match &*lock(&self.handle) {
+            Some(h) => Ok(f(h)),
+            None => Err(AdminError::unavailable("the broker is shutting down")),
+        }
+    }
+
+    fn ask(&self, q: Query, shard: Option<usize>) -> Result<Vec<Reply>, AdminError> {
+        let (replies, asked) = self.with(|h| {
+            let n = if shard.is_some() { 1 } else { h.shards() };
+            (h.query(q, shard, QUERY_TIMEOUT), n)
+        })?;
+        if replies.is_empty() && asked > 0 {
+            return Err(AdminError::unavailable("no shard answered"));
+        }
+        Ok(replies)
+    }
+
+    fn ask_clients(&self, q: Query, shard: Option<usize>) -> Result<Vec<ClientInfo>, AdminError> {
+        let mut out = Vec::new();
+        for r in self.ask(q, shard)? {
+            if let Reply::Clients(_, list) = r {
+                out.extend(list.into_iter().map(client));
+            }
+        }
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        Ok(out)
+    }
+
+    fn ask_done(&self, q: Query) -> Result<bool, AdminError> {
+        Ok(self
+            .ask(q, None)?
+            .iter()
+            .any(|r| matches!(r, Reply::Done(_, true))))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn client(c: control::ClientInfo) -> ClientInfo {
+    ClientInfo {
+        client_id: c.client_id,
+        shard: c.shard,
+        connected: c.connected,
+        protocol: c.protocol,
+        peer: c.peer,
+        keep_alive: c.keep_alive,
+        clean_start: c.clean_start,
+        session_expiry: c.session_expiry,
+        subscriptions: c.subscriptions,
+        inflight: c.inflight,
+        queued: c.queued,
+    }
+}
+
+fn shard_metrics(shard: usize, s: &ShardStats, busy_ratio: f64) -> ShardMetrics {
+    let q = |c: &[ringmq_shard::stats::Counter; 3]| [c[0].get(), c[1].get(), c[2].get()];
+    ShardMetrics {
+        shard,
+        connections: s.connections.get(),
+        connections_total: s.connections_total.get(),
+        sessions: s.sessions.get(),
+        subscriptions: s.subscriptions.get(),
+        retained: s.retained.get(),
+        messages_in: q(&s.msgs_in),
+        messages_out: q(&s.msgs_out),
+        publish_bytes_in: None,
+        publish_bytes_out: None,
+        bytes_in: s.bytes_in.get(),
+        bytes_out: s.bytes_out.get(),
+        packets_in: s.packets_in.get(),
+        packets_out: s.packets_out.get(),
+        inflight: s.inflight.get(),
+        queued: s.queued.get(),
+        closes: CloseReason::ALL
+            .iter()
+            .map(|&r| (r.as_str().to_string(), s.closes_for(r)))
+            .collect(),
+        drops: DropReason::ALL
+            .iter()
+            .map(|&r| (r.as_str().to_string(), s.drops_for(r)))
+            .collect(),
+        mesh_messages_out: s.mesh_msgs_out.get(),
+        mesh_batches_out: s.mesh_batches_out.get(),
+        busy_seconds: s.busy_ns.get() as f64 / 1e9,
+        busy_ratio,
+        storage_commit: None,
+    }
+}
+
+impl AdminBackend for ShardBackend {
+    fn clients(
+        &self,
+        shard: Option<usize>,
+        pattern: Option<&str>,
+    ) -> Result<Vec<ClientInfo>, AdminError> {
+        let mut list = self.ask_clients(Query::Clients { pattern: None }, shard)?;
+        if let Some(p) = pattern {
+            list.retain(|c| super::id_matches(p, &c.client_id));
+        }
+        Ok(list)
+    }
+
+    fn client_show(&self, client_id: &str) -> Result<ClientInfo, AdminError> {
+        let q = Query::ClientShow {
+            client_id: client_id.to_string(),
+        };
+        self.ask_clients(q, None)?
+            .into_iter()
+            .find(|c| c.client_id == client_id)
+            .ok_or_else(|| AdminError::not_found(format!("no session for client \"{client_id}\"")))
+    }
+
+    fn kick(&self, client_id: &str) -> Result<(), AdminError> {
+        let q = Query::Kick {
+            client_id: client_id.to_string(),
+        };
+        if self.ask_done(q)? {
+            Ok(())
+        } else {
+            Err(AdminError::not_found(format!(
+                "client \"{client_id}\" is not connected"
+            )))
+        }
+    }
+
+    fn sessions(&self) -> Result<Vec<ClientInfo>, AdminError> {
+        self.ask_clients(Query::Sessions, None)
+    }
+
+    fn subscriptions(&self, topic: Option<&str>) -> Result<Vec<SubscriptionInfo>, AdminError> {
+        let q = Query::Subscriptions {
+            topic: topic.map(str::to_string),
+        };
+        let mut out = Vec::new();
+        for r in self.ask(q, None)? {
+            if let Reply::Subscriptions(_, list) = r {
+                out.extend(list.into_iter().map(|s| SubscriptionInfo {
+                    client_id: s.client_id,
+                    filter: s.filter,
+                    qos: s.qos,
+                    no_local: s.no_local,
+                    retain_as_published: s.retain_as_published,
+                    retain_handling: s.retain_handling,
+                    subscription_id: s.subscription_id,
+                }));
+            }
+        }
+        out.sort_by(|a, b| (&a.client_id, &a.filter).cmp(&(&b.client_id, &b.filter)));
+        Ok(out)
+    }
+
+    fn retained_list(&self, filter: &str, limit: usize) -> Result<Vec<RetainedInfo>, AdminError> {
+        let q = Query::RetainedList {
+            filter: filter.to_string(),
+            limit,
+        };
+        let mut out = Vec::new();
+        for r in self.ask(q, Some(0))? {
+            if let Reply::Retained(_, list) = r {
+                out.extend(list.into_iter().map(|m| RetainedInfo {
+                    topic: m.topic,
+                    qos: m.qos,
+                    payload_len: m.payload_len,
+                }));
+            }
+        }
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        Ok(out)
+    }
+
+    fn retained_delete(&self, topic: &str) -> Result<(), AdminError> {
+        if self.ask_done(Query::RetainedDelete {
+            topic: topic.to_string(),
+        })? {
+            Ok(())
+        } else {
+            Err(AdminError::not_found(format!(
+                "no retained message on \"{topic}\""
+            )))
+        }
+    }
+
+    fn metrics(&self) -> Result<MetricsSnapshot, AdminError> {
+        let mut last = lock(&self.last_busy);
+        self.with(|h| {
+            let now = Instant::now();
+            let shards = h
+                .stats()
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let busy = s.busy_ns.get();
+                    let (t0, b0) = last.get(i).copied().unwrap_or((now, busy));
+                    let wall = now.duration_since(t0).as_nanos() as f64;
+                    let ratio = if wall > 0.0 {
+                        (busy.saturating_sub(b0) as f64 / wall).min(1.0)
+                    } else {
+                        0.0
+                    };
+                    if let Some(l) = last.get_mut(i) {
+                        *l = (now, busy);
+                    }
+                    shard_metrics(i, s, ratio)
+                })
+                .collect();
+            MetricsSnapshot {
+                uptime_secs: h.uptime().as_secs_f64(),
+                draining: self.draining.load(Ordering::Relaxed),
+                shards,
+            }
+        })
+    }
+
+    fn drain(&self) -> Result<(), AdminError> {
+        self.with(|h| h.drain())?;
+        self.draining.store(true, Ordering::Relaxed);
+        tracing::info!("draining: no new connections");
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<(), AdminError> {
+        self.with(|h| h.shutdown())?;
+        let _ = lock(&self.on_shutdown).send(());
+        Ok(())
+    }
+}

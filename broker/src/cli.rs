@@ -1,0 +1,190 @@
+//! The command line: `ringmq [FLAGS]` runs the broker, `ringmq config check
+//! FILE` validates a file, `ringmq ctl ...` talks to a running broker.
+//!
+//! Every run flag also reads `RINGMQ_<FLAG_NAME>` (added here, from the flag's
+//! id, so names cannot drift). Errors are printed as one line.
+
+use crate::config::{self, Config};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// ringmq: a thread-per-core MQTT broker (3.1, 3.1.1, 5.0).
+///
+/// Every flag is also RINGMQ_<FLAG_NAME> in the environment and a key of the
+/// TOML file given with --config (see ringmq.example.toml).
+/// Precedence: flag > environment > file > default.
+#[derive(Debug, Parser)]
+#[command(name = "ringmq", version, max_term_width = 100)]
+pub struct Cli {
+    /// TOML configuration file
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands (none: run the broker).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Configuration files
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Talk to a running broker over its admin socket
+    Ctl(CtlArgs),
+}
+
+/// `ringmq config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (unknown keys, bad values, CPUs present)
+    Check {
+        /// The TOML file
+        file: PathBuf,
+    },
+    /// Print the effective configuration (flags, environment, file) as TOML
+    Show,
+    /// Print every key with its default and help (ringmq.example.toml)
+    Example,
+}
+
+/// `ringmq ctl [--admin-socket PATH | --data-dir DIR] COMMAND`
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// Admin socket (default: DATA_DIR/ringmq.sock)
+    #[arg(long, value_name = "PATH", env = "RINGMQ_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
+    /// The broker's data directory, to find its admin socket
+    #[arg(long, value_name = "DIR", env = "RINGMQ_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print raw JSON responses
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The admin commands (see docs/admin-protocol.md).
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// Version, uptime, shards, connections, message rates
+    Status,
+    /// Connected clients
+    Clients {
+        /// Only this shard
+        #[arg(long)]
+        shard: Option<usize>,
+        /// Only client ids matching this pattern (`*` and `?` wildcards)
+        #[arg(long = "match", value_name = "PATTERN")]
+        pattern: Option<String>,
+    },
+    /// One client
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Every session, connected or not
+    Sessions,
+    /// Subscriptions
+    Subscriptions {
+        /// Only subscriptions matching this topic name
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Retained messages
+    #[command(subcommand)]
+    Retained(RetainedCommand),
+    /// Counters of every shard (JSON)
+    Metrics,
+    /// Change the log filter live (error, warn, info, debug, trace or directives)
+    LogLevel {
+        /// The new filter
+        level: String,
+    },
+    /// Stop accepting connections and shed existing ones gradually
+    Drain,
+    /// Graceful shutdown
+    Shutdown,
+    /// Send one raw JSON request line
+    Raw {
+        /// The request, e.g. '{"cmd":"status"}'
+        json: String,
+    },
+}
+
+/// `ringmq ctl client ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClientCommand {
+    /// Show one client's session
+    Show {
+        /// Client identifier
+        id: String,
+    },
+    /// Disconnect a client (v5: DISCONNECT 0x98 Administrative action)
+    Kick {
+        /// Client identifier
+        id: String,
+    },
+}
+
+/// `ringmq ctl retained ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum RetainedCommand {
+    /// List retained messages
+    List {
+        /// Topic filter (default `#`)
+        #[arg(long, default_value = "#")]
+        filter: String,
+        /// At most this many
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Delete the retained message of a topic
+    Delete {
+        /// Topic name
+        topic: String,
+    },
+}
+
+/// Ids of run flags that get no environment variable.
+const NO_ENV: &[&str] = &["help", "version"];
+
+/// The clap command with `RINGMQ_<FLAG>` variables attached to every run flag.
+pub fn command() -> clap::Command {
+    Cli::command().mut_args(|a| {
+        let id = a.get_id().as_str();
+        if NO_ENV.contains(&id) {
+            return a;
+        }
+        let name: &'static str = Box::leak(config::env_name(id).into_boxed_str());
+        a.env(name)
+    })
+}
+
+/// Parses `args` (the first is the program name). On a usage error returns
+/// its one-line message; `--help`/`--version` print and exit.
+pub fn parse_from<I, T>(args: I) -> Result<(Cli, clap::ArgMatches), String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = match command().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(e.kind(), DisplayHelp | DisplayVersion) {
+                e.exit();
+            }
+            if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand {
+                e.exit();
+            }
+            return Err(first_line(&e.to_string()));
+        }
+    };
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| first_line(&e.to_string()))?;
+    Ok((cli, matches))
+}
+
+fn first_line(s: &str) -> String {
+    let l = s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s);
+    l.trim_start_matches("error: ").to_string()
+}

@@ -1,0 +1,228 @@
+//! The broker's configuration: every tunable, once.
+//!
+//! Each section below is at the same time a group of command-line flags (clap
+//! derive; the group is the `--help` heading), a table of the TOML file and a
+//! set of environment variables (`RINGMQ_<FLAG_NAME>`, added in `cli.rs`).
+//! Defaults live only in the `default_value` attributes; `Default` parses an
+//! empty command line, so flags, file, example file and docs cannot disagree.
+//!
+//! Layout:
+//! - `config/types.rs`: value types (listener URLs, CPU lists, enums).
+//! - `config/load.rs`: the TOML file, precedence flag > env > file > default,
+//!   one-line errors naming the key.
+//! - `config/validate.rs`: checks across values (CPUs present, ranges).
+//! - `config/example.rs`: `ringmq config example` (= ringmq.example.toml).
+//! - `config/shard.rs`: [`Config::to_shard_config`], the one mapping to the core.
+
+mod example;
+mod load;
+mod shard;
+pub mod types;
+mod validate;
+
+pub use example::example_toml;
+pub use load::{check_file, env_name, resolve, ConfigError, Source, Sources};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use types::{CpuList, Durability, ListenUrl, LogFormat, OptAddr, OptPath, Overflow};
+
+/// The value of a section when no flag is given (environment ignored).
+fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("ringmq").no_binary_name(true));
+    let m = cmd
+        .try_get_matches_from(std::iter::empty::<String>())
+        .expect("every flag has a default");
+    T::from_arg_matches(&m).expect("defaults are valid")
+}
+
+/// A section: a flag group, a TOML table and a `Default` from the flags' defaults.
+macro_rules! section {
+    ($(#[$m:meta])* $heading:literal $name:ident { $($body:tt)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, clap::Args, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        #[command(next_help_heading = $heading)]
+        pub struct $name { $($body)* }
+        impl Default for $name {
+            fn default() -> Self {
+                clap_defaults::<$name>()
+            }
+        }
+    };
+}
+
+section! {
+    /// `[listeners]`: where clients connect.
+    "Listeners" Listeners {
+        /// Listener URL, repeatable (mqtt://HOST:PORT); comma-separated in the environment
+        #[arg(long, value_name = "URL", default_value = "mqtt://0.0.0.0:1883", value_delimiter = ',')]
+        pub listen: Vec<ListenUrl>,
+        /// listen(2) backlog of each shard's socket
+        #[arg(long, value_name = "N", default_value_t = 4096)]
+        pub backlog: u32,
+    }
+}
+
+section! {
+    /// `[placement]`: shards and the CPUs they run on.
+    "Placement" Placement {
+        /// Number of shards, one per core (0: all CPUs present)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        pub cores: usize,
+        /// CPUs to pin shards to, e.g. 2-7,9 (empty: CPUs 0..cores)
+        #[arg(long, value_name = "LIST", default_value = "")]
+        pub cpu_list: CpuList,
+        /// Pin each shard's thread to its CPU
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        pub pin: bool,
+        /// io_uring registered memory per shard, bytes (counts against RLIMIT_MEMLOCK)
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+        pub io_memory: usize,
+        /// Capacity of each cross-shard channel, in batches
+        #[arg(long, value_name = "N", default_value_t = 1024)]
+        pub mesh_capacity: usize,
+    }
+}
+
+section! {
+    /// `[limits]`: bounds on what clients may do.
+    "Limits" Limits {
+        /// Most concurrent connections (whole broker)
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        pub max_connections: usize,
+        /// Largest packet accepted and advertised, bytes
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+        pub max_packet_size: u32,
+        /// Longest topic name or filter, bytes
+        #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+        pub max_topic_length: usize,
+        /// Most levels in a topic name or filter
+        #[arg(long, value_name = "N", default_value_t = 32)]
+        pub max_topic_levels: usize,
+        /// Most subscriptions one client may hold
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        pub max_subscriptions_per_client: usize,
+        /// Inflight window both ways (v5 Receive Maximum)
+        #[arg(long, value_name = "N", default_value_t = 256)]
+        pub receive_maximum: u16,
+        /// v5 Topic Alias Maximum offered to clients (0: none)
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        pub topic_alias_maximum: u16,
+        /// Outbound bytes buffered per connection before QoS 0 is dropped
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+        pub outbound_buffer_bytes: usize,
+        /// Close a connection whose socket accepts nothing for this long, ms
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        pub slow_consumer_timeout_ms: u64,
+        /// Retained messages sent per step to a new subscription
+        #[arg(long, value_name = "N", default_value_t = 256)]
+        pub retained_replay_batch: usize,
+    }
+}
+
+section! {
+    /// `[sessions]`: sessions, queues and optional MQTT features.
+    "Sessions" Sessions {
+        /// Largest keep alive accepted, seconds; larger gets v5 Server Keep Alive (0: no limit)
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        pub max_keep_alive: u16,
+        /// Cap on the session expiry interval, seconds
+        #[arg(long, value_name = "SECS", default_value_t = u32::MAX)]
+        pub max_session_expiry: u32,
+        /// QoS 1/2 messages queued per session beyond its inflight window
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        pub max_queued_messages: usize,
+        /// What a full session queue drops
+        #[arg(long, value_name = "POLICY", default_value = "drop-newest")]
+        pub queue_overflow: Overflow,
+        /// Retained messages available (v5 Retain Available)
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        pub retain_available: bool,
+        /// Shared subscriptions $share/GROUP/FILTER available
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        pub shared_subscriptions: bool,
+        /// Wildcard subscriptions (+ and #) available
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        pub wildcard_subscriptions: bool,
+    }
+}
+
+section! {
+    /// `[persistence]`: where state lives and when it is durable.
+    "Persistence" Persistence {
+        /// Directory of persistent state (and of the admin socket by default)
+        #[arg(long, value_name = "DIR", default_value = "./data")]
+        pub data_dir: PathBuf,
+        /// When an acknowledged QoS 1/2 message is durable
+        #[arg(long, value_name = "MODE", default_value = "sync")]
+        pub durability: Durability,
+        /// Commit interval with --durability batch, ms (the loss window)
+        #[arg(long, value_name = "MS", default_value_t = 10)]
+        pub batch_interval_ms: u64,
+    }
+}
+
+section! {
+    /// `[admin]`: the admin socket, metrics and $SYS topics.
+    "Admin/Metrics" Admin {
+        /// Admin socket path (empty: DATA_DIR/ringmq.sock)
+        #[arg(long, value_name = "PATH", default_value = "")]
+        pub admin_socket: OptPath,
+        /// Prometheus /metrics HTTP listener, HOST:PORT (empty: off)
+        #[arg(long, value_name = "HOST:PORT", default_value = "")]
+        pub metrics_listen: OptAddr,
+        /// Interval of $SYS/broker/... publications, seconds (0: off)
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        pub sys_interval_secs: u64,
+    }
+}
+
+section! {
+    /// `[logging]`: log level and format.
+    "Logging" Logging {
+        /// Log filter: a level (error, warn, info, debug, trace) or tracing directives
+        #[arg(long, value_name = "FILTER", default_value = "info")]
+        pub log_level: String,
+        /// Log line format
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        pub log_format: LogFormat,
+    }
+}
+
+/// Everything `ringmq` can be told. TOML: one table per section.
+#[derive(Clone, Debug, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    #[command(flatten)]
+    pub listeners: Listeners,
+    #[command(flatten)]
+    pub placement: Placement,
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub sessions: Sessions,
+    #[command(flatten)]
+    pub persistence: Persistence,
+    #[command(flatten)]
+    pub admin: Admin,
+    #[command(flatten)]
+    pub logging: Logging,
+}
+
+/// Name of the admin socket inside the data dir.
+pub const ADMIN_SOCKET_NAME: &str = "ringmq.sock";
+
+impl Config {
+    /// The admin socket: `--admin-socket`, else `DATA_DIR/ringmq.sock`.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        match &self.admin.admin_socket.0 {
+            Some(p) => p.clone(),
+            None => self.persistence.data_dir.join(ADMIN_SOCKET_NAME),
+        }
+    }
+
+    /// The configuration as a TOML tree: `{section: {key: value}}`.
+    pub fn to_toml(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("the config serializes to TOML")
+    }
+}

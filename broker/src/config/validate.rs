@@ -1,0 +1,115 @@
+//! Checks that need more than one value's type: the CPUs present, ranges the
+//! MQTT spec sets, values that must parse as something richer.
+
+use super::types::Durability;
+use super::{Config, ConfigError, Sources};
+use std::fmt::Display;
+
+/// CPUs present on this host (online), as the shards may be pinned to them.
+pub fn cpus_present() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n < 1 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        n as usize
+    }
+}
+
+impl Config {
+    /// Checks the whole configuration; the error names the offending key as
+    /// the user gave it (flag, variable or file key).
+    pub fn validate(&self, src: &Sources) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: &dyn Display, why: &str| {
+            Err(ConfigError(format!("{}: {why}", src.describe(key, value))))
+        };
+        let cpus = cpus_present();
+        let p = &self.placement;
+        if p.cores > cpus {
+            return bad("cores", &p.cores, &format!("only {cpus} CPUs present"));
+        }
+        if let Some(&c) = p.cpu_list.0.iter().find(|&&c| c >= cpus) {
+            let why = format!("CPU {c} does not exist (CPUs 0-{} present)", cpus - 1);
+            return bad("cpu_list", &p.cpu_list, &why);
+        }
+        if !p.cpu_list.0.is_empty() && p.cores > p.cpu_list.0.len() {
+            let why = format!("{} CPUs listed for {} shards", p.cpu_list.0.len(), p.cores);
+            return bad("cpu_list", &p.cpu_list, &why);
+        }
+        if p.io_memory < 64 << 10 {
+            return bad("io_memory", &p.io_memory, "must be at least 65536");
+        }
+        if p.mesh_capacity == 0 {
+            return bad("mesh_capacity", &0, "must be at least 1");
+        }
+        let l = &self.listeners;
+        if l.listen.is_empty() {
+            return bad("listen", &"", "at least one listener is needed");
+        }
+        if let Some(dup) = (1..l.listen.len()).find(|&i| l.listen[..i].contains(&l.listen[i])) {
+            return bad("listen", &l.listen[dup], "listed twice");
+        }
+        if l.backlog == 0 {
+            return bad("backlog", &0, "must be at least 1");
+        }
+        self.validate_limits(src)?;
+        let d = &self.persistence;
+        if d.durability == Durability::Batch && d.batch_interval_ms == 0 {
+            return bad(
+                "batch_interval_ms",
+                &0,
+                "must be at least 1 with durability batch",
+            );
+        }
+        if d.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", &"\"\"", "must not be empty");
+        }
+        let level = &self.logging.log_level;
+        if let Err(e) = crate::logging::parse_filter(level) {
+            return bad("log_level", level, &e);
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self, src: &Sources) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: &dyn Display, why: &str| {
+            Err(ConfigError(format!("{}: {why}", src.describe(key, value))))
+        };
+        let m = &self.limits;
+        // v5 3.1.2.11.4: Maximum Packet Size zero is a Protocol Error; the
+        // Remaining Length cannot exceed 268,435,455 (plus 5 header bytes).
+        if !(16..=268_435_460).contains(&m.max_packet_size) {
+            let v = m.max_packet_size;
+            return bad("max_packet_size", &v, "must be in 16..=268435460");
+        }
+        // v5 3.1.2.11.3: Receive Maximum zero is a Protocol Error.
+        if m.receive_maximum == 0 {
+            return bad("receive_maximum", &0, "must be at least 1");
+        }
+        // [MQTT-1.5.4-1]: strings are at most 65,535 bytes.
+        if !(1..=65_535).contains(&m.max_topic_length) {
+            let v = m.max_topic_length;
+            return bad("max_topic_length", &v, "must be in 1..=65535");
+        }
+        if m.max_topic_levels == 0 {
+            return bad("max_topic_levels", &0, "must be at least 1");
+        }
+        if m.max_connections == 0 {
+            return bad("max_connections", &0, "must be at least 1");
+        }
+        if m.max_subscriptions_per_client == 0 {
+            return bad("max_subscriptions_per_client", &0, "must be at least 1");
+        }
+        if m.outbound_buffer_bytes < 1024 {
+            let v = m.outbound_buffer_bytes;
+            return bad("outbound_buffer_bytes", &v, "must be at least 1024");
+        }
+        if m.retained_replay_batch == 0 {
+            return bad("retained_replay_batch", &0, "must be at least 1");
+        }
+        if m.slow_consumer_timeout_ms == 0 {
+            return bad("slow_consumer_timeout_ms", &0, "must be at least 1");
+        }
+        Ok(())
+    }
+}

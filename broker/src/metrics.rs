@@ -1,0 +1,398 @@
+//! Prometheus metrics: text exposition format 0.0.4 at `GET /metrics` on
+//! `--metrics-listen HOST:PORT`, served by a tiny HTTP/1.1 server on its own
+//! thread (one request per connection, `Connection: close`).
+//!
+//! Each scrape asks the backend for per-shard snapshots (the shards' own
+//! counters, read without a lock) and renders them; docs/metrics.md lists
+//! every family.
+
+use crate::admin::backend::{AdminBackend, MetricsSnapshot, ShardMetrics};
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const QOS: [&str; 3] = ["0", "1", "2"];
+
+/// Writes the `# HELP` and `# TYPE` lines of a family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP ringmq_{name} {help}\n# TYPE ringmq_{name} {kind}"
+    );
+}
+
+/// One sample per shard of a per-shard value.
+fn per_shard(
+    out: &mut String,
+    s: &MetricsSnapshot,
+    name: &str,
+    kind: &str,
+    help: &str,
+    f: fn(&ShardMetrics) -> f64,
+) {
+    family(out, name, kind, help);
+    for m in &s.shards {
+        let _ = writeln!(out, "ringmq_{name}{{shard=\"{}\"}} {}", m.shard, f(m));
+    }
+}
+
+/// One sample per shard and QoS.
+fn per_qos(
+    out: &mut String,
+    s: &MetricsSnapshot,
+    name: &str,
+    help: &str,
+    f: fn(&ShardMetrics) -> Option<[u64; 3]>,
+) {
+    if s.shards.iter().all(|m| f(m).is_none()) {
+        return;
+    }
+    family(out, name, "counter", help);
+    for m in &s.shards {
+        for (q, v) in QOS.iter().zip(f(m).unwrap_or_default()) {
+            let _ = writeln!(
+                out,
+                "ringmq_{name}{{shard=\"{}\",qos=\"{q}\"}} {v}",
+                m.shard
+            );
+        }
+    }
+}
+
+/// One sample per shard and reason.
+fn per_reason(
+    out: &mut String,
+    s: &MetricsSnapshot,
+    name: &str,
+    help: &str,
+    f: fn(&ShardMetrics) -> &std::collections::BTreeMap<String, u64>,
+) {
+    family(out, name, "counter", help);
+    for m in &s.shards {
+        for (reason, v) in f(m) {
+            let _ = writeln!(
+                out,
+                "ringmq_{name}{{shard=\"{}\",reason=\"{reason}\"}} {v}",
+                m.shard
+            );
+        }
+    }
+}
+
+/// The storage commit latency histogram of every shard that persists.
+fn commit_latency(out: &mut String, s: &MetricsSnapshot) {
+    if s.shards.iter().all(|m| m.storage_commit.is_none()) {
+        return;
+    }
+    let name = "storage_commit_seconds";
+    family(
+        out,
+        name,
+        "histogram",
+        "Latency of storage commits (group commit), seconds.",
+    );
+    for m in &s.shards {
+        let Some(h) = &m.storage_commit else { continue };
+        let sh = m.shard;
+        for (le, n) in &h.buckets {
+            let _ = writeln!(
+                out,
+                "ringmq_{name}_bucket{{shard=\"{sh}\",le=\"{le}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "ringmq_{name}_bucket{{shard=\"{sh}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "ringmq_{name}_sum{{shard=\"{sh}\"}} {}", h.sum_seconds);
+        let _ = writeln!(out, "ringmq_{name}_count{{shard=\"{sh}\"}} {}", h.count);
+    }
+}
+
+/// Renders a snapshot in the Prometheus text format.
+pub fn render(s: &MetricsSnapshot) -> String {
+    let mut out = String::with_capacity(4096 + s.shards.len() * 2048);
+    family(
+        &mut out,
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the broker started.",
+    );
+    let _ = writeln!(out, "ringmq_uptime_seconds {}", s.uptime_secs);
+    family(&mut out, "shards", "gauge", "Number of shards.");
+    let _ = writeln!(out, "ringmq_shards {}", s.shards.len());
+    family(
+        &mut out,
+        "draining",
+        "gauge",
+        "1 while the broker is draining.",
+    );
+    let _ = writeln!(out, "ringmq_draining {}", u8::from(s.draining));
+    let o = &mut out;
+    per_shard(
+        o,
+        s,
+        "connections",
+        "gauge",
+        "Open client connections.",
+        |m| m.connections as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "connections_total",
+        "counter",
+        "Connections accepted.",
+        |m| m.connections_total as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "sessions",
+        "gauge",
+        "Sessions held, connected or not.",
+        |m| m.sessions as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "subscriptions",
+        "gauge",
+        "Subscriptions held by the shard's sessions.",
+        |m| m.subscriptions as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "retained_messages",
+        "gauge",
+        "Retained messages in the shard's replica.",
+        |m| m.retained as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "inflight_messages",
+        "gauge",
+        "Outbound QoS 1/2 messages awaiting acknowledgement.",
+        |m| m.inflight as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "queued_messages",
+        "gauge",
+        "Messages queued for sessions.",
+        |m| m.queued as f64,
+    );
+    per_qos(
+        o,
+        s,
+        "messages_received_total",
+        "PUBLISH packets received, by QoS.",
+        |m| Some(m.messages_in),
+    );
+    per_qos(
+        o,
+        s,
+        "messages_sent_total",
+        "PUBLISH packets sent, by QoS.",
+        |m| Some(m.messages_out),
+    );
+    per_qos(
+        o,
+        s,
+        "publish_bytes_received_total",
+        "PUBLISH payload bytes received, by QoS.",
+        |m| m.publish_bytes_in,
+    );
+    per_qos(
+        o,
+        s,
+        "publish_bytes_sent_total",
+        "PUBLISH payload bytes sent, by QoS.",
+        |m| m.publish_bytes_out,
+    );
+    per_shard(
+        o,
+        s,
+        "bytes_received_total",
+        "counter",
+        "Bytes read from client sockets.",
+        |m| m.bytes_in as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "bytes_sent_total",
+        "counter",
+        "Bytes written to client sockets.",
+        |m| m.bytes_out as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "packets_received_total",
+        "counter",
+        "MQTT packets received.",
+        |m| m.packets_in as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "packets_sent_total",
+        "counter",
+        "MQTT packets sent.",
+        |m| m.packets_out as f64,
+    );
+    per_reason(
+        o,
+        s,
+        "messages_dropped_total",
+        "Messages not delivered, by reason.",
+        |m| &m.drops,
+    );
+    per_reason(
+        o,
+        s,
+        "connections_closed_total",
+        "Connections closed, by reason.",
+        |m| &m.closes,
+    );
+    per_shard(
+        o,
+        s,
+        "mesh_messages_sent_total",
+        "counter",
+        "Messages sent to other shards.",
+        |m| m.mesh_messages_out as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "mesh_batches_sent_total",
+        "counter",
+        "Batches sent to other shards.",
+        |m| m.mesh_batches_out as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "busy_seconds_total",
+        "counter",
+        "Seconds the shard spent handling work.",
+        |m| m.busy_seconds,
+    );
+    per_shard(
+        o,
+        s,
+        "busy_ratio",
+        "gauge",
+        "Fraction of time the shard was busy since the previous scrape.",
+        |m| m.busy_ratio,
+    );
+    commit_latency(o, s);
+    out
+}
+
+/// The metrics HTTP listener. Stopped on drop.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Binds `addr` and serves `/metrics` on a thread named `ringmq-metrics`.
+    pub fn start(addr: SocketAddr, backend: Arc<dyn AdminBackend>) -> io::Result<MetricsServer> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("--metrics-listen {addr}: {e}")))?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ringmq-metrics".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stop2.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(c) = conn {
+                        if let Err(e) = serve(c, &*backend) {
+                            tracing::debug!(error = %e, "metrics: request failed");
+                        }
+                    }
+                }
+            })?;
+        tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
+        Ok(MetricsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the listener thread.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads the request head (bounded, with a timeout) and answers it.
+fn serve(mut c: TcpStream, backend: &dyn AdminBackend) -> io::Result<()> {
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = c.read(&mut buf)?;
+        if n == 0 || head.len() > 16 * 1024 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = std::str::from_utf8(line).unwrap_or("").split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => match backend.metrics() {
+            Ok(s) => (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                render(&s),
+            ),
+            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
+        },
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "see /metrics\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+    };
+    let mut resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        resp.push_str(&body);
+    }
+    c.write_all(resp.as_bytes())
+}
