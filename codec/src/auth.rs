@@ -67,3 +67,52 @@ impl Auth {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{both_ways, dec};
+    use crate::{MqttString, Packet};
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    #[test]
+    fn v5_short_form_and_full() {
+        both_ways(V5, &[0xF0, 0], &Packet::Auth(Auth::default()));
+        let a = Auth {
+            reason: ReasonCode::ContinueAuthentication,
+            properties: AuthProperties {
+                authentication_method: Some(MqttString::from_static("SCRAM")),
+                authentication_data: Some(Bytes::from_static(b"\x01")),
+                ..Default::default()
+            },
+        };
+        let raw = [
+            0xF0, 14, 0x18, 12, 0x15, 0, 5, b'S', b'C', b'R', b'A', b'M', 0x16, 0, 1, 1,
+        ];
+        both_ways(V5, &raw, &Packet::Auth(a));
+    }
+
+    #[test]
+    fn reserved_type_below_v5() {
+        assert_eq!(dec(V4, &[0xF0, 0]), Err(DecodeError::ReservedPacketType));
+        let mut out = BytesMut::new();
+        assert_eq!(
+            Auth::default().encode(V4, &mut out),
+            Err(EncodeError::NotInVersion)
+        );
+    }
+
+    #[test]
+    fn reason_and_flags() {
+        assert_eq!(
+            dec(V5, &[0xF0, 1, 0x80]),
+            Err(DecodeError::InvalidReasonCode)
+        );
+        assert_eq!(
+            dec(V5, &[0xF1, 0]),
+            Err(DecodeError::InvalidFixedHeaderFlags)
+        );
+    }
+}

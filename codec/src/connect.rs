@@ -259,3 +259,262 @@ impl Connect {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{both_ways, dec, enc};
+    use crate::{ConnectReturnCode, Packet, ReasonCode};
+
+    const V3: ProtocolVersion = ProtocolVersion::V3_1;
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    fn s(x: &'static str) -> MqttString {
+        MqttString::from_static(x)
+    }
+
+    /// v5 Figure 3-6 variable header (flags 0xCE, keep alive 10, Session Expiry 10), completed
+    /// with the payload the flags call for.
+    const V5_SPEC_EXAMPLE: &[u8] = &[
+        0x10, 32, 0, 4, b'M', b'Q', b'T', b'T', 5, 0xCE, 0,
+        10, // header, name, level, flags, keep alive
+        5, 0x11, 0, 0, 0, 10, // properties: Session Expiry Interval 10
+        0, 1, b'c', // client id
+        0,    // will properties
+        0, 1, b'w', // will topic
+        0, 1, b'x', // will payload
+        0, 1, b'u', // user name
+        0, 1, b'p', // password
+    ];
+
+    fn v5_spec_example() -> Packet {
+        Packet::Connect(Box::new(Connect {
+            protocol: V5,
+            clean_start: true,
+            keep_alive: 10,
+            client_id: s("c"),
+            will: Some(LastWill {
+                topic: TopicName::from_static("w"),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: WillProperties::default(),
+            }),
+            username: Some(s("u")),
+            password: Some(Bytes::from_static(b"p")),
+            properties: ConnectProperties {
+                session_expiry_interval: Some(10),
+                ..Default::default()
+            },
+        }))
+    }
+
+    #[test]
+    fn v5_spec_example_figure_3_6() {
+        both_ways(V5, V5_SPEC_EXAMPLE, &v5_spec_example());
+    }
+
+    #[test]
+    fn v311_spec_example_figure_3_6() {
+        // 3.1.1 Figure 3.6: 00 04 MQTT 04 CE 00 0A, then the payload.
+        let raw = [
+            0x10, 25, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xCE, 0, 10, 0, 1, b'c', 0, 1, b'w', 0, 1,
+            b'x', 0, 1, b'u', 0, 1, b'p',
+        ];
+        let Packet::Connect(mut c) = v5_spec_example() else {
+            unreachable!()
+        };
+        c.protocol = V4;
+        c.properties = ConnectProperties::default();
+        both_ways(V4, &raw, &Packet::Connect(c));
+    }
+
+    #[test]
+    fn v31_mqisdp_minimal() {
+        let raw = [
+            0x10, 14, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 0,
+        ];
+        // 3.1 requires a client id: an empty one is rejected with return code 2.
+        assert_eq!(dec(V3, &raw), Err(DecodeError::ClientIdRejected));
+        let raw = [
+            0x10, 15, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 1, b'a',
+        ];
+        let c = Connect {
+            protocol: V3,
+            client_id: s("a"),
+            ..Default::default()
+        };
+        both_ways(V3, &raw, &Packet::Connect(Box::new(c)));
+    }
+
+    #[test]
+    fn unknown_level_mqtt_3_1_2_2() {
+        for level in [0u8, 2, 6, 255] {
+            let raw = [
+                0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 60, 0, 0,
+            ];
+            let e = dec(V5, &raw).unwrap_err();
+            assert_eq!(e, DecodeError::UnsupportedProtocolVersion);
+            assert_eq!(
+                e.connect_return_code(),
+                Some(ConnectReturnCode::UnacceptableProtocolVersion)
+            );
+            assert_eq!(e.reason_code(), ReasonCode::UnsupportedProtocolVersion);
+        }
+        // Name and level that do not match.
+        let raw = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 3, 0x02, 0, 60, 0, 0];
+        assert_eq!(dec(V5, &raw), Err(DecodeError::UnsupportedProtocolVersion));
+    }
+
+    #[test]
+    fn bad_protocol_name_mqtt_3_1_2_1() {
+        let raw = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'X', 4, 0x02, 0, 60, 0, 0];
+        let e = dec(V4, &raw).unwrap_err();
+        assert_eq!(e, DecodeError::InvalidProtocolName);
+        assert_eq!(
+            e.connect_return_code(),
+            Some(ConnectReturnCode::UnacceptableProtocolVersion)
+        );
+    }
+
+    fn with_flags(level: u8, flags: u8) -> Vec<u8> {
+        let mut raw = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 60];
+        if level == 5 {
+            raw.push(0);
+        }
+        raw.extend_from_slice(&[0, 1, b'c']);
+        raw[1] = (raw.len() - 2) as u8;
+        raw
+    }
+
+    #[test]
+    fn reserved_flag_mqtt_3_1_2_3() {
+        assert_eq!(
+            dec(V4, &with_flags(4, 0x03)),
+            Err(DecodeError::ConnectReservedFlag)
+        );
+        assert_eq!(
+            dec(V5, &with_flags(5, 0x03)),
+            Err(DecodeError::ConnectReservedFlag)
+        );
+    }
+
+    #[test]
+    fn will_flags_mqtt_3_1_2_11_to_13() {
+        // Will QoS 1 without the will flag.
+        assert_eq!(
+            dec(V5, &with_flags(5, 0x0A)),
+            Err(DecodeError::WillQoSWithoutWill)
+        );
+        // Will Retain without the will flag.
+        assert_eq!(
+            dec(V4, &with_flags(4, 0x22)),
+            Err(DecodeError::WillRetainWithoutWill)
+        );
+        // Will QoS 3 with the will flag.
+        assert_eq!(
+            dec(V4, &with_flags(4, 0x1E)),
+            Err(DecodeError::WillQoSInvalid)
+        );
+        // Will flag but no will topic/payload [MQTT-3.1.2-9].
+        assert_eq!(
+            dec(V4, &with_flags(4, 0x06)),
+            Err(DecodeError::UnexpectedEof)
+        );
+    }
+
+    #[test]
+    fn password_without_username_mqtt_3_1_2_22() {
+        let mut raw = with_flags(4, 0x42);
+        raw.extend_from_slice(&[0, 1, b'p']);
+        raw[1] += 3;
+        assert_eq!(dec(V4, &raw), Err(DecodeError::PasswordWithoutUsername));
+        // v5 allows a password without a user name (v5 3.1.2.9).
+        let mut raw = with_flags(5, 0x42);
+        raw.extend_from_slice(&[0, 1, b'p']);
+        raw[1] += 3;
+        let Packet::Connect(c) = dec(V5, &raw).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.password.as_deref(), Some(&b"p"[..]));
+        assert_eq!(c.username, None);
+    }
+
+    #[test]
+    fn username_flag_without_field_mqtt_3_1_2_17() {
+        assert_eq!(
+            dec(V4, &with_flags(4, 0x82)),
+            Err(DecodeError::UnexpectedEof)
+        );
+    }
+
+    #[test]
+    fn empty_client_id_mqtt_3_1_3_8() {
+        let raw = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60, 0, 0];
+        let e = dec(V4, &raw).unwrap_err();
+        assert_eq!(e, DecodeError::ClientIdRejected);
+        assert_eq!(
+            e.connect_return_code(),
+            Some(ConnectReturnCode::IdentifierRejected)
+        );
+        // Clean session: accepted (the server assigns an id).
+        let raw = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 0];
+        assert!(dec(V4, &raw).is_ok());
+        // v5: accepted with Clean Start 0 as well.
+        let raw = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 60, 0, 0, 0,
+        ];
+        assert!(dec(V5, &raw).is_ok());
+    }
+
+    #[test]
+    fn client_id_utf8_mqtt_3_1_3_4() {
+        let raw = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, 0xFF,
+        ];
+        assert_eq!(dec(V4, &raw), Err(DecodeError::InvalidUtf8));
+        let raw = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, 0x00,
+        ];
+        assert_eq!(dec(V4, &raw), Err(DecodeError::NullCharacter));
+    }
+
+    #[test]
+    fn will_topic_wildcard_rejected() {
+        let raw = [
+            0x10, 19, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x06, 0, 60, 0, 1, b'c', 0, 1, b'#', 0, 1,
+            b'x',
+        ];
+        assert_eq!(dec(V4, &raw), Err(DecodeError::TopicNameWildcard));
+    }
+
+    #[test]
+    fn auth_data_without_method() {
+        let raw = [
+            0x10, 18, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 4, 0x16, 0, 1, b'd', 0, 1, b'c',
+        ];
+        assert_eq!(dec(V5, &raw), Err(DecodeError::AuthDataWithoutMethod));
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let raw = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 0, 9,
+        ];
+        assert_eq!(dec(V4, &raw), Err(DecodeError::TrailingBytes));
+    }
+
+    #[test]
+    fn v5_properties_are_dropped_in_v3() {
+        let Packet::Connect(mut c) = v5_spec_example() else {
+            unreachable!()
+        };
+        c.protocol = V4;
+        let raw = enc(&Packet::Connect(c.clone()), V4);
+        let Packet::Connect(back) = dec(V4, &raw).unwrap() else {
+            panic!()
+        };
+        assert!(back.properties.is_empty());
+    }
+}

@@ -95,3 +95,125 @@ impl Decoder {
         Packet::decode_body(first, &body, version).map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::dec;
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+    const CONNECT_V5: &[u8] = &[
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 0,
+    ];
+
+    fn client(v: ProtocolVersion, max: u32) -> Decoder {
+        let mut d = Decoder::new(max);
+        d.set_version(v);
+        d
+    }
+
+    #[test]
+    fn partial_frame_is_need_more_bytes() {
+        let raw = [0x30, 7, 0, 3, b'a', b'/', b'b', b'h', b'i'];
+        for cut in 0..raw.len() {
+            let mut d = client(V4, 0);
+            let mut b = BytesMut::from(&raw[..cut]);
+            assert_eq!(d.decode(&mut b), Ok(None), "cut {cut}");
+            assert_eq!(&b[..], &raw[..cut]);
+        }
+    }
+
+    #[test]
+    fn several_frames_in_one_buffer() {
+        let mut b = BytesMut::from(&[0xC0, 0, 0xD0, 0, 0xE0][..]);
+        let mut d = client(V4, 0);
+        assert_eq!(d.decode(&mut b), Ok(Some(Packet::PingReq)));
+        assert_eq!(d.decode(&mut b), Ok(Some(Packet::PingResp)));
+        assert_eq!(d.decode(&mut b), Ok(None));
+        assert_eq!(&b[..], &[0xE0]);
+    }
+
+    #[test]
+    fn max_packet_size_from_fixed_header() {
+        // Only the fixed header has arrived: 2,097,152 bytes announced, limit 1024.
+        let mut b = BytesMut::from(&[0x30, 0x80, 0x80, 0x80, 0x01][..]);
+        let e = client(V5, 1024).decode(&mut b).unwrap_err();
+        assert_eq!(e, DecodeError::PacketTooLarge);
+        assert_eq!(e.reason_code(), crate::ReasonCode::PacketTooLarge);
+        // The limit counts the whole frame: 2 + 3 = 5 bytes.
+        let raw = [0x30, 3, 0, 1, b'a'];
+        assert!(client(V4, 5).decode(&mut BytesMut::from(&raw[..])).is_ok());
+        assert_eq!(
+            client(V4, 4).decode(&mut BytesMut::from(&raw[..])),
+            Err(DecodeError::PacketTooLarge)
+        );
+    }
+
+    #[test]
+    fn remaining_length_mqtt_1_5_5_1() {
+        let mut b = BytesMut::from(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..]);
+        assert_eq!(
+            client(V4, 0).decode(&mut b),
+            Err(DecodeError::MalformedRemainingLength)
+        );
+        let mut b = BytesMut::from(&[0xC0, 0x80, 0x00][..]);
+        assert_eq!(
+            client(V4, 0).decode(&mut b),
+            Err(DecodeError::MalformedRemainingLength)
+        );
+        // Four continuation-free bytes still pending: need more.
+        let mut b = BytesMut::from(&[0x30, 0xFF, 0xFF][..]);
+        assert_eq!(client(V4, 0).decode(&mut b), Ok(None));
+    }
+
+    #[test]
+    fn first_packet_must_be_connect_mqtt_3_1_0_1() {
+        let mut b = BytesMut::from(&[0xC0, 0][..]);
+        assert_eq!(
+            Decoder::new(0).decode(&mut b),
+            Err(DecodeError::FirstPacketNotConnect)
+        );
+    }
+
+    #[test]
+    fn second_connect_mqtt_3_1_0_2() {
+        let mut b = BytesMut::from(CONNECT_V5);
+        b.extend_from_slice(CONNECT_V5);
+        let mut d = Decoder::new(0);
+        assert!(matches!(d.decode(&mut b), Ok(Some(Packet::Connect(_)))));
+        assert_eq!(d.version(), Some(V5));
+        assert_eq!(d.decode(&mut b), Err(DecodeError::SecondConnect));
+    }
+
+    #[test]
+    fn version_known_even_when_connect_fails() {
+        let mut raw = CONNECT_V5.to_vec();
+        raw[9] = 0x03; // reserved flag
+        let mut d = Decoder::new(0);
+        let mut b = BytesMut::from(&raw[..]);
+        assert_eq!(d.decode(&mut b), Err(DecodeError::ConnectReservedFlag));
+        assert_eq!(d.version(), Some(V5));
+    }
+
+    #[test]
+    fn reserved_packet_type_0() {
+        assert_eq!(dec(V4, &[0x00, 0]), Err(DecodeError::ReservedPacketType));
+    }
+
+    #[test]
+    fn ping_with_body_is_malformed() {
+        assert_eq!(dec(V4, &[0xC0, 1, 0]), Err(DecodeError::TrailingBytes));
+        assert_eq!(
+            dec(V4, &[0xD1, 0]),
+            Err(DecodeError::InvalidFixedHeaderFlags)
+        );
+    }
+
+    #[test]
+    fn v31_allows_dup_on_qos1_control_packets() {
+        let raw = [0x6A, 2, 0, 1];
+        assert!(dec(ProtocolVersion::V3_1, &raw).is_ok());
+        assert_eq!(dec(V4, &raw), Err(DecodeError::InvalidFixedHeaderFlags));
+    }
+}

@@ -77,3 +77,53 @@ impl Disconnect {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{both_ways, dec};
+    use crate::{MqttString, Packet};
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    #[test]
+    fn v311_empty() {
+        both_ways(V4, &[0xE0, 0], &Packet::Disconnect(Disconnect::default()));
+        assert_eq!(dec(V4, &[0xE0, 1, 0]), Err(DecodeError::TrailingBytes));
+        // [MQTT-2.2.2-2] (3.1.1) reserved flags.
+        assert_eq!(
+            dec(V4, &[0xE1, 0]),
+            Err(DecodeError::InvalidFixedHeaderFlags)
+        );
+    }
+
+    #[test]
+    fn v5_short_forms_3_14_2_1() {
+        both_ways(V5, &[0xE0, 0], &Packet::Disconnect(Disconnect::default()));
+        let d = Disconnect::new(ReasonCode::ServerShuttingDown);
+        both_ways(V5, &[0xE0, 1, 0x8B], &Packet::Disconnect(d));
+        assert_eq!(
+            dec(V5, &[0xE0, 2, 0, 0]),
+            Ok(Packet::Disconnect(Disconnect::default()))
+        );
+    }
+
+    #[test]
+    fn v5_with_properties() {
+        let mut d = Disconnect::new(ReasonCode::UseAnotherServer);
+        d.properties.server_reference = Some(MqttString::from_static("h"));
+        d.properties.session_expiry_interval = Some(0);
+        let raw = [0xE0, 11, 0x9C, 9, 0x11, 0, 0, 0, 0, 0x1C, 0, 1, b'h'];
+        both_ways(V5, &raw, &Packet::Disconnect(d));
+    }
+
+    #[test]
+    fn v5_reason_not_allowed() {
+        // 0x84 Unsupported Protocol Version is a CONNACK code only.
+        assert_eq!(
+            dec(V5, &[0xE0, 1, 0x84]),
+            Err(DecodeError::InvalidReasonCode)
+        );
+    }
+}

@@ -275,3 +275,150 @@ impl PublishFrame {
         out.put_slice(&self.buf[self.payload_at as usize..]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::dec;
+    use crate::{MqttString, Packet};
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    fn source() -> Publish {
+        let mut p = Publish::new(TopicName::from_static("a/b"), Bytes::from_static(b"hello"));
+        p.qos = QoS::ExactlyOnce;
+        p.packet_id = PacketId::new(99);
+        p.retain = true;
+        p.properties.topic_alias = Some(4);
+        p.properties.subscription_identifiers.push(77);
+        p.properties.message_expiry_interval = Some(30);
+        p.properties
+            .user_properties
+            .push((MqttString::from_static("k"), MqttString::from_static("v")));
+        p
+    }
+
+    fn write(f: &PublishFrame, d: &Delivery<'_>) -> Publish {
+        let mut out = BytesMut::from(&b"xy"[..]);
+        f.write(&mut out, d);
+        assert_eq!(out.len() - 2, f.len(d), "len() matches bytes written");
+        match dec(f.version(), &out[2..]).unwrap() {
+            Packet::Publish(p) => p,
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn strips_publisher_alias_and_subscription_ids() {
+        let f = PublishFrame::new(&source(), V5, QoS::AtLeastOnce);
+        let p = f.to_publish();
+        assert_eq!(p.properties.topic_alias, None);
+        assert!(p.properties.subscription_identifiers.is_empty());
+        assert_eq!(p.properties.message_expiry_interval, Some(30));
+        assert_eq!(p.properties.user_properties.len(), 1);
+        assert_eq!(f.topic(), "a/b");
+        assert_eq!(&f.payload()[..], b"hello");
+    }
+
+    #[test]
+    fn fast_path_patches_first_byte_and_packet_id() {
+        let f = PublishFrame::new(&source(), V5, QoS::AtLeastOnce);
+        let d = Delivery {
+            packet_id: PacketId::new(0x1234),
+            dup: true,
+            retain: false,
+            ..Default::default()
+        };
+        let p = write(&f, &d);
+        assert_eq!((p.qos, p.dup, p.retain), (QoS::AtLeastOnce, true, false));
+        assert_eq!(p.packet_id, PacketId::new(0x1234));
+        assert_eq!(p.topic.as_str(), "a/b");
+        assert_eq!(p.properties.topic_alias, None);
+        // Another subscriber, same frame.
+        let d = Delivery {
+            packet_id: PacketId::new(1),
+            retain: true,
+            ..Default::default()
+        };
+        let p = write(&f, &d);
+        assert_eq!(
+            (p.dup, p.retain, p.packet_id),
+            (false, true, PacketId::new(1))
+        );
+    }
+
+    #[test]
+    fn qos0_frame_has_no_packet_id_and_no_dup() {
+        let f = PublishFrame::new(&source(), V4, QoS::AtMostOnce);
+        let d = Delivery {
+            packet_id: PacketId::new(5),
+            dup: true,
+            ..Default::default()
+        };
+        let p = write(&f, &d);
+        assert_eq!((p.qos, p.dup, p.packet_id), (QoS::AtMostOnce, false, None));
+        assert!(p.properties.is_empty());
+        assert_eq!(&p.payload[..], b"hello");
+        assert_eq!(f.as_bytes().len(), 2 + 5 + 5);
+    }
+
+    #[test]
+    fn subscriber_alias_and_subscription_ids() {
+        let f = PublishFrame::new(&source(), V5, QoS::ExactlyOnce);
+        let ids = [1, 300, 268_435_455];
+        let d = Delivery {
+            packet_id: PacketId::new(7),
+            topic_alias: Some((9, true)),
+            subscription_ids: &ids,
+            ..Default::default()
+        };
+        let p = write(&f, &d);
+        assert_eq!(p.topic.as_str(), "a/b");
+        assert_eq!(p.properties.topic_alias, Some(9));
+        assert_eq!(&p.properties.subscription_identifiers[..], &ids);
+        assert_eq!(p.properties.message_expiry_interval, Some(30));
+        assert_eq!(p.packet_id, PacketId::new(7));
+        // Alias already known by the subscriber: empty topic name.
+        let d = Delivery {
+            packet_id: PacketId::new(7),
+            topic_alias: Some((9, false)),
+            ..Default::default()
+        };
+        let p = write(&f, &d);
+        assert!(p.topic.is_empty());
+        assert_eq!(p.properties.topic_alias, Some(9));
+    }
+
+    #[test]
+    fn alias_and_ids_ignored_below_v5() {
+        let f = PublishFrame::new(&source(), V4, QoS::AtLeastOnce);
+        let d = Delivery {
+            packet_id: PacketId::new(7),
+            topic_alias: Some((9, false)),
+            subscription_ids: &[3],
+            ..Default::default()
+        };
+        let p = write(&f, &d);
+        assert_eq!(p.topic.as_str(), "a/b");
+        assert!(p.properties.is_empty());
+    }
+
+    #[test]
+    fn rewritten_message_expiry() {
+        let f = PublishFrame::new(&source(), V5, QoS::AtLeastOnce);
+        assert_eq!(f.message_expiry_interval(), Some(30));
+        let g = f.with_message_expiry(Some(12));
+        assert_eq!(g.message_expiry_interval(), Some(12));
+        let p = write(
+            &g,
+            &Delivery {
+                packet_id: PacketId::new(1),
+                ..Default::default()
+            },
+        );
+        assert_eq!(p.properties.message_expiry_interval, Some(12));
+        assert_eq!(p.properties.user_properties.len(), 1);
+        assert_eq!(f.with_message_expiry(None).message_expiry_interval(), None);
+    }
+}

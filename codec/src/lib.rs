@@ -56,6 +56,9 @@ mod unsuback;
 mod unsubscribe;
 mod wire;
 
+#[cfg(test)]
+mod testutil;
+
 pub use auth::Auth;
 pub use connack::ConnAck;
 pub use connect::{Connect, LastWill};

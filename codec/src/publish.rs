@@ -142,3 +142,146 @@ impl Publish {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{both_ways, dec, enc};
+    use crate::Packet;
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    fn publish(qos: QoS, id: u16, payload: &'static [u8]) -> Publish {
+        Publish {
+            qos,
+            packet_id: PacketId::new(id),
+            ..Publish::new(TopicName::from_static("a/b"), Bytes::from_static(payload))
+        }
+    }
+
+    #[test]
+    fn spec_example_v5_figure_3_9() {
+        // Topic "a/b", packet id 10, property length 0.
+        let raw = [0x32, 8, 0, 3, b'a', b'/', b'b', 0, 10, 0];
+        both_ways(
+            V5,
+            &raw,
+            &Packet::Publish(publish(QoS::AtLeastOnce, 10, b"")),
+        );
+    }
+
+    #[test]
+    fn spec_example_v311_figure_3_11() {
+        let raw = [0x32, 7, 0, 3, b'a', b'/', b'b', 0, 10];
+        both_ways(
+            V4,
+            &raw,
+            &Packet::Publish(publish(QoS::AtLeastOnce, 10, b"")),
+        );
+    }
+
+    #[test]
+    fn qos0_has_no_packet_id_mqtt_2_2_1_2() {
+        let raw = [0x31, 7, 0, 3, b'a', b'/', b'b', b'h', b'i'];
+        let mut p = publish(QoS::AtMostOnce, 0, b"hi");
+        p.retain = true;
+        both_ways(V4, &raw, &Packet::Publish(p));
+    }
+
+    #[test]
+    fn qos3_is_malformed_mqtt_3_3_1_4() {
+        assert_eq!(
+            dec(V4, &[0x36, 7, 0, 3, b'a', b'/', b'b', 0, 1]),
+            Err(DecodeError::InvalidQoS)
+        );
+    }
+
+    #[test]
+    fn dup_on_qos0_mqtt_3_3_1_2() {
+        assert_eq!(
+            dec(V4, &[0x38, 5, 0, 3, b'a', b'/', b'b']),
+            Err(DecodeError::DupOnQoS0)
+        );
+    }
+
+    #[test]
+    fn packet_id_zero_mqtt_2_2_1_3() {
+        assert_eq!(
+            dec(V4, &[0x32, 7, 0, 3, b'a', b'/', b'b', 0, 0]),
+            Err(DecodeError::PacketIdZero)
+        );
+    }
+
+    #[test]
+    fn wildcard_topic_mqtt_3_3_2_2() {
+        assert_eq!(
+            dec(V4, &[0x30, 5, 0, 3, b'a', b'/', b'+']),
+            Err(DecodeError::TopicNameWildcard)
+        );
+        assert_eq!(
+            dec(V4, &[0x30, 3, 0, 1, b'#']),
+            Err(DecodeError::TopicNameWildcard)
+        );
+    }
+
+    #[test]
+    fn empty_topic_mqtt_4_7_3_1() {
+        assert_eq!(dec(V4, &[0x30, 2, 0, 0]), Err(DecodeError::TopicEmpty));
+        assert_eq!(
+            dec(V5, &[0x30, 3, 0, 0, 0]),
+            Err(DecodeError::TopicAliasMissing)
+        );
+        // v5: empty topic with a Topic Alias is fine (3.3.2.3.4).
+        let raw = [0x30, 6, 0, 0, 3, 0x23, 0, 7];
+        let Packet::Publish(p) = dec(V5, &raw).unwrap() else {
+            panic!()
+        };
+        assert!(p.topic.is_empty());
+        assert_eq!(p.properties.topic_alias, Some(7));
+        assert_eq!(enc(&Packet::Publish(p), V5), raw);
+    }
+
+    #[test]
+    fn topic_invalid_utf8_mqtt_3_3_2_1() {
+        assert_eq!(
+            dec(V4, &[0x30, 4, 0, 2, 0xC3, 0x28]),
+            Err(DecodeError::InvalidUtf8)
+        );
+        assert_eq!(
+            dec(V4, &[0x30, 4, 0, 2, b'a', 0]),
+            Err(DecodeError::NullCharacter)
+        );
+    }
+
+    #[test]
+    fn topic_alias_zero_mqtt_3_3_2_8() {
+        let raw = [0x30, 9, 0, 3, b'a', b'/', b'b', 3, 0x23, 0, 0];
+        assert_eq!(dec(V5, &raw), Err(DecodeError::TopicAliasZero));
+    }
+
+    #[test]
+    fn property_not_allowed_in_publish() {
+        // Session Expiry Interval (0x11) belongs to CONNECT/CONNACK/DISCONNECT.
+        let raw = [0x30, 11, 0, 3, b'a', b'/', b'b', 5, 0x11, 0, 0, 0, 1];
+        assert_eq!(dec(V5, &raw), Err(DecodeError::PropertyNotAllowed));
+    }
+
+    #[test]
+    fn payload_is_a_slice_of_the_frame() {
+        let p = publish(QoS::ExactlyOnce, 7, b"payload");
+        let raw = enc(&Packet::Publish(p.clone()), V5);
+        assert_eq!(dec(V5, &raw).unwrap(), Packet::Publish(p));
+    }
+
+    #[test]
+    fn encode_rejects_inconsistent_packet_id() {
+        let mut out = bytes::BytesMut::new();
+        let p = publish(QoS::AtLeastOnce, 0, b"");
+        assert_eq!(p.encode(V4, &mut out), Err(EncodeError::PacketIdMismatch));
+        let mut p = publish(QoS::AtMostOnce, 0, b"");
+        p.packet_id = PacketId::new(1);
+        assert_eq!(p.encode(V4, &mut out), Err(EncodeError::PacketIdMismatch));
+        assert!(out.is_empty());
+    }
+}

@@ -89,3 +89,93 @@ impl PubResp {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{both_ways, dec};
+    use crate::{MqttString, Packet};
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    fn id(n: u16) -> PacketId {
+        PacketId::new(n).unwrap()
+    }
+
+    #[test]
+    fn v311_each_ack() {
+        both_ways(V4, &[0x40, 2, 0, 10], &Packet::PubAck(PubResp::new(id(10))));
+        both_ways(V4, &[0x50, 2, 0, 10], &Packet::PubRec(PubResp::new(id(10))));
+        both_ways(V4, &[0x62, 2, 0, 10], &Packet::PubRel(PubResp::new(id(10))));
+        both_ways(
+            V4,
+            &[0x70, 2, 0, 10],
+            &Packet::PubComp(PubResp::new(id(10))),
+        );
+    }
+
+    #[test]
+    fn v5_short_forms_3_4_2_1() {
+        both_ways(V5, &[0x40, 2, 1, 0], &Packet::PubAck(PubResp::new(id(256))));
+        let mut r = PubResp::new(id(1));
+        r.reason = ReasonCode::NoMatchingSubscribers;
+        both_ways(V5, &[0x40, 3, 0, 1, 0x10], &Packet::PubAck(r));
+        // Reason 0 and property length 0 written out: also valid.
+        assert_eq!(
+            dec(V5, &[0x40, 4, 0, 1, 0, 0]),
+            Ok(Packet::PubAck(PubResp::new(id(1))))
+        );
+    }
+
+    #[test]
+    fn v5_with_reason_string() {
+        let mut r = PubResp::new(id(1));
+        r.reason = ReasonCode::PacketIdentifierNotFound;
+        r.properties.reason_string = Some(MqttString::from_static("x"));
+        both_ways(
+            V5,
+            &[0x62, 8, 0, 1, 0x92, 4, 0x1F, 0, 1, b'x'],
+            &Packet::PubRel(r),
+        );
+    }
+
+    #[test]
+    fn pubrel_flags_mqtt_3_6_1_1() {
+        assert_eq!(
+            dec(V4, &[0x60, 2, 0, 1]),
+            Err(DecodeError::InvalidFixedHeaderFlags)
+        );
+        assert_eq!(
+            dec(V4, &[0x41, 2, 0, 1]),
+            Err(DecodeError::InvalidFixedHeaderFlags)
+        );
+    }
+
+    #[test]
+    fn packet_id_zero_mqtt_2_2_1_3() {
+        assert_eq!(dec(V4, &[0x40, 2, 0, 0]), Err(DecodeError::PacketIdZero));
+    }
+
+    #[test]
+    fn reason_codes_per_packet() {
+        // 0x92 is for PUBREL/PUBCOMP, not PUBACK; 0x10 the other way round.
+        assert_eq!(
+            dec(V5, &[0x40, 3, 0, 1, 0x92]),
+            Err(DecodeError::InvalidReasonCode)
+        );
+        assert_eq!(
+            dec(V5, &[0x70, 3, 0, 1, 0x10]),
+            Err(DecodeError::InvalidReasonCode)
+        );
+    }
+
+    #[test]
+    fn v311_length_is_exactly_two() {
+        assert_eq!(
+            dec(V4, &[0x40, 3, 0, 1, 0]),
+            Err(DecodeError::TrailingBytes)
+        );
+        assert_eq!(dec(V4, &[0x40, 1, 0]), Err(DecodeError::UnexpectedEof));
+    }
+}

@@ -94,3 +94,73 @@ impl SubAck {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{both_ways, dec, enc};
+    use crate::Packet;
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    fn ack(reasons: &[ReasonCode]) -> Packet {
+        Packet::SubAck(SubAck {
+            packet_id: PacketId::new(10).unwrap(),
+            reasons: reasons.to_vec(),
+            properties: SubAckProperties::default(),
+        })
+    }
+
+    #[test]
+    fn spec_example_v311_3_9_3() {
+        // 3.1.1 Figure 3.26: Success QoS 0, 1, 2 and Failure.
+        use ReasonCode::*;
+        let p = ack(&[
+            ReasonCode::GrantedQoS0,
+            GrantedQoS1,
+            GrantedQoS2,
+            UnspecifiedError,
+        ]);
+        both_ways(V4, &[0x90, 6, 0, 10, 0, 1, 2, 0x80], &p);
+    }
+
+    #[test]
+    fn v311_maps_failures_to_0x80() {
+        let p = ack(&[ReasonCode::NotAuthorized]);
+        assert_eq!(enc(&p, V4), [0x90, 3, 0, 10, 0x80]);
+    }
+
+    #[test]
+    fn v311_reserved_codes_mqtt_3_9_3_2() {
+        assert_eq!(
+            dec(V4, &[0x90, 3, 0, 10, 3]),
+            Err(DecodeError::InvalidReasonCode)
+        );
+        assert_eq!(
+            dec(V4, &[0x90, 3, 0, 10, 0x87]),
+            Err(DecodeError::InvalidReasonCode)
+        );
+    }
+
+    #[test]
+    fn v5_codes() {
+        use ReasonCode::*;
+        let p = ack(&[
+            GrantedQoS2,
+            NotAuthorized,
+            WildcardSubscriptionsNotSupported,
+        ]);
+        both_ways(V5, &[0x90, 6, 0, 10, 0, 2, 0x87, 0xA2], &p);
+        assert_eq!(
+            dec(V5, &[0x90, 4, 0, 10, 0, 0x10]),
+            Err(DecodeError::InvalidReasonCode)
+        );
+    }
+
+    #[test]
+    fn empty_suback() {
+        assert_eq!(dec(V4, &[0x90, 2, 0, 10]), Err(DecodeError::EmptyAck));
+        assert_eq!(dec(V5, &[0x90, 3, 0, 10, 0]), Err(DecodeError::EmptyAck));
+    }
+}

@@ -88,3 +88,127 @@ impl Subscribe {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{both_ways, dec};
+    use crate::{Packet, QoS, RetainHandling};
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    fn sub(filters: &[(&'static str, SubscriptionOptions)]) -> Subscribe {
+        Subscribe {
+            packet_id: PacketId::new(10).unwrap(),
+            filters: filters
+                .iter()
+                .map(|&(f, o)| (TopicFilter::from_static(f), o))
+                .collect(),
+            properties: SubscribeProperties::default(),
+        }
+    }
+
+    #[test]
+    fn spec_example_v311_3_8_3() {
+        // Packet id 10; "a/b" QoS 1, "c/d" QoS 2 (3.1.1 Figure 3.21).
+        let raw = [
+            0x82, 14, 0, 10, 0, 3, b'a', b'/', b'b', 1, 0, 3, b'c', b'/', b'd', 2,
+        ];
+        let s = sub(&[
+            ("a/b", SubscriptionOptions::with_qos(QoS::AtLeastOnce)),
+            ("c/d", SubscriptionOptions::with_qos(QoS::ExactlyOnce)),
+        ]);
+        both_ways(V4, &raw, &Packet::Subscribe(s));
+    }
+
+    #[test]
+    fn v5_options_and_subscription_identifier() {
+        let o = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: RetainHandling::DoNotSend,
+        };
+        let mut s = sub(&[("a/+", o)]);
+        s.properties.subscription_identifier = Some(300);
+        let raw = [
+            0x82, 12, 0, 10, 3, 0x0B, 0xAC, 0x02, 0, 3, b'a', b'/', b'+', 0x2D,
+        ];
+        both_ways(V5, &raw, &Packet::Subscribe(s));
+    }
+
+    #[test]
+    fn flags_mqtt_3_8_1_1() {
+        let raw = [0x80, 6, 0, 10, 0, 1, b'a', 0];
+        assert_eq!(dec(V4, &raw), Err(DecodeError::InvalidFixedHeaderFlags));
+    }
+
+    #[test]
+    fn empty_payload_mqtt_3_8_3_2() {
+        assert_eq!(dec(V4, &[0x82, 2, 0, 10]), Err(DecodeError::EmptySubscribe));
+        assert_eq!(
+            dec(V5, &[0x82, 3, 0, 10, 0]),
+            Err(DecodeError::EmptySubscribe)
+        );
+    }
+
+    #[test]
+    fn reserved_option_bits() {
+        // 3.1.1 [MQTT-3-8.3-4]: bits 7..2.
+        assert_eq!(
+            dec(V4, &[0x82, 6, 0, 10, 0, 1, b'a', 0x04]),
+            Err(DecodeError::SubscriptionOptionsReserved)
+        );
+        // v5 [MQTT-3.8.3-5]: bits 7..6.
+        assert_eq!(
+            dec(V5, &[0x82, 7, 0, 10, 0, 0, 1, b'a', 0x40]),
+            Err(DecodeError::SubscriptionOptionsReserved)
+        );
+        // QoS 3.
+        assert_eq!(
+            dec(V4, &[0x82, 6, 0, 10, 0, 1, b'a', 3]),
+            Err(DecodeError::SubscriptionQoSInvalid)
+        );
+        // Retain handling 3.
+        assert_eq!(
+            dec(V5, &[0x82, 7, 0, 10, 0, 0, 1, b'a', 0x30]),
+            Err(DecodeError::RetainHandlingInvalid)
+        );
+    }
+
+    #[test]
+    fn no_local_on_shared_mqtt_3_8_3_4() {
+        let mut raw = vec![0x82, 0, 0, 10, 0, 0, 12];
+        raw.extend_from_slice(b"$share/g/a/b");
+        raw.push(0x04);
+        raw[1] = (raw.len() - 2) as u8;
+        assert_eq!(dec(V5, &raw), Err(DecodeError::NoLocalOnShared));
+    }
+
+    #[test]
+    fn invalid_filters_mqtt_4_7_1() {
+        assert_eq!(
+            dec(V4, &[0x82, 7, 0, 10, 0, 2, b'a', b'#', 0]),
+            Err(DecodeError::TopicFilterInvalid)
+        );
+        assert_eq!(
+            dec(V4, &[0x82, 5, 0, 10, 0, 0, 0]),
+            Err(DecodeError::TopicEmpty)
+        );
+    }
+
+    #[test]
+    fn duplicate_subscription_identifier() {
+        let raw = [0x82, 11, 0, 10, 4, 0x0B, 1, 0x0B, 2, 0, 1, b'a', 0];
+        assert_eq!(dec(V5, &raw), Err(DecodeError::DuplicateProperty));
+    }
+
+    #[test]
+    fn packet_id_zero() {
+        assert_eq!(
+            dec(V4, &[0x82, 6, 0, 0, 0, 1, b'a', 0]),
+            Err(DecodeError::PacketIdZero)
+        );
+    }
+}

@@ -75,3 +75,49 @@ impl UnsubAck {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{both_ways, dec};
+    use crate::Packet;
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    fn ack(reasons: &[ReasonCode]) -> Packet {
+        Packet::UnsubAck(UnsubAck {
+            packet_id: PacketId::new(10).unwrap(),
+            reasons: reasons.to_vec(),
+            properties: UnsubAckProperties::default(),
+        })
+    }
+
+    #[test]
+    fn v311_packet_id_only() {
+        both_ways(V4, &[0xB0, 2, 0, 10], &ack(&[]));
+        assert_eq!(
+            dec(V4, &[0xB0, 3, 0, 10, 0]),
+            Err(DecodeError::TrailingBytes)
+        );
+    }
+
+    #[test]
+    fn v5_reasons() {
+        let p = ack(&[ReasonCode::Success, ReasonCode::NoSubscriptionExisted]);
+        both_ways(V5, &[0xB0, 5, 0, 10, 0, 0, 0x11], &p);
+        assert_eq!(
+            dec(V5, &[0xB0, 4, 0, 10, 0, 0x01]),
+            Err(DecodeError::InvalidReasonCode)
+        );
+        assert_eq!(dec(V5, &[0xB0, 3, 0, 10, 0]), Err(DecodeError::EmptyAck));
+    }
+
+    #[test]
+    fn flags_reserved() {
+        assert_eq!(
+            dec(V4, &[0xB2, 2, 0, 10]),
+            Err(DecodeError::InvalidFixedHeaderFlags)
+        );
+    }
+}

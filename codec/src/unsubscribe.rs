@@ -83,3 +83,71 @@ impl Unsubscribe {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{both_ways, dec};
+    use crate::{MqttString, Packet};
+
+    const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    fn unsub(filters: &[&'static str]) -> Unsubscribe {
+        Unsubscribe {
+            packet_id: PacketId::new(10).unwrap(),
+            filters: filters
+                .iter()
+                .map(|f| TopicFilter::from_static(f))
+                .collect(),
+            properties: UnsubscribeProperties::default(),
+        }
+    }
+
+    #[test]
+    fn spec_example_v311_3_10_3() {
+        // 3.1.1 Figure 3.30: "a/b", "c/d".
+        let raw = [
+            0xA2, 12, 0, 10, 0, 3, b'a', b'/', b'b', 0, 3, b'c', b'/', b'd',
+        ];
+        both_ways(V4, &raw, &Packet::Unsubscribe(unsub(&["a/b", "c/d"])));
+    }
+
+    #[test]
+    fn v5_with_user_property() {
+        let mut u = unsub(&["#"]);
+        u.properties
+            .user_properties
+            .push((MqttString::from_static("k"), MqttString::from_static("v")));
+        let raw = [0xA2, 13, 0, 10, 7, 0x26, 0, 1, b'k', 0, 1, b'v', 0, 1, b'#'];
+        both_ways(V5, &raw, &Packet::Unsubscribe(u));
+    }
+
+    #[test]
+    fn flags_mqtt_3_10_1_1() {
+        assert_eq!(
+            dec(V4, &[0xA0, 5, 0, 10, 0, 1, b'a']),
+            Err(DecodeError::InvalidFixedHeaderFlags)
+        );
+    }
+
+    #[test]
+    fn empty_payload_mqtt_3_10_3_2() {
+        assert_eq!(
+            dec(V4, &[0xA2, 2, 0, 10]),
+            Err(DecodeError::EmptyUnsubscribe)
+        );
+        assert_eq!(
+            dec(V5, &[0xA2, 3, 0, 10, 0]),
+            Err(DecodeError::EmptyUnsubscribe)
+        );
+    }
+
+    #[test]
+    fn subscription_identifier_not_allowed() {
+        assert_eq!(
+            dec(V5, &[0xA2, 8, 0, 10, 2, 0x0B, 1, 0, 1, b'a']),
+            Err(DecodeError::PropertyNotAllowed)
+        );
+    }
+}
