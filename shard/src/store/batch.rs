@@ -1,0 +1,177 @@
+//! A batch of encoded operations and its commit: one LMDB write transaction,
+//! run off the shard thread (glommio's blocking pool). Map full grows the
+//! map and retries the whole batch; a ceiling or a full disk aborts the batch
+//! and reports `NoSpace` (LMDB never half-applies a transaction, so what was
+//! committed before stays intact).
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use heed::{Env, MdbError, RwTxn, WithoutTls};
+
+use super::error::StoreError;
+use super::keys;
+use super::layout::{self, Db};
+use super::records;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    Put,
+    Delete,
+    /// Delete a session row and every row of its children tables.
+    DeleteSession(u64),
+    /// Delete every disconnected session whose expiry has passed at `now_ms`.
+    Purge {
+        now_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Op {
+    pub kind: OpKind,
+    pub key: Range<usize>,
+    pub val: Range<usize>,
+}
+
+/// Operations in arrival order; keys and values live in one arena.
+#[derive(Default, Debug)]
+pub(crate) struct Batch {
+    pub buf: Vec<u8>,
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ops.clear();
+    }
+
+    /// Appends one op: `key` writes the key, `val` the value (may write nothing).
+    pub fn push(
+        &mut self,
+        kind: OpKind,
+        key: impl FnOnce(&mut Vec<u8>),
+        val: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let k0 = self.buf.len();
+        key(&mut self.buf);
+        let k1 = self.buf.len();
+        val(&mut self.buf);
+        let v1 = self.buf.len();
+        self.ops.push(Op {
+            kind,
+            key: k0..k1,
+            val: k1..v1,
+        });
+    }
+}
+
+/// Map size policy, copied into each commit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MapPolicy {
+    pub max: usize,
+}
+
+/// What one commit did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CommitInfo {
+    pub elapsed: Duration,
+    pub purged: u64,
+    pub resized_to: Option<usize>,
+}
+
+/// Commits `batch` in one write transaction; grows the map on MapFull.
+pub(crate) fn commit(
+    env: &Env<WithoutTls>,
+    batch: &Batch,
+    map: MapPolicy,
+) -> Result<CommitInfo, StoreError> {
+    let path = env.path().to_path_buf();
+    let start = Instant::now();
+    let mut info = CommitInfo::default();
+    loop {
+        match try_commit(env, batch) {
+            Ok(purged) => {
+                info.purged = purged;
+                info.elapsed = start.elapsed();
+                return Ok(info);
+            }
+            Err(heed::Error::Mdb(MdbError::MapFull)) => {
+                let cur = env.info().map_size;
+                if cur >= map.max {
+                    return Err(StoreError::NoSpace {
+                        detail: format!(
+                            "{}: LMDB map reached its ceiling of {} bytes",
+                            path.display(),
+                            map.max
+                        ),
+                    });
+                }
+                let next = layout::page_round(cur.saturating_mul(2).min(map.max));
+                // SAFETY: one commit at a time per environment (the store's
+                // driver), and no read transaction outlives recovery, so no
+                // transaction is active in this process while resizing.
+                unsafe { env.resize(next) }.map_err(|e| StoreError::from_heed(&path, e))?;
+                tracing::info!(path = %path.display(), from = cur, to = next, "store: LMDB map grown");
+                info.resized_to = Some(next);
+            }
+            Err(e) => return Err(StoreError::from_heed(&path, e)),
+        }
+    }
+}
+
+fn try_commit(env: &Env<WithoutTls>, batch: &Batch) -> Result<u64, heed::Error> {
+    let db = layout::open_db(env)?.ok_or(heed::Error::Mdb(MdbError::NotFound))?;
+    let mut wtxn = env.write_txn()?;
+    let mut purged = 0;
+    for op in &batch.ops {
+        let key = &batch.buf[op.key.clone()];
+        match op.kind {
+            OpKind::Put => db.put(&mut wtxn, key, &batch.buf[op.val.clone()])?,
+            OpKind::Delete => {
+                db.delete(&mut wtxn, key)?;
+            }
+            OpKind::DeleteSession(session) => delete_session(db, &mut wtxn, session)?,
+            OpKind::Purge { now_ms } => purged += purge_expired(db, &mut wtxn, now_ms)?,
+        }
+    }
+    wtxn.commit()?;
+    Ok(purged)
+}
+
+/// Deletes a session row and all its subscriptions, outbound and inbound rows.
+pub(crate) fn delete_session(db: Db<'_>, wtxn: &mut RwTxn<'_>, session: u64) -> heed::Result<()> {
+    db.delete(wtxn, &keys::session_prefix(keys::SESSION, session))?;
+    for table in keys::SESSION_CHILDREN {
+        let prefix = keys::session_prefix(table, session);
+        let mut it = db.prefix_iter_mut(wtxn, &prefix)?;
+        while it.next().transpose()?.is_some() {
+            // SAFETY: we hold no reference into the database across this call
+            // (the key/value of the current entry are not kept).
+            unsafe { it.del_current()? };
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every session whose expiry has passed; returns how many.
+pub(crate) fn purge_expired(db: Db<'_>, wtxn: &mut RwTxn<'_>, now_ms: u64) -> heed::Result<u64> {
+    let mut expired = Vec::new();
+    for entry in db.prefix_iter(wtxn, &[keys::SESSION])? {
+        let (key, val) = entry?;
+        let Some((session, _)) = keys::split_session_key(key) else {
+            continue;
+        };
+        if records::session_expired(val, now_ms) {
+            expired.push(session);
+        }
+    }
+    for &session in &expired {
+        delete_session(db, wtxn, session)?;
+    }
+    Ok(expired.len() as u64)
+}

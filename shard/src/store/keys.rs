@@ -1,0 +1,101 @@
+//! Key schema of a shard's LMDB database (`docs/storage.md` keeps the table).
+//!
+//! One named database, `ringmq`; the first key byte is the table, so one
+//! session's rows are contiguous per table and LMDB's byte order is the
+//! order we need (integers big-endian).
+//!
+//! | table | key                                  | value                     |
+//! |-------|--------------------------------------|---------------------------|
+//! | `M`   | `M` + name                           | meta (`format`)           |
+//! | `S`   | `S` + session key u64                | session record            |
+//! | `B`   | `B` + session key + filter bytes     | subscription record       |
+//! | `O`   | `O` + session key + seq u64          | outbound record           |
+//! | `I`   | `I` + session key + packet id u16    | inbound QoS 2 record      |
+//! | `R`   | `R` + topic bytes                    | retained record           |
+
+/// Name of the one LMDB database inside each shard environment.
+pub const DB_NAME: &str = "ringmq";
+
+pub const SESSION: u8 = b'S';
+pub const SUBSCRIPTION: u8 = b'B';
+pub const OUTBOUND: u8 = b'O';
+pub const INBOUND_QOS2: u8 = b'I';
+pub const RETAINED: u8 = b'R';
+
+/// The tables holding one session's rows (deleted with it).
+pub const SESSION_CHILDREN: [u8; 3] = [SUBSCRIPTION, OUTBOUND, INBOUND_QOS2];
+
+pub const META_FORMAT: &[u8] = b"Mformat";
+
+/// `table + session key`: the prefix of a session's rows in `table`.
+pub fn session_prefix(table: u8, session: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = table;
+    k[1..].copy_from_slice(&session.to_be_bytes());
+    k
+}
+
+pub fn push_session(out: &mut Vec<u8>, session: u64) {
+    out.extend_from_slice(&session_prefix(SESSION, session));
+}
+
+pub fn push_subscription(out: &mut Vec<u8>, session: u64, filter: &[u8]) {
+    out.extend_from_slice(&session_prefix(SUBSCRIPTION, session));
+    out.extend_from_slice(filter);
+}
+
+pub fn push_outbound(out: &mut Vec<u8>, session: u64, seq: u64) {
+    out.extend_from_slice(&session_prefix(OUTBOUND, session));
+    out.extend_from_slice(&seq.to_be_bytes());
+}
+
+pub fn push_inbound(out: &mut Vec<u8>, session: u64, packet_id: u16) {
+    out.extend_from_slice(&session_prefix(INBOUND_QOS2, session));
+    out.extend_from_slice(&packet_id.to_be_bytes());
+}
+
+pub fn push_retained(out: &mut Vec<u8>, topic: &[u8]) {
+    out.push(RETAINED);
+    out.extend_from_slice(topic);
+}
+
+/// Splits `table + session key + rest`.
+pub fn split_session_key(key: &[u8]) -> Option<(u64, &[u8])> {
+    let sk = key.get(1..9)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(sk);
+    Some((u64::from_be_bytes(a), &key[9..]))
+}
+
+/// The big-endian u64 / u16 tail of an outbound / inbound key.
+pub fn tail_u64(rest: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
+}
+
+pub fn tail_u16(rest: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(rest.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_keys_sort_by_session_then_seq() {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for (s, q) in [(2u64, 1u64), (1, 300), (1, 2), (256, 0)] {
+            let mut k = Vec::new();
+            push_outbound(&mut k, s, q);
+            keys.push(k);
+        }
+        keys.sort();
+        let order: Vec<(u64, u64)> = keys
+            .iter()
+            .map(|k| {
+                let (s, rest) = split_session_key(k).unwrap();
+                (s, tail_u64(rest).unwrap())
+            })
+            .collect();
+        assert_eq!(order, [(1, 2), (1, 300), (2, 1), (256, 0)]);
+    }
+}

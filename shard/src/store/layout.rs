@@ -1,0 +1,275 @@
+//! The data dir on disk: marker, lock, one LMDB environment per shard.
+//!
+//! ```text
+//! <data-dir>/RINGMQ          marker: "ringmq data dir" / "format 1" / "shards N"
+//! <data-dir>/ringmq.lock     flock(LOCK_EX) held for the broker's lifetime (pid inside)
+//! <data-dir>/shard-<N>/      LMDB environment of shard N (data.mdb, lock.mdb)
+//! ```
+//!
+//! Every check refuses rather than guesses: content without a marker is
+//! foreign, a marker or meta row of another format is refused, LMDB's own
+//! "invalid file" is reported as corrupt.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use heed::types::Bytes as Raw;
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+
+use super::error::StoreError;
+use super::keys;
+
+/// Storage format written and read by this build. Bump on any change of keys
+/// or record layout; older formats get a migration, newer ones are refused.
+pub const FORMAT: u32 = 1;
+
+const MARKER: &str = "RINGMQ";
+const MARKER_HEAD: &str = "ringmq data dir";
+const LOCK: &str = "ringmq.lock";
+const MAGIC: &[u8; 8] = b"RINGMQST";
+
+pub type Db<'e> = Database<'e, Raw, Raw>;
+
+/// The data dir's lock: held until dropped (every shard's store keeps it alive).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Takes `flock(LOCK_EX | LOCK_NB)` on `<dir>/ringmq.lock`.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
+    fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let path = dir.join(LOCK);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    // SAFETY: flock on a file descriptor we own and keep open; no memory involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" by pid {pid}"),
+            };
+            return Err(StoreError::Locked {
+                path: dir.to_path_buf(),
+                holder,
+            });
+        }
+        return Err(StoreError::io(&path, err));
+    }
+    let _ = file.set_len(0);
+    let _ = write!(file, "{}", std::process::id());
+    Ok(DirLock { _file: file })
+}
+
+/// Checks (or, for an empty dir, writes) the marker file.
+pub fn check_marker(dir: &Path, shards: u16) -> Result<(), StoreError> {
+    let path = dir.join(MARKER);
+    match fs::read(&path) {
+        Ok(text) => parse_marker(dir, &text, shards),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let others: Vec<String> = fs::read_dir(dir)
+                .map_err(|e| StoreError::io(dir, e))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != LOCK)
+                .collect();
+            if let Some(first) = others.first() {
+                return Err(StoreError::Foreign {
+                    path: dir.to_path_buf(),
+                    detail: format!(
+                        "no {MARKER} marker but {} entries, e.g. {first:?}",
+                        others.len()
+                    ),
+                });
+            }
+            let body = format!("{MARKER_HEAD}\nformat {FORMAT}\nshards {shards}\n");
+            let tmp = dir.join("RINGMQ.tmp");
+            let write = || -> std::io::Result<()> {
+                let mut f = File::create(&tmp)?;
+                f.write_all(body.as_bytes())?;
+                f.sync_all()?;
+                fs::rename(&tmp, &path)?;
+                File::open(dir)?.sync_all()
+            };
+            write().map_err(|e| StoreError::io(&path, e))
+        }
+        Err(e) => Err(StoreError::io(&path, e)),
+    }
+}
+
+fn parse_marker(dir: &Path, text: &[u8], shards: u16) -> Result<(), StoreError> {
+    let foreign = |detail: &str| StoreError::Foreign {
+        path: dir.to_path_buf(),
+        detail: format!("{MARKER} marker: {detail}"),
+    };
+    let text = std::str::from_utf8(text).map_err(|_| foreign("not text"))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(MARKER_HEAD) {
+        return Err(foreign("unknown first line"));
+    }
+    let mut format = None;
+    let mut found_shards = None;
+    for line in lines {
+        match line.split_once(' ') {
+            Some(("format", v)) => format = v.trim().parse::<u32>().ok(),
+            Some(("shards", v)) => found_shards = v.trim().parse::<u16>().ok(),
+            _ => {}
+        }
+    }
+    let format = format.ok_or_else(|| foreign("no readable format line"))?;
+    if format != FORMAT {
+        return Err(StoreError::UnsupportedFormat {
+            path: dir.to_path_buf(),
+            found: format,
+            supported: FORMAT,
+        });
+    }
+    let found = found_shards.ok_or_else(|| foreign("no readable shards line"))?;
+    if found != shards {
+        return Err(StoreError::ShardCountMismatch {
+            path: dir.to_path_buf(),
+            found,
+            configured: shards,
+        });
+    }
+    Ok(())
+}
+
+/// Directory of shard `shard`'s environment.
+pub fn shard_dir(dir: &Path, shard: u16) -> PathBuf {
+    dir.join(format!("shard-{shard}"))
+}
+
+/// Rounds up to the page size (LMDB requires a multiple of it).
+pub fn page_round(n: usize) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    n.div_ceil(page).max(1) * page
+}
+
+/// Opens (creating if new) shard `shard`'s environment and checks its meta row.
+pub fn open_env(
+    dir: &Path,
+    shard: u16,
+    shards: u16,
+    map_size: usize,
+) -> Result<Env<WithoutTls>, StoreError> {
+    let path = shard_dir(dir, shard);
+    fs::create_dir_all(&path).map_err(|e| StoreError::io(&path, e))?;
+    let existed = path.join("data.mdb").metadata().is_ok_and(|m| m.len() > 0);
+    // SAFETY: the data dir's flock (held by our caller) keeps other ringmq
+    // processes out, and nothing else in this process maps these files.
+    let env = unsafe {
+        EnvOpenOptions::new()
+            .read_txn_without_tls()
+            .map_size(page_round(map_size))
+            .max_dbs(4)
+            .open(&path)
+    }
+    .map_err(|e| match StoreError::from_heed(&path, e) {
+        StoreError::Io { path, detail } => StoreError::Corrupt {
+            path,
+            detail: format!("LMDB cannot open it: {detail}"),
+        },
+        other => other,
+    })?;
+    let meta = meta_value(shard, shards);
+    match open_db(&env).map_err(|e| StoreError::from_heed(&path, e))? {
+        Some(db) => check_meta(&env, db, &path, shard, shards)?,
+        None if existed && env_has_other_data(&env) => {
+            return Err(StoreError::Foreign {
+                path,
+                detail: "LMDB environment without a ringmq database".into(),
+            })
+        }
+        None => create_db(&env, &meta).map_err(|e| StoreError::from_heed(&path, e))?,
+    }
+    Ok(env)
+}
+
+fn meta_value(shard: u16, shards: u16) -> Vec<u8> {
+    let mut v = MAGIC.to_vec();
+    v.extend_from_slice(&FORMAT.to_be_bytes());
+    v.extend_from_slice(&shard.to_be_bytes());
+    v.extend_from_slice(&shards.to_be_bytes());
+    v
+}
+
+fn check_meta(
+    env: &Env<WithoutTls>,
+    db: Db<'_>,
+    path: &Path,
+    shard: u16,
+    shards: u16,
+) -> Result<(), StoreError> {
+    let rtxn = env.read_txn().map_err(|e| StoreError::from_heed(path, e))?;
+    let meta = db
+        .get(&rtxn, keys::META_FORMAT)
+        .map_err(|e| StoreError::from_heed(path, e))?
+        .ok_or_else(|| StoreError::corrupt(path, "ringmq database without its format row"))?;
+    if meta.len() < 16 || &meta[..8] != MAGIC {
+        return Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            detail: "format row without the ringmq magic".into(),
+        });
+    }
+    let found = u32::from_be_bytes([meta[8], meta[9], meta[10], meta[11]]);
+    if found != FORMAT {
+        return Err(StoreError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found,
+            supported: FORMAT,
+        });
+    }
+    let (s, n) = (
+        u16::from_be_bytes([meta[12], meta[13]]),
+        u16::from_be_bytes([meta[14], meta[15]]),
+    );
+    if (s, n) != (shard, shards) {
+        return Err(StoreError::corrupt(
+            path,
+            format!("holds shard {s} of {n}, expected shard {shard} of {shards} (moved files?)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The one database handle, if it exists.
+pub fn open_db(env: &Env<WithoutTls>) -> Result<Option<Db<'_>>, heed::Error> {
+    let rtxn = env.read_txn()?;
+    let r = env.open_databases_and_commit(rtxn, |opener, rtxn| {
+        opener
+            .open_database::<Raw, Raw>(rtxn, Some(keys::DB_NAME))
+            .map(CommitOrAbort::<_, ()>::Commit)
+    })?;
+    Ok(r.unwrap_commit())
+}
+
+fn create_db(env: &Env<WithoutTls>, meta: &[u8]) -> Result<(), heed::Error> {
+    let wtxn = env.write_txn()?;
+    let db = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| {
+            opener
+                .create_database::<Raw, Raw>(wtxn, Some(keys::DB_NAME))
+                .map(CommitOrAbort::<_, ()>::Commit)
+        })?
+        .unwrap_commit();
+    let mut wtxn = env.write_txn()?;
+    db.put(&mut wtxn, keys::META_FORMAT, meta)?;
+    wtxn.commit()
+}
+
+fn env_has_other_data(env: &Env<WithoutTls>) -> bool {
+    env.unnamed_database_stat().entries > 0
+}

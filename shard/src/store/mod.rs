@@ -1,0 +1,300 @@
+//! Durable broker state on LMDB (heed): one environment per shard under
+//! `<data-dir>/shard-<N>/`, written by group commit off the shard thread.
+//! Key schema, record layout, format version and figures: `docs/storage.md`.
+//!
+//! # Layout of this module
+//! - `mod.rs`: the API below ([`Store`], [`StoreHandle`], [`StoreOptions`]).
+//! - `layout.rs`: data dir marker, lock file, opening and checking environments.
+//! - `recover.rs`: [`open`] + load of every shard, retained merge, startup purge.
+//! - `engine.rs`: group commit on the shard, [`Ticket`], [`StoreStats`].
+//! - `batch.rs`: one batch = one write transaction (blocking pool), map growth.
+//! - `keys.rs`, `records.rs`, `message.rs`, `enc.rs`: key schema and encodings.
+//! - `error.rs`: [`StoreError`], one line each.
+//!
+//! # How the broker uses it
+//! ```ignore
+//! // main thread, before the shards start (takes the data dir lock, loads, purges):
+//! let mut rec = store::open(&cfg.data_dir, shards, &StoreOptions { durability, ..Default::default() })?;
+//! tracing::info!(?rec.stats, "recovered in {:?}", rec.stats.elapsed);
+//! // every shard: replicate `rec.retained`; shard N rebuilds `rec.shards[N].sessions`.
+//! // on shard N's executor:
+//! let store: Store = rec.shards[N].handle.start();       // !Send, lives on the shard
+//! // persistent session created (expiry > 0):
+//! let key = store.allocate_session_key();
+//! store.put_session(key, &SessionRecord { .. });         // again on disconnect (disconnected_at_ms)
+//! store.put_subscription(key, &SubscriptionRecord { .. });
+//! // QoS 1/2 message for a persistent session, seq increasing per session:
+//! let t = store.put_outbound(key, seq, OutboundState::Queued, Some(&msg));
+//! // sent with packet id P: put_outbound(key, seq, AwaitingAck(P), Some(&msg));
+//! // PUBREC: put_outbound(key, seq, AwaitingPubComp(P), None); PUBACK/PUBCOMP: delete_outbound(key, seq)
+//! // inbound QoS 2: put_inbound_qos2(key, id, None) before PUBREC; delete_inbound_qos2 on PUBREL.
+//! // retained on the publisher's shard: set_retained(&topic, Some(&msg)) / None to delete.
+//! if store.durability() == Durability::Sync { t.await?; }  // then PUBACK / PUBREC
+//! if store.no_space() { /* refuse new QoS 1/2 with 0x97 (v5); keep serving QoS 0 */ }
+//! // every minute or so: store.purge_expired(store::unix_ms());
+//! ```
+//! Every write returns a [`Ticket`]: it resolves when the batch holding the
+//! op is durable. Ops of one shard are applied in call order. Dropping a
+//! ticket never cancels the write. With `Durability::None` every call is a
+//! no-op returning a ready ticket.
+//!
+//! Retained messages are written by the shard that received the PUBLISH (its
+//! own commit, so the publisher is acknowledged without a cross-shard round
+//! trip); rows carry the wall-clock time and recovery keeps the newest per
+//! topic across shards (deletes are tombstones, compacted at startup).
+//! Other shards may call [`Store::forget_retained`] when the broadcast
+//! reaches them, to drop their stale row early (optional).
+
+mod batch;
+mod enc;
+mod engine;
+mod error;
+mod keys;
+mod layout;
+mod message;
+mod records;
+mod recover;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ringmq_codec::{PacketId, TopicFilter, TopicName};
+
+pub use crate::config::Durability;
+pub use engine::{StoreStats, Ticket};
+pub use error::StoreError;
+pub use layout::FORMAT;
+pub use message::StoredMessage;
+pub use records::{
+    expires_by, InboundQos2, OutboundRecord, OutboundState, RecoveredSession, RetainedRecord,
+    SessionKey, SessionRecord, SubscriptionRecord,
+};
+pub use recover::{open, Recovery, RecoveryStats, ShardRecovery};
+
+use batch::OpKind;
+use engine::{Backend, Engine};
+
+/// How the store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// First LMDB map size per shard, bytes (address space, not disk).
+    pub initial_map_size: usize,
+    /// The map doubles when full, up to this; beyond it writes fail with
+    /// [`StoreError::NoSpace`] (a per-shard storage quota).
+    pub max_map_size: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Sync,
+            initial_map_size: 256 << 20,
+            max_map_size: 1 << 40,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (the store's clock for expiry).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A shard's store before it starts: `Send`, moved to the shard's executor.
+pub struct StoreHandle {
+    backend: Option<Backend>,
+    durability: Durability,
+    next_key: SessionKey,
+}
+
+impl StoreHandle {
+    /// Memory only (`Durability::None`).
+    pub fn memory() -> StoreHandle {
+        StoreHandle {
+            backend: None,
+            durability: Durability::None,
+            next_key: 1,
+        }
+    }
+
+    pub(crate) fn disk(backend: Backend, durability: Durability, next_key: SessionKey) -> Self {
+        StoreHandle {
+            backend: Some(backend),
+            durability,
+            next_key,
+        }
+    }
+
+    /// Starts the store. Must be called on the shard's glommio executor
+    /// (commits are driven by a local task there).
+    pub fn start(self) -> Store {
+        Store {
+            engine: Engine::new(self.backend, self.durability),
+            next_key: Cell::new(self.next_key),
+            last_retained_ns: Cell::new(0),
+        }
+    }
+}
+
+/// One shard's store (`!Send`): enqueue ops, await [`Ticket`]s.
+pub struct Store {
+    engine: Rc<Engine>,
+    next_key: Cell<SessionKey>,
+    last_retained_ns: Cell<u64>,
+}
+
+impl Store {
+    /// A store that keeps nothing (`Durability::None`).
+    pub fn memory() -> Store {
+        StoreHandle::memory().start()
+    }
+
+    /// False for `Durability::None`: callers may skip building records.
+    pub fn is_persistent(&self) -> bool {
+        self.engine.is_persistent()
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.engine.durability()
+    }
+
+    /// True after a commit failed for lack of space, until one succeeds:
+    /// refuse new QoS 1/2 PUBLISH with 0x97 Quota exceeded (v5).
+    pub fn no_space(&self) -> bool {
+        self.engine.no_space()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.engine.stats()
+    }
+
+    /// A fresh key for a new persistent session on this shard.
+    pub fn allocate_session_key(&self) -> SessionKey {
+        let k = self.next_key.get();
+        self.next_key.set(k + 1);
+        k
+    }
+
+    /// Creates or replaces the session row.
+    pub fn put_session(&self, key: SessionKey, s: &SessionRecord) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_session(b, key),
+            |b| records::put_session(b, s),
+        )
+    }
+
+    /// Deletes the session and all its subscriptions, outbound and inbound rows.
+    pub fn delete_session(&self, key: SessionKey) -> Ticket {
+        self.engine.push(
+            OpKind::DeleteSession(key),
+            |b| keys::push_session(b, key),
+            |_| {},
+        )
+    }
+
+    /// Creates or replaces one subscription (keyed by its filter).
+    pub fn put_subscription(&self, key: SessionKey, s: &SubscriptionRecord) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_subscription(b, key, s.filter.as_str().as_bytes()),
+            |b| records::put_subscription(b, s),
+        )
+    }
+
+    pub fn delete_subscription(&self, key: SessionKey, filter: &TopicFilter) -> Ticket {
+        self.engine.push(
+            OpKind::Delete,
+            |b| keys::push_subscription(b, key, filter.as_str().as_bytes()),
+            |_| {},
+        )
+    }
+
+    /// Creates or updates outbound message `seq` (increasing per session).
+    /// `message` is required except in `AwaitingPubComp`.
+    pub fn put_outbound(
+        &self,
+        key: SessionKey,
+        seq: u64,
+        state: OutboundState,
+        message: Option<&StoredMessage>,
+    ) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_outbound(b, key, seq),
+            |b| records::put_outbound(b, state, message),
+        )
+    }
+
+    /// PUBACK or PUBCOMP received (or the message expired / was dropped).
+    pub fn delete_outbound(&self, key: SessionKey, seq: u64) -> Ticket {
+        self.engine
+            .push(OpKind::Delete, |b| keys::push_outbound(b, key, seq), |_| {})
+    }
+
+    /// Inbound QoS 2 PUBLISH accepted: remember its id until PUBREL
+    /// [MQTT-4.3.3-9]. `message` may be kept until it is delivered.
+    pub fn put_inbound_qos2(
+        &self,
+        key: SessionKey,
+        id: PacketId,
+        message: Option<&StoredMessage>,
+    ) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_inbound(b, key, id.get()),
+            |b| records::put_inbound(b, message),
+        )
+    }
+
+    /// PUBREL received [MQTT-4.3.3-11]: forget the id.
+    pub fn delete_inbound_qos2(&self, key: SessionKey, id: PacketId) -> Ticket {
+        self.engine.push(
+            OpKind::Delete,
+            |b| keys::push_inbound(b, key, id.get()),
+            |_| {},
+        )
+    }
+
+    /// On the shard that received the retained PUBLISH: store it (`Some`) or
+    /// delete it (`None`, empty payload [MQTT-3.3.1-6]) as a tombstone.
+    pub fn set_retained(&self, topic: &TopicName, message: Option<&StoredMessage>) -> Ticket {
+        let at = unix_ns().max(self.last_retained_ns.get() + 1);
+        self.last_retained_ns.set(at);
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_retained(b, topic.as_str().as_bytes()),
+            |b| records::put_retained(b, at, message),
+        )
+    }
+
+    /// On other shards, when the set/delete broadcast arrives: drop this
+    /// shard's older row early. Optional (recovery keeps the newest anyway).
+    pub fn forget_retained(&self, topic: &TopicName) -> Ticket {
+        self.engine.push(
+            OpKind::Delete,
+            |b| keys::push_retained(b, topic.as_str().as_bytes()),
+            |_| {},
+        )
+    }
+
+    /// Deletes every disconnected session whose expiry passed at `now_ms`
+    /// (counted in [`StoreStats::purged_sessions`]).
+    pub fn purge_expired(&self, now_ms: u64) -> Ticket {
+        self.engine.push(OpKind::Purge { now_ms }, |_| {}, |_| {})
+    }
+
+    /// A ticket for everything written so far (graceful shutdown).
+    pub fn flush(&self) -> Ticket {
+        self.engine.flush()
+    }
+}

@@ -1,0 +1,129 @@
+//! The data dir refuses what it must not misread: newer formats, foreign or
+//! corrupt content, another shard count, and a dir locked by a running broker.
+
+#[path = "store_util.rs"]
+mod util;
+
+use ringmq_shard::store::{self, Durability, StoreError};
+use util::*;
+
+fn open_err(dir: &std::path::Path, shards: u16) -> StoreError {
+    match store::open(dir, shards, &opts(Durability::Sync)) {
+        Ok(_) => panic!("open of {} should fail", dir.display()),
+        Err(e) => e,
+    }
+}
+
+fn one_line(e: &StoreError) -> String {
+    let s = e.to_string();
+    assert!(!s.contains('\n'), "error is one line: {s}");
+    s
+}
+
+#[test]
+fn locked_by_a_running_broker_is_refused() {
+    let dir = TempDir::new("lock");
+    let held = open(dir.path(), 1);
+    let e = open_err(dir.path(), 1);
+    assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+    assert!(one_line(&e).contains(&format!("pid {}", std::process::id())));
+    drop(held);
+    // The lock goes with the last store handle.
+    let _again = open(dir.path(), 1);
+}
+
+#[test]
+fn newer_format_is_refused() {
+    let dir = TempDir::new("newer");
+    drop(open(dir.path(), 1));
+    let marker = dir.path().join("RINGMQ");
+    let text = std::fs::read_to_string(&marker).unwrap();
+    std::fs::write(&marker, text.replace("format 1", "format 99")).unwrap();
+    let e = open_err(dir.path(), 1);
+    assert!(
+        matches!(
+            e,
+            StoreError::UnsupportedFormat {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    one_line(&e);
+}
+
+#[test]
+fn foreign_dir_is_refused_and_left_alone() {
+    let dir = TempDir::new("foreign");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path().join("important.txt"), b"not ours").unwrap();
+    let e = open_err(dir.path(), 1);
+    assert!(matches!(e, StoreError::Foreign { .. }), "{e}");
+    one_line(&e);
+    assert!(!dir.path().join("RINGMQ").exists());
+    assert!(!dir.path().join("shard-0").exists());
+
+    let dir = TempDir::new("foreign-marker");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path().join("RINGMQ"), b"something else\n").unwrap();
+    assert!(matches!(
+        open_err(dir.path(), 1),
+        StoreError::Foreign { .. }
+    ));
+}
+
+#[test]
+fn corrupt_environment_is_reported() {
+    let dir = TempDir::new("corrupt");
+    drop(open(dir.path(), 2));
+    let data = dir.path().join("shard-1").join("data.mdb");
+    std::fs::write(&data, vec![0xA5u8; 64 * 1024]).unwrap();
+    let e = open_err(dir.path(), 2);
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    assert!(one_line(&e).contains("shard-1"));
+}
+
+#[test]
+fn swapped_shard_dirs_are_reported() {
+    let dir = TempDir::new("swapped");
+    drop(open(dir.path(), 2));
+    let (a, b, t) = (
+        dir.path().join("shard-0"),
+        dir.path().join("shard-1"),
+        dir.path().join("t"),
+    );
+    std::fs::rename(&a, &t).unwrap();
+    std::fs::rename(&b, &a).unwrap();
+    std::fs::rename(&t, &b).unwrap();
+    let e = open_err(dir.path(), 2);
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+}
+
+#[test]
+fn other_shard_count_is_refused() {
+    let dir = TempDir::new("shards");
+    drop(open(dir.path(), 2));
+    let e = open_err(dir.path(), 3);
+    assert!(
+        matches!(
+            e,
+            StoreError::ShardCountMismatch {
+                found: 2,
+                configured: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(one_line(&e).contains("--cores 2"));
+}
+
+#[test]
+fn durability_none_touches_nothing() {
+    let dir = TempDir::new("none");
+    let rec = store::open(dir.path(), 2, &opts(Durability::None)).unwrap();
+    assert_eq!(rec.shards.len(), 2);
+    assert!(!dir.path().exists());
+}
