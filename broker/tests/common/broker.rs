@@ -1,0 +1,158 @@
+//! Starting the broker: in-process (`ringmq_shard::server::start`) or as the `ringmq` binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ringmq_shard::config::ShardConfig;
+use ringmq_shard::server::{self, ServerHandle};
+
+/// The home shard the broker places `client_id` on, when the shard crate tells us; `None` when
+/// unknown (then tests use several ids so both same-shard and cross-shard cases occur).
+pub fn home_shard(_client_id: &str, _shards: usize) -> Option<usize> {
+    None
+}
+
+/// A fresh directory for one broker's persistent state.
+pub fn scratch_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ringmq-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// An in-process broker on 127.0.0.1:0. Shut down (bounded) when dropped.
+pub struct Broker {
+    handle: Option<ServerHandle>,
+    pub addr: SocketAddr,
+    pub shards: usize,
+    pub data_dir: std::path::PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker with `shards` shards and default limits.
+    pub fn start(shards: usize) -> Broker {
+        Broker::start_with(shards, |_| {})
+    }
+
+    /// Starts a broker after `tweak` adjusts the configuration (limits, intervals).
+    pub fn start_with(shards: usize, tweak: impl FnOnce(&mut ShardConfig)) -> Broker {
+        let mut cfg = ShardConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            cores: shards,
+            data_dir: scratch_dir(),
+            ..ShardConfig::default()
+        };
+        tweak(&mut cfg);
+        let data_dir = cfg.data_dir.clone();
+        let handle = server::start(cfg).expect("broker starts");
+        let addr = *handle.local_addrs().first().expect("one listener");
+        Broker {
+            handle: Some(handle),
+            addr,
+            shards,
+            data_dir,
+        }
+    }
+
+    /// Graceful shutdown, waited for at most `deadline`; returns whether it finished.
+    pub fn shutdown(&mut self, deadline: Duration) -> bool {
+        let Some(handle) = self.handle.take() else {
+            return true;
+        };
+        handle.shutdown();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = handle.join();
+            let _ = tx.send(());
+        });
+        let done = rx.recv_timeout(deadline).is_ok();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        done
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(5));
+    }
+}
+
+/// The `ringmq` binary started on port 0; killed (by its PID, through `Child`) when dropped.
+pub struct BinBroker {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl BinBroker {
+    /// Runs `ringmq --listen mqtt://127.0.0.1:0 --cores N` and waits (bounded) for its
+    /// `ringmq listening on mqtt://HOST:PORT` line.
+    pub fn start(cores: usize) -> BinBroker {
+        let cores = cores.to_string();
+        BinBroker::start_args(&["--listen", "mqtt://127.0.0.1:0", "--cores", &cores])
+    }
+
+    pub fn start_args(args: &[&str]) -> BinBroker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ringmq");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.trim().strip_prefix("ringmq listening on mqtt://") {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(addr) => BinBroker {
+                child,
+                addr: addr.parse().expect("listening line has HOST:PORT"),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ringmq did not print `ringmq listening on mqtt://...` within 15 s");
+            }
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: plain kill(2) on our own child's PID; no memory is shared.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for BinBroker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

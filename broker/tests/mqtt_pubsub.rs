@@ -1,0 +1,227 @@
+//! Publish/subscribe with clients we did not write (rumqttc v4 and v5), on 1 and 2 shards, with
+//! publisher and subscriber on different home shards: QoS 0/1/2 both directions, QoS
+//! downgrade, ordering per topic, wildcards, `$`-topics, overlapping subscriptions, unsubscribe.
+#[macro_use]
+mod common;
+
+use common::*;
+
+matrix! {
+    fn qos_0_1_2_delivered_at_min_of_publish_and_granted;
+    fn subscriber_qos_0_downgrades_every_message;
+    fn suback_grants_requested_qos;
+    fn messages_stay_in_order_per_topic;
+    fn plus_wildcard_matches_one_level;
+    fn hash_wildcard_matches_parent_and_children;
+    fn dollar_topics_not_matched_by_first_level_wildcards;
+    fn overlapping_subscriptions_deliver_once_at_max_qos;
+    fn unsubscribe_stops_delivery;
+    fn publish_to_topic_without_subscribers_is_acked;
+    fn many_publishers_on_every_shard_reach_one_subscriber;
+}
+
+/// [MQTT-3.8.4-8] (v5) / 3.1.1 §3.8.4: delivered QoS = min(published QoS, granted QoS);
+/// [MQTT-4.3.2-1], [MQTT-4.3.3-1]: QoS 1 and 2 flows complete in both directions.
+async fn qos_0_1_2_delivered_at_min_of_publish_and_granted(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("qos");
+    let mut sub2 = ctx.client(&s).await;
+    assert_eq!(sub2.subscribe("qos/t", 2).await, vec![2]);
+    let mut sub1 = ctx.client(&format!("{s}-1")).await;
+    assert_eq!(sub1.subscribe("qos/t", 1).await, vec![1]);
+    let mut publ = ctx.client(&p).await;
+    for q in 0..=2u8 {
+        publ.publish("qos/t", q, false, format!("m{q}")).await;
+        if q > 0 {
+            publ.wait_acked(q).await;
+        }
+        let m = sub2.recv("sub QoS 2").await;
+        assert_eq!(
+            (m.topic.as_str(), m.text(), m.qos, m.retain),
+            ("qos/t", format!("m{q}").as_str(), q, false)
+        );
+        let m = sub1.recv("sub QoS 1").await;
+        assert_eq!((m.text(), m.qos), (format!("m{q}").as_str(), q.min(1)));
+    }
+    sub2.expect_none(QUIET, "exactly once").await;
+    sub1.expect_none(QUIET, "no duplicates").await;
+}
+
+async fn subscriber_qos_0_downgrades_every_message(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("down");
+    let mut sub = ctx.client(&s).await;
+    assert_eq!(sub.subscribe("down/#", 0).await, vec![0]);
+    let publ = ctx.client(&p).await;
+    for q in [2u8, 1, 0] {
+        publ.publish(&format!("down/{q}"), q, false, "x").await;
+        let m = sub.recv("downgraded").await;
+        assert_eq!(
+            (m.topic, m.qos, m.dup),
+            (format!("down/{q}"), 0, false),
+            "[MQTT-3.3.1-2] DUP 0 at QoS 0"
+        );
+    }
+}
+
+/// [MQTT-3.8.4-1] SUBACK with the same packet id; [MQTT-3.9.3-1] one code per filter in order.
+async fn suback_grants_requested_qos(ctx: Ctx) {
+    let mut c = ctx.client("granted").await;
+    for q in 0..=2u8 {
+        assert_eq!(c.subscribe(&format!("g/{q}"), q).await, vec![q]);
+    }
+}
+
+/// [MQTT-4.6.0-5] (3.1.1: [MQTT-4.6.0-6]): every topic is an ordered topic by default.
+async fn messages_stay_in_order_per_topic(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("order");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("order/#", 2).await;
+    let publ = ctx.client(&p).await;
+    const N: usize = 200;
+    for i in 0..N {
+        let q = (i % 3) as u8;
+        publ.publish(&format!("order/{}", q), q, false, i.to_string())
+            .await;
+    }
+    let mut last = [None::<usize>; 3];
+    for m in sub.recv_n(N, "ordered stream").await {
+        let i: usize = m.text().parse().unwrap();
+        let lane = i % 3;
+        if let Some(prev) = last[lane] {
+            assert!(i > prev, "topic order/{lane}: {i} after {prev}");
+        }
+        last[lane] = Some(i);
+    }
+}
+
+/// [MQTT-4.7.1-2]: `+` matches exactly one level (including an empty one).
+async fn plus_wildcard_matches_one_level(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("plus");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("a/+/c", 1).await;
+    let publ = ctx.client(&p).await;
+    for t in ["a/b/c", "a//c", "a/b/c/d", "a/c", "x/b/c"] {
+        publ.publish(t, 1, false, t).await;
+    }
+    let got: Vec<String> = sub
+        .recv_n(2, "a/+/c")
+        .await
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    assert_eq!(got, vec!["a/b/c", "a//c"]);
+    sub.expect_none(QUIET, "non-matching topics").await;
+}
+
+/// [MQTT-4.7.1-1]: `#` matches the parent level and any number of children.
+async fn hash_wildcard_matches_parent_and_children(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("hash");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("sport/#", 1).await;
+    let publ = ctx.client(&p).await;
+    for t in [
+        "sport",
+        "sport/tennis",
+        "sport/tennis/player1/score",
+        "sports",
+        "other/sport",
+    ] {
+        publ.publish(t, 1, false, t).await;
+    }
+    let got: Vec<String> = sub
+        .recv_n(3, "sport/#")
+        .await
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    assert_eq!(
+        got,
+        vec!["sport", "sport/tennis", "sport/tennis/player1/score"]
+    );
+    sub.expect_none(QUIET, "non-matching topics").await;
+}
+
+/// [MQTT-4.7.2-1]: `#` and `+/...` do not match topics starting with `$`; `$foo/#` does.
+async fn dollar_topics_not_matched_by_first_level_wildcards(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("dollar");
+    let mut all = ctx.client(&s).await;
+    all.subscribe("#", 1).await;
+    all.subscribe("+/x", 1).await;
+    let mut dollar = ctx.client(&format!("{s}-d")).await;
+    dollar.subscribe("$test/#", 1).await;
+    let publ = ctx.client(&p).await;
+    publ.publish("$test/x", 1, false, "d").await;
+    publ.publish("plain/x", 1, false, "p").await;
+    let m = dollar.recv("$test/# matches $test/x").await;
+    assert_eq!(m.topic, "$test/x");
+    let m = all.recv("# matches plain/x").await;
+    assert_eq!(m.topic, "plain/x");
+    all.expect_none(QUIET, "no $-topic through # or +/x").await;
+}
+
+/// [MQTT-3.3.4-2] (v5) / [MQTT-3.3.5-1] (3.1.1): overlapping subscriptions of one client: the
+/// message is delivered (v5: at least once, 3.1.1: once) with the maximum QoS of the matches.
+async fn overlapping_subscriptions_deliver_once_at_max_qos(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("overlap");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("ov/#", 0).await;
+    sub.subscribe("ov/+", 2).await;
+    let publ = ctx.client(&p).await;
+    publ.publish("ov/x", 2, false, "x").await;
+    let m = sub.recv("overlap").await;
+    assert_eq!(m.qos, 2, "delivered at the max granted QoS");
+    if ctx.proto == Proto::V4 {
+        sub.expect_none(QUIET, "3.1.1 delivers once").await;
+    }
+}
+
+/// [MQTT-3.10.4-2]: after UNSUBACK no new messages for that filter; [MQTT-3.10.4-5] UNSUBACK
+/// also when nothing matched.
+async fn unsubscribe_stops_delivery(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("unsub");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("u/t", 1).await;
+    let publ = ctx.client(&p).await;
+    publ.publish("u/t", 1, false, "before").await;
+    assert_eq!(sub.recv("before unsubscribe").await.text(), "before");
+    sub.unsubscribe("u/t").await;
+    sub.unsubscribe("u/never-subscribed").await;
+    publ.publish("u/t", 1, false, "after").await;
+    sub.expect_none(QUIET, "unsubscribed").await;
+}
+
+/// [MQTT-4.3.2-1]/[MQTT-4.3.3-1]: the publisher's flow completes with no subscriber at all.
+async fn publish_to_topic_without_subscribers_is_acked(ctx: Ctx) {
+    let mut publ = ctx.client("lonely").await;
+    publ.publish("nobody/listens", 1, false, "x").await;
+    publ.wait_acked(1).await;
+    publ.publish("nobody/listens", 2, false, "x").await;
+    publ.wait_acked(2).await;
+}
+
+/// Publishers homed on every shard reach one subscriber (cross-shard routing).
+async fn many_publishers_on_every_shard_reach_one_subscriber(ctx: Ctx) {
+    let ids = spread_ids("fanin", 5, ctx.shards());
+    let mut sub = ctx.client(&ids[0]).await;
+    sub.subscribe("fanin/+", 1).await;
+    let mut pubs = Vec::new();
+    for id in &ids[1..] {
+        pubs.push(ctx.client(id).await);
+    }
+    for (i, p) in pubs.iter().enumerate() {
+        p.publish(&format!("fanin/{i}"), 1, false, i.to_string())
+            .await;
+    }
+    let mut got: Vec<String> = sub
+        .recv_n(pubs.len(), "one per publisher")
+        .await
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        (0..pubs.len())
+            .map(|i| format!("fanin/{i}"))
+            .collect::<Vec<_>>()
+    );
+}

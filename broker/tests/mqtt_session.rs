@@ -1,0 +1,227 @@
+//! Sessions: clean session / clean start, v5 session expiry, the offline queue, session
+//! present, resending unacknowledged messages with DUP on resume, takeover of a session.
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::raw::{connect_packet, resp, subscribe_packet, version};
+use common::*;
+use ringmq_codec::{Connect, Packet, QoS};
+
+matrix! {
+    fn persistent_session_queues_qos1_and_2_while_offline;
+    fn clean_session_discards_the_old_session;
+    fn no_session_means_session_present_0;
+    fn unacked_qos1_is_resent_with_dup_on_resume;
+    fn unacked_qos2_pubrel_is_resent_on_resume;
+    fn takeover_keeps_the_persistent_session;
+    fn offline_queue_is_bounded;
+}
+
+matrix_v5! {
+    fn v5_session_expiry_0_ends_session_at_disconnect;
+    fn v5_session_expires_after_its_interval;
+}
+
+/// A CONNECT resuming (clean 0) a session that outlives the connection (v5: expiry 300 s).
+fn persistent(ctx: &Ctx, id: &str) -> Connect {
+    let mut c = connect_packet(version(ctx.proto), id, false);
+    if ctx.proto == Proto::V5 {
+        c.properties.session_expiry_interval = Some(300);
+    }
+    c
+}
+
+/// Time must pass for an expiry the spec defines; nothing observable to poll meanwhile.
+async fn let_time_pass(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+/// [MQTT-3.1.2-4], [MQTT-3.1.2-5] (3.1.1) / [MQTT-3.1.2-4]..: a persistent session keeps
+/// subscriptions and queues QoS 1/2 messages while offline; [MQTT-3.2.2-2] (3.1.1) /
+/// [MQTT-3.2.2-3] session present 1 on resume.
+async fn persistent_session_queues_qos1_and_2_while_offline(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("offline");
+    let mut sub = Client::connect(ctx.opts(&s).persistent(300)).await;
+    assert!(!sub.session_present());
+    sub.subscribe("off/#", 2).await;
+    sub.disconnect().await;
+    let mut publ = ctx.client(&p).await;
+    for q in [1u8, 2] {
+        publ.publish(&format!("off/{q}"), q, false, format!("queued{q}"))
+            .await;
+        publ.wait_acked(q).await;
+    }
+    let mut back = Client::connect(ctx.opts(&s).persistent(300)).await;
+    assert!(back.session_present(), "session present 1 on resume");
+    let got: Vec<(String, u8)> = back
+        .recv_n(2, "queued while offline")
+        .await
+        .into_iter()
+        .map(|m| (m.text().to_string(), m.qos))
+        .collect();
+    assert_eq!(got, vec![("queued1".into(), 1), ("queued2".into(), 2)]);
+}
+
+/// [MQTT-3.1.2-6] (3.1.1) / [MQTT-3.1.2-4]: clean session/start 1 discards any session.
+async fn clean_session_discards_the_old_session(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("discard");
+    let mut sub = Client::connect(ctx.opts(&s).persistent(300)).await;
+    sub.subscribe("disc/#", 1).await;
+    sub.disconnect().await;
+    let mut publ = ctx.client(&p).await;
+    publ.publish("disc/a", 1, false, "stale").await;
+    publ.wait_acked(1).await;
+    let mut clean = ctx.client(&s).await;
+    assert!(!clean.session_present());
+    clean.expect_none(QUIET, "queued messages discarded").await;
+    clean.disconnect().await;
+    let mut again = Client::connect(ctx.opts(&s).persistent(300)).await;
+    assert!(
+        !again.session_present(),
+        "the clean session replaced the old one"
+    );
+    publ.publish("disc/a", 1, false, "after").await;
+    again.expect_none(QUIET, "old subscription is gone").await;
+}
+
+/// [MQTT-3.2.2-3] (3.1.1) / [MQTT-3.2.2-3]: clean 0 without a stored session: present 0.
+async fn no_session_means_session_present_0(ctx: Ctx) {
+    let c = Client::connect(ctx.opts("fresh-persistent").persistent(300)).await;
+    assert!(!c.session_present());
+}
+
+/// [MQTT-4.4.0-1]: on resume with clean 0 the server resends unacknowledged PUBLISH packets
+/// with DUP 1 [MQTT-3.3.1-1] and the original packet identifier.
+async fn unacked_qos1_is_resent_with_dup_on_resume(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("dup");
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &s)).await;
+    raw.send(&Packet::Subscribe(subscribe_packet(1, "dup/t", 1)))
+        .await;
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    let publ = ctx.client(&p).await;
+    publ.publish("dup/t", 1, false, "unacked").await;
+    let first = raw.expect_publish("first delivery").await;
+    assert!(!first.dup, "first delivery has DUP 0");
+    assert_eq!(first.qos, QoS::AtLeastOnce);
+    drop(raw); // no PUBACK
+    let (mut raw, ack) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &s)).await;
+    assert!(ack.session_present);
+    let again = raw.expect_publish("redelivery").await;
+    assert!(again.dup, "redelivery has DUP 1");
+    assert_eq!(again.packet_id, first.packet_id, "same packet identifier");
+    assert_eq!(&again.payload[..], b"unacked");
+    raw.send(&Packet::PubAck(resp(again.packet_id.unwrap().get())))
+        .await;
+    raw.expect_silence(QUIET, "acknowledged: not sent again")
+        .await;
+}
+
+/// [MQTT-4.4.0-1]: after PUBREC, an unfinished QoS 2 delivery resumes with PUBREL.
+async fn unacked_qos2_pubrel_is_resent_on_resume(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("rel");
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &s)).await;
+    raw.send(&Packet::Subscribe(subscribe_packet(1, "rel/t", 2)))
+        .await;
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    let publ = ctx.client(&p).await;
+    publ.publish("rel/t", 2, false, "q2").await;
+    let first = raw.expect_publish("QoS 2 delivery").await;
+    let id = first.packet_id.expect("QoS 2 has a packet id").get();
+    raw.send(&Packet::PubRec(resp(id))).await;
+    match raw.expect_packet("PUBREL").await {
+        Packet::PubRel(r) => assert_eq!(r.packet_id.get(), id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    drop(raw); // no PUBCOMP
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &s)).await;
+    match raw.expect_packet("PUBREL resent").await {
+        Packet::PubRel(r) => assert_eq!(r.packet_id.get(), id),
+        other => panic!("expected PUBREL on resume (not the PUBLISH again), got {other:?}"),
+    }
+    raw.send(&Packet::PubComp(resp(id))).await;
+    raw.expect_silence(QUIET, "flow complete").await;
+}
+
+/// [MQTT-3.1.4-2] (3.1.1) / [MQTT-3.1.4-3]: takeover by clean 0 resumes the same session.
+async fn takeover_keeps_the_persistent_session(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("take");
+    let mut first = Client::connect(ctx.opts(&s).persistent(300)).await;
+    first.subscribe("take/t", 1).await;
+    let mut second = Client::connect(ctx.opts(&s).persistent(300)).await;
+    assert!(second.session_present(), "takeover resumes the session");
+    let code = first.closed_by_broker(WAIT).await;
+    if ctx.proto == Proto::V5 {
+        assert_eq!(code, Some(0x8E), "v5: DISCONNECT Session taken over");
+    }
+    let publ = ctx.client(&p).await;
+    publ.publish("take/t", 1, false, "to-second").await;
+    assert_eq!(
+        second
+            .recv("subscription moved with the session")
+            .await
+            .text(),
+        "to-second"
+    );
+}
+
+/// The offline queue is bounded (`max_queued_messages`); the default policy drops the newest.
+async fn offline_queue_is_bounded(ctx: Ctx) {
+    let broker = Broker::start_with(ctx.shards(), |c| {
+        c.max_queued_messages = 3;
+        c.receive_maximum = 1;
+    });
+    let o = Opts::new(ctx.proto, broker.addr, "bounded").persistent(300);
+    let mut sub = Client::connect(o.clone()).await;
+    sub.subscribe("bound/t", 1).await;
+    sub.disconnect().await;
+    let mut publ = Client::connect(Opts::new(ctx.proto, broker.addr, "bound-pub")).await;
+    for i in 0..10 {
+        publ.publish("bound/t", 1, false, i.to_string()).await;
+        publ.wait_acked(1).await;
+    }
+    let mut back = Client::connect(o).await;
+    let mut got = Vec::new();
+    while let Some(m) = back.recv_within(Duration::from_millis(500)).await {
+        got.push(m.text().to_string());
+    }
+    // 3 queued plus at most the 1-message inflight window; drop-newest keeps the oldest.
+    assert!(
+        (3..=4).contains(&got.len()),
+        "queue bounded to 3 (+1 inflight), got {got:?}"
+    );
+    let want: Vec<String> = (0..got.len()).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "drop-newest keeps the oldest messages, in order");
+}
+
+/// v5 3.1.2.11.2: absent Session Expiry Interval = 0: the session ends with the connection.
+async fn v5_session_expiry_0_ends_session_at_disconnect(ctx: Ctx) {
+    let mut o = ctx.opts("expiry0");
+    o.clean = false;
+    let mut c = Client::connect(o.clone()).await;
+    c.subscribe("e0/t", 1).await;
+    c.disconnect().await;
+    let again = Client::connect(o).await;
+    assert!(
+        !again.session_present(),
+        "expiry 0: no session after disconnect"
+    );
+}
+
+/// v5 3.1.2.11.2: the session is kept for the interval, then discarded.
+async fn v5_session_expires_after_its_interval(ctx: Ctx) {
+    let o = ctx.opts("expiry1").persistent(1);
+    let mut c = Client::connect(o.clone()).await;
+    c.subscribe("e1/t", 1).await;
+    c.disconnect().await;
+    let_time_pass(Duration::from_millis(2200)).await;
+    let again = Client::connect(o).await;
+    assert!(!again.session_present(), "session expired after 1 s");
+}
