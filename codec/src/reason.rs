@@ -206,6 +206,23 @@ impl ReasonCode {
         }
     }
 
+    /// Whether the v5 table (2.4) lists this code for a packet of `packet_type`
+    /// (see `crate::packet_type`); false for packets without a reason code.
+    pub fn is_valid_for(self, packet_type: u8) -> bool {
+        use crate::packet::packet_type::*;
+        let ctx = match packet_type {
+            CONNACK => ReasonContext::ConnAck,
+            PUBACK | PUBREC => ReasonContext::PubAckRec,
+            PUBREL | PUBCOMP => ReasonContext::PubRelComp,
+            SUBACK => ReasonContext::SubAck,
+            UNSUBACK => ReasonContext::UnsubAck,
+            DISCONNECT => ReasonContext::Disconnect,
+            AUTH => ReasonContext::Auth,
+            _ => return false,
+        };
+        self.allowed_in(ctx)
+    }
+
     /// Parses a reason code and checks the packet allows it (v5 2.4 table).
     pub(crate) fn parse_in(v: u8, ctx: ReasonContext) -> Result<ReasonCode, DecodeError> {
         let rc = ReasonCode::try_from(v)?;
