@@ -149,6 +149,10 @@ impl Engine {
         self.stats.get()
     }
 
+    pub fn pending_ops(&self) -> usize {
+        self.pending.borrow().ops.len()
+    }
+
     /// Appends one op to the pending batch and makes sure a commit will run.
     pub fn push(
         self: &Rc<Self>,
@@ -189,6 +193,10 @@ impl Engine {
         loop {
             if let Durability::Batch { interval_ms } = self.durability {
                 glommio::timer::sleep(Duration::from_millis(interval_ms)).await;
+            } else {
+                // glommio runs a spawned task at once: step aside so the ops
+                // the spawning task pushes in this same tick join the batch.
+                futures_lite::future::yield_now().await;
             }
             if self.pending.borrow().is_empty() {
                 self.committing.set(false);

@@ -177,6 +177,11 @@ impl Store {
         self.engine.stats()
     }
 
+    /// Ops waiting for the next commit (a gauge for metrics).
+    pub fn pending_ops(&self) -> usize {
+        self.engine.pending_ops()
+    }
+
     /// A fresh key for a new persistent session on this shard.
     pub fn allocate_session_key(&self) -> SessionKey {
         let k = self.next_key.get();
