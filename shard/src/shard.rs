@@ -75,18 +75,29 @@ impl Shard {
 
 /// The body of a shard's executor.
 pub(crate) async fn run(init: ShardInit) {
+    // Connect both halves of every channel concurrently: a sender's connect
+    // completes only once its peer's receiver has connected.
+    let rx_tasks: Vec<_> = init
+        .mesh_rx
+        .into_iter()
+        .enumerate()
+        .filter_map(|(from, rx)| rx.map(|rx| (from, spawn_local(rx.connect()))))
+        .collect();
+    let tx_tasks: Vec<_> = init
+        .mesh_tx
+        .into_iter()
+        .map(|tx| tx.map(|tx| spawn_local(tx.connect())))
+        .collect();
     let mut senders = Vec::with_capacity(init.shards);
-    for tx in init.mesh_tx {
-        senders.push(match tx {
-            Some(tx) => Some(tx.connect().await),
+    for t in tx_tasks {
+        senders.push(match t {
+            Some(t) => Some(t.await),
             None => None,
         });
     }
     let mut receivers = Vec::new();
-    for (from, rx) in init.mesh_rx.into_iter().enumerate() {
-        if let Some(rx) = rx {
-            receivers.push((from, rx.connect().await));
-        }
+    for (from, t) in rx_tasks {
+        receivers.push((from, t.await));
     }
     let mesh = Rc::new(Mesh::new(init.id, senders));
     let shard = Rc::new(Shard {
