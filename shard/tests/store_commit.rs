@@ -17,7 +17,7 @@ fn start(dir: &std::path::Path, o: StoreOptions) -> store::StoreHandle {
 
 fn queue(s: &Store, key: u64, seq: u64, payload: &'static [u8]) -> Ticket {
     let m = msg("bench/t", QoS::AtLeastOnce, payload);
-    s.put_outbound(key, seq, OutboundState::Queued, Some(&m))
+    s.put_outbound(key, seq, OutboundState::Queued, Some(m.view()))
 }
 
 #[test]

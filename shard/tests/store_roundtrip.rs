@@ -50,14 +50,14 @@ fn every_record_survives_reopen_in_order() {
             key,
             300,
             OutboundState::Queued,
-            Some(&msg("q/1", QoS::AtLeastOnce, b"3")),
+            Some(msg("q/1", QoS::AtLeastOnce, b"3").view()),
         )
         .detach();
         s.put_outbound(
             key,
             2,
             OutboundState::AwaitingAck(pid(9)),
-            Some(&rich_msg()),
+            Some(rich_msg().view()),
         )
         .detach();
         s.put_outbound(key, 5, OutboundState::AwaitingPubComp(pid(10)), None)
@@ -66,16 +66,21 @@ fn every_record_survives_reopen_in_order() {
             key,
             6,
             OutboundState::Queued,
-            Some(&msg("q/2", QoS::AtLeastOnce, b"6")),
+            Some(msg("q/2", QoS::AtLeastOnce, b"6").view()),
         )
         .detach();
         s.delete_outbound(key, 6).detach();
         s.put_inbound_qos2(key, pid(77), None).detach();
-        s.put_inbound_qos2(key, pid(78), Some(&rich_msg())).detach();
-        s.delete_inbound_qos2(key, pid(78)).detach();
-        s.put_inbound_qos2(key, pid(79), Some(&rich_msg())).detach();
-        s.set_retained(&TopicName::try_from("r/1").unwrap(), Some(&rich_msg()))
+        s.put_inbound_qos2(key, pid(78), Some(rich_msg().view()))
             .detach();
+        s.delete_inbound_qos2(key, pid(78)).detach();
+        s.put_inbound_qos2(key, pid(79), Some(rich_msg().view()))
+            .detach();
+        s.set_retained(
+            &TopicName::try_from("r/1").unwrap(),
+            Some(rich_msg().view()),
+        )
+        .detach();
     });
 
     let rec = open(dir.path(), 2);
@@ -136,7 +141,7 @@ fn deleted_session_takes_its_rows_with_it() {
                 key,
                 1,
                 OutboundState::Queued,
-                Some(&msg("t", QoS::AtLeastOnce, b"x")),
+                Some(msg("t", QoS::AtLeastOnce, b"x").view()),
             )
             .detach();
             s.put_inbound_qos2(key, pid(1), None).detach();
@@ -207,21 +212,24 @@ fn retained_newest_wins_across_shards_and_tombstones_delete() {
     with_store(h0, move |s| {
         s.set_retained(
             &t("r/replaced"),
-            Some(&msg("r/replaced", QoS::AtMostOnce, b"old")),
+            Some(msg("r/replaced", QoS::AtMostOnce, b"old").view()),
         )
         .detach();
         s.set_retained(
             &t("r/deleted"),
-            Some(&msg("r/deleted", QoS::AtMostOnce, b"old")),
+            Some(msg("r/deleted", QoS::AtMostOnce, b"old").view()),
         )
         .detach();
-        s.set_retained(&t("r/kept"), Some(&msg("r/kept", QoS::AtLeastOnce, b"k")))
-            .detach();
+        s.set_retained(
+            &t("r/kept"),
+            Some(msg("r/kept", QoS::AtLeastOnce, b"k").view()),
+        )
+        .detach();
     });
     with_store(h1, move |s| {
         s.set_retained(
             &t("r/replaced"),
-            Some(&msg("r/replaced", QoS::AtMostOnce, b"new")),
+            Some(msg("r/replaced", QoS::AtMostOnce, b"new").view()),
         )
         .detach();
         s.set_retained(&t("r/deleted"), None).detach();
@@ -243,4 +251,42 @@ fn retained_newest_wins_across_shards_and_tombstones_delete() {
             ]
         );
     }
+}
+
+#[test]
+fn delivery_fields_come_from_the_message_ref() {
+    let dir = TempDir::new("delivery");
+    let mut rec = open(dir.path(), 1);
+    let handle = rec.shards.remove(0).handle;
+    drop(rec);
+    with_store(handle, |s| {
+        // The shared publish says QoS 2, retain, alias 5, sub id 1; this delivery differs.
+        let mut shared = rich_msg();
+        shared.publish.properties.topic_alias = Some(5);
+        let view = store::MessageRef {
+            publish: &shared.publish,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: &[42],
+            received_at_ms: 99,
+        };
+        s.put_session(1, &session("d", 60)).detach();
+        s.put_outbound(1, 0, OutboundState::AwaitingAck(pid(3)), Some(view))
+            .detach();
+    });
+    let rec = open(dir.path(), 1);
+    let m = rec.shards[0].sessions[0].outbound[0]
+        .message
+        .clone()
+        .unwrap();
+    assert_eq!(m.publish.qos, QoS::AtLeastOnce);
+    assert!(!m.publish.retain && !m.publish.dup);
+    assert_eq!(m.publish.packet_id, None);
+    assert_eq!(
+        m.publish.properties.topic_alias, None,
+        "aliases are per connection"
+    );
+    assert_eq!(&m.publish.properties.subscription_identifiers[..], &[42]);
+    assert_eq!(m.received_at_ms, 99);
+    assert_eq!(m.publish.payload, rich_msg().publish.payload);
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringmq_codec::{
-    LastWill, MqttString, PacketId, ProtocolVersion, Publish, PublishProperties, QoS,
-    SubscriptionOptions, TopicFilter, TopicName, WillProperties,
+    LastWill, MqttString, ProtocolVersion, Publish, PublishProperties, QoS, SubscriptionOptions,
+    TopicFilter, TopicName, WillProperties,
 };
 use ringmq_shard::store::{
     self, Durability, Recovery, SessionRecord, StoreOptions, StoredMessage, SubscriptionRecord,
@@ -79,12 +79,11 @@ pub fn msg(topic: &str, qos: QoS, payload: &'static [u8]) -> StoredMessage {
     }
 }
 
-/// A message with every property set.
+/// A message with every stored property set (packet id and DUP are per
+/// delivery and not part of a stored message).
 pub fn rich_msg() -> StoredMessage {
     let mut m = msg("a/b/c", QoS::ExactlyOnce, b"payload \x00\xff");
     m.publish.retain = true;
-    m.publish.dup = true;
-    m.publish.packet_id = PacketId::new(4242);
     let p = &mut m.publish.properties;
     p.payload_format_indicator = Some(1);
     p.message_expiry_interval = Some(3600);

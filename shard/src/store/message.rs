@@ -3,17 +3,18 @@
 //! aliases and decode-side protocol checks into recovery).
 //!
 //! ```text
-//! message  = flags u8 (qos 0-1 | retain 2 | dup 3 | has packet id 4)
-//!            [packet id u16] received_at_ms var topic:bytes props payload:rest
+//! message  = flags u8 (qos 0-1 | retain 2) received_at_ms:var topic:bytes
+//!            props payload:rest
 //! props    = mask u8 (1 format | 2 expiry | 4 response topic | 8 correlation
 //!                     | 16 content type | 32 user props | 64 sub ids | 128 will delay)
 //!            then the present fields in bit order
 //! ```
-//! The topic alias is never stored: it belongs to one connection.
+//! The topic alias is never stored: it belongs to one connection. Packet id
+//! and DUP are per delivery: they live in the outbound state / inbound key.
 
 use bytes::Bytes;
 use ringmq_codec::{
-    LastWill, MqttString, PacketId, Publish, PublishProperties, QoS, TopicName, WillProperties,
+    LastWill, MqttString, Publish, PublishProperties, QoS, TopicName, WillProperties,
 };
 use smallvec::SmallVec;
 
@@ -26,6 +27,33 @@ pub struct StoredMessage {
     pub publish: Publish,
     /// When the broker received it, milliseconds since the Unix epoch.
     pub received_at_ms: u64,
+}
+
+/// A message to store, borrowed from the broker's own structures: the shared
+/// PUBLISH plus this delivery's QoS, retain flag and subscription ids.
+/// The publish's own QoS, retain, DUP, packet id, topic alias and
+/// subscription ids are ignored.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageRef<'a> {
+    pub publish: &'a Publish,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: &'a [u32],
+    /// Milliseconds since the Unix epoch (see [`super::instant_to_unix_ms`]).
+    pub received_at_ms: u64,
+}
+
+impl StoredMessage {
+    /// This message as a [`MessageRef`], to write it back.
+    pub fn view(&self) -> MessageRef<'_> {
+        MessageRef {
+            publish: &self.publish,
+            qos: self.publish.qos,
+            retain: self.publish.retain,
+            subscription_ids: &self.publish.properties.subscription_identifiers,
+            received_at_ms: self.received_at_ms,
+        }
+    }
 }
 
 /// The v5 properties shared by PUBLISH and will messages.
@@ -45,16 +73,9 @@ fn qos_from(b: u8) -> Result<QoS, BadRecord> {
     QoS::try_from(b & 3).map_err(|_| BadRecord("qos"))
 }
 
-pub fn put_message(w: &mut Writer<'_>, m: &StoredMessage) {
-    let p = &m.publish;
-    let flags = p.qos as u8
-        | (p.retain as u8) << 2
-        | (p.dup as u8) << 3
-        | (p.packet_id.is_some() as u8) << 4;
-    w.u8(flags);
-    if let Some(id) = p.packet_id {
-        w.u16(id.get());
-    }
+pub fn put_message(w: &mut Writer<'_>, m: MessageRef<'_>) {
+    let p = m.publish;
+    w.u8(m.qos as u8 | (m.retain as u8) << 2);
     w.var(m.received_at_ms);
     w.bytes(p.topic.as_str().as_bytes());
     let pp = &p.properties;
@@ -66,7 +87,7 @@ pub fn put_message(w: &mut Writer<'_>, m: &StoredMessage) {
         pp.correlation_data.as_ref(),
         pp.content_type.as_ref(),
         &pp.user_properties,
-        &pp.subscription_identifiers,
+        m.subscription_ids,
         None,
     );
     w.raw(&p.payload);
@@ -74,11 +95,9 @@ pub fn put_message(w: &mut Writer<'_>, m: &StoredMessage) {
 
 pub fn read_message(r: &mut Reader) -> Result<StoredMessage, BadRecord> {
     let flags = r.u8("message flags")?;
-    let packet_id = if flags & 0x10 != 0 {
-        Some(PacketId::new(r.u16("packet id")?).ok_or(BadRecord("packet id 0"))?)
-    } else {
-        None
-    };
+    if flags & !7 != 0 {
+        return Err(BadRecord("message flags"));
+    }
     let received_at_ms = r.var("received_at")?;
     let topic = TopicName::try_from(r.bytes("topic")?).map_err(|_| BadRecord("topic"))?;
     let p = read_props(r)?;
@@ -94,11 +113,11 @@ pub fn read_message(r: &mut Reader) -> Result<StoredMessage, BadRecord> {
         user_properties: p.user,
     };
     let publish = Publish {
-        dup: flags & 0x08 != 0,
+        dup: false,
         qos: qos_from(flags)?,
         retain: flags & 0x04 != 0,
         topic,
-        packet_id,
+        packet_id: None,
         properties,
         payload,
     };

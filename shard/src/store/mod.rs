@@ -24,12 +24,14 @@
 //! store.put_session(key, &SessionRecord { .. });         // again on disconnect (disconnected_at_ms)
 //! store.put_subscription(key, &SubscriptionRecord { .. });
 //! // QoS 1/2 message for a persistent session, seq increasing per session:
-//! let t = store.put_outbound(key, seq, OutboundState::Queued, Some(&msg));
-//! // sent with packet id P: put_outbound(key, seq, AwaitingAck(P), Some(&msg));
+//! let m = MessageRef { publish: &msg.publish, qos, retain, subscription_ids: &ids,
+//!                      received_at_ms: store::instant_to_unix_ms(msg.received_at) };
+//! let t = store.put_outbound(key, seq, OutboundState::Queued, Some(m));
+//! // sent with packet id P: put_outbound(key, seq, AwaitingAck(P), Some(m));
 //! // PUBREC: put_outbound(key, seq, AwaitingPubComp(P), None); PUBACK/PUBCOMP: delete_outbound(key, seq)
 //! // inbound QoS 2: put_inbound_qos2(key, id, None) before PUBREC; delete_inbound_qos2 on PUBREL.
-//! // retained on the publisher's shard: set_retained(&topic, Some(&msg)) / None to delete.
-//! if store.durability() == Durability::Sync { t.await?; }  // then PUBACK / PUBREC
+//! // retained on the publisher's shard: set_retained(&topic, Some(m)) / None to delete.
+//! if store.durability() == Durability::Sync { t.await?; } else { t.detach(); } // then PUBACK / PUBREC
 //! if store.no_space() { /* refuse new QoS 1/2 with 0x97 (v5); keep serving QoS 0 */ }
 //! // every minute or so: store.purge_expired(store::unix_ms());
 //! ```
@@ -57,7 +59,7 @@ mod recover;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringmq_codec::{PacketId, TopicFilter, TopicName};
 
@@ -65,7 +67,7 @@ pub use crate::config::Durability;
 pub use engine::{StoreStats, Ticket};
 pub use error::StoreError;
 pub use layout::FORMAT;
-pub use message::StoredMessage;
+pub use message::{MessageRef, StoredMessage};
 pub use records::{
     expires_by, InboundQos2, OutboundRecord, OutboundState, RecoveredSession, RetainedRecord,
     SessionKey, SessionRecord, SubscriptionRecord,
@@ -101,6 +103,19 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Converts the broker's `Instant` (e.g. a message's arrival) to unix ms.
+pub fn instant_to_unix_ms(at: Instant) -> u64 {
+    unix_ms().saturating_sub(at.elapsed().as_millis() as u64)
+}
+
+/// Converts stored unix ms back to an `Instant` (clamped to now for
+/// timestamps in the future, to the earliest representable past otherwise).
+pub fn unix_ms_to_instant(ms: u64) -> Instant {
+    let now = Instant::now();
+    let ago = Duration::from_millis(unix_ms().saturating_sub(ms));
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 fn unix_ns() -> u64 {
@@ -231,7 +246,7 @@ impl Store {
         key: SessionKey,
         seq: u64,
         state: OutboundState,
-        message: Option<&StoredMessage>,
+        message: Option<MessageRef<'_>>,
     ) -> Ticket {
         self.engine.push(
             OpKind::Put,
@@ -252,7 +267,7 @@ impl Store {
         &self,
         key: SessionKey,
         id: PacketId,
-        message: Option<&StoredMessage>,
+        message: Option<MessageRef<'_>>,
     ) -> Ticket {
         self.engine.push(
             OpKind::Put,
@@ -272,7 +287,7 @@ impl Store {
 
     /// On the shard that received the retained PUBLISH: store it (`Some`) or
     /// delete it (`None`, empty payload [MQTT-3.3.1-6]) as a tombstone.
-    pub fn set_retained(&self, topic: &TopicName, message: Option<&StoredMessage>) -> Ticket {
+    pub fn set_retained(&self, topic: &TopicName, message: Option<MessageRef<'_>>) -> Ticket {
         let at = unix_ns().max(self.last_retained_ns.get() + 1);
         self.last_retained_ns.set(at);
         self.engine.push(

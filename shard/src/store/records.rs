@@ -19,7 +19,7 @@ use ringmq_codec::{
 };
 
 use super::enc::{BadRecord, Reader, Writer};
-use super::message::{put_message, put_will, read_message, read_will, StoredMessage};
+use super::message::{put_message, put_will, read_message, read_will, MessageRef, StoredMessage};
 
 const V1: u8 = 1;
 
@@ -208,7 +208,7 @@ pub fn read_subscription(filter: &[u8], buf: Bytes) -> Result<SubscriptionRecord
     })
 }
 
-pub fn put_outbound(out: &mut Vec<u8>, state: OutboundState, msg: Option<&StoredMessage>) {
+pub fn put_outbound(out: &mut Vec<u8>, state: OutboundState, msg: Option<MessageRef<'_>>) {
     let mut w = Writer(out);
     w.u8(V1);
     match state {
@@ -249,7 +249,7 @@ pub fn read_outbound(seq: u64, buf: Bytes) -> Result<OutboundRecord, BadRecord> 
     })
 }
 
-pub fn put_inbound(out: &mut Vec<u8>, msg: Option<&StoredMessage>) {
+pub fn put_inbound(out: &mut Vec<u8>, msg: Option<MessageRef<'_>>) {
     let mut w = Writer(out);
     w.u8(V1);
     put_opt_message(&mut w, msg);
@@ -264,7 +264,7 @@ pub fn read_inbound(packet_id: PacketId, buf: Bytes) -> Result<InboundQos2, BadR
     })
 }
 
-pub fn put_retained(out: &mut Vec<u8>, stored_at_ns: u64, msg: Option<&StoredMessage>) {
+pub fn put_retained(out: &mut Vec<u8>, stored_at_ns: u64, msg: Option<MessageRef<'_>>) {
     let mut w = Writer(out);
     w.u8(V1);
     w.u64(stored_at_ns);
@@ -279,7 +279,7 @@ pub fn read_retained(buf: Bytes) -> Result<(u64, Option<StoredMessage>), BadReco
     Ok((at, read_opt_message(&mut r)?))
 }
 
-fn put_opt_message(w: &mut Writer<'_>, msg: Option<&StoredMessage>) {
+fn put_opt_message(w: &mut Writer<'_>, msg: Option<MessageRef<'_>>) {
     match msg {
         Some(m) => {
             w.u8(1);
