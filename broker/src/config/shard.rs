@@ -18,7 +18,12 @@ impl Config {
         );
         ShardConfig {
             listen: l.listen.iter().map(|u| u.addr).collect(),
-            cores: p.cores,
+            // A CPU list without --cores runs one shard per listed CPU.
+            cores: if p.cores == 0 {
+                p.cpu_list.0.len()
+            } else {
+                p.cores
+            },
             cpu_list: (!p.cpu_list.0.is_empty()).then(|| p.cpu_list.0.clone()),
             pin: p.pin,
             io_memory: p.io_memory,

@@ -1,0 +1,155 @@
+//! Precedence flag > environment > file > default, through the real parser
+//! and (for the environment) the real binary's `ringmq config show`.
+
+#[path = "ctl_support/mod.rs"]
+mod support;
+
+use ringmq_broker::cli;
+use ringmq_broker::config::{self, Config, Source};
+use std::process::Command;
+use support::scratch;
+
+fn resolve(args: &[&str]) -> Result<(Config, config::Sources), String> {
+    let mut argv = vec!["ringmq"];
+    argv.extend_from_slice(args);
+    let (cli, m) = cli::parse_from(argv)?;
+    config::resolve(&m, &cli.run, cli.config.as_deref()).map_err(|e| e.to_string())
+}
+
+const FILE: &str = r#"
+[listeners]
+listen = ["mqtt://127.0.0.1:2000", "mqtt://127.0.0.1:2001"]
+backlog = 100
+
+[limits]
+max_packet_size = 5000
+receive_maximum = 10
+
+[logging]
+log_format = "json"
+"#;
+
+#[test]
+fn no_flags_no_file_gives_the_defaults() {
+    let (cfg, src) = resolve(&[]).unwrap();
+    assert_eq!(cfg, Config::default());
+    assert_eq!(src.source("cores"), Source::Default);
+    assert_eq!(cfg.listeners.listen[0].to_string(), "mqtt://0.0.0.0:1883");
+    assert_eq!(
+        cfg.admin_socket_path(),
+        std::path::Path::new("./data/ringmq.sock")
+    );
+}
+
+#[test]
+fn file_overrides_defaults_and_flags_override_the_file() {
+    let dir = scratch("prec");
+    let f = dir.join("ringmq.toml");
+    std::fs::write(&f, FILE).unwrap();
+    let f = f.to_str().unwrap();
+    let (cfg, src) = resolve(&[
+        "--config",
+        f,
+        "--backlog",
+        "7",
+        "--listen",
+        "mqtt://127.0.0.1:3000",
+    ])
+    .unwrap();
+    assert_eq!(cfg.listeners.backlog, 7, "flag beats file");
+    assert_eq!(src.source("backlog"), Source::Flag);
+    assert_eq!(
+        cfg.listeners.listen.len(),
+        1,
+        "a listen flag replaces the file's list"
+    );
+    assert_eq!(cfg.limits.max_packet_size, 5000, "file beats default");
+    assert_eq!(src.source("max_packet_size"), Source::File);
+    assert_eq!(cfg.limits.receive_maximum, 10);
+    assert_eq!(cfg.logging.log_format.to_string(), "json");
+    assert_eq!(
+        cfg.limits.max_topic_levels,
+        Config::default().limits.max_topic_levels
+    );
+}
+
+#[test]
+fn listen_is_repeatable_and_maps_to_the_shard_config() {
+    let (cfg, _) = resolve(&[
+        "--listen",
+        "mqtt://127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:2",
+        "--durability",
+        "batch",
+        "--batch-interval-ms",
+        "25",
+        "--cpu-list",
+        "0",
+        "--cores",
+        "1",
+    ])
+    .unwrap();
+    let sc = cfg.to_shard_config();
+    assert_eq!(
+        sc.listen,
+        vec![
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap()
+        ]
+    );
+    assert!(matches!(
+        sc.durability,
+        ringmq_shard::config::Durability::Batch { interval_ms: 25 }
+    ));
+    assert_eq!(sc.cpu_list, Some(vec![0]));
+    assert_eq!(sc.cores, 1);
+}
+
+/// The defaults handed to the core are the core's own defaults, except
+/// where the operator's default deliberately differs (durability: sync).
+#[test]
+fn default_config_maps_to_the_core_defaults() {
+    let mine = Config::default().to_shard_config();
+    let core = ringmq_shard::config::ShardConfig::default();
+    let strip = |s: String| {
+        s.split(", ")
+            .filter(|f| !f.starts_with("durability:"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    assert_eq!(strip(format!("{mine:?}")), strip(format!("{core:?}")));
+}
+
+#[test]
+fn environment_sits_between_flag_and_file() {
+    let dir = scratch("env");
+    let f = dir.join("ringmq.toml");
+    std::fs::write(&f, FILE).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "--config",
+            f.to_str().unwrap(),
+            "--receive-maximum",
+            "3",
+            "config",
+            "show",
+        ])
+        .env("RINGMQ_BACKLOG", "55") // env beats file (100)
+        .env("RINGMQ_RECEIVE_MAXIMUM", "4") // flag (3) beats env
+        .env("RINGMQ_MAX_TOPIC_LEVELS", "9") // env beats default
+        .env("RINGMQ_LISTEN", "mqtt://127.0.0.1:1,mqtt://127.0.0.1:2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Config = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(shown.listeners.backlog, 55);
+    assert_eq!(shown.limits.receive_maximum, 3);
+    assert_eq!(shown.limits.max_topic_levels, 9);
+    assert_eq!(shown.limits.max_packet_size, 5000);
+    assert_eq!(shown.listeners.listen.len(), 2);
+}

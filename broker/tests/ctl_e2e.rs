@@ -1,0 +1,137 @@
+//! `ringmq ctl` end to end against the real broker binary: kick a real
+//! rumqttc client and see it disconnected, drain, shutdown, SIGTERM.
+
+#[path = "ctl_support/mod.rs"]
+mod support;
+
+use rumqttc::{Client, Event, MqttOptions, Packet};
+use std::sync::mpsc;
+use std::time::Duration;
+use support::{check_for, OpsBroker};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What a client's event loop saw.
+#[derive(Debug)]
+#[allow(dead_code)] // the reason is read through Debug in failure messages
+enum Seen {
+    ConnAck,
+    Gone(String),
+}
+
+/// A rumqttc (MQTT 3.1.1) client; its event loop runs on a thread and stops at
+/// the first connection error (no reconnect).
+fn connect(b: &OpsBroker, id: &str) -> (Client, mpsc::Receiver<Seen>) {
+    let mut o = MqttOptions::new(id, b.addr.ip().to_string(), b.addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut conn) = Client::new(o, 10);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = tx.send(Seen::ConnAck);
+                }
+                Ok(Event::Incoming(Packet::Disconnect)) => {
+                    let _ = tx.send(Seen::Gone("DISCONNECT".into()));
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Seen::Gone(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    (client, rx)
+}
+
+fn connected(rx: &mpsc::Receiver<Seen>) {
+    match rx.recv_timeout(WAIT) {
+        Ok(Seen::ConnAck) => {}
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn listed(b: &OpsBroker, id: &str) -> bool {
+    let (code, out, err) = b.ctl(&["clients"]);
+    assert_eq!(code, 0, "ctl clients: {err}");
+    out.contains(&format!("\"client_id\": \"{id}\""))
+}
+
+#[test]
+#[ignore = "needs the broker core: CONNACK, control queries and shutdown in ringmq_shard"]
+fn ctl_kick_disconnects_a_real_client() {
+    let b = OpsBroker::start("e2e-kick", &[]);
+    let (_victim, rx) = connect(&b, "victim");
+    connected(&rx);
+    let (_bystander, rx2) = connect(&b, "bystander");
+    connected(&rx2);
+    check_for(WAIT, "victim listed by ctl clients", || {
+        listed(&b, "victim")
+    });
+    let (code, out, err) = b.ctl(&["client", "show", "victim"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"connected\": true"), "{out}");
+    let (code, _, err) = b.ctl(&["client", "kick", "victim"]);
+    assert_eq!(code, 0, "{err}");
+    match rx.recv_timeout(WAIT) {
+        Ok(Seen::Gone(_)) => {}
+        other => panic!("victim not disconnected: {other:?}"),
+    }
+    check_for(WAIT, "victim gone from ctl clients", || {
+        !listed(&b, "victim")
+    });
+    assert!(listed(&b, "bystander"), "others stay connected");
+    let (code, _, err) = b.ctl(&["client", "kick", "victim"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("(not_found)"), "{err}");
+}
+
+#[test]
+#[ignore = "needs the broker core: CONNACK, control queries and shutdown in ringmq_shard"]
+fn ctl_drain_stops_new_connections_and_keeps_old_ones() {
+    let b = OpsBroker::start("e2e-drain", &[]);
+    let (_old, rx) = connect(&b, "old");
+    connected(&rx);
+    let (code, _, err) = b.ctl(&["drain"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = b.ctl(&["status"]);
+    assert!(out.contains("\"draining\": true"), "{out}");
+    let (_new, rx_new) = connect(&b, "new");
+    match rx_new.recv_timeout(WAIT) {
+        Ok(Seen::Gone(_)) | Err(_) => {}
+        Ok(Seen::ConnAck) => panic!("a draining broker accepted a new connection"),
+    }
+    assert!(!listed(&b, "new"));
+}
+
+#[test]
+#[ignore = "needs the broker core: CONNACK, control queries and shutdown in ringmq_shard"]
+fn ctl_shutdown_stops_the_broker_with_exit_0() {
+    let mut b = OpsBroker::start("e2e-shutdown", &[]);
+    let (_c, rx) = connect(&b, "c1");
+    connected(&rx);
+    let (code, out, err) = b.ctl(&["shutdown"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("shutting_down"), "{out}");
+    assert_eq!(b.wait_exit(WAIT), Some(0), "exit 0 after ctl shutdown");
+    assert!(
+        matches!(rx.recv_timeout(WAIT), Ok(Seen::Gone(_))),
+        "client told"
+    );
+    assert!(!b.dir.join("ringmq.sock").exists(), "admin socket removed");
+}
+
+#[test]
+#[ignore = "needs the broker core: CONNACK, control queries and shutdown in ringmq_shard"]
+fn sigterm_stops_the_broker_with_exit_0() {
+    let mut b = OpsBroker::start("e2e-sigterm", &[]);
+    let (code, _, err) = b.ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(b.wait_exit(WAIT), Some(0));
+    assert!(!b.dir.join("ringmq.sock").exists(), "admin socket removed");
+}
