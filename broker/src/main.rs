@@ -81,7 +81,7 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
     signals::block();
     let handle = match ringmq_shard::server::start(cfg.to_shard_config()) {
         Ok(h) => h,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&with_hint(&e.to_string())),
     };
     let addrs = handle.local_addrs();
     tracing::info!(shards = handle.shards(), "broker started");
@@ -131,6 +131,18 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         m.stop();
     }
     shutdown(&backend)
+}
+
+/// Adds the fix to startup errors whose cause is a host limit.
+fn with_hint(e: &str) -> String {
+    let lower = e.to_ascii_lowercase();
+    if lower.contains("memlock") {
+        format!("{e} (io_uring memory is locked: raise RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity or ulimit -l, or lower --io-memory)")
+    } else if lower.contains("too many open files") {
+        format!("{e} (raise RLIMIT_NOFILE, e.g. LimitNOFILE=1048576 or ulimit -n)")
+    } else {
+        e.to_string()
+    }
 }
 
 /// Graceful shutdown of the shards; waits for them.
