@@ -103,21 +103,12 @@ impl RetainedStore {
     /// `$` topics [MQTT-4.7.2-1]). A `$share/...` filter gets none: retained messages are sent
     /// when a non-shared subscription is made (v5 3.3.1.3, 4.8.2).
     pub fn replay(&self, filter: &TopicFilter) -> ReplayCursor {
-        let done = filter.shared().is_some();
-        ReplayCursor {
-            filter: Some(filter.clone()),
-            lasts: Vec::new(),
-            done,
-        }
+        ReplayCursor::new(Some(filter.clone()), filter.shared().is_some())
     }
 
     /// A cursor over every retained message, `$` topics included (admin listing).
     pub fn list(&self) -> ReplayCursor {
-        ReplayCursor {
-            filter: None,
-            lasts: Vec::new(),
-            done: false,
-        }
+        ReplayCursor::new(None, false)
     }
 }
 
@@ -140,6 +131,8 @@ pub struct ReplayCursor {
     filter: Option<TopicFilter>,
     /// Per open frame of the walk, the last child key taken from it.
     lasts: Vec<Option<Rc<str>>>,
+    /// `lasts` of the step before, kept for its allocation.
+    spare: Vec<Option<Rc<str>>>,
     done: bool,
 }
 
@@ -159,10 +152,20 @@ struct Frame<'s> {
     iter: Option<std::collections::btree_map::Range<'s, Rc<str>, Node>>,
     /// The children were selected by a wildcard at the first level: skip `$` keys.
     skip_dollar: bool,
-    last: Option<Rc<str>>,
+    /// Last child key taken (borrowed: no refcount traffic while walking).
+    last: Option<&'s Rc<str>>,
 }
 
 impl ReplayCursor {
+    fn new(filter: Option<TopicFilter>, done: bool) -> Self {
+        ReplayCursor {
+            filter,
+            lasts: Vec::new(),
+            spare: Vec::new(),
+            done,
+        }
+    }
+
     /// True once every matching message has been yielded.
     pub fn is_done(&self) -> bool {
         self.done
@@ -184,17 +187,22 @@ impl ReplayCursor {
             Some(f) => levels(f.as_str()).collect(),
             None => SmallVec::new(),
         };
-        let mut stack = self.resume(store, &lv);
         let w = Walk {
             lv: &lv,
-            dollar_rule: self.filter.is_some(),
+            dollar_rule: filter.is_some(),
         };
+        let saved = std::mem::take(&mut self.lasts);
+        let mut stack = w.resume(store, &saved);
         let budget = max.saturating_mul(4).max(64);
         let (mut yielded, mut work) = (0usize, 0usize);
         while let Some(top) = stack.last_mut() {
             if yielded >= max || work >= budget {
-                self.lasts.clear();
-                self.lasts.extend(stack.into_iter().map(|f| f.last));
+                let mut next = std::mem::take(&mut self.spare);
+                next.extend(stack.iter().map(|f| f.last.cloned()));
+                drop(stack);
+                self.lasts = next;
+                self.spare = saved;
+                self.spare.clear();
                 return false;
             }
             work += 1;
@@ -205,7 +213,7 @@ impl ReplayCursor {
             if top.skip_dollar && key.starts_with('$') {
                 continue; // [MQTT-4.7.2-1]
             }
-            top.last = Some(key.clone());
+            top.last = Some(key);
             let (depth, mode) = (top.depth + 1, w.child_mode(top.mode, top.depth));
             if w.node_matches(mode, depth) {
                 if let Some(m) = &child.msg {
@@ -213,44 +221,15 @@ impl ReplayCursor {
                     yielded += 1;
                 }
             }
-            stack.push(w.frame(child, depth, mode, None));
+            if !child.children.is_empty() {
+                stack.push(w.frame(child, depth, mode, None));
+            }
         }
-        self.lasts.clear();
+        drop(stack);
+        self.spare = saved;
+        self.spare.clear();
         self.done = true;
         true
-    }
-
-    /// Rebuilds the walk's stack from the saved key path.
-    fn resume<'s>(&self, store: &'s RetainedStore, lv: &[&str]) -> SmallVec<[Frame<'s>; 8]> {
-        let w = Walk {
-            lv,
-            dollar_rule: self.filter.is_some(),
-        };
-        let mut stack: SmallVec<[Frame<'s>; 8]> = SmallVec::new();
-        let (mut node, mut depth) = (&store.root, 0);
-        let mut mode = if w.dollar_rule {
-            Mode::Filter
-        } else {
-            Mode::All
-        };
-        for (i, last) in self.lasts.iter().enumerate() {
-            stack.push(w.frame(node, depth, mode, last.as_ref()));
-            let deeper = i + 1 < self.lasts.len();
-            let Some(child) = last
-                .as_deref()
-                .filter(|_| deeper)
-                .and_then(|k| node.children.get(k))
-            else {
-                return stack;
-            };
-            mode = w.child_mode(mode, depth);
-            depth += 1;
-            node = child;
-        }
-        if stack.is_empty() {
-            stack.push(w.frame(node, 0, mode, None));
-        }
-        stack
     }
 }
 
@@ -261,7 +240,40 @@ struct Walk<'f> {
     dollar_rule: bool,
 }
 
-impl Walk<'_> {
+impl<'f> Walk<'f> {
+    /// Rebuilds the walk's stack from a saved key path.
+    fn resume<'s>(
+        &self,
+        store: &'s RetainedStore,
+        lasts: &'s [Option<Rc<str>>],
+    ) -> SmallVec<[Frame<'s>; 8]> {
+        let mut stack: SmallVec<[Frame<'s>; 8]> = SmallVec::new();
+        let (mut node, mut depth) = (&store.root, 0);
+        let mut mode = if self.dollar_rule {
+            Mode::Filter
+        } else {
+            Mode::All
+        };
+        for (i, last) in lasts.iter().enumerate() {
+            stack.push(self.frame(node, depth, mode, last.as_ref()));
+            let deeper = i + 1 < lasts.len();
+            let Some(child) = last
+                .as_deref()
+                .filter(|_| deeper)
+                .and_then(|k| node.children.get(k))
+            else {
+                return stack;
+            };
+            mode = self.child_mode(mode, depth);
+            depth += 1;
+            node = child;
+        }
+        if stack.is_empty() {
+            stack.push(self.frame(node, 0, mode, None));
+        }
+        stack
+    }
+
     /// Mode of the children of a node at `depth` walked in `mode`.
     fn child_mode(&self, mode: Mode, depth: usize) -> Mode {
         if mode == Mode::All || self.lv.get(depth) == Some(&"#") {
@@ -283,7 +295,7 @@ impl Walk<'_> {
         node: &'s Node,
         depth: usize,
         mode: Mode,
-        after: Option<&Rc<str>>,
+        after: Option<&'s Rc<str>>,
     ) -> Frame<'s> {
         let after_b = after.map(|k| Bound::Excluded(&**k));
         let (iter, wildcard) = match (mode, self.lv.get(depth).copied()) {
@@ -309,7 +321,7 @@ impl Walk<'_> {
             mode,
             iter,
             skip_dollar,
-            last: after.cloned(),
+            last: after,
         }
     }
 }

@@ -23,25 +23,69 @@ pub trait Payload: Default {
     fn is_empty(&self) -> bool;
 }
 
+/// A topic level with its first 8 bytes as an integer: comparing two levels is one integer
+/// and one length comparison for levels of up to 8 bytes (no memcmp call).
+#[derive(Clone, Copy)]
+pub(crate) struct Level<'a> {
+    s: &'a str,
+    tag: u64,
+}
+
+impl<'a> Level<'a> {
+    #[inline]
+    pub(crate) fn new(s: &'a str) -> Self {
+        let b = s.as_bytes();
+        let mut buf = [0u8; 8];
+        let n = b.len().min(8);
+        buf[..n].copy_from_slice(&b[..n]);
+        Level {
+            s,
+            tag: u64::from_le_bytes(buf),
+        }
+    }
+}
+
+/// A literal child's key.
+struct Key {
+    tag: u64,
+    s: Box<str>,
+}
+
+impl Key {
+    #[inline]
+    fn eq(&self, l: &Level<'_>) -> bool {
+        self.tag == l.tag
+            && self.s.len() == l.s.len()
+            && (l.s.len() <= 8 || self.s.as_bytes()[8..] == l.s.as_bytes()[8..])
+    }
+}
+
 enum Children {
-    Small(SmallVec<[(Box<str>, NodeId); 2]>),
+    Small(SmallVec<[(Key, NodeId); 2]>),
     Map(HashMap<Box<str>, NodeId>),
 }
 
 impl Children {
     #[inline]
-    fn get(&self, level: &str) -> Option<NodeId> {
+    fn get(&self, level: &Level<'_>) -> Option<NodeId> {
         match self {
-            Children::Small(v) => v.iter().find(|(k, _)| &**k == level).map(|&(_, id)| id),
-            Children::Map(m) => m.get(level).copied(),
+            Children::Small(v) => v.iter().find(|(k, _)| k.eq(level)).map(|&(_, id)| id),
+            Children::Map(m) => m.get(level.s).copied(),
         }
     }
 
     fn insert(&mut self, level: &str, id: NodeId) {
         match self {
-            Children::Small(v) if v.len() < SMALL_CHILDREN => v.push((level.into(), id)),
+            Children::Small(v) if v.len() < SMALL_CHILDREN => v.push((
+                Key {
+                    tag: Level::new(level).tag,
+                    s: level.into(),
+                },
+                id,
+            )),
             Children::Small(v) => {
-                let mut m: HashMap<Box<str>, NodeId> = v.drain(..).collect();
+                let mut m: HashMap<Box<str>, NodeId> =
+                    v.drain(..).map(|(k, id)| (k.s, id)).collect();
                 m.insert(level.into(), id);
                 *self = Children::Map(m);
             }
@@ -53,11 +97,20 @@ impl Children {
 
     fn remove(&mut self, level: &str) {
         match self {
-            Children::Small(v) => v.retain(|(k, _)| &**k != level),
+            Children::Small(v) => v.retain(|(k, _)| &*k.s != level),
             Children::Map(m) => {
                 m.remove(level);
                 if m.len() <= SMALL_CHILDREN / 2 {
-                    *self = Children::Small(m.drain().collect());
+                    let small = m.drain().map(|(s, id)| {
+                        (
+                            Key {
+                                tag: Level::new(&s).tag,
+                                s,
+                            },
+                            id,
+                        )
+                    });
+                    *self = Children::Small(small.collect());
                 }
             }
         }
@@ -92,7 +145,7 @@ impl<V: Payload> Node<V> {
         match level {
             "+" => (self.plus != NIL).then_some(self.plus),
             "#" => (self.hash != NIL).then_some(self.hash),
-            _ => self.children.get(level),
+            _ => self.children.get(&Level::new(level)),
         }
     }
 
@@ -213,26 +266,27 @@ impl<V: Payload> Trie<V> {
     /// up to [`INLINE_LEVELS`] levels.
     #[inline]
     pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(NodeId, &V)) {
-        let lv: SmallVec<[&str; INLINE_LEVELS]> = levels(topic).collect();
+        let lv: SmallVec<[Level<'_>; INLINE_LEVELS]> = levels(topic).map(Level::new).collect();
         self.walk(ROOT, &lv, 0, is_dollar(topic), &mut visit);
     }
 
     fn walk(
         &self,
         id: NodeId,
-        lv: &[&str],
+        lv: &[Level<'_>],
         depth: usize,
         dollar: bool,
         visit: &mut impl FnMut(NodeId, &V),
     ) {
         let node = &self.nodes[id as usize];
-        let wild_ok = depth != 0 || !dollar; // [MQTT-4.7.2-1]
-                                             // `#` matches the parent level and everything below it [MQTT-4.7.1-2].
+        // [MQTT-4.7.2-1]
+        let wild_ok = depth != 0 || !dollar;
+        // `#` matches the parent level and everything below it [MQTT-4.7.1-2].
         if node.hash != NIL && wild_ok {
             let h = node.hash;
             visit(h, &self.nodes[h as usize].value);
         }
-        let Some(&level) = lv.get(depth) else {
+        let Some(level) = lv.get(depth) else {
             visit(id, &node.value);
             return;
         };
