@@ -172,6 +172,9 @@ impl OpsBroker {
             "--durability",
             "none",
         ];
+        if !extra.contains(&"--log-level") {
+            args.extend(["--log-level", "warn"]);
+        }
         let d = dir.to_str().unwrap().to_string();
         args.extend(["--data-dir", d.as_str()]);
         args.extend_from_slice(extra);
@@ -180,6 +183,11 @@ impl OpsBroker {
             .args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
+            .stderr(if extra.contains(&"--log-format") {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::inherit()
+            })
             .spawn()
             .expect("spawn ringmq");
         let stdout = child.stdout.take().unwrap();
