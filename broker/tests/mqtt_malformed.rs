@@ -25,6 +25,9 @@ matrix! {
     fn packet_too_large_is_refused;
     fn reserved_packet_type_closes;
     fn bad_clients_never_stall_a_good_one;
+    fn invalid_utf8_in_topic_filter_closes;
+    fn empty_topic_filter_closes;
+    fn invalid_utf8_client_id_is_refused;
 }
 
 matrix_v5! {
@@ -422,4 +425,68 @@ async fn v5_subscription_identifier_0_is_malformed(ctx: Ctx) {
         "subscription id 0",
     )
     .await;
+}
+
+/// [MQTT-3.8.3-1] (3.1.1) / [MQTT-3.8.3-1]: topic filters MUST be valid UTF-8.
+async fn invalid_utf8_in_topic_filter_closes(ctx: Ctx) {
+    let bad = bytes_of::subscribe(0x82, 1, &[b'a', 0xFF], 0, is_v5(&ctx));
+    refused(&ctx, "filterutf8", &bad, MALFORMED, "invalid UTF-8 filter").await;
+}
+
+/// [MQTT-4.7.3-1]: topic filters are at least one character long (3.1.1 also closes an empty
+/// topic name; v5 treats it as an alias lookup, tested in mqtt_v5).
+async fn empty_topic_filter_closes(ctx: Ctx) {
+    let v5 = is_v5(&ctx);
+    let reasons = &[
+        ReasonCode::MalformedPacket,
+        ReasonCode::ProtocolError,
+        ReasonCode::TopicFilterInvalid,
+    ];
+    let id = "emptyfilter";
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, version(ctx.proto), id, true).await;
+    raw.send_bytes(&bytes_of::subscribe(0x82, 1, b"", 0, v5))
+        .await;
+    match raw.recv(WAIT).await {
+        common::raw::RawEv::Packet(Packet::SubAck(a)) => {
+            assert!(a.reasons[0] as u8 >= 0x80, "empty filter refused")
+        }
+        common::raw::RawEv::Packet(Packet::Disconnect(d)) => {
+            assert!(v5 && reasons.contains(&d.reason))
+        }
+        common::raw::RawEv::Closed => {}
+        other => panic!("expected refusal of an empty filter, got {other:?}"),
+    }
+    if !v5 {
+        refused(
+            &ctx,
+            "emptytopic",
+            &bytes_of::publish(0x30, b"", None, None, b"x"),
+            MALFORMED,
+            "empty topic",
+        )
+        .await;
+    }
+    healthy(&ctx, id).await;
+}
+
+/// [MQTT-3.1.3-4]: the client id MUST be UTF-8; an ill-formed one is refused.
+async fn invalid_utf8_client_id_is_refused(ctx: Ctx) {
+    let level = if is_v5(&ctx) { 5 } else { 4 };
+    let mut raw = Raw::open(ctx.broker.addr, version(ctx.proto)).await;
+    raw.send_bytes(&bytes_of::connect(
+        "MQTT",
+        level,
+        0x02,
+        30,
+        &[b'i', 0xC0, 0xAF],
+        None,
+    ))
+    .await;
+    let got = raw.expect_closed(WAIT, "invalid UTF-8 client id").await;
+    assert!(
+        !got.iter()
+            .any(|p| matches!(p, Packet::ConnAck(a) if a.reason == ReasonCode::Success)),
+        "must not be accepted: {got:?}"
+    );
+    healthy(&ctx, "badid").await;
 }

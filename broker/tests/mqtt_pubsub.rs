@@ -4,7 +4,9 @@
 #[macro_use]
 mod common;
 
+use common::raw::{bytes_of, resp, version};
 use common::*;
+use ringmq_codec::{Packet, ReasonCode};
 
 matrix! {
     fn qos_0_1_2_delivered_at_min_of_publish_and_granted;
@@ -18,6 +20,11 @@ matrix! {
     fn unsubscribe_stops_delivery;
     fn publish_to_topic_without_subscribers_is_acked;
     fn many_publishers_on_every_shard_reach_one_subscriber;
+    fn topic_matching_is_case_sensitive_and_exact;
+    fn one_subscribe_with_many_filters_gets_one_suback_in_order;
+    fn inbound_dup_flag_is_not_propagated;
+    fn qos1_packet_id_reused_after_puback_is_a_new_message;
+    fn qos2_duplicate_before_pubrel_is_delivered_once;
 }
 
 /// [MQTT-3.8.4-8] (v5) / 3.1.1 §3.8.4: delivered QoS = min(published QoS, granted QoS);
@@ -224,4 +231,118 @@ async fn many_publishers_on_every_shard_reach_one_subscriber(ctx: Ctx) {
             .map(|i| format!("fanin/{i}"))
             .collect::<Vec<_>>()
     );
+}
+
+/// [MQTT-4.7.3-4]: no normalisation: matching is byte for byte, case sensitive.
+async fn topic_matching_is_case_sensitive_and_exact(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("case");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("Case/Topic", 1).await;
+    let publ = ctx.client(&p).await;
+    for t in ["case/topic", "Case/Topic/", "Case/Topic ", "Case/Topic"] {
+        publ.publish(t, 1, false, t).await;
+    }
+    assert_eq!(sub.recv("exact match").await.topic, "Case/Topic");
+    sub.expect_none(QUIET, "no other spelling matches").await;
+}
+
+/// [MQTT-3.8.4-4], [MQTT-3.8.4-5] (3.1.1) / [MQTT-3.8.4-5]..[MQTT-3.8.4-7]: several filters
+/// in one SUBSCRIBE: one SUBACK, one code per filter, in order.
+async fn one_subscribe_with_many_filters_gets_one_suback_in_order(ctx: Ctx) {
+    let v5 = ctx.proto == Proto::V5;
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, version(ctx.proto), "multi", true).await;
+    let mut body = vec![0, 42];
+    if v5 {
+        body.push(0);
+    }
+    for (f, q) in [("m/2", 2u8), ("m/0", 0), ("m/1", 1)] {
+        body.extend(bytes_of::s(f.as_bytes()));
+        body.push(q);
+    }
+    raw.send_bytes(&bytes_of::frame(0x82, &body)).await;
+    match raw.expect_packet("one SUBACK").await {
+        Packet::SubAck(a) => {
+            assert_eq!(a.packet_id.get(), 42, "[MQTT-3.8.4-2] same packet id");
+            let want = [
+                ReasonCode::GrantedQoS2,
+                ReasonCode::Success,
+                ReasonCode::GrantedQoS1,
+            ];
+            assert_eq!(a.reasons, want);
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    raw.expect_silence(QUIET, "a single SUBACK").await;
+}
+
+/// [MQTT-3.3.1-3]: the DUP flag of an outgoing PUBLISH is independent of the incoming one.
+async fn inbound_dup_flag_is_not_propagated(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("dupin");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("dupin/t", 1).await;
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, version(ctx.proto), &p, true).await;
+    let props: Option<&[u8]> = (ctx.proto == Proto::V5).then_some(&[]);
+    raw.send_bytes(&bytes_of::publish(0x3A, b"dupin/t", Some(3), props, b"d"))
+        .await;
+    assert!(
+        matches!(raw.expect_packet("PUBACK").await, Packet::PubAck(a) if a.packet_id.get() == 3)
+    );
+    let m = sub.recv("forwarded").await;
+    assert!(!m.dup, "DUP set by the publisher is not forwarded");
+}
+
+/// [MQTT-4.3.2-2] (3.1.1) / [MQTT-4.3.2-5]: after sending PUBACK the receiver treats a
+/// PUBLISH with the same packet id as a new publication.
+async fn qos1_packet_id_reused_after_puback_is_a_new_message(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("reuse");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("reuse/t", 1).await;
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, version(ctx.proto), &p, true).await;
+    let props: Option<&[u8]> = (ctx.proto == Proto::V5).then_some(&[]);
+    for payload in [&b"one"[..], b"two"] {
+        raw.send_bytes(&bytes_of::publish(
+            0x32,
+            b"reuse/t",
+            Some(9),
+            props,
+            payload,
+        ))
+        .await;
+        match raw.expect_packet("PUBACK").await {
+            Packet::PubAck(a) => assert_eq!(a.packet_id.get(), 9, "[MQTT-2.3.1-6] same packet id"),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    let got: Vec<String> = sub
+        .recv_n(2, "both")
+        .await
+        .iter()
+        .map(|m| m.text().to_string())
+        .collect();
+    assert_eq!(got, ["one", "two"]);
+}
+
+/// [MQTT-4.3.3-2] (3.1.1) / [MQTT-4.3.3-10]: until PUBREL, a re-sent QoS 2 PUBLISH with the
+/// same id is acknowledged with PUBREC but not delivered again; PUBREL gets PUBCOMP.
+async fn qos2_duplicate_before_pubrel_is_delivered_once(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("once");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("once/t", 2).await;
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, version(ctx.proto), &p, true).await;
+    let props: Option<&[u8]> = (ctx.proto == Proto::V5).then_some(&[]);
+    for first in [0x34u8, 0x3C] {
+        raw.send_bytes(&bytes_of::publish(first, b"once/t", Some(11), props, b"x"))
+            .await;
+        match raw.expect_packet("PUBREC").await {
+            Packet::PubRec(r) => assert_eq!(r.packet_id.get(), 11),
+            other => panic!("expected PUBREC, got {other:?}"),
+        }
+    }
+    raw.send(&Packet::PubRel(resp(11))).await;
+    match raw.expect_packet("PUBCOMP").await {
+        Packet::PubComp(c) => assert_eq!(c.packet_id.get(), 11),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    sub.recv("delivered").await;
+    sub.expect_none(QUIET, "exactly once").await;
 }

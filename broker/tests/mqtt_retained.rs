@@ -16,6 +16,8 @@ matrix! {
     fn wildcard_subscription_gets_every_matching_retained;
     fn resubscribe_sends_retained_again;
     fn retained_delivery_qos_is_min_of_stored_and_granted;
+    fn retained_outlives_the_publishers_session;
+    fn qos0_retained_replaces_the_old_one;
 }
 
 matrix_v5! {
@@ -210,4 +212,34 @@ async fn v5_retain_as_published_keeps_retain_flag_on_live_delivery(ctx: Ctx) {
     assert_eq!((m.text(), m.retain), ("kept-flag", true));
     publ.publish("rap/a", 1, false, "plain").await;
     assert!(!sub.recv("not retained").await.retain);
+}
+
+/// [MQTT-3.1.2-7] (3.1.1): retained messages are not part of the session; they survive its end.
+async fn retained_outlives_the_publishers_session(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("outlive");
+    let mut publ = ctx.client(&p).await;
+    store(&mut publ, "outlive/a", "still here").await;
+    publ.disconnect().await;
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("outlive/a", 1).await;
+    assert_eq!(
+        sub.recv("retained after the session ended").await.text(),
+        "still here"
+    );
+}
+
+/// [MQTT-3.3.1-7] (3.1.1): a QoS 0 retained message discards any earlier retained message
+/// (the server may store or discard the new one).
+async fn qos0_retained_replaces_the_old_one(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("q0r");
+    let mut publ = ctx.client(&p).await;
+    store(&mut publ, "q0r/a", "old").await;
+    publ.publish("q0r/a", 0, true, "new").await;
+    publ.publish("q0r/sync", 1, false, "barrier").await; // QoS 0 has no ack: order barrier
+    publ.wait_acked(1).await;
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("q0r/a", 1).await;
+    if let Some(m) = sub.recv_within(QUIET).await {
+        assert_eq!(m.text(), "new", "the old retained message must be gone");
+    }
 }

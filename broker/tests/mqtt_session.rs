@@ -104,19 +104,26 @@ async fn unacked_qos1_is_resent_with_dup_on_resume(ctx: Ctx) {
         Packet::SubAck(_)
     ));
     let publ = ctx.client(&p).await;
-    publ.publish("dup/t", 1, false, "unacked").await;
-    let first = raw.expect_publish("first delivery").await;
-    assert!(!first.dup, "first delivery has DUP 0");
-    assert_eq!(first.qos, QoS::AtLeastOnce);
+    let mut first = Vec::new();
+    for i in 0..3 {
+        publ.publish("dup/t", 1, false, format!("unacked{i}")).await;
+        let m = raw.expect_publish("first delivery").await;
+        assert!(!m.dup, "first delivery has DUP 0");
+        assert_eq!(m.qos, QoS::AtLeastOnce);
+        first.push(m);
+    }
     drop(raw); // no PUBACK
     let (mut raw, ack) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &s)).await;
     assert!(ack.session_present);
-    let again = raw.expect_publish("redelivery").await;
-    assert!(again.dup, "redelivery has DUP 1");
-    assert_eq!(again.packet_id, first.packet_id, "same packet identifier");
-    assert_eq!(&again.payload[..], b"unacked");
-    raw.send(&Packet::PubAck(resp(again.packet_id.unwrap().get())))
-        .await;
+    // [MQTT-4.6.0-1]: re-sent in the original order.
+    for f in &first {
+        let again = raw.expect_publish("redelivery").await;
+        assert!(again.dup, "redelivery has DUP 1");
+        assert_eq!(again.packet_id, f.packet_id, "same packet identifier");
+        assert_eq!(again.payload, f.payload, "original order");
+        raw.send(&Packet::PubAck(resp(again.packet_id.unwrap().get())))
+            .await;
+    }
     raw.expect_silence(QUIET, "acknowledged: not sent again")
         .await;
 }

@@ -17,6 +17,7 @@ matrix! {
     fn will_with_retain_is_stored_as_retained;
     fn will_is_published_when_keep_alive_expires;
     fn will_is_published_after_a_protocol_error;
+    fn malformed_disconnect_does_not_discard_the_will;
 }
 
 matrix_v5! {
@@ -168,5 +169,21 @@ async fn v5_disconnect_with_will_message_publishes_it(ctx: Ctx) {
     assert_eq!(
         watch.recv("will after DISCONNECT 0x04").await.text(),
         "asked"
+    );
+}
+
+/// [MQTT-3.14.1-1]: DISCONNECT with reserved bits set is malformed: it closes the connection
+/// but is not a normal DISCONNECT, so the will is published.
+async fn malformed_disconnect_does_not_discard_the_will(ctx: Ctx) {
+    let (c, w) = ctx.pair_ids("baddisc");
+    let mut watch = watcher(&ctx, &w, "will/baddisc").await;
+    let mut p = connect_packet(version(ctx.proto), &c, true);
+    p.will = Some(will("will/baddisc", "malformed"));
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, p).await;
+    raw.send_bytes(&[0xE1, 0x00]).await;
+    raw.expect_closed(WAIT, "malformed DISCONNECT").await;
+    assert_eq!(
+        watch.recv("will after malformed DISCONNECT").await.text(),
+        "malformed"
     );
 }
