@@ -61,7 +61,6 @@ fn listed(b: &OpsBroker, id: &str) -> bool {
 }
 
 #[test]
-#[ignore = "needs the broker core: CONNACK, control queries and shutdown in ringmq_shard"]
 fn ctl_kick_disconnects_a_real_client() {
     let b = OpsBroker::start("e2e-kick", &[]);
     let (_victim, rx) = connect(&b, "victim");
@@ -90,7 +89,6 @@ fn ctl_kick_disconnects_a_real_client() {
 }
 
 #[test]
-#[ignore = "needs the broker core: CONNACK, control queries and shutdown in ringmq_shard"]
 fn ctl_drain_stops_new_connections_and_keeps_old_ones() {
     let b = OpsBroker::start("e2e-drain", &[]);
     let (_old, rx) = connect(&b, "old");
@@ -108,7 +106,6 @@ fn ctl_drain_stops_new_connections_and_keeps_old_ones() {
 }
 
 #[test]
-#[ignore = "needs the broker core: CONNACK, control queries and shutdown in ringmq_shard"]
 fn ctl_shutdown_stops_the_broker_with_exit_0() {
     let mut b = OpsBroker::start("e2e-shutdown", &[]);
     let (_c, rx) = connect(&b, "c1");
@@ -125,7 +122,6 @@ fn ctl_shutdown_stops_the_broker_with_exit_0() {
 }
 
 #[test]
-#[ignore = "needs the broker core: CONNACK, control queries and shutdown in ringmq_shard"]
 fn sigterm_stops_the_broker_with_exit_0() {
     let mut b = OpsBroker::start("e2e-sigterm", &[]);
     let (code, _, err) = b.ctl(&["status"]);
@@ -134,4 +130,89 @@ fn sigterm_stops_the_broker_with_exit_0() {
     unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(b.wait_exit(WAIT), Some(0));
     assert!(!b.dir.join("ringmq.sock").exists(), "admin socket removed");
+}
+
+/// A minimal MQTT 5 client on a raw socket (rumqttc 0.25 cannot parse a server
+/// DISCONNECT whose Remaining Length is 1, which the spec allows, 3.14.2.2).
+struct RawV5(std::net::TcpStream);
+
+impl RawV5 {
+    /// Connects with a clean start and waits for a successful CONNACK.
+    fn connect(b: &OpsBroker, id: &str) -> RawV5 {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(b.addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut p = vec![
+            0x10,
+            (13 + id.len()) as u8,
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            5,
+            0x02,
+            0,
+            60,
+            0,
+        ];
+        p.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        p.extend_from_slice(id.as_bytes());
+        s.write_all(&p).unwrap();
+        let mut c = RawV5(s);
+        let (kind, body) = c.packet().expect("CONNACK");
+        assert_eq!((kind, body.get(1)), (0x20, Some(&0)), "CONNACK success");
+        c
+    }
+
+    /// Next packet: (first byte, body), or None on EOF.
+    fn packet(&mut self) -> Option<(u8, Vec<u8>)> {
+        use std::io::Read;
+        let mut b = [0u8; 1];
+        self.0.read_exact(&mut b).ok()?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut d = [0u8; 1];
+            self.0.read_exact(&mut d).ok()?;
+            len |= ((d[0] & 0x7f) as usize) << shift;
+            shift += 7;
+            if d[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).ok()?;
+        Some((b[0], body))
+    }
+
+    /// The reason code of the DISCONNECT the broker sends before closing.
+    fn disconnect_reason(&mut self) -> Option<u8> {
+        while let Some((kind, body)) = self.packet() {
+            if kind == 0xE0 {
+                return Some(body.first().copied().unwrap_or(0));
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn ctl_kick_tells_a_v5_client_administrative_action() {
+    let b = OpsBroker::start("e2e-kick5", &[]);
+    let mut c = RawV5::connect(&b, "victim5");
+    let (code, _, err) = b.ctl(&["client", "kick", "victim5"]);
+    assert_eq!(code, 0, "{err}");
+    // [MQTT-3.14.1] v5 DISCONNECT from the server: 0x98 Administrative action.
+    assert_eq!(c.disconnect_reason(), Some(0x98));
+}
+
+#[test]
+fn ctl_shutdown_tells_v5_clients_server_shutting_down() {
+    let mut b = OpsBroker::start("e2e-shut5", &[]);
+    let mut c = RawV5::connect(&b, "c5");
+    let (code, _, err) = b.ctl(&["shutdown"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(c.disconnect_reason(), Some(0x8B));
+    assert_eq!(b.wait_exit(WAIT), Some(0));
 }

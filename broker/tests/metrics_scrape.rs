@@ -191,7 +191,6 @@ fn the_running_broker_serves_metrics() {
 }
 
 #[test]
-#[ignore = "needs the broker core: connection counters in ringmq_shard"]
 fn connections_show_up_in_metrics() {
     let b = support::OpsBroker::start("metrics-conn", &["--metrics-listen", "127.0.0.1:0"]);
     let addr = b.metrics.expect("metrics line");
