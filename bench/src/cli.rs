@@ -1,0 +1,348 @@
+//! Command line: one subcommand per scenario, plus `compare` and `selfcheck`.
+//!
+//! Every scenario flattens the same three groups: [`BrokerArgs`] (where and how to
+//! connect), [`RunArgs`] (cores, CPU pinning, output) and [`LoadArgs`] (QoS, payload,
+//! rate, duration or count, warm-up). Load fields are `Option`s so each scenario can
+//! choose its own defaults (the `qos2-fanout` preset differs from `pairs`).
+
+use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringmq-bench",
+    version,
+    about = "Thread-per-core MQTT 3.1.1/5.0 load generator for any broker"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one scenario against a broker that is already running.
+    #[command(flatten)]
+    Scenario(Scenario),
+    /// Start ringmq, Mosquitto (and rumqttd if installed) one after the other, run the same
+    /// scenario against each, print both and the ratios, write bench/results/.
+    Compare(CompareArgs),
+    /// Measure the generator's own ceiling against the built-in relay TEST FIXTURE (not a broker).
+    Selfcheck(SelfcheckArgs),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// N 1:1 publisher/subscriber pairs, each pair on its own topic.
+    Pairs(PairsArgs),
+    /// P publishers (default 1) to M subscribers of the same topic.
+    Fanout(FanoutArgs),
+    /// N publishers to one subscriber (wildcard subscription).
+    Fanin(FaninArgs),
+    /// N publishers, M subscribers, topic patterns with `%i` substitution and wildcards.
+    Pubsub(PubsubArgs),
+    /// Connection storm: connects/s, connections held, broker memory (with --broker-pid).
+    Conn(ConnArgs),
+    /// Many retained messages replayed to new subscribers.
+    Retained(RetainedArgs),
+    /// Preset from the fan-out PR: 100 publishers, 2000 subscribers, QoS 2, 1 msg/s each.
+    #[command(name = "qos2-fanout")]
+    Qos2Fanout(Qos2FanoutArgs),
+}
+
+impl Scenario {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Pairs(_) => "pairs",
+            Scenario::Fanout(_) => "fanout",
+            Scenario::Fanin(_) => "fanin",
+            Scenario::Pubsub(_) => "pubsub",
+            Scenario::Conn(_) => "conn",
+            Scenario::Retained(_) => "retained",
+            Scenario::Qos2Fanout(_) => "qos2-fanout",
+        }
+    }
+
+    pub fn common(&self) -> &Common {
+        match self {
+            Scenario::Pairs(a) => &a.common,
+            Scenario::Fanout(a) => &a.common,
+            Scenario::Fanin(a) => &a.common,
+            Scenario::Pubsub(a) => &a.common,
+            Scenario::Conn(a) => &a.common,
+            Scenario::Retained(a) => &a.common,
+            Scenario::Qos2Fanout(a) => &a.common,
+        }
+    }
+
+    pub fn common_mut(&mut self) -> &mut Common {
+        match self {
+            Scenario::Pairs(a) => &mut a.common,
+            Scenario::Fanout(a) => &mut a.common,
+            Scenario::Fanin(a) => &mut a.common,
+            Scenario::Pubsub(a) => &mut a.common,
+            Scenario::Conn(a) => &mut a.common,
+            Scenario::Retained(a) => &mut a.common,
+            Scenario::Qos2Fanout(a) => &mut a.common,
+        }
+    }
+}
+
+/// Options shared by every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Where the broker is and how to log in.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker TCP port.
+    #[arg(long, short = 'p', default_value_t = 1883)]
+    pub port: u16,
+    /// MQTT protocol version: 5 or 3.1.1 (also accepted: 4, 311).
+    #[arg(long, default_value = "5", value_parser = parse_version)]
+    pub mqtt: MqttVersion,
+    #[arg(long, short = 'u')]
+    pub username: Option<String>,
+    #[arg(long, short = 'P')]
+    pub password: Option<String>,
+    /// Client identifier prefix; the client index is appended.
+    #[arg(long, default_value = "rb")]
+    pub client_prefix: String,
+    /// Keep alive in seconds (0 disables PINGREQ).
+    #[arg(long, default_value_t = 60)]
+    pub keep_alive: u16,
+    /// Connect with clean start / clean session = false (keep sessions).
+    #[arg(long)]
+    pub no_clean_start: bool,
+}
+
+/// Protocol version selected on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum MqttVersion {
+    V311,
+    V5,
+}
+
+fn parse_version(s: &str) -> Result<MqttVersion, String> {
+    match s {
+        "5" | "5.0" | "v5" => Ok(MqttVersion::V5),
+        "3.1.1" | "311" | "4" | "v3" | "3" => Ok(MqttVersion::V311),
+        _ => Err(format!("unknown MQTT version `{s}` (use 5 or 3.1.1)")),
+    }
+}
+
+/// Threads, CPU pinning, output format.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Number of generator cores (one glommio executor each).
+    #[arg(long, default_value_t = 1)]
+    pub cores: usize,
+    /// CPUs to pin the executors to, e.g. `1` or `1,0` or `2-5`. Default: start at CPU 1
+    /// (so a broker pinned to CPU 0 is not disturbed) and wrap around the CPUs that exist.
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Do not pin executors to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Print the result as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// No live progress line even on a terminal.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Message load: every scenario takes these.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LoadArgs {
+    /// QoS of publishes and subscriptions (0, 1, 2).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: Option<u8>,
+    /// Payload size in bytes (at least 20: sequence, timestamp, publisher id).
+    #[arg(long)]
+    pub payload: Option<usize>,
+    /// Messages per second per publisher; 0 = unlimited.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Publishing time after warm-up, seconds (ignored with --count).
+    #[arg(long, value_parser = parse_secs)]
+    pub duration: Option<Duration>,
+    /// Messages per publisher (instead of --duration); includes warm-up messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Warm-up seconds: messages flow but latency and throughput are not recorded.
+    #[arg(long, value_parser = parse_secs)]
+    pub warmup: Option<Duration>,
+    /// Longest wait for outstanding deliveries after publishing stops, seconds.
+    #[arg(long, value_parser = parse_secs)]
+    pub drain: Option<Duration>,
+    /// QoS 1/2 publish window per publisher (capped by the broker's Receive Maximum).
+    #[arg(long)]
+    pub inflight: Option<u16>,
+}
+
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|e| format!("bad seconds `{s}`: {e}"))?;
+    if !(0.0..=86_400.0).contains(&v) {
+        return Err(format!("seconds out of range: {s}"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PairsArgs {
+    /// Number of publisher/subscriber pairs.
+    #[arg(long, default_value_t = 50)]
+    pub pairs: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Subscribers of the shared topic.
+    #[arg(long, short = 's', default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Publishers to the shared topic.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FaninArgs {
+    /// Publishers, each on its own topic, all matched by one subscriber's wildcard.
+    #[arg(long, default_value_t = 100)]
+    pub publishers: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PubsubArgs {
+    #[arg(long, default_value_t = 10)]
+    pub publishers: usize,
+    #[arg(long, short = 's', default_value_t = 10)]
+    pub subscribers: usize,
+    /// Publish topic; `%i` becomes the publisher index.
+    #[arg(long, default_value = "bench/%i")]
+    pub pub_topic: String,
+    /// Subscription filter; `%i` becomes the subscriber index; `+` and `#` allowed.
+    #[arg(long, default_value = "bench/#")]
+    pub sub_topic: String,
+    /// Apply `%i` modulo this number (e.g. 10 publishers onto 2 topics).
+    #[arg(long)]
+    pub modulo: Option<usize>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// Connections to open.
+    #[arg(long, short = 'n', default_value_t = 5000)]
+    pub connections: usize,
+    /// Handshakes in flight per core.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Seconds to hold all connections open before closing.
+    #[arg(long, value_parser = parse_secs, default_value = "2")]
+    pub hold: Duration,
+    /// Broker process id: report its memory from /proc/PID/status.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetainedArgs {
+    /// Retained messages stored (one topic each).
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    pub messages: usize,
+    /// New subscribers that each get every retained message replayed.
+    #[arg(long, short = 's', default_value_t = 10)]
+    pub subscribers: usize,
+    /// Topic prefix; topics are PREFIX/%i and subscribers use PREFIX/#.
+    #[arg(long, default_value = "bench/retained")]
+    pub prefix: String,
+    /// Leave the retained messages on the broker afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Qos2FanoutArgs {
+    #[arg(long, default_value_t = 100)]
+    pub publishers: usize,
+    #[arg(long, short = 's', default_value_t = 2000)]
+    pub subscribers: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Brokers to run, in order: ringmq, mosquitto, rumqttd (skipped if not installed).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ringmq,mosquitto,rumqttd"
+    )]
+    pub brokers: Vec<String>,
+    /// ringmq binary.
+    #[arg(long, default_value = "target/release/ringmq")]
+    pub ringmq_bin: String,
+    /// mosquitto binary.
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    pub mosquitto_bin: String,
+    /// rumqttd binary.
+    #[arg(long, default_value = "/work/tools/bin/rumqttd")]
+    pub rumqttd_bin: String,
+    /// CPU list the brokers are pinned to with taskset.
+    #[arg(long, default_value = "0")]
+    pub broker_cpus: String,
+    /// Directory for the results file (`<date>-<scenario>.md`); empty string = do not write.
+    #[arg(long, default_value = "bench/results")]
+    pub results_dir: String,
+    /// Free-text note put in the results header (e.g. "machine shared with other jobs").
+    #[arg(long)]
+    pub note: Option<String>,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SelfcheckArgs {
+    /// CPU for the fixture relay (it stands where a broker would be).
+    #[arg(long, default_value = "0")]
+    pub relay_cpu: String,
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
+}

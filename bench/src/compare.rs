@@ -1,0 +1,245 @@
+//! `compare`: the same scenario against ringmq, Mosquitto and rumqttd, one after the
+//! other in one run, with the ratios; and `selfcheck`: the generator's own ceiling
+//! against the relay TEST FIXTURE.
+
+use crate::brokers::{start_mosquitto, start_ringmq, start_rumqttd, BrokerProc};
+use crate::cli::{Cli, Command, CompareArgs, MqttVersion, Scenario, SelfcheckArgs};
+use crate::relay::{Faults, RelayFixture};
+use crate::stats::{proc_memory, BrokerMemory, Summary};
+use crate::{cpus, report, run_scenario};
+use clap::Parser;
+use std::fmt::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Runs the comparison, prints it, and writes the results file.
+pub fn run(c: &CompareArgs) -> Result<(), String> {
+    let cpus = Some(c.broker_cpus.as_str());
+    let mut results: Vec<(String, Summary)> = Vec::new();
+    let mut flags: Vec<(String, String)> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    for name in &c.brokers {
+        let started = match name.as_str() {
+            "ringmq" => start_ringmq(&c.ringmq_bin, cpus),
+            "mosquitto" => start_mosquitto(&c.mosquitto_bin, cpus),
+            "rumqttd" => start_rumqttd(&c.rumqttd_bin, cpus),
+            other => Err(format!("unknown broker `{other}`")),
+        };
+        let b = match started {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("ringmq-bench: skipping {name}: {e}");
+                skipped.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        eprintln!("== {name} (pid {}, port {}) ==", b.pid(), b.port);
+        match run_against(&b, &c.scenario) {
+            Ok(s) => {
+                print!("{}", report::table(&s));
+                println!();
+                flags.push((name.clone(), b.flags.clone()));
+                results.push((name.clone(), s));
+            }
+            Err(e) => {
+                eprintln!("ringmq-bench: {name} run failed: {e}");
+                skipped.push(format!("{name}: run failed: {e}"));
+            }
+        }
+        b.stop();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if results.is_empty() {
+        return Err(format!("no broker could be run: {}", skipped.join("; ")));
+    }
+    let table = report::comparison(&results);
+    println!("{table}");
+    if !c.results_dir.is_empty() {
+        let path = write_results(c, &results, &flags, &skipped, &table)?;
+        eprintln!("ringmq-bench: results written to {path}");
+    }
+    Ok(())
+}
+
+/// Points the scenario at `b`, runs it, and adds the broker's memory.
+fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, String> {
+    let mut s = scenario.clone();
+    let pid = b.pid();
+    {
+        let common = s.common_mut();
+        common.broker.host = "127.0.0.1".into();
+        common.broker.port = match (common.broker.mqtt, b.port_v5) {
+            (MqttVersion::V5, Some(p)) => p,
+            _ => b.port,
+        };
+    }
+    if let Scenario::Conn(a) = &mut s {
+        a.broker_pid = Some(pid);
+    }
+    let before = proc_memory(pid);
+    let mut sum = run_scenario(&s)?;
+    if sum.broker_memory.is_none() {
+        if let (Some((rss0, _)), Some((rss1, hwm))) = (before, proc_memory(pid)) {
+            sum.broker_memory = Some(BrokerMemory {
+                pid,
+                rss_before_kb: rss0,
+                rss_after_kb: rss1,
+                hwm_kb: hwm,
+                per_connection_bytes: (hwm.saturating_sub(rss0) * 1024) / sum.connections.max(1),
+            });
+        }
+    }
+    Ok(sum)
+}
+
+fn write_results(
+    c: &CompareArgs,
+    results: &[(String, Summary)],
+    flags: &[(String, String)],
+    skipped: &[String],
+    table: &str,
+) -> Result<String, String> {
+    let (date, time) = utc_now();
+    let scenario = c.scenario.name();
+    std::fs::create_dir_all(&c.results_dir).map_err(|e| e.to_string())?;
+    let mut path = format!("{}/{date}-{scenario}.md", c.results_dir);
+    let mut n = 2;
+    while std::path::Path::new(&path).exists() {
+        path = format!("{}/{date}-{scenario}-{n}.md", c.results_dir);
+        n += 1;
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# {scenario}: {}\n",
+        results
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect::<Vec<_>>()
+            .join(" vs ")
+    );
+    let _ = writeln!(md, "{}", machine_header(&date, &time));
+    let args: Vec<String> = std::env::args().collect();
+    let _ = writeln!(md, "- generator: `{}`", args.join(" "));
+    for (name, f) in flags {
+        let _ = writeln!(md, "- {name}: `{f}`");
+    }
+    for s in skipped {
+        let _ = writeln!(md, "- not run: {s}");
+    }
+    if let Some(note) = &c.note {
+        let _ = writeln!(md, "- note: {note}");
+    }
+    let _ = writeln!(
+        md,
+        "\n## Comparison (ratios: {} / other)\n\n{table}",
+        results[0].0
+    );
+    for (name, s) in results {
+        let _ = writeln!(md, "## {name}\n\n```\n{}```\n", report::table(s));
+    }
+    std::fs::write(&path, md).map_err(|e| format!("write {path}: {e}"))?;
+    Ok(path)
+}
+
+/// Header lines naming the machine: CPU model, cores, kernel, commit.
+pub fn machine_header(date: &str, time: &str) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let out = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = out("git", &["rev-parse", "--short", "HEAD"]);
+    format!(
+        "- date: {date} {time} UTC\n- CPU: {cpu}, {} CPUs online (allowed here: {:?})\n- kernel: {}\n- commit: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpus::allowed(),
+        kernel.trim(),
+        if commit.is_empty() { "unknown".into() } else { commit }
+    )
+}
+
+/// ("YYYY-MM-DD", "HH:MM") now, UTC.
+pub fn utc_now() -> (String, String) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}", rem / 3600, rem % 3600 / 60),
+    )
+}
+
+/// Runs the scenario (default: `pairs` for 5 s, plus a publish-only run) against the
+/// relay fixture and prints the generator's ceiling.
+pub fn selfcheck(a: &SelfcheckArgs) -> Result<(), String> {
+    let cpu = cpus::parse_list(&a.relay_cpu)?[0];
+    let cpu = cpus::allowed().contains(&cpu).then_some(cpu);
+    let relay = RelayFixture::start(0, cpu, Faults::default()).map_err(|e| e.to_string())?;
+    let mut runs = Vec::new();
+    match &a.scenario {
+        Some(s) => runs.push(s.clone()),
+        None => {
+            for args in [
+                &[
+                    "pubsub",
+                    "--publishers",
+                    "50",
+                    "--subscribers",
+                    "0",
+                    "--duration",
+                    "5",
+                    "--warmup",
+                    "1",
+                ][..],
+                &["pairs", "--pairs", "50", "--duration", "5", "--warmup", "1"][..],
+            ] {
+                let cli = Cli::try_parse_from(
+                    std::iter::once("ringmq-bench").chain(args.iter().copied()),
+                )
+                .map_err(|e| e.to_string())?;
+                if let Command::Scenario(s) = cli.command {
+                    runs.push(s);
+                }
+            }
+        }
+    }
+    println!("SELF-CHECK: generator against the built-in relay TEST FIXTURE on CPU {cpu:?} (NOT a broker).");
+    println!("These figures are the tool's ceiling on this machine, relay included.\n");
+    for mut s in runs {
+        let c = s.common_mut();
+        c.broker.host = "127.0.0.1".into();
+        c.broker.port = relay.addr.port();
+        let sum = run_scenario(&s)?;
+        if s.common().run.json {
+            println!("{}", report::json(&sum));
+        } else {
+            print!("{}", report::table(&sum));
+            println!();
+        }
+    }
+    relay.stop();
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Turning a scenario's options into a [`Plan`]: who publishes where, who subscribes to
+//! what, the resolved load, and which publishers each subscriber should hear from.
+
+use crate::cli::{BrokerArgs, LoadArgs, MqttVersion, RunArgs, Scenario};
+use crate::payload::{expand, filter_matches, HEADER_LEN};
+use ringmq_codec::{ProtocolVersion, QoS};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Load with every default applied.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub qos: QoS,
+    pub payload: usize,
+    /// Messages/s per publisher; 0 = unlimited.
+    pub rate: f64,
+    pub duration: Duration,
+    pub count: Option<u64>,
+    pub warmup: Duration,
+    pub drain: Duration,
+    pub inflight: u16,
+}
+
+/// Per-scenario defaults; command line values win.
+pub struct Defaults {
+    pub qos: u8,
+    pub rate: f64,
+    pub duration: f64,
+    pub warmup: f64,
+}
+
+pub const THROUGHPUT: Defaults = Defaults {
+    qos: 0,
+    rate: 0.0,
+    duration: 10.0,
+    warmup: 2.0,
+};
+
+impl Load {
+    pub fn resolve(a: &LoadArgs, d: &Defaults) -> Result<Load, String> {
+        let payload = a.payload.unwrap_or(64);
+        if payload < HEADER_LEN {
+            return Err(format!("--payload must be at least {HEADER_LEN} bytes"));
+        }
+        let rate = a.rate.unwrap_or(d.rate);
+        if !(0.0..=1e9).contains(&rate) {
+            return Err("--rate must be >= 0".into());
+        }
+        Ok(Load {
+            qos: qos_from(a.qos.unwrap_or(d.qos)),
+            payload,
+            rate,
+            duration: a.duration.unwrap_or(Duration::from_secs_f64(d.duration)),
+            count: a.count,
+            warmup: a.warmup.unwrap_or(Duration::from_secs_f64(d.warmup)),
+            drain: a.drain.unwrap_or(Duration::from_secs(5)),
+            inflight: a.inflight.unwrap_or(1000).max(1),
+        })
+    }
+}
+
+pub fn qos_from(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+pub fn protocol(v: MqttVersion) -> ProtocolVersion {
+    match v {
+        MqttVersion::V311 => ProtocolVersion::V3_1_1,
+        MqttVersion::V5 => ProtocolVersion::V5,
+    }
+}
+
+/// A message scenario ready to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub scenario: String,
+    pub broker: BrokerArgs,
+    pub run: RunArgs,
+    pub load: Load,
+    /// Topic of each publisher (index = global publisher id).
+    pub pub_topics: Vec<String>,
+    /// Filter of each subscriber.
+    pub sub_filters: Vec<String>,
+}
+
+impl Plan {
+    /// Builds the plan of a message scenario (`conn` and `retained` have their own runners).
+    pub fn from_scenario(s: &Scenario) -> Result<Plan, String> {
+        let (load, pubs, subs) = match s {
+            Scenario::Pairs(a) => {
+                let t: Vec<String> = (0..a.pairs).map(|i| format!("bench/pairs/{i}")).collect();
+                (Load::resolve(&a.load, &THROUGHPUT)?, t.clone(), t)
+            }
+            Scenario::Fanout(a) => (
+                Load::resolve(&a.load, &THROUGHPUT)?,
+                vec!["bench/fanout".to_string(); a.publishers],
+                vec!["bench/fanout".to_string(); a.subscribers],
+            ),
+            Scenario::Fanin(a) => (
+                Load::resolve(&a.load, &THROUGHPUT)?,
+                (0..a.publishers)
+                    .map(|i| format!("bench/fanin/{i}"))
+                    .collect(),
+                vec!["bench/fanin/+".to_string()],
+            ),
+            Scenario::Pubsub(a) => (
+                Load::resolve(&a.load, &THROUGHPUT)?,
+                (0..a.publishers)
+                    .map(|i| expand(&a.pub_topic, i, a.modulo))
+                    .collect(),
+                (0..a.subscribers)
+                    .map(|i| expand(&a.sub_topic, i, a.modulo))
+                    .collect(),
+            ),
+            Scenario::Qos2Fanout(a) => {
+                let d = Defaults {
+                    qos: 2,
+                    rate: 1.0,
+                    duration: 30.0,
+                    warmup: 3.0,
+                };
+                (
+                    Load::resolve(&a.load, &d)?,
+                    (0..a.publishers).map(|i| format!("bench/q2/{i}")).collect(),
+                    vec!["bench/q2/+".to_string(); a.subscribers],
+                )
+            }
+            Scenario::Conn(_) | Scenario::Retained(_) => {
+                return Err(format!("{} is not a message scenario", s.name()))
+            }
+        };
+        if pubs.is_empty() && subs.is_empty() {
+            return Err("nothing to do: no publishers and no subscribers".into());
+        }
+        let c = s.common();
+        Ok(Plan {
+            scenario: s.name().to_string(),
+            broker: c.broker.clone(),
+            run: c.run.clone(),
+            load,
+            pub_topics: pubs,
+            sub_filters: subs,
+        })
+    }
+
+    /// For each subscriber, the sorted publishers whose topic its filter matches.
+    /// Identical filters are matched once.
+    pub fn matches(&self) -> Vec<Vec<u32>> {
+        let mut cache: HashMap<&str, Vec<u32>> = HashMap::new();
+        self.sub_filters
+            .iter()
+            .map(|f| {
+                cache
+                    .entry(f.as_str())
+                    .or_insert_with(|| {
+                        self.pub_topics
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, t)| filter_matches(f, t))
+                            .map(|(i, _)| i as u32)
+                            .collect()
+                    })
+                    .clone()
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,222 @@
+//! One publisher connection: stamps messages into a once-encoded template, at a fixed
+//! rate per second or as fast as the socket takes them, with a QoS 1/2 window.
+
+use crate::conn::{AckKind, Conn};
+use crate::core::CoreCtx;
+use crate::payload::{now_ns, Template};
+use futures_lite::future::or;
+use glommio::timer::Timer;
+use ringmq_codec::{Packet, QoS};
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Keep about this many bytes queued for the socket.
+const WBUF_TARGET: usize = 64 * 1024;
+/// Rate-limited publishers wake at most this often and send what is due.
+const MIN_TICK_NS: u64 = 1_000_000;
+
+enum Wake {
+    Io(io::Result<()>),
+    Tick,
+    End,
+}
+
+/// State of one publisher's send loop.
+struct Sender {
+    tpl: Template,
+    seq: u64,
+    next_id: u16,
+    inflight: u32,
+    window: u32,
+    measured: u64,
+}
+
+impl Sender {
+    /// Appends up to `n` messages stamped `now`.
+    fn append(&mut self, conn: &mut Conn, n: u64, now: u64, measuring: bool) {
+        for _ in 0..n {
+            self.tpl.append(&mut conn.wbuf, self.next_id, self.seq, now);
+            self.seq += 1;
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        }
+        if self.tpl_qos_acked() {
+            self.inflight += n as u32;
+        }
+        if measuring {
+            self.measured += n;
+        }
+    }
+
+    fn tpl_qos_acked(&self) -> bool {
+        self.window != u32::MAX
+    }
+
+    /// Handles acknowledgements already read.
+    fn on_packets(&mut self, conn: &mut Conn) -> io::Result<()> {
+        while let Some(p) = conn.next_packet()? {
+            match p {
+                Packet::PubAck(r) | Packet::PubComp(r) => {
+                    self.inflight = self.inflight.saturating_sub(1);
+                    let _ = r;
+                }
+                Packet::PubRec(r) => {
+                    if (r.reason as u8) < 0x80 {
+                        conn.queue_ack(AckKind::PubRel, r.packet_id)?;
+                    } else {
+                        self.inflight = self.inflight.saturating_sub(1);
+                    }
+                }
+                Packet::Disconnect(d) => {
+                    return Err(io::Error::other(format!(
+                        "DISCONNECT from broker: {:?}",
+                        d.reason
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs publisher `index` on `conn` until the duration or count is reached, then waits
+/// (up to the drain time) for its QoS 1/2 acknowledgements. Returns messages sent.
+pub async fn run(ctx: Rc<CoreCtx>, index: u32, mut conn: Conn, window: u16) -> u64 {
+    let plan = &ctx.shared.plan;
+    let load = &plan.load;
+    let tpl = match Template::new(
+        conn.version,
+        &plan.pub_topics[index as usize],
+        load.qos,
+        false,
+        load.payload,
+        index,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.stats.borrow_mut().error(e);
+            return 0;
+        }
+    };
+    let mut s = Sender {
+        tpl,
+        seq: 0,
+        next_id: 1,
+        inflight: 0,
+        window: if load.qos == QoS::AtMostOnce {
+            u32::MAX
+        } else {
+            u32::from(window.max(1))
+        },
+        measured: 0,
+    };
+    if let Err(e) = send_loop(&ctx, &mut conn, &mut s).await {
+        ctx.stats
+            .borrow_mut()
+            .error(format!("publisher {index}: {e}"));
+    }
+    {
+        let mut st = ctx.stats.borrow_mut();
+        st.sent_measured += s.measured;
+        st.sent_by_publisher.push((index, s.seq));
+    }
+    conn.disconnect().await;
+    s.seq
+}
+
+async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result<()> {
+    let load = &ctx.shared.plan.load;
+    let t0 = ctx.shared.t0();
+    let measure_start = ctx.measure_start_ns.get();
+    let end = ctx.pub_end_ns.get();
+    let count = load.count.unwrap_or(u64::MAX);
+    let frame = s.tpl.len() as u64;
+    let until = |t: u64| Duration::from_nanos(t.saturating_sub(now_ns()));
+    let mut end_timer = Timer::new(until(end.min(now_ns() + 86_400_000_000_000)));
+    let mut tick = Timer::new(Duration::from_secs(86_400));
+    let interval_ns = if load.rate > 0.0 {
+        1e9 / load.rate
+    } else {
+        0.0
+    };
+    loop {
+        let now = now_ns();
+        if now >= end || s.seq >= count {
+            break;
+        }
+        let mut n = count - s.seq;
+        if interval_ns > 0.0 {
+            let due = ((now.saturating_sub(t0)) as f64 / interval_ns) as u64 + 1;
+            n = n.min(due.saturating_sub(s.seq));
+        }
+        if s.window != u32::MAX {
+            n = n.min(u64::from(s.window.saturating_sub(s.inflight)));
+        }
+        n = n.min((WBUF_TARGET.saturating_sub(conn.wbuf.len()) as u64) / frame);
+        if n > 0 {
+            s.append(conn, n, now, now >= measure_start);
+            ctx.stats.borrow_mut().sent += n;
+        }
+        let mut use_tick = false;
+        if interval_ns > 0.0 && s.inflight < s.window {
+            let next_due = t0 + (s.seq as f64 * interval_ns) as u64;
+            let wait = next_due.saturating_sub(now_ns()).max(if interval_ns < 1e6 {
+                MIN_TICK_NS
+            } else {
+                0
+            });
+            tick.reset(Duration::from_nanos(wait));
+            use_tick = true;
+        }
+        let wake = or(
+            async { Wake::Io(conn.drive().await.map(|_| ())) },
+            or(
+                async {
+                    (&mut end_timer).await;
+                    Wake::End
+                },
+                async {
+                    if use_tick {
+                        (&mut tick).await;
+                        Wake::Tick
+                    } else {
+                        futures_lite::future::pending().await
+                    }
+                },
+            ),
+        )
+        .await;
+        match wake {
+            Wake::Io(r) => r?,
+            Wake::Tick => {}
+            Wake::End => break,
+        }
+        s.on_packets(conn)?;
+    }
+    drain(ctx, conn, s).await
+}
+
+/// Flushes and waits for outstanding QoS 1/2 acknowledgements, bounded by the drain time.
+async fn drain(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result<()> {
+    let deadline = Timer::new(ctx.shared.plan.load.drain);
+    let mut deadline = deadline;
+    loop {
+        s.on_packets(conn)?;
+        let pending_acks = s.window != u32::MAX && s.inflight > 0;
+        if conn.wbuf.is_empty() && !pending_acks {
+            return Ok(());
+        }
+        let r = or(async { Some(conn.drive().await) }, async {
+            (&mut deadline).await;
+            None
+        })
+        .await;
+        match r {
+            Some(r) => {
+                r?;
+            }
+            None => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Runs a message scenario: one glommio executor per core, clients spread round robin
+//! over the cores, a start barrier once everyone is connected and subscribed, then
+//! publish, drain, and merge the per-core measurements into a [`Summary`].
+
+use crate::conn::{Conn, Login};
+use crate::core::{wait_until, CoreCtx, Shared};
+use crate::cpus;
+use crate::plan::{protocol, Plan};
+use crate::progress::Progress;
+use crate::stats::{CoreStats, Latency, Summary};
+use crate::tracker::Tracker;
+use crate::{payload, publisher, subscriber};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Handshakes in flight per core while setting up.
+const SETUP_CONCURRENCY: usize = 64;
+
+/// Resolves the broker address.
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {host}:{port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("no address for {host}:{port}"))
+}
+
+/// Starts one executor per core running `f(core)` and collects the results.
+pub fn on_cores<T, F, Fut>(cores: usize, cpus: Option<&[usize]>, f: F) -> Result<Vec<T>, String>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let mut handles = Vec::new();
+    for core in 0..cores {
+        let placement = match cpus {
+            Some(c) => Placement::Fixed(c[core]),
+            None => Placement::Unbound,
+        };
+        let f = f.clone();
+        let h = LocalExecutorBuilder::new(placement)
+            .name(&format!("bench-{core}"))
+            .io_memory(1 << 20)
+            .spawn(move || f(core))
+            .map_err(|e| format!("cannot start executor on core {core}: {e}"))?;
+        handles.push(h);
+    }
+    handles
+        .into_iter()
+        .map(|h| h.join().map_err(|e| format!("executor failed: {e}")))
+        .collect()
+}
+
+/// The CPUs to pin to, or None with --no-pin.
+pub fn placement(run: &crate::cli::RunArgs) -> Result<Option<Vec<usize>>, String> {
+    if run.no_pin {
+        return Ok(None);
+    }
+    cpus::placement(run.cores, run.cpus.as_deref()).map(Some)
+}
+
+/// Runs a planned message scenario and returns its summary.
+pub fn run(plan: Plan) -> Result<Summary, String> {
+    payload::epoch();
+    raise_fd_limit();
+    let addr = resolve(&plan.broker.host, plan.broker.port)?;
+    let cores = plan.run.cores.max(1);
+    let pinned = placement(&plan.run)?;
+    let shared = Arc::new(Shared::new(plan, addr, cores));
+    let progress = Progress::start(&shared, shared.plan.run.quiet);
+    let s2 = shared.clone();
+    let results = on_cores(cores, pinned.as_deref(), move |core| {
+        core_main(s2.clone(), core)
+    });
+    progress.stop();
+    let mut total = CoreStats::default();
+    for r in results? {
+        total.merge(r);
+    }
+    Ok(summarize(&shared, total, pinned.unwrap_or_default()))
+}
+
+fn login(shared: &Shared, role: char, index: usize) -> Login {
+    let b = &shared.plan.broker;
+    Login {
+        version: protocol(b.mqtt),
+        client_id: shared.client_id(role, index),
+        username: b.username.clone(),
+        password: b.password.clone(),
+        keep_alive: b.keep_alive,
+        clean_start: !b.no_clean_start,
+    }
+}
+
+/// Opens, logs in and (for subscribers) subscribes `indices`, a few at a time.
+async fn connect_all(
+    ctx: &Rc<CoreCtx>,
+    role: char,
+    indices: Vec<usize>,
+) -> Vec<(usize, Conn, u16)> {
+    let next = Rc::new(Cell::new(0usize));
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let indices = Rc::new(indices);
+    let mut workers = Vec::new();
+    for _ in 0..SETUP_CONCURRENCY.min(indices.len()) {
+        let (ctx, next, out, indices) = (ctx.clone(), next.clone(), out.clone(), indices.clone());
+        workers.push(glommio::spawn_local(async move {
+            while next.get() < indices.len() {
+                let i = indices[next.get()];
+                next.set(next.get() + 1);
+                match connect_one(&ctx, role, i).await {
+                    Ok((c, w)) => out.borrow_mut().push((i, c, w)),
+                    Err(e) => {
+                        let mut st = ctx.stats.borrow_mut();
+                        st.connect_failures += 1;
+                        st.error(format!("{role}{i} setup: {e}"));
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await;
+    }
+    Rc::try_unwrap(out)
+        .map(RefCell::into_inner)
+        .unwrap_or_default()
+}
+
+async fn connect_one(ctx: &CoreCtx, role: char, i: usize) -> io::Result<(Conn, u16)> {
+    let sh = &ctx.shared;
+    let l = login(sh, role, i);
+    let started = payload::now_ns();
+    let mut conn = Conn::open(sh.addr, l.version).await?;
+    let ack = conn.login(&l).await?;
+    {
+        let mut st = ctx.stats.borrow_mut();
+        st.connected += 1;
+        st.connect_latency
+            .saturating_record(payload::now_ns().saturating_sub(started).max(1));
+    }
+    let window = ack
+        .properties
+        .receive_maximum
+        .unwrap_or(u16::MAX)
+        .min(sh.plan.load.inflight);
+    if role == 's' {
+        let filter = &sh.plan.sub_filters[i];
+        conn.subscribe(filter, sh.plan.load.qos, 1).await?;
+    }
+    Ok((conn, window))
+}
+
+async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
+    let ctx = CoreCtx::new(shared.clone(), core);
+    let n = shared.cores;
+    let my_subs: Vec<usize> = (core..shared.plan.sub_filters.len()).step_by(n).collect();
+    let my_pubs: Vec<usize> = (core..shared.plan.pub_topics.len()).step_by(n).collect();
+    let subs = connect_all(&ctx, 's', my_subs).await;
+    let pubs = connect_all(&ctx, 'p', my_pubs).await;
+    let ka = shared.plan.broker.keep_alive;
+    let npubs = shared.plan.pub_topics.len();
+    let mut sub_tasks = Vec::new();
+    let mut sub_indices = Vec::new();
+    for (i, conn, _) in subs {
+        let tracker = Tracker::new(shared.matches[i].clone(), npubs);
+        sub_indices.push(i);
+        sub_tasks.push(glommio::spawn_local(subscriber::run(
+            ctx.clone(),
+            i,
+            conn,
+            tracker,
+            ka,
+        )));
+    }
+    // Everyone connected: agree on the start time.
+    if shared.barrier.wait().is_leader() {
+        shared
+            .t0_ns
+            .store(payload::now_ns() + 20_000_000, Ordering::Release);
+    }
+    shared.barrier.wait();
+    let load = &shared.plan.load;
+    let t0 = shared.t0();
+    let measure_start = t0 + load.warmup.as_nanos() as u64;
+    ctx.measure_start_ns.set(measure_start);
+    if load.count.is_none() {
+        ctx.pub_end_ns
+            .set(measure_start + load.duration.as_nanos() as u64);
+    }
+    glommio::timer::sleep(Duration::from_nanos(t0.saturating_sub(payload::now_ns()))).await;
+    let progress_task = {
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            loop {
+                ctx.publish_progress();
+                glommio::timer::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let pub_tasks: Vec<_> = pubs
+        .into_iter()
+        .map(|(i, conn, w)| glommio::spawn_local(publisher::run(ctx.clone(), i as u32, conn, w)))
+        .collect();
+    for t in pub_tasks {
+        t.await;
+    }
+    report_sent(&ctx);
+    finish_subscribers(&ctx, &sub_indices).await;
+    for t in sub_tasks {
+        t.await;
+    }
+    drop(progress_task);
+    ctx.publish_progress();
+    ctx.stats.take()
+}
+
+/// Tells the other cores how much this core's publishers sent.
+fn report_sent(ctx: &CoreCtx) {
+    let sh = &ctx.shared;
+    let mut v = sh.sent_by_publisher.lock().expect("not poisoned");
+    for &(i, n) in &ctx.stats.borrow().sent_by_publisher {
+        v[i as usize] = n;
+    }
+    drop(v);
+    sh.pubs_done.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Waits for every core's publishers, then for this core's subscribers to have
+/// everything they should get (or the drain time), then stops them.
+async fn finish_subscribers(ctx: &Rc<CoreCtx>, subs: &[usize]) {
+    let sh = ctx.shared.clone();
+    let drain = sh.plan.load.drain;
+    let every = Duration::from_millis(2);
+    wait_until(
+        || sh.pubs_done.load(Ordering::Acquire) == sh.cores,
+        every,
+        Duration::from_secs(86_400),
+    )
+    .await;
+    let expected: u64 = {
+        let sent = sh.sent_by_publisher.lock().expect("not poisoned");
+        subs.iter()
+            .map(|&s| sh.matches[s].iter().map(|&p| sent[p as usize]).sum::<u64>())
+            .sum()
+    };
+    ctx.stats.borrow_mut().expected = expected;
+    let c = ctx.clone();
+    wait_until(|| c.stats.borrow().counts.unique >= expected, every, drain).await;
+    ctx.stop.fire();
+}
+
+fn summarize(sh: &Shared, t: CoreStats, cpus: Vec<usize>) -> Summary {
+    let p = &sh.plan;
+    let t0 = sh.t0();
+    let measure_start = t0 + p.load.warmup.as_nanos() as u64;
+    let publish_secs = match p.load.count {
+        None => p.load.duration.as_secs_f64(),
+        // Count mode: the window ends when the last measured message arrived.
+        Some(_) => (t.last_measured_recv_ns.saturating_sub(measure_start)) as f64 / 1e9,
+    };
+    let delivery_secs = (t.last_measured_recv_ns.saturating_sub(measure_start)) as f64 / 1e9;
+    let per_sec = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    Summary {
+        scenario: p.scenario.clone(),
+        broker: sh.addr.to_string(),
+        mqtt: format!("{:?}", p.broker.mqtt),
+        qos: p.load.qos as u8,
+        payload_bytes: p.load.payload,
+        publishers: p.pub_topics.len(),
+        subscribers: p.sub_filters.len(),
+        rate_per_publisher: p.load.rate,
+        cores: p.run.cores,
+        cpus,
+        publish_secs,
+        delivery_secs,
+        sent: t.sent,
+        expected: t.expected,
+        received: t.received,
+        unique: t.counts.unique,
+        lost: t.expected.saturating_sub(t.counts.unique),
+        duplicated: t.counts.duplicated,
+        out_of_order: t.counts.out_of_order,
+        unexpected: t.counts.unexpected,
+        sent_per_sec: per_sec(t.sent_measured, publish_secs),
+        delivered_per_sec: per_sec(t.received_measured, delivery_secs),
+        latency: Latency::from_histogram(&t.latency),
+        connections: t.connected,
+        connect_failures: t.connect_failures,
+        connects_per_sec: 0.0,
+        connect_latency: Latency::from_histogram(&t.connect_latency),
+        broker_memory: None,
+        errors: t.errors,
+        notes: Vec::new(),
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit (many connections per run).
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}

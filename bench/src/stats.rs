@@ -1,0 +1,184 @@
+//! Per-core measurements, merged into one [`Summary`] at the end of a run.
+//!
+//! Each core owns one [`CoreStats`] (shared by its tasks through `Rc<RefCell<_>>`, never
+//! across cores). Latencies are recorded in nanoseconds in an HdrHistogram with three
+//! significant digits; the summary reports microseconds.
+
+use crate::tracker::Counts;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Highest latency the histograms record (longer values are clamped).
+const MAX_NS: u64 = 120_000_000_000;
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds")
+}
+
+/// What one core measured.
+#[derive(Debug)]
+pub struct CoreStats {
+    /// PUBLISH packets written.
+    pub sent: u64,
+    /// Written inside the measured window (after warm-up).
+    pub sent_measured: u64,
+    /// PUBLISH packets received, duplicates included.
+    pub received: u64,
+    pub counts: Counts,
+    /// First sightings of messages published inside the measured window.
+    pub received_measured: u64,
+    /// Time of the last first sighting of a measured message (ns on the payload clock).
+    pub last_measured_recv_ns: u64,
+    /// Publish-to-delivery latency of measured messages, ns.
+    pub latency: Histogram<u64>,
+    /// CONNECT-to-CONNACK latency, ns.
+    pub connect_latency: Histogram<u64>,
+    pub connected: u64,
+    pub connect_failures: u64,
+    /// (publisher index, messages sent) for the publishers on this core.
+    pub sent_by_publisher: Vec<(u32, u64)>,
+    /// Expected deliveries for this core's subscribers (filled in once publishers stop).
+    pub expected: u64,
+    /// First error text per kind, for the report.
+    pub errors: Vec<String>,
+}
+
+impl Default for CoreStats {
+    fn default() -> Self {
+        CoreStats {
+            sent: 0,
+            sent_measured: 0,
+            received: 0,
+            counts: Counts::default(),
+            received_measured: 0,
+            last_measured_recv_ns: 0,
+            latency: new_histogram(),
+            connect_latency: new_histogram(),
+            connected: 0,
+            connect_failures: 0,
+            sent_by_publisher: Vec::new(),
+            expected: 0,
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl CoreStats {
+    pub fn error(&mut self, e: impl std::fmt::Display) {
+        if self.errors.len() < 8 {
+            self.errors.push(e.to_string());
+        }
+    }
+
+    pub fn merge(&mut self, o: CoreStats) {
+        self.sent += o.sent;
+        self.sent_measured += o.sent_measured;
+        self.received += o.received;
+        self.counts.add(&o.counts);
+        self.received_measured += o.received_measured;
+        self.last_measured_recv_ns = self.last_measured_recv_ns.max(o.last_measured_recv_ns);
+        self.latency.add(&o.latency).expect("same bounds");
+        self.connect_latency
+            .add(&o.connect_latency)
+            .expect("same bounds");
+        self.connected += o.connected;
+        self.connect_failures += o.connect_failures;
+        self.sent_by_publisher.extend(o.sent_by_publisher);
+        self.expected += o.expected;
+        for e in o.errors {
+            self.error(e);
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub mean_us: f64,
+}
+
+impl Latency {
+    pub fn from_histogram(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            samples: h.len(),
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            mean_us: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// Broker memory read from /proc/PID/status, kB.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BrokerMemory {
+    pub pid: u32,
+    pub rss_before_kb: u64,
+    pub rss_after_kb: u64,
+    pub hwm_kb: u64,
+    /// (after - before) / connections held, bytes; 0 when not applicable.
+    pub per_connection_bytes: u64,
+}
+
+/// Reads `VmRSS` and `VmHWM` (kB) of a process.
+pub fn proc_memory(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = s.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The result of one scenario run, as printed and written with `--json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub broker: String,
+    pub mqtt: String,
+    pub qos: u8,
+    pub payload_bytes: usize,
+    pub publishers: usize,
+    pub subscribers: usize,
+    /// Messages per second per publisher; 0 = unlimited.
+    pub rate_per_publisher: f64,
+    pub cores: usize,
+    pub cpus: Vec<usize>,
+    /// Measured publishing window, seconds (after warm-up).
+    pub publish_secs: f64,
+    /// Measured delivery window, seconds (warm-up end to last measured delivery).
+    pub delivery_secs: f64,
+    pub sent: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub unique: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub unexpected: u64,
+    /// Publishes per second in the measured window.
+    pub sent_per_sec: f64,
+    /// Deliveries per second (first sightings of measured messages).
+    pub delivered_per_sec: f64,
+    pub latency: Latency,
+    pub connections: u64,
+    pub connect_failures: u64,
+    pub connects_per_sec: f64,
+    pub connect_latency: Latency,
+    pub broker_memory: Option<BrokerMemory>,
+    pub errors: Vec<String>,
+    /// Extra scenario-specific notes (e.g. retained replay timings).
+    pub notes: Vec<String>,
+}

@@ -1,0 +1,113 @@
+//! One subscriber connection: acknowledges QoS 1/2 deliveries, checks sequence numbers
+//! and records publish-to-delivery latency from the payload timestamp.
+
+use crate::conn::{AckKind, Conn};
+use crate::core::CoreCtx;
+use crate::payload::{now_ns, read_stamp};
+use crate::tracker::Tracker;
+use futures_lite::future::or;
+use glommio::timer::Timer;
+use ringmq_codec::{Packet, QoS};
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+enum Wake {
+    Io(io::Result<()>),
+    Stop,
+    Ping,
+}
+
+/// Receives until the core's stop signal, then disconnects.
+pub async fn run(
+    ctx: Rc<CoreCtx>,
+    index: usize,
+    mut conn: Conn,
+    mut tracker: Tracker,
+    keep_alive: u16,
+) {
+    let slot = ctx.stop.slot();
+    let ping_every = if keep_alive == 0 {
+        Duration::from_secs(86_400)
+    } else {
+        Duration::from_secs(u64::from(keep_alive)) / 2
+    };
+    let mut ping = Timer::new(ping_every);
+    loop {
+        let wake = or(
+            async { Wake::Io(conn.drive().await.map(|_| ())) },
+            or(
+                async {
+                    ctx.stop.wait(slot).await;
+                    Wake::Stop
+                },
+                async {
+                    (&mut ping).await;
+                    Wake::Ping
+                },
+            ),
+        )
+        .await;
+        let r = match wake {
+            Wake::Io(r) => r.and_then(|_| on_packets(&ctx, &mut conn, &mut tracker)),
+            Wake::Stop => break,
+            Wake::Ping => {
+                ping.reset(ping_every);
+                conn.queue(&Packet::PingReq)
+            }
+        };
+        if let Err(e) = r {
+            if !ctx.stop.is_fired() {
+                ctx.stats
+                    .borrow_mut()
+                    .error(format!("subscriber {index}: {e}"));
+            }
+            return;
+        }
+    }
+    let _ = on_packets(&ctx, &mut conn, &mut tracker);
+    conn.disconnect().await;
+}
+
+/// Processes every whole packet read so far.
+fn on_packets(ctx: &CoreCtx, conn: &mut Conn, tracker: &mut Tracker) -> io::Result<()> {
+    let now = now_ns();
+    let measure_start = ctx.measure_start_ns.get();
+    let pub_end = ctx.pub_end_ns.get();
+    let mut st = ctx.stats.borrow_mut();
+    let st = &mut *st;
+    while let Some(p) = conn.next_packet()? {
+        match p {
+            Packet::Publish(p) => {
+                st.received += 1;
+                match (p.qos, p.packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => conn.queue_ack(AckKind::PubAck, id)?,
+                    (QoS::ExactlyOnce, Some(id)) => conn.queue_ack(AckKind::PubRec, id)?,
+                    _ => {}
+                }
+                let Some(stamp) = read_stamp(&p.payload) else {
+                    st.counts.unexpected += 1;
+                    continue;
+                };
+                if tracker.on_message(stamp.publisher, stamp.seq, &mut st.counts)
+                    && stamp.sent_ns >= measure_start
+                    && stamp.sent_ns < pub_end
+                {
+                    st.received_measured += 1;
+                    st.last_measured_recv_ns = now;
+                    st.latency
+                        .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+                }
+            }
+            Packet::PubRel(r) => conn.queue_ack(AckKind::PubComp, r.packet_id)?,
+            Packet::Disconnect(d) => {
+                return Err(io::Error::other(format!(
+                    "DISCONNECT from broker: {:?}",
+                    d.reason
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
