@@ -1,0 +1,121 @@
+//! Micro-benchmarks: PUBLISH decode/encode (16 B, 1 KiB, 64 KiB), SUBSCRIBE with 10 filters,
+//! and per-subscriber `PublishFrame::write`. Figures and machine: benches/README.md.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ringmq_codec::bytes::{Bytes, BytesMut};
+use ringmq_codec::*;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn publish(size: usize) -> Packet {
+    let mut p = Publish::new(
+        TopicName::from_static("sensors/building-1/floor-2/temp"),
+        Bytes::from(vec![0xA5u8; size]),
+    );
+    p.qos = QoS::AtLeastOnce;
+    p.packet_id = PacketId::new(42);
+    Packet::Publish(p)
+}
+
+fn subscribe10() -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(7).unwrap(),
+        filters: (0..10)
+            .map(|i| {
+                let f = TopicFilter::try_from(format!("sensors/+/floor-{i}/#")).unwrap();
+                (f, SubscriptionOptions::with_qos(QoS::AtLeastOnce))
+            })
+            .collect(),
+        properties: SubscribeProperties::default(),
+    })
+}
+
+fn encoded(p: &Packet) -> Bytes {
+    let mut out = BytesMut::new();
+    p.encode(V5, &mut out).unwrap();
+    out.freeze()
+}
+
+fn decode_bench(c: &mut Criterion, name: &str, p: &Packet) {
+    let frame = encoded(p);
+    let mut dec = Decoder::new(0);
+    dec.set_version(V5);
+    c.bench_function(name, |b| {
+        b.iter_batched_ref(
+            || BytesMut::from(&frame[..]),
+            |buf| black_box(dec.decode(buf).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn encode_bench(c: &mut Criterion, name: &str, p: &Packet) {
+    let mut out = BytesMut::with_capacity(p.encoded_len(V5));
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            out.clear();
+            p.encode(V5, &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+}
+
+fn publish_benches(c: &mut Criterion) {
+    for (size, label) in [(16, "16B"), (1024, "1KiB"), (65536, "64KiB")] {
+        let p = publish(size);
+        decode_bench(c, &format!("decode_publish_{label}"), &p);
+        encode_bench(c, &format!("encode_publish_{label}"), &p);
+    }
+    let s = subscribe10();
+    decode_bench(c, "decode_subscribe_10_filters", &s);
+    encode_bench(c, "encode_subscribe_10_filters", &s);
+}
+
+fn frame_benches(c: &mut Criterion) {
+    let Packet::Publish(p) = publish(16) else {
+        unreachable!()
+    };
+    let frame = PublishFrame::new(&p, V5, QoS::AtLeastOnce);
+    let mut out = BytesMut::with_capacity(4096);
+    let mut id = 1u16;
+    let mut g = c.benchmark_group("publish_frame");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("new_16B", |b| {
+        b.iter(|| black_box(PublishFrame::new(&p, V5, QoS::AtLeastOnce)))
+    });
+    g.bench_function("write_patch_16B", |b| {
+        b.iter(|| {
+            if out.len() > 3000 {
+                out.clear();
+            }
+            id = id.wrapping_add(1).max(1);
+            let d = Delivery {
+                packet_id: PacketId::new(id),
+                retain: id & 1 == 0,
+                ..Default::default()
+            };
+            frame.write(&mut out, black_box(&d));
+        })
+    });
+    let ids = [12u32];
+    g.bench_function("write_alias_and_sub_id_16B", |b| {
+        b.iter(|| {
+            if out.len() > 3000 {
+                out.clear();
+            }
+            let d = Delivery {
+                packet_id: PacketId::new(9),
+                topic_alias: Some((3, false)),
+                subscription_ids: &ids,
+                ..Default::default()
+            };
+            frame.write(&mut out, black_box(&d));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, publish_benches, frame_benches);
+criterion_main!(benches);
