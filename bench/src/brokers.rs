@@ -136,18 +136,23 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
         child,
         dir: None,
     };
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Some(port)) => {
-            proc.port = port;
-            Ok(proc)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Some(port)) => {
+                proc.port = port;
+                return Ok(proc);
+            }
+            Ok(None) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        _ => {
-            let status = proc.child.try_wait().ok().flatten();
-            Err(format!(
-                "ringmq did not print its listen line within 20 s (exit: {status:?})"
-            ))
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            return Err(format!("ringmq exited ({status}) before listening"));
         }
     }
+    Err("ringmq did not print its listen line within 20 s".into())
 }
 
 /// Debian's mosquitto with a generated config on a free loopback port.
