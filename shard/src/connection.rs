@@ -15,8 +15,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
 use ringmq_codec::{
-    Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet,
-    ProtocolVersion, ReasonCode,
+    Connect, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet, ProtocolVersion,
+    ReasonCode,
 };
 use std::io;
 use std::net::Shutdown;
@@ -67,10 +67,11 @@ pub(crate) async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
                 Err(_) => return shard.stats.close(CloseReason::IoError),
             },
             Err(e) => {
-                // Only an unknown protocol level is answered (3.1.1 CONNACK 0x01)
-                // [MQTT-3.1.2-2]; any other malformed CONNECT closes the connection.
-                if e.connect_return_code() == Some(ConnectReturnCode::UnacceptableProtocolVersion) {
-                    let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+                // An unknown protocol level is answered with the 3.1.1 CONNACK 0x01
+                // [MQTT-3.1.2-2]; any other malformed CONNECT closes the connection,
+                // [MQTT-3.1.3-8] (3.1.1) likewise an empty client id without clean session (0x02).
+                if let Some(code) = e.connect_return_code() {
+                    let _ = stream.write_all(&[0x20, 0x02, 0x00, code as u8]).await;
                 }
                 return shard.stats.close(close_reason_for(&e));
             }

@@ -62,6 +62,11 @@ pub(crate) fn inbound(
         protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
         return Err(CloseReason::ProtocolError);
     }
+    if !p.properties.subscription_identifiers.is_empty() {
+        // [MQTT-3.3.4-6] a client's PUBLISH carries no Subscription Identifier.
+        protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
+        return Err(CloseReason::ProtocolError);
+    }
     if p.topic.len() > cfg.max_topic_length
         || crate::topic::levels(p.topic.as_str()).count() > cfg.max_topic_levels
     {
