@@ -156,7 +156,7 @@ fn shutdown(backend: &ShardBackend) -> i32 {
             tracing::info!("stopped");
             0
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&with_hint(&e.to_string())),
     }
 }
 
