@@ -122,14 +122,16 @@ fn ctl_shutdown_stops_the_broker_with_exit_0() {
 }
 
 #[test]
-fn sigterm_stops_the_broker_with_exit_0() {
-    let mut b = OpsBroker::start("e2e-sigterm", &[]);
-    let (code, _, err) = b.ctl(&["status"]);
-    assert_eq!(code, 0, "{err}");
-    // SAFETY: kill(2) on our own child's PID.
-    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(b.wait_exit(WAIT), Some(0));
-    assert!(!b.dir.join("ringmq.sock").exists(), "admin socket removed");
+fn sigterm_and_sigint_stop_the_broker_with_exit_0() {
+    for (name, sig) in [("e2e-sigterm", libc::SIGTERM), ("e2e-sigint", libc::SIGINT)] {
+        let mut b = OpsBroker::start(name, &[]);
+        let (code, _, err) = b.ctl(&["status"]);
+        assert_eq!(code, 0, "{err}");
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(b.child.id() as libc::pid_t, sig) };
+        assert_eq!(b.wait_exit(WAIT), Some(0), "{name}");
+        assert!(!b.dir.join("ringmq.sock").exists(), "admin socket removed");
+    }
 }
 
 /// A minimal MQTT 5 client on a raw socket (rumqttc 0.25 cannot parse a server
