@@ -127,3 +127,20 @@ fn durability_none_touches_nothing() {
     assert_eq!(rec.shards.len(), 2);
     assert!(!dir.path().exists());
 }
+
+#[test]
+fn closed_store_releases_the_dir_for_an_immediate_reopen() {
+    let dir = TempDir::new("close");
+    let path = dir.path().to_path_buf();
+    on_executor(move || async move {
+        for round in 0..3u64 {
+            let mut rec = open(&path, 1);
+            assert_eq!(rec.shards[0].sessions.len() as u64, round);
+            let s = rec.shards.remove(0).handle.start();
+            drop(rec);
+            s.put_session(round + 1, &session(&format!("c{round}"), 60))
+                .detach();
+            s.close().await.unwrap();
+        }
+    });
+}

@@ -21,7 +21,7 @@ where
     on_executor(move || async move {
         let s = handle.start();
         f(&s);
-        s.flush().await.expect("commit");
+        s.close().await.expect("commit");
     });
 }
 

@@ -149,6 +149,11 @@ impl Engine {
         self.stats.get()
     }
 
+    /// True while the commit loop runs (it holds the environment open).
+    pub fn is_committing(&self) -> bool {
+        self.committing.get()
+    }
+
     pub fn pending_ops(&self) -> usize {
         self.pending.borrow().ops.len()
     }

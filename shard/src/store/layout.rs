@@ -177,12 +177,18 @@ pub fn open_env(
             .max_dbs(4)
             .open(&path)
     }
-    .map_err(|e| match StoreError::from_heed(&path, e) {
-        StoreError::Io { path, detail } => StoreError::Corrupt {
-            path,
-            detail: format!("LMDB cannot open it: {detail}"),
+    .map_err(|e| match e {
+        heed::Error::EnvAlreadyOpened => StoreError::Locked {
+            path: path.clone(),
+            holder: " by this process".into(),
         },
-        other => other,
+        e => match StoreError::from_heed(&path, e) {
+            StoreError::Io { path, detail } => StoreError::Corrupt {
+                path,
+                detail: format!("LMDB cannot open it: {detail}"),
+            },
+            other => other,
+        },
     })?;
     let meta = meta_value(shard, shards);
     match open_db(&env).map_err(|e| StoreError::from_heed(&path, e))? {

@@ -313,8 +313,24 @@ impl Store {
         self.engine.push(OpKind::Purge { now_ms }, |_| {}, |_| {})
     }
 
-    /// A ticket for everything written so far (graceful shutdown).
+    /// A ticket for everything written so far.
     pub fn flush(&self) -> Ticket {
         self.engine.flush()
+    }
+
+    /// Graceful shutdown: commits everything pushed, waits for the commit
+    /// loop to end, then closes the environment (and, with the last shard,
+    /// releases the data dir lock) so the dir can be opened again at once.
+    pub async fn close(self) -> Result<(), StoreError> {
+        let mut result = Ok(());
+        loop {
+            if let Err(e) = self.flush().await {
+                result = Err(e);
+            }
+            if !self.engine.is_committing() {
+                return result;
+            }
+            futures_lite::future::yield_now().await;
+        }
     }
 }
