@@ -285,7 +285,7 @@ impl<'f> Walk<'f> {
 
     /// Does a node at `depth`, reached in `mode`, match the filter?
     fn node_matches(&self, mode: Mode, depth: usize) -> bool {
-        // `#` matches its parent level too [MQTT-4.7.1-2].
+        // `#` matches its parent level too (v5 4.7.1.2).
         mode == Mode::All || depth == self.lv.len() || self.lv.get(depth) == Some(&"#")
     }
 

@@ -11,6 +11,7 @@
 //!
 //! Plain data, `!Send`-friendly, no I/O. Matching allocates nothing once warm.
 
+mod children;
 mod local;
 mod shardset;
 mod shared;

@@ -6,7 +6,7 @@
 
 use memchr::memchr;
 
-/// Separator between topic levels [MQTT-4.7.1-1].
+/// Separator between topic levels (v5 4.7.1.1).
 pub const SEPARATOR: u8 = b'/';
 /// Prefix of a shared subscription filter (v5 4.8.2).
 pub const SHARE_PREFIX: &str = "$share/";
@@ -70,7 +70,8 @@ pub fn has_wildcards(filter: &str) -> bool {
 /// checks (the router uses its trie). `filter` must not be a `$share/` filter (split it first).
 ///
 /// - `+` matches exactly one level, `#` the parent level and any number of levels below
-///   [MQTT-4.7.1-2] [MQTT-4.7.1-3].
+///   (v5 4.7.1.2, 4.7.1.3).
+/// - Levels compare byte for byte: no normalization, case-sensitive [MQTT-4.7.3-4].
 /// - A wildcard in the first level never matches a topic starting with `$` [MQTT-4.7.2-1].
 pub fn matches(filter: &str, topic: &str) -> bool {
     let mut f = levels(filter);
@@ -107,7 +108,7 @@ mod tests {
     }
 
     #[test]
-    fn levels_split_on_separator_mqtt_4_7_1_1() {
+    fn levels_split_on_separator_v5_4_7_1_1() {
         assert_eq!(lv("a/b/c"), ["a", "b", "c"]);
         assert_eq!(lv("a"), ["a"]);
         assert_eq!(lv("/"), ["", ""]);
@@ -117,7 +118,7 @@ mod tests {
     }
 
     #[test]
-    fn multi_level_wildcard_matches_parent_and_children_mqtt_4_7_1_2() {
+    fn multi_level_wildcard_matches_parent_and_children_v5_4_7_1_2() {
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
         assert!(matches(
             "sport/tennis/player1/#",
@@ -134,7 +135,7 @@ mod tests {
     }
 
     #[test]
-    fn single_level_wildcard_matches_one_level_mqtt_4_7_1_3() {
+    fn single_level_wildcard_matches_one_level_v5_4_7_1_3() {
         assert!(matches("sport/tennis/+", "sport/tennis/player1"));
         assert!(!matches("sport/tennis/+", "sport/tennis/player1/ranking"));
         assert!(!matches("sport/+", "sport"));
@@ -162,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn exact_filters_are_case_sensitive_mqtt_4_7_3_1() {
+    fn matching_compares_bytes_without_normalization_mqtt_4_7_3_4() {
         assert!(matches("ACCOUNTS", "ACCOUNTS"));
         assert!(!matches("ACCOUNTS", "Accounts"));
         assert!(!matches("a/b", "a/b/c"));

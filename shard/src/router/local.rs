@@ -100,13 +100,14 @@ impl SubList {
 /// One session to deliver to, overlapping subscriptions merged.
 ///
 /// Merge rule (v5 3.3.4): a session gets one copy carrying the maximum QoS of its matching
-/// subscriptions [MQTT-3.3.4-2] and the identifiers of all of them [MQTT-3.3.4-3]. No Local
-/// is applied per subscription before merging: a subscription with no_local set does not match
-/// its own session's publishes, the others still do [MQTT-3.8.3-3]. When the publish is retained
-/// and the session's matching subscriptions disagree on Retain As Published, the session gets
-/// two copies (one per value, each with its own QoS and identifiers), allowed by "the Server MAY
-/// deliver further copies" (v5 3.3.4) and the only way to honour both [MQTT-3.3.1-12] and
-/// [MQTT-3.3.1-13]. For a non-retained publish RAP is irrelevant and there is always one copy.
+/// subscriptions [MQTT-3.3.4-2] ([MQTT-3.3.5-1] (3.1.1)) and the identifiers of all of them
+/// [MQTT-3.3.4-3]. No Local is applied per subscription before merging: a subscription with
+/// no_local set does not match its own session's publishes, the others still do [MQTT-3.8.3-3].
+/// When the publish is retained and the session's matching subscriptions disagree on Retain As
+/// Published, the session gets two copies (one per value, each with its own QoS and
+/// identifiers [MQTT-3.3.4-4]), allowed by "the Server MAY deliver further copies" (v5 3.3.4)
+/// and the only way to honour both [MQTT-3.3.1-12] and [MQTT-3.3.1-13]. For a non-retained
+/// publish RAP is irrelevant and there is always one copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Match {
     pub session: SessionId,

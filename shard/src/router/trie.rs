@@ -1,127 +1,24 @@
 //! Filter trie keyed by level, shared by the router's views.
 //!
 //! Nodes live in one arena (`Vec`) addressed by `u32`; `+` and `#` children have their own slots,
-//! literal children are a small vec scanned linearly until a node has more than
-//! [`SMALL_CHILDREN`] of them, then a hash map. Matching a topic walks it without allocating.
+//! literal children are in `router/children.rs`. Matching a topic walks it without allocating.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 use smallvec::SmallVec;
 
+use super::children::{Children, Level};
 use crate::topic::{is_dollar, levels};
 
 /// Node id in the arena.
 pub type NodeId = u32;
 const NIL: NodeId = u32::MAX;
-/// Literal children above this count move from a scanned vec to a hash map.
-const SMALL_CHILDREN: usize = 8;
 /// Topic levels kept on the stack while matching (more spill to the heap).
 pub const INLINE_LEVELS: usize = 16;
 
 /// A node's payload: the trie prunes nodes whose payload is empty and that have no children.
 pub trait Payload: Default {
     fn is_empty(&self) -> bool;
-}
-
-/// A topic level with its first 8 bytes as an integer: comparing two levels is one integer
-/// and one length comparison for levels of up to 8 bytes (no memcmp call).
-#[derive(Clone, Copy)]
-pub(crate) struct Level<'a> {
-    s: &'a str,
-    tag: u64,
-}
-
-impl<'a> Level<'a> {
-    #[inline]
-    pub(crate) fn new(s: &'a str) -> Self {
-        let b = s.as_bytes();
-        let mut buf = [0u8; 8];
-        let n = b.len().min(8);
-        buf[..n].copy_from_slice(&b[..n]);
-        Level {
-            s,
-            tag: u64::from_le_bytes(buf),
-        }
-    }
-}
-
-/// A literal child's key.
-struct Key {
-    tag: u64,
-    s: Box<str>,
-}
-
-impl Key {
-    #[inline]
-    fn eq(&self, l: &Level<'_>) -> bool {
-        self.tag == l.tag
-            && self.s.len() == l.s.len()
-            && (l.s.len() <= 8 || self.s.as_bytes()[8..] == l.s.as_bytes()[8..])
-    }
-}
-
-enum Children {
-    Small(SmallVec<[(Key, NodeId); 2]>),
-    Map(HashMap<Box<str>, NodeId>),
-}
-
-impl Children {
-    #[inline]
-    fn get(&self, level: &Level<'_>) -> Option<NodeId> {
-        match self {
-            Children::Small(v) => v.iter().find(|(k, _)| k.eq(level)).map(|&(_, id)| id),
-            Children::Map(m) => m.get(level.s).copied(),
-        }
-    }
-
-    fn insert(&mut self, level: &str, id: NodeId) {
-        match self {
-            Children::Small(v) if v.len() < SMALL_CHILDREN => v.push((
-                Key {
-                    tag: Level::new(level).tag,
-                    s: level.into(),
-                },
-                id,
-            )),
-            Children::Small(v) => {
-                let mut m: HashMap<Box<str>, NodeId> =
-                    v.drain(..).map(|(k, id)| (k.s, id)).collect();
-                m.insert(level.into(), id);
-                *self = Children::Map(m);
-            }
-            Children::Map(m) => {
-                m.insert(level.into(), id);
-            }
-        }
-    }
-
-    fn remove(&mut self, level: &str) {
-        match self {
-            Children::Small(v) => v.retain(|(k, _)| &*k.s != level),
-            Children::Map(m) => {
-                m.remove(level);
-                if m.len() <= SMALL_CHILDREN / 2 {
-                    let small = m.drain().map(|(s, id)| {
-                        (
-                            Key {
-                                tag: Level::new(&s).tag,
-                                s,
-                            },
-                            id,
-                        )
-                    });
-                    *self = Children::Small(small.collect());
-                }
-            }
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        match self {
-            Children::Small(v) => v.is_empty(),
-            Children::Map(m) => m.is_empty(),
-        }
-    }
 }
 
 struct Node<V> {
@@ -137,15 +34,16 @@ impl<V: Payload> Node<V> {
             value: V::default(),
             plus: NIL,
             hash: NIL,
-            children: Children::Small(SmallVec::new()),
+            children: Children::default(),
         }
     }
 
-    fn child(&self, level: &str) -> Option<NodeId> {
-        match level {
+    /// Child for a filter level (`+` and `#` are the wildcard slots).
+    fn child(&self, level: &Level<'_>) -> Option<NodeId> {
+        match level.s {
             "+" => (self.plus != NIL).then_some(self.plus),
             "#" => (self.hash != NIL).then_some(self.hash),
-            _ => self.children.get(&Level::new(level)),
+            _ => self.children.get(level),
         }
     }
 
@@ -158,6 +56,8 @@ impl<V: Payload> Node<V> {
 pub struct Trie<V> {
     nodes: Vec<Node<V>>,
     free: Vec<NodeId>,
+    /// Random per trie: seeds the level hash of large child tables.
+    seed: u64,
 }
 
 impl<V: Payload> Default for Trie<V> {
@@ -165,6 +65,7 @@ impl<V: Payload> Default for Trie<V> {
         Trie {
             nodes: vec![Node::new()],
             free: Vec::new(),
+            seed: RandomState::new().hash_one(0x5eed_u64),
         }
     }
 }
@@ -193,7 +94,7 @@ impl<V: Payload> Trie<V> {
     pub fn find(&self, filter: &str) -> Option<NodeId> {
         let mut id = ROOT;
         for level in levels(filter) {
-            id = self.nodes[id as usize].child(level)?;
+            id = self.nodes[id as usize].child(&Level::new(level, self.seed))?;
         }
         Some(id)
     }
@@ -202,15 +103,16 @@ impl<V: Payload> Trie<V> {
     pub fn find_or_insert(&mut self, filter: &str) -> NodeId {
         let mut id = ROOT;
         for level in levels(filter) {
-            id = match self.nodes[id as usize].child(level) {
+            let level = Level::new(level, self.seed);
+            id = match self.nodes[id as usize].child(&level) {
                 Some(c) => c,
                 None => {
                     let c = self.alloc();
                     let node = &mut self.nodes[id as usize];
-                    match level {
+                    match level.s {
                         "+" => node.plus = c,
                         "#" => node.hash = c,
-                        _ => node.children.insert(level, c),
+                        _ => node.children.insert(&level, c),
                     }
                     c
                 }
@@ -234,10 +136,11 @@ impl<V: Payload> Trie<V> {
 
     /// Removes the nodes on `filter`'s path that have become empty, deepest first.
     pub fn prune(&mut self, filter: &str) {
-        let mut path: SmallVec<[(NodeId, &str); INLINE_LEVELS]> = SmallVec::new();
+        let mut path: SmallVec<[(NodeId, Level<'_>); INLINE_LEVELS]> = SmallVec::new();
         let mut id = ROOT;
         for level in levels(filter) {
-            match self.nodes[id as usize].child(level) {
+            let level = Level::new(level, self.seed);
+            match self.nodes[id as usize].child(&level) {
                 Some(c) => {
                     path.push((id, level));
                     id = c;
@@ -250,10 +153,10 @@ impl<V: Payload> Trie<V> {
                 return;
             }
             let p = &mut self.nodes[parent as usize];
-            match level {
+            match level.s {
                 "+" => p.plus = NIL,
                 "#" => p.hash = NIL,
-                _ => p.children.remove(level),
+                _ => p.children.remove(&level),
             }
             self.nodes[id as usize] = Node::new();
             self.free.push(id);
@@ -266,7 +169,10 @@ impl<V: Payload> Trie<V> {
     /// up to [`INLINE_LEVELS`] levels.
     #[inline]
     pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(NodeId, &V)) {
-        let lv: SmallVec<[Level<'_>; INLINE_LEVELS]> = levels(topic).map(Level::new).collect();
+        let mut lv: SmallVec<[Level<'_>; INLINE_LEVELS]> = SmallVec::new();
+        for l in levels(topic) {
+            lv.push(Level::new(l, self.seed));
+        }
         self.walk(ROOT, &lv, 0, is_dollar(topic), &mut visit);
     }
 
@@ -281,7 +187,7 @@ impl<V: Payload> Trie<V> {
         let node = &self.nodes[id as usize];
         // [MQTT-4.7.2-1]
         let wild_ok = depth != 0 || !dollar;
-        // `#` matches the parent level and everything below it [MQTT-4.7.1-2].
+        // `#` matches the parent level and everything below it (v5 4.7.1.2).
         if node.hash != NIL && wild_ok {
             let h = node.hash;
             visit(h, &self.nodes[h as usize].value);
@@ -293,7 +199,7 @@ impl<V: Payload> Trie<V> {
         if let Some(c) = node.children.get(level) {
             self.walk(c, lv, depth + 1, dollar, visit);
         }
-        // `+` matches exactly one level [MQTT-4.7.1-3].
+        // `+` matches exactly one level (v5 4.7.1.3).
         if node.plus != NIL && wild_ok {
             self.walk(node.plus, lv, depth + 1, dollar, visit);
         }
