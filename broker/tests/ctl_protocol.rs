@@ -171,15 +171,22 @@ fn ctl_binary_talks_to_the_socket() {
         "sensor-*",
     ]);
     assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[0].starts_with("CLIENT_ID  SHARD"), "{out}");
     assert!(
-        out.contains("sensor-1") && out.contains("sensor-2") && !out.contains("\"app\""),
+        rows[1].starts_with("sensor-1 ") && rows[2].starts_with("sensor-2 "),
         "{out}"
     );
+    assert_eq!(rows.len(), 3, "{out}");
     // Found through --data-dir, as the broker puts it there by default.
     let d = dir.to_str().unwrap();
     let (code, out, _) = ringmq(&["ctl", "--data-dir", d, "status"]);
     assert_eq!(code, 0);
-    assert!(out.contains("\"shards\": 2"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["shards", "2"])),
+        "{out}"
+    );
     // Also through the broker's own flag before the subcommand.
     let (code, _, _) = ringmq(&["--data-dir", d, "ctl", "client", "kick", "app"]);
     assert_eq!(code, 0);

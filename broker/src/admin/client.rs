@@ -1,4 +1,5 @@
-//! `ringmq ctl`: sends one request to the admin socket and prints the answer.
+//! `ringmq ctl`: sends one request to the admin socket and prints the answer
+//! (a table or `key value` lines; `--json` prints the response line as is).
 //!
 //! Exit status: 0 on `ok`, 1 when the broker answered with an error, 2 when
 //! the socket cannot be reached.
@@ -98,7 +99,7 @@ pub fn run(args: &CtlArgs, fallback_socket: PathBuf) -> i32 {
         }) => {
             if !args.json {
                 let v = result.unwrap_or(serde_json::Value::Null);
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                print!("{}", super::format::human(&v));
             }
             0
         }

@@ -5,11 +5,12 @@
 //! - `backend.rs`: [`AdminBackend`], what the broker answers, and the answer types.
 //! - `protocol.rs`: request/response types, dispatch to the backend.
 //! - `server.rs`: the socket (mode 0600), one thread per admin connection.
-//! - `client.rs`: `ringmq ctl`.
+//! - `client.rs`: `ringmq ctl`; `format.rs`: its tables.
 //! - `shard_backend.rs`: [`AdminBackend`] for the running broker core.
 
 pub mod backend;
 pub mod client;
+pub mod format;
 pub mod protocol;
 pub mod server;
 pub mod shard_backend;

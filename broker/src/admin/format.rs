@@ -1,0 +1,116 @@
+//! Human output of `ringmq ctl`: objects as `key: value` lines, lists of
+//! objects as aligned tables (columns in the order the broker sends them),
+//! anything else as indented JSON. `--json` bypasses this.
+
+use serde_json::Value;
+
+/// Renders a command's result for a terminal.
+pub fn human(v: &Value) -> String {
+    match v {
+        Value::Array(rows) if rows.is_empty() => "(none)\n".to_string(),
+        Value::Array(rows) if rows.iter().all(flat_object) => table(rows),
+        Value::Object(map) if flat_object(v) => {
+            let width = map.keys().map(String::len).max().unwrap_or(0);
+            map.iter()
+                .map(|(k, v)| format!("{k:<width$}  {}\n", cell(v)))
+                .collect()
+        }
+        _ => serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+    }
+}
+
+/// An object whose values are all scalars.
+fn flat_object(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|m| m.values().all(|x| !x.is_object() && !x.is_array()))
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.1}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Columns shown first when present; the rest follow alphabetically.
+const FIRST: &[&str] = &[
+    "client_id",
+    "topic",
+    "filter",
+    "shard",
+    "connected",
+    "protocol",
+    "peer",
+];
+
+fn table(rows: &[Value]) -> String {
+    let mut cols: Vec<String> = Vec::new();
+    for r in rows.iter().filter_map(Value::as_object) {
+        for k in r.keys() {
+            if !cols.contains(k) {
+                cols.push(k.clone());
+            }
+        }
+    }
+    let rank = |c: &String| FIRST.iter().position(|f| f == c).unwrap_or(FIRST.len());
+    cols.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|c| cell(r.get(c).unwrap_or(&Value::Null)))
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |vals: &[String]| {
+        let mut s = vals
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s + "\n"
+    };
+    let mut out = line(&cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>());
+    for r in &cells {
+        out += &line(r);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+    use serde_json::json;
+
+    #[test]
+    fn tables_and_key_values() {
+        let t = human(&json!([{"client_id": "a", "shard": 0}, {"client_id": "bbb", "shard": 1}]));
+        assert_eq!(t, "CLIENT_ID  SHARD\na          0\nbbb        1\n");
+        let kv = human(&json!({"shards": 2, "version": "0.1.0", "rate": 1.25}));
+        assert!(
+            kv.contains("shards   2\n") && kv.contains("rate     1.2"),
+            "{kv}"
+        );
+        assert_eq!(human(&json!([])), "(none)\n");
+        assert!(human(&json!({"shards": [{"x": 1}]})).contains("\"shards\""));
+    }
+}
