@@ -65,6 +65,12 @@ fn foreign_dir_is_refused_and_left_alone() {
     assert!(!dir.path().join("RINGMQ").exists());
     assert!(!dir.path().join("shard-0").exists());
 
+    // The broker's own admin socket (default DATA_DIR/ringmq.sock) is not foreign.
+    let dir = TempDir::new("socket-only");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path().join("ringmq.sock"), b"").unwrap();
+    drop(open(dir.path(), 1));
+
     let dir = TempDir::new("foreign-marker");
     std::fs::create_dir_all(dir.path()).unwrap();
     std::fs::write(dir.path().join("RINGMQ"), b"something else\n").unwrap();

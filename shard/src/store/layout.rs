@@ -28,6 +28,9 @@ pub const FORMAT: u32 = 1;
 const MARKER: &str = "RINGMQ";
 const MARKER_HEAD: &str = "ringmq data dir";
 const LOCK: &str = "ringmq.lock";
+/// Files the broker itself may put in the data dir before the store exists
+/// (the admin socket's default place): not a sign of a foreign dir.
+const OURS: [&str; 2] = [LOCK, "ringmq.sock"];
 const MAGIC: &[u8; 8] = b"RINGMQST";
 
 pub type Db<'e> = Database<'e, Raw, Raw>;
@@ -82,7 +85,7 @@ pub fn check_marker(dir: &Path, shards: u16) -> Result<(), StoreError> {
                 .map_err(|e| StoreError::io(dir, e))?
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != LOCK)
+                .filter(|n| !OURS.contains(&n.as_str()))
                 .collect();
             if let Some(first) = others.first() {
                 return Err(StoreError::Foreign {

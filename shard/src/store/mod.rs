@@ -66,7 +66,7 @@ use ringmq_codec::{PacketId, TopicFilter, TopicName};
 pub use crate::config::Durability;
 pub use engine::{StoreStats, Ticket};
 pub use error::StoreError;
-pub use layout::FORMAT;
+pub use layout::{lock_dir as lock_data_dir, DirLock as DataDirLock, FORMAT};
 pub use message::{MessageRef, StoredMessage};
 pub use records::{
     expires_by, InboundQos2, OutboundRecord, OutboundState, RecoveredSession, RetainedRecord,
