@@ -194,13 +194,20 @@ impl MatchScratch {
             // One filter: sessions are unique, no merge needed.
             1 => {
                 let subs = trie.value(self.nodes[0]).as_slice();
+                if self.matches.len() < subs.len() {
+                    self.matches.resize_with(subs.len(), Match::default);
+                }
+                let (out, mut n) = (&mut self.matches[..], 0);
                 for sub in subs {
                     if info.publisher == Some(sub.session) && sub.options.no_local {
                         continue; // [MQTT-3.8.3-3]
                     }
-                    let m = self.next_entry();
+                    let m = &mut out[n];
+                    n += 1;
+                    m.subscription_ids.clear();
                     Self::fill(m, sub);
                 }
+                self.len = n;
             }
             _ => self.merge(trie, info),
         }
