@@ -7,6 +7,7 @@
 //! - `server.rs`: the socket (mode 0600), one thread per admin connection.
 //! - `client.rs`: `ringmq ctl`; `format.rs`: its tables.
 //! - `shard_backend.rs`: [`AdminBackend`] for the running broker core.
+//! - `threads.rs`: CPU time of the shard threads (busy ratio fallback).
 
 pub mod backend;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod format;
 pub mod protocol;
 pub mod server;
 pub mod shard_backend;
+pub mod threads;
 
 pub use backend::{AdminBackend, AdminError, ErrorCode};
 pub use server::AdminServer;

@@ -107,7 +107,7 @@ fn client(c: control::ClientInfo) -> ClientInfo {
     }
 }
 
-fn shard_metrics(shard: usize, s: &ShardStats, busy_ratio: f64) -> ShardMetrics {
+fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) -> ShardMetrics {
     let q = |c: &[ringmq_shard::stats::Counter; 3]| [c[0].get(), c[1].get(), c[2].get()];
     ShardMetrics {
         shard,
@@ -136,7 +136,7 @@ fn shard_metrics(shard: usize, s: &ShardStats, busy_ratio: f64) -> ShardMetrics 
             .collect(),
         mesh_messages_out: s.mesh_msgs_out.get(),
         mesh_batches_out: s.mesh_batches_out.get(),
-        busy_seconds: s.busy_ns.get() as f64 / 1e9,
+        busy_seconds: busy_ns as f64 / 1e9,
         busy_ratio,
         storage_commit: None,
     }
@@ -239,12 +239,21 @@ impl AdminBackend for ShardBackend {
         let mut last = lock(&self.last_busy);
         self.with(|h| {
             let now = Instant::now();
+            // Until the core reports busy time, the shard threads' CPU time stands in.
+            let cpu = h
+                .stats()
+                .iter()
+                .all(|s| s.busy_ns.get() == 0)
+                .then(|| super::threads::shard_cpu_seconds(h.shards()));
             let shards = h
                 .stats()
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let busy = s.busy_ns.get();
+                    let busy = match &cpu {
+                        Some(m) => (m.get(&i).copied().unwrap_or(0.0) * 1e9) as u64,
+                        None => s.busy_ns.get(),
+                    };
                     let (t0, b0) = last.get(i).copied().unwrap_or((now, busy));
                     let wall = now.duration_since(t0).as_nanos() as f64;
                     let ratio = if wall > 0.0 {
@@ -255,7 +264,7 @@ impl AdminBackend for ShardBackend {
                     if let Some(l) = last.get_mut(i) {
                         *l = (now, busy);
                     }
-                    shard_metrics(i, s, ratio)
+                    shard_metrics(i, s, busy, ratio)
                 })
                 .collect();
             MetricsSnapshot {
