@@ -56,6 +56,8 @@ mod layout;
 mod message;
 mod records;
 mod recover;
+#[cfg(test)]
+mod tests;
 
 use std::cell::Cell;
 use std::rc::Rc;

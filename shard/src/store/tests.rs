@@ -1,0 +1,126 @@
+//! Encoding properties: every record decodes to what was encoded, and no
+//! byte string (truncated, flipped, random) makes a decoder panic.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use ringmq_codec::{
+    MqttString, PacketId, ProtocolVersion, Publish, PublishProperties, QoS, TopicName,
+};
+
+use super::enc::Reader;
+use super::message::{put_message, read_message, StoredMessage};
+use super::records::{self, OutboundState, SessionRecord};
+
+fn topic() -> impl Strategy<Value = TopicName> {
+    "[a-z0-9]{1,8}(/[a-z0-9]{0,8}){0,3}".prop_map(|s| TopicName::try_from(s.as_str()).unwrap())
+}
+
+fn text() -> impl Strategy<Value = MqttString> {
+    "[a-zA-Z0-9 /é]{0,12}".prop_map(|s| MqttString::try_from(s.as_str()).unwrap())
+}
+
+fn qos() -> impl Strategy<Value = QoS> {
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
+}
+
+prop_compose! {
+    fn message()(
+        topic in topic(),
+        qos in qos(),
+        retain: bool,
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        format in proptest::option::of(0u8..2),
+        expiry in proptest::option::of(any::<u32>()),
+        response in proptest::option::of(topic()),
+        corr in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+        content in proptest::option::of(text()),
+        user in proptest::collection::vec((text(), text()), 0..3),
+        ids in proptest::collection::vec(1u32..268_435_456, 0..3),
+        at: u64,
+    ) -> StoredMessage {
+        let properties = PublishProperties {
+            payload_format_indicator: format,
+            message_expiry_interval: expiry,
+            topic_alias: None,
+            response_topic: response,
+            correlation_data: corr.map(Bytes::from),
+            content_type: content,
+            user_properties: user,
+            subscription_identifiers: ids.into_iter().collect(),
+        };
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic,
+            packet_id: None,
+            properties,
+            payload: Bytes::from(payload),
+        };
+        StoredMessage { publish, received_at_ms: at }
+    }
+}
+
+proptest! {
+    #[test]
+    fn message_round_trips(m in message()) {
+        let mut buf = Vec::new();
+        put_message(&mut super::enc::Writer(&mut buf), m.view());
+        let back = read_message(&mut Reader::new(Bytes::from(buf))).unwrap();
+        prop_assert_eq!(back, m);
+    }
+
+    #[test]
+    fn outbound_round_trips(m in message(), id in 1u16.., seq: u64, tag in 0u8..3) {
+        let id = PacketId::new(id).unwrap();
+        let state = [OutboundState::Queued, OutboundState::AwaitingAck(id),
+                     OutboundState::AwaitingPubComp(id)][tag as usize];
+        let mut buf = Vec::new();
+        records::put_outbound(&mut buf, state, Some(m.view()));
+        let back = records::read_outbound(seq, Bytes::from(buf)).unwrap();
+        prop_assert_eq!(back.state, state);
+        prop_assert_eq!(back.seq, seq);
+        prop_assert_eq!(back.message, Some(m));
+    }
+
+    #[test]
+    fn session_round_trips(id in text(), expiry: u32, at in proptest::option::of(1u64..)) {
+        let s = SessionRecord {
+            client_id: id,
+            protocol: ProtocolVersion::V3_1_1,
+            expiry_interval: expiry,
+            disconnected_at_ms: at,
+            will: None,
+        };
+        let mut buf = Vec::new();
+        records::put_session(&mut buf, &s);
+        prop_assert_eq!(records::read_session(Bytes::from(buf)).unwrap(), s);
+    }
+
+    #[test]
+    fn damaged_records_are_errors_not_panics(
+        m in message(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        noise in proptest::collection::vec(any::<u8>(), 0..80),
+    ) {
+        let mut buf = Vec::new();
+        records::put_retained(&mut buf, 7, Some(m.view()));
+        let short = Bytes::copy_from_slice(&buf[..cut.index(buf.len())]);
+        let _ = records::read_retained(short);
+        let mut flipped = buf.clone();
+        let i = flip.index(flipped.len());
+        flipped[i] ^= 0x5A;
+        let _ = records::read_retained(Bytes::from(flipped));
+        let noise = Bytes::from(noise);
+        let _ = records::read_session(noise.clone());
+        let _ = records::read_outbound(0, noise.clone());
+        let _ = records::read_subscription(b"a/#", noise.clone());
+        let _ = records::read_inbound(PacketId::new(1).unwrap(), noise.clone());
+        let _ = records::read_retained(noise);
+    }
+}
