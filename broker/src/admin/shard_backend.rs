@@ -11,7 +11,7 @@ use ringmq_shard::server::ServerHandle;
 use ringmq_shard::stats::{CloseReason, DropReason, ShardStats};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long a question waits for the shards.
@@ -19,8 +19,9 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The broker core seen by the admin socket and the metrics endpoint.
 pub struct ShardBackend {
-    /// `None` once `main` took it back to join the shards.
-    handle: Mutex<Option<ServerHandle>>,
+    /// `None` once `main` took it back to join the shards. Read-locked by
+    /// concurrent questions (admin and metrics threads only, never a shard).
+    handle: RwLock<Option<ServerHandle>>,
     /// Told when an admin `shutdown` arrives (main waits on it).
     on_shutdown: Mutex<Sender<()>>,
     draining: AtomicBool,
@@ -38,7 +39,7 @@ impl ShardBackend {
             .map(|s| (now, s.busy_ns.get()))
             .collect();
         ShardBackend {
-            handle: Mutex::new(Some(handle)),
+            handle: RwLock::new(Some(handle)),
             on_shutdown: Mutex::new(on_shutdown),
             draining: AtomicBool::new(false),
             last_busy: Mutex::new(last),
@@ -47,11 +48,14 @@ impl ShardBackend {
 
     /// Takes the handle back (to `join` the shards); the backend then answers `unavailable`.
     pub fn take_handle(&self) -> Option<ServerHandle> {
-        lock(&self.handle).take()
+        self.handle
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     fn with<T>(&self, f: impl FnOnce(&ServerHandle) -> T) -> Result<T, AdminError> {
-        match &*lock(&self.handle) {
+        match &*self.handle.read().unwrap_or_else(|p| p.into_inner()) {
             Some(h) => Ok(f(h)),
             None => Err(AdminError::unavailable("the broker is shutting down")),
         }
