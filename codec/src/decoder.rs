@@ -7,6 +7,7 @@ use bytes::{Buf, BytesMut};
 use crate::connect::peek_version;
 use crate::error::DecodeError;
 use crate::packet::{check_first_byte, packet_type, Packet};
+use crate::publish::Publish;
 use crate::types::ProtocolVersion;
 use crate::wire::{parse_var_int, VarInt};
 
@@ -84,6 +85,13 @@ impl Decoder {
         }
         buf.advance(1 + len_bytes);
         let body = buf.split_to(remaining).freeze();
+        if first >> 4 == packet_type::PUBLISH {
+            if let Some(version) = self.version {
+                // The hot path, kept inline so the packet is built in place.
+                return Publish::decode(first & 0x0F, body, version)
+                    .map(|p| Some(Packet::Publish(p)));
+            }
+        }
         let version = match self.version {
             Some(v) => v,
             None => {
@@ -92,7 +100,7 @@ impl Decoder {
                 v
             }
         };
-        Packet::decode_body(first, &body, version).map(Some)
+        Packet::decode_body(first, body, version).map(Some)
     }
 }
 

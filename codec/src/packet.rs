@@ -95,12 +95,19 @@ impl Packet {
     /// connection (a CONNECT carries its own).
     pub(crate) fn decode_body(
         first: u8,
-        body: &Bytes,
+        body: Bytes,
         version: ProtocolVersion,
     ) -> Result<Packet, DecodeError> {
         use packet_type::*;
+        if first >> 4 == PUBLISH {
+            return Ok(Packet::Publish(Publish::decode(
+                first & 0x0F,
+                body,
+                version,
+            )?));
+        }
+        let body = &body;
         Ok(match first >> 4 {
-            PUBLISH => Packet::Publish(Publish::decode(first & 0x0F, body, version)?),
             CONNECT => Packet::Connect(Box::new(Connect::decode(body)?)),
             CONNACK => Packet::ConnAck(ConnAck::decode(body, version)?),
             PUBACK => Packet::PubAck(PubResp::decode(body, version, false)?),

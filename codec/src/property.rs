@@ -396,7 +396,18 @@ macro_rules! properties {
             }
 
             /// Reads Property Length and the entries.
+            #[inline]
             pub(crate) fn read(r: &mut $crate::wire::Reader<'_>) -> Result<Self, $crate::DecodeError> {
+                // The common case, no property at all, without moving a filled-in struct.
+                if r.peek() == Some(0) {
+                    r.skip(1);
+                    return Ok(Self::default());
+                }
+                Self::read_full(r)
+            }
+
+            #[inline(never)]
+            fn read_full(r: &mut $crate::wire::Reader<'_>) -> Result<Self, $crate::DecodeError> {
                 use $crate::property::Kind;
                 let mut s = Self::default();
                 $crate::property::read_properties(r, |pid, p| {

@@ -1,7 +1,7 @@
 //! PUBLISH (v5 3.3, 3.1.1 3.3): decode, encode, length; tests at the bottom.
 //! Fan-out to many subscribers goes through `PublishFrame` (frame.rs), not through here.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::PublishProperties;
@@ -54,15 +54,21 @@ impl Publish {
         0x30 | (self.dup as u8) << 3 | (self.qos as u8) << 1 | self.retain as u8
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decode(
         flags: u8,
-        body: &Bytes,
+        mut body: Bytes,
         version: ProtocolVersion,
     ) -> Result<Publish, DecodeError> {
-        check_flags(flags)?;
-        let qos = QoS::try_from((flags >> 1) & 3)?;
-        let mut r = Reader::new(body);
+        // Flags were checked with the fixed header (`check_flags`, [MQTT-3.3.1-2/4]).
+        let qos = match (flags >> 1) & 3 {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            2 => QoS::ExactlyOnce,
+            // [MQTT-3.3.1-4] (also refused earlier from the fixed header).
+            _ => return Err(DecodeError::InvalidQoS),
+        };
+        let mut r = Reader::new(&body);
         // [MQTT-3.3.2-1] UTF-8 string; [MQTT-3.3.2-2] no wildcards.
         let topic = r.topic_name_or_empty()?;
         // [MQTT-2.2.1-2] no packet id at QoS 0; [MQTT-2.2.1-3] non-zero at QoS 1/2.
@@ -84,7 +90,9 @@ impl Publish {
                 DecodeError::TopicEmpty
             });
         }
-        let payload = r.rest();
+        // The payload is the body itself, advanced past the header fields (no refcount traffic).
+        let at = r.position();
+        body.advance(at);
         Ok(Publish {
             dup: flags & 0x08 != 0,
             qos,
@@ -92,7 +100,7 @@ impl Publish {
             topic,
             packet_id,
             properties,
-            payload,
+            payload: body,
         })
     }
 

@@ -28,6 +28,29 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next byte, not consumed.
+    #[inline]
+    pub fn peek(&self) -> Option<u8> {
+        if self.pos < self.end {
+            Some(self.buf[self.pos])
+        } else {
+            None
+        }
+    }
+
+    /// Skips `n` bytes the caller knows are there.
+    #[inline]
+    pub fn skip(&mut self, n: usize) {
+        debug_assert!(n <= self.remaining());
+        self.pos += n;
+    }
+
+    /// Bytes consumed so far.
+    #[inline]
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     #[inline]
     pub fn remaining(&self) -> usize {
         self.end - self.pos
@@ -149,11 +172,23 @@ impl<'a> Reader<'a> {
     /// checked by the caller).
     #[inline]
     pub fn topic_name_or_empty(&mut self) -> Result<TopicName, DecodeError> {
-        let s = self.string()?;
-        if !s.is_empty() {
-            check_topic_name(s.as_bytes())?;
+        let n = self.u16()? as usize;
+        let raw = self.take(n)?;
+        // One pass for the usual case: printable ASCII without U+0000 or wildcards (checked
+        // together: [MQTT-1.5.4-2], [MQTT-3.3.2-2]). Anything else takes the full checks.
+        let plain = raw
+            .iter()
+            .all(|&c| c.wrapping_sub(1) < 0x7F && c != b'+' && c != b'#');
+        if !plain {
+            validate_utf8(raw)?;
+            if !raw.is_empty() {
+                check_topic_name(raw)?;
+            }
         }
-        Ok(TopicName::from_checked(s))
+        let start = self.pos - n;
+        Ok(TopicName::from_checked(MqttString::from_validated(
+            self.buf.slice(start..self.pos),
+        )))
     }
 
     /// A non-empty topic name.
