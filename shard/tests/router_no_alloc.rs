@@ -44,7 +44,7 @@ fn sub(session: u32, id: Option<u32>) -> LocalSub {
     let options = SubscriptionOptions {
         qos: QoS::AtLeastOnce,
         no_local: false,
-        retain_as_published: session % 2 == 0,
+        retain_as_published: session.is_multiple_of(2),
         retain_handling: RetainHandling::SendAtSubscribe,
     };
     LocalSub {
