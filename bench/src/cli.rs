@@ -187,6 +187,10 @@ pub struct LoadArgs {
     /// QoS 1/2 publish window per publisher (capped by the broker's Receive Maximum).
     #[arg(long)]
     pub inflight: Option<u16>,
+    /// Unlimited rate only: most messages a publisher may have ahead of its probe
+    /// subscriber (closed loop, so queues stay bounded); 0 = open loop.
+    #[arg(long)]
+    pub window: Option<u64>,
 }
 
 pub fn parse_secs(s: &str) -> Result<Duration, String> {

@@ -43,12 +43,35 @@ pub struct Shared {
     pub progress: Vec<CoreProgress>,
     /// Distinguishes this run's client ids from other runs' (empty with --no-clean-start).
     pub tag: String,
+    /// Per publisher: its probe subscriber (the last one matching it), if any.
+    pub probe_of: Vec<Option<u32>>,
+    /// Per publisher: 1 + the highest sequence number its probe has seen (0 = none).
+    /// Written only by the probe's core, read by the publisher's: the closed-loop window.
+    pub probe_seq: Vec<AtomicU64>,
+    /// Per publisher: messages it may have ahead of its probe (0 = open loop).
+    pub window_of: Vec<u64>,
 }
 
 impl Shared {
     pub fn new(plan: Plan, addr: SocketAddr, cores: usize) -> Shared {
         let matches = plan.matches();
         let npubs = plan.pub_topics.len();
+        let mut probe_of = vec![None; npubs];
+        let mut fanout = vec![0usize; npubs];
+        for (sub, pubs) in matches.iter().enumerate() {
+            for &p in pubs {
+                probe_of[p as usize] = Some(sub as u32);
+                fanout[p as usize] += 1;
+            }
+        }
+        let window_of = fanout
+            .iter()
+            .map(|&f| {
+                plan.load
+                    .window
+                    .unwrap_or_else(|| crate::plan::auto_window(f))
+            })
+            .collect();
         let tag = if plan.broker.no_clean_start {
             String::new()
         } else {
@@ -65,6 +88,9 @@ impl Shared {
             sent_by_publisher: Mutex::new(vec![0; npubs]),
             progress: (0..cores).map(|_| CoreProgress::default()).collect(),
             tag,
+            probe_of,
+            probe_seq: (0..npubs).map(|_| AtomicU64::new(0)).collect(),
+            window_of,
         }
     }
 
@@ -73,6 +99,15 @@ impl Shared {
             "{}{}{role}{index}",
             self.plan.broker.client_prefix, self.tag
         )
+    }
+
+    /// Publishers that subscriber `sub` is the probe for (sorted).
+    pub fn probes_of(&self, sub: usize) -> Vec<u32> {
+        self.matches[sub]
+            .iter()
+            .copied()
+            .filter(|&p| self.probe_of[p as usize] == Some(sub as u32))
+            .collect()
     }
 
     pub fn t0(&self) -> u64 {
@@ -86,10 +121,14 @@ pub struct CoreCtx {
     pub core: usize,
     pub stats: RefCell<CoreStats>,
     pub stop: Stop,
+    /// Fired every keep-alive/2: subscribers send PINGREQ.
+    pub ping: Signal,
     /// Start of the measured window (end of warm-up), payload clock.
     pub measure_start_ns: Cell<u64>,
     /// End of publishing (u64::MAX with --count), payload clock.
     pub pub_end_ns: Cell<u64>,
+    /// Wakers of this core's publishers waiting on their window, by publisher index.
+    pub window_waiters: RefCell<std::collections::HashMap<u32, Waker>>,
 }
 
 impl CoreCtx {
@@ -99,9 +138,20 @@ impl CoreCtx {
             core,
             stats: RefCell::new(CoreStats::default()),
             stop: Stop::default(),
+            ping: Signal::default(),
             measure_start_ns: Cell::new(0),
             pub_end_ns: Cell::new(u64::MAX),
+            window_waiters: RefCell::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// A probe saw publisher `p` up to `seq_end` (exclusive): publish it and wake the
+    /// publisher if it waits on this core.
+    pub fn probe_advanced(&self, p: u32, seq_end: u64) {
+        self.shared.probe_seq[p as usize].store(seq_end, Ordering::Relaxed);
+        if let Some(w) = self.window_waiters.borrow_mut().remove(&p) {
+            w.wake();
+        }
     }
 
     /// Copies the counters into this core's progress slot.
@@ -113,14 +163,18 @@ impl CoreCtx {
     }
 }
 
-/// A core-local stop signal that many tasks can wait on.
+/// A core-local broadcast signal many tasks can wait on (stop, keep-alive rounds).
+/// Each waiter has a slot, so waiting again does not grow anything.
 #[derive(Default)]
-pub struct Stop {
-    fired: Cell<bool>,
+pub struct Signal {
+    generation: Cell<u64>,
     wakers: RefCell<Vec<Option<Waker>>>,
 }
 
-impl Stop {
+/// The stop signal: fired once when a core's subscribers should finish.
+pub type Stop = Signal;
+
+impl Signal {
     /// Registers a waiter slot.
     pub fn slot(&self) -> usize {
         let mut w = self.wakers.borrow_mut();
@@ -129,7 +183,7 @@ impl Stop {
     }
 
     pub fn fire(&self) {
-        self.fired.set(true);
+        self.generation.set(self.generation.get() + 1);
         for w in self.wakers.borrow_mut().iter_mut() {
             if let Some(w) = w.take() {
                 w.wake();
@@ -137,28 +191,42 @@ impl Stop {
         }
     }
 
+    /// How many times it fired.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
     pub fn is_fired(&self) -> bool {
-        self.fired.get()
+        self.generation.get() > 0
     }
 
-    /// Resolves once [`Stop::fire`] has been called.
-    pub fn wait(&self, slot: usize) -> StopWait<'_> {
-        StopWait { stop: self, slot }
+    /// Resolves once the signal fires (again) after generation `seen`.
+    pub fn wait(&self, slot: usize, seen: u64) -> SignalWait<'_> {
+        SignalWait {
+            signal: self,
+            slot,
+            seen,
+        }
     }
 }
 
-pub struct StopWait<'a> {
-    stop: &'a Stop,
+pub struct SignalWait<'a> {
+    signal: &'a Signal,
     slot: usize,
+    seen: u64,
 }
 
-impl Future for StopWait<'_> {
+impl Future for SignalWait<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.stop.fired.get() {
+        if self.signal.generation.get() > self.seen {
             return Poll::Ready(());
         }
-        self.stop.wakers.borrow_mut()[self.slot] = Some(cx.waker().clone());
+        let mut w = self.signal.wakers.borrow_mut();
+        let slot = &mut w[self.slot];
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
         Poll::Pending
     }
 }

@@ -19,6 +19,9 @@ pub struct Load {
     pub warmup: Duration,
     pub drain: Duration,
     pub inflight: u16,
+    /// Closed-loop window for unlimited publishers (0 = open loop); None = automatic,
+    /// see [`auto_window`].
+    pub window: Option<u64>,
 }
 
 /// Per-scenario defaults; command line values win.
@@ -55,8 +58,15 @@ impl Load {
             warmup: a.warmup.unwrap_or(Duration::from_secs_f64(d.warmup)),
             drain: a.drain.unwrap_or(Duration::from_secs(5)),
             inflight: a.inflight.unwrap_or(1000).max(1),
+            window: a.window,
         })
     }
+}
+
+/// Automatic closed-loop window for a publisher heard by `fanout` subscribers: about
+/// 16k deliveries in flight, between 8 and 256 messages.
+pub fn auto_window(fanout: usize) -> u64 {
+    (16_384 / fanout.max(1) as u64).clamp(8, 256)
 }
 
 pub fn qos_from(q: u8) -> QoS {

@@ -9,6 +9,7 @@ use glommio::timer::Timer;
 use ringmq_codec::{Packet, QoS};
 use std::io;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Keep about this many bytes queued for the socket.
@@ -24,6 +25,7 @@ enum Wake {
 
 /// State of one publisher's send loop.
 struct Sender {
+    index: u32,
     tpl: Template,
     seq: u64,
     next_id: u16,
@@ -100,6 +102,7 @@ pub async fn run(ctx: Rc<CoreCtx>, index: u32, mut conn: Conn, window: u16) -> u
         }
     };
     let mut s = Sender {
+        index,
         tpl,
         seq: 0,
         next_id: 1,
@@ -125,6 +128,36 @@ pub async fn run(ctx: Rc<CoreCtx>, index: u32, mut conn: Conn, window: u16) -> u
     s.seq
 }
 
+/// Closed-loop pacing for unlimited publishers: how far the probe subscriber got.
+struct Probe<'a> {
+    seq_end: &'a std::sync::atomic::AtomicU64,
+    window: u64,
+    /// The probe lives on another core: poll instead of being woken.
+    remote: bool,
+}
+
+impl Probe<'_> {
+    fn seen(&self) -> u64 {
+        self.seq_end.load(Ordering::Relaxed)
+    }
+}
+
+/// The probe of publisher `index`, when it is paced by one.
+fn probe<'a>(ctx: &'a CoreCtx, index: u32) -> Option<Probe<'a>> {
+    let sh = &ctx.shared;
+    let load = &sh.plan.load;
+    let window = sh.window_of[index as usize];
+    if load.rate > 0.0 || window == 0 {
+        return None;
+    }
+    let sub = sh.probe_of[index as usize]? as usize;
+    Some(Probe {
+        seq_end: &sh.probe_seq[index as usize],
+        window,
+        remote: sub % sh.cores != index as usize % sh.cores,
+    })
+}
+
 async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result<()> {
     let load = &ctx.shared.plan.load;
     let t0 = ctx.shared.t0();
@@ -140,6 +173,7 @@ async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result
     } else {
         0.0
     };
+    let probe = probe(ctx, s.index);
     loop {
         let now = now_ns();
         if now >= end || s.seq >= count {
@@ -153,20 +187,26 @@ async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result
         if s.window != u32::MAX {
             n = n.min(u64::from(s.window.saturating_sub(s.inflight)));
         }
+        let seen = probe.as_ref().map_or(0, Probe::seen);
+        if let Some(p) = &probe {
+            n = n.min(p.window.saturating_sub(s.seq.saturating_sub(seen)));
+        }
         n = n.min((WBUF_TARGET.saturating_sub(conn.wbuf.len()) as u64) / frame);
         if n > 0 {
             s.append(conn, n, now, now >= measure_start);
             ctx.stats.borrow_mut().sent += n;
         }
+        let window_full = probe.as_ref().is_some_and(|p| s.seq - seen >= p.window);
         let mut use_tick = false;
         if interval_ns > 0.0 && s.inflight < s.window {
             let next_due = t0 + (s.seq as f64 * interval_ns) as u64;
-            let wait = next_due.saturating_sub(now_ns()).max(if interval_ns < 1e6 {
-                MIN_TICK_NS
-            } else {
-                0
-            });
-            tick.reset(Duration::from_nanos(wait));
+            let min = if interval_ns < 1e6 { MIN_TICK_NS } else { 0 };
+            tick.reset(Duration::from_nanos(
+                next_due.saturating_sub(now_ns()).max(min),
+            ));
+            use_tick = true;
+        } else if window_full && probe.as_ref().is_some_and(|p| p.remote) {
+            tick.reset(Duration::from_micros(100));
             use_tick = true;
         }
         let wake = or(
@@ -176,14 +216,22 @@ async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result
                     (&mut end_timer).await;
                     Wake::End
                 },
-                async {
-                    if use_tick {
+                or(
+                    async {
+                        if !use_tick {
+                            futures_lite::future::pending::<()>().await;
+                        }
                         (&mut tick).await;
                         Wake::Tick
-                    } else {
-                        futures_lite::future::pending().await
-                    }
-                },
+                    },
+                    async {
+                        match &probe {
+                            Some(p) if window_full => window_opens(ctx, s.index, p, seen).await,
+                            _ => futures_lite::future::pending::<()>().await,
+                        }
+                        Wake::Tick
+                    },
+                ),
             ),
         )
         .await;
@@ -193,8 +241,23 @@ async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result
             Wake::End => break,
         }
         s.on_packets(conn)?;
+        glommio::yield_if_needed().await;
     }
     drain(ctx, conn, s).await
+}
+
+/// Resolves once the probe has seen more than `seen` (woken by a same-core probe).
+async fn window_opens(ctx: &CoreCtx, index: u32, p: &Probe<'_>, seen: u64) {
+    futures_lite::future::poll_fn(|cx| {
+        if p.seen() > seen {
+            return std::task::Poll::Ready(());
+        }
+        ctx.window_waiters
+            .borrow_mut()
+            .insert(index, cx.waker().clone());
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Flushes and waits for outstanding QoS 1/2 acknowledgements, bounded by the drain time.

@@ -85,7 +85,26 @@ pub fn run(plan: Plan) -> Result<Summary, String> {
     for r in results? {
         total.merge(r);
     }
-    Ok(summarize(&shared, total, pinned.unwrap_or_default()))
+    let mut s = summarize(&shared, total, pinned.unwrap_or_default());
+    if shared.plan.load.rate == 0.0 {
+        let w: Vec<u64> = shared
+            .window_of
+            .iter()
+            .copied()
+            .filter(|&w| w > 0)
+            .collect();
+        if let (Some(lo), Some(hi)) = (w.iter().min(), w.iter().max()) {
+            let range = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}..{hi}")
+            };
+            s.notes.push(format!(
+                "unlimited rate is closed loop: each publisher stays at most {range} messages ahead of its probe subscriber (--window)"
+            ));
+        }
+    }
+    Ok(s)
 }
 
 fn login(shared: &Shared, role: char, index: usize) -> Login {
@@ -166,7 +185,6 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     let my_pubs: Vec<usize> = (core..shared.plan.pub_topics.len()).step_by(n).collect();
     let subs = connect_all(&ctx, 's', my_subs).await;
     let pubs = connect_all(&ctx, 'p', my_pubs).await;
-    let ka = shared.plan.broker.keep_alive;
     let npubs = shared.plan.pub_topics.len();
     let mut sub_tasks = Vec::new();
     let mut sub_indices = Vec::new();
@@ -178,7 +196,6 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
             i,
             conn,
             tracker,
-            ka,
         )));
     }
     // Everyone connected: agree on the start time.
@@ -200,8 +217,15 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     let progress_task = {
         let ctx = ctx.clone();
         glommio::spawn_local(async move {
-            loop {
+            let ping_every = match ctx.shared.plan.broker.keep_alive {
+                0 => u32::MAX,
+                ka => u32::from(ka) * 2, // quarter-seconds in ka/2
+            };
+            for tick in 1u32.. {
                 ctx.publish_progress();
+                if tick % ping_every == 0 {
+                    ctx.ping.fire();
+                }
                 glommio::timer::sleep(Duration::from_millis(250)).await;
             }
         })

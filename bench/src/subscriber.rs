@@ -6,11 +6,9 @@ use crate::core::CoreCtx;
 use crate::payload::{now_ns, read_stamp};
 use crate::tracker::Tracker;
 use futures_lite::future::or;
-use glommio::timer::Timer;
 use ringmq_codec::{Packet, QoS};
 use std::io;
 use std::rc::Rc;
-use std::time::Duration;
 
 enum Wake {
     Io(io::Result<()>),
@@ -19,42 +17,35 @@ enum Wake {
 }
 
 /// Receives until the core's stop signal, then disconnects.
-pub async fn run(
-    ctx: Rc<CoreCtx>,
-    index: usize,
-    mut conn: Conn,
-    mut tracker: Tracker,
-    keep_alive: u16,
-) {
+pub async fn run(ctx: Rc<CoreCtx>, index: usize, mut conn: Conn, mut tracker: Tracker) {
     let slot = ctx.stop.slot();
-    let ping_every = if keep_alive == 0 {
-        Duration::from_secs(86_400)
-    } else {
-        Duration::from_secs(u64::from(keep_alive)) / 2
-    };
-    let mut ping = Timer::new(ping_every);
+    let ping_slot = ctx.ping.slot();
+    let mut probes: Vec<(u32, u64)> = ctx
+        .shared
+        .probes_of(index)
+        .into_iter()
+        .map(|p| (p, 0))
+        .collect();
     loop {
+        let pings = ctx.ping.generation();
         let wake = or(
             async { Wake::Io(conn.drive().await.map(|_| ())) },
             or(
                 async {
-                    ctx.stop.wait(slot).await;
+                    ctx.stop.wait(slot, 0).await;
                     Wake::Stop
                 },
                 async {
-                    (&mut ping).await;
+                    ctx.ping.wait(ping_slot, pings).await;
                     Wake::Ping
                 },
             ),
         )
         .await;
         let r = match wake {
-            Wake::Io(r) => r.and_then(|_| on_packets(&ctx, &mut conn, &mut tracker)),
+            Wake::Io(r) => r.and_then(|_| on_packets(&ctx, &mut conn, &mut tracker, &mut probes)),
             Wake::Stop => break,
-            Wake::Ping => {
-                ping.reset(ping_every);
-                conn.queue(&Packet::PingReq)
-            }
+            Wake::Ping => conn.queue(&Packet::PingReq),
         };
         if let Err(e) = r {
             if !ctx.stop.is_fired() {
@@ -65,12 +56,32 @@ pub async fn run(
             return;
         }
     }
-    let _ = on_packets(&ctx, &mut conn, &mut tracker);
+    let _ = on_packets(&ctx, &mut conn, &mut tracker, &mut probes);
     conn.disconnect().await;
 }
 
 /// Processes every whole packet read so far.
-fn on_packets(ctx: &CoreCtx, conn: &mut Conn, tracker: &mut Tracker) -> io::Result<()> {
+fn on_packets(
+    ctx: &CoreCtx,
+    conn: &mut Conn,
+    tracker: &mut Tracker,
+    probes: &mut [(u32, u64)],
+) -> io::Result<()> {
+    let r = read_all(ctx, conn, tracker, probes);
+    for &(p, seq_end) in probes.iter() {
+        if seq_end > ctx.shared.probe_seq[p as usize].load(std::sync::atomic::Ordering::Relaxed) {
+            ctx.probe_advanced(p, seq_end);
+        }
+    }
+    r
+}
+
+fn read_all(
+    ctx: &CoreCtx,
+    conn: &mut Conn,
+    tracker: &mut Tracker,
+    probes: &mut [(u32, u64)],
+) -> io::Result<()> {
     let now = now_ns();
     let measure_start = ctx.measure_start_ns.get();
     let pub_end = ctx.pub_end_ns.get();
@@ -89,6 +100,11 @@ fn on_packets(ctx: &CoreCtx, conn: &mut Conn, tracker: &mut Tracker) -> io::Resu
                     st.counts.unexpected += 1;
                     continue;
                 };
+                if !probes.is_empty() {
+                    if let Ok(i) = probes.binary_search_by_key(&stamp.publisher, |x| x.0) {
+                        probes[i].1 = probes[i].1.max(stamp.seq + 1);
+                    }
+                }
                 if tracker.on_message(stamp.publisher, stamp.seq, &mut st.counts)
                     && stamp.sent_ns >= measure_start
                     && stamp.sent_ns < pub_end
