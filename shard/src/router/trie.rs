@@ -13,8 +13,9 @@ use crate::topic::{is_dollar, levels};
 /// Node id in the arena.
 pub type NodeId = u32;
 const NIL: NodeId = u32::MAX;
-/// Topic levels kept on the stack while matching (more spill to the heap).
-pub const INLINE_LEVELS: usize = 16;
+/// Topic levels kept on the stack while matching (the default topic level limit is 32; more
+/// spill to the heap).
+pub const INLINE_LEVELS: usize = 32;
 
 /// A node's payload: the trie prunes nodes whose payload is empty and that have no children.
 pub trait Payload: Default {
