@@ -12,7 +12,8 @@ use std::ops::Bound;
 use std::rc::Rc;
 use std::time::Instant;
 
-use ringmq_codec::{Publish, TopicFilter, TopicName};
+use bytes::Bytes;
+use ringmq_codec::{MqttString, Publish, TopicFilter, TopicName};
 use smallvec::SmallVec;
 
 use crate::topic::levels;
@@ -24,6 +25,51 @@ pub struct RetainedMessage {
     pub publish: Publish,
     /// For the remaining Message Expiry Interval when sent (v5 3.3.2.3.3).
     pub stored_at: Instant,
+}
+
+impl RetainedMessage {
+    /// A retained message from a received PUBLISH, its bytes detached (see [`detach`]).
+    pub fn new(publish: &Publish, stored_at: Instant) -> Self {
+        let publish = detach(publish);
+        RetainedMessage {
+            topic: publish.topic.clone(),
+            publish,
+            stored_at,
+        }
+    }
+}
+
+/// A copy of `p` whose topic, payload and properties own their bytes. A decoded PUBLISH is a
+/// slice of its connection's read buffer, and storing it would keep that whole buffer alive for
+/// as long as the message stays retained (a small message pinning kilobytes). Call once on the
+/// publisher's shard before the broadcast, so every replica shares the same detached buffers.
+pub fn detach(p: &Publish) -> Publish {
+    fn own(s: &MqttString) -> MqttString {
+        MqttString::try_from(s.as_str()).unwrap_or_else(|_| s.clone())
+    }
+    fn own_topic(t: &TopicName) -> TopicName {
+        TopicName::try_from(t.as_str()).unwrap_or_else(|_| t.clone())
+    }
+    let mut properties = p.properties.clone();
+    properties.response_topic = p.properties.response_topic.as_ref().map(own_topic);
+    properties.correlation_data = p
+        .properties
+        .correlation_data
+        .as_deref()
+        .map(Bytes::copy_from_slice);
+    properties.content_type = p.properties.content_type.as_ref().map(own);
+    properties.user_properties = p
+        .properties
+        .user_properties
+        .iter()
+        .map(|(k, v)| (own(k), own(v)))
+        .collect();
+    Publish {
+        topic: own_topic(&p.topic),
+        payload: Bytes::copy_from_slice(&p.payload),
+        properties,
+        ..p.clone()
+    }
 }
 
 #[derive(Default)]

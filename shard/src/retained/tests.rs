@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ringmq_codec::{Publish, PublishProperties, QoS, TopicFilter, TopicName};
+use ringmq_codec::{MqttString, Publish, PublishProperties, QoS, TopicFilter, TopicName};
 
 use super::*;
 use crate::topic;
@@ -179,4 +179,41 @@ proptest! {
         let want: Vec<String> = topics.iter().filter(|t| topic::matches(&filter, t)).cloned().collect();
         prop_assert_eq!(replay_all(&s, &filter, batch), want);
     }
+}
+
+#[test]
+fn detach_copies_every_byte_field_into_its_own_buffer() {
+    let frame = Bytes::from_static(b"xxa/bpayloadrt/1corrctk1v1");
+    let (_, m) = msg("a/b", b"payload");
+    let mut p = m.publish;
+    p.topic = TopicName::try_from(frame.slice(2..5)).unwrap();
+    p.payload = frame.slice(5..12);
+    p.properties.response_topic = Some(TopicName::try_from(frame.slice(12..16)).unwrap());
+    p.properties.correlation_data = Some(frame.slice(16..20));
+    p.properties.content_type = Some(MqttString::try_from(frame.slice(20..22)).unwrap());
+    let kv = (
+        MqttString::try_from(frame.slice(22..24)).unwrap(),
+        MqttString::try_from(frame.slice(24..26)).unwrap(),
+    );
+    p.properties.user_properties = vec![kv];
+    let d = detach(&p);
+    assert_eq!(d, p);
+    let inside = |b: &[u8]| frame.as_ptr_range().contains(&b.as_ptr());
+    assert!(!inside(d.topic.as_str().as_bytes()));
+    assert!(!inside(&d.payload));
+    assert!(!inside(
+        d.properties
+            .response_topic
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .as_bytes()
+    ));
+    assert!(!inside(d.properties.correlation_data.as_ref().unwrap()));
+    assert!(!inside(
+        d.properties.content_type.as_ref().unwrap().as_bytes()
+    ));
+    assert!(!inside(d.properties.user_properties[0].1.as_bytes()));
+    let r = RetainedMessage::new(&p, Instant::now());
+    assert_eq!(r.topic.as_str(), "a/b");
 }
