@@ -38,6 +38,11 @@ struct Sub {
 
 impl Sub {
     fn spawn(port: u16, version: &str, extra: &[&str]) -> Sub {
+        Sub::spawn_fmt(port, version, "MSG|%t|%q|%r|%p", extra)
+    }
+
+    /// Like `spawn` with another `-F` output format (it must start with `MSG|`).
+    fn spawn_fmt(port: u16, version: &str, format: &str, extra: &[&str]) -> Sub {
         let port = port.to_string();
         let mut args = vec![
             "-h",
@@ -50,9 +55,12 @@ impl Sub {
             "-W",
             "10",
         ];
-        args.extend_from_slice(&["-F", "MSG|%t|%q|%r|%p"]);
+        args.extend_from_slice(&["-F", format]);
         args.extend_from_slice(extra);
-        let mut child = Command::new("mosquitto_sub")
+        // stdbuf: line-buffered stdout through the pipe (it execs, so the PID is mosquitto_sub's).
+        let mut child = Command::new("stdbuf")
+            .arg("-oL")
+            .arg("mosquitto_sub")
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -290,41 +298,7 @@ fn e2e_v5_user_property_forwarded() {
         return;
     }
     let broker = BinBroker::start(2);
-    let port = broker.port().to_string();
-    let mut child = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-V",
-            V5,
-            "-t",
-            "e2e/up",
-            "-C",
-            "1",
-            "-W",
-            "10",
-            "-d",
-        ])
-        .args(["-F", "MSG|%P|%p"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let sub = Sub {
-        child,
-        lines: {
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = tx.send(l);
-                }
-            });
-            rx
-        },
-    };
+    let sub = Sub::spawn_fmt(broker.port(), V5, "MSG|%P|%p", &["-t", "e2e/up", "-C", "1"]);
     sub.wait_subscribed();
     publish(
         broker.port(),

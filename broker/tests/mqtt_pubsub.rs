@@ -25,6 +25,7 @@ matrix! {
     fn inbound_dup_flag_is_not_propagated;
     fn qos1_packet_id_reused_after_puback_is_a_new_message;
     fn qos2_duplicate_before_pubrel_is_delivered_once;
+    fn publish_right_after_suback_is_delivered;
 }
 
 /// [MQTT-3.8.4-8] (v5) / 3.1.1 §3.8.4: delivered QoS = min(published QoS, granted QoS);
@@ -345,4 +346,40 @@ async fn qos2_duplicate_before_pubrel_is_delivered_once(ctx: Ctx) {
     }
     sub.recv("delivered").await;
     sub.expect_none(QUIET, "exactly once").await;
+}
+
+/// [MQTT-4.5.0-1]: once the SUBACK is sent the subscription exists: a message published right
+/// after it (from a client on another shard) is added to the subscriber's session.
+async fn publish_right_after_suback_is_delivered(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("race");
+    let mut sub = ctx.client(&s).await;
+    let mut publ = ctx.client(&p).await;
+    for i in 0..30 {
+        let topic = format!("race/{i}");
+        sub.subscribe(&topic, 1).await;
+        publ.publish(&topic, 1, false, i.to_string()).await;
+        publ.wait_acked(1).await;
+        let m = sub
+            .recv(&format!("published right after SUBACK #{i}"))
+            .await;
+        assert_eq!(m.topic, topic);
+    }
+}
+
+/// The harness really puts publisher and subscriber on different home shards with 2 shards.
+#[test]
+fn harness_pairs_land_on_different_home_shards() {
+    for prefix in ["qos", "order", "x", "retained-a"] {
+        let (a, b) = cross_shard_ids(prefix, 2);
+        assert_ne!(
+            ringmq_shard::home_shard(a.as_bytes(), 2),
+            ringmq_shard::home_shard(b.as_bytes(), 2)
+        );
+    }
+    let ids = spread_ids("fanin", 4, 2);
+    let homes: Vec<usize> = ids
+        .iter()
+        .map(|i| ringmq_shard::home_shard(i.as_bytes(), 2))
+        .collect();
+    assert_eq!(homes, [0, 1, 0, 1]);
 }

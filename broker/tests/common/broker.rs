@@ -9,10 +9,10 @@ use std::time::Duration;
 use ringmq_shard::config::ShardConfig;
 use ringmq_shard::server::{self, ServerHandle};
 
-/// The home shard the broker places `client_id` on, when the shard crate tells us; `None` when
-/// unknown (then tests use several ids so both same-shard and cross-shard cases occur).
-pub fn home_shard(_client_id: &str, _shards: usize) -> Option<usize> {
-    None
+/// The home shard the broker places `client_id` on (`ringmq_shard::home_shard`), so tests can
+/// put publisher and subscriber on different shards on purpose.
+pub fn home_shard(client_id: &str, shards: usize) -> Option<usize> {
+    Some(ringmq_shard::home_shard(client_id.as_bytes(), shards))
 }
 
 /// A fresh directory for one broker's persistent state.
@@ -86,6 +86,7 @@ impl Drop for Broker {
 pub struct BinBroker {
     pub child: Child,
     pub addr: SocketAddr,
+    pub dir: std::path::PathBuf,
 }
 
 impl BinBroker {
@@ -96,9 +97,15 @@ impl BinBroker {
         BinBroker::start_args(&["--listen", "mqtt://127.0.0.1:0", "--cores", &cores])
     }
 
+    /// Runs `ringmq` with `args`, its data directory and admin socket in a fresh scratch dir.
     pub fn start_args(args: &[&str]) -> BinBroker {
+        let dir = scratch_dir();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(args)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--admin-socket")
+            .arg(dir.join("ringmq.sock"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -118,6 +125,7 @@ impl BinBroker {
             Ok(addr) => BinBroker {
                 child,
                 addr: addr.parse().expect("listening line has HOST:PORT"),
+                dir,
             },
             Err(_) => {
                 let _ = child.kill();
@@ -154,5 +162,6 @@ impl Drop for BinBroker {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -492,6 +492,14 @@ fn spawn_v5(o: &Opts) -> Spawned {
                 Ok(Event::Incoming(Packet::PubComp(a))) => Ev::PubComp(a.pkid),
                 Ok(Event::Incoming(Packet::Disconnect(d))) => Ev::Disconnect(d.reason_code as u8),
                 Ok(_) => continue,
+                Err(r5::ConnectionError::MqttState(r5::StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => {
+                    let _ = tx.send(Ev::Disconnect(reason_code as u8));
+                    let _ = tx.send(Ev::Closed(format!("server DISCONNECT {reason_code:?}")));
+                    break;
+                }
                 Err(r5::ConnectionError::ConnectionRefused(code)) => {
                     let _ = tx.send(Ev::ConnAck(false, connack_code(code), None));
                     let _ = tx.send(Ev::Closed(format!("refused {code:?}")));
