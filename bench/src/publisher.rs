@@ -174,6 +174,9 @@ async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result
         0.0
     };
     let probe = probe(ctx, s.index);
+    // Rate-limited publishers are spread evenly over one interval, not all in phase.
+    let npubs = ctx.shared.plan.pub_topics.len().max(1) as f64;
+    let t0 = t0 + (interval_ns * f64::from(s.index) / npubs) as u64;
     loop {
         let now = now_ns();
         if now >= end || s.seq >= count {

@@ -291,7 +291,9 @@ fn summarize(sh: &Shared, t: CoreStats, cpus: Vec<usize>) -> Summary {
         // Count mode: the window ends when the last measured message arrived.
         Some(_) => (t.last_measured_recv_ns.saturating_sub(measure_start)) as f64 / 1e9,
     };
-    let delivery_secs = (t.last_measured_recv_ns.saturating_sub(measure_start)) as f64 / 1e9;
+    // The delivery window runs at least as long as publishing did.
+    let delivery_secs =
+        ((t.last_measured_recv_ns.saturating_sub(measure_start)) as f64 / 1e9).max(publish_secs);
     let per_sec = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     Summary {
         scenario: p.scenario.clone(),
