@@ -307,3 +307,5 @@ impl Router {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_model;

@@ -386,7 +386,7 @@ proptest! {
 }
 
 /// Independent oracle: split into vectors and compare, spec rules spelled out.
-fn naive_match(filter: &str, topic: &str) -> bool {
+pub(super) fn naive_match(filter: &str, topic: &str) -> bool {
     let fl: Vec<&str> = filter.split('/').collect();
     let tl: Vec<&str> = topic.split('/').collect();
     if topic.starts_with('$') && (fl[0] == "+" || fl[0] == "#") {
