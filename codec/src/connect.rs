@@ -79,34 +79,81 @@ pub(crate) fn peek_version(body: &Bytes) -> Result<ProtocolVersion, DecodeError>
     read_protocol(&mut Reader::new(body))
 }
 
+/// Checks the Connect Flags byte (v5 3.1.2.3); returns the Will QoS.
+fn check_flags(flags: u8, v5: bool) -> Result<QoS, DecodeError> {
+    // [MQTT-3.1.2-3] the reserved flag MUST be 0.
+    if flags & RESERVED != 0 {
+        return Err(DecodeError::ConnectReservedFlag);
+    }
+    let will_qos_bits = (flags >> 3) & 3;
+    if flags & WILL == 0 {
+        // [MQTT-3.1.2-11] / [MQTT-3.1.2-13] (3.1.1) no will: Will QoS MUST be 0.
+        if will_qos_bits != 0 {
+            return Err(DecodeError::WillQoSWithoutWill);
+        }
+        // [MQTT-3.1.2-13] / [MQTT-3.1.2-15] (3.1.1) no will: Will Retain MUST be 0.
+        if flags & WILL_RETAIN != 0 {
+            return Err(DecodeError::WillRetainWithoutWill);
+        }
+    }
+    // [MQTT-3.1.2-22] (3.1.1): no user name => no password. v5 allows a password alone.
+    if !v5 && flags & PASSWORD != 0 && flags & USERNAME == 0 {
+        return Err(DecodeError::PasswordWithoutUsername);
+    }
+    // [MQTT-3.1.2-12] / [MQTT-3.1.2-14] (3.1.1) Will QoS 3 is malformed.
+    QoS::try_from(will_qos_bits).map_err(|_| DecodeError::WillQoSInvalid)
+}
+
+/// Client identifier rules that depend on the version.
+fn check_client_id(
+    protocol: ProtocolVersion,
+    client_id: &MqttString,
+    clean_start: bool,
+) -> Result<(), DecodeError> {
+    if !client_id.is_empty() {
+        return Ok(());
+    }
+    match protocol {
+        // [MQTT-3.1.3-8] (3.1.1) empty ClientId with CleanSession 0: return code 0x02.
+        ProtocolVersion::V3_1_1 if !clean_start => Err(DecodeError::ClientIdRejected),
+        // 3.1 (MQIsdp) 3.1: the Client Identifier is 1 to 23 characters.
+        ProtocolVersion::V3_1 => Err(DecodeError::ClientIdRejected),
+        // v5 3.1.3.1: the server may assign one.
+        _ => Ok(()),
+    }
+}
+
+/// Will Properties (v5), Will Topic, Will Payload (v5 3.1.3.2 .. 3.1.3.4).
+fn read_will(
+    r: &mut Reader<'_>,
+    v5: bool,
+    qos: QoS,
+    retain: bool,
+) -> Result<LastWill, DecodeError> {
+    let properties = if v5 {
+        WillProperties::read(r)?
+    } else {
+        WillProperties::default()
+    };
+    // [MQTT-3.1.3-11] UTF-8 string; v5 4.7: a topic name without wildcards.
+    let topic = r.topic_name()?;
+    let payload = r.binary()?;
+    Ok(LastWill {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties,
+    })
+}
+
 impl Connect {
     pub(crate) fn decode(body: &Bytes) -> Result<Connect, DecodeError> {
         let mut r = Reader::new(body);
         let protocol = read_protocol(&mut r)?;
         let v5 = protocol.is_v5();
         let flags = r.u8()?;
-        // [MQTT-3.1.2-3] the reserved flag MUST be 0.
-        if flags & RESERVED != 0 {
-            return Err(DecodeError::ConnectReservedFlag);
-        }
-        let will_flag = flags & WILL != 0;
-        let will_qos_bits = (flags >> 3) & 3;
-        if !will_flag {
-            // [MQTT-3.1.2-11] / [MQTT-3.1.2-13] (3.1.1) no will: Will QoS MUST be 0.
-            if will_qos_bits != 0 {
-                return Err(DecodeError::WillQoSWithoutWill);
-            }
-            // [MQTT-3.1.2-13] / [MQTT-3.1.2-15] (3.1.1) no will: Will Retain MUST be 0.
-            if flags & WILL_RETAIN != 0 {
-                return Err(DecodeError::WillRetainWithoutWill);
-            }
-        }
-        // [MQTT-3.1.2-12] / [MQTT-3.1.2-14] (3.1.1) Will QoS 3 is malformed.
-        let will_qos = QoS::try_from(will_qos_bits).map_err(|_| DecodeError::WillQoSInvalid)?;
-        // [MQTT-3.1.2-22] (3.1.1): no user name => no password. v5 allows a password alone.
-        if !v5 && flags & PASSWORD != 0 && flags & USERNAME == 0 {
-            return Err(DecodeError::PasswordWithoutUsername);
-        }
+        let will_qos = check_flags(flags, v5)?;
         let clean_start = flags & CLEAN != 0;
         let keep_alive = r.u16()?;
         let properties = if v5 {
@@ -121,34 +168,10 @@ impl Connect {
         };
         // [MQTT-3.1.3-4] the ClientID MUST be a UTF-8 Encoded String.
         let client_id = r.string()?;
-        if client_id.is_empty() {
-            match protocol {
-                // [MQTT-3.1.3-8] (3.1.1) empty ClientId with CleanSession 0: return code 0x02.
-                ProtocolVersion::V3_1_1 if !clean_start => {
-                    return Err(DecodeError::ClientIdRejected)
-                }
-                // 3.1 (MQIsdp) 3.1: the Client Identifier is 1 to 23 characters.
-                ProtocolVersion::V3_1 => return Err(DecodeError::ClientIdRejected),
-                _ => {}
-            }
-        }
+        check_client_id(protocol, &client_id, clean_start)?;
         // [MQTT-3.1.2-9] will flag: Will Properties, Will Topic and Will Payload MUST be present.
-        let will = if will_flag {
-            let properties = if v5 {
-                WillProperties::read(&mut r)?
-            } else {
-                WillProperties::default()
-            };
-            // [MQTT-3.1.3-11] UTF-8 string; v5 4.7: a topic name without wildcards.
-            let topic = r.topic_name()?;
-            let payload = r.binary()?;
-            Some(LastWill {
-                topic,
-                payload,
-                qos: will_qos,
-                retain: flags & WILL_RETAIN != 0,
-                properties,
-            })
+        let will = if flags & WILL != 0 {
+            Some(read_will(&mut r, v5, will_qos, flags & WILL_RETAIN != 0)?)
         } else {
             None
         };

@@ -405,6 +405,15 @@ mod tests {
     }
 
     #[test]
+    fn frame_is_send_and_cheap_to_clone() {
+        fn send<T: Send + Sync>() {}
+        send::<PublishFrame>();
+        let f = PublishFrame::new(&source(), V5, QoS::AtLeastOnce);
+        let g = f.clone();
+        assert_eq!(f.as_bytes().as_ptr(), g.as_bytes().as_ptr());
+    }
+
+    #[test]
     fn rewritten_message_expiry() {
         let f = PublishFrame::new(&source(), V5, QoS::AtLeastOnce);
         assert_eq!(f.message_expiry_interval(), Some(30));
