@@ -30,6 +30,8 @@ pub(crate) struct ShardInit {
     /// Every shard's counters (shard 0 sums them for `$SYS`).
     pub all_stats: Arc<Vec<Arc<ShardStats>>>,
     pub started: Instant,
+    /// Told once the shard serves (mesh joined, listeners accepting).
+    pub ready: flume::Sender<usize>,
 }
 
 /// A running broker core.
@@ -132,6 +134,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
     let all_stats = Arc::new(stats.clone());
     let mut threads = Vec::new();
+    let (ready_tx, ready_rx) = flume::unbounded();
     for (id, (placement, listeners)) in placements.into_iter().zip(per_shard).enumerate() {
         let (tx, rx) = flume::unbounded();
         let st = stats[id].clone();
@@ -146,6 +149,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             stats: st,
             all_stats: all_stats.clone(),
             started,
+            ready: ready_tx.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("ringmq-shard-{id}"))
@@ -155,6 +159,24 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             .map_err(|e| io::Error::other(format!("cannot start shard {id}: {e}")))?;
         controls.push(tx);
         threads.push(handle);
+    }
+    drop(ready_tx);
+    // Wait until every shard serves, so a shard that cannot start (memlock,
+    // CPU) is an error of `start`, not a silent half-broker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for _ in 0..threads.len() {
+        if ready_rx.recv_deadline(deadline).is_err() {
+            for c in &controls {
+                let _ = c.send(Control::Shutdown);
+            }
+            let mut why = String::from("a shard did not start");
+            for t in threads {
+                if let Err(e) = t.join() {
+                    why = format!("shard failed to start: {e}");
+                }
+            }
+            return Err(io::Error::other(why));
+        }
     }
     Ok(ServerHandle {
         addrs,

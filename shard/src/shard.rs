@@ -148,6 +148,8 @@ pub(crate) async fn run(init: ShardInit) {
         spawn_local(crate::sys::publish_loop(shard.clone(), init.all_stats)).detach();
     }
 
+    spawn_local(busy_meter(shard.clone())).detach();
+    let _ = init.ready.send(shard.id);
     // The control task runs in this future: the shard lives until shutdown.
     while let Ok(msg) = init.control.recv_async().await {
         match msg {
@@ -172,6 +174,18 @@ pub(crate) async fn run(init: ShardInit) {
     };
     futures_lite::future::or(wait_idle, deadline).await;
     mesh.close();
+}
+
+/// Adds the executor's busy time to the shard's counter every 100 ms.
+async fn busy_meter(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        let busy = glommio::executor().executor_stats().total_runtime();
+        shard.stats.busy_ns.add(busy.as_nanos() as u64);
+        if shard.stopping.get() {
+            return;
+        }
+    }
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
