@@ -33,6 +33,10 @@ pub enum MeshItem {
     SubRemove(TopicFilter),
     /// A retained message set or (empty payload) deleted; every shard keeps a replica.
     Retain(Box<Publish>),
+    /// Reply with `BarrierAck` once every item before this one is applied.
+    Barrier(u64),
+    /// The sender applied everything up to the `Barrier` with this token.
+    BarrierAck(u64),
     /// A connection whose CONNECT named a session this receiver owns.
     Handoff(Box<Handoff>),
 }

@@ -48,6 +48,10 @@ pub struct Shard {
     acceptors: RefCell<Vec<Task<()>>>,
     /// Counter for assigned client identifiers.
     pub next_assigned: Cell<u64>,
+    /// Tokens of mesh barriers.
+    pub next_token: Cell<u64>,
+    /// SUBACKs waiting for every shard to apply a subscription: token -> (replies left, what to send).
+    pub pending_subacks: RefCell<HashMap<u64, (usize, crate::subscribe::SubDone)>>,
 }
 
 impl Shard {
@@ -115,6 +119,8 @@ pub(crate) async fn run(init: ShardInit) {
         idle: Notify::default(),
         acceptors: RefCell::new(Vec::new()),
         next_assigned: Cell::new(0),
+        next_token: Cell::new(0),
+        pending_subacks: RefCell::new(HashMap::new()),
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,
@@ -212,6 +218,8 @@ fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
         MeshItem::SubAdd(f) => shard.router.borrow_mut().add_remote(&f, from as u16),
         MeshItem::SubRemove(f) => shard.router.borrow_mut().remove_remote(&f, from as u16),
         MeshItem::Retain(p) => crate::route::store_retained(shard, *p),
+        MeshItem::Barrier(t) => shard.mesh.push(from, MeshItem::BarrierAck(t)),
+        MeshItem::BarrierAck(t) => crate::subscribe::barrier_passed(shard, t),
         MeshItem::Handoff(h) => crate::connection::adopt(shard.clone(), *h),
     }
 }

@@ -61,6 +61,7 @@ pub(crate) fn subscribe(
     let sub_id = sub.properties.subscription_identifier;
     let mut reasons = Vec::with_capacity(sub.filters.len());
     let mut replays = Vec::new();
+    let mut broadcast = false;
     for (filter, options) in &sub.filters {
         if filter.shared().is_some() && options.no_local {
             // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
@@ -80,7 +81,7 @@ pub(crate) fn subscribe(
             });
             continue;
         }
-        add(shard, sid, filter, *options, sub_id);
+        broadcast |= add(shard, sid, filter, *options, sub_id);
         reasons.push(granted(options.qos));
         let send = filter.shared().is_none()
             && match options.retain_handling {
@@ -93,26 +94,88 @@ pub(crate) fn subscribe(
         }
     }
     // [MQTT-3.8.4-1] SUBACK with one reason per filter [MQTT-3.8.4-6].
-    conn.send(&Packet::SubAck(SubAck {
+    let ack = SubAck {
         packet_id: sub.packet_id,
         reasons,
         properties: SubAckProperties::default(),
-    }));
-    if !replays.is_empty() {
-        let generation = shard.sessions.borrow()[sid as usize].generation;
-        glommio::spawn_local(replay(shard.clone(), sid, generation, replays, sub_id)).detach();
+    };
+    let generation = shard.sessions.borrow()[sid as usize].generation;
+    let done = SubDone {
+        sid,
+        generation,
+        conn: conn.clone(),
+        ack,
+        replays,
+        sub_id,
+    };
+    if broadcast && shard.shards > 1 {
+        // A message published after SUBACK must reach the new subscription from
+        // every shard: SUBACK waits until every shard has applied the change.
+        let token = shard.next_token.get() + 1;
+        shard.next_token.set(token);
+        shard
+            .pending_subacks
+            .borrow_mut()
+            .insert(token, (shard.shards - 1, done));
+        shard.mesh.broadcast(|| MeshItem::Barrier(token));
+    } else {
+        finish(shard, done);
     }
     Ok(())
 }
 
+/// A SUBACK waiting for the other shards, and what follows it.
+pub(crate) struct SubDone {
+    sid: SessionId,
+    generation: u64,
+    conn: Rc<ConnOut>,
+    ack: SubAck,
+    replays: Vec<(TopicFilter, SubscriptionOptions)>,
+    sub_id: Option<u32>,
+}
+
+/// Every shard applied the subscription change behind `token`.
+pub(crate) fn barrier_passed(shard: &Rc<Shard>, token: u64) {
+    let done = {
+        let mut pending = shard.pending_subacks.borrow_mut();
+        let Some((left, _)) = pending.get_mut(&token) else {
+            return;
+        };
+        *left -= 1;
+        if *left > 0 {
+            return;
+        }
+        pending.remove(&token).map(|(_, d)| d)
+    };
+    if let Some(d) = done {
+        finish(shard, d);
+    }
+}
+
+/// Sends the SUBACK, then replays retained messages.
+fn finish(shard: &Rc<Shard>, d: SubDone) {
+    d.conn.send(&Packet::SubAck(d.ack));
+    if !d.replays.is_empty() {
+        glommio::spawn_local(replay(
+            shard.clone(),
+            d.sid,
+            d.generation,
+            d.replays,
+            d.sub_id,
+        ))
+        .detach();
+    }
+}
+
 /// Adds (or replaces [MQTT-3.8.4-3]) one subscription of session `sid`.
+/// Returns whether the other shards were told.
 pub(crate) fn add(
     shard: &Shard,
     sid: SessionId,
     filter: &TopicFilter,
     options: SubscriptionOptions,
     subscription_id: Option<u32>,
-) {
+) -> bool {
     let first = shard.router.borrow_mut().subscribe_local(
         filter,
         LocalSub {
@@ -133,6 +196,7 @@ pub(crate) fn add(
     );
     let n = shard.router.borrow().local_subscription_count();
     shard.stats.subscriptions.set(n as u64);
+    first
 }
 
 fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> bool {
