@@ -24,6 +24,9 @@ matrix! {
     fn takeover_closes_the_old_connection;
     fn data_after_a_refused_connect_is_not_processed;
     fn concurrent_connects_all_get_connack;
+    fn will_retain_without_will_flag_closes;
+    fn username_flag_without_username_closes;
+    fn invalid_utf8_will_topic_or_user_name_is_refused;
 }
 
 matrix_v311! {
@@ -197,6 +200,12 @@ async fn takeover_closes_the_old_connection(ctx: Ctx) {
             matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::SessionTakenOver),
             "v5: DISCONNECT 0x8E to the old connection, got {got:?}"
         );
+        // [MQTT-3.14.2-2]: the server never sends a Session Expiry Interval in DISCONNECT.
+        if let Some(Packet::Disconnect(d)) = got.last() {
+            assert_eq!(d.properties.session_expiry_interval, None);
+        }
+    } else {
+        assert!(got.is_empty(), "3.1.1: no server DISCONNECT, got {got:?}");
     }
     new.send(&Packet::PingReq).await;
     match new.recv(WAIT).await {
@@ -373,4 +382,45 @@ async fn concurrent_connects_all_get_connack(ctx: Ctx) {
         done += 1;
     }
     assert_eq!(done, 40);
+}
+
+/// [MQTT-3.1.2-13] (v5) / [MQTT-3.1.2-15] (3.1.1): will flag 0 => will retain MUST be 0.
+async fn will_retain_without_will_flag_closes(ctx: Ctx) {
+    expect_refused_connect(&ctx, 0x02 | 0x20, 0x81).await;
+}
+
+/// [MQTT-3.1.2-17] (v5) / [MQTT-3.1.2-19] (3.1.1): user name flag 1 => a user name follows;
+/// a CONNECT that ends before it is malformed.
+async fn username_flag_without_username_closes(ctx: Ctx) {
+    expect_refused_connect(&ctx, 0x02 | 0x80, 0x81).await;
+}
+
+/// [MQTT-3.1.3-11], [MQTT-3.1.3-12] (v5) / [MQTT-3.1.3-10], [MQTT-3.1.3-11] (3.1.1): will
+/// topic and user name are UTF-8; ill-formed ones are refused.
+async fn invalid_utf8_will_topic_or_user_name_is_refused(ctx: Ctx) {
+    let v5 = ctx.proto == Proto::V5;
+    for (flags, field) in [(0x02 | 0x04, "will topic"), (0x02 | 0x80, "user name")] {
+        let mut body = bytes_of::s(b"MQTT");
+        body.extend([level(&ctx), flags, 0, 30]);
+        if v5 {
+            body.push(0);
+        }
+        body.extend(bytes_of::s(b"utf8fields"));
+        if flags & 0x04 != 0 {
+            if v5 {
+                body.push(0);
+            }
+            body.extend(bytes_of::s(&[b'w', 0xFF]));
+            body.extend(bytes_of::s(b"payload"));
+        } else {
+            body.extend(bytes_of::s(&[b'u', 0xC0, 0x80]));
+        }
+        let mut raw = Raw::open(ctx.broker.addr, version(ctx.proto)).await;
+        raw.send_bytes(&bytes_of::frame(0x10, &body)).await;
+        let got = raw_until_close(&mut raw).await;
+        assert!(
+            got.len() < 4 || got[3] != 0,
+            "{field}: invalid UTF-8 must not be accepted, got {got:02x?}"
+        );
+    }
 }

@@ -28,6 +28,7 @@ matrix! {
     fn invalid_utf8_in_topic_filter_closes;
     fn empty_topic_filter_closes;
     fn invalid_utf8_client_id_is_refused;
+    fn invalid_utf8_in_unsubscribe_filter_closes;
 }
 
 matrix_v5! {
@@ -489,4 +490,21 @@ async fn invalid_utf8_client_id_is_refused(ctx: Ctx) {
         "must not be accepted: {got:?}"
     );
     healthy(&ctx, "badid").await;
+}
+
+/// [MQTT-3.10.3-1]: UNSUBSCRIBE topic filters MUST be valid UTF-8.
+async fn invalid_utf8_in_unsubscribe_filter_closes(ctx: Ctx) {
+    let mut body = vec![0, 1];
+    if is_v5(&ctx) {
+        body.push(0);
+    }
+    body.extend(bytes_of::s(&[b'u', 0xFE]));
+    refused(
+        &ctx,
+        "unsubutf8",
+        &bytes_of::frame(0xA2, &body),
+        MALFORMED,
+        "invalid UTF-8 unsubscribe filter",
+    )
+    .await;
 }

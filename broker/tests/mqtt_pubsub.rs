@@ -26,6 +26,9 @@ matrix! {
     fn qos1_packet_id_reused_after_puback_is_a_new_message;
     fn qos2_duplicate_before_pubrel_is_delivered_once;
     fn publish_right_after_suback_is_delivered;
+    fn bom_is_part_of_the_topic;
+    fn acks_are_sent_in_publish_order;
+    fn one_unsubscribe_with_many_filters_gets_one_unsuback;
 }
 
 /// [MQTT-3.8.4-8] (v5) / 3.1.1 §3.8.4: delivered QoS = min(published QoS, granted QoS);
@@ -364,6 +367,75 @@ async fn publish_right_after_suback_is_delivered(ctx: Ctx) {
             .await;
         assert_eq!(m.topic, topic);
     }
+}
+
+/// [MQTT-1.5.4-3] ([MQTT-1.5.3-3] (3.1.1)): a leading U+FEFF is part of the string: not
+/// skipped or stripped.
+async fn bom_is_part_of_the_topic(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("bom");
+    let mut with = ctx.client(&s).await;
+    with.subscribe("\u{FEFF}bom/t", 1).await;
+    let mut without = ctx.client(&format!("{s}-plain")).await;
+    without.subscribe("bom/t", 1).await;
+    let publ = ctx.client(&p).await;
+    publ.publish("\u{FEFF}bom/t", 1, false, "b").await;
+    assert_eq!(with.recv("BOM topic").await.topic, "\u{FEFF}bom/t");
+    without.expect_none(QUIET, "BOM not stripped").await;
+}
+
+/// [MQTT-4.6.0-2], [MQTT-4.6.0-3]: PUBACK and PUBREC go out in the order of the PUBLISH
+/// packets they acknowledge.
+async fn acks_are_sent_in_publish_order(ctx: Ctx) {
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, version(ctx.proto), "acker", true).await;
+    let props: Option<&[u8]> = (ctx.proto == Proto::V5).then_some(&[]);
+    let mut burst = Vec::new();
+    for id in 1..=10u16 {
+        let first = if id % 2 == 0 { 0x34 } else { 0x32 };
+        burst.extend(bytes_of::publish(first, b"acks/t", Some(id), props, b"x"));
+    }
+    raw.send_bytes(&burst).await;
+    for id in 1..=10u16 {
+        match raw.expect_packet("ack").await {
+            Packet::PubAck(a) if id % 2 == 1 => assert_eq!(a.packet_id.get(), id),
+            Packet::PubRec(r) if id % 2 == 0 => assert_eq!(r.packet_id.get(), id),
+            other => panic!("ack #{id} out of order: {other:?}"),
+        }
+    }
+}
+
+/// [MQTT-3.10.4-6] (3.1.1 and v5): several filters in one UNSUBSCRIBE: one UNSUBACK (v5: one
+/// reason per filter, 0x11 where none existed).
+async fn one_unsubscribe_with_many_filters_gets_one_unsuback(ctx: Ctx) {
+    let v5 = ctx.proto == Proto::V5;
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, version(ctx.proto), "unsub-many", true).await;
+    raw.send(&Packet::Subscribe(common::raw::subscribe_packet(
+        1, "um/a", 1,
+    )))
+    .await;
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    let mut body = vec![0, 7];
+    if v5 {
+        body.push(0);
+    }
+    body.extend(bytes_of::s(b"um/a"));
+    body.extend(bytes_of::s(b"um/none"));
+    raw.send_bytes(&bytes_of::frame(0xA2, &body)).await;
+    match raw.expect_packet("UNSUBACK").await {
+        Packet::UnsubAck(a) => {
+            assert_eq!(a.packet_id.get(), 7);
+            if v5 {
+                assert_eq!(
+                    a.reasons,
+                    [ReasonCode::Success, ReasonCode::NoSubscriptionExisted]
+                );
+            }
+        }
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+    raw.expect_silence(QUIET, "a single UNSUBACK").await;
 }
 
 /// The harness really puts publisher and subscriber on different home shards with 2 shards.

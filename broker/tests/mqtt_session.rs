@@ -22,6 +22,7 @@ matrix! {
 matrix_v5! {
     fn v5_session_expiry_0_ends_session_at_disconnect;
     fn v5_session_expires_after_its_interval;
+    fn v5_puback_with_error_completes_the_message;
 }
 
 /// A CONNECT resuming (clean 0) a session that outlives the connection (v5: expiry 300 s).
@@ -231,4 +232,30 @@ async fn v5_session_expires_after_its_interval(ctx: Ctx) {
     let_time_pass(Duration::from_millis(2200)).await;
     let again = Client::connect(o).await;
     assert!(!again.session_present(), "session expired after 1 s");
+}
+
+/// [MQTT-4.4.0-2]: a PUBACK with a reason code >= 0x80 completes the message: not re-sent
+/// on resume.
+async fn v5_puback_with_error_completes_the_message(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("nack");
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &s)).await;
+    raw.send(&Packet::Subscribe(subscribe_packet(1, "nack/t", 1)))
+        .await;
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    let publ = ctx.client(&p).await;
+    publ.publish("nack/t", 1, false, "refused").await;
+    let m = raw.expect_publish("delivery").await;
+    let mut nack = resp(m.packet_id.unwrap().get());
+    nack.reason = ringmq_codec::ReasonCode::UnspecifiedError;
+    raw.send(&Packet::PubAck(nack)).await;
+    raw.send(&Packet::PingReq).await;
+    assert!(matches!(raw.expect_any("PINGRESP").await, Packet::PingResp));
+    drop(raw);
+    let (mut raw, ack) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &s)).await;
+    assert!(ack.session_present);
+    raw.expect_silence(QUIET, "refused message is complete, not re-sent")
+        .await;
 }

@@ -30,6 +30,12 @@ matrix_v5! {
     fn client_exceeding_receive_maximum_gets_0x93;
     fn shared_subscription_delivers_each_message_to_one_member;
     fn invalid_utf8_with_payload_format_indicator_is_refused;
+    fn topic_alias_mappings_end_with_the_connection;
+    fn response_topic_with_wildcard_is_refused;
+    fn invalid_utf8_content_type_is_malformed;
+    fn qos0_and_pingresp_flow_while_receive_window_is_full;
+    fn shared_subscription_delivers_at_member_granted_qos;
+    fn invalid_share_names_are_refused;
 }
 
 fn sub_filter(path: &str, nolocal: bool) -> Filter {
@@ -456,5 +462,147 @@ async fn assert_disconnect(raw: &mut Raw, reason: ReasonCode, what: &str) {
     match got.last() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason, "{what}"),
         other => panic!("{what}: expected DISCONNECT {reason:?}, got {other:?}"),
+    }
+}
+
+/// [MQTT-3.3.2-7]: alias mappings belong to one connection; a new connection starts empty.
+async fn topic_alias_mappings_end_with_the_connection(ctx: Ctx) {
+    let (p, _) = ctx.pair_ids("aliasconn");
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, ProtocolVersion::V5, &p, true).await;
+    raw.send_bytes(&bytes_of::publish(
+        0x30,
+        b"ac/t",
+        None,
+        Some(&alias_prop(1)),
+        b"x",
+    ))
+    .await;
+    drop(raw);
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, ProtocolVersion::V5, &p, true).await;
+    raw.send_bytes(&bytes_of::publish(
+        0x30,
+        b"",
+        None,
+        Some(&alias_prop(1)),
+        b"y",
+    ))
+    .await;
+    assert_disconnect(
+        &mut raw,
+        ReasonCode::ProtocolError,
+        "alias from an old connection",
+    )
+    .await;
+}
+
+/// [MQTT-3.3.2-14]: the Response Topic is a topic name: no wildcards.
+async fn response_topic_with_wildcard_is_refused(ctx: Ctx) {
+    let (p, _) = ctx.pair_ids("resptopic");
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, ProtocolVersion::V5, &p, true).await;
+    let mut props = vec![0x08];
+    props.extend(bytes_of::s(b"reply/#"));
+    raw.send_bytes(&bytes_of::publish(0x30, b"rt/t", None, Some(&props), b"x"))
+        .await;
+    let got = raw.expect_closed(WAIT, "wildcard response topic").await;
+    let reason = got.iter().rev().find_map(|p| match p {
+        Packet::Disconnect(d) => Some(d.reason),
+        _ => None,
+    });
+    if let Some(r) = reason {
+        assert!(
+            [
+                ReasonCode::MalformedPacket,
+                ReasonCode::ProtocolError,
+                ReasonCode::TopicNameInvalid
+            ]
+            .contains(&r),
+            "got {r:?}"
+        );
+    }
+}
+
+/// [MQTT-3.3.2-19] / [MQTT-1.5.4-1]: Content Type is a UTF-8 string; ill-formed is malformed.
+async fn invalid_utf8_content_type_is_malformed(ctx: Ctx) {
+    let (p, _) = ctx.pair_ids("ctype");
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, ProtocolVersion::V5, &p, true).await;
+    let mut props = vec![0x03];
+    props.extend(bytes_of::s(&[b't', 0xFF]));
+    raw.send_bytes(&bytes_of::publish(0x30, b"ct/t", None, Some(&props), b"x"))
+        .await;
+    assert_disconnect(
+        &mut raw,
+        ReasonCode::MalformedPacket,
+        "invalid UTF-8 content type",
+    )
+    .await;
+}
+
+/// [MQTT-3.3.4-10], [MQTT-4.9.0-3]: with the client's receive window full the server still
+/// sends QoS 0 messages and other packets (PINGRESP).
+async fn qos0_and_pingresp_flow_while_receive_window_is_full(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("window");
+    let mut c = connect_packet(ProtocolVersion::V5, &s, true);
+    c.properties.receive_maximum = Some(1);
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, c).await;
+    raw.send(&Packet::Subscribe(subscribe_packet(1, "win/#", 1)))
+        .await;
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    let publ = ctx.client(&p).await;
+    publ.publish("win/q1", 1, false, "fills the window").await;
+    publ.publish("win/q1", 1, false, "waits").await;
+    let first = raw.expect_publish("window of 1").await;
+    assert_eq!(&first.payload[..], b"fills the window");
+    publ.publish("win/q0", 0, false, "qos0").await;
+    let m = raw.expect_publish("QoS 0 despite a full window").await;
+    assert_eq!(&m.payload[..], b"qos0");
+    raw.send(&Packet::PingReq).await;
+    match raw.recv(WAIT).await {
+        RawEv::Packet(Packet::PingResp) => {}
+        other => panic!("PINGRESP despite a full window, got {other:?}"),
+    }
+}
+
+/// [MQTT-4.8.2-3]: a shared subscription delivers at the member's granted QoS.
+async fn shared_subscription_delivers_at_member_granted_qos(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("shareq");
+    let mut member = ctx.client(&s).await;
+    member.subscribe("$share/q/shq/t", 0).await;
+    let publ = ctx.client(&p).await;
+    publ.publish("shq/t", 2, false, "x").await;
+    assert_eq!(member.recv("shared delivery").await.qos, 0);
+}
+
+/// [MQTT-4.8.2-1], [MQTT-4.8.2-2]: a ShareName is non-empty, has no `/ + #`, and a filter
+/// follows it; otherwise the subscription is refused (SUBACK 0x8F, or malformed/protocol error).
+async fn invalid_share_names_are_refused(ctx: Ctx) {
+    for (i, f) in ["$share//t", "$share/g+/t", "$share/g#/t", "$share/g"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("sharename{i}");
+        let (mut raw, _) = Raw::connect(ctx.broker.addr, ProtocolVersion::V5, &id, true).await;
+        raw.send_bytes(&bytes_of::subscribe(0x82, 1, f.as_bytes(), 1, true))
+            .await;
+        match raw.recv(WAIT).await {
+            RawEv::Packet(Packet::SubAck(a)) => assert!(
+                a.reasons[0] as u8 >= 0x80,
+                "{f}: refused, got {:?}",
+                a.reasons
+            ),
+            RawEv::Packet(Packet::Disconnect(d)) => assert!(
+                [
+                    ReasonCode::MalformedPacket,
+                    ReasonCode::ProtocolError,
+                    ReasonCode::TopicFilterInvalid
+                ]
+                .contains(&d.reason),
+                "{f}: {d:?}"
+            ),
+            RawEv::Closed => {}
+            other => panic!("{f}: expected refusal, got {other:?}"),
+        }
     }
 }

@@ -24,6 +24,7 @@ matrix_v5! {
     fn v5_will_delay_holds_the_will;
     fn v5_reconnect_within_will_delay_cancels_the_will;
     fn v5_disconnect_with_will_message_publishes_it;
+    fn v5_will_properties_are_forwarded;
 }
 
 async fn watcher(ctx: &Ctx, id: &str, filter: &str) -> Client {
@@ -185,5 +186,38 @@ async fn malformed_disconnect_does_not_discard_the_will(ctx: Ctx) {
     assert_eq!(
         watch.recv("will after malformed DISCONNECT").await.text(),
         "malformed"
+    );
+}
+
+/// [MQTT-3.1.3-10]: will properties are forwarded, user properties in order (also content
+/// type, response topic, correlation data, payload format indicator).
+async fn v5_will_properties_are_forwarded(ctx: Ctx) {
+    let (c, w) = ctx.pair_ids("wprops");
+    let mut watch = watcher(&ctx, &w, "will/props").await;
+    let mut p = connect_packet(version(ctx.proto), &c, true);
+    let mut lw = will("will/props", "with-props");
+    lw.properties.content_type = Some("text/plain".try_into().unwrap());
+    lw.properties.response_topic = Some(common::raw::topic("will/reply"));
+    lw.properties.correlation_data = Some(bytes::Bytes::from_static(b"corr"));
+    lw.properties.payload_format_indicator = Some(1);
+    lw.properties.user_properties = vec![
+        ("z".try_into().unwrap(), "1".try_into().unwrap()),
+        ("a".try_into().unwrap(), "2".try_into().unwrap()),
+    ];
+    p.will = Some(lw);
+    let (raw, _) = Raw::connect_with(ctx.broker.addr, p).await;
+    drop(raw);
+    let m = watch.recv("will with properties").await;
+    let props = m.props.expect("properties");
+    assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(props.response_topic.as_deref(), Some("will/reply"));
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"corr"[..]));
+    assert_eq!(props.payload_format_indicator, Some(1));
+    assert_eq!(
+        props.user_properties,
+        vec![
+            ("z".to_string(), "1".to_string()),
+            ("a".to_string(), "2".to_string())
+        ]
     );
 }

@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod persist;
 pub mod raw;
 
 use std::future::Future;

@@ -206,6 +206,14 @@ impl Raw {
         }
     }
 
+    /// Next packet of any kind; panics on close or timeout.
+    pub async fn expect_any(&mut self, what: &str) -> Packet {
+        match self.recv(WAIT).await {
+            RawEv::Packet(p) => p,
+            other => panic!("expected a packet ({what}), got {other:?}"),
+        }
+    }
+
     /// Next PUBLISH (other packets are skipped); panics after 5 s.
     pub async fn expect_publish(&mut self, what: &str) -> Publish {
         let end = Instant::now() + WAIT;

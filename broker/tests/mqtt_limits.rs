@@ -1,0 +1,142 @@
+//! Server-side limits and features switched by configuration, as a client sees them (v5
+//! CONNACK properties and reason codes), graceful shutdown, and `$SYS` topics.
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::raw::{bytes_of, connect_packet};
+use common::*;
+use ringmq_codec::{Packet, ProtocolVersion, ReasonCode};
+
+matrix_v5! {
+    fn v5_server_keep_alive_caps_the_client_keep_alive;
+    fn v5_retain_unavailable_is_advertised_and_enforced;
+    fn v5_wildcard_subscriptions_disabled_get_0xa2;
+    fn v5_shared_subscriptions_disabled_get_0x9e;
+    fn v5_shutdown_sends_server_shutting_down;
+    fn v5_no_response_information_unless_requested;
+}
+
+matrix! {
+    fn sys_topics_are_published;
+}
+
+fn ctx_with(ctx: &Ctx, tweak: impl FnOnce(&mut ringmq_shard::config::ShardConfig)) -> Ctx {
+    Ctx {
+        proto: ctx.proto,
+        broker: Broker::start_with(ctx.shards(), tweak),
+    }
+}
+
+/// [MQTT-3.1.2-21]: a Server Keep Alive in CONNACK replaces the client's keep alive.
+async fn v5_server_keep_alive_caps_the_client_keep_alive(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| c.max_keep_alive = 5);
+    let mut c = connect_packet(ProtocolVersion::V5, "ka-cap", true);
+    c.keep_alive = 60;
+    let (_raw, ack) = Raw::connect_with(ctx.broker.addr, c).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(5));
+}
+
+/// [MQTT-3.2.2-13], [MQTT-3.2.2-14] v5 3.2.2.3.5: Retain Available 0 is advertised; a will
+/// with retain 1 gets CONNACK 0x9A; a retained PUBLISH gets DISCONNECT 0x9A.
+async fn v5_retain_unavailable_is_advertised_and_enforced(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| c.retain_available = false);
+    let (mut raw, ack) = Raw::connect(ctx.broker.addr, ProtocolVersion::V5, "noretain", true).await;
+    assert_eq!(ack.properties.retain_available, Some(false));
+    raw.send_bytes(&bytes_of::publish(0x31, b"r/t", None, Some(&[]), b"x"))
+        .await;
+    let got = raw.expect_closed(WAIT, "retained PUBLISH refused").await;
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::RetainNotSupported),
+        "DISCONNECT 0x9A, got {got:?}"
+    );
+    let mut body = bytes_of::s(b"MQTT");
+    body.extend([5, 0x02 | 0x04 | 0x20, 0, 30, 0]);
+    body.extend(bytes_of::s(b"willretain"));
+    body.push(0);
+    body.extend(bytes_of::s(b"w/t"));
+    body.extend(bytes_of::s(b"bye"));
+    let mut raw = Raw::open(ctx.broker.addr, ProtocolVersion::V5).await;
+    raw.send_bytes(&bytes_of::frame(0x10, &body)).await;
+    let got = raw.expect_closed(WAIT, "will retain refused").await;
+    assert!(
+        matches!(got.first(), Some(Packet::ConnAck(a)) if a.reason == ReasonCode::RetainNotSupported),
+        "CONNACK 0x9A, got {got:?}"
+    );
+}
+
+/// v5 3.2.2.3.11 / 3.9.3: Wildcard Subscription Available 0: advertised; SUBACK 0xA2.
+async fn v5_wildcard_subscriptions_disabled_get_0xa2(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| c.wildcard_subscriptions = false);
+    let mut c = ctx.client("nowild").await;
+    let props = c.connack_props.clone().expect("CONNACK properties");
+    assert_eq!(props.wildcard_subscription_available, Some(0));
+    assert_eq!(c.subscribe("w/+", 1).await, vec![0xA2]);
+    assert_eq!(c.subscribe("w/plain", 1).await, vec![1]);
+}
+
+/// v5 3.2.2.3.13 / 3.9.3: Shared Subscription Available 0: advertised; SUBACK 0x9E.
+async fn v5_shared_subscriptions_disabled_get_0x9e(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| c.shared_subscriptions = false);
+    let mut c = ctx.client("noshare").await;
+    let props = c.connack_props.clone().expect("CONNACK properties");
+    assert_eq!(props.shared_subscription_available, Some(0));
+    assert_eq!(c.subscribe("$share/g/t", 1).await, vec![0x9E]);
+}
+
+/// Issue 3 / v5 4.13.2: on shutdown v5 clients get DISCONNECT 0x8B, then the close.
+async fn v5_shutdown_sends_server_shutting_down(ctx: Ctx) {
+    let mut ctx = ctx;
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, ProtocolVersion::V5, "bye", true).await;
+    let (mut old, _) = Raw::connect(ctx.broker.addr, ProtocolVersion::V3_1_1, "bye311", true).await;
+    // Blocks this test's runtime while the broker drains; the sockets buffer what it sends.
+    assert!(
+        ctx.broker.shutdown(Duration::from_secs(10)),
+        "graceful shutdown finishes"
+    );
+    let got = raw.expect_closed(WAIT, "shutdown").await;
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::ServerShuttingDown),
+        "v5 DISCONNECT 0x8B, got {got:?}"
+    );
+    assert!(old
+        .expect_closed(WAIT, "3.1.1 just closed")
+        .await
+        .is_empty());
+}
+
+/// [MQTT-3.1.2-28]: without Request Response Information, CONNACK has no Response Information.
+async fn v5_no_response_information_unless_requested(ctx: Ctx) {
+    let (_raw, ack) = Raw::connect(ctx.broker.addr, ProtocolVersion::V5, "noinfo", true).await;
+    assert_eq!(ack.properties.response_information, None);
+}
+
+/// Issue 3: `$SYS/broker/...` topics like Mosquitto's at the configured interval; `#` does not
+/// match them [MQTT-4.7.2-1].
+async fn sys_topics_are_published(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| c.sys_interval = Duration::from_millis(200));
+    let mut sys = ctx.client("sys").await;
+    sys.subscribe("$SYS/broker/#", 0).await;
+    let mut seen = std::collections::HashSet::new();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < end {
+        let Some(m) = sys.recv_within(Duration::from_secs(1)).await else {
+            break;
+        };
+        seen.insert(m.topic);
+        if seen.contains("$SYS/broker/version")
+            && seen.contains("$SYS/broker/uptime")
+            && seen.contains("$SYS/broker/clients/connected")
+        {
+            break;
+        }
+    }
+    for t in [
+        "$SYS/broker/version",
+        "$SYS/broker/uptime",
+        "$SYS/broker/clients/connected",
+    ] {
+        assert!(seen.contains(t), "{t} published; saw {seen:?}");
+    }
+}
