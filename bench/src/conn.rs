@@ -197,6 +197,83 @@ impl Conn {
         }
     }
 
+    /// Subscriber fast path: when the next whole frame read is a PUBLISH, its fields
+    /// (payload as a range of [`Conn::read_buf`]) without building a `Packet`. Only the
+    /// framing is checked here: fixed header, topic length, non-zero packet id, v5
+    /// property length. Anything else (other packets, incomplete or odd frames) returns
+    /// None and goes through the codec's `Decoder` via [`Conn::next_packet`].
+    #[inline]
+    pub fn peek_publish(&self) -> Option<RawPublish> {
+        let b = &self.rbuf[..];
+        let first = *b.first()?;
+        let qos = (first >> 1) & 3;
+        if first >> 4 != 3 || qos == 3 {
+            return None;
+        }
+        let (mut rl, mut i, mut shift) = (0usize, 1usize, 0u32);
+        loop {
+            let byte = *b.get(i)?;
+            rl |= usize::from(byte & 0x7f) << shift;
+            i += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if i > 4 {
+                return None;
+            }
+        }
+        let end = i + rl;
+        if b.len() < end {
+            return None;
+        }
+        let topic_len = usize::from(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]));
+        let mut pos = i + 2 + topic_len;
+        let mut packet_id = None;
+        if qos > 0 {
+            let id = u16::from_be_bytes([*b.get(pos)?, *b.get(pos + 1)?]);
+            packet_id = Some(PacketId::new(id)?);
+            pos += 2;
+        }
+        if self.version == ProtocolVersion::V5 {
+            let (mut plen, mut shift) = (0usize, 0u32);
+            loop {
+                let byte = *b.get(pos)?;
+                plen |= usize::from(byte & 0x7f) << shift;
+                pos += 1;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+                shift += 7;
+                if shift > 21 {
+                    return None;
+                }
+            }
+            pos += plen;
+        }
+        if pos > end {
+            return None;
+        }
+        Some(RawPublish {
+            frame_len: end,
+            first_byte: first,
+            topic: i + 2..i + 2 + topic_len,
+            qos,
+            packet_id,
+            payload: pos..end,
+        })
+    }
+
+    /// Bytes read and not yet consumed.
+    pub fn read_buf(&self) -> &[u8] {
+        &self.rbuf
+    }
+
+    /// Drops `n` consumed bytes from the read buffer.
+    pub fn consume(&mut self, n: usize) {
+        self.rbuf.advance(n);
+    }
+
     /// The next whole packet already read, if any.
     #[inline]
     pub fn next_packet(&mut self) -> io::Result<Option<Packet>> {
@@ -271,6 +348,18 @@ pub fn check_suback(ack: &ringmq_codec::SubAck) -> io::Result<()> {
         return Err(invalid(format!("SUBACK refused: 0x{code:02x}")));
     }
     Ok(())
+}
+
+/// A PUBLISH found in place by [`Conn::peek_publish`].
+#[derive(Debug, Clone)]
+pub struct RawPublish {
+    pub frame_len: usize,
+    /// Type and flags (DUP, QoS, RETAIN).
+    pub first_byte: u8,
+    pub topic: std::ops::Range<usize>,
+    pub qos: u8,
+    pub packet_id: Option<PacketId>,
+    pub payload: std::ops::Range<usize>,
 }
 
 /// The four publish acknowledgement kinds.

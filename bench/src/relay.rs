@@ -135,22 +135,42 @@ impl Hub {
         }
     }
 
-    fn forward(&mut self, p: &Publish) {
-        let topic = p.topic.as_str();
-        let mut targets = std::mem::take(&mut self.targets);
-        targets.clear();
+    /// Fills `self.targets` with the connections subscribed to `topic`.
+    fn match_targets(&mut self, topic: &str) {
+        self.targets.clear();
         if let Some(v) = self.exact.get(topic) {
-            targets.extend_from_slice(v);
+            self.targets.extend_from_slice(v);
         }
-        targets.extend(
-            self.wild
-                .iter()
-                .filter(|(f, _)| filter_matches(f, topic))
-                .map(|(_, id)| *id),
-        );
+        let wild = self.wild.iter().filter(|(f, _)| filter_matches(f, topic));
+        self.targets.extend(wild.map(|(_, id)| *id));
+    }
+
+    /// Fast path: a QoS 0 PUBLISH frame (no retain) forwarded as is when every target
+    /// speaks `version`; false (nothing sent) otherwise.
+    fn forward_raw(&mut self, frame: &[u8], topic: &str, version: ProtocolVersion) -> bool {
+        self.match_targets(topic);
+        let targets = std::mem::take(&mut self.targets);
+        let same = targets.iter().all(|id| {
+            self.outboxes
+                .get(id)
+                .is_none_or(|o| o.version == Some(version))
+        });
+        if same {
+            for id in &targets {
+                self.deliver(*id, frame);
+            }
+        }
+        self.targets = targets;
+        same
+    }
+
+    fn forward(&mut self, p: &Publish) {
+        self.match_targets(p.topic.as_str());
+        let targets = std::mem::take(&mut self.targets);
         let mut encoded = [false; 2];
+        let mut scratch = std::mem::take(&mut self.scratch);
         for id in &targets {
-            let Some(o) = self.outboxes.get_mut(id) else {
+            let Some(o) = self.outboxes.get(id) else {
                 continue;
             };
             let v = usize::from(o.version == Some(ProtocolVersion::V5));
@@ -161,40 +181,44 @@ impl Hub {
                 q.packet_id = None;
                 q.dup = false;
                 q.retain = false;
-                self.scratch[v].clear();
-                let version = if v == 1 {
-                    ProtocolVersion::V5
-                } else {
-                    ProtocolVersion::V3_1_1
-                };
-                let _ = Packet::Publish(q).encode(version, &mut self.scratch[v]);
+                scratch[v].clear();
+                let version = [ProtocolVersion::V3_1_1, ProtocolVersion::V5][v];
+                let _ = Packet::Publish(q).encode(version, &mut scratch[v]);
             }
-            let frame = &self.scratch[v];
-            self.forwarded += 1;
-            let n = self.forwarded;
-            let f = self.faults;
-            let hit = |every: u64| every > 0 && n.is_multiple_of(every);
-            if hit(f.drop_every) {
-                continue;
-            }
-            if hit(f.swap_every) && o.held.is_none() {
-                o.held = Some(BytesMut::from(&frame[..]));
-                continue;
-            }
-            let before = o.buf.len();
-            o.buf.extend_from_slice(frame);
-            if hit(f.dup_every) {
-                o.buf.extend_from_slice(frame);
-            }
-            if let Some(h) = o.held.take() {
-                o.buf.extend_from_slice(&h);
-            }
-            self.backlog += o.buf.len() - before;
-            if let Some(w) = o.waker.take() {
-                w.wake();
-            }
+            self.deliver(*id, &scratch[v]);
         }
+        self.scratch = scratch;
         self.targets = targets;
+    }
+
+    /// Appends one forwarded frame to connection `id`'s outbox, applying the faults.
+    fn deliver(&mut self, id: u64, frame: &[u8]) {
+        let Some(o) = self.outboxes.get_mut(&id) else {
+            return;
+        };
+        self.forwarded += 1;
+        let n = self.forwarded;
+        let f = self.faults;
+        let hit = |every: u64| every > 0 && n.is_multiple_of(every);
+        if hit(f.drop_every) {
+            return;
+        }
+        if hit(f.swap_every) && o.held.is_none() {
+            o.held = Some(BytesMut::from(frame));
+            return;
+        }
+        let before = o.buf.len();
+        o.buf.extend_from_slice(frame);
+        if hit(f.dup_every) {
+            o.buf.extend_from_slice(frame);
+        }
+        if let Some(h) = o.held.take() {
+            o.buf.extend_from_slice(&h);
+        }
+        self.backlog += o.buf.len() - before;
+        if let Some(w) = o.waker.take() {
+            w.wake();
+        }
     }
 }
 
@@ -262,8 +286,26 @@ async fn serve(hub: &Rc<RefCell<Hub>>, id: u64, mut conn: Conn) -> io::Result<()
             o.buf.clear();
             h.backlog -= n;
         }
-        while let Some(p) = conn.next_packet()? {
-            handle(hub, id, &mut conn, p)?;
+        loop {
+            // Fast path: plain QoS 0 PUBLISH, forwarded byte for byte.
+            if let Some(rp) = conn.peek_publish().filter(|rp| rp.first_byte == 0x30) {
+                let buf = conn.read_buf();
+                let sent = match std::str::from_utf8(&buf[rp.topic.clone()]) {
+                    Ok(topic) => {
+                        hub.borrow_mut()
+                            .forward_raw(&buf[..rp.frame_len], topic, conn.version)
+                    }
+                    Err(_) => false,
+                };
+                if sent {
+                    conn.consume(rp.frame_len);
+                    continue;
+                }
+            }
+            match conn.next_packet()? {
+                Some(p) => handle(hub, id, &mut conn, p)?,
+                None => break,
+            }
         }
     }
 }

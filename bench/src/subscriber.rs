@@ -6,7 +6,7 @@ use crate::core::CoreCtx;
 use crate::payload::{now_ns, read_stamp};
 use crate::tracker::Tracker;
 use futures_lite::future::or;
-use ringmq_codec::{Packet, QoS};
+use ringmq_codec::Packet;
 use std::io;
 use std::rc::Rc;
 
@@ -87,43 +87,56 @@ fn read_all(
     let pub_end = ctx.pub_end_ns.get();
     let mut st = ctx.stats.borrow_mut();
     let st = &mut *st;
-    while let Some(p) = conn.next_packet()? {
-        match p {
-            Packet::Publish(p) => {
-                st.received += 1;
-                match (p.qos, p.packet_id) {
-                    (QoS::AtLeastOnce, Some(id)) => conn.queue_ack(AckKind::PubAck, id)?,
-                    (QoS::ExactlyOnce, Some(id)) => conn.queue_ack(AckKind::PubRec, id)?,
-                    _ => {}
+    loop {
+        // Hot path: PUBLISH read in place; everything else through the codec.
+        let (qos, packet_id, stamp, len) = if let Some(rp) = conn.peek_publish() {
+            let stamp = read_stamp(&conn.read_buf()[rp.payload.clone()]);
+            (rp.qos, rp.packet_id, stamp, Some(rp.frame_len))
+        } else {
+            match conn.next_packet()? {
+                None => return Ok(()),
+                Some(Packet::Publish(p)) => {
+                    (p.qos as u8, p.packet_id, read_stamp(&p.payload), None)
                 }
-                let Some(stamp) = read_stamp(&p.payload) else {
-                    st.counts.unexpected += 1;
+                Some(Packet::PubRel(r)) => {
+                    conn.queue_ack(AckKind::PubComp, r.packet_id)?;
                     continue;
-                };
-                if !probes.is_empty() {
-                    if let Ok(i) = probes.binary_search_by_key(&stamp.publisher, |x| x.0) {
-                        probes[i].1 = probes[i].1.max(stamp.seq + 1);
-                    }
                 }
-                if tracker.on_message(stamp.publisher, stamp.seq, &mut st.counts)
-                    && stamp.sent_ns >= measure_start
-                    && stamp.sent_ns < pub_end
-                {
-                    st.received_measured += 1;
-                    st.last_measured_recv_ns = now;
-                    st.latency
-                        .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+                Some(Packet::Disconnect(d)) => {
+                    return Err(io::Error::other(format!(
+                        "DISCONNECT from broker: {:?}",
+                        d.reason
+                    )))
                 }
+                Some(_) => continue,
             }
-            Packet::PubRel(r) => conn.queue_ack(AckKind::PubComp, r.packet_id)?,
-            Packet::Disconnect(d) => {
-                return Err(io::Error::other(format!(
-                    "DISCONNECT from broker: {:?}",
-                    d.reason
-                )))
-            }
+        };
+        if let Some(n) = len {
+            conn.consume(n);
+        }
+        st.received += 1;
+        match (qos, packet_id) {
+            (1, Some(id)) => conn.queue_ack(AckKind::PubAck, id)?,
+            (2, Some(id)) => conn.queue_ack(AckKind::PubRec, id)?,
             _ => {}
         }
+        let Some(stamp) = stamp else {
+            st.counts.unexpected += 1;
+            continue;
+        };
+        if !probes.is_empty() {
+            if let Ok(i) = probes.binary_search_by_key(&stamp.publisher, |x| x.0) {
+                probes[i].1 = probes[i].1.max(stamp.seq + 1);
+            }
+        }
+        if tracker.on_message(stamp.publisher, stamp.seq, &mut st.counts)
+            && stamp.sent_ns >= measure_start
+            && stamp.sent_ns < pub_end
+        {
+            st.received_measured += 1;
+            st.last_measured_recv_ns = now;
+            st.latency
+                .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+        }
     }
-    Ok(())
 }
