@@ -66,10 +66,12 @@ impl Shared {
         }
         let window_of = fanout
             .iter()
-            .map(|&f| {
-                plan.load
+            .map(|&f| match f {
+                0 => 0, // nobody hears it: nothing to pace against
+                f => plan
+                    .load
                     .window
-                    .unwrap_or_else(|| crate::plan::auto_window(f))
+                    .unwrap_or_else(|| crate::plan::auto_window(f)),
             })
             .collect();
         let tag = if plan.broker.no_clean_start {
