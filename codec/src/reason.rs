@@ -95,6 +95,23 @@ pub(crate) enum ReasonContext {
     Auth,
 }
 
+/// Reason codes each packet may carry: the "Packets" column of the v5 table in 2.4.
+const CONNACK_CODES: &[u8] = &[
+    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97,
+    0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+];
+const PUBACK_PUBREC_CODES: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
+const PUBREL_PUBCOMP_CODES: &[u8] = &[0x00, 0x92];
+const SUBACK_CODES: &[u8] = &[
+    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+];
+const UNSUBACK_CODES: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
+const DISCONNECT_CODES: &[u8] = &[
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
+    0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+];
+const AUTH_CODES: &[u8] = &[0x00, 0x18, 0x19];
+
 #[allow(non_upper_case_globals)]
 impl ReasonCode {
     /// 0x00 in DISCONNECT.
@@ -119,91 +136,16 @@ impl ReasonCode {
 
     /// Whether the v5 table (2.4) lists this code for the packet.
     pub(crate) fn allowed_in(self, ctx: ReasonContext) -> bool {
-        use ReasonCode::*;
-        let v = self as u8;
-        match ctx {
-            ReasonContext::ConnAck => matches!(
-                self,
-                Success
-                    | UnspecifiedError
-                    | MalformedPacket
-                    | ProtocolError
-                    | ImplementationSpecificError
-                    | UnsupportedProtocolVersion
-                    | ClientIdentifierNotValid
-                    | BadUserNameOrPassword
-                    | NotAuthorized
-                    | ServerUnavailable
-                    | ServerBusy
-                    | Banned
-                    | BadAuthenticationMethod
-                    | TopicNameInvalid
-                    | PacketTooLarge
-                    | QuotaExceeded
-                    | PayloadFormatInvalid
-                    | RetainNotSupported
-                    | QoSNotSupported
-                    | UseAnotherServer
-                    | ServerMoved
-                    | ConnectionRateExceeded
-            ),
-            ReasonContext::PubAckRec => matches!(
-                self,
-                Success
-                    | NoMatchingSubscribers
-                    | UnspecifiedError
-                    | ImplementationSpecificError
-                    | NotAuthorized
-                    | TopicNameInvalid
-                    | PacketIdentifierInUse
-                    | QuotaExceeded
-                    | PayloadFormatInvalid
-            ),
-            ReasonContext::PubRelComp => matches!(self, Success | PacketIdentifierNotFound),
-            ReasonContext::SubAck => matches!(
-                self,
-                Success
-                    | GrantedQoS1
-                    | GrantedQoS2
-                    | UnspecifiedError
-                    | ImplementationSpecificError
-                    | NotAuthorized
-                    | TopicFilterInvalid
-                    | PacketIdentifierInUse
-                    | QuotaExceeded
-                    | SharedSubscriptionsNotSupported
-                    | SubscriptionIdentifiersNotSupported
-                    | WildcardSubscriptionsNotSupported
-            ),
-            ReasonContext::UnsubAck => matches!(
-                self,
-                Success
-                    | NoSubscriptionExisted
-                    | UnspecifiedError
-                    | ImplementationSpecificError
-                    | NotAuthorized
-                    | TopicFilterInvalid
-                    | PacketIdentifierInUse
-            ),
-            ReasonContext::Disconnect => {
-                matches!(self, Success | DisconnectWithWillMessage)
-                    || (v >= 0x80
-                        && !matches!(
-                            self,
-                            UnsupportedProtocolVersion
-                                | ClientIdentifierNotValid
-                                | BadUserNameOrPassword
-                                | ServerUnavailable
-                                | Banned
-                                | BadAuthenticationMethod
-                                | PacketIdentifierInUse
-                                | PacketIdentifierNotFound
-                        ))
-            }
-            ReasonContext::Auth => {
-                matches!(self, Success | ContinueAuthentication | ReAuthenticate)
-            }
-        }
+        let codes: &[u8] = match ctx {
+            ReasonContext::ConnAck => CONNACK_CODES,
+            ReasonContext::PubAckRec => PUBACK_PUBREC_CODES,
+            ReasonContext::PubRelComp => PUBREL_PUBCOMP_CODES,
+            ReasonContext::SubAck => SUBACK_CODES,
+            ReasonContext::UnsubAck => UNSUBACK_CODES,
+            ReasonContext::Disconnect => DISCONNECT_CODES,
+            ReasonContext::Auth => AUTH_CODES,
+        };
+        codes.contains(&(self as u8))
     }
 
     /// Whether the v5 table (2.4) lists this code for a packet of `packet_type`
