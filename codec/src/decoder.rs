@@ -17,6 +17,8 @@ use crate::wire::{parse_var_int, VarInt};
 pub struct Decoder {
     max_packet_size: u32,
     version: Option<ProtocolVersion>,
+    /// Set once this decoder has read a CONNECT: it is a server reading a client.
+    from_client: bool,
 }
 
 impl Decoder {
@@ -26,6 +28,7 @@ impl Decoder {
         Decoder {
             max_packet_size,
             version: None,
+            from_client: false,
         }
     }
 
@@ -36,6 +39,19 @@ impl Decoder {
 
     pub fn set_max_packet_size(&mut self, n: u32) {
         self.max_packet_size = n;
+    }
+
+    /// Declares that this decoder reads a client (a server's session decoder made after the
+    /// CONNECT was read elsewhere): see `reads_client`. Set automatically by decoding a CONNECT.
+    pub fn set_reads_client(&mut self, yes: bool) {
+        self.from_client = yes;
+    }
+
+    /// True once a CONNECT was decoded (or `set_reads_client(true)`): this decoder reads a client, so packets only a server
+    /// sends (CONNACK, SUBACK, UNSUBACK, PINGRESP) and a PUBLISH with a Subscription Identifier
+    /// [MQTT-3.3.4-6] are refused.
+    pub fn reads_client(&self) -> bool {
+        self.from_client
     }
 
     /// The connection's version: set by `set_version`, or by a CONNECT as soon as its protocol
@@ -67,6 +83,10 @@ impl Decoder {
             Some(_) if is_connect => return Err(DecodeError::SecondConnect),
             _ => {}
         }
+        if self.from_client && server_to_client_only(first >> 4) {
+            // v5 2.1.2 / 3.1.1 2.2.1: "Direction of flow" of each packet type.
+            return Err(DecodeError::WrongDirection);
+        }
         let (remaining, len_bytes) = match parse_var_int(&buf[1..]) {
             VarInt::Value(v, n) => (v as usize, n),
             VarInt::Incomplete => return Ok(None),
@@ -88,8 +108,13 @@ impl Decoder {
         if first >> 4 == packet_type::PUBLISH {
             if let Some(version) = self.version {
                 // The hot path, kept inline so the packet is built in place.
-                return Publish::decode(first & 0x0F, body, version)
-                    .map(|p| Some(Packet::Publish(p)));
+                let p = Publish::decode(first & 0x0F, body, version)?;
+                // [MQTT-3.3.4-6] a PUBLISH from a Client MUST NOT contain a Subscription
+                // Identifier.
+                if self.from_client && !p.properties.subscription_identifiers.is_empty() {
+                    return Err(DecodeError::SubscriptionIdFromClient);
+                }
+                return Ok(Some(Packet::Publish(p)));
             }
         }
         let version = match self.version {
@@ -97,11 +122,19 @@ impl Decoder {
             None => {
                 let v = peek_version(&body)?;
                 self.version = Some(v);
+                self.from_client = true;
                 v
             }
         };
         Packet::decode_body(first, body, version).map(Some)
     }
+}
+
+/// Packet types only a server sends.
+#[inline]
+fn server_to_client_only(ty: u8) -> bool {
+    use packet_type::*;
+    matches!(ty, CONNACK | SUBACK | UNSUBACK | PINGRESP)
 }
 
 #[cfg(test)]
@@ -202,6 +235,44 @@ mod tests {
         let mut b = BytesMut::from(&raw[..]);
         assert_eq!(d.decode(&mut b), Err(DecodeError::ConnectReservedFlag));
         assert_eq!(d.version(), Some(V5));
+    }
+
+    #[test]
+    fn server_refuses_server_only_packets_from_a_client() {
+        for raw in [
+            &[0x20u8, 3, 0, 0, 0][..],
+            &[0x90, 4, 0, 1, 0, 0],
+            &[0xB0, 4, 0, 1, 0, 0],
+            &[0xD0, 0],
+        ] {
+            let mut b = BytesMut::from(CONNECT_V5);
+            b.extend_from_slice(raw);
+            let mut d = Decoder::new(0);
+            assert!(d.decode(&mut b).unwrap().is_some());
+            assert!(d.reads_client());
+            assert_eq!(
+                d.decode(&mut b),
+                Err(DecodeError::WrongDirection),
+                "{raw:?}"
+            );
+        }
+        // A client decoder takes them.
+        assert!(client(V5, 0)
+            .decode(&mut BytesMut::from(&[0xD0, 0][..]))
+            .is_ok());
+    }
+
+    #[test]
+    fn subscription_id_from_client_mqtt_3_3_4_6() {
+        let publish = [0x30, 7, 0, 1, b'a', 2, 0x0B, 1, b'x'];
+        let mut b = BytesMut::from(CONNECT_V5);
+        b.extend_from_slice(&publish);
+        let mut d = Decoder::new(0);
+        d.decode(&mut b).unwrap();
+        assert_eq!(d.decode(&mut b), Err(DecodeError::SubscriptionIdFromClient));
+        // From a server it is how the subscriber learns which subscription matched.
+        let mut b = BytesMut::from(&publish[..]);
+        assert!(client(V5, 0).decode(&mut b).unwrap().is_some());
     }
 
     #[test]

@@ -120,6 +120,10 @@ decode_errors! {
         "CONNACK acknowledge flags reserved bits are not 0";
     SessionPresentOnError => ProtocolError, "[MQTT-3.2.2-6] / [MQTT-3.2.2-4] (3.1.1)",
         "session present set with a non-zero return code";
+    WrongDirection => ProtocolError, "v5 2.1.2 / 3.1.1 2.2.1 (direction of flow)",
+        "a packet only a server sends, received from a client";
+    SubscriptionIdFromClient => ProtocolError, "[MQTT-3.3.4-6]",
+        "PUBLISH from a client with a Subscription Identifier";
     EmptyAck => ProtocolError, "v5 3.9.3, 3.11.3 / 3.1.1 3.9.3",
         "SUBACK/UNSUBACK without a reason code";
 }

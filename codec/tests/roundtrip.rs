@@ -109,10 +109,11 @@ proptest! {
         round_trip(ProtocolVersion::V5, &p)?;
     }
 
-    /// A CONNECT followed by other packets, split at every point, decodes as the whole.
+    /// What a server reads: a CONNECT followed by client packets, split at every point,
+    /// decodes as the whole.
     #[test]
-    fn stream_split_anywhere_decodes_the_same(
-        (v, c, rest) in version().prop_flat_map(|v| (Just(v), connect(v), proptest::collection::vec(non_connect(v), 0..4)))
+    fn client_stream_split_anywhere_decodes_the_same(
+        (v, c, rest) in version().prop_flat_map(|v| (Just(v), connect(v), proptest::collection::vec(from_client(v), 0..4)))
     ) {
         let mut out = BytesMut::new();
         c.encode(v, &mut out).unwrap();
@@ -124,6 +125,27 @@ proptest! {
         prop_assert_eq!(whole.0.len(), rest.len() + 1);
         for at in 0..=out.len() {
             let parts = decode_all(None, &[&out[..at], &out[at..]]);
+            prop_assert_eq!(&parts, &whole, "split at {}", at);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(128))]
+
+    /// What a client reads: any packets but CONNECT, split at every point, decode as the whole.
+    #[test]
+    fn server_stream_split_anywhere_decodes_the_same(
+        (v, ps) in version().prop_flat_map(|v| (Just(v), proptest::collection::vec(non_connect(v), 1..4)))
+    ) {
+        let mut out = BytesMut::new();
+        for p in &ps {
+            p.encode(v, &mut out).unwrap();
+        }
+        let whole = decode_all(Some(v), &[&out]);
+        prop_assert_eq!(&whole, &(ps.clone(), None));
+        for at in 0..=out.len() {
+            let parts = decode_all(Some(v), &[&out[..at], &out[at..]]);
             prop_assert_eq!(&parts, &whole, "split at {}", at);
         }
     }

@@ -506,3 +506,29 @@ pub fn non_connect(v: ProtocolVersion) -> BoxedStrategy<Packet> {
     }
     prop::strategy::Union::new(s).boxed()
 }
+
+/// A packet a client sends after CONNECT, valid in `v` (no Subscription Identifier in PUBLISH,
+/// [MQTT-3.3.4-6]).
+pub fn from_client(v: ProtocolVersion) -> BoxedStrategy<Packet> {
+    let publish = publish(v).prop_map(|mut p| {
+        if let Packet::Publish(p) = &mut p {
+            p.properties.subscription_identifiers.clear();
+        }
+        p
+    });
+    let mut s = vec![
+        publish.boxed(),
+        pubresp(v, packet_type::PUBACK).boxed(),
+        pubresp(v, packet_type::PUBREC).boxed(),
+        pubresp(v, packet_type::PUBREL).boxed(),
+        pubresp(v, packet_type::PUBCOMP).boxed(),
+        subscribe(v).boxed(),
+        unsubscribe(v).boxed(),
+        Just(Packet::PingReq).boxed(),
+        disconnect(v).boxed(),
+    ];
+    if v.is_v5() {
+        s.push(auth().boxed());
+    }
+    prop::strategy::Union::new(s).boxed()
+}
