@@ -12,7 +12,7 @@ use crate::topic::TopicName;
 use crate::types::{PacketId, ProtocolVersion, QoS};
 use crate::wire::{
     frame_len, parse_var_int, put_binary, put_fixed_header, put_var_int, var_int_len, Reader,
-    VarInt,
+    VarInt, MAX_VAR_INT,
 };
 
 /// An encoded PUBLISH shared by every subscriber of one (version, QoS). Clone is a refcount.
@@ -269,7 +269,7 @@ impl PublishFrame {
         }
         for &s in d.subscription_ids {
             out.put_u8(id::SUBSCRIPTION_IDENTIFIER);
-            put_var_int(out, s as usize);
+            put_var_int(out, s.min(MAX_VAR_INT) as usize);
         }
         out.put_slice(self.old_props().0);
         out.put_slice(&self.buf[self.payload_at as usize..]);
