@@ -11,6 +11,9 @@ use crate::publish::Publish;
 use crate::types::ProtocolVersion;
 use crate::wire::{parse_var_int, VarInt};
 
+/// Most `decode` reserves ahead for a partial frame.
+const MAX_RESERVE: usize = 1 << 20;
+
 /// Framing state of one connection: its protocol version (None until CONNECT) and the largest
 /// packet it accepts.
 #[derive(Clone, Debug)]
@@ -66,7 +69,7 @@ impl Decoder {
     }
 
     /// Splits one whole frame off the front of `buf` and decodes it (payload/topic are slices of
-    /// it). `Ok(None)`: need more bytes (`buf` untouched, capacity reserved for the frame). The
+    /// it). `Ok(None)`: need more bytes (`buf` untouched; up to 1 MiB of capacity reserved). The
     /// size limit is checked from the fixed header, before the body arrives. After an error the
     /// connection must be closed (the buffer position is unspecified).
     #[inline]
@@ -100,7 +103,9 @@ impl Decoder {
             return Err(DecodeError::PacketTooLarge);
         }
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Room for the rest of the frame, bounded so an announced size alone cannot make
+            // the connection allocate much before the bytes arrive.
+            buf.reserve((total - buf.len()).min(MAX_RESERVE));
             return Ok(None);
         }
         buf.advance(1 + len_bytes);
