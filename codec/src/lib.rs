@@ -28,10 +28,10 @@
 //! | `properties.rs` | one property struct per packet kind |
 //! | `packet.rs` | `Packet`, fixed-header checks, dispatch, PINGREQ/PINGRESP |
 //! | `connect.rs` `connack.rs` `publish.rs` `pubresp.rs` `subscribe.rs` `suback.rs` `unsubscribe.rs` `unsuback.rs` `disconnect.rs` `auth.rs` | one packet each |
-//! | `decoder.rs` | `Decoder`: incremental framing |
+//! | `decoder.rs` | `Decoder`: incremental framing, direction checks |
 //! | `frame.rs` | `PublishFrame`, `Delivery`: encode once, patch per subscriber |
 //!
-//! Elsewhere in the crate: `tests/` (byte vectors, round trips, split input), `benches/`
+//! Elsewhere in the crate: `tests/` (proptests: round trips of every packet in every version, split input, `PublishFrame`; the named byte vectors are the unit tests at the bottom of each packet file), `benches/`
 //! (criterion), `fuzz/` (cargo-fuzz target, not a workspace member).
 
 mod auth;
