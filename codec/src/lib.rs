@@ -31,8 +31,9 @@
 //! | `decoder.rs` | `Decoder`: incremental framing, direction checks |
 //! | `frame.rs` | `PublishFrame`, `Delivery`: encode once, patch per subscriber |
 //!
-//! Elsewhere in the crate: `tests/` (proptests: round trips of every packet in every version, split input, `PublishFrame`; the named byte vectors are the unit tests at the bottom of each packet file), `benches/`
-//! (criterion), `fuzz/` (cargo-fuzz target, not a workspace member).
+//! Elsewhere in the crate: `tests/` (proptests: round trips of every packet in every version,
+//! split input, `PublishFrame`; the named byte vectors are the unit tests at the bottom of each
+//! packet file), `benches/` (criterion), `fuzz/` (cargo-fuzz target, not a workspace member).
 
 mod auth;
 mod connack;
