@@ -452,7 +452,12 @@ async fn empty_topic_filter_closes(ctx: Ctx) {
             assert!(a.reasons[0] as u8 >= 0x80, "empty filter refused")
         }
         common::raw::RawEv::Packet(Packet::Disconnect(d)) => {
-            assert!(v5 && reasons.contains(&d.reason))
+            assert!(v5, "3.1.1 has no server DISCONNECT");
+            assert!(
+                reasons.contains(&d.reason),
+                "empty filter: DISCONNECT {:?}, expected one of {reasons:?}",
+                d.reason
+            );
         }
         common::raw::RawEv::Closed => {}
         other => panic!("expected refusal of an empty filter, got {other:?}"),

@@ -165,10 +165,11 @@ async fn takeover_keeps_the_persistent_session(ctx: Ctx) {
     first.subscribe("take/t", 1).await;
     let mut second = Client::connect(ctx.opts(&s).persistent(300)).await;
     assert!(second.session_present(), "takeover resumes the session");
-    let code = first.closed_by_broker(WAIT).await;
-    if ctx.proto == Proto::V5 {
-        assert_eq!(code, Some(0x8E), "v5: DISCONNECT Session taken over");
-    }
+    // The old connection is closed. The v5 reason (0x8E) is checked byte-exact by
+    // mqtt_connect::takeover_closes_the_old_connection: the broker sends the short form
+    // `E0 01 8E` (property length omitted, v5 3.14.2.2.1), which rumqttc 0.25 does not parse
+    // (it reports "closed by peer"), so it is not asserted through rumqttc here.
+    let _ = first.closed_by_broker(WAIT).await;
     let publ = ctx.client(&p).await;
     publ.publish("take/t", 1, false, "to-second").await;
     assert_eq!(
@@ -186,11 +187,15 @@ async fn offline_queue_is_bounded(ctx: Ctx) {
         c.max_queued_messages = 3;
         c.receive_maximum = 1;
     });
-    let o = Opts::new(ctx.proto, broker.addr, "bounded").persistent(300);
+    // Publisher and subscriber share a home shard here: a PUBACK from another shard does not
+    // mean the message already sits in the remote queue, so a late arrival after the resume
+    // freed space would be legitimate and make the bound unobservable.
+    let (sub_id, pub_id) = same_shard_ids("bounded", ctx.shards());
+    let o = Opts::new(ctx.proto, broker.addr, &sub_id).persistent(300);
     let mut sub = Client::connect(o.clone()).await;
     sub.subscribe("bound/t", 1).await;
     sub.disconnect().await;
-    let mut publ = Client::connect(Opts::new(ctx.proto, broker.addr, "bound-pub")).await;
+    let mut publ = Client::connect(Opts::new(ctx.proto, broker.addr, &pub_id)).await;
     for i in 0..10 {
         publ.publish("bound/t", 1, false, i.to_string()).await;
         publ.wait_acked(1).await;

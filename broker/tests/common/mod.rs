@@ -125,6 +125,19 @@ pub fn cross_shard_ids(prefix: &str, shards: usize) -> (String, String) {
     (a, format!("{prefix}-b"))
 }
 
+/// Returns `(a, b)` client ids with the same home shard.
+pub fn same_shard_ids(prefix: &str, shards: usize) -> (String, String) {
+    let a = format!("{prefix}-a");
+    let home = broker::home_shard(&a, shards);
+    for i in 0..1000 {
+        let b = format!("{prefix}-b{i}");
+        if broker::home_shard(&b, shards) == home {
+            return (a, b);
+        }
+    }
+    (a, format!("{prefix}-b"))
+}
+
 /// Returns `n` client ids, spread over the home shards when `shards > 1`.
 pub fn spread_ids(prefix: &str, n: usize, shards: usize) -> Vec<String> {
     let mut out = Vec::with_capacity(n);

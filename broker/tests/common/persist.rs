@@ -316,7 +316,9 @@ impl Inbox {
             RawEv::Packet(Packet::PingResp) => true,
             // Acknowledgements of the subscriber's own publishes.
             RawEv::Packet(Packet::PubRec(r)) => {
-                self.conn.send(&Packet::PubRel(resp(r.packet_id.get()))).await;
+                self.conn
+                    .send(&Packet::PubRel(resp(r.packet_id.get())))
+                    .await;
                 self.acks.push(Packet::PubRec(r));
                 true
             }
