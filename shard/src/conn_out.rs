@@ -15,7 +15,7 @@ use ringmq_codec::{
     TopicName,
 };
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 /// Outbound state of one live connection.
@@ -38,6 +38,11 @@ pub struct ConnOut {
     pub peer: Option<SocketAddr>,
     pub keep_alive: u16,
     pub clean_start: bool,
+    /// In `sync` durability: the writer waits for the store before writing.
+    pub gate: Cell<bool>,
+    /// Acknowledgements held until other shards confirm, in order:
+    /// (token, packet, confirmed). Token 0: nothing to wait for.
+    held: RefCell<VecDeque<(u64, Packet, bool)>>,
 }
 
 impl ConnOut {
@@ -64,6 +69,40 @@ impl ConnOut {
             peer,
             keep_alive,
             clean_start,
+            gate: Cell::new(false),
+            held: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// From now on the writer waits for durability before writing.
+    pub fn gate_on_durability(&self) {
+        self.gate.set(true);
+    }
+
+    /// Sends an acknowledgement, after those held before it [MQTT-4.6.0-2];
+    /// with a token, it waits for `release_ack(token)`.
+    pub fn ack(&self, p: Packet, token: Option<u64>) {
+        let mut held = self.held.borrow_mut();
+        match token {
+            Some(t) => held.push_back((t, p, false)),
+            None if held.is_empty() => {
+                drop(held);
+                self.send(&p);
+            }
+            None => held.push_back((0, p, true)),
+        }
+    }
+
+    /// Other shards confirmed the publish behind `token`.
+    pub fn release_ack(&self, token: u64) {
+        let mut held = self.held.borrow_mut();
+        if let Some(e) = held.iter_mut().find(|e| e.0 == token) {
+            e.2 = true;
+        }
+        while held.front().is_some_and(|e| e.2) {
+            if let Some((_, p, _)) = held.pop_front() {
+                self.send(&p);
+            }
         }
     }
 

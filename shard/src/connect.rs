@@ -117,6 +117,7 @@ pub(crate) fn accept(
     let now = Instant::now();
     let existing = shard.by_client.borrow().get(&c.client_id).copied();
     let mut session_present = false;
+    let mut discarded = false;
     let sid = match existing {
         Some(sid) => {
             let old_conn = shard.sessions.borrow_mut()[sid as usize].conn.take();
@@ -134,6 +135,7 @@ pub(crate) fn accept(
                 // [MQTT-3.1.2-4] discard the old session.
                 crate::subscribe::drop_all_subscriptions(shard, sid);
                 shard.sessions.borrow_mut()[sid as usize].clear(&shard.stats);
+                discarded = true;
             } else {
                 // [MQTT-3.2.2-2] session present.
                 session_present = true;
@@ -163,6 +165,7 @@ pub(crate) fn accept(
         s.expiry = expiry;
         s.will = c.will.clone();
         s.disconnected_at = None;
+        crate::persist::session_connected(shard, s, discarded);
     }
     let mut props = ConnAckProperties::default();
     if v5 {
@@ -202,7 +205,7 @@ pub(crate) fn accept(
         let mut sessions = shard.sessions.borrow_mut();
         let s = &mut sessions[sid as usize];
         s.resend_inflight(&shard.stats, now);
-        s.pump(&shard.stats, now);
+        s.pump(shard, now);
     }
     Ok((sid, conn, keep_alive))
 }
@@ -219,6 +222,9 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
         }
         s.conn = None;
         s.disconnected_at = Some(Instant::now());
+        if s.expiry > 0 {
+            crate::persist::session_closed(shard, s);
+        }
         // [MQTT-3.1.2-8] the will is published unless DISCONNECT 0x00 removed it.
         let will = if reason == CloseReason::ClientDisconnect {
             s.will = None;
@@ -262,6 +268,7 @@ pub(crate) fn remove_session(shard: &Rc<Shard>, sid: SessionId) {
         let mut sessions = shard.sessions.borrow_mut();
         if sessions.contains(sid as usize) {
             let mut s = sessions.remove(sid as usize);
+            crate::persist::session_removed(shard, &s);
             s.clear(&shard.stats);
             Some(s.client_id)
         } else {

@@ -224,6 +224,14 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<ConnOut>, mut w: TcpStream) {
     loop {
         let data = conn.buf.borrow_mut().split();
         if !data.is_empty() {
+            if conn.gate.get() {
+                // Durability sync: nothing leaves before the rows behind it are durable.
+                if let Err(e) = shard.store.flush().await {
+                    tracing::warn!(shard = shard.id, "commit failed, closing client: {e}");
+                    conn.request_close(CloseReason::StorageError);
+                    break;
+                }
+            }
             let n = data.len();
             match w.write_all(&data).await {
                 Ok(()) => shard.stats.bytes_out.add(n as u64),

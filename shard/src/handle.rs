@@ -40,6 +40,9 @@ pub(crate) fn packet(
             {
                 Some(i) => {
                     s.inbound_qos2.swap_remove(i);
+                    if let Some(k) = s.key {
+                        shard.store.delete_inbound_qos2(k, r.packet_id).detach();
+                    }
                     true
                 }
                 None => false,
@@ -85,8 +88,8 @@ pub(crate) fn packet(
 fn acked(shard: &Shard, sid: SessionId, r: &PubResp, qos: QoS) {
     let mut sessions = shard.sessions.borrow_mut();
     let s = &mut sessions[sid as usize];
-    if s.complete(&shard.stats, r.packet_id, qos) {
-        s.pump(&shard.stats, Instant::now());
+    if s.complete(shard, r.packet_id, qos) {
+        s.pump(shard, Instant::now());
     }
 }
 
@@ -95,12 +98,12 @@ fn pubrec(shard: &Shard, sid: SessionId, conn: &ConnOut, r: &PubResp) {
     let mut sessions = shard.sessions.borrow_mut();
     let s = &mut sessions[sid as usize];
     if (r.reason as u8) >= 0x80 {
-        if s.complete_rejected(&shard.stats, r.packet_id) {
-            s.pump(&shard.stats, Instant::now());
+        if s.complete_rejected(shard, r.packet_id) {
+            s.pump(shard, Instant::now());
         }
         return;
     }
-    let code = if s.released(r.packet_id) {
+    let code = if s.released(shard, r.packet_id) {
         ReasonCode::Success
     } else {
         ReasonCode::PacketIdentifierNotFound

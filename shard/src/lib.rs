@@ -31,6 +31,7 @@ mod handle;
 pub mod listener;
 pub mod mesh;
 mod notify;
+mod persist;
 mod publish;
 pub mod retained;
 mod route;

@@ -31,9 +31,27 @@ fn socket_for(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// SO_REUSEPORT would let a second broker of the same user share the port
+/// and silently split the clients between the two: a plain bind (without
+/// SO_REUSEPORT) first tells whether anyone holds the address.
+fn probe_free(addr: SocketAddr) -> io::Result<()> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
 /// Binds `addr` once per shard. Port 0 is resolved by the first socket and
 /// the rest bind the same port.
 pub fn bind(addr: SocketAddr, shards: usize, backlog: u32) -> io::Result<BoundListener> {
+    if addr.port() != 0 {
+        probe_free(addr)?;
+    }
     let first = socket_for(addr, backlog)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     let bound = first

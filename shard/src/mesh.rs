@@ -33,6 +33,8 @@ pub enum MeshItem {
     SubRemove(TopicFilter),
     /// A retained message set or (empty payload) deleted; every shard keeps a replica.
     Retain(Box<Publish>),
+    /// The copy of the publish behind this token is durable on the sender.
+    Confirm(u64),
     /// Reply with `BarrierAck` once every item before this one is applied.
     Barrier(u64),
     /// The sender applied everything up to the `Barrier` with this token.
@@ -47,6 +49,8 @@ pub struct Routed {
     pub publish: Publish,
     /// The publisher's shard and session, for No Local [MQTT-3.8.3-3].
     pub origin: Option<(ShardId, u32)>,
+    /// Durability `sync`: reply `Confirm(token)` once this copy is durable.
+    pub confirm: Option<u64>,
 }
 
 /// A connection moving to its home shard after CONNECT.

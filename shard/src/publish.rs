@@ -26,6 +26,18 @@ fn refuse(conn: &ConnOut, p: &Publish, code: ReasonCode) -> Result<(), CloseReas
     Err(CloseReason::ProtocolError)
 }
 
+/// Sends PUBACK/PUBREC, after the other shards' confirmations when the
+/// publish was routed to them under `token`.
+fn ack(shard: &Shard, conn: &Rc<ConnOut>, p: Packet, token: Option<u64>, remote: usize) {
+    match token {
+        Some(t) if remote > 0 => {
+            crate::persist::await_confirms(shard, t, remote, conn);
+            conn.ack(p, Some(t));
+        }
+        _ => conn.ack(p, None),
+    }
+}
+
 /// Handles a PUBLISH from the client of session `sid`.
 pub(crate) fn inbound(
     shard: &Rc<Shard>,
@@ -88,12 +100,31 @@ pub(crate) fn inbound(
     }
     let packet_id = p.packet_id.take();
     p.dup = false;
+    let sync = crate::persist::sync(shard);
+    if p.qos != QoS::AtMostOnce {
+        if shard.store.no_space() {
+            // The store is full: nothing more can be promised (v5 0x97; 3.1.1 closes).
+            return refuse(conn, &Publish { packet_id, ..p }, ReasonCode::QuotaExceeded);
+        }
+        if sync {
+            conn.gate_on_durability();
+        }
+    }
     match (p.qos, packet_id) {
-        (QoS::AtMostOnce, _) => crate::route::route(shard, p, Some(sid)),
+        (QoS::AtMostOnce, _) => {
+            crate::route::route(shard, p, Some(sid), None);
+        }
         (QoS::AtLeastOnce, Some(id)) => {
-            crate::route::route(shard, p, Some(sid));
-            // [MQTT-4.3.2-2] PUBACK after taking ownership.
-            conn.send(&Packet::PubAck(resp(id, ReasonCode::Success)));
+            let token = sync.then(|| crate::persist::new_token(shard));
+            let remote = crate::route::route(shard, p, Some(sid), token);
+            // [MQTT-4.3.2-2] PUBACK after taking ownership (in sync mode: once durable).
+            ack(
+                shard,
+                conn,
+                Packet::PubAck(resp(id, ReasonCode::Success)),
+                token,
+                remote,
+            );
         }
         (QoS::ExactlyOnce, Some(id)) => {
             let fresh = {
@@ -113,14 +144,26 @@ pub(crate) fn inbound(
                         return Err(CloseReason::ReceiveMaximumExceeded);
                     }
                     s.inbound_qos2.push(id.get());
+                    if let Some(k) = s.key {
+                        shard.store.put_inbound_qos2(k, id, None).detach();
+                    }
                     true
                 }
             };
             // [MQTT-4.3.3-10] route once; a resent PUBLISH (same id before PUBREL) is not routed again.
-            if fresh {
-                crate::route::route(shard, p, Some(sid));
-            }
-            conn.send(&Packet::PubRec(resp(id, ReasonCode::Success)));
+            let token = (sync && fresh).then(|| crate::persist::new_token(shard));
+            let remote = if fresh {
+                crate::route::route(shard, p, Some(sid), token)
+            } else {
+                0
+            };
+            ack(
+                shard,
+                conn,
+                Packet::PubRec(resp(id, ReasonCode::Success)),
+                token,
+                remote,
+            );
         }
         _ => {
             // The codec refuses QoS>0 without packet id; unreachable in practice.

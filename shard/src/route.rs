@@ -13,9 +13,17 @@ use std::rc::Rc;
 use std::time::Instant;
 
 /// Routes a publish received on this shard (from a client, a will, `$SYS`).
-/// `publisher` is the local session that sent it, for No Local.
-pub(crate) fn route(shard: &Rc<Shard>, p: Publish, publisher: Option<SessionId>) {
+/// `publisher` is the local session that sent it, for No Local. With
+/// `confirm`, every shard given a copy confirms it once durable; returns how
+/// many shards were given one.
+pub(crate) fn route(
+    shard: &Rc<Shard>,
+    p: Publish,
+    publisher: Option<SessionId>,
+    confirm: Option<u64>,
+) -> usize {
     if p.retain {
+        persist_retained(shard, &p);
         // [MQTT-3.3.1-5] store (or, empty, delete [MQTT-3.3.1-10/11]) on every shard.
         shard
             .mesh
@@ -30,12 +38,15 @@ pub(crate) fn route(shard: &Rc<Shard>, p: Publish, publisher: Option<SessionId>)
         router.match_shards(p.topic.as_str(), &mut shards);
         router.match_shared(p.topic.as_str(), &mut shared);
     }
+    let mut remote = 0;
     for s in shards.iter().filter(|&s| s != me) {
+        remote += 1;
         shard.mesh.push(
             s as usize,
             MeshItem::Publish(Box::new(Routed {
                 publish: p.clone(),
                 origin: publisher.map(|sid| (me, sid)),
+                confirm,
             })),
         );
     }
@@ -43,12 +54,14 @@ pub(crate) fn route(shard: &Rc<Shard>, p: Publish, publisher: Option<SessionId>)
         if t.shard == me {
             deliver_shared_local(shard, &t.filter, &p);
         } else {
+            remote += 1;
             shard.mesh.push(
                 t.shard as usize,
                 MeshItem::SharedPublish(
                     Box::new(Routed {
                         publish: p.clone(),
                         origin: None,
+                        confirm,
                     }),
                     t.filter,
                 ),
@@ -58,6 +71,24 @@ pub(crate) fn route(shard: &Rc<Shard>, p: Publish, publisher: Option<SessionId>)
     if shards.contains(me) {
         deliver_local(shard, &p, publisher);
     }
+    remote
+}
+
+/// The publisher's shard stores the retained message durably (other shards
+/// only keep their replica in memory).
+fn persist_retained(shard: &Shard, p: &Publish) {
+    if !shard.store.is_persistent() || p.topic.as_str().starts_with('$') {
+        return;
+    }
+    let ids: [u32; 0] = [];
+    let m = (!p.payload.is_empty()).then(|| crate::store::MessageRef {
+        publish: p,
+        qos: p.qos,
+        retain: true,
+        subscription_ids: &ids,
+        received_at_ms: crate::store::unix_ms(),
+    });
+    shard.store.set_retained(&p.topic, m).detach();
 }
 
 /// Delivers to this shard's sessions with non-shared subscriptions matching the topic.
@@ -87,8 +118,7 @@ pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<Sessio
         // [MQTT-3.3.1-12/13] Retain As Published; 3.1.1 clears it on live delivery [MQTT-3.3.1-9].
         let retain = m.retain_as_published && p.retain;
         s.deliver(
-            &shard.cfg,
-            &shard.stats,
+            shard,
             p,
             &mut shared_msg,
             frame,
@@ -118,8 +148,7 @@ pub(crate) fn deliver_shared_local(shard: &Shard, filter: &TopicFilter, p: &Publ
     let retain = sub.options.retain_as_published && p.retain;
     let mut shared_msg = None;
     s.deliver(
-        &shard.cfg,
-        &shard.stats,
+        shard,
         p,
         &mut shared_msg,
         &frame,
@@ -154,5 +183,5 @@ pub(crate) fn store_retained(shard: &Shard, mut p: Publish) {
 pub(crate) fn publish_will(shard: &Rc<Shard>, w: LastWill) {
     let p = will_publish(w);
     debug_assert!(p.qos <= QoS::ExactlyOnce);
-    route(shard, p, None);
+    route(shard, p, None, None);
 }

@@ -2,11 +2,12 @@
 //! channel mesh joined; and the [`ServerHandle`] that controls them from
 //! outside (main thread, admin socket, tests).
 
-use crate::config::{available_cpus, ShardConfig};
+use crate::config::{available_cpus, Durability, ShardConfig};
 use crate::control::{Control, Query, Reply};
 use crate::listener;
 use crate::mesh::ShardMsg;
 use crate::stats::ShardStats;
+use crate::store::{self, RecoveredSession, StoreHandle, StoreOptions};
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::io;
@@ -14,6 +15,8 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+type ShardRecoveryParts = (StoreHandle, Vec<RecoveredSession>);
 
 /// What one shard is given when it starts.
 pub(crate) struct ShardInit {
@@ -32,6 +35,11 @@ pub(crate) struct ShardInit {
     pub started: Instant,
     /// Told once the shard serves (mesh joined, listeners accepting).
     pub ready: flume::Sender<usize>,
+    /// This shard's store and the sessions it recovered.
+    pub store: crate::store::StoreHandle,
+    pub recovered: Vec<crate::store::RecoveredSession>,
+    /// Retained messages recovered (every shard keeps a replica).
+    pub retained: Arc<Vec<crate::store::RetainedRecord>>,
 }
 
 /// A running broker core.
@@ -112,6 +120,43 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             per_shard[i].push(fd);
         }
     }
+    // Persistence: open (lock, check, load, purge) before any shard starts.
+    let (mut stores, retained): (Vec<ShardRecoveryParts>, _) = match cfg.durability {
+        Durability::None => (
+            (0..shards)
+                .map(|_| (StoreHandle::memory(), Vec::new()))
+                .collect(),
+            Arc::new(Vec::new()),
+        ),
+        d => {
+            let opts = StoreOptions {
+                durability: d,
+                ..StoreOptions::default()
+            };
+            let rec = store::open(&cfg.data_dir, shards as u16, &opts)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let st = &rec.stats;
+            tracing::info!(
+                elapsed_ms = st.elapsed.as_millis() as u64,
+                sessions = st.sessions,
+                purged = st.purged_sessions,
+                outbound = st.outbound,
+                retained = st.retained,
+                "recovered {} in {:?}",
+                cfg.data_dir.display(),
+                st.elapsed
+            );
+            let retained = Arc::new(rec.retained);
+            (
+                rec.shards
+                    .into_iter()
+                    .map(|s| (s.handle, s.sessions))
+                    .collect(),
+                retained,
+            )
+        }
+    };
+    stores.reverse();
     let cfg = Arc::new(cfg);
     // The channel mesh: one SPSC channel per ordered pair of shards.
     let mut mesh_tx: Vec<Vec<Option<SharedSender<ShardMsg>>>> = (0..shards)
@@ -138,6 +183,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     for (id, (placement, listeners)) in placements.into_iter().zip(per_shard).enumerate() {
         let (tx, rx) = flume::unbounded();
         let st = stats[id].clone();
+        let (store_handle, recovered) = stores.pop().expect("one store per shard");
         let init = ShardInit {
             id,
             shards,
@@ -150,6 +196,9 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             all_stats: all_stats.clone(),
             started,
             ready: ready_tx.clone(),
+            store: store_handle,
+            recovered,
+            retained: retained.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("ringmq-shard-{id}"))

@@ -4,9 +4,11 @@
 //! QoS 1/2 messages in flight and queued, inbound QoS 2 packet ids awaiting
 //! PUBREL, the will, and — while connected — the connection's outbound side.
 
-use crate::config::{OverflowPolicy, ShardConfig};
+use crate::config::OverflowPolicy;
 use crate::conn_out::ConnOut;
+use crate::shard::Shard;
 use crate::stats::{DropReason, ShardStats};
+use crate::store::{self, MessageRef, OutboundState, SessionKey};
 use ringmq_codec::{
     Delivery, LastWill, MqttString, PacketId, ProtocolVersion, Publish, PublishFrame, QoS,
     SubscriptionOptions, TopicFilter,
@@ -61,7 +63,10 @@ pub enum OutState {
 /// An outbound QoS 1/2 message in flight.
 pub struct Outflight {
     pub packet_id: PacketId,
-    pub msg: Rc<Message>,
+    /// Order within the session (persistence key).
+    pub seq: u64,
+    /// The message; `None` once released (PUBREC received) and recovered from disk.
+    pub msg: Option<Rc<Message>>,
     pub qos: QoS,
     pub retain: bool,
     pub sub_ids: SmallVec<[u32; 1]>,
@@ -70,6 +75,7 @@ pub struct Outflight {
 
 /// A QoS 1/2 message waiting for the session's inflight window (or its client).
 pub struct Queued {
+    pub seq: u64,
     pub msg: Rc<Message>,
     pub qos: QoS,
     pub retain: bool,
@@ -106,6 +112,10 @@ pub struct Session {
     pub will: Option<LastWill>,
     /// When the last connection closed (session expiry counts from here).
     pub disconnected_at: Option<Instant>,
+    /// The session's key in the store, while it is persisted (expiry > 0).
+    pub key: Option<SessionKey>,
+    /// Next outbound sequence number.
+    pub next_seq: u64,
 }
 
 impl Session {
@@ -124,6 +134,37 @@ impl Session {
             expiry: 0,
             will: None,
             disconnected_at: None,
+            key: None,
+            next_seq: 1,
+        }
+    }
+
+    /// Persists one outbound message row (no-op when the session is not persisted).
+    #[allow(clippy::too_many_arguments)]
+    fn persist_out(
+        &self,
+        shard: &Shard,
+        seq: u64,
+        state: OutboundState,
+        msg: Option<&Message>,
+        qos: QoS,
+        retain: bool,
+        ids: &[u32],
+    ) {
+        let Some(key) = self.key else { return };
+        let m = msg.map(|m| MessageRef {
+            publish: &m.publish,
+            qos,
+            retain,
+            subscription_ids: ids,
+            received_at_ms: store::instant_to_unix_ms(m.received_at),
+        });
+        shard.store.put_outbound(key, seq, state, m).detach();
+    }
+
+    fn unpersist_out(&self, shard: &Shard, seq: u64) {
+        if let Some(key) = self.key {
+            shard.store.delete_outbound(key, seq).detach();
         }
     }
 
@@ -154,8 +195,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub fn deliver(
         &mut self,
-        cfg: &ShardConfig,
-        stats: &ShardStats,
+        shard: &Shard,
         msg: &Publish,
         shared: &mut Option<Rc<Message>>,
         frame: &PublishFrame,
@@ -163,6 +203,7 @@ impl Session {
         sub_ids: &[u32],
         now: Instant,
     ) {
+        let (cfg, stats) = (&*shard.cfg, &*shard.stats);
         let qos = frame.qos();
         if qos == QoS::AtMostOnce {
             match &self.conn {
@@ -183,13 +224,15 @@ impl Session {
             })
             .clone();
         let sub_ids: SmallVec<[u32; 1]> = SmallVec::from_slice(sub_ids);
+        let seq = self.next_seq;
+        self.next_seq += 1;
         if self.queue.is_empty() && self.window_open() {
-            self.send_new(stats, msg, Some(frame), qos, retain, sub_ids, now);
+            self.send_new(shard, seq, msg, Some(frame), qos, retain, sub_ids, now);
         } else {
             self.enqueue(
-                cfg,
-                stats,
+                shard,
                 Queued {
+                    seq,
                     msg,
                     qos,
                     retain,
@@ -199,17 +242,29 @@ impl Session {
         }
     }
 
-    fn enqueue(&mut self, cfg: &ShardConfig, stats: &ShardStats, q: Queued) {
+    fn enqueue(&mut self, shard: &Shard, q: Queued) {
+        let (cfg, stats) = (&*shard.cfg, &*shard.stats);
         if self.queue.len() >= cfg.max_queued_messages {
             stats.drop_msg(DropReason::QueueFull);
             match cfg.queue_overflow {
                 OverflowPolicy::DropNewest => return,
                 OverflowPolicy::DropOldest => {
-                    self.queue.pop_front();
+                    if let Some(old) = self.queue.pop_front() {
+                        self.unpersist_out(shard, old.seq);
+                    }
                     stats.queued.sub(1);
                 }
             }
         }
+        self.persist_out(
+            shard,
+            q.seq,
+            OutboundState::Queued,
+            Some(&q.msg),
+            q.qos,
+            q.retain,
+            &q.sub_ids,
+        );
         self.queue.push_back(q);
         stats.queued.inc();
     }
@@ -218,7 +273,8 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     fn send_new(
         &mut self,
-        stats: &ShardStats,
+        shard: &Shard,
+        seq: u64,
         msg: Rc<Message>,
         frame: Option<&PublishFrame>,
         qos: QoS,
@@ -226,12 +282,24 @@ impl Session {
         sub_ids: SmallVec<[u32; 1]>,
         now: Instant,
     ) {
+        let stats = &*shard.stats;
         let Some(conn) = self.conn.clone() else {
             return;
         };
         let Some(packet_id) = self.alloc_packet_id() else {
             return;
         };
+        // The row is written before the PUBLISH; in sync mode the writer holds
+        // the bytes until it is durable, so a restart resends the same id.
+        self.persist_out(
+            shard,
+            seq,
+            OutboundState::AwaitingAck(packet_id),
+            Some(&msg),
+            qos,
+            retain,
+            &sub_ids,
+        );
         match frame {
             Some(f) => conn.write_publish(stats, f, Some(packet_id), false, retain, &sub_ids),
             None => {
@@ -241,7 +309,8 @@ impl Session {
         }
         self.inflight.push_back(Outflight {
             packet_id,
-            msg,
+            seq,
+            msg: Some(msg),
             qos,
             retain,
             sub_ids,
@@ -251,23 +320,25 @@ impl Session {
     }
 
     /// Moves queued messages into the window while it is open; expired ones are dropped.
-    pub fn pump(&mut self, stats: &ShardStats, now: Instant) {
+    pub fn pump(&mut self, shard: &Shard, now: Instant) {
         while self.window_open() {
             let Some(q) = self.queue.pop_front() else {
                 break;
             };
-            stats.queued.sub(1);
+            shard.stats.queued.sub(1);
             if q.msg.expiry_left(now) == Some(0) {
-                stats.drop_msg(DropReason::Expired);
+                // [MQTT-3.3.2-5] expired: not delivered.
+                shard.stats.drop_msg(DropReason::Expired);
+                self.unpersist_out(shard, q.seq);
                 continue;
             }
-            self.send_new(stats, q.msg, None, q.qos, q.retain, q.sub_ids, now);
+            self.send_new(shard, q.seq, q.msg, None, q.qos, q.retain, q.sub_ids, now);
         }
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) received: frees the packet id.
     /// Returns whether the id was in flight in the expected state.
-    pub fn complete(&mut self, stats: &ShardStats, id: PacketId, qos: QoS) -> bool {
+    pub fn complete(&mut self, shard: &Shard, id: PacketId, qos: QoS) -> bool {
         let want = if qos == QoS::AtLeastOnce {
             OutState::Published
         } else {
@@ -279,8 +350,10 @@ impl Session {
             .position(|o| o.packet_id == id && o.qos == qos && o.state == want)
         {
             Some(i) => {
-                self.inflight.remove(i);
-                stats.inflight.sub(1);
+                if let Some(o) = self.inflight.remove(i) {
+                    self.unpersist_out(shard, o.seq);
+                }
+                shard.stats.inflight.sub(1);
                 true
             }
             None => false,
@@ -288,13 +361,15 @@ impl Session {
     }
 
     /// PUBREC with an error reason: the flow ends, the packet id is free (v5 4.3.3).
-    pub fn complete_rejected(&mut self, stats: &ShardStats, id: PacketId) -> bool {
+    pub fn complete_rejected(&mut self, shard: &Shard, id: PacketId) -> bool {
         match self.inflight.iter().position(|o| {
             o.packet_id == id && o.qos == QoS::ExactlyOnce && o.state == OutState::Published
         }) {
             Some(i) => {
-                self.inflight.remove(i);
-                stats.inflight.sub(1);
+                if let Some(o) = self.inflight.remove(i) {
+                    self.unpersist_out(shard, o.seq);
+                }
+                shard.stats.inflight.sub(1);
                 true
             }
             None => false,
@@ -303,12 +378,16 @@ impl Session {
 
     /// PUBREC received: the message is released (PUBREL follows). Returns
     /// whether the id was awaiting PUBREC.
-    pub fn released(&mut self, id: PacketId) -> bool {
+    pub fn released(&mut self, shard: &Shard, id: PacketId) -> bool {
         match self.inflight.iter_mut().find(|o| {
             o.packet_id == id && o.qos == QoS::ExactlyOnce && o.state == OutState::Published
         }) {
             Some(o) => {
                 o.state = OutState::Released;
+                if let Some(key) = self.key {
+                    let state = OutboundState::AwaitingPubComp(id);
+                    shard.store.put_outbound(key, o.seq, state, None).detach();
+                }
                 true
             }
             None => self
@@ -325,17 +404,18 @@ impl Session {
             return;
         };
         for o in &self.inflight {
-            match o.state {
-                OutState::Published => {
-                    let f = o.msg.frame(conn.version, o.qos, now);
+            match (&o.msg, o.state) {
+                (Some(msg), OutState::Published) => {
+                    let f = msg.frame(conn.version, o.qos, now);
                     conn.write_publish(stats, &f, Some(o.packet_id), true, o.retain, &o.sub_ids);
                 }
-                OutState::Released => conn.write_pubrel(o.packet_id),
+                _ => conn.write_pubrel(o.packet_id),
             }
         }
     }
 
     /// Forgets everything but the identity (clean start, or expiry).
+    /// The store rows go with `delete_session`, by the caller.
     pub fn clear(&mut self, stats: &ShardStats) {
         stats.inflight.sub(self.inflight.len() as u64);
         stats.queued.sub(self.queue.len() as u64);
@@ -343,6 +423,17 @@ impl Session {
         self.queue.clear();
         self.inbound_qos2.clear();
         self.will = None;
+    }
+
+    /// The session row as stored.
+    pub fn record(&self) -> store::SessionRecord {
+        store::SessionRecord {
+            client_id: self.client_id.clone(),
+            protocol: self.version,
+            expiry_interval: self.expiry,
+            disconnected_at_ms: self.disconnected_at.map(store::instant_to_unix_ms),
+            will: self.will.clone(),
+        }
     }
 }
 
@@ -361,7 +452,7 @@ impl FrameCache {
     }
 }
 
-/// Unused-delivery helper kept for readability of callers.
+/// A delivery with no topic alias (set by the connection).
 pub fn delivery(packet_id: Option<PacketId>, dup: bool, retain: bool, ids: &[u32]) -> Delivery<'_> {
     Delivery {
         packet_id,

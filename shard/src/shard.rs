@@ -13,6 +13,7 @@ use crate::router::{MatchScratch, Router};
 use crate::server::ShardInit;
 use crate::session::{Session, SessionId};
 use crate::stats::{CloseReason, ShardStats};
+use crate::store::Store;
 use glommio::net::TcpListener;
 use glommio::{spawn_local, Task};
 use ringmq_codec::MqttString;
@@ -52,6 +53,10 @@ pub struct Shard {
     pub next_token: Cell<u64>,
     /// SUBACKs waiting for every shard to apply a subscription: token -> (replies left, what to send).
     pub pending_subacks: RefCell<HashMap<u64, (usize, crate::subscribe::SubDone)>>,
+    /// Durable state of this shard's sessions and retained messages.
+    pub store: Store,
+    /// Acknowledgements waiting for other shards' commits (durability sync).
+    pub confirms: RefCell<crate::persist::Confirms>,
 }
 
 impl Shard {
@@ -121,6 +126,8 @@ pub(crate) async fn run(init: ShardInit) {
         next_assigned: Cell::new(0),
         next_token: Cell::new(0),
         pending_subacks: RefCell::new(HashMap::new()),
+        store: init.store.start(),
+        confirms: RefCell::new(crate::persist::Confirms::default()),
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,
@@ -154,6 +161,7 @@ pub(crate) async fn run(init: ShardInit) {
         spawn_local(crate::sys::publish_loop(shard.clone(), init.all_stats)).detach();
     }
 
+    crate::persist::restore(&shard, init.recovered, &init.retained);
     spawn_local(busy_meter(shard.clone())).detach();
     let _ = init.ready.send(shard.id);
     // The control task runs in this future: the shard lives until shutdown.
@@ -179,6 +187,7 @@ pub(crate) async fn run(init: ShardInit) {
         }
     };
     futures_lite::future::or(wait_idle, deadline).await;
+    crate::persist::close(&shard).await;
     mesh.close();
 }
 
@@ -211,10 +220,19 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 
 fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
     match item {
-        MeshItem::Publish(r) => crate::route::deliver_local(shard, &r.publish, None),
-        MeshItem::SharedPublish(r, group) => {
-            crate::route::deliver_shared_local(shard, &group, &r.publish)
+        MeshItem::Publish(r) => {
+            crate::route::deliver_local(shard, &r.publish, None);
+            if let Some(t) = r.confirm {
+                crate::persist::owe(shard, from, t);
+            }
         }
+        MeshItem::SharedPublish(r, group) => {
+            crate::route::deliver_shared_local(shard, &group, &r.publish);
+            if let Some(t) = r.confirm {
+                crate::persist::owe(shard, from, t);
+            }
+        }
+        MeshItem::Confirm(t) => crate::persist::confirmed(shard, t),
         MeshItem::SubAdd(f) => shard.router.borrow_mut().add_remote(&f, from as u16),
         MeshItem::SubRemove(f) => shard.router.borrow_mut().remove_remote(&f, from as u16),
         MeshItem::Retain(p) => crate::route::store_retained(shard, *p),

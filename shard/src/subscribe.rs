@@ -194,12 +194,29 @@ pub(crate) fn add(
             subscription_id,
         },
     );
+    crate::persist::subscription_added(
+        shard,
+        sid,
+        crate::store::SubscriptionRecord {
+            filter: filter.clone(),
+            options,
+            subscription_id,
+        },
+    );
     let n = shard.router.borrow().local_subscription_count();
     shard.stats.subscriptions.set(n as u64);
     first
 }
 
 fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> bool {
+    if let Some(k) = shard
+        .sessions
+        .borrow()
+        .get(sid as usize)
+        .and_then(|s| s.key)
+    {
+        shard.store.delete_subscription(k, filter).detach();
+    }
     let r = shard.router.borrow_mut().unsubscribe_local(filter, sid);
     if r == Some(true) {
         shard.mesh.broadcast(|| MeshItem::SubRemove(filter.clone()));
@@ -292,16 +309,7 @@ async fn replay(
                     let version = s.conn.as_ref().map_or(s.version, |c| c.version);
                     let frame = msg.frame(version, qos, now);
                     let mut shared = Some(Rc::new(msg));
-                    s.deliver(
-                        &shard.cfg,
-                        &shard.stats,
-                        &m.publish,
-                        &mut shared,
-                        &frame,
-                        true,
-                        &ids,
-                        now,
-                    );
+                    s.deliver(&shard, &m.publish, &mut shared, &frame, true, &ids, now);
                 }
             }
             if done {

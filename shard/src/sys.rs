@@ -71,7 +71,7 @@ pub(crate) async fn publish_loop(shard: Rc<Shard>, all: Arc<Vec<Arc<ShardStats>>
         ];
         for (topic, value) in values {
             if let Some(p) = sys_publish(topic, value) {
-                crate::route::route(&shard, p, None);
+                crate::route::route(&shard, p, None, None);
             }
         }
     }
