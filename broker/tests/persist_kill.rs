@@ -1,0 +1,316 @@
+//! SIGKILL mid-stream with `--durability sync`: nothing acknowledged is lost (issue 5).
+//!
+//! A persistent subscriber (3.1.1 clean session 0 / v5 session expiry 300 s) subscribes `k/q1`
+//! at QoS 1 and `k/q2` at QoS 2 and goes offline. A persistent publisher (our raw codec client,
+//! so every acknowledgement read is known exactly) streams numbered messages, even numbers at
+//! QoS 1 on `k/q1`, odd ones at QoS 2 on `k/q2`, up to 32 in flight. The broker is SIGKILLed
+//! after the first acknowledgement, after half of them and right after the last one, then
+//! restarted on the same data dir.
+//!
+//! Acknowledged means PUBACK (QoS 1) or PUBREC (QoS 2) read by the publisher, including those
+//! still in its socket when the broker died (the broker sent them, so they must be durable).
+//! The broker starts onward delivery of a QoS 2 message at PUBLISH (3.1.1 Figure 4.3 Method B /
+//! v5 4.3.3): in sync mode its PUBREC means the message is queued durably for the subscriber.
+//!
+//! Checked after restart: session present 1; every acknowledged message delivered; per topic
+//! the first deliveries in publish order [MQTT-4.6.0-6] (v5) / [MQTT-4.6.0-5] (3.1.1); no QoS 2
+//! message twice [MQTT-4.3.3-10] (v5). The `resume_*` cases then reconnect the publisher, which
+//! resends unacknowledged PUBLISHes with DUP 1 and PUBRELs [MQTT-4.4.0-1], and require every
+//! message delivered, QoS 2 exactly once.
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::persist::{
+    disconnect, persistent_connect, qos, subscribe, text, DataDir, Durable, Inbox,
+};
+use common::raw::{pid, resp, version, RawEv};
+use common::{cross_shard_ids, Proto, Raw, WAIT};
+use ringmq_codec::{Packet, ProtocolVersion, Publish, PublishProperties, SubscriptionOptions};
+
+/// Messages in the stream.
+const N: u16 = 40;
+/// Publishes in flight at once (below the broker's Receive Maximum of 256).
+const WINDOW: usize = 32;
+/// Silence that ends a delivery phase (duplicates would come within it).
+const SETTLE: Duration = Duration::from_millis(500);
+/// Bound for a whole delivery phase.
+const PHASE: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    FirstAck,
+    HalfAcked,
+    LastAck,
+}
+
+fn qos_of(seq: u16) -> u8 {
+    if seq.is_multiple_of(2) {
+        1
+    } else {
+        2
+    }
+}
+
+fn topic_of(seq: u16) -> &'static str {
+    if qos_of(seq) == 1 {
+        "k/q1"
+    } else {
+        "k/q2"
+    }
+}
+
+/// The publisher's side of the stream, with exactly what it has read.
+struct Publisher {
+    conn: Raw,
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) read.
+    acked: Vec<bool>,
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) read.
+    completed: Vec<bool>,
+    sent: u16,
+}
+
+impl Publisher {
+    fn new(conn: Raw) -> Publisher {
+        Publisher {
+            conn,
+            acked: vec![false; N as usize],
+            completed: vec![false; N as usize],
+            sent: 0,
+        }
+    }
+
+    fn acks(&self) -> usize {
+        self.acked.iter().filter(|a| **a).count()
+    }
+
+    fn outstanding(&self) -> usize {
+        self.completed[..self.sent as usize]
+            .iter()
+            .filter(|c| !**c)
+            .count()
+    }
+
+    async fn publish(&mut self, seq: u16, dup: bool) {
+        let p = Publish {
+            dup,
+            qos: qos(qos_of(seq)),
+            retain: false,
+            topic: common::raw::topic(topic_of(seq)),
+            packet_id: Some(pid(seq + 1)),
+            properties: PublishProperties::default(),
+            payload: Bytes::from(seq.to_string()),
+        };
+        self.conn.send(&Packet::Publish(p)).await;
+    }
+
+    /// Records an acknowledgement; answers PUBREC with PUBREL.
+    async fn handle(&mut self, p: Packet) {
+        match p {
+            Packet::PubAck(r) => {
+                let s = r.packet_id.get() as usize - 1;
+                self.acked[s] = true;
+                self.completed[s] = true;
+            }
+            Packet::PubRec(r) => {
+                self.acked[r.packet_id.get() as usize - 1] = true;
+                self.conn
+                    .send(&Packet::PubRel(resp(r.packet_id.get())))
+                    .await;
+            }
+            Packet::PubComp(r) => self.completed[r.packet_id.get() as usize - 1] = true,
+            Packet::PingResp => {}
+            other => panic!("publisher: unexpected {other:?}"),
+        }
+    }
+
+    /// Sends the stream (window-bounded) until `done(self)` holds.
+    async fn run_until(&mut self, what: &str, done: impl Fn(&Publisher) -> bool) {
+        while !done(self) {
+            while self.sent < N && self.outstanding() < WINDOW {
+                self.publish(self.sent, false).await;
+                self.sent += 1;
+            }
+            match self.conn.recv(WAIT).await {
+                RawEv::Packet(p) => self.handle(p).await,
+                other => panic!("publisher ({what}): expected an acknowledgement, got {other:?}"),
+            }
+        }
+    }
+
+    /// After SIGKILL: reads the acknowledgements already in our socket, until it closes.
+    async fn drain(&mut self) {
+        loop {
+            match self.conn.recv(WAIT).await {
+                RawEv::Packet(p) => self.handle(p).await,
+                RawEv::Closed | RawEv::Garbage(_) => return,
+                RawEv::Timeout => panic!("publisher: connection still open after SIGKILL"),
+            }
+        }
+    }
+
+    fn acked_seqs(&self) -> Vec<u16> {
+        (0..N).filter(|s| self.acked[*s as usize]).collect()
+    }
+}
+
+/// Checks deliveries: right QoS per topic, first deliveries in order per topic, QoS 2 at most
+/// once, every `required` sequence number present.
+fn check(got: &[Publish], required: &[u16], phase: &str) {
+    let mut seen = vec![0usize; N as usize];
+    let mut last: [Option<u16>; 2] = [None, None];
+    for p in got {
+        let seq: u16 = text(&p.payload)
+            .parse()
+            .unwrap_or_else(|_| panic!("{phase}: unexpected payload {:?}", p.payload));
+        assert!(seq < N, "{phase}: sequence number {seq} out of range");
+        assert_eq!(p.topic.as_str(), topic_of(seq), "{phase}: topic of #{seq}");
+        assert_eq!(p.qos, qos(qos_of(seq)), "{phase}: delivered QoS of #{seq}");
+        seen[seq as usize] += 1;
+        if seen[seq as usize] > 1 {
+            // [MQTT-4.3.3-10] (v5): a QoS 2 message is delivered exactly once.
+            assert_eq!(
+                qos_of(seq),
+                1,
+                "{phase}: QoS 2 message #{seq} delivered twice"
+            );
+            continue;
+        }
+        let lane = &mut last[qos_of(seq) as usize - 1];
+        if let Some(prev) = *lane {
+            assert!(
+                seq > prev,
+                "{phase}: #{seq} delivered after #{prev} on {} (order lost)",
+                topic_of(seq)
+            );
+        }
+        *lane = Some(seq);
+    }
+    let missing: Vec<u16> = required
+        .iter()
+        .copied()
+        .filter(|s| seen[*s as usize] == 0)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{phase}: acknowledged messages lost: {missing:?} (required {} of {N})",
+        required.len()
+    );
+}
+
+fn has_all(got: &[Publish], required: &[u16]) -> bool {
+    required.iter().all(|s| {
+        got.iter()
+            .any(|p| text(&p.payload).parse::<u16>() == Ok(*s))
+    })
+}
+
+async fn kill_mid_stream(proto: Proto, shards: usize, at: KillAt, resume: bool) {
+    let v: ProtocolVersion = version(proto);
+    let dir = DataDir::new();
+    let mut broker = Durable::start(&dir, shards, "sync");
+    let (p_id, s_id) = cross_shard_ids("kill", shards);
+
+    let (mut sub, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &s_id, 300)).await;
+    assert!(!ack.session_present, "fresh data dir: no session");
+    subscribe(
+        &mut sub,
+        1,
+        "k/q1",
+        SubscriptionOptions::with_qos(qos(1)),
+        None,
+    )
+    .await;
+    subscribe(
+        &mut sub,
+        2,
+        "k/q2",
+        SubscriptionOptions::with_qos(qos(2)),
+        None,
+    )
+    .await;
+    disconnect(sub).await;
+
+    let (conn, _) = Raw::connect_with(broker.addr, persistent_connect(v, &p_id, 300)).await;
+    let mut publ = Publisher::new(conn);
+    let stop = match at {
+        KillAt::FirstAck => 1,
+        KillAt::HalfAcked => N as usize / 2,
+        KillAt::LastAck => N as usize,
+    };
+    publ.run_until("before the kill", |p| p.acks() >= stop)
+        .await;
+    broker.kill9();
+    publ.drain().await;
+    let required = publ.acked_seqs();
+
+    let broker = Durable::start(&dir, shards, "sync");
+    let (conn, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &s_id, 300)).await;
+    // [MQTT-3.2.2-3] (v5) / [MQTT-3.2.2-2] (3.1.1): the session survived the restart.
+    assert!(
+        ack.session_present,
+        "subscriber session present after restart"
+    );
+    let mut inbox = Inbox::new(conn);
+    inbox
+        .until(PHASE, "every acknowledged message after restart", |i| {
+            has_all(&i.got, &required)
+        })
+        .await;
+    inbox.settle(SETTLE).await;
+    check(&inbox.got, &required, "after restart");
+    if !resume {
+        return;
+    }
+
+    let (conn, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &p_id, 300)).await;
+    assert!(
+        ack.session_present,
+        "publisher session present after restart"
+    );
+    publ.conn = conn;
+    // [MQTT-4.4.0-1]: resend unacknowledged PUBLISH (DUP 1) and PUBREL, in the original order.
+    for seq in 0..publ.sent {
+        if !publ.acked[seq as usize] {
+            publ.publish(seq, true).await;
+        } else if !publ.completed[seq as usize] {
+            publ.conn.send(&Packet::PubRel(resp(seq + 1))).await;
+        }
+    }
+    publ.run_until("after the restart", |p| p.completed.iter().all(|c| *c))
+        .await;
+    let all: Vec<u16> = (0..N).collect();
+    inbox
+        .until(PHASE, "every message once the publisher resumed", |i| {
+            has_all(&i.got, &all)
+        })
+        .await;
+    inbox.settle(SETTLE).await;
+    check(&inbox.got, &all, "after the publisher resumed");
+}
+
+/// One test per (protocol, shard count) for a kill point; `resume` adds the publisher's resume.
+macro_rules! cases {
+    ($($name:ident: $at:expr, $resume:expr;)*) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn v311_1shard() { kill_mid_stream(Proto::V4, 1, $at, $resume).await }
+            #[tokio::test]
+            async fn v311_2shards() { kill_mid_stream(Proto::V4, 2, $at, $resume).await }
+            #[tokio::test]
+            async fn v5_1shard() { kill_mid_stream(Proto::V5, 1, $at, $resume).await }
+            #[tokio::test]
+            async fn v5_2shards() { kill_mid_stream(Proto::V5, 2, $at, $resume).await }
+        }
+    )*};
+}
+
+cases! {
+    kill_after_first_ack: KillAt::FirstAck, false;
+    kill_after_half_acked: KillAt::HalfAcked, false;
+    kill_after_last_ack: KillAt::LastAck, false;
+    resume_publisher_after_kill: KillAt::HalfAcked, true;
+}
