@@ -22,6 +22,10 @@ matrix! {
     fn sys_topics_are_published;
 }
 
+matrix_v311! {
+    fn slow_consumer_does_not_stall_others;
+}
+
 fn ctx_with(ctx: &Ctx, tweak: impl FnOnce(&mut ringmq_shard::config::ShardConfig)) -> Ctx {
     Ctx {
         proto: ctx.proto,
@@ -139,4 +143,70 @@ async fn sys_topics_are_published(ctx: Ctx) {
     ] {
         assert!(seen.contains(t), "{t} published; saw {seen:?}");
     }
+}
+
+/// Issue 3: a subscriber that stops reading cannot slow anyone else: its outbound buffer is
+/// bounded (QoS 0 dropped) and it is closed after the slow-consumer deadline, while a reading
+/// subscriber of the same topic keeps receiving.
+async fn slow_consumer_does_not_stall_others(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| {
+        c.outbound_buffer_bytes = 64 * 1024;
+        c.slow_consumer_timeout = Duration::from_secs(1);
+    });
+    let ids = spread_ids("slow", 3, ctx.shards());
+    let v = common::raw::version(ctx.proto);
+    let (mut stalled, _) = Raw::connect(ctx.broker.addr, v, &ids[0], true).await;
+    stalled
+        .send(&Packet::Subscribe(common::raw::subscribe_packet(
+            1, "flood/t", 0,
+        )))
+        .await;
+    assert!(matches!(
+        stalled.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    // From here on `stalled` reads nothing.
+    let mut fast = ctx.client(&ids[1]).await;
+    fast.subscribe("flood/t", 1).await;
+    let publ = ctx.client(&ids[2]).await;
+    let chunk = vec![b'x'; 1024];
+    let t0 = std::time::Instant::now();
+    for _ in 0..8_000 {
+        publ.publish("flood/t", 0, false, chunk.clone()).await;
+    }
+    publ.publish("flood/t", 1, false, "end").await;
+    let end = loop {
+        match fast.recv_within(Duration::from_secs(10)).await {
+            Some(m) if &m.payload[..] == b"end" => break t0.elapsed(),
+            Some(_) => continue,
+            None => panic!("the reading subscriber stalled behind the one that does not read"),
+        }
+    };
+    assert!(end < Duration::from_secs(10), "took {end:?}");
+    // QoS 0 beyond its bounded buffer was dropped (counted), and the connection that stopped
+    // reading is closed with the typed reason once its deadline passes.
+    use ringmq_shard::stats::{CloseReason, DropReason};
+    assert!(
+        ctx.broker.stat(|s| s.drops_for(DropReason::QoS0BufferFull)) > 0,
+        "QoS 0 dropped, counted"
+    );
+    let broker = &ctx.broker;
+    check_for(Duration::from_secs(10), "slow consumer closed", || async {
+        (broker.stat(|s| s.closes_for(CloseReason::SlowConsumer)) > 0).then_some(())
+    })
+    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(b) = stalled.read_raw(Duration::from_secs(10)).await {
+            if b.is_empty() {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        closed.ok(),
+        Some(true),
+        "the slow consumer's socket is closed"
+    );
 }

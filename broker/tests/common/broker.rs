@@ -59,6 +59,13 @@ impl Broker {
         }
     }
 
+    /// Sum of one counter over all shards (`closes_for`, `drops_for`, ...).
+    pub fn stat(&self, f: impl Fn(&ringmq_shard::stats::ShardStats) -> u64) -> u64 {
+        self.handle
+            .as_ref()
+            .map_or(0, |h| h.stats().iter().map(|s| f(s)).sum())
+    }
+
     /// Graceful shutdown, waited for at most `deadline`; returns whether it finished.
     pub fn shutdown(&mut self, deadline: Duration) -> bool {
         let Some(handle) = self.handle.take() else {
