@@ -217,3 +217,51 @@ fn detach_copies_every_byte_field_into_its_own_buffer() {
     let r = RetainedMessage::new(&p, Instant::now());
     assert_eq!(r.topic.as_str(), "a/b");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+    /// Mutations between steps: no duplicates, nothing unmatched, and every message present for
+    /// the whole replay is yielded.
+    #[test]
+    fn replay_under_concurrent_mutation(
+        initial in prop::collection::btree_set(prop::collection::vec(level(), 1..4).prop_map(|v| v.join("/")), 1..40),
+        muts in prop::collection::vec((prop::collection::vec(level(), 1..4).prop_map(|v| v.join("/")), any::<bool>()), 0..40),
+        filter in prop_oneof![Just("#"), Just("a/#"), Just("+/+"), Just("+/b/#"), Just("a/+/b")],
+        batch in 1usize..4,
+    ) {
+        let mut s = RetainedStore::new();
+        for t in initial.iter().filter(|t| !t.is_empty()) {
+            put(&mut s, t, b"p");
+        }
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut c = s.replay(&TopicFilter::try_from(filter).unwrap());
+        let mut out = Vec::new();
+        let mut muts = muts.into_iter().filter(|(t, _)| !t.is_empty());
+        loop {
+            out.clear();
+            let done = c.next_batch(&s, batch, &mut out);
+            for m in &out {
+                let t = m.topic.as_str().to_string();
+                prop_assert!(topic::matches(filter, &t), "{} does not match {}", t, filter);
+                prop_assert!(seen.insert(t.clone()), "{} yielded twice", t);
+            }
+            if done {
+                break;
+            }
+            if let Some((t, add)) = muts.next() {
+                touched.insert(t.clone());
+                if add {
+                    put(&mut s, &t, b"q");
+                } else {
+                    s.remove(&t);
+                }
+            }
+        }
+        for t in initial.iter().filter(|t| !t.is_empty() && !touched.contains(*t)) {
+            if topic::matches(filter, t) {
+                prop_assert!(seen.contains(t), "{} present throughout but not yielded", t);
+            }
+        }
+    }
+}
