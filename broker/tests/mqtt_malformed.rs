@@ -36,6 +36,7 @@ matrix_v5! {
     fn v5_duplicate_property_is_a_protocol_error;
     fn v5_no_local_on_shared_subscription_is_a_protocol_error;
     fn v5_subscription_identifier_0_is_malformed;
+    fn v5_invalid_utf8_in_user_property_is_malformed;
 }
 
 fn is_v5(ctx: &Ctx) -> bool {
@@ -510,6 +511,22 @@ async fn invalid_utf8_in_unsubscribe_filter_closes(ctx: Ctx) {
         &bytes_of::frame(0xA2, &body),
         MALFORMED,
         "invalid UTF-8 unsubscribe filter",
+    )
+    .await;
+}
+
+/// [MQTT-1.5.7-1]: both strings of a UTF-8 string pair (User Property) are valid UTF-8.
+async fn v5_invalid_utf8_in_user_property_is_malformed(ctx: Ctx) {
+    let mut props = vec![0x26];
+    props.extend(bytes_of::s(&[b'k', 0xFF]));
+    props.extend(bytes_of::s(b"v"));
+    let bad = bytes_of::publish(0x30, b"up/t", None, Some(&props), b"x");
+    refused(
+        &ctx,
+        "userprop",
+        &bad,
+        MALFORMED,
+        "invalid UTF-8 user property key",
     )
     .await;
 }

@@ -17,12 +17,15 @@ matrix! {
     fn unacked_qos2_pubrel_is_resent_on_resume;
     fn takeover_keeps_the_persistent_session;
     fn offline_queue_is_bounded;
+    fn pubrel_follows_pubrec_order;
+    fn inflight_delivery_completes_after_unsubscribe;
 }
 
 matrix_v5! {
     fn v5_session_expiry_0_ends_session_at_disconnect;
     fn v5_session_expires_after_its_interval;
     fn v5_puback_with_error_completes_the_message;
+    fn shared_inflight_message_resumes_to_the_same_member;
 }
 
 /// A CONNECT resuming (clean 0) a session that outlives the connection (v5: expiry 300 s).
@@ -263,4 +266,108 @@ async fn v5_puback_with_error_completes_the_message(ctx: Ctx) {
     assert!(ack.session_present);
     raw.expect_silence(QUIET, "refused message is complete, not re-sent")
         .await;
+}
+
+/// [MQTT-4.6.0-4]: PUBREL packets go out in the order of the PUBREC packets received.
+async fn pubrel_follows_pubrec_order(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("relorder");
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, version(ctx.proto), &s, true).await;
+    raw.send(&Packet::Subscribe(subscribe_packet(1, "ro/t", 2)))
+        .await;
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    let publ = ctx.client(&p).await;
+    for i in 0..3 {
+        publ.publish("ro/t", 2, false, i.to_string()).await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(raw.expect_publish("QoS 2").await.packet_id.unwrap().get());
+    }
+    for &id in ids.iter().rev() {
+        raw.send(&Packet::PubRec(resp(id))).await;
+    }
+    for &id in ids.iter().rev() {
+        match raw.expect_packet("PUBREL").await {
+            Packet::PubRel(r) => assert_eq!(r.packet_id.get(), id, "PUBREL in PUBREC order"),
+            other => panic!("expected PUBREL, got {other:?}"),
+        }
+    }
+}
+
+/// [MQTT-3.10.4-3]: a QoS 1 delivery started before UNSUBSCRIBE is completed: still re-sent
+/// on resume until acknowledged.
+async fn inflight_delivery_completes_after_unsubscribe(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("unsubflight");
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &s)).await;
+    raw.send(&Packet::Subscribe(subscribe_packet(1, "uf/t", 1)))
+        .await;
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    let publ = ctx.client(&p).await;
+    publ.publish("uf/t", 1, false, "started").await;
+    let first = raw.expect_publish("delivery started").await;
+    let mut body = vec![0, 2];
+    if ctx.proto == Proto::V5 {
+        body.push(0);
+    }
+    body.extend(common::raw::bytes_of::s(b"uf/t"));
+    raw.send_bytes(&common::raw::bytes_of::frame(0xA2, &body))
+        .await;
+    assert!(matches!(
+        raw.expect_packet("UNSUBACK").await,
+        Packet::UnsubAck(_)
+    ));
+    drop(raw);
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &s)).await;
+    let again = raw.expect_publish("in-flight delivery completed").await;
+    assert!(again.dup);
+    assert_eq!(again.packet_id, first.packet_id);
+    raw.send(&Packet::PubAck(resp(again.packet_id.unwrap().get())))
+        .await;
+    publ.publish("uf/t", 1, false, "after").await;
+    raw.expect_silence(QUIET, "no new messages after UNSUBSCRIBE")
+        .await;
+}
+
+/// [MQTT-4.8.2-4], [MQTT-4.8.2-5]: an unacknowledged shared-subscription message goes back
+/// to the same member when it reconnects, and to no other member meanwhile.
+async fn shared_inflight_message_resumes_to_the_same_member(ctx: Ctx) {
+    let ids = spread_ids("shflight", 3, ctx.shards());
+    let (mut a, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &ids[0])).await;
+    a.send(&Packet::Subscribe(subscribe_packet(1, "$share/g/sf/t", 1)))
+        .await;
+    assert!(matches!(a.expect_packet("SUBACK").await, Packet::SubAck(_)));
+    let mut b = ctx.client(&ids[1]).await;
+    b.subscribe("$share/g/sf/t", 1).await;
+    let publ = ctx.client(&ids[2]).await;
+    // Publish until member `a` holds one unacknowledged message.
+    let mut held = None;
+    for i in 0..20 {
+        publ.publish("sf/t", 1, false, i.to_string()).await;
+        if let common::raw::RawEv::Packet(Packet::Publish(m)) = a.recv(QUIET).await {
+            held = Some(m);
+            break;
+        }
+    }
+    let held = held.expect("round robin reaches member a");
+    drop(a);
+    let mut seen_by_b = Vec::new();
+    while let Some(m) = b.recv_within(QUIET).await {
+        seen_by_b.push(m.payload.clone());
+    }
+    assert!(
+        !seen_by_b.contains(&held.payload),
+        "not re-routed to another member"
+    );
+    let (mut a, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &ids[0])).await;
+    let again = a.expect_publish("resumed to the same member").await;
+    assert_eq!(
+        (again.dup, again.payload.clone()),
+        (true, held.payload.clone())
+    );
 }

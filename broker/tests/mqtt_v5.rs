@@ -36,6 +36,7 @@ matrix_v5! {
     fn qos0_and_pingresp_flow_while_receive_window_is_full;
     fn shared_subscription_delivers_at_member_granted_qos;
     fn invalid_share_names_are_refused;
+    fn no_reason_string_when_problem_information_is_off;
 }
 
 fn sub_filter(path: &str, nolocal: bool) -> Filter {
@@ -604,5 +605,30 @@ async fn invalid_share_names_are_refused(ctx: Ctx) {
             RawEv::Closed => {}
             other => panic!("{f}: expected refusal, got {other:?}"),
         }
+    }
+}
+
+/// [MQTT-3.1.2-29]: Request Problem Information 0: no Reason String or User Property on any
+/// packet but CONNACK / DISCONNECT (here: the PUBACK refusing an invalid payload).
+async fn no_reason_string_when_problem_information_is_off(ctx: Ctx) {
+    let (p, _) = ctx.pair_ids("noproblem");
+    let mut c = connect_packet(ProtocolVersion::V5, &p, true);
+    c.properties.request_problem_information = Some(false);
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, c).await;
+    raw.send_bytes(&bytes_of::publish(
+        0x32,
+        b"np/t",
+        Some(1),
+        Some(&[0x01, 0x01]),
+        &[0xff],
+    ))
+    .await;
+    match raw.recv(WAIT).await {
+        RawEv::Packet(Packet::PubAck(a)) => {
+            assert_eq!(a.properties.reason_string, None);
+            assert!(a.properties.user_properties.is_empty());
+        }
+        RawEv::Packet(Packet::Disconnect(_)) | RawEv::Closed => {} // allowed on DISCONNECT
+        other => panic!("expected PUBACK or DISCONNECT, got {other:?}"),
     }
 }
