@@ -106,8 +106,13 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
             "{bin} not found (cargo build --release -p ringmq-broker)"
         ));
     }
+    let abs = std::fs::canonicalize(bin).map_err(|e| format!("{bin}: {e}"))?;
+    let bin = abs.to_str().ok_or("non-UTF-8 path")?;
+    // A fresh working directory so its ./data (state, admin socket) is private and removed.
+    let dir = scratch_dir("ringmq").map_err(|e| e.to_string())?;
     let mut cmd = command(bin, cpus);
-    cmd.args(["--listen", "mqtt://127.0.0.1:0", "--cores", "1"])
+    cmd.current_dir(&dir)
+        .args(["--listen", "mqtt://127.0.0.1:0", "--cores", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().map_err(|e| format!("start {bin}: {e}"))?;
@@ -125,7 +130,7 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
         }
     });
     let flags = format!(
-        "{}{bin} --listen mqtt://127.0.0.1:0 --cores 1",
+        "{}{bin} --listen mqtt://127.0.0.1:0 --cores 1  (in a fresh temp dir: default ./data)",
         cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
     );
     let mut proc = BrokerProc {
@@ -134,7 +139,7 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
         port_v5: None,
         flags,
         child,
-        dir: None,
+        dir: Some(dir),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

@@ -335,6 +335,9 @@ pub struct CompareArgs {
     /// Directory for the results file (`<date>-<scenario>.md`); empty string = do not write.
     #[arg(long, default_value = "bench/results")]
     pub results_dir: String,
+    /// Added to the results file name: `<date>-<scenario>-<label>.md`.
+    #[arg(long)]
+    pub label: Option<String>,
     /// Free-text note put in the results header (e.g. "machine shared with other jobs").
     #[arg(long)]
     pub note: Option<String>,

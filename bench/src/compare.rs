@@ -99,7 +99,10 @@ fn write_results(
     table: &str,
 ) -> Result<String, String> {
     let (date, time) = utc_now();
-    let scenario = c.scenario.name();
+    let scenario = match &c.label {
+        Some(l) => format!("{}-{l}", c.scenario.name()),
+        None => c.scenario.name().to_string(),
+    };
     std::fs::create_dir_all(&c.results_dir).map_err(|e| e.to_string())?;
     let mut path = format!("{}/{date}-{scenario}.md", c.results_dir);
     let mut n = 2;
