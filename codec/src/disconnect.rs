@@ -1,5 +1,7 @@
 //! DISCONNECT (v5 3.14, 3.1.1 3.14): decode, encode, length; tests at the bottom.
-//! v5 short forms: remaining length 0 = Normal disconnection, 1 = reason only (v5 3.14.2.1).
+//! v5 short forms: remaining length 0 = Normal disconnection, 1 = reason only (v5 3.14.2.1);
+//! decode takes both, encode writes the reason with an empty property length (rumqttc 0.25
+//! cannot read the 1-byte form).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -49,7 +51,9 @@ impl Disconnect {
         } else if !self.properties.is_empty() {
             1 + self.properties.encoded_len()
         } else if self.reason != ReasonCode::NormalDisconnection {
-            1
+            // Reason plus an empty property length: a length of 1 is legal
+            // (v5 3.14.2.2.1) but some clients (rumqttc 0.25) cannot parse it.
+            2
         } else {
             0
         }
@@ -102,7 +106,10 @@ mod tests {
     fn v5_short_forms_3_14_2_1() {
         both_ways(V5, &[0xE0, 0], &Packet::Disconnect(Disconnect::default()));
         let d = Disconnect::new(ReasonCode::ServerShuttingDown);
-        both_ways(V5, &[0xE0, 1, 0x8B], &Packet::Disconnect(d));
+        // Written with an empty property length (rumqttc 0.25 cannot parse length 1) ...
+        both_ways(V5, &[0xE0, 2, 0x8B, 0], &Packet::Disconnect(d.clone()));
+        // ... and the 1-byte form still decodes.
+        assert_eq!(dec(V5, &[0xE0, 1, 0x8B]), Ok(Packet::Disconnect(d)));
         assert_eq!(
             dec(V5, &[0xE0, 2, 0, 0]),
             Ok(Packet::Disconnect(Disconnect::default()))

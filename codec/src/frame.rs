@@ -29,6 +29,8 @@ pub struct PublishFrame {
     /// Offset of the Property Length (v5) or of the payload.
     props_at: u32,
     payload_at: u32,
+    /// Message Expiry Interval in the frame (v5 only).
+    expiry: Option<u32>,
 }
 
 /// What differs per subscriber.
@@ -98,6 +100,11 @@ impl PublishFrame {
             pid_at: pid_at as u32,
             props_at: props_at as u32,
             payload_at: payload_at as u32,
+            expiry: if version.is_v5() {
+                props.message_expiry_interval
+            } else {
+                None
+            },
         }
     }
 
@@ -156,12 +163,10 @@ impl PublishFrame {
         }
     }
 
-    /// The Message Expiry Interval in the frame, if any.
+    /// The Message Expiry Interval in the frame, if any (always `None` below v5).
+    #[inline]
     pub fn message_expiry_interval(&self) -> Option<u32> {
-        if !self.version.is_v5() {
-            return None;
-        }
-        self.to_publish().properties.message_expiry_interval
+        self.expiry
     }
 
     /// A new frame with the Message Expiry Interval replaced (the broker forwards the remaining
