@@ -335,21 +335,29 @@ impl Inbox {
 
     /// Pumps until `done(self)` holds (panics naming `what` after `deadline`).
     pub async fn until(&mut self, deadline: Duration, what: &str, done: impl Fn(&Inbox) -> bool) {
+        if !self.wait_for(deadline, done).await {
+            panic!(
+                "timed out after {deadline:?} waiting for: {what}; got {} PUBLISH: {:?}",
+                self.got.len(),
+                self.got
+                    .iter()
+                    .map(|p| format!("{}:{}", p.topic.as_str(), text(&p.payload)))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// Pumps until `done(self)` holds; false if `deadline` passed first (the caller reports).
+    pub async fn wait_for(&mut self, deadline: Duration, done: impl Fn(&Inbox) -> bool) -> bool {
         let end = Instant::now() + deadline;
         while !done(self) {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!(
-                    "timed out after {deadline:?} waiting for: {what}; got {} PUBLISH: {:?}",
-                    self.got.len(),
-                    self.got
-                        .iter()
-                        .map(|p| format!("{}:{}", p.topic.as_str(), text(&p.payload)))
-                        .collect::<Vec<_>>()
-                );
+                return false;
             }
             self.pump(left.min(Duration::from_millis(100))).await;
         }
+        true
     }
 
     /// Keeps pumping until the connection has been silent for `quiet`.
