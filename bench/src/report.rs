@@ -47,6 +47,17 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
             format!("{} core(s), cpus {:?}", s.cores, s.cpus),
         ),
     ];
+    if s.generator_busy_percent > 0.0 {
+        let warn = if s.generator_busy_percent > 90.0 {
+            "  (near its limit: add --cores)"
+        } else {
+            ""
+        };
+        r.push((
+            "generator busy",
+            format!("{:.0}% of its cores{warn}", s.generator_busy_percent),
+        ));
+    }
     if s.publishers + s.subscribers > 0 && s.scenario != "conn" {
         r.extend([
             ("sent", s.sent.to_string()),

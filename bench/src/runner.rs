@@ -207,6 +207,7 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     shared.barrier.wait();
     let load = &shared.plan.load;
     let t0 = shared.t0();
+    let cpu_start = (thread_cpu_secs(), payload::now_ns());
     let measure_start = t0 + load.warmup.as_nanos() as u64;
     ctx.measure_start_ns.set(measure_start);
     if load.count.is_none() {
@@ -244,7 +245,10 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     }
     drop(progress_task);
     ctx.publish_progress();
-    ctx.stats.take()
+    let mut st = ctx.stats.take();
+    st.busy_secs = thread_cpu_secs() - cpu_start.0;
+    st.wall_secs = (payload::now_ns() - cpu_start.1) as f64 / 1e9;
+    st
 }
 
 /// Tells the other cores how much this core's publishers sent.
@@ -324,8 +328,26 @@ fn summarize(sh: &Shared, t: CoreStats, cpus: Vec<usize>) -> Summary {
         connects_per_sec: 0.0,
         connect_latency: Latency::from_histogram(&t.connect_latency),
         broker_memory: None,
+        generator_busy_percent: if t.wall_secs > 0.0 {
+            100.0 * t.busy_secs / t.wall_secs
+        } else {
+            0.0
+        },
         errors: t.errors,
         notes: Vec::new(),
+    }
+}
+
+/// CPU time (user + system) of the calling thread, seconds.
+pub fn thread_cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct we pass.
+    unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &mut r) != 0 {
+            return 0.0;
+        }
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        t(r.ru_utime) + t(r.ru_stime)
     }
 }
 

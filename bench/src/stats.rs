@@ -41,6 +41,9 @@ pub struct CoreStats {
     pub expected: u64,
     /// First error text per kind, for the report.
     pub errors: Vec<String>,
+    /// CPU time of the core's thread from the start barrier to the end, and wall time.
+    pub busy_secs: f64,
+    pub wall_secs: f64,
 }
 
 impl Default for CoreStats {
@@ -59,6 +62,8 @@ impl Default for CoreStats {
             sent_by_publisher: Vec::new(),
             expected: 0,
             errors: Vec::new(),
+            busy_secs: 0.0,
+            wall_secs: 0.0,
         }
     }
 }
@@ -85,6 +90,8 @@ impl CoreStats {
         self.connect_failures += o.connect_failures;
         self.sent_by_publisher.extend(o.sent_by_publisher);
         self.expected += o.expected;
+        self.busy_secs += o.busy_secs;
+        self.wall_secs += o.wall_secs;
         for e in o.errors {
             self.error(e);
         }
@@ -178,6 +185,8 @@ pub struct Summary {
     pub connects_per_sec: f64,
     pub connect_latency: Latency,
     pub broker_memory: Option<BrokerMemory>,
+    /// Generator CPU use while running, % of its cores (near 100: the tool may be the limit).
+    pub generator_busy_percent: f64,
     pub errors: Vec<String>,
     /// Extra scenario-specific notes (e.g. retained replay timings).
     pub notes: Vec<String>,
