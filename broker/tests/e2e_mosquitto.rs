@@ -13,6 +13,7 @@ use common::BinBroker;
 
 const V311: &str = "mqttv311";
 const V5: &str = "mqttv5";
+const V31: &str = "mqttv31";
 
 /// The clients are a test requirement (`.ci/run` installs Debian's mosquitto-clients).
 fn have_mosquitto() -> bool {
@@ -197,6 +198,12 @@ fn e2e_qos_0_1_2_v311() {
 #[test]
 fn e2e_qos_0_1_2_v5() {
     qos_round_trip(V5);
+}
+
+/// MQTT 3.1 (`MQIsdp`, level 3), which the broker also speaks.
+#[test]
+fn e2e_qos_0_1_2_v31() {
+    qos_round_trip(V31);
 }
 
 fn retained(version: &str) {

@@ -76,6 +76,11 @@ async fn first_packet_not_connect_closes(ctx: Ctx) {
     assert!(!got
         .iter()
         .any(|p| matches!(p, Packet::ConnAck(a) if a.reason == ReasonCode::Success)));
+    // [MQTT-3.14.0-1]: no DISCONNECT before a successful CONNACK.
+    assert!(
+        !got.iter().any(|p| matches!(p, Packet::Disconnect(_))),
+        "no DISCONNECT before CONNACK: {got:?}"
+    );
 }
 
 /// [MQTT-3.1.0-2]: a second CONNECT is a protocol violation: close (v5: DISCONNECT 0x82 first

@@ -113,6 +113,7 @@ impl BinBroker {
             .arg(&dir)
             .arg("--admin-socket")
             .arg(dir.join("ringmq.sock"))
+            .args(["--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
