@@ -165,7 +165,7 @@ pub fn comparison(results: &[(String, Summary)]) -> String {
     let cols = results.len() * 2;
     let _ = writeln!(out, "|---|{}", "---|".repeat(cols - 1));
     type Get = fn(&Summary) -> f64;
-    let metrics: [(&str, Get, bool); 12] = [
+    let metrics: [(&str, Get, bool); 13] = [
         ("publish msg/s", |s| s.sent_per_sec, true),
         ("deliveries/s", |s| s.delivered_per_sec, true),
         ("lost", |s| s.lost as f64, false),
@@ -177,6 +177,7 @@ pub fn comparison(results: &[(String, Summary)]) -> String {
         ("latency p99.9 µs", |s| s.latency.p999_us, false),
         ("latency max µs", |s| s.latency.max_us, false),
         ("connects/s", |s| s.connects_per_sec, true),
+        ("generator busy %", |s| s.generator_busy_percent, false),
         (
             "broker peak RSS kB",
             |s| s.broker_memory.as_ref().map_or(0.0, |m| m.hwm_kb as f64),

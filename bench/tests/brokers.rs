@@ -100,3 +100,63 @@ fn ringmq_passes_the_scenario_set() {
     scenario_set(&b);
     b.stop();
 }
+
+#[test]
+fn compare_writes_a_results_file_with_the_machine_header() {
+    let Some(bin) = common::mosquitto() else {
+        eprintln!("SKIP: mosquitto not installed");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ringmq-bench-results-{}", std::process::id()));
+    let cli = <ringmq_bench::cli::Cli as clap::Parser>::try_parse_from([
+        "ringmq-bench",
+        "compare",
+        "--brokers",
+        "mosquitto,nosuch",
+        "--mosquitto-bin",
+        bin.to_str().unwrap(),
+        "--broker-cpus",
+        "0",
+        "--results-dir",
+        dir.to_str().unwrap(),
+        "--label",
+        "test",
+        "--note",
+        "test run",
+        "pairs",
+        "--pairs",
+        "2",
+        "--count",
+        "50",
+        "--rate",
+        "500",
+        "--warmup",
+        "0",
+        "--no-pin",
+        "-q",
+    ])
+    .unwrap();
+    let ringmq_bench::cli::Command::Compare(c) = cli.command else {
+        panic!("compare")
+    };
+    ringmq_bench::compare::run(&c).expect("compare runs with one broker");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let md = std::fs::read_to_string(&files[0]).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(files[0].to_str().unwrap().ends_with("-pairs-test.md"));
+    for needle in [
+        "- CPU:",
+        "- kernel:",
+        "- commit:",
+        "- mosquitto: `",
+        "- not run: nosuch",
+        "test run",
+        "| deliveries/s |",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+}
