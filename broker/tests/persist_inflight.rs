@@ -76,7 +76,7 @@ async fn inflight_resent_after_kill(proto: Proto, shards: usize) {
             other => panic!("unexpected {other:?} after restart"),
         }
     }
-    // [MQTT-4.3.3-4] (v5) / [MQTT-4.3.3-1] (3.1.1): after PUBREC the PUBLISH is not resent;
+    // [MQTT-4.3.3-6] (v5) / [MQTT-4.3.3-1] (3.1.1): after PUBREC the PUBLISH is not resent;
     // [MQTT-4.4.0-1]: PUBREL resent with its original packet id.
     assert_eq!(pubrel, Some(id_of(&b)), "PUBREL for b resent");
     let order: Vec<&str> = resent.iter().map(|p| text(&p.payload)).collect();

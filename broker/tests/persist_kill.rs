@@ -13,10 +13,10 @@
 //! v5 4.3.3): in sync mode its PUBREC means the message is queued durably for the subscriber.
 //!
 //! Checked after restart: session present 1; every acknowledged message delivered; per topic
-//! the first deliveries in publish order [MQTT-4.6.0-6] (v5) / [MQTT-4.6.0-5] (3.1.1); no QoS 2
-//! message twice [MQTT-4.3.3-10] (v5). The `resume_*` cases then reconnect the publisher, which
-//! resends unacknowledged PUBLISHes with DUP 1 and PUBRELs [MQTT-4.4.0-1], and require every
-//! message delivered, QoS 2 exactly once.
+//! the first deliveries in publish order [MQTT-4.6.0-6]; no QoS 2 message twice
+//! [MQTT-4.3.3-10] (v5) / [MQTT-4.3.3-2] (3.1.1). The `resume_*` cases then reconnect the
+//! publisher, which resends unacknowledged PUBLISHes with DUP 1 and PUBRELs [MQTT-4.4.0-1],
+//! and require every message delivered, QoS 2 exactly once.
 #[macro_use]
 mod common;
 
@@ -170,7 +170,7 @@ fn check(got: &[Publish], required: &[u16], phase: &str) {
         assert_eq!(p.qos, qos(qos_of(seq)), "{phase}: delivered QoS of #{seq}");
         seen[seq as usize] += 1;
         if seen[seq as usize] > 1 {
-            // [MQTT-4.3.3-10] (v5): a QoS 2 message is delivered exactly once.
+            // [MQTT-4.3.3-10] (v5) / [MQTT-4.3.3-2] (3.1.1): QoS 2 never delivered twice.
             assert_eq!(
                 qos_of(seq),
                 1,

@@ -87,7 +87,7 @@ async fn retained_survives_kill(shards: usize) {
         "retained set after restart (r/gone was deleted)"
     );
     for p in &got {
-        // [MQTT-3.3.1-9] (v5) / [MQTT-3.3.1-8] (3.1.1): retain 1 when sent at subscribe.
+        // [MQTT-3.3.1-9]: sent at subscribe (Retain Handling 0), with retain 1 (v5 3.3.1.3).
         assert!(p.retain, "{} delivered with retain 1", p.topic.as_str());
     }
     let (props, q2, replaced) = (&got[0], &got[1], &got[2]);
@@ -321,7 +321,7 @@ async fn v5_expired_session_gone_after_restart(shards: usize) {
         (disconnected + Duration::from_millis(2000)).max(restarted + Duration::from_millis(1500));
     tokio::time::sleep_until(until.into()).await;
 
-    // [MQTT-3.1.2-23]: the session ends when its expiry interval has passed.
+    // v5 3.1.2.11.2: the session ends when its expiry interval has passed.
     let (mut gone, ack) = Raw::connect_with(broker.addr, persistent_connect(V5, short, 1)).await;
     assert!(!ack.session_present, "expired session must not be resumed");
     gone.expect_silence(QUIET, "no queued message for an expired session")
