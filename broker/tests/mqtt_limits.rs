@@ -10,6 +10,7 @@ use common::*;
 use ringmq_codec::{Packet, ProtocolVersion, ReasonCode};
 
 matrix_v5! {
+    fn v5_server_keep_alive_is_enforced;
     fn v5_server_keep_alive_caps_the_client_keep_alive;
     fn v5_retain_unavailable_is_advertised_and_enforced;
     fn v5_wildcard_subscriptions_disabled_get_0xa2;
@@ -20,6 +21,9 @@ matrix_v5! {
 
 matrix! {
     fn sys_topics_are_published;
+    fn topic_over_level_or_length_limit_is_refused;
+    fn subscription_quota_is_enforced;
+    fn connection_limit_answers_with_connack;
 }
 
 matrix_v311! {
@@ -209,4 +213,129 @@ async fn slow_consumer_does_not_stall_others(ctx: Ctx) {
         Some(true),
         "the slow consumer's socket is closed"
     );
+}
+
+/// [MQTT-3.1.2-21], [MQTT-3.1.2-22]: the Server Keep Alive is the one enforced (1.5x).
+async fn v5_server_keep_alive_is_enforced(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| c.max_keep_alive = 1);
+    let mut c = connect_packet(ProtocolVersion::V5, "ka-enforced", true);
+    c.keep_alive = 60;
+    let (mut raw, ack) = Raw::connect_with(ctx.broker.addr, c).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(1));
+    let t0 = std::time::Instant::now();
+    raw.expect_disconnect(ReasonCode::KeepAliveTimeout, "server keep alive expired")
+        .await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(2600),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Issue 3 limits (`max_topic_levels`, `max_topic_length`): a PUBLISH over them is refused
+/// with the spec's answer (v5: PUBACK or DISCONNECT 0x90 Topic Name invalid; 3.1.1 has no
+/// negative PUBACK [MQTT-3.3.5-2]: positive PUBACK or close) and never delivered; a filter
+/// over them gets SUBACK 0x80 (v5 0x8F).
+async fn topic_over_level_or_length_limit_is_refused(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| {
+        c.max_topic_levels = 3;
+        c.max_topic_length = 32;
+    });
+    let v5 = ctx.proto == Proto::V5;
+    let mut watch = ctx.client("limit-watch").await;
+    watch.subscribe("#", 1).await;
+    for (i, t) in [
+        "a/b/c/d",
+        "long/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (mut raw, _) = Raw::connect(
+            ctx.broker.addr,
+            common::raw::version(ctx.proto),
+            &format!("limit{i}"),
+            true,
+        )
+        .await;
+        let props: Option<&[u8]> = v5.then_some(&[]);
+        raw.send_bytes(&bytes_of::publish(0x32, t.as_bytes(), Some(1), props, b"x"))
+            .await;
+        match raw.recv(WAIT).await {
+            common::raw::RawEv::Packet(Packet::PubAck(a)) if v5 => {
+                assert_eq!(a.reason, ReasonCode::TopicNameInvalid, "{t}")
+            }
+            common::raw::RawEv::Packet(Packet::PubAck(_)) => {}
+            common::raw::RawEv::Packet(Packet::Disconnect(d)) if v5 => {
+                assert_eq!(d.reason, ReasonCode::TopicNameInvalid, "{t}")
+            }
+            common::raw::RawEv::Closed => {}
+            other => panic!("{t}: expected refusal, got {other:?}"),
+        }
+    }
+    watch
+        .expect_none(QUIET, "over-limit topics not delivered")
+        .await;
+    let mut c = ctx.client("limit-sub").await;
+    let want = if v5 { 0x8F } else { 0x80 };
+    assert_eq!(c.subscribe("a/b/c/d", 1).await, vec![want]);
+    assert_eq!(c.subscribe("a/b/c", 1).await, vec![1]);
+}
+
+/// Issue 3 limit `max_subscriptions_per_client`: SUBACK 0x80 (v5 0x97 Quota exceeded).
+async fn subscription_quota_is_enforced(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| c.max_subscriptions_per_client = 2);
+    let mut c = ctx.client("quota").await;
+    assert_eq!(c.subscribe("q/1", 1).await, vec![1]);
+    assert_eq!(c.subscribe("q/2", 1).await, vec![1]);
+    let want = if ctx.proto == Proto::V5 { 0x97 } else { 0x80 };
+    assert_eq!(c.subscribe("q/3", 1).await, vec![want]);
+    assert_eq!(
+        c.subscribe("q/1", 0).await,
+        vec![0],
+        "replacing an existing one is not a new one"
+    );
+}
+
+/// Issue 3 limit `max_connections`: the connection over it gets a refusing CONNACK
+/// (3.1.1 0x03 Server unavailable; v5 0x97 Quota exceeded, 0x89 Server busy or 0x88).
+async fn connection_limit_answers_with_connack(ctx: Ctx) {
+    let ctx = ctx_with(&ctx, |c| c.max_connections = 2 * c.cores.max(1));
+    let v = common::raw::version(ctx.proto);
+    let mut held = Vec::new();
+    let mut refused = None;
+    for i in 0..(2 * ctx.shards() + 4) {
+        let mut raw = Raw::open(ctx.broker.addr, v).await;
+        raw.send(&Packet::Connect(Box::new(connect_packet(
+            v,
+            &format!("conn{i}"),
+            true,
+        ))))
+        .await;
+        match raw.recv(WAIT).await {
+            common::raw::RawEv::Packet(Packet::ConnAck(a)) if a.reason == ReasonCode::Success => {
+                held.push(raw)
+            }
+            common::raw::RawEv::Packet(Packet::ConnAck(a)) => {
+                refused = Some(a.reason);
+                break;
+            }
+            other => panic!("connection {i}: expected a CONNACK, got {other:?}"),
+        }
+    }
+    let r = refused.expect("a connection over the limit is refused");
+    if ctx.proto == Proto::V5 {
+        assert!(
+            [
+                ReasonCode::QuotaExceeded,
+                ReasonCode::ServerBusy,
+                ReasonCode::ServerUnavailable
+            ]
+            .contains(&r),
+            "got {r:?}"
+        );
+    } else {
+        // The codec decodes the 3.1.1 return code 0x03 as ServerUnavailable.
+        assert_eq!(r, ReasonCode::ServerUnavailable, "3.1.1 return code 0x03");
+    }
 }

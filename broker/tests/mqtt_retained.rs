@@ -24,6 +24,7 @@ matrix_v5! {
     fn v5_retain_handling_1_sends_only_for_new_subscription;
     fn v5_retain_handling_2_never_sends_retained;
     fn v5_retain_as_published_keeps_retain_flag_on_live_delivery;
+    fn v5_retained_message_expires;
 }
 
 /// Publishes a retained message and waits until the broker acknowledged it (QoS 1).
@@ -242,4 +243,37 @@ async fn qos0_retained_replaces_the_old_one(ctx: Ctx) {
     if let Some(m) = sub.recv_within(QUIET).await {
         assert_eq!(m.text(), "new", "the old retained message must be gone");
     }
+}
+
+/// v5 3.3.2.3.3 / [MQTT-3.3.2-5], [MQTT-3.3.2-6]: an expired retained message is discarded;
+/// a live one is sent with its remaining expiry.
+async fn v5_retained_message_expires(ctx: Ctx) {
+    use bytes::Bytes;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let (p, s) = ctx.pair_ids("rexp");
+    let mut publ = ctx.client(&p).await;
+    for (t, e) in [("rexp/short", 1u32), ("rexp/long", 100)] {
+        let props = PublishProperties {
+            message_expiry_interval: Some(e),
+            ..Default::default()
+        };
+        publ.v5()
+            .publish_with_properties(t, Q5::AtLeastOnce, true, Bytes::from_static(b"r"), props)
+            .await
+            .unwrap();
+        publ.wait_acked(1).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await; // expiry needs time to pass
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("rexp/#", 1).await;
+    let m = sub.recv("the unexpired retained message").await;
+    assert_eq!(m.topic, "rexp/long");
+    let left = m
+        .props
+        .unwrap_or_default()
+        .message_expiry_interval
+        .expect("remaining expiry");
+    assert!((90..=98).contains(&left), "remaining expiry {left}");
+    sub.expect_none(QUIET, "expired retained message discarded")
+        .await;
 }

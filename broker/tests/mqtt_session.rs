@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::raw::{connect_packet, resp, subscribe_packet, version};
 use common::*;
-use ringmq_codec::{Connect, Packet, QoS};
+use ringmq_codec::{Connect, Packet, ProtocolVersion, QoS};
 
 matrix! {
     fn persistent_session_queues_qos1_and_2_while_offline;
@@ -26,6 +26,8 @@ matrix_v5! {
     fn v5_session_expires_after_its_interval;
     fn v5_puback_with_error_completes_the_message;
     fn shared_inflight_message_resumes_to_the_same_member;
+    fn v5_disconnect_can_end_the_session;
+    fn v5_disconnect_cannot_extend_a_zero_expiry;
 }
 
 /// A CONNECT resuming (clean 0) a session that outlives the connection (v5: expiry 300 s).
@@ -369,5 +371,51 @@ async fn shared_inflight_message_resumes_to_the_same_member(ctx: Ctx) {
     assert_eq!(
         (again.dup, again.payload.clone()),
         (true, held.payload.clone())
+    );
+}
+
+fn disconnect_with_expiry(expiry: u32) -> Packet {
+    Packet::Disconnect(ringmq_codec::Disconnect {
+        reason: ringmq_codec::ReasonCode::Success,
+        properties: ringmq_codec::DisconnectProperties {
+            session_expiry_interval: Some(expiry),
+            ..Default::default()
+        },
+    })
+}
+
+/// v5 3.14.2.2.2: a Session Expiry Interval in DISCONNECT replaces the one of CONNECT; 0 ends
+/// the session with the connection.
+async fn v5_disconnect_can_end_the_session(ctx: Ctx) {
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, "endme")).await;
+    raw.send(&disconnect_with_expiry(0)).await;
+    raw.expect_closed(WAIT, "after DISCONNECT").await;
+    let (_raw, ack) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, "endme")).await;
+    assert!(
+        !ack.session_present,
+        "expiry 0 in DISCONNECT ended the session"
+    );
+}
+
+/// v5 3.14.2.2.2: CONNECT expiry 0 then DISCONNECT expiry > 0 is a protocol error: the
+/// session does not survive (and v5 may answer DISCONNECT 0x82).
+async fn v5_disconnect_cannot_extend_a_zero_expiry(ctx: Ctx) {
+    let c = connect_packet(ProtocolVersion::V5, "noextend", false);
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, c.clone()).await;
+    raw.send(&Packet::Subscribe(subscribe_packet(1, "ne/t", 1)))
+        .await;
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    raw.send(&disconnect_with_expiry(300)).await;
+    let got = raw.expect_closed(WAIT, "after DISCONNECT").await;
+    if let Some(Packet::Disconnect(d)) = got.last() {
+        assert_eq!(d.reason, ringmq_codec::ReasonCode::ProtocolError);
+    }
+    let (_raw, ack) = Raw::connect_with(ctx.broker.addr, c).await;
+    assert!(
+        !ack.session_present,
+        "the session ended with the connection"
     );
 }
