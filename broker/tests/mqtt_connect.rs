@@ -27,6 +27,7 @@ matrix! {
     fn will_retain_without_will_flag_closes;
     fn username_flag_without_username_closes;
     fn invalid_utf8_will_topic_or_user_name_is_refused;
+    fn keep_alive_0_never_times_out;
 }
 
 matrix_v311! {
@@ -428,4 +429,18 @@ async fn invalid_utf8_will_topic_or_user_name_is_refused(ctx: Ctx) {
             "{field}: invalid UTF-8 must not be accepted, got {got:02x?}"
         );
     }
+}
+
+/// [MQTT-3.1.2-22] (v5 3.1.2.10): keep alive 0 turns the mechanism off: an idle client stays.
+async fn keep_alive_0_never_times_out(ctx: Ctx) {
+    let mut c = connect_packet(version(ctx.proto), "ka0", true);
+    c.keep_alive = 0;
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, c).await;
+    raw.expect_silence(Duration::from_millis(2500), "idle with keep alive 0")
+        .await;
+    raw.send(&Packet::PingReq).await;
+    assert!(matches!(
+        raw.expect_any("still connected").await,
+        Packet::PingResp
+    ));
 }

@@ -29,6 +29,8 @@ matrix! {
     fn bom_is_part_of_the_topic;
     fn acks_are_sent_in_publish_order;
     fn one_unsubscribe_with_many_filters_gets_one_unsuback;
+    fn fan_out_reaches_every_subscriber_on_every_shard;
+    fn outbound_packet_ids_are_unique_while_in_flight;
 }
 
 /// [MQTT-3.8.4-8] (v5) / 3.1.1 §3.8.4: delivered QoS = min(published QoS, granted QoS);
@@ -436,6 +438,57 @@ async fn one_unsubscribe_with_many_filters_gets_one_unsuback(ctx: Ctx) {
         other => panic!("expected UNSUBACK, got {other:?}"),
     }
     raw.expect_silence(QUIET, "a single UNSUBACK").await;
+}
+
+/// [MQTT-4.5.0-1]: one PUBLISH is added to the session of every matching subscriber, wherever
+/// their sessions live.
+async fn fan_out_reaches_every_subscriber_on_every_shard(ctx: Ctx) {
+    let ids = spread_ids("fan", 21, ctx.shards());
+    let mut subs = Vec::new();
+    for id in &ids[1..] {
+        let mut c = ctx.client(id).await;
+        c.subscribe("fan/+/t", 1).await;
+        subs.push(c);
+    }
+    let publ = ctx.client(&ids[0]).await;
+    for i in 0..5 {
+        publ.publish(&format!("fan/{i}/t"), 1, false, i.to_string())
+            .await;
+    }
+    for s in subs.iter_mut() {
+        let got: Vec<String> = s
+            .recv_n(5, "fan-out")
+            .await
+            .iter()
+            .map(|m| m.text().to_string())
+            .collect();
+        assert_eq!(got, ["0", "1", "2", "3", "4"]);
+    }
+}
+
+/// [MQTT-2.2.1-4] (3.1.1: [MQTT-2.3.1-2]): the server's QoS 1/2 PUBLISH packets in flight
+/// carry distinct non-zero packet identifiers.
+async fn outbound_packet_ids_are_unique_while_in_flight(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("pids");
+    let (mut raw, _) = Raw::connect(ctx.broker.addr, version(ctx.proto), &s, true).await;
+    raw.send(&Packet::Subscribe(common::raw::subscribe_packet(
+        1, "pids/#", 2,
+    )))
+    .await;
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    let publ = ctx.client(&p).await;
+    for i in 0..20u8 {
+        publ.publish("pids/t", 1 + i % 2, false, vec![i]).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let m = raw.expect_publish("unacknowledged delivery").await;
+        let id = m.packet_id.expect("QoS > 0 has a packet id").get();
+        assert!(seen.insert(id), "packet id {id} reused while in flight");
+    }
 }
 
 /// The harness really puts publisher and subscriber on different home shards with 2 shards.

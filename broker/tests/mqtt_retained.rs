@@ -18,6 +18,7 @@ matrix! {
     fn retained_delivery_qos_is_min_of_stored_and_granted;
     fn retained_outlives_the_publishers_session;
     fn qos0_retained_replaces_the_old_one;
+    fn large_retained_replay_is_complete;
 }
 
 matrix_v5! {
@@ -276,4 +277,33 @@ async fn v5_retained_message_expires(ctx: Ctx) {
     assert!((90..=98).contains(&left), "remaining expiry {left}");
     sub.expect_none(QUIET, "expired retained message discarded")
         .await;
+}
+
+/// Issue 3: retained replay runs in bounded steps (`retained_replay_batch`) and still sends
+/// every matching retained message exactly once.
+async fn large_retained_replay_is_complete(ctx: Ctx) {
+    let ctx = Ctx {
+        proto: ctx.proto,
+        broker: Broker::start_with(ctx.shards(), |c| c.retained_replay_batch = 16),
+    };
+    let (p, s) = ctx.pair_ids("bulk");
+    let mut publ = ctx.client(&p).await;
+    const N: usize = 300;
+    for i in 0..N {
+        publ.publish(&format!("bulk/{}/{i}", i % 7), 0, true, i.to_string())
+            .await;
+    }
+    store(&mut publ, "bulk/barrier", "last").await;
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("bulk/#", 1).await;
+    let mut got: Vec<String> = sub
+        .recv_n(N + 1, "retained replay")
+        .await
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), N + 1, "every retained message once");
+    sub.expect_none(QUIET, "nothing more").await;
 }
