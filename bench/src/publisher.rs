@@ -158,59 +158,98 @@ fn probe<'a>(ctx: &'a CoreCtx, index: u32) -> Option<Probe<'a>> {
     })
 }
 
-async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result<()> {
-    let load = &ctx.shared.plan.load;
-    let t0 = ctx.shared.t0();
-    let measure_start = ctx.measure_start_ns.get();
-    let end = ctx.pub_end_ns.get();
-    let count = load.count.unwrap_or(u64::MAX);
-    let frame = s.tpl.len() as u64;
-    let until = |t: u64| Duration::from_nanos(t.saturating_sub(now_ns()));
-    let mut end_timer = Timer::new(until(end.min(now_ns() + 86_400_000_000_000)));
-    let mut tick = Timer::new(Duration::from_secs(86_400));
-    let interval_ns = if load.rate > 0.0 {
-        1e9 / load.rate
-    } else {
-        0.0
-    };
-    let probe = probe(ctx, s.index);
-    // Rate-limited publishers are spread evenly over one interval, not all in phase.
-    let npubs = ctx.shared.plan.pub_topics.len().max(1) as f64;
-    let t0 = t0 + (interval_ns * f64::from(s.index) / npubs) as u64;
-    loop {
-        let now = now_ns();
-        if now >= end || s.seq >= count {
-            break;
+/// When a publisher may send: rate schedule, message count, probe window, buffer room.
+struct Pace<'a> {
+    /// Schedule origin of this publisher (t0 plus its phase offset).
+    t0: u64,
+    /// Nanoseconds between messages; 0 = unlimited.
+    interval_ns: f64,
+    count: u64,
+    frame: u64,
+    probe: Option<Probe<'a>>,
+}
+
+impl Pace<'_> {
+    fn new<'a>(ctx: &'a CoreCtx, s: &Sender) -> Pace<'a> {
+        let load = &ctx.shared.plan.load;
+        let interval_ns = if load.rate > 0.0 {
+            1e9 / load.rate
+        } else {
+            0.0
+        };
+        // Rate-limited publishers are spread evenly over one interval, not all in phase.
+        let npubs = ctx.shared.plan.pub_topics.len().max(1) as f64;
+        Pace {
+            t0: ctx.shared.t0() + (interval_ns * f64::from(s.index) / npubs) as u64,
+            interval_ns,
+            count: load.count.unwrap_or(u64::MAX),
+            frame: s.tpl.len() as u64,
+            probe: probe(ctx, s.index),
         }
-        let mut n = count - s.seq;
-        if interval_ns > 0.0 {
-            let due = ((now.saturating_sub(t0)) as f64 / interval_ns) as u64 + 1;
+    }
+
+    /// Messages that may be appended now.
+    fn quota(&self, s: &Sender, now: u64, buffered: usize, seen: u64) -> u64 {
+        let mut n = self.count - s.seq;
+        if self.interval_ns > 0.0 {
+            let due = ((now.saturating_sub(self.t0)) as f64 / self.interval_ns) as u64 + 1;
             n = n.min(due.saturating_sub(s.seq));
         }
         if s.window != u32::MAX {
             n = n.min(u64::from(s.window.saturating_sub(s.inflight)));
         }
-        let seen = probe.as_ref().map_or(0, Probe::seen);
-        if let Some(p) = &probe {
+        if let Some(p) = &self.probe {
             n = n.min(p.window.saturating_sub(s.seq.saturating_sub(seen)));
         }
-        n = n.min((WBUF_TARGET.saturating_sub(conn.wbuf.len()) as u64) / frame);
+        n.min((WBUF_TARGET.saturating_sub(buffered) as u64) / self.frame)
+    }
+
+    /// When to wake up without I/O: the next scheduled message, or a poll of a remote probe.
+    fn tick(&self, s: &Sender, window_full: bool) -> Option<Duration> {
+        if self.interval_ns > 0.0 && s.inflight < s.window {
+            let next_due = self.t0 + (s.seq as f64 * self.interval_ns) as u64;
+            let min = if self.interval_ns < 1e6 {
+                MIN_TICK_NS
+            } else {
+                0
+            };
+            return Some(Duration::from_nanos(
+                next_due.saturating_sub(now_ns()).max(min),
+            ));
+        }
+        (window_full && self.probe.as_ref().is_some_and(|p| p.remote))
+            .then(|| Duration::from_micros(100))
+    }
+}
+
+async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result<()> {
+    let measure_start = ctx.measure_start_ns.get();
+    let end = ctx.pub_end_ns.get();
+    let until = Duration::from_nanos(
+        end.min(now_ns() + 86_400_000_000_000)
+            .saturating_sub(now_ns()),
+    );
+    let mut end_timer = Timer::new(until);
+    let mut tick = Timer::new(Duration::from_secs(86_400));
+    let pace = Pace::new(ctx, s);
+    loop {
+        let now = now_ns();
+        if now >= end || s.seq >= pace.count {
+            break;
+        }
+        let seen = pace.probe.as_ref().map_or(0, Probe::seen);
+        let n = pace.quota(s, now, conn.wbuf.len(), seen);
         if n > 0 {
             s.append(conn, n, now, now >= measure_start);
             ctx.stats.borrow_mut().sent += n;
         }
-        let window_full = probe.as_ref().is_some_and(|p| s.seq - seen >= p.window);
-        let mut use_tick = false;
-        if interval_ns > 0.0 && s.inflight < s.window {
-            let next_due = t0 + (s.seq as f64 * interval_ns) as u64;
-            let min = if interval_ns < 1e6 { MIN_TICK_NS } else { 0 };
-            tick.reset(Duration::from_nanos(
-                next_due.saturating_sub(now_ns()).max(min),
-            ));
-            use_tick = true;
-        } else if window_full && probe.as_ref().is_some_and(|p| p.remote) {
-            tick.reset(Duration::from_micros(100));
-            use_tick = true;
+        let window_full = pace
+            .probe
+            .as_ref()
+            .is_some_and(|p| s.seq - seen >= p.window);
+        let next_tick = pace.tick(s, window_full);
+        if let Some(d) = next_tick {
+            tick.reset(d);
         }
         let wake = or(
             async { Wake::Io(conn.drive().await.map(|_| ())) },
@@ -219,22 +258,14 @@ async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result
                     (&mut end_timer).await;
                     Wake::End
                 },
-                or(
-                    async {
-                        if !use_tick {
-                            futures_lite::future::pending::<()>().await;
-                        }
-                        (&mut tick).await;
-                        Wake::Tick
-                    },
-                    async {
-                        match &probe {
-                            Some(p) if window_full => window_opens(ctx, s.index, p, seen).await,
-                            _ => futures_lite::future::pending::<()>().await,
-                        }
-                        Wake::Tick
-                    },
-                ),
+                async {
+                    match (&pace.probe, next_tick) {
+                        (_, Some(_)) => drop((&mut tick).await),
+                        (Some(p), None) if window_full => window_opens(ctx, s.index, p, seen).await,
+                        _ => futures_lite::future::pending::<()>().await,
+                    }
+                    Wake::Tick
+                },
             ),
         )
         .await;
