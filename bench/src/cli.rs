@@ -269,6 +269,10 @@ pub struct ConnArgs {
     /// Handshakes in flight per core.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
+    /// Connection attempts per second, all cores together; 0 = as fast as the
+    /// concurrency allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Seconds to hold all connections open before closing.
     #[arg(long, value_parser = parse_secs, default_value = "2")]
     pub hold: Duration,

@@ -191,46 +191,14 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     for (i, conn, _) in subs {
         let tracker = Tracker::new(shared.matches[i].clone(), npubs);
         sub_indices.push(i);
-        sub_tasks.push(glommio::spawn_local(subscriber::run(
-            ctx.clone(),
-            i,
-            conn,
-            tracker,
-        )));
+        let task = subscriber::run(ctx.clone(), i, conn, tracker);
+        sub_tasks.push(glommio::spawn_local(task));
     }
-    // Everyone connected: agree on the start time.
-    if shared.barrier.wait().is_leader() {
-        shared
-            .t0_ns
-            .store(payload::now_ns() + 20_000_000, Ordering::Release);
-    }
-    shared.barrier.wait();
-    let load = &shared.plan.load;
-    let t0 = shared.t0();
+    start_together(&ctx);
     let cpu_start = (thread_cpu_secs(), payload::now_ns());
-    let measure_start = t0 + load.warmup.as_nanos() as u64;
-    ctx.measure_start_ns.set(measure_start);
-    if load.count.is_none() {
-        ctx.pub_end_ns
-            .set(measure_start + load.duration.as_nanos() as u64);
-    }
+    let t0 = shared.t0();
     glommio::timer::sleep(Duration::from_nanos(t0.saturating_sub(payload::now_ns()))).await;
-    let progress_task = {
-        let ctx = ctx.clone();
-        glommio::spawn_local(async move {
-            let ping_every = match ctx.shared.plan.broker.keep_alive {
-                0 => u32::MAX,
-                ka => u32::from(ka) * 2, // quarter-seconds in ka/2
-            };
-            for tick in 1u32.. {
-                ctx.publish_progress();
-                if tick % ping_every == 0 {
-                    ctx.ping.fire();
-                }
-                glommio::timer::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
+    let ticker = glommio::spawn_local(ticker(ctx.clone()));
     let pub_tasks: Vec<_> = pubs
         .into_iter()
         .map(|(i, conn, w)| glommio::spawn_local(publisher::run(ctx.clone(), i as u32, conn, w)))
@@ -243,12 +211,45 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     for t in sub_tasks {
         t.await;
     }
-    drop(progress_task);
+    drop(ticker);
     ctx.publish_progress();
     let mut st = ctx.stats.take();
     st.busy_secs = thread_cpu_secs() - cpu_start.0;
     st.wall_secs = (payload::now_ns() - cpu_start.1) as f64 / 1e9;
     st
+}
+
+/// Blocks until every core is connected, agrees on the start time (20 ms ahead) and
+/// sets this core's measured window.
+fn start_together(ctx: &CoreCtx) {
+    let shared = &ctx.shared;
+    if shared.barrier.wait().is_leader() {
+        let t0 = payload::now_ns() + 20_000_000;
+        shared.t0_ns.store(t0, Ordering::Release);
+    }
+    shared.barrier.wait();
+    let load = &shared.plan.load;
+    let measure_start = shared.t0() + load.warmup.as_nanos() as u64;
+    ctx.measure_start_ns.set(measure_start);
+    if load.count.is_none() {
+        ctx.pub_end_ns
+            .set(measure_start + load.duration.as_nanos() as u64);
+    }
+}
+
+/// Every 250 ms: progress counters; every keep-alive/2: the PINGREQ signal.
+async fn ticker(ctx: Rc<CoreCtx>) {
+    let ping_every = match ctx.shared.plan.broker.keep_alive {
+        0 => u32::MAX,
+        ka => u32::from(ka) * 2, // quarter-seconds in ka/2
+    };
+    for tick in 1u32.. {
+        ctx.publish_progress();
+        if tick % ping_every == 0 {
+            ctx.ping.fire();
+        }
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Tells the other cores how much this core's publishers sent.

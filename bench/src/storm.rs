@@ -118,9 +118,17 @@ async fn storm_core(sh: Arc<StormShared>, core: usize) -> CoreStats {
             next.clone(),
         );
         workers.push(glommio::spawn_local(async move {
+            let per_core = sh.args.rate / sh.cores as f64;
+            let started = now_ns();
             while next.get() < mine.len() {
-                let i = mine[next.get()];
-                next.set(next.get() + 1);
+                let k = next.get();
+                let i = mine[k];
+                next.set(k + 1);
+                if per_core > 0.0 {
+                    let due = started + (k as f64 * 1e9 / per_core) as u64;
+                    let wait = due.saturating_sub(now_ns());
+                    glommio::timer::sleep(Duration::from_nanos(wait)).await;
+                }
                 let t = now_ns();
                 match connect(&sh, i).await {
                     Ok(c) => {
