@@ -213,3 +213,47 @@ fn fmt_num(v: f64) -> String {
         format!("{v:.1}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparison_shows_ratios_against_the_first_broker() {
+        let a = Summary {
+            sent_per_sec: 300.0,
+            delivered_per_sec: 300.0,
+            ..Summary::default()
+        };
+        let b = Summary {
+            sent_per_sec: 100.0,
+            delivered_per_sec: 100.0,
+            ..Summary::default()
+        };
+        let t = comparison(&[("ringmq".into(), a), ("mosquitto".into(), b)]);
+        assert!(t.contains("| ringmq / mosquitto |"), "{t}");
+        assert!(t.contains("| deliveries/s | 300 | 100 | 3.00x |"), "{t}");
+        assert!(!t.contains("latency"), "all-zero rows are left out: {t}");
+    }
+
+    #[test]
+    fn table_names_every_anomaly_count() {
+        let s = Summary {
+            scenario: "pairs".into(),
+            publishers: 1,
+            subscribers: 1,
+            lost: 3,
+            duplicated: 2,
+            out_of_order: 1,
+            ..Summary::default()
+        };
+        let t = table(&s);
+        for row in [
+            "lost                   3",
+            "duplicated             2",
+            "out of order           1",
+        ] {
+            assert!(t.contains(row), "{row:?} in\n{t}");
+        }
+    }
+}
