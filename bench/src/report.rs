@@ -77,10 +77,16 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
     if s.unexpected > 0 {
         r.push(("unexpected", s.unexpected.to_string()));
     }
-    r.push((
+    r.extend(connection_rows(s));
+    r
+}
+
+/// Connections, connect rate and latency, broker memory.
+fn connection_rows(s: &Summary) -> Vec<(&'static str, String)> {
+    let mut r = vec![(
         "connections",
         format!("{} ok, {} failed", s.connections, s.connect_failures),
-    ));
+    )];
     if s.connects_per_sec > 0.0 {
         r.push(("connects/s", rate(s.connects_per_sec)));
     }

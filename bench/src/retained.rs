@@ -62,8 +62,26 @@ pub fn run(a: &RetainedArgs) -> Result<Summary, String> {
         t.merge(r);
         done.add(&d).expect("same bounds");
     }
+    let mut s = summarize(&job, t, stored, replay_secs, pinned.unwrap_or_default());
+    let dl = Latency::from_histogram(&done);
+    s.notes.push(format!(
+        "{stored} retained messages stored; latency = SUBSCRIBE to delivery; full replay per subscriber p50 {:.1} ms, max {:.1} ms",
+        dl.p50_us / 1000.0,
+        dl.max_us / 1000.0
+    ));
+    Ok(s)
+}
+
+fn summarize(
+    job: &Job,
+    t: CoreStats,
+    stored: usize,
+    replay_secs: f64,
+    cpus: Vec<usize>,
+) -> Summary {
+    let a = &job.args;
     let expected = (stored * a.subscribers) as u64;
-    let mut s = Summary {
+    Summary {
         scenario: "retained".into(),
         broker: job.addr.to_string(),
         mqtt: format!("{:?}", a.common.broker.mqtt),
@@ -72,7 +90,7 @@ pub fn run(a: &RetainedArgs) -> Result<Summary, String> {
         publishers: 1,
         subscribers: a.subscribers,
         cores: job.cores,
-        cpus: pinned.unwrap_or_default(),
+        cpus,
         publish_secs: replay_secs,
         delivery_secs: replay_secs,
         sent: stored as u64,
@@ -90,14 +108,7 @@ pub fn run(a: &RetainedArgs) -> Result<Summary, String> {
         connect_latency: Latency::from_histogram(&t.connect_latency),
         errors: t.errors,
         ..Summary::default()
-    };
-    let dl = Latency::from_histogram(&done);
-    s.notes.push(format!(
-        "{stored} retained messages stored; latency = SUBSCRIBE to delivery; full replay per subscriber p50 {:.1} ms, max {:.1} ms",
-        dl.p50_us / 1000.0,
-        dl.max_us / 1000.0
-    ));
-    Ok(s)
+    }
 }
 
 fn login(job: &Job, id: String) -> Login {

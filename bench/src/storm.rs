@@ -70,12 +70,32 @@ pub fn run(a: &ConnArgs) -> Result<Summary, String> {
     for r in results {
         t.merge(r);
     }
+    let mut s = summarize(a, addr, t, open_secs, pinned.unwrap_or_default());
+    if let (Some(pid), Some((rss0, _)), Some((rss1, hwm))) = (a.broker_pid, before, held) {
+        s.broker_memory = Some(BrokerMemory {
+            pid,
+            rss_before_kb: rss0,
+            rss_after_kb: rss1,
+            hwm_kb: hwm,
+            per_connection_bytes: (rss1.saturating_sub(rss0) * 1024) / s.connections.max(1),
+        });
+    }
+    Ok(s)
+}
+
+fn summarize(
+    a: &ConnArgs,
+    addr: std::net::SocketAddr,
+    t: CoreStats,
+    open_secs: f64,
+    cpus: Vec<usize>,
+) -> Summary {
     let mut s = Summary {
         scenario: "conn".into(),
         broker: addr.to_string(),
         mqtt: format!("{:?}", a.common.broker.mqtt),
-        cores,
-        cpus: pinned.unwrap_or_default(),
+        cores: a.common.run.cores.max(1),
+        cpus,
         connections: t.connected,
         connect_failures: t.connect_failures,
         connects_per_sec: if open_secs > 0.0 {
@@ -91,16 +111,7 @@ pub fn run(a: &ConnArgs) -> Result<Summary, String> {
         "all connections open after {open_secs:.3} s, held {:.1} s",
         a.hold.as_secs_f64()
     ));
-    if let (Some(pid), Some((rss0, _)), Some((rss1, hwm))) = (a.broker_pid, before, held) {
-        s.broker_memory = Some(BrokerMemory {
-            pid,
-            rss_before_kb: rss0,
-            rss_after_kb: rss1,
-            hwm_kb: hwm,
-            per_connection_bytes: (rss1.saturating_sub(rss0) * 1024) / t.connected.max(1),
-        });
-    }
-    Ok(s)
+    s
 }
 
 async fn storm_core(sh: Arc<StormShared>, core: usize) -> CoreStats {
