@@ -240,6 +240,18 @@ pub fn selfcheck(a: &SelfcheckArgs) -> Result<(), String> {
             println!("{}", report::json(&sum));
         } else {
             print!("{}", report::table(&sum));
+            let moved = sum.sent_per_sec + sum.delivered_per_sec;
+            let verdict = if sum.generator_busy_percent < 80.0 {
+                "the relay fixture was the limit, so the tool's ceiling is above this"
+            } else {
+                "the generator is near its own limit here: add --cores"
+            };
+            println!(
+                "=> generator moved {:.2}M msg/s (out + in) using {:.0}% of {} core(s): {verdict}",
+                moved / 1e6,
+                sum.generator_busy_percent,
+                sum.cores,
+            );
             println!();
         }
     }
