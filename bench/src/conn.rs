@@ -43,6 +43,25 @@ pub struct Login {
     pub clean_start: bool,
 }
 
+/// Longest wait for a TCP connect plus CONNACK (and SUBACK) during setup.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `fut`, or a `TimedOut` error after `limit` (a broker that accepts but never answers).
+pub async fn with_timeout<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    futures_lite::future::or(fut, async {
+        glommio::timer::sleep(limit).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what}: no answer within {limit:?}"),
+        ))
+    })
+    .await
+}
+
 pub fn invalid(msg: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }

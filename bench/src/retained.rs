@@ -3,7 +3,7 @@
 //! to each delivery (as latency) and to the last one, and loss/duplicates per message.
 
 use crate::cli::RetainedArgs;
-use crate::conn::{check_suback, AckKind, Conn, Login};
+use crate::conn::{check_suback, with_timeout, AckKind, Conn, Login, SETUP_TIMEOUT};
 use crate::payload::{epoch, now_ns, read_stamp};
 use crate::plan::{protocol, Defaults, Load};
 use crate::runner::{on_cores, placement, raise_fd_limit, resolve};
@@ -174,7 +174,9 @@ async fn store(job: Arc<Job>, clear: bool) -> Result<usize, String> {
         c.disconnect().await;
         Ok::<usize, io::Error>(n)
     };
-    go.await
+    let limit = SETUP_TIMEOUT + job.load.drain + Duration::from_secs(60);
+    with_timeout(limit, "storing", go)
+        .await
         .map_err(|e| format!("storing retained messages: {e}"))
 }
 

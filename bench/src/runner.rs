@@ -2,7 +2,7 @@
 //! over the cores, a start barrier once everyone is connected and subscribed, then
 //! publish, drain, and merge the per-core measurements into a [`Summary`].
 
-use crate::conn::{Conn, Login};
+use crate::conn::{with_timeout, Conn, Login, SETUP_TIMEOUT};
 use crate::core::{wait_until, CoreCtx, Shared};
 use crate::cpus;
 use crate::plan::{protocol, Plan};
@@ -135,7 +135,8 @@ async fn connect_all(
             while next.get() < indices.len() {
                 let i = indices[next.get()];
                 next.set(next.get() + 1);
-                match connect_one(&ctx, role, i).await {
+                let setup = with_timeout(SETUP_TIMEOUT, "setup", connect_one(&ctx, role, i));
+                match setup.await {
                     Ok((c, w)) => out.borrow_mut().push((i, c, w)),
                     Err(e) => {
                         let mut st = ctx.stats.borrow_mut();

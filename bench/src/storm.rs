@@ -3,7 +3,7 @@
 //! open, and reads the broker's memory from /proc/PID/status when given its pid.
 
 use crate::cli::ConnArgs;
-use crate::conn::{Conn, Login};
+use crate::conn::{with_timeout, Conn, Login, SETUP_TIMEOUT};
 use crate::core::wait_until;
 use crate::payload::{epoch, now_ns};
 use crate::plan::protocol;
@@ -141,7 +141,7 @@ async fn storm_core(sh: Arc<StormShared>, core: usize) -> CoreStats {
                     glommio::timer::sleep(Duration::from_nanos(wait)).await;
                 }
                 let t = now_ns();
-                match connect(&sh, i).await {
+                match with_timeout(SETUP_TIMEOUT, "connect", connect(&sh, i)).await {
                     Ok(c) => {
                         let done = now_ns();
                         let mut st = stats.borrow_mut();
