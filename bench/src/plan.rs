@@ -18,7 +18,9 @@ pub struct Load {
     pub count: Option<u64>,
     pub warmup: Duration,
     pub drain: Duration,
-    pub inflight: u16,
+    /// QoS 1/2 window per publisher; None = 1000 capped by the broker's Receive Maximum
+    /// (MQTT 5), or [`V3_INFLIGHT`] for 3.1.1, which has no way to announce a limit.
+    pub inflight: Option<u16>,
     /// Closed-loop window for unlimited publishers (0 = open loop); None = automatic,
     /// see [`auto_window`].
     pub window: Option<u64>,
@@ -57,7 +59,7 @@ impl Load {
             count: a.count,
             warmup: a.warmup.unwrap_or(Duration::from_secs_f64(d.warmup)),
             drain: a.drain.unwrap_or(Duration::from_secs(5)),
-            inflight: a.inflight.unwrap_or(1000).max(1),
+            inflight: a.inflight.map(|n| n.max(1)),
             window: a.window,
         })
     }
@@ -68,6 +70,14 @@ impl Load {
 pub fn auto_window(fanout: usize) -> u64 {
     (16_384 / fanout.max(1) as u64).clamp(8, 256)
 }
+
+/// Default QoS 1/2 window for MQTT 3.1.1 publishers: brokers commonly allow about 20
+/// unacknowledged messages per client and may drop (Mosquitto: beyond
+/// `max_queued_messages`) or disconnect beyond their own limit.
+pub const V3_INFLIGHT: u16 = 20;
+
+/// Default QoS 1/2 window for MQTT 5 publishers, before the Receive Maximum cap.
+pub const V5_INFLIGHT: u16 = 1000;
 
 pub fn qos_from(q: u8) -> QoS {
     match q {

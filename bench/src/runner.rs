@@ -11,6 +11,7 @@ use crate::stats::{CoreStats, Latency, Summary};
 use crate::tracker::Tracker;
 use crate::{payload, publisher, subscriber};
 use glommio::{LocalExecutorBuilder, Placement};
+use ringmq_codec::ProtocolVersion;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -167,11 +168,15 @@ async fn connect_one(ctx: &CoreCtx, role: char, i: usize) -> io::Result<(Conn, u
         st.connect_latency
             .saturating_record(payload::now_ns().saturating_sub(started).max(1));
     }
+    let default = match l.version {
+        ProtocolVersion::V5 => crate::plan::V5_INFLIGHT,
+        _ => crate::plan::V3_INFLIGHT,
+    };
     let window = ack
         .properties
         .receive_maximum
         .unwrap_or(u16::MAX)
-        .min(sh.plan.load.inflight);
+        .min(sh.plan.load.inflight.unwrap_or(default));
     if role == 's' {
         let filter = &sh.plan.sub_filters[i];
         conn.subscribe(filter, sh.plan.load.qos, 1).await?;

@@ -33,7 +33,7 @@ fn assert_clean(s: &Summary, what: &str) {
 
 /// The scenario set both brokers must pass: every message delivered exactly once, in order.
 fn scenario_set(b: &BrokerProc) {
-    for (qos, mqtt) in [("0", "5"), ("1", "3.1.1"), ("2", "5")] {
+    for (qos, mqtt) in [("0", "5"), ("1", "3.1.1"), ("2", "5"), ("2", "3.1.1")] {
         let s = run(
             b,
             &[

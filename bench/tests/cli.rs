@@ -97,7 +97,7 @@ fn every_load_and_broker_option_parses() {
     assert_eq!(p.load.payload, 128);
     assert_eq!(p.load.duration, Duration::from_secs(3));
     assert_eq!(p.load.warmup, Duration::from_millis(500));
-    assert_eq!(p.load.inflight, 10);
+    assert_eq!(p.load.inflight, Some(10));
     assert_eq!(p.broker.mqtt, MqttVersion::V311);
     assert_eq!(p.broker.username.as_deref(), Some("user"));
     assert!(p.broker.no_clean_start && p.run.json && p.run.quiet);
