@@ -12,7 +12,10 @@
 #   pairsN   N publisher/subscriber pairs, one topic each (ringmq-bench pairs --pairs N)
 #   faninN   N publishers, one wildcard subscriber (ringmq-bench fanin --publishers N)
 # Load (same for every broker): QoS 1, PAYLOAD (64) bytes, unlimited rate with the bench's
-# closed-loop window, WARMUP (2) s then DURATION (10) s measured, MQTT (5) protocol.
+# closed-loop window, WARMUP (2) s then DURATION (10) s measured, MQTT 3.1.1 with clean
+# session 0 (--no-clean-start): every session is persistent, so ringmq stores every QoS 1
+# message it routes (with v5 the bench sends no Session Expiry Interval: expiry 0 sessions
+# are never stored, and sync would measure nothing).
 # Environment: CARGO_TARGET_DIR (default target), MOSQUITTO (/usr/sbin/mosquitto),
 # BATCH_MS (10, ringmq --batch-interval-ms), MODES ("sync batch none"), NOTE (header text).
 set -euo pipefail
@@ -26,7 +29,7 @@ MODES="${MODES:-sync batch none}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 PAYLOAD="${PAYLOAD:-64}"
-MQTT="${MQTT:-5}"
+MQTT="${MQTT:-3.1.1}"
 BATCH_MS="${BATCH_MS:-10}"
 date_tag="$(date -u +%Y-%m-%d)"
 RESULTS="${RESULTS:-bench/results/${date_tag}-durability.md}"
@@ -101,7 +104,7 @@ scenario_args() {
 }
 
 load_args=(--qos 1 --payload "$PAYLOAD" --duration "$DURATION" --warmup "$WARMUP"
-           --mqtt "$MQTT" --cpus 1 --json --quiet)
+           --mqtt "$MQTT" --no-clean-start --cpus 1 --json --quiet)
 brokers=()
 for m in $MODES; do brokers+=("ringmq-$m"); done
 brokers+=(mosquitto)

@@ -158,7 +158,12 @@ impl Publisher {
 
 /// Checks deliveries: right QoS per topic, first deliveries in order per topic, QoS 2 at most
 /// once, every `required` sequence number present.
-fn check(got: &[Publish], required: &[u16], phase: &str) {
+fn check(
+    got: &[Publish],
+    required: &[u16],
+    phase: &str,
+    before_kill: &dyn Fn(u16) -> &'static str,
+) {
     let mut seen = vec![0usize; N as usize];
     let mut last: [Option<u16>; 2] = [None, None];
     for p in got {
@@ -188,10 +193,16 @@ fn check(got: &[Publish], required: &[u16], phase: &str) {
         }
         *lane = Some(seq);
     }
-    let missing: Vec<u16> = required
+    let missing: Vec<String> = required
         .iter()
-        .copied()
-        .filter(|s| seen[*s as usize] == 0)
+        .filter(|s| seen[**s as usize] == 0)
+        .map(|s| {
+            format!(
+                "#{s} (QoS {}, before the kill: {})",
+                qos_of(*s),
+                before_kill(*s)
+            )
+        })
         .collect();
     assert!(
         missing.is_empty(),
@@ -245,6 +256,13 @@ async fn kill_mid_stream(proto: Proto, shards: usize, at: KillAt, resume: bool) 
     broker.kill9();
     publ.drain().await;
     let required = publ.acked_seqs();
+    let (acked, completed, sent) = (publ.acked.clone(), publ.completed.clone(), publ.sent);
+    let before_kill = move |s: u16| match (acked[s as usize], completed[s as usize]) {
+        (_, true) => "completed",
+        (true, false) => "PUBREC read, no PUBCOMP",
+        _ if s < sent => "sent, not acknowledged",
+        _ => "not sent",
+    };
 
     let broker = Durable::start(&dir, shards, "sync");
     let (conn, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &s_id, 300)).await;
@@ -257,7 +275,7 @@ async fn kill_mid_stream(proto: Proto, shards: usize, at: KillAt, resume: bool) 
     // On timeout `check` names the messages lost.
     inbox.wait_for(PHASE, |i| has_all(&i.got, &required)).await;
     inbox.settle(SETTLE).await;
-    check(&inbox.got, &required, "after restart");
+    check(&inbox.got, &required, "after restart", &before_kill);
     if !resume {
         return;
     }
@@ -281,7 +299,12 @@ async fn kill_mid_stream(proto: Proto, shards: usize, at: KillAt, resume: bool) 
     let all: Vec<u16> = (0..N).collect();
     inbox.wait_for(PHASE, |i| has_all(&i.got, &all)).await;
     inbox.settle(SETTLE).await;
-    check(&inbox.got, &all, "after the publisher resumed");
+    check(
+        &inbox.got,
+        &all,
+        "after the publisher resumed",
+        &before_kill,
+    );
 }
 
 /// One test per (protocol, shard count) for a kill point; `resume` adds the publisher's resume.

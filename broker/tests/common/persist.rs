@@ -128,12 +128,41 @@ pub fn launch(args: &[String]) -> Launched {
             return Launched::Exited { status, stderr };
         }
         if Instant::now() >= end {
+            let threads = thread_states(child.id());
             let _ = child.kill();
             let _ = child.wait();
             let stderr = stderr.lock().unwrap().clone();
-            panic!("ringmq neither listened nor exited within {START:?}; stderr:\n{stderr}");
+            panic!(
+                "ringmq neither listened nor exited within {START:?}; threads (name state \
+                 wchan): {threads}; stderr:\n{stderr}"
+            );
         }
     }
+}
+
+/// Where each thread of `pid` is (name, state, kernel wait channel), to tell a hang from a
+/// slow disk when a start times out.
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "?".into();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.split(' ').next())
+            .unwrap_or("?")
+            .to_string();
+        out.push(format!(
+            "{} {state} {}",
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
+    }
+    out.join(", ")
 }
 
 impl Durable {
