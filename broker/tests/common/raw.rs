@@ -126,6 +126,25 @@ impl Raw {
         }
     }
 
+    /// Opens a TCP connection with a small receive buffer (a client that reads slowly or not
+    /// at all fills the broker's side quickly).
+    pub async fn open_small_rcvbuf(addr: SocketAddr, v: ProtocolVersion, rcvbuf: u32) -> Raw {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let stream = tokio::time::timeout(WAIT, sock.connect(addr))
+            .await
+            .expect("TCP connect within 5 s")
+            .expect("TCP connect");
+        let mut dec = Decoder::new(u32::MAX);
+        dec.set_version(v);
+        Raw {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            dec,
+            version: v,
+        }
+    }
+
     /// Opens, sends CONNECT and expects a successful CONNACK.
     pub async fn connect(
         addr: SocketAddr,
