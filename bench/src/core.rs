@@ -66,12 +66,13 @@ impl Shared {
         }
         let window_of = fanout
             .iter()
-            .map(|&f| match f {
-                0 => 0, // nobody hears it: nothing to pace against
-                f => plan
+            .zip(&probe_of)
+            .map(|(&f, probe)| match probe {
+                None => 0, // nobody hears it: nothing to pace against
+                Some(sub) => plan
                     .load
                     .window
-                    .unwrap_or_else(|| crate::plan::auto_window(f)),
+                    .unwrap_or_else(|| crate::plan::auto_window(f, matches[*sub as usize].len())),
             })
             .collect();
         let tag = if plan.broker.no_clean_start {

@@ -65,10 +65,13 @@ impl Load {
     }
 }
 
-/// Automatic closed-loop window for a publisher heard by `fanout` subscribers: about
-/// 16k deliveries in flight, between 8 and 256 messages.
-pub fn auto_window(fanout: usize) -> u64 {
-    (16_384 / fanout.max(1) as u64).clamp(8, 256)
+/// Automatic closed-loop window for a publisher heard by `fanout` subscribers whose
+/// probe subscriber hears `inbound` publishers: at most about 16k deliveries in flight
+/// per publisher and 4k messages in flight towards the probe, between 8 and 256.
+pub fn auto_window(fanout: usize, inbound: usize) -> u64 {
+    let by_fanout = 16_384 / fanout.max(1) as u64;
+    let by_inbound = 4_096 / inbound.max(1) as u64;
+    by_fanout.min(by_inbound).clamp(8, 256)
 }
 
 /// Default QoS 1/2 window for MQTT 3.1.1 publishers: brokers commonly allow about 20
