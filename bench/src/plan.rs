@@ -192,3 +192,16 @@ impl Plan {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_window_bounds_deliveries_and_inbound_messages() {
+        assert_eq!(auto_window(1, 1), 256); // a 1:1 pair
+        assert_eq!(auto_window(1000, 1), 16); // 1 -> 1000 fan-out
+        assert_eq!(auto_window(1, 100), 40); // 100 -> 1 fan-in
+        assert_eq!(auto_window(100_000, 1), 8); // never below 8
+    }
+}
