@@ -77,7 +77,9 @@ decode_errors! {
     DupOnQoS0 => MalformedPacket, "[MQTT-3.3.1-2]",
         "DUP set on a QoS 0 PUBLISH";
     TopicEmpty => TopicNameInvalid, "[MQTT-4.7.3-1]",
-        "empty topic name or filter";
+        "empty topic name";
+    FilterEmpty => TopicFilterInvalid, "[MQTT-4.7.3-1]",
+        "empty topic filter";
     TopicNameWildcard => TopicNameInvalid, "[MQTT-3.3.2-2]",
         "wildcard in a topic name";
     TopicFilterInvalid => TopicFilterInvalid, "[MQTT-4.7.1-1] [MQTT-4.7.1-2]",

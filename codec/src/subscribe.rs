@@ -194,7 +194,7 @@ mod tests {
         );
         assert_eq!(
             dec(V4, &[0x82, 5, 0, 10, 0, 0, 0]),
-            Err(DecodeError::TopicEmpty)
+            Err(DecodeError::FilterEmpty)
         );
     }
 

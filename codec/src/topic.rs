@@ -35,7 +35,7 @@ pub(crate) fn check_topic_name(b: &[u8]) -> Result<(), DecodeError> {
 pub(crate) fn check_topic_filter(b: &[u8]) -> Result<(), DecodeError> {
     // [MQTT-4.7.3-1]
     if b.is_empty() {
-        return Err(DecodeError::TopicEmpty);
+        return Err(DecodeError::FilterEmpty);
     }
     if let Some(rest) = b.strip_prefix(b"$share/") {
         // [MQTT-4.8.2-1] ShareName MUST be at least one character long and MUST NOT contain
