@@ -57,7 +57,7 @@ impl ConnOut {
         clean_start: bool,
     ) -> Self {
         ConnOut {
-            buf: RefCell::new(BytesMut::with_capacity(4096)),
+            buf: RefCell::new(BytesMut::new()),
             wake: Notify::default(),
             close: Cell::new(None),
             version,

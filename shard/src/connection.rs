@@ -11,32 +11,48 @@ use crate::mesh::{Handoff, MeshItem};
 use crate::shard::Shard;
 use crate::stats::CloseReason;
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
 use ringmq_codec::{
     Connect, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet, ProtocolVersion,
     ReasonCode,
 };
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 /// How long a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes asked of the socket per read (the shard's scratch buffer).
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
-/// Reads more bytes into `buf`. `Ok(0)` is end of stream.
-pub(crate) async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    let start = buf.len();
-    buf.resize(start + READ_CHUNK, 0);
-    let r = stream.read(&mut buf[start..]).await;
-    let n = *r.as_ref().unwrap_or(&0);
-    buf.truncate(start + n);
-    r
+/// Reads more bytes and appends them to `buf`. `Ok(0)` is end of stream.
+///
+/// glommio reads only inside `poll` (a non-blocking `recv`, else a wait
+/// for readiness that holds no buffer), so the bytes land in the shard's
+/// one scratch buffer, borrowed for that poll only, and what arrived is
+/// copied to `buf`. An idle connection holds no read buffer at all.
+pub(crate) fn read_more<'a>(
+    shard: &'a Shard,
+    stream: &'a mut TcpStream,
+    buf: &'a mut BytesMut,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut scratch = shard.read_scratch.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+            Poll::Ready(Ok(n)) => {
+                buf.extend_from_slice(&scratch[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    })
 }
 
 /// Maps a decode error to the close reason.
@@ -53,12 +69,12 @@ pub(crate) fn close_reason_for(e: &DecodeError) -> CloseReason {
 pub(crate) async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::new();
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
     let packet = loop {
         match decoder.decode(&mut buf) {
             Ok(Some(p)) => break p,
-            Ok(None) => match read_more(&mut stream, &mut buf).await {
+            Ok(None) => match read_more(&shard, &mut stream, &mut buf).await {
                 Ok(0) => return shard.stats.close(CloseReason::ConnectionLost),
                 Ok(n) => shard.stats.bytes_in.add(n as u64),
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -209,7 +225,11 @@ async fn read_loop(
         if conn.closing() {
             return conn.close.get().unwrap_or(CloseReason::ProtocolError);
         }
-        match read_more(stream, buf).await {
+        if buf.is_empty() {
+            // Drop the last read's allocation (decoded packets keep their slices).
+            *buf = BytesMut::new();
+        }
+        match read_more(shard, stream, buf).await {
             Ok(0) => return conn.close.get().unwrap_or(CloseReason::ConnectionLost),
             Ok(n) => shard.stats.bytes_in.add(n as u64),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => return CloseReason::KeepAliveTimeout,
@@ -233,7 +253,20 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<ConnOut>, mut w: TcpStream) {
                 }
             }
             let n = data.len();
-            match w.write_all(&data).await {
+            // The whole buffer must leave within the slow consumer deadline:
+            // a peer that stops reading is closed even while the kernel's
+            // buffers still take a trickle.
+            let written =
+                futures_lite::future::or(async { Some(w.write_all(&data).await) }, async {
+                    glommio::timer::sleep(shard.cfg.slow_consumer_timeout).await;
+                    None
+                })
+                .await;
+            let Some(written) = written else {
+                conn.request_close(CloseReason::SlowConsumer);
+                break;
+            };
+            match written {
                 Ok(()) => shard.stats.bytes_out.add(n as u64),
                 Err(e) => {
                     let r = if e.kind() == io::ErrorKind::TimedOut {

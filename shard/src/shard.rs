@@ -49,6 +49,8 @@ pub struct Shard {
     acceptors: RefCell<Vec<Task<()>>>,
     /// Counter for assigned client identifiers.
     pub next_assigned: Cell<u64>,
+    /// Where every connection of this shard reads (see `connection::read_more`).
+    pub read_scratch: RefCell<Vec<u8>>,
     /// Tokens of mesh barriers.
     pub next_token: Cell<u64>,
     /// SUBACKs waiting for every shard to apply a subscription: token -> (replies left, what to send).
@@ -125,6 +127,7 @@ pub(crate) async fn run(init: ShardInit) {
         acceptors: RefCell::new(Vec::new()),
         next_assigned: Cell::new(0),
         next_token: Cell::new(0),
+        read_scratch: RefCell::new(vec![0; crate::connection::READ_CHUNK]),
         pending_subacks: RefCell::new(HashMap::new()),
         store: init.store.start(),
         confirms: RefCell::new(crate::persist::Confirms::default()),
