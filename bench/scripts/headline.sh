@@ -2,7 +2,7 @@
 # The comparisons behind bench/results/: ringmq vs Mosquitto (vs rumqttd when installed),
 # brokers pinned to CPU 0, generator on CPU 1, MQTT 3.1.1 (what all three speak fully).
 #
-#   bench/scripts/headline.sh                 # all of them
+#   bench/scripts/headline.sh                 # all of them, then the generator self-check
 #   NOTE="machine shared with other jobs" bench/scripts/headline.sh pairs fanout
 #
 # Environment: as bench/compare.sh (CARGO_TARGET_DIR, BROKERS, RUMQTTD, NOTE);
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 d="${DURATION:-10}"
 w="${WARMUP:-2}"
 common=(--mqtt 3.1.1 --duration "$d" --warmup "$w" -q)
-runs=("${@:-pairs fanout latency conn qos2}")
+runs=("${@:-pairs fanout latency conn qos2 selfcheck}")
 for run in ${runs[@]}; do
   case "$run" in
     pairs)   bench/compare.sh pairs --pairs 50 --qos 0 --payload 64 "${common[@]}" ;;
@@ -20,6 +20,9 @@ for run in ${runs[@]}; do
     latency) bench/compare.sh --label rate1000 pairs --pairs 50 --rate 1000 "${common[@]}" ;;
     conn)    bench/compare.sh conn -n 10000 --hold 2 --mqtt 3.1.1 -q ;;
     qos2)    bench/compare.sh qos2-fanout "${common[@]}" ;;
-    *) echo "unknown run $run (pairs fanout latency conn qos2)" >&2; exit 2 ;;
+    selfcheck)
+      "${CARGO_TARGET_DIR:-target}/release/ringmq-bench" selfcheck --results-dir bench/results \
+        ${NOTE:+--note "$NOTE"} ;;
+    *) echo "unknown run $run (pairs fanout latency conn qos2 selfcheck)" >&2; exit 2 ;;
   esac
 done

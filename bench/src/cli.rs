@@ -354,6 +354,12 @@ pub struct SelfcheckArgs {
     /// CPU for the fixture relay (it stands where a broker would be).
     #[arg(long, default_value = "0")]
     pub relay_cpu: String,
+    /// Also write `<date>-selfcheck.md` (with the machine header) into this directory.
+    #[arg(long)]
+    pub results_dir: Option<String>,
+    /// Free-text note for the results header.
+    #[arg(long)]
+    pub note: Option<String>,
     #[command(subcommand)]
     pub scenario: Option<Scenario>,
 }

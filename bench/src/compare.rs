@@ -229,32 +229,55 @@ pub fn selfcheck(a: &SelfcheckArgs) -> Result<(), String> {
             }
         }
     }
-    println!("SELF-CHECK: generator against the built-in relay TEST FIXTURE on CPU {cpu:?} (NOT a broker).");
-    println!("These figures are the tool's ceiling on this machine, relay included.\n");
+    let mut out = format!(
+        "SELF-CHECK: generator against the built-in relay TEST FIXTURE on CPU {} (NOT a broker).\n\
+         These figures are the tool's ceiling on this machine, relay included.\n\n",
+        cpu.map_or("(unpinned)".to_string(), |c| c.to_string())
+    );
+    print!("{out}");
     for mut s in runs {
         let c = s.common_mut();
         c.broker.host = "127.0.0.1".into();
         c.broker.port = relay.addr.port();
         let sum = run_scenario(&s)?;
-        if s.common().run.json {
-            println!("{}", report::json(&sum));
+        let text = if s.common().run.json {
+            format!("{}\n", report::json(&sum))
         } else {
-            print!("{}", report::table(&sum));
-            let moved = sum.sent_per_sec + sum.delivered_per_sec;
-            let verdict = if sum.generator_busy_percent < 80.0 {
-                "the relay fixture was the limit, so the tool's ceiling is above this"
-            } else {
-                "the generator is near its own limit here: add --cores"
-            };
-            println!(
-                "=> generator moved {:.2}M msg/s (out + in) using {:.0}% of {} core(s): {verdict}",
-                moved / 1e6,
-                sum.generator_busy_percent,
-                sum.cores,
-            );
-            println!();
-        }
+            format!("{}{}\n\n", report::table(&sum), verdict(&sum))
+        };
+        print!("{text}");
+        out.push_str(&text);
     }
     relay.stop();
+    if let Some(dir) = &a.results_dir {
+        let (date, time) = utc_now();
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let path = format!("{dir}/{date}-selfcheck.md");
+        let args: Vec<String> = std::env::args().collect();
+        let md = format!(
+            "# Self-check: the generator's own ceiling (relay TEST FIXTURE, not a broker)\n\n{}\n- generator: `{}`\n{}\n```\n{out}```\n",
+            machine_header(&date, &time),
+            args.join(" "),
+            a.note.as_ref().map(|n| format!("- note: {n}\n")).unwrap_or_default(),
+        );
+        std::fs::write(&path, md).map_err(|e| format!("write {path}: {e}"))?;
+        eprintln!("ringmq-bench: self-check written to {path}");
+    }
     Ok(())
+}
+
+/// One line saying whether the tool or the relay fixture was the limit.
+fn verdict(sum: &Summary) -> String {
+    let moved = sum.sent_per_sec + sum.delivered_per_sec;
+    let verdict = if sum.generator_busy_percent < 80.0 {
+        "the relay fixture was the limit, so the tool's ceiling is above this"
+    } else {
+        "the generator is near its own limit here: add --cores"
+    };
+    format!(
+        "=> generator moved {:.2}M msg/s (out + in) using {:.0}% of {} core(s): {verdict}",
+        moved / 1e6,
+        sum.generator_busy_percent,
+        sum.cores,
+    )
 }
