@@ -16,7 +16,9 @@
 //! the first deliveries in publish order [MQTT-4.6.0-6]; no QoS 2 message twice
 //! [MQTT-4.3.3-10] (v5) / [MQTT-4.3.3-2] (3.1.1). The `resume_*` cases then reconnect the
 //! publisher, which resends unacknowledged PUBLISHes with DUP 1 and PUBRELs [MQTT-4.4.0-1],
-//! and require every message delivered, QoS 2 exactly once.
+//! and require every message delivered, QoS 2 exactly once. The `batch_sigterm_*` cases run
+//! `--durability batch` (200 ms interval, acknowledged before durable) and stop the broker with
+//! SIGTERM right after the last acknowledgement: a graceful stop must flush what it acknowledged.
 #[macro_use]
 mod common;
 
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::persist::{
-    disconnect, persistent_connect, qos, subscribe, text, DataDir, Durable, Inbox,
+    args, disconnect, persistent_connect, qos, subscribe, text, DataDir, Durable, Inbox,
 };
 use common::raw::{pid, resp, version, RawEv};
 use common::{cross_shard_ids, Proto, Raw, WAIT};
@@ -121,7 +123,8 @@ impl Publisher {
                     .await;
             }
             Packet::PubComp(r) => self.completed[r.packet_id.get() as usize - 1] = true,
-            Packet::PingResp => {}
+            // v5 graceful stop: DISCONNECT 0x8B Server shutting down.
+            Packet::PingResp | Packet::Disconnect(_) => {}
             other => panic!("publisher: unexpected {other:?}"),
         }
     }
@@ -218,43 +221,66 @@ fn has_all(got: &[Publish], required: &[u16]) -> bool {
     })
 }
 
-async fn kill_mid_stream(proto: Proto, shards: usize, at: KillAt, resume: bool) {
+/// How the first broker ends.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// `--durability sync`, SIGKILL at a kill point.
+    Kill(KillAt),
+    /// `--durability batch` with a 200 ms interval, SIGTERM right after the last acknowledgement:
+    /// a graceful stop flushes the pending batch, so nothing acknowledged is lost either.
+    GracefulBatch,
+}
+
+fn start(dir: &DataDir, shards: usize, stop: Stop) -> Durable {
+    match stop {
+        Stop::Kill(_) => Durable::start(dir, shards, "sync"),
+        Stop::GracefulBatch => Durable::start_args(&args(
+            &dir.path,
+            shards,
+            "batch",
+            &["--batch-interval-ms", "200"],
+        )),
+    }
+}
+
+/// The persistent subscriber: subscribes `k/q1` at QoS 1 and `k/q2` at QoS 2, goes offline.
+async fn offline_subscriber(broker: &Durable, v: ProtocolVersion, id: &str) {
+    let (mut sub, ack) = Raw::connect_with(broker.addr, persistent_connect(v, id, 300)).await;
+    assert!(!ack.session_present, "fresh data dir: no session");
+    let (q1, q2) = (qos(1), qos(2));
+    subscribe(&mut sub, 1, "k/q1", SubscriptionOptions::with_qos(q1), None).await;
+    subscribe(&mut sub, 2, "k/q2", SubscriptionOptions::with_qos(q2), None).await;
+    disconnect(sub).await;
+}
+
+/// Streams until the stop point, stops the broker, reads the acknowledgements left in the socket.
+async fn stream_and_stop(broker: &mut Durable, publ: &mut Publisher, stop: Stop) {
+    let acks = match stop {
+        Stop::Kill(KillAt::FirstAck) => 1,
+        Stop::Kill(KillAt::HalfAcked) => N as usize / 2,
+        Stop::Kill(KillAt::LastAck) | Stop::GracefulBatch => N as usize,
+    };
+    publ.run_until("before the stop", |p| p.acks() >= acks)
+        .await;
+    match stop {
+        Stop::Kill(_) => broker.kill9(),
+        Stop::GracefulBatch => {
+            let status = broker.terminate().expect("ringmq exits on SIGTERM");
+            assert!(status.success(), "SIGTERM exit status {status}");
+        }
+    }
+    publ.drain().await;
+}
+
+async fn kill_mid_stream(proto: Proto, shards: usize, stop: Stop, resume: bool) {
     let v: ProtocolVersion = version(proto);
     let dir = DataDir::new();
-    let mut broker = Durable::start(&dir, shards, "sync");
+    let mut broker = start(&dir, shards, stop);
     let (p_id, s_id) = cross_shard_ids("kill", shards);
-
-    let (mut sub, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &s_id, 300)).await;
-    assert!(!ack.session_present, "fresh data dir: no session");
-    subscribe(
-        &mut sub,
-        1,
-        "k/q1",
-        SubscriptionOptions::with_qos(qos(1)),
-        None,
-    )
-    .await;
-    subscribe(
-        &mut sub,
-        2,
-        "k/q2",
-        SubscriptionOptions::with_qos(qos(2)),
-        None,
-    )
-    .await;
-    disconnect(sub).await;
-
+    offline_subscriber(&broker, v, &s_id).await;
     let (conn, _) = Raw::connect_with(broker.addr, persistent_connect(v, &p_id, 300)).await;
     let mut publ = Publisher::new(conn);
-    let stop = match at {
-        KillAt::FirstAck => 1,
-        KillAt::HalfAcked => N as usize / 2,
-        KillAt::LastAck => N as usize,
-    };
-    publ.run_until("before the kill", |p| p.acks() >= stop)
-        .await;
-    broker.kill9();
-    publ.drain().await;
+    stream_and_stop(&mut broker, &mut publ, stop).await;
     let required = publ.acked_seqs();
     let (acked, completed, sent) = (publ.acked.clone(), publ.completed.clone(), publ.sent);
     let before_kill = move |s: u16| match (acked[s as usize], completed[s as usize]) {
@@ -264,7 +290,7 @@ async fn kill_mid_stream(proto: Proto, shards: usize, at: KillAt, resume: bool) 
         _ => "not sent",
     };
 
-    let broker = Durable::start(&dir, shards, "sync");
+    let broker = start(&dir, shards, stop);
     let (conn, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &s_id, 300)).await;
     // [MQTT-3.2.2-3] (v5) / [MQTT-3.2.2-2] (3.1.1): the session survived the restart.
     assert!(
@@ -276,17 +302,24 @@ async fn kill_mid_stream(proto: Proto, shards: usize, at: KillAt, resume: bool) 
     inbox.wait_for(PHASE, |i| has_all(&i.got, &required)).await;
     inbox.settle(SETTLE).await;
     check(&inbox.got, &required, "after restart", &before_kill);
-    if !resume {
-        return;
+    if resume {
+        let (conn, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &p_id, 300)).await;
+        assert!(
+            ack.session_present,
+            "publisher session present after restart"
+        );
+        publ.conn = conn;
+        resume_publisher(&mut publ, &mut inbox, &before_kill).await;
     }
+}
 
-    let (conn, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &p_id, 300)).await;
-    assert!(
-        ack.session_present,
-        "publisher session present after restart"
-    );
-    publ.conn = conn;
-    // [MQTT-4.4.0-1]: resend unacknowledged PUBLISH (DUP 1) and PUBREL, in the original order.
+/// The publisher back after the restart: [MQTT-4.4.0-1] resends unacknowledged PUBLISH (DUP 1)
+/// and PUBREL in the original order, then finishes the stream; every message must arrive.
+async fn resume_publisher(
+    publ: &mut Publisher,
+    inbox: &mut Inbox,
+    before_kill: &dyn Fn(u16) -> &'static str,
+) {
     for seq in 0..publ.sent {
         if !publ.acked[seq as usize] {
             publ.publish(seq, true).await;
@@ -299,12 +332,7 @@ async fn kill_mid_stream(proto: Proto, shards: usize, at: KillAt, resume: bool) 
     let all: Vec<u16> = (0..N).collect();
     inbox.wait_for(PHASE, |i| has_all(&i.got, &all)).await;
     inbox.settle(SETTLE).await;
-    check(
-        &inbox.got,
-        &all,
-        "after the publisher resumed",
-        &before_kill,
-    );
+    check(&inbox.got, &all, "after the publisher resumed", before_kill);
 }
 
 /// One test per (protocol, shard count) for a kill point; `resume` adds the publisher's resume.
@@ -325,8 +353,9 @@ macro_rules! cases {
 }
 
 cases! {
-    kill_after_first_ack: KillAt::FirstAck, false;
-    kill_after_half_acked: KillAt::HalfAcked, false;
-    kill_after_last_ack: KillAt::LastAck, false;
-    resume_publisher_after_kill: KillAt::HalfAcked, true;
+    kill_after_first_ack: Stop::Kill(KillAt::FirstAck), false;
+    kill_after_half_acked: Stop::Kill(KillAt::HalfAcked), false;
+    kill_after_last_ack: Stop::Kill(KillAt::LastAck), false;
+    resume_publisher_after_kill: Stop::Kill(KillAt::HalfAcked), true;
+    batch_sigterm_after_last_ack: Stop::GracefulBatch, false;
 }
