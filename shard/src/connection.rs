@@ -154,7 +154,9 @@ async fn serve(
     assigned: bool,
 ) {
     let version = connect.protocol;
-    let (sid, conn, keep_alive) = match connect::accept(&shard, &connect, peer, assigned) {
+    let accepted = connect::accept(&shard, &connect, peer, assigned);
+    drop(connect); // the session took what it needs
+    let (sid, conn, keep_alive) = match accepted {
         Ok(accepted) => accepted,
         Err(ack) => {
             let mut out = BytesMut::new();
