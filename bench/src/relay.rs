@@ -64,7 +64,14 @@ impl RelayFixture {
                     }
                 };
                 let _ = tx.send(listener.local_addr().map_err(|e| e.to_string()));
-                accept_loop(listener, st, faults).await;
+                // The accept loop is never raced per call (a dropped accept can lose a
+                // connection); the whole loop is dropped once the stop flag is seen.
+                or(accept_loop(listener, faults), async {
+                    while !st.load(Ordering::Relaxed) {
+                        glommio::timer::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+                .await;
             })
             .map_err(|e| io::Error::other(e.to_string()))?;
         let addr = rx
@@ -222,19 +229,16 @@ impl Hub {
     }
 }
 
-async fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, faults: Faults) {
+async fn accept_loop(listener: TcpListener, faults: Faults) {
     let hub = Rc::new(RefCell::new(Hub {
         faults,
         ..Hub::default()
     }));
     let mut next_id = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let accepted = or(async { Some(listener.accept().await) }, async {
-            glommio::timer::sleep(Duration::from_millis(20)).await;
-            None
-        })
-        .await;
-        let Some(Ok(stream)) = accepted else { continue };
+    loop {
+        let Ok(stream) = listener.accept().await else {
+            continue;
+        };
         next_id += 1;
         let Ok(conn) = Conn::accepted(stream) else {
             continue;
