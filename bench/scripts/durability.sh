@@ -139,7 +139,7 @@ if ! git diff --quiet HEAD -- shard broker codec 2>/dev/null; then commit="$comm
     echo "- load: \`ringmq-bench SCENARIO ${load_args[*]}\`"
     if [[ -n "${NOTE:-}" ]]; then echo "- note: $NOTE"; fi
     echo
-    echo "| scenario | broker | publish msg/s | delivered msg/s | p50 µs | p99 µs | lost | dup | vs none |"
+    echo "| scenario | broker | publish msg/s | delivered msg/s | p50 µs | p99 µs | lost | dup | vs ringmq none |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     for sc in $SCENARIOS; do
         none=$(jq -r '.sent_per_sec // 0' "$work/$sc-ringmq-none.json" 2>/dev/null || echo 0)
