@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Runs the comparison, prints it, and writes the results file.
 pub fn run(c: &CompareArgs) -> Result<(), String> {
+    // Before any broker starts, so the brokers inherit the same open-files limit.
+    crate::runner::raise_fd_limit();
     let cpus = Some(c.broker_cpus.as_str());
     let mut results: Vec<(String, Summary)> = Vec::new();
     let mut flags: Vec<(String, String)> = Vec::new();

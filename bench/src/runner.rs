@@ -358,12 +358,21 @@ pub fn thread_cpu_secs() -> f64 {
     }
 }
 
-/// Raises the open-files soft limit to the hard limit (many connections per run).
+/// Raises the open-files limit for many connections: to 1M when allowed (root), else
+/// the soft limit to the hard one. Brokers started by `compare` inherit it.
 pub fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return;
+        }
+        let want = r.rlim_max.max(1 << 20);
+        let big = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want,
+        };
+        if r.rlim_cur < want && libc::setrlimit(libc::RLIMIT_NOFILE, &big) != 0 {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
