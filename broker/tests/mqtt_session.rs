@@ -19,6 +19,7 @@ matrix! {
     fn offline_queue_is_bounded;
     fn pubrel_follows_pubrec_order;
     fn inflight_delivery_completes_after_unsubscribe;
+    fn inbound_qos2_state_survives_reconnect;
 }
 
 matrix_v5! {
@@ -418,4 +419,48 @@ async fn v5_disconnect_cannot_extend_a_zero_expiry(ctx: Ctx) {
         !ack.session_present,
         "the session ended with the connection"
     );
+}
+
+/// 3.1.1 4.1 / v5 4.1 session state: QoS 2 messages received from the client but not fully
+/// acknowledged survive a reconnect (clean 0): the re-sent PUBREL completes the flow, and the
+/// message is delivered exactly once.
+async fn inbound_qos2_state_survives_reconnect(ctx: Ctx) {
+    let (p, s) = ctx.pair_ids("inq2");
+    let mut sub = ctx.client(&s).await;
+    sub.subscribe("inq2/t", 2).await;
+    let (mut raw, _) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &p)).await;
+    let props: Option<&[u8]> = (ctx.proto == Proto::V5).then_some(&[]);
+    raw.send_bytes(&common::raw::bytes_of::publish(
+        0x34,
+        b"inq2/t",
+        Some(5),
+        props,
+        b"once",
+    ))
+    .await;
+    assert!(
+        matches!(raw.expect_packet("PUBREC").await, Packet::PubRec(r) if r.packet_id.get() == 5)
+    );
+    drop(raw); // no PUBREL yet
+    let (mut raw, ack) = Raw::connect_with(ctx.broker.addr, persistent(&ctx, &p)).await;
+    assert!(ack.session_present);
+    // A client resending the PUBLISH (DUP) before PUBREL must not cause a second delivery.
+    raw.send_bytes(&common::raw::bytes_of::publish(
+        0x3C,
+        b"inq2/t",
+        Some(5),
+        props,
+        b"once",
+    ))
+    .await;
+    assert!(
+        matches!(raw.expect_packet("PUBREC again").await, Packet::PubRec(r) if r.packet_id.get() == 5)
+    );
+    raw.send(&Packet::PubRel(resp(5))).await;
+    assert!(
+        matches!(raw.expect_packet("PUBCOMP").await, Packet::PubComp(c) if c.packet_id.get() == 5)
+    );
+    assert_eq!(sub.recv("delivered").await.text(), "once");
+    sub.expect_none(QUIET, "exactly once across the reconnect")
+        .await;
 }

@@ -25,6 +25,7 @@ matrix_v5! {
     fn v5_reconnect_within_will_delay_cancels_the_will;
     fn v5_disconnect_with_will_message_publishes_it;
     fn v5_will_properties_are_forwarded;
+    fn v5_will_is_sent_when_the_session_ends_before_the_delay;
 }
 
 async fn watcher(ctx: &Ctx, id: &str, filter: &str) -> Client {
@@ -219,5 +220,27 @@ async fn v5_will_properties_are_forwarded(ctx: Ctx) {
             ("z".to_string(), "1".to_string()),
             ("a".to_string(), "2".to_string())
         ]
+    );
+}
+
+/// [MQTT-3.1.3-9]: the will waits for the delay or the end of the session, whichever comes
+/// first: session expiry 1 s, will delay 30 s: the will comes after about 1 s.
+async fn v5_will_is_sent_when_the_session_ends_before_the_delay(ctx: Ctx) {
+    let (c, w) = ctx.pair_ids("wend");
+    let mut watch = watcher(&ctx, &w, "will/end").await;
+    let mut o = ctx
+        .opts(&c)
+        .will("will/end", "session over", 1, false)
+        .persistent(1);
+    o.will.as_mut().unwrap().delay = Some(30);
+    let client = Client::connect(o).await;
+    let t0 = Instant::now();
+    client.kill().await;
+    let m = watch.recv("will at the end of the session").await;
+    assert_eq!(m.text(), "session over");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "not before the session ended: {:?}",
+        t0.elapsed()
     );
 }
