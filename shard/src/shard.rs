@@ -99,6 +99,17 @@ pub(crate) async fn run(init: ShardInit) {
         .into_iter()
         .map(|tx| tx.map(|tx| spawn_local(tx.connect())))
         .collect();
+    // glommio parks an executor whose only runnable work is a channel
+    // connect, and the peer's connect does not always wake it (seen as a
+    // rare startup hang under load): a short ticker keeps the reactor turning
+    // (and re-polling the connects) until the mesh is joined.
+    let connecting = Rc::new(Cell::new(true));
+    let ticking = connecting.clone();
+    let ticker = spawn_local(async move {
+        while ticking.get() {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    });
     let mut senders = Vec::with_capacity(init.shards);
     for t in tx_tasks {
         senders.push(match t {
@@ -110,6 +121,8 @@ pub(crate) async fn run(init: ShardInit) {
     for (from, t) in rx_tasks {
         receivers.push((from, t.await));
     }
+    connecting.set(false);
+    ticker.await;
     let mesh = Rc::new(Mesh::new(init.id, senders));
     let shard = Rc::new(Shard {
         id: init.id,
