@@ -37,6 +37,7 @@ matrix_v5! {
     fn v5_no_local_on_shared_subscription_is_a_protocol_error;
     fn v5_subscription_identifier_0_is_malformed;
     fn v5_invalid_utf8_in_user_property_is_malformed;
+    fn v5_auth_without_authentication_method_is_a_protocol_error;
 }
 
 fn is_v5(ctx: &Ctx) -> bool {
@@ -527,6 +528,21 @@ async fn v5_invalid_utf8_in_user_property_is_malformed(ctx: Ctx) {
         &bad,
         MALFORMED,
         "invalid UTF-8 user property key",
+    )
+    .await;
+}
+
+/// v5 4.12: a client that gave no Authentication Method in CONNECT must not send AUTH; the
+/// server treats it as a protocol error (and its CONNACK carried no Authentication Method).
+async fn v5_auth_without_authentication_method_is_a_protocol_error(ctx: Ctx) {
+    let (_raw, ack) = Raw::connect(ctx.broker.addr, version(ctx.proto), "authless", true).await;
+    assert_eq!(ack.properties.authentication_method, None);
+    refused(
+        &ctx,
+        "auth-pkt",
+        &[0xF0, 0x00],
+        MALFORMED_OR_PROTOCOL,
+        "AUTH without a method",
     )
     .await;
 }
