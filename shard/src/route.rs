@@ -106,7 +106,13 @@ pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<Sessio
     let mut sessions = shard.sessions.borrow_mut();
     let mut frames = FrameCache::default();
     let mut shared_msg = None;
-    let now = Instant::now();
+    // Only QoS 1/2 deliveries keep the arrival time (message expiry); a QoS 0
+    // publish is delivered at QoS 0 to everyone and never reads the clock.
+    let now = if p.qos == QoS::AtMostOnce {
+        shard.started
+    } else {
+        Instant::now()
+    };
     for m in matches {
         let Some(s) = sessions.get_mut(m.session as usize) else {
             continue;
