@@ -130,6 +130,11 @@ impl PublishFrame {
         self.buf.slice(self.payload_at as usize..)
     }
 
+    /// Length of the application message, bytes.
+    pub fn payload_len(&self) -> usize {
+        self.buf.len() - self.payload_at as usize
+    }
+
     /// The encoded frame as cached (DUP/RETAIN clear, packet id 0).
     pub fn as_bytes(&self) -> &Bytes {
         &self.buf

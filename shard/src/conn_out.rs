@@ -154,6 +154,7 @@ impl ConnOut {
         let was_empty = buf.is_empty();
         frame.write(&mut buf, &d);
         stats.msgs_out[frame.qos() as usize].inc();
+        stats.publish_bytes_out[frame.qos() as usize].add(frame.payload_len() as u64);
         if was_empty {
             self.wake.notify();
         }

@@ -213,6 +213,20 @@ async fn busy_meter(shard: Rc<Shard>) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
         let busy = glommio::executor().executor_stats().total_runtime();
         shard.stats.busy_ns.add(busy.as_nanos() as u64);
+        let st = shard.store.stats();
+        shard.stats.store_commits.set(st.commits);
+        shard
+            .stats
+            .store_commit_ns
+            .set(st.commit_time.as_nanos() as u64);
+        for (c, &n) in shard
+            .stats
+            .store_commit_buckets
+            .iter()
+            .zip(&st.commit_buckets)
+        {
+            c.set(n);
+        }
         if shard.stopping.get() {
             return;
         }

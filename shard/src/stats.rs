@@ -156,6 +156,15 @@ pub struct ShardStats {
     pub mesh_batches_out: Counter,
     /// Nanoseconds this shard spent busy (handling), for the busy ratio.
     pub busy_ns: Counter,
+    /// PUBLISH payload bytes received, by QoS.
+    pub publish_bytes_in: [Counter; 3],
+    /// PUBLISH payload bytes sent, by QoS.
+    pub publish_bytes_out: [Counter; 3],
+    /// Storage commits, their total time (ns) and their latency buckets
+    /// (`store::COMMIT_BUCKETS_US`), copied from the store every 100 ms.
+    pub store_commits: Counter,
+    pub store_commit_ns: Counter,
+    pub store_commit_buckets: [Counter; 12],
 }
 
 impl Default for ShardStats {
@@ -182,6 +191,11 @@ impl Default for ShardStats {
             mesh_msgs_out: Counter::default(),
             mesh_batches_out: Counter::default(),
             busy_ns: Counter::default(),
+            publish_bytes_in: Default::default(),
+            publish_bytes_out: Default::default(),
+            store_commits: Counter::default(),
+            store_commit_ns: Counter::default(),
+            store_commit_buckets: Default::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! from each shard's single-writer stats (no lock on the message path).
 
 use super::backend::{
-    AdminBackend, AdminError, ClientInfo, MetricsSnapshot, RetainedInfo, ShardMetrics,
+    AdminBackend, AdminError, ClientInfo, Histogram, MetricsSnapshot, RetainedInfo, ShardMetrics,
     SubscriptionInfo,
 };
 use ringmq_shard::control::{self, Query, Reply};
@@ -122,8 +122,8 @@ fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) ->
         retained: s.retained.get(),
         messages_in: q(&s.msgs_in),
         messages_out: q(&s.msgs_out),
-        publish_bytes_in: None,
-        publish_bytes_out: None,
+        publish_bytes_in: Some(q(&s.publish_bytes_in)),
+        publish_bytes_out: Some(q(&s.publish_bytes_out)),
         bytes_in: s.bytes_in.get(),
         bytes_out: s.bytes_out.get(),
         packets_in: s.packets_in.get(),
@@ -142,8 +142,26 @@ fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) ->
         mesh_batches_out: s.mesh_batches_out.get(),
         busy_seconds: busy_ns as f64 / 1e9,
         busy_ratio,
-        storage_commit: None,
+        storage_commit: commit_histogram(s),
     }
+}
+
+/// The shard's storage commit latency, when it has committed anything.
+fn commit_histogram(s: &ShardStats) -> Option<Histogram> {
+    let count = s.store_commits.get();
+    if count == 0 {
+        return None;
+    }
+    let buckets = ringmq_shard::store::COMMIT_BUCKETS_US
+        .iter()
+        .zip(&s.store_commit_buckets)
+        .map(|(&us, c)| (us as f64 / 1e6, c.get()))
+        .collect();
+    Some(Histogram {
+        buckets,
+        sum_seconds: s.store_commit_ns.get() as f64 / 1e9,
+        count,
+    })
 }
 
 impl AdminBackend for ShardBackend {

@@ -92,7 +92,15 @@ pub struct StoreStats {
     pub purged_sessions: u64,
     /// Times the LMDB map was grown.
     pub map_resizes: u64,
+    /// Commits by latency: `commit_buckets[i]` counts commits that took at
+    /// most `COMMIT_BUCKETS_US[i]` microseconds (cumulative, Prometheus style).
+    pub commit_buckets: [u64; COMMIT_BUCKETS_US.len()],
 }
+
+/// Upper bounds of the commit latency buckets, microseconds.
+pub const COMMIT_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
 
 pub(crate) struct Backend {
     pub env: Env<WithoutTls>,
@@ -235,6 +243,10 @@ impl Engine {
                 s.max_batch = s.max_batch.max(batch.ops.len() as u64);
                 s.bytes += batch.buf.len() as u64;
                 s.commit_time += info.elapsed;
+                let us = info.elapsed.as_micros() as u64;
+                for (b, &le) in s.commit_buckets.iter_mut().zip(&COMMIT_BUCKETS_US) {
+                    *b += u64::from(us <= le);
+                }
                 s.purged_sessions += info.purged;
                 s.map_resizes += u64::from(info.resized_to.is_some());
                 if self.no_space.replace(false) {

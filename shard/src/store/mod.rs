@@ -66,7 +66,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ringmq_codec::{PacketId, TopicFilter, TopicName};
 
 pub use crate::config::Durability;
-pub use engine::{StoreStats, Ticket};
+pub use engine::{StoreStats, Ticket, COMMIT_BUCKETS_US};
 pub use error::StoreError;
 pub use layout::{lock_dir as lock_data_dir, DirLock as DataDirLock, FORMAT};
 pub use message::{MessageRef, StoredMessage};
