@@ -212,6 +212,11 @@ async fn read_loop(
             match decoder.decode(buf) {
                 Ok(Some(p)) => {
                     shard.stats.packets_in.inc();
+                    if let Some(r) = conn.close.get() {
+                        // Closing (taken over, kicked, shutting down): the session may
+                        // belong to another connection now; nothing more is processed.
+                        return r;
+                    }
                     if let Err(r) = crate::handle::packet(shard, sid, conn, p) {
                         return r;
                     }
