@@ -31,6 +31,7 @@ matrix! {
     fn one_unsubscribe_with_many_filters_gets_one_unsuback;
     fn fan_out_reaches_every_subscriber_on_every_shard;
     fn outbound_packet_ids_are_unique_while_in_flight;
+    fn packets_split_byte_by_byte_or_coalesced_are_framed;
 }
 
 /// [MQTT-3.8.4-8] (v5) / 3.1.1 §3.8.4: delivered QoS = min(published QoS, granted QoS);
@@ -489,6 +490,59 @@ async fn outbound_packet_ids_are_unique_while_in_flight(ctx: Ctx) {
         let id = m.packet_id.expect("QoS > 0 has a packet id").get();
         assert!(seen.insert(id), "packet id {id} reused while in flight");
     }
+}
+
+/// Framing is the broker's job whatever TCP does: a CONNECT, SUBSCRIBE and PUBLISH sent one
+/// byte per write, and then many packets in a single write, are all processed.
+async fn packets_split_byte_by_byte_or_coalesced_are_framed(ctx: Ctx) {
+    let level = if ctx.proto == Proto::V5 { 5 } else { 4 };
+    let v5 = ctx.proto == Proto::V5;
+    let props: Option<&[u8]> = v5.then_some(&[]);
+    let mut raw = Raw::open(ctx.broker.addr, version(ctx.proto)).await;
+    let mut bytes = bytes_of::connect_ok(level, "framing");
+    bytes.extend(bytes_of::subscribe(0x82, 1, b"frame/t", 1, v5));
+    for b in bytes {
+        raw.send_bytes(&[b]).await;
+    }
+    assert!(matches!(
+        raw.expect_packet("CONNACK").await,
+        Packet::ConnAck(_)
+    ));
+    assert!(matches!(
+        raw.expect_packet("SUBACK").await,
+        Packet::SubAck(_)
+    ));
+    for b in bytes_of::publish(0x32, b"frame/t", Some(1), props, b"split") {
+        raw.send_bytes(&[b]).await;
+    }
+    let mut burst = Vec::new();
+    for i in 2..=21u16 {
+        burst.extend(bytes_of::publish(
+            0x32,
+            b"frame/t",
+            Some(i),
+            props,
+            i.to_string().as_bytes(),
+        ));
+    }
+    raw.send_bytes(&burst).await;
+    let mut acks = 0;
+    let mut got = Vec::new();
+    while acks < 21 || got.len() < 21 {
+        match raw.expect_packet("PUBACK or PUBLISH").await {
+            Packet::PubAck(_) => acks += 1,
+            Packet::Publish(p) => {
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                raw.send(&Packet::PubAck(resp(p.packet_id.unwrap().get())))
+                    .await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let want: Vec<String> = std::iter::once("split".to_string())
+        .chain((2..=21).map(|i: u16| i.to_string()))
+        .collect();
+    assert_eq!(got, want);
 }
 
 /// The harness really puts publisher and subscriber on different home shards with 2 shards.
