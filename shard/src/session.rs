@@ -344,36 +344,28 @@ impl Session {
         } else {
             OutState::Released
         };
-        match self
-            .inflight
-            .iter()
-            .position(|o| o.packet_id == id && o.qos == qos && o.state == want)
-        {
-            Some(i) => {
-                if let Some(o) = self.inflight.remove(i) {
-                    self.unpersist_out(shard, o.seq);
-                }
-                shard.stats.inflight.sub(1);
-                true
-            }
-            None => false,
-        }
+        self.finish(shard, id, qos, want)
     }
 
     /// PUBREC with an error reason: the flow ends, the packet id is free (v5 4.3.3).
     pub fn complete_rejected(&mut self, shard: &Shard, id: PacketId) -> bool {
-        match self.inflight.iter().position(|o| {
-            o.packet_id == id && o.qos == QoS::ExactlyOnce && o.state == OutState::Published
-        }) {
-            Some(i) => {
-                if let Some(o) = self.inflight.remove(i) {
-                    self.unpersist_out(shard, o.seq);
-                }
-                shard.stats.inflight.sub(1);
-                true
-            }
-            None => false,
+        self.finish(shard, id, QoS::ExactlyOnce, OutState::Published)
+    }
+
+    /// Ends the flow of `id` if it is in flight at `qos` in state `want`.
+    fn finish(&mut self, shard: &Shard, id: PacketId, qos: QoS, want: OutState) -> bool {
+        let Some(i) = self
+            .inflight
+            .iter()
+            .position(|o| o.packet_id == id && o.qos == qos && o.state == want)
+        else {
+            return false;
+        };
+        if let Some(o) = self.inflight.remove(i) {
+            self.unpersist_out(shard, o.seq);
         }
+        shard.stats.inflight.sub(1);
+        true
     }
 
     /// PUBREC received: the message is released (PUBREL follows). Returns
