@@ -35,7 +35,12 @@ pub(crate) fn route(
     let mut shared: Vec<SharedTarget> = Vec::new();
     {
         let mut router = shard.router.borrow_mut();
-        router.match_shards(p.topic.as_str(), &mut shards);
+        if shard.shards == 1 {
+            // One shard: the only question is asked by `deliver_local` itself.
+            shards.insert(me);
+        } else {
+            router.match_shards(p.topic.as_str(), &mut shards);
+        }
         router.match_shared(p.topic.as_str(), &mut shared);
     }
     let mut remote = 0;

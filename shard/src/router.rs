@@ -182,6 +182,9 @@ impl Router {
     /// (smooth weighted round robin by member count) and appends it to `out` (not cleared).
     /// Allocation-free once `out` has grown (the filter is a refcounted clone).
     pub fn match_shared(&mut self, topic: &str, out: &mut Vec<SharedTarget>) {
+        if self.shared.node_count() == 1 {
+            return; // no share group anywhere: skip the walk
+        }
         let mut nodes: SmallVec<[trie::NodeId; 8]> = SmallVec::new();
         self.shared.for_each_match(topic, |id, v| {
             if !v.is_empty() {
