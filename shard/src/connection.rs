@@ -15,8 +15,8 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
 use ringmq_codec::{
-    Connect, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet, ProtocolVersion,
-    ReasonCode,
+    Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet,
+    ProtocolVersion, ReasonCode,
 };
 use std::future::Future;
 use std::io;
@@ -65,12 +65,34 @@ pub(crate) fn close_reason_for(e: &DecodeError) -> CloseReason {
     }
 }
 
+/// The CONNACK that answers a CONNECT the codec refused, if any:
+/// an unknown protocol level gets the 3.1.1 CONNACK 0x01 [MQTT-3.1.2-2];
+/// a v5 CONNECT gets the reason code (v5 3.2.2.2, 0x80 and above, then
+/// close); 3.1.x gets a return code where one exists (0x02 for an empty
+/// client id without clean session, [MQTT-3.1.3-8] (3.1.1)), else only a close.
+fn connect_error_answer(e: &DecodeError, v: Option<ProtocolVersion>) -> Option<Vec<u8>> {
+    let code = e.connect_return_code();
+    if code == Some(ConnectReturnCode::UnacceptableProtocolVersion) {
+        return Some(vec![0x20, 0x02, 0x00, 0x01]);
+    }
+    if v == Some(ProtocolVersion::V5) {
+        let mut out = BytesMut::new();
+        let ack = crate::connect::refusal(e.reason_code());
+        Packet::ConnAck(ack)
+            .encode(ProtocolVersion::V5, &mut out)
+            .ok()?;
+        return Some(out.to_vec());
+    }
+    code.map(|c| vec![0x20, 0x02, 0x00, c as u8])
+}
+
 /// A new socket: read CONNECT, then serve it here or hand it to its home shard.
 pub(crate) async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
     let mut buf = BytesMut::new();
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
+    decoder.set_reads_client(true);
     let packet = loop {
         match decoder.decode(&mut buf) {
             Ok(Some(p)) => break p,
@@ -83,11 +105,8 @@ pub(crate) async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
                 Err(_) => return shard.stats.close(CloseReason::IoError),
             },
             Err(e) => {
-                // An unknown protocol level is answered with the 3.1.1 CONNACK 0x01
-                // [MQTT-3.1.2-2]; any other malformed CONNECT closes the connection,
-                // [MQTT-3.1.3-8] (3.1.1) likewise an empty client id without clean session (0x02).
-                if let Some(code) = e.connect_return_code() {
-                    let _ = stream.write_all(&[0x20, 0x02, 0x00, code as u8]).await;
+                if let Some(ack) = connect_error_answer(&e, decoder.version()) {
+                    let _ = stream.write_all(&ack).await;
                 }
                 return shard.stats.close(close_reason_for(&e));
             }
@@ -183,6 +202,7 @@ async fn serve(
     let _ = stream.set_read_timeout(timeout);
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
     decoder.set_version(version);
+    decoder.set_reads_client(true);
     let reason = read_loop(&shard, sid, &conn, &mut stream, &mut decoder, &mut buf).await;
     let reason = conn.close.get().unwrap_or(reason);
     conn.request_close(reason);

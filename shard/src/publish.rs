@@ -134,7 +134,10 @@ pub(crate) fn inbound(
                 if s.inbound_qos2.contains(&id.get()) {
                     false
                 } else {
-                    if s.inbound_qos2.len() >= cfg.receive_maximum as usize {
+                    // 3.1.1 has no Receive Maximum: its window is the packet id space.
+                    if conn.version == ProtocolVersion::V5
+                        && s.inbound_qos2.len() >= cfg.receive_maximum as usize
+                    {
                         // [MQTT-3.3.4-9] more unacknowledged QoS 2 than Receive Maximum.
                         drop(sessions);
                         protocol_close(

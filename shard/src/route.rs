@@ -23,12 +23,14 @@ pub(crate) fn route(
     confirm: Option<u64>,
 ) -> usize {
     if p.retain {
-        persist_retained(shard, &p);
+        // Own copy: a slice of the read buffer would pin all of it while retained.
+        let kept = crate::retained::detach(&p);
+        persist_retained(shard, &kept);
         // [MQTT-3.3.1-5] store (or, empty, delete [MQTT-3.3.1-10/11]) on every shard.
         shard
             .mesh
-            .broadcast(|| MeshItem::Retain(Box::new(p.clone())));
-        store_retained(shard, p.clone());
+            .broadcast(|| MeshItem::Retain(Box::new(kept.clone())));
+        store_retained(shard, kept);
     }
     let me = shard.id as u16;
     let mut shards = ShardSet::new();
