@@ -15,7 +15,10 @@ use crate::retained::RetainedMessage;
 use crate::router::LocalSub;
 use crate::session::{Message, OutState, Outflight, Queued, Session, SessionId};
 use crate::shard::Shard;
-use crate::store::{self, OutboundState, RecoveredSession, RetainedRecord, SubscriptionRecord};
+use crate::store::{
+    self, OutboundState, RecoveredSession, RetainedRecord, SessionKey, SubscriptionRecord,
+};
+use ringmq_codec::PacketId;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -26,6 +29,8 @@ pub struct Confirms {
     next: u64,
     /// token -> (shards still to confirm, the publisher's connection).
     waiting: HashMap<u64, (usize, Weak<ConnOut>)>,
+    /// token -> inbound QoS 2 id to store once every copy is confirmed.
+    id_rows: HashMap<u64, (SessionKey, PacketId)>,
     /// (shard, token) to confirm once this shard's next commit is durable.
     owed: Vec<(usize, u64)>,
     flushing: bool,
@@ -65,9 +70,20 @@ pub(crate) fn confirmed(shard: &Shard, token: u64) {
         }
         c.waiting.remove(&token).and_then(|(_, w)| w.upgrade())
     };
+    let row = shard.confirms.borrow_mut().id_rows.remove(&token);
+    if let Some((k, id)) = row {
+        // Before the PUBREC: the writer waits for the commit holding this row.
+        shard.store.put_inbound_qos2(k, id, None).detach();
+    }
     if let Some(conn) = conn {
         conn.release_ack(token);
     }
+}
+
+/// Stores the inbound QoS 2 packet id once the publish behind `token` is
+/// durable on every shard that holds a copy.
+pub(crate) fn store_id_when_confirmed(shard: &Shard, token: u64, row: (SessionKey, PacketId)) {
+    shard.confirms.borrow_mut().id_rows.insert(token, row);
 }
 
 /// This shard holds a copy of a publish from shard `from`; confirm it once durable.
@@ -116,7 +132,7 @@ pub(crate) fn session_connected(shard: &Shard, s: &mut Session, clean: bool) {
             .key
             .get_or_insert_with(|| shard.store.allocate_session_key());
         shard.store.put_session(k, &s.record()).detach();
-        if let Some(c) = &s.conn {
+        if let (Some(c), true) = (&s.conn, sync(shard)) {
             c.gate_on_durability();
         }
     } else if let Some(k) = s.key.take() {

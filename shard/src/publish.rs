@@ -148,12 +148,10 @@ pub(crate) fn inbound(
                         return Err(CloseReason::ReceiveMaximumExceeded);
                     }
                     s.inbound_qos2.push(id.get());
-                    if let Some(k) = s.key {
-                        shard.store.put_inbound_qos2(k, id, None).detach();
-                    }
                     true
                 }
             };
+            let key = shard.sessions.borrow()[sid as usize].key;
             // [MQTT-4.3.3-10] route once; a resent PUBLISH (same id before PUBREL) is not routed again.
             let token = (sync && fresh).then(|| crate::persist::new_token(shard));
             let remote = if fresh {
@@ -161,6 +159,17 @@ pub(crate) fn inbound(
             } else {
                 0
             };
+            // The packet id is stored only once every copy is durable (after the
+            // local copies here; after the other shards' confirmations otherwise):
+            // a stored id means "delivered", so a resend after a crash is not lost.
+            let id_row = key.filter(|_| fresh).map(|k| (k, id));
+            match (token, id_row) {
+                (Some(t), Some(row)) if remote > 0 => {
+                    crate::persist::store_id_when_confirmed(shard, t, row)
+                }
+                (_, Some((k, id))) => shard.store.put_inbound_qos2(k, id, None).detach(),
+                _ => {}
+            }
             ack(
                 shard,
                 conn,
