@@ -18,6 +18,8 @@ pub struct AdminServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Alive while connection threads are (each holds a clone).
+    handler: std::sync::Weak<Handler>,
 }
 
 /// Binds `path` with mode 0600: bound under a temporary name, restricted,
@@ -63,6 +65,7 @@ impl AdminServer {
         let listener = bind_private(path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(handler);
+        let weak = Arc::downgrade(&handler);
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ringmq-admin".into())
@@ -72,6 +75,7 @@ impl AdminServer {
             path: path.to_path_buf(),
             stop,
             thread: Some(thread),
+            handler: weak,
         })
     }
 
@@ -86,6 +90,12 @@ impl AdminServer {
             self.stop.store(true, Ordering::SeqCst);
             let _ = UnixStream::connect(&self.path); // wake the accept
             let _ = t.join();
+            // Let requests in progress (e.g. the `shutdown` that got us here)
+            // write their answer before the process exits; bounded.
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            while self.handler.strong_count() > 0 && std::time::Instant::now() < end {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             let _ = std::fs::remove_file(&self.path);
         }
     }
