@@ -16,7 +16,10 @@
 //! - `route.rs`: matching (`router.rs`, `topic.rs`), the mesh (`mesh.rs`)
 //!   and delivery to sessions (`session.rs`) through their outbound side
 //!   (`conn_out.rs`), each (version, QoS) frame encoded once.
-//! - `retained.rs`: retained messages; `store/`: LMDB persistence.
+//! - `retained.rs`: retained messages; `store/`: LMDB persistence;
+//!   `persist.rs`: restoring sessions at start, keeping their rows in step,
+//!   and acknowledging only what is durable on every shard (`--durability sync`).
+//! - `notify.rs`: the shard-local wake-up flag behind each writer and the mesh flusher.
 //! - `stats.rs`: counters and typed close reasons; `control.rs` and
 //!   `admin.rs`: operator queries; `sys.rs`: `$SYS` topics; `timers.rs`.
 //! - `config.rs`: every tunable ([`config::ShardConfig`]).
