@@ -16,7 +16,8 @@ pub struct BoundListener {
     pub sockets: Vec<OwnedFd>,
 }
 
-fn socket_for(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+/// A TCP socket for `addr` with SO_REUSEADDR (and SO_REUSEPORT when `shared`).
+fn tcp_socket(addr: SocketAddr, shared: bool) -> io::Result<Socket> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
@@ -24,7 +25,12 @@ fn socket_for(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     };
     let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
+    s.set_reuse_port(shared)?;
+    Ok(s)
+}
+
+fn socket_for(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+    let s = tcp_socket(addr, true)?;
     s.set_tcp_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog.min(i32::MAX as u32) as i32)?;
@@ -35,14 +41,8 @@ fn socket_for(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
 /// and silently split the clients between the two: a plain bind (without
 /// SO_REUSEPORT) first tells whether anyone holds the address.
 fn probe_free(addr: SocketAddr) -> io::Result<()> {
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.bind(&addr.into())
+    tcp_socket(addr, false)?
+        .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
