@@ -89,7 +89,8 @@ async fn qos2_flows_complete_after_the_message_expired(ctx: Ctx) {
         other => panic!("expected PUBCOMP, got {other:?}"),
     }
     ping(&mut sub).await;
-    sub.expect_silence(QUIET, "the message is delivered once").await;
+    sub.expect_silence(QUIET, "the message is delivered once")
+        .await;
 }
 
 /// [MQTT-4.8.2-6]: a shared-subscription message a member refuses with PUBACK >= 0x80 is
