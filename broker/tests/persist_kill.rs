@@ -359,14 +359,10 @@ cases! {
     batch_sigterm_after_last_ack: Stop::GracefulBatch, false;
 }
 
-/// The 2-shard cases are ignored. The broker now stores the inbound QoS 2 packet id only after
-/// every shard holding a copy confirmed it durable, so an acknowledged message is never lost
-/// (the earlier failure: a resend PUBREC'd after restart but never delivered). What remains,
-/// about 1 run in 8: a message the publisher had NOT yet had PUBREC for, whose copy was durable
-/// on the subscriber's shard while the id was not yet durable on the publisher's shard, is
-/// routed again when the publisher resends it, and the subscriber gets it twice. Closing that
-/// window needs the subscriber's shard to recognise the resend (origin id stored with the copy).
-/// Run them with `--ignored`.
+/// The publisher resumes after the kill. With 2 shards the subscriber's session lives on the
+/// other shard: a QoS 2 message not yet PUBREC'd at the kill may be durable on the subscriber's
+/// shard only, or on the publisher's only; the prepared row and origin rows (`confirm.rs`) make
+/// the resend neither lost nor delivered twice.
 mod resume_publisher_after_kill {
     use super::*;
 
@@ -377,7 +373,6 @@ mod resume_publisher_after_kill {
         kill_mid_stream(Proto::V4, 1, AT, true).await
     }
     #[tokio::test]
-    #[ignore = "broker: a QoS 2 message not yet PUBREC'd at SIGKILL can be delivered twice after the publisher resends it (2 shards, intermittent)"]
     async fn v311_2shards() {
         kill_mid_stream(Proto::V4, 2, AT, true).await
     }
@@ -386,7 +381,6 @@ mod resume_publisher_after_kill {
         kill_mid_stream(Proto::V5, 1, AT, true).await
     }
     #[tokio::test]
-    #[ignore = "broker: a QoS 2 message not yet PUBREC'd at SIGKILL can be delivered twice after the publisher resends it (2 shards, intermittent)"]
     async fn v5_2shards() {
         kill_mid_stream(Proto::V5, 2, AT, true).await
     }

@@ -106,6 +106,17 @@ impl ConnOut {
         }
     }
 
+    /// The publish behind `token` was refused (v5): its held PUBACK/PUBREC
+    /// carries `code` instead of Success, then leaves in order.
+    pub fn refuse_ack(&self, token: u64, code: ReasonCode) {
+        if let Some(e) = self.held.borrow_mut().iter_mut().find(|e| e.0 == token) {
+            if let Packet::PubAck(r) | Packet::PubRec(r) = &mut e.1 {
+                r.reason = code;
+            }
+        }
+        self.release_ack(token);
+    }
+
     /// Whether a QoS 0 message may still be buffered.
     pub fn has_room(&self, cfg: &ShardConfig) -> bool {
         self.close.get().is_none() && self.buf.borrow().len() < cfg.outbound_buffer_bytes

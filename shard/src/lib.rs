@@ -18,7 +18,8 @@
 //!   (`conn_out.rs`), each (version, QoS) frame encoded once.
 //! - `retained.rs`: retained messages; `store/`: LMDB persistence;
 //!   `persist.rs`: restoring sessions at start, keeping their rows in step,
-//!   and acknowledging only what is durable on every shard (`--durability sync`).
+//!   and acknowledging only what is durable on every shard (`--durability sync`);
+//!   `confirm.rs`: those acknowledgements, and exactly-once QoS 2 across shards.
 //! - `notify.rs`: the shard-local wake-up flag behind each writer and the mesh flusher.
 //! - `stats.rs`: counters and typed close reasons; `control.rs` and
 //!   `admin.rs`: operator queries; `sys.rs`: `$SYS` topics; `timers.rs`.
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod config;
+mod confirm;
 mod conn_out;
 mod connect;
 pub mod connection;

@@ -9,7 +9,7 @@ use crate::notify::Notify;
 use crate::router::ShardId;
 use bytes::BytesMut;
 use glommio::channels::shared_channel::ConnectedSender;
-use ringmq_codec::{Connect, Publish, TopicFilter};
+use ringmq_codec::{Connect, Publish, ReasonCode, TopicFilter};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -35,6 +35,12 @@ pub enum MeshItem {
     Retain(Box<Publish>),
     /// The copy of the publish behind this token is durable on the sender.
     Confirm(u64),
+    /// The sender's commit of the copy behind this token failed (0x97 for a
+    /// full store, 0x80 otherwise): the publisher gets a definite answer.
+    Refused(u64, ReasonCode),
+    /// The sender marked its prepared message with this nonce done: the
+    /// receiver's origin row for it may go.
+    Forget(u64),
     /// Reply with `BarrierAck` once every item before this one is applied.
     Barrier(u64),
     /// The sender applied everything up to the `Barrier` with this token.
@@ -50,7 +56,17 @@ pub struct Routed {
     /// The publisher's shard and session, for No Local [MQTT-3.8.3-3].
     pub origin: Option<(ShardId, u32)>,
     /// Durability `sync`: reply `Confirm(token)` once this copy is durable.
-    pub confirm: Option<u64>,
+    pub confirm: Option<ConfirmReq>,
+}
+
+/// What the receiver of a routed copy owes its sender (durability `sync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfirmReq {
+    /// Answered with `Confirm(token)` or `Refused(token, ..)`.
+    pub token: u64,
+    /// The sender holds a prepared row under nonce `token`: store the origin
+    /// row `(sender, token)` in the same commit as the copies.
+    pub origin_row: bool,
 }
 
 /// A connection moving to its home shard after CONNECT.

@@ -6,115 +6,25 @@
 //! writer awaits the store's flush ticket before writing, so nothing it
 //! sends (PUBACK, PUBREC, a PUBLISH under a packet id) leaves before the
 //! rows behind it are durable. Copies routed to other shards are confirmed
-//! over the mesh (`MeshItem::Confirm`) once their commit is durable.
+//! over the mesh (`MeshItem::Confirm`) once their commit is durable
+//! (`confirm.rs`, which also completes prepared QoS 2 messages at startup).
 
 use crate::config::Durability;
-use crate::conn_out::ConnOut;
+use crate::confirm::Resume;
 use crate::mesh::MeshItem;
 use crate::retained::RetainedMessage;
 use crate::router::LocalSub;
 use crate::session::{Message, OutState, Outflight, Queued, Session, SessionId};
 use crate::shard::Shard;
-use crate::store::{
-    self, OutboundState, RecoveredSession, RetainedRecord, SessionKey, SubscriptionRecord,
-};
-use ringmq_codec::PacketId;
+use crate::store::{self, OutboundState, RecoveredSession, RetainedRecord, SubscriptionRecord};
 use smallvec::SmallVec;
-use std::collections::HashMap;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
-/// Acknowledgements waiting for other shards, and confirmations this shard owes.
-#[derive(Default)]
-pub struct Confirms {
-    next: u64,
-    /// token -> (shards still to confirm, the publisher's connection).
-    waiting: HashMap<u64, (usize, Weak<ConnOut>)>,
-    /// token -> inbound QoS 2 id to store once every copy is confirmed.
-    id_rows: HashMap<u64, (SessionKey, PacketId)>,
-    /// (shard, token) to confirm once this shard's next commit is durable.
-    owed: Vec<(usize, u64)>,
-    flushing: bool,
-}
+pub(crate) use crate::confirm::{confirmed, owe, Confirms};
 
 /// Whether acknowledgements wait for durability.
 pub(crate) fn sync(shard: &Shard) -> bool {
     shard.store.durability() == Durability::Sync
-}
-
-/// A token for a publish whose copies on other shards must be confirmed.
-pub(crate) fn new_token(shard: &Shard) -> u64 {
-    let mut c = shard.confirms.borrow_mut();
-    c.next += 1;
-    c.next
-}
-
-/// The publish behind `token` went to `remote` shards; `conn` holds its ack.
-pub(crate) fn await_confirms(shard: &Shard, token: u64, remote: usize, conn: &Rc<ConnOut>) {
-    shard
-        .confirms
-        .borrow_mut()
-        .waiting
-        .insert(token, (remote, Rc::downgrade(conn)));
-}
-
-/// Another shard's copy of the publish behind `token` is durable.
-pub(crate) fn confirmed(shard: &Shard, token: u64) {
-    let conn = {
-        let mut c = shard.confirms.borrow_mut();
-        let Some((left, _)) = c.waiting.get_mut(&token) else {
-            return;
-        };
-        *left -= 1;
-        if *left > 0 {
-            return;
-        }
-        c.waiting.remove(&token).and_then(|(_, w)| w.upgrade())
-    };
-    let row = shard.confirms.borrow_mut().id_rows.remove(&token);
-    if let Some((k, id)) = row {
-        // Before the PUBREC: the writer waits for the commit holding this row.
-        shard.store.put_inbound_qos2(k, id, None).detach();
-    }
-    if let Some(conn) = conn {
-        conn.release_ack(token);
-    }
-}
-
-/// Stores the inbound QoS 2 packet id once the publish behind `token` is
-/// durable on every shard that holds a copy.
-pub(crate) fn store_id_when_confirmed(shard: &Shard, token: u64, row: (SessionKey, PacketId)) {
-    shard.confirms.borrow_mut().id_rows.insert(token, row);
-}
-
-/// This shard holds a copy of a publish from shard `from`; confirm it once durable.
-pub(crate) fn owe(shard: &Rc<Shard>, from: usize, token: u64) {
-    let start = {
-        let mut c = shard.confirms.borrow_mut();
-        c.owed.push((from, token));
-        !std::mem::replace(&mut c.flushing, true)
-    };
-    if start {
-        glommio::spawn_local(pay(shard.clone())).detach();
-    }
-}
-
-/// Sends the owed confirmations after the commit covering them is durable.
-async fn pay(shard: Rc<Shard>) {
-    loop {
-        // Let the rest of this tick's mesh batch add its rows first.
-        futures_lite::future::yield_now().await;
-        let owed = std::mem::take(&mut shard.confirms.borrow_mut().owed);
-        if owed.is_empty() {
-            shard.confirms.borrow_mut().flushing = false;
-            return;
-        }
-        let ok = shard.store.flush().await.is_ok();
-        for (to, token) in owed {
-            if ok {
-                shard.mesh.push(to, MeshItem::Confirm(token));
-            }
-        }
-    }
 }
 
 /// Keeps the session's row in step after CONNECT (`clean`: its old state was discarded).
@@ -188,12 +98,16 @@ pub(crate) fn restore(
         .stats
         .retained
         .set(shard.retained.borrow().len() as u64);
+    let mut prepared = Vec::new();
     for rs in sessions {
-        restore_session(shard, rs);
+        restore_session(shard, rs, &mut prepared);
     }
+    // Inbound QoS 2 messages prepared before the crash reach the shards
+    // that lack their copy; clients are served only after this returns.
+    crate::confirm::resume(shard, prepared);
 }
 
-fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession) {
+fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<Resume>) {
     let rec = rs.record;
     let mut s = Session::new(rec.client_id.clone(), rec.protocol);
     s.key = Some(rs.key);
@@ -265,6 +179,17 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession) {
     s.inbound_qos2 = rs.inbound_qos2.iter().map(|i| i.packet_id.get()).collect();
     let subs = rs.subscriptions;
     let sid = shard.sessions.borrow_mut().insert(s) as SessionId;
+    for i in rs.inbound_qos2 {
+        if let (Some(p), Some(message)) = (i.prepared, i.message) {
+            prepared.push(Resume {
+                sid,
+                key: rs.key,
+                id: i.packet_id,
+                prepared: p,
+                message,
+            });
+        }
+    }
     shard.by_client.borrow_mut().insert(rec.client_id, sid);
     shard.stats.sessions.inc();
     for sub in subs {

@@ -3,10 +3,12 @@
 
 use crate::conn_out::{resp, ConnOut};
 use crate::connection::protocol_close;
+use crate::mesh::ConfirmReq;
 use crate::session::SessionId;
 use crate::shard::Shard;
 use crate::stats::CloseReason;
-use ringmq_codec::{Packet, ProtocolVersion, Publish, QoS, ReasonCode};
+use crate::store::{SessionKey, Ticket};
+use ringmq_codec::{Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode};
 use std::rc::Rc;
 
 /// Refuses a publish: v5 QoS 1/2 get the reason in PUBACK/PUBREC; otherwise
@@ -31,10 +33,80 @@ fn refuse(conn: &ConnOut, p: &Publish, code: ReasonCode) -> Result<(), CloseReas
 fn ack(shard: &Shard, conn: &Rc<ConnOut>, p: Packet, token: Option<u64>, remote: usize) {
     match token {
         Some(t) if remote > 0 => {
-            crate::persist::await_confirms(shard, t, remote, conn);
+            crate::confirm::await_confirms(shard, t, remote, conn);
             conn.ack(p, Some(t));
         }
         _ => conn.ack(p, None),
+    }
+}
+
+/// Routes a publish of session `sid`; its copies for other shards queue
+/// behind the session's copies still waiting for a prepare commit, so they
+/// reach every shard in the order received [MQTT-4.6.0-6].
+fn route_in_order(shard: &Rc<Shard>, sid: SessionId, p: Publish, req: Option<ConfirmReq>) -> usize {
+    if !crate::confirm::deferring(shard, sid) {
+        return crate::route::route(shard, p, Some(sid), req);
+    }
+    let mut held = Vec::new();
+    let n = crate::route::route_to(shard, p, Some(sid), req, Some(&mut held));
+    if !held.is_empty() {
+        crate::confirm::defer(shard, Ticket::ready(), sid, None, held);
+    }
+    n
+}
+
+/// A new inbound QoS 2 message: routed once [MQTT-4.3.3-10], its packet id
+/// stored before PUBREC [MQTT-4.3.3-9]. Sync mode, persistent publisher:
+/// all copies local, the id row joins their commit; copies for other
+/// shards go through a prepared row first (`confirm.rs`), because two
+/// shards' commits are not atomic. Batch mode acknowledges at once (its
+/// documented loss window also covers a duplicate of an unacknowledged resend).
+#[allow(clippy::too_many_arguments)]
+fn exactly_once(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    conn: &Rc<ConnOut>,
+    p: Publish,
+    id: PacketId,
+    key: Option<SessionKey>,
+    sync: bool,
+    pubrec: Packet,
+) {
+    match (sync, key) {
+        (true, Some(k)) => {
+            let token = crate::confirm::new_token(shard);
+            let req = ConfirmReq {
+                token,
+                origin_row: true,
+            };
+            let kept = p.clone();
+            let mut held = Vec::new();
+            crate::route::route_to(shard, p, Some(sid), Some(req), Some(&mut held));
+            if held.is_empty() {
+                // Same batch as the local copies: one transaction.
+                shard.store.put_inbound_qos2(k, id, None).detach();
+                conn.ack(pubrec, None);
+            } else {
+                crate::confirm::prepare(shard, sid, conn, (k, id), token, &kept, held, pubrec);
+            }
+        }
+        (true, None) => {
+            // Not persisted: nothing to recover, the ack still waits for every copy.
+            let token = crate::confirm::new_token(shard);
+            let req = ConfirmReq {
+                token,
+                origin_row: false,
+            };
+            let remote = route_in_order(shard, sid, p, Some(req));
+            ack(shard, conn, pubrec, Some(token), remote);
+        }
+        (false, key) => {
+            route_in_order(shard, sid, p, None);
+            if let Some(k) = key {
+                shard.store.put_inbound_qos2(k, id, None).detach();
+            }
+            conn.ack(pubrec, None);
+        }
     }
 }
 
@@ -113,11 +185,15 @@ pub(crate) fn inbound(
     }
     match (p.qos, packet_id) {
         (QoS::AtMostOnce, _) => {
-            crate::route::route(shard, p, Some(sid), None);
+            route_in_order(shard, sid, p, None);
         }
         (QoS::AtLeastOnce, Some(id)) => {
-            let token = sync.then(|| crate::persist::new_token(shard));
-            let remote = crate::route::route(shard, p, Some(sid), token);
+            let token = sync.then(|| crate::confirm::new_token(shard));
+            let req = token.map(|token| ConfirmReq {
+                token,
+                origin_row: false,
+            });
+            let remote = route_in_order(shard, sid, p, req);
             // [MQTT-4.3.2-2] PUBACK after taking ownership (in sync mode: once durable).
             ack(
                 shard,
@@ -151,32 +227,15 @@ pub(crate) fn inbound(
                     true
                 }
             };
-            let key = shard.sessions.borrow()[sid as usize].key;
-            // [MQTT-4.3.3-10] route once; a resent PUBLISH (same id before PUBREL) is not routed again.
-            let token = (sync && fresh).then(|| crate::persist::new_token(shard));
-            let remote = if fresh {
-                crate::route::route(shard, p, Some(sid), token)
-            } else {
-                0
-            };
-            // The packet id is stored only once every copy is durable (after the
-            // local copies here; after the other shards' confirmations otherwise):
-            // a stored id means "delivered", so a resend after a crash is not lost.
-            let id_row = key.filter(|_| fresh).map(|k| (k, id));
-            match (token, id_row) {
-                (Some(t), Some(row)) if remote > 0 => {
-                    crate::persist::store_id_when_confirmed(shard, t, row)
-                }
-                (_, Some((k, id))) => shard.store.put_inbound_qos2(k, id, None).detach(),
-                _ => {}
+            let pubrec = Packet::PubRec(resp(id, ReasonCode::Success));
+            if !fresh {
+                // [MQTT-4.3.3-10] a resent PUBLISH (same id before PUBREL) is
+                // not routed again; its PUBREC follows those held before it.
+                conn.ack(pubrec, None);
+                return Ok(());
             }
-            ack(
-                shard,
-                conn,
-                Packet::PubRec(resp(id, ReasonCode::Success)),
-                token,
-                remote,
-            );
+            let key = shard.sessions.borrow()[sid as usize].key;
+            exactly_once(shard, sid, conn, p, id, key, sync, pubrec);
         }
         _ => {
             // The codec refuses QoS>0 without packet id; unreachable in practice.

@@ -3,7 +3,7 @@
 //! sessions with each (version, QoS) frame encoded at most once.
 
 use crate::connect::will_publish;
-use crate::mesh::{MeshItem, Routed};
+use crate::mesh::{ConfirmReq, MeshItem, Routed};
 use crate::retained::RetainedMessage;
 use crate::router::{PublishInfo, ShardSet, SharedTarget};
 use crate::session::{FrameCache, SessionId};
@@ -20,8 +20,25 @@ pub(crate) fn route(
     shard: &Rc<Shard>,
     p: Publish,
     publisher: Option<SessionId>,
-    confirm: Option<u64>,
+    confirm: Option<ConfirmReq>,
 ) -> usize {
+    route_to(shard, p, publisher, confirm, None)
+}
+
+/// [`route`], with the copies for other shards appended to `held` (to send
+/// later, in order) instead of the mesh outbox when it is given. Local
+/// deliveries happen now either way.
+pub(crate) fn route_to(
+    shard: &Rc<Shard>,
+    p: Publish,
+    publisher: Option<SessionId>,
+    confirm: Option<ConfirmReq>,
+    mut held: Option<&mut Vec<(usize, MeshItem)>>,
+) -> usize {
+    let mut send = |to: usize, item: MeshItem| match held.as_deref_mut() {
+        Some(h) => h.push((to, item)),
+        None => shard.mesh.push(to, item),
+    };
     if p.retain {
         // Own copy: a slice of the read buffer would pin all of it while retained.
         let kept = crate::retained::detach(&p);
@@ -48,7 +65,7 @@ pub(crate) fn route(
     let mut remote = 0;
     for s in shards.iter().filter(|&s| s != me) {
         remote += 1;
-        shard.mesh.push(
+        send(
             s as usize,
             MeshItem::Publish(Box::new(Routed {
                 publish: p.clone(),
@@ -62,7 +79,7 @@ pub(crate) fn route(
             deliver_shared_local(shard, &t.filter, &p);
         } else {
             remote += 1;
-            shard.mesh.push(
+            send(
                 t.shard as usize,
                 MeshItem::SharedPublish(
                     Box::new(Routed {

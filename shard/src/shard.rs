@@ -263,6 +263,8 @@ fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
             }
         }
         MeshItem::Confirm(t) => crate::persist::confirmed(shard, t),
+        MeshItem::Refused(t, code) => crate::confirm::refused(shard, t, code),
+        MeshItem::Forget(nonce) => crate::confirm::forget(shard, from, nonce),
         MeshItem::SubAdd(f) => shard.router.borrow_mut().add_remote(&f, from as u16),
         MeshItem::SubRemove(f) => shard.router.borrow_mut().remove_remote(&f, from as u16),
         MeshItem::Retain(p) => crate::route::store_retained(shard, *p),

@@ -38,20 +38,83 @@ fn newer_format_is_refused() {
     drop(open(dir.path(), 1));
     let marker = dir.path().join("RINGMQ");
     let text = std::fs::read_to_string(&marker).unwrap();
-    std::fs::write(&marker, text.replace("format 1", "format 99")).unwrap();
+    let ours = format!("format {}", store::FORMAT);
+    assert!(text.contains(&ours), "{text}");
+    std::fs::write(&marker, text.replace(&ours, "format 99")).unwrap();
     let e = open_err(dir.path(), 1);
     assert!(
         matches!(
             e,
             StoreError::UnsupportedFormat {
                 found: 99,
-                supported: 1,
+                supported: store::FORMAT,
                 ..
             }
         ),
         "{e}"
     );
     one_line(&e);
+}
+
+/// Rewrites the format number of shard `shard`'s meta row (magic, format u32, ...).
+fn set_meta_format(dir: &std::path::Path, shard: u16, format: u32) {
+    use heed::types::Bytes as Raw;
+    let path = dir.join(format!("shard-{shard}"));
+    // SAFETY: no other environment of this dir is open in this process now.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(4).open(&path) }.unwrap();
+    let rtxn = env.read_txn().unwrap();
+    let db = env
+        .open_databases_and_commit(rtxn, |opener, rtxn| {
+            opener
+                .open_database::<Raw, Raw>(rtxn, Some("ringmq"))
+                .map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .unwrap()
+        .unwrap_commit()
+        .unwrap();
+    let mut wtxn = env.write_txn().unwrap();
+    let mut meta = db.get(&wtxn, b"Mformat").unwrap().unwrap().to_vec();
+    meta[8..12].copy_from_slice(&format.to_be_bytes());
+    db.put(&mut wtxn, b"Mformat", &meta).unwrap();
+    wtxn.commit().unwrap();
+    env.prepare_for_closing().wait();
+}
+
+#[test]
+fn format_1_dir_is_migrated_in_place() {
+    assert_eq!(store::FORMAT, 2);
+    let dir = TempDir::new("migrate");
+    let mut rec = open(dir.path(), 2);
+    let handle = rec.shards.remove(0).handle;
+    drop(rec);
+    on_executor(move || async move {
+        let s = handle.start();
+        let key = s.allocate_session_key();
+        s.put_session(key, &session("old", 600)).detach();
+        s.close().await.expect("commit");
+    });
+    let marker = dir.path().join("RINGMQ");
+    let text = std::fs::read_to_string(&marker).unwrap();
+    std::fs::write(&marker, text.replace("format 2", "format 1")).unwrap();
+    // A crash during an earlier migration may have left one meta row at 2 already.
+    set_meta_format(dir.path(), 0, 1);
+    let rec = open(dir.path(), 2);
+    assert_eq!(
+        rec.shards[0].sessions.len(),
+        1,
+        "format 1 rows read as before"
+    );
+    drop(rec);
+    let text = std::fs::read_to_string(&marker).unwrap();
+    assert!(text.contains("format 2"), "marker rewritten last: {text}");
+    drop(open(dir.path(), 2));
+    // A meta row at 1 under a format 2 marker is not a migration: refused.
+    set_meta_format(dir.path(), 1, 1);
+    let e = open_err(dir.path(), 2);
+    assert!(
+        matches!(e, StoreError::UnsupportedFormat { found: 1, .. }),
+        "{e}"
+    );
 }
 
 #[test]

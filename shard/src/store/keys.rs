@@ -12,6 +12,7 @@
 //! | `O`   | `O` + session key + seq u64          | outbound record           |
 //! | `I`   | `I` + session key + packet id u16    | inbound QoS 2 record      |
 //! | `R`   | `R` + topic bytes                    | retained record           |
+//! | `G`   | `G` + origin shard u16 + nonce u64   | origin row (empty value)  |
 
 /// Name of the one LMDB database inside each shard environment.
 pub const DB_NAME: &str = "ringmq";
@@ -21,6 +22,8 @@ pub const SUBSCRIPTION: u8 = b'B';
 pub const OUTBOUND: u8 = b'O';
 pub const INBOUND_QOS2: u8 = b'I';
 pub const RETAINED: u8 = b'R';
+/// A copy of another shard's prepared QoS 2 message is stored here (exactly-once across shards).
+pub const ORIGIN: u8 = b'G';
 
 /// The tables holding one session's rows (deleted with it).
 pub const SESSION_CHILDREN: [u8; 3] = [SUBSCRIPTION, OUTBOUND, INBOUND_QOS2];
@@ -57,6 +60,21 @@ pub fn push_inbound(out: &mut Vec<u8>, session: u64, packet_id: u16) {
 pub fn push_retained(out: &mut Vec<u8>, topic: &[u8]) {
     out.push(RETAINED);
     out.extend_from_slice(topic);
+}
+
+pub fn push_origin(out: &mut Vec<u8>, from: u16, nonce: u64) {
+    out.push(ORIGIN);
+    out.extend_from_slice(&from.to_be_bytes());
+    out.extend_from_slice(&nonce.to_be_bytes());
+}
+
+/// `(origin shard, nonce)` of an origin key.
+pub fn split_origin(key: &[u8]) -> Option<(u16, u64)> {
+    if key.len() != 11 || key[0] != ORIGIN {
+        return None;
+    }
+    let from = u16::from_be_bytes([key[1], key[2]]);
+    Some((from, tail_u64(&key[3..])?))
 }
 
 /// Splits `table + session key + rest`.

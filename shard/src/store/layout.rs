@@ -1,7 +1,7 @@
 //! The data dir on disk: marker, lock, one LMDB environment per shard.
 //!
 //! ```text
-//! <data-dir>/RINGMQ          marker: "ringmq data dir" / "format 1" / "shards N"
+//! <data-dir>/RINGMQ          marker: "ringmq data dir" / "format 2" / "shards N"
 //! <data-dir>/ringmq.lock     flock(LOCK_EX) held for the broker's lifetime (pid inside)
 //! <data-dir>/shard-<N>/      LMDB environment of shard N (data.mdb, lock.mdb)
 //! ```
@@ -23,7 +23,13 @@ use super::keys;
 
 /// Storage format written and read by this build. Bump on any change of keys
 /// or record layout; older formats get a migration, newer ones are refused.
-pub const FORMAT: u32 = 1;
+/// 2: inbound QoS 2 rows may be prepared (record V2), origin table `G`.
+pub const FORMAT: u32 = 2;
+
+/// Format 1 dirs are migrated in place: every format 1 row reads the same
+/// under format 2 (inbound record V1 = done), so only the meta rows and then
+/// the marker are rewritten (marker last: a crash between is resumed).
+pub const MIGRATES_FROM: u32 = 1;
 
 const MARKER: &str = "RINGMQ";
 const MARKER_HEAD: &str = "ringmq data dir";
@@ -75,8 +81,10 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
     Ok(DirLock { _file: file })
 }
 
-/// Checks (or, for an empty dir, writes) the marker file.
-pub fn check_marker(dir: &Path, shards: u16) -> Result<(), StoreError> {
+/// Checks (or, for an empty dir, writes) the marker file. `Ok(true)`: the
+/// dir has format [`MIGRATES_FROM`]; open the envs with `migrate` set, then
+/// call [`finish_migration`].
+pub fn check_marker(dir: &Path, shards: u16) -> Result<bool, StoreError> {
     let path = dir.join(MARKER);
     match fs::read(&path) {
         Ok(text) => parse_marker(dir, &text, shards),
@@ -96,22 +104,35 @@ pub fn check_marker(dir: &Path, shards: u16) -> Result<(), StoreError> {
                     ),
                 });
             }
-            let body = format!("{MARKER_HEAD}\nformat {FORMAT}\nshards {shards}\n");
-            let tmp = dir.join("RINGMQ.tmp");
-            let write = || -> std::io::Result<()> {
-                let mut f = File::create(&tmp)?;
-                f.write_all(body.as_bytes())?;
-                f.sync_all()?;
-                fs::rename(&tmp, &path)?;
-                File::open(dir)?.sync_all()
-            };
-            write().map_err(|e| StoreError::io(&path, e))
+            write_marker(dir, shards).map(|()| false)
         }
         Err(e) => Err(StoreError::io(&path, e)),
     }
 }
 
-fn parse_marker(dir: &Path, text: &[u8], shards: u16) -> Result<(), StoreError> {
+/// Writes the marker for this build's format (atomically: temp file, rename).
+fn write_marker(dir: &Path, shards: u16) -> Result<(), StoreError> {
+    let path = dir.join(MARKER);
+    let body = format!("{MARKER_HEAD}\nformat {FORMAT}\nshards {shards}\n");
+    let tmp = dir.join("RINGMQ.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(body.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| StoreError::io(&path, e))
+}
+
+/// Every environment's meta row is at [`FORMAT`]: the marker follows.
+pub fn finish_migration(dir: &Path, shards: u16) -> Result<(), StoreError> {
+    write_marker(dir, shards)?;
+    tracing::info!(dir = %dir.display(), "store: data dir migrated from format {MIGRATES_FROM} to {FORMAT}");
+    Ok(())
+}
+
+fn parse_marker(dir: &Path, text: &[u8], shards: u16) -> Result<bool, StoreError> {
     let foreign = |detail: &str| StoreError::Foreign {
         path: dir.to_path_buf(),
         detail: format!("{MARKER} marker: {detail}"),
@@ -131,7 +152,7 @@ fn parse_marker(dir: &Path, text: &[u8], shards: u16) -> Result<(), StoreError> 
         }
     }
     let format = format.ok_or_else(|| foreign("no readable format line"))?;
-    if format != FORMAT {
+    if format != FORMAT && format != MIGRATES_FROM {
         return Err(StoreError::UnsupportedFormat {
             path: dir.to_path_buf(),
             found: format,
@@ -146,7 +167,7 @@ fn parse_marker(dir: &Path, text: &[u8], shards: u16) -> Result<(), StoreError> 
             configured: shards,
         });
     }
-    Ok(())
+    Ok(format == MIGRATES_FROM)
 }
 
 /// Directory of shard `shard`'s environment.
@@ -161,12 +182,14 @@ pub fn page_round(n: usize) -> usize {
     n.div_ceil(page).max(1) * page
 }
 
-/// Opens (creating if new) shard `shard`'s environment and checks its meta row.
+/// Opens (creating if new) shard `shard`'s environment and checks its meta
+/// row (`migrate`: a format [`MIGRATES_FROM`] row is rewritten to [`FORMAT`]).
 pub fn open_env(
     dir: &Path,
     shard: u16,
     shards: u16,
     map_size: usize,
+    migrate: bool,
 ) -> Result<Env<WithoutTls>, StoreError> {
     let path = shard_dir(dir, shard);
     fs::create_dir_all(&path).map_err(|e| StoreError::io(&path, e))?;
@@ -195,7 +218,17 @@ pub fn open_env(
     })?;
     let meta = meta_value(shard, shards);
     match open_db(&env).map_err(|e| StoreError::from_heed(&path, e))? {
-        Some(db) => check_meta(&env, db, &path, shard, shards)?,
+        Some(db) => {
+            let found = check_meta(&env, db, &path, shard, shards, migrate)?;
+            if found != FORMAT {
+                let mut wtxn = env
+                    .write_txn()
+                    .map_err(|e| StoreError::from_heed(&path, e))?;
+                db.put(&mut wtxn, keys::META_FORMAT, &meta)
+                    .and_then(|()| wtxn.commit())
+                    .map_err(|e| StoreError::from_heed(&path, e))?;
+            }
+        }
         None if existed && env_has_other_data(&env) => {
             return Err(StoreError::Foreign {
                 path,
@@ -215,13 +248,15 @@ fn meta_value(shard: u16, shards: u16) -> Vec<u8> {
     v
 }
 
+/// Returns the format found ([`FORMAT`], or [`MIGRATES_FROM`] when migrating).
 fn check_meta(
     env: &Env<WithoutTls>,
     db: Db<'_>,
     path: &Path,
     shard: u16,
     shards: u16,
-) -> Result<(), StoreError> {
+    migrate: bool,
+) -> Result<u32, StoreError> {
     let rtxn = env.read_txn().map_err(|e| StoreError::from_heed(path, e))?;
     let meta = db
         .get(&rtxn, keys::META_FORMAT)
@@ -234,7 +269,7 @@ fn check_meta(
         });
     }
     let found = u32::from_be_bytes([meta[8], meta[9], meta[10], meta[11]]);
-    if found != FORMAT {
+    if found != FORMAT && !(migrate && found == MIGRATES_FROM) {
         return Err(StoreError::UnsupportedFormat {
             path: path.to_path_buf(),
             found,
@@ -251,7 +286,7 @@ fn check_meta(
             format!("holds shard {s} of {n}, expected shard {shard} of {shards} (moved files?)"),
         ));
     }
-    Ok(())
+    Ok(found)
 }
 
 /// The one database handle, if it exists.

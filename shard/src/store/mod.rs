@@ -6,6 +6,7 @@
 //! - `mod.rs`: the API below ([`Store`], [`StoreHandle`], [`StoreOptions`]).
 //! - `layout.rs`: data dir marker, lock file, opening and checking environments.
 //! - `recover.rs`: [`open`] + load of every shard, retained merge, startup purge.
+//! - `prepared.rs`: prepared inbound QoS 2 rows matched with other shards' origin rows.
 //! - `engine.rs`: group commit on the shard, [`Ticket`], [`StoreStats`].
 //! - `batch.rs`: one batch = one write transaction (blocking pool), map growth.
 //! - `keys.rs`, `records.rs`, `message.rs`, `enc.rs`: key schema and encodings.
@@ -30,6 +31,8 @@
 //! // sent with packet id P: put_outbound(key, seq, AwaitingAck(P), Some(m));
 //! // PUBREC: put_outbound(key, seq, AwaitingPubComp(P), None); PUBACK/PUBCOMP: delete_outbound(key, seq)
 //! // inbound QoS 2: put_inbound_qos2(key, id, None) before PUBREC; delete_inbound_qos2 on PUBREL.
+//! // routed to other shards: prepare_inbound_qos2(key, id, nonce, &targets, m) durable first;
+//! // each target stores put_origin(from, nonce) with its copies; forget_origin once done.
 //! // retained on the publisher's shard: set_retained(&topic, Some(m)) / None to delete.
 //! if store.durability() == Durability::Sync { t.await?; } else { t.detach(); } // then PUBACK / PUBREC
 //! if store.no_space() { /* refuse new QoS 1/2 with 0x97 (v5); keep serving QoS 0 */ }
@@ -54,6 +57,7 @@ mod error;
 mod keys;
 mod layout;
 mod message;
+mod prepared;
 mod records;
 mod recover;
 #[cfg(test)]
@@ -71,8 +75,8 @@ pub use error::StoreError;
 pub use layout::{lock_dir as lock_data_dir, DirLock as DataDirLock, FORMAT};
 pub use message::{MessageRef, StoredMessage};
 pub use records::{
-    expires_by, InboundQos2, OutboundRecord, OutboundState, RecoveredSession, RetainedRecord,
-    SessionKey, SessionRecord, SubscriptionRecord,
+    expires_by, InboundQos2, OutboundRecord, OutboundState, Prepared, RecoveredSession,
+    RetainedRecord, SessionKey, SessionRecord, SubscriptionRecord, Target,
 };
 pub use recover::{open, Recovery, RecoveryStats, ShardRecovery};
 
@@ -131,6 +135,7 @@ pub struct StoreHandle {
     backend: Option<Backend>,
     durability: Durability,
     next_key: SessionKey,
+    next_nonce: u64,
 }
 
 impl StoreHandle {
@@ -140,14 +145,21 @@ impl StoreHandle {
             backend: None,
             durability: Durability::None,
             next_key: 1,
+            next_nonce: 1,
         }
     }
 
-    pub(crate) fn disk(backend: Backend, durability: Durability, next_key: SessionKey) -> Self {
+    pub(crate) fn disk(
+        backend: Backend,
+        durability: Durability,
+        next_key: SessionKey,
+        next_nonce: u64,
+    ) -> Self {
         StoreHandle {
             backend: Some(backend),
             durability,
             next_key,
+            next_nonce,
         }
     }
 
@@ -157,6 +169,7 @@ impl StoreHandle {
         Store {
             engine: Engine::new(self.backend, self.durability),
             next_key: Cell::new(self.next_key),
+            next_nonce: Cell::new(self.next_nonce),
             last_retained_ns: Cell::new(0),
         }
     }
@@ -166,6 +179,7 @@ impl StoreHandle {
 pub struct Store {
     engine: Rc<Engine>,
     next_key: Cell<SessionKey>,
+    next_nonce: Cell<u64>,
     last_retained_ns: Cell<u64>,
 }
 
@@ -204,6 +218,14 @@ impl Store {
         let k = self.next_key.get();
         self.next_key.set(k + 1);
         k
+    }
+
+    /// A fresh nonce, unique on this shard across restarts (recovery starts
+    /// above every nonce still on disk): the key of origin rows.
+    pub fn allocate_nonce(&self) -> u64 {
+        let n = self.next_nonce.get();
+        self.next_nonce.set(n + 1);
+        n
     }
 
     /// Creates or replaces the session row.
@@ -274,7 +296,43 @@ impl Store {
         self.engine.push(
             OpKind::Put,
             |b| keys::push_inbound(b, key, id.get()),
-            |b| records::put_inbound(b, message),
+            |b| records::put_inbound(b, None, message),
+        )
+    }
+
+    /// Inbound QoS 2 PUBLISH to be routed to other shards: the id and the
+    /// message, stored before any copy leaves this shard [MQTT-4.3.3-9]. Each
+    /// target stores an origin row `(this shard, nonce)` with its copies;
+    /// recovery delivers to the targets without one. `put_inbound_qos2(.., None)`
+    /// marks it done once every target confirmed.
+    pub fn prepare_inbound_qos2(
+        &self,
+        key: SessionKey,
+        id: PacketId,
+        nonce: u64,
+        targets: &[Target],
+        message: MessageRef<'_>,
+    ) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_inbound(b, key, id.get()),
+            |b| records::put_inbound(b, Some((nonce, targets)), Some(message)),
+        )
+    }
+
+    /// On a target shard, in the batch holding the copies: the copy of
+    /// shard `from`'s prepared message `nonce` is here.
+    pub fn put_origin(&self, from: u16, nonce: u64) -> Ticket {
+        self.engine
+            .push(OpKind::Put, |b| keys::push_origin(b, from, nonce), |_| {})
+    }
+
+    /// Shard `from` marked its message `nonce` done: the origin row may go.
+    pub fn forget_origin(&self, from: u16, nonce: u64) -> Ticket {
+        self.engine.push(
+            OpKind::Delete,
+            |b| keys::push_origin(b, from, nonce),
+            |_| {},
         )
     }
 

@@ -8,7 +8,9 @@
 //! subscription  = V1 options:u8 (qos | no_local<<2 | rap<<3 | rh<<4) sub_id:var(0 = none)
 //! outbound      = V1 state:u8 (0 queued | 1 awaiting PUBACK/PUBREC | 2 awaiting PUBCOMP)
 //!                 [packet id u16 if state != 0] has_message:u8 [message]
-//! inbound qos2  = V1 has_message:u8 [message]
+//! inbound qos2  = V2 state:u8 (0 done | 1 prepared)
+//!                 [prepared: nonce:u64 count:var (shard:u16 group:bytes(empty = none))*]
+//!                 has_message:u8 [message]            (V1 = V1 has_message [message]: done)
 //! retained      = V1 stored_at_ns:u64 kind:u8 (0 tombstone | 1 message) [message]
 //! ```
 
@@ -22,6 +24,8 @@ use super::enc::{BadRecord, Reader, Writer};
 use super::message::{put_message, put_will, read_message, read_will, MessageRef, StoredMessage};
 
 const V1: u8 = 1;
+/// Inbound QoS 2 records since storage format 2 (state and prepared fields).
+const V2: u8 = 2;
 
 /// Shard-local key of a persistent session (allocated by
 /// [`super::Store::allocate_session_key`], returned by recovery).
@@ -77,6 +81,29 @@ pub struct OutboundRecord {
 pub struct InboundQos2 {
     pub packet_id: PacketId,
     pub message: Option<StoredMessage>,
+    /// Set while copies on other shards may not all be durable (the message is kept).
+    pub prepared: Option<Prepared>,
+}
+
+/// One destination of a prepared message on another shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub shard: u16,
+    /// `None`: the shard's non-shared subscribers; `Some`: one member of this
+    /// `$share/..` group (the whole filter as subscribed).
+    pub group: Option<TopicFilter>,
+}
+
+/// An inbound QoS 2 message stored before it was routed to other shards
+/// (`docs/storage.md`, "Exactly once across shards").
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prepared {
+    /// Unique per origin shard, increasing; the key of the origin rows.
+    pub nonce: u64,
+    pub targets: Vec<Target>,
+    /// Shards holding an origin row `(this shard, nonce)`, i.e. their copy
+    /// is durable (filled in by recovery).
+    pub delivered: Vec<u16>,
 }
 
 /// A retained message as recovered (the newest across shards).
@@ -249,18 +276,70 @@ pub fn read_outbound(seq: u64, buf: Bytes) -> Result<OutboundRecord, BadRecord> 
     })
 }
 
-pub fn put_inbound(out: &mut Vec<u8>, msg: Option<MessageRef<'_>>) {
+/// A done inbound row (`prepared` None) or a prepared one (nonce, targets;
+/// the message is required then).
+pub fn put_inbound(
+    out: &mut Vec<u8>,
+    prepared: Option<(u64, &[Target])>,
+    msg: Option<MessageRef<'_>>,
+) {
     let mut w = Writer(out);
-    w.u8(V1);
+    w.u8(V2);
+    match prepared {
+        None => w.u8(0),
+        Some((nonce, targets)) => {
+            w.u8(1);
+            w.u64(nonce);
+            w.var(targets.len() as u64);
+            for t in targets {
+                w.u16(t.shard);
+                w.bytes(t.group.as_ref().map_or(&[][..], |g| g.as_str().as_bytes()));
+            }
+        }
+    }
     put_opt_message(&mut w, msg);
 }
 
 pub fn read_inbound(packet_id: PacketId, buf: Bytes) -> Result<InboundQos2, BadRecord> {
     let mut r = Reader::new(buf);
-    version(&mut r)?;
+    let prepared = match r.u8("record version")? {
+        V1 => None,
+        V2 => match r.u8("inbound state")? {
+            0 => None,
+            1 => Some(read_prepared(&mut r)?),
+            _ => return Err(BadRecord("inbound state")),
+        },
+        _ => return Err(BadRecord("unknown record version")),
+    };
+    let message = read_opt_message(&mut r)?;
+    if prepared.is_some() && message.is_none() {
+        return Err(BadRecord("prepared inbound row without its message"));
+    }
     Ok(InboundQos2 {
         packet_id,
-        message: read_opt_message(&mut r)?,
+        message,
+        prepared,
+    })
+}
+
+fn read_prepared(r: &mut Reader) -> Result<Prepared, BadRecord> {
+    let nonce = r.u64("nonce")?;
+    let n = r.var("target count")?;
+    let mut targets = Vec::new();
+    for _ in 0..n.min(u16::MAX as u64) {
+        let shard = r.u16("target shard")?;
+        let g = r.bytes("target group")?;
+        let group = if g.is_empty() {
+            None
+        } else {
+            Some(TopicFilter::try_from(g).map_err(|_| BadRecord("target group"))?)
+        };
+        targets.push(Target { shard, group });
+    }
+    Ok(Prepared {
+        nonce,
+        targets,
+        delivered: Vec::new(),
     })
 }
 

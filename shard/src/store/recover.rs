@@ -18,6 +18,7 @@ use super::engine::Backend;
 use super::error::StoreError;
 use super::keys;
 use super::layout::{self, Db};
+use super::prepared;
 use super::records::{self, RecoveredSession, RetainedRecord, SessionKey};
 use super::StoreOptions;
 use super::{unix_ms, StoreHandle};
@@ -51,6 +52,10 @@ pub struct RecoveryStats {
     pub retained: usize,
     /// Rows whose session row was gone (deleted).
     pub orphans: usize,
+    /// Prepared inbound QoS 2 messages whose delivery to other shards the broker completes.
+    pub prepared_qos2: usize,
+    /// Origin rows no prepared message refers to (deleted).
+    pub orphan_origins: usize,
 }
 
 /// Session rows to write back (key, encoded record).
@@ -61,6 +66,8 @@ type RawRetained = Vec<(Bytes, u64, Option<super::StoredMessage>)>;
 struct Loaded {
     sessions: Vec<RecoveredSession>,
     retained: RawRetained,
+    /// Origin rows: (origin shard, nonce).
+    origins: Vec<(u16, u64)>,
     stats: RecoveryStats,
     next_key: SessionKey,
 }
@@ -84,10 +91,13 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
         });
     }
     let lock = Arc::new(layout::lock_dir(dir)?);
-    layout::check_marker(dir, shards)?;
+    let migrate = layout::check_marker(dir, shards)?;
     let envs = (0..shards)
-        .map(|s| layout::open_env(dir, s, shards, opts.initial_map_size))
+        .map(|s| layout::open_env(dir, s, shards, opts.initial_map_size, migrate))
         .collect::<Result<Vec<_>, _>>()?;
+    if migrate {
+        layout::finish_migration(dir, shards)?;
+    }
     let now = unix_ms();
     let loaded: Vec<Result<Loaded, StoreError>> = std::thread::scope(|scope| {
         let tasks: Vec<_> = envs
@@ -103,13 +113,18 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
     let mut shard_sessions = Vec::new();
     let mut raw_retained = Vec::new();
     let mut next_keys = Vec::new();
+    let mut origins = Vec::new();
     for l in loaded {
         let l = l?;
         add_stats(&mut stats, &l.stats);
         shard_sessions.push(l.sessions);
         raw_retained.push(l.retained);
         next_keys.push(l.next_key);
+        origins.push(l.origins);
     }
+    let (next_nonces, resolved) = prepared::resolve(&envs, &mut shard_sessions, &origins)?;
+    stats.prepared_qos2 = resolved.prepared;
+    stats.orphan_origins = resolved.orphans;
     let retained = merge_retained(&envs, raw_retained)?;
     stats.retained = retained.len();
     stats.elapsed = start.elapsed();
@@ -119,21 +134,24 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
     let shards = envs
         .into_iter()
         .zip(shard_sessions)
-        .zip(next_keys)
+        .zip(next_keys.into_iter().zip(next_nonces))
         .enumerate()
-        .map(|(i, ((env, sessions), next_key))| ShardRecovery {
-            shard: i as u16,
-            sessions,
-            handle: StoreHandle::disk(
-                Backend {
-                    env,
-                    map,
-                    _lock: lock.clone(),
-                },
-                opts.durability,
-                next_key,
-            ),
-        })
+        .map(
+            |(i, ((env, sessions), (next_key, next_nonce)))| ShardRecovery {
+                shard: i as u16,
+                sessions,
+                handle: StoreHandle::disk(
+                    Backend {
+                        env,
+                        map,
+                        _lock: lock.clone(),
+                    },
+                    opts.durability,
+                    next_key,
+                    next_nonce,
+                ),
+            },
+        )
         .collect();
     Ok(Recovery {
         shards,
@@ -189,12 +207,20 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
             .map_err(|e| StoreError::corrupt(&path, e))?;
         retained.push((Bytes::copy_from_slice(&k[1..]), at, msg));
     }
+    let mut origins = Vec::new();
+    for entry in db.prefix_iter(&wtxn, &[keys::ORIGIN]).map_err(heed_err)? {
+        let (k, _) = entry.map_err(heed_err)?;
+        origins.push(
+            keys::split_origin(k).ok_or_else(|| StoreError::corrupt(&path, "bad origin key"))?,
+        );
+    }
     wtxn.commit().map_err(heed_err)?;
     stats.sessions = sessions.len();
     let next_key = sessions.iter().map(|s| s.key + 1).max().unwrap_or(1);
     Ok(Loaded {
         sessions,
         retained,
+        origins,
         stats,
         next_key,
     })

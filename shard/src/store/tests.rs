@@ -65,6 +65,22 @@ prop_compose! {
     }
 }
 
+#[test]
+fn format_1_inbound_rows_read_as_done() {
+    let id = PacketId::new(3).unwrap();
+    let v1 = records::read_inbound(id, Bytes::from_static(&[1, 0])).unwrap();
+    assert_eq!((v1.message, v1.prepared), (None, None));
+    let mut buf = Vec::new();
+    records::put_inbound(&mut buf, None, None);
+    assert_eq!(buf, [2, 0, 0]);
+    // A prepared row without its message is refused, never half-read.
+    assert!(records::read_inbound(
+        id,
+        Bytes::from_static(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+    )
+    .is_err());
+}
+
 proptest! {
     #[test]
     fn message_round_trips(m in message()) {
@@ -84,6 +100,22 @@ proptest! {
         let back = records::read_outbound(seq, Bytes::from(buf)).unwrap();
         prop_assert_eq!(back.state, state);
         prop_assert_eq!(back.seq, seq);
+        prop_assert_eq!(back.message, Some(m));
+    }
+
+    #[test]
+    fn inbound_round_trips(m in message(), nonce: u64, shards in proptest::collection::vec(0u16..8, 0..4)) {
+        let id = PacketId::new(5).unwrap();
+        let targets: Vec<records::Target> = shards
+            .iter()
+            .map(|&shard| records::Target { shard, group: None })
+            .collect();
+        let mut buf = Vec::new();
+        records::put_inbound(&mut buf, Some((nonce, &targets)), Some(m.view()));
+        let back = records::read_inbound(id, Bytes::from(buf)).unwrap();
+        let p = back.prepared.expect("prepared");
+        prop_assert_eq!(p.nonce, nonce);
+        prop_assert_eq!(p.targets, targets);
         prop_assert_eq!(back.message, Some(m));
     }
 
