@@ -17,7 +17,11 @@
 # message it routes (with v5 the bench sends no Session Expiry Interval: expiry 0 sessions
 # are never stored, and sync would measure nothing).
 # Environment: CARGO_TARGET_DIR (default target), MOSQUITTO (/usr/sbin/mosquitto),
-# BATCH_MS (10, ringmq --batch-interval-ms), MODES ("sync batch none"), NOTE (header text).
+# BATCH_MS (10, ringmq --batch-interval-ms), MODES ("sync batch none"), NOTE (header text),
+# INFLIGHT ("20 100": QoS 1 windows per publisher, each a row; sync throughput is window /
+# commit latency, so the window is what lets group commit batch), RT (1: run brokers and
+# generator SCHED_FIFO with chrt -f 50, to shield them from other jobs on a shared machine),
+# BUILD (0: use the binaries already built).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target="${CARGO_TARGET_DIR:-target}"
@@ -31,10 +35,13 @@ WARMUP="${WARMUP:-2}"
 PAYLOAD="${PAYLOAD:-64}"
 MQTT="${MQTT:-3.1.1}"
 BATCH_MS="${BATCH_MS:-10}"
+INFLIGHT="${INFLIGHT:-20 100}"
+rt=()
+if [[ "${RT:-0}" == 1 ]]; then rt=(chrt -f 50); fi
 date_tag="$(date -u +%Y-%m-%d)"
 RESULTS="${RESULTS:-bench/results/${date_tag}-durability.md}"
 
-cargo build --release -p ringmq-broker -p ringmq-bench >&2
+if [[ "${BUILD:-1}" == 1 ]]; then cargo build --release -p ringmq-broker -p ringmq-bench >&2; fi
 
 mkdir -p "$target"
 work="$(mktemp -d "$target/durability.XXXXXX")"
@@ -69,7 +76,7 @@ stop_broker() {
 start_ringmq() {
     local mode=$1 dir="$work/ringmq-$1"
     mkdir -p "$dir"
-    taskset -c 0 "$RINGMQ" --listen mqtt://127.0.0.1:0 --cores 1 --durability "$mode" \
+    "${rt[@]}" taskset -c 0 "$RINGMQ" --listen mqtt://127.0.0.1:0 --cores 1 --durability "$mode" \
         --batch-interval-ms "$BATCH_MS" --data-dir "$dir/data" --sys-interval-secs 0 \
         --log-level warn >"$dir/out" 2>"$dir/err" &
     broker_pid=$!
@@ -84,7 +91,7 @@ start_mosquitto() {
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n' \
         "$port" >"$dir/mosquitto.conf"
-    taskset -c 0 "$MOSQUITTO" -c "$dir/mosquitto.conf" >"$dir/out" 2>&1 &
+    "${rt[@]}" taskset -c 0 "$MOSQUITTO" -c "$dir/mosquitto.conf" >"$dir/out" 2>&1 &
     broker_pid=$!
     for ((i = 0; i < 200; i++)); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
@@ -110,16 +117,18 @@ for m in $MODES; do brokers+=("ringmq-$m"); done
 brokers+=(mosquitto)
 
 for sc in $SCENARIOS; do
-    for b in "${brokers[@]}"; do
-        case "$b" in
-            ringmq-*) start_ringmq "${b#ringmq-}" ;;
-            mosquitto) start_mosquitto ;;
-        esac
-        # shellcheck disable=SC2046 # scenario_args is words on purpose
-        echo "== $sc on $b (port $port)" >&2
-        "$BENCH" $(scenario_args "$sc") "${load_args[@]}" -p "$port" \
-            >"$work/$sc-$b.json" || echo '{"errors":["ringmq-bench failed"]}' >"$work/$sc-$b.json"
-        stop_broker
+    for win in $INFLIGHT; do
+        for b in "${brokers[@]}"; do
+            case "$b" in
+                ringmq-*) start_ringmq "${b#ringmq-}" ;;
+                mosquitto) start_mosquitto ;;
+            esac
+            echo "== $sc inflight $win on $b (port $port)" >&2
+            # shellcheck disable=SC2046 # scenario_args is words on purpose
+            "${rt[@]}" "$BENCH" $(scenario_args "$sc") "${load_args[@]}" --inflight "$win" -p "$port" \
+                >"$work/$sc-$win-$b.json" || echo '{"errors":["ringmq-bench failed"]}' >"$work/$sc-$win-$b.json"
+            stop_broker
+        done
     done
 done
 
@@ -136,22 +145,25 @@ if ! git diff --quiet HEAD -- shard broker codec 2>/dev/null; then commit="$comm
     echo "- ringmq: \`ringmq --cores 1 --durability MODE --batch-interval-ms $BATCH_MS --sys-interval-secs 0\`"
     echo "- mosquitto: \`$($MOSQUITTO -h 2>/dev/null | head -1)\`, \`persistence false\` (its default; its"
     echo "  persistence is a periodic snapshot, never a per-message fsync)"
-    echo "- load: \`ringmq-bench SCENARIO ${load_args[*]}\`"
+    echo "- load: \`ringmq-bench SCENARIO ${load_args[*]} --inflight WINDOW\`"
+    if [[ ${#rt[@]} -gt 0 ]]; then echo "- brokers and generator run SCHED_FIFO (\`chrt -f 50\`)"; fi
     if [[ -n "${NOTE:-}" ]]; then echo "- note: $NOTE"; fi
     echo
-    echo "| scenario | broker | publish msg/s | delivered msg/s | p50 µs | p99 µs | lost | dup | vs ringmq none |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| scenario | window | broker | publish msg/s | delivered msg/s | p50 µs | p99 µs | lost | dup | vs ringmq none |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     for sc in $SCENARIOS; do
-        none=$(jq -r '.sent_per_sec // 0' "$work/$sc-ringmq-none.json" 2>/dev/null || echo 0)
+      for win in $INFLIGHT; do
+        none=$(jq -r '.sent_per_sec // 0' "$work/$sc-$win-ringmq-none.json" 2>/dev/null || echo 0)
         for b in "${brokers[@]}"; do
-            jq -r --arg sc "$sc" --arg b "$b" --argjson none "${none:-0}" '
-                "| \($sc) | \($b) | \(.sent_per_sec // 0 | round) | \(.delivered_per_sec // 0 | round)"
+            jq -r --arg sc "$sc" --arg w "$win" --arg b "$b" --argjson none "${none:-0}" '
+                "| \($sc) | \($w) | \($b) | \(.sent_per_sec // 0 | round) | \(.delivered_per_sec // 0 | round)"
                 + " | \(.latency.p50_us // 0 | round) | \(.latency.p99_us // 0 | round)"
                 + " | \(.lost // "-") | \(.duplicated // "-")"
                 + " | \(if $none > 0 then ((.sent_per_sec // 0) / $none * 100 | round | tostring) + " %" else "-" end) |"
                 + (if (.errors // []) | length > 0 then " errors: \(.errors | join("; "))" else "" end)
-            ' "$work/$sc-$b.json"
+            ' "$work/$sc-$win-$b.json"
         done
+      done
     done
 } >"$work/report.md"
 
