@@ -8,13 +8,24 @@
 #   NOTE="shared machine" bench/compare.sh qos2-fanout
 #
 # Environment: CARGO_TARGET_DIR (default: target), BROKERS (default ringmq,mosquitto,rumqttd),
-# RUMQTTD (default /work/tools/bin/rumqttd), NOTE (free text for the results header).
+# RUMQTTD (default /work/tools/bin/rumqttd), NOTE (free text for the results header),
+# RT (1: generator and brokers SCHED_FIFO, chrt -f 50), BUILD (0: reuse the built binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p ringmq-broker -p ringmq-bench >&2 \
-  || echo "compare.sh: build failed; using the binaries already in $target/release" >&2
+if [[ "${BUILD:-1}" == 1 ]]; then
+  cargo build --release -p ringmq-broker -p ringmq-bench >&2 \
+    || echo "compare.sh: build failed; using the binaries already in $target/release" >&2
+fi
 args=(--ringmq-bin "$target/release/ringmq" --brokers "${BROKERS:-ringmq,mosquitto,rumqttd}"
       --rumqttd-bin "${RUMQTTD:-/work/tools/bin/rumqttd}")
-if [[ -n "${NOTE:-}" ]]; then args+=(--note "$NOTE"); fi
-exec "$target/release/ringmq-bench" compare "${args[@]}" "$@"
+rt=()
+note="${NOTE:-}"
+if [[ "${RT:-0}" == 1 ]]; then
+  # SCHED_FIFO for the generator and (inherited) every broker it starts: shields the
+  # measured processes from other jobs on a shared machine; the same for every broker.
+  rt=(chrt -f 50)
+  note="${note:+$note; }brokers and generator SCHED_FIFO (chrt -f 50)"
+fi
+if [[ -n "$note" ]]; then args+=(--note "$note"); fi
+exec "${rt[@]}" "$target/release/ringmq-bench" compare "${args[@]}" "$@"

@@ -5,7 +5,8 @@
 #   bench/scripts/headline.sh                 # all of them, then the generator self-check
 #   NOTE="machine shared with other jobs" bench/scripts/headline.sh pairs fanout
 #
-# Environment: as bench/compare.sh (CARGO_TARGET_DIR, BROKERS, RUMQTTD, NOTE);
+# Environment: as bench/compare.sh (CARGO_TARGET_DIR, BROKERS, RUMQTTD, NOTE, RT=1 for
+# SCHED_FIFO on a shared machine, BUILD=0 to reuse the built binaries);
 # DURATION (default 10) and WARMUP (default 2) seconds per run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +18,8 @@ for run in ${runs[@]}; do
   case "$run" in
     pairs)   bench/compare.sh pairs --pairs 50 --qos 0 --payload 64 "${common[@]}" ;;
     fanout)  bench/compare.sh fanout -s 1000 --qos 0 --payload 64 "${common[@]}" ;;
-    latency) bench/compare.sh --label rate1000 pairs --pairs 50 --rate 1000 "${common[@]}" ;;
+    latency) bench/compare.sh --label rate1000 pairs --pairs 50 --rate 1000 "${common[@]}"
+             bench/compare.sh --label rate200 pairs --pairs 50 --rate 200 "${common[@]}" ;;
     conn)    bench/compare.sh conn -n 9000 --hold 2 --mqtt 3.1.1 -q ;;  # 9000: ringmq uses 2 fds per connection, the hard limit here is 20000
     qos2)    bench/compare.sh qos2-fanout "${common[@]}" ;;
     selfcheck)
