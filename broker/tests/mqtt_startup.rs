@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -17,12 +17,19 @@ fn two_shard_brokers_start_and_stop_reliably_in_parallel() {
         .map(|t| {
             std::thread::spawn(move || {
                 for i in 0..25 {
+                    let started = Instant::now();
                     let mut b = std::panic::catch_unwind(|| Broker::start(2))
                         .unwrap_or_else(|_| panic!("thread {t}: start #{i} failed"));
+                    let start = started.elapsed();
+                    let stopping = Instant::now();
                     assert!(
                         b.shutdown(Duration::from_secs(10)),
                         "thread {t}: shutdown #{i} hangs"
                     );
+                    let stop = stopping.elapsed();
+                    if start + stop > Duration::from_secs(1) {
+                        eprintln!("thread {t} #{i}: slow: start {start:?}, shutdown {stop:?}");
+                    }
                 }
             })
         })
