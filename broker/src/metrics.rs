@@ -260,6 +260,13 @@ pub fn render(s: &MetricsSnapshot) -> String {
     per_reason(
         o,
         s,
+        "requests_refused_total",
+        "Requests refused with a reason code while the connection stays open, by v5 reason.",
+        |m| &m.refusals,
+    );
+    per_reason(
+        o,
+        s,
         "connections_closed_total",
         "Connections closed, by reason.",
         |m| &m.closes,

@@ -137,6 +137,13 @@ fn metrics_endpoint_scrapes_and_parses() {
         ),
         Some(4.0)
     );
+    assert_eq!(
+        e.value(
+            "ringmq_requests_refused_total",
+            &[("shard", "1"), ("reason", "quota_exceeded")]
+        ),
+        Some(3.0)
+    );
     assert_eq!(e.value("ringmq_busy_ratio", &[("shard", "0")]), Some(0.25));
     assert_eq!(e.types["ringmq_storage_commit_seconds"], "histogram");
     assert_eq!(

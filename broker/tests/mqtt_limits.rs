@@ -295,7 +295,8 @@ async fn topic_over_level_or_length_limit_is_refused(ctx: Ctx) {
     assert_eq!(c.subscribe("a/b/c", 1).await, vec![1]);
 }
 
-/// Issue 3 limit `max_subscriptions_per_client`: SUBACK 0x80 (v5 0x97 Quota exceeded).
+/// Issue 3 limit `max_subscriptions_per_client`: SUBACK 0x80 (v5 0x97 Quota exceeded),
+/// counted as a refusal.
 async fn subscription_quota_is_enforced(ctx: Ctx) {
     let ctx = ctx_with(&ctx, |c| c.max_subscriptions_per_client = 2);
     let mut c = ctx.client("quota").await;
@@ -307,6 +308,12 @@ async fn subscription_quota_is_enforced(ctx: Ctx) {
         c.subscribe("q/1", 0).await,
         vec![0],
         "replacing an existing one is not a new one"
+    );
+    // Every violation is counted: the refusal, by its v5 reason.
+    assert_eq!(
+        ctx.broker
+            .stat(|s| s.refusals_for(ReasonCode::QuotaExceeded)),
+        1
     );
 }
 

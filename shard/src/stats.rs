@@ -150,6 +150,10 @@ pub struct ShardStats {
     pub closes: Vec<Counter>,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: Vec<Counter>,
+    /// Requests refused with a reason code while the connection stays open
+    /// (PUBACK/PUBREC/SUBACK >= 0x80), indexed by the v5 reason code (also
+    /// for 3.1.1 clients, whose answer carries less detail).
+    pub refusals: Vec<Counter>,
     /// Messages sent to other shards over the mesh, and batches carrying them.
     pub mesh_msgs_out: Counter,
     /// Batches sent over the mesh.
@@ -188,6 +192,7 @@ impl Default for ShardStats {
                 .map(|_| Counter::default())
                 .collect(),
             drops: DropReason::ALL.iter().map(|_| Counter::default()).collect(),
+            refusals: (0..=u8::MAX).map(|_| Counter::default()).collect(),
             mesh_msgs_out: Counter::default(),
             mesh_batches_out: Counter::default(),
             busy_ns: Counter::default(),
@@ -216,5 +221,13 @@ impl ShardStats {
     /// Drops counted for `r`.
     pub fn drops_for(&self, r: DropReason) -> u64 {
         self.drops[r as usize].get()
+    }
+    /// Counts a request refused with `code` (the connection stays open).
+    pub fn refuse(&self, code: ringmq_codec::ReasonCode) {
+        self.refusals[code as usize].inc();
+    }
+    /// Refusals counted for `code`.
+    pub fn refusals_for(&self, code: ringmq_codec::ReasonCode) -> u64 {
+        self.refusals[code as usize].get()
     }
 }

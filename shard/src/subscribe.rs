@@ -74,6 +74,7 @@ pub(crate) fn subscribe(
             (s.subs.contains_key(filter), s.subs.len())
         };
         if let Some(code) = check_filter(shard, n, filter, existed) {
+            shard.stats.refuse(code);
             reasons.push(if v5 {
                 code
             } else {

@@ -164,6 +164,10 @@ pub struct ShardMetrics {
     pub closes: BTreeMap<String, u64>,
     /// Undelivered messages by reason (`qos0_buffer_full`, `queue_full`, ...).
     pub drops: BTreeMap<String, u64>,
+    /// Requests refused with a reason code, connection kept (`quota_exceeded`, ...); only
+    /// reasons seen at least once.
+    #[serde(default)]
+    pub refusals: BTreeMap<String, u64>,
     pub mesh_messages_out: u64,
     pub mesh_batches_out: u64,
     /// Seconds spent handling work since start.

@@ -9,6 +9,7 @@ use super::backend::{
 use ringmq_shard::control::{self, Query, Reply};
 use ringmq_shard::server::ServerHandle;
 use ringmq_shard::stats::{CloseReason, DropReason, ShardStats};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -138,6 +139,7 @@ fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) ->
             .iter()
             .map(|&r| (r.as_str().to_string(), s.drops_for(r)))
             .collect(),
+        refusals: refusals(s),
         mesh_messages_out: s.mesh_msgs_out.get(),
         mesh_batches_out: s.mesh_batches_out.get(),
         busy_seconds: busy_ns as f64 / 1e9,
@@ -147,6 +149,33 @@ fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) ->
 }
 
 /// The shard's storage commit latency, when it has committed anything.
+/// Refusals seen so far, by v5 reason code name in snake case (`quota_exceeded`).
+fn refusals(s: &ShardStats) -> BTreeMap<String, u64> {
+    (0..=u8::MAX)
+        .filter_map(|b| {
+            let code = ringmq_codec::ReasonCode::try_from(b).ok()?;
+            let n = s.refusals_for(code);
+            (n > 0).then(|| (snake_case(&format!("{code:?}")), n))
+        })
+        .collect()
+}
+
+/// `QuotaExceeded` -> `quota_exceeded`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn commit_histogram(s: &ShardStats) -> Option<Histogram> {
     let count = s.store_commits.get();
     if count == 0 {

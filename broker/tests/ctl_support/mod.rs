@@ -105,6 +105,7 @@ impl AdminBackend for FakeBackend {
                 ("slow_consumer".into(), 1),
             ]),
             drops: BTreeMap::from([("qos0_buffer_full".into(), 4)]),
+            refusals: BTreeMap::from([("quota_exceeded".into(), 3)]),
             busy_ratio: 0.25,
             storage_commit: Some(Histogram {
                 buckets: vec![(0.001, 3), (0.01, 5)],
