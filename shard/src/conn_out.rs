@@ -18,6 +18,15 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
+/// A v5 connection's topic aliases.
+#[derive(Default)]
+struct Aliases {
+    /// Ours, towards the client.
+    out: HashMap<Box<str>, u16>,
+    /// The client's, towards us.
+    inbound: HashMap<u16, TopicName>,
+}
+
 /// Outbound state of one live connection.
 pub struct ConnOut {
     /// Bytes waiting for the writer.
@@ -33,8 +42,8 @@ pub struct ConnOut {
     pub max_packet: u32,
     /// The client's Topic Alias Maximum (0: no outbound aliases).
     pub alias_max: u16,
-    aliases: RefCell<HashMap<Box<str>, u16>>,
-    aliases_in: RefCell<HashMap<u16, TopicName>>,
+    /// Topic aliases both ways, allocated at the first one (v5 only).
+    aliases: RefCell<Option<Box<Aliases>>>,
     pub peer: Option<SocketAddr>,
     pub keep_alive: u16,
     pub clean_start: bool,
@@ -64,8 +73,7 @@ impl ConnOut {
             receive_max: receive_max.max(1),
             max_packet,
             alias_max,
-            aliases: RefCell::new(HashMap::new()),
-            aliases_in: RefCell::new(HashMap::new()),
+            aliases: RefCell::new(None),
             peer,
             keep_alive,
             clean_start,
@@ -115,6 +123,15 @@ impl ConnOut {
             }
         }
         self.release_ack(token);
+    }
+
+    /// Gives the outbound buffer's memory back once everything left: an
+    /// idle connection holds no buffer.
+    pub fn release_idle_buffer(&self) {
+        let mut buf = self.buf.borrow_mut();
+        if buf.is_empty() && buf.capacity() > 0 {
+            *buf = BytesMut::new();
+        }
     }
 
     /// Whether a QoS 0 message may still be buffered.
@@ -174,6 +191,7 @@ impl ConnOut {
     fn alias_for(&self, frame: &PublishFrame) -> Option<(u16, bool)> {
         let topic = frame.topic();
         let mut aliases = self.aliases.borrow_mut();
+        let aliases = &mut aliases.get_or_insert_with(Box::default).out;
         if let Some(&a) = aliases.get(topic) {
             return Some((a, false));
         }
@@ -187,12 +205,19 @@ impl ConnOut {
 
     /// The topic a client's inbound alias stands for.
     pub fn alias_in(&self, alias: u16) -> Option<TopicName> {
-        self.aliases_in.borrow().get(&alias).cloned()
+        self.aliases
+            .borrow()
+            .as_ref()
+            .and_then(|a| a.inbound.get(&alias).cloned())
     }
 
     /// Records a client's inbound alias.
     pub fn set_alias_in(&self, alias: u16, topic: TopicName) {
-        self.aliases_in.borrow_mut().insert(alias, topic);
+        self.aliases
+            .borrow_mut()
+            .get_or_insert_with(Box::default)
+            .inbound
+            .insert(alias, topic);
     }
 
     /// Appends a PUBREL.

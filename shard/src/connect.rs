@@ -44,6 +44,12 @@ pub(crate) fn assign_id(shard: &Shard, c: &mut Connect) {
     }
 }
 
+/// The client id in its own exact-size allocation: a slice of the CONNECT
+/// would keep the whole read buffer (and the will payload) alive.
+fn own_copy(id: &MqttString) -> MqttString {
+    MqttString::try_from(id.as_str()).unwrap_or_else(|_| id.clone())
+}
+
 /// A CONNACK refusing the connection.
 pub(crate) fn refusal(reason: ReasonCode) -> ConnAck {
     ConnAck {
@@ -115,7 +121,10 @@ pub(crate) fn accept(
         c.clean_start,
     ));
     let now = Instant::now();
-    let existing = shard.by_client.borrow().get(&c.client_id).copied();
+    let existing = shard
+        .by_client
+        .borrow()
+        .get(&c.client_id, &shard.sessions.borrow());
     let mut session_present = false;
     let mut discarded = false;
     let sid = match existing {
@@ -127,7 +136,7 @@ pub(crate) fn accept(
                 let will = shard.sessions.borrow_mut()[sid as usize].will.take();
                 if let Some(w) = will {
                     if w.properties.will_delay_interval.unwrap_or(0) == 0 || c.clean_start {
-                        crate::route::publish_will(shard, w);
+                        crate::route::publish_will(shard, *w);
                     }
                 }
             }
@@ -146,12 +155,9 @@ pub(crate) fn accept(
             let sid = shard
                 .sessions
                 .borrow_mut()
-                .insert(Session::new(c.client_id.clone(), c.protocol))
+                .insert(Session::new(own_copy(&c.client_id), c.protocol))
                 as SessionId;
-            shard
-                .by_client
-                .borrow_mut()
-                .insert(c.client_id.clone(), sid);
+            shard.by_client.borrow_mut().insert(&c.client_id, sid);
             shard.stats.sessions.inc();
             sid
         }
@@ -163,7 +169,7 @@ pub(crate) fn accept(
         s.conn = Some(conn.clone());
         s.generation += 1;
         s.expiry = expiry;
-        s.will = c.will.clone();
+        s.will = c.will.clone().map(Box::new);
         s.disconnected_at = None;
         crate::persist::session_connected(shard, s, discarded);
     }
@@ -237,7 +243,7 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
     if let Some(w) = will {
         let delay = w.properties.will_delay_interval.unwrap_or(0).min(expiry);
         if delay == 0 {
-            crate::route::publish_will(shard, w);
+            crate::route::publish_will(shard, *w);
         } else {
             // [MQTT-3.1.3-9] not sent if the session reconnects first.
             let shard = shard.clone();
@@ -250,7 +256,7 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
                     .is_some_and(|s| s.generation == generation && s.conn.is_none());
                 let gone = shard.sessions.borrow().get(sid as usize).is_none();
                 if still || gone {
-                    crate::route::publish_will(&shard, w);
+                    crate::route::publish_will(&shard, *w);
                 }
             })
             .detach();
@@ -276,7 +282,7 @@ pub(crate) fn remove_session(shard: &Rc<Shard>, sid: SessionId) {
         }
     };
     if let Some(id) = removed {
-        shard.by_client.borrow_mut().remove(&id);
+        shard.by_client.borrow_mut().remove(&id, sid);
         shard.stats.sessions.sub(1);
     }
 }

@@ -1,58 +1,65 @@
-//! A client connection: framing, the reader loop and the writer task.
+//! A client connection: one task on one descriptor, from accept to close.
 //!
-//! The connection owns its buffers and the [`Decoder`]; handlers only ever
-//! see packets. The reader and the writer each own a descriptor of the same
-//! socket (the writer's is a `dup`), so reading and writing never wait on
-//! each other. A close always carries a [`CloseReason`].
+//! The task reads CONNECT, hands the socket to its home shard if that is
+//! another one, then serves it: it reads and decodes packets, hands them to
+//! the handlers and writes what the connection's outbound buffer
+//! ([`ConnOut`]) holds, in one `poll` loop woken by the shard's poller
+//! (`poller.rs`: socket readiness and deadlines) and by whoever appends to
+//! the buffer. Reading never waits for writing: a socket that takes nothing
+//! only stops the writing half until it is writable again or the slow
+//! consumer deadline closes it. An idle connection holds no buffer.
+//! A close always carries a [`CloseReason`].
 
 use crate::conn_out::ConnOut;
 use crate::connect;
 use crate::mesh::{Handoff, MeshItem};
+use crate::poller::{Io, READABLE, WRITABLE};
 use crate::shard::Shard;
 use crate::stats::CloseReason;
-use bytes::BytesMut;
-use futures_lite::{AsyncRead, AsyncWriteExt};
-use glommio::net::TcpStream;
-use glommio::spawn_local;
+use crate::store::Ticket;
+use bytes::{Buf, BytesMut};
 use ringmq_codec::{
     Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet,
     ProtocolVersion, ReasonCode,
 };
 use std::future::Future;
 use std::io;
-use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// How long a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes asked of the socket per read (the shard's scratch buffer).
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
+/// Read/write rounds per poll before the task lets others run.
+const ROUNDS_PER_POLL: u32 = 16;
 
-/// Reads more bytes and appends them to `buf`. `Ok(0)` is end of stream.
+/// Reads what the socket holds and appends it to `buf`. `Ok(0)` is end of
+/// stream, `WouldBlock` nothing there (readiness is forgotten then).
 ///
-/// glommio reads only inside `poll` (a non-blocking `recv`, else a wait
-/// for readiness that holds no buffer), so the bytes land in the shard's
-/// one scratch buffer, borrowed for that poll only, and what arrived is
-/// copied to `buf`. An idle connection holds no read buffer at all.
-pub(crate) fn read_more<'a>(
-    shard: &'a Shard,
-    stream: &'a mut TcpStream,
-    buf: &'a mut BytesMut,
-) -> impl Future<Output = io::Result<usize>> + 'a {
-    std::future::poll_fn(move |cx| {
-        let mut scratch = shard.read_scratch.borrow_mut();
-        match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
-            Poll::Ready(Ok(n)) => {
-                buf.extend_from_slice(&scratch[..n]);
-                Poll::Ready(Ok(n))
+/// The bytes land in the shard's one scratch buffer and what arrived is
+/// copied to `buf`: an idle connection holds no read buffer at all.
+fn recv_into(shard: &Shard, io: &Io, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut scratch = shard.read_scratch.borrow_mut();
+    match io.recv(&mut scratch[..]) {
+        Ok(n) => {
+            buf.extend_from_slice(&scratch[..n]);
+            if n > 0 && n < scratch.len() {
+                // A short read emptied the socket; the next arrival is a new edge.
+                shard.poller.clear(io.key, READABLE);
             }
-            other => other,
+            Ok(n)
         }
-    })
+        Err(e) => {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                shard.poller.clear(io.key, READABLE);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Maps a decode error to the close reason.
@@ -86,35 +93,31 @@ fn connect_error_answer(e: &DecodeError, v: Option<ProtocolVersion>) -> Option<V
     code.map(|c| vec![0x20, 0x02, 0x00, c as u8])
 }
 
+/// A last word before closing (a refusing CONNACK). A fresh socket's send
+/// buffer is empty, so a few bytes always fit; nothing waits for them.
+fn answer_and_close(shard: &Shard, io: Io, bytes: &[u8], reason: CloseReason) {
+    if !bytes.is_empty() {
+        let _ = io.send(bytes);
+    }
+    shard.poller.close(io);
+    shard.stats.close(reason);
+}
+
 /// A new socket: read CONNECT, then serve it here or hand it to its home shard.
-pub(crate) async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
-    let peer = stream.peer_addr().ok();
-    let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
-    let mut buf = BytesMut::new();
-    let mut decoder = Decoder::new(shard.cfg.max_packet_size);
-    decoder.set_reads_client(true);
-    let packet = loop {
-        match decoder.decode(&mut buf) {
-            Ok(Some(p)) => break p,
-            Ok(None) => match read_more(&shard, &mut stream, &mut buf).await {
-                Ok(0) => return shard.stats.close(CloseReason::ConnectionLost),
-                Ok(n) => shard.stats.bytes_in.add(n as u64),
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    return shard.stats.close(CloseReason::ConnectTimeout)
-                }
-                Err(_) => return shard.stats.close(CloseReason::IoError),
-            },
-            Err(e) => {
-                if let Some(ack) = connect_error_answer(&e, decoder.version()) {
-                    let _ = stream.write_all(&ack).await;
-                }
-                return shard.stats.close(close_reason_for(&e));
-            }
+pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, peer: Option<std::net::SocketAddr>) {
+    let io = match shard.poller.register(fd) {
+        Ok(io) => io,
+        Err(_) => return shard.stats.close(CloseReason::IoError),
+    };
+    let (packet, buf) = match read_connect(&shard, &io).await {
+        Ok(p) => p,
+        Err((reason, answer)) => {
+            return answer_and_close(&shard, io, answer.as_deref().unwrap_or(&[]), reason);
         }
     };
     let Packet::Connect(mut connect) = packet else {
         // [MQTT-3.1.0-1] the first packet must be CONNECT.
-        return shard.stats.close(CloseReason::ProtocolError);
+        return answer_and_close(&shard, io, &[], CloseReason::ProtocolError);
     };
     shard.stats.packets_in.inc();
     let assigned = connect.client_id.is_empty();
@@ -124,24 +127,16 @@ pub(crate) async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
             let mut out = BytesMut::new();
             let ack = connect::refusal(ReasonCode::ClientIdentifierNotValid);
             let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
-            let _ = stream.write_all(&out).await;
-            return shard.stats.close(CloseReason::ConnectRefused);
+            return answer_and_close(&shard, io, &out, CloseReason::ConnectRefused);
         }
         connect::assign_id(&shard, &mut connect);
     }
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
-        return serve(shard, stream, connect, buf, peer, assigned).await;
+        return serve(shard, io, connect, buf, peer, assigned);
     }
-    // Hand the socket to the home shard: a duplicate descriptor crosses the mesh.
-    // SAFETY: dup on a descriptor we own; the result is checked and owned below.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if fd < 0 {
-        return shard.stats.close(CloseReason::IoError);
-    }
-    // SAFETY: `fd` is a fresh descriptor returned by dup above, owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    drop(stream);
+    // Hand the socket itself to the home shard: the descriptor crosses the mesh.
+    let fd = shard.poller.deregister(io);
     shard.stats.close(CloseReason::HandedOff);
     shard.mesh.push(
         home,
@@ -155,20 +150,64 @@ pub(crate) async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
     );
 }
 
-/// A connection handed over by another shard.
-pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
-    use std::os::fd::IntoRawFd;
-    // SAFETY: the descriptor is a connected TCP socket whose ownership moved to us.
-    let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
-    spawn_local(serve(shard, stream, h.connect, h.rest, h.peer, h.assigned)).detach();
+/// Reads the first packet within [`CONNECT_TIMEOUT`]. An error carries the
+/// close reason and the bytes that answer it, if any.
+async fn read_connect(
+    shard: &Shard,
+    io: &Io,
+) -> Result<(Packet, BytesMut), (CloseReason, Option<Vec<u8>>)> {
+    let deadline = shard.poller.after(CONNECT_TIMEOUT);
+    shard.poller.arm(io.key, deadline);
+    let mut buf = BytesMut::new();
+    let mut decoder = Decoder::new(shard.cfg.max_packet_size);
+    decoder.set_reads_client(true);
+    loop {
+        match decoder.decode(&mut buf) {
+            Ok(Some(p)) => return Ok((p, buf)),
+            Ok(None) => {}
+            Err(e) => {
+                let answer = connect_error_answer(&e, decoder.version());
+                return Err((close_reason_for(&e), answer));
+            }
+        }
+        match recv_into(shard, io, &mut buf) {
+            Ok(0) => return Err((CloseReason::ConnectionLost, None)),
+            Ok(n) => shard.stats.bytes_in.add(n as u64),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let timed_out = std::future::poll_fn(|cx| {
+                    if shard.poller.now_ms() >= deadline {
+                        Poll::Ready(true)
+                    } else if shard.poller.ready(io.key) & READABLE != 0 {
+                        Poll::Ready(false)
+                    } else {
+                        shard.poller.set_waker(io.key, cx.waker());
+                        Poll::Pending
+                    }
+                })
+                .await;
+                if timed_out {
+                    return Err((CloseReason::ConnectTimeout, None));
+                }
+            }
+            Err(_) => return Err((CloseReason::IoError, None)),
+        }
+    }
 }
 
-/// The home shard: CONNECT handled, then the reader loop until close.
-async fn serve(
+/// A connection handed over by another shard.
+pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
+    match shard.poller.register(h.fd) {
+        Ok(io) => serve(shard, io, h.connect, h.rest, h.peer, h.assigned),
+        Err(_) => shard.stats.close(CloseReason::IoError),
+    }
+}
+
+/// The home shard: CONNECT handled, then the connection's task until close.
+fn serve(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    io: Io,
     connect: Box<Connect>,
-    mut buf: BytesMut,
+    buf: BytesMut,
     peer: Option<std::net::SocketAddr>,
     assigned: bool,
 ) {
@@ -180,37 +219,59 @@ async fn serve(
         Err(ack) => {
             let mut out = BytesMut::new();
             let _ = Packet::ConnAck(*ack).encode(version, &mut out);
-            let _ = stream.write_all(&out).await;
-            return shard.stats.close(CloseReason::ConnectRefused);
+            return answer_and_close(&shard, io, &out, CloseReason::ConnectRefused);
         }
     };
     shard.conns.set(shard.conns.get() + 1);
     shard.stats.connections.inc();
-    // SAFETY: dup on a descriptor we own; checked below.
-    let wfd = unsafe { libc::dup(stream.as_raw_fd()) };
-    let writer = if wfd >= 0 {
-        // SAFETY: fresh descriptor from dup, owned by the writer stream from here on.
-        let w = unsafe { TcpStream::from_raw_fd(wfd) };
-        let _ = w.set_write_timeout(Some(shard.cfg.slow_consumer_timeout));
-        Some(spawn_local(write_loop(shard.clone(), conn.clone(), w)))
-    } else {
-        conn.request_close(CloseReason::IoError);
-        None
-    };
-    // Keep alive: 1.5 times the interval [MQTT-3.1.2-22] (3.1.1: [MQTT-3.1.2-24]).
-    let timeout = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
-    let _ = stream.set_read_timeout(timeout);
-    let mut decoder = Decoder::new(shard.cfg.max_packet_size);
-    decoder.set_version(version);
-    decoder.set_reads_client(true);
-    let reason = read_loop(&shard, sid, &conn, &mut stream, &mut decoder, &mut buf).await;
+    let link = Link::new(&shard, version, keep_alive, buf);
+    // The handshake's task ends here; this small one lives as long as the connection.
+    glommio::spawn_local(Served {
+        shard,
+        conn,
+        io: Some(io),
+        sid,
+        link,
+    })
+    .detach();
+}
+
+/// The task of a served connection: everything it holds across wake-ups
+/// is in this struct (no `async` state machine around it).
+struct Served {
+    shard: Rc<Shard>,
+    conn: Rc<ConnOut>,
+    io: Option<Io>,
+    sid: u32,
+    link: Link,
+}
+
+impl Future for Served {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let Some(io) = &this.io else {
+            return Poll::Ready(());
+        };
+        let Poll::Ready(reason) = this.link.drive(&this.shard, this.sid, &this.conn, io, cx) else {
+            return Poll::Pending;
+        };
+        this.link.inbuf = BytesMut::new();
+        if let Some(io) = this.io.take() {
+            finish(&this.shard, this.sid, &this.conn, io, reason);
+        }
+        Poll::Ready(())
+    }
+}
+
+/// The connection closed with `reason`: the socket goes, then the session learns it.
+fn finish(shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: Io, reason: CloseReason) {
     let reason = conn.close.get().unwrap_or(reason);
     conn.request_close(reason);
-    if let Some(w) = writer {
-        w.await;
-    }
-    let _ = stream.shutdown(Shutdown::Both).await;
-    connect::closed(&shard, sid, &conn, reason);
+    io.shutdown();
+    shard.poller.close(io);
+    connect::closed(shard, sid, conn, reason);
     shard.conns.set(shard.conns.get() - 1);
     shard.stats.connections.sub(1);
     shard.stats.close(reason);
@@ -219,100 +280,231 @@ async fn serve(
     }
 }
 
-async fn read_loop(
-    shard: &Rc<Shard>,
-    sid: u32,
-    conn: &Rc<ConnOut>,
-    stream: &mut TcpStream,
-    decoder: &mut Decoder,
-    buf: &mut BytesMut,
-) -> CloseReason {
-    loop {
+/// The I/O state of a served connection (lives in its task, not in the session).
+struct Link {
+    /// Bytes read and not yet decoded (no allocation while empty).
+    inbuf: BytesMut,
+    decoder: Decoder,
+    /// Bytes at the front of the outbound buffer being written as one batch.
+    batch: usize,
+    /// When the batch must be out (slow consumer), poller clock.
+    batch_deadline: u64,
+    /// Durability `sync`: the commit the next batch waits for...
+    ticket: Option<Ticket>,
+    /// ...and that batch's size.
+    ticket_len: usize,
+    /// Keep alive times 1.5, ms (0: none).
+    keep_alive_ms: u64,
+    last_read: u64,
+    /// The deadline our latest poller timer entry stands for (u64::MAX: none).
+    armed: u64,
+}
+
+impl Link {
+    fn new(shard: &Shard, version: ProtocolVersion, keep_alive: u16, inbuf: BytesMut) -> Self {
+        let mut decoder = Decoder::new(shard.cfg.max_packet_size);
+        decoder.set_version(version);
+        decoder.set_reads_client(true);
+        Link {
+            inbuf,
+            decoder,
+            batch: 0,
+            batch_deadline: 0,
+            ticket: None,
+            ticket_len: 0,
+            // Keep alive: 1.5 times the interval [MQTT-3.1.2-22] (3.1.1: [MQTT-3.1.2-24]).
+            keep_alive_ms: keep_alive as u64 * 1500,
+            last_read: shard.poller.now_ms(),
+            armed: u64::MAX,
+        }
+    }
+
+    /// Reads, handles and writes until nothing moves; `Ready` once closed.
+    fn drive(
+        &mut self,
+        shard: &Rc<Shard>,
+        sid: u32,
+        conn: &Rc<ConnOut>,
+        io: &Io,
+        cx: &mut Context<'_>,
+    ) -> Poll<CloseReason> {
+        for _ in 0..ROUNDS_PER_POLL {
+            let now = shard.poller.now_ms();
+            let read = !conn.closing() && self.read(shard, sid, conn, io, now);
+            let wrote = match self.write(shard, conn, io, cx, now) {
+                Ok(wrote) => wrote,
+                Err(reason) => {
+                    conn.request_close(reason);
+                    return Poll::Ready(reason);
+                }
+            };
+            if self.batch > 0 && now >= self.batch_deadline {
+                // The batch did not leave within the slow consumer deadline:
+                // a peer that stops reading is closed even while the kernel's
+                // buffers still take a trickle.
+                conn.request_close(CloseReason::SlowConsumer);
+                return Poll::Ready(CloseReason::SlowConsumer);
+            }
+            if self.keep_alive_ms > 0 && now >= self.last_read + self.keep_alive_ms {
+                conn.request_close(CloseReason::KeepAliveTimeout);
+            }
+            if let Some(reason) = conn.close.get() {
+                if self.batch == 0 && self.ticket.is_none() && conn.buf.borrow().is_empty() {
+                    return Poll::Ready(reason);
+                }
+            }
+            if !read && !wrote {
+                conn.wake.register(cx.waker());
+                shard.poller.set_waker(io.key, cx.waker());
+                self.arm(shard, io.key, now);
+                return Poll::Pending;
+            }
+        }
+        // Busy: let the other tasks of the shard run, then go on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Arms the poller for the earliest of our deadlines if no entry covers it.
+    fn arm(&mut self, shard: &Shard, key: u32, now: u64) {
+        let mut next = u64::MAX;
+        if self.keep_alive_ms > 0 {
+            next = self.last_read + self.keep_alive_ms;
+        }
+        if self.batch > 0 {
+            next = next.min(self.batch_deadline);
+        }
+        if next == u64::MAX {
+            return;
+        }
+        if next < self.armed || self.armed <= now {
+            shard.poller.arm(key, next);
+            self.armed = next;
+        }
+    }
+
+    /// Decodes and handles what was read, then reads once more.
+    /// Returns whether anything happened.
+    fn read(&mut self, shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: &Io, now: u64) -> bool {
+        let mut handled = false;
         loop {
-            match decoder.decode(buf) {
+            match self.decoder.decode(&mut self.inbuf) {
                 Ok(Some(p)) => {
+                    handled = true;
                     shard.stats.packets_in.inc();
-                    if let Some(r) = conn.close.get() {
+                    if conn.closing() {
                         // Closing (taken over, kicked, shutting down): the session may
                         // belong to another connection now; nothing more is processed.
-                        return r;
+                        return true;
                     }
                     if let Err(r) = crate::handle::packet(shard, sid, conn, p) {
-                        return r;
+                        conn.request_close(r);
+                        return true;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let reason = close_reason_for(&e);
-                    protocol_close(conn, e.reason_code(), reason);
-                    return reason;
+                    protocol_close(conn, e.reason_code(), close_reason_for(&e));
+                    return true;
                 }
             }
         }
         if conn.closing() {
-            return conn.close.get().unwrap_or(CloseReason::ProtocolError);
+            return true;
         }
-        if buf.is_empty() {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
             // Drop the last read's allocation (decoded packets keep their slices).
-            *buf = BytesMut::new();
+            self.inbuf = BytesMut::new();
         }
-        match read_more(shard, stream, buf).await {
-            Ok(0) => return conn.close.get().unwrap_or(CloseReason::ConnectionLost),
-            Ok(n) => shard.stats.bytes_in.add(n as u64),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return CloseReason::KeepAliveTimeout,
-            Err(_) => return conn.close.get().unwrap_or(CloseReason::IoError),
+        if shard.poller.ready(io.key) & READABLE == 0 {
+            return handled;
+        }
+        match recv_into(shard, io, &mut self.inbuf) {
+            Ok(0) => {
+                conn.request_close(CloseReason::ConnectionLost);
+                true
+            }
+            Ok(n) => {
+                shard.stats.bytes_in.add(n as u64);
+                self.last_read = now;
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => handled,
+            Err(_) => {
+                conn.request_close(CloseReason::IoError);
+                true
+            }
         }
     }
-}
 
-/// The writer: drains the outbound buffer once per wake-up; flushes and
-/// shuts the socket down when the connection closes.
-async fn write_loop(shard: Rc<Shard>, conn: Rc<ConnOut>, mut w: TcpStream) {
-    loop {
-        let data = conn.buf.borrow_mut().split();
-        if !data.is_empty() {
-            if conn.gate.get() {
-                // Durability sync: nothing leaves before the rows behind it are durable.
-                if let Err(e) = shard.store.flush().await {
-                    tracing::warn!(shard = shard.id, "commit failed, closing client: {e}");
-                    conn.request_close(CloseReason::StorageError);
-                    break;
+    /// Writes the outbound buffer batch by batch. `Err` closes at once.
+    fn write(
+        &mut self,
+        shard: &Shard,
+        conn: &ConnOut,
+        io: &Io,
+        cx: &mut Context<'_>,
+        now: u64,
+    ) -> Result<bool, CloseReason> {
+        let mut wrote = false;
+        loop {
+            if self.batch == 0 {
+                let len = conn.buf.borrow().len();
+                if len == 0 {
+                    conn.release_idle_buffer();
+                    return Ok(wrote);
                 }
-            }
-            let n = data.len();
-            // The whole buffer must leave within the slow consumer deadline:
-            // a peer that stops reading is closed even while the kernel's
-            // buffers still take a trickle.
-            let written =
-                futures_lite::future::or(async { Some(w.write_all(&data).await) }, async {
-                    glommio::timer::sleep(shard.cfg.slow_consumer_timeout).await;
-                    None
-                })
-                .await;
-            let Some(written) = written else {
-                conn.request_close(CloseReason::SlowConsumer);
-                break;
-            };
-            match written {
-                Ok(()) => shard.stats.bytes_out.add(n as u64),
-                Err(e) => {
-                    let r = if e.kind() == io::ErrorKind::TimedOut {
-                        CloseReason::SlowConsumer
-                    } else {
-                        CloseReason::IoError
+                if conn.gate.get() {
+                    // Durability sync: nothing leaves before the rows behind it are durable.
+                    if self.ticket.is_none() {
+                        self.ticket = Some(shard.store.flush());
+                        self.ticket_len = len;
+                    }
+                    let polled = match &mut self.ticket {
+                        Some(t) => Pin::new(t).poll(cx),
+                        None => Poll::Ready(Ok(())),
                     };
-                    conn.request_close(r);
-                    break;
+                    match polled {
+                        Poll::Pending => return Ok(wrote),
+                        Poll::Ready(Err(e)) => {
+                            self.ticket = None;
+                            tracing::warn!(shard = shard.id, "commit failed, closing client: {e}");
+                            return Err(CloseReason::StorageError);
+                        }
+                        Poll::Ready(Ok(())) => {
+                            self.batch = self.ticket_len;
+                            self.ticket = None;
+                        }
+                    }
+                } else {
+                    self.batch = len;
                 }
+                self.batch_deadline = now + shard.cfg.slow_consumer_timeout.as_millis() as u64;
             }
-            continue;
+            if shard.poller.ready(io.key) & WRITABLE == 0 {
+                return Ok(wrote);
+            }
+            let sent = io.send(&conn.buf.borrow()[..self.batch]);
+            match sent {
+                Ok(n) => {
+                    conn.buf.borrow_mut().advance(n);
+                    self.batch -= n;
+                    shard.stats.bytes_out.add(n as u64);
+                    wrote = true;
+                    if self.batch > 0 {
+                        // The socket took part of it: it is full until told otherwise.
+                        shard.poller.clear(io.key, WRITABLE);
+                        return Ok(wrote);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    shard.poller.clear(io.key, WRITABLE);
+                    return Ok(wrote);
+                }
+                Err(_) => return Err(CloseReason::IoError),
+            }
         }
-        if conn.closing() {
-            break;
-        }
-        conn.wake.wait().await;
     }
-    let _ = w.shutdown(Shutdown::Both).await;
 }
 
 /// Sends a v5 DISCONNECT with `code` (3.1.x has none) and closes with `reason`.

@@ -9,7 +9,8 @@
 //! - `shard.rs`: a shard's state and life: acceptors, mesh receivers,
 //!   control, timers.
 //! - `connection.rs`: a socket: CONNECT, hand-off to the client id's home
-//!   shard, the reader loop and the writer task.
+//!   shard, then one task that reads, handles and writes; `poller.rs`: the
+//!   shard's epoll set and deadline heap that wake those tasks.
 //! - `connect.rs`: CONNECT to CONNACK, takeover, resume, will and expiry at close.
 //! - `handle.rs`: dispatch of each packet; `publish.rs` for PUBLISH;
 //!   `subscribe.rs` for SUBSCRIBE/UNSUBSCRIBE and retained replay.
@@ -20,7 +21,7 @@
 //!   `persist.rs`: restoring sessions at start, keeping their rows in step,
 //!   and acknowledging only what is durable on every shard (`--durability sync`);
 //!   `confirm.rs`: those acknowledgements, and exactly-once QoS 2 across shards.
-//! - `notify.rs`: the shard-local wake-up flag behind each writer and the mesh flusher.
+//! - `notify.rs`: the shard-local wake-up flag behind each connection and the mesh flusher.
 //! - `stats.rs`: counters and typed close reasons; `control.rs` and
 //!   `admin.rs`: operator queries; `sys.rs`: `$SYS` topics; `timers.rs`.
 //! - `config.rs`: every tunable ([`config::ShardConfig`]).
@@ -37,6 +38,7 @@ pub mod listener;
 pub mod mesh;
 mod notify;
 mod persist;
+mod poller;
 mod publish;
 pub mod retained;
 mod route;

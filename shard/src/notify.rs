@@ -22,6 +22,17 @@ impl Notify {
         }
     }
 
+    /// Stores the task to wake on the next `notify` and forgets an earlier
+    /// notification (the caller is about to look at everything anyway).
+    pub fn register(&self, w: &Waker) {
+        self.set.set(false);
+        let old = self.waker.take();
+        self.waker.set(match old {
+            Some(old) if old.will_wake(w) => Some(old),
+            _ => Some(w.clone()),
+        });
+    }
+
     /// Waits until notified, consuming the notification.
     pub fn wait(&self) -> Wait<'_> {
         Wait(self)

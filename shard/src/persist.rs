@@ -190,7 +190,7 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
             });
         }
     }
-    shard.by_client.borrow_mut().insert(rec.client_id, sid);
+    shard.by_client.borrow_mut().insert(&rec.client_id, sid);
     shard.stats.sessions.inc();
     for sub in subs {
         let first = shard.router.borrow_mut().subscribe_local(

@@ -13,6 +13,7 @@ use ringmq_codec::{
     Delivery, LastWill, MqttString, PacketId, ProtocolVersion, Publish, PublishFrame, QoS,
     SubscriptionOptions, TopicFilter,
 };
+use slab::Slab;
 use smallvec::SmallVec;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -20,6 +21,58 @@ use std::time::Instant;
 
 /// Index of a session in its shard's slab.
 pub type SessionId = u32;
+
+/// Client id -> session, without a copy of the id: 8 bytes a session
+/// (the key's hash and the slab index); the id itself is compared in the
+/// session. SipHash with a per-shard random key, as `HashMap`'s default.
+#[derive(Default)]
+pub struct ClientIndex {
+    table: hashbrown::HashTable<(u32, SessionId)>,
+    keys: std::collections::hash_map::RandomState,
+}
+
+impl ClientIndex {
+    fn hash(&self, id: &MqttString) -> u32 {
+        use std::hash::BuildHasher;
+        self.keys.hash_one(id.as_bytes()) as u32
+    }
+
+    /// The table's hash from the stored 32 bits (both halves feed hashbrown).
+    fn wide(h: u32) -> u64 {
+        (h as u64) << 32 | h as u64
+    }
+
+    /// The session of `id`.
+    pub fn get(&self, id: &MqttString, sessions: &Slab<Session>) -> Option<SessionId> {
+        let h = self.hash(id);
+        self.table
+            .find(Self::wide(h), |&(eh, sid)| {
+                eh == h
+                    && sessions
+                        .get(sid as usize)
+                        .is_some_and(|s| s.client_id == *id)
+            })
+            .map(|&(_, sid)| sid)
+    }
+
+    /// Records that `id` is session `sid` (not already present).
+    pub fn insert(&mut self, id: &MqttString, sid: SessionId) {
+        let h = self.hash(id);
+        self.table
+            .insert_unique(Self::wide(h), (h, sid), |&(eh, _)| Self::wide(eh));
+    }
+
+    /// Forgets `id` (session `sid`).
+    pub fn remove(&mut self, id: &MqttString, sid: SessionId) {
+        let h = self.hash(id);
+        if let Ok(e) = self
+            .table
+            .find_entry(Self::wide(h), |&(eh, s)| eh == h && s == sid)
+        {
+            e.remove();
+        }
+    }
+}
 
 /// A message as received, shared by every session of this shard that holds it.
 pub struct Message {
@@ -108,8 +161,9 @@ pub struct Session {
     next_packet_id: u16,
     /// Session Expiry Interval, seconds (u32::MAX: never).
     pub expiry: u32,
-    /// The will of the current connection.
-    pub will: Option<LastWill>,
+    /// The will of the current connection (boxed: most clients have none,
+    /// and an unboxed `LastWill` would double the size of every session).
+    pub will: Option<Box<LastWill>>,
     /// When the last connection closed (session expiry counts from here).
     pub disconnected_at: Option<Instant>,
     /// The session's key in the store, while it is persisted (expiry > 0).
@@ -424,7 +478,7 @@ impl Session {
             protocol: self.version,
             expiry_interval: self.expiry,
             disconnected_at_ms: self.disconnected_at.map(store::instant_to_unix_ms),
-            will: self.will.clone(),
+            will: self.will.as_deref().cloned(),
         }
     }
 }

@@ -8,19 +8,19 @@ use crate::config::ShardConfig;
 use crate::control::Control;
 use crate::mesh::{Mesh, MeshItem, ShardMsg};
 use crate::notify::Notify;
+use crate::poller::{Io, Poller, READABLE};
 use crate::retained::RetainedStore;
 use crate::router::{MatchScratch, Router};
 use crate::server::ShardInit;
-use crate::session::{Session, SessionId};
+use crate::session::Session;
 use crate::stats::{CloseReason, ShardStats};
 use crate::store::Store;
-use glommio::net::TcpListener;
 use glommio::{spawn_local, Task};
-use ringmq_codec::MqttString;
 use slab::Slab;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ pub struct Shard {
     pub router: RefCell<Router>,
     pub retained: RefCell<RetainedStore>,
     pub sessions: RefCell<Slab<Session>>,
-    pub by_client: RefCell<HashMap<MqttString, SessionId>>,
+    pub by_client: RefCell<crate::session::ClientIndex>,
     pub mesh: Rc<Mesh>,
     pub scratch: RefCell<MatchScratch>,
     /// New connections are accepted.
@@ -49,7 +49,9 @@ pub struct Shard {
     acceptors: RefCell<Vec<Task<()>>>,
     /// Counter for assigned client identifiers.
     pub next_assigned: Cell<u64>,
-    /// Where every connection of this shard reads (see `connection::read_more`).
+    /// Readiness and deadlines of every socket of this shard.
+    pub poller: Rc<Poller>,
+    /// Where every connection of this shard reads (see `connection::recv_into`).
     pub read_scratch: RefCell<Vec<u8>>,
     /// Tokens of mesh barriers.
     pub next_token: Cell<u64>,
@@ -99,15 +101,19 @@ pub(crate) async fn run(init: ShardInit) {
         .into_iter()
         .map(|tx| tx.map(|tx| spawn_local(tx.connect())))
         .collect();
-    // glommio parks an executor whose only runnable work is a channel
-    // connect, and the peer's connect does not always wake it (seen as a
-    // rare startup hang under load): a short ticker keeps the reactor turning
-    // (and re-polling the connects) until the mesh is joined.
+    // A peer's connect never wakes this executor: glommio re-polls pending
+    // connects only when the reactor turns. A parked executor, even with a
+    // 1 ms timer pending, was seen to stay asleep for 10 s or more under CPU
+    // contention (gdb: both shards in io_uring_enter, no timeout). So the
+    // executor does not park until the mesh is joined: a task that yields its
+    // task queue keeps it running, and every turn of the executor's loop
+    // polls the reactor, which re-polls the connects (normally well under a
+    // millisecond of spinning).
     let connecting = Rc::new(Cell::new(true));
     let ticking = connecting.clone();
     let ticker = spawn_local(async move {
         while ticking.get() {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+            glommio::executor().yield_task_queue_now().await;
         }
     });
     let mut senders = Vec::with_capacity(init.shards);
@@ -124,13 +130,15 @@ pub(crate) async fn run(init: ShardInit) {
     connecting.set(false);
     ticker.await;
     let mesh = Rc::new(Mesh::new(init.id, senders));
+    let poller = Rc::new(Poller::new().expect("cannot create the shard's epoll set"));
+    spawn_local(poller.clone().run()).detach();
     let shard = Rc::new(Shard {
         id: init.id,
         shards: init.shards,
         router: RefCell::new(Router::new(init.id as u16, init.shards as u16)),
         retained: RefCell::new(RetainedStore::new()),
         sessions: RefCell::new(Slab::new()),
-        by_client: RefCell::new(HashMap::new()),
+        by_client: RefCell::default(),
         mesh: mesh.clone(),
         scratch: RefCell::new(MatchScratch::default()),
         accepting: Cell::new(true),
@@ -140,6 +148,7 @@ pub(crate) async fn run(init: ShardInit) {
         acceptors: RefCell::new(Vec::new()),
         next_assigned: Cell::new(0),
         next_token: Cell::new(0),
+        poller,
         read_scratch: RefCell::new(vec![0; crate::connection::READ_CHUNK]),
         pending_subacks: RefCell::new(HashMap::new()),
         store: init.store.start(),
@@ -155,6 +164,10 @@ pub(crate) async fn run(init: ShardInit) {
         st.mesh_batches_out.inc();
     }))
     .detach();
+    // Restore before any task that takes input is spawned: glommio polls a
+    // spawned task at once, so a receiver (or acceptor) spawned first could
+    // apply a peer's message (or serve a client) before the sessions exist.
+    crate::persist::restore(&shard, init.recovered, &init.retained);
     for (from, rx) in receivers {
         let shard = shard.clone();
         spawn_local(async move {
@@ -167,9 +180,7 @@ pub(crate) async fn run(init: ShardInit) {
         .detach();
     }
     for fd in init.listeners {
-        // SAFETY: the descriptor is a listening TCP socket we own (moved in from `start`).
-        let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
-        let task = spawn_local(accept_loop(shard.clone(), listener));
+        let task = spawn_local(accept_loop(shard.clone(), fd));
         shard.acceptors.borrow_mut().push(task);
     }
     spawn_local(crate::timers::expiry_sweep(shard.clone())).detach();
@@ -177,7 +188,6 @@ pub(crate) async fn run(init: ShardInit) {
         spawn_local(crate::sys::publish_loop(shard.clone(), init.all_stats)).detach();
     }
 
-    crate::persist::restore(&shard, init.recovered, &init.retained);
     spawn_local(busy_meter(shard.clone())).detach();
     let _ = init.ready.send(shard.id);
     // The control task runs in this future: the shard lives until shutdown.
@@ -233,13 +243,78 @@ async fn busy_meter(shard: Rc<Shard>) {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                shard.stats.connections_total.inc();
-                spawn_local(crate::connection::handshake(shard.clone(), stream)).detach();
+/// The listener of an accept loop; closed when the loop is dropped.
+struct Listening<'a> {
+    shard: &'a Shard,
+    io: Option<Io>,
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        if let Some(io) = self.io.take() {
+            self.shard.poller.close(io);
+        }
+    }
+}
+
+/// One non-blocking `accept4`: the socket (non-blocking) and its peer.
+fn accept_one(listener: &Io) -> io::Result<(OwnedFd, Option<std::net::SocketAddr>)> {
+    // SAFETY: `try_init` hands us valid storage and length pointers for accept4.
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(
+                listener.fd.as_raw_fd(),
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(fd)
             }
+        })?
+    };
+    // SAFETY: `fd` is a fresh descriptor from accept4, owned by nobody else.
+    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, addr.as_socket()))
+}
+
+async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
+    // SAFETY: plain syscall on a listening socket we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let io = match shard.poller.register(fd) {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!(shard = shard.id, "cannot poll the listener: {e}");
+            return;
+        }
+    };
+    let listening = Listening {
+        shard: &shard,
+        io: Some(io),
+    };
+    let Some(listener) = listening.io.as_ref() else {
+        return;
+    };
+    let mut burst = 0u32;
+    loop {
+        match accept_one(listener) {
+            Ok((fd, peer)) => {
+                shard.stats.connections_total.inc();
+                spawn_local(crate::connection::handshake(shard.clone(), fd, peer)).detach();
+                burst += 1;
+                if burst.is_multiple_of(64) {
+                    futures_lite::future::yield_now().await;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                shard.poller.clear(listener.key, READABLE);
+                shard.poller.wait(listener.key, READABLE).await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::warn!(shard = shard.id, "accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(20)).await;

@@ -1,0 +1,367 @@
+//! The shard's readiness poller: one epoll set for every client socket and
+//! listener of the shard, plus one timer heap for their deadlines.
+//!
+//! glommio waits for a socket with one io_uring poll request per waiting
+//! stream, each a ~500-byte heap `Source`: an idle connection would pay for
+//! it the whole time it is idle. Here a socket is registered once
+//! (edge-triggered) and costs one slab slot (a waker and a readiness byte);
+//! only the epoll descriptor itself is waited on through glommio, so the
+//! executor still parks in io_uring when nothing happens.
+//!
+//! Deadlines (CONNECT timeout, keep alive, slow consumer) are entries of one
+//! binary heap (16 bytes each) driven by one glommio timer per shard. An entry
+//! only wakes its owner, which checks its own clocks and re-arms if needed,
+//! so a stale entry costs a spurious wake-up, never a wrong close.
+
+use crate::notify::Notify;
+use futures_lite::AsyncRead;
+use glommio::net::TcpStream;
+use slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// The socket has bytes, an end of stream or an error to read.
+pub(crate) const READABLE: u8 = 1;
+/// The socket takes bytes.
+pub(crate) const WRITABLE: u8 = 2;
+
+/// One registered descriptor.
+struct Slot {
+    waker: Option<Waker>,
+    ready: u8,
+}
+
+/// Readiness and deadlines of one shard's sockets.
+pub(crate) struct Poller {
+    epfd: OwnedFd,
+    slots: RefCell<Slab<Slot>>,
+    /// (deadline in ms since `epoch`, slot key), earliest first.
+    timers: RefCell<BinaryHeap<Reverse<(u64, u32)>>>,
+    /// The deadline the run loop sleeps until (u64::MAX: none).
+    sleeping_until: Cell<u64>,
+    /// Wakes the run loop when an earlier deadline is armed.
+    kick: Notify,
+    epoch: Instant,
+}
+
+/// A descriptor registered with the shard's poller.
+pub(crate) struct Io {
+    pub fd: OwnedFd,
+    pub key: u32,
+}
+
+impl Io {
+    /// Non-blocking `recv` into `buf`; `WouldBlock` when nothing is there.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the descriptor is ours.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Non-blocking `send`; `WouldBlock` when the socket takes nothing now.
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for reads of `buf.len()` bytes; the descriptor is ours.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Shuts both directions down (the peer sees the end of stream at once).
+    pub fn shutdown(&self) {
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl Poller {
+    /// A new, empty poller.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked and owned below.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        Ok(Poller {
+            // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+            epfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            slots: RefCell::new(Slab::new()),
+            timers: RefCell::new(BinaryHeap::new()),
+            sleeping_until: Cell::new(u64::MAX),
+            kick: Notify::default(),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Registers a non-blocking descriptor (edge-triggered, read and write).
+    pub fn register(&self, fd: OwnedFd) -> io::Result<Io> {
+        let key = self.slots.borrow_mut().insert(Slot {
+            waker: None,
+            ready: WRITABLE,
+        }) as u32;
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: key as u64,
+        };
+        // SAFETY: both descriptors are valid; `ev` outlives the call.
+        let r = unsafe {
+            libc::epoll_ctl(
+                self.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if let Err(e) = cvt(r) {
+            self.slots.borrow_mut().remove(key as usize);
+            return Err(e);
+        }
+        Ok(Io { fd, key })
+    }
+
+    /// Takes the descriptor back out (to close it or hand it to another shard).
+    pub fn deregister(&self, io: Io) -> OwnedFd {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: both descriptors are valid; `ev` outlives the call.
+        unsafe {
+            libc::epoll_ctl(
+                self.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                io.fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        self.release(io.key);
+        io.fd
+    }
+
+    /// Frees the slot of a descriptor about to be closed (closing the last
+    /// descriptor of a socket removes it from the epoll set).
+    pub fn release(&self, key: u32) {
+        self.slots.borrow_mut().try_remove(key as usize);
+    }
+
+    /// Closes a registered descriptor.
+    pub fn close(&self, io: Io) {
+        self.release(io.key);
+        drop(io.fd);
+    }
+
+    /// The readiness bits of `key`.
+    pub fn ready(&self, key: u32) -> u8 {
+        self.slots.borrow().get(key as usize).map_or(0, |s| s.ready)
+    }
+
+    /// Forgets readiness (the last call would block).
+    pub fn clear(&self, key: u32, bits: u8) {
+        if let Some(s) = self.slots.borrow_mut().get_mut(key as usize) {
+            s.ready &= !bits;
+        }
+    }
+
+    /// The task to wake on the next event of `key`.
+    pub fn set_waker(&self, key: u32, w: &Waker) {
+        if let Some(s) = self.slots.borrow_mut().get_mut(key as usize) {
+            match &s.waker {
+                Some(old) if old.will_wake(w) => {}
+                _ => s.waker = Some(w.clone()),
+            }
+        }
+    }
+
+    /// Waits until `key` has one of `bits`; returns its readiness.
+    pub async fn wait(&self, key: u32, bits: u8) -> u8 {
+        std::future::poll_fn(|cx| {
+            let r = self.ready(key);
+            if r & bits != 0 {
+                Poll::Ready(r)
+            } else {
+                self.set_waker(key, cx.waker());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Milliseconds on the poller's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The poller's clock `d` from now.
+    pub fn after(&self, d: Duration) -> u64 {
+        self.now_ms().saturating_add(d.as_millis() as u64)
+    }
+
+    /// Wakes `key` at `at_ms` (or soon after).
+    pub fn arm(&self, key: u32, at_ms: u64) {
+        self.timers.borrow_mut().push(Reverse((at_ms, key)));
+        if at_ms < self.sleeping_until.get() {
+            self.kick.notify();
+        }
+    }
+
+    /// Reads every pending event and wakes the owners.
+    fn dispatch(&self) -> usize {
+        const BATCH: usize = 256;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
+        let mut total = 0;
+        loop {
+            // SAFETY: `events` is valid for BATCH entries; the descriptor is ours.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epfd.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    BATCH as libc::c_int,
+                    0,
+                )
+            };
+            if n <= 0 {
+                return total;
+            }
+            let mut slots = self.slots.borrow_mut();
+            for ev in &events[..n as usize] {
+                let Some(s) = slots.get_mut(ev.u64 as usize) else {
+                    continue;
+                };
+                let e = ev.events as libc::c_int;
+                if e & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
+                    s.ready |= READABLE;
+                }
+                if e & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
+                    s.ready |= WRITABLE;
+                }
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+            }
+            total += n as usize;
+            if (n as usize) < BATCH {
+                return total;
+            }
+        }
+    }
+
+    /// Wakes the owners of every deadline reached.
+    fn fire_timers(&self) -> usize {
+        let now = self.now_ms();
+        let mut fired = 0;
+        loop {
+            let key = {
+                let mut timers = self.timers.borrow_mut();
+                match timers.peek() {
+                    Some(Reverse((at, _))) if *at <= now => timers.pop().map(|Reverse((_, k))| k),
+                    _ => None,
+                }
+            };
+            let Some(key) = key else { return fired };
+            if let Some(w) = self
+                .slots
+                .borrow_mut()
+                .get_mut(key as usize)
+                .and_then(|s| s.waker.take())
+            {
+                w.wake();
+            }
+            fired += 1;
+        }
+    }
+
+    /// A future that completes once the epoll set has events.
+    ///
+    /// glommio has no public "wait until this descriptor is readable", but a
+    /// new glommio stream arms exactly that (an io_uring poll request) and its
+    /// first `poll_read` only waits on it. The stream is built on a duplicate
+    /// of the epoll descriptor (a stream closes its descriptor when dropped),
+    /// once per wake-up of the whole shard, never per socket.
+    fn epoll_readable(&self) -> io::Result<impl std::future::Future<Output = ()>> {
+        // SAFETY: plain syscall on our descriptor; the result is checked and owned below.
+        let dup = cvt(unsafe { libc::fcntl(self.epfd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+        // SAFETY: `dup` is a fresh descriptor; the stream owns (and closes) it.
+        let mut stream = unsafe { TcpStream::from_raw_fd(dup as RawFd) };
+        Ok(std::future::poll_fn(move |cx: &mut Context<'_>| {
+            let mut byte = [0u8; 1];
+            match Pin::new(&mut stream).poll_read(cx, &mut byte) {
+                Poll::Pending => Poll::Pending,
+                // The poll completed; the read itself fails (not a socket).
+                Poll::Ready(_) => Poll::Ready(()),
+            }
+        }))
+    }
+
+    /// The poller's task: runs for the life of the shard.
+    pub async fn run(self: std::rc::Rc<Self>) {
+        let mut idle_rounds = 0u32;
+        loop {
+            let events = self.dispatch();
+            let fired = self.fire_timers();
+            if events == 0 && fired == 0 {
+                idle_rounds += 1;
+                if idle_rounds > 3 {
+                    // Never spin, whatever the runtime does with the epoll stream.
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+            } else {
+                idle_rounds = 0;
+            }
+            let ready = match self.epoll_readable() {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("epoll wait failed: {e}");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let next = self
+                .timers
+                .borrow()
+                .peek()
+                .map_or(u64::MAX, |Reverse((at, _))| *at);
+            self.sleeping_until.set(next);
+            let timer = async {
+                if next == u64::MAX {
+                    std::future::pending::<()>().await;
+                } else {
+                    let left = next.saturating_sub(self.now_ms());
+                    glommio::timer::sleep(Duration::from_millis(left)).await;
+                }
+            };
+            let woken = futures_lite::future::or(ready, async {
+                futures_lite::future::or(timer, self.kick.wait()).await;
+            });
+            woken.await;
+            self.sleeping_until.set(0);
+        }
+    }
+}
