@@ -415,9 +415,20 @@ pub(crate) fn resume(shard: &Rc<Shard>, mut list: Vec<Resume>) {
     if list.is_empty() {
         return;
     }
+    let undelivered: usize = list
+        .iter()
+        .map(|r| {
+            let p = &r.prepared;
+            p.targets
+                .iter()
+                .filter(|t| !p.delivered.contains(&t.shard))
+                .count()
+        })
+        .sum();
     tracing::info!(
         shard = shard.id,
         prepared = list.len(),
+        undelivered,
         "store: completing inbound QoS 2 messages prepared before the restart"
     );
     list.sort_by_key(|r| r.prepared.nonce);

@@ -163,6 +163,29 @@ impl StoreHandle {
         }
     }
 
+    /// Runs `f` on this store outside a running broker (offline tools,
+    /// tests): on a short-lived executor thread, then commits and closes.
+    pub fn run_offline<T, F>(self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> T + Send + 'static,
+    {
+        let gone = |e: &dyn std::fmt::Display| StoreError::Io {
+            path: std::path::PathBuf::from("<offline store>"),
+            detail: e.to_string().into(),
+        };
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let store = self.start();
+                let out = f(&store);
+                store.close().await.map(|()| out)
+            })
+            .map_err(|e| gone(&e))?
+            .join()
+            .map_err(|e| gone(&e))?
+    }
+
     /// Starts the store. Must be called on the shard's glommio executor
     /// (commits are driven by a local task there).
     pub fn start(self) -> Store {
