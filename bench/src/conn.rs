@@ -205,7 +205,7 @@ impl Conn {
     pub async fn disconnect(&mut self) {
         let d = Disconnect {
             reason: ReasonCode::Success,
-            properties: DisconnectProperties::default(),
+            properties: DisconnectProperties::default().into(),
         };
         if self.queue(&Packet::Disconnect(d)).is_ok() {
             let _ = futures_lite::future::or(self.flush(), async {

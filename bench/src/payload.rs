@@ -85,7 +85,7 @@ impl Template {
             retain,
             topic: topic_name,
             packet_id,
-            properties: PublishProperties::default(),
+            properties: PublishProperties::default().into(),
             payload: Bytes::from(payload),
         };
         let mut out = BytesMut::new();

@@ -326,7 +326,7 @@ fn handle(hub: &Rc<RefCell<Hub>>, id: u64, conn: &mut Conn, p: Packet) -> io::Re
             conn.queue(&Packet::ConnAck(ConnAck {
                 session_present: false,
                 reason: ReasonCode::Success,
-                properties: ConnAckProperties::default(),
+                properties: ConnAckProperties::default().into(),
             }))?;
         }
         Packet::Subscribe(s) => {
@@ -337,7 +337,7 @@ fn handle(hub: &Rc<RefCell<Hub>>, id: u64, conn: &mut Conn, p: Packet) -> io::Re
             conn.queue(&Packet::SubAck(SubAck {
                 packet_id: s.packet_id,
                 reasons: vec![ReasonCode::Success; s.filters.len()],
-                properties: SubAckProperties::default(),
+                properties: SubAckProperties::default().into(),
             }))?;
         }
         Packet::Publish(p) => {

@@ -149,7 +149,7 @@ async fn store(job: Arc<Job>, clear: bool) -> Result<usize, String> {
                 topic,
                 packet_id: (qos != QoS::AtMostOnce)
                     .then(|| PacketId::new((i % 65_535) as u16 + 1).expect("non-zero")),
-                properties: PublishProperties::default(),
+                properties: PublishProperties::default().into(),
                 payload: if clear {
                     Bytes::new()
                 } else {

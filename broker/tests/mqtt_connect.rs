@@ -276,6 +276,7 @@ async fn v5_empty_client_id_gets_assigned_identifier(ctx: Ctx) {
     let id = ack
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("Assigned Client Identifier");
     assert!(!id.as_str().is_empty());
 }

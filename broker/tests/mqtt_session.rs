@@ -381,7 +381,8 @@ fn disconnect_with_expiry(expiry: u32) -> Packet {
         properties: ringmq_codec::DisconnectProperties {
             session_expiry_interval: Some(expiry),
             ..Default::default()
-        },
+        }
+        .into(),
     })
 }
 

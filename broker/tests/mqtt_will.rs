@@ -164,7 +164,7 @@ async fn v5_disconnect_with_will_message_publishes_it(ctx: Ctx) {
     let (mut raw, _) = Raw::connect_with(ctx.broker.addr, p).await;
     raw.send(&Packet::Disconnect(Disconnect {
         reason: ReasonCode::DisconnectWithWillMessage,
-        properties: DisconnectProperties::default(),
+        properties: DisconnectProperties::default().into(),
     }))
     .await;
     raw.expect_closed(WAIT, "after DISCONNECT").await;

@@ -102,7 +102,7 @@ impl Publisher {
             retain: false,
             topic: common::raw::topic(topic_of(seq)),
             packet_id: Some(pid(seq + 1)),
-            properties: PublishProperties::default(),
+            properties: PublishProperties::default().into(),
             payload: Bytes::from(seq.to_string()),
         };
         self.conn.send(&Packet::Publish(p)).await;

@@ -36,7 +36,7 @@ fn message() -> Publish {
         retain: false,
         topic: common::raw::topic("k/q2"),
         packet_id: None,
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: Bytes::from_static(b"5"),
     }
 }

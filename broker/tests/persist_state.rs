@@ -52,7 +52,7 @@ async fn retained_survives_kill(shards: usize) {
     let (mut p1, _) = Raw::connect(broker.addr, V5, &ids[0], true).await;
     let (mut p2, _) = Raw::connect(broker.addr, V5, &ids[1], true).await;
     let mut rich = publish_packet("r/props", 1, true, 1, b"with props");
-    rich.properties = rich_props();
+    rich.properties = rich_props().into();
     publish_acked(&mut p1, rich).await;
     publish_acked(&mut p2, publish_packet("r/q2", 2, true, 1, b"two")).await;
     publish_acked(&mut p1, publish_packet("r/replaced", 1, true, 2, b"old")).await;

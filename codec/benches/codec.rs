@@ -69,6 +69,36 @@ fn decode_bench(c: &mut Criterion, name: &str, p: &Packet) {
     });
 }
 
+/// The reference counting any zero-copy PUBLISH decode does, without the decode: split the
+/// frame off the read buffer, slice the topic out of it, drop both (2 atomic increments, 2
+/// atomic decrements on the read buffer's shared count). A floor for `decode_publish_16B`.
+fn refcount_floor_bench(c: &mut Criterion, name: &str, p: &Packet) {
+    let frame = encoded(p);
+    let batch = 4096u64;
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(batch);
+                let mut buf = BytesMut::with_capacity(frame.len() * n as usize);
+                for _ in 0..n {
+                    buf.extend_from_slice(&frame);
+                }
+                let start = Instant::now();
+                for _ in 0..n {
+                    let body = buf.split_to(frame.len()).freeze();
+                    let topic = body.slice(4..8);
+                    black_box((topic, body));
+                }
+                total += start.elapsed();
+                left -= n;
+            }
+            total
+        })
+    });
+}
+
 fn encode_bench(c: &mut Criterion, name: &str, p: &Packet) {
     let mut out = BytesMut::with_capacity(p.encoded_len(V5));
     c.bench_function(name, |b| {
@@ -84,6 +114,9 @@ fn publish_benches(c: &mut Criterion) {
     for (size, label) in [(16, "16B"), (1024, "1KiB"), (65536, "64KiB")] {
         let p = publish(size);
         decode_bench(c, &format!("decode_publish_{label}"), &p);
+        if size == 16 {
+            refcount_floor_bench(c, "refcount_floor_publish_16B", &p);
+        }
         encode_bench(c, &format!("encode_publish_{label}"), &p);
     }
     let s = subscribe10();

@@ -5,6 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::AuthProperties;
+use crate::props::Props;
 use crate::reason::{ReasonCode, ReasonContext};
 use crate::types::ProtocolVersion;
 use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
@@ -13,7 +14,7 @@ use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Auth {
     pub reason: ReasonCode,
-    pub properties: AuthProperties,
+    pub properties: Props<AuthProperties>,
 }
 
 impl Auth {
@@ -24,7 +25,7 @@ impl Auth {
             // v5 3.15.2.1: Success, Continue authentication, Re-authenticate.
             a.reason = ReasonCode::parse_in(r.u8()?, ReasonContext::Auth)?;
             if !r.is_empty() {
-                a.properties = AuthProperties::read(&mut r)?;
+                a.properties = AuthProperties::read_props(&mut r)?;
             }
         }
         r.finish()?;
@@ -86,7 +87,8 @@ mod tests {
                 authentication_method: Some(MqttString::from_static("SCRAM")),
                 authentication_data: Some(Bytes::from_static(b"\x01")),
                 ..Default::default()
-            },
+            }
+            .into(),
         };
         let raw = [
             0xF0, 14, 0x18, 12, 0x15, 0, 5, b'S', b'C', b'R', b'A', b'M', 0x16, 0, 1, 1,

@@ -5,6 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::ConnAckProperties;
+use crate::props::Props;
 use crate::reason::{ConnectReturnCode, ReasonCode, ReasonContext};
 use crate::types::ProtocolVersion;
 use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
@@ -15,7 +16,7 @@ use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
 pub struct ConnAck {
     pub session_present: bool,
     pub reason: ReasonCode,
-    pub properties: ConnAckProperties,
+    pub properties: Props<ConnAckProperties>,
 }
 
 impl ConnAck {
@@ -28,7 +29,7 @@ impl ConnAck {
             ProtocolVersion::V3_1 => (
                 false,
                 ConnectReturnCode::try_from(code)?.to_reason_code(),
-                ConnAckProperties::default(),
+                Props::none(),
             ),
             ProtocolVersion::V3_1_1 => {
                 // [MQTT-3.2.2-1] (3.1.1) bits 7-1 are reserved and MUST be 0.
@@ -36,7 +37,7 @@ impl ConnAck {
                     return Err(DecodeError::ConnAckReservedFlags);
                 }
                 let rc = ConnectReturnCode::try_from(code)?.to_reason_code();
-                (flags & 1 != 0, rc, ConnAckProperties::default())
+                (flags & 1 != 0, rc, Props::none())
             }
             ProtocolVersion::V5 => {
                 // v5 3.2.2.1: bits 7-1 are reserved and MUST be 0.
@@ -44,7 +45,7 @@ impl ConnAck {
                     return Err(DecodeError::ConnAckReservedFlags);
                 }
                 let rc = ReasonCode::parse_in(code, ReasonContext::ConnAck)?;
-                (flags & 1 != 0, rc, ConnAckProperties::read(&mut r)?)
+                (flags & 1 != 0, rc, ConnAckProperties::read_props(&mut r)?)
             }
         };
         // [MQTT-3.2.2-6] / [MQTT-3.2.2-4] (3.1.1) a refused connection has Session Present 0.
@@ -109,7 +110,7 @@ mod tests {
         Packet::ConnAck(ConnAck {
             session_present: sp,
             reason,
-            properties: ConnAckProperties::default(),
+            properties: Props::none(),
         })
     }
 
@@ -200,7 +201,8 @@ mod tests {
                 assigned_client_identifier: Some(MqttString::from_static("id")),
                 receive_maximum: Some(10),
                 ..Default::default()
-            },
+            }
+            .into(),
         });
         // Properties are written in a fixed order; decode accepts any order.
         assert_eq!(dec(V5, &raw).unwrap(), p);

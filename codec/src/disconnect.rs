@@ -7,6 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::DisconnectProperties;
+use crate::props::Props;
 use crate::reason::{ReasonCode, ReasonContext};
 use crate::types::ProtocolVersion;
 use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
@@ -15,7 +16,7 @@ use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Disconnect {
     pub reason: ReasonCode,
-    pub properties: DisconnectProperties,
+    pub properties: Props<DisconnectProperties>,
 }
 
 impl Disconnect {
@@ -23,7 +24,7 @@ impl Disconnect {
     pub fn new(reason: ReasonCode) -> Self {
         Disconnect {
             reason,
-            properties: DisconnectProperties::default(),
+            properties: Props::none(),
         }
     }
 
@@ -37,7 +38,7 @@ impl Disconnect {
             // v5 3.14.2.1: the DISCONNECT reason codes.
             d.reason = ReasonCode::parse_in(r.u8()?, ReasonContext::Disconnect)?;
             if !r.is_empty() {
-                d.properties = DisconnectProperties::read(&mut r)?;
+                d.properties = DisconnectProperties::read_props(&mut r)?;
             }
         }
         // 3.1.1 3.14: no variable header, no payload.

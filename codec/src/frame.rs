@@ -7,6 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::properties::PublishProperties;
 use crate::property::id;
+use crate::props::Props;
 use crate::publish::Publish;
 use crate::topic::TopicName;
 use crate::types::{PacketId, ProtocolVersion, QoS};
@@ -64,7 +65,7 @@ impl PublishFrame {
             stripped = PublishProperties {
                 topic_alias: None,
                 subscription_identifiers: Default::default(),
-                ..publish.properties.clone()
+                ..(*publish.properties).clone()
             };
             &stripped
         } else {
@@ -153,9 +154,9 @@ impl PublishFrame {
             let _ = r.u16();
         }
         let properties = if self.version.is_v5() {
-            PublishProperties::read(&mut r).unwrap_or_default()
+            PublishProperties::read_props(&mut r).unwrap_or_default()
         } else {
-            PublishProperties::default()
+            Props::none()
         };
         Publish {
             dup: false,

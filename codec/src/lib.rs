@@ -8,6 +8,8 @@
 //!   and topic, payload, strings and binary properties are slices of that frame.
 //! - Types rule out invalid packets where they can: [`PacketId`] is non-zero, topics and filters
 //!   are validated newtypes, properties live in per-packet structs.
+//! - Packets are small to move: a decoded PUBLISH is 80 bytes (properties behind [`Props`],
+//!   which allocates only when a property is set; CONNECT is boxed).
 //! - Every spec rule enforced is cited beside its check (`// [MQTT-x.y.z-n]`, v5 numbering, with
 //!   3.1.1 numbering where it differs). Errors ([`DecodeError`]) are `Copy`, one variant per rule,
 //!   and know their v5 reason code, 3.1.1 CONNACK return code and spec reference.
@@ -26,6 +28,7 @@
 //! | `wire.rs` | integers, variable byte integers, strings, binary; the frame `Reader` |
 //! | `property.rs` | property identifiers, value kinds, the property-block reader, `properties!` |
 //! | `properties.rs` | one property struct per packet kind |
+//! | `props.rs` | `Props<T>`: the property struct behind a pointer, unallocated when empty (PUBLISH, CONNACK, SUBACK, UNSUBACK, DISCONNECT, AUTH) |
 //! | `packet.rs` | `Packet`, fixed-header checks, dispatch, PINGREQ/PINGRESP |
 //! | `connect.rs` `connack.rs` `publish.rs` `pubresp.rs` `subscribe.rs` `suback.rs` `unsubscribe.rs` `unsuback.rs` `disconnect.rs` `auth.rs` | one packet each |
 //! | `decoder.rs` | `Decoder`: incremental framing, direction checks |
@@ -45,6 +48,7 @@ mod frame;
 mod packet;
 mod properties;
 pub(crate) mod property;
+pub mod props;
 mod publish;
 mod pubresp;
 mod reason;
@@ -74,6 +78,7 @@ pub use properties::{
     UnsubscribeProperties, WillProperties,
 };
 pub use property::id as property_id;
+pub use props::Props;
 pub use publish::Publish;
 pub use pubresp::PubResp;
 pub use reason::{ConnectReturnCode, ReasonCode};

@@ -397,6 +397,7 @@ macro_rules! properties {
 
             /// Reads Property Length and the entries.
             #[inline]
+            #[allow(dead_code)]
             pub(crate) fn read(r: &mut $crate::wire::Reader<'_>) -> Result<Self, $crate::DecodeError> {
                 // The common case, no property at all, without moving a filled-in struct.
                 if r.peek() == Some(0) {
@@ -437,6 +438,36 @@ macro_rules! properties {
             pub fn is_empty(&self) -> bool {
                 true $(&& self.$field.is_none())* $($(&& self.$mfield.is_empty())*)?
                     && self.user_properties.is_empty()
+            }
+
+            /// Reads Property Length and the entries into a `Props` (no allocation when the
+            /// block is empty).
+            #[inline]
+            #[allow(dead_code)]
+            pub(crate) fn read_props(
+                r: &mut $crate::wire::Reader<'_>,
+            ) -> Result<$crate::Props<Self>, $crate::DecodeError> {
+                if r.peek() == Some(0) {
+                    r.skip(1);
+                    return Ok($crate::Props::none());
+                }
+                Self::read_full(r).map($crate::Props::from)
+            }
+        }
+
+        impl $crate::props::EmptyProps for $name {
+            #[inline]
+            fn empty() -> &'static Self {
+                static EMPTY: $name = $name {
+                    $($field: None,)*
+                    $($($mfield: smallvec::SmallVec::new_const(),)*)?
+                    user_properties: Vec::new(),
+                };
+                &EMPTY
+            }
+            #[inline]
+            fn is_empty(&self) -> bool {
+                $name::is_empty(self)
             }
         }
     };

@@ -5,6 +5,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::PublishProperties;
+use crate::props::Props;
 use crate::topic::TopicName;
 use crate::types::{PacketId, ProtocolVersion, QoS};
 use crate::wire::{binary_len, check_remaining, frame_len, put_binary, put_fixed_header, Reader};
@@ -18,7 +19,7 @@ pub struct Publish {
     /// Empty only in a v5 PUBLISH that names its topic by `properties.topic_alias`.
     pub topic: TopicName,
     pub packet_id: Option<PacketId>,
-    pub properties: PublishProperties,
+    pub properties: Props<PublishProperties>,
     pub payload: Bytes,
 }
 
@@ -43,7 +44,7 @@ impl Publish {
             retain: false,
             topic,
             packet_id: None,
-            properties: PublishProperties::default(),
+            properties: Props::none(),
             payload,
         }
     }
@@ -78,9 +79,9 @@ impl Publish {
             Some(r.packet_id()?)
         };
         let properties = if version.is_v5() {
-            PublishProperties::read(&mut r)?
+            PublishProperties::read_props(&mut r)?
         } else {
-            PublishProperties::default()
+            Props::none()
         };
         if topic.is_empty() && properties.topic_alias.is_none() {
             // [MQTT-4.7.3-1] (3.1.1: [MQTT-4.7.3-1]); v5 3.3.2.3.4: an empty topic needs an alias.

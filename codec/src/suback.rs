@@ -4,6 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::SubAckProperties;
+use crate::props::Props;
 use crate::reason::{ReasonCode, ReasonContext};
 use crate::types::{PacketId, ProtocolVersion};
 use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
@@ -14,7 +15,7 @@ use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
 pub struct SubAck {
     pub packet_id: PacketId,
     pub reasons: Vec<ReasonCode>,
-    pub properties: SubAckProperties,
+    pub properties: Props<SubAckProperties>,
 }
 
 /// 3.1.1 return code for a reason: 0, 1, 2, or 0x80 for any failure [MQTT-3.9.3-2] (3.1.1).
@@ -30,9 +31,9 @@ impl SubAck {
         let mut r = Reader::new(body);
         let packet_id = r.packet_id()?;
         let properties = if version.is_v5() {
-            SubAckProperties::read(&mut r)?
+            SubAckProperties::read_props(&mut r)?
         } else {
-            SubAckProperties::default()
+            Props::none()
         };
         let mut reasons = Vec::with_capacity(r.remaining());
         while !r.is_empty() {
@@ -108,7 +109,7 @@ mod tests {
         Packet::SubAck(SubAck {
             packet_id: PacketId::new(10).unwrap(),
             reasons: reasons.to_vec(),
-            properties: SubAckProperties::default(),
+            properties: Props::none(),
         })
     }
 

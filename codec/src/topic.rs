@@ -31,6 +31,43 @@ pub(crate) fn check_topic_name(b: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// True when every byte is ASCII other than U+0000, `+` and `#`: such bytes are a valid
+/// string [MQTT-1.5.4-1/2] and, if non-empty, a valid topic name [MQTT-3.3.2-2]. Checks eight
+/// bytes at a time; false only sends the caller to the full checks.
+#[inline]
+pub(crate) fn is_plain_topic(b: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // High bit of each byte set where that byte is 0, '+', '#' or >= 0x80 (exact as a
+    // "none of them" test: the has-zero-byte trick can only misflag bytes above a real hit).
+    #[inline(always)]
+    fn bad(x: u64) -> u64 {
+        let zero = |v: u64| v.wrapping_sub(LO) & !v;
+        (x | zero(x) | zero(x ^ (LO * b'+' as u64)) | zero(x ^ (LO * b'#' as u64))) & HI
+    }
+    #[inline(always)]
+    fn word(c: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        u64::from_le_bytes(w)
+    }
+    let n = b.len();
+    if n < 8 {
+        // Pad with '/', a plain byte.
+        let mut w = [b'/'; 8];
+        w[..n].copy_from_slice(b);
+        return bad(u64::from_le_bytes(w)) == 0;
+    }
+    let mut acc = 0;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        acc |= bad(word(c));
+    }
+    // The last 8 bytes (overlapping what was checked) cover the tail.
+    acc |= bad(word(&b[n - 8..]));
+    acc == 0
+}
+
 /// Checks the topic-filter rules on a valid string.
 pub(crate) fn check_topic_filter(b: &[u8]) -> Result<(), DecodeError> {
     // [MQTT-4.7.3-1]
@@ -217,6 +254,29 @@ mod tests {
 
     fn filter(s: &str) -> Result<TopicFilter, DecodeError> {
         TopicFilter::try_from(s)
+    }
+
+    #[test]
+    fn plain_topic_fast_path_matches_bytewise_rule() {
+        let naive = |b: &[u8]| {
+            b.iter()
+                .all(|&c| (1..0x80).contains(&c) && c != b'+' && c != b'#')
+        };
+        let mut buf = [b'a'; 40];
+        for len in 0..=buf.len() {
+            assert!(is_plain_topic(&buf[..len]));
+            for at in 0..len {
+                for c in 0..=255u8 {
+                    buf[at] = c;
+                    assert_eq!(
+                        is_plain_topic(&buf[..len]),
+                        naive(&buf[..len]),
+                        "{len} {at} {c}"
+                    );
+                }
+                buf[at] = b'a';
+            }
+        }
     }
 
     #[test]

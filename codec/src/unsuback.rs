@@ -4,6 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::UnsubAckProperties;
+use crate::props::Props;
 use crate::reason::{ReasonCode, ReasonContext};
 use crate::types::{PacketId, ProtocolVersion};
 use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
@@ -13,7 +14,7 @@ use crate::wire::{check_remaining, frame_len, put_fixed_header, Reader};
 pub struct UnsubAck {
     pub packet_id: PacketId,
     pub reasons: Vec<ReasonCode>,
-    pub properties: UnsubAckProperties,
+    pub properties: Props<UnsubAckProperties>,
 }
 
 impl UnsubAck {
@@ -23,10 +24,10 @@ impl UnsubAck {
         let mut ack = UnsubAck {
             packet_id,
             reasons: Vec::new(),
-            properties: UnsubAckProperties::default(),
+            properties: Props::none(),
         };
         if version.is_v5() {
-            ack.properties = UnsubAckProperties::read(&mut r)?;
+            ack.properties = UnsubAckProperties::read_props(&mut r)?;
             ack.reasons.reserve(r.remaining());
             while !r.is_empty() {
                 // v5 3.11.3: the UNSUBACK reason codes.
@@ -89,7 +90,7 @@ mod tests {
         Packet::UnsubAck(UnsubAck {
             packet_id: PacketId::new(10).unwrap(),
             reasons: reasons.to_vec(),
-            properties: UnsubAckProperties::default(),
+            properties: Props::none(),
         })
     }
 

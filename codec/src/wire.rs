@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::string::{validate_utf8, MqttString};
-use crate::topic::{check_topic_name, TopicFilter, TopicName};
+use crate::topic::{check_topic_name, is_plain_topic, TopicFilter, TopicName};
 use crate::types::PacketId;
 
 /// Largest value of a variable byte integer (v5 1.5.5).
@@ -176,10 +176,7 @@ impl<'a> Reader<'a> {
         let raw = self.take(n)?;
         // One pass for the usual case: printable ASCII without U+0000 or wildcards (checked
         // together: [MQTT-1.5.4-2], [MQTT-3.3.2-2]). Anything else takes the full checks.
-        let plain = raw
-            .iter()
-            .all(|&c| c.wrapping_sub(1) < 0x7F && c != b'+' && c != b'#');
-        if !plain {
+        if !is_plain_topic(raw) {
             validate_utf8(raw)?;
             if !raw.is_empty() {
                 check_topic_name(raw)?;

@@ -51,7 +51,7 @@ proptest! {
                 expected.topic = TopicName::empty_for_alias();
             }
         } else {
-            expected.properties = PublishProperties::default();
+            expected.properties = PublishProperties::default().into();
         }
         let mut dec = Decoder::new(0);
         dec.set_version(v);

@@ -108,7 +108,7 @@ fn retained_store(n: u32) -> RetainedStore {
             retain: true,
             topic: topic.clone(),
             packet_id: None,
-            properties: PublishProperties::default(),
+            properties: PublishProperties::default().into(),
             payload: Bytes::from_static(b"21.5"),
         };
         s.set(

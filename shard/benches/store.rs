@@ -45,7 +45,7 @@ fn publish() -> Publish {
         retain: false,
         topic: TopicName::try_from("bench/store/topic").unwrap(),
         packet_id: None,
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: Bytes::from(vec![0x42u8; PAYLOAD]),
     }
 }

@@ -55,7 +55,7 @@ pub(crate) fn refusal(reason: ReasonCode) -> ConnAck {
     ConnAck {
         session_present: false,
         reason,
-        properties: ConnAckProperties::default(),
+        properties: ConnAckProperties::default().into(),
     }
 }
 
@@ -205,7 +205,7 @@ pub(crate) fn accept(
     conn.send(&ringmq_codec::Packet::ConnAck(ConnAck {
         session_present,
         reason: ReasonCode::Success,
-        properties: props,
+        properties: props.into(),
     }));
     {
         let mut sessions = shard.sessions.borrow_mut();
@@ -304,7 +304,8 @@ pub(crate) fn will_publish(w: ringmq_codec::LastWill) -> Publish {
             correlation_data: p.correlation_data,
             user_properties: p.user_properties,
             ..Default::default()
-        },
+        }
+        .into(),
         payload: w.payload,
     }
 }

@@ -512,7 +512,7 @@ pub(crate) fn protocol_close(conn: &ConnOut, code: ReasonCode, reason: CloseReas
     if conn.version == ProtocolVersion::V5 {
         conn.send(&Packet::Disconnect(Disconnect {
             reason: code,
-            properties: DisconnectProperties::default(),
+            properties: DisconnectProperties::default().into(),
         }));
     }
     conn.request_close(reason);

@@ -120,7 +120,7 @@ pub(crate) fn inbound(
     let cfg = &shard.cfg;
     shard.stats.msgs_in[p.qos as usize].inc();
     shard.stats.publish_bytes_in[p.qos as usize].add(p.payload.len() as u64);
-    if let Some(alias) = p.properties.topic_alias.take() {
+    if let Some(alias) = p.properties.get_mut().and_then(|pp| pp.topic_alias.take()) {
         if alias == 0 || alias > cfg.topic_alias_maximum {
             // [MQTT-3.3.2-9] [MQTT-3.3.2-10]
             protocol_close(

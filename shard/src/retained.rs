@@ -50,7 +50,7 @@ pub fn detach(p: &Publish) -> Publish {
     fn own_topic(t: &TopicName) -> TopicName {
         TopicName::try_from(t.as_str()).unwrap_or_else(|_| t.clone())
     }
-    let mut properties = p.properties.clone();
+    let mut properties = (*p.properties).clone();
     properties.response_topic = p.properties.response_topic.as_ref().map(own_topic);
     properties.correlation_data = p
         .properties
@@ -67,7 +67,7 @@ pub fn detach(p: &Publish) -> Publish {
     Publish {
         topic: own_topic(&p.topic),
         payload: Bytes::copy_from_slice(&p.payload),
-        properties,
+        properties: properties.into(),
         ..p.clone()
     }
 }

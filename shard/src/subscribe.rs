@@ -98,7 +98,7 @@ pub(crate) fn subscribe(
     let ack = SubAck {
         packet_id: sub.packet_id,
         reasons,
-        properties: SubAckProperties::default(),
+        properties: SubAckProperties::default().into(),
     };
     let generation = shard.sessions.borrow()[sid as usize].generation;
     let done = SubDone {
@@ -255,7 +255,7 @@ pub(crate) fn unsubscribe(
     conn.send(&Packet::UnsubAck(UnsubAck {
         packet_id: u.packet_id,
         reasons,
-        properties: UnsubAckProperties::default(),
+        properties: UnsubAckProperties::default().into(),
     }));
     Ok(())
 }

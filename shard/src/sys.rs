@@ -14,7 +14,7 @@ fn sys_publish(topic: &str, value: String) -> Option<Publish> {
         retain: true,
         topic: TopicName::try_from(topic).ok()?,
         packet_id: None,
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: Bytes::from(value),
     })
 }

@@ -72,7 +72,7 @@ pub fn msg(topic: &str, qos: QoS, payload: &'static [u8]) -> StoredMessage {
             retain: false,
             topic: TopicName::try_from(topic).unwrap(),
             packet_id: None,
-            properties: PublishProperties::default(),
+            properties: PublishProperties::default().into(),
             payload: Bytes::from_static(payload),
         },
         received_at_ms: 1_700_000_000_000,

@@ -299,7 +299,7 @@ pub async fn subscribe(
 pub async fn disconnect(mut c: Raw) {
     let d = Disconnect {
         reason: ReasonCode::Success,
-        properties: DisconnectProperties::default(),
+        properties: DisconnectProperties::default().into(),
     };
     c.send(&Packet::Disconnect(d)).await;
     c.expect_closed(WAIT, "after DISCONNECT").await;

@@ -87,7 +87,7 @@ pub fn publish_packet(t: &str, q: u8, retain: bool, packet_id: u16, payload: &[u
         retain,
         topic: topic(t),
         packet_id: (q > 0).then(|| pid(packet_id)),
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: Bytes::copy_from_slice(payload),
     }
 }

@@ -234,7 +234,7 @@ pub fn connack(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                 Packet::ConnAck(ConnAck {
                     session_present: sp && reason == ReasonCode::Success,
                     reason,
-                    properties,
+                    properties: properties.into(),
                 })
             })
             .boxed()
@@ -304,7 +304,7 @@ pub fn publish_with_payload(
                     retain,
                     topic,
                     packet_id: if qos0 { None } else { Some(id) },
-                    properties: if v5 { props } else { Default::default() },
+                    properties: if v5 { props.into() } else { Default::default() },
                     payload,
                 }
             },
@@ -408,7 +408,11 @@ pub fn suback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         Packet::SubAck(SubAck {
             packet_id: id,
             reasons,
-            properties: if v.is_v5() { props } else { Default::default() },
+            properties: if v.is_v5() {
+                props.into()
+            } else {
+                Default::default()
+            },
         })
     })
 }
@@ -440,7 +444,7 @@ pub fn unsuback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
             Packet::UnsubAck(UnsubAck {
                 packet_id: id,
                 reasons: if v5 { reasons } else { Vec::new() },
-                properties: if v5 { props } else { Default::default() },
+                properties: if v5 { props.into() } else { Default::default() },
             })
         })
 }
@@ -460,7 +464,10 @@ pub fn disconnect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         });
     (reason_for(packet_type::DISCONNECT), props).prop_map(move |(reason, properties)| {
         Packet::Disconnect(if v.is_v5() {
-            Disconnect { reason, properties }
+            Disconnect {
+                reason,
+                properties: properties.into(),
+            }
         } else {
             Disconnect::default()
         })
@@ -480,8 +487,12 @@ pub fn auth() -> impl Strategy<Value = Packet> {
             reason_string: rs,
             user_properties: up,
         });
-    (reason_for(packet_type::AUTH), props)
-        .prop_map(|(reason, properties)| Packet::Auth(Auth { reason, properties }))
+    (reason_for(packet_type::AUTH), props).prop_map(|(reason, properties)| {
+        Packet::Auth(Auth {
+            reason,
+            properties: properties.into(),
+        })
+    })
 }
 
 /// Any packet but CONNECT, valid in `v`.

@@ -15,7 +15,7 @@ fn msg(topic: &str, payload: &'static [u8]) -> (TopicName, RetainedMessage) {
         retain: true,
         topic: t.clone(),
         packet_id: None,
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: Bytes::from_static(payload),
     };
     (

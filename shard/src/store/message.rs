@@ -118,7 +118,7 @@ pub fn read_message(r: &mut Reader) -> Result<StoredMessage, BadRecord> {
         retain: flags & 0x04 != 0,
         topic,
         packet_id: None,
-        properties,
+        properties: properties.into(),
         payload,
     };
     Ok(StoredMessage {

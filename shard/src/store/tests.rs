@@ -58,7 +58,7 @@ prop_compose! {
             retain,
             topic,
             packet_id: None,
-            properties,
+            properties: properties.into(),
             payload: Bytes::from(payload),
         };
         StoredMessage { publish, received_at_ms: at }
