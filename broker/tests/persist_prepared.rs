@@ -16,13 +16,12 @@ mod common;
 
 use bytes::Bytes;
 use common::persist::{
-    disconnect, persistent_connect, qos, subscribe, text, DataDir, Durable, Inbox,
+    args, disconnect, launch, persistent_connect, qos, subscribe, text, DataDir, Durable, Inbox,
+    Launched,
 };
 use common::raw::{pid, resp, version};
 use common::{cross_shard_ids, Proto, Raw, WAIT};
-use ringmq_codec::{
-    Packet, ProtocolVersion, Publish, PublishProperties, ReasonCode, SubscriptionOptions,
-};
+use ringmq_codec::{Packet, ProtocolVersion, Publish, ReasonCode, SubscriptionOptions};
 use ringmq_shard::store::{self, Durability, StoreOptions, StoredMessage, Target};
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ fn message() -> Publish {
         retain: false,
         topic: common::raw::topic("k/q2"),
         packet_id: None,
-        properties: PublishProperties::default().into(),
+        properties: Default::default(),
         payload: Bytes::from_static(b"5"),
     }
 }
@@ -84,6 +83,24 @@ fn leave_crash_state(dir: &DataDir, p_id: &str, a: usize, b: usize, b_committed:
     .expect("origin row written");
 }
 
+/// Starts the broker on `dir`. The offline store writes of a test running in parallel in this
+/// process may briefly keep its data dir lock alive in a child forked meanwhile (the descriptor
+/// lives until that child's exec): retried, within a deadline.
+fn start(dir: &DataDir) -> Durable {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match launch(&args(&dir.path, 2, "sync", &[])) {
+            Launched::Up(b) => return b,
+            Launched::Exited { stderr, .. }
+                if stderr.contains("in use") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Launched::Exited { status, stderr } => panic!("ringmq exited ({status}): {stderr}"),
+        }
+    }
+}
+
 async fn crash_point(proto: Proto, b_committed: bool) {
     let v: ProtocolVersion = version(proto);
     let dir = DataDir::new();
@@ -91,7 +108,7 @@ async fn crash_point(proto: Proto, b_committed: bool) {
     let a = ringmq_shard::home_shard(p_id.as_bytes(), 2);
     let b = ringmq_shard::home_shard(s_id.as_bytes(), 2);
     assert_ne!(a, b, "sessions on different shards");
-    let mut broker = Durable::start(&dir, 2, "sync");
+    let mut broker = start(&dir);
     let (mut sub, _) = Raw::connect_with(broker.addr, persistent_connect(v, &s_id, 300)).await;
     let opts = SubscriptionOptions::with_qos(qos(2));
     subscribe(&mut sub, 1, "k/q2", opts, None).await;
@@ -102,7 +119,7 @@ async fn crash_point(proto: Proto, b_committed: bool) {
     drop(broker);
     leave_crash_state(&dir, &p_id, a, b, b_committed);
 
-    let mut broker = Durable::start(&dir, 2, "sync");
+    let mut broker = start(&dir);
     let (conn, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &s_id, 300)).await;
     assert!(ack.session_present);
     let mut inbox = Inbox::new(conn);

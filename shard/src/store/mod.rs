@@ -94,12 +94,21 @@ pub struct StoreOptions {
     pub max_map_size: usize,
 }
 
+/// Environment variable: per-shard map ceiling in bytes (a storage quota;
+/// also how tests fill a shard's store). Read once, at open.
+pub const MAX_MAP_ENV: &str = "RINGMQ_STORE_MAX_MAP_BYTES";
+
 impl Default for StoreOptions {
     fn default() -> Self {
+        let max_map_size = std::env::var(MAX_MAP_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(1 << 40);
         StoreOptions {
             durability: Durability::Sync,
-            initial_map_size: 256 << 20,
-            max_map_size: 1 << 40,
+            initial_map_size: (256 << 20).min(max_map_size),
+            max_map_size,
         }
     }
 }
