@@ -12,7 +12,11 @@ fn info(shard: &Shard, s: &Session) -> ClientInfo {
         shard: shard.id,
         connected: s.conn.is_some(),
         protocol: s.version as u8,
-        peer: s.conn.as_ref().and_then(|c| c.peer).map(|p| p.to_string()),
+        peer: s
+            .conn
+            .as_ref()
+            .and_then(|c| c.peer())
+            .map(|p| p.to_string()),
         keep_alive: s.conn.as_ref().map_or(0, |c| c.keep_alive),
         clean_start: s.conn.as_ref().is_some_and(|c| c.clean_start),
         session_expiry: s.expiry,

@@ -17,6 +17,10 @@ use ringmq_codec::{
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// Acknowledgements waiting: (token, packet, confirmed).
+type Held = VecDeque<(u64, Packet, bool)>;
 
 /// A v5 connection's topic aliases.
 #[derive(Default)]
@@ -44,14 +48,16 @@ pub struct ConnOut {
     pub alias_max: u16,
     /// Topic aliases both ways, allocated at the first one (v5 only).
     aliases: RefCell<Option<Box<Aliases>>>,
-    pub peer: Option<SocketAddr>,
+    /// The socket (for `peer`; valid while the connection is the session's).
+    fd: RawFd,
     pub keep_alive: u16,
     pub clean_start: bool,
     /// In `sync` durability: the writer waits for the store before writing.
     pub gate: Cell<bool>,
     /// Acknowledgements held until other shards confirm, in order:
     /// (token, packet, confirmed). Token 0: nothing to wait for.
-    held: RefCell<VecDeque<(u64, Packet, bool)>>,
+    /// Boxed at first use: most connections never hold one.
+    held: RefCell<Option<Box<Held>>>,
 }
 
 impl ConnOut {
@@ -61,7 +67,7 @@ impl ConnOut {
         receive_max: u16,
         max_packet: u32,
         alias_max: u16,
-        peer: Option<SocketAddr>,
+        fd: RawFd,
         keep_alive: u16,
         clean_start: bool,
     ) -> Self {
@@ -74,12 +80,20 @@ impl ConnOut {
             max_packet,
             alias_max,
             aliases: RefCell::new(None),
-            peer,
+            fd,
             keep_alive,
             clean_start,
             gate: Cell::new(false),
-            held: RefCell::new(VecDeque::new()),
+            held: RefCell::new(None),
         }
+    }
+
+    /// The client's address, asked of the socket (not stored: 32 bytes a connection).
+    pub fn peer(&self) -> Option<SocketAddr> {
+        // SAFETY: the descriptor stays open while this connection is its
+        // session's (it is closed just before the session forgets it).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
     }
 
     /// From now on the writer waits for durability before writing.
@@ -92,18 +106,25 @@ impl ConnOut {
     pub fn ack(&self, p: Packet, token: Option<u64>) {
         let mut held = self.held.borrow_mut();
         match token {
-            Some(t) => held.push_back((t, p, false)),
-            None if held.is_empty() => {
+            Some(t) => held
+                .get_or_insert_with(Box::default)
+                .push_back((t, p, false)),
+            None if held.as_ref().is_none_or(|h| h.is_empty()) => {
                 drop(held);
                 self.send(&p);
             }
-            None => held.push_back((0, p, true)),
+            None => held
+                .get_or_insert_with(Box::default)
+                .push_back((0, p, true)),
         }
     }
 
     /// Other shards confirmed the publish behind `token`.
     pub fn release_ack(&self, token: u64) {
         let mut held = self.held.borrow_mut();
+        let Some(held) = held.as_mut() else {
+            return;
+        };
         if let Some(e) = held.iter_mut().find(|e| e.0 == token) {
             e.2 = true;
         }
@@ -117,9 +138,11 @@ impl ConnOut {
     /// The publish behind `token` was refused (v5): its held PUBACK/PUBREC
     /// carries `code` instead of Success, then leaves in order.
     pub fn refuse_ack(&self, token: u64, code: ReasonCode) {
-        if let Some(e) = self.held.borrow_mut().iter_mut().find(|e| e.0 == token) {
-            if let Packet::PubAck(r) | Packet::PubRec(r) = &mut e.1 {
-                r.reason = code;
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            if let Some(e) = held.iter_mut().find(|e| e.0 == token) {
+                if let Packet::PubAck(r) | Packet::PubRec(r) = &mut e.1 {
+                    r.reason = code;
+                }
             }
         }
         self.release_ack(token);

@@ -10,7 +10,7 @@ use ringmq_codec::{
     ConnAck, ConnAckProperties, Connect, MqttString, ProtocolVersion, Publish, PublishProperties,
     ReasonCode,
 };
-use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,7 @@ fn check(shard: &Shard, c: &Connect) -> Result<(), ReasonCode> {
 pub(crate) fn accept(
     shard: &Rc<Shard>,
     c: &Connect,
-    peer: Option<SocketAddr>,
+    fd: RawFd,
     assigned: bool,
 ) -> Result<(SessionId, Rc<ConnOut>, u16), Box<ConnAck>> {
     check(shard, c).map_err(|r| Box::new(refusal(r)))?;
@@ -116,7 +116,7 @@ pub(crate) fn accept(
             .min(cfg.receive_maximum.max(1)),
         c.properties.maximum_packet_size.unwrap_or(u32::MAX),
         c.properties.topic_alias_maximum.unwrap_or(0),
-        peer,
+        fd,
         keep_alive,
         c.clean_start,
     ));

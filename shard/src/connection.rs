@@ -24,7 +24,7 @@ use ringmq_codec::{
 };
 use std::future::Future;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -104,12 +104,14 @@ fn answer_and_close(shard: &Shard, io: Io, bytes: &[u8], reason: CloseReason) {
 }
 
 /// A new socket: read CONNECT, then serve it here or hand it to its home shard.
-pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, peer: Option<std::net::SocketAddr>) {
+pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
     let io = match shard.poller.register(fd) {
         Ok(io) => io,
         Err(_) => return shard.stats.close(CloseReason::IoError),
     };
-    let (packet, buf) = match read_connect(&shard, &io).await {
+    let deadline = shard.poller.after(CONNECT_TIMEOUT);
+    shard.poller.arm(io.key, deadline);
+    let (packet, buf) = match read_connect(&shard, &io, deadline).await {
         Ok(p) => p,
         Err((reason, answer)) => {
             return answer_and_close(&shard, io, answer.as_deref().unwrap_or(&[]), reason);
@@ -133,7 +135,7 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, peer: Option<std::n
     }
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
-        return serve(shard, io, connect, buf, peer, assigned);
+        return serve(shard, io, connect, buf, assigned, deadline);
     }
     // Hand the socket itself to the home shard: the descriptor crosses the mesh.
     let fd = shard.poller.deregister(io);
@@ -144,7 +146,7 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, peer: Option<std::n
             fd,
             connect,
             rest: buf,
-            peer,
+            peer: None,
             assigned,
         })),
     );
@@ -155,9 +157,8 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, peer: Option<std::n
 async fn read_connect(
     shard: &Shard,
     io: &Io,
+    deadline: u64,
 ) -> Result<(Packet, BytesMut), (CloseReason, Option<Vec<u8>>)> {
-    let deadline = shard.poller.after(CONNECT_TIMEOUT);
-    shard.poller.arm(io.key, deadline);
     let mut buf = BytesMut::new();
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
     decoder.set_reads_client(true);
@@ -197,7 +198,7 @@ async fn read_connect(
 /// A connection handed over by another shard.
 pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
     match shard.poller.register(h.fd) {
-        Ok(io) => serve(shard, io, h.connect, h.rest, h.peer, h.assigned),
+        Ok(io) => serve(shard, io, h.connect, h.rest, h.assigned, u64::MAX),
         Err(_) => shard.stats.close(CloseReason::IoError),
     }
 }
@@ -208,11 +209,11 @@ fn serve(
     io: Io,
     connect: Box<Connect>,
     buf: BytesMut,
-    peer: Option<std::net::SocketAddr>,
     assigned: bool,
+    armed: u64,
 ) {
     let version = connect.protocol;
-    let accepted = connect::accept(&shard, &connect, peer, assigned);
+    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), assigned);
     drop(connect); // the session took what it needs
     let (sid, conn, keep_alive) = match accepted {
         Ok(accepted) => accepted,
@@ -224,7 +225,7 @@ fn serve(
     };
     shard.conns.set(shard.conns.get() + 1);
     shard.stats.connections.inc();
-    let link = Link::new(&shard, version, keep_alive, buf);
+    let link = Link::new(&shard, version, keep_alive, buf, armed);
     // The handshake's task ends here; this small one lives as long as the connection.
     glommio::spawn_local(Served {
         shard,
@@ -301,12 +302,25 @@ struct Link {
 }
 
 impl Link {
-    fn new(shard: &Shard, version: ProtocolVersion, keep_alive: u16, inbuf: BytesMut) -> Self {
+    /// `armed`: a poller entry still pending for this socket (the CONNECT
+    /// deadline), so the keep-alive deadline needs none before it fires.
+    fn new(
+        shard: &Shard,
+        version: ProtocolVersion,
+        keep_alive: u16,
+        inbuf: BytesMut,
+        armed: u64,
+    ) -> Self {
         let mut decoder = Decoder::new(shard.cfg.max_packet_size);
         decoder.set_version(version);
         decoder.set_reads_client(true);
         Link {
-            inbuf,
+            // An empty remainder still holds the CONNECT's read buffer.
+            inbuf: if inbuf.is_empty() {
+                BytesMut::new()
+            } else {
+                inbuf
+            },
             decoder,
             batch: 0,
             batch_deadline: 0,
@@ -315,7 +329,7 @@ impl Link {
             // Keep alive: 1.5 times the interval [MQTT-3.1.2-22] (3.1.1: [MQTT-3.1.2-24]).
             keep_alive_ms: keep_alive as u64 * 1500,
             last_read: shard.poller.now_ms(),
-            armed: u64::MAX,
+            armed,
         }
     }
 
@@ -412,7 +426,7 @@ impl Link {
         if conn.closing() {
             return true;
         }
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+        if self.inbuf.is_empty() {
             // Drop the last read's allocation (decoded packets keep their slices).
             self.inbuf = BytesMut::new();
         }

@@ -257,26 +257,22 @@ impl Drop for Listening<'_> {
     }
 }
 
-/// One non-blocking `accept4`: the socket (non-blocking) and its peer.
-fn accept_one(listener: &Io) -> io::Result<(OwnedFd, Option<std::net::SocketAddr>)> {
-    // SAFETY: `try_init` hands us valid storage and length pointers for accept4.
-    let (fd, addr) = unsafe {
-        socket2::SockAddr::try_init(|storage, len| {
-            let fd = libc::accept4(
-                listener.fd.as_raw_fd(),
-                storage.cast(),
-                len,
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            );
-            if fd < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(fd)
-            }
-        })?
+/// One non-blocking `accept4` (the socket is non-blocking too).
+fn accept_one(listener: &Io) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; null address pointers are allowed by accept4.
+    let fd = unsafe {
+        libc::accept4(
+            listener.fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
     };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: `fd` is a fresh descriptor from accept4, owned by nobody else.
-    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, addr.as_socket()))
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
@@ -302,9 +298,9 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
     let mut burst = 0u32;
     loop {
         match accept_one(listener) {
-            Ok((fd, peer)) => {
+            Ok(fd) => {
                 shard.stats.connections_total.inc();
-                spawn_local(crate::connection::handshake(shard.clone(), fd, peer)).detach();
+                spawn_local(crate::connection::handshake(shard.clone(), fd)).detach();
                 burst += 1;
                 if burst.is_multiple_of(64) {
                     futures_lite::future::yield_now().await;
