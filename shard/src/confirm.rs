@@ -16,7 +16,7 @@
 //! Recovery (before any client is served) delivers each prepared message
 //! to the targets without an origin row, then does step 3. So a crash at
 //! any point neither loses a message PUBREC'd nor delivers one twice when
-//! the publisher resends it [MQTT-4.3.3-9] [MQTT-4.3.3-10] (v5) /
+//! the publisher resends it [MQTT-4.3.3-8] [MQTT-4.3.3-10] (v5) /
 //! [MQTT-4.3.3-2] (3.1.1).
 
 use crate::conn_out::ConnOut;
@@ -138,8 +138,9 @@ pub(crate) fn prepare(
         subscription_ids: &no_ids,
         received_at_ms: store::unix_ms(),
     };
-    // [MQTT-4.3.3-9] the packet id (with the message) is durable before any
-    // copy leaves this shard, and so before PUBREC.
+    // [MQTT-4.3.3-8] ([MQTT-4.3.3-2] (3.1.1)) PUBREC only once ownership is
+    // taken: the packet id (with the message) is durable before any copy
+    // leaves this shard, and so before PUBREC.
     let ticket = shard
         .store
         .prepare_inbound_qos2(key, id, token, &targets, m);
@@ -286,8 +287,8 @@ fn settle(shard: &Rc<Shard>, token: u64, w: Waiting) {
 }
 
 /// A copy could not be stored. v5: PUBACK/PUBREC carries `code` and, for
-/// QoS 2, the flow ends there, so the id is forgotten (v5 4.3.3: a PUBREC
-/// with a reason of 0x80 or more ends it). 3.1.1 has no negative
+/// QoS 2, the flow ends there, so the id is forgotten ([MQTT-4.3.3-9]: after
+/// a PUBREC of 0x80 or more, that id on a PUBLISH is a new message). 3.1.1 has no negative
 /// acknowledgement: the connection closes; a QoS 2 id is kept, so the resend
 /// is answered from it and never routed twice (the prepared row stays for
 /// recovery to complete after a restart).

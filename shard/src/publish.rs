@@ -56,7 +56,7 @@ fn route_in_order(shard: &Rc<Shard>, sid: SessionId, p: Publish, req: Option<Con
 }
 
 /// A new inbound QoS 2 message: routed once [MQTT-4.3.3-10], its packet id
-/// stored before PUBREC [MQTT-4.3.3-9]. Sync mode, persistent publisher:
+/// stored before PUBREC [MQTT-4.3.3-8] ([MQTT-4.3.3-2] (3.1.1)). Sync mode, persistent publisher:
 /// all copies local, the id row joins their commit; copies for other
 /// shards go through a prepared row first (`confirm.rs`), because two
 /// shards' commits are not atomic. Batch mode acknowledges at once (its

@@ -333,7 +333,7 @@ impl Store {
     }
 
     /// Inbound QoS 2 PUBLISH to be routed to other shards: the id and the
-    /// message, stored before any copy leaves this shard [MQTT-4.3.3-9]. Each
+    /// message, stored before any copy leaves this shard [MQTT-4.3.3-8]. Each
     /// target stores an origin row `(this shard, nonce)` with its copies;
     /// recovery delivers to the targets without one. `put_inbound_qos2(.., None)`
     /// marks it done once every target confirmed.
