@@ -357,6 +357,8 @@ cases! {
     kill_after_half_acked: Stop::Kill(KillAt::HalfAcked), false;
     kill_after_last_ack: Stop::Kill(KillAt::LastAck), false;
     batch_sigterm_after_last_ack: Stop::GracefulBatch, false;
+    resume_publisher_after_first_ack: Stop::Kill(KillAt::FirstAck), true;
+    resume_publisher_after_last_ack: Stop::Kill(KillAt::LastAck), true;
 }
 
 /// The publisher resumes after the kill. With 2 shards the subscriber's session lives on the
