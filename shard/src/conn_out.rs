@@ -19,16 +19,19 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
-/// Acknowledgements waiting: (token, packet, confirmed).
+/// Acknowledgements held until other shards confirm, in order:
+/// (token, packet, confirmed). Token 0: nothing to wait for.
 type Held = VecDeque<(u64, Packet, bool)>;
 
-/// A v5 connection's topic aliases.
+/// What few connections use, boxed at first use.
 #[derive(Default)]
-struct Aliases {
-    /// Ours, towards the client.
+struct Cold {
+    /// Our topic aliases, towards the client (v5).
     out: HashMap<Box<str>, u16>,
-    /// The client's, towards us.
+    /// The client's topic aliases, towards us (v5).
     inbound: HashMap<u16, TopicName>,
+    /// Acknowledgements held until other shards confirm, in order.
+    held: Held,
 }
 
 /// Outbound state of one live connection.
@@ -46,18 +49,14 @@ pub struct ConnOut {
     pub max_packet: u32,
     /// The client's Topic Alias Maximum (0: no outbound aliases).
     pub alias_max: u16,
-    /// Topic aliases both ways, allocated at the first one (v5 only).
-    aliases: RefCell<Option<Box<Aliases>>>,
+    /// Topic aliases and held acknowledgements, allocated at the first one.
+    cold: RefCell<Option<Box<Cold>>>,
     /// The socket (for `peer`; valid while the connection is the session's).
     fd: RawFd,
     pub keep_alive: u16,
     pub clean_start: bool,
     /// In `sync` durability: the writer waits for the store before writing.
     pub gate: Cell<bool>,
-    /// Acknowledgements held until other shards confirm, in order:
-    /// (token, packet, confirmed). Token 0: nothing to wait for.
-    /// Boxed at first use: most connections never hold one.
-    held: RefCell<Option<Box<Held>>>,
 }
 
 impl ConnOut {
@@ -79,12 +78,11 @@ impl ConnOut {
             receive_max: receive_max.max(1),
             max_packet,
             alias_max,
-            aliases: RefCell::new(None),
+            cold: RefCell::new(None),
             fd,
             keep_alive,
             clean_start,
             gate: Cell::new(false),
-            held: RefCell::new(None),
         }
     }
 
@@ -104,25 +102,27 @@ impl ConnOut {
     /// Sends an acknowledgement, after those held before it [MQTT-4.6.0-2];
     /// with a token, it waits for `release_ack(token)`.
     pub fn ack(&self, p: Packet, token: Option<u64>) {
-        let mut held = self.held.borrow_mut();
+        let mut cold = self.cold.borrow_mut();
         match token {
-            Some(t) => held
+            Some(t) => cold
                 .get_or_insert_with(Box::default)
+                .held
                 .push_back((t, p, false)),
-            None if held.as_ref().is_none_or(|h| h.is_empty()) => {
-                drop(held);
+            None if cold.as_ref().is_none_or(|c| c.held.is_empty()) => {
+                drop(cold);
                 self.send(&p);
             }
-            None => held
+            None => cold
                 .get_or_insert_with(Box::default)
+                .held
                 .push_back((0, p, true)),
         }
     }
 
     /// Other shards confirmed the publish behind `token`.
     pub fn release_ack(&self, token: u64) {
-        let mut held = self.held.borrow_mut();
-        let Some(held) = held.as_mut() else {
+        let mut cold = self.cold.borrow_mut();
+        let Some(held) = cold.as_mut().map(|c| &mut c.held) else {
             return;
         };
         if let Some(e) = held.iter_mut().find(|e| e.0 == token) {
@@ -138,8 +138,8 @@ impl ConnOut {
     /// The publish behind `token` was refused (v5): its held PUBACK/PUBREC
     /// carries `code` instead of Success, then leaves in order.
     pub fn refuse_ack(&self, token: u64, code: ReasonCode) {
-        if let Some(held) = self.held.borrow_mut().as_mut() {
-            if let Some(e) = held.iter_mut().find(|e| e.0 == token) {
+        if let Some(cold) = self.cold.borrow_mut().as_mut() {
+            if let Some(e) = cold.held.iter_mut().find(|e| e.0 == token) {
                 if let Packet::PubAck(r) | Packet::PubRec(r) = &mut e.1 {
                     r.reason = code;
                 }
@@ -213,8 +213,8 @@ impl ConnOut {
 
     fn alias_for(&self, frame: &PublishFrame) -> Option<(u16, bool)> {
         let topic = frame.topic();
-        let mut aliases = self.aliases.borrow_mut();
-        let aliases = &mut aliases.get_or_insert_with(Box::default).out;
+        let mut cold = self.cold.borrow_mut();
+        let aliases = &mut cold.get_or_insert_with(Box::default).out;
         if let Some(&a) = aliases.get(topic) {
             return Some((a, false));
         }
@@ -228,7 +228,7 @@ impl ConnOut {
 
     /// The topic a client's inbound alias stands for.
     pub fn alias_in(&self, alias: u16) -> Option<TopicName> {
-        self.aliases
+        self.cold
             .borrow()
             .as_ref()
             .and_then(|a| a.inbound.get(&alias).cloned())
@@ -236,7 +236,7 @@ impl ConnOut {
 
     /// Records a client's inbound alias.
     pub fn set_alias_in(&self, alias: u16, topic: TopicName) {
-        self.aliases
+        self.cold
             .borrow_mut()
             .get_or_insert_with(Box::default)
             .inbound

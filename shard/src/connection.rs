@@ -290,12 +290,11 @@ struct Link {
     batch: usize,
     /// When the batch must be out (slow consumer), poller clock.
     batch_deadline: u64,
-    /// Durability `sync`: the commit the next batch waits for...
-    ticket: Option<Ticket>,
-    /// ...and that batch's size.
-    ticket_len: usize,
+    /// Durability `sync`: the commit the next batch waits for, and that
+    /// batch's size (boxed: most connections never wait for one).
+    ticket: Option<Box<(Ticket, usize)>>,
     /// Keep alive times 1.5, ms (0: none).
-    keep_alive_ms: u64,
+    keep_alive_ms: u32,
     last_read: u64,
     /// The deadline our latest poller timer entry stands for (u64::MAX: none).
     armed: u64,
@@ -325,9 +324,8 @@ impl Link {
             batch: 0,
             batch_deadline: 0,
             ticket: None,
-            ticket_len: 0,
             // Keep alive: 1.5 times the interval [MQTT-3.1.2-22] (3.1.1: [MQTT-3.1.2-24]).
-            keep_alive_ms: keep_alive as u64 * 1500,
+            keep_alive_ms: keep_alive as u32 * 1500,
             last_read: shard.poller.now_ms(),
             armed,
         }
@@ -359,7 +357,7 @@ impl Link {
                 conn.request_close(CloseReason::SlowConsumer);
                 return Poll::Ready(CloseReason::SlowConsumer);
             }
-            if self.keep_alive_ms > 0 && now >= self.last_read + self.keep_alive_ms {
+            if self.keep_alive_ms > 0 && now >= self.last_read + self.keep_alive_ms as u64 {
                 conn.request_close(CloseReason::KeepAliveTimeout);
             }
             if let Some(reason) = conn.close.get() {
@@ -383,7 +381,7 @@ impl Link {
     fn arm(&mut self, shard: &Shard, key: u32, now: u64) {
         let mut next = u64::MAX;
         if self.keep_alive_ms > 0 {
-            next = self.last_read + self.keep_alive_ms;
+            next = self.last_read + self.keep_alive_ms as u64;
         }
         if self.batch > 0 {
             next = next.min(self.batch_deadline);
@@ -470,14 +468,11 @@ impl Link {
                 }
                 if conn.gate.get() {
                     // Durability sync: nothing leaves before the rows behind it are durable.
-                    if self.ticket.is_none() {
-                        self.ticket = Some(shard.store.flush());
-                        self.ticket_len = len;
-                    }
-                    let polled = match &mut self.ticket {
-                        Some(t) => Pin::new(t).poll(cx),
-                        None => Poll::Ready(Ok(())),
-                    };
+                    let t = self
+                        .ticket
+                        .get_or_insert_with(|| Box::new((shard.store.flush(), len)));
+                    let polled = Pin::new(&mut t.0).poll(cx);
+                    let ticket_len = t.1;
                     match polled {
                         Poll::Pending => return Ok(wrote),
                         Poll::Ready(Err(e)) => {
@@ -486,7 +481,7 @@ impl Link {
                             return Err(CloseReason::StorageError);
                         }
                         Poll::Ready(Ok(())) => {
-                            self.batch = self.ticket_len;
+                            self.batch = ticket_len;
                             self.ticket = None;
                         }
                     }
