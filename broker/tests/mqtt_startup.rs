@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// Issue 3 ("a shard that cannot start is an error of `start`"): under parallel starts every
-/// 2-shard broker starts (ready, serving) and shuts down gracefully.
+/// 2-shard broker starts (ready, serving) and shuts down gracefully. This caught a glommio
+/// executor parking with runnable work (vendor/README.md).
 #[test]
-#[ignore = "broker: intermittent 'a shard did not start' under CPU contention (both shard executors asleep in io_uring wait during the mesh channel connect, a lost cross-executor wakeup); run with --ignored"]
 fn two_shard_brokers_start_and_stop_reliably_in_parallel() {
     let threads: Vec<_> = (0..4)
         .map(|t| {

@@ -102,18 +102,16 @@ pub(crate) async fn run(init: ShardInit) {
         .map(|tx| tx.map(|tx| spawn_local(tx.connect())))
         .collect();
     // A peer's connect never wakes this executor: glommio re-polls pending
-    // connects only when the reactor turns. A parked executor, even with a
-    // 1 ms timer pending, was seen to stay asleep for 10 s or more under CPU
-    // contention (gdb: both shards in io_uring_enter, no timeout). So the
-    // executor does not park until the mesh is joined: a task that yields its
-    // task queue keeps it running, and every turn of the executor's loop
-    // polls the reactor, which re-polls the connects (normally well under a
-    // millisecond of spinning).
+    // connects only when its reactor turns. So a ticker turns it while
+    // connecting, and each shard, once connected, sends every peer an empty
+    // batch whose notification (the peer's eventfd) wakes a sleeping peer at
+    // once. (The 10 s startup stalls once blamed on this were a glommio bug,
+    // fixed in vendor/glommio: see vendor/README.md.)
     let connecting = Rc::new(Cell::new(true));
     let ticking = connecting.clone();
     let ticker = spawn_local(async move {
         while ticking.get() {
-            glommio::executor().yield_task_queue_now().await;
+            glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     });
     let mut senders = Vec::with_capacity(init.shards);
@@ -129,6 +127,9 @@ pub(crate) async fn run(init: ShardInit) {
     }
     connecting.set(false);
     ticker.await;
+    for tx in senders.iter().flatten() {
+        let _ = tx.try_send(ShardMsg::Batch(Vec::new()));
+    }
     let mesh = Rc::new(Mesh::new(init.id, senders));
     let poller = Rc::new(Poller::new().expect("cannot create the shard's epoll set"));
     spawn_local(poller.clone().run()).detach();
