@@ -74,6 +74,62 @@ impl ClientIndex {
     }
 }
 
+/// A queue that allocates nothing until its first element: 8 bytes in
+/// every session instead of a `VecDeque`'s 32, and most sessions (idle,
+/// or QoS 0 only) never hold a QoS 1/2 message. `clear` gives the memory back.
+#[allow(clippy::box_collection)] // the box is the point: 8 bytes while empty
+pub struct LazyDeque<T>(Option<Box<VecDeque<T>>>);
+
+impl<T> Default for LazyDeque<T> {
+    fn default() -> Self {
+        LazyDeque(None)
+    }
+}
+
+impl<T> LazyDeque<T> {
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push_back(&mut self, v: T) {
+        self.0.get_or_insert_with(Box::default).push_back(v);
+    }
+
+    pub fn pop_front(&mut self) -> Option<T> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    pub fn remove(&mut self, i: usize) -> Option<T> {
+        self.0.as_mut()?.remove(i)
+    }
+
+    pub fn iter(&self) -> std::iter::Flatten<std::option::IntoIter<&VecDeque<T>>> {
+        self.0.as_deref().into_iter().flatten()
+    }
+
+    pub fn iter_mut(&mut self) -> std::iter::Flatten<std::option::IntoIter<&mut VecDeque<T>>> {
+        self.0.as_deref_mut().into_iter().flatten()
+    }
+
+    /// Empties the queue and frees its memory.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl<'a, T> IntoIterator for &'a LazyDeque<T> {
+    type Item = &'a T;
+    type IntoIter = std::iter::Flatten<std::option::IntoIter<&'a VecDeque<T>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.as_deref().into_iter().flatten()
+    }
+}
+
 /// A message as received, shared by every session of this shard that holds it.
 pub struct Message {
     /// The publish (topic resolved, no alias, no subscription ids).
@@ -153,9 +209,9 @@ pub struct Session {
     pub generation: u64,
     pub subs: HashMap<TopicFilter, SubEntry>,
     /// Outbound QoS 1/2 in send order.
-    pub inflight: VecDeque<Outflight>,
+    pub inflight: LazyDeque<Outflight>,
     /// Outbound QoS 1/2 waiting for the window.
-    pub queue: VecDeque<Queued>,
+    pub queue: LazyDeque<Queued>,
     /// Inbound QoS 2 packet ids received, PUBREC sent, PUBREL not yet [MQTT-4.3.3-10].
     pub inbound_qos2: SmallVec<[u16; 8]>,
     next_packet_id: u16,
@@ -181,8 +237,8 @@ impl Session {
             conn: None,
             generation: 0,
             subs: HashMap::new(),
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
+            inflight: LazyDeque::default(),
+            queue: LazyDeque::default(),
             inbound_qos2: SmallVec::new(),
             next_packet_id: 0,
             expiry: 0,
