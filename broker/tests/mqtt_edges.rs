@@ -193,6 +193,12 @@ async fn server_packets_carry_no_reason_string_or_user_property(ctx: Ctx) {
         }
         other => panic!("expected PUBACK, got {other:?}"),
     }
+    // The refusal is counted by its reason.
+    assert_eq!(
+        ctx.broker
+            .stat(|s| s.refusals_for(ReasonCode::PayloadFormatInvalid)),
+        1
+    );
     // Topic Alias 0 is a protocol error: DISCONNECT 0x94 without a reason string.
     let mut bad = publish_packet("nr/t", 0, false, 0, b"x");
     bad.properties.topic_alias = Some(0);

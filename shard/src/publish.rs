@@ -13,9 +13,10 @@ use std::rc::Rc;
 
 /// Refuses a publish: v5 QoS 1/2 get the reason in PUBACK/PUBREC; otherwise
 /// the connection closes (v5 with DISCONNECT carrying the reason).
-fn refuse(conn: &ConnOut, p: &Publish, code: ReasonCode) -> Result<(), CloseReason> {
+fn refuse(shard: &Shard, conn: &ConnOut, p: &Publish, code: ReasonCode) -> Result<(), CloseReason> {
     if conn.version == ProtocolVersion::V5 {
         if let Some(id) = p.packet_id {
+            shard.stats.refuse(code);
             let r = resp(id, code);
             conn.send(&match p.qos {
                 QoS::AtLeastOnce => Packet::PubAck(r),
@@ -155,7 +156,7 @@ pub(crate) fn inbound(
     if p.topic.len() > cfg.max_topic_length
         || crate::topic::levels(p.topic.as_str()).count() > cfg.max_topic_levels
     {
-        return refuse(conn, &p, ReasonCode::TopicNameInvalid);
+        return refuse(shard, conn, &p, ReasonCode::TopicNameInvalid);
     }
     if p.retain && !cfg.retain_available {
         // [MQTT-3.3.1-14] (v5) RETAIN=1 when Retain Available is 0.
@@ -169,7 +170,7 @@ pub(crate) fn inbound(
     if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err()
     {
         // [MQTT-3.3.2-4] payload declared UTF-8 must be UTF-8 (v5 reason 0x99).
-        return refuse(conn, &p, ReasonCode::PayloadFormatInvalid);
+        return refuse(shard, conn, &p, ReasonCode::PayloadFormatInvalid);
     }
     let packet_id = p.packet_id.take();
     p.dup = false;
@@ -177,7 +178,12 @@ pub(crate) fn inbound(
     if p.qos != QoS::AtMostOnce {
         if shard.store.no_space() {
             // The store is full: nothing more can be promised (v5 0x97; 3.1.1 closes).
-            return refuse(conn, &Publish { packet_id, ..p }, ReasonCode::QuotaExceeded);
+            return refuse(
+                shard,
+                conn,
+                &Publish { packet_id, ..p },
+                ReasonCode::QuotaExceeded,
+            );
         }
         if sync {
             conn.gate_on_durability();
