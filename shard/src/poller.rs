@@ -322,26 +322,33 @@ impl Poller {
 
     /// The poller's task: runs for the life of the shard.
     pub async fn run(self: std::rc::Rc<Self>) {
-        let mut idle_rounds = 0u32;
+        // Wake-ups by the epoll stream that found no event, in a row.
+        let mut spurious = 0u32;
+        let mut by_epoll = false;
+        let mut armed: Option<Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
         loop {
             let events = self.dispatch();
-            let fired = self.fire_timers();
-            if events == 0 && fired == 0 {
-                idle_rounds += 1;
-                if idle_rounds > 3 {
+            self.fire_timers();
+            if by_epoll && events == 0 {
+                spurious += 1;
+                if spurious > 3 {
                     // Never spin, whatever the runtime does with the epoll stream.
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
             } else {
-                idle_rounds = 0;
+                spurious = 0;
             }
-            let ready = match self.epoll_readable() {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!("epoll wait failed: {e}");
-                    glommio::timer::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
+            // The epoll wait stays armed across timer and kick wake-ups.
+            let ready = match &mut armed {
+                Some(r) => r,
+                None => match self.epoll_readable() {
+                    Ok(f) => armed.insert(Box::pin(f)),
+                    Err(e) => {
+                        tracing::warn!("epoll wait failed: {e}");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
             };
             let next = self
                 .timers
@@ -357,10 +364,18 @@ impl Poller {
                     glommio::timer::sleep(Duration::from_millis(left)).await;
                 }
             };
-            let woken = futures_lite::future::or(ready, async {
+            let ready = async {
+                ready.as_mut().await;
+                true
+            };
+            by_epoll = futures_lite::future::or(ready, async {
                 futures_lite::future::or(timer, self.kick.wait()).await;
-            });
-            woken.await;
+                false
+            })
+            .await;
+            if by_epoll {
+                armed = None;
+            }
             self.sleeping_until.set(0);
         }
     }
