@@ -1,5 +1,5 @@
 //! The outbound side of one connection: a byte buffer that handlers and
-//! fan-out append to, drained by the connection's writer task once per tick.
+//! fan-out append to, drained by the connection's task once per tick.
 //!
 //! Everything a shard sends to a client goes through here, so the per-
 //! connection limits (buffer bound, client's Maximum Packet Size, outbound
@@ -36,9 +36,9 @@ struct Cold {
 
 /// Outbound state of one live connection.
 pub struct ConnOut {
-    /// Bytes waiting for the writer.
+    /// Bytes waiting to be written (no allocation while empty).
     pub buf: RefCell<BytesMut>,
-    /// Wakes the writer.
+    /// Wakes the connection's task.
     pub wake: Notify,
     /// Set when the connection must close once `buf` is flushed.
     pub close: Cell<Option<CloseReason>>,
@@ -55,7 +55,7 @@ pub struct ConnOut {
     fd: RawFd,
     pub keep_alive: u16,
     pub clean_start: bool,
-    /// In `sync` durability: the writer waits for the store before writing.
+    /// In `sync` durability: the task waits for the store before writing.
     pub gate: Cell<bool>,
 }
 
@@ -94,7 +94,7 @@ impl ConnOut {
         socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
     }
 
-    /// From now on the writer waits for durability before writing.
+    /// From now on the task waits for durability before writing.
     pub fn gate_on_durability(&self) {
         self.gate.set(true);
     }
@@ -248,7 +248,7 @@ impl ConnOut {
         self.send(&Packet::PubRel(resp(id, ReasonCode::Success)));
     }
 
-    /// Asks the writer to flush and close.
+    /// Asks the connection to flush and close.
     pub fn request_close(&self, reason: CloseReason) {
         if self.close.get().is_none() {
             self.close.set(Some(reason));

@@ -399,7 +399,7 @@ impl Session {
         let Some(packet_id) = self.alloc_packet_id() else {
             return;
         };
-        // The row is written before the PUBLISH; in sync mode the writer holds
+        // The row is written before the PUBLISH; in sync mode the connection holds
         // the bytes until it is durable, so a restart resends the same id.
         self.persist_out(
             shard,
