@@ -191,6 +191,22 @@ pub struct Queued {
     pub sub_ids: SmallVec<[u32; 1]>,
 }
 
+/// `HashMap`'s keyed SipHash with one random key per process instead of one
+/// per map: the same protection against chosen collisions, and a zero-sized
+/// state instead of 16 bytes in every session.
+#[derive(Clone, Copy, Default)]
+pub struct ProcessKeys;
+
+impl std::hash::BuildHasher for ProcessKeys {
+    type Hasher = std::collections::hash_map::DefaultHasher;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        KEYS.get_or_init(Default::default).build_hasher()
+    }
+}
+
 /// One subscription as the session remembers it.
 #[derive(Clone, Debug)]
 pub struct SubEntry {
@@ -207,7 +223,7 @@ pub struct Session {
     pub conn: Option<Rc<ConnOut>>,
     /// Bumped at every (re)connect; stale timers compare it.
     pub generation: u64,
-    pub subs: HashMap<TopicFilter, SubEntry>,
+    pub subs: HashMap<TopicFilter, SubEntry, ProcessKeys>,
     /// Outbound QoS 1/2 in send order.
     pub inflight: LazyDeque<Outflight>,
     /// Outbound QoS 1/2 waiting for the window.
@@ -236,7 +252,7 @@ impl Session {
             version,
             conn: None,
             generation: 0,
-            subs: HashMap::new(),
+            subs: HashMap::default(),
             inflight: LazyDeque::default(),
             queue: LazyDeque::default(),
             inbound_qos2: SmallVec::new(),
