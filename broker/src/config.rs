@@ -159,6 +159,9 @@ section! {
         /// Commit interval with --durability batch, ms (the loss window)
         #[arg(long, value_name = "MS", default_value_t = 10)]
         pub batch_interval_ms: u64,
+        /// Storage quota per shard, bytes (0: none); past it new QoS 1/2 is refused
+        #[arg(long, value_name = "BYTES", default_value_t = 0)]
+        pub store_max_bytes: u64,
     }
 }
 

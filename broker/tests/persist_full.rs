@@ -2,9 +2,10 @@
 //! (v5 PUBACK 0x97 Quota exceeded; 3.1.1 has no negative acknowledgement, so the connection is
 //! closed), QoS 0 still served, and nothing already acknowledged lost, across SIGKILL too.
 //!
-//! The store is capped at 1 MiB (`RINGMQ_STORE_MAX_MAP_BYTES`, inherited by the brokers this
-//! test process starts); an offline persistent subscriber takes 64 KiB QoS 1 messages until the
-//! commits fail for lack of space. One test function: the cap is process-wide.
+//! The store is capped at 1 MiB (`--store-max-bytes`, through `RINGMQ_STORE_MAX_BYTES`, which
+//! the brokers this test process starts inherit); an offline persistent subscriber takes 64 KiB
+//! QoS 1 messages until the commits fail for lack of space. One test function: the variable is
+//! process-wide.
 #[macro_use]
 mod common;
 
@@ -146,7 +147,8 @@ async fn full(v: ProtocolVersion) {
 
 #[tokio::test]
 async fn full_store_refuses_qos1_serves_qos0_and_keeps_what_was_acknowledged() {
-    std::env::set_var(ringmq_shard::store::MAX_MAP_ENV, (1usize << 20).to_string());
+    // The broker binaries this process starts inherit it (flag --store-max-bytes).
+    std::env::set_var("RINGMQ_STORE_MAX_BYTES", (1usize << 20).to_string());
     full(ProtocolVersion::V5).await;
     full(ProtocolVersion::V3_1_1).await;
 }

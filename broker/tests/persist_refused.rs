@@ -1,9 +1,9 @@
 //! A copy another shard cannot store gets the publisher a definite answer, never a held
 //! acknowledgement (`docs/storage.md`, "Exactly once across shards").
 //!
-//! Each shard's store is capped at 1 MiB (`RINGMQ_STORE_MAX_MAP_BYTES`). An offline persistent
-//! subscriber on shard B takes 64 KiB messages from a publisher on shard A until B's commits fail
-//! for lack of space. A's own store has room, so A accepts the PUBLISH and routes it; B answers
+//! Each shard's store is capped at 1 MiB (`--store-max-bytes`, here through
+//! `RINGMQ_STORE_MAX_BYTES`). An offline persistent subscriber on shard B takes 64 KiB messages
+//! from a publisher on shard A until B's commits fail for lack of space. A's own store has room, so A accepts the PUBLISH and routes it; B answers
 //! `Refused`:
 //! - v5: PUBACK / PUBREC with 0x97 Quota exceeded; the QoS 2 flow ends there, so a PUBREL for
 //!   that id finds nothing (PUBCOMP 0x92) [MQTT-4.3.3-11];
@@ -132,7 +132,8 @@ async fn refused(v: ProtocolVersion) {
 
 #[tokio::test]
 async fn remote_commit_failure_is_answered() {
-    std::env::set_var(ringmq_shard::store::MAX_MAP_ENV, (1usize << 20).to_string());
+    // The broker binaries this process starts inherit it (flag --store-max-bytes).
+    std::env::set_var("RINGMQ_STORE_MAX_BYTES", (1usize << 20).to_string());
     refused(ProtocolVersion::V5).await;
     refused(ProtocolVersion::V3_1_1).await;
 }

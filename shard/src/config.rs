@@ -78,6 +78,9 @@ pub struct ShardConfig {
     pub data_dir: PathBuf,
     /// Durability of acknowledged messages.
     pub durability: Durability,
+    /// Per-shard storage quota, bytes (0: none). A shard whose store would
+    /// grow past it refuses new QoS 1/2 messages (v5 0x97) until space is freed.
+    pub store_max_bytes: u64,
     /// v5 Retain Available.
     pub retain_available: bool,
     /// v5 Shared Subscription Available.
@@ -114,6 +117,7 @@ impl Default for ShardConfig {
             retained_replay_batch: 256,
             data_dir: PathBuf::from("./data"),
             durability: Durability::None,
+            store_max_bytes: 0,
             retain_available: true,
             shared_subscriptions: true,
             wildcard_subscriptions: true,

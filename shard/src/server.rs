@@ -129,10 +129,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             Arc::new(Vec::new()),
         ),
         d => {
-            let opts = StoreOptions {
-                durability: d,
-                ..StoreOptions::default()
-            };
+            let opts = StoreOptions::with_quota(d, cfg.store_max_bytes);
             let rec = store::open(&cfg.data_dir, shards as u16, &opts)
                 .map_err(|e| io::Error::other(e.to_string()))?;
             let st = &rec.stats;

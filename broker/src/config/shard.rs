@@ -54,6 +54,7 @@ impl Config {
                 },
                 Durability::None => core::Durability::None,
             },
+            store_max_bytes: d.store_max_bytes,
             retain_available: s.retain_available,
             shared_subscriptions: s.shared_subscriptions,
             wildcard_subscriptions: s.wildcard_subscriptions,

@@ -94,19 +94,25 @@ pub struct StoreOptions {
     pub max_map_size: usize,
 }
 
-/// Environment variable: per-shard map ceiling in bytes (a storage quota;
-/// also how tests fill a shard's store). Read once, at open.
-pub const MAX_MAP_ENV: &str = "RINGMQ_STORE_MAX_MAP_BYTES";
+/// The map ceiling without a quota: 1 TiB of address space per shard.
+const NO_QUOTA: usize = 1 << 40;
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        let max_map_size = std::env::var(MAX_MAP_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(1 << 40);
+        StoreOptions::with_quota(Durability::Sync, 0)
+    }
+}
+
+impl StoreOptions {
+    /// `durability` with a per-shard quota of `max_bytes` (0: none), the
+    /// broker's `--store-max-bytes`.
+    pub fn with_quota(durability: Durability, max_bytes: u64) -> Self {
+        let max_map_size = match usize::try_from(max_bytes) {
+            Ok(0) | Err(_) => NO_QUOTA,
+            Ok(n) => n.min(NO_QUOTA),
+        };
         StoreOptions {
-            durability: Durability::Sync,
+            durability,
             initial_map_size: (256 << 20).min(max_map_size),
             max_map_size,
         }
