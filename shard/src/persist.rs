@@ -2,8 +2,8 @@
 //! restored at start, session rows kept in step, and acknowledgements that
 //! wait for every shard holding a copy (durability `sync`).
 //!
-//! Local durability is the writer's job: in `sync` mode a connection's
-//! writer awaits the store's flush ticket before writing, so nothing it
+//! Local durability is the connection's job: in `sync` mode a connection's
+//! task awaits the store's flush ticket before writing, so nothing it
 //! sends (PUBACK, PUBREC, a PUBLISH under a packet id) leaves before the
 //! rows behind it are durable. Copies routed to other shards are confirmed
 //! over the mesh (`MeshItem::Confirm`) once their commit is durable
