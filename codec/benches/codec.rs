@@ -1,5 +1,5 @@
 //! Micro-benchmarks: PUBLISH decode/encode (16 B, 1 KiB, 64 KiB), SUBSCRIBE with 10 filters,
-//! and per-subscriber `PublishFrame::write`. Figures and machine: benches/README.md.
+//! and per-subscriber `PublishFrame::write`. Figures and machine: docs/codec.md.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
