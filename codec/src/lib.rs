@@ -36,7 +36,8 @@
 //!
 //! Elsewhere in the crate: `tests/` (proptests: round trips of every packet in every version,
 //! split input, `PublishFrame`; the named byte vectors are the unit tests at the bottom of each
-//! packet file), `benches/` (criterion), `fuzz/` (cargo-fuzz target, not a workspace member).
+//! packet file), `benches/` (criterion), `examples/decode_batches.rs` (decode timed per batch:
+//! best and median batch), `fuzz/` (cargo-fuzz target, not a workspace member).
 
 mod auth;
 mod connack;
