@@ -49,7 +49,7 @@ mod frame;
 mod packet;
 mod properties;
 pub(crate) mod property;
-pub mod props;
+mod props;
 mod publish;
 mod pubresp;
 mod reason;
@@ -79,7 +79,7 @@ pub use properties::{
     UnsubscribeProperties, WillProperties,
 };
 pub use property::id as property_id;
-pub use props::Props;
+pub use props::{EmptyProps, Props};
 pub use publish::Publish;
 pub use pubresp::PubResp;
 pub use reason::{ConnectReturnCode, ReasonCode};
