@@ -58,7 +58,7 @@ impl Publish {
     #[inline(always)]
     pub(crate) fn decode(
         flags: u8,
-        mut body: Bytes,
+        body: Bytes,
         version: ProtocolVersion,
     ) -> Result<Publish, DecodeError> {
         // Flags were checked with the fixed header (`check_flags`, [MQTT-3.3.1-2/4]).
@@ -93,7 +93,13 @@ impl Publish {
         }
         // The payload is the body itself, advanced past the header fields (no refcount traffic).
         let at = r.position();
-        body.advance(at);
+        // A fresh local (not the one whose address the topic slice took) so the advance can
+        // stay in registers.
+        let payload = {
+            let mut b = body;
+            b.advance(at);
+            b
+        };
         Ok(Publish {
             dup: flags & 0x08 != 0,
             qos,
@@ -101,7 +107,7 @@ impl Publish {
             topic,
             packet_id,
             properties,
-            payload: body,
+            payload,
         })
     }
 
