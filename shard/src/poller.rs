@@ -14,16 +14,14 @@
 //! so a stale entry costs a spurious wake-up, never a wrong close.
 
 use crate::notify::Notify;
-use futures_lite::AsyncRead;
-use glommio::net::TcpStream;
 use slab::Slab;
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// The socket has bytes, an end of stream or an error to read.
@@ -298,26 +296,16 @@ impl Poller {
         }
     }
 
-    /// A future that completes once the epoll set has events.
-    ///
-    /// glommio has no public "wait until this descriptor is readable", but a
-    /// new glommio stream arms exactly that (an io_uring poll request) and its
-    /// first `poll_read` only waits on it. The stream is built on a duplicate
-    /// of the epoll descriptor (a stream closes its descriptor when dropped),
-    /// once per wake-up of the whole shard, never per socket.
+    /// A future that completes once the epoll set has events: one io_uring
+    /// poll request on the epoll descriptor (`glommio::net::poll_readable`,
+    /// added to our vendored glommio: vendor/README.md), armed once per
+    /// wake-up of the whole shard, never per socket.
     fn epoll_readable(&self) -> io::Result<impl std::future::Future<Output = ()>> {
-        // SAFETY: plain syscall on our descriptor; the result is checked and owned below.
-        let dup = cvt(unsafe { libc::fcntl(self.epfd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
-        // SAFETY: `dup` is a fresh descriptor; the stream owns (and closes) it.
-        let mut stream = unsafe { TcpStream::from_raw_fd(dup as RawFd) };
-        Ok(std::future::poll_fn(move |cx: &mut Context<'_>| {
-            let mut byte = [0u8; 1];
-            match Pin::new(&mut stream).poll_read(cx, &mut byte) {
-                Poll::Pending => Poll::Pending,
-                // The poll completed; the read itself fails (not a socket).
-                Poll::Ready(_) => Poll::Ready(()),
-            }
-        }))
+        let ready = glommio::net::poll_readable(self.epfd.as_raw_fd());
+        Ok(async move {
+            // An error of the poll itself shows in the next epoll_wait.
+            let _ = ready.await;
+        })
     }
 
     /// The poller's task: runs for the life of the shard.
@@ -332,7 +320,7 @@ impl Poller {
             if by_epoll && events == 0 {
                 spurious += 1;
                 if spurious > 3 {
-                    // Never spin, whatever the runtime does with the epoll stream.
+                    // Never spin, should the epoll poll keep completing empty.
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
             } else {

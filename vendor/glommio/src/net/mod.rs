@@ -106,6 +106,38 @@ fn yolo_sendmsg(
     }
 }
 
+/// ringmq patch (vendor/README.md): waits until `fd` is readable, with one
+/// io_uring poll request and nothing else: no socket wrapper, no read
+/// attempt. For descriptors glommio has no type for (an epoll set).
+pub fn poll_readable(fd: RawFd) -> PollReadable {
+    PollReadable {
+        source: crate::executor().reactor().poll_read_ready(fd),
+    }
+}
+
+/// The future of [`poll_readable`]; dropping it cancels the poll request.
+#[derive(Debug)]
+pub struct PollReadable {
+    source: crate::sys::Source,
+}
+
+impl std::future::Future for PollReadable {
+    type Output = io::Result<()>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.source.result() {
+            Some(r) => std::task::Poll::Ready(r.map(|_| ())),
+            None => {
+                self.source.add_waiter_single(cx.waker());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
 mod datagram;
 mod stream;
 mod tcp_socket;
