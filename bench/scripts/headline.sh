@@ -19,6 +19,7 @@ for run in ${runs[@]}; do
     pairs)   bench/compare.sh pairs --pairs 50 --qos 0 --payload 64 "${common[@]}" ;;
     fanout)  bench/compare.sh fanout -s 1000 --qos 0 --payload 64 "${common[@]}" ;;
     latency) bench/compare.sh --label rate1000 pairs --pairs 50 --rate 1000 "${common[@]}"
+             bench/compare.sh --label rate500 pairs --pairs 50 --rate 500 "${common[@]}"
              bench/compare.sh --label rate200 pairs --pairs 50 --rate 200 "${common[@]}" ;;
     conn)    bench/compare.sh conn -n 9000 --hold 2 --mqtt 3.1.1 -q ;;  # 9000: ringmq uses 2 fds per connection, the hard limit here is 20000
     qos2)    bench/compare.sh qos2-fanout "${common[@]}" ;;
