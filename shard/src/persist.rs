@@ -38,16 +38,14 @@ pub(crate) fn session_connected(shard: &Shard, s: &mut Session, clean: bool) {
         }
     }
     if s.expiry > 0 {
-        // A session already on disk is resumed whatever becomes of this
-        // update (new expiry, connection time): only a new row holds CONNACK
-        // back until it is durable. So a full store refuses new persistent
-        // sessions but lets stored ones reconnect and drain.
-        let stored = s.key.is_some() && !clean;
         let k = *s
             .key
             .get_or_insert_with(|| shard.store.allocate_session_key());
         shard.store.put_session(k, &s.record()).detach();
-        if let (Some(c), true, false) = (&s.conn, sync(shard), stored) {
+        // From here on (sticky) nothing this connection sends leaves before
+        // the rows behind it are durable: CONNACK after the session row, a
+        // PUBLISH after its AwaitingAck row (so a restart resends the same id).
+        if let (Some(c), true) = (&s.conn, sync(shard)) {
             c.gate_on_durability();
         }
     } else if let Some(k) = s.key.take() {
