@@ -24,25 +24,7 @@ async fn blocked_writes_do_not_stop_reading(ctx: Ctx) {
     };
     let ids = spread_ids("blocked", 3, ctx.shards());
     let v = common::raw::version(ctx.proto);
-    let mut stalled = Raw::open_small_rcvbuf(ctx.broker.addr, v, 4096).await;
-    stalled
-        .send(&Packet::Connect(Box::new(common::raw::connect_packet(
-            v, &ids[0], true,
-        ))))
-        .await;
-    assert!(matches!(
-        stalled.expect_packet("CONNACK").await,
-        Packet::ConnAck(_)
-    ));
-    stalled
-        .send(&Packet::Subscribe(common::raw::subscribe_packet(
-            1, "flood/t", 0,
-        )))
-        .await;
-    assert!(matches!(
-        stalled.expect_packet("SUBACK").await,
-        Packet::SubAck(_)
-    ));
+    let mut stalled = Raw::stalled_subscriber(ctx.broker.addr, v, &ids[0], "flood/t").await;
     // From here on `stalled` reads nothing.
     let mut watcher = ctx.client(&ids[1]).await;
     watcher.subscribe("from/stalled", 1).await;

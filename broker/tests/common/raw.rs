@@ -145,6 +145,27 @@ impl Raw {
         }
     }
 
+    /// A clean-session subscriber to `filter` at QoS 0 on a 4 KiB receive buffer, which the
+    /// caller then stops reading: the broker's side of it fills quickly (slow consumers).
+    pub async fn stalled_subscriber(
+        addr: SocketAddr,
+        v: ProtocolVersion,
+        id: &str,
+        filter: &str,
+    ) -> Raw {
+        let mut r = Raw::open_small_rcvbuf(addr, v, 4096).await;
+        r.send(&Packet::Connect(Box::new(connect_packet(v, id, true))))
+            .await;
+        assert!(matches!(
+            r.expect_packet("CONNACK").await,
+            Packet::ConnAck(_)
+        ));
+        r.send(&Packet::Subscribe(subscribe_packet(1, filter, 0)))
+            .await;
+        assert!(matches!(r.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        r
+    }
+
     /// Opens, sends CONNECT and expects a successful CONNACK.
     pub async fn connect(
         addr: SocketAddr,
