@@ -146,7 +146,6 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
             fd,
             connect,
             rest: buf,
-            peer: None,
             assigned,
         })),
     );

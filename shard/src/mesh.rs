@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use glommio::channels::shared_channel::ConnectedSender;
 use ringmq_codec::{Connect, Publish, ReasonCode, TopicFilter};
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
@@ -71,14 +70,12 @@ pub struct ConfirmReq {
 
 /// A connection moving to its home shard after CONNECT.
 pub struct Handoff {
-    /// The socket (a duplicate of the accepting shard's descriptor).
+    /// The socket itself (the accepting shard no longer holds it).
     pub fd: OwnedFd,
     /// The CONNECT already read.
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT.
     pub rest: BytesMut,
-    /// The peer address.
-    pub peer: Option<SocketAddr>,
     /// The client id was assigned by the server (v5 CONNACK tells it).
     pub assigned: bool,
 }
