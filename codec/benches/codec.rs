@@ -41,6 +41,32 @@ fn encoded(p: &Packet) -> Bytes {
 
 /// Decodes frames from a read buffer holding many of them, as a connection does (the buffer is
 /// filled outside the timed part; splitting a frame off it is a refcount, no copy).
+/// Times `iters` runs of `one` over read buffers of up to `batch` copies of `frame`, each
+/// buffer filled outside the timing (as a read would fill it).
+fn time_batches(
+    iters: u64,
+    batch: u64,
+    frame: &[u8],
+    mut one: impl FnMut(&mut BytesMut),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(batch);
+        let mut buf = BytesMut::with_capacity(frame.len() * n as usize);
+        for _ in 0..n {
+            buf.extend_from_slice(frame);
+        }
+        let start = Instant::now();
+        for _ in 0..n {
+            one(&mut buf);
+        }
+        total += start.elapsed();
+        left -= n;
+    }
+    total
+}
+
 fn decode_bench(c: &mut Criterion, name: &str, p: &Packet) {
     let frame = encoded(p);
     let batch = (1 << 20) / frame.len().max(1);
@@ -49,22 +75,9 @@ fn decode_bench(c: &mut Criterion, name: &str, p: &Packet) {
         b.iter_custom(|iters| {
             let mut dec = Decoder::new(0);
             dec.set_version(V5);
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(batch);
-                let mut buf = BytesMut::with_capacity(frame.len() * n as usize);
-                for _ in 0..n {
-                    buf.extend_from_slice(&frame);
-                }
-                let start = Instant::now();
-                for _ in 0..n {
-                    black_box(dec.decode(&mut buf).unwrap());
-                }
-                total += start.elapsed();
-                left -= n;
-            }
-            total
+            time_batches(iters, batch, &frame, |buf| {
+                black_box(dec.decode(buf).unwrap());
+            })
         })
     });
 }
@@ -74,27 +87,13 @@ fn decode_bench(c: &mut Criterion, name: &str, p: &Packet) {
 /// atomic decrements on the read buffer's shared count). A floor for `decode_publish_16B`.
 fn refcount_floor_bench(c: &mut Criterion, name: &str, p: &Packet) {
     let frame = encoded(p);
-    let batch = 4096u64;
     c.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(batch);
-                let mut buf = BytesMut::with_capacity(frame.len() * n as usize);
-                for _ in 0..n {
-                    buf.extend_from_slice(&frame);
-                }
-                let start = Instant::now();
-                for _ in 0..n {
-                    let body = buf.split_to(frame.len()).freeze();
-                    let topic = body.slice(4..8);
-                    black_box((topic, body));
-                }
-                total += start.elapsed();
-                left -= n;
-            }
-            total
+            time_batches(iters, 4096, &frame, |buf| {
+                let body = buf.split_to(frame.len()).freeze();
+                let topic = body.slice(4..8);
+                black_box((topic, body));
+            })
         })
     });
 }
