@@ -116,14 +116,7 @@ impl Raw {
             .expect("TCP connect within 5 s")
             .expect("TCP connect");
         stream.set_nodelay(true).unwrap();
-        let mut dec = Decoder::new(u32::MAX);
-        dec.set_version(v);
-        Raw {
-            stream,
-            buf: BytesMut::with_capacity(4096),
-            dec,
-            version: v,
-        }
+        Raw::on(stream, v)
     }
 
     /// Opens a TCP connection with a small receive buffer (a client that reads slowly or not
@@ -135,6 +128,11 @@ impl Raw {
             .await
             .expect("TCP connect within 5 s")
             .expect("TCP connect");
+        Raw::on(stream, v)
+    }
+
+    /// A client of protocol `v` on a connected stream.
+    fn on(stream: TcpStream, v: ProtocolVersion) -> Raw {
         let mut dec = Decoder::new(u32::MAX);
         dec.set_version(v);
         Raw {
