@@ -114,6 +114,27 @@ fn commit_latency(out: &mut String, s: &MetricsSnapshot) {
     }
 }
 
+/// Storage ops committed and cancelled, for every shard that persists.
+fn storage_ops(out: &mut String, s: &MetricsSnapshot) {
+    if s.shards.iter().all(|m| m.storage_ops.is_none()) {
+        return;
+    }
+    let families = [
+        ("storage_ops_total", "Storage ops (puts, deletes) committed."),
+        (
+            "storage_ops_cancelled_total",
+            "Storage ops that never reached the disk: outbound rows put and deleted before their commit.",
+        ),
+    ];
+    for (i, (name, help)) in families.into_iter().enumerate() {
+        family(out, name, "counter", help);
+        for m in &s.shards {
+            let v = m.storage_ops.unwrap_or_default()[i];
+            let _ = writeln!(out, "ringmq_{name}{{shard=\"{}\"}} {v}", m.shard);
+        }
+    }
+}
+
 /// Renders a snapshot in the Prometheus text format.
 pub fn render(s: &MetricsSnapshot) -> String {
     let mut out = String::with_capacity(4096 + s.shards.len() * 2048);
@@ -304,6 +325,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         |m| m.busy_ratio,
     );
     commit_latency(o, s);
+    storage_ops(o, s);
     out
 }
 

@@ -154,6 +154,14 @@ fn metrics_endpoint_scrapes_and_parses() {
         e.value("ringmq_storage_commit_seconds_count", &[("shard", "1")]),
         Some(6.0)
     );
+    assert_eq!(
+        e.value("ringmq_storage_ops_total", &[("shard", "0")]),
+        Some(40.0)
+    );
+    assert_eq!(
+        e.value("ringmq_storage_ops_cancelled_total", &[("shard", "1")]),
+        Some(3.0)
+    );
     for family in [
         "ringmq_inflight_messages",
         "ringmq_queued_messages",

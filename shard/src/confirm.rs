@@ -282,6 +282,8 @@ fn settle(shard: &Rc<Shard>, token: u64, w: Waiting) {
         forget_after_commit(shard, token, &r.shards);
     }
     if let Some(conn) = w.conn.upgrade() {
+        // The ack follows the done mark's commit (and everything before it).
+        crate::persist::gate(shard, &conn);
         conn.release_ack(token);
     }
 }

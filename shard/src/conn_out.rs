@@ -55,7 +55,8 @@ pub struct ConnOut {
     fd: RawFd,
     pub keep_alive: u16,
     pub clean_start: bool,
-    /// In `sync` durability: the task waits for the store before writing.
+    /// In `sync` durability: the bytes buffered so far wait for the commit
+    /// of every store op pushed so far (cleared when the task takes that ticket).
     pub gate: Cell<bool>,
 }
 
@@ -94,7 +95,8 @@ impl ConnOut {
         socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
     }
 
-    /// From now on the task waits for durability before writing.
+    /// What is buffered (and buffered next) leaves only once every store op
+    /// pushed so far is durable.
     pub fn gate_on_durability(&self) {
         self.gate.set(true);
     }

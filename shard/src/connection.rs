@@ -465,11 +465,14 @@ impl Link {
                     conn.release_idle_buffer();
                     return Ok(wrote);
                 }
-                if conn.gate.get() {
-                    // Durability sync: nothing leaves before the rows behind it are durable.
-                    let t = self
-                        .ticket
-                        .get_or_insert_with(|| Box::new((shard.store.flush(), len)));
+                if conn.gate.get() || self.ticket.is_some() {
+                    // Durability sync: these bytes leave once the rows behind
+                    // them are durable. The ticket covers every op pushed so
+                    // far; bytes buffered later without a new gate follow it.
+                    let t = self.ticket.get_or_insert_with(|| {
+                        conn.gate.set(false);
+                        Box::new((shard.store.flush(), len))
+                    });
                     let polled = Pin::new(&mut t.0).poll(cx);
                     let ticket_len = t.1;
                     match polled {

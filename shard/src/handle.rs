@@ -42,6 +42,9 @@ pub(crate) fn packet(
                     s.inbound_qos2.swap_remove(i);
                     if let Some(k) = s.key {
                         shard.store.delete_inbound_qos2(k, r.packet_id).detach();
+                        // PUBCOMP once the id is forgotten on disk too: the
+                        // client may reuse it for a new message at once.
+                        crate::persist::gate(shard, conn);
                     }
                     true
                 }

@@ -27,11 +27,23 @@ pub(crate) fn sync(shard: &Shard) -> bool {
     shard.store.durability() == Durability::Sync
 }
 
+/// Sync durability: what `conn` has buffered, and buffers before its task
+/// next writes, leaves only once the store ops pushed so far are durable.
+/// Called after the ops an answer depends on: CONNACK (session row), PUBACK
+/// and PUBREC (the message's rows), PUBCOMP (inbound id deleted), SUBACK and
+/// UNSUBACK (subscription rows), an outbound QoS 2 PUBLISH (its id) and PUBREL.
+pub(crate) fn gate(shard: &Shard, conn: &crate::conn_out::ConnOut) {
+    if sync(shard) {
+        conn.gate_on_durability();
+    }
+}
+
 /// Keeps the session's row in step after CONNECT (`clean`: its old state was discarded).
 pub(crate) fn session_connected(shard: &Shard, s: &mut Session, clean: bool) {
     if !shard.store.is_persistent() {
         return;
     }
+    let had_row = s.key.is_some();
     if clean {
         if let Some(k) = s.key {
             shard.store.delete_session(k).detach();
@@ -42,14 +54,13 @@ pub(crate) fn session_connected(shard: &Shard, s: &mut Session, clean: bool) {
             .key
             .get_or_insert_with(|| shard.store.allocate_session_key());
         shard.store.put_session(k, &s.record()).detach();
-        // From here on (sticky) nothing this connection sends leaves before
-        // the rows behind it are durable: CONNACK after the session row, a
-        // PUBLISH after its AwaitingAck row (so a restart resends the same id).
-        if let (Some(c), true) = (&s.conn, sync(shard)) {
-            c.gate_on_durability();
-        }
     } else if let Some(k) = s.key.take() {
         shard.store.delete_session(k).detach();
+    }
+    // CONNACK leaves once the session row is written or gone: what it says
+    // of the session (present or not) holds after a restart.
+    if let (Some(c), true) = (&s.conn, had_row || s.expiry > 0) {
+        gate(shard, c);
     }
 }
 

@@ -185,9 +185,8 @@ pub(crate) fn inbound(
                 ReasonCode::QuotaExceeded,
             );
         }
-        if sync {
-            conn.gate_on_durability();
-        }
+        // Sync: PUBACK/PUBREC leave after the rows routing writes now.
+        crate::persist::gate(shard, conn);
     }
     match (p.qos, packet_id) {
         (QoS::AtMostOnce, _) => {

@@ -265,27 +265,34 @@ impl Session {
         }
     }
 
-    /// Persists one outbound message row (no-op when the session is not persisted).
+    /// Persists one outbound message row (no-op when the session is not
+    /// persisted). `fresh`: `seq` was never written before (a delete before
+    /// the commit then cancels the row outright).
     #[allow(clippy::too_many_arguments)]
     fn persist_out(
         &self,
         shard: &Shard,
         seq: u64,
         state: OutboundState,
-        msg: Option<&Message>,
+        msg: &Message,
         qos: QoS,
         retain: bool,
         ids: &[u32],
+        fresh: bool,
     ) {
         let Some(key) = self.key else { return };
-        let m = msg.map(|m| MessageRef {
-            publish: &m.publish,
+        let m = MessageRef {
+            publish: &msg.publish,
             qos,
             retain,
             subscription_ids: ids,
-            received_at_ms: store::instant_to_unix_ms(m.received_at),
-        });
-        shard.store.put_outbound(key, seq, state, m).detach();
+            received_at_ms: store::instant_to_unix_ms(msg.received_at),
+        };
+        if fresh {
+            shard.store.put_outbound_new(key, seq, state, m).detach();
+        } else {
+            shard.store.put_outbound(key, seq, state, Some(m)).detach();
+        }
     }
 
     fn unpersist_out(&self, shard: &Shard, seq: u64) {
@@ -386,10 +393,11 @@ impl Session {
             shard,
             q.seq,
             OutboundState::Queued,
-            Some(&q.msg),
+            &q.msg,
             q.qos,
             q.retain,
             &q.sub_ids,
+            true,
         );
         self.queue.push_back(q);
         stats.queued.inc();
@@ -415,17 +423,24 @@ impl Session {
         let Some(packet_id) = self.alloc_packet_id() else {
             return;
         };
-        // The row is written before the PUBLISH; in sync mode the connection holds
-        // the bytes until it is durable, so a restart resends the same id.
+        // The row is written before the PUBLISH. QoS 2 (sync): the connection
+        // holds the bytes until it is durable, so a restart resends the same
+        // id [MQTT-4.3.3-3]. QoS 1 leaves at once: a crash before the commit
+        // only means the publisher (unacknowledged) resends, at least once.
+        // A first delivery (`frame`: straight from routing) writes a fresh row.
         self.persist_out(
             shard,
             seq,
             OutboundState::AwaitingAck(packet_id),
-            Some(&msg),
+            &msg,
             qos,
             retain,
             &sub_ids,
+            frame.is_some(),
         );
+        if qos == QoS::ExactlyOnce {
+            crate::persist::gate(shard, &conn);
+        }
         match frame {
             Some(f) => conn.write_publish(stats, f, Some(packet_id), false, retain, &sub_ids),
             None => {
@@ -505,6 +520,11 @@ impl Session {
                 if let Some(key) = self.key {
                     let state = OutboundState::AwaitingPubComp(id);
                     shard.store.put_outbound(key, o.seq, state, None).detach();
+                    // The PUBREL that follows waits for this row: once it is
+                    // out, a restart must resend PUBREL, never the PUBLISH.
+                    if let Some(c) = &self.conn {
+                        crate::persist::gate(shard, c);
+                    }
                 }
                 true
             }

@@ -226,6 +226,8 @@ async fn busy_meter(shard: Rc<Shard>) {
         shard.stats.busy_ns.add(busy.as_nanos() as u64);
         let st = shard.store.stats();
         shard.stats.store_commits.set(st.commits);
+        shard.stats.store_ops.set(st.ops);
+        shard.stats.store_ops_cancelled.set(st.cancelled);
         shard
             .stats
             .store_commit_ns

@@ -168,6 +168,9 @@ pub struct ShardStats {
     /// (`store::COMMIT_BUCKETS_US`), copied from the store every 100 ms.
     pub store_commits: Counter,
     pub store_commit_ns: Counter,
+    /// Store ops committed, and ops cancelled before their commit.
+    pub store_ops: Counter,
+    pub store_ops_cancelled: Counter,
     pub store_commit_buckets: [Counter; 12],
 }
 
@@ -200,6 +203,8 @@ impl Default for ShardStats {
             publish_bytes_out: Default::default(),
             store_commits: Counter::default(),
             store_commit_ns: Counter::default(),
+            store_ops: Counter::default(),
+            store_ops_cancelled: Counter::default(),
             store_commit_buckets: Default::default(),
         }
     }

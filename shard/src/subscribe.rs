@@ -94,6 +94,7 @@ pub(crate) fn subscribe(
             replays.push((filter.clone(), *options));
         }
     }
+    gate_if_persisted(shard, sid, conn);
     // [MQTT-3.8.4-1] SUBACK with one reason per filter [MQTT-3.8.4-6].
     let ack = SubAck {
         packet_id: sub.packet_id,
@@ -251,6 +252,7 @@ pub(crate) fn unsubscribe(
     if conn.version != ProtocolVersion::V5 {
         reasons.clear();
     }
+    gate_if_persisted(shard, sid, conn);
     // [MQTT-3.10.4-4] UNSUBACK even when nothing was removed.
     conn.send(&Packet::UnsubAck(UnsubAck {
         packet_id: u.packet_id,
@@ -318,5 +320,12 @@ async fn replay(
             }
             glommio::yield_if_needed().await;
         }
+    }
+}
+
+/// SUBACK and UNSUBACK of a persisted session leave once its subscription rows are durable.
+fn gate_if_persisted(shard: &Shard, sid: SessionId, conn: &ConnOut) {
+    if shard.sessions.borrow()[sid as usize].key.is_some() {
+        crate::persist::gate(shard, conn);
     }
 }

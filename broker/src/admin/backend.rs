@@ -176,6 +176,9 @@ pub struct ShardMetrics {
     pub busy_ratio: f64,
     /// Storage commit latency, when the shard persists.
     pub storage_commit: Option<Histogram>,
+    /// Storage ops [committed, cancelled before their commit], when the shard persists.
+    #[serde(default)]
+    pub storage_ops: Option<[u64; 2]>,
 }
 
 /// Every shard's counters.

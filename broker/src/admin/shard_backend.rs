@@ -145,6 +145,7 @@ fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) ->
         busy_seconds: busy_ns as f64 / 1e9,
         busy_ratio,
         storage_commit: commit_histogram(s),
+        storage_ops: storage_ops(s),
     }
 }
 
@@ -174,6 +175,11 @@ fn snake_case(name: &str) -> String {
         }
     }
     out
+}
+
+fn storage_ops(s: &ShardStats) -> Option<[u64; 2]> {
+    let ops = [s.store_ops.get(), s.store_ops_cancelled.get()];
+    (ops != [0, 0]).then_some(ops)
 }
 
 fn commit_histogram(s: &ShardStats) -> Option<Histogram> {

@@ -4,6 +4,8 @@
 //! and reports `NoSpace` (LMDB never half-applies a transaction, so what was
 //! committed before stays intact).
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -24,13 +26,53 @@ pub(crate) enum OpKind {
     Purge {
         now_ms: u64,
     },
+    /// Cancelled before its commit (an outbound row deleted in the same batch): skipped.
+    Dead,
 }
+
+/// No earlier op of this batch writes the same row.
+const NO_PREV: u32 = u32::MAX;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Op {
     pub kind: OpKind,
     pub key: Range<usize>,
     pub val: Range<usize>,
+    /// The previous op of this batch on the same outbound row (`NO_PREV`).
+    prev: u32,
+}
+
+/// The writes of one outbound row in the pending batch.
+#[derive(Clone, Copy, Debug)]
+struct RowWrites {
+    /// Index of the newest op on the row (earlier ones are chained by `Op::prev`).
+    last: u32,
+    /// The row did not exist before this batch's first write of it.
+    fresh: bool,
+    /// When counted in `Batch::awaiting` (its message is out to the
+    /// client), the op index it was counted at; else `NO_PREV`.
+    counted_at: u32,
+}
+
+/// FxHash-style mixing for the (session, seq) row index: its keys are small
+/// integers, and this runs once per outbound put and delete.
+#[derive(Default)]
+pub(crate) struct RowHasher(u64);
+
+impl Hasher for RowHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 /// Operations in arrival order; keys and values live in one arena.
@@ -38,6 +80,18 @@ pub(crate) struct Op {
 pub(crate) struct Batch {
     pub buf: Vec<u8>,
     pub ops: Vec<Op>,
+    /// Outbound rows written in this batch, by (session, seq).
+    rows: HashMap<(u64, u64), RowWrites, BuildHasherDefault<RowHasher>>,
+    /// Ops turned `Dead`.
+    dead: usize,
+    /// Rows written here whose message is out, its acknowledgement awaited
+    /// (a PUBACK will likely cancel them before long).
+    pub awaiting: usize,
+    /// Of those, the ones counted before op `boundary` (`mark`).
+    pub awaiting_marked: usize,
+    boundary: u32,
+    /// Ops cancelled (`Dead`) plus deletes found unnecessary.
+    pub cancelled: u64,
 }
 
 impl Batch {
@@ -45,9 +99,80 @@ impl Batch {
         self.ops.is_empty()
     }
 
+    /// Ops that will reach LMDB.
+    pub fn live(&self) -> usize {
+        self.ops.len() - self.dead
+    }
+
     pub fn clear(&mut self) {
         self.buf.clear();
         self.ops.clear();
+        self.rows.clear();
+        self.dead = 0;
+        self.awaiting = 0;
+        self.awaiting_marked = 0;
+        self.boundary = 0;
+        self.cancelled = 0;
+    }
+
+    /// Appends a put of outbound row (`session`, `seq`); `fresh`: the row
+    /// does not exist yet (its first write), so a delete can cancel it
+    /// outright; `sent`: its message is out to the client.
+    pub fn push_row(
+        &mut self,
+        row: (u64, u64),
+        fresh: bool,
+        sent: bool,
+        key: impl FnOnce(&mut Vec<u8>),
+        val: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let at = self.ops.len() as u32;
+        let (prev, fresh, mut counted_at) = match self.rows.get(&row) {
+            Some(w) => (w.last, w.fresh, w.counted_at),
+            None => (NO_PREV, fresh, NO_PREV),
+        };
+        self.push(OpKind::Put, key, val);
+        self.ops[at as usize].prev = prev;
+        if sent && counted_at == NO_PREV {
+            counted_at = at;
+            self.awaiting += 1;
+        }
+        let w = RowWrites {
+            last: at,
+            fresh,
+            counted_at,
+        };
+        self.rows.insert(row, w);
+    }
+
+    /// Marks the rows awaiting an acknowledgement now (`awaiting_marked`),
+    /// so a wait for them is not prolonged by rows joining later.
+    pub fn mark(&mut self) {
+        self.boundary = self.ops.len() as u32;
+        self.awaiting_marked = self.awaiting;
+    }
+
+    /// The row is to be deleted: its puts in this batch are dropped. Returns
+    /// true when the row never reached the disk (first written in this batch),
+    /// so no delete is needed either.
+    pub fn cancel_row(&mut self, row: (u64, u64)) -> bool {
+        let Some(w) = self.rows.remove(&row) else {
+            return false;
+        };
+        let mut i = w.last;
+        while i != NO_PREV {
+            let op = &mut self.ops[i as usize];
+            op.kind = OpKind::Dead;
+            i = op.prev;
+            self.dead += 1;
+            self.cancelled += 1;
+        }
+        self.cancelled += u64::from(w.fresh);
+        if w.counted_at != NO_PREV {
+            self.awaiting -= 1;
+            self.awaiting_marked -= usize::from(w.counted_at < self.boundary);
+        }
+        w.fresh
     }
 
     /// Appends one op: `key` writes the key, `val` the value (may write nothing).
@@ -66,6 +191,7 @@ impl Batch {
             kind,
             key: k0..k1,
             val: k1..v1,
+            prev: NO_PREV,
         });
     }
 }
@@ -137,6 +263,7 @@ fn try_commit(env: &Env<WithoutTls>, batch: &Batch) -> Result<u64, heed::Error> 
             }
             OpKind::DeleteSession(session) => delete_session(db, &mut wtxn, session)?,
             OpKind::Purge { now_ms } => purged += purge_expired(db, &mut wtxn, now_ms)?,
+            OpKind::Dead => {}
         }
     }
     wtxn.commit()?;

@@ -80,6 +80,9 @@ pub struct StoreStats {
     pub commits: u64,
     /// Ops committed (sum of batch sizes).
     pub ops: u64,
+    /// Ops that never reached LMDB: outbound rows put and deleted before
+    /// their commit (each cancelled put, and each delete found unnecessary).
+    pub cancelled: u64,
     /// Largest batch committed, ops.
     pub max_batch: u64,
     /// Bytes of keys and values committed.
@@ -119,7 +122,19 @@ pub(crate) struct Engine {
     committing: Cell<bool>,
     no_space: Cell<bool>,
     stats: Cell<StoreStats>,
+    /// How long a commit may wait for the acknowledgements of rows whose
+    /// message is out (`ack_wait`); adapts between `ACK_WAIT_MIN` and the
+    /// recent commit time.
+    ack_wait: Cell<Duration>,
+    /// Recent commit time (moving average).
+    commit_avg: Cell<Duration>,
+    /// The commit loop, waiting for `awaiting_marked` to reach zero.
+    ack_waker: RefCell<Option<Waker>>,
 }
+
+/// Bounds of the wait for acknowledgements before a commit.
+const ACK_WAIT_MIN: Duration = Duration::from_micros(20);
+const ACK_WAIT_MAX: Duration = Duration::from_millis(1);
 
 impl Engine {
     pub fn new(backend: Option<Backend>, durability: Durability) -> Rc<Engine> {
@@ -138,6 +153,9 @@ impl Engine {
             committing: Cell::new(false),
             no_space: Cell::new(false),
             stats: Cell::default(),
+            ack_wait: Cell::new(Duration::from_micros(200)),
+            commit_avg: Cell::new(Duration::from_micros(200)),
+            ack_waker: RefCell::new(None),
         })
     }
 
@@ -182,6 +200,86 @@ impl Engine {
         Ticket(Some(slot))
     }
 
+    /// Appends a put of outbound row `row` = (session, seq); `fresh`: its
+    /// first write; `sent`: its message is out, its PUBACK awaited.
+    pub fn push_row(
+        self: &Rc<Self>,
+        row: (u64, u64),
+        fresh: bool,
+        sent: bool,
+        key: impl FnOnce(&mut Vec<u8>),
+        val: impl FnOnce(&mut Vec<u8>),
+    ) -> Ticket {
+        if self.backend.is_none() {
+            return Ticket::ready();
+        }
+        self.pending
+            .borrow_mut()
+            .push_row(row, fresh, sent, key, val);
+        let slot = self.pending_slot.borrow().clone();
+        self.schedule();
+        Ticket(Some(slot))
+    }
+
+    /// Drops the pending puts of outbound row `row`; true when it never
+    /// reached the disk, so its delete can be skipped as well.
+    pub fn cancel_row(&self, row: (u64, u64)) -> bool {
+        if self.backend.is_none() {
+            return false;
+        }
+        let mut pending = self.pending.borrow_mut();
+        let fresh = pending.cancel_row(row);
+        if pending.awaiting_marked == 0 {
+            if let Some(w) = self.ack_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+        fresh
+    }
+
+    /// Sync mode: before a commit, waits (up to `ack_wait`) for the
+    /// acknowledgements of the QoS 1 messages already out whose rows are
+    /// pending. Each one that arrives cancels its row's put and delete, so
+    /// a subscriber keeping up costs the store nothing; a batch left with
+    /// no op at all commits at once without touching LMDB.
+    async fn await_acks(&self) {
+        let budget = self.ack_wait.get();
+        {
+            let mut pending = self.pending.borrow_mut();
+            if pending.awaiting == 0 {
+                return;
+            }
+            pending.mark();
+        }
+        let settled = futures_lite::future::or(
+            async {
+                std::future::poll_fn(|cx| {
+                    if self.pending.borrow().awaiting_marked == 0 {
+                        return Poll::Ready(true);
+                    }
+                    *self.ack_waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                })
+                .await
+            },
+            async {
+                glommio::timer::sleep(budget).await;
+                false
+            },
+        )
+        .await;
+        self.ack_waker.borrow_mut().take();
+        // Acknowledgements that keep missing the budget (a client that does
+        // not answer, or whose PUBLISH waits behind this very commit) shrink
+        // it; prompt ones let it grow back to about one commit time.
+        let next = if settled {
+            (budget * 2).min(self.commit_avg.get())
+        } else {
+            budget / 2
+        };
+        self.ack_wait.set(next.clamp(ACK_WAIT_MIN, ACK_WAIT_MAX));
+    }
+
     /// A ticket for everything pushed so far.
     pub fn flush(self: &Rc<Self>) -> Ticket {
         if !self.pending.borrow().is_empty() {
@@ -210,6 +308,7 @@ impl Engine {
                 // glommio runs a spawned task at once: step aside so the ops
                 // the spawning task pushes in this same tick join the batch.
                 futures_lite::future::yield_now().await;
+                self.await_acks().await;
             }
             if self.pending.borrow().is_empty() {
                 self.committing.set(false);
@@ -219,14 +318,22 @@ impl Engine {
             let batch = self.pending.replace(spare);
             let slot = self.pending_slot.replace(Rc::default());
             *self.inflight_slot.borrow_mut() = Some(slot.clone());
-            let (env, map) = (backend.env.clone(), backend.map);
-            let (mut batch, result) = glommio::executor()
-                .spawn_blocking(move || {
-                    let r = batch::commit(&env, &batch, map);
-                    (batch, r)
-                })
-                .await;
-            self.account(&batch, &result);
+            let (mut batch, result) = if batch.live() == 0 {
+                // Every op was cancelled (rows put and deleted before their
+                // commit): nothing to write, and everything before is durable.
+                self.count_cancelled(&batch);
+                (batch, Ok(batch::CommitInfo::default()))
+            } else {
+                let (env, map) = (backend.env.clone(), backend.map);
+                let (batch, result) = glommio::executor()
+                    .spawn_blocking(move || {
+                        let r = batch::commit(&env, &batch, map);
+                        (batch, r)
+                    })
+                    .await;
+                self.account(&batch, &result);
+                (batch, result)
+            };
             batch.clear();
             self.spare.set(Some(batch));
             *self.inflight_slot.borrow_mut() = None;
@@ -234,15 +341,25 @@ impl Engine {
         }
     }
 
+    fn count_cancelled(&self, batch: &Batch) {
+        let mut s = self.stats.get();
+        s.cancelled += batch.cancelled;
+        self.stats.set(s);
+    }
+
     fn account(&self, batch: &Batch, result: &Result<batch::CommitInfo, StoreError>) {
+        self.count_cancelled(batch);
         let mut s = self.stats.get();
         match result {
             Ok(info) => {
+                let live = batch.live() as u64;
                 s.commits += 1;
-                s.ops += batch.ops.len() as u64;
-                s.max_batch = s.max_batch.max(batch.ops.len() as u64);
+                s.ops += live;
+                s.max_batch = s.max_batch.max(live);
                 s.bytes += batch.buf.len() as u64;
                 s.commit_time += info.elapsed;
+                let avg = self.commit_avg.get();
+                self.commit_avg.set((avg * 7 + info.elapsed) / 8);
                 let us = info.elapsed.as_micros() as u64;
                 for (b, &le) in s.commit_buckets.iter_mut().zip(&COMMIT_BUCKETS_US) {
                     *b += u64::from(us <= le);

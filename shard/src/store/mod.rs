@@ -67,7 +67,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ringmq_codec::{PacketId, TopicFilter, TopicName};
+use ringmq_codec::{PacketId, QoS, TopicFilter, TopicName};
 
 pub use crate::config::Durability;
 pub use engine::{StoreStats, Ticket, COMMIT_BUCKETS_US};
@@ -213,6 +213,13 @@ impl StoreHandle {
     }
 }
 
+/// A QoS 1 message sent under a packet id: the broker writes it to the
+/// socket without waiting for its row, so its PUBACK may well arrive before
+/// the commit (QoS 2 waits for the row [MQTT-4.3.3-3]; queued rows are not out).
+fn sent_ungated(state: OutboundState, m: Option<&MessageRef<'_>>) -> bool {
+    matches!(state, OutboundState::AwaitingAck(_)) && m.is_some_and(|m| m.qos == QoS::AtLeastOnce)
+}
+
 /// One shard's store (`!Send`): enqueue ops, await [`Ticket`]s.
 pub struct Store {
     engine: Rc<Engine>,
@@ -301,7 +308,7 @@ impl Store {
         )
     }
 
-    /// Creates or updates outbound message `seq` (increasing per session).
+    /// Updates outbound message `seq` (increasing per session).
     /// `message` is required except in `AwaitingPubComp`.
     pub fn put_outbound(
         &self,
@@ -310,15 +317,42 @@ impl Store {
         state: OutboundState,
         message: Option<MessageRef<'_>>,
     ) -> Ticket {
-        self.engine.push(
-            OpKind::Put,
+        let sent = sent_ungated(state, message.as_ref());
+        self.engine.push_row(
+            (key, seq),
+            false,
+            sent,
             |b| keys::push_outbound(b, key, seq),
             |b| records::put_outbound(b, state, message),
         )
     }
 
+    /// Creates outbound message `seq`: its first write (a `seq` never used
+    /// before), so a delete before its commit cancels both.
+    pub fn put_outbound_new(
+        &self,
+        key: SessionKey,
+        seq: u64,
+        state: OutboundState,
+        message: MessageRef<'_>,
+    ) -> Ticket {
+        let sent = sent_ungated(state, Some(&message));
+        self.engine.push_row(
+            (key, seq),
+            true,
+            sent,
+            |b| keys::push_outbound(b, key, seq),
+            |b| records::put_outbound(b, state, Some(message)),
+        )
+    }
+
     /// PUBACK or PUBCOMP received (or the message expired / was dropped).
+    /// Puts of the row still pending are dropped; a row first written in the
+    /// pending batch needs no delete at all (it never reached the disk).
     pub fn delete_outbound(&self, key: SessionKey, seq: u64) -> Ticket {
+        if self.engine.cancel_row((key, seq)) {
+            return self.engine.flush();
+        }
         self.engine
             .push(OpKind::Delete, |b| keys::push_outbound(b, key, seq), |_| {})
     }
