@@ -134,10 +134,7 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
     for o in rs.outbound {
         let msg = o.message.map(|m| {
             (
-                Rc::new(Message {
-                    publish: m.publish.clone(),
-                    received_at: store::unix_ms_to_instant(m.received_at_ms),
-                }),
+                Rc::new(Message::restored(m.publish.clone(), m.received_at_ms)),
                 m,
             )
         });

@@ -136,9 +136,38 @@ pub struct Message {
     pub publish: Publish,
     /// When this broker received it (message expiry counts from here).
     pub received_at: Instant,
+    /// `received_at` in unix ms (what the store keeps).
+    pub received_at_ms: u64,
 }
 
 impl Message {
+    /// A message received now (`now`: the routing's clock reading).
+    pub fn received(publish: Publish, now: Instant) -> Message {
+        Message {
+            publish,
+            received_at: now,
+            received_at_ms: store::coarse_unix_ms(),
+        }
+    }
+
+    /// A message received at `at`, in the past.
+    pub fn received_at(publish: Publish, at: Instant) -> Message {
+        Message {
+            publish,
+            received_at: at,
+            received_at_ms: store::instant_to_unix_ms(at),
+        }
+    }
+
+    /// A message read back from the store, received at `ms` (unix ms).
+    pub fn restored(publish: Publish, ms: u64) -> Message {
+        Message {
+            publish,
+            received_at: store::unix_ms_to_instant(ms),
+            received_at_ms: ms,
+        }
+    }
+
     /// Seconds of expiry left, `None` when the message never expires,
     /// `Some(0)` when it has expired [MQTT-3.3.2-5].
     pub fn expiry_left(&self, now: Instant) -> Option<u32> {
@@ -180,6 +209,27 @@ pub struct Outflight {
     pub retain: bool,
     pub sub_ids: SmallVec<[u32; 1]>,
     pub state: OutState,
+}
+
+/// Window size from which a session tracks its packet ids in an [`IdBitmap`].
+const BITMAP_FROM: usize = 32;
+
+/// One bit per packet id (8 KiB).
+pub struct IdBitmap([u64; 1024]);
+
+impl IdBitmap {
+    fn get(&self, id: u16) -> bool {
+        self.0[usize::from(id >> 6)] & (1 << (id & 63)) != 0
+    }
+
+    fn set(&mut self, id: u16, on: bool) {
+        let (w, bit) = (usize::from(id >> 6), 1u64 << (id & 63));
+        if on {
+            self.0[w] |= bit;
+        } else {
+            self.0[w] &= !bit;
+        }
+    }
 }
 
 /// A QoS 1/2 message waiting for the session's inflight window (or its client).
@@ -231,6 +281,9 @@ pub struct Session {
     /// Inbound QoS 2 packet ids received, PUBREC sent, PUBREL not yet [MQTT-4.3.3-10].
     pub inbound_qos2: SmallVec<[u16; 8]>,
     next_packet_id: u16,
+    /// Packet ids in flight, one bit each, kept while the window is large
+    /// (a scan of `inflight` per send costs more beyond a few dozen).
+    ids_in_use: Option<Box<IdBitmap>>,
     /// Session Expiry Interval, seconds (u32::MAX: never).
     pub expiry: u32,
     /// The will of the current connection (boxed: most clients have none,
@@ -257,6 +310,7 @@ impl Session {
             queue: LazyDeque::default(),
             inbound_qos2: SmallVec::new(),
             next_packet_id: 0,
+            ids_in_use: None,
             expiry: 0,
             will: None,
             disconnected_at: None,
@@ -286,7 +340,7 @@ impl Session {
             qos,
             retain,
             subscription_ids: ids,
-            received_at_ms: store::instant_to_unix_ms(msg.received_at),
+            received_at_ms: msg.received_at_ms,
         };
         if fresh {
             shard.store.put_outbound_new(key, seq, state, m).detach();
@@ -303,16 +357,39 @@ impl Session {
 
     /// Next packet id not in flight [MQTT-2.2.1-3].
     fn alloc_packet_id(&mut self) -> Option<PacketId> {
+        if self.ids_in_use.is_none() && self.inflight.len() >= BITMAP_FROM {
+            let mut b = Box::new(IdBitmap([0; 1024]));
+            for o in &self.inflight {
+                b.set(o.packet_id.get(), true);
+            }
+            self.ids_in_use = Some(b);
+        }
         for _ in 0..=u16::MAX {
             self.next_packet_id = self.next_packet_id.wrapping_add(1);
             let Some(id) = PacketId::new(self.next_packet_id) else {
                 continue;
             };
-            if !self.inflight.iter().any(|o| o.packet_id == id) {
+            let used = match &self.ids_in_use {
+                Some(b) => b.get(id.get()),
+                None => self.inflight.iter().any(|o| o.packet_id == id),
+            };
+            if !used {
+                if let Some(b) = &mut self.ids_in_use {
+                    b.set(id.get(), true);
+                }
                 return Some(id);
             }
         }
         None
+    }
+
+    /// `id` left the window.
+    fn free_packet_id(&mut self, id: PacketId) {
+        if self.inflight.is_empty() {
+            self.ids_in_use = None;
+        } else if let Some(b) = &mut self.ids_in_use {
+            b.set(id.get(), false);
+        }
     }
 
     /// How many more QoS 1/2 messages the client accepts now.
@@ -349,12 +426,7 @@ impl Session {
             return;
         }
         let msg = shared
-            .get_or_insert_with(|| {
-                Rc::new(Message {
-                    publish: msg.clone(),
-                    received_at: now,
-                })
-            })
+            .get_or_insert_with(|| Rc::new(Message::received(msg.clone(), now)))
             .clone();
         let sub_ids: SmallVec<[u32; 1]> = SmallVec::from_slice(sub_ids);
         let seq = self.next_seq;
@@ -504,6 +576,7 @@ impl Session {
         };
         if let Some(o) = self.inflight.remove(i) {
             self.unpersist_out(shard, o.seq);
+            self.free_packet_id(o.packet_id);
         }
         shard.stats.inflight.sub(1);
         true
@@ -558,6 +631,7 @@ impl Session {
         stats.inflight.sub(self.inflight.len() as u64);
         stats.queued.sub(self.queue.len() as u64);
         self.inflight.clear();
+        self.ids_in_use = None;
         self.queue.clear();
         self.inbound_qos2.clear();
         self.will = None;
@@ -598,5 +672,59 @@ pub fn delivery(packet_id: Option<PacketId>, dup: bool, retain: bool, ids: &[u32
         retain,
         topic_alias: None,
         subscription_ids: ids,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take_id(s: &mut Session) -> PacketId {
+        let id = s.alloc_packet_id().expect("an id is free");
+        s.inflight.push_back(Outflight {
+            packet_id: id,
+            seq: 0,
+            msg: None,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: SmallVec::new(),
+            state: OutState::Published,
+        });
+        id
+    }
+
+    fn give_back(s: &mut Session, id: PacketId) {
+        let i = s.inflight.iter().position(|o| o.packet_id == id).unwrap();
+        s.inflight.remove(i);
+        s.free_packet_id(id);
+    }
+
+    /// [MQTT-2.2.1-2] ([MQTT-2.3.1-2] (3.1.1)): a new PUBLISH gets an id not in flight, with
+    /// the window small (scan) and large (bitmap), across wrap-arounds with ids held.
+    #[test]
+    fn packet_ids_in_flight_are_never_reused() {
+        for window in [4usize, 300] {
+            let mut s = Session::new(MqttString::from_static("c"), ProtocolVersion::V3_1_1);
+            let held: Vec<PacketId> = (0..3).map(|_| take_id(&mut s)).collect();
+            let mut live = std::collections::VecDeque::new();
+            for _ in 0..140_000 {
+                if live.len() == window {
+                    let old = live.pop_front().unwrap();
+                    give_back(&mut s, old);
+                }
+                let id = take_id(&mut s);
+                assert!(!held.contains(&id), "held id {id} reused (window {window})");
+                assert!(!live.contains(&id), "live id {id} reused (window {window})");
+                live.push_back(id);
+            }
+            assert_eq!(s.ids_in_use.is_some(), window >= BITMAP_FROM);
+            while let Some(id) = live.pop_front() {
+                give_back(&mut s, id);
+            }
+            for id in held {
+                give_back(&mut s, id);
+            }
+            assert!(s.ids_in_use.is_none(), "bitmap dropped with the last id");
+        }
     }
 }

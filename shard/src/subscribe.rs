@@ -301,10 +301,7 @@ async fn replay(
                 }
                 let now = Instant::now();
                 for m in &out {
-                    let msg = crate::session::Message {
-                        publish: m.publish.clone(),
-                        received_at: m.stored_at,
-                    };
+                    let msg = crate::session::Message::received_at(m.publish.clone(), m.stored_at);
                     if msg.expiry_left(now) == Some(0) {
                         continue;
                     }

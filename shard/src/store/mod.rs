@@ -126,6 +126,22 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Milliseconds since the Unix epoch from the kernel's coarse clock (one
+/// tick, 1 to 4 ms, of resolution for a fifth of the cost): for message
+/// arrival times, whose expiry counts in seconds.
+pub fn coarse_unix_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively
+    // borrowed `ts`; CLOCK_REALTIME_COARSE exists on every Linux since 2.6.32.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+        return unix_ms();
+    }
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
 /// Converts the broker's `Instant` (e.g. a message's arrival) to unix ms.
 pub fn instant_to_unix_ms(at: Instant) -> u64 {
     unix_ms().saturating_sub(at.elapsed().as_millis() as u64)

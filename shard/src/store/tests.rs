@@ -156,3 +156,10 @@ proptest! {
         let _ = records::read_retained(noise);
     }
 }
+
+#[test]
+fn coarse_clock_agrees_with_the_precise_one() {
+    // Resolution is one kernel tick; 1 s of slack covers any HZ and a descheduled test thread.
+    let (a, b, c) = (super::unix_ms(), super::coarse_unix_ms(), super::unix_ms());
+    assert!(b + 1000 >= a && b <= c + 1000, "{a} {b} {c}");
+}
