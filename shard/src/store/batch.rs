@@ -92,6 +92,8 @@ pub(crate) struct Batch {
     boundary: u32,
     /// Ops cancelled (`Dead`) plus deletes found unnecessary.
     pub cancelled: u64,
+    /// Puts that may be dropped when space runs out (`push_row` with `optional`).
+    optional: Vec<u32>,
 }
 
 impl Batch {
@@ -113,20 +115,24 @@ impl Batch {
         self.awaiting_marked = 0;
         self.boundary = 0;
         self.cancelled = 0;
+        self.optional.clear();
     }
 
     /// Appends a put of outbound row (`session`, `seq`); `fresh`: the row
     /// does not exist yet (its first write), so a delete can cancel it
-    /// outright; `sent`: its message is out to the client.
+    /// outright; `sent`: its message is out to the client; `optional`: the
+    /// row on disk is good enough without it (dropped if space runs out).
     pub fn push_row(
         &mut self,
         row: (u64, u64),
-        fresh: bool,
-        sent: bool,
+        (fresh, sent, optional): (bool, bool, bool),
         key: impl FnOnce(&mut Vec<u8>),
         val: impl FnOnce(&mut Vec<u8>),
     ) {
         let at = self.ops.len() as u32;
+        if optional {
+            self.optional.push(at);
+        }
         let (prev, fresh, mut counted_at) = match self.rows.get(&row) {
             Some(w) => (w.last, w.fresh, w.counted_at),
             None => (NO_PREV, fresh, NO_PREV),
@@ -143,6 +149,21 @@ impl Batch {
             counted_at,
         };
         self.rows.insert(row, w);
+    }
+
+    /// Drops the optional puts still live; false if there were none.
+    pub fn drop_optional(&mut self) -> bool {
+        let mut dropped = false;
+        for &i in &self.optional {
+            let op = &mut self.ops[i as usize];
+            if op.kind == OpKind::Put {
+                op.kind = OpKind::Dead;
+                self.dead += 1;
+                dropped = true;
+            }
+        }
+        self.optional.clear();
+        dropped
     }
 
     /// Marks the rows awaiting an acknowledgement now (`awaiting_marked`),
@@ -210,8 +231,23 @@ pub(crate) struct CommitInfo {
     pub resized_to: Option<usize>,
 }
 
-/// Commits `batch` in one write transaction; grows the map on MapFull.
+/// Commits `batch` in one write transaction; grows the map on MapFull. Out
+/// of space, the batch is tried once more without its optional puts.
 pub(crate) fn commit(
+    env: &Env<WithoutTls>,
+    batch: &mut Batch,
+    map: MapPolicy,
+) -> Result<CommitInfo, StoreError> {
+    match commit_all(env, batch, map) {
+        Err(e) if e.is_no_space() && batch.drop_optional() => {
+            tracing::info!("store: {e}; retrying without the optional state updates");
+            commit_all(env, batch, map)
+        }
+        r => r,
+    }
+}
+
+fn commit_all(
     env: &Env<WithoutTls>,
     batch: &Batch,
     map: MapPolicy,

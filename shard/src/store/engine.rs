@@ -200,22 +200,19 @@ impl Engine {
         Ticket(Some(slot))
     }
 
-    /// Appends a put of outbound row `row` = (session, seq); `fresh`: its
-    /// first write; `sent`: its message is out, its PUBACK awaited.
+    /// Appends a put of outbound row `row` = (session, seq); `how`: see
+    /// [`Batch::push_row`] (fresh, sent, optional).
     pub fn push_row(
         self: &Rc<Self>,
         row: (u64, u64),
-        fresh: bool,
-        sent: bool,
+        how: (bool, bool, bool),
         key: impl FnOnce(&mut Vec<u8>),
         val: impl FnOnce(&mut Vec<u8>),
     ) -> Ticket {
         if self.backend.is_none() {
             return Ticket::ready();
         }
-        self.pending
-            .borrow_mut()
-            .push_row(row, fresh, sent, key, val);
+        self.pending.borrow_mut().push_row(row, how, key, val);
         let slot = self.pending_slot.borrow().clone();
         self.schedule();
         Ticket(Some(slot))
@@ -327,7 +324,8 @@ impl Engine {
                 let (env, map) = (backend.env.clone(), backend.map);
                 let (batch, result) = glommio::executor()
                     .spawn_blocking(move || {
-                        let r = batch::commit(&env, &batch, map);
+                        let mut batch = batch;
+                        let r = batch::commit(&env, &mut batch, map);
                         (batch, r)
                     })
                     .await;

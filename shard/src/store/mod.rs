@@ -334,10 +334,13 @@ impl Store {
         message: Option<MessageRef<'_>>,
     ) -> Ticket {
         let sent = sent_ungated(state, message.as_ref());
+        // A QoS 1 row moving to AwaitingAck: the queued row on disk already
+        // holds the message; without the update a restart sends it afresh
+        // (new id, at least once), so it is the first thing dropped when
+        // space runs out.
         self.engine.push_row(
             (key, seq),
-            false,
-            sent,
+            (false, sent, sent),
             |b| keys::push_outbound(b, key, seq),
             |b| records::put_outbound(b, state, message),
         )
@@ -355,8 +358,7 @@ impl Store {
         let sent = sent_ungated(state, Some(&message));
         self.engine.push_row(
             (key, seq),
-            true,
-            sent,
+            (true, sent, false),
             |b| keys::push_outbound(b, key, seq),
             |b| records::put_outbound(b, state, Some(message)),
         )
