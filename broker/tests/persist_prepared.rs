@@ -120,6 +120,13 @@ async fn crash_point(proto: Proto, b_committed: bool) {
     leave_crash_state(&dir, &p_id, a, b, b_committed);
 
     let mut broker = start(&dir);
+    // The recovery log line counts the prepared message it completes.
+    let log = broker.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("recovered") && l.contains("prepared_qos2=1")),
+        "recovery line with prepared_qos2=1 in:\n{log}"
+    );
     let (conn, ack) = Raw::connect_with(broker.addr, persistent_connect(v, &s_id, 300)).await;
     assert!(ack.session_present);
     let mut inbox = Inbox::new(conn);

@@ -137,8 +137,13 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
                 elapsed_ms = st.elapsed.as_millis() as u64,
                 sessions = st.sessions,
                 purged = st.purged_sessions,
+                subscriptions = st.subscriptions,
                 outbound = st.outbound,
+                inbound_qos2 = st.inbound_qos2,
                 retained = st.retained,
+                orphans = st.orphans,
+                prepared_qos2 = st.prepared_qos2,
+                orphan_origins = st.orphan_origins,
                 "recovered {} in {:?}",
                 cfg.data_dir.display(),
                 st.elapsed
