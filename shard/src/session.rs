@@ -355,7 +355,7 @@ impl Session {
         }
     }
 
-    /// Next packet id not in flight [MQTT-2.2.1-3].
+    /// Next packet id not in flight [MQTT-2.2.1-4] ([MQTT-2.3.1-2] (3.1.1)).
     fn alloc_packet_id(&mut self) -> Option<PacketId> {
         if self.ids_in_use.is_none() && self.inflight.len() >= BITMAP_FROM {
             let mut b = Box::new(IdBitmap([0; 1024]));
@@ -699,7 +699,7 @@ mod tests {
         s.free_packet_id(id);
     }
 
-    /// [MQTT-2.2.1-2] ([MQTT-2.3.1-2] (3.1.1)): a new PUBLISH gets an id not in flight, with
+    /// [MQTT-2.2.1-4] ([MQTT-2.3.1-2] (3.1.1)): a new PUBLISH gets an id not in flight, with
     /// the window small (scan) and large (bitmap), across wrap-arounds with ids held.
     #[test]
     fn packet_ids_in_flight_are_never_reused() {
