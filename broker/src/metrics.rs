@@ -125,6 +125,14 @@ fn storage_ops(out: &mut String, s: &MetricsSnapshot) {
             "storage_ops_cancelled_total",
             "Storage ops that never reached the disk: outbound rows put and deleted before their commit.",
         ),
+        (
+            "storage_rows_deferred_total",
+            "QoS 1 copies for connected subscribers not stored at once: the publisher's PUBACK waits for the subscriber's.",
+        ),
+        (
+            "storage_rows_deferred_stored_total",
+            "Deferred QoS 1 copies stored because their subscriber had not acknowledged them in time.",
+        ),
     ];
     for (i, (name, help)) in families.into_iter().enumerate() {
         family(out, name, "counter", help);

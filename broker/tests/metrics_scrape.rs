@@ -162,6 +162,17 @@ fn metrics_endpoint_scrapes_and_parses() {
         e.value("ringmq_storage_ops_cancelled_total", &[("shard", "1")]),
         Some(3.0)
     );
+    assert_eq!(
+        e.value("ringmq_storage_rows_deferred_total", &[("shard", "1")]),
+        Some(7.0)
+    );
+    assert_eq!(
+        e.value(
+            "ringmq_storage_rows_deferred_stored_total",
+            &[("shard", "0")]
+        ),
+        Some(1.0)
+    );
     for family in [
         "ringmq_inflight_messages",
         "ringmq_queued_messages",

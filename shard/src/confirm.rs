@@ -231,7 +231,7 @@ async fn send_deferred(shard: Rc<Shard>) {
     }
 }
 
-fn refusal(e: &StoreError) -> ReasonCode {
+pub(crate) fn refusal(e: &StoreError) -> ReasonCode {
     if e.is_no_space() {
         ReasonCode::QuotaExceeded
     } else {

@@ -143,7 +143,8 @@ pub(crate) fn accept(
             if c.clean_start {
                 // [MQTT-3.1.2-4] discard the old session.
                 crate::subscribe::drop_all_subscriptions(shard, sid);
-                shard.sessions.borrow_mut()[sid as usize].clear(&shard.stats);
+                shard.sessions.borrow_mut()[sid as usize].clear(shard);
+                crate::defer::Defer::drain(shard);
                 discarded = true;
             } else {
                 // [MQTT-3.2.2-2] session present.
@@ -152,11 +153,12 @@ pub(crate) fn accept(
             sid
         }
         None => {
-            let sid = shard
-                .sessions
-                .borrow_mut()
-                .insert(Session::new(own_copy(&c.client_id), c.protocol))
-                as SessionId;
+            let sid = {
+                let mut sessions = shard.sessions.borrow_mut();
+                let sid = sessions.insert(Session::new(own_copy(&c.client_id), c.protocol));
+                sessions[sid].sid = sid as SessionId;
+                sid as SessionId
+            };
             shard.by_client.borrow_mut().insert(&c.client_id, sid);
             shard.stats.sessions.inc();
             sid
@@ -275,12 +277,13 @@ pub(crate) fn remove_session(shard: &Rc<Shard>, sid: SessionId) {
         if sessions.contains(sid as usize) {
             let mut s = sessions.remove(sid as usize);
             crate::persist::session_removed(shard, &s);
-            s.clear(&shard.stats);
+            s.clear(shard);
             Some(s.client_id)
         } else {
             None
         }
     };
+    crate::defer::Defer::drain(shard);
     if let Some(id) = removed {
         shard.by_client.borrow_mut().remove(&id, sid);
         shard.stats.sessions.sub(1);

@@ -19,6 +19,19 @@ pub(crate) fn packet(
     conn: &Rc<ConnOut>,
     p: Packet,
 ) -> Result<(), CloseReason> {
+    let r = dispatch(shard, sid, conn, p);
+    // Deferred copies resolved by this packet (acknowledged, dropped): their
+    // publishers' PUBACKs may go.
+    crate::defer::Defer::drain(shard);
+    r
+}
+
+fn dispatch(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    conn: &Rc<ConnOut>,
+    p: Packet,
+) -> Result<(), CloseReason> {
     match p {
         Packet::Publish(p) => crate::publish::inbound(shard, sid, conn, p),
         Packet::PubAck(r) => {
@@ -88,11 +101,13 @@ pub(crate) fn packet(
 }
 
 /// PUBACK or PUBCOMP: frees the packet id and refills the window.
-fn acked(shard: &Shard, sid: SessionId, r: &PubResp, qos: QoS) {
-    let mut sessions = shard.sessions.borrow_mut();
-    let s = &mut sessions[sid as usize];
-    if s.complete(shard, r.packet_id, qos) {
-        s.pump(shard, Instant::now());
+fn acked(shard: &Rc<Shard>, sid: SessionId, r: &PubResp, qos: QoS) {
+    {
+        let mut sessions = shard.sessions.borrow_mut();
+        let s = &mut sessions[sid as usize];
+        if s.complete(shard, r.packet_id, qos) {
+            s.pump(shard, Instant::now());
+        }
     }
 }
 

@@ -33,6 +33,7 @@ mod conn_out;
 mod connect;
 pub mod connection;
 pub mod control;
+mod defer;
 mod handle;
 pub mod listener;
 pub mod mesh;

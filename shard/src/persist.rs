@@ -189,7 +189,12 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
     }
     s.inbound_qos2 = rs.inbound_qos2.iter().map(|i| i.packet_id.get()).collect();
     let subs = rs.subscriptions;
-    let sid = shard.sessions.borrow_mut().insert(s) as SessionId;
+    let sid = {
+        let mut sessions = shard.sessions.borrow_mut();
+        let sid = sessions.insert(s);
+        sessions[sid].sid = sid as SessionId;
+        sid as SessionId
+    };
     for i in rs.inbound_qos2 {
         if let (Some(p), Some(message)) = (i.prepared, i.message) {
             prepared.push(Resume {
@@ -229,7 +234,9 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
 }
 
 /// At shutdown: everything written is committed before the shard stops.
-pub(crate) async fn close(shard: &Shard) {
+pub(crate) async fn close(shard: &Rc<Shard>) {
+    // Deferred copies still unacknowledged are stored now.
+    crate::defer::store_due(shard, true);
     if let Err(e) = shard.store.flush().await {
         tracing::error!(shard = shard.id, "final commit failed: {e}");
     }

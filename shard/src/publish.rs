@@ -198,7 +198,17 @@ pub(crate) fn inbound(
                 token,
                 origin_row: false,
             });
-            let remote = route_in_order(shard, sid, p, req);
+            if let Some(t) = token {
+                shard.defer.begin(t);
+            }
+            let mut remote = route_in_order(shard, sid, p, req);
+            if token.is_some() {
+                // Local copies deferred under the token count like remote ones.
+                let deferred = shard.defer.end();
+                shard.stats.deferred_rows.add(deferred as u64);
+                remote += deferred;
+                crate::defer::Defer::watch(shard);
+            }
             // [MQTT-4.3.2-2] PUBACK after taking ownership (in sync mode: once durable).
             ack(
                 shard,

@@ -119,6 +119,16 @@ impl<T> LazyDeque<T> {
     pub fn clear(&mut self) {
         self.0 = None;
     }
+
+    /// The entry whose `seq(entry)` is `want`: a binary search (entries are
+    /// in `seq` order but for rare restored states), then a scan.
+    pub fn find_seq(&self, want: u64, seq: impl Fn(&T) -> u64) -> Option<&T> {
+        let q = self.0.as_deref()?;
+        match q.binary_search_by_key(&want, &seq) {
+            Ok(i) => q.get(i),
+            Err(_) => q.iter().find(|e| seq(e) == want),
+        }
+    }
 }
 
 impl<'a, T> IntoIterator for &'a LazyDeque<T> {
@@ -266,6 +276,8 @@ pub struct SubEntry {
 
 /// What a broker keeps for one client id.
 pub struct Session {
+    /// Its index in the shard's session slab (set when inserted).
+    pub sid: SessionId,
     pub client_id: MqttString,
     /// Protocol of the last connection.
     pub version: ProtocolVersion,
@@ -301,6 +313,7 @@ impl Session {
     /// A fresh session.
     pub fn new(client_id: MqttString, version: ProtocolVersion) -> Self {
         Session {
+            sid: 0,
             client_id,
             version,
             conn: None,
@@ -335,6 +348,20 @@ impl Session {
         fresh: bool,
     ) {
         let Some(key) = self.key else { return };
+        let defer = &shard.defer;
+        if fresh {
+            // Sync: a QoS 1 copy for a connected subscriber waits for its
+            // PUBACK before it is stored (`defer.rs`).
+            if qos == QoS::AtLeastOnce
+                && self.conn.is_some()
+                && defer.try_defer(self.sid, key, seq, msg.received_at)
+            {
+                return;
+            }
+        } else if defer.is_deferred(key, seq) {
+            // Not in the store: the deferred row is written with its state when due.
+            return;
+        }
         let m = MessageRef {
             publish: &msg.publish,
             qos,
@@ -351,8 +378,38 @@ impl Session {
 
     fn unpersist_out(&self, shard: &Shard, seq: u64) {
         if let Some(key) = self.key {
+            if shard.defer.resolve(key, seq) {
+                return;
+            }
             shard.store.delete_outbound(key, seq).detach();
         }
+    }
+
+    /// Writes deferred row `seq` with its current state, now due; false if
+    /// the session no longer holds it.
+    pub fn store_deferred(&self, shard: &Shard, seq: u64) -> bool {
+        let found = self
+            .inflight
+            .find_seq(seq, |o| o.seq)
+            .and_then(|o| {
+                Some((
+                    o.msg.as_ref()?,
+                    Some(o.packet_id),
+                    o.qos,
+                    o.retain,
+                    &o.sub_ids,
+                ))
+            })
+            .or_else(|| {
+                let q = self.queue.find_seq(seq, |q| q.seq)?;
+                Some((&q.msg, None, q.qos, q.retain, &q.sub_ids))
+            });
+        let Some((msg, id, qos, retain, ids)) = found else {
+            return false;
+        };
+        let state = crate::defer::row_state(id);
+        self.persist_out(shard, seq, state, msg, qos, retain, ids, true);
+        true
     }
 
     /// Next packet id not in flight [MQTT-2.2.1-4] ([MQTT-2.3.1-2] (3.1.1)).
@@ -626,8 +683,16 @@ impl Session {
     }
 
     /// Forgets everything but the identity (clean start, or expiry).
-    /// The store rows go with `delete_session`, by the caller.
-    pub fn clear(&mut self, stats: &ShardStats) {
+    /// The store rows go with `delete_session`, by the caller; deferred
+    /// rows are resolved (answer them with `Defer::drain`).
+    pub fn clear(&mut self, shard: &Shard) {
+        let stats = &*shard.stats;
+        if let Some(key) = self.key {
+            let seqs = self.inflight.iter().map(|o| o.seq);
+            for seq in seqs.chain(self.queue.iter().map(|q| q.seq)) {
+                shard.defer.resolve(key, seq);
+            }
+        }
         stats.inflight.sub(self.inflight.len() as u64);
         stats.queued.sub(self.queue.len() as u64);
         self.inflight.clear();

@@ -61,6 +61,8 @@ pub struct Shard {
     pub store: Store,
     /// Acknowledgements waiting for other shards' commits (durability sync).
     pub confirms: RefCell<crate::persist::Confirms>,
+    /// QoS 1 copies not yet stored, waiting for their subscriber's PUBACK.
+    pub defer: crate::defer::Defer,
 }
 
 impl Shard {
@@ -154,6 +156,7 @@ pub(crate) async fn run(init: ShardInit) {
         pending_subacks: RefCell::new(HashMap::new()),
         store: init.store.start(),
         confirms: RefCell::new(crate::persist::Confirms::default()),
+        defer: crate::defer::Defer::default(),
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,

@@ -171,6 +171,9 @@ pub struct ShardStats {
     /// Store ops committed, and ops cancelled before their commit.
     pub store_ops: Counter,
     pub store_ops_cancelled: Counter,
+    /// QoS 1 copies deferred (`defer.rs`), and those stored at their deadline.
+    pub deferred_rows: Counter,
+    pub deferred_rows_stored: Counter,
     pub store_commit_buckets: [Counter; 12],
 }
 
@@ -205,6 +208,8 @@ impl Default for ShardStats {
             store_commit_ns: Counter::default(),
             store_ops: Counter::default(),
             store_ops_cancelled: Counter::default(),
+            deferred_rows: Counter::default(),
+            deferred_rows_stored: Counter::default(),
             store_commit_buckets: Default::default(),
         }
     }

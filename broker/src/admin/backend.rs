@@ -176,9 +176,10 @@ pub struct ShardMetrics {
     pub busy_ratio: f64,
     /// Storage commit latency, when the shard persists.
     pub storage_commit: Option<Histogram>,
-    /// Storage ops [committed, cancelled before their commit], when the shard persists.
+    /// Storage ops [committed, cancelled before their commit, QoS 1 rows
+    /// deferred, deferred rows stored at their deadline], when the shard persists.
     #[serde(default)]
-    pub storage_ops: Option<[u64; 2]>,
+    pub storage_ops: Option<[u64; 4]>,
 }
 
 /// Every shard's counters.

@@ -177,9 +177,14 @@ fn snake_case(name: &str) -> String {
     out
 }
 
-fn storage_ops(s: &ShardStats) -> Option<[u64; 2]> {
-    let ops = [s.store_ops.get(), s.store_ops_cancelled.get()];
-    (ops != [0, 0]).then_some(ops)
+fn storage_ops(s: &ShardStats) -> Option<[u64; 4]> {
+    let ops = [
+        s.store_ops.get(),
+        s.store_ops_cancelled.get(),
+        s.deferred_rows.get(),
+        s.deferred_rows_stored.get(),
+    ];
+    (ops != [0; 4]).then_some(ops)
 }
 
 fn commit_histogram(s: &ShardStats) -> Option<Histogram> {

@@ -7,7 +7,7 @@
 //! - [`persistent_connect`], [`subscribe`], [`Inbox`]: a persistent subscriber that acknowledges
 //!   everything and records what it got, in order.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -56,6 +56,8 @@ pub struct Durable {
     child: Child,
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// The metrics listener, once its line was printed (`--metrics-listen`).
+    metrics: Arc<Mutex<Option<SocketAddr>>>,
 }
 
 /// `ringmq --listen mqtt://127.0.0.1:0 --cores N --data-dir DIR --durability MODE` plus `extra`.
@@ -104,11 +106,15 @@ pub fn launch(args: &[String]) -> Launched {
     });
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    let metrics = Arc::new(Mutex::new(None));
+    let metrics_line = metrics.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.trim().strip_prefix("ringmq listening on mqtt://") {
                 let _ = tx.send(rest.to_string());
+            } else if let Some(rest) = line.trim().strip_prefix("ringmq metrics on http://") {
+                *metrics_line.lock().unwrap() = rest.trim_end_matches("/metrics").parse().ok();
             }
         }
     });
@@ -120,6 +126,7 @@ pub fn launch(args: &[String]) -> Launched {
                 child,
                 addr,
                 stderr,
+                metrics,
             });
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -182,6 +189,27 @@ impl Durable {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The value of the metric sample starting with `sample` (e.g.
+    /// `ringmq_x_total{shard="0"}`), from `GET /metrics`; the broker must run with
+    /// `--metrics-listen 127.0.0.1:0`. None if the family is absent.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let end = Instant::now() + WAIT;
+        let addr = loop {
+            if let Some(a) = *self.metrics.lock().unwrap() {
+                break a;
+            }
+            assert!(Instant::now() < end, "no metrics line on stdout");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut s = std::net::TcpStream::connect(addr).expect("metrics listener");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
     }
 
     /// Everything the broker wrote to stderr so far, ANSI colour codes removed.

@@ -112,7 +112,7 @@ impl AdminBackend for FakeBackend {
                 sum_seconds: 0.02,
                 count: 6,
             }),
-            storage_ops: Some([40, 2 + i as u64]),
+            storage_ops: Some([40, 2 + i as u64, 7, 1]),
             ..Default::default()
         };
         Ok(MetricsSnapshot {

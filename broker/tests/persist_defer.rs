@@ -1,0 +1,101 @@
+//! Deferred rows (issue 5, `--durability sync`, `docs/storage.md` "Deferred rows"): a QoS 1
+//! copy for a connected persistent subscriber is not stored at once; the publisher's PUBACK
+//! waits for the subscriber's PUBACK or, after 4 ms without one, for the row's commit. Both
+//! paths on the real binary, counted by `ringmq_storage_rows_deferred_total` and
+//! `ringmq_storage_rows_deferred_stored_total`. Durability across SIGKILL is checked by
+//! `persist_online` and `persist_inflight`.
+#[macro_use]
+mod common;
+
+use common::persist::{args, persistent_connect, publish_acked, subscribe, DataDir, Durable};
+use common::raw::{publish_packet, resp, version, RawEv};
+use common::{Proto, Raw, WAIT};
+use ringmq_codec::{Packet, QoS, SubscriptionOptions};
+
+const N: u16 = 50;
+
+fn start(dir: &DataDir) -> Durable {
+    Durable::start_args(&args(
+        &dir.path,
+        1,
+        "sync",
+        &["--metrics-listen", "127.0.0.1:0"],
+    ))
+}
+
+async fn subscriber(broker: &Durable, proto: Proto) -> Raw {
+    let v = version(proto);
+    let (mut sub, _) = Raw::connect_with(broker.addr, persistent_connect(v, "d-sub", 300)).await;
+    let opts = SubscriptionOptions::with_qos(QoS::AtLeastOnce);
+    subscribe(&mut sub, 1, "d/#", opts, None).await;
+    sub
+}
+
+/// Every copy acknowledged by the subscriber: every publish is deferred, every PUBACK comes.
+async fn acknowledged_copies(proto: Proto) {
+    let dir = DataDir::new();
+    let broker = start(&dir);
+    let mut sub = subscriber(&broker, proto).await;
+    let sub_task = tokio::spawn(async move {
+        for _ in 0..N {
+            match sub.recv(WAIT).await {
+                RawEv::Packet(Packet::Publish(p)) => {
+                    let id = p.packet_id.expect("QoS 1").get();
+                    sub.send(&Packet::PubAck(resp(id))).await;
+                }
+                other => panic!("subscriber: {other:?}"),
+            }
+        }
+        sub
+    });
+    let v = version(proto);
+    let (mut publ, _) = Raw::connect_with(broker.addr, persistent_connect(v, "d-pub", 300)).await;
+    for i in 1..=N {
+        publish_acked(&mut publ, publish_packet("d/t", 1, false, i, b"x")).await;
+    }
+    let _sub = sub_task.await.expect("subscriber got every message");
+    let deferred = broker.metric("ringmq_storage_rows_deferred_total{shard=\"0\"}");
+    assert_eq!(deferred, Some(f64::from(N)), "every copy deferred");
+}
+
+/// A copy the subscriber holds unacknowledged: the publisher's PUBACK still comes, once the
+/// row is stored at its deadline.
+async fn held_copy_is_stored(proto: Proto) {
+    let dir = DataDir::new();
+    let broker = start(&dir);
+    let mut sub = subscriber(&broker, proto).await;
+    let v = version(proto);
+    let (mut publ, _) = Raw::connect_with(broker.addr, persistent_connect(v, "d-pub", 300)).await;
+    publish_acked(&mut publ, publish_packet("d/t", 1, false, 1, b"held")).await;
+    match sub.recv(WAIT).await {
+        RawEv::Packet(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"held"),
+        other => panic!("subscriber: {other:?}"),
+    }
+    let stored = broker.metric("ringmq_storage_rows_deferred_stored_total{shard=\"0\"}");
+    assert_eq!(
+        stored,
+        Some(1.0),
+        "the held copy was stored before its PUBACK"
+    );
+}
+
+mod deferred_rows {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_copies_v311() {
+        acknowledged_copies(Proto::V4).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_copies_v5() {
+        acknowledged_copies(Proto::V5).await
+    }
+    #[tokio::test]
+    async fn held_copy_is_stored_v311() {
+        held_copy_is_stored(Proto::V4).await
+    }
+    #[tokio::test]
+    async fn held_copy_is_stored_v5() {
+        held_copy_is_stored(Proto::V5).await
+    }
+}
