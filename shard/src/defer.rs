@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 /// How long a copy may wait for its subscriber's PUBACK before it is stored.
 pub const DEFER_FOR: Duration = Duration::from_millis(4);
 
+/// A copy queued behind this many others is stored at once: at about half
+/// a core's delivery rate (1M/s) it would not be acknowledged within
+/// `DEFER_FOR`, and storing it late costs more than storing it now.
+pub const DEFER_QUEUE_MAX: usize = 2048;
+
 /// One shard's deferred rows.
 #[derive(Default)]
 pub struct Defer {

@@ -351,9 +351,11 @@ impl Session {
         let defer = &shard.defer;
         if fresh {
             // Sync: a QoS 1 copy for a connected subscriber waits for its
-            // PUBACK before it is stored (`defer.rs`).
+            // PUBACK before it is stored (`defer.rs`), unless it queues so
+            // deep that it would be stored at its deadline anyway.
             if qos == QoS::AtLeastOnce
                 && self.conn.is_some()
+                && self.queue.len() < crate::defer::DEFER_QUEUE_MAX
                 && defer.try_defer(self.sid, key, seq, msg.received_at)
             {
                 return;
