@@ -36,7 +36,7 @@ use std::rc::{Rc, Weak};
 #[derive(Default)]
 pub struct Confirms {
     /// token -> what waits on other shards' answers.
-    waiting: HashMap<u64, Waiting>,
+    waiting: crate::IntMap<u64, Waiting>,
     /// (shard, token) to answer once this shard's next commit is durable.
     owed: Vec<(usize, u64)>,
     paying: bool,

@@ -14,7 +14,7 @@ use crate::session::SessionId;
 use crate::shard::Shard;
 use crate::store::{OutboundState, SessionKey};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ pub struct Defer {
     current: Cell<Option<u64>>,
     count: Cell<usize>,
     /// (session key, seq) -> token of the publish waiting for the copy.
-    rows: RefCell<HashMap<(SessionKey, u64), u64>>,
+    rows: RefCell<crate::IntMap<(SessionKey, u64), u64>>,
     /// Deadlines, oldest first: (when, session, its key, seq).
     due: RefCell<VecDeque<(Instant, SessionId, SessionKey, u64)>>,
     /// Tokens of copies resolved (acknowledged, dropped), to answer.
@@ -106,14 +106,21 @@ impl Defer {
     /// Answers the publishes whose deferred copies were resolved. Call with
     /// no session borrowed (it releases acknowledgements).
     pub fn drain(shard: &Rc<Shard>) {
+        if shard.defer.resolved.borrow().is_empty() {
+            return;
+        }
+        let mut tokens = std::mem::take(&mut *shard.defer.resolved.borrow_mut());
         loop {
-            let tokens = std::mem::take(&mut *shard.defer.resolved.borrow_mut());
-            if tokens.is_empty() {
-                return;
-            }
-            for t in tokens {
+            for t in tokens.drain(..) {
                 crate::confirm::confirmed(shard, t);
             }
+            // Answering may resolve more; the buffer is kept for the next time.
+            let mut resolved = shard.defer.resolved.borrow_mut();
+            if resolved.is_empty() {
+                *resolved = tokens;
+                return;
+            }
+            std::mem::swap(&mut *resolved, &mut tokens);
         }
     }
 }

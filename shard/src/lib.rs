@@ -55,3 +55,29 @@ mod timers;
 pub mod topic;
 
 pub use connection::home_shard;
+
+/// FxHash-style mixing for maps keyed by integers the broker allocates
+/// (session keys, seqs, confirm tokens): nothing a client chooses, so no
+/// keyed hash is needed, and these maps are touched per message.
+#[derive(Default)]
+pub(crate) struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A `HashMap` keyed by broker-allocated integers ([`IntHasher`]).
+pub(crate) type IntMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;

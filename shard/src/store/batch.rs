@@ -4,8 +4,6 @@
 //! and reports `NoSpace` (LMDB never half-applies a transaction, so what was
 //! committed before stays intact).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -54,34 +52,13 @@ struct RowWrites {
     counted_at: u32,
 }
 
-/// FxHash-style mixing for the (session, seq) row index: its keys are small
-/// integers, and this runs once per outbound put and delete.
-#[derive(Default)]
-pub(crate) struct RowHasher(u64);
-
-impl Hasher for RowHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 /// Operations in arrival order; keys and values live in one arena.
 #[derive(Default, Debug)]
 pub(crate) struct Batch {
     pub buf: Vec<u8>,
     pub ops: Vec<Op>,
     /// Outbound rows written in this batch, by (session, seq).
-    rows: HashMap<(u64, u64), RowWrites, BuildHasherDefault<RowHasher>>,
+    rows: crate::IntMap<(u64, u64), RowWrites>,
     /// Ops turned `Dead`.
     dead: usize,
     /// Rows written here whose message is out, its acknowledgement awaited
