@@ -465,14 +465,24 @@ impl Link {
                     conn.release_idle_buffer();
                     return Ok(wrote);
                 }
-                if conn.gate.get() || self.ticket.is_some() {
+                if conn.gate.get() && self.ticket.is_none() {
+                    conn.gate.set(false);
+                    let mut t = shard.store.flush();
+                    match Pin::new(&mut t).poll(cx) {
+                        // Nothing pending or in flight: no wait (and no box).
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
+                            tracing::warn!(shard = shard.id, "commit failed, closing client: {e}");
+                            return Err(CloseReason::StorageError);
+                        }
+                        Poll::Pending => self.ticket = Some(Box::new((t, len))),
+                    }
+                }
+                if self.ticket.is_some() {
                     // Durability sync: these bytes leave once the rows behind
                     // them are durable. The ticket covers every op pushed so
                     // far; bytes buffered later without a new gate follow it.
-                    let t = self.ticket.get_or_insert_with(|| {
-                        conn.gate.set(false);
-                        Box::new((shard.store.flush(), len))
-                    });
+                    let t = self.ticket.as_mut().expect("checked");
                     let polled = Pin::new(&mut t.0).poll(cx);
                     let ticket_len = t.1;
                     match polled {

@@ -185,8 +185,10 @@ pub(crate) fn inbound(
                 ReasonCode::QuotaExceeded,
             );
         }
-        // Sync: PUBACK/PUBREC leave after the rows routing writes now.
-        crate::persist::gate(shard, conn);
+        if p.qos == QoS::ExactlyOnce {
+            // Sync: PUBREC leaves after the rows routing writes now.
+            crate::persist::gate(shard, conn);
+        }
     }
     match (p.qos, packet_id) {
         (QoS::AtMostOnce, _) => {
@@ -201,7 +203,13 @@ pub(crate) fn inbound(
             if let Some(t) = token {
                 shard.defer.begin(t);
             }
+            let ops = shard.store.pending_ops();
             let mut remote = route_in_order(shard, sid, p, req);
+            if shard.store.pending_ops() != ops {
+                // Sync: PUBACK leaves after the rows routing wrote (none when
+                // every copy was deferred: then only the token holds it).
+                crate::persist::gate(shard, conn);
+            }
             if token.is_some() {
                 // Local copies deferred under the token count like remote ones.
                 let deferred = shard.defer.end();
