@@ -14,17 +14,28 @@ use crate::session::SessionId;
 use crate::shard::Shard;
 use crate::store::{OutboundState, SessionKey};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// How long a copy may wait for its subscriber's PUBACK before it is stored.
+/// How long a copy may wait for its subscriber's PUBACK before it is
+/// stored, plus `DEFER_PER_QUEUED` for each message queued before it.
 pub const DEFER_FOR: Duration = Duration::from_millis(4);
+pub const DEFER_PER_QUEUED: Duration = Duration::from_micros(1);
 
-/// A copy queued behind this many others is stored at once: at about half
-/// a core's delivery rate (1M/s) it would not be acknowledged within
-/// `DEFER_FOR`, and storing it late costs more than storing it now.
-pub const DEFER_QUEUE_MAX: usize = 2048;
+/// A copy queued behind this many others is stored at once (its deadline
+/// would pass 20 ms).
+pub const DEFER_QUEUE_MAX: usize = 16384;
+
+/// The deadline of a copy queued behind `queued` others, ms.
+pub fn wait_ms(queued: usize) -> u64 {
+    (DEFER_FOR + DEFER_PER_QUEUED * queued as u32).as_millis() as u64
+}
+
+/// A session one of whose deferred copies reached its deadline is behind:
+/// its copies are stored at once for this long (its publishers then wait
+/// for a commit, not for a deadline).
+pub const BEHIND_FOR_MS: u32 = 100;
 
 /// One shard's deferred rows.
 #[derive(Default)]
@@ -35,8 +46,12 @@ pub struct Defer {
     count: Cell<usize>,
     /// (session key, seq) -> token of the publish waiting for the copy.
     rows: RefCell<crate::IntMap<(SessionKey, u64), u64>>,
-    /// Deadlines, oldest first: (when, session, its key, seq).
-    due: RefCell<VecDeque<(Instant, SessionId, SessionKey, u64)>>,
+    /// Deadlines: a wheel of 1 ms slots, `WHEEL` of them, from `next_ms`
+    /// (ms since the shard started); each slot holds (session, key, seq).
+    wheel: RefCell<Vec<Vec<(SessionId, SessionKey, u64)>>>,
+    next_ms: Cell<u64>,
+    /// Entries in the wheel (resolved ones included until their slot is swept).
+    due: Cell<usize>,
     /// Tokens of copies resolved (acknowledged, dropped), to answer.
     resolved: RefCell<Vec<u64>>,
     sweeping: Cell<bool>,
@@ -57,14 +72,30 @@ impl Defer {
 
     /// Defers the first write of row (`key`, `seq`) if a publish is being
     /// routed under a token; false when the row must be written now.
-    pub fn try_defer(&self, sid: SessionId, key: SessionKey, seq: u64, now: Instant) -> bool {
+    /// `now_ms`: ms since the shard started; `wait_ms`: the copy's deadline after that.
+    pub fn try_defer(
+        &self,
+        sid: SessionId,
+        (key, seq): (SessionKey, u64),
+        now_ms: u64,
+        wait_ms: u64,
+    ) -> bool {
         let Some(token) = self.current.get() else {
             return false;
         };
         self.rows.borrow_mut().insert((key, seq), token);
-        self.due
-            .borrow_mut()
-            .push_back((now + DEFER_FOR, sid, key, seq));
+        let mut wheel = self.wheel.borrow_mut();
+        if wheel.is_empty() {
+            wheel.resize_with(WHEEL, Vec::new);
+        }
+        if self.due.get() == 0 {
+            self.next_ms.set(now_ms);
+        }
+        // Late sweeps only ever bring a deadline forward.
+        let next = self.next_ms.get();
+        let at = (now_ms + wait_ms).clamp(next, next + WHEEL as u64 - 1);
+        wheel[(at % WHEEL as u64) as usize].push((sid, key, seq));
+        self.due.set(self.due.get() + 1);
         self.count.set(self.count.get() + 1);
         true
     }
@@ -72,7 +103,7 @@ impl Defer {
     /// Starts the task that stores copies past their deadline, if rows
     /// are deferred and it is not running.
     pub fn watch(shard: &Rc<Shard>) {
-        if !shard.defer.due.borrow().is_empty() && !shard.defer.sweeping.replace(true) {
+        if shard.defer.due.get() > 0 && !shard.defer.sweeping.replace(true) {
             glommio::spawn_local(sweep(shard.clone())).detach();
         }
     }
@@ -131,18 +162,23 @@ impl Defer {
 pub(crate) fn store_due(shard: &Rc<Shard>, all: bool) {
     Defer::drain(shard);
     let now = Instant::now();
+    let now_ms = now.saturating_duration_since(shard.started).as_millis() as u64;
     let mut expired: Vec<(SessionId, SessionKey, u64, u64)> = Vec::new();
     {
-        let mut due = shard.defer.due.borrow_mut();
-        let mut rows = shard.defer.rows.borrow_mut();
-        while let Some(&(at, sid, key, seq)) = due.front() {
-            if !all && at > now {
-                break;
+        let d = &shard.defer;
+        let mut wheel = d.wheel.borrow_mut();
+        let mut rows = d.rows.borrow_mut();
+        let mut slots = 0;
+        while d.due.get() > 0 && (all || d.next_ms.get() <= now_ms) && slots < WHEEL {
+            let slot = &mut wheel[(d.next_ms.get() % WHEEL as u64) as usize];
+            d.due.set(d.due.get() - slot.len());
+            for (sid, key, seq) in slot.drain(..) {
+                if let Some(t) = rows.remove(&(key, seq)) {
+                    expired.push((sid, key, seq, t));
+                }
             }
-            due.pop_front();
-            if let Some(t) = rows.remove(&(key, seq)) {
-                expired.push((sid, key, seq, t));
-            }
+            d.next_ms.set(d.next_ms.get() + 1);
+            slots += 1;
         }
     }
     if expired.is_empty() {
@@ -156,7 +192,7 @@ pub(crate) fn store_due(shard: &Rc<Shard>, all: bool) {
             let written = sessions
                 .get(sid as usize)
                 .filter(|s| s.key == Some(key))
-                .is_some_and(|s| s.store_deferred(shard, seq));
+                .is_some_and(|s| s.store_deferred(shard, seq, now));
             if written {
                 stored.push(token);
             } else {
@@ -187,19 +223,15 @@ pub(crate) fn store_due(shard: &Rc<Shard>, all: bool) {
 /// Stores deferred copies as their deadlines pass (at most one pass per
 /// `SWEEP_EVERY`: a deadline may be overrun by that much); ends when none is left.
 async fn sweep(shard: Rc<Shard>) {
-    loop {
-        let next = shard.defer.due.borrow().front().map(|d| d.0);
-        let Some(at) = next else {
-            shard.defer.sweeping.set(false);
-            return;
-        };
-        let wait = at
-            .saturating_duration_since(Instant::now())
-            .max(SWEEP_EVERY);
-        glommio::timer::sleep(wait).await;
+    while shard.defer.due.get() > 0 {
+        glommio::timer::sleep(SWEEP_EVERY).await;
         store_due(&shard, false);
     }
+    shard.defer.sweeping.set(false);
 }
+
+/// Slots of the deadline wheel (ms): more than the longest deadline.
+const WHEEL: usize = 64;
 
 const SWEEP_EVERY: Duration = Duration::from_millis(1);
 

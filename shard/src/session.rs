@@ -15,6 +15,7 @@ use ringmq_codec::{
 };
 use slab::Slab;
 use smallvec::SmallVec;
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
@@ -307,6 +308,9 @@ pub struct Session {
     pub key: Option<SessionKey>,
     /// Next outbound sequence number.
     pub next_seq: u64,
+    /// Its copies are not deferred before this (ms since the shard
+    /// started): one missed its deadline (`defer.rs`).
+    defer_off_until: Cell<u32>,
 }
 
 impl Session {
@@ -329,6 +333,7 @@ impl Session {
             disconnected_at: None,
             key: None,
             next_seq: 1,
+            defer_off_until: Cell::new(0),
         }
     }
 
@@ -353,10 +358,16 @@ impl Session {
             // Sync: a QoS 1 copy for a connected subscriber waits for its
             // PUBACK before it is stored (`defer.rs`), unless it queues so
             // deep that it would be stored at its deadline anyway.
+            let queued = self.queue.len();
+            let now_ms = msg
+                .received_at
+                .saturating_duration_since(shard.started)
+                .as_millis() as u64;
             if qos == QoS::AtLeastOnce
                 && self.conn.is_some()
-                && self.queue.len() < crate::defer::DEFER_QUEUE_MAX
-                && defer.try_defer(self.sid, key, seq, msg.received_at)
+                && queued < crate::defer::DEFER_QUEUE_MAX
+                && now_ms >= u64::from(self.defer_off_until.get())
+                && defer.try_defer(self.sid, (key, seq), now_ms, crate::defer::wait_ms(queued))
             {
                 return;
             }
@@ -389,7 +400,10 @@ impl Session {
 
     /// Writes deferred row `seq` with its current state, now due; false if
     /// the session no longer holds it.
-    pub fn store_deferred(&self, shard: &Shard, seq: u64) -> bool {
+    pub fn store_deferred(&self, shard: &Shard, seq: u64, now: Instant) -> bool {
+        let now_ms = now.saturating_duration_since(shard.started).as_millis() as u32;
+        self.defer_off_until
+            .set(now_ms.saturating_add(crate::defer::BEHIND_FOR_MS));
         let found = self
             .inflight
             .find_seq(seq, |o| o.seq)
