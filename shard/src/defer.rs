@@ -2,7 +2,8 @@
 //! persistent subscriber is not written to the store at once. The
 //! publisher's PUBACK waits, under the publish's confirm token, for each
 //! such copy to be either acknowledged by its subscriber (PUBACK: the row is
-//! never written) or stored: a copy still unacknowledged after [`DEFER_FOR`]
+//! never written) or stored: a copy still unacknowledged by its deadline
+//! ([`DEFER_FOR`] plus [`DEFER_PER_QUEUED`] per message queued ahead of it)
 //! is written with its current state and counts once that commit is durable.
 //!
 //! So a subscriber that keeps up costs the store nothing, even when its
@@ -14,7 +15,6 @@ use crate::session::SessionId;
 use crate::shard::Shard;
 use crate::store::{OutboundState, SessionKey};
 use std::cell::{Cell, RefCell};
-
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ pub fn wait_ms(queued: usize) -> u64 {
 /// A session one of whose deferred copies reached its deadline is behind:
 /// its copies are stored at once for this long (its publishers then wait
 /// for a commit, not for a deadline).
-pub const BEHIND_FOR_MS: u32 = 100;
+pub const BEHIND_FOR_MS: u64 = 100;
 
 /// One shard's deferred rows.
 #[derive(Default)]

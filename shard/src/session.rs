@@ -310,7 +310,7 @@ pub struct Session {
     pub next_seq: u64,
     /// Its copies are not deferred before this (ms since the shard
     /// started): one missed its deadline (`defer.rs`).
-    defer_off_until: Cell<u32>,
+    defer_off_until: Cell<u64>,
 }
 
 impl Session {
@@ -366,7 +366,7 @@ impl Session {
             if qos == QoS::AtLeastOnce
                 && self.conn.is_some()
                 && queued < crate::defer::DEFER_QUEUE_MAX
-                && now_ms >= u64::from(self.defer_off_until.get())
+                && now_ms >= self.defer_off_until.get()
                 && defer.try_defer(self.sid, (key, seq), now_ms, crate::defer::wait_ms(queued))
             {
                 return;
@@ -401,7 +401,7 @@ impl Session {
     /// Writes deferred row `seq` with its current state, now due; false if
     /// the session no longer holds it.
     pub fn store_deferred(&self, shard: &Shard, seq: u64, now: Instant) -> bool {
-        let now_ms = now.saturating_duration_since(shard.started).as_millis() as u32;
+        let now_ms = now.saturating_duration_since(shard.started).as_millis() as u64;
         self.defer_off_until
             .set(now_ms.saturating_add(crate::defer::BEHIND_FOR_MS));
         let found = self
