@@ -31,8 +31,27 @@ async fn subscriber(broker: &Durable, proto: Proto) -> Raw {
     sub
 }
 
-/// Every copy acknowledged by the subscriber: every publish is deferred, every PUBACK comes.
+/// Every copy acknowledged by the subscriber: copies are deferred, every PUBACK comes, and at
+/// least one copy was answered by its subscriber's PUBACK rather than stored. (A copy whose
+/// acknowledgement took over 4 ms, a scheduling hiccup on a loaded machine, is stored and its
+/// session then stores the next copies at once for 100 ms: so the counts are bounds, and the
+/// scenario is tried up to three times for the ack path.)
 async fn acknowledged_copies(proto: Proto) {
+    for attempt in 1..=3 {
+        let (deferred, stored) = acknowledged_copies_once(proto).await;
+        assert!(
+            (1.0..=f64::from(N)).contains(&deferred),
+            "deferred {deferred}"
+        );
+        if stored < deferred {
+            return;
+        }
+        eprintln!("attempt {attempt}: every deferred copy ({deferred}) was stored; again");
+    }
+    panic!("no deferred copy was answered by its subscriber's PUBACK in three attempts");
+}
+
+async fn acknowledged_copies_once(proto: Proto) -> (f64, f64) {
     let dir = DataDir::new();
     let broker = start(&dir);
     let mut sub = subscriber(&broker, proto).await;
@@ -55,7 +74,8 @@ async fn acknowledged_copies(proto: Proto) {
     }
     let _sub = sub_task.await.expect("subscriber got every message");
     let deferred = broker.metric("ringmq_storage_rows_deferred_total{shard=\"0\"}");
-    assert_eq!(deferred, Some(f64::from(N)), "every copy deferred");
+    let stored = broker.metric("ringmq_storage_rows_deferred_stored_total{shard=\"0\"}");
+    (deferred.unwrap_or(0.0), stored.unwrap_or(0.0))
 }
 
 /// A copy the subscriber holds unacknowledged: the publisher's PUBACK still comes, once the
