@@ -10,7 +10,7 @@ mod common;
 use common::persist::{args, persistent_connect, publish_acked, subscribe, DataDir, Durable};
 use common::raw::{publish_packet, resp, version, RawEv};
 use common::{Proto, Raw, WAIT};
-use ringmq_codec::{Packet, QoS, SubscriptionOptions};
+use ringmq_codec::{Packet, QoS, ReasonCode, SubscriptionOptions};
 
 const N: u16 = 50;
 
@@ -99,6 +99,48 @@ async fn held_copy_is_stored(proto: Proto) {
     );
 }
 
+/// A held copy that cannot be stored at its deadline (2 MiB message, 1 MiB store quota): the
+/// publisher's acknowledgement follows that commit's result, so it is refused (v5 PUBACK 0x97
+/// Quota exceeded; 3.1.1 has no negative PUBACK: the connection is closed), never a Success.
+/// The v5 case fails if the deferred copy is answered before its commit resolves (checked by
+/// mutation); the 3.1.1 close can also come from the connection's own gate.
+async fn held_copy_that_cannot_be_stored_is_refused(proto: Proto) {
+    let dir = DataDir::new();
+    let broker = Durable::start_args(&args(
+        &dir.path,
+        1,
+        "sync",
+        &[
+            "--store-max-bytes",
+            "1048576",
+            "--max-packet-size",
+            "4194304",
+        ],
+    ));
+    let mut sub = subscriber(&broker, proto).await;
+    let v = version(proto);
+    let (mut publ, _) = Raw::connect_with(broker.addr, persistent_connect(v, "d-pub", 300)).await;
+    let big = vec![b'x'; 2 << 20];
+    publ.send(&Packet::Publish(publish_packet("d/t", 1, false, 1, &big)))
+        .await;
+    match sub.recv(WAIT).await {
+        RawEv::Packet(Packet::Publish(p)) => assert_eq!(p.payload.len(), big.len()),
+        other => panic!("subscriber: {other:?}"),
+    }
+    match (proto, publ.recv(WAIT).await) {
+        (Proto::V5, RawEv::Packet(Packet::PubAck(r))) => {
+            assert_eq!(
+                r.reason,
+                ReasonCode::QuotaExceeded,
+                "refused, not acknowledged"
+            )
+        }
+        (Proto::V4, RawEv::Closed) => {}
+        (Proto::V4, RawEv::Packet(Packet::Disconnect(_))) => {}
+        (_, other) => panic!("publisher: expected a refusal, got {other:?}"),
+    }
+}
+
 mod deferred_rows {
     use super::*;
 
@@ -117,5 +159,13 @@ mod deferred_rows {
     #[tokio::test]
     async fn held_copy_is_stored_v5() {
         held_copy_is_stored(Proto::V5).await
+    }
+    #[tokio::test]
+    async fn held_copy_that_cannot_be_stored_is_refused_v311() {
+        held_copy_that_cannot_be_stored_is_refused(Proto::V4).await
+    }
+    #[tokio::test]
+    async fn held_copy_that_cannot_be_stored_is_refused_v5() {
+        held_copy_that_cannot_be_stored_is_refused(Proto::V5).await
     }
 }
