@@ -20,7 +20,11 @@ pub enum Op {
     Delete { key: Vec<u8> },
     /// Set `key` to `value` (or remove it when `value` is `None`) only if its
     /// version is `expected` (0: only if absent).
-    Cas { key: Vec<u8>, expected: u64, value: Option<Vec<u8>> },
+    Cas {
+        key: Vec<u8>,
+        expected: u64,
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl Op {

@@ -9,17 +9,34 @@ use crate::types::NodeId;
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("raft data dir {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("raft data dir {path}: {source}")]
     Lmdb { path: PathBuf, source: heed::Error },
     #[error(
         "raft data dir {path} belongs to cluster {found:?}, not {expected:?}: refusing to open it"
     )]
-    ForeignCluster { path: PathBuf, found: String, expected: String },
-    #[error("raft data dir {path} belongs to node {found}, not node {expected}: refusing to open it")]
-    WrongNode { path: PathBuf, found: NodeId, expected: NodeId },
+    ForeignCluster {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error(
+        "raft data dir {path} belongs to node {found}, not node {expected}: refusing to open it"
+    )]
+    WrongNode {
+        path: PathBuf,
+        found: NodeId,
+        expected: NodeId,
+    },
     #[error("raft data dir {path}: format {found}, this build reads format {expected}")]
-    Format { path: PathBuf, found: u32, expected: u32 },
+    Format {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("raft data dir {path}: corrupt meta row {row}")]
     Corrupt { path: PathBuf, row: &'static str },
     #[error("raft node config: {0}")]
@@ -40,7 +57,11 @@ pub enum Error {
     NotLeader { leader: Option<NodeId> },
     /// The change would leave fewer reachable voters than a quorum needs.
     #[error("refused: the change would lose quorum ({reachable} of {voters} voters reachable, {needed} needed)")]
-    WouldLoseQuorum { voters: usize, reachable: usize, needed: usize },
+    WouldLoseQuorum {
+        voters: usize,
+        reachable: usize,
+        needed: usize,
+    },
     /// The change names a node that is not in the membership (or already is).
     #[error("refused: {0}")]
     Membership(String),

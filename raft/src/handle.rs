@@ -44,8 +44,18 @@ impl std::fmt::Debug for RaftHandle {
 }
 
 impl RaftHandle {
-    pub(crate) fn new(id: NodeId, jobs: flume::Sender<Job>, claims: flume::Sender<Claim>, store: Weak<Store>) -> Self {
-        RaftHandle { id, jobs, claims, store }
+    pub(crate) fn new(
+        id: NodeId,
+        jobs: flume::Sender<Job>,
+        claims: flume::Sender<Claim>,
+        store: Weak<Store>,
+    ) -> Self {
+        RaftHandle {
+            id,
+            jobs,
+            claims,
+            store,
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -65,28 +75,39 @@ impl RaftHandle {
                 let _ = tx.send(f(core).await);
             })
         });
-        self.jobs.send_async(job).await.map_err(|_| Error::Stopped)?;
+        self.jobs
+            .send_async(job)
+            .await
+            .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// Commits a batch of ops (on the leader, forwarded if need be).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, Error> {
-        self.run(move |core| async move { core.write(cmd).await }).await
+        self.run(move |core| async move { core.write(cmd).await })
+            .await
     }
 
     /// Commits one op and returns its result.
     pub async fn op(&self, op: Op) -> Result<OpResult, Error> {
         let mut r = self.write(Command::one(op)).await?;
-        r.results.pop().ok_or_else(|| Error::Raft("empty result".into()))
+        r.results
+            .pop()
+            .ok_or_else(|| Error::Raft("empty result".into()))
     }
 
     /// Reads one key.
-    pub async fn read(&self, key: &[u8], consistency: Consistency) -> Result<Option<Versioned>, Error> {
+    pub async fn read(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<Versioned>, Error> {
         match consistency {
             Consistency::Local => self.read_local(key),
             Consistency::Linearizable => {
                 let key = key.to_vec();
-                self.run(move |core| async move { core.read_linearizable(key).await }).await
+                self.run(move |core| async move { core.read_linearizable(key).await })
+                    .await
             }
         }
     }
@@ -110,27 +131,32 @@ impl RaftHandle {
 
     /// Adds a learner (leader only) and waits until it caught up.
     pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), Error> {
-        self.run(move |core| async move { core.add_learner(id, addr).await }).await
+        self.run(move |core| async move { core.add_learner(id, addr).await })
+            .await
     }
 
     /// Promotes a learner to voter (leader only; joint consensus).
     pub async fn promote(&self, id: NodeId) -> Result<(), Error> {
-        self.run(move |core| async move { core.promote(id).await }).await
+        self.run(move |core| async move { core.promote(id).await })
+            .await
     }
 
     /// Removes a node (leader only); refused when it would lose quorum.
     pub async fn remove(&self, id: NodeId) -> Result<(), Error> {
-        self.run(move |core| async move { core.remove(id).await }).await
+        self.run(move |core| async move { core.remove(id).await })
+            .await
     }
 
     /// Hands leadership to `id` (leader only) and waits until it leads.
     pub async fn transfer_leader(&self, id: NodeId) -> Result<(), Error> {
-        self.run(move |core| async move { core.transfer_leader(id).await }).await
+        self.run(move |core| async move { core.transfer_leader(id).await })
+            .await
     }
 
     /// Builds a snapshot now; returns the index it covers.
     pub async fn snapshot(&self) -> Result<u64, Error> {
-        self.run(|core| async move { core.snapshot_now().await }).await
+        self.run(|core| async move { core.snapshot_now().await })
+            .await
     }
 
     /// The session-ownership facade of this node.

@@ -48,7 +48,12 @@ pub(crate) async fn run(core: Arc<Core>) {
             continue;
         }
         let up = core.reachable();
-        let members: Vec<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        let members: Vec<NodeId> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
         let mut ops = Vec::new();
         for id in members {
             let now_up = up.contains(&id);
@@ -61,7 +66,12 @@ pub(crate) async fn run(core: Arc<Core>) {
                 }
             };
             if recorded.map(|l| l.up) != Some(now_up) {
-                let Ok(value) = encode(&Liveness { up: now_up, term: m.current_term }) else { continue };
+                let Ok(value) = encode(&Liveness {
+                    up: now_up,
+                    term: m.current_term,
+                }) else {
+                    continue;
+                };
                 info!(node = id, up = now_up, "liveness change");
                 ops.push(Op::Put { key, value });
             }

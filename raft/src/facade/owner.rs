@@ -70,22 +70,46 @@ impl Ownership {
         Ownership { node, tx, store }
     }
 
-    async fn submit(&self, client_id: &[u8], node: Option<NodeId>, expected: u64) -> Result<u64, ClaimError> {
+    async fn submit(
+        &self,
+        client_id: &[u8],
+        node: Option<NodeId>,
+        expected: u64,
+    ) -> Result<u64, ClaimError> {
         let (reply, rx) = futures::channel::oneshot::channel();
-        let claim = Claim { client_id: client_id.to_vec(), node, expected, reply };
-        self.tx.send_async(claim).await.map_err(|_| ClaimError::Unavailable(Error::Stopped))?;
-        rx.await.map_err(|_| ClaimError::Unavailable(Error::Stopped))?
+        let claim = Claim {
+            client_id: client_id.to_vec(),
+            node,
+            expected,
+            reply,
+        };
+        self.tx
+            .send_async(claim)
+            .await
+            .map_err(|_| ClaimError::Unavailable(Error::Stopped))?;
+        rx.await
+            .map_err(|_| ClaimError::Unavailable(Error::Stopped))?
     }
 
     /// Claims `client_id` for `node` if its epoch is still `expected_epoch`;
     /// the new epoch when won.
-    pub async fn claim(&self, client_id: &[u8], node: NodeId, expected_epoch: u64) -> Result<u64, ClaimError> {
+    pub async fn claim(
+        &self,
+        client_id: &[u8],
+        node: NodeId,
+        expected_epoch: u64,
+    ) -> Result<u64, ClaimError> {
         self.submit(client_id, Some(node), expected_epoch).await
     }
 
     /// Claims `client_id` for this node.
-    pub async fn claim_here(&self, client_id: &[u8], expected_epoch: u64) -> Result<u64, ClaimError> {
-        self.submit(client_id, Some(self.node), expected_epoch).await
+    pub async fn claim_here(
+        &self,
+        client_id: &[u8],
+        expected_epoch: u64,
+    ) -> Result<u64, ClaimError> {
+        self.submit(client_id, Some(self.node), expected_epoch)
+            .await
     }
 
     /// Releases `client_id` if its epoch is still `epoch`.
@@ -96,8 +120,14 @@ impl Ownership {
     /// The owner as this node has applied it (no Raft round).
     pub fn owner_local(&self, client_id: &[u8]) -> Result<Option<Owner>, Error> {
         let store = self.store.upgrade().ok_or(Error::Stopped)?;
-        let v = sm::read_local(&store, &keys::own(client_id)).map_err(|e| Error::Storage(e.to_string()))?;
-        Ok(v.and_then(|v| owner_of(&v).map(|node| Owner { node, epoch: v.version })))
+        let v = sm::read_local(&store, &keys::own(client_id))
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(v.and_then(|v| {
+            owner_of(&v).map(|node| Owner {
+                node,
+                epoch: v.version,
+            })
+        }))
     }
 }
 
@@ -106,7 +136,9 @@ pub(crate) async fn run_batcher(core: Arc<Core>, rx: flume::Receiver<Claim>) {
     let cfg = core.cfg.batch.clone();
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight));
     while let Ok(first) = rx.recv_async().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         // Everything that queued while the previous entries were committing.
         while batch.len() < cfg.max_items {

@@ -46,12 +46,20 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(ctx: Arc<NetCtx>, target: NodeId, addr: String) -> Self {
-        Conn { target, addr, ctx, stream: None }
+        Conn {
+            target,
+            addr,
+            ctx,
+            stream: None,
+        }
     }
 
     async fn open(&self) -> Result<BoxIo, CallError> {
         let addr = self.addr.clone();
-        let err = |msg: String| CallError::Connect { addr: addr.clone(), msg };
+        let err = |msg: String| CallError::Connect {
+            addr: addr.clone(),
+            msg,
+        };
         let tcp = tokio::time::timeout(self.ctx.connect_timeout, TcpStream::connect(&self.addr))
             .await
             .map_err(|_| err("timed out".into()))?
@@ -75,13 +83,20 @@ impl Conn {
             cluster_id: self.ctx.cluster_id.clone(),
         };
         let shake = async {
-            write_frame(&mut io, &hello.encode()).await.map_err(|e| err(e.to_string()))?;
-            read_frame(&mut io, 4096).await.map_err(|e| err(e.to_string()))
+            write_frame(&mut io, &hello.encode())
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            read_frame(&mut io, 4096)
+                .await
+                .map_err(|e| err(e.to_string()))
         };
         let answer = tokio::time::timeout(self.ctx.handshake_timeout, shake)
             .await
             .map_err(|_| err("handshake timed out".into()))??;
-        parse_answer(&answer).map_err(|reason| CallError::Refused { addr: self.addr.clone(), reason })?;
+        parse_answer(&answer).map_err(|reason| CallError::Refused {
+            addr: self.addr.clone(),
+            reason,
+        })?;
         Ok(io)
     }
 
@@ -91,22 +106,38 @@ impl Conn {
             self.stream = None;
             return Err(CallError::Blocked(self.target));
         }
-        let body = wire::encode(req).map_err(|e| CallError::Io { addr: self.addr.clone(), msg: e.to_string() })?;
+        let body = wire::encode(req).map_err(|e| CallError::Io {
+            addr: self.addr.clone(),
+            msg: e.to_string(),
+        })?;
         let addr = self.addr.clone();
         let max = self.ctx.max_frame;
         let fut = async {
             if self.stream.is_none() {
                 self.stream = Some(self.open().await?);
             }
-            let io_err = |e: String| CallError::Io { addr: addr.clone(), msg: e };
-            let stream = self.stream.as_mut().ok_or_else(|| io_err("no stream".into()))?;
-            write_frame(stream, &body).await.map_err(|e| io_err(e.to_string()))?;
-            let raw = read_frame(stream, max).await.map_err(|e| io_err(e.to_string()))?;
+            let io_err = |e: String| CallError::Io {
+                addr: addr.clone(),
+                msg: e,
+            };
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| io_err("no stream".into()))?;
+            write_frame(stream, &body)
+                .await
+                .map_err(|e| io_err(e.to_string()))?;
+            let raw = read_frame(stream, max)
+                .await
+                .map_err(|e| io_err(e.to_string()))?;
             wire::decode::<Response>(&raw).map_err(|e| io_err(format!("malformed response: {e}")))
         };
         let res = match tokio::time::timeout(timeout, fut).await {
             Ok(res) => res,
-            Err(_) => Err(CallError::Timeout { addr: self.addr.clone(), ms: timeout.as_millis() }),
+            Err(_) => Err(CallError::Timeout {
+                addr: self.addr.clone(),
+                ms: timeout.as_millis(),
+            }),
         };
         if res.is_err() {
             self.stream = None;
@@ -130,7 +161,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerClient { conn: Conn::new(self.ctx.clone(), target, node.addr.clone()) }
+        PeerClient {
+            conn: Conn::new(self.ctx.clone(), target, node.addr.clone()),
+        }
     }
 }
 
@@ -144,7 +177,9 @@ fn rpc_err(e: CallError) -> RPCError<TypeConfig> {
         CallError::Blocked(_) | CallError::Connect { .. } | CallError::Refused { .. } => {
             RPCError::Unreachable(Unreachable::new(&e))
         }
-        CallError::Io { .. } | CallError::Timeout { .. } => RPCError::Network(NetworkError::new(&e)),
+        CallError::Io { .. } | CallError::Timeout { .. } => {
+            RPCError::Network(NetworkError::new(&e))
+        }
     }
 }
 
@@ -164,7 +199,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.conn.call(&Request::Append(rpc), option.soft_ttl()).await.map_err(rpc_err)? {
+        match self
+            .conn
+            .call(&Request::Append(rpc), option.soft_ttl())
+            .await
+            .map_err(rpc_err)?
+        {
             Response::Append(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -175,7 +215,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.conn.call(&Request::Vote(rpc), option.soft_ttl()).await.map_err(rpc_err)? {
+        match self
+            .conn
+            .call(&Request::Vote(rpc), option.soft_ttl())
+            .await
+            .map_err(rpc_err)?
+        {
             Response::Vote(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -186,7 +231,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.conn.call(&Request::PreVote(rpc), option.soft_ttl()).await.map_err(rpc_err)? {
+        match self
+            .conn
+            .call(&Request::PreVote(rpc), option.soft_ttl())
+            .await
+            .map_err(rpc_err)?
+        {
             Response::Vote(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -199,7 +249,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let req = Request::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
+        let req = Request::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
         let call = self.conn.call(&req, option.hard_ttl());
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
@@ -219,7 +273,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.conn.call(&Request::TransferLeader(req), option.soft_ttl()).await.map_err(rpc_err)? {
+        match self
+            .conn
+            .call(&Request::TransferLeader(req), option.soft_ttl())
+            .await
+            .map_err(rpc_err)?
+        {
             Response::TransferLeader(r) => Ok(r),
             other => Err(unexpected(other)),
         }

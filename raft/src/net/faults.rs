@@ -18,18 +18,30 @@ pub struct Faults {
 
 impl Faults {
     pub fn block(&self, peer: NodeId) {
-        self.blocked.write().unwrap_or_else(|e| e.into_inner()).insert(peer);
+        self.blocked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer);
     }
 
     pub fn unblock(&self, peer: NodeId) {
-        self.blocked.write().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+        self.blocked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
     }
 
     pub fn heal(&self) {
-        self.blocked.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.blocked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub fn is_blocked(&self, peer: NodeId) -> bool {
-        self.blocked.read().unwrap_or_else(|e| e.into_inner()).contains(&peer)
+        self.blocked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&peer)
     }
 }

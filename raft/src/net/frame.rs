@@ -38,7 +38,10 @@ pub enum FrameError {
 }
 
 /// Reads one frame body (at most `max` bytes).
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -56,7 +59,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<V
 
 /// Writes one frame and flushes it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(body.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
     w.write_all(&len.to_be_bytes()).await?;
     w.write_all(body).await?;
     w.flush().await
@@ -112,8 +116,15 @@ impl Hello {
         if b.len() != 24 + len {
             return Err(HelloError::Truncated);
         }
-        let cluster_id = std::str::from_utf8(id).map_err(|_| HelloError::ClusterId)?.to_string();
-        Ok(Hello { version, from, to, cluster_id })
+        let cluster_id = std::str::from_utf8(id)
+            .map_err(|_| HelloError::ClusterId)?
+            .to_string();
+        Ok(Hello {
+            version,
+            from,
+            to,
+            cluster_id,
+        })
     }
 }
 
@@ -144,12 +155,20 @@ mod tests {
 
     #[test]
     fn hello_round_trip_and_must_fail() {
-        let h = Hello { version: PROTOCOL_VERSION, from: 3, to: 1, cluster_id: "prod-eu".into() };
+        let h = Hello {
+            version: PROTOCOL_VERSION,
+            from: 3,
+            to: 1,
+            cluster_id: "prod-eu".into(),
+        };
         assert_eq!(Hello::decode(&h.encode()), Ok(h.clone()));
         let raw = h.encode();
         assert_eq!(Hello::decode(b"GET / HTTP/1.1"), Err(HelloError::Magic));
         assert_eq!(Hello::decode(&raw[..20]), Err(HelloError::Truncated));
-        assert_eq!(Hello::decode(&raw[..raw.len() - 1]), Err(HelloError::Truncated));
+        assert_eq!(
+            Hello::decode(&raw[..raw.len() - 1]),
+            Err(HelloError::Truncated)
+        );
         let mut long = raw.clone();
         long.push(0);
         assert_eq!(Hello::decode(&long), Err(HelloError::Truncated));
@@ -162,7 +181,10 @@ mod tests {
     #[test]
     fn answers() {
         assert_eq!(parse_answer(&answer(None)), Ok(()));
-        assert_eq!(parse_answer(&answer(Some("wrong cluster"))), Err("wrong cluster".into()));
+        assert_eq!(
+            parse_answer(&answer(Some("wrong cluster"))),
+            Err("wrong cluster".into())
+        );
         assert!(parse_answer(&[7]).is_err());
         assert!(parse_answer(&[]).is_err());
     }

@@ -40,21 +40,25 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, core: Arc<Core>) {
     let _ = tcp.set_nodelay(true);
     let mut io: BoxIo = match &ctx.tls {
         None => Box::new(tcp),
-        Some(tls) => match tokio::time::timeout(ctx.handshake_timeout, tls.acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => Box::new(s),
-            Ok(Err(e)) => {
-                NetStats::bump(&ctx.stats.tls_failed);
-                warn!(%peer, error = %e, "cluster peer refused: tls handshake failed");
-                return;
+        Some(tls) => {
+            match tokio::time::timeout(ctx.handshake_timeout, tls.acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => {
+                    NetStats::bump(&ctx.stats.tls_failed);
+                    warn!(%peer, error = %e, "cluster peer refused: tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    NetStats::bump(&ctx.stats.tls_failed);
+                    warn!(%peer, "cluster peer refused: tls handshake timed out");
+                    return;
+                }
             }
-            Err(_) => {
-                NetStats::bump(&ctx.stats.tls_failed);
-                warn!(%peer, "cluster peer refused: tls handshake timed out");
-                return;
-            }
-        },
+        }
     };
-    let Some(from) = handshake(&mut io, peer, &ctx).await else { return };
+    let Some(from) = handshake(&mut io, peer, &ctx).await else {
+        return;
+    };
     NetStats::bump(&ctx.stats.accepted);
     debug!(%peer, from, "cluster peer connected");
     loop {
@@ -120,15 +124,24 @@ async fn handshake(io: &mut BoxIo, peer: SocketAddr, ctx: &NetCtx) -> Option<Nod
         }
         Ok(h) if h.version != PROTOCOL_VERSION => {
             NetStats::bump(&ctx.stats.refused_version);
-            Some(format!("protocol version {} not supported (this node speaks {PROTOCOL_VERSION})", h.version))
+            Some(format!(
+                "protocol version {} not supported (this node speaks {PROTOCOL_VERSION})",
+                h.version
+            ))
         }
         Ok(h) if h.cluster_id != ctx.cluster_id => {
             NetStats::bump(&ctx.stats.refused_cluster);
-            Some(format!("cluster id {:?} is not this cluster ({:?})", h.cluster_id, ctx.cluster_id))
+            Some(format!(
+                "cluster id {:?} is not this cluster ({:?})",
+                h.cluster_id, ctx.cluster_id
+            ))
         }
         Ok(h) if h.to != ctx.node_id || h.from == ctx.node_id || h.from == 0 => {
             NetStats::bump(&ctx.stats.refused_node);
-            Some(format!("addressed to node {} from node {}; this is node {}", h.to, h.from, ctx.node_id))
+            Some(format!(
+                "addressed to node {} from node {}; this is node {}",
+                h.to, h.from, ctx.node_id
+            ))
         }
         Ok(h) if ctx.faults.is_blocked(h.from) => return None,
         Ok(h) => {
@@ -158,7 +171,10 @@ async fn dispatch(core: &Core, req: Request) -> Response {
             Err(e) => Response::Failed(e.to_string()),
         },
         Request::Snapshot { vote, meta, data } => {
-            let snap = Snapshot { meta, snapshot: Cursor::new(data) };
+            let snap = Snapshot {
+                meta,
+                snapshot: Cursor::new(data),
+            };
             match raft.install_full_snapshot(vote, snap).await {
                 Ok(r) => Response::Snapshot(r),
                 Err(e) => Response::Failed(e.to_string()),

@@ -37,7 +37,9 @@ pub struct Tls {
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls").field("server_name", &self.server_name).finish()
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish()
     }
 }
 
@@ -57,7 +59,10 @@ impl Tls {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("cluster tls cert {}: {e}", files.cert.display()))?;
         if certs.is_empty() {
-            return Err(format!("cluster tls cert {}: no certificate in file", files.cert.display()));
+            return Err(format!(
+                "cluster tls cert {}: no certificate in file",
+                files.cert.display()
+            ));
         }
         let key = PrivateKeyDer::from_pem_file(&files.key)
             .map_err(|e| format!("cluster tls key {}: {e}", files.key.display()))?;
@@ -66,10 +71,15 @@ impl Tls {
             .map_err(|e| format!("cluster tls ca {}: {e}", files.ca.display()))?
         {
             let ca = ca.map_err(|e| format!("cluster tls ca {}: {e}", files.ca.display()))?;
-            roots.add(ca).map_err(|e| format!("cluster tls ca {}: {e}", files.ca.display()))?;
+            roots
+                .add(ca)
+                .map_err(|e| format!("cluster tls ca {}: {e}", files.ca.display()))?;
         }
         if roots.is_empty() {
-            return Err(format!("cluster tls ca {}: no certificate in file", files.ca.display()));
+            return Err(format!(
+                "cluster tls ca {}: no certificate in file",
+                files.ca.display()
+            ));
         }
         let roots = Arc::new(roots);
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())

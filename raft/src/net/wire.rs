@@ -29,7 +29,11 @@ pub enum Request {
     Vote(VoteReq),
     PreVote(VoteReq),
     /// A whole snapshot in one frame.
-    Snapshot { vote: Vote, meta: SnapshotMeta, data: Vec<u8> },
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
     TransferLeader(TransferReq),
     /// A follower forwards a client write to the leader.
     Forward(Command),
@@ -48,7 +52,9 @@ pub enum Response {
     Forward(CommandResult),
     Read(Option<Versioned>),
     /// The receiver is not the leader (forwarded writes and reads).
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
     /// The write may or may not have committed (leader changed meanwhile).
     Indeterminate,
     /// Anything else the receiver could not do, as text.

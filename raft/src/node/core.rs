@@ -42,8 +42,22 @@ enum Attempt {
 }
 
 impl Core {
-    pub fn new(id: NodeId, raft: Raft, store: Arc<Store>, net: Arc<NetCtx>, cfg: NodeConfig) -> Self {
-        Core { id, raft, store, net, cfg, forward: Mutex::new(HashMap::new()), next_conn: AtomicUsize::new(0) }
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        store: Arc<Store>,
+        net: Arc<NetCtx>,
+        cfg: NodeConfig,
+    ) -> Self {
+        Core {
+            id,
+            raft,
+            store,
+            net,
+            cfg,
+            forward: Mutex::new(HashMap::new()),
+            next_conn: AtomicUsize::new(0),
+        }
     }
 
     /// Commits `cmd` on this node if it leads, else on the leader; waits at
@@ -57,7 +71,8 @@ impl Core {
             if left.is_zero() {
                 return Err(Error::Timeout);
             }
-            let target = leader_hint.or_else(|| self.raft.metrics().borrow_watched().current_leader);
+            let target =
+                leader_hint.or_else(|| self.raft.metrics().borrow_watched().current_leader);
             let attempt = match target {
                 None => Attempt::Retry(None),
                 Some(l) if l == self.id => self.attempt_local(cmd.clone(), left).await,
@@ -68,7 +83,8 @@ impl Core {
                 Attempt::Retry(hint) => {
                     leader_hint = hint.filter(|h| Some(*h) != target);
                     if leader_hint.is_none() {
-                        let pause = Duration::from_millis(10).min(deadline.saturating_duration_since(Instant::now()));
+                        let pause = Duration::from_millis(10)
+                            .min(deadline.saturating_duration_since(Instant::now()));
                         tokio::time::sleep(pause).await;
                     }
                 }
@@ -88,7 +104,9 @@ impl Core {
     }
 
     async fn attempt_forward(&self, leader: NodeId, cmd: Command, left: Duration) -> Attempt {
-        let Some(conn) = self.forward_conn(leader) else { return Attempt::Retry(None) };
+        let Some(conn) = self.forward_conn(leader) else {
+            return Attempt::Retry(None);
+        };
         let mut conn = conn.lock().await;
         match conn.call(&Request::Forward(cmd), left).await {
             Ok(Response::Forward(r)) => Attempt::Done(Ok(r)),
@@ -109,12 +127,22 @@ impl Core {
         let addr = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
-            m.membership_config.membership().get_node(&leader)?.addr.clone()
+            m.membership_config
+                .membership()
+                .get_node(&leader)?
+                .addr
+                .clone()
         };
         let mut map = self.forward.lock().unwrap_or_else(|e| e.into_inner());
         let pool = map.entry(leader).or_insert_with(|| {
             (0..FORWARD_CONNS)
-                .map(|_| Arc::new(tokio::sync::Mutex::new(Conn::new(self.net.clone(), leader, addr.clone()))))
+                .map(|_| {
+                    Arc::new(tokio::sync::Mutex::new(Conn::new(
+                        self.net.clone(),
+                        leader,
+                        addr.clone(),
+                    )))
+                })
                 .collect()
         });
         let i = self.next_conn.fetch_add(1, Ordering::Relaxed) % pool.len();
@@ -143,11 +171,15 @@ impl Core {
         match tokio::time::timeout(self.cfg.write_timeout, fut).await {
             Err(_) => Err(Error::Timeout),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
-                Err(Error::NotLeader { leader: f.leader_id })
+                Err(Error::NotLeader {
+                    leader: f.leader_id,
+                })
             }
             Ok(Err(RaftError::APIError(e))) => Err(Error::Raft(e.to_string())),
             Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
-            Ok(Ok(_)) => sm::read_local(&self.store, key).map_err(|e| Error::Storage(e.to_string())),
+            Ok(Ok(_)) => {
+                sm::read_local(&self.store, key).map_err(|e| Error::Storage(e.to_string()))
+            }
         }
     }
 
@@ -164,7 +196,12 @@ impl Core {
                 Some(l) if l == self.id => self.read_leader(&key).await,
                 Some(l) => match self.forward_conn(l) {
                     None => Err(Error::NoLeader),
-                    Some(conn) => match conn.lock().await.call(&Request::Read(key.clone()), left).await {
+                    Some(conn) => match conn
+                        .lock()
+                        .await
+                        .call(&Request::Read(key.clone()), left)
+                        .await
+                    {
                         Ok(Response::Read(v)) => Ok(v),
                         Ok(Response::NotLeader { leader }) => Err(Error::NotLeader { leader }),
                         Ok(Response::Failed(m)) => Err(Error::Raft(m)),
@@ -177,7 +214,8 @@ impl Core {
             };
             match res {
                 Err(Error::NoLeader | Error::NotLeader { .. } | Error::Network(_)) => {
-                    let pause = Duration::from_millis(10).min(deadline.saturating_duration_since(Instant::now()));
+                    let pause = Duration::from_millis(10)
+                        .min(deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;
                 }
                 other => return other,
@@ -196,11 +234,17 @@ impl Core {
 }
 
 /// openraft's write errors as ours.
-pub(crate) fn map_write_err(e: RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>) -> Result<CommandResult, Error> {
+pub(crate) fn map_write_err(
+    e: RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>,
+) -> Result<CommandResult, Error> {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Err(Error::NotLeader { leader: f.leader_id }),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Err(Error::NotLeader {
+            leader: f.leader_id,
+        }),
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => Err(Error::Indeterminate),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Err(Error::Membership(e.to_string())),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Err(Error::Membership(e.to_string()))
+        }
         RaftError::APIError(e) => Err(Error::Raft(e.to_string())),
         RaftError::Fatal(_) => Err(Error::Stopped),
     }

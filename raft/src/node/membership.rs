@@ -19,7 +19,9 @@ impl Core {
         if m.state == ServerState::Leader {
             Ok(())
         } else {
-            Err(Error::NotLeader { leader: m.current_leader })
+            Err(Error::NotLeader {
+                leader: m.current_leader,
+            })
         }
     }
 
@@ -40,24 +42,38 @@ impl Core {
     }
 
     fn voters(&self) -> BTreeSet<NodeId> {
-        self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 
     fn check_quorum(&self, new_voters: &BTreeSet<NodeId>) -> Result<(), Error> {
         if new_voters.is_empty() {
-            return Err(Error::Membership("a cluster needs at least one voter".into()));
+            return Err(Error::Membership(
+                "a cluster needs at least one voter".into(),
+            ));
         }
         let up = self.reachable();
         let reachable = new_voters.iter().filter(|v| up.contains(v)).count();
         let needed = new_voters.len() / 2 + 1;
         if reachable < needed {
-            return Err(Error::WouldLoseQuorum { voters: new_voters.len(), reachable, needed });
+            return Err(Error::WouldLoseQuorum {
+                voters: new_voters.len(),
+                reachable,
+                needed,
+            });
         }
         Ok(())
     }
 
     async fn timed<T>(&self, fut: impl std::future::Future<Output = T>) -> Result<T, Error> {
-        tokio::time::timeout(self.cfg.membership_timeout, fut).await.map_err(|_| Error::Timeout)
+        tokio::time::timeout(self.cfg.membership_timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout)
     }
 
     /// Adds `id` at `addr` as a learner and waits until it has caught up.
@@ -66,34 +82,66 @@ impl Core {
         if id == 0 {
             return Err(Error::Membership("node id 0 is reserved".into()));
         }
-        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
         if m.membership().get_node(&id).is_some() {
             return Err(Error::Membership(format!("node {id} is already a member")));
         }
-        let res = self.timed(self.raft.add_learner(id, BasicNode { addr }, true)).await?;
-        res.map(|_| ()).map_err(|e| map_write_err(e).err().unwrap_or(Error::Raft("add learner".into())))
+        let res = self
+            .timed(self.raft.add_learner(id, BasicNode { addr }, true))
+            .await?;
+        res.map(|_| ()).map_err(|e| {
+            map_write_err(e)
+                .err()
+                .unwrap_or(Error::Raft("add learner".into()))
+        })
     }
 
     /// Makes learner `id` a voter (joint consensus, then the new config).
     pub async fn promote(&self, id: NodeId) -> Result<(), Error> {
         self.require_leader()?;
-        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
         if m.membership().get_node(&id).is_none() {
-            return Err(Error::Membership(format!("node {id} is not a member; add it as a learner first")));
+            return Err(Error::Membership(format!(
+                "node {id} is not a member; add it as a learner first"
+            )));
         }
         let mut voters = self.voters();
         if !voters.insert(id) {
             return Err(Error::Membership(format!("node {id} is already a voter")));
         }
         self.check_quorum(&voters)?;
-        let res = self.timed(self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)).await?;
-        res.map(|_| ()).map_err(|e| map_write_err(e).err().unwrap_or(Error::Raft("promote".into())))
+        let res = self
+            .timed(
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
+            )
+            .await?;
+        res.map(|_| ()).map_err(|e| {
+            map_write_err(e)
+                .err()
+                .unwrap_or(Error::Raft("promote".into()))
+        })
     }
 
     /// Removes `id` from the cluster (voter or learner).
     pub async fn remove(&self, id: NodeId) -> Result<(), Error> {
         self.require_leader()?;
-        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
         if m.membership().get_node(&id).is_none() {
             return Err(Error::Membership(format!("node {id} is not a member")));
         }
@@ -104,8 +152,14 @@ impl Core {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        let res = self.timed(self.raft.change_membership(change, false)).await?;
-        res.map(|_| ()).map_err(|e| map_write_err(e).err().unwrap_or(Error::Raft("remove".into())))
+        let res = self
+            .timed(self.raft.change_membership(change, false))
+            .await?;
+        res.map(|_| ()).map_err(|e| {
+            map_write_err(e)
+                .err()
+                .unwrap_or(Error::Raft("remove".into()))
+        })
     }
 
     /// Hands leadership to voter `id` and waits until it leads.
@@ -120,20 +174,39 @@ impl Core {
         if !self.reachable().contains(&id) {
             return Err(Error::Membership(format!("node {id} is not reachable")));
         }
-        self.raft.trigger().transfer_leader(id).await.map_err(|_| Error::Stopped)?;
+        self.raft
+            .trigger()
+            .transfer_leader(id)
+            .await
+            .map_err(|_| Error::Stopped)?;
         let wait = self.raft.wait(Some(self.cfg.membership_timeout));
-        wait.current_leader(id, "transfer leader").await.map_err(|_| Error::Timeout)?;
+        wait.current_leader(id, "transfer leader")
+            .await
+            .map_err(|_| Error::Timeout)?;
         Ok(())
     }
 
     /// Builds a snapshot now and waits for it (log purge follows per config).
     pub async fn snapshot_now(&self) -> Result<u64, Error> {
-        let applied = self.raft.metrics().borrow_watched().last_applied.as_ref().map_or(0, |l| l.index);
-        self.raft.trigger().snapshot().await.map_err(|_| Error::Stopped)?;
-        let wait = self.raft.wait(Some(self.cfg.membership_timeout));
-        wait.metrics(|m| m.snapshot.as_ref().is_some_and(|s| s.index >= applied), "snapshot")
+        let applied = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map_or(0, |l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
             .await
-            .map_err(|_| Error::Timeout)?;
+            .map_err(|_| Error::Stopped)?;
+        let wait = self.raft.wait(Some(self.cfg.membership_timeout));
+        wait.metrics(
+            |m| m.snapshot.as_ref().is_some_and(|s| s.index >= applied),
+            "snapshot",
+        )
+        .await
+        .map_err(|_| Error::Timeout)?;
         Ok(applied)
     }
 }

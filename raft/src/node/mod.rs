@@ -42,7 +42,11 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_items: 4096, linger: Duration::ZERO, max_inflight: 8 }
+        BatchConfig {
+            max_items: 4096,
+            linger: Duration::ZERO,
+            max_inflight: 8,
+        }
     }
 }
 
@@ -184,10 +188,17 @@ impl RaftNode {
 
     /// Starts the node on an already bound listener (tests bind port 0 first
     /// to learn every node's address before any node starts).
-    pub fn start_with_listener(cfg: NodeConfig, listener: std::net::TcpListener) -> Result<RaftNode, OpenError> {
+    pub fn start_with_listener(
+        cfg: NodeConfig,
+        listener: std::net::TcpListener,
+    ) -> Result<RaftNode, OpenError> {
         cfg.validate()?;
-        listener.set_nonblocking(true).map_err(|e| OpenError::Config(format!("listen: {e}")))?;
-        let addr = listener.local_addr().map_err(|e| OpenError::Config(format!("listen: {e}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| OpenError::Config(format!("listen: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| OpenError::Config(format!("listen: {e}")))?;
         let (jobs_tx, jobs_rx) = flume::bounded::<Job>(1 << 16);
         let (claims_tx, claims_rx) = flume::bounded(1 << 16);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -198,7 +209,11 @@ impl RaftNode {
         let (f, s) = (faults.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
-            .spawn(move || run(cfg, listener, addr, f, s, jobs_rx, claims_rx, stop_rx, ready_tx))
+            .spawn(move || {
+                run(
+                    cfg, listener, addr, f, s, jobs_rx, claims_rx, stop_rx, ready_tx,
+                )
+            })
             .map_err(|e| OpenError::Start(format!("spawn thread: {e}")))?;
         let started = match ready_rx.recv() {
             Ok(Ok(started)) => started,
@@ -212,7 +227,14 @@ impl RaftNode {
             }
         };
         let handle = RaftHandle::new(id, jobs_tx, claims_tx, started.store);
-        Ok(RaftNode { handle, addr, faults, stats, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(RaftNode {
+            handle,
+            addr,
+            faults,
+            stats,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
     }
 
     pub fn handle(&self) -> RaftHandle {
@@ -271,7 +293,10 @@ fn run(
     stop: tokio::sync::oneshot::Receiver<()>,
     ready: std::sync::mpsc::Sender<Result<Started, OpenError>>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(OpenError::Start(format!("runtime: {e}"))));
@@ -288,7 +313,9 @@ fn run(
         };
         tokio::spawn(owner::run_batcher(core.clone(), claims));
         tokio::spawn(liveness::run(core.clone()));
-        let _ = ready.send(Ok(Started { store: Arc::downgrade(&core.store) }));
+        let _ = ready.send(Ok(Started {
+            store: Arc::downgrade(&core.store),
+        }));
         let mut stop = stop;
         loop {
             tokio::select! {
@@ -341,16 +368,29 @@ async fn boot(
     )
     .await
     .map_err(|e| OpenError::Start(format!("raft: {e}")))?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| OpenError::Config(format!("listen: {e}")))?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| OpenError::Config(format!("listen: {e}")))?;
     let own = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
     let bootstrap: BTreeMap<NodeId, BasicNode> = cfg
         .bootstrap
         .iter()
-        .map(|(id, a)| (*id, BasicNode { addr: if a.is_empty() { own.clone() } else { a.clone() } }))
+        .map(|(id, a)| {
+            (
+                *id,
+                BasicNode {
+                    addr: if a.is_empty() { own.clone() } else { a.clone() },
+                },
+            )
+        })
         .collect();
     let core = Arc::new(Core::new(cfg.node_id, raft.clone(), store, net, cfg));
     tokio::spawn(server::serve(listener, core.clone()));
-    if !bootstrap.is_empty() && !raft.is_initialized().await.map_err(|e| OpenError::Start(e.to_string()))? {
+    if !bootstrap.is_empty()
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| OpenError::Start(e.to_string()))?
+    {
         // Every bootstrap node proposes the same membership at index 0; the
         // first election settles it. A node that already joined refuses.
         if let Err(e) = raft.initialize(bootstrap).await {

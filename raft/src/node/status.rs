@@ -60,8 +60,16 @@ impl Core {
         let nodes = membership
             .nodes()
             .map(|(id, node)| {
-                let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.as_ref().map_or(0, |l| l.index));
-                let matched = if *id == self.id { m.last_log_index } else { matched };
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.as_ref().map_or(0, |l| l.index));
+                let matched = if *id == self.id {
+                    m.last_log_index
+                } else {
+                    matched
+                };
                 let last_ack_ms = m
                     .heartbeat
                     .as_ref()
@@ -70,7 +78,11 @@ impl Core {
                 NodeStatus {
                     id: *id,
                     addr: node.addr.clone(),
-                    role: if voters.contains(id) { "voter" } else { "learner" },
+                    role: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    },
                     up: up.contains(id),
                     matched,
                     lag: matched.map(|x| last.saturating_sub(x)),

@@ -97,8 +97,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => None,
             }
         };
-        let last_log_id = last.or_else(|| last_purged_log_id.clone());
-        Ok(LogState { last_purged_log_id, last_log_id })
+        let last_log_id = last.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -116,7 +119,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -164,8 +171,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let store = self.store.clone();
         blocking(move || {
             let mut wtxn = store.env.write_txn().map_err(lmdb)?;
-            store.meta.put(&mut wtxn, "last_purged", &raw).map_err(lmdb)?;
-            store.log.delete_range(&mut wtxn, &(..=upto)).map_err(lmdb)?;
+            store
+                .meta
+                .put(&mut wtxn, "last_purged", &raw)
+                .map_err(lmdb)?;
+            store
+                .log
+                .delete_range(&mut wtxn, &(..=upto))
+                .map_err(lmdb)?;
             wtxn.commit().map_err(lmdb)
         })
         .await

@@ -16,8 +16,8 @@
 //! cluster's or node's dir is refused.
 
 pub mod log;
-pub mod snapshot;
 pub mod sm;
+pub mod snapshot;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -81,15 +81,25 @@ impl Store {
         opts: &StoreOptions,
     ) -> Result<Arc<Store>, OpenError> {
         let path = dir.to_path_buf();
-        fs::create_dir_all(dir).map_err(|source| OpenError::Io { path: path.clone(), source })?;
-        let lmdb = |source| OpenError::Lmdb { path: path.clone(), source };
+        fs::create_dir_all(dir).map_err(|source| OpenError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let lmdb = |source| OpenError::Lmdb {
+            path: path.clone(),
+            source,
+        };
         let page = 4096;
         let map_size = opts.map_size.div_ceil(page) * page;
         // SAFETY: the environment is opened once per directory in this process
         // (heed refuses a second open of the same path) and no other program
         // maps the file with other flags; the node's lifetime owns it.
         let env = unsafe {
-            EnvOpenOptions::new().read_txn_without_tls().map_size(map_size).max_dbs(8).open(dir)
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(map_size)
+                .max_dbs(8)
+                .open(dir)
         }
         .map_err(lmdb)?;
         let wtxn = env.write_txn().map_err(lmdb)?;
@@ -115,7 +125,14 @@ impl Store {
                 std::mem::transmute::<Database<'_, Str, Bytes>, StrDb>(sm),
             )
         };
-        let store = Store { env, meta, log, kv, sm, path: path.clone() };
+        let store = Store {
+            env,
+            meta,
+            log,
+            kv,
+            sm,
+            path: path.clone(),
+        };
         store.bind(cluster_id, node_id)?;
         Ok(Arc::new(store))
     }
@@ -123,26 +140,44 @@ impl Store {
     /// First open writes the identity rows; later opens check them.
     fn bind(&self, cluster_id: &str, node_id: NodeId) -> Result<(), OpenError> {
         let path = self.path.clone();
-        let lmdb = |source| OpenError::Lmdb { path: path.clone(), source };
+        let lmdb = |source| OpenError::Lmdb {
+            path: path.clone(),
+            source,
+        };
         let mut wtxn = self.env.write_txn().map_err(lmdb)?;
         match self.meta.get(&wtxn, "format").map_err(lmdb)? {
             None => {
-                self.meta.put(&mut wtxn, "format", &FORMAT.to_be_bytes()).map_err(lmdb)?;
-                self.meta.put(&mut wtxn, "cluster_id", cluster_id.as_bytes()).map_err(lmdb)?;
-                self.meta.put(&mut wtxn, "node_id", &node_id.to_be_bytes()).map_err(lmdb)?;
+                self.meta
+                    .put(&mut wtxn, "format", &FORMAT.to_be_bytes())
+                    .map_err(lmdb)?;
+                self.meta
+                    .put(&mut wtxn, "cluster_id", cluster_id.as_bytes())
+                    .map_err(lmdb)?;
+                self.meta
+                    .put(&mut wtxn, "node_id", &node_id.to_be_bytes())
+                    .map_err(lmdb)?;
                 wtxn.commit().map_err(lmdb)?;
                 return Ok(());
             }
             Some(raw) => {
-                let found = u32::from_be_bytes(
-                    raw.try_into().map_err(|_| OpenError::Corrupt { path: path.clone(), row: "format" })?,
-                );
+                let found = u32::from_be_bytes(raw.try_into().map_err(|_| OpenError::Corrupt {
+                    path: path.clone(),
+                    row: "format",
+                })?);
                 if found != FORMAT {
-                    return Err(OpenError::Format { path, found, expected: FORMAT });
+                    return Err(OpenError::Format {
+                        path,
+                        found,
+                        expected: FORMAT,
+                    });
                 }
             }
         }
-        let found = self.meta.get(&wtxn, "cluster_id").map_err(lmdb)?.unwrap_or_default();
+        let found = self
+            .meta
+            .get(&wtxn, "cluster_id")
+            .map_err(lmdb)?
+            .unwrap_or_default();
         if found != cluster_id.as_bytes() {
             return Err(OpenError::ForeignCluster {
                 path,
@@ -150,12 +185,21 @@ impl Store {
                 expected: cluster_id.to_string(),
             });
         }
-        let raw = self.meta.get(&wtxn, "node_id").map_err(lmdb)?.unwrap_or_default();
-        let found = u64::from_be_bytes(
-            raw.try_into().map_err(|_| OpenError::Corrupt { path: path.clone(), row: "node_id" })?,
-        );
+        let raw = self
+            .meta
+            .get(&wtxn, "node_id")
+            .map_err(lmdb)?
+            .unwrap_or_default();
+        let found = u64::from_be_bytes(raw.try_into().map_err(|_| OpenError::Corrupt {
+            path: path.clone(),
+            row: "node_id",
+        })?);
         if found != node_id {
-            return Err(OpenError::WrongNode { path, found, expected: node_id });
+            return Err(OpenError::WrongNode {
+                path,
+                found,
+                expected: node_id,
+            });
         }
         wtxn.abort();
         Ok(())
@@ -191,5 +235,7 @@ where
     F: FnOnce() -> std::io::Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.map_err(|e| std::io::Error::other(e.to_string()))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
 }

@@ -67,13 +67,24 @@ fn read_revision(store: &Store, txn: &heed::RoTxn<'_, heed::WithoutTls>) -> io::
 }
 
 /// Applies one command's ops in order; `rev` is the version counter.
-fn apply_command(store: &Store, wtxn: &mut RwTxn<'_>, rev: &mut u64, cmd: &Command) -> io::Result<CommandResult> {
+fn apply_command(
+    store: &Store,
+    wtxn: &mut RwTxn<'_>,
+    rev: &mut u64,
+    cmd: &Command,
+) -> io::Result<CommandResult> {
     let mut results = Vec::with_capacity(cmd.ops.len());
     for op in &cmd.ops {
         let res = match op {
             Op::Put { key, value } => write(store, wtxn, rev, key, value)?,
-            Op::Delete { key } => OpResult::Deleted { existed: store.kv.delete(wtxn, key).map_err(lmdb)? },
-            Op::Cas { key, expected, value } => {
+            Op::Delete { key } => OpResult::Deleted {
+                existed: store.kv.delete(wtxn, key).map_err(lmdb)?,
+            },
+            Op::Cas {
+                key,
+                expected,
+                value,
+            } => {
                 let current: Option<Versioned> = match store.kv.get(wtxn, key).map_err(lmdb)? {
                     Some(raw) => Some(decode(raw)?),
                     None => None,
@@ -84,7 +95,9 @@ fn apply_command(store: &Store, wtxn: &mut RwTxn<'_>, rev: &mut u64, cmd: &Comma
                 } else {
                     match value {
                         Some(value) => write(store, wtxn, rev, key, value)?,
-                        None => OpResult::Deleted { existed: store.kv.delete(wtxn, key).map_err(lmdb)? },
+                        None => OpResult::Deleted {
+                            existed: store.kv.delete(wtxn, key).map_err(lmdb)?,
+                        },
                     }
                 }
             }
@@ -94,9 +107,18 @@ fn apply_command(store: &Store, wtxn: &mut RwTxn<'_>, rev: &mut u64, cmd: &Comma
     Ok(CommandResult { results })
 }
 
-fn write(store: &Store, wtxn: &mut RwTxn<'_>, rev: &mut u64, key: &[u8], value: &[u8]) -> io::Result<OpResult> {
+fn write(
+    store: &Store,
+    wtxn: &mut RwTxn<'_>,
+    rev: &mut u64,
+    key: &[u8],
+    value: &[u8],
+) -> io::Result<OpResult> {
     *rev += 1;
-    let row = encode(&Versioned { version: *rev, value: value.to_vec() })?;
+    let row = encode(&Versioned {
+        version: *rev,
+        value: value.to_vec(),
+    })?;
     store.kv.put(wtxn, key, &row).map_err(lmdb)?;
     Ok(OpResult::Written { version: *rev })
 }
@@ -142,14 +164,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(cmd) => apply_command(&store, &mut wtxn, &mut rev, cmd)?,
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id()), m.clone());
-                        store.sm.put(&mut wtxn, "membership", &encode(&stored)?).map_err(lmdb)?;
+                        store
+                            .sm
+                            .put(&mut wtxn, "membership", &encode(&stored)?)
+                            .map_err(lmdb)?;
                         CommandResult::default()
                     }
                 };
                 results.push(res);
             }
-            store.sm.put(&mut wtxn, "revision", &encode(&rev)?).map_err(lmdb)?;
-            store.sm.put(&mut wtxn, "applied", &encode(&last)?).map_err(lmdb)?;
+            store
+                .sm
+                .put(&mut wtxn, "revision", &encode(&rev)?)
+                .map_err(lmdb)?;
+            store
+                .sm
+                .put(&mut wtxn, "applied", &encode(&last)?)
+                .map_err(lmdb)?;
             wtxn.commit().map_err(lmdb)?;
             Ok((batch, results))
         })
@@ -166,7 +197,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let raw = snapshot.into_inner();
         let image = SnapshotImage::decode(&raw)?;
         let meta = meta.clone();
@@ -178,10 +213,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let row = encode(&Versioned { version, value })?;
                 store.kv.put(&mut wtxn, &key, &row).map_err(lmdb)?;
             }
-            store.sm.put(&mut wtxn, "revision", &encode(&image.revision)?).map_err(lmdb)?;
-            store.sm.put(&mut wtxn, "applied", &encode(&meta.last_log_id)?).map_err(lmdb)?;
-            store.sm.put(&mut wtxn, "membership", &encode(&meta.last_membership)?).map_err(lmdb)?;
-            store.sm.put(&mut wtxn, "snapshot", &encode(&(meta, raw))?).map_err(lmdb)?;
+            store
+                .sm
+                .put(&mut wtxn, "revision", &encode(&image.revision)?)
+                .map_err(lmdb)?;
+            store
+                .sm
+                .put(&mut wtxn, "applied", &encode(&meta.last_log_id)?)
+                .map_err(lmdb)?;
+            store
+                .sm
+                .put(&mut wtxn, "membership", &encode(&meta.last_membership)?)
+                .map_err(lmdb)?;
+            store
+                .sm
+                .put(&mut wtxn, "snapshot", &encode(&(meta, raw))?)
+                .map_err(lmdb)?;
             wtxn.commit().map_err(lmdb)
         })
         .await
@@ -192,7 +239,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         match self.store.sm.get(&rtxn, "snapshot").map_err(lmdb)? {
             Some(raw) => {
                 let (meta, data): (SnapshotMeta, Vec<u8>) = decode(raw)?;
-                Ok(Some(Snapshot { meta, snapshot: std::io::Cursor::new(data) }))
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: std::io::Cursor::new(data),
+                }))
             }
             None => Ok(None),
         }
@@ -210,11 +260,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 Some(raw) => decode(raw)?,
                 None => None,
             };
-            let last_membership: StoredMembership = match store.sm.get(&rtxn, "membership").map_err(lmdb)? {
-                Some(raw) => decode(raw)?,
-                None => StoredMembership::default(),
+            let last_membership: StoredMembership =
+                match store.sm.get(&rtxn, "membership").map_err(lmdb)? {
+                    Some(raw) => decode(raw)?,
+                    None => StoredMembership::default(),
+                };
+            let mut image = SnapshotImage {
+                revision: read_revision(&store, &rtxn)?,
+                rows: Vec::new(),
             };
-            let mut image = SnapshotImage { revision: read_revision(&store, &rtxn)?, rows: Vec::new() };
             for row in store.kv.iter(&rtxn).map_err(lmdb)? {
                 let (k, raw) = row.map_err(lmdb)?;
                 let v: Versioned = decode(raw)?;
@@ -222,13 +276,26 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             }
             drop(rtxn);
             let raw = image.encode()?;
-            let meta = SnapshotMeta { last_log_id, last_membership };
+            let meta = SnapshotMeta {
+                last_log_id,
+                last_membership,
+            };
             let mut wtxn = store.env.write_txn().map_err(lmdb)?;
-            store.sm.put(&mut wtxn, "snapshot", &encode(&(meta.clone(), raw.clone()))?).map_err(lmdb)?;
+            store
+                .sm
+                .put(
+                    &mut wtxn,
+                    "snapshot",
+                    &encode(&(meta.clone(), raw.clone()))?,
+                )
+                .map_err(lmdb)?;
             wtxn.commit().map_err(lmdb)?;
             Ok((meta, raw))
         })
         .await?;
-        Ok(Snapshot { meta, snapshot: std::io::Cursor::new(raw) })
+        Ok(Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(raw),
+        })
     }
 }

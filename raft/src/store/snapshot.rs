@@ -24,7 +24,8 @@ impl SnapshotImage {
         let mut out = Vec::with_capacity(16 + self.rows.len() * 48);
         out.extend_from_slice(&MAGIC);
         out.push(IMAGE_FORMAT);
-        postcard::to_io(self, &mut out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        postcard::to_io(self, &mut out)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(out)
     }
 
@@ -34,7 +35,10 @@ impl SnapshotImage {
             return Err(bad("snapshot image: bad magic".into()));
         }
         if raw[4] != IMAGE_FORMAT {
-            return Err(bad(format!("snapshot image: format {}, expected {IMAGE_FORMAT}", raw[4])));
+            return Err(bad(format!(
+                "snapshot image: format {}, expected {IMAGE_FORMAT}",
+                raw[4]
+            )));
         }
         postcard::from_bytes(&raw[5..]).map_err(|e| bad(format!("snapshot image: {e}")))
     }

@@ -40,7 +40,10 @@ fn refused_with(s: &mut TcpStream, words: &str) {
     let answer = read_frame(s).expect("an answer");
     assert_eq!(answer[0], 1, "refused");
     let reason = String::from_utf8_lossy(&answer[1..]).into_owned();
-    assert!(reason.contains(words), "reason {reason:?} should mention {words:?}");
+    assert!(
+        reason.contains(words),
+        "reason {reason:?} should mention {words:?}"
+    );
     assert!(closed(s));
 }
 
@@ -50,7 +53,15 @@ fn garbage_foreign_and_wrong_version_peers_are_refused() {
     let leader = c.leader();
     let target = 1;
     let stats = || c.node(target).net_stats();
-    let hello = |version, cluster: &str, to| Hello { version, from: 9, to, cluster_id: cluster.into() }.encode();
+    let hello = |version, cluster: &str, to| {
+        Hello {
+            version,
+            from: 9,
+            to,
+            cluster_id: cluster.into(),
+        }
+        .encode()
+    };
 
     // Not a frame at all: an HTTP request (its first 4 bytes read as a huge length).
     let mut s = connect(&c, target);
@@ -94,8 +105,13 @@ fn garbage_foreign_and_wrong_version_peers_are_refused() {
             .then_some(())
     });
     // Nothing reached Raft: the cluster still commits, through the poked node too.
-    let r = block_on(c.handle(target).op(Op::Put { key: b"still".to_vec(), value: b"ok".to_vec() }));
-    let Ok(OpResult::Written { version }) = r else { panic!("{r:?}") };
+    let r = block_on(c.handle(target).op(Op::Put {
+        key: b"still".to_vec(),
+        value: b"ok".to_vec(),
+    }));
+    let Ok(OpResult::Written { version }) = r else {
+        panic!("{r:?}")
+    };
     c.converged(b"still", version);
     assert!(c.running().contains(&leader));
 }
@@ -109,7 +125,11 @@ fn a_data_dir_of_another_cluster_or_node_is_refused() {
     cfg.cluster_id = "someone-else".into();
     match ringmq_raft::RaftNode::start(cfg) {
         Err(e @ OpenError::ForeignCluster { .. }) => {
-            assert!(e.to_string().contains("belongs to cluster \"test-cluster\""), "{e}")
+            assert!(
+                e.to_string()
+                    .contains("belongs to cluster \"test-cluster\""),
+                "{e}"
+            )
         }
         Err(e) => panic!("expected ForeignCluster, got {e}"),
         Ok(_) => panic!("expected ForeignCluster, got a running node"),
@@ -118,13 +138,20 @@ fn a_data_dir_of_another_cluster_or_node_is_refused() {
     cfg.node_id = 2;
     cfg.bootstrap.clear();
     match ringmq_raft::RaftNode::start(cfg) {
-        Err(OpenError::WrongNode { found: 1, expected: 2, .. }) => {}
+        Err(OpenError::WrongNode {
+            found: 1,
+            expected: 2,
+            ..
+        }) => {}
         Err(e) => panic!("expected WrongNode, got {e}"),
         Ok(_) => panic!("expected WrongNode, got a running node"),
     }
     // The dir is intact: the right identity opens it and the data is there.
     c.restart(1);
     c.leader();
-    let r = block_on(c.handle(1).op(Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }));
+    let r = block_on(c.handle(1).op(Op::Put {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    }));
     assert!(matches!(r, Ok(OpResult::Written { .. })), "{r:?}");
 }

@@ -15,8 +15,14 @@ fn small_snapshots(cfg: &mut NodeConfig) {
 fn write_n(c: &Cluster, via: u64, from: usize, n: usize) -> u64 {
     let mut last = 0;
     for i in from..from + n {
-        let op = Op::Put { key: format!("k{i:05}").into_bytes(), value: vec![i as u8; 16] };
-        match block_on(c.handle(via).write(Command::one(op))).expect("write").results[0] {
+        let op = Op::Put {
+            key: format!("k{i:05}").into_bytes(),
+            value: vec![i as u8; 16],
+        };
+        match block_on(c.handle(via).write(Command::one(op)))
+            .expect("write")
+            .results[0]
+        {
             OpResult::Written { version } => last = version,
             ref r => panic!("{r:?}"),
         }
@@ -41,18 +47,28 @@ fn follower_catches_up_from_log_then_from_snapshot() {
     let before = c.status(f).last_log_index.unwrap_or(0);
     c.stop(f);
     let v = write_n(&c, leader, 10, 150);
-    let purged = poll("the leader to purge past the follower", Duration::from_secs(20), || {
-        let s = c.status(leader);
-        s.purged.filter(|p| *p > before)
-    });
+    let purged = poll(
+        "the leader to purge past the follower",
+        Duration::from_secs(20),
+        || {
+            let s = c.status(leader);
+            s.purged.filter(|p| *p > before)
+        },
+    );
     c.restart(f);
     c.converged(b"k00159", v);
     let s = c.status(f);
-    assert!(s.snapshot.is_some_and(|i| i >= purged), "follower installed a snapshot: {s:?}");
+    assert!(
+        s.snapshot.is_some_and(|i| i >= purged),
+        "follower installed a snapshot: {s:?}"
+    );
     // Every key arrived, not just the last one.
     let h = c.handle(f);
     for i in (0..160).step_by(7) {
-        let got = h.read_local(format!("k{i:05}").as_bytes()).unwrap().expect("key present");
+        let got = h
+            .read_local(format!("k{i:05}").as_bytes())
+            .unwrap()
+            .expect("key present");
         assert_eq!(got.value, vec![i as u8; 16]);
     }
     // And it keeps working as a member afterwards.

@@ -57,9 +57,18 @@ impl Cluster {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind");
             listeners.insert(id, l);
         }
-        let addrs: BTreeMap<_, _> = listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap())).collect();
-        let mut c = Cluster { dir, addrs, nodes: BTreeMap::new(), tweak };
-        let bootstrap: BTreeMap<NodeId, String> = c.addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
+        let addrs: BTreeMap<_, _> = listeners
+            .iter()
+            .map(|(id, l)| (*id, l.local_addr().unwrap()))
+            .collect();
+        let mut c = Cluster {
+            dir,
+            addrs,
+            nodes: BTreeMap::new(),
+            tweak,
+        };
+        let bootstrap: BTreeMap<NodeId, String> =
+            c.addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
         for (id, l) in listeners {
             let mut cfg = c.config(id);
             cfg.bootstrap = bootstrap.clone();
@@ -75,7 +84,11 @@ impl Cluster {
 
     /// Fast timings for tests.
     pub fn config(&self, id: NodeId) -> NodeConfig {
-        let listen = self.addrs.get(&id).copied().unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let listen = self
+            .addrs
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
         let mut cfg = NodeConfig::new(id, CLUSTER, listen, self.data_dir(id));
         cfg.heartbeat = Duration::from_millis(50);
         cfg.election_min = Duration::from_millis(300);
@@ -108,7 +121,11 @@ impl Cluster {
     }
 
     pub fn running(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| *id).collect()
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.is_some())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     pub fn stop(&mut self, id: NodeId) {
@@ -119,14 +136,19 @@ impl Cluster {
 
     pub fn try_restart(&mut self, id: NodeId) -> Result<(), OpenError> {
         let cfg = self.config(id);
-        let node = poll("the old listener/env to be released", Duration::from_secs(10), || {
-            match RaftNode::start(cfg.clone()) {
+        let node = poll(
+            "the old listener/env to be released",
+            Duration::from_secs(10),
+            || match RaftNode::start(cfg.clone()) {
                 Ok(n) => Some(Ok(n)),
-                Err(OpenError::Lmdb { source: heed::Error::EnvAlreadyOpened, .. }) => None,
+                Err(OpenError::Lmdb {
+                    source: heed::Error::EnvAlreadyOpened,
+                    ..
+                }) => None,
                 Err(OpenError::Config(m)) if m.contains("Address already in use") => None,
                 Err(e) => Some(Err(e)),
-            }
-        })?;
+            },
+        )?;
         self.nodes.insert(id, Some(node));
         Ok(())
     }
@@ -175,10 +197,14 @@ impl Cluster {
     /// Waits until every running node has applied `key` at `version`.
     pub fn converged(&self, key: &[u8], version: u64) {
         for id in self.running() {
-            poll(&format!("node {id} to apply {key:?}@{version}"), Duration::from_secs(20), || {
-                let v = self.handle(id).read_local(key).ok()??;
-                (v.version >= version).then_some(())
-            });
+            poll(
+                &format!("node {id} to apply {key:?}@{version}"),
+                Duration::from_secs(20),
+                || {
+                    let v = self.handle(id).read_local(key).ok()??;
+                    (v.version >= version).then_some(())
+                },
+            );
         }
     }
 }

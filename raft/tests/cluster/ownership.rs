@@ -67,7 +67,12 @@ fn worker(node: NodeId, slots: Slots, log: Arc<Mutex<Vec<Record>>>, seed: u64) {
             }
             Err(ClaimError::Unavailable(_)) => Outcome::Unknown,
         };
-        log.lock().unwrap().push(Record { client, node, expected, outcome });
+        log.lock().unwrap().push(Record {
+            client,
+            node,
+            expected,
+            outcome,
+        });
         done += 1;
     }
 }
@@ -91,7 +96,9 @@ fn concurrent_claims_never_give_an_epoch_two_owners() {
     for node in 1..=3u64 {
         for w in 0..WORKERS_PER_NODE {
             let (slots, log) = (slots.clone(), log.clone());
-            threads.push(std::thread::spawn(move || worker(node, slots, log, node * 100 + w as u64)));
+            threads.push(std::thread::spawn(move || {
+                worker(node, slots, log, node * 100 + w as u64)
+            }));
         }
     }
     // Chaos: stop and restart a follower, then the leader, while claims run.
@@ -109,9 +116,11 @@ fn concurrent_claims_never_give_an_epoch_two_owners() {
         slots.write().unwrap().insert(victim, None);
         c.stop(victim);
         let before = log.lock().unwrap().len();
-        poll("claims while a node is down", Duration::from_secs(60), || {
-            (log.lock().unwrap().len() > before + 50).then_some(())
-        });
+        poll(
+            "claims while a node is down",
+            Duration::from_secs(60),
+            || (log.lock().unwrap().len() > before + 50).then_some(()),
+        );
         c.restart(victim);
         publish(&c, &slots);
         c.leader();
@@ -121,10 +130,23 @@ fn concurrent_claims_never_give_an_epoch_two_owners() {
     }
     finished.store(true, Ordering::Relaxed);
     let records = log.lock().unwrap().clone();
-    let won = records.iter().filter(|r| matches!(r.outcome, Outcome::Won(_))).count();
-    let lost = records.iter().filter(|r| matches!(r.outcome, Outcome::Lost { .. })).count();
-    eprintln!("claims: {} recorded, {won} won, {lost} lost, {} unknown", records.len(), records.len() - won - lost);
-    assert!(won > 100 && lost > 100, "both wins and conflicts must happen: {won} won, {lost} lost");
+    let won = records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Won(_)))
+        .count();
+    let lost = records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Lost { .. }))
+        .count();
+    eprintln!(
+        "claims: {} recorded, {won} won, {lost} lost, {} unknown",
+        records.len(),
+        records.len() - won - lost
+    );
+    assert!(
+        won > 100 && lost > 100,
+        "both wins and conflicts must happen: {won} won, {lost} lost"
+    );
 
     // 1. No epoch with two owners.
     let mut seen: HashMap<(usize, u64), NodeId> = HashMap::new();
@@ -136,7 +158,11 @@ fn concurrent_claims_never_give_an_epoch_two_owners() {
         };
         let Some(owner) = owner else { continue };
         if let Some(prev) = seen.insert((r.client, epoch), owner) {
-            assert_eq!(prev, owner, "client {} epoch {epoch} seen with owners {prev} and {owner}", r.client);
+            assert_eq!(
+                prev, owner,
+                "client {} epoch {epoch} seen with owners {prev} and {owner}",
+                r.client
+            );
         }
     }
     // 2. Wins of one client form a chain.
@@ -144,7 +170,9 @@ fn concurrent_claims_never_give_an_epoch_two_owners() {
     for r in &records {
         if let Outcome::Won(e) = r.outcome {
             assert!(e > r.expected, "a win moves the epoch forward");
-            wins.entry(r.client).or_default().push((e, r.expected, r.node));
+            wins.entry(r.client)
+                .or_default()
+                .push((e, r.expected, r.node));
         }
     }
     for (client, ws) in wins.iter_mut() {
@@ -166,11 +194,23 @@ fn concurrent_claims_never_give_an_epoch_two_owners() {
     for (client, ws) in &wins {
         let &(last_epoch, _, last_node) = ws.last().unwrap();
         let key = [b"own/".as_slice(), &client_id(*client)].concat();
-        let v = block_on(h.read(&key, Consistency::Linearizable)).unwrap().expect("owned");
-        assert!(v.version >= last_epoch, "client {client}: epoch {last_epoch} won, {} stored", v.version);
+        let v = block_on(h.read(&key, Consistency::Linearizable))
+            .unwrap()
+            .expect("owned");
+        assert!(
+            v.version >= last_epoch,
+            "client {client}: epoch {last_epoch} won, {} stored",
+            v.version
+        );
         let owner = block_on(async { h.ownership().owner_local(&client_id(*client)) }).unwrap();
         if v.version == last_epoch {
-            assert_eq!(owner, Some(Owner { node: last_node, epoch: last_epoch }));
+            assert_eq!(
+                owner,
+                Some(Owner {
+                    node: last_node,
+                    epoch: last_epoch
+                })
+            );
         }
     }
 }

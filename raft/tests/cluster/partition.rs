@@ -15,13 +15,25 @@ fn minority_cannot_commit_majority_can_heal_converges() {
         c.cut(old, *m);
     }
     // The isolated old leader cannot commit (and cannot serve a linearizable read).
-    let w = block_on(c.handle(old).op(Op::Put { key: b"minority".to_vec(), value: b"x".to_vec() }));
-    assert!(matches!(w, Err(Error::Timeout | Error::Indeterminate | Error::NoLeader)), "minority write: {w:?}");
+    let w = block_on(c.handle(old).op(Op::Put {
+        key: b"minority".to_vec(),
+        value: b"x".to_vec(),
+    }));
+    assert!(
+        matches!(
+            w,
+            Err(Error::Timeout | Error::Indeterminate | Error::NoLeader)
+        ),
+        "minority write: {w:?}"
+    );
     let r = block_on(c.handle(old).read(b"minority", Consistency::Linearizable));
     assert!(r.is_err(), "minority linearizable read: {r:?}");
     // The majority elects a leader and commits.
     let new = c.leader_among(&majority, Duration::from_secs(20));
-    let v = match block_on(c.handle(new).op(Op::Put { key: b"majority".to_vec(), value: b"y".to_vec() })) {
+    let v = match block_on(c.handle(new).op(Op::Put {
+        key: b"majority".to_vec(),
+        value: b"y".to_vec(),
+    })) {
         Ok(OpResult::Written { version }) => version,
         other => panic!("majority write: {other:?}"),
     };

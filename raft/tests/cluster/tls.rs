@@ -20,7 +20,8 @@ fn make_pki(dir: &Path) -> TlsFiles {
     std::fs::create_dir_all(dir).unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "ringmq test CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "ringmq test CA");
     let ca_key = KeyPair::generate().unwrap();
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let node = CertificateParams::new(vec![NAME.to_string()]).unwrap();
@@ -45,8 +46,13 @@ fn cluster_over_mutual_tls() {
     let f2 = files.clone();
     let c = Cluster::with(3, move |cfg| cfg.tls = Some(f2.clone()));
     let leader = c.leader();
-    let r = block_on(c.handle(leader).op(Op::Put { key: b"tls".to_vec(), value: b"y".to_vec() }));
-    let Ok(OpResult::Written { version }) = r else { panic!("{r:?}") };
+    let r = block_on(c.handle(leader).op(Op::Put {
+        key: b"tls".to_vec(),
+        value: b"y".to_vec(),
+    }));
+    let Ok(OpResult::Written { version }) = r else {
+        panic!("{r:?}")
+    };
     c.converged(b"tls", version);
 
     let target = c.running().into_iter().find(|id| *id != leader).unwrap();
@@ -55,7 +61,9 @@ fn cluster_over_mutual_tls() {
     let before = stats();
     let mut s = TcpStream::connect(c.addrs[&target]).unwrap();
     s.write_all(&[0, 0, 0, 4, b'R', b'M', b'Q', b'C']).unwrap();
-    poll("plain peer refused", Duration::from_secs(5), || (stats() > before).then_some(()));
+    poll("plain peer refused", Duration::from_secs(5), || {
+        (stats() > before).then_some(())
+    });
 
     // A client certificate from another CA (the server's own CA trusted, so
     // only the server's check of the client can fail).
@@ -89,8 +97,13 @@ fn cluster_over_mutual_tls() {
     let _ = tls.flush();
     let mut buf = [0u8; 16];
     let _ = std::io::Read::read(&mut tls, &mut buf);
-    poll("foreign-CA peer refused", Duration::from_secs(5), || (stats() > before).then_some(()));
+    poll("foreign-CA peer refused", Duration::from_secs(5), || {
+        (stats() > before).then_some(())
+    });
     // The cluster is unaffected.
-    let r = block_on(c.handle(target).op(Op::Put { key: b"tls2".to_vec(), value: b"z".to_vec() }));
+    let r = block_on(c.handle(target).op(Op::Put {
+        key: b"tls2".to_vec(),
+        value: b"z".to_vec(),
+    }));
     assert!(matches!(r, Ok(OpResult::Written { .. })), "{r:?}");
 }
