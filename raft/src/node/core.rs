@@ -64,6 +64,22 @@ impl Core {
     /// most the configured write timeout. Retries only when nothing was
     /// appended (no leader yet, or a leader that refused before appending).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, Error> {
+        let started = Instant::now();
+        let ops = cmd.ops.len() as u64;
+        let res = self.write_inner(cmd).await;
+        let c = &self.store.counters;
+        match &res {
+            Ok(_) => {
+                crate::counters::add(&c.commits, 1);
+                crate::counters::add(&c.committed_ops, ops);
+                crate::counters::add(&c.commit_us_total, started.elapsed().as_micros() as u64);
+            }
+            Err(_) => crate::counters::add(&c.write_errors, 1),
+        }
+        res
+    }
+
+    async fn write_inner(&self, cmd: Command) -> Result<CommandResult, Error> {
         let deadline = Instant::now() + self.cfg.write_timeout;
         let mut leader_hint = None;
         loop {

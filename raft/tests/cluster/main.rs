@@ -6,6 +6,7 @@ mod common;
 mod bad_input;
 mod basics;
 mod catch_up;
+mod liveness;
 mod membership;
 mod ownership;
 mod partition;
