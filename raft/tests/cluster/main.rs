@@ -10,4 +10,5 @@ mod liveness;
 mod membership;
 mod ownership;
 mod partition;
+mod shard_await;
 mod tls;
