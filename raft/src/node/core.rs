@@ -130,8 +130,11 @@ impl Core {
             Ok(Response::Indeterminate) => Attempt::Done(Err(Error::Indeterminate)),
             Ok(Response::Failed(m)) => Attempt::Done(Err(Error::Raft(m))),
             Ok(other) => Attempt::Done(Err(Error::Network(format!("unexpected answer {other:?}")))),
-            // Never sent: safe to try again.
+            // Never sent: safe to try again (with a fresh address next time,
+            // in case the leader moved).
             Err(CallError::Blocked(_) | CallError::Connect { .. } | CallError::Refused { .. }) => {
+                drop(conn);
+                self.forget_leader(leader);
                 Attempt::Retry(None)
             }
             Err(CallError::Timeout { .. }) => Attempt::Done(Err(Error::Timeout)),
@@ -163,6 +166,13 @@ impl Core {
         });
         let i = self.next_conn.fetch_add(1, Ordering::Relaxed) % pool.len();
         Some(pool[i].clone())
+    }
+
+    fn forget_leader(&self, leader: NodeId) {
+        self.forward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&leader);
     }
 
     /// A forwarded write: commit here if leading, never forward again.
