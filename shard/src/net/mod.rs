@@ -5,8 +5,11 @@
 //! - `listener.rs`: listener sockets, bound once per shard.
 //! - `connection.rs`: a connection's one task, from accept to close.
 //! - `conn_out.rs`: a connection's outbound buffer.
+//! - `stack.rs`: the transport layers between a socket and the MQTT bytes
+//!   (plain; TLS and WebSocket slot in there), below them the `Wire` seam.
 
 pub(crate) mod conn_out;
 pub mod connection;
 pub mod listener;
 pub(crate) mod poller;
+pub(crate) mod stack;
