@@ -7,9 +7,12 @@
 //! - `conn_out.rs`: a connection's outbound buffer.
 //! - `stack.rs`: the transport layers between a socket and the MQTT bytes
 //!   (plain; TLS and WebSocket slot in there), below them the `Wire` seam.
+//! - `tls.rs`: rustls configuration per listener (reloadable) and a
+//!   connection's TLS layer.
 
 pub(crate) mod conn_out;
 pub mod connection;
 pub mod listener;
 pub(crate) mod poller;
 pub(crate) mod stack;
+pub mod tls;
