@@ -345,3 +345,35 @@ fn reload_serves_new_certificates_and_keeps_the_old_on_a_bad_file() {
     assert!(err.contains(&key.display().to_string()), "{err}");
     assert_eq!(served_cert(addr), der_of(&pki.server2.cert));
 }
+
+/// paho-mqtt (Python, from PyPI; `.ci/run` installs it) over TLS with the CA file, MQTT 3.1.1
+/// and 5.0 on two shards: QoS 0/1/2, retained, a 300 KB payload (many TLS records and reads).
+#[test]
+fn paho_mqtt_over_tls_v311_and_v5() {
+    let pki = Pki::shared();
+    let b = broker(2, pki.server_files());
+    let port = b.addrs()[0].port().to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_check.py");
+    for proto in ["4", "5"] {
+        let out = run(Command::new("timeout").args([
+            "60",
+            "python3",
+            script,
+            "--port",
+            &port,
+            "--proto",
+            proto,
+            "--cafile",
+            &path(&pki.ca),
+            "--run",
+            &format!("tls{proto}"),
+        ]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "paho over TLS (v{proto}): {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("\"big_intact\": true"), "{text}");
+    }
+}
