@@ -212,7 +212,7 @@ pub(crate) fn accept(
     {
         let mut sessions = shard.sessions.borrow_mut();
         let s = &mut sessions[sid as usize];
-        s.resend_inflight(&shard.stats, now);
+        s.resend_inflight(&shard.stats, now, shard.poller.now_ms());
         s.pump(shard, now);
     }
     Ok((sid, conn, keep_alive))

@@ -14,6 +14,7 @@ use ringmq_codec::{
     SubscriptionOptions, TopicFilter, UnsubAck, UnsubAckProperties, Unsubscribe,
 };
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Instant;
 
 fn granted(qos: QoS) -> ReasonCode {
@@ -101,10 +102,8 @@ pub(crate) fn subscribe(
         reasons,
         properties: SubAckProperties::default().into(),
     };
-    let generation = shard.sessions.borrow()[sid as usize].generation;
     let done = SubDone {
         sid,
-        generation,
         conn: conn.clone(),
         ack,
         replays,
@@ -129,7 +128,6 @@ pub(crate) fn subscribe(
 /// A SUBACK waiting for the other shards, and what follows it.
 pub(crate) struct SubDone {
     sid: SessionId,
-    generation: u64,
     conn: Rc<ConnOut>,
     ack: SubAck,
     replays: Vec<(TopicFilter, SubscriptionOptions)>,
@@ -156,16 +154,22 @@ pub(crate) fn barrier_passed(shard: &Rc<Shard>, token: u64) {
 
 /// Sends the SUBACK, then replays retained messages.
 fn finish(shard: &Rc<Shard>, d: SubDone) {
-    d.conn.send(&Packet::SubAck(d.ack));
-    if !d.replays.is_empty() {
-        glommio::spawn_local(replay(
-            shard.clone(),
-            d.sid,
-            d.generation,
-            d.replays,
-            d.sub_id,
-        ))
-        .detach();
+    let SubDone {
+        sid,
+        conn,
+        ack,
+        replays,
+        sub_id,
+    } = d;
+    conn.send(&Packet::SubAck(ack));
+    if !replays.is_empty() {
+        let r = Replay {
+            sid,
+            conn,
+            replays,
+            sub_id,
+        };
+        glommio::spawn_local(replay(shard.clone(), r)).detach();
     }
 }
 
@@ -273,44 +277,40 @@ pub(crate) fn drop_all_subscriptions(shard: &Shard, sid: SessionId) {
     }
 }
 
-/// Sends the retained messages matching new subscriptions, a batch per
-/// scheduler turn, so a `#` over millions of retained messages never stalls
-/// the shard. Retained messages go out with RETAIN=1 [MQTT-3.3.1-8].
-async fn replay(
-    shard: Rc<Shard>,
-    sid: SessionId,
-    generation: u64,
-    filters: Vec<(TopicFilter, SubscriptionOptions)>,
-    sub_id: Option<u32>,
-) {
+/// Sends the retained messages matching new subscriptions at the pace the
+/// subscriber reads: a cursor walks the store a batch per scheduler turn
+/// (so a `#` over millions of retained messages never stalls the shard), and
+/// each message waits until the connection has room — buffer space for QoS 0,
+/// and for QoS 1/2 also an open window with nothing queued — so none is
+/// dropped or put through the session queue's limits. The replay ends when
+/// the connection that subscribed closes. Retained messages go out with
+/// RETAIN=1 [MQTT-3.3.1-8].
+async fn replay(shard: Rc<Shard>, d: Replay) {
     let batch = shard.cfg.retained_replay_batch.max(1);
-    let ids: Vec<u32> = sub_id.into_iter().collect();
+    let ids: Vec<u32> = d.sub_id.into_iter().collect();
     let mut out = Vec::with_capacity(batch);
-    for (filter, options) in filters {
-        let mut cursor = shard.retained.borrow().replay(&filter);
+    for (filter, options) in &d.replays {
+        let mut cursor = shard.retained.borrow().replay(filter);
         loop {
             out.clear();
             let done = cursor.next_batch(&shard.retained.borrow(), batch, &mut out);
-            {
+            for m in out.drain(..) {
+                let qos = m.publish.qos.min(options.qos);
+                if !room(&shard, d.sid, &d.conn, qos).await {
+                    return;
+                }
                 let mut sessions = shard.sessions.borrow_mut();
-                let Some(s) = sessions.get_mut(sid as usize) else {
+                let Some(s) = sessions.get_mut(d.sid as usize) else {
                     return;
                 };
-                if s.generation != generation {
-                    return;
-                }
                 let now = Instant::now();
-                for m in &out {
-                    let msg = crate::session::Message::received_at(m.publish.clone(), m.stored_at);
-                    if msg.expiry_left(now) == Some(0) {
-                        continue;
-                    }
-                    let qos = m.publish.qos.min(options.qos);
-                    let version = s.conn.as_ref().map_or(s.version, |c| c.version);
-                    let frame = msg.frame(version, qos, now);
-                    let mut shared = Some(Rc::new(msg));
-                    s.deliver(&shard, &m.publish, &mut shared, &frame, true, &ids, now);
+                let msg = crate::session::Message::received_at(m.publish.clone(), m.stored_at);
+                if msg.expiry_left(now) == Some(0) {
+                    continue;
                 }
+                let frame = msg.frame(d.conn.version, qos, now);
+                let mut shared = Some(Rc::new(msg));
+                s.deliver(&shard, &m.publish, &mut shared, &frame, true, &ids, now);
             }
             if done {
                 break;
@@ -318,6 +318,36 @@ async fn replay(
             glommio::yield_if_needed().await;
         }
     }
+}
+
+/// A replay's subscriber and filters.
+struct Replay {
+    sid: SessionId,
+    conn: Rc<ConnOut>,
+    replays: Vec<(TopicFilter, SubscriptionOptions)>,
+    sub_id: Option<u32>,
+}
+
+/// Waits until session `sid`, still served by `conn`, can take one more
+/// message of `qos` without dropping or queueing it; false once `conn` is
+/// no longer the session's or is closing.
+async fn room(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>, qos: QoS) -> bool {
+    std::future::poll_fn(|cx| {
+        let sessions = shard.sessions.borrow();
+        let Some(s) = sessions.get(sid as usize) else {
+            return Poll::Ready(false);
+        };
+        if conn.closing() || !s.conn.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) {
+            return Poll::Ready(false);
+        }
+        let window = qos == QoS::AtMostOnce || (s.queue.is_empty() && s.window_open());
+        if window && conn.has_room(&shard.cfg) {
+            return Poll::Ready(true);
+        }
+        conn.wait_room(cx.waker());
+        Poll::Pending
+    })
+    .await
 }
 
 /// SUBACK and UNSUBACK of a persisted session leave once its subscription rows are durable.
