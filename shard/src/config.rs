@@ -17,6 +17,16 @@ pub enum OverflowPolicy {
     DropOldest,
 }
 
+impl OverflowPolicy {
+    /// The name used by the flag and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverflowPolicy::DropNewest => "drop-newest",
+            OverflowPolicy::DropOldest => "drop-oldest",
+        }
+    }
+}
+
 /// When an acknowledged QoS 1/2 message is durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {

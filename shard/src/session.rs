@@ -510,6 +510,7 @@ impl Session {
             .get_or_insert_with(|| Rc::new(Message::received(msg.clone(), now)))
             .clone();
         if !self.make_room(shard, cost(&msg)) {
+            shard.tally.dropped();
             return;
         }
         let sub_ids: SmallVec<[u32; 1]> = SmallVec::from_slice(sub_ids);
@@ -585,8 +586,8 @@ impl Session {
             reason = reason.as_str(),
             dropped = d.unwarned,
             total = d.total(),
-            "QoS 1/2 messages dropped for a subscriber (overflow policy {:?})",
-            shard.cfg.queue_overflow
+            policy = shard.cfg.queue_overflow.as_str(),
+            "acknowledged QoS 1/2 messages dropped for a subscriber"
         );
         d.unwarned = 0;
         d.warned_at = Some(now);
@@ -599,6 +600,7 @@ impl Session {
                 OverflowPolicy::DropNewest => {
                     self.held_bytes = self.held_bytes.saturating_sub(cost(&q.msg));
                     self.note_drop(shard, DropReason::QueueFull);
+                    shard.tally.dropped();
                     return;
                 }
                 OverflowPolicy::DropOldest => {
@@ -621,6 +623,7 @@ impl Session {
         );
         self.queue.push_back(q);
         stats.queued.inc();
+        shard.tally.held();
     }
 
     /// Sends a QoS 1/2 message now under a fresh packet id.
@@ -680,6 +683,7 @@ impl Session {
             state: OutState::Published,
         });
         stats.inflight.inc();
+        shard.tally.held();
         if !self.window_open() {
             // Full: the client must acknowledge within the slow consumer timeout.
             conn.window_stalled(shard.poller.now_ms());
@@ -834,6 +838,36 @@ impl Session {
             disconnected_at_ms: self.disconnected_at.map(store::instant_to_unix_ms),
             will: self.will.as_deref().cloned(),
         }
+    }
+}
+
+/// Counts, while one publish is routed on this shard, the QoS 1/2 copies
+/// sessions took and those they dropped: a v5 publisher whose message no
+/// session could take gets PUBACK 0x97 (`publish.rs`).
+#[derive(Default)]
+pub struct Tally {
+    held: Cell<u32>,
+    dropped: Cell<u32>,
+}
+
+impl Tally {
+    fn held(&self) {
+        self.held.set(self.held.get().saturating_add(1));
+    }
+
+    fn dropped(&self) {
+        self.dropped.set(self.dropped.get().saturating_add(1));
+    }
+
+    /// Starts counting for one publish.
+    pub fn reset(&self) {
+        self.held.set(0);
+        self.dropped.set(0);
+    }
+
+    /// Whether copies were dropped and none was taken since `reset`.
+    pub fn all_dropped(&self) -> bool {
+        self.held.get() == 0 && self.dropped.get() > 0
     }
 }
 
