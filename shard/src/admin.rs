@@ -56,14 +56,15 @@ pub(crate) fn answer(shard: &Rc<Shard>, q: Query) -> Reply {
             let sessions = shard.sessions.borrow();
             let list = sessions
                 .iter()
-                .filter(|(_, s)| s.client_id.as_str() == client_id)
+                .filter(|(_, s)| s.client_id.as_str() == client_id && !s.is_gone())
                 .map(|(_, s)| info(shard, s))
                 .collect();
             Reply::Clients(id, list)
         }
         Query::Sessions => {
             let sessions = shard.sessions.borrow();
-            Reply::Clients(id, sessions.iter().map(|(_, s)| info(shard, s)).collect())
+            let live = sessions.iter().filter(|(_, s)| !s.is_gone());
+            Reply::Clients(id, live.map(|(_, s)| info(shard, s)).collect())
         }
         Query::Kick { client_id } => {
             let sessions = shard.sessions.borrow();

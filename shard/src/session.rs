@@ -494,6 +494,9 @@ impl Session {
         sub_ids: &[u32],
         now: Instant,
     ) {
+        if self.is_gone() {
+            return; // removed; its subscriptions are leaving the router (`reap.rs`)
+        }
         let (cfg, stats) = (&*shard.cfg, &*shard.stats);
         let qos = frame.qos();
         if qos == QoS::AtMostOnce {
@@ -819,6 +822,12 @@ impl Session {
         self.held_bytes = 0;
         self.inbound_qos2.clear();
         self.will = None;
+    }
+
+    /// Whether the session was removed and waits for its subscriptions to
+    /// leave the router (`reap.rs`).
+    pub fn is_gone(&self) -> bool {
+        self.generation == crate::reap::GONE
     }
 
     /// Recomputes `held_bytes` from what is in flight and queued (restored sessions).

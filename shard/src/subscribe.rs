@@ -214,7 +214,8 @@ pub(crate) fn add(
     first
 }
 
-fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> bool {
+/// Removes one subscription of session `sid` from the router (and its row).
+pub(crate) fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> bool {
     if let Some(k) = shard
         .sessions
         .borrow()
