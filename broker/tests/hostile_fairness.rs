@@ -15,6 +15,7 @@ use ringmq_codec::{Packet, Subscribe, SubscribeProperties, SubscriptionOptions};
 
 matrix! {
     fn mass_close_removes_every_subscription_in_steps;
+    fn large_subscribe_is_handled_in_steps_and_in_order;
 }
 
 const CLIENTS: usize = 12;
@@ -101,4 +102,73 @@ async fn mass_close_removes_every_subscription_in_steps(ctx: Ctx) {
         RawEv::Timeout => {}
         other => panic!("a removed subscription still delivers: {other:?}"),
     }
+}
+
+/// A SUBSCRIBE of 200 filters (handled in steps of 64), then in the same write an UNSUBSCRIBE
+/// of one of them, a SUBSCRIBE of another topic and a PINGREQ: answered in order (SUBACK with
+/// 200 reasons, UNSUBACK, SUBACK, PINGRESP) [MQTT-4.6.0-?] packet order; the unsubscribed
+/// filter no longer delivers, the others do.
+async fn large_subscribe_is_handled_in_steps_and_in_order(ctx: Ctx) {
+    let v = raw::version(ctx.proto);
+    let b = &ctx.broker;
+    let (sub_id, pub_id) = cross_shard_ids("steps", ctx.shards());
+    let (mut r, _) = Raw::connect(b.addr, v, &sub_id, true).await;
+    let filters = (0..200)
+        .map(|j| {
+            let f = raw::filter(&format!("steps/{j}"));
+            (
+                f,
+                SubscriptionOptions::with_qos(ringmq_codec::QoS::AtMostOnce),
+            )
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    let big = Subscribe {
+        packet_id: raw::pid(1),
+        filters,
+        properties: SubscribeProperties::default(),
+    };
+    Packet::Subscribe(big).encode(v, &mut out).unwrap();
+    let un = ringmq_codec::Unsubscribe {
+        packet_id: raw::pid(2),
+        filters: vec![raw::filter("steps/7")],
+        properties: Default::default(),
+    };
+    Packet::Unsubscribe(un).encode(v, &mut out).unwrap();
+    Packet::Subscribe(raw::subscribe_packet(3, "steps/extra", 0))
+        .encode(v, &mut out)
+        .unwrap();
+    Packet::PingReq.encode(v, &mut out).unwrap();
+    r.send_bytes(&out).await;
+    match r.expect_any("SUBACK of 200").await {
+        Packet::SubAck(a) => assert_eq!((a.packet_id.get(), a.reasons.len()), (1, 200)),
+        other => panic!("expected the big SUBACK first, got {other:?}"),
+    }
+    match r.expect_any("UNSUBACK").await {
+        Packet::UnsubAck(a) => assert_eq!(a.packet_id.get(), 2),
+        other => panic!("expected UNSUBACK second, got {other:?}"),
+    }
+    match r.expect_any("SUBACK").await {
+        Packet::SubAck(a) => assert_eq!(a.packet_id.get(), 3),
+        other => panic!("expected SUBACK third, got {other:?}"),
+    }
+    assert!(matches!(r.expect_any("PINGRESP").await, Packet::PingResp));
+    let (mut p, _) = Raw::connect(b.addr, v, &pub_id, true).await;
+    for t in ["steps/7", "steps/8", "steps/199", "steps/extra"] {
+        let pk = publish_packet(t, 1, false, 1, t.as_bytes());
+        p.send(&Packet::Publish(pk)).await;
+        assert!(matches!(p.expect_packet("PUBACK").await, Packet::PubAck(_)));
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(
+            r.expect_publish("a subscribed topic")
+                .await
+                .topic
+                .as_str()
+                .to_string(),
+        );
+    }
+    assert_eq!(got, ["steps/8", "steps/199", "steps/extra"]);
+    r.expect_silence(QUIET, "steps/7 was unsubscribed").await;
 }

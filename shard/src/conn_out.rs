@@ -64,6 +64,9 @@ pub struct ConnOut {
     pub gate: Cell<bool>,
     /// A task waits in `room_waiters` (checked on every write: one byte, no borrow).
     room_wanted: Cell<bool>,
+    /// A large SUBSCRIBE/UNSUBSCRIBE is being handled in steps: the next
+    /// packets wait (read no further until it is done).
+    reading_paused: Cell<bool>,
     /// Poller clock (ms, truncated to 32 bits, never 0) since which the
     /// QoS 1/2 window has been full with no acknowledgement; 0: not stalled.
     stalled_at: Cell<u32>,
@@ -94,6 +97,7 @@ impl ConnOut {
             clean_start,
             gate: Cell::new(false),
             room_wanted: Cell::new(false),
+            reading_paused: Cell::new(false),
             stalled_at: Cell::new(0),
         }
     }
@@ -225,6 +229,22 @@ impl ConnOut {
         let waited = (now_ms as u32).wrapping_sub(at) as i32;
         let waited = waited.max(0) as u64;
         Some(now_ms.saturating_add(timeout_ms.saturating_sub(waited)))
+    }
+
+    /// Stops the handling of this connection's packets until `resume_reading`.
+    pub fn pause_reading(&self) {
+        self.reading_paused.set(true);
+    }
+
+    /// Handles the connection's packets again.
+    pub fn resume_reading(&self) {
+        self.reading_paused.set(false);
+        self.wake.notify();
+    }
+
+    /// Whether the handling of packets is paused.
+    pub fn reading_paused(&self) -> bool {
+        self.reading_paused.get()
     }
 
     /// Whether the connection is closing.

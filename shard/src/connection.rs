@@ -411,6 +411,11 @@ impl Link {
     fn read(&mut self, shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: &Io, now: u64) -> bool {
         let mut handled = false;
         loop {
+            if conn.reading_paused() {
+                // A large SUBSCRIBE/UNSUBSCRIBE goes on in steps: the packets
+                // after it wait, in order (and nothing more is read meanwhile).
+                return handled;
+            }
             match self.decoder.decode(&mut self.inbuf) {
                 Ok(Some(p)) => {
                     handled = true;
