@@ -191,6 +191,11 @@ pub struct LoadArgs {
     /// subscriber (closed loop, so queues stay bounded); 0 = open loop.
     #[arg(long)]
     pub window: Option<u64>,
+    /// Unlimited rate, QoS 0 only: a subscriber socket reports readable once this many
+    /// bytes wait (SO_RCVLOWAT; probes use at most half their window), so the generator
+    /// reads in batches; 1 = every byte (default 16384).
+    #[arg(long)]
+    pub rcvlowat: Option<usize>,
 }
 
 pub fn parse_secs(s: &str) -> Result<Duration, String> {

@@ -271,7 +271,7 @@ pub fn selfcheck(a: &SelfcheckArgs) -> Result<(), String> {
 /// One line saying whether the tool or the relay fixture was the limit.
 fn verdict(sum: &Summary) -> String {
     let moved = sum.sent_per_sec + sum.delivered_per_sec;
-    let verdict = if sum.generator_busy_percent < 80.0 {
+    let verdict = if !sum.generator_limited {
         "the relay fixture was the limit, so the tool's ceiling is above this"
     } else {
         "the generator is near its own limit here: add --cores"

@@ -5,14 +5,15 @@
 //! [`Conn::next_packet`]. [`Conn::drive`] writes what is queued and reads what has
 //! arrived in one task, so a publisher can keep writing while acknowledgements come back.
 
+use crate::rbuf::{frame_len, ReadBuf};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::future::poll_fn;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use ringmq_codec::{
     ConnAck, Connect, ConnectProperties, Decoder, Disconnect, DisconnectProperties, MqttString,
-    Packet, PacketId, ProtocolVersion, PubResp, PubRespProperties, QoS, ReasonCode, RetainHandling,
-    Subscribe, SubscribeProperties, SubscriptionOptions, TopicFilter,
+    Packet, PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, Subscribe,
+    SubscribeProperties, SubscriptionOptions, TopicFilter,
 };
 use std::io;
 use std::net::SocketAddr;
@@ -20,8 +21,8 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-/// Bytes read per syscall.
-const READ_CHUNK: usize = 64 * 1024;
+/// Initial write buffer capacity.
+const WRITE_CHUNK: usize = 64 * 1024;
 /// Largest packet accepted from the broker.
 const MAX_PACKET: u32 = 16 * 1024 * 1024;
 
@@ -68,8 +69,11 @@ pub fn invalid(msg: impl std::fmt::Display) -> io::Error {
 
 pub struct Conn {
     stream: TcpStream,
-    rbuf: BytesMut,
-    scratch: Box<[u8]>,
+    rbuf: ReadBuf,
+    /// Size of the frame at the front of `rbuf` when it is incomplete (0: unknown).
+    want: usize,
+    /// A whole non-PUBLISH frame copied out of `rbuf` for the codec's `Decoder`.
+    slow: BytesMut,
     /// Bytes waiting to be written; publishers append pre-encoded frames here.
     pub wbuf: BytesMut,
     decoder: Decoder,
@@ -85,9 +89,10 @@ impl Conn {
         decoder.set_version(version);
         Ok(Conn {
             stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            wbuf: BytesMut::with_capacity(READ_CHUNK),
+            rbuf: ReadBuf::default(),
+            want: 0,
+            slow: BytesMut::new(),
+            wbuf: BytesMut::with_capacity(WRITE_CHUNK),
             decoder,
             version,
         })
@@ -98,12 +103,35 @@ impl Conn {
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            wbuf: BytesMut::with_capacity(READ_CHUNK),
+            rbuf: ReadBuf::default(),
+            want: 0,
+            slow: BytesMut::new(),
+            wbuf: BytesMut::with_capacity(WRITE_CHUNK),
             decoder: Decoder::new(MAX_PACKET),
             version: ProtocolVersion::V5,
         })
+    }
+
+    /// `SO_RCVLOWAT`: the socket reports readable only once `bytes` are queued (1 =
+    /// any). Fewer, larger reads per message when the generator is faster than the
+    /// broker: each read costs a syscall and, on loopback, the ACK it sends.
+    pub fn set_rcvlowat(&self, bytes: usize) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let v = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads an int from the pointer we pass, on our own socket.
+        let r = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Sets the protocol version for encoding and decoding.
@@ -186,19 +214,20 @@ impl Conn {
             .map_err(|e| invalid(format!("encode: {e:?}")))
     }
 
-    /// Queues PUBACK / PUBREC / PUBREL / PUBCOMP.
+    /// Queues PUBACK / PUBREC / PUBREL / PUBCOMP with reason Success: four bytes, the
+    /// same in 3.1.1 and 5.0 (v5 3.4.2.1: the reason code and property length may be
+    /// left out when the reason is 0x00 and there are no properties).
+    #[inline]
     pub fn queue_ack(&mut self, kind: AckKind, id: PacketId) -> io::Result<()> {
-        let r = PubResp {
-            packet_id: id,
-            reason: ReasonCode::Success,
-            properties: PubRespProperties::default(),
+        let first = match kind {
+            AckKind::PubAck => 0x40,
+            AckKind::PubRec => 0x50,
+            AckKind::PubRel => 0x62, // [MQTT-3.6.1-1] flags 0010
+            AckKind::PubComp => 0x70,
         };
-        self.queue(&match kind {
-            AckKind::PubAck => Packet::PubAck(r),
-            AckKind::PubRec => Packet::PubRec(r),
-            AckKind::PubRel => Packet::PubRel(r),
-            AckKind::PubComp => Packet::PubComp(r),
-        })
+        let [hi, lo] = id.get().to_be_bytes();
+        self.wbuf.extend_from_slice(&[first, 2, hi, lo]);
+        Ok(())
     }
 
     /// Queues DISCONNECT and writes everything out (best effort).
@@ -223,7 +252,7 @@ impl Conn {
     /// None and goes through the codec's `Decoder` via [`Conn::next_packet`].
     #[inline]
     pub fn peek_publish(&self) -> Option<RawPublish> {
-        let b = &self.rbuf[..];
+        let b = self.rbuf.data();
         let first = *b.first()?;
         let qos = (first >> 1) & 3;
         if first >> 4 != 3 || qos == 3 {
@@ -283,22 +312,64 @@ impl Conn {
         })
     }
 
+    /// Publisher fast path: when the next whole frame read is a PUBACK, PUBREC or
+    /// PUBCOMP, its type (high nibble), packet id and reason code (0 when left out),
+    /// consumed. Anything else returns None for [`Conn::next_packet`].
+    #[inline]
+    pub fn take_ack(&mut self) -> Option<(u8, PacketId, u8)> {
+        let b = self.rbuf.data();
+        let kind = *b.first()?;
+        if !matches!(kind, 0x40 | 0x50 | 0x70) {
+            return None;
+        }
+        let rl = usize::from(*b.get(1)?);
+        if !(2..=0x7f).contains(&rl) || b.len() < 2 + rl {
+            return None;
+        }
+        let id = PacketId::new(u16::from_be_bytes([b[2], b[3]]))?;
+        let reason = if rl > 2 { b[4] } else { 0 };
+        self.rbuf.consume(2 + rl);
+        Some((kind >> 4, id, reason))
+    }
+
     /// Bytes read and not yet consumed.
     pub fn read_buf(&self) -> &[u8] {
-        &self.rbuf
+        self.rbuf.data()
     }
 
     /// Drops `n` consumed bytes from the read buffer.
     pub fn consume(&mut self, n: usize) {
-        self.rbuf.advance(n);
+        self.rbuf.consume(n);
     }
 
-    /// The next whole packet already read, if any.
-    #[inline]
+    /// The next whole packet already read, if any, through the codec's `Decoder` (the
+    /// frame is copied out of the read buffer first: this is the path for rare packets).
     pub fn next_packet(&mut self) -> io::Result<Option<Packet>> {
-        self.decoder
-            .decode(&mut self.rbuf)
-            .map_err(|e| invalid(format!("decode: {e:?}")))
+        let b = self.rbuf.data();
+        if b.is_empty() {
+            return Ok(None);
+        }
+        let n = match frame_len(b) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(None),
+            Err(()) => return Err(invalid("decode: malformed remaining length")),
+        };
+        if n > MAX_PACKET as usize {
+            return Err(invalid(format!("decode: packet of {n} bytes is too large")));
+        }
+        if b.len() < n {
+            self.want = n;
+            return Ok(None);
+        }
+        self.want = 0;
+        self.slow.clear();
+        self.slow.extend_from_slice(&b[..n]);
+        self.rbuf.consume(n);
+        match self.decoder.decode(&mut self.slow) {
+            Ok(Some(p)) => Ok(Some(p)),
+            Ok(None) => Err(invalid("decode: whole frame not decoded")),
+            Err(e) => Err(invalid(format!("decode: {e:?}"))),
+        }
     }
 
     /// Flushes, then waits for the next packet.
@@ -325,7 +396,7 @@ impl Conn {
         let Conn {
             stream,
             rbuf,
-            scratch,
+            want,
             wbuf,
             ..
         } = self;
@@ -342,13 +413,13 @@ impl Conn {
                     Poll::Pending => break,
                 }
             }
-            match Pin::new(&mut *stream).poll_read(cx, scratch) {
+            match Pin::new(&mut *stream).poll_read(cx, rbuf.spare(*want)) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "broker closed the connection",
                 ))),
                 Poll::Ready(Ok(n)) => {
-                    rbuf.extend_from_slice(&scratch[..n]);
+                    rbuf.filled(n);
                     Poll::Ready(Ok(Progress { read: true, wrote }))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

@@ -28,6 +28,7 @@ pub mod payload;
 pub mod plan;
 pub mod progress;
 pub mod publisher;
+pub mod rbuf;
 pub mod relay;
 pub mod report;
 pub mod retained;

@@ -56,7 +56,18 @@ impl Sender {
 
     /// Handles acknowledgements already read.
     fn on_packets(&mut self, conn: &mut Conn) -> io::Result<()> {
-        while let Some(p) = conn.next_packet()? {
+        loop {
+            // Fast path: acknowledgements read in place.
+            while let Some((kind, id, reason)) = conn.take_ack() {
+                if kind == 5 && reason < 0x80 {
+                    conn.queue_ack(AckKind::PubRel, id)?;
+                } else {
+                    self.inflight = self.inflight.saturating_sub(1);
+                }
+            }
+            let Some(p) = conn.next_packet()? else {
+                return Ok(());
+            };
             match p {
                 Packet::PubAck(r) | Packet::PubComp(r) => {
                     self.inflight = self.inflight.saturating_sub(1);
@@ -78,7 +89,6 @@ impl Sender {
                 _ => {}
             }
         }
-        Ok(())
     }
 }
 

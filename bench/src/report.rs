@@ -48,14 +48,17 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         ),
     ];
     if s.generator_busy_percent > 0.0 {
-        let warn = if s.generator_busy_percent > 90.0 {
-            "  (near its limit: add --cores)"
+        let per_msg = if s.generator_ns_per_message > 0.0 {
+            format!(
+                ", {:.0} ns CPU per message sent or received",
+                s.generator_ns_per_message
+            )
         } else {
-            ""
+            String::new()
         };
         r.push((
             "generator busy",
-            format!("{:.0}% of its cores{warn}", s.generator_busy_percent),
+            format!("{:.0}% of its cores{per_msg}", s.generator_busy_percent),
         ));
     }
     if s.publishers + s.subscribers > 0 && s.scenario != "conn" {
@@ -140,6 +143,9 @@ pub fn table(s: &Summary) -> String {
     for (k, v) in rows(s) {
         let _ = writeln!(out, "{k:<22} {v}");
     }
+    for w in &s.warnings {
+        let _ = writeln!(out, "{:<22} {w}", "WARNING");
+    }
     for n in &s.notes {
         let _ = writeln!(out, "{:<22} {n}", "note");
     }
@@ -171,7 +177,7 @@ pub fn comparison(results: &[(String, Summary)]) -> String {
     let cols = results.len() * 2;
     let _ = writeln!(out, "|---|{}", "---|".repeat(cols - 1));
     type Get = fn(&Summary) -> f64;
-    let metrics: [(&str, Get, bool); 13] = [
+    let metrics: [(&str, Get, bool); 14] = [
         ("publish msg/s", |s| s.sent_per_sec, true),
         ("deliveries/s", |s| s.delivered_per_sec, true),
         ("lost", |s| s.lost as f64, false),
@@ -184,6 +190,7 @@ pub fn comparison(results: &[(String, Summary)]) -> String {
         ("latency max µs", |s| s.latency.max_us, false),
         ("connects/s", |s| s.connects_per_sec, true),
         ("generator busy %", |s| s.generator_busy_percent, false),
+        ("generator ns/msg", |s| s.generator_ns_per_message, false),
         (
             "broker peak RSS kB",
             |s| s.broker_memory.as_ref().map_or(0.0, |m| m.hwm_kb as f64),

@@ -205,6 +205,7 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     let t0 = shared.t0();
     glommio::timer::sleep(Duration::from_nanos(t0.saturating_sub(payload::now_ns()))).await;
     let ticker = glommio::spawn_local(ticker(ctx.clone()));
+    let sampler = glommio::spawn_local(sample_window(ctx.clone()));
     let pub_tasks: Vec<_> = pubs
         .into_iter()
         .map(|(i, conn, w)| glommio::spawn_local(publisher::run(ctx.clone(), i as u32, conn, w)))
@@ -218,6 +219,7 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
         t.await;
     }
     drop(ticker);
+    drop(sampler);
     ctx.publish_progress();
     let mut st = ctx.stats.take();
     st.busy_secs = thread_cpu_secs() - cpu_start.0;
@@ -258,6 +260,31 @@ async fn ticker(ctx: Rc<CoreCtx>) {
     }
 }
 
+/// CPU time and messages moved by this core over the measured window (end of warm-up
+/// to end of publishing): the generator's load while the broker is driven, without
+/// setup, drain and idle tails.
+async fn sample_window(ctx: Rc<CoreCtx>) {
+    let (start, end) = (ctx.measure_start_ns.get(), ctx.pub_end_ns.get());
+    if end == u64::MAX {
+        return; // --count: no fixed window; the whole run is used
+    }
+    let sample = |ctx: &CoreCtx| {
+        let st = ctx.stats.borrow();
+        (thread_cpu_secs(), payload::now_ns(), st.sent + st.received)
+    };
+    glommio::timer::sleep(Duration::from_nanos(
+        start.saturating_sub(payload::now_ns()),
+    ))
+    .await;
+    let a = sample(&ctx);
+    glommio::timer::sleep(Duration::from_nanos(end.saturating_sub(payload::now_ns()))).await;
+    let b = sample(&ctx);
+    let mut st = ctx.stats.borrow_mut();
+    st.window_busy_secs = b.0 - a.0;
+    st.window_wall_secs = (b.1 - a.1) as f64 / 1e9;
+    st.window_messages = b.2 - a.2;
+}
+
 /// Tells the other cores how much this core's publishers sent.
 fn report_sent(ctx: &CoreCtx) {
     let sh = &ctx.shared;
@@ -281,6 +308,7 @@ async fn finish_subscribers(ctx: &Rc<CoreCtx>, subs: &[usize]) {
         Duration::from_secs(86_400),
     )
     .await;
+    ctx.pubs_finished.fire();
     let expected: u64 = {
         let sent = sh.sent_by_publisher.lock().expect("not poisoned");
         subs.iter()
@@ -306,7 +334,7 @@ fn summarize(sh: &Shared, t: CoreStats, cpus: Vec<usize>) -> Summary {
     let delivery_secs =
         ((t.last_measured_recv_ns.saturating_sub(measure_start)) as f64 / 1e9).max(publish_secs);
     let per_sec = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-    Summary {
+    let mut s = Summary {
         scenario: p.scenario.clone(),
         broker: sh.addr.to_string(),
         mqtt: format!("{:?}", p.broker.mqtt),
@@ -335,14 +363,15 @@ fn summarize(sh: &Shared, t: CoreStats, cpus: Vec<usize>) -> Summary {
         connects_per_sec: 0.0,
         connect_latency: Latency::from_histogram(&t.connect_latency),
         broker_memory: None,
-        generator_busy_percent: if t.wall_secs > 0.0 {
-            100.0 * t.busy_secs / t.wall_secs
-        } else {
-            0.0
-        },
         errors: t.errors,
-        notes: Vec::new(),
+        ..Summary::default()
+    };
+    if t.window_wall_secs > 0.0 {
+        s.set_generator_cpu(t.window_busy_secs, t.window_wall_secs, t.window_messages);
+    } else {
+        s.set_generator_cpu(t.busy_secs, t.wall_secs, t.sent + t.received);
     }
+    s
 }
 
 /// CPU time (user + system) of the calling thread, seconds.

@@ -44,6 +44,11 @@ pub struct CoreStats {
     /// CPU time of the core's thread from the start barrier to the end, and wall time.
     pub busy_secs: f64,
     pub wall_secs: f64,
+    /// The same over the measured window only (end of warm-up to end of publishing),
+    /// with the messages this core sent and received in it; zero when not sampled.
+    pub window_busy_secs: f64,
+    pub window_wall_secs: f64,
+    pub window_messages: u64,
 }
 
 impl Default for CoreStats {
@@ -64,6 +69,9 @@ impl Default for CoreStats {
             errors: Vec::new(),
             busy_secs: 0.0,
             wall_secs: 0.0,
+            window_busy_secs: 0.0,
+            window_wall_secs: 0.0,
+            window_messages: 0,
         }
     }
 }
@@ -92,6 +100,9 @@ impl CoreStats {
         self.expected += o.expected;
         self.busy_secs += o.busy_secs;
         self.wall_secs += o.wall_secs;
+        self.window_busy_secs += o.window_busy_secs;
+        self.window_wall_secs += o.window_wall_secs;
+        self.window_messages += o.window_messages;
         for e in o.errors {
             self.error(e);
         }
@@ -149,6 +160,37 @@ pub fn proc_memory(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Generator core use above which a figure is the tool's limit, not the broker's.
+pub const GENERATOR_LIMIT_PERCENT: f64 = 85.0;
+
+/// The warning printed (and put in `--json`) when the generator was the limit.
+pub fn generator_limit_warning(busy_percent: f64) -> String {
+    format!(
+        "generator core(s) {busy_percent:.0}% busy (> {GENERATOR_LIMIT_PERCENT:.0}%): this figure is the generator's limit, not the broker's (add --cores or a larger --window)"
+    )
+}
+
+impl Summary {
+    /// Sets busy %, ns per message and the generator-limit warning from CPU figures.
+    pub fn set_generator_cpu(&mut self, busy_secs: f64, wall_secs: f64, messages: u64) {
+        self.generator_busy_percent = if wall_secs > 0.0 {
+            100.0 * busy_secs / wall_secs
+        } else {
+            0.0
+        };
+        self.generator_ns_per_message = if messages > 0 {
+            busy_secs * 1e9 / messages as f64
+        } else {
+            0.0
+        };
+        self.generator_limited = self.generator_busy_percent > GENERATOR_LIMIT_PERCENT;
+        if self.generator_limited {
+            self.warnings
+                .push(generator_limit_warning(self.generator_busy_percent));
+        }
+    }
+}
+
 /// The result of one scenario run, as printed and written with `--json`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
@@ -185,8 +227,16 @@ pub struct Summary {
     pub connects_per_sec: f64,
     pub connect_latency: Latency,
     pub broker_memory: Option<BrokerMemory>,
-    /// Generator CPU use while running, % of its cores (near 100: the tool may be the limit).
+    /// Generator CPU use (user + system of its executor threads) over the measured
+    /// window, % of its cores; the whole run when there is no fixed window (`--count`).
     pub generator_busy_percent: f64,
+    /// Generator CPU nanoseconds per message it sent or received in that window.
+    pub generator_ns_per_message: f64,
+    /// True when the generator's cores passed [`GENERATOR_LIMIT_PERCENT`]: the
+    /// throughput figures are then the tool's limit, not the broker's.
+    pub generator_limited: bool,
+    /// Warnings for the reader (the generator-limit line among them).
+    pub warnings: Vec<String>,
     pub errors: Vec<String>,
     /// Extra scenario-specific notes (e.g. retained replay timings).
     pub notes: Vec<String>,
