@@ -196,6 +196,10 @@ pub struct LoadArgs {
     /// reads in batches; 1 = every byte (default 16384).
     #[arg(long)]
     pub rcvlowat: Option<usize>,
+    /// TEST HOOK: busy-wait this many ns per received message, to make the generator
+    /// the bottleneck on purpose (the generator-limit warning's test).
+    #[arg(long, hide = true)]
+    pub spin_ns: Option<u64>,
 }
 
 pub fn parse_secs(s: &str) -> Result<Duration, String> {

@@ -27,6 +27,8 @@ pub struct Load {
     /// `SO_RCVLOWAT` for QoS 0 subscribers at unlimited rate (1 = off), see
     /// [`DEFAULT_RCVLOWAT`].
     pub rcvlowat: usize,
+    /// Test hook: ns of busy-waiting per received message (0 = none).
+    pub spin_ns: u64,
 }
 
 /// Default `SO_RCVLOWAT` of QoS 0 subscribers in unlimited-rate runs: a subscriber is
@@ -71,6 +73,7 @@ impl Load {
             inflight: a.inflight.map(|n| n.max(1)),
             window: a.window,
             rcvlowat: a.rcvlowat.unwrap_or(DEFAULT_RCVLOWAT).max(1),
+            spin_ns: a.spin_ns.unwrap_or(0),
         })
     }
 }

@@ -56,9 +56,20 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         } else {
             String::new()
         };
+        let demand = if s.generator_demand_percent > 0.0 {
+            format!(
+                " (on a CPU or waiting for one: {:.0}%)",
+                s.generator_demand_percent
+            )
+        } else {
+            String::new()
+        };
         r.push((
             "generator busy",
-            format!("{:.0}% of its cores{per_msg}", s.generator_busy_percent),
+            format!(
+                "{:.0}% of its cores{demand}{per_msg}",
+                s.generator_busy_percent
+            ),
         ));
     }
     if s.publishers + s.subscribers > 0 && s.scenario != "conn" {

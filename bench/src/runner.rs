@@ -270,7 +270,8 @@ async fn sample_window(ctx: Rc<CoreCtx>) {
     }
     let sample = |ctx: &CoreCtx| {
         let st = ctx.stats.borrow();
-        (thread_cpu_secs(), payload::now_ns(), st.sent + st.received)
+        let (cpu, wait) = thread_sched_secs().unwrap_or((thread_cpu_secs(), 0.0));
+        (cpu, payload::now_ns(), st.sent + st.received, wait)
     };
     glommio::timer::sleep(Duration::from_nanos(
         start.saturating_sub(payload::now_ns()),
@@ -283,6 +284,7 @@ async fn sample_window(ctx: Rc<CoreCtx>) {
     st.window_busy_secs = b.0 - a.0;
     st.window_wall_secs = (b.1 - a.1) as f64 / 1e9;
     st.window_messages = b.2 - a.2;
+    st.window_wait_secs = b.3 - a.3;
 }
 
 /// Tells the other cores how much this core's publishers sent.
@@ -368,10 +370,22 @@ fn summarize(sh: &Shared, t: CoreStats, cpus: Vec<usize>) -> Summary {
     };
     if t.window_wall_secs > 0.0 {
         s.set_generator_cpu(t.window_busy_secs, t.window_wall_secs, t.window_messages);
+        s.set_generator_demand(t.window_busy_secs + t.window_wait_secs, t.window_wall_secs);
     } else {
         s.set_generator_cpu(t.busy_secs, t.wall_secs, t.sent + t.received);
     }
     s
+}
+
+/// (time on a CPU, time runnable but waiting for one) of the calling thread, seconds,
+/// from `/proc/thread-self/schedstat`. On a shared machine the generator can be the
+/// limit while getting only part of its core: its demand is the sum of the two.
+pub fn thread_sched_secs() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut it = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let run = it.next()??;
+    let wait = it.next()??;
+    Some((run as f64 / 1e9, wait as f64 / 1e9))
 }
 
 /// CPU time (user + system) of the calling thread, seconds.

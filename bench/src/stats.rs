@@ -49,6 +49,8 @@ pub struct CoreStats {
     pub window_busy_secs: f64,
     pub window_wall_secs: f64,
     pub window_messages: u64,
+    /// Time runnable but waiting for a CPU in the window (another process had it).
+    pub window_wait_secs: f64,
 }
 
 impl Default for CoreStats {
@@ -72,6 +74,7 @@ impl Default for CoreStats {
             window_busy_secs: 0.0,
             window_wall_secs: 0.0,
             window_messages: 0,
+            window_wait_secs: 0.0,
         }
     }
 }
@@ -103,6 +106,7 @@ impl CoreStats {
         self.window_busy_secs += o.window_busy_secs;
         self.window_wall_secs += o.window_wall_secs;
         self.window_messages += o.window_messages;
+        self.window_wait_secs += o.window_wait_secs;
         for e in o.errors {
             self.error(e);
         }
@@ -183,11 +187,26 @@ impl Summary {
         } else {
             0.0
         };
-        self.generator_limited = self.generator_busy_percent > GENERATOR_LIMIT_PERCENT;
-        if self.generator_limited {
-            self.warnings
-                .push(generator_limit_warning(self.generator_busy_percent));
+        self.check_generator_limit();
+    }
+
+    /// Sets the demand (on a CPU + waiting for one) and re-checks the limit.
+    pub fn set_generator_demand(&mut self, secs: f64, wall_secs: f64) {
+        if wall_secs > 0.0 {
+            self.generator_demand_percent = 100.0 * secs / wall_secs;
         }
+        self.check_generator_limit();
+    }
+
+    fn check_generator_limit(&mut self) {
+        let load = self
+            .generator_busy_percent
+            .max(self.generator_demand_percent);
+        let limited = load > GENERATOR_LIMIT_PERCENT;
+        if limited && !self.generator_limited {
+            self.warnings.push(generator_limit_warning(load));
+        }
+        self.generator_limited = limited;
     }
 }
 
@@ -230,6 +249,10 @@ pub struct Summary {
     /// Generator CPU use (user + system of its executor threads) over the measured
     /// window, % of its cores; the whole run when there is no fixed window (`--count`).
     pub generator_busy_percent: f64,
+    /// Time the generator's threads were on a CPU or runnable and waiting for one, % of
+    /// their wall time (schedstat): above [`GENERATOR_LIMIT_PERCENT`] the generator was
+    /// the limit even when other processes took part of its core. 0 = not measured.
+    pub generator_demand_percent: f64,
     /// Generator CPU nanoseconds per message it sent or received in that window.
     pub generator_ns_per_message: f64,
     /// True when the generator's cores passed [`GENERATOR_LIMIT_PERCENT`]: the

@@ -109,6 +109,7 @@ fn read_all(
     let now = now_ns();
     let measure_start = ctx.measure_start_ns.get();
     let pub_end = ctx.pub_end_ns.get();
+    let spin_ns = ctx.shared.plan.load.spin_ns;
     let mut st = ctx.stats.borrow_mut();
     let st = &mut *st;
     loop {
@@ -139,6 +140,9 @@ fn read_all(
             conn.consume(n);
         }
         st.received += 1;
+        if spin_ns > 0 {
+            spin(spin_ns);
+        }
         match (qos, packet_id) {
             (1, Some(id)) => conn.queue_ack(AckKind::PubAck, id)?,
             (2, Some(id)) => conn.queue_ack(AckKind::PubRec, id)?,
@@ -162,5 +166,14 @@ fn read_all(
             st.latency
                 .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
         }
+    }
+}
+
+/// Test hook (`--spin-ns`): burns `ns` of CPU, making the generator the bottleneck.
+#[cold]
+fn spin(ns: u64) {
+    let until = now_ns() + ns;
+    while now_ns() < until {
+        std::hint::spin_loop();
     }
 }
