@@ -352,7 +352,7 @@ impl Conn {
         let n = match frame_len(b) {
             Ok(Some(n)) => n,
             Ok(None) => return Ok(None),
-            Err(()) => return Err(invalid("decode: malformed remaining length")),
+            Err(_) => return Err(invalid("decode: malformed remaining length")),
         };
         if n > MAX_PACKET as usize {
             return Err(invalid(format!("decode: packet of {n} bytes is too large")));

@@ -84,10 +84,14 @@ impl ReadBuf {
     }
 }
 
+/// A remaining length longer than 4 bytes ([MQTT-1.5.5-1]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedLength;
+
 /// The total length of the MQTT frame at the front of `b` (fixed header included), if
-/// its remaining length is complete; `Err(())` for a remaining length over 4 bytes.
+/// its remaining length is complete.
 #[inline]
-pub fn frame_len(b: &[u8]) -> Result<Option<usize>, ()> {
+pub fn frame_len(b: &[u8]) -> Result<Option<usize>, MalformedLength> {
     let (mut rl, mut shift) = (0usize, 0u32);
     for i in 1..5 {
         let Some(&byte) = b.get(i) else {
@@ -99,7 +103,7 @@ pub fn frame_len(b: &[u8]) -> Result<Option<usize>, ()> {
         }
         shift += 7;
     }
-    Err(())
+    Err(MalformedLength)
 }
 
 #[cfg(test)]
@@ -136,6 +140,9 @@ mod tests {
         assert_eq!(frame_len(&[0x30]), Ok(None));
         assert_eq!(frame_len(&[0x30, 0x05]), Ok(Some(7)));
         assert_eq!(frame_len(&[0x30, 0x80, 0x01]), Ok(Some(3 + 128)));
-        assert_eq!(frame_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]), Err(()));
+        assert_eq!(
+            frame_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Err(MalformedLength)
+        );
     }
 }
