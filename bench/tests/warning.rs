@@ -49,7 +49,7 @@ fn warning_fires_when_the_generator_is_the_bottleneck() {
         s.warnings
     );
     assert!(
-        report::table(&s).contains(&format!("WARNING")),
+        report::table(&s).contains("WARNING"),
         "{}",
         report::table(&s)
     );
