@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The comparisons behind bench/results/: ringmq vs Mosquitto (vs rumqttd when installed),
-# brokers pinned to CPU 0, generator on CPU 1, MQTT 3.1.1 (what all three speak fully).
+# The comparisons behind bench/results/: ringmq vs Mosquitto (as configured and with
+# TCP_NODELAY), FlashMQ and rumqttd (those installed), brokers pinned to CPU 0,
+# generator on CPU 1, MQTT 3.1.1 (what all of them speak fully). Writes into
+# bench/results/ (RESULTS=DIR to change).
 #
 #   bench/scripts/headline.sh                 # all of them, then the generator self-check
 #   NOTE="machine shared with other jobs" bench/scripts/headline.sh pairs fanout
 #
-# Environment: as bench/compare.sh (CARGO_TARGET_DIR, BROKERS, RUMQTTD, NOTE, RT=1 for
+# Environment: as bench/compare.sh (CARGO_TARGET_DIR, BROKERS, FLASHMQ, RUMQTTD, NOTE, RT=1 for
 # SCHED_FIFO on a shared machine, BUILD=0 to reuse the built binaries);
 # DURATION (default 10) and WARMUP (default 2) seconds per run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export RESULTS="${RESULTS:-bench/results}"
 d="${DURATION:-10}"
 w="${WARMUP:-2}"
 common=(--mqtt 3.1.1 --duration "$d" --warmup "$w" -q)

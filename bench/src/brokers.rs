@@ -1,5 +1,10 @@
-//! Starting and stopping the brokers a comparison runs against: ringmq, Mosquitto and
-//! rumqttd, each on a free loopback port, pinned with `taskset`, stopped by PID.
+//! Starting and stopping the brokers a comparison runs against: ringmq, Mosquitto (as
+//! configured by default and with `set_tcp_nodelay true`), FlashMQ and rumqttd, each on
+//! a free loopback port, pinned with `taskset`, stopped by PID. Binaries come from a
+//! flag or are looked up on PATH (and the sbin directories). Peers get configs
+//! equivalent to ringmq's defaults where the knob exists (queue limit
+//! [`RINGMQ_MAX_QUEUED`], inflight window [`RINGMQ_RECEIVE_MAXIMUM`], TCP_NODELAY,
+//! no persistence, no logging); each config is returned in full to be printed.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,8 +19,10 @@ pub struct BrokerProc {
     pub port: u16,
     /// Separate MQTT 5 port (rumqttd listens for v4 and v5 on different ports).
     pub port_v5: Option<u16>,
-    /// Command line (and config) recorded in the results header.
+    /// Command line recorded in the results header.
     pub flags: String,
+    /// The generated config file's text (empty for ringmq: flags only).
+    pub config: String,
     child: Child,
     dir: Option<PathBuf>,
 }
@@ -58,6 +65,46 @@ impl Drop for BrokerProc {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// ringmq's default `--max-queued-messages` (QoS 1/2 messages queued per session).
+pub const RINGMQ_MAX_QUEUED: usize = 10_000;
+/// ringmq's default `--receive-maximum` (inflight window both ways).
+pub const RINGMQ_RECEIVE_MAXIMUM: usize = 256;
+
+/// The peers `compare` knows, in its default order.
+pub const PEERS: [&str; 5] = [
+    "ringmq",
+    "mosquitto",
+    "mosquitto-nodelay",
+    "flashmq",
+    "rumqttd",
+];
+
+/// `flag` if given (it must exist), else the first of `names` found on PATH or in the
+/// sbin directories; an error naming what was looked for.
+pub fn find_bin(flag: Option<&str>, names: &[&str], hint: &str) -> Result<PathBuf, String> {
+    if let Some(f) = flag {
+        let p = PathBuf::from(f);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("{f} not found ({hint})"))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .collect();
+    for name in names {
+        for d in &dirs {
+            let p = d.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(format!("{} not on PATH ({hint})", names.join(" or ")))
 }
 
 /// A loopback port that was free a moment ago.
@@ -138,6 +185,7 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
         port: 0,
         port_v5: None,
         flags,
+        config: String::new(),
         child,
         dir: Some(dir),
     };
@@ -160,16 +208,33 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
     Err("ringmq did not print its listen line within 20 s".into())
 }
 
+/// The Mosquitto config used by `compare`: ringmq's queue and inflight limits, no
+/// persistence or logging; `nodelay` adds `set_tcp_nodelay true` (ringmq sets it).
+pub fn mosquitto_config(port: u16, nodelay: bool) -> String {
+    format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n\
+         max_queued_messages {RINGMQ_MAX_QUEUED}\nmax_inflight_messages {RINGMQ_RECEIVE_MAXIMUM}\n{}",
+        if nodelay { "set_tcp_nodelay true\n" } else { "" }
+    )
+}
+
 /// Debian's mosquitto with a generated config on a free loopback port.
 pub fn start_mosquitto(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
+    start_mosquitto_with(bin, cpus, false)
+}
+
+/// Mosquitto, with `set_tcp_nodelay true` when `nodelay`.
+pub fn start_mosquitto_with(
+    bin: &str,
+    cpus: Option<&str>,
+    nodelay: bool,
+) -> Result<BrokerProc, String> {
     if !Path::new(bin).exists() {
         return Err(format!("{bin} not found (apt-get install mosquitto)"));
     }
     let port = free_port().map_err(|e| e.to_string())?;
     let dir = scratch_dir("mosquitto").map_err(|e| e.to_string())?;
-    let conf = format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
-    );
+    let conf = mosquitto_config(port, nodelay);
     let path = dir.join("mosquitto.conf");
     std::fs::write(&path, &conf).map_err(|e| e.to_string())?;
     let mut cmd = command(bin, cpus);
@@ -184,10 +249,16 @@ pub fn start_mosquitto(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, Stri
         conf.trim().replace('\n', "; ")
     );
     let proc = BrokerProc {
-        name: "mosquitto".into(),
+        name: if nodelay {
+            "mosquitto-nodelay"
+        } else {
+            "mosquitto"
+        }
+        .into(),
         port,
         port_v5: None,
         flags,
+        config: conf,
         child,
         dir: Some(dir),
     };
@@ -226,11 +297,64 @@ pub fn start_rumqttd(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String
         port,
         port_v5: Some(port5),
         flags,
+        config: conf,
         child,
         dir: Some(dir),
     };
     if !wait_listening(port, Duration::from_secs(10)) {
         return Err("rumqttd did not start listening within 10 s".into());
+    }
+    Ok(proc)
+}
+
+/// The FlashMQ config used by `compare`: one thread (one core, like ringmq --cores 1),
+/// ringmq's queue limit as `max_qos_msg_pending_per_client` (bytes left generous so
+/// the message count binds, as in ringmq), TCP_NODELAY, no persistence (no
+/// storage_dir), quiet logging into the scratch directory.
+pub fn flashmq_config(port: u16, log: &Path) -> String {
+    format!(
+        "thread_count 1\nallow_anonymous true\nquiet true\nlog_file {}\n\
+         max_qos_msg_pending_per_client {RINGMQ_MAX_QUEUED}\n\
+         max_qos_bytes_pending_per_client 67108864\n\
+         listen {{\n  protocol mqtt\n  inet_protocol ip4\n  inet4_bind_address 127.0.0.1\n  port {port}\n  tcp_nodelay true\n}}\n",
+        log.display()
+    )
+}
+
+/// FlashMQ (built from its public repository, see docs/benchmarking.md) with a
+/// generated config on a free loopback port.
+pub fn start_flashmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
+    if !Path::new(bin).exists() {
+        return Err(format!(
+            "{bin} not found (see docs/benchmarking.md: building FlashMQ)"
+        ));
+    }
+    let port = free_port().map_err(|e| e.to_string())?;
+    let dir = scratch_dir("flashmq").map_err(|e| e.to_string())?;
+    let conf = flashmq_config(port, &dir.join("flashmq.log"));
+    let path = dir.join("flashmq.conf");
+    std::fs::write(&path, &conf).map_err(|e| e.to_string())?;
+    let mut cmd = command(bin, cpus);
+    cmd.arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().map_err(|e| format!("start {bin}: {e}"))?;
+    let flags = format!(
+        "{}{bin} -c flashmq.conf  (generated config, printed with the results)",
+        cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
+    );
+    let proc = BrokerProc {
+        name: "flashmq".into(),
+        port,
+        port_v5: None,
+        flags,
+        config: conf,
+        child,
+        dir: Some(dir),
+    };
+    if !wait_listening(port, Duration::from_secs(10)) {
+        return Err("flashmq did not start listening within 10 s".into());
     }
     Ok(proc)
 }

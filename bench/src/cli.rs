@@ -24,9 +24,14 @@ pub enum Command {
     /// Run one scenario against a broker that is already running.
     #[command(flatten)]
     Scenario(Scenario),
-    /// Start ringmq, Mosquitto (and rumqttd if installed) one after the other, run the same
-    /// scenario against each, print both and the ratios, write bench/results/.
+    /// Start ringmq, Mosquitto (as configured and with TCP_NODELAY), FlashMQ and rumqttd
+    /// (those installed) one after the other, run the same scenario against each, print
+    /// each result, their configs and the ratios; --results-dir also writes the table and
+    /// an SVG chart.
     Compare(CompareArgs),
+    /// Fixed-rate latency at rising rates against each broker: p50/p99/p99.9 against
+    /// offered load, as a table and an SVG chart.
+    Sweep(SweepArgs),
     /// Measure the generator's own ceiling against the built-in relay TEST FIXTURE (not a broker).
     Selfcheck(SelfcheckArgs),
 }
@@ -72,6 +77,19 @@ impl Scenario {
             Scenario::Conn(a) => &a.common,
             Scenario::Retained(a) => &a.common,
             Scenario::Qos2Fanout(a) => &a.common,
+        }
+    }
+
+    /// The load options of a message scenario (None for `conn`).
+    pub fn load_mut(&mut self) -> Option<&mut LoadArgs> {
+        match self {
+            Scenario::Pairs(a) => Some(&mut a.load),
+            Scenario::Fanout(a) => Some(&mut a.load),
+            Scenario::Fanin(a) => Some(&mut a.load),
+            Scenario::Pubsub(a) => Some(&mut a.load),
+            Scenario::Retained(a) => Some(&mut a.load),
+            Scenario::Qos2Fanout(a) => Some(&mut a.load),
+            Scenario::Conn(_) => None,
         }
     }
 
@@ -324,36 +342,67 @@ pub struct Qos2FanoutArgs {
     pub common: Common,
 }
 
+/// Which brokers `compare` and `sweep` start, from where, and where results go.
 #[derive(Debug, Clone, Args)]
-pub struct CompareArgs {
-    /// Brokers to run, in order: ringmq, mosquitto, rumqttd (skipped if not installed).
+pub struct PeerArgs {
+    /// Brokers to run, in order: ringmq, mosquitto, mosquitto-nodelay (Mosquitto with
+    /// set_tcp_nodelay true), flashmq, rumqttd. One whose binary is missing is skipped
+    /// with a line saying so.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ringmq,mosquitto,rumqttd"
+        default_value = "ringmq,mosquitto,mosquitto-nodelay,flashmq,rumqttd"
     )]
     pub brokers: Vec<String>,
     /// ringmq binary.
     #[arg(long, default_value = "target/release/ringmq")]
     pub ringmq_bin: String,
-    /// mosquitto binary.
-    #[arg(long, default_value = "/usr/sbin/mosquitto")]
-    pub mosquitto_bin: String,
-    /// rumqttd binary.
-    #[arg(long, default_value = "/work/tools/bin/rumqttd")]
-    pub rumqttd_bin: String,
+    /// mosquitto binary (default: `mosquitto` on PATH or in /usr/sbin).
+    #[arg(long)]
+    pub mosquitto_bin: Option<String>,
+    /// FlashMQ binary (default: `flashmq` on PATH; docs/benchmarking.md says how to build it).
+    #[arg(long)]
+    pub flashmq_bin: Option<String>,
+    /// rumqttd binary (default: `rumqttd` on PATH).
+    #[arg(long)]
+    pub rumqttd_bin: Option<String>,
     /// CPU list the brokers are pinned to with taskset.
     #[arg(long, default_value = "0")]
     pub broker_cpus: String,
-    /// Directory for the results file (`<date>-<scenario>.md`); empty string = do not write.
-    #[arg(long, default_value = "bench/results")]
-    pub results_dir: String,
+    /// Also write `<date>-<scenario>.md` and `<date>-<scenario>.svg` into this directory
+    /// (nothing is written by default: results go to stdout).
+    #[arg(long)]
+    pub results_dir: Option<String>,
+    /// Write the SVG chart to this file (in addition to --results-dir).
+    #[arg(long)]
+    pub svg: Option<String>,
     /// Added to the results file name: `<date>-<scenario>-<label>.md`.
     #[arg(long)]
     pub label: Option<String>,
     /// Free-text note put in the results header (e.g. "machine shared with other jobs").
     #[arg(long)]
     pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub peers: PeerArgs,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// Rates per publisher to run, msg/s, in order (each a full run of the scenario).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,1000,5000,10000,20000,50000"
+    )]
+    pub rates: Vec<f64>,
+    #[command(flatten)]
+    pub peers: PeerArgs,
     #[command(subcommand)]
     pub scenario: Scenario,
 }
