@@ -74,6 +74,7 @@ pub fn throughput_svg(
                 }
             })
             .y_desc(format!("{unit} ({suffix})"))
+            .y_label_formatter(&|y| format!("{y}"))
             .draw()
             .map_err(err)?;
         let slot = 0.8 / brokers.len().max(1) as f64;
@@ -132,7 +133,13 @@ pub fn latency_svg(title: &str, series: &[LatencySeries]) -> Result<String, Stri
         .flat_map(|s| s.1.iter().map(|p| p.0))
         .fold(0.0f64, f64::max)
         .max(1.0)
-        * 1.05;
+        * 1.5;
+    let xmin = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .fold(f64::MAX, f64::min)
+        .clamp(1e-3, xmax / 10.0)
+        / 1.5;
     let ymax = series
         .iter()
         .flat_map(|s| s.1.iter().map(|p| p.3.max(p.2).max(p.1)))
@@ -160,12 +167,17 @@ pub fn latency_svg(title: &str, series: &[LatencySeries]) -> Result<String, Stri
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..xmax / scale, (ymin..ymax).log_scale())
+            .build_cartesian_2d(
+                (xmin / scale..xmax / scale).log_scale(),
+                (ymin..ymax).log_scale(),
+            )
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_desc(format!("offered load, msg/s ({suffix})"))
+            .x_desc(format!("offered deliveries/s ({suffix}, log)"))
             .y_desc("latency, µs (log)")
+            .x_label_formatter(&|x| format!("{x}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()
             .map_err(err)?;
         for (si, (name, pts)) in series.iter().enumerate() {

@@ -140,6 +140,132 @@ pub struct BrokerArgs {
     /// Connect with clean start / clean session = false (keep sessions).
     #[arg(long)]
     pub no_clean_start: bool,
+    /// Transport: tcp, tls, ws (WebSocket) or wss (WebSocket over TLS).
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: Transport,
+    /// Use TLS (tcp becomes tls, ws becomes wss).
+    #[arg(long)]
+    pub tls: bool,
+    /// CA certificate(s) that signed the broker's certificate, PEM (required for TLS).
+    #[arg(long)]
+    pub ca: Option<String>,
+    /// Client certificate chain, PEM (TLS client authentication; with --key).
+    #[arg(long)]
+    pub cert: Option<String>,
+    /// Client private key, PEM (with --cert).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// TLS server name to send and verify (default: --host).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// Only this TLS version: 1.2 or 1.3 (default: either, 1.3 preferred).
+    #[arg(long, value_parser = ["1.2", "1.3"])]
+    pub tls_version: Option<String>,
+    /// Only this TLS cipher suite, by its IANA name (e.g. TLS13_AES_128_GCM_SHA256), so
+    /// every broker is measured with the same one.
+    #[arg(long)]
+    pub tls_suite: Option<String>,
+    /// Full TLS handshakes only: no session resumption between a run's connections.
+    #[arg(long)]
+    pub no_tls_resume: bool,
+    /// WebSocket request path.
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
+    /// Broker URL instead of --host/--port/--transport/--ws-path:
+    /// mqtt://H:P, mqtts://H:P, ws://H:P/PATH or wss://H:P/PATH.
+    #[arg(long, value_parser = parse_url)]
+    pub url: Option<BrokerUrl>,
+}
+
+/// How MQTT bytes travel to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+/// A parsed `--url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub transport: Transport,
+    pub host: String,
+    pub port: u16,
+    pub path: Option<String>,
+}
+
+pub fn parse_url(s: &str) -> Result<BrokerUrl, String> {
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| format!("--url `{s}`: expected SCHEME://HOST:PORT[/PATH]"))?;
+    let (transport, default_port) = match scheme {
+        "mqtt" | "tcp" => (Transport::Tcp, 1883),
+        "mqtts" | "ssl" | "tls" => (Transport::Tls, 8883),
+        "ws" => (Transport::Ws, 80),
+        "wss" => (Transport::Wss, 443),
+        other => {
+            return Err(format!(
+                "--url: unknown scheme `{other}` (mqtt, mqtts, ws, wss)"
+            ))
+        }
+    };
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+        None => (rest, None),
+    };
+    if path.is_some() && matches!(transport, Transport::Tcp | Transport::Tls) {
+        return Err(format!(
+            "--url `{s}`: a path only goes with ws:// or wss://"
+        ));
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>()
+                .map_err(|e| format!("--url `{s}`: bad port `{p}`: {e}"))?,
+        ),
+        _ => (hostport.to_string(), default_port),
+    };
+    if host.is_empty() {
+        return Err(format!("--url `{s}`: no host"));
+    }
+    Ok(BrokerUrl {
+        transport,
+        host,
+        port,
+        path,
+    })
+}
+
+impl BrokerArgs {
+    /// Applies `--url` (when given) to host, port, transport and path.
+    pub fn apply_url(&mut self) {
+        if let Some(u) = self.url.take() {
+            self.host = u.host;
+            self.port = u.port;
+            self.transport = u.transport;
+            if let Some(p) = u.path {
+                self.ws_path = p;
+            }
+        }
+    }
+
+    /// The transport after `--tls`.
+    pub fn transport(&self) -> Transport {
+        match (
+            self.transport,
+            self.tls
+                || self
+                    .url
+                    .as_ref()
+                    .is_some_and(|u| matches!(u.transport, Transport::Tls | Transport::Wss)),
+        ) {
+            (Transport::Tcp, true) => Transport::Tls,
+            (Transport::Ws, true) => Transport::Wss,
+            (t, _) => t,
+        }
+    }
 }
 
 /// Protocol version selected on the command line.
@@ -369,6 +495,14 @@ pub struct PeerArgs {
     /// CPU list the brokers are pinned to with taskset.
     #[arg(long, default_value = "0")]
     pub broker_cpus: String,
+    /// Server certificate (PEM) every broker gets for its TLS, ws and wss listeners (the
+    /// same for all; give the scenario --transport tls|ws|wss and --ca for the client).
+    /// It must name 127.0.0.1 (IP SAN) or the scenario passes --sni.
+    #[arg(long)]
+    pub server_cert: Option<String>,
+    /// The server certificate's private key (PEM).
+    #[arg(long)]
+    pub server_key: Option<String>,
     /// Also write `<date>-<scenario>.md` and `<date>-<scenario>.svg` into this directory
     /// (nothing is written by default: results go to stdout).
     #[arg(long)]

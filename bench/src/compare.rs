@@ -3,8 +3,10 @@
 //! and `selfcheck`: the generator's own ceiling against the relay TEST FIXTURE.
 
 use crate::brokers::{
-    find_bin, start_flashmq, start_mosquitto_with, start_ringmq, start_rumqttd, BrokerProc,
+    find_bin, start_flashmq, start_mosquitto_tls, start_ringmq_with, start_rumqttd, BrokerProc,
+    TlsFiles,
 };
+use crate::cli::Transport;
 use crate::cli::{Cli, Command, CompareArgs, MqttVersion, PeerArgs, Scenario, SelfcheckArgs};
 use crate::relay::{Faults, RelayFixture};
 use crate::stats::{proc_memory, BrokerMemory, Summary};
@@ -130,15 +132,24 @@ pub fn start_peer(c: &PeerArgs, name: &str, cpus: Option<&str>) -> Result<Broker
     let bin = |flag: &Option<String>, names: &[&str], hint: &str| {
         find_bin(flag.as_deref(), names, hint).map(|p| p.to_string_lossy().into_owned())
     };
+    let tls = match (&c.server_cert, &c.server_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (None, None) => None,
+        _ => return Err("--server-cert and --server-key go together".into()),
+    };
+    let tls = tls.as_ref();
     match name {
-        "ringmq" => start_ringmq(&c.ringmq_bin, cpus),
+        "ringmq" => start_ringmq_with(&c.ringmq_bin, cpus, tls),
         "mosquitto" | "mosquitto-nodelay" => {
             let b = bin(
                 &c.mosquitto_bin,
                 &["mosquitto"],
                 "apt-get install mosquitto, or --mosquitto-bin",
             )?;
-            start_mosquitto_with(&b, cpus, name == "mosquitto-nodelay")
+            start_mosquitto_tls(&b, cpus, name == "mosquitto-nodelay", tls)
         }
         "flashmq" => {
             let b = bin(
@@ -146,7 +157,10 @@ pub fn start_peer(c: &PeerArgs, name: &str, cpus: Option<&str>) -> Result<Broker
                 &["flashmq"],
                 "docs/benchmarking.md says how to build it; --flashmq-bin",
             )?;
-            start_flashmq(&b, cpus)
+            start_flashmq(&b, cpus, tls)
+        }
+        "rumqttd" if tls.is_some() => {
+            Err("compare does not configure rumqttd's TLS/WebSocket listeners".into())
         }
         "rumqttd" => {
             let b = bin(
@@ -170,9 +184,21 @@ pub fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, Strin
     {
         let common = s.common_mut();
         common.broker.host = "127.0.0.1".into();
-        common.broker.port = match (common.broker.mqtt, b.port_v5) {
-            (MqttVersion::V5, Some(p)) => p,
-            _ => b.port,
+        let transport = common.broker.transport();
+        let none = |what: &str| {
+            format!(
+                "{} has no {what} listener (compare needs --server-cert/--server-key)",
+                b.name
+            )
+        };
+        common.broker.port = match transport {
+            Transport::Tcp => match (common.broker.mqtt, b.port_v5) {
+                (MqttVersion::V5, Some(p)) => p,
+                _ => b.port,
+            },
+            Transport::Tls => b.port_tls.ok_or_else(|| none("TLS"))?,
+            Transport::Ws => b.port_ws.ok_or_else(|| none("WebSocket"))?,
+            Transport::Wss => b.port_wss.ok_or_else(|| none("WebSocket-over-TLS"))?,
         };
     }
     if let Scenario::Conn(a) = &mut s {

@@ -6,6 +6,7 @@
 //! arrived in one task, so a publisher can keep writing while acknowledgements come back.
 
 use crate::rbuf::{frame_len, ReadBuf};
+use crate::transport::{Layers, Target};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::future::poll_fn;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -78,11 +79,23 @@ pub struct Conn {
     pub wbuf: BytesMut,
     decoder: Decoder,
     pub version: ProtocolVersion,
+    /// TLS / WebSocket under the MQTT bytes; None for plain TCP (the fast path).
+    layers: Option<Box<Layers>>,
+    /// Socket bytes read before the layers decode them (layered connections only).
+    raw_in: Vec<u8>,
 }
 
 impl Conn {
     /// TCP connect with `TCP_NODELAY`.
     pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> io::Result<Conn> {
+        Conn::open_target(&Target::tcp(addr), version).await
+    }
+
+    /// TCP connect with `TCP_NODELAY`, then TLS and / or WebSocket as the target says
+    /// (their handshakes run as the first packets are exchanged).
+    pub async fn open_target(target: &Target, version: ProtocolVersion) -> io::Result<Conn> {
+        let addr = target.addr;
+        let layers = target.layers()?;
         let stream = TcpStream::connect_timeout(addr, Duration::from_secs(10)).await?;
         stream.set_nodelay(true)?;
         let mut decoder = Decoder::new(MAX_PACKET);
@@ -95,6 +108,12 @@ impl Conn {
             wbuf: BytesMut::with_capacity(WRITE_CHUNK),
             decoder,
             version,
+            raw_in: if layers.is_some() {
+                vec![0; WRITE_CHUNK]
+            } else {
+                Vec::new()
+            },
+            layers,
         })
     }
 
@@ -109,6 +128,8 @@ impl Conn {
             wbuf: BytesMut::with_capacity(WRITE_CHUNK),
             decoder: Decoder::new(MAX_PACKET),
             version: ProtocolVersion::V5,
+            layers: None,
+            raw_in: Vec::new(),
         })
     }
 
@@ -382,9 +403,19 @@ impl Conn {
         }
     }
 
+    /// Bytes queued and not yet handed to the socket (MQTT bytes plus, for TLS or
+    /// WebSocket, what the layers hold).
+    pub fn pending_out(&self) -> usize {
+        self.wbuf.len()
+            + self
+                .layers
+                .as_ref()
+                .map_or(0, |l| l.raw_out.len() + usize::from(l.wants_write()))
+    }
+
     /// Writes the whole write buffer.
     pub async fn flush(&mut self) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
+        while self.pending_out() > 0 {
             self.drive().await?;
         }
         Ok(())
@@ -393,6 +424,9 @@ impl Conn {
     /// Writes as much queued output as the socket takes and reads what has arrived;
     /// returns once either made progress.
     pub async fn drive(&mut self) -> io::Result<Progress> {
+        if self.layers.is_some() {
+            return self.drive_layered().await;
+        }
         let Conn {
             stream,
             rbuf,
@@ -420,6 +454,57 @@ impl Conn {
                 ))),
                 Poll::Ready(Ok(n)) => {
                     rbuf.filled(n);
+                    Poll::Ready(Ok(Progress { read: true, wrote }))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending if wrote => Poll::Ready(Ok(Progress { read: false, wrote })),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+impl Conn {
+    /// [`Conn::drive`] through TLS / WebSocket: MQTT bytes are pushed down the layers
+    /// while less than a write chunk waits for the socket (so publishers still see
+    /// back-pressure in `wbuf`), socket bytes are decoded up into the read buffer.
+    async fn drive_layered(&mut self) -> io::Result<Progress> {
+        let Conn {
+            stream,
+            rbuf,
+            wbuf,
+            layers,
+            raw_in,
+            ..
+        } = self;
+        let l = layers.as_mut().expect("layered");
+        poll_fn(|cx| {
+            let mut wrote = false;
+            loop {
+                if l.raw_out.len() < WRITE_CHUNK {
+                    l.encode(wbuf)?;
+                }
+                if l.raw_out.is_empty() {
+                    break;
+                }
+                match Pin::new(&mut *stream).poll_write(cx, &l.raw_out) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        l.raw_out.advance(n);
+                        wrote = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            match Pin::new(&mut *stream).poll_read(cx, raw_in) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "broker closed the connection",
+                ))),
+                Poll::Ready(Ok(n)) => {
+                    l.decode(&raw_in[..n], rbuf)?;
                     Poll::Ready(Ok(Progress { read: true, wrote }))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

@@ -9,7 +9,6 @@ use crate::plan::Plan;
 use crate::stats::CoreStats;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +30,7 @@ pub struct Shared {
     pub plan: Plan,
     /// Per subscriber: the sorted publishers it should hear from.
     pub matches: Vec<Vec<u32>>,
-    pub addr: SocketAddr,
+    pub target: crate::transport::Target,
     pub cores: usize,
     pub barrier: Barrier,
     /// Publishing start on the payload clock, set by the barrier leader.
@@ -53,7 +52,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(plan: Plan, addr: SocketAddr, cores: usize) -> Shared {
+    pub fn new(plan: Plan, target: crate::transport::Target, cores: usize) -> Shared {
         let matches = plan.matches();
         let npubs = plan.pub_topics.len();
         let mut probe_of = vec![None; npubs];
@@ -83,7 +82,7 @@ impl Shared {
         Shared {
             plan,
             matches,
-            addr,
+            target,
             cores,
             barrier: Barrier::new(cores),
             t0_ns: AtomicU64::new(0),

@@ -41,6 +41,7 @@ pub mod storm;
 pub mod subscriber;
 pub mod sweep;
 pub mod tracker;
+pub mod transport;
 
 use cli::Scenario;
 use stats::Summary;

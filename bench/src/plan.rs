@@ -178,7 +178,11 @@ impl Plan {
         let c = s.common();
         Ok(Plan {
             scenario: s.name().to_string(),
-            broker: c.broker.clone(),
+            broker: {
+                let mut b = c.broker.clone();
+                b.apply_url();
+                b
+            },
             run: c.run.clone(),
             load,
             pub_topics: pubs,

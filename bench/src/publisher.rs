@@ -248,7 +248,7 @@ async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result
             break;
         }
         let seen = pace.probe.as_ref().map_or(0, Probe::seen);
-        let n = pace.quota(s, now, conn.wbuf.len(), seen);
+        let n = pace.quota(s, now, conn.pending_out(), seen);
         if n > 0 {
             s.append(conn, n, now, now >= measure_start);
             ctx.stats.borrow_mut().sent += n;
@@ -311,7 +311,7 @@ async fn drain(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result<()>
     loop {
         s.on_packets(conn)?;
         let pending_acks = s.window != u32::MAX && s.inflight > 0;
-        if conn.wbuf.is_empty() && !pending_acks {
+        if conn.pending_out() == 0 && !pending_acks {
             return Ok(());
         }
         let r = or(async { Some(conn.drive().await) }, async {

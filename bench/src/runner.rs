@@ -72,10 +72,10 @@ pub fn placement(run: &crate::cli::RunArgs) -> Result<Option<Vec<usize>>, String
 pub fn run(plan: Plan) -> Result<Summary, String> {
     payload::epoch();
     raise_fd_limit();
-    let addr = resolve(&plan.broker.host, plan.broker.port)?;
+    let target = crate::transport::Target::from_args(&plan.broker)?;
     let cores = plan.run.cores.max(1);
     let pinned = placement(&plan.run)?;
-    let shared = Arc::new(Shared::new(plan, addr, cores));
+    let shared = Arc::new(Shared::new(plan, target, cores));
     let progress = Progress::start(&shared, shared.plan.run.quiet);
     let s2 = shared.clone();
     let results = on_cores(cores, pinned.as_deref(), move |core| {
@@ -160,7 +160,7 @@ async fn connect_one(ctx: &CoreCtx, role: char, i: usize) -> io::Result<(Conn, u
     let sh = &ctx.shared;
     let l = login(sh, role, i);
     let started = payload::now_ns();
-    let mut conn = Conn::open(sh.addr, l.version).await?;
+    let mut conn = Conn::open_target(&sh.target, l.version).await?;
     let ack = conn.login(&l).await?;
     {
         let mut st = ctx.stats.borrow_mut();
@@ -338,7 +338,7 @@ fn summarize(sh: &Shared, t: CoreStats, cpus: Vec<usize>) -> Summary {
     let per_sec = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     let mut s = Summary {
         scenario: p.scenario.clone(),
-        broker: sh.addr.to_string(),
+        broker: sh.target.describe(),
         mqtt: format!("{:?}", p.broker.mqtt),
         qos: p.load.qos as u8,
         payload_bytes: p.load.payload,

@@ -167,11 +167,19 @@ pub fn proc_memory(pid: u32) -> Option<(u64, u64)> {
 /// Generator core use above which a figure is the tool's limit, not the broker's.
 pub const GENERATOR_LIMIT_PERCENT: f64 = 85.0;
 
-/// The warning printed (and put in `--json`) when the generator was the limit.
-pub fn generator_limit_warning(busy_percent: f64) -> String {
-    format!(
-        "generator core(s) {busy_percent:.0}% busy (> {GENERATOR_LIMIT_PERCENT:.0}%): this figure is the generator's limit, not the broker's (add --cores or a larger --window)"
-    )
+/// The warning printed (and put in `--json`) when the generator was the limit: busy on
+/// its own work, or (`busy` well below `load`) kept waiting for its CPU by other
+/// processes.
+pub fn generator_limit_warning(busy: f64, load: f64) -> String {
+    if busy > GENERATOR_LIMIT_PERCENT {
+        format!(
+            "generator core(s) {busy:.0}% busy (> {GENERATOR_LIMIT_PERCENT:.0}%): this figure is the generator's limit, not the broker's (add --cores or a larger --window)"
+        )
+    } else {
+        format!(
+            "generator core(s) {busy:.0}% busy but on a CPU or waiting for one {load:.0}% of the time (> {GENERATOR_LIMIT_PERCENT:.0}%): other processes held its CPU, so this figure is the generator's limit, not the broker's (run on a quiet machine, or pin with --cpus)"
+        )
+    }
 }
 
 impl Summary {
@@ -204,7 +212,8 @@ impl Summary {
             .max(self.generator_demand_percent);
         let limited = load > GENERATOR_LIMIT_PERCENT;
         if limited && !self.generator_limited {
-            self.warnings.push(generator_limit_warning(load));
+            self.warnings
+                .push(generator_limit_warning(self.generator_busy_percent, load));
         }
         self.generator_limited = limited;
     }
