@@ -68,10 +68,10 @@ impl Shared {
             .zip(&probe_of)
             .map(|(&f, probe)| match probe {
                 None => 0, // nobody hears it: nothing to pace against
-                Some(sub) => plan
-                    .load
-                    .window
-                    .unwrap_or_else(|| crate::plan::auto_window(f, matches[*sub as usize].len())),
+                Some(sub) => plan.load.window.unwrap_or_else(|| {
+                    let frame = plan.load.payload + 8 + plan.sub_filters[*sub as usize].len();
+                    crate::plan::auto_window(f, matches[*sub as usize].len(), frame)
+                }),
             })
             .collect();
         let tag = if plan.broker.no_clean_start {

@@ -79,14 +79,14 @@ impl Load {
 }
 
 /// Automatic closed-loop window for a publisher heard by `fanout` subscribers whose
-/// probe subscriber hears `inbound` publishers: at most about 128k deliveries in flight
-/// per publisher and 16k messages in flight towards the probe, between 16 and 1024.
-/// Large enough that the broker never idles waiting for the generator to report
-/// progress (with 16 for a 1 -> 1000 fan-out it did: issue 16), small enough that
-/// queues stay within a broker's default per-client limits.
-pub fn auto_window(fanout: usize, inbound: usize) -> u64 {
+/// probe subscriber hears `inbound` publishers, with `frame` bytes per message: at most
+/// about 128k deliveries in flight per publisher and 512 KiB in flight towards the probe
+/// (half of ringmq's default 1 MiB outbound buffer, beyond which a broker may drop QoS 0),
+/// between 16 and 1024 messages. Large enough that the broker never idles waiting for
+/// the generator to report progress (with 16 for a 1 -> 1000 fan-out it did: issue 16).
+pub fn auto_window(fanout: usize, inbound: usize, frame: usize) -> u64 {
     let by_fanout = 131_072 / fanout.max(1) as u64;
-    let by_inbound = 16_384 / inbound.max(1) as u64;
+    let by_inbound = (512 * 1024 / frame.max(1) / inbound.max(1)) as u64;
     by_fanout.min(by_inbound).clamp(16, 1024)
 }
 
@@ -219,9 +219,10 @@ mod tests {
 
     #[test]
     fn auto_window_bounds_deliveries_and_inbound_messages() {
-        assert_eq!(auto_window(1, 1), 1024); // a 1:1 pair
-        assert_eq!(auto_window(1000, 1), 131); // 1 -> 1000 fan-out
-        assert_eq!(auto_window(1, 100), 163); // 100 -> 1 fan-in
-        assert_eq!(auto_window(100_000, 1), 16); // never below 16
+        assert_eq!(auto_window(1, 1, 90), 1024); // a 1:1 pair
+        assert_eq!(auto_window(1000, 1, 90), 131); // 1 -> 1000 fan-out
+        assert_eq!(auto_window(1, 100, 90), 58); // 100 -> 1 fan-in: 512 KiB to the probe
+        assert_eq!(auto_window(1, 1, 16 * 1024), 32); // 16 KiB payloads
+        assert_eq!(auto_window(100_000, 1, 90), 16); // never below 16
     }
 }
