@@ -227,6 +227,13 @@ pub fn comparison(results: &[(String, Summary)]) -> String {
         }
         let _ = writeln!(out);
     }
+    if results.iter().any(|(_, s)| s.generator_limited) {
+        let _ = write!(out, "| generator-limited (figure is the tool's) |");
+        for (_, s) in results {
+            let _ = write!(out, " {} |", if s.generator_limited { "YES" } else { "no" });
+        }
+        let _ = writeln!(out, "{}", " |".repeat(results.len() - 1));
+    }
     out
 }
 
@@ -258,6 +265,19 @@ mod tests {
         assert!(t.contains("| ringmq / mosquitto |"), "{t}");
         assert!(t.contains("| deliveries/s | 300 | 100 | 3.00x |"), "{t}");
         assert!(!t.contains("latency"), "all-zero rows are left out: {t}");
+        assert!(!t.contains("generator-limited"), "{t}");
+        let c = Summary {
+            generator_limited: true,
+            ..Summary::default()
+        };
+        let t = comparison(&[
+            ("ringmq".into(), c),
+            ("mosquitto".into(), Summary::default()),
+        ]);
+        assert!(
+            t.contains("| generator-limited (figure is the tool's) | YES | no | |"),
+            "{t}"
+        );
     }
 
     #[test]
