@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use ringmq_raft::net::stats::NetStats;
 use ringmq_raft::{Op, OpResult, TlsFiles};
 
@@ -22,12 +22,11 @@ fn make_pki(dir: &Path) -> TlsFiles {
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
         .push(DnType::CommonName, "ringmq test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
     let node = CertificateParams::new(vec![NAME.to_string()]).unwrap();
     let node_key = KeyPair::generate().unwrap();
-    let node_cert = node.signed_by(&node_key, &ca_cert, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    let node_cert = node.signed_by(&node_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
     std::fs::write(dir.join("cert.pem"), node_cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), node_key.serialize_pem()).unwrap();
     TlsFiles {
