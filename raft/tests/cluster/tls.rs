@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use ringmq_raft::net::stats::NetStats;
-use ringmq_raft::{Op, OpResult, TlsFiles};
+use ringmq_raft::TlsFiles;
 
-use crate::common::{block_on, poll, Cluster};
+use crate::common::{poll, put_ok, Cluster};
 
 const NAME: &str = "ringmq-cluster";
 
@@ -45,13 +45,7 @@ fn cluster_over_mutual_tls() {
     let f2 = files.clone();
     let c = Cluster::with(3, move |cfg| cfg.tls = Some(f2.clone()));
     let leader = c.leader();
-    let r = block_on(c.handle(leader).op(Op::Put {
-        key: b"tls".to_vec(),
-        value: b"y".to_vec(),
-    }));
-    let Ok(OpResult::Written { version }) = r else {
-        panic!("{r:?}")
-    };
+    let version = put_ok(&c.handle(leader), b"tls", b"y");
     c.converged(b"tls", version);
 
     let target = c.running().into_iter().find(|id| *id != leader).unwrap();
@@ -100,9 +94,5 @@ fn cluster_over_mutual_tls() {
         (stats() > before).then_some(())
     });
     // The cluster is unaffected.
-    let r = block_on(c.handle(target).op(Op::Put {
-        key: b"tls2".to_vec(),
-        value: b"z".to_vec(),
-    }));
-    assert!(matches!(r, Ok(OpResult::Written { .. })), "{r:?}");
+    put_ok(&c.handle(target), b"tls2", b"z");
 }
