@@ -107,3 +107,51 @@ fn leader_stopped_and_restarted_from_its_data_dir() {
     let l = c.leader();
     assert!(c.running().contains(&l));
 }
+
+#[test]
+fn versions_are_never_reused_and_survive_a_restart() {
+    let mut c = Cluster::new(1);
+    c.leader();
+    let h = c.handle(1);
+    let v1 = put_ok(&h, b"k", b"1");
+    assert_eq!(
+        block_on(h.op(Op::Delete { key: b"k".to_vec() })).unwrap(),
+        OpResult::Deleted { existed: true }
+    );
+    // Absent again: a CAS on "absent" wins, at a version above the deleted one.
+    let r = block_on(h.op(Op::Cas {
+        key: b"k".to_vec(),
+        expected: 0,
+        value: Some(b"2".to_vec()),
+    }))
+    .unwrap();
+    let OpResult::Written { version: v2 } = r else {
+        panic!("{r:?}")
+    };
+    assert!(v2 > v1);
+    // A CAS to None deletes only at the right version.
+    let r = block_on(h.op(Op::Cas {
+        key: b"k".to_vec(),
+        expected: v1,
+        value: None,
+    }))
+    .unwrap();
+    assert!(
+        matches!(r, OpResult::Conflict { current: Some(ref cur) } if cur.version == v2),
+        "{r:?}"
+    );
+    c.stop(1);
+    c.restart(1);
+    c.leader();
+    let h = c.handle(1);
+    // The version counter is durable: the next write continues above v2.
+    let v3 = put_ok(&h, b"other", b"x");
+    assert!(v3 > v2, "{v3} after {v2}");
+    let r = block_on(h.op(Op::Cas {
+        key: b"k".to_vec(),
+        expected: v2,
+        value: None,
+    }))
+    .unwrap();
+    assert_eq!(r, OpResult::Deleted { existed: true });
+}
