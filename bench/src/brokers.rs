@@ -380,8 +380,15 @@ pub fn start_mosquitto_tls(
         child,
         dir: Some(dir),
     };
-    if !wait_listening(port, Duration::from_secs(10)) {
-        return Err("mosquitto did not start listening within 10 s".into());
+    for p in [Some(port), proc.port_tls, proc.port_ws, proc.port_wss]
+        .into_iter()
+        .flatten()
+    {
+        if !wait_listening(p, Duration::from_secs(10)) {
+            return Err(format!(
+                "mosquitto did not start listening on {p} within 10 s"
+            ));
+        }
     }
     Ok(proc)
 }
@@ -510,8 +517,15 @@ pub fn start_flashmq(
         child,
         dir: Some(dir),
     };
-    if !wait_listening(port, Duration::from_secs(10)) {
-        return Err("flashmq did not start listening within 10 s".into());
+    for p in [Some(port), proc.port_tls, proc.port_ws, proc.port_wss]
+        .into_iter()
+        .flatten()
+    {
+        if !wait_listening(p, Duration::from_secs(10)) {
+            return Err(format!(
+                "flashmq did not start listening on {p} within 10 s"
+            ));
+        }
     }
     Ok(proc)
 }

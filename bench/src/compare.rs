@@ -206,6 +206,13 @@ pub fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, Strin
     }
     let before = proc_memory(pid);
     let mut sum = run_scenario(&s)?;
+    if sum.connections == 0 && sum.connect_failures > 0 {
+        return Err(format!(
+            "no client could connect ({} failed): {}",
+            sum.connect_failures,
+            sum.errors.first().map_or("", String::as_str)
+        ));
+    }
     if sum.broker_memory.is_none() {
         if let (Some((rss0, _)), Some((rss1, hwm))) = (before, proc_memory(pid)) {
             sum.broker_memory = Some(BrokerMemory {
