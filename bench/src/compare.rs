@@ -25,7 +25,7 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
     let mut flags: Vec<(String, String, String)> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     for name in &c.brokers {
-        let started = start_peer(c, name, cpus);
+        let started = start_peer(c, name, cpus, args.scenario.common().broker.transport());
         let b = match started {
             Ok(b) => b,
             Err(e) => {
@@ -128,7 +128,12 @@ pub fn write_svgs(
 }
 
 /// Starts peer `name` with its binary from the flags or PATH.
-pub fn start_peer(c: &PeerArgs, name: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
+pub fn start_peer(
+    c: &PeerArgs,
+    name: &str,
+    cpus: Option<&str>,
+    transport: Transport,
+) -> Result<BrokerProc, String> {
     let bin = |flag: &Option<String>, names: &[&str], hint: &str| {
         find_bin(flag.as_deref(), names, hint).map(|p| p.to_string_lossy().into_owned())
     };
@@ -142,7 +147,7 @@ pub fn start_peer(c: &PeerArgs, name: &str, cpus: Option<&str>) -> Result<Broker
     };
     let tls = tls.as_ref();
     match name {
-        "ringmq" => start_ringmq_with(&c.ringmq_bin, cpus, tls),
+        "ringmq" => start_ringmq_with(&c.ringmq_bin, cpus, tls, transport),
         "mosquitto" | "mosquitto-nodelay" => {
             let b = bin(
                 &c.mosquitto_bin,
@@ -183,6 +188,7 @@ pub fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, Strin
     let pid = b.pid();
     {
         let common = s.common_mut();
+        common.broker.apply_url(); // the broker's address is ours to set; keep the scheme
         common.broker.host = "127.0.0.1".into();
         let transport = common.broker.transport();
         let none = |what: &str| {
