@@ -69,6 +69,13 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
         println!("results written to {path}");
         md_path = Some(path);
     }
+    // A connection storm is about connects/s; every other scenario about deliveries/s.
+    let storm = matches!(args.scenario, Scenario::Conn(_));
+    let (what, metric): (&str, fn(&Summary) -> f64) = if storm {
+        ("connects/s", |s| s.connects_per_sec)
+    } else {
+        ("deliveries/s", |s| s.delivered_per_sec)
+    };
     let chart = || {
         let bars = results
             .iter()
@@ -78,12 +85,12 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
                 } else {
                     ""
                 };
-                (format!("{b}{mark}"), s.delivered_per_sec)
+                (format!("{b}{mark}"), metric(s))
             })
             .collect();
         crate::chart::throughput_svg(
-            &format!("{name}: deliveries/s per broker ({})", results[0].1.mqtt),
-            "deliveries/s",
+            &format!("{name}: {what} per broker ({})", results[0].1.mqtt),
+            what,
             &[(describe_load(&results[0].1), bars)],
         )
     };
@@ -100,6 +107,9 @@ pub fn scenario_name(c: &PeerArgs, s: &Scenario) -> String {
 
 /// "50 pub -> 50 sub, QoS 0, 64 B": a chart's group label.
 fn describe_load(s: &Summary) -> String {
+    if s.scenario == "conn" {
+        return format!("{} connections, {}", s.connections, s.mqtt);
+    }
     format!(
         "{} pub -> {} sub, QoS {}, {} B",
         s.publishers, s.subscribers, s.qos, s.payload_bytes
