@@ -40,6 +40,8 @@ pub(crate) struct ShardInit {
     pub recovered: Vec<crate::store::RecoveredSession>,
     /// Retained messages recovered (every shard keeps a replica).
     pub retained: Arc<Vec<crate::store::RetainedRecord>>,
+    /// Node-wide access state (ACL in force, bans, reloaders).
+    pub access: Arc<crate::access::Shared>,
 }
 
 /// A running broker core.
@@ -49,6 +51,7 @@ pub struct ServerHandle {
     stats: Vec<Arc<ShardStats>>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     started: Instant,
+    access: Arc<crate::access::Shared>,
 }
 
 /// Checks the placement asked for against the CPUs present.
@@ -108,6 +111,11 @@ fn invalid(msg: String) -> io::Error {
 pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     let placements = placements(&cfg)?;
     let shards = placements.len();
+    // Bans persist beside the store (not with memory-only durability).
+    let bans_dir = (cfg.durability != Durability::None).then(|| cfg.data_dir.clone());
+    let access = crate::access::Shared::new(&cfg.access, bans_dir)
+        .map_err(|e| invalid(format!("--acl-file: {e}")))?;
+    let access = Arc::new(access);
     if cfg.listen.is_empty() {
         return Err(invalid("--listen: no listener configured".into()));
     }
@@ -201,6 +209,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             store: store_handle,
             recovered,
             retained: retained.clone(),
+            access: access.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("ringmq-shard-{id}"))
@@ -229,16 +238,71 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             return Err(io::Error::other(why));
         }
     }
+    register_acl_reload(&access, &controls);
     Ok(ServerHandle {
         addrs,
         controls,
         stats,
         threads,
         started,
+        access,
     })
 }
 
+/// The ACL part of a reload: parse, then hand the new rules to every shard
+/// (each swaps its `Arc`); a parse error keeps the old rules everywhere.
+fn register_acl_reload(access: &Arc<crate::access::Shared>, controls: &[flume::Sender<Control>]) {
+    if access.acl_file.is_none() {
+        return;
+    }
+    let weak = Arc::downgrade(access);
+    let controls = controls.to_vec();
+    access.reloaders.register(
+        "acl",
+        Box::new(move || {
+            let a = weak.upgrade().ok_or("broker stopped")?;
+            match a.reload_acl() {
+                Ok(Some(acl)) => {
+                    // Reply once every shard applies them: after the reload
+                    // answer, every check uses the new rules.
+                    let (tx, rx) = flume::unbounded();
+                    let asked = controls
+                        .iter()
+                        .filter(|c| c.send(Control::SetAcl(acl.clone(), tx.clone())).is_ok())
+                        .count();
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    for _ in 0..asked {
+                        if rx.recv_deadline(deadline).is_err() {
+                            return Err(
+                                "the new rules are parsed but a shard did not confirm them in 5 s"
+                                    .into(),
+                            );
+                        }
+                    }
+                    Ok(format!(
+                        "{}: {} rules, {} users",
+                        acl.file,
+                        acl.rule_count(),
+                        acl.user_count()
+                    ))
+                }
+                Ok(None) => Ok("no ACL file configured".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+    );
+}
+
 impl ServerHandle {
+    /// Node-wide access state: bans, the ACL in force, the reload registry.
+    pub fn access(&self) -> &Arc<crate::access::Shared> {
+        &self.access
+    }
+    /// Re-reads what the reload registry holds (ACL file, and what other
+    /// parts registered); one outcome per part.
+    pub fn reload(&self) -> Vec<crate::access::reload::Outcome> {
+        self.access.reloaders.reload_all()
+    }
     /// The bound listener addresses, in `listen` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()

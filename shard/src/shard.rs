@@ -63,6 +63,12 @@ pub struct Shard {
     pub confirms: RefCell<crate::persist::Confirms>,
     /// QoS 1 copies not yet stored, waiting for their subscriber's PUBACK.
     pub defer: crate::defer::Defer,
+    /// Node-wide access state: bans, reloaders (the ACL below is this shard's copy).
+    pub access: Arc<crate::access::Shared>,
+    /// The ACL rules in force on this shard (`None`: no ACL file), swapped
+    /// by `Control::SetAcl`; `acl_gen` counts the swaps.
+    pub acl: RefCell<Option<Arc<crate::access::acl::Acl>>>,
+    pub acl_gen: Cell<u32>,
 }
 
 impl Shard {
@@ -157,6 +163,9 @@ pub(crate) async fn run(init: ShardInit) {
         store: init.store.start(),
         confirms: RefCell::new(crate::persist::Confirms::default()),
         defer: crate::defer::Defer::default(),
+        acl: RefCell::new(init.access.acl()),
+        acl_gen: Cell::new(0),
+        access: init.access,
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,
@@ -201,6 +210,10 @@ pub(crate) async fn run(init: ShardInit) {
             Control::Drain => {
                 shard.stop_accepting();
                 spawn_local(crate::connection::drain(shard.clone())).detach();
+            }
+            Control::SetAcl(acl, done) => {
+                crate::authz::set_acl(&shard, acl);
+                let _ = done.send(shard.id);
             }
             Control::Query(q, reply) => {
                 let _ = reply.send(crate::admin::answer(&shard, q));
