@@ -31,9 +31,10 @@ fn refuse(shard: &Shard, conn: &ConnOut, p: &Publish, code: ReasonCode) -> Resul
 
 /// A PUBLISH the ACL refuses. v5 QoS 1/2: PUBACK/PUBREC 0x87 Not authorized
 /// (v5 3.4.2.1, 3.5.2.1). QoS 0, and 3.1.1 which has no error code in
-/// PUBACK: acknowledged as usual and dropped, as Mosquitto 2.x does
-/// (handle_publish.c: "a denied publish is acked and dropped"); the
-/// connection stays. Counted (`acl_denied{action="publish"}`).
+/// PUBACK: acknowledged as usual and dropped ("a positive acknowledgement,
+/// according to the normal QoS rules, or close the Network Connection"
+/// [MQTT-3.3.5-2] (3.1.1)), as Mosquitto 2.x does; the connection stays.
+/// Counted (`acl_denied_total{action="publish"}`).
 fn not_authorized(shard: &Shard, conn: &ConnOut, p: Publish) -> Result<(), CloseReason> {
     let Some(id) = p.packet_id else {
         return Ok(());
