@@ -152,7 +152,7 @@ impl Acl {
             if l.starts_with('#') {
                 continue;
             }
-            let (keyword, rest) = match l.split_once(|c: char| c == ' ' || c == '\t') {
+            let (keyword, rest) = match l.split_once([' ', '\t']) {
                 Some((k, r)) => (k, r.trim_start()),
                 None => (l, ""),
             };
@@ -169,7 +169,7 @@ impl Acl {
                     if rest.is_empty() {
                         return Err(err(format!("\"{keyword}\" without a topic filter")));
                     }
-                    let (grant, filter) = match rest.split_once(|c: char| c == ' ' || c == '\t') {
+                    let (grant, filter) = match rest.split_once([' ', '\t']) {
                         Some((a, f)) => {
                             let g = match a {
                                 "read" => READ,
