@@ -313,3 +313,76 @@ async fn anonymous_and_unknown_users_get_their_sections(proto: Proto, shards: us
     let mut zed = Client::connect(ctx.opts("zed-1").user("zed")).await;
     assert_eq!(zed.subscribe("public/#", 0).await, vec![refused(&ctx)]);
 }
+
+/// A persistent session outlives a restart; its owner's username is known
+/// again only when it reconnects. Until then nothing is delivered to it
+/// (refused, counted); from its reconnect on, its rules apply again. Operator
+/// bans survive the restart too (`DATA_DIR/bans.txt`). The real binary, `--durability sync`.
+#[tokio::test]
+async fn restored_sessions_get_their_rules_back_when_their_client_returns_and_bans_persist() {
+    use common::persist::{args, DataDir, Durable};
+    for proto in [Proto::V4, Proto::V5] {
+        let dir = DataDir::new();
+        let acl = broker::scratch_dir().join("acl");
+        std::fs::write(&acl, ACL).unwrap();
+        let a = acl.to_str().unwrap();
+        let argv = args(
+            &dir.path,
+            2,
+            "sync",
+            &["--acl-file", a, "--metrics-listen", "127.0.0.1:0"],
+        );
+        let mut b = Durable::start_args(&argv);
+        let opts = |id: &str, addr| Opts::new(proto, addr, id);
+        let (aid, bid) = cross_shard_ids("restore", 2);
+        let mut alice = Client::connect(opts(&aid, b.addr).user("alice").persistent(3600)).await;
+        assert_eq!(alice.subscribe("sensors/#", 1).await, vec![1]);
+        alice.disconnect().await;
+        let d = dir.path.to_str().unwrap();
+        let (code, _, err) =
+            support_ringmq(&["ctl", "--data-dir", d, "ban", "add", "client-id", "evil"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(b.terminate().is_some_and(|s| s.success()));
+        let b = Durable::start_args(&argv);
+        let c = Client::try_connect(opts("evil", b.addr)).await;
+        assert_ne!(c.connack.1, 0, "banned after restart");
+        let mut bob = Client::connect(opts(&bid, b.addr).user("bob")).await;
+        bob.publish("sensors/0/t", 1, false, "while away").await;
+        bob.wait_acked(1).await;
+        let deliver = |b: &Durable| {
+            (0..2)
+                .map(|s| {
+                    b.metric(&format!(
+                        "ringmq_acl_denied_total{{shard=\"{s}\",action=\"deliver\"}}"
+                    ))
+                    .unwrap_or(0.0)
+                })
+                .sum::<f64>()
+        };
+        assert_eq!(deliver(&b), 1.0, "refused while the owner is unknown");
+        let mut alice = Client::connect(opts(&aid, b.addr).user("alice").persistent(3600)).await;
+        assert!(alice.session_present());
+        for t in ["sensors/1/t", "sensors/private/x"] {
+            bob.publish(t, 1, false, t.to_string()).await;
+            bob.wait_acked(1).await;
+        }
+        assert_eq!(
+            alice.recv("readable after reconnect").await.topic,
+            "sensors/1/t"
+        );
+        alice.expect_none(QUIET, "private stays unreadable").await;
+        assert_eq!(deliver(&b), 2.0);
+    }
+}
+
+fn support_ringmq(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(args)
+        .output()
+        .expect("run ringmq");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
