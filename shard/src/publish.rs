@@ -46,11 +46,12 @@ fn not_authorized(shard: &Shard, conn: &ConnOut, p: Publish) -> Result<(), Close
         ReasonCode::Success
     };
     let r = resp(id, code);
+    // Behind acknowledgements still held for earlier publishes [MQTT-4.6.0-2].
     match p.qos {
-        QoS::AtLeastOnce => conn.send(&Packet::PubAck(r)),
+        QoS::AtLeastOnce => conn.ack(Packet::PubAck(r), None),
         // 3.1.1 QoS 2: PUBREC now; the PUBREL that follows finds no stored
         // id and still gets its PUBCOMP (handle.rs).
-        _ => conn.send(&Packet::PubRec(r)),
+        _ => conn.ack(Packet::PubRec(r), None),
     }
     Ok(())
 }
