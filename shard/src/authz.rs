@@ -99,6 +99,7 @@ pub(crate) fn may_receive(shard: &Shard, s: &mut Session, topic: &str, action: A
 }
 
 /// Rebuilds a session's rules after a reload (lazily, at its next check).
+#[inline]
 fn refresh(shard: &Shard, s: &mut Session) {
     if let (Some(sa), Some(acl)) = (s.acl.as_deref_mut(), &*shard.acl.borrow()) {
         sa.refresh(acl, shard.acl_gen.get(), s.client_id.as_str());
