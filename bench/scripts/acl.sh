@@ -72,9 +72,14 @@ wait_line() {
 }
 
 # Starts ringmq (with the ACL when $1 is "acl"); sets broker_pid and port.
+runs=0
 start_ringmq() {
-    local dir="$work/$1" extra=()
+    # A fresh directory per run: the port is read from its stdout file, which must not hold a
+    # previous run's line while the new broker starts.
+    runs=$((runs + 1))
+    local dir="$work/run-$runs-$1" extra=()
     mkdir -p "$dir"
+    last_dir="$dir"
     if [[ "$1" == acl ]]; then extra=(--acl-file "$acl"); fi
     "${rt[@]}" taskset -c 0 "$RINGMQ" --listen mqtt://127.0.0.1:0 --cores 1 --durability none \
         --data-dir "$dir/data" --sys-interval-secs 0 --log-level warn "${extra[@]}" \
@@ -118,7 +123,7 @@ for sc in $SCENARIOS; do
             if jq -e '(.errors // []) | length > 0' "$work/$sc-$r-$side.json" >/dev/null; then
                 { echo "$sc round $r $side: $(jq -r '.errors | .[:3] | join("; ")' "$work/$sc-$r-$side.json");" \
                        "broker $(kill -0 "$broker_pid" 2>/dev/null && echo alive || echo GONE);" \
-                       "stderr: $(tail -c 400 "$work/$side/err" | tr '\n' ' ')"; } >>"$work/failures"
+                       "stderr: $(tail -c 400 "$last_dir/err" | tr '\n' ' ')"; } >>"$work/failures"
             fi
             stop_broker
         done
