@@ -16,7 +16,7 @@
 #   fanin100    100 publishers -> 1 subscriber of `bench/fanin/+`, which a deny rule overlaps:
 #               every delivery is read-checked (the slow path), as is every PUBLISH.
 # The ACL (generated): users u0..u999 with 3 rules each, the user `bench` (readwrite bench/#,
-# two denies), 20 patterns with %c and %u: 3,025 rules in all.
+# two denies), 20 patterns with %c and %u: 3,024 rules in all.
 # Environment: CARGO_TARGET_DIR (default target), ROUNDS (5), DURATION (5), WARMUP (1),
 # NOTE (header text), RT (1: SCHED_FIFO via chrt -f 50), BUILD (0: use the built binaries).
 set -euo pipefail

@@ -69,6 +69,9 @@ pub struct Shard {
     /// by `Control::SetAcl`; `acl_gen` counts the swaps.
     pub acl: RefCell<Option<Arc<crate::access::acl::Acl>>>,
     pub acl_gen: Cell<u32>,
+    /// Set from a reload until every subscription is classified again:
+    /// meanwhile every delivery asks the rules (no stale *full* class).
+    pub acl_recheck: Cell<bool>,
 }
 
 impl Shard {
@@ -165,6 +168,7 @@ pub(crate) async fn run(init: ShardInit) {
         defer: crate::defer::Defer::default(),
         acl: RefCell::new(init.access.acl()),
         acl_gen: Cell::new(0),
+        acl_recheck: Cell::new(false),
         access: init.access,
         cfg: init.cfg,
         stats: init.stats,

@@ -319,7 +319,7 @@ async fn replay(
                     if msg.expiry_left(now) == Some(0) {
                         continue;
                     }
-                    if check
+                    if crate::authz::must_check(&shard, check)
                         && !crate::authz::may_receive(
                             &shard,
                             s,
