@@ -404,6 +404,9 @@ fn reload_registry_reports_the_certificates_part() {
     assert!(ok.ok, "{ok:?}");
     std::fs::write(&key, "not a key").unwrap();
     let bad = part(&b);
-    assert!(!bad.ok && bad.message.contains(&key.display().to_string()), "{bad:?}");
+    assert!(
+        !bad.ok && bad.message.contains(&key.display().to_string()),
+        "{bad:?}"
+    );
     assert_eq!(served_cert(b.addrs()[0]), der_of(&pki.server.cert));
 }
