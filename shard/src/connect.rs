@@ -84,14 +84,16 @@ fn check(shard: &Shard, c: &Connect) -> Result<(), ReasonCode> {
 }
 
 /// Is this CONNECT banned (client id, username or source address)? The
-/// address is looked up only when some ban is in force.
-fn banned(shard: &Shard, c: &Connect, fd: RawFd) -> bool {
+/// address is the one a PROXY header carried (`peer`), else the socket's,
+/// looked up only when some ban is in force.
+fn banned(shard: &Shard, c: &Connect, fd: RawFd, peer: Option<std::net::SocketAddr>) -> bool {
     let bans = &shard.access.bans;
     if bans.active() == 0 {
         return false;
     }
     let username = c.username.as_ref().map(|u| u.as_str());
-    let hit = bans.check(c.client_id.as_str(), username, peer_ip(fd));
+    let addr = peer.map(|p| p.ip()).or_else(|| peer_ip(fd));
+    let hit = bans.check(c.client_id.as_str(), username, addr);
     if let Some(b) = &hit {
         tracing::debug!(client_id = %c.client_id.as_str(), kind = b.target.kind(), value = %b.target.value(), "CONNECT refused: banned");
     }
@@ -112,10 +114,11 @@ pub(crate) fn accept(
     shard: &Rc<Shard>,
     c: &Connect,
     fd: RawFd,
+    peer: Option<std::net::SocketAddr>,
     assigned: bool,
 ) -> Result<(SessionId, Rc<ConnOut>, u16), Box<ConnAck>> {
     check(shard, c).map_err(|r| Box::new(refusal(r)))?;
-    if banned(shard, c, fd) {
+    if banned(shard, c, fd, peer) {
         // v5 CONNACK 0x8A Banned; 3.1.1 0x05 Not authorized (codec maps it).
         return Err(Box::new(refusal(ReasonCode::Banned)));
     }
