@@ -91,7 +91,7 @@ fn run(
                 let mut last: Option<(Vec<u8>, u64)> = None;
                 while !stop.load(Ordering::Relaxed) {
                     let (id, expected) = match last.take() {
-                        Some((id, epoch)) if i % 4 == 0 => (id, epoch),
+                        Some((id, epoch)) if i.is_multiple_of(4) => (id, epoch),
                         _ => (format!("c-{base}-{t}-{i}").into_bytes(), 0),
                     };
                     i += 1;
