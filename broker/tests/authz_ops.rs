@@ -259,3 +259,26 @@ async fn address_bans_apply_to_the_address_a_proxy_header_carries() {
         );
     }
 }
+
+/// IPv6 address bans: a `::1/128` ban refuses a client on `[::1]`, a v4
+/// block does not; both protocols.
+#[tokio::test]
+async fn ipv6_address_bans() {
+    let b = common::Broker::start_with(1, |c| {
+        c.listen = vec!["[::1]:0".parse().unwrap()];
+    });
+    let bans = &b.handle().access().bans;
+    bans.add(
+        ringmq_shard::access::bans::Target::Address("127.0.0.0/8".parse().unwrap()),
+        None,
+    );
+    Client::connect(Opts::new(Proto::V5, b.addr, "v6-before")).await;
+    bans.add(
+        ringmq_shard::access::bans::Target::Address("::1/128".parse().unwrap()),
+        None,
+    );
+    for proto in [Proto::V4, Proto::V5] {
+        let c = Client::try_connect(Opts::new(proto, b.addr, "v6-after")).await;
+        assert_eq!(c.connack.1, if proto == Proto::V5 { 0x8A } else { 0x05 });
+    }
+}
