@@ -80,6 +80,7 @@ acl_matrix! {
     fn sys_topics_follow_dollar_rules;
     fn anonymous_and_unknown_users_get_their_sections;
     fn shared_subscriptions_are_classified_by_their_inner_filter;
+    fn a_will_made_unwritable_by_a_reload_is_not_published;
 }
 
 /// Mosquitto grants any SUBSCRIBE and filters per message; ringmq answers a
@@ -313,6 +314,48 @@ async fn anonymous_and_unknown_users_get_their_sections(proto: Proto, shards: us
     );
     let mut zed = Client::connect(ctx.opts("zed-1").user("zed")).await;
     assert_eq!(zed.subscribe("public/#", 0).await, vec![refused(&ctx)]);
+}
+
+/// The will is checked again when it would be published: rules reloaded
+/// since CONNECT apply to it.
+async fn a_will_made_unwritable_by_a_reload_is_not_published(proto: Proto, shards: usize) {
+    let before = format!("{ACL}user carol\ntopic read alice/#\n");
+    let (ctx, file) = acl_broker(proto, shards, &before);
+    let (pid, sid) = ctx.pair_ids("rwill");
+    let mut carol = Client::connect(ctx.opts(&sid).user("carol")).await;
+    assert_eq!(carol.subscribe("alice/#", 1).await, vec![1]);
+    // Control: a will allowed at CONNECT and still allowed reaches carol.
+    let a = Client::connect(
+        ctx.opts(&format!("{pid}-1"))
+            .user("alice")
+            .will("alice/w1", "w", 1, false),
+    )
+    .await;
+    a.kill().await;
+    assert_eq!(
+        carol.recv("will under the old rules").await.topic,
+        "alice/w1"
+    );
+    let a = Client::connect(
+        ctx.opts(&pid)
+            .user("alice")
+            .will("alice/will", "w", 1, false),
+    )
+    .await;
+    assert_eq!(denied(&ctx, AclAction::Will), 0, "allowed at CONNECT");
+    std::fs::write(
+        &file,
+        format!("{before}user alice\ntopic deny alice/will\n"),
+    )
+    .unwrap();
+    assert!(ctx.broker.handle().reload().iter().all(|o| o.ok));
+    a.kill().await;
+    check_for(WAIT, "will refused at close", || {
+        let n = denied(&ctx, AclAction::Will);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    carol.expect_none(QUIET, "no will after the reload").await;
 }
 
 /// `$share/GROUP/FILTER` is decided on FILTER (Mosquitto checks the topic

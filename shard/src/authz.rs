@@ -48,6 +48,23 @@ pub(crate) fn connected(shard: &Shard, sid: SessionId, c: &Connect) {
     reclassify(shard, s);
 }
 
+/// May session `s` still publish its will on `topic` (rules reloaded since
+/// its CONNECT)? A refused will is dropped and counted.
+pub(crate) fn will_allowed(shard: &Shard, s: &mut Session, topic: &str) -> bool {
+    let Some(acl) = shard.acl.borrow().clone() else {
+        return true;
+    };
+    refresh(shard, s);
+    let ok = s
+        .acl
+        .as_deref_mut()
+        .is_some_and(|sa| may_publish_topic(&acl, sa, topic));
+    if !ok {
+        shard.stats.acl_deny(AclAction::Will);
+    }
+    ok
+}
+
 /// Write access with Mosquitto 2.x's `$SYS` rule: no client publishes
 /// under `$SYS` (`acl__check_dollar`, security.c), whatever the file says.
 fn may_publish_topic(_acl: &Acl, sa: &mut SessionAcl, topic: &str) -> bool {

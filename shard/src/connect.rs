@@ -164,7 +164,12 @@ pub(crate) fn accept(
             if let Some(old) = old_conn {
                 // [MQTT-3.1.4-3] the existing connection is closed (v5: 0x8E).
                 disconnect_client(&old, CloseReason::SessionTakenOver);
-                let will = shard.sessions.borrow_mut()[sid as usize].will.take();
+                let will = {
+                    let mut sessions = shard.sessions.borrow_mut();
+                    let s = &mut sessions[sid as usize];
+                    let will = s.will.take();
+                    will.filter(|w| crate::authz::will_allowed(shard, s, w.topic.as_str()))
+                };
                 if let Some(w) = will {
                     if w.properties.will_delay_interval.unwrap_or(0) == 0 || c.clean_start {
                         crate::route::publish_will(shard, *w);
@@ -270,7 +275,9 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
             s.will = None;
             None
         } else {
-            s.will.take()
+            // Rules reloaded since CONNECT apply to the will too.
+            let will = s.will.take();
+            will.filter(|w| crate::authz::will_allowed(shard, s, w.topic.as_str()))
         };
         (will, s.expiry, s.generation)
     };
