@@ -118,14 +118,10 @@ async fn retained_replay_reaches_a_slow_reader_in_full(ctx: Ctx) {
     let (pub_id, far) = cross_shard_ids("rp", shards);
     let (_, near) = same_shard_ids("rp", shards);
     store_retained(addr, &pub_id).await;
-    check_for(
-        Duration::from_secs(30),
-        "every shard holds every retained message",
-        || {
-            let held = broker.stat(|s| s.retained.get());
-            async move { (held == (N * shards) as u64).then_some(()) }
-        },
-    )
+    check_for(BOUND, "every shard holds every retained message", || {
+        let held = broker.stat(|s| s.retained.get());
+        async move { (held == (N * shards) as u64).then_some(()) }
+    })
     .await;
     let q0 = tokio::spawn(slow_reader(addr, v, format!("{near}-q0"), 0));
     let q1 = tokio::spawn(slow_reader(addr, v, format!("{far}-q1"), 1));

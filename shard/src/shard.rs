@@ -74,8 +74,8 @@ pub struct Shard {
     pub acl_recheck: Cell<bool>,
     /// QoS 1/2 copies of the publish being routed that sessions took or dropped.
     pub tally: crate::session::Tally,
-    /// Removed sessions whose subscriptions still leave the router.
-    pub reaper: crate::reap::Reaper,
+    /// Large SUBSCRIBE/UNSUBSCRIBE and removed sessions' subscriptions, in steps.
+    pub bulk: crate::bulk::Bulk,
 }
 
 impl Shard {
@@ -175,7 +175,7 @@ pub(crate) async fn run(init: ShardInit) {
         acl_recheck: Cell::new(false),
         access: init.access,
         tally: crate::session::Tally::default(),
-        reaper: crate::reap::Reaper::default(),
+        bulk: crate::bulk::Bulk::default(),
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,

@@ -52,12 +52,6 @@ fn check_filter(
     None
 }
 
-/// Filters of one SUBSCRIBE or UNSUBSCRIBE handled per scheduler turn. A
-/// larger packet pauses its connection's reading (later packets wait, in
-/// order) and is handled in steps, so 1,000 filters from each of 50 clients
-/// do not hold the shard for 50,000 router changes in one turn.
-pub(crate) const FILTERS_PER_STEP: usize = 64;
-
 /// Handles SUBSCRIBE.
 pub(crate) fn subscribe(
     shard: &Rc<Shard>,
@@ -74,7 +68,9 @@ pub(crate) fn subscribe(
         protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
         return Err(CloseReason::ProtocolError);
     }
-    if sub.filters.len() <= FILTERS_PER_STEP {
+    // A large packet pauses its connection's packet handling (later packets
+    // wait, in order) and is handled by the shard's bulk worker in steps.
+    if sub.filters.len() <= crate::bulk::OPS_PER_TURN && !shard.bulk.busy() {
         let mut st = SubState::new(&sub, conn);
         for (filter, options) in &sub.filters {
             st.one(shard, sid, filter, *options);
@@ -85,30 +81,19 @@ pub(crate) fn subscribe(
         return Ok(());
     }
     conn.pause_reading();
-    glommio::spawn_local(subscribe_in_steps(shard.clone(), sid, conn.clone(), sub)).detach();
+    let job = crate::bulk::Job::Subscribe {
+        sid,
+        conn: conn.clone(),
+        sub,
+        next: 0,
+        st: None,
+    };
+    crate::bulk::push(shard, job);
     Ok(())
 }
 
-/// A large SUBSCRIBE, [`FILTERS_PER_STEP`] filters per scheduler turn.
-async fn subscribe_in_steps(shard: Rc<Shard>, sid: SessionId, conn: Rc<ConnOut>, sub: Subscribe) {
-    let mut st = SubState::new(&sub, &conn);
-    for step in sub.filters.chunks(FILTERS_PER_STEP) {
-        if !serves(&shard, sid, &conn) {
-            return conn.resume_reading();
-        }
-        for (filter, options) in step {
-            st.one(&shard, sid, filter, *options);
-        }
-        futures_lite::future::yield_now().await;
-    }
-    if serves(&shard, sid, &conn) && st.finish(&shard, sid, &conn, sub.packet_id) {
-        return; // reading resumes once the SUBACK leaves
-    }
-    conn.resume_reading();
-}
-
 /// Whether `conn` is still the open connection of session `sid`.
-fn serves(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>) -> bool {
+pub(crate) fn serves(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>) -> bool {
     !conn.closing()
         && shard
             .sessions
@@ -119,7 +104,7 @@ fn serves(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>) -> bool {
 }
 
 /// One SUBSCRIBE being handled: the reasons so far and what follows SUBACK.
-struct SubState {
+pub(crate) struct SubState {
     v5: bool,
     sub_id: Option<u32>,
     reasons: Vec<ReasonCode>,
@@ -129,7 +114,7 @@ struct SubState {
 }
 
 impl SubState {
-    fn new(sub: &Subscribe, conn: &ConnOut) -> Self {
+    pub(crate) fn new(sub: &Subscribe, conn: &ConnOut) -> Self {
         SubState {
             v5: conn.version == ProtocolVersion::V5,
             sub_id: sub.properties.subscription_identifier,
@@ -140,7 +125,7 @@ impl SubState {
     }
 
     /// Subscribes one filter (or refuses it).
-    fn one(
+    pub(crate) fn one(
         &mut self,
         shard: &Shard,
         sid: SessionId,
@@ -188,7 +173,7 @@ impl SubState {
     /// applied it. Returns true when it waits for the other shards: the
     /// connection's next packets then wait too (`finish` resumes them), so
     /// they are answered after this SUBACK.
-    fn finish(
+    pub(crate) fn finish(
         self,
         shard: &Rc<Shard>,
         sid: SessionId,
@@ -349,34 +334,26 @@ pub(crate) fn unsubscribe(
     conn: &Rc<ConnOut>,
     u: Unsubscribe,
 ) -> Result<(), CloseReason> {
-    if u.filters.len() <= FILTERS_PER_STEP {
+    if u.filters.len() <= crate::bulk::OPS_PER_TURN && !shard.bulk.busy() {
         let reasons = u.filters.iter().map(|f| unsubscribe_one(shard, sid, f));
         let reasons = reasons.collect();
         unsuback(shard, sid, conn, u.packet_id, reasons);
         return Ok(());
     }
     conn.pause_reading();
-    let (shard, conn) = (shard.clone(), conn.clone());
-    glommio::spawn_local(async move {
-        let mut reasons = Vec::with_capacity(u.filters.len());
-        for step in u.filters.chunks(FILTERS_PER_STEP) {
-            if !serves(&shard, sid, &conn) {
-                return conn.resume_reading();
-            }
-            reasons.extend(step.iter().map(|f| unsubscribe_one(&shard, sid, f)));
-            futures_lite::future::yield_now().await;
-        }
-        if serves(&shard, sid, &conn) {
-            unsuback(&shard, sid, &conn, u.packet_id, reasons);
-        }
-        conn.resume_reading();
-    })
-    .detach();
+    let reasons = Vec::with_capacity(u.filters.len());
+    let job = crate::bulk::Job::Unsubscribe {
+        sid,
+        conn: conn.clone(),
+        u,
+        reasons,
+    };
+    crate::bulk::push(shard, job);
     Ok(())
 }
 
 /// Removes one filter of an UNSUBSCRIBE; its reason code.
-fn unsubscribe_one(shard: &Shard, sid: SessionId, f: &TopicFilter) -> ReasonCode {
+pub(crate) fn unsubscribe_one(shard: &Shard, sid: SessionId, f: &TopicFilter) -> ReasonCode {
     let had = shard.sessions.borrow_mut()[sid as usize]
         .subs
         .remove(f)
@@ -390,7 +367,7 @@ fn unsubscribe_one(shard: &Shard, sid: SessionId, f: &TopicFilter) -> ReasonCode
 }
 
 /// UNSUBACK, once the subscription rows are durable.
-fn unsuback(
+pub(crate) fn unsuback(
     shard: &Shard,
     sid: SessionId,
     conn: &ConnOut,
