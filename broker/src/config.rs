@@ -99,6 +99,9 @@ section! {
         /// Most levels in a topic name or filter
         #[arg(long, value_name = "N", default_value_t = 32)]
         pub max_topic_levels: usize,
+        /// Longest client identifier accepted, bytes (at least 23, [MQTT-3.1.3-5]); longer gets CONNACK 0x85 (3.1.1: 0x02)
+        #[arg(long, value_name = "BYTES", default_value_t = 128)]
+        pub max_client_id_length: usize,
         /// Most subscriptions one client may hold
         #[arg(long, value_name = "N", default_value_t = 1000)]
         pub max_subscriptions_per_client: usize,
@@ -126,8 +129,8 @@ section! {
         /// Largest keep alive accepted, seconds; larger gets v5 Server Keep Alive (0: no limit)
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         pub max_keep_alive: u16,
-        /// Cap on the session expiry interval, seconds
-        #[arg(long, value_name = "SECS", default_value_t = u32::MAX)]
+        /// Cap on the session expiry interval, seconds; also the lifetime of 3.1.1 persistent sessions (4294967295: none)
+        #[arg(long, value_name = "SECS", default_value_t = 604_800)]
         pub max_session_expiry: u32,
         /// QoS 1/2 messages queued per session beyond its inflight window
         #[arg(long, value_name = "N", default_value_t = 10_000)]

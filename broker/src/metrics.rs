@@ -182,6 +182,14 @@ pub fn render(s: &MetricsSnapshot) -> String {
     per_shard(
         o,
         s,
+        "accept_errors_total",
+        "counter",
+        "Failed accept(2) calls (out of descriptors, ...), each followed by a backoff.",
+        |m| m.accept_errors as f64,
+    );
+    per_shard(
+        o,
+        s,
         "sessions",
         "gauge",
         "Sessions held, connected or not.",

@@ -53,6 +53,8 @@ pub struct ShardConfig {
     pub max_topic_levels: usize,
     /// Most subscriptions one client may hold.
     pub max_subscriptions_per_client: usize,
+    /// Longest client identifier accepted, bytes (>= 23, [MQTT-3.1.3-5]).
+    pub max_client_id_length: usize,
     /// Inflight window: v5 Receive Maximum advertised to clients, and the
     /// outbound window used for clients that do not give one.
     pub receive_maximum: u16,
@@ -64,7 +66,8 @@ pub struct ShardConfig {
     pub max_keep_alive: u16,
     /// v5 Topic Alias Maximum advertised for client-to-broker aliases.
     pub topic_alias_maximum: u16,
-    /// Cap on v5 Session Expiry Interval, seconds (3.1.1 persistent sessions use it too).
+    /// Cap on v5 Session Expiry Interval, seconds; 3.1.1 persistent sessions
+    /// (CleanSession=0) expire after it too. `u32::MAX`: no cap.
     pub max_session_expiry: u32,
     /// Bytes buffered for a connection before QoS 0 is dropped and QoS 1/2 queue.
     pub outbound_buffer_bytes: usize,
@@ -105,6 +108,7 @@ impl Default for ShardConfig {
             max_topic_length: 1024,
             max_topic_levels: 32,
             max_subscriptions_per_client: 1000,
+            max_client_id_length: 128,
             receive_maximum: 256,
             max_queued_messages: 10_000,
             queue_overflow: OverflowPolicy::DropNewest,

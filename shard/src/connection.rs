@@ -133,6 +133,16 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
         }
         connect::assign_id(&shard, &mut connect);
     }
+    if connect.client_id.len() > shard.cfg.max_client_id_length {
+        // [MQTT-3.1.3-5] ids of 1-23 bytes MUST be allowed, longer ones MAY:
+        // so they may be bounded. A rejected id gets CONNACK 0x02 and a close
+        // in 3.1.1 [MQTT-3.1.3-9], 0x85 and a close in v5 [MQTT-3.1.3-8].
+        // Checked before the handoff, so a long id never crosses the mesh.
+        let mut out = BytesMut::new();
+        let ack = connect::refusal(ReasonCode::ClientIdentifierNotValid);
+        let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+        return answer_and_close(&shard, io, &out, CloseReason::ClientIdTooLong);
+    }
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
         return serve(shard, io, connect, buf, assigned, deadline);

@@ -30,6 +30,7 @@ pub mod admin;
 pub mod config;
 mod confirm;
 mod conn_out;
+mod accept_backoff;
 mod connect;
 pub mod connection;
 pub mod control;

@@ -302,9 +302,11 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
         return;
     };
     let mut burst = 0u32;
+    let mut backoff = crate::accept_backoff::Backoff::default();
     loop {
         match accept_one(listener) {
             Ok(fd) => {
+                backoff.recovered(shard.id);
                 shard.stats.connections_total.inc();
                 spawn_local(crate::connection::handshake(shard.clone(), fd)).detach();
                 burst += 1;
@@ -318,8 +320,12 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                tracing::warn!(shard = shard.id, "accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(20)).await;
+                // Out of descriptors (or kernel memory): the pending
+                // connection stays in the backlog and the listener stays
+                // readable, so retrying at once would spin. Wait, doubling.
+                shard.stats.accept_errors.inc();
+                let wait = backoff.failed(shard.id, &e);
+                glommio::timer::sleep(wait).await;
             }
         }
     }

@@ -78,6 +78,8 @@ reasons! {
         PacketTooLarge => "packet_too_large",
         /// CONNECT refused (CONNACK with an error code).
         ConnectRefused => "connect_refused",
+        /// CONNECT refused: client id longer than `max_client_id_length` (0x85 / 3.1.1 0x02).
+        ClientIdTooLong => "client_id_too_long",
         /// Another connection took over the session (0x8E).
         SessionTakenOver => "session_taken_over",
         /// The socket stopped draining past the slow consumer deadline.
@@ -124,6 +126,9 @@ pub struct ShardStats {
     pub connections: Counter,
     /// Connections accepted since start.
     pub connections_total: Counter,
+    /// accept(2) calls that failed (EMFILE, ENFILE, ENOBUFS, ...): each one
+    /// is followed by a backoff (`accept_backoff.rs`).
+    pub accept_errors: Counter,
     /// Sessions held by this shard, connected or not (gauge).
     pub sessions: Counter,
     /// Subscriptions held by this shard's sessions (gauge).
@@ -182,6 +187,7 @@ impl Default for ShardStats {
         ShardStats {
             connections: Counter::default(),
             connections_total: Counter::default(),
+            accept_errors: Counter::default(),
             sessions: Counter::default(),
             subscriptions: Counter::default(),
             retained: Counter::default(),

@@ -140,6 +140,9 @@ pub struct ShardMetrics {
     pub connections: u64,
     /// Connections accepted since start.
     pub connections_total: u64,
+    /// Failed accept(2) calls (out of descriptors, ...), each followed by a backoff.
+    #[serde(default)]
+    pub accept_errors: u64,
     pub sessions: u64,
     pub subscriptions: u64,
     pub retained: u64,

@@ -118,6 +118,7 @@ fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) ->
         shard,
         connections: s.connections.get(),
         connections_total: s.connections_total.get(),
+        accept_errors: s.accept_errors.get(),
         sessions: s.sessions.get(),
         subscriptions: s.subscriptions.get(),
         retained: s.retained.get(),

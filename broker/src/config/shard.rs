@@ -33,6 +33,7 @@ impl Config {
             max_topic_length: m.max_topic_length,
             max_topic_levels: m.max_topic_levels,
             max_subscriptions_per_client: m.max_subscriptions_per_client,
+            max_client_id_length: m.max_client_id_length,
             receive_maximum: m.receive_maximum,
             max_queued_messages: s.max_queued_messages,
             queue_overflow: match s.queue_overflow {

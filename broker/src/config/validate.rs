@@ -94,6 +94,12 @@ impl Config {
         if m.max_topic_levels == 0 {
             return bad("max_topic_levels", &0, "must be at least 1");
         }
+        // [MQTT-3.1.3-5]: 1-23 bytes of 0-9a-zA-Z MUST be allowed; strings
+        // are at most 65,535 bytes [MQTT-1.5.4-1].
+        if !(23..=65_535).contains(&m.max_client_id_length) {
+            let v = m.max_client_id_length;
+            return bad("max_client_id_length", &v, "must be in 23..=65535");
+        }
         if m.max_connections == 0 {
             return bad("max_connections", &0, "must be at least 1");
         }
