@@ -302,7 +302,7 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
         return;
     };
     let mut burst = 0u32;
-    let mut backoff = crate::accept_backoff::Backoff::default();
+    let mut backoff = crate::net::accept_backoff::Backoff::default();
     loop {
         match accept_one(listener) {
             Ok(fd) => {
