@@ -153,3 +153,70 @@ fn environment_sits_between_flag_and_file() {
     assert_eq!(shown.limits.max_packet_size, 5000);
     assert_eq!(shown.listeners.listen.len(), 2);
 }
+
+/// Issue 17's keys (`max_client_id_length`, `max_session_expiry`): flag > env > file > default,
+/// through the real binary, handed to the core, and out-of-range values refused in one line
+/// naming the key as given.
+#[test]
+fn hostile_client_keys_follow_precedence_and_are_validated() {
+    let dir = scratch("hostile");
+    let f = dir.join("ringmq.toml");
+    std::fs::write(
+        &f,
+        "[limits]\nmax_client_id_length = 40\n[sessions]\nmax_session_expiry = 3600\n",
+    )
+    .unwrap();
+    let show = |flags: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .arg("--config")
+            .arg(&f)
+            .args(flags)
+            .args(["config", "show"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        toml::from_str::<Config>(&String::from_utf8_lossy(&out.stdout)).unwrap()
+    };
+    let file = show(&[], &[]);
+    assert_eq!(file.limits.max_client_id_length, 40, "file beats default");
+    assert_eq!(file.sessions.max_session_expiry, 3600);
+    let env = [
+        ("RINGMQ_MAX_CLIENT_ID_LENGTH", "50"),
+        ("RINGMQ_MAX_SESSION_EXPIRY", "60"),
+    ];
+    let by_env = show(&[], &env);
+    assert_eq!(by_env.limits.max_client_id_length, 50, "env beats file");
+    assert_eq!(by_env.sessions.max_session_expiry, 60);
+    let by_flag = show(
+        &["--max-client-id-length", "64", "--max-session-expiry", "5"],
+        &env,
+    );
+    assert_eq!(by_flag.limits.max_client_id_length, 64, "flag beats env");
+    assert_eq!(by_flag.sessions.max_session_expiry, 5);
+    let sc = by_flag.to_shard_config();
+    assert_eq!((sc.max_client_id_length, sc.max_session_expiry), (64, 5));
+    let d = Config::default();
+    assert_eq!(d.limits.max_client_id_length, 128, "a production default");
+    assert_eq!(d.sessions.max_session_expiry, 604_800, "7 days");
+
+    // [MQTT-3.1.3-5]: 23 bytes must always be allowed.
+    let err = resolve(&["--max-client-id-length", "22"]).unwrap_err();
+    assert_eq!(
+        err, "--max-client-id-length 22: must be in 23..=65535",
+        "one line naming the flag"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["config", "show"])
+        .env("RINGMQ_MAX_CLIENT_ID_LENGTH", "70000")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: RINGMQ_MAX_CLIENT_ID_LENGTH=70000: must be in 23..=65535"
+    );
+}

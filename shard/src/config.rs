@@ -114,7 +114,7 @@ impl Default for ShardConfig {
             queue_overflow: OverflowPolicy::DropNewest,
             max_keep_alive: 0,
             topic_alias_maximum: 64,
-            max_session_expiry: u32::MAX,
+            max_session_expiry: 604_800,
             outbound_buffer_bytes: 1 << 20,
             slow_consumer_timeout: Duration::from_secs(30),
             sys_interval: Duration::from_secs(10),
