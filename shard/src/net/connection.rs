@@ -9,9 +9,16 @@
 //! only stops the writing half until it is writable again or the slow
 //! consumer deadline closes it. An idle connection holds no buffer.
 //! A close always carries a [`CloseReason`].
+//!
+//! Bytes pass through the connection's transport [`Stack`] (`stack.rs`:
+//! plain, TLS, WebSocket): this loop sees MQTT bytes only, for every
+//! transport. The read path is [`read_into`], the write path `Link::write`.
 
+use super::stack::Stack;
+use super::tls::fault_reason;
 use crate::conn_out::ConnOut;
 use crate::connect;
+use crate::listener::ListenerRt;
 use crate::mesh::{Handoff, MeshItem};
 use crate::poller::{Io, READABLE, WRITABLE};
 use crate::shard::Shard;
@@ -19,16 +26,17 @@ use crate::stats::CloseReason;
 use crate::store::Ticket;
 use bytes::{Buf, BytesMut};
 use ringmq_codec::{
-    Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet,
-    ProtocolVersion, ReasonCode,
+    Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, MqttString,
+    Packet, ProtocolVersion, ReasonCode,
 };
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,17 +45,21 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// Read/write rounds per poll before the task lets others run.
 const ROUNDS_PER_POLL: u32 = 16;
 
-/// Reads what the socket holds and appends it to `buf`. `Ok(0)` is end of
-/// stream, `WouldBlock` nothing there (readiness is forgotten then).
+/// The read path: reads what the socket holds through the stack and
+/// appends the MQTT bytes it carried to `buf`. Returns the socket's byte
+/// count: `Ok(0)` is end of stream, `WouldBlock` nothing there (readiness
+/// is forgotten then).
 ///
 /// The bytes land in the shard's one scratch buffer and what arrived is
 /// copied to `buf`: an idle connection holds no read buffer at all.
-fn recv_into(shard: &Shard, io: &Io, buf: &mut BytesMut) -> io::Result<usize> {
+fn read_into(shard: &Shard, io: &Io, stack: &mut Stack, buf: &mut BytesMut) -> io::Result<usize> {
     let mut scratch = shard.read_scratch.borrow_mut();
-    match io.recv(&mut scratch[..]) {
-        Ok(n) => {
-            buf.extend_from_slice(&scratch[..n]);
-            if n > 0 && n < scratch.len() {
+    match stack.read(io, &mut scratch[..], buf) {
+        Ok(r) => {
+            let n = r.wire;
+            // A layer that saw its stream's end keeps the socket "readable"
+            // so that the next read reports the end.
+            if n > 0 && n < scratch.len() && !stack.at_eof() {
                 // A short read emptied the socket; the next arrival is a new edge.
                 shard.poller.clear(io.key, READABLE);
             }
@@ -93,34 +105,87 @@ fn connect_error_answer(e: &DecodeError, v: Option<ProtocolVersion>) -> Option<V
     code.map(|c| vec![0x20, 0x02, 0x00, c as u8])
 }
 
-/// A last word before closing (a refusing CONNACK). A fresh socket's send
+/// A last word before closing a connection that was never served (a
+/// refusing CONNACK, a TLS alert, close_notify). A fresh socket's send
 /// buffer is empty, so a few bytes always fit; nothing waits for them.
-fn answer_and_close(shard: &Shard, io: Io, bytes: &[u8], reason: CloseReason) {
+/// Counted per shard and per listener.
+fn answer_and_close(
+    shard: &Shard,
+    io: Io,
+    stack: &mut Stack,
+    listener: u16,
+    bytes: &[u8],
+    reason: CloseReason,
+) {
     if !bytes.is_empty() {
-        let _ = io.send(bytes);
+        let _ = stack.write(&io, bytes);
     }
+    stack.close();
+    let _ = stack.flush(&io);
     shard.poller.close(io);
     shard.stats.close(reason);
+    if let Some(l) = shard.stats.listener(listener) {
+        l.handshake_failures[reason as usize].inc();
+    }
 }
 
 /// A new socket: read CONNECT, then serve it here or hand it to its home shard.
-pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
+pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>) {
     let io = match shard.poller.register(fd) {
         Ok(io) => io,
         Err(_) => return shard.stats.close(CloseReason::IoError),
     };
+    let li = rt.index;
+    let mut stack = match rt.stack() {
+        Ok(s) => s,
+        Err(reason) => return answer_and_close(&shard, io, &mut Stack::Plain, li, &[], reason),
+    };
+    // The deadline covers the PROXY header, the transport's handshake and CONNECT.
     let deadline = shard.poller.after(CONNECT_TIMEOUT);
     shard.poller.arm(io.key, deadline);
-    let (packet, buf) = match read_connect(&shard, &io, deadline).await {
+    let mut buf = BytesMut::new();
+    let mut peer = None;
+    if rt.cfg.proxy_protocol {
+        let fed = match super::proxy::read_header(&shard, &io, deadline).await {
+            Ok((source, rest)) => {
+                peer = source;
+                stack.feed(&rest, &mut buf)
+            }
+            Err(reason) => return answer_and_close(&shard, io, &mut stack, li, &[], reason),
+        };
+        if let Err(e) = fed {
+            let reason = fault_reason(&e).unwrap_or(CloseReason::IoError);
+            return answer_and_close(&shard, io, &mut stack, li, &[], reason);
+        }
+    }
+    let (packet, buf) = match read_connect(&shard, &io, &mut stack, li, buf, deadline).await {
         Ok(p) => p,
         Err((reason, answer)) => {
-            return answer_and_close(&shard, io, answer.as_deref().unwrap_or(&[]), reason);
+            let answer = answer.as_deref().unwrap_or(&[]);
+            return answer_and_close(&shard, io, &mut stack, li, answer, reason);
         }
     };
     let Packet::Connect(mut connect) = packet else {
         // [MQTT-3.1.0-1] the first packet must be CONNECT.
-        return answer_and_close(&shard, io, &[], CloseReason::ProtocolError);
+        return answer_and_close(&shard, io, &mut stack, li, &[], CloseReason::ProtocolError);
     };
+    if rt.cfg.tls.identity_as_username {
+        // As Mosquitto's use_identity_as_username: the verified client
+        // certificate's subject CN is the user name, whatever CONNECT said.
+        match stack
+            .peer_identity()
+            .and_then(|cn| MqttString::try_from(cn).ok())
+        {
+            Some(cn) => connect.username = Some(cn),
+            None => {
+                let mut out = BytesMut::new();
+                let ack = connect::refusal(ReasonCode::NotAuthorized);
+                let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+                let reason = CloseReason::ConnectRefused;
+                return answer_and_close(&shard, io, &mut stack, li, &out, reason);
+            }
+        }
+    }
     shard.stats.packets_in.inc();
     let assigned = connect.client_id.is_empty();
     if assigned {
@@ -129,7 +194,8 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
             let mut out = BytesMut::new();
             let ack = connect::refusal(ReasonCode::ClientIdentifierNotValid);
             let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
-            return answer_and_close(&shard, io, &out, CloseReason::ConnectRefused);
+            let reason = CloseReason::ConnectRefused;
+            return answer_and_close(&shard, io, &mut stack, li, &out, reason);
         }
         connect::assign_id(&shard, &mut connect);
     }
@@ -141,19 +207,31 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
         let mut out = BytesMut::new();
         let ack = connect::refusal(ReasonCode::ClientIdentifierNotValid);
         let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
-        return answer_and_close(&shard, io, &out, CloseReason::ClientIdTooLong);
+        let reason = CloseReason::ClientIdTooLong;
+        return answer_and_close(&shard, io, &mut stack, li, &out, reason);
     }
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
-        return serve(shard, io, connect, buf, assigned, deadline);
+        let via = Via {
+            stack,
+            listener: li,
+            peer,
+        };
+        return serve(shard, io, via, connect, buf, assigned, deadline);
     }
-    // Hand the socket itself to the home shard: the descriptor crosses the mesh.
+    // Hand the socket itself to the home shard: the descriptor crosses the
+    // mesh, with its transport stack (TLS and WebSocket state included).
     let fd = shard.poller.deregister(io);
     shard.stats.close(CloseReason::HandedOff);
     shard.mesh.push(
         home,
         MeshItem::Handoff(Box::new(Handoff {
             fd,
+            via: Via {
+                stack,
+                listener: li,
+                peer,
+            },
             connect,
             rest: buf,
             assigned,
@@ -161,17 +239,32 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
     );
 }
 
-/// Reads the first packet within [`CONNECT_TIMEOUT`]. An error carries the
-/// close reason and the bytes that answer it, if any.
+/// Reads the first packet within [`CONNECT_TIMEOUT`] (which covers the
+/// transport's own handshake too). An error carries the close reason and the
+/// bytes that answer it, if any.
 async fn read_connect(
     shard: &Shard,
     io: &Io,
+    stack: &mut Stack,
+    listener: u16,
+    mut buf: BytesMut,
     deadline: u64,
 ) -> Result<(Packet, BytesMut), (CloseReason, Option<Vec<u8>>)> {
-    let mut buf = BytesMut::new();
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
     decoder.set_reads_client(true);
+    let started = stack.handshaking().then(Instant::now);
+    let mut handshaking = started.is_some();
     loop {
+        if handshaking && !stack.handshaking() {
+            handshaking = false;
+            if let (Some(t), Some(l)) = (started, shard.stats.listener(listener)) {
+                l.handshake_done(t.elapsed().as_micros() as u64);
+            }
+        }
+        if matches!(stack, Stack::Plain) && buf.first() == Some(&0x16) {
+            // A TLS ClientHello's record type (22) where CONNECT (0x10) belongs.
+            return Err((CloseReason::TlsOnPlainListener, None));
+        }
         match decoder.decode(&mut buf) {
             Ok(Some(p)) => return Ok((p, buf)),
             Ok(None) => {}
@@ -180,14 +273,27 @@ async fn read_connect(
                 return Err((close_reason_for(&e), answer));
             }
         }
-        match recv_into(shard, io, &mut buf) {
+        // A layer's handshake answer (ServerHello, HTTP 101) leaves first.
+        if stack.pending() && shard.poller.ready(io.key) & WRITABLE != 0 {
+            match stack.flush(io) {
+                Ok(true) => {}
+                Ok(false) => shard.poller.clear(io.key, WRITABLE),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    shard.poller.clear(io.key, WRITABLE)
+                }
+                Err(_) => return Err((CloseReason::IoError, None)),
+            }
+        }
+        match read_into(shard, io, stack, &mut buf) {
+            Ok(0) if stack.handshaking() => return Err((CloseReason::HandshakeTruncated, None)),
             Ok(0) => return Err((CloseReason::ConnectionLost, None)),
             Ok(n) => shard.stats.bytes_in.add(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let timed_out = std::future::poll_fn(|cx| {
+                    let ready = shard.poller.ready(io.key);
                     if shard.poller.now_ms() >= deadline {
                         Poll::Ready(true)
-                    } else if shard.poller.ready(io.key) & READABLE != 0 {
+                    } else if ready & READABLE != 0 || (stack.pending() && ready & WRITABLE != 0) {
                         Poll::Ready(false)
                     } else {
                         shard.poller.set_waker(io.key, cx.waker());
@@ -196,10 +302,13 @@ async fn read_connect(
                 })
                 .await;
                 if timed_out {
+                    if stack.handshaking() {
+                        return Err((CloseReason::HandshakeTimeout, None));
+                    }
                     return Err((CloseReason::ConnectTimeout, None));
                 }
             }
-            Err(_) => return Err((CloseReason::IoError, None)),
+            Err(e) => return Err((fault_reason(&e).unwrap_or(CloseReason::IoError), None)),
         }
     }
 }
@@ -207,20 +316,34 @@ async fn read_connect(
 /// A connection handed over by another shard.
 pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
     match shard.poller.register(h.fd) {
-        Ok(io) => serve(shard, io, h.connect, h.rest, h.assigned, u64::MAX),
+        Ok(io) => serve(shard, io, h.via, h.connect, h.rest, h.assigned, u64::MAX),
         Err(_) => shard.stats.close(CloseReason::IoError),
     }
 }
 
 /// The home shard: CONNECT handled, then the connection's task until close.
+/// How a connection came in: its transport layers, its listener and the
+/// client's address a PROXY header carried. Moves with the socket.
+pub(crate) struct Via {
+    pub stack: Stack,
+    pub listener: u16,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
 fn serve(
     shard: Rc<Shard>,
     io: Io,
+    via: Via,
     connect: Box<Connect>,
     buf: BytesMut,
     assigned: bool,
     armed: u64,
 ) {
+    let Via {
+        mut stack,
+        listener,
+        peer,
+    } = via;
     let version = connect.protocol;
     let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), assigned);
     drop(connect); // the session took what it needs
@@ -229,18 +352,26 @@ fn serve(
         Err(ack) => {
             let mut out = BytesMut::new();
             let _ = Packet::ConnAck(*ack).encode(version, &mut out);
-            return answer_and_close(&shard, io, &out, CloseReason::ConnectRefused);
+            let reason = CloseReason::ConnectRefused;
+            return answer_and_close(&shard, io, &mut stack, listener, &out, reason);
         }
     };
+    if let Some(p) = peer {
+        conn.set_peer(p);
+    }
     shard.conns.set(shard.conns.get() + 1);
     shard.stats.connections.inc();
-    let link = Link::new(&shard, version, keep_alive, buf, armed);
+    if let Some(l) = shard.stats.listener(listener) {
+        l.open.inc();
+    }
+    let link = Link::new(&shard, stack, version, keep_alive, buf, armed);
     // The handshake's task ends here; this small one lives as long as the connection.
     glommio::spawn_local(Served {
         shard,
         conn,
         io: Some(io),
         sid,
+        listener,
         link,
     })
     .detach();
@@ -253,6 +384,7 @@ struct Served {
     conn: Rc<ConnOut>,
     io: Option<Io>,
     sid: u32,
+    listener: u16,
     link: Link,
 }
 
@@ -269,6 +401,12 @@ impl Future for Served {
         };
         this.link.inbuf = BytesMut::new();
         if let Some(io) = this.io.take() {
+            // The layers' goodbye (TLS close_notify), best effort.
+            this.link.stack.close();
+            let _ = this.link.stack.flush(&io);
+            if let Some(l) = this.shard.stats.listener(this.listener) {
+                l.open.sub(1);
+            }
             finish(&this.shard, this.sid, &this.conn, io, reason);
         }
         Poll::Ready(())
@@ -292,6 +430,8 @@ fn finish(shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: Io, reason: Close
 
 /// The I/O state of a served connection (lives in its task, not in the session).
 struct Link {
+    /// The transport layers between the socket and `inbuf`/`ConnOut.buf`.
+    stack: Stack,
     /// Bytes read and not yet decoded (no allocation while empty).
     inbuf: BytesMut,
     decoder: Decoder,
@@ -314,6 +454,7 @@ impl Link {
     /// deadline), so the keep-alive deadline needs none before it fires.
     fn new(
         shard: &Shard,
+        stack: Stack,
         version: ProtocolVersion,
         keep_alive: u16,
         inbuf: BytesMut,
@@ -323,6 +464,7 @@ impl Link {
         decoder.set_version(version);
         decoder.set_reads_client(true);
         Link {
+            stack,
             // An empty remainder still holds the CONNECT's read buffer.
             inbuf: if inbuf.is_empty() {
                 BytesMut::new()
@@ -359,7 +501,7 @@ impl Link {
                     return Poll::Ready(reason);
                 }
             };
-            if self.batch > 0 && now >= self.batch_deadline {
+            if self.sending() && now >= self.batch_deadline {
                 // The batch did not leave within the slow consumer deadline:
                 // a peer that stops reading is closed even while the kernel's
                 // buffers still take a trickle.
@@ -370,7 +512,7 @@ impl Link {
                 conn.request_close(CloseReason::KeepAliveTimeout);
             }
             if let Some(reason) = conn.close.get() {
-                if self.batch == 0 && self.ticket.is_none() && conn.buf.borrow().is_empty() {
+                if !self.sending() && self.ticket.is_none() && conn.buf.borrow().is_empty() {
                     return Poll::Ready(reason);
                 }
             }
@@ -386,13 +528,19 @@ impl Link {
         Poll::Pending
     }
 
+    /// A batch is on its way out: in the outbound buffer or in a layer.
+    #[inline]
+    fn sending(&self) -> bool {
+        self.batch > 0 || self.stack.pending()
+    }
+
     /// Arms the poller for the earliest of our deadlines if no entry covers it.
     fn arm(&mut self, shard: &Shard, key: u32, now: u64) {
         let mut next = u64::MAX;
         if self.keep_alive_ms > 0 {
             next = self.last_read + self.keep_alive_ms as u64;
         }
-        if self.batch > 0 {
+        if self.sending() {
             next = next.min(self.batch_deadline);
         }
         if next == u64::MAX {
@@ -440,7 +588,7 @@ impl Link {
         if shard.poller.ready(io.key) & READABLE == 0 {
             return handled;
         }
-        match recv_into(shard, io, &mut self.inbuf) {
+        match read_into(shard, io, &mut self.stack, &mut self.inbuf) {
             Ok(0) => {
                 conn.request_close(CloseReason::ConnectionLost);
                 true
@@ -451,8 +599,8 @@ impl Link {
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => handled,
-            Err(_) => {
-                conn.request_close(CloseReason::IoError);
+            Err(e) => {
+                conn.request_close(fault_reason(&e).unwrap_or(CloseReason::IoError));
                 true
             }
         }
@@ -469,6 +617,25 @@ impl Link {
     ) -> Result<bool, CloseReason> {
         let mut wrote = false;
         loop {
+            if self.batch == 0 && self.stack.pending() {
+                // A layer still holds encoded bytes of the last batch.
+                if shard.poller.ready(io.key) & WRITABLE == 0 {
+                    return Ok(wrote);
+                }
+                match self.stack.flush(io) {
+                    Ok(true) => wrote = true,
+                    Ok(false) => {
+                        shard.poller.clear(io.key, WRITABLE);
+                        return Ok(wrote);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        shard.poller.clear(io.key, WRITABLE);
+                        return Ok(wrote);
+                    }
+                    Err(_) => return Err(CloseReason::IoError),
+                }
+                continue;
+            }
             if self.batch == 0 {
                 let len = conn.buf.borrow().len();
                 if len == 0 {
@@ -515,14 +682,14 @@ impl Link {
             if shard.poller.ready(io.key) & WRITABLE == 0 {
                 return Ok(wrote);
             }
-            let sent = io.send(&conn.buf.borrow()[..self.batch]);
+            let sent = self.stack.write(io, &conn.buf.borrow()[..self.batch]);
             match sent {
                 Ok(n) => {
                     conn.buf.borrow_mut().advance(n);
                     self.batch -= n;
                     shard.stats.bytes_out.add(n as u64);
                     wrote = true;
-                    if self.batch > 0 {
+                    if self.sending() {
                         // The socket took part of it: it is full until told otherwise.
                         shard.poller.clear(io.key, WRITABLE);
                         return Ok(wrote);
