@@ -132,6 +132,12 @@ section! {
         /// Close a connection whose socket accepts nothing for this long, ms
         #[arg(long, value_name = "MS", default_value_t = 30_000)]
         pub slow_consumer_timeout_ms: u64,
+        /// A packet must arrive whole within this long of its first byte, ms (any keep alive, 0 included)
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        pub packet_timeout_ms: u64,
+        /// Bytes of packets still being received, per shard; past it, connections holding a partial packet stop reading
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+        pub partial_packet_budget: usize,
         /// Retained messages sent per step to a new subscription
         #[arg(long, value_name = "N", default_value_t = 256)]
         pub retained_replay_batch: usize,

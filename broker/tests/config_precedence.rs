@@ -154,7 +154,8 @@ fn environment_sits_between_flag_and_file() {
     assert_eq!(shown.listeners.listen.len(), 2);
 }
 
-/// Issue 17's keys (`max_client_id_length`, `max_session_expiry`): flag > env > file > default,
+/// Issue 17's keys (`max_client_id_length`, `max_session_expiry`, `packet_timeout_ms`,
+/// `partial_packet_budget`): flag > env > file > default,
 /// through the real binary, handed to the core, and out-of-range values refused in one line
 /// naming the key as given.
 #[test]
@@ -163,7 +164,8 @@ fn hostile_client_keys_follow_precedence_and_are_validated() {
     let f = dir.join("ringmq.toml");
     std::fs::write(
         &f,
-        "[limits]\nmax_client_id_length = 40\n[sessions]\nmax_session_expiry = 3600\n",
+        "[limits]\nmax_client_id_length = 40\npacket_timeout_ms = 7000\n\
+         partial_packet_budget = 2000000\n[sessions]\nmax_session_expiry = 3600\n",
     )
     .unwrap();
     let show = |flags: &[&str], env: &[(&str, &str)]| {
@@ -185,21 +187,40 @@ fn hostile_client_keys_follow_precedence_and_are_validated() {
     let file = show(&[], &[]);
     assert_eq!(file.limits.max_client_id_length, 40, "file beats default");
     assert_eq!(file.sessions.max_session_expiry, 3600);
+    assert_eq!(file.limits.packet_timeout_ms, 7000);
+    assert_eq!(file.limits.partial_packet_budget, 2_000_000);
     let env = [
         ("RINGMQ_MAX_CLIENT_ID_LENGTH", "50"),
         ("RINGMQ_MAX_SESSION_EXPIRY", "60"),
+        ("RINGMQ_PACKET_TIMEOUT_MS", "8000"),
+        ("RINGMQ_PARTIAL_PACKET_BUDGET", "3000000"),
     ];
     let by_env = show(&[], &env);
     assert_eq!(by_env.limits.max_client_id_length, 50, "env beats file");
     assert_eq!(by_env.sessions.max_session_expiry, 60);
+    assert_eq!(by_env.limits.packet_timeout_ms, 8000);
+    assert_eq!(by_env.limits.partial_packet_budget, 3_000_000);
     let by_flag = show(
-        &["--max-client-id-length", "64", "--max-session-expiry", "5"],
+        &[
+            "--max-client-id-length",
+            "64",
+            "--max-session-expiry",
+            "5",
+            "--packet-timeout-ms",
+            "9000",
+            "--partial-packet-budget",
+            "4000000",
+        ],
         &env,
     );
     assert_eq!(by_flag.limits.max_client_id_length, 64, "flag beats env");
     assert_eq!(by_flag.sessions.max_session_expiry, 5);
+    assert_eq!(by_flag.limits.packet_timeout_ms, 9000);
+    assert_eq!(by_flag.limits.partial_packet_budget, 4_000_000);
     let sc = by_flag.to_shard_config();
     assert_eq!((sc.max_client_id_length, sc.max_session_expiry), (64, 5));
+    assert_eq!(sc.packet_timeout, std::time::Duration::from_secs(9));
+    assert_eq!(sc.partial_packet_budget, 4_000_000);
     let d = Config::default();
     assert_eq!(d.limits.max_client_id_length, 128, "a production default");
     assert_eq!(d.sessions.max_session_expiry, 604_800, "7 days");
@@ -209,6 +230,13 @@ fn hostile_client_keys_follow_precedence_and_are_validated() {
     assert_eq!(
         err, "--max-client-id-length 22: must be in 23..=65535",
         "one line naming the flag"
+    );
+    let err = resolve(&["--packet-timeout-ms", "0"]).unwrap_err();
+    assert_eq!(err, "--packet-timeout-ms 0: must be at least 1");
+    let err = resolve(&["--partial-packet-budget", "1000"]).unwrap_err();
+    assert_eq!(
+        err,
+        "--partial-packet-budget 1000: must be at least max_packet_size (1048576)"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
         .args(["config", "show"])

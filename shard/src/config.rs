@@ -157,6 +157,10 @@ pub struct ShardConfig {
     pub outbound_buffer_bytes: usize,
     /// A connection whose socket accepts no bytes for this long is closed.
     pub slow_consumer_timeout: Duration,
+    /// A packet must complete within this long of its first byte (any keep alive).
+    pub packet_timeout: Duration,
+    /// Per-shard budget of bytes of packets still being received.
+    pub partial_packet_budget: usize,
     /// Interval of `$SYS/broker/...` publications; zero turns them off.
     pub sys_interval: Duration,
     /// Retained messages sent per step when replaying to a new subscription.
@@ -201,6 +205,8 @@ impl Default for ShardConfig {
             max_session_expiry: 604_800,
             outbound_buffer_bytes: 1 << 20,
             slow_consumer_timeout: Duration::from_secs(30),
+            packet_timeout: Duration::from_secs(30),
+            partial_packet_budget: 64 << 20,
             sys_interval: Duration::from_secs(10),
             retained_replay_batch: 256,
             data_dir: PathBuf::from("./data"),

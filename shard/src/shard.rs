@@ -53,6 +53,8 @@ pub struct Shard {
     pub poller: Rc<Poller>,
     /// Where every connection of this shard reads (see `connection::recv_into`).
     pub read_scratch: RefCell<Vec<u8>>,
+    /// Bytes of packets still being received, against `--partial-packet-budget`.
+    pub read_budget: crate::net::read_budget::ReadBudget,
     /// Tokens of mesh barriers.
     pub next_token: Cell<u64>,
     /// SUBACKs waiting for every shard to apply a subscription: token -> (replies left, what to send).
@@ -153,6 +155,7 @@ pub(crate) async fn run(init: ShardInit) {
         next_token: Cell::new(0),
         poller,
         read_scratch: RefCell::new(vec![0; crate::connection::READ_CHUNK]),
+        read_budget: crate::net::read_budget::ReadBudget::new(init.cfg.partial_packet_budget),
         pending_subacks: RefCell::new(HashMap::new()),
         store: init.store.start(),
         confirms: RefCell::new(crate::persist::Confirms::default()),

@@ -186,6 +186,8 @@ fn shard_metrics(
         connections: s.connections.get(),
         connections_total: s.connections_total.get(),
         accept_errors: s.accept_errors.get(),
+        partial_bytes: s.partial_bytes.get(),
+        reads_paused: s.reads_paused.get(),
         sessions: s.sessions.get(),
         subscriptions: s.subscriptions.get(),
         retained: s.retained.get(),

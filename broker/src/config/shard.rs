@@ -45,6 +45,8 @@ impl Config {
             max_session_expiry: s.max_session_expiry,
             outbound_buffer_bytes: m.outbound_buffer_bytes,
             slow_consumer_timeout: Duration::from_millis(m.slow_consumer_timeout_ms),
+            packet_timeout: Duration::from_millis(m.packet_timeout_ms),
+            partial_packet_budget: m.partial_packet_budget,
             sys_interval: Duration::from_secs(self.admin.sys_interval_secs),
             retained_replay_batch: m.retained_replay_batch,
             data_dir: d.data_dir.clone(),

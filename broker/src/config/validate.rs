@@ -129,6 +129,15 @@ impl Config {
         if m.retained_replay_batch == 0 {
             return bad("retained_replay_batch", &0, "must be at least 1");
         }
+        if m.packet_timeout_ms == 0 {
+            return bad("packet_timeout_ms", &0, "must be at least 1");
+        }
+        // One packet of the largest size must fit, or it could never complete.
+        if m.partial_packet_budget < m.max_packet_size as usize {
+            let v = m.partial_packet_budget;
+            let why = format!("must be at least max_packet_size ({})", m.max_packet_size);
+            return bad("partial_packet_budget", &v, &why);
+        }
         if m.slow_consumer_timeout_ms == 0 {
             return bad("slow_consumer_timeout_ms", &0, "must be at least 1");
         }
