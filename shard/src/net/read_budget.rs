@@ -22,6 +22,10 @@
 //! closing the newest or the largest would punish a legitimate big publish
 //! that happens to arrive during an attack; a paused one resumes as soon as
 //! the attackers' deadlines free their bytes.
+//!
+//! Not counted: a CONNECT still arriving (the handshake's buffer). Over
+//! budget it is read [`SMALL_READ`] bytes at a time, and the 10 s CONNECT
+//! deadline bounds it.
 
 use crate::shard::Shard;
 use std::cell::{Cell, RefCell};
