@@ -114,6 +114,9 @@ section! {
         /// Most levels in a topic name or filter
         #[arg(long, value_name = "N", default_value_t = 32)]
         pub max_topic_levels: usize,
+        /// Longest client identifier accepted, bytes (at least 23, [MQTT-3.1.3-5]); longer gets CONNACK 0x85 (3.1.1: 0x02)
+        #[arg(long, value_name = "BYTES", default_value_t = 128)]
+        pub max_client_id_length: usize,
         /// Most subscriptions one client may hold
         #[arg(long, value_name = "N", default_value_t = 1000)]
         pub max_subscriptions_per_client: usize,
@@ -129,6 +132,12 @@ section! {
         /// Close a connection whose socket accepts nothing, or whose full QoS 1/2 window sees no acknowledgement, for this long, ms
         #[arg(long, value_name = "MS", default_value_t = 30_000)]
         pub slow_consumer_timeout_ms: u64,
+        /// A packet must arrive whole within this long of its first byte, ms (any keep alive, 0 included)
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        pub packet_timeout_ms: u64,
+        /// Bytes of packets still being received, per shard; past it, connections holding a partial packet stop reading
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+        pub partial_packet_budget: usize,
         /// Retained messages sent per step to a new subscription
         #[arg(long, value_name = "N", default_value_t = 256)]
         pub retained_replay_batch: usize,
@@ -141,8 +150,8 @@ section! {
         /// Largest keep alive accepted, seconds; larger gets v5 Server Keep Alive (0: no limit)
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         pub max_keep_alive: u16,
-        /// Cap on the session expiry interval, seconds
-        #[arg(long, value_name = "SECS", default_value_t = u32::MAX)]
+        /// Cap on the session expiry interval, seconds; also the lifetime of 3.1.1 persistent sessions (4294967295: none)
+        #[arg(long, value_name = "SECS", default_value_t = 604_800)]
         pub max_session_expiry: u32,
         /// QoS 1/2 messages queued per session beyond its inflight window
         #[arg(long, value_name = "N", default_value_t = 10_000)]

@@ -240,6 +240,30 @@ pub fn render(s: &MetricsSnapshot) -> String {
     per_shard(
         o,
         s,
+        "accept_errors_total",
+        "counter",
+        "Failed accept(2) calls (out of descriptors, ...), each followed by a backoff.",
+        |m| m.accept_errors as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "partial_packet_bytes",
+        "gauge",
+        "Bytes of packets still being received, held in read buffers (--partial-packet-budget).",
+        |m| m.partial_bytes as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "reads_paused_total",
+        "counter",
+        "Times a connection holding a partial packet stopped reading: the shard's budget was spent.",
+        |m| m.reads_paused as f64,
+    );
+    per_shard(
+        o,
+        s,
         "sessions",
         "gauge",
         "Sessions held, connected or not.",

@@ -219,3 +219,98 @@ fn authz_keys_follow_flag_env_file_default() {
     let core = cfg.to_shard_config();
     assert_eq!(core.access.auto_ban.max_failures, 10);
 }
+
+/// Issue 17's keys (`max_client_id_length`, `max_session_expiry`, `packet_timeout_ms`,
+/// `partial_packet_budget`): flag > env > file > default,
+/// through the real binary, handed to the core, and out-of-range values refused in one line
+/// naming the key as given.
+#[test]
+fn hostile_client_keys_follow_precedence_and_are_validated() {
+    let dir = scratch("hostile");
+    let f = dir.join("ringmq.toml");
+    std::fs::write(
+        &f,
+        "[limits]\nmax_client_id_length = 40\npacket_timeout_ms = 7000\n\
+         partial_packet_budget = 2000000\n[sessions]\nmax_session_expiry = 3600\n",
+    )
+    .unwrap();
+    let show = |flags: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .arg("--config")
+            .arg(&f)
+            .args(flags)
+            .args(["config", "show"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        toml::from_str::<Config>(&String::from_utf8_lossy(&out.stdout)).unwrap()
+    };
+    let file = show(&[], &[]);
+    assert_eq!(file.limits.max_client_id_length, 40, "file beats default");
+    assert_eq!(file.sessions.max_session_expiry, 3600);
+    assert_eq!(file.limits.packet_timeout_ms, 7000);
+    assert_eq!(file.limits.partial_packet_budget, 2_000_000);
+    let env = [
+        ("RINGMQ_MAX_CLIENT_ID_LENGTH", "50"),
+        ("RINGMQ_MAX_SESSION_EXPIRY", "60"),
+        ("RINGMQ_PACKET_TIMEOUT_MS", "8000"),
+        ("RINGMQ_PARTIAL_PACKET_BUDGET", "3000000"),
+    ];
+    let by_env = show(&[], &env);
+    assert_eq!(by_env.limits.max_client_id_length, 50, "env beats file");
+    assert_eq!(by_env.sessions.max_session_expiry, 60);
+    assert_eq!(by_env.limits.packet_timeout_ms, 8000);
+    assert_eq!(by_env.limits.partial_packet_budget, 3_000_000);
+    let by_flag = show(
+        &[
+            "--max-client-id-length",
+            "64",
+            "--max-session-expiry",
+            "5",
+            "--packet-timeout-ms",
+            "9000",
+            "--partial-packet-budget",
+            "4000000",
+        ],
+        &env,
+    );
+    assert_eq!(by_flag.limits.max_client_id_length, 64, "flag beats env");
+    assert_eq!(by_flag.sessions.max_session_expiry, 5);
+    assert_eq!(by_flag.limits.packet_timeout_ms, 9000);
+    assert_eq!(by_flag.limits.partial_packet_budget, 4_000_000);
+    let sc = by_flag.to_shard_config();
+    assert_eq!((sc.max_client_id_length, sc.max_session_expiry), (64, 5));
+    assert_eq!(sc.packet_timeout, std::time::Duration::from_secs(9));
+    assert_eq!(sc.partial_packet_budget, 4_000_000);
+    let d = Config::default();
+    assert_eq!(d.limits.max_client_id_length, 128, "a production default");
+    assert_eq!(d.sessions.max_session_expiry, 604_800, "7 days");
+
+    // [MQTT-3.1.3-5]: 23 bytes must always be allowed.
+    let err = resolve(&["--max-client-id-length", "22"]).unwrap_err();
+    assert_eq!(
+        err, "--max-client-id-length 22: must be in 23..=65535",
+        "one line naming the flag"
+    );
+    let err = resolve(&["--packet-timeout-ms", "0"]).unwrap_err();
+    assert_eq!(err, "--packet-timeout-ms 0: must be at least 1");
+    let err = resolve(&["--partial-packet-budget", "1000"]).unwrap_err();
+    assert_eq!(
+        err,
+        "--partial-packet-budget 1000: must be at least max_packet_size (1048576)"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["config", "show"])
+        .env("RINGMQ_MAX_CLIENT_ID_LENGTH", "70000")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: RINGMQ_MAX_CLIENT_ID_LENGTH=70000: must be in 23..=65535"
+    );
+}

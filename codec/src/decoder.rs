@@ -13,6 +13,8 @@ use crate::wire::{parse_var_int, VarInt};
 
 /// Most `decode` reserves ahead for a partial frame.
 const MAX_RESERVE: usize = 1 << 20;
+/// What `decode` may reserve for a partial frame when few bytes are there.
+const MIN_RESERVE: usize = 4096;
 
 /// Framing state of one connection: its protocol version (None until CONNECT) and the largest
 /// packet it accepts.
@@ -69,7 +71,8 @@ impl Decoder {
     }
 
     /// Splits one whole frame off the front of `buf` and decodes it (payload/topic are slices of
-    /// it). `Ok(None)`: need more bytes (`buf` untouched; up to 1 MiB of capacity reserved). The
+    /// it). `Ok(None)`: need more bytes (`buf` untouched; capacity reserved for at most as many bytes as
+    /// it holds, 4 KiB to 1 MiB). The
     /// size limit is checked from the fixed header, before the body arrives. When the frame was
     /// the last bytes of `buf`, `buf` is left empty with no capacity (the frame keeps the
     /// allocation). After an error the connection must be closed (the buffer position is
@@ -105,9 +108,11 @@ impl Decoder {
             return Err(DecodeError::PacketTooLarge);
         }
         if buf.len() < total {
-            // Room for the rest of the frame, bounded so an announced size alone cannot make
-            // the connection allocate much before the bytes arrive.
-            buf.reserve((total - buf.len()).min(MAX_RESERVE));
+            // Room for the rest of the frame that grows with the bytes that arrived (at most
+            // doubling what is there), never with the size the header announces alone: a peer
+            // that announces 1 MiB and sends 10 bytes makes the buffer 4 KiB, not 1 MiB.
+            let ahead = buf.len().clamp(MIN_RESERVE, MAX_RESERVE);
+            buf.reserve((total - buf.len()).min(ahead));
             return Ok(None);
         }
         buf.advance(1 + len_bytes);
@@ -187,6 +192,25 @@ mod tests {
         assert_eq!(d.decode(&mut b), Ok(Some(Packet::PingResp)));
         assert_eq!(d.decode(&mut b), Ok(None));
         assert_eq!(&b[..], &[0xE0]);
+    }
+
+    /// Issue 17 case 3: a header announcing 1 MiB with 10 bytes behind it reserves a few KiB;
+    /// the reservation grows with what arrives (at most doubling it), not with the announcement.
+    #[test]
+    fn partial_frame_reserves_with_the_bytes_that_arrived() {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[0x30, 0xF8, 0xFF, 0x3F, 0, 3, b'a', b'/', b'b', 0]);
+        let mut d = client(V4, 0);
+        assert_eq!(d.decode(&mut b), Ok(None));
+        assert!(b.capacity() <= 8192, "capacity {}", b.capacity());
+        b.extend_from_slice(&[7u8; 100_000]);
+        assert_eq!(d.decode(&mut b), Ok(None));
+        assert!(
+            b.capacity() <= 2 * b.len() + 8192,
+            "capacity {} for {} bytes",
+            b.capacity(),
+            b.len()
+        );
     }
 
     #[test]

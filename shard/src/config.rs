@@ -147,6 +147,8 @@ pub struct ShardConfig {
     pub max_topic_levels: usize,
     /// Most subscriptions one client may hold.
     pub max_subscriptions_per_client: usize,
+    /// Longest client identifier accepted, bytes (>= 23, [MQTT-3.1.3-5]).
+    pub max_client_id_length: usize,
     /// Inflight window: v5 Receive Maximum advertised to clients, and the
     /// outbound window used for clients that do not give one.
     pub receive_maximum: u16,
@@ -161,12 +163,17 @@ pub struct ShardConfig {
     pub max_keep_alive: u16,
     /// v5 Topic Alias Maximum advertised for client-to-broker aliases.
     pub topic_alias_maximum: u16,
-    /// Cap on v5 Session Expiry Interval, seconds (3.1.1 persistent sessions use it too).
+    /// Cap on v5 Session Expiry Interval, seconds; 3.1.1 persistent sessions
+    /// (CleanSession=0) expire after it too. `u32::MAX`: no cap.
     pub max_session_expiry: u32,
     /// Bytes buffered for a connection before QoS 0 is dropped and QoS 1/2 queue.
     pub outbound_buffer_bytes: usize,
     /// A connection whose socket accepts no bytes for this long is closed.
     pub slow_consumer_timeout: Duration,
+    /// A packet must complete within this long of its first byte (any keep alive).
+    pub packet_timeout: Duration,
+    /// Per-shard budget of bytes of packets still being received.
+    pub partial_packet_budget: usize,
     /// Interval of `$SYS/broker/...` publications; zero turns them off.
     pub sys_interval: Duration,
     /// Retained messages sent per step when replaying to a new subscription.
@@ -204,15 +211,18 @@ impl Default for ShardConfig {
             max_topic_length: 1024,
             max_topic_levels: 32,
             max_subscriptions_per_client: 1000,
+            max_client_id_length: 128,
             receive_maximum: 256,
             max_queued_messages: 10_000,
             max_queued_bytes: 64 << 20,
             queue_overflow: OverflowPolicy::DropNewest,
             max_keep_alive: 0,
             topic_alias_maximum: 64,
-            max_session_expiry: u32::MAX,
+            max_session_expiry: 604_800,
             outbound_buffer_bytes: 1 << 20,
             slow_consumer_timeout: Duration::from_secs(30),
+            packet_timeout: Duration::from_secs(30),
+            partial_packet_budget: 64 << 20,
             sys_interval: Duration::from_secs(10),
             retained_replay_batch: 256,
             data_dir: PathBuf::from("./data"),

@@ -125,7 +125,8 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
     let rec = rs.record;
     let mut s = Session::new(rec.client_id.clone(), rec.protocol);
     s.key = Some(rs.key);
-    s.expiry = rec.expiry_interval;
+    // A cap lowered since the session was stored applies to it too.
+    s.expiry = rec.expiry_interval.min(shard.cfg.max_session_expiry);
     s.disconnected_at = Some(
         rec.disconnected_at_ms
             .map_or_else(std::time::Instant::now, store::unix_ms_to_instant),

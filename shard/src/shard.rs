@@ -53,6 +53,8 @@ pub struct Shard {
     pub poller: Rc<Poller>,
     /// Where every connection of this shard reads (see `connection::recv_into`).
     pub read_scratch: RefCell<Vec<u8>>,
+    /// Bytes of packets still being received, against `--partial-packet-budget`.
+    pub read_budget: crate::net::read_budget::ReadBudget,
     /// Tokens of mesh barriers.
     pub next_token: Cell<u64>,
     /// SUBACKs waiting for every shard to apply a subscription: token -> (replies left, what to send).
@@ -166,6 +168,7 @@ pub(crate) async fn run(init: ShardInit) {
         next_token: Cell::new(0),
         poller,
         read_scratch: RefCell::new(vec![0; crate::connection::READ_CHUNK]),
+        read_budget: crate::net::read_budget::ReadBudget::new(init.cfg.partial_packet_budget),
         pending_subacks: RefCell::new(HashMap::new()),
         store: init.store.start(),
         confirms: RefCell::new(crate::persist::Confirms::default()),
@@ -325,9 +328,11 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<crate::listener::Lis
         return;
     };
     let mut burst = 0u32;
+    let mut backoff = crate::net::accept_backoff::Backoff::default();
     loop {
         match accept_one(listener) {
             Ok(fd) => {
+                backoff.recovered(shard.id);
                 shard.stats.connections_total.inc();
                 if let Some(l) = shard.stats.listener(rt.index) {
                     l.accepted.inc();
@@ -344,8 +349,12 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<crate::listener::Lis
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                tracing::warn!(shard = shard.id, "accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(20)).await;
+                // Out of descriptors (or kernel memory): the pending
+                // connection stays in the backlog and the listener stays
+                // readable, so retrying at once would spin. Wait, doubling.
+                shard.stats.accept_errors.inc();
+                let wait = backoff.failed(shard.id, &e);
+                glommio::timer::sleep(wait).await;
             }
         }
     }

@@ -78,6 +78,10 @@ reasons! {
         PacketTooLarge => "packet_too_large",
         /// CONNECT refused (CONNACK with an error code).
         ConnectRefused => "connect_refused",
+        /// A packet did not complete within `packet_timeout` of its first byte.
+        PacketTimeout => "packet_timeout",
+        /// CONNECT refused: client id longer than `max_client_id_length` (0x85 / 3.1.1 0x02).
+        ClientIdTooLong => "client_id_too_long",
         /// Another connection took over the session (0x8E).
         SessionTakenOver => "session_taken_over",
         /// The socket stopped draining past the slow consumer deadline.
@@ -221,6 +225,14 @@ pub struct ShardStats {
     pub connections: Counter,
     /// Connections accepted since start.
     pub connections_total: Counter,
+    /// accept(2) calls that failed (EMFILE, ENFILE, ENOBUFS, ...): each one
+    /// is followed by a backoff (`accept_backoff.rs`).
+    pub accept_errors: Counter,
+    /// Bytes of packets still being received, held in read buffers (gauge).
+    pub partial_bytes: Counter,
+    /// Times a connection stopped reading because the shard's partial-packet
+    /// budget was spent (`net/read_budget.rs`).
+    pub reads_paused: Counter,
     /// Sessions held by this shard, connected or not (gauge).
     pub sessions: Counter,
     /// Subscriptions held by this shard's sessions (gauge).
@@ -283,6 +295,9 @@ impl Default for ShardStats {
         ShardStats {
             connections: Counter::default(),
             connections_total: Counter::default(),
+            accept_errors: Counter::default(),
+            partial_bytes: Counter::default(),
+            reads_paused: Counter::default(),
             sessions: Counter::default(),
             subscriptions: Counter::default(),
             retained: Counter::default(),

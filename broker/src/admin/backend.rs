@@ -166,6 +166,15 @@ pub struct ShardMetrics {
     pub connections: u64,
     /// Connections accepted since start.
     pub connections_total: u64,
+    /// Failed accept(2) calls (out of descriptors, ...), each followed by a backoff.
+    #[serde(default)]
+    pub accept_errors: u64,
+    /// Bytes of packets still being received (gauge), and reads paused by
+    /// the partial-packet budget.
+    #[serde(default)]
+    pub partial_bytes: u64,
+    #[serde(default)]
+    pub reads_paused: u64,
     pub sessions: u64,
     pub subscriptions: u64,
     pub retained: u64,

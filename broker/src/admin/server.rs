@@ -3,7 +3,7 @@
 
 use super::protocol::Handler;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,12 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
     let ctx =
         |e: io::Error| io::Error::new(e.kind(), format!("admin socket {}: {e}", path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(ctx)?;
+        // The data dir by default: created 0700 like the store creates it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(ctx)?;
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {

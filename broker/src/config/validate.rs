@@ -131,6 +131,12 @@ impl Config {
         if m.max_topic_levels == 0 {
             return bad("max_topic_levels", &0, "must be at least 1");
         }
+        // [MQTT-3.1.3-5]: 1-23 bytes of 0-9a-zA-Z MUST be allowed; strings
+        // are at most 65,535 bytes [MQTT-1.5.4-1].
+        if !(23..=65_535).contains(&m.max_client_id_length) {
+            let v = m.max_client_id_length;
+            return bad("max_client_id_length", &v, "must be in 23..=65535");
+        }
         if m.max_connections == 0 {
             return bad("max_connections", &0, "must be at least 1");
         }
@@ -143,6 +149,15 @@ impl Config {
         }
         if m.retained_replay_batch == 0 {
             return bad("retained_replay_batch", &0, "must be at least 1");
+        }
+        if m.packet_timeout_ms == 0 {
+            return bad("packet_timeout_ms", &0, "must be at least 1");
+        }
+        // One packet of the largest size must fit, or it could never complete.
+        if m.partial_packet_budget < m.max_packet_size as usize {
+            let v = m.partial_packet_budget;
+            let why = format!("must be at least max_packet_size ({})", m.max_packet_size);
+            return bad("partial_packet_budget", &v, &why);
         }
         if m.slow_consumer_timeout_ms == 0 {
             return bad("slow_consumer_timeout_ms", &0, "must be at least 1");

@@ -14,6 +14,7 @@
 //! plain, TLS, WebSocket): this loop sees MQTT bytes only, for every
 //! transport. The read path is [`read_into`], the write path `Link::write`.
 
+use super::read_budget::Partial;
 use super::stack::Stack;
 use super::tls::fault_reason;
 use crate::conn_out::ConnOut;
@@ -35,7 +36,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// How long a new connection has to send CONNECT.
@@ -52,14 +53,22 @@ const ROUNDS_PER_POLL: u32 = 16;
 ///
 /// The bytes land in the shard's one scratch buffer and what arrived is
 /// copied to `buf`: an idle connection holds no read buffer at all.
-fn read_into(shard: &Shard, io: &Io, stack: &mut Stack, buf: &mut BytesMut) -> io::Result<usize> {
+/// `max` bounds the bytes asked of the socket (the partial-packet budget).
+fn read_into(
+    shard: &Shard,
+    io: &Io,
+    stack: &mut Stack,
+    buf: &mut BytesMut,
+    max: usize,
+) -> io::Result<usize> {
     let mut scratch = shard.read_scratch.borrow_mut();
-    match stack.read(io, &mut scratch[..], buf) {
+    let want = max.min(scratch.len());
+    match stack.read(io, &mut scratch[..want], buf) {
         Ok(r) => {
             let n = r.wire;
             // A layer that saw its stream's end keeps the socket "readable"
             // so that the next read reports the end.
-            if n > 0 && n < scratch.len() && !stack.at_eof() {
+            if n > 0 && n < want && !stack.at_eof() {
                 // A short read emptied the socket; the next arrival is a new edge.
                 shard.poller.clear(io.key, READABLE);
             }
@@ -199,6 +208,17 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
         }
         connect::assign_id(&shard, &mut connect);
     }
+    if connect.client_id.len() > shard.cfg.max_client_id_length {
+        // [MQTT-3.1.3-5] ids of 1-23 bytes MUST be allowed, longer ones MAY:
+        // so they may be bounded. A rejected id gets CONNACK 0x02 and a close
+        // in 3.1.1 [MQTT-3.1.3-9], 0x85 and a close in v5 [MQTT-3.1.3-8].
+        // Checked before the handoff, so a long id never crosses the mesh.
+        let mut out = BytesMut::new();
+        let ack = connect::refusal(ReasonCode::ClientIdentifierNotValid);
+        let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+        let reason = CloseReason::ClientIdTooLong;
+        return answer_and_close(&shard, io, &mut stack, li, &out, reason);
+    }
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
         let via = Via {
@@ -273,7 +293,14 @@ async fn read_connect(
                 Err(_) => return Err((CloseReason::IoError, None)),
             }
         }
-        match read_into(shard, io, stack, &mut buf) {
+        // Over the partial-packet budget a CONNECT is read in small steps
+        // (its own 10 s deadline bounds how long it may take).
+        let max = if shard.read_budget.over() {
+            super::read_budget::SMALL_READ
+        } else {
+            READ_CHUNK
+        };
+        match read_into(shard, io, stack, &mut buf, max) {
             Ok(0) if stack.handshaking() => return Err((CloseReason::HandshakeTruncated, None)),
             Ok(0) => return Err((CloseReason::ConnectionLost, None)),
             Ok(n) => shard.stats.bytes_in.add(n as u64),
@@ -389,6 +416,7 @@ impl Future for Served {
             return Poll::Pending;
         };
         this.link.inbuf = BytesMut::new();
+        this.link.partial.release(&this.shard);
         if let Some(io) = this.io.take() {
             // The layers' goodbye (TLS close_notify), best effort.
             this.link.stack.close();
@@ -423,6 +451,8 @@ struct Link {
     stack: Stack,
     /// Bytes read and not yet decoded (no allocation while empty).
     inbuf: BytesMut,
+    /// `inbuf`'s unfinished packet: its share of the shard's budget, its deadline.
+    partial: Partial,
     decoder: Decoder,
     /// Bytes at the front of the outbound buffer being written as one batch.
     batch: usize,
@@ -460,6 +490,7 @@ impl Link {
             } else {
                 inbuf
             },
+            partial: Partial::default(),
             decoder,
             batch: 0,
             batch_deadline: 0,
@@ -480,9 +511,10 @@ impl Link {
         io: &Io,
         cx: &mut Context<'_>,
     ) -> Poll<CloseReason> {
+        let packet_timeout = shard.cfg.packet_timeout.as_millis() as u64;
         for _ in 0..ROUNDS_PER_POLL {
             let now = shard.poller.now_ms();
-            let read = !conn.closing() && self.read(shard, sid, conn, io, now);
+            let read = !conn.closing() && self.read(shard, sid, conn, io, now, cx.waker());
             let wrote = match self.write(shard, conn, io, cx, now) {
                 Ok(wrote) => wrote,
                 Err(reason) => {
@@ -508,6 +540,14 @@ impl Link {
             }
             if self.keep_alive_ms > 0 && now >= self.last_read + self.keep_alive_ms as u64 {
                 conn.request_close(CloseReason::KeepAliveTimeout);
+            }
+            if self
+                .partial
+                .deadline(packet_timeout)
+                .is_some_and(|d| now >= d)
+            {
+                // Keep alive 0 does not exempt a packet from its deadline.
+                conn.request_close(CloseReason::PacketTimeout);
             }
             if let Some(reason) = conn.close.get() {
                 if !self.sending() && self.ticket.is_none() && conn.buf.borrow().is_empty() {
@@ -541,6 +581,12 @@ impl Link {
         if self.sending() {
             next = next.min(self.batch_deadline);
         }
+        if let Some(d) = self
+            .partial
+            .deadline(shard.cfg.packet_timeout.as_millis() as u64)
+        {
+            next = next.min(d);
+        }
         if let Some(at) = conn.stall_deadline(now, slow_ms(shard)) {
             next = next.min(at);
         }
@@ -555,7 +601,15 @@ impl Link {
 
     /// Decodes and handles what was read, then reads once more.
     /// Returns whether anything happened.
-    fn read(&mut self, shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: &Io, now: u64) -> bool {
+    fn read(
+        &mut self,
+        shard: &Rc<Shard>,
+        sid: u32,
+        conn: &Rc<ConnOut>,
+        io: &Io,
+        now: u64,
+        waker: &Waker,
+    ) -> bool {
         let mut handled = false;
         loop {
             if conn.reading_paused() {
@@ -591,10 +645,18 @@ impl Link {
             // Drop the last read's allocation (decoded packets keep their slices).
             self.inbuf = BytesMut::new();
         }
+        self.partial
+            .update(shard, self.inbuf.capacity(), handled, now);
         if shard.poller.ready(io.key) & READABLE == 0 {
             return handled;
         }
-        match read_into(shard, io, &mut self.stack, &mut self.inbuf) {
+        let allowed = self.partial.allowance(shard, waker, READ_CHUNK);
+        if allowed == 0 {
+            // Over the shard's partial-packet budget: the bytes wait in the
+            // socket (net/read_budget.rs); the budget or the deadline wakes us.
+            return handled;
+        }
+        match read_into(shard, io, &mut self.stack, &mut self.inbuf, allowed) {
             Ok(0) => {
                 conn.request_close(CloseReason::ConnectionLost);
                 true
@@ -602,6 +664,9 @@ impl Link {
             Ok(n) => {
                 shard.stats.bytes_in.add(n as u64);
                 self.last_read = now;
+                // Counted at once, so the next connection's read sees it.
+                self.partial
+                    .update(shard, self.inbuf.capacity(), false, now);
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => handled,

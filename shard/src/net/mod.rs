@@ -5,6 +5,8 @@
 //! - `listener.rs`: listener sockets, bound once per shard.
 //! - `connection.rs`: a connection's one task, from accept to close.
 //! - `conn_out.rs`: a connection's outbound buffer.
+//! - `accept_backoff.rs`: waiting out failed accepts (out of descriptors).
+//! - `read_budget.rs`: partial packets: the shard's byte budget, the packet deadline.
 //! - `stack.rs`: the transport layers between a socket and the MQTT bytes
 //!   (plain; TLS and WebSocket slot in there), below them the `Wire` seam.
 //! - `proxy.rs`: PROXY protocol v1/v2 headers (the client's address behind
@@ -12,10 +14,12 @@
 //! - `tls.rs`: rustls configuration per listener (reloadable) and a
 //!   connection's TLS layer.
 
+pub(crate) mod accept_backoff;
 pub(crate) mod conn_out;
 pub mod connection;
 pub mod listener;
 pub(crate) mod poller;
 pub mod proxy;
+pub(crate) mod read_budget;
 pub(crate) mod stack;
 pub mod tls;

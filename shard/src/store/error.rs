@@ -8,7 +8,7 @@ use std::sync::Arc;
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another process holds the data dir's lock file.
-    #[error("data dir {path} is in use by another running broker (lock held{holder}); stop it or choose another --data-dir")]
+    #[error("data dir {path} is in use (its lock is {holder}); stop that process or choose another --data-dir")]
     Locked { path: PathBuf, holder: String },
     /// The directory has content but no ringmq marker: never touched.
     #[error("data dir {path} is not a ringmq data dir ({detail}); refusing to use it, choose an empty or ringmq --data-dir")]

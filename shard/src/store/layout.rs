@@ -2,17 +2,22 @@
 //!
 //! ```text
 //! <data-dir>/RINGMQ          marker: "ringmq data dir" / "format 2" / "shards N"
-//! <data-dir>/ringmq.lock     flock(LOCK_EX) held for the broker's lifetime (pid inside)
+//! <data-dir>/ringmq.lock     flock(LOCK_EX) held for the broker's lifetime (mode 0600)
 //! <data-dir>/shard-<N>/      LMDB environment of shard N (data.mdb, lock.mdb)
 //! ```
+//!
+//! The dir and the shard dirs are created 0700, every file in them 0600
+//! (LMDB's own files too: heed opens them 0600), so no other local user can
+//! read the state or take the lock (`flock` needs an open descriptor).
 //!
 //! Every check refuses rather than guesses: content without a marker is
 //! foreign, a marker or meta row of another format is refused, LMDB's own
 //! "invalid file" is reported as corrupt.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use heed::types::Bytes as Raw;
@@ -47,37 +52,61 @@ pub struct DirLock {
     _file: File,
 }
 
-/// Takes `flock(LOCK_EX | LOCK_NB)` on `<dir>/ringmq.lock`.
+/// Creates `dir` (and missing parents) with mode 0700. An existing dir
+/// keeps its mode: one open to others gets a warning, not a change.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::io(dir, e))?;
+    if let Ok(m) = dir.metadata() {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                "store: data dir has mode {mode:o}, open to other users (ringmq creates it 0700)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Takes `flock(LOCK_EX | LOCK_NB)` on `<dir>/ringmq.lock` (mode 0600; an
+/// older, looser lock file is restricted first). A held lock's error names
+/// the holder as the kernel reports it ([`super::holder`]).
 pub fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
-    fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    create_private_dir(dir)?;
     let path = dir.join(LOCK);
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| StoreError::io(&path, e))?;
+    if file
+        .metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    {
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::io(&path, e))?;
+    }
     // SAFETY: flock on a file descriptor we own and keep open; no memory involved.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = match holder.trim() {
-                "" => String::new(),
-                pid => format!(" by pid {pid}"),
-            };
             return Err(StoreError::Locked {
                 path: dir.to_path_buf(),
-                holder,
+                holder: super::holder::describe(&file),
             });
         }
         return Err(StoreError::io(&path, err));
     }
+    // Older builds wrote their pid here; the holder is read from the kernel now.
     let _ = file.set_len(0);
-    let _ = write!(file, "{}", std::process::id());
     Ok(DirLock { _file: file })
 }
 
@@ -116,7 +145,12 @@ fn write_marker(dir: &Path, shards: u16) -> Result<(), StoreError> {
     let body = format!("{MARKER_HEAD}\nformat {FORMAT}\nshards {shards}\n");
     let tmp = dir.join("RINGMQ.tmp");
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(body.as_bytes())?;
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
@@ -192,7 +226,7 @@ pub fn open_env(
     migrate: bool,
 ) -> Result<Env<WithoutTls>, StoreError> {
     let path = shard_dir(dir, shard);
-    fs::create_dir_all(&path).map_err(|e| StoreError::io(&path, e))?;
+    create_private_dir(&path)?;
     let existed = path.join("data.mdb").metadata().is_ok_and(|m| m.len() > 0);
     // SAFETY: the data dir's flock (held by our caller) keeps other ringmq
     // processes out, and nothing else in this process maps these files.
@@ -206,7 +240,7 @@ pub fn open_env(
     .map_err(|e| match e {
         heed::Error::EnvAlreadyOpened => StoreError::Locked {
             path: path.clone(),
-            holder: " by this process".into(),
+            holder: "held by this process".into(),
         },
         e => match StoreError::from_heed(&path, e) {
             StoreError::Io { path, detail } => StoreError::Corrupt {

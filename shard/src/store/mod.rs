@@ -5,6 +5,7 @@
 //! # Layout of this module
 //! - `mod.rs`: the API below ([`Store`], [`StoreHandle`], [`StoreOptions`]).
 //! - `layout.rs`: data dir marker, lock file, opening and checking environments.
+//! - `holder.rs`: who holds the lock, from `/proc/locks`.
 //! - `recover.rs`: [`open`] + load of every shard, retained merge, startup purge.
 //! - `prepared.rs`: prepared inbound QoS 2 rows matched with other shards' origin rows.
 //! - `engine.rs`: group commit on the shard, [`Ticket`], [`StoreStats`].
@@ -54,6 +55,7 @@ mod batch;
 mod enc;
 mod engine;
 mod error;
+mod holder;
 mod keys;
 mod layout;
 mod message;
