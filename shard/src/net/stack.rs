@@ -27,7 +27,7 @@
 //!
 //! A stack is `Send`: it moves with its socket to the home shard after CONNECT.
 
-use super::tls::TlsLayer;
+use super::tls_conn::TlsLayer;
 use bytes::BytesMut;
 use std::io;
 
