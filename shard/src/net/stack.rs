@@ -255,7 +255,10 @@ mod tests {
     /// A rustls client and our server stack, handshaken over a `Pipe`.
     fn tls_pair() -> (rustls::ClientConnection, Stack, Pipe) {
         use crate::config::{TlsFiles, Transport};
-        let dir = std::env::temp_dir().join(format!("ringmq-stack-tls-{}", std::process::id()));
+        // One directory per pair: tests run in parallel.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringmq-stack-tls-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
