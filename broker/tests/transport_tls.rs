@@ -230,11 +230,56 @@ fn openssl_old_versions_refused_alpn_mqtt_and_resumption() {
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
     for version in ["-tls1_3", "-tls1_2"] {
         let sess = pki.dir.join(format!("sess{version}.pem"));
-        let first = s_client(addr, &[version, "-sess_out", &path(&sess)]);
+        let _ = std::fs::remove_file(&sess);
+        let first = s_client_mqtt(addr, &[version, "-sess_out", &path(&sess)], &|_| {
+            sess.exists()
+        });
         assert!(first.contains("New,"), "{first}");
-        let again = s_client(addr, &[version, "-sess_in", &path(&sess)]);
+        let again = s_client_mqtt(addr, &[version, "-sess_in", &path(&sess)], &|out| {
+            out.contains("Reused,") || out.contains("New,")
+        });
         assert!(again.contains("Reused,"), "{version} resumption: {again}");
     }
+}
+
+/// `openssl s_client` as an MQTT client: sends a CONNECT (the broker keeps the connection),
+/// holds the connection until `done(output so far)` (a TLS 1.3 ticket arrives after the
+/// handshake), then hangs up; returns what it printed.
+fn s_client_mqtt(addr: SocketAddr, args: &[&str], done: &dyn Fn(&str) -> bool) -> String {
+    let mut child = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect"])
+        .arg(addr.to_string())
+        .args(["-CAfile", &path(&Pki::shared().ca)])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client (is openssl installed?)");
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(&common::raw::bytes_of::connect_ok(4, "s-client"));
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    check_for_blocking(WAIT, "s_client session", || {
+        done(&seen.lock().unwrap()).then_some(())
+    });
+    drop(stdin);
+    let _ = child.wait();
+    let _ = reader.join();
+    let out = seen.lock().unwrap().clone();
+    out
 }
 
 /// Sends `bytes` on a fresh socket, then half-closes if `eof`; returns once the broker closed.
@@ -375,6 +420,45 @@ fn paho_mqtt_over_tls_v311_and_v5() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(text.contains("\"big_intact\": true"), "{text}");
+    }
+}
+
+/// The binary re-reads its certificates on SIGHUP; a bad file keeps the last good pair and the
+/// broker goes on serving.
+#[test]
+fn sighup_reloads_certificates_of_the_binary() {
+    let pki = Pki::shared();
+    let dir = common::broker::scratch_dir();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(&pki.server.cert, &cert).unwrap();
+    std::fs::copy(&pki.server.key, &key).unwrap();
+    let b = common::BinBroker::start_args(&[
+        "--listen",
+        "mqtts://127.0.0.1:0",
+        "--tls-cert",
+        &path(&cert),
+        "--tls-key",
+        &path(&key),
+        "--cores",
+        "1",
+    ]);
+    let hup = || {
+        // SAFETY: kill(2) on our own child's PID (a `Child` we have not reaped).
+        unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGHUP) };
+    };
+    assert_eq!(served_cert(b.addr), der_of(&pki.server.cert));
+    std::fs::copy(&pki.server2.cert, &cert).unwrap();
+    std::fs::copy(&pki.server2.key, &key).unwrap();
+    hup();
+    check_for_blocking(WAIT, "the new certificate served after SIGHUP", || {
+        (served_cert(b.addr) == der_of(&pki.server2.cert)).then_some(())
+    });
+    std::fs::write(&key, "not a key").unwrap();
+    hup();
+    // Watched for a while: the broker keeps serving the last good pair.
+    let end = std::time::Instant::now() + common::QUIET;
+    while std::time::Instant::now() < end {
+        assert_eq!(served_cert(b.addr), der_of(&pki.server2.cert));
     }
 }
 

@@ -11,8 +11,9 @@
 //!   (plain; TLS and WebSocket slot in there), below them the `Wire` seam.
 //! - `proxy.rs`: PROXY protocol v1/v2 headers (the client's address behind
 //!   a load balancer), read before any other layer.
-//! - `tls.rs`: rustls configuration per listener (reloadable) and a
-//!   connection's TLS layer.
+//! - `tls.rs`: rustls configuration per listener (reloadable);
+//!   `tls_conn.rs`: a connection's TLS layer (rustls unbuffered, no buffer
+//!   held while idle).
 
 pub(crate) mod accept_backoff;
 pub(crate) mod conn_out;
@@ -23,3 +24,4 @@ pub mod proxy;
 pub(crate) mod read_budget;
 pub(crate) mod stack;
 pub mod tls;
+mod tls_conn;

@@ -27,7 +27,7 @@
 //!
 //! A stack is `Send`: it moves with its socket to the home shard after CONNECT.
 
-use super::tls::TlsLayer;
+use super::tls_conn::TlsLayer;
 use bytes::BytesMut;
 use std::io;
 
@@ -148,13 +148,19 @@ impl Stack {
             Stack::Tls(t) => {
                 // Encrypt once per flush: the whole batch goes into records
                 // (16 KiB each) up to the layer's buffer limit, then out.
+                // Ciphertext already waiting goes first: returning short with
+                // nothing pending would break the promise above.
                 let mut taken = 0;
                 loop {
-                    let n = t.encrypt(&mqtt[taken..]);
-                    taken += n;
-                    if !t.flush(wire)? || taken == mqtt.len() || n == 0 {
+                    if !t.flush(wire)? || taken == mqtt.len() {
                         return Ok(taken);
                     }
+                    let n = t.encrypt(&mqtt[taken..]);
+                    if n == 0 {
+                        // Handshaking or closed: nothing to encrypt into.
+                        return Ok(taken);
+                    }
+                    taken += n;
                 }
             }
         }
@@ -190,6 +196,8 @@ mod tests {
         pub taken: RefCell<Vec<u8>>,
         /// Bytes `send` takes per call (0: all).
         pub chunk: usize,
+        /// Bytes `send` takes in all before saying WouldBlock (None: no limit).
+        pub budget: std::cell::Cell<Option<usize>>,
     }
 
     impl Wire for Pipe {
@@ -204,11 +212,18 @@ mod tests {
             Ok(n)
         }
         fn send(&self, buf: &[u8]) -> io::Result<usize> {
-            let n = if self.chunk == 0 {
+            let mut n = if self.chunk == 0 {
                 buf.len()
             } else {
                 buf.len().min(self.chunk)
             };
+            if let Some(left) = self.budget.get() {
+                if left == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                n = n.min(left);
+                self.budget.set(Some(left - n));
+            }
             self.taken.borrow_mut().extend_from_slice(&buf[..n]);
             Ok(n)
         }
@@ -235,5 +250,170 @@ mod tests {
         assert!(!s.pending());
         assert!(s.flush(&pipe).unwrap());
         assert_eq!(&pipe.taken.borrow()[..], b"abc");
+    }
+
+    /// A rustls client and our server stack, handshaken over a `Pipe`.
+    fn tls_pair() -> (rustls::ClientConnection, Stack, Pipe) {
+        use crate::config::{TlsFiles, Transport};
+        // One directory per pair: tests run in parallel.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringmq-stack-tls-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cp, kp) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cp, cert.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        let files = TlsFiles {
+            cert: Some(cp),
+            key: Some(kp),
+            ..TlsFiles::default()
+        };
+        let acceptor = super::super::tls::TlsAcceptor::new(&files, &Transport::Mqtts).unwrap();
+        let mut stack = Stack::Tls(Box::new(acceptor.accept().unwrap()));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let pipe = Pipe::default();
+        let mut mqtt = BytesMut::new();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            stack.feed(&wire, &mut mqtt).unwrap();
+            assert!(stack.flush(&pipe).unwrap());
+            let out = std::mem::take(&mut *pipe.taken.borrow_mut());
+            client.read_tls(&mut &out[..]).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !stack.handshaking() && !client.wants_write() {
+                break;
+            }
+        }
+        assert!(!stack.handshaking() && !client.is_handshaking());
+        assert!(mqtt.is_empty());
+        (client, stack, pipe)
+    }
+
+    /// Content types of the TLS records in `wire` (RFC 8446 5.1 headers).
+    fn records(wire: &[u8]) -> Vec<(u8, usize)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 5 <= wire.len() {
+            let len = u16::from_be_bytes([wire[at + 3], wire[at + 4]]) as usize;
+            out.push((wire[at], len));
+            at += 5 + len;
+        }
+        assert_eq!(at, wire.len(), "whole records");
+        out
+    }
+
+    #[test]
+    fn tls_encrypts_once_per_flush_not_once_per_packet() {
+        let (mut client, mut stack, pipe) = tls_pair();
+        // 100 small PUBLISHes buffered for one flush: one application data record.
+        let mut batch = Vec::new();
+        for i in 0..100u8 {
+            batch.extend_from_slice(&[0x30, 12, 0, 3, b'a', b'/', b'b', i, 1, 2, 3, 4, 5, 6]);
+        }
+        assert_eq!(stack.write(&pipe, &batch).unwrap(), batch.len());
+        assert!(!stack.pending());
+        let wire = std::mem::take(&mut *pipe.taken.borrow_mut());
+        let recs = records(&wire);
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].0, 0x17);
+        assert_eq!(client_reads(&mut client, &wire), batch);
+        // 100 KB: 16 KiB records (64 KiB per encrypt, the stack loops).
+        let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        assert_eq!(stack.write(&pipe, &big).unwrap(), big.len());
+        let wire = std::mem::take(&mut *pipe.taken.borrow_mut());
+        let recs = records(&wire);
+        assert_eq!(recs.len(), 7, "{recs:?}");
+        assert_eq!(client_reads(&mut client, &wire), big);
+    }
+
+    /// What the client decrypts from `wire` (rustls reads a few KiB per `read_tls`).
+    fn client_reads(client: &mut rustls::ClientConnection, wire: &[u8]) -> Vec<u8> {
+        use std::io::Read as _;
+        let mut rd = wire;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+            client.process_new_packets().unwrap();
+            while let Ok(n) = client.reader().read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        got
+    }
+
+    /// The write promise under a socket that fills: whenever the stack takes less than
+    /// offered or holds ciphertext, the socket said WouldBlock; once it drains, everything
+    /// arrives intact (a slow TLS subscriber never stalls the connection).
+    #[test]
+    fn tls_write_under_a_full_socket_keeps_the_promise() {
+        let (mut client, mut stack, pipe) = tls_pair();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let mut off = 0;
+        let mut rounds = 0;
+        while off < big.len() || stack.pending() {
+            rounds += 1;
+            assert!(rounds < 1000);
+            // Alternately a trickle and a gulp; the connection writes whether or not ciphertext
+            // is still waiting (as Link::write does with a batch under way).
+            pipe.budget
+                .set(Some(if rounds % 2 == 0 { 10_000 } else { 150_000 }));
+            if off < big.len() {
+                let n = stack.write(&pipe, &big[off..]).unwrap();
+                off += n;
+                if off < big.len() || stack.pending() {
+                    assert_eq!(
+                        pipe.budget.get(),
+                        Some(0),
+                        "short only when the socket is full"
+                    );
+                }
+            } else {
+                let _ = stack.flush(&pipe);
+            }
+        }
+        let wire = std::mem::take(&mut *pipe.taken.borrow_mut());
+        assert_eq!(client_reads(&mut client, &wire), big);
+    }
+
+    #[test]
+    fn tls_reads_records_cut_anywhere_and_keeps_no_buffer_when_idle() {
+        use std::io::Write as _;
+        let (mut client, mut stack, _pipe) = tls_pair();
+        client.writer().write_all(b"\x10\x00hello mqtt").unwrap();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        let mut mqtt = BytesMut::new();
+        for chunk in wire.chunks(3) {
+            stack.feed(chunk, &mut mqtt).unwrap();
+        }
+        assert_eq!(&mqtt[..], b"\x10\x00hello mqtt");
+        let Stack::Tls(t) = &stack else {
+            unreachable!()
+        };
+        assert!(t.idle(), "no ciphertext buffer held between records");
     }
 }
