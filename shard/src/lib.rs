@@ -37,6 +37,7 @@ mod defer;
 mod handle;
 pub mod listener;
 pub mod mesh;
+pub mod net;
 mod notify;
 mod persist;
 mod poller;
