@@ -11,13 +11,17 @@
 //!   (RFC 6455 5): client frames in, the unmasked MQTT byte stream out
 //!   (packets may span frames and a frame may hold several, [MQTT-6.0.0-2]),
 //!   pongs and the closing handshake's echo as replies; server frames out.
+//! - [`WsLayer`] (`layer.rs`): both together, as one connection's layer in
+//!   the transport stack, with the bytes owed to the layer below.
 //! - [`WsError`] and [`UpgradeError`]: every refusal, each mapped here, in one
 //!   place, to its close code or HTTP status and to its [`CloseReason`].
 
 mod frame;
+mod layer;
 mod upgrade;
 
 pub use frame::{encode_binary, encode_close, WsFramer, WsStatus, MAX_HEADER};
+pub use layer::{WsFail, WsInput, WsLayer};
 pub use upgrade::{upgrade, Subprotocol, Upgrade};
 
 use crate::stats::CloseReason;
