@@ -14,6 +14,7 @@ pub mod broker;
 pub mod client;
 pub mod persist;
 pub mod raw;
+pub mod ws;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
