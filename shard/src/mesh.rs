@@ -72,6 +72,8 @@ pub struct ConfirmReq {
 pub struct Handoff {
     /// The socket itself (the accepting shard no longer holds it).
     pub fd: OwnedFd,
+    /// Its transport layers (TLS, WebSocket), state and all.
+    pub(crate) stack: crate::net::stack::Stack,
     /// The CONNECT already read.
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT.

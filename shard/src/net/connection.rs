@@ -9,7 +9,12 @@
 //! only stops the writing half until it is writable again or the slow
 //! consumer deadline closes it. An idle connection holds no buffer.
 //! A close always carries a [`CloseReason`].
+//!
+//! Bytes pass through the connection's transport [`Stack`] (`stack.rs`:
+//! plain, TLS, WebSocket): this loop sees MQTT bytes only, for every
+//! transport. The read path is [`read_into`], the write path `Link::write`.
 
+use super::stack::Stack;
 use crate::conn_out::ConnOut;
 use crate::connect;
 use crate::mesh::{Handoff, MeshItem};
@@ -37,16 +42,18 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// Read/write rounds per poll before the task lets others run.
 const ROUNDS_PER_POLL: u32 = 16;
 
-/// Reads what the socket holds and appends it to `buf`. `Ok(0)` is end of
-/// stream, `WouldBlock` nothing there (readiness is forgotten then).
+/// The read path: reads what the socket holds through the stack and
+/// appends the MQTT bytes it carried to `buf`. Returns the socket's byte
+/// count: `Ok(0)` is end of stream, `WouldBlock` nothing there (readiness
+/// is forgotten then).
 ///
 /// The bytes land in the shard's one scratch buffer and what arrived is
 /// copied to `buf`: an idle connection holds no read buffer at all.
-fn recv_into(shard: &Shard, io: &Io, buf: &mut BytesMut) -> io::Result<usize> {
+fn read_into(shard: &Shard, io: &Io, stack: &mut Stack, buf: &mut BytesMut) -> io::Result<usize> {
     let mut scratch = shard.read_scratch.borrow_mut();
-    match io.recv(&mut scratch[..]) {
-        Ok(n) => {
-            buf.extend_from_slice(&scratch[..n]);
+    match stack.read(io, &mut scratch[..], buf) {
+        Ok(r) => {
+            let n = r.wire;
             if n > 0 && n < scratch.len() {
                 // A short read emptied the socket; the next arrival is a new edge.
                 shard.poller.clear(io.key, READABLE);
@@ -95,10 +102,11 @@ fn connect_error_answer(e: &DecodeError, v: Option<ProtocolVersion>) -> Option<V
 
 /// A last word before closing (a refusing CONNACK). A fresh socket's send
 /// buffer is empty, so a few bytes always fit; nothing waits for them.
-fn answer_and_close(shard: &Shard, io: Io, bytes: &[u8], reason: CloseReason) {
+fn answer_and_close(shard: &Shard, io: Io, stack: &mut Stack, bytes: &[u8], reason: CloseReason) {
     if !bytes.is_empty() {
-        let _ = io.send(bytes);
+        let _ = stack.write(&io, bytes);
     }
+    let _ = stack.flush(&io);
     shard.poller.close(io);
     shard.stats.close(reason);
 }
@@ -109,17 +117,19 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
         Ok(io) => io,
         Err(_) => return shard.stats.close(CloseReason::IoError),
     };
+    let mut stack = Stack::Plain;
     let deadline = shard.poller.after(CONNECT_TIMEOUT);
     shard.poller.arm(io.key, deadline);
-    let (packet, buf) = match read_connect(&shard, &io, deadline).await {
+    let (packet, buf) = match read_connect(&shard, &io, &mut stack, deadline).await {
         Ok(p) => p,
         Err((reason, answer)) => {
-            return answer_and_close(&shard, io, answer.as_deref().unwrap_or(&[]), reason);
+            let answer = answer.as_deref().unwrap_or(&[]);
+            return answer_and_close(&shard, io, &mut stack, answer, reason);
         }
     };
     let Packet::Connect(mut connect) = packet else {
         // [MQTT-3.1.0-1] the first packet must be CONNECT.
-        return answer_and_close(&shard, io, &[], CloseReason::ProtocolError);
+        return answer_and_close(&shard, io, &mut stack, &[], CloseReason::ProtocolError);
     };
     shard.stats.packets_in.inc();
     let assigned = connect.client_id.is_empty();
@@ -129,21 +139,23 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
             let mut out = BytesMut::new();
             let ack = connect::refusal(ReasonCode::ClientIdentifierNotValid);
             let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
-            return answer_and_close(&shard, io, &out, CloseReason::ConnectRefused);
+            return answer_and_close(&shard, io, &mut stack, &out, CloseReason::ConnectRefused);
         }
         connect::assign_id(&shard, &mut connect);
     }
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
-        return serve(shard, io, connect, buf, assigned, deadline);
+        return serve(shard, io, stack, connect, buf, assigned, deadline);
     }
-    // Hand the socket itself to the home shard: the descriptor crosses the mesh.
+    // Hand the socket itself to the home shard: the descriptor crosses the
+    // mesh, with its transport stack (TLS and WebSocket state included).
     let fd = shard.poller.deregister(io);
     shard.stats.close(CloseReason::HandedOff);
     shard.mesh.push(
         home,
         MeshItem::Handoff(Box::new(Handoff {
             fd,
+            stack,
             connect,
             rest: buf,
             assigned,
@@ -151,11 +163,13 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
     );
 }
 
-/// Reads the first packet within [`CONNECT_TIMEOUT`]. An error carries the
-/// close reason and the bytes that answer it, if any.
+/// Reads the first packet within [`CONNECT_TIMEOUT`] (which covers the
+/// transport's own handshake too). An error carries the close reason and the
+/// bytes that answer it, if any.
 async fn read_connect(
     shard: &Shard,
     io: &Io,
+    stack: &mut Stack,
     deadline: u64,
 ) -> Result<(Packet, BytesMut), (CloseReason, Option<Vec<u8>>)> {
     let mut buf = BytesMut::new();
@@ -170,14 +184,26 @@ async fn read_connect(
                 return Err((close_reason_for(&e), answer));
             }
         }
-        match recv_into(shard, io, &mut buf) {
+        // A layer's handshake answer (ServerHello, HTTP 101) leaves first.
+        if stack.pending() && shard.poller.ready(io.key) & WRITABLE != 0 {
+            match stack.flush(io) {
+                Ok(true) => {}
+                Ok(false) => shard.poller.clear(io.key, WRITABLE),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    shard.poller.clear(io.key, WRITABLE)
+                }
+                Err(_) => return Err((CloseReason::IoError, None)),
+            }
+        }
+        match read_into(shard, io, stack, &mut buf) {
             Ok(0) => return Err((CloseReason::ConnectionLost, None)),
             Ok(n) => shard.stats.bytes_in.add(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let timed_out = std::future::poll_fn(|cx| {
+                    let ready = shard.poller.ready(io.key);
                     if shard.poller.now_ms() >= deadline {
                         Poll::Ready(true)
-                    } else if shard.poller.ready(io.key) & READABLE != 0 {
+                    } else if ready & READABLE != 0 || (stack.pending() && ready & WRITABLE != 0) {
                         Poll::Ready(false)
                     } else {
                         shard.poller.set_waker(io.key, cx.waker());
@@ -197,7 +223,7 @@ async fn read_connect(
 /// A connection handed over by another shard.
 pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
     match shard.poller.register(h.fd) {
-        Ok(io) => serve(shard, io, h.connect, h.rest, h.assigned, u64::MAX),
+        Ok(io) => serve(shard, io, h.stack, h.connect, h.rest, h.assigned, u64::MAX),
         Err(_) => shard.stats.close(CloseReason::IoError),
     }
 }
@@ -206,6 +232,7 @@ pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
 fn serve(
     shard: Rc<Shard>,
     io: Io,
+    mut stack: Stack,
     connect: Box<Connect>,
     buf: BytesMut,
     assigned: bool,
@@ -219,12 +246,12 @@ fn serve(
         Err(ack) => {
             let mut out = BytesMut::new();
             let _ = Packet::ConnAck(*ack).encode(version, &mut out);
-            return answer_and_close(&shard, io, &out, CloseReason::ConnectRefused);
+            return answer_and_close(&shard, io, &mut stack, &out, CloseReason::ConnectRefused);
         }
     };
     shard.conns.set(shard.conns.get() + 1);
     shard.stats.connections.inc();
-    let link = Link::new(&shard, version, keep_alive, buf, armed);
+    let link = Link::new(&shard, stack, version, keep_alive, buf, armed);
     // The handshake's task ends here; this small one lives as long as the connection.
     glommio::spawn_local(Served {
         shard,
@@ -282,6 +309,8 @@ fn finish(shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: Io, reason: Close
 
 /// The I/O state of a served connection (lives in its task, not in the session).
 struct Link {
+    /// The transport layers between the socket and `inbuf`/`ConnOut.buf`.
+    stack: Stack,
     /// Bytes read and not yet decoded (no allocation while empty).
     inbuf: BytesMut,
     decoder: Decoder,
@@ -304,6 +333,7 @@ impl Link {
     /// deadline), so the keep-alive deadline needs none before it fires.
     fn new(
         shard: &Shard,
+        stack: Stack,
         version: ProtocolVersion,
         keep_alive: u16,
         inbuf: BytesMut,
@@ -313,6 +343,7 @@ impl Link {
         decoder.set_version(version);
         decoder.set_reads_client(true);
         Link {
+            stack,
             // An empty remainder still holds the CONNECT's read buffer.
             inbuf: if inbuf.is_empty() {
                 BytesMut::new()
@@ -349,7 +380,7 @@ impl Link {
                     return Poll::Ready(reason);
                 }
             };
-            if self.batch > 0 && now >= self.batch_deadline {
+            if self.sending() && now >= self.batch_deadline {
                 // The batch did not leave within the slow consumer deadline:
                 // a peer that stops reading is closed even while the kernel's
                 // buffers still take a trickle.
@@ -360,7 +391,7 @@ impl Link {
                 conn.request_close(CloseReason::KeepAliveTimeout);
             }
             if let Some(reason) = conn.close.get() {
-                if self.batch == 0 && self.ticket.is_none() && conn.buf.borrow().is_empty() {
+                if !self.sending() && self.ticket.is_none() && conn.buf.borrow().is_empty() {
                     return Poll::Ready(reason);
                 }
             }
@@ -376,13 +407,19 @@ impl Link {
         Poll::Pending
     }
 
+    /// A batch is on its way out: in the outbound buffer or in a layer.
+    #[inline]
+    fn sending(&self) -> bool {
+        self.batch > 0 || self.stack.pending()
+    }
+
     /// Arms the poller for the earliest of our deadlines if no entry covers it.
     fn arm(&mut self, shard: &Shard, key: u32, now: u64) {
         let mut next = u64::MAX;
         if self.keep_alive_ms > 0 {
             next = self.last_read + self.keep_alive_ms as u64;
         }
-        if self.batch > 0 {
+        if self.sending() {
             next = next.min(self.batch_deadline);
         }
         if next == u64::MAX {
@@ -430,7 +467,7 @@ impl Link {
         if shard.poller.ready(io.key) & READABLE == 0 {
             return handled;
         }
-        match recv_into(shard, io, &mut self.inbuf) {
+        match read_into(shard, io, &mut self.stack, &mut self.inbuf) {
             Ok(0) => {
                 conn.request_close(CloseReason::ConnectionLost);
                 true
@@ -459,6 +496,25 @@ impl Link {
     ) -> Result<bool, CloseReason> {
         let mut wrote = false;
         loop {
+            if self.batch == 0 && self.stack.pending() {
+                // A layer still holds encoded bytes of the last batch.
+                if shard.poller.ready(io.key) & WRITABLE == 0 {
+                    return Ok(wrote);
+                }
+                match self.stack.flush(io) {
+                    Ok(true) => wrote = true,
+                    Ok(false) => {
+                        shard.poller.clear(io.key, WRITABLE);
+                        return Ok(wrote);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        shard.poller.clear(io.key, WRITABLE);
+                        return Ok(wrote);
+                    }
+                    Err(_) => return Err(CloseReason::IoError),
+                }
+                continue;
+            }
             if self.batch == 0 {
                 let len = conn.buf.borrow().len();
                 if len == 0 {
@@ -505,14 +561,14 @@ impl Link {
             if shard.poller.ready(io.key) & WRITABLE == 0 {
                 return Ok(wrote);
             }
-            let sent = io.send(&conn.buf.borrow()[..self.batch]);
+            let sent = self.stack.write(io, &conn.buf.borrow()[..self.batch]);
             match sent {
                 Ok(n) => {
                     conn.buf.borrow_mut().advance(n);
                     self.batch -= n;
                     shard.stats.bytes_out.add(n as u64);
                     wrote = true;
-                    if self.batch > 0 {
+                    if self.sending() {
                         // The socket took part of it: it is full until told otherwise.
                         shard.poller.clear(io.key, WRITABLE);
                         return Ok(wrote);

@@ -5,10 +5,13 @@
 //! - `listener.rs`: listener sockets, bound once per shard.
 //! - `connection.rs`: a connection's one task, from accept to close.
 //! - `conn_out.rs`: a connection's outbound buffer.
+//! - `stack.rs`: the transport layers between a socket and the MQTT bytes
+//!   (plain; TLS and WebSocket slot in there), below them the `Wire` seam.
 //! - `ws/`: WebSocket (RFC 6455), sans I/O: the upgrade and the framing.
 
 pub(crate) mod conn_out;
 pub mod connection;
 pub mod listener;
 pub(crate) mod poller;
+pub(crate) mod stack;
 pub mod ws;
