@@ -54,12 +54,27 @@ macro_rules! section {
 section! {
     /// `[listeners]`: where clients connect.
     "Listeners" Listeners {
-        /// Listener URL, repeatable (mqtt://HOST:PORT); comma-separated in the environment
+        /// Listener URL, repeatable: mqtt://HOST:PORT, mqtts://HOST:PORT, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, options after ? (proxy=true, cert=, key=, client_ca=, require_client_cert=, identity_as_username=); comma-separated in the environment
         #[arg(long, value_name = "URL", default_value = "mqtt://0.0.0.0:1883", value_delimiter = ',')]
         pub listen: Vec<ListenUrl>,
         /// listen(2) backlog of each shard's socket
         #[arg(long, value_name = "N", default_value_t = 4096)]
         pub backlog: u32,
+        /// TLS listeners: server certificate chain, PEM, leaf first
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub tls_cert: OptPath,
+        /// TLS listeners: the certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1)
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub tls_key: OptPath,
+        /// TLS listeners: CA certificates, PEM, that client certificates must chain to (mTLS)
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub tls_client_ca: OptPath,
+        /// TLS listeners: refuse clients without a valid certificate (needs tls_client_ca)
+        #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+        pub tls_require_client_cert: bool,
+        /// TLS listeners: the client certificate's subject CN becomes the user name
+        #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+        pub tls_identity_as_username: bool,
     }
 }
 

@@ -84,6 +84,19 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         Err(e) => return fail(&with_hint(&e.to_string())),
     };
     let addrs = handle.local_addrs();
+    let urls: Vec<String> = handle
+        .listeners()
+        .iter()
+        .zip(&addrs)
+        .map(|(l, a)| {
+            let path = match &l.cfg.transport {
+                ringmq_shard::config::Transport::Ws { path }
+                | ringmq_shard::config::Transport::Wss { path } => path.as_str(),
+                _ => "",
+            };
+            format!("{}://{a}{path}", l.cfg.transport.scheme())
+        })
+        .collect();
     tracing::info!(shards = handle.shards(), "broker started");
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let backend = Arc::new(ShardBackend::new(handle, stop_tx.clone()));
@@ -107,20 +120,30 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         None => None,
     };
     let mut out = std::io::stdout().lock();
-    for a in &addrs {
-        let _ = writeln!(out, "ringmq listening on mqtt://{a}");
+    for u in &urls {
+        let _ = writeln!(out, "ringmq listening on {u}");
     }
     if let Some(m) = &metrics {
         let _ = writeln!(out, "ringmq metrics on http://{}/metrics", m.local_addr());
     }
     let _ = out.flush();
     drop(out);
+    let reloader = backend.clone();
     std::thread::Builder::new()
         .name("ringmq-signals".into())
-        .spawn(move || {
+        .spawn(move || loop {
             let sig = signals::wait();
+            if sig == "SIGHUP" {
+                // A listener whose new files fail keeps its old ones.
+                match reloader.reload_tls() {
+                    Ok(m) => tracing::info!(part = "certificates", "reloaded: {m}"),
+                    Err(e) => tracing::error!(part = "certificates", "reload failed: {e}"),
+                }
+                continue;
+            }
             tracing::info!(signal = sig, "signal received, shutting down");
             let _ = stop_tx.send(());
+            return;
         })
         .expect("spawn the signal thread");
     let _ = stop_rx.recv();
@@ -160,8 +183,8 @@ fn shutdown(backend: &ShardBackend) -> i32 {
     }
 }
 
-/// SIGTERM/SIGINT taken synchronously by one thread (`sigwait`), so no
-/// async-signal-safety concerns.
+/// SIGTERM/SIGINT (stop) and SIGHUP (reload) taken synchronously by one
+/// thread (`sigwait`), so no async-signal-safety concerns.
 mod signals {
     fn set() -> libc::sigset_t {
         // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
@@ -170,6 +193,7 @@ mod signals {
             libc::sigemptyset(&mut s);
             libc::sigaddset(&mut s, libc::SIGTERM);
             libc::sigaddset(&mut s, libc::SIGINT);
+            libc::sigaddset(&mut s, libc::SIGHUP);
             s
         }
     }
@@ -188,10 +212,10 @@ mod signals {
         loop {
             // SAFETY: `s` is initialised and `sig` is a valid out pointer.
             if unsafe { libc::sigwait(&s, &mut sig) } == 0 {
-                return if sig == libc::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
+                return match sig {
+                    libc::SIGINT => "SIGINT",
+                    libc::SIGHUP => "SIGHUP",
+                    _ => "SIGTERM",
                 };
             }
         }

@@ -74,6 +74,8 @@ pub struct Handoff {
     pub fd: OwnedFd,
     /// Its transport layers (TLS, WebSocket), state and all.
     pub(crate) stack: crate::net::stack::Stack,
+    /// The listener it came in on (per-listener counters).
+    pub listener: u16,
     /// The CONNECT already read.
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT.

@@ -183,8 +183,8 @@ pub(crate) async fn run(init: ShardInit) {
         })
         .detach();
     }
-    for fd in init.listeners {
-        let task = spawn_local(accept_loop(shard.clone(), fd));
+    for (fd, rt) in init.listeners {
+        let task = spawn_local(accept_loop(shard.clone(), fd, rt));
         shard.acceptors.borrow_mut().push(task);
     }
     spawn_local(crate::timers::expiry_sweep(shard.clone())).detach();
@@ -281,7 +281,7 @@ fn accept_one(listener: &Io) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
+async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<crate::listener::ListenerRt>) {
     // SAFETY: plain syscall on a listening socket we own.
     unsafe {
         let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
@@ -306,7 +306,10 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
         match accept_one(listener) {
             Ok(fd) => {
                 shard.stats.connections_total.inc();
-                spawn_local(crate::connection::handshake(shard.clone(), fd)).detach();
+                if let Some(l) = shard.stats.listener(rt.index) {
+                    l.accepted.inc();
+                }
+                spawn_local(crate::connection::handshake(shard.clone(), fd, rt.clone())).detach();
                 burst += 1;
                 if burst.is_multiple_of(64) {
                     futures_lite::future::yield_now().await;

@@ -96,6 +96,26 @@ reasons! {
         HandedOff => "handed_off",
         /// A QoS 1/2 message could not be persisted.
         StorageError => "storage_error",
+        /// TLS listener: the first bytes were not a TLS handshake record
+        /// (plain MQTT or garbage instead of a ClientHello).
+        TlsNotTls => "tls_not_tls",
+        /// TLS handshake refused: no common version (TLS 1.0/1.1) or suite,
+        /// a malformed or out-of-order handshake message.
+        TlsHandshakeFailed => "tls_handshake_failed",
+        /// mTLS: the client's certificate was missing, expired, or not
+        /// issued by the configured CA.
+        TlsBadCertificate => "tls_bad_certificate",
+        /// A TLS error after the handshake (bad record, decryption failure).
+        TlsError => "tls_error",
+        /// The peer closed the socket in the middle of a TLS handshake.
+        HandshakeTruncated => "handshake_truncated",
+        /// The TLS handshake did not finish within the connect timeout (a
+        /// stalled or slowloris handshake).
+        HandshakeTimeout => "handshake_timeout",
+        /// Plain listener: the client opened with a TLS ClientHello.
+        TlsOnPlainListener => "tls_on_plain_listener",
+        /// PROXY protocol listener: no valid v1/v2 header first.
+        ProxyHeaderInvalid => "proxy_header_invalid",
         /// WebSocket upgrade request refused (HTTP 400/404/405/426/431, RFC 6455 4.2.1).
         WsUpgradeRefused => "ws_upgrade_refused",
         /// WebSocket protocol error: close 1002 (or 1007), RFC 6455 7.4.1.
@@ -124,6 +144,62 @@ reasons! {
         TooLargeForClient => "too_large_for_client",
         /// The target shard's channel was closed.
         MeshClosed => "mesh_closed",
+    }
+}
+
+/// Upper bounds of the handshake time buckets, µs (the last bucket: above).
+pub const HANDSHAKE_BUCKETS_US: [u64; 9] = [
+    1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// Counters of one listener on one shard. Written only by that shard.
+#[derive(Debug)]
+pub struct ListenerStats {
+    /// Connections accepted on this listener.
+    pub accepted: Counter,
+    /// Connections of this listener served by this shard (gauge; a
+    /// handed-off connection counts on its home shard).
+    pub open: Counter,
+    /// Connections closed before CONNECT was accepted, by reason (the
+    /// transport's handshake failures among them), indexed by `CloseReason`.
+    pub handshake_failures: Vec<Counter>,
+    /// Transport handshakes (TLS) completed, their total time (µs) and
+    /// counts per bucket of [`HANDSHAKE_BUCKETS_US`] (plus one above).
+    pub handshakes: Counter,
+    pub handshake_us: Counter,
+    pub handshake_buckets: [Counter; 10],
+}
+
+impl Default for ListenerStats {
+    fn default() -> Self {
+        ListenerStats {
+            accepted: Counter::default(),
+            open: Counter::default(),
+            handshake_failures: CloseReason::ALL
+                .iter()
+                .map(|_| Counter::default())
+                .collect(),
+            handshakes: Counter::default(),
+            handshake_us: Counter::default(),
+            handshake_buckets: Default::default(),
+        }
+    }
+}
+
+impl ListenerStats {
+    /// Counts a transport handshake that took `us` microseconds.
+    pub fn handshake_done(&self, us: u64) {
+        self.handshakes.inc();
+        self.handshake_us.add(us);
+        let i = HANDSHAKE_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(HANDSHAKE_BUCKETS_US.len());
+        self.handshake_buckets[i].inc();
+    }
+    /// Failures counted for `r`.
+    pub fn failures_for(&self, r: CloseReason) -> u64 {
+        self.handshake_failures[r as usize].get()
     }
 }
 
@@ -185,6 +261,8 @@ pub struct ShardStats {
     pub deferred_rows: Counter,
     pub deferred_rows_stored: Counter,
     pub store_commit_buckets: [Counter; 12],
+    /// Per listener, in `ShardConfig::listen` order.
+    pub listeners: Vec<ListenerStats>,
 }
 
 impl Default for ShardStats {
@@ -221,11 +299,23 @@ impl Default for ShardStats {
             deferred_rows: Counter::default(),
             deferred_rows_stored: Counter::default(),
             store_commit_buckets: Default::default(),
+            listeners: Vec::new(),
         }
     }
 }
 
 impl ShardStats {
+    /// Counters for a shard serving `n` listeners.
+    pub fn with_listeners(n: usize) -> Self {
+        ShardStats {
+            listeners: (0..n).map(|_| ListenerStats::default()).collect(),
+            ..ShardStats::default()
+        }
+    }
+    /// The counters of listener `i` (`None` for stats built without listeners).
+    pub fn listener(&self, i: u16) -> Option<&ListenerStats> {
+        self.listeners.get(i as usize)
+    }
     /// Counts a close.
     pub fn close(&self, r: CloseReason) {
         self.closes[r as usize].inc();

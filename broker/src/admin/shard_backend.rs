@@ -55,6 +55,14 @@ impl ShardBackend {
             .take()
     }
 
+    /// Re-reads the TLS listeners' certificates and keys (SIGHUP): new
+    /// connections use them; a listener whose files fail keeps its old ones.
+    pub fn reload_tls(&self) -> Result<String, String> {
+        self.with(|h| h.reload_tls())
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&ServerHandle) -> T) -> Result<T, AdminError> {
         match &*self.handle.read().unwrap_or_else(|p| p.into_inner()) {
             Some(h) => Ok(f(h)),

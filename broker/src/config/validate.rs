@@ -49,6 +49,22 @@ impl Config {
         if let Some(dup) = (1..l.listen.len()).find(|&i| l.listen[..i].contains(&l.listen[i])) {
             return bad("listen", &l.listen[dup], "listed twice");
         }
+        for u in &l.listen {
+            let o = &u.options;
+            if u.scheme.is_tls() {
+                if o.cert.is_none() && l.tls_cert.0.is_none() {
+                    return bad("listen", u, "a TLS listener needs tls_cert (or ?cert=FILE)");
+                }
+                if o.key.is_none() && l.tls_key.0.is_none() {
+                    return bad("listen", u, "a TLS listener needs tls_key (or ?key=FILE)");
+                }
+                let require = o.require_client_cert.unwrap_or(l.tls_require_client_cert);
+                if require && o.client_ca.is_none() && l.tls_client_ca.0.is_none() {
+                    let why = "require_client_cert needs tls_client_ca (or ?client_ca=FILE)";
+                    return bad("listen", u, why);
+                }
+            }
+        }
         if l.backlog == 0 {
             return bad("backlog", &0, "must be at least 1");
         }

@@ -15,8 +15,10 @@
 //! transport. The read path is [`read_into`], the write path `Link::write`.
 
 use super::stack::Stack;
+use super::tls::fault_reason;
 use crate::conn_out::ConnOut;
 use crate::connect;
+use crate::listener::ListenerRt;
 use crate::mesh::{Handoff, MeshItem};
 use crate::poller::{Io, READABLE, WRITABLE};
 use crate::shard::Shard;
@@ -24,16 +26,17 @@ use crate::stats::CloseReason;
 use crate::store::Ticket;
 use bytes::{Buf, BytesMut};
 use ringmq_codec::{
-    Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet,
-    ProtocolVersion, ReasonCode,
+    Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, MqttString,
+    Packet, ProtocolVersion, ReasonCode,
 };
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +57,9 @@ fn read_into(shard: &Shard, io: &Io, stack: &mut Stack, buf: &mut BytesMut) -> i
     match stack.read(io, &mut scratch[..], buf) {
         Ok(r) => {
             let n = r.wire;
-            if n > 0 && n < scratch.len() {
+            // A layer that saw its stream's end keeps the socket "readable"
+            // so that the next read reports the end.
+            if n > 0 && n < scratch.len() && !stack.at_eof() {
                 // A short read emptied the socket; the next arrival is a new edge.
                 shard.poller.clear(io.key, READABLE);
             }
@@ -100,37 +105,72 @@ fn connect_error_answer(e: &DecodeError, v: Option<ProtocolVersion>) -> Option<V
     code.map(|c| vec![0x20, 0x02, 0x00, c as u8])
 }
 
-/// A last word before closing (a refusing CONNACK). A fresh socket's send
+/// A last word before closing a connection that was never served (a
+/// refusing CONNACK, a TLS alert, close_notify). A fresh socket's send
 /// buffer is empty, so a few bytes always fit; nothing waits for them.
-fn answer_and_close(shard: &Shard, io: Io, stack: &mut Stack, bytes: &[u8], reason: CloseReason) {
+/// Counted per shard and per listener.
+fn answer_and_close(
+    shard: &Shard,
+    io: Io,
+    stack: &mut Stack,
+    listener: u16,
+    bytes: &[u8],
+    reason: CloseReason,
+) {
     if !bytes.is_empty() {
         let _ = stack.write(&io, bytes);
     }
+    stack.close();
     let _ = stack.flush(&io);
     shard.poller.close(io);
     shard.stats.close(reason);
+    if let Some(l) = shard.stats.listener(listener) {
+        l.handshake_failures[reason as usize].inc();
+    }
 }
 
 /// A new socket: read CONNECT, then serve it here or hand it to its home shard.
-pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
+pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>) {
     let io = match shard.poller.register(fd) {
         Ok(io) => io,
         Err(_) => return shard.stats.close(CloseReason::IoError),
     };
-    let mut stack = Stack::Plain;
+    let li = rt.index;
+    let mut stack = match rt.stack() {
+        Ok(s) => s,
+        Err(reason) => return answer_and_close(&shard, io, &mut Stack::Plain, li, &[], reason),
+    };
+    // The deadline covers the transport's handshake and CONNECT together.
     let deadline = shard.poller.after(CONNECT_TIMEOUT);
     shard.poller.arm(io.key, deadline);
-    let (packet, buf) = match read_connect(&shard, &io, &mut stack, deadline).await {
+    let (packet, buf) = match read_connect(&shard, &io, &mut stack, li, deadline).await {
         Ok(p) => p,
         Err((reason, answer)) => {
             let answer = answer.as_deref().unwrap_or(&[]);
-            return answer_and_close(&shard, io, &mut stack, answer, reason);
+            return answer_and_close(&shard, io, &mut stack, li, answer, reason);
         }
     };
     let Packet::Connect(mut connect) = packet else {
         // [MQTT-3.1.0-1] the first packet must be CONNECT.
-        return answer_and_close(&shard, io, &mut stack, &[], CloseReason::ProtocolError);
+        return answer_and_close(&shard, io, &mut stack, li, &[], CloseReason::ProtocolError);
     };
+    if rt.cfg.tls.identity_as_username {
+        // As Mosquitto's use_identity_as_username: the verified client
+        // certificate's subject CN is the user name, whatever CONNECT said.
+        match stack
+            .peer_identity()
+            .and_then(|cn| MqttString::try_from(cn).ok())
+        {
+            Some(cn) => connect.username = Some(cn),
+            None => {
+                let mut out = BytesMut::new();
+                let ack = connect::refusal(ReasonCode::NotAuthorized);
+                let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+                let reason = CloseReason::ConnectRefused;
+                return answer_and_close(&shard, io, &mut stack, li, &out, reason);
+            }
+        }
+    }
     shard.stats.packets_in.inc();
     let assigned = connect.client_id.is_empty();
     if assigned {
@@ -139,13 +179,14 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
             let mut out = BytesMut::new();
             let ack = connect::refusal(ReasonCode::ClientIdentifierNotValid);
             let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
-            return answer_and_close(&shard, io, &mut stack, &out, CloseReason::ConnectRefused);
+            let reason = CloseReason::ConnectRefused;
+            return answer_and_close(&shard, io, &mut stack, li, &out, reason);
         }
         connect::assign_id(&shard, &mut connect);
     }
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
-        return serve(shard, io, stack, connect, buf, assigned, deadline);
+        return serve(shard, io, stack, li, connect, buf, assigned, deadline);
     }
     // Hand the socket itself to the home shard: the descriptor crosses the
     // mesh, with its transport stack (TLS and WebSocket state included).
@@ -156,6 +197,7 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
         MeshItem::Handoff(Box::new(Handoff {
             fd,
             stack,
+            listener: li,
             connect,
             rest: buf,
             assigned,
@@ -170,12 +212,25 @@ async fn read_connect(
     shard: &Shard,
     io: &Io,
     stack: &mut Stack,
+    listener: u16,
     deadline: u64,
 ) -> Result<(Packet, BytesMut), (CloseReason, Option<Vec<u8>>)> {
     let mut buf = BytesMut::new();
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
     decoder.set_reads_client(true);
+    let started = stack.handshaking().then(Instant::now);
+    let mut handshaking = started.is_some();
     loop {
+        if handshaking && !stack.handshaking() {
+            handshaking = false;
+            if let (Some(t), Some(l)) = (started, shard.stats.listener(listener)) {
+                l.handshake_done(t.elapsed().as_micros() as u64);
+            }
+        }
+        if matches!(stack, Stack::Plain) && buf.first() == Some(&0x16) {
+            // A TLS ClientHello's record type (22) where CONNECT (0x10) belongs.
+            return Err((CloseReason::TlsOnPlainListener, None));
+        }
         match decoder.decode(&mut buf) {
             Ok(Some(p)) => return Ok((p, buf)),
             Ok(None) => {}
@@ -196,6 +251,7 @@ async fn read_connect(
             }
         }
         match read_into(shard, io, stack, &mut buf) {
+            Ok(0) if stack.handshaking() => return Err((CloseReason::HandshakeTruncated, None)),
             Ok(0) => return Err((CloseReason::ConnectionLost, None)),
             Ok(n) => shard.stats.bytes_in.add(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -212,10 +268,13 @@ async fn read_connect(
                 })
                 .await;
                 if timed_out {
+                    if stack.handshaking() {
+                        return Err((CloseReason::HandshakeTimeout, None));
+                    }
                     return Err((CloseReason::ConnectTimeout, None));
                 }
             }
-            Err(_) => return Err((CloseReason::IoError, None)),
+            Err(e) => return Err((fault_reason(&e).unwrap_or(CloseReason::IoError), None)),
         }
     }
 }
@@ -223,16 +282,27 @@ async fn read_connect(
 /// A connection handed over by another shard.
 pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
     match shard.poller.register(h.fd) {
-        Ok(io) => serve(shard, io, h.stack, h.connect, h.rest, h.assigned, u64::MAX),
+        Ok(io) => serve(
+            shard,
+            io,
+            h.stack,
+            h.listener,
+            h.connect,
+            h.rest,
+            h.assigned,
+            u64::MAX,
+        ),
         Err(_) => shard.stats.close(CloseReason::IoError),
     }
 }
 
 /// The home shard: CONNECT handled, then the connection's task until close.
+#[allow(clippy::too_many_arguments)]
 fn serve(
     shard: Rc<Shard>,
     io: Io,
     mut stack: Stack,
+    listener: u16,
     connect: Box<Connect>,
     buf: BytesMut,
     assigned: bool,
@@ -246,11 +316,15 @@ fn serve(
         Err(ack) => {
             let mut out = BytesMut::new();
             let _ = Packet::ConnAck(*ack).encode(version, &mut out);
-            return answer_and_close(&shard, io, &mut stack, &out, CloseReason::ConnectRefused);
+            let reason = CloseReason::ConnectRefused;
+            return answer_and_close(&shard, io, &mut stack, listener, &out, reason);
         }
     };
     shard.conns.set(shard.conns.get() + 1);
     shard.stats.connections.inc();
+    if let Some(l) = shard.stats.listener(listener) {
+        l.open.inc();
+    }
     let link = Link::new(&shard, stack, version, keep_alive, buf, armed);
     // The handshake's task ends here; this small one lives as long as the connection.
     glommio::spawn_local(Served {
@@ -258,6 +332,7 @@ fn serve(
         conn,
         io: Some(io),
         sid,
+        listener,
         link,
     })
     .detach();
@@ -270,6 +345,7 @@ struct Served {
     conn: Rc<ConnOut>,
     io: Option<Io>,
     sid: u32,
+    listener: u16,
     link: Link,
 }
 
@@ -286,6 +362,12 @@ impl Future for Served {
         };
         this.link.inbuf = BytesMut::new();
         if let Some(io) = this.io.take() {
+            // The layers' goodbye (TLS close_notify), best effort.
+            this.link.stack.close();
+            let _ = this.link.stack.flush(&io);
+            if let Some(l) = this.shard.stats.listener(this.listener) {
+                l.open.sub(1);
+            }
             finish(&this.shard, this.sid, &this.conn, io, reason);
         }
         Poll::Ready(())
@@ -478,8 +560,8 @@ impl Link {
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => handled,
-            Err(_) => {
-                conn.request_close(CloseReason::IoError);
+            Err(e) => {
+                conn.request_close(fault_reason(&e).unwrap_or(CloseReason::IoError));
                 true
             }
         }

@@ -17,12 +17,17 @@
 //! layer finishes its own handshake first, TLS then the HTTP upgrade; their
 //! answers (ServerHello, the 101 response) leave through [`Stack::flush`].
 //!
+//! The WebSocket layer (`ws.rs`) slots in as further variants (`Ws`, and
+//! `Wss` holding both layers): its `input` goes where `Tls` appends
+//! plaintext to `mqtt`, its framing before `TlsLayer::encrypt`.
+//!
 //! Plain TCP has no layer ([`Stack::Plain`]): its read and write are the
 //! direct `recv` into the shard's scratch buffer and `send` from the
 //! outbound buffer, one branch away from what they were without a stack.
 //!
 //! A stack is `Send`: it moves with its socket to the home shard after CONNECT.
 
+use super::tls::TlsLayer;
 use bytes::BytesMut;
 use std::io;
 
@@ -47,6 +52,8 @@ impl Wire for super::poller::Io {
 pub(crate) enum Stack {
     /// MQTT over TCP: bytes pass straight between socket and buffers.
     Plain,
+    /// MQTT inside TLS.
+    Tls(Box<TlsLayer>),
 }
 
 /// One read from the socket through the stack.
@@ -72,6 +79,48 @@ impl Stack {
                 mqtt.extend_from_slice(&scratch[..n]);
                 Ok(Read { wire: n })
             }
+            Stack::Tls(t) => {
+                if t.at_eof() {
+                    return Ok(Read { wire: 0 });
+                }
+                let n = wire.recv(scratch)?;
+                t.decrypt(&scratch[..n], mqtt)?;
+                Ok(Read { wire: n })
+            }
+        }
+    }
+
+    /// A layer saw the end of its stream (TLS close_notify): the next
+    /// [`Stack::read`] returns end of stream without asking the socket.
+    #[inline]
+    pub fn at_eof(&self) -> bool {
+        match self {
+            Stack::Plain => false,
+            Stack::Tls(t) => t.at_eof(),
+        }
+    }
+
+    /// A layer is still in its own handshake (TLS).
+    pub fn handshaking(&self) -> bool {
+        match self {
+            Stack::Plain => false,
+            Stack::Tls(t) => t.handshaking(),
+        }
+    }
+
+    /// The subject CN of a verified client certificate (mTLS).
+    pub fn peer_identity(&self) -> Option<String> {
+        match self {
+            Stack::Plain => None,
+            Stack::Tls(t) => t.peer_cn(),
+        }
+    }
+
+    /// Queues the layers' goodbye (TLS close_notify) for the last flush.
+    pub fn close(&mut self) {
+        match self {
+            Stack::Plain => {}
+            Stack::Tls(t) => t.close(),
         }
     }
 
@@ -84,6 +133,18 @@ impl Stack {
     pub fn write(&mut self, wire: &impl Wire, mqtt: &[u8]) -> io::Result<usize> {
         match self {
             Stack::Plain => wire.send(mqtt),
+            Stack::Tls(t) => {
+                // Encrypt once per flush: the whole batch goes into records
+                // (16 KiB each) up to the layer's buffer limit, then out.
+                let mut taken = 0;
+                loop {
+                    let n = t.encrypt(&mqtt[taken..]);
+                    taken += n;
+                    if !t.flush(wire)? || taken == mqtt.len() || n == 0 {
+                        return Ok(taken);
+                    }
+                }
+            }
         }
     }
 
@@ -92,13 +153,15 @@ impl Stack {
     pub fn pending(&self) -> bool {
         match self {
             Stack::Plain => false,
+            Stack::Tls(t) => t.pending(),
         }
     }
 
     /// Sends what the layers hold; `Ok(true)` once nothing is left.
-    pub fn flush(&mut self, _wire: &impl Wire) -> io::Result<bool> {
+    pub fn flush(&mut self, wire: &impl Wire) -> io::Result<bool> {
         match self {
             Stack::Plain => Ok(true),
+            Stack::Tls(t) => t.flush(wire),
         }
     }
 }
