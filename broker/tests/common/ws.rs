@@ -120,7 +120,10 @@ impl WsRaw {
     pub async fn open(addr: SocketAddr, path: &str, v: ProtocolVersion) -> WsRaw {
         let (mut ws, head) = WsRaw::open_with(addr, request(path, Some("mqtt")).as_bytes()).await;
         assert!(head.starts_with("HTTP/1.1 101 "), "upgrade refused: {head}");
-        assert!(head.contains(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n")), "{head}");
+        assert!(
+            head.contains(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n")),
+            "{head}"
+        );
         assert!(head.contains("Sec-WebSocket-Protocol: mqtt\r\n"), "{head}");
         ws.dec.set_version(v);
         ws

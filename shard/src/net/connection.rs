@@ -120,7 +120,7 @@ fn answer_and_close(
     if !bytes.is_empty() {
         let _ = stack.write(&io, bytes);
     }
-    stack.close();
+    stack.close(reason);
     let _ = stack.flush(&io);
     shard.poller.close(io);
     shard.stats.close(reason);
@@ -363,7 +363,9 @@ impl Future for Served {
         this.link.inbuf = BytesMut::new();
         if let Some(io) = this.io.take() {
             // The layers' goodbye (TLS close_notify), best effort.
-            this.link.stack.close();
+            this.link
+                .stack
+                .close(this.conn.close.get().unwrap_or(reason));
             let _ = this.link.stack.flush(&io);
             if let Some(l) = this.shard.stats.listener(this.listener) {
                 l.open.sub(1);

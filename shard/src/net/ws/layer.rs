@@ -67,6 +67,8 @@ pub struct WsLayer {
     framer: WsFramer,
     /// Bytes for the layer below, in order (no allocation while empty).
     out: BytesMut,
+    /// How the input ended (the client's Close, or a refusal), once it did.
+    end: Option<CloseReason>,
 }
 
 impl WsLayer {
@@ -78,7 +80,30 @@ impl WsLayer {
             phase: Phase::Upgrading(BytesMut::new()),
             framer,
             out: BytesMut::new(),
+            end: None,
         }
+    }
+
+    /// Like [`WsLayer::input`], keeping the outcome for [`WsLayer::end`]:
+    /// the stack reports it at its next read, after the MQTT bytes that came
+    /// before it (a DISCONNECT right before a Close) have been handled.
+    pub fn feed(&mut self, bytes: &[u8], mqtt: &mut BytesMut) {
+        if self.end.is_some() {
+            return;
+        }
+        match self.input(bytes, mqtt) {
+            Ok(WsInput::Upgrading | WsInput::Open) => {}
+            Ok(WsInput::Closed(_)) => self.end = Some(CloseReason::WsClosedByPeer),
+            Err(f) => {
+                tracing::debug!(reason = f.as_str(), "websocket refused");
+                self.end = Some(f.close_reason());
+            }
+        }
+    }
+
+    /// Why the input ended, once it did: no more bytes are read.
+    pub fn end(&self) -> Option<CloseReason> {
+        self.end
     }
 
     /// Takes bytes from below: the upgrade request, then frames whose MQTT
@@ -169,6 +194,11 @@ impl WsLayer {
         &mut self.out
     }
 
+    /// Bytes owed to the layer below, to read.
+    pub fn out_ref(&self) -> &[u8] {
+        &self.out
+    }
+
     /// Releases buffers that are empty (an idle connection holds none).
     pub fn shrink(&mut self) {
         if self.out.is_empty() && self.out.capacity() > 0 {
@@ -251,5 +281,24 @@ mod tests {
         l.out().clear();
         l.shrink();
         assert_eq!(l.out().capacity(), 0);
+    }
+
+    #[test]
+    fn feed_keeps_the_end_for_the_next_read() {
+        let mut l = layer();
+        let mut mqtt = BytesMut::new();
+        let mut wire = REQ.to_vec();
+        // DISCONNECT (e0 00, masked with 1 2 3 4) then Close 1000, in one read.
+        wire.extend_from_slice(&[0x82, 0x82, 1, 2, 3, 4, 0xe0 ^ 1, 2]);
+        wire.extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]);
+        l.feed(&wire, &mut mqtt);
+        assert_eq!(&mqtt[..], [0xe0, 0x00], "the DISCONNECT is there to handle");
+        assert_eq!(l.end(), Some(CloseReason::WsClosedByPeer));
+        assert!(l.out().ends_with(&[0x88, 0x02, 0x03, 0xE8]), "echo queued");
+        l.feed(b"more", &mut mqtt);
+        assert_eq!(mqtt.len(), 2);
+        let mut l = layer();
+        l.feed(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", &mut mqtt);
+        assert_eq!(l.end(), Some(CloseReason::WsUpgradeRefused));
     }
 }
