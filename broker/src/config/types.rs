@@ -398,7 +398,41 @@ mod tests {
     fn listen_url_parses() {
         let l: ListenUrl = "mqtt://127.0.0.1:1883".parse().unwrap();
         assert_eq!(l.to_string(), "mqtt://127.0.0.1:1883");
-        assert!("ws://127.0.0.1:80".parse::<ListenUrl>().is_err());
+        assert!("http://127.0.0.1:80".parse::<ListenUrl>().is_err());
         assert!("mqtt://nohost".parse::<ListenUrl>().is_err());
+    }
+
+    #[test]
+    fn listen_url_schemes_paths_and_options() {
+        let l: ListenUrl = "ws://127.0.0.1:80".parse().unwrap();
+        assert_eq!(l.path.as_deref(), Some("/mqtt"));
+        assert_eq!(l.to_string(), "ws://127.0.0.1:80/mqtt");
+        let l: ListenUrl = "wss://[::1]:443/broker?proxy=true".parse().unwrap();
+        assert_eq!(
+            (l.scheme, l.path.as_deref()),
+            (Scheme::Wss, Some("/broker"))
+        );
+        assert!(l.options.proxy);
+        assert_eq!(l.to_string(), "wss://[::1]:443/broker?proxy=true");
+        let s = "mqtts://0.0.0.0:8884?cert=/c.pem&key=/k.pem&client_ca=/ca.pem&require_client_cert=true&identity_as_username=false";
+        let l: ListenUrl = s.parse().unwrap();
+        assert_eq!(l.scheme, Scheme::Mqtts);
+        assert_eq!(
+            l.options.cert.as_deref(),
+            Some(std::path::Path::new("/c.pem"))
+        );
+        assert_eq!(l.options.require_client_cert, Some(true));
+        assert_eq!(l.options.identity_as_username, Some(false));
+        assert_eq!(l.to_string(), s);
+        assert_eq!(l.to_string().parse::<ListenUrl>().unwrap(), l);
+        for bad in [
+            "mqtt://127.0.0.1:1883/path",
+            "mqtt://127.0.0.1:1883?cert=/c.pem",
+            "mqtts://127.0.0.1:1883?proxy=yes",
+            "mqtts://127.0.0.1:1883?nope=1",
+            "mqtts://127.0.0.1:1883?proxy",
+        ] {
+            assert!(bad.parse::<ListenUrl>().is_err(), "{bad}");
+        }
     }
 }

@@ -60,22 +60,22 @@ pub struct Durable {
     metrics: Arc<Mutex<Option<SocketAddr>>>,
 }
 
-/// `ringmq --listen mqtt://127.0.0.1:0 --cores N --data-dir DIR --durability MODE` plus `extra`.
+/// `ringmq --listen mqtt://127.0.0.1:0 (mqtts:// over TLS) --cores N --data-dir DIR --durability MODE` plus `extra`.
 pub fn args(dir: &Path, cores: usize, durability: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--listen",
-        "mqtt://127.0.0.1:0",
-        "--cores",
-        &cores.to_string(),
-        "--durability",
-        durability,
-        "--sys-interval-secs",
-        "0",
-        "--data-dir",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a: Vec<String> = super::broker::listen_args();
+    a.extend(
+        [
+            "--cores",
+            &cores.to_string(),
+            "--durability",
+            durability,
+            "--sys-interval-secs",
+            "0",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     a.push(dir.to_string_lossy().into_owned());
     a.extend(extra.iter().map(|s| s.to_string()));
     a
@@ -111,7 +111,7 @@ pub fn launch(args: &[String]) -> Launched {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.trim().strip_prefix("ringmq listening on mqtt://") {
+            if let Some(rest) = super::broker::listening_addr(&line) {
                 let _ = tx.send(rest.to_string());
             } else if let Some(rest) = line.trim().strip_prefix("ringmq metrics on http://") {
                 *metrics_line.lock().unwrap() = rest.trim_end_matches("/metrics").parse().ok();

@@ -32,6 +32,8 @@ struct Cold {
     inbound: HashMap<u16, TopicName>,
     /// Acknowledgements held until other shards confirm, in order.
     held: Held,
+    /// The client's address as a PROXY header gave it.
+    peer: Option<SocketAddr>,
 }
 
 /// Outbound state of one live connection.
@@ -87,12 +89,21 @@ impl ConnOut {
         }
     }
 
-    /// The client's address, asked of the socket (not stored: 32 bytes a connection).
+    /// The client's address: the one a PROXY header carried, else asked of
+    /// the socket (not stored: 32 bytes a connection).
     pub fn peer(&self) -> Option<SocketAddr> {
+        if let Some(p) = self.cold.borrow().as_ref().and_then(|c| c.peer) {
+            return Some(p);
+        }
         // SAFETY: the descriptor stays open while this connection is its
         // session's (it is closed just before the session forgets it).
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
         socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
+    }
+
+    /// Records the client's address carried by a PROXY header.
+    pub fn set_peer(&self, addr: SocketAddr) {
+        self.cold.borrow_mut().get_or_insert_with(Box::default).peer = Some(addr);
     }
 
     /// What is buffered (and buffered next) leaves only once every store op

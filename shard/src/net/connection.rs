@@ -140,10 +140,25 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
         Ok(s) => s,
         Err(reason) => return answer_and_close(&shard, io, &mut Stack::Plain, li, &[], reason),
     };
-    // The deadline covers the transport's handshake and CONNECT together.
+    // The deadline covers the PROXY header, the transport's handshake and CONNECT.
     let deadline = shard.poller.after(CONNECT_TIMEOUT);
     shard.poller.arm(io.key, deadline);
-    let (packet, buf) = match read_connect(&shard, &io, &mut stack, li, deadline).await {
+    let mut buf = BytesMut::new();
+    let mut peer = None;
+    if rt.cfg.proxy_protocol {
+        let fed = match super::proxy::read_header(&shard, &io, deadline).await {
+            Ok((source, rest)) => {
+                peer = source;
+                stack.feed(&rest, &mut buf)
+            }
+            Err(reason) => return answer_and_close(&shard, io, &mut stack, li, &[], reason),
+        };
+        if let Err(e) = fed {
+            let reason = fault_reason(&e).unwrap_or(CloseReason::IoError);
+            return answer_and_close(&shard, io, &mut stack, li, &[], reason);
+        }
+    }
+    let (packet, buf) = match read_connect(&shard, &io, &mut stack, li, buf, deadline).await {
         Ok(p) => p,
         Err((reason, answer)) => {
             let answer = answer.as_deref().unwrap_or(&[]);
@@ -186,7 +201,12 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
     }
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
-        return serve(shard, io, stack, li, connect, buf, assigned, deadline);
+        let via = Via {
+            stack,
+            listener: li,
+            peer,
+        };
+        return serve(shard, io, via, connect, buf, assigned, deadline);
     }
     // Hand the socket itself to the home shard: the descriptor crosses the
     // mesh, with its transport stack (TLS and WebSocket state included).
@@ -196,8 +216,11 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
         home,
         MeshItem::Handoff(Box::new(Handoff {
             fd,
-            stack,
-            listener: li,
+            via: Via {
+                stack,
+                listener: li,
+                peer,
+            },
             connect,
             rest: buf,
             assigned,
@@ -213,9 +236,9 @@ async fn read_connect(
     io: &Io,
     stack: &mut Stack,
     listener: u16,
+    mut buf: BytesMut,
     deadline: u64,
 ) -> Result<(Packet, BytesMut), (CloseReason, Option<Vec<u8>>)> {
-    let mut buf = BytesMut::new();
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
     decoder.set_reads_client(true);
     let started = stack.handshaking().then(Instant::now);
@@ -282,32 +305,34 @@ async fn read_connect(
 /// A connection handed over by another shard.
 pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
     match shard.poller.register(h.fd) {
-        Ok(io) => serve(
-            shard,
-            io,
-            h.stack,
-            h.listener,
-            h.connect,
-            h.rest,
-            h.assigned,
-            u64::MAX,
-        ),
+        Ok(io) => serve(shard, io, h.via, h.connect, h.rest, h.assigned, u64::MAX),
         Err(_) => shard.stats.close(CloseReason::IoError),
     }
 }
 
 /// The home shard: CONNECT handled, then the connection's task until close.
-#[allow(clippy::too_many_arguments)]
+/// How a connection came in: its transport layers, its listener and the
+/// client's address a PROXY header carried. Moves with the socket.
+pub(crate) struct Via {
+    pub stack: Stack,
+    pub listener: u16,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
 fn serve(
     shard: Rc<Shard>,
     io: Io,
-    mut stack: Stack,
-    listener: u16,
+    via: Via,
     connect: Box<Connect>,
     buf: BytesMut,
     assigned: bool,
     armed: u64,
 ) {
+    let Via {
+        mut stack,
+        listener,
+        peer,
+    } = via;
     let version = connect.protocol;
     let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), assigned);
     drop(connect); // the session took what it needs
@@ -320,6 +345,9 @@ fn serve(
             return answer_and_close(&shard, io, &mut stack, listener, &out, reason);
         }
     };
+    if let Some(p) = peer {
+        conn.set_peer(p);
+    }
     shard.conns.set(shard.conns.get() + 1);
     shard.stats.connections.inc();
     if let Some(l) = shard.stats.listener(listener) {

@@ -7,6 +7,8 @@
 //! - `conn_out.rs`: a connection's outbound buffer.
 //! - `stack.rs`: the transport layers between a socket and the MQTT bytes
 //!   (plain; TLS and WebSocket slot in there), below them the `Wire` seam.
+//! - `proxy.rs`: PROXY protocol v1/v2 headers (the client's address behind
+//!   a load balancer), read before any other layer.
 //! - `tls.rs`: rustls configuration per listener (reloadable) and a
 //!   connection's TLS layer.
 //! - `ws/`: WebSocket (RFC 6455), sans I/O: the upgrade and the framing.
@@ -15,6 +17,7 @@ pub(crate) mod conn_out;
 pub mod connection;
 pub mod listener;
 pub(crate) mod poller;
+pub mod proxy;
 pub(crate) mod stack;
 pub mod tls;
 pub mod ws;

@@ -119,6 +119,18 @@ impl Stack {
         }
     }
 
+    /// Takes wire bytes that were read before the stack (those right behind
+    /// a PROXY header) as if they had just come from the socket.
+    pub fn feed(&mut self, wire: &[u8], mqtt: &mut BytesMut) -> io::Result<()> {
+        match self {
+            Stack::Plain => {
+                mqtt.extend_from_slice(wire);
+                Ok(())
+            }
+            Stack::Tls(t) => t.decrypt(wire, mqtt),
+        }
+    }
+
     /// A layer saw the end of its stream (TLS close_notify): the next
     /// [`Stack::read`] returns end of stream without asking the socket.
     #[inline]
