@@ -14,6 +14,73 @@ use tokio::net::TcpStream;
 
 use super::WAIT;
 
+/// Whether the harness runs its clients over WebSocket
+/// (`RINGMQ_TEST_TRANSPORT=ws`, or `wss` for WebSocket inside TLS).
+pub fn enabled() -> bool {
+    std::env::var("RINGMQ_TEST_TRANSPORT").is_ok_and(|v| v == "ws" || v == "wss")
+}
+
+/// `RINGMQ_TEST_TRANSPORT=wss`.
+pub fn secure() -> bool {
+    std::env::var("RINGMQ_TEST_TRANSPORT").is_ok_and(|v| v == "wss")
+}
+
+/// The harness's WebSocket listener: `ws://127.0.0.1:0/mqtt`, or `wss://` with
+/// the shared test PKI's server certificate.
+pub fn listener() -> ringmq_shard::config::Listener {
+    use ringmq_shard::config::{Listener, Transport};
+    let mut l = Listener::mqtt("127.0.0.1:0".parse().unwrap());
+    if secure() {
+        l.transport = Transport::Wss {
+            path: "/mqtt".into(),
+        };
+        l.tls = super::tls::Pki::shared().server_files();
+    } else {
+        l.transport = Transport::Ws {
+            path: "/mqtt".into(),
+        };
+    }
+    l
+}
+
+/// The URL of the harness's WebSocket listener at `addr`.
+pub fn url(addr: SocketAddr) -> String {
+    let scheme = if secure() { "wss" } else { "ws" };
+    format!("{scheme}://{addr}/mqtt")
+}
+
+/// rumqttc's WebSocket transport for the harness (`ws`, or `wss` trusting the test CA).
+pub fn rumqttc_transport() -> rumqttc::Transport {
+    if secure() {
+        let cfg = super::tls::Pki::shared().client_config(None);
+        rumqttc::Transport::wss_with_config(rumqttc::TlsConfiguration::Rustls(cfg))
+    } else {
+        rumqttc::Transport::Ws
+    }
+}
+
+/// Upgrades `stream` (TCP, or TLS over it) to a WebSocket with subprotocol
+/// `mqtt`, by async-tungstenite (a client we did not write): each write is one
+/// binary message, reads yield the binary messages' bytes.
+pub async fn client_stream<S>(stream: S, addr: SocketAddr) -> Box<dyn super::raw::Stream>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use async_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url(addr).into_client_request().expect("ws request");
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (ws, resp) = async_tungstenite::tokio::client_async(req, stream)
+        .await
+        .expect("WebSocket upgrade");
+    assert_eq!(
+        resp.headers().get("Sec-WebSocket-Protocol").map(|v| v.as_bytes()),
+        Some(&b"mqtt"[..]),
+        "[MQTT-6.0.0-4] the server answers the subprotocol mqtt"
+    );
+    Box::new(ws_stream_tungstenite::WsStream::new(ws))
+}
+
 /// The RFC 6455 1.3 sample key and its accept value.
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";

@@ -98,22 +98,18 @@ impl Stack {
                     return Err(fault(end));
                 }
                 let n = wire.recv(scratch)?;
-                w.feed(&scratch[..n], mqtt);
+                self.feed(&scratch[..n], mqtt)?;
                 Ok(Read { wire: n })
             }
             Stack::Wss(tw) => {
-                let (t, w) = &mut **tw;
-                if let Some(end) = w.end() {
+                if let Some(end) = tw.1.end() {
                     return Err(fault(end));
                 }
-                if t.at_eof() {
+                if tw.0.at_eof() {
                     return Ok(Read { wire: 0 });
                 }
                 let n = wire.recv(scratch)?;
-                // WebSocket frames travel inside TLS records: decrypt, then unframe.
-                let mut plain = BytesMut::new();
-                t.decrypt(&scratch[..n], &mut plain)?;
-                w.feed(&plain, mqtt);
+                self.feed(&scratch[..n], mqtt)?;
                 Ok(Read { wire: n })
             }
         }
@@ -128,6 +124,17 @@ impl Stack {
                 Ok(())
             }
             Stack::Tls(t) => t.decrypt(wire, mqtt),
+            Stack::Ws(w) => {
+                w.feed(wire, mqtt);
+                Ok(())
+            }
+            Stack::Wss(tw) => {
+                // WebSocket frames travel inside TLS records: decrypt, then unframe.
+                let mut plain = BytesMut::new();
+                tw.0.decrypt(wire, &mut plain)?;
+                tw.1.feed(&plain, mqtt);
+                Ok(())
+            }
         }
     }
 
