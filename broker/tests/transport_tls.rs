@@ -230,11 +230,56 @@ fn openssl_old_versions_refused_alpn_mqtt_and_resumption() {
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
     for version in ["-tls1_3", "-tls1_2"] {
         let sess = pki.dir.join(format!("sess{version}.pem"));
-        let first = s_client(addr, &[version, "-sess_out", &path(&sess)]);
+        let _ = std::fs::remove_file(&sess);
+        let first = s_client_mqtt(addr, &[version, "-sess_out", &path(&sess)], &|_| {
+            sess.exists()
+        });
         assert!(first.contains("New,"), "{first}");
-        let again = s_client(addr, &[version, "-sess_in", &path(&sess)]);
+        let again = s_client_mqtt(addr, &[version, "-sess_in", &path(&sess)], &|out| {
+            out.contains("Reused,") || out.contains("New,")
+        });
         assert!(again.contains("Reused,"), "{version} resumption: {again}");
     }
+}
+
+/// `openssl s_client` as an MQTT client: sends a CONNECT (the broker keeps the connection),
+/// holds the connection until `done(output so far)` (a TLS 1.3 ticket arrives after the
+/// handshake), then hangs up; returns what it printed.
+fn s_client_mqtt(addr: SocketAddr, args: &[&str], done: &dyn Fn(&str) -> bool) -> String {
+    let mut child = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect"])
+        .arg(addr.to_string())
+        .args(["-CAfile", &path(&Pki::shared().ca)])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client (is openssl installed?)");
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(&common::raw::bytes_of::connect_ok(4, "s-client"));
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    check_for_blocking(WAIT, "s_client session", || {
+        done(&seen.lock().unwrap()).then_some(())
+    });
+    drop(stdin);
+    let _ = child.wait();
+    let _ = reader.join();
+    let out = seen.lock().unwrap().clone();
+    out
 }
 
 /// Sends `bytes` on a fresh socket, then half-closes if `eof`; returns once the broker closed.

@@ -9,8 +9,9 @@
 //!   (plain; TLS and WebSocket slot in there), below them the `Wire` seam.
 //! - `proxy.rs`: PROXY protocol v1/v2 headers (the client's address behind
 //!   a load balancer), read before any other layer.
-//! - `tls.rs`: rustls configuration per listener (reloadable) and a
-//!   connection's TLS layer.
+//! - `tls.rs`: rustls configuration per listener (reloadable);
+//!   `tls_conn.rs`: a connection's TLS layer (rustls unbuffered, no buffer
+//!   held while idle).
 //! - `ws/`: WebSocket (RFC 6455), sans I/O: the upgrade and the framing.
 
 pub(crate) mod conn_out;
@@ -20,4 +21,5 @@ pub(crate) mod poller;
 pub mod proxy;
 pub(crate) mod stack;
 pub mod tls;
+mod tls_conn;
 pub mod ws;

@@ -27,7 +27,8 @@
 //!
 //! A stack is `Send`: it moves with its socket to the home shard after CONNECT.
 
-use super::tls::{fault, TlsLayer};
+use super::tls::fault;
+use super::tls_conn::TlsLayer;
 use super::ws::WsLayer;
 use crate::stats::CloseReason;
 use bytes::{Buf, BytesMut};

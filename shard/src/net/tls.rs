@@ -4,9 +4,9 @@
 //!   files, shared by every shard and swapped whole on reload: connections
 //!   accepted after a reload use the new certificate, established ones keep
 //!   theirs (their `ServerConnection` holds its own `Arc`).
-//! - [`TlsLayer`]: one connection's TLS state, the layer of the transport
-//!   stack (`stack.rs`) right above the socket: ciphertext in, plaintext out
-//!   and back, no I/O of its own beyond what the stack hands it.
+//! - `TlsLayer` (`tls_conn.rs`): one connection's TLS state, the layer of
+//!   the transport stack (`stack.rs`) right above the socket: ciphertext in,
+//!   plaintext out and back, no I/O of its own beyond what the stack hands it.
 //!
 //! Protocol versions TLS 1.2 and 1.3 only, rustls's default (safe) suites,
 //! ALPN `mqtt` offered on `mqtts` (`http/1.1` on `wss`, which browsers ask
@@ -14,15 +14,14 @@
 //! server-side session cache. Crypto provider: `ring`, which builds with a C
 //! compiler alone (aws-lc-rs also wants cmake and nasm on a fresh machine).
 
-use super::stack::Wire;
+use super::tls_conn::TlsLayer;
 use crate::config::{TlsFiles, Transport};
 use crate::stats::CloseReason;
-use bytes::BytesMut;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
-use std::io::{self, Read as _, Write as _};
+use rustls::server::{UnbufferedServerConnection, WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
+use std::io;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -66,12 +65,9 @@ impl TlsAcceptor {
 
     /// A new connection's TLS layer.
     pub(crate) fn accept(&self) -> Result<TlsLayer, CloseReason> {
-        let conn = ServerConnection::new(self.config()).map_err(|_| CloseReason::TlsError)?;
-        Ok(TlsLayer {
-            conn,
-            eof: false,
-            started: false,
-        })
+        let conn =
+            UnbufferedServerConnection::new(self.config()).map_err(|_| CloseReason::TlsError)?;
+        Ok(TlsLayer::new(conn))
     }
 }
 
@@ -146,27 +142,6 @@ pub fn server_config(files: &TlsFiles, transport: &Transport) -> Result<Arc<Serv
     Ok(Arc::new(cfg))
 }
 
-/// One connection's TLS state.
-pub(crate) struct TlsLayer {
-    conn: ServerConnection,
-    /// The peer sent close_notify: the stream ends after what it carried.
-    eof: bool,
-    /// The peer's first byte was seen.
-    started: bool,
-}
-
-/// `io::Write` onto the socket below (for `write_tls`).
-struct ToWire<'a, W: Wire>(&'a W);
-
-impl<W: Wire> io::Write for ToWire<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A TLS failure as the stack's error: the typed reason rides inside.
 pub(crate) fn fault(reason: CloseReason) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, StackFault(reason))
@@ -192,7 +167,7 @@ impl std::fmt::Display for StackFault {
 impl std::error::Error for StackFault {}
 
 /// The typed reason of a rustls error, in or after the handshake.
-fn reason_for(e: &rustls::Error, handshaking: bool) -> CloseReason {
+pub(crate) fn reason_for(e: &rustls::Error, handshaking: bool) -> CloseReason {
     use rustls::Error as E;
     match e {
         E::InvalidCertificate(_) | E::NoCertificatesPresented => CloseReason::TlsBadCertificate,
@@ -201,96 +176,5 @@ fn reason_for(e: &rustls::Error, handshaking: bool) -> CloseReason {
         }
         _ if handshaking => CloseReason::TlsHandshakeFailed,
         _ => CloseReason::TlsError,
-    }
-}
-
-impl TlsLayer {
-    /// Still in the handshake.
-    pub fn handshaking(&self) -> bool {
-        self.conn.is_handshaking()
-    }
-
-    /// The peer ended the TLS stream (close_notify).
-    pub fn at_eof(&self) -> bool {
-        self.eof
-    }
-
-    /// Takes ciphertext from the socket, appends the plaintext to `out`.
-    /// An error's alert (if any) waits in the layer: flush it before closing.
-    pub fn decrypt(&mut self, mut wire: &[u8], out: &mut BytesMut) -> io::Result<()> {
-        if self.eof {
-            return Ok(());
-        }
-        if !self.started && !wire.is_empty() {
-            self.started = true;
-            if wire[0] != 0x16 {
-                // The first record is not a handshake (RFC 8446 5.1: ContentType
-                // 22): plain MQTT or garbage on a TLS listener.
-                return Err(fault(CloseReason::TlsNotTls));
-            }
-        }
-        while !wire.is_empty() {
-            match self.conn.read_tls(&mut wire) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(_) => return Err(fault(CloseReason::TlsError)),
-            }
-            let handshaking = self.conn.is_handshaking();
-            let state = self
-                .conn
-                .process_new_packets()
-                .map_err(|e| fault(reason_for(&e, handshaking)))?;
-            let n = state.plaintext_bytes_to_read();
-            if n > 0 {
-                let at = out.len();
-                out.resize(at + n, 0);
-                let got = self.conn.reader().read(&mut out[at..]).unwrap_or(0);
-                out.truncate(at + got);
-            }
-            if state.peer_has_closed() {
-                self.eof = true;
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Encrypts as much of `plain` as the layer's buffer takes (one record
-    /// per 16 KiB, not one per packet); returns the bytes taken.
-    pub fn encrypt(&mut self, plain: &[u8]) -> usize {
-        if self.conn.is_handshaking() {
-            return 0;
-        }
-        self.conn.writer().write(plain).unwrap_or(0)
-    }
-
-    /// Whether ciphertext waits for the socket.
-    pub fn pending(&self) -> bool {
-        self.conn.wants_write()
-    }
-
-    /// Sends waiting ciphertext; `Ok(true)` once all left.
-    pub fn flush(&mut self, wire: &impl Wire) -> io::Result<bool> {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut ToWire(wire)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    }
-
-    /// Queues close_notify (sent by the next flush).
-    pub fn close(&mut self) {
-        self.conn.send_close_notify();
-    }
-
-    /// The subject CN of the client's verified certificate (mTLS).
-    pub fn peer_cn(&self) -> Option<String> {
-        let der = self.conn.peer_certificates()?.first()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-        let cn = cert.subject().iter_common_name().next()?;
-        cn.as_str().ok().map(str::to_owned)
     }
 }
