@@ -143,7 +143,9 @@ pub fn listening_addr(line: &str) -> Option<&str> {
         .or_else(|| rest.strip_prefix("mqtts://"))
         .or_else(|| {
             // ws://HOST:PORT/PATH: the address without the path.
-            let r = rest.strip_prefix("ws://").or_else(|| rest.strip_prefix("wss://"))?;
+            let r = rest
+                .strip_prefix("ws://")
+                .or_else(|| rest.strip_prefix("wss://"))?;
             r.split_once('/').map(|(a, _)| a)
         })
 }

@@ -74,7 +74,9 @@ where
         .await
         .expect("WebSocket upgrade");
     assert_eq!(
-        resp.headers().get("Sec-WebSocket-Protocol").map(|v| v.as_bytes()),
+        resp.headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.as_bytes()),
         Some(&b"mqtt"[..]),
         "[MQTT-6.0.0-4] the server answers the subprotocol mqtt"
     );
