@@ -284,6 +284,14 @@ mod tests {
     }
 
     #[test]
+    fn layer_size() {
+        // Boxed in the stack; what an idle WebSocket connection adds besides the box header.
+        let n = std::mem::size_of::<WsLayer>();
+        assert!(n <= 160, "{n}");
+        eprintln!("WsLayer: {n} bytes");
+    }
+
+    #[test]
     fn feed_keeps_the_end_for_the_next_read() {
         let mut l = layer();
         let mut mqtt = BytesMut::new();
