@@ -7,13 +7,16 @@ keep alive 0 in one masked binary frame), waits for every CONNACK, holds
 them, and reads the broker's RSS (/proc/PID/status VmRSS) before and while
 they are held. Prints one line: transport, N, RSS growth, bytes/connection.
 
-  bench/scripts/conn_mem.py --pid PID --port PORT [--ws /mqtt] [-n 5000]
+  bench/scripts/conn_mem.py --pid PID --port PORT [--ws /mqtt] [--tls --ca CA.pem] [-n 5000]
+
+(`--tls`: a TLS handshake first, trusting CA.pem: `mqtts://`, or `wss://` with --ws.)
 
 (raise `ulimit -n` above N first).
 """
 import argparse
 import os
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -49,8 +52,10 @@ def read_until(s, pred):
     return buf
 
 
-def open_one(port, path, i):
+def open_one(port, path, i, tls=None):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if tls:
+        s = tls.wrap_socket(s, server_hostname="127.0.0.1")
     pkt = connect_packet(f"mem-{os.getpid()}-{i}")
     if path:
         s.sendall(
@@ -81,17 +86,22 @@ def main():
     ap.add_argument("--ws", metavar="PATH", help="WebSocket path (default: plain MQTT)")
     ap.add_argument("-n", type=int, default=5000)
     ap.add_argument("--hold", type=float, default=2.0)
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--ca")
     a = ap.parse_args()
+    tls = None
+    if a.tls:
+        tls = ssl.create_default_context(cafile=a.ca)
     # Warm up: a few connections first so one-off allocations are not counted.
-    warm = [open_one(a.port, a.ws, -1 - i) for i in range(50)]
+    warm = [open_one(a.port, a.ws, -1 - i, tls) for i in range(50)]
     for s in warm:
         s.close()
     time.sleep(a.hold)
     before = rss(a.pid)
-    conns = [open_one(a.port, a.ws, i) for i in range(a.n)]
+    conns = [open_one(a.port, a.ws, i, tls) for i in range(a.n)]
     time.sleep(a.hold)
     after = rss(a.pid)
-    kind = f"ws {a.ws}" if a.ws else "mqtt"
+    kind = ("wss" if a.tls else "ws") + f" {a.ws}" if a.ws else ("mqtts" if a.tls else "mqtt")
     print(f"{kind}: {a.n} idle connections, RSS +{after - before} B, "
           f"{(after - before) / a.n:.0f} B/connection")
     for s in conns:
