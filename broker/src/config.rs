@@ -126,7 +126,7 @@ section! {
         /// Outbound bytes buffered per connection before QoS 0 is dropped
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
         pub outbound_buffer_bytes: usize,
-        /// Close a connection whose socket accepts nothing for this long, ms
+        /// Close a connection whose socket accepts nothing, or whose full QoS 1/2 window sees no acknowledgement, for this long, ms
         #[arg(long, value_name = "MS", default_value_t = 30_000)]
         pub slow_consumer_timeout_ms: u64,
         /// Retained messages sent per step to a new subscription
@@ -147,6 +147,9 @@ section! {
         /// QoS 1/2 messages queued per session beyond its inflight window
         #[arg(long, value_name = "N", default_value_t = 10_000)]
         pub max_queued_messages: usize,
+        /// Bytes (topic + payload) of QoS 1/2 messages one session holds, in flight and queued
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+        pub max_queued_bytes: u64,
         /// What a full session queue drops
         #[arg(long, value_name = "POLICY", default_value = "drop-newest")]
         pub queue_overflow: Overflow,

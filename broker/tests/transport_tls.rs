@@ -422,3 +422,42 @@ fn paho_mqtt_over_tls_v311_and_v5() {
         assert!(text.contains("\"big_intact\": true"), "{text}");
     }
 }
+
+/// The binary re-reads its certificates on SIGHUP; a bad file keeps the last good pair and the
+/// broker goes on serving.
+#[test]
+fn sighup_reloads_certificates_of_the_binary() {
+    let pki = Pki::shared();
+    let dir = common::broker::scratch_dir();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(&pki.server.cert, &cert).unwrap();
+    std::fs::copy(&pki.server.key, &key).unwrap();
+    let b = common::BinBroker::start_args(&[
+        "--listen",
+        "mqtts://127.0.0.1:0",
+        "--tls-cert",
+        &path(&cert),
+        "--tls-key",
+        &path(&key),
+        "--cores",
+        "1",
+    ]);
+    let hup = || {
+        // SAFETY: kill(2) on our own child's PID (a `Child` we have not reaped).
+        unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGHUP) };
+    };
+    assert_eq!(served_cert(b.addr), der_of(&pki.server.cert));
+    std::fs::copy(&pki.server2.cert, &cert).unwrap();
+    std::fs::copy(&pki.server2.key, &key).unwrap();
+    hup();
+    check_for_blocking(WAIT, "the new certificate served after SIGHUP", || {
+        (served_cert(b.addr) == der_of(&pki.server2.cert)).then_some(())
+    });
+    std::fs::write(&key, "not a key").unwrap();
+    hup();
+    // Watched for a while: the broker keeps serving the last good pair.
+    let end = std::time::Instant::now() + common::QUIET;
+    while std::time::Instant::now() < end {
+        assert_eq!(served_cert(b.addr), der_of(&pki.server2.cert));
+    }
+}

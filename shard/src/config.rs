@@ -100,6 +100,16 @@ pub enum OverflowPolicy {
     DropOldest,
 }
 
+impl OverflowPolicy {
+    /// The name used by the flag and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverflowPolicy::DropNewest => "drop-newest",
+            OverflowPolicy::DropOldest => "drop-oldest",
+        }
+    }
+}
+
 /// When an acknowledged QoS 1/2 message is durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -142,6 +152,9 @@ pub struct ShardConfig {
     pub receive_maximum: u16,
     /// Most QoS 1/2 messages queued for one session beyond its inflight window.
     pub max_queued_messages: usize,
+    /// Most bytes (topic and payload) of QoS 1/2 messages one session holds,
+    /// in flight and queued together (at most `u32::MAX`).
+    pub max_queued_bytes: u64,
     /// What happens when that queue is full.
     pub queue_overflow: OverflowPolicy,
     /// Largest keep alive accepted; larger (or 0) gets v5 Server Keep Alive. 0: no limit.
@@ -191,6 +204,7 @@ impl Default for ShardConfig {
             max_subscriptions_per_client: 1000,
             receive_maximum: 256,
             max_queued_messages: 10_000,
+            max_queued_bytes: 64 << 20,
             queue_overflow: OverflowPolicy::DropNewest,
             max_keep_alive: 0,
             topic_alias_maximum: 64,

@@ -8,7 +8,7 @@ use crate::shard::Shard;
 use crate::stats::CloseReason;
 use ringmq_codec::{
     ConnAck, ConnAckProperties, Connect, MqttString, ProtocolVersion, Publish, PublishProperties,
-    ReasonCode,
+    ReasonCode, TopicFilter,
 };
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -212,7 +212,7 @@ pub(crate) fn accept(
     {
         let mut sessions = shard.sessions.borrow_mut();
         let s = &mut sessions[sid as usize];
-        s.resend_inflight(&shard.stats, now);
+        s.resend_inflight(&shard.stats, now, shard.poller.now_ms());
         s.pump(shard, now);
     }
     Ok((sid, conn, keep_alive))
@@ -269,24 +269,39 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
     }
 }
 
-/// Removes a session entirely (expiry reached, or expiry 0 at close).
+/// Removes a session entirely (expiry reached, or expiry 0 at close). It
+/// becomes a tombstone at once; its subscriptions leave the router in
+/// bounded steps (`reap.rs`).
 pub(crate) fn remove_session(shard: &Rc<Shard>, sid: SessionId) {
-    crate::subscribe::drop_all_subscriptions(shard, sid);
     let removed = {
         let mut sessions = shard.sessions.borrow_mut();
-        if sessions.contains(sid as usize) {
-            let mut s = sessions.remove(sid as usize);
-            crate::persist::session_removed(shard, &s);
-            s.clear(shard);
-            Some(s.client_id)
-        } else {
-            None
+        match sessions.get_mut(sid as usize) {
+            Some(s) if s.generation != crate::reap::GONE => {
+                // The store drops the session's rows, subscriptions included.
+                crate::persist::session_removed(shard, s);
+                s.clear(shard);
+                s.key = None;
+                s.conn = None;
+                s.disconnected_at = None;
+                s.generation = crate::reap::GONE;
+                let filters: Vec<TopicFilter> = s.subs.drain().map(|(f, _)| f).collect();
+                Some((s.client_id.clone(), filters))
+            }
+            _ => None,
         }
     };
     crate::defer::Defer::drain(shard);
-    if let Some(id) = removed {
+    if let Some((id, mut filters)) = removed {
         shard.by_client.borrow_mut().remove(&id, sid);
         shard.stats.sessions.sub(1);
+        // Shared groups must not pick a tombstone: those leave now.
+        filters.retain(|f| {
+            f.shared().is_none() || {
+                crate::subscribe::remove(shard, sid, f);
+                false
+            }
+        });
+        crate::reap::bury(shard, sid, filters);
     }
 }
 

@@ -63,6 +63,10 @@ pub struct Shard {
     pub confirms: RefCell<crate::persist::Confirms>,
     /// QoS 1 copies not yet stored, waiting for their subscriber's PUBACK.
     pub defer: crate::defer::Defer,
+    /// QoS 1/2 copies of the publish being routed that sessions took or dropped.
+    pub tally: crate::session::Tally,
+    /// Removed sessions whose subscriptions still leave the router.
+    pub reaper: crate::reap::Reaper,
 }
 
 impl Shard {
@@ -157,6 +161,8 @@ pub(crate) async fn run(init: ShardInit) {
         store: init.store.start(),
         confirms: RefCell::new(crate::persist::Confirms::default()),
         defer: crate::defer::Defer::default(),
+        tally: crate::session::Tally::default(),
+        reaper: crate::reap::Reaper::default(),
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,

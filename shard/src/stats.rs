@@ -82,6 +82,9 @@ reasons! {
         SessionTakenOver => "session_taken_over",
         /// The socket stopped draining past the slow consumer deadline.
         SlowConsumer => "slow_consumer",
+        /// The QoS 1/2 window stayed full with nothing acknowledged past the
+        /// slow consumer deadline.
+        WindowStalled => "window_stalled",
         /// Receive maximum exceeded by the client (0x93).
         ReceiveMaximumExceeded => "receive_maximum_exceeded",
         /// Topic alias invalid (0x94).
@@ -136,8 +139,10 @@ reasons! {
         QoS0BufferFull => "qos0_buffer_full",
         /// QoS 0 to an offline session.
         QoS0Offline => "qos0_offline",
-        /// Session queue full (overflow policy applied).
+        /// Session queue full by message count (overflow policy applied).
         QueueFull => "queue_full",
+        /// Session byte budget (`max_queued_bytes`) full (overflow policy applied).
+        QueueBytesFull => "queue_bytes_full",
         /// Message expiry interval passed before delivery.
         Expired => "expired",
         /// Larger than the subscriber's Maximum Packet Size [MQTT-3.1.2-25].

@@ -101,6 +101,16 @@ pub struct ClientInfo {
     pub subscriptions: usize,
     pub inflight: usize,
     pub queued: usize,
+    /// Bytes of QoS 1/2 messages held (in flight and queued), against `max_queued_bytes`.
+    #[serde(default)]
+    pub held_bytes: u64,
+    /// QoS 1/2 messages this session dropped: queue full by count, by bytes, all reasons.
+    #[serde(default)]
+    pub dropped_queue_full: u64,
+    #[serde(default)]
+    pub dropped_queue_bytes_full: u64,
+    #[serde(default)]
+    pub dropped_total: u64,
 }
 
 /// One subscription (`subscriptions`).

@@ -104,7 +104,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Drops of `c`'s session for `r`.
+fn dropped(c: &control::ClientInfo, r: DropReason) -> u64 {
+    c.dropped
+        .iter()
+        .find(|(k, _)| k == r.as_str())
+        .map_or(0, |(_, n)| *n)
+}
+
 fn client(c: control::ClientInfo) -> ClientInfo {
+    let (queue_full, bytes_full) = (
+        dropped(&c, DropReason::QueueFull),
+        dropped(&c, DropReason::QueueBytesFull),
+    );
     ClientInfo {
         client_id: c.client_id,
         shard: c.shard,
@@ -117,6 +129,10 @@ fn client(c: control::ClientInfo) -> ClientInfo {
         subscriptions: c.subscriptions,
         inflight: c.inflight,
         queued: c.queued,
+        held_bytes: c.held_bytes,
+        dropped_queue_full: queue_full,
+        dropped_queue_bytes_full: bytes_full,
+        dropped_total: c.dropped.iter().map(|(_, n)| n).sum(),
     }
 }
 

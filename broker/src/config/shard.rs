@@ -35,6 +35,7 @@ impl Config {
             max_subscriptions_per_client: m.max_subscriptions_per_client,
             receive_maximum: m.receive_maximum,
             max_queued_messages: s.max_queued_messages,
+            max_queued_bytes: s.max_queued_bytes,
             queue_overflow: match s.queue_overflow {
                 Overflow::DropNewest => core::OverflowPolicy::DropNewest,
                 Overflow::DropOldest => core::OverflowPolicy::DropOldest,

@@ -126,6 +126,12 @@ impl Config {
         if m.slow_consumer_timeout_ms == 0 {
             return bad("slow_consumer_timeout_ms", &0, "must be at least 1");
         }
+        // A message larger than the budget could never be held.
+        let q = self.sessions.max_queued_bytes;
+        if q < u64::from(m.max_packet_size) || q > u64::from(u32::MAX) {
+            let why = "must be in max_packet_size..=4294967295";
+            return bad("max_queued_bytes", &q, why);
+        }
         Ok(())
     }
 }

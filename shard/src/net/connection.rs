@@ -499,6 +499,15 @@ impl Link {
                 conn.request_close(CloseReason::SlowConsumer);
                 return Poll::Ready(CloseReason::SlowConsumer);
             }
+            if conn
+                .stall_deadline(now, slow_ms(shard))
+                .is_some_and(|at| now >= at)
+            {
+                // The window stayed full and nothing was acknowledged: shed
+                // like a socket that takes nothing (the session stays).
+                conn.window_moving();
+                disconnect_client(conn, CloseReason::WindowStalled);
+            }
             if self.keep_alive_ms > 0 && now >= self.last_read + self.keep_alive_ms as u64 {
                 conn.request_close(CloseReason::KeepAliveTimeout);
             }
@@ -510,7 +519,7 @@ impl Link {
             if !read && !wrote {
                 conn.wake.register(cx.waker());
                 shard.poller.set_waker(io.key, cx.waker());
-                self.arm(shard, io.key, now);
+                self.arm(shard, conn, io.key, now);
                 return Poll::Pending;
             }
         }
@@ -526,13 +535,16 @@ impl Link {
     }
 
     /// Arms the poller for the earliest of our deadlines if no entry covers it.
-    fn arm(&mut self, shard: &Shard, key: u32, now: u64) {
+    fn arm(&mut self, shard: &Shard, conn: &ConnOut, key: u32, now: u64) {
         let mut next = u64::MAX;
         if self.keep_alive_ms > 0 {
             next = self.last_read + self.keep_alive_ms as u64;
         }
         if self.sending() {
             next = next.min(self.batch_deadline);
+        }
+        if let Some(at) = conn.stall_deadline(now, slow_ms(shard)) {
+            next = next.min(at);
         }
         if next == u64::MAX {
             return;
@@ -548,6 +560,11 @@ impl Link {
     fn read(&mut self, shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: &Io, now: u64) -> bool {
         let mut handled = false;
         loop {
+            if conn.reading_paused() {
+                // A large SUBSCRIBE/UNSUBSCRIBE goes on in steps: the packets
+                // after it wait, in order (and nothing more is read meanwhile).
+                return handled;
+            }
             match self.decoder.decode(&mut self.inbuf) {
                 Ok(Some(p)) => {
                     handled = true;
@@ -668,7 +685,7 @@ impl Link {
                 } else {
                     self.batch = len;
                 }
-                self.batch_deadline = now + shard.cfg.slow_consumer_timeout.as_millis() as u64;
+                self.batch_deadline = now + slow_ms(shard);
             }
             if shard.poller.ready(io.key) & WRITABLE == 0 {
                 return Ok(wrote);
@@ -677,6 +694,7 @@ impl Link {
             match sent {
                 Ok(n) => {
                     conn.buf.borrow_mut().advance(n);
+                    conn.room_freed();
                     self.batch -= n;
                     shard.stats.bytes_out.add(n as u64);
                     wrote = true;
@@ -694,6 +712,11 @@ impl Link {
             }
         }
     }
+}
+
+/// The slow consumer timeout in ms (socket not draining, window stalled).
+fn slow_ms(shard: &Shard) -> u64 {
+    shard.cfg.slow_consumer_timeout.as_millis() as u64
 }
 
 /// Sends a v5 DISCONNECT with `code` (3.1.x has none) and closes with `reason`.
@@ -714,7 +737,7 @@ pub fn disconnect_client(conn: &ConnOut, reason: CloseReason) {
         CloseReason::ServerShuttingDown => ReasonCode::ServerShuttingDown,
         CloseReason::AdministrativeAction => ReasonCode::AdministrativeAction,
         CloseReason::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
-        CloseReason::SlowConsumer => ReasonCode::QuotaExceeded,
+        CloseReason::SlowConsumer | CloseReason::WindowStalled => ReasonCode::QuotaExceeded,
         _ => ReasonCode::UnspecifiedError,
     };
     protocol_close(conn, code, reason);

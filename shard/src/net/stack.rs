@@ -351,4 +351,132 @@ mod tests {
         assert!(s.flush(&pipe).unwrap());
         assert_eq!(&pipe.taken.borrow()[..], b"abc");
     }
+
+    /// A rustls client and our server stack, handshaken over a `Pipe`.
+    fn tls_pair() -> (rustls::ClientConnection, Stack, Pipe) {
+        use crate::config::{TlsFiles, Transport};
+        let dir = std::env::temp_dir().join(format!("ringmq-stack-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cp, kp) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cp, cert.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        let files = TlsFiles {
+            cert: Some(cp),
+            key: Some(kp),
+            ..TlsFiles::default()
+        };
+        let acceptor = super::super::tls::TlsAcceptor::new(&files, &Transport::Mqtts).unwrap();
+        let mut stack = Stack::Tls(Box::new(acceptor.accept().unwrap()));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let pipe = Pipe::default();
+        let mut mqtt = BytesMut::new();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            stack.feed(&wire, &mut mqtt).unwrap();
+            assert!(stack.flush(&pipe).unwrap());
+            let out = std::mem::take(&mut *pipe.taken.borrow_mut());
+            client.read_tls(&mut &out[..]).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !stack.handshaking() && !client.wants_write() {
+                break;
+            }
+        }
+        assert!(!stack.handshaking() && !client.is_handshaking());
+        assert!(mqtt.is_empty());
+        (client, stack, pipe)
+    }
+
+    /// Content types of the TLS records in `wire` (RFC 8446 5.1 headers).
+    fn records(wire: &[u8]) -> Vec<(u8, usize)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 5 <= wire.len() {
+            let len = u16::from_be_bytes([wire[at + 3], wire[at + 4]]) as usize;
+            out.push((wire[at], len));
+            at += 5 + len;
+        }
+        assert_eq!(at, wire.len(), "whole records");
+        out
+    }
+
+    #[test]
+    fn tls_encrypts_once_per_flush_not_once_per_packet() {
+        let (mut client, mut stack, pipe) = tls_pair();
+        // 100 small PUBLISHes buffered for one flush: one application data record.
+        let mut batch = Vec::new();
+        for i in 0..100u8 {
+            batch.extend_from_slice(&[0x30, 12, 0, 3, b'a', b'/', b'b', i, 1, 2, 3, 4, 5, 6]);
+        }
+        assert_eq!(stack.write(&pipe, &batch).unwrap(), batch.len());
+        assert!(!stack.pending());
+        let wire = std::mem::take(&mut *pipe.taken.borrow_mut());
+        let recs = records(&wire);
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0].0, 0x17);
+        assert_eq!(client_reads(&mut client, &wire), batch);
+        // 100 KB: 16 KiB records (64 KiB per encrypt, the stack loops).
+        let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        assert_eq!(stack.write(&pipe, &big).unwrap(), big.len());
+        let wire = std::mem::take(&mut *pipe.taken.borrow_mut());
+        let recs = records(&wire);
+        assert_eq!(recs.len(), 7, "{recs:?}");
+        assert_eq!(client_reads(&mut client, &wire), big);
+    }
+
+    /// What the client decrypts from `wire` (rustls reads a few KiB per `read_tls`).
+    fn client_reads(client: &mut rustls::ClientConnection, wire: &[u8]) -> Vec<u8> {
+        use std::io::Read as _;
+        let mut rd = wire;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+            client.process_new_packets().unwrap();
+            while let Ok(n) = client.reader().read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn tls_reads_records_cut_anywhere_and_keeps_no_buffer_when_idle() {
+        use std::io::Write as _;
+        let (mut client, mut stack, _pipe) = tls_pair();
+        client.writer().write_all(b"\x10\x00hello mqtt").unwrap();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        let mut mqtt = BytesMut::new();
+        for chunk in wire.chunks(3) {
+            stack.feed(chunk, &mut mqtt).unwrap();
+        }
+        assert_eq!(&mqtt[..], b"\x10\x00hello mqtt");
+        let Stack::Tls(t) = &stack else {
+            unreachable!()
+        };
+        assert!(t.idle(), "no ciphertext buffer held between records");
+    }
 }

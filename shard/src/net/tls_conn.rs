@@ -230,6 +230,12 @@ impl TlsLayer {
         0
     }
 
+    /// Holds no buffer (tests: an idle connection keeps nothing).
+    #[cfg(test)]
+    pub fn idle(&self) -> bool {
+        self.incoming.capacity() == 0 && self.outgoing.capacity() == 0
+    }
+
     /// Whether ciphertext waits for the socket.
     pub fn pending(&self) -> bool {
         !self.outgoing.is_empty()
