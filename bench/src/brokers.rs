@@ -182,16 +182,20 @@ fn scratch_dir(name: &str) -> std::io::Result<PathBuf> {
 
 /// `ringmq --listen mqtt://127.0.0.1:0 --cores 1`, ready once it prints its listen line.
 pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
-    start_ringmq_with(bin, cpus, None)
+    start_ringmq_with(bin, cpus, None, crate::cli::Transport::Tcp)
 }
 
-/// ringmq on one core; with `tls` also `mqtts://`, `ws://` and `wss://` listeners (port 0
-/// each, learnt from its `ringmq listening on URL` lines).
+/// ringmq on one core, plus a listener for `transport` when it is not TCP (`mqtts://`,
+/// `ws://` or `wss://`, port 0, learnt from its `ringmq listening on URL` lines; TLS
+/// ones with `tls`). Only the one the run needs, so a build without some transport
+/// still serves the others.
 pub fn start_ringmq_with(
     bin: &str,
     cpus: Option<&str>,
     tls: Option<&TlsFiles>,
+    transport: crate::cli::Transport,
 ) -> Result<BrokerProc, String> {
+    use crate::cli::Transport;
     if !Path::new(bin).exists() {
         return Err(format!(
             "{bin} not found (cargo build --release -p ringmq-broker)"
@@ -202,15 +206,18 @@ pub fn start_ringmq_with(
     // A fresh working directory so its ./data (state, admin socket) is private and removed.
     let dir = scratch_dir("ringmq").map_err(|e| e.to_string())?;
     let mut args: Vec<String> = vec!["--listen".into(), "mqtt://127.0.0.1:0".into()];
-    if let Some(t) = tls {
+    let extra = match transport {
+        Transport::Tcp => None,
+        Transport::Tls => Some("mqtts://127.0.0.1:0"),
+        Transport::Ws => Some("ws://127.0.0.1:0/mqtt"),
+        Transport::Wss => Some("wss://127.0.0.1:0/mqtt"),
+    };
+    if let Some(url) = extra {
+        args.extend(["--listen".into(), url.into()]);
+    }
+    if matches!(transport, Transport::Tls | Transport::Wss) {
+        let t = tls.ok_or("a TLS listener needs --server-cert/--server-key")?;
         let t = t.copy_into(&dir)?;
-        for url in [
-            "mqtts://127.0.0.1:0",
-            "ws://127.0.0.1:0/mqtt",
-            "wss://127.0.0.1:0/mqtt",
-        ] {
-            args.extend(["--listen".into(), url.into()]);
-        }
         args.extend([
             "--tls-cert".into(),
             t.cert.display().to_string(),
@@ -219,7 +226,7 @@ pub fn start_ringmq_with(
         ]);
     }
     args.extend(["--cores".into(), "1".into()]);
-    let want = if tls.is_some() { 4 } else { 1 };
+    let want = if extra.is_some() { 2 } else { 1 };
     let mut cmd = command(bin, cpus);
     cmd.current_dir(&dir)
         .args(&args)
@@ -380,8 +387,15 @@ pub fn start_mosquitto_tls(
         child,
         dir: Some(dir),
     };
-    if !wait_listening(port, Duration::from_secs(10)) {
-        return Err("mosquitto did not start listening within 10 s".into());
+    for p in [Some(port), proc.port_tls, proc.port_ws, proc.port_wss]
+        .into_iter()
+        .flatten()
+    {
+        if !wait_listening(p, Duration::from_secs(10)) {
+            return Err(format!(
+                "mosquitto did not start listening on {p} within 10 s"
+            ));
+        }
     }
     Ok(proc)
 }
@@ -510,8 +524,15 @@ pub fn start_flashmq(
         child,
         dir: Some(dir),
     };
-    if !wait_listening(port, Duration::from_secs(10)) {
-        return Err("flashmq did not start listening within 10 s".into());
+    for p in [Some(port), proc.port_tls, proc.port_ws, proc.port_wss]
+        .into_iter()
+        .flatten()
+    {
+        if !wait_listening(p, Duration::from_secs(10)) {
+            return Err(format!(
+                "flashmq did not start listening on {p} within 10 s"
+            ));
+        }
     }
     Ok(proc)
 }

@@ -73,7 +73,11 @@ pub fn throughput_svg(
                     String::new()
                 }
             })
-            .y_desc(format!("{unit} ({suffix})"))
+            .y_desc(if suffix.is_empty() {
+                unit.to_string()
+            } else {
+                format!("{unit} ({suffix})")
+            })
             .y_label_formatter(&|y| format!("{y}"))
             .draw()
             .map_err(err)?;

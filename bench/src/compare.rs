@@ -25,7 +25,7 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
     let mut flags: Vec<(String, String, String)> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     for name in &c.brokers {
-        let started = start_peer(c, name, cpus);
+        let started = start_peer(c, name, cpus, args.scenario.common().broker.transport());
         let b = match started {
             Ok(b) => b,
             Err(e) => {
@@ -69,6 +69,13 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
         println!("results written to {path}");
         md_path = Some(path);
     }
+    // A connection storm is about connects/s; every other scenario about deliveries/s.
+    let storm = matches!(args.scenario, Scenario::Conn(_));
+    let (what, metric): (&str, fn(&Summary) -> f64) = if storm {
+        ("connects/s", |s| s.connects_per_sec)
+    } else {
+        ("deliveries/s", |s| s.delivered_per_sec)
+    };
     let chart = || {
         let bars = results
             .iter()
@@ -78,12 +85,12 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
                 } else {
                     ""
                 };
-                (format!("{b}{mark}"), s.delivered_per_sec)
+                (format!("{b}{mark}"), metric(s))
             })
             .collect();
         crate::chart::throughput_svg(
-            &format!("{name}: deliveries/s per broker ({})", results[0].1.mqtt),
-            "deliveries/s",
+            &format!("{name}: {what} per broker ({})", results[0].1.mqtt),
+            what,
             &[(describe_load(&results[0].1), bars)],
         )
     };
@@ -100,6 +107,9 @@ pub fn scenario_name(c: &PeerArgs, s: &Scenario) -> String {
 
 /// "50 pub -> 50 sub, QoS 0, 64 B": a chart's group label.
 fn describe_load(s: &Summary) -> String {
+    if s.scenario == "conn" {
+        return format!("{} connections, {}", s.connections, s.mqtt);
+    }
     format!(
         "{} pub -> {} sub, QoS {}, {} B",
         s.publishers, s.subscribers, s.qos, s.payload_bytes
@@ -128,7 +138,12 @@ pub fn write_svgs(
 }
 
 /// Starts peer `name` with its binary from the flags or PATH.
-pub fn start_peer(c: &PeerArgs, name: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
+pub fn start_peer(
+    c: &PeerArgs,
+    name: &str,
+    cpus: Option<&str>,
+    transport: Transport,
+) -> Result<BrokerProc, String> {
     let bin = |flag: &Option<String>, names: &[&str], hint: &str| {
         find_bin(flag.as_deref(), names, hint).map(|p| p.to_string_lossy().into_owned())
     };
@@ -142,7 +157,7 @@ pub fn start_peer(c: &PeerArgs, name: &str, cpus: Option<&str>) -> Result<Broker
     };
     let tls = tls.as_ref();
     match name {
-        "ringmq" => start_ringmq_with(&c.ringmq_bin, cpus, tls),
+        "ringmq" => start_ringmq_with(&c.ringmq_bin, cpus, tls, transport),
         "mosquitto" | "mosquitto-nodelay" => {
             let b = bin(
                 &c.mosquitto_bin,
@@ -183,6 +198,7 @@ pub fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, Strin
     let pid = b.pid();
     {
         let common = s.common_mut();
+        common.broker.apply_url(); // the broker's address is ours to set; keep the scheme
         common.broker.host = "127.0.0.1".into();
         let transport = common.broker.transport();
         let none = |what: &str| {
@@ -206,6 +222,13 @@ pub fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, Strin
     }
     let before = proc_memory(pid);
     let mut sum = run_scenario(&s)?;
+    if sum.connections == 0 && sum.connect_failures > 0 {
+        return Err(format!(
+            "no client could connect ({} failed): {}",
+            sum.connect_failures,
+            sum.errors.first().map_or("", String::as_str)
+        ));
+    }
     if sum.broker_memory.is_none() {
         if let (Some((rss0, _)), Some((rss1, hwm))) = (before, proc_memory(pid)) {
             sum.broker_memory = Some(BrokerMemory {

@@ -41,7 +41,8 @@ pub fn run(a: &SweepArgs) -> Result<(), String> {
     let mut skipped = Vec::new();
     let mut flags = Vec::new();
     for name in &c.brokers {
-        let b: BrokerProc = match start_peer(c, name, cpus) {
+        let transport = a.scenario.common().broker.transport();
+        let b: BrokerProc = match start_peer(c, name, cpus, transport) {
             Ok(b) => b,
             Err(e) => {
                 println!("== {name}: skipped: {e} ==");

@@ -210,3 +210,54 @@ fn compare_writes_table_and_svg_for_ringmq_and_mosquitto() {
         assert!(svg.contains("ringmq"));
     }
 }
+
+#[test]
+fn sweep_writes_latency_table_and_svg() {
+    let Some(mosq) = common::mosquitto() else {
+        eprintln!("SKIP: mosquitto not installed");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ringmq-bench-sweep-{}", std::process::id()));
+    let cli = <ringmq_bench::cli::Cli as clap::Parser>::try_parse_from([
+        "ringmq-bench",
+        "sweep",
+        "--rates",
+        "200,1000",
+        "--brokers",
+        "mosquitto-nodelay",
+        "--mosquitto-bin",
+        mosq.to_str().unwrap(),
+        "--results-dir",
+        dir.to_str().unwrap(),
+        "pairs",
+        "--pairs",
+        "2",
+        "--count",
+        "40",
+        "--warmup",
+        "0",
+        "--no-pin",
+        "-q",
+    ])
+    .unwrap();
+    let ringmq_bench::cli::Command::Sweep(a) = cli.command else {
+        panic!("sweep")
+    };
+    ringmq_bench::sweep::run(&a).expect("sweep runs");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let md = std::fs::read_to_string(&files[0]).unwrap();
+    let svg = std::fs::read_to_string(files.get(1).expect("two files")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        files[0].to_str().unwrap().ends_with("-sweep-pairs.md"),
+        "{files:?}"
+    );
+    assert!(md.contains("| mosquitto-nodelay | 200 | 400 |"), "{md}");
+    assert!(md.contains("set_tcp_nodelay true"), "{md}");
+    assert_well_formed_svg(&svg);
+    assert!(svg.contains("mosquitto-nodelay p99.9"), "{svg}");
+}

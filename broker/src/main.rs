@@ -134,10 +134,10 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         .spawn(move || loop {
             let sig = signals::wait();
             if sig == "SIGHUP" {
-                // A listener whose new files fail keeps its old ones.
-                match reloader.reload_tls() {
-                    Ok(m) => tracing::info!(part = "certificates", "reloaded: {m}"),
-                    Err(e) => tracing::error!(part = "certificates", "reload failed: {e}"),
+                // Each part logs its own outcome (reload.rs); a failed one keeps the old.
+                tracing::info!("SIGHUP: reloading");
+                if let Err(e) = ringmq_broker::admin::AdminBackend::reload(&*reloader) {
+                    tracing::error!(error = %e, "reload not possible");
                 }
                 continue;
             }
@@ -198,14 +198,14 @@ mod signals {
         }
     }
 
-    /// Blocks SIGTERM and SIGINT in this thread (and threads it starts later).
+    /// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and threads it starts later).
     pub fn block() {
         let s = set();
         // SAFETY: `s` is an initialised set; a null old-set pointer is allowed.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &s, std::ptr::null_mut()) };
     }
 
-    /// Waits for SIGTERM or SIGINT; returns its name.
+    /// Waits for SIGTERM, SIGINT or SIGHUP; returns its name.
     pub fn wait() -> &'static str {
         let s = set();
         let mut sig: libc::c_int = 0;

@@ -107,20 +107,21 @@ async fn slow_reader(addr: std::net::SocketAddr, v: ProtocolVersion, id: String,
 
 async fn retained_replay_reaches_a_slow_reader_in_full(ctx: Ctx) {
     let shards = ctx.shards();
-    let broker = Broker::start_with(shards, |c| c.outbound_buffer_bytes = 16 * 1024);
+    // No $SYS: its retained statistics would join the count below once
+    // storing takes longer than the interval (a loaded machine).
+    let broker = Broker::start_with(shards, |c| {
+        c.outbound_buffer_bytes = 16 * 1024;
+        c.sys_interval = Duration::ZERO;
+    });
     let addr = broker.addr;
     let v = raw::version(ctx.proto);
     let (pub_id, far) = cross_shard_ids("rp", shards);
     let (_, near) = same_shard_ids("rp", shards);
     store_retained(addr, &pub_id).await;
-    check_for(
-        Duration::from_secs(30),
-        "every shard holds every retained message",
-        || {
-            let held = broker.stat(|s| s.retained.get());
-            async move { (held == (N * shards) as u64).then_some(()) }
-        },
-    )
+    check_for(BOUND, "every shard holds every retained message", || {
+        let held = broker.stat(|s| s.retained.get());
+        async move { (held == (N * shards) as u64).then_some(()) }
+    })
     .await;
     let q0 = tokio::spawn(slow_reader(addr, v, format!("{near}-q0"), 0));
     let q1 = tokio::spawn(slow_reader(addr, v, format!("{far}-q1"), 1));

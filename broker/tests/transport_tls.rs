@@ -461,3 +461,36 @@ fn sighup_reloads_certificates_of_the_binary() {
         assert_eq!(served_cert(b.addr), der_of(&pki.server2.cert));
     }
 }
+
+/// SIGHUP and `ringmq ctl reload` reach the certificates through the reload
+/// registry: a part of its own, its error naming the file, the old pair kept.
+#[test]
+fn reload_registry_reports_the_certificates_part() {
+    let pki = Pki::shared();
+    let dir = common::broker::scratch_dir();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(&pki.server.cert, &cert).unwrap();
+    std::fs::copy(&pki.server.key, &key).unwrap();
+    let files = TlsFiles {
+        cert: Some(cert.clone()),
+        key: Some(key.clone()),
+        ..TlsFiles::default()
+    };
+    let b = broker(1, files);
+    let part = |b: &common::Broker| {
+        b.handle()
+            .reload()
+            .into_iter()
+            .find(|o| o.name == "certificates")
+            .expect("the certificates are a reload part")
+    };
+    let ok = part(&b);
+    assert!(ok.ok, "{ok:?}");
+    std::fs::write(&key, "not a key").unwrap();
+    let bad = part(&b);
+    assert!(
+        !bad.ok && bad.message.contains(&key.display().to_string()),
+        "{bad:?}"
+    );
+    assert_eq!(served_cert(b.addrs()[0]), der_of(&pki.server.cert));
+}

@@ -223,6 +223,19 @@ fn main() {
         "log: last index {:?}, snapshot {:?}, purged {:?}",
         s.last_log_index, s.snapshot, s.purged
     );
+    for (id, n) in &nodes {
+        let k = futures::executor::block_on(n.handle().status())
+            .unwrap()
+            .counters;
+        println!(
+            "node {id}: {} appends (fsyncs) for {} entries ({:.1} entries per append); {} commands committed here, mean commit {} us",
+            k.appends,
+            k.appended_entries,
+            k.appended_entries as f64 / k.appends.max(1) as f64,
+            k.commits,
+            k.commit_us_total / k.commits.max(1)
+        );
+    }
 
     // Failover: stop the leader, time until the other two agree on a new one.
     let mut times = Vec::new();

@@ -14,6 +14,7 @@
 //! - `error`: error types.
 
 pub mod command;
+pub mod counters;
 pub mod error;
 pub mod facade;
 pub mod handle;
@@ -23,6 +24,7 @@ pub mod store;
 pub mod types;
 
 pub use command::{Command, CommandResult, Op, OpResult, Versioned};
+pub use counters::CountersSnapshot;
 pub use error::{Error, OpenError};
 pub use facade::liveness::Liveness;
 pub use facade::owner::{ClaimError, Owner, Ownership};

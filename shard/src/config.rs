@@ -186,6 +186,8 @@ pub struct ShardConfig {
     pub wildcard_subscriptions: bool,
     /// Capacity of each cross-shard channel (messages; each message is a batch).
     pub mesh_capacity: usize,
+    /// ACL file and auto-ban settings.
+    pub access: crate::access::AccessConfig,
 }
 
 impl Default for ShardConfig {
@@ -220,6 +222,7 @@ impl Default for ShardConfig {
             shared_subscriptions: true,
             wildcard_subscriptions: true,
             mesh_capacity: 1024,
+            access: crate::access::AccessConfig::default(),
         }
     }
 }

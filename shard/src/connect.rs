@@ -83,14 +83,45 @@ fn check(shard: &Shard, c: &Connect) -> Result<(), ReasonCode> {
     Ok(())
 }
 
+/// Is this CONNECT banned (client id, username or source address)? The
+/// address is the one a PROXY header carried (`peer`), else the socket's,
+/// looked up only when some ban is in force.
+fn banned(shard: &Shard, c: &Connect, fd: RawFd, peer: Option<std::net::SocketAddr>) -> bool {
+    let bans = &shard.access.bans;
+    if bans.active() == 0 {
+        return false;
+    }
+    let username = c.username.as_ref().map(|u| u.as_str());
+    let addr = peer.map(|p| p.ip()).or_else(|| peer_ip(fd));
+    let hit = bans.check(c.client_id.as_str(), username, addr);
+    if let Some(b) = &hit {
+        tracing::debug!(client_id = %c.client_id.as_str(), kind = b.target.kind(), value = %b.target.value(), "CONNECT refused: banned");
+    }
+    hit.is_some()
+}
+
+/// The peer address of a connected socket.
+pub(crate) fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+    // SAFETY: `fd` is the connection's open socket for the whole call; the
+    // borrow does not outlive it and nothing closes it meanwhile.
+    let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let addr = socket2::SockRef::from(&bfd).peer_addr().ok()?;
+    addr.as_socket().map(|a| a.ip())
+}
+
 /// The CONNACK for a refused CONNECT, or the accepted session.
 pub(crate) fn accept(
     shard: &Rc<Shard>,
     c: &Connect,
     fd: RawFd,
+    peer: Option<std::net::SocketAddr>,
     assigned: bool,
 ) -> Result<(SessionId, Rc<ConnOut>, u16), Box<ConnAck>> {
     check(shard, c).map_err(|r| Box::new(refusal(r)))?;
+    if banned(shard, c, fd, peer) {
+        // v5 CONNACK 0x8A Banned; 3.1.1 0x05 Not authorized (codec maps it).
+        return Err(Box::new(refusal(ReasonCode::Banned)));
+    }
     let cfg = &shard.cfg;
     let v5 = c.protocol == ProtocolVersion::V5;
     // Keep alive: v5 may be overridden by Server Keep Alive [MQTT-3.2.2-21].
@@ -133,7 +164,12 @@ pub(crate) fn accept(
             if let Some(old) = old_conn {
                 // [MQTT-3.1.4-3] the existing connection is closed (v5: 0x8E).
                 disconnect_client(&old, CloseReason::SessionTakenOver);
-                let will = shard.sessions.borrow_mut()[sid as usize].will.take();
+                let will = {
+                    let mut sessions = shard.sessions.borrow_mut();
+                    let s = &mut sessions[sid as usize];
+                    let will = s.will.take();
+                    will.filter(|w| crate::authz::will_allowed(shard, s, w.topic.as_str()))
+                };
                 if let Some(w) = will {
                     if w.properties.will_delay_interval.unwrap_or(0) == 0 || c.clean_start {
                         crate::route::publish_will(shard, *w);
@@ -175,6 +211,7 @@ pub(crate) fn accept(
         s.disconnected_at = None;
         crate::persist::session_connected(shard, s, discarded);
     }
+    crate::authz::connected(shard, sid, c);
     let mut props = ConnAckProperties::default();
     if v5 {
         if assigned {
@@ -238,7 +275,9 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
             s.will = None;
             None
         } else {
-            s.will.take()
+            // Rules reloaded since CONNECT apply to the will too.
+            let will = s.will.take();
+            will.filter(|w| crate::authz::will_allowed(shard, s, w.topic.as_str()))
         };
         (will, s.expiry, s.generation)
     };

@@ -11,6 +11,13 @@ pub enum Control {
     Shutdown,
     /// Stop accepting new connections; shed existing ones gradually.
     Drain,
+    /// Put new ACL rules in force (a reload parsed them): existing
+    /// subscriptions are classified again, every check uses them from now.
+    /// The shard id goes back on the sender once done.
+    SetAcl(
+        std::sync::Arc<crate::access::acl::Acl>,
+        flume::Sender<usize>,
+    ),
     /// Ask something; the reply goes to the sender.
     Query(Query, flume::Sender<Reply>),
 }

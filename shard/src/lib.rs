@@ -22,13 +22,19 @@
 //!   `persist.rs`: restoring sessions at start, keeping their rows in step,
 //!   and acknowledging only what is durable on every shard (`--durability sync`);
 //!   `confirm.rs`: those acknowledgements, and exactly-once QoS 2 across shards.
-//! - `reap.rs`: removed sessions' subscriptions leave the router in bounded steps.
+//! - `bulk.rs`: large SUBSCRIBE/UNSUBSCRIBE and removed sessions' subscriptions
+//!   (`reap.rs`), a bounded number of router changes per scheduler turn.
 //! - `notify.rs`: the shard-local wake-up flag behind each connection and the mesh flusher.
 //! - `stats.rs`: counters and typed close reasons; `control.rs` and
 //!   `admin.rs`: operator queries; `sys.rs`: `$SYS` topics; `timers.rs`.
 //! - `config.rs`: every tunable ([`config::ShardConfig`]).
+//! - `access/`: ACL file, bans, reload registry (checked at CONNECT,
+//!   SUBSCRIBE, PUBLISH and per delivery where a subscription needs it).
 
+pub mod access;
 pub mod admin;
+mod authz;
+mod bulk;
 pub mod config;
 mod confirm;
 mod connect;

@@ -41,6 +41,8 @@ pub(crate) struct ShardInit {
     pub recovered: Vec<crate::store::RecoveredSession>,
     /// Retained messages recovered (every shard keeps a replica).
     pub retained: Arc<Vec<crate::store::RetainedRecord>>,
+    /// Node-wide access state (ACL in force, bans, reloaders).
+    pub access: Arc<crate::access::Shared>,
 }
 
 /// A running broker core.
@@ -50,6 +52,7 @@ pub struct ServerHandle {
     stats: Vec<Arc<ShardStats>>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     started: Instant,
+    access: Arc<crate::access::Shared>,
     listeners: Vec<Arc<ListenerRt>>,
 }
 
@@ -110,6 +113,11 @@ fn invalid(msg: String) -> io::Error {
 pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     let placements = placements(&cfg)?;
     let shards = placements.len();
+    // Bans persist beside the store (not with memory-only durability).
+    let bans_dir = (cfg.durability != Durability::None).then(|| cfg.data_dir.clone());
+    let access = crate::access::Shared::new(&cfg.access, bans_dir)
+        .map_err(|e| invalid(format!("--acl-file: {e}")))?;
+    let access = Arc::new(access);
     if cfg.listen.is_empty() {
         return Err(invalid("--listen: no listener configured".into()));
     }
@@ -213,6 +221,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             store: store_handle,
             recovered,
             retained: retained.clone(),
+            access: access.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("ringmq-shard-{id}"))
@@ -241,17 +250,105 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             return Err(io::Error::other(why));
         }
     }
+    register_acl_reload(&access, &controls);
+    if listeners.iter().any(|l| {
+        matches!(
+            l.cfg.transport,
+            crate::config::Transport::Mqtts | crate::config::Transport::Wss { .. }
+        )
+    }) {
+        let ls = listeners.clone();
+        access
+            .reloaders
+            .register("certificates", Box::new(move || reload_listeners_tls(&ls)));
+    }
     Ok(ServerHandle {
         addrs,
         controls,
         stats,
         threads,
         started,
+        access,
         listeners,
     })
 }
 
+/// Re-reads every TLS listener's files (see [`ServerHandle::reload_tls`]).
+fn reload_listeners_tls(listeners: &[Arc<ListenerRt>]) -> Result<String, String> {
+    let mut reloaded = 0;
+    let mut errors = Vec::new();
+    for l in listeners {
+        match l.reload_tls() {
+            Ok(true) => reloaded += 1,
+            Ok(false) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(format!("{reloaded} TLS listener(s) reloaded"))
+    } else {
+        Err(format!(
+            "{}; previous certificates kept for {} listener(s)",
+            errors.join("; "),
+            errors.len()
+        ))
+    }
+}
+
+/// The ACL part of a reload: parse, then hand the new rules to every shard
+/// (each swaps its `Arc`); a parse error keeps the old rules everywhere.
+fn register_acl_reload(access: &Arc<crate::access::Shared>, controls: &[flume::Sender<Control>]) {
+    if access.acl_file.is_none() {
+        return;
+    }
+    let weak = Arc::downgrade(access);
+    let controls = controls.to_vec();
+    access.reloaders.register(
+        "acl",
+        Box::new(move || {
+            let a = weak.upgrade().ok_or("broker stopped")?;
+            match a.reload_acl() {
+                Ok(Some(acl)) => {
+                    // Reply once every shard applies them: after the reload
+                    // answer, every check uses the new rules.
+                    let (tx, rx) = flume::unbounded();
+                    let asked = controls
+                        .iter()
+                        .filter(|c| c.send(Control::SetAcl(acl.clone(), tx.clone())).is_ok())
+                        .count();
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    for _ in 0..asked {
+                        if rx.recv_deadline(deadline).is_err() {
+                            return Err(
+                                "the new rules are parsed but a shard did not confirm them in 5 s"
+                                    .into(),
+                            );
+                        }
+                    }
+                    Ok(format!(
+                        "{}: {} rules, {} users",
+                        acl.file,
+                        acl.rule_count(),
+                        acl.user_count()
+                    ))
+                }
+                Ok(None) => Ok("no ACL file configured".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+    );
+}
+
 impl ServerHandle {
+    /// Node-wide access state: bans, the ACL in force, the reload registry.
+    pub fn access(&self) -> &Arc<crate::access::Shared> {
+        &self.access
+    }
+    /// Re-reads what the reload registry holds (ACL file, and what other
+    /// parts registered); one outcome per part.
+    pub fn reload(&self) -> Vec<crate::access::reload::Outcome> {
+        self.access.reloaders.reload_all()
+    }
     /// The bound listener addresses, in `listen` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
@@ -266,24 +363,7 @@ impl ServerHandle {
     /// keeps its old ones; the error names each such listener and file.
     /// `Ok` says what is in force now (the shape of a reload registry entry).
     pub fn reload_tls(&self) -> Result<String, String> {
-        let mut reloaded = 0;
-        let mut errors = Vec::new();
-        for l in &self.listeners {
-            match l.reload_tls() {
-                Ok(true) => reloaded += 1,
-                Ok(false) => {}
-                Err(e) => errors.push(e),
-            }
-        }
-        if errors.is_empty() {
-            Ok(format!("{reloaded} TLS listener(s) reloaded"))
-        } else {
-            Err(format!(
-                "{}; previous certificates kept for {} listener(s)",
-                errors.join("; "),
-                errors.len()
-            ))
-        }
+        reload_listeners_tls(&self.listeners)
     }
     /// Number of shards.
     pub fn shards(&self) -> usize {

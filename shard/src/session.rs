@@ -317,6 +317,9 @@ pub struct Session {
     /// Its copies are not deferred before this (ms since the shard
     /// started): one missed its deadline (`defer.rs`).
     defer_off_until: Cell<u64>,
+    /// Identity and ACL rules (`None` without an ACL, or before the owner
+    /// of a restored session reconnects).
+    pub acl: Option<Box<crate::access::session::SessionAcl>>,
 }
 
 impl Session {
@@ -342,6 +345,7 @@ impl Session {
             key: None,
             next_seq: 1,
             defer_off_until: Cell::new(0),
+            acl: None,
         }
     }
 

@@ -63,10 +63,19 @@ pub struct Shard {
     pub confirms: RefCell<crate::persist::Confirms>,
     /// QoS 1 copies not yet stored, waiting for their subscriber's PUBACK.
     pub defer: crate::defer::Defer,
+    /// Node-wide access state: bans, reloaders (the ACL below is this shard's copy).
+    pub access: Arc<crate::access::Shared>,
+    /// The ACL rules in force on this shard (`None`: no ACL file), swapped
+    /// by `Control::SetAcl`; `acl_gen` counts the swaps.
+    pub acl: RefCell<Option<Arc<crate::access::acl::Acl>>>,
+    pub acl_gen: Cell<u32>,
+    /// Set from a reload until every subscription is classified again:
+    /// meanwhile every delivery asks the rules (no stale *full* class).
+    pub acl_recheck: Cell<bool>,
     /// QoS 1/2 copies of the publish being routed that sessions took or dropped.
     pub tally: crate::session::Tally,
-    /// Removed sessions whose subscriptions still leave the router.
-    pub reaper: crate::reap::Reaper,
+    /// Large SUBSCRIBE/UNSUBSCRIBE and removed sessions' subscriptions, in steps.
+    pub bulk: crate::bulk::Bulk,
 }
 
 impl Shard {
@@ -161,8 +170,12 @@ pub(crate) async fn run(init: ShardInit) {
         store: init.store.start(),
         confirms: RefCell::new(crate::persist::Confirms::default()),
         defer: crate::defer::Defer::default(),
+        acl: RefCell::new(init.access.acl()),
+        acl_gen: Cell::new(0),
+        acl_recheck: Cell::new(false),
+        access: init.access,
         tally: crate::session::Tally::default(),
-        reaper: crate::reap::Reaper::default(),
+        bulk: crate::bulk::Bulk::default(),
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,
@@ -207,6 +220,10 @@ pub(crate) async fn run(init: ShardInit) {
             Control::Drain => {
                 shard.stop_accepting();
                 spawn_local(crate::connection::drain(shard.clone())).detach();
+            }
+            Control::SetAcl(acl, done) => {
+                crate::authz::set_acl(&shard, acl);
+                let _ = done.send(shard.id);
             }
             Control::Query(q, reply) => {
                 let _ = reply.send(crate::admin::answer(&shard, q));

@@ -152,6 +152,22 @@ reasons! {
     }
 }
 
+reasons! {
+    /// Where the ACL refused something.
+    AclAction {
+        /// SUBSCRIBE to a filter the client may not read (SUBACK 0x87/0x80).
+        Subscribe => "subscribe",
+        /// PUBLISH to a topic the client may not write.
+        Publish => "publish",
+        /// A message not delivered on a wildcard subscription.
+        Deliver => "deliver",
+        /// A retained message not replayed.
+        Retained => "retained",
+        /// A will not stored (its topic not writable).
+        Will => "will",
+    }
+}
+
 /// Upper bounds of the handshake time buckets, µs (the last bucket: above).
 pub const HANDSHAKE_BUCKETS_US: [u64; 9] = [
     1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
@@ -266,6 +282,8 @@ pub struct ShardStats {
     pub deferred_rows: Counter,
     pub deferred_rows_stored: Counter,
     pub store_commit_buckets: [Counter; 12],
+    /// ACL refusals, indexed by `AclAction as usize`.
+    pub acl_denied: [Counter; 5],
     /// Per listener, in `ShardConfig::listen` order.
     pub listeners: Vec<ListenerStats>,
 }
@@ -304,6 +322,7 @@ impl Default for ShardStats {
             deferred_rows: Counter::default(),
             deferred_rows_stored: Counter::default(),
             store_commit_buckets: Default::default(),
+            acl_denied: Default::default(),
             listeners: Vec::new(),
         }
     }
@@ -340,6 +359,14 @@ impl ShardStats {
     /// Counts a request refused with `code` (the connection stays open).
     pub fn refuse(&self, code: ringmq_codec::ReasonCode) {
         self.refusals[code as usize].inc();
+    }
+    /// Counts an ACL refusal.
+    pub fn acl_deny(&self, a: AclAction) {
+        self.acl_denied[a as usize].inc();
+    }
+    /// ACL refusals counted for `a`.
+    pub fn acl_denied_for(&self, a: AclAction) -> u64 {
+        self.acl_denied[a as usize].get()
     }
     /// Refusals counted for `code`.
     pub fn refusals_for(&self, code: ringmq_codec::ReasonCode) -> u64 {

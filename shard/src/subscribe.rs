@@ -2,13 +2,14 @@
 //! replica (broadcast to the other shards when this shard's set changes),
 //! and the replay of retained messages in bounded steps.
 
+use crate::access::acl::SubClass;
 use crate::conn_out::ConnOut;
 use crate::connection::protocol_close;
 use crate::mesh::MeshItem;
 use crate::router::LocalSub;
 use crate::session::{SessionId, SubEntry};
 use crate::shard::Shard;
-use crate::stats::CloseReason;
+use crate::stats::{AclAction, CloseReason};
 use ringmq_codec::{
     Packet, PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, SubAckProperties,
     Subscribe, SubscriptionOptions, TopicFilter, UnsubAck, UnsubAckProperties, Unsubscribe,
@@ -51,12 +52,6 @@ fn check_filter(
     None
 }
 
-/// Filters of one SUBSCRIBE or UNSUBSCRIBE handled per scheduler turn. A
-/// larger packet pauses its connection's reading (later packets wait, in
-/// order) and is handled in steps, so 1,000 filters from each of 50 clients
-/// do not hold the shard for 50,000 router changes in one turn.
-pub(crate) const FILTERS_PER_STEP: usize = 64;
-
 /// Handles SUBSCRIBE.
 pub(crate) fn subscribe(
     shard: &Rc<Shard>,
@@ -73,7 +68,9 @@ pub(crate) fn subscribe(
         protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
         return Err(CloseReason::ProtocolError);
     }
-    if sub.filters.len() <= FILTERS_PER_STEP {
+    // A large packet pauses its connection's packet handling (later packets
+    // wait, in order) and is handled by the shard's bulk worker in steps.
+    if sub.filters.len() <= crate::bulk::OPS_PER_TURN && !shard.bulk.busy() {
         let mut st = SubState::new(&sub, conn);
         for (filter, options) in &sub.filters {
             st.one(shard, sid, filter, *options);
@@ -84,30 +81,19 @@ pub(crate) fn subscribe(
         return Ok(());
     }
     conn.pause_reading();
-    glommio::spawn_local(subscribe_in_steps(shard.clone(), sid, conn.clone(), sub)).detach();
+    let job = crate::bulk::Job::Subscribe {
+        sid,
+        conn: conn.clone(),
+        sub,
+        next: 0,
+        st: None,
+    };
+    crate::bulk::push(shard, job);
     Ok(())
 }
 
-/// A large SUBSCRIBE, [`FILTERS_PER_STEP`] filters per scheduler turn.
-async fn subscribe_in_steps(shard: Rc<Shard>, sid: SessionId, conn: Rc<ConnOut>, sub: Subscribe) {
-    let mut st = SubState::new(&sub, &conn);
-    for step in sub.filters.chunks(FILTERS_PER_STEP) {
-        if !serves(&shard, sid, &conn) {
-            return conn.resume_reading();
-        }
-        for (filter, options) in step {
-            st.one(&shard, sid, filter, *options);
-        }
-        futures_lite::future::yield_now().await;
-    }
-    if serves(&shard, sid, &conn) && st.finish(&shard, sid, &conn, sub.packet_id) {
-        return; // reading resumes once the SUBACK leaves
-    }
-    conn.resume_reading();
-}
-
 /// Whether `conn` is still the open connection of session `sid`.
-fn serves(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>) -> bool {
+pub(crate) fn serves(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>) -> bool {
     !conn.closing()
         && shard
             .sessions
@@ -118,16 +104,17 @@ fn serves(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>) -> bool {
 }
 
 /// One SUBSCRIBE being handled: the reasons so far and what follows SUBACK.
-struct SubState {
+pub(crate) struct SubState {
     v5: bool,
     sub_id: Option<u32>,
     reasons: Vec<ReasonCode>,
-    replays: Vec<(TopicFilter, SubscriptionOptions)>,
+    /// Filters to replay retained messages for, and whether each needs the ACL asked.
+    replays: Vec<(TopicFilter, SubscriptionOptions, bool)>,
     broadcast: bool,
 }
 
 impl SubState {
-    fn new(sub: &Subscribe, conn: &ConnOut) -> Self {
+    pub(crate) fn new(sub: &Subscribe, conn: &ConnOut) -> Self {
         SubState {
             v5: conn.version == ProtocolVersion::V5,
             sub_id: sub.properties.subscription_identifier,
@@ -138,7 +125,7 @@ impl SubState {
     }
 
     /// Subscribes one filter (or refuses it).
-    fn one(
+    pub(crate) fn one(
         &mut self,
         shard: &Shard,
         sid: SessionId,
@@ -150,7 +137,16 @@ impl SubState {
             let s = &sessions[sid as usize];
             (s.subs.contains_key(filter), s.subs.len())
         };
-        if let Some(code) = check_filter(shard, n, filter, existed) {
+        let class = crate::authz::classify(shard, sid, filter);
+        let refused = check_filter(shard, n, filter, existed).or_else(|| {
+            // A filter no topic of which the client may read: v5 0x87,
+            // 3.1.1 0x80 Failure [MQTT-3.9.3-1] (v5 3.9.3).
+            (class == SubClass::Never).then(|| {
+                shard.stats.acl_deny(AclAction::Subscribe);
+                ReasonCode::NotAuthorized
+            })
+        });
+        if let Some(code) = refused {
             shard.stats.refuse(code);
             self.reasons.push(if self.v5 {
                 code
@@ -159,7 +155,8 @@ impl SubState {
             });
             return;
         }
-        self.broadcast |= add(shard, sid, filter, options, self.sub_id);
+        let check = class != SubClass::Full;
+        self.broadcast |= add(shard, sid, filter, options, self.sub_id, check);
         self.reasons.push(granted(options.qos));
         let send = filter.shared().is_none()
             && match options.retain_handling {
@@ -168,7 +165,7 @@ impl SubState {
                 RetainHandling::DoNotSend => false,
             };
         if send {
-            self.replays.push((filter.clone(), options));
+            self.replays.push((filter.clone(), options, check));
         }
     }
 
@@ -176,7 +173,7 @@ impl SubState {
     /// applied it. Returns true when it waits for the other shards: the
     /// connection's next packets then wait too (`finish` resumes them), so
     /// they are answered after this SUBACK.
-    fn finish(
+    pub(crate) fn finish(
         self,
         shard: &Rc<Shard>,
         sid: SessionId,
@@ -220,7 +217,8 @@ pub(crate) struct SubDone {
     sid: SessionId,
     conn: Rc<ConnOut>,
     ack: SubAck,
-    replays: Vec<(TopicFilter, SubscriptionOptions)>,
+    /// Filters to replay retained messages for, and whether each needs the ACL asked.
+    replays: Vec<(TopicFilter, SubscriptionOptions, bool)>,
     sub_id: Option<u32>,
 }
 
@@ -275,6 +273,7 @@ pub(crate) fn add(
     filter: &TopicFilter,
     options: SubscriptionOptions,
     subscription_id: Option<u32>,
+    acl_check: bool,
 ) -> bool {
     let first = shard.router.borrow_mut().subscribe_local(
         filter,
@@ -282,6 +281,7 @@ pub(crate) fn add(
             session: sid,
             options,
             subscription_id,
+            acl_check,
         },
     );
     if first {
@@ -334,34 +334,26 @@ pub(crate) fn unsubscribe(
     conn: &Rc<ConnOut>,
     u: Unsubscribe,
 ) -> Result<(), CloseReason> {
-    if u.filters.len() <= FILTERS_PER_STEP {
+    if u.filters.len() <= crate::bulk::OPS_PER_TURN && !shard.bulk.busy() {
         let reasons = u.filters.iter().map(|f| unsubscribe_one(shard, sid, f));
         let reasons = reasons.collect();
         unsuback(shard, sid, conn, u.packet_id, reasons);
         return Ok(());
     }
     conn.pause_reading();
-    let (shard, conn) = (shard.clone(), conn.clone());
-    glommio::spawn_local(async move {
-        let mut reasons = Vec::with_capacity(u.filters.len());
-        for step in u.filters.chunks(FILTERS_PER_STEP) {
-            if !serves(&shard, sid, &conn) {
-                return conn.resume_reading();
-            }
-            reasons.extend(step.iter().map(|f| unsubscribe_one(&shard, sid, f)));
-            futures_lite::future::yield_now().await;
-        }
-        if serves(&shard, sid, &conn) {
-            unsuback(&shard, sid, &conn, u.packet_id, reasons);
-        }
-        conn.resume_reading();
-    })
-    .detach();
+    let reasons = Vec::with_capacity(u.filters.len());
+    let job = crate::bulk::Job::Unsubscribe {
+        sid,
+        conn: conn.clone(),
+        u,
+        reasons,
+    };
+    crate::bulk::push(shard, job);
     Ok(())
 }
 
 /// Removes one filter of an UNSUBSCRIBE; its reason code.
-fn unsubscribe_one(shard: &Shard, sid: SessionId, f: &TopicFilter) -> ReasonCode {
+pub(crate) fn unsubscribe_one(shard: &Shard, sid: SessionId, f: &TopicFilter) -> ReasonCode {
     let had = shard.sessions.borrow_mut()[sid as usize]
         .subs
         .remove(f)
@@ -375,7 +367,7 @@ fn unsubscribe_one(shard: &Shard, sid: SessionId, f: &TopicFilter) -> ReasonCode
 }
 
 /// UNSUBACK, once the subscription rows are durable.
-fn unsuback(
+pub(crate) fn unsuback(
     shard: &Shard,
     sid: SessionId,
     conn: &ConnOut,
@@ -417,7 +409,7 @@ async fn replay(shard: Rc<Shard>, d: Replay) {
     let batch = shard.cfg.retained_replay_batch.max(1);
     let ids: Vec<u32> = d.sub_id.into_iter().collect();
     let mut out = Vec::with_capacity(batch);
-    for (filter, options) in &d.replays {
+    for (filter, options, check) in &d.replays {
         let mut cursor = shard.retained.borrow().replay(filter);
         loop {
             out.clear();
@@ -436,6 +428,16 @@ async fn replay(shard: Rc<Shard>, d: Replay) {
                 if msg.expiry_left(now) == Some(0) {
                     continue;
                 }
+                if crate::authz::must_check(&shard, *check)
+                    && !crate::authz::may_receive(
+                        &shard,
+                        s,
+                        m.publish.topic.as_str(),
+                        AclAction::Retained,
+                    )
+                {
+                    continue;
+                }
                 let frame = msg.frame(d.conn.version, qos, now);
                 let mut shared = Some(Rc::new(msg));
                 s.deliver(&shard, &m.publish, &mut shared, &frame, true, &ids, now);
@@ -452,7 +454,7 @@ async fn replay(shard: Rc<Shard>, d: Replay) {
 struct Replay {
     sid: SessionId,
     conn: Rc<ConnOut>,
-    replays: Vec<(TopicFilter, SubscriptionOptions)>,
+    replays: Vec<(TopicFilter, SubscriptionOptions, bool)>,
     sub_id: Option<u32>,
 }
 

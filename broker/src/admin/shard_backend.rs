@@ -8,7 +8,7 @@ use super::backend::{
 };
 use ringmq_shard::control::{self, Query, Reply};
 use ringmq_shard::server::ServerHandle;
-use ringmq_shard::stats::{CloseReason, DropReason, ShardStats};
+use ringmq_shard::stats::{AclAction, CloseReason, DropReason, ShardStats};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -229,6 +229,10 @@ fn shard_metrics(
         busy_ratio,
         storage_commit: commit_histogram(s),
         storage_ops: storage_ops(s),
+        acl_denied: AclAction::ALL
+            .iter()
+            .map(|&a| (a.as_str().to_string(), s.acl_denied_for(a)))
+            .collect(),
         listeners: listener_metrics(s, urls),
     }
 }
@@ -289,6 +293,14 @@ fn commit_histogram(s: &ShardStats) -> Option<Histogram> {
 }
 
 impl AdminBackend for ShardBackend {
+    fn access(&self) -> Option<std::sync::Arc<ringmq_shard::access::Shared>> {
+        self.with(|h| h.access().clone()).ok()
+    }
+
+    fn reload(&self) -> Result<Vec<ringmq_shard::access::reload::Outcome>, AdminError> {
+        self.with(|h| h.reload())
+    }
+
     fn clients(
         &self,
         shard: Option<usize>,
@@ -418,6 +430,7 @@ impl AdminBackend for ShardBackend {
                 uptime_secs: h.uptime().as_secs_f64(),
                 draining: self.draining.load(Ordering::Relaxed),
                 shards,
+                bans: Some(ban_metrics(&h.access().bans)),
             }
         })
     }
@@ -433,5 +446,15 @@ impl AdminBackend for ShardBackend {
         self.with(|h| h.shutdown())?;
         let _ = lock(&self.on_shutdown).send(());
         Ok(())
+    }
+}
+
+fn ban_metrics(b: &ringmq_shard::access::bans::Bans) -> super::backend::BanMetrics {
+    use std::sync::atomic::Ordering::Relaxed;
+    super::backend::BanMetrics {
+        active: b.active() as u64,
+        refused_connects: b.stats.refused.load(Relaxed),
+        auto_bans: b.stats.auto_bans.load(Relaxed),
+        auth_failures: b.stats.auth_failures.load(Relaxed),
     }
 }

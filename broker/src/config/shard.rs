@@ -60,6 +60,14 @@ impl Config {
             shared_subscriptions: s.shared_subscriptions,
             wildcard_subscriptions: s.wildcard_subscriptions,
             mesh_capacity: p.mesh_capacity,
+            access: ringmq_shard::access::AccessConfig {
+                acl_file: self.authz.acl_file.0.clone(),
+                auto_ban: ringmq_shard::access::bans::AutoBan {
+                    max_failures: self.authz.auth_fail_max,
+                    window: Duration::from_secs(self.authz.auth_fail_window_secs),
+                    ban_for: Duration::from_secs(self.authz.auth_fail_ban_secs),
+                },
+            },
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct Opts {
     pub receive_maximum: Option<u16>,
     pub max_packet_size: Option<u32>,
     pub topic_alias_max: Option<u16>,
+    /// Username (password empty) for ACL scenarios.
+    pub username: Option<String>,
 }
 
 impl Opts {
@@ -74,7 +76,14 @@ impl Opts {
             receive_maximum: None,
             max_packet_size: None,
             topic_alias_max: None,
+            username: None,
         }
+    }
+
+    /// Connects as `name` (empty password).
+    pub fn user(mut self, name: &str) -> Opts {
+        self.username = Some(name.to_string());
+        self
     }
 
     /// A persistent session: clean session 0 (3.1.1) / clean start 0 with a session expiry (v5).
@@ -397,6 +406,9 @@ fn spawn_v4(o: &Opts) -> Spawned {
         .set_keep_alive(Duration::from_secs(o.keep_alive_secs))
         .set_manual_acks(o.manual_acks)
         .set_max_packet_size(1 << 21, 1 << 21);
+    if let Some(u) = &o.username {
+        mo.set_credentials(u.clone(), "");
+    }
     if let Some(w) = &o.will {
         mo.set_last_will(rumqttc::LastWill::new(
             &w.topic,
@@ -472,6 +484,9 @@ fn spawn_v5(o: &Opts) -> Spawned {
         .set_receive_maximum(o.receive_maximum)
         .set_max_packet_size(Some(o.max_packet_size.unwrap_or(1 << 21)))
         .set_topic_alias_max(o.topic_alias_max);
+    if let Some(u) = &o.username {
+        mo.set_credentials(u.clone(), "");
+    }
     if let Some(w) = &o.will {
         let props = w.delay.map(|d| p5::LastWillProperties {
             delay_interval: Some(d),

@@ -37,14 +37,26 @@ pub fn read_all(store: &crate::store::Store) -> std::io::Result<Vec<(NodeId, Liv
 pub(crate) async fn run(core: Arc<Core>) {
     let mut tick = tokio::time::interval(core.cfg.liveness_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When this node's current term of leadership began (None: not leading).
+    let mut leading_since: Option<(u64, std::time::Instant)> = None;
     loop {
         tick.tick().await;
         let m = core.raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(core.id) {
+            leading_since = None;
             continue;
         }
-        // A fresh leader has no heartbeat answers yet: give peers one window.
-        if m.last_quorum_acked.is_none() {
+        let since = match leading_since {
+            Some((term, at)) if term == m.current_term => at,
+            _ => {
+                let now = std::time::Instant::now();
+                leading_since = Some((m.current_term, now));
+                now
+            }
+        };
+        // A fresh leader has heard no heartbeat answers yet: give every peer
+        // one full window before calling it down (no flapping per election).
+        if since.elapsed() < core.cfg.node_down_after {
             continue;
         }
         let up = core.reachable();

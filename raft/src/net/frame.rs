@@ -52,8 +52,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    // Grow with the bytes that actually arrive: a peer announcing a large
+    // frame and sending nothing costs no more than a small buffer.
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    let got = r.take(len as u64).read_to_end(&mut body).await?;
+    if got < len {
+        return Err(FrameError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "frame cut short",
+        )));
+    }
     Ok(body)
 }
 

@@ -64,6 +64,22 @@ impl Core {
     /// most the configured write timeout. Retries only when nothing was
     /// appended (no leader yet, or a leader that refused before appending).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, Error> {
+        let started = Instant::now();
+        let ops = cmd.ops.len() as u64;
+        let res = self.write_inner(cmd).await;
+        let c = &self.store.counters;
+        match &res {
+            Ok(_) => {
+                crate::counters::add(&c.commits, 1);
+                crate::counters::add(&c.committed_ops, ops);
+                crate::counters::add(&c.commit_us_total, started.elapsed().as_micros() as u64);
+            }
+            Err(_) => crate::counters::add(&c.write_errors, 1),
+        }
+        res
+    }
+
+    async fn write_inner(&self, cmd: Command) -> Result<CommandResult, Error> {
         let deadline = Instant::now() + self.cfg.write_timeout;
         let mut leader_hint = None;
         loop {
@@ -114,8 +130,11 @@ impl Core {
             Ok(Response::Indeterminate) => Attempt::Done(Err(Error::Indeterminate)),
             Ok(Response::Failed(m)) => Attempt::Done(Err(Error::Raft(m))),
             Ok(other) => Attempt::Done(Err(Error::Network(format!("unexpected answer {other:?}")))),
-            // Never sent: safe to try again.
+            // Never sent: safe to try again (with a fresh address next time,
+            // in case the leader moved).
             Err(CallError::Blocked(_) | CallError::Connect { .. } | CallError::Refused { .. }) => {
+                drop(conn);
+                self.forget_leader(leader);
                 Attempt::Retry(None)
             }
             Err(CallError::Timeout { .. }) => Attempt::Done(Err(Error::Timeout)),
@@ -147,6 +166,13 @@ impl Core {
         });
         let i = self.next_conn.fetch_add(1, Ordering::Relaxed) % pool.len();
         Some(pool[i].clone())
+    }
+
+    fn forget_leader(&self, leader: NodeId) {
+        self.forward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&leader);
     }
 
     /// A forwarded write: commit here if leading, never forward again.

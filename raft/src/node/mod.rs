@@ -313,6 +313,7 @@ fn run(
         };
         tokio::spawn(owner::run_batcher(core.clone(), claims));
         tokio::spawn(liveness::run(core.clone()));
+        tokio::spawn(watch_leader(core.clone()));
         let _ = ready.send(Ok(Started {
             store: Arc::downgrade(&core.store),
         }));
@@ -334,6 +335,30 @@ fn run(
     // Dropping the runtime cancels the remaining tasks and waits for blocking
     // storage work, so the store is closed when this thread ends.
     drop(rt);
+}
+
+/// Counts terms and leader changes as openraft reports them.
+async fn watch_leader(core: Arc<Core>) {
+    use openraft::async_runtime::WatchReceiver as _;
+    let mut rx = core.raft.metrics();
+    let (mut term, mut leader) = {
+        let m = rx.borrow_watched();
+        (m.current_term, m.current_leader)
+    };
+    while rx.changed().await.is_ok() {
+        let (t, l) = {
+            let m = rx.borrow_watched();
+            (m.current_term, m.current_leader)
+        };
+        let c = &core.store.counters;
+        if t > term {
+            crate::counters::add(&c.terms_seen, t - term);
+        }
+        if l != leader {
+            crate::counters::add(&c.leader_changes, 1);
+        }
+        (term, leader) = (t, l);
+    }
 }
 
 async fn boot(

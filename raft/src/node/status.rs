@@ -41,6 +41,7 @@ pub struct Status {
     /// Joint consensus in progress (more than one voter config).
     pub joint: bool,
     pub nodes: Vec<NodeStatus>,
+    pub counters: crate::counters::CountersSnapshot,
 }
 
 impl Core {
@@ -102,6 +103,7 @@ impl Core {
             purged: m.purged.as_ref().map(|l| l.index),
             joint: membership.get_joint_config().len() > 1,
             nodes,
+            counters: self.store.counters.snapshot(),
         }
     }
 }

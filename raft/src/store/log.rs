@@ -133,6 +133,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             rows.push((entry.index(), encode(&entry)?));
         }
         let store = self.store.clone();
+        crate::counters::add(&store.counters.appends, 1);
+        crate::counters::add(&store.counters.appended_entries, rows.len() as u64);
         let res = blocking(move || {
             let mut wtxn = store.env.write_txn().map_err(lmdb)?;
             for (index, raw) in &rows {

@@ -51,6 +51,7 @@ pub struct Store {
     pub(crate) kv: KvDb,
     pub(crate) sm: StrDb,
     pub(crate) path: PathBuf,
+    pub(crate) counters: crate::counters::Counters,
 }
 
 impl std::fmt::Debug for Store {
@@ -132,6 +133,7 @@ impl Store {
             kv,
             sm,
             path: path.clone(),
+            counters: Default::default(),
         };
         store.bind(cluster_id, node_id)?;
         Ok(Arc::new(store))

@@ -203,6 +203,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
         let raw = snapshot.into_inner();
+        crate::counters::add(&self.store.counters.snapshots_installed, 1);
+        crate::counters::set(&self.store.counters.last_snapshot_bytes, raw.len() as u64);
         let image = SnapshotImage::decode(&raw)?;
         let meta = meta.clone();
         let store = self.store.clone();
@@ -293,6 +295,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Ok((meta, raw))
         })
         .await?;
+        crate::counters::add(&self.store.counters.snapshots_built, 1);
+        crate::counters::set(&self.store.counters.last_snapshot_bytes, raw.len() as u64);
         Ok(Snapshot {
             meta,
             snapshot: std::io::Cursor::new(raw),

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use ringmq_raft::net::frame::{Hello, PROTOCOL_VERSION};
 use ringmq_raft::net::stats::NetStats;
-use ringmq_raft::{Op, OpResult, OpenError};
+use ringmq_raft::OpenError;
 
-use crate::common::{block_on, poll, Cluster, CLUSTER};
+use crate::common::{poll, put_ok, Cluster, CLUSTER};
 
 fn send_frame(s: &mut TcpStream, body: &[u8]) {
     s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
@@ -105,13 +105,7 @@ fn garbage_foreign_and_wrong_version_peers_are_refused() {
             .then_some(())
     });
     // Nothing reached Raft: the cluster still commits, through the poked node too.
-    let r = block_on(c.handle(target).op(Op::Put {
-        key: b"still".to_vec(),
-        value: b"ok".to_vec(),
-    }));
-    let Ok(OpResult::Written { version }) = r else {
-        panic!("{r:?}")
-    };
+    let version = put_ok(&c.handle(target), b"still", b"ok");
     c.converged(b"still", version);
     assert!(c.running().contains(&leader));
 }
@@ -149,9 +143,5 @@ fn a_data_dir_of_another_cluster_or_node_is_refused() {
     // The dir is intact: the right identity opens it and the data is there.
     c.restart(1);
     c.leader();
-    let r = block_on(c.handle(1).op(Op::Put {
-        key: b"k".to_vec(),
-        value: b"v".to_vec(),
-    }));
-    assert!(matches!(r, Ok(OpResult::Written { .. })), "{r:?}");
+    put_ok(&c.handle(1), b"k", b"v");
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use ringmq_raft::{Command, Consistency, Op, OpResult};
 
-use crate::common::{block_on, poll, Cluster};
+use crate::common::{block_on, poll, put_ok, Cluster};
 
 fn put(k: &str, v: &str) -> Op {
     Op::Put {
@@ -19,10 +19,7 @@ fn three_nodes_elect_one_leader_and_replicate() {
     let leader = c.leader();
     let follower = c.running().into_iter().find(|id| *id != leader).unwrap();
     // A write on a follower is forwarded to the leader.
-    let r = block_on(c.handle(follower).op(put("a", "1"))).expect("write via follower");
-    let OpResult::Written { version } = r else {
-        panic!("{r:?}")
-    };
+    let version = put_ok(&c.handle(follower), b"a", b"1");
     c.converged(b"a", version);
     // Every node's local read shows it; a linearizable read from any node too.
     for id in c.running() {
@@ -87,10 +84,7 @@ fn leader_stopped_and_restarted_from_its_data_dir() {
     let old = c.leader();
     let mut last = 0;
     for i in 0..20 {
-        let r = block_on(c.handle(old).op(put(&format!("k{i}"), "v"))).unwrap();
-        if let OpResult::Written { version } = r {
-            last = version;
-        }
+        last = put_ok(&c.handle(old), format!("k{i}").as_bytes(), b"v");
     }
     c.converged(b"k19", last);
     let stopped_at = Instant::now();
@@ -99,10 +93,7 @@ fn leader_stopped_and_restarted_from_its_data_dir() {
     let new = c.leader_among(&rest, Duration::from_secs(20));
     eprintln!("new leader {new} after {:?}", stopped_at.elapsed());
     assert_ne!(new, old);
-    let r = block_on(c.handle(new).op(put("after", "x"))).expect("write on the new leader");
-    let OpResult::Written { version } = r else {
-        panic!("{r:?}")
-    };
+    let version = put_ok(&c.handle(new), b"after", b"x");
     c.restart(old);
     // The restarted node kept what it had and catches up on what it missed.
     c.converged(b"after", version);
@@ -115,4 +106,52 @@ fn leader_stopped_and_restarted_from_its_data_dir() {
     );
     let l = c.leader();
     assert!(c.running().contains(&l));
+}
+
+#[test]
+fn versions_are_never_reused_and_survive_a_restart() {
+    let mut c = Cluster::new(1);
+    c.leader();
+    let h = c.handle(1);
+    let v1 = put_ok(&h, b"k", b"1");
+    assert_eq!(
+        block_on(h.op(Op::Delete { key: b"k".to_vec() })).unwrap(),
+        OpResult::Deleted { existed: true }
+    );
+    // Absent again: a CAS on "absent" wins, at a version above the deleted one.
+    let r = block_on(h.op(Op::Cas {
+        key: b"k".to_vec(),
+        expected: 0,
+        value: Some(b"2".to_vec()),
+    }))
+    .unwrap();
+    let OpResult::Written { version: v2 } = r else {
+        panic!("{r:?}")
+    };
+    assert!(v2 > v1);
+    // A CAS to None deletes only at the right version.
+    let r = block_on(h.op(Op::Cas {
+        key: b"k".to_vec(),
+        expected: v1,
+        value: None,
+    }))
+    .unwrap();
+    assert!(
+        matches!(r, OpResult::Conflict { current: Some(ref cur) } if cur.version == v2),
+        "{r:?}"
+    );
+    c.stop(1);
+    c.restart(1);
+    c.leader();
+    let h = c.handle(1);
+    // The version counter is durable: the next write continues above v2.
+    let v3 = put_ok(&h, b"other", b"x");
+    assert!(v3 > v2, "{v3} after {v2}");
+    let r = block_on(h.op(Op::Cas {
+        key: b"k".to_vec(),
+        expected: v2,
+        value: None,
+    }))
+    .unwrap();
+    assert_eq!(r, OpResult::Deleted { existed: true });
 }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use ringmq_raft::{Command, NodeConfig, Op, OpResult};
+use ringmq_raft::NodeConfig;
 
-use crate::common::{block_on, poll, Cluster};
+use crate::common::{poll, put_ok, Cluster};
 
 fn small_snapshots(cfg: &mut NodeConfig) {
     cfg.snapshot_every = 40;
@@ -15,17 +15,11 @@ fn small_snapshots(cfg: &mut NodeConfig) {
 fn write_n(c: &Cluster, via: u64, from: usize, n: usize) -> u64 {
     let mut last = 0;
     for i in from..from + n {
-        let op = Op::Put {
-            key: format!("k{i:05}").into_bytes(),
-            value: vec![i as u8; 16],
-        };
-        match block_on(c.handle(via).write(Command::one(op)))
-            .expect("write")
-            .results[0]
-        {
-            OpResult::Written { version } => last = version,
-            ref r => panic!("{r:?}"),
-        }
+        last = put_ok(
+            &c.handle(via),
+            format!("k{i:05}").as_bytes(),
+            &[i as u8; 16],
+        );
     }
     last
 }

@@ -6,7 +6,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ringmq_raft::{NodeConfig, NodeId, OpenError, RaftHandle, RaftNode, Status};
+use ringmq_raft::{
+    Command, CommandResult, Error, NodeConfig, NodeId, Op, OpResult, OpenError, RaftHandle,
+    RaftNode, Status,
+};
 
 pub const CLUSTER: &str = "test-cluster";
 
@@ -31,6 +34,41 @@ pub fn poll<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
+}
+
+/// Commits an idempotent write (puts), retrying while the cluster is between
+/// leaders: on this shared test machine an election can start at any time,
+/// and a write that meets one ends in `Timeout`, `Indeterminate` or
+/// `NoLeader`. Any other error fails the test.
+pub fn write_ok(h: &RaftHandle, cmd: Command) -> CommandResult {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match block_on(h.write(cmd.clone())) {
+            Ok(r) => return r,
+            Err(
+                e @ (Error::Timeout
+                | Error::Indeterminate
+                | Error::NoLeader
+                | Error::NotLeader { .. }
+                | Error::Network(_)),
+            ) if Instant::now() < deadline => {
+                eprintln!("write retried after: {e}");
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+}
+
+/// [`write_ok`] of one put; the version it was written at.
+pub fn put_ok(h: &RaftHandle, key: &[u8], value: &[u8]) -> u64 {
+    let op = Op::Put {
+        key: key.to_vec(),
+        value: value.to_vec(),
+    };
+    match write_ok(h, Command::one(op)).results.pop() {
+        Some(OpResult::Written { version }) => version,
+        other => panic!("put answered {other:?}"),
+    }
 }
 
 pub struct Cluster {

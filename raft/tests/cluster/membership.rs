@@ -3,20 +3,12 @@
 
 use std::time::Duration;
 
-use ringmq_raft::{Error, Op, OpResult};
+use ringmq_raft::Error;
 
-use crate::common::{block_on, poll, Cluster};
+use crate::common::{block_on, poll, put_ok, Cluster};
 
 fn put(h: &ringmq_raft::RaftHandle, k: &str) -> u64 {
-    match block_on(h.op(Op::Put {
-        key: k.as_bytes().to_vec(),
-        value: b"v".to_vec(),
-    }))
-    .expect("write")
-    {
-        OpResult::Written { version } => version,
-        r => panic!("{r:?}"),
-    }
+    put_ok(h, k.as_bytes(), b"v")
 }
 
 fn voters(c: &Cluster, id: u64) -> Vec<u64> {

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use ringmq_raft::{Consistency, Error, Op, OpResult};
+use ringmq_raft::{Consistency, Error, Op};
 
-use crate::common::{block_on, Cluster};
+use crate::common::{block_on, put_ok, Cluster};
 
 #[test]
 fn minority_cannot_commit_majority_can_heal_converges() {
@@ -30,13 +30,7 @@ fn minority_cannot_commit_majority_can_heal_converges() {
     assert!(r.is_err(), "minority linearizable read: {r:?}");
     // The majority elects a leader and commits.
     let new = c.leader_among(&majority, Duration::from_secs(20));
-    let v = match block_on(c.handle(new).op(Op::Put {
-        key: b"majority".to_vec(),
-        value: b"y".to_vec(),
-    })) {
-        Ok(OpResult::Written { version }) => version,
-        other => panic!("majority write: {other:?}"),
-    };
+    let v = put_ok(&c.handle(new), b"majority", b"y");
     c.heal();
     c.converged(b"majority", v);
     let l = c.leader();

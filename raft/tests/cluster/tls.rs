@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use ringmq_raft::net::stats::NetStats;
-use ringmq_raft::{Op, OpResult, TlsFiles};
+use ringmq_raft::TlsFiles;
 
-use crate::common::{block_on, poll, Cluster};
+use crate::common::{poll, put_ok, Cluster};
 
 const NAME: &str = "ringmq-cluster";
 
@@ -22,12 +22,11 @@ fn make_pki(dir: &Path) -> TlsFiles {
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
         .push(DnType::CommonName, "ringmq test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
     let node = CertificateParams::new(vec![NAME.to_string()]).unwrap();
     let node_key = KeyPair::generate().unwrap();
-    let node_cert = node.signed_by(&node_key, &ca_cert, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    let node_cert = node.signed_by(&node_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
     std::fs::write(dir.join("cert.pem"), node_cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), node_key.serialize_pem()).unwrap();
     TlsFiles {
@@ -46,13 +45,7 @@ fn cluster_over_mutual_tls() {
     let f2 = files.clone();
     let c = Cluster::with(3, move |cfg| cfg.tls = Some(f2.clone()));
     let leader = c.leader();
-    let r = block_on(c.handle(leader).op(Op::Put {
-        key: b"tls".to_vec(),
-        value: b"y".to_vec(),
-    }));
-    let Ok(OpResult::Written { version }) = r else {
-        panic!("{r:?}")
-    };
+    let version = put_ok(&c.handle(leader), b"tls", b"y");
     c.converged(b"tls", version);
 
     let target = c.running().into_iter().find(|id| *id != leader).unwrap();
@@ -101,9 +94,5 @@ fn cluster_over_mutual_tls() {
         (stats() > before).then_some(())
     });
     // The cluster is unaffected.
-    let r = block_on(c.handle(target).op(Op::Put {
-        key: b"tls2".to_vec(),
-        value: b"z".to_vec(),
-    }));
-    assert!(matches!(r, Ok(OpResult::Written { .. })), "{r:?}");
+    put_ok(&c.handle(target), b"tls2", b"z");
 }

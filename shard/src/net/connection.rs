@@ -334,7 +334,7 @@ fn serve(
         peer,
     } = via;
     let version = connect.protocol;
-    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), assigned);
+    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), peer, assigned);
     drop(connect); // the session took what it needs
     let (sid, conn, keep_alive) = match accepted {
         Ok(accepted) => accepted,

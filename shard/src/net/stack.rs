@@ -198,13 +198,19 @@ impl Stack {
             Stack::Tls(t) => {
                 // Encrypt once per flush: the whole batch goes into records
                 // (16 KiB each) up to the layer's buffer limit, then out.
+                // Ciphertext already waiting goes first: returning short with
+                // nothing pending would break the promise above.
                 let mut taken = 0;
                 loop {
-                    let n = t.encrypt(&mqtt[taken..]);
-                    taken += n;
-                    if !t.flush(wire)? || taken == mqtt.len() || n == 0 {
+                    if !t.flush(wire)? || taken == mqtt.len() {
                         return Ok(taken);
                     }
+                    let n = t.encrypt(&mqtt[taken..]);
+                    if n == 0 {
+                        // Handshaking or closed: nothing to encrypt into.
+                        return Ok(taken);
+                    }
+                    taken += n;
                 }
             }
             // One binary frame per flush, not per packet: the whole batch.
@@ -305,6 +311,8 @@ mod tests {
         pub taken: RefCell<Vec<u8>>,
         /// Bytes `send` takes per call (0: all).
         pub chunk: usize,
+        /// Bytes `send` takes in all before saying WouldBlock (None: no limit).
+        pub budget: std::cell::Cell<Option<usize>>,
     }
 
     impl Wire for Pipe {
@@ -319,11 +327,18 @@ mod tests {
             Ok(n)
         }
         fn send(&self, buf: &[u8]) -> io::Result<usize> {
-            let n = if self.chunk == 0 {
+            let mut n = if self.chunk == 0 {
                 buf.len()
             } else {
                 buf.len().min(self.chunk)
             };
+            if let Some(left) = self.budget.get() {
+                if left == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                n = n.min(left);
+                self.budget.set(Some(left - n));
+            }
             self.taken.borrow_mut().extend_from_slice(&buf[..n]);
             Ok(n)
         }
@@ -355,7 +370,10 @@ mod tests {
     /// A rustls client and our server stack, handshaken over a `Pipe`.
     fn tls_pair() -> (rustls::ClientConnection, Stack, Pipe) {
         use crate::config::{TlsFiles, Transport};
-        let dir = std::env::temp_dir().join(format!("ringmq-stack-tls-{}", std::process::id()));
+        // One directory per pair: tests run in parallel.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringmq-stack-tls-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -458,6 +476,40 @@ mod tests {
             }
         }
         got
+    }
+
+    /// The write promise under a socket that fills: whenever the stack takes less than
+    /// offered or holds ciphertext, the socket said WouldBlock; once it drains, everything
+    /// arrives intact (a slow TLS subscriber never stalls the connection).
+    #[test]
+    fn tls_write_under_a_full_socket_keeps_the_promise() {
+        let (mut client, mut stack, pipe) = tls_pair();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let mut off = 0;
+        let mut rounds = 0;
+        while off < big.len() || stack.pending() {
+            rounds += 1;
+            assert!(rounds < 1000);
+            // Alternately a trickle and a gulp; the connection writes whether or not ciphertext
+            // is still waiting (as Link::write does with a batch under way).
+            pipe.budget
+                .set(Some(if rounds % 2 == 0 { 10_000 } else { 150_000 }));
+            if off < big.len() {
+                let n = stack.write(&pipe, &big[off..]).unwrap();
+                off += n;
+                if off < big.len() || stack.pending() {
+                    assert_eq!(
+                        pipe.budget.get(),
+                        Some(0),
+                        "short only when the socket is full"
+                    );
+                }
+            } else {
+                let _ = stack.flush(&pipe);
+            }
+        }
+        let wire = std::mem::take(&mut *pipe.taken.borrow_mut());
+        assert_eq!(client_reads(&mut client, &wire), big);
     }
 
     #[test]
