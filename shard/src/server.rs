@@ -126,7 +126,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
         .listen
         .iter()
         .enumerate()
-        .map(|(i, l)| ListenerRt::new(i, l).map(Arc::new))
+        .map(|(i, l)| ListenerRt::new(i, l, cfg.max_packet_size).map(Arc::new))
         .collect::<io::Result<Vec<_>>>()?;
     let mut addrs = Vec::new();
     let mut per_shard: Vec<Vec<(OwnedFd, Arc<ListenerRt>)>> =

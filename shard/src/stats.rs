@@ -123,6 +123,16 @@ reasons! {
         TlsOnPlainListener => "tls_on_plain_listener",
         /// PROXY protocol listener: no valid v1/v2 header first.
         ProxyHeaderInvalid => "proxy_header_invalid",
+        /// WebSocket upgrade request refused (HTTP 400/404/405/426/431, RFC 6455 4.2.1).
+        WsUpgradeRefused => "ws_upgrade_refused",
+        /// WebSocket protocol error: close 1002 (or 1007), RFC 6455 7.4.1.
+        WsProtocolError => "ws_protocol_error",
+        /// A WebSocket text frame: close 1003 [MQTT-6.0.0-1].
+        WsUnsupportedData => "ws_unsupported_data",
+        /// A WebSocket frame larger than the maximum packet size: close 1009.
+        WsMessageTooBig => "ws_message_too_big",
+        /// The client's WebSocket Close without MQTT DISCONNECT (the will is sent).
+        WsClosedByPeer => "ws_closed_by_peer",
     }
 }
 

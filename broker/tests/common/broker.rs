@@ -50,6 +50,9 @@ impl Broker {
         if super::tls::enabled() {
             cfg.listen = vec![super::tls::listener()];
         }
+        if super::ws::enabled() {
+            cfg.listen = vec![super::ws::listener()];
+        }
         tweak(&mut cfg);
         let data_dir = cfg.data_dir.clone();
         let handle = server::start(cfg).expect("broker starts");
@@ -105,6 +108,20 @@ impl Drop for Broker {
 /// `--listen` (and TLS files) of a binary broker on port 0: `mqtt://127.0.0.1:0`, or
 /// `mqtts://127.0.0.1:0` with the test PKI when the harness runs over TLS.
 pub fn listen_args() -> Vec<String> {
+    if super::ws::enabled() {
+        if !super::ws::secure() {
+            return vec!["--listen".into(), "ws://127.0.0.1:0/mqtt".into()];
+        }
+        let pki = super::tls::Pki::shared();
+        return vec![
+            "--listen".into(),
+            "wss://127.0.0.1:0/mqtt".into(),
+            "--tls-cert".into(),
+            pki.server.cert.display().to_string(),
+            "--tls-key".into(),
+            pki.server.key.display().to_string(),
+        ];
+    }
     if !super::tls::enabled() {
         return vec!["--listen".into(), "mqtt://127.0.0.1:0".into()];
     }
@@ -124,6 +141,13 @@ pub fn listening_addr(line: &str) -> Option<&str> {
     let rest = line.trim().strip_prefix("ringmq listening on ")?;
     rest.strip_prefix("mqtt://")
         .or_else(|| rest.strip_prefix("mqtts://"))
+        .or_else(|| {
+            // ws://HOST:PORT/PATH: the address without the path.
+            let r = rest
+                .strip_prefix("ws://")
+                .or_else(|| rest.strip_prefix("wss://"))?;
+            r.split_once('/').map(|(a, _)| a)
+        })
 }
 
 /// The `ringmq` binary started on port 0; killed (by its PID, through `Child`) when dropped.

@@ -383,9 +383,20 @@ impl Drop for Client {
 
 type Spawned = (Inner, mpsc::UnboundedReceiver<Ev>, JoinHandle<()>);
 
+/// rumqttc's broker address: the host, or over WebSocket the whole URL.
+fn host(o: &Opts) -> String {
+    if super::ws::enabled() {
+        super::ws::url(o.addr)
+    } else {
+        o.addr.ip().to_string()
+    }
+}
+
 fn spawn_v4(o: &Opts) -> Spawned {
-    let mut mo = rumqttc::MqttOptions::new(o.id.clone(), o.addr.ip().to_string(), o.addr.port());
-    if super::tls::enabled() {
+    let mut mo = rumqttc::MqttOptions::new(o.id.clone(), host(o), o.addr.port());
+    if super::ws::enabled() {
+        mo.set_transport(super::ws::rumqttc_transport());
+    } else if super::tls::enabled() {
         let cfg = super::tls::Pki::shared().client_config(None);
         mo.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(cfg),
@@ -457,8 +468,10 @@ fn spawn_v4(o: &Opts) -> Spawned {
 }
 
 fn spawn_v5(o: &Opts) -> Spawned {
-    let mut mo = r5::MqttOptions::new(o.id.clone(), o.addr.ip().to_string(), o.addr.port());
-    if super::tls::enabled() {
+    let mut mo = r5::MqttOptions::new(o.id.clone(), host(o), o.addr.port());
+    if super::ws::enabled() {
+        mo.set_transport(super::ws::rumqttc_transport());
+    } else if super::tls::enabled() {
         let cfg = super::tls::Pki::shared().client_config(None);
         mo.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(cfg),

@@ -17,6 +17,7 @@ pub mod client;
 pub mod persist;
 pub mod raw;
 pub mod tls;
+pub mod ws;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

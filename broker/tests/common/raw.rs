@@ -34,9 +34,18 @@ pub enum RawEv {
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
-/// TLS on `tcp` when the harness runs over TLS (`tls.rs`), else `tcp` itself.
+/// TLS on `tcp` when the harness runs over TLS (`tls.rs`), WebSocket (or
+/// WebSocket in TLS) when it runs over `ws`/`wss` (`ws.rs`), else `tcp` itself.
 pub async fn over_transport(tcp: TcpStream) -> Box<dyn Stream> {
-    if super::tls::enabled() {
+    if super::ws::enabled() {
+        let addr = tcp.peer_addr().expect("peer address");
+        if super::ws::secure() {
+            let tls = super::tls::connect(tcp).await.expect("TLS handshake");
+            super::ws::client_stream(tls, addr).await
+        } else {
+            super::ws::client_stream(tcp, addr).await
+        }
+    } else if super::tls::enabled() {
         Box::new(super::tls::connect(tcp).await.expect("TLS handshake"))
     } else {
         Box::new(tcp)

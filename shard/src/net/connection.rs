@@ -129,7 +129,7 @@ fn answer_and_close(
     if !bytes.is_empty() {
         let _ = stack.write(&io, bytes);
     }
-    stack.close();
+    stack.close(reason);
     let _ = stack.flush(&io);
     shard.poller.close(io);
     shard.stats.close(reason);
@@ -419,7 +419,9 @@ impl Future for Served {
         this.link.partial.release(&this.shard);
         if let Some(io) = this.io.take() {
             // The layers' goodbye (TLS close_notify), best effort.
-            this.link.stack.close();
+            this.link
+                .stack
+                .close(this.conn.close.get().unwrap_or(reason));
             let _ = this.link.stack.flush(&io);
             if let Some(l) = this.shard.stats.listener(this.listener) {
                 l.open.sub(1);

@@ -5,12 +5,14 @@
 
 use super::stack::Stack;
 use super::tls::TlsAcceptor;
+use super::ws::{WsConfig, WsLayer};
 use crate::config::{Listener, Transport};
 use crate::stats::CloseReason;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 /// One listener address, bound once per shard.
 pub struct BoundListener {
@@ -81,19 +83,33 @@ pub struct ListenerRt {
     pub index: u16,
     pub cfg: Listener,
     tls: Option<TlsAcceptor>,
+    /// For `ws`/`wss`: the upgrade path and frame bound.
+    ws: Option<Arc<WsConfig>>,
 }
 
 impl ListenerRt {
     /// Checks the listener and reads its TLS files; the error is one line
     /// naming the listener and the file at fault.
-    pub fn new(index: usize, cfg: &Listener) -> io::Result<Self> {
+    /// `max_packet`: the broker's maximum packet size (WebSocket frames are bounded by it).
+    pub fn new(index: usize, cfg: &Listener, max_packet: u32) -> io::Result<Self> {
         let url = format!("{}://{}", cfg.transport.scheme(), cfg.addr);
         let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
-        if matches!(cfg.transport, Transport::Ws { .. } | Transport::Wss { .. }) {
-            return Err(invalid(format!(
-                "--listen {url}: WebSocket listeners are not in this build yet"
-            )));
-        }
+        let ws = match &cfg.transport {
+            Transport::Ws { path } | Transport::Wss { path } => {
+                if !path.starts_with('/') {
+                    return Err(invalid(format!(
+                        "--listen {url}: the path must start with /"
+                    )));
+                }
+                Some(Arc::new(WsConfig {
+                    path: path.as_str().into(),
+                    // A frame may not announce more than one packet may hold.
+                    max_frame: u64::from(max_packet),
+                    ..WsConfig::default()
+                }))
+            }
+            _ => None,
+        };
         let tls = if cfg.transport.is_tls() {
             let t = TlsAcceptor::new(&cfg.tls, &cfg.transport)
                 .map_err(|e| invalid(format!("--listen {url}: {e}")))?;
@@ -105,15 +121,18 @@ impl ListenerRt {
             index: index as u16,
             cfg: cfg.clone(),
             tls,
+            ws,
         })
     }
 
     /// The transport stack of a connection accepted here.
     pub(crate) fn stack(&self) -> Result<Stack, CloseReason> {
-        match &self.tls {
-            None => Ok(Stack::Plain),
-            Some(t) => Ok(Stack::Tls(Box::new(t.accept()?))),
-        }
+        Ok(match (&self.tls, &self.ws) {
+            (None, None) => Stack::Plain,
+            (Some(t), None) => Stack::Tls(Box::new(t.accept()?)),
+            (None, Some(w)) => Stack::Ws(Box::new(WsLayer::new(w.clone()))),
+            (Some(t), Some(w)) => Stack::Wss(Box::new((t.accept()?, WsLayer::new(w.clone())))),
+        })
     }
 
     /// Re-reads the listener's certificate, key and client CA; on error the

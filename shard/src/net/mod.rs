@@ -14,6 +14,7 @@
 //! - `tls.rs`: rustls configuration per listener (reloadable);
 //!   `tls_conn.rs`: a connection's TLS layer (rustls unbuffered, no buffer
 //!   held while idle).
+//! - `ws/`: WebSocket (RFC 6455), sans I/O: the upgrade and the framing.
 
 pub(crate) mod accept_backoff;
 pub(crate) mod conn_out;
@@ -25,3 +26,4 @@ pub(crate) mod read_budget;
 pub(crate) mod stack;
 pub mod tls;
 mod tls_conn;
+pub mod ws;

@@ -27,8 +27,11 @@
 //!
 //! A stack is `Send`: it moves with its socket to the home shard after CONNECT.
 
+use super::tls::fault;
 use super::tls_conn::TlsLayer;
-use bytes::BytesMut;
+use super::ws::WsLayer;
+use crate::stats::CloseReason;
+use bytes::{Buf, BytesMut};
 use std::io;
 
 /// The socket below the stack: the one narrow seam to the I/O backend.
@@ -54,6 +57,10 @@ pub(crate) enum Stack {
     Plain,
     /// MQTT inside TLS.
     Tls(Box<TlsLayer>),
+    /// MQTT in WebSocket binary frames (`ws://`).
+    Ws(Box<WsLayer>),
+    /// WebSocket inside TLS (`wss://`).
+    Wss(Box<(TlsLayer, WsLayer)>),
 }
 
 /// One read from the socket through the stack.
@@ -87,6 +94,25 @@ impl Stack {
                 t.decrypt(&scratch[..n], mqtt)?;
                 Ok(Read { wire: n })
             }
+            Stack::Ws(w) => {
+                if let Some(end) = w.end() {
+                    return Err(fault(end));
+                }
+                let n = wire.recv(scratch)?;
+                self.feed(&scratch[..n], mqtt)?;
+                Ok(Read { wire: n })
+            }
+            Stack::Wss(tw) => {
+                if let Some(end) = tw.1.end() {
+                    return Err(fault(end));
+                }
+                if tw.0.at_eof() {
+                    return Ok(Read { wire: 0 });
+                }
+                let n = wire.recv(scratch)?;
+                self.feed(&scratch[..n], mqtt)?;
+                Ok(Read { wire: n })
+            }
         }
     }
 
@@ -99,6 +125,17 @@ impl Stack {
                 Ok(())
             }
             Stack::Tls(t) => t.decrypt(wire, mqtt),
+            Stack::Ws(w) => {
+                w.feed(wire, mqtt);
+                Ok(())
+            }
+            Stack::Wss(tw) => {
+                // WebSocket frames travel inside TLS records: decrypt, then unframe.
+                let mut plain = BytesMut::new();
+                tw.0.decrypt(wire, &mut plain)?;
+                tw.1.feed(&plain, mqtt);
+                Ok(())
+            }
         }
     }
 
@@ -109,30 +146,43 @@ impl Stack {
         match self {
             Stack::Plain => false,
             Stack::Tls(t) => t.at_eof(),
+            // The client's Close or a refusal: reported by the next read.
+            Stack::Ws(w) => w.end().is_some(),
+            Stack::Wss(tw) => tw.0.at_eof() || tw.1.end().is_some(),
         }
     }
 
-    /// A layer is still in its own handshake (TLS).
+    /// A layer is still in its own handshake (TLS, the WebSocket upgrade).
     pub fn handshaking(&self) -> bool {
         match self {
             Stack::Plain => false,
             Stack::Tls(t) => t.handshaking(),
+            Stack::Ws(w) => !w.upgraded(),
+            Stack::Wss(tw) => tw.0.handshaking() || !tw.1.upgraded(),
         }
     }
 
     /// The subject CN of a verified client certificate (mTLS).
     pub fn peer_identity(&self) -> Option<String> {
         match self {
-            Stack::Plain => None,
+            Stack::Plain | Stack::Ws(_) => None,
             Stack::Tls(t) => t.peer_cn(),
+            Stack::Wss(tw) => tw.0.peer_cn(),
         }
     }
 
-    /// Queues the layers' goodbye (TLS close_notify) for the last flush.
-    pub fn close(&mut self) {
+    /// Queues the layers' goodbye for the last flush: a WebSocket Close
+    /// with the code for `reason` (RFC 6455 7.4.1), TLS close_notify.
+    pub fn close(&mut self, reason: CloseReason) {
         match self {
             Stack::Plain => {}
             Stack::Tls(t) => t.close(),
+            Stack::Ws(w) => w.close(reason),
+            Stack::Wss(tw) => {
+                tw.1.close(reason);
+                wss_pump(&mut tw.0, &mut tw.1);
+                tw.0.close();
+            }
         }
     }
 
@@ -163,6 +213,24 @@ impl Stack {
                     taken += n;
                 }
             }
+            // One binary frame per flush, not per packet: the whole batch.
+            Stack::Ws(w) => {
+                if !ws_flush(w, wire)? {
+                    return Ok(0);
+                }
+                w.frame(mqtt);
+                ws_flush(w, wire)?;
+                Ok(mqtt.len())
+            }
+            Stack::Wss(tw) => {
+                let (t, w) = &mut **tw;
+                if !wss_flush(t, w, wire)? {
+                    return Ok(0);
+                }
+                w.frame(mqtt);
+                wss_flush(t, w, wire)?;
+                Ok(mqtt.len())
+            }
         }
     }
 
@@ -172,6 +240,8 @@ impl Stack {
         match self {
             Stack::Plain => false,
             Stack::Tls(t) => t.pending(),
+            Stack::Ws(w) => !w.out_ref().is_empty(),
+            Stack::Wss(tw) => tw.0.pending() || !tw.1.out_ref().is_empty(),
         }
     }
 
@@ -180,6 +250,51 @@ impl Stack {
         match self {
             Stack::Plain => Ok(true),
             Stack::Tls(t) => t.flush(wire),
+            Stack::Ws(w) => ws_flush(w, wire),
+            Stack::Wss(tw) => wss_flush(&mut tw.0, &mut tw.1, wire),
+        }
+    }
+}
+
+/// Sends the WebSocket layer's bytes; `Ok(true)` once none is left (then
+/// its buffer is released: an idle connection holds none).
+fn ws_flush(w: &mut WsLayer, wire: &impl Wire) -> io::Result<bool> {
+    while !w.out_ref().is_empty() {
+        match wire.send(w.out_ref()) {
+            Ok(n) => w.out().advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    w.shrink();
+    Ok(true)
+}
+
+/// Moves the WebSocket layer's bytes into TLS records, as many as it takes.
+fn wss_pump(t: &mut TlsLayer, w: &mut WsLayer) -> usize {
+    let n = t.encrypt(w.out_ref());
+    w.out().advance(n);
+    n
+}
+
+/// `ws_flush` through TLS: frames into records, records onto the socket.
+fn wss_flush(t: &mut TlsLayer, w: &mut WsLayer, wire: &impl Wire) -> io::Result<bool> {
+    loop {
+        let moved = if w.out_ref().is_empty() {
+            0
+        } else {
+            wss_pump(t, w)
+        };
+        if !t.flush(wire)? {
+            return Ok(false);
+        }
+        if w.out_ref().is_empty() {
+            w.shrink();
+            return Ok(true);
+        }
+        if moved == 0 {
+            // TLS takes nothing (still in its handshake): wait for it.
+            return Ok(false);
         }
     }
 }
