@@ -89,12 +89,14 @@ pub struct ShardConfig {
     pub wildcard_subscriptions: bool,
     /// Capacity of each cross-shard channel (messages; each message is a batch).
     pub mesh_capacity: usize,
+    /// Who may connect: anonymous clients, the password file.
+    pub authn: crate::access::authn::AuthnConfig,
 }
 
 impl Default for ShardConfig {
     fn default() -> Self {
         ShardConfig {
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
             cores: 0,
             cpu_list: None,
             pin: true,
@@ -122,6 +124,8 @@ impl Default for ShardConfig {
             shared_subscriptions: true,
             wildcard_subscriptions: true,
             mesh_capacity: 1024,
+            // Secure by default: anonymous clients are refused unless asked for.
+            authn: crate::access::authn::AuthnConfig::default(),
         }
     }
 }

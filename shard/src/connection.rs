@@ -111,7 +111,8 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
     };
     let deadline = shard.poller.after(CONNECT_TIMEOUT);
     shard.poller.arm(io.key, deadline);
-    let (packet, buf) = match read_connect(&shard, &io, deadline).await {
+    let mut buf = BytesMut::new();
+    let packet = match read_packet(&shard, &io, &mut buf, None, deadline).await {
         Ok(p) => p,
         Err((reason, answer)) => {
             return answer_and_close(&shard, io, answer.as_deref().unwrap_or(&[]), reason);
@@ -133,9 +134,21 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
         }
         connect::assign_id(&shard, &mut connect);
     }
+    // Authentication: one phase, before the socket leaves this shard.
+    let auth = match crate::auth_phase::authenticate(&shard, &io, &connect, &mut buf, deadline).await
+    {
+        Ok(auth) => auth,
+        Err((code, reason)) => {
+            let mut out = BytesMut::new();
+            if let Some(code) = code {
+                let _ = Packet::ConnAck(connect::refusal(code)).encode(connect.protocol, &mut out);
+            }
+            return answer_and_close(&shard, io, &out, reason);
+        }
+    };
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
-        return serve(shard, io, connect, buf, assigned, deadline);
+        return serve(shard, io, connect, buf, assigned, deadline, auth);
     }
     // Hand the socket itself to the home shard: the descriptor crosses the mesh.
     let fd = shard.poller.deregister(io);
@@ -147,30 +160,36 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
             connect,
             rest: buf,
             assigned,
+            auth,
         })),
     );
 }
 
-/// Reads the first packet within [`CONNECT_TIMEOUT`]. An error carries the
-/// close reason and the bytes that answer it, if any.
-async fn read_connect(
+/// Reads one packet of the handshake (CONNECT, or AUTH when `version` is
+/// known) by `deadline`. An error carries the close reason and the bytes
+/// that answer it, if any.
+pub(crate) async fn read_packet(
     shard: &Shard,
     io: &Io,
+    buf: &mut BytesMut,
+    version: Option<ProtocolVersion>,
     deadline: u64,
-) -> Result<(Packet, BytesMut), (CloseReason, Option<Vec<u8>>)> {
-    let mut buf = BytesMut::new();
+) -> Result<Packet, (CloseReason, Option<Vec<u8>>)> {
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
     decoder.set_reads_client(true);
+    if let Some(v) = version {
+        decoder.set_version(v);
+    }
     loop {
-        match decoder.decode(&mut buf) {
-            Ok(Some(p)) => return Ok((p, buf)),
+        match decoder.decode(buf) {
+            Ok(Some(p)) => return Ok(p),
             Ok(None) => {}
             Err(e) => {
                 let answer = connect_error_answer(&e, decoder.version());
                 return Err((close_reason_for(&e), answer));
             }
         }
-        match recv_into(shard, io, &mut buf) {
+        match recv_into(shard, io, buf) {
             Ok(0) => return Err((CloseReason::ConnectionLost, None)),
             Ok(n) => shard.stats.bytes_in.add(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -197,7 +216,7 @@ async fn read_connect(
 /// A connection handed over by another shard.
 pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
     match shard.poller.register(h.fd) {
-        Ok(io) => serve(shard, io, h.connect, h.rest, h.assigned, u64::MAX),
+        Ok(io) => serve(shard, io, h.connect, h.rest, h.assigned, u64::MAX, h.auth),
         Err(_) => shard.stats.close(CloseReason::IoError),
     }
 }
@@ -210,9 +229,10 @@ fn serve(
     buf: BytesMut,
     assigned: bool,
     armed: u64,
+    auth: crate::auth_phase::Authenticated,
 ) {
     let version = connect.protocol;
-    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), assigned);
+    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), assigned, auth);
     drop(connect); // the session took what it needs
     let (sid, conn, keep_alive) = match accepted {
         Ok(accepted) => accepted,

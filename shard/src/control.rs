@@ -11,6 +11,8 @@ pub enum Control {
     Shutdown,
     /// Stop accepting new connections; shed existing ones gradually.
     Drain,
+    /// Use this password file from now on (reload).
+    SetPasswords(Option<std::sync::Arc<crate::access::passwd::PasswordFile>>),
     /// Ask something; the reply goes to the sender.
     Query(Query, flume::Sender<Reply>),
 }

@@ -3,6 +3,7 @@
 //! outside (main thread, admin socket, tests).
 
 use crate::config::{available_cpus, Durability, ShardConfig};
+use crate::access::passwd::PasswordFile;
 use crate::control::{Control, Query, Reply};
 use crate::listener;
 use crate::mesh::ShardMsg;
@@ -40,6 +41,8 @@ pub(crate) struct ShardInit {
     pub recovered: Vec<crate::store::RecoveredSession>,
     /// Retained messages recovered (every shard keeps a replica).
     pub retained: Arc<Vec<crate::store::RetainedRecord>>,
+    /// The password file read at start, if one is configured.
+    pub passwords: Option<Arc<PasswordFile>>,
 }
 
 /// A running broker core.
@@ -49,6 +52,8 @@ pub struct ServerHandle {
     stats: Vec<Arc<ShardStats>>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     started: Instant,
+    /// `--password-file`, re-read by [`ServerHandle::reload_passwords`].
+    password_file: Option<std::path::PathBuf>,
 }
 
 /// Checks the placement asked for against the CPUs present.
@@ -111,6 +116,13 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     if cfg.listen.is_empty() {
         return Err(invalid("--listen: no listener configured".into()));
     }
+    // The password file before anything binds: a file that does not parse stops the start.
+    let passwords = match &cfg.authn.password_file {
+        Some(path) => Some(Arc::new(
+            PasswordFile::load(path).map_err(|e| invalid(e.to_string()))?,
+        )),
+        None => None,
+    };
     let mut addrs = Vec::new();
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
     for addr in &cfg.listen {
@@ -201,6 +213,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             store: store_handle,
             recovered,
             retained: retained.clone(),
+            passwords: passwords.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("ringmq-shard-{id}"))
@@ -230,6 +243,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
         }
     }
     Ok(ServerHandle {
+        password_file: cfg.authn.password_file.clone(),
         addrs,
         controls,
         stats,
@@ -261,6 +275,21 @@ impl ServerHandle {
         for c in &self.controls {
             let _ = c.send(Control::Shutdown);
         }
+    }
+    /// Re-reads the password file and hands it to every shard (each swaps
+    /// its `Arc`; connections already accepted stay). A file that does not
+    /// parse changes nothing: the error names the file and line. Returns
+    /// the number of users, `Ok(None)` when no password file is configured.
+    pub fn reload_passwords(&self) -> Result<Option<usize>, crate::access::passwd::PasswdError> {
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let file = Arc::new(PasswordFile::load(path)?);
+        let users = file.len();
+        for c in &self.controls {
+            let _ = c.send(Control::SetPasswords(Some(file.clone())));
+        }
+        Ok(Some(users))
     }
     /// Stop accepting new connections on every shard (connections stay).
     pub fn drain(&self) {

@@ -63,6 +63,8 @@ pub struct Shard {
     pub confirms: RefCell<crate::persist::Confirms>,
     /// QoS 1 copies not yet stored, waiting for their subscriber's PUBACK.
     pub defer: crate::defer::Defer,
+    /// Who may connect (policy and this shard's copy of the password file).
+    pub authn: crate::access::authn::Authn,
 }
 
 impl Shard {
@@ -157,6 +159,7 @@ pub(crate) async fn run(init: ShardInit) {
         store: init.store.start(),
         confirms: RefCell::new(crate::persist::Confirms::default()),
         defer: crate::defer::Defer::default(),
+        authn: crate::access::authn::Authn::new(init.cfg.authn.clone(), init.passwords),
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,
@@ -202,6 +205,7 @@ pub(crate) async fn run(init: ShardInit) {
                 shard.stop_accepting();
                 spawn_local(crate::connection::drain(shard.clone())).detach();
             }
+            Control::SetPasswords(p) => shard.authn.set_passwords(p),
             Control::Query(q, reply) => {
                 let _ = reply.send(crate::admin::answer(&shard, q));
             }
