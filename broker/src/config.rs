@@ -54,12 +54,24 @@ macro_rules! section {
 section! {
     /// `[listeners]`: where clients connect.
     "Listeners" Listeners {
-        /// Listener URL, repeatable (mqtt://HOST:PORT); comma-separated in the environment
-        #[arg(long, value_name = "URL", default_value = "mqtt://0.0.0.0:1883", value_delimiter = ',')]
+        /// Listener URL, repeatable (mqtt://HOST:PORT); comma-separated in the environment. Unset: loopback only, anonymous allowed
+        #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883,mqtt://[::1]:1883", value_delimiter = ',')]
         pub listen: Vec<ListenUrl>,
         /// listen(2) backlog of each shard's socket
         #[arg(long, value_name = "N", default_value_t = 4096)]
         pub backlog: u32,
+    }
+}
+
+section! {
+    /// `[auth]`: who may connect.
+    "Authentication" Auth {
+        /// Accept clients that give no user name (default: only when no listener is named)
+        #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+        pub allow_anonymous: bool,
+        /// Password file, Mosquitto format ($6$, $7$) or `ringmq passwd` entries (empty: none)
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub password_file: OptPath,
     }
 }
 
@@ -198,6 +210,8 @@ section! {
 pub struct Config {
     #[command(flatten)]
     pub listeners: Listeners,
+    #[command(flatten)]
+    pub auth: Auth,
     #[command(flatten)]
     pub placement: Placement,
     #[command(flatten)]
