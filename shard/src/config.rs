@@ -96,7 +96,10 @@ pub struct ShardConfig {
 impl Default for ShardConfig {
     fn default() -> Self {
         ShardConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            listen: vec![
+                SocketAddr::from(([127, 0, 0, 1], 1883)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1883)),
+            ],
             cores: 0,
             cpu_list: None,
             pin: true,

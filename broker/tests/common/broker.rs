@@ -45,6 +45,12 @@ impl Broker {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             cores: shards,
             data_dir: scratch_dir(),
+            // These tests connect without user names: they need anonymous
+            // clients, which a broker refuses by default.
+            authn: ringmq_shard::access::authn::AuthnConfig {
+                allow_anonymous: true,
+                password_file: None,
+            },
             ..ShardConfig::default()
         };
         tweak(&mut cfg);
@@ -97,11 +103,19 @@ pub struct BinBroker {
 }
 
 impl BinBroker {
-    /// Runs `ringmq --listen mqtt://127.0.0.1:0 --cores N` and waits (bounded) for its
-    /// `ringmq listening on mqtt://HOST:PORT` line.
+    /// Runs `ringmq --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores N`
+    /// (a named listener refuses anonymous clients otherwise) and waits
+    /// (bounded) for its `ringmq listening on mqtt://HOST:PORT` line.
     pub fn start(cores: usize) -> BinBroker {
         let cores = cores.to_string();
-        BinBroker::start_args(&["--listen", "mqtt://127.0.0.1:0", "--cores", &cores])
+        BinBroker::start_args(&[
+            "--listen",
+            "mqtt://127.0.0.1:0",
+            "--allow-anonymous",
+            "true",
+            "--cores",
+            &cores,
+        ])
     }
 
     /// Runs `ringmq` with `args`, its data directory and admin socket in a fresh scratch dir.

@@ -161,14 +161,16 @@ pub struct OpsBroker {
 }
 
 impl OpsBroker {
-    /// Starts `ringmq --listen mqtt://127.0.0.1:0 --cores 2 --data-dir DIR --durability none EXTRA`
-    /// and waits (bounded) for its ready lines.
+    /// Starts `ringmq --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores 2 --data-dir
+    /// DIR --durability none EXTRA` and waits (bounded) for its ready lines.
     pub fn start(name: &str, extra: &[&str]) -> OpsBroker {
         use std::io::BufRead;
         let dir = scratch(name);
         let mut args = vec![
             "--listen",
             "mqtt://127.0.0.1:0",
+            "--allow-anonymous",
+            "true",
             "--cores",
             "2",
             "--durability",
