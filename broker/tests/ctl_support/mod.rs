@@ -106,6 +106,7 @@ impl AdminBackend for FakeBackend {
             ]),
             drops: BTreeMap::from([("qos0_buffer_full".into(), 4)]),
             refusals: BTreeMap::from([("quota_exceeded".into(), 3)]),
+            auth: BTreeMap::from([("password".into(), 2), ("bad_password".into(), 1)]),
             busy_ratio: 0.25,
             storage_commit: Some(Histogram {
                 buckets: vec![(0.001, 3), (0.01, 5)],
