@@ -96,8 +96,7 @@ pub fn run(a: &PasswdArgs) -> Result<(), String> {
     if !text.is_empty() {
         text.push('\n');
     }
-    write_atomically(&a.file, text.as_bytes())
-        .map_err(|e| format!("{}: {e}", a.file.display()))
+    write_atomically(&a.file, text.as_bytes()).map_err(|e| format!("{}: {e}", a.file.display()))
 }
 
 /// Mosquitto's rules: not empty, no `:` (the separator), no control characters.
@@ -130,10 +129,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map_or_else(
-        || "passwd".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = path
+        .file_name()
+        .map_or_else(|| "passwd".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()

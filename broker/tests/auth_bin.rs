@@ -5,7 +5,6 @@
 //! anonymous allowed) against a named one (anonymous refused), as the log line says.
 //! Every child is bounded and stopped by PID.
 
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -106,9 +105,22 @@ fn ringmq(args: &[&str]) -> Output {
 }
 
 /// mosquitto_pub -u/-P (bounded by its own connect timeout): (exit success, stderr).
-fn mqtt_pub(addr: SocketAddr, v: &str, id: &str, creds: Option<(&str, &str)>, retain: bool) -> (bool, String) {
+fn mqtt_pub(
+    addr: SocketAddr,
+    v: &str,
+    id: &str,
+    creds: Option<(&str, &str)>,
+    retain: bool,
+) -> (bool, String) {
     let mut cmd = Command::new("timeout");
-    cmd.args(["10", "mosquitto_pub", "-h", "127.0.0.1", "-p", &addr.port().to_string()]);
+    cmd.args([
+        "10",
+        "mosquitto_pub",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &addr.port().to_string(),
+    ]);
     cmd.args(["-V", v, "-i", id, "-t", "auth/t", "-m", id, "-q", "1"]);
     if retain {
         cmd.arg("-r");
@@ -117,7 +129,10 @@ fn mqtt_pub(addr: SocketAddr, v: &str, id: &str, creds: Option<(&str, &str)>, re
         cmd.args(["-u", u, "-P", p]);
     }
     let out = cmd.output().expect("mosquitto_pub");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// mosquitto_sub -C 1 -W 10: the first message's payload (the retained one).
@@ -127,7 +142,11 @@ fn mqtt_sub_one(addr: SocketAddr, v: &str, user: &str, pw: &str) -> String {
         .args(["-t", "auth/t", "-C", "1", "-W", "10", "-u", user, "-P", pw])
         .output()
         .expect("mosquitto_sub");
-    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mosquitto_sub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -138,9 +157,24 @@ fn mosquitto_clients_against_mosquitto_passwd_files() {
     let pws = pw.to_str().unwrap();
     mosquitto_passwd(&["-c", "-b", pws, "alice", "secret"]);
     mosquitto_passwd(&["-H", "sha512", "-b", pws, "bob", "hunter2"]);
-    let b = start(&dir, &["--listen", "mqtt://127.0.0.1:0", "--cores", "2", "--password-file", pws, "--durability", "none"]);
+    let b = start(
+        &dir,
+        &[
+            "--listen",
+            "mqtt://127.0.0.1:0",
+            "--cores",
+            "2",
+            "--password-file",
+            pws,
+            "--durability",
+            "none",
+        ],
+    );
     assert!(
-        b.lines.iter().any(|l| l.contains(&format!("listener mqtt://{}: anonymous clients refused, password file {pws}", b.addr))),
+        b.lines.iter().any(|l| l.contains(&format!(
+            "listener mqtt://{}: anonymous clients refused, password file {pws}",
+            b.addr
+        ))),
         "posture line: {:#?}",
         b.lines
     );
@@ -150,13 +184,23 @@ fn mosquitto_clients_against_mosquitto_passwd_files() {
             let (ok, err) = mqtt_pub(b.addr, v, &id, Some((user, pass)), true);
             assert!(ok, "{user} {v}: {err}");
             // The other user reads what this one retained.
-            let (reader, rp) = if user == "alice" { ("bob", "hunter2") } else { ("alice", "secret") };
+            let (reader, rp) = if user == "alice" {
+                ("bob", "hunter2")
+            } else {
+                ("alice", "secret")
+            };
             assert_eq!(mqtt_sub_one(b.addr, v, reader, rp), id);
             let (ok, err) = mqtt_pub(b.addr, v, "w", Some((user, "wrong")), false);
-            assert!(!ok && err.to_lowercase().contains("bad user name or password"), "{user} {v} wrong: {err}");
+            assert!(
+                !ok && err.to_lowercase().contains("bad user name or password"),
+                "{user} {v} wrong: {err}"
+            );
         }
         let (ok, err) = mqtt_pub(b.addr, v, "anon", None, false);
-        assert!(!ok && err.to_lowercase().contains("not authori"), "anonymous {v}: {err}");
+        assert!(
+            !ok && err.to_lowercase().contains("not authori"),
+            "anonymous {v}: {err}"
+        );
     }
 }
 
@@ -168,7 +212,11 @@ fn ringmq_passwd_writes_files_the_broker_and_mosquitto_clients_use() {
     // A file started by mosquitto_passwd, edited by ringmq passwd: its lines are kept.
     mosquitto_passwd(&["-c", "-b", pws, "alice", "secret"]);
     let out = ringmq(&["passwd", "-b", pws, "dave", "argon-pw"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = ringmq(&["passwd", "--scram", "-b", pws, "erin", "scram-pw"]);
     assert!(out.status.success());
     let out = ringmq(&["passwd", "-b", pws, "frank", "gone"]);
@@ -180,29 +228,63 @@ fn ringmq_passwd_writes_files_the_broker_and_mosquitto_clients_use() {
     assert_eq!(users, ["alice", "dave", "erin"], "{text}");
     assert!(text.contains("alice:$7$101$") && text.contains("dave:$argon2id$v=19$"));
     assert!(text.contains("erin:$scram-sha-256$4096$"));
-    assert_eq!(std::fs::metadata(&pw).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&pw).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // Updating a user replaces its line.
     let out = ringmq(&["passwd", "-b", pws, "dave", "new-pw"]);
     assert!(out.status.success());
     assert_eq!(std::fs::read_to_string(&pw).unwrap().lines().count(), 3);
     // One-line errors.
     for (args, want) in [
-        (vec!["passwd", "-D", pws, "nobody"], "error: user nobody is not in"),
-        (vec!["passwd", pws, "x", "pw"], "error: a password argument needs -b"),
-        (vec!["passwd", "-b", "/nonexistent/pw", "x", "y"], "error: /nonexistent/pw: "),
-        (vec!["passwd", "-c", "-b", pws, "a:b", "y"], "error: user name \"a:b\" is invalid"),
+        (
+            vec!["passwd", "-D", pws, "nobody"],
+            "error: user nobody is not in",
+        ),
+        (
+            vec!["passwd", pws, "x", "pw"],
+            "error: a password argument needs -b",
+        ),
+        (
+            vec!["passwd", "-b", "/nonexistent/pw", "x", "y"],
+            "error: /nonexistent/pw: ",
+        ),
+        (
+            vec!["passwd", "-c", "-b", pws, "a:b", "y"],
+            "error: user name \"a:b\" is invalid",
+        ),
         // No terminal to prompt on: a clear error, the file untouched.
         (vec!["passwd", pws, "x"], "error: password: "),
     ] {
         let out = ringmq(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.starts_with(want) && err.lines().count() == 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with(want) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
     }
     assert_eq!(std::fs::read_to_string(&pw).unwrap().lines().count(), 3);
-    let b = start(&dir, &["--listen", "mqtt://127.0.0.1:0", "--cores", "1", "--password-file", pws, "--durability", "none"]);
+    let b = start(
+        &dir,
+        &[
+            "--listen",
+            "mqtt://127.0.0.1:0",
+            "--cores",
+            "1",
+            "--password-file",
+            pws,
+            "--durability",
+            "none",
+        ],
+    );
     for v in ["mqttv311", "mqttv5"] {
-        for (u, p) in [("alice", "secret"), ("dave", "new-pw"), ("erin", "scram-pw")] {
+        for (u, p) in [
+            ("alice", "secret"),
+            ("dave", "new-pw"),
+            ("erin", "scram-pw"),
+        ] {
             let (ok, err) = mqtt_pub(b.addr, v, &format!("{u}{v}"), Some((u, p)), false);
             assert!(ok, "{u} {v}: {err}");
         }
@@ -218,23 +300,54 @@ fn paho_accepts_and_refuses() {
     let pw = dir.join("passwd");
     let pws = pw.to_str().unwrap();
     mosquitto_passwd(&["-c", "-b", pws, "alice", "secret"]);
-    let b = start(&dir, &["--listen", "mqtt://127.0.0.1:0", "--cores", "2", "--password-file", pws, "--durability", "none"]);
+    let b = start(
+        &dir,
+        &[
+            "--listen",
+            "mqtt://127.0.0.1:0",
+            "--cores",
+            "2",
+            "--password-file",
+            pws,
+            "--durability",
+            "none",
+        ],
+    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/paho_connect.py");
     let paho = |v: &str, u: &str, p: &str| {
         let out = Command::new("timeout")
-            .args(["20", "python3", script, "127.0.0.1", &b.addr.port().to_string(), v, u, p])
+            .args([
+                "20",
+                "python3",
+                script,
+                "127.0.0.1",
+                &b.addr.port().to_string(),
+                v,
+                u,
+                p,
+            ])
             .output()
             .expect("python3");
-        assert!(out.status.success(), "paho: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "paho: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     for v in ["311", "5"] {
         assert_eq!(paho(v, "alice", "secret"), "0", "v{v} right password");
         // paho 2 reports 3.1.1's 4 and 5 as the v5 codes 134 and 135.
         let bad = paho(v, "alice", "nope");
-        assert!(bad == "134" || (v == "311" && bad == "4"), "v{v} wrong password: {bad}");
+        assert!(
+            bad == "134" || (v == "311" && bad == "4"),
+            "v{v} wrong password: {bad}"
+        );
         let anon = paho(v, "-", "x");
-        assert!(anon == "135" || (v == "311" && anon == "5"), "v{v} anonymous: {anon}");
+        assert!(
+            anon == "135" || (v == "311" && anon == "5"),
+            "v{v} anonymous: {anon}"
+        );
     }
 }
 
@@ -253,7 +366,9 @@ fn default_posture_follows_mosquitto_2() {
         let b = start(&dir, &["--cores", "1", "--durability", "none"]);
         assert_eq!(b.addr, "127.0.0.1:1883".parse().unwrap());
         assert!(
-            b.lines.iter().any(|l| l.contains("listener mqtt://127.0.0.1:1883: anonymous clients allowed, no password file")),
+            b.lines.iter().any(|l| l.contains(
+                "listener mqtt://127.0.0.1:1883: anonymous clients allowed, no password file"
+            )),
             "{:#?}",
             b.lines
         );
@@ -262,13 +377,41 @@ fn default_posture_follows_mosquitto_2() {
         let (ok, err) = mqtt_pub(b.addr, "mqttv311", "anon-default4", None, false);
         assert!(ok, "anonymous on the default listener: {err}");
     }
-    let b = start(&dir, &["--listen", "mqtt://127.0.0.1:0", "--cores", "1", "--durability", "none"]);
-    assert!(b.lines.iter().any(|l| l.contains("anonymous clients refused, no password file")));
+    let b = start(
+        &dir,
+        &[
+            "--listen",
+            "mqtt://127.0.0.1:0",
+            "--cores",
+            "1",
+            "--durability",
+            "none",
+        ],
+    );
+    assert!(b
+        .lines
+        .iter()
+        .any(|l| l.contains("anonymous clients refused, no password file")));
     let (ok, err) = mqtt_pub(b.addr, "mqttv5", "anon-named", None, false);
     assert!(!ok && err.to_lowercase().contains("not authori"), "{err}");
     drop(b);
-    let b = start(&dir, &["--listen", "mqtt://127.0.0.1:0", "--allow-anonymous", "true", "--cores", "1", "--durability", "none"]);
-    assert!(b.lines.iter().any(|l| l.contains("anonymous clients allowed")));
+    let b = start(
+        &dir,
+        &[
+            "--listen",
+            "mqtt://127.0.0.1:0",
+            "--allow-anonymous",
+            "true",
+            "--cores",
+            "1",
+            "--durability",
+            "none",
+        ],
+    );
+    assert!(b
+        .lines
+        .iter()
+        .any(|l| l.contains("anonymous clients allowed")));
     let (ok, err) = mqtt_pub(b.addr, "mqttv311", "anon-allowed", None, false);
     assert!(ok, "{err}");
 }

@@ -31,7 +31,10 @@ fn password_file(name: &str) -> PathBuf {
     run(&["-c", "-b", fs, "alice", "secret"]);
     run(&["-H", "sha512", "-b", fs, "bob", "hunter2"]);
     let text = std::fs::read_to_string(&f).unwrap();
-    assert!(text.contains("alice:$7$") && text.contains("bob:$6$"), "{text}");
+    assert!(
+        text.contains("alice:$7$") && text.contains("bob:$6$"),
+        "{text}"
+    );
     let more = format!(
         "{text}dave:{}\nerin:{}\n",
         Entry::new_argon2id(b"argon-pw"),
@@ -69,7 +72,11 @@ async fn passwords_decide(proto: Proto, shards: usize) {
         Proto::V5 => (0x87, 0x86),
         Proto::V4 => (0x05, 0x04),
     };
-    assert_eq!(code(proto, &b, "anon", None).await, refused_anon, "anonymous");
+    assert_eq!(
+        code(proto, &b, "anon", None).await,
+        refused_anon,
+        "anonymous"
+    );
     for (user, pw) in [
         ("alice", "secret"),
         ("bob", "hunter2"),
@@ -81,7 +88,11 @@ async fn passwords_decide(proto: Proto, shards: usize) {
             let id = format!("{user}-{i}");
             assert_eq!(code(proto, &b, &id, Some((user, pw))).await, 0, "{user}");
             let id = format!("{user}-bad-{i}");
-            assert_eq!(code(proto, &b, &id, Some((user, "wrong"))).await, bad_pw, "{user} wrong");
+            assert_eq!(
+                code(proto, &b, &id, Some((user, "wrong"))).await,
+                bad_pw,
+                "{user} wrong"
+            );
         }
     }
     assert_eq!(code(proto, &b, "who", Some(("mallory", "x"))).await, bad_pw);
@@ -90,9 +101,11 @@ async fn passwords_decide(proto: Proto, shards: usize) {
     assert_eq!(auth_count(&b, AuthOutcome::BadPassword), 12);
     assert_eq!(auth_count(&b, AuthOutcome::UnknownUser), 1);
     // Accepted clients publish and receive as usual.
-    let mut sub = Client::connect(Opts::new(proto, b.addr, "sub").credentials("alice", "secret")).await;
+    let mut sub =
+        Client::connect(Opts::new(proto, b.addr, "sub").credentials("alice", "secret")).await;
     sub.subscribe("t/auth", 1).await;
-    let publ = Client::connect(Opts::new(proto, b.addr, "pub").credentials("dave", "argon-pw")).await;
+    let publ =
+        Client::connect(Opts::new(proto, b.addr, "pub").credentials("dave", "argon-pw")).await;
     publ.publish("t/auth", 1, false, "hi").await;
     assert_eq!(sub.recv("the publish").await.text(), "hi");
 }
@@ -111,7 +124,10 @@ async fn anonymous_allowed_still_checks_passwords(proto: Proto, shards: usize) {
 async fn user_name_without_password_file_is_refused(proto: Proto, shards: usize) {
     let b = Broker::start_with(shards, |c| c.authn = AuthnConfig::default());
     let refused = if proto == Proto::V5 { 0x87 } else { 0x05 };
-    assert_eq!(code(proto, &b, "u", Some(("alice", "secret"))).await, refused);
+    assert_eq!(
+        code(proto, &b, "u", Some(("alice", "secret"))).await,
+        refused
+    );
     assert_eq!(code(proto, &b, "v", None).await, refused);
     assert_eq!(auth_count(&b, AuthOutcome::AnonymousRefused), 2);
 }

@@ -65,8 +65,18 @@ async fn start(b: &Broker, id: &str, user: &str, cnonce: &str) -> (Raw, String) 
         panic!("expected AUTH");
     };
     assert_eq!(a.reason, ReasonCode::ContinueAuthentication);
-    assert_eq!(a.properties.authentication_method.as_ref().map(|m| m.as_str()), Some(METHOD));
-    let data = a.properties.authentication_data.clone().expect("server-first");
+    assert_eq!(
+        a.properties
+            .authentication_method
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some(METHOD)
+    );
+    let data = a
+        .properties
+        .authentication_data
+        .clone()
+        .expect("server-first");
     (raw, String::from_utf8(data.to_vec()).unwrap())
 }
 
@@ -82,7 +92,8 @@ async fn connack(raw: &mut Raw) -> ConnAck {
 async fn login(b: &Broker, id: &str, user: &str, pw: &str) -> (Raw, ConnAck, String) {
     let (mut raw, first) = start(b, id, user, "cn0nce").await;
     let (last, expect) = client::last(user, pw, "cn0nce", &first).unwrap();
-    raw.send(&auth(ReasonCode::ContinueAuthentication, METHOD, &last)).await;
+    raw.send(&auth(ReasonCode::ContinueAuthentication, METHOD, &last))
+        .await;
     let ack = connack(&mut raw).await;
     (raw, ack, expect)
 }
@@ -93,9 +104,19 @@ async fn exchange_succeeds(shards: usize) {
         let (mut raw, ack, expect) = login(&b, &format!("erin-{i}"), "erin", "scram-pw").await;
         assert_eq!(ack.reason, ReasonCode::Success);
         // [MQTT-4.12.0-5] the CONNACK names the method; its data is server-final.
-        assert_eq!(ack.properties.authentication_method.as_ref().map(|m| m.as_str()), Some(METHOD));
+        assert_eq!(
+            ack.properties
+                .authentication_method
+                .as_ref()
+                .map(|m| m.as_str()),
+            Some(METHOD)
+        );
         let data = ack.properties.authentication_data.clone().unwrap();
-        assert_eq!(std::str::from_utf8(&data).unwrap(), expect, "server signature");
+        assert_eq!(
+            std::str::from_utf8(&data).unwrap(),
+            expect,
+            "server signature"
+        );
         raw.send(&Packet::PingReq).await;
         assert!(matches!(raw.expect_any("PINGRESP").await, Packet::PingResp));
     }
@@ -126,7 +147,10 @@ async fn unknown_method_gets_0x8c(shards: usize) {
     let mut raw = Raw::open(b.addr, ProtocolVersion::V5).await;
     raw.send(&Packet::Connect(Box::new(c))).await;
     // [MQTT-4.12.0-1] CONNACK 0x8C and close.
-    assert_eq!(connack(&mut raw).await.reason, ReasonCode::BadAuthenticationMethod);
+    assert_eq!(
+        connack(&mut raw).await.reason,
+        ReasonCode::BadAuthenticationMethod
+    );
     raw.expect_closed(WAIT, "closed after 0x8C").await;
     // A malformed client-first: 0x87.
     let mut c = connect_packet(ProtocolVersion::V5, "m2", true);
@@ -148,12 +172,14 @@ async fn out_of_order_is_a_protocol_error(shards: usize) {
     // [MQTT-4.12.0-3] the client answers with 0x18, not 0x19.
     let (mut raw, first) = start(&b, "o2", "erin", "n2").await;
     let (last, _) = client::last("erin", "scram-pw", "n2", &first).unwrap();
-    raw.send(&auth(ReasonCode::ReAuthenticate, METHOD, &last)).await;
+    raw.send(&auth(ReasonCode::ReAuthenticate, METHOD, &last))
+        .await;
     assert_eq!(connack(&mut raw).await.reason, ReasonCode::ProtocolError);
     // [MQTT-4.12.0-5] the same method in every AUTH.
     let (mut raw, first) = start(&b, "o3", "erin", "n3").await;
     let (last, _) = client::last("erin", "scram-pw", "n3", &first).unwrap();
-    raw.send(&auth(ReasonCode::ContinueAuthentication, "OTHER", &last)).await;
+    raw.send(&auth(ReasonCode::ContinueAuthentication, "OTHER", &last))
+        .await;
     assert_eq!(connack(&mut raw).await.reason, ReasonCode::ProtocolError);
     // A client that gives up: DISCONNECT, closed without CONNACK.
     let (mut raw, _) = start(&b, "o4", "erin", "n4").await;
@@ -164,8 +190,10 @@ async fn out_of_order_is_a_protocol_error(shards: usize) {
     c.username = Some(s("alice"));
     c.password = Some(Bytes::from_static(b"secret"));
     let (mut raw, _) = Raw::connect_with(b.addr, c).await;
-    raw.send(&auth(ReasonCode::ReAuthenticate, METHOD, "n,,n=alice,r=x")).await;
-    raw.expect_disconnect(ReasonCode::ProtocolError, "AUTH without a method").await;
+    raw.send(&auth(ReasonCode::ReAuthenticate, METHOD, "n,,n=alice,r=x"))
+        .await;
+    raw.expect_disconnect(ReasonCode::ProtocolError, "AUTH without a method")
+        .await;
     assert!(b.stat(|s| s.closes_for(CloseReason::ProtocolError)) >= 4);
 }
 
@@ -176,13 +204,24 @@ async fn reauthentication(shards: usize) {
     for round in 0..2 {
         // [MQTT-4.12.1-1] AUTH 0x19 with the same method starts it.
         let cnonce = format!("again{round}");
-        raw.send(&auth(ReasonCode::ReAuthenticate, METHOD, &client::first("erin", &cnonce))).await;
-        let Packet::Auth(a) = raw.expect_any("AUTH 0x18").await else { panic!("AUTH") };
+        raw.send(&auth(
+            ReasonCode::ReAuthenticate,
+            METHOD,
+            &client::first("erin", &cnonce),
+        ))
+        .await;
+        let Packet::Auth(a) = raw.expect_any("AUTH 0x18").await else {
+            panic!("AUTH")
+        };
         assert_eq!(a.reason, ReasonCode::ContinueAuthentication);
-        let first = String::from_utf8(a.properties.authentication_data.clone().unwrap().to_vec()).unwrap();
+        let first =
+            String::from_utf8(a.properties.authentication_data.clone().unwrap().to_vec()).unwrap();
         let (last, expect) = client::last("erin", "scram-pw", &cnonce, &first).unwrap();
-        raw.send(&auth(ReasonCode::ContinueAuthentication, METHOD, &last)).await;
-        let Packet::Auth(a) = raw.expect_any("AUTH 0x00").await else { panic!("AUTH") };
+        raw.send(&auth(ReasonCode::ContinueAuthentication, METHOD, &last))
+            .await;
+        let Packet::Auth(a) = raw.expect_any("AUTH 0x00").await else {
+            panic!("AUTH")
+        };
         assert_eq!(a.reason, ReasonCode::Success);
         let data = a.properties.authentication_data.clone().unwrap();
         assert_eq!(std::str::from_utf8(&data).unwrap(), expect);
@@ -191,23 +230,47 @@ async fn reauthentication(shards: usize) {
     assert!(matches!(raw.expect_any("PINGRESP").await, Packet::PingResp));
     assert_eq!(b.stat(|s| s.auth_for(AuthOutcome::Reauth)), 2);
     // A wrong proof: [MQTT-4.12.1-2] DISCONNECT 0x87 and close.
-    raw.send(&auth(ReasonCode::ReAuthenticate, METHOD, &client::first("erin", "x"))).await;
-    let Packet::Auth(a) = raw.expect_any("AUTH 0x18").await else { panic!("AUTH") };
-    let first = String::from_utf8(a.properties.authentication_data.clone().unwrap().to_vec()).unwrap();
+    raw.send(&auth(
+        ReasonCode::ReAuthenticate,
+        METHOD,
+        &client::first("erin", "x"),
+    ))
+    .await;
+    let Packet::Auth(a) = raw.expect_any("AUTH 0x18").await else {
+        panic!("AUTH")
+    };
+    let first =
+        String::from_utf8(a.properties.authentication_data.clone().unwrap().to_vec()).unwrap();
     let (last, _) = client::last("erin", "wrong", "x", &first).unwrap();
-    raw.send(&auth(ReasonCode::ContinueAuthentication, METHOD, &last)).await;
-    raw.expect_disconnect(ReasonCode::NotAuthorized, "failed re-auth").await;
+    raw.send(&auth(ReasonCode::ContinueAuthentication, METHOD, &last))
+        .await;
+    raw.expect_disconnect(ReasonCode::NotAuthorized, "failed re-auth")
+        .await;
     // Re-authenticating as another user is refused too.
     let (mut raw, _, _) = login(&b, "r2", "erin", "scram-pw").await;
-    raw.send(&auth(ReasonCode::ReAuthenticate, METHOD, &client::first("frank", "y"))).await;
-    raw.expect_disconnect(ReasonCode::NotAuthorized, "another user").await;
+    raw.send(&auth(
+        ReasonCode::ReAuthenticate,
+        METHOD,
+        &client::first("frank", "y"),
+    ))
+    .await;
+    raw.expect_disconnect(ReasonCode::NotAuthorized, "another user")
+        .await;
     // 0x18 outside an exchange, and another method: Protocol Error.
     let (mut raw, _, _) = login(&b, "r3", "erin", "scram-pw").await;
-    raw.send(&auth(ReasonCode::ContinueAuthentication, METHOD, "c=biws,r=x,p=AAAA")).await;
-    raw.expect_disconnect(ReasonCode::ProtocolError, "0x18 unasked").await;
+    raw.send(&auth(
+        ReasonCode::ContinueAuthentication,
+        METHOD,
+        "c=biws,r=x,p=AAAA",
+    ))
+    .await;
+    raw.expect_disconnect(ReasonCode::ProtocolError, "0x18 unasked")
+        .await;
     let (mut raw, _, _) = login(&b, "r4", "erin", "scram-pw").await;
-    raw.send(&auth(ReasonCode::ReAuthenticate, "OTHER", "n,,n=erin,r=x")).await;
-    raw.expect_disconnect(ReasonCode::ProtocolError, "other method").await;
+    raw.send(&auth(ReasonCode::ReAuthenticate, "OTHER", "n,,n=erin,r=x"))
+        .await;
+    raw.expect_disconnect(ReasonCode::ProtocolError, "other method")
+        .await;
     assert_eq!(b.stat(|s| s.auth_for(AuthOutcome::ReauthFailed)), 2);
     assert_eq!(b.stat(|s| s.closes_for(CloseReason::NotAuthorized)), 2);
 }

@@ -142,7 +142,9 @@ fn bad_password_file_is_one_line_with_its_line() {
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.starts_with(&format!("error: --password-file {f}: line 2: user alice: not a hashed password")),
+        err.starts_with(&format!(
+            "error: --password-file {f}: line 2: user alice: not a hashed password"
+        )),
         "{err}"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
@@ -152,7 +154,9 @@ fn bad_password_file_is_one_line_with_its_line() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.starts_with(&format!("error: RINGMQ_PASSWORD_FILE={f}.missing: No such file")),
+        err.starts_with(&format!(
+            "error: RINGMQ_PASSWORD_FILE={f}.missing: No such file"
+        )),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -174,14 +174,26 @@ fn environment_sits_between_flag_and_file() {
 fn naming_a_listener_anywhere_refuses_anonymous_clients() {
     let dir = scratch("posture");
     let listen_file = dir.join("listen.toml");
-    std::fs::write(&listen_file, "[listeners]\nlisten = [\"mqtt://127.0.0.1:2000\"]\n").unwrap();
+    std::fs::write(
+        &listen_file,
+        "[listeners]\nlisten = [\"mqtt://127.0.0.1:2000\"]\n",
+    )
+    .unwrap();
     let lf = listen_file.to_str().unwrap();
     let anon = |args: &[&str]| resolve(args).unwrap().0.auth.allow_anonymous;
     assert!(anon(&[]), "no listener named: anonymous allowed");
     assert!(!anon(&["--listen", "mqtt://127.0.0.1:1"]), "flag names one");
     assert!(!anon(&["--config", lf]), "file names one");
-    assert!(anon(&["--listen", "mqtt://127.0.0.1:1", "--allow-anonymous", "true"]));
-    assert!(!anon(&["--allow-anonymous", "false"]), "explicit false on the default listeners");
+    assert!(anon(&[
+        "--listen",
+        "mqtt://127.0.0.1:1",
+        "--allow-anonymous",
+        "true"
+    ]));
+    assert!(
+        !anon(&["--allow-anonymous", "false"]),
+        "explicit false on the default listeners"
+    );
     // The environment names one too (through the binary: clap reads it).
     let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
         .args(["config", "show"])
@@ -215,7 +227,15 @@ fn auth_keys_follow_precedence() {
     assert_eq!(cfg.auth.password_file.to_string(), file_pw);
     assert_eq!(src.source("password_file"), Source::File);
     // Flag over file.
-    let (cfg, _) = resolve(&["--config", f, "--allow-anonymous", "false", "--password-file", &flag_pw]).unwrap();
+    let (cfg, _) = resolve(&[
+        "--config",
+        f,
+        "--allow-anonymous",
+        "false",
+        "--password-file",
+        &flag_pw,
+    ])
+    .unwrap();
     assert!(!cfg.auth.allow_anonymous);
     assert_eq!(cfg.auth.password_file.to_string(), flag_pw);
     assert_eq!(
@@ -232,7 +252,11 @@ fn auth_keys_follow_precedence() {
             .env("RINGMQ_PASSWORD_FILE", &env_pw)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         toml::from_str::<Config>(&String::from_utf8_lossy(&out.stdout)).unwrap()
     };
     let shown = show(&[]);

@@ -18,7 +18,9 @@ use crate::session::SessionId;
 use crate::shard::Shard;
 use crate::stats::{AuthOutcome, CloseReason};
 use bytes::{Bytes, BytesMut};
-use ringmq_codec::{Auth, AuthProperties, Connect, MqttString, Packet, ProtocolVersion, ReasonCode};
+use ringmq_codec::{
+    Auth, AuthProperties, Connect, MqttString, Packet, ProtocolVersion, ReasonCode,
+};
 use std::rc::Rc;
 
 /// Who the client is, as the accepting shard found: carried to the home shard.
@@ -107,7 +109,10 @@ pub(crate) async fn authenticate(
                 .clone()
                 .expect("SCRAM starts from a CONNECT with a method");
             // [MQTT-4.12.0-2] more is needed: AUTH 0x18 with server-first.
-            send(io, &auth_packet(ReasonCode::ContinueAuthentication, &method, st.message()));
+            send(
+                io,
+                &auth_packet(ReasonCode::ContinueAuthentication, &method, st.message()),
+            );
             let p = match read_packet(shard, io, buf, Some(ProtocolVersion::V5), deadline).await {
                 Ok(p) => p,
                 Err((reason, answer)) => {

@@ -135,7 +135,8 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
         connect::assign_id(&shard, &mut connect);
     }
     // Authentication: one phase, before the socket leaves this shard.
-    let auth = match crate::auth_phase::authenticate(&shard, &io, &connect, &mut buf, deadline).await
+    let auth = match crate::auth_phase::authenticate(&shard, &io, &connect, &mut buf, deadline)
+        .await
     {
         Ok(auth) => auth,
         Err((code, reason)) => {

@@ -2,8 +2,8 @@
 //! channel mesh joined; and the [`ServerHandle`] that controls them from
 //! outside (main thread, admin socket, tests).
 
-use crate::config::{available_cpus, Durability, ShardConfig};
 use crate::access::passwd::PasswordFile;
+use crate::config::{available_cpus, Durability, ShardConfig};
 use crate::control::{Control, Query, Reply};
 use crate::listener;
 use crate::mesh::ShardMsg;

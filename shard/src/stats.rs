@@ -248,7 +248,10 @@ impl Default for ShardStats {
             deferred_rows: Counter::default(),
             deferred_rows_stored: Counter::default(),
             store_commit_buckets: Default::default(),
-            auth: AuthOutcome::ALL.iter().map(|_| Counter::default()).collect(),
+            auth: AuthOutcome::ALL
+                .iter()
+                .map(|_| Counter::default())
+                .collect(),
         }
     }
 }

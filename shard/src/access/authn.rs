@@ -106,7 +106,10 @@ impl Authn {
             };
             return match scram::server_first(file.as_deref(), data, &snonce()) {
                 Ok(st) => {
-                    if c.username.as_ref().is_some_and(|u| u.as_str() != st.username) {
+                    if c.username
+                        .as_ref()
+                        .is_some_and(|u| u.as_str() != st.username)
+                    {
                         // The CONNECT names another user than the SCRAM exchange.
                         return Start::Refuse(ReasonCode::NotAuthorized, AuthOutcome::ScramFailed);
                     }

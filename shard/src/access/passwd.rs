@@ -168,11 +168,13 @@ impl Entry {
             }
             ["", "scram-sha-256", iter, salt, stored, server] => {
                 let iterations = iterations(iter)?;
-                let (Some(salt), Some(stored), Some(server)) = (b64(salt), b64(stored), b64(server))
+                let (Some(salt), Some(stored), Some(server)) =
+                    (b64(salt), b64(stored), b64(server))
                 else {
                     return bad("SCRAM salt or key");
                 };
-                let (Ok(stored_key), Ok(server_key)) = (stored.try_into(), server.try_into()) else {
+                let (Ok(stored_key), Ok(server_key)) = (stored.try_into(), server.try_into())
+                else {
                     return Err("SCRAM StoredKey and ServerKey must be 32 bytes".into());
                 };
                 Ok(Entry::Scram(ScramKeys {
@@ -332,7 +334,8 @@ impl PasswordFile {
             if user.is_empty() {
                 return Err(err("empty user name".into()));
             }
-            let entry = Entry::parse(hash.trim_end()).map_err(|w| err(format!("user {user}: {w}")))?;
+            let entry =
+                Entry::parse(hash.trim_end()).map_err(|w| err(format!("user {user}: {w}")))?;
             if users.insert(user.to_string(), entry).is_some() {
                 return Err(err(format!("user {user} listed twice")));
             }
@@ -411,7 +414,11 @@ mod tests {
         let text = format!("# users\n\nalice:{SEVEN}\nbob:plain\n");
         let e = PasswordFile::parse(p, &text).unwrap_err();
         assert_eq!(e.line, 4);
-        assert!(e.to_string().starts_with("password file pw line 4: user bob"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("password file pw line 4: user bob"),
+            "{e}"
+        );
         let e = PasswordFile::parse(p, "nocolon\n").unwrap_err();
         assert_eq!((e.line, e.what.as_str()), (1, "expected USER:HASH"));
         let e = PasswordFile::parse(p, &format!("a:{SIX}\na:{SIX}\n")).unwrap_err();

@@ -278,7 +278,8 @@ mod tests {
         .unwrap();
         assert_eq!(fin, "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
         // The client helper computes the same proof.
-        let (last, expect) = client::last("user", "pencil", "rOprNGfwEbeRWgbNEkqO", st.message()).unwrap();
+        let (last, expect) =
+            client::last("user", "pencil", "rOprNGfwEbeRWgbNEkqO", st.message()).unwrap();
         assert!(last.ends_with("p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="));
         assert_eq!(expect, fin);
     }
@@ -288,14 +289,20 @@ mod tests {
         let f = file_with("user", "W22ZaJ0SNY7soEsUEjb6gQ==", "pencil");
         let st = server_first(Some(&f), client::first("user", "abc").as_bytes(), "xyz").unwrap();
         let (last, _) = client::last("user", "pen", "abc", st.message()).unwrap();
-        assert_eq!(server_final(&st, last.as_bytes()), Err(ScramError::BadProof));
+        assert_eq!(
+            server_final(&st, last.as_bytes()),
+            Err(ScramError::BadProof)
+        );
         // Unknown user: same shape of answer, a stable decoy salt.
         let a = server_first(Some(&f), client::first("nobody", "abc").as_bytes(), "xyz").unwrap();
         let b = server_first(Some(&f), client::first("nobody", "abc").as_bytes(), "xyz").unwrap();
         assert_eq!(a.message(), b.message());
         assert!(a.message().ends_with(",i=4096"));
         let (last, _) = client::last("nobody", "x", "abc", a.message()).unwrap();
-        assert_eq!(server_final(&a, last.as_bytes()), Err(ScramError::UnknownUser));
+        assert_eq!(
+            server_final(&a, last.as_bytes()),
+            Err(ScramError::UnknownUser)
+        );
     }
 
     #[test]
