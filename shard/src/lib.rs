@@ -4,11 +4,12 @@
 //! their sessions and a replica of the router. Shards talk only over the
 //! channel mesh. Follow a PUBLISH in this order:
 //!
-//! - `server.rs`: [`server::start`] binds listeners (`listener.rs`), builds
+//! - `server.rs`: [`server::start`] binds listeners (`net/listener.rs`), builds
 //!   the mesh and starts one executor per shard running `shard.rs`.
+//!   Everything of sockets lives in the `net/` wing.
 //! - `shard.rs`: a shard's state and life: acceptors, mesh receivers,
 //!   control, timers.
-//! - `connection.rs`: a socket: CONNECT, hand-off to the client id's home
+//! - `net/connection.rs`: a socket: CONNECT, hand-off to the client id's home
 //!   shard, then one task that reads, handles and writes; `poller.rs`: the
 //!   shard's epoll set and deadline heap that wake those tasks.
 //! - `auth_phase.rs`: authentication of a CONNECT (password off the shard
@@ -19,7 +20,7 @@
 //!   `subscribe.rs` for SUBSCRIBE/UNSUBSCRIBE and retained replay.
 //! - `route.rs`: matching (`router.rs`, `topic.rs`), the mesh (`mesh.rs`)
 //!   and delivery to sessions (`session.rs`) through their outbound side
-//!   (`conn_out.rs`), each (version, QoS) frame encoded once.
+//!   (`net/conn_out.rs`), each (version, QoS) frame encoded once.
 //! - `retained.rs`: retained messages; `store/`: LMDB persistence;
 //!   `persist.rs`: restoring sessions at start, keeping their rows in step,
 //!   and acknowledging only what is durable on every shard (`--durability sync`);
@@ -34,17 +35,14 @@ pub mod admin;
 mod auth_phase;
 pub mod config;
 mod confirm;
-mod conn_out;
 mod connect;
-pub mod connection;
 pub mod control;
 mod defer;
 mod handle;
-pub mod listener;
 pub mod mesh;
+pub mod net;
 mod notify;
 mod persist;
-mod poller;
 mod publish;
 pub mod retained;
 mod route;
@@ -58,6 +56,10 @@ mod subscribe;
 mod sys;
 mod timers;
 pub mod topic;
+
+// The connection layer moved to `net/`; its old paths still resolve.
+pub(crate) use net::{conn_out, poller};
+pub use net::{connection, listener};
 
 pub use connection::home_shard;
 
