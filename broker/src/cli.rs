@@ -106,6 +106,14 @@ pub enum CtlCommand {
     Drain,
     /// Graceful shutdown
     Shutdown,
+    /// Access control list
+    #[command(subcommand)]
+    Acl(AclCommand),
+    /// Bans by client id, username or address
+    #[command(subcommand)]
+    Ban(BanCommand),
+    /// Re-read the ACL file, password file and certificates (as SIGHUP does)
+    Reload,
     /// Send one raw JSON request line
     Raw {
         /// The request, e.g. '{"cmd":"status"}'
@@ -126,6 +134,65 @@ pub enum ClientCommand {
         /// Client identifier
         id: String,
     },
+}
+
+/// `ringmq ctl acl ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum AclCommand {
+    /// The decision for one client, topic and access, and the rule that made it
+    Check {
+        /// Username (`-`: an anonymous client)
+        user: String,
+        /// Client id
+        client_id: String,
+        /// Topic name
+        topic: String,
+        /// read or write
+        #[arg(value_parser = ["read", "write"])]
+        access: String,
+    },
+}
+
+/// `ringmq ctl ban ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum BanCommand {
+    /// Ban a client id, username or address (CIDR, v4 or v6)
+    Add {
+        /// client-id, username or address
+        #[arg(value_parser = ["client-id", "username", "address"])]
+        kind: String,
+        /// The client id, username or address block (e.g. 10.0.0.0/8)
+        value: String,
+        /// How long: seconds, or with a suffix s, m, h, d (absent: until removed)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<u64>,
+    },
+    /// Lift a ban
+    Remove {
+        /// client-id, username or address
+        #[arg(value_parser = ["client-id", "username", "address"])]
+        kind: String,
+        /// As given to `ban add`
+        value: String,
+    },
+    /// Bans in force
+    List,
+}
+
+/// `90`, `90s`, `15m`, `2h`, `7d` as seconds.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let (n, mul) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("\"{s}\" is not a duration (e.g. 90, 15m, 2h, 7d)"))
 }
 
 /// `ringmq ctl retained ...`

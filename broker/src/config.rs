@@ -193,6 +193,24 @@ section! {
 }
 
 section! {
+    /// `[authz]`: what authenticated clients may do, and bans.
+    "Authorization" Authz {
+        /// ACL file in Mosquitto's acl_file format (empty: no ACL, every client may do anything)
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub acl_file: OptPath,
+        /// Authentication failures from one address within the window that ban it (0: never)
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        pub auth_fail_max: u32,
+        /// Window over which authentication failures are counted, seconds
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        pub auth_fail_window_secs: u64,
+        /// How long an address stays banned after too many failures, seconds
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        pub auth_fail_ban_secs: u64,
+    }
+}
+
+section! {
     /// `[logging]`: log level and format.
     "Logging" Logging {
         /// Log filter: a level (error, warn, info, debug, trace) or tracing directives
@@ -222,6 +240,8 @@ pub struct Config {
     pub persistence: Persistence,
     #[command(flatten)]
     pub admin: Admin,
+    #[command(flatten)]
+    pub authz: Authz,
     #[command(flatten)]
     pub logging: Logging,
 }

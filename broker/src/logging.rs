@@ -20,6 +20,13 @@ pub fn parse_filter(s: &str) -> Result<EnvFilter, String> {
         .map_err(|e| format!("not a log level or filter ({e})"))
 }
 
+/// Colour codes only for a terminal: a log written to a file or a pipe
+/// stays plain text. `NO_COLOR` (no-color.org) turns them off on a terminal too.
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Changes the live log filter.
 pub type SetLevel = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
@@ -30,7 +37,12 @@ pub fn init(level: &str, format: LogFormat) -> Result<SetLevel, String> {
     let registry = Registry::default().with(filter);
     let res = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_target(true))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(true)
+                    .with_ansi(colour()),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

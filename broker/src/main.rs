@@ -120,12 +120,22 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
     }
     let _ = out.flush();
     drop(out);
+    let reloader = backend.clone();
     std::thread::Builder::new()
         .name("ringmq-signals".into())
-        .spawn(move || {
+        .spawn(move || loop {
             let sig = signals::wait();
+            if sig == "SIGHUP" {
+                // Each part logs its own outcome (reload.rs); a failed one keeps the old.
+                tracing::info!("SIGHUP: reloading");
+                if let Err(e) = ringmq_broker::admin::AdminBackend::reload(&*reloader) {
+                    tracing::error!(error = %e, "reload not possible");
+                }
+                continue;
+            }
             tracing::info!(signal = sig, "signal received, shutting down");
             let _ = stop_tx.send(());
+            return;
         })
         .expect("spawn the signal thread");
     let _ = stop_rx.recv();
@@ -181,7 +191,7 @@ fn shutdown(backend: &ShardBackend) -> i32 {
     }
 }
 
-/// SIGTERM/SIGINT taken synchronously by one thread (`sigwait`), so no
+/// SIGTERM/SIGINT (stop) and SIGHUP (reload) taken synchronously by one thread (`sigwait`), so no
 /// async-signal-safety concerns.
 mod signals {
     fn set() -> libc::sigset_t {
@@ -191,28 +201,29 @@ mod signals {
             libc::sigemptyset(&mut s);
             libc::sigaddset(&mut s, libc::SIGTERM);
             libc::sigaddset(&mut s, libc::SIGINT);
+            libc::sigaddset(&mut s, libc::SIGHUP);
             s
         }
     }
 
-    /// Blocks SIGTERM and SIGINT in this thread (and threads it starts later).
+    /// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and threads it starts later).
     pub fn block() {
         let s = set();
         // SAFETY: `s` is an initialised set; a null old-set pointer is allowed.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &s, std::ptr::null_mut()) };
     }
 
-    /// Waits for SIGTERM or SIGINT; returns its name.
+    /// Waits for SIGTERM, SIGINT or SIGHUP; returns its name.
     pub fn wait() -> &'static str {
         let s = set();
         let mut sig: libc::c_int = 0;
         loop {
             // SAFETY: `s` is initialised and `sig` is a valid out pointer.
             if unsafe { libc::sigwait(&s, &mut sig) } == 0 {
-                return if sig == libc::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
+                return match sig {
+                    libc::SIGINT => "SIGINT",
+                    libc::SIGHUP => "SIGHUP",
+                    _ => "SIGTERM",
                 };
             }
         }

@@ -341,7 +341,53 @@ pub fn render(s: &MetricsSnapshot) -> String {
     );
     commit_latency(o, s);
     storage_ops(o, s);
+    access(o, s);
     out
+}
+
+/// ACL refusals by action and node-wide ban counters.
+fn access(out: &mut String, s: &MetricsSnapshot) {
+    let name = "acl_denied_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Requests and deliveries the ACL refused, by action.",
+    );
+    for m in &s.shards {
+        for (action, v) in &m.acl_denied {
+            let _ = writeln!(
+                out,
+                "ringmq_{name}{{shard=\"{}\",action=\"{action}\"}} {v}",
+                m.shard
+            );
+        }
+    }
+    let Some(b) = &s.bans else { return };
+    for (name, kind, help, v) in [
+        ("bans_active", "gauge", "Bans in force.", b.active),
+        (
+            "bans_refused_connects_total",
+            "counter",
+            "CONNECTs refused by a ban.",
+            b.refused_connects,
+        ),
+        (
+            "bans_auto_total",
+            "counter",
+            "Addresses banned after repeated authentication failures.",
+            b.auto_bans,
+        ),
+        (
+            "auth_failures_total",
+            "counter",
+            "Authentication failures counted for auto-bans.",
+            b.auth_failures,
+        ),
+    ] {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "ringmq_{name} {v}");
+    }
 }
 
 /// The metrics HTTP listener. Stopped on drop.

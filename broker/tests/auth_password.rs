@@ -44,14 +44,21 @@ fn password_file(name: &str) -> PathBuf {
     f
 }
 
-fn broker(name: &str, shards: usize, allow_anonymous: bool) -> Broker {
+/// A broker on `name`'s password file; `max_failures` wrong logins from one
+/// address ban it (0: never; these tests make many from 127.0.0.1).
+fn broker_banning(name: &str, shards: usize, allow_anonymous: bool, max_failures: u32) -> Broker {
     let f = password_file(name);
     Broker::start_with(shards, |c| {
         c.authn = AuthnConfig {
             allow_anonymous,
             password_file: Some(f),
-        }
+        };
+        c.access.auto_ban.max_failures = max_failures;
     })
+}
+
+fn broker(name: &str, shards: usize, allow_anonymous: bool) -> Broker {
+    broker_banning(name, shards, allow_anonymous, 0)
 }
 
 async fn code(proto: Proto, b: &Broker, id: &str, creds: Option<(&str, &str)>) -> u8 {
@@ -132,6 +139,36 @@ async fn user_name_without_password_file_is_refused(proto: Proto, shards: usize)
     assert_eq!(auth_count(&b, AuthOutcome::AnonymousRefused), 2);
 }
 
+/// Wrong passwords feed the brute-force counter: the third from 127.0.0.1
+/// bans the address, and then even the right password is refused as banned
+/// (v5 0x8A, 3.1.1 0x05) before any hashing.
+async fn wrong_passwords_ban_the_address(proto: Proto, shards: usize) {
+    let b = broker_banning(&format!("ban{proto:?}{shards}"), shards, false, 3);
+    let (bad_pw, banned) = match proto {
+        Proto::V5 => (0x86, 0x8A),
+        Proto::V4 => (0x04, 0x05),
+    };
+    assert_eq!(code(proto, &b, "ok0", Some(("alice", "secret"))).await, 0);
+    for i in 0..3 {
+        let id = format!("guess{i}");
+        assert_eq!(code(proto, &b, &id, Some(("alice", "guess"))).await, bad_pw);
+    }
+    assert_eq!(
+        code(proto, &b, "ok1", Some(("alice", "secret"))).await,
+        banned
+    );
+    assert_eq!(
+        code(proto, &b, "ok2", Some(("dave", "argon-pw"))).await,
+        banned
+    );
+    assert_eq!(auth_count(&b, AuthOutcome::BadPassword), 3);
+    assert_eq!(
+        auth_count(&b, AuthOutcome::Password),
+        1,
+        "no check once banned"
+    );
+}
+
 macro_rules! cases {
     ($($name:ident),*) => {$(
         mod $name {
@@ -146,6 +183,7 @@ macro_rules! cases {
 
 cases!(
     passwords_decide,
+    wrong_passwords_ban_the_address,
     anonymous_allowed_still_checks_passwords,
     user_name_without_password_file_is_refused
 );

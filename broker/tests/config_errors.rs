@@ -161,3 +161,24 @@ fn bad_password_file_is_one_line_with_its_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn acl_file_errors_name_the_key_the_file_and_the_line() {
+    let dir = scratch("aclfile-src");
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic read a/#\nuser bob\ntopic raed b\n").unwrap();
+    let (code, err) = check(
+        "acl",
+        &format!("[authz]\nacl_file = \"{}\"\n", acl.display()),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("authz.acl_file"), "{err}");
+    assert!(err.contains(&format!("{}:3: ", acl.display())), "{err}");
+    let (_, err) = check("acl-missing", "[authz]\nacl_file = \"/nonexistent/acl\"\n");
+    assert!(
+        err.contains("authz.acl_file") && err.contains("cannot read"),
+        "{err}"
+    );
+    let (_, err) = check("acl-window", "[authz]\nauth_fail_window_secs = 0\n");
+    assert!(err.contains("authz.auth_fail_window_secs"), "{err}");
+}

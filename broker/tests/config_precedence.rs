@@ -266,3 +266,69 @@ fn auth_keys_follow_precedence() {
     assert!(shown.auth.allow_anonymous);
     assert_eq!(shown.auth.password_file.to_string(), flag_pw);
 }
+
+/// Every `[authz]` key: flag > environment > file > default.
+#[test]
+fn authz_keys_follow_flag_env_file_default() {
+    let dir = scratch("authz");
+    let acl = dir.join("acl");
+    let acl2 = dir.join("acl2");
+    std::fs::write(&acl, "topic read a/#\n").unwrap();
+    std::fs::write(&acl2, "topic read b/#\n").unwrap();
+    let f = dir.join("ringmq.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "[authz]\nacl_file = \"{}\"\nauth_fail_max = 3\nauth_fail_window_secs = 30\nauth_fail_ban_secs = 40\n",
+            acl.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "--config",
+            f.to_str().unwrap(),
+            "--auth-fail-max",
+            "5",
+            "config",
+            "show",
+        ])
+        .env("RINGMQ_AUTH_FAIL_MAX", "4") // flag (5) beats env
+        .env("RINGMQ_AUTH_FAIL_WINDOW_SECS", "7") // env beats file (30)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Config = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(shown.authz.auth_fail_max, 5);
+    assert_eq!(shown.authz.auth_fail_window_secs, 7);
+    assert_eq!(shown.authz.auth_fail_ban_secs, 40, "file beats default");
+    assert_eq!(shown.authz.acl_file.0.as_deref(), Some(acl.as_path()));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["--config", f.to_str().unwrap(), "config", "show"])
+        .env("RINGMQ_ACL_FILE", &acl2) // env beats file
+        .env("RINGMQ_AUTH_FAIL_BAN_SECS", "9")
+        .output()
+        .unwrap();
+    let shown: Config = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(shown.authz.acl_file.0.as_deref(), Some(acl2.as_path()));
+    assert_eq!(shown.authz.auth_fail_ban_secs, 9);
+    let (cfg, src) = resolve(&[
+        "--config",
+        f.to_str().unwrap(),
+        "--acl-file",
+        acl2.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(cfg.authz.acl_file.0.as_deref(), Some(acl2.as_path()));
+    assert_eq!(src.source("acl_file"), Source::Flag);
+    assert_eq!(src.source("auth_fail_window_secs"), Source::File);
+    let (cfg, _) = resolve(&[]).unwrap();
+    assert_eq!(cfg.authz.acl_file.0, None);
+    assert_eq!(cfg.authz.auth_fail_max, 10);
+    let core = cfg.to_shard_config();
+    assert_eq!(core.access.auto_ban.max_failures, 10);
+}

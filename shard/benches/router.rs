@@ -23,6 +23,7 @@ fn sub(session: u32) -> LocalSub {
         session,
         options,
         subscription_id: None,
+        acl_check: false,
     }
 }
 

@@ -12,6 +12,7 @@
 use crate::access::authn::{Authn, Identity, Start, MAX_PENDING_CHECKS};
 use crate::access::scram;
 use crate::conn_out::ConnOut;
+use crate::connect::peer_ip;
 use crate::connection::{protocol_close, read_packet};
 use crate::poller::Io;
 use crate::session::SessionId;
@@ -21,6 +22,8 @@ use bytes::{Bytes, BytesMut};
 use ringmq_codec::{
     Auth, AuthProperties, Connect, MqttString, Packet, ProtocolVersion, ReasonCode,
 };
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 /// Who the client is, as the accepting shard found: carried to the home shard.
@@ -36,9 +39,33 @@ pub(crate) struct Authenticated {
 /// left or the socket failed), and the close reason.
 pub(crate) type Refusal = (Option<ReasonCode>, CloseReason);
 
-fn refuse(shard: &Shard, code: ReasonCode, outcome: AuthOutcome) -> Refusal {
+/// Failures the brute-force counter hears of (not a busy shard, an
+/// unsupported method or a protocol slip: those guess no password).
+fn is_failed_login(o: AuthOutcome) -> bool {
+    matches!(
+        o,
+        AuthOutcome::AnonymousRefused
+            | AuthOutcome::UnknownUser
+            | AuthOutcome::BadPassword
+            | AuthOutcome::NoPassword
+            | AuthOutcome::ScramFailed
+            | AuthOutcome::ReauthFailed
+    )
+}
+
+/// Counts `outcome`; a failed login also goes to the brute-force counter
+/// (`access::bans`), which bans the address after too many.
+fn count(shard: &Shard, outcome: AuthOutcome, peer: impl FnOnce() -> Option<IpAddr>) {
     shard.stats.auth(outcome);
-    // The brute-force counter (authz) hears of failed logins here.
+    if is_failed_login(outcome) {
+        if let Some(ip) = peer() {
+            shard.access.bans.auth_failed(ip);
+        }
+    }
+}
+
+fn refuse(shard: &Shard, io: &Io, code: ReasonCode, outcome: AuthOutcome) -> Refusal {
+    count(shard, outcome, || peer_ip(io.fd.as_raw_fd()));
     (Some(code), CloseReason::ConnectRefused)
 }
 
@@ -64,6 +91,20 @@ pub(crate) async fn authenticate(
     buf: &mut BytesMut,
     deadline: u64,
 ) -> Result<Authenticated, Refusal> {
+    // Bans first: a banned client (id, user name or address, e.g. one the
+    // brute-force counter banned) costs no hashing. v5 0x8A, 3.1.1 0x05.
+    if shard.access.bans.active() > 0 {
+        let user = c.username.as_ref().map(|u| u.as_str());
+        if let Some(b) =
+            shard
+                .access
+                .bans
+                .check(c.client_id.as_str(), user, peer_ip(io.fd.as_raw_fd()))
+        {
+            tracing::debug!(client_id = %c.client_id.as_str(), kind = b.target.kind(), "CONNECT refused: banned");
+            return Err((Some(ReasonCode::Banned), CloseReason::ConnectRefused));
+        }
+    }
     match shard.authn.start(c, scram::server_nonce) {
         Start::Accept(identity, outcome) => {
             shard.stats.auth(outcome);
@@ -72,7 +113,7 @@ pub(crate) async fn authenticate(
                 connack_data: None,
             })
         }
-        Start::Refuse(code, outcome) => Err(refuse(shard, code, outcome)),
+        Start::Refuse(code, outcome) => Err(refuse(shard, io, code, outcome)),
         Start::Check {
             username,
             entry,
@@ -80,7 +121,7 @@ pub(crate) async fn authenticate(
         } => {
             let authn = &shard.authn;
             if authn.pending.get() >= MAX_PENDING_CHECKS {
-                return Err(refuse(shard, ReasonCode::ServerBusy, AuthOutcome::Busy));
+                return Err(refuse(shard, io, ReasonCode::ServerBusy, AuthOutcome::Busy));
             }
             authn.pending.set(authn.pending.get() + 1);
             let ok = if entry.is_slow() {
@@ -92,6 +133,7 @@ pub(crate) async fn authenticate(
             if ok != Some(true) {
                 return Err(refuse(
                     shard,
+                    io,
                     ReasonCode::BadUserNameOrPassword,
                     AuthOutcome::BadPassword,
                 ));
@@ -139,7 +181,7 @@ pub(crate) async fn authenticate(
                                 connack_data: Some(Bytes::from(server_final)),
                             })
                         }
-                        Err((code, outcome)) => Err(refuse(shard, code, outcome)),
+                        Err((code, outcome)) => Err(refuse(shard, io, code, outcome)),
                     }
                 }
                 Packet::Disconnect(_) => {
@@ -189,7 +231,9 @@ pub(crate) fn reauth(
     }
     let data = a.properties.authentication_data.clone().unwrap_or_default();
     let failed = |shard: &Shard| {
-        shard.stats.auth(AuthOutcome::ReauthFailed);
+        count(shard, AuthOutcome::ReauthFailed, || {
+            conn.peer().map(|a| a.ip())
+        });
         // [MQTT-4.12.1-2] a failed re-authentication: DISCONNECT and close.
         protocol_close(conn, ReasonCode::NotAuthorized, CloseReason::NotAuthorized);
         Err(CloseReason::NotAuthorized)

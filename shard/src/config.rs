@@ -91,6 +91,8 @@ pub struct ShardConfig {
     pub mesh_capacity: usize,
     /// Who may connect: anonymous clients, the password file.
     pub authn: crate::access::authn::AuthnConfig,
+    /// ACL file and auto-ban settings.
+    pub access: crate::access::AccessConfig,
 }
 
 impl Default for ShardConfig {
@@ -129,6 +131,7 @@ impl Default for ShardConfig {
             mesh_capacity: 1024,
             // Secure by default: anonymous clients are refused unless asked for.
             authn: crate::access::authn::AuthnConfig::default(),
+            access: crate::access::AccessConfig::default(),
         }
     }
 }

@@ -79,6 +79,30 @@ fn check(shard: &Shard, c: &Connect) -> Result<(), ReasonCode> {
     Ok(())
 }
 
+/// Is this CONNECT banned (client id, username or source address)? The
+/// address is looked up only when some ban is in force.
+fn banned(shard: &Shard, c: &Connect, fd: RawFd) -> bool {
+    let bans = &shard.access.bans;
+    if bans.active() == 0 {
+        return false;
+    }
+    let username = c.username.as_ref().map(|u| u.as_str());
+    let hit = bans.check(c.client_id.as_str(), username, peer_ip(fd));
+    if let Some(b) = &hit {
+        tracing::debug!(client_id = %c.client_id.as_str(), kind = b.target.kind(), value = %b.target.value(), "CONNECT refused: banned");
+    }
+    hit.is_some()
+}
+
+/// The peer address of a connected socket.
+pub(crate) fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+    // SAFETY: `fd` is the connection's open socket for the whole call; the
+    // borrow does not outlive it and nothing closes it meanwhile.
+    let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let addr = socket2::SockRef::from(&bfd).peer_addr().ok()?;
+    addr.as_socket().map(|a| a.ip())
+}
+
 /// The CONNACK for a refused CONNECT, or the accepted session.
 pub(crate) fn accept(
     shard: &Rc<Shard>,
@@ -88,6 +112,10 @@ pub(crate) fn accept(
     auth: crate::auth_phase::Authenticated,
 ) -> Result<(SessionId, Rc<ConnOut>, u16), Box<ConnAck>> {
     check(shard, c).map_err(|r| Box::new(refusal(r)))?;
+    if banned(shard, c, fd) {
+        // v5 CONNACK 0x8A Banned; 3.1.1 0x05 Not authorized (codec maps it).
+        return Err(Box::new(refusal(ReasonCode::Banned)));
+    }
     let cfg = &shard.cfg;
     let v5 = c.protocol == ProtocolVersion::V5;
     // Keep alive: v5 may be overridden by Server Keep Alive [MQTT-3.2.2-21].
@@ -173,6 +201,7 @@ pub(crate) fn accept(
         s.identity = auth.identity;
         crate::persist::session_connected(shard, s, discarded);
     }
+    crate::authz::connected(shard, sid, c);
     let mut props = ConnAckProperties::default();
     if v5 {
         // [MQTT-4.12.0-5] a successful CONNACK after enhanced authentication

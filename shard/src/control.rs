@@ -12,7 +12,18 @@ pub enum Control {
     /// Stop accepting new connections; shed existing ones gradually.
     Drain,
     /// Use this password file from now on (reload).
-    SetPasswords(Option<std::sync::Arc<crate::access::passwd::PasswordFile>>),
+    /// The shard id goes back on the sender once done.
+    SetPasswords(
+        Option<std::sync::Arc<crate::access::passwd::PasswordFile>>,
+        flume::Sender<usize>,
+    ),
+    /// Put new ACL rules in force (a reload parsed them): existing
+    /// subscriptions are classified again, every check uses them from now.
+    /// The shard id goes back on the sender once done.
+    SetAcl(
+        std::sync::Arc<crate::access::acl::Acl>,
+        flume::Sender<usize>,
+    ),
     /// Ask something; the reply goes to the sender.
     Query(Query, flume::Sender<Reply>),
 }

@@ -29,10 +29,13 @@
 //! - `stats.rs`: counters and typed close reasons; `control.rs` and
 //!   `admin.rs`: operator queries; `sys.rs`: `$SYS` topics; `timers.rs`.
 //! - `config.rs`: every tunable ([`config::ShardConfig`]).
+//! - `access/`: ACL file, bans, reload registry (checked at CONNECT,
+//!   SUBSCRIBE, PUBLISH and per delivery where a subscription needs it).
 
 pub mod access;
 pub mod admin;
 mod auth_phase;
+mod authz;
 pub mod config;
 mod confirm;
 mod connect;

@@ -215,6 +215,9 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
                 session: sid,
                 options: sub.options,
                 subscription_id: sub.subscription_id,
+                // The owner's username is not known before it reconnects:
+                // with an ACL, every delivery is checked (and refused) until then.
+                acl_check: shard.acl.borrow().is_some(),
             },
         );
         if first {

@@ -29,6 +29,32 @@ fn refuse(shard: &Shard, conn: &ConnOut, p: &Publish, code: ReasonCode) -> Resul
     Err(CloseReason::ProtocolError)
 }
 
+/// A PUBLISH the ACL refuses. v5 QoS 1/2: PUBACK/PUBREC 0x87 Not authorized
+/// (v5 3.4.2.1, 3.5.2.1). QoS 0, and 3.1.1 which has no error code in
+/// PUBACK: acknowledged as usual and dropped ("a positive acknowledgement,
+/// according to the normal QoS rules, or close the Network Connection"
+/// [MQTT-3.3.5-2] (3.1.1)), as Mosquitto 2.x does; the connection stays.
+/// Counted (`acl_denied_total{action="publish"}`).
+fn not_authorized(shard: &Shard, conn: &ConnOut, p: Publish) -> Result<(), CloseReason> {
+    let Some(id) = p.packet_id else {
+        return Ok(());
+    };
+    let code = if conn.version == ProtocolVersion::V5 {
+        shard.stats.refuse(ReasonCode::NotAuthorized);
+        ReasonCode::NotAuthorized
+    } else {
+        ReasonCode::Success
+    };
+    let r = resp(id, code);
+    match p.qos {
+        QoS::AtLeastOnce => conn.send(&Packet::PubAck(r)),
+        // 3.1.1 QoS 2: PUBREC now; the PUBREL that follows finds no stored
+        // id and still gets its PUBCOMP (handle.rs).
+        _ => conn.send(&Packet::PubRec(r)),
+    }
+    Ok(())
+}
+
 /// Sends PUBACK/PUBREC, after the other shards' confirmations when the
 /// publish was routed to them under `token`.
 fn ack(shard: &Shard, conn: &Rc<ConnOut>, p: Packet, token: Option<u64>, remote: usize) {
@@ -166,6 +192,9 @@ pub(crate) fn inbound(
             CloseReason::ProtocolError,
         );
         return Err(CloseReason::ProtocolError);
+    }
+    if !crate::authz::may_publish(shard, sid, p.topic.as_str()) {
+        return not_authorized(shard, conn, p);
     }
     if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err()
     {

@@ -8,6 +8,7 @@ use crate::retained::RetainedMessage;
 use crate::router::{PublishInfo, ShardSet, SharedTarget};
 use crate::session::{FrameCache, SessionId};
 use crate::shard::Shard;
+use crate::stats::AclAction;
 use ringmq_codec::{LastWill, Publish, QoS, TopicFilter};
 use std::rc::Rc;
 use std::time::Instant;
@@ -141,6 +142,10 @@ pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<Sessio
         let Some(s) = sessions.get_mut(m.session as usize) else {
             continue;
         };
+        if m.acl_check && !crate::authz::may_receive(shard, s, p.topic.as_str(), AclAction::Deliver)
+        {
+            continue;
+        }
         // [MQTT-3.8.4-8] the lower of the granted and the published QoS.
         let qos = p.qos.min(m.qos);
         let version = s.conn.as_ref().map_or(s.version, |c| c.version);
@@ -168,6 +173,9 @@ pub(crate) fn deliver_shared_local(shard: &Shard, filter: &TopicFilter, p: &Publ
     let Some(s) = sessions.get_mut(sub.session as usize) else {
         return;
     };
+    if sub.acl_check && !crate::authz::may_receive(shard, s, p.topic.as_str(), AclAction::Deliver) {
+        return;
+    }
     let qos = p.qos.min(sub.options.qos);
     let version = s.conn.as_ref().map_or(s.version, |c| c.version);
     let frame = ringmq_codec::PublishFrame::new(p, version, qos);

@@ -39,6 +39,9 @@ pub struct LocalSub {
     pub options: SubscriptionOptions,
     /// v5 Subscription Identifier given in the SUBSCRIBE, if any.
     pub subscription_id: Option<u32>,
+    /// The ACL must be asked per delivered topic (the filter is not wholly
+    /// readable by its session); false without an ACL.
+    pub acl_check: bool,
 }
 
 /// A shared-subscription delivery chosen on the publisher's shard: send the message to `shard`

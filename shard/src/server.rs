@@ -43,6 +43,8 @@ pub(crate) struct ShardInit {
     pub retained: Arc<Vec<crate::store::RetainedRecord>>,
     /// The password file read at start, if one is configured.
     pub passwords: Option<Arc<PasswordFile>>,
+    /// Node-wide access state (ACL in force, bans, reloaders).
+    pub access: Arc<crate::access::Shared>,
 }
 
 /// A running broker core.
@@ -54,6 +56,7 @@ pub struct ServerHandle {
     started: Instant,
     /// `--password-file`, re-read by [`ServerHandle::reload_passwords`].
     password_file: Option<std::path::PathBuf>,
+    access: Arc<crate::access::Shared>,
 }
 
 /// Checks the placement asked for against the CPUs present.
@@ -113,6 +116,11 @@ fn invalid(msg: String) -> io::Error {
 pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     let placements = placements(&cfg)?;
     let shards = placements.len();
+    // Bans persist beside the store (not with memory-only durability).
+    let bans_dir = (cfg.durability != Durability::None).then(|| cfg.data_dir.clone());
+    let access = crate::access::Shared::new(&cfg.access, bans_dir)
+        .map_err(|e| invalid(format!("--acl-file: {e}")))?;
+    let access = Arc::new(access);
     if cfg.listen.is_empty() {
         return Err(invalid("--listen: no listener configured".into()));
     }
@@ -214,6 +222,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             recovered,
             retained: retained.clone(),
             passwords: passwords.clone(),
+            access: access.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("ringmq-shard-{id}"))
@@ -242,6 +251,8 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             return Err(io::Error::other(why));
         }
     }
+    register_acl_reload(&access, &controls);
+    register_password_reload(&access, &controls, cfg.authn.password_file.clone());
     Ok(ServerHandle {
         password_file: cfg.authn.password_file.clone(),
         addrs,
@@ -249,10 +260,114 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
         stats,
         threads,
         started,
+        access,
     })
 }
 
+/// Re-reads `path` and hands the new file to every shard, waiting (5 s at
+/// most) until each has it in force.
+fn reload_passwords(
+    path: Option<&std::path::Path>,
+    controls: &[flume::Sender<Control>],
+) -> Result<Option<usize>, crate::access::passwd::PasswdError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let file = Arc::new(PasswordFile::load(path)?);
+    let (tx, rx) = flume::unbounded();
+    let asked = controls
+        .iter()
+        .filter(|c| {
+            c.send(Control::SetPasswords(Some(file.clone()), tx.clone()))
+                .is_ok()
+        })
+        .count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for _ in 0..asked {
+        let _ = rx.recv_deadline(deadline);
+    }
+    Ok(Some(file.len()))
+}
+
+/// The password part of a reload (SIGHUP, `ringmq ctl reload`): a file that
+/// fails to parse keeps the previous one in force everywhere.
+fn register_password_reload(
+    access: &Arc<crate::access::Shared>,
+    controls: &[flume::Sender<Control>],
+    path: Option<std::path::PathBuf>,
+) {
+    if path.is_none() {
+        return;
+    }
+    let controls = controls.to_vec();
+    access.reloaders.register(
+        "passwords",
+        Box::new(move || match reload_passwords(path.as_deref(), &controls) {
+            Ok(Some(n)) => Ok(format!(
+                "{}: {n} users",
+                path.as_deref()
+                    .map_or(String::new(), |p| p.display().to_string())
+            )),
+            Ok(None) => Ok("no password file configured".into()),
+            Err(e) => Err(e.to_string()),
+        }),
+    );
+}
+
+/// The ACL part of a reload: parse, then hand the new rules to every shard
+/// (each swaps its `Arc`); a parse error keeps the old rules everywhere.
+fn register_acl_reload(access: &Arc<crate::access::Shared>, controls: &[flume::Sender<Control>]) {
+    if access.acl_file.is_none() {
+        return;
+    }
+    let weak = Arc::downgrade(access);
+    let controls = controls.to_vec();
+    access.reloaders.register(
+        "acl",
+        Box::new(move || {
+            let a = weak.upgrade().ok_or("broker stopped")?;
+            match a.reload_acl() {
+                Ok(Some(acl)) => {
+                    // Reply once every shard applies them: after the reload
+                    // answer, every check uses the new rules.
+                    let (tx, rx) = flume::unbounded();
+                    let asked = controls
+                        .iter()
+                        .filter(|c| c.send(Control::SetAcl(acl.clone(), tx.clone())).is_ok())
+                        .count();
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    for _ in 0..asked {
+                        if rx.recv_deadline(deadline).is_err() {
+                            return Err(
+                                "the new rules are parsed but a shard did not confirm them in 5 s"
+                                    .into(),
+                            );
+                        }
+                    }
+                    Ok(format!(
+                        "{}: {} rules, {} users",
+                        acl.file,
+                        acl.rule_count(),
+                        acl.user_count()
+                    ))
+                }
+                Ok(None) => Ok("no ACL file configured".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+    );
+}
+
 impl ServerHandle {
+    /// Node-wide access state: bans, the ACL in force, the reload registry.
+    pub fn access(&self) -> &Arc<crate::access::Shared> {
+        &self.access
+    }
+    /// Re-reads what the reload registry holds (ACL file, and what other
+    /// parts registered); one outcome per part.
+    pub fn reload(&self) -> Vec<crate::access::reload::Outcome> {
+        self.access.reloaders.reload_all()
+    }
     /// The bound listener addresses, in `listen` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
@@ -281,15 +396,7 @@ impl ServerHandle {
     /// parse changes nothing: the error names the file and line. Returns
     /// the number of users, `Ok(None)` when no password file is configured.
     pub fn reload_passwords(&self) -> Result<Option<usize>, crate::access::passwd::PasswdError> {
-        let Some(path) = &self.password_file else {
-            return Ok(None);
-        };
-        let file = Arc::new(PasswordFile::load(path)?);
-        let users = file.len();
-        for c in &self.controls {
-            let _ = c.send(Control::SetPasswords(Some(file.clone())));
-        }
-        Ok(Some(users))
+        reload_passwords(self.password_file.as_deref(), &self.controls)
     }
     /// Stop accepting new connections on every shard (connections stay).
     pub fn drain(&self) {

@@ -314,6 +314,9 @@ pub struct Session {
     /// Its copies are not deferred before this (ms since the shard
     /// started): one missed its deadline (`defer.rs`).
     defer_off_until: Cell<u64>,
+    /// Identity and ACL rules (`None` without an ACL, or before the owner
+    /// of a restored session reconnects).
+    pub acl: Option<Box<crate::access::session::SessionAcl>>,
 }
 
 impl Session {
@@ -338,6 +341,7 @@ impl Session {
             next_seq: 1,
             identity: None,
             defer_off_until: Cell::new(0),
+            acl: None,
         }
     }
 

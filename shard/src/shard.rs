@@ -65,6 +65,12 @@ pub struct Shard {
     pub defer: crate::defer::Defer,
     /// Who may connect (policy and this shard's copy of the password file).
     pub authn: crate::access::authn::Authn,
+    /// Node-wide access state: bans, reloaders (the ACL below is this shard's copy).
+    pub access: Arc<crate::access::Shared>,
+    /// The ACL rules in force on this shard (`None`: no ACL file), swapped
+    /// by `Control::SetAcl`; `acl_gen` counts the swaps.
+    pub acl: RefCell<Option<Arc<crate::access::acl::Acl>>>,
+    pub acl_gen: Cell<u32>,
 }
 
 impl Shard {
@@ -160,6 +166,9 @@ pub(crate) async fn run(init: ShardInit) {
         confirms: RefCell::new(crate::persist::Confirms::default()),
         defer: crate::defer::Defer::default(),
         authn: crate::access::authn::Authn::new(init.cfg.authn.clone(), init.passwords),
+        acl: RefCell::new(init.access.acl()),
+        acl_gen: Cell::new(0),
+        access: init.access,
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,
@@ -205,7 +214,14 @@ pub(crate) async fn run(init: ShardInit) {
                 shard.stop_accepting();
                 spawn_local(crate::connection::drain(shard.clone())).detach();
             }
-            Control::SetPasswords(p) => shard.authn.set_passwords(p),
+            Control::SetPasswords(p, done) => {
+                shard.authn.set_passwords(p);
+                let _ = done.send(shard.id);
+            }
+            Control::SetAcl(acl, done) => {
+                crate::authz::set_acl(&shard, acl);
+                let _ = done.send(shard.id);
+            }
             Control::Query(q, reply) => {
                 let _ = reply.send(crate::admin::answer(&shard, q));
             }

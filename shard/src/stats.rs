@@ -152,6 +152,22 @@ reasons! {
     }
 }
 
+reasons! {
+    /// Where the ACL refused something.
+    AclAction {
+        /// SUBSCRIBE to a filter the client may not read (SUBACK 0x87/0x80).
+        Subscribe => "subscribe",
+        /// PUBLISH to a topic the client may not write.
+        Publish => "publish",
+        /// A message not delivered on a wildcard subscription.
+        Deliver => "deliver",
+        /// A retained message not replayed.
+        Retained => "retained",
+        /// A will not stored (its topic not writable).
+        Will => "will",
+    }
+}
+
 /// Counters of one shard. Written only by that shard.
 #[derive(Debug)]
 pub struct ShardStats {
@@ -212,6 +228,8 @@ pub struct ShardStats {
     pub store_commit_buckets: [Counter; 12],
     /// Authentication outcomes, indexed by `AuthOutcome as usize`.
     pub auth: Vec<Counter>,
+    /// ACL refusals, indexed by `AclAction as usize`.
+    pub acl_denied: [Counter; 5],
 }
 
 impl Default for ShardStats {
@@ -252,6 +270,7 @@ impl Default for ShardStats {
                 .iter()
                 .map(|_| Counter::default())
                 .collect(),
+            acl_denied: Default::default(),
         }
     }
 }
@@ -284,6 +303,14 @@ impl ShardStats {
     /// Counts a request refused with `code` (the connection stays open).
     pub fn refuse(&self, code: ringmq_codec::ReasonCode) {
         self.refusals[code as usize].inc();
+    }
+    /// Counts an ACL refusal.
+    pub fn acl_deny(&self, a: AclAction) {
+        self.acl_denied[a as usize].inc();
+    }
+    /// ACL refusals counted for `a`.
+    pub fn acl_denied_for(&self, a: AclAction) -> u64 {
+        self.acl_denied[a as usize].get()
     }
     /// Refusals counted for `code`.
     pub fn refusals_for(&self, code: ringmq_codec::ReasonCode) -> u64 {

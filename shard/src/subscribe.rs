@@ -2,13 +2,14 @@
 //! replica (broadcast to the other shards when this shard's set changes),
 //! and the replay of retained messages in bounded steps.
 
+use crate::access::acl::SubClass;
 use crate::conn_out::ConnOut;
 use crate::connection::protocol_close;
 use crate::mesh::MeshItem;
 use crate::router::LocalSub;
 use crate::session::{SessionId, SubEntry};
 use crate::shard::Shard;
-use crate::stats::CloseReason;
+use crate::stats::{AclAction, CloseReason};
 use ringmq_codec::{
     Packet, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, SubAckProperties, Subscribe,
     SubscriptionOptions, TopicFilter, UnsubAck, UnsubAckProperties, Unsubscribe,
@@ -73,7 +74,16 @@ pub(crate) fn subscribe(
             let s = &sessions[sid as usize];
             (s.subs.contains_key(filter), s.subs.len())
         };
-        if let Some(code) = check_filter(shard, n, filter, existed) {
+        let class = crate::authz::classify(shard, sid, filter);
+        let refused = check_filter(shard, n, filter, existed).or_else(|| {
+            // A filter no topic of which the client may read: v5 0x87,
+            // 3.1.1 0x80 Failure [MQTT-3.9.3-1] (v5 3.9.3).
+            (class == SubClass::Never).then(|| {
+                shard.stats.acl_deny(AclAction::Subscribe);
+                ReasonCode::NotAuthorized
+            })
+        });
+        if let Some(code) = refused {
             shard.stats.refuse(code);
             reasons.push(if v5 {
                 code
@@ -82,7 +92,8 @@ pub(crate) fn subscribe(
             });
             continue;
         }
-        broadcast |= add(shard, sid, filter, *options, sub_id);
+        let check = class != SubClass::Full;
+        broadcast |= add(shard, sid, filter, *options, sub_id, check);
         reasons.push(granted(options.qos));
         let send = filter.shared().is_none()
             && match options.retain_handling {
@@ -91,7 +102,7 @@ pub(crate) fn subscribe(
                 RetainHandling::DoNotSend => false,
             };
         if send {
-            replays.push((filter.clone(), *options));
+            replays.push((filter.clone(), *options, check));
         }
     }
     gate_if_persisted(shard, sid, conn);
@@ -132,7 +143,8 @@ pub(crate) struct SubDone {
     generation: u64,
     conn: Rc<ConnOut>,
     ack: SubAck,
-    replays: Vec<(TopicFilter, SubscriptionOptions)>,
+    /// Filters to replay retained messages for, and whether each needs the ACL asked.
+    replays: Vec<(TopicFilter, SubscriptionOptions, bool)>,
     sub_id: Option<u32>,
 }
 
@@ -177,6 +189,7 @@ pub(crate) fn add(
     filter: &TopicFilter,
     options: SubscriptionOptions,
     subscription_id: Option<u32>,
+    acl_check: bool,
 ) -> bool {
     let first = shard.router.borrow_mut().subscribe_local(
         filter,
@@ -184,6 +197,7 @@ pub(crate) fn add(
             session: sid,
             options,
             subscription_id,
+            acl_check,
         },
     );
     if first {
@@ -280,13 +294,13 @@ async fn replay(
     shard: Rc<Shard>,
     sid: SessionId,
     generation: u64,
-    filters: Vec<(TopicFilter, SubscriptionOptions)>,
+    filters: Vec<(TopicFilter, SubscriptionOptions, bool)>,
     sub_id: Option<u32>,
 ) {
     let batch = shard.cfg.retained_replay_batch.max(1);
     let ids: Vec<u32> = sub_id.into_iter().collect();
     let mut out = Vec::with_capacity(batch);
-    for (filter, options) in filters {
+    for (filter, options, check) in filters {
         let mut cursor = shard.retained.borrow().replay(&filter);
         loop {
             out.clear();
@@ -303,6 +317,16 @@ async fn replay(
                 for m in &out {
                     let msg = crate::session::Message::received_at(m.publish.clone(), m.stored_at);
                     if msg.expiry_left(now) == Some(0) {
+                        continue;
+                    }
+                    if check
+                        && !crate::authz::may_receive(
+                            &shard,
+                            s,
+                            m.publish.topic.as_str(),
+                            AclAction::Retained,
+                        )
+                    {
                         continue;
                     }
                     let qos = m.publish.qos.min(options.qos);

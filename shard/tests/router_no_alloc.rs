@@ -51,6 +51,7 @@ fn sub(session: u32, id: Option<u32>) -> LocalSub {
         session,
         options,
         subscription_id: id,
+        acl_check: false,
     }
 }
 

@@ -183,6 +183,22 @@ pub struct ShardMetrics {
     /// deferred, deferred rows stored at their deadline], when the shard persists.
     #[serde(default)]
     pub storage_ops: Option<[u64; 4]>,
+    /// ACL refusals by action (`subscribe`, `publish`, `deliver`, `retained`, `will`).
+    #[serde(default)]
+    pub acl_denied: BTreeMap<String, u64>,
+}
+
+/// Bans of the node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BanMetrics {
+    /// Bans in force (gauge).
+    pub active: u64,
+    /// CONNECTs refused by a ban.
+    pub refused_connects: u64,
+    /// Addresses banned after repeated authentication failures.
+    pub auto_bans: u64,
+    /// Authentication failures counted for auto-bans.
+    pub auth_failures: u64,
 }
 
 /// Every shard's counters.
@@ -191,6 +207,9 @@ pub struct MetricsSnapshot {
     pub uptime_secs: f64,
     pub draining: bool,
     pub shards: Vec<ShardMetrics>,
+    /// Node-wide ban counters, when the broker has them.
+    #[serde(default)]
+    pub bans: Option<BanMetrics>,
 }
 
 impl MetricsSnapshot {
@@ -252,4 +271,12 @@ pub trait AdminBackend: Send + Sync {
     /// Start a graceful shutdown; the process exits once the shards stopped.
     /// Returns at once.
     fn shutdown(&self) -> Result<(), AdminError>;
+    /// Node-wide access state (ACL in force, bans); `None` when this backend has none.
+    fn access(&self) -> Option<std::sync::Arc<ringmq_shard::access::Shared>> {
+        None
+    }
+    /// Re-reads the ACL file, password file and certificates; one outcome each.
+    fn reload(&self) -> Result<Vec<ringmq_shard::access::reload::Outcome>, AdminError> {
+        Err(AdminError::unavailable("this broker cannot reload"))
+    }
 }

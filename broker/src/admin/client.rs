@@ -5,7 +5,7 @@
 //! the socket cannot be reached.
 
 use super::protocol::{Request, Response};
-use crate::cli::{ClientCommand, CtlArgs, CtlCommand, RetainedCommand};
+use crate::cli::{AclCommand, BanCommand, ClientCommand, CtlArgs, CtlCommand, RetainedCommand};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,32 @@ pub fn request_for(cmd: &CtlCommand) -> Result<serde_json::Value, String> {
         CtlCommand::LogLevel { level } => Request::LogLevel { level },
         CtlCommand::Drain => Request::Drain,
         CtlCommand::Shutdown => Request::Shutdown,
+        CtlCommand::Acl(AclCommand::Check {
+            user,
+            client_id,
+            topic,
+            access,
+        }) => Request::AclCheck {
+            username: (user != "-").then_some(user),
+            client_id,
+            topic,
+            access,
+        },
+        CtlCommand::Ban(BanCommand::Add {
+            kind,
+            value,
+            duration,
+        }) => Request::BanAdd {
+            kind: kind.replace('-', "_"),
+            value,
+            duration_secs: duration,
+        },
+        CtlCommand::Ban(BanCommand::Remove { kind, value }) => Request::BanRemove {
+            kind: kind.replace('-', "_"),
+            value,
+        },
+        CtlCommand::Ban(BanCommand::List) => Request::BanList,
+        CtlCommand::Reload => Request::Reload,
         CtlCommand::Raw { json } => {
             return serde_json::from_str(&json).map_err(|e| format!("raw request is not JSON: {e}"))
         }
@@ -97,11 +123,17 @@ pub fn run(args: &CtlArgs, fallback_socket: PathBuf) -> i32 {
         Ok(Response {
             ok: true, result, ..
         }) => {
+            let v = result.unwrap_or(serde_json::Value::Null);
             if !args.json {
-                let v = result.unwrap_or(serde_json::Value::Null);
                 print!("{}", super::format::human(&v));
             }
-            0
+            // A reload whose part failed kept that part's old material: say so in the status.
+            let failed =
+                |p: &serde_json::Value| p.get("ok") == Some(&serde_json::Value::Bool(false));
+            match (&args.command, v.as_array()) {
+                (CtlCommand::Reload, Some(parts)) if parts.iter().any(failed) => 1,
+                _ => 0,
+            }
         }
         Ok(Response { error: Some(e), .. }) => {
             eprintln!("error: {e}");

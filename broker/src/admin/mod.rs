@@ -8,7 +8,9 @@
 //! - `client.rs`: `ringmq ctl`; `format.rs`: its tables.
 //! - `shard_backend.rs`: [`AdminBackend`] for the running broker core.
 //! - `threads.rs`: CPU time of the shard threads (busy ratio fallback).
+//! - `access.rs`: `acl.check`, `ban.*` and `reload`.
 
+pub mod access;
 pub mod backend;
 pub mod client;
 pub mod format;

@@ -52,6 +52,30 @@ pub enum Request {
     Drain,
     #[serde(rename = "shutdown")]
     Shutdown,
+    #[serde(rename = "acl.check")]
+    AclCheck {
+        /// Absent: an anonymous client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        client_id: String,
+        topic: String,
+        /// `read` or `write`.
+        access: String,
+    },
+    #[serde(rename = "ban.add")]
+    BanAdd {
+        /// `client_id`, `username` or `address` (CIDR).
+        kind: String,
+        value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_secs: Option<u64>,
+    },
+    #[serde(rename = "ban.remove")]
+    BanRemove { kind: String, value: String },
+    #[serde(rename = "ban.list")]
+    BanList,
+    #[serde(rename = "reload")]
+    Reload,
 }
 
 fn all_topics() -> String {
@@ -76,6 +100,11 @@ pub const COMMANDS: &[&str] = &[
     "log-level",
     "drain",
     "shutdown",
+    "acl.check",
+    "ban.add",
+    "ban.remove",
+    "ban.list",
+    "reload",
 ];
 
 /// A response line.
@@ -171,7 +200,44 @@ impl Handler {
                 b.shutdown()?;
                 Ok(json!({ "shutting_down": true }))
             }
+            Request::AclCheck {
+                username,
+                client_id,
+                topic,
+                access,
+            } => {
+                let a = self.access()?;
+                to_value(super::access::acl_check(
+                    &a,
+                    username.as_deref(),
+                    &client_id,
+                    &topic,
+                    &access,
+                )?)
+            }
+            Request::BanAdd {
+                kind,
+                value,
+                duration_secs,
+            } => to_value(super::access::ban_add(
+                &*self.access()?,
+                &kind,
+                &value,
+                duration_secs,
+            )?),
+            Request::BanRemove { kind, value } => {
+                super::access::ban_remove(&*self.access()?, &kind, &value)?;
+                Ok(json!({ "removed": { "kind": kind, "value": value } }))
+            }
+            Request::BanList => to_value(super::access::ban_list(&*self.access()?)),
+            Request::Reload => to_value(super::access::reload_parts(b.reload()?)),
         }
+    }
+
+    fn access(&self) -> Result<std::sync::Arc<ringmq_shard::access::Shared>, AdminError> {
+        self.backend
+            .access()
+            .ok_or_else(|| AdminError::unavailable("this broker has no access control state"))
     }
 
     /// `status` with message rates since the previous `status` (or start).

@@ -8,7 +8,7 @@ use super::backend::{
 };
 use ringmq_shard::control::{self, Query, Reply};
 use ringmq_shard::server::ServerHandle;
-use ringmq_shard::stats::{AuthOutcome, CloseReason, DropReason, ShardStats};
+use ringmq_shard::stats::{AclAction, AuthOutcome, CloseReason, DropReason, ShardStats};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -150,6 +150,10 @@ fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) ->
         busy_ratio,
         storage_commit: commit_histogram(s),
         storage_ops: storage_ops(s),
+        acl_denied: AclAction::ALL
+            .iter()
+            .map(|&a| (a.as_str().to_string(), s.acl_denied_for(a)))
+            .collect(),
     }
 }
 
@@ -209,6 +213,14 @@ fn commit_histogram(s: &ShardStats) -> Option<Histogram> {
 }
 
 impl AdminBackend for ShardBackend {
+    fn access(&self) -> Option<std::sync::Arc<ringmq_shard::access::Shared>> {
+        self.with(|h| h.access().clone()).ok()
+    }
+
+    fn reload(&self) -> Result<Vec<ringmq_shard::access::reload::Outcome>, AdminError> {
+        self.with(|h| h.reload())
+    }
+
     fn clients(
         &self,
         shard: Option<usize>,
@@ -337,6 +349,7 @@ impl AdminBackend for ShardBackend {
                 uptime_secs: h.uptime().as_secs_f64(),
                 draining: self.draining.load(Ordering::Relaxed),
                 shards,
+                bans: Some(ban_metrics(&h.access().bans)),
             }
         })
     }
@@ -352,5 +365,15 @@ impl AdminBackend for ShardBackend {
         self.with(|h| h.shutdown())?;
         let _ = lock(&self.on_shutdown).send(());
         Ok(())
+    }
+}
+
+fn ban_metrics(b: &ringmq_shard::access::bans::Bans) -> super::backend::BanMetrics {
+    use std::sync::atomic::Ordering::Relaxed;
+    super::backend::BanMetrics {
+        active: b.active() as u64,
+        refused_connects: b.stats.refused.load(Relaxed),
+        auto_bans: b.stats.auto_bans.load(Relaxed),
+        auth_failures: b.stats.auth_failures.load(Relaxed),
     }
 }

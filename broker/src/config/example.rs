@@ -24,6 +24,7 @@ fn section_doc(section: &str) -> &'static str {
         "persistence" => "Where state lives and when an acknowledged message is durable.",
         "admin" => "Admin socket, Prometheus metrics, $SYS topics.",
         "logging" => "Log filter and format (stderr).",
+        "authz" => "Access control: ACL file (Mosquitto format) and auto-bans after authentication failures.",
         _ => "",
     }
 }

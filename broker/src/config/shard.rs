@@ -63,6 +63,14 @@ impl Config {
                 allow_anonymous: self.auth.allow_anonymous,
                 password_file: self.auth.password_file.0.clone(),
             },
+            access: ringmq_shard::access::AccessConfig {
+                acl_file: self.authz.acl_file.0.clone(),
+                auto_ban: ringmq_shard::access::bans::AutoBan {
+                    max_failures: self.authz.auth_fail_max,
+                    window: Duration::from_secs(self.authz.auth_fail_window_secs),
+                    ban_for: Duration::from_secs(self.authz.auth_fail_ban_secs),
+                },
+            },
         }
     }
 }

@@ -73,6 +73,27 @@ impl Config {
         if d.data_dir.as_os_str().is_empty() {
             return bad("data_dir", &"\"\"", "must not be empty");
         }
+        let a = &self.authz;
+        if let Some(f) = &a.acl_file.0 {
+            // Read and parsed now: a broker never starts on rules it cannot read.
+            if let Err(e) = ringmq_shard::access::acl::Acl::load(f) {
+                return bad("acl_file", &a.acl_file, &e.to_string());
+            }
+        }
+        if a.auth_fail_max > 0 && a.auth_fail_window_secs == 0 {
+            return bad(
+                "auth_fail_window_secs",
+                &0,
+                "must be at least 1 (or auth_fail_max 0)",
+            );
+        }
+        if a.auth_fail_max > 0 && a.auth_fail_ban_secs == 0 {
+            return bad(
+                "auth_fail_ban_secs",
+                &0,
+                "must be at least 1 (or auth_fail_max 0)",
+            );
+        }
         let level = &self.logging.log_level;
         if let Err(e) = crate::logging::parse_filter(level) {
             return bad("log_level", level, &e);

@@ -65,6 +65,11 @@ impl Broker {
         }
     }
 
+    /// The running core (reload, bans, queries).
+    pub fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("broker running")
+    }
+
     /// Sum of one counter over all shards (`closes_for`, `drops_for`, ...).
     pub fn stat(&self, f: impl Fn(&ringmq_shard::stats::ShardStats) -> u64) -> u64 {
         self.handle

@@ -60,6 +60,8 @@ pub struct Opts {
     pub topic_alias_max: Option<u16>,
     /// User name and password of the CONNECT.
     pub credentials: Option<(String, String)>,
+    /// Username (password empty) for ACL scenarios.
+    pub username: Option<String>,
 }
 
 impl Opts {
@@ -77,7 +79,14 @@ impl Opts {
             max_packet_size: None,
             topic_alias_max: None,
             credentials: None,
+            username: None,
         }
+    }
+
+    /// Connects as `name` (empty password).
+    pub fn user(mut self, name: &str) -> Opts {
+        self.username = Some(name.to_string());
+        self
     }
 
     /// A persistent session: clean session 0 (3.1.1) / clean start 0 with a session expiry (v5).
@@ -390,6 +399,8 @@ fn spawn_v4(o: &Opts) -> Spawned {
         .set_max_packet_size(1 << 21, 1 << 21);
     if let Some((u, p)) = &o.credentials {
         mo.set_credentials(u.clone(), p.clone());
+    } else if let Some(u) = &o.username {
+        mo.set_credentials(u.clone(), "");
     }
     if let Some(w) = &o.will {
         mo.set_last_will(rumqttc::LastWill::new(
@@ -460,6 +471,8 @@ fn spawn_v5(o: &Opts) -> Spawned {
         .set_topic_alias_max(o.topic_alias_max);
     if let Some((u, p)) = &o.credentials {
         mo.set_credentials(u.clone(), p.clone());
+    } else if let Some(u) = &o.username {
+        mo.set_credentials(u.clone(), "");
     }
     if let Some(w) = &o.will {
         let props = w.delay.map(|d| p5::LastWillProperties {

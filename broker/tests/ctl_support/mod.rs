@@ -120,6 +120,7 @@ impl AdminBackend for FakeBackend {
             uptime_secs: 12.5,
             draining: false,
             shards: vec![shard(0), shard(1)],
+            ..Default::default()
         })
     }
     fn drain(&self) -> Result<(), AdminError> {

@@ -117,6 +117,9 @@ pub struct Match {
     pub retain_as_published: bool,
     /// Subscription identifiers of the merged subscriptions that have one (v5 only).
     pub subscription_ids: SmallVec<[u32; 2]>,
+    /// The ACL must be asked for this topic: true only if every merged
+    /// subscription needs it (one wholly readable filter settles it).
+    pub acl_check: bool,
 }
 
 /// Reusable buffers for `Router::match_local`: once warm (grown to the largest fan-out and
@@ -161,6 +164,7 @@ impl MatchScratch {
         m.session = sub.session;
         m.qos = sub.options.qos;
         m.retain_as_published = sub.options.retain_as_published;
+        m.acl_check = sub.acl_check;
         if let Some(id) = sub.subscription_id {
             m.subscription_ids.push(id);
         }
@@ -240,6 +244,7 @@ impl MatchScratch {
                     let m = &mut self.matches[slot as usize];
                     m.qos = m.qos.max(sub.options.qos); // [MQTT-3.3.4-2]
                     m.retain_as_published |= sub.options.retain_as_published;
+                    m.acl_check &= sub.acl_check;
                     if let Some(id) = sub.subscription_id {
                         m.subscription_ids.push(id); // [MQTT-3.3.4-3]
                     }

@@ -24,6 +24,7 @@ fn sub(session: SessionId, qos: QoS, id: Option<u32>) -> LocalSub {
         session,
         options: opts(qos),
         subscription_id: id,
+        acl_check: false,
     }
 }
 

@@ -69,7 +69,7 @@ proptest! {
                         qos: qos(q), no_local: false, retain_as_published: rap,
                         retain_handling: RetainHandling::SendAtSubscribe,
                     };
-                    let sub = LocalSub { session, options, subscription_id: id };
+                    let sub = LocalSub { session, options, subscription_id: id, acl_check: false };
                     let first = !subs.keys().any(|&(f, _)| f == filter);
                     let fresh = subs.insert((filter, session), sub).is_none();
                     prop_assert_eq!(r.subscribe_local(&tf(filter), sub), fresh && first);
@@ -149,7 +149,7 @@ proptest! {
         for (shard, &m) in members.iter().enumerate() {
             for _ in 0..m {
                 let options = SubscriptionOptions::default();
-                let sub = LocalSub { session, options, subscription_id: None };
+                let sub = LocalSub { session, options, subscription_id: None, acl_check: false };
                 prop_assert!(routers[shard].subscribe_local(&filter, sub));
                 for (i, r) in routers.iter_mut().enumerate() {
                     if i != shard {

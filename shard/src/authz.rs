@@ -1,0 +1,140 @@
+//! The ACL applied where MQTT needs it: identity at CONNECT, the will,
+//! SUBSCRIBE (a class per subscription), PUBLISH, each delivery on a
+//! subscription that needs a check, retained replay, and reloads.
+//!
+//! Without an ACL file every function here returns at its first branch.
+//! With one, a subscription whose filter the client may wholly read costs
+//! nothing per message (`LocalSub::acl_check` false); others ask the
+//! session's rules per delivered topic, behind a one-topic cache.
+//! Mosquitto 2.x decides reads at delivery too (`subs.c` checks
+//! `MOSQ_ACL_READ` per message); it grants every SUBSCRIBE, where ringmq
+//! refuses a filter no topic of which is readable.
+
+use crate::access::acl::{Acl, SubClass};
+use crate::access::session::SessionAcl;
+use crate::router::LocalSub;
+use crate::session::{Session, SessionId};
+use crate::shard::Shard;
+use crate::stats::AclAction;
+use ringmq_codec::{Connect, TopicFilter};
+use std::sync::Arc;
+
+/// The filter the rules see: a shared subscription's inner filter.
+fn plain(filter: &TopicFilter) -> &str {
+    filter.shared().map_or(filter.as_str(), |(_, f)| f)
+}
+
+/// Sets the session's identity at CONNECT (rules built for it) and
+/// classifies again the subscriptions it already has (resumed session,
+/// perhaps another username than before). Drops a will the client may not
+/// publish (Mosquitto 2.x: `will__read` refuses it; here it is not stored).
+pub(crate) fn connected(shard: &Shard, sid: SessionId, c: &Connect) {
+    let Some(acl) = shard.acl.borrow().clone() else {
+        return;
+    };
+    let username = c.username.as_ref().map(|u| u.as_str());
+    let mut sessions = shard.sessions.borrow_mut();
+    let s = &mut sessions[sid as usize];
+    let mut sa = SessionAcl::new(&acl, shard.acl_gen.get(), username, s.client_id.as_str());
+    if let Some(w) = &s.will {
+        if !may_publish_topic(&acl, &mut sa, w.topic.as_str()) {
+            shard.stats.acl_deny(AclAction::Will);
+            tracing::debug!(client_id = %s.client_id.as_str(), topic = %w.topic.as_str(), "will refused by the ACL");
+            s.will = None;
+        }
+    }
+    s.acl = Some(Box::new(sa));
+    reclassify(shard, s);
+}
+
+/// Write access with Mosquitto 2.x's `$SYS` rule: no client publishes
+/// under `$SYS` (`acl__check_dollar`, security.c), whatever the file says.
+fn may_publish_topic(_acl: &Acl, sa: &mut SessionAcl, topic: &str) -> bool {
+    !topic.starts_with("$SYS") && sa.may_write(topic)
+}
+
+/// The read class of a new subscription (`Full` without an ACL).
+pub(crate) fn classify(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> SubClass {
+    if shard.acl.borrow().is_none() {
+        return SubClass::Full;
+    }
+    let mut sessions = shard.sessions.borrow_mut();
+    let s = &mut sessions[sid as usize];
+    refresh(shard, s);
+    match &s.acl {
+        Some(sa) => sa.classify(plain(filter)),
+        None => SubClass::Never,
+    }
+}
+
+/// May the client of session `sid` publish to `topic`?
+#[inline]
+pub(crate) fn may_publish(shard: &Shard, sid: SessionId, topic: &str) -> bool {
+    let Some(acl) = &*shard.acl.borrow() else {
+        return true;
+    };
+    let mut sessions = shard.sessions.borrow_mut();
+    let s = &mut sessions[sid as usize];
+    refresh(shard, s);
+    let ok = match s.acl.as_deref_mut() {
+        Some(sa) => may_publish_topic(acl, sa, topic),
+        None => false,
+    };
+    if !ok {
+        shard.stats.acl_deny(AclAction::Publish);
+    }
+    ok
+}
+
+/// May session `s` receive a message on `topic`? Called only for
+/// subscriptions that need the check; counts a refusal under `action`.
+#[inline]
+pub(crate) fn may_receive(shard: &Shard, s: &mut Session, topic: &str, action: AclAction) -> bool {
+    refresh(shard, s);
+    let ok = s.acl.as_deref_mut().is_some_and(|sa| sa.may_read(topic));
+    if !ok {
+        shard.stats.acl_deny(action);
+    }
+    ok
+}
+
+/// Rebuilds a session's rules after a reload (lazily, at its next check).
+fn refresh(shard: &Shard, s: &mut Session) {
+    if let (Some(sa), Some(acl)) = (s.acl.as_deref_mut(), &*shard.acl.borrow()) {
+        sa.refresh(acl, shard.acl_gen.get(), s.client_id.as_str());
+    }
+}
+
+/// Puts new rules in force on this shard: every session's subscriptions
+/// are classified again, so the next delivery obeys them.
+pub(crate) fn set_acl(shard: &Shard, acl: Arc<Acl>) {
+    *shard.acl.borrow_mut() = Some(acl);
+    shard.acl_gen.set(shard.acl_gen.get().wrapping_add(1));
+    let mut sessions = shard.sessions.borrow_mut();
+    for (_, s) in sessions.iter_mut() {
+        refresh(shard, s);
+        reclassify(shard, s);
+    }
+}
+
+/// Sets `acl_check` on each subscription of `s` from its current rules. A
+/// subscription that became unreadable stays (the client holds it) and is
+/// checked, so nothing reaches it.
+fn reclassify(shard: &Shard, s: &Session) {
+    let mut router = shard.router.borrow_mut();
+    for (filter, e) in &s.subs {
+        let check = match &s.acl {
+            Some(sa) => sa.classify(plain(filter)) != SubClass::Full,
+            None => true,
+        };
+        router.subscribe_local(
+            filter,
+            LocalSub {
+                session: s.sid,
+                options: e.options,
+                subscription_id: e.subscription_id,
+                acl_check: check,
+            },
+        );
+    }
+}
