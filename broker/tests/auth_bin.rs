@@ -415,3 +415,65 @@ fn default_posture_follows_mosquitto_2() {
     let (ok, err) = mqtt_pub(b.addr, "mqttv311", "anon-allowed", None, false);
     assert!(ok, "{err}");
 }
+
+/// `ringmq ctl reload` and SIGHUP re-read the password file: a file that fails to parse is
+/// reported with its line and the previous users keep working; a good one is in force after.
+#[test]
+fn reload_reads_the_password_file_and_never_fails_open() {
+    let dir = scratch("reload");
+    let pw = dir.join("passwd");
+    let pws = pw.to_str().unwrap();
+    mosquitto_passwd(&["-c", "-b", pws, "alice", "secret"]);
+    // No auto-ban: the polling below fails logins from 127.0.0.1 on purpose.
+    let b = start(
+        &dir,
+        &[
+            "--listen",
+            "mqtt://127.0.0.1:0",
+            "--cores",
+            "2",
+            "--password-file",
+            pws,
+            "--durability",
+            "none",
+            "--auth-fail-max",
+            "0",
+        ],
+    );
+    let sock = dir.join("ringmq.sock");
+    let ctl_reload = || ringmq(&["ctl", "--admin-socket", sock.to_str().unwrap(), "reload"]);
+    let login = |u: &str, p: &str, id: &str| mqtt_pub(b.addr, "mqttv5", id, Some((u, p)), false).0;
+    assert!(login("alice", "secret", "a0"));
+    assert!(!login("erin", "new", "e0"));
+    // A broken file: reported with its line, exit 1, alice still gets in, erin still not.
+    std::fs::write(&pw, "alice:not-hashed\n").unwrap();
+    let out = ctl_reload();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("passwords") && text.contains("line 1"),
+        "{text}"
+    );
+    assert!(
+        login("alice", "secret", "a1"),
+        "previous file kept in force"
+    );
+    // A good file through ringmq passwd, read on SIGHUP.
+    mosquitto_passwd(&["-c", "-b", pws, "alice", "secret"]);
+    let out = ringmq(&["passwd", "-b", pws, "erin", "new"]);
+    assert!(out.status.success());
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGHUP) };
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    while !login("erin", "new", &format!("e{i}")) {
+        i += 1;
+        assert!(Instant::now() < end, "erin not accepted 15 s after SIGHUP");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(login("alice", "secret", "a2"));
+}
