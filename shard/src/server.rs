@@ -124,6 +124,9 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     if cfg.listen.is_empty() {
         return Err(invalid("--listen: no listener configured".into()));
     }
+    // The password-check threads, started here so they float over the
+    // process's CPUs rather than inherit a pinned shard's one.
+    crate::access::pool::start();
     // The password file before anything binds: a file that does not parse stops the start.
     let passwords = match &cfg.authn.password_file {
         Some(path) => Some(Arc::new(
