@@ -83,13 +83,15 @@ fn auth_packet(reason: ReasonCode, method: &MqttString, data: &str) -> Packet {
 }
 
 /// Authenticates `c`; `buf` holds what was read after it (and keeps what
-/// the exchange leaves unread).
+/// the exchange leaves unread). `tls_identity`: the verified client
+/// certificate's CN where the listener takes it as the user name.
 pub(crate) async fn authenticate(
     shard: &Rc<Shard>,
     io: &Io,
     c: &Connect,
     buf: &mut BytesMut,
     deadline: u64,
+    tls_identity: Option<&str>,
 ) -> Result<Authenticated, Refusal> {
     // Bans first: a banned client (id, user name or address, e.g. one the
     // brute-force counter banned) costs no hashing. v5 0x8A, 3.1.1 0x05.
@@ -105,7 +107,7 @@ pub(crate) async fn authenticate(
             return Err((Some(ReasonCode::Banned), CloseReason::ConnectRefused));
         }
     }
-    match shard.authn.start(c, scram::server_nonce) {
+    match shard.authn.start(c, tls_identity, scram::server_nonce) {
         Start::Accept(identity, outcome) => {
             shard.stats.auth(outcome);
             Ok(Authenticated {

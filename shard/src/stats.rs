@@ -111,6 +111,9 @@ reasons! {
         Password => "password",
         /// SCRAM-SHA-256 exchange completed.
         Scram => "scram",
+        /// The verified TLS client certificate's CN is the user name
+        /// (`identity_as_username`); no password asked.
+        TlsIdentity => "tls_identity",
         /// Re-authentication (AUTH 0x19) completed.
         Reauth => "reauth",
         /// No user name where anonymous clients are refused (0x87 / 0x05).

@@ -92,8 +92,24 @@ impl Authn {
         self.passwords.borrow().clone()
     }
 
-    /// What `c` needs. `snonce`: the server nonce, if SCRAM is asked for.
-    pub fn start(&self, c: &Connect, snonce: impl FnOnce() -> String) -> Start {
+    /// What `c` needs. `tls_identity`: the verified client certificate's
+    /// CN on a listener with `identity_as_username` (Mosquitto's
+    /// `use_identity_as_username`): it is the user name and no password is
+    /// asked. `snonce`: the server nonce, if SCRAM is asked for.
+    pub fn start(
+        &self,
+        c: &Connect,
+        tls_identity: Option<&str>,
+        snonce: impl FnOnce() -> String,
+    ) -> Start {
+        if let Some(cn) = tls_identity {
+            let id = Identity {
+                username: Some(cn.to_string()),
+                verified: true,
+                ..Identity::default()
+            };
+            return Start::Accept(Some(Box::new(id)), AuthOutcome::TlsIdentity);
+        }
         let file = self.passwords();
         if let Some(method) = &c.properties.authentication_method {
             if method.as_str() != scram::METHOD || file.is_none() {
@@ -183,5 +199,106 @@ impl Authn {
             Err(ScramError::BadProof) => Err((ReasonCode::NotAuthorized, AuthOutcome::BadPassword)),
             Err(_) => Err((ReasonCode::NotAuthorized, AuthOutcome::ScramFailed)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ringmq_codec::ProtocolVersion;
+    use std::path::Path;
+
+    fn connect(user: Option<&str>, pw: Option<&str>) -> Connect {
+        let mut c = Connect::default();
+        c.protocol = ProtocolVersion::V5;
+        c.username = user.map(|u| MqttString::try_from(u).unwrap());
+        c.password = pw.map(|p| Bytes::copy_from_slice(p.as_bytes()));
+        c
+    }
+
+    fn authn(allow_anonymous: bool, with_file: bool) -> Authn {
+        let file = with_file.then(|| {
+            let e = Entry::new_pbkdf2(b"pw", 101);
+            Arc::new(PasswordFile::parse(Path::new("t"), &format!("alice:{e}\n")).unwrap())
+        });
+        let cfg = AuthnConfig {
+            allow_anonymous,
+            password_file: None,
+        };
+        Authn::new(cfg, file)
+    }
+
+    fn outcome(s: &Start) -> (Option<ReasonCode>, Option<AuthOutcome>) {
+        match s {
+            Start::Accept(_, o) => (None, Some(*o)),
+            Start::Refuse(r, o) => (Some(*r), Some(*o)),
+            Start::Check { .. } | Start::Scram(_) => (None, None),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let nonce = || "n".to_string();
+        let a = authn(false, true);
+        let anon = a.start(&connect(None, None), None, nonce);
+        assert_eq!(
+            outcome(&anon),
+            (
+                Some(ReasonCode::NotAuthorized),
+                Some(AuthOutcome::AnonymousRefused)
+            )
+        );
+        let unknown = a.start(&connect(Some("bob"), Some("pw")), None, nonce);
+        assert_eq!(outcome(&unknown).0, Some(ReasonCode::BadUserNameOrPassword));
+        let nopw = a.start(&connect(Some("alice"), None), None, nonce);
+        assert_eq!(
+            outcome(&nopw),
+            (
+                Some(ReasonCode::BadUserNameOrPassword),
+                Some(AuthOutcome::NoPassword)
+            )
+        );
+        match a.start(&connect(Some("alice"), Some("pw")), None, nonce) {
+            Start::Check {
+                entry, password, ..
+            } => assert!(entry.verify(&password)),
+            _ => panic!("a password check"),
+        }
+        // No password file, anonymous refused: a user name alone is not enough.
+        let b = authn(false, false);
+        let s = b.start(&connect(Some("alice"), Some("pw")), None, nonce);
+        assert_eq!(outcome(&s).0, Some(ReasonCode::NotAuthorized));
+        // Anonymous allowed: no user name gets in; a user name is still checked.
+        let c = authn(true, true);
+        assert_eq!(
+            outcome(&c.start(&connect(None, None), None, nonce)),
+            (None, Some(AuthOutcome::Anonymous))
+        );
+        assert!(matches!(
+            c.start(&connect(Some("alice"), Some("x")), None, nonce),
+            Start::Check { .. }
+        ));
+    }
+
+    #[test]
+    fn tls_identity_is_the_user_and_no_password_is_asked() {
+        let a = authn(false, true);
+        match a.start(&connect(None, None), Some("device-7"), || "n".into()) {
+            Start::Accept(Some(id), AuthOutcome::TlsIdentity) => {
+                assert_eq!(id.username.as_deref(), Some("device-7"));
+                assert!(id.verified);
+            }
+            _ => panic!("accepted as the certificate's CN"),
+        }
+        // Whatever the CONNECT says.
+        let s = a.start(
+            &connect(Some("alice"), Some("wrong")),
+            Some("device-7"),
+            || "n".into(),
+        );
+        assert!(
+            matches!(s, Start::Accept(Some(ref id), _) if id.username.as_deref() == Some("device-7"))
+        );
     }
 }

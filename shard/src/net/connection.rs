@@ -134,9 +134,18 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
         }
         connect::assign_id(&shard, &mut connect);
     }
-    // Authentication: one phase, before the socket leaves this shard.
-    let auth = match crate::auth_phase::authenticate(&shard, &io, &connect, &mut buf, deadline)
-        .await
+    // Authentication: one phase, before the socket leaves this shard. (No
+    // TLS listener on this branch yet: no certificate identity to give.)
+    let tls_identity = None;
+    let auth = match crate::auth_phase::authenticate(
+        &shard,
+        &io,
+        &connect,
+        &mut buf,
+        deadline,
+        tls_identity,
+    )
+    .await
     {
         Ok(auth) => auth,
         Err((code, reason)) => {
