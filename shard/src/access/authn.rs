@@ -210,11 +210,12 @@ mod tests {
     use std::path::Path;
 
     fn connect(user: Option<&str>, pw: Option<&str>) -> Connect {
-        let mut c = Connect::default();
-        c.protocol = ProtocolVersion::V5;
-        c.username = user.map(|u| MqttString::try_from(u).unwrap());
-        c.password = pw.map(|p| Bytes::copy_from_slice(p.as_bytes()));
-        c
+        Connect {
+            protocol: ProtocolVersion::V5,
+            username: user.map(|u| MqttString::try_from(u).unwrap()),
+            password: pw.map(|p| Bytes::copy_from_slice(p.as_bytes())),
+            ..Connect::default()
+        }
     }
 
     fn authn(allow_anonymous: bool, with_file: bool) -> Authn {
