@@ -99,7 +99,9 @@ fn scratch_dir(name: &str) -> std::io::Result<PathBuf> {
     Ok(d)
 }
 
-/// `ringmq --listen mqtt://127.0.0.1:0 --cores 1`, ready once it prints its listen line.
+/// `ringmq --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores 1` (the bench's
+/// clients give no user name; a named listener refuses them otherwise), ready once it
+/// prints its listen line.
 pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
     if !Path::new(bin).exists() {
         return Err(format!(
@@ -112,7 +114,8 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
     let dir = scratch_dir("ringmq").map_err(|e| e.to_string())?;
     let mut cmd = command(bin, cpus);
     cmd.current_dir(&dir)
-        .args(["--listen", "mqtt://127.0.0.1:0", "--cores", "1"])
+        .args(["--listen", "mqtt://127.0.0.1:0", "--allow-anonymous", "true"])
+        .args(["--cores", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().map_err(|e| format!("start {bin}: {e}"))?;
@@ -130,7 +133,7 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
         }
     });
     let flags = format!(
-        "{}{bin} --listen mqtt://127.0.0.1:0 --cores 1  (in a fresh temp dir: default ./data)",
+        "{}{bin} --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores 1  (in a fresh temp dir: default ./data)",
         cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
     );
     let mut proc = BrokerProc {
