@@ -114,7 +114,12 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
     let dir = scratch_dir("ringmq").map_err(|e| e.to_string())?;
     let mut cmd = command(bin, cpus);
     cmd.current_dir(&dir)
-        .args(["--listen", "mqtt://127.0.0.1:0", "--allow-anonymous", "true"])
+        .args([
+            "--listen",
+            "mqtt://127.0.0.1:0",
+            "--allow-anonymous",
+            "true",
+        ])
         .args(["--cores", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
