@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Builds ringmq and ringmq-bench (release), then runs the same scenario against ringmq,
-# Mosquitto and (if installed in /work/tools) rumqttd, one after the other, each broker
-# pinned to CPU 0 and the generator to CPU 1; writes bench/results/<date>-<scenario>.md.
+# Mosquitto (as configured and with TCP_NODELAY), FlashMQ and rumqttd (those found on
+# PATH or named below), one after the other, each broker pinned to CPU 0 and the
+# generator to CPU 1. Results go to stdout; RESULTS=DIR also writes
+# DIR/<date>-<scenario>.md and the .svg chart beside it.
 #
 #   bench/compare.sh pairs --pairs 50 --duration 10
-#   bench/compare.sh fanout -s 1000 --duration 10
-#   NOTE="shared machine" bench/compare.sh qos2-fanout
+#   RESULTS=bench/results bench/compare.sh fanout -s 1000 --duration 10
+#   NOTE="shared machine" FLASHMQ=/work/peers/bin/flashmq bench/compare.sh qos2-fanout
 #
-# Environment: CARGO_TARGET_DIR (default: target), BROKERS (default ringmq,mosquitto,rumqttd),
-# RUMQTTD (default /work/tools/bin/rumqttd), NOTE (free text for the results header),
-# RT (1: generator and brokers SCHED_FIFO, chrt -f 50), BUILD (0: reuse the built binaries).
+# Environment: CARGO_TARGET_DIR (default: target), BROKERS (default: all five peers),
+# FLASHMQ, RUMQTTD, MOSQUITTO (binaries; default: found on PATH), RESULTS (directory),
+# NOTE (free text for the results header), RT (1: generator and brokers SCHED_FIFO,
+# chrt -f 50), BUILD (0: reuse the built binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
@@ -17,8 +20,12 @@ if [[ "${BUILD:-1}" == 1 ]]; then
   cargo build --release -p ringmq-broker -p ringmq-bench >&2 \
     || echo "compare.sh: build failed; using the binaries already in $target/release" >&2
 fi
-args=(--ringmq-bin "$target/release/ringmq" --brokers "${BROKERS:-ringmq,mosquitto,rumqttd}"
-      --rumqttd-bin "${RUMQTTD:-/work/tools/bin/rumqttd}")
+args=(--ringmq-bin "$target/release/ringmq"
+      --brokers "${BROKERS:-ringmq,mosquitto,mosquitto-nodelay,flashmq,rumqttd}")
+[[ -n "${FLASHMQ:-}" ]] && args+=(--flashmq-bin "$FLASHMQ")
+[[ -n "${RUMQTTD:-}" ]] && args+=(--rumqttd-bin "$RUMQTTD")
+[[ -n "${MOSQUITTO:-}" ]] && args+=(--mosquitto-bin "$MOSQUITTO")
+[[ -n "${RESULTS:-}" ]] && args+=(--results-dir "$RESULTS")
 rt=()
 note="${NOTE:-}"
 if [[ "${RT:-0}" == 1 ]]; then

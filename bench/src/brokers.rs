@@ -1,5 +1,10 @@
-//! Starting and stopping the brokers a comparison runs against: ringmq, Mosquitto and
-//! rumqttd, each on a free loopback port, pinned with `taskset`, stopped by PID.
+//! Starting and stopping the brokers a comparison runs against: ringmq, Mosquitto (as
+//! configured by default and with `set_tcp_nodelay true`), FlashMQ and rumqttd, each on
+//! a free loopback port, pinned with `taskset`, stopped by PID. Binaries come from a
+//! flag or are looked up on PATH (and the sbin directories). Peers get configs
+//! equivalent to ringmq's defaults where the knob exists (queue limit
+//! [`RINGMQ_MAX_QUEUED`], inflight window [`RINGMQ_RECEIVE_MAXIMUM`], TCP_NODELAY,
+//! no persistence, no logging); each config is returned in full to be printed.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,8 +19,15 @@ pub struct BrokerProc {
     pub port: u16,
     /// Separate MQTT 5 port (rumqttd listens for v4 and v5 on different ports).
     pub port_v5: Option<u16>,
-    /// Command line (and config) recorded in the results header.
+    /// TLS, WebSocket and WebSocket-over-TLS listener ports, when started with a
+    /// server certificate ([`TlsFiles`]).
+    pub port_tls: Option<u16>,
+    pub port_ws: Option<u16>,
+    pub port_wss: Option<u16>,
+    /// Command line recorded in the results header.
     pub flags: String,
+    /// The generated config file's text (empty for ringmq: flags only).
+    pub config: String,
     child: Child,
     dir: Option<PathBuf>,
 }
@@ -58,6 +70,75 @@ impl Drop for BrokerProc {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The server certificate every peer gets for its TLS and WebSocket-over-TLS listeners
+/// (the same one for all, so they are compared on equal terms).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Copies the files into `dir`, readable by the broker (Mosquitto started as root
+    /// drops to its own user before reading the key).
+    fn copy_into(&self, dir: &Path) -> Result<TlsFiles, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let copy = |from: &Path, name: &str| -> Result<PathBuf, String> {
+            let to = dir.join(name);
+            std::fs::copy(from, &to).map_err(|e| format!("{}: {e}", from.display()))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| e.to_string())?;
+            Ok(to)
+        };
+        // The scratch directory itself must be enterable by that user too.
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        Ok(TlsFiles {
+            cert: copy(&self.cert, "server.crt")?,
+            key: copy(&self.key, "server.key")?,
+        })
+    }
+}
+
+/// ringmq's default `--max-queued-messages` (QoS 1/2 messages queued per session).
+pub const RINGMQ_MAX_QUEUED: usize = 10_000;
+/// ringmq's default `--receive-maximum` (inflight window both ways).
+pub const RINGMQ_RECEIVE_MAXIMUM: usize = 256;
+
+/// The peers `compare` knows, in its default order.
+pub const PEERS: [&str; 5] = [
+    "ringmq",
+    "mosquitto",
+    "mosquitto-nodelay",
+    "flashmq",
+    "rumqttd",
+];
+
+/// `flag` if given (it must exist), else the first of `names` found on PATH or in the
+/// sbin directories; an error naming what was looked for.
+pub fn find_bin(flag: Option<&str>, names: &[&str], hint: &str) -> Result<PathBuf, String> {
+    if let Some(f) = flag {
+        let p = PathBuf::from(f);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("{f} not found ({hint})"))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .collect();
+    for name in names {
+        for d in &dirs {
+            let p = d.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(format!("{} not on PATH ({hint})", names.join(" or ")))
 }
 
 /// A loopback port that was free a moment ago.
@@ -103,6 +184,16 @@ fn scratch_dir(name: &str) -> std::io::Result<PathBuf> {
 /// clients give no user name; a named listener refuses them otherwise), ready once it
 /// prints its listen line.
 pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
+    start_ringmq_with(bin, cpus, None)
+}
+
+/// ringmq on one core; with `tls` also `mqtts://`, `ws://` and `wss://` listeners (port 0
+/// each, learnt from its `ringmq listening on URL` lines).
+pub fn start_ringmq_with(
+    bin: &str,
+    cpus: Option<&str>,
+    tls: Option<&TlsFiles>,
+) -> Result<BrokerProc, String> {
     if !Path::new(bin).exists() {
         return Err(format!(
             "{bin} not found (cargo build --release -p ringmq-broker)"
@@ -112,15 +203,30 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
     let bin = abs.to_str().ok_or("non-UTF-8 path")?;
     // A fresh working directory so its ./data (state, admin socket) is private and removed.
     let dir = scratch_dir("ringmq").map_err(|e| e.to_string())?;
+    let mut args: Vec<String> = vec!["--listen".into(), "mqtt://127.0.0.1:0".into()];
+    if let Some(t) = tls {
+        let t = t.copy_into(&dir)?;
+        for url in [
+            "mqtts://127.0.0.1:0",
+            "ws://127.0.0.1:0/mqtt",
+            "wss://127.0.0.1:0/mqtt",
+        ] {
+            args.extend(["--listen".into(), url.into()]);
+        }
+        args.extend([
+            "--tls-cert".into(),
+            t.cert.display().to_string(),
+            "--tls-key".into(),
+            t.key.display().to_string(),
+        ]);
+    }
+    // The bench's clients give no user name: named listeners refuse them otherwise.
+    args.extend(["--allow-anonymous".into(), "true".into()]);
+    args.extend(["--cores".into(), "1".into()]);
+    let want = if tls.is_some() { 4 } else { 1 };
     let mut cmd = command(bin, cpus);
     cmd.current_dir(&dir)
-        .args([
-            "--listen",
-            "mqtt://127.0.0.1:0",
-            "--allow-anonymous",
-            "true",
-        ])
-        .args(["--cores", "1"])
+        .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().map_err(|e| format!("start {bin}: {e}"))?;
@@ -128,33 +234,44 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("ringmq listening on mqtt://") {
-                let port = rest
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.trim().parse::<u16>().ok());
-                let _ = tx.send(port);
+            if let Some(url) = line.strip_prefix("ringmq listening on ") {
+                let _ = tx.send(parse_listen_url(url.trim()));
             }
         }
     });
     let flags = format!(
-        "{}{bin} --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores 1  (in a fresh temp dir: default ./data)",
-        cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
+        "{}{bin} {}  (in a fresh temp dir: default ./data)",
+        cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default(),
+        args.join(" ")
     );
     let mut proc = BrokerProc {
         name: "ringmq".into(),
         port: 0,
         port_v5: None,
+        port_tls: None,
+        port_ws: None,
+        port_wss: None,
         flags,
+        config: String::new(),
         child,
         dir: Some(dir),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(Some(port)) => {
-                proc.port = port;
-                return Ok(proc);
+            Ok(Some((scheme, port))) => {
+                match scheme.as_str() {
+                    "mqtt" => proc.port = port,
+                    "mqtts" => proc.port_tls = Some(port),
+                    "ws" => proc.port_ws = Some(port),
+                    "wss" => proc.port_wss = Some(port),
+                    _ => {}
+                }
+                seen += 1;
+                if seen >= want {
+                    return Ok(proc);
+                }
             }
             Ok(None) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -162,22 +279,81 @@ pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String>
             }
         }
         if let Ok(Some(status)) = proc.child.try_wait() {
-            return Err(format!("ringmq exited ({status}) before listening"));
+            return Err(format!(
+                "ringmq exited ({status}) before listening (does this build have TLS/WebSocket listeners? `{}`)",
+                proc.flags
+            ));
         }
     }
-    Err("ringmq did not print its listen line within 20 s".into())
+    Err("ringmq did not print its listen lines within 20 s".into())
+}
+
+/// ("mqtts", 8883) from `mqtts://127.0.0.1:8883` or `wss://127.0.0.1:8443/mqtt`.
+fn parse_listen_url(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let hostport = rest.split('/').next()?;
+    let port = hostport.rsplit(':').next()?.parse().ok()?;
+    Some((scheme.to_string(), port))
+}
+
+/// The Mosquitto config used by `compare`: ringmq's queue and inflight limits, no
+/// persistence or logging; `nodelay` adds `set_tcp_nodelay true` (ringmq sets it).
+pub fn mosquitto_config(port: u16, nodelay: bool) -> String {
+    format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n\
+         max_queued_messages {RINGMQ_MAX_QUEUED}\nmax_inflight_messages {RINGMQ_RECEIVE_MAXIMUM}\n{}",
+        if nodelay { "set_tcp_nodelay true\n" } else { "" }
+    )
+}
+
+/// Mosquitto listeners for TLS (TLS 1.3 only), WebSocket and WebSocket over TLS.
+fn mosquitto_tls_listeners(t: &TlsFiles, tls: u16, ws: u16, wss: u16) -> String {
+    let (c, k) = (t.cert.display(), t.key.display());
+    format!(
+        "listener {tls} 127.0.0.1\ncertfile {c}\nkeyfile {k}\ntls_version tlsv1.3\n\
+         listener {ws} 127.0.0.1\nprotocol websockets\n\
+         listener {wss} 127.0.0.1\nprotocol websockets\ncertfile {c}\nkeyfile {k}\ntls_version tlsv1.3\n"
+    )
 }
 
 /// Debian's mosquitto with a generated config on a free loopback port.
 pub fn start_mosquitto(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
+    start_mosquitto_with(bin, cpus, false)
+}
+
+/// Mosquitto, with `set_tcp_nodelay true` when `nodelay`.
+pub fn start_mosquitto_with(
+    bin: &str,
+    cpus: Option<&str>,
+    nodelay: bool,
+) -> Result<BrokerProc, String> {
+    start_mosquitto_tls(bin, cpus, nodelay, None)
+}
+
+/// Mosquitto, with TLS / WebSocket / WebSocket-over-TLS listeners when `tls` is given.
+pub fn start_mosquitto_tls(
+    bin: &str,
+    cpus: Option<&str>,
+    nodelay: bool,
+    tls: Option<&TlsFiles>,
+) -> Result<BrokerProc, String> {
     if !Path::new(bin).exists() {
         return Err(format!("{bin} not found (apt-get install mosquitto)"));
     }
     let port = free_port().map_err(|e| e.to_string())?;
     let dir = scratch_dir("mosquitto").map_err(|e| e.to_string())?;
-    let conf = format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
-    );
+    let mut conf = mosquitto_config(port, nodelay);
+    let mut extra = None;
+    if let Some(t) = tls {
+        let t = t.copy_into(&dir)?;
+        let p = (
+            free_port().map_err(|e| e.to_string())?,
+            free_port().map_err(|e| e.to_string())?,
+            free_port().map_err(|e| e.to_string())?,
+        );
+        conf.push_str(&mosquitto_tls_listeners(&t, p.0, p.1, p.2));
+        extra = Some(p);
+    }
     let path = dir.join("mosquitto.conf");
     std::fs::write(&path, &conf).map_err(|e| e.to_string())?;
     let mut cmd = command(bin, cpus);
@@ -189,13 +365,22 @@ pub fn start_mosquitto(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, Stri
     let flags = format!(
         "{}{bin} -c mosquitto.conf  (config: {})",
         cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default(),
-        conf.trim().replace('\n', "; ")
+        conf.lines().take(7).collect::<Vec<_>>().join("; ")
     );
     let proc = BrokerProc {
-        name: "mosquitto".into(),
+        name: if nodelay {
+            "mosquitto-nodelay"
+        } else {
+            "mosquitto"
+        }
+        .into(),
         port,
         port_v5: None,
+        port_tls: extra.map(|p| p.0),
+        port_ws: extra.map(|p| p.1),
+        port_wss: extra.map(|p| p.2),
         flags,
+        config: conf,
         child,
         dir: Some(dir),
     };
@@ -233,12 +418,104 @@ pub fn start_rumqttd(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String
         name: "rumqttd".into(),
         port,
         port_v5: Some(port5),
+        port_tls: None,
+        port_ws: None,
+        port_wss: None,
         flags,
+        config: conf,
         child,
         dir: Some(dir),
     };
     if !wait_listening(port, Duration::from_secs(10)) {
         return Err("rumqttd did not start listening within 10 s".into());
+    }
+    Ok(proc)
+}
+
+/// The FlashMQ config used by `compare`: one thread (one core, like ringmq --cores 1),
+/// ringmq's queue limit as `max_qos_msg_pending_per_client` (bytes left generous so
+/// the message count binds, as in ringmq), TCP_NODELAY, no persistence (no
+/// storage_dir), quiet logging into the scratch directory.
+pub fn flashmq_config(port: u16, log: &Path) -> String {
+    format!(
+        "thread_count 1\nallow_anonymous true\nquiet true\nlog_file {}\n\
+         max_qos_msg_pending_per_client {RINGMQ_MAX_QUEUED}\n\
+         max_qos_bytes_pending_per_client 67108864\n{}",
+        log.display(),
+        flashmq_listener("mqtt", port, None)
+    )
+}
+
+/// One FlashMQ `listen` block on 127.0.0.1, TCP_NODELAY, TLS 1.3 only when `tls`.
+fn flashmq_listener(protocol: &str, port: u16, tls: Option<&TlsFiles>) -> String {
+    let tls = tls
+        .map(|t| {
+            format!(
+                "  fullchain {}\n  privkey {}\n  minimum_tls_version tlsv1.3\n",
+                t.cert.display(),
+                t.key.display()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "listen {{\n  protocol {protocol}\n  inet_protocol ip4\n  inet4_bind_address 127.0.0.1\n  port {port}\n  tcp_nodelay true\n{tls}}}\n"
+    )
+}
+
+/// FlashMQ (built from its public repository, see docs/benchmarking.md) with a
+/// generated config on a free loopback port.
+pub fn start_flashmq(
+    bin: &str,
+    cpus: Option<&str>,
+    tls: Option<&TlsFiles>,
+) -> Result<BrokerProc, String> {
+    if !Path::new(bin).exists() {
+        return Err(format!(
+            "{bin} not found (see docs/benchmarking.md: building FlashMQ)"
+        ));
+    }
+    let port = free_port().map_err(|e| e.to_string())?;
+    let dir = scratch_dir("flashmq").map_err(|e| e.to_string())?;
+    let mut conf = flashmq_config(port, &dir.join("flashmq.log"));
+    let mut extra = None;
+    if let Some(t) = tls {
+        let t = t.copy_into(&dir)?;
+        let p = (
+            free_port().map_err(|e| e.to_string())?,
+            free_port().map_err(|e| e.to_string())?,
+            free_port().map_err(|e| e.to_string())?,
+        );
+        conf.push_str(&flashmq_listener("mqtt", p.0, Some(&t)));
+        conf.push_str(&flashmq_listener("websockets", p.1, None));
+        conf.push_str(&flashmq_listener("websockets", p.2, Some(&t)));
+        extra = Some(p);
+    }
+    let path = dir.join("flashmq.conf");
+    std::fs::write(&path, &conf).map_err(|e| e.to_string())?;
+    let mut cmd = command(bin, cpus);
+    cmd.arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().map_err(|e| format!("start {bin}: {e}"))?;
+    let flags = format!(
+        "{}{bin} -c flashmq.conf  (generated config, printed with the results)",
+        cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
+    );
+    let proc = BrokerProc {
+        name: "flashmq".into(),
+        port,
+        port_v5: None,
+        port_tls: extra.map(|p| p.0),
+        port_ws: extra.map(|p| p.1),
+        port_wss: extra.map(|p| p.2),
+        flags,
+        config: conf,
+        child,
+        dir: Some(dir),
+    };
+    if !wait_listening(port, Duration::from_secs(10)) {
+        return Err("flashmq did not start listening within 10 s".into());
     }
     Ok(proc)
 }

@@ -24,9 +24,14 @@ pub enum Command {
     /// Run one scenario against a broker that is already running.
     #[command(flatten)]
     Scenario(Scenario),
-    /// Start ringmq, Mosquitto (and rumqttd if installed) one after the other, run the same
-    /// scenario against each, print both and the ratios, write bench/results/.
+    /// Start ringmq, Mosquitto (as configured and with TCP_NODELAY), FlashMQ and rumqttd
+    /// (those installed) one after the other, run the same scenario against each, print
+    /// each result, their configs and the ratios; --results-dir also writes the table and
+    /// an SVG chart.
     Compare(CompareArgs),
+    /// Fixed-rate latency at rising rates against each broker: p50/p99/p99.9 against
+    /// offered load, as a table and an SVG chart.
+    Sweep(SweepArgs),
     /// Measure the generator's own ceiling against the built-in relay TEST FIXTURE (not a broker).
     Selfcheck(SelfcheckArgs),
 }
@@ -72,6 +77,19 @@ impl Scenario {
             Scenario::Conn(a) => &a.common,
             Scenario::Retained(a) => &a.common,
             Scenario::Qos2Fanout(a) => &a.common,
+        }
+    }
+
+    /// The load options of a message scenario (None for `conn`).
+    pub fn load_mut(&mut self) -> Option<&mut LoadArgs> {
+        match self {
+            Scenario::Pairs(a) => Some(&mut a.load),
+            Scenario::Fanout(a) => Some(&mut a.load),
+            Scenario::Fanin(a) => Some(&mut a.load),
+            Scenario::Pubsub(a) => Some(&mut a.load),
+            Scenario::Retained(a) => Some(&mut a.load),
+            Scenario::Qos2Fanout(a) => Some(&mut a.load),
+            Scenario::Conn(_) => None,
         }
     }
 
@@ -122,6 +140,132 @@ pub struct BrokerArgs {
     /// Connect with clean start / clean session = false (keep sessions).
     #[arg(long)]
     pub no_clean_start: bool,
+    /// Transport: tcp, tls, ws (WebSocket) or wss (WebSocket over TLS).
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: Transport,
+    /// Use TLS (tcp becomes tls, ws becomes wss).
+    #[arg(long)]
+    pub tls: bool,
+    /// CA certificate(s) that signed the broker's certificate, PEM (required for TLS).
+    #[arg(long)]
+    pub ca: Option<String>,
+    /// Client certificate chain, PEM (TLS client authentication; with --key).
+    #[arg(long)]
+    pub cert: Option<String>,
+    /// Client private key, PEM (with --cert).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// TLS server name to send and verify (default: --host).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// Only this TLS version: 1.2 or 1.3 (default: either, 1.3 preferred).
+    #[arg(long, value_parser = ["1.2", "1.3"])]
+    pub tls_version: Option<String>,
+    /// Only this TLS cipher suite, by its IANA name (e.g. TLS13_AES_128_GCM_SHA256), so
+    /// every broker is measured with the same one.
+    #[arg(long)]
+    pub tls_suite: Option<String>,
+    /// Full TLS handshakes only: no session resumption between a run's connections.
+    #[arg(long)]
+    pub no_tls_resume: bool,
+    /// WebSocket request path.
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
+    /// Broker URL instead of --host/--port/--transport/--ws-path:
+    /// mqtt://H:P, mqtts://H:P, ws://H:P/PATH or wss://H:P/PATH.
+    #[arg(long, value_parser = parse_url)]
+    pub url: Option<BrokerUrl>,
+}
+
+/// How MQTT bytes travel to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+/// A parsed `--url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub transport: Transport,
+    pub host: String,
+    pub port: u16,
+    pub path: Option<String>,
+}
+
+pub fn parse_url(s: &str) -> Result<BrokerUrl, String> {
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| format!("--url `{s}`: expected SCHEME://HOST:PORT[/PATH]"))?;
+    let (transport, default_port) = match scheme {
+        "mqtt" | "tcp" => (Transport::Tcp, 1883),
+        "mqtts" | "ssl" | "tls" => (Transport::Tls, 8883),
+        "ws" => (Transport::Ws, 80),
+        "wss" => (Transport::Wss, 443),
+        other => {
+            return Err(format!(
+                "--url: unknown scheme `{other}` (mqtt, mqtts, ws, wss)"
+            ))
+        }
+    };
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+        None => (rest, None),
+    };
+    if path.is_some() && matches!(transport, Transport::Tcp | Transport::Tls) {
+        return Err(format!(
+            "--url `{s}`: a path only goes with ws:// or wss://"
+        ));
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>()
+                .map_err(|e| format!("--url `{s}`: bad port `{p}`: {e}"))?,
+        ),
+        _ => (hostport.to_string(), default_port),
+    };
+    if host.is_empty() {
+        return Err(format!("--url `{s}`: no host"));
+    }
+    Ok(BrokerUrl {
+        transport,
+        host,
+        port,
+        path,
+    })
+}
+
+impl BrokerArgs {
+    /// Applies `--url` (when given) to host, port, transport and path.
+    pub fn apply_url(&mut self) {
+        if let Some(u) = self.url.take() {
+            self.host = u.host;
+            self.port = u.port;
+            self.transport = u.transport;
+            if let Some(p) = u.path {
+                self.ws_path = p;
+            }
+        }
+    }
+
+    /// The transport after `--tls`.
+    pub fn transport(&self) -> Transport {
+        match (
+            self.transport,
+            self.tls
+                || self
+                    .url
+                    .as_ref()
+                    .is_some_and(|u| matches!(u.transport, Transport::Tls | Transport::Wss)),
+        ) {
+            (Transport::Tcp, true) => Transport::Tls,
+            (Transport::Ws, true) => Transport::Wss,
+            (t, _) => t,
+        }
+    }
 }
 
 /// Protocol version selected on the command line.
@@ -191,6 +335,15 @@ pub struct LoadArgs {
     /// subscriber (closed loop, so queues stay bounded); 0 = open loop.
     #[arg(long)]
     pub window: Option<u64>,
+    /// Unlimited rate, QoS 0 only: a subscriber socket reports readable once this many
+    /// bytes wait (SO_RCVLOWAT; probes use at most half their window), so the generator
+    /// reads in batches; 1 = every byte (default 16384).
+    #[arg(long)]
+    pub rcvlowat: Option<usize>,
+    /// TEST HOOK: busy-wait this many ns per received message, to make the generator
+    /// the bottleneck on purpose (the generator-limit warning's test).
+    #[arg(long, hide = true)]
+    pub spin_ns: Option<u64>,
 }
 
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -315,36 +468,75 @@ pub struct Qos2FanoutArgs {
     pub common: Common,
 }
 
+/// Which brokers `compare` and `sweep` start, from where, and where results go.
 #[derive(Debug, Clone, Args)]
-pub struct CompareArgs {
-    /// Brokers to run, in order: ringmq, mosquitto, rumqttd (skipped if not installed).
+pub struct PeerArgs {
+    /// Brokers to run, in order: ringmq, mosquitto, mosquitto-nodelay (Mosquitto with
+    /// set_tcp_nodelay true), flashmq, rumqttd. One whose binary is missing is skipped
+    /// with a line saying so.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ringmq,mosquitto,rumqttd"
+        default_value = "ringmq,mosquitto,mosquitto-nodelay,flashmq,rumqttd"
     )]
     pub brokers: Vec<String>,
     /// ringmq binary.
     #[arg(long, default_value = "target/release/ringmq")]
     pub ringmq_bin: String,
-    /// mosquitto binary.
-    #[arg(long, default_value = "/usr/sbin/mosquitto")]
-    pub mosquitto_bin: String,
-    /// rumqttd binary.
-    #[arg(long, default_value = "/work/tools/bin/rumqttd")]
-    pub rumqttd_bin: String,
+    /// mosquitto binary (default: `mosquitto` on PATH or in /usr/sbin).
+    #[arg(long)]
+    pub mosquitto_bin: Option<String>,
+    /// FlashMQ binary (default: `flashmq` on PATH; docs/benchmarking.md says how to build it).
+    #[arg(long)]
+    pub flashmq_bin: Option<String>,
+    /// rumqttd binary (default: `rumqttd` on PATH).
+    #[arg(long)]
+    pub rumqttd_bin: Option<String>,
     /// CPU list the brokers are pinned to with taskset.
     #[arg(long, default_value = "0")]
     pub broker_cpus: String,
-    /// Directory for the results file (`<date>-<scenario>.md`); empty string = do not write.
-    #[arg(long, default_value = "bench/results")]
-    pub results_dir: String,
+    /// Server certificate (PEM) every broker gets for its TLS, ws and wss listeners (the
+    /// same for all; give the scenario --transport tls|ws|wss and --ca for the client).
+    /// It must name 127.0.0.1 (IP SAN) or the scenario passes --sni.
+    #[arg(long)]
+    pub server_cert: Option<String>,
+    /// The server certificate's private key (PEM).
+    #[arg(long)]
+    pub server_key: Option<String>,
+    /// Also write `<date>-<scenario>.md` and `<date>-<scenario>.svg` into this directory
+    /// (nothing is written by default: results go to stdout).
+    #[arg(long)]
+    pub results_dir: Option<String>,
+    /// Write the SVG chart to this file (in addition to --results-dir).
+    #[arg(long)]
+    pub svg: Option<String>,
     /// Added to the results file name: `<date>-<scenario>-<label>.md`.
     #[arg(long)]
     pub label: Option<String>,
     /// Free-text note put in the results header (e.g. "machine shared with other jobs").
     #[arg(long)]
     pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub peers: PeerArgs,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// Rates per publisher to run, msg/s, in order (each a full run of the scenario).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,1000,5000,10000,20000,50000"
+    )]
+    pub rates: Vec<f64>,
+    #[command(flatten)]
+    pub peers: PeerArgs,
     #[command(subcommand)]
     pub scenario: Scenario,
 }

@@ -1,9 +1,13 @@
-//! `compare`: the same scenario against ringmq, Mosquitto and rumqttd, one after the
-//! other in one run, with the ratios; and `selfcheck`: the generator's own ceiling
-//! against the relay TEST FIXTURE.
+//! `compare`: the same scenario against ringmq, Mosquitto (as configured and with
+//! TCP_NODELAY), FlashMQ and rumqttd, one after the other in one run, with the ratios;
+//! and `selfcheck`: the generator's own ceiling against the relay TEST FIXTURE.
 
-use crate::brokers::{start_mosquitto, start_ringmq, start_rumqttd, BrokerProc};
-use crate::cli::{Cli, Command, CompareArgs, MqttVersion, Scenario, SelfcheckArgs};
+use crate::brokers::{
+    find_bin, start_flashmq, start_mosquitto_tls, start_ringmq_with, start_rumqttd, BrokerProc,
+    TlsFiles,
+};
+use crate::cli::Transport;
+use crate::cli::{Cli, Command, CompareArgs, MqttVersion, PeerArgs, Scenario, SelfcheckArgs};
 use crate::relay::{Faults, RelayFixture};
 use crate::stats::{proc_memory, BrokerMemory, Summary};
 use crate::{cpus, report, run_scenario};
@@ -12,34 +16,34 @@ use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Runs the comparison, prints it, and writes the results file.
-pub fn run(c: &CompareArgs) -> Result<(), String> {
+pub fn run(args: &CompareArgs) -> Result<(), String> {
+    let c = &args.peers;
     // Before any broker starts, so the brokers inherit the same open-files limit.
     crate::runner::raise_fd_limit();
     let cpus = Some(c.broker_cpus.as_str());
     let mut results: Vec<(String, Summary)> = Vec::new();
-    let mut flags: Vec<(String, String)> = Vec::new();
+    let mut flags: Vec<(String, String, String)> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     for name in &c.brokers {
-        let started = match name.as_str() {
-            "ringmq" => start_ringmq(&c.ringmq_bin, cpus),
-            "mosquitto" => start_mosquitto(&c.mosquitto_bin, cpus),
-            "rumqttd" => start_rumqttd(&c.rumqttd_bin, cpus),
-            other => Err(format!("unknown broker `{other}`")),
-        };
+        let started = start_peer(c, name, cpus);
         let b = match started {
             Ok(b) => b,
             Err(e) => {
-                eprintln!("ringmq-bench: skipping {name}: {e}");
+                println!("== {name}: skipped: {e} ==");
                 skipped.push(format!("{name}: {e}"));
                 continue;
             }
         };
-        eprintln!("== {name} (pid {}, port {}) ==", b.pid(), b.port);
-        match run_against(&b, &c.scenario) {
+        println!("== {name} (pid {}, port {}) ==", b.pid(), b.port);
+        println!("{}", b.flags);
+        if !b.config.is_empty() {
+            println!("--- {name} config ---\n{}---", b.config);
+        }
+        match run_against(&b, &args.scenario) {
             Ok(s) => {
                 print!("{}", report::table(&s));
                 println!();
-                flags.push((name.clone(), b.flags.clone()));
+                flags.push((name.clone(), b.flags.clone(), b.config.clone()));
                 results.push((name.clone(), s));
             }
             Err(e) => {
@@ -55,23 +59,146 @@ pub fn run(c: &CompareArgs) -> Result<(), String> {
     }
     let table = report::comparison(&results);
     println!("{table}");
-    if !c.results_dir.is_empty() {
-        let path = write_results(c, &results, &flags, &skipped, &table)?;
-        eprintln!("ringmq-bench: results written to {path}");
+    for s in &skipped {
+        println!("not run: {s}");
+    }
+    let name = scenario_name(c, &args.scenario);
+    let mut md_path = None;
+    if let Some(dir) = &c.results_dir {
+        let path = write_results(c, dir, &name, &results, &flags, &skipped, &table)?;
+        println!("results written to {path}");
+        md_path = Some(path);
+    }
+    let chart = || {
+        let bars = results
+            .iter()
+            .map(|(b, s)| {
+                let mark = if s.generator_limited {
+                    " (generator-limited)"
+                } else {
+                    ""
+                };
+                (format!("{b}{mark}"), s.delivered_per_sec)
+            })
+            .collect();
+        crate::chart::throughput_svg(
+            &format!("{name}: deliveries/s per broker ({})", results[0].1.mqtt),
+            "deliveries/s",
+            &[(describe_load(&results[0].1), bars)],
+        )
+    };
+    write_svgs(c, md_path.as_deref(), chart)
+}
+
+/// `<scenario>` or `<scenario>-<label>`, the stem of the results files.
+pub fn scenario_name(c: &PeerArgs, s: &Scenario) -> String {
+    match &c.label {
+        Some(l) => format!("{}-{l}", s.name()),
+        None => s.name().to_string(),
+    }
+}
+
+/// "50 pub -> 50 sub, QoS 0, 64 B": a chart's group label.
+fn describe_load(s: &Summary) -> String {
+    format!(
+        "{} pub -> {} sub, QoS {}, {} B",
+        s.publishers, s.subscribers, s.qos, s.payload_bytes
+    )
+}
+
+/// Writes the chart next to the results file (same stem, .svg) and to --svg.
+pub fn write_svgs(
+    c: &PeerArgs,
+    md_path: Option<&str>,
+    chart: impl Fn() -> Result<String, String>,
+) -> Result<(), String> {
+    let mut paths: Vec<String> = c.svg.iter().cloned().collect();
+    if let Some(md) = md_path {
+        paths.push(format!("{}.svg", md.trim_end_matches(".md")));
+    }
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let svg = chart()?;
+    for p in paths {
+        std::fs::write(&p, &svg).map_err(|e| format!("write {p}: {e}"))?;
+        println!("chart written to {p}");
     }
     Ok(())
 }
 
+/// Starts peer `name` with its binary from the flags or PATH.
+pub fn start_peer(c: &PeerArgs, name: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
+    let bin = |flag: &Option<String>, names: &[&str], hint: &str| {
+        find_bin(flag.as_deref(), names, hint).map(|p| p.to_string_lossy().into_owned())
+    };
+    let tls = match (&c.server_cert, &c.server_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (None, None) => None,
+        _ => return Err("--server-cert and --server-key go together".into()),
+    };
+    let tls = tls.as_ref();
+    match name {
+        "ringmq" => start_ringmq_with(&c.ringmq_bin, cpus, tls),
+        "mosquitto" | "mosquitto-nodelay" => {
+            let b = bin(
+                &c.mosquitto_bin,
+                &["mosquitto"],
+                "apt-get install mosquitto, or --mosquitto-bin",
+            )?;
+            start_mosquitto_tls(&b, cpus, name == "mosquitto-nodelay", tls)
+        }
+        "flashmq" => {
+            let b = bin(
+                &c.flashmq_bin,
+                &["flashmq"],
+                "docs/benchmarking.md says how to build it; --flashmq-bin",
+            )?;
+            start_flashmq(&b, cpus, tls)
+        }
+        "rumqttd" if tls.is_some() => {
+            Err("compare does not configure rumqttd's TLS/WebSocket listeners".into())
+        }
+        "rumqttd" => {
+            let b = bin(
+                &c.rumqttd_bin,
+                &["rumqttd"],
+                "cargo install rumqttd, or --rumqttd-bin",
+            )?;
+            start_rumqttd(&b, cpus)
+        }
+        other => Err(format!(
+            "unknown broker `{other}` (known: {})",
+            crate::brokers::PEERS.join(", ")
+        )),
+    }
+}
+
 /// Points the scenario at `b`, runs it, and adds the broker's memory.
-fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, String> {
+pub fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, String> {
     let mut s = scenario.clone();
     let pid = b.pid();
     {
         let common = s.common_mut();
         common.broker.host = "127.0.0.1".into();
-        common.broker.port = match (common.broker.mqtt, b.port_v5) {
-            (MqttVersion::V5, Some(p)) => p,
-            _ => b.port,
+        let transport = common.broker.transport();
+        let none = |what: &str| {
+            format!(
+                "{} has no {what} listener (compare needs --server-cert/--server-key)",
+                b.name
+            )
+        };
+        common.broker.port = match transport {
+            Transport::Tcp => match (common.broker.mqtt, b.port_v5) {
+                (MqttVersion::V5, Some(p)) => p,
+                _ => b.port,
+            },
+            Transport::Tls => b.port_tls.ok_or_else(|| none("TLS"))?,
+            Transport::Ws => b.port_ws.ok_or_else(|| none("WebSocket"))?,
+            Transport::Wss => b.port_wss.ok_or_else(|| none("WebSocket-over-TLS"))?,
         };
     }
     if let Scenario::Conn(a) = &mut s {
@@ -94,22 +221,20 @@ fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, String> {
 }
 
 fn write_results(
-    c: &CompareArgs,
+    c: &PeerArgs,
+    dir: &str,
+    scenario: &str,
     results: &[(String, Summary)],
-    flags: &[(String, String)],
+    flags: &[(String, String, String)],
     skipped: &[String],
     table: &str,
 ) -> Result<String, String> {
     let (date, time) = utc_now();
-    let scenario = match &c.label {
-        Some(l) => format!("{}-{l}", c.scenario.name()),
-        None => c.scenario.name().to_string(),
-    };
-    std::fs::create_dir_all(&c.results_dir).map_err(|e| e.to_string())?;
-    let mut path = format!("{}/{date}-{scenario}.md", c.results_dir);
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut path = format!("{dir}/{date}-{scenario}.md");
     let mut n = 2;
     while std::path::Path::new(&path).exists() {
-        path = format!("{}/{date}-{scenario}-{n}.md", c.results_dir);
+        path = format!("{dir}/{date}-{scenario}-{n}.md");
         n += 1;
     }
     let mut md = String::new();
@@ -125,7 +250,7 @@ fn write_results(
     let _ = writeln!(md, "{}", machine_header(&date, &time));
     let args: Vec<String> = std::env::args().collect();
     let _ = writeln!(md, "- generator: `{}`", args.join(" "));
-    for (name, f) in flags {
+    for (name, f, _) in flags {
         let _ = writeln!(md, "- {name}: `{f}`");
     }
     for s in skipped {
@@ -141,6 +266,11 @@ fn write_results(
     );
     for (name, s) in results {
         let _ = writeln!(md, "## {name}\n\n```\n{}```\n", report::table(s));
+        if let Some((_, _, conf)) = flags.iter().find(|f| &f.0 == name) {
+            if !conf.is_empty() {
+                let _ = writeln!(md, "{name} config:\n\n```\n{conf}```\n");
+            }
+        }
     }
     std::fs::write(&path, md).map_err(|e| format!("write {path}: {e}"))?;
     Ok(path)
@@ -271,7 +401,7 @@ pub fn selfcheck(a: &SelfcheckArgs) -> Result<(), String> {
 /// One line saying whether the tool or the relay fixture was the limit.
 fn verdict(sum: &Summary) -> String {
     let moved = sum.sent_per_sec + sum.delivered_per_sec;
-    let verdict = if sum.generator_busy_percent < 80.0 {
+    let verdict = if !sum.generator_limited {
         "the relay fixture was the limit, so the tool's ceiling is above this"
     } else {
         "the generator is near its own limit here: add --cores"

@@ -5,14 +5,16 @@
 //! [`Conn::next_packet`]. [`Conn::drive`] writes what is queued and reads what has
 //! arrived in one task, so a publisher can keep writing while acknowledgements come back.
 
+use crate::rbuf::{frame_len, ReadBuf};
+use crate::transport::{Layers, Target};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::future::poll_fn;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use ringmq_codec::{
     ConnAck, Connect, ConnectProperties, Decoder, Disconnect, DisconnectProperties, MqttString,
-    Packet, PacketId, ProtocolVersion, PubResp, PubRespProperties, QoS, ReasonCode, RetainHandling,
-    Subscribe, SubscribeProperties, SubscriptionOptions, TopicFilter,
+    Packet, PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, Subscribe,
+    SubscribeProperties, SubscriptionOptions, TopicFilter,
 };
 use std::io;
 use std::net::SocketAddr;
@@ -20,8 +22,8 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-/// Bytes read per syscall.
-const READ_CHUNK: usize = 64 * 1024;
+/// Initial write buffer capacity.
+const WRITE_CHUNK: usize = 64 * 1024;
 /// Largest packet accepted from the broker.
 const MAX_PACKET: u32 = 16 * 1024 * 1024;
 
@@ -68,28 +70,50 @@ pub fn invalid(msg: impl std::fmt::Display) -> io::Error {
 
 pub struct Conn {
     stream: TcpStream,
-    rbuf: BytesMut,
-    scratch: Box<[u8]>,
+    rbuf: ReadBuf,
+    /// Size of the frame at the front of `rbuf` when it is incomplete (0: unknown).
+    want: usize,
+    /// A whole non-PUBLISH frame copied out of `rbuf` for the codec's `Decoder`.
+    slow: BytesMut,
     /// Bytes waiting to be written; publishers append pre-encoded frames here.
     pub wbuf: BytesMut,
     decoder: Decoder,
     pub version: ProtocolVersion,
+    /// TLS / WebSocket under the MQTT bytes; None for plain TCP (the fast path).
+    layers: Option<Box<Layers>>,
+    /// Socket bytes read before the layers decode them (layered connections only).
+    raw_in: Vec<u8>,
 }
 
 impl Conn {
     /// TCP connect with `TCP_NODELAY`.
     pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> io::Result<Conn> {
+        Conn::open_target(&Target::tcp(addr), version).await
+    }
+
+    /// TCP connect with `TCP_NODELAY`, then TLS and / or WebSocket as the target says
+    /// (their handshakes run as the first packets are exchanged).
+    pub async fn open_target(target: &Target, version: ProtocolVersion) -> io::Result<Conn> {
+        let addr = target.addr;
+        let layers = target.layers()?;
         let stream = TcpStream::connect_timeout(addr, Duration::from_secs(10)).await?;
         stream.set_nodelay(true)?;
         let mut decoder = Decoder::new(MAX_PACKET);
         decoder.set_version(version);
         Ok(Conn {
             stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            wbuf: BytesMut::with_capacity(READ_CHUNK),
+            rbuf: ReadBuf::default(),
+            want: 0,
+            slow: BytesMut::new(),
+            wbuf: BytesMut::with_capacity(WRITE_CHUNK),
             decoder,
             version,
+            raw_in: if layers.is_some() {
+                vec![0; WRITE_CHUNK]
+            } else {
+                Vec::new()
+            },
+            layers,
         })
     }
 
@@ -98,12 +122,37 @@ impl Conn {
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            wbuf: BytesMut::with_capacity(READ_CHUNK),
+            rbuf: ReadBuf::default(),
+            want: 0,
+            slow: BytesMut::new(),
+            wbuf: BytesMut::with_capacity(WRITE_CHUNK),
             decoder: Decoder::new(MAX_PACKET),
             version: ProtocolVersion::V5,
+            layers: None,
+            raw_in: Vec::new(),
         })
+    }
+
+    /// `SO_RCVLOWAT`: the socket reports readable only once `bytes` are queued (1 =
+    /// any). Fewer, larger reads per message when the generator is faster than the
+    /// broker: each read costs a syscall and, on loopback, the ACK it sends.
+    pub fn set_rcvlowat(&self, bytes: usize) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let v = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads an int from the pointer we pass, on our own socket.
+        let r = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Sets the protocol version for encoding and decoding.
@@ -186,19 +235,20 @@ impl Conn {
             .map_err(|e| invalid(format!("encode: {e:?}")))
     }
 
-    /// Queues PUBACK / PUBREC / PUBREL / PUBCOMP.
+    /// Queues PUBACK / PUBREC / PUBREL / PUBCOMP with reason Success: four bytes, the
+    /// same in 3.1.1 and 5.0 (v5 3.4.2.1: the reason code and property length may be
+    /// left out when the reason is 0x00 and there are no properties).
+    #[inline]
     pub fn queue_ack(&mut self, kind: AckKind, id: PacketId) -> io::Result<()> {
-        let r = PubResp {
-            packet_id: id,
-            reason: ReasonCode::Success,
-            properties: PubRespProperties::default(),
+        let first = match kind {
+            AckKind::PubAck => 0x40,
+            AckKind::PubRec => 0x50,
+            AckKind::PubRel => 0x62, // [MQTT-3.6.1-1] flags 0010
+            AckKind::PubComp => 0x70,
         };
-        self.queue(&match kind {
-            AckKind::PubAck => Packet::PubAck(r),
-            AckKind::PubRec => Packet::PubRec(r),
-            AckKind::PubRel => Packet::PubRel(r),
-            AckKind::PubComp => Packet::PubComp(r),
-        })
+        let [hi, lo] = id.get().to_be_bytes();
+        self.wbuf.extend_from_slice(&[first, 2, hi, lo]);
+        Ok(())
     }
 
     /// Queues DISCONNECT and writes everything out (best effort).
@@ -223,7 +273,7 @@ impl Conn {
     /// None and goes through the codec's `Decoder` via [`Conn::next_packet`].
     #[inline]
     pub fn peek_publish(&self) -> Option<RawPublish> {
-        let b = &self.rbuf[..];
+        let b = self.rbuf.data();
         let first = *b.first()?;
         let qos = (first >> 1) & 3;
         if first >> 4 != 3 || qos == 3 {
@@ -283,22 +333,64 @@ impl Conn {
         })
     }
 
+    /// Publisher fast path: when the next whole frame read is a PUBACK, PUBREC or
+    /// PUBCOMP, its type (high nibble), packet id and reason code (0 when left out),
+    /// consumed. Anything else returns None for [`Conn::next_packet`].
+    #[inline]
+    pub fn take_ack(&mut self) -> Option<(u8, PacketId, u8)> {
+        let b = self.rbuf.data();
+        let kind = *b.first()?;
+        if !matches!(kind, 0x40 | 0x50 | 0x70) {
+            return None;
+        }
+        let rl = usize::from(*b.get(1)?);
+        if !(2..=0x7f).contains(&rl) || b.len() < 2 + rl {
+            return None;
+        }
+        let id = PacketId::new(u16::from_be_bytes([b[2], b[3]]))?;
+        let reason = if rl > 2 { b[4] } else { 0 };
+        self.rbuf.consume(2 + rl);
+        Some((kind >> 4, id, reason))
+    }
+
     /// Bytes read and not yet consumed.
     pub fn read_buf(&self) -> &[u8] {
-        &self.rbuf
+        self.rbuf.data()
     }
 
     /// Drops `n` consumed bytes from the read buffer.
     pub fn consume(&mut self, n: usize) {
-        self.rbuf.advance(n);
+        self.rbuf.consume(n);
     }
 
-    /// The next whole packet already read, if any.
-    #[inline]
+    /// The next whole packet already read, if any, through the codec's `Decoder` (the
+    /// frame is copied out of the read buffer first: this is the path for rare packets).
     pub fn next_packet(&mut self) -> io::Result<Option<Packet>> {
-        self.decoder
-            .decode(&mut self.rbuf)
-            .map_err(|e| invalid(format!("decode: {e:?}")))
+        let b = self.rbuf.data();
+        if b.is_empty() {
+            return Ok(None);
+        }
+        let n = match frame_len(b) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(invalid("decode: malformed remaining length")),
+        };
+        if n > MAX_PACKET as usize {
+            return Err(invalid(format!("decode: packet of {n} bytes is too large")));
+        }
+        if b.len() < n {
+            self.want = n;
+            return Ok(None);
+        }
+        self.want = 0;
+        self.slow.clear();
+        self.slow.extend_from_slice(&b[..n]);
+        self.rbuf.consume(n);
+        match self.decoder.decode(&mut self.slow) {
+            Ok(Some(p)) => Ok(Some(p)),
+            Ok(None) => Err(invalid("decode: whole frame not decoded")),
+            Err(e) => Err(invalid(format!("decode: {e:?}"))),
+        }
     }
 
     /// Flushes, then waits for the next packet.
@@ -311,9 +403,19 @@ impl Conn {
         }
     }
 
+    /// Bytes queued and not yet handed to the socket (MQTT bytes plus, for TLS or
+    /// WebSocket, what the layers hold).
+    pub fn pending_out(&self) -> usize {
+        self.wbuf.len()
+            + self
+                .layers
+                .as_ref()
+                .map_or(0, |l| l.raw_out.len() + usize::from(l.wants_write()))
+    }
+
     /// Writes the whole write buffer.
     pub async fn flush(&mut self) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
+        while self.pending_out() > 0 {
             self.drive().await?;
         }
         Ok(())
@@ -322,10 +424,13 @@ impl Conn {
     /// Writes as much queued output as the socket takes and reads what has arrived;
     /// returns once either made progress.
     pub async fn drive(&mut self) -> io::Result<Progress> {
+        if self.layers.is_some() {
+            return self.drive_layered().await;
+        }
         let Conn {
             stream,
             rbuf,
-            scratch,
+            want,
             wbuf,
             ..
         } = self;
@@ -342,13 +447,64 @@ impl Conn {
                     Poll::Pending => break,
                 }
             }
-            match Pin::new(&mut *stream).poll_read(cx, scratch) {
+            match Pin::new(&mut *stream).poll_read(cx, rbuf.spare(*want)) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "broker closed the connection",
                 ))),
                 Poll::Ready(Ok(n)) => {
-                    rbuf.extend_from_slice(&scratch[..n]);
+                    rbuf.filled(n);
+                    Poll::Ready(Ok(Progress { read: true, wrote }))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending if wrote => Poll::Ready(Ok(Progress { read: false, wrote })),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+impl Conn {
+    /// [`Conn::drive`] through TLS / WebSocket: MQTT bytes are pushed down the layers
+    /// while less than a write chunk waits for the socket (so publishers still see
+    /// back-pressure in `wbuf`), socket bytes are decoded up into the read buffer.
+    async fn drive_layered(&mut self) -> io::Result<Progress> {
+        let Conn {
+            stream,
+            rbuf,
+            wbuf,
+            layers,
+            raw_in,
+            ..
+        } = self;
+        let l = layers.as_mut().expect("layered");
+        poll_fn(|cx| {
+            let mut wrote = false;
+            loop {
+                if l.raw_out.len() < WRITE_CHUNK {
+                    l.encode(wbuf)?;
+                }
+                if l.raw_out.is_empty() {
+                    break;
+                }
+                match Pin::new(&mut *stream).poll_write(cx, &l.raw_out) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        l.raw_out.advance(n);
+                        wrote = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            match Pin::new(&mut *stream).poll_read(cx, raw_in) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "broker closed the connection",
+                ))),
+                Poll::Ready(Ok(n)) => {
+                    l.decode(&raw_in[..n], rbuf)?;
                     Poll::Ready(Ok(Progress { read: true, wrote }))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

@@ -9,7 +9,6 @@ use crate::plan::Plan;
 use crate::stats::CoreStats;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +30,7 @@ pub struct Shared {
     pub plan: Plan,
     /// Per subscriber: the sorted publishers it should hear from.
     pub matches: Vec<Vec<u32>>,
-    pub addr: SocketAddr,
+    pub target: crate::transport::Target,
     pub cores: usize,
     pub barrier: Barrier,
     /// Publishing start on the payload clock, set by the barrier leader.
@@ -53,7 +52,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(plan: Plan, addr: SocketAddr, cores: usize) -> Shared {
+    pub fn new(plan: Plan, target: crate::transport::Target, cores: usize) -> Shared {
         let matches = plan.matches();
         let npubs = plan.pub_topics.len();
         let mut probe_of = vec![None; npubs];
@@ -69,10 +68,10 @@ impl Shared {
             .zip(&probe_of)
             .map(|(&f, probe)| match probe {
                 None => 0, // nobody hears it: nothing to pace against
-                Some(sub) => plan
-                    .load
-                    .window
-                    .unwrap_or_else(|| crate::plan::auto_window(f, matches[*sub as usize].len())),
+                Some(sub) => plan.load.window.unwrap_or_else(|| {
+                    let frame = plan.load.payload + 8 + plan.sub_filters[*sub as usize].len();
+                    crate::plan::auto_window(f, matches[*sub as usize].len(), frame)
+                }),
             })
             .collect();
         let tag = if plan.broker.no_clean_start {
@@ -83,7 +82,7 @@ impl Shared {
         Shared {
             plan,
             matches,
-            addr,
+            target,
             cores,
             barrier: Barrier::new(cores),
             t0_ns: AtomicU64::new(0),
@@ -113,6 +112,25 @@ impl Shared {
             .collect()
     }
 
+    /// `SO_RCVLOWAT` for subscriber `sub` (1 = none): only for QoS 0 at unlimited rate
+    /// (QoS 1/2 deliveries wait for acknowledgements, and latency at a fixed rate must
+    /// not wait for a batch), and for a probe at most half of the bytes its publishers'
+    /// windows let it have queued, so the closed loop cannot stall.
+    pub fn rcvlowat_of(&self, sub: usize) -> usize {
+        let load = &self.plan.load;
+        if load.rcvlowat <= 1 || load.rate > 0.0 || load.qos != ringmq_codec::QoS::AtMostOnce {
+            return 1;
+        }
+        let frame = load.payload + 16 + self.plan.sub_filters[sub].len();
+        let mut cap = usize::MAX;
+        let probed: Vec<u32> = self.probes_of(sub);
+        if !probed.is_empty() && probed.iter().all(|&p| self.window_of[p as usize] > 0) {
+            let queued: u64 = probed.iter().map(|&p| self.window_of[p as usize]).sum();
+            cap = (queued as usize).saturating_mul(frame) / 2;
+        }
+        load.rcvlowat.min(cap).max(1)
+    }
+
     pub fn t0(&self) -> u64 {
         self.t0_ns.load(Ordering::Acquire)
     }
@@ -126,6 +144,9 @@ pub struct CoreCtx {
     pub stop: Stop,
     /// Fired every keep-alive/2: subscribers send PINGREQ.
     pub ping: Signal,
+    /// Fired once every core's publishers have stopped: subscribers drop their
+    /// `SO_RCVLOWAT` batching so the last bytes are read at once.
+    pub pubs_finished: Signal,
     /// Start of the measured window (end of warm-up), payload clock.
     pub measure_start_ns: Cell<u64>,
     /// End of publishing (u64::MAX with --count), payload clock.
@@ -142,6 +163,7 @@ impl CoreCtx {
             stats: RefCell::new(CoreStats::default()),
             stop: Stop::default(),
             ping: Signal::default(),
+            pubs_finished: Signal::default(),
             measure_start_ns: Cell::new(0),
             pub_end_ns: Cell::new(u64::MAX),
             window_waiters: RefCell::new(std::collections::HashMap::new()),

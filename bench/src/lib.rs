@@ -14,11 +14,14 @@
 //!   own flow.
 //! - `stats`: per-core measurements and the summary; `report`: table, JSON, comparison;
 //!   `progress`: the live line on a terminal.
-//! - `brokers` and `compare`: start ringmq / Mosquitto / rumqttd, run the same scenario
-//!   against each, write `bench/results/`; `selfcheck` measures the generator's ceiling.
+//! - `brokers` and `compare`: start ringmq / Mosquitto / FlashMQ / rumqttd, run the same
+//!   scenario against each; `sweep`: fixed-rate latency at rising rates; `chart`: their
+//!   SVG pictures; `selfcheck` measures the generator's ceiling.
+//! - `rbuf`: a connection's receive buffer (reads land in place, frames parsed in place).
 //! - `relay`: a TEST FIXTURE relay (never a broker) for the self-check and fault tests.
 
 pub mod brokers;
+pub mod chart;
 pub mod cli;
 pub mod compare;
 pub mod conn;
@@ -28,6 +31,7 @@ pub mod payload;
 pub mod plan;
 pub mod progress;
 pub mod publisher;
+pub mod rbuf;
 pub mod relay;
 pub mod report;
 pub mod retained;
@@ -35,7 +39,9 @@ pub mod runner;
 pub mod stats;
 pub mod storm;
 pub mod subscriber;
+pub mod sweep;
 pub mod tracker;
+pub mod transport;
 
 use cli::Scenario;
 use stats::Summary;

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use ringmq_bench::cli::{Cli, Command};
-use ringmq_bench::{compare, report, run_scenario};
+use ringmq_bench::{compare, report, run_scenario, sweep};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Compare(c) => compare::run(&c),
+        Command::Sweep(a) => sweep::run(&a),
         Command::Selfcheck(a) => compare::selfcheck(&a),
     };
     match r {

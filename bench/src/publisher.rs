@@ -56,7 +56,18 @@ impl Sender {
 
     /// Handles acknowledgements already read.
     fn on_packets(&mut self, conn: &mut Conn) -> io::Result<()> {
-        while let Some(p) = conn.next_packet()? {
+        loop {
+            // Fast path: acknowledgements read in place.
+            while let Some((kind, id, reason)) = conn.take_ack() {
+                if kind == 5 && reason < 0x80 {
+                    conn.queue_ack(AckKind::PubRel, id)?;
+                } else {
+                    self.inflight = self.inflight.saturating_sub(1);
+                }
+            }
+            let Some(p) = conn.next_packet()? else {
+                return Ok(());
+            };
             match p {
                 Packet::PubAck(r) | Packet::PubComp(r) => {
                     self.inflight = self.inflight.saturating_sub(1);
@@ -78,7 +89,6 @@ impl Sender {
                 _ => {}
             }
         }
-        Ok(())
     }
 }
 
@@ -238,7 +248,7 @@ async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result
             break;
         }
         let seen = pace.probe.as_ref().map_or(0, Probe::seen);
-        let n = pace.quota(s, now, conn.wbuf.len(), seen);
+        let n = pace.quota(s, now, conn.pending_out(), seen);
         if n > 0 {
             s.append(conn, n, now, now >= measure_start);
             ctx.stats.borrow_mut().sent += n;
@@ -301,7 +311,7 @@ async fn drain(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result<()>
     loop {
         s.on_packets(conn)?;
         let pending_acks = s.window != u32::MAX && s.inflight > 0;
-        if conn.wbuf.is_empty() && !pending_acks {
+        if conn.pending_out() == 0 && !pending_acks {
             return Ok(());
         }
         let r = or(async { Some(conn.drive().await) }, async {

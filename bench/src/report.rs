@@ -48,14 +48,28 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         ),
     ];
     if s.generator_busy_percent > 0.0 {
-        let warn = if s.generator_busy_percent > 90.0 {
-            "  (near its limit: add --cores)"
+        let per_msg = if s.generator_ns_per_message > 0.0 {
+            format!(
+                ", {:.0} ns CPU per message sent or received",
+                s.generator_ns_per_message
+            )
         } else {
-            ""
+            String::new()
+        };
+        let demand = if s.generator_demand_percent > 0.0 {
+            format!(
+                " (on a CPU or waiting for one: {:.0}%)",
+                s.generator_demand_percent
+            )
+        } else {
+            String::new()
         };
         r.push((
             "generator busy",
-            format!("{:.0}% of its cores{warn}", s.generator_busy_percent),
+            format!(
+                "{:.0}% of its cores{demand}{per_msg}",
+                s.generator_busy_percent
+            ),
         ));
     }
     if s.publishers + s.subscribers > 0 && s.scenario != "conn" {
@@ -140,6 +154,9 @@ pub fn table(s: &Summary) -> String {
     for (k, v) in rows(s) {
         let _ = writeln!(out, "{k:<22} {v}");
     }
+    for w in &s.warnings {
+        let _ = writeln!(out, "{:<22} {w}", "WARNING");
+    }
     for n in &s.notes {
         let _ = writeln!(out, "{:<22} {n}", "note");
     }
@@ -171,7 +188,7 @@ pub fn comparison(results: &[(String, Summary)]) -> String {
     let cols = results.len() * 2;
     let _ = writeln!(out, "|---|{}", "---|".repeat(cols - 1));
     type Get = fn(&Summary) -> f64;
-    let metrics: [(&str, Get, bool); 13] = [
+    let metrics: [(&str, Get, bool); 14] = [
         ("publish msg/s", |s| s.sent_per_sec, true),
         ("deliveries/s", |s| s.delivered_per_sec, true),
         ("lost", |s| s.lost as f64, false),
@@ -184,6 +201,7 @@ pub fn comparison(results: &[(String, Summary)]) -> String {
         ("latency max µs", |s| s.latency.max_us, false),
         ("connects/s", |s| s.connects_per_sec, true),
         ("generator busy %", |s| s.generator_busy_percent, false),
+        ("generator ns/msg", |s| s.generator_ns_per_message, false),
         (
             "broker peak RSS kB",
             |s| s.broker_memory.as_ref().map_or(0.0, |m| m.hwm_kb as f64),
@@ -208,6 +226,13 @@ pub fn comparison(results: &[(String, Summary)]) -> String {
             let _ = write!(out, " {ratio} |");
         }
         let _ = writeln!(out);
+    }
+    if results.iter().any(|(_, s)| s.generator_limited) {
+        let _ = write!(out, "| generator-limited (figure is the tool's) |");
+        for (_, s) in results {
+            let _ = write!(out, " {} |", if s.generator_limited { "YES" } else { "no" });
+        }
+        let _ = writeln!(out, "{}", " |".repeat(results.len() - 1));
     }
     out
 }
@@ -240,6 +265,19 @@ mod tests {
         assert!(t.contains("| ringmq / mosquitto |"), "{t}");
         assert!(t.contains("| deliveries/s | 300 | 100 | 3.00x |"), "{t}");
         assert!(!t.contains("latency"), "all-zero rows are left out: {t}");
+        assert!(!t.contains("generator-limited"), "{t}");
+        let c = Summary {
+            generator_limited: true,
+            ..Summary::default()
+        };
+        let t = comparison(&[
+            ("ringmq".into(), c),
+            ("mosquitto".into(), Summary::default()),
+        ]);
+        assert!(
+            t.contains("| generator-limited (figure is the tool's) | YES | no | |"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -6,21 +6,20 @@ use crate::cli::RetainedArgs;
 use crate::conn::{check_suback, with_timeout, AckKind, Conn, Login, SETUP_TIMEOUT};
 use crate::payload::{epoch, now_ns, read_stamp};
 use crate::plan::{protocol, Defaults, Load};
-use crate::runner::{on_cores, placement, raise_fd_limit, resolve};
+use crate::runner::{on_cores, placement, raise_fd_limit};
 use crate::stats::{new_histogram, CoreStats, Latency, Summary};
 use crate::tracker::Tracker;
 use bytes::Bytes;
 use futures_lite::future::or;
 use ringmq_codec::{Packet, PacketId, Publish, PublishProperties, QoS, TopicName};
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Job {
     args: RetainedArgs,
     load: Load,
-    addr: SocketAddr,
+    target: crate::transport::Target,
     cores: usize,
     tag: String,
 }
@@ -38,7 +37,11 @@ pub fn run(a: &RetainedArgs) -> Result<Summary, String> {
     let job = Arc::new(Job {
         args: a.clone(),
         load,
-        addr: resolve(&a.common.broker.host, a.common.broker.port)?,
+        target: {
+            let mut b = a.common.broker.clone();
+            b.apply_url();
+            crate::transport::Target::from_args(&b)?
+        },
         cores: a.common.run.cores.max(1),
         tag: format!("{}-", std::process::id() % 100_000),
     });
@@ -83,7 +86,7 @@ fn summarize(
     let expected = (stored * a.subscribers) as u64;
     Summary {
         scenario: "retained".into(),
-        broker: job.addr.to_string(),
+        broker: job.target.describe(),
         mqtt: format!("{:?}", a.common.broker.mqtt),
         qos: job.load.qos as u8,
         payload_bytes: job.load.payload,
@@ -131,7 +134,7 @@ async fn store(job: Arc<Job>, clear: bool) -> Result<usize, String> {
             &job,
             format!("{}{}r", job.args.common.broker.client_prefix, job.tag),
         );
-        let mut c = Conn::open(job.addr, l.version).await?;
+        let mut c = Conn::open_target(&job.target, l.version).await?;
         c.login(&l).await?;
         let n = job.args.messages;
         let qos = job.load.qos;
@@ -234,7 +237,7 @@ async fn subscribe_and_count(job: &Job, i: usize, st: &mut CoreStats) -> io::Res
         format!("{}{}s{i}", job.args.common.broker.client_prefix, job.tag),
     );
     let t = now_ns();
-    let mut c = Conn::open(job.addr, l.version).await?;
+    let mut c = Conn::open_target(&job.target, l.version).await?;
     c.login(&l).await?;
     st.connected += 1;
     st.connect_latency

@@ -72,10 +72,10 @@ pub fn placement(run: &crate::cli::RunArgs) -> Result<Option<Vec<usize>>, String
 pub fn run(plan: Plan) -> Result<Summary, String> {
     payload::epoch();
     raise_fd_limit();
-    let addr = resolve(&plan.broker.host, plan.broker.port)?;
+    let target = crate::transport::Target::from_args(&plan.broker)?;
     let cores = plan.run.cores.max(1);
     let pinned = placement(&plan.run)?;
-    let shared = Arc::new(Shared::new(plan, addr, cores));
+    let shared = Arc::new(Shared::new(plan, target, cores));
     let progress = Progress::start(&shared, shared.plan.run.quiet);
     let s2 = shared.clone();
     let results = on_cores(cores, pinned.as_deref(), move |core| {
@@ -160,7 +160,7 @@ async fn connect_one(ctx: &CoreCtx, role: char, i: usize) -> io::Result<(Conn, u
     let sh = &ctx.shared;
     let l = login(sh, role, i);
     let started = payload::now_ns();
-    let mut conn = Conn::open(sh.addr, l.version).await?;
+    let mut conn = Conn::open_target(&sh.target, l.version).await?;
     let ack = conn.login(&l).await?;
     {
         let mut st = ctx.stats.borrow_mut();
@@ -205,6 +205,7 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     let t0 = shared.t0();
     glommio::timer::sleep(Duration::from_nanos(t0.saturating_sub(payload::now_ns()))).await;
     let ticker = glommio::spawn_local(ticker(ctx.clone()));
+    let sampler = glommio::spawn_local(sample_window(ctx.clone()));
     let pub_tasks: Vec<_> = pubs
         .into_iter()
         .map(|(i, conn, w)| glommio::spawn_local(publisher::run(ctx.clone(), i as u32, conn, w)))
@@ -218,6 +219,7 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
         t.await;
     }
     drop(ticker);
+    drop(sampler);
     ctx.publish_progress();
     let mut st = ctx.stats.take();
     st.busy_secs = thread_cpu_secs() - cpu_start.0;
@@ -258,6 +260,33 @@ async fn ticker(ctx: Rc<CoreCtx>) {
     }
 }
 
+/// CPU time and messages moved by this core over the measured window (end of warm-up
+/// to end of publishing): the generator's load while the broker is driven, without
+/// setup, drain and idle tails.
+async fn sample_window(ctx: Rc<CoreCtx>) {
+    let (start, end) = (ctx.measure_start_ns.get(), ctx.pub_end_ns.get());
+    if end == u64::MAX {
+        return; // --count: no fixed window; the whole run is used
+    }
+    let sample = |ctx: &CoreCtx| {
+        let st = ctx.stats.borrow();
+        let (cpu, wait) = thread_sched_secs().unwrap_or((thread_cpu_secs(), 0.0));
+        (cpu, payload::now_ns(), st.sent + st.received, wait)
+    };
+    glommio::timer::sleep(Duration::from_nanos(
+        start.saturating_sub(payload::now_ns()),
+    ))
+    .await;
+    let a = sample(&ctx);
+    glommio::timer::sleep(Duration::from_nanos(end.saturating_sub(payload::now_ns()))).await;
+    let b = sample(&ctx);
+    let mut st = ctx.stats.borrow_mut();
+    st.window_busy_secs = b.0 - a.0;
+    st.window_wall_secs = (b.1 - a.1) as f64 / 1e9;
+    st.window_messages = b.2 - a.2;
+    st.window_wait_secs = b.3 - a.3;
+}
+
 /// Tells the other cores how much this core's publishers sent.
 fn report_sent(ctx: &CoreCtx) {
     let sh = &ctx.shared;
@@ -281,6 +310,7 @@ async fn finish_subscribers(ctx: &Rc<CoreCtx>, subs: &[usize]) {
         Duration::from_secs(86_400),
     )
     .await;
+    ctx.pubs_finished.fire();
     let expected: u64 = {
         let sent = sh.sent_by_publisher.lock().expect("not poisoned");
         subs.iter()
@@ -306,9 +336,9 @@ fn summarize(sh: &Shared, t: CoreStats, cpus: Vec<usize>) -> Summary {
     let delivery_secs =
         ((t.last_measured_recv_ns.saturating_sub(measure_start)) as f64 / 1e9).max(publish_secs);
     let per_sec = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-    Summary {
+    let mut s = Summary {
         scenario: p.scenario.clone(),
-        broker: sh.addr.to_string(),
+        broker: sh.target.describe(),
         mqtt: format!("{:?}", p.broker.mqtt),
         qos: p.load.qos as u8,
         payload_bytes: p.load.payload,
@@ -335,14 +365,27 @@ fn summarize(sh: &Shared, t: CoreStats, cpus: Vec<usize>) -> Summary {
         connects_per_sec: 0.0,
         connect_latency: Latency::from_histogram(&t.connect_latency),
         broker_memory: None,
-        generator_busy_percent: if t.wall_secs > 0.0 {
-            100.0 * t.busy_secs / t.wall_secs
-        } else {
-            0.0
-        },
         errors: t.errors,
-        notes: Vec::new(),
+        ..Summary::default()
+    };
+    if t.window_wall_secs > 0.0 {
+        s.set_generator_cpu(t.window_busy_secs, t.window_wall_secs, t.window_messages);
+        s.set_generator_demand(t.window_busy_secs + t.window_wait_secs, t.window_wall_secs);
+    } else {
+        s.set_generator_cpu(t.busy_secs, t.wall_secs, t.sent + t.received);
     }
+    s
+}
+
+/// (time on a CPU, time runnable but waiting for one) of the calling thread, seconds,
+/// from `/proc/thread-self/schedstat`. On a shared machine the generator can be the
+/// limit while getting only part of its core: its demand is the sum of the two.
+pub fn thread_sched_secs() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut it = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let run = it.next()??;
+    let wait = it.next()??;
+    Some((run as f64 / 1e9, wait as f64 / 1e9))
 }
 
 /// CPU time (user + system) of the calling thread, seconds.

@@ -44,6 +44,13 @@ pub struct CoreStats {
     /// CPU time of the core's thread from the start barrier to the end, and wall time.
     pub busy_secs: f64,
     pub wall_secs: f64,
+    /// The same over the measured window only (end of warm-up to end of publishing),
+    /// with the messages this core sent and received in it; zero when not sampled.
+    pub window_busy_secs: f64,
+    pub window_wall_secs: f64,
+    pub window_messages: u64,
+    /// Time runnable but waiting for a CPU in the window (another process had it).
+    pub window_wait_secs: f64,
 }
 
 impl Default for CoreStats {
@@ -64,6 +71,10 @@ impl Default for CoreStats {
             errors: Vec::new(),
             busy_secs: 0.0,
             wall_secs: 0.0,
+            window_busy_secs: 0.0,
+            window_wall_secs: 0.0,
+            window_messages: 0,
+            window_wait_secs: 0.0,
         }
     }
 }
@@ -92,6 +103,10 @@ impl CoreStats {
         self.expected += o.expected;
         self.busy_secs += o.busy_secs;
         self.wall_secs += o.wall_secs;
+        self.window_busy_secs += o.window_busy_secs;
+        self.window_wall_secs += o.window_wall_secs;
+        self.window_messages += o.window_messages;
+        self.window_wait_secs += o.window_wait_secs;
         for e in o.errors {
             self.error(e);
         }
@@ -149,6 +164,61 @@ pub fn proc_memory(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Generator core use above which a figure is the tool's limit, not the broker's.
+pub const GENERATOR_LIMIT_PERCENT: f64 = 85.0;
+
+/// The warning printed (and put in `--json`) when the generator was the limit: busy on
+/// its own work, or (`busy` well below `load`) kept waiting for its CPU by other
+/// processes.
+pub fn generator_limit_warning(busy: f64, load: f64) -> String {
+    if busy > GENERATOR_LIMIT_PERCENT {
+        format!(
+            "generator core(s) {busy:.0}% busy (> {GENERATOR_LIMIT_PERCENT:.0}%): this figure is the generator's limit, not the broker's (add --cores or a larger --window)"
+        )
+    } else {
+        format!(
+            "generator core(s) {busy:.0}% busy but on a CPU or waiting for one {load:.0}% of the time (> {GENERATOR_LIMIT_PERCENT:.0}%): other processes held its CPU, so this figure is the generator's limit, not the broker's (run on a quiet machine, or pin with --cpus)"
+        )
+    }
+}
+
+impl Summary {
+    /// Sets busy %, ns per message and the generator-limit warning from CPU figures.
+    pub fn set_generator_cpu(&mut self, busy_secs: f64, wall_secs: f64, messages: u64) {
+        self.generator_busy_percent = if wall_secs > 0.0 {
+            100.0 * busy_secs / wall_secs
+        } else {
+            0.0
+        };
+        self.generator_ns_per_message = if messages > 0 {
+            busy_secs * 1e9 / messages as f64
+        } else {
+            0.0
+        };
+        self.check_generator_limit();
+    }
+
+    /// Sets the demand (on a CPU + waiting for one) and re-checks the limit.
+    pub fn set_generator_demand(&mut self, secs: f64, wall_secs: f64) {
+        if wall_secs > 0.0 {
+            self.generator_demand_percent = 100.0 * secs / wall_secs;
+        }
+        self.check_generator_limit();
+    }
+
+    fn check_generator_limit(&mut self) {
+        let load = self
+            .generator_busy_percent
+            .max(self.generator_demand_percent);
+        let limited = load > GENERATOR_LIMIT_PERCENT;
+        if limited && !self.generator_limited {
+            self.warnings
+                .push(generator_limit_warning(self.generator_busy_percent, load));
+        }
+        self.generator_limited = limited;
+    }
+}
+
 /// The result of one scenario run, as printed and written with `--json`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
@@ -185,8 +255,20 @@ pub struct Summary {
     pub connects_per_sec: f64,
     pub connect_latency: Latency,
     pub broker_memory: Option<BrokerMemory>,
-    /// Generator CPU use while running, % of its cores (near 100: the tool may be the limit).
+    /// Generator CPU use (user + system of its executor threads) over the measured
+    /// window, % of its cores; the whole run when there is no fixed window (`--count`).
     pub generator_busy_percent: f64,
+    /// Time the generator's threads were on a CPU or runnable and waiting for one, % of
+    /// their wall time (schedstat): above [`GENERATOR_LIMIT_PERCENT`] the generator was
+    /// the limit even when other processes took part of its core. 0 = not measured.
+    pub generator_demand_percent: f64,
+    /// Generator CPU nanoseconds per message it sent or received in that window.
+    pub generator_ns_per_message: f64,
+    /// True when the generator's cores passed [`GENERATOR_LIMIT_PERCENT`]: the
+    /// throughput figures are then the tool's limit, not the broker's.
+    pub generator_limited: bool,
+    /// Warnings for the reader (the generator-limit line among them).
+    pub warnings: Vec<String>,
     pub errors: Vec<String>,
     /// Extra scenario-specific notes (e.g. retained replay timings).
     pub notes: Vec<String>,

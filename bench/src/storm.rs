@@ -7,7 +7,7 @@ use crate::conn::{with_timeout, Conn, Login, SETUP_TIMEOUT};
 use crate::core::wait_until;
 use crate::payload::{epoch, now_ns};
 use crate::plan::protocol;
-use crate::runner::{on_cores, placement, raise_fd_limit, resolve};
+use crate::runner::{on_cores, placement, raise_fd_limit};
 use crate::stats::{proc_memory, BrokerMemory, CoreStats, Latency, Summary};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 struct StormShared {
     args: ConnArgs,
-    addr: std::net::SocketAddr,
+    target: crate::transport::Target,
     cores: usize,
     done: AtomicUsize,
     last_connect_ns: AtomicU64,
@@ -28,13 +28,16 @@ struct StormShared {
 pub fn run(a: &ConnArgs) -> Result<Summary, String> {
     epoch();
     raise_fd_limit();
-    let addr = resolve(&a.common.broker.host, a.common.broker.port)?;
+    let mut broker = a.common.broker.clone();
+    broker.apply_url();
+    let target = crate::transport::Target::from_args(&broker)?;
+    let addr = target.describe();
     let cores = a.common.run.cores.max(1);
     let pinned = placement(&a.common.run)?;
     let before = a.broker_pid.and_then(proc_memory);
     let sh = Arc::new(StormShared {
         args: a.clone(),
-        addr,
+        target,
         cores,
         done: AtomicUsize::new(0),
         last_connect_ns: AtomicU64::new(0),
@@ -85,14 +88,14 @@ pub fn run(a: &ConnArgs) -> Result<Summary, String> {
 
 fn summarize(
     a: &ConnArgs,
-    addr: std::net::SocketAddr,
+    addr: String,
     t: CoreStats,
     open_secs: f64,
     cpus: Vec<usize>,
 ) -> Summary {
     let mut s = Summary {
         scenario: "conn".into(),
-        broker: addr.to_string(),
+        broker: addr,
         mqtt: format!("{:?}", a.common.broker.mqtt),
         cores: a.common.run.cores.max(1),
         cpus,
@@ -187,7 +190,7 @@ async fn connect(sh: &StormShared, i: usize) -> std::io::Result<Conn> {
         keep_alive: b.keep_alive,
         clean_start: !b.no_clean_start,
     };
-    let mut c = Conn::open(sh.addr, l.version).await?;
+    let mut c = Conn::open_target(&sh.target, l.version).await?;
     c.login(&l).await?;
     Ok(c)
 }

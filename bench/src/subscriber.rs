@@ -14,12 +14,21 @@ enum Wake {
     Io(io::Result<()>),
     Stop,
     Ping,
+    PubsFinished,
 }
 
 /// Receives until the core's stop signal, then disconnects.
 pub async fn run(ctx: Rc<CoreCtx>, index: usize, mut conn: Conn, mut tracker: Tracker) {
     let slot = ctx.stop.slot();
     let ping_slot = ctx.ping.slot();
+    let fin_slot = ctx.pubs_finished.slot();
+    let lowat = ctx.shared.rcvlowat_of(index);
+    if lowat > 1 {
+        if let Err(e) = conn.set_rcvlowat(lowat) {
+            ctx.stats.borrow_mut().error(format!("SO_RCVLOWAT: {e}"));
+        }
+    }
+    let mut batching = lowat > 1;
     let mut probes: Vec<(u32, u64)> = ctx
         .shared
         .probes_of(index)
@@ -35,10 +44,20 @@ pub async fn run(ctx: Rc<CoreCtx>, index: usize, mut conn: Conn, mut tracker: Tr
                     ctx.stop.wait(slot, 0).await;
                     Wake::Stop
                 },
-                async {
-                    ctx.ping.wait(ping_slot, pings).await;
-                    Wake::Ping
-                },
+                or(
+                    async {
+                        ctx.ping.wait(ping_slot, pings).await;
+                        Wake::Ping
+                    },
+                    async {
+                        if batching {
+                            ctx.pubs_finished.wait(fin_slot, 0).await;
+                            Wake::PubsFinished
+                        } else {
+                            futures_lite::future::pending().await
+                        }
+                    },
+                ),
             ),
         )
         .await;
@@ -46,6 +65,11 @@ pub async fn run(ctx: Rc<CoreCtx>, index: usize, mut conn: Conn, mut tracker: Tr
             Wake::Io(r) => r.and_then(|_| on_packets(&ctx, &mut conn, &mut tracker, &mut probes)),
             Wake::Stop => break,
             Wake::Ping => conn.queue(&Packet::PingReq),
+            Wake::PubsFinished => {
+                // Linux re-checks readiness when the low mark changes (tcp_set_rcvlowat).
+                batching = false;
+                conn.set_rcvlowat(1)
+            }
         };
         if let Err(e) = r {
             if !ctx.stop.is_fired() {
@@ -85,6 +109,7 @@ fn read_all(
     let now = now_ns();
     let measure_start = ctx.measure_start_ns.get();
     let pub_end = ctx.pub_end_ns.get();
+    let spin_ns = ctx.shared.plan.load.spin_ns;
     let mut st = ctx.stats.borrow_mut();
     let st = &mut *st;
     loop {
@@ -115,6 +140,9 @@ fn read_all(
             conn.consume(n);
         }
         st.received += 1;
+        if spin_ns > 0 {
+            spin(spin_ns);
+        }
         match (qos, packet_id) {
             (1, Some(id)) => conn.queue_ack(AckKind::PubAck, id)?,
             (2, Some(id)) => conn.queue_ack(AckKind::PubRec, id)?,
@@ -138,5 +166,14 @@ fn read_all(
             st.latency
                 .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
         }
+    }
+}
+
+/// Test hook (`--spin-ns`): burns `ns` of CPU, making the generator the bottleneck.
+#[cold]
+fn spin(ns: u64) {
+    let until = now_ns() + ns;
+    while now_ns() < until {
+        std::hint::spin_loop();
     }
 }

@@ -101,20 +101,60 @@ fn ringmq_passes_the_scenario_set() {
     b.stop();
 }
 
+/// XML well-formedness, enough for an SVG: every tag closes in order, one root.
+fn assert_well_formed_svg(svg: &str) {
+    assert!(svg.trim_start().starts_with("<svg"), "{svg}");
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = svg;
+    let mut roots = 0;
+    while let Some(i) = rest.find('<') {
+        let end = rest[i..].find('>').expect("unclosed tag") + i;
+        let tag = &rest[i + 1..end];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.trim()),
+                "mismatched </{name}>"
+            );
+        } else if !tag.starts_with('?') && !tag.starts_with('!') && !tag.ends_with('/') {
+            let name = tag.split_whitespace().next().unwrap().to_string();
+            if stack.is_empty() {
+                roots += 1;
+            }
+            stack.push(name);
+        }
+        rest = &rest[end + 1..];
+    }
+    assert!(stack.is_empty(), "unclosed {stack:?}");
+    assert_eq!(roots, 1);
+}
+
 #[test]
-fn compare_writes_a_results_file_with_the_machine_header() {
-    let Some(bin) = common::mosquitto() else {
+fn compare_writes_table_and_svg_for_ringmq_and_mosquitto() {
+    let Some(mosq) = common::mosquitto() else {
         eprintln!("SKIP: mosquitto not installed");
         return;
     };
+    let ringmq = common::ringmq();
     let dir = std::env::temp_dir().join(format!("ringmq-bench-results-{}", std::process::id()));
+    let brokers = if ringmq.is_some() {
+        "ringmq,mosquitto,nosuch"
+    } else {
+        eprintln!("no ringmq binary: comparing mosquitto alone");
+        "mosquitto,nosuch"
+    };
+    let ringmq_bin = ringmq
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let cli = <ringmq_bench::cli::Cli as clap::Parser>::try_parse_from([
         "ringmq-bench",
         "compare",
         "--brokers",
-        "mosquitto,nosuch",
+        brokers,
+        "--ringmq-bin",
+        &ringmq_bin,
         "--mosquitto-bin",
-        bin.to_str().unwrap(),
+        mosq.to_str().unwrap(),
         "--broker-cpus",
         "0",
         "--results-dir",
@@ -139,24 +179,34 @@ fn compare_writes_a_results_file_with_the_machine_header() {
     let ringmq_bench::cli::Command::Compare(c) = cli.command else {
         panic!("compare")
     };
-    ringmq_bench::compare::run(&c).expect("compare runs with one broker");
-    let files: Vec<_> = std::fs::read_dir(&dir)
+    ringmq_bench::compare::run(&c).expect("compare runs");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
+    files.sort();
     let md = std::fs::read_to_string(&files[0]).unwrap();
+    let svg = std::fs::read_to_string(files.get(1).expect("two files")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(files.len(), 2, "{files:?}");
     assert!(files[0].to_str().unwrap().ends_with("-pairs-test.md"));
+    assert!(files[1].to_str().unwrap().ends_with("-pairs-test.svg"));
     for needle in [
         "- CPU:",
         "- kernel:",
         "- commit:",
         "- mosquitto: `",
+        "max_queued_messages 10000",
         "- not run: nosuch",
         "test run",
         "| deliveries/s |",
     ] {
         assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+    assert_well_formed_svg(&svg);
+    assert!(svg.contains("mosquitto"), "{svg}");
+    if brokers.starts_with("ringmq") {
+        assert!(md.contains("| ringmq / mosquitto |"), "{md}");
+        assert!(svg.contains("ringmq"));
     }
 }

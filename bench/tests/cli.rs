@@ -160,8 +160,92 @@ fn compare_and_selfcheck_take_a_scenario() {
     let Command::Compare(c) = cli.command else {
         panic!("compare")
     };
-    assert_eq!(c.brokers, ["mosquitto"]);
+    assert_eq!(c.peers.brokers, ["mosquitto"]);
     assert!(matches!(c.scenario, Scenario::Pairs(ref a) if a.pairs == 3));
     let cli = Cli::try_parse_from(["ringmq-bench", "selfcheck"]).unwrap();
     assert!(matches!(cli.command, Command::Selfcheck(ref a) if a.scenario.is_none()));
+}
+
+#[test]
+fn compare_and_sweep_peer_flags_parse() {
+    let cli = Cli::try_parse_from(["ringmq-bench", "compare", "pairs"]).unwrap();
+    let Command::Compare(c) = cli.command else {
+        panic!("compare")
+    };
+    assert_eq!(
+        c.peers.brokers,
+        [
+            "ringmq",
+            "mosquitto",
+            "mosquitto-nodelay",
+            "flashmq",
+            "rumqttd"
+        ]
+    );
+    assert_eq!(c.peers.results_dir, None, "nothing is written unless asked");
+    assert_eq!(c.peers.svg, None);
+    assert_eq!(c.peers.flashmq_bin, None, "found on PATH by default");
+    let cli = Cli::try_parse_from([
+        "ringmq-bench",
+        "compare",
+        "--brokers",
+        "flashmq,mosquitto-nodelay",
+        "--flashmq-bin",
+        "/x/flashmq",
+        "--mosquitto-bin",
+        "/x/mosquitto",
+        "--rumqttd-bin",
+        "/x/rumqttd",
+        "--results-dir",
+        "/tmp/r",
+        "--svg",
+        "/tmp/c.svg",
+        "fanout",
+        "-s",
+        "10",
+    ])
+    .unwrap();
+    let Command::Compare(c) = cli.command else {
+        panic!("compare")
+    };
+    assert_eq!(c.peers.brokers, ["flashmq", "mosquitto-nodelay"]);
+    assert_eq!(c.peers.flashmq_bin.as_deref(), Some("/x/flashmq"));
+    assert_eq!(c.peers.mosquitto_bin.as_deref(), Some("/x/mosquitto"));
+    assert_eq!(c.peers.rumqttd_bin.as_deref(), Some("/x/rumqttd"));
+    assert_eq!(c.peers.results_dir.as_deref(), Some("/tmp/r"));
+    assert_eq!(c.peers.svg.as_deref(), Some("/tmp/c.svg"));
+
+    let cli = Cli::try_parse_from([
+        "ringmq-bench",
+        "sweep",
+        "--rates",
+        "10,100,1000",
+        "--brokers",
+        "ringmq",
+        "pairs",
+        "--pairs",
+        "5",
+    ])
+    .unwrap();
+    let Command::Sweep(a) = cli.command else {
+        panic!("sweep")
+    };
+    assert_eq!(a.rates, [10.0, 100.0, 1000.0]);
+    assert_eq!(a.peers.brokers, ["ringmq"]);
+    let cli = Cli::try_parse_from(["ringmq-bench", "sweep", "pairs"]).unwrap();
+    let Command::Sweep(a) = cli.command else {
+        panic!("sweep")
+    };
+    assert_eq!(a.rates.len(), 6, "a default ladder of rates");
+}
+
+#[test]
+fn batching_flags_parse() {
+    let s = scenario(&["pairs", "--rcvlowat", "4096", "--window", "64"]);
+    let p = Plan::from_scenario(&s).unwrap();
+    assert_eq!((p.load.rcvlowat, p.load.window), (4096, Some(64)));
+    let p = Plan::from_scenario(&scenario(&["pairs"])).unwrap();
+    assert_eq!(p.load.rcvlowat, ringmq_bench::plan::DEFAULT_RCVLOWAT);
+    let p = Plan::from_scenario(&scenario(&["pairs", "--rcvlowat", "0"])).unwrap();
+    assert_eq!(p.load.rcvlowat, 1, "0 means off, like 1");
 }

@@ -54,12 +54,27 @@ macro_rules! section {
 section! {
     /// `[listeners]`: where clients connect.
     "Listeners" Listeners {
-        /// Listener URL, repeatable (mqtt://HOST:PORT); comma-separated in the environment. Unset: loopback only, anonymous allowed
+        /// Listener URL, repeatable: mqtt://HOST:PORT, mqtts://HOST:PORT, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, options after ? (proxy=true, cert=, key=, client_ca=, require_client_cert=, identity_as_username=); comma-separated in the environment. Unset: loopback only, anonymous allowed
         #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883,mqtt://[::1]:1883", value_delimiter = ',')]
         pub listen: Vec<ListenUrl>,
         /// listen(2) backlog of each shard's socket
         #[arg(long, value_name = "N", default_value_t = 4096)]
         pub backlog: u32,
+        /// TLS listeners: server certificate chain, PEM, leaf first
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub tls_cert: OptPath,
+        /// TLS listeners: the certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1)
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub tls_key: OptPath,
+        /// TLS listeners: CA certificates, PEM, that client certificates must chain to (mTLS)
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub tls_client_ca: OptPath,
+        /// TLS listeners: refuse clients without a valid certificate (needs tls_client_ca)
+        #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+        pub tls_require_client_cert: bool,
+        /// TLS listeners: the client certificate's subject CN becomes the user name
+        #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+        pub tls_identity_as_username: bool,
     }
 }
 
@@ -123,7 +138,7 @@ section! {
         /// Outbound bytes buffered per connection before QoS 0 is dropped
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
         pub outbound_buffer_bytes: usize,
-        /// Close a connection whose socket accepts nothing for this long, ms
+        /// Close a connection whose socket accepts nothing, or whose full QoS 1/2 window sees no acknowledgement, for this long, ms
         #[arg(long, value_name = "MS", default_value_t = 30_000)]
         pub slow_consumer_timeout_ms: u64,
         /// Retained messages sent per step to a new subscription
@@ -144,6 +159,9 @@ section! {
         /// QoS 1/2 messages queued per session beyond its inflight window
         #[arg(long, value_name = "N", default_value_t = 10_000)]
         pub max_queued_messages: usize,
+        /// Bytes (topic + payload) of QoS 1/2 messages one session holds, in flight and queued
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+        pub max_queued_bytes: u64,
         /// What a full session queue drops
         #[arg(long, value_name = "POLICY", default_value = "drop-newest")]
         pub queue_overflow: Overflow,

@@ -88,6 +88,19 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         Err(e) => return fail(&with_hint(&e.to_string())),
     };
     let addrs = handle.local_addrs();
+    let urls: Vec<String> = handle
+        .listeners()
+        .iter()
+        .zip(&addrs)
+        .map(|(l, a)| {
+            let path = match &l.cfg.transport {
+                ringmq_shard::config::Transport::Ws { path }
+                | ringmq_shard::config::Transport::Wss { path } => path.as_str(),
+                _ => "",
+            };
+            format!("{}://{a}{path}", l.cfg.transport.scheme())
+        })
+        .collect();
     tracing::info!(shards = handle.shards(), "broker started");
     log_posture(&cfg, &addrs);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -112,8 +125,8 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         None => None,
     };
     let mut out = std::io::stdout().lock();
-    for a in &addrs {
-        let _ = writeln!(out, "ringmq listening on mqtt://{a}");
+    for u in &urls {
+        let _ = writeln!(out, "ringmq listening on {u}");
     }
     if let Some(m) = &metrics {
         let _ = writeln!(out, "ringmq metrics on http://{}/metrics", m.local_addr());
@@ -191,8 +204,8 @@ fn shutdown(backend: &ShardBackend) -> i32 {
     }
 }
 
-/// SIGTERM/SIGINT (stop) and SIGHUP (reload) taken synchronously by one thread (`sigwait`), so no
-/// async-signal-safety concerns.
+/// SIGTERM/SIGINT (stop) and SIGHUP (reload) taken synchronously by one
+/// thread (`sigwait`), so no async-signal-safety concerns.
 mod signals {
     fn set() -> libc::sigset_t {
         // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.

@@ -6,7 +6,7 @@
 //! counters, read without a lock) and renders them; docs/metrics.md lists
 //! every family.
 
-use crate::admin::backend::{AdminBackend, MetricsSnapshot, ShardMetrics};
+use crate::admin::backend::{AdminBackend, ListenerMetrics, MetricsSnapshot, ShardMetrics};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -112,6 +112,64 @@ fn commit_latency(out: &mut String, s: &MetricsSnapshot) {
         let _ = writeln!(out, "ringmq_{name}_sum{{shard=\"{sh}\"}} {}", h.sum_seconds);
         let _ = writeln!(out, "ringmq_{name}_count{{shard=\"{sh}\"}} {}", h.count);
     }
+}
+
+/// Per-listener counters and the TLS handshake time histogram.
+fn listeners(out: &mut String, s: &MetricsSnapshot) {
+    if s.shards.iter().all(|m| m.listeners.is_empty()) {
+        return;
+    }
+    let each = |out: &mut String, f: &dyn Fn(&mut String, usize, &str, &ListenerMetrics)| {
+        for m in &s.shards {
+            for l in &m.listeners {
+                f(out, m.shard, &l.url, l);
+            }
+        }
+    };
+    let help = "Connections accepted, per listener.";
+    family(out, "listener_connections_accepted_total", "counter", help);
+    each(out, &|o, sh, url, l| {
+        let _ = writeln!(
+            o,
+            "ringmq_listener_connections_accepted_total{{shard=\"{sh}\",listener=\"{url}\"}} {}",
+            l.accepted
+        );
+    });
+    let help = "Connections open, per listener (on the shard serving them).";
+    family(out, "listener_connections", "gauge", help);
+    each(out, &|o, sh, url, l| {
+        let _ = writeln!(
+            o,
+            "ringmq_listener_connections{{shard=\"{sh}\",listener=\"{url}\"}} {}",
+            l.open
+        );
+    });
+    let help = "Connections closed before CONNECT was accepted (handshake failures), by reason.";
+    family(out, "listener_handshake_failures_total", "counter", help);
+    each(out, &|o, sh, url, l| {
+        for (reason, n) in &l.handshake_failures {
+            let _ = writeln!(
+                o,
+                "ringmq_listener_handshake_failures_total{{shard=\"{sh}\",listener=\"{url}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    });
+    let name = "listener_tls_handshake_seconds";
+    family(out, name, "histogram", "TLS handshake time, seconds.");
+    each(out, &|o, sh, url, l| {
+        let Some(h) = &l.handshake else { return };
+        let labels = format!("shard=\"{sh}\",listener=\"{url}\"");
+        for (le, n) in &h.buckets {
+            let _ = writeln!(o, "ringmq_{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(
+            o,
+            "ringmq_{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(o, "ringmq_{name}_sum{{{labels}}} {}", h.sum_seconds);
+        let _ = writeln!(o, "ringmq_{name}_count{{{labels}}} {}", h.count);
+    });
 }
 
 /// Storage ops committed and cancelled, for every shard that persists.
@@ -342,6 +400,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
     commit_latency(o, s);
     storage_ops(o, s);
     access(o, s);
+    listeners(o, s);
     out
 }
 

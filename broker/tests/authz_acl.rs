@@ -79,6 +79,7 @@ acl_matrix! {
     fn reload_applies_from_the_next_delivery_and_a_bad_file_keeps_the_rules;
     fn sys_topics_follow_dollar_rules;
     fn anonymous_and_unknown_users_get_their_sections;
+    fn shared_subscriptions_are_classified_by_their_inner_filter;
 }
 
 /// Mosquitto grants any SUBSCRIBE and filters per message; ringmq answers a
@@ -312,6 +313,30 @@ async fn anonymous_and_unknown_users_get_their_sections(proto: Proto, shards: us
     );
     let mut zed = Client::connect(ctx.opts("zed-1").user("zed")).await;
     assert_eq!(zed.subscribe("public/#", 0).await, vec![refused(&ctx)]);
+}
+
+/// `$share/GROUP/FILTER` is decided on FILTER (Mosquitto checks the topic
+/// of each message it delivers, the group name plays no part).
+async fn shared_subscriptions_are_classified_by_their_inner_filter(proto: Proto, shards: usize) {
+    let (ctx, _) = acl_broker(proto, shards, ACL);
+    let (pid, sid) = ctx.pair_ids("share");
+    let mut alice = Client::connect(ctx.opts(&sid).user("alice")).await;
+    assert_eq!(
+        alice.subscribe("$share/g/bob/#", 1).await,
+        vec![refused(&ctx)]
+    );
+    assert_eq!(alice.subscribe("$share/g/sensors/#", 1).await, vec![1]);
+    let mut bob = Client::connect(ctx.opts(&pid).user("bob")).await;
+    for t in ["sensors/private/x", "sensors/1/t"] {
+        bob.publish(t, 1, false, t.to_string()).await;
+        bob.wait_acked(1).await;
+    }
+    assert_eq!(
+        alice.recv("readable shared delivery").await.topic,
+        "sensors/1/t"
+    );
+    alice.expect_none(QUIET, "private not delivered").await;
+    assert_eq!(denied(&ctx, AclAction::Deliver), 1);
 }
 
 /// A persistent session outlives a restart; its owner's username is known

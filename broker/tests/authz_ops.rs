@@ -213,3 +213,72 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
     assert!(err.contains("broker started"), "{err}");
     assert!(!err.contains('\x1b'), "ANSI escape in a piped log: {err:?}");
 }
+
+/// Behind a proxy (PROXY protocol listener), an address ban applies to the
+/// client's address the header carries, not to the proxy's; 1 and 2 shards.
+#[tokio::test]
+async fn address_bans_apply_to_the_address_a_proxy_header_carries() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for shards in [1, 2] {
+        let b = common::Broker::start_with(shards, |c| {
+            c.listen = vec![ringmq_shard::config::Listener {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                transport: ringmq_shard::config::Transport::Mqtt,
+                tls: Default::default(),
+                proxy_protocol: true,
+            }];
+        });
+        b.handle().access().bans.add(
+            ringmq_shard::access::bans::Target::Address("203.0.113.0/24".parse().unwrap()),
+            None,
+        );
+        let connack = |src: &'static str, id: &'static str| {
+            let addr = b.addrs()[0];
+            async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let mut bytes = format!("PROXY TCP4 {src} 127.0.0.1 40001 1883\r\n").into_bytes();
+                bytes.extend(common::raw::bytes_of::connect_ok(4, id));
+                s.write_all(&bytes).await.unwrap();
+                let mut buf = [0u8; 4];
+                tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+                    .await
+                    .expect("CONNACK in time")
+                    .expect("CONNACK");
+                buf[3]
+            }
+        };
+        assert_eq!(
+            connack("203.0.113.9", "behind-1").await,
+            0x05,
+            "banned block"
+        );
+        assert_eq!(
+            connack("198.51.100.7", "behind-2").await,
+            0x00,
+            "other address"
+        );
+    }
+}
+
+/// IPv6 address bans: a `::1/128` ban refuses a client on `[::1]`, a v4
+/// block does not; both protocols.
+#[tokio::test]
+async fn ipv6_address_bans() {
+    let b = common::Broker::start_with(1, |c| {
+        c.listen = vec!["[::1]:0".parse().unwrap()];
+    });
+    let bans = &b.handle().access().bans;
+    bans.add(
+        ringmq_shard::access::bans::Target::Address("127.0.0.0/8".parse().unwrap()),
+        None,
+    );
+    Client::connect(Opts::new(Proto::V5, b.addr, "v6-before")).await;
+    bans.add(
+        ringmq_shard::access::bans::Target::Address("::1/128".parse().unwrap()),
+        None,
+    );
+    for proto in [Proto::V4, Proto::V5] {
+        let c = Client::try_connect(Opts::new(proto, b.addr, "v6-after")).await;
+        assert_eq!(c.connack.1, if proto == Proto::V5 { 0x8A } else { 0x05 });
+    }
+}

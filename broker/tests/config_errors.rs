@@ -56,7 +56,21 @@ fn bad_value_names_the_key() {
         "{err}"
     );
     assert!(err.contains("sync, batch, none"), "{err}");
-    let (_, err) = check("listen", "[listeners]\nlisten = [\"ws://0.0.0.0:80\"]\n");
+    let (_, err) = check("listen", "[listeners]\nlisten = [\"http://0.0.0.0:80\"]\n");
+    assert!(
+        err.starts_with("error: config key \"listeners.listen\": "),
+        "{err}"
+    );
+    let (_, err) = check("tls", "[listeners]\nlisten = [\"mqtts://127.0.0.1:0\"]\n");
+    assert!(
+        err.starts_with("error: config key \"listeners.listen\" = "),
+        "{err}"
+    );
+    assert!(err.contains("tls_cert"), "{err}");
+    let (_, err) = check(
+        "opt",
+        "[listeners]\nlisten = [\"mqtt://127.0.0.1:0?cert=x\"]\n",
+    );
     assert!(
         err.starts_with("error: config key \"listeners.listen\": "),
         "{err}"

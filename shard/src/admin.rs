@@ -3,7 +3,7 @@
 use crate::control::{ClientInfo, Query, Reply, RetainedInfo, SubscriptionInfo};
 use crate::session::Session;
 use crate::shard::Shard;
-use crate::stats::CloseReason;
+use crate::stats::{CloseReason, DropReason};
 use std::rc::Rc;
 
 fn info(shard: &Shard, s: &Session) -> ClientInfo {
@@ -23,6 +23,14 @@ fn info(shard: &Shard, s: &Session) -> ClientInfo {
         subscriptions: s.subs.len(),
         inflight: s.inflight.len(),
         queued: s.queue.len(),
+        held_bytes: s.held_bytes as u64,
+        dropped: s.drops.as_ref().map_or_else(Vec::new, |d| {
+            DropReason::ALL
+                .iter()
+                .map(|&r| (r.as_str().to_string(), d.by_reason[r as usize]))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        }),
     }
 }
 
@@ -48,14 +56,15 @@ pub(crate) fn answer(shard: &Rc<Shard>, q: Query) -> Reply {
             let sessions = shard.sessions.borrow();
             let list = sessions
                 .iter()
-                .filter(|(_, s)| s.client_id.as_str() == client_id)
+                .filter(|(_, s)| s.client_id.as_str() == client_id && !s.is_gone())
                 .map(|(_, s)| info(shard, s))
                 .collect();
             Reply::Clients(id, list)
         }
         Query::Sessions => {
             let sessions = shard.sessions.borrow();
-            Reply::Clients(id, sessions.iter().map(|(_, s)| info(shard, s)).collect())
+            let live = sessions.iter().filter(|(_, s)| !s.is_gone());
+            Reply::Clients(id, live.map(|(_, s)| info(shard, s)).collect())
         }
         Query::Kick { client_id } => {
             let sessions = shard.sessions.borrow();

@@ -12,8 +12,8 @@
 use crate::access::authn::{Authn, Identity, Start, MAX_PENDING_CHECKS};
 use crate::access::scram;
 use crate::conn_out::ConnOut;
-use crate::connect::peer_ip;
-use crate::connection::{protocol_close, read_packet};
+use crate::connection::{protocol_close, read_connect};
+use crate::net::stack::Stack;
 use crate::poller::Io;
 use crate::session::SessionId;
 use crate::shard::Shard;
@@ -23,7 +23,6 @@ use ringmq_codec::{
     Auth, AuthProperties, Connect, MqttString, Packet, ProtocolVersion, ReasonCode,
 };
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 /// Who the client is, as the accepting shard found: carried to the home shard.
@@ -64,9 +63,22 @@ fn count(shard: &Shard, outcome: AuthOutcome, peer: impl FnOnce() -> Option<IpAd
     }
 }
 
-fn refuse(shard: &Shard, io: &Io, code: ReasonCode, outcome: AuthOutcome) -> Refusal {
-    count(shard, outcome, || peer_ip(io.fd.as_raw_fd()));
+fn refuse(shard: &Shard, link: &Link<'_>, code: ReasonCode, outcome: AuthOutcome) -> Refusal {
+    count(shard, outcome, || link.peer);
     (Some(code), CloseReason::ConnectRefused)
+}
+
+/// The socket of a connection being authenticated, as the handshake holds it.
+pub(crate) struct Link<'a> {
+    pub io: &'a Io,
+    /// Its transport layers (TLS, WebSocket): AUTH packets go through them.
+    pub stack: &'a mut Stack,
+    pub listener: u16,
+    /// The client's address (a PROXY header's, else the socket's): bans and
+    /// the brute-force counter.
+    pub peer: Option<IpAddr>,
+    /// The CONNECT deadline, which bounds the whole phase.
+    pub deadline: u64,
 }
 
 /// AUTH with the agreed method (v5 3.15) [MQTT-4.12.0-5].
@@ -87,21 +99,19 @@ fn auth_packet(reason: ReasonCode, method: &MqttString, data: &str) -> Packet {
 /// certificate's CN where the listener takes it as the user name.
 pub(crate) async fn authenticate(
     shard: &Rc<Shard>,
-    io: &Io,
+    mut link: Link<'_>,
     c: &Connect,
     buf: &mut BytesMut,
-    deadline: u64,
     tls_identity: Option<&str>,
 ) -> Result<Authenticated, Refusal> {
     // Bans first: a banned client (id, user name or address, e.g. one the
     // brute-force counter banned) costs no hashing. v5 0x8A, 3.1.1 0x05.
     if shard.access.bans.active() > 0 {
         let user = c.username.as_ref().map(|u| u.as_str());
-        if let Some(b) =
-            shard
-                .access
-                .bans
-                .check(c.client_id.as_str(), user, peer_ip(io.fd.as_raw_fd()))
+        if let Some(b) = shard
+            .access
+            .bans
+            .check(c.client_id.as_str(), user, link.peer)
         {
             tracing::debug!(client_id = %c.client_id.as_str(), kind = b.target.kind(), "CONNECT refused: banned");
             return Err((Some(ReasonCode::Banned), CloseReason::ConnectRefused));
@@ -115,7 +125,7 @@ pub(crate) async fn authenticate(
                 connack_data: None,
             })
         }
-        Start::Refuse(code, outcome) => Err(refuse(shard, io, code, outcome)),
+        Start::Refuse(code, outcome) => Err(refuse(shard, &link, code, outcome)),
         Start::Check {
             username,
             entry,
@@ -123,7 +133,12 @@ pub(crate) async fn authenticate(
         } => {
             let authn = &shard.authn;
             if authn.pending.get() >= MAX_PENDING_CHECKS {
-                return Err(refuse(shard, io, ReasonCode::ServerBusy, AuthOutcome::Busy));
+                return Err(refuse(
+                    shard,
+                    &link,
+                    ReasonCode::ServerBusy,
+                    AuthOutcome::Busy,
+                ));
             }
             authn.pending.set(authn.pending.get() + 1);
             let ok = if entry.is_slow() {
@@ -135,7 +150,7 @@ pub(crate) async fn authenticate(
             if ok != Some(true) {
                 return Err(refuse(
                     shard,
-                    io,
+                    &link,
                     ReasonCode::BadUserNameOrPassword,
                     AuthOutcome::BadPassword,
                 ));
@@ -154,14 +169,28 @@ pub(crate) async fn authenticate(
                 .expect("SCRAM starts from a CONNECT with a method");
             // [MQTT-4.12.0-2] more is needed: AUTH 0x18 with server-first.
             send(
-                io,
+                &mut link,
                 &auth_packet(ReasonCode::ContinueAuthentication, &method, st.message()),
             );
-            let p = match read_packet(shard, io, buf, Some(ProtocolVersion::V5), deadline).await {
-                Ok(p) => p,
+            let read = read_connect(
+                shard,
+                link.io,
+                link.stack,
+                link.listener,
+                std::mem::take(buf),
+                Some(ProtocolVersion::V5),
+                link.deadline,
+            )
+            .await;
+            let p = match read {
+                Ok((p, rest)) => {
+                    *buf = rest;
+                    p
+                }
                 Err((reason, answer)) => {
                     if let Some(a) = answer {
-                        let _ = io.send(&a);
+                        let _ = link.stack.write(link.io, &a);
+                        let _ = link.stack.flush(link.io);
                     }
                     shard.stats.auth(AuthOutcome::ProtocolError);
                     return Err((None, reason));
@@ -183,7 +212,7 @@ pub(crate) async fn authenticate(
                                 connack_data: Some(Bytes::from(server_final)),
                             })
                         }
-                        Err((code, outcome)) => Err(refuse(shard, io, code, outcome)),
+                        Err((code, outcome)) => Err(refuse(shard, &link, code, outcome)),
                     }
                 }
                 Packet::Disconnect(_) => {
@@ -201,11 +230,13 @@ pub(crate) async fn authenticate(
     }
 }
 
-fn send(io: &Io, p: &Packet) {
+fn send(link: &mut Link<'_>, p: &Packet) {
     let mut out = BytesMut::new();
     if p.encode(ProtocolVersion::V5, &mut out).is_ok() {
-        // A fresh socket's send buffer is empty: a few hundred bytes fit.
-        let _ = io.send(&out);
+        // Through the transport layers (TLS, WebSocket); a fresh socket's
+        // send buffer is empty: a few hundred bytes fit.
+        let _ = link.stack.write(link.io, &out);
+        let _ = link.stack.flush(link.io);
     }
 }
 

@@ -17,6 +17,7 @@ use crate::session::{Session, SessionId};
 use crate::shard::Shard;
 use crate::stats::AclAction;
 use ringmq_codec::{Connect, TopicFilter};
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// The filter the rules see: a shared subscription's inner filter.
@@ -99,21 +100,57 @@ pub(crate) fn may_receive(shard: &Shard, s: &mut Session, topic: &str, action: A
 }
 
 /// Rebuilds a session's rules after a reload (lazily, at its next check).
+#[inline]
 fn refresh(shard: &Shard, s: &mut Session) {
     if let (Some(sa), Some(acl)) = (s.acl.as_deref_mut(), &*shard.acl.borrow()) {
         sa.refresh(acl, shard.acl_gen.get(), s.client_id.as_str());
     }
 }
 
-/// Puts new rules in force on this shard: every session's subscriptions
-/// are classified again, so the next delivery obeys them.
-pub(crate) fn set_acl(shard: &Shard, acl: Arc<Acl>) {
+/// Does a delivery on a subscription with this `acl_check` ask the rules?
+/// Always while a reload's classification is under way.
+#[inline]
+pub(crate) fn must_check(shard: &Shard, acl_check: bool) -> bool {
+    acl_check || shard.acl_recheck.get()
+}
+
+/// Puts new rules in force on this shard, from the next delivery on: until
+/// every subscription is classified again (in bounded steps, so a million
+/// subscriptions never stall the shard), every delivery asks the rules.
+pub(crate) fn set_acl(shard: &Rc<Shard>, acl: Arc<Acl>) {
     *shard.acl.borrow_mut() = Some(acl);
-    shard.acl_gen.set(shard.acl_gen.get().wrapping_add(1));
-    let mut sessions = shard.sessions.borrow_mut();
-    for (_, s) in sessions.iter_mut() {
-        refresh(shard, s);
-        reclassify(shard, s);
+    let generation = shard.acl_gen.get().wrapping_add(1);
+    shard.acl_gen.set(generation);
+    shard.acl_recheck.set(true);
+    let sids: Vec<SessionId> = shard
+        .sessions
+        .borrow()
+        .iter()
+        .map(|(i, _)| i as SessionId)
+        .collect();
+    glommio::spawn_local(reclassify_all(shard.clone(), sids, generation)).detach();
+}
+
+/// Classifies every listed session's subscriptions again, a batch of
+/// sessions per scheduler turn; a newer reload takes over.
+async fn reclassify_all(shard: Rc<Shard>, sids: Vec<SessionId>, generation: u32) {
+    for chunk in sids.chunks(256) {
+        if shard.acl_gen.get() != generation {
+            return; // a newer reload runs its own pass
+        }
+        {
+            let mut sessions = shard.sessions.borrow_mut();
+            for &sid in chunk {
+                if let Some(s) = sessions.get_mut(sid as usize) {
+                    refresh(&shard, s);
+                    reclassify(&shard, s);
+                }
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+    if shard.acl_gen.get() == generation {
+        shard.acl_recheck.set(false);
     }
 }
 

@@ -6,7 +6,90 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
+
+/// What a listener speaks on top of TCP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `mqtt://`: MQTT straight on TCP.
+    Mqtt,
+    /// `mqtts://`: MQTT inside TLS.
+    Mqtts,
+    /// `ws://HOST:PORT/PATH`: MQTT in WebSocket binary frames.
+    Ws { path: String },
+    /// `wss://HOST:PORT/PATH`: WebSocket inside TLS.
+    Wss { path: String },
+}
+
+impl Transport {
+    /// Whether the listener's connections start with a TLS handshake.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Mqtts | Transport::Wss { .. })
+    }
+    /// The URL scheme.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Mqtts => "mqtts",
+            Transport::Ws { .. } => "ws",
+            Transport::Wss { .. } => "wss",
+        }
+    }
+}
+
+/// TLS material and options of a TLS listener (files are PEM).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server's certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// The server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// CA certificates that client certificates are verified against (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (needs `client_ca`).
+    pub require_client_cert: bool,
+    /// The client certificate's subject CN becomes the CONNECT's user name.
+    pub identity_as_username: bool,
+}
+
+/// One listener: where, what it speaks, and its options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+    /// For `mqtts`/`wss`.
+    pub tls: TlsFiles,
+    /// Every connection starts with a PROXY protocol v1 or v2 header
+    /// (HAProxy `send-proxy`/`send-proxy-v2`); one without is closed.
+    pub proxy_protocol: bool,
+}
+
+impl Listener {
+    /// A plain `mqtt://` listener.
+    pub fn mqtt(addr: SocketAddr) -> Self {
+        Listener {
+            addr,
+            transport: Transport::Mqtt,
+            tls: TlsFiles::default(),
+            proxy_protocol: false,
+        }
+    }
+}
+
+impl From<SocketAddr> for Listener {
+    fn from(addr: SocketAddr) -> Self {
+        Listener::mqtt(addr)
+    }
+}
+
+/// `HOST:PORT`: a plain MQTT listener (the broker crate parses full URLs).
+impl FromStr for Listener {
+    type Err = std::net::AddrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Listener::mqtt)
+    }
+}
 
 /// What to do when a persistent session's queue of QoS 1/2 messages is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +98,16 @@ pub enum OverflowPolicy {
     DropNewest,
     /// Drop the oldest queued message to make room (counted).
     DropOldest,
+}
+
+impl OverflowPolicy {
+    /// The name used by the flag and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverflowPolicy::DropNewest => "drop-newest",
+            OverflowPolicy::DropOldest => "drop-oldest",
+        }
+    }
 }
 
 /// When an acknowledged QoS 1/2 message is durable.
@@ -31,8 +124,9 @@ pub enum Durability {
 /// Every tunable of the broker core.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
-    /// Listener addresses (`mqtt://HOST:PORT`); port 0 picks one free port shared by all shards.
-    pub listen: Vec<SocketAddr>,
+    /// Listeners (`mqtt://`, `mqtts://`, `ws://`, `wss://`); port 0 picks one
+    /// free port shared by all shards.
+    pub listen: Vec<Listener>,
     /// Number of shards (one executor per core). 0 means all available CPUs.
     pub cores: usize,
     /// CPUs to pin shards to, in order; `None`: CPUs 0..cores.
@@ -58,6 +152,9 @@ pub struct ShardConfig {
     pub receive_maximum: u16,
     /// Most QoS 1/2 messages queued for one session beyond its inflight window.
     pub max_queued_messages: usize,
+    /// Most bytes (topic and payload) of QoS 1/2 messages one session holds,
+    /// in flight and queued together (at most `u32::MAX`).
+    pub max_queued_bytes: u64,
     /// What happens when that queue is full.
     pub queue_overflow: OverflowPolicy,
     /// Largest keep alive accepted; larger (or 0) gets v5 Server Keep Alive. 0: no limit.
@@ -99,8 +196,8 @@ impl Default for ShardConfig {
     fn default() -> Self {
         ShardConfig {
             listen: vec![
-                SocketAddr::from(([127, 0, 0, 1], 1883)),
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1883)),
+                Listener::mqtt(SocketAddr::from(([127, 0, 0, 1], 1883))),
+                Listener::mqtt(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1883))),
             ],
             cores: 0,
             cpu_list: None,
@@ -114,6 +211,7 @@ impl Default for ShardConfig {
             max_subscriptions_per_client: 1000,
             receive_maximum: 256,
             max_queued_messages: 10_000,
+            max_queued_bytes: 64 << 20,
             queue_overflow: OverflowPolicy::DropNewest,
             max_keep_alive: 0,
             topic_alias_maximum: 64,

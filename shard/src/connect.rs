@@ -8,7 +8,7 @@ use crate::shard::Shard;
 use crate::stats::CloseReason;
 use ringmq_codec::{
     ConnAck, ConnAckProperties, Connect, MqttString, ProtocolVersion, Publish, PublishProperties,
-    ReasonCode,
+    ReasonCode, TopicFilter,
 };
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -80,14 +80,16 @@ fn check(shard: &Shard, c: &Connect) -> Result<(), ReasonCode> {
 }
 
 /// Is this CONNECT banned (client id, username or source address)? The
-/// address is looked up only when some ban is in force.
-fn banned(shard: &Shard, c: &Connect, fd: RawFd) -> bool {
+/// address is the one a PROXY header carried (`peer`), else the socket's,
+/// looked up only when some ban is in force.
+fn banned(shard: &Shard, c: &Connect, fd: RawFd, peer: Option<std::net::SocketAddr>) -> bool {
     let bans = &shard.access.bans;
     if bans.active() == 0 {
         return false;
     }
     let username = c.username.as_ref().map(|u| u.as_str());
-    let hit = bans.check(c.client_id.as_str(), username, peer_ip(fd));
+    let addr = peer.map(|p| p.ip()).or_else(|| peer_ip(fd));
+    let hit = bans.check(c.client_id.as_str(), username, addr);
     if let Some(b) = &hit {
         tracing::debug!(client_id = %c.client_id.as_str(), kind = b.target.kind(), value = %b.target.value(), "CONNECT refused: banned");
     }
@@ -108,11 +110,12 @@ pub(crate) fn accept(
     shard: &Rc<Shard>,
     c: &Connect,
     fd: RawFd,
+    peer: Option<std::net::SocketAddr>,
     assigned: bool,
     auth: crate::auth_phase::Authenticated,
 ) -> Result<(SessionId, Rc<ConnOut>, u16), Box<ConnAck>> {
     check(shard, c).map_err(|r| Box::new(refusal(r)))?;
-    if banned(shard, c, fd) {
+    if banned(shard, c, fd, peer) {
         // v5 CONNACK 0x8A Banned; 3.1.1 0x05 Not authorized (codec maps it).
         return Err(Box::new(refusal(ReasonCode::Banned)));
     }
@@ -243,7 +246,7 @@ pub(crate) fn accept(
     {
         let mut sessions = shard.sessions.borrow_mut();
         let s = &mut sessions[sid as usize];
-        s.resend_inflight(&shard.stats, now);
+        s.resend_inflight(&shard.stats, now, shard.poller.now_ms());
         s.pump(shard, now);
     }
     Ok((sid, conn, keep_alive))
@@ -301,24 +304,39 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
     }
 }
 
-/// Removes a session entirely (expiry reached, or expiry 0 at close).
+/// Removes a session entirely (expiry reached, or expiry 0 at close). It
+/// becomes a tombstone at once; its subscriptions leave the router in
+/// bounded steps (`reap.rs`).
 pub(crate) fn remove_session(shard: &Rc<Shard>, sid: SessionId) {
-    crate::subscribe::drop_all_subscriptions(shard, sid);
     let removed = {
         let mut sessions = shard.sessions.borrow_mut();
-        if sessions.contains(sid as usize) {
-            let mut s = sessions.remove(sid as usize);
-            crate::persist::session_removed(shard, &s);
-            s.clear(shard);
-            Some(s.client_id)
-        } else {
-            None
+        match sessions.get_mut(sid as usize) {
+            Some(s) if s.generation != crate::reap::GONE => {
+                // The store drops the session's rows, subscriptions included.
+                crate::persist::session_removed(shard, s);
+                s.clear(shard);
+                s.key = None;
+                s.conn = None;
+                s.disconnected_at = None;
+                s.generation = crate::reap::GONE;
+                let filters: Vec<TopicFilter> = s.subs.drain().map(|(f, _)| f).collect();
+                Some((s.client_id.clone(), filters))
+            }
+            _ => None,
         }
     };
     crate::defer::Defer::drain(shard);
-    if let Some(id) = removed {
+    if let Some((id, mut filters)) = removed {
         shard.by_client.borrow_mut().remove(&id, sid);
         shard.stats.sessions.sub(1);
+        // Shared groups must not pick a tombstone: those leave now.
+        filters.retain(|f| {
+            f.shared().is_none() || {
+                crate::subscribe::remove(shard, sid, f);
+                false
+            }
+        });
+        crate::reap::bury(shard, sid, filters);
     }
 }
 

@@ -61,6 +61,10 @@ pub struct ClientInfo {
     pub subscriptions: usize,
     pub inflight: usize,
     pub queued: usize,
+    /// Bytes of QoS 1/2 messages held (in flight and queued), against `max_queued_bytes`.
+    pub held_bytes: u64,
+    /// QoS 1/2 messages this session dropped, by reason (`DropReason::as_str`), non-zero only.
+    pub dropped: Vec<(String, u64)>,
 }
 
 /// One subscription as the admin socket shows it.

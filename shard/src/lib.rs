@@ -25,6 +25,7 @@
 //!   `persist.rs`: restoring sessions at start, keeping their rows in step,
 //!   and acknowledging only what is durable on every shard (`--durability sync`);
 //!   `confirm.rs`: those acknowledgements, and exactly-once QoS 2 across shards.
+//! - `reap.rs`: removed sessions' subscriptions leave the router in bounded steps.
 //! - `notify.rs`: the shard-local wake-up flag behind each connection and the mesh flusher.
 //! - `stats.rs`: counters and typed close reasons; `control.rs` and
 //!   `admin.rs`: operator queries; `sys.rs`: `$SYS` topics; `timers.rs`.
@@ -47,6 +48,7 @@ pub mod net;
 mod notify;
 mod persist;
 mod publish;
+mod reap;
 pub mod retained;
 mod route;
 pub mod router;

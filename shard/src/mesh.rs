@@ -72,6 +72,9 @@ pub struct ConfirmReq {
 pub struct Handoff {
     /// The socket itself (the accepting shard no longer holds it).
     pub fd: OwnedFd,
+    /// Its transport layers (TLS, WebSocket) state and all, its listener,
+    /// the client address of a PROXY header.
+    pub(crate) via: crate::net::connection::Via,
     /// The CONNECT already read.
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT.

@@ -187,6 +187,7 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
             _ => {}
         }
     }
+    s.recount_held();
     s.inbound_qos2 = rs.inbound_qos2.iter().map(|i| i.packet_id.get()).collect();
     let subs = rs.subscriptions;
     let sid = {

@@ -46,11 +46,12 @@ fn not_authorized(shard: &Shard, conn: &ConnOut, p: Publish) -> Result<(), Close
         ReasonCode::Success
     };
     let r = resp(id, code);
+    // Behind acknowledgements still held for earlier publishes [MQTT-4.6.0-2].
     match p.qos {
-        QoS::AtLeastOnce => conn.send(&Packet::PubAck(r)),
+        QoS::AtLeastOnce => conn.ack(Packet::PubAck(r), None),
         // 3.1.1 QoS 2: PUBREC now; the PUBREL that follows finds no stored
         // id and still gets its PUBCOMP (handle.rs).
-        _ => conn.send(&Packet::PubRec(r)),
+        _ => conn.ack(Packet::PubRec(r), None),
     }
     Ok(())
 }
@@ -233,7 +234,21 @@ pub(crate) fn inbound(
                 shard.defer.begin(t);
             }
             let ops = shard.store.pending_ops();
+            shard.tally.reset();
             let mut remote = route_in_order(shard, sid, p, req);
+            // Every subscriber is here and none could take it (queues or byte
+            // budgets full): v5 says so, 0x97 Quota exceeded (v5 3.4.2.1;
+            // [MQTT-3.4.2-1] a PUBACK reason code from that table). Copies
+            // sent to other shards are counted there, not refused here.
+            let code = if remote == 0
+                && shard.tally.all_dropped()
+                && conn.version == ProtocolVersion::V5
+            {
+                shard.stats.refuse(ReasonCode::QuotaExceeded);
+                ReasonCode::QuotaExceeded
+            } else {
+                ReasonCode::Success
+            };
             if shard.store.pending_ops() != ops {
                 // Sync: PUBACK leaves after the rows routing wrote (none when
                 // every copy was deferred: then only the token holds it).
@@ -247,13 +262,7 @@ pub(crate) fn inbound(
                 crate::defer::Defer::watch(shard);
             }
             // [MQTT-4.3.2-2] PUBACK after taking ownership (in sync mode: once durable).
-            ack(
-                shard,
-                conn,
-                Packet::PubAck(resp(id, ReasonCode::Success)),
-                token,
-                remote,
-            );
+            ack(shard, conn, Packet::PubAck(resp(id, code)), token, remote);
         }
         (QoS::ExactlyOnce, Some(id)) => {
             let fresh = {

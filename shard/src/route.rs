@@ -142,7 +142,8 @@ pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<Sessio
         let Some(s) = sessions.get_mut(m.session as usize) else {
             continue;
         };
-        if m.acl_check && !crate::authz::may_receive(shard, s, p.topic.as_str(), AclAction::Deliver)
+        if crate::authz::must_check(shard, m.acl_check)
+            && !crate::authz::may_receive(shard, s, p.topic.as_str(), AclAction::Deliver)
         {
             continue;
         }
@@ -173,7 +174,9 @@ pub(crate) fn deliver_shared_local(shard: &Shard, filter: &TopicFilter, p: &Publ
     let Some(s) = sessions.get_mut(sub.session as usize) else {
         return;
     };
-    if sub.acl_check && !crate::authz::may_receive(shard, s, p.topic.as_str(), AclAction::Deliver) {
+    if crate::authz::must_check(shard, sub.acl_check)
+        && !crate::authz::may_receive(shard, s, p.topic.as_str(), AclAction::Deliver)
+    {
         return;
     }
     let qos = p.qos.min(sub.options.qos);

@@ -5,7 +5,7 @@
 use crate::access::passwd::PasswordFile;
 use crate::config::{available_cpus, Durability, ShardConfig};
 use crate::control::{Control, Query, Reply};
-use crate::listener;
+use crate::listener::{self, ListenerRt};
 use crate::mesh::ShardMsg;
 use crate::stats::ShardStats;
 use crate::store::{self, RecoveredSession, StoreHandle, StoreOptions};
@@ -24,7 +24,8 @@ pub(crate) struct ShardInit {
     pub id: usize,
     pub shards: usize,
     pub cfg: Arc<ShardConfig>,
-    pub listeners: Vec<OwnedFd>,
+    /// This shard's socket of each listener.
+    pub listeners: Vec<(OwnedFd, Arc<ListenerRt>)>,
     /// Sender to each peer shard, by shard id (`None` at our own index).
     pub mesh_tx: Vec<Option<SharedSender<ShardMsg>>>,
     /// Receiver from each peer shard, by shard id (`None` at our own index).
@@ -57,6 +58,7 @@ pub struct ServerHandle {
     /// `--password-file`, re-read by [`ServerHandle::reload_passwords`].
     password_file: Option<std::path::PathBuf>,
     access: Arc<crate::access::Shared>,
+    listeners: Vec<Arc<ListenerRt>>,
 }
 
 /// Checks the placement asked for against the CPUs present.
@@ -134,13 +136,21 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
         )),
         None => None,
     };
+    // Every listener's TLS files are read before anything is bound.
+    let listeners = cfg
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, l)| ListenerRt::new(i, l).map(Arc::new))
+        .collect::<io::Result<Vec<_>>>()?;
     let mut addrs = Vec::new();
-    let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
-    for addr in &cfg.listen {
-        let bound = listener::bind(*addr, shards, cfg.backlog)?;
+    let mut per_shard: Vec<Vec<(OwnedFd, Arc<ListenerRt>)>> =
+        (0..shards).map(|_| Vec::new()).collect();
+    for rt in &listeners {
+        let bound = listener::bind(rt.cfg.addr, shards, cfg.backlog)?;
         addrs.push(bound.addr);
         for (i, fd) in bound.sockets.into_iter().enumerate() {
-            per_shard[i].push(fd);
+            per_shard[i].push((fd, rt.clone()));
         }
     }
     // Persistence: open (lock, check, load, purge) before any shard starts.
@@ -201,7 +211,9 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     let mut mesh_rx = mesh_rx.into_iter();
     let started = Instant::now();
     let mut controls = Vec::new();
-    let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
+    let stats: Vec<Arc<ShardStats>> = (0..shards)
+        .map(|_| Arc::new(ShardStats::with_listeners(listeners.len())))
+        .collect();
     let all_stats = Arc::new(stats.clone());
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = flume::unbounded();
@@ -256,6 +268,17 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     }
     register_acl_reload(&access, &controls);
     register_password_reload(&access, &controls, cfg.authn.password_file.clone());
+    if listeners.iter().any(|l| {
+        matches!(
+            l.cfg.transport,
+            crate::config::Transport::Mqtts | crate::config::Transport::Wss { .. }
+        )
+    }) {
+        let ls = listeners.clone();
+        access
+            .reloaders
+            .register("certificates", Box::new(move || reload_listeners_tls(&ls)));
+    }
     Ok(ServerHandle {
         password_file: cfg.authn.password_file.clone(),
         addrs,
@@ -264,6 +287,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
         threads,
         started,
         access,
+        listeners,
     })
 }
 
@@ -315,6 +339,28 @@ fn register_password_reload(
             Err(e) => Err(e.to_string()),
         }),
     );
+}
+
+/// Re-reads every TLS listener's files (see [`ServerHandle::reload_tls`]).
+fn reload_listeners_tls(listeners: &[Arc<ListenerRt>]) -> Result<String, String> {
+    let mut reloaded = 0;
+    let mut errors = Vec::new();
+    for l in listeners {
+        match l.reload_tls() {
+            Ok(true) => reloaded += 1,
+            Ok(false) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(format!("{reloaded} TLS listener(s) reloaded"))
+    } else {
+        Err(format!(
+            "{}; previous certificates kept for {} listener(s)",
+            errors.join("; "),
+            errors.len()
+        ))
+    }
 }
 
 /// The ACL part of a reload: parse, then hand the new rules to every shard
@@ -374,6 +420,18 @@ impl ServerHandle {
     /// The bound listener addresses, in `listen` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
+    }
+    /// The listeners, in `listen` order (URL, TLS state).
+    pub fn listeners(&self) -> &[Arc<ListenerRt>] {
+        &self.listeners
+    }
+    /// Re-reads every TLS listener's certificate, key and client CA (SIGHUP,
+    /// `ringmq ctl reload`). New connections use the new material,
+    /// established ones keep theirs. A listener whose files cannot be used
+    /// keeps its old ones; the error names each such listener and file.
+    /// `Ok` says what is in force now (the shape of a reload registry entry).
+    pub fn reload_tls(&self) -> Result<String, String> {
+        reload_listeners_tls(&self.listeners)
     }
     /// Number of shards.
     pub fn shards(&self) -> usize {

@@ -294,6 +294,12 @@ pub struct Session {
     /// Inbound QoS 2 packet ids received, PUBREC sent, PUBREL not yet [MQTT-4.3.3-10].
     pub inbound_qos2: SmallVec<[u16; 8]>,
     next_packet_id: u16,
+    /// Bytes (topic and payload) of the QoS 1/2 messages this session holds,
+    /// in flight and queued: bounded by `max_queued_bytes`.
+    pub held_bytes: u32,
+    /// QoS 1/2 messages this session dropped, by reason, and when it last
+    /// warned of them (boxed: allocated at the first drop).
+    pub drops: Option<Box<SessionDrops>>,
     /// Packet ids in flight, one bit each, kept while the window is large
     /// (a scan of `inflight` per send costs more beyond a few dozen).
     ids_in_use: Option<Box<IdBitmap>>,
@@ -333,6 +339,8 @@ impl Session {
             queue: LazyDeque::default(),
             inbound_qos2: SmallVec::new(),
             next_packet_id: 0,
+            held_bytes: 0,
+            drops: None,
             ids_in_use: None,
             expiry: 0,
             will: None,
@@ -474,7 +482,7 @@ impl Session {
     }
 
     /// How many more QoS 1/2 messages the client accepts now.
-    fn window_open(&self) -> bool {
+    pub(crate) fn window_open(&self) -> bool {
         match &self.conn {
             Some(c) => self.inflight.len() < c.receive_max as usize,
             None => false,
@@ -494,6 +502,9 @@ impl Session {
         sub_ids: &[u32],
         now: Instant,
     ) {
+        if self.is_gone() {
+            return; // removed; its subscriptions are leaving the router (`reap.rs`)
+        }
         let (cfg, stats) = (&*shard.cfg, &*shard.stats);
         let qos = frame.qos();
         if qos == QoS::AtMostOnce {
@@ -509,6 +520,10 @@ impl Session {
         let msg = shared
             .get_or_insert_with(|| Rc::new(Message::received(msg.clone(), now)))
             .clone();
+        if !self.make_room(shard, cost(&msg)) {
+            shard.tally.dropped();
+            return;
+        }
         let sub_ids: SmallVec<[u32; 1]> = SmallVec::from_slice(sub_ids);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -528,20 +543,85 @@ impl Session {
         }
     }
 
+    /// Whether a message of `bytes` fits the session's byte budget
+    /// (`max_queued_bytes`, in flight and queued together), after dropping
+    /// the oldest queued messages under `drop-oldest`. A message that does
+    /// not fit is dropped, counted and warned of; true once it is held.
+    fn make_room(&mut self, shard: &Shard, bytes: u32) -> bool {
+        let max = shard.cfg.max_queued_bytes;
+        if self.held_bytes as u64 + bytes as u64 <= max {
+            self.held_bytes += bytes;
+            return true;
+        }
+        if shard.cfg.queue_overflow == OverflowPolicy::DropOldest {
+            while self.held_bytes as u64 + bytes as u64 > max {
+                let Some(old) = self.queue.pop_front() else {
+                    break;
+                };
+                self.forget_queued(shard, old, DropReason::QueueBytesFull);
+            }
+            if self.held_bytes as u64 + bytes as u64 <= max {
+                self.held_bytes += bytes;
+                return true;
+            }
+        }
+        self.note_drop(shard, DropReason::QueueBytesFull);
+        false
+    }
+
+    /// A queued message leaves the queue undelivered (overflow).
+    fn forget_queued(&mut self, shard: &Shard, old: Queued, reason: DropReason) {
+        self.unpersist_out(shard, old.seq);
+        self.held_bytes = self.held_bytes.saturating_sub(cost(&old.msg));
+        shard.stats.queued.sub(1);
+        self.note_drop(shard, reason);
+    }
+
+    /// Counts a dropped QoS 1/2 message (shard and session), and warns of
+    /// it at most once per [`DROP_WARN_EVERY`] per session: an acknowledged
+    /// message is never lost in silence.
+    pub(crate) fn note_drop(&mut self, shard: &Shard, reason: DropReason) {
+        shard.stats.drop_msg(reason);
+        let d = self.drops.get_or_insert_with(Box::default);
+        d.by_reason[reason as usize] += 1;
+        d.unwarned += 1;
+        let now = Instant::now();
+        if d.warned_at
+            .is_some_and(|t| now.duration_since(t) < DROP_WARN_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            shard = shard.id,
+            client_id = %self.client_id,
+            reason = reason.as_str(),
+            dropped = d.unwarned,
+            total = d.total(),
+            policy = shard.cfg.queue_overflow.as_str(),
+            "acknowledged QoS 1/2 messages dropped for a subscriber"
+        );
+        d.unwarned = 0;
+        d.warned_at = Some(now);
+    }
+
     fn enqueue(&mut self, shard: &Shard, q: Queued) {
-        let (cfg, stats) = (&*shard.cfg, &*shard.stats);
+        let cfg = &*shard.cfg;
         if self.queue.len() >= cfg.max_queued_messages {
-            stats.drop_msg(DropReason::QueueFull);
             match cfg.queue_overflow {
-                OverflowPolicy::DropNewest => return,
+                OverflowPolicy::DropNewest => {
+                    self.held_bytes = self.held_bytes.saturating_sub(cost(&q.msg));
+                    self.note_drop(shard, DropReason::QueueFull);
+                    shard.tally.dropped();
+                    return;
+                }
                 OverflowPolicy::DropOldest => {
                     if let Some(old) = self.queue.pop_front() {
-                        self.unpersist_out(shard, old.seq);
+                        self.forget_queued(shard, old, DropReason::QueueFull);
                     }
-                    stats.queued.sub(1);
                 }
             }
         }
+        let stats = &*shard.stats;
         self.persist_out(
             shard,
             q.seq,
@@ -554,6 +634,7 @@ impl Session {
         );
         self.queue.push_back(q);
         stats.queued.inc();
+        shard.tally.held();
     }
 
     /// Sends a QoS 1/2 message now under a fresh packet id.
@@ -571,9 +652,11 @@ impl Session {
     ) {
         let stats = &*shard.stats;
         let Some(conn) = self.conn.clone() else {
+            self.held_bytes = self.held_bytes.saturating_sub(cost(&msg));
             return;
         };
         let Some(packet_id) = self.alloc_packet_id() else {
+            self.held_bytes = self.held_bytes.saturating_sub(cost(&msg));
             return;
         };
         // The row is written before the PUBLISH. QoS 2 (sync): the connection
@@ -611,6 +694,11 @@ impl Session {
             state: OutState::Published,
         });
         stats.inflight.inc();
+        shard.tally.held();
+        if !self.window_open() {
+            // Full: the client must acknowledge within the slow consumer timeout.
+            conn.window_stalled(shard.poller.now_ms());
+        }
     }
 
     /// Moves queued messages into the window while it is open; expired ones are dropped.
@@ -624,6 +712,7 @@ impl Session {
                 // [MQTT-3.3.2-5] expired: not delivered.
                 shard.stats.drop_msg(DropReason::Expired);
                 self.unpersist_out(shard, q.seq);
+                self.held_bytes = self.held_bytes.saturating_sub(cost(&q.msg));
                 continue;
             }
             self.send_new(shard, q.seq, q.msg, None, q.qos, q.retain, q.sub_ids, now);
@@ -658,14 +747,27 @@ impl Session {
         if let Some(o) = self.inflight.remove(i) {
             self.unpersist_out(shard, o.seq);
             self.free_packet_id(o.packet_id);
+            if let Some(m) = &o.msg {
+                self.held_bytes = self.held_bytes.saturating_sub(cost(m));
+            }
         }
         shard.stats.inflight.sub(1);
+        if let Some(c) = &self.conn {
+            // Acknowledged: the window moves (a stall counts again from the
+            // next time it fills), and a waiting replay may go on.
+            c.window_moving();
+            c.room_freed();
+        }
         true
     }
 
     /// PUBREC received: the message is released (PUBREL follows). Returns
     /// whether the id was awaiting PUBREC.
     pub fn released(&mut self, shard: &Shard, id: PacketId) -> bool {
+        if let Some(c) = self.conn.as_ref().filter(|_| !self.window_open()) {
+            // An acknowledgement: a full window's stall clock starts again.
+            c.window_stalled(shard.poller.now_ms());
+        }
         match self.inflight.iter_mut().find(|o| {
             o.packet_id == id && o.qos == QoS::ExactlyOnce && o.state == OutState::Published
         }) {
@@ -691,7 +793,7 @@ impl Session {
 
     /// Resends everything in flight after a reconnect, in order: PUBLISH with
     /// DUP=1, PUBREL as PUBREL [MQTT-4.4.0-1].
-    pub fn resend_inflight(&mut self, stats: &ShardStats, now: Instant) {
+    pub fn resend_inflight(&mut self, stats: &ShardStats, now: Instant, now_ms: u64) {
         let Some(conn) = self.conn.clone() else {
             return;
         };
@@ -703,6 +805,9 @@ impl Session {
                 }
                 _ => conn.write_pubrel(o.packet_id),
             }
+        }
+        if !self.inflight.is_empty() && !self.window_open() {
+            conn.window_stalled(now_ms);
         }
     }
 
@@ -722,8 +827,23 @@ impl Session {
         self.inflight.clear();
         self.ids_in_use = None;
         self.queue.clear();
+        self.held_bytes = 0;
         self.inbound_qos2.clear();
         self.will = None;
+    }
+
+    /// Whether the session was removed and waits for its subscriptions to
+    /// leave the router (`reap.rs`).
+    pub fn is_gone(&self) -> bool {
+        self.generation == crate::reap::GONE
+    }
+
+    /// Recomputes `held_bytes` from what is in flight and queued (restored sessions).
+    pub fn recount_held(&mut self) {
+        let inflight = self.inflight.iter().filter_map(|o| o.msg.as_deref());
+        let queued = self.queue.iter().map(|q| &*q.msg);
+        let sum: u64 = inflight.chain(queued).map(|m| cost(m) as u64).sum();
+        self.held_bytes = sum.min(u32::MAX as u64) as u32;
     }
 
     /// The session row as stored.
@@ -736,6 +856,63 @@ impl Session {
             will: self.will.as_deref().cloned(),
         }
     }
+}
+
+/// Counts, while one publish is routed on this shard, the QoS 1/2 copies
+/// sessions took and those they dropped: a v5 publisher whose message no
+/// session could take gets PUBACK 0x97 (`publish.rs`).
+#[derive(Default)]
+pub struct Tally {
+    held: Cell<u32>,
+    dropped: Cell<u32>,
+}
+
+impl Tally {
+    fn held(&self) {
+        self.held.set(self.held.get().saturating_add(1));
+    }
+
+    fn dropped(&self) {
+        self.dropped.set(self.dropped.get().saturating_add(1));
+    }
+
+    /// Starts counting for one publish.
+    pub fn reset(&self) {
+        self.held.set(0);
+        self.dropped.set(0);
+    }
+
+    /// Whether copies were dropped and none was taken since `reset`.
+    pub fn all_dropped(&self) -> bool {
+        self.held.get() == 0 && self.dropped.get() > 0
+    }
+}
+
+/// How often a session warns of its dropped QoS 1/2 messages, at most.
+pub const DROP_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The QoS 1/2 messages one session dropped (shown by `ringmq ctl client show`).
+#[derive(Default, Debug)]
+pub struct SessionDrops {
+    /// Indexed by `DropReason as usize`.
+    pub by_reason: [u64; DropReason::ALL.len()],
+    /// Dropped since the last warning.
+    unwarned: u64,
+    warned_at: Option<Instant>,
+}
+
+impl SessionDrops {
+    /// Every drop of this session.
+    pub fn total(&self) -> u64 {
+        self.by_reason.iter().sum()
+    }
+}
+
+/// What a held QoS 1/2 message costs the session's byte budget: its topic
+/// and payload (the bytes a session pins; shared copies count in each).
+pub fn cost(m: &Message) -> u32 {
+    let n = m.publish.topic.len() + m.publish.payload.len();
+    n.min(u32::MAX as usize) as u32
 }
 
 /// Per-publish, per-shard frame cache: each (version, QoS) encoded at most once.

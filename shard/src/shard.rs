@@ -71,6 +71,13 @@ pub struct Shard {
     /// by `Control::SetAcl`; `acl_gen` counts the swaps.
     pub acl: RefCell<Option<Arc<crate::access::acl::Acl>>>,
     pub acl_gen: Cell<u32>,
+    /// Set from a reload until every subscription is classified again:
+    /// meanwhile every delivery asks the rules (no stale *full* class).
+    pub acl_recheck: Cell<bool>,
+    /// QoS 1/2 copies of the publish being routed that sessions took or dropped.
+    pub tally: crate::session::Tally,
+    /// Removed sessions whose subscriptions still leave the router.
+    pub reaper: crate::reap::Reaper,
 }
 
 impl Shard {
@@ -168,7 +175,10 @@ pub(crate) async fn run(init: ShardInit) {
         authn: crate::access::authn::Authn::new(init.cfg.authn.clone(), init.passwords),
         acl: RefCell::new(init.access.acl()),
         acl_gen: Cell::new(0),
+        acl_recheck: Cell::new(false),
         access: init.access,
+        tally: crate::session::Tally::default(),
+        reaper: crate::reap::Reaper::default(),
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,
@@ -195,8 +205,8 @@ pub(crate) async fn run(init: ShardInit) {
         })
         .detach();
     }
-    for fd in init.listeners {
-        let task = spawn_local(accept_loop(shard.clone(), fd));
+    for (fd, rt) in init.listeners {
+        let task = spawn_local(accept_loop(shard.clone(), fd, rt));
         shard.acceptors.borrow_mut().push(task);
     }
     spawn_local(crate::timers::expiry_sweep(shard.clone())).detach();
@@ -301,7 +311,7 @@ fn accept_one(listener: &Io) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
+async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<crate::listener::ListenerRt>) {
     // SAFETY: plain syscall on a listening socket we own.
     unsafe {
         let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
@@ -326,7 +336,10 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
         match accept_one(listener) {
             Ok(fd) => {
                 shard.stats.connections_total.inc();
-                spawn_local(crate::connection::handshake(shard.clone(), fd)).detach();
+                if let Some(l) = shard.stats.listener(rt.index) {
+                    l.accepted.inc();
+                }
+                spawn_local(crate::connection::handshake(shard.clone(), fd, rt.clone())).detach();
                 burst += 1;
                 if burst.is_multiple_of(64) {
                     futures_lite::future::yield_now().await;

@@ -82,6 +82,9 @@ reasons! {
         SessionTakenOver => "session_taken_over",
         /// The socket stopped draining past the slow consumer deadline.
         SlowConsumer => "slow_consumer",
+        /// The QoS 1/2 window stayed full with nothing acknowledged past the
+        /// slow consumer deadline.
+        WindowStalled => "window_stalled",
         /// Receive maximum exceeded by the client (0x93).
         ReceiveMaximumExceeded => "receive_maximum_exceeded",
         /// Topic alias invalid (0x94).
@@ -96,6 +99,26 @@ reasons! {
         HandedOff => "handed_off",
         /// A QoS 1/2 message could not be persisted.
         StorageError => "storage_error",
+        /// TLS listener: the first bytes were not a TLS handshake record
+        /// (plain MQTT or garbage instead of a ClientHello).
+        TlsNotTls => "tls_not_tls",
+        /// TLS handshake refused: no common version (TLS 1.0/1.1) or suite,
+        /// a malformed or out-of-order handshake message.
+        TlsHandshakeFailed => "tls_handshake_failed",
+        /// mTLS: the client's certificate was missing, expired, or not
+        /// issued by the configured CA.
+        TlsBadCertificate => "tls_bad_certificate",
+        /// A TLS error after the handshake (bad record, decryption failure).
+        TlsError => "tls_error",
+        /// The peer closed the socket in the middle of a TLS handshake.
+        HandshakeTruncated => "handshake_truncated",
+        /// The TLS handshake did not finish within the connect timeout (a
+        /// stalled or slowloris handshake).
+        HandshakeTimeout => "handshake_timeout",
+        /// Plain listener: the client opened with a TLS ClientHello.
+        TlsOnPlainListener => "tls_on_plain_listener",
+        /// PROXY protocol listener: no valid v1/v2 header first.
+        ProxyHeaderInvalid => "proxy_header_invalid",
         /// Re-authentication failed (v5 DISCONNECT 0x87) [MQTT-4.12.1-2].
         NotAuthorized => "not_authorized",
     }
@@ -144,8 +167,10 @@ reasons! {
         QoS0BufferFull => "qos0_buffer_full",
         /// QoS 0 to an offline session.
         QoS0Offline => "qos0_offline",
-        /// Session queue full (overflow policy applied).
+        /// Session queue full by message count (overflow policy applied).
         QueueFull => "queue_full",
+        /// Session byte budget (`max_queued_bytes`) full (overflow policy applied).
+        QueueBytesFull => "queue_bytes_full",
         /// Message expiry interval passed before delivery.
         Expired => "expired",
         /// Larger than the subscriber's Maximum Packet Size [MQTT-3.1.2-25].
@@ -168,6 +193,62 @@ reasons! {
         Retained => "retained",
         /// A will not stored (its topic not writable).
         Will => "will",
+    }
+}
+
+/// Upper bounds of the handshake time buckets, µs (the last bucket: above).
+pub const HANDSHAKE_BUCKETS_US: [u64; 9] = [
+    1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// Counters of one listener on one shard. Written only by that shard.
+#[derive(Debug)]
+pub struct ListenerStats {
+    /// Connections accepted on this listener.
+    pub accepted: Counter,
+    /// Connections of this listener served by this shard (gauge; a
+    /// handed-off connection counts on its home shard).
+    pub open: Counter,
+    /// Connections closed before CONNECT was accepted, by reason (the
+    /// transport's handshake failures among them), indexed by `CloseReason`.
+    pub handshake_failures: Vec<Counter>,
+    /// Transport handshakes (TLS) completed, their total time (µs) and
+    /// counts per bucket of [`HANDSHAKE_BUCKETS_US`] (plus one above).
+    pub handshakes: Counter,
+    pub handshake_us: Counter,
+    pub handshake_buckets: [Counter; 10],
+}
+
+impl Default for ListenerStats {
+    fn default() -> Self {
+        ListenerStats {
+            accepted: Counter::default(),
+            open: Counter::default(),
+            handshake_failures: CloseReason::ALL
+                .iter()
+                .map(|_| Counter::default())
+                .collect(),
+            handshakes: Counter::default(),
+            handshake_us: Counter::default(),
+            handshake_buckets: Default::default(),
+        }
+    }
+}
+
+impl ListenerStats {
+    /// Counts a transport handshake that took `us` microseconds.
+    pub fn handshake_done(&self, us: u64) {
+        self.handshakes.inc();
+        self.handshake_us.add(us);
+        let i = HANDSHAKE_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(HANDSHAKE_BUCKETS_US.len());
+        self.handshake_buckets[i].inc();
+    }
+    /// Failures counted for `r`.
+    pub fn failures_for(&self, r: CloseReason) -> u64 {
+        self.handshake_failures[r as usize].get()
     }
 }
 
@@ -233,6 +314,8 @@ pub struct ShardStats {
     pub auth: Vec<Counter>,
     /// ACL refusals, indexed by `AclAction as usize`.
     pub acl_denied: [Counter; 5],
+    /// Per listener, in `ShardConfig::listen` order.
+    pub listeners: Vec<ListenerStats>,
 }
 
 impl Default for ShardStats {
@@ -274,11 +357,23 @@ impl Default for ShardStats {
                 .map(|_| Counter::default())
                 .collect(),
             acl_denied: Default::default(),
+            listeners: Vec::new(),
         }
     }
 }
 
 impl ShardStats {
+    /// Counters for a shard serving `n` listeners.
+    pub fn with_listeners(n: usize) -> Self {
+        ShardStats {
+            listeners: (0..n).map(|_| ListenerStats::default()).collect(),
+            ..ShardStats::default()
+        }
+    }
+    /// The counters of listener `i` (`None` for stats built without listeners).
+    pub fn listener(&self, i: u16) -> Option<&ListenerStats> {
+        self.listeners.get(i as usize)
+    }
     /// Counts a close.
     pub fn close(&self, r: CloseReason) {
         self.closes[r as usize].inc();

@@ -11,10 +11,11 @@ use crate::session::{SessionId, SubEntry};
 use crate::shard::Shard;
 use crate::stats::{AclAction, CloseReason};
 use ringmq_codec::{
-    Packet, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, SubAckProperties, Subscribe,
-    SubscriptionOptions, TopicFilter, UnsubAck, UnsubAckProperties, Unsubscribe,
+    Packet, PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, SubAckProperties,
+    Subscribe, SubscriptionOptions, TopicFilter, UnsubAck, UnsubAckProperties, Unsubscribe,
 };
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Instant;
 
 fn granted(qos: QoS) -> ReasonCode {
@@ -51,6 +52,12 @@ fn check_filter(
     None
 }
 
+/// Filters of one SUBSCRIBE or UNSUBSCRIBE handled per scheduler turn. A
+/// larger packet pauses its connection's reading (later packets wait, in
+/// order) and is handled in steps, so 1,000 filters from each of 50 clients
+/// do not hold the shard for 50,000 router changes in one turn.
+pub(crate) const FILTERS_PER_STEP: usize = 64;
+
 /// Handles SUBSCRIBE.
 pub(crate) fn subscribe(
     shard: &Rc<Shard>,
@@ -58,17 +65,88 @@ pub(crate) fn subscribe(
     conn: &Rc<ConnOut>,
     sub: Subscribe,
 ) -> Result<(), CloseReason> {
-    let v5 = conn.version == ProtocolVersion::V5;
-    let sub_id = sub.properties.subscription_identifier;
-    let mut reasons = Vec::with_capacity(sub.filters.len());
-    let mut replays = Vec::new();
-    let mut broadcast = false;
-    for (filter, options) in &sub.filters {
-        if filter.shared().is_some() && options.no_local {
-            // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
-            protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
-            return Err(CloseReason::ProtocolError);
+    if sub
+        .filters
+        .iter()
+        .any(|(f, o)| f.shared().is_some() && o.no_local)
+    {
+        // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+        protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
+        return Err(CloseReason::ProtocolError);
+    }
+    if sub.filters.len() <= FILTERS_PER_STEP {
+        let mut st = SubState::new(&sub, conn);
+        for (filter, options) in &sub.filters {
+            st.one(shard, sid, filter, *options);
         }
+        if st.finish(shard, sid, conn, sub.packet_id) {
+            conn.pause_reading();
+        }
+        return Ok(());
+    }
+    conn.pause_reading();
+    glommio::spawn_local(subscribe_in_steps(shard.clone(), sid, conn.clone(), sub)).detach();
+    Ok(())
+}
+
+/// A large SUBSCRIBE, [`FILTERS_PER_STEP`] filters per scheduler turn.
+async fn subscribe_in_steps(shard: Rc<Shard>, sid: SessionId, conn: Rc<ConnOut>, sub: Subscribe) {
+    let mut st = SubState::new(&sub, &conn);
+    for step in sub.filters.chunks(FILTERS_PER_STEP) {
+        if !serves(&shard, sid, &conn) {
+            return conn.resume_reading();
+        }
+        for (filter, options) in step {
+            st.one(&shard, sid, filter, *options);
+        }
+        futures_lite::future::yield_now().await;
+    }
+    if serves(&shard, sid, &conn) && st.finish(&shard, sid, &conn, sub.packet_id) {
+        return; // reading resumes once the SUBACK leaves
+    }
+    conn.resume_reading();
+}
+
+/// Whether `conn` is still the open connection of session `sid`.
+fn serves(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>) -> bool {
+    !conn.closing()
+        && shard
+            .sessions
+            .borrow()
+            .get(sid as usize)
+            .and_then(|s| s.conn.as_ref())
+            .is_some_and(|c| Rc::ptr_eq(c, conn))
+}
+
+/// One SUBSCRIBE being handled: the reasons so far and what follows SUBACK.
+struct SubState {
+    v5: bool,
+    sub_id: Option<u32>,
+    reasons: Vec<ReasonCode>,
+    /// Filters to replay retained messages for, and whether each needs the ACL asked.
+    replays: Vec<(TopicFilter, SubscriptionOptions, bool)>,
+    broadcast: bool,
+}
+
+impl SubState {
+    fn new(sub: &Subscribe, conn: &ConnOut) -> Self {
+        SubState {
+            v5: conn.version == ProtocolVersion::V5,
+            sub_id: sub.properties.subscription_identifier,
+            reasons: Vec::with_capacity(sub.filters.len()),
+            replays: Vec::new(),
+            broadcast: false,
+        }
+    }
+
+    /// Subscribes one filter (or refuses it).
+    fn one(
+        &mut self,
+        shard: &Shard,
+        sid: SessionId,
+        filter: &TopicFilter,
+        options: SubscriptionOptions,
+    ) {
         let (existed, n) = {
             let sessions = shard.sessions.borrow();
             let s = &sessions[sid as usize];
@@ -85,16 +163,16 @@ pub(crate) fn subscribe(
         });
         if let Some(code) = refused {
             shard.stats.refuse(code);
-            reasons.push(if v5 {
+            self.reasons.push(if self.v5 {
                 code
             } else {
                 ReasonCode::UnspecifiedError
             });
-            continue;
+            return;
         }
         let check = class != SubClass::Full;
-        broadcast |= add(shard, sid, filter, *options, sub_id, check);
-        reasons.push(granted(options.qos));
+        self.broadcast |= add(shard, sid, filter, options, self.sub_id, check);
+        self.reasons.push(granted(options.qos));
         let send = filter.shared().is_none()
             && match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
@@ -102,45 +180,56 @@ pub(crate) fn subscribe(
                 RetainHandling::DoNotSend => false,
             };
         if send {
-            replays.push((filter.clone(), *options, check));
+            self.replays.push((filter.clone(), options, check));
         }
     }
-    gate_if_persisted(shard, sid, conn);
-    // [MQTT-3.8.4-1] SUBACK with one reason per filter [MQTT-3.8.4-6].
-    let ack = SubAck {
-        packet_id: sub.packet_id,
-        reasons,
-        properties: SubAckProperties::default().into(),
-    };
-    let generation = shard.sessions.borrow()[sid as usize].generation;
-    let done = SubDone {
-        sid,
-        generation,
-        conn: conn.clone(),
-        ack,
-        replays,
-        sub_id,
-    };
-    if broadcast && shard.shards > 1 {
-        // A message published after SUBACK must reach the new subscription from
-        // every shard: SUBACK waits until every shard has applied the change.
-        let token = shard.next_token.get() + 1;
-        shard.next_token.set(token);
-        shard
-            .pending_subacks
-            .borrow_mut()
-            .insert(token, (shard.shards - 1, done));
-        shard.mesh.broadcast(|| MeshItem::Barrier(token));
-    } else {
-        finish(shard, done);
+
+    /// SUBACK, once durable and (when the router changed) once every shard
+    /// applied it. Returns true when it waits for the other shards: the
+    /// connection's next packets then wait too (`finish` resumes them), so
+    /// they are answered after this SUBACK.
+    fn finish(
+        self,
+        shard: &Rc<Shard>,
+        sid: SessionId,
+        conn: &Rc<ConnOut>,
+        packet_id: PacketId,
+    ) -> bool {
+        gate_if_persisted(shard, sid, conn);
+        // [MQTT-3.8.4-1] SUBACK with one reason per filter [MQTT-3.8.4-6].
+        let ack = SubAck {
+            packet_id,
+            reasons: self.reasons,
+            properties: SubAckProperties::default().into(),
+        };
+        let done = SubDone {
+            sid,
+            conn: conn.clone(),
+            ack,
+            replays: self.replays,
+            sub_id: self.sub_id,
+        };
+        if self.broadcast && shard.shards > 1 {
+            // A message published after SUBACK must reach the new subscription from
+            // every shard: SUBACK waits until every shard has applied the change.
+            let token = shard.next_token.get() + 1;
+            shard.next_token.set(token);
+            shard
+                .pending_subacks
+                .borrow_mut()
+                .insert(token, (shard.shards - 1, done));
+            shard.mesh.broadcast(|| MeshItem::Barrier(token));
+            true
+        } else {
+            finish(shard, done);
+            false
+        }
     }
-    Ok(())
 }
 
 /// A SUBACK waiting for the other shards, and what follows it.
 pub(crate) struct SubDone {
     sid: SessionId,
-    generation: u64,
     conn: Rc<ConnOut>,
     ack: SubAck,
     /// Filters to replay retained messages for, and whether each needs the ACL asked.
@@ -168,16 +257,26 @@ pub(crate) fn barrier_passed(shard: &Rc<Shard>, token: u64) {
 
 /// Sends the SUBACK, then replays retained messages.
 fn finish(shard: &Rc<Shard>, d: SubDone) {
-    d.conn.send(&Packet::SubAck(d.ack));
-    if !d.replays.is_empty() {
-        glommio::spawn_local(replay(
-            shard.clone(),
-            d.sid,
-            d.generation,
-            d.replays,
-            d.sub_id,
-        ))
-        .detach();
+    let SubDone {
+        sid,
+        conn,
+        ack,
+        replays,
+        sub_id,
+    } = d;
+    conn.send(&Packet::SubAck(ack));
+    if conn.reading_paused() {
+        // It waited for the other shards: the packets after it go on now.
+        conn.resume_reading();
+    }
+    if !replays.is_empty() {
+        let r = Replay {
+            sid,
+            conn,
+            replays,
+            sub_id,
+        };
+        glommio::spawn_local(replay(shard.clone(), r)).detach();
     }
 }
 
@@ -224,7 +323,8 @@ pub(crate) fn add(
     first
 }
 
-fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> bool {
+/// Removes one subscription of session `sid` from the router (and its row).
+pub(crate) fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> bool {
     if let Some(k) = shard
         .sessions
         .borrow()
@@ -242,38 +342,71 @@ fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> bool {
     r.is_some()
 }
 
-/// Handles UNSUBSCRIBE.
+/// Handles UNSUBSCRIBE (in steps when large, like SUBSCRIBE).
 pub(crate) fn unsubscribe(
     shard: &Rc<Shard>,
     sid: SessionId,
     conn: &Rc<ConnOut>,
     u: Unsubscribe,
 ) -> Result<(), CloseReason> {
-    let mut reasons = Vec::new();
-    for f in &u.filters {
-        let had = shard.sessions.borrow_mut()[sid as usize]
-            .subs
-            .remove(f)
-            .is_some();
-        let removed = had && remove(shard, sid, f);
-        // [MQTT-3.11.3-1] one reason per filter (v5).
-        reasons.push(if removed {
-            ReasonCode::Success
-        } else {
-            ReasonCode::NoSubscriptionExisted
-        });
+    if u.filters.len() <= FILTERS_PER_STEP {
+        let reasons = u.filters.iter().map(|f| unsubscribe_one(shard, sid, f));
+        let reasons = reasons.collect();
+        unsuback(shard, sid, conn, u.packet_id, reasons);
+        return Ok(());
     }
+    conn.pause_reading();
+    let (shard, conn) = (shard.clone(), conn.clone());
+    glommio::spawn_local(async move {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for step in u.filters.chunks(FILTERS_PER_STEP) {
+            if !serves(&shard, sid, &conn) {
+                return conn.resume_reading();
+            }
+            reasons.extend(step.iter().map(|f| unsubscribe_one(&shard, sid, f)));
+            futures_lite::future::yield_now().await;
+        }
+        if serves(&shard, sid, &conn) {
+            unsuback(&shard, sid, &conn, u.packet_id, reasons);
+        }
+        conn.resume_reading();
+    })
+    .detach();
+    Ok(())
+}
+
+/// Removes one filter of an UNSUBSCRIBE; its reason code.
+fn unsubscribe_one(shard: &Shard, sid: SessionId, f: &TopicFilter) -> ReasonCode {
+    let had = shard.sessions.borrow_mut()[sid as usize]
+        .subs
+        .remove(f)
+        .is_some();
+    // [MQTT-3.11.3-1] one reason per filter (v5).
+    if had && remove(shard, sid, f) {
+        ReasonCode::Success
+    } else {
+        ReasonCode::NoSubscriptionExisted
+    }
+}
+
+/// UNSUBACK, once the subscription rows are durable.
+fn unsuback(
+    shard: &Shard,
+    sid: SessionId,
+    conn: &ConnOut,
+    packet_id: PacketId,
+    mut reasons: Vec<ReasonCode>,
+) {
     if conn.version != ProtocolVersion::V5 {
         reasons.clear();
     }
     gate_if_persisted(shard, sid, conn);
     // [MQTT-3.10.4-4] UNSUBACK even when nothing was removed.
     conn.send(&Packet::UnsubAck(UnsubAck {
-        packet_id: u.packet_id,
+        packet_id,
         reasons,
         properties: UnsubAckProperties::default().into(),
     }));
-    Ok(())
 }
 
 /// Removes every subscription of a session (clean start, expiry).
@@ -287,54 +420,50 @@ pub(crate) fn drop_all_subscriptions(shard: &Shard, sid: SessionId) {
     }
 }
 
-/// Sends the retained messages matching new subscriptions, a batch per
-/// scheduler turn, so a `#` over millions of retained messages never stalls
-/// the shard. Retained messages go out with RETAIN=1 [MQTT-3.3.1-8].
-async fn replay(
-    shard: Rc<Shard>,
-    sid: SessionId,
-    generation: u64,
-    filters: Vec<(TopicFilter, SubscriptionOptions, bool)>,
-    sub_id: Option<u32>,
-) {
+/// Sends the retained messages matching new subscriptions at the pace the
+/// subscriber reads: a cursor walks the store a batch per scheduler turn
+/// (so a `#` over millions of retained messages never stalls the shard), and
+/// each message waits until the connection has room — buffer space for QoS 0,
+/// and for QoS 1/2 also an open window with nothing queued — so none is
+/// dropped or put through the session queue's limits. The replay ends when
+/// the connection that subscribed closes. Retained messages go out with
+/// RETAIN=1 [MQTT-3.3.1-8].
+async fn replay(shard: Rc<Shard>, d: Replay) {
     let batch = shard.cfg.retained_replay_batch.max(1);
-    let ids: Vec<u32> = sub_id.into_iter().collect();
+    let ids: Vec<u32> = d.sub_id.into_iter().collect();
     let mut out = Vec::with_capacity(batch);
-    for (filter, options, check) in filters {
-        let mut cursor = shard.retained.borrow().replay(&filter);
+    for (filter, options, check) in &d.replays {
+        let mut cursor = shard.retained.borrow().replay(filter);
         loop {
             out.clear();
             let done = cursor.next_batch(&shard.retained.borrow(), batch, &mut out);
-            {
+            for m in out.drain(..) {
+                let qos = m.publish.qos.min(options.qos);
+                if !room(&shard, d.sid, &d.conn, qos).await {
+                    return;
+                }
                 let mut sessions = shard.sessions.borrow_mut();
-                let Some(s) = sessions.get_mut(sid as usize) else {
+                let Some(s) = sessions.get_mut(d.sid as usize) else {
                     return;
                 };
-                if s.generation != generation {
-                    return;
-                }
                 let now = Instant::now();
-                for m in &out {
-                    let msg = crate::session::Message::received_at(m.publish.clone(), m.stored_at);
-                    if msg.expiry_left(now) == Some(0) {
-                        continue;
-                    }
-                    if check
-                        && !crate::authz::may_receive(
-                            &shard,
-                            s,
-                            m.publish.topic.as_str(),
-                            AclAction::Retained,
-                        )
-                    {
-                        continue;
-                    }
-                    let qos = m.publish.qos.min(options.qos);
-                    let version = s.conn.as_ref().map_or(s.version, |c| c.version);
-                    let frame = msg.frame(version, qos, now);
-                    let mut shared = Some(Rc::new(msg));
-                    s.deliver(&shard, &m.publish, &mut shared, &frame, true, &ids, now);
+                let msg = crate::session::Message::received_at(m.publish.clone(), m.stored_at);
+                if msg.expiry_left(now) == Some(0) {
+                    continue;
                 }
+                if crate::authz::must_check(&shard, *check)
+                    && !crate::authz::may_receive(
+                        &shard,
+                        s,
+                        m.publish.topic.as_str(),
+                        AclAction::Retained,
+                    )
+                {
+                    continue;
+                }
+                let frame = msg.frame(d.conn.version, qos, now);
+                let mut shared = Some(Rc::new(msg));
+                s.deliver(&shard, &m.publish, &mut shared, &frame, true, &ids, now);
             }
             if done {
                 break;
@@ -342,6 +471,36 @@ async fn replay(
             glommio::yield_if_needed().await;
         }
     }
+}
+
+/// A replay's subscriber and filters.
+struct Replay {
+    sid: SessionId,
+    conn: Rc<ConnOut>,
+    replays: Vec<(TopicFilter, SubscriptionOptions, bool)>,
+    sub_id: Option<u32>,
+}
+
+/// Waits until session `sid`, still served by `conn`, can take one more
+/// message of `qos` without dropping or queueing it; false once `conn` is
+/// no longer the session's or is closing.
+async fn room(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>, qos: QoS) -> bool {
+    std::future::poll_fn(|cx| {
+        let sessions = shard.sessions.borrow();
+        let Some(s) = sessions.get(sid as usize) else {
+            return Poll::Ready(false);
+        };
+        if conn.closing() || !s.conn.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) {
+            return Poll::Ready(false);
+        }
+        let window = qos == QoS::AtMostOnce || (s.queue.is_empty() && s.window_open());
+        if window && conn.has_room(&shard.cfg) {
+            return Poll::Ready(true);
+        }
+        conn.wait_room(cx.waker());
+        Poll::Pending
+    })
+    .await
 }
 
 /// SUBACK and UNSUBACK of a persisted session leave once its subscription rows are durable.

@@ -101,6 +101,16 @@ pub struct ClientInfo {
     pub subscriptions: usize,
     pub inflight: usize,
     pub queued: usize,
+    /// Bytes of QoS 1/2 messages held (in flight and queued), against `max_queued_bytes`.
+    #[serde(default)]
+    pub held_bytes: u64,
+    /// QoS 1/2 messages this session dropped: queue full by count, by bytes, all reasons.
+    #[serde(default)]
+    pub dropped_queue_full: u64,
+    #[serde(default)]
+    pub dropped_queue_bytes_full: u64,
+    #[serde(default)]
+    pub dropped_total: u64,
 }
 
 /// One subscription (`subscriptions`).
@@ -130,6 +140,22 @@ pub struct Histogram {
     pub buckets: Vec<(f64, u64)>,
     pub sum_seconds: f64,
     pub count: u64,
+}
+
+/// Counters of one listener on one shard.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListenerMetrics {
+    /// The listener's URL (`mqtts://0.0.0.0:8883`).
+    pub url: String,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections open (gauge; counted on the shard that serves them).
+    pub open: u64,
+    /// Connections closed before CONNECT was accepted, by reason (handshake
+    /// failures among them); only reasons seen at least once.
+    pub handshake_failures: BTreeMap<String, u64>,
+    /// TLS handshake time, when the listener has completed any.
+    pub handshake: Option<Histogram>,
 }
 
 /// Counters of one shard, read without stopping it.
@@ -177,6 +203,9 @@ pub struct ShardMetrics {
     pub busy_seconds: f64,
     /// Fraction of wall time busy since the previous snapshot (0..1).
     pub busy_ratio: f64,
+    /// Per listener, in `listen` order.
+    #[serde(default)]
+    pub listeners: Vec<ListenerMetrics>,
     /// Storage commit latency, when the shard persists.
     pub storage_commit: Option<Histogram>,
     /// Storage ops [committed, cancelled before their commit, QoS 1 rows

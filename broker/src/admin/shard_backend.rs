@@ -3,8 +3,8 @@
 //! from each shard's single-writer stats (no lock on the message path).
 
 use super::backend::{
-    AdminBackend, AdminError, ClientInfo, Histogram, MetricsSnapshot, RetainedInfo, ShardMetrics,
-    SubscriptionInfo,
+    AdminBackend, AdminError, ClientInfo, Histogram, ListenerMetrics, MetricsSnapshot,
+    RetainedInfo, ShardMetrics, SubscriptionInfo,
 };
 use ringmq_shard::control::{self, Query, Reply};
 use ringmq_shard::server::ServerHandle;
@@ -55,6 +55,14 @@ impl ShardBackend {
             .take()
     }
 
+    /// Re-reads the TLS listeners' certificates and keys (SIGHUP): new
+    /// connections use them; a listener whose files fail keeps its old ones.
+    pub fn reload_tls(&self) -> Result<String, String> {
+        self.with(|h| h.reload_tls())
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&ServerHandle) -> T) -> Result<T, AdminError> {
         match &*self.handle.read().unwrap_or_else(|p| p.into_inner()) {
             Some(h) => Ok(f(h)),
@@ -96,7 +104,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Drops of `c`'s session for `r`.
+fn dropped(c: &control::ClientInfo, r: DropReason) -> u64 {
+    c.dropped
+        .iter()
+        .find(|(k, _)| k == r.as_str())
+        .map_or(0, |(_, n)| *n)
+}
+
 fn client(c: control::ClientInfo) -> ClientInfo {
+    let (queue_full, bytes_full) = (
+        dropped(&c, DropReason::QueueFull),
+        dropped(&c, DropReason::QueueBytesFull),
+    );
     ClientInfo {
         client_id: c.client_id,
         shard: c.shard,
@@ -109,10 +129,73 @@ fn client(c: control::ClientInfo) -> ClientInfo {
         subscriptions: c.subscriptions,
         inflight: c.inflight,
         queued: c.queued,
+        held_bytes: c.held_bytes,
+        dropped_queue_full: queue_full,
+        dropped_queue_bytes_full: bytes_full,
+        dropped_total: c.dropped.iter().map(|(_, n)| n).sum(),
     }
 }
 
-fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) -> ShardMetrics {
+fn listener_metrics(s: &ShardStats, urls: &[String]) -> Vec<ListenerMetrics> {
+    s.listeners
+        .iter()
+        .zip(urls)
+        .map(|(l, url)| {
+            let count = l.handshakes.get();
+            let handshake = (count > 0).then(|| {
+                let mut upto = 0;
+                let buckets = ringmq_shard::stats::HANDSHAKE_BUCKETS_US
+                    .iter()
+                    .zip(&l.handshake_buckets)
+                    .map(|(&us, c)| {
+                        upto += c.get();
+                        (us as f64 / 1e6, upto)
+                    })
+                    .collect();
+                Histogram {
+                    buckets,
+                    sum_seconds: l.handshake_us.get() as f64 / 1e6,
+                    count,
+                }
+            });
+            ListenerMetrics {
+                url: url.clone(),
+                accepted: l.accepted.get(),
+                open: l.open.get(),
+                handshake_failures: CloseReason::ALL
+                    .iter()
+                    .map(|&r| (r.as_str().to_string(), l.failures_for(r)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect(),
+                handshake,
+            }
+        })
+        .collect()
+}
+
+/// `SCHEME://ADDR[/PATH]` of each listener, bound ports resolved.
+fn listener_urls(h: &ServerHandle) -> Vec<String> {
+    h.listeners()
+        .iter()
+        .zip(h.local_addrs())
+        .map(|(l, a)| {
+            let path = match &l.cfg.transport {
+                ringmq_shard::config::Transport::Ws { path }
+                | ringmq_shard::config::Transport::Wss { path } => path.as_str(),
+                _ => "",
+            };
+            format!("{}://{a}{path}", l.cfg.transport.scheme())
+        })
+        .collect()
+}
+
+fn shard_metrics(
+    shard: usize,
+    s: &ShardStats,
+    busy_ns: u64,
+    busy_ratio: f64,
+    urls: &[String],
+) -> ShardMetrics {
     let q = |c: &[ringmq_shard::stats::Counter; 3]| [c[0].get(), c[1].get(), c[2].get()];
     ShardMetrics {
         shard,
@@ -154,6 +237,7 @@ fn shard_metrics(shard: usize, s: &ShardStats, busy_ns: u64, busy_ratio: f64) ->
             .iter()
             .map(|&a| (a.as_str().to_string(), s.acl_denied_for(a)))
             .collect(),
+        listeners: listener_metrics(s, urls),
     }
 }
 
@@ -323,6 +407,7 @@ impl AdminBackend for ShardBackend {
                 .iter()
                 .all(|s| s.busy_ns.get() == 0)
                 .then(|| super::threads::shard_cpu_seconds(h.shards()));
+            let urls = listener_urls(h);
             let shards = h
                 .stats()
                 .iter()
@@ -342,7 +427,7 @@ impl AdminBackend for ShardBackend {
                     if let Some(l) = last.get_mut(i) {
                         *l = (now, busy);
                     }
-                    shard_metrics(i, s, busy, ratio)
+                    shard_metrics(i, s, busy, ratio, &urls)
                 })
                 .collect();
             MetricsSnapshot {

@@ -1,7 +1,7 @@
 //! The one mapping from the operator's configuration to the broker core's.
 
-use super::types::{Durability, Overflow};
-use super::Config;
+use super::types::{Durability, ListenUrl, Overflow, Scheme};
+use super::{Config, Listeners};
 use ringmq_shard::config::{self as core, ShardConfig};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ impl Config {
             &self.persistence,
         );
         ShardConfig {
-            listen: l.listen.iter().map(|u| u.addr).collect(),
+            listen: l.listen.iter().map(|u| l.to_core(u)).collect(),
             // A CPU list without --cores runs one shard per listed CPU.
             cores: if p.cores == 0 {
                 p.cpu_list.0.len()
@@ -35,6 +35,7 @@ impl Config {
             max_subscriptions_per_client: m.max_subscriptions_per_client,
             receive_maximum: m.receive_maximum,
             max_queued_messages: s.max_queued_messages,
+            max_queued_bytes: s.max_queued_bytes,
             queue_overflow: match s.queue_overflow {
                 Overflow::DropNewest => core::OverflowPolicy::DropNewest,
                 Overflow::DropOldest => core::OverflowPolicy::DropOldest,
@@ -71,6 +72,35 @@ impl Config {
                     ban_for: Duration::from_secs(self.authz.auth_fail_ban_secs),
                 },
             },
+        }
+    }
+}
+
+impl Listeners {
+    /// One listener of the core: its URL's own options over the `--tls-*` ones.
+    fn to_core(&self, u: &ListenUrl) -> core::Listener {
+        let o = &u.options;
+        let path = || u.path.clone().unwrap_or_else(|| "/mqtt".into());
+        core::Listener {
+            addr: u.addr,
+            transport: match u.scheme {
+                Scheme::Mqtt => core::Transport::Mqtt,
+                Scheme::Mqtts => core::Transport::Mqtts,
+                Scheme::Ws => core::Transport::Ws { path: path() },
+                Scheme::Wss => core::Transport::Wss { path: path() },
+            },
+            tls: core::TlsFiles {
+                cert: o.cert.clone().or_else(|| self.tls_cert.0.clone()),
+                key: o.key.clone().or_else(|| self.tls_key.0.clone()),
+                client_ca: o.client_ca.clone().or_else(|| self.tls_client_ca.0.clone()),
+                require_client_cert: o
+                    .require_client_cert
+                    .unwrap_or(self.tls_require_client_cert),
+                identity_as_username: o
+                    .identity_as_username
+                    .unwrap_or(self.tls_identity_as_username),
+            },
+            proxy_protocol: o.proxy,
         }
     }
 }

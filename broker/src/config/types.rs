@@ -28,19 +28,108 @@ macro_rules! serde_via_str {
     };
 }
 
-/// Listener schemes. Only plain MQTT over TCP today; TLS and WebSocket
-/// listeners will be further variants.
+/// Listener schemes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
-    /// MQTT over TCP.
+    /// `mqtt://`: MQTT over TCP.
     Mqtt,
+    /// `mqtts://`: MQTT over TLS.
+    Mqtts,
+    /// `ws://`: MQTT over WebSocket.
+    Ws,
+    /// `wss://`: MQTT over WebSocket over TLS.
+    Wss,
 }
 
-/// One listener: `mqtt://HOST:PORT`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Mqtt => "mqtt",
+            Scheme::Mqtts => "mqtts",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+        }
+    }
+    /// Whether connections start with a TLS handshake.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Scheme::Mqtts | Scheme::Wss)
+    }
+    /// Whether it speaks WebSocket (and has a path).
+    pub fn is_ws(self) -> bool {
+        matches!(self, Scheme::Ws | Scheme::Wss)
+    }
+}
+
+/// One listener's own options, given after `?` in its URL (`&` between):
+/// `proxy`, and for TLS listeners `cert`, `key`, `client_ca`,
+/// `require_client_cert`, `identity_as_username`, which override the
+/// `--tls-*` settings for this listener only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// PROXY protocol v1/v2 header expected first (`proxy=true`).
+    pub proxy: bool,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: Option<bool>,
+    pub identity_as_username: Option<bool>,
+}
+
+/// One listener: `mqtt://HOST:PORT`, `mqtts://HOST:PORT`,
+/// `ws://HOST:PORT/PATH`, `wss://HOST:PORT/PATH` (path default `/mqtt`),
+/// optionally followed by `?option=value&...` ([`ListenOptions`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenUrl {
     pub scheme: Scheme,
     pub addr: SocketAddr,
+    /// WebSocket listeners: the path upgrades are accepted on.
+    pub path: Option<String>,
+    pub options: ListenOptions,
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("option {key}={v}: use true or false")),
+    }
+}
+
+fn parse_options(scheme: Scheme, query: &str) -> Result<ListenOptions, String> {
+    let mut o = ListenOptions::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("option \"{pair}\" is not key=value"))?;
+        let tls_only = || {
+            if scheme.is_tls() {
+                Ok(())
+            } else {
+                Err(format!("option {k} is for mqtts:// and wss:// listeners"))
+            }
+        };
+        let path = || (!v.is_empty()).then(|| PathBuf::from(v));
+        match k {
+            "proxy" => o.proxy = parse_bool(k, v)?,
+            "cert" => (tls_only()?, o.cert = path()).1,
+            "key" => (tls_only()?, o.key = path()).1,
+            "client_ca" => (tls_only()?, o.client_ca = path()).1,
+            "require_client_cert" => {
+                tls_only()?;
+                o.require_client_cert = Some(parse_bool(k, v)?);
+            }
+            "identity_as_username" => {
+                tls_only()?;
+                o.identity_as_username = Some(parse_bool(k, v)?);
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option \"{k}\" (proxy, cert, key, client_ca, require_client_cert, identity_as_username)"
+                ))
+            }
+        }
+    }
+    Ok(o)
 }
 
 impl FromStr for ListenUrl {
@@ -48,27 +137,78 @@ impl FromStr for ListenUrl {
     fn from_str(s: &str) -> Result<Self, String> {
         let (scheme, rest) = match s.split_once("://") {
             Some(("mqtt" | "tcp", rest)) => (Scheme::Mqtt, rest),
+            Some(("mqtts" | "ssl" | "tls", rest)) => (Scheme::Mqtts, rest),
+            Some(("ws", rest)) => (Scheme::Ws, rest),
+            Some(("wss", rest)) => (Scheme::Wss, rest),
             Some((other, _)) => {
                 return Err(format!(
-                    "listener scheme \"{other}\" is not supported (use mqtt://HOST:PORT)"
+                    "listener scheme \"{other}\" is not supported (use mqtt://, mqtts://, ws:// or wss://)"
                 ))
             }
             None => (Scheme::Mqtt, s),
         };
-        let addr = rest
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i..])),
+            None => (rest, None),
+        };
+        let path = match (scheme.is_ws(), path) {
+            (true, None) => Some("/mqtt".to_string()),
+            (true, Some(p)) => Some(p.to_string()),
+            (false, None) => None,
+            (false, Some(p)) => {
+                return Err(format!(
+                    "\"{s}\": a path ({p}) is only for ws:// and wss:// listeners"
+                ))
+            }
+        };
+        let addr = hostport
             .to_socket_addrs()
             .map_err(|e| format!("\"{s}\" is not HOST:PORT ({e})"))?
             .next()
             .ok_or_else(|| format!("\"{s}\" resolves to no address"))?;
-        Ok(ListenUrl { scheme, addr })
+        let options = parse_options(scheme, query).map_err(|e| format!("\"{s}\": {e}"))?;
+        Ok(ListenUrl {
+            scheme,
+            addr,
+            path,
+            options,
+        })
     }
 }
 
 impl fmt::Display for ListenUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.scheme {
-            Scheme::Mqtt => write!(f, "mqtt://{}", self.addr),
+        write!(f, "{}://{}", self.scheme.as_str(), self.addr)?;
+        if let Some(p) = &self.path {
+            f.write_str(p)?;
         }
+        let o = &self.options;
+        let mut opts: Vec<String> = Vec::new();
+        if o.proxy {
+            opts.push("proxy=true".into());
+        }
+        for (k, v) in [
+            ("cert", &o.cert),
+            ("key", &o.key),
+            ("client_ca", &o.client_ca),
+        ] {
+            if let Some(v) = v {
+                opts.push(format!("{k}={}", v.display()));
+            }
+        }
+        for (k, v) in [
+            ("require_client_cert", o.require_client_cert),
+            ("identity_as_username", o.identity_as_username),
+        ] {
+            if let Some(v) = v {
+                opts.push(format!("{k}={v}"));
+            }
+        }
+        if !opts.is_empty() {
+            write!(f, "?{}", opts.join("&"))?;
+        }
+        Ok(())
     }
 }
 serde_via_str!(ListenUrl);
@@ -258,7 +398,41 @@ mod tests {
     fn listen_url_parses() {
         let l: ListenUrl = "mqtt://127.0.0.1:1883".parse().unwrap();
         assert_eq!(l.to_string(), "mqtt://127.0.0.1:1883");
-        assert!("ws://127.0.0.1:80".parse::<ListenUrl>().is_err());
+        assert!("http://127.0.0.1:80".parse::<ListenUrl>().is_err());
         assert!("mqtt://nohost".parse::<ListenUrl>().is_err());
+    }
+
+    #[test]
+    fn listen_url_schemes_paths_and_options() {
+        let l: ListenUrl = "ws://127.0.0.1:80".parse().unwrap();
+        assert_eq!(l.path.as_deref(), Some("/mqtt"));
+        assert_eq!(l.to_string(), "ws://127.0.0.1:80/mqtt");
+        let l: ListenUrl = "wss://[::1]:443/broker?proxy=true".parse().unwrap();
+        assert_eq!(
+            (l.scheme, l.path.as_deref()),
+            (Scheme::Wss, Some("/broker"))
+        );
+        assert!(l.options.proxy);
+        assert_eq!(l.to_string(), "wss://[::1]:443/broker?proxy=true");
+        let s = "mqtts://0.0.0.0:8884?cert=/c.pem&key=/k.pem&client_ca=/ca.pem&require_client_cert=true&identity_as_username=false";
+        let l: ListenUrl = s.parse().unwrap();
+        assert_eq!(l.scheme, Scheme::Mqtts);
+        assert_eq!(
+            l.options.cert.as_deref(),
+            Some(std::path::Path::new("/c.pem"))
+        );
+        assert_eq!(l.options.require_client_cert, Some(true));
+        assert_eq!(l.options.identity_as_username, Some(false));
+        assert_eq!(l.to_string(), s);
+        assert_eq!(l.to_string().parse::<ListenUrl>().unwrap(), l);
+        for bad in [
+            "mqtt://127.0.0.1:1883/path",
+            "mqtt://127.0.0.1:1883?cert=/c.pem",
+            "mqtts://127.0.0.1:1883?proxy=yes",
+            "mqtts://127.0.0.1:1883?nope=1",
+            "mqtts://127.0.0.1:1883?proxy",
+        ] {
+            assert!(bad.parse::<ListenUrl>().is_err(), "{bad}");
+        }
     }
 }

@@ -49,6 +49,22 @@ impl Config {
         if let Some(dup) = (1..l.listen.len()).find(|&i| l.listen[..i].contains(&l.listen[i])) {
             return bad("listen", &l.listen[dup], "listed twice");
         }
+        for u in &l.listen {
+            let o = &u.options;
+            if u.scheme.is_tls() {
+                if o.cert.is_none() && l.tls_cert.0.is_none() {
+                    return bad("listen", u, "a TLS listener needs tls_cert (or ?cert=FILE)");
+                }
+                if o.key.is_none() && l.tls_key.0.is_none() {
+                    return bad("listen", u, "a TLS listener needs tls_key (or ?key=FILE)");
+                }
+                let require = o.require_client_cert.unwrap_or(l.tls_require_client_cert);
+                if require && o.client_ca.is_none() && l.tls_client_ca.0.is_none() {
+                    let why = "require_client_cert needs tls_client_ca (or ?client_ca=FILE)";
+                    return bad("listen", u, why);
+                }
+            }
+        }
         if l.backlog == 0 {
             return bad("backlog", &0, "must be at least 1");
         }
@@ -139,6 +155,12 @@ impl Config {
         }
         if m.slow_consumer_timeout_ms == 0 {
             return bad("slow_consumer_timeout_ms", &0, "must be at least 1");
+        }
+        // A message larger than the budget could never be held.
+        let q = self.sessions.max_queued_bytes;
+        if q < u64::from(m.max_packet_size) || q > u64::from(u32::MAX) {
+            let why = "must be in max_packet_size..=4294967295";
+            return bad("max_queued_bytes", &q, why);
         }
         Ok(())
     }

@@ -53,6 +53,9 @@ impl Broker {
             },
             ..ShardConfig::default()
         };
+        if super::tls::enabled() {
+            cfg.listen = vec![super::tls::listener()];
+        }
         tweak(&mut cfg);
         let data_dir = cfg.data_dir.clone();
         let handle = server::start(cfg).expect("broker starts");
@@ -65,7 +68,12 @@ impl Broker {
         }
     }
 
-    /// The running core (reload, bans, queries).
+    /// Every listener's bound address, in `listen` order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.handle.as_ref().map_or(Vec::new(), |h| h.local_addrs())
+    }
+
+    /// The running core (reload, listeners).
     pub fn handle(&self) -> &ServerHandle {
         self.handle.as_ref().expect("broker running")
     }
@@ -100,6 +108,37 @@ impl Drop for Broker {
     }
 }
 
+/// `--listen` (and TLS files) of a binary broker on port 0: `mqtt://127.0.0.1:0`, or
+/// `mqtts://127.0.0.1:0` with the test PKI when the harness runs over TLS.
+pub fn listen_args() -> Vec<String> {
+    // These tests connect without user names: a named listener refuses
+    // anonymous clients unless told otherwise.
+    let anonymous = ["--allow-anonymous".to_string(), "true".to_string()];
+    if !super::tls::enabled() {
+        let mut a = vec!["--listen".into(), "mqtt://127.0.0.1:0".into()];
+        a.extend(anonymous);
+        return a;
+    }
+    let pki = super::tls::Pki::shared();
+    vec![
+        anonymous[0].clone(),
+        anonymous[1].clone(),
+        "--listen".into(),
+        "mqtts://127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        pki.server.cert.display().to_string(),
+        "--tls-key".into(),
+        pki.server.key.display().to_string(),
+    ]
+}
+
+/// HOST:PORT of a `ringmq listening on mqtt://HOST:PORT` (or `mqtts://`) line.
+pub fn listening_addr(line: &str) -> Option<&str> {
+    let rest = line.trim().strip_prefix("ringmq listening on ")?;
+    rest.strip_prefix("mqtt://")
+        .or_else(|| rest.strip_prefix("mqtts://"))
+}
+
 /// The `ringmq` binary started on port 0; killed (by its PID, through `Child`) when dropped.
 pub struct BinBroker {
     pub child: Child,
@@ -113,14 +152,10 @@ impl BinBroker {
     /// (bounded) for its `ringmq listening on mqtt://HOST:PORT` line.
     pub fn start(cores: usize) -> BinBroker {
         let cores = cores.to_string();
-        BinBroker::start_args(&[
-            "--listen",
-            "mqtt://127.0.0.1:0",
-            "--allow-anonymous",
-            "true",
-            "--cores",
-            &cores,
-        ])
+        let listen = listen_args();
+        let mut args: Vec<&str> = listen.iter().map(String::as_str).collect();
+        args.extend(["--cores", &cores]);
+        BinBroker::start_args(&args)
     }
 
     /// Runs `ringmq` with `args`, its data directory and admin socket in a fresh scratch dir.
@@ -143,7 +178,7 @@ impl BinBroker {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.trim().strip_prefix("ringmq listening on mqtt://") {
+                if let Some(rest) = listening_addr(&line) {
                     let _ = tx.send(rest.to_string());
                 }
             }

@@ -393,6 +393,12 @@ type Spawned = (Inner, mpsc::UnboundedReceiver<Ev>, JoinHandle<()>);
 
 fn spawn_v4(o: &Opts) -> Spawned {
     let mut mo = rumqttc::MqttOptions::new(o.id.clone(), o.addr.ip().to_string(), o.addr.port());
+    if super::tls::enabled() {
+        let cfg = super::tls::Pki::shared().client_config(None);
+        mo.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(cfg),
+        ));
+    }
     mo.set_clean_session(o.clean)
         .set_keep_alive(Duration::from_secs(o.keep_alive_secs))
         .set_manual_acks(o.manual_acks)
@@ -462,6 +468,12 @@ fn spawn_v4(o: &Opts) -> Spawned {
 
 fn spawn_v5(o: &Opts) -> Spawned {
     let mut mo = r5::MqttOptions::new(o.id.clone(), o.addr.ip().to_string(), o.addr.port());
+    if super::tls::enabled() {
+        let cfg = super::tls::Pki::shared().client_config(None);
+        mo.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(cfg),
+        ));
+    }
     mo.set_clean_start(o.clean)
         .set_keep_alive(Duration::from_secs(o.keep_alive_secs))
         .set_manual_acks(o.manual_acks)

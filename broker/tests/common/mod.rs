@@ -7,6 +7,8 @@
 //!   scenario runs unchanged on MQTT 3.1.1 and 5.0.
 //! - `raw.rs`: our own client on `ringmq_codec` plus raw bytes, for malformed and edge-case input
 //!   with exact checks of the broker's answer.
+//! - `tls.rs`: test certificates (rcgen) and `RINGMQ_TEST_TRANSPORT=tls`, which runs every
+//!   suite's clients over TLS against an `mqtts://` listener.
 //! - here: `check_for` (poll with a deadline instead of sleeping), protocol/shard matrix macros.
 #![allow(dead_code, unused_macros, unused_imports)]
 
@@ -14,6 +16,7 @@ pub mod broker;
 pub mod client;
 pub mod persist;
 pub mod raw;
+pub mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -60,25 +60,23 @@ pub struct Durable {
     metrics: Arc<Mutex<Option<SocketAddr>>>,
 }
 
-/// `ringmq --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores N --data-dir DIR
+/// `ringmq --listen mqtt://127.0.0.1:0 (mqtts:// over TLS) --allow-anonymous true --cores N --data-dir DIR
 /// --durability MODE` plus `extra` (these tests connect without user names).
 pub fn args(dir: &Path, cores: usize, durability: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--listen",
-        "mqtt://127.0.0.1:0",
-        "--allow-anonymous",
-        "true",
-        "--cores",
-        &cores.to_string(),
-        "--durability",
-        durability,
-        "--sys-interval-secs",
-        "0",
-        "--data-dir",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a: Vec<String> = super::broker::listen_args();
+    a.extend(
+        [
+            "--cores",
+            &cores.to_string(),
+            "--durability",
+            durability,
+            "--sys-interval-secs",
+            "0",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     a.push(dir.to_string_lossy().into_owned());
     a.extend(extra.iter().map(|s| s.to_string()));
     a
@@ -114,7 +112,7 @@ pub fn launch(args: &[String]) -> Launched {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.trim().strip_prefix("ringmq listening on mqtt://") {
+            if let Some(rest) = super::broker::listening_addr(&line) {
                 let _ = tx.send(rest.to_string());
             } else if let Some(rest) = line.trim().strip_prefix("ringmq metrics on http://") {
                 *metrics_line.lock().unwrap() = rest.trim_end_matches("/metrics").parse().ok();

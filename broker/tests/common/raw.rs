@@ -30,9 +30,22 @@ pub enum RawEv {
     Garbage(String),
 }
 
+/// A byte stream to the broker: TCP, or TLS over TCP.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// TLS on `tcp` when the harness runs over TLS (`tls.rs`), else `tcp` itself.
+pub async fn over_transport(tcp: TcpStream) -> Box<dyn Stream> {
+    if super::tls::enabled() {
+        Box::new(super::tls::connect(tcp).await.expect("TLS handshake"))
+    } else {
+        Box::new(tcp)
+    }
+}
+
 /// A raw connection to the broker.
 pub struct Raw {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: BytesMut,
     dec: Decoder,
     pub version: ProtocolVersion,
@@ -116,7 +129,7 @@ impl Raw {
             .expect("TCP connect within 5 s")
             .expect("TCP connect");
         stream.set_nodelay(true).unwrap();
-        Raw::on(stream, v)
+        Raw::on(over_transport(stream).await, v)
     }
 
     /// Opens a TCP connection with a small receive buffer (a client that reads slowly or not
@@ -128,11 +141,11 @@ impl Raw {
             .await
             .expect("TCP connect within 5 s")
             .expect("TCP connect");
-        Raw::on(stream, v)
+        Raw::on(over_transport(stream).await, v)
     }
 
     /// A client of protocol `v` on a connected stream.
-    fn on(stream: TcpStream, v: ProtocolVersion) -> Raw {
+    fn on(stream: Box<dyn Stream>, v: ProtocolVersion) -> Raw {
         let mut dec = Decoder::new(u32::MAX);
         dec.set_version(v);
         Raw {

@@ -30,22 +30,31 @@ impl SessionAcl {
     }
 
     /// Rebuilds the rules if the shard's ACL changed since.
+    #[inline]
     pub fn refresh(&mut self, acl: &Acl, generation: u32, client_id: &str) {
         if self.generation != generation {
-            *self = SessionAcl::new(acl, generation, self.username.as_deref(), client_id);
+            self.rebuild(acl, generation, client_id);
         }
     }
 
+    #[cold]
+    fn rebuild(&mut self, acl: &Acl, generation: u32, client_id: &str) {
+        *self = SessionAcl::new(acl, generation, self.username.as_deref(), client_id);
+    }
+
     /// May it publish to `topic`? (cached for the last topic)
+    #[inline]
     pub fn may_write(&mut self, topic: &str) -> bool {
         Self::cached(&self.rules, &mut self.last_write, topic, Access::Write)
     }
 
     /// May it receive a message on `topic`? (cached for the last topic)
+    #[inline]
     pub fn may_read(&mut self, topic: &str) -> bool {
         Self::cached(&self.rules, &mut self.last_read, topic, Access::Read)
     }
 
+    #[inline]
     fn cached(rules: &ClientAcl, c: &mut (String, bool), topic: &str, a: Access) -> bool {
         if c.0.is_empty() || c.0 != topic {
             c.0.clear();

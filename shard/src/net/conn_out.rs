@@ -18,6 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::task::Waker;
 
 /// Acknowledgements held until other shards confirm, in order:
 /// (token, packet, confirmed). Token 0: nothing to wait for.
@@ -32,6 +33,11 @@ struct Cold {
     inbound: HashMap<u16, TopicName>,
     /// Acknowledgements held until other shards confirm, in order.
     held: Held,
+    /// The client's address as a PROXY header gave it.
+    peer: Option<SocketAddr>,
+    /// Tasks waiting for this connection to take more (retained replay),
+    /// woken by [`ConnOut::room_freed`].
+    room_waiters: Vec<Waker>,
 }
 
 /// Outbound state of one live connection.
@@ -58,6 +64,14 @@ pub struct ConnOut {
     /// In `sync` durability: the bytes buffered so far wait for the commit
     /// of every store op pushed so far (cleared when the task takes that ticket).
     pub gate: Cell<bool>,
+    /// A task waits in `room_waiters` (checked on every write: one byte, no borrow).
+    room_wanted: Cell<bool>,
+    /// A large SUBSCRIBE/UNSUBSCRIBE is being handled in steps: the next
+    /// packets wait (read no further until it is done).
+    reading_paused: Cell<bool>,
+    /// Poller clock (ms, truncated to 32 bits, never 0) since which the
+    /// QoS 1/2 window has been full with no acknowledgement; 0: not stalled.
+    stalled_at: Cell<u32>,
 }
 
 impl ConnOut {
@@ -84,15 +98,27 @@ impl ConnOut {
             keep_alive,
             clean_start,
             gate: Cell::new(false),
+            room_wanted: Cell::new(false),
+            reading_paused: Cell::new(false),
+            stalled_at: Cell::new(0),
         }
     }
 
-    /// The client's address, asked of the socket (not stored: 32 bytes a connection).
+    /// The client's address: the one a PROXY header carried, else asked of
+    /// the socket (not stored: 32 bytes a connection).
     pub fn peer(&self) -> Option<SocketAddr> {
+        if let Some(p) = self.cold.borrow().as_ref().and_then(|c| c.peer) {
+            return Some(p);
+        }
         // SAFETY: the descriptor stays open while this connection is its
         // session's (it is closed just before the session forgets it).
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
         socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
+    }
+
+    /// Records the client's address carried by a PROXY header.
+    pub fn set_peer(&self, addr: SocketAddr) {
+        self.cold.borrow_mut().get_or_insert_with(Box::default).peer = Some(addr);
     }
 
     /// What is buffered (and buffered next) leaves only once every store op
@@ -162,6 +188,74 @@ impl ConnOut {
     /// Whether a QoS 0 message may still be buffered.
     pub fn has_room(&self, cfg: &ShardConfig) -> bool {
         self.close.get().is_none() && self.buf.borrow().len() < cfg.outbound_buffer_bytes
+    }
+
+    /// Wakes `w` at the next [`ConnOut::room_freed`] (bytes written,
+    /// window opened, closing). The waiter checks its own condition again.
+    pub fn wait_room(&self, w: &Waker) {
+        let mut cold = self.cold.borrow_mut();
+        let waiters = &mut cold.get_or_insert_with(Box::default).room_waiters;
+        if !waiters.iter().any(|o| o.will_wake(w)) {
+            waiters.push(w.clone());
+        }
+        self.room_wanted.set(true);
+    }
+
+    /// Bytes left the buffer, the window opened or the connection is
+    /// closing: wakes the tasks waiting for room.
+    pub fn room_freed(&self) {
+        if !self.room_wanted.replace(false) {
+            return;
+        }
+        let waiters = match self.cold.borrow_mut().as_mut() {
+            Some(c) => std::mem::take(&mut c.room_waiters),
+            None => return,
+        };
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// The QoS 1/2 window is full and nothing was acknowledged since `now_ms`
+    /// (poller clock): the stall deadline counts from here. Wakes the
+    /// connection's task so it arms that deadline.
+    pub fn window_stalled(&self, now_ms: u64) {
+        self.stalled_at.set((now_ms as u32).max(1));
+        self.wake.notify();
+    }
+
+    /// The window has room again.
+    pub fn window_moving(&self) {
+        self.stalled_at.set(0);
+    }
+
+    /// When the window stall that started at `stalled_at` (see
+    /// [`ConnOut::window_stalled`]) reaches `timeout_ms`, poller clock; `None`: not stalled.
+    pub fn stall_deadline(&self, now_ms: u64, timeout_ms: u64) -> Option<u64> {
+        let at = self.stalled_at.get();
+        if at == 0 {
+            return None;
+        }
+        // Signed: `now_ms` may be a reading taken just before the stall began.
+        let waited = (now_ms as u32).wrapping_sub(at) as i32;
+        let waited = waited.max(0) as u64;
+        Some(now_ms.saturating_add(timeout_ms.saturating_sub(waited)))
+    }
+
+    /// Stops the handling of this connection's packets until `resume_reading`.
+    pub fn pause_reading(&self) {
+        self.reading_paused.set(true);
+    }
+
+    /// Handles the connection's packets again.
+    pub fn resume_reading(&self) {
+        self.reading_paused.set(false);
+        self.wake.notify();
+    }
+
+    /// Whether the handling of packets is paused.
+    pub fn reading_paused(&self) -> bool {
+        self.reading_paused.get()
     }
 
     /// Whether the connection is closing.
@@ -256,6 +350,7 @@ impl ConnOut {
             self.close.set(Some(reason));
         }
         self.wake.notify();
+        self.room_freed();
     }
 }
 

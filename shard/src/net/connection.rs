@@ -9,9 +9,16 @@
 //! only stops the writing half until it is writable again or the slow
 //! consumer deadline closes it. An idle connection holds no buffer.
 //! A close always carries a [`CloseReason`].
+//!
+//! Bytes pass through the connection's transport [`Stack`] (`stack.rs`:
+//! plain, TLS, WebSocket): this loop sees MQTT bytes only, for every
+//! transport. The read path is [`read_into`], the write path `Link::write`.
 
+use super::stack::Stack;
+use super::tls::fault_reason;
 use crate::conn_out::ConnOut;
 use crate::connect;
+use crate::listener::ListenerRt;
 use crate::mesh::{Handoff, MeshItem};
 use crate::poller::{Io, READABLE, WRITABLE};
 use crate::shard::Shard;
@@ -27,8 +34,9 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,17 +45,21 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// Read/write rounds per poll before the task lets others run.
 const ROUNDS_PER_POLL: u32 = 16;
 
-/// Reads what the socket holds and appends it to `buf`. `Ok(0)` is end of
-/// stream, `WouldBlock` nothing there (readiness is forgotten then).
+/// The read path: reads what the socket holds through the stack and
+/// appends the MQTT bytes it carried to `buf`. Returns the socket's byte
+/// count: `Ok(0)` is end of stream, `WouldBlock` nothing there (readiness
+/// is forgotten then).
 ///
 /// The bytes land in the shard's one scratch buffer and what arrived is
 /// copied to `buf`: an idle connection holds no read buffer at all.
-fn recv_into(shard: &Shard, io: &Io, buf: &mut BytesMut) -> io::Result<usize> {
+fn read_into(shard: &Shard, io: &Io, stack: &mut Stack, buf: &mut BytesMut) -> io::Result<usize> {
     let mut scratch = shard.read_scratch.borrow_mut();
-    match io.recv(&mut scratch[..]) {
-        Ok(n) => {
-            buf.extend_from_slice(&scratch[..n]);
-            if n > 0 && n < scratch.len() {
+    match stack.read(io, &mut scratch[..], buf) {
+        Ok(r) => {
+            let n = r.wire;
+            // A layer that saw its stream's end keeps the socket "readable"
+            // so that the next read reports the end.
+            if n > 0 && n < scratch.len() && !stack.at_eof() {
                 // A short read emptied the socket; the next arrival is a new edge.
                 shard.poller.clear(io.key, READABLE);
             }
@@ -93,34 +105,87 @@ fn connect_error_answer(e: &DecodeError, v: Option<ProtocolVersion>) -> Option<V
     code.map(|c| vec![0x20, 0x02, 0x00, c as u8])
 }
 
-/// A last word before closing (a refusing CONNACK). A fresh socket's send
+/// A last word before closing a connection that was never served (a
+/// refusing CONNACK, a TLS alert, close_notify). A fresh socket's send
 /// buffer is empty, so a few bytes always fit; nothing waits for them.
-fn answer_and_close(shard: &Shard, io: Io, bytes: &[u8], reason: CloseReason) {
+/// Counted per shard and per listener.
+fn answer_and_close(
+    shard: &Shard,
+    io: Io,
+    stack: &mut Stack,
+    listener: u16,
+    bytes: &[u8],
+    reason: CloseReason,
+) {
     if !bytes.is_empty() {
-        let _ = io.send(bytes);
+        let _ = stack.write(&io, bytes);
     }
+    stack.close();
+    let _ = stack.flush(&io);
     shard.poller.close(io);
     shard.stats.close(reason);
+    if let Some(l) = shard.stats.listener(listener) {
+        l.handshake_failures[reason as usize].inc();
+    }
 }
 
 /// A new socket: read CONNECT, then serve it here or hand it to its home shard.
-pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
+pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>) {
     let io = match shard.poller.register(fd) {
         Ok(io) => io,
         Err(_) => return shard.stats.close(CloseReason::IoError),
     };
+    let li = rt.index;
+    let mut stack = match rt.stack() {
+        Ok(s) => s,
+        Err(reason) => return answer_and_close(&shard, io, &mut Stack::Plain, li, &[], reason),
+    };
+    // The deadline covers the PROXY header, the transport's handshake and CONNECT.
     let deadline = shard.poller.after(CONNECT_TIMEOUT);
     shard.poller.arm(io.key, deadline);
     let mut buf = BytesMut::new();
-    let packet = match read_packet(&shard, &io, &mut buf, None, deadline).await {
-        Ok(p) => p,
-        Err((reason, answer)) => {
-            return answer_and_close(&shard, io, answer.as_deref().unwrap_or(&[]), reason);
+    let mut peer = None;
+    if rt.cfg.proxy_protocol {
+        let fed = match super::proxy::read_header(&shard, &io, deadline).await {
+            Ok((source, rest)) => {
+                peer = source;
+                stack.feed(&rest, &mut buf)
+            }
+            Err(reason) => return answer_and_close(&shard, io, &mut stack, li, &[], reason),
+        };
+        if let Err(e) = fed {
+            let reason = fault_reason(&e).unwrap_or(CloseReason::IoError);
+            return answer_and_close(&shard, io, &mut stack, li, &[], reason);
         }
-    };
+    }
+    let (packet, mut buf) =
+        match read_connect(&shard, &io, &mut stack, li, buf, None, deadline).await {
+            Ok(p) => p,
+            Err((reason, answer)) => {
+                let answer = answer.as_deref().unwrap_or(&[]);
+                return answer_and_close(&shard, io, &mut stack, li, answer, reason);
+            }
+        };
     let Packet::Connect(mut connect) = packet else {
         // [MQTT-3.1.0-1] the first packet must be CONNECT.
-        return answer_and_close(&shard, io, &[], CloseReason::ProtocolError);
+        return answer_and_close(&shard, io, &mut stack, li, &[], CloseReason::ProtocolError);
+    };
+    // As Mosquitto's use_identity_as_username: the verified client
+    // certificate's subject CN is the user name (the authentication phase
+    // asks no password then); no CN: refused.
+    let tls_identity = if rt.cfg.tls.identity_as_username {
+        match stack.peer_identity() {
+            Some(cn) => Some(cn),
+            None => {
+                let mut out = BytesMut::new();
+                let ack = connect::refusal(ReasonCode::NotAuthorized);
+                let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+                let reason = CloseReason::ConnectRefused;
+                return answer_and_close(&shard, io, &mut stack, li, &out, reason);
+            }
+        }
+    } else {
+        None
     };
     shard.stats.packets_in.inc();
     let assigned = connect.client_id.is_empty();
@@ -130,20 +195,28 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
             let mut out = BytesMut::new();
             let ack = connect::refusal(ReasonCode::ClientIdentifierNotValid);
             let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
-            return answer_and_close(&shard, io, &out, CloseReason::ConnectRefused);
+            let reason = CloseReason::ConnectRefused;
+            return answer_and_close(&shard, io, &mut stack, li, &out, reason);
         }
         connect::assign_id(&shard, &mut connect);
     }
-    // Authentication: one phase, before the socket leaves this shard. (No
-    // TLS listener on this branch yet: no certificate identity to give.)
-    let tls_identity = None;
+    // Authentication: one phase, before the socket leaves this shard.
+    let peer_ip = peer
+        .map(|p| p.ip())
+        .or_else(|| connect::peer_ip(io.fd.as_raw_fd()));
+    let link = crate::auth_phase::Link {
+        io: &io,
+        stack: &mut stack,
+        listener: li,
+        peer: peer_ip,
+        deadline,
+    };
     let auth = match crate::auth_phase::authenticate(
         &shard,
-        &io,
+        link,
         &connect,
         &mut buf,
-        deadline,
-        tls_identity,
+        tls_identity.as_deref(),
     )
     .await
     {
@@ -153,20 +226,31 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
             if let Some(code) = code {
                 let _ = Packet::ConnAck(connect::refusal(code)).encode(connect.protocol, &mut out);
             }
-            return answer_and_close(&shard, io, &out, reason);
+            return answer_and_close(&shard, io, &mut stack, li, &out, reason);
         }
     };
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
-        return serve(shard, io, connect, buf, assigned, deadline, auth);
+        let via = Via {
+            stack,
+            listener: li,
+            peer,
+        };
+        return serve(shard, io, via, connect, buf, assigned, deadline, auth);
     }
-    // Hand the socket itself to the home shard: the descriptor crosses the mesh.
+    // Hand the socket itself to the home shard: the descriptor crosses the
+    // mesh, with its transport stack (TLS and WebSocket state included).
     let fd = shard.poller.deregister(io);
     shard.stats.close(CloseReason::HandedOff);
     shard.mesh.push(
         home,
         MeshItem::Handoff(Box::new(Handoff {
             fd,
+            via: Via {
+                stack,
+                listener: li,
+                peer,
+            },
             connect,
             rest: buf,
             assigned,
@@ -175,38 +259,66 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd) {
     );
 }
 
-/// Reads one packet of the handshake (CONNECT, or AUTH when `version` is
-/// known) by `deadline`. An error carries the close reason and the bytes
-/// that answer it, if any.
-pub(crate) async fn read_packet(
+/// Reads one packet of the handshake by `deadline` (which covers the
+/// transport's own handshake too): CONNECT, or AUTH when `version` is
+/// known. An error carries the close reason and the bytes that answer it,
+/// if any.
+pub(crate) async fn read_connect(
     shard: &Shard,
     io: &Io,
-    buf: &mut BytesMut,
+    stack: &mut Stack,
+    listener: u16,
+    mut buf: BytesMut,
     version: Option<ProtocolVersion>,
     deadline: u64,
-) -> Result<Packet, (CloseReason, Option<Vec<u8>>)> {
+) -> Result<(Packet, BytesMut), (CloseReason, Option<Vec<u8>>)> {
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
     decoder.set_reads_client(true);
     if let Some(v) = version {
         decoder.set_version(v);
     }
+    let started = stack.handshaking().then(Instant::now);
+    let mut handshaking = started.is_some();
     loop {
-        match decoder.decode(buf) {
-            Ok(Some(p)) => return Ok(p),
+        if handshaking && !stack.handshaking() {
+            handshaking = false;
+            if let (Some(t), Some(l)) = (started, shard.stats.listener(listener)) {
+                l.handshake_done(t.elapsed().as_micros() as u64);
+            }
+        }
+        if matches!(stack, Stack::Plain) && buf.first() == Some(&0x16) {
+            // A TLS ClientHello's record type (22) where CONNECT (0x10) belongs.
+            return Err((CloseReason::TlsOnPlainListener, None));
+        }
+        match decoder.decode(&mut buf) {
+            Ok(Some(p)) => return Ok((p, buf)),
             Ok(None) => {}
             Err(e) => {
                 let answer = connect_error_answer(&e, decoder.version());
                 return Err((close_reason_for(&e), answer));
             }
         }
-        match recv_into(shard, io, buf) {
+        // A layer's handshake answer (ServerHello, HTTP 101) leaves first.
+        if stack.pending() && shard.poller.ready(io.key) & WRITABLE != 0 {
+            match stack.flush(io) {
+                Ok(true) => {}
+                Ok(false) => shard.poller.clear(io.key, WRITABLE),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    shard.poller.clear(io.key, WRITABLE)
+                }
+                Err(_) => return Err((CloseReason::IoError, None)),
+            }
+        }
+        match read_into(shard, io, stack, &mut buf) {
+            Ok(0) if stack.handshaking() => return Err((CloseReason::HandshakeTruncated, None)),
             Ok(0) => return Err((CloseReason::ConnectionLost, None)),
             Ok(n) => shard.stats.bytes_in.add(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let timed_out = std::future::poll_fn(|cx| {
+                    let ready = shard.poller.ready(io.key);
                     if shard.poller.now_ms() >= deadline {
                         Poll::Ready(true)
-                    } else if shard.poller.ready(io.key) & READABLE != 0 {
+                    } else if ready & READABLE != 0 || (stack.pending() && ready & WRITABLE != 0) {
                         Poll::Ready(false)
                     } else {
                         shard.poller.set_waker(io.key, cx.waker());
@@ -215,10 +327,13 @@ pub(crate) async fn read_packet(
                 })
                 .await;
                 if timed_out {
+                    if stack.handshaking() {
+                        return Err((CloseReason::HandshakeTimeout, None));
+                    }
                     return Err((CloseReason::ConnectTimeout, None));
                 }
             }
-            Err(_) => return Err((CloseReason::IoError, None)),
+            Err(e) => return Err((fault_reason(&e).unwrap_or(CloseReason::IoError), None)),
         }
     }
 }
@@ -226,41 +341,72 @@ pub(crate) async fn read_packet(
 /// A connection handed over by another shard.
 pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
     match shard.poller.register(h.fd) {
-        Ok(io) => serve(shard, io, h.connect, h.rest, h.assigned, u64::MAX, h.auth),
+        Ok(io) => serve(
+            shard,
+            io,
+            h.via,
+            h.connect,
+            h.rest,
+            h.assigned,
+            u64::MAX,
+            h.auth,
+        ),
         Err(_) => shard.stats.close(CloseReason::IoError),
     }
 }
 
 /// The home shard: CONNECT handled, then the connection's task until close.
+/// How a connection came in: its transport layers, its listener and the
+/// client's address a PROXY header carried. Moves with the socket.
+pub(crate) struct Via {
+    pub stack: Stack,
+    pub listener: u16,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
 fn serve(
     shard: Rc<Shard>,
     io: Io,
+    via: Via,
     connect: Box<Connect>,
     buf: BytesMut,
     assigned: bool,
     armed: u64,
     auth: crate::auth_phase::Authenticated,
 ) {
+    let Via {
+        mut stack,
+        listener,
+        peer,
+    } = via;
     let version = connect.protocol;
-    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), assigned, auth);
+    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), peer, assigned, auth);
     drop(connect); // the session took what it needs
     let (sid, conn, keep_alive) = match accepted {
         Ok(accepted) => accepted,
         Err(ack) => {
             let mut out = BytesMut::new();
             let _ = Packet::ConnAck(*ack).encode(version, &mut out);
-            return answer_and_close(&shard, io, &out, CloseReason::ConnectRefused);
+            let reason = CloseReason::ConnectRefused;
+            return answer_and_close(&shard, io, &mut stack, listener, &out, reason);
         }
     };
+    if let Some(p) = peer {
+        conn.set_peer(p);
+    }
     shard.conns.set(shard.conns.get() + 1);
     shard.stats.connections.inc();
-    let link = Link::new(&shard, version, keep_alive, buf, armed);
+    if let Some(l) = shard.stats.listener(listener) {
+        l.open.inc();
+    }
+    let link = Link::new(&shard, stack, version, keep_alive, buf, armed);
     // The handshake's task ends here; this small one lives as long as the connection.
     glommio::spawn_local(Served {
         shard,
         conn,
         io: Some(io),
         sid,
+        listener,
         link,
     })
     .detach();
@@ -273,6 +419,7 @@ struct Served {
     conn: Rc<ConnOut>,
     io: Option<Io>,
     sid: u32,
+    listener: u16,
     link: Link,
 }
 
@@ -289,6 +436,12 @@ impl Future for Served {
         };
         this.link.inbuf = BytesMut::new();
         if let Some(io) = this.io.take() {
+            // The layers' goodbye (TLS close_notify), best effort.
+            this.link.stack.close();
+            let _ = this.link.stack.flush(&io);
+            if let Some(l) = this.shard.stats.listener(this.listener) {
+                l.open.sub(1);
+            }
             finish(&this.shard, this.sid, &this.conn, io, reason);
         }
         Poll::Ready(())
@@ -312,6 +465,8 @@ fn finish(shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: Io, reason: Close
 
 /// The I/O state of a served connection (lives in its task, not in the session).
 struct Link {
+    /// The transport layers between the socket and `inbuf`/`ConnOut.buf`.
+    stack: Stack,
     /// Bytes read and not yet decoded (no allocation while empty).
     inbuf: BytesMut,
     decoder: Decoder,
@@ -334,6 +489,7 @@ impl Link {
     /// deadline), so the keep-alive deadline needs none before it fires.
     fn new(
         shard: &Shard,
+        stack: Stack,
         version: ProtocolVersion,
         keep_alive: u16,
         inbuf: BytesMut,
@@ -343,6 +499,7 @@ impl Link {
         decoder.set_version(version);
         decoder.set_reads_client(true);
         Link {
+            stack,
             // An empty remainder still holds the CONNECT's read buffer.
             inbuf: if inbuf.is_empty() {
                 BytesMut::new()
@@ -379,25 +536,34 @@ impl Link {
                     return Poll::Ready(reason);
                 }
             };
-            if self.batch > 0 && now >= self.batch_deadline {
+            if self.sending() && now >= self.batch_deadline {
                 // The batch did not leave within the slow consumer deadline:
                 // a peer that stops reading is closed even while the kernel's
                 // buffers still take a trickle.
                 conn.request_close(CloseReason::SlowConsumer);
                 return Poll::Ready(CloseReason::SlowConsumer);
             }
+            if conn
+                .stall_deadline(now, slow_ms(shard))
+                .is_some_and(|at| now >= at)
+            {
+                // The window stayed full and nothing was acknowledged: shed
+                // like a socket that takes nothing (the session stays).
+                conn.window_moving();
+                disconnect_client(conn, CloseReason::WindowStalled);
+            }
             if self.keep_alive_ms > 0 && now >= self.last_read + self.keep_alive_ms as u64 {
                 conn.request_close(CloseReason::KeepAliveTimeout);
             }
             if let Some(reason) = conn.close.get() {
-                if self.batch == 0 && self.ticket.is_none() && conn.buf.borrow().is_empty() {
+                if !self.sending() && self.ticket.is_none() && conn.buf.borrow().is_empty() {
                     return Poll::Ready(reason);
                 }
             }
             if !read && !wrote {
                 conn.wake.register(cx.waker());
                 shard.poller.set_waker(io.key, cx.waker());
-                self.arm(shard, io.key, now);
+                self.arm(shard, conn, io.key, now);
                 return Poll::Pending;
             }
         }
@@ -406,14 +572,23 @@ impl Link {
         Poll::Pending
     }
 
+    /// A batch is on its way out: in the outbound buffer or in a layer.
+    #[inline]
+    fn sending(&self) -> bool {
+        self.batch > 0 || self.stack.pending()
+    }
+
     /// Arms the poller for the earliest of our deadlines if no entry covers it.
-    fn arm(&mut self, shard: &Shard, key: u32, now: u64) {
+    fn arm(&mut self, shard: &Shard, conn: &ConnOut, key: u32, now: u64) {
         let mut next = u64::MAX;
         if self.keep_alive_ms > 0 {
             next = self.last_read + self.keep_alive_ms as u64;
         }
-        if self.batch > 0 {
+        if self.sending() {
             next = next.min(self.batch_deadline);
+        }
+        if let Some(at) = conn.stall_deadline(now, slow_ms(shard)) {
+            next = next.min(at);
         }
         if next == u64::MAX {
             return;
@@ -429,6 +604,11 @@ impl Link {
     fn read(&mut self, shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: &Io, now: u64) -> bool {
         let mut handled = false;
         loop {
+            if conn.reading_paused() {
+                // A large SUBSCRIBE/UNSUBSCRIBE goes on in steps: the packets
+                // after it wait, in order (and nothing more is read meanwhile).
+                return handled;
+            }
             match self.decoder.decode(&mut self.inbuf) {
                 Ok(Some(p)) => {
                     handled = true;
@@ -460,7 +640,7 @@ impl Link {
         if shard.poller.ready(io.key) & READABLE == 0 {
             return handled;
         }
-        match recv_into(shard, io, &mut self.inbuf) {
+        match read_into(shard, io, &mut self.stack, &mut self.inbuf) {
             Ok(0) => {
                 conn.request_close(CloseReason::ConnectionLost);
                 true
@@ -471,8 +651,8 @@ impl Link {
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => handled,
-            Err(_) => {
-                conn.request_close(CloseReason::IoError);
+            Err(e) => {
+                conn.request_close(fault_reason(&e).unwrap_or(CloseReason::IoError));
                 true
             }
         }
@@ -489,6 +669,25 @@ impl Link {
     ) -> Result<bool, CloseReason> {
         let mut wrote = false;
         loop {
+            if self.batch == 0 && self.stack.pending() {
+                // A layer still holds encoded bytes of the last batch.
+                if shard.poller.ready(io.key) & WRITABLE == 0 {
+                    return Ok(wrote);
+                }
+                match self.stack.flush(io) {
+                    Ok(true) => wrote = true,
+                    Ok(false) => {
+                        shard.poller.clear(io.key, WRITABLE);
+                        return Ok(wrote);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        shard.poller.clear(io.key, WRITABLE);
+                        return Ok(wrote);
+                    }
+                    Err(_) => return Err(CloseReason::IoError),
+                }
+                continue;
+            }
             if self.batch == 0 {
                 let len = conn.buf.borrow().len();
                 if len == 0 {
@@ -530,19 +729,20 @@ impl Link {
                 } else {
                     self.batch = len;
                 }
-                self.batch_deadline = now + shard.cfg.slow_consumer_timeout.as_millis() as u64;
+                self.batch_deadline = now + slow_ms(shard);
             }
             if shard.poller.ready(io.key) & WRITABLE == 0 {
                 return Ok(wrote);
             }
-            let sent = io.send(&conn.buf.borrow()[..self.batch]);
+            let sent = self.stack.write(io, &conn.buf.borrow()[..self.batch]);
             match sent {
                 Ok(n) => {
                     conn.buf.borrow_mut().advance(n);
+                    conn.room_freed();
                     self.batch -= n;
                     shard.stats.bytes_out.add(n as u64);
                     wrote = true;
-                    if self.batch > 0 {
+                    if self.sending() {
                         // The socket took part of it: it is full until told otherwise.
                         shard.poller.clear(io.key, WRITABLE);
                         return Ok(wrote);
@@ -556,6 +756,11 @@ impl Link {
             }
         }
     }
+}
+
+/// The slow consumer timeout in ms (socket not draining, window stalled).
+fn slow_ms(shard: &Shard) -> u64 {
+    shard.cfg.slow_consumer_timeout.as_millis() as u64
 }
 
 /// Sends a v5 DISCONNECT with `code` (3.1.x has none) and closes with `reason`.
@@ -576,7 +781,7 @@ pub fn disconnect_client(conn: &ConnOut, reason: CloseReason) {
         CloseReason::ServerShuttingDown => ReasonCode::ServerShuttingDown,
         CloseReason::AdministrativeAction => ReasonCode::AdministrativeAction,
         CloseReason::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
-        CloseReason::SlowConsumer => ReasonCode::QuotaExceeded,
+        CloseReason::SlowConsumer | CloseReason::WindowStalled => ReasonCode::QuotaExceeded,
         _ => ReasonCode::UnspecifiedError,
     };
     protocol_close(conn, code, reason);

@@ -3,6 +3,10 @@
 //! addresses are known when `start` returns. Every shard gets its own socket
 //! on the same address; the kernel spreads incoming connections.
 
+use super::stack::Stack;
+use super::tls::TlsAcceptor;
+use crate::config::{Listener, Transport};
+use crate::stats::CloseReason;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -68,4 +72,59 @@ pub fn bind(addr: SocketAddr, shards: usize, backlog: u32) -> io::Result<BoundLi
         addr: bound,
         sockets,
     })
+}
+
+/// A listener as the shards see it: its configuration and its TLS state,
+/// shared by every shard (one per `--listen`, in order).
+pub struct ListenerRt {
+    /// Position in `ShardConfig::listen` (metrics label, hand-off).
+    pub index: u16,
+    pub cfg: Listener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl ListenerRt {
+    /// Checks the listener and reads its TLS files; the error is one line
+    /// naming the listener and the file at fault.
+    pub fn new(index: usize, cfg: &Listener) -> io::Result<Self> {
+        let url = format!("{}://{}", cfg.transport.scheme(), cfg.addr);
+        let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+        if matches!(cfg.transport, Transport::Ws { .. } | Transport::Wss { .. }) {
+            return Err(invalid(format!(
+                "--listen {url}: WebSocket listeners are not in this build yet"
+            )));
+        }
+        let tls = if cfg.transport.is_tls() {
+            let t = TlsAcceptor::new(&cfg.tls, &cfg.transport)
+                .map_err(|e| invalid(format!("--listen {url}: {e}")))?;
+            Some(t)
+        } else {
+            None
+        };
+        Ok(ListenerRt {
+            index: index as u16,
+            cfg: cfg.clone(),
+            tls,
+        })
+    }
+
+    /// The transport stack of a connection accepted here.
+    pub(crate) fn stack(&self) -> Result<Stack, CloseReason> {
+        match &self.tls {
+            None => Ok(Stack::Plain),
+            Some(t) => Ok(Stack::Tls(Box::new(t.accept()?))),
+        }
+    }
+
+    /// Re-reads the listener's certificate, key and client CA; on error the
+    /// old ones stay in use. `Ok(false)`: not a TLS listener.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        match &self.tls {
+            None => Ok(false),
+            Some(t) => t
+                .reload()
+                .map(|()| true)
+                .map_err(|e| format!("{}://{}: {e}", self.cfg.transport.scheme(), self.cfg.addr)),
+        }
+    }
 }

@@ -1,0 +1,286 @@
+//! Outgoing connections: one per (peer, purpose), opened lazily, handshaken,
+//! then used for one request at a time; any error drops the connection and
+//! the next call opens a new one.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use tokio::net::TcpStream;
+
+use super::frame::{parse_answer, read_frame, write_frame, Hello, PROTOCOL_VERSION};
+use super::wire::{self, Request, Response};
+use super::{BoxIo, NetCtx};
+use crate::types::{BasicNode, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("peer {0} is blocked (test partition)")]
+    Blocked(NodeId),
+    #[error("connect to {addr}: {msg}")]
+    Connect { addr: String, msg: String },
+    #[error("peer {addr} refused the handshake: {reason}")]
+    Refused { addr: String, reason: String },
+    #[error("i/o with {addr}: {msg}")]
+    Io { addr: String, msg: String },
+    #[error("no answer from {addr} within {ms} ms")]
+    Timeout { addr: String, ms: u128 },
+}
+
+/// One connection to one peer.
+pub struct Conn {
+    target: NodeId,
+    addr: String,
+    ctx: Arc<NetCtx>,
+    stream: Option<BoxIo>,
+}
+
+impl Conn {
+    pub fn new(ctx: Arc<NetCtx>, target: NodeId, addr: String) -> Self {
+        Conn {
+            target,
+            addr,
+            ctx,
+            stream: None,
+        }
+    }
+
+    async fn open(&self) -> Result<BoxIo, CallError> {
+        let addr = self.addr.clone();
+        let err = |msg: String| CallError::Connect {
+            addr: addr.clone(),
+            msg,
+        };
+        let tcp = tokio::time::timeout(self.ctx.connect_timeout, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| err("timed out".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        tcp.set_nodelay(true).map_err(|e| err(e.to_string()))?;
+        let mut io: BoxIo = match &self.ctx.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let fut = tls.connector.connect(tls.server_name.clone(), tcp);
+                let s = tokio::time::timeout(self.ctx.handshake_timeout, fut)
+                    .await
+                    .map_err(|_| err("tls handshake timed out".into()))?
+                    .map_err(|e| err(format!("tls: {e}")))?;
+                Box::new(s)
+            }
+        };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            from: self.ctx.node_id,
+            to: self.target,
+            cluster_id: self.ctx.cluster_id.clone(),
+        };
+        let shake = async {
+            write_frame(&mut io, &hello.encode())
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            read_frame(&mut io, 4096)
+                .await
+                .map_err(|e| err(e.to_string()))
+        };
+        let answer = tokio::time::timeout(self.ctx.handshake_timeout, shake)
+            .await
+            .map_err(|_| err("handshake timed out".into()))??;
+        parse_answer(&answer).map_err(|reason| CallError::Refused {
+            addr: self.addr.clone(),
+            reason,
+        })?;
+        Ok(io)
+    }
+
+    /// Sends `req` and waits for its answer for at most `timeout`.
+    pub async fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response, CallError> {
+        if self.ctx.faults.is_blocked(self.target) {
+            self.stream = None;
+            return Err(CallError::Blocked(self.target));
+        }
+        let body = wire::encode(req).map_err(|e| CallError::Io {
+            addr: self.addr.clone(),
+            msg: e.to_string(),
+        })?;
+        let addr = self.addr.clone();
+        let max = self.ctx.max_frame;
+        let fut = async {
+            if self.stream.is_none() {
+                self.stream = Some(self.open().await?);
+            }
+            let io_err = |e: String| CallError::Io {
+                addr: addr.clone(),
+                msg: e,
+            };
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| io_err("no stream".into()))?;
+            write_frame(stream, &body)
+                .await
+                .map_err(|e| io_err(e.to_string()))?;
+            let raw = read_frame(stream, max)
+                .await
+                .map_err(|e| io_err(e.to_string()))?;
+            wire::decode::<Response>(&raw).map_err(|e| io_err(format!("malformed response: {e}")))
+        };
+        let res = match tokio::time::timeout(timeout, fut).await {
+            Ok(res) => res,
+            Err(_) => Err(CallError::Timeout {
+                addr: self.addr.clone(),
+                ms: timeout.as_millis(),
+            }),
+        };
+        if res.is_err() {
+            self.stream = None;
+        }
+        res
+    }
+}
+
+/// openraft's view of the network: a [`PeerClient`] per target.
+pub struct NetworkFactory {
+    ctx: Arc<NetCtx>,
+}
+
+impl NetworkFactory {
+    pub fn new(ctx: Arc<NetCtx>) -> Self {
+        NetworkFactory { ctx }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerClient {
+            conn: Conn::new(self.ctx.clone(), target, node.addr.clone()),
+        }
+    }
+}
+
+/// The RPCs openraft sends to one peer.
+pub struct PeerClient {
+    conn: Conn,
+}
+
+fn rpc_err(e: CallError) -> RPCError<TypeConfig> {
+    match e {
+        CallError::Blocked(_) | CallError::Connect { .. } | CallError::Refused { .. } => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        CallError::Io { .. } | CallError::Timeout { .. } => {
+            RPCError::Network(NetworkError::new(&e))
+        }
+    }
+}
+
+fn unexpected(resp: Response) -> RPCError<TypeConfig> {
+    let msg = match resp {
+        Response::Failed(m) => m,
+        other => format!("unexpected response {other:?}"),
+    };
+    RPCError::Network(NetworkError::from_string(msg))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .conn
+            .call(&Request::Append(rpc), option.soft_ttl())
+            .await
+            .map_err(rpc_err)?
+        {
+            Response::Append(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .conn
+            .call(&Request::Vote(rpc), option.soft_ttl())
+            .await
+            .map_err(rpc_err)?
+        {
+            Response::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .conn
+            .call(&Request::PreVote(rpc), option.soft_ttl())
+            .await
+            .map_err(rpc_err)?
+        {
+            Response::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = Request::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        let call = self.conn.call(&req, option.hard_ttl());
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            res = call => match res {
+                Ok(Response::Snapshot(r)) => Ok(r),
+                Ok(other) => Err(StreamingError::Network(NetworkError::from_string(format!("{:?}", unexpected(other))))),
+                Err(e @ (CallError::Blocked(_) | CallError::Connect { .. } | CallError::Refused { .. })) => {
+                    Err(StreamingError::Unreachable(Unreachable::new(&e)))
+                }
+                Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
+            },
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .conn
+            .call(&Request::TransferLeader(req), option.soft_ttl())
+            .await
+            .map_err(rpc_err)?
+        {
+            Response::TransferLeader(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+}
