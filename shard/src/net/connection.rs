@@ -364,6 +364,7 @@ pub(crate) struct Via {
     pub peer: Option<std::net::SocketAddr>,
 }
 
+#[allow(clippy::too_many_arguments)] // what the handshake or a handoff carries, once
 fn serve(
     shard: Rc<Shard>,
     io: Io,
