@@ -76,7 +76,7 @@ stop_broker() {
 start_ringmq() {
     local mode=$1 dir="$work/ringmq-$1"
     mkdir -p "$dir"
-    "${rt[@]}" taskset -c 0 "$RINGMQ" --listen mqtt://127.0.0.1:0 --cores 1 --durability "$mode" \
+    "${rt[@]}" taskset -c 0 "$RINGMQ" --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores 1 --durability "$mode" \
         --batch-interval-ms "$BATCH_MS" --data-dir "$dir/data" --sys-interval-secs 0 \
         --log-level warn >"$dir/out" 2>"$dir/err" &
     broker_pid=$!

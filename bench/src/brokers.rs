@@ -180,7 +180,9 @@ fn scratch_dir(name: &str) -> std::io::Result<PathBuf> {
     Ok(d)
 }
 
-/// `ringmq --listen mqtt://127.0.0.1:0 --cores 1`, ready once it prints its listen line.
+/// `ringmq --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores 1` (the bench's
+/// clients give no user name; a named listener refuses them otherwise), ready once it
+/// prints its listen line.
 pub fn start_ringmq(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String> {
     start_ringmq_with(bin, cpus, None, crate::cli::Transport::Tcp)
 }
@@ -225,6 +227,8 @@ pub fn start_ringmq_with(
             t.key.display().to_string(),
         ]);
     }
+    // The bench's clients give no user name: named listeners refuse them otherwise.
+    args.extend(["--allow-anonymous".into(), "true".into()]);
     args.extend(["--cores".into(), "1".into()]);
     let want = if extra.is_some() { 2 } else { 1 };
     let mut cmd = command(bin, cpus);

@@ -33,6 +33,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// Talk to a running broker over its admin socket
     Ctl(CtlArgs),
+    /// Add, update or delete a user of a password file (like mosquitto_passwd)
+    Passwd(crate::passwd::PasswdArgs),
 }
 
 /// `ringmq config ...`

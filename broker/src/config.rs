@@ -54,8 +54,8 @@ macro_rules! section {
 section! {
     /// `[listeners]`: where clients connect.
     "Listeners" Listeners {
-        /// Listener URL, repeatable: mqtt://HOST:PORT, mqtts://HOST:PORT, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, options after ? (proxy=true, cert=, key=, client_ca=, require_client_cert=, identity_as_username=); comma-separated in the environment
-        #[arg(long, value_name = "URL", default_value = "mqtt://0.0.0.0:1883", value_delimiter = ',')]
+        /// Listener URL, repeatable: mqtt://HOST:PORT, mqtts://HOST:PORT, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, options after ? (proxy=true, cert=, key=, client_ca=, require_client_cert=, identity_as_username=); comma-separated in the environment. Unset: loopback only, anonymous allowed
+        #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883,mqtt://[::1]:1883", value_delimiter = ',')]
         pub listen: Vec<ListenUrl>,
         /// listen(2) backlog of each shard's socket
         #[arg(long, value_name = "N", default_value_t = 4096)]
@@ -75,6 +75,18 @@ section! {
         /// TLS listeners: the client certificate's subject CN becomes the user name
         #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
         pub tls_identity_as_username: bool,
+    }
+}
+
+section! {
+    /// `[auth]`: who may connect.
+    "Authentication" Auth {
+        /// Accept clients that give no user name (default: only when no listener is named)
+        #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+        pub allow_anonymous: bool,
+        /// Password file, Mosquitto format ($6$, $7$) or `ringmq passwd` entries (empty: none)
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub password_file: OptPath,
     }
 }
 
@@ -243,6 +255,8 @@ section! {
 pub struct Config {
     #[command(flatten)]
     pub listeners: Listeners,
+    #[command(flatten)]
+    pub auth: Auth,
     #[command(flatten)]
     pub placement: Placement,
     #[command(flatten)]

@@ -6,6 +6,7 @@
 //! - `logging.rs`: tracing subscriber, text or JSON, live log level.
 //! - `admin/`: the admin socket (line-delimited JSON) and its `AdminBackend`.
 //! - `metrics.rs`: Prometheus `/metrics` over a tiny HTTP server.
+//! - `passwd.rs`: `ringmq passwd`, the password file editor.
 //! - `main.rs`: startup, signals, shutdown.
 
 pub mod admin;
@@ -13,3 +14,4 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod passwd;

@@ -63,6 +63,10 @@ fn real_main() -> i32 {
             print!("{}", config::example_toml());
             0
         }
+        Some(Command::Passwd(args)) => match ringmq_broker::passwd::run(args) {
+            Ok(()) => 0,
+            Err(e) => fail(&e),
+        },
         Some(Command::Ctl(args)) => {
             // The socket from the broker's own flags/env/file when ctl has none.
             let cfg = resolved()
@@ -113,6 +117,7 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         })
         .collect();
     tracing::info!(shards = handle.shards(), "broker started");
+    log_posture(&cfg, &addrs);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let backend = Arc::new(ShardBackend::new(handle, stop_tx.clone()));
     let admin_path = cfg.admin_socket_path();
@@ -169,6 +174,22 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         m.stop();
     }
     shutdown(&backend)
+}
+
+/// One line per listener: who may connect there.
+fn log_posture(cfg: &Config, addrs: &[std::net::SocketAddr]) {
+    let a = &cfg.auth;
+    let passwords = match &a.password_file.0 {
+        Some(f) => format!("password file {}", f.display()),
+        None => "no password file".into(),
+    };
+    for addr in addrs {
+        if a.allow_anonymous {
+            tracing::info!("listener mqtt://{addr}: anonymous clients allowed, {passwords}");
+        } else {
+            tracing::info!("listener mqtt://{addr}: anonymous clients refused, {passwords}");
+        }
+    }
 }
 
 /// Adds the fix to startup errors whose cause is a host limit.

@@ -378,6 +378,13 @@ pub fn render(s: &MetricsSnapshot) -> String {
     per_reason(
         o,
         s,
+        "auth_total",
+        "Authentication outcomes (CONNECT and v5 re-authentication), by reason.",
+        |m| &m.auth,
+    );
+    per_reason(
+        o,
+        s,
         "connections_closed_total",
         "Connections closed, by reason.",
         |m| &m.closes,

@@ -143,6 +143,39 @@ fn missing_file_is_one_line() {
     );
 }
 
+/// A password file that does not parse stops the start with file and line,
+/// named as the operator gave it (flag, variable, file key).
+#[test]
+fn bad_password_file_is_one_line_with_its_line() {
+    let dir = std::env::temp_dir().join(format!("ringmq-pwerr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("pw");
+    std::fs::write(&f, "# users\nalice:plaintext\n").unwrap();
+    let f = f.to_str().unwrap();
+    let (code, out, err) = ringmq(&["--password-file", f, "--listen", "mqtt://127.0.0.1:0"]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: --password-file {f}: line 2: user alice: not a hashed password"
+        )),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["config", "show"])
+        .env("RINGMQ_PASSWORD_FILE", format!("{f}.missing"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "error: RINGMQ_PASSWORD_FILE={f}.missing: No such file"
+        )),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn acl_file_errors_name_the_key_the_file_and_the_line() {
     let dir = scratch("aclfile-src");

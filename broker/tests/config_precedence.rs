@@ -29,12 +29,26 @@ receive_maximum = 10
 log_format = "json"
 "#;
 
+/// Whether this host can bind the IPv6 loopback (the default listener list drops ::1 otherwise).
+fn has_v6_loopback() -> bool {
+    std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
 #[test]
 fn no_flags_no_file_gives_the_defaults() {
     let (cfg, src) = resolve(&[]).unwrap();
-    assert_eq!(cfg, Config::default());
+    // Mosquitto 2.0's rule: no listener named, so loopback only and anonymous allowed.
+    let mut expected = Config::default();
+    expected.auth.allow_anonymous = true;
+    if !has_v6_loopback() {
+        expected.listeners.listen.truncate(1);
+    }
+    assert_eq!(cfg, expected);
     assert_eq!(src.source("cores"), Source::Default);
-    assert_eq!(cfg.listeners.listen[0].to_string(), "mqtt://0.0.0.0:1883");
+    assert_eq!(cfg.listeners.listen[0].to_string(), "mqtt://127.0.0.1:1883");
+    if has_v6_loopback() {
+        assert_eq!(cfg.listeners.listen[1].to_string(), "mqtt://[::1]:1883");
+    }
     assert_eq!(
         cfg.admin_socket_path(),
         std::path::Path::new("./data/ringmq.sock")
@@ -152,6 +166,105 @@ fn environment_sits_between_flag_and_file() {
     assert_eq!(shown.limits.max_topic_levels, 9);
     assert_eq!(shown.limits.max_packet_size, 5000);
     assert_eq!(shown.listeners.listen.len(), 2);
+}
+
+/// Secure defaults: anonymous clients only while no listener is named
+/// anywhere; `allow_anonymous` given anywhere is obeyed as given.
+#[test]
+fn naming_a_listener_anywhere_refuses_anonymous_clients() {
+    let dir = scratch("posture");
+    let listen_file = dir.join("listen.toml");
+    std::fs::write(
+        &listen_file,
+        "[listeners]\nlisten = [\"mqtt://127.0.0.1:2000\"]\n",
+    )
+    .unwrap();
+    let lf = listen_file.to_str().unwrap();
+    let anon = |args: &[&str]| resolve(args).unwrap().0.auth.allow_anonymous;
+    assert!(anon(&[]), "no listener named: anonymous allowed");
+    assert!(!anon(&["--listen", "mqtt://127.0.0.1:1"]), "flag names one");
+    assert!(!anon(&["--config", lf]), "file names one");
+    assert!(anon(&[
+        "--listen",
+        "mqtt://127.0.0.1:1",
+        "--allow-anonymous",
+        "true"
+    ]));
+    assert!(
+        !anon(&["--allow-anonymous", "false"]),
+        "explicit false on the default listeners"
+    );
+    // The environment names one too (through the binary: clap reads it).
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["config", "show"])
+        .env("RINGMQ_LISTEN", "mqtt://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let shown: Config = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert!(!shown.auth.allow_anonymous);
+}
+
+/// flag > environment > file > default for `allow_anonymous` and `password_file`.
+#[test]
+fn auth_keys_follow_precedence() {
+    let dir = scratch("authprec");
+    let pw = |name: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, "u:$6$IFkyTixPbdfbFvE3$0WyRs+Ees1fRdLmcUm4ZGtOnmSXlRrvhz3oL2Pc9z2pLj/FIK3D3seXKQxdXfT7BzJUP1SgU2NCLV4H5uW7KbQ==\n").unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (file_pw, env_pw, flag_pw) = (pw("file.pw"), pw("env.pw"), pw("flag.pw"));
+    let f = dir.join("ringmq.toml");
+    std::fs::write(
+        &f,
+        format!("[listeners]\nlisten = [\"mqtt://127.0.0.1:2000\"]\n[auth]\nallow_anonymous = true\npassword_file = \"{file_pw}\"\n"),
+    )
+    .unwrap();
+    let f = f.to_str().unwrap();
+    // File over default.
+    let (cfg, src) = resolve(&["--config", f]).unwrap();
+    assert!(cfg.auth.allow_anonymous);
+    assert_eq!(cfg.auth.password_file.to_string(), file_pw);
+    assert_eq!(src.source("password_file"), Source::File);
+    // Flag over file.
+    let (cfg, _) = resolve(&[
+        "--config",
+        f,
+        "--allow-anonymous",
+        "false",
+        "--password-file",
+        &flag_pw,
+    ])
+    .unwrap();
+    assert!(!cfg.auth.allow_anonymous);
+    assert_eq!(cfg.auth.password_file.to_string(), flag_pw);
+    assert_eq!(
+        cfg.to_shard_config().authn.password_file.as_deref(),
+        Some(std::path::Path::new(&flag_pw))
+    );
+    // Environment over file, flag over environment (the real binary).
+    let show = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--config", f])
+            .args(extra)
+            .args(["config", "show"])
+            .env("RINGMQ_ALLOW_ANONYMOUS", "false")
+            .env("RINGMQ_PASSWORD_FILE", &env_pw)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        toml::from_str::<Config>(&String::from_utf8_lossy(&out.stdout)).unwrap()
+    };
+    let shown = show(&[]);
+    assert!(!shown.auth.allow_anonymous);
+    assert_eq!(shown.auth.password_file.to_string(), env_pw);
+    let shown = show(&["--allow-anonymous", "true", "--password-file", &flag_pw]);
+    assert!(shown.auth.allow_anonymous);
+    assert_eq!(shown.auth.password_file.to_string(), flag_pw);
 }
 
 /// Every `[authz]` key: flag > environment > file > default.

@@ -193,6 +193,8 @@ pub struct ShardConfig {
     pub wildcard_subscriptions: bool,
     /// Capacity of each cross-shard channel (messages; each message is a batch).
     pub mesh_capacity: usize,
+    /// Who may connect: anonymous clients, the password file.
+    pub authn: crate::access::authn::AuthnConfig,
     /// ACL file and auto-ban settings.
     pub access: crate::access::AccessConfig,
 }
@@ -200,7 +202,10 @@ pub struct ShardConfig {
 impl Default for ShardConfig {
     fn default() -> Self {
         ShardConfig {
-            listen: vec![Listener::mqtt(SocketAddr::from(([0, 0, 0, 0], 1883)))],
+            listen: vec![
+                Listener::mqtt(SocketAddr::from(([127, 0, 0, 1], 1883))),
+                Listener::mqtt(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1883))),
+            ],
             cores: 0,
             cpu_list: None,
             pin: true,
@@ -232,6 +237,8 @@ impl Default for ShardConfig {
             shared_subscriptions: true,
             wildcard_subscriptions: true,
             mesh_capacity: 1024,
+            // Secure by default: anonymous clients are refused unless asked for.
+            authn: crate::access::authn::AuthnConfig::default(),
             access: crate::access::AccessConfig::default(),
         }
     }

@@ -67,10 +67,6 @@ fn check(shard: &Shard, c: &Connect) -> Result<(), ReasonCode> {
     if shard.conns.get() >= shard.conn_limit() {
         return Err(ReasonCode::ServerBusy);
     }
-    if c.properties.authentication_method.is_some() {
-        // No authentication method is configured [MQTT-4.12.0-1].
-        return Err(ReasonCode::BadAuthenticationMethod);
-    }
     if let Some(w) = &c.will {
         if w.retain && !shard.cfg.retain_available {
             // [MQTT-3.2.2-13]
@@ -116,6 +112,7 @@ pub(crate) fn accept(
     fd: RawFd,
     peer: Option<std::net::SocketAddr>,
     assigned: bool,
+    auth: crate::auth_phase::Authenticated,
 ) -> Result<(SessionId, Rc<ConnOut>, u16), Box<ConnAck>> {
     check(shard, c).map_err(|r| Box::new(refusal(r)))?;
     if banned(shard, c, fd, peer) {
@@ -209,11 +206,16 @@ pub(crate) fn accept(
         s.expiry = expiry;
         s.will = c.will.clone().map(Box::new);
         s.disconnected_at = None;
+        s.identity = auth.identity;
         crate::persist::session_connected(shard, s, discarded);
     }
     crate::authz::connected(shard, sid, c);
     let mut props = ConnAckProperties::default();
     if v5 {
+        // [MQTT-4.12.0-5] a successful CONNACK after enhanced authentication
+        // names the method; SCRAM's server-final is its data.
+        props.authentication_method = c.properties.authentication_method.clone();
+        props.authentication_data = auth.connack_data;
         if assigned {
             // [MQTT-3.2.2-16]
             props.assigned_client_identifier = Some(c.client_id.clone());
@@ -266,6 +268,7 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
             return; // taken over: the new connection owns the session now
         }
         s.conn = None;
+        s.identity = None;
         s.disconnected_at = Some(Instant::now());
         if s.expiry > 0 {
             crate::persist::session_closed(shard, s);

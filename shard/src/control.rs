@@ -11,6 +11,12 @@ pub enum Control {
     Shutdown,
     /// Stop accepting new connections; shed existing ones gradually.
     Drain,
+    /// Use this password file from now on (reload).
+    /// The shard id goes back on the sender once done.
+    SetPasswords(
+        Option<std::sync::Arc<crate::access::passwd::PasswordFile>>,
+        flume::Sender<usize>,
+    ),
     /// Put new ACL rules in force (a reload parsed them): existing
     /// subscriptions are classified again, every check uses them from now.
     /// The shard id goes back on the sender once done.

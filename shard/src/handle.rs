@@ -87,11 +87,7 @@ fn dispatch(
             protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
             Err(CloseReason::ProtocolError)
         }
-        Packet::Auth(_) => {
-            // No authentication method was agreed: AUTH is a protocol error [MQTT-4.12.0-1].
-            protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);
-            Err(CloseReason::ProtocolError)
-        }
+        Packet::Auth(a) => crate::auth_phase::reauth(shard, sid, conn, a),
         Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
             // Server-to-client packets from a client.
             protocol_close(conn, ReasonCode::ProtocolError, CloseReason::ProtocolError);

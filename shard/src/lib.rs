@@ -12,6 +12,9 @@
 //! - `net/connection.rs`: a socket: CONNECT, hand-off to the client id's home
 //!   shard, then one task that reads, handles and writes; `poller.rs`: the
 //!   shard's epoll set and deadline heap that wake those tasks.
+//! - `auth_phase.rs`: authentication of a CONNECT (password off the shard
+//!   thread, SCRAM AUTH exchange) before hand-off; `access/`: the decisions
+//!   (password file, SCRAM), knowing nothing of sockets.
 //! - `connect.rs`: CONNECT to CONNACK, takeover, resume, will and expiry at close.
 //! - `handle.rs`: dispatch of each packet; `publish.rs` for PUBLISH;
 //!   `subscribe.rs` for SUBSCRIBE/UNSUBSCRIBE and retained replay.
@@ -33,6 +36,7 @@
 
 pub mod access;
 pub mod admin;
+mod auth_phase;
 mod authz;
 mod bulk;
 pub mod config;

@@ -81,6 +81,8 @@ pub struct Handoff {
     pub rest: BytesMut,
     /// The client id was assigned by the server (v5 CONNACK tells it).
     pub assigned: bool,
+    /// Who the accepting shard authenticated the client as.
+    pub(crate) auth: crate::auth_phase::Authenticated,
 }
 
 /// This shard's side of the mesh: per-peer outboxes flushed once per tick.

@@ -2,6 +2,7 @@
 //! channel mesh joined; and the [`ServerHandle`] that controls them from
 //! outside (main thread, admin socket, tests).
 
+use crate::access::passwd::PasswordFile;
 use crate::config::{available_cpus, Durability, ShardConfig};
 use crate::control::{Control, Query, Reply};
 use crate::listener::{self, ListenerRt};
@@ -41,6 +42,8 @@ pub(crate) struct ShardInit {
     pub recovered: Vec<crate::store::RecoveredSession>,
     /// Retained messages recovered (every shard keeps a replica).
     pub retained: Arc<Vec<crate::store::RetainedRecord>>,
+    /// The password file read at start, if one is configured.
+    pub passwords: Option<Arc<PasswordFile>>,
     /// Node-wide access state (ACL in force, bans, reloaders).
     pub access: Arc<crate::access::Shared>,
 }
@@ -52,6 +55,8 @@ pub struct ServerHandle {
     stats: Vec<Arc<ShardStats>>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     started: Instant,
+    /// `--password-file`, re-read by [`ServerHandle::reload_passwords`].
+    password_file: Option<std::path::PathBuf>,
     access: Arc<crate::access::Shared>,
     listeners: Vec<Arc<ListenerRt>>,
 }
@@ -121,6 +126,16 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
     if cfg.listen.is_empty() {
         return Err(invalid("--listen: no listener configured".into()));
     }
+    // The password-check threads, started here so they float over the
+    // process's CPUs rather than inherit a pinned shard's one.
+    crate::access::pool::start();
+    // The password file before anything binds: a file that does not parse stops the start.
+    let passwords = match &cfg.authn.password_file {
+        Some(path) => Some(Arc::new(
+            PasswordFile::load(path).map_err(|e| invalid(e.to_string()))?,
+        )),
+        None => None,
+    };
     // Every listener's TLS files are read before anything is bound.
     let listeners = cfg
         .listen
@@ -221,6 +236,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             store: store_handle,
             recovered,
             retained: retained.clone(),
+            passwords: passwords.clone(),
             access: access.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
@@ -251,6 +267,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
         }
     }
     register_acl_reload(&access, &controls);
+    register_password_reload(&access, &controls, cfg.authn.password_file.clone());
     if listeners.iter().any(|l| {
         matches!(
             l.cfg.transport,
@@ -263,6 +280,7 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
             .register("certificates", Box::new(move || reload_listeners_tls(&ls)));
     }
     Ok(ServerHandle {
+        password_file: cfg.authn.password_file.clone(),
         addrs,
         controls,
         stats,
@@ -271,6 +289,56 @@ pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
         access,
         listeners,
     })
+}
+
+/// Re-reads `path` and hands the new file to every shard, waiting (5 s at
+/// most) until each has it in force.
+fn reload_passwords(
+    path: Option<&std::path::Path>,
+    controls: &[flume::Sender<Control>],
+) -> Result<Option<usize>, crate::access::passwd::PasswdError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let file = Arc::new(PasswordFile::load(path)?);
+    let (tx, rx) = flume::unbounded();
+    let asked = controls
+        .iter()
+        .filter(|c| {
+            c.send(Control::SetPasswords(Some(file.clone()), tx.clone()))
+                .is_ok()
+        })
+        .count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for _ in 0..asked {
+        let _ = rx.recv_deadline(deadline);
+    }
+    Ok(Some(file.len()))
+}
+
+/// The password part of a reload (SIGHUP, `ringmq ctl reload`): a file that
+/// fails to parse keeps the previous one in force everywhere.
+fn register_password_reload(
+    access: &Arc<crate::access::Shared>,
+    controls: &[flume::Sender<Control>],
+    path: Option<std::path::PathBuf>,
+) {
+    if path.is_none() {
+        return;
+    }
+    let controls = controls.to_vec();
+    access.reloaders.register(
+        "passwords",
+        Box::new(move || match reload_passwords(path.as_deref(), &controls) {
+            Ok(Some(n)) => Ok(format!(
+                "{}: {n} users",
+                path.as_deref()
+                    .map_or(String::new(), |p| p.display().to_string())
+            )),
+            Ok(None) => Ok("no password file configured".into()),
+            Err(e) => Err(e.to_string()),
+        }),
+    );
 }
 
 /// Re-reads every TLS listener's files (see [`ServerHandle::reload_tls`]).
@@ -383,6 +451,13 @@ impl ServerHandle {
         for c in &self.controls {
             let _ = c.send(Control::Shutdown);
         }
+    }
+    /// Re-reads the password file and hands it to every shard (each swaps
+    /// its `Arc`; connections already accepted stay). A file that does not
+    /// parse changes nothing: the error names the file and line. Returns
+    /// the number of users, `Ok(None)` when no password file is configured.
+    pub fn reload_passwords(&self) -> Result<Option<usize>, crate::access::passwd::PasswdError> {
+        reload_passwords(self.password_file.as_deref(), &self.controls)
     }
     /// Stop accepting new connections on every shard (connections stay).
     pub fn drain(&self) {

@@ -314,6 +314,9 @@ pub struct Session {
     pub key: Option<SessionKey>,
     /// Next outbound sequence number.
     pub next_seq: u64,
+    /// Who the current connection authenticated as (`None`: anonymous, or
+    /// no connection). Boxed: 8 bytes per session when unused.
+    pub identity: Option<Box<crate::access::authn::Identity>>,
     /// Its copies are not deferred before this (ms since the shard
     /// started): one missed its deadline (`defer.rs`).
     defer_off_until: Cell<u64>,
@@ -344,6 +347,7 @@ impl Session {
             disconnected_at: None,
             key: None,
             next_seq: 1,
+            identity: None,
             defer_off_until: Cell::new(0),
             acl: None,
         }

@@ -65,6 +65,8 @@ pub struct Shard {
     pub confirms: RefCell<crate::persist::Confirms>,
     /// QoS 1 copies not yet stored, waiting for their subscriber's PUBACK.
     pub defer: crate::defer::Defer,
+    /// Who may connect (policy and this shard's copy of the password file).
+    pub authn: crate::access::authn::Authn,
     /// Node-wide access state: bans, reloaders (the ACL below is this shard's copy).
     pub access: Arc<crate::access::Shared>,
     /// The ACL rules in force on this shard (`None`: no ACL file), swapped
@@ -173,6 +175,7 @@ pub(crate) async fn run(init: ShardInit) {
         store: init.store.start(),
         confirms: RefCell::new(crate::persist::Confirms::default()),
         defer: crate::defer::Defer::default(),
+        authn: crate::access::authn::Authn::new(init.cfg.authn.clone(), init.passwords),
         acl: RefCell::new(init.access.acl()),
         acl_gen: Cell::new(0),
         acl_recheck: Cell::new(false),
@@ -223,6 +226,10 @@ pub(crate) async fn run(init: ShardInit) {
             Control::Drain => {
                 shard.stop_accepting();
                 spawn_local(crate::connection::drain(shard.clone())).detach();
+            }
+            Control::SetPasswords(p, done) => {
+                shard.authn.set_passwords(p);
+                let _ = done.send(shard.id);
             }
             Control::SetAcl(acl, done) => {
                 crate::authz::set_acl(&shard, acl);

@@ -133,6 +133,44 @@ reasons! {
         WsMessageTooBig => "ws_message_too_big",
         /// The client's WebSocket Close without MQTT DISCONNECT (the will is sent).
         WsClosedByPeer => "ws_closed_by_peer",
+        /// Re-authentication failed (v5 DISCONNECT 0x87) [MQTT-4.12.1-2].
+        NotAuthorized => "not_authorized",
+    }
+}
+
+reasons! {
+    /// How an authentication ended (CONNECT, or v5 re-authentication).
+    AuthOutcome {
+        /// No user name, anonymous clients allowed (or a user name with no
+        /// password file, where anonymous clients are allowed).
+        Anonymous => "anonymous",
+        /// Password checked against the password file.
+        Password => "password",
+        /// SCRAM-SHA-256 exchange completed.
+        Scram => "scram",
+        /// The verified TLS client certificate's CN is the user name
+        /// (`identity_as_username`); no password asked.
+        TlsIdentity => "tls_identity",
+        /// Re-authentication (AUTH 0x19) completed.
+        Reauth => "reauth",
+        /// No user name where anonymous clients are refused (0x87 / 0x05).
+        AnonymousRefused => "anonymous_refused",
+        /// User not in the password file (0x86 / 0x04; SCRAM 0x87).
+        UnknownUser => "unknown_user",
+        /// Wrong password or SCRAM proof (0x86 / 0x04; SCRAM 0x87).
+        BadPassword => "bad_password",
+        /// A user name without a password (0x86 / 0x04).
+        NoPassword => "no_password",
+        /// Unsupported Authentication Method (0x8C) [MQTT-4.12.0-1].
+        BadMethod => "bad_method",
+        /// A SCRAM message that does not parse, or asks what we do not offer (0x87).
+        ScramFailed => "scram_failed",
+        /// A packet out of place during the AUTH exchange (0x82).
+        ProtocolError => "protocol_error",
+        /// Too many password checks queued on this shard (0x89 / 0x03).
+        Busy => "busy",
+        /// Re-authentication failed (DISCONNECT 0x87).
+        ReauthFailed => "reauth_failed",
     }
 }
 
@@ -294,6 +332,8 @@ pub struct ShardStats {
     pub deferred_rows: Counter,
     pub deferred_rows_stored: Counter,
     pub store_commit_buckets: [Counter; 12],
+    /// Authentication outcomes, indexed by `AuthOutcome as usize`.
+    pub auth: Vec<Counter>,
     /// ACL refusals, indexed by `AclAction as usize`.
     pub acl_denied: [Counter; 5],
     /// Per listener, in `ShardConfig::listen` order.
@@ -337,6 +377,10 @@ impl Default for ShardStats {
             deferred_rows: Counter::default(),
             deferred_rows_stored: Counter::default(),
             store_commit_buckets: Default::default(),
+            auth: AuthOutcome::ALL
+                .iter()
+                .map(|_| Counter::default())
+                .collect(),
             acl_denied: Default::default(),
             listeners: Vec::new(),
         }
@@ -370,6 +414,14 @@ impl ShardStats {
     /// Drops counted for `r`.
     pub fn drops_for(&self, r: DropReason) -> u64 {
         self.drops[r as usize].get()
+    }
+    /// Counts an authentication outcome.
+    pub fn auth(&self, o: AuthOutcome) {
+        self.auth[o as usize].inc();
+    }
+    /// Authentication outcomes counted for `o`.
+    pub fn auth_for(&self, o: AuthOutcome) -> u64 {
+        self.auth[o as usize].get()
     }
     /// Counts a request refused with `code` (the connection stays open).
     pub fn refuse(&self, code: ringmq_codec::ReasonCode) {

@@ -203,6 +203,9 @@ pub struct ShardMetrics {
     /// reasons seen at least once.
     #[serde(default)]
     pub refusals: BTreeMap<String, u64>,
+    /// Authentication outcomes (`password`, `bad_password`, `anonymous_refused`, ...).
+    #[serde(default)]
+    pub auth: BTreeMap<String, u64>,
     pub mesh_messages_out: u64,
     pub mesh_batches_out: u64,
     /// Seconds spent handling work since start.

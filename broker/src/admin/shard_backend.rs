@@ -8,7 +8,7 @@ use super::backend::{
 };
 use ringmq_shard::control::{self, Query, Reply};
 use ringmq_shard::server::ServerHandle;
-use ringmq_shard::stats::{AclAction, CloseReason, DropReason, ShardStats};
+use ringmq_shard::stats::{AclAction, AuthOutcome, CloseReason, DropReason, ShardStats};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -226,6 +226,10 @@ fn shard_metrics(
             .map(|&r| (r.as_str().to_string(), s.drops_for(r)))
             .collect(),
         refusals: refusals(s),
+        auth: AuthOutcome::ALL
+            .iter()
+            .map(|&o| (o.as_str().to_string(), s.auth_for(o)))
+            .collect(),
         mesh_messages_out: s.mesh_msgs_out.get(),
         mesh_batches_out: s.mesh_batches_out.get(),
         busy_seconds: busy_ns as f64 / 1e9,

@@ -8,7 +8,14 @@ use std::fmt::Write as _;
 /// Heading comment of each section.
 fn section_doc(section: &str) -> &'static str {
     match section {
-        "listeners" => "Where clients connect.",
+        "listeners" => {
+            "Where clients connect. With no listener named (flag, environment or file): \
+             127.0.0.1 and ::1 port 1883, anonymous clients allowed."
+        }
+        "auth" => {
+            "Who may connect. Anonymous = a CONNECT without user name; refused as soon \
+             as a listener is named, unless allow_anonymous = true."
+        }
         "placement" => "Shards (one per core) and the CPUs they run on.",
         "limits" => {
             "Bounds on what clients may do; each violation gets the spec's answer and is counted."

@@ -182,11 +182,29 @@ pub fn resolve(
             sources.keys.insert(key, (section, Source::File));
         }
     }
-    let config: Config = toml::Value::Table(tree)
+    let mut config: Config = toml::Value::Table(tree)
         .try_into()
         .map_err(|e| err(format!("configuration: {}", one_line(&e))))?;
+    secure_default(&mut config, &sources);
     config.validate(&sources)?;
     Ok((config, sources))
+}
+
+/// Mosquitto 2.0's rule: with no listener named anywhere, ringmq listens
+/// on loopback only and lets anonymous clients in there (unless
+/// `allow_anonymous` itself was given); a host without IPv6 keeps 127.0.0.1.
+/// As soon as a listener is named, anonymous clients need `allow_anonymous`.
+fn secure_default(config: &mut Config, sources: &Sources) {
+    if sources.source("listen") != Source::Default {
+        return;
+    }
+    if sources.source("allow_anonymous") == Source::Default {
+        config.auth.allow_anonymous = true;
+    }
+    let v6_loopback = std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok();
+    if !v6_loopback {
+        config.listeners.listen.retain(|l| !l.addr.is_ipv6());
+    }
 }
 
 /// `ringmq config check FILE`: the file over the defaults, validated.

@@ -63,6 +63,10 @@ impl Config {
             shared_subscriptions: s.shared_subscriptions,
             wildcard_subscriptions: s.wildcard_subscriptions,
             mesh_capacity: p.mesh_capacity,
+            authn: ringmq_shard::access::authn::AuthnConfig {
+                allow_anonymous: self.auth.allow_anonymous,
+                password_file: self.auth.password_file.0.clone(),
+            },
             access: ringmq_shard::access::AccessConfig {
                 acl_file: self.authz.acl_file.0.clone(),
                 auto_ban: ringmq_shard::access::bans::AutoBan {

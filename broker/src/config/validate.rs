@@ -68,6 +68,15 @@ impl Config {
         if l.backlog == 0 {
             return bad("backlog", &0, "must be at least 1");
         }
+        if let Some(f) = &self.auth.password_file.0 {
+            if let Err(e) = ringmq_shard::access::passwd::PasswordFile::load(f) {
+                let why = match e.line {
+                    0 => e.what,
+                    n => format!("line {n}: {}", e.what),
+                };
+                return bad("password_file", &f.display(), &why);
+            }
+        }
         self.validate_limits(src)?;
         let d = &self.persistence;
         if d.durability == Durability::Batch && d.batch_interval_ms == 0 {

@@ -45,6 +45,12 @@ impl Broker {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             cores: shards,
             data_dir: scratch_dir(),
+            // These tests connect without user names: they need anonymous
+            // clients, which a broker refuses by default.
+            authn: ringmq_shard::access::authn::AuthnConfig {
+                allow_anonymous: true,
+                password_file: None,
+            },
             ..ShardConfig::default()
         };
         if super::tls::enabled() {
@@ -108,12 +114,17 @@ impl Drop for Broker {
 /// `--listen` (and TLS files) of a binary broker on port 0: `mqtt://127.0.0.1:0`, or
 /// `mqtts://127.0.0.1:0` with the test PKI when the harness runs over TLS.
 pub fn listen_args() -> Vec<String> {
+    // These tests connect without user names: a named listener refuses
+    // anonymous clients unless told otherwise.
+    let anonymous = ["--allow-anonymous".to_string(), "true".to_string()];
     if super::ws::enabled() {
         if !super::ws::secure() {
-            return vec!["--listen".into(), "ws://127.0.0.1:0/mqtt".into()];
+            let mut a = vec!["--listen".into(), "ws://127.0.0.1:0/mqtt".into()];
+            a.extend(anonymous);
+            return a;
         }
         let pki = super::tls::Pki::shared();
-        return vec![
+        let mut a: Vec<String> = vec![
             "--listen".into(),
             "wss://127.0.0.1:0/mqtt".into(),
             "--tls-cert".into(),
@@ -121,12 +132,18 @@ pub fn listen_args() -> Vec<String> {
             "--tls-key".into(),
             pki.server.key.display().to_string(),
         ];
+        a.extend(anonymous);
+        return a;
     }
     if !super::tls::enabled() {
-        return vec!["--listen".into(), "mqtt://127.0.0.1:0".into()];
+        let mut a = vec!["--listen".into(), "mqtt://127.0.0.1:0".into()];
+        a.extend(anonymous);
+        return a;
     }
     let pki = super::tls::Pki::shared();
     vec![
+        anonymous[0].clone(),
+        anonymous[1].clone(),
         "--listen".into(),
         "mqtts://127.0.0.1:0".into(),
         "--tls-cert".into(),
@@ -158,8 +175,9 @@ pub struct BinBroker {
 }
 
 impl BinBroker {
-    /// Runs `ringmq --listen mqtt://127.0.0.1:0 --cores N` and waits (bounded) for its
-    /// `ringmq listening on mqtt://HOST:PORT` line.
+    /// Runs `ringmq --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores N`
+    /// (a named listener refuses anonymous clients otherwise) and waits
+    /// (bounded) for its `ringmq listening on mqtt://HOST:PORT` line.
     pub fn start(cores: usize) -> BinBroker {
         let cores = cores.to_string();
         let listen = listen_args();

@@ -58,6 +58,8 @@ pub struct Opts {
     pub receive_maximum: Option<u16>,
     pub max_packet_size: Option<u32>,
     pub topic_alias_max: Option<u16>,
+    /// User name and password of the CONNECT.
+    pub credentials: Option<(String, String)>,
     /// Username (password empty) for ACL scenarios.
     pub username: Option<String>,
 }
@@ -76,6 +78,7 @@ impl Opts {
             receive_maximum: None,
             max_packet_size: None,
             topic_alias_max: None,
+            credentials: None,
             username: None,
         }
     }
@@ -90,6 +93,11 @@ impl Opts {
     pub fn persistent(mut self, expiry: u32) -> Opts {
         self.clean = false;
         self.session_expiry = Some(expiry);
+        self
+    }
+
+    pub fn credentials(mut self, user: &str, password: &str) -> Opts {
+        self.credentials = Some((user.into(), password.into()));
         self
     }
 
@@ -406,7 +414,9 @@ fn spawn_v4(o: &Opts) -> Spawned {
         .set_keep_alive(Duration::from_secs(o.keep_alive_secs))
         .set_manual_acks(o.manual_acks)
         .set_max_packet_size(1 << 21, 1 << 21);
-    if let Some(u) = &o.username {
+    if let Some((u, p)) = &o.credentials {
+        mo.set_credentials(u.clone(), p.clone());
+    } else if let Some(u) = &o.username {
         mo.set_credentials(u.clone(), "");
     }
     if let Some(w) = &o.will {
@@ -484,7 +494,9 @@ fn spawn_v5(o: &Opts) -> Spawned {
         .set_receive_maximum(o.receive_maximum)
         .set_max_packet_size(Some(o.max_packet_size.unwrap_or(1 << 21)))
         .set_topic_alias_max(o.topic_alias_max);
-    if let Some(u) = &o.username {
+    if let Some((u, p)) = &o.credentials {
+        mo.set_credentials(u.clone(), p.clone());
+    } else if let Some(u) = &o.username {
         mo.set_credentials(u.clone(), "");
     }
     if let Some(w) = &o.will {

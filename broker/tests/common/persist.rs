@@ -60,7 +60,8 @@ pub struct Durable {
     metrics: Arc<Mutex<Option<SocketAddr>>>,
 }
 
-/// `ringmq --listen mqtt://127.0.0.1:0 (mqtts:// over TLS) --cores N --data-dir DIR --durability MODE` plus `extra`.
+/// `ringmq --listen mqtt://127.0.0.1:0 (mqtts:// over TLS) --allow-anonymous true --cores N --data-dir DIR
+/// --durability MODE` plus `extra` (these tests connect without user names).
 pub fn args(dir: &Path, cores: usize, durability: &str, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = super::broker::listen_args();
     a.extend(

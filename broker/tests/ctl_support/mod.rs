@@ -106,6 +106,7 @@ impl AdminBackend for FakeBackend {
             ]),
             drops: BTreeMap::from([("qos0_buffer_full".into(), 4)]),
             refusals: BTreeMap::from([("quota_exceeded".into(), 3)]),
+            auth: BTreeMap::from([("password".into(), 2), ("bad_password".into(), 1)]),
             busy_ratio: 0.25,
             storage_commit: Some(Histogram {
                 buckets: vec![(0.001, 3), (0.01, 5)],
@@ -162,14 +163,16 @@ pub struct OpsBroker {
 }
 
 impl OpsBroker {
-    /// Starts `ringmq --listen mqtt://127.0.0.1:0 --cores 2 --data-dir DIR --durability none EXTRA`
-    /// and waits (bounded) for its ready lines.
+    /// Starts `ringmq --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores 2 --data-dir
+    /// DIR --durability none EXTRA` and waits (bounded) for its ready lines.
     pub fn start(name: &str, extra: &[&str]) -> OpsBroker {
         use std::io::BufRead;
         let dir = scratch(name);
         let mut args = vec![
             "--listen",
             "mqtt://127.0.0.1:0",
+            "--allow-anonymous",
+            "true",
             "--cores",
             "2",
             "--durability",

@@ -1,5 +1,12 @@
-//! Access control: who may connect, publish and subscribe.
+//! Access control: who may connect, publish and subscribe. Knows nothing of
+//! the shard but its configuration: the protocol wing (`auth_phase.rs`,
+//! `authz.rs`, `handle.rs`) calls in and acts on the answers.
 //!
+//! - `passwd.rs`: the password file (Mosquitto `$6$`/`$7$`, argon2id, SCRAM entries).
+//! - `scram.rs`: SCRAM-SHA-256 (RFC 5802/7677), server side, sans I/O.
+//! - `authn.rs`: what a CONNECT needs (anonymous, password, SCRAM) and the
+//!   per-shard password file behind an `Arc`.
+//! - `pool.rs`: the threads that check passwords off the shard threads.
 //! - `acl.rs`: Mosquitto's `acl_file`, parsed and decided; per-client rules
 //!   and subscription classes (`acl_tests.rs`: the decisions Mosquitto documents).
 //! - `bans.rs`: bans by client id, username or address, and auto-bans after
@@ -8,8 +15,12 @@
 //! - `session.rs`: a session's ACL state on its shard (rules, caches).
 
 pub mod acl;
+pub mod authn;
 pub mod bans;
+pub mod passwd;
+pub mod pool;
 pub mod reload;
+pub mod scram;
 pub(crate) mod session;
 
 use std::path::PathBuf;

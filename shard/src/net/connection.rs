@@ -27,8 +27,8 @@ use crate::stats::CloseReason;
 use crate::store::Ticket;
 use bytes::{Buf, BytesMut};
 use ringmq_codec::{
-    Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, MqttString,
-    Packet, ProtocolVersion, ReasonCode,
+    Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet,
+    ProtocolVersion, ReasonCode,
 };
 use std::future::Future;
 use std::io;
@@ -167,25 +167,24 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
             return answer_and_close(&shard, io, &mut stack, li, &[], reason);
         }
     }
-    let (packet, buf) = match read_connect(&shard, &io, &mut stack, li, buf, deadline).await {
-        Ok(p) => p,
-        Err((reason, answer)) => {
-            let answer = answer.as_deref().unwrap_or(&[]);
-            return answer_and_close(&shard, io, &mut stack, li, answer, reason);
-        }
-    };
+    let (packet, mut buf) =
+        match read_connect(&shard, &io, &mut stack, li, buf, None, deadline).await {
+            Ok(p) => p,
+            Err((reason, answer)) => {
+                let answer = answer.as_deref().unwrap_or(&[]);
+                return answer_and_close(&shard, io, &mut stack, li, answer, reason);
+            }
+        };
     let Packet::Connect(mut connect) = packet else {
         // [MQTT-3.1.0-1] the first packet must be CONNECT.
         return answer_and_close(&shard, io, &mut stack, li, &[], CloseReason::ProtocolError);
     };
-    if rt.cfg.tls.identity_as_username {
-        // As Mosquitto's use_identity_as_username: the verified client
-        // certificate's subject CN is the user name, whatever CONNECT said.
-        match stack
-            .peer_identity()
-            .and_then(|cn| MqttString::try_from(cn).ok())
-        {
-            Some(cn) => connect.username = Some(cn),
+    // As Mosquitto's use_identity_as_username: the verified client
+    // certificate's subject CN is the user name (the authentication phase
+    // asks no password then); no CN: refused.
+    let tls_identity = if rt.cfg.tls.identity_as_username {
+        match stack.peer_identity() {
+            Some(cn) => Some(cn),
             None => {
                 let mut out = BytesMut::new();
                 let ack = connect::refusal(ReasonCode::NotAuthorized);
@@ -194,7 +193,9 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
                 return answer_and_close(&shard, io, &mut stack, li, &out, reason);
             }
         }
-    }
+    } else {
+        None
+    };
     shard.stats.packets_in.inc();
     let assigned = connect.client_id.is_empty();
     if assigned {
@@ -219,6 +220,35 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
         let reason = CloseReason::ClientIdTooLong;
         return answer_and_close(&shard, io, &mut stack, li, &out, reason);
     }
+    // Authentication: one phase, before the socket leaves this shard.
+    let peer_ip = peer
+        .map(|p| p.ip())
+        .or_else(|| connect::peer_ip(io.fd.as_raw_fd()));
+    let link = crate::auth_phase::Link {
+        io: &io,
+        stack: &mut stack,
+        listener: li,
+        peer: peer_ip,
+        deadline,
+    };
+    let auth = match crate::auth_phase::authenticate(
+        &shard,
+        link,
+        &connect,
+        &mut buf,
+        tls_identity.as_deref(),
+    )
+    .await
+    {
+        Ok(auth) => auth,
+        Err((code, reason)) => {
+            let mut out = BytesMut::new();
+            if let Some(code) = code {
+                let _ = Packet::ConnAck(connect::refusal(code)).encode(connect.protocol, &mut out);
+            }
+            return answer_and_close(&shard, io, &mut stack, li, &out, reason);
+        }
+    };
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
         let via = Via {
@@ -226,7 +256,7 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
             listener: li,
             peer,
         };
-        return serve(shard, io, via, connect, buf, assigned, deadline);
+        return serve(shard, io, via, connect, buf, assigned, deadline, auth);
     }
     // Hand the socket itself to the home shard: the descriptor crosses the
     // mesh, with its transport stack (TLS and WebSocket state included).
@@ -244,23 +274,29 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
             connect,
             rest: buf,
             assigned,
+            auth,
         })),
     );
 }
 
-/// Reads the first packet within [`CONNECT_TIMEOUT`] (which covers the
-/// transport's own handshake too). An error carries the close reason and the
-/// bytes that answer it, if any.
-async fn read_connect(
+/// Reads one packet of the handshake by `deadline` (which covers the
+/// transport's own handshake too): CONNECT, or AUTH when `version` is
+/// known. An error carries the close reason and the bytes that answer it,
+/// if any.
+pub(crate) async fn read_connect(
     shard: &Shard,
     io: &Io,
     stack: &mut Stack,
     listener: u16,
     mut buf: BytesMut,
+    version: Option<ProtocolVersion>,
     deadline: u64,
 ) -> Result<(Packet, BytesMut), (CloseReason, Option<Vec<u8>>)> {
     let mut decoder = Decoder::new(shard.cfg.max_packet_size);
     decoder.set_reads_client(true);
+    if let Some(v) = version {
+        decoder.set_version(v);
+    }
     let started = stack.handshaking().then(Instant::now);
     let mut handshaking = started.is_some();
     loop {
@@ -332,7 +368,16 @@ async fn read_connect(
 /// A connection handed over by another shard.
 pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
     match shard.poller.register(h.fd) {
-        Ok(io) => serve(shard, io, h.via, h.connect, h.rest, h.assigned, u64::MAX),
+        Ok(io) => serve(
+            shard,
+            io,
+            h.via,
+            h.connect,
+            h.rest,
+            h.assigned,
+            u64::MAX,
+            h.auth,
+        ),
         Err(_) => shard.stats.close(CloseReason::IoError),
     }
 }
@@ -346,6 +391,7 @@ pub(crate) struct Via {
     pub peer: Option<std::net::SocketAddr>,
 }
 
+#[allow(clippy::too_many_arguments)] // what the handshake or a handoff carries, once
 fn serve(
     shard: Rc<Shard>,
     io: Io,
@@ -354,6 +400,7 @@ fn serve(
     buf: BytesMut,
     assigned: bool,
     armed: u64,
+    auth: crate::auth_phase::Authenticated,
 ) {
     let Via {
         mut stack,
@@ -361,7 +408,7 @@ fn serve(
         peer,
     } = via;
     let version = connect.protocol;
-    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), peer, assigned);
+    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), peer, assigned, auth);
     drop(connect); // the session took what it needs
     let (sid, conn, keep_alive) = match accepted {
         Ok(accepted) => accepted,
