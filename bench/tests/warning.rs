@@ -1,5 +1,5 @@
 //! The generator-limit warning: it fires when the generator is made the bottleneck on
-//! purpose (one core, each received message made to cost 20 µs of CPU by the hidden
+//! purpose (one core, each received message made to cost 200 µs of CPU by the hidden
 //! `--spin-ns` test hook, against the relay TEST FIXTURE), in the table and in --json,
 //! and stays quiet on a light fixed-rate run.
 
@@ -37,7 +37,7 @@ fn run(relay: &RelayFixture, extra: &[&str]) -> ringmq_bench::stats::Summary {
 #[test]
 fn warning_fires_when_the_generator_is_the_bottleneck() {
     let relay = RelayFixture::start(0, None, Faults::default()).expect("relay");
-    let s = run(&relay, &["--spin-ns", "20000", "--window", "4"]);
+    let s = run(&relay, &["--spin-ns", "200000", "--window", "4"]);
     assert!(
         s.generator_limited,
         "busy {:.0}%, demand {:.0}%",
