@@ -33,6 +33,20 @@ pub struct BrokerProc {
 }
 
 impl BrokerProc {
+    /// Waits until each of the peer's ports (plain, TLS, ws, wss) listens.
+    fn wait_all_listening(&self) -> Result<(), String> {
+        let ports = [self.port_tls, self.port_ws, self.port_wss];
+        for p in std::iter::once(self.port).chain(ports.into_iter().flatten()) {
+            if !wait_listening(p, Duration::from_secs(10)) {
+                return Err(format!(
+                    "{} did not start listening on {p} within 10 s",
+                    self.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -391,16 +405,7 @@ pub fn start_mosquitto_tls(
         child,
         dir: Some(dir),
     };
-    for p in [Some(port), proc.port_tls, proc.port_ws, proc.port_wss]
-        .into_iter()
-        .flatten()
-    {
-        if !wait_listening(p, Duration::from_secs(10)) {
-            return Err(format!(
-                "mosquitto did not start listening on {p} within 10 s"
-            ));
-        }
-    }
+    proc.wait_all_listening()?;
     Ok(proc)
 }
 
@@ -528,16 +533,7 @@ pub fn start_flashmq(
         child,
         dir: Some(dir),
     };
-    for p in [Some(port), proc.port_tls, proc.port_ws, proc.port_wss]
-        .into_iter()
-        .flatten()
-    {
-        if !wait_listening(p, Duration::from_secs(10)) {
-            return Err(format!(
-                "flashmq did not start listening on {p} within 10 s"
-            ));
-        }
-    }
+    proc.wait_all_listening()?;
     Ok(proc)
 }
 
