@@ -277,5 +277,12 @@ fn accept_backs_off_when_out_of_descriptors() {
         "after-the-episode",
         true,
     ));
-    assert_eq!(b.stderr().matches("accept failed").count(), 1);
+    // The 12 closed flood sockets still sit in the backlog when accepting resumes, and the
+    // two connections accepted with the spare descriptors may not have closed yet: a second
+    // short episode can follow. Each episode still logs exactly one warn and one resume line.
+    check_for_blocking(WAIT, "every episode ends with one resume line", || {
+        let log = b.stderr();
+        let failed = log.matches("accept failed").count();
+        (failed == log.matches("accept resumed after").count()).then_some(())
+    });
 }
