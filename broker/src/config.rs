@@ -24,7 +24,9 @@ pub use example::example_toml;
 pub use load::{check_file, env_name, resolve, ConfigError, Source, Sources};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use types::{CpuList, Durability, ListenUrl, LogFormat, OptAddr, OptPath, Overflow};
+use types::{
+    CpuList, Durability, IoBackendChoice, ListenUrl, LogFormat, OptAddr, OptPath, Overflow,
+};
 
 /// The value of a section when no flag is given (environment ignored).
 fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
@@ -105,6 +107,15 @@ section! {
         /// io_uring registered memory per shard, bytes (counts against RLIMIT_MEMLOCK)
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
         pub io_memory: usize,
+        /// Socket I/O: auto (io_uring where the kernel supports it, else epoll), io_uring, epoll
+        #[arg(long, value_name = "BACKEND", default_value = "auto")]
+        pub io_backend: IoBackendChoice,
+        /// io_uring: receive buffers per shard (a power of two); sockets share them, an idle one holds none
+        #[arg(long, value_name = "N", default_value_t = 1024)]
+        pub io_uring_buffers: u16,
+        /// io_uring: bytes per receive buffer
+        #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+        pub io_uring_buffer_size: u32,
         /// Capacity of each cross-shard channel, in batches
         #[arg(long, value_name = "N", default_value_t = 1024)]
         pub mesh_capacity: usize,

@@ -248,6 +248,22 @@ pub fn render(s: &MetricsSnapshot) -> String {
     per_shard(
         o,
         s,
+        "io_uring_buffers_dry_total",
+        "counter",
+        "io_uring backend: multishot receives ended because the shard's receive buffer ring was empty (reading slowed, nothing lost).",
+        |m| m.uring_buffers_dry as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "io_uring_submits_total",
+        "counter",
+        "io_uring backend: io_uring_enter calls that submitted sends and receives.",
+        |m| m.uring_submits as f64,
+    );
+    per_shard(
+        o,
+        s,
         "partial_packet_bytes",
         "gauge",
         "Bytes of packets still being received, held in read buffers (--partial-packet-budget).",

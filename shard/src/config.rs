@@ -135,6 +135,13 @@ pub struct ShardConfig {
     pub pin: bool,
     /// io_uring registered memory per executor, bytes.
     pub io_memory: usize,
+    /// How sockets are served: io_uring, epoll, or io_uring where the
+    /// kernel has what it needs (`server::start` resolves `Auto`).
+    pub io_backend: IoBackend,
+    /// Buffers in each shard's provided-buffer ring (io_uring; a power of two).
+    pub io_uring_buffers: u16,
+    /// Bytes per buffer of that ring.
+    pub io_uring_buffer_size: u32,
     /// listen(2) backlog per shard socket.
     pub backlog: u32,
     /// Maximum concurrent connections, whole broker (split evenly across shards).
@@ -210,6 +217,9 @@ impl Default for ShardConfig {
             cpu_list: None,
             pin: true,
             io_memory: 1 << 20,
+            io_backend: IoBackend::Auto,
+            io_uring_buffers: 1024,
+            io_uring_buffer_size: 4096,
             backlog: 4096,
             max_connections: 1_000_000,
             max_packet_size: 1 << 20,
@@ -244,7 +254,26 @@ impl Default for ShardConfig {
     }
 }
 
+/// The socket I/O backend (`--io-backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring when the kernel has what it needs (probed at start), else epoll.
+    Auto,
+    /// Multishot accept and receive into a provided-buffer ring, sends as SQEs.
+    IoUring,
+    /// One epoll set per shard, `recv`/`send` syscalls.
+    Epoll,
+}
+
 impl ShardConfig {
+    /// The io_uring backend's ring sizes, when that backend serves the sockets.
+    pub(crate) fn uring(&self) -> Option<crate::net::uring::UringConfig> {
+        (self.io_backend == IoBackend::IoUring).then_some(crate::net::uring::UringConfig {
+            buffers: self.io_uring_buffers,
+            buffer_size: self.io_uring_buffer_size,
+        })
+    }
+
     /// The number of shards this config asks for, resolving 0 to all CPUs.
     pub fn shard_count(&self) -> usize {
         if self.cores == 0 {

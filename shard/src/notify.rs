@@ -33,6 +33,11 @@ impl Notify {
         });
     }
 
+    /// Forgets a notification nobody waited for yet (what it announced was done).
+    pub fn clear(&self) {
+        self.set.set(false);
+    }
+
     /// Waits until notified, consuming the notification.
     pub fn wait(&self) -> Wait<'_> {
         Wait(self)

@@ -3,7 +3,7 @@
 //! outside (main thread, admin socket, tests).
 
 use crate::access::passwd::PasswordFile;
-use crate::config::{available_cpus, Durability, ShardConfig};
+use crate::config::{available_cpus, Durability, IoBackend, ShardConfig};
 use crate::control::{Control, Query, Reply};
 use crate::listener::{self, ListenerRt};
 use crate::mesh::ShardMsg;
@@ -46,6 +46,64 @@ pub(crate) struct ShardInit {
     pub passwords: Option<Arc<PasswordFile>>,
     /// Node-wide access state (ACL in force, bans, reloaders).
     pub access: Arc<crate::access::Shared>,
+}
+
+/// Settles `--io-backend`: `auto` takes io_uring when the kernel passes
+/// the probe (`net::uring::probe`), else epoll, and says which and why.
+fn resolve_io_backend(cfg: &ShardConfig) -> io::Result<IoBackend> {
+    let check_ring = || -> io::Result<()> {
+        if cfg.io_uring_buffers == 0
+            || !cfg.io_uring_buffers.is_power_of_two()
+            || cfg.io_uring_buffers > 32768
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "io_uring_buffers: {} is not a power of two from 1 to 32768",
+                    cfg.io_uring_buffers
+                ),
+            ));
+        }
+        if cfg.io_uring_buffer_size < 64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("io_uring_buffer_size: {} is below 64", cfg.io_uring_buffer_size),
+            ));
+        }
+        Ok(())
+    };
+    match cfg.io_backend {
+        IoBackend::Epoll => {
+            tracing::info!("socket I/O: epoll (--io-backend epoll)");
+            Ok(IoBackend::Epoll)
+        }
+        IoBackend::IoUring => {
+            check_ring()?;
+            match crate::net::uring::probe() {
+                Ok(k) => {
+                    tracing::info!("socket I/O: io_uring (--io-backend io_uring, kernel {k})");
+                    Ok(IoBackend::IoUring)
+                }
+                Err(why) => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("io_backend: io_uring unavailable: {why}"),
+                )),
+            }
+        }
+        IoBackend::Auto => {
+            check_ring()?;
+            match crate::net::uring::probe() {
+                Ok(k) => {
+                    tracing::info!("socket I/O: io_uring (kernel {k} has multishot receive and buffer rings)");
+                    Ok(IoBackend::IoUring)
+                }
+                Err(why) => {
+                    tracing::warn!("socket I/O: epoll, io_uring unavailable: {why}");
+                    Ok(IoBackend::Epoll)
+                }
+            }
+        }
+    }
 }
 
 /// A running broker core.
@@ -115,7 +173,8 @@ fn invalid(msg: String) -> io::Error {
 
 /// Starts the broker core: binds every listener, starts one executor per
 /// shard and returns once the listeners are bound.
-pub fn start(cfg: ShardConfig) -> io::Result<ServerHandle> {
+pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
+    cfg.io_backend = resolve_io_backend(&cfg)?;
     let placements = placements(&cfg)?;
     let shards = placements.len();
     // Bans persist beside the store (not with memory-only durability).

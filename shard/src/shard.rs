@@ -150,7 +150,10 @@ pub(crate) async fn run(init: ShardInit) {
         let _ = tx.try_send(ShardMsg::Batch(Vec::new()));
     }
     let mesh = Rc::new(Mesh::new(init.id, senders));
-    let poller = Rc::new(Poller::new().expect("cannot create the shard's epoll set"));
+    let poller = Rc::new(
+        Poller::new(init.cfg.uring(), init.stats.clone())
+            .expect("cannot create the shard's poller (epoll set or io_uring)"),
+    );
     spawn_local(poller.clone().run()).detach();
     let shard = Rc::new(Shard {
         id: init.id,
@@ -296,31 +299,13 @@ impl Drop for Listening<'_> {
     }
 }
 
-/// One non-blocking `accept4` (the socket is non-blocking too).
-fn accept_one(listener: &Io) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; null address pointers are allowed by accept4.
-    let fd = unsafe {
-        libc::accept4(
-            listener.fd.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor from accept4, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<crate::listener::ListenerRt>) {
     // SAFETY: plain syscall on a listening socket we own.
     unsafe {
         let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
         libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
     }
-    let io = match shard.poller.register(fd) {
+    let io = match shard.poller.register_listener(fd) {
         Ok(io) => io,
         Err(e) => {
             tracing::warn!(shard = shard.id, "cannot poll the listener: {e}");
@@ -337,7 +322,7 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<crate::listener::Lis
     let mut burst = 0u32;
     let mut backoff = crate::net::accept_backoff::Backoff::default();
     loop {
-        match accept_one(listener) {
+        match shard.poller.accept(listener) {
             Ok(fd) => {
                 backoff.recovered(shard.id);
                 shard.stats.connections_total.inc();

@@ -276,6 +276,11 @@ pub struct ShardStats {
     /// accept(2) calls that failed (EMFILE, ENFILE, ENOBUFS, ...): each one
     /// is followed by a backoff (`accept_backoff.rs`).
     pub accept_errors: Counter,
+    /// io_uring backend: multishot receives the kernel ended because the
+    /// shard's buffer ring was empty (reading slows; bytes wait in the socket).
+    pub uring_buffers_dry: Counter,
+    /// io_uring backend: `io_uring_enter` calls that submitted requests.
+    pub uring_submits: Counter,
     /// Bytes of packets still being received, held in read buffers (gauge).
     pub partial_bytes: Counter,
     /// Times a connection stopped reading because the shard's partial-packet
@@ -346,6 +351,8 @@ impl Default for ShardStats {
             connections: Counter::default(),
             connections_total: Counter::default(),
             accept_errors: Counter::default(),
+            uring_buffers_dry: Counter::default(),
+            uring_submits: Counter::default(),
             partial_bytes: Counter::default(),
             reads_paused: Counter::default(),
             sessions: Counter::default(),

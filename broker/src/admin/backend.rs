@@ -169,6 +169,12 @@ pub struct ShardMetrics {
     /// Failed accept(2) calls (out of descriptors, ...), each followed by a backoff.
     #[serde(default)]
     pub accept_errors: u64,
+    /// io_uring backend: multishot receives ended on an empty buffer ring,
+    /// and io_uring_enter calls that submitted.
+    #[serde(default)]
+    pub uring_buffers_dry: u64,
+    #[serde(default)]
+    pub uring_submits: u64,
     /// Bytes of packets still being received (gauge), and reads paused by
     /// the partial-packet budget.
     #[serde(default)]

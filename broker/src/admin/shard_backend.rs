@@ -202,6 +202,8 @@ fn shard_metrics(
         connections: s.connections.get(),
         connections_total: s.connections_total.get(),
         accept_errors: s.accept_errors.get(),
+        uring_buffers_dry: s.uring_buffers_dry.get(),
+        uring_submits: s.uring_submits.get(),
         partial_bytes: s.partial_bytes.get(),
         reads_paused: s.reads_paused.get(),
         sessions: s.sessions.get(),

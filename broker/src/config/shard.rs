@@ -1,6 +1,6 @@
 //! The one mapping from the operator's configuration to the broker core's.
 
-use super::types::{Durability, ListenUrl, Overflow, Scheme};
+use super::types::{Durability, IoBackendChoice, ListenUrl, Overflow, Scheme};
 use super::{Config, Listeners};
 use ringmq_shard::config::{self as core, ShardConfig};
 use std::time::Duration;
@@ -27,6 +27,13 @@ impl Config {
             cpu_list: (!p.cpu_list.0.is_empty()).then(|| p.cpu_list.0.clone()),
             pin: p.pin,
             io_memory: p.io_memory,
+            io_backend: match p.io_backend {
+                IoBackendChoice::Auto => core::IoBackend::Auto,
+                IoBackendChoice::IoUring => core::IoBackend::IoUring,
+                IoBackendChoice::Epoll => core::IoBackend::Epoll,
+            },
+            io_uring_buffers: p.io_uring_buffers,
+            io_uring_buffer_size: p.io_uring_buffer_size,
             backlog: l.backlog,
             max_connections: m.max_connections,
             max_packet_size: m.max_packet_size,

@@ -361,6 +361,18 @@ word_enum! {
 }
 
 word_enum! {
+    /// How the shards serve their sockets.
+    IoBackendChoice {
+        /// io_uring where the kernel has multishot receive and buffer rings (probed), else epoll.
+        Auto => "auto",
+        /// io_uring: multishot accept/receive into a provided-buffer ring, sends as SQEs.
+        IoUring => "io_uring",
+        /// One epoll set per shard, recv/send syscalls.
+        Epoll => "epoll",
+    }
+}
+
+word_enum! {
     /// What to do when a session's queue is full.
     Overflow {
         /// Drop the message that arrived.

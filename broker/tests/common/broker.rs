@@ -25,6 +25,19 @@ pub fn scratch_dir() -> std::path::PathBuf {
     dir
 }
 
+/// The socket backend of the brokers tests start: `RINGMQ_IO_BACKEND` (`epoll`, `io_uring`,
+/// `auto`), as the binary reads it; unset is the broker's default (`auto`). Binary brokers
+/// inherit the variable itself.
+pub fn io_backend() -> ringmq_shard::config::IoBackend {
+    use ringmq_shard::config::IoBackend;
+    match std::env::var("RINGMQ_IO_BACKEND").as_deref() {
+        Ok("epoll") => IoBackend::Epoll,
+        Ok("io_uring") => IoBackend::IoUring,
+        Ok("auto") | Err(_) => IoBackend::Auto,
+        Ok(other) => panic!("RINGMQ_IO_BACKEND={other}: not epoll, io_uring or auto"),
+    }
+}
+
 /// An in-process broker on 127.0.0.1:0. Shut down (bounded) when dropped.
 pub struct Broker {
     handle: Option<ServerHandle>,
@@ -59,6 +72,7 @@ impl Broker {
         if super::ws::enabled() {
             cfg.listen = vec![super::ws::listener()];
         }
+        cfg.io_backend = io_backend();
         tweak(&mut cfg);
         let data_dir = cfg.data_dir.clone();
         let handle = server::start(cfg).expect("broker starts");

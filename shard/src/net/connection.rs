@@ -260,7 +260,19 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
     }
     // Hand the socket itself to the home shard: the descriptor crosses the
     // mesh, with its transport stack (TLS and WebSocket state included).
-    let fd = shard.poller.deregister(io);
+    let (fd, wire_rest) = shard.poller.deregister(io).await;
+    let mut buf = buf;
+    if !wire_rest.is_empty() {
+        // Bytes the io_uring backend had received behind the CONNECT: they
+        // pass through the stack like any read and travel in `rest`.
+        shard.stats.bytes_in.add(wire_rest.len() as u64);
+        if let Err(e) = stack.feed(&wire_rest, &mut buf) {
+            let reason = fault_reason(&e).unwrap_or(CloseReason::IoError);
+            drop(fd);
+            shard.stats.close(reason);
+            return;
+        }
+    }
     shard.stats.close(CloseReason::HandedOff);
     shard.mesh.push(
         home,

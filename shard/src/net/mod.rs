@@ -1,7 +1,10 @@
 //! The network wing: sockets, their readiness, listeners and the loop that
 //! turns a byte stream into MQTT packets and back.
 //!
-//! - `poller.rs`: the shard's epoll set and deadline heap.
+//! - `poller.rs`: the shard's sockets' readiness (epoll set, or the
+//!   io_uring ring of `uring.rs`) and deadline heap.
+//! - `uring.rs`: the io_uring backend: multishot accept and receive into a
+//!   provided-buffer ring, sends as SQEs.
 //! - `listener.rs`: listener sockets, bound once per shard.
 //! - `connection.rs`: a connection's one task, from accept to close.
 //! - `conn_out.rs`: a connection's outbound buffer.
@@ -25,5 +28,6 @@ pub mod proxy;
 pub(crate) mod read_budget;
 pub(crate) mod stack;
 pub mod tls;
+pub mod uring;
 mod tls_conn;
 pub mod ws;

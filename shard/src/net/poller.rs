@@ -1,5 +1,8 @@
-//! The shard's readiness poller: one epoll set for every client socket and
-//! listener of the shard, plus one timer heap for their deadlines.
+//! The shard's readiness poller: one epoll set (or, with `--io-backend
+//! io_uring`, the shard's own ring: `uring.rs`) for every client socket and
+//! listener of the shard, plus one timer heap for their deadlines. The
+//! connection code sees the same slots either way: a waker and readiness
+//! bits, set by epoll events or by io_uring completions.
 //!
 //! glommio waits for a socket with one io_uring poll request per waiting
 //! stream, each a ~500-byte heap `Source`: an idle connection would pay for
@@ -13,7 +16,9 @@
 //! only wakes its owner, which checks its own clocks and re-arms if needed,
 //! so a stale entry costs a spurious wake-up, never a wrong close.
 
+use super::uring::{Uring, UringConfig};
 use crate::notify::Notify;
+use crate::stats::ShardStats;
 use slab::Slab;
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -21,6 +26,8 @@ use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -30,15 +37,23 @@ pub(crate) const READABLE: u8 = 1;
 pub(crate) const WRITABLE: u8 = 2;
 
 /// One registered descriptor.
-struct Slot {
-    waker: Option<Waker>,
-    ready: u8,
+pub(crate) struct Slot {
+    pub waker: Option<Waker>,
+    pub ready: u8,
+}
+
+/// How the shard's sockets are served (`--io-backend`).
+enum Backend {
+    /// One epoll set, waited on through glommio; `recv`/`send` syscalls.
+    Epoll(OwnedFd),
+    /// A ring of the shard's own (`uring.rs`), waited on through glommio.
+    Uring(Rc<Uring>),
 }
 
 /// Readiness and deadlines of one shard's sockets.
 pub(crate) struct Poller {
-    epfd: OwnedFd,
-    slots: RefCell<Slab<Slot>>,
+    backend: Backend,
+    slots: Rc<RefCell<Slab<Slot>>>,
     /// (deadline in ms since `epoch`, slot key), earliest first.
     timers: RefCell<BinaryHeap<Reverse<(u64, u32)>>>,
     /// The deadline the run loop sleeps until (u64::MAX: none).
@@ -52,11 +67,16 @@ pub(crate) struct Poller {
 pub(crate) struct Io {
     pub fd: OwnedFd,
     pub key: u32,
+    /// The io_uring backend's ring (None: epoll).
+    uring: Option<Rc<Uring>>,
 }
 
 impl Io {
     /// Non-blocking `recv` into `buf`; `WouldBlock` when nothing is there.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(u) = &self.uring {
+            return u.recv(self.key, buf);
+        }
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the descriptor is ours.
         let n = unsafe {
             libc::recv(
@@ -75,6 +95,9 @@ impl Io {
 
     /// Non-blocking `send`; `WouldBlock` when the socket takes nothing now.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(u) = &self.uring {
+            return u.send(self.key, buf);
+        }
         // SAFETY: `buf` is valid for reads of `buf.len()` bytes; the descriptor is ours.
         let n = unsafe {
             libc::send(
@@ -93,6 +116,10 @@ impl Io {
 
     /// Shuts both directions down (the peer sees the end of stream at once).
     pub fn shutdown(&self) {
+        if let Some(u) = &self.uring {
+            // Queued sends reach the socket before its end.
+            u.submit();
+        }
         // SAFETY: plain syscall on a descriptor we own.
         unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
@@ -107,14 +134,21 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 impl Poller {
-    /// A new, empty poller.
-    pub fn new() -> io::Result<Self> {
-        // SAFETY: plain syscall; the result is checked and owned below.
-        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    /// A new, empty poller: an io_uring ring with `uring` set, else an epoll set.
+    pub fn new(uring: Option<UringConfig>, stats: Arc<ShardStats>) -> io::Result<Self> {
+        let slots = Rc::new(RefCell::new(Slab::new()));
+        let backend = match uring {
+            Some(cfg) => Backend::Uring(Rc::new(Uring::new(cfg, slots.clone(), stats)?)),
+            None => {
+                // SAFETY: plain syscall; the result is checked and owned below.
+                let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+                // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+                Backend::Epoll(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        };
         Ok(Poller {
-            // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-            epfd: unsafe { OwnedFd::from_raw_fd(fd) },
-            slots: RefCell::new(Slab::new()),
+            backend,
+            slots,
             timers: RefCell::new(BinaryHeap::new()),
             sleeping_until: Cell::new(u64::MAX),
             kick: Notify::default(),
@@ -122,12 +156,33 @@ impl Poller {
         })
     }
 
-    /// Registers a non-blocking descriptor (edge-triggered, read and write).
+    /// Registers a non-blocking client socket (edge-triggered, read and write).
     pub fn register(&self, fd: OwnedFd) -> io::Result<Io> {
+        self.add(fd, false)
+    }
+
+    /// Registers a non-blocking listening socket ([`Poller::accept`] takes
+    /// its connections).
+    pub fn register_listener(&self, fd: OwnedFd) -> io::Result<Io> {
+        self.add(fd, true)
+    }
+
+    fn add(&self, fd: OwnedFd, listener: bool) -> io::Result<Io> {
         let key = self.slots.borrow_mut().insert(Slot {
             waker: None,
             ready: WRITABLE,
         }) as u32;
+        let epfd = match &self.backend {
+            Backend::Uring(u) => {
+                u.add(key, fd.as_raw_fd(), listener);
+                return Ok(Io {
+                    fd,
+                    key,
+                    uring: Some(u.clone()),
+                });
+            }
+            Backend::Epoll(epfd) => epfd,
+        };
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
             u64: key as u64,
@@ -135,7 +190,7 @@ impl Poller {
         // SAFETY: both descriptors are valid; `ev` outlives the call.
         let r = unsafe {
             libc::epoll_ctl(
-                self.epfd.as_raw_fd(),
+                epfd.as_raw_fd(),
                 libc::EPOLL_CTL_ADD,
                 fd.as_raw_fd(),
                 &mut ev,
@@ -145,35 +200,95 @@ impl Poller {
             self.slots.borrow_mut().remove(key as usize);
             return Err(e);
         }
-        Ok(Io { fd, key })
+        Ok(Io {
+            fd,
+            key,
+            uring: None,
+        })
     }
 
-    /// Takes the descriptor back out (to close it or hand it to another shard).
-    pub fn deregister(&self, io: Io) -> OwnedFd {
+    /// Takes the descriptor back out to hand it to another shard, with the
+    /// bytes already received from it and not read yet (the io_uring
+    /// backend's; they go through the connection's stack before the handoff).
+    pub async fn deregister(&self, io: Io) -> (OwnedFd, Vec<u8>) {
+        let epfd = match &self.backend {
+            Backend::Uring(u) => {
+                // No receive may be in flight when another shard arms its own.
+                u.stop(io.key);
+                let key = io.key;
+                std::future::poll_fn(|cx| {
+                    if u.quiet(key) {
+                        Poll::Ready(())
+                    } else {
+                        self.set_waker(key, cx.waker());
+                        Poll::Pending
+                    }
+                })
+                .await;
+                let rest = u.take_rest(io.key);
+                self.release(io.key);
+                return (io.fd, rest);
+            }
+            Backend::Epoll(epfd) => epfd,
+        };
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: both descriptors are valid; `ev` outlives the call.
         unsafe {
             libc::epoll_ctl(
-                self.epfd.as_raw_fd(),
+                epfd.as_raw_fd(),
                 libc::EPOLL_CTL_DEL,
                 io.fd.as_raw_fd(),
                 &mut ev,
             )
         };
         self.release(io.key);
-        io.fd
+        (io.fd, Vec::new())
     }
 
     /// Frees the slot of a descriptor about to be closed (closing the last
     /// descriptor of a socket removes it from the epoll set).
-    pub fn release(&self, key: u32) {
+    fn release(&self, key: u32) {
         self.slots.borrow_mut().try_remove(key as usize);
     }
 
-    /// Closes a registered descriptor.
+    /// Closes a registered descriptor (on io_uring: once its requests ended).
     pub fn close(&self, io: Io) {
-        self.release(io.key);
-        drop(io.fd);
+        match &self.backend {
+            Backend::Uring(u) => u.close(io.key, io.fd),
+            Backend::Epoll(_) => {
+                self.release(io.key);
+                drop(io.fd);
+            }
+        }
+    }
+
+    /// The next connection of a listener; `WouldBlock` when none waits.
+    pub fn accept(&self, listener: &Io) -> io::Result<OwnedFd> {
+        if let Backend::Uring(u) = &self.backend {
+            return u.accept(listener.key);
+        }
+        // SAFETY: plain syscall; null address pointers are allowed by accept4.
+        let fd = unsafe {
+            libc::accept4(
+                listener.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor from accept4, owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Which backend serves the sockets ("io_uring" or "epoll").
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Uring(_) => "io_uring",
+            Backend::Epoll(_) => "epoll",
+        }
     }
 
     /// The readiness bits of `key`.
@@ -230,8 +345,12 @@ impl Poller {
         }
     }
 
-    /// Reads every pending event and wakes the owners.
+    /// Reads every pending event (completion) and wakes the owners.
     fn dispatch(&self) -> usize {
+        let epfd = match &self.backend {
+            Backend::Uring(u) => return u.reap(),
+            Backend::Epoll(epfd) => epfd,
+        };
         const BATCH: usize = 256;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
         let mut total = 0;
@@ -239,7 +358,7 @@ impl Poller {
             // SAFETY: `events` is valid for BATCH entries; the descriptor is ours.
             let n = unsafe {
                 libc::epoll_wait(
-                    self.epfd.as_raw_fd(),
+                    epfd.as_raw_fd(),
                     events.as_mut_ptr(),
                     BATCH as libc::c_int,
                     0,
@@ -301,7 +420,11 @@ impl Poller {
     /// added to our vendored glommio: vendor/README.md), armed once per
     /// wake-up of the whole shard, never per socket.
     fn epoll_readable(&self) -> io::Result<impl std::future::Future<Output = ()>> {
-        let ready = glommio::net::poll_readable(self.epfd.as_raw_fd());
+        let fd = match &self.backend {
+            Backend::Uring(u) => u.fd(),
+            Backend::Epoll(epfd) => epfd.as_raw_fd(),
+        };
+        let ready = glommio::net::poll_readable(fd);
         Ok(async move {
             // An error of the poll itself shows in the next epoll_wait.
             let _ = ready.await;
@@ -309,17 +432,31 @@ impl Poller {
     }
 
     /// The poller's task: runs for the life of the shard.
-    pub async fn run(self: std::rc::Rc<Self>) {
+    pub async fn run(self: Rc<Self>) {
         // Wake-ups by the epoll stream that found no event, in a row.
         let mut spurious = 0u32;
         let mut by_epoll = false;
         let mut armed: Option<Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
+        let uring = match &self.backend {
+            Backend::Uring(u) => Some(u.clone()),
+            Backend::Epoll(_) => None,
+        };
+        // A completion reaped before its ring's poll fired makes that poll
+        // look spurious; on io_uring only a long run of them is suspicious.
+        let spurious_max = if uring.is_some() { 64 } else { 3 };
         loop {
-            let events = self.dispatch();
+            let mut events = self.dispatch();
             self.fire_timers();
+            if let Some(u) = &uring {
+                // One submission for everything the tick queued (sends,
+                // re-armed receives), then what it completed inline.
+                u.submit();
+                events += u.reap();
+                u.submit();
+            }
             if by_epoll && events == 0 {
                 spurious += 1;
-                if spurious > 3 {
+                if spurious > spurious_max {
                     // Never spin, should the epoll poll keep completing empty.
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
@@ -356,8 +493,18 @@ impl Poller {
                 ready.as_mut().await;
                 true
             };
+            let submit = async {
+                match &uring {
+                    Some(u) => u.pending.wait().await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
             by_epoll = futures_lite::future::or(ready, async {
-                futures_lite::future::or(timer, self.kick.wait()).await;
+                futures_lite::future::or(
+                    timer,
+                    futures_lite::future::or(self.kick.wait(), submit),
+                )
+                .await;
                 false
             })
             .await;

@@ -1,0 +1,1025 @@
+//! The io_uring socket backend (`--io-backend io_uring`): one ring per
+//! shard, beside glommio's, for every client socket and listener of the
+//! shard. The shard still waits in one place: the ring's descriptor is
+//! waited on through glommio (`glommio::net::poll_readable`), exactly as the
+//! epoll set is on the epoll backend (reason and figures: ARCHITECTURE.md).
+//!
+//! - **Receive**: one multishot `RECV` per socket, into the shard's
+//!   provided-buffer ring (`BufRing`). An idle connection holds no receive
+//!   buffer: a buffer is taken from the ring only when bytes arrive, and is
+//!   given back as soon as the connection has read it ([`Uring::recv`]).
+//!   A connection that does not read (over the partial-packet budget, a
+//!   paused reader) holds at most `max_held` buffers: past it its receive is
+//!   cancelled and re-armed once it has read them, so the bytes wait in the
+//!   socket. When the ring runs dry the kernel ends the multishot receives
+//!   with `ENOBUFS` (counted: `ShardStats::uring_buffers_dry`); they are
+//!   re-armed as buffers come back. Reading slows; no byte is lost (they stay
+//!   in the socket).
+//! - **Send**: [`Uring::send`] copies the bytes it is given into a buffer
+//!   of the shard's pool and queues one `SEND` for the socket; the next send
+//!   says `WouldBlock` until it completed (a short send is re-queued for the
+//!   rest). The connection loop sends once per flush, so one `SEND` per
+//!   dirty connection per tick.
+//! - **Accept**: one multishot `ACCEPT` per listener.
+//! - **Submission**: SQEs are queued without a syscall; the poller's task
+//!   submits them all with one `io_uring_enter` at the end of the tick
+//!   ([`Uring::submit`], woken by [`Uring::pending`]).
+//!
+//! Readiness for the connection code is the poller's slot bits, set here
+//! from completions: READABLE while buffered bytes, end of stream or an error
+//! wait; WRITABLE while no send is in flight. The code above (`Io::recv`,
+//! `Io::send`, the `Wire` seam) is the same for both backends.
+//!
+//! A socket's slot lives until its last request completed: its key is in
+//! the `user_data` of its requests, so it is not reused before. The
+//! descriptor is closed only then, too, so no queued request can name a
+//! descriptor number that was reused.
+
+use super::poller::{Slot, READABLE, WRITABLE};
+use crate::notify::Notify;
+use crate::stats::ShardStats;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+use std::alloc::Layout;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+/// Operation tags in the high half of `user_data`; the low half is the slot key.
+const OP_RECV: u64 = 1;
+const OP_SEND: u64 = 2;
+const OP_ACCEPT: u64 = 3;
+const OP_CANCEL: u64 = 4;
+/// The one buffer group of the shard's ring.
+const BGID: u16 = 0;
+/// No chunk / no send.
+const NIL: u32 = u32::MAX;
+/// Submission queue entries (a full queue is submitted at once).
+const SQ_ENTRIES: u32 = 1024;
+/// Completion queue entries (multishot receives post many per request).
+const CQ_ENTRIES: u32 = 16384;
+/// Send buffers kept for reuse, and the largest one kept.
+const POOL_MAX: usize = 256;
+const POOL_BUF_MAX: usize = 256 << 10;
+
+fn ud(op: u64, key: u32) -> u64 {
+    (op << 32) | key as u64
+}
+
+/// Sizes of the provided-buffer ring.
+#[derive(Clone, Copy, Debug)]
+pub struct UringConfig {
+    /// Buffers in the ring (a power of two, 1..=32768).
+    pub buffers: u16,
+    /// Bytes per buffer.
+    pub buffer_size: u32,
+}
+
+/// The shard's provided-buffer ring: `entries` descriptors the kernel picks
+/// from (page-aligned, shared with the kernel) and the buffers behind them.
+struct BufRing {
+    ring: *mut types::BufRingEntry,
+    ring_layout: Layout,
+    mem: std::mem::ManuallyDrop<Box<[u8]>>,
+    size: u32,
+    mask: u16,
+    /// Our producer index (published to the kernel at each give).
+    tail: Cell<u16>,
+    /// Buffers the kernel may still pick.
+    free: Cell<u32>,
+}
+
+impl BufRing {
+    fn new(cfg: UringConfig) -> io::Result<Self> {
+        let entries = cfg.buffers as usize;
+        if entries == 0 || !entries.is_power_of_two() || entries > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "io_uring_buffers must be a power of two up to 32768",
+            ));
+        }
+        let ring_layout = Layout::from_size_align(
+            entries * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size; the result is checked.
+        let ring = unsafe { std::alloc::alloc_zeroed(ring_layout) } as *mut types::BufRingEntry;
+        if ring.is_null() {
+            return Err(io::Error::other("cannot allocate the buffer ring"));
+        }
+        let br = BufRing {
+            ring,
+            ring_layout,
+            mem: std::mem::ManuallyDrop::new(
+                vec![0u8; entries * cfg.buffer_size as usize].into_boxed_slice(),
+            ),
+            size: cfg.buffer_size,
+            mask: (entries - 1) as u16,
+            tail: Cell::new(0),
+            free: Cell::new(0),
+        };
+        Ok(br)
+    }
+
+    /// Gives buffer `bid` (back) to the kernel.
+    fn give(&self, bid: u16) {
+        let tail = self.tail.get();
+        // SAFETY: `tail & mask` indexes the ring's `entries` descriptors;
+        // the kernel only reads descriptors below the published tail.
+        let e = unsafe { &mut *self.ring.add((tail & self.mask) as usize) };
+        // SAFETY: `bid` < entries, so the buffer lies within `mem`.
+        let addr = unsafe { self.mem.as_ptr().add(bid as usize * self.size as usize) };
+        e.set_addr(addr as u64);
+        e.set_len(self.size);
+        e.set_bid(bid);
+        let next = tail.wrapping_add(1);
+        self.tail.set(next);
+        // SAFETY: the ring's first descriptor holds the shared tail
+        // (`BufRingEntry::tail`); the kernel reads it with acquire ordering.
+        unsafe {
+            let t = types::BufRingEntry::tail(self.ring) as *const AtomicU16;
+            (*t).store(next, Ordering::Release);
+        }
+        self.free.set(self.free.get() + 1);
+    }
+
+    fn entries(&self) -> u32 {
+        self.mask as u32 + 1
+    }
+
+    fn bytes(&self, bid: u16, off: u32, len: u32) -> &[u8] {
+        let start = bid as usize * self.size as usize + off as usize;
+        &self.mem[start..start + len as usize]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the kernel pinned
+        // these pages at registration and holds them until the ring is gone.
+        unsafe { std::alloc::dealloc(self.ring as *mut u8, self.ring_layout) };
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here, before the buffers it points to.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.ring) };
+        // The kernel tears the ring down after its descriptor closed; a
+        // receive still in flight could land in a buffer meanwhile. The
+        // buffers are freed only when no socket was left with one.
+        if !self.socks.get_mut().iter().any(|s| s.live) {
+            // SAFETY: dropped once, here; nothing refers to them any more.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.bufs.mem) };
+        }
+    }
+}
+
+/// Bytes of one receive completion not yet read by the connection.
+struct Chunk {
+    bid: u16,
+    off: u32,
+    len: u32,
+    next: u32,
+}
+
+/// The receive request of a socket.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Recv {
+    /// None in flight.
+    Idle,
+    Armed,
+    /// Cancel asked, the last completion not seen yet.
+    Cancelling,
+}
+
+/// What the ring knows of one registered socket (indexed by slot key).
+struct Sock {
+    fd: RawFd,
+    live: bool,
+    listener: bool,
+    /// The owner let go of it: closed (free at the last completion) or
+    /// being handed to another shard (no more receives).
+    stopped: bool,
+    /// Close the descriptor when the slot is freed.
+    owns_fd: bool,
+    recv: Recv,
+    accept_armed: bool,
+    starved: bool,
+    eof: bool,
+    err: i32,
+    held: u32,
+    head: u32,
+    tail: u32,
+    send: u32,
+}
+
+impl Sock {
+    fn new(fd: RawFd, listener: bool) -> Self {
+        Sock {
+            fd,
+            live: true,
+            listener,
+            stopped: false,
+            owns_fd: false,
+            recv: Recv::Idle,
+            accept_armed: false,
+            starved: false,
+            eof: false,
+            err: 0,
+            held: 0,
+            head: NIL,
+            tail: NIL,
+            send: NIL,
+        }
+    }
+
+    fn quiet(&self) -> bool {
+        self.recv == Recv::Idle && self.send == NIL && !self.accept_armed
+    }
+}
+
+/// A socket's send: the bytes (owned until the completion) and how far.
+/// Bytes given in the same tick join it until the tick's submission.
+struct SendBuf {
+    buf: Vec<u8>,
+    off: usize,
+    submitted: bool,
+}
+
+/// One shard's ring and the state of its sockets.
+pub(crate) struct Uring {
+    /// Dropped first, by hand (see `Drop`).
+    ring: std::mem::ManuallyDrop<RefCell<IoUring>>,
+    bufs: BufRing,
+    slots: Rc<RefCell<Slab<Slot>>>,
+    socks: RefCell<Vec<Sock>>,
+    chunks: RefCell<Slab<Chunk>>,
+    sends: RefCell<Slab<SendBuf>>,
+    /// Sockets whose send waits for the tick's submission.
+    dirty: RefCell<Vec<u32>>,
+    pool: RefCell<Vec<Vec<u8>>>,
+    /// Accepted descriptors per listener key.
+    accepted: RefCell<Vec<(u32, VecDeque<OwnedFd>)>>,
+    /// Sockets whose receive ended on an empty buffer ring.
+    starved: RefCell<Vec<u32>>,
+    /// Slots whose last request completed after their owner let go.
+    to_free: RefCell<Vec<u32>>,
+    unsubmitted: Cell<u32>,
+    /// Wakes the poller's task: SQEs to submit, or starved sockets.
+    pub pending: Notify,
+    max_held: u32,
+    stats: Arc<ShardStats>,
+    cqes: RefCell<Vec<(u64, i32, u32)>>,
+}
+
+impl Uring {
+    pub fn new(
+        cfg: UringConfig,
+        slots: Rc<RefCell<Slab<Slot>>>,
+        stats: Arc<ShardStats>,
+    ) -> io::Result<Self> {
+        let ring = IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .setup_clamp()
+            .build(SQ_ENTRIES)?;
+        let bufs = BufRing::new(cfg)?;
+        // SAFETY: the descriptors stay allocated (and the buffers too) for
+        // the life of `Uring`, which closes the ring first (its `Drop`).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.ring as u64,
+                cfg.buffers,
+                BGID,
+                0,
+            )?;
+        }
+        for bid in 0..cfg.buffers {
+            bufs.give(bid);
+        }
+        // A connection may hold the bytes of up to 64 KiB (the epoll
+        // backend's read size), and never more than half the ring.
+        let max_held = ((64 << 10) / cfg.buffer_size.max(1))
+            .min(cfg.buffers as u32 / 2)
+            .max(1);
+        Ok(Uring {
+            ring: std::mem::ManuallyDrop::new(RefCell::new(ring)),
+            bufs,
+            slots,
+            socks: RefCell::new(Vec::new()),
+            chunks: RefCell::new(Slab::new()),
+            sends: RefCell::new(Slab::new()),
+            dirty: RefCell::new(Vec::new()),
+            pool: RefCell::new(Vec::new()),
+            accepted: RefCell::new(Vec::new()),
+            starved: RefCell::new(Vec::new()),
+            to_free: RefCell::new(Vec::new()),
+            unsubmitted: Cell::new(0),
+            pending: Notify::default(),
+            max_held,
+            stats,
+            cqes: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// The ring's descriptor (readable when completions wait).
+    pub fn fd(&self) -> RawFd {
+        self.ring.borrow().as_raw_fd()
+    }
+
+    fn push(&self, e: squeue::Entry) {
+        let mut ring = self.ring.borrow_mut();
+        loop {
+            // SAFETY: every buffer an entry points to (send bytes, none
+            // else) stays alive until its completion: `sends` owns it.
+            if unsafe { ring.submission().push(&e) }.is_ok() {
+                break;
+            }
+            // Queue full: submit what is there now.
+            self.stats.uring_submits.inc();
+            if let Err(e) = ring.submit() {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY)
+                {
+                    tracing::warn!("io_uring submit failed: {e}");
+                }
+            }
+        }
+        drop(ring);
+        if self.unsubmitted.replace(self.unsubmitted.get() + 1) == 0 {
+            self.pending.notify();
+        }
+    }
+
+    /// Queues one SEND per socket with bytes given this tick.
+    fn flush_sends(&self) {
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for key in dirty {
+            let sqe = {
+                let socks = self.socks.borrow();
+                let Some(s) = socks.get(key as usize).filter(|s| s.live) else {
+                    continue;
+                };
+                let mut sends = self.sends.borrow_mut();
+                let Some(sb) = sends.get_mut(s.send as usize) else {
+                    continue;
+                };
+                sb.submitted = true;
+                opcode::Send::new(types::Fd(s.fd), sb.buf.as_ptr(), sb.buf.len() as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(ud(OP_SEND, key))
+            };
+            self.push(sqe);
+        }
+    }
+
+    /// Submits every queued request (and this tick's sends): one
+    /// `io_uring_enter`, none if nothing waits.
+    pub fn submit(&self) {
+        self.flush_sends();
+        if self.unsubmitted.get() == 0 {
+            return;
+        }
+        self.stats.uring_submits.inc();
+        match self.ring.borrow().submit() {
+            Ok(_) => {
+                self.unsubmitted.set(0);
+                // What the notification announced is submitted (starved
+                // receives were re-armed by the `reap` before this).
+                self.pending.clear();
+            }
+            Err(e) => match e.raw_os_error() {
+                // Completion queue overflowing or interrupted: the next round retries.
+                Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR) => {
+                    self.pending.notify()
+                }
+                _ => tracing::warn!("io_uring submit failed: {e}"),
+            },
+        }
+    }
+
+    fn with_sock<R>(&self, key: u32, f: impl FnOnce(&mut Sock) -> R) -> Option<R> {
+        let mut socks = self.socks.borrow_mut();
+        socks.get_mut(key as usize).filter(|s| s.live).map(f)
+    }
+
+    /// Starts serving a socket (a client's, or a listener's).
+    pub fn add(&self, key: u32, fd: RawFd, listener: bool) {
+        {
+            let mut socks = self.socks.borrow_mut();
+            while socks.len() <= key as usize {
+                socks.push(Sock {
+                    live: false,
+                    ..Sock::new(-1, false)
+                });
+            }
+            socks[key as usize] = Sock::new(fd, listener);
+        }
+        if listener {
+            self.accepted.borrow_mut().push((key, VecDeque::new()));
+            self.arm_accept(key);
+        } else {
+            self.arm_recv(key);
+        }
+    }
+
+    fn arm_recv(&self, key: u32) {
+        let fd = {
+            let mut socks = self.socks.borrow_mut();
+            let s = &mut socks[key as usize];
+            if s.recv != Recv::Idle || s.stopped || s.eof || s.err != 0 {
+                return;
+            }
+            if self.bufs.free.get() == 0 {
+                if !s.starved {
+                    s.starved = true;
+                    self.starved.borrow_mut().push(key);
+                }
+                return;
+            }
+            s.recv = Recv::Armed;
+            s.fd
+        };
+        self.push(
+            opcode::RecvMulti::new(types::Fd(fd), BGID)
+                .build()
+                .user_data(ud(OP_RECV, key)),
+        );
+    }
+
+    fn arm_accept(&self, key: u32) {
+        let fd = {
+            let mut socks = self.socks.borrow_mut();
+            let s = &mut socks[key as usize];
+            if s.accept_armed || s.stopped {
+                return;
+            }
+            s.accept_armed = true;
+            s.fd
+        };
+        self.push(
+            opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ud(OP_ACCEPT, key)),
+        );
+    }
+
+    fn cancel(&self, target: u64) {
+        self.push(
+            opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(ud(OP_CANCEL, 0)),
+        );
+    }
+
+    /// Copies buffered received bytes into `buf`; `Ok(0)` end of stream,
+    /// `WouldBlock` nothing there. Buffers read whole go back to the ring.
+    pub fn recv(&self, key: u32, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        let (eof, err, rearm) = {
+            let mut socks = self.socks.borrow_mut();
+            let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            };
+            let mut chunks = self.chunks.borrow_mut();
+            while n < buf.len() && s.head != NIL {
+                let c = &mut chunks[s.head as usize];
+                let take = (c.len as usize).min(buf.len() - n);
+                buf[n..n + take].copy_from_slice(self.bufs.bytes(c.bid, c.off, take as u32));
+                n += take;
+                c.off += take as u32;
+                c.len -= take as u32;
+                if c.len == 0 {
+                    let c = chunks.remove(s.head as usize);
+                    s.head = c.next;
+                    if s.head == NIL {
+                        s.tail = NIL;
+                    }
+                    s.held -= 1;
+                    self.bufs.give(c.bid);
+                }
+            }
+            let rearm = s.recv == Recv::Idle && s.held <= self.max_held / 2;
+            (s.eof && s.head == NIL, s.err, rearm)
+        };
+        if rearm {
+            self.arm_recv(key);
+        }
+        if !self.starved.borrow().is_empty() {
+            self.pending.notify();
+        }
+        if n > 0 {
+            Ok(n)
+        } else if err != 0 {
+            Err(io::Error::from_raw_os_error(err))
+        } else if eof {
+            Ok(0)
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    /// Takes `buf` whole for the socket's send of this tick (one SEND per
+    /// socket per tick); `WouldBlock` while an earlier send is in flight.
+    pub fn send(&self, key: u32, buf: &[u8]) -> io::Result<usize> {
+        let mut socks = self.socks.borrow_mut();
+        let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        if s.err != 0 {
+            return Err(io::Error::from_raw_os_error(s.err));
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut sends = self.sends.borrow_mut();
+        if s.send != NIL {
+            let sb = &mut sends[s.send as usize];
+            if sb.submitted {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            sb.buf.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        let mut v = self.pool.borrow_mut().pop().unwrap_or_default();
+        v.extend_from_slice(buf);
+        s.send = sends.insert(SendBuf {
+            buf: v,
+            off: 0,
+            submitted: false,
+        }) as u32;
+        let mut dirty = self.dirty.borrow_mut();
+        dirty.push(key);
+        if dirty.len() == 1 {
+            self.pending.notify();
+        }
+        Ok(buf.len())
+    }
+
+    /// The next accepted descriptor of a listener; `WouldBlock` when none
+    /// waits; the error that ended the multishot accept, once.
+    pub fn accept(&self, key: u32) -> io::Result<OwnedFd> {
+        if let Some(fd) = self
+            .accepted
+            .borrow_mut()
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, q)| q.pop_front())
+        {
+            return Ok(fd);
+        }
+        let (armed, err) = self
+            .with_sock(key, |s| (s.accept_armed, std::mem::take(&mut s.err)))
+            .unwrap_or((true, libc::EBADF));
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+        if !armed {
+            self.arm_accept(key);
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// The owner closes the socket: requests are cancelled, buffered bytes
+    /// dropped, the descriptor closed once nothing in flight names it.
+    pub fn close(&self, key: u32, fd: OwnedFd) {
+        let raw = fd.into_raw_fd();
+        // This tick's last bytes go before the cancels (a send the socket
+        // cannot take at once is cancelled, as epoll would drop it).
+        self.flush_sends();
+        self.stop(key);
+        let send = self
+            .with_sock(key, |s| s.send != NIL)
+            .unwrap_or(false);
+        if send {
+            self.cancel(ud(OP_SEND, key));
+        }
+        let free = self
+            .with_sock(key, |s| {
+                s.owns_fd = true;
+                debug_assert_eq!(s.fd, raw);
+                s.quiet()
+            })
+            .unwrap_or(true);
+        self.drop_chunks(key);
+        if let Some(pos) = self.accepted.borrow().iter().position(|(k, _)| *k == key) {
+            self.accepted.borrow_mut().swap_remove(pos);
+        }
+        if free {
+            self.free(key);
+        }
+    }
+
+    /// No more receives or accepts for `key` (cancels those in flight).
+    pub fn stop(&self, key: u32) {
+        let (recv, accept) = self
+            .with_sock(key, |s| {
+                s.stopped = true;
+                let r = s.recv == Recv::Armed;
+                if r {
+                    s.recv = Recv::Cancelling;
+                }
+                (r, s.accept_armed)
+            })
+            .unwrap_or((false, false));
+        if recv {
+            self.cancel(ud(OP_RECV, key));
+        }
+        if accept {
+            self.cancel(ud(OP_ACCEPT, key));
+        }
+    }
+
+    /// Nothing of `key` in flight any more.
+    pub fn quiet(&self, key: u32) -> bool {
+        self.with_sock(key, |s| s.quiet()).unwrap_or(true)
+    }
+
+    /// The bytes received and not read yet (a socket handed to another
+    /// shard takes them along); its slot is forgotten.
+    pub fn take_rest(&self, key: u32) -> Vec<u8> {
+        let mut rest = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.recv(key, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+        self.drop_chunks(key);
+        if let Some(s) = self.socks.borrow_mut().get_mut(key as usize) {
+            s.live = false;
+        }
+        rest
+    }
+
+    fn drop_chunks(&self, key: u32) {
+        let mut socks = self.socks.borrow_mut();
+        let Some(s) = socks.get_mut(key as usize) else {
+            return;
+        };
+        let mut chunks = self.chunks.borrow_mut();
+        while s.head != NIL {
+            let c = chunks.remove(s.head as usize);
+            s.head = c.next;
+            self.bufs.give(c.bid);
+        }
+        s.tail = NIL;
+        s.held = 0;
+        drop(socks);
+        if !self.starved.borrow().is_empty() {
+            self.pending.notify();
+        }
+    }
+
+    fn free(&self, key: u32) {
+        let owns = {
+            let mut socks = self.socks.borrow_mut();
+            let s = &mut socks[key as usize];
+            s.live = false;
+            s.owns_fd.then_some(s.fd)
+        };
+        if let Some(fd) = owns {
+            // SAFETY: the descriptor was handed to us by `close` and no
+            // request names it any more.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        self.slots.borrow_mut().try_remove(key as usize);
+    }
+
+    fn wake(&self, key: u32, bits: u8) {
+        if let Some(s) = self.slots.borrow_mut().get_mut(key as usize) {
+            s.ready |= bits;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Handles every completion waiting; re-arms starved receives when
+    /// buffers came back. Returns the completions handled.
+    pub fn reap(&self) -> usize {
+        let mut cqes = self.cqes.take();
+        {
+            let mut ring = self.ring.borrow_mut();
+            cqes.extend(
+                ring.completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+        }
+        let n = cqes.len();
+        for &(data, res, flags) in &cqes {
+            let key = data as u32;
+            match data >> 32 {
+                OP_RECV => self.on_recv(key, res, flags),
+                OP_SEND => self.on_send(key, res),
+                OP_ACCEPT => self.on_accept(key, res, flags),
+                _ => {}
+            }
+        }
+        cqes.clear();
+        self.cqes.replace(cqes);
+        self.rearm_starved();
+        for key in self.to_free.take() {
+            self.free(key);
+        }
+        n
+    }
+
+    fn rearm_starved(&self) {
+        if self.bufs.free.get() == 0 || self.starved.borrow().is_empty() {
+            return;
+        }
+        let starved = std::mem::take(&mut *self.starved.borrow_mut());
+        for key in starved {
+            let go = self
+                .with_sock(key, |s| {
+                    s.starved = false;
+                    s.held <= self.max_held / 2
+                })
+                .unwrap_or(false);
+            if go {
+                self.arm_recv(key);
+            }
+        }
+    }
+
+    fn done_if_stopped(&self, key: u32, s: &Sock) {
+        if s.stopped && s.quiet() && s.owns_fd {
+            self.to_free.borrow_mut().push(key);
+        }
+    }
+
+    fn on_recv(&self, key: u32, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        if bid.is_some() {
+            self.bufs.free.set(self.bufs.free.get() - 1);
+        }
+        let mut socks = self.socks.borrow_mut();
+        let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+            if let Some(b) = bid {
+                self.bufs.give(b);
+            }
+            return;
+        };
+        if !more {
+            s.recv = Recv::Idle;
+        }
+        let mut bits = 0;
+        match (res, bid) {
+            (n, Some(b)) if n > 0 => {
+                if s.stopped && s.owns_fd {
+                    self.bufs.give(b);
+                } else {
+                    let c = self.chunks.borrow_mut().insert(Chunk {
+                        bid: b,
+                        off: 0,
+                        len: n as u32,
+                        next: NIL,
+                    }) as u32;
+                    if s.tail == NIL {
+                        s.head = c;
+                    } else {
+                        self.chunks.borrow_mut()[s.tail as usize].next = c;
+                    }
+                    s.tail = c;
+                    s.held += 1;
+                    bits = READABLE;
+                    // Under pressure (a quarter of the ring left) every
+                    // socket holds one buffer at a time, so connections
+                    // that do not read cannot take the ring from the rest.
+                    let pressed = self.bufs.free.get() < self.bufs.entries() / 4;
+                    let cap = if pressed { 1 } else { self.max_held };
+                    if s.held >= cap && s.recv == Recv::Armed {
+                        // Enough held for a connection that does not read:
+                        // the rest waits in the socket.
+                        s.recv = Recv::Cancelling;
+                        drop(socks);
+                        self.cancel(ud(OP_RECV, key));
+                        socks = self.socks.borrow_mut();
+                    }
+                }
+            }
+            (n, b) => {
+                if let Some(b) = b {
+                    self.bufs.give(b);
+                }
+                if n == 0 {
+                    s.eof = true;
+                    bits = READABLE;
+                } else if n == -libc::ENOBUFS {
+                    self.stats.uring_buffers_dry.inc();
+                    if !s.starved && !s.stopped {
+                        s.starved = true;
+                        self.starved.borrow_mut().push(key);
+                    }
+                } else if n == -libc::ECANCELED {
+                } else if n < 0 {
+                    s.err = -n;
+                    bits = READABLE | WRITABLE;
+                }
+            }
+        }
+        let s = &socks[key as usize];
+        self.done_if_stopped(key, s);
+        // A socket being handed off waits for its receive to end.
+        let stopped = s.stopped;
+        let again = !more
+            && res > 0
+            && s.recv == Recv::Idle
+            && !s.stopped
+            && !s.starved
+            && s.held <= self.max_held / 2;
+        drop(socks);
+        if bits != 0 || stopped {
+            self.wake(key, bits);
+        }
+        if again {
+            // The kernel may end a multishot receive at any time (CQ
+            // overflow): one that ended with data is re-armed at once.
+            self.arm_recv(key);
+        }
+    }
+
+    fn on_send(&self, key: u32, res: i32) {
+        let mut socks = self.socks.borrow_mut();
+        let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+            return;
+        };
+        let idx = s.send;
+        if idx == NIL {
+            return;
+        }
+        let mut sends = self.sends.borrow_mut();
+        let sb = &mut sends[idx as usize];
+        if res > 0 && !(s.stopped && s.owns_fd) {
+            sb.off += res as usize;
+            if sb.off < sb.buf.len() {
+                // A short send: the rest goes next.
+                let (ptr, len) = (sb.buf[sb.off..].as_ptr(), sb.buf.len() - sb.off);
+                let fd = s.fd;
+                drop(sends);
+                drop(socks);
+                self.push(
+                    opcode::Send::new(types::Fd(fd), ptr, len as u32)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(ud(OP_SEND, key)),
+                );
+                return;
+            }
+        } else if res == 0 && !s.stopped {
+            s.err = libc::EPIPE;
+        } else if res < 0 && res != -libc::ECANCELED {
+            s.err = -res;
+        }
+        let sb = sends.remove(idx as usize);
+        s.send = NIL;
+        let mut v = sb.buf;
+        if v.capacity() <= POOL_BUF_MAX {
+            let mut pool = self.pool.borrow_mut();
+            if pool.len() < POOL_MAX {
+                v.clear();
+                pool.push(v);
+            }
+        }
+        let s = &socks[key as usize];
+        self.done_if_stopped(key, s);
+        let bits = if s.err != 0 {
+            READABLE | WRITABLE
+        } else {
+            WRITABLE
+        };
+        drop(sends);
+        drop(socks);
+        self.wake(key, bits);
+    }
+
+    fn on_accept(&self, key: u32, res: i32, flags: u32) {
+        let stopped = self
+            .with_sock(key, |s| {
+                if !cqueue::more(flags) {
+                    s.accept_armed = false;
+                }
+                if res < 0 && res != -libc::ECANCELED && !s.stopped {
+                    s.err = -res;
+                }
+                s.stopped
+            })
+            .unwrap_or(true);
+        if res >= 0 {
+            // SAFETY: a fresh descriptor the kernel accepted for us.
+            let fd = unsafe { OwnedFd::from_raw_fd(res) };
+            if stopped {
+                return;
+            }
+            if let Some((_, q)) = self
+                .accepted
+                .borrow_mut()
+                .iter_mut()
+                .find(|(k, _)| *k == key)
+            {
+                q.push_back(fd);
+            }
+        }
+        if let Some(s) = self.socks.borrow().get(key as usize) {
+            self.done_if_stopped(key, s);
+        }
+        self.wake(key, READABLE);
+    }
+}
+
+/// Checks that the kernel has what the backend needs: a provided-buffer
+/// ring (5.19), multishot receive (6.0) and multishot accept (5.19). Runs a
+/// multishot receive on a socket pair once. `Ok` carries the kernel release.
+pub fn probe() -> Result<String, String> {
+    let release = kernel_release();
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e} (kernel {release})");
+    let slots = Rc::new(RefCell::new(Slab::new()));
+    let u = Uring::new(
+        UringConfig {
+            buffers: 2,
+            buffer_size: 64,
+        },
+        slots.clone(),
+        Arc::new(ShardStats::default()),
+    )
+    .map_err(|e| fail("io_uring with a provided-buffer ring", &e))?;
+    let mut probe = io_uring::register::Probe::new();
+    u.ring
+        .borrow()
+        .submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| fail("io_uring probe", &e))?;
+    for (op, name) in [
+        (opcode::RecvMulti::CODE, "RECV"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::AcceptMulti::CODE, "ACCEPT"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    ] {
+        if !probe.is_supported(op) {
+            return Err(fail("io_uring opcode missing", &name));
+        }
+    }
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors; checked below.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(fail("socketpair", &io::Error::last_os_error()));
+    }
+    // SAFETY: fresh descriptors owned by nobody else.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let key = slots.borrow_mut().insert(Slot {
+        waker: None,
+        ready: 0,
+    }) as u32;
+    u.add(key, a.as_raw_fd(), false);
+    u.submit();
+    // SAFETY: one byte from a valid buffer.
+    unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    let mut got = Err(fail("multishot receive", &"no completion"));
+    for _ in 0..100 {
+        let _ = u.ring.borrow().submitter().submit_and_wait(1);
+        u.reap();
+        let mut byte = [0u8; 1];
+        match u.recv(key, &mut byte) {
+            Ok(1) if byte[0] == b'x' => {
+                let armed = u.with_sock(key, |s| s.recv == Recv::Armed).unwrap_or(false);
+                got = if armed {
+                    Ok(release.clone())
+                } else {
+                    Err(fail("multishot receive", &"ended after one completion"))
+                };
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => {
+                got = Err(fail("multishot receive", &format!("{other:?}")));
+                break;
+            }
+        }
+    }
+    u.close(key, a);
+    u.submit();
+    for _ in 0..100 {
+        if u.socks.borrow()[key as usize].live {
+            let _ = u.ring.borrow().submitter().submit_and_wait(1);
+            u.reap();
+        } else {
+            break;
+        }
+    }
+    got
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
