@@ -4,8 +4,6 @@
 #[macro_use]
 mod common;
 
-use std::time::Duration;
-
 use bytes::BytesMut;
 use common::raw::{connect_packet, publish_packet, subscribe_packet, version};
 use common::*;
@@ -38,13 +36,14 @@ fn encode(v: ProtocolVersion, p: &Packet) -> Vec<u8> {
 /// A subscriber to `filter` at QoS 1 (raw client: exact bytes checked).
 async fn subscriber(addr: std::net::SocketAddr, v: ProtocolVersion, id: &str, filter: &str) -> Raw {
     let (mut r, _) = Raw::connect(addr, v, id, true).await;
-    r.send(&Packet::Subscribe(subscribe_packet(1, filter, 1))).await;
+    r.send(&Packet::Subscribe(subscribe_packet(1, filter, 1)))
+        .await;
     assert!(matches!(r.expect_packet("SUBACK").await, Packet::SubAck(_)));
     r
 }
 
 /// Each backend, forced, serves publish/subscribe on 1 and 2 shards and both protocols, with
-/// publisher and subscriber on different home shards (the socket migrates after CONNECT).
+/// publisher and subscriber on different home shards.
 #[tokio::test]
 async fn each_backend_forced_serves_and_hands_off() {
     for backend in BACKENDS {
@@ -57,8 +56,14 @@ async fn each_backend_forced_serves_and_hands_off() {
                 let (mut publ, _) = Raw::connect(b.addr, v, &pub_id, true).await;
                 for i in 0..50u16 {
                     let payload = format!("{backend:?}-{i}");
-                    publ.send(&Packet::Publish(publish_packet("fb/t", 1, false, i + 1, payload.as_bytes())))
-                        .await;
+                    publ.send(&Packet::Publish(publish_packet(
+                        "fb/t",
+                        1,
+                        false,
+                        i + 1,
+                        payload.as_bytes(),
+                    )))
+                    .await;
                 }
                 for i in 0..50u16 {
                     let p = sub.expect_publish("a publish").await;
@@ -69,14 +74,6 @@ async fn each_backend_forced_serves_and_hands_off() {
                     backend == IoBackend::IoUring,
                     "{backend:?} serves the sockets"
                 );
-                if shards == 2 {
-                    assert!(
-                        b.stat(|s| s.closes_for(CloseReason::HandedOff)) > 0
-                            || ringmq_shard::home_shard(pub_id.as_bytes(), 2)
-                                == ringmq_shard::home_shard(sub_id.as_bytes(), 2),
-                        "one of the two was accepted away from its home shard and handed over"
-                    );
-                }
             }
         }
     }
@@ -92,7 +89,10 @@ async fn bytes_behind_connect_follow_the_handoff() {
         for n in 0..8 {
             let (pub_id, sub_id) = cross_shard_ids(&format!("behind{n}"), 2);
             let mut sub = subscriber(b.addr, v, &sub_id, "behind/#").await;
-            let mut bytes = encode(v, &Packet::Connect(Box::new(connect_packet(v, &pub_id, true))));
+            let mut bytes = encode(
+                v,
+                &Packet::Connect(Box::new(connect_packet(v, &pub_id, true))),
+            );
             for i in 0..20u16 {
                 let payload = format!("m{i}");
                 bytes.extend(encode(
@@ -103,10 +103,19 @@ async fn bytes_behind_connect_follow_the_handoff() {
             let mut s = TcpStream::connect(b.addr).await.unwrap();
             s.write_all(&bytes).await.unwrap();
             for i in 0..20u16 {
-                let p = sub.expect_publish("a publish sent right behind CONNECT").await;
+                let p = sub
+                    .expect_publish("a publish sent right behind CONNECT")
+                    .await;
                 assert_eq!(&p.payload[..], format!("m{i}").as_bytes(), "{backend:?}");
             }
         }
+        // 16 connections on 2 shards: the kernel spreads them, so some were accepted away
+        // from their home shard and handed over (all 16 at home: odds 2^-16).
+        assert!(
+            b.stat(|s| s.closes_for(CloseReason::HandedOff)) > 0,
+            "{backend:?}: no handoff"
+        );
+        assert_eq!(on_uring(&b), backend == IoBackend::IoUring);
     }
 }
 
@@ -123,9 +132,14 @@ async fn reset_mid_packet() {
         });
         for i in 0..20 {
             let s = TcpStream::connect(b.addr).await.unwrap();
-            let mut bytes =
-                encode(v, &Packet::Connect(Box::new(connect_packet(v, &format!("rst{i}"), true))));
-            let publish = encode(v, &Packet::Publish(publish_packet("rst/t", 0, false, 0, &[7; 3000])));
+            let mut bytes = encode(
+                v,
+                &Packet::Connect(Box::new(connect_packet(v, &format!("rst{i}"), true))),
+            );
+            let publish = encode(
+                v,
+                &Packet::Publish(publish_packet("rst/t", 0, false, 0, &[7; 3000])),
+            );
             bytes.extend_from_slice(&publish[..1500]);
             let mut s = s;
             s.write_all(&bytes).await.unwrap();
@@ -146,7 +160,10 @@ async fn reset_mid_packet() {
         .await;
         // Nothing of the cut packets was delivered; the subscriber still works.
         let (mut p, _) = Raw::connect(b.addr, v, "rst-pub", true).await;
-        p.send(&Packet::Publish(publish_packet("rst/ok", 0, false, 0, b"ok"))).await;
+        p.send(&Packet::Publish(publish_packet(
+            "rst/ok", 0, false, 0, b"ok",
+        )))
+        .await;
         let got = sub.expect_publish("the healthy publish").await;
         assert_eq!(&got.payload[..], b"ok", "{backend:?}");
     }
@@ -160,18 +177,29 @@ async fn half_close_after_packets() {
         let b = start(1, backend, |_| {});
         let v = ProtocolVersion::V3_1_1;
         let mut sub = subscriber(b.addr, v, "hc-sub", "hc/#").await;
-        let mut bytes = encode(v, &Packet::Connect(Box::new(connect_packet(v, "hc-pub", true))));
+        let mut bytes = encode(
+            v,
+            &Packet::Connect(Box::new(connect_packet(v, "hc-pub", true))),
+        );
         for i in 0..10u16 {
             bytes.extend(encode(
                 v,
-                &Packet::Publish(publish_packet("hc/t", 0, false, 0, format!("h{i}").as_bytes())),
+                &Packet::Publish(publish_packet(
+                    "hc/t",
+                    0,
+                    false,
+                    0,
+                    format!("h{i}").as_bytes(),
+                )),
             ));
         }
         let mut s = TcpStream::connect(b.addr).await.unwrap();
         s.write_all(&bytes).await.unwrap();
         s.shutdown().await.unwrap();
         for i in 0..10u16 {
-            let p = sub.expect_publish("a publish sent before the half-close").await;
+            let p = sub
+                .expect_publish("a publish sent before the half-close")
+                .await;
             assert_eq!(&p.payload[..], format!("h{i}").as_bytes(), "{backend:?}");
         }
         check_for(WAIT, "the half-closed connection ends", || async {
@@ -193,8 +221,14 @@ async fn flood_and_garbage() {
         let addr = b.addr;
         let flooder = tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
-            let mut bytes = encode(v, &Packet::Connect(Box::new(connect_packet(v, "fl-flood", true))));
-            let one = encode(v, &Packet::Publish(publish_packet("fl/none", 0, false, 0, &[1; 1000])));
+            let mut bytes = encode(
+                v,
+                &Packet::Connect(Box::new(connect_packet(v, "fl-flood", true))),
+            );
+            let one = encode(
+                v,
+                &Packet::Publish(publish_packet("fl/none", 0, false, 0, &[1; 1000])),
+            );
             for _ in 0..2000 {
                 bytes.extend_from_slice(&one);
             }
@@ -207,16 +241,27 @@ async fn flood_and_garbage() {
             }
         });
         let mut garbage = TcpStream::connect(b.addr).await.unwrap();
-        let mut g = encode(v, &Packet::Connect(Box::new(connect_packet(v, "fl-garbage", true))));
+        let mut g = encode(
+            v,
+            &Packet::Connect(Box::new(connect_packet(v, "fl-garbage", true))),
+        );
         g.extend_from_slice(&[0xF0; 4096]);
         let _ = garbage.write_all(&g).await;
         for i in 0..100u16 {
             healthy
-                .send(&Packet::Publish(publish_packet("fl/ok", 1, false, i + 1, format!("q{i}").as_bytes())))
+                .send(&Packet::Publish(publish_packet(
+                    "fl/ok",
+                    1,
+                    false,
+                    i + 1,
+                    format!("q{i}").as_bytes(),
+                )))
                 .await;
         }
         for i in 0..100u16 {
-            let p = sub.expect_publish("a healthy publish during the flood").await;
+            let p = sub
+                .expect_publish("a healthy publish during the flood")
+                .await;
             assert_eq!(&p.payload[..], format!("q{i}").as_bytes(), "{backend:?}");
         }
         check_for(WAIT, "the garbage refused as malformed", || async {
@@ -269,7 +314,12 @@ async fn tiny_ring_runs_dry_without_losing_bytes() {
         for _ in 0..PUBS * MSGS {
             let m = sub.expect_publish("a publish through the tiny ring").await;
             let p: usize = m.topic.as_str()["tiny/".len()..].parse().unwrap();
-            assert_eq!(&m.payload[..], &payload(p, next[p])[..], "publisher {p} message {}", next[p]);
+            assert_eq!(
+                &m.payload[..],
+                &payload(p, next[p])[..],
+                "publisher {p} message {}",
+                next[p]
+            );
             next[p] += 1;
         }
         for t in tasks {

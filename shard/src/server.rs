@@ -67,7 +67,10 @@ fn resolve_io_backend(cfg: &ShardConfig) -> io::Result<IoBackend> {
         if cfg.io_uring_buffer_size < 64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("io_uring_buffer_size: {} is below 64", cfg.io_uring_buffer_size),
+                format!(
+                    "io_uring_buffer_size: {} is below 64",
+                    cfg.io_uring_buffer_size
+                ),
             ));
         }
         Ok(())
@@ -94,7 +97,9 @@ fn resolve_io_backend(cfg: &ShardConfig) -> io::Result<IoBackend> {
             check_ring()?;
             match crate::net::uring::probe() {
                 Ok(k) => {
-                    tracing::info!("socket I/O: io_uring (kernel {k} has multishot receive and buffer rings)");
+                    tracing::info!(
+                        "socket I/O: io_uring (kernel {k} has multishot receive and buffer rings)"
+                    );
                     Ok(IoBackend::IoUring)
                 }
                 Err(why) => {

@@ -39,13 +39,19 @@ impl Config {
         if p.io_memory < 64 << 10 {
             return bad("io_memory", &p.io_memory, "must be at least 65536");
         }
-        if p.io_uring_buffers == 0 || !p.io_uring_buffers.is_power_of_two() || p.io_uring_buffers > 32768
+        if p.io_uring_buffers == 0
+            || !p.io_uring_buffers.is_power_of_two()
+            || p.io_uring_buffers > 32768
         {
             let why = "must be a power of two from 1 to 32768";
             return bad("io_uring_buffers", &p.io_uring_buffers, why);
         }
         if p.io_uring_buffer_size < 64 {
-            return bad("io_uring_buffer_size", &p.io_uring_buffer_size, "must be at least 64");
+            return bad(
+                "io_uring_buffer_size",
+                &p.io_uring_buffer_size,
+                "must be at least 64",
+            );
         }
         if p.mesh_capacity == 0 {
             return bad("mesh_capacity", &0, "must be at least 1");

@@ -28,6 +28,6 @@ pub mod proxy;
 pub(crate) mod read_budget;
 pub(crate) mod stack;
 pub mod tls;
-pub mod uring;
 mod tls_conn;
+pub mod uring;
 pub mod ws;

@@ -283,21 +283,20 @@ impl Poller {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// Which backend serves the sockets ("io_uring" or "epoll").
-    pub fn backend_name(&self) -> &'static str {
-        match &self.backend {
-            Backend::Uring(_) => "io_uring",
-            Backend::Epoll(_) => "epoll",
-        }
-    }
-
     /// The readiness bits of `key`.
     pub fn ready(&self, key: u32) -> u8 {
         self.slots.borrow().get(key as usize).map_or(0, |s| s.ready)
     }
 
-    /// Forgets readiness (the last call would block).
-    pub fn clear(&self, key: u32, bits: u8) {
+    /// Forgets readiness (the last call would block). On io_uring the
+    /// readable bit stays while received bytes, an end of stream or an
+    /// error wait (no completion will announce them again).
+    pub fn clear(&self, key: u32, mut bits: u8) {
+        if let Backend::Uring(u) = &self.backend {
+            if bits & READABLE != 0 && u.has_input(key) {
+                bits &= !READABLE;
+            }
+        }
         if let Some(s) = self.slots.borrow_mut().get_mut(key as usize) {
             s.ready &= !bits;
         }
@@ -500,11 +499,8 @@ impl Poller {
                 }
             };
             by_epoll = futures_lite::future::or(ready, async {
-                futures_lite::future::or(
-                    timer,
-                    futures_lite::future::or(self.kick.wait(), submit),
-                )
-                .await;
+                futures_lite::future::or(timer, futures_lite::future::or(self.kick.wait(), submit))
+                    .await;
                 false
             })
             .await;

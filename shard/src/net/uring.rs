@@ -46,8 +46,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 
 /// Operation tags in the high half of `user_data`; the low half is the slot key.
 const OP_RECV: u64 = 1;
@@ -102,11 +102,9 @@ impl BufRing {
                 "io_uring_buffers must be a power of two up to 32768",
             ));
         }
-        let ring_layout = Layout::from_size_align(
-            entries * std::mem::size_of::<types::BufRingEntry>(),
-            4096,
-        )
-        .map_err(io::Error::other)?;
+        let ring_layout =
+            Layout::from_size_align(entries * std::mem::size_of::<types::BufRingEntry>(), 4096)
+                .map_err(io::Error::other)?;
         // SAFETY: the layout has a non-zero size; the result is checked.
         let ring = unsafe { std::alloc::alloc_zeroed(ring_layout) } as *mut types::BufRingEntry;
         if ring.is_null() {
@@ -202,7 +200,6 @@ enum Recv {
 struct Sock {
     fd: RawFd,
     live: bool,
-    listener: bool,
     /// The owner let go of it: closed (free at the last completion) or
     /// being handed to another shard (no more receives).
     stopped: bool,
@@ -220,11 +217,10 @@ struct Sock {
 }
 
 impl Sock {
-    fn new(fd: RawFd, listener: bool) -> Self {
+    fn new(fd: RawFd) -> Self {
         Sock {
             fd,
             live: true,
-            listener,
             stopped: false,
             owns_fd: false,
             recv: Recv::Idle,
@@ -343,8 +339,7 @@ impl Uring {
             // Queue full: submit what is there now.
             self.stats.uring_submits.inc();
             if let Err(e) = ring.submit() {
-                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY)
-                {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
                     tracing::warn!("io_uring submit failed: {e}");
                 }
             }
@@ -395,9 +390,7 @@ impl Uring {
             }
             Err(e) => match e.raw_os_error() {
                 // Completion queue overflowing or interrupted: the next round retries.
-                Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR) => {
-                    self.pending.notify()
-                }
+                Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR) => self.pending.notify(),
                 _ => tracing::warn!("io_uring submit failed: {e}"),
             },
         }
@@ -415,10 +408,10 @@ impl Uring {
             while socks.len() <= key as usize {
                 socks.push(Sock {
                     live: false,
-                    ..Sock::new(-1, false)
+                    ..Sock::new(-1)
                 });
             }
-            socks[key as usize] = Sock::new(fd, listener);
+            socks[key as usize] = Sock::new(fd);
         }
         if listener {
             self.accepted.borrow_mut().push((key, VecDeque::new()));
@@ -594,9 +587,7 @@ impl Uring {
         // cannot take at once is cancelled, as epoll would drop it).
         self.flush_sends();
         self.stop(key);
-        let send = self
-            .with_sock(key, |s| s.send != NIL)
-            .unwrap_or(false);
+        let send = self.with_sock(key, |s| s.send != NIL).unwrap_or(false);
         if send {
             self.cancel(ud(OP_SEND, key));
         }
@@ -608,7 +599,8 @@ impl Uring {
             })
             .unwrap_or(true);
         self.drop_chunks(key);
-        if let Some(pos) = self.accepted.borrow().iter().position(|(k, _)| *k == key) {
+        let pos = self.accepted.borrow().iter().position(|(k, _)| *k == key);
+        if let Some(pos) = pos {
             self.accepted.borrow_mut().swap_remove(pos);
         }
         if free {
@@ -634,6 +626,12 @@ impl Uring {
         if accept {
             self.cancel(ud(OP_ACCEPT, key));
         }
+    }
+
+    /// Bytes, an end of stream or an error wait to be read.
+    pub fn has_input(&self, key: u32) -> bool {
+        self.with_sock(key, |s| s.head != NIL || s.eof || s.err != 0)
+            .unwrap_or(false)
     }
 
     /// Nothing of `key` in flight any more.
@@ -831,8 +829,12 @@ impl Uring {
         self.done_if_stopped(key, s);
         // A socket being handed off waits for its receive to end.
         let stopped = s.stopped;
+        // Ended with data (the kernel may end a multishot receive at any
+        // time) or cancelled for holding enough, and read meanwhile: again.
         let again = !more
-            && res > 0
+            && (res > 0 || res == -libc::ECANCELED)
+            && s.err == 0
+            && !s.eof
             && s.recv == Recv::Idle
             && !s.stopped
             && !s.starved
@@ -842,8 +844,6 @@ impl Uring {
             self.wake(key, bits);
         }
         if again {
-            // The kernel may end a multishot receive at any time (CQ
-            // overflow): one that ended with data is re-armed at once.
             self.arm_recv(key);
         }
     }
@@ -945,7 +945,7 @@ pub fn probe() -> Result<String, String> {
     let slots = Rc::new(RefCell::new(Slab::new()));
     let u = Uring::new(
         UringConfig {
-            buffers: 2,
+            buffers: 4,
             buffer_size: 64,
         },
         slots.clone(),
@@ -970,7 +970,15 @@ pub fn probe() -> Result<String, String> {
     }
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` has room for the two descriptors; checked below.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
         return Err(fail("socketpair", &io::Error::last_os_error()));
     }
     // SAFETY: fresh descriptors owned by nobody else.
@@ -1022,4 +1030,13 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn probe_passes_on_this_kernel() {
+        // The CI and development kernels are 6.x: the backend must be usable there.
+        super::probe().expect("io_uring probe");
+    }
 }
