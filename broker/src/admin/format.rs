@@ -172,7 +172,10 @@ mod tests {
             "nodes": [{"id": 1, "addr": "10.0.0.1:7101", "role": "leader", "up": true},
                       {"id": 2, "addr": "10.0.0.2:7101", "role": "voter", "up": false}]
         }));
-        assert!(s.starts_with("node 2  state follower  leader 1  term 3\n"), "{s}");
+        assert!(
+            s.starts_with("node 2  state follower  leader 1  term 3\n"),
+            "{s}"
+        );
         assert!(s.contains("10.0.0.2:7101") && s.lines().count() == 5, "{s}");
     }
 }
