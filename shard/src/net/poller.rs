@@ -394,10 +394,15 @@ impl Poller {
     /// (bulk router work): glommio reaps the io_uring poll on the epoll set
     /// only when its task queue runs dry or its preempt timer (10 ms) fires,
     /// so without this the shard's other sockets would wait up to 10 ms
-    /// behind the busy task. One `epoll_wait(0)` per call.
+    /// behind the busy task. One `epoll_wait(0)` per call; on io_uring the
+    /// completions are read from memory and what was queued is submitted
+    /// (one `io_uring_enter` when anything was).
     pub fn poll_now(&self) {
         self.dispatch();
         self.fire_timers();
+        if let Backend::Uring(u) = &self.backend {
+            u.submit();
+        }
     }
 
     /// Wakes the owners of every deadline reached.
