@@ -275,7 +275,12 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
     }
     // Hand the socket itself to the home shard: the descriptor crosses the
     // mesh, with its transport stack (TLS and WebSocket state included).
-    let (fd, wire_rest) = shard.poller.deregister(io).await;
+    let Ok((fd, wire_rest)) = shard.poller.deregister(io).await else {
+        // io_uring: its last send (TLS session tickets) never completed: the
+        // client reads nothing.
+        shard.stats.close(CloseReason::HandshakeTimeout);
+        return;
+    };
     let mut buf = buf;
     if !wire_rest.is_empty() {
         // Bytes the io_uring backend had received behind the CONNECT: they

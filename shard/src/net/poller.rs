@@ -210,14 +210,18 @@ impl Poller {
     /// Takes the descriptor back out to hand it to another shard, with the
     /// bytes already received from it and not read yet (the io_uring
     /// backend's; they go through the connection's stack before the handoff).
-    pub async fn deregister(&self, io: Io) -> (OwnedFd, Vec<u8>) {
+    /// On io_uring a send still in flight is waited for, 10 s at most (a
+    /// client that reads nothing): then the socket is closed, `TimedOut`.
+    pub async fn deregister(&self, io: Io) -> io::Result<(OwnedFd, Vec<u8>)> {
         let epfd = match &self.backend {
             Backend::Uring(u) => {
                 // No receive may be in flight when another shard arms its own.
                 u.stop(io.key);
                 let key = io.key;
+                let until = self.after(Duration::from_secs(10));
+                self.arm(key, until);
                 std::future::poll_fn(|cx| {
-                    if u.quiet(key) {
+                    if u.quiet(key) || self.now_ms() >= until {
                         Poll::Ready(())
                     } else {
                         self.set_waker(key, cx.waker());
@@ -225,9 +229,13 @@ impl Poller {
                     }
                 })
                 .await;
+                if !u.quiet(key) {
+                    u.close(key, io.fd);
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
                 let rest = u.take_rest(io.key);
                 self.release(io.key);
-                return (io.fd, rest);
+                return Ok((io.fd, rest));
             }
             Backend::Epoll(epfd) => epfd,
         };
@@ -242,7 +250,7 @@ impl Poller {
             )
         };
         self.release(io.key);
-        (io.fd, Vec::new())
+        Ok((io.fd, Vec::new()))
     }
 
     /// Frees the slot of a descriptor about to be closed (closing the last
