@@ -110,8 +110,8 @@ section! {
         /// io_uring registered memory per shard, bytes (counts against RLIMIT_MEMLOCK)
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
         pub io_memory: usize,
-        /// Socket I/O: auto (io_uring where the kernel supports it, else epoll), io_uring, epoll
-        #[arg(long, value_name = "BACKEND", default_value = "auto")]
+        /// Socket I/O: epoll, io_uring, or auto (io_uring where the kernel supports it, else epoll)
+        #[arg(long, value_name = "BACKEND", default_value = "epoll")]
         pub io_backend: IoBackendChoice,
         /// io_uring: receive buffers per shard (a power of two); sockets share them, an idle one holds none
         #[arg(long, value_name = "N", default_value_t = 1024)]

@@ -219,7 +219,7 @@ impl Default for ShardConfig {
             cpu_list: None,
             pin: true,
             io_memory: 1 << 20,
-            io_backend: IoBackend::Auto,
+            io_backend: IoBackend::Epoll,
             io_uring_buffers: 1024,
             io_uring_buffer_size: 4096,
             backlog: 4096,

@@ -26,14 +26,15 @@ pub fn scratch_dir() -> std::path::PathBuf {
 }
 
 /// The socket backend of the brokers tests start: `RINGMQ_IO_BACKEND` (`epoll`, `io_uring`,
-/// `auto`), as the binary reads it; unset is the broker's default (`auto`). Binary brokers
+/// `auto`), as the binary reads it; unset is the broker's default (`epoll`). Binary brokers
 /// inherit the variable itself.
 pub fn io_backend() -> ringmq_shard::config::IoBackend {
     use ringmq_shard::config::IoBackend;
     match std::env::var("RINGMQ_IO_BACKEND").as_deref() {
         Ok("epoll") => IoBackend::Epoll,
         Ok("io_uring") => IoBackend::IoUring,
-        Ok("auto") | Err(_) => IoBackend::Auto,
+        Ok("auto") => IoBackend::Auto,
+        Err(_) => ShardConfig::default().io_backend,
         Ok(other) => panic!("RINGMQ_IO_BACKEND={other}: not epoll, io_uring or auto"),
     }
 }

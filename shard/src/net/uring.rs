@@ -940,6 +940,19 @@ impl Uring {
 /// ring (5.19), multishot receive (6.0) and multishot accept (5.19). Runs a
 /// multishot receive on a socket pair once. `Ok` carries the kernel release.
 pub fn probe() -> Result<String, String> {
+    // On a thread of its own: the kernel finishes tearing a ring down with
+    // task work on the thread that used it, which interrupts that thread's
+    // next blocking call with a timeout (EINTR); the caller's thread (the
+    // broker's main thread, a test's) must not get it.
+    std::thread::Builder::new()
+        .name("ringmq-uring-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| format!("cannot start the io_uring probe: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+}
+
+fn probe_here() -> Result<String, String> {
     let release = kernel_release();
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e} (kernel {release})");
     let slots = Rc::new(RefCell::new(Slab::new()));
