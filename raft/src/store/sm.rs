@@ -105,24 +105,7 @@ fn apply_command(
             }
         };
         if store.watchers.wants(op.key()) {
-            let value = match op {
-                Op::Put { value, .. } => Some(value.clone()),
-                Op::Cas { value, .. } => value.clone(),
-                Op::Delete { .. } => None,
-            };
-            match &res {
-                OpResult::Written { version } => changes.push(Change {
-                    key: op.key().to_vec(),
-                    version: *version,
-                    value,
-                }),
-                OpResult::Deleted { existed: true } => changes.push(Change {
-                    key: op.key().to_vec(),
-                    version: 0,
-                    value: None,
-                }),
-                _ => {}
-            }
+            changes.extend(super::watch::change_of(op, &res));
         }
         results.push(res);
     }
