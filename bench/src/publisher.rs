@@ -172,6 +172,10 @@ fn probe<'a>(ctx: &'a CoreCtx, index: u32) -> Option<Probe<'a>> {
 struct Pace<'a> {
     /// Schedule origin of this publisher (t0 plus its phase offset).
     t0: u64,
+    /// Origin of the wake-up grid, shared by every publisher (t0).
+    grid0: u64,
+    /// Wake-up grid, ns (0 = wake for each message).
+    slot_ns: u64,
     /// Nanoseconds between messages; 0 = unlimited.
     interval_ns: f64,
     count: u64,
@@ -191,6 +195,8 @@ impl Pace<'_> {
         let npubs = ctx.shared.plan.pub_topics.len().max(1) as f64;
         Pace {
             t0: ctx.shared.t0() + (interval_ns * f64::from(s.index) / npubs) as u64,
+            grid0: ctx.shared.t0(),
+            slot_ns: load.pace_slot_ns,
             interval_ns,
             count: load.count.unwrap_or(u64::MAX),
             frame: s.tpl.len() as u64,
@@ -214,10 +220,20 @@ impl Pace<'_> {
         n.min((WBUF_TARGET.saturating_sub(buffered) as u64) / self.frame)
     }
 
+    /// The end of the grid slot holding `due` (publishers whose messages fall due in
+    /// one slot wake together), or `due` itself without a grid.
+    fn wake_at(&self, due: u64) -> u64 {
+        if self.slot_ns == 0 || due <= self.grid0 {
+            return due;
+        }
+        let slots = (due - self.grid0).div_ceil(self.slot_ns);
+        self.grid0 + slots * self.slot_ns
+    }
+
     /// When to wake up without I/O: the next scheduled message, or a poll of a remote probe.
     fn tick(&self, s: &Sender, window_full: bool) -> Option<Duration> {
         if self.interval_ns > 0.0 && s.inflight < s.window {
-            let next_due = self.t0 + (s.seq as f64 * self.interval_ns) as u64;
+            let next_due = self.wake_at(self.t0 + (s.seq as f64 * self.interval_ns) as u64);
             let min = if self.interval_ns < 1e6 {
                 MIN_TICK_NS
             } else {
@@ -325,5 +341,33 @@ async fn drain(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result<()>
             }
             None => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+
+    fn pace(slot_ns: u64) -> Pace<'static> {
+        Pace {
+            t0: 1_000_300,
+            grid0: 1_000_000,
+            slot_ns,
+            interval_ns: 1e6,
+            count: u64::MAX,
+            frame: 90,
+            probe: None,
+        }
+    }
+
+    #[test]
+    fn wake_ups_round_up_to_the_shared_grid() {
+        let p = pace(250_000);
+        assert_eq!(p.wake_at(1_000_000), 1_000_000, "on the origin");
+        assert_eq!(p.wake_at(1_000_001), 1_250_000);
+        assert_eq!(p.wake_at(1_250_000), 1_250_000, "on a boundary");
+        assert_eq!(p.wake_at(2_300_000), 2_500_000);
+        assert_eq!(p.wake_at(999_000), 999_000, "before the origin");
+        assert_eq!(pace(0).wake_at(2_300_123), 2_300_123, "no grid");
     }
 }

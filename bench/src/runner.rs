@@ -11,7 +11,7 @@ use crate::stats::{CoreStats, Latency, Summary};
 use crate::tracker::Tracker;
 use crate::{payload, publisher, subscriber};
 use glommio::{LocalExecutorBuilder, Placement};
-use ringmq_codec::ProtocolVersion;
+use ringmq_codec::{ProtocolVersion, QoS};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -168,8 +168,9 @@ async fn connect_one(ctx: &CoreCtx, role: char, i: usize) -> io::Result<(Conn, u
         st.connect_latency
             .saturating_record(payload::now_ns().saturating_sub(started).max(1));
     }
-    let default = match l.version {
-        ProtocolVersion::V5 => crate::plan::V5_INFLIGHT,
+    let default = match (l.version, sh.plan.load.qos) {
+        (ProtocolVersion::V5, _) => crate::plan::V5_INFLIGHT,
+        (_, QoS::AtLeastOnce) => crate::plan::V3_INFLIGHT_QOS1,
         _ => crate::plan::V3_INFLIGHT,
     };
     let window = ack
