@@ -124,7 +124,17 @@ pub async fn run(ctx: Rc<CoreCtx>, index: u32, mut conn: Conn, window: u16) -> u
         },
         measured: 0,
     };
-    if let Err(e) = send_loop(&ctx, &mut conn, &mut s).await {
+    let ack_lowat = s.window != u32::MAX && load.rate == 0.0 && s.window >= 8;
+    if ack_lowat {
+        // Woken once a quarter of the window's acknowledgements (4 bytes each at least)
+        // is queued, the batch `Pace::quota` refills. No stall: the publisher waits for
+        // acknowledgements only with more than three quarters of the window outstanding,
+        // and each outstanding message still brings at least 4 bytes.
+        if let Err(e) = conn.set_rcvlowat(4 * (s.window / 4) as usize) {
+            ctx.stats.borrow_mut().error(format!("SO_RCVLOWAT: {e}"));
+        }
+    }
+    if let Err(e) = send_loop(&ctx, &mut conn, &mut s, ack_lowat).await {
         ctx.stats
             .borrow_mut()
             .error(format!("publisher {index}: {e}"));
@@ -256,7 +266,12 @@ impl Pace<'_> {
     }
 }
 
-async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result<()> {
+async fn send_loop(
+    ctx: &CoreCtx,
+    conn: &mut Conn,
+    s: &mut Sender,
+    ack_lowat: bool,
+) -> io::Result<()> {
     let measure_start = ctx.measure_start_ns.get();
     let end = ctx.pub_end_ns.get();
     let until = Duration::from_nanos(
@@ -310,6 +325,10 @@ async fn send_loop(ctx: &CoreCtx, conn: &mut Conn, s: &mut Sender) -> io::Result
         }
         s.on_packets(conn)?;
         glommio::yield_if_needed().await;
+    }
+    if ack_lowat {
+        // The last acknowledgements may be fewer than the low mark.
+        conn.set_rcvlowat(1)?;
     }
     drain(ctx, conn, s).await
 }
