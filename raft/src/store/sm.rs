@@ -105,7 +105,24 @@ fn apply_command(
             }
         };
         if store.watchers.wants(op.key()) {
-            changes.extend(super::watch::change_of(op, &res));
+            let value = match op {
+                Op::Put { value, .. } => Some(value.clone()),
+                Op::Cas { value, .. } => value.clone(),
+                Op::Delete { .. } => None,
+            };
+            match &res {
+                OpResult::Written { version } => changes.push(Change {
+                    key: op.key().to_vec(),
+                    version: *version,
+                    value,
+                }),
+                OpResult::Deleted { existed: true } => changes.push(Change {
+                    key: op.key().to_vec(),
+                    version: 0,
+                    value: None,
+                }),
+                _ => {}
+            }
         }
         results.push(res);
     }

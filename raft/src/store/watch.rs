@@ -18,29 +18,6 @@ pub struct Change {
     pub value: Option<Vec<u8>>,
 }
 
-/// The change an applied op made, if it made one (a conflict or the delete
-/// of an absent key changes nothing).
-pub(crate) fn change_of(op: &crate::Op, result: &crate::OpResult) -> Option<Change> {
-    use crate::{Op, OpResult};
-    match result {
-        OpResult::Written { version } => Some(Change {
-            key: op.key().to_vec(),
-            version: *version,
-            value: match op {
-                Op::Put { value, .. } => Some(value.clone()),
-                Op::Cas { value, .. } => value.clone(),
-                Op::Delete { .. } => None,
-            },
-        }),
-        OpResult::Deleted { existed: true } => Some(Change {
-            key: op.key().to_vec(),
-            version: 0,
-            value: None,
-        }),
-        _ => None,
-    }
-}
-
 #[derive(Debug, Default)]
 pub(crate) struct Watchers {
     any: AtomicBool,
