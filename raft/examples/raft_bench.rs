@@ -4,7 +4,8 @@
 //! new leader after the leader stops.
 //!
 //! cargo run --release -p ringmq-raft --example raft_bench -- [secs] [inflight] [dir]
-//! (BATCHES=n: claim batches committing at once, default 8)
+//! (env: BATCHES=n claim batches committing at once, default 8; MAX_ITEMS=n
+//! claims per entry at most, default 4096; LINGER_US=n batching window)
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -31,8 +32,15 @@ fn config(id: NodeId, dir: &std::path::Path, addrs: &BTreeMap<NodeId, String>) -
     cfg.election_max = Duration::from_millis(600);
     cfg.snapshot_every = 50_000;
     cfg.store.map_size = 4 << 30;
-    if let Some(n) = std::env::var("BATCHES").ok().and_then(|v| v.parse().ok()) {
-        cfg.batch.max_inflight = n;
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = env("BATCHES") {
+        cfg.batch.max_inflight = n as usize;
+    }
+    if let Some(n) = env("MAX_ITEMS") {
+        cfg.batch.max_items = n as usize;
+    }
+    if let Some(us) = env("LINGER_US") {
+        cfg.batch.linger = Duration::from_micros(us);
     }
     cfg
 }
