@@ -5,7 +5,8 @@
 //!
 //! cargo run --release -p ringmq-raft --example raft_bench -- [secs] [inflight] [dir]
 //! (env: BATCHES=n claim batches committing at once, default 8; MAX_ITEMS=n
-//! claims per entry at most, default 4096; LINGER_US=n batching window)
+//! claims per entry at most, default 4096; LINGER_US=n batching window;
+//! FAILOVERS=n leader stops timed, default 5)
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -246,8 +247,15 @@ fn main() {
     }
 
     // Failover: stop the leader, time until the other two agree on a new one.
+    let runs = std::env::var("FAILOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    if runs == 0 {
+        return;
+    }
     let mut times = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..runs {
         let (old, _) = leader(&nodes, Duration::from_secs(20));
         let node = nodes.remove(&old).unwrap();
         let t0 = Instant::now();

@@ -10,7 +10,7 @@
 //! Why: applying into LMDB cost a write transaction and an fsync per apply
 //! batch, and each rewrote one B-tree page per key touched (keys are random
 //! client ids): the profile of the ownership benchmark put 56 % of all CPU
-//! there. Applying to a `BTreeMap` under a lock costs a few hundred
+//! there. Applying to a hash map under a lock costs a few hundred
 //! nanoseconds per op. The price: the map lives in memory (about 100-150
 //! bytes per key plus the value), and a restart re-applies the log since the
 //! last snapshot (`snapshot_every` entries at most).
@@ -19,7 +19,7 @@
 //! lock (the map, the version counter and the applied log id change
 //! together; readers never see half a batch), then answers each entry.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
@@ -36,7 +36,12 @@ use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership
 /// The applied state: the map, the version counter, what was applied last.
 #[derive(Debug, Default)]
 pub struct MapState {
-    kv: BTreeMap<Vec<u8>, Versioned>,
+    /// A hash map: point reads and compare-and-sets are nearly all the
+    /// traffic (an ordered map spent a quarter of the benchmark's CPU
+    /// comparing long client ids); std's SipHash with a random key because
+    /// client ids come from clients (no hash flooding). Prefix scans are rare
+    /// (liveness rows) and walk it all.
+    kv: HashMap<Vec<u8>, Versioned>,
     /// The highest version handed out so far.
     revision: u64,
     applied: Option<LogId>,
@@ -72,13 +77,16 @@ pub fn read_local(store: &Store, key: &[u8]) -> io::Result<Option<Versioned>> {
 
 /// Reads every key that starts with `prefix` (what this node has applied).
 pub fn scan_local(store: &Store, prefix: &[u8]) -> io::Result<Vec<(Vec<u8>, Versioned)>> {
-    let map = store.map();
-    Ok(map
-        .kv
-        .range(prefix.to_vec()..)
-        .take_while(|(k, _)| k.starts_with(prefix))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect())
+    let mut rows: Vec<(Vec<u8>, Versioned)> = {
+        let map = store.map();
+        map.kv
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(rows)
 }
 
 /// The applied log id.
@@ -104,14 +112,30 @@ impl MapState {
                 expected,
                 value,
             } => {
-                let current = self.kv.get(key.as_slice());
-                if current.map_or(0, |v| v.version) != *expected {
+                // One search when the key exists (the common takeover), two
+                // when a new key is inserted.
+                let Some(current) = self.kv.get_mut(key.as_slice()) else {
+                    return match (expected, value) {
+                        (0, Some(value)) => self.insert(key, value),
+                        (0, None) => OpResult::Deleted { existed: false },
+                        _ => OpResult::Conflict { current: None },
+                    };
+                };
+                if current.version != *expected {
                     return OpResult::Conflict {
-                        current: current.cloned(),
+                        current: Some(current.clone()),
                     };
                 }
                 match value {
-                    Some(value) => self.write(key, value),
+                    Some(value) => {
+                        self.revision += 1;
+                        current.version = self.revision;
+                        current.value.clear();
+                        current.value.extend_from_slice(value);
+                        OpResult::Written {
+                            version: self.revision,
+                        }
+                    }
                     None => OpResult::Deleted {
                         existed: self.kv.remove(key.as_slice()).is_some(),
                     },
@@ -121,24 +145,30 @@ impl MapState {
     }
 
     fn write(&mut self, key: &[u8], value: &[u8]) -> OpResult {
-        self.revision += 1;
-        let version = self.revision;
         match self.kv.get_mut(key) {
             Some(v) => {
-                v.version = version;
+                self.revision += 1;
+                v.version = self.revision;
                 v.value.clear();
                 v.value.extend_from_slice(value);
+                OpResult::Written {
+                    version: self.revision,
+                }
             }
-            None => {
-                self.kv.insert(
-                    key.to_vec(),
-                    Versioned {
-                        version,
-                        value: value.to_vec(),
-                    },
-                );
-            }
+            None => self.insert(key, value),
         }
+    }
+
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> OpResult {
+        self.revision += 1;
+        let version = self.revision;
+        self.kv.insert(
+            key.to_vec(),
+            Versioned {
+                version,
+                value: value.to_vec(),
+            },
+        );
         OpResult::Written { version }
     }
 }
@@ -216,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Durable first: once the map moves to the snapshot, the log before
         // it may be purged.
         let meta = blocking(move || persist_snapshot(&store, &meta, &raw).map(|()| meta)).await?;
-        let mut kv = BTreeMap::new();
+        let mut kv = HashMap::with_capacity(image.rows.len());
         for (key, version, value) in image.rows {
             kv.insert(key, Versioned { version, value });
         }
@@ -270,6 +300,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         let store = self.store.clone();
         let (meta, raw) = blocking(move || {
+            let mut image = image;
+            image.rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let raw = image.encode()?;
             persist_snapshot(&store, &meta, &raw)?;
             Ok((meta, raw))
