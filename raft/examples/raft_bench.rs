@@ -174,6 +174,12 @@ fn runtime_cost(nodes: &BTreeMap<NodeId, RaftNode>, l: NodeId) {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let args: Vec<String> = std::env::args().collect();
     let secs: u64 = args.get(1).map_or(5, |s| s.parse().expect("secs"));
     let inflight: usize = args.get(2).map_or(2048, |s| s.parse().expect("inflight"));
@@ -237,12 +243,14 @@ fn main() {
             .unwrap()
             .counters;
         println!(
-            "node {id}: {} appends (fsyncs) for {} entries ({:.1} entries per append); {} commands committed here, mean commit {} us",
+            "node {id}: {} appends (fsyncs) for {} entries ({:.1} entries per append); {} commands committed here, mean commit {} us; {} terms seen, {} leader changes",
             k.appends,
             k.appended_entries,
             k.appended_entries as f64 / k.appends.max(1) as f64,
             k.commits,
-            k.commit_us_total / k.commits.max(1)
+            k.commit_us_total / k.commits.max(1),
+            k.terms_seen,
+            k.leader_changes
         );
     }
 
