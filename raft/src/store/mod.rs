@@ -24,6 +24,7 @@ pub mod log;
 pub mod sm;
 pub mod snapshot;
 mod tail;
+pub mod watch;
 mod writer;
 
 use std::fs;
@@ -59,6 +60,7 @@ pub struct Store {
     pub(crate) map: std::sync::RwLock<sm::MapState>,
     pub(crate) path: PathBuf,
     pub(crate) counters: crate::counters::Counters,
+    pub(crate) watchers: watch::Watchers,
 }
 
 impl std::fmt::Debug for Store {
@@ -139,6 +141,7 @@ impl Store {
             map: Default::default(),
             path: path.clone(),
             counters: Default::default(),
+            watchers: Default::default(),
         };
         store.bind(cluster_id, node_id)?;
         Ok(Arc::new(store))

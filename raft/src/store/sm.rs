@@ -29,6 +29,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use super::snapshot::SnapshotImage;
+use super::watch::Change;
 use super::{blocking, decode, encode, io as lmdb, Store};
 use crate::command::{Command, CommandResult, Op, OpResult, Versioned};
 use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
@@ -173,6 +174,33 @@ impl MapState {
     }
 }
 
+/// The changes of one applied command that someone watches.
+fn watched_changes(store: &Store, cmd: &Command, res: &CommandResult, out: &mut Vec<Change>) {
+    for (op, r) in cmd.ops.iter().zip(&res.results) {
+        if !store.watchers.wants(op.key()) {
+            continue;
+        }
+        let value = match op {
+            Op::Put { value, .. } => Some(value.clone()),
+            Op::Cas { value, .. } => value.clone(),
+            Op::Delete { .. } => None,
+        };
+        match r {
+            OpResult::Written { version } => out.push(Change {
+                key: op.key().to_vec(),
+                version: *version,
+                value,
+            }),
+            OpResult::Deleted { existed: true } => out.push(Change {
+                key: op.key().to_vec(),
+                version: 0,
+                value: None,
+            }),
+            _ => {}
+        }
+    }
+}
+
 /// Stores `(meta, image)` as the current snapshot (fsynced).
 fn persist_snapshot(store: &Store, meta: &SnapshotMeta, raw: &[u8]) -> io::Result<()> {
     let row = encode(&(meta, raw))?;
@@ -221,6 +249,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 results.push(res);
             }
         }
+        // Watchers hear of the changes once the lock is released (a local
+        // read then sees them), before the callers get their answers.
+        let mut changes = Vec::new();
+        for ((entry, _), res) in batch.iter().zip(&results) {
+            if let EntryPayload::Normal(p) = &entry.payload {
+                watched_changes(&self.store, p.command()?, res, &mut changes);
+            }
+        }
+        self.store.watchers.send(changes);
         for ((_, responder), res) in batch.into_iter().zip(results) {
             if let Some(responder) = responder {
                 responder.send(res);
@@ -247,16 +284,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // it may be purged.
         let meta = blocking(move || persist_snapshot(&store, &meta, &raw).map(|()| meta)).await?;
         let mut kv = HashMap::with_capacity(image.rows.len());
+        let mut changes = Vec::new();
         for (key, version, value) in image.rows {
+            if self.store.watchers.wants(&key) {
+                changes.push(Change {
+                    key: key.clone(),
+                    version,
+                    value: Some(value.clone()),
+                });
+            }
             kv.insert(key, Versioned { version, value });
         }
-        let mut map = self.store.map_mut();
-        *map = MapState {
+        *self.store.map_mut() = MapState {
             kv,
             revision: image.revision,
             applied: meta.last_log_id,
             membership: meta.last_membership,
         };
+        self.store.watchers.send(changes);
         Ok(())
     }
 
