@@ -313,7 +313,6 @@ fn run(
         };
         tokio::spawn(owner::run_batcher(core.clone(), claims));
         tokio::spawn(liveness::run(core.clone()));
-        tokio::spawn(watch_leader(core.clone()));
         let _ = ready.send(Ok(Started {
             store: Arc::downgrade(&core.store),
         }));
@@ -418,6 +417,9 @@ async fn boot(
         })
         .collect();
     let core = Arc::new(Core::new(cfg.node_id, raft.clone(), store, net, cfg));
+    // Watching terms before `initialize`: the first election can be over
+    // within milliseconds, before `run` spawns anything else.
+    tokio::spawn(watch_leader(core.clone()));
     tokio::spawn(server::serve(listener, core.clone()));
     if !bootstrap.is_empty()
         && !raft
