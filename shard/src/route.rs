@@ -34,6 +34,25 @@ pub(crate) fn route_to(
     p: Publish,
     publisher: Option<SessionId>,
     confirm: Option<ConfirmReq>,
+    held: Option<&mut Vec<(usize, MeshItem)>>,
+) -> usize {
+    // Other nodes first: their copy leaves with this tick's link batch.
+    crate::cluster::forward(shard, &p);
+    route_here(shard, p, publisher, confirm, held)
+}
+
+/// A publish another node forwarded (its publisher's node matched it against
+/// this node's routes): routed on this node only, never onward.
+pub(crate) fn route_from_peer(shard: &Rc<Shard>, p: Publish) {
+    route_here(shard, p, None, None, None);
+}
+
+/// Routing on this node: retained replicas, the shards with subscribers, share groups.
+fn route_here(
+    shard: &Rc<Shard>,
+    p: Publish,
+    publisher: Option<SessionId>,
+    confirm: Option<ConfirmReq>,
     mut held: Option<&mut Vec<(usize, MeshItem)>>,
 ) -> usize {
     let mut send = |to: usize, item: MeshItem| match held.as_deref_mut() {
