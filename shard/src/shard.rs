@@ -250,6 +250,7 @@ pub(crate) async fn run(init: ShardInit) {
         }
     }
     shard.stopping.set(true);
+    crate::cluster::stop(&shard).await;
     shard.stop_accepting();
     shard.close_all(CloseReason::ServerShuttingDown);
     let deadline = glommio::timer::sleep(Duration::from_secs(5));

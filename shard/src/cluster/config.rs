@@ -33,7 +33,12 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// A cluster config with the defaults for the tunables.
-    pub fn new(node_id: u64, cluster_id: String, link_listen: SocketAddr, peers: Vec<Peer>) -> Self {
+    pub fn new(
+        node_id: u64,
+        cluster_id: String,
+        link_listen: SocketAddr,
+        peers: Vec<Peer>,
+    ) -> Self {
         ClusterConfig {
             node_id,
             cluster_id,

@@ -38,17 +38,29 @@ pub enum Frame {
     Refuse(String),
     /// Every filter the sender's node has subscribers on, replacing what the
     /// receiver knew of it; `seq` is acknowledged like a change.
-    RouteSync { seq: u64, filters: Vec<TopicFilter> },
+    RouteSync {
+        seq: u64,
+        filters: Vec<TopicFilter>,
+    },
     /// The sender's node gained its first subscriber on a filter.
-    RouteAdd { seq: u64, filter: TopicFilter },
+    RouteAdd {
+        seq: u64,
+        filter: TopicFilter,
+    },
     /// The sender's node lost its last subscriber on a filter.
-    RouteDel { seq: u64, filter: TopicFilter },
+    RouteDel {
+        seq: u64,
+        filter: TopicFilter,
+    },
     /// Every route frame up to `seq` is applied on every shard of the sender.
     RouteAck(u64),
     /// A publish for the receiver's subscribers (MQTT 5 PUBLISH bytes).
     Publish(Bytes),
     /// Anti-entropy: the sender's route set has `count` filters hashing to `hash`.
-    Digest { count: u32, hash: u64 },
+    Digest {
+        count: u32,
+        hash: u64,
+    },
     /// The digest did not match: send a `RouteSync`.
     Resync,
     /// Round-trip probe, answered with `Pong` carrying the same value.
@@ -371,16 +383,22 @@ mod tests {
             panic!("not a publish frame");
         };
         let q = decode_publish(bytes).unwrap();
-        assert_eq!((q.topic, q.qos, q.retain, q.payload), (p.topic, p.qos, p.retain, p.payload));
+        assert_eq!(
+            (q.topic, q.qos, q.retain, q.payload),
+            (p.topic, p.qos, p.retain, p.payload)
+        );
     }
 
     #[test]
     fn bad_input_is_refused() {
         let mut b = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
-        assert!(matches!(Frame::decode(&mut b), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            Frame::decode(&mut b),
+            Err(FrameError::TooLarge(_))
+        ));
         let mut b = BytesMut::from(&[0, 0, 0, 1, 99][..]);
         assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(99)));
-        let mut b = BytesMut::from(&b"\0\0\0\x0bGET / HTTP"[..]);
+        let mut b = BytesMut::from(&b"\0\0\0\x0bGET / HTTP/"[..]);
         assert!(Frame::decode(&mut b).is_err());
         let mut b = BytesMut::from(&[0, 0, 0, 9, HELLO, b'X', b'X', b'X', b'X', 0, 1, 0, 0][..]);
         assert_eq!(Frame::decode(&mut b), Err(FrameError::BadMagic));
@@ -390,7 +408,10 @@ mod tests {
         b.put_u8(ROUTE_SYNC);
         b.put_u64(1);
         b.put_u32(1_000_000);
-        assert_eq!(Frame::decode(&mut b), Err(FrameError::Truncated("route sync")));
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("route sync"))
+        );
         assert!(decode_publish(Bytes::from_static(b"\x30\x05garbage")).is_err());
     }
 

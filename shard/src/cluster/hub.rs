@@ -37,6 +37,12 @@ pub(crate) struct Hub {
     acks: RefCell<HashMap<u64, (usize, Slot, u64)>>,
     next_token: Cell<u64>,
     epoch: Instant,
+    /// Dialers, tickers, the acceptor, the sweep: cancelled (and their sockets closed) at stop.
+    tasks: RefCell<Vec<glommio::Task<()>>>,
+    /// The link port's accept loop and socket, ended and closed at stop (awaited:
+    /// a cancelled task is only dropped when the executor runs it again).
+    acceptor: RefCell<Option<glommio::Task<()>>>,
+    listen_fd: Cell<i32>,
 }
 
 impl Hub {
@@ -65,15 +71,19 @@ impl Hub {
             acks: RefCell::default(),
             next_token: Cell::new(0),
             epoch: Instant::now(),
+            tasks: RefCell::default(),
+            acceptor: RefCell::default(),
+            listen_fd: Cell::new(-1),
         }
     }
 
     /// Starts the link tasks: dialers, the acceptor, tickers, the waiter deadline sweep.
     pub fn start(self: &Rc<Self>, shard: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
+        let mut tasks = self.tasks.borrow_mut();
         for l in &self.links {
             if l.dials {
-                glommio::spawn_local(link::dial_loop(shard.clone(), self.clone(), l.clone()))
-                    .detach();
+                let d = link::dial_loop(shard.clone(), self.clone(), l.clone());
+                tasks.push(glommio::spawn_local(d));
             }
             let t = link::tick_loop(
                 shard.clone(),
@@ -81,12 +91,36 @@ impl Hub {
                 l.clone(),
                 self.cfg.digest_interval,
             );
-            glommio::spawn_local(t).detach();
+            tasks.push(glommio::spawn_local(t));
         }
         if let Some(l) = listener {
-            glommio::spawn_local(accept_loop(shard.clone(), self.clone(), l)).detach();
+            use std::os::fd::AsRawFd;
+            self.listen_fd.set(l.as_raw_fd());
+            let t = glommio::spawn_local(accept_loop(shard.clone(), self.clone(), l));
+            *self.acceptor.borrow_mut() = Some(t);
         }
-        glommio::spawn_local(sweep(shard.clone(), self.clone())).detach();
+        tasks.push(glommio::spawn_local(sweep(shard.clone(), self.clone())));
+    }
+
+    /// At shutdown: every link closes (peers see it at once) and the link port is released.
+    pub async fn stop(&self) {
+        for l in &self.links {
+            l.close();
+        }
+        self.tasks.borrow_mut().clear();
+        let fd = self.listen_fd.replace(-1);
+        if fd >= 0 {
+            // SAFETY: the listening socket the accept loop owns; shutdown wakes its
+            // pending accept with an error, and the loop (stopping) drops the socket.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        let acceptor = self.acceptor.borrow_mut().take();
+        if let Some(t) = acceptor {
+            let deadline = async {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+            };
+            futures_lite::future::or(t, deadline).await;
+        }
     }
 
     pub fn hello(&self) -> Hello {
@@ -194,7 +228,9 @@ impl Hub {
     }
 
     fn acked(&self, seq: u64) -> bool {
-        self.links.iter().all(|l| !l.is_up() || l.acked.get() >= seq)
+        self.links
+            .iter()
+            .all(|l| !l.is_up() || l.acked.get() >= seq)
     }
 
     /// Runs the waiters that are satisfied (or, with `now`, past their deadline).
@@ -323,7 +359,11 @@ async fn accept_loop(shard: Rc<Shard>, hub: Rc<Hub>, l: std::net::TcpListener) {
     // SAFETY: the descriptor comes from a listening std socket we own and give up here.
     let l = unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) };
     loop {
-        match l.accept().await {
+        let r = l.accept().await;
+        if shard.stopping.get() {
+            return;
+        }
+        match r {
             Ok(s) => {
                 glommio::spawn_local(link::accepted(shard.clone(), hub.clone(), s)).detach();
             }
@@ -331,9 +371,6 @@ async fn accept_loop(shard: Rc<Shard>, hub: Rc<Hub>, l: std::net::TcpListener) {
                 tracing::warn!("node link accept: {e}");
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
-        }
-        if shard.stopping.get() {
-            return;
         }
     }
 }

@@ -105,6 +105,14 @@ impl Link {
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
     }
+
+    /// Closes the connection for good (shutdown: its task is about to be dropped).
+    pub fn close(&self) {
+        self.kick();
+        self.fd.set(-1);
+        self.up.set(false);
+        self.stats.up.set(0);
+    }
 }
 
 /// The dialing side: connect, handshake, serve, and again after a backoff.
@@ -149,7 +157,11 @@ async fn dial_once(hub: &Hub, link: &Link) -> Result<(TcpStream, BytesMut), Stri
         },
         Frame::Refuse(why) => {
             link.stats.refused.inc();
-            tracing::warn!(peer = link.peer.id, "node {} refused our link: {why}", link.peer.id);
+            tracing::warn!(
+                peer = link.peer.id,
+                "node {} refused our link: {why}",
+                link.peer.id
+            );
             Err("refused by peer".into())
         }
         other => Err(format!("expected a hello, got {other:?}")),
@@ -331,7 +343,11 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
 }
 
 /// Writes whatever is queued, once per tick, in one write.
-async fn write_loop(link: Rc<Link>, mut w: futures_lite::io::WriteHalf<TcpStream>, generation: u64) {
+async fn write_loop(
+    link: Rc<Link>,
+    mut w: futures_lite::io::WriteHalf<TcpStream>,
+    generation: u64,
+) {
     loop {
         link.wake.wait().await;
         // Let the rest of this tick add to the batch.

@@ -46,7 +46,10 @@ pub enum Item {
         add: bool,
     },
     /// A publish for the peers in `to` (from any shard to shard 0, which runs the links).
-    Forward { to: ShardSet, publish: Publish },
+    Forward {
+        to: ShardSet,
+        publish: Publish,
+    },
     /// To every shard from shard 0: reply `BarrierAck` (everything before is applied).
     Barrier(u64),
     BarrierAck(u64),
@@ -92,6 +95,13 @@ pub(crate) fn bind(cfg: &ClusterConfig) -> std::io::Result<std::net::TcpListener
 pub(crate) fn start(shard: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
     if let Some(hub) = shard.cluster.as_ref().and_then(|n| n.hub.clone()) {
         hub.start(shard, listener);
+    }
+}
+
+/// Closes the links and the link port (shard 0, at shutdown).
+pub(crate) async fn stop(shard: &Shard) {
+    if let Some(hub) = shard.cluster.as_ref().and_then(|n| n.hub.clone()) {
+        hub.stop().await;
     }
 }
 

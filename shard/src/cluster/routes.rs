@@ -9,8 +9,8 @@
 //! apply a full sync as a diff and to check digests).
 
 use crate::router::{Router, ShardSet};
-use std::collections::{HashMap, HashSet};
 use ringmq_codec::TopicFilter;
+use std::collections::{HashMap, HashSet};
 
 /// Slot of a peer in a [`NodeRoutes`] (peer index + 1).
 pub type Slot = u16;
@@ -161,7 +161,10 @@ mod tests {
         let mut c = b.peer_sync(1, vec![f("y"), f("z")]);
         c.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         assert_eq!(c, vec![(f("x"), false), (f("z"), true)]);
-        assert_eq!(b.peer_digest(1), super::super::frame::digest([f("z"), f("y")].iter()));
+        assert_eq!(
+            b.peer_digest(1),
+            super::super::frame::digest([f("z"), f("y")].iter())
+        );
     }
 
     #[test]
