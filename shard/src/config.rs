@@ -199,6 +199,8 @@ pub struct ShardConfig {
     pub access: crate::access::AccessConfig,
     /// Node links and routes of a cluster (`None`: a node alone).
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Session ownership across a cluster (`None`: a cluster of one).
+    pub ownership: Option<crate::ownership::Gate>,
 }
 
 impl Default for ShardConfig {
@@ -243,6 +245,7 @@ impl Default for ShardConfig {
             authn: crate::access::authn::AuthnConfig::default(),
             access: crate::access::AccessConfig::default(),
             cluster: None,
+            ownership: None,
         }
     }
 }

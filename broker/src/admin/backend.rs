@@ -251,6 +251,9 @@ pub struct MetricsSnapshot {
     /// Node links to the other nodes of a cluster (empty: a node alone).
     #[serde(default)]
     pub links: Vec<LinkMetrics>,
+    /// The cluster's numbers, when this node is in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterMetrics>,
 }
 
 /// One node link's counters (see `ringmq_shard::cluster::LinkStats`).
@@ -368,5 +371,9 @@ pub trait AdminBackend: Send + Sync {
     /// Re-reads the ACL file, password file and certificates; one outcome each.
     fn reload(&self) -> Result<Vec<ringmq_shard::access::reload::Outcome>, AdminError> {
         Err(AdminError::unavailable("this broker cannot reload"))
+    }
+    /// The cluster this node is in; `None`: a cluster of one.
+    fn cluster(&self) -> Option<std::sync::Arc<crate::cluster::Cluster>> {
+        None
     }
 }

@@ -114,3 +114,53 @@ mod tests {
         assert!(human(&json!({"shards": [{"x": 1}]})).contains("\"shards\""));
     }
 }
+
+/// `ringmq ctl cluster status`: this node's view, then one row per member.
+pub fn cluster_status(v: &Value) -> String {
+    let g = |k: &str| v.get(k).map(cell).unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "node {}  state {}  leader {}  term {}\nlog: last {}  committed {}  applied {}  snapshot {}  purged {}{}\n",
+        g("id"),
+        g("state"),
+        g("leader"),
+        g("term"),
+        g("last_log_index"),
+        g("committed"),
+        g("applied"),
+        g("snapshot"),
+        g("purged"),
+        if v.get("joint") == Some(&Value::Bool(true)) {
+            "  (joint consensus in progress)"
+        } else {
+            ""
+        },
+    );
+    let cols = [
+        "id",
+        "addr",
+        "role",
+        "up",
+        "liveness",
+        "matched",
+        "lag",
+        "last_ack_ms",
+    ];
+    let rows: Vec<Value> = v
+        .get("nodes")
+        .and_then(Value::as_array)
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| {
+                    let m: serde_json::Map<String, Value> = cols
+                        .iter()
+                        .map(|c| (c.to_string(), n.get(*c).cloned().unwrap_or(Value::Null)))
+                        .collect();
+                    Value::Object(m)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&human(&Value::Array(rows)));
+    out
+}

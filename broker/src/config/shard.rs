@@ -77,6 +77,8 @@ impl Config {
             },
             // Node links: from the [cluster] section (config/links.rs).
             cluster: None,
+            // Set by main once the cluster's control plane runs.
+            ownership: None,
         }
     }
 }
