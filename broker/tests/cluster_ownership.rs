@@ -86,8 +86,18 @@ fn connect_on_another_node_fences_the_old_connection() {
     assert!(m.metric("ringmq_cluster_ownership_fenced_total").unwrap() >= 2.0);
     assert_eq!(m.metric("ringmq_cluster_members "), Some(3.0));
     let claims = c.get(2).proc.as_ref().unwrap();
-    assert!(claims.metric("ringmq_cluster_ownership_claims_total").unwrap() >= 1.0);
-    assert!(claims.metric("ringmq_cluster_ownership_claim_seconds_count").unwrap() >= 1.0);
+    assert!(
+        claims
+            .metric("ringmq_cluster_ownership_claims_total")
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        claims
+            .metric("ringmq_cluster_ownership_claim_seconds_count")
+            .unwrap()
+            >= 1.0
+    );
     assert!(claims.metric("ringmq_cluster_commits_total").is_some());
     assert!(claims.metric("ringmq_cluster_elections_total").unwrap() >= 1.0);
     assert_eq!(c.get(2).owner("dev-5").map(|o| o.0), Some(2));

@@ -76,7 +76,7 @@ impl Config {
                 },
             },
             // Node links: from the [cluster] section (config/links.rs).
-            cluster: None,
+            cluster: self.cluster_links().ok().flatten(),
             // Set by main once the cluster's control plane runs.
             ownership: None,
         }
