@@ -52,6 +52,8 @@ pub trait OwnershipGate: Send + Sync + 'static {
     fn node_id(&self) -> u64;
     /// Counts a session fenced here (metrics live with the gate).
     fn fenced(&self) {}
+    /// Counts a CONNECT refused because its claim failed or timed out.
+    fn refused(&self) {}
 }
 
 /// The gate in the shard configuration (`None`: a cluster of one).
@@ -79,11 +81,15 @@ pub(crate) async fn claim(shard: &Shard, client_id: &[u8]) -> Result<u64, ClaimR
     };
     let claim = g.gate.claim(client_id);
     let timeout = g.timeout;
-    futures_lite::future::or(claim, async move {
+    let r = futures_lite::future::or(claim, async move {
         glommio::timer::sleep(timeout).await;
         Err(ClaimRefused::Timeout)
     })
-    .await
+    .await;
+    if r.is_err() {
+        g.gate.refused();
+    }
+    r
 }
 
 /// At accept on the home shard: has this node already applied a move of the

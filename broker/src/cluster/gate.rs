@@ -45,12 +45,10 @@ impl OwnershipGate for RaftGate {
                     }
                     Err(ClaimError::Unavailable(e)) => {
                         tracing::debug!(error = %e, "ownership claim: cluster unavailable");
-                        inc(&stats.failures);
                         return Err(ClaimRefused::Unavailable);
                     }
                 }
             }
-            inc(&stats.failures);
             Err(ClaimRefused::Unavailable)
         })
     }
@@ -77,5 +75,9 @@ impl OwnershipGate for RaftGate {
 
     fn fenced(&self) {
         inc(&self.stats.fenced);
+    }
+
+    fn refused(&self) {
+        inc(&self.stats.failures);
     }
 }

@@ -296,7 +296,7 @@ impl Cluster {
     /// returns (leader, term).
     pub fn wait_leader(&self, among: &[u64]) -> (u64, u64) {
         let end = Instant::now() + CONVERGE;
-        let mut last = String::new();
+        let mut last;
         loop {
             let views: Vec<Option<Value>> = among.iter().map(|id| self.get(*id).status()).collect();
             let leaders: Vec<Option<u64>> = views
