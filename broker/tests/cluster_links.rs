@@ -394,3 +394,96 @@ async fn a_node_that_leaves_and_returns_is_synced_again() {
     assert!(c.link(0, 3).connects.get() >= 2);
     assert!(c.link(0, 3).syncs_out.get() >= 2);
 }
+
+/// Node certificates for mutual TLS on links: a CA, a certificate per role carrying the
+/// cluster id as its DNS name (server and client use), and one from another CA.
+struct LinkPki {
+    dir: std::path::PathBuf,
+}
+
+impl LinkPki {
+    fn new() -> LinkPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let dir = common::broker::scratch_dir().join("link-pki");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+        };
+        let node = |name: &str, issuer: &CertifiedIssuer<'static, KeyPair>| {
+            let mut p = CertificateParams::new(vec![CLUSTER.to_string()]).unwrap();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, issuer).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        };
+        let good = ca("cluster CA");
+        let other = ca("other CA");
+        std::fs::write(dir.join("ca.pem"), good.pem()).unwrap();
+        node("node", &good);
+        node("intruder", &other);
+        LinkPki { dir }
+    }
+
+    fn tls(&self, who: &str) -> ringmq_shard::cluster::tls::LinkTls {
+        ringmq_shard::cluster::tls::load(
+            self.dir.join(format!("{who}.pem")),
+            self.dir.join(format!("{who}.key")),
+            self.dir.join("ca.pem"),
+            CLUSTER,
+        )
+        .expect("link TLS files load")
+    }
+}
+
+/// Mutual TLS on the node links: delivery works across nodes, a node whose certificate
+/// another CA signed is refused (counted on both sides) and never linked.
+#[tokio::test]
+async fn links_with_mutual_tls_deliver_and_refuse_a_foreign_certificate() {
+    let pki = LinkPki::new();
+    let link_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut c = Cluster {
+        nodes: (0..3).map(|_| None).collect(),
+        link_ports,
+        shards: 1,
+    };
+    for i in 0..3 {
+        let mut cc = c.config(i);
+        cc.tls = Some(pki.tls(if i == 2 { "intruder" } else { "node" }));
+        c.nodes[i] = Some(Broker::start_with(1, move |cfg| {
+            cfg.cluster = Some(cc);
+            cfg.sys_interval = Duration::ZERO;
+        }));
+    }
+    check_for(Duration::from_secs(10), "link 1-2 up over TLS", || async {
+        (c.link(0, 2).up.get() == 1).then_some(())
+    })
+    .await;
+    let mut sub = c.client(Proto::V5, 1, "t-sub").await;
+    sub.subscribe("t/x", 2).await;
+    let publ = c.client(Proto::V5, 0, "t-pub").await;
+    publ.publish("t/x", 2, false, "sealed").await;
+    let m = sub.recv("over the TLS link").await;
+    assert_eq!((m.text(), m.qos), ("sealed", 2));
+    // Node 3's certificate is from another CA: node 1 and 2 never link with it.
+    check_for(Duration::from_secs(10), "node 3 refused", || async {
+        let refused = c.link(0, 3).refused.get() + c.stats(2).refused_unknown.get();
+        (refused > 0).then_some(())
+    })
+    .await;
+    assert_eq!(c.link(0, 3).up.get(), 0);
+    assert_eq!(c.link(1, 3).up.get(), 0);
+    let _ = std::fs::remove_dir_all(&pki.dir);
+    c.stop(2);
+}

@@ -40,12 +40,21 @@ impl Config {
                 link_addr: link_addr(addr)?,
             });
         }
-        Ok(Some(ClusterConfig::new(
-            c.node_id,
-            c.cluster_id.clone(),
-            listen,
-            peers,
-        )))
+        let mut cfg = ClusterConfig::new(c.node_id, c.cluster_id.clone(), listen, peers);
+        // The metadata links' files secure the data links too: one CA, one name (the cluster id).
+        if let (Some(cert), Some(key), Some(ca)) = (
+            &c.cluster_tls_cert.0,
+            &c.cluster_tls_key.0,
+            &c.cluster_tls_ca.0,
+        ) {
+            cfg.tls = Some(ringmq_shard::cluster::tls::load(
+                cert.clone(),
+                key.clone(),
+                ca.clone(),
+                &c.cluster_id,
+            )?);
+        }
+        Ok(Some(cfg))
     }
 
     pub(super) fn validate_links(&self, src: &Sources) -> Result<(), ConfigError> {

@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     pub route_ack_timeout: Duration,
     /// Interval of route digests (anti-entropy) on each link.
     pub digest_interval: Duration,
+    /// Mutual TLS on the links (`None`: plain TCP).
+    pub tls: Option<super::tls::LinkTls>,
 }
 
 impl ClusterConfig {
@@ -47,6 +49,7 @@ impl ClusterConfig {
             link_queue_bytes: 64 << 20,
             route_ack_timeout: Duration::from_secs(5),
             digest_interval: Duration::from_secs(5),
+            tls: None,
         }
     }
 }

@@ -123,6 +123,11 @@ impl Hub {
         }
     }
 
+    /// Mutual TLS of the links, when configured.
+    pub fn tls(&self) -> Option<&super::tls::LinkTls> {
+        self.cfg.tls.as_ref()
+    }
+
     pub fn hello(&self) -> Hello {
         link::hello(&self.cfg.cluster_id, self.cfg.node_id)
     }

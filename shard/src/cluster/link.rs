@@ -10,10 +10,11 @@ use super::frame::{Frame, FrameError, Hello, VERSION};
 use super::hub::Hub;
 use super::routes::Slot;
 use super::stats::LinkStats;
+use super::stream::LinkStream;
 use crate::notify::Notify;
 use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
@@ -123,9 +124,9 @@ pub(crate) async fn dial_loop(shard: Rc<Shard>, hub: Rc<Hub>, link: Rc<Link>) {
             return;
         }
         match dial_once(&hub, &link).await {
-            Ok((stream, rest)) => {
+            Ok((stream, fd, rest)) => {
                 backoff = BACKOFF_MIN;
-                serve(&shard, &hub, &link, stream, rest).await;
+                serve(&shard, &hub, &link, stream, fd, rest).await;
             }
             Err(e) => {
                 tracing::debug!(peer = link.peer.id, "node link: {e}");
@@ -136,18 +137,50 @@ pub(crate) async fn dial_loop(shard: Rc<Shard>, hub: Rc<Hub>, link: Rc<Link>) {
     }
 }
 
-async fn dial_once(hub: &Hub, link: &Link) -> Result<(TcpStream, BytesMut), String> {
-    let mut s = TcpStream::connect_timeout(link.peer.link_addr, HANDSHAKE_TIMEOUT)
+/// A connection after its handshake: the stream, its socket (for shutdown), bytes read past the hello.
+type Established = (LinkStream, i32, BytesMut);
+
+/// Runs `f` within the handshake deadline.
+async fn within<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let late = async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        Err(format!("{what}: no answer within {HANDSHAKE_TIMEOUT:?}"))
+    };
+    futures_lite::future::or(f, late).await
+}
+
+async fn dial_once(hub: &Hub, link: &Link) -> Result<Established, String> {
+    let tcp = TcpStream::connect_timeout(link.peer.link_addr, HANDSHAKE_TIMEOUT)
         .await
         .map_err(|e| format!("connect {}: {e}", link.peer.link_addr))?;
-    let _ = s.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let fd = tcp.as_raw_fd();
+    let mut s = match hub.tls() {
+        None => LinkStream::Plain(tcp),
+        Some(t) => {
+            let c = futures_rustls::TlsConnector::from(t.client.clone());
+            let tls = within("TLS handshake", async {
+                c.connect(t.name.clone(), tcp).await.map_err(|e| {
+                    link.stats.refused.inc();
+                    tracing::warn!(peer = link.peer.id, "node link TLS handshake failed: {e}");
+                    format!("TLS: {e}")
+                })
+            })
+            .await?;
+            LinkStream::Tls(Box::new(tls.into()))
+        }
+    };
     let mut out = BytesMut::new();
     Frame::Hello(hub.hello()).encode(&mut out);
     s.write_all(&out).await.map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
     let (first, rest) = read_first(&mut s).await?;
     match first {
         Frame::Hello(h) => match hub.check_hello(&h, Some(link.peer.id)) {
-            Ok(_) => Ok((s, rest)),
+            Ok(_) => Ok((s, fd, rest)),
             Err(why) => {
                 link.stats.refused.inc();
                 tracing::warn!(peer = link.peer.id, "node link refused: {why}");
@@ -169,12 +202,32 @@ async fn dial_once(hub: &Hub, link: &Link) -> Result<(TcpStream, BytesMut), Stri
 }
 
 /// The accepting side: one incoming connection on the link port.
-pub(crate) async fn accepted(shard: Rc<Shard>, hub: Rc<Hub>, mut s: TcpStream) {
-    let _ = s.set_nodelay(true);
-    let from = s
+pub(crate) async fn accepted(shard: Rc<Shard>, hub: Rc<Hub>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let from = tcp
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
+    let fd = tcp.as_raw_fd();
+    let mut s = match hub.tls() {
+        None => LinkStream::Plain(tcp),
+        Some(t) => {
+            let a = futures_rustls::TlsAcceptor::from(t.server.clone());
+            let hs = within("TLS handshake", async {
+                a.accept(tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {e}"))
+            });
+            match hs.await {
+                Ok(tls) => LinkStream::Tls(Box::new(tls.into())),
+                Err(e) => {
+                    hub.stats.refused_unknown.inc();
+                    tracing::warn!("node link from {from} refused: {e}");
+                    return;
+                }
+            }
+        }
+    };
     let (first, rest) = match read_first(&mut s).await {
         Ok(x) => x,
         Err(e) => {
@@ -207,20 +260,21 @@ pub(crate) async fn accepted(shard: Rc<Shard>, hub: Rc<Hub>, mut s: TcpStream) {
     }
     let mut out = BytesMut::new();
     Frame::Hello(hub.hello()).encode(&mut out);
-    if s.write_all(&out).await.is_err() {
+    if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
         return;
     }
-    serve(&shard, &hub, &link, s, rest).await;
+    serve(&shard, &hub, &link, s, fd, rest).await;
 }
 
-async fn refuse(s: &mut TcpStream, why: String) {
+async fn refuse(s: &mut (impl AsyncWrite + Unpin), why: String) {
     let mut out = BytesMut::new();
     Frame::Refuse(why).encode(&mut out);
     let _ = s.write_all(&out).await;
+    let _ = s.flush().await;
 }
 
 /// Reads the first frame (within the handshake deadline), keeping what follows it.
-async fn read_first(s: &mut TcpStream) -> Result<(Frame, BytesMut), String> {
+async fn read_first(s: &mut (impl AsyncRead + Unpin)) -> Result<(Frame, BytesMut), String> {
     let read = async {
         let mut buf = BytesMut::new();
         let mut chunk = vec![0u8; 4096];
@@ -248,10 +302,17 @@ async fn read_first(s: &mut TcpStream) -> Result<(Frame, BytesMut), String> {
 }
 
 /// Runs one established connection until it fails or is kicked.
-async fn serve(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, s: TcpStream, rest: BytesMut) {
+async fn serve(
+    shard: &Rc<Shard>,
+    hub: &Rc<Hub>,
+    link: &Rc<Link>,
+    s: LinkStream,
+    fd: i32,
+    rest: BytesMut,
+) {
     let generation = link.generation.get() + 1;
     link.generation.set(generation);
-    link.fd.set(s.as_raw_fd());
+    link.fd.set(fd);
     link.acked.set(0);
     link.up.set(true);
     link.stats.up.set(1);
@@ -291,7 +352,7 @@ async fn read_loop(
     shard: &Rc<Shard>,
     hub: &Rc<Hub>,
     link: &Rc<Link>,
-    mut r: futures_lite::io::ReadHalf<TcpStream>,
+    mut r: futures_lite::io::ReadHalf<LinkStream>,
     mut buf: BytesMut,
 ) -> Result<(), LinkError> {
     let mut chunk = vec![0u8; READ_CHUNK];
@@ -345,7 +406,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
 /// Writes whatever is queued, once per tick, in one write.
 async fn write_loop(
     link: Rc<Link>,
-    mut w: futures_lite::io::WriteHalf<TcpStream>,
+    mut w: futures_lite::io::WriteHalf<LinkStream>,
     generation: u64,
 ) {
     loop {
@@ -363,7 +424,7 @@ async fn write_loop(
             out.split().freeze()
         };
         link.stats.queue_bytes.set(0);
-        if w.write_all(&batch).await.is_err() {
+        if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
             // What was in this batch is lost with the connection (QoS 0 over a dead link).
             link.kick();
             return;

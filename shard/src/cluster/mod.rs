@@ -24,6 +24,8 @@ mod hub;
 mod link;
 pub mod routes;
 pub mod stats;
+mod stream;
+pub mod tls;
 
 pub use config::{ClusterConfig, Peer};
 pub use stats::{ClusterStats, LinkStats};
