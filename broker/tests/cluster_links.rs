@@ -142,6 +142,7 @@ macro_rules! cluster_matrix {
 
 cluster_matrix! {
     fn publish_on_node_1_reaches_nodes_2_and_3_once_per_node;
+    fn a_share_group_spanning_nodes_gets_each_message_once;
     fn retained_messages_are_seen_from_every_node;
     fn last_unsubscribe_removes_the_route;
 }
@@ -200,6 +201,55 @@ async fn publish_on_node_1_reaches_nodes_2_and_3_once_per_node(proto: Proto, sha
     assert_eq!(c.link(0, 3).msgs_out.get(), 203);
     assert_eq!(c.link(1, 1).msgs_in.get(), 203);
     assert_eq!(c.link(0, 2).dropped.get(), 0);
+}
+
+/// [MQTT-4.8.2-3] (v5 4.8.2): each message to one member of a share group, here with members
+/// on all three nodes; a plain subscriber beside them still gets every message once.
+async fn a_share_group_spanning_nodes_gets_each_message_once(proto: Proto, shards: usize) {
+    let c = Cluster::start(3, shards);
+    c.wait_links().await;
+    let mut members = Vec::new();
+    for node in 0..3 {
+        let mut m = c.client(proto, node, &format!("g-m{node}")).await;
+        m.subscribe("$share/g/s/+", 1).await;
+        members.push(m);
+    }
+    let mut plain = c.client(proto, 1, "g-plain").await;
+    plain.subscribe("s/#", 1).await;
+    let publ = c.client(proto, 0, "g-pub").await;
+    for i in 0..60 {
+        publ.publish("s/t", 1, false, format!("{i}")).await;
+    }
+    let got = plain
+        .recv_n(60, "the plain subscriber, every message")
+        .await;
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.text() == i.to_string()));
+    let mut seen = Vec::new();
+    let mut per_member = Vec::new();
+    for m in members.iter_mut() {
+        let mut n = 0;
+        while let Some(msg) = m.recv_within(Duration::from_millis(500)).await {
+            seen.push(msg.text().parse::<u32>().unwrap());
+            n += 1;
+        }
+        per_member.push(n);
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..60).collect::<Vec<_>>(),
+        "once each across the group: {per_member:?}"
+    );
+    assert!(
+        per_member.iter().all(|&n| n > 0),
+        "every node's member served: {per_member:?}"
+    );
+    plain
+        .expect_none(Duration::ZERO, "no duplicate for the plain subscriber")
+        .await;
 }
 
 /// [MQTT-3.3.1-5]/[MQTT-3.3.1-6]: a retained message published on node 1 is sent to a later

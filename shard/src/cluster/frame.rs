@@ -28,6 +28,7 @@ const DIGEST: u8 = 8;
 const RESYNC: u8 = 9;
 const PING: u8 = 10;
 const PONG: u8 = 11;
+const SHARED_PUBLISH: u8 = 12;
 
 /// One frame of a node link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +57,11 @@ pub enum Frame {
     RouteAck(u64),
     /// A publish for the receiver's subscribers (MQTT 5 PUBLISH bytes).
     Publish(Bytes),
+    /// A publish for one member of share group `group` on the receiver only.
+    SharedPublish {
+        group: TopicFilter,
+        publish: Bytes,
+    },
     /// Anti-entropy: the sender's route set has `count` filters hashing to `hash`.
     Digest {
         count: u32,
@@ -111,6 +117,23 @@ pub fn encode_publish(p: &Publish, out: &mut BytesMut) {
     finish(out, start);
 }
 
+/// Appends a SHARED_PUBLISH frame: `p` for one member of `group` on the receiver.
+pub fn encode_shared_publish(group: &TopicFilter, p: &Publish, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(SHARED_PUBLISH);
+    put_str(out, group.as_str());
+    let mut inner = BytesMut::new();
+    encode_publish(p, &mut inner);
+    if inner.len() <= 5 {
+        out.truncate(start);
+        return;
+    }
+    // The PUBLISH bytes without their own frame header.
+    out.put_slice(&inner[5..]);
+    finish(out, start);
+}
+
 /// Decodes the PUBLISH carried by a `Publish` frame.
 pub fn decode_publish(bytes: Bytes) -> Result<Publish, FrameError> {
     let mut d = ringmq_codec::Decoder::new(0);
@@ -161,6 +184,11 @@ impl Frame {
             Frame::Publish(b) => {
                 out.put_u8(PUBLISH);
                 out.put_slice(b);
+            }
+            Frame::SharedPublish { group, publish } => {
+                out.put_u8(SHARED_PUBLISH);
+                put_str(out, group.as_str());
+                out.put_slice(publish);
             }
             Frame::Digest { count, hash } => {
                 out.put_u8(DIGEST);
@@ -248,6 +276,16 @@ impl Frame {
                 Frame::RouteAck(body.get_u64())
             }
             PUBLISH => Frame::Publish(std::mem::take(&mut body)),
+            SHARED_PUBLISH => {
+                let group = get_filter(&mut body)?;
+                if group.shared().is_none() {
+                    return Err(FrameError::BadFilter);
+                }
+                Frame::SharedPublish {
+                    group,
+                    publish: std::mem::take(&mut body),
+                }
+            }
             DIGEST => {
                 need(&body, 12, "digest")?;
                 Frame::Digest {
@@ -366,6 +404,10 @@ mod tests {
         round_trip(Frame::Digest { count: 2, hash: 5 });
         round_trip(Frame::Resync);
         round_trip(Frame::Ping(11));
+        round_trip(Frame::SharedPublish {
+            group: filter("$share/g/a/#"),
+            publish: Bytes::from_static(b"\x30\x03\x00\x01a"),
+        });
         round_trip(Frame::Pong(12));
     }
 

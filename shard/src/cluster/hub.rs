@@ -174,9 +174,10 @@ impl Hub {
     // ---- this node's routes ------------------------------------------------------------------
 
     /// A local shard gained its first (`add`) or lost its last subscriber on `filter`.
-    pub fn local_change(&self, filter: &TopicFilter, add: bool) {
+    /// Returns whether the node's route set changed (and the peers were told).
+    pub fn local_change(&self, filter: &TopicFilter, add: bool) -> bool {
         let Some(change) = self.book.borrow_mut().local_change(filter, add) else {
-            return;
+            return false;
         };
         let seq = self.book.borrow().seq;
         let f = match change {
@@ -193,6 +194,7 @@ impl Hub {
             l.push_frame(&f);
             l.stats.routes_out.inc();
         }
+        true
     }
 
     /// Sends this node's whole route set on `link` (at connect and on a resync).
@@ -330,6 +332,15 @@ impl Hub {
 
     // ---- publishes ---------------------------------------------------------------------------
 
+    /// Sends `p` to peer `slot` for one member of share group `group` there.
+    pub fn send_shared(&self, slot: Slot, group: &TopicFilter, p: &Publish) {
+        let mut b = BytesMut::new();
+        super::frame::encode_shared_publish(group, p, &mut b);
+        if let (false, Some(l)) = (b.is_empty(), self.links.get(slot as usize - 1)) {
+            l.push_publish(&b);
+        }
+    }
+
     /// Sends `p` to the peers in `to`, encoded once.
     pub fn send_publish(&self, to: &ShardSet, p: &Publish) {
         let mut b = BytesMut::new();
@@ -345,8 +356,8 @@ impl Hub {
     }
 }
 
-/// Applies a peer's route change on this shard and every other shard of the node.
-fn apply_everywhere(shard: &Rc<Shard>, slot: Slot, filter: TopicFilter, add: bool) {
+/// Applies a node's route change on this shard and every other shard of this node.
+pub(super) fn apply_everywhere(shard: &Shard, slot: Slot, filter: TopicFilter, add: bool) {
     if let Some(node) = &shard.cluster {
         node.routes.borrow_mut().apply(slot, &filter, add);
     }

@@ -376,6 +376,11 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             link.stats.msgs_in.inc();
             crate::route::route_from_peer(shard, p);
         }
+        Frame::SharedPublish { group, publish } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            crate::route::route_shared_from_peer(shard, p, &group);
+        }
         Frame::RouteSync { seq, filters } => hub.peer_sync(shard, link, seq, filters),
         Frame::RouteAdd { seq, filter } => hub.peer_route(shard, link, seq, filter, true),
         Frame::RouteDel { seq, filter } => hub.peer_route(shard, link, seq, filter, false),

@@ -52,6 +52,12 @@ pub enum Item {
         to: ShardSet,
         publish: Publish,
     },
+    /// A publish for one member of share group `group` on peer `slot` (to shard 0).
+    ForwardShared {
+        slot: Slot,
+        group: TopicFilter,
+        publish: Publish,
+    },
     /// To every shard from shard 0: reply `BarrierAck` (everything before is applied).
     Barrier(u64),
     BarrierAck(u64),
@@ -110,13 +116,15 @@ pub(crate) async fn stop(shard: &Shard) {
 /// A shard gained its first (`add`) or lost its last subscriber on `filter`.
 /// Called on the shard itself; shard 0 also calls it for every other shard's
 /// `SubAdd`/`SubRemove`, and keeps the node-level count.
+/// For `$share/...` it is called per member: the node-level change is the
+/// node's first member of the group and its last; this node's presence in the
+/// group is replicated to its own shards too (slot [`routes::THIS_NODE`]), so
+/// a publish picks one node per group, this one included.
 pub(crate) fn filter_changed(shard: &Shard, filter: &TopicFilter, add: bool) {
-    if filter.shared().is_some() {
-        // Shared subscriptions stay node-local (docs/cluster.md).
-        return;
-    }
     if let Some(hub) = shard.cluster.as_ref().and_then(|n| n.hub.as_ref()) {
-        hub.local_change(filter, add);
+        if hub.local_change(filter, add) && filter.shared().is_some() {
+            hub::apply_everywhere(shard, routes::THIS_NODE, filter.clone(), add);
+        }
     }
 }
 
@@ -141,13 +149,44 @@ pub(crate) fn after_routes(shard: &Shard, then: Box<dyn FnOnce()>) {
 
 /// Sends `p` (just routed on this node) to the other nodes with subscribers
 /// on its topic; a retained message goes to every node. `$` topics stay here.
-pub(crate) fn forward(shard: &Shard, p: &Publish) {
+/// Each matching share group gets one node, in turn among the nodes with
+/// members; returns the groups given to another node (this node skips them).
+pub(crate) fn forward(shard: &Shard, p: &Publish) -> Vec<TopicFilter> {
     let Some(node) = &shard.cluster else {
-        return;
+        return Vec::new();
     };
     if p.topic.as_str().starts_with('$') {
-        return;
+        return Vec::new();
     }
+    let elsewhere = forward_shared(shard, node, p);
+    forward_plain(shard, node, p);
+    elsewhere
+}
+
+fn forward_shared(shard: &Shard, node: &Node, p: &Publish) -> Vec<TopicFilter> {
+    let mut picks = Vec::new();
+    node.routes
+        .borrow_mut()
+        .match_shared(p.topic.as_str(), &mut picks);
+    let mut elsewhere = Vec::new();
+    for t in picks.into_iter().filter(|t| t.shard != routes::THIS_NODE) {
+        match &node.hub {
+            Some(hub) => hub.send_shared(t.shard, &t.filter, p),
+            None => shard.mesh.push(
+                0,
+                MeshItem::Cluster(Box::new(Item::ForwardShared {
+                    slot: t.shard,
+                    group: t.filter.clone(),
+                    publish: p.clone(),
+                })),
+            ),
+        }
+        elsewhere.push(t.filter);
+    }
+    elsewhere
+}
+
+fn forward_plain(shard: &Shard, node: &Node, p: &Publish) {
     let mut to = node.scratch.borrow_mut();
     to.clear();
     if p.retain {
@@ -182,6 +221,15 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
         Item::Forward { to, publish } => {
             if let Some(hub) = &node.hub {
                 hub.send_publish(&to, &publish);
+            }
+        }
+        Item::ForwardShared {
+            slot,
+            group,
+            publish,
+        } => {
+            if let Some(hub) = &node.hub {
+                hub.send_shared(slot, &group, &publish);
             }
         }
         Item::Barrier(t) => shard

@@ -8,12 +8,15 @@
 //! change what peers are told) and each peer's filter set as last told (to
 //! apply a full sync as a diff and to check digests).
 
-use crate::router::{Router, ShardSet};
+use crate::router::{Router, ShardSet, SharedTarget};
 use ringmq_codec::TopicFilter;
 use std::collections::{HashMap, HashSet};
 
 /// Slot of a peer in a [`NodeRoutes`] (peer index + 1).
 pub type Slot = u16;
+
+/// The slot of this node itself: share groups only (plain filters are the shards' router's).
+pub const THIS_NODE: Slot = 0;
 
 /// The node-level router replica of one shard.
 pub struct NodeRoutes {
@@ -22,9 +25,17 @@ pub struct NodeRoutes {
 
 impl NodeRoutes {
     pub fn new(peers: usize) -> Self {
+        // The router ignores its own "shard": an id no node has.
+        let sentinel = peers as u16 + 1;
         NodeRoutes {
-            router: Router::new(0, peers as u16 + 1),
+            router: Router::new(sentinel, sentinel + 1),
         }
+    }
+
+    /// For every share group with members on some node matching `topic`, the node to
+    /// deliver to (round robin over the nodes with members, this node included).
+    pub fn match_shared(&mut self, topic: &str, out: &mut Vec<SharedTarget>) {
+        self.router.match_shared(topic, out);
     }
 
     /// Applies one change told by peer `slot`.
@@ -170,6 +181,14 @@ mod tests {
     #[test]
     fn node_routes_find_target_nodes() {
         let mut r = NodeRoutes::new(3);
+        r.apply(THIS_NODE, &f("$share/g/a/b"), true);
+        r.apply(2, &f("$share/g/a/+"), true);
+        let mut picks = Vec::new();
+        for _ in 0..4 {
+            r.match_shared("a/b", &mut picks);
+        }
+        // Two groups (by inner filter), each picked once per publish.
+        assert_eq!(picks.len(), 8);
         r.apply(1, &f("a/#"), true);
         r.apply(3, &f("a/b"), true);
         r.apply(2, &f("c"), true);
