@@ -61,7 +61,8 @@ pub struct CtlArgs {
     #[arg(long, value_name = "DIR", env = "RINGMQ_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Print raw JSON responses (`cluster status --json`: the status object itself)
-    #[arg(long, global = true)]
+    // Its own id: `ctl raw JSON`'s positional is also called `json`.
+    #[arg(long = "json", id = "json_output", global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub command: CtlCommand,

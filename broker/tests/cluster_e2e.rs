@@ -64,6 +64,26 @@ async fn churn(addr: std::net::SocketAddr, prefix: &str, n: usize) {
     }
 }
 
+/// Polls `on`'s status until member `id`'s recorded liveness is `want`.
+fn wait_liveness(c: &Cluster, on: u64, id: u64, want: &str) {
+    let end = Instant::now() + cluster_support::CONVERGE;
+    loop {
+        let s = c.get(on).status().unwrap_or_default();
+        let got = s["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["id"] == id))
+            .map(|n| n["liveness"].clone());
+        if got.as_ref().and_then(|l| l.as_str()) == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "node {id} never recorded {want} on node {on}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn u(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
@@ -121,11 +141,17 @@ fn three_nodes_form_elect_and_fail_over() {
         );
     });
 
+    // Liveness in the metadata: the new leader records the dead one down
+    // (after --node-down-after), read on the other survivor.
+    let other = *rest.iter().find(|&&i| i != new_leader).unwrap();
+    wait_liveness(&c, other, leader, "down");
+
     // The old leader restarts from its data dir and catches up.
     c.node(leader).start();
     c.wait_leader(&[1, 2, 3]);
     let committed = u(&c.get(new_leader).status().unwrap(), "committed");
     c.wait_applied(&[1, 2, 3], committed);
+    wait_liveness(&c, other, leader, "up");
     let s = c.get(leader).status().unwrap();
     assert!(u(&s, "term") >= new_term, "{s}");
     assert_eq!(s["state"], "follower", "{s}");

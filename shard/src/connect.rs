@@ -105,6 +105,9 @@ pub(crate) fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
     addr.as_socket().map(|a| a.ip())
 }
 
+/// A refused CONNECT: the CONNACK to answer with and the close reason.
+pub(crate) type Refused = (Box<ConnAck>, CloseReason);
+
 /// The CONNACK for a refused CONNECT, or the accepted session.
 pub(crate) fn accept(
     shard: &Rc<Shard>,
@@ -114,7 +117,7 @@ pub(crate) fn accept(
     assigned: bool,
     auth: crate::auth_phase::Authenticated,
     epoch: u64,
-) -> Result<(SessionId, Rc<ConnOut>, u16), (Box<ConnAck>, CloseReason)> {
+) -> Result<(SessionId, Rc<ConnOut>, u16), Refused> {
     let refused = |r| (Box::new(refusal(r)), CloseReason::ConnectRefused);
     check(shard, c).map_err(refused)?;
     if banned(shard, c, fd, peer) {

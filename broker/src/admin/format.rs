@@ -96,25 +96,6 @@ fn table(rows: &[Value]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::human;
-    use serde_json::json;
-
-    #[test]
-    fn tables_and_key_values() {
-        let t = human(&json!([{"client_id": "a", "shard": 0}, {"client_id": "bbb", "shard": 1}]));
-        assert_eq!(t, "CLIENT_ID  SHARD\na          0\nbbb        1\n");
-        let kv = human(&json!({"shards": 2, "version": "0.1.0", "rate": 1.25}));
-        assert!(
-            kv.contains("shards   2\n") && kv.contains("rate     1.2"),
-            "{kv}"
-        );
-        assert_eq!(human(&json!([])), "(none)\n");
-        assert!(human(&json!({"shards": [{"x": 1}]})).contains("\"shards\""));
-    }
-}
-
 /// `ringmq ctl cluster status`: this node's view, then one row per member.
 pub fn cluster_status(v: &Value) -> String {
     let g = |k: &str| v.get(k).map(cell).unwrap_or_else(|| "-".into());
@@ -192,4 +173,38 @@ pub fn cluster_status(v: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+    use serde_json::json;
+
+    #[test]
+    fn tables_and_key_values() {
+        let t = human(&json!([{"client_id": "a", "shard": 0}, {"client_id": "bbb", "shard": 1}]));
+        assert_eq!(t, "CLIENT_ID  SHARD\na          0\nbbb        1\n");
+        let kv = human(&json!({"shards": 2, "version": "0.1.0", "rate": 1.25}));
+        assert!(
+            kv.contains("shards   2\n") && kv.contains("rate     1.2"),
+            "{kv}"
+        );
+        assert_eq!(human(&json!([])), "(none)\n");
+        assert!(human(&json!({"shards": [{"x": 1}]})).contains("\"shards\""));
+    }
+
+    #[test]
+    fn cluster_status_is_a_header_and_a_member_table() {
+        let s = super::cluster_status(&json!({
+            "id": 2, "leader": 1, "state": "follower", "term": 3, "last_log_index": 9,
+            "committed": 9, "applied": 9, "snapshot": null, "purged": null, "joint": false,
+            "nodes": [{"id": 1, "addr": "10.0.0.1:7101", "role": "leader", "up": true},
+                      {"id": 2, "addr": "10.0.0.2:7101", "role": "voter", "up": false}]
+        }));
+        assert!(
+            s.starts_with("node 2  state follower  leader 1  term 3\n"),
+            "{s}"
+        );
+        assert!(s.contains("10.0.0.2:7101") && s.lines().count() == 5, "{s}");
+    }
 }
