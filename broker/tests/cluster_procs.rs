@@ -286,3 +286,67 @@ fn kill_9_of_a_node_under_load_leaves_the_others_serving_and_it_rejoins() {
         .unwrap();
     assert!(l3["connects"].as_u64().unwrap() >= 2, "{l3}");
 }
+
+/// A share group with members on nodes 2 (rumqttc) and 3 (paho-mqtt), the publisher (paho) on
+/// node 1: each of its QoS 1 messages reaches exactly one member, both members get some.
+#[test]
+fn a_share_group_across_processes_gets_each_message_once() {
+    let _g = serial();
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in [1, 2, 3] {
+        wait_links(&c, id, 2);
+    }
+    let (a1, a2, a3) = (c.get(1).mqtt(), c.get(2).mqtt(), c.get(3).mqtt());
+    let rt = rt();
+    for (proto, v) in [(Proto::V5, "5"), (Proto::V4, "311")] {
+        let mut m2 = rt.block_on(async {
+            let mut m = connect(Opts::new(proto, a2, &format!("pg{v}-m2"))).await;
+            m.subscribe("$share/pg/q/t", 1).await;
+            m
+        });
+        let out = Command::new("timeout")
+            .args(["30", "python3"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/py/cluster_paho.py"
+            ))
+            .args([
+                &a3.port().to_string(),
+                &a1.port().to_string(),
+                v,
+                &format!("pg{v}"),
+                "40",
+            ])
+            .output()
+            .expect("python3 with paho-mqtt (pip install paho-mqtt, as .ci/run does)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(r["pubacks"], 40, "{r}");
+        let mut seen: Vec<u32> = r["member"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().parse().unwrap())
+            .collect();
+        let on3 = seen.len();
+        rt.block_on(async {
+            while let Some(m) = m2.recv_within(Duration::from_millis(500)).await {
+                seen.push(m.text().parse().unwrap());
+            }
+        });
+        let on2 = seen.len() - on3;
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..40).collect::<Vec<_>>(),
+            "v{v}: node 2 got {on2}, node 3 {on3}"
+        );
+        assert!(on2 > 0 && on3 > 0, "v{v}: node 2 got {on2}, node 3 {on3}");
+        rt.block_on(m2.disconnect());
+    }
+}
