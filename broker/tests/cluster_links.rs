@@ -148,8 +148,8 @@ cluster_matrix! {
 }
 
 /// Publisher on node 1, subscribers on nodes 2 and 3 with overlapping filters; each publish
-/// sent right after the SUBACKs: [MQTT-3.8.4-8] QoS min, [MQTT-3.3.4-2]-style single copy per
-/// overlapping subscriptions, order per topic [MQTT-4.6.0-5], and one copy per target node.
+/// sent right after the SUBACKs: [MQTT-3.8.4-8] QoS min, one copy per session for overlapping
+/// subscriptions (v5 §4.8.1), order per topic [MQTT-4.6.0-5], and one copy per target node.
 async fn publish_on_node_1_reaches_nodes_2_and_3_once_per_node(proto: Proto, shards: usize) {
     let c = Cluster::start(3, shards);
     c.wait_links().await;
@@ -203,7 +203,7 @@ async fn publish_on_node_1_reaches_nodes_2_and_3_once_per_node(proto: Proto, sha
     assert_eq!(c.link(0, 2).dropped.get(), 0);
 }
 
-/// [MQTT-4.8.2-3] (v5 4.8.2): each message to one member of a share group, here with members
+/// v5 §4.8.2 (non-normative text: each message goes to only one member of a share group), here with members
 /// on all three nodes; a plain subscriber beside them still gets every message once.
 async fn a_share_group_spanning_nodes_gets_each_message_once(proto: Proto, shards: usize) {
     let c = Cluster::start(3, shards);
