@@ -30,6 +30,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    cp "$work"/n*.log /tmp/ 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -49,7 +50,7 @@ for n in 1 2 3; do
 import json, sys
 s = json.load(sys.stdin)
 links = s.get("links", [])
-sys.exit(0 if s.get("leader") and len(links) == 2 and all(l["up"] for l in links) else 1)'; then
+sys.exit(0 if s.get("leader") and len(links) == 2 and all(l["up"] for l in links) else 1)' 2>/dev/null; then
             break
         fi
         sleep 0.1
@@ -90,13 +91,16 @@ run "QoS 1 pairs, same node (1 -> 1)" pairs --pairs "$PAIRS" --qos 1 -p "$p1"
 run "QoS 1 pairs, cross node (1 -> 2)" pairs --pairs "$PAIRS" --qos 1 -p "$p1" --sub-port "$p2"
 run "QoS 0 1 pair, same node" pairs --pairs 1 --qos 0 -p "$p1" --rate 1000
 run "QoS 0 1 pair, cross node" pairs --pairs 1 --qos 0 -p "$p1" --sub-port "$p2" --rate 1000
-links=$(ctl 1 --json cluster status | python3 -c '
+ctl 1 --json cluster status >"$work/status.json"
+links=$(python3 - "$work/status.json" <<'PY'
 import json, sys
-for l in json.load(sys.stdin)["links"]:
+for l in json.load(open(sys.argv[1]))["links"]:
     b = max(l["batches_out"], 1)
-    print(f"- node 1 -> node {l[\"peer\"]}: {l[\"msgs_out\"]:,} publishes, {l[\"bytes_out\"]:,} bytes in "
-          f"{l[\"batches_out\"]:,} writes ({l[\"msgs_out\"] / b:.1f} publishes per write), "
-          f"dropped {l[\"dropped\"]}, rtt {l[\"rtt_us\"]} us")')
+    print(f"- node 1 -> node {l['peer']}: {l['msgs_out']:,} publishes, {l['bytes_out']:,} bytes in "
+          f"{l['batches_out']:,} writes ({l['msgs_out'] / b:.1f} publishes per write), "
+          f"dropped {l['dropped']}, rtt {l['rtt_us']} us")
+PY
+)
 commit="$(git rev-parse --short HEAD)"
 if ! git diff --quiet HEAD -- shard broker codec bench 2>/dev/null; then commit="$commit (+ uncommitted changes)"; fi
 report=$(
