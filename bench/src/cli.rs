@@ -124,6 +124,10 @@ pub struct BrokerArgs {
     /// Broker TCP port.
     #[arg(long, short = 'p', default_value_t = 1883)]
     pub port: u16,
+    /// Subscribers connect to this port instead (same host and transport): publishers on
+    /// one node of a cluster, subscribers on another.
+    #[arg(long)]
+    pub sub_port: Option<u16>,
     /// MQTT protocol version: 5 or 3.1.1 (also accepted: 4, 311).
     #[arg(long, default_value = "5", value_parser = parse_version)]
     pub mqtt: MqttVersion,

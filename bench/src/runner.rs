@@ -73,9 +73,17 @@ pub fn run(plan: Plan) -> Result<Summary, String> {
     payload::epoch();
     raise_fd_limit();
     let target = crate::transport::Target::from_args(&plan.broker)?;
+    let sub_target = match plan.broker.sub_port {
+        Some(port) => {
+            let mut b = plan.broker.clone();
+            b.port = port;
+            crate::transport::Target::from_args(&b)?
+        }
+        None => target.clone(),
+    };
     let cores = plan.run.cores.max(1);
     let pinned = placement(&plan.run)?;
-    let shared = Arc::new(Shared::new(plan, target, cores));
+    let shared = Arc::new(Shared::new(plan, target, sub_target, cores));
     let progress = Progress::start(&shared, shared.plan.run.quiet);
     let s2 = shared.clone();
     let results = on_cores(cores, pinned.as_deref(), move |core| {
@@ -160,7 +168,12 @@ async fn connect_one(ctx: &CoreCtx, role: char, i: usize) -> io::Result<(Conn, u
     let sh = &ctx.shared;
     let l = login(sh, role, i);
     let started = payload::now_ns();
-    let mut conn = Conn::open_target(&sh.target, l.version).await?;
+    let target = if role == 's' {
+        &sh.sub_target
+    } else {
+        &sh.target
+    };
+    let mut conn = Conn::open_target(target, l.version).await?;
     let ack = conn.login(&l).await?;
     {
         let mut st = ctx.stats.borrow_mut();

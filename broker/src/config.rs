@@ -17,6 +17,7 @@
 mod cluster;
 pub mod cluster_types;
 mod example;
+mod links;
 mod load;
 mod shard;
 pub mod types;

@@ -197,6 +197,8 @@ pub struct ShardConfig {
     pub authn: crate::access::authn::AuthnConfig,
     /// ACL file and auto-ban settings.
     pub access: crate::access::AccessConfig,
+    /// Node links and routes of a cluster (`None`: a node alone).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Session ownership across a cluster (`None`: a cluster of one).
     pub ownership: Option<crate::ownership::Gate>,
 }
@@ -242,6 +244,7 @@ impl Default for ShardConfig {
             // Secure by default: anonymous clients are refused unless asked for.
             authn: crate::access::authn::AuthnConfig::default(),
             access: crate::access::AccessConfig::default(),
+            cluster: None,
             ownership: None,
         }
     }

@@ -31,6 +31,8 @@
 //! - `stats.rs`: counters and typed close reasons; `control.rs` and
 //!   `admin.rs`: operator queries; `sys.rs`: `$SYS` topics; `timers.rs`.
 //! - `config.rs`: every tunable ([`config::ShardConfig`]).
+//! - `cluster/`: the cluster's data plane: node-level routes and node links
+//!   (a publish crosses to each target node once; SUBACK waits for peers' route acks).
 //! - `access/`: ACL file, bans, reload registry (checked at CONNECT,
 //!   SUBSCRIBE, PUBLISH and per delivery where a subscription needs it).
 
@@ -39,6 +41,7 @@ pub mod admin;
 mod auth_phase;
 mod authz;
 mod bulk;
+pub mod cluster;
 pub mod config;
 mod confirm;
 mod connect;

@@ -46,6 +46,8 @@ pub enum MeshItem {
     BarrierAck(u64),
     /// A connection whose CONNECT named a session this receiver owns.
     Handoff(Box<Handoff>),
+    /// The cluster wing's traffic (node routes, publishes for the links, its barriers).
+    Cluster(Box<crate::cluster::Item>),
 }
 
 /// A publish on its way to subscribers.

@@ -225,6 +225,7 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
         if first {
             let f = sub.filter.clone();
             shard.mesh.broadcast(|| MeshItem::SubAdd(f.clone()));
+            crate::cluster::filter_changed(shard, &f, true);
         }
         shard.sessions.borrow_mut()[sid as usize].subs.insert(
             sub.filter,

@@ -194,16 +194,28 @@ impl SubState {
             replays: self.replays,
             sub_id: self.sub_id,
         };
-        if self.broadcast && shard.shards > 1 {
-            // A message published after SUBACK must reach the new subscription from
-            // every shard: SUBACK waits until every shard has applied the change.
+        // A message published after SUBACK must reach the new subscription from
+        // every shard: SUBACK waits until every shard has applied the change
+        // and (cluster) every connected peer node acknowledged the route (shard 0
+        // asks the peers itself and answers other shards' barriers once they did).
+        let shards = self.broadcast && shard.shards > 1;
+        let cluster = self.broadcast && crate::cluster::routes_pending(shard);
+        if shards || cluster {
             let token = shard.next_token.get() + 1;
             shard.next_token.set(token);
+            let waits = if shards { shard.shards - 1 } else { 0 } + usize::from(cluster);
             shard
                 .pending_subacks
                 .borrow_mut()
-                .insert(token, (shard.shards - 1, done));
-            shard.mesh.broadcast(|| MeshItem::Barrier(token));
+                .insert(token, (waits, done));
+            if shards {
+                shard.mesh.broadcast(|| MeshItem::Barrier(token));
+            }
+            if cluster {
+                let s = shard.clone();
+                let then = move || barrier_passed(&s, token);
+                crate::cluster::after_routes(shard, Box::new(then));
+            }
             true
         } else {
             finish(shard, done);
@@ -286,6 +298,7 @@ pub(crate) fn add(
     );
     if first {
         shard.mesh.broadcast(|| MeshItem::SubAdd(filter.clone()));
+        crate::cluster::filter_changed(shard, filter, true);
     }
     shard.sessions.borrow_mut()[sid as usize].subs.insert(
         filter.clone(),
@@ -321,6 +334,7 @@ pub(crate) fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> boo
     let r = shard.router.borrow_mut().unsubscribe_local(filter, sid);
     if r == Some(true) {
         shard.mesh.broadcast(|| MeshItem::SubRemove(filter.clone()));
+        crate::cluster::filter_changed(shard, filter, false);
     }
     let n = shard.router.borrow().local_subscription_count();
     shard.stats.subscriptions.set(n as u64);
