@@ -81,7 +81,7 @@ start_ringmq() {
     mkdir -p "$dir"
     last_dir="$dir"
     if [[ "$1" == acl ]]; then extra=(--acl-file "$acl"); fi
-    "${rt[@]}" taskset -c 0 "$RINGMQ" --listen mqtt://127.0.0.1:0 --cores 1 --durability none \
+    "${rt[@]}" taskset -c 0 "$RINGMQ" --listen mqtt://127.0.0.1:0 --allow-anonymous true --cores 1 --durability none \
         --data-dir "$dir/data" --sys-interval-secs 0 --log-level warn "${extra[@]}" \
         >"$dir/out" 2>"$dir/err" &
     broker_pid=$!

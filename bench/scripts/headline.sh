@@ -19,6 +19,8 @@ w="${WARMUP:-2}"
 common=(--mqtt 3.1.1 --duration "$d" --warmup "$w" -q)
 runs=("${@:-pairs fanout fanin qos1 latency sweep tls conn qos2 selfcheck}")
 bench="${CARGO_TARGET_DIR:-target}/release/ringmq-bench"
+rt=()
+if [[ "${RT:-0}" == 1 ]]; then rt=(chrt -f 50); fi
 certs="${CERTS:-/tmp/ringmq-bench-certs}"
 peers=(--ringmq-bin "${CARGO_TARGET_DIR:-target}/release/ringmq" --results-dir "$RESULTS"
        ${FLASHMQ:+--flashmq-bin "$FLASHMQ"} ${NOTE:+--note "$NOTE"})
@@ -29,18 +31,23 @@ for run in ${runs[@]}; do
     fanin)   bench/compare.sh fanin --publishers 100 --qos 0 --payload 64 "${common[@]}" ;;
     qos1)    bench/compare.sh --label qos1 pairs --pairs 50 --qos 1 "${common[@]}"
              bench/compare.sh --label qos1-ingest pubsub --publishers 50 -s 0 --qos 1 "${common[@]}" ;;
-    sweep)   BUILD=0 "$bench" sweep "${peers[@]}" --brokers ringmq,mosquitto-nodelay,flashmq \
+    sweep)   BUILD=0 "${rt[@]}" "$bench" sweep "${peers[@]}" --brokers ringmq,mosquitto-nodelay,flashmq \
                --rates 200,1000,5000,20000,50000,100000 pairs --pairs 10 "${common[@]}" ;;
     tls)     bench/scripts/test-cert.sh "$certs" >/dev/null
+             tlsc=(--server-cert "$certs/server.crt" --server-key "$certs/server.key")
+             tlsl=(--ca "$certs/ca.crt" --tls-version 1.3 --tls-suite TLS13_AES_128_GCM_SHA256)
              for t in tls ws wss; do
-               "$bench" compare "${peers[@]}" --label "$t" --brokers ringmq,mosquitto-nodelay,flashmq \
-                 --server-cert "$certs/server.crt" --server-key "$certs/server.key" \
-                 pairs --pairs 50 "${common[@]}" --transport "$t" --ca "$certs/ca.crt" \
-                 --tls-version 1.3 --tls-suite TLS13_AES_128_GCM_SHA256
+               "${rt[@]}" "$bench" compare "${peers[@]}" --label "$t" --brokers ringmq,mosquitto-nodelay,flashmq \
+                 "${tlsc[@]}" pairs --pairs 50 "${common[@]}" --transport "$t" "${tlsl[@]}"
              done
-             "$bench" compare "${peers[@]}" --label tls-handshakes --brokers ringmq,mosquitto-nodelay,flashmq \
-               --server-cert "$certs/server.crt" --server-key "$certs/server.key" \
-               conn -n 5000 --hold 1 --mqtt 3.1.1 -q --tls --ca "$certs/ca.crt" --no-tls-resume ;;
+             "${rt[@]}" "$bench" compare "${peers[@]}" --label tls --brokers ringmq,mosquitto-nodelay,flashmq \
+               "${tlsc[@]}" fanout -s 1000 "${common[@]}" --transport tls "${tlsl[@]}"
+             "${rt[@]}" "$bench" compare "${peers[@]}" --label tls-qos1 --brokers ringmq,mosquitto-nodelay,flashmq \
+               "${tlsc[@]}" pairs --pairs 50 --qos 1 "${common[@]}" --transport tls "${tlsl[@]}"
+             "${rt[@]}" "$bench" compare "${peers[@]}" --label tls-handshakes --brokers ringmq,mosquitto-nodelay,flashmq \
+               "${tlsc[@]}" conn -n 5000 --hold 1 --mqtt 3.1.1 -q --tls --ca "$certs/ca.crt" --no-tls-resume
+             "${rt[@]}" "$bench" compare "${peers[@]}" --label tls-resumed-handshakes --brokers ringmq,mosquitto-nodelay,flashmq \
+               "${tlsc[@]}" conn -n 5000 --hold 1 --mqtt 3.1.1 -q --tls --ca "$certs/ca.crt" ;;
     latency) bench/compare.sh --label rate1000 pairs --pairs 50 --rate 1000 "${common[@]}"
              bench/compare.sh --label rate500 pairs --pairs 50 --rate 500 "${common[@]}"
              bench/compare.sh --label rate200 pairs --pairs 50 --rate 200 "${common[@]}" ;;

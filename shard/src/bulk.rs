@@ -83,7 +83,9 @@ async fn run(shard: Rc<Shard>) {
             shard.bulk.running.set(false);
             return;
         }
-        // Let every other task of the shard run before the next step.
+        // Let every other task of the shard run before the next step, the
+        // owners of sockets that became ready meanwhile included.
+        shard.poller.poll_now();
         futures_lite::future::yield_now().await;
     }
 }

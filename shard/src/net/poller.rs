@@ -271,6 +271,17 @@ impl Poller {
         }
     }
 
+    /// Wakes the owners of every socket ready and every deadline reached,
+    /// without waiting. For a task that keeps the shard busy for many turns
+    /// (bulk router work): glommio reaps the io_uring poll on the epoll set
+    /// only when its task queue runs dry or its preempt timer (10 ms) fires,
+    /// so without this the shard's other sockets would wait up to 10 ms
+    /// behind the busy task. One `epoll_wait(0)` per call.
+    pub fn poll_now(&self) {
+        self.dispatch();
+        self.fire_timers();
+    }
+
     /// Wakes the owners of every deadline reached.
     fn fire_timers(&self) -> usize {
         let now = self.now_ms();
