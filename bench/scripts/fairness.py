@@ -9,7 +9,7 @@ shard 0 by client-id hash) runs through four phases, each on a fresh broker:
              multi-level filters (issue 17 case 4: ~76 SUBSCRIBE/s in total)
   stalled    one QoS 1 subscriber on `#` that reads nothing and acknowledges nothing (case 5)
   massclose  --close-conns clean sessions x 1000 subscriptions, all closed at once (case 4)
-  takeover   --close-conns persistent sessions x 1000 subscriptions, each taken over at once by
+  takeover   --close-conns persistent sessions x --subs subscriptions, each taken over by
              a clean-start CONNECT with its client id (the old session and its subscriptions
              are discarded [MQTT-3.1.2-4])
 
@@ -295,9 +295,9 @@ def phase(args, name):
         elif name in ("massclose", "takeover"):
             for cid in ids_on(0, shards, "mass", args.close_conns):
                 c = Conn(port, cid, clean=(name == "massclose"))
-                for k in range(0, 1000, 250):
-                    c.send(subscribe_pkt(k // 250 + 1, [f"mass/{cid}/{j % 10}/{j // 10}/x" for j in range(k, k + 250)], 1))
-                for _ in range(4):
+                for k in range(0, args.subs, 250):
+                    c.send(subscribe_pkt(k // 250 % 65535 + 1, [f"mass/{cid}/{j % 10}/{j // 10}/x" for j in range(k, k + 250)], 1))
+                for _ in range(args.subs // 250):
                     c.read()
                 held.append(c)
             time.sleep(0.5)
@@ -353,6 +353,8 @@ def main():
                     help="SUBSCRIBE/s of all flood connections together (issue 17 case 4: 76); "
                          "0 = each as fast as acknowledged")
     ap.add_argument("--close-conns", type=int, default=200)
+    ap.add_argument("--subs", type=int, default=1000,
+                    help="subscriptions per massclose/takeover connection (a multiple of 250)")
     ap.add_argument("--phases", default="baseline,subflood,stalled,massclose")
     ap.add_argument("--durability", default="none", help="broker --durability (none, sync, batch)")
     ap.add_argument("--json")
