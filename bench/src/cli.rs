@@ -331,6 +331,11 @@ pub struct LoadArgs {
     /// QoS 1/2 publish window per publisher (capped by the broker's Receive Maximum).
     #[arg(long)]
     pub inflight: Option<u16>,
+    /// Fixed rate only: publishers wake on a grid of this many microseconds and send
+    /// every message due, each stamped with the time it is written (default 250; 0 =
+    /// a wake-up per message). Fewer wake-ups, same offered rate.
+    #[arg(long)]
+    pub pace_slot_us: Option<u64>,
     /// Unlimited rate only: most messages a publisher may have ahead of its probe
     /// subscriber (closed loop, so queues stay bounded); 0 = open loop.
     #[arg(long)]

@@ -60,8 +60,9 @@ pub struct CtlArgs {
     /// The broker's data directory, to find its admin socket
     #[arg(long, value_name = "DIR", env = "RINGMQ_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Print raw JSON responses
-    #[arg(long)]
+    /// Print raw JSON responses (`cluster status --json`: the status object itself)
+    // Its own id: `ctl raw JSON`'s positional is also called `json`.
+    #[arg(long = "json", id = "json_output", global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -114,10 +115,42 @@ pub enum CtlCommand {
     Ban(BanCommand),
     /// Re-read the ACL file, password file and certificates (as SIGHUP does)
     Reload,
+    /// The cluster: status and membership changes
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Send one raw JSON request line
     Raw {
         /// The request, e.g. '{"cmd":"status"}'
         json: String,
+    },
+}
+
+/// `ringmq ctl cluster ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes, roles, leader, term, log indexes, lag and liveness
+    Status,
+    /// The owner node and epoch of a client's session, as this node has applied them
+    Owner {
+        /// Client identifier
+        client_id: String,
+    },
+    /// Add a node: a learner first (it catches up), then a voter (ask the leader)
+    AddNode {
+        /// Its node id
+        id: u64,
+        /// Its cluster address, HOST:PORT
+        addr: String,
+    },
+    /// Remove a node (refused when the voters left would lose quorum; ask the leader)
+    RemoveNode {
+        /// Its node id
+        id: u64,
+    },
+    /// Hand leadership to another voter (ask the leader)
+    TransferLeader {
+        /// The new leader's node id
+        id: u64,
     },
 }
 

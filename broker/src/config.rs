@@ -14,12 +14,15 @@
 //! - `config/example.rs`: `ringmq config example` (= ringmq.example.toml).
 //! - `config/shard.rs`: [`Config::to_shard_config`], the one mapping to the core.
 
+mod cluster;
+pub mod cluster_types;
 mod example;
 mod load;
 mod shard;
 pub mod types;
 mod validate;
 
+use cluster_types::{Millis, Peer};
 pub use example::example_toml;
 pub use load::{check_file, env_name, resolve, ConfigError, Source, Sources};
 use serde::{Deserialize, Serialize};
@@ -249,6 +252,48 @@ section! {
     }
 }
 
+section! {
+    /// `[cluster]`: membership of a cluster of nodes (docs/cluster.md).
+    "Cluster" Cluster {
+        /// This node's id in the cluster, 1 or more (0: not in a cluster)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        pub node_id: u64,
+        /// The initial members, ID@HOST:PORT comma-separated, this node included (empty, or this node alone: a cluster of one, as without clustering)
+        #[arg(long, value_name = "ID@HOST:PORT", value_delimiter = ',')]
+        pub cluster_peers: Vec<Peer>,
+        /// Join a running cluster instead of forming one: start without bootstrapping and wait to be added (`ringmq ctl cluster add-node` on the leader); cluster_peers then needs only this node's entry
+        #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+        pub cluster_join: bool,
+        /// Where the cluster port listens, HOST:PORT (empty: this node's address in cluster_peers)
+        #[arg(long, value_name = "HOST:PORT", default_value = "")]
+        pub cluster_listen: OptAddr,
+        /// Name every node of one cluster shares; peers and data dirs of another cluster are refused
+        #[arg(long, value_name = "NAME", default_value = "ringmq")]
+        pub cluster_id: String,
+        /// A member unheard of this long is marked down (e.g. 500ms, 3s)
+        #[arg(long, value_name = "DURATION", default_value = "3s")]
+        pub node_down_after: Millis,
+        /// Longest a CONNECT waits for the cluster to record its session's owner; then v5 0x88 / 3.1.1 0x03
+        #[arg(long, value_name = "DURATION", default_value = "3s")]
+        pub cluster_claim_timeout: Millis,
+        /// Cluster links: this node's certificate chain, PEM (mutual TLS between nodes; empty: plain TCP)
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub cluster_tls_cert: OptPath,
+        /// Cluster links: the certificate's private key, PEM
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub cluster_tls_key: OptPath,
+        /// Cluster links: the CA every node's certificate must chain to, PEM
+        #[arg(long, value_name = "FILE", default_value = "")]
+        pub cluster_tls_ca: OptPath,
+        /// Build a metadata snapshot after this many log entries
+        #[arg(long, value_name = "N", default_value_t = 20_000)]
+        pub cluster_snapshot_every: u64,
+        /// Log entries kept behind a snapshot (a peer lagging more catches up from the snapshot)
+        #[arg(long, value_name = "N", default_value_t = 1_000)]
+        pub cluster_keep_logs: u64,
+    }
+}
+
 /// Everything `ringmq` can be told. TOML: one table per section.
 #[derive(Clone, Debug, Default, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -271,6 +316,8 @@ pub struct Config {
     pub authz: Authz,
     #[command(flatten)]
     pub logging: Logging,
+    #[command(flatten)]
+    pub cluster: Cluster,
 }
 
 /// Name of the admin socket inside the data dir.

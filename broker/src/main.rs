@@ -98,10 +98,36 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
     // Blocked before any thread starts, so every thread inherits the mask and
     // the signals are only ever taken by `signals::wait`.
     signals::block();
-    let handle = match ringmq_shard::server::start(cfg.to_shard_config()) {
-        Ok(h) => h,
-        Err(e) => return fail(&with_hint(&e.to_string())),
+    // The cluster's control plane first: the shards' CONNECTs claim through it.
+    let cluster = match cfg.raft_node_config() {
+        Some(node) => {
+            let timeout = cfg.cluster.cluster_claim_timeout.duration();
+            match ringmq_broker::cluster::Cluster::start(node, timeout) {
+                Ok(c) => Some(c),
+                Err(e) => return fail(&e),
+            }
+        }
+        None => None,
     };
+    let mut shard_cfg = cfg.to_shard_config();
+    shard_cfg.ownership = cluster.as_ref().map(|c| c.gate());
+    let handle = match ringmq_shard::server::start(shard_cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            if let Some(c) = &cluster {
+                c.stop();
+            }
+            return fail(&with_hint(&e.to_string()));
+        }
+    };
+    if let Some(c) = &cluster {
+        if let Err(e) = c.start_fencing(handle.fencer()) {
+            handle.shutdown();
+            let _ = handle.join();
+            c.stop();
+            return fail(&e);
+        }
+    }
     let addrs = handle.local_addrs();
     let urls: Vec<String> = handle
         .listeners()
@@ -119,7 +145,8 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
     tracing::info!(shards = handle.shards(), "broker started");
     log_posture(&cfg, handle.listeners(), &urls);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let backend = Arc::new(ShardBackend::new(handle, stop_tx.clone()));
+    let backend =
+        Arc::new(ShardBackend::new(handle, stop_tx.clone()).with_cluster(cluster.clone()));
     let admin_path = cfg.admin_socket_path();
     let handler = Handler::new(backend.clone(), Some(set_level));
     let mut admin = match AdminServer::start(&admin_path, handler) {
@@ -134,6 +161,9 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
             Ok(m) => Some(m),
             Err(e) => {
                 shutdown(&backend);
+                if let Some(c) = &cluster {
+                    c.stop();
+                }
                 return fail(&e);
             }
         },
@@ -145,6 +175,9 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
     }
     if let Some(m) = &metrics {
         let _ = writeln!(out, "ringmq metrics on http://{}/metrics", m.local_addr());
+    }
+    if let Some(a) = cluster.as_ref().and_then(|c| c.addr()) {
+        let _ = writeln!(out, "ringmq cluster on {a}");
     }
     let _ = out.flush();
     drop(out);
@@ -173,7 +206,12 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
     if let Some(m) = metrics.as_mut() {
         m.stop();
     }
-    shutdown(&backend)
+    let code = shutdown(&backend);
+    // After the shards: no CONNECT waits on the control plane any more.
+    if let Some(c) = &cluster {
+        c.stop();
+    }
+    code
 }
 
 /// One line per listener: who may connect there (its own

@@ -425,7 +425,169 @@ pub fn render(s: &MetricsSnapshot) -> String {
     storage_ops(o, s);
     access(o, s);
     listeners(o, s);
+    cluster(o, s);
     out
+}
+
+/// The cluster's families (present only on a node in a cluster).
+fn cluster(out: &mut String, s: &MetricsSnapshot) {
+    let Some(c) = &s.cluster else {
+        return;
+    };
+    let o = &c.ownership;
+    let one = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "ringmq_{name} {v}");
+    };
+    let rows: [(&str, &str, &str, f64); 22] = [
+        (
+            "cluster_node_id",
+            "gauge",
+            "This node's id.",
+            c.node_id as f64,
+        ),
+        (
+            "cluster_is_leader",
+            "gauge",
+            "1 while this node leads.",
+            u8::from(c.is_leader) as f64,
+        ),
+        ("cluster_term", "gauge", "Current Raft term.", c.term as f64),
+        (
+            "cluster_last_log_index",
+            "gauge",
+            "Last log index on this node.",
+            c.last_log_index as f64,
+        ),
+        (
+            "cluster_committed_index",
+            "gauge",
+            "Highest committed log index known.",
+            c.committed as f64,
+        ),
+        (
+            "cluster_applied_index",
+            "gauge",
+            "Highest log index applied here.",
+            c.applied as f64,
+        ),
+        (
+            "cluster_members",
+            "gauge",
+            "Members (voters and learners).",
+            c.members as f64,
+        ),
+        (
+            "cluster_members_up",
+            "gauge",
+            "Members up (leader: heartbeats; others: recorded liveness).",
+            c.members_up as f64,
+        ),
+        (
+            "cluster_commits_total",
+            "counter",
+            "Log entries committed through this node.",
+            c.commits as f64,
+        ),
+        (
+            "cluster_committed_ops_total",
+            "counter",
+            "Operations in those entries (claims batch many per entry).",
+            c.committed_ops as f64,
+        ),
+        (
+            "cluster_commit_seconds_total",
+            "counter",
+            "Summed commit latency of those entries, seconds (mean = this / commits).",
+            c.commit_us_total as f64 / 1e6,
+        ),
+        (
+            "cluster_write_errors_total",
+            "counter",
+            "Writes that failed (timeout, no quorum, indeterminate).",
+            c.write_errors as f64,
+        ),
+        (
+            "cluster_appends_total",
+            "counter",
+            "Log appends, one fsync each.",
+            c.appends as f64,
+        ),
+        (
+            "cluster_elections_total",
+            "counter",
+            "Terms begun (elections) seen by this node.",
+            c.elections as f64,
+        ),
+        (
+            "cluster_leader_changes_total",
+            "counter",
+            "Changes of the known leader.",
+            c.leader_changes as f64,
+        ),
+        (
+            "cluster_snapshots_built_total",
+            "counter",
+            "Metadata snapshots built here.",
+            c.snapshots_built as f64,
+        ),
+        (
+            "cluster_snapshots_installed_total",
+            "counter",
+            "Metadata snapshots installed here (caught up from a snapshot).",
+            c.snapshots_installed as f64,
+        ),
+        (
+            "cluster_snapshot_bytes",
+            "gauge",
+            "Size of the last snapshot built or installed, bytes.",
+            c.last_snapshot_bytes as f64,
+        ),
+        (
+            "cluster_ownership_claims_total",
+            "counter",
+            "Session ownership claims won at CONNECT.",
+            o.claims as f64,
+        ),
+        (
+            "cluster_ownership_conflicts_total",
+            "counter",
+            "Claims that met another epoch and were retried (takeover races).",
+            o.conflicts as f64,
+        ),
+        (
+            "cluster_ownership_failures_total",
+            "counter",
+            "Claims the cluster could not decide (CONNACK 0x88 / 0x03).",
+            o.failures as f64,
+        ),
+        (
+            "cluster_ownership_fenced_total",
+            "counter",
+            "Sessions closed (0x8E) and discarded because another node took them over.",
+            o.fenced as f64,
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        one(out, name, kind, help, v);
+    }
+    let name = "cluster_ownership_claim_seconds";
+    family(
+        out,
+        name,
+        "histogram",
+        "Time from CONNECT to its ownership claim committed, seconds.",
+    );
+    for (b, n) in crate::cluster::stats::CLAIM_BUCKETS
+        .iter()
+        .zip(&o.claim_latency_buckets)
+    {
+        let _ = writeln!(out, "ringmq_{name}_bucket{{le=\"{b}\"}} {n}");
+    }
+    let total = o.claim_latency_buckets.last().copied().unwrap_or(0);
+    let _ = writeln!(out, "ringmq_{name}_bucket{{le=\"+Inf\"}} {total}");
+    let _ = writeln!(out, "ringmq_{name}_sum {}", o.claim_latency_sum_seconds);
+    let _ = writeln!(out, "ringmq_{name}_count {total}");
 }
 
 /// ACL refusals by action and node-wide ban counters.

@@ -159,6 +159,14 @@ impl RaftHandle {
             .await
     }
 
+    /// Every change applied on this node to a key under `prefix` from now on,
+    /// in apply order, each after its transaction committed (snapshot
+    /// installs send every key they hold under the prefix).
+    pub fn watch(&self, prefix: &[u8]) -> Result<flume::Receiver<crate::Change>, Error> {
+        let store = self.store.upgrade().ok_or(Error::Stopped)?;
+        Ok(store.watchers.add(prefix))
+    }
+
     /// The session-ownership facade of this node.
     pub fn ownership(&self) -> Ownership {
         Ownership::new(self.id, self.claims.clone(), self.store.clone())

@@ -32,4 +32,5 @@ pub use handle::{Consistency, RaftHandle};
 pub use net::tls::TlsFiles;
 pub use node::status::{NodeStatus, Status};
 pub use node::{BatchConfig, NodeConfig, RaftNode};
+pub use store::watch::Change;
 pub use types::NodeId;

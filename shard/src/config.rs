@@ -201,6 +201,8 @@ pub struct ShardConfig {
     pub authn: crate::access::authn::AuthnConfig,
     /// ACL file and auto-ban settings.
     pub access: crate::access::AccessConfig,
+    /// Session ownership across a cluster (`None`: a cluster of one).
+    pub ownership: Option<crate::ownership::Gate>,
 }
 
 impl Default for ShardConfig {
@@ -244,6 +246,7 @@ impl Default for ShardConfig {
             // Secure by default: anonymous clients are refused unless asked for.
             authn: crate::access::authn::AuthnConfig::default(),
             access: crate::access::AccessConfig::default(),
+            ownership: None,
         }
     }
 }

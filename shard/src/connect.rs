@@ -105,6 +105,9 @@ pub(crate) fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
     addr.as_socket().map(|a| a.ip())
 }
 
+/// A refused CONNECT: the CONNACK to answer with and the close reason.
+pub(crate) type Refused = (Box<ConnAck>, CloseReason);
+
 /// The CONNACK for a refused CONNECT, or the accepted session.
 pub(crate) fn accept(
     shard: &Rc<Shard>,
@@ -113,11 +116,19 @@ pub(crate) fn accept(
     peer: Option<std::net::SocketAddr>,
     assigned: bool,
     auth: crate::auth_phase::Authenticated,
-) -> Result<(SessionId, Rc<ConnOut>, u16), Box<ConnAck>> {
-    check(shard, c).map_err(|r| Box::new(refusal(r)))?;
+    epoch: u64,
+) -> Result<(SessionId, Rc<ConnOut>, u16), Refused> {
+    let refused = |r| (Box::new(refusal(r)), CloseReason::ConnectRefused);
+    check(shard, c).map_err(refused)?;
     if banned(shard, c, fd, peer) {
         // v5 CONNACK 0x8A Banned; 3.1.1 0x05 Not authorized (codec maps it).
-        return Err(Box::new(refusal(ReasonCode::Banned)));
+        return Err(refused(ReasonCode::Banned));
+    }
+    if crate::ownership::superseded(shard, c.client_id.as_bytes(), epoch) {
+        // Another node's CONNECT for this client id won a later epoch while
+        // this one was on its way: this one lost the takeover race.
+        let ack = Box::new(refusal(ReasonCode::ServerUnavailable));
+        return Err((ack, CloseReason::SessionTakenOver));
     }
     let cfg = &shard.cfg;
     let v5 = c.protocol == ProtocolVersion::V5;
@@ -209,6 +220,7 @@ pub(crate) fn accept(
         s.version = c.protocol;
         s.conn = Some(conn.clone());
         s.generation += 1;
+        s.epoch = epoch;
         s.expiry = expiry;
         s.will = c.will.clone().map(Box::new);
         s.disconnected_at = None;
@@ -346,6 +358,8 @@ pub(crate) fn remove_session(shard: &Rc<Shard>, sid: SessionId) {
                 s.disconnected_at = None;
                 s.generation = crate::reap::GONE;
                 let filters: Vec<TopicFilter> = s.subs.drain().map(|(f, _)| f).collect();
+                crate::ownership::released(shard, s.client_id.as_bytes(), s.epoch);
+                s.epoch = 0;
                 Some((s.client_id.clone(), filters))
             }
             _ => None,

@@ -24,6 +24,9 @@ pub enum Control {
         std::sync::Arc<crate::access::acl::Acl>,
         flume::Sender<usize>,
     ),
+    /// The cluster moved this client's ownership to another node at `epoch`:
+    /// a session here with an older epoch is closed (0x8E) and discarded.
+    Fence { client_id: String, epoch: u64 },
     /// Ask something; the reply goes to the sender.
     Query(Query, flume::Sender<Reply>),
 }

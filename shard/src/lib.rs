@@ -49,6 +49,7 @@ mod handle;
 pub mod mesh;
 pub mod net;
 mod notify;
+pub mod ownership;
 mod persist;
 mod publish;
 mod reap;

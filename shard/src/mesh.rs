@@ -85,6 +85,8 @@ pub struct Handoff {
     pub assigned: bool,
     /// Who the accepting shard authenticated the client as.
     pub(crate) auth: crate::auth_phase::Authenticated,
+    /// The cluster ownership epoch its CONNECT won (0 without a cluster).
+    pub epoch: u64,
 }
 
 /// This shard's side of the mesh: per-peer outboxes flushed once per tick.

@@ -408,6 +408,10 @@ fn register_acl_reload(access: &Arc<crate::access::Shared>, controls: &[flume::S
 }
 
 impl ServerHandle {
+    /// The way to fence sessions whose ownership moved to another node.
+    pub fn fencer(&self) -> crate::ownership::Fencer {
+        crate::ownership::Fencer::new(self.controls.clone())
+    }
     /// Node-wide access state: bans, the ACL in force, the reload registry.
     pub fn access(&self) -> &Arc<crate::access::Shared> {
         &self.access

@@ -286,6 +286,9 @@ pub struct Session {
     pub conn: Option<Rc<ConnOut>>,
     /// Bumped at every (re)connect; stale timers compare it.
     pub generation: u64,
+    /// The cluster's ownership epoch of the current connection (0: none,
+    /// a cluster of one, or a session restored from disk).
+    pub epoch: u64,
     pub subs: HashMap<TopicFilter, SubEntry, ProcessKeys>,
     /// Outbound QoS 1/2 in send order.
     pub inflight: LazyDeque<Outflight>,
@@ -342,6 +345,7 @@ impl Session {
             version,
             conn: None,
             generation: 0,
+            epoch: 0,
             subs: HashMap::default(),
             inflight: LazyDeque::default(),
             queue: LazyDeque::default(),

@@ -235,6 +235,9 @@ pub(crate) async fn run(init: ShardInit) {
                 crate::authz::set_acl(&shard, acl);
                 let _ = done.send(shard.id);
             }
+            Control::Fence { client_id, epoch } => {
+                crate::ownership::fence(&shard, &client_id, epoch);
+            }
             Control::Query(q, reply) => {
                 let _ = reply.send(crate::admin::answer(&shard, q));
             }

@@ -135,6 +135,9 @@ reasons! {
         WsClosedByPeer => "ws_closed_by_peer",
         /// Re-authentication failed (v5 DISCONNECT 0x87) [MQTT-4.12.1-2].
         NotAuthorized => "not_authorized",
+        /// CONNECT refused: the cluster could not record the session's owner
+        /// in time (no quorum: a minority partition), CONNACK 0x88 / 3.1.1 0x03.
+        ClusterUnavailable => "cluster_unavailable",
     }
 }
 

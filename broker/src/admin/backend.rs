@@ -248,6 +248,9 @@ pub struct MetricsSnapshot {
     /// Node-wide ban counters, when the broker has them.
     #[serde(default)]
     pub bans: Option<BanMetrics>,
+    /// The cluster's numbers, when this node is in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterMetrics>,
 }
 
 impl MetricsSnapshot {
@@ -316,5 +319,9 @@ pub trait AdminBackend: Send + Sync {
     /// Re-reads the ACL file, password file and certificates; one outcome each.
     fn reload(&self) -> Result<Vec<ringmq_shard::access::reload::Outcome>, AdminError> {
         Err(AdminError::unavailable("this broker cannot reload"))
+    }
+    /// The cluster this node is in; `None`: a cluster of one.
+    fn cluster(&self) -> Option<std::sync::Arc<crate::cluster::Cluster>> {
+        None
     }
 }

@@ -5,7 +5,9 @@
 //! the socket cannot be reached.
 
 use super::protocol::{Request, Response};
-use crate::cli::{AclCommand, BanCommand, ClientCommand, CtlArgs, CtlCommand, RetainedCommand};
+use crate::cli::{
+    AclCommand, BanCommand, ClientCommand, ClusterCommand, CtlArgs, CtlCommand, RetainedCommand,
+};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,19 @@ pub fn request_for(cmd: &CtlCommand) -> Result<serde_json::Value, String> {
         },
         CtlCommand::Ban(BanCommand::List) => Request::BanList,
         CtlCommand::Reload => Request::Reload,
+        CtlCommand::Cluster(ClusterCommand::Status) => Request::ClusterStatus,
+        CtlCommand::Cluster(ClusterCommand::Owner { client_id }) => {
+            Request::ClusterOwner { client_id }
+        }
+        CtlCommand::Cluster(ClusterCommand::AddNode { id, addr }) => {
+            Request::ClusterAddNode { node_id: id, addr }
+        }
+        CtlCommand::Cluster(ClusterCommand::RemoveNode { id }) => {
+            Request::ClusterRemoveNode { node_id: id }
+        }
+        CtlCommand::Cluster(ClusterCommand::TransferLeader { id }) => {
+            Request::ClusterTransferLeader { node_id: id }
+        }
         CtlCommand::Raw { json } => {
             return serde_json::from_str(&json).map_err(|e| format!("raw request is not JSON: {e}"))
         }
@@ -116,7 +131,9 @@ pub fn run(args: &CtlArgs, fallback_socket: PathBuf) -> i32 {
             return 2;
         }
     };
-    if args.json {
+    // `cluster status --json` prints the status object itself (`leader`, `nodes`, ...).
+    let bare = matches!(args.command, CtlCommand::Cluster(ClusterCommand::Status));
+    if args.json && !bare {
         println!("{line}");
     }
     match serde_json::from_str::<Response>(&line) {
@@ -124,7 +141,11 @@ pub fn run(args: &CtlArgs, fallback_socket: PathBuf) -> i32 {
             ok: true, result, ..
         }) => {
             let v = result.unwrap_or(serde_json::Value::Null);
-            if !args.json {
+            if args.json && bare {
+                println!("{v}");
+            } else if bare {
+                print!("{}", super::format::cluster_status(&v));
+            } else if !args.json {
                 print!("{}", super::format::human(&v));
             }
             // A reload whose part failed kept that part's old material: say so in the status.

@@ -96,6 +96,56 @@ fn table(rows: &[Value]) -> String {
     out
 }
 
+/// `ringmq ctl cluster status`: this node's view, then one row per member.
+pub fn cluster_status(v: &Value) -> String {
+    let g = |k: &str| v.get(k).map(cell).unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "node {}  state {}  leader {}  term {}\nlog: last {}  committed {}  applied {}  snapshot {}  purged {}{}\n",
+        g("id"),
+        g("state"),
+        g("leader"),
+        g("term"),
+        g("last_log_index"),
+        g("committed"),
+        g("applied"),
+        g("snapshot"),
+        g("purged"),
+        if v.get("joint") == Some(&Value::Bool(true)) {
+            "  (joint consensus in progress)"
+        } else {
+            ""
+        },
+    );
+    let cols = [
+        "id",
+        "addr",
+        "role",
+        "up",
+        "liveness",
+        "matched",
+        "lag",
+        "last_ack_ms",
+    ];
+    let rows: Vec<Value> = v
+        .get("nodes")
+        .and_then(Value::as_array)
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| {
+                    let m: serde_json::Map<String, Value> = cols
+                        .iter()
+                        .map(|c| (c.to_string(), n.get(*c).cloned().unwrap_or(Value::Null)))
+                        .collect();
+                    Value::Object(m)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&human(&Value::Array(rows)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::human;
@@ -112,5 +162,20 @@ mod tests {
         );
         assert_eq!(human(&json!([])), "(none)\n");
         assert!(human(&json!({"shards": [{"x": 1}]})).contains("\"shards\""));
+    }
+
+    #[test]
+    fn cluster_status_is_a_header_and_a_member_table() {
+        let s = super::cluster_status(&json!({
+            "id": 2, "leader": 1, "state": "follower", "term": 3, "last_log_index": 9,
+            "committed": 9, "applied": 9, "snapshot": null, "purged": null, "joint": false,
+            "nodes": [{"id": 1, "addr": "10.0.0.1:7101", "role": "leader", "up": true},
+                      {"id": 2, "addr": "10.0.0.2:7101", "role": "voter", "up": false}]
+        }));
+        assert!(
+            s.starts_with("node 2  state follower  leader 1  term 3\n"),
+            "{s}"
+        );
+        assert!(s.contains("10.0.0.2:7101") && s.lines().count() == 5, "{s}");
     }
 }

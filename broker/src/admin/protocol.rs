@@ -76,6 +76,16 @@ pub enum Request {
     BanList,
     #[serde(rename = "reload")]
     Reload,
+    #[serde(rename = "cluster.status")]
+    ClusterStatus,
+    #[serde(rename = "cluster.owner")]
+    ClusterOwner { client_id: String },
+    #[serde(rename = "cluster.add_node")]
+    ClusterAddNode { node_id: u64, addr: String },
+    #[serde(rename = "cluster.remove_node")]
+    ClusterRemoveNode { node_id: u64 },
+    #[serde(rename = "cluster.transfer_leader")]
+    ClusterTransferLeader { node_id: u64 },
 }
 
 fn all_topics() -> String {
@@ -105,6 +115,11 @@ pub const COMMANDS: &[&str] = &[
     "ban.remove",
     "ban.list",
     "reload",
+    "cluster.status",
+    "cluster.owner",
+    "cluster.add_node",
+    "cluster.remove_node",
+    "cluster.transfer_leader",
 ];
 
 /// A response line.
@@ -231,7 +246,35 @@ impl Handler {
             }
             Request::BanList => to_value(super::access::ban_list(&*self.access()?)),
             Request::Reload => to_value(super::access::reload_parts(b.reload()?)),
+            Request::ClusterStatus => self.cluster()?.status_json().map_err(cluster_err),
+            Request::ClusterOwner { client_id } => {
+                self.cluster()?.owner_json(&client_id).map_err(cluster_err)
+            }
+            Request::ClusterAddNode { node_id, addr } => {
+                if node_id == 0 {
+                    return Err(AdminError::new(
+                        ErrorCode::BadRequest,
+                        "node_id must be 1 or more",
+                    ));
+                }
+                self.cluster()?
+                    .add_node(node_id, &addr)
+                    .map_err(cluster_err)
+            }
+            Request::ClusterRemoveNode { node_id } => {
+                self.cluster()?.remove_node(node_id).map_err(cluster_err)
+            }
+            Request::ClusterTransferLeader { node_id } => self
+                .cluster()?
+                .transfer_leader(node_id)
+                .map_err(cluster_err),
         }
+    }
+
+    fn cluster(&self) -> Result<std::sync::Arc<crate::cluster::Cluster>, AdminError> {
+        self.backend.cluster().ok_or_else(|| {
+            AdminError::unavailable("this node is not in a cluster (no --cluster-peers)")
+        })
     }
 
     fn access(&self) -> Result<std::sync::Arc<ringmq_shard::access::Shared>, AdminError> {
@@ -252,6 +295,11 @@ impl Handler {
         *last = Some((now, st.messages_in, st.messages_out));
         Ok(st)
     }
+}
+
+/// A refused or failed cluster operation (the message says why).
+fn cluster_err(e: String) -> AdminError {
+    AdminError::unavailable(e)
 }
 
 fn to_value<T: Serialize>(v: T) -> Result<Value, AdminError> {

@@ -28,9 +28,20 @@ pub struct ShardBackend {
     draining: AtomicBool,
     /// Per shard: (when, busy ns) at the previous snapshot, for the busy ratio.
     last_busy: Mutex<Vec<(Instant, u64)>>,
+    /// The cluster this node is in (`None`: a cluster of one).
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl ShardBackend {
+    /// Adds the cluster this node is in (`ctl cluster`, cluster metrics).
+    pub fn with_cluster(
+        mut self,
+        cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    ) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
     /// Wraps a started core; `on_shutdown` is signalled by the `shutdown` command.
     pub fn new(handle: ServerHandle, on_shutdown: Sender<()>) -> Self {
         let now = Instant::now();
@@ -44,6 +55,7 @@ impl ShardBackend {
             on_shutdown: Mutex::new(on_shutdown),
             draining: AtomicBool::new(false),
             last_busy: Mutex::new(last),
+            cluster: None,
         }
     }
 
@@ -438,8 +450,13 @@ impl AdminBackend for ShardBackend {
                 draining: self.draining.load(Ordering::Relaxed),
                 shards,
                 bans: Some(ban_metrics(&h.access().bans)),
+                cluster: self.cluster.as_ref().and_then(|c| c.metrics().ok()),
             }
         })
+    }
+
+    fn cluster(&self) -> Option<std::sync::Arc<crate::cluster::Cluster>> {
+        self.cluster.clone()
     }
 
     fn drain(&self) -> Result<(), AdminError> {

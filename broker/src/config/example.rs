@@ -26,6 +26,10 @@ fn section_doc(section: &str) -> &'static str {
         "admin" => "Admin socket, Prometheus metrics, $SYS topics.",
         "logging" => "Log filter and format (stderr).",
         "authz" => "Access control: ACL file (Mosquitto format) and auto-bans after authentication failures.",
+        "cluster" => {
+            "A cluster of nodes (docs/cluster.md). Without cluster_peers (or with this node \
+             alone) the node is a cluster of one and runs no cluster thread."
+        }
         _ => "",
     }
 }

@@ -75,6 +75,8 @@ impl Config {
                     ban_for: Duration::from_secs(self.authz.auth_fail_ban_secs),
                 },
             },
+            // Set by main once the cluster's control plane runs.
+            ownership: None,
         }
     }
 }

@@ -114,7 +114,7 @@ impl Config {
         if let Err(e) = crate::logging::parse_filter(level) {
             return bad("log_level", level, &e);
         }
-        Ok(())
+        self.validate_cluster(src)
     }
 
     fn validate_limits(&self, src: &Sources) -> Result<(), ConfigError> {

@@ -84,8 +84,13 @@ pub fn args(dir: &Path, cores: usize, durability: &str, extra: &[&str]) -> Vec<S
 
 /// Starts `ringmq` with `args`; waits (bounded by [`START`]) for its listening line or its exit.
 pub fn launch(args: &[String]) -> Launched {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(args)
+    launch_cmd(Command::new(env!("CARGO_BIN_EXE_ringmq")).args(args))
+}
+
+/// As [`launch`], with the command given whole (e.g. `ip netns exec NS ringmq ...`, which
+/// execs `ringmq`, so the PID is the broker's).
+pub fn launch_cmd(cmd: &mut Command) -> Launched {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -17,6 +17,11 @@ pub fn own(client_id: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The client id of an ownership key.
+pub fn own_client(key: &[u8]) -> Option<&[u8]> {
+    key.strip_prefix(OWN)
+}
+
 pub fn live(node: NodeId) -> Vec<u8> {
     let mut k = LIVE.to_vec();
     k.extend_from_slice(&node.to_be_bytes());

@@ -22,6 +22,11 @@ pub struct Liveness {
     pub term: u64,
 }
 
+/// A `live/<id>` value (for readers of `RaftHandle::scan_local`).
+pub fn decode_value(value: &[u8]) -> Option<Liveness> {
+    decode(value).ok()
+}
+
 /// Every member's recorded liveness, read from this node's applied state.
 pub fn read_all(store: &crate::store::Store) -> std::io::Result<Vec<(NodeId, Liveness)>> {
     let mut out = Vec::new();

@@ -62,7 +62,12 @@ pub struct Ownership {
 }
 
 fn owner_of(v: &Versioned) -> Option<NodeId> {
-    Some(NodeId::from_be_bytes(v.value.as_slice().try_into().ok()?))
+    decode_owner(&v.value)
+}
+
+/// The owner node an ownership key's value names (for watchers of `own/`).
+pub fn decode_owner(value: &[u8]) -> Option<NodeId> {
+    Some(NodeId::from_be_bytes(value.try_into().ok()?))
 }
 
 impl Ownership {

@@ -18,6 +18,7 @@
 pub mod log;
 pub mod sm;
 pub mod snapshot;
+pub mod watch;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ pub struct Store {
     pub(crate) sm: StrDb,
     pub(crate) path: PathBuf,
     pub(crate) counters: crate::counters::Counters,
+    pub(crate) watchers: watch::Watchers,
 }
 
 impl std::fmt::Debug for Store {
@@ -134,6 +136,7 @@ impl Store {
             sm,
             path: path.clone(),
             counters: Default::default(),
+            watchers: Default::default(),
         };
         store.bind(cluster_id, node_id)?;
         Ok(Arc::new(store))

@@ -14,6 +14,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use super::snapshot::SnapshotImage;
+use super::watch::Change;
 use super::{blocking, decode, encode, io as lmdb, Store};
 use crate::command::{Command, CommandResult, Op, OpResult, Versioned};
 use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
@@ -72,6 +73,7 @@ fn apply_command(
     wtxn: &mut RwTxn<'_>,
     rev: &mut u64,
     cmd: &Command,
+    changes: &mut Vec<Change>,
 ) -> io::Result<CommandResult> {
     let mut results = Vec::with_capacity(cmd.ops.len());
     for op in &cmd.ops {
@@ -102,6 +104,26 @@ fn apply_command(
                 }
             }
         };
+        if store.watchers.wants(op.key()) {
+            let value = match op {
+                Op::Put { value, .. } => Some(value.clone()),
+                Op::Cas { value, .. } => value.clone(),
+                Op::Delete { .. } => None,
+            };
+            match &res {
+                OpResult::Written { version } => changes.push(Change {
+                    key: op.key().to_vec(),
+                    version: *version,
+                    value,
+                }),
+                OpResult::Deleted { existed: true } => changes.push(Change {
+                    key: op.key().to_vec(),
+                    version: 0,
+                    value: None,
+                }),
+                _ => {}
+            }
+        }
         results.push(res);
     }
     Ok(CommandResult { results })
@@ -152,16 +174,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let store = self.store.clone();
-        let (batch, results) = blocking(move || {
+        let (batch, results, changes) = blocking(move || {
             let mut wtxn = store.env.write_txn().map_err(lmdb)?;
             let mut rev = read_revision(&store, &wtxn)?;
+            let mut changes = Vec::new();
             let mut results = Vec::with_capacity(batch.len());
             let mut last = None;
             for (entry, _) in &batch {
                 last = Some(entry.log_id());
                 let res = match &entry.payload {
                     EntryPayload::Blank => CommandResult::default(),
-                    EntryPayload::Normal(cmd) => apply_command(&store, &mut wtxn, &mut rev, cmd)?,
+                    EntryPayload::Normal(cmd) => {
+                        apply_command(&store, &mut wtxn, &mut rev, cmd, &mut changes)?
+                    }
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id()), m.clone());
                         store
@@ -182,9 +207,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .put(&mut wtxn, "applied", &encode(&last)?)
                 .map_err(lmdb)?;
             wtxn.commit().map_err(lmdb)?;
-            Ok((batch, results))
+            Ok((batch, results, changes))
         })
         .await?;
+        self.store.watchers.send(changes);
         for ((_, responder), res) in batch.into_iter().zip(results) {
             if let Some(responder) = responder {
                 responder.send(res);
@@ -208,12 +234,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let image = SnapshotImage::decode(&raw)?;
         let meta = meta.clone();
         let store = self.store.clone();
+        let watched = self.store.clone();
         blocking(move || {
             let mut wtxn = store.env.write_txn().map_err(lmdb)?;
             store.kv.clear(&mut wtxn).map_err(lmdb)?;
+            let mut changes = Vec::new();
             for (key, version, value) in image.rows {
+                let watched = store.watchers.wants(&key).then(|| value.clone());
                 let row = encode(&Versioned { version, value })?;
                 store.kv.put(&mut wtxn, &key, &row).map_err(lmdb)?;
+                if let Some(value) = watched {
+                    changes.push(Change {
+                        key,
+                        version,
+                        value: Some(value),
+                    });
+                }
             }
             store
                 .sm
@@ -231,9 +267,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .sm
                 .put(&mut wtxn, "snapshot", &encode(&(meta, raw))?)
                 .map_err(lmdb)?;
-            wtxn.commit().map_err(lmdb)
+            wtxn.commit().map_err(lmdb)?;
+            Ok(changes)
         })
         .await
+        .map(|changes| watched.watchers.send(changes))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {

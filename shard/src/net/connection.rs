@@ -250,6 +250,20 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
             return answer_and_close(&shard, io, &mut stack, li, &out, reason);
         }
     };
+    // Cluster: this node becomes the session's owner before CONNACK (an
+    // await on the control plane; this shard serves others meanwhile).
+    let epoch = match crate::ownership::claim(&shard, connect.client_id.as_bytes()).await {
+        Ok(epoch) => epoch,
+        Err(_) => {
+            // A minority partition (or no leader yet) cannot record the owner:
+            // v5 CONNACK 0x88 Server unavailable, 3.1.1 0x03 [MQTT-3.2.2-6].
+            let mut out = BytesMut::new();
+            let ack = connect::refusal(ReasonCode::ServerUnavailable);
+            let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+            let reason = CloseReason::ClusterUnavailable;
+            return answer_and_close(&shard, io, &mut stack, li, &out, reason);
+        }
+    };
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
         let via = Via {
@@ -257,7 +271,8 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
             listener: li,
             peer,
         };
-        return serve(shard, io, via, connect, buf, assigned, deadline, auth);
+        let claim = Claimed { auth, epoch };
+        return serve(shard, io, via, connect, buf, assigned, deadline, claim);
     }
     // Hand the socket itself to the home shard: the descriptor crosses the
     // mesh, with its transport stack (TLS and WebSocket state included).
@@ -276,6 +291,7 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
             rest: buf,
             assigned,
             auth,
+            epoch,
         })),
     );
 }
@@ -377,7 +393,10 @@ pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
             h.rest,
             h.assigned,
             u64::MAX,
-            h.auth,
+            Claimed {
+                auth: h.auth,
+                epoch: h.epoch,
+            },
         ),
         Err(_) => shard.stats.close(CloseReason::IoError),
     }
@@ -392,6 +411,13 @@ pub(crate) struct Via {
     pub peer: Option<std::net::SocketAddr>,
 }
 
+/// Who the client authenticated as, and the cluster epoch its CONNECT won
+/// (0 without a cluster).
+struct Claimed {
+    auth: crate::auth_phase::Authenticated,
+    epoch: u64,
+}
+
 #[allow(clippy::too_many_arguments)] // what the handshake or a handoff carries, once
 fn serve(
     shard: Rc<Shard>,
@@ -401,7 +427,7 @@ fn serve(
     buf: BytesMut,
     assigned: bool,
     armed: u64,
-    auth: crate::auth_phase::Authenticated,
+    claimed: Claimed,
 ) {
     let Via {
         mut stack,
@@ -409,14 +435,22 @@ fn serve(
         peer,
     } = via;
     let version = connect.protocol;
-    let accepted = connect::accept(&shard, &connect, io.fd.as_raw_fd(), peer, assigned, auth);
+    let Claimed { auth, epoch } = claimed;
+    let accepted = connect::accept(
+        &shard,
+        &connect,
+        io.fd.as_raw_fd(),
+        peer,
+        assigned,
+        auth,
+        epoch,
+    );
     drop(connect); // the session took what it needs
     let (sid, conn, keep_alive) = match accepted {
         Ok(accepted) => accepted,
-        Err(ack) => {
+        Err((ack, reason)) => {
             let mut out = BytesMut::new();
             let _ = Packet::ConnAck(*ack).encode(version, &mut out);
-            let reason = CloseReason::ConnectRefused;
             return answer_and_close(&shard, io, &mut stack, listener, &out, reason);
         }
     };

@@ -41,7 +41,9 @@ const MARKER_HEAD: &str = "ringmq data dir";
 const LOCK: &str = "ringmq.lock";
 /// Files the broker itself may put in the data dir before the store exists
 /// (the admin socket's default place): not a sign of a foreign dir.
-const OURS: [&str; 2] = [LOCK, "ringmq.sock"];
+/// Entries a fresh data dir may already hold: the lock, the admin socket,
+/// and the cluster metadata (`cluster/`, opened before the shards start).
+const OURS: [&str; 3] = [LOCK, "ringmq.sock", "cluster"];
 const MAGIC: &[u8; 8] = b"RINGMQST";
 
 pub type Db<'e> = Database<'e, Raw, Raw>;
