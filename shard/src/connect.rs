@@ -188,7 +188,9 @@ pub(crate) fn accept(
                 // [MQTT-3.1.2-4] discard the old session: it becomes a
                 // tombstone whose subscriptions leave the router in bounded
                 // steps (`reap.rs`), however many it had; the client gets a
-                // fresh session.
+                // fresh session. The client id stays owned here (cluster):
+                // the old session gives no ownership back.
+                shard.sessions.borrow_mut()[sid as usize].epoch = 0;
                 remove_session(shard, sid);
                 discarded = true;
                 None
