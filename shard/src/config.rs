@@ -63,6 +63,9 @@ pub struct Listener {
     /// Every connection starts with a PROXY protocol v1 or v2 header
     /// (HAProxy `send-proxy`/`send-proxy-v2`); one without is closed.
     pub proxy_protocol: bool,
+    /// Anonymous clients on this listener; `None`: the shard-wide
+    /// `authn.allow_anonymous` (`--allow-anonymous`).
+    pub allow_anonymous: Option<bool>,
 }
 
 impl Listener {
@@ -73,6 +76,7 @@ impl Listener {
             transport: Transport::Mqtt,
             tls: TlsFiles::default(),
             proxy_protocol: false,
+            allow_anonymous: None,
         }
     }
 }

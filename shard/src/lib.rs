@@ -17,7 +17,8 @@
 //!   (password file, SCRAM), knowing nothing of sockets.
 //! - `connect.rs`: CONNECT to CONNACK, takeover, resume, will and expiry at close.
 //! - `handle.rs`: dispatch of each packet; `publish.rs` for PUBLISH;
-//!   `subscribe.rs` for SUBSCRIBE/UNSUBSCRIBE and retained replay.
+//!   `subscribe.rs` for SUBSCRIBE/UNSUBSCRIBE; `replay.rs` for the retained replay
+//!   (paced by the subscriber, resumed with a persistent session).
 //! - `route.rs`: matching (`router.rs`, `topic.rs`), the mesh (`mesh.rs`)
 //!   and delivery to sessions (`session.rs`) through their outbound side
 //!   (`net/conn_out.rs`), each (version, QoS) frame encoded once.
@@ -55,6 +56,7 @@ pub mod ownership;
 mod persist;
 mod publish;
 mod reap;
+mod replay;
 pub mod retained;
 mod route;
 pub mod router;

@@ -383,18 +383,20 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<crate::listener::Lis
 fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
     match item {
         MeshItem::Publish(r) => {
+            shard.tally.reset();
             crate::route::deliver_local(shard, &r.publish, None);
             if let Some(t) = r.confirm {
-                crate::persist::owe(shard, from, t);
+                crate::persist::owe(shard, from, t, shard.tally.fate());
             }
         }
         MeshItem::SharedPublish(r, group) => {
+            shard.tally.reset();
             crate::route::deliver_shared_local(shard, &group, &r.publish);
             if let Some(t) = r.confirm {
-                crate::persist::owe(shard, from, t);
+                crate::persist::owe(shard, from, t, shard.tally.fate());
             }
         }
-        MeshItem::Confirm(t) => crate::persist::confirmed(shard, t),
+        MeshItem::Confirm(t, fate) => crate::confirm::confirmed_with(shard, t, fate),
         MeshItem::Refused(t, code) => crate::confirm::refused(shard, t, code),
         MeshItem::Forget(nonce) => crate::confirm::forget(shard, from, nonce),
         MeshItem::SubAdd(f) => {

@@ -1,6 +1,6 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the session's subscriptions, the router
-//! replica (broadcast to the other shards when this shard's set changes),
-//! and the replay of retained messages in bounded steps.
+//! replica (broadcast to the other shards when this shard's set changes);
+//! the retained messages for new subscriptions follow (`replay.rs`).
 
 use crate::access::acl::SubClass;
 use crate::conn_out::ConnOut;
@@ -15,8 +15,6 @@ use ringmq_codec::{
     Subscribe, SubscriptionOptions, TopicFilter, UnsubAck, UnsubAckProperties, Unsubscribe,
 };
 use std::rc::Rc;
-use std::task::Poll;
-use std::time::Instant;
 
 fn granted(qos: QoS) -> ReasonCode {
     match qos {
@@ -267,13 +265,7 @@ fn finish(shard: &Rc<Shard>, d: SubDone) {
         conn.resume_reading();
     }
     if !replays.is_empty() {
-        let r = Replay {
-            sid,
-            conn,
-            replays,
-            sub_id,
-        };
-        glommio::spawn_local(replay(shard.clone(), r)).detach();
+        crate::replay::start(shard, sid, conn, replays, sub_id);
     }
 }
 
@@ -398,100 +390,6 @@ pub(crate) fn unsuback(
         reasons,
         properties: UnsubAckProperties::default().into(),
     }));
-}
-
-/// Removes every subscription of a session (clean start, expiry).
-pub(crate) fn drop_all_subscriptions(shard: &Shard, sid: SessionId) {
-    let filters: Vec<TopicFilter> = match shard.sessions.borrow_mut().get_mut(sid as usize) {
-        Some(s) => s.subs.drain().map(|(f, _)| f).collect(),
-        None => return,
-    };
-    for f in filters {
-        remove(shard, sid, &f);
-    }
-}
-
-/// Sends the retained messages matching new subscriptions at the pace the
-/// subscriber reads: a cursor walks the store a batch per scheduler turn
-/// (so a `#` over millions of retained messages never stalls the shard), and
-/// each message waits until the connection has room — buffer space for QoS 0,
-/// and for QoS 1/2 also an open window with nothing queued — so none is
-/// dropped or put through the session queue's limits. The replay ends when
-/// the connection that subscribed closes. Retained messages go out with
-/// RETAIN=1 [MQTT-3.3.1-8].
-async fn replay(shard: Rc<Shard>, d: Replay) {
-    let batch = shard.cfg.retained_replay_batch.max(1);
-    let ids: Vec<u32> = d.sub_id.into_iter().collect();
-    let mut out = Vec::with_capacity(batch);
-    for (filter, options, check) in &d.replays {
-        let mut cursor = shard.retained.borrow().replay(filter);
-        loop {
-            out.clear();
-            let done = cursor.next_batch(&shard.retained.borrow(), batch, &mut out);
-            for m in out.drain(..) {
-                let qos = m.publish.qos.min(options.qos);
-                if !room(&shard, d.sid, &d.conn, qos).await {
-                    return;
-                }
-                let mut sessions = shard.sessions.borrow_mut();
-                let Some(s) = sessions.get_mut(d.sid as usize) else {
-                    return;
-                };
-                let now = Instant::now();
-                let msg = crate::session::Message::received_at(m.publish.clone(), m.stored_at);
-                if msg.expiry_left(now) == Some(0) {
-                    continue;
-                }
-                if crate::authz::must_check(&shard, *check)
-                    && !crate::authz::may_receive(
-                        &shard,
-                        s,
-                        m.publish.topic.as_str(),
-                        AclAction::Retained,
-                    )
-                {
-                    continue;
-                }
-                let frame = msg.frame(d.conn.version, qos, now);
-                let mut shared = Some(Rc::new(msg));
-                s.deliver(&shard, &m.publish, &mut shared, &frame, true, &ids, now);
-            }
-            if done {
-                break;
-            }
-            glommio::yield_if_needed().await;
-        }
-    }
-}
-
-/// A replay's subscriber and filters.
-struct Replay {
-    sid: SessionId,
-    conn: Rc<ConnOut>,
-    replays: Vec<(TopicFilter, SubscriptionOptions, bool)>,
-    sub_id: Option<u32>,
-}
-
-/// Waits until session `sid`, still served by `conn`, can take one more
-/// message of `qos` without dropping or queueing it; false once `conn` is
-/// no longer the session's or is closing.
-async fn room(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>, qos: QoS) -> bool {
-    std::future::poll_fn(|cx| {
-        let sessions = shard.sessions.borrow();
-        let Some(s) = sessions.get(sid as usize) else {
-            return Poll::Ready(false);
-        };
-        if conn.closing() || !s.conn.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) {
-            return Poll::Ready(false);
-        }
-        let window = qos == QoS::AtMostOnce || (s.queue.is_empty() && s.window_open());
-        if window && conn.has_room(&shard.cfg) {
-            return Poll::Ready(true);
-        }
-        conn.wait_room(cx.waker());
-        Poll::Pending
-    })
-    .await
 }
 
 /// SUBACK and UNSUBACK of a persisted session leave once its subscription rows are durable.

@@ -108,6 +108,7 @@ impl Listeners {
                     .unwrap_or(self.tls_identity_as_username),
             },
             proxy_protocol: o.proxy,
+            allow_anonymous: o.allow_anonymous,
         }
     }
 }
