@@ -9,6 +9,9 @@ shard 0 by client-id hash) runs through four phases, each on a fresh broker:
              multi-level filters (issue 17 case 4: ~76 SUBSCRIBE/s in total)
   stalled    one QoS 1 subscriber on `#` that reads nothing and acknowledges nothing (case 5)
   massclose  --close-conns clean sessions x 1000 subscriptions, all closed at once (case 4)
+  takeover   --close-conns persistent sessions x --subs subscriptions, each taken over by
+             a clean-start CONNECT with its client id (the old session and its subscriptions
+             are discarded [MQTT-3.1.2-4])
 
 Attackers get ids that hash to shard 0 too (worst case: same shard as the pair). Reports the
 pair's p50/p99/max latency (publish to receipt, measured by the subscriber), messages lost, and
@@ -94,6 +97,7 @@ class Conn:
     """A blocking MQTT 3.1.1 connection with a packet reader."""
 
     def __init__(self, port, cid, clean=True, rcvbuf=None):
+        self.cid = cid
         self.s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -288,18 +292,23 @@ def phase(args, name):
             st = Conn(port, ids_on(0, shards, "stalled", 1)[0], clean=False, rcvbuf=4096)
             st.send(subscribe_pkt(1, ["#"], 1))
             held.append(st)  # never read again: window full, nothing acknowledged
-        elif name == "massclose":
+        elif name in ("massclose", "takeover"):
             for cid in ids_on(0, shards, "mass", args.close_conns):
-                c = Conn(port, cid)
-                for k in range(0, 1000, 250):
-                    c.send(subscribe_pkt(k // 250 + 1, [f"mass/{cid}/{j % 10}/{j // 10}/x" for j in range(k, k + 250)], 1))
-                for _ in range(4):
+                c = Conn(port, cid, clean=(name == "massclose"))
+                for k in range(0, args.subs, 250):
+                    c.send(subscribe_pkt(k // 250 % 65535 + 1, [f"mass/{cid}/{j % 10}/{j // 10}/x" for j in range(k, k + 250)], 1))
+                for _ in range(args.subs // 250):
                     c.read()
                 held.append(c)
             time.sleep(0.5)
         t0 = time.monotonic()
         if name == "massclose":
             threading.Timer(1.0, lambda: [c.close() for c in held]).start()
+        elif name == "takeover":
+            def take_over():
+                for c in list(held):
+                    held.append(Conn(port, c.cid, clean=True))
+            threading.Timer(1.0, take_over).start()
         sent = pair.run(args.seconds)
         elapsed = time.monotonic() - t0
         stop.set()
@@ -344,6 +353,8 @@ def main():
                     help="SUBSCRIBE/s of all flood connections together (issue 17 case 4: 76); "
                          "0 = each as fast as acknowledged")
     ap.add_argument("--close-conns", type=int, default=200)
+    ap.add_argument("--subs", type=int, default=1000,
+                    help="subscriptions per massclose/takeover connection (a multiple of 250)")
     ap.add_argument("--phases", default="baseline,subflood,stalled,massclose")
     ap.add_argument("--durability", default="none", help="broker --durability (none, sync, batch)")
     ap.add_argument("--json")

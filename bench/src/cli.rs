@@ -124,6 +124,10 @@ pub struct BrokerArgs {
     /// Broker TCP port.
     #[arg(long, short = 'p', default_value_t = 1883)]
     pub port: u16,
+    /// Subscribers connect to this port instead (same host and transport): publishers on
+    /// one node of a cluster, subscribers on another.
+    #[arg(long)]
+    pub sub_port: Option<u16>,
     /// MQTT protocol version: 5 or 3.1.1 (also accepted: 4, 311).
     #[arg(long, default_value = "5", value_parser = parse_version)]
     pub mqtt: MqttVersion,
@@ -331,6 +335,11 @@ pub struct LoadArgs {
     /// QoS 1/2 publish window per publisher (capped by the broker's Receive Maximum).
     #[arg(long)]
     pub inflight: Option<u16>,
+    /// Fixed rate only: publishers wake on a grid of this many microseconds and send
+    /// every message due, each stamped with the time it is written (default 250; 0 =
+    /// a wake-up per message). Fewer wake-ups, same offered rate.
+    #[arg(long)]
+    pub pace_slot_us: Option<u64>,
     /// Unlimited rate only: most messages a publisher may have ahead of its probe
     /// subscriber (closed loop, so queues stay bounded); 0 = open loop.
     #[arg(long)]

@@ -31,6 +31,8 @@ pub struct Shared {
     /// Per subscriber: the sorted publishers it should hear from.
     pub matches: Vec<Vec<u32>>,
     pub target: crate::transport::Target,
+    /// Where subscribers connect (`--sub-port`; else `target`).
+    pub sub_target: crate::transport::Target,
     pub cores: usize,
     pub barrier: Barrier,
     /// Publishing start on the payload clock, set by the barrier leader.
@@ -52,7 +54,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(plan: Plan, target: crate::transport::Target, cores: usize) -> Shared {
+    pub fn new(
+        plan: Plan,
+        target: crate::transport::Target,
+        sub_target: crate::transport::Target,
+        cores: usize,
+    ) -> Shared {
         let matches = plan.matches();
         let npubs = plan.pub_topics.len();
         let mut probe_of = vec![None; npubs];
@@ -83,6 +90,7 @@ impl Shared {
             plan,
             matches,
             target,
+            sub_target,
             cores,
             barrier: Barrier::new(cores),
             t0_ns: AtomicU64::new(0),

@@ -45,6 +45,33 @@ fn scenario_set(b: &BrokerProc) {
         assert_clean(&s, &format!("{} pairs qos {qos} v{mqtt}", b.name));
         assert_eq!(s.latency.samples, 600);
     }
+    // Unlimited rate: QoS 1/2 publishers refill their window in batches with an
+    // acknowledgement low mark on their socket; every message must still get through
+    // and the run must end (no stall on the mark, which drops to 1 before the drain).
+    for (qos, mqtt, inflight) in [
+        ("1", "3.1.1", "200"),
+        ("2", "3.1.1", "20"),
+        ("1", "5", "64"),
+    ] {
+        let s = run(
+            b,
+            &[
+                "pairs",
+                "--pairs",
+                "4",
+                "--count",
+                "3001",
+                "--qos",
+                qos,
+                "--mqtt",
+                mqtt,
+                "--inflight",
+                inflight,
+            ],
+        );
+        assert_eq!(s.sent, 4 * 3001);
+        assert_clean(&s, &format!("{} unlimited pairs qos {qos} v{mqtt}", b.name));
+    }
     let s = run(
         b,
         &[

@@ -249,3 +249,24 @@ fn batching_flags_parse() {
     let p = Plan::from_scenario(&scenario(&["pairs", "--rcvlowat", "0"])).unwrap();
     assert_eq!(p.load.rcvlowat, 1, "0 means off, like 1");
 }
+
+#[test]
+fn pace_slot_flag_parses_and_is_bounded() {
+    let p = Plan::from_scenario(&scenario(&["pairs", "--rate", "200"])).unwrap();
+    assert_eq!(
+        p.load.pace_slot_ns,
+        ringmq_bench::plan::DEFAULT_PACE_SLOT_US * 1000
+    );
+    let s = scenario(&["pairs", "--rate", "200", "--pace-slot-us", "0"]);
+    assert_eq!(Plan::from_scenario(&s).unwrap().load.pace_slot_ns, 0);
+    let s = scenario(&["pairs", "--pace-slot-us", "1000"]);
+    assert_eq!(
+        Plan::from_scenario(&s).unwrap().load.pace_slot_ns,
+        1_000_000
+    );
+    let big = scenario(&["pairs", "--pace-slot-us", "1000001"]);
+    let e = Plan::from_scenario(&big).unwrap_err();
+    assert!(e.contains("--pace-slot-us"), "{e}");
+    let r = Cli::try_parse_from(["ringmq-bench", "pairs", "--pace-slot-us", "-5"]);
+    assert!(r.is_err(), "negative slot");
+}

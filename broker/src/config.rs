@@ -17,6 +17,7 @@
 mod cluster;
 pub mod cluster_types;
 mod example;
+mod links;
 mod load;
 mod shard;
 pub mod types;
@@ -59,7 +60,7 @@ macro_rules! section {
 section! {
     /// `[listeners]`: where clients connect.
     "Listeners" Listeners {
-        /// Listener URL, repeatable: mqtt://HOST:PORT, mqtts://HOST:PORT, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, options after ? (proxy=true, cert=, key=, client_ca=, require_client_cert=, identity_as_username=); comma-separated in the environment. Unset: loopback only, anonymous allowed
+        /// Listener URL, repeatable: mqtt://HOST:PORT, mqtts://HOST:PORT, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH, options after ? (proxy=true, allow_anonymous=, cert=, key=, client_ca=, require_client_cert=, identity_as_username=); comma-separated in the environment. Unset: loopback only, anonymous allowed
         #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883,mqtt://[::1]:1883", value_delimiter = ',')]
         pub listen: Vec<ListenUrl>,
         /// listen(2) backlog of each shard's socket

@@ -143,7 +143,7 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         })
         .collect();
     tracing::info!(shards = handle.shards(), "broker started");
-    log_posture(&cfg, &addrs);
+    log_posture(&cfg, handle.listeners(), &urls);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let backend =
         Arc::new(ShardBackend::new(handle, stop_tx.clone()).with_cluster(cluster.clone()));
@@ -214,18 +214,28 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
     code
 }
 
-/// One line per listener: who may connect there.
-fn log_posture(cfg: &Config, addrs: &[std::net::SocketAddr]) {
+/// One line per listener: who may connect there (its own
+/// `allow_anonymous`, else `--allow-anonymous`).
+fn log_posture(
+    cfg: &Config,
+    listeners: &[std::sync::Arc<ringmq_shard::listener::ListenerRt>],
+    urls: &[String],
+) {
     let a = &cfg.auth;
     let passwords = match &a.password_file.0 {
         Some(f) => format!("password file {}", f.display()),
         None => "no password file".into(),
     };
-    for addr in addrs {
-        if a.allow_anonymous {
-            tracing::info!("listener mqtt://{addr}: anonymous clients allowed, {passwords}");
+    for (l, url) in listeners.iter().zip(urls) {
+        let cn = if l.cfg.tls.identity_as_username {
+            ", client certificate CN as user name"
         } else {
-            tracing::info!("listener mqtt://{addr}: anonymous clients refused, {passwords}");
+            ""
+        };
+        if l.cfg.allow_anonymous.unwrap_or(a.allow_anonymous) {
+            tracing::info!("listener {url}: anonymous clients allowed, {passwords}{cn}");
+        } else {
+            tracing::info!("listener {url}: anonymous clients refused, {passwords}{cn}");
         }
     }
 }

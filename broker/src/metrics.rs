@@ -441,6 +441,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
     storage_ops(o, s);
     access(o, s);
     listeners(o, s);
+    links(o, s);
     cluster(o, s);
     out
 }
@@ -604,6 +605,106 @@ fn cluster(out: &mut String, s: &MetricsSnapshot) {
     let _ = writeln!(out, "ringmq_{name}_bucket{{le=\"+Inf\"}} {total}");
     let _ = writeln!(out, "ringmq_{name}_sum {}", o.claim_latency_sum_seconds);
     let _ = writeln!(out, "ringmq_{name}_count {total}");
+}
+
+/// Node links of a cluster node, one sample per peer.
+fn links(out: &mut String, s: &MetricsSnapshot) {
+    if s.links.is_empty() {
+        return;
+    }
+    type F = fn(&crate::admin::backend::LinkMetrics) -> u64;
+    let rows: [(&str, &str, &str, F); 14] = [
+        (
+            "cluster_link_up",
+            "gauge",
+            "1 while the node link is up.",
+            |l| l.up as u64,
+        ),
+        (
+            "cluster_link_connects_total",
+            "counter",
+            "Node links established.",
+            |l| l.connects,
+        ),
+        (
+            "cluster_link_messages_out_total",
+            "counter",
+            "Publishes sent to the peer node.",
+            |l| l.msgs_out,
+        ),
+        (
+            "cluster_link_messages_in_total",
+            "counter",
+            "Publishes received from the peer node.",
+            |l| l.msgs_in,
+        ),
+        (
+            "cluster_link_bytes_out_total",
+            "counter",
+            "Bytes written on the node link.",
+            |l| l.bytes_out,
+        ),
+        (
+            "cluster_link_bytes_in_total",
+            "counter",
+            "Bytes read on the node link.",
+            |l| l.bytes_in,
+        ),
+        (
+            "cluster_link_batches_out_total",
+            "counter",
+            "Writes on the node link (one per tick with data).",
+            |l| l.batches_out,
+        ),
+        (
+            "cluster_link_queue_bytes",
+            "gauge",
+            "Bytes queued for the peer node.",
+            |l| l.queue_bytes,
+        ),
+        (
+            "cluster_link_dropped_total",
+            "counter",
+            "Publishes dropped because the link queue was full.",
+            |l| l.dropped,
+        ),
+        (
+            "cluster_link_rtt_microseconds",
+            "gauge",
+            "Last round trip measured on the node link.",
+            |l| l.rtt_us,
+        ),
+        (
+            "cluster_link_errors_total",
+            "counter",
+            "Node links closed on bad input.",
+            |l| l.errors,
+        ),
+        (
+            "cluster_link_refused_total",
+            "counter",
+            "Handshakes with this peer refused.",
+            |l| l.refused,
+        ),
+        (
+            "cluster_link_route_changes_total",
+            "counter",
+            "Route changes sent to the peer node.",
+            |l| l.routes_out,
+        ),
+        (
+            "cluster_link_peer_routes",
+            "gauge",
+            "Filters the peer node has subscribers on.",
+            |l| l.peer_routes,
+        ),
+    ];
+    for (name, kind, help, f) in rows {
+        family(out, name, kind, help);
+        for l in &s.links {
+            let _ = writeln!(out, "ringmq_{name}{{peer=\"{}\"}} {}", l.peer, f(l));
+        }
+    }
 }
 
 /// ACL refusals by action and node-wide ban counters.

@@ -37,6 +37,12 @@ impl Drop for Bin {
 /// Starts `ringmq ARGS` (data dir and admin socket in `dir`, log level info) and waits,
 /// bounded, for its listening line; keeps the log lines printed until then.
 fn start(dir: &Path, args: &[&str]) -> Bin {
+    start_n(dir, args, 1).0
+}
+
+/// As [`start`], for a broker with `n` mqtt:// listeners: waits for each one's listening
+/// and posture lines, and returns their addresses in order.
+fn start_n(dir: &Path, args: &[&str], n: usize) -> (Bin, Vec<SocketAddr>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
         .args(args)
         .arg("--data-dir")
@@ -64,7 +70,8 @@ fn start(dir: &Path, args: &[&str]) -> Bin {
     }
     let end = Instant::now() + Duration::from_secs(20);
     let mut lines = Vec::new();
-    loop {
+    let mut addrs = Vec::new();
+    while addrs.len() < n {
         let left = end.saturating_duration_since(Instant::now());
         let Ok(line) = rx.recv_timeout(left) else {
             let _ = child.kill();
@@ -72,20 +79,23 @@ fn start(dir: &Path, args: &[&str]) -> Bin {
             panic!("ringmq did not listen within 20 s; output: {lines:#?}");
         };
         if let Some(a) = line.trim().strip_prefix("ringmq listening on mqtt://") {
-            let addr: SocketAddr = a.parse().expect("HOST:PORT");
-            // stdout and stderr race: wait (bounded) for the listener's posture line too.
-            let posture = format!("listener mqtt://{addr}: ");
-            while !lines.iter().any(|l: &String| l.contains(&posture)) {
-                let left = end.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(l) => lines.push(l),
-                    Err(_) => panic!("no posture line for {addr}: {lines:#?}"),
-                }
-            }
-            return Bin { child, addr, lines };
+            addrs.push(a.parse::<SocketAddr>().expect("HOST:PORT"));
         }
         lines.push(line);
     }
+    // stdout and stderr race: wait (bounded) for each listener's posture line too.
+    for addr in &addrs {
+        let posture = format!("listener mqtt://{addr}: ");
+        while !lines.iter().any(|l: &String| l.contains(&posture)) {
+            let left = end.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => lines.push(l),
+                Err(_) => panic!("no posture line for {addr}: {lines:#?}"),
+            }
+        }
+    }
+    let addr = addrs[0];
+    (Bin { child, addr, lines }, addrs)
 }
 
 fn mosquitto_passwd(args: &[&str]) {
@@ -414,6 +424,62 @@ fn default_posture_follows_mosquitto_2() {
         .any(|l| l.contains("anonymous clients allowed")));
     let (ok, err) = mqtt_pub(b.addr, "mqttv311", "anon-allowed", None, false);
     assert!(ok, "{err}");
+}
+
+/// `allow_anonymous` per listener, from the TOML file: a listener's own option overrides
+/// `[auth] allow_anonymous` both ways, the posture line of each listener says which, and
+/// mosquitto_pub (3.1.1 and 5.0) gets in or is refused accordingly, on 1 and 2 shards.
+#[test]
+fn allow_anonymous_per_listener_from_the_toml_file() {
+    for (cores, global) in [(1, false), (2, false), (2, true)] {
+        let dir = scratch(&format!("anon-listener-{cores}-{global}"));
+        let toml = dir.join("ringmq.toml");
+        // The first listener opens to anonymous clients, the second closes, the third
+        // follows [auth].
+        std::fs::write(
+            &toml,
+            format!(
+                "[listeners]\nlisten = [\"mqtt://127.0.0.1:0?allow_anonymous=true\", \
+                 \"mqtt://127.0.0.1:0?allow_anonymous=false\", \"mqtt://127.0.0.1:0\"]\n\
+                 [auth]\nallow_anonymous = {global}\n"
+            ),
+        )
+        .unwrap();
+        let cores_s = cores.to_string();
+        let args = [
+            "--config",
+            toml.to_str().unwrap(),
+            "--cores",
+            &cores_s,
+            "--durability",
+            "none",
+        ];
+        let (b, addrs) = start_n(&dir, &args, 3);
+        for (addr, allowed) in addrs.iter().zip([true, false, global]) {
+            let word = if allowed { "allowed" } else { "refused" };
+            let line =
+                format!("listener mqtt://{addr}: anonymous clients {word}, no password file");
+            assert!(
+                b.lines.iter().any(|l| l.contains(&line)),
+                "{line}: {:#?}",
+                b.lines
+            );
+            for v in ["mqttv5", "mqttv311"] {
+                // Several ids: with 2 shards, both home shards are exercised.
+                for id in ["anon-a", "anon-b", "anon-c"] {
+                    let (ok, err) = mqtt_pub(*addr, v, id, None, false);
+                    assert_eq!(ok, allowed, "{addr} {v} {id}: {err}");
+                    if !allowed {
+                        let e = err.to_lowercase();
+                        assert!(
+                            e.contains("not authori") || e.contains("connection refused"),
+                            "{v}: {err}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `ringmq ctl reload` and SIGHUP re-read the password file: a file that fails to parse is

@@ -139,6 +139,60 @@ async fn user_name_without_password_file_is_refused(proto: Proto, shards: usize)
     assert_eq!(auth_count(&b, AuthOutcome::AnonymousRefused), 2);
 }
 
+/// `allow_anonymous` per listener: the first listener opens to anonymous clients although
+/// the broker-wide setting refuses them, the second follows the broker-wide setting; a user
+/// name on the open listener is still checked against the password file.
+async fn anonymous_per_listener(proto: Proto, shards: usize) {
+    let f = password_file(&format!("perlistener{proto:?}{shards}"));
+    let b = Broker::start_with(shards, |c| {
+        c.authn = AuthnConfig {
+            allow_anonymous: false,
+            password_file: Some(f),
+        };
+        // Same transport as the harness runs (plain, TLS or WebSocket).
+        let base = c.listen[0].clone();
+        let open = ringmq_shard::config::Listener {
+            allow_anonymous: Some(true),
+            ..base.clone()
+        };
+        c.listen = vec![open, base];
+    });
+    let (open, strict) = (b.addrs()[0], b.addrs()[1]);
+    let (refused, bad_pw) = match proto {
+        Proto::V5 => (0x87, 0x86),
+        Proto::V4 => (0x05, 0x04),
+    };
+    let code_at = |addr, id: &str, creds: Option<(&'static str, &'static str)>| {
+        let mut o = Opts::new(proto, addr, id);
+        if let Some((u, p)) = creds {
+            o = o.credentials(u, p);
+        }
+        async move { Client::try_connect(o).await.connack.1 }
+    };
+    // Several ids so both shards authenticate (the accepting shard checks).
+    for i in 0..3 {
+        assert_eq!(code_at(open, &format!("anon-open-{i}"), None).await, 0);
+        assert_eq!(
+            code_at(strict, &format!("anon-strict-{i}"), None).await,
+            refused
+        );
+    }
+    assert_eq!(
+        code_at(open, "wrong", Some(("alice", "nope"))).await,
+        bad_pw
+    );
+    assert_eq!(code_at(strict, "right", Some(("alice", "secret"))).await, 0);
+    assert_eq!(auth_count(&b, AuthOutcome::Anonymous), 3);
+    assert_eq!(auth_count(&b, AuthOutcome::AnonymousRefused), 3);
+    // An anonymous client on the open listener publishes to a user on the strict one.
+    let mut sub =
+        Client::connect(Opts::new(proto, strict, "sub").credentials("alice", "secret")).await;
+    sub.subscribe("t/anon", 1).await;
+    let publ = Client::connect(Opts::new(proto, open, "anon-pub")).await;
+    publ.publish("t/anon", 1, false, "hi").await;
+    assert_eq!(sub.recv("the publish").await.text(), "hi");
+}
+
 /// Wrong passwords feed the brute-force counter: the third from 127.0.0.1
 /// bans the address, and then even the right password is refused as banned
 /// (v5 0x8A, 3.1.1 0x05) before any hashing.
@@ -185,5 +239,6 @@ cases!(
     passwords_decide,
     wrong_passwords_ban_the_address,
     anonymous_allowed_still_checks_passwords,
-    user_name_without_password_file_is_refused
+    user_name_without_password_file_is_refused,
+    anonymous_per_listener
 );

@@ -382,12 +382,14 @@ async fn shared_subscriptions_are_classified_by_their_inner_filter(proto: Proto,
     assert_eq!(denied(&ctx, AclAction::Deliver), 1);
 }
 
-/// A persistent session outlives a restart; its owner's username is known
-/// again only when it reconnects. Until then nothing is delivered to it
-/// (refused, counted); from its reconnect on, its rules apply again. Operator
-/// bans survive the restart too (`DATA_DIR/bans.txt`). The real binary, `--durability sync`.
+/// A persistent session outlives a restart with its owner's username stored,
+/// so its rules apply before its client reconnects: a readable message
+/// published meanwhile is queued for it (not refused), an unreadable one is
+/// refused and counted, before and after the reconnect. Operator bans survive
+/// the restart too (`DATA_DIR/bans.txt`). The real binary, `--durability sync`.
+/// (`authz_restart.rs` covers the same after kill -9, 1 and 2 shards.)
 #[tokio::test]
-async fn restored_sessions_get_their_rules_back_when_their_client_returns_and_bans_persist() {
+async fn restored_sessions_keep_their_rules_across_a_restart_and_bans_persist() {
     use common::persist::{args, DataDir, Durable};
     for proto in [Proto::V4, Proto::V5] {
         let dir = DataDir::new();
@@ -427,9 +429,13 @@ async fn restored_sessions_get_their_rules_back_when_their_client_returns_and_ba
                 })
                 .sum::<f64>()
         };
-        assert_eq!(deliver(&b), 1.0, "refused while the owner is unknown");
+        bob.publish("sensors/private/y", 1, false, "private while away")
+            .await;
+        bob.wait_acked(1).await;
+        assert_eq!(deliver(&b), 1.0, "the owner's rules apply while away");
         let mut alice = Client::connect(opts(&aid, b.addr).user("alice").persistent(3600)).await;
         assert!(alice.session_present());
+        assert_eq!(alice.recv("queued while away").await.topic, "sensors/0/t");
         for t in ["sensors/1/t", "sensors/private/x"] {
             bob.publish(t, 1, false, t.to_string()).await;
             bob.wait_acked(1).await;

@@ -226,6 +226,7 @@ async fn address_bans_apply_to_the_address_a_proxy_header_carries() {
                 transport: ringmq_shard::config::Transport::Mqtt,
                 tls: Default::default(),
                 proxy_protocol: true,
+                allow_anonymous: None,
             }];
         });
         b.handle().access().bans.add(

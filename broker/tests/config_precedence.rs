@@ -427,3 +427,54 @@ fn hostile_client_keys_follow_precedence_and_are_validated() {
         "error: RINGMQ_MAX_CLIENT_ID_LENGTH=70000: must be in 23..=65535"
     );
 }
+
+/// `allow_anonymous=` in a listener's URL (flag, environment or file, like the rest of the URL)
+/// reaches that listener only and overrides `auth.allow_anonymous` both ways; a bad value is a
+/// one-line error naming the listener.
+#[test]
+fn allow_anonymous_per_listener_rides_on_the_listener_url() {
+    let dir = scratch("anonlistener");
+    let file = dir.join("l.toml");
+    std::fs::write(
+        &file,
+        "[listeners]\nlisten = [\"mqtt://127.0.0.1:2000?allow_anonymous=true\", \
+         \"mqtt://127.0.0.1:2001\"]\n[auth]\nallow_anonymous = false\n",
+    )
+    .unwrap();
+    let per_listener = |cfg: &Config| -> Vec<Option<bool>> {
+        cfg.to_shard_config()
+            .listen
+            .iter()
+            .map(|l| l.allow_anonymous)
+            .collect()
+    };
+    let (cfg, _) = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+    assert!(!cfg.auth.allow_anonymous);
+    assert_eq!(per_listener(&cfg), [Some(true), None]);
+    // The flag replaces the file's list, options included.
+    let (cfg, _) = resolve(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--listen",
+        "mqtt://127.0.0.1:2002?allow_anonymous=false",
+        "--allow-anonymous",
+        "true",
+    ])
+    .unwrap();
+    assert!(cfg.auth.allow_anonymous);
+    assert_eq!(per_listener(&cfg), [Some(false)]);
+    // The environment, through the binary.
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["config", "show"])
+        .env("RINGMQ_LISTEN", "mqtt://127.0.0.1:1?allow_anonymous=true")
+        .output()
+        .unwrap();
+    let shown: Config = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert!(!shown.auth.allow_anonymous);
+    assert_eq!(per_listener(&shown), [Some(true)]);
+    let err = resolve(&["--listen", "mqtt://127.0.0.1:1?allow_anonymous=maybe"]).unwrap_err();
+    assert!(
+        err.contains("allow_anonymous=maybe") && !err.contains('\n'),
+        "{err}"
+    );
+}

@@ -20,6 +20,7 @@ matrix! {
 
 matrix_v5! {
     fn v5_publisher_gets_quota_exceeded_when_no_subscriber_can_take_it;
+    fn quota_exceeded_is_judged_on_every_shard_under_durability_sync;
 }
 
 /// A persistent session (3.1.1 clean session 0; v5 expiry 300 s) subscribed to `filter` at QoS 1.
@@ -190,7 +191,112 @@ async fn v5_publisher_gets_quota_exceeded_when_no_subscriber_can_take_it(ctx: Ct
     assert_eq!(codes, want);
     assert_eq!(b.stat(|s| s.refusals_for(ReasonCode::QuotaExceeded)), 3);
     assert_eq!(b.stat(|s| s.drops_for(DropReason::QueueFull)), 3);
+    // QoS 2 too: PUBREC 0x97, and the flow ends there, so the same packet id on the next
+    // PUBLISH is a new message [MQTT-4.3.3-9] (refused again, not taken for a resend).
+    assert_eq!(
+        publish_qos2(&mut publ, "quota/t", 500).await,
+        ReasonCode::QuotaExceeded
+    );
+    assert_eq!(
+        publish_qos2(&mut publ, "quota/t", 500).await,
+        ReasonCode::QuotaExceeded
+    );
+    assert_eq!(b.stat(|s| s.refusals_for(ReasonCode::QuotaExceeded)), 5);
     // A publish nobody subscribed to is not refused (no subscriber dropped it).
     let codes = publish_n(&mut publ, "quota/nobody", 1, 4).await;
     assert_eq!(codes, vec![ReasonCode::Success]);
+    assert_eq!(
+        publish_qos2(&mut publ, "quota/nobody", 501).await,
+        ReasonCode::Success
+    );
+}
+
+/// One QoS 2 PUBLISH with packet id `id`: the PUBREC's reason code (a successful one is
+/// completed with PUBREL and PUBCOMP).
+async fn publish_qos2(r: &mut Raw, topic: &str, id: u16) -> ReasonCode {
+    r.send(&Packet::Publish(publish_packet(
+        topic, 2, false, id, b"two",
+    )))
+    .await;
+    let code = match r.expect_packet("PUBREC").await {
+        Packet::PubRec(a) if a.packet_id.get() == id => a.reason,
+        other => panic!("expected PUBREC {id}, got {other:?}"),
+    };
+    if !code.is_error() {
+        r.send(&Packet::PubRel(resp(id))).await;
+        assert!(matches!(
+            r.expect_packet("PUBCOMP").await,
+            Packet::PubComp(c) if c.packet_id.get() == id
+        ));
+    }
+    code
+}
+
+/// Case 6 across shards: with durability `sync` each shard's confirmation of its copy says what
+/// its sessions did with it, so the publisher's shard refuses (v5 0x97) a message that every
+/// subscriber on every shard dropped, QoS 1 (PUBACK) and QoS 2 (PUBREC, packet id forgotten),
+/// and acknowledges one that some shard's subscriber took. The full subscriber sits on the
+/// other shard than the publisher (with 2 shards), where the old code always said Success.
+/// The publisher's session is persistent, so its QoS 2 copies for the other shard go through
+/// the prepared-row protocol, which the refusal must unwind.
+async fn quota_exceeded_is_judged_on_every_shard_under_durability_sync(ctx: Ctx) {
+    let b = Broker::start_with(ctx.shards(), |c| {
+        c.max_queued_messages = 5;
+        c.durability = ringmq_shard::config::Durability::Sync;
+    });
+    let v = ProtocolVersion::V5;
+    let (pub_id, far_id) = cross_shard_ids("quota-far", ctx.shards());
+    let offline = |mut s: Raw| async move {
+        s.send(&Packet::Disconnect(ringmq_codec::Disconnect {
+            reason: ReasonCode::Success,
+            properties: Default::default(),
+        }))
+        .await;
+        s.expect_closed(WAIT, "own DISCONNECT").await;
+    };
+    offline(persistent_sub(b.addr, v, &far_id, "quota/t").await).await;
+    // A persistent publisher: its QoS 2 ids are stored, and copies for the other shard go
+    // through the prepared row (`confirm.rs`).
+    let mut c = connect_packet(v, &pub_id, false);
+    c.properties.session_expiry_interval = Some(300);
+    let (mut publ, _) = Raw::connect_with(b.addr, c).await;
+    let codes = publish_n(&mut publ, "quota/t", 8, 4).await;
+    let mut want = vec![ReasonCode::Success; 5];
+    want.extend([ReasonCode::QuotaExceeded; 3]);
+    assert_eq!(codes, want);
+    assert_eq!(
+        publish_qos2(&mut publ, "quota/t", 700).await,
+        ReasonCode::QuotaExceeded
+    );
+    assert_eq!(
+        publish_qos2(&mut publ, "quota/t", 700).await,
+        ReasonCode::QuotaExceeded
+    );
+    assert_eq!(b.stat(|s| s.refusals_for(ReasonCode::QuotaExceeded)), 5);
+    assert_eq!(b.stat(|s| s.drops_for(DropReason::QueueFull)), 5);
+    // A second subscriber with room, on the publisher's own shard: the message is taken
+    // somewhere, so Success, although the far one still drops it.
+    let home = |id: &str| common::broker::home_shard(id, ctx.shards());
+    if ctx.shards() > 1 {
+        assert_ne!(
+            home(&pub_id),
+            home(&far_id),
+            "the full subscriber is on the other shard"
+        );
+    }
+    let near_id = (0..1000)
+        .map(|i| format!("quota-near-{i}"))
+        .find(|id| home(id) == home(&pub_id))
+        .expect("an id on the publisher's shard");
+    offline(persistent_sub(b.addr, v, &near_id, "quota/t").await).await;
+    assert_eq!(
+        publish_n(&mut publ, "quota/t", 1, 4).await,
+        [ReasonCode::Success]
+    );
+    assert_eq!(
+        publish_qos2(&mut publ, "quota/t", 701).await,
+        ReasonCode::Success
+    );
+    assert_eq!(b.stat(|s| s.drops_for(DropReason::QueueFull)), 7);
+    assert_eq!(b.stat(|s| s.refusals_for(ReasonCode::QuotaExceeded)), 5);
 }

@@ -20,6 +20,7 @@ fn proxied(transport: Transport) -> Listener {
         transport,
         tls: common::tls::Pki::shared().server_files(),
         proxy_protocol: true,
+        allow_anonymous: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn mqtts(tls: TlsFiles) -> Listener {
         transport: Transport::Mqtts,
         tls,
         proxy_protocol: false,
+        allow_anonymous: None,
     }
 }
 
@@ -493,4 +494,65 @@ fn reload_registry_reports_the_certificates_part() {
         "{bad:?}"
     );
     assert_eq!(served_cert(b.addrs()[0]), der_of(&pki.server.cert));
+}
+
+/// The per-listener metrics (issue 11) as Prometheus serves them from the binary: accepted
+/// connections, handshake failures by reason (garbage and plain MQTT on the TLS listener:
+/// `tls_not_tls`) and the TLS handshake time histogram, labelled with the listener's URL.
+#[test]
+fn per_listener_metrics_are_scraped_from_the_binary() {
+    let pki = Pki::shared();
+    let dir = common::persist::DataDir::new();
+    let args: Vec<String> = [
+        "--listen",
+        "mqtts://127.0.0.1:0",
+        "--tls-cert",
+        &path(&pki.server.cert),
+        "--tls-key",
+        &path(&pki.server.key),
+        "--allow-anonymous",
+        "true",
+        "--cores",
+        "1",
+        "--durability",
+        "none",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &path(&dir.path),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let b = common::persist::Durable::start_args(&args);
+    let url = format!("mqtts://{}", b.addr);
+    send_and_wait_close(b.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    send_and_wait_close(
+        b.addr,
+        &common::raw::bytes_of::connect_ok(4, "plain"),
+        false,
+    );
+    assert!(mosquitto_pub(
+        b.addr,
+        &["--cafile".into(), path(&pki.ca)],
+        "mqttv5"
+    ));
+    let labels = format!("{{shard=\"0\",listener=\"{url}\"");
+    let sample = |name: &str, extra: &str| format!("ringmq_{name}{labels}{extra}}}");
+    check_for_blocking(WAIT, "the scrape shows the listener's counters", || {
+        let failures = b.metric(&sample(
+            "listener_handshake_failures_total",
+            ",reason=\"tls_not_tls\"",
+        ));
+        (failures == Some(2.0)).then_some(())
+    });
+    let accepted = b.metric(&sample("listener_connections_accepted_total", ""));
+    assert!(accepted >= Some(3.0), "{accepted:?}");
+    let handshakes = b.metric(&sample("listener_tls_handshake_seconds_count", ""));
+    assert!(handshakes >= Some(1.0), "{handshakes:?}");
+    let inf = b.metric(&sample(
+        "listener_tls_handshake_seconds_bucket",
+        ",le=\"+Inf\"",
+    ));
+    assert_eq!(inf, handshakes, "the +Inf bucket counts every handshake");
 }

@@ -75,15 +75,6 @@ fn paho_mqtt_over_ws_and_wss() {
         paho(addrs[0].port(), proto, &format!("ws{proto}"), None);
         paho(addrs[1].port(), proto, &format!("wss{proto}"), Some(ca));
     }
-    // No WebSocket error was counted.
-    for r in [
-        CloseReason::WsProtocolError,
-        CloseReason::WsUnsupportedData,
-        CloseReason::WsMessageTooBig,
-        CloseReason::WsUpgradeRefused,
-    ] {
-        assert_eq!(b.stat(|s| s.closes_for(r)), 0, "{r:?}");
-    }
     let ends = || {
         CloseReason::ALL
             .iter()
@@ -91,15 +82,20 @@ fn paho_mqtt_over_ws_and_wss() {
             .filter(|&(_, n)| n > 0)
             .collect::<Vec<_>>()
     };
-    // paho sends DISCONNECT, then closes; a close that overtakes it counts as lost.
-    let clean = [
-        CloseReason::ClientDisconnect,
-        CloseReason::ConnectionLost,
-        CloseReason::WsClosedByPeer,
-    ];
-    check_for_blocking(WAIT, "12 clients closed", || {
-        let n: u64 = clean.iter().map(|&r| b.stat(|s| s.closes_for(r))).sum();
+    // Every client's end is counted under some reason. paho sends DISCONNECT, then closes;
+    // a close that overtakes it counts as lost, and how TLS ends under load varies (io or
+    // TLS error on a reset): only the WebSocket reasons below would be a fault of ours.
+    check_for_blocking(WAIT * 3, "12 clients closed", || {
+        let n: u64 = ends().iter().map(|&(_, n)| n).sum();
         (n >= 12).then_some(())
     });
     eprintln!("closes: {:?}", ends());
+    for r in [
+        CloseReason::WsProtocolError,
+        CloseReason::WsUnsupportedData,
+        CloseReason::WsMessageTooBig,
+        CloseReason::WsUpgradeRefused,
+    ] {
+        assert_eq!(b.stat(|s| s.closes_for(r)), 0, "{r:?}: {:?}", ends());
+    }
 }

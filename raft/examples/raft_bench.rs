@@ -4,7 +4,9 @@
 //! new leader after the leader stops.
 //!
 //! cargo run --release -p ringmq-raft --example raft_bench -- [secs] [inflight] [dir]
-//! (BATCHES=n: claim batches committing at once, default 8)
+//! (env: BATCHES=n claim batches committing at once, default 8; MAX_ITEMS=n
+//! claims per entry at most, default 4096; LINGER_US=n batching window;
+//! FAILOVERS=n leader stops timed, default 5)
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -31,8 +33,15 @@ fn config(id: NodeId, dir: &std::path::Path, addrs: &BTreeMap<NodeId, String>) -
     cfg.election_max = Duration::from_millis(600);
     cfg.snapshot_every = 50_000;
     cfg.store.map_size = 4 << 30;
-    if let Some(n) = std::env::var("BATCHES").ok().and_then(|v| v.parse().ok()) {
-        cfg.batch.max_inflight = n;
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = env("BATCHES") {
+        cfg.batch.max_inflight = n as usize;
+    }
+    if let Some(n) = env("MAX_ITEMS") {
+        cfg.batch.max_items = n as usize;
+    }
+    if let Some(us) = env("LINGER_US") {
+        cfg.batch.linger = Duration::from_micros(us);
     }
     cfg
 }
@@ -165,6 +174,12 @@ fn runtime_cost(nodes: &BTreeMap<NodeId, RaftNode>, l: NodeId) {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let args: Vec<String> = std::env::args().collect();
     let secs: u64 = args.get(1).map_or(5, |s| s.parse().expect("secs"));
     let inflight: usize = args.get(2).map_or(2048, |s| s.parse().expect("inflight"));
@@ -228,18 +243,27 @@ fn main() {
             .unwrap()
             .counters;
         println!(
-            "node {id}: {} appends (fsyncs) for {} entries ({:.1} entries per append); {} commands committed here, mean commit {} us",
+            "node {id}: {} appends (fsyncs) for {} entries ({:.1} entries per append); {} commands committed here, mean commit {} us; {} terms seen, {} leader changes",
             k.appends,
             k.appended_entries,
             k.appended_entries as f64 / k.appends.max(1) as f64,
             k.commits,
-            k.commit_us_total / k.commits.max(1)
+            k.commit_us_total / k.commits.max(1),
+            k.terms_seen,
+            k.leader_changes
         );
     }
 
     // Failover: stop the leader, time until the other two agree on a new one.
+    let runs = std::env::var("FAILOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    if runs == 0 {
+        return;
+    }
     let mut times = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..runs {
         let (old, _) = leader(&nodes, Duration::from_secs(20));
         let node = nodes.remove(&old).unwrap();
         let t0 = Instant::now();

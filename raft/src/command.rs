@@ -33,6 +33,15 @@ impl Op {
             Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
         }
     }
+
+    /// Length of the value written (0 for a delete).
+    pub fn value_len(&self) -> usize {
+        match self {
+            Op::Put { value, .. } => value.len(),
+            Op::Delete { .. } => 0,
+            Op::Cas { value, .. } => value.as_ref().map_or(0, Vec::len),
+        }
+    }
 }
 
 /// A batch of operations committed as one log entry.

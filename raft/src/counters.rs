@@ -16,7 +16,9 @@ pub struct Counters {
     pub commit_us_total: AtomicU64,
     /// Writes that failed (timeout, no quorum, indeterminate, stopped).
     pub write_errors: AtomicU64,
-    /// Log appends (one fsync each) and the entries they carried.
+    /// Log commits (one fsync each; a commit carries every append, vote,
+    /// truncation and purge that queued while the previous one was on disk)
+    /// and the entries they carried.
     pub appends: AtomicU64,
     pub appended_entries: AtomicU64,
     /// Terms this node has seen begin (elections anywhere in the cluster).

@@ -4,6 +4,7 @@
 //! values. Layout:
 //!
 //! - `command`: the command set (put, delete, compare-and-set, batches).
+//! - `payload`: a command as it travels in the log (shared, encoded once).
 //! - `types`: openraft's type configuration.
 //! - `store/`: LMDB (heed) log, vote, state machine, snapshots.
 //! - `net/`: node-to-node TCP transport (frames, handshake, mTLS, faults).
@@ -20,6 +21,7 @@ pub mod facade;
 pub mod handle;
 pub mod net;
 pub mod node;
+pub mod payload;
 pub mod store;
 pub mod types;
 

@@ -2,7 +2,8 @@
 
 use std::io::Cursor;
 
-use crate::command::{Command, CommandResult};
+use crate::command::CommandResult;
+use crate::payload::Payload;
 
 /// A node's id in the cluster (never 0: openraft and the broker treat 0 as unset).
 pub type NodeId = u64;
@@ -12,9 +13,10 @@ pub type NodeId = u64;
 pub type SnapshotData = Cursor<Vec<u8>>;
 
 openraft::declare_raft_types!(
-    /// ringmq's Raft types: commands are batches of key operations, nodes are addresses.
+    /// ringmq's Raft types: commands are batches of key operations (shared
+    /// and encoded once, see [`Payload`]), nodes are addresses.
     pub TypeConfig:
-        D = Command,
+        D = Payload,
         R = CommandResult,
         Node = openraft::BasicNode,
 );

@@ -78,6 +78,7 @@ fn session(s: &Store) -> u64 {
         expiry_interval: 3600,
         disconnected_at_ms: None,
         will: None,
+        owner: ringmq_shard::store::Owner::Anonymous,
     };
     s.put_session(key, &rec).detach();
     key

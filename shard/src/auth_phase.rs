@@ -77,6 +77,8 @@ pub(crate) struct Link<'a> {
     /// The client's address (a PROXY header's, else the socket's): bans and
     /// the brute-force counter.
     pub peer: Option<IpAddr>,
+    /// The listener's own `allow_anonymous` (`None`: the shard-wide one).
+    pub allow_anonymous: Option<bool>,
     /// The CONNECT deadline, which bounds the whole phase.
     pub deadline: u64,
 }
@@ -117,7 +119,10 @@ pub(crate) async fn authenticate(
             return Err((Some(ReasonCode::Banned), CloseReason::ConnectRefused));
         }
     }
-    match shard.authn.start(c, tls_identity, scram::server_nonce) {
+    match shard
+        .authn
+        .start(c, tls_identity, link.allow_anonymous, scram::server_nonce)
+    {
         Start::Accept(identity, outcome) => {
             shard.stats.auth(outcome);
             Ok(Authenticated {

@@ -16,7 +16,7 @@ use crate::router::LocalSub;
 use crate::session::{Session, SessionId};
 use crate::shard::Shard;
 use crate::stats::AclAction;
-use ringmq_codec::{Connect, TopicFilter};
+use ringmq_codec::TopicFilter;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -25,17 +25,18 @@ fn plain(filter: &TopicFilter) -> &str {
     filter.shared().map_or(filter.as_str(), |(_, f)| f)
 }
 
-/// Sets the session's identity at CONNECT (rules built for it) and
-/// classifies again the subscriptions it already has (resumed session,
-/// perhaps another username than before). Drops a will the client may not
-/// publish (Mosquitto 2.x: `will__read` refuses it; here it is not stored).
-pub(crate) fn connected(shard: &Shard, sid: SessionId, c: &Connect) {
+/// Sets the session's rules at CONNECT, for the user it authenticated as
+/// (`Session::owner`), and classifies again the subscriptions it already
+/// has (resumed session, perhaps another username than before). Drops a
+/// will the client may not publish (Mosquitto 2.x: `will__read` refuses
+/// it; here it is not stored).
+pub(crate) fn connected(shard: &Shard, sid: SessionId) {
     let Some(acl) = shard.acl.borrow().clone() else {
         return;
     };
-    let username = c.username.as_ref().map(|u| u.as_str());
     let mut sessions = shard.sessions.borrow_mut();
     let s = &mut sessions[sid as usize];
+    let username = s.owner.username().flatten();
     let mut sa = SessionAcl::new(&acl, shard.acl_gen.get(), username, s.client_id.as_str());
     if let Some(w) = &s.will {
         if !may_publish_topic(&acl, &mut sa, w.topic.as_str()) {
@@ -46,6 +47,27 @@ pub(crate) fn connected(shard: &Shard, sid: SessionId, c: &Connect) {
     }
     s.acl = Some(Box::new(sa));
     reclassify(shard, s);
+}
+
+/// A session restored from the store, before its client reconnects: its
+/// rules are built for the owner stored with it, so deliveries to it obey
+/// the ACL as they did before the restart (neither refused wholesale nor
+/// let through). A row without an owner (stored by an older version)
+/// keeps every subscription checked and refused until the client is back:
+/// returns false for such a session (the caller logs how many).
+pub(crate) fn restored(shard: &Shard, sid: SessionId) -> bool {
+    let Some(acl) = shard.acl.borrow().clone() else {
+        return true;
+    };
+    let mut sessions = shard.sessions.borrow_mut();
+    let s = &mut sessions[sid as usize];
+    let Some(username) = s.owner.username() else {
+        return false;
+    };
+    let sa = SessionAcl::new(&acl, shard.acl_gen.get(), username, s.client_id.as_str());
+    s.acl = Some(Box::new(sa));
+    reclassify(shard, s);
+    true
 }
 
 /// May session `s` still publish its will on `topic` (rules reloaded since

@@ -63,6 +63,9 @@ pub struct Listener {
     /// Every connection starts with a PROXY protocol v1 or v2 header
     /// (HAProxy `send-proxy`/`send-proxy-v2`); one without is closed.
     pub proxy_protocol: bool,
+    /// Anonymous clients on this listener; `None`: the shard-wide
+    /// `authn.allow_anonymous` (`--allow-anonymous`).
+    pub allow_anonymous: Option<bool>,
 }
 
 impl Listener {
@@ -73,6 +76,7 @@ impl Listener {
             transport: Transport::Mqtt,
             tls: TlsFiles::default(),
             proxy_protocol: false,
+            allow_anonymous: None,
         }
     }
 }
@@ -204,6 +208,8 @@ pub struct ShardConfig {
     pub authn: crate::access::authn::AuthnConfig,
     /// ACL file and auto-ban settings.
     pub access: crate::access::AccessConfig,
+    /// Node links and routes of a cluster (`None`: a node alone).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Session ownership across a cluster (`None`: a cluster of one).
     pub ownership: Option<crate::ownership::Gate>,
 }
@@ -252,6 +258,7 @@ impl Default for ShardConfig {
             // Secure by default: anonymous clients are refused unless asked for.
             authn: crate::access::authn::AuthnConfig::default(),
             access: crate::access::AccessConfig::default(),
+            cluster: None,
             ownership: None,
         }
     }

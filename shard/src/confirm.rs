@@ -21,7 +21,7 @@
 
 use crate::conn_out::ConnOut;
 use crate::connection::protocol_close;
-use crate::mesh::{ConfirmReq, MeshItem, Routed};
+use crate::mesh::{ConfirmReq, Fate, MeshItem, Routed};
 use crate::session::SessionId;
 use crate::shard::Shard;
 use crate::stats::CloseReason;
@@ -37,8 +37,9 @@ use std::rc::{Rc, Weak};
 pub struct Confirms {
     /// token -> what waits on other shards' answers.
     waiting: crate::IntMap<u64, Waiting>,
-    /// (shard, token) to answer once this shard's next commit is durable.
-    owed: Vec<(usize, u64)>,
+    /// (shard, token, what this shard's sessions did with the copy) to
+    /// answer once this shard's next commit is durable.
+    owed: Vec<(usize, u64, Fate)>,
     paying: bool,
     /// Remote copies waiting for the commit of the prepared rows before them, in order.
     deferred: VecDeque<Deferred>,
@@ -61,6 +62,12 @@ struct Waiting {
     refused: Option<ReasonCode>,
     /// The prepare commit itself failed: no copy left this shard.
     unprepared: bool,
+    /// What the sessions did with the copies, on this shard and on every
+    /// shard answered so far.
+    fate: Fate,
+    /// A QoS 2 publish without a prepared row: the session and packet id
+    /// to forget if it is refused (v5 [MQTT-4.3.3-9]).
+    qos2: Option<(SessionId, PacketId)>,
 }
 
 struct Row {
@@ -85,8 +92,17 @@ pub(crate) fn new_token(shard: &Shard) -> u64 {
     shard.store.allocate_nonce()
 }
 
-/// The publish behind `token` went to `remote` shards; `conn` holds its ack.
-pub(crate) fn await_confirms(shard: &Shard, token: u64, remote: usize, conn: &Rc<ConnOut>) {
+/// The publish behind `token` went to `remote` shards; `conn` holds its
+/// ack; `fate`: what this shard's sessions did with their copies. `qos2`:
+/// the packet id of a QoS 2 publish (forgotten if it ends refused).
+pub(crate) fn await_confirms(
+    shard: &Shard,
+    token: u64,
+    remote: usize,
+    conn: &Rc<ConnOut>,
+    fate: Fate,
+    qos2: Option<(SessionId, PacketId)>,
+) {
     shard.confirms.borrow_mut().waiting.insert(
         token,
         Waiting {
@@ -95,6 +111,8 @@ pub(crate) fn await_confirms(shard: &Shard, token: u64, remote: usize, conn: &Rc
             row: None,
             refused: None,
             unprepared: false,
+            fate,
+            qos2,
         },
     );
 }
@@ -109,6 +127,7 @@ pub(crate) fn deferring(shard: &Shard, sid: SessionId) -> bool {
 /// An inbound QoS 2 message with copies for other shards (`items`, not yet
 /// sent): stores the prepared row, holds the PUBREC on `conn` until every
 /// copy is confirmed, and sends the copies once the row is durable.
+/// `fate`: what this shard's sessions did with their copies.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn prepare(
     shard: &Rc<Shard>,
@@ -119,6 +138,7 @@ pub(crate) fn prepare(
     p: &Publish,
     items: Vec<(usize, MeshItem)>,
     pubrec: ringmq_codec::Packet,
+    fate: Fate,
 ) {
     let targets: Vec<Target> = items
         .iter()
@@ -161,6 +181,8 @@ pub(crate) fn prepare(
             row: Some(row),
             refused: None,
             unprepared: false,
+            fate,
+            qos2: None,
         },
     );
     conn.ack(pubrec, Some(token));
@@ -224,7 +246,7 @@ async fn send_deferred(shard: Rc<Shard>) {
                         w.left = 1;
                         w.unprepared = true;
                     }
-                    answer(&shard, t, Some(code));
+                    answer(&shard, t, Some(code), Fate::default());
                 }
             }
         }
@@ -239,24 +261,32 @@ pub(crate) fn refusal(e: &StoreError) -> ReasonCode {
     }
 }
 
-/// Another shard's copy of the publish behind `token` is durable.
+/// A copy of the publish behind `token` is durable (a local deferred one:
+/// its fate was counted when it was routed).
 pub(crate) fn confirmed(shard: &Rc<Shard>, token: u64) {
-    answer(shard, token, None);
+    answer(shard, token, None, Fate::default());
+}
+
+/// Another shard's copy of the publish behind `token` is durable, and
+/// `fate` says what that shard's sessions did with it.
+pub(crate) fn confirmed_with(shard: &Rc<Shard>, token: u64, fate: Fate) {
+    answer(shard, token, None, fate);
 }
 
 /// Another shard's commit of the copy behind `token` failed.
 pub(crate) fn refused(shard: &Rc<Shard>, token: u64, code: ReasonCode) {
-    answer(shard, token, Some(code));
+    answer(shard, token, Some(code), Fate::default());
 }
 
 /// One answer for `token`; the last one settles the publish.
-fn answer(shard: &Rc<Shard>, token: u64, refused: Option<ReasonCode>) {
+fn answer(shard: &Rc<Shard>, token: u64, refused: Option<ReasonCode>, fate: Fate) {
     let w = {
         let mut c = shard.confirms.borrow_mut();
         let Some(w) = c.waiting.get_mut(&token) else {
             return;
         };
         w.left = w.left.saturating_sub(1);
+        w.fate = w.fate.merge(fate);
         if refused.is_some() && w.refused != Some(ReasonCode::QuotaExceeded) {
             w.refused = refused;
         }
@@ -267,9 +297,24 @@ fn answer(shard: &Rc<Shard>, token: u64, refused: Option<ReasonCode>) {
     };
     let Some(w) = w else { return };
     match w.refused {
+        // Every copy on every shard was dropped (queues or byte budgets
+        // full): v5 says so, 0x97 Quota exceeded (v5 3.4.2.1, 3.5.2.1).
+        // 3.1.1 has no such answer: acknowledged as usual (the drops are
+        // counted and warned per session).
+        None if w.fate.all_dropped() && v5_publisher(&w) => {
+            shard.stats.refuse(ReasonCode::QuotaExceeded);
+            settle_refused(shard, token, w, ReasonCode::QuotaExceeded, false);
+        }
         None => settle(shard, token, w),
-        Some(code) => settle_refused(shard, token, w, code),
+        Some(code) => settle_refused(shard, token, w, code, true),
     }
+}
+
+/// The publisher is still connected, over MQTT 5.
+fn v5_publisher(w: &Waiting) -> bool {
+    w.conn
+        .upgrade()
+        .is_some_and(|c| !c.closing() && c.version == ProtocolVersion::V5)
 }
 
 /// Every copy is durable: the prepared row becomes done, PUBREC leaves.
@@ -295,17 +340,27 @@ fn settle(shard: &Rc<Shard>, token: u64, w: Waiting) {
 /// is answered from it and never routed twice (the prepared row stays for
 /// recovery to complete after a restart).
 /// When the prepare commit itself failed, nothing left this shard: the id is
-/// forgotten in every case (a resend is routed as new).
-fn settle_refused(shard: &Rc<Shard>, token: u64, w: Waiting, code: ReasonCode) {
-    tracing::warn!(
-        shard = shard.id,
-        ?code,
-        "a copy was not stored: publish refused"
-    );
+/// forgotten in every case (a resend is routed as new). `warn`: a store
+/// failed (drops by full queues are warned per session where they happen).
+fn settle_refused(shard: &Rc<Shard>, token: u64, w: Waiting, code: ReasonCode, warn: bool) {
+    if warn {
+        tracing::warn!(
+            shard = shard.id,
+            ?code,
+            "a copy was not stored: publish refused"
+        );
+    }
     let conn = w.conn.upgrade().filter(|c| !c.closing());
     let v5 = conn
         .as_ref()
         .is_some_and(|c| c.version == ProtocolVersion::V5);
+    if let (Some((sid, id)), true) = (w.qos2, v5) {
+        // [MQTT-4.3.3-9] after a PUBREC of 0x80 or more, the id is free
+        // again (the connection is alive: the session is the same one).
+        if let Some(s) = shard.sessions.borrow_mut().get_mut(sid as usize) {
+            s.inbound_qos2.retain(|i| *i != id.get());
+        }
+    }
     if let Some(r) = w.row.as_ref().filter(|_| v5 || w.unprepared) {
         if holds_id(shard, r) {
             if let Some(s) = shard.sessions.borrow_mut().get_mut(r.sid as usize) {
@@ -359,15 +414,16 @@ async fn send_forgets(shard: Rc<Shard>) {
     }
 }
 
-/// This shard holds a copy of a publish from shard `from`; answer once durable.
-pub(crate) fn owe(shard: &Rc<Shard>, from: usize, req: ConfirmReq) {
+/// This shard holds a copy of a publish from shard `from`; answer once
+/// durable, saying what its sessions did with it (`fate`).
+pub(crate) fn owe(shard: &Rc<Shard>, from: usize, req: ConfirmReq, fate: Fate) {
     if req.origin_row {
         // Same batch as the copies just delivered: one transaction.
         shard.store.put_origin(from as u16, req.token).detach();
     }
     let start = {
         let mut c = shard.confirms.borrow_mut();
-        c.owed.push((from, req.token));
+        c.owed.push((from, req.token, fate));
         !std::mem::replace(&mut c.paying, true)
     };
     if start {
@@ -387,9 +443,9 @@ async fn pay(shard: Rc<Shard>) {
             return;
         }
         let result = shard.store.flush().await;
-        for (to, token) in owed {
+        for (to, token, fate) in owed {
             let item = match &result {
-                Ok(()) => MeshItem::Confirm(token),
+                Ok(()) => MeshItem::Confirm(token, fate),
                 Err(e) => MeshItem::Refused(token, refusal(e)),
             };
             shard.mesh.push(to, item);
@@ -459,6 +515,8 @@ pub(crate) fn resume(shard: &Rc<Shard>, mut list: Vec<Resume>) {
             row: Some(row),
             refused: None,
             unprepared: false,
+            fate: Fate::default(),
+            qos2: None,
         };
         let Some(publish) = publish.filter(|_| !missing.is_empty()) else {
             // Every copy is durable (or the message expired [MQTT-3.3.2-5]).

@@ -185,17 +185,25 @@ pub(crate) fn accept(
                 }
             }
             if c.clean_start {
-                // [MQTT-3.1.2-4] discard the old session.
-                crate::subscribe::drop_all_subscriptions(shard, sid);
-                shard.sessions.borrow_mut()[sid as usize].clear(shard);
-                crate::defer::Defer::drain(shard);
+                // [MQTT-3.1.2-4] discard the old session: it becomes a
+                // tombstone whose subscriptions leave the router in bounded
+                // steps (`reap.rs`), however many it had; the client gets a
+                // fresh session. The client id stays owned here (cluster):
+                // the old session gives no ownership back.
+                shard.sessions.borrow_mut()[sid as usize].epoch = 0;
+                remove_session(shard, sid);
                 discarded = true;
+                None
             } else {
                 // [MQTT-3.2.2-2] session present.
                 session_present = true;
+                Some(sid)
             }
-            sid
         }
+        None => None,
+    };
+    let sid = match sid {
+        Some(sid) => sid,
         None => {
             let sid = {
                 let mut sessions = shard.sessions.borrow_mut();
@@ -219,9 +227,15 @@ pub(crate) fn accept(
         s.will = c.will.clone().map(Box::new);
         s.disconnected_at = None;
         s.identity = auth.identity;
+        // The ACL's user: the authenticated one (password, SCRAM, the
+        // certificate's CN), not whatever the CONNECT's user name field says.
+        s.owner = match s.identity.as_ref().and_then(|i| i.username.as_deref()) {
+            Some(u) => crate::store::Owner::User(u.into()),
+            None => crate::store::Owner::Anonymous,
+        };
         crate::persist::session_connected(shard, s, discarded);
     }
-    crate::authz::connected(shard, sid, c);
+    crate::authz::connected(shard, sid);
     let mut props = ConnAckProperties::default();
     if v5 {
         // [MQTT-4.12.0-5] a successful CONNACK after enhanced authentication
@@ -266,6 +280,10 @@ pub(crate) fn accept(
         s.resend_inflight(&shard.stats, now, shard.poller.now_ms());
         s.pump(shard, now);
     }
+    if session_present {
+        // Retained replays the last connection left unfinished go on here.
+        crate::replay::resume(shard, sid, &conn);
+    }
     Ok((sid, conn, keep_alive))
 }
 
@@ -282,6 +300,9 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
         s.conn = None;
         s.identity = None;
         s.disconnected_at = Some(Instant::now());
+        // A retained replay waiting for room on it keeps its place with the
+        // session now (`replay.rs`).
+        conn.room_freed();
         if s.expiry > 0 {
             crate::persist::session_closed(shard, s);
         }

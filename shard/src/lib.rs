@@ -17,7 +17,8 @@
 //!   (password file, SCRAM), knowing nothing of sockets.
 //! - `connect.rs`: CONNECT to CONNACK, takeover, resume, will and expiry at close.
 //! - `handle.rs`: dispatch of each packet; `publish.rs` for PUBLISH;
-//!   `subscribe.rs` for SUBSCRIBE/UNSUBSCRIBE and retained replay.
+//!   `subscribe.rs` for SUBSCRIBE/UNSUBSCRIBE; `replay.rs` for the retained replay
+//!   (paced by the subscriber, resumed with a persistent session).
 //! - `route.rs`: matching (`router.rs`, `topic.rs`), the mesh (`mesh.rs`)
 //!   and delivery to sessions (`session.rs`) through their outbound side
 //!   (`net/conn_out.rs`), each (version, QoS) frame encoded once.
@@ -31,6 +32,8 @@
 //! - `stats.rs`: counters and typed close reasons; `control.rs` and
 //!   `admin.rs`: operator queries; `sys.rs`: `$SYS` topics; `timers.rs`.
 //! - `config.rs`: every tunable ([`config::ShardConfig`]).
+//! - `cluster/`: the cluster's data plane: node-level routes and node links
+//!   (a publish crosses to each target node once; SUBACK waits for peers' route acks).
 //! - `access/`: ACL file, bans, reload registry (checked at CONNECT,
 //!   SUBSCRIBE, PUBLISH and per delivery where a subscription needs it).
 
@@ -39,6 +42,7 @@ pub mod admin;
 mod auth_phase;
 mod authz;
 mod bulk;
+pub mod cluster;
 pub mod config;
 mod confirm;
 mod connect;
@@ -52,6 +56,7 @@ pub mod ownership;
 mod persist;
 mod publish;
 mod reap;
+mod replay;
 pub mod retained;
 mod route;
 pub mod router;

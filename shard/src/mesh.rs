@@ -32,8 +32,10 @@ pub enum MeshItem {
     SubRemove(TopicFilter),
     /// A retained message set or (empty payload) deleted; every shard keeps a replica.
     Retain(Box<Publish>),
-    /// The copy of the publish behind this token is durable on the sender.
-    Confirm(u64),
+    /// The copy of the publish behind this token is durable on the sender;
+    /// with what the sender's sessions did with it (taken, all dropped, or
+    /// no subscriber there), for the publisher's v5 0x97.
+    Confirm(u64, Fate),
     /// The sender's commit of the copy behind this token failed (0x97 for a
     /// full store, 0x80 otherwise): the publisher gets a definite answer.
     Refused(u64, ReasonCode),
@@ -46,6 +48,8 @@ pub enum MeshItem {
     BarrierAck(u64),
     /// A connection whose CONNECT named a session this receiver owns.
     Handoff(Box<Handoff>),
+    /// The cluster wing's traffic (node routes, publishes for the links, its barriers).
+    Cluster(Box<crate::cluster::Item>),
 }
 
 /// A publish on its way to subscribers.
@@ -161,5 +165,29 @@ impl Mesh {
                 }
             }
         }
+    }
+}
+
+/// What the sessions of one or more shards did with one publish's QoS 1/2
+/// copies; a shard's fate travels back with its confirmation (`Confirm`)
+/// under durability `sync`, so the publisher's shard knows it for the
+/// whole broker without a round trip of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fate(pub(crate) u8);
+
+impl Fate {
+    pub(crate) const HELD: u8 = 1;
+    pub(crate) const DROPPED: u8 = 2;
+
+    /// Both shards' copies together.
+    #[must_use]
+    pub fn merge(self, other: Fate) -> Fate {
+        Fate(self.0 | other.0)
+    }
+
+    /// Copies were dropped and none was taken: the message could be queued
+    /// for no subscriber at all (v5 0x97 Quota exceeded).
+    pub fn all_dropped(self) -> bool {
+        self.0 == Self::DROPPED
     }
 }

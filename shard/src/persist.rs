@@ -20,7 +20,7 @@ use crate::store::{self, OutboundState, RecoveredSession, RetainedRecord, Subscr
 use smallvec::SmallVec;
 use std::rc::Rc;
 
-pub(crate) use crate::confirm::{confirmed, owe, Confirms};
+pub(crate) use crate::confirm::{owe, Confirms};
 
 /// Whether acknowledgements wait for durability.
 pub(crate) fn sync(shard: &Shard) -> bool {
@@ -58,8 +58,9 @@ pub(crate) fn session_connected(shard: &Shard, s: &mut Session, clean: bool) {
         shard.store.delete_session(k).detach();
     }
     // CONNACK leaves once the session row is written or gone: what it says
-    // of the session (present or not) holds after a restart.
-    if let (Some(c), true) = (&s.conn, had_row || s.expiry > 0) {
+    // of the session (present or not) holds after a restart. `clean`: an
+    // old session was discarded (its rows deleted by `remove_session`).
+    if let (Some(c), true) = (&s.conn, had_row || s.expiry > 0 || clean) {
         gate(shard, c);
     }
 }
@@ -113,15 +114,25 @@ pub(crate) fn restore(
         .retained
         .set(shard.retained.borrow().len() as u64);
     let mut prepared = Vec::new();
+    let mut ownerless = 0usize;
     for rs in sessions {
-        restore_session(shard, rs, &mut prepared);
+        ownerless += usize::from(!restore_session(shard, rs, &mut prepared));
+    }
+    if ownerless > 0 {
+        tracing::warn!(
+            shard = shard.id,
+            sessions = ownerless,
+            "restored sessions stored without their owner: the ACL refuses deliveries to them until their clients reconnect"
+        );
     }
     // Inbound QoS 2 messages prepared before the crash reach the shards
     // that lack their copy; clients are served only after this returns.
     crate::confirm::resume(shard, prepared);
 }
 
-fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<Resume>) {
+/// Restores one session; false when the ACL cannot decide for it before its
+/// client reconnects (no owner stored).
+fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<Resume>) -> bool {
     let rec = rs.record;
     let mut s = Session::new(rec.client_id.clone(), rec.protocol);
     s.key = Some(rs.key);
@@ -132,6 +143,7 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
             .map_or_else(std::time::Instant::now, store::unix_ms_to_instant),
     );
     s.next_seq = rs.next_seq.max(1);
+    s.owner = rec.owner.clone();
     for o in rs.outbound {
         let msg = o.message.map(|m| {
             (
@@ -217,14 +229,15 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
                 session: sid,
                 options: sub.options,
                 subscription_id: sub.subscription_id,
-                // The owner's username is not known before it reconnects:
-                // with an ACL, every delivery is checked (and refused) until then.
+                // With an ACL: checked until `authz::restored` below
+                // classifies it for the stored owner.
                 acl_check: shard.acl.borrow().is_some(),
             },
         );
         if first {
             let f = sub.filter.clone();
             shard.mesh.broadcast(|| MeshItem::SubAdd(f.clone()));
+            crate::cluster::filter_changed(shard, &f, true);
         }
         shard.sessions.borrow_mut()[sid as usize].subs.insert(
             sub.filter,
@@ -234,8 +247,10 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
             },
         );
     }
+    let decided = crate::authz::restored(shard, sid);
     let n = shard.router.borrow().local_subscription_count();
     shard.stats.subscriptions.set(n as u64);
+    decided
 }
 
 /// At shutdown: everything written is committed before the shard stops.

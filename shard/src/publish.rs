@@ -3,7 +3,7 @@
 
 use crate::conn_out::{resp, ConnOut};
 use crate::connection::protocol_close;
-use crate::mesh::ConfirmReq;
+use crate::mesh::{ConfirmReq, Fate};
 use crate::session::SessionId;
 use crate::shard::Shard;
 use crate::stats::CloseReason;
@@ -57,15 +57,50 @@ fn not_authorized(shard: &Shard, conn: &ConnOut, p: Publish) -> Result<(), Close
 }
 
 /// Sends PUBACK/PUBREC, after the other shards' confirmations when the
-/// publish was routed to them under `token`.
-fn ack(shard: &Shard, conn: &Rc<ConnOut>, p: Packet, token: Option<u64>, remote: usize) {
+/// publish was routed to them under `token` (`fate`: what this shard's
+/// sessions did with their copies; `qos2`: a QoS 2 publish's id).
+fn ack(
+    shard: &Shard,
+    conn: &Rc<ConnOut>,
+    p: Packet,
+    (token, remote): (Option<u64>, usize),
+    fate: Fate,
+    qos2: Option<(SessionId, PacketId)>,
+) {
     match token {
         Some(t) if remote > 0 => {
-            crate::confirm::await_confirms(shard, t, remote, conn);
+            crate::confirm::await_confirms(shard, t, remote, conn, fate, qos2);
             conn.ack(p, Some(t));
         }
         _ => conn.ack(p, None),
     }
+}
+
+/// Every copy this shard routed was dropped and none went elsewhere: the
+/// message could be queued for no subscriber at all. v5 gets 0x97 Quota
+/// exceeded (v5 3.4.2.1, 3.5.2.1; [MQTT-3.4.2-1] a reason code from that
+/// table), counted. Copies sent to other shards are judged there: their
+/// fate comes back with the confirmation durability `sync` waits for
+/// anyway (`confirm.rs`); without it (`batch`, `none`) no answer comes
+/// back, and waiting for one would put a cross-shard round trip on every
+/// QoS 1/2 publish, so the publisher gets Success.
+fn quota_exceeded(shard: &Shard, conn: &ConnOut, remote: usize) -> bool {
+    if remote == 0 && shard.tally.fate().all_dropped() && conn.version == ProtocolVersion::V5 {
+        shard.stats.refuse(ReasonCode::QuotaExceeded);
+        return true;
+    }
+    false
+}
+
+/// A v5 QoS 2 publish no session could take: PUBREC 0x97 ends the flow, so
+/// its id is forgotten ([MQTT-4.3.3-9]: the same id on a PUBLISH after a
+/// PUBREC of 0x80 or more is a new message) and never stored.
+fn qos2_refused(shard: &Shard, sid: SessionId, conn: &ConnOut, id: PacketId) {
+    if let Some(s) = shard.sessions.borrow_mut().get_mut(sid as usize) {
+        s.inbound_qos2.retain(|i| *i != id.get());
+    }
+    // Behind acknowledgements still held for earlier publishes [MQTT-4.6.0-2].
+    conn.ack(Packet::PubRec(resp(id, ReasonCode::QuotaExceeded)), None);
 }
 
 /// Routes a publish of session `sid`; its copies for other shards queue
@@ -111,11 +146,25 @@ fn exactly_once(
             let mut held = Vec::new();
             crate::route::route_to(shard, p, Some(sid), Some(req), Some(&mut held));
             if held.is_empty() {
+                if quota_exceeded(shard, conn, 0) {
+                    return qos2_refused(shard, sid, conn, id);
+                }
                 // Same batch as the local copies: one transaction.
                 shard.store.put_inbound_qos2(k, id, None).detach();
                 conn.ack(pubrec, None);
             } else {
-                crate::confirm::prepare(shard, sid, conn, (k, id), token, &kept, held, pubrec);
+                let fate = shard.tally.fate();
+                crate::confirm::prepare(
+                    shard,
+                    sid,
+                    conn,
+                    (k, id),
+                    token,
+                    &kept,
+                    held,
+                    pubrec,
+                    fate,
+                );
             }
         }
         (true, None) => {
@@ -126,10 +175,24 @@ fn exactly_once(
                 origin_row: false,
             };
             let remote = route_in_order(shard, sid, p, Some(req));
-            ack(shard, conn, pubrec, Some(token), remote);
+            if quota_exceeded(shard, conn, remote) {
+                return qos2_refused(shard, sid, conn, id);
+            }
+            let fate = shard.tally.fate();
+            ack(
+                shard,
+                conn,
+                pubrec,
+                (Some(token), remote),
+                fate,
+                Some((sid, id)),
+            );
         }
         (false, key) => {
-            route_in_order(shard, sid, p, None);
+            let remote = route_in_order(shard, sid, p, None);
+            if quota_exceeded(shard, conn, remote) {
+                return qos2_refused(shard, sid, conn, id);
+            }
             if let Some(k) = key {
                 shard.store.put_inbound_qos2(k, id, None).detach();
             }
@@ -236,15 +299,8 @@ pub(crate) fn inbound(
             let ops = shard.store.pending_ops();
             shard.tally.reset();
             let mut remote = route_in_order(shard, sid, p, req);
-            // Every subscriber is here and none could take it (queues or byte
-            // budgets full): v5 says so, 0x97 Quota exceeded (v5 3.4.2.1;
-            // [MQTT-3.4.2-1] a PUBACK reason code from that table). Copies
-            // sent to other shards are counted there, not refused here.
-            let code = if remote == 0
-                && shard.tally.all_dropped()
-                && conn.version == ProtocolVersion::V5
-            {
-                shard.stats.refuse(ReasonCode::QuotaExceeded);
+            let fate = shard.tally.fate();
+            let code = if quota_exceeded(shard, conn, remote) {
                 ReasonCode::QuotaExceeded
             } else {
                 ReasonCode::Success
@@ -262,7 +318,8 @@ pub(crate) fn inbound(
                 crate::defer::Defer::watch(shard);
             }
             // [MQTT-4.3.2-2] PUBACK after taking ownership (in sync mode: once durable).
-            ack(shard, conn, Packet::PubAck(resp(id, code)), token, remote);
+            let pa = Packet::PubAck(resp(id, code));
+            ack(shard, conn, pa, (token, remote), fate, None);
         }
         (QoS::ExactlyOnce, Some(id)) => {
             let fresh = {
@@ -296,6 +353,7 @@ pub(crate) fn inbound(
                 return Ok(());
             }
             let key = shard.sessions.borrow()[sid as usize].key;
+            shard.tally.reset();
             exactly_once(shard, sid, conn, p, id, key, sync, pubrec);
         }
         _ => {

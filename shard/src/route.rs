@@ -34,13 +34,58 @@ pub(crate) fn route_to(
     p: Publish,
     publisher: Option<SessionId>,
     confirm: Option<ConfirmReq>,
-    mut held: Option<&mut Vec<(usize, MeshItem)>>,
+    held: Option<&mut Vec<(usize, MeshItem)>>,
 ) -> usize {
+    // Other nodes first: their copy leaves with this tick's link batch.
+    let elsewhere = crate::cluster::forward(shard, &p);
+    route_here(
+        shard,
+        p,
+        publisher,
+        confirm,
+        held,
+        Groups::Except(&elsewhere),
+    )
+}
+
+/// A publish another node forwarded (its publisher's node matched it against
+/// this node's routes): routed on this node only, never onward; share groups
+/// are served by the node the publisher's node picked for each.
+pub(crate) fn route_from_peer(shard: &Rc<Shard>, p: Publish) {
+    route_here(shard, p, None, None, None, Groups::None);
+}
+
+/// A publish another node picked this node for, for one share group only.
+pub(crate) fn route_shared_from_peer(shard: &Rc<Shard>, p: Publish, group: &TopicFilter) {
+    route_here(shard, p, None, None, None, Groups::Only(group));
+}
+
+/// Which share groups a routing on this node serves.
+#[derive(Clone, Copy)]
+enum Groups<'a> {
+    /// Every matching group but those the cluster picked another node for.
+    Except(&'a [TopicFilter]),
+    /// None (a plain copy from another node).
+    None,
+    /// This one only, and no plain subscriber (a group copy from another node).
+    Only(&'a TopicFilter),
+}
+
+/// Routing on this node: retained replicas, the shards with subscribers, share groups.
+fn route_here(
+    shard: &Rc<Shard>,
+    p: Publish,
+    publisher: Option<SessionId>,
+    confirm: Option<ConfirmReq>,
+    mut held: Option<&mut Vec<(usize, MeshItem)>>,
+    groups: Groups<'_>,
+) -> usize {
+    let plain = !matches!(groups, Groups::Only(_));
     let mut send = |to: usize, item: MeshItem| match held.as_deref_mut() {
         Some(h) => h.push((to, item)),
         None => shard.mesh.push(to, item),
     };
-    if p.retain {
+    if p.retain && plain {
         // Own copy: a slice of the read buffer would pin all of it while retained.
         let kept = crate::retained::detach(&p);
         persist_retained(shard, &kept);
@@ -55,13 +100,22 @@ pub(crate) fn route_to(
     let mut shared: Vec<SharedTarget> = Vec::new();
     {
         let mut router = shard.router.borrow_mut();
-        if shard.shards == 1 {
+        if plain && shard.shards == 1 {
             // One shard: the only question is asked by `deliver_local` itself.
             shards.insert(me);
-        } else {
+        } else if plain {
             router.match_shards(p.topic.as_str(), &mut shards);
         }
-        router.match_shared(p.topic.as_str(), &mut shared);
+        if !matches!(groups, Groups::None) {
+            router.match_shared(p.topic.as_str(), &mut shared);
+        }
+    }
+    match groups {
+        Groups::Except(elsewhere) if !elsewhere.is_empty() => {
+            shared.retain(|t| !elsewhere.contains(&t.filter));
+        }
+        Groups::Only(g) => shared.retain(|t| &t.filter == g),
+        _ => {}
     }
     let mut remote = 0;
     for s in shards.iter().filter(|&s| s != me) {

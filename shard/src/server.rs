@@ -46,6 +46,8 @@ pub(crate) struct ShardInit {
     pub passwords: Option<Arc<PasswordFile>>,
     /// Node-wide access state (ACL in force, bans, reloaders).
     pub access: Arc<crate::access::Shared>,
+    /// The cluster's data plane (node links run on shard 0).
+    pub cluster: Option<crate::cluster::Init>,
 }
 
 /// Settles `--io-backend`: `auto` takes io_uring when the kernel passes
@@ -122,6 +124,7 @@ pub struct ServerHandle {
     password_file: Option<std::path::PathBuf>,
     access: Arc<crate::access::Shared>,
     listeners: Vec<Arc<ListenerRt>>,
+    cluster: Option<Arc<crate::cluster::ClusterStats>>,
 }
 
 /// Checks the placement asked for against the CPUs present.
@@ -207,6 +210,15 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
         .enumerate()
         .map(|(i, l)| ListenerRt::new(i, l, cfg.max_packet_size).map(Arc::new))
         .collect::<io::Result<Vec<_>>>()?;
+    // The node-link listener, bound before anything starts (a busy port stops the start).
+    let mut link_listener = match &cfg.cluster {
+        Some(c) => Some(crate::cluster::bind(c)?),
+        None => None,
+    };
+    let cluster_stats = cfg.cluster.as_ref().map(|c| {
+        let peers: Vec<u64> = c.peers.iter().map(|p| p.id).collect();
+        Arc::new(crate::cluster::ClusterStats::new(&peers))
+    });
     let mut addrs = Vec::new();
     let mut per_shard: Vec<Vec<(OwnedFd, Arc<ListenerRt>)>> =
         (0..shards).map(|_| Vec::new()).collect();
@@ -302,6 +314,11 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
             retained: retained.clone(),
             passwords: passwords.clone(),
             access: access.clone(),
+            cluster: cfg.cluster.as_ref().map(|c| crate::cluster::Init {
+                cfg: Arc::new(c.clone()),
+                stats: cluster_stats.clone().expect("stats with the config"),
+                listener: if id == 0 { link_listener.take() } else { None },
+            }),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("ringmq-shard-{id}"))
@@ -352,6 +369,7 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
         started,
         access,
         listeners,
+        cluster: cluster_stats,
     })
 }
 
@@ -512,6 +530,10 @@ impl ServerHandle {
     /// Per-shard counters, readable from any thread without stopping a shard.
     pub fn stats(&self) -> &[Arc<ShardStats>] {
         &self.stats
+    }
+    /// Node-link counters (`None`: not a cluster node).
+    pub fn cluster_stats(&self) -> Option<Arc<crate::cluster::ClusterStats>> {
+        self.cluster.clone()
     }
     /// Graceful shutdown: stop accepting, tell v5 clients 0x8B, close, stop.
     /// Returns at once; `join` waits for the shards.

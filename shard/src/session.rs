@@ -323,9 +323,17 @@ pub struct Session {
     /// Its copies are not deferred before this (ms since the shard
     /// started): one missed its deadline (`defer.rs`).
     defer_off_until: Cell<u64>,
-    /// Identity and ACL rules (`None` without an ACL, or before the owner
-    /// of a restored session reconnects).
+    /// Identity and ACL rules (`None` without an ACL, or for a restored
+    /// session whose owner is not known).
     pub acl: Option<Box<crate::access::session::SessionAcl>>,
+    /// Who the session belongs to (its last connection's user), stored
+    /// with it so the ACL decides for it after a restart too.
+    pub owner: store::Owner,
+    /// Retained replays its last connection left unfinished, resumed by the
+    /// next one (`replay.rs`); boxed: 8 bytes per session instead of a
+    /// `Vec`'s 24, as almost no session ever holds one.
+    #[allow(clippy::box_collection)]
+    pub replays: Option<Box<Vec<crate::replay::Replay>>>,
 }
 
 impl Session {
@@ -354,6 +362,8 @@ impl Session {
             identity: None,
             defer_off_until: Cell::new(0),
             acl: None,
+            owner: store::Owner::Unknown,
+            replays: None,
         }
     }
 
@@ -832,6 +842,7 @@ impl Session {
         self.ids_in_use = None;
         self.queue.clear();
         self.held_bytes = 0;
+        self.replays = None;
         self.inbound_qos2.clear();
         self.will = None;
     }
@@ -858,13 +869,14 @@ impl Session {
             expiry_interval: self.expiry,
             disconnected_at_ms: self.disconnected_at.map(store::instant_to_unix_ms),
             will: self.will.as_deref().cloned(),
+            owner: self.owner.clone(),
         }
     }
 }
 
 /// Counts, while one publish is routed on this shard, the QoS 1/2 copies
 /// sessions took and those they dropped: a v5 publisher whose message no
-/// session could take gets PUBACK 0x97 (`publish.rs`).
+/// session could take gets PUBACK/PUBREC 0x97 (`publish.rs`, `confirm.rs`).
 #[derive(Default)]
 pub struct Tally {
     held: Cell<u32>,
@@ -886,9 +898,16 @@ impl Tally {
         self.dropped.set(0);
     }
 
-    /// Whether copies were dropped and none was taken since `reset`.
-    pub fn all_dropped(&self) -> bool {
-        self.held.get() == 0 && self.dropped.get() > 0
+    /// What happened to the copies since `reset`.
+    pub fn fate(&self) -> crate::mesh::Fate {
+        use crate::mesh::Fate;
+        let held = if self.held.get() > 0 { Fate::HELD } else { 0 };
+        let dropped = if self.dropped.get() > 0 {
+            Fate::DROPPED
+        } else {
+            0
+        };
+        Fate(held | dropped)
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Shard {
     pub tally: crate::session::Tally,
     /// Large SUBSCRIBE/UNSUBSCRIBE and removed sessions' subscriptions, in steps.
     pub bulk: crate::bulk::Bulk,
+    /// This shard's part of the cluster (`None`: a node alone).
+    pub cluster: Option<crate::cluster::Node>,
 }
 
 impl Shard {
@@ -185,6 +187,10 @@ pub(crate) async fn run(init: ShardInit) {
         access: init.access,
         tally: crate::session::Tally::default(),
         bulk: crate::bulk::Bulk::default(),
+        cluster: init
+            .cluster
+            .as_ref()
+            .map(|c| crate::cluster::Node::new(init.id, c)),
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,
@@ -216,6 +222,9 @@ pub(crate) async fn run(init: ShardInit) {
         shard.acceptors.borrow_mut().push(task);
     }
     spawn_local(crate::timers::expiry_sweep(shard.clone())).detach();
+    if let Some(c) = init.cluster {
+        crate::cluster::start(&shard, c.listener);
+    }
     if shard.id == 0 && !shard.cfg.sys_interval.is_zero() {
         spawn_local(crate::sys::publish_loop(shard.clone(), init.all_stats)).detach();
     }
@@ -247,6 +256,7 @@ pub(crate) async fn run(init: ShardInit) {
         }
     }
     shard.stopping.set(true);
+    crate::cluster::stop(&shard).await;
     shard.stop_accepting();
     shard.close_all(CloseReason::ServerShuttingDown);
     let deadline = glommio::timer::sleep(Duration::from_secs(5));
@@ -358,25 +368,39 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<crate::listener::Lis
 fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
     match item {
         MeshItem::Publish(r) => {
+            shard.tally.reset();
             crate::route::deliver_local(shard, &r.publish, None);
             if let Some(t) = r.confirm {
-                crate::persist::owe(shard, from, t);
+                crate::persist::owe(shard, from, t, shard.tally.fate());
             }
         }
         MeshItem::SharedPublish(r, group) => {
+            shard.tally.reset();
             crate::route::deliver_shared_local(shard, &group, &r.publish);
             if let Some(t) = r.confirm {
-                crate::persist::owe(shard, from, t);
+                crate::persist::owe(shard, from, t, shard.tally.fate());
             }
         }
-        MeshItem::Confirm(t) => crate::persist::confirmed(shard, t),
+        MeshItem::Confirm(t, fate) => crate::confirm::confirmed_with(shard, t, fate),
         MeshItem::Refused(t, code) => crate::confirm::refused(shard, t, code),
         MeshItem::Forget(nonce) => crate::confirm::forget(shard, from, nonce),
-        MeshItem::SubAdd(f) => shard.router.borrow_mut().add_remote(&f, from as u16),
-        MeshItem::SubRemove(f) => shard.router.borrow_mut().remove_remote(&f, from as u16),
+        MeshItem::SubAdd(f) => {
+            shard.router.borrow_mut().add_remote(&f, from as u16);
+            crate::cluster::filter_changed(shard, &f, true);
+        }
+        MeshItem::SubRemove(f) => {
+            shard.router.borrow_mut().remove_remote(&f, from as u16);
+            crate::cluster::filter_changed(shard, &f, false);
+        }
         MeshItem::Retain(p) => crate::route::store_retained(shard, *p),
-        MeshItem::Barrier(t) => shard.mesh.push(from, MeshItem::BarrierAck(t)),
+        MeshItem::Barrier(t) => {
+            // Shard 0 answers once the peers also acknowledged the routes before it.
+            let mesh = shard.mesh.clone();
+            let ack = move || mesh.push(from, MeshItem::BarrierAck(t));
+            crate::cluster::after_routes(shard, Box::new(ack));
+        }
         MeshItem::BarrierAck(t) => crate::subscribe::barrier_passed(shard, t),
         MeshItem::Handoff(h) => crate::connection::adopt(shard.clone(), *h),
+        MeshItem::Cluster(c) => crate::cluster::on_item(shard, from, *c),
     }
 }

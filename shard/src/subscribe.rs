@@ -1,6 +1,6 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the session's subscriptions, the router
-//! replica (broadcast to the other shards when this shard's set changes),
-//! and the replay of retained messages in bounded steps.
+//! replica (broadcast to the other shards when this shard's set changes);
+//! the retained messages for new subscriptions follow (`replay.rs`).
 
 use crate::access::acl::SubClass;
 use crate::conn_out::ConnOut;
@@ -15,8 +15,6 @@ use ringmq_codec::{
     Subscribe, SubscriptionOptions, TopicFilter, UnsubAck, UnsubAckProperties, Unsubscribe,
 };
 use std::rc::Rc;
-use std::task::Poll;
-use std::time::Instant;
 
 fn granted(qos: QoS) -> ReasonCode {
     match qos {
@@ -194,16 +192,28 @@ impl SubState {
             replays: self.replays,
             sub_id: self.sub_id,
         };
-        if self.broadcast && shard.shards > 1 {
-            // A message published after SUBACK must reach the new subscription from
-            // every shard: SUBACK waits until every shard has applied the change.
+        // A message published after SUBACK must reach the new subscription from
+        // every shard: SUBACK waits until every shard has applied the change
+        // and (cluster) every connected peer node acknowledged the route (shard 0
+        // asks the peers itself and answers other shards' barriers once they did).
+        let shards = self.broadcast && shard.shards > 1;
+        let cluster = self.broadcast && crate::cluster::routes_pending(shard);
+        if shards || cluster {
             let token = shard.next_token.get() + 1;
             shard.next_token.set(token);
+            let waits = if shards { shard.shards - 1 } else { 0 } + usize::from(cluster);
             shard
                 .pending_subacks
                 .borrow_mut()
-                .insert(token, (shard.shards - 1, done));
-            shard.mesh.broadcast(|| MeshItem::Barrier(token));
+                .insert(token, (waits, done));
+            if shards {
+                shard.mesh.broadcast(|| MeshItem::Barrier(token));
+            }
+            if cluster {
+                let s = shard.clone();
+                let then = move || barrier_passed(&s, token);
+                crate::cluster::after_routes(shard, Box::new(then));
+            }
             true
         } else {
             finish(shard, done);
@@ -255,13 +265,7 @@ fn finish(shard: &Rc<Shard>, d: SubDone) {
         conn.resume_reading();
     }
     if !replays.is_empty() {
-        let r = Replay {
-            sid,
-            conn,
-            replays,
-            sub_id,
-        };
-        glommio::spawn_local(replay(shard.clone(), r)).detach();
+        crate::replay::start(shard, sid, conn, replays, sub_id);
     }
 }
 
@@ -286,6 +290,7 @@ pub(crate) fn add(
     );
     if first {
         shard.mesh.broadcast(|| MeshItem::SubAdd(filter.clone()));
+        crate::cluster::filter_changed(shard, filter, true);
     }
     shard.sessions.borrow_mut()[sid as usize].subs.insert(
         filter.clone(),
@@ -321,6 +326,7 @@ pub(crate) fn remove(shard: &Shard, sid: SessionId, filter: &TopicFilter) -> boo
     let r = shard.router.borrow_mut().unsubscribe_local(filter, sid);
     if r == Some(true) {
         shard.mesh.broadcast(|| MeshItem::SubRemove(filter.clone()));
+        crate::cluster::filter_changed(shard, filter, false);
     }
     let n = shard.router.borrow().local_subscription_count();
     shard.stats.subscriptions.set(n as u64);
@@ -384,100 +390,6 @@ pub(crate) fn unsuback(
         reasons,
         properties: UnsubAckProperties::default().into(),
     }));
-}
-
-/// Removes every subscription of a session (clean start, expiry).
-pub(crate) fn drop_all_subscriptions(shard: &Shard, sid: SessionId) {
-    let filters: Vec<TopicFilter> = match shard.sessions.borrow_mut().get_mut(sid as usize) {
-        Some(s) => s.subs.drain().map(|(f, _)| f).collect(),
-        None => return,
-    };
-    for f in filters {
-        remove(shard, sid, &f);
-    }
-}
-
-/// Sends the retained messages matching new subscriptions at the pace the
-/// subscriber reads: a cursor walks the store a batch per scheduler turn
-/// (so a `#` over millions of retained messages never stalls the shard), and
-/// each message waits until the connection has room — buffer space for QoS 0,
-/// and for QoS 1/2 also an open window with nothing queued — so none is
-/// dropped or put through the session queue's limits. The replay ends when
-/// the connection that subscribed closes. Retained messages go out with
-/// RETAIN=1 [MQTT-3.3.1-8].
-async fn replay(shard: Rc<Shard>, d: Replay) {
-    let batch = shard.cfg.retained_replay_batch.max(1);
-    let ids: Vec<u32> = d.sub_id.into_iter().collect();
-    let mut out = Vec::with_capacity(batch);
-    for (filter, options, check) in &d.replays {
-        let mut cursor = shard.retained.borrow().replay(filter);
-        loop {
-            out.clear();
-            let done = cursor.next_batch(&shard.retained.borrow(), batch, &mut out);
-            for m in out.drain(..) {
-                let qos = m.publish.qos.min(options.qos);
-                if !room(&shard, d.sid, &d.conn, qos).await {
-                    return;
-                }
-                let mut sessions = shard.sessions.borrow_mut();
-                let Some(s) = sessions.get_mut(d.sid as usize) else {
-                    return;
-                };
-                let now = Instant::now();
-                let msg = crate::session::Message::received_at(m.publish.clone(), m.stored_at);
-                if msg.expiry_left(now) == Some(0) {
-                    continue;
-                }
-                if crate::authz::must_check(&shard, *check)
-                    && !crate::authz::may_receive(
-                        &shard,
-                        s,
-                        m.publish.topic.as_str(),
-                        AclAction::Retained,
-                    )
-                {
-                    continue;
-                }
-                let frame = msg.frame(d.conn.version, qos, now);
-                let mut shared = Some(Rc::new(msg));
-                s.deliver(&shard, &m.publish, &mut shared, &frame, true, &ids, now);
-            }
-            if done {
-                break;
-            }
-            glommio::yield_if_needed().await;
-        }
-    }
-}
-
-/// A replay's subscriber and filters.
-struct Replay {
-    sid: SessionId,
-    conn: Rc<ConnOut>,
-    replays: Vec<(TopicFilter, SubscriptionOptions, bool)>,
-    sub_id: Option<u32>,
-}
-
-/// Waits until session `sid`, still served by `conn`, can take one more
-/// message of `qos` without dropping or queueing it; false once `conn` is
-/// no longer the session's or is closing.
-async fn room(shard: &Shard, sid: SessionId, conn: &Rc<ConnOut>, qos: QoS) -> bool {
-    std::future::poll_fn(|cx| {
-        let sessions = shard.sessions.borrow();
-        let Some(s) = sessions.get(sid as usize) else {
-            return Poll::Ready(false);
-        };
-        if conn.closing() || !s.conn.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) {
-            return Poll::Ready(false);
-        }
-        let window = qos == QoS::AtMostOnce || (s.queue.is_empty() && s.window_open());
-        if window && conn.has_room(&shard.cfg) {
-            return Poll::Ready(true);
-        }
-        conn.wait_room(cx.waker());
-        Poll::Pending
-    })
-    .await
 }
 
 /// SUBACK and UNSUBACK of a persisted session leave once its subscription rows are durable.

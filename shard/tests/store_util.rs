@@ -106,6 +106,8 @@ pub fn session(client_id: &str, expiry: u32) -> SessionRecord {
         expiry_interval: expiry,
         disconnected_at_ms: None,
         will: None,
+        // Stored and read back like the rest (the ACL's user after a restart).
+        owner: ringmq_shard::store::Owner::User("alice".into()),
     }
 }
 

@@ -254,9 +254,61 @@ pub struct MetricsSnapshot {
     /// Node-wide ban counters, when the broker has them.
     #[serde(default)]
     pub bans: Option<BanMetrics>,
+    /// Node links to the other nodes of a cluster (empty: a node alone).
+    #[serde(default)]
+    pub links: Vec<LinkMetrics>,
     /// The cluster's numbers, when this node is in a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterMetrics>,
+}
+
+/// One node link's counters (see `ringmq_shard::cluster::LinkStats`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkMetrics {
+    pub peer: u64,
+    pub up: bool,
+    pub connects: u64,
+    pub msgs_out: u64,
+    pub msgs_in: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub batches_out: u64,
+    pub queue_bytes: u64,
+    pub dropped: u64,
+    pub rtt_us: u64,
+    pub errors: u64,
+    pub refused: u64,
+    pub routes_out: u64,
+    pub routes_in: u64,
+    pub syncs_out: u64,
+    pub digest_mismatches: u64,
+    pub peer_routes: u64,
+}
+
+impl LinkMetrics {
+    /// A snapshot of one link's counters.
+    pub fn of(l: &ringmq_shard::cluster::LinkStats) -> Self {
+        LinkMetrics {
+            peer: l.peer,
+            up: l.up.get() == 1,
+            connects: l.connects.get(),
+            msgs_out: l.msgs_out.get(),
+            msgs_in: l.msgs_in.get(),
+            bytes_out: l.bytes_out.get(),
+            bytes_in: l.bytes_in.get(),
+            batches_out: l.batches_out.get(),
+            queue_bytes: l.queue_bytes.get(),
+            dropped: l.dropped.get(),
+            rtt_us: l.rtt_us.get(),
+            errors: l.errors.get(),
+            refused: l.refused.get(),
+            routes_out: l.routes_out.get(),
+            routes_in: l.routes_in.get(),
+            syncs_out: l.syncs_out.get(),
+            digest_mismatches: l.digest_mismatches.get(),
+            peer_routes: l.peer_routes.get(),
+        }
+    }
 }
 
 impl MetricsSnapshot {

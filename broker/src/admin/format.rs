@@ -143,6 +143,35 @@ pub fn cluster_status(v: &Value) -> String {
         })
         .unwrap_or_default();
     out.push_str(&human(&Value::Array(rows)));
+    if let Some(links) = v.get("links").and_then(Value::as_array) {
+        if !links.is_empty() {
+            let cols = [
+                "peer",
+                "up",
+                "msgs_out",
+                "msgs_in",
+                "bytes_out",
+                "bytes_in",
+                "batches_out",
+                "queue_bytes",
+                "dropped",
+                "rtt_us",
+                "peer_routes",
+            ];
+            let rows: Vec<Value> = links
+                .iter()
+                .map(|l| {
+                    let m: serde_json::Map<String, Value> = cols
+                        .iter()
+                        .map(|c| (c.to_string(), l.get(*c).cloned().unwrap_or(Value::Null)))
+                        .collect();
+                    Value::Object(m)
+                })
+                .collect();
+            out.push_str("node links:\n");
+            out.push_str(&human(&Value::Array(rows)));
+        }
+    }
     out
 }
 

@@ -246,7 +246,14 @@ impl Handler {
             }
             Request::BanList => to_value(super::access::ban_list(&*self.access()?)),
             Request::Reload => to_value(super::access::reload_parts(b.reload()?)),
-            Request::ClusterStatus => self.cluster()?.status_json().map_err(cluster_err),
+            Request::ClusterStatus => {
+                let mut v = self.cluster()?.status_json().map_err(cluster_err)?;
+                // The data plane's node links beside the metadata (docs/cluster-data-plane.md).
+                if let Value::Object(m) = &mut v {
+                    m.insert("links".into(), to_value(b.metrics()?.links)?);
+                }
+                Ok(v)
+            }
             Request::ClusterOwner { client_id } => {
                 self.cluster()?.owner_json(&client_id).map_err(cluster_err)
             }

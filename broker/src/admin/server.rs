@@ -113,12 +113,22 @@ impl Drop for AdminServer {
 }
 
 fn accept_loop(listener: UnixListener, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
+    // Out of descriptors, the pending connection stays queued and accept fails
+    // again at once: back off (5 ms doubling to 1 s) and log once per episode,
+    // as the MQTT listeners do (shard/src/net/accept_backoff.rs).
+    let mut failures = 0u64;
+    let mut wait = std::time::Duration::from_millis(5);
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         match conn {
             Ok(stream) => {
+                if failures > 0 {
+                    tracing::info!("admin: accept resumed after {failures} failed attempts");
+                    failures = 0;
+                    wait = std::time::Duration::from_millis(5);
+                }
                 let h = handler.clone();
                 let spawned = std::thread::Builder::new()
                     .name("ringmq-admin-conn".into())
@@ -127,7 +137,14 @@ fn accept_loop(listener: UnixListener, handler: Arc<Handler>, stop: Arc<AtomicBo
                     tracing::warn!(error = %e, "admin: cannot start a connection thread");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "admin: accept failed"),
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "admin: accept failed; backing off, logged again when it resumes");
+                }
+                failures += 1;
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_secs(1));
+            }
         }
     }
 }

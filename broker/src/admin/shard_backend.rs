@@ -452,6 +452,12 @@ impl AdminBackend for ShardBackend {
                 draining: self.draining.load(Ordering::Relaxed),
                 shards,
                 bans: Some(ban_metrics(&h.access().bans)),
+                links: h.cluster_stats().map_or_else(Vec::new, |c| {
+                    c.links
+                        .iter()
+                        .map(|l| super::backend::LinkMetrics::of(l))
+                        .collect()
+                }),
                 cluster: self.cluster.as_ref().and_then(|c| c.metrics().ok()),
             }
         })

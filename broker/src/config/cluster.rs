@@ -21,7 +21,7 @@ impl Config {
 
     /// The cluster port's bind address: `cluster_listen`, else this node's
     /// entry of `cluster_peers` resolved.
-    fn cluster_bind(&self) -> Result<SocketAddr, String> {
+    pub(super) fn cluster_bind(&self) -> Result<SocketAddr, String> {
         let c = &self.cluster;
         if let Some(a) = c.cluster_listen.0 {
             return Ok(a);

@@ -14,7 +14,8 @@ fn section_doc(section: &str) -> &'static str {
         }
         "auth" => {
             "Who may connect. Anonymous = a CONNECT without user name; refused as soon \
-             as a listener is named, unless allow_anonymous = true."
+             as a listener is named, unless allow_anonymous = true (here for every \
+             listener, or per listener: allow_anonymous=true|false in its URL)."
         }
         "placement" => "Shards (one per core) and the CPUs they run on.",
         "limits" => {

@@ -82,6 +82,8 @@ impl Config {
                     ban_for: Duration::from_secs(self.authz.auth_fail_ban_secs),
                 },
             },
+            // Node links: from the [cluster] section (config/links.rs).
+            cluster: self.cluster_links().ok().flatten(),
             // Set by main once the cluster's control plane runs.
             ownership: None,
         }
@@ -113,6 +115,7 @@ impl Listeners {
                     .unwrap_or(self.tls_identity_as_username),
             },
             proxy_protocol: o.proxy,
+            allow_anonymous: o.allow_anonymous,
         }
     }
 }

@@ -61,13 +61,17 @@ impl Scheme {
 }
 
 /// One listener's own options, given after `?` in its URL (`&` between):
-/// `proxy`, and for TLS listeners `cert`, `key`, `client_ca`,
+/// `proxy`, `allow_anonymous` (over `--allow-anonymous` for this listener),
+/// and for TLS listeners `cert`, `key`, `client_ca`,
 /// `require_client_cert`, `identity_as_username`, which override the
 /// `--tls-*` settings for this listener only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListenOptions {
     /// PROXY protocol v1/v2 header expected first (`proxy=true`).
     pub proxy: bool,
+    /// Anonymous clients on this listener (`allow_anonymous=true|false`);
+    /// unset: `--allow-anonymous`.
+    pub allow_anonymous: Option<bool>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
@@ -111,6 +115,7 @@ fn parse_options(scheme: Scheme, query: &str) -> Result<ListenOptions, String> {
         let path = || (!v.is_empty()).then(|| PathBuf::from(v));
         match k {
             "proxy" => o.proxy = parse_bool(k, v)?,
+            "allow_anonymous" => o.allow_anonymous = Some(parse_bool(k, v)?),
             "cert" => (tls_only()?, o.cert = path()).1,
             "key" => (tls_only()?, o.key = path()).1,
             "client_ca" => (tls_only()?, o.client_ca = path()).1,
@@ -124,7 +129,7 @@ fn parse_options(scheme: Scheme, query: &str) -> Result<ListenOptions, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown option \"{k}\" (proxy, cert, key, client_ca, require_client_cert, identity_as_username)"
+                    "unknown option \"{k}\" (proxy, allow_anonymous, cert, key, client_ca, require_client_cert, identity_as_username)"
                 ))
             }
         }
@@ -198,6 +203,7 @@ impl fmt::Display for ListenUrl {
             }
         }
         for (k, v) in [
+            ("allow_anonymous", o.allow_anonymous),
             ("require_client_cert", o.require_client_cert),
             ("identity_as_username", o.identity_as_username),
         ] {
@@ -425,7 +431,13 @@ mod tests {
             (Scheme::Wss, Some("/broker"))
         );
         assert!(l.options.proxy);
+        assert_eq!(l.options.allow_anonymous, None);
         assert_eq!(l.to_string(), "wss://[::1]:443/broker?proxy=true");
+        let l: ListenUrl = "mqtt://127.0.0.1:1884?allow_anonymous=true"
+            .parse()
+            .unwrap();
+        assert_eq!(l.options.allow_anonymous, Some(true));
+        assert_eq!(l.to_string(), "mqtt://127.0.0.1:1884?allow_anonymous=true");
         let s = "mqtts://0.0.0.0:8884?cert=/c.pem&key=/k.pem&client_ca=/ca.pem&require_client_cert=true&identity_as_username=false";
         let l: ListenUrl = s.parse().unwrap();
         assert_eq!(l.scheme, Scheme::Mqtts);
@@ -443,6 +455,7 @@ mod tests {
             "mqtts://127.0.0.1:1883?proxy=yes",
             "mqtts://127.0.0.1:1883?nope=1",
             "mqtts://127.0.0.1:1883?proxy",
+            "mqtt://127.0.0.1:1883?allow_anonymous=yes",
         ] {
             assert!(bad.parse::<ListenUrl>().is_err(), "{bad}");
         }

@@ -128,7 +128,8 @@ impl Config {
         if let Err(e) = crate::logging::parse_filter(level) {
             return bad("log_level", level, &e);
         }
-        self.validate_cluster(src)
+        self.validate_cluster(src)?;
+        self.validate_links(src)
     }
 
     fn validate_limits(&self, src: &Sources) -> Result<(), ConfigError> {

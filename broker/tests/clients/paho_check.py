@@ -8,7 +8,11 @@ one; the subscriber must get them all, in order per QoS, with intact payloads.
 Prints one JSON line with what happened; exits 0 only when all checks pass.
 
 Usage: paho_check.py --port P [--host H] [--transport tcp|websockets]
-       [--path /mqtt] [--proto 4|5|3] [--cafile FILE] [--run NAME]
+       [--path /mqtt] [--proto 4|5|3] [--cafile FILE] [--cert FILE --key FILE]
+       [--run NAME]
+
+--cert/--key present a client certificate (mTLS), with no user name or
+password: for a listener that takes the certificate's CN as the user name.
 """
 import argparse
 import json
@@ -33,7 +37,12 @@ def client(args, cid):
     if args.transport == "websockets":
         c.ws_set_options(path=args.path)
     if args.cafile:
-        c.tls_set(ca_certs=args.cafile, cert_reqs=ssl.CERT_REQUIRED)
+        c.tls_set(
+            ca_certs=args.cafile,
+            certfile=args.cert,
+            keyfile=args.key,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
     return c
 
 
@@ -50,6 +59,8 @@ def main():
     ap.add_argument("--path", default="/mqtt")
     ap.add_argument("--proto", default="4")
     ap.add_argument("--cafile")
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
     ap.add_argument("--run", default="paho")
     args = ap.parse_args()
     base = f"t/{args.run}"

@@ -16,12 +16,19 @@ use std::time::{Duration, Instant};
 pub const CONVERGE: Duration = Duration::from_secs(30);
 
 /// A port free right now on 127.0.0.1 (bound then released).
+/// The port after it is free too: a node's data-plane links listen on its
+/// cluster port + 1 (docs/cluster-data-plane.md).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// One node: its id, cluster address, data dir and process (while running).

@@ -153,6 +153,22 @@ impl Raw {
         Raw::on(over_transport(stream).await, v)
     }
 
+    /// Opens a TLS connection presenting the client certificate `pair` (mTLS; no MQTT yet).
+    pub async fn open_tls_with_cert(
+        addr: SocketAddr,
+        v: ProtocolVersion,
+        pair: &super::tls::Pair,
+    ) -> Raw {
+        let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("TCP connect within 5 s")
+            .expect("TCP connect");
+        let tls = super::tls::connect_with_cert(tcp, pair)
+            .await
+            .expect("TLS handshake with a client certificate");
+        Raw::on(Box::new(tls), v)
+    }
+
     /// A client of protocol `v` on a connected stream.
     fn on(stream: Box<dyn Stream>, v: ProtocolVersion) -> Raw {
         let mut dec = Decoder::new(u32::MAX);

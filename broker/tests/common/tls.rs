@@ -38,6 +38,8 @@ pub struct Pki {
     pub foreign_client: Pair,
     /// CN `alice`, issued by `ca`, expired in 2020.
     pub expired_client: Pair,
+    /// Issued by `ca`, valid, with no CN in its subject (only O).
+    pub no_cn_client: Pair,
     /// A second server certificate (CN `reloaded`) by `ca`, for reload tests.
     pub server2: Pair,
     ca_pem: String,
@@ -67,7 +69,14 @@ fn leaf(
     issuer: &CertifiedIssuer<'static, KeyPair>,
 ) -> Pair {
     let mut p = CertificateParams::new(sans).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
+    if cn.is_empty() {
+        // No CN at all (rcgen's default subject has one).
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::OrganizationName, "ringmq tests");
+    } else {
+        p.distinguished_name.push(DnType::CommonName, cn);
+    }
     p.extended_key_usages = vec![if client {
         ExtendedKeyUsagePurpose::ClientAuth
     } else {
@@ -98,6 +107,7 @@ impl Pki {
         let client = leaf(&dir, "client", "alice", vec![], true, false, &ca);
         let foreign_client = leaf(&dir, "foreign", "mallory", vec![], true, false, &other);
         let expired_client = leaf(&dir, "expired", "alice", vec![], true, true, &ca);
+        let no_cn_client = leaf(&dir, "no-cn", "", vec![], true, false, &ca);
         let ca_pem = ca.pem();
         Pki {
             ca: write(&dir, "ca.pem", &ca_pem),
@@ -106,6 +116,7 @@ impl Pki {
             client,
             foreign_client,
             expired_client,
+            no_cn_client,
             server2,
             ca_pem,
         }
@@ -135,6 +146,26 @@ impl Pki {
         Arc::new(cfg)
     }
 
+    /// As [`Pki::client_config`], presenting `pair` as the client certificate (mTLS).
+    pub fn client_config_with_cert(&self, pair: &Pair) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&pair.cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&pair.key).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .unwrap();
+        Arc::new(cfg)
+    }
+
     /// The core's TLS files for a listener with this PKI's server certificate.
     pub fn server_files(&self) -> ringmq_shard::config::TlsFiles {
         ringmq_shard::config::TlsFiles {
@@ -157,7 +188,20 @@ pub fn listener() -> ringmq_shard::config::Listener {
         transport: ringmq_shard::config::Transport::Mqtts,
         tls: Pki::shared().server_files(),
         proxy_protocol: false,
+        allow_anonymous: None,
     }
+}
+
+/// Opens a TLS connection presenting the client certificate `pair` (trusting the shared CA).
+pub async fn connect_with_cert(
+    tcp: tokio::net::TcpStream,
+    pair: &Pair,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let cfg = Pki::shared().client_config_with_cert(pair);
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
 }
 
 /// Opens a TLS connection to `addr` (trusting the shared CA), for raw clients.

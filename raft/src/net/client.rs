@@ -6,9 +6,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -54,7 +57,37 @@ impl Conn {
         }
     }
 
-    async fn open(&self) -> Result<BoxIo, CallError> {
+    pub(crate) fn ctx(&self) -> &Arc<NetCtx> {
+        &self.ctx
+    }
+
+    pub(crate) fn target(&self) -> NodeId {
+        self.target
+    }
+
+    pub(crate) fn io_err(&self, msg: String) -> CallError {
+        CallError::Io {
+            addr: self.addr.clone(),
+            msg,
+        }
+    }
+
+    /// The open connection, taken out (a stream session gives it back with
+    /// [`Conn::put_stream`] when it ends cleanly).
+    pub(crate) fn take_stream(&mut self) -> Option<BoxIo> {
+        self.stream.take()
+    }
+
+    pub(crate) fn put_stream(&mut self, io: BoxIo) {
+        self.stream = Some(io);
+    }
+
+    pub(crate) fn drop_stream(&mut self) {
+        self.stream = None;
+    }
+
+    /// Connects and handshakes.
+    pub(crate) async fn open(&self) -> Result<BoxIo, CallError> {
         let addr = self.addr.clone();
         let err = |msg: String| CallError::Connect {
             addr: addr.clone(),
@@ -163,14 +196,19 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         PeerClient {
             conn: Conn::new(self.ctx.clone(), target, node.addr.clone()),
+            pipe: Conn::new(self.ctx.clone(), target, node.addr.clone()),
         }
     }
 }
 
-/// The RPCs openraft sends to one peer.
+/// The RPCs openraft sends to one peer: unary ones on `conn`, pipelined
+/// appends on `pipe` (a connection in stream mode).
 pub struct PeerClient {
     conn: Conn,
+    pipe: Conn,
 }
+
+type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 fn rpc_err(e: CallError) -> RPCError<TypeConfig> {
     match e {
@@ -208,6 +246,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Response::Append(r) => Ok(r),
             other => Err(unexpected(other)),
         }
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamItem>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        super::pipeline::stream_append(&mut self.pipe, input, option)
     }
 
     async fn vote(

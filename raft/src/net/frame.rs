@@ -21,7 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::types::NodeId;
 
 /// The node-to-node protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: pipelined append streams; a forwarded command travels as its
+/// postcard bytes (see `crate::payload`).
+pub const PROTOCOL_VERSION: u16 = 2;
 const MAGIC: [u8; 4] = *b"RMQC";
 /// Longest cluster id accepted in a handshake.
 pub const MAX_CLUSTER_ID: usize = 256;

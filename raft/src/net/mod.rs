@@ -4,12 +4,14 @@
 //! - `frame`: framing and the handshake layout.
 //! - `wire`: the request and response messages.
 //! - `client`: outgoing connections, openraft's network factory, forwarding.
+//! - `pipeline`: pipelined replication (openraft's `stream_append`).
 //! - `server`: the listener, handshake checks, dispatch to Raft.
 //! - `tls`, `faults`, `stats`: mutual TLS, test partitions, counters.
 
 pub mod client;
 pub mod faults;
 pub mod frame;
+pub mod pipeline;
 pub mod server;
 pub mod stats;
 pub mod tls;

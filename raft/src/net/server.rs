@@ -9,6 +9,7 @@ use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -87,6 +88,9 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, core: Arc<Core>) {
             }
         };
         NetStats::bump(&ctx.stats.requests);
+        if matches!(req, Request::AppendStream) {
+            return append_stream(io, peer, from, core).await;
+        }
         let resp = dispatch(&core, req).await;
         let body = match wire::encode(&resp) {
             Ok(b) => b,
@@ -186,5 +190,70 @@ async fn dispatch(core: &Core, req: Request) -> Response {
         },
         Request::Forward(cmd) => core.answer_forward(cmd).await,
         Request::Read(key) => core.answer_read(key).await,
+        Request::AppendStream => Response::Failed("append stream already open".into()),
     }
+}
+
+/// A connection in stream mode: every frame is an `Append`, fed to
+/// `Raft::stream_append` (queued for the log without waiting for each
+/// flush), every answer written back in order as it comes. Ends when the
+/// peer closes, sends anything else, or an answer is an error.
+async fn append_stream(io: BoxIo, peer: SocketAddr, from: NodeId, core: Arc<Core>) {
+    let ctx = core.net.clone();
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (tx, rx) = tokio::sync::mpsc::channel(super::pipeline::DEPTH);
+    let rctx = ctx.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let raw = match read_frame(&mut rd, rctx.max_frame).await {
+                Ok(raw) => raw,
+                Err(FrameError::TooLarge { len, max }) => {
+                    NetStats::bump(&rctx.stats.oversized);
+                    warn!(%peer, from, len, max, "cluster peer dropped: frame over the size limit");
+                    return;
+                }
+                Err(_) => return,
+            };
+            if rctx.faults.is_blocked(from) {
+                return;
+            }
+            match wire::decode::<Request>(&raw) {
+                Ok(Request::Append(r)) => {
+                    NetStats::bump(&rctx.stats.requests);
+                    if tx.send(r).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(other) => {
+                    NetStats::bump(&rctx.stats.malformed);
+                    warn!(%peer, from, "cluster peer dropped: {other:?} inside an append stream");
+                    return;
+                }
+                Err(e) => {
+                    NetStats::bump(&rctx.stats.malformed);
+                    warn!(%peer, from, error = %e, "cluster peer dropped: malformed message");
+                    return;
+                }
+            }
+        }
+    });
+    let input =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut output = std::pin::pin!(core.raft.stream_append(input));
+    while let Some(item) = output.next().await {
+        let (resp, last) = match item {
+            Ok(r) => {
+                let last = r.is_err();
+                (Response::Streamed(r), last)
+            }
+            Err(fatal) => (Response::Failed(fatal.to_string()), true),
+        };
+        let Ok(body) = wire::encode(&resp) else {
+            break;
+        };
+        if ctx.faults.is_blocked(from) || write_frame(&mut wr, &body).await.is_err() || last {
+            break;
+        }
+    }
+    reader.abort();
 }

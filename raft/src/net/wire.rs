@@ -10,7 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandResult, Versioned};
+use crate::command::{CommandResult, Versioned};
+use crate::payload::Payload;
 use crate::types::{NodeId, SnapshotMeta, TypeConfig, Vote};
 
 type AppendReq = openraft::raft::AppendEntriesRequest<TypeConfig>;
@@ -20,6 +21,7 @@ type VoteResp = openraft::raft::VoteResponse<TypeConfig>;
 type SnapResp = openraft::raft::SnapshotResponse<TypeConfig>;
 type TransferReq = openraft::raft::TransferLeaderRequest<TypeConfig>;
 type TransferResp = openraft::raft::TransferLeaderResponse<TypeConfig>;
+type StreamedResp = openraft::raft::StreamAppendResult<TypeConfig>;
 
 /// A request from one node to another.
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,9 +38,13 @@ pub enum Request {
     },
     TransferLeader(TransferReq),
     /// A follower forwards a client write to the leader.
-    Forward(Command),
+    Forward(Payload),
     /// A follower asks the leader for a linearizable read of one key.
     Read(Vec<u8>),
+    /// Switches the connection to a pipelined append stream (no answer):
+    /// every later frame is an `Append`, answered in order by `Streamed`
+    /// (see [`super::pipeline`]).
+    AppendStream,
 }
 
 /// The answer to a [`Request`].
@@ -51,6 +57,8 @@ pub enum Response {
     TransferLeader(TransferResp),
     Forward(CommandResult),
     Read(Option<Versioned>),
+    /// The answer to one `Append` of an append stream.
+    Streamed(StreamedResp),
     /// The receiver is not the leader (forwarded writes and reads).
     NotLeader {
         leader: Option<NodeId>,

@@ -17,6 +17,7 @@ use crate::net::client::{CallError, Conn};
 use crate::net::wire::{Request, Response};
 use crate::net::NetCtx;
 use crate::node::NodeConfig;
+use crate::payload::Payload;
 use crate::store::{sm, Store};
 use crate::types::{NodeId, Raft};
 
@@ -66,7 +67,7 @@ impl Core {
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, Error> {
         let started = Instant::now();
         let ops = cmd.ops.len() as u64;
-        let res = self.write_inner(cmd).await;
+        let res = self.write_inner(Payload::new(cmd)).await;
         let c = &self.store.counters;
         match &res {
             Ok(_) => {
@@ -79,7 +80,7 @@ impl Core {
         res
     }
 
-    async fn write_inner(&self, cmd: Command) -> Result<CommandResult, Error> {
+    async fn write_inner(&self, cmd: Payload) -> Result<CommandResult, Error> {
         let deadline = Instant::now() + self.cfg.write_timeout;
         let mut leader_hint = None;
         loop {
@@ -108,7 +109,7 @@ impl Core {
         }
     }
 
-    async fn attempt_local(&self, cmd: Command, left: Duration) -> Attempt {
+    async fn attempt_local(&self, cmd: Payload, left: Duration) -> Attempt {
         match tokio::time::timeout(left, self.raft.client_write(cmd)).await {
             Err(_) => Attempt::Done(Err(Error::Timeout)),
             Ok(Ok(resp)) => Attempt::Done(Ok(resp.data)),
@@ -119,7 +120,7 @@ impl Core {
         }
     }
 
-    async fn attempt_forward(&self, leader: NodeId, cmd: Command, left: Duration) -> Attempt {
+    async fn attempt_forward(&self, leader: NodeId, cmd: Payload, left: Duration) -> Attempt {
         let Some(conn) = self.forward_conn(leader) else {
             return Attempt::Retry(None);
         };
@@ -176,7 +177,7 @@ impl Core {
     }
 
     /// A forwarded write: commit here if leading, never forward again.
-    pub async fn answer_forward(&self, cmd: Command) -> Response {
+    pub async fn answer_forward(&self, cmd: Payload) -> Response {
         match tokio::time::timeout(self.cfg.write_timeout, self.raft.client_write(cmd)).await {
             Err(_) => Response::Failed("timed out on the leader".into()),
             Ok(Ok(resp)) => Response::Forward(resp.data),

@@ -303,17 +303,16 @@ fn run(
             return;
         }
     };
-    rt.block_on(async move {
-        let core = match boot(cfg, listener, addr, faults, stats).await {
-            Ok(core) => core,
+    let log_writer = rt.block_on(async move {
+        let (core, log_writer) = match boot(cfg, listener, addr, faults, stats).await {
+            Ok(booted) => booted,
             Err(e) => {
                 let _ = ready.send(Err(e));
-                return;
+                return None;
             }
         };
         tokio::spawn(owner::run_batcher(core.clone(), claims));
         tokio::spawn(liveness::run(core.clone()));
-        tokio::spawn(watch_leader(core.clone()));
         let _ = ready.send(Ok(Started {
             store: Arc::downgrade(&core.store),
         }));
@@ -331,10 +330,15 @@ fn run(
             warn!(node = core.id, error = %e, "raft shutdown");
         }
         info!(node = core.id, "raft node stopped");
+        Some(log_writer)
     });
-    // Dropping the runtime cancels the remaining tasks and waits for blocking
-    // storage work, so the store is closed when this thread ends.
+    // Dropping the runtime cancels the remaining tasks (dropping every log
+    // store handle, which ends the log writer) and waits for blocking
+    // storage work; once the writer has ended too, the store is closed.
     drop(rt);
+    if let Some(w) = log_writer {
+        let _ = w.join();
+    }
 }
 
 /// Counts terms and leader changes as openraft reports them.
@@ -367,8 +371,12 @@ async fn boot(
     addr: SocketAddr,
     faults: Faults,
     stats: Arc<NetStats>,
-) -> Result<Arc<Core>, OpenError> {
+) -> Result<(Arc<Core>, JoinHandle<()>), OpenError> {
     let store = Store::open(&cfg.data_dir, &cfg.cluster_id, cfg.node_id, &cfg.store)?;
+    let (log, log_writer) = LogStore::open(store.clone()).map_err(|source| OpenError::Io {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
     let tls = match &cfg.tls {
         Some(files) => Some(Tls::load(files).map_err(OpenError::Config)?),
         None => None,
@@ -388,7 +396,7 @@ async fn boot(
         cfg.node_id,
         config,
         NetworkFactory::new(net.clone()),
-        LogStore::new(store.clone()),
+        log,
         StateMachine::new(store.clone()),
     )
     .await
@@ -409,6 +417,9 @@ async fn boot(
         })
         .collect();
     let core = Arc::new(Core::new(cfg.node_id, raft.clone(), store, net, cfg));
+    // Watching terms before `initialize`: the first election can be over
+    // within milliseconds, before `run` spawns anything else.
+    tokio::spawn(watch_leader(core.clone()));
     tokio::spawn(server::serve(listener, core.clone()));
     if !bootstrap.is_empty()
         && !raft
@@ -422,5 +433,5 @@ async fn boot(
             info!(node = core.id, error = %e, "bootstrap: not initializing");
         }
     }
-    Ok(core)
+    Ok((core, log_writer))
 }

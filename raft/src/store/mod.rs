@@ -2,15 +2,20 @@
 //! its latest snapshot, in one environment per node.
 //!
 //! ```text
-//! <dir>/data.mdb, lock.mdb   one LMDB environment, four databases:
-//!   meta  str -> bytes       format, cluster_id, node_id, vote, last_purged
+//! <dir>/data.mdb, lock.mdb   one LMDB environment, three databases:
+//!   meta  str -> bytes       format, cluster_id, node_id, vote, last_purged,
+//!                            committed
 //!   log   u64 BE -> bytes    postcard(Entry), index order
-//!   kv    bytes -> bytes     postcard(Versioned): the replicated map
-//!   sm    str -> bytes       applied, membership, revision, snapshot
+//!   sm    str -> bytes       snapshot: postcard(meta, image)
 //! ```
 //!
+//! The replicated map itself lives in memory (`sm`); its durable form is
+//! the snapshot plus the log after it.
+//!
 //! Every write transaction is committed with LMDB's default durability
-//! (fsync before the commit returns), on tokio's blocking pool so the
+//! (fsync before the commit returns), off the control-plane thread: log
+//! writes on the log writer thread (group commit, see `log` and `writer`),
+//! state-machine applies and snapshots on tokio's blocking pool, so the
 //! control-plane thread keeps serving heartbeats while the disk works.
 //! A dir is bound to one cluster id and one node id at first open; another
 //! cluster's or node's dir is refused.
@@ -18,7 +23,9 @@
 pub mod log;
 pub mod sm;
 pub mod snapshot;
+mod tail;
 pub mod watch;
+mod writer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,12 +43,12 @@ pub use sm::StateMachine;
 use crate::error::OpenError;
 use crate::types::NodeId;
 
-/// Data format written by this build.
-pub const FORMAT: u32 = 1;
+/// Data format written by this build (2: a log entry's command is stored as
+/// its postcard bytes, see `crate::payload`).
+pub const FORMAT: u32 = 2;
 
 pub(crate) type LogDb = Database<'static, U64<BigEndian>, Bytes>;
 pub(crate) type StrDb = Database<'static, Str, Bytes>;
-pub(crate) type KvDb = Database<'static, Bytes, Bytes>;
 
 /// The LMDB environment and its databases, shared by the log store, the state
 /// machine and local readers.
@@ -49,8 +56,8 @@ pub struct Store {
     pub(crate) env: Env<WithoutTls>,
     pub(crate) meta: StrDb,
     pub(crate) log: LogDb,
-    pub(crate) kv: KvDb,
     pub(crate) sm: StrDb,
+    pub(crate) map: std::sync::RwLock<sm::MapState>,
     pub(crate) path: PathBuf,
     pub(crate) counters: crate::counters::Counters,
     pub(crate) watchers: watch::Watchers,
@@ -106,13 +113,12 @@ impl Store {
         }
         .map_err(lmdb)?;
         let wtxn = env.write_txn().map_err(lmdb)?;
-        let (meta, log, kv, sm) = env
+        let (meta, log, sm) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
                 let meta = opener.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
                 let log = opener.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("log"))?;
-                let kv = opener.create_database::<Bytes, Bytes>(wtxn, Some("kv"))?;
                 let sm = opener.create_database::<Str, Bytes>(wtxn, Some("sm"))?;
-                Ok(CommitOrAbort::<_, ()>::Commit((meta, log, kv, sm)))
+                Ok(CommitOrAbort::<_, ()>::Commit((meta, log, sm)))
             })
             .map_err(lmdb)?
             .unwrap_commit();
@@ -120,11 +126,10 @@ impl Store {
         // every use needs a transaction that borrows `env`, which this struct
         // owns, and heed checks the environment id at each use. Widening the
         // marker lifetime to 'static cannot outlive the environment.
-        let (meta, log, kv, sm) = unsafe {
+        let (meta, log, sm) = unsafe {
             (
                 std::mem::transmute::<Database<'_, Str, Bytes>, StrDb>(meta),
                 std::mem::transmute::<Database<'_, U64<BigEndian>, Bytes>, LogDb>(log),
-                std::mem::transmute::<Database<'_, Bytes, Bytes>, KvDb>(kv),
                 std::mem::transmute::<Database<'_, Str, Bytes>, StrDb>(sm),
             )
         };
@@ -132,8 +137,8 @@ impl Store {
             env,
             meta,
             log,
-            kv,
             sm,
+            map: Default::default(),
             path: path.clone(),
             counters: Default::default(),
             watchers: Default::default(),

@@ -1,6 +1,6 @@
 //! Watchers of applied changes: a caller registers a key prefix and gets
-//! every change to a key under it, in apply order, after the transaction
-//! that made it is committed (so a local read at that point sees it).
+//! every change to a key under it, in apply order, once the apply that made
+//! it is visible (so a local read at that point sees it).
 //!
 //! A snapshot install replaces the map: every key it holds under a watched
 //! prefix is sent as a change (keys it dropped are not announced).

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ringmq_raft::net::frame::{Hello, PROTOCOL_VERSION};
 use ringmq_raft::net::stats::NetStats;
+use ringmq_raft::net::wire::{self, Request};
 use ringmq_raft::OpenError;
 
 use crate::common::{poll, put_ok, Cluster, CLUSTER};
@@ -94,13 +95,31 @@ fn garbage_foreign_and_wrong_version_peers_are_refused() {
     assert_eq!(read_frame(&mut s), Some(vec![0]));
     s.write_all(&u32::MAX.to_be_bytes()).unwrap();
     assert!(closed(&mut s));
+    // A pipelined append stream (protocol 2) carrying garbage, then one
+    // carrying a message that is not an AppendEntries.
+    let stream_mode = wire::encode(&Request::AppendStream).unwrap();
+    let mut s = connect(&c, target);
+    send_frame(&mut s, &hello(PROTOCOL_VERSION, CLUSTER, target));
+    assert_eq!(read_frame(&mut s), Some(vec![0]));
+    send_frame(&mut s, &stream_mode);
+    send_frame(&mut s, &[0xff, 0xff, 0xff, 0x13, 0x37]);
+    assert!(closed(&mut s));
+    let mut s = connect(&c, target);
+    send_frame(&mut s, &hello(PROTOCOL_VERSION, CLUSTER, target));
+    assert_eq!(read_frame(&mut s), Some(vec![0]));
+    send_frame(&mut s, &stream_mode);
+    send_frame(
+        &mut s,
+        &wire::encode(&Request::Read(b"k".to_vec())).unwrap(),
+    );
+    assert!(closed(&mut s));
 
     poll("counters", Duration::from_secs(5), || {
         let st = stats();
         (NetStats::get(&st.refused_version) == 1
             && NetStats::get(&st.refused_cluster) == 1
             && NetStats::get(&st.refused_node) == 1
-            && NetStats::get(&st.malformed) >= 3
+            && NetStats::get(&st.malformed) >= 5
             && NetStats::get(&st.oversized) == 1)
             .then_some(())
     });

@@ -69,3 +69,38 @@ fn follower_catches_up_from_log_then_from_snapshot() {
     let v = write_n(&c, f, 500, 1);
     c.converged(b"k00500", v);
 }
+
+/// The state machine lives in memory: a node restarted alone (no quorum, so
+/// nothing new can commit and no leader tells it the commit point) gets its
+/// map back from its stored snapshot and the committed log after it, before
+/// it serves a read.
+#[test]
+fn a_node_restarted_alone_rebuilds_its_map_from_snapshot_and_log() {
+    let mut c = Cluster::with(3, small_snapshots);
+    let leader = c.leader();
+    let last = write_n(&c, leader, 0, 100);
+    c.converged(b"k00099", last);
+    poll("a snapshot on node 1", Duration::from_secs(20), || {
+        c.status(1).snapshot.map(|_| ())
+    });
+    // Entries after the snapshot, committed and applied everywhere.
+    let last = write_n(&c, leader, 100, 15);
+    c.converged(b"k00114", last);
+    for id in [1, 2, 3] {
+        c.stop(id);
+    }
+    c.restart(1);
+    for i in [0usize, 57, 99, 100, 114] {
+        let key = format!("k{i:05}");
+        let v = c
+            .handle(1)
+            .read_local(key.as_bytes())
+            .unwrap()
+            .unwrap_or_else(|| panic!("{key} missing after the restart"));
+        assert_eq!(v.value, [i as u8; 16], "{key}");
+    }
+    assert_eq!(
+        c.handle(1).read_local(b"k00114").unwrap().unwrap().version,
+        last
+    );
+}

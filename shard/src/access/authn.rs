@@ -95,13 +95,17 @@ impl Authn {
     /// What `c` needs. `tls_identity`: the verified client certificate's
     /// CN on a listener with `identity_as_username` (Mosquitto's
     /// `use_identity_as_username`): it is the user name and no password is
-    /// asked. `snonce`: the server nonce, if SCRAM is asked for.
+    /// asked. `anonymous`: the listener's own `allow_anonymous`, if it has
+    /// one (else the shard-wide setting). `snonce`: the server nonce, if
+    /// SCRAM is asked for.
     pub fn start(
         &self,
         c: &Connect,
         tls_identity: Option<&str>,
+        anonymous: Option<bool>,
         snonce: impl FnOnce() -> String,
     ) -> Start {
+        let allow_anonymous = anonymous.unwrap_or(self.cfg.allow_anonymous);
         if let Some(cn) = tls_identity {
             let id = Identity {
                 username: Some(cn.to_string()),
@@ -135,7 +139,7 @@ impl Authn {
             };
         }
         let Some(user) = &c.username else {
-            return if self.cfg.allow_anonymous {
+            return if allow_anonymous {
                 Start::Accept(None, AuthOutcome::Anonymous)
             } else {
                 Start::Refuse(ReasonCode::NotAuthorized, AuthOutcome::AnonymousRefused)
@@ -144,7 +148,7 @@ impl Authn {
         let Some(file) = file else {
             // A user name but nothing to check it against: allowed only
             // where anonymous clients are (the name is then unverified).
-            return if self.cfg.allow_anonymous {
+            return if allow_anonymous {
                 let id = Identity {
                     username: Some(user.as_str().to_string()),
                     ..Identity::default()
@@ -242,7 +246,7 @@ mod tests {
     fn decisions() {
         let nonce = || "n".to_string();
         let a = authn(false, true);
-        let anon = a.start(&connect(None, None), None, nonce);
+        let anon = a.start(&connect(None, None), None, None, nonce);
         assert_eq!(
             outcome(&anon),
             (
@@ -250,9 +254,9 @@ mod tests {
                 Some(AuthOutcome::AnonymousRefused)
             )
         );
-        let unknown = a.start(&connect(Some("bob"), Some("pw")), None, nonce);
+        let unknown = a.start(&connect(Some("bob"), Some("pw")), None, None, nonce);
         assert_eq!(outcome(&unknown).0, Some(ReasonCode::BadUserNameOrPassword));
-        let nopw = a.start(&connect(Some("alice"), None), None, nonce);
+        let nopw = a.start(&connect(Some("alice"), None), None, None, nonce);
         assert_eq!(
             outcome(&nopw),
             (
@@ -260,7 +264,7 @@ mod tests {
                 Some(AuthOutcome::NoPassword)
             )
         );
-        match a.start(&connect(Some("alice"), Some("pw")), None, nonce) {
+        match a.start(&connect(Some("alice"), Some("pw")), None, None, nonce) {
             Start::Check {
                 entry, password, ..
             } => assert!(entry.verify(&password)),
@@ -268,24 +272,54 @@ mod tests {
         }
         // No password file, anonymous refused: a user name alone is not enough.
         let b = authn(false, false);
-        let s = b.start(&connect(Some("alice"), Some("pw")), None, nonce);
+        let s = b.start(&connect(Some("alice"), Some("pw")), None, None, nonce);
         assert_eq!(outcome(&s).0, Some(ReasonCode::NotAuthorized));
         // Anonymous allowed: no user name gets in; a user name is still checked.
         let c = authn(true, true);
         assert_eq!(
-            outcome(&c.start(&connect(None, None), None, nonce)),
+            outcome(&c.start(&connect(None, None), None, None, nonce)),
             (None, Some(AuthOutcome::Anonymous))
         );
         assert!(matches!(
-            c.start(&connect(Some("alice"), Some("x")), None, nonce),
+            c.start(&connect(Some("alice"), Some("x")), None, None, nonce),
             Start::Check { .. }
         ));
     }
 
     #[test]
+    fn a_listener_setting_overrides_the_shard_wide_one() {
+        let nonce = || "n".to_string();
+        let refused = (
+            Some(ReasonCode::NotAuthorized),
+            Some(AuthOutcome::AnonymousRefused),
+        );
+        let allowed = (None, Some(AuthOutcome::Anonymous));
+        let (strict, lax) = (authn(false, true), authn(true, true));
+        let anon = connect(None, None);
+        assert_eq!(
+            outcome(&strict.start(&anon, None, Some(true), nonce)),
+            allowed
+        );
+        assert_eq!(outcome(&strict.start(&anon, None, None, nonce)), refused);
+        assert_eq!(
+            outcome(&lax.start(&anon, None, Some(false), nonce)),
+            refused
+        );
+        assert_eq!(outcome(&lax.start(&anon, None, None, nonce)), allowed);
+        // A user name without a password file: as anonymous, per listener.
+        let nofile = authn(false, false);
+        let user = connect(Some("alice"), Some("pw"));
+        assert_eq!(
+            outcome(&nofile.start(&user, None, Some(true), nonce)),
+            allowed
+        );
+        assert_eq!(outcome(&nofile.start(&user, None, None, nonce)), refused);
+    }
+
+    #[test]
     fn tls_identity_is_the_user_and_no_password_is_asked() {
         let a = authn(false, true);
-        match a.start(&connect(None, None), Some("device-7"), || "n".into()) {
+        match a.start(&connect(None, None), Some("device-7"), None, || "n".into()) {
             Start::Accept(Some(id), AuthOutcome::TlsIdentity) => {
                 assert_eq!(id.username.as_deref(), Some("device-7"));
                 assert!(id.verified);
@@ -296,6 +330,7 @@ mod tests {
         let s = a.start(
             &connect(Some("alice"), Some("wrong")),
             Some("device-7"),
+            None,
             || "n".into(),
         );
         assert!(

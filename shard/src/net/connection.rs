@@ -229,6 +229,7 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
         stack: &mut stack,
         listener: li,
         peer: peer_ip,
+        allow_anonymous: rt.cfg.allow_anonymous,
         deadline,
     };
     let auth = match crate::auth_phase::authenticate(

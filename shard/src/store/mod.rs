@@ -77,7 +77,7 @@ pub use error::StoreError;
 pub use layout::{lock_dir as lock_data_dir, DirLock as DataDirLock, FORMAT};
 pub use message::{MessageRef, StoredMessage};
 pub use records::{
-    expires_by, InboundQos2, OutboundRecord, OutboundState, Prepared, RecoveredSession,
+    expires_by, InboundQos2, OutboundRecord, OutboundState, Owner, Prepared, RecoveredSession,
     RetainedRecord, SessionKey, SessionRecord, SubscriptionRecord, Target,
 };
 pub use recover::{open, Recovery, RecoveryStats, ShardRecovery};

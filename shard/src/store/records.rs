@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! session       = V1 expiry_s:var disconnected_at_ms:u64(0 = connected) protocol:u8
-//!                 client_id:bytes will
+//!                 client_id:bytes will [owner: 0 anonymous | 1 user:bytes]
+//!                 (no owner: a row written before owners were stored)
 //! subscription  = V1 options:u8 (qos | no_local<<2 | rap<<3 | rh<<4) sub_id:var(0 = none)
 //! outbound      = V1 state:u8 (0 queued | 1 awaiting PUBACK/PUBREC | 2 awaiting PUBCOMP)
 //!                 [packet id u16 if state != 0] has_message:u8 [message]
@@ -43,6 +44,34 @@ pub struct SessionRecord {
     pub disconnected_at_ms: Option<u64>,
     /// Will message, kept until sent or cleared (v5 Will Delay Interval).
     pub will: Option<LastWill>,
+    /// Who its last connection authenticated as: the ACL decides for the
+    /// session by it after a restart, before the client reconnects.
+    pub owner: Owner,
+}
+
+/// The user a session belongs to, as the ACL sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Owner {
+    /// Not known: a row stored before owners were (the ACL refuses every
+    /// delivery to the session until its client reconnects).
+    #[default]
+    Unknown,
+    /// Connected without a user name.
+    Anonymous,
+    /// The user name it authenticated as (password, SCRAM, certificate CN),
+    /// or gave where anonymous clients are allowed.
+    User(Box<str>),
+}
+
+impl Owner {
+    /// `None` when unknown; `Some(None)` for anonymous.
+    pub fn username(&self) -> Option<Option<&str>> {
+        match self {
+            Owner::Unknown => None,
+            Owner::Anonymous => Some(None),
+            Owner::User(u) => Some(Some(u)),
+        }
+    }
 }
 
 /// One subscription of a persistent session.
@@ -157,6 +186,14 @@ pub fn put_session(out: &mut Vec<u8>, s: &SessionRecord) {
     w.u8(s.protocol as u8);
     w.bytes(s.client_id.as_bytes());
     put_will(&mut w, s.will.as_ref());
+    match &s.owner {
+        Owner::Unknown => {}
+        Owner::Anonymous => w.u8(0),
+        Owner::User(u) => {
+            w.u8(1);
+            w.bytes(u.as_bytes());
+        }
+    }
 }
 
 pub fn read_session(buf: Bytes) -> Result<SessionRecord, BadRecord> {
@@ -169,6 +206,19 @@ pub fn read_session(buf: Bytes) -> Result<SessionRecord, BadRecord> {
     let client_id =
         MqttString::try_from(r.bytes("client id")?).map_err(|_| BadRecord("client id"))?;
     let will = read_will(&mut r)?;
+    let owner = if r.is_empty() {
+        Owner::Unknown
+    } else {
+        match r.u8("owner")? {
+            0 => Owner::Anonymous,
+            1 => {
+                let u = r.bytes("owner user name")?;
+                let u = std::str::from_utf8(&u).map_err(|_| BadRecord("owner user name"))?;
+                Owner::User(u.into())
+            }
+            _ => return Err(BadRecord("owner")),
+        }
+    };
     r.finish("session trailing bytes")?;
     Ok(SessionRecord {
         client_id,
@@ -176,6 +226,7 @@ pub fn read_session(buf: Bytes) -> Result<SessionRecord, BadRecord> {
         expiry_interval,
         disconnected_at_ms: (disconnected != 0).then_some(disconnected),
         will,
+        owner,
     })
 }
 

@@ -120,13 +120,23 @@ proptest! {
     }
 
     #[test]
-    fn session_round_trips(id in text(), expiry: u32, at in proptest::option::of(1u64..)) {
+    fn session_round_trips(
+        id in text(),
+        expiry: u32,
+        at in proptest::option::of(1u64..),
+        owner in prop_oneof![
+            Just(records::Owner::Unknown),
+            Just(records::Owner::Anonymous),
+            "[a-z%/+# ]{0,12}".prop_map(|u| records::Owner::User(u.into())),
+        ],
+    ) {
         let s = SessionRecord {
             client_id: id,
             protocol: ProtocolVersion::V3_1_1,
             expiry_interval: expiry,
             disconnected_at_ms: at,
             will: None,
+            owner,
         };
         let mut buf = Vec::new();
         records::put_session(&mut buf, &s);

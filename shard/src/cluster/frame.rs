@@ -1,0 +1,467 @@
+//! Node-link frames: versioned, length-delimited, sans I/O.
+//!
+//! Every frame is `len: u32 BE | kind: u8 | body`, `len` counting `kind` and
+//! `body`. The first frame each side sends is [`Frame::Hello`]; a side that
+//! does not like the other's hello answers [`Frame::Refuse`] with one line and
+//! closes. A publish crosses as the MQTT 5 encoding of its PUBLISH (encoded
+//! once per publish, whatever the number of target nodes), so every property
+//! survives and the codec's checks apply again on arrival.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ringmq_codec::{Packet, ProtocolVersion, Publish, TopicFilter};
+
+/// First four bytes of a hello: not a ringmq node link otherwise.
+pub const MAGIC: &[u8; 4] = b"RMQL";
+/// The link protocol this build speaks.
+pub const VERSION: u16 = 1;
+/// Largest frame accepted (a PUBLISH up to 256 MiB plus framing).
+pub const MAX_FRAME: usize = 268_435_455 + 64;
+
+const HELLO: u8 = 1;
+const REFUSE: u8 = 2;
+const ROUTE_SYNC: u8 = 3;
+const ROUTE_ADD: u8 = 4;
+const ROUTE_DEL: u8 = 5;
+const ROUTE_ACK: u8 = 6;
+const PUBLISH: u8 = 7;
+const DIGEST: u8 = 8;
+const RESYNC: u8 = 9;
+const PING: u8 = 10;
+const PONG: u8 = 11;
+const SHARED_PUBLISH: u8 = 12;
+
+/// One frame of a node link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Who is speaking: link version, cluster and node.
+    Hello(Hello),
+    /// The hello was refused; the line says why. The link closes.
+    Refuse(String),
+    /// Every filter the sender's node has subscribers on, replacing what the
+    /// receiver knew of it; `seq` is acknowledged like a change.
+    RouteSync {
+        seq: u64,
+        filters: Vec<TopicFilter>,
+    },
+    /// The sender's node gained its first subscriber on a filter.
+    RouteAdd {
+        seq: u64,
+        filter: TopicFilter,
+    },
+    /// The sender's node lost its last subscriber on a filter.
+    RouteDel {
+        seq: u64,
+        filter: TopicFilter,
+    },
+    /// Every route frame up to `seq` is applied on every shard of the sender.
+    RouteAck(u64),
+    /// A publish for the receiver's subscribers (MQTT 5 PUBLISH bytes).
+    Publish(Bytes),
+    /// A publish for one member of share group `group` on the receiver only.
+    SharedPublish {
+        group: TopicFilter,
+        publish: Bytes,
+    },
+    /// Anti-entropy: the sender's route set has `count` filters hashing to `hash`.
+    Digest {
+        count: u32,
+        hash: u64,
+    },
+    /// The digest did not match: send a `RouteSync`.
+    Resync,
+    /// Round-trip probe, answered with `Pong` carrying the same value.
+    Ping(u64),
+    Pong(u64),
+}
+
+/// The first frame on a link, each way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub cluster: String,
+    pub node: u64,
+}
+
+/// What is wrong with the bytes on a link (the link is closed).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes over the limit")]
+    TooLarge(usize),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("truncated {0} frame")]
+    Truncated(&'static str),
+    #[error("not a ringmq node link (bad magic)")]
+    BadMagic,
+    #[error("bad topic filter in a route frame")]
+    BadFilter,
+    #[error("malformed publish: {0}")]
+    BadPublish(String),
+}
+
+/// Appends a PUBLISH frame for `p` (packet id 1 at QoS 1/2: the link is not an MQTT session).
+pub fn encode_publish(p: &Publish, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(PUBLISH);
+    let mut p = p.clone();
+    p.dup = false;
+    p.packet_id = (p.qos != ringmq_codec::QoS::AtMostOnce)
+        .then(|| ringmq_codec::PacketId::new(1).expect("1 is non-zero"));
+    // A publish the codec decoded re-encodes; a failure would be a codec bug.
+    if let Err(e) = Packet::Publish(p).encode(ProtocolVersion::V5, out) {
+        tracing::error!("cannot encode a publish for a node link: {e}");
+        out.truncate(start);
+        return;
+    }
+    finish(out, start);
+}
+
+/// Appends a SHARED_PUBLISH frame: `p` for one member of `group` on the receiver.
+pub fn encode_shared_publish(group: &TopicFilter, p: &Publish, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(SHARED_PUBLISH);
+    put_str(out, group.as_str());
+    let mut inner = BytesMut::new();
+    encode_publish(p, &mut inner);
+    if inner.len() <= 5 {
+        out.truncate(start);
+        return;
+    }
+    // The PUBLISH bytes without their own frame header.
+    out.put_slice(&inner[5..]);
+    finish(out, start);
+}
+
+/// Decodes the PUBLISH carried by a `Publish` frame.
+pub fn decode_publish(bytes: Bytes) -> Result<Publish, FrameError> {
+    let mut d = ringmq_codec::Decoder::new(0);
+    d.set_version(ProtocolVersion::V5);
+    let mut buf = BytesMut::from(&bytes[..]);
+    match d.decode(&mut buf) {
+        Ok(Some(Packet::Publish(p))) if buf.is_empty() && !p.topic.as_str().is_empty() => Ok(p),
+        Ok(Some(_)) | Ok(None) => Err(FrameError::BadPublish("not one whole PUBLISH".into())),
+        Err(e) => Err(FrameError::BadPublish(e.to_string())),
+    }
+}
+
+impl Frame {
+    /// Appends the frame to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u32(0);
+        match self {
+            Frame::Hello(h) => {
+                out.put_u8(HELLO);
+                out.put_slice(MAGIC);
+                out.put_u16(h.version);
+                put_str(out, &h.cluster);
+                out.put_u64(h.node);
+            }
+            Frame::Refuse(why) => {
+                out.put_u8(REFUSE);
+                put_str(out, why);
+            }
+            Frame::RouteSync { seq, filters } => {
+                out.put_u8(ROUTE_SYNC);
+                out.put_u64(*seq);
+                out.put_u32(filters.len() as u32);
+                for f in filters {
+                    put_str(out, f.as_str());
+                }
+            }
+            Frame::RouteAdd { seq, filter } | Frame::RouteDel { seq, filter } => {
+                let add = matches!(self, Frame::RouteAdd { .. });
+                out.put_u8(if add { ROUTE_ADD } else { ROUTE_DEL });
+                out.put_u64(*seq);
+                put_str(out, filter.as_str());
+            }
+            Frame::RouteAck(seq) => {
+                out.put_u8(ROUTE_ACK);
+                out.put_u64(*seq);
+            }
+            Frame::Publish(b) => {
+                out.put_u8(PUBLISH);
+                out.put_slice(b);
+            }
+            Frame::SharedPublish { group, publish } => {
+                out.put_u8(SHARED_PUBLISH);
+                put_str(out, group.as_str());
+                out.put_slice(publish);
+            }
+            Frame::Digest { count, hash } => {
+                out.put_u8(DIGEST);
+                out.put_u32(*count);
+                out.put_u64(*hash);
+            }
+            Frame::Resync => out.put_u8(RESYNC),
+            Frame::Ping(n) | Frame::Pong(n) => {
+                out.put_u8(if matches!(self, Frame::Ping(_)) {
+                    PING
+                } else {
+                    PONG
+                });
+                out.put_u64(*n);
+            }
+        }
+        finish(out, start);
+    }
+
+    /// Splits one whole frame off the front of `buf`: `Ok(None)` until it is all there.
+    /// The length is checked before the body is buffered.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if len == 0 {
+            return Err(FrameError::Truncated("empty"));
+        }
+        if buf.len() < 4 + len {
+            // Grow with what arrives, never by the announced length alone.
+            buf.reserve((4 + len - buf.len()).min(64 * 1024));
+            return Ok(None);
+        }
+        buf.advance(4);
+        let mut body = buf.split_to(len).freeze();
+        let kind = body.get_u8();
+        let f = match kind {
+            HELLO => {
+                need(&body, 4, "hello")?;
+                if &body[..4] != MAGIC {
+                    return Err(FrameError::BadMagic);
+                }
+                body.advance(4);
+                need(&body, 2, "hello")?;
+                let version = body.get_u16();
+                let cluster = get_str(&mut body, "hello")?;
+                need(&body, 8, "hello")?;
+                Frame::Hello(Hello {
+                    version,
+                    cluster,
+                    node: body.get_u64(),
+                })
+            }
+            REFUSE => Frame::Refuse(get_str(&mut body, "refuse")?),
+            ROUTE_SYNC => {
+                need(&body, 12, "route sync")?;
+                let seq = body.get_u64();
+                let n = body.get_u32() as usize;
+                // Each filter takes at least 3 bytes: a count past that is a lie.
+                if n > body.len() / 3 {
+                    return Err(FrameError::Truncated("route sync"));
+                }
+                let mut filters = Vec::with_capacity(n);
+                for _ in 0..n {
+                    filters.push(get_filter(&mut body)?);
+                }
+                Frame::RouteSync { seq, filters }
+            }
+            ROUTE_ADD | ROUTE_DEL => {
+                need(&body, 8, "route")?;
+                let seq = body.get_u64();
+                let filter = get_filter(&mut body)?;
+                if kind == ROUTE_ADD {
+                    Frame::RouteAdd { seq, filter }
+                } else {
+                    Frame::RouteDel { seq, filter }
+                }
+            }
+            ROUTE_ACK => {
+                need(&body, 8, "route ack")?;
+                Frame::RouteAck(body.get_u64())
+            }
+            PUBLISH => Frame::Publish(std::mem::take(&mut body)),
+            SHARED_PUBLISH => {
+                let group = get_filter(&mut body)?;
+                if group.shared().is_none() {
+                    return Err(FrameError::BadFilter);
+                }
+                Frame::SharedPublish {
+                    group,
+                    publish: std::mem::take(&mut body),
+                }
+            }
+            DIGEST => {
+                need(&body, 12, "digest")?;
+                Frame::Digest {
+                    count: body.get_u32(),
+                    hash: body.get_u64(),
+                }
+            }
+            RESYNC => Frame::Resync,
+            PING | PONG => {
+                need(&body, 8, "ping")?;
+                let n = body.get_u64();
+                if kind == PING {
+                    Frame::Ping(n)
+                } else {
+                    Frame::Pong(n)
+                }
+            }
+            k => return Err(FrameError::UnknownKind(k)),
+        };
+        if !body.is_empty() {
+            return Err(FrameError::Truncated("over-long"));
+        }
+        Ok(Some(f))
+    }
+}
+
+fn finish(out: &mut BytesMut, start: usize) {
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.put_u16(b.len() as u16);
+    out.put_slice(b);
+}
+
+fn need(body: &Bytes, n: usize, what: &'static str) -> Result<(), FrameError> {
+    if body.len() < n {
+        return Err(FrameError::Truncated(what));
+    }
+    Ok(())
+}
+
+fn get_str(body: &mut Bytes, what: &'static str) -> Result<String, FrameError> {
+    need(body, 2, what)?;
+    let n = body.get_u16() as usize;
+    need(body, n, what)?;
+    let s = body.split_to(n);
+    String::from_utf8(s.to_vec()).map_err(|_| FrameError::Truncated(what))
+}
+
+fn get_filter(body: &mut Bytes) -> Result<TopicFilter, FrameError> {
+    let s = get_str(body, "route")?;
+    TopicFilter::try_from(s).map_err(|_| FrameError::BadFilter)
+}
+
+/// Order-independent digest of a route set: (count, xor of FNV-1a hashes).
+pub fn digest<'a>(filters: impl Iterator<Item = &'a TopicFilter>) -> (u32, u64) {
+    let mut count = 0u32;
+    let mut hash = 0u64;
+    for f in filters {
+        count += 1;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in f.as_str().as_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        hash ^= h;
+    }
+    (count, hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmq_codec::{QoS, TopicName};
+
+    fn round_trip(f: Frame) {
+        let mut b = BytesMut::new();
+        f.encode(&mut b);
+        // Split anywhere: nothing until the whole frame is there.
+        for cut in 0..b.len() {
+            let mut part = BytesMut::from(&b[..cut]);
+            assert_eq!(Frame::decode(&mut part), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(Frame::decode(&mut b), Ok(Some(f)));
+        assert!(b.is_empty());
+    }
+
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::try_from(s).unwrap()
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        round_trip(Frame::Hello(Hello {
+            version: VERSION,
+            cluster: "c1".into(),
+            node: 3,
+        }));
+        round_trip(Frame::Refuse("foreign cluster".into()));
+        round_trip(Frame::RouteSync {
+            seq: 9,
+            filters: vec![filter("a/+"), filter("#")],
+        });
+        round_trip(Frame::RouteAdd {
+            seq: 1,
+            filter: filter("x/y"),
+        });
+        round_trip(Frame::RouteDel {
+            seq: 2,
+            filter: filter("x/#"),
+        });
+        round_trip(Frame::RouteAck(7));
+        round_trip(Frame::Digest { count: 2, hash: 5 });
+        round_trip(Frame::Resync);
+        round_trip(Frame::Ping(11));
+        round_trip(Frame::SharedPublish {
+            group: filter("$share/g/a/#"),
+            publish: Bytes::from_static(b"\x30\x03\x00\x01a"),
+        });
+        round_trip(Frame::Pong(12));
+    }
+
+    #[test]
+    fn publish_survives_the_link() {
+        let mut p = Publish::new(
+            TopicName::try_from("s/1").unwrap(),
+            Bytes::from_static(b"hi"),
+        );
+        p.qos = QoS::ExactlyOnce;
+        p.retain = true;
+        let mut b = BytesMut::new();
+        encode_publish(&p, &mut b);
+        let Some(Frame::Publish(bytes)) = Frame::decode(&mut b).unwrap() else {
+            panic!("not a publish frame");
+        };
+        let q = decode_publish(bytes).unwrap();
+        assert_eq!(
+            (q.topic, q.qos, q.retain, q.payload),
+            (p.topic, p.qos, p.retain, p.payload)
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let mut b = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
+        assert!(matches!(
+            Frame::decode(&mut b),
+            Err(FrameError::TooLarge(_))
+        ));
+        let mut b = BytesMut::from(&[0, 0, 0, 1, 99][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(99)));
+        let mut b = BytesMut::from(&b"\0\0\0\x0bGET / HTTP/"[..]);
+        assert!(Frame::decode(&mut b).is_err());
+        let mut b = BytesMut::from(&[0, 0, 0, 9, HELLO, b'X', b'X', b'X', b'X', 0, 1, 0, 0][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::BadMagic));
+        // A route sync announcing more filters than its bytes can hold.
+        let mut b = BytesMut::new();
+        b.put_u32(13);
+        b.put_u8(ROUTE_SYNC);
+        b.put_u64(1);
+        b.put_u32(1_000_000);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("route sync"))
+        );
+        assert!(decode_publish(Bytes::from_static(b"\x30\x05garbage")).is_err());
+    }
+
+    #[test]
+    fn digest_ignores_order() {
+        let a = [filter("a"), filter("b/#")];
+        let b = [filter("b/#"), filter("a")];
+        assert_eq!(digest(a.iter()), digest(b.iter()));
+        assert_ne!(digest(a.iter()), digest(a[..1].iter()));
+    }
+}

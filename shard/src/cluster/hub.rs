@@ -1,0 +1,403 @@
+//! Shard 0's side of the cluster: the links, the route book, SUBACKs waiting
+//! for peers to acknowledge a route, and route acknowledgements waiting for
+//! every local shard to apply a peer's change.
+
+use super::config::ClusterConfig;
+use super::frame::{encode_publish, Frame, Hello};
+use super::link::{self, Link};
+use super::routes::{Change, RouteBook, Slot};
+use super::stats::ClusterStats;
+use super::Item;
+use crate::mesh::MeshItem;
+use crate::router::ShardSet;
+use crate::shard::Shard;
+use bytes::BytesMut;
+use ringmq_codec::{Publish, TopicFilter};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Something to do once every up peer acknowledged route changes up to `seq`.
+struct Waiter {
+    seq: u64,
+    deadline: Instant,
+    then: Box<dyn FnOnce()>,
+}
+
+pub(crate) struct Hub {
+    cfg: Arc<ClusterConfig>,
+    pub stats: Arc<ClusterStats>,
+    /// By slot - 1.
+    links: Vec<Rc<Link>>,
+    book: RefCell<RouteBook>,
+    waiters: RefCell<Vec<Waiter>>,
+    /// Route acks owed to a peer once every local shard applied its change: token -> (replies left, slot, seq).
+    acks: RefCell<HashMap<u64, (usize, Slot, u64)>>,
+    next_token: Cell<u64>,
+    epoch: Instant,
+    /// Dialers, tickers, the acceptor, the sweep: cancelled (and their sockets closed) at stop.
+    tasks: RefCell<Vec<glommio::Task<()>>>,
+    /// The link port's accept loop and socket, ended and closed at stop (awaited:
+    /// a cancelled task is only dropped when the executor runs it again).
+    acceptor: RefCell<Option<glommio::Task<()>>>,
+    listen_fd: Cell<i32>,
+}
+
+impl Hub {
+    pub fn new(cfg: Arc<ClusterConfig>, stats: Arc<ClusterStats>) -> Self {
+        let links = cfg
+            .peers
+            .iter()
+            .zip(&stats.links)
+            .enumerate()
+            .map(|(i, (p, st))| {
+                Rc::new(Link::new(
+                    i as Slot + 1,
+                    p.clone(),
+                    cfg.node_id,
+                    cfg.link_queue_bytes,
+                    st.clone(),
+                ))
+            })
+            .collect();
+        Hub {
+            cfg,
+            stats,
+            links,
+            book: RefCell::default(),
+            waiters: RefCell::default(),
+            acks: RefCell::default(),
+            next_token: Cell::new(0),
+            epoch: Instant::now(),
+            tasks: RefCell::default(),
+            acceptor: RefCell::default(),
+            listen_fd: Cell::new(-1),
+        }
+    }
+
+    /// Starts the link tasks: dialers, the acceptor, tickers, the waiter deadline sweep.
+    pub fn start(self: &Rc<Self>, shard: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
+        let mut tasks = self.tasks.borrow_mut();
+        for l in &self.links {
+            if l.dials {
+                let d = link::dial_loop(shard.clone(), self.clone(), l.clone());
+                tasks.push(glommio::spawn_local(d));
+            }
+            let t = link::tick_loop(
+                shard.clone(),
+                self.clone(),
+                l.clone(),
+                self.cfg.digest_interval,
+            );
+            tasks.push(glommio::spawn_local(t));
+        }
+        if let Some(l) = listener {
+            use std::os::fd::AsRawFd;
+            self.listen_fd.set(l.as_raw_fd());
+            let t = glommio::spawn_local(accept_loop(shard.clone(), self.clone(), l));
+            *self.acceptor.borrow_mut() = Some(t);
+        }
+        tasks.push(glommio::spawn_local(sweep(shard.clone(), self.clone())));
+    }
+
+    /// At shutdown: every link closes (peers see it at once) and the link port is released.
+    pub async fn stop(&self) {
+        for l in &self.links {
+            l.close();
+        }
+        self.tasks.borrow_mut().clear();
+        let fd = self.listen_fd.replace(-1);
+        if fd >= 0 {
+            // SAFETY: the listening socket the accept loop owns; shutdown wakes its
+            // pending accept with an error, and the loop (stopping) drops the socket.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        let acceptor = self.acceptor.borrow_mut().take();
+        if let Some(t) = acceptor {
+            let deadline = async {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+            };
+            futures_lite::future::or(t, deadline).await;
+        }
+    }
+
+    /// Mutual TLS of the links, when configured.
+    pub fn tls(&self) -> Option<&super::tls::LinkTls> {
+        self.cfg.tls.as_ref()
+    }
+
+    pub fn hello(&self) -> Hello {
+        link::hello(&self.cfg.cluster_id, self.cfg.node_id)
+    }
+
+    /// Checks a peer's hello; `expect` is the node dialed. Returns its link or one line saying why not.
+    pub fn check_hello(&self, h: &Hello, expect: Option<u64>) -> Result<Rc<Link>, String> {
+        if h.version != super::frame::VERSION {
+            return Err(format!(
+                "node {} speaks link version {}, this node speaks {}",
+                h.node,
+                h.version,
+                super::frame::VERSION
+            ));
+        }
+        if h.cluster != self.cfg.cluster_id {
+            return Err(format!(
+                "node {} is in cluster '{}', this node is in cluster '{}'",
+                h.node, h.cluster, self.cfg.cluster_id
+            ));
+        }
+        if let Some(e) = expect {
+            if h.node != e {
+                return Err(format!("dialed node {e} but node {} answered", h.node));
+            }
+        }
+        match self.links.iter().find(|l| l.peer.id == h.node) {
+            // The lower id dials: an accepted hello must come from a lower id.
+            Some(l) if expect.is_some() || !l.dials => Ok(l.clone()),
+            Some(_) => Err(format!(
+                "node {} should be dialed by this node {}, not dial it",
+                h.node, self.cfg.node_id
+            )),
+            None => Err(format!(
+                "node {} is not a peer of node {}",
+                h.node, self.cfg.node_id
+            )),
+        }
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    // ---- this node's routes ------------------------------------------------------------------
+
+    /// A local shard gained its first (`add`) or lost its last subscriber on `filter`.
+    /// Returns whether the node's route set changed (and the peers were told).
+    pub fn local_change(&self, filter: &TopicFilter, add: bool) -> bool {
+        let Some(change) = self.book.borrow_mut().local_change(filter, add) else {
+            return false;
+        };
+        let seq = self.book.borrow().seq;
+        let f = match change {
+            Change::Add => Frame::RouteAdd {
+                seq,
+                filter: filter.clone(),
+            },
+            Change::Remove => Frame::RouteDel {
+                seq,
+                filter: filter.clone(),
+            },
+        };
+        for l in self.links.iter().filter(|l| l.is_up()) {
+            l.push_frame(&f);
+            l.stats.routes_out.inc();
+        }
+        true
+    }
+
+    /// Sends this node's whole route set on `link` (at connect and on a resync).
+    pub fn send_sync(&self, link: &Link) {
+        let book = self.book.borrow();
+        link.push_frame(&Frame::RouteSync {
+            seq: book.seq,
+            filters: book.local_filters(),
+        });
+        link.stats.syncs_out.inc();
+    }
+
+    pub fn local_digest(&self) -> (u32, u64) {
+        self.book.borrow().local_digest()
+    }
+
+    pub fn peer_digest(&self, slot: Slot) -> (u32, u64) {
+        self.book.borrow().peer_digest(slot)
+    }
+
+    /// Runs `then` once every up peer acknowledged this node's route changes so far
+    /// (at once when they all have), or after the route-ack timeout.
+    pub fn when_routes_acked(&self, then: Box<dyn FnOnce()>) {
+        let seq = self.book.borrow().seq;
+        if self.acked(seq) {
+            then();
+            return;
+        }
+        self.waiters.borrow_mut().push(Waiter {
+            seq,
+            deadline: Instant::now() + self.cfg.route_ack_timeout,
+            then,
+        });
+    }
+
+    pub fn routes_pending(&self) -> bool {
+        !self.acked(self.book.borrow().seq)
+    }
+
+    fn acked(&self, seq: u64) -> bool {
+        self.links
+            .iter()
+            .all(|l| !l.is_up() || l.acked.get() >= seq)
+    }
+
+    /// Runs the waiters that are satisfied (or, with `now`, past their deadline).
+    pub fn check_waiters(&self) {
+        self.release(None);
+    }
+
+    fn release(&self, now: Option<Instant>) {
+        let due: Vec<Waiter> = {
+            let mut ws = self.waiters.borrow_mut();
+            if ws.is_empty() {
+                return;
+            }
+            let (due, keep) = std::mem::take(&mut *ws)
+                .into_iter()
+                .partition(|w| self.acked(w.seq) || now.is_some_and(|n| n >= w.deadline));
+            *ws = keep;
+            due
+        };
+        for w in due {
+            if !self.acked(w.seq) {
+                self.stats.route_ack_timeouts.inc();
+            }
+            (w.then)();
+        }
+    }
+
+    /// A link went down: waiters no longer wait for it.
+    pub fn link_down(&self) {
+        self.release(None);
+    }
+
+    // ---- peers' routes -----------------------------------------------------------------------
+
+    pub fn peer_sync(&self, shard: &Rc<Shard>, link: &Link, seq: u64, filters: Vec<TopicFilter>) {
+        let changes = self.book.borrow_mut().peer_sync(link.slot, filters);
+        for (f, add) in changes {
+            apply_everywhere(shard, link.slot, f, add);
+        }
+        link.stats
+            .peer_routes
+            .set(self.book.borrow().peer_len(link.slot) as u64);
+        self.ack_after_barrier(shard, link, seq);
+    }
+
+    pub fn peer_route(&self, shard: &Rc<Shard>, link: &Link, seq: u64, f: TopicFilter, add: bool) {
+        link.stats.routes_in.inc();
+        if self.book.borrow_mut().peer_change(link.slot, &f, add) {
+            apply_everywhere(shard, link.slot, f, add);
+        }
+        link.stats
+            .peer_routes
+            .set(self.book.borrow().peer_len(link.slot) as u64);
+        self.ack_after_barrier(shard, link, seq);
+    }
+
+    /// Acknowledges `seq` to the peer once every shard of this node applied it.
+    fn ack_after_barrier(&self, shard: &Rc<Shard>, link: &Link, seq: u64) {
+        if shard.shards == 1 {
+            link.push_frame(&Frame::RouteAck(seq));
+            return;
+        }
+        let token = self.next_token.get() + 1;
+        self.next_token.set(token);
+        self.acks
+            .borrow_mut()
+            .insert(token, (shard.shards - 1, link.slot, seq));
+        shard
+            .mesh
+            .broadcast(|| MeshItem::Cluster(Box::new(Item::Barrier(token))));
+    }
+
+    /// A local shard applied everything up to the barrier `token`.
+    pub fn barrier_ack(&self, token: u64) {
+        let done = {
+            let mut acks = self.acks.borrow_mut();
+            let Some(e) = acks.get_mut(&token) else {
+                return;
+            };
+            e.0 -= 1;
+            if e.0 > 0 {
+                return;
+            }
+            acks.remove(&token)
+        };
+        if let Some((_, slot, seq)) = done {
+            if let Some(l) = self.links.get(slot as usize - 1) {
+                l.push_frame(&Frame::RouteAck(seq));
+            }
+        }
+    }
+
+    // ---- publishes ---------------------------------------------------------------------------
+
+    /// Sends `p` to peer `slot` for one member of share group `group` there.
+    pub fn send_shared(&self, slot: Slot, group: &TopicFilter, p: &Publish) {
+        let mut b = BytesMut::new();
+        super::frame::encode_shared_publish(group, p, &mut b);
+        if let (false, Some(l)) = (b.is_empty(), self.links.get(slot as usize - 1)) {
+            l.push_publish(&b);
+        }
+    }
+
+    /// Sends `p` to the peers in `to`, encoded once.
+    pub fn send_publish(&self, to: &ShardSet, p: &Publish) {
+        let mut b = BytesMut::new();
+        encode_publish(p, &mut b);
+        if b.is_empty() {
+            return;
+        }
+        for slot in to.iter() {
+            if let Some(l) = self.links.get(slot as usize - 1) {
+                l.push_publish(&b);
+            }
+        }
+    }
+}
+
+/// Applies a node's route change on this shard and every other shard of this node.
+pub(super) fn apply_everywhere(shard: &Shard, slot: Slot, filter: TopicFilter, add: bool) {
+    if let Some(node) = &shard.cluster {
+        node.routes.borrow_mut().apply(slot, &filter, add);
+    }
+    shard.mesh.broadcast(|| {
+        MeshItem::Cluster(Box::new(Item::Route {
+            slot,
+            filter: filter.clone(),
+            add,
+        }))
+    });
+}
+
+async fn accept_loop(shard: Rc<Shard>, hub: Rc<Hub>, l: std::net::TcpListener) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor comes from a listening std socket we own and give up here.
+    let l = unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) };
+    loop {
+        let r = l.accept().await;
+        if shard.stopping.get() {
+            return;
+        }
+        match r {
+            Ok(s) => {
+                glommio::spawn_local(link::accepted(shard.clone(), hub.clone(), s)).detach();
+            }
+            Err(e) => {
+                tracing::warn!("node link accept: {e}");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Releases SUBACK waiters past the route-ack timeout.
+async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        if shard.stopping.get() {
+            return;
+        }
+        hub.release(Some(Instant::now()));
+    }
+}
