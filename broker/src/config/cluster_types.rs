@@ -1,6 +1,7 @@
 //! Value types of the `[cluster]` section: a peer (`ID@HOST:PORT`) and a
 //! duration with a unit (`500ms`, `3s`, `1m`).
 
+use super::types::serde_via_str;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
@@ -89,21 +90,6 @@ impl fmt::Display for Millis {
     }
 }
 
-macro_rules! serde_via_str {
-    ($t:ty) => {
-        impl Serialize for $t {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
 serde_via_str!(Peer);
 serde_via_str!(Millis);
 

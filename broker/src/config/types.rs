@@ -27,6 +27,7 @@ macro_rules! serde_via_str {
         }
     };
 }
+pub(crate) use serde_via_str;
 
 /// Listener schemes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
