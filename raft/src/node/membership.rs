@@ -11,7 +11,8 @@ use openraft::{ChangeMembers, Instant as _, ServerState};
 
 use super::core::{map_write_err, Core};
 use crate::error::Error;
-use crate::types::{BasicNode, NodeId};
+use crate::types::{BasicNode, NodeId, StoredMembership, TypeConfig};
+use openraft::error::{ClientWriteError, RaftError};
 
 impl Core {
     fn require_leader(&self) -> Result<(), Error> {
@@ -41,14 +42,17 @@ impl Core {
         up
     }
 
-    fn voters(&self) -> BTreeSet<NodeId> {
+    /// The membership this node last saw applied.
+    fn membership(&self) -> std::sync::Arc<StoredMembership> {
         self.raft
             .metrics()
             .borrow_watched()
             .membership_config
-            .membership()
-            .voter_ids()
-            .collect()
+            .clone()
+    }
+
+    fn voters(&self) -> BTreeSet<NodeId> {
+        self.membership().membership().voter_ids().collect()
     }
 
     fn check_quorum(&self, new_voters: &BTreeSet<NodeId>) -> Result<(), Error> {
@@ -82,34 +86,20 @@ impl Core {
         if id == 0 {
             return Err(Error::Membership("node id 0 is reserved".into()));
         }
-        let m = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let m = self.membership();
         if m.membership().get_node(&id).is_some() {
             return Err(Error::Membership(format!("node {id} is already a member")));
         }
         let res = self
             .timed(self.raft.add_learner(id, BasicNode { addr }, true))
             .await?;
-        res.map(|_| ()).map_err(|e| {
-            map_write_err(e)
-                .err()
-                .unwrap_or(Error::Raft("add learner".into()))
-        })
+        change_result(res, "add learner")
     }
 
     /// Makes learner `id` a voter (joint consensus, then the new config).
     pub async fn promote(&self, id: NodeId) -> Result<(), Error> {
         self.require_leader()?;
-        let m = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let m = self.membership();
         if m.membership().get_node(&id).is_none() {
             return Err(Error::Membership(format!(
                 "node {id} is not a member; add it as a learner first"
@@ -126,22 +116,13 @@ impl Core {
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
             )
             .await?;
-        res.map(|_| ()).map_err(|e| {
-            map_write_err(e)
-                .err()
-                .unwrap_or(Error::Raft("promote".into()))
-        })
+        change_result(res, "promote")
     }
 
     /// Removes `id` from the cluster (voter or learner).
     pub async fn remove(&self, id: NodeId) -> Result<(), Error> {
         self.require_leader()?;
-        let m = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let m = self.membership();
         if m.membership().get_node(&id).is_none() {
             return Err(Error::Membership(format!("node {id} is not a member")));
         }
@@ -155,11 +136,7 @@ impl Core {
         let res = self
             .timed(self.raft.change_membership(change, false))
             .await?;
-        res.map(|_| ()).map_err(|e| {
-            map_write_err(e)
-                .err()
-                .unwrap_or(Error::Raft("remove".into()))
-        })
+        change_result(res, "remove")
     }
 
     /// Hands leadership to voter `id` and waits until it leads.
@@ -213,3 +190,13 @@ impl Core {
 
 /// A pause between polls of a condition (used by callers that retry).
 pub const POLL: Duration = Duration::from_millis(20);
+
+/// A membership change's outcome as the crate's error (`what` names it when
+/// openraft's error maps to none of ours).
+fn change_result<T>(
+    res: Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+    what: &str,
+) -> Result<(), Error> {
+    res.map(|_| ())
+        .map_err(|e| map_write_err(e).err().unwrap_or(Error::Raft(what.into())))
+}
