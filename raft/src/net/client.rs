@@ -184,6 +184,18 @@ pub struct NetworkFactory {
     ctx: Arc<NetCtx>,
 }
 
+/// A vote or pre-vote request: both are answered by `Response::Vote`.
+async fn vote_call(
+    conn: &mut Conn,
+    req: Request,
+    option: RPCOption,
+) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    match conn.call(&req, option.soft_ttl()).await.map_err(rpc_err)? {
+        Response::Vote(r) => Ok(r),
+        other => Err(unexpected(other)),
+    }
+}
+
 impl NetworkFactory {
     pub fn new(ctx: Arc<NetCtx>) -> Self {
         NetworkFactory { ctx }
@@ -264,15 +276,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .conn
-            .call(&Request::Vote(rpc), option.soft_ttl())
-            .await
-            .map_err(rpc_err)?
-        {
-            Response::Vote(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        vote_call(&mut self.conn, Request::Vote(rpc), option).await
     }
 
     async fn pre_vote(
@@ -280,15 +284,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .conn
-            .call(&Request::PreVote(rpc), option.soft_ttl())
-            .await
-            .map_err(rpc_err)?
-        {
-            Response::Vote(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        vote_call(&mut self.conn, Request::PreVote(rpc), option).await
     }
 
     async fn full_snapshot(
