@@ -173,6 +173,26 @@ pub fn wait_listening(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Writes `conf` to `dir/name` and starts `bin -c dir/name` (pinned to `cpus` when given),
+/// its output discarded.
+fn spawn_with_config(
+    dir: &Path,
+    name: &str,
+    conf: &str,
+    bin: &str,
+    cpus: Option<&str>,
+) -> Result<std::process::Child, String> {
+    let path = dir.join(name);
+    std::fs::write(&path, conf).map_err(|e| e.to_string())?;
+    command(bin, cpus)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start {bin}: {e}"))
+}
+
 fn command(bin: &str, cpus: Option<&str>) -> Command {
     match cpus {
         Some(c) if Path::new("/usr/bin/taskset").exists() => {
@@ -375,14 +395,7 @@ pub fn start_mosquitto_tls(
         conf.push_str(&mosquitto_tls_listeners(&t, p.0, p.1, p.2));
         extra = Some(p);
     }
-    let path = dir.join("mosquitto.conf");
-    std::fs::write(&path, &conf).map_err(|e| e.to_string())?;
-    let mut cmd = command(bin, cpus);
-    cmd.arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = cmd.spawn().map_err(|e| format!("start {bin}: {e}"))?;
+    let child = spawn_with_config(&dir, "mosquitto.conf", &conf, bin, cpus)?;
     let flags = format!(
         "{}{bin} -c mosquitto.conf  (config: {})",
         cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default(),
@@ -509,14 +522,7 @@ pub fn start_flashmq(
         conf.push_str(&flashmq_listener("websockets", p.2, Some(&t)));
         extra = Some(p);
     }
-    let path = dir.join("flashmq.conf");
-    std::fs::write(&path, &conf).map_err(|e| e.to_string())?;
-    let mut cmd = command(bin, cpus);
-    cmd.arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = cmd.spawn().map_err(|e| format!("start {bin}: {e}"))?;
+    let child = spawn_with_config(&dir, "flashmq.conf", &conf, bin, cpus)?;
     let flags = format!(
         "{}{bin} -c flashmq.conf  (generated config, printed with the results)",
         cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
