@@ -13,8 +13,13 @@
 //!   cancelled and re-armed once it has read them, so the bytes wait in the
 //!   socket. When the ring runs dry the kernel ends the multishot receives
 //!   with `ENOBUFS` (counted: `ShardStats::uring_buffers_dry`); they are
-//!   re-armed as buffers come back. Reading slows; no byte is lost (they stay
-//!   in the socket).
+//!   re-armed as buffers come back. Meanwhile a starved socket is read the
+//!   epoll way, with no ring buffer: a one-shot `POLL_ADD` announces its
+//!   bytes and [`Uring::recv`] reads them with `recv(2)` straight into the
+//!   connection's buffer. So connections that hold buffers and do not read
+//!   them (paused by the partial-packet budget) cannot stall the others
+//!   until their deadline; no byte is lost or reordered (the multishot
+//!   receive has ended before the first direct read).
 //! - **Send**: [`Uring::send`] copies the bytes it is given into a buffer
 //!   of the shard's pool and queues one `SEND` for the socket; the next send
 //!   says `WouldBlock` until it completed (a short send is re-queued for the
@@ -54,6 +59,7 @@ const OP_RECV: u64 = 1;
 const OP_SEND: u64 = 2;
 const OP_ACCEPT: u64 = 3;
 const OP_CANCEL: u64 = 4;
+const OP_POLL: u64 = 5;
 /// The one buffer group of the shard's ring.
 const BGID: u16 = 0;
 /// No chunk / no send.
@@ -207,7 +213,11 @@ struct Sock {
     owns_fd: bool,
     recv: Recv,
     accept_armed: bool,
+    /// Its receive ended on an empty buffer ring: read with `recv(2)`
+    /// until the ring has buffers again.
     starved: bool,
+    /// A one-shot `POLL_ADD` in flight (a starved socket's readiness).
+    poll_armed: bool,
     eof: bool,
     err: i32,
     held: u32,
@@ -226,6 +236,7 @@ impl Sock {
             recv: Recv::Idle,
             accept_armed: false,
             starved: false,
+            poll_armed: false,
             eof: false,
             err: 0,
             held: 0,
@@ -236,7 +247,7 @@ impl Sock {
     }
 
     fn quiet(&self) -> bool {
-        self.recv == Recv::Idle && self.send == NIL && !self.accept_armed
+        self.recv == Recv::Idle && self.send == NIL && !self.accept_armed && !self.poll_armed
     }
 }
 
@@ -433,6 +444,8 @@ impl Uring {
                     s.starved = true;
                     self.starved.borrow_mut().push(key);
                 }
+                drop(socks);
+                self.arm_poll(key);
                 return;
             }
             s.recv = Recv::Armed;
@@ -443,6 +456,40 @@ impl Uring {
                 .build()
                 .user_data(ud(OP_RECV, key)),
         );
+    }
+
+    /// Readiness of a starved socket: one `POLL_ADD`, no buffer taken.
+    fn arm_poll(&self, key: u32) {
+        let fd = {
+            let mut socks = self.socks.borrow_mut();
+            let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+                return;
+            };
+            if s.poll_armed || s.stopped || s.eof || s.err != 0 {
+                return;
+            }
+            s.poll_armed = true;
+            s.fd
+        };
+        self.push(
+            opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                .build()
+                .user_data(ud(OP_POLL, key)),
+        );
+    }
+
+    fn on_poll(&self, key: u32) {
+        let stopped = {
+            let mut socks = self.socks.borrow_mut();
+            let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+                return;
+            };
+            s.poll_armed = false;
+            self.done_if_stopped(key, s);
+            s.stopped
+        };
+        // A socket being handed off waits for its requests to end.
+        self.wake(key, if stopped { 0 } else { READABLE });
     }
 
     fn arm_accept(&self, key: u32) {
@@ -498,7 +545,48 @@ impl Uring {
                     self.bufs.give(c.bid);
                 }
             }
-            let rearm = s.recv == Recv::Idle && s.held <= self.max_held / 2;
+            if n == 0
+                && s.head == NIL
+                && s.starved
+                && s.recv == Recv::Idle
+                && !s.stopped
+                && !s.eof
+                && s.err == 0
+            {
+                // The ring is dry: read the socket directly (module docs).
+                // SAFETY: `buf` is valid for `buf.len()` bytes; `s.fd` is
+                // open while its slot is live.
+                let r = unsafe {
+                    libc::recv(s.fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+                };
+                match r {
+                    0 => s.eof = true,
+                    r if r > 0 => {
+                        // The caller may take a short read for an empty
+                        // socket (epoll's edge): the poll announces the next
+                        // bytes.
+                        n = r as usize;
+                        drop(chunks);
+                        drop(socks);
+                        self.arm_poll(key);
+                        return Ok(n);
+                    }
+                    _ => {
+                        let e = io::Error::last_os_error();
+                        match e.raw_os_error() {
+                            Some(libc::EAGAIN) | Some(libc::EINTR) => {
+                                drop(chunks);
+                                drop(socks);
+                                self.arm_poll(key);
+                                return Err(io::ErrorKind::WouldBlock.into());
+                            }
+                            Some(code) => s.err = code,
+                            None => s.err = libc::EIO,
+                        }
+                    }
+                }
+            }
+            let rearm = s.recv == Recv::Idle && !s.starved && s.held <= self.max_held / 2;
             (s.eof && s.head == NIL, s.err, rearm)
         };
         if rearm {
@@ -610,18 +698,21 @@ impl Uring {
 
     /// No more receives or accepts for `key` (cancels those in flight).
     pub fn stop(&self, key: u32) {
-        let (recv, accept) = self
+        let (recv, accept, poll) = self
             .with_sock(key, |s| {
                 s.stopped = true;
                 let r = s.recv == Recv::Armed;
                 if r {
                     s.recv = Recv::Cancelling;
                 }
-                (r, s.accept_armed)
+                (r, s.accept_armed, s.poll_armed)
             })
-            .unwrap_or((false, false));
+            .unwrap_or((false, false, false));
         if recv {
             self.cancel(ud(OP_RECV, key));
+        }
+        if poll {
+            self.cancel(ud(OP_POLL, key));
         }
         if accept {
             self.cancel(ud(OP_ACCEPT, key));
@@ -718,6 +809,7 @@ impl Uring {
                 OP_RECV => self.on_recv(key, res, flags),
                 OP_SEND => self.on_send(key, res),
                 OP_ACCEPT => self.on_accept(key, res, flags),
+                OP_POLL => self.on_poll(key),
                 _ => {}
             }
         }
@@ -817,6 +909,8 @@ impl Uring {
                     if !s.starved && !s.stopped {
                         s.starved = true;
                         self.starved.borrow_mut().push(key);
+                        // Read the epoll way meanwhile (module docs).
+                        bits = READABLE;
                     }
                 } else if n == -libc::ECANCELED {
                 } else if n < 0 {
