@@ -330,6 +330,29 @@ impl Hub {
         }
     }
 
+    // ---- session handover ---------------------------------------------------------------------
+
+    /// Asks peer `slot` for `client`'s session; false when its link is down.
+    pub fn session_fetch(&self, slot: Slot, req: u64, epoch: u64, client: String) -> bool {
+        match self.links.get(slot as usize - 1) {
+            Some(l) if l.is_up() => {
+                l.push_frame(&Frame::SessionFetch { req, epoch, client });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers peer `slot`'s fetch `req` (lost if its link went down meanwhile:
+    /// the asker times out).
+    pub fn session_ship(&self, slot: Slot, req: u64, snapshot: Option<bytes::Bytes>) {
+        if let Some(l) = self.links.get(slot as usize - 1) {
+            if l.is_up() {
+                l.push_frame(&Frame::SessionShip { req, snapshot });
+            }
+        }
+    }
+
     // ---- publishes ---------------------------------------------------------------------------
 
     /// Sends `p` to peer `slot` for one member of share group `group` there.

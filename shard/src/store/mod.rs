@@ -62,6 +62,7 @@ mod message;
 mod prepared;
 mod records;
 mod recover;
+mod ship;
 #[cfg(test)]
 mod tests;
 
@@ -81,6 +82,8 @@ pub use records::{
     RetainedRecord, SessionKey, SessionRecord, SubscriptionRecord, Target,
 };
 pub use recover::{open, Recovery, RecoveryStats, ShardRecovery};
+pub use enc::BadRecord;
+pub use ship::{read_snapshot, SnapshotWriter};
 
 use batch::OpKind;
 use engine::{Backend, Engine};
