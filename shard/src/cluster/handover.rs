@@ -85,6 +85,8 @@ pub(crate) struct Handover {
     waiting: RefCell<HashMap<u64, flume::Sender<Option<Bytes>>>>,
     next: Cell<u64>,
     parked: RefCell<HashMap<Box<str>, Parked>>,
+    /// `routes_settled` calls of this shard waiting for shard 0.
+    settled: RefCell<HashMap<u64, flume::Sender<()>>>,
 }
 
 /// Request ids carry the asking shard in their top 16 bits.
@@ -142,7 +144,11 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> O
         Some(None) => None, // counted where it was decided (missing / unreachable)
         None => {
             inc(&stats.timeouts);
-            tracing::info!(client_id, node = prev, "session handover: no answer within {timeout:?}: fresh session");
+            tracing::info!(
+                client_id,
+                node = prev,
+                "session handover: no answer within {timeout:?}: fresh session"
+            );
             None
         }
     }
@@ -151,7 +157,11 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> O
 /// On the home shard, before `connect::accept`: installs the shipped
 /// session of `client_id` (rows written to the store, subscriptions routed),
 /// replacing any stale copy here. False (counted) when it does not decode.
-pub(crate) fn install(shard: &Rc<Shard>, client_id: &ringmq_codec::MqttString, snapshot: Bytes) -> bool {
+pub(crate) fn install(
+    shard: &Rc<Shard>,
+    client_id: &ringmq_codec::MqttString,
+    snapshot: Bytes,
+) -> bool {
     let Some(node) = shard.cluster.as_ref() else {
         return false;
     };
@@ -160,16 +170,25 @@ pub(crate) fn install(shard: &Rc<Shard>, client_id: &ringmq_codec::MqttString, s
         Ok(rs) if rs.record.client_id == *client_id => rs,
         Ok(_) => {
             inc(&stats.bad);
-            tracing::warn!(client_id = client_id.as_str(), "session handover: snapshot of another client");
+            tracing::warn!(
+                client_id = client_id.as_str(),
+                "session handover: snapshot of another client"
+            );
             return false;
         }
         Err(e) => {
             inc(&stats.bad);
-            tracing::warn!(client_id = client_id.as_str(), "session handover: {e}: fresh session");
+            tracing::warn!(
+                client_id = client_id.as_str(),
+                "session handover: {e}: fresh session"
+            );
             return false;
         }
     };
-    let stale: Option<SessionId> = shard.by_client.borrow().get(client_id, &shard.sessions.borrow());
+    let stale: Option<SessionId> = shard
+        .by_client
+        .borrow()
+        .get(client_id, &shard.sessions.borrow());
     if let Some(sid) = stale {
         // An older copy here (its ownership moved away and back): the
         // shipped one is the newer. Its epoch is not ours to release.
@@ -179,6 +198,33 @@ pub(crate) fn install(shard: &Rc<Shard>, client_id: &ringmq_codec::MqttString, s
     crate::persist::install(shard, rs);
     inc(&stats.installed);
     true
+}
+
+/// Resolves once every connected peer acknowledged this node's route
+/// changes made so far (those of an installed session's subscriptions among
+/// them), or after the route-ack timeout (shard 0 keeps that bound).
+pub(crate) async fn routes_settled(shard: &Rc<Shard>) {
+    let Some(node) = shard.cluster.as_ref() else {
+        return;
+    };
+    let (tx, rx) = flume::bounded(1);
+    if shard.id == 0 {
+        super::after_routes(
+            shard,
+            Box::new(move || {
+                let _ = tx.send(());
+            }),
+        );
+    } else {
+        let token = node.handover.next.get() + 1;
+        node.handover.next.set(token);
+        node.handover.settled.borrow_mut().insert(token, tx);
+        // Behind this shard's `SubAdd`s on the same channel: shard 0 has
+        // sent their route changes when it reads this.
+        let item = Item::RoutesQuery(token);
+        shard.mesh.push(0, MeshItem::Cluster(Box::new(item)));
+    }
+    let _ = rx.recv_async().await;
 }
 
 /// Closes session `sid`'s connection (v5 DISCONNECT 0x8E), snapshots the
@@ -299,9 +345,15 @@ fn serve(shard: &Rc<Shard>, client: &str, epoch: u64) -> Option<Bytes> {
     match &snapshot {
         Some(b) => {
             inc(&node.stats.handover.shipped);
-            node.stats.handover.shipped_bytes.fetch_add(b.len() as u64, Relaxed);
+            node.stats
+                .handover
+                .shipped_bytes
+                .fetch_add(b.len() as u64, Relaxed);
         }
-        None => tracing::debug!(client, "session handover: asked for a session this node does not hold"),
+        None => tracing::debug!(
+            client,
+            "session handover: asked for a session this node does not hold"
+        ),
     }
     snapshot
 }
@@ -343,8 +395,9 @@ fn answer(shard: &Rc<Shard>, req: u64, snapshot: Option<Bytes>, reached: bool) {
     }
 }
 
-/// The handover's mesh items (`Item::Fetch`, `Serve`, `Ship`, `Shipped`).
-pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, item: Item) {
+/// The handover's mesh items (`Item::Fetch`, `Serve`, `Ship`, `Shipped`,
+/// `RoutesQuery`, `RoutesSettled`).
+pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
     let Some(node) = shard.cluster.as_ref() else {
         return;
     };
@@ -410,6 +463,21 @@ pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, item: Item) {
                         tracing::warn!(req, "session handover: a snapshot arrived after its CONNECT stopped waiting: dropped");
                     }
                 }
+            }
+        }
+        Item::RoutesQuery(token) => {
+            let mesh = shard.mesh.clone();
+            let reply = move || {
+                mesh.push(
+                    from,
+                    MeshItem::Cluster(Box::new(Item::RoutesSettled(token))),
+                )
+            };
+            super::after_routes(shard, Box::new(reply));
+        }
+        Item::RoutesSettled(token) => {
+            if let Some(tx) = node.handover.settled.borrow_mut().remove(&token) {
+                let _ = tx.send(());
             }
         }
         _ => {}

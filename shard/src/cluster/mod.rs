@@ -88,6 +88,10 @@ pub enum Item {
         snapshot: Option<bytes::Bytes>,
         reached: bool,
     },
+    /// To shard 0: answer `RoutesSettled` once every connected peer
+    /// acknowledged this node's route changes so far.
+    RoutesQuery(u64),
+    RoutesSettled(u64),
 }
 
 /// Given to each shard at start (the listener only to shard 0).
@@ -271,8 +275,6 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
                 hub.barrier_ack(t);
             }
         }
-        item @ (Item::Fetch { .. } | Item::Serve { .. } | Item::Ship { .. } | Item::Shipped { .. }) => {
-            handover::on_item(shard, from, item)
-        }
+        item => handover::on_item(shard, from, item),
     }
 }

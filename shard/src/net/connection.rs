@@ -474,9 +474,30 @@ fn serve(
         shipped,
     } = claimed;
     if let Some(snapshot) = shipped {
-        // Installed (rows written) before `accept`, which then resumes it as
-        // any session present here: CONNACK session present 1.
-        crate::cluster::handover::install(&shard, &connect.client_id, snapshot);
+        // Installed (rows written, subscriptions routed) before `accept`,
+        // which then resumes it as any session present here: CONNACK session
+        // present 1, once every connected peer node acknowledged the routes
+        // of its subscriptions (as a SUBACK would wait): from then on a
+        // message published on any node reaches it here.
+        if crate::cluster::handover::install(&shard, &connect.client_id, snapshot) {
+            let via = Via {
+                stack,
+                listener,
+                peer,
+            };
+            let claimed = Claimed {
+                auth,
+                epoch,
+                shipped: None,
+            };
+            let s = shard.clone();
+            glommio::spawn_local(async move {
+                crate::cluster::handover::routes_settled(&s).await;
+                serve(s, io, via, connect, buf, assigned, armed, claimed);
+            })
+            .detach();
+            return;
+        }
     }
     let accepted = connect::accept(
         &shard,

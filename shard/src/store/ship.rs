@@ -159,7 +159,10 @@ mod tests {
             subscription_id: Some(9),
         };
         w.subscription(&sub);
-        let mut p = Publish::new(TopicName::try_from("a/b/c").unwrap(), Bytes::from_static(b"x"));
+        let mut p = Publish::new(
+            TopicName::try_from("a/b/c").unwrap(),
+            Bytes::from_static(b"x"),
+        );
         p.qos = QoS::ExactlyOnce;
         let m = MessageRef {
             publish: &p,
@@ -170,7 +173,11 @@ mod tests {
         };
         let id = PacketId::new(5).unwrap();
         w.outbound(3, OutboundState::AwaitingAck(id), Some(m));
-        w.outbound(4, OutboundState::AwaitingPubComp(PacketId::new(6).unwrap()), None);
+        w.outbound(
+            4,
+            OutboundState::AwaitingPubComp(PacketId::new(6).unwrap()),
+            None,
+        );
         w.outbound(5, OutboundState::Queued, Some(m));
         let bytes = Bytes::from(w.finish(&[7, 8]));
         let s = read_snapshot(bytes.clone()).unwrap();
@@ -187,7 +194,10 @@ mod tests {
             ]
         );
         let m3 = s.outbound[0].message.as_ref().unwrap();
-        assert_eq!(m3.publish.properties.subscription_identifiers.as_slice(), &[9]);
+        assert_eq!(
+            m3.publish.properties.subscription_identifiers.as_slice(),
+            &[9]
+        );
         let ids: Vec<u16> = s.inbound_qos2.iter().map(|i| i.packet_id.get()).collect();
         assert_eq!(ids, vec![7, 8]);
         // Any cut or flipped byte is an error or another session, never a panic.
