@@ -87,6 +87,25 @@ pub(crate) struct Handover {
     parked: RefCell<HashMap<Box<str>, Parked>>,
     /// `routes_settled` calls of this shard waiting for shard 0.
     settled: RefCell<HashMap<u64, flume::Sender<()>>>,
+    /// Delayed wills pending on this shard, by session (slot, generation):
+    /// a session shipped away cancels its own ([`will_due`]).
+    wills: RefCell<std::collections::HashSet<(SessionId, u64)>>,
+}
+
+/// A delayed will of session `sid` at `generation` is pending (`connect::closed`).
+pub(crate) fn will_pending(shard: &Shard, sid: SessionId, generation: u64) {
+    if let Some(n) = &shard.cluster {
+        n.handover.wills.borrow_mut().insert((sid, generation));
+    }
+}
+
+/// Its delay elapsed: false when the session was shipped to another node
+/// meanwhile (its client reconnected there: no will [MQTT-3.1.3-9]).
+pub(crate) fn will_due(shard: &Shard, sid: SessionId, generation: u64) -> bool {
+    shard
+        .cluster
+        .as_ref()
+        .is_none_or(|n| n.handover.wills.borrow_mut().remove(&(sid, generation)))
 }
 
 /// Request ids carry the asking shard in their top 16 bits.
@@ -239,6 +258,13 @@ pub(crate) fn take(shard: &Rc<Shard>, sid: SessionId, epoch: u64) -> Option<Byte
         }
         // Never again acts for the old epoch: no release of it either.
         s.epoch = 0;
+        if let Some(node) = shard.cluster.as_ref() {
+            // A pending delayed will is cancelled: the client reconnects on the new node.
+            node.handover
+                .wills
+                .borrow_mut()
+                .remove(&(sid, s.generation));
+        }
         let conn = s.conn.take();
         if conn.is_some() {
             s.disconnected_at = Some(std::time::Instant::now());

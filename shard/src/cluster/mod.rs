@@ -20,7 +20,7 @@
 
 pub mod config;
 pub mod frame;
-pub(crate) mod handover;
+pub mod handover;
 mod hub;
 mod link;
 pub mod routes;
