@@ -136,9 +136,6 @@ pub(crate) fn fence(shard: &Rc<Shard>, client_id: &str, epoch: u64) -> bool {
         return false;
     };
     crate::cluster::handover::park(shard, client_id, epoch, snapshot);
-    if let Some(g) = &shard.cfg.ownership {
-        g.gate.fenced();
-    }
     true
 }
 

@@ -277,6 +277,9 @@ pub(crate) fn take(shard: &Rc<Shard>, sid: SessionId, epoch: u64) -> Option<Byte
         crate::connection::disconnect_client(&conn, CloseReason::SessionTakenOver);
     }
     crate::connect::remove_session(shard, sid);
+    if let Some(g) = &shard.cfg.ownership {
+        g.gate.fenced();
+    }
     Some(snapshot)
 }
 

@@ -345,7 +345,19 @@ impl Hub {
 
     /// Answers peer `slot`'s fetch `req` (lost if its link went down meanwhile:
     /// the asker times out).
-    pub fn session_ship(&self, slot: Slot, req: u64, snapshot: Option<bytes::Bytes>) {
+    pub fn session_ship(&self, slot: Slot, req: u64, mut snapshot: Option<bytes::Bytes>) {
+        if snapshot
+            .as_ref()
+            .is_some_and(|b| b.len() + 64 > super::frame::MAX_FRAME)
+        {
+            // Over one frame: the peer would close the link. The session is lost
+            // (discarded here already); the client gets a fresh one there.
+            tracing::warn!(
+                peer = slot,
+                "session handover: a snapshot over the frame limit cannot be shipped"
+            );
+            snapshot = None;
+        }
         if let Some(l) = self.links.get(slot as usize - 1) {
             if l.is_up() {
                 l.push_frame(&Frame::SessionShip { req, snapshot });
