@@ -483,3 +483,63 @@ fn takeover_under_load_keeps_order_and_never_duplicates_qos2() {
         );
     });
 }
+
+/// Takeover time across nodes: a v5 session (two subscriptions, 20 queued QoS 1 messages)
+/// moves node 1 -> 2 -> 3 -> 1 ... 30 times; CONNECT to CONNACK (claim, fetch, ship, install,
+/// route acks) is printed as p50/p99. The test binary's broker is a debug build on a shared
+/// machine: a direction, not a benchmark (no timing is asserted).
+#[test]
+fn takeover_time_across_nodes_is_printed() {
+    let _g = serial();
+    let c = cluster();
+    let addrs = [c.get(1).mqtt(), c.get(2).mqtt(), c.get(3).mqtt()];
+    rt().block_on(async {
+        let publ = client(Opts::new(Proto::V5, addrs[0], "tt-pub")).await;
+        let mut cp = connect_packet(version(Proto::V5), "tt-mover", false);
+        cp.properties.session_expiry_interval = Some(600);
+        let (mut m, _) = raw_connect(addrs[0], &cp).await;
+        let o = SubscriptionOptions::with_qos(QoS::AtLeastOnce);
+        m.send(&subscribe(1, "tt/a/#", o, Some(1))).await;
+        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        m.send(&subscribe(2, "tt/b", o, Some(2))).await;
+        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        drop(m);
+        let mut publ = publ;
+        let mut times = Vec::new();
+        let mut on = 0;
+        for round in 0..30 {
+            // 20 messages for the session, wherever it is now (routed there before PUBACK
+            // on its node; from node 1 they cross a link when it is elsewhere).
+            for i in 0..20 {
+                publ.publish("tt/a/x", 1, false, format!("{round}-{i}")).await;
+                publ.wait_acked(1).await;
+            }
+            on = (on + 1) % 3;
+            let started = Instant::now();
+            let (mut m, present) = raw_connect(addrs[on], &cp).await;
+            times.push(started.elapsed());
+            assert!(present, "round {round}: session present on node {}", on + 1);
+            // Take the 20 (the link copies may still be on their way: poll).
+            let mut got = 0;
+            while got < 20 {
+                let p = m.expect_publish("queued").await;
+                m.send(&ack(&p).unwrap()).await;
+                got += 1;
+            }
+            m.send(&Packet::Disconnect(ringmq_codec::Disconnect::new(
+                ReasonCode::Success,
+            )))
+            .await;
+            m.expect_closed(WAIT, "DISCONNECT").await;
+        }
+        times.sort();
+        let pct = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
+        eprintln!(
+            "takeover across nodes (debug build, shared machine): {} moves, CONNECT->CONNACK p50 {:?}, p99 {:?}, max {:?}",
+            times.len(),
+            pct(50),
+            pct(99),
+            times.last().unwrap()
+        );
+    });
+}
