@@ -291,10 +291,25 @@ impl Uring {
         slots: Rc<RefCell<Slab<Slot>>>,
         stats: Arc<ShardStats>,
     ) -> io::Result<Self> {
+        // Cooperative task work (5.19+): a completion arriving while the
+        // shard runs does not interrupt it with an IPI; the kernel runs the
+        // ring's task work at the shard's next syscall (its submit, glommio's
+        // park), or at once when the thread sleeps. `taskrun` (the SQ flag)
+        // says when work waits and nothing else enters the kernel: `reap`
+        // enters then. Measured: the IPI's exit path was 3.5 % of the
+        // broker's CPU on 50 pairs. Older kernels: the plain ring.
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
             .setup_clamp()
-            .build(SQ_ENTRIES)?;
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(SQ_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(CQ_ENTRIES)
+                    .setup_clamp()
+                    .build(SQ_ENTRIES)
+            })?;
         let bufs = BufRing::new(cfg)?;
         // SAFETY: the descriptors stay allocated (and the buffers too) for
         // the life of `Uring`, which closes the ring first (its `Drop`).
@@ -518,33 +533,93 @@ impl Uring {
         );
     }
 
+    /// Appends up to `max` received bytes to `dst` straight from the ring's
+    /// buffers (no scratch copy); `None` when no received bytes wait (the
+    /// caller reads with [`Uring::recv`], which reports an end of stream,
+    /// an error, `WouldBlock` or reads a starved socket directly).
+    pub fn recv_append(
+        &self,
+        key: u32,
+        dst: &mut bytes::BytesMut,
+        max: usize,
+    ) -> Option<io::Result<usize>> {
+        let n = {
+            let mut socks = self.socks.borrow_mut();
+            let s = socks.get_mut(key as usize).filter(|s| s.live)?;
+            if s.head == NIL {
+                return None;
+            }
+            let chunks = self.chunks.borrow();
+            let (mut held, mut at) = (0usize, s.head);
+            while at != NIL && held < max {
+                held += chunks[at as usize].len as usize;
+                at = chunks[at as usize].next;
+            }
+            drop(chunks);
+            dst.reserve(held.min(max));
+            self.take_chunks(s, max, |b| dst.extend_from_slice(b))
+        };
+        self.after_read(key);
+        Some(Ok(n))
+    }
+
+    /// Consumes up to `max` bytes of `s`'s received chunks, in order,
+    /// handing them to `put`; buffers read whole go back to the ring.
+    fn take_chunks(&self, s: &mut Sock, max: usize, mut put: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        let mut chunks = self.chunks.borrow_mut();
+        while n < max && s.head != NIL {
+            let c = &mut chunks[s.head as usize];
+            let take = (c.len as usize).min(max - n);
+            put(self.bufs.bytes(c.bid, c.off, take as u32));
+            n += take;
+            c.off += take as u32;
+            c.len -= take as u32;
+            if c.len == 0 {
+                let c = chunks.remove(s.head as usize);
+                s.head = c.next;
+                if s.head == NIL {
+                    s.tail = NIL;
+                }
+                s.held -= 1;
+                self.bufs.give(c.bid);
+            }
+        }
+        n
+    }
+
+    /// After a read: re-arms the receive if it ended and the socket holds
+    /// few enough buffers; wakes the poller when starved sockets wait for
+    /// the buffers just given back.
+    fn after_read(&self, key: u32) {
+        let rearm = self
+            .with_sock(key, |s| {
+                s.recv == Recv::Idle && !s.starved && s.held <= self.max_held / 2
+            })
+            .unwrap_or(false);
+        if rearm {
+            self.arm_recv(key);
+        }
+        if !self.starved.borrow().is_empty() {
+            self.pending.notify();
+        }
+    }
+
     /// Copies buffered received bytes into `buf`; `Ok(0)` end of stream,
     /// `WouldBlock` nothing there. Buffers read whole go back to the ring.
     pub fn recv(&self, key: u32, buf: &mut [u8]) -> io::Result<usize> {
-        let mut n = 0;
-        let (eof, err, rearm) = {
+        let mut n: usize;
+        let (eof, err) = {
             let mut socks = self.socks.borrow_mut();
             let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
                 return Err(io::Error::from_raw_os_error(libc::EBADF));
             };
-            let mut chunks = self.chunks.borrow_mut();
-            while n < buf.len() && s.head != NIL {
-                let c = &mut chunks[s.head as usize];
-                let take = (c.len as usize).min(buf.len() - n);
-                buf[n..n + take].copy_from_slice(self.bufs.bytes(c.bid, c.off, take as u32));
-                n += take;
-                c.off += take as u32;
-                c.len -= take as u32;
-                if c.len == 0 {
-                    let c = chunks.remove(s.head as usize);
-                    s.head = c.next;
-                    if s.head == NIL {
-                        s.tail = NIL;
-                    }
-                    s.held -= 1;
-                    self.bufs.give(c.bid);
-                }
-            }
+            let room = buf.len();
+            let mut at = 0;
+            n = self.take_chunks(s, room, |b| {
+                buf[at..at + b.len()].copy_from_slice(b);
+                at += b.len();
+            });
             if n == 0
                 && s.head == NIL
                 && s.starved
@@ -566,7 +641,6 @@ impl Uring {
                         // socket (epoll's edge): the poll announces the next
                         // bytes.
                         n = r as usize;
-                        drop(chunks);
                         drop(socks);
                         self.arm_poll(key);
                         return Ok(n);
@@ -575,7 +649,6 @@ impl Uring {
                         let e = io::Error::last_os_error();
                         match e.raw_os_error() {
                             Some(libc::EAGAIN) | Some(libc::EINTR) => {
-                                drop(chunks);
                                 drop(socks);
                                 self.arm_poll(key);
                                 return Err(io::ErrorKind::WouldBlock.into());
@@ -586,15 +659,9 @@ impl Uring {
                     }
                 }
             }
-            let rearm = s.recv == Recv::Idle && !s.starved && s.held <= self.max_held / 2;
-            (s.eof && s.head == NIL, s.err, rearm)
+            (s.eof && s.head == NIL, s.err)
         };
-        if rearm {
-            self.arm_recv(key);
-        }
-        if !self.starved.borrow().is_empty() {
-            self.pending.notify();
-        }
+        self.after_read(key);
         if n > 0 {
             Ok(n)
         } else if err != 0 {
@@ -783,10 +850,19 @@ impl Uring {
     }
 
     fn wake(&self, key: u32, bits: u8) {
+        self.wake_if(key, bits, true);
+    }
+
+    /// Sets `bits`; wakes the owner if `always`, or if one of `bits` was
+    /// not set (the owner cleared it: it waits for it).
+    fn wake_if(&self, key: u32, bits: u8, always: bool) {
         if let Some(s) = self.slots.borrow_mut().get_mut(key as usize) {
+            let new = bits & !s.ready != 0;
             s.ready |= bits;
-            if let Some(w) = s.waker.take() {
-                w.wake();
+            if always || new {
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
             }
         }
     }
@@ -797,6 +873,15 @@ impl Uring {
         let mut cqes = self.cqes.take();
         {
             let mut ring = self.ring.borrow_mut();
+            if ring.submission().taskrun() {
+                // Completions wait as task work (cooperative task run):
+                // any entry into the kernel runs it (and submits what is
+                // queued).
+                self.stats.uring_submits.inc();
+                if ring.submit().is_ok() {
+                    self.unsubmitted.set(0);
+                }
+            }
             cqes.extend(
                 ring.completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
@@ -986,14 +1071,19 @@ impl Uring {
         }
         let s = &socks[key as usize];
         self.done_if_stopped(key, s);
-        let bits = if s.err != 0 {
-            READABLE | WRITABLE
+        let (bits, must) = if s.err != 0 {
+            (READABLE | WRITABLE, true)
         } else {
-            WRITABLE
+            (WRITABLE, s.stopped)
         };
         drop(sends);
         drop(socks);
-        self.wake(key, bits);
+        // The owner is woken only if it waits for this: it saw `WouldBlock`
+        // (and cleared WRITABLE), or the socket failed or is being let go.
+        // A connection whose send simply completed is not polled for it:
+        // at one send per delivery that was one task poll per message more
+        // than on epoll.
+        self.wake_if(key, bits, must);
     }
 
     fn on_accept(&self, key: u32, res: i32, flags: u32) {
