@@ -62,6 +62,9 @@ const OP_CANCEL: u64 = 4;
 const OP_POLL: u64 = 5;
 /// The one buffer group of the shard's ring.
 const BGID: u16 = 0;
+/// `IOU_PBUF_RING_INC` (include/uapi/linux/io_uring.h): buffers consumed
+/// incrementally.
+const IOU_PBUF_RING_INC: u16 = 2;
 /// No chunk / no send.
 const NIL: u32 = u32::MAX;
 /// Submission queue entries (a full queue is submitted at once).
@@ -97,6 +100,23 @@ struct BufRing {
     tail: Cell<u16>,
     /// Buffers the kernel may still pick.
     free: Cell<u32>,
+    /// Incremental consumption (`IOU_PBUF_RING_INC`, Linux 6.12): the
+    /// kernel fills a buffer across receives, of any socket, so small
+    /// arrivals share one buffer instead of taking 4 KiB each.
+    inc: bool,
+    /// Per buffer, with `inc`.
+    state: RefCell<Vec<BufState>>,
+}
+
+/// One buffer of an incremental ring.
+#[derive(Clone, Copy, Default)]
+struct BufState {
+    /// Where the kernel's next bytes go.
+    off: u32,
+    /// Chunks of it not read yet.
+    refs: u32,
+    /// The kernel has moved on to the next buffer.
+    retired: bool,
 }
 
 impl BufRing {
@@ -126,8 +146,67 @@ impl BufRing {
             mask: (entries - 1) as u16,
             tail: Cell::new(0),
             free: Cell::new(0),
+            inc: false,
+            state: RefCell::new(Vec::new()),
         };
         Ok(br)
+    }
+
+    /// A completion put `len` bytes the socket keeps into `bid`
+    /// (`more`: the kernel goes on filling it). Returns their offset.
+    fn landed(&self, bid: u16, len: u32, more: bool) -> u32 {
+        if !self.inc {
+            self.free.set(self.free.get() - 1);
+            return 0;
+        }
+        let mut st = self.state.borrow_mut();
+        let b = &mut st[bid as usize];
+        let off = b.off;
+        b.off += len;
+        b.refs += 1;
+        if !more {
+            b.retired = true;
+            self.free.set(self.free.get() - 1);
+        }
+        off
+    }
+
+    /// A completion's `len` bytes in `bid` that nobody reads.
+    fn discard(&self, bid: u16, len: u32, more: bool) {
+        if !self.inc {
+            self.free.set(self.free.get() - 1);
+            return self.give(bid);
+        }
+        let give = {
+            let mut st = self.state.borrow_mut();
+            let b = &mut st[bid as usize];
+            b.off += len;
+            if !more {
+                b.retired = true;
+                self.free.set(self.free.get() - 1);
+            }
+            b.retired && b.refs == 0
+        };
+        if give {
+            self.give(bid);
+        }
+    }
+
+    /// A chunk of `bid` was read: the buffer goes back once the kernel
+    /// is done with it and no other chunk of it waits.
+    fn release(&self, bid: u16) {
+        if !self.inc {
+            return self.give(bid);
+        }
+        let give = {
+            let mut st = self.state.borrow_mut();
+            let b = &mut st[bid as usize];
+            b.refs -= 1;
+            b.retired && b.refs == 0
+        };
+        if give {
+            self.give(bid);
+        }
     }
 
     /// Gives buffer `bid` (back) to the kernel.
@@ -141,6 +220,9 @@ impl BufRing {
         e.set_addr(addr as u64);
         e.set_len(self.size);
         e.set_bid(bid);
+        if self.inc {
+            self.state.borrow_mut()[bid as usize] = BufState::default();
+        }
         let next = tail.wrapping_add(1);
         self.tail.set(next);
         // SAFETY: the ring's first descriptor holds the shared tail
@@ -310,16 +392,32 @@ impl Uring {
                     .setup_clamp()
                     .build(SQ_ENTRIES)
             })?;
-        let bufs = BufRing::new(cfg)?;
+        let mut bufs = BufRing::new(cfg)?;
         // SAFETY: the descriptors stay allocated (and the buffers too) for
         // the life of `Uring`, which closes the ring first (its `Drop`).
-        unsafe {
+        // Incremental consumption where the kernel has it (6.12), else
+        // one buffer per completion.
+        let inc = unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 bufs.ring as u64,
                 cfg.buffers,
                 BGID,
-                0,
-            )?;
+                IOU_PBUF_RING_INC,
+            )
+        };
+        if inc.is_ok() {
+            bufs.inc = true;
+            bufs.state = RefCell::new(vec![BufState::default(); cfg.buffers as usize]);
+        } else {
+            // SAFETY: as above.
+            unsafe {
+                ring.submitter().register_buf_ring_with_flags(
+                    bufs.ring as u64,
+                    cfg.buffers,
+                    BGID,
+                    0,
+                )?;
+            }
         }
         for bid in 0..cfg.buffers {
             bufs.give(bid);
@@ -582,7 +680,7 @@ impl Uring {
                     s.tail = NIL;
                 }
                 s.held -= 1;
-                self.bufs.give(c.bid);
+                self.bufs.release(c.bid);
             }
         }
         n
@@ -824,7 +922,7 @@ impl Uring {
         while s.head != NIL {
             let c = chunks.remove(s.head as usize);
             s.head = c.next;
-            self.bufs.give(c.bid);
+            self.bufs.release(c.bid);
         }
         s.tail = NIL;
         s.held = 0;
@@ -934,13 +1032,12 @@ impl Uring {
     fn on_recv(&self, key: u32, res: i32, flags: u32) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
-        if bid.is_some() {
-            self.bufs.free.set(self.bufs.free.get() - 1);
-        }
+        let buf_more = cqueue::buffer_more(flags);
+        let len = res.max(0) as u32;
         let mut socks = self.socks.borrow_mut();
         let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
             if let Some(b) = bid {
-                self.bufs.give(b);
+                self.bufs.discard(b, len, buf_more);
             }
             return;
         };
@@ -951,11 +1048,12 @@ impl Uring {
         match (res, bid) {
             (n, Some(b)) if n > 0 => {
                 if s.stopped && s.owns_fd {
-                    self.bufs.give(b);
+                    self.bufs.discard(b, len, buf_more);
                 } else {
+                    let off = self.bufs.landed(b, len, buf_more);
                     let c = self.chunks.borrow_mut().insert(Chunk {
                         bid: b,
-                        off: 0,
+                        off,
                         len: n as u32,
                         next: NIL,
                     }) as u32;
@@ -984,7 +1082,7 @@ impl Uring {
             }
             (n, b) => {
                 if let Some(b) = b {
-                    self.bufs.give(b);
+                    self.bufs.discard(b, len, buf_more);
                 }
                 if n == 0 {
                     s.eof = true;
