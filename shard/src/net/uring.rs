@@ -20,11 +20,20 @@
 //!   them (paused by the partial-packet budget) cannot stall the others
 //!   until their deadline; no byte is lost or reordered (the multishot
 //!   receive has ended before the first direct read).
+//!   Where the kernel has it (6.12) the ring is consumed incrementally
+//!   (`IOU_PBUF_RING_INC`): consecutive arrivals, of any socket, share a
+//!   buffer, which goes back once the kernel moved past it and each of its
+//!   chunks was read (`BufRing::landed`/`release`).
+//! - **Task work**: the ring is set up with `COOP_TASKRUN` + `TASKRUN_FLAG`
+//!   (5.19): completions do not interrupt the running shard with an IPI;
+//!   they run at its next syscall or wake-up, and [`Uring::reap`] enters the
+//!   kernel when the SQ flag says work waits.
 //! - **Send**: [`Uring::send`] copies the bytes it is given into a buffer
 //!   of the shard's pool and queues one `SEND` for the socket; the next send
 //!   says `WouldBlock` until it completed (a short send is re-queued for the
 //!   rest). The connection loop sends once per flush, so one `SEND` per
-//!   dirty connection per tick.
+//!   dirty connection per tick. Its completion wakes the connection only if
+//!   it waits for it (it saw `WouldBlock`, so WRITABLE was cleared).
 //! - **Accept**: one multishot `ACCEPT` per listener.
 //! - **Submission**: SQEs are queued without a syscall; the poller's task
 //!   submits them all with one `io_uring_enter` at the end of the tick
