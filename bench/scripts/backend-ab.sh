@@ -42,6 +42,9 @@ for ((r = 1; r <= rounds; r++)); do
     python3 - "$spec" "$((t1 - t0))" "$(getconf CLK_TCK)" "$tmp/bench.json" <<'PY'
 import json, sys
 backend, ticks, hz, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if "=" in backend:
+    name, b = backend.split("=", 1)
+    backend = name + "@" + b.rsplit("/", 1)[-1]
 try:
     s = json.load(open(path))
 except Exception as e:
