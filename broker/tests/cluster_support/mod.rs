@@ -100,13 +100,15 @@ impl Node {
             "true",
             "--cores",
             "1",
-            "--sys-interval-secs",
-            "0",
-            "--data-dir",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // $SYS off unless the test's own flags set an interval.
+        if !self.args.iter().any(|a| a == "--sys-interval-secs") {
+            a.extend(["--sys-interval-secs".to_string(), "0".to_string()]);
+        }
+        a.push("--data-dir".to_string());
         a.push(self.dir.path.to_string_lossy().into_owned());
         a
     }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod frame;
 mod hub;
 mod link;
+pub mod ops;
 pub mod routes;
 pub mod stats;
 mod stream;
@@ -68,6 +69,8 @@ pub(crate) struct Init {
     pub cfg: Arc<ClusterConfig>,
     pub stats: Arc<ClusterStats>,
     pub listener: Option<std::net::TcpListener>,
+    /// Every shard's control channel (shard 0 asks them for a peer's `ClientsAsk`).
+    pub controls: Vec<flume::Sender<crate::control::Control>>,
 }
 
 /// One shard's part of the cluster.
@@ -83,7 +86,13 @@ impl Node {
         Node {
             routes: RefCell::new(NodeRoutes::new(init.cfg.peers.len())),
             hub: (shard_id == 0)
-                .then(|| Rc::new(hub::Hub::new(init.cfg.clone(), init.stats.clone()))),
+                .then(|| {
+                    Rc::new(hub::Hub::new(
+                        init.cfg.clone(),
+                        init.stats.clone(),
+                        init.controls.clone(),
+                    ))
+                }),
             scratch: RefCell::default(),
         }
     }
@@ -208,6 +217,21 @@ fn forward_plain(shard: &Shard, node: &Node, p: &Publish) {
                 publish: p.clone(),
             })),
         ),
+    }
+}
+
+/// `Control::AskPeers` (shard 0): asks other nodes for their connected clients.
+pub(crate) fn ask_clients(shard: &Shard, ask: ops::AskClients) {
+    match shard.cluster.as_ref().and_then(|n| n.hub.as_ref()) {
+        Some(hub) => hub.ask_clients(ask),
+        None => {
+            for node in ask.nodes {
+                let _ = ask.reply.send(ops::PeerClients {
+                    node,
+                    result: Err("this node has no node links".into()),
+                });
+            }
+        }
     }
 }
 

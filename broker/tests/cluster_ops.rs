@@ -1,0 +1,418 @@
+//! Issue 14's operations over real processes: three `ringmq --cores 1` binaries on
+//! 127.0.0.1, clients we did not write (mosquitto_sub) on each node.
+//! - `ringmq ctl clients` asked of any node lists every node's clients, each row naming its
+//!   node; `--node N` narrows, `--match` and `--limit` apply per node; a node that does not
+//!   answer (stopped with SIGSTOP: its link stays up) is marked within the bounded wait, a
+//!   node that is gone (kill -9) is marked with its link's state.
+//! - `ctl cluster status` shows each node link's messages, bytes, batches, queue and round trip.
+//! - `$SYS` is per node: each node publishes its own figures, tagged with its node id, and
+//!   none crosses to another node.
+//!
+//! - A partition (network namespaces, `cluster_support::netns`): the node cut off refuses
+//!   CONNECT with "Server unavailable"; the majority keeps its leader, routes and deliveries
+//!   and loses nothing it acknowledged; the links notice the silence and read as down; healed,
+//!   routes made meanwhile resync both ways and messages flow to the returning node again.
+//!
+//! One test at a time per binary (a lock): each starts three processes on a 2-CPU machine.
+mod common;
+mod cluster_support;
+
+use cluster_support::{netns::Net, Cluster, Node};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// `mosquitto_sub` connected to one node; its output lines on a channel. Killed by PID on drop.
+struct Sub {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Sub {
+    fn start(node: &Node, id: &str, topic: &str, extra: &[&str]) -> Sub {
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", &node.mqtt().ip().to_string()])
+            .args(["-p", &node.mqtt().port().to_string()])
+            .args(["-i", id, "-V", "mqttv5", "-t", topic, "-v"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (apt-get install mosquitto-clients)");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Sub { child, lines }
+    }
+
+    /// Lines received within `within`.
+    fn lines_for(&self, within: Duration) -> Vec<String> {
+        let end = Instant::now() + within;
+        let mut out = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ctl --json clients ARGS` on `node`: the whole response line.
+fn clients(node: &Node, args: &[&str]) -> (i32, Value) {
+    let mut a = vec!["--json", "clients"];
+    a.extend(args);
+    let (code, out, err) = node.ctl(&a);
+    let v = serde_json::from_str(out.trim()).unwrap_or_else(|_| Value::String(err));
+    (code, v)
+}
+
+/// (node, client id) of every row.
+fn rows(v: &Value) -> Vec<(u64, String)> {
+    v["result"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    (
+                        r["node"].as_u64().unwrap_or(0),
+                        r["client_id"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `nodes` entry of node `id`.
+fn answer(v: &Value, id: u64) -> Value {
+    v["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["node"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until every node's links to the others are up.
+fn wait_links(c: &Cluster, ids: &[u64]) {
+    common::check_for_blocking(SETTLE, "every node link up", || {
+        ids.iter()
+            .all(|id| {
+                c.get(*id).status().is_some_and(|s| {
+                    s["links"].as_array().is_some_and(|ls| {
+                        ls.iter()
+                            .filter(|l| ids.contains(&l["peer"].as_u64().unwrap_or(0)))
+                            .all(|l| l["up"] == true)
+                    })
+                })
+            })
+            .then_some(())
+    });
+}
+
+fn signal(node: &Node, sig: libc::c_int) {
+    let pid = node.proc.as_ref().expect("running").pid();
+    // SAFETY: kill(2) on a child process we started, by its PID.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+#[test]
+fn ctl_clients_lists_every_node_and_marks_those_that_do_not_answer() {
+    let _g = serial();
+    let mut c = Cluster::start(3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    wait_links(&c, &[1, 2, 3]);
+    // 2 clients on node 1, 1 on node 2, 3 on node 3.
+    let placed = [(1, "ops-n1-a"), (1, "ops-n1-b"), (2, "ops-n2-a")]
+        .into_iter()
+        .chain([(3, "ops-n3-a"), (3, "ops-n3-b"), (3, "ops-n3-c")])
+        .collect::<Vec<(u64, &str)>>();
+    let _subs: Vec<Sub> = placed
+        .iter()
+        .map(|(n, id)| Sub::start(c.get(*n), id, "ops/x", &[]))
+        .collect();
+    let want: Vec<(u64, String)> = placed.iter().map(|(n, id)| (*n, id.to_string())).collect();
+
+    // Asked of node 2: every node's clients, each row naming its node.
+    let v = common::check_for_blocking(SETTLE, "6 clients over 3 nodes", || {
+        let (code, v) = clients(c.get(2), &[]);
+        (code == 0 && rows(&v) == want).then_some(v)
+    });
+    for id in [1, 2, 3] {
+        let a = answer(&v, id);
+        assert_eq!(a["answered"], true, "{v}");
+    }
+    assert_eq!(answer(&v, 3)["clients"], 3, "{v}");
+    let row = &v["result"][0];
+    assert_eq!(row["protocol"], 5, "{row}");
+    assert!(row["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "{row}");
+
+    // --node narrows; --match applies on the node asked and the others alike.
+    let (code, v) = clients(c.get(1), &["--node", "3"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(rows(&v), want[3..].to_vec(), "{v}");
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(1), "{v}");
+    let (_, v) = clients(c.get(1), &["--node", "1"]);
+    assert_eq!(rows(&v), want[..2].to_vec(), "{v}");
+    let (_, v) = clients(c.get(1), &["--match", "ops-n?-b"]);
+    assert_eq!(
+        rows(&v),
+        vec![(1, "ops-n1-b".to_string()), (3, "ops-n3-b".to_string())],
+        "{v}"
+    );
+    // --limit: rows per node, the node's full count still told.
+    let (_, v) = clients(c.get(1), &["--limit", "1"]);
+    assert_eq!(rows(&v).len(), 3, "{v}");
+    assert_eq!((answer(&v, 3)["clients"].as_u64(), answer(&v, 3)["shown"].as_u64()), (Some(3), Some(1)));
+    // A node id that is not a member.
+    let (code, v) = clients(c.get(1), &["--node", "9"]);
+    assert_eq!(code, 1, "{v}");
+
+    // The table: a NODE column and one line per node.
+    let (code, out, _) = c.get(1).ctl(&["clients", "--limit", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().is_some_and(|h| h.contains("NODE")), "{out}");
+    assert!(out.contains("node 3: 3 clients, 1 shown (--limit)"), "{out}");
+
+    // Node 3 stopped (SIGSTOP): its link stays up but it cannot answer. Node 1 lists
+    // its own and node 2's clients after the bounded wait and marks node 3.
+    signal(c.get(3), libc::SIGSTOP);
+    let t = Instant::now();
+    let (code, v) = clients(c.get(1), &["--wait-ms", "700"]);
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(rows(&v), want[..3].to_vec(), "{v}");
+    let a3 = answer(&v, 3);
+    assert_eq!(a3["answered"], false, "{v}");
+    assert!(a3["error"].as_str().is_some_and(|e| e.contains("no answer within 700 ms")), "{v}");
+    assert!(took >= Duration::from_millis(700), "answered before the wait: {took:?}");
+    let (_, out, _) = c.get(1).ctl(&["clients", "--wait-ms", "300"]);
+    assert!(out.contains("node 3: NO ANSWER (no answer within 300 ms)"), "{out}");
+    signal(c.get(3), libc::SIGCONT);
+    common::check_for_blocking(SETTLE, "node 3 answers again", || {
+        let (_, v) = clients(c.get(1), &[]);
+        (rows(&v) == want).then_some(())
+    });
+
+    // Node 3 killed: once its link is down, the mark says so at once.
+    c.node(3).kill9();
+    let v = common::check_for_blocking(SETTLE, "node 3's link down", || {
+        let (_, v) = clients(c.get(2), &["--wait-ms", "500"]);
+        answer(&v, 3)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("down") || e.contains("closed"))
+            .then_some(v)
+    });
+    assert_eq!(rows(&v), want[..3].to_vec(), "{v}");
+}
+
+#[test]
+fn cluster_status_shows_link_counters_and_sys_stays_per_node() {
+    let _g = serial();
+    let c = Cluster::start(3, &["--sys-interval-secs", "1"]);
+    c.wait_leader(&[1, 2, 3]);
+    wait_links(&c, &[1, 2, 3]);
+    // Traffic from node 1 to a subscriber on node 2.
+    let sub = Sub::start(c.get(2), "ops-status-sub", "ops/s", &["-q", "1"]);
+    common::check_for_blocking(SETTLE, "node 1 knows node 2's route", || {
+        c.get(1).status().and_then(|s| {
+            s["links"]
+                .as_array()?
+                .iter()
+                .any(|l| l["peer"] == 2 && l["peer_routes"].as_u64() >= Some(1))
+                .then_some(())
+        })
+    });
+    let st = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &c.get(1).mqtt().port().to_string()])
+        .args(["-i", "ops-status-pub", "-q", "1", "-t", "ops/s", "-m", "hello"])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success());
+    let got = sub.lines_for(Duration::from_secs(3));
+    assert!(got.iter().any(|l| l == "ops/s hello"), "{got:?}");
+
+    // Node 1's link to node 2: messages, bytes, batches, queue, round trip (pings each second).
+    let link = common::check_for_blocking(SETTLE, "link counters and a round trip", || {
+        let s = c.get(1).status()?;
+        let l = s["links"].as_array()?.iter().find(|l| l["peer"] == 2)?.clone();
+        (l["msgs_out"].as_u64() >= Some(1) && l["rtt_us"].as_u64() > Some(0)).then_some(l)
+    });
+    for k in ["msgs_out", "msgs_in", "bytes_out", "bytes_in", "batches_out", "queue_bytes", "rtt_us"] {
+        assert!(link[k].is_u64(), "{k} missing: {link}");
+    }
+    assert!(link["bytes_out"].as_u64() > Some(0) && link["batches_out"].as_u64() > Some(0));
+    let (code, out, _) = c.get(1).ctl(&["cluster", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("node links:"), "{out}");
+    for col in ["MSGS_OUT", "BYTES_OUT", "BATCHES_OUT", "QUEUE_BYTES", "RTT_US"] {
+        assert!(out.contains(col), "{col} not in:\n{out}");
+    }
+
+    // $SYS per node: a subscriber on node 2 (and one on node 3) reads its own node's
+    // figures only; nothing of another node crosses.
+    let sys2 = Sub::start(c.get(2), "ops-sys-2", "$SYS/broker/cluster/node", &[]);
+    let sys3 = Sub::start(c.get(3), "ops-sys-3", "$SYS/broker/cluster/node", &[]);
+    let l2 = sys2.lines_for(Duration::from_millis(3500));
+    let l3 = sys3.lines_for(Duration::from_millis(100));
+    assert!(!l2.is_empty() && !l3.is_empty(), "{l2:?} {l3:?}");
+    assert!(l2.iter().all(|l| l == "$SYS/broker/cluster/node 2"), "{l2:?}");
+    assert!(l3.iter().all(|l| l == "$SYS/broker/cluster/node 3"), "{l3:?}");
+    // Connected clients on node 3: its own (1 before this subscriber, 2 with it), never
+    // the cluster's 4.
+    let conn3 = Sub::start(c.get(3), "ops-sys-3c", "$SYS/broker/clients/connected", &[]);
+    let l = conn3.lines_for(Duration::from_millis(2500));
+    let ok = ["$SYS/broker/clients/connected 1", "$SYS/broker/clients/connected 2"];
+    assert!(!l.is_empty() && l.iter().all(|x| ok.contains(&x.as_str())), "{l:?}");
+}
+
+/// `mosquitto_pub -q 1` of each payload to `node` (one connection each: its exit status says
+/// the broker acknowledged it).
+fn publish_acked(node: &Node, id: &str, topic: &str, payloads: &[String]) {
+    for m in payloads {
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", &node.mqtt().ip().to_string()])
+            .args(["-p", &node.mqtt().port().to_string()])
+            .args(["-i", id, "-V", "mqttv5", "-q", "1", "-t", topic, "-m", m])
+            .status()
+            .expect("mosquitto_pub");
+        assert!(st.success(), "{m} not acknowledged by node {}", node.id);
+    }
+}
+
+/// Payloads received by `sub` on `topic` until `want` all arrived (or `within` passed).
+fn collect(sub: &Sub, topic: &str, want: &[String], within: Duration) -> Vec<String> {
+    let end = Instant::now() + within;
+    let mut got: Vec<String> = Vec::new();
+    while !want.iter().all(|w| got.contains(w)) {
+        let Some(left) = end.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        if let Ok(l) = sub.lines.recv_timeout(left) {
+            if let Some(p) = l.strip_prefix(&format!("{topic} ")) {
+                got.push(p.to_string());
+            }
+        }
+    }
+    got
+}
+
+/// Whether `node` sees its link to `peer` up.
+fn link_up(c: &Cluster, node: u64, peer: u64) -> Option<bool> {
+    let s = c.get(node).status()?;
+    let l = s["links"].as_array()?.iter().find(|l| l["peer"] == peer)?.clone();
+    l["up"].as_bool()
+}
+
+#[test]
+fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
+    let _g = serial();
+    let Some(net) = Net::create(3) else {
+        eprintln!("skipped: needs root and `ip` to make network namespaces");
+        return;
+    };
+    let c = Cluster::start_in(&net, 3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    wait_links(&c, &[1, 2, 3]);
+    let s1 = Sub::start(c.get(1), "part-s1", "part/x", &["-q", "1"]);
+    let s2 = Sub::start(c.get(2), "part-s2", "part/x", &["-q", "1"]);
+    let s3 = Sub::start(c.get(3), "part-s3", "part/x", &["-q", "1"]);
+    common::check_for_blocking(SETTLE, "node 1 has the routes of nodes 2 and 3", || {
+        let s = c.get(1).status()?;
+        let ls = s["links"].as_array()?;
+        ls.iter()
+            .all(|l| l["peer_routes"].as_u64() >= Some(1))
+            .then_some(())
+    });
+    let before: Vec<String> = (0..3).map(|i| format!("before-{i}")).collect();
+    publish_acked(c.get(1), "part-p1", "part/x", &before);
+    for (n, s) in [(1, &s1), (2, &s2), (3, &s3)] {
+        let got = collect(s, "part/x", &before, Duration::from_secs(10));
+        assert_eq!(got, before, "node {n} before the cut");
+    }
+
+    // Node 3 cut off: nodes 1 and 2 see its link go down (it is silent, not closed).
+    net.cut(3);
+    let t = Instant::now();
+    common::check_for_blocking(SETTLE, "links to node 3 down on nodes 1 and 2", || {
+        (link_up(&c, 1, 3) == Some(false) && link_up(&c, 2, 3) == Some(false)).then_some(())
+    });
+    eprintln!("links to the cut node read as down after {:?}", t.elapsed());
+    let (leader, _) = c.wait_leader(&[1, 2]);
+    assert_ne!(leader, 3);
+
+    // The majority: a subscription made now gets its SUBACK (no wait for node 3), and
+    // every message acknowledged to the publisher reaches both majority subscribers.
+    let s2b = Sub::start(c.get(2), "part-s2b", "part2/x", &["-q", "1"]);
+    common::check_for_blocking(SETTLE, "node 1 has node 2's new route", || {
+        let s = c.get(1).status()?;
+        let l = s["links"].as_array()?.iter().find(|l| l["peer"] == 2)?.clone();
+        (l["peer_routes"].as_u64() >= Some(2)).then_some(())
+    });
+    let during: Vec<String> = (0..20).map(|i| format!("during-{i}")).collect();
+    publish_acked(c.get(1), "part-p1", "part/x", &during);
+    assert_eq!(collect(&s1, "part/x", &during, Duration::from_secs(10)), during);
+    assert_eq!(collect(&s2, "part/x", &during, Duration::from_secs(10)), during);
+
+    // The minority: CONNECT refused with "Server unavailable", v5 and 3.1.1, bounded.
+    for v in ["mqttv5", "mqttv311"] {
+        let t = Instant::now();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &net.ns(3), "mosquitto_pub"])
+            .args(["-h", &net.addr(3), "-p", "1883", "-V", v])
+            .args(["-i", "part-minority", "-t", "part/x", "-m", "x"])
+            .output()
+            .expect("run mosquitto_pub");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success(), "{v}: published on a minority");
+        assert!(err.contains("unavailable"), "{v}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(8), "{v}: {:?}", t.elapsed());
+    }
+
+    // Healed: links up again, one leader; the route node 2 made meanwhile reached node 3
+    // (a publish on node 3 gets to part-s2b on node 2), and node 3 gets messages again.
+    net.heal(3);
+    c.wait_leader(&[1, 2, 3]);
+    wait_links(&c, &[1, 2, 3]);
+    let from3 = vec!["from-3".to_string()];
+    common::check_for_blocking(SETTLE, "node 3 knows node 2's part2/x route", || {
+        let s = c.get(3).status()?;
+        let l = s["links"].as_array()?.iter().find(|l| l["peer"] == 2)?.clone();
+        (l["peer_routes"].as_u64() >= Some(2)).then_some(())
+    });
+    publish_acked(c.get(3), "part-p3", "part2/x", &from3);
+    assert_eq!(collect(&s2b, "part2/x", &from3, Duration::from_secs(10)), from3);
+    let s3b = Sub::start(c.get(3), "part-s3b", "part/x", &["-q", "1"]);
+    common::check_for_blocking(SETTLE, "node 1 has node 3's routes again", || {
+        let s = c.get(1).status()?;
+        let l = s["links"].as_array()?.iter().find(|l| l["peer"] == 3)?.clone();
+        (l["peer_routes"].as_u64() >= Some(1) && l["up"] == true).then_some(())
+    });
+    let after: Vec<String> = (0..3).map(|i| format!("after-{i}")).collect();
+    publish_acked(c.get(1), "part-p1", "part/x", &after);
+    assert_eq!(collect(&s3b, "part/x", &after, Duration::from_secs(10)), after);
+    assert_eq!(collect(&s1, "part/x", &after, Duration::from_secs(10)), after);
+}
