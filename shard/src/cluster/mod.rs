@@ -15,6 +15,9 @@
 //! only once all its shards applied it: a message published on any node after
 //! the SUBACK reaches the new subscription.
 //!
+//! Operator questions cross the same links (`ops.rs`: `ringmq ctl clients`
+//! cluster-wide, asked through `Control::AskPeers` on shard 0).
+//!
 //! Interface to the rest of the shard: [`filter_changed`] (subscribe/unsubscribe),
 //! [`forward`] (routing), [`on_item`] (mesh), [`after_routes`] (SUBACK), [`start`].
 
@@ -157,14 +160,16 @@ pub(crate) fn after_routes(shard: &Shard, then: Box<dyn FnOnce()>) {
 }
 
 /// Sends `p` (just routed on this node) to the other nodes with subscribers
-/// on its topic; a retained message goes to every node. `$` topics stay here.
+/// on its topic; a retained message goes to every node. `$SYS` topics (each
+/// node's own figures) stay here; other `$` topics clients publish cross like
+/// any topic ([MQTT-4.7.2-1] only keeps them from first-level wildcards).
 /// Each matching share group gets one node, in turn among the nodes with
 /// members; returns the groups given to another node (this node skips them).
 pub(crate) fn forward(shard: &Shard, p: &Publish) -> Vec<TopicFilter> {
     let Some(node) = &shard.cluster else {
         return Vec::new();
     };
-    if p.topic.as_str().starts_with('$') {
+    if is_sys(p.topic.as_str()) {
         return Vec::new();
     }
     let elsewhere = forward_shared(shard, node, p);
@@ -233,6 +238,13 @@ pub(crate) fn ask_clients(shard: &Shard, ask: ops::AskClients) {
             }
         }
     }
+}
+
+/// `$SYS` or `$SYS/...`: a node's own figures, never sent to another node.
+fn is_sys(topic: &str) -> bool {
+    topic
+        .strip_prefix("$SYS")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// A cluster item from shard `from`.
