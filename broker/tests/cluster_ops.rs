@@ -14,8 +14,8 @@
 //!   routes made meanwhile resync both ways and messages flow to the returning node again.
 //!
 //! One test at a time per binary (a lock): each starts three processes on a 2-CPU machine.
-mod common;
 mod cluster_support;
+mod common;
 
 use cluster_support::{netns::Net, Cluster, Node};
 use serde_json::Value;
@@ -168,7 +168,12 @@ fn ctl_clients_lists_every_node_and_marks_those_that_do_not_answer() {
     assert_eq!(answer(&v, 3)["clients"], 3, "{v}");
     let row = &v["result"][0];
     assert_eq!(row["protocol"], 5, "{row}");
-    assert!(row["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "{row}");
+    assert!(
+        row["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{row}"
+    );
 
     // --node narrows; --match applies on the node asked and the others alike.
     let (code, v) = clients(c.get(1), &["--node", "3"]);
@@ -186,7 +191,13 @@ fn ctl_clients_lists_every_node_and_marks_those_that_do_not_answer() {
     // --limit: rows per node, the node's full count still told.
     let (_, v) = clients(c.get(1), &["--limit", "1"]);
     assert_eq!(rows(&v).len(), 3, "{v}");
-    assert_eq!((answer(&v, 3)["clients"].as_u64(), answer(&v, 3)["shown"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        (
+            answer(&v, 3)["clients"].as_u64(),
+            answer(&v, 3)["shown"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
     // A node id that is not a member.
     let (code, v) = clients(c.get(1), &["--node", "9"]);
     assert_eq!(code, 1, "{v}");
@@ -194,8 +205,14 @@ fn ctl_clients_lists_every_node_and_marks_those_that_do_not_answer() {
     // The table: a NODE column and one line per node.
     let (code, out, _) = c.get(1).ctl(&["clients", "--limit", "1"]);
     assert_eq!(code, 0);
-    assert!(out.lines().next().is_some_and(|h| h.contains("NODE")), "{out}");
-    assert!(out.contains("node 3: 3 clients, 1 shown (--limit)"), "{out}");
+    assert!(
+        out.lines().next().is_some_and(|h| h.contains("NODE")),
+        "{out}"
+    );
+    assert!(
+        out.contains("node 3: 3 clients, 1 shown (--limit)"),
+        "{out}"
+    );
 
     // Node 3 stopped (SIGSTOP): its link stays up but it cannot answer. Node 1 lists
     // its own and node 2's clients after the bounded wait and marks node 3.
@@ -207,10 +224,21 @@ fn ctl_clients_lists_every_node_and_marks_those_that_do_not_answer() {
     assert_eq!(rows(&v), want[..3].to_vec(), "{v}");
     let a3 = answer(&v, 3);
     assert_eq!(a3["answered"], false, "{v}");
-    assert!(a3["error"].as_str().is_some_and(|e| e.contains("no answer within 700 ms")), "{v}");
-    assert!(took >= Duration::from_millis(700), "answered before the wait: {took:?}");
+    assert!(
+        a3["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer within 700 ms")),
+        "{v}"
+    );
+    assert!(
+        took >= Duration::from_millis(700),
+        "answered before the wait: {took:?}"
+    );
     let (_, out, _) = c.get(1).ctl(&["clients", "--wait-ms", "300"]);
-    assert!(out.contains("node 3: NO ANSWER (no answer within 300 ms)"), "{out}");
+    assert!(
+        out.contains("node 3: NO ANSWER (no answer within 300 ms)"),
+        "{out}"
+    );
     signal(c.get(3), libc::SIGCONT);
     common::check_for_blocking(SETTLE, "node 3 answers again", || {
         let (_, v) = clients(c.get(1), &[]);
@@ -248,7 +276,16 @@ fn cluster_status_shows_link_counters_and_sys_stays_per_node() {
     });
     let st = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &c.get(1).mqtt().port().to_string()])
-        .args(["-i", "ops-status-pub", "-q", "1", "-t", "ops/s", "-m", "hello"])
+        .args([
+            "-i",
+            "ops-status-pub",
+            "-q",
+            "1",
+            "-t",
+            "ops/s",
+            "-m",
+            "hello",
+        ])
         .status()
         .expect("mosquitto_pub");
     assert!(st.success());
@@ -258,17 +295,35 @@ fn cluster_status_shows_link_counters_and_sys_stays_per_node() {
     // Node 1's link to node 2: messages, bytes, batches, queue, round trip (pings each second).
     let link = common::check_for_blocking(SETTLE, "link counters and a round trip", || {
         let s = c.get(1).status()?;
-        let l = s["links"].as_array()?.iter().find(|l| l["peer"] == 2)?.clone();
+        let l = s["links"]
+            .as_array()?
+            .iter()
+            .find(|l| l["peer"] == 2)?
+            .clone();
         (l["msgs_out"].as_u64() >= Some(1) && l["rtt_us"].as_u64() > Some(0)).then_some(l)
     });
-    for k in ["msgs_out", "msgs_in", "bytes_out", "bytes_in", "batches_out", "queue_bytes", "rtt_us"] {
+    for k in [
+        "msgs_out",
+        "msgs_in",
+        "bytes_out",
+        "bytes_in",
+        "batches_out",
+        "queue_bytes",
+        "rtt_us",
+    ] {
         assert!(link[k].is_u64(), "{k} missing: {link}");
     }
     assert!(link["bytes_out"].as_u64() > Some(0) && link["batches_out"].as_u64() > Some(0));
     let (code, out, _) = c.get(1).ctl(&["cluster", "status"]);
     assert_eq!(code, 0);
     assert!(out.contains("node links:"), "{out}");
-    for col in ["MSGS_OUT", "BYTES_OUT", "BATCHES_OUT", "QUEUE_BYTES", "RTT_US"] {
+    for col in [
+        "MSGS_OUT",
+        "BYTES_OUT",
+        "BATCHES_OUT",
+        "QUEUE_BYTES",
+        "RTT_US",
+    ] {
         assert!(out.contains(col), "{col} not in:\n{out}");
     }
 
@@ -279,14 +334,26 @@ fn cluster_status_shows_link_counters_and_sys_stays_per_node() {
     let l2 = sys2.lines_for(Duration::from_millis(3500));
     let l3 = sys3.lines_for(Duration::from_millis(100));
     assert!(!l2.is_empty() && !l3.is_empty(), "{l2:?} {l3:?}");
-    assert!(l2.iter().all(|l| l == "$SYS/broker/cluster/node 2"), "{l2:?}");
-    assert!(l3.iter().all(|l| l == "$SYS/broker/cluster/node 3"), "{l3:?}");
+    assert!(
+        l2.iter().all(|l| l == "$SYS/broker/cluster/node 2"),
+        "{l2:?}"
+    );
+    assert!(
+        l3.iter().all(|l| l == "$SYS/broker/cluster/node 3"),
+        "{l3:?}"
+    );
     // Connected clients on node 3: its own (1 before this subscriber, 2 with it), never
     // the cluster's 4.
     let conn3 = Sub::start(c.get(3), "ops-sys-3c", "$SYS/broker/clients/connected", &[]);
     let l = conn3.lines_for(Duration::from_millis(2500));
-    let ok = ["$SYS/broker/clients/connected 1", "$SYS/broker/clients/connected 2"];
-    assert!(!l.is_empty() && l.iter().all(|x| ok.contains(&x.as_str())), "{l:?}");
+    let ok = [
+        "$SYS/broker/clients/connected 1",
+        "$SYS/broker/clients/connected 2",
+    ];
+    assert!(
+        !l.is_empty() && l.iter().all(|x| ok.contains(&x.as_str())),
+        "{l:?}"
+    );
 }
 
 /// `mosquitto_pub -q 1` of each payload to `node` (one connection each: its exit status says
@@ -323,7 +390,11 @@ fn collect(sub: &Sub, topic: &str, want: &[String], within: Duration) -> Vec<Str
 /// Whether `node` sees its link to `peer` up.
 fn link_up(c: &Cluster, node: u64, peer: u64) -> Option<bool> {
     let s = c.get(node).status()?;
-    let l = s["links"].as_array()?.iter().find(|l| l["peer"] == peer)?.clone();
+    let l = s["links"]
+        .as_array()?
+        .iter()
+        .find(|l| l["peer"] == peer)?
+        .clone();
     l["up"].as_bool()
 }
 
@@ -369,13 +440,23 @@ fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
     let s2b = Sub::start(c.get(2), "part-s2b", "part2/x", &["-q", "1"]);
     common::check_for_blocking(SETTLE, "node 1 has node 2's new route", || {
         let s = c.get(1).status()?;
-        let l = s["links"].as_array()?.iter().find(|l| l["peer"] == 2)?.clone();
+        let l = s["links"]
+            .as_array()?
+            .iter()
+            .find(|l| l["peer"] == 2)?
+            .clone();
         (l["peer_routes"].as_u64() >= Some(2)).then_some(())
     });
     let during: Vec<String> = (0..20).map(|i| format!("during-{i}")).collect();
     publish_acked(c.get(1), "part-p1", "part/x", &during);
-    assert_eq!(collect(&s1, "part/x", &during, Duration::from_secs(10)), during);
-    assert_eq!(collect(&s2, "part/x", &during, Duration::from_secs(10)), during);
+    assert_eq!(
+        collect(&s1, "part/x", &during, Duration::from_secs(10)),
+        during
+    );
+    assert_eq!(
+        collect(&s2, "part/x", &during, Duration::from_secs(10)),
+        during
+    );
 
     // The minority: CONNECT refused with "Server unavailable", v5 and 3.1.1, bounded.
     for v in ["mqttv5", "mqttv311"] {
@@ -389,7 +470,11 @@ fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
         let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
         assert!(!out.status.success(), "{v}: published on a minority");
         assert!(err.contains("unavailable"), "{v}: {err}");
-        assert!(t.elapsed() < Duration::from_secs(8), "{v}: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "{v}: {:?}",
+            t.elapsed()
+        );
     }
 
     // Healed: links up again, one leader; the route node 2 made meanwhile reached node 3
@@ -400,19 +485,36 @@ fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
     let from3 = vec!["from-3".to_string()];
     common::check_for_blocking(SETTLE, "node 3 knows node 2's part2/x route", || {
         let s = c.get(3).status()?;
-        let l = s["links"].as_array()?.iter().find(|l| l["peer"] == 2)?.clone();
+        let l = s["links"]
+            .as_array()?
+            .iter()
+            .find(|l| l["peer"] == 2)?
+            .clone();
         (l["peer_routes"].as_u64() >= Some(2)).then_some(())
     });
     publish_acked(c.get(3), "part-p3", "part2/x", &from3);
-    assert_eq!(collect(&s2b, "part2/x", &from3, Duration::from_secs(10)), from3);
+    assert_eq!(
+        collect(&s2b, "part2/x", &from3, Duration::from_secs(10)),
+        from3
+    );
     let s3b = Sub::start(c.get(3), "part-s3b", "part/x", &["-q", "1"]);
     common::check_for_blocking(SETTLE, "node 1 has node 3's routes again", || {
         let s = c.get(1).status()?;
-        let l = s["links"].as_array()?.iter().find(|l| l["peer"] == 3)?.clone();
+        let l = s["links"]
+            .as_array()?
+            .iter()
+            .find(|l| l["peer"] == 3)?
+            .clone();
         (l["peer_routes"].as_u64() >= Some(1) && l["up"] == true).then_some(())
     });
     let after: Vec<String> = (0..3).map(|i| format!("after-{i}")).collect();
     publish_acked(c.get(1), "part-p1", "part/x", &after);
-    assert_eq!(collect(&s3b, "part/x", &after, Duration::from_secs(10)), after);
-    assert_eq!(collect(&s1, "part/x", &after, Duration::from_secs(10)), after);
+    assert_eq!(
+        collect(&s3b, "part/x", &after, Duration::from_secs(10)),
+        after
+    );
+    assert_eq!(
+        collect(&s1, "part/x", &after, Duration::from_secs(10)),
+        after
+    );
 }

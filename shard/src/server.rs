@@ -288,7 +288,8 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
     let started = Instant::now();
     // Every control channel first: a cluster's shard 0 holds them all (a peer's
     // `ctl clients` question is gathered from every shard).
-    let (controls, mut control_rx): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::unbounded()).unzip();
+    let (controls, mut control_rx): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| flume::unbounded()).unzip();
     control_rx.reverse();
     let stats: Vec<Arc<ShardStats>> = (0..shards)
         .map(|_| Arc::new(ShardStats::with_listeners(listeners.len())))
@@ -321,7 +322,11 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
                 cfg: Arc::new(c.clone()),
                 stats: cluster_stats.clone().expect("stats with the config"),
                 listener: if id == 0 { link_listener.take() } else { None },
-                controls: if id == 0 { controls.clone() } else { Vec::new() },
+                controls: if id == 0 {
+                    controls.clone()
+                } else {
+                    Vec::new()
+                },
             }),
         };
         let handle = LocalExecutorBuilder::new(placement)

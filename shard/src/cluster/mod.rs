@@ -88,14 +88,13 @@ impl Node {
     pub(crate) fn new(shard_id: usize, init: &Init) -> Self {
         Node {
             routes: RefCell::new(NodeRoutes::new(init.cfg.peers.len())),
-            hub: (shard_id == 0)
-                .then(|| {
-                    Rc::new(hub::Hub::new(
-                        init.cfg.clone(),
-                        init.stats.clone(),
-                        init.controls.clone(),
-                    ))
-                }),
+            hub: (shard_id == 0).then(|| {
+                Rc::new(hub::Hub::new(
+                    init.cfg.clone(),
+                    init.stats.clone(),
+                    init.controls.clone(),
+                ))
+            }),
             scratch: RefCell::default(),
         }
     }

@@ -64,7 +64,9 @@ impl Hub {
     /// peer or whose link is down is answered at once with the reason.
     pub(crate) fn ask_clients(&self, ask: AskClients) {
         let pattern = ask.pattern.clone().unwrap_or_default();
-        let only = ask.shard.map_or(u32::MAX, |s| s.min(u32::MAX as usize - 1) as u32);
+        let only = ask
+            .shard
+            .map_or(u32::MAX, |s| s.min(u32::MAX as usize - 1) as u32);
         for &node in &ask.nodes {
             let result = match self.links.iter().find(|l| l.peer.id == node) {
                 None => Err(format!("node {node} is not a peer of this node")),
@@ -144,7 +146,9 @@ impl Hub {
             reqs.iter().filter_map(|r| asks.remove(r)).collect()
         };
         for p in gone {
-            let result = Err(format!("the node link to node {node} closed before it answered"));
+            let result = Err(format!(
+                "the node link to node {node} closed before it answered"
+            ));
             let _ = p.reply.send(PeerClients { node, result });
         }
     }
