@@ -87,7 +87,7 @@ fn clients(node: &Node, args: &[&str]) -> (i32, Value) {
     let mut a = vec!["--json", "clients"];
     a.extend(args);
     let (code, out, err) = node.ctl(&a);
-    let v = serde_json::from_str(out.trim()).unwrap_or_else(|_| Value::String(err));
+    let v = serde_json::from_str(out.trim()).unwrap_or(Value::String(err));
     (code, v)
 }
 
