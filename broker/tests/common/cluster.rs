@@ -74,7 +74,23 @@ fn free_port_pair() -> u16 {
 }
 
 /// Starts `n` nodes, each from `cfg` (its listeners, limits, shards) plus the cluster.
+/// The ports are picked free and released before the nodes bind them, so another test may
+/// take one meanwhile: then the attempt is undone and made again on new ports.
 pub fn start(n: usize, cfg: &ShardConfig) -> Nodes {
+    let mut last = String::new();
+    for _ in 0..5 {
+        match try_start(n, cfg) {
+            Ok(nodes) => {
+                wait_ready(&nodes.nodes);
+                return nodes;
+            }
+            Err(e) => last = e,
+        }
+    }
+    panic!("test cluster did not start: {last}");
+}
+
+fn try_start(n: usize, cfg: &ShardConfig) -> Result<Nodes, String> {
     use ringmq_broker::config::Config;
     let ports: Vec<u16> = (0..n).map(|_| free_port_pair()).collect();
     let peers: Vec<String> = ports
@@ -82,7 +98,11 @@ pub fn start(n: usize, cfg: &ShardConfig) -> Nodes {
         .enumerate()
         .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
         .collect();
-    let mut nodes = Vec::with_capacity(n);
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    let undo = |nodes: Vec<Node>, why: String| {
+        stop_nodes(nodes, Duration::from_secs(5));
+        Err(why)
+    };
     for id in 1..=n as u64 {
         let data_dir = super::broker::scratch_dir();
         let mut c = Config::default();
@@ -92,16 +112,24 @@ pub fn start(n: usize, cfg: &ShardConfig) -> Nodes {
         c.persistence.data_dir = data_dir.clone();
         let raft_cfg = c.raft_node_config().expect("a clustered config");
         let links = c.cluster_links().expect("node links").expect("clustered");
-        let raft = ringmq_broker::cluster::Cluster::start(
+        let raft = match ringmq_broker::cluster::Cluster::start(
             raft_cfg,
             c.cluster.cluster_claim_timeout.duration(),
-        )
-        .expect("raft node starts");
+        ) {
+            Ok(r) => r,
+            Err(e) => return undo(nodes, format!("raft node {id}: {e}")),
+        };
         let mut sc = cfg.clone();
         sc.data_dir = data_dir.clone();
         sc.cluster = Some(links);
         sc.ownership = Some(raft.gate());
-        let handle = server::start(sc).expect("node starts");
+        let handle = match server::start(sc) {
+            Ok(h) => h,
+            Err(e) => {
+                raft.stop();
+                return undo(nodes, format!("node {id}: {e}"));
+            }
+        };
         raft.start_fencing(handle.fencer()).expect("fencing starts");
         let mqtt = *handle.local_addrs().first().expect("one listener");
         nodes.push(Node {
@@ -111,13 +139,15 @@ pub fn start(n: usize, cfg: &ShardConfig) -> Nodes {
             mqtt,
         });
     }
-    wait_ready(&nodes);
     let front = Forwarder::start(nodes.iter().map(|n| n.mqtt).collect());
-    Nodes { nodes, front }
+    Ok(Nodes { nodes, front })
 }
 
 /// Until every node sees the same leader and every node link is up.
 fn wait_ready(nodes: &[Node]) {
+    if nodes.is_empty() {
+        return;
+    }
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         let leaders: Vec<Option<u64>> = nodes
@@ -144,23 +174,28 @@ impl Nodes {
     /// Graceful shutdown of every node (bounded by `deadline` each); then the control planes.
     pub fn shutdown(self, deadline: Duration) -> bool {
         self.front.stop();
-        let mut done = true;
-        for n in &self.nodes {
-            n.handle.shutdown();
-        }
-        for n in self.nodes {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let h = n.handle;
-            std::thread::spawn(move || {
-                let _ = h.join();
-                let _ = tx.send(());
-            });
-            done &= rx.recv_timeout(deadline).is_ok();
-            n.raft.stop();
-            let _ = std::fs::remove_dir_all(&n.data_dir);
-        }
-        done
+        stop_nodes(self.nodes, deadline)
     }
+}
+
+/// Stops every node's shards (each bounded by `deadline`), then its control plane.
+fn stop_nodes(nodes: Vec<Node>, deadline: Duration) -> bool {
+    let mut done = true;
+    for n in &nodes {
+        n.handle.shutdown();
+    }
+    for n in nodes {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = n.handle;
+        std::thread::spawn(move || {
+            let _ = h.join();
+            let _ = tx.send(());
+        });
+        done &= rx.recv_timeout(deadline).is_ok();
+        n.raft.stop();
+        let _ = std::fs::remove_dir_all(&n.data_dir);
+    }
+    done
 }
 
 /// A round-robin TCP forwarder: connection k goes to `targets[k % len]`. Blocking threads
@@ -187,7 +222,9 @@ impl Forwarder {
                 }
                 let Ok(client) = c else { continue };
                 let k = nx.fetch_add(1, Ordering::Relaxed);
-                let target = targets[k % targets.len()];
+                let Some(&target) = targets.get(k % targets.len().max(1)) else {
+                    continue;
+                };
                 std::thread::spawn(move || forward(client, target));
             }
         });
