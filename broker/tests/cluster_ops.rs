@@ -40,7 +40,7 @@ struct Sub {
 
 impl Sub {
     fn start(node: &Node, id: &str, topic: &str, extra: &[&str]) -> Sub {
-        let mut child = Command::new("mosquitto_sub")
+        let child = Command::new("mosquitto_sub")
             .args(["-h", &node.mqtt().ip().to_string()])
             .args(["-p", &node.mqtt().port().to_string()])
             .args(["-i", id, "-V", "mqttv5", "-t", topic, "-v"])
@@ -49,6 +49,11 @@ impl Sub {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto_sub (apt-get install mosquitto-clients)");
+        Sub::adopt(child)
+    }
+
+    /// A `mosquitto_sub -v` started elsewhere (stdout piped).
+    fn adopt(mut child: Child) -> Sub {
         let out = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -517,4 +522,183 @@ fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
         collect(&s1, "part/x", &after, Duration::from_secs(10)),
         after
     );
+}
+
+/// A child process killed (by its PID) when the test ends, passing or not.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HAProxy's `show stat` CSV over its stats socket: (backend, server) -> status.
+fn haproxy_status(sock: &std::path::Path) -> Vec<(String, String, String)> {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return Vec::new();
+    };
+    let _ = s.write_all(b"show stat\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.to_string(),
+                f.get(17)?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// deploy/haproxy.cfg as shipped, only its addresses (and connection limits) changed to three
+/// local nodes listening
+/// with `?proxy=true`: its MQTT health check (a CONNECT that must get CONNACK 0, sent after a
+/// PROXY v2 header) marks every node up; clients through HAProxy reach each other across nodes
+/// (the PROXY-only listeners accept them, so the header came first); a node killed is marked
+/// down by the check and a client that hashed to it is served by another node.
+#[test]
+fn haproxy_with_the_shipped_config_spreads_clients_and_checks_nodes_with_mqtt() {
+    let _g = serial();
+    if Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!("skipped: haproxy not installed (apt-get install haproxy)");
+        return;
+    }
+    let mut c = Cluster::start_listening(3, &[], |_| "mqtt://127.0.0.1:0?proxy=true".into());
+    let ports: Vec<u16> = [1, 2, 3].map(|id| c.get(id).mqtt().port()).to_vec();
+    c.wait_leader(&[1, 2, 3]);
+    wait_links(&c, &[1, 2, 3]);
+    let dir = common::broker::scratch_dir();
+    let front = common::cluster::free_pair_below_ephemeral();
+    let (sock, map) = (dir.join("stats.sock"), dir.join("prefix.map"));
+    std::fs::write(&map, "").unwrap();
+    let cfg = include_str!("../../deploy/haproxy.cfg")
+        .replace("/etc/haproxy/ringmq-prefix.map", map.to_str().unwrap())
+        .replace("bind :1883", &format!("bind 127.0.0.1:{front}"))
+        // The descriptors a test may open (the shipped config asks for 2.1M).
+        .replace("maxconn 1000000", "maxconn 1000")
+        .replace("fd-hard-limit 2100000", "fd-hard-limit 4096")
+        .replace("10.0.0.11:1883", &format!("127.0.0.1:{}", ports[0]))
+        .replace("10.0.0.12:1883", &format!("127.0.0.1:{}", ports[1]))
+        .replace("10.0.0.13:1883", &format!("127.0.0.1:{}", ports[2]))
+        .replacen(
+            "\nglobal\n",
+            &format!(
+                "\nglobal\n    stats socket {} mode 600 level admin\n",
+                sock.display()
+            ),
+            1,
+        );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let _hap = Reaped(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
+            .spawn()
+            .expect("haproxy"),
+    );
+    let servers = ["node_a", "node_b", "node_c"];
+    let up = |backend: &str, want: &[&str]| {
+        let st = haproxy_status(&sock);
+        want.iter().all(|s| {
+            st.iter()
+                .any(|(b, n, status)| b == backend && n == s && status.starts_with("UP"))
+        })
+    };
+    let end = Instant::now() + SETTLE;
+    while !up("ringmq_by_client_id", &servers) {
+        assert!(
+            Instant::now() < end,
+            "haproxy's MQTT check did not mark every node UP: {:?}\n{}",
+            haproxy_status(&sock),
+            std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Clients through HAProxy: a subscriber and a publisher, hashed by client id.
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &front.to_string()])
+        .args([
+            "-i", "hap-sub", "-V", "mqttv5", "-q", "1", "-t", "hap/x", "-v",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    let sub = Sub::adopt(sub);
+    let where_sub = common::check_for_blocking(SETTLE, "hap-sub connected on some node", || {
+        [1u64, 2, 3].into_iter().find(|&n| {
+            let (_, v) = clients(c.get(n), &["--node", &n.to_string()]);
+            rows(&v).iter().any(|(_, id)| id == "hap-sub")
+        })
+    });
+    common::check_for_blocking(SETTLE, "every node has hap-sub's route", || {
+        [1u64, 2, 3]
+            .into_iter()
+            .filter(|&n| n != where_sub)
+            .all(|n| {
+                c.get(n).status().is_some_and(|s| {
+                    s["links"].as_array().is_some_and(|ls| {
+                        ls.iter()
+                            .any(|l| l["peer"] == where_sub && l["peer_routes"].as_u64() >= Some(1))
+                    })
+                })
+            })
+            .then_some(())
+    });
+    let publish = |id: &str, m: &str| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &front.to_string()])
+            .args(["-i", id, "-V", "mqttv5", "-q", "1", "-t", "hap/x", "-m", m])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Several publisher ids: they hash over the nodes, some to another node than hap-sub's.
+    let sent: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    for (i, m) in sent.iter().enumerate() {
+        assert!(publish(&format!("hap-pub-{i}"), m), "{m} through haproxy");
+    }
+    assert_eq!(collect(&sub, "hap/x", &sent, Duration::from_secs(10)), sent);
+    // The clients' own addresses reached the nodes (PROXY v2): no row shows HAProxy's
+    // health-check connections as clients, and hap-sub's peer is a 127.0.0.1 port.
+    let (_, v) = clients(c.get(1), &["--match", "hap-sub"]);
+    assert!(
+        v["result"][0]["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{v}"
+    );
+
+    // kill -9 a node that is not hap-sub's: HAProxy's check marks it DOWN; publishers still
+    // get through (those hashed to it go to another node) and hap-sub gets every message.
+    let victim = [1u64, 2, 3].into_iter().find(|&n| n != where_sub).unwrap();
+    c.node(victim).kill9();
+    let vname = servers[victim as usize - 1];
+    common::check_for_blocking(SETTLE, "haproxy marks the killed node DOWN", || {
+        haproxy_status(&sock)
+            .iter()
+            .any(|(b, n, st)| b == "ringmq_by_client_id" && n == vname && st.starts_with("DOWN"))
+            .then_some(())
+    });
+    let after: Vec<String> = (0..6).map(|i| format!("a{i}")).collect();
+    for (i, m) in after.iter().enumerate() {
+        assert!(
+            publish(&format!("hap-pub-{i}"), m),
+            "{m} through haproxy, node {victim} down"
+        );
+    }
+    assert_eq!(
+        collect(&sub, "hap/x", &after, Duration::from_secs(10)),
+        after
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

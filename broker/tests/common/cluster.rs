@@ -60,14 +60,34 @@ pub struct Nodes {
 }
 
 /// A port free now on 127.0.0.1 whose next port is free too (raft on P, node links on P+1).
-fn free_port_pair() -> u16 {
+pub fn free_port_pair() -> u16 {
+    free_pair_below_ephemeral()
+}
+
+/// A pair of ports (P, P+1) free now, drawn at random from 20000-32767: below Linux's
+/// ephemeral range (32768-60999), so the connections other tests and benchmarks open on this
+/// machine cannot take them between this check and the node's bind (ports picked from the
+/// ephemeral range lost that race under load).
+pub fn free_pair_below_ephemeral() -> u16 {
+    use std::sync::atomic::AtomicU64;
+    static SEED: AtomicU64 = AtomicU64::new(0);
+    let mut x = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    if x == 0 {
+        x = 0x2545_f491;
+    }
     loop {
-        let p = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let p = 20_000 + (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as u16 % 12_760;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+        {
             return p;
         }
     }
