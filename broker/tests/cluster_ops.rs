@@ -8,83 +8,24 @@
 //! - `$SYS` is per node: each node publishes its own figures, tagged with its node id, and
 //!   none crosses to another node.
 //!
-//! - A partition (network namespaces, `cluster_support::netns`): the node cut off refuses
-//!   CONNECT with "Server unavailable"; the majority keeps its leader, routes and deliveries
-//!   and loses nothing it acknowledged; the links notice the silence and read as down; healed,
-//!   routes made meanwhile resync both ways and messages flow to the returning node again.
+//! - HAProxy with deploy/haproxy.cfg in front of three nodes: MQTT health checks, PROXY v2,
+//!   a node killed taken out. (A partition: `cluster_partition.rs`.)
 //!
 //! One test at a time per binary (a lock): each starts three processes on a 2-CPU machine.
 mod cluster_support;
 mod common;
 
-use cluster_support::{netns::Net, Cluster, Node};
+use cluster_support::mosq::{collect, wait_links, Reaped, Sub, SETTLE};
+use cluster_support::{Cluster, Node};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-const SETTLE: Duration = Duration::from_secs(30);
-
-/// `mosquitto_sub` connected to one node; its output lines on a channel. Killed by PID on drop.
-struct Sub {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Sub {
-    fn start(node: &Node, id: &str, topic: &str, extra: &[&str]) -> Sub {
-        let child = Command::new("mosquitto_sub")
-            .args(["-h", &node.mqtt().ip().to_string()])
-            .args(["-p", &node.mqtt().port().to_string()])
-            .args(["-i", id, "-V", "mqttv5", "-t", topic, "-v"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub (apt-get install mosquitto-clients)");
-        Sub::adopt(child)
-    }
-
-    /// A `mosquitto_sub -v` started elsewhere (stdout piped).
-    fn adopt(mut child: Child) -> Sub {
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Sub { child, lines }
-    }
-
-    /// Lines received within `within`.
-    fn lines_for(&self, within: Duration) -> Vec<String> {
-        let end = Instant::now() + within;
-        let mut out = Vec::new();
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => out.push(l),
-                Err(_) => break,
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `ctl --json clients ARGS` on `node`: the whole response line.
@@ -119,23 +60,6 @@ fn answer(v: &Value, id: u64) -> Value {
         .as_array()
         .and_then(|ns| ns.iter().find(|n| n["node"] == id).cloned())
         .unwrap_or(Value::Null)
-}
-
-/// Waits until every node's links to the others are up.
-fn wait_links(c: &Cluster, ids: &[u64]) {
-    common::check_for_blocking(SETTLE, "every node link up", || {
-        ids.iter()
-            .all(|id| {
-                c.get(*id).status().is_some_and(|s| {
-                    s["links"].as_array().is_some_and(|ls| {
-                        ls.iter()
-                            .filter(|l| ids.contains(&l["peer"].as_u64().unwrap_or(0)))
-                            .all(|l| l["up"] == true)
-                    })
-                })
-            })
-            .then_some(())
-    });
 }
 
 fn signal(node: &Node, sig: libc::c_int) {
@@ -359,179 +283,6 @@ fn cluster_status_shows_link_counters_and_sys_stays_per_node() {
         !l.is_empty() && l.iter().all(|x| ok.contains(&x.as_str())),
         "{l:?}"
     );
-}
-
-/// `mosquitto_pub -q 1` of each payload to `node` (one connection each: its exit status says
-/// the broker acknowledged it).
-fn publish_acked(node: &Node, id: &str, topic: &str, payloads: &[String]) {
-    for m in payloads {
-        let st = Command::new("mosquitto_pub")
-            .args(["-h", &node.mqtt().ip().to_string()])
-            .args(["-p", &node.mqtt().port().to_string()])
-            .args(["-i", id, "-V", "mqttv5", "-q", "1", "-t", topic, "-m", m])
-            .status()
-            .expect("mosquitto_pub");
-        assert!(st.success(), "{m} not acknowledged by node {}", node.id);
-    }
-}
-
-/// Payloads received by `sub` on `topic` until `want` all arrived (or `within` passed).
-fn collect(sub: &Sub, topic: &str, want: &[String], within: Duration) -> Vec<String> {
-    let end = Instant::now() + within;
-    let mut got: Vec<String> = Vec::new();
-    while !want.iter().all(|w| got.contains(w)) {
-        let Some(left) = end.checked_duration_since(Instant::now()) else {
-            break;
-        };
-        if let Ok(l) = sub.lines.recv_timeout(left) {
-            if let Some(p) = l.strip_prefix(&format!("{topic} ")) {
-                got.push(p.to_string());
-            }
-        }
-    }
-    got
-}
-
-/// Whether `node` sees its link to `peer` up.
-fn link_up(c: &Cluster, node: u64, peer: u64) -> Option<bool> {
-    let s = c.get(node).status()?;
-    let l = s["links"]
-        .as_array()?
-        .iter()
-        .find(|l| l["peer"] == peer)?
-        .clone();
-    l["up"].as_bool()
-}
-
-#[test]
-fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
-    let _g = serial();
-    let Some(net) = Net::create(3) else {
-        eprintln!("skipped: needs root and `ip` to make network namespaces");
-        return;
-    };
-    let c = Cluster::start_in(&net, 3, &[]);
-    c.wait_leader(&[1, 2, 3]);
-    wait_links(&c, &[1, 2, 3]);
-    let s1 = Sub::start(c.get(1), "part-s1", "part/x", &["-q", "1"]);
-    let s2 = Sub::start(c.get(2), "part-s2", "part/x", &["-q", "1"]);
-    let s3 = Sub::start(c.get(3), "part-s3", "part/x", &["-q", "1"]);
-    common::check_for_blocking(SETTLE, "node 1 has the routes of nodes 2 and 3", || {
-        let s = c.get(1).status()?;
-        let ls = s["links"].as_array()?;
-        ls.iter()
-            .all(|l| l["peer_routes"].as_u64() >= Some(1))
-            .then_some(())
-    });
-    let before: Vec<String> = (0..3).map(|i| format!("before-{i}")).collect();
-    publish_acked(c.get(1), "part-p1", "part/x", &before);
-    for (n, s) in [(1, &s1), (2, &s2), (3, &s3)] {
-        let got = collect(s, "part/x", &before, Duration::from_secs(10));
-        assert_eq!(got, before, "node {n} before the cut");
-    }
-
-    // Node 3 cut off: nodes 1 and 2 see its link go down (it is silent, not closed).
-    net.cut(3);
-    let t = Instant::now();
-    common::check_for_blocking(SETTLE, "links to node 3 down on nodes 1 and 2", || {
-        (link_up(&c, 1, 3) == Some(false) && link_up(&c, 2, 3) == Some(false)).then_some(())
-    });
-    eprintln!("links to the cut node read as down after {:?}", t.elapsed());
-    let (leader, _) = c.wait_leader(&[1, 2]);
-    assert_ne!(leader, 3);
-
-    // The majority: a subscription made now gets its SUBACK (no wait for node 3), and
-    // every message acknowledged to the publisher reaches both majority subscribers.
-    let s2b = Sub::start(c.get(2), "part-s2b", "part2/x", &["-q", "1"]);
-    common::check_for_blocking(SETTLE, "node 1 has node 2's new route", || {
-        let s = c.get(1).status()?;
-        let l = s["links"]
-            .as_array()?
-            .iter()
-            .find(|l| l["peer"] == 2)?
-            .clone();
-        (l["peer_routes"].as_u64() >= Some(2)).then_some(())
-    });
-    let during: Vec<String> = (0..20).map(|i| format!("during-{i}")).collect();
-    publish_acked(c.get(1), "part-p1", "part/x", &during);
-    assert_eq!(
-        collect(&s1, "part/x", &during, Duration::from_secs(10)),
-        during
-    );
-    assert_eq!(
-        collect(&s2, "part/x", &during, Duration::from_secs(10)),
-        during
-    );
-
-    // The minority: CONNECT refused with "Server unavailable", v5 and 3.1.1, bounded.
-    for v in ["mqttv5", "mqttv311"] {
-        let t = Instant::now();
-        let out = Command::new("ip")
-            .args(["netns", "exec", &net.ns(3), "mosquitto_pub"])
-            .args(["-h", &net.addr(3), "-p", "1883", "-V", v])
-            .args(["-i", "part-minority", "-t", "part/x", "-m", "x"])
-            .output()
-            .expect("run mosquitto_pub");
-        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
-        assert!(!out.status.success(), "{v}: published on a minority");
-        assert!(err.contains("unavailable"), "{v}: {err}");
-        assert!(
-            t.elapsed() < Duration::from_secs(8),
-            "{v}: {:?}",
-            t.elapsed()
-        );
-    }
-
-    // Healed: links up again, one leader; the route node 2 made meanwhile reached node 3
-    // (a publish on node 3 gets to part-s2b on node 2), and node 3 gets messages again.
-    net.heal(3);
-    c.wait_leader(&[1, 2, 3]);
-    wait_links(&c, &[1, 2, 3]);
-    let from3 = vec!["from-3".to_string()];
-    common::check_for_blocking(SETTLE, "node 3 knows node 2's part2/x route", || {
-        let s = c.get(3).status()?;
-        let l = s["links"]
-            .as_array()?
-            .iter()
-            .find(|l| l["peer"] == 2)?
-            .clone();
-        (l["peer_routes"].as_u64() >= Some(2)).then_some(())
-    });
-    publish_acked(c.get(3), "part-p3", "part2/x", &from3);
-    assert_eq!(
-        collect(&s2b, "part2/x", &from3, Duration::from_secs(10)),
-        from3
-    );
-    let s3b = Sub::start(c.get(3), "part-s3b", "part/x", &["-q", "1"]);
-    common::check_for_blocking(SETTLE, "node 1 has node 3's routes again", || {
-        let s = c.get(1).status()?;
-        let l = s["links"]
-            .as_array()?
-            .iter()
-            .find(|l| l["peer"] == 3)?
-            .clone();
-        (l["peer_routes"].as_u64() >= Some(1) && l["up"] == true).then_some(())
-    });
-    let after: Vec<String> = (0..3).map(|i| format!("after-{i}")).collect();
-    publish_acked(c.get(1), "part-p1", "part/x", &after);
-    assert_eq!(
-        collect(&s3b, "part/x", &after, Duration::from_secs(10)),
-        after
-    );
-    assert_eq!(
-        collect(&s1, "part/x", &after, Duration::from_secs(10)),
-        after
-    );
-}
-
-/// A child process killed (by its PID) when the test ends, passing or not.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// HAProxy's `show stat` CSV over its stats socket: (backend, server) -> status.

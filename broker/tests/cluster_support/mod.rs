@@ -4,6 +4,7 @@
 //! against each node's admin socket.
 #![allow(dead_code)]
 
+pub mod mosq;
 pub mod netns;
 
 use crate::common::persist::{launch, launch_cmd, DataDir, Durable, Launched};
