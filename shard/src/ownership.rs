@@ -130,6 +130,11 @@ pub(crate) fn fence(shard: &Rc<Shard>, client_id: &str, epoch: u64) -> bool {
         if s.epoch >= epoch || s.is_gone() {
             return false;
         }
+        // The fenced connection's will is not published (docs/cluster.md),
+        // here nor by another node.
+        if s.will.is_some() {
+            crate::wills::discarded(shard, s.client_id.as_bytes(), s.epoch);
+        }
         // Never again acts for the old epoch: no release of it either.
         s.epoch = 0;
         s.conn.take()

@@ -108,6 +108,7 @@ impl Cluster {
         o.insert("nodes".into(), Value::Array(nodes));
         o.insert("raft".into(), json!(st.counters));
         o.insert("ownership".into(), json!(self.stats.snapshot()));
+        o.insert("wills".into(), self.will_stats.to_json());
         Ok(Value::Object(o))
     }
 
