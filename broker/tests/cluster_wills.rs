@@ -197,7 +197,7 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
         let moved = Opts::new(Proto::V5, a3, "wl-moved")
             .will("w/moved", "gone", q1, false)
             .persistent(300);
-        let moved = connect(with_delay(moved, 60)).await;
+        let moved = connect(with_delay(moved, 3)).await;
         let norm =
             connect(Opts::new(Proto::V5, a3, "wl-norm").will("w/norm", "x", q1, false)).await;
         let lost =
@@ -229,8 +229,11 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
     assert_eq!(will_counter(&c, 3, "published_own"), 1);
     c.node(3).kill9();
     let killed = Instant::now();
-    drop((v4, v5, v5d));
+    drop((v4, v5, v5d, moved));
     rt.block_on(async {
+        // The moved client comes back on node 1 at once, within its will delay (3 s).
+        let back = connect(Opts::new(Proto::V5, a1, "wl-moved").persistent(300)).await;
+        assert!(!back.session_present(), "a fresh session: its node is down");
         for i in 200..400 {
             publ.publish("load/t", 1, false, format!("{i}")).await;
         }
@@ -241,10 +244,6 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
                 .all(|(i, m)| m.text() == format!("{i}")),
             "node 2 got every QoS 1 message of node 1, in order"
         );
-        // The moved client comes back on node 1 while node 3 is down: a fresh session.
-        drop(moved);
-        let back = connect(Opts::new(Proto::V5, a1, "wl-moved").persistent(300)).await;
-        assert!(!back.session_present(), "a fresh session: its node is down");
         let end = Instant::now() + SETTLE;
         while !seen.has_all(&["w/v4", "w/v5", "w/v5d"]) {
             seen.collect(&m1, &mut w2, Duration::from_millis(100)).await;
@@ -253,8 +252,8 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
                 "wills of node 3's clients did not arrive"
             );
         }
-        // Nothing twice, nothing discarded (a quiet second).
-        seen.collect(&m1, &mut w2, Duration::from_secs(1)).await;
+        // Nothing twice, nothing discarded; wl-moved's delay is over too.
+        seen.collect(&m1, &mut w2, Duration::from_secs(2)).await;
         back.disconnect().await;
     });
     let t = |topic| seen.first(topic).unwrap().duration_since(killed);
@@ -271,6 +270,13 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
         .map(|id| will_counter(&c, *id, "published_for_lost"))
         .sum();
     assert_eq!(published, 3, "one survivor published each");
+    check_for_blocking(SETTLE, "wl-moved's will dropped by a survivor", || {
+        let n: u64 = [1, 2]
+            .iter()
+            .map(|id| will_counter(&c, *id, "cancelled_for_lost"))
+            .sum();
+        (n == 1).then_some(())
+    });
 
     // Node 3 returns: rejoins, discards the session that moved on, publishes nothing again.
     c.node(3).start();
