@@ -340,9 +340,9 @@ impl Worker {
             if l.up {
                 // Its wills already due stay due: their connections were lost.
                 self.down.remove(&node);
-            } else if !self.down.contains_key(&node) {
+            } else if let std::collections::hash_map::Entry::Vacant(v) = self.down.entry(node) {
                 tracing::info!(node, "node recorded down: its clients' wills fall due");
-                self.down.insert(node, now);
+                v.insert(now);
                 for (key, e) in &self.index {
                     if e.node == node {
                         let at = now + Duration::from_secs(u64::from(e.delay));
