@@ -290,7 +290,12 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
         let has = |id: &str| out.contains(&format!("\"client_id\":\"{id}\""));
         (code == 0 && !has("wl-moved") && has("wl-v5d")).then_some(())
     });
-    let t_will = |topic| seen.first(topic).unwrap().duration_since(killed).as_millis();
+    let t_will = |topic| {
+        seen.first(topic)
+            .unwrap()
+            .duration_since(killed)
+            .as_millis()
+    };
     eprintln!(
         "wills after kill -9 (node-down-after 1 s): w/v4 {} ms, w/v5 {} ms, w/v5d (delay 3 s) {} ms",
         t_will("w/v4"),

@@ -100,18 +100,30 @@ pub struct WillStats {
     pub write_failures: AtomicU64,
 }
 
+/// A reading of [`WillStats`] (metrics, `ctl cluster status --json`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WillCounters {
+    pub registered: u64,
+    pub discarded: u64,
+    pub published_own: u64,
+    pub taken_elsewhere: u64,
+    pub published_for_lost: u64,
+    pub cancelled_for_lost: u64,
+    pub write_failures: u64,
+}
+
 impl WillStats {
-    pub fn to_json(&self) -> serde_json::Value {
+    pub fn snapshot(&self) -> WillCounters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "registered": g(&self.registered),
-            "discarded": g(&self.discarded),
-            "published_own": g(&self.published_own),
-            "taken_elsewhere": g(&self.taken_elsewhere),
-            "published_for_lost": g(&self.published_for_lost),
-            "cancelled_for_lost": g(&self.cancelled_for_lost),
-            "write_failures": g(&self.write_failures),
-        })
+        WillCounters {
+            registered: g(&self.registered),
+            discarded: g(&self.discarded),
+            published_own: g(&self.published_own),
+            taken_elsewhere: g(&self.taken_elsewhere),
+            published_for_lost: g(&self.published_for_lost),
+            cancelled_for_lost: g(&self.cancelled_for_lost),
+            write_failures: g(&self.write_failures),
+        }
     }
 }
 
