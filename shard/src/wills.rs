@@ -126,3 +126,37 @@ impl WillPublisher {
             .is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ringmq_codec::{LastWill, MqttString, QoS, TopicName, WillProperties};
+
+    #[test]
+    fn a_registered_will_comes_back_whole() {
+        let w = LastWill {
+            topic: TopicName::try_from("dev/7/status").unwrap(),
+            payload: bytes::Bytes::from_static(b"offline"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: WillProperties {
+                will_delay_interval: Some(30),
+                message_expiry_interval: Some(600),
+                content_type: Some(MqttString::try_from("text/plain").unwrap()),
+                correlation_data: Some(bytes::Bytes::from_static(b"c")),
+                user_properties: vec![(
+                    MqttString::try_from("k").unwrap(),
+                    MqttString::try_from("v").unwrap(),
+                )],
+                ..Default::default()
+            },
+        };
+        let b = crate::store::encode_will(&w);
+        assert_eq!(crate::store::decode_will(&b), Some(w));
+        // Bytes that are not a will, cut or with more after it, are refused.
+        assert_eq!(crate::store::decode_will(&b[..b.len() - 1]), None);
+        let mut longer = b.clone();
+        longer.push(0);
+        assert_eq!(crate::store::decode_will(&longer), None);
+        assert_eq!(crate::store::decode_will(&[0]), None);
+    }
+}

@@ -214,12 +214,12 @@ pub fn start(
         .map_err(|e| format!("cluster: cannot start the will thread: {e}"))
 }
 
-/// A will key as applied here.
+/// A will key as applied here (the will itself stays in the replicated map:
+/// it is read from there when it falls due).
 struct Entry {
     version: u64,
     node: u64,
     delay: u32,
-    value: Vec<u8>,
 }
 
 /// What woke the will thread.
@@ -240,8 +240,9 @@ enum Then {
     /// (registered in this very command, or its command failed): nobody
     /// else can have taken it, so it is deleted and published.
     TakeUnknown(Vec<u8>, flume::Sender<bool>),
-    /// A lost client's due will: (key, version, publish if won).
-    Lost(Vec<u8>, u64, bool),
+    /// A lost client's due will: key, version, the value to publish if
+    /// won (None: not to be published).
+    Lost(Vec<u8>, u64, Option<Vec<u8>>),
 }
 
 struct Worker {
@@ -330,7 +331,6 @@ impl Worker {
             version,
             node,
             delay,
-            value,
         };
         self.index.insert(key, e);
     }
@@ -431,7 +431,12 @@ impl Worker {
             let Some(e) = self.index.get(&key).filter(|e| e.version == version) else {
                 continue;
             };
-            let publish = self.should_publish(&key, e);
+            let publish = self.should_publish(&key, e).then(|| {
+                let v = self.handle.read_local(&key).ok().flatten();
+                v.filter(|v| v.version == version).map(|v| v.value)
+            });
+            // Read here: once taken, the key is gone.
+            let publish = publish.flatten();
             ops.push(Op::Cas {
                 key: key.clone(),
                 expected: version,
@@ -511,12 +516,11 @@ impl Worker {
                 if !won {
                     return; // another node took it
                 }
-                let Some(e) = self.index.remove(&key) else {
-                    return;
-                };
+                self.index.remove(&key);
                 let client = parse_key(&key).map(|(_, c)| c).unwrap_or_default();
-                if publish && self.publisher.publish(client, &e.value[HEAD..]) {
-                    tracing::debug!(node = e.node, "published a lost client's will");
+                let will = publish.as_ref().and_then(|v| v.get(HEAD..));
+                if will.is_some_and(|w| self.publisher.publish(client, w)) {
+                    tracing::debug!("published a lost client's will");
                     inc(&self.stats.published_for_lost);
                 } else {
                     inc(&self.stats.cancelled_for_lost);
