@@ -265,11 +265,15 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
         t("w/v5d"),
         t("w/v5")
     );
-    let published: u64 = [1, 2]
-        .iter()
-        .map(|id| will_counter(&c, *id, "published_for_lost"))
-        .sum();
-    assert_eq!(published, 3, "one survivor published each");
+    let published = || -> u64 {
+        [1, 2]
+            .iter()
+            .map(|id| will_counter(&c, *id, "published_for_lost"))
+            .sum()
+    };
+    // Counted just after the will is handed to the shard: polled, not raced.
+    check_for_blocking(SETTLE, "three wills counted", || (published() >= 3).then_some(()));
+    assert_eq!(published(), 3, "one survivor published each");
     check_for_blocking(SETTLE, "wl-moved's will dropped by a survivor", || {
         let n: u64 = [1, 2]
             .iter()
