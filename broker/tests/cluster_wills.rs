@@ -272,7 +272,9 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
             .sum()
     };
     // Counted just after the will is handed to the shard: polled, not raced.
-    check_for_blocking(SETTLE, "three wills counted", || (published() >= 3).then_some(()));
+    check_for_blocking(SETTLE, "three wills counted", || {
+        (published() >= 3).then_some(())
+    });
     assert_eq!(published(), 3, "one survivor published each");
     check_for_blocking(SETTLE, "wl-moved's will dropped by a survivor", || {
         let n: u64 = [1, 2]
