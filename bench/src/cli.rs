@@ -441,6 +441,9 @@ pub struct ConnArgs {
     /// Broker process id: report its memory from /proc/PID/status.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Every CONNECT carries a QoS 0 will on PREFIX/<n> (what a will costs a CONNECT).
+    #[arg(long)]
+    pub will_prefix: Option<String>,
     #[command(flatten)]
     pub common: Common,
 }

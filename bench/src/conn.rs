@@ -43,6 +43,8 @@ pub struct Login {
     pub password: Option<String>,
     pub keep_alive: u16,
     pub clean_start: bool,
+    /// A will (QoS 0, topic) carried by the CONNECT (`conn --will-prefix`).
+    pub will_topic: Option<String>,
 }
 
 /// Longest wait for a TCP connect plus CONNACK (and SUBACK) during setup.
@@ -173,7 +175,17 @@ impl Conn {
             keep_alive: l.keep_alive,
             client_id: MqttString::try_from(l.client_id.as_str())
                 .map_err(|e| invalid(format!("{e:?}")))?,
-            will: None,
+            will: match &l.will_topic {
+                Some(t) => Some(ringmq_codec::LastWill {
+                    topic: ringmq_codec::TopicName::try_from(t.as_str())
+                        .map_err(|e| invalid(format!("{e:?}")))?,
+                    payload: Bytes::from_static(b"gone"),
+                    qos: ringmq_codec::QoS::AtMostOnce,
+                    retain: false,
+                    properties: Default::default(),
+                }),
+                None => None,
+            },
             username: match &l.username {
                 Some(u) => {
                     Some(MqttString::try_from(u.as_str()).map_err(|e| invalid(format!("{e:?}")))?)

@@ -123,6 +123,7 @@ fn login(job: &Job, id: String) -> Login {
         password: b.password.clone(),
         keep_alive: b.keep_alive,
         clean_start: true,
+        will_topic: None,
     }
 }
 

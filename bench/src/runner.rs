@@ -125,6 +125,7 @@ fn login(shared: &Shared, role: char, index: usize) -> Login {
         password: b.password.clone(),
         keep_alive: b.keep_alive,
         clean_start: !b.no_clean_start,
+        will_topic: None,
     }
 }
 

@@ -189,6 +189,7 @@ async fn connect(sh: &StormShared, i: usize) -> std::io::Result<Conn> {
         password: b.password.clone(),
         keep_alive: b.keep_alive,
         clean_start: !b.no_clean_start,
+        will_topic: sh.args.will_prefix.as_ref().map(|p| format!("{p}/{i}")),
     };
     let mut c = Conn::open_target(&sh.target, l.version).await?;
     c.login(&l).await?;

@@ -111,6 +111,7 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
     };
     let mut shard_cfg = cfg.to_shard_config();
     shard_cfg.ownership = cluster.as_ref().map(|c| c.gate());
+    shard_cfg.wills = cluster.as_ref().map(|c| c.wills());
     let handle = match ringmq_shard::server::start(shard_cfg) {
         Ok(h) => h,
         Err(e) => {
@@ -121,7 +122,10 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         }
     };
     if let Some(c) = &cluster {
-        if let Err(e) = c.start_fencing(handle.fencer()) {
+        let started = c
+            .start_fencing(handle.fencer())
+            .and_then(|()| c.start_wills(handle.will_publisher()));
+        if let Err(e) = started {
             handle.shutdown();
             let _ = handle.join();
             c.stop();

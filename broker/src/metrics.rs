@@ -589,6 +589,53 @@ fn cluster(out: &mut String, s: &MetricsSnapshot) {
     for (name, kind, help, v) in rows {
         one(out, name, kind, help, v);
     }
+    let w = &c.wills;
+    let wills: [(&str, &str, u64); 7] = [
+        (
+            "registered",
+            "Wills registered in the cluster metadata by this node's connections.",
+            w.registered,
+        ),
+        (
+            "discarded",
+            "Registered wills discarded (DISCONNECT 0x00, reconnect within the delay, fenced).",
+            w.discarded,
+        ),
+        (
+            "published_own",
+            "Wills of this node's clients taken from the registry and published here.",
+            w.published_own,
+        ),
+        (
+            "taken_elsewhere",
+            "Wills of this node's clients not published: another node had published them.",
+            w.taken_elsewhere,
+        ),
+        (
+            "published_for_lost",
+            "Wills of a dead node's clients (or of this node's previous run) published here.",
+            w.published_for_lost,
+        ),
+        (
+            "cancelled_for_lost",
+            "Such wills dropped unpublished: their client connected again within the will delay.",
+            w.cancelled_for_lost,
+        ),
+        (
+            "write_failures",
+            "Commands of the will registry that failed (no quorum, timeout).",
+            w.write_failures,
+        ),
+    ];
+    for (what, help, v) in wills {
+        one(
+            out,
+            &format!("cluster_wills_{what}_total"),
+            "counter",
+            help,
+            v as f64,
+        );
+    }
     let name = "cluster_ownership_claim_seconds";
     family(
         out,

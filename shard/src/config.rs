@@ -212,6 +212,8 @@ pub struct ShardConfig {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Session ownership across a cluster (`None`: a cluster of one).
     pub ownership: Option<crate::ownership::Gate>,
+    /// Wills registered in the cluster metadata (`None`: a node alone).
+    pub wills: Option<crate::wills::Registry>,
 }
 
 impl Default for ShardConfig {
@@ -260,6 +262,7 @@ impl Default for ShardConfig {
             access: crate::access::AccessConfig::default(),
             cluster: None,
             ownership: None,
+            wills: None,
         }
     }
 }

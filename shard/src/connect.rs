@@ -172,16 +172,25 @@ pub(crate) fn accept(
             if let Some(old) = old_conn {
                 // [MQTT-3.1.4-3] the existing connection is closed (v5: 0x8E).
                 disconnect_client(&old, CloseReason::SessionTakenOver);
-                let will = {
+                let (will, had_will, old_epoch) = {
                     let mut sessions = shard.sessions.borrow_mut();
                     let s = &mut sessions[sid as usize];
                     let will = s.will.take();
-                    will.filter(|w| crate::authz::will_allowed(shard, s, w.topic.as_str()))
+                    let had_will = will.is_some();
+                    let will =
+                        will.filter(|w| crate::authz::will_allowed(shard, s, w.topic.as_str()));
+                    (will, had_will, s.epoch)
                 };
-                if let Some(w) = will {
-                    if w.properties.will_delay_interval.unwrap_or(0) == 0 || c.clean_start {
-                        crate::route::publish_will(shard, *w);
+                let id = c.client_id.as_bytes();
+                match will {
+                    Some(w)
+                        if w.properties.will_delay_interval.unwrap_or(0) == 0 || c.clean_start =>
+                    {
+                        crate::wills::publish(shard, id, old_epoch, *w);
                     }
+                    // [MQTT-3.1.3-9] reconnected within the will delay.
+                    _ if had_will => crate::wills::discarded(shard, id, old_epoch),
+                    _ => {}
                 }
             }
             if c.clean_start {
@@ -236,6 +245,8 @@ pub(crate) fn accept(
         crate::persist::session_connected(shard, s, discarded);
     }
     crate::authz::connected(shard, sid);
+    // After the ACL had its say about the will.
+    crate::wills::connected(shard, sid);
     let mut props = ConnAckProperties::default();
     if v5 {
         // [MQTT-4.12.0-5] a successful CONNACK after enhanced authentication
@@ -289,7 +300,7 @@ pub(crate) fn accept(
 
 /// The connection of session `sid` closed with `reason`.
 pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reason: CloseReason) {
-    let (will, expiry, generation) = {
+    let (will, expiry, generation, epoch, id) = {
         let mut sessions = shard.sessions.borrow_mut();
         let Some(s) = sessions.get_mut(sid as usize) else {
             return;
@@ -307,6 +318,7 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
             crate::persist::session_closed(shard, s);
         }
         // [MQTT-3.1.2-8] the will is published unless DISCONNECT 0x00 removed it.
+        let had_will = s.will.is_some();
         let will = if reason == CloseReason::ClientDisconnect {
             s.will = None;
             None
@@ -315,12 +327,17 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
             let will = s.will.take();
             will.filter(|w| crate::authz::will_allowed(shard, s, w.topic.as_str()))
         };
-        (will, s.expiry, s.generation)
+        if had_will && will.is_none() {
+            // [MQTT-3.1.2-10] discarded: no other node may publish it either.
+            crate::wills::discarded(shard, s.client_id.as_bytes(), s.epoch);
+        }
+        let id = will.as_ref().map(|_| s.client_id.clone());
+        (will, s.expiry, s.generation, s.epoch, id)
     };
-    if let Some(w) = will {
+    if let (Some(w), Some(id)) = (will, id) {
         let delay = w.properties.will_delay_interval.unwrap_or(0).min(expiry);
         if delay == 0 {
-            crate::route::publish_will(shard, *w);
+            crate::wills::publish(shard, id.as_bytes(), epoch, *w);
         } else {
             // [MQTT-3.1.3-9] not sent if the session reconnects first.
             crate::cluster::handover::will_pending(shard, sid, generation);
@@ -337,7 +354,9 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
                 // reconnected there, so the will is not sent [MQTT-3.1.3-9].
                 let moved = !crate::cluster::handover::will_due(&shard, sid, generation);
                 if (still || gone) && !moved {
-                    crate::route::publish_will(&shard, *w);
+                    crate::wills::publish(&shard, id.as_bytes(), epoch, *w);
+                } else {
+                    crate::wills::discarded(&shard, id.as_bytes(), epoch);
                 }
             })
             .detach();

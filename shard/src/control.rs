@@ -27,6 +27,9 @@ pub enum Control {
     /// The cluster moved this client's ownership to another node at `epoch`:
     /// a session here with an older epoch is closed (0x8E) and discarded.
     Fence { client_id: String, epoch: u64 },
+    /// Publish a will a survivor took from the cluster's will registry for
+    /// a client of a dead node (`crate::wills`), as this shard's own.
+    PublishWill(Box<ringmq_codec::LastWill>),
     /// Ask something; the reply goes to the sender.
     Query(Query, flume::Sender<Reply>),
     /// Shard 0 of a cluster node: ask other nodes over the node links

@@ -69,6 +69,7 @@ mod subscribe;
 mod sys;
 mod timers;
 pub mod topic;
+pub mod wills;
 
 // The connection layer moved to `net/`; its old paths still resolve.
 pub(crate) use net::{conn_out, poller};

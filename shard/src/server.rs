@@ -502,6 +502,11 @@ impl ServerHandle {
     pub fn fencer(&self) -> crate::ownership::Fencer {
         crate::ownership::Fencer::new(self.controls.clone())
     }
+
+    /// Publishes wills taken for a dead node's clients (`crate::wills`).
+    pub fn will_publisher(&self) -> crate::wills::WillPublisher {
+        crate::wills::WillPublisher::new(self.controls.clone())
+    }
     /// Node-wide access state: bans, the ACL in force, the reload registry.
     pub fn access(&self) -> &Arc<crate::access::Shared> {
         &self.access

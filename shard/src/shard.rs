@@ -250,6 +250,7 @@ pub(crate) async fn run(init: ShardInit) {
             Control::Fence { client_id, epoch } => {
                 crate::ownership::fence(&shard, &client_id, epoch);
             }
+            Control::PublishWill(w) => crate::route::publish_will(&shard, *w),
             Control::Query(q, reply) => {
                 let _ = reply.send(crate::admin::answer(&shard, q));
             }

@@ -10,11 +10,14 @@
 //! - `fence.rs`: ownership changes applied here -> fences to the shards.
 //! - `status.rs`: `ctl cluster status` (JSON) and membership changes.
 //! - `stats.rs`: claim/conflict/fencing counters, claim latency histogram.
+//! - `wills.rs`: wills registered in the metadata; the wills of a dead
+//!   node's clients published by a survivor.
 
 mod fence;
 mod gate;
 pub mod stats;
 mod status;
+pub mod wills;
 
 use ringmq_raft::{NodeConfig, RaftHandle, RaftNode};
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,10 @@ pub struct Cluster {
     stats: Arc<ClusterStats>,
     claim_timeout: Duration,
     fence_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The shards' will requests; the receiver until the will thread starts.
+    wills_tx: flume::Sender<wills::Req>,
+    wills_rx: Mutex<Option<flume::Receiver<wills::Req>>>,
+    will_stats: Arc<wills::WillStats>,
 }
 
 impl Cluster {
@@ -45,7 +52,11 @@ impl Cluster {
             e => e.to_string(),
         })?;
         tracing::info!(node = id, cluster = %node.addr(), "cluster node started");
+        let (wills_tx, wills_rx) = flume::unbounded();
         Ok(Arc::new(Cluster {
+            wills_tx,
+            wills_rx: Mutex::new(Some(wills_rx)),
+            will_stats: Arc::default(),
             handle: node.handle(),
             node: Mutex::new(Some(node)),
             stats: Arc::default(),
@@ -88,6 +99,34 @@ impl Cluster {
         let t = fence::start(&self.handle, fencer, self.stats.clone())?;
         *self.fence_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
         Ok(())
+    }
+
+    /// The will registry the shards get in their configuration.
+    pub fn wills(&self) -> ringmq_shard::wills::Registry {
+        ringmq_shard::wills::Registry(Arc::new(wills::Registry {
+            tx: self.wills_tx.clone(),
+            node: self.handle.id(),
+        }))
+    }
+
+    /// Starts the will thread: registrations reach the metadata, and the
+    /// wills of dead nodes' clients are published through `publisher`.
+    pub fn start_wills(&self, publisher: ringmq_shard::wills::WillPublisher) -> Result<(), String> {
+        let rx = self
+            .wills_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(rx) = rx else {
+            return Err("cluster: the will thread runs already".into());
+        };
+        let tx = self.wills_tx.clone();
+        wills::start(&self.handle, tx, rx, publisher, self.will_stats.clone())?;
+        Ok(())
+    }
+
+    pub fn will_stats(&self) -> &wills::WillStats {
+        &self.will_stats
     }
 
     pub fn stats(&self) -> &ClusterStats {

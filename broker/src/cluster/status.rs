@@ -35,6 +35,8 @@ pub struct ClusterMetrics {
     pub snapshots_installed: u64,
     pub last_snapshot_bytes: u64,
     pub ownership: super::OwnershipCounters,
+    #[serde(default)]
+    pub wills: super::wills::WillCounters,
 }
 
 /// How a membership change failed: the message names what to do.
@@ -108,6 +110,7 @@ impl Cluster {
         o.insert("nodes".into(), Value::Array(nodes));
         o.insert("raft".into(), json!(st.counters));
         o.insert("ownership".into(), json!(self.stats.snapshot()));
+        o.insert("wills".into(), json!(self.will_stats.snapshot()));
         Ok(Value::Object(o))
     }
 
@@ -162,6 +165,7 @@ impl Cluster {
             })
             .count() as u64;
         Ok(ClusterMetrics {
+            wills: self.will_stats.snapshot(),
             node_id: st.id,
             is_leader: st.state == "leader",
             term: st.term,

@@ -86,6 +86,7 @@ impl Config {
             cluster: self.cluster_links().ok().flatten(),
             // Set by main once the cluster's control plane runs.
             ownership: None,
+            wills: None,
         }
     }
 }

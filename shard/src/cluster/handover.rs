@@ -256,6 +256,12 @@ pub(crate) fn take(shard: &Rc<Shard>, sid: SessionId, epoch: u64) -> Option<Byte
         if s.epoch >= epoch || s.is_gone() {
             return None;
         }
+        // The taken-over connection's will goes with the session, and the
+        // new connection's own will replaces it there: its registration
+        // under the old epoch is discarded (crate::wills).
+        if s.will.is_some() {
+            crate::wills::discarded(shard, s.client_id.as_bytes(), s.epoch);
+        }
         // Never again acts for the old epoch: no release of it either.
         s.epoch = 0;
         if let Some(node) = shard.cluster.as_ref() {

@@ -125,6 +125,21 @@ impl StoreOptions {
 }
 
 /// Milliseconds since the Unix epoch (the store's clock for expiry).
+/// A will in the store's own layout (`message.rs`), for the cluster's will
+/// registry (`crate::wills`): the same bytes a session row carries.
+pub fn encode_will(will: &ringmq_codec::LastWill) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + will.topic.len() + will.payload.len());
+    message::put_will(&mut enc::Writer(&mut out), Some(will));
+    out
+}
+
+/// The will [`encode_will`] wrote; `None` for bytes it did not write.
+pub fn decode_will(bytes: &[u8]) -> Option<ringmq_codec::LastWill> {
+    let mut r = enc::Reader::new(bytes::Bytes::copy_from_slice(bytes));
+    let will = message::read_will(&mut r).ok()??;
+    r.is_empty().then_some(will)
+}
+
 pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
