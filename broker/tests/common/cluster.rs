@@ -148,6 +148,9 @@ fn try_start(n: usize, cfg: &ShardConfig) -> Result<Nodes, String> {
         sc.data_dir = data_dir.clone();
         sc.cluster = Some(links);
         sc.ownership = Some(raft.gate());
+        // As `main.rs`: wills registered in the metadata, published by a
+        // survivor when their node dies.
+        sc.wills = Some(raft.wills());
         let handle = match server::start(sc) {
             Ok(h) => h,
             Err(e) => {
@@ -156,6 +159,8 @@ fn try_start(n: usize, cfg: &ShardConfig) -> Result<Nodes, String> {
             }
         };
         raft.start_fencing(handle.fencer()).expect("fencing starts");
+        raft.start_wills(handle.will_publisher())
+            .expect("will publishing starts");
         let mqtt = *handle.local_addrs().first().expect("one listener");
         nodes.push(Node {
             handle,
