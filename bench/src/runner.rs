@@ -183,6 +183,9 @@ async fn connect_one(ctx: &CoreCtx, role: char, i: usize) -> io::Result<(Conn, u
     }
     let default = match (l.version, sh.plan.load.qos) {
         (ProtocolVersion::V5, _) => crate::plan::V5_INFLIGHT,
+        (_, QoS::AtLeastOnce) if role == 'p' && sh.probe_of[i].is_none() => {
+            crate::plan::V3_INFLIGHT_QOS1_OPEN
+        }
         (_, QoS::AtLeastOnce) => crate::plan::V3_INFLIGHT_QOS1,
         _ => crate::plan::V3_INFLIGHT,
     };
