@@ -130,6 +130,17 @@ pub const V3_INFLIGHT_QOS1: u16 = 200;
 /// of generator CPU each with 200, 5.25M at 112 ns and 59% busy with 1000).
 pub const V3_INFLIGHT_QOS1_OPEN: u16 = 1000;
 
+/// Default QoS 1/2 window of a publisher (`heard`: some subscriber hears it), before the
+/// broker's Receive Maximum caps it (MQTT 5) and unless `--inflight` says otherwise.
+pub fn default_inflight(version: ProtocolVersion, qos: QoS, heard: bool) -> u16 {
+    match (version, qos) {
+        (ProtocolVersion::V5, _) => V5_INFLIGHT,
+        (_, QoS::AtLeastOnce) if !heard => V3_INFLIGHT_QOS1_OPEN,
+        (_, QoS::AtLeastOnce) => V3_INFLIGHT_QOS1,
+        _ => V3_INFLIGHT,
+    }
+}
+
 /// Default QoS 1/2 window for MQTT 5 publishers, before the Receive Maximum cap.
 pub const V5_INFLIGHT: u16 = 1000;
 
