@@ -11,7 +11,6 @@ use crate::stats::{CoreStats, Latency, Summary};
 use crate::tracker::Tracker;
 use crate::{payload, publisher, subscriber};
 use glommio::{LocalExecutorBuilder, Placement};
-use ringmq_codec::{ProtocolVersion, QoS};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
