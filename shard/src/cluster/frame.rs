@@ -29,6 +29,9 @@ const RESYNC: u8 = 9;
 const PING: u8 = 10;
 const PONG: u8 = 11;
 const SHARED_PUBLISH: u8 = 12;
+// 0x20-0x2F: session handover (`handover.rs`).
+const SESSION_FETCH: u8 = 0x20;
+const SESSION_SHIP: u8 = 0x21;
 
 /// One frame of a node link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +75,19 @@ pub enum Frame {
     /// Round-trip probe, answered with `Pong` carrying the same value.
     Ping(u64),
     Pong(u64),
+    /// The sender's node won session `client`'s ownership at `epoch` from the
+    /// receiver: close it there and ship it (answered by `SessionShip{req}`).
+    SessionFetch {
+        req: u64,
+        epoch: u64,
+        client: String,
+    },
+    /// The answer to `SessionFetch{req}`: the session's snapshot
+    /// (`store::SnapshotWriter`), or `None` when the receiver has none.
+    SessionShip {
+        req: u64,
+        snapshot: Option<Bytes>,
+    },
 }
 
 /// The first frame on a link, each way.
@@ -204,6 +220,23 @@ impl Frame {
                 });
                 out.put_u64(*n);
             }
+            Frame::SessionFetch { req, epoch, client } => {
+                out.put_u8(SESSION_FETCH);
+                out.put_u64(*req);
+                out.put_u64(*epoch);
+                put_str(out, client);
+            }
+            Frame::SessionShip { req, snapshot } => {
+                out.put_u8(SESSION_SHIP);
+                out.put_u64(*req);
+                match snapshot {
+                    None => out.put_u8(0),
+                    Some(b) => {
+                        out.put_u8(1);
+                        out.put_slice(b);
+                    }
+                }
+            }
         }
         finish(out, start);
     }
@@ -302,6 +335,26 @@ impl Frame {
                 } else {
                     Frame::Pong(n)
                 }
+            }
+            SESSION_FETCH => {
+                need(&body, 16, "session fetch")?;
+                let req = body.get_u64();
+                let epoch = body.get_u64();
+                Frame::SessionFetch {
+                    req,
+                    epoch,
+                    client: get_str(&mut body, "session fetch")?,
+                }
+            }
+            SESSION_SHIP => {
+                need(&body, 9, "session ship")?;
+                let req = body.get_u64();
+                let snapshot = match body.get_u8() {
+                    0 => None,
+                    1 => Some(std::mem::take(&mut body)),
+                    _ => return Err(FrameError::Truncated("session ship")),
+                };
+                Frame::SessionShip { req, snapshot }
             }
             k => return Err(FrameError::UnknownKind(k)),
         };
@@ -409,6 +462,19 @@ mod tests {
             publish: Bytes::from_static(b"\x30\x03\x00\x01a"),
         });
         round_trip(Frame::Pong(12));
+        round_trip(Frame::SessionFetch {
+            req: 1 << 48 | 3,
+            epoch: 77,
+            client: "c-1".into(),
+        });
+        round_trip(Frame::SessionShip {
+            req: 4,
+            snapshot: Some(Bytes::from_static(b"\x01snapshot")),
+        });
+        round_trip(Frame::SessionShip {
+            req: 5,
+            snapshot: None,
+        });
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod frame;
+pub mod handover;
 mod hub;
 mod link;
 pub mod routes;
@@ -61,6 +62,36 @@ pub enum Item {
     /// To every shard from shard 0: reply `BarrierAck` (everything before is applied).
     Barrier(u64),
     BarrierAck(u64),
+    /// Session handover (`handover.rs`): a CONNECT's fetch from peer `slot` (to shard 0).
+    Fetch {
+        slot: Slot,
+        req: u64,
+        epoch: u64,
+        client: String,
+    },
+    /// Peer `slot` asks for `client`'s session (shard 0 to the home shard).
+    Serve {
+        slot: Slot,
+        req: u64,
+        epoch: u64,
+        client: String,
+    },
+    /// The home shard's answer for peer `slot` (to shard 0).
+    Ship {
+        slot: Slot,
+        req: u64,
+        snapshot: Option<bytes::Bytes>,
+    },
+    /// The answer to this node's fetch `req` (shard 0 to the asking shard).
+    Shipped {
+        req: u64,
+        snapshot: Option<bytes::Bytes>,
+        reached: bool,
+    },
+    /// To shard 0: answer `RoutesSettled` once every connected peer
+    /// acknowledged this node's route changes so far.
+    RoutesQuery(u64),
+    RoutesSettled(u64),
 }
 
 /// Given to each shard at start (the listener only to shard 0).
@@ -76,6 +107,8 @@ pub struct Node {
     /// Shard 0 only.
     hub: Option<Rc<hub::Hub>>,
     scratch: RefCell<ShardSet>,
+    pub(crate) handover: handover::Handover,
+    pub(crate) stats: Arc<ClusterStats>,
 }
 
 impl Node {
@@ -85,6 +118,8 @@ impl Node {
             hub: (shard_id == 0)
                 .then(|| Rc::new(hub::Hub::new(init.cfg.clone(), init.stats.clone()))),
             scratch: RefCell::default(),
+            handover: Default::default(),
+            stats: init.stats.clone(),
         }
     }
 }
@@ -240,5 +275,6 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
                 hub.barrier_ack(t);
             }
         }
+        item => handover::on_item(shard, from, item),
     }
 }
