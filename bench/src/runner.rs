@@ -11,7 +11,6 @@ use crate::stats::{CoreStats, Latency, Summary};
 use crate::tracker::Tracker;
 use crate::{payload, publisher, subscriber};
 use glommio::{LocalExecutorBuilder, Placement};
-use ringmq_codec::{ProtocolVersion, QoS};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -182,11 +181,8 @@ async fn connect_one(ctx: &CoreCtx, role: char, i: usize) -> io::Result<(Conn, u
         st.connect_latency
             .saturating_record(payload::now_ns().saturating_sub(started).max(1));
     }
-    let default = match (l.version, sh.plan.load.qos) {
-        (ProtocolVersion::V5, _) => crate::plan::V5_INFLIGHT,
-        (_, QoS::AtLeastOnce) => crate::plan::V3_INFLIGHT_QOS1,
-        _ => crate::plan::V3_INFLIGHT,
-    };
+    let heard = role == 's' || sh.probe_of[i].is_some();
+    let default = crate::plan::default_inflight(l.version, sh.plan.load.qos, heard);
     let window = ack
         .properties
         .receive_maximum

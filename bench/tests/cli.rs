@@ -270,3 +270,17 @@ fn pace_slot_flag_parses_and_is_bounded() {
     let r = Cli::try_parse_from(["ringmq-bench", "pairs", "--pace-slot-us", "-5"]);
     assert!(r.is_err(), "negative slot");
 }
+
+#[test]
+fn default_windows_follow_version_qos_and_whether_anyone_listens() {
+    use ringmq_bench::plan::default_inflight;
+    use ringmq_codec::{ProtocolVersion as V, QoS};
+    assert_eq!(default_inflight(V::V3_1_1, QoS::AtLeastOnce, true), 200);
+    assert_eq!(
+        default_inflight(V::V3_1_1, QoS::AtLeastOnce, false),
+        1000,
+        "a publish-only QoS 1 run is bound by the acknowledgement round trip alone"
+    );
+    assert_eq!(default_inflight(V::V3_1_1, QoS::ExactlyOnce, false), 20);
+    assert_eq!(default_inflight(V::V5, QoS::AtLeastOnce, true), 1000);
+}

@@ -102,7 +102,7 @@ fn acked(shard: &Rc<Shard>, sid: SessionId, r: &PubResp, qos: QoS) {
         let mut sessions = shard.sessions.borrow_mut();
         let s = &mut sessions[sid as usize];
         if s.complete(shard, r.packet_id, qos) && !s.queue.is_empty() {
-            s.pump(shard, Instant::now());
+            s.pump(shard, shard.clock.now());
         }
     }
 }

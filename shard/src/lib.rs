@@ -42,6 +42,7 @@ pub mod admin;
 mod auth_phase;
 mod authz;
 mod bulk;
+mod clock;
 pub mod cluster;
 pub mod config;
 mod confirm;

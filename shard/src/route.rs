@@ -190,7 +190,7 @@ pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<Sessio
     let now = if p.qos == QoS::AtMostOnce {
         shard.started
     } else {
-        Instant::now()
+        shard.clock.now()
     };
     for m in matches {
         let Some(s) = sessions.get_mut(m.session as usize) else {

@@ -711,7 +711,7 @@ impl Session {
         shard.tally.held();
         if !self.window_open() {
             // Full: the client must acknowledge within the slow consumer timeout.
-            conn.window_stalled(shard.poller.now_ms());
+            conn.window_stalled(shard.clock.poller_ms(&shard.poller));
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Shard {
     pub cfg: Arc<ShardConfig>,
     pub stats: Arc<ShardStats>,
     pub started: Instant,
+    /// The time for per-message paths, read once per kernel tick (`clock.rs`).
+    pub clock: crate::clock::Clock,
     pub router: RefCell<Router>,
     pub retained: RefCell<RetainedStore>,
     pub sessions: RefCell<Slab<Session>>,
@@ -194,6 +196,7 @@ pub(crate) async fn run(init: ShardInit) {
         cfg: init.cfg,
         stats: init.stats,
         started: init.started,
+        clock: crate::clock::Clock::default(),
     });
 
     let st = shard.stats.clone();
