@@ -257,8 +257,10 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
         back.disconnect().await;
     });
     let t = |topic| seen.first(topic).unwrap().duration_since(killed);
-    // node-down-after 1 s, then the will delay.
-    assert!(t("w/v4") >= Duration::from_secs(1), "{:?}", t("w/v4"));
+    // node-down-after (1 s) counts from the node's last heartbeat, which on
+    // a loaded machine may precede the kill: the will comes after the kill,
+    // and the delayed one a will delay after the undelayed.
+    assert!(seen.first("w/v4").unwrap() > killed, "{:?}", t("w/v4"));
     assert!(
         t("w/v5d") >= t("w/v5") + Duration::from_secs(2),
         "the delayed will waits its 3 s: {:?} vs {:?}",
