@@ -157,6 +157,7 @@ pub fn cluster_status(v: &Value) -> String {
                 "dropped",
                 "rtt_us",
                 "peer_routes",
+                "unacked",
             ];
             let rows: Vec<Value> = links
                 .iter()

@@ -29,6 +29,9 @@ pub struct ClusterConfig {
     pub route_ack_timeout: Duration,
     /// Interval of route digests (anti-entropy) on each link.
     pub digest_interval: Duration,
+    /// How long a QoS 1/2 publish (durability `sync`) waits for a target
+    /// node's answer that its copy is durable; then the publisher is refused.
+    pub durable_ack_timeout: Duration,
     /// Mutual TLS on the links (`None`: plain TCP).
     pub tls: Option<super::tls::LinkTls>,
 }
@@ -49,6 +52,7 @@ impl ClusterConfig {
             link_queue_bytes: 64 << 20,
             route_ack_timeout: Duration::from_secs(5),
             digest_interval: Duration::from_secs(5),
+            durable_ack_timeout: Duration::from_secs(5),
             tls: None,
         }
     }

@@ -29,6 +29,11 @@ const RESYNC: u8 = 9;
 const PING: u8 = 10;
 const PONG: u8 = 11;
 const SHARED_PUBLISH: u8 = 12;
+// Durable delivery (0x40-0x4F): `cluster/acks.rs`.
+const ACKED_PUBLISH: u8 = 0x40;
+const ACKED_SHARED: u8 = 0x41;
+const DURABLE: u8 = 0x42;
+const NOT_STORED: u8 = 0x43;
 
 /// One frame of a node link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +77,37 @@ pub enum Frame {
     /// Round-trip probe, answered with `Pong` carrying the same value.
     Ping(u64),
     Pong(u64),
+    /// A QoS 1/2 publish (durability `sync`) the sender waits for: answered
+    /// by `Durable` once every copy on the receiver is durable. `stamp`
+    /// orders the sender's copies (a resent one is known by it).
+    AckedPublish {
+        stamp: Stamp,
+        publish: Bytes,
+    },
+    /// The same, for one member of share group `group` on the receiver.
+    AckedShared {
+        stamp: Stamp,
+        group: TopicFilter,
+        publish: Bytes,
+    },
+    /// Every acked publish up to this id (of the sender's current stream) is
+    /// durable on the sender of this frame (or was answered `NotStored`).
+    Durable(u64),
+    /// The receiver could not store its copy of acked publish `id`
+    /// (an MQTT reason code: 0x97 quota, 0x80 otherwise).
+    NotStored {
+        id: u64,
+        code: u8,
+    },
+}
+
+/// Where an acked publish stands in its sender's stream: `stream` is
+/// fixed for one run of the sending node (a fresh value per start), `id`
+/// grows by one per acked publish on each link, in the order written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    pub stream: u64,
+    pub id: u64,
 }
 
 /// The first frame on a link, each way.
@@ -131,6 +167,25 @@ pub fn encode_shared_publish(group: &TopicFilter, p: &Publish, out: &mut BytesMu
     }
     // The PUBLISH bytes without their own frame header.
     out.put_slice(&inner[5..]);
+    finish(out, start);
+}
+
+/// Appends an acked publish frame: `mqtt` is the PUBLISH bytes of a
+/// `Publish` frame (after its 5-byte frame header), `group` for a share group.
+pub fn encode_acked(stamp: Stamp, group: Option<&TopicFilter>, mqtt: &[u8], out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(if group.is_some() {
+        ACKED_SHARED
+    } else {
+        ACKED_PUBLISH
+    });
+    out.put_u64(stamp.stream);
+    out.put_u64(stamp.id);
+    if let Some(g) = group {
+        put_str(out, g.as_str());
+    }
+    out.put_slice(mqtt);
     finish(out, start);
 }
 
@@ -194,6 +249,29 @@ impl Frame {
                 out.put_u8(DIGEST);
                 out.put_u32(*count);
                 out.put_u64(*hash);
+            }
+            Frame::AckedPublish { stamp, publish } => {
+                out.truncate(start);
+                encode_acked(*stamp, None, publish, out);
+                return;
+            }
+            Frame::AckedShared {
+                stamp,
+                group,
+                publish,
+            } => {
+                out.truncate(start);
+                encode_acked(*stamp, Some(group), publish, out);
+                return;
+            }
+            Frame::Durable(upto) => {
+                out.put_u8(DURABLE);
+                out.put_u64(*upto);
+            }
+            Frame::NotStored { id, code } => {
+                out.put_u8(NOT_STORED);
+                out.put_u64(*id);
+                out.put_u8(*code);
             }
             Frame::Resync => out.put_u8(RESYNC),
             Frame::Ping(n) | Frame::Pong(n) => {
@@ -291,6 +369,40 @@ impl Frame {
                 Frame::Digest {
                     count: body.get_u32(),
                     hash: body.get_u64(),
+                }
+            }
+            ACKED_PUBLISH | ACKED_SHARED => {
+                need(&body, 16, "acked publish")?;
+                let stamp = Stamp {
+                    stream: body.get_u64(),
+                    id: body.get_u64(),
+                };
+                if kind == ACKED_PUBLISH {
+                    Frame::AckedPublish {
+                        stamp,
+                        publish: std::mem::take(&mut body),
+                    }
+                } else {
+                    let group = get_filter(&mut body)?;
+                    if group.shared().is_none() {
+                        return Err(FrameError::BadFilter);
+                    }
+                    Frame::AckedShared {
+                        stamp,
+                        group,
+                        publish: std::mem::take(&mut body),
+                    }
+                }
+            }
+            DURABLE => {
+                need(&body, 8, "durable")?;
+                Frame::Durable(body.get_u64())
+            }
+            NOT_STORED => {
+                need(&body, 9, "not stored")?;
+                Frame::NotStored {
+                    id: body.get_u64(),
+                    code: body.get_u8(),
                 }
             }
             RESYNC => Frame::Resync,
@@ -409,6 +521,18 @@ mod tests {
             publish: Bytes::from_static(b"\x30\x03\x00\x01a"),
         });
         round_trip(Frame::Pong(12));
+        let stamp = Stamp { stream: 77, id: 5 };
+        round_trip(Frame::AckedPublish {
+            stamp,
+            publish: Bytes::from_static(b"\x32\x05\x00\x01a\x00\x01"),
+        });
+        round_trip(Frame::AckedShared {
+            stamp,
+            group: filter("$share/g/a/#"),
+            publish: Bytes::from_static(b"\x32\x05\x00\x01a\x00\x01"),
+        });
+        round_trip(Frame::Durable(41));
+        round_trip(Frame::NotStored { id: 9, code: 0x97 });
     }
 
     #[test]

@@ -27,7 +27,9 @@ struct Waiter {
 }
 
 pub(crate) struct Hub {
-    cfg: Arc<ClusterConfig>,
+    pub(super) cfg: Arc<ClusterConfig>,
+    /// Acked copies (durability `sync`) both ways.
+    pub(super) durable: super::acks::Acks,
     pub stats: Arc<ClusterStats>,
     /// By slot - 1.
     links: Vec<Rc<Link>>,
@@ -64,6 +66,7 @@ impl Hub {
             .collect();
         Hub {
             cfg,
+            durable: super::acks::Acks::new(),
             stats,
             links,
             book: RefCell::default(),
@@ -165,6 +168,11 @@ impl Hub {
                 h.node, self.cfg.node_id
             )),
         }
+    }
+
+    /// The link of peer `slot`.
+    pub fn link_of(&self, slot: Slot) -> Option<Rc<Link>> {
+        self.links.get((slot as usize).checked_sub(1)?).cloned()
     }
 
     pub fn now_us(&self) -> u64 {
@@ -332,25 +340,59 @@ impl Hub {
 
     // ---- publishes ---------------------------------------------------------------------------
 
-    /// Sends `p` to peer `slot` for one member of share group `group` there.
-    pub fn send_shared(&self, slot: Slot, group: &TopicFilter, p: &Publish) {
+    /// Sends `p` to peer `slot` for one member of share group `group` there;
+    /// with `waiter` (origin shard, confirm token) as an acked copy.
+    pub fn send_shared(
+        &self,
+        shard: &Rc<Shard>,
+        slot: Slot,
+        group: &TopicFilter,
+        p: &Publish,
+        waiter: Option<(usize, u64)>,
+    ) {
+        let Some(l) = self.link_of(slot) else {
+            return;
+        };
+        if let Some((from, token)) = waiter {
+            let mut b = BytesMut::new();
+            encode_publish(p, &mut b);
+            if b.len() > 5 {
+                let w = super::acks::Waiter { shard: from, token };
+                self.durable.send(shard, self, &l, Some(group), &b[5..], w);
+            }
+            return;
+        }
         let mut b = BytesMut::new();
         super::frame::encode_shared_publish(group, p, &mut b);
-        if let (false, Some(l)) = (b.is_empty(), self.links.get(slot as usize - 1)) {
+        if !b.is_empty() {
             l.push_publish(&b);
         }
     }
 
-    /// Sends `p` to the peers in `to`, encoded once.
-    pub fn send_publish(&self, to: &ShardSet, p: &Publish) {
+    /// Sends `p` to the peers in `to`, encoded once; with `waiter` (origin
+    /// shard, confirm token) as acked copies, each peer's answer confirming it.
+    pub fn send_publish(
+        &self,
+        shard: &Rc<Shard>,
+        to: &ShardSet,
+        p: &Publish,
+        waiter: Option<(usize, u64)>,
+    ) {
         let mut b = BytesMut::new();
         encode_publish(p, &mut b);
         if b.is_empty() {
             return;
         }
         for slot in to.iter() {
-            if let Some(l) = self.links.get(slot as usize - 1) {
-                l.push_publish(&b);
+            let Some(l) = self.link_of(slot) else {
+                continue;
+            };
+            match waiter {
+                Some((from, token)) => {
+                    let w = super::acks::Waiter { shard: from, token };
+                    self.durable.send(shard, self, &l, None, &b[5..], w);
+                }
+                None => l.push_publish(&b),
             }
         }
     }
@@ -398,6 +440,10 @@ async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
         if shard.stopping.get() {
             return;
         }
-        hub.release(Some(Instant::now()));
+        let now = Instant::now();
+        hub.release(Some(now));
+        for l in &hub.links {
+            hub.durable.expire(&shard, l, now);
+        }
     }
 }

@@ -40,13 +40,15 @@ pub(crate) struct Link {
     limit: usize,
     up: Cell<bool>,
     /// Connection generation: a writer of an older one stops.
-    generation: Cell<u64>,
+    pub generation: Cell<u64>,
     /// The socket of the current connection (for shutdown), -1 when none.
     fd: Cell<i32>,
     /// Highest route sequence the peer acknowledged on this connection.
     pub acked: Cell<u64>,
     wake: Notify,
     pub stats: Arc<LinkStats>,
+    /// Acked copies (durability `sync`), both ways.
+    pub acks: super::acks::LinkAcks,
 }
 
 impl Link {
@@ -63,6 +65,7 @@ impl Link {
             acked: Cell::new(0),
             wake: Notify::default(),
             stats,
+            acks: super::acks::LinkAcks::default(),
         }
     }
 
@@ -86,6 +89,13 @@ impl Link {
             }
             out.extend_from_slice(frame);
         }
+        self.stats.msgs_out.inc();
+        self.queued();
+    }
+
+    /// Queues an acked copy's frame (bounded by its own ledger, `acks.rs`).
+    pub fn push_raw(&self, frame: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(frame);
         self.stats.msgs_out.inc();
         self.queued();
     }
@@ -318,7 +328,12 @@ async fn serve(
     link.stats.up.set(1);
     link.stats.connects.inc();
     tracing::info!(peer = link.peer.id, "node link up");
+    // Publishes queued while the link was down go after the route sync and
+    // the acked copies the peer has not answered yet (written again, in order).
+    let queued = link.out.borrow_mut().split();
     hub.send_sync(link);
+    link.acks.connected(link, generation);
+    link.out.borrow_mut().unsplit(queued);
     let (r, w) = futures_lite::io::split(s);
     let writer = glommio::spawn_local(write_loop(link.clone(), w, generation));
     link.wake.notify();
@@ -331,6 +346,10 @@ async fn serve(
     link.kick();
     link.up.set(false);
     link.stats.up.set(0);
+    // What this connection did not write is lost with it (acked copies are
+    // written again on the next one).
+    link.out.borrow_mut().clear();
+    link.stats.queue_bytes.set(0);
     link.wake.notify();
     writer.await;
     link.fd.set(-1);
@@ -374,13 +393,29 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::Publish(b) => {
             let p = super::frame::decode_publish(b)?;
             link.stats.msgs_in.inc();
-            crate::route::route_from_peer(shard, p);
+            crate::route::route_from_peer(shard, p, None, None);
         }
         Frame::SharedPublish { group, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            crate::route::route_shared_from_peer(shard, p, &group);
+            crate::route::route_shared_from_peer(shard, p, &group, None, None);
         }
+        Frame::AckedPublish { stamp, publish } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            hub.durable.receive(shard, link, stamp, None, p);
+        }
+        Frame::AckedShared {
+            stamp,
+            group,
+            publish,
+        } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            hub.durable.receive(shard, link, stamp, Some(&group), p);
+        }
+        Frame::Durable(upto) => hub.durable.durable(shard, link, upto),
+        Frame::NotStored { id, code } => hub.durable.not_stored(shard, link, id, code),
         Frame::RouteSync { seq, filters } => hub.peer_sync(shard, link, seq, filters),
         Frame::RouteAdd { seq, filter } => hub.peer_route(shard, link, seq, filter, true),
         Frame::RouteDel { seq, filter } => hub.peer_route(shard, link, seq, filter, false),

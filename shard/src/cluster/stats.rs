@@ -38,6 +38,18 @@ pub struct LinkStats {
     pub digest_mismatches: Counter,
     /// Filters the peer has subscribers on (as last told).
     pub peer_routes: Counter,
+    /// Acked copies (QoS 1/2, durability `sync`) sent / received.
+    pub acked_out: Counter,
+    pub acked_in: Counter,
+    /// Acked copies written again on a new connection (the peer had not answered).
+    pub resent: Counter,
+    /// Acked copies the peer did not answer within the bound: their
+    /// publishers were refused.
+    pub ack_timeouts: Counter,
+    /// Acked copies the peer could not store (answered `NotStored`).
+    pub not_stored: Counter,
+    /// Acked copies waiting for the peer's answer now.
+    pub unacked: Counter,
 }
 
 /// Every link's counters, one per peer in config order.
