@@ -141,22 +141,20 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
         .zip(next_keys.into_iter().zip(next_nonces))
         .zip(peer_seen)
         .enumerate()
-        .map(
-            |(i, (((env, sessions), next), peer_seen))| ShardRecovery {
-                shard: i as u16,
-                sessions,
-                handle: StoreHandle::disk(
-                    Backend {
-                        env,
-                        map,
-                        _lock: lock.clone(),
-                    },
-                    opts.durability,
-                    next,
-                    peer_seen,
-                ),
-            },
-        )
+        .map(|(i, (((env, sessions), next), peer_seen))| ShardRecovery {
+            shard: i as u16,
+            sessions,
+            handle: StoreHandle::disk(
+                Backend {
+                    env,
+                    map,
+                    _lock: lock.clone(),
+                },
+                opts.durability,
+                next,
+                peer_seen,
+            ),
+        })
         .collect();
     Ok(Recovery {
         shards,
@@ -220,7 +218,10 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
         );
     }
     let mut peer_seen = Vec::new();
-    for entry in db.prefix_iter(&wtxn, &[keys::PEER_SEEN]).map_err(heed_err)? {
+    for entry in db
+        .prefix_iter(&wtxn, &[keys::PEER_SEEN])
+        .map_err(heed_err)?
+    {
         let (k, v) = entry.map_err(heed_err)?;
         let node = keys::tail_u64(&k[1..]);
         let (stream, id) = (
