@@ -18,6 +18,7 @@ mod cluster;
 pub mod cluster_types;
 mod example;
 mod links;
+pub use links::LINK_PORT_OFFSET;
 mod load;
 mod shard;
 pub mod types;

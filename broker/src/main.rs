@@ -121,7 +121,10 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
         }
     };
     if let Some(c) = &cluster {
-        if let Err(e) = c.start_fencing(handle.fencer()) {
+        if let Err(e) = c
+            .start_fencing(handle.fencer())
+            .and_then(|()| c.start_link_membership(handle.link_peers()))
+        {
             handle.shutdown();
             let _ = handle.join();
             c.stop();

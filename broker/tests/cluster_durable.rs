@@ -510,3 +510,91 @@ mod as_node_1 {
         });
     }
 }
+
+/// Node links follow the membership: a node added at run time (`--cluster-join`, then `ctl
+/// cluster add-node` on the leader) is linked with every node and gets routes both ways; a
+/// node removed (`ctl cluster remove-node`) loses its links and its routes.
+#[test]
+fn a_node_added_at_run_time_is_linked_and_a_removed_one_unlinked() {
+    let _g = serial();
+    let mut c = Cluster::start(3, &[]);
+    let (leader, _) = c.wait_leader(&[1, 2, 3]);
+    for id in [1, 2, 3] {
+        wait_links(&c, id, 2);
+    }
+    let j = c.joiner(4, &[]);
+    j.start();
+    let addr4 = j.cluster.clone();
+    let (code, out, err) = c.get(leader).ctl(&["cluster", "add-node", "4", &addr4]);
+    assert_eq!(code, 0, "{out}{err}");
+    c.wait_leader(&[1, 2, 3, 4]);
+    for id in [1, 2, 3, 4] {
+        wait_links(&c, id, 3);
+    }
+    let (a1, a3, a4) = (c.get(1).mqtt(), c.get(3).mqtt(), c.get(4).mqtt());
+    let rt = rt();
+    rt.block_on(async {
+        // Node 4 subscribes; node 1 publishes (an acked copy: node 4 answers durably).
+        let mut s4 = connect(Opts::new(Proto::V5, a4, "j-s4")).await;
+        s4.subscribe("j/#", 1).await;
+        let mut s3 = connect(Opts::new(Proto::V4, a3, "j-s3")).await;
+        s3.subscribe("j/#", 1).await;
+        let publ = raw_connect(
+            a1,
+            common::raw::connect_packet(ProtocolVersion::V5, "j-pub", true),
+        )
+        .await;
+        let mut publ = Inbox::new(publ);
+        publ.conn
+            .send(&Packet::Publish(publish_packet(
+                "j/x",
+                1,
+                false,
+                1,
+                b"to 3 and 4",
+            )))
+            .await;
+        publ.until(WAIT, "PUBACK", |i| !i.acks.is_empty()).await;
+        assert_eq!(acks_by_id(&publ)[&1], ReasonCode::Success);
+        assert_eq!(s4.recv("node 4").await.text(), "to 3 and 4");
+        assert_eq!(s3.recv("node 3").await.text(), "to 3 and 4");
+        // And the other way: node 4 publishes to node 3's subscriber.
+        let p4 = connect(Opts::new(Proto::V5, a4, "j-p4")).await;
+        p4.publish("j/y", 1, false, "from 4").await;
+        assert_eq!(s3.recv("node 3 from node 4").await.text(), "from 4");
+        assert_eq!(s4.recv("node 4's own").await.text(), "from 4");
+        // Node 3 leaves: its links go, so do its routes (a QoS 1 publish no longer waits
+        // for it: acknowledged at once while it is stopped).
+        let (code, _, err) = c.get(leader).ctl(&["cluster", "remove-node", "3"]);
+        assert_eq!(code, 0, "{err}");
+        drop(s3);
+        c.node(3).stop();
+        for id in [1, 2, 4] {
+            wait_links(&c, id, 2);
+            let s = c.get(id).status().unwrap();
+            assert!(
+                s["links"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|l| l["peer"] != 3),
+                "node {id} still lists node 3: {s}"
+            );
+        }
+        let t0 = Instant::now();
+        publ.conn
+            .send(&Packet::Publish(publish_packet(
+                "j/z", 1, false, 2, b"after",
+            )))
+            .await;
+        publ.until(WAIT, "second PUBACK", |i| i.acks.len() == 2)
+            .await;
+        assert_eq!(acks_by_id(&publ)[&2], ReasonCode::Success);
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "waited for node 3: {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(s4.recv("node 4 after").await.text(), "after");
+    });
+}

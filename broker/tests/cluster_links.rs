@@ -103,11 +103,11 @@ impl Cluster {
     fn link(&self, i: usize, peer: u64) -> Arc<LinkStats> {
         let st = self.stats(i);
         let l = st
-            .links
-            .iter()
+            .links()
+            .into_iter()
             .find(|l| l.peer == peer)
             .expect("a link to that peer");
-        l.clone()
+        l
     }
 
     /// Every running node's every link to a running node is up.

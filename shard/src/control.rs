@@ -27,6 +27,9 @@ pub enum Control {
     /// The cluster moved this client's ownership to another node at `epoch`:
     /// a session here with an older epoch is closed (0x8E) and discarded.
     Fence { client_id: String, epoch: u64 },
+    /// The cluster's members changed (shard 0): node links to the nodes
+    /// added, and none to the nodes gone (`cluster::set_peers`).
+    ClusterPeers(Vec<crate::cluster::Peer>),
     /// Ask something; the reply goes to the sender.
     Query(Query, flume::Sender<Reply>),
 }

@@ -494,6 +494,10 @@ impl ServerHandle {
     pub fn fencer(&self) -> crate::ownership::Fencer {
         crate::ownership::Fencer::new(self.controls.clone())
     }
+    /// The way to tell the node links who the cluster's other nodes are now.
+    pub fn link_peers(&self) -> crate::cluster::PeerSetter {
+        crate::cluster::PeerSetter::new(self.controls[0].clone())
+    }
     /// Node-wide access state: bans, the ACL in force, the reload registry.
     pub fn access(&self) -> &Arc<crate::access::Shared> {
         &self.access

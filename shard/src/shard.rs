@@ -251,6 +251,7 @@ pub(crate) async fn run(init: ShardInit) {
             Control::Fence { client_id, epoch } => {
                 crate::ownership::fence(&shard, &client_id, epoch);
             }
+            Control::ClusterPeers(peers) => crate::cluster::set_peers(&shard, peers),
             Control::Query(q, reply) => {
                 let _ = reply.send(crate::admin::answer(&shard, q));
             }

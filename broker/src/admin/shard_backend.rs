@@ -453,7 +453,7 @@ impl AdminBackend for ShardBackend {
                 shards,
                 bans: Some(ban_metrics(&h.access().bans)),
                 links: h.cluster_stats().map_or_else(Vec::new, |c| {
-                    c.links
+                    c.links()
                         .iter()
                         .map(|l| super::backend::LinkMetrics::of(l))
                         .collect()

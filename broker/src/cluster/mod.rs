@@ -8,11 +8,13 @@
 //! - `gate.rs`: [`ringmq_shard::ownership::OwnershipGate`] on the raft
 //!   crate's batched ownership CAS.
 //! - `fence.rs`: ownership changes applied here -> fences to the shards.
+//! - `members.rs`: membership changes -> the node links (nodes added at run time).
 //! - `status.rs`: `ctl cluster status` (JSON) and membership changes.
 //! - `stats.rs`: claim/conflict/fencing counters, claim latency histogram.
 
 mod fence;
 mod gate;
+mod members;
 pub mod stats;
 mod status;
 
@@ -30,6 +32,7 @@ pub struct Cluster {
     stats: Arc<ClusterStats>,
     claim_timeout: Duration,
     fence_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    members_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -51,6 +54,7 @@ impl Cluster {
             stats: Arc::default(),
             claim_timeout,
             fence_thread: Mutex::new(None),
+            members_thread: Mutex::new(None),
         }))
     }
 
@@ -87,6 +91,19 @@ impl Cluster {
     pub fn start_fencing(&self, fencer: ringmq_shard::ownership::Fencer) -> Result<(), String> {
         let t = fence::start(&self.handle, fencer, self.stats.clone())?;
         *self.fence_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        Ok(())
+    }
+
+    /// Keeps the node links in step with the membership (nodes added or removed at run time).
+    pub fn start_link_membership(
+        &self,
+        links: ringmq_shard::cluster::PeerSetter,
+    ) -> Result<(), String> {
+        let t = members::start(self.handle.clone(), links)?;
+        *self
+            .members_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(t);
         Ok(())
     }
 

@@ -205,6 +205,16 @@ impl Acks {
         }
     }
 
+    /// The peer left the cluster: every copy waiting for it is refused.
+    pub fn abandon(&self, shard: &Rc<Shard>, link: &Link) {
+        let gone = take(link, |_| true, true);
+        for s in gone {
+            for w in s.waiters {
+                answer(shard, w, Some(ReasonCode::ImplementationSpecificError));
+            }
+        }
+    }
+
     // ---- the receiving side ------------------------------------------------------------------
 
     /// An acked copy from the peer of `link`: routed here, answered once durable.

@@ -31,9 +31,9 @@ pub(crate) struct Hub {
     /// Acked copies (durability `sync`) both ways.
     pub(super) durable: super::acks::Acks,
     pub stats: Arc<ClusterStats>,
-    /// By slot - 1.
-    links: Vec<Rc<Link>>,
-    book: RefCell<RouteBook>,
+    /// By slot - 1; a link to a node that left stays, retired (slots are never reused).
+    pub(super) links: RefCell<Vec<Rc<Link>>>,
+    pub(super) book: RefCell<RouteBook>,
     waiters: RefCell<Vec<Waiter>>,
     /// Route acks owed to a peer once every local shard applied its change: token -> (replies left, slot, seq).
     acks: RefCell<HashMap<u64, (usize, Slot, u64)>>,
@@ -52,7 +52,7 @@ impl Hub {
         let links = cfg
             .peers
             .iter()
-            .zip(&stats.links)
+            .zip(stats.links())
             .enumerate()
             .map(|(i, (p, st))| {
                 Rc::new(Link::new(
@@ -60,7 +60,7 @@ impl Hub {
                     p.clone(),
                     cfg.node_id,
                     cfg.link_queue_bytes,
-                    st.clone(),
+                    st,
                 ))
             })
             .collect();
@@ -68,7 +68,7 @@ impl Hub {
             cfg,
             durable: super::acks::Acks::new(),
             stats,
-            links,
+            links: RefCell::new(links),
             book: RefCell::default(),
             waiters: RefCell::default(),
             acks: RefCell::default(),
@@ -82,20 +82,10 @@ impl Hub {
 
     /// Starts the link tasks: dialers, the acceptor, tickers, the waiter deadline sweep.
     pub fn start(self: &Rc<Self>, shard: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
-        let mut tasks = self.tasks.borrow_mut();
-        for l in &self.links {
-            if l.dials {
-                let d = link::dial_loop(shard.clone(), self.clone(), l.clone());
-                tasks.push(glommio::spawn_local(d));
-            }
-            let t = link::tick_loop(
-                shard.clone(),
-                self.clone(),
-                l.clone(),
-                self.cfg.digest_interval,
-            );
-            tasks.push(glommio::spawn_local(t));
+        for l in self.live() {
+            self.run_link(shard, &l);
         }
+        let mut tasks = self.tasks.borrow_mut();
         if let Some(l) = listener {
             use std::os::fd::AsRawFd;
             self.listen_fd.set(l.as_raw_fd());
@@ -105,10 +95,37 @@ impl Hub {
         tasks.push(glommio::spawn_local(sweep(shard.clone(), self.clone())));
     }
 
+    /// Starts one link's tasks: its dialer (when this node dials) and its ticker.
+    pub fn run_link(self: &Rc<Self>, shard: &Rc<Shard>, l: &Rc<Link>) {
+        let mut tasks = l.tasks.borrow_mut();
+        if l.dials {
+            let d = link::dial_loop(shard.clone(), self.clone(), l.clone());
+            tasks.push(glommio::spawn_local(d));
+        }
+        let t = link::tick_loop(
+            shard.clone(),
+            self.clone(),
+            l.clone(),
+            self.cfg.digest_interval,
+        );
+        tasks.push(glommio::spawn_local(t));
+    }
+
+    /// The links to the nodes in the cluster now.
+    pub fn live(&self) -> Vec<Rc<Link>> {
+        self.links
+            .borrow()
+            .iter()
+            .filter(|l| !l.retired.get())
+            .cloned()
+            .collect()
+    }
+
     /// At shutdown: every link closes (peers see it at once) and the link port is released.
     pub async fn stop(&self) {
-        for l in &self.links {
+        for l in self.live() {
             l.close();
+            l.tasks.borrow_mut().clear();
         }
         self.tasks.borrow_mut().clear();
         let fd = self.listen_fd.replace(-1);
@@ -156,7 +173,7 @@ impl Hub {
                 return Err(format!("dialed node {e} but node {} answered", h.node));
             }
         }
-        match self.links.iter().find(|l| l.peer.id == h.node) {
+        match self.live().into_iter().find(|l| l.peer.id == h.node) {
             // The lower id dials: an accepted hello must come from a lower id.
             Some(l) if expect.is_some() || !l.dials => Ok(l.clone()),
             Some(_) => Err(format!(
@@ -172,7 +189,11 @@ impl Hub {
 
     /// The link of peer `slot`.
     pub fn link_of(&self, slot: Slot) -> Option<Rc<Link>> {
-        self.links.get((slot as usize).checked_sub(1)?).cloned()
+        self.links
+            .borrow()
+            .get((slot as usize).checked_sub(1)?)
+            .filter(|l| !l.retired.get())
+            .cloned()
     }
 
     pub fn now_us(&self) -> u64 {
@@ -198,7 +219,7 @@ impl Hub {
                 filter: filter.clone(),
             },
         };
-        for l in self.links.iter().filter(|l| l.is_up()) {
+        for l in self.live().iter().filter(|l| l.is_up()) {
             l.push_frame(&f);
             l.stats.routes_out.inc();
         }
@@ -244,8 +265,9 @@ impl Hub {
 
     fn acked(&self, seq: u64) -> bool {
         self.links
+            .borrow()
             .iter()
-            .all(|l| !l.is_up() || l.acked.get() >= seq)
+            .all(|l| l.retired.get() || !l.is_up() || l.acked.get() >= seq)
     }
 
     /// Runs the waiters that are satisfied (or, with `now`, past their deadline).
@@ -332,7 +354,7 @@ impl Hub {
             acks.remove(&token)
         };
         if let Some((_, slot, seq)) = done {
-            if let Some(l) = self.links.get(slot as usize - 1) {
+            if let Some(l) = self.link_of(slot) {
                 l.push_frame(&Frame::RouteAck(seq));
             }
         }
@@ -442,8 +464,8 @@ async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
         }
         let now = Instant::now();
         hub.release(Some(now));
-        for l in &hub.links {
-            hub.durable.expire(&shard, l, now);
+        for l in hub.live() {
+            hub.durable.expire(&shard, &l, now);
         }
     }
 }

@@ -49,6 +49,10 @@ pub(crate) struct Link {
     pub stats: Arc<LinkStats>,
     /// Acked copies (durability `sync`), both ways.
     pub acks: super::acks::LinkAcks,
+    /// The node left the cluster: this link is closed for good.
+    pub retired: Cell<bool>,
+    /// Its dialer and ticker (dropped, so cancelled, when it is retired).
+    pub tasks: RefCell<Vec<glommio::Task<()>>>,
 }
 
 impl Link {
@@ -66,6 +70,8 @@ impl Link {
             wake: Notify::default(),
             stats,
             acks: super::acks::LinkAcks::default(),
+            retired: Cell::new(false),
+            tasks: RefCell::default(),
         }
     }
 
@@ -130,7 +136,7 @@ impl Link {
 pub(crate) async fn dial_loop(shard: Rc<Shard>, hub: Rc<Hub>, link: Rc<Link>) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        if shard.stopping.get() {
+        if shard.stopping.get() || link.retired.get() {
             return;
         }
         match dial_once(&hub, &link).await {
@@ -480,7 +486,7 @@ pub(crate) async fn tick_loop(shard: Rc<Shard>, hub: Rc<Hub>, link: Rc<Link>, di
     let step = Duration::from_secs(1).min(digest);
     loop {
         glommio::timer::sleep(step).await;
-        if shard.stopping.get() {
+        if shard.stopping.get() || link.retired.get() {
             return;
         }
         if !link.is_up() {

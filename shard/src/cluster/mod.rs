@@ -29,6 +29,7 @@ pub mod config;
 pub mod frame;
 mod hub;
 mod link;
+mod members;
 pub mod routes;
 pub mod stats;
 mod stream;
@@ -36,6 +37,8 @@ pub mod tls;
 
 pub use config::{ClusterConfig, Peer};
 pub use frame::Stamp;
+pub(crate) use members::set_peers;
+pub use members::PeerSetter;
 pub use stats::{ClusterStats, LinkStats};
 
 use crate::mesh::MeshItem;
@@ -70,6 +73,8 @@ pub enum Item {
         publish: Publish,
         token: Option<u64>,
     },
+    /// To every shard from shard 0: the slots of the nodes linked now (members changed).
+    Slots(ShardSet),
     /// To every shard from shard 0: reply `BarrierAck` (everything before is applied).
     Barrier(u64),
     BarrierAck(u64),
@@ -90,6 +95,8 @@ pub struct Node {
     scratch: RefCell<ShardSet>,
     /// Per sending node: the last acked copy this shard had (stream, id).
     seen: RefCell<HashMap<u64, Stamp>>,
+    /// Slots of the nodes linked now (every one gets retained messages).
+    slots: RefCell<ShardSet>,
 }
 
 /// An acked copy from another node: who sent it, where it stands in its stream.
@@ -170,11 +177,18 @@ pub(crate) fn copy_answered(
 impl Node {
     pub(crate) fn new(shard_id: usize, init: &Init) -> Self {
         Node {
-            routes: RefCell::new(NodeRoutes::new(init.cfg.peers.len())),
+            routes: RefCell::new(NodeRoutes::new()),
             hub: (shard_id == 0)
                 .then(|| Rc::new(hub::Hub::new(init.cfg.clone(), init.stats.clone()))),
             scratch: RefCell::default(),
             seen: RefCell::default(),
+            slots: RefCell::new({
+                let mut s = ShardSet::new();
+                for slot in 1..=init.cfg.peers.len() {
+                    s.insert(slot as Slot);
+                }
+                s
+            }),
         }
     }
 }
@@ -304,9 +318,9 @@ fn forward_plain(shard: &Rc<Shard>, node: &Node, p: &Publish, token: Option<u64>
         // Every node keeps the retained message; only those with subscribers
         // on it are waited for (the copy of the others is a plain one).
         let mut rest = ShardSet::new();
-        for slot in 1..=shard.cfg.cluster.as_ref().map_or(0, |c| c.peers.len()) {
-            if token.is_none() || !to.contains(slot as Slot) {
-                rest.insert(slot as Slot);
+        for slot in node.slots.borrow().iter() {
+            if token.is_none() || !to.contains(slot) {
+                rest.insert(slot);
             }
         }
         if token.is_none() {
@@ -359,6 +373,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
                 hub.send_shared(shard, slot, &group, &publish, token.map(|t| (from, t)));
             }
         }
+        Item::Slots(s) => *node.slots.borrow_mut() = s,
         Item::Barrier(t) => shard
             .mesh
             .push(from, MeshItem::Cluster(Box::new(Item::BarrierAck(t)))),
