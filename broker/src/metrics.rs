@@ -613,7 +613,7 @@ fn links(out: &mut String, s: &MetricsSnapshot) {
         return;
     }
     type F = fn(&crate::admin::backend::LinkMetrics) -> u64;
-    let rows: [(&str, &str, &str, F); 20] = [
+    let rows: [(&str, &str, &str, F); 22] = [
         (
             "cluster_link_up",
             "gauge",
@@ -733,6 +733,18 @@ fn links(out: &mut String, s: &MetricsSnapshot) {
             "gauge",
             "Acked copies waiting for the peer node's answer.",
             |l| l.unacked,
+        ),
+        (
+            "cluster_link_retained_out_total",
+            "counter",
+            "Retained messages sent to the peer node when the link came up.",
+            |l| l.retained_out,
+        ),
+        (
+            "cluster_link_retained_in_total",
+            "counter",
+            "Retained messages of the peer node kept here (newer than ours).",
+            |l| l.retained_in,
         ),
     ];
     for (name, kind, help, f) in rows {

@@ -598,3 +598,93 @@ fn a_node_added_at_run_time_is_linked_and_a_removed_one_unlinked() {
         assert_eq!(s4.recv("node 4 after").await.text(), "after");
     });
 }
+
+/// Retained messages set while a node was down reach it when it returns: set on node 1 with
+/// node 3 killed (a new topic, and a newer value of a topic node 3 had), nodes 1 and 2 killed
+/// too (nothing queued for node 3 survives), all restarted: read on node 3 by mosquitto_sub
+/// and rumqttc.
+#[test]
+fn retained_messages_set_while_a_node_was_down_reach_it_when_it_returns() {
+    let _g = serial();
+    let mut c = Cluster::start(3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in [1, 2, 3] {
+        wait_links(&c, id, 2);
+    }
+    let a1 = c.get(1).mqtt();
+    let rt = rt();
+    let mut publ = rt.block_on(async {
+        let mut publ = raw_connect(
+            a1,
+            common::raw::connect_packet(ProtocolVersion::V5, "r-pub", true),
+        )
+        .await;
+        let p = publish_packet("r/old", 1, true, 1, b"v1");
+        common::persist::publish_acked(&mut publ, p).await;
+        publ
+    });
+    let a3 = c.get(3).mqtt();
+    let read = |addr: std::net::SocketAddr, topic: &str, want: &str| {
+        check_for_blocking(SETTLE, &format!("{topic} = {want} on {addr}"), || {
+            let out = std::process::Command::new("mosquitto_sub")
+                .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+                .args(["-t", topic, "-C", "1", "-W", "1", "-v"])
+                .output()
+                .ok()?;
+            let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            (s == format!("{topic} {want}")).then_some(())
+        })
+    };
+    read(a3, "r/old", "v1");
+    // mosquitto_sub's clean session is gone on node 3, and so is its route on node 1 (else
+    // the publishes below would wait for node 3, as they must for a subscriber there).
+    check_for_blocking(SETTLE, "node 3's routes gone from node 1", || {
+        (link(&c, 1, 3)["peer_routes"] == 0).then_some(())
+    });
+    c.node(3).kill9();
+    rt.block_on(async {
+        let p = publish_packet("r/old", 1, true, 2, b"v2");
+        common::persist::publish_acked(&mut publ, p).await;
+        let p = publish_packet("r/new", 1, true, 3, b"n1");
+        common::persist::publish_acked(&mut publ, p).await;
+    });
+    // Acknowledged on node 1 (node 3 has no subscriber on them: not waited for).
+    read(a1, "r/new", "n1");
+    // Nodes 1 and 2 die too (kill -9): the copies they queued for node 3 are gone, what they
+    // stored is not. All three restart: node 3 learns the new values from the sync alone.
+    c.node(1).kill9();
+    c.node(2).kill9();
+    for id in [1, 2, 3] {
+        c.node(id).start();
+    }
+    for id in [1, 2, 3] {
+        wait_links(&c, id, 2);
+    }
+    let (a1, a3) = (c.get(1).mqtt(), c.get(3).mqtt());
+    read(a3, "r/new", "n1");
+    read(a3, "r/old", "v2");
+    rt.block_on(async {
+        let mut s = connect(Opts::new(Proto::V4, a3, "r-s3")).await;
+        s.subscribe("r/#", 1).await;
+        let mut got: Vec<String> = s
+            .recv_n(2, "two retained on node 3")
+            .await
+            .iter()
+            .map(|m| format!("{}={}", m.topic, m.text()))
+            .collect();
+        got.sort();
+        assert_eq!(got, vec!["r/new=n1", "r/old=v2"]);
+        s.expect_none(QUIET, "no third").await;
+    });
+    // From node 1 or node 2, whichever link came up first (the other's are the same).
+    let kept: u64 = [1, 2]
+        .iter()
+        .map(|&p| link(&c, 3, p)["retained_in"].as_u64().unwrap())
+        .sum();
+    assert!(
+        kept >= 2,
+        "node 3 kept {kept} retained messages of its peers"
+    );
+    // Node 1 keeps its own (newer or equal) values: nothing of node 3's replaced them.
+    read(a1, "r/old", "v2");
+}

@@ -179,6 +179,17 @@ fn route_here(
     remote
 }
 
+/// A retained message another node holds (sent when their link came up):
+/// stored durably here and replicated on every shard, delivered to nobody.
+pub(crate) fn retain_only(shard: &Rc<Shard>, p: Publish) {
+    let kept = crate::retained::detach(&p);
+    persist_retained(shard, &kept);
+    shard
+        .mesh
+        .broadcast(|| MeshItem::Retain(Box::new(kept.clone())));
+    store_retained(shard, kept);
+}
+
 /// The publisher's shard stores the retained message durably (other shards
 /// only keep their replica in memory).
 fn persist_retained(shard: &Shard, p: &Publish) {

@@ -295,6 +295,10 @@ pub struct LinkMetrics {
     pub not_stored: u64,
     #[serde(default)]
     pub unacked: u64,
+    #[serde(default)]
+    pub retained_out: u64,
+    #[serde(default)]
+    pub retained_in: u64,
 }
 
 impl LinkMetrics {
@@ -325,6 +329,8 @@ impl LinkMetrics {
             ack_timeouts: l.ack_timeouts.get(),
             not_stored: l.not_stored.get(),
             unacked: l.unacked.get(),
+            retained_out: l.retained_out.get(),
+            retained_in: l.retained_in.get(),
         }
     }
 }

@@ -34,6 +34,8 @@ const ACKED_PUBLISH: u8 = 0x40;
 const ACKED_SHARED: u8 = 0x41;
 const DURABLE: u8 = 0x42;
 const NOT_STORED: u8 = 0x43;
+/// Retained messages sent when a link comes up (`cluster/retained.rs`).
+const RETAINED: u8 = 0x44;
 
 /// One frame of a node link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +101,25 @@ pub enum Frame {
         id: u64,
         code: u8,
     },
+    /// A retained message of the sender, set at `at_ms` (unix ms), sent when
+    /// the link comes up: the receiver keeps it unless it has a newer one.
+    Retained {
+        at_ms: u64,
+        publish: Bytes,
+    },
+}
+
+impl Frame {
+    /// A retained message the sender holds, set at `at_ms` (unix ms), sent when the link
+    /// comes up: `mqtt` is the PUBLISH bytes of a `Publish` frame (after its 5-byte header).
+    pub fn encode_retained(at_ms: u64, mqtt: &[u8], out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u32(0);
+        out.put_u8(RETAINED);
+        out.put_u64(at_ms);
+        out.put_slice(mqtt);
+        finish(out, start);
+    }
 }
 
 /// Where an acked publish stands in its sender's stream: `stream` is
@@ -273,6 +294,11 @@ impl Frame {
                 out.put_u64(*id);
                 out.put_u8(*code);
             }
+            Frame::Retained { at_ms, publish } => {
+                out.truncate(start);
+                Frame::encode_retained(*at_ms, publish, out);
+                return;
+            }
             Frame::Resync => out.put_u8(RESYNC),
             Frame::Ping(n) | Frame::Pong(n) => {
                 out.put_u8(if matches!(self, Frame::Ping(_)) {
@@ -405,6 +431,13 @@ impl Frame {
                     code: body.get_u8(),
                 }
             }
+            RETAINED => {
+                need(&body, 8, "retained")?;
+                Frame::Retained {
+                    at_ms: body.get_u64(),
+                    publish: std::mem::take(&mut body),
+                }
+            }
             RESYNC => Frame::Resync,
             PING | PONG => {
                 need(&body, 8, "ping")?;
@@ -533,6 +566,10 @@ mod tests {
         });
         round_trip(Frame::Durable(41));
         round_trip(Frame::NotStored { id: 9, code: 0x97 });
+        round_trip(Frame::Retained {
+            at_ms: 1_700_000_000_000,
+            publish: Bytes::from_static(b"\x31\x03\x00\x01a"),
+        });
     }
 
     #[test]

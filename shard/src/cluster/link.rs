@@ -340,6 +340,13 @@ async fn serve(
     hub.send_sync(link);
     link.acks.connected(link, generation);
     link.out.borrow_mut().unsplit(queued);
+    // Retained messages set while the peer was away reach it (in steps).
+    glommio::spawn_local(super::retained::send_all(
+        shard.clone(),
+        link.clone(),
+        generation,
+    ))
+    .detach();
     let (r, w) = futures_lite::io::split(s);
     let writer = glommio::spawn_local(write_loop(link.clone(), w, generation));
     link.wake.notify();
@@ -419,6 +426,10 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
             hub.durable.receive(shard, link, stamp, Some(&group), p);
+        }
+        Frame::Retained { at_ms, publish } => {
+            let p = super::frame::decode_publish(publish)?;
+            super::retained::received(shard, link, at_ms, p);
         }
         Frame::Durable(upto) => hub.durable.durable(shard, link, upto),
         Frame::NotStored { id, code } => hub.durable.not_stored(shard, link, id, code),

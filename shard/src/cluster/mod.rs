@@ -30,6 +30,7 @@ pub mod frame;
 mod hub;
 mod link;
 mod members;
+mod retained;
 pub mod routes;
 pub mod stats;
 mod stream;

@@ -50,6 +50,9 @@ pub struct LinkStats {
     pub not_stored: Counter,
     /// Acked copies waiting for the peer's answer now.
     pub unacked: Counter,
+    /// Retained messages sent when the link came up / kept from the peer's.
+    pub retained_out: Counter,
+    pub retained_in: Counter,
 }
 
 /// Every link's counters, one per peer (links to nodes added at run time
