@@ -102,12 +102,10 @@ impl Cluster {
     /// Node `i`'s link to node id `peer`.
     fn link(&self, i: usize, peer: u64) -> Arc<LinkStats> {
         let st = self.stats(i);
-        let l = st
-            .links()
+        st.links()
             .into_iter()
             .find(|l| l.peer == peer)
-            .expect("a link to that peer");
-        l
+            .expect("a link to that peer")
     }
 
     /// Every running node's every link to a running node is up.

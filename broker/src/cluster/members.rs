@@ -1,9 +1,10 @@
 //! The node links follow the membership: a thread reads this node's view of
 //! the members every 500 ms and, when the set of other members or their
-//! addresses changed, tells shard 0 where their links listen (cluster port
-//! + 1, docs/cluster-data-plane.md). So a node added with `ctl cluster
-//! add-node` (learner, then voter) is linked by every node that applied the
-//! change, and a removed node's link goes. Ends when the raft node stops.
+//! addresses changed, tells shard 0 where their links listen (their cluster
+//! port plus one, docs/cluster-data-plane.md). So a node added with `ctl
+//! cluster add-node` (learner, then voter) is linked by every node that
+//! applied the change, and a removed node's link goes. Ends when the raft
+//! node stops.
 
 use ringmq_raft::RaftHandle;
 use ringmq_shard::cluster::{Peer, PeerSetter};

@@ -23,6 +23,12 @@ pub struct NodeRoutes {
     router: Router,
 }
 
+impl Default for NodeRoutes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl NodeRoutes {
     pub fn new() -> Self {
         // The router ignores its own "shard": an id no slot reaches (slots
