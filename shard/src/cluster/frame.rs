@@ -616,6 +616,30 @@ mod tests {
             Err(FrameError::Truncated("route sync"))
         );
         assert!(decode_publish(Bytes::from_static(b"\x30\x05garbage")).is_err());
+        // Acked frames: a stamp cut short, a share group that is not one, a short answer.
+        let mut b = BytesMut::from(&[0, 0, 0, 9, ACKED_PUBLISH, 0, 0, 0, 0, 0, 0, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("acked publish"))
+        );
+        let mut b = BytesMut::new();
+        encode_acked(
+            Stamp { stream: 1, id: 1 },
+            Some(&filter("plain/filter")),
+            b"\x30\x03\x00\x01a",
+            &mut b,
+        );
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::BadFilter));
+        let mut b = BytesMut::from(&[0, 0, 0, 5, NOT_STORED, 0, 0, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("not stored"))
+        );
+        let mut b = BytesMut::from(&[0, 0, 0, 3, RETAINED, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("retained"))
+        );
     }
 
     #[test]
