@@ -442,6 +442,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
     access(o, s);
     listeners(o, s);
     links(o, s);
+    handover(o, s);
     cluster(o, s);
     out
 }
@@ -753,6 +754,42 @@ fn links(out: &mut String, s: &MetricsSnapshot) {
             let _ = writeln!(out, "ringmq_{name}{{peer=\"{}\"}} {}", l.peer, f(l));
         }
     }
+}
+
+/// Cross-node session takeovers by outcome (docs/cluster.md, "Sessions across nodes").
+fn handover(out: &mut String, s: &MetricsSnapshot) {
+    let Some(h) = &s.handover else {
+        return;
+    };
+    let name = "cluster_handover_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Cross-node session takeovers: asked, installed, fresh instead (missing, timeout, unreachable, bad), late answers, shipped, parked, expired.",
+    );
+    for (outcome, v) in [
+        ("fetched", h.fetches),
+        ("installed", h.installed),
+        ("missing", h.missing),
+        ("timeout", h.timeouts),
+        ("unreachable", h.unreachable),
+        ("bad", h.bad),
+        ("late", h.late),
+        ("shipped", h.shipped),
+        ("parked", h.parked),
+        ("expired", h.expired),
+    ] {
+        let _ = writeln!(out, "ringmq_{name}{{outcome=\"{outcome}\"}} {v}");
+    }
+    let name = "cluster_handover_shipped_bytes_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Bytes of the session snapshots this node shipped.",
+    );
+    let _ = writeln!(out, "ringmq_{name} {}", h.shipped_bytes);
 }
 
 /// ACL refusals by action and node-wide ban counters.

@@ -323,6 +323,7 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
             crate::route::publish_will(shard, *w);
         } else {
             // [MQTT-3.1.3-9] not sent if the session reconnects first.
+            crate::cluster::handover::will_pending(shard, sid, generation);
             let shard = shard.clone();
             glommio::spawn_local(async move {
                 glommio::timer::sleep(Duration::from_secs(delay as u64)).await;
@@ -332,7 +333,10 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
                     .get(sid as usize)
                     .is_some_and(|s| s.generation == generation && s.conn.is_none());
                 let gone = shard.sessions.borrow().get(sid as usize).is_none();
-                if still || gone {
+                // A session shipped to another node meanwhile: its client
+                // reconnected there, so the will is not sent [MQTT-3.1.3-9].
+                let moved = !crate::cluster::handover::will_due(&shard, sid, generation);
+                if (still || gone) && !moved {
                     crate::route::publish_will(&shard, *w);
                 }
             })

@@ -92,6 +92,8 @@ pub struct Handoff {
     pub(crate) auth: crate::auth_phase::Authenticated,
     /// The cluster ownership epoch its CONNECT won (0 without a cluster).
     pub epoch: u64,
+    /// The session another node shipped for it (`cluster/handover.rs`).
+    pub shipped: Option<bytes::Bytes>,
 }
 
 /// This shard's side of the mesh: per-peer outboxes flushed once per tick.

@@ -19,7 +19,6 @@
 
 use crate::session::SessionId;
 use crate::shard::Shard;
-use crate::stats::CloseReason;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -35,8 +34,17 @@ pub enum ClaimRefused {
     Timeout,
 }
 
+/// A claim that won: the new epoch, and who owned the session just before
+/// (the node a takeover asks for the session, `cluster/handover.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    pub epoch: u64,
+    /// The previous owner node and its epoch (`None`: nobody owned it).
+    pub previous: Option<(u64, u64)>,
+}
+
 /// A claim in progress (`Send`: it is a channel to another thread).
-pub type ClaimFuture = Pin<Box<dyn Future<Output = Result<u64, ClaimRefused>> + Send>>;
+pub type ClaimFuture = Pin<Box<dyn Future<Output = Result<Claim, ClaimRefused>> + Send>>;
 
 /// What the shards ask of the cluster.
 pub trait OwnershipGate: Send + Sync + 'static {
@@ -73,11 +81,11 @@ impl std::fmt::Debug for Gate {
     }
 }
 
-/// Claims `client_id` for this node (0 without a cluster), bounded by the
-/// gate's timeout; the shard keeps serving others while it waits.
-pub(crate) async fn claim(shard: &Shard, client_id: &[u8]) -> Result<u64, ClaimRefused> {
+/// Claims `client_id` for this node (epoch 0 without a cluster), bounded by
+/// the gate's timeout; the shard keeps serving others while it waits.
+pub(crate) async fn claim(shard: &Shard, client_id: &[u8]) -> Result<Claim, ClaimRefused> {
     let Some(g) = &shard.cfg.ownership else {
-        return Ok(0);
+        return Ok(Claim::default());
     };
     let claim = g.gate.claim(client_id);
     let timeout = g.timeout;
@@ -113,7 +121,9 @@ pub(crate) fn released(shard: &Shard, client_id: &[u8], epoch: u64) {
 
 /// `Control::Fence`: the client moved to another node at `epoch`. A session
 /// here with an older epoch loses its connection (v5 DISCONNECT 0x8E) and is
-/// discarded (its persistent state included). Returns whether one was.
+/// discarded (its persistent state included), after a snapshot of it is
+/// parked for the new owner to fetch (`cluster/handover.rs`). Returns
+/// whether one was.
 pub(crate) fn fence(shard: &Rc<Shard>, client_id: &str, epoch: u64) -> bool {
     let Ok(id) = ringmq_codec::MqttString::try_from(client_id) else {
         return false;
@@ -122,27 +132,10 @@ pub(crate) fn fence(shard: &Rc<Shard>, client_id: &str, epoch: u64) -> bool {
     let Some(sid) = sid else {
         return false;
     };
-    let conn = {
-        let mut sessions = shard.sessions.borrow_mut();
-        let Some(s) = sessions.get_mut(sid as usize) else {
-            return false;
-        };
-        if s.epoch >= epoch || s.is_gone() {
-            return false;
-        }
-        // Never again acts for the old epoch: no release of it either.
-        s.epoch = 0;
-        s.conn.take()
+    let Some(snapshot) = crate::cluster::handover::take(shard, sid, epoch) else {
+        return false;
     };
-    if let Some(conn) = conn {
-        // [MQTT-3.1.4-3] as for a takeover on one node: the existing
-        // connection is closed, v5 with DISCONNECT 0x8E.
-        crate::connection::disconnect_client(&conn, CloseReason::SessionTakenOver);
-    }
-    crate::connect::remove_session(shard, sid);
-    if let Some(g) = &shard.cfg.ownership {
-        g.gate.fenced();
-    }
+    crate::cluster::handover::park(shard, client_id, epoch, snapshot);
     true
 }
 

@@ -130,6 +130,40 @@ pub(crate) fn restore(
     crate::confirm::resume(shard, prepared);
 }
 
+/// Installs a session shipped by another node (`cluster/handover.rs`): its
+/// rows are written under a new key (when persistent here) before anything
+/// else of it happens, then it is rebuilt exactly as after a restart. The
+/// CONNACK that follows waits for those rows in sync durability
+/// ([`session_connected`] gates it).
+pub(crate) fn install(shard: &Rc<Shard>, mut rs: RecoveredSession) {
+    let persistent = shard.store.is_persistent() && rs.record.expiry_interval > 0;
+    let key = persistent.then(|| shard.store.allocate_session_key());
+    if let Some(k) = key {
+        let st = &shard.store;
+        st.put_session(k, &rs.record).detach();
+        for sub in &rs.subscriptions {
+            st.put_subscription(k, sub).detach();
+        }
+        for o in &rs.outbound {
+            st.put_outbound(k, o.seq, o.state, o.message.as_ref().map(|m| m.view()))
+                .detach();
+        }
+        for i in &rs.inbound_qos2 {
+            st.put_inbound_qos2(k, i.packet_id, None).detach();
+        }
+    }
+    rs.key = key.unwrap_or(0);
+    let id = rs.record.client_id.clone();
+    let mut prepared = Vec::new();
+    restore_session(shard, rs, &mut prepared);
+    if key.is_none() {
+        let sid = shard.by_client.borrow().get(&id, &shard.sessions.borrow());
+        if let Some(sid) = sid {
+            shard.sessions.borrow_mut()[sid as usize].key = None;
+        }
+    }
+}
+
 /// Restores one session; false when the ACL cannot decide for it before its
 /// client reconnects (no owner stored).
 fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<Resume>) -> bool {

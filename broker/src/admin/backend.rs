@@ -260,6 +260,44 @@ pub struct MetricsSnapshot {
     /// The cluster's numbers, when this node is in a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterMetrics>,
+    /// Cross-node session takeovers (docs/cluster.md), when this node has node links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<HandoverMetrics>,
+}
+
+/// Cross-node session takeovers (see `ringmq_shard::cluster::handover::HandoverStats`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HandoverMetrics {
+    pub fetches: u64,
+    pub installed: u64,
+    pub missing: u64,
+    pub timeouts: u64,
+    pub unreachable: u64,
+    pub bad: u64,
+    pub late: u64,
+    pub shipped: u64,
+    pub shipped_bytes: u64,
+    pub parked: u64,
+    pub expired: u64,
+}
+
+impl HandoverMetrics {
+    pub fn of(h: &ringmq_shard::cluster::handover::HandoverStats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        HandoverMetrics {
+            fetches: h.fetches.load(Relaxed),
+            installed: h.installed.load(Relaxed),
+            missing: h.missing.load(Relaxed),
+            timeouts: h.timeouts.load(Relaxed),
+            unreachable: h.unreachable.load(Relaxed),
+            bad: h.bad.load(Relaxed),
+            late: h.late.load(Relaxed),
+            shipped: h.shipped.load(Relaxed),
+            shipped_bytes: h.shipped_bytes.load(Relaxed),
+            parked: h.parked.load(Relaxed),
+            expired: h.expired.load(Relaxed),
+        }
+    }
 }
 
 /// One node link's counters (see `ringmq_shard::cluster::LinkStats`).

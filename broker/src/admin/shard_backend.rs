@@ -459,6 +459,9 @@ impl AdminBackend for ShardBackend {
                         .collect()
                 }),
                 cluster: self.cluster.as_ref().and_then(|c| c.metrics().ok()),
+                handover: h
+                    .cluster_stats()
+                    .map(|c| super::backend::HandoverMetrics::of(&c.handover)),
             }
         })
     }

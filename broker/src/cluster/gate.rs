@@ -10,7 +10,7 @@
 
 use super::stats::{inc, ClusterStats};
 use ringmq_raft::{ClaimError, Ownership};
-use ringmq_shard::ownership::{ClaimFuture, ClaimRefused, OwnershipGate};
+use ringmq_shard::ownership::{Claim, ClaimFuture, ClaimRefused, OwnershipGate};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,15 +32,22 @@ impl OwnershipGate for RaftGate {
         let id = client_id.to_vec();
         Box::pin(async move {
             let started = Instant::now();
-            let mut expected = own.owner_local(&id).ok().flatten().map_or(0, |o| o.epoch);
+            // The owner the CAS replaces: a takeover asks it for the session.
+            let mut previous = own
+                .owner_local(&id)
+                .ok()
+                .flatten()
+                .map(|o| (o.node, o.epoch));
+            let mut expected = previous.map_or(0, |(_, e)| e);
             for _ in 0..ATTEMPTS {
                 match own.claim_here(&id, expected).await {
                     Ok(epoch) => {
                         stats.claim_won(started.elapsed());
-                        return Ok(epoch);
+                        return Ok(Claim { epoch, previous });
                     }
-                    Err(ClaimError::Conflict { epoch, .. }) => {
+                    Err(ClaimError::Conflict { owner, epoch }) => {
                         inc(&stats.conflicts);
+                        previous = owner.map(|n| (n, epoch));
                         expected = epoch;
                     }
                     Err(ClaimError::Unavailable(e)) => {

@@ -36,6 +36,9 @@ const DURABLE: u8 = 0x42;
 const NOT_STORED: u8 = 0x43;
 /// Retained messages sent when a link comes up (`cluster/retained.rs`).
 const RETAINED: u8 = 0x44;
+// 0x20-0x2F: session handover (`handover.rs`).
+const SESSION_FETCH: u8 = 0x20;
+const SESSION_SHIP: u8 = 0x21;
 
 /// One frame of a node link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +109,19 @@ pub enum Frame {
     Retained {
         at_ms: u64,
         publish: Bytes,
+    },
+    /// The sender's node won session `client`'s ownership at `epoch` from the
+    /// receiver: close it there and ship it (answered by `SessionShip{req}`).
+    SessionFetch {
+        req: u64,
+        epoch: u64,
+        client: String,
+    },
+    /// The answer to `SessionFetch{req}`: the session's snapshot
+    /// (`store::SnapshotWriter`), or `None` when the receiver has none.
+    SessionShip {
+        req: u64,
+        snapshot: Option<Bytes>,
     },
 }
 
@@ -308,6 +324,23 @@ impl Frame {
                 });
                 out.put_u64(*n);
             }
+            Frame::SessionFetch { req, epoch, client } => {
+                out.put_u8(SESSION_FETCH);
+                out.put_u64(*req);
+                out.put_u64(*epoch);
+                put_str(out, client);
+            }
+            Frame::SessionShip { req, snapshot } => {
+                out.put_u8(SESSION_SHIP);
+                out.put_u64(*req);
+                match snapshot {
+                    None => out.put_u8(0),
+                    Some(b) => {
+                        out.put_u8(1);
+                        out.put_slice(b);
+                    }
+                }
+            }
         }
         finish(out, start);
     }
@@ -448,6 +481,26 @@ impl Frame {
                     Frame::Pong(n)
                 }
             }
+            SESSION_FETCH => {
+                need(&body, 16, "session fetch")?;
+                let req = body.get_u64();
+                let epoch = body.get_u64();
+                Frame::SessionFetch {
+                    req,
+                    epoch,
+                    client: get_str(&mut body, "session fetch")?,
+                }
+            }
+            SESSION_SHIP => {
+                need(&body, 9, "session ship")?;
+                let req = body.get_u64();
+                let snapshot = match body.get_u8() {
+                    0 => None,
+                    1 => Some(std::mem::take(&mut body)),
+                    _ => return Err(FrameError::Truncated("session ship")),
+                };
+                Frame::SessionShip { req, snapshot }
+            }
             k => return Err(FrameError::UnknownKind(k)),
         };
         if !body.is_empty() {
@@ -569,6 +622,19 @@ mod tests {
         round_trip(Frame::Retained {
             at_ms: 1_700_000_000_000,
             publish: Bytes::from_static(b"\x31\x03\x00\x01a"),
+        });
+        round_trip(Frame::SessionFetch {
+            req: 1 << 48 | 3,
+            epoch: 77,
+            client: "c-1".into(),
+        });
+        round_trip(Frame::SessionShip {
+            req: 4,
+            snapshot: Some(Bytes::from_static(b"\x01snapshot")),
+        });
+        round_trip(Frame::SessionShip {
+            req: 5,
+            snapshot: None,
         });
     }
 

@@ -360,6 +360,41 @@ impl Hub {
         }
     }
 
+    // ---- session handover ---------------------------------------------------------------------
+
+    /// Asks peer `slot` for `client`'s session; false when its link is down.
+    pub fn session_fetch(&self, slot: Slot, req: u64, epoch: u64, client: String) -> bool {
+        match self.link_of(slot) {
+            Some(l) if l.is_up() => {
+                l.push_frame(&Frame::SessionFetch { req, epoch, client });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers peer `slot`'s fetch `req` (lost if its link went down meanwhile:
+    /// the asker times out).
+    pub fn session_ship(&self, slot: Slot, req: u64, mut snapshot: Option<bytes::Bytes>) {
+        if snapshot
+            .as_ref()
+            .is_some_and(|b| b.len() + 64 > super::frame::MAX_FRAME)
+        {
+            // Over one frame: the peer would close the link. The session is lost
+            // (discarded here already); the client gets a fresh one there.
+            tracing::warn!(
+                peer = slot,
+                "session handover: a snapshot over the frame limit cannot be shipped"
+            );
+            snapshot = None;
+        }
+        if let Some(l) = self.link_of(slot) {
+            if l.is_up() {
+                l.push_frame(&Frame::SessionShip { req, snapshot });
+            }
+        }
+    }
+
     // ---- publishes ---------------------------------------------------------------------------
 
     /// Sends `p` to peer `slot` for one member of share group `group` there;

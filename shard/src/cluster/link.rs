@@ -454,6 +454,10 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             let now = hub.now_us();
             link.stats.rtt_us.set(now.saturating_sub(n));
         }
+        Frame::SessionFetch { req, epoch, client } => {
+            super::handover::on_fetch(shard, link.slot, req, epoch, client)
+        }
+        Frame::SessionShip { req, snapshot } => super::handover::on_ship(shard, req, snapshot),
         Frame::Hello(_) => return Err(LinkError::Protocol("hello")),
         Frame::Refuse(why) => return Err(LinkError::Refused(why)),
     }

@@ -27,6 +27,7 @@
 mod acks;
 pub mod config;
 pub mod frame;
+pub mod handover;
 mod hub;
 mod link;
 mod members;
@@ -79,6 +80,36 @@ pub enum Item {
     /// To every shard from shard 0: reply `BarrierAck` (everything before is applied).
     Barrier(u64),
     BarrierAck(u64),
+    /// Session handover (`handover.rs`): a CONNECT's fetch from peer `slot` (to shard 0).
+    Fetch {
+        slot: Slot,
+        req: u64,
+        epoch: u64,
+        client: String,
+    },
+    /// Peer `slot` asks for `client`'s session (shard 0 to the home shard).
+    Serve {
+        slot: Slot,
+        req: u64,
+        epoch: u64,
+        client: String,
+    },
+    /// The home shard's answer for peer `slot` (to shard 0).
+    Ship {
+        slot: Slot,
+        req: u64,
+        snapshot: Option<bytes::Bytes>,
+    },
+    /// The answer to this node's fetch `req` (shard 0 to the asking shard).
+    Shipped {
+        req: u64,
+        snapshot: Option<bytes::Bytes>,
+        reached: bool,
+    },
+    /// To shard 0: answer `RoutesSettled` once every connected peer
+    /// acknowledged this node's route changes so far.
+    RoutesQuery(u64),
+    RoutesSettled(u64),
 }
 
 /// Given to each shard at start (the listener only to shard 0).
@@ -98,6 +129,8 @@ pub struct Node {
     seen: RefCell<HashMap<u64, Stamp>>,
     /// Slots of the nodes linked now (every one gets retained messages).
     slots: RefCell<ShardSet>,
+    pub(crate) handover: handover::Handover,
+    pub(crate) stats: Arc<ClusterStats>,
 }
 
 /// An acked copy from another node: who sent it, where it stands in its stream.
@@ -190,6 +223,8 @@ impl Node {
                 }
                 s
             }),
+            handover: Default::default(),
+            stats: init.stats.clone(),
         }
     }
 }
@@ -383,5 +418,6 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
                 hub.barrier_ack(t);
             }
         }
+        item => handover::on_item(shard, from, item),
     }
 }

@@ -64,6 +64,8 @@ pub struct ClusterStats {
     pub refused_unknown: Counter,
     /// SUBACKs released by the route-ack timeout rather than by every peer's ack.
     pub route_ack_timeouts: Counter,
+    /// Cross-node session takeovers (every shard adds: atomics).
+    pub handover: super::handover::HandoverStats,
 }
 
 impl ClusterStats {

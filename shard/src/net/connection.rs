@@ -252,8 +252,8 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
     };
     // Cluster: this node becomes the session's owner before CONNACK (an
     // await on the control plane; this shard serves others meanwhile).
-    let epoch = match crate::ownership::claim(&shard, connect.client_id.as_bytes()).await {
-        Ok(epoch) => epoch,
+    let claim = match crate::ownership::claim(&shard, connect.client_id.as_bytes()).await {
+        Ok(claim) => claim,
         Err(_) => {
             // A minority partition (or no leader yet) cannot record the owner:
             // v5 CONNACK 0x88 Server unavailable, 3.1.1 0x03 [MQTT-3.2.2-6].
@@ -264,6 +264,14 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
             return answer_and_close(&shard, io, &mut stack, li, &out, reason);
         }
     };
+    // A takeover from another node: that node ships the session here first
+    // (bounded; `cluster/handover.rs`). A clean start discards it anyway.
+    let shipped = if connect.clean_start {
+        None
+    } else {
+        crate::cluster::handover::fetch(&shard, connect.client_id.as_str(), claim).await
+    };
+    let epoch = claim.epoch;
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
     if home == shard.id {
         let via = Via {
@@ -271,7 +279,11 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
             listener: li,
             peer,
         };
-        let claim = Claimed { auth, epoch };
+        let claim = Claimed {
+            auth,
+            epoch,
+            shipped,
+        };
         return serve(shard, io, via, connect, buf, assigned, deadline, claim);
     }
     // Hand the socket itself to the home shard: the descriptor crosses the
@@ -309,6 +321,7 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
             assigned,
             auth,
             epoch,
+            shipped,
         })),
     );
 }
@@ -413,6 +426,7 @@ pub(crate) fn adopt(shard: Rc<Shard>, h: Handoff) {
             Claimed {
                 auth: h.auth,
                 epoch: h.epoch,
+                shipped: h.shipped,
             },
         ),
         Err(_) => shard.stats.close(CloseReason::IoError),
@@ -433,6 +447,8 @@ pub(crate) struct Via {
 struct Claimed {
     auth: crate::auth_phase::Authenticated,
     epoch: u64,
+    /// The session another node shipped (a cross-node takeover).
+    shipped: Option<bytes::Bytes>,
 }
 
 #[allow(clippy::too_many_arguments)] // what the handshake or a handoff carries, once
@@ -452,7 +468,37 @@ fn serve(
         peer,
     } = via;
     let version = connect.protocol;
-    let Claimed { auth, epoch } = claimed;
+    let Claimed {
+        auth,
+        epoch,
+        shipped,
+    } = claimed;
+    if let Some(snapshot) = shipped {
+        // Installed (rows written, subscriptions routed) before `accept`,
+        // which then resumes it as any session present here: CONNACK session
+        // present 1, once every connected peer node acknowledged the routes
+        // of its subscriptions (as a SUBACK would wait): from then on a
+        // message published on any node reaches it here.
+        if crate::cluster::handover::install(&shard, &connect.client_id, snapshot) {
+            let via = Via {
+                stack,
+                listener,
+                peer,
+            };
+            let claimed = Claimed {
+                auth,
+                epoch,
+                shipped: None,
+            };
+            let s = shard.clone();
+            glommio::spawn_local(async move {
+                crate::cluster::handover::routes_settled(&s).await;
+                serve(s, io, via, connect, buf, assigned, armed, claimed);
+            })
+            .detach();
+            return;
+        }
+    }
     let accepted = connect::accept(
         &shard,
         &connect,

@@ -35,6 +35,10 @@ use std::time::{Duration, Instant};
 pub(crate) const READABLE: u8 = 1;
 /// The socket takes bytes.
 pub(crate) const WRITABLE: u8 = 2;
+/// The peer closed its side or the socket failed: reads report it, so
+/// [`READABLE`] stays set however short the read before it (epoll announces
+/// an end of stream once, often in the same edge as the last bytes).
+const ENDED: u8 = 4;
 
 /// One registered descriptor.
 pub(crate) struct Slot {
@@ -91,6 +95,16 @@ impl Io {
         } else {
             Ok(n as usize)
         }
+    }
+
+    /// io_uring: appends up to `max` bytes already received to `dst`;
+    /// `None` when none wait (or on epoll): read with [`Io::recv`].
+    pub fn recv_buffered(
+        &self,
+        dst: &mut bytes::BytesMut,
+        max: usize,
+    ) -> Option<io::Result<usize>> {
+        self.uring.as_ref()?.recv_append(self.key, dst, max)
     }
 
     /// Non-blocking `send`; `WouldBlock` when the socket takes nothing now.
@@ -306,6 +320,9 @@ impl Poller {
             }
         }
         if let Some(s) = self.slots.borrow_mut().get_mut(key as usize) {
+            if s.ready & ENDED != 0 {
+                bits &= !READABLE;
+            }
             s.ready &= !bits;
         }
     }
@@ -382,6 +399,9 @@ impl Poller {
                 let e = ev.events as libc::c_int;
                 if e & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
                     s.ready |= READABLE;
+                }
+                if e & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
+                    s.ready |= ENDED;
                 }
                 if e & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
                     s.ready |= WRITABLE;

@@ -62,6 +62,7 @@ mod message;
 mod prepared;
 mod records;
 mod recover;
+mod ship;
 #[cfg(test)]
 mod tests;
 
@@ -72,6 +73,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ringmq_codec::{PacketId, QoS, TopicFilter, TopicName};
 
 pub use crate::config::Durability;
+pub use enc::BadRecord;
 pub use engine::{StoreStats, Ticket, COMMIT_BUCKETS_US};
 pub use error::StoreError;
 pub use layout::{lock_dir as lock_data_dir, DirLock as DataDirLock, FORMAT};
@@ -81,6 +83,7 @@ pub use records::{
     RetainedRecord, SessionKey, SessionRecord, SubscriptionRecord, Target,
 };
 pub use recover::{open, Recovery, RecoveryStats, ShardRecovery};
+pub use ship::{read_snapshot, SnapshotWriter};
 
 use batch::OpKind;
 use engine::{Backend, Engine};

@@ -1,0 +1,514 @@
+//! Sessions across nodes: a CONNECT on this node for a session another node
+//! owned gets that session, shipped over the node link, before its CONNACK.
+//!
+//! ```text
+//! node B (new owner)                                   node A (old owner)
+//! CONNECT, claim won at epoch e (previous: A)
+//! fetch: SessionFetch{req, e, client} ── link ──►  shard 0 ──mesh──► home shard
+//!   (the CONNECT's task awaits, bounded;            take: close 0x8E, snapshot,
+//!    the shard serves others)                        discard here (no release)
+//!                                     ◄── link ──  SessionShip{req, snapshot}
+//! home shard: install (rows written, subscriptions routed) ── CONNACK session present 1
+//! ```
+//!
+//! The fence from the metadata watch (`ownership::fence`) may reach A before
+//! B's fetch does: it takes the session the same way and parks the snapshot
+//! for [`PARK_FOR`], where the fetch finds it. A fetch finds the session live
+//! (and takes it), parked, or not at all (A never had it, or its node
+//! restarted: answered `None`). B waits at most the claim timeout
+//! (`--cluster-claim-timeout`); then, or when the link to A is down, the
+//! client gets a fresh session, counted by reason in [`HandoverStats`].
+//!
+//! Interface: [`fetch`] (CONNECT), [`install`] (home shard, before
+//! `connect::accept`), [`take`] + [`park`] (fence), and the frame and mesh
+//! handlers [`on_fetch`], [`on_ship`], [`on_item`].
+
+use super::routes::Slot;
+use super::Item;
+use crate::mesh::MeshItem;
+use crate::ownership::Claim;
+use crate::session::{OutState, SessionId};
+use crate::shard::Shard;
+use crate::stats::CloseReason;
+use crate::store::{self, MessageRef, OutboundState, SnapshotWriter, SubscriptionRecord};
+use bytes::Bytes;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// How long a snapshot taken by a fence waits for its new owner's fetch.
+pub const PARK_FOR: Duration = Duration::from_secs(10);
+
+/// What happened to cross-node takeovers on this node (every shard adds).
+#[derive(Debug, Default)]
+pub struct HandoverStats {
+    /// Sessions asked of another node at CONNECT.
+    pub fetches: AtomicU64,
+    /// Sessions received and installed here.
+    pub installed: AtomicU64,
+    /// Fresh sessions given instead: the old node had none.
+    pub missing: AtomicU64,
+    /// ... no answer within the claim timeout.
+    pub timeouts: AtomicU64,
+    /// ... the link to the old node was down.
+    pub unreachable: AtomicU64,
+    /// ... the snapshot did not decode (counted, logged).
+    pub bad: AtomicU64,
+    /// Answers that came after their CONNECT stopped waiting (dropped).
+    pub late: AtomicU64,
+    /// Sessions this node shipped to another.
+    pub shipped: AtomicU64,
+    /// Bytes of the snapshots shipped.
+    pub shipped_bytes: AtomicU64,
+    /// Snapshots parked by a fence, and those never fetched.
+    pub parked: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+/// A snapshot taken by a fence, waiting for the fetch of the node that won.
+struct Parked {
+    epoch: u64,
+    snapshot: Bytes,
+    token: u64,
+}
+
+/// One shard's handover state.
+#[derive(Default)]
+pub(crate) struct Handover {
+    /// Fetches of this shard awaiting their answer: request id -> answer.
+    waiting: RefCell<HashMap<u64, flume::Sender<Option<Bytes>>>>,
+    next: Cell<u64>,
+    parked: RefCell<HashMap<Box<str>, Parked>>,
+    /// `routes_settled` calls of this shard waiting for shard 0.
+    settled: RefCell<HashMap<u64, flume::Sender<()>>>,
+    /// Delayed wills pending on this shard, by session (slot, generation):
+    /// a session shipped away cancels its own ([`will_due`]).
+    wills: RefCell<std::collections::HashSet<(SessionId, u64)>>,
+}
+
+/// A delayed will of session `sid` at `generation` is pending (`connect::closed`).
+pub(crate) fn will_pending(shard: &Shard, sid: SessionId, generation: u64) {
+    if let Some(n) = &shard.cluster {
+        n.handover.wills.borrow_mut().insert((sid, generation));
+    }
+}
+
+/// Its delay elapsed: false when the session was shipped to another node
+/// meanwhile (its client reconnected there: no will [MQTT-3.1.3-9]).
+pub(crate) fn will_due(shard: &Shard, sid: SessionId, generation: u64) -> bool {
+    shard
+        .cluster
+        .as_ref()
+        .is_none_or(|n| n.handover.wills.borrow_mut().remove(&(sid, generation)))
+}
+
+/// Request ids carry the asking shard in their top 16 bits.
+fn shard_of(req: u64) -> usize {
+    (req >> 48) as usize
+}
+
+/// At CONNECT (clean start 0) after a claim won: the session the previous
+/// owner node held, or `None` for a fresh one (nobody owned it, this node
+/// did, the old node had none, did not answer in time, or is unreachable).
+pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> Option<Bytes> {
+    let node = shard.cluster.as_ref()?;
+    let cfg = shard.cfg.cluster.as_ref()?;
+    let (prev, _) = claim.previous?;
+    if prev == cfg.node_id {
+        return None;
+    }
+    let stats = &node.stats.handover;
+    inc(&stats.fetches);
+    let Some(i) = cfg.peers.iter().position(|p| p.id == prev) else {
+        // A member without a node link (added at run time): it cannot ship.
+        inc(&stats.unreachable);
+        return None;
+    };
+    let slot = i as Slot + 1;
+    let n = node.handover.next.get() + 1;
+    node.handover.next.set(n);
+    let req = (shard.id as u64) << 48 | (n & ((1 << 48) - 1));
+    let (tx, rx) = flume::bounded(1);
+    node.handover.waiting.borrow_mut().insert(req, tx);
+    let item = Item::Fetch {
+        slot,
+        req,
+        epoch: claim.epoch,
+        client: client_id.into(),
+    };
+    if shard.id == 0 {
+        on_item(shard, 0, item);
+    } else {
+        shard.mesh.push(0, MeshItem::Cluster(Box::new(item)));
+    }
+    let timeout = shard
+        .cfg
+        .ownership
+        .as_ref()
+        .map_or(Duration::from_secs(3), |g| g.timeout);
+    let answer = futures_lite::future::or(async { rx.recv_async().await.ok() }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    node.handover.waiting.borrow_mut().remove(&req);
+    match answer {
+        Some(Some(snapshot)) => Some(snapshot),
+        Some(None) => None, // counted where it was decided (missing / unreachable)
+        None => {
+            inc(&stats.timeouts);
+            tracing::info!(
+                client_id,
+                node = prev,
+                "session handover: no answer within {timeout:?}: fresh session"
+            );
+            None
+        }
+    }
+}
+
+/// On the home shard, before `connect::accept`: installs the shipped
+/// session of `client_id` (rows written to the store, subscriptions routed),
+/// replacing any stale copy here. False (counted) when it does not decode.
+pub(crate) fn install(
+    shard: &Rc<Shard>,
+    client_id: &ringmq_codec::MqttString,
+    snapshot: Bytes,
+) -> bool {
+    let Some(node) = shard.cluster.as_ref() else {
+        return false;
+    };
+    let stats = &node.stats.handover;
+    let rs = match store::read_snapshot(snapshot) {
+        Ok(rs) if rs.record.client_id == *client_id => rs,
+        Ok(_) => {
+            inc(&stats.bad);
+            tracing::warn!(
+                client_id = client_id.as_str(),
+                "session handover: snapshot of another client"
+            );
+            return false;
+        }
+        Err(e) => {
+            inc(&stats.bad);
+            tracing::warn!(
+                client_id = client_id.as_str(),
+                "session handover: {e}: fresh session"
+            );
+            return false;
+        }
+    };
+    let stale: Option<SessionId> = shard
+        .by_client
+        .borrow()
+        .get(client_id, &shard.sessions.borrow());
+    if let Some(sid) = stale {
+        // An older copy here (its ownership moved away and back): the
+        // shipped one is the newer. Its epoch is not ours to release.
+        shard.sessions.borrow_mut()[sid as usize].epoch = 0;
+        crate::connect::remove_session(shard, sid);
+    }
+    crate::persist::install(shard, rs);
+    inc(&stats.installed);
+    true
+}
+
+/// Resolves once every connected peer acknowledged this node's route
+/// changes made so far (those of an installed session's subscriptions among
+/// them), or after the route-ack timeout (shard 0 keeps that bound).
+pub(crate) async fn routes_settled(shard: &Rc<Shard>) {
+    let Some(node) = shard.cluster.as_ref() else {
+        return;
+    };
+    let (tx, rx) = flume::bounded(1);
+    if shard.id == 0 {
+        super::after_routes(
+            shard,
+            Box::new(move || {
+                let _ = tx.send(());
+            }),
+        );
+    } else {
+        let token = node.handover.next.get() + 1;
+        node.handover.next.set(token);
+        node.handover.settled.borrow_mut().insert(token, tx);
+        // Behind this shard's `SubAdd`s on the same channel: shard 0 has
+        // sent their route changes when it reads this.
+        let item = Item::RoutesQuery(token);
+        shard.mesh.push(0, MeshItem::Cluster(Box::new(item)));
+    }
+    let _ = rx.recv_async().await;
+}
+
+/// Closes session `sid`'s connection (v5 DISCONNECT 0x8E), snapshots the
+/// session and discards it here, without releasing its ownership (it moved
+/// to epoch `epoch`). `None` when it is gone or not older than `epoch`.
+pub(crate) fn take(shard: &Rc<Shard>, sid: SessionId, epoch: u64) -> Option<Bytes> {
+    let (conn, snapshot) = {
+        let mut sessions = shard.sessions.borrow_mut();
+        let s = sessions.get_mut(sid as usize)?;
+        if s.epoch >= epoch || s.is_gone() {
+            return None;
+        }
+        // Never again acts for the old epoch: no release of it either.
+        s.epoch = 0;
+        if let Some(node) = shard.cluster.as_ref() {
+            // A pending delayed will is cancelled: the client reconnects on the new node.
+            node.handover
+                .wills
+                .borrow_mut()
+                .remove(&(sid, s.generation));
+        }
+        let conn = s.conn.take();
+        if conn.is_some() {
+            s.disconnected_at = Some(std::time::Instant::now());
+        }
+        (conn, snapshot_of(s))
+    };
+    if let Some(conn) = conn {
+        // [MQTT-3.1.4-3] as for a takeover on one node: the existing
+        // connection is closed, v5 with DISCONNECT 0x8E.
+        crate::connection::disconnect_client(&conn, CloseReason::SessionTakenOver);
+    }
+    crate::connect::remove_session(shard, sid);
+    if let Some(g) = &shard.cfg.ownership {
+        g.gate.fenced();
+    }
+    Some(snapshot)
+}
+
+/// The session as the store would hold it: its row, subscriptions, outbound
+/// messages in order (in flight with their packet ids and states, then
+/// queued), inbound QoS 2 ids awaiting PUBREL.
+fn snapshot_of(s: &crate::session::Session) -> Bytes {
+    let mut w = SnapshotWriter::new(&s.record(), s.next_seq);
+    for (filter, e) in &s.subs {
+        w.subscription(&SubscriptionRecord {
+            filter: filter.clone(),
+            options: e.options,
+            subscription_id: e.subscription_id,
+        });
+    }
+    for o in &s.inflight {
+        let m = o.msg.as_deref().map(|m| MessageRef {
+            publish: &m.publish,
+            qos: o.qos,
+            retain: o.retain,
+            subscription_ids: &o.sub_ids,
+            received_at_ms: m.received_at_ms,
+        });
+        match (o.state, m) {
+            (OutState::Published, Some(m)) => {
+                w.outbound(o.seq, OutboundState::AwaitingAck(o.packet_id), Some(m))
+            }
+            (OutState::Released, m) => {
+                w.outbound(o.seq, OutboundState::AwaitingPubComp(o.packet_id), m)
+            }
+            (OutState::Published, None) => {}
+        }
+    }
+    for q in &s.queue {
+        let m = MessageRef {
+            publish: &q.msg.publish,
+            qos: q.qos,
+            retain: q.retain,
+            subscription_ids: &q.sub_ids,
+            received_at_ms: q.msg.received_at_ms,
+        };
+        w.outbound(q.seq, OutboundState::Queued, Some(m));
+    }
+    Bytes::from(w.finish(&s.inbound_qos2))
+}
+
+/// Keeps a fenced session's snapshot for the new owner's fetch, [`PARK_FOR`] at most.
+pub(crate) fn park(shard: &Rc<Shard>, client_id: &str, epoch: u64, snapshot: Bytes) {
+    let Some(node) = shard.cluster.as_ref() else {
+        return;
+    };
+    let token = node.handover.next.get() + 1;
+    node.handover.next.set(token);
+    node.handover.parked.borrow_mut().insert(
+        client_id.into(),
+        Parked {
+            epoch,
+            snapshot,
+            token,
+        },
+    );
+    inc(&node.stats.handover.parked);
+    let shard = shard.clone();
+    let id: Box<str> = client_id.into();
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(PARK_FOR).await;
+        let Some(node) = shard.cluster.as_ref() else {
+            return;
+        };
+        let mut parked = node.handover.parked.borrow_mut();
+        if parked.get(&id).is_some_and(|p| p.token == token) {
+            parked.remove(&id);
+            inc(&node.stats.handover.expired);
+        }
+    })
+    .detach();
+}
+
+/// On the old owner's home shard: the session for the node that won `epoch`.
+fn serve(shard: &Rc<Shard>, client: &str, epoch: u64) -> Option<Bytes> {
+    let node = shard.cluster.as_ref()?;
+    let id = ringmq_codec::MqttString::try_from(client).ok()?;
+    let sid: Option<SessionId> = shard.by_client.borrow().get(&id, &shard.sessions.borrow());
+    let live = sid.and_then(|sid| take(shard, sid, epoch));
+    let snapshot = live.or_else(|| {
+        let mut parked = node.handover.parked.borrow_mut();
+        match parked.get(client) {
+            Some(p) if p.epoch <= epoch => parked.remove(client).map(|p| p.snapshot),
+            _ => None,
+        }
+    });
+    match &snapshot {
+        Some(b) => {
+            inc(&node.stats.handover.shipped);
+            node.stats
+                .handover
+                .shipped_bytes
+                .fetch_add(b.len() as u64, Relaxed);
+        }
+        None => tracing::debug!(
+            client,
+            "session handover: asked for a session this node does not hold"
+        ),
+    }
+    snapshot
+}
+
+/// Shard 0, a `SessionFetch` from peer `slot`: the client's home shard answers.
+pub(crate) fn on_fetch(shard: &Rc<Shard>, slot: Slot, req: u64, epoch: u64, client: String) {
+    let home = crate::connection::home_shard(client.as_bytes(), shard.shards);
+    let item = Item::Serve {
+        slot,
+        req,
+        epoch,
+        client,
+    };
+    if home == shard.id {
+        on_item(shard, shard.id, item);
+    } else {
+        shard.mesh.push(home, MeshItem::Cluster(Box::new(item)));
+    }
+}
+
+/// Shard 0, a `SessionShip`: to the shard whose CONNECT asked.
+pub(crate) fn on_ship(shard: &Rc<Shard>, req: u64, snapshot: Option<Bytes>) {
+    answer(shard, req, snapshot, true);
+}
+
+/// Shard 0: the answer to fetch `req` goes to the shard that asked
+/// (`reached`: the old node answered, rather than its link being down).
+fn answer(shard: &Rc<Shard>, req: u64, snapshot: Option<Bytes>, reached: bool) {
+    let item = Item::Shipped {
+        req,
+        snapshot,
+        reached,
+    };
+    let to = shard_of(req);
+    if to == shard.id {
+        on_item(shard, shard.id, item);
+    } else if to < shard.shards {
+        shard.mesh.push(to, MeshItem::Cluster(Box::new(item)));
+    }
+}
+
+/// The handover's mesh items (`Item::Fetch`, `Serve`, `Ship`, `Shipped`,
+/// `RoutesQuery`, `RoutesSettled`).
+pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
+    let Some(node) = shard.cluster.as_ref() else {
+        return;
+    };
+    match item {
+        Item::Fetch {
+            slot,
+            req,
+            epoch,
+            client,
+        } => {
+            let sent = node
+                .hub
+                .as_ref()
+                .is_some_and(|h| h.session_fetch(slot, req, epoch, client));
+            if !sent {
+                inc(&node.stats.handover.unreachable);
+                answer(shard, req, None, false);
+            }
+        }
+        Item::Serve {
+            slot,
+            req,
+            epoch,
+            client,
+        } => {
+            let snapshot = serve(shard, &client, epoch);
+            let item = Item::Ship {
+                slot,
+                req,
+                snapshot,
+            };
+            if shard.id == 0 {
+                on_item(shard, 0, item);
+            } else {
+                shard.mesh.push(0, MeshItem::Cluster(Box::new(item)));
+            }
+        }
+        Item::Ship {
+            slot,
+            req,
+            snapshot,
+        } => {
+            if let Some(hub) = &node.hub {
+                hub.session_ship(slot, req, snapshot);
+            }
+        }
+        Item::Shipped {
+            req,
+            snapshot,
+            reached,
+        } => {
+            let waiter = node.handover.waiting.borrow_mut().remove(&req);
+            match waiter {
+                Some(tx) => {
+                    if snapshot.is_none() && reached {
+                        inc(&node.stats.handover.missing);
+                    }
+                    let _ = tx.send(snapshot);
+                }
+                None => {
+                    if snapshot.is_some() {
+                        inc(&node.stats.handover.late);
+                        tracing::warn!(req, "session handover: a snapshot arrived after its CONNECT stopped waiting: dropped");
+                    }
+                }
+            }
+        }
+        Item::RoutesQuery(token) => {
+            let mesh = shard.mesh.clone();
+            let reply = move || {
+                mesh.push(
+                    from,
+                    MeshItem::Cluster(Box::new(Item::RoutesSettled(token))),
+                )
+            };
+            super::after_routes(shard, Box::new(reply));
+        }
+        Item::RoutesSettled(token) => {
+            if let Some(tx) = node.handover.settled.borrow_mut().remove(&token) {
+                let _ = tx.send(());
+            }
+        }
+        _ => {}
+    }
+}
