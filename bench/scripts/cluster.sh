@@ -11,7 +11,11 @@
 #
 # Environment: CARGO_TARGET_DIR (default target), DURATION (5 s measured), WARMUP (1 s),
 # PAIRS (50), PAYLOAD (64), RATE ("" = closed loop; e.g. 2000 per publisher for latency at a
-# fixed load), BASE (a free port range start, default 26100), NOTE, BUILD (0: binaries built).
+# fixed load), BASE (a free port range start, default 26100), NOTE, BUILD (0: binaries built),
+# DURABILITY (none; `sync` runs the QoS 1 rows only, with data dirs on disk: the cross-node
+# PUBACK then waits for node 2's durable copy; results in <date>-cluster-sync.md).
+#
+#   DURABILITY=sync NOTE="shared machine" bench/scripts/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target="${CARGO_TARGET_DIR:-target}"
@@ -22,6 +26,7 @@ WARMUP="${WARMUP:-1}"
 PAIRS="${PAIRS:-50}"
 PAYLOAD="${PAYLOAD:-64}"
 BASE="${BASE:-26100}"
+DURABILITY="${DURABILITY:-none}"
 if [[ "${BUILD:-1}" == 1 ]]; then
     cargo build --release -q -p ringmq-broker -p ringmq-bench
 fi
@@ -38,7 +43,7 @@ peers="1@127.0.0.1:$((BASE + 10)),2@127.0.0.1:$((BASE + 20)),3@127.0.0.1:$((BASE
 for n in 1 2 3; do
     mkdir -p "$work/d$n"
     "$RINGMQ" --node-id "$n" --cluster-peers "$peers" --listen "mqtt://127.0.0.1:$((BASE + n))" \
-        --allow-anonymous true --cores 1 --durability none --sys-interval-secs 0 \
+        --allow-anonymous true --cores 1 --durability "$DURABILITY" --sys-interval-secs 0 \
         --max-queued-messages 100000 --data-dir "$work/d$n" --log-level warn \
         >"$work/n$n.log" 2>&1 &
     pids+=($!)
@@ -85,12 +90,19 @@ PY
 )")
 }
 p1=$((BASE + 1)) p2=$((BASE + 2))
-run "QoS 0 pairs, same node (1 -> 1)" pairs --pairs "$PAIRS" --qos 0 -p "$p1"
-run "QoS 0 pairs, cross node (1 -> 2)" pairs --pairs "$PAIRS" --qos 0 -p "$p1" --sub-port "$p2"
+if [[ "$DURABILITY" == none ]]; then
+    run "QoS 0 pairs, same node (1 -> 1)" pairs --pairs "$PAIRS" --qos 0 -p "$p1"
+    run "QoS 0 pairs, cross node (1 -> 2)" pairs --pairs "$PAIRS" --qos 0 -p "$p1" --sub-port "$p2"
+fi
 run "QoS 1 pairs, same node (1 -> 1)" pairs --pairs "$PAIRS" --qos 1 -p "$p1"
 run "QoS 1 pairs, cross node (1 -> 2)" pairs --pairs "$PAIRS" --qos 1 -p "$p1" --sub-port "$p2"
-run "QoS 0 1 pair, same node" pairs --pairs 1 --qos 0 -p "$p1" --rate 1000
-run "QoS 0 1 pair, cross node" pairs --pairs 1 --qos 0 -p "$p1" --sub-port "$p2" --rate 1000
+if [[ "$DURABILITY" == none ]]; then
+    run "QoS 0 1 pair, same node" pairs --pairs 1 --qos 0 -p "$p1" --rate 1000
+    run "QoS 0 1 pair, cross node" pairs --pairs 1 --qos 0 -p "$p1" --sub-port "$p2" --rate 1000
+else
+    run "QoS 1 1 pair at 1000/s, same node" pairs --pairs 1 --qos 1 -p "$p1" --rate 1000
+    run "QoS 1 1 pair at 1000/s, cross node" pairs --pairs 1 --qos 1 -p "$p1" --sub-port "$p2" --rate 1000
+fi
 ctl 1 --json cluster status >"$work/status.json"
 links=$(python3 - "$work/status.json" <<'PY'
 import json, sys
@@ -98,7 +110,8 @@ for l in json.load(open(sys.argv[1]))["links"]:
     b = max(l["batches_out"], 1)
     print(f"- node 1 -> node {l['peer']}: {l['msgs_out']:,} publishes, {l['bytes_out']:,} bytes in "
           f"{l['batches_out']:,} writes ({l['msgs_out'] / b:.1f} publishes per write), "
-          f"dropped {l['dropped']}, rtt {l['rtt_us']} us")
+          f"dropped {l['dropped']}, rtt {l['rtt_us']} us, acked copies {l.get('acked_out', 0):,}, "
+          f"ack timeouts {l.get('ack_timeouts', 0)}")
 PY
 )
 commit="$(git rev-parse --short HEAD)"
@@ -109,7 +122,7 @@ report=$(
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
     echo "- CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; kernel $(uname -r)"
     echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "- nodes: \`ringmq --node-id N --cluster-peers ... --cores 1 --durability none --sys-interval-secs 0\`, unpinned, all on this machine with the generator"
+    echo "- nodes: \`ringmq --node-id N --cluster-peers ... --cores 1 --durability $DURABILITY --sys-interval-secs 0\`, unpinned, all on this machine with the generator"
     echo "- load: \`ringmq-bench pairs --payload $PAYLOAD --duration $DURATION --warmup $WARMUP${RATE:+ --rate $RATE}\`, publishers on node 1, subscribers on node 1 or node 2 (\`--sub-port\`)"
     if [[ -n "${NOTE:-}" ]]; then echo "- note: $NOTE"; fi
     echo
@@ -122,5 +135,7 @@ report=$(
     echo "$links"
 )
 echo "$report"
-out="${RESULTS:-bench/results/$(date -u +%Y-%m-%d)-cluster.md}"
+suffix=""
+if [[ "$DURABILITY" != none ]]; then suffix="-$DURABILITY"; fi
+out="${RESULTS:-bench/results/$(date -u +%Y-%m-%d)-cluster$suffix.md}"
 if [[ "$out" != - ]]; then echo "$report" >"$out"; echo "wrote $out" >&2; fi

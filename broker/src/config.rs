@@ -18,6 +18,7 @@ mod cluster;
 pub mod cluster_types;
 mod example;
 mod links;
+pub use links::LINK_PORT_OFFSET;
 mod load;
 mod shard;
 pub mod types;
@@ -288,6 +289,9 @@ section! {
         /// Longest a CONNECT waits for the cluster to record its session's owner; then v5 0x88 / 3.1.1 0x03
         #[arg(long, value_name = "DURATION", default_value = "3s")]
         pub cluster_claim_timeout: Millis,
+        /// Longest a QoS 1/2 PUBLISH (durability sync) waits for another node to answer that its copy is durable; then v5 PUBACK/PUBREC 0x83, 3.1.1 a close
+        #[arg(long, value_name = "DURATION", default_value = "5s")]
+        pub cluster_ack_timeout: Millis,
         /// Cluster links: this node's certificate chain, PEM (mutual TLS between nodes; empty: plain TCP)
         #[arg(long, value_name = "FILE", default_value = "")]
         pub cluster_tls_cert: OptPath,

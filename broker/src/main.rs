@@ -124,7 +124,8 @@ fn run(cli: &Cli, cfg: Config) -> i32 {
     if let Some(c) = &cluster {
         let started = c
             .start_fencing(handle.fencer())
-            .and_then(|()| c.start_wills(handle.will_publisher()));
+            .and_then(|()| c.start_wills(handle.will_publisher()))
+            .and_then(|()| c.start_link_membership(handle.link_peers()));
         if let Err(e) = started {
             handle.shutdown();
             let _ = handle.join();

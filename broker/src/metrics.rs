@@ -661,7 +661,7 @@ fn links(out: &mut String, s: &MetricsSnapshot) {
         return;
     }
     type F = fn(&crate::admin::backend::LinkMetrics) -> u64;
-    let rows: [(&str, &str, &str, F); 14] = [
+    let rows: [(&str, &str, &str, F); 22] = [
         (
             "cluster_link_up",
             "gauge",
@@ -745,6 +745,54 @@ fn links(out: &mut String, s: &MetricsSnapshot) {
             "gauge",
             "Filters the peer node has subscribers on.",
             |l| l.peer_routes,
+        ),
+        (
+            "cluster_link_acked_out_total",
+            "counter",
+            "Acked copies (QoS 1/2, durability sync) sent to the peer node.",
+            |l| l.acked_out,
+        ),
+        (
+            "cluster_link_acked_in_total",
+            "counter",
+            "Acked copies received from the peer node.",
+            |l| l.acked_in,
+        ),
+        (
+            "cluster_link_resent_total",
+            "counter",
+            "Acked copies written again on a new connection.",
+            |l| l.resent,
+        ),
+        (
+            "cluster_link_ack_timeouts_total",
+            "counter",
+            "Acked copies the peer did not answer in time (publishers refused).",
+            |l| l.ack_timeouts,
+        ),
+        (
+            "cluster_link_not_stored_total",
+            "counter",
+            "Acked copies the peer node could not store.",
+            |l| l.not_stored,
+        ),
+        (
+            "cluster_link_unacked",
+            "gauge",
+            "Acked copies waiting for the peer node's answer.",
+            |l| l.unacked,
+        ),
+        (
+            "cluster_link_retained_out_total",
+            "counter",
+            "Retained messages sent to the peer node when the link came up.",
+            |l| l.retained_out,
+        ),
+        (
+            "cluster_link_retained_in_total",
+            "counter",
+            "Retained messages of the peer node kept here (newer than ours).",
+            |l| l.retained_in,
         ),
     ];
     for (name, kind, help, f) in rows {

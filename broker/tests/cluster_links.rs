@@ -36,15 +36,25 @@ struct Cluster {
     nodes: Vec<Option<Broker>>,
     link_ports: Vec<u16>,
     shards: usize,
+    durability: ringmq_shard::config::Durability,
 }
 
 impl Cluster {
     fn start(n: usize, shards: usize) -> Cluster {
+        Cluster::start_with(n, shards, ringmq_shard::config::Durability::None)
+    }
+
+    fn start_with(
+        n: usize,
+        shards: usize,
+        durability: ringmq_shard::config::Durability,
+    ) -> Cluster {
         let link_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut c = Cluster {
             nodes: (0..n).map(|_| None).collect(),
             link_ports,
             shards,
+            durability,
         };
         for i in 0..n {
             c.boot(i);
@@ -66,9 +76,11 @@ impl Cluster {
 
     fn boot(&mut self, i: usize) {
         let cc = self.config(i);
+        let durability = self.durability;
         self.nodes[i] = Some(Broker::start_with(self.shards, move |cfg| {
             cfg.cluster = Some(cc);
             cfg.sys_interval = Duration::ZERO;
+            cfg.durability = durability;
         }));
     }
 
@@ -90,12 +102,10 @@ impl Cluster {
     /// Node `i`'s link to node id `peer`.
     fn link(&self, i: usize, peer: u64) -> Arc<LinkStats> {
         let st = self.stats(i);
-        let l = st
-            .links
-            .iter()
+        st.links()
+            .into_iter()
             .find(|l| l.peer == peer)
-            .expect("a link to that peer");
-        l.clone()
+            .expect("a link to that peer")
     }
 
     /// Every running node's every link to a running node is up.
@@ -145,6 +155,64 @@ cluster_matrix! {
     fn a_share_group_spanning_nodes_gets_each_message_once;
     fn retained_messages_are_seen_from_every_node;
     fn last_unsubscribe_removes_the_route;
+    fn qos_1_and_2_under_sync_wait_for_every_nodes_durable_copy;
+}
+
+/// `--durability sync`: the publisher's PUBACK/PUBREC comes once nodes 2 and 3 answered that
+/// their copies are durable (acked copies, one per node, confirmed by every shard there that
+/// took one); every subscriber gets each message once, in order.
+async fn qos_1_and_2_under_sync_wait_for_every_nodes_durable_copy(proto: Proto, shards: usize) {
+    use common::persist::Inbox;
+    use common::raw::publish_packet;
+    use ringmq_codec::{Packet, ReasonCode};
+    let c = Cluster::start_with(3, shards, ringmq_shard::config::Durability::Sync);
+    c.wait_links().await;
+    // Four subscribers per node: with two shards, most likely on both.
+    let mut subs = Vec::new();
+    for node in [1, 2] {
+        for k in 0..4 {
+            let mut s = c.client(proto, node, &format!("s{node}-{k}")).await;
+            s.subscribe("y/#", 2).await;
+            subs.push(s);
+        }
+    }
+    let v = common::raw::version(proto);
+    let (raw, _) = Raw::connect(c.addr(0), v, "y-pub", true).await;
+    let mut publ = Inbox::new(raw);
+    for i in 0..30u16 {
+        let q = 1 + (i % 2) as u8;
+        let p = publish_packet("y/t", q, false, i + 1, format!("{i}").as_bytes());
+        publ.conn.send(&Packet::Publish(p)).await;
+    }
+    publ.until(WAIT * 2, "30 acknowledgements", |i| {
+        i.acks
+            .iter()
+            .filter(|a| matches!(a, Packet::PubAck(_) | Packet::PubComp(_)))
+            .count()
+            == 30
+    })
+    .await;
+    for a in &publ.acks {
+        if let Packet::PubAck(r) | Packet::PubRec(r) = a {
+            assert_eq!(r.reason, ReasonCode::Success, "{a:?}");
+        }
+    }
+    for s in &mut subs {
+        let got: Vec<String> = s
+            .recv_n(30, "30 in order")
+            .await
+            .iter()
+            .map(|m| m.text().to_string())
+            .collect();
+        assert_eq!(got, (0..30).map(|i| i.to_string()).collect::<Vec<_>>());
+        s.expect_none(Duration::ZERO, "nothing twice").await;
+    }
+    for (peer, i) in [(2, 1), (3, 2)] {
+        let out = c.link(0, peer);
+        assert_eq!(out.acked_out.get(), 30, "node 1 -> {peer}");
+        assert_eq!(out.unacked.get(), 0);
+        assert_eq!(c.link(i, 1).acked_in.get(), 30, "node {peer} <- 1");
+    }
 }
 
 /// Publisher on node 1, subscribers on nodes 2 and 3 with overlapping filters; each publish
@@ -507,6 +575,7 @@ async fn links_with_mutual_tls_deliver_and_refuse_a_foreign_certificate() {
         nodes: (0..3).map(|_| None).collect(),
         link_ports,
         shards: 1,
+        durability: ringmq_shard::config::Durability::None,
     };
     for i in 0..3 {
         let mut cc = c.config(i);

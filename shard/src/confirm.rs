@@ -117,6 +117,13 @@ pub(crate) fn await_confirms(
     );
 }
 
+/// `n` more answers (other nodes' acked copies) settle the publish behind `token`.
+pub(crate) fn expect_more(shard: &Shard, token: u64, n: usize) {
+    if let Some(w) = shard.confirms.borrow_mut().waiting.get_mut(&token) {
+        w.left += n;
+    }
+}
+
 /// True when session `sid` has remote copies waiting for a prepare commit:
 /// its next copies must queue behind them.
 pub(crate) fn deferring(shard: &Shard, sid: SessionId) -> bool {
@@ -283,6 +290,9 @@ fn answer(shard: &Rc<Shard>, token: u64, refused: Option<ReasonCode>, fate: Fate
     let w = {
         let mut c = shard.confirms.borrow_mut();
         let Some(w) = c.waiting.get_mut(&token) else {
+            drop(c);
+            // Not a publish of this shard's clients: a copy from another node.
+            crate::cluster::copy_answered(shard, token, refused);
             return;
         };
         w.left = w.left.saturating_sub(1);
@@ -359,6 +369,10 @@ fn settle_refused(shard: &Rc<Shard>, token: u64, w: Waiting, code: ReasonCode, w
         // again (the connection is alive: the session is the same one).
         if let Some(s) = shard.sessions.borrow_mut().get_mut(sid as usize) {
             s.inbound_qos2.retain(|i| *i != id.get());
+            if let Some(k) = s.key {
+                // Stored with the local copies when only other nodes were waited for.
+                shard.store.delete_inbound_qos2(k, id).detach();
+            }
         }
     }
     if let Some(r) = w.row.as_ref().filter(|_| v5 || w.unprepared) {
@@ -372,6 +386,10 @@ fn settle_refused(shard: &Rc<Shard>, token: u64, w: Waiting, code: ReasonCode, w
     }
     match conn {
         Some(conn) if v5 => conn.refuse_ack(token, code),
+        // Another node did not answer for its copy (`cluster/acks.rs`).
+        Some(conn) if code == ReasonCode::ImplementationSpecificError => {
+            protocol_close(&conn, code, CloseReason::ClusterUnavailable)
+        }
         Some(conn) => protocol_close(&conn, code, CloseReason::StorageError),
         None => {}
     }
@@ -534,6 +552,7 @@ pub(crate) fn resume(shard: &Rc<Shard>, mut list: Vec<Resume>) {
                 publish: publish.clone(),
                 origin: None,
                 confirm,
+                peer: None,
             });
             let item = match &t.group {
                 Some(g) => MeshItem::SharedPublish(routed, g.clone()),

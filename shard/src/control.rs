@@ -30,6 +30,9 @@ pub enum Control {
     /// Publish a will a survivor took from the cluster's will registry for
     /// a client of a dead node (`crate::wills`), as this shard's own.
     PublishWill(Box<ringmq_codec::LastWill>),
+    /// The cluster's members changed (shard 0): node links to the nodes
+    /// added, and none to the nodes gone (`cluster::set_peers`).
+    ClusterPeers(Vec<crate::cluster::Peer>),
     /// Ask something; the reply goes to the sender.
     Query(Query, flume::Sender<Reply>),
     /// Shard 0 of a cluster node: ask other nodes over the node links

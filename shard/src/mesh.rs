@@ -60,6 +60,9 @@ pub struct Routed {
     pub origin: Option<(ShardId, u32)>,
     /// Durability `sync`: reply `Confirm(token)` once this copy is durable.
     pub confirm: Option<ConfirmReq>,
+    /// An acked copy from another node: delivered only if this shard has
+    /// not had it yet (a copy resent after a link break).
+    pub peer: Option<crate::cluster::PeerStamp>,
 }
 
 /// What the receiver of a routed copy owes its sender (durability `sync`).

@@ -144,14 +144,24 @@ fn exactly_once(
             };
             let kept = p.clone();
             let mut held = Vec::new();
-            crate::route::route_to(shard, p, Some(sid), Some(req), Some(&mut held));
+            let n = crate::route::route_to(shard, p, Some(sid), Some(req), Some(&mut held));
+            // Other nodes given an acked copy answer under the token too.
+            let nodes = n - held.len();
             if held.is_empty() {
-                if quota_exceeded(shard, conn, 0) {
+                if quota_exceeded(shard, conn, nodes) {
                     return qos2_refused(shard, sid, conn, id);
                 }
                 // Same batch as the local copies: one transaction.
                 shard.store.put_inbound_qos2(k, id, None).detach();
-                conn.ack(pubrec, None);
+                let fate = shard.tally.fate();
+                ack(
+                    shard,
+                    conn,
+                    pubrec,
+                    (Some(token), nodes),
+                    fate,
+                    Some((sid, id)),
+                );
             } else {
                 let fate = shard.tally.fate();
                 crate::confirm::prepare(
@@ -165,6 +175,7 @@ fn exactly_once(
                     pubrec,
                     fate,
                 );
+                crate::confirm::expect_more(shard, token, nodes);
             }
         }
         (true, None) => {

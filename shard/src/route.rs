@@ -28,7 +28,8 @@ pub(crate) fn route(
 
 /// [`route`], with the copies for other shards appended to `held` (to send
 /// later, in order) instead of the mesh outbox when it is given. Local
-/// deliveries happen now either way.
+/// deliveries happen now either way. With `confirm`, the count includes the
+/// other nodes given a copy (each answers once its copy is durable there).
 pub(crate) fn route_to(
     shard: &Rc<Shard>,
     p: Publish,
@@ -37,27 +38,41 @@ pub(crate) fn route_to(
     held: Option<&mut Vec<(usize, MeshItem)>>,
 ) -> usize {
     // Other nodes first: their copy leaves with this tick's link batch.
-    let elsewhere = crate::cluster::forward(shard, &p);
-    route_here(
-        shard,
-        p,
-        publisher,
-        confirm,
-        held,
-        Groups::Except(&elsewhere),
-    )
+    let (elsewhere, nodes) = crate::cluster::forward(shard, &p, confirm.map(|c| c.token));
+    nodes
+        + route_here(
+            shard,
+            p,
+            publisher,
+            (confirm, None),
+            held,
+            Groups::Except(&elsewhere),
+        )
 }
 
 /// A publish another node forwarded (its publisher's node matched it against
 /// this node's routes): routed on this node only, never onward; share groups
-/// are served by the node the publisher's node picked for each.
-pub(crate) fn route_from_peer(shard: &Rc<Shard>, p: Publish) {
-    route_here(shard, p, None, None, None, Groups::None);
+/// are served by the node the publisher's node picked for each. An acked copy
+/// (`peer`) asks every shard given a copy to confirm under `confirm`, and is
+/// delivered only where it was not before; returns how many other shards got it.
+pub(crate) fn route_from_peer(
+    shard: &Rc<Shard>,
+    p: Publish,
+    confirm: Option<ConfirmReq>,
+    peer: Option<crate::cluster::PeerStamp>,
+) -> usize {
+    route_here(shard, p, None, (confirm, peer), None, Groups::None)
 }
 
 /// A publish another node picked this node for, for one share group only.
-pub(crate) fn route_shared_from_peer(shard: &Rc<Shard>, p: Publish, group: &TopicFilter) {
-    route_here(shard, p, None, None, None, Groups::Only(group));
+pub(crate) fn route_shared_from_peer(
+    shard: &Rc<Shard>,
+    p: Publish,
+    group: &TopicFilter,
+    confirm: Option<ConfirmReq>,
+    peer: Option<crate::cluster::PeerStamp>,
+) -> usize {
+    route_here(shard, p, None, (confirm, peer), None, Groups::Only(group))
 }
 
 /// Which share groups a routing on this node serves.
@@ -76,11 +91,15 @@ fn route_here(
     shard: &Rc<Shard>,
     p: Publish,
     publisher: Option<SessionId>,
-    confirm: Option<ConfirmReq>,
+    (confirm, peer): (Option<ConfirmReq>, Option<crate::cluster::PeerStamp>),
     mut held: Option<&mut Vec<(usize, MeshItem)>>,
     groups: Groups<'_>,
 ) -> usize {
     let plain = !matches!(groups, Groups::Only(_));
+    // A resent copy this shard delivered before goes to the other shards
+    // (each judges its own) but not to this shard's sessions again.
+    let here = peer.is_none_or(|s| crate::cluster::fresh(shard, s));
+    let ops = shard.store.pending_ops();
     let mut send = |to: usize, item: MeshItem| match held.as_deref_mut() {
         Some(h) => h.push((to, item)),
         None => shard.mesh.push(to, item),
@@ -126,12 +145,15 @@ fn route_here(
                 publish: p.clone(),
                 origin: publisher.map(|sid| (me, sid)),
                 confirm,
+                peer,
             })),
         );
     }
     for t in shared {
         if t.shard == me {
-            deliver_shared_local(shard, &t.filter, &p);
+            if here {
+                deliver_shared_local(shard, &t.filter, &p);
+            }
         } else {
             remote += 1;
             send(
@@ -141,16 +163,31 @@ fn route_here(
                         publish: p.clone(),
                         origin: None,
                         confirm,
+                        peer,
                     }),
                     t.filter,
                 ),
             );
         }
     }
-    if shards.contains(me) {
+    if here && shards.contains(me) {
         deliver_local(shard, &p, publisher);
     }
+    if let (true, Some(s)) = (here, peer) {
+        crate::cluster::delivered(shard, s, ops);
+    }
     remote
+}
+
+/// A retained message another node holds (sent when their link came up):
+/// stored durably here and replicated on every shard, delivered to nobody.
+pub(crate) fn retain_only(shard: &Rc<Shard>, p: Publish) {
+    let kept = crate::retained::detach(&p);
+    persist_retained(shard, &kept);
+    shard
+        .mesh
+        .broadcast(|| MeshItem::Retain(Box::new(kept.clone())));
+    store_retained(shard, kept);
 }
 
 /// The publisher's shard stores the retained message durably (other shards

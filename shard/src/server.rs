@@ -507,6 +507,11 @@ impl ServerHandle {
     pub fn will_publisher(&self) -> crate::wills::WillPublisher {
         crate::wills::WillPublisher::new(self.controls.clone())
     }
+
+    /// The way to tell the node links who the cluster's other nodes are now.
+    pub fn link_peers(&self) -> crate::cluster::PeerSetter {
+        crate::cluster::PeerSetter::new(self.controls[0].clone())
+    }
     /// Node-wide access state: bans, the ACL in force, the reload registry.
     pub fn access(&self) -> &Arc<crate::access::Shared> {
         &self.access

@@ -209,6 +209,7 @@ pub(crate) async fn run(init: ShardInit) {
     // spawned task at once, so a receiver (or acceptor) spawned first could
     // apply a peer's message (or serve a client) before the sessions exist.
     crate::persist::restore(&shard, init.recovered, &init.retained);
+    crate::cluster::seed(&shard);
     for (from, rx) in receivers {
         let shard = shard.clone();
         spawn_local(async move {
@@ -254,6 +255,7 @@ pub(crate) async fn run(init: ShardInit) {
                 crate::ownership::fence(&shard, &client_id, epoch);
             }
             Control::PublishWill(w) => crate::route::publish_will(&shard, *w),
+            Control::ClusterPeers(peers) => crate::cluster::set_peers(&shard, peers),
             Control::Query(q, reply) => {
                 let _ = reply.send(crate::admin::answer(&shard, q));
             }
@@ -374,14 +376,18 @@ fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
     match item {
         MeshItem::Publish(r) => {
             shard.tally.reset();
-            crate::route::deliver_local(shard, &r.publish, None);
+            crate::cluster::deliver_once(shard, r.peer, || {
+                crate::route::deliver_local(shard, &r.publish, None)
+            });
             if let Some(t) = r.confirm {
                 crate::persist::owe(shard, from, t, shard.tally.fate());
             }
         }
         MeshItem::SharedPublish(r, group) => {
             shard.tally.reset();
-            crate::route::deliver_shared_local(shard, &group, &r.publish);
+            crate::cluster::deliver_once(shard, r.peer, || {
+                crate::route::deliver_shared_local(shard, &group, &r.publish)
+            });
             if let Some(t) = r.confirm {
                 crate::persist::owe(shard, from, t, shard.tally.fate());
             }

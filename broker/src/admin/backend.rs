@@ -351,6 +351,22 @@ pub struct LinkMetrics {
     pub syncs_out: u64,
     pub digest_mismatches: u64,
     pub peer_routes: u64,
+    #[serde(default)]
+    pub acked_out: u64,
+    #[serde(default)]
+    pub acked_in: u64,
+    #[serde(default)]
+    pub resent: u64,
+    #[serde(default)]
+    pub ack_timeouts: u64,
+    #[serde(default)]
+    pub not_stored: u64,
+    #[serde(default)]
+    pub unacked: u64,
+    #[serde(default)]
+    pub retained_out: u64,
+    #[serde(default)]
+    pub retained_in: u64,
 }
 
 impl LinkMetrics {
@@ -375,6 +391,14 @@ impl LinkMetrics {
             syncs_out: l.syncs_out.get(),
             digest_mismatches: l.digest_mismatches.get(),
             peer_routes: l.peer_routes.get(),
+            acked_out: l.acked_out.get(),
+            acked_in: l.acked_in.get(),
+            resent: l.resent.get(),
+            ack_timeouts: l.ack_timeouts.get(),
+            not_stored: l.not_stored.get(),
+            unacked: l.unacked.get(),
+            retained_out: l.retained_out.get(),
+            retained_in: l.retained_in.get(),
         }
     }
 }

@@ -182,6 +182,7 @@ pub fn cluster_status(v: &Value) -> String {
                 "dropped",
                 "rtt_us",
                 "peer_routes",
+                "unacked",
             ];
             let rows: Vec<Value> = links
                 .iter()

@@ -342,7 +342,7 @@ impl AdminBackend for ShardBackend {
         let me = self.cluster.as_ref().map(|c| c.id());
         let peers: Vec<u64> = self
             .with(|h| h.cluster_stats())?
-            .map_or_else(Vec::new, |c| c.links.iter().map(|l| l.peer).collect());
+            .map_or_else(Vec::new, |c| c.links().iter().map(|l| l.peer).collect());
         let Some(me) = me else {
             return super::backend::clients_alone(self, scope);
         };
@@ -553,7 +553,7 @@ impl AdminBackend for ShardBackend {
                 shards,
                 bans: Some(ban_metrics(&h.access().bans)),
                 links: h.cluster_stats().map_or_else(Vec::new, |c| {
-                    c.links
+                    c.links()
                         .iter()
                         .map(|l| super::backend::LinkMetrics::of(l))
                         .collect()

@@ -8,6 +8,7 @@
 //! - `gate.rs`: [`ringmq_shard::ownership::OwnershipGate`] on the raft
 //!   crate's batched ownership CAS.
 //! - `fence.rs`: ownership changes applied here -> fences to the shards.
+//! - `members.rs`: membership changes -> the node links (nodes added at run time).
 //! - `status.rs`: `ctl cluster status` (JSON) and membership changes.
 //! - `stats.rs`: claim/conflict/fencing counters, claim latency histogram.
 //! - `wills.rs`: wills registered in the metadata; the wills of a dead
@@ -15,6 +16,7 @@
 
 mod fence;
 mod gate;
+mod members;
 pub mod stats;
 mod status;
 pub mod wills;
@@ -37,6 +39,7 @@ pub struct Cluster {
     wills_tx: flume::Sender<wills::Req>,
     wills_rx: Mutex<Option<flume::Receiver<wills::Req>>>,
     will_stats: Arc<wills::WillStats>,
+    members_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -62,6 +65,7 @@ impl Cluster {
             stats: Arc::default(),
             claim_timeout,
             fence_thread: Mutex::new(None),
+            members_thread: Mutex::new(None),
         }))
     }
 
@@ -127,6 +131,19 @@ impl Cluster {
 
     pub fn will_stats(&self) -> &wills::WillStats {
         &self.will_stats
+    }
+
+    /// Keeps the node links in step with the membership (nodes added or removed at run time).
+    pub fn start_link_membership(
+        &self,
+        links: ringmq_shard::cluster::PeerSetter,
+    ) -> Result<(), String> {
+        let t = members::start(self.handle.clone(), links)?;
+        *self
+            .members_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(t);
+        Ok(())
     }
 
     pub fn stats(&self) -> &ClusterStats {

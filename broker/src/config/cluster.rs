@@ -94,6 +94,10 @@ impl Config {
             let v = c.cluster_claim_timeout;
             return bad("cluster_claim_timeout", &v, "must be in 100ms..=60s");
         }
+        if !(100..=600_000).contains(&c.cluster_ack_timeout.0) {
+            let v = c.cluster_ack_timeout;
+            return bad("cluster_ack_timeout", &v, "must be in 100ms..=600s");
+        }
         if c.cluster_snapshot_every == 0 {
             return bad("cluster_snapshot_every", &0, "must be at least 1");
         }

@@ -188,7 +188,7 @@ fn wait_ready(nodes: &[Node]) {
         let links_up = nodes.iter().all(|n| {
             n.handle
                 .cluster_stats()
-                .is_some_and(|c| c.links.iter().all(|l| l.up.get() == 1))
+                .is_some_and(|c| c.links().iter().all(|l| l.up.get() == 1))
         });
         if same_leader && links_up {
             return;

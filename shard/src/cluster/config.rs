@@ -33,6 +33,9 @@ pub struct ClusterConfig {
     /// long is closed: its peer is cut off or stuck, and the link must read as
     /// down (SUBACKs stop waiting for it, the dialer reconnects, a full sync follows).
     pub link_silence: Duration,
+    /// How long a QoS 1/2 publish (durability `sync`) waits for a target
+    /// node's answer that its copy is durable; then the publisher is refused.
+    pub durable_ack_timeout: Duration,
     /// Mutual TLS on the links (`None`: plain TCP).
     pub tls: Option<super::tls::LinkTls>,
 }
@@ -54,6 +57,7 @@ impl ClusterConfig {
             route_ack_timeout: Duration::from_secs(5),
             digest_interval: Duration::from_secs(5),
             link_silence: Duration::from_secs(5),
+            durable_ack_timeout: Duration::from_secs(5),
             tls: None,
         }
     }

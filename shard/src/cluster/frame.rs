@@ -32,6 +32,13 @@ const SHARED_PUBLISH: u8 = 12;
 // 0x50-0x5F: operator questions between nodes (`ops.rs`).
 const CLIENTS_ASK: u8 = 0x50;
 const CLIENTS_ANSWER: u8 = 0x51;
+// Durable delivery (0x40-0x4F): `cluster/acks.rs`.
+const ACKED_PUBLISH: u8 = 0x40;
+const ACKED_SHARED: u8 = 0x41;
+const DURABLE: u8 = 0x42;
+const NOT_STORED: u8 = 0x43;
+/// Retained messages sent when a link comes up (`cluster/retained.rs`).
+const RETAINED: u8 = 0x44;
 // 0x20-0x2F: session handover (`handover.rs`).
 const SESSION_FETCH: u8 = 0x20;
 const SESSION_SHIP: u8 = 0x21;
@@ -93,6 +100,34 @@ pub enum Frame {
         total: u32,
         rows: Bytes,
     },
+    /// A QoS 1/2 publish (durability `sync`) the sender waits for: answered
+    /// by `Durable` once every copy on the receiver is durable. `stamp`
+    /// orders the sender's copies (a resent one is known by it).
+    AckedPublish {
+        stamp: Stamp,
+        publish: Bytes,
+    },
+    /// The same, for one member of share group `group` on the receiver.
+    AckedShared {
+        stamp: Stamp,
+        group: TopicFilter,
+        publish: Bytes,
+    },
+    /// Every acked publish up to this id (of the sender's current stream) is
+    /// durable on the sender of this frame (or was answered `NotStored`).
+    Durable(u64),
+    /// The receiver could not store its copy of acked publish `id`
+    /// (an MQTT reason code: 0x97 quota, 0x80 otherwise).
+    NotStored {
+        id: u64,
+        code: u8,
+    },
+    /// A retained message of the sender, set at `at_ms` (unix ms), sent when
+    /// the link comes up: the receiver keeps it unless it has a newer one.
+    Retained {
+        at_ms: u64,
+        publish: Bytes,
+    },
     /// The sender's node won session `client`'s ownership at `epoch` from the
     /// receiver: close it there and ship it (answered by `SessionShip{req}`).
     SessionFetch {
@@ -106,6 +141,28 @@ pub enum Frame {
         req: u64,
         snapshot: Option<Bytes>,
     },
+}
+
+impl Frame {
+    /// A retained message the sender holds, set at `at_ms` (unix ms), sent when the link
+    /// comes up: `mqtt` is the PUBLISH bytes of a `Publish` frame (after its 5-byte header).
+    pub fn encode_retained(at_ms: u64, mqtt: &[u8], out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u32(0);
+        out.put_u8(RETAINED);
+        out.put_u64(at_ms);
+        out.put_slice(mqtt);
+        finish(out, start);
+    }
+}
+
+/// Where an acked publish stands in its sender's stream: `stream` is
+/// fixed for one run of the sending node (a fresh value per start), `id`
+/// grows by one per acked publish on each link, in the order written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    pub stream: u64,
+    pub id: u64,
 }
 
 /// The first frame on a link, each way.
@@ -165,6 +222,25 @@ pub fn encode_shared_publish(group: &TopicFilter, p: &Publish, out: &mut BytesMu
     }
     // The PUBLISH bytes without their own frame header.
     out.put_slice(&inner[5..]);
+    finish(out, start);
+}
+
+/// Appends an acked publish frame: `mqtt` is the PUBLISH bytes of a
+/// `Publish` frame (after its 5-byte frame header), `group` for a share group.
+pub fn encode_acked(stamp: Stamp, group: Option<&TopicFilter>, mqtt: &[u8], out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(if group.is_some() {
+        ACKED_SHARED
+    } else {
+        ACKED_PUBLISH
+    });
+    out.put_u64(stamp.stream);
+    out.put_u64(stamp.id);
+    if let Some(g) = group {
+        put_str(out, g.as_str());
+    }
+    out.put_slice(mqtt);
     finish(out, start);
 }
 
@@ -228,6 +304,34 @@ impl Frame {
                 out.put_u8(DIGEST);
                 out.put_u32(*count);
                 out.put_u64(*hash);
+            }
+            Frame::AckedPublish { stamp, publish } => {
+                out.truncate(start);
+                encode_acked(*stamp, None, publish, out);
+                return;
+            }
+            Frame::AckedShared {
+                stamp,
+                group,
+                publish,
+            } => {
+                out.truncate(start);
+                encode_acked(*stamp, Some(group), publish, out);
+                return;
+            }
+            Frame::Durable(upto) => {
+                out.put_u8(DURABLE);
+                out.put_u64(*upto);
+            }
+            Frame::NotStored { id, code } => {
+                out.put_u8(NOT_STORED);
+                out.put_u64(*id);
+                out.put_u8(*code);
+            }
+            Frame::Retained { at_ms, publish } => {
+                out.truncate(start);
+                Frame::encode_retained(*at_ms, publish, out);
+                return;
             }
             Frame::Resync => out.put_u8(RESYNC),
             Frame::Ping(n) | Frame::Pong(n) => {
@@ -360,6 +464,47 @@ impl Frame {
                 Frame::Digest {
                     count: body.get_u32(),
                     hash: body.get_u64(),
+                }
+            }
+            ACKED_PUBLISH | ACKED_SHARED => {
+                need(&body, 16, "acked publish")?;
+                let stamp = Stamp {
+                    stream: body.get_u64(),
+                    id: body.get_u64(),
+                };
+                if kind == ACKED_PUBLISH {
+                    Frame::AckedPublish {
+                        stamp,
+                        publish: std::mem::take(&mut body),
+                    }
+                } else {
+                    let group = get_filter(&mut body)?;
+                    if group.shared().is_none() {
+                        return Err(FrameError::BadFilter);
+                    }
+                    Frame::AckedShared {
+                        stamp,
+                        group,
+                        publish: std::mem::take(&mut body),
+                    }
+                }
+            }
+            DURABLE => {
+                need(&body, 8, "durable")?;
+                Frame::Durable(body.get_u64())
+            }
+            NOT_STORED => {
+                need(&body, 9, "not stored")?;
+                Frame::NotStored {
+                    id: body.get_u64(),
+                    code: body.get_u8(),
+                }
+            }
+            RETAINED => {
+                need(&body, 8, "retained")?;
+                Frame::Retained {
+                    at_ms: body.get_u64(),
+                    publish: std::mem::take(&mut body),
                 }
             }
             RESYNC => Frame::Resync,
@@ -526,6 +671,22 @@ mod tests {
             total: 1,
             rows: Bytes::from_static(b"\0\0\0\0"),
         });
+        let stamp = Stamp { stream: 77, id: 5 };
+        round_trip(Frame::AckedPublish {
+            stamp,
+            publish: Bytes::from_static(b"\x32\x05\x00\x01a\x00\x01"),
+        });
+        round_trip(Frame::AckedShared {
+            stamp,
+            group: filter("$share/g/a/#"),
+            publish: Bytes::from_static(b"\x32\x05\x00\x01a\x00\x01"),
+        });
+        round_trip(Frame::Durable(41));
+        round_trip(Frame::NotStored { id: 9, code: 0x97 });
+        round_trip(Frame::Retained {
+            at_ms: 1_700_000_000_000,
+            publish: Bytes::from_static(b"\x31\x03\x00\x01a"),
+        });
         round_trip(Frame::SessionFetch {
             req: 1 << 48 | 3,
             epoch: 77,
@@ -585,6 +746,30 @@ mod tests {
             Err(FrameError::Truncated("route sync"))
         );
         assert!(decode_publish(Bytes::from_static(b"\x30\x05garbage")).is_err());
+        // Acked frames: a stamp cut short, a share group that is not one, a short answer.
+        let mut b = BytesMut::from(&[0, 0, 0, 9, ACKED_PUBLISH, 0, 0, 0, 0, 0, 0, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("acked publish"))
+        );
+        let mut b = BytesMut::new();
+        encode_acked(
+            Stamp { stream: 1, id: 1 },
+            Some(&filter("plain/filter")),
+            b"\x30\x03\x00\x01a",
+            &mut b,
+        );
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::BadFilter));
+        let mut b = BytesMut::from(&[0, 0, 0, 5, NOT_STORED, 0, 0, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("not stored"))
+        );
+        let mut b = BytesMut::from(&[0, 0, 0, 3, RETAINED, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("retained"))
+        );
     }
 
     #[test]

@@ -27,16 +27,18 @@ struct Waiter {
 }
 
 pub(crate) struct Hub {
-    cfg: Arc<ClusterConfig>,
+    pub(super) cfg: Arc<ClusterConfig>,
+    /// Acked copies (durability `sync`) both ways.
+    pub(super) durable: super::acks::Acks,
     pub stats: Arc<ClusterStats>,
-    /// By slot - 1.
-    pub(super) links: Vec<Rc<Link>>,
+    /// By slot - 1; a link to a node that left stays, retired (slots are never reused).
+    pub(super) links: RefCell<Vec<Rc<Link>>>,
     /// Every shard's control channel (`ops.rs` gathers client lists through them).
     pub(super) controls: Vec<flume::Sender<crate::control::Control>>,
     /// Questions asked of peers and not answered yet (`ops.rs`).
     pub(super) asks: RefCell<HashMap<u64, super::ops::Pending>>,
     pub(super) next_ask: Cell<u64>,
-    book: RefCell<RouteBook>,
+    pub(super) book: RefCell<RouteBook>,
     waiters: RefCell<Vec<Waiter>>,
     /// Route acks owed to a peer once every local shard applied its change: token -> (replies left, slot, seq).
     acks: RefCell<HashMap<u64, (usize, Slot, u64)>>,
@@ -59,7 +61,7 @@ impl Hub {
         let links = cfg
             .peers
             .iter()
-            .zip(&stats.links)
+            .zip(stats.links())
             .enumerate()
             .map(|(i, (p, st))| {
                 Rc::new(Link::new(
@@ -67,14 +69,15 @@ impl Hub {
                     p.clone(),
                     cfg.node_id,
                     cfg.link_queue_bytes,
-                    st.clone(),
+                    st,
                 ))
             })
             .collect();
         Hub {
             cfg,
+            durable: super::acks::Acks::new(),
             stats,
-            links,
+            links: RefCell::new(links),
             controls,
             asks: RefCell::default(),
             next_ask: Cell::new(0),
@@ -91,21 +94,10 @@ impl Hub {
 
     /// Starts the link tasks: dialers, the acceptor, tickers, the waiter deadline sweep.
     pub fn start(self: &Rc<Self>, shard: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
-        let mut tasks = self.tasks.borrow_mut();
-        for l in &self.links {
-            if l.dials {
-                let d = link::dial_loop(shard.clone(), self.clone(), l.clone());
-                tasks.push(glommio::spawn_local(d));
-            }
-            let t = link::tick_loop(
-                shard.clone(),
-                self.clone(),
-                l.clone(),
-                self.cfg.digest_interval,
-                self.cfg.link_silence,
-            );
-            tasks.push(glommio::spawn_local(t));
+        for l in self.live() {
+            self.run_link(shard, &l);
         }
+        let mut tasks = self.tasks.borrow_mut();
         if let Some(l) = listener {
             use std::os::fd::AsRawFd;
             self.listen_fd.set(l.as_raw_fd());
@@ -115,10 +107,38 @@ impl Hub {
         tasks.push(glommio::spawn_local(sweep(shard.clone(), self.clone())));
     }
 
+    /// Starts one link's tasks: its dialer (when this node dials) and its ticker.
+    pub fn run_link(self: &Rc<Self>, shard: &Rc<Shard>, l: &Rc<Link>) {
+        let mut tasks = l.tasks.borrow_mut();
+        if l.dials {
+            let d = link::dial_loop(shard.clone(), self.clone(), l.clone());
+            tasks.push(glommio::spawn_local(d));
+        }
+        let t = link::tick_loop(
+            shard.clone(),
+            self.clone(),
+            l.clone(),
+            self.cfg.digest_interval,
+            self.cfg.link_silence,
+        );
+        tasks.push(glommio::spawn_local(t));
+    }
+
+    /// The links to the nodes in the cluster now.
+    pub fn live(&self) -> Vec<Rc<Link>> {
+        self.links
+            .borrow()
+            .iter()
+            .filter(|l| !l.retired.get())
+            .cloned()
+            .collect()
+    }
+
     /// At shutdown: every link closes (peers see it at once) and the link port is released.
     pub async fn stop(&self) {
-        for l in &self.links {
+        for l in self.live() {
             l.close();
+            l.tasks.borrow_mut().clear();
         }
         self.tasks.borrow_mut().clear();
         let fd = self.listen_fd.replace(-1);
@@ -166,7 +186,7 @@ impl Hub {
                 return Err(format!("dialed node {e} but node {} answered", h.node));
             }
         }
-        match self.links.iter().find(|l| l.peer.id == h.node) {
+        match self.live().into_iter().find(|l| l.peer.id == h.node) {
             // The lower id dials: an accepted hello must come from a lower id.
             Some(l) if expect.is_some() || !l.dials => Ok(l.clone()),
             Some(_) => Err(format!(
@@ -178,6 +198,15 @@ impl Hub {
                 h.node, self.cfg.node_id
             )),
         }
+    }
+
+    /// The link of peer `slot`.
+    pub fn link_of(&self, slot: Slot) -> Option<Rc<Link>> {
+        self.links
+            .borrow()
+            .get((slot as usize).checked_sub(1)?)
+            .filter(|l| !l.retired.get())
+            .cloned()
     }
 
     pub fn now_us(&self) -> u64 {
@@ -203,7 +232,7 @@ impl Hub {
                 filter: filter.clone(),
             },
         };
-        for l in self.links.iter().filter(|l| l.is_up()) {
+        for l in self.live().iter().filter(|l| l.is_up()) {
             l.push_frame(&f);
             l.stats.routes_out.inc();
         }
@@ -249,8 +278,9 @@ impl Hub {
 
     fn acked(&self, seq: u64) -> bool {
         self.links
+            .borrow()
             .iter()
-            .all(|l| !l.is_up() || l.acked.get() >= seq)
+            .all(|l| l.retired.get() || !l.is_up() || l.acked.get() >= seq)
     }
 
     /// Runs the waiters that are satisfied (or, with `now`, past their deadline).
@@ -337,7 +367,7 @@ impl Hub {
             acks.remove(&token)
         };
         if let Some((_, slot, seq)) = done {
-            if let Some(l) = self.links.get(slot as usize - 1) {
+            if let Some(l) = self.link_of(slot) {
                 l.push_frame(&Frame::RouteAck(seq));
             }
         }
@@ -347,7 +377,7 @@ impl Hub {
 
     /// Asks peer `slot` for `client`'s session; false when its link is down.
     pub fn session_fetch(&self, slot: Slot, req: u64, epoch: u64, client: String) -> bool {
-        match self.links.get(slot as usize - 1) {
+        match self.link_of(slot) {
             Some(l) if l.is_up() => {
                 l.push_frame(&Frame::SessionFetch { req, epoch, client });
                 true
@@ -371,7 +401,7 @@ impl Hub {
             );
             snapshot = None;
         }
-        if let Some(l) = self.links.get(slot as usize - 1) {
+        if let Some(l) = self.link_of(slot) {
             if l.is_up() {
                 l.push_frame(&Frame::SessionShip { req, snapshot });
             }
@@ -380,25 +410,59 @@ impl Hub {
 
     // ---- publishes ---------------------------------------------------------------------------
 
-    /// Sends `p` to peer `slot` for one member of share group `group` there.
-    pub fn send_shared(&self, slot: Slot, group: &TopicFilter, p: &Publish) {
+    /// Sends `p` to peer `slot` for one member of share group `group` there;
+    /// with `waiter` (origin shard, confirm token) as an acked copy.
+    pub fn send_shared(
+        &self,
+        shard: &Rc<Shard>,
+        slot: Slot,
+        group: &TopicFilter,
+        p: &Publish,
+        waiter: Option<(usize, u64)>,
+    ) {
+        let Some(l) = self.link_of(slot) else {
+            return;
+        };
+        if let Some((from, token)) = waiter {
+            let mut b = BytesMut::new();
+            encode_publish(p, &mut b);
+            if b.len() > 5 {
+                let w = super::acks::Waiter { shard: from, token };
+                self.durable.send(shard, self, &l, Some(group), &b[5..], w);
+            }
+            return;
+        }
         let mut b = BytesMut::new();
         super::frame::encode_shared_publish(group, p, &mut b);
-        if let (false, Some(l)) = (b.is_empty(), self.links.get(slot as usize - 1)) {
+        if !b.is_empty() {
             l.push_publish(&b);
         }
     }
 
-    /// Sends `p` to the peers in `to`, encoded once.
-    pub fn send_publish(&self, to: &ShardSet, p: &Publish) {
+    /// Sends `p` to the peers in `to`, encoded once; with `waiter` (origin
+    /// shard, confirm token) as acked copies, each peer's answer confirming it.
+    pub fn send_publish(
+        &self,
+        shard: &Rc<Shard>,
+        to: &ShardSet,
+        p: &Publish,
+        waiter: Option<(usize, u64)>,
+    ) {
         let mut b = BytesMut::new();
         encode_publish(p, &mut b);
         if b.is_empty() {
             return;
         }
         for slot in to.iter() {
-            if let Some(l) = self.links.get(slot as usize - 1) {
-                l.push_publish(&b);
+            let Some(l) = self.link_of(slot) else {
+                continue;
+            };
+            match waiter {
+                Some((from, token)) => {
+                    let w = super::acks::Waiter { shard: from, token };
+                    self.durable.send(shard, self, &l, None, &b[5..], w);
+                }
+                None => l.push_publish(&b),
             }
         }
     }
@@ -446,7 +510,11 @@ async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
         if shard.stopping.get() {
             return;
         }
-        hub.release(Some(Instant::now()));
-        hub.expire_asks(Instant::now());
+        let now = Instant::now();
+        hub.release(Some(now));
+        hub.expire_asks(now);
+        for l in hub.live() {
+            hub.durable.expire(&shard, &l, now);
+        }
     }
 }

@@ -40,7 +40,7 @@ pub(crate) struct Link {
     limit: usize,
     up: Cell<bool>,
     /// Connection generation: a writer of an older one stops.
-    generation: Cell<u64>,
+    pub generation: Cell<u64>,
     /// The socket of the current connection (for shutdown), -1 when none.
     fd: Cell<i32>,
     /// Highest route sequence the peer acknowledged on this connection.
@@ -49,6 +49,12 @@ pub(crate) struct Link {
     last_rx: Cell<std::time::Instant>,
     wake: Notify,
     pub stats: Arc<LinkStats>,
+    /// Acked copies (durability `sync`), both ways.
+    pub acks: super::acks::LinkAcks,
+    /// The node left the cluster: this link is closed for good.
+    pub retired: Cell<bool>,
+    /// Its dialer and ticker (dropped, so cancelled, when it is retired).
+    pub tasks: RefCell<Vec<glommio::Task<()>>>,
 }
 
 impl Link {
@@ -66,6 +72,9 @@ impl Link {
             last_rx: Cell::new(std::time::Instant::now()),
             wake: Notify::default(),
             stats,
+            acks: super::acks::LinkAcks::default(),
+            retired: Cell::new(false),
+            tasks: RefCell::default(),
         }
     }
 
@@ -89,6 +98,13 @@ impl Link {
             }
             out.extend_from_slice(frame);
         }
+        self.stats.msgs_out.inc();
+        self.queued();
+    }
+
+    /// Queues an acked copy's frame (bounded by its own ledger, `acks.rs`).
+    pub fn push_raw(&self, frame: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(frame);
         self.stats.msgs_out.inc();
         self.queued();
     }
@@ -123,7 +139,7 @@ impl Link {
 pub(crate) async fn dial_loop(shard: Rc<Shard>, hub: Rc<Hub>, link: Rc<Link>) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        if shard.stopping.get() {
+        if shard.stopping.get() || link.retired.get() {
             return;
         }
         match dial_once(&hub, &link).await {
@@ -322,7 +338,19 @@ async fn serve(
     link.stats.up.set(1);
     link.stats.connects.inc();
     tracing::info!(peer = link.peer.id, "node link up");
+    // Publishes queued while the link was down go after the route sync and
+    // the acked copies the peer has not answered yet (written again, in order).
+    let queued = link.out.borrow_mut().split();
     hub.send_sync(link);
+    link.acks.connected(link, generation);
+    link.out.borrow_mut().unsplit(queued);
+    // Retained messages set while the peer was away reach it (in steps).
+    glommio::spawn_local(super::retained::send_all(
+        shard.clone(),
+        link.clone(),
+        generation,
+    ))
+    .detach();
     let (r, w) = futures_lite::io::split(s);
     let writer = glommio::spawn_local(write_loop(link.clone(), w, generation));
     link.wake.notify();
@@ -335,6 +363,10 @@ async fn serve(
     link.kick();
     link.up.set(false);
     link.stats.up.set(0);
+    // What this connection did not write is lost with it (acked copies are
+    // written again on the next one).
+    link.out.borrow_mut().clear();
+    link.stats.queue_bytes.set(0);
     link.wake.notify();
     writer.await;
     link.fd.set(-1);
@@ -380,13 +412,33 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::Publish(b) => {
             let p = super::frame::decode_publish(b)?;
             link.stats.msgs_in.inc();
-            crate::route::route_from_peer(shard, p);
+            crate::route::route_from_peer(shard, p, None, None);
         }
         Frame::SharedPublish { group, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            crate::route::route_shared_from_peer(shard, p, &group);
+            crate::route::route_shared_from_peer(shard, p, &group, None, None);
         }
+        Frame::AckedPublish { stamp, publish } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            hub.durable.receive(shard, link, stamp, None, p);
+        }
+        Frame::AckedShared {
+            stamp,
+            group,
+            publish,
+        } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            hub.durable.receive(shard, link, stamp, Some(&group), p);
+        }
+        Frame::Retained { at_ms, publish } => {
+            let p = super::frame::decode_publish(publish)?;
+            super::retained::received(shard, link, at_ms, p);
+        }
+        Frame::Durable(upto) => hub.durable.durable(shard, link, upto),
+        Frame::NotStored { id, code } => hub.durable.not_stored(shard, link, id, code),
         Frame::RouteSync { seq, filters } => hub.peer_sync(shard, link, seq, filters),
         Frame::RouteAdd { seq, filter } => hub.peer_route(shard, link, seq, filter, true),
         Frame::RouteDel { seq, filter } => hub.peer_route(shard, link, seq, filter, false),
@@ -473,7 +525,7 @@ pub(crate) async fn tick_loop(
     let step = Duration::from_secs(1).min(digest);
     loop {
         glommio::timer::sleep(step).await;
-        if shard.stopping.get() {
+        if shard.stopping.get() || link.retired.get() {
             return;
         }
         if !link.is_up() {

@@ -17,22 +17,33 @@
 //!
 //! Operator questions cross the same links (`ops.rs`: `ringmq ctl clients`
 //! cluster-wide, asked through `Control::AskPeers` on shard 0).
+//! QoS 1/2 under durability `sync` cross as *acked* copies (`acks.rs`): the
+//! publisher's acknowledgement waits until each target node answers that its
+//! copies are durable; a copy is resent after a link break and delivered
+//! only where it was not before.
 //!
 //! Interface to the rest of the shard: [`filter_changed`] (subscribe/unsubscribe),
-//! [`forward`] (routing), [`on_item`] (mesh), [`after_routes`] (SUBACK), [`start`].
+//! [`forward`] (routing), [`on_item`] (mesh), [`after_routes`] (SUBACK), [`start`],
+//! [`fresh`] and [`copy_answered`] (acked copies from other nodes).
 
+mod acks;
 pub mod config;
 pub mod frame;
 pub mod handover;
 mod hub;
 mod link;
+mod members;
 pub mod ops;
+mod retained;
 pub mod routes;
 pub mod stats;
 mod stream;
 pub mod tls;
 
 pub use config::{ClusterConfig, Peer};
+pub use frame::Stamp;
+pub(crate) use members::set_peers;
+pub use members::PeerSetter;
 pub use stats::{ClusterStats, LinkStats};
 
 use crate::mesh::MeshItem;
@@ -41,6 +52,7 @@ use crate::shard::Shard;
 use ringmq_codec::{Publish, TopicFilter};
 use routes::{NodeRoutes, Slot};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -53,16 +65,21 @@ pub enum Item {
         add: bool,
     },
     /// A publish for the peers in `to` (from any shard to shard 0, which runs the links).
+    /// With `token`: acked copies, each peer's answer confirms `token` to the sender.
     Forward {
         to: ShardSet,
         publish: Publish,
+        token: Option<u64>,
     },
     /// A publish for one member of share group `group` on peer `slot` (to shard 0).
     ForwardShared {
         slot: Slot,
         group: TopicFilter,
         publish: Publish,
+        token: Option<u64>,
     },
+    /// To every shard from shard 0: the slots of the nodes linked now (members changed).
+    Slots(ShardSet),
     /// To every shard from shard 0: reply `BarrierAck` (everything before is applied).
     Barrier(u64),
     BarrierAck(u64),
@@ -113,14 +130,93 @@ pub struct Node {
     /// Shard 0 only.
     hub: Option<Rc<hub::Hub>>,
     scratch: RefCell<ShardSet>,
+    /// Per sending node: the last acked copy this shard had (stream, id).
+    seen: RefCell<HashMap<u64, Stamp>>,
+    /// Slots of the nodes linked now (every one gets retained messages).
+    slots: RefCell<ShardSet>,
     pub(crate) handover: handover::Handover,
     pub(crate) stats: Arc<ClusterStats>,
+}
+
+/// An acked copy from another node: who sent it, where it stands in its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStamp {
+    pub node: u64,
+    pub stamp: Stamp,
+}
+
+/// Whether this shard has not had the acked copy `s` yet (and notes that it
+/// has now). A node's acked copies reach each shard in stream order, and a
+/// link that breaks resends its unanswered copies in that order, so a copy
+/// at or below the last one seen of the same stream is a resend.
+pub(crate) fn fresh(shard: &Shard, s: PeerStamp) -> bool {
+    let Some(node) = &shard.cluster else {
+        return true;
+    };
+    let mut seen = node.seen.borrow_mut();
+    match seen.get(&s.node) {
+        Some(last) if last.stream == s.stamp.stream && s.stamp.id <= last.id => false,
+        _ => {
+            seen.insert(s.node, s.stamp);
+            true
+        }
+    }
+}
+
+/// Runs `deliver` unless `peer` stamps a copy this shard had already
+/// (a plain copy is always delivered).
+pub(crate) fn deliver_once(shard: &Shard, peer: Option<PeerStamp>, deliver: impl FnOnce()) {
+    match peer {
+        None => deliver(),
+        Some(s) if fresh(shard, s) => {
+            let ops = shard.store.pending_ops();
+            deliver();
+            delivered(shard, s, ops);
+        }
+        Some(_) => {}
+    }
+}
+
+/// After delivering the fresh acked copy `s`: if its delivery wrote rows
+/// (the store had `ops_before` pending ops), the last-seen row joins them in
+/// the same batch, so a resend after this node restarts is known too.
+pub(crate) fn delivered(shard: &Shard, s: PeerStamp, ops_before: usize) {
+    if shard.store.is_persistent() && shard.store.pending_ops() != ops_before {
+        shard
+            .store
+            .put_peer_seen(s.node, s.stamp.stream, s.stamp.id)
+            .detach();
+    }
+}
+
+/// Seeds this shard's last-seen acked copies from its store (at start,
+/// before any mesh item or link frame is handled).
+pub(crate) fn seed(shard: &Shard) {
+    let rows = shard.store.take_peer_seen();
+    if let Some(node) = &shard.cluster {
+        let mut seen = node.seen.borrow_mut();
+        for (n, stream, id) in rows {
+            seen.insert(n, Stamp { stream, id });
+        }
+    }
+}
+
+/// A confirmation (or refusal) for `token` that no local publish waits for:
+/// one of this node's shards answered for a copy another node sent (shard 0).
+pub(crate) fn copy_answered(
+    shard: &Rc<Shard>,
+    token: u64,
+    refused: Option<ringmq_codec::ReasonCode>,
+) {
+    if let Some(hub) = shard.cluster.as_ref().and_then(|n| n.hub.as_ref()) {
+        hub.durable.answered(hub, token, refused);
+    }
 }
 
 impl Node {
     pub(crate) fn new(shard_id: usize, init: &Init) -> Self {
         Node {
-            routes: RefCell::new(NodeRoutes::new(init.cfg.peers.len())),
+            routes: RefCell::new(NodeRoutes::new()),
             hub: (shard_id == 0).then(|| {
                 Rc::new(hub::Hub::new(
                     init.cfg.clone(),
@@ -129,6 +225,14 @@ impl Node {
                 ))
             }),
             scratch: RefCell::default(),
+            seen: RefCell::default(),
+            slots: RefCell::new({
+                let mut s = ShardSet::new();
+                for slot in 1..=init.cfg.peers.len() {
+                    s.insert(slot as Slot);
+                }
+                s
+            }),
             handover: Default::default(),
             stats: init.stats.clone(),
         }
@@ -198,20 +302,37 @@ pub(crate) fn after_routes(shard: &Shard, then: Box<dyn FnOnce()>) {
 /// node's own figures) stay here; other `$` topics clients publish cross like
 /// any topic ([MQTT-4.7.2-1] only keeps them from first-level wildcards).
 /// Each matching share group gets one node, in turn among the nodes with
-/// members; returns the groups given to another node (this node skips them).
-pub(crate) fn forward(shard: &Shard, p: &Publish) -> Vec<TopicFilter> {
+/// members; returns the groups given to another node (this node skips them)
+/// and, with `token` (a QoS 1/2 publish under durability `sync`), how many
+/// node answers will confirm `token` (acked copies, `acks.rs`).
+pub(crate) fn forward(
+    shard: &Rc<Shard>,
+    p: &Publish,
+    token: Option<u64>,
+) -> (Vec<TopicFilter>, usize) {
     let Some(node) = &shard.cluster else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
     if is_sys(p.topic.as_str()) {
-        return Vec::new();
+        return (Vec::new(), 0);
     }
-    let elsewhere = forward_shared(shard, node, p);
-    forward_plain(shard, node, p);
-    elsewhere
+    let token = token.filter(|_| p.qos != ringmq_codec::QoS::AtMostOnce);
+    let elsewhere = forward_shared(shard, node, p, token);
+    let n = forward_plain(shard, node, p, token);
+    let answers = if token.is_some() {
+        n + elsewhere.len()
+    } else {
+        0
+    };
+    (elsewhere, answers)
 }
 
-fn forward_shared(shard: &Shard, node: &Node, p: &Publish) -> Vec<TopicFilter> {
+fn forward_shared(
+    shard: &Rc<Shard>,
+    node: &Node,
+    p: &Publish,
+    token: Option<u64>,
+) -> Vec<TopicFilter> {
     let mut picks = Vec::new();
     node.routes
         .borrow_mut()
@@ -219,13 +340,14 @@ fn forward_shared(shard: &Shard, node: &Node, p: &Publish) -> Vec<TopicFilter> {
     let mut elsewhere = Vec::new();
     for t in picks.into_iter().filter(|t| t.shard != routes::THIS_NODE) {
         match &node.hub {
-            Some(hub) => hub.send_shared(t.shard, &t.filter, p),
+            Some(hub) => hub.send_shared(shard, t.shard, &t.filter, p, token.map(|t| (0, t))),
             None => shard.mesh.push(
                 0,
                 MeshItem::Cluster(Box::new(Item::ForwardShared {
                     slot: t.shard,
                     group: t.filter.clone(),
                     publish: p.clone(),
+                    token,
                 })),
             ),
         }
@@ -234,26 +356,44 @@ fn forward_shared(shard: &Shard, node: &Node, p: &Publish) -> Vec<TopicFilter> {
     elsewhere
 }
 
-fn forward_plain(shard: &Shard, node: &Node, p: &Publish) {
+/// Returns how many nodes get an acked copy (with `token`).
+fn forward_plain(shard: &Rc<Shard>, node: &Node, p: &Publish, token: Option<u64>) -> usize {
     let mut to = node.scratch.borrow_mut();
     to.clear();
+    node.routes.borrow().match_nodes(p.topic.as_str(), &mut to);
+    let acked = if token.is_some() { to.len() } else { 0 };
     if p.retain {
-        for slot in 1..=shard.cfg.cluster.as_ref().map_or(0, |c| c.peers.len()) {
-            to.insert(slot as Slot);
+        // Every node keeps the retained message; only those with subscribers
+        // on it are waited for (the copy of the others is a plain one).
+        let mut rest = ShardSet::new();
+        for slot in node.slots.borrow().iter() {
+            if token.is_none() || !to.contains(slot) {
+                rest.insert(slot);
+            }
         }
-    } else {
-        node.routes.borrow().match_nodes(p.topic.as_str(), &mut to);
+        if token.is_none() {
+            to.clear();
+        }
+        send_to(shard, node, &rest, p, None);
     }
+    if !to.is_empty() {
+        send_to(shard, node, &to, p, token);
+    }
+    acked
+}
+
+fn send_to(shard: &Rc<Shard>, node: &Node, to: &ShardSet, p: &Publish, token: Option<u64>) {
     if to.is_empty() {
         return;
     }
     match &node.hub {
-        Some(hub) => hub.send_publish(&to, p),
+        Some(hub) => hub.send_publish(shard, to, p, token.map(|t| (0, t))),
         None => shard.mesh.push(
             0,
             MeshItem::Cluster(Box::new(Item::Forward {
                 to: to.clone(),
                 publish: p.clone(),
+                token,
             })),
         ),
     }
@@ -288,20 +428,22 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
     };
     match item {
         Item::Route { slot, filter, add } => node.routes.borrow_mut().apply(slot, &filter, add),
-        Item::Forward { to, publish } => {
+        Item::Forward { to, publish, token } => {
             if let Some(hub) = &node.hub {
-                hub.send_publish(&to, &publish);
+                hub.send_publish(shard, &to, &publish, token.map(|t| (from, t)));
             }
         }
         Item::ForwardShared {
             slot,
             group,
             publish,
+            token,
         } => {
             if let Some(hub) = &node.hub {
-                hub.send_shared(slot, &group, &publish);
+                hub.send_shared(shard, slot, &group, &publish, token.map(|t| (from, t)));
             }
         }
+        Item::Slots(s) => *node.slots.borrow_mut() = s,
         Item::Barrier(t) => shard
             .mesh
             .push(from, MeshItem::Cluster(Box::new(Item::BarrierAck(t)))),

@@ -69,7 +69,7 @@ impl Hub {
             .shard
             .map_or(u32::MAX, |s| s.min(u32::MAX as usize - 1) as u32);
         for &node in &ask.nodes {
-            let result = match self.links.iter().find(|l| l.peer.id == node) {
+            let result = match self.live().into_iter().find(|l| l.peer.id == node) {
                 None => Err(format!("node {node} is not a peer of this node")),
                 Some(l) if !l.is_up() => Err(format!("the node link to node {node} is down")),
                 Some(l) => {

@@ -23,10 +23,17 @@ pub struct NodeRoutes {
     router: Router,
 }
 
+impl Default for NodeRoutes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl NodeRoutes {
-    pub fn new(peers: usize) -> Self {
-        // The router ignores its own "shard": an id no node has.
-        let sentinel = peers as u16 + 1;
+    pub fn new() -> Self {
+        // The router ignores its own "shard": an id no slot reaches (slots
+        // grow as nodes join at run time and are never reused).
+        let sentinel = u16::MAX - 1;
         NodeRoutes {
             router: Router::new(sentinel, sentinel + 1),
         }
@@ -125,6 +132,14 @@ impl RouteBook {
         }
     }
 
+    /// Peer `slot` left the cluster: its filters, to remove.
+    pub fn forget_peer(&mut self, slot: Slot) -> Vec<TopicFilter> {
+        self.peers
+            .remove(&slot)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default()
+    }
+
     /// Peer `slot` sent its whole set: returns the changes that make our copy equal to it.
     pub fn peer_sync(&mut self, slot: Slot, filters: Vec<TopicFilter>) -> Vec<(TopicFilter, bool)> {
         let new: HashSet<TopicFilter> = filters.into_iter().collect();
@@ -180,7 +195,7 @@ mod tests {
 
     #[test]
     fn node_routes_find_target_nodes() {
-        let mut r = NodeRoutes::new(3);
+        let mut r = NodeRoutes::new();
         r.apply(THIS_NODE, &f("$share/g/a/b"), true);
         r.apply(2, &f("$share/g/a/+"), true);
         let mut picks = Vec::new();

@@ -38,12 +38,28 @@ pub struct LinkStats {
     pub digest_mismatches: Counter,
     /// Filters the peer has subscribers on (as last told).
     pub peer_routes: Counter,
+    /// Acked copies (QoS 1/2, durability `sync`) sent / received.
+    pub acked_out: Counter,
+    pub acked_in: Counter,
+    /// Acked copies written again on a new connection (the peer had not answered).
+    pub resent: Counter,
+    /// Acked copies the peer did not answer within the bound: their
+    /// publishers were refused.
+    pub ack_timeouts: Counter,
+    /// Acked copies the peer could not store (answered `NotStored`).
+    pub not_stored: Counter,
+    /// Acked copies waiting for the peer's answer now.
+    pub unacked: Counter,
+    /// Retained messages sent when the link came up / kept from the peer's.
+    pub retained_out: Counter,
+    pub retained_in: Counter,
 }
 
-/// Every link's counters, one per peer in config order.
+/// Every link's counters, one per peer (links to nodes added at run time
+/// join the list; a removed node's leave it).
 #[derive(Debug, Default)]
 pub struct ClusterStats {
-    pub links: Vec<Arc<LinkStats>>,
+    links: std::sync::RwLock<Vec<Arc<LinkStats>>>,
     /// Connections on the link port refused before a peer was known (bad hello, garbage).
     pub refused_unknown: Counter,
     /// SUBACKs released by the route-ack timeout rather than by every peer's ack.
@@ -54,17 +70,36 @@ pub struct ClusterStats {
 
 impl ClusterStats {
     pub fn new(peers: &[u64]) -> Self {
-        ClusterStats {
-            links: peers
-                .iter()
-                .map(|&peer| {
-                    Arc::new(LinkStats {
-                        peer,
-                        ..LinkStats::default()
-                    })
-                })
-                .collect(),
-            ..ClusterStats::default()
+        let st = ClusterStats::default();
+        for &p in peers {
+            st.add(p);
         }
+        st
+    }
+
+    /// The links' counters now.
+    pub fn links(&self) -> Vec<Arc<LinkStats>> {
+        self.links.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counters of a new link to `peer`.
+    pub fn add(&self, peer: u64) -> Arc<LinkStats> {
+        let l = Arc::new(LinkStats {
+            peer,
+            ..LinkStats::default()
+        });
+        self.links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(l.clone());
+        l
+    }
+
+    /// The link to `peer` is gone (the node left the cluster).
+    pub fn remove(&self, peer: u64) {
+        self.links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| l.peer != peer);
     }
 }

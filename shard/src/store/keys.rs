@@ -13,6 +13,7 @@
 //! | `I`   | `I` + session key + packet id u16    | inbound QoS 2 record      |
 //! | `R`   | `R` + topic bytes                    | retained record           |
 //! | `G`   | `G` + origin shard u16 + nonce u64   | origin row (empty value)  |
+//! | `N`   | `N` + node id u64                    | last acked copy of that node delivered here: stream u64 + id u64 |
 
 /// Name of the one LMDB database inside each shard environment.
 pub const DB_NAME: &str = "ringmq";
@@ -24,6 +25,9 @@ pub const INBOUND_QOS2: u8 = b'I';
 pub const RETAINED: u8 = b'R';
 /// A copy of another shard's prepared QoS 2 message is stored here (exactly-once across shards).
 pub const ORIGIN: u8 = b'G';
+
+/// The last acked copy of another node this shard delivered (cluster dedup).
+pub const PEER_SEEN: u8 = b'N';
 
 /// The tables holding one session's rows (deleted with it).
 pub const SESSION_CHILDREN: [u8; 3] = [SUBSCRIPTION, OUTBOUND, INBOUND_QOS2];
@@ -66,6 +70,11 @@ pub fn push_origin(out: &mut Vec<u8>, from: u16, nonce: u64) {
     out.push(ORIGIN);
     out.extend_from_slice(&from.to_be_bytes());
     out.extend_from_slice(&nonce.to_be_bytes());
+}
+
+pub fn push_peer_seen(out: &mut Vec<u8>, node: u64) {
+    out.push(PEER_SEEN);
+    out.extend_from_slice(&node.to_be_bytes());
 }
 
 /// `(origin shard, nonce)` of an origin key.

@@ -187,6 +187,8 @@ pub struct StoreHandle {
     durability: Durability,
     next_key: SessionKey,
     next_nonce: u64,
+    /// `(node, stream, id)`: the last acked copy of each other node delivered here.
+    peer_seen: Vec<(u64, u64, u64)>,
 }
 
 impl StoreHandle {
@@ -197,20 +199,22 @@ impl StoreHandle {
             durability: Durability::None,
             next_key: 1,
             next_nonce: 1,
+            peer_seen: Vec::new(),
         }
     }
 
     pub(crate) fn disk(
         backend: Backend,
         durability: Durability,
-        next_key: SessionKey,
-        next_nonce: u64,
+        (next_key, next_nonce): (SessionKey, u64),
+        peer_seen: Vec<(u64, u64, u64)>,
     ) -> Self {
         StoreHandle {
             backend: Some(backend),
             durability,
             next_key,
             next_nonce,
+            peer_seen,
         }
     }
 
@@ -245,6 +249,7 @@ impl StoreHandle {
             next_key: Cell::new(self.next_key),
             next_nonce: Cell::new(self.next_nonce),
             last_retained_ns: Cell::new(0),
+            peer_seen: std::cell::RefCell::new(self.peer_seen),
         }
     }
 }
@@ -262,6 +267,7 @@ pub struct Store {
     next_key: Cell<SessionKey>,
     next_nonce: Cell<u64>,
     last_retained_ns: Cell<u64>,
+    peer_seen: std::cell::RefCell<Vec<(u64, u64, u64)>>,
 }
 
 impl Store {
@@ -307,6 +313,24 @@ impl Store {
         let n = self.next_nonce.get();
         self.next_nonce.set(n + 1);
         n
+    }
+
+    /// The `(node, stream, id)` rows recovered (once, at start).
+    pub fn take_peer_seen(&self) -> Vec<(u64, u64, u64)> {
+        std::mem::take(&mut *self.peer_seen.borrow_mut())
+    }
+
+    /// The last acked copy of `node` delivered on this shard, stored in the
+    /// batch holding its rows: a resend of it after a restart is known.
+    pub fn put_peer_seen(&self, node: u64, stream: u64, id: u64) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_peer_seen(b, node),
+            |b| {
+                b.extend_from_slice(&stream.to_be_bytes());
+                b.extend_from_slice(&id.to_be_bytes());
+            },
+        )
     }
 
     /// Creates or replaces the session row.

@@ -68,6 +68,8 @@ struct Loaded {
     retained: RawRetained,
     /// Origin rows: (origin shard, nonce).
     origins: Vec<(u16, u64)>,
+    /// (node, stream, id) of the last acked copy of each other node.
+    peer_seen: Vec<(u64, u64, u64)>,
     stats: RecoveryStats,
     next_key: SessionKey,
 }
@@ -114,6 +116,7 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
     let mut raw_retained = Vec::new();
     let mut next_keys = Vec::new();
     let mut origins = Vec::new();
+    let mut peer_seen = Vec::new();
     for l in loaded {
         let l = l?;
         add_stats(&mut stats, &l.stats);
@@ -121,6 +124,7 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
         raw_retained.push(l.retained);
         next_keys.push(l.next_key);
         origins.push(l.origins);
+        peer_seen.push(l.peer_seen);
     }
     let (next_nonces, resolved) = prepared::resolve(&envs, &mut shard_sessions, &origins)?;
     stats.prepared_qos2 = resolved.prepared;
@@ -135,23 +139,22 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
         .into_iter()
         .zip(shard_sessions)
         .zip(next_keys.into_iter().zip(next_nonces))
+        .zip(peer_seen)
         .enumerate()
-        .map(
-            |(i, ((env, sessions), (next_key, next_nonce)))| ShardRecovery {
-                shard: i as u16,
-                sessions,
-                handle: StoreHandle::disk(
-                    Backend {
-                        env,
-                        map,
-                        _lock: lock.clone(),
-                    },
-                    opts.durability,
-                    next_key,
-                    next_nonce,
-                ),
-            },
-        )
+        .map(|(i, (((env, sessions), next), peer_seen))| ShardRecovery {
+            shard: i as u16,
+            sessions,
+            handle: StoreHandle::disk(
+                Backend {
+                    env,
+                    map,
+                    _lock: lock.clone(),
+                },
+                opts.durability,
+                next,
+                peer_seen,
+            ),
+        })
         .collect();
     Ok(Recovery {
         shards,
@@ -214,6 +217,22 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
             keys::split_origin(k).ok_or_else(|| StoreError::corrupt(&path, "bad origin key"))?,
         );
     }
+    let mut peer_seen = Vec::new();
+    for entry in db
+        .prefix_iter(&wtxn, &[keys::PEER_SEEN])
+        .map_err(heed_err)?
+    {
+        let (k, v) = entry.map_err(heed_err)?;
+        let node = keys::tail_u64(&k[1..]);
+        let (stream, id) = (
+            v.get(..8).and_then(keys::tail_u64),
+            v.get(8..).and_then(keys::tail_u64),
+        );
+        match (node, stream, id) {
+            (Some(n), Some(s), Some(i)) => peer_seen.push((n, s, i)),
+            _ => return Err(StoreError::corrupt(&path, "bad peer-seen row")),
+        }
+    }
     wtxn.commit().map_err(heed_err)?;
     stats.sessions = sessions.len();
     let next_key = sessions.iter().map(|s| s.key + 1).max().unwrap_or(1);
@@ -221,6 +240,7 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
         sessions,
         retained,
         origins,
+        peer_seen,
         stats,
         next_key,
     })

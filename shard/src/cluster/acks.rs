@@ -1,0 +1,378 @@
+//! Acked copies: QoS 1 and 2 across nodes under durability `sync`.
+//!
+//! The publisher's node (A) sends each target node (B) an *acked* copy
+//! (`Frame::AckedPublish`, `AckedShared`) stamped with A's stream (a fresh
+//! value per start of A) and an id growing by one per copy on that link. The
+//! publisher's PUBACK/PUBREC waits for B's answer (`confirm.rs`: each target
+//! node counts as one more copy to confirm):
+//!
+//! - B's shard 0 routes the copy on B asking every shard given it to confirm
+//!   once its commit is durable (the same `Confirm` as between shards), waits
+//!   for its own commit too, and answers `Durable(upto)`: every acked copy of
+//!   this connection up to `upto` is durable on B (answers are cumulative, in
+//!   arrival order). A copy B could not store is answered `NotStored`.
+//! - A keeps every unanswered copy (bounded in bytes by the link queue). When
+//!   the link breaks, they are written again, in order, first thing on the
+//!   next connection; B's shards deliver a copy only if it is past the last
+//!   one of A's stream they had ([`super::fresh`]), so a resend after a link
+//!   break is never delivered twice (QoS 2 stays exactly once).
+//! - A copy B does not answer within `durable_ack_timeout` (B down longer
+//!   than that, or too slow) refuses the publish: v5 PUBACK/PUBREC 0x83
+//!   Implementation specific error, a 3.1.1 publisher's connection closes
+//!   (`cluster_unavailable`), as when a shard cannot store its copy. Nothing is acknowledged that B does not hold durably, so what
+//!   the cluster acknowledged survives kill -9 of any node.
+
+use super::frame::{encode_acked, Frame, Stamp};
+use super::hub::Hub;
+use super::link::Link;
+use crate::mesh::{ConfirmReq, Fate, MeshItem};
+use crate::shard::Shard;
+use bytes::{Bytes, BytesMut};
+use ringmq_codec::{Publish, ReasonCode, TopicFilter};
+use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Who waits for an acked copy: a publish's confirm token on one of this node's shards.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Waiter {
+    pub shard: usize,
+    pub token: u64,
+}
+
+/// An acked copy sent (or to send) to the peer, not answered yet.
+struct Sent {
+    id: u64,
+    frame: Bytes,
+    waiters: SmallVec<[Waiter; 1]>,
+    deadline: Instant,
+}
+
+/// One link's acked copies, both ways.
+#[derive(Default)]
+pub(crate) struct LinkAcks {
+    /// Outbound, in id order.
+    sent: RefCell<VecDeque<Sent>>,
+    sent_bytes: Cell<usize>,
+    next_id: Cell<u64>,
+    /// Inbound on the current connection, in arrival order: (id, durable here).
+    inbox: RefCell<VecDeque<(u64, bool)>>,
+    /// The connection the inbox belongs to.
+    inbox_conn: Cell<u64>,
+    /// An answer is due at the end of this tick.
+    answering: Cell<bool>,
+}
+
+impl LinkAcks {
+    /// A new connection: the peer resends what it has not had answered,
+    /// so the inbox starts empty; our unanswered copies are written again.
+    pub fn connected(&self, link: &Link, conn: u64) {
+        self.inbox.borrow_mut().clear();
+        self.inbox_conn.set(conn);
+        let sent = self.sent.borrow();
+        for s in sent.iter() {
+            link.push_raw(&s.frame);
+        }
+        link.stats.resent.add(sent.len() as u64);
+    }
+}
+
+/// A copy from a peer being stored on this node.
+struct Incoming {
+    slot: super::routes::Slot,
+    conn: u64,
+    id: u64,
+    left: usize,
+    refused: Option<ReasonCode>,
+}
+
+/// Shard 0's acked-copy state across links.
+pub(crate) struct Acks {
+    /// This run's stream: a fresh value per start of the node.
+    stream: u64,
+    /// Local confirm token -> the peer copy it stores.
+    incoming: RefCell<HashMap<u64, Incoming>>,
+    /// Tokens waiting for this shard's own next commit.
+    own: RefCell<Vec<u64>>,
+    paying: Cell<bool>,
+}
+
+impl Acks {
+    pub fn new() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Acks {
+            stream: now ^ (u64::from(std::process::id()) << 40),
+            incoming: RefCell::default(),
+            own: RefCell::default(),
+            paying: Cell::new(false),
+        }
+    }
+
+    // ---- the sending side --------------------------------------------------------------------
+
+    /// Queues an acked copy of the MQTT bytes `mqtt` for `link` (for share
+    /// group `group` there); `w` is answered when the peer does.
+    pub fn send(
+        &self,
+        shard: &Rc<Shard>,
+        hub: &Hub,
+        link: &Link,
+        group: Option<&TopicFilter>,
+        mqtt: &[u8],
+        w: Waiter,
+    ) {
+        let la = &link.acks;
+        if la.sent_bytes.get() + mqtt.len() > hub.cfg.link_queue_bytes {
+            // Bounded like the plain queue; the publisher learns it now.
+            link.stats.dropped.inc();
+            answer(shard, w, Some(ReasonCode::ImplementationSpecificError));
+            return;
+        }
+        let id = la.next_id.get() + 1;
+        la.next_id.set(id);
+        let mut b = BytesMut::with_capacity(mqtt.len() + 32);
+        let stamp = Stamp {
+            stream: self.stream,
+            id,
+        };
+        encode_acked(stamp, group, mqtt, &mut b);
+        let frame = b.freeze();
+        if link.is_up() {
+            link.push_raw(&frame);
+        }
+        la.sent_bytes.set(la.sent_bytes.get() + frame.len());
+        la.sent.borrow_mut().push_back(Sent {
+            id,
+            frame,
+            waiters: SmallVec::from_buf([w]),
+            deadline: Instant::now() + hub.cfg.durable_ack_timeout,
+        });
+        link.stats.acked_out.inc();
+        link.stats.unacked.set(la.sent.borrow().len() as u64);
+    }
+
+    /// The peer answered `Durable(upto)`.
+    pub fn durable(&self, shard: &Rc<Shard>, link: &Link, upto: u64) {
+        let done = take(link, |s| s.id <= upto, true);
+        for s in done {
+            for w in s.waiters {
+                answer(shard, w, None);
+            }
+        }
+    }
+
+    /// The peer could not store copy `id`.
+    pub fn not_stored(&self, shard: &Rc<Shard>, link: &Link, id: u64, code: u8) {
+        let code = ReasonCode::try_from(code)
+            .ok()
+            .filter(|c| *c as u8 >= 0x80)
+            .unwrap_or(ReasonCode::UnspecifiedError);
+        let done = take(link, |s| s.id == id, false);
+        link.stats.not_stored.add(done.len() as u64);
+        for s in done {
+            for w in s.waiters {
+                answer(shard, w, Some(code));
+            }
+        }
+    }
+
+    /// Refuses the publishes of copies past their deadline (the sweep, every 100 ms).
+    pub fn expire(&self, shard: &Rc<Shard>, link: &Link, now: Instant) {
+        let late = take(link, |s| s.deadline <= now, true);
+        if late.is_empty() {
+            return;
+        }
+        link.stats.ack_timeouts.add(late.len() as u64);
+        tracing::warn!(
+            peer = link.peer.id,
+            copies = late.len(),
+            "node link: no durable answer within {:?}: publishes refused",
+            shard
+                .cfg
+                .cluster
+                .as_ref()
+                .map(|c| c.durable_ack_timeout)
+                .unwrap_or_default()
+        );
+        for s in late {
+            for w in s.waiters {
+                answer(shard, w, Some(ReasonCode::ImplementationSpecificError));
+            }
+        }
+    }
+
+    /// The peer left the cluster: every copy waiting for it is refused.
+    pub fn abandon(&self, shard: &Rc<Shard>, link: &Link) {
+        let gone = take(link, |_| true, true);
+        for s in gone {
+            for w in s.waiters {
+                answer(shard, w, Some(ReasonCode::ImplementationSpecificError));
+            }
+        }
+    }
+
+    // ---- the receiving side ------------------------------------------------------------------
+
+    /// An acked copy from the peer of `link`: routed here, answered once durable.
+    pub fn receive(
+        &self,
+        shard: &Rc<Shard>,
+        link: &Link,
+        stamp: Stamp,
+        group: Option<&TopicFilter>,
+        p: Publish,
+    ) {
+        link.stats.acked_in.inc();
+        let token = crate::confirm::new_token(shard);
+        let conn = link.acks.inbox_conn.get();
+        link.acks.inbox.borrow_mut().push_back((stamp.id, false));
+        let req = Some(ConfirmReq {
+            token,
+            origin_row: false,
+        });
+        let peer = Some(super::PeerStamp {
+            node: link.peer.id,
+            stamp,
+        });
+        let remote = match group {
+            None => crate::route::route_from_peer(shard, p, req, peer),
+            Some(g) => crate::route::route_shared_from_peer(shard, p, g, req, peer),
+        };
+        self.incoming.borrow_mut().insert(
+            token,
+            Incoming {
+                slot: link.slot,
+                conn,
+                id: stamp.id,
+                // The other shards' confirmations and this shard's own commit.
+                left: remote + 1,
+                refused: None,
+            },
+        );
+        self.own.borrow_mut().push(token);
+        if !self.paying.replace(true) {
+            glommio::spawn_local(own_commits(shard.clone())).detach();
+        }
+    }
+
+    /// One answer for the peer copy behind `token` (a shard's confirmation,
+    /// or this shard's own commit).
+    pub fn answered(&self, hub: &Hub, token: u64, refused: Option<ReasonCode>) {
+        let done = {
+            let mut inc = self.incoming.borrow_mut();
+            let Some(e) = inc.get_mut(&token) else {
+                return;
+            };
+            e.left = e.left.saturating_sub(1);
+            if refused.is_some() {
+                e.refused = refused;
+            }
+            if e.left > 0 {
+                return;
+            }
+            inc.remove(&token)
+        };
+        let Some(e) = done else { return };
+        let Some(link) = hub.link_of(e.slot) else {
+            return;
+        };
+        let la = &link.acks;
+        if la.inbox_conn.get() != e.conn {
+            // That connection is gone: the peer sends the copy again.
+            return;
+        }
+        if let Some(code) = e.refused {
+            link.push_frame(&Frame::NotStored {
+                id: e.id,
+                code: code as u8,
+            });
+        }
+        if let Some(x) = la.inbox.borrow_mut().iter_mut().find(|x| x.0 == e.id) {
+            x.1 = true;
+        }
+        if !la.answering.replace(true) {
+            glommio::spawn_local(answer_at_tick_end(link)).detach();
+        }
+    }
+}
+
+/// Removes the copies `pick` selects from the front (`front`: stop at the
+/// first one it does not) or anywhere.
+fn take(link: &Link, pick: impl Fn(&Sent) -> bool, front: bool) -> Vec<Sent> {
+    let la = &link.acks;
+    let mut sent = la.sent.borrow_mut();
+    let mut out = Vec::new();
+    if front {
+        while sent.front().is_some_and(&pick) {
+            out.extend(sent.pop_front());
+        }
+    } else if let Some(i) = sent.iter().position(&pick) {
+        out.extend(sent.remove(i));
+    }
+    let freed: usize = out.iter().map(|s| s.frame.len()).sum();
+    la.sent_bytes.set(la.sent_bytes.get().saturating_sub(freed));
+    link.stats.unacked.set(sent.len() as u64);
+    out
+}
+
+/// Sends the cumulative answer once per tick: every copy up to the first one
+/// not yet durable.
+async fn answer_at_tick_end(link: Rc<Link>) {
+    futures_lite::future::yield_now().await;
+    let la = &link.acks;
+    la.answering.set(false);
+    let mut upto = None;
+    {
+        let mut inbox = la.inbox.borrow_mut();
+        while inbox.front().is_some_and(|x| x.1) {
+            upto = inbox.pop_front().map(|x| x.0);
+        }
+    }
+    if let (Some(id), true) = (upto, link.is_up()) {
+        link.push_frame(&Frame::Durable(id));
+    }
+}
+
+/// Answers the tokens of peer copies once this shard's commit holding their
+/// local rows is durable.
+async fn own_commits(shard: Rc<Shard>) {
+    loop {
+        // Let the rest of this tick's link batch add its rows first.
+        futures_lite::future::yield_now().await;
+        let Some(hub) = shard.cluster.as_ref().and_then(|n| n.hub.clone()) else {
+            return;
+        };
+        let tokens = std::mem::take(&mut *hub.durable.own.borrow_mut());
+        if tokens.is_empty() {
+            hub.durable.paying.set(false);
+            return;
+        }
+        let result = shard.store.flush().await;
+        let refused = result.err().map(|e| crate::confirm::refusal(&e));
+        for t in tokens {
+            hub.durable.answered(&hub, t, refused);
+        }
+    }
+}
+
+/// Answers a local publish waiting for a node: its confirm token on its shard.
+fn answer(shard: &Rc<Shard>, w: Waiter, refused: Option<ReasonCode>) {
+    // What the node's sessions did with the copy is not told back: counted as taken.
+    let fate = Fate(Fate::HELD);
+    if w.shard == shard.id {
+        match refused {
+            None => crate::confirm::confirmed_with(shard, w.token, fate),
+            Some(code) => crate::confirm::refused(shard, w.token, code),
+        }
+    } else {
+        let item = match refused {
+            None => MeshItem::Confirm(w.token, fate),
+            Some(code) => MeshItem::Refused(w.token, code),
+        };
+        shard.mesh.push(w.shard, item);
+    }
+}
