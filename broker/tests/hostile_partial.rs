@@ -141,14 +141,17 @@ async fn partial_packet_flood_stays_within_the_budget() {
             c.keep_alive = 0;
             let mut out = bytes::BytesMut::new();
             Packet::Connect(Box::new(c)).encode(v, &mut out).unwrap();
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut rd, mut wr) = stream.into_split();
+            // The harness's transport (TCP, TLS, WebSocket or WSS): the flood
+            // is MQTT bytes the broker must decrypt/unframe, as a real attacker's.
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut rd, mut wr) = tokio::io::split(common::raw::over_transport(tcp).await);
             wr.write_all(&out).await.unwrap();
             let head = publish_head(body_len, v);
             let rest = body_len - (head.len() - 2) - 1; // all but the last byte
             let writer = tokio::spawn(async move {
                 let _ = wr.write_all(&head).await;
                 let _ = wr.write_all(&body[..rest]).await;
+                let _ = wr.flush().await; // a WebSocket sink sends its frame on flush
                 wr // kept open: the broker must close it
             });
             let mut buf = [0u8; 256];

@@ -152,6 +152,18 @@ impl Stack {
         }
     }
 
+    /// Bytes the layers hold of input not yet handed on as MQTT bytes (the
+    /// tail of a TLS record): part of the connection's partial-packet share.
+    /// The WebSocket framer holds at most a 14-byte header inline.
+    #[inline]
+    pub fn held(&self) -> usize {
+        match self {
+            Stack::Plain | Stack::Ws(_) => 0,
+            Stack::Tls(t) => t.held(),
+            Stack::Wss(tw) => tw.0.held(),
+        }
+    }
+
     /// A layer is still in its own handshake (TLS, the WebSocket upgrade).
     pub fn handshaking(&self) -> bool {
         match self {
