@@ -524,6 +524,32 @@ mod tests {
         assert_eq!(client_reads(&mut client, &wire), big);
     }
 
+    /// A read that cuts a record keeps only the record's tail (not the read's
+    /// allocation), reports it as held (the partial-packet budget counts it),
+    /// and holds nothing once the record completes.
+    #[test]
+    fn tls_holds_only_a_cut_records_tail_and_reports_it() {
+        use std::io::Write as _;
+        let (mut client, mut stack, _pipe) = tls_pair();
+        client.writer().write_all(&[b'm'; 40_000]).unwrap();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        assert!(wire.len() > 40_000);
+        let mut mqtt = BytesMut::new();
+        // Two whole 16 KiB records and 100 bytes of the third, in one read.
+        let recs = records(&wire);
+        assert!(recs.len() >= 3, "{recs:?}");
+        let cut = 5 + recs[0].1 + 5 + recs[1].1 + 100;
+        stack.feed(&wire[..cut], &mut mqtt).unwrap();
+        let held = stack.held();
+        assert!((100..=100 + 4096 + 200).contains(&held), "held {held}");
+        stack.feed(&wire[cut..], &mut mqtt).unwrap();
+        assert_eq!(mqtt.len(), 40_000);
+        assert_eq!(stack.held(), 0);
+    }
+
     #[test]
     fn tls_reads_records_cut_anywhere_and_keeps_no_buffer_when_idle() {
         use std::io::Write as _;
