@@ -81,6 +81,15 @@ pub enum CtlCommand {
         /// Only client ids matching this pattern (`*` and `?` wildcards)
         #[arg(long = "match", value_name = "PATTERN")]
         pattern: Option<String>,
+        /// In a cluster: only this node (default: every node, each row naming its node)
+        #[arg(long)]
+        node: Option<u64>,
+        /// Rows per node at most
+        #[arg(long)]
+        limit: Option<u32>,
+        /// How long to wait for the other nodes' answers, in milliseconds
+        #[arg(long, default_value_t = 2000)]
+        wait_ms: u64,
     },
     /// One client
     #[command(subcommand)]

@@ -29,6 +29,9 @@ pub enum Control {
     Fence { client_id: String, epoch: u64 },
     /// Ask something; the reply goes to the sender.
     Query(Query, flume::Sender<Reply>),
+    /// Shard 0 of a cluster node: ask other nodes over the node links
+    /// (`ringmq ctl clients` cluster-wide); answers go to the ask's sender.
+    AskPeers(crate::cluster::ops::AskClients),
 }
 
 /// Operator questions and actions answered by a shard about what it owns.

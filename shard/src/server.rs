@@ -286,7 +286,11 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
     let mut mesh_tx = mesh_tx.into_iter();
     let mut mesh_rx = mesh_rx.into_iter();
     let started = Instant::now();
-    let mut controls = Vec::new();
+    // Every control channel first: a cluster's shard 0 holds them all (a peer's
+    // `ctl clients` question is gathered from every shard).
+    let (controls, mut control_rx): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| flume::unbounded()).unzip();
+    control_rx.reverse();
     let stats: Vec<Arc<ShardStats>> = (0..shards)
         .map(|_| Arc::new(ShardStats::with_listeners(listeners.len())))
         .collect();
@@ -294,7 +298,7 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = flume::unbounded();
     for (id, (placement, listeners)) in placements.into_iter().zip(per_shard).enumerate() {
-        let (tx, rx) = flume::unbounded();
+        let rx = control_rx.pop().expect("one control channel per shard");
         let st = stats[id].clone();
         let (store_handle, recovered) = stores.pop().expect("one store per shard");
         let init = ShardInit {
@@ -318,6 +322,11 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
                 cfg: Arc::new(c.clone()),
                 stats: cluster_stats.clone().expect("stats with the config"),
                 listener: if id == 0 { link_listener.take() } else { None },
+                controls: if id == 0 {
+                    controls.clone()
+                } else {
+                    Vec::new()
+                },
             }),
         };
         let handle = LocalExecutorBuilder::new(placement)
@@ -326,7 +335,6 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
             .preempt_timer(Duration::from_millis(10))
             .spawn(move || crate::shard::run(init))
             .map_err(|e| io::Error::other(format!("cannot start shard {id}: {e}")))?;
-        controls.push(tx);
         threads.push(handle);
     }
     drop(ready_tx);
@@ -531,6 +539,14 @@ impl ServerHandle {
     pub fn stats(&self) -> &[Arc<ShardStats>] {
         &self.stats
     }
+    /// Asks other cluster nodes for their connected clients (through shard 0's
+    /// node links); answers arrive on the ask's channel. False: no shard 0.
+    pub fn ask_peers(&self, ask: crate::cluster::ops::AskClients) -> bool {
+        self.controls
+            .first()
+            .is_some_and(|c| c.send(Control::AskPeers(ask)).is_ok())
+    }
+
     /// Node-link counters (`None`: not a cluster node).
     pub fn cluster_stats(&self) -> Option<Arc<crate::cluster::ClusterStats>> {
         self.cluster.clone()

@@ -253,6 +253,7 @@ pub(crate) async fn run(init: ShardInit) {
             Control::Query(q, reply) => {
                 let _ = reply.send(crate::admin::answer(&shard, q));
             }
+            Control::AskPeers(ask) => crate::cluster::ask_clients(&shard, ask),
         }
     }
     shard.stopping.set(true);

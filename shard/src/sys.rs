@@ -1,4 +1,5 @@
-//! `$SYS/broker/...` topics, as Mosquitto publishes them, from shard 0.
+//! `$SYS/broker/...` topics, as Mosquitto publishes them, from shard 0; per
+//! node in a cluster (`$` topics stay on their node), with `$SYS/broker/cluster/node`.
 
 use crate::shard::Shard;
 use crate::stats::ShardStats;
@@ -69,7 +70,14 @@ pub(crate) async fn publish_loop(shard: Rc<Shard>, all: Arc<Vec<Arc<ShardStats>>
                 shard.stats.retained.get().to_string(),
             ),
         ];
-        for (topic, value) in values {
+        // In a cluster every node publishes its own figures and `$` topics never
+        // cross a node link: this one says which node a subscriber is reading.
+        let node = shard
+            .cfg
+            .cluster
+            .as_ref()
+            .map(|c| ("$SYS/broker/cluster/node", c.node_id.to_string()));
+        for (topic, value) in values.into_iter().chain(node) {
             if let Some(p) = sys_publish(topic, value) {
                 crate::route::route(&shard, p, None, None);
             }

@@ -90,6 +90,9 @@ pub struct BrokerStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
     pub client_id: String,
+    /// The node serving it (cluster-wide `clients` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
     pub shard: usize,
     pub connected: bool,
     /// Protocol level: 3 (3.1), 4 (3.1.1), 5 (5.0).
@@ -111,6 +114,33 @@ pub struct ClientInfo {
     pub dropped_queue_bytes_full: u64,
     #[serde(default)]
     pub dropped_total: u64,
+}
+
+/// How one node answered a cluster-wide `clients` (the response's `nodes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAnswer {
+    pub node: u64,
+    /// False: no rows of this node are in the list; `error` says why.
+    pub answered: bool,
+    /// Connected clients matching on that node (rows shown: at most `--limit`).
+    pub clients: u64,
+    pub shown: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The nodes a `clients` question covers and its bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientsScope {
+    /// Only this node (`None`: every node of the cluster).
+    pub node: Option<u64>,
+    /// Only this shard of each node.
+    pub shard: Option<usize>,
+    pub pattern: Option<String>,
+    /// Rows per node at most.
+    pub limit: u32,
+    /// How long to wait for other nodes.
+    pub wait: std::time::Duration,
 }
 
 /// One subscription (`subscriptions`).
@@ -374,6 +404,22 @@ impl MetricsSnapshot {
     }
 }
 
+/// `clients` of a node alone: its rows (no node named), at most `scope.limit`.
+pub fn clients_alone<B: AdminBackend + ?Sized>(
+    b: &B,
+    scope: &ClientsScope,
+) -> Result<(Vec<ClientInfo>, Vec<NodeAnswer>), AdminError> {
+    if let Some(n) = scope.node {
+        return Err(AdminError::new(
+            ErrorCode::BadRequest,
+            format!("--node {n}: this node is not in a cluster"),
+        ));
+    }
+    let mut rows = b.clients(scope.shard, scope.pattern.as_deref())?;
+    rows.truncate(scope.limit as usize);
+    Ok((rows, Vec::new()))
+}
+
 /// The broker as the admin socket and metrics endpoint see it. Called from
 /// their threads (never a shard); each call may block briefly while shards
 /// answer over their control channels.
@@ -389,6 +435,15 @@ pub trait AdminBackend: Send + Sync {
         shard: Option<usize>,
         pattern: Option<&str>,
     ) -> Result<Vec<ClientInfo>, AdminError>;
+    /// Connected clients of every node of the cluster (or `scope.node`), each
+    /// row naming its node, and how each node answered. Default: this node's
+    /// (a node alone: rows without a node, no answers).
+    fn clients_everywhere(
+        &self,
+        scope: &ClientsScope,
+    ) -> Result<(Vec<ClientInfo>, Vec<NodeAnswer>), AdminError> {
+        clients_alone(self, scope)
+    }
     /// One client's session; `NotFound` when there is none.
     fn client_show(&self, client_id: &str) -> Result<ClientInfo, AdminError>;
     /// Disconnects a client (v5: DISCONNECT 0x98); `NotFound` when not connected.

@@ -20,7 +20,19 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub fn request_for(cmd: &CtlCommand) -> Result<serde_json::Value, String> {
     let req = match cmd.clone() {
         CtlCommand::Status => Request::Status,
-        CtlCommand::Clients { shard, pattern } => Request::Clients { shard, pattern },
+        CtlCommand::Clients {
+            shard,
+            pattern,
+            node,
+            limit,
+            wait_ms,
+        } => Request::Clients {
+            shard,
+            pattern,
+            node,
+            limit,
+            wait_ms: Some(wait_ms),
+        },
         CtlCommand::Client(ClientCommand::Show { id }) => Request::ClientShow { client_id: id },
         CtlCommand::Client(ClientCommand::Kick { id }) => Request::ClientKick { client_id: id },
         CtlCommand::Sessions => Request::Sessions,
@@ -138,7 +150,10 @@ pub fn run(args: &CtlArgs, fallback_socket: PathBuf) -> i32 {
     }
     match serde_json::from_str::<Response>(&line) {
         Ok(Response {
-            ok: true, result, ..
+            ok: true,
+            result,
+            nodes,
+            ..
         }) => {
             let v = result.unwrap_or(serde_json::Value::Null);
             if args.json && bare {
@@ -147,6 +162,9 @@ pub fn run(args: &CtlArgs, fallback_socket: PathBuf) -> i32 {
                 print!("{}", super::format::cluster_status(&v));
             } else if !args.json {
                 print!("{}", super::format::human(&v));
+                if let Some(n) = &nodes {
+                    print!("{}", super::format::node_answers(n));
+                }
             }
             // A reload whose part failed kept that part's old material: say so in the status.
             let failed =

@@ -42,6 +42,7 @@ const FIRST: &[&str] = &[
     "client_id",
     "topic",
     "filter",
+    "node",
     "shard",
     "connected",
     "protocol",
@@ -92,6 +93,30 @@ fn table(rows: &[Value]) -> String {
     let mut out = line(&cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>());
     for r in &cells {
         out += &line(r);
+    }
+    out
+}
+
+/// After a cluster-wide `clients` table: one line per node, a node that did
+/// not answer marked `NO ANSWER` with the reason (its clients are not listed).
+pub fn node_answers(nodes: &Value) -> String {
+    let mut out = String::new();
+    for n in nodes.as_array().into_iter().flatten() {
+        let id = n.get("node").map(cell).unwrap_or_default();
+        if n.get("answered") == Some(&Value::Bool(true)) {
+            let (all, shown) = (
+                n.get("clients").and_then(Value::as_u64).unwrap_or(0),
+                n.get("shown").and_then(Value::as_u64).unwrap_or(0),
+            );
+            if shown < all {
+                out += &format!("node {id}: {all} clients, {shown} shown (--limit)\n");
+            } else {
+                out += &format!("node {id}: {all} clients\n");
+            }
+        } else {
+            let why = n.get("error").map(cell).unwrap_or_else(|| "-".into());
+            out += &format!("node {id}: NO ANSWER ({why}): its clients are not listed\n");
+        }
     }
     out
 }

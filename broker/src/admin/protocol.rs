@@ -4,7 +4,7 @@
 //! optional and echoed). Response: `{"id": 7, "ok": true, "result": ...}` or
 //! `{"id": 7, "ok": false, "error": {"code": "not_found", "message": "..."}}`.
 
-use super::backend::{AdminBackend, AdminError, ErrorCode};
+use super::backend::{AdminBackend, AdminError, ClientsScope, ErrorCode};
 use crate::logging::SetLevel;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -23,6 +23,15 @@ pub enum Request {
         shard: Option<usize>,
         #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
         pattern: Option<String>,
+        /// In a cluster: only this node (absent: every node).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<u64>,
+        /// Rows per node at most (absent: 1,000,000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// How long to wait for other nodes, in ms (absent: 2000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
     },
     #[serde(rename = "client.show")]
     ClientShow { client_id: String },
@@ -132,6 +141,9 @@ pub struct Response {
     pub result: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<AdminError>,
+    /// Cluster-wide `clients`: how each node answered (`NodeAnswer`s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Value>,
 }
 
 /// What the admin server answers with: the backend, the live log filter and
@@ -158,19 +170,21 @@ impl Handler {
         let resp = match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(mut obj)) => {
                 let id = obj.remove("id");
-                let result = parse_request(Value::Object(obj)).and_then(|r| self.execute(r));
+                let result = parse_request(Value::Object(obj)).and_then(|r| self.run(r));
                 match result {
-                    Ok(v) => Response {
+                    Ok((v, nodes)) => Response {
                         id,
                         ok: true,
                         result: Some(v),
                         error: None,
+                        nodes,
                     },
                     Err(e) => Response {
                         id,
                         ok: false,
                         result: None,
                         error: Some(e),
+                        nodes: None,
                     },
                 }
             }
@@ -182,10 +196,40 @@ impl Handler {
 
     /// Runs one command.
     pub fn execute(&self, req: Request) -> Result<Value, AdminError> {
+        self.run(req).map(|(v, _)| v)
+    }
+
+    /// Runs one command: its result and, for a cluster-wide `clients`, how each node answered.
+    fn run(&self, req: Request) -> Result<(Value, Option<Value>), AdminError> {
+        if let Request::Clients {
+            shard,
+            pattern,
+            node,
+            limit,
+            wait_ms,
+        } = req
+        {
+            let scope = ClientsScope {
+                node,
+                shard,
+                pattern,
+                limit: limit.unwrap_or(1_000_000),
+                wait: std::time::Duration::from_millis(wait_ms.unwrap_or(2000).min(60_000)),
+            };
+            let (rows, answers) = self.backend.clients_everywhere(&scope)?;
+            let nodes = (!answers.is_empty())
+                .then(|| to_value(answers))
+                .transpose()?;
+            return Ok((to_value(rows)?, nodes));
+        }
+        self.execute_one(req).map(|v| (v, None))
+    }
+
+    fn execute_one(&self, req: Request) -> Result<Value, AdminError> {
         let b = &*self.backend;
         match req {
             Request::Status => to_value(self.status()?),
-            Request::Clients { shard, pattern } => to_value(b.clients(shard, pattern.as_deref())?),
+            Request::Clients { .. } => self.run(req).map(|(v, _)| v),
             Request::ClientShow { client_id } => to_value(b.client_show(&client_id)?),
             Request::ClientKick { client_id } => {
                 b.kick(&client_id)?;
@@ -319,6 +363,7 @@ fn error_response(code: ErrorCode, message: String) -> Response {
         ok: false,
         result: None,
         error: Some(AdminError::new(code, message)),
+        nodes: None,
     }
 }
 

@@ -3,8 +3,8 @@
 //! from each shard's single-writer stats (no lock on the message path).
 
 use super::backend::{
-    AdminBackend, AdminError, ClientInfo, Histogram, ListenerMetrics, MetricsSnapshot,
-    RetainedInfo, ShardMetrics, SubscriptionInfo,
+    AdminBackend, AdminError, ClientInfo, ClientsScope, Histogram, ListenerMetrics,
+    MetricsSnapshot, NodeAnswer, RetainedInfo, ShardMetrics, SubscriptionInfo,
 };
 use ringmq_shard::control::{self, Query, Reply};
 use ringmq_shard::server::ServerHandle;
@@ -131,6 +131,7 @@ fn client(c: control::ClientInfo) -> ClientInfo {
     );
     ClientInfo {
         client_id: c.client_id,
+        node: None,
         shard: c.shard,
         connected: c.connected,
         protocol: c.protocol,
@@ -332,6 +333,105 @@ impl AdminBackend for ShardBackend {
             list.retain(|c| super::id_matches(p, &c.client_id));
         }
         Ok(list)
+    }
+
+    fn clients_everywhere(
+        &self,
+        scope: &ClientsScope,
+    ) -> Result<(Vec<ClientInfo>, Vec<NodeAnswer>), AdminError> {
+        let me = self.cluster.as_ref().map(|c| c.id());
+        let peers: Vec<u64> = self
+            .with(|h| h.cluster_stats())?
+            .map_or_else(Vec::new, |c| c.links.iter().map(|l| l.peer).collect());
+        let Some(me) = me else {
+            return super::backend::clients_alone(self, scope);
+        };
+        let ask: Vec<u64> = match scope.node {
+            None => peers.clone(),
+            Some(n) if n == me => Vec::new(),
+            Some(n) if peers.contains(&n) => vec![n],
+            Some(n) => {
+                return Err(AdminError::not_found(format!(
+                    "node {n} is not a node of this cluster (this node {me}, peers {peers:?})"
+                )))
+            }
+        };
+        let (tx, rx) = flume::unbounded();
+        if !ask.is_empty() {
+            let sent = self.with(|h| {
+                h.ask_peers(ringmq_shard::cluster::ops::AskClients {
+                    nodes: ask.clone(),
+                    shard: scope.shard,
+                    pattern: scope.pattern.clone(),
+                    limit: scope.limit,
+                    timeout: scope.wait,
+                    reply: tx,
+                })
+            })?;
+            if !sent {
+                return Err(AdminError::unavailable("shard 0 does not answer"));
+            }
+        }
+        let mut rows = Vec::new();
+        let mut answers = Vec::new();
+        // This node's own rows while the peers work on theirs.
+        if scope.node.is_none_or(|n| n == me) {
+            let mut mine = self.clients(scope.shard, scope.pattern.as_deref())?;
+            let total = mine.len() as u64;
+            mine.truncate(scope.limit as usize);
+            answers.push(NodeAnswer {
+                node: me,
+                answered: true,
+                clients: total,
+                shown: mine.len() as u64,
+                error: None,
+            });
+            rows.extend(mine.into_iter().map(|c| ClientInfo {
+                node: Some(me),
+                ..c
+            }));
+        }
+        let deadline = Instant::now() + scope.wait;
+        let mut waiting = ask.clone();
+        while !waiting.is_empty() {
+            let Ok(a) = rx.recv_deadline(deadline) else {
+                break;
+            };
+            waiting.retain(|n| *n != a.node);
+            answers.push(match a.result {
+                Ok((total, list)) => {
+                    let shown = list.len() as u64;
+                    rows.extend(list.into_iter().map(|c| ClientInfo {
+                        node: Some(a.node),
+                        ..client(c)
+                    }));
+                    NodeAnswer {
+                        node: a.node,
+                        answered: true,
+                        clients: u64::from(total),
+                        shown,
+                        error: None,
+                    }
+                }
+                Err(e) => NodeAnswer {
+                    node: a.node,
+                    answered: false,
+                    error: Some(e),
+                    ..NodeAnswer::default()
+                },
+            });
+        }
+        for node in waiting {
+            answers.push(NodeAnswer {
+                node,
+                answered: false,
+                error: Some(format!("no answer within {} ms", scope.wait.as_millis())),
+                ..NodeAnswer::default()
+            });
+        }
+        answers.sort_by_key(|a| a.node);
+        rows.sort_by(|a, b| (a.node, &a.client_id).cmp(&(b.node, &b.client_id)));
+        Ok((rows, answers))
     }
 
     fn client_show(&self, client_id: &str) -> Result<ClientInfo, AdminError> {

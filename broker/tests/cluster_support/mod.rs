@@ -4,6 +4,7 @@
 //! against each node's admin socket.
 #![allow(dead_code)]
 
+pub mod mosq;
 pub mod netns;
 
 use crate::common::persist::{launch, launch_cmd, DataDir, Durable, Launched};
@@ -15,20 +16,11 @@ use std::time::{Duration, Instant};
 /// Bound for a cluster to elect a leader or converge.
 pub const CONVERGE: Duration = Duration::from_secs(30);
 
-/// A port free right now on 127.0.0.1 (bound then released).
-/// The port after it is free too: a node's data-plane links listen on its
-/// cluster port + 1 (docs/cluster-data-plane.md).
+/// A port free right now on 127.0.0.1 (bound then released), below the ephemeral range
+/// (`common::cluster::free_pair_below_ephemeral`). The port after it is free too: a node's
+/// data-plane links listen on its cluster port + 1 (docs/cluster-data-plane.md).
 pub fn free_port() -> u16 {
-    loop {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
+    crate::common::cluster::free_pair_below_ephemeral()
 }
 
 /// One node: its id, cluster address, data dir and process (while running).
@@ -100,13 +92,15 @@ impl Node {
             "true",
             "--cores",
             "1",
-            "--sys-interval-secs",
-            "0",
-            "--data-dir",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // $SYS off unless the test's own flags set an interval.
+        if !self.args.iter().any(|a| a == "--sys-interval-secs") {
+            a.extend(["--sys-interval-secs".to_string(), "0".to_string()]);
+        }
+        a.push("--data-dir".to_string());
         a.push(self.dir.path.to_string_lossy().into_owned());
         a
     }
@@ -217,7 +211,21 @@ impl Cluster {
         Cluster::start_on(n, extra, Some(net))
     }
 
+    /// `n` nodes on 127.0.0.1, node `id` listening on `listen(id)` (an MQTT URL), all started.
+    pub fn start_listening(n: u64, extra: &[&str], listen: impl Fn(u64) -> String) -> Cluster {
+        Cluster::launch(n, extra, None, Some(&listen))
+    }
+
     fn start_on(n: u64, extra: &[&str], net: Option<&netns::Net>) -> Cluster {
+        Cluster::launch(n, extra, net, None)
+    }
+
+    fn launch(
+        n: u64,
+        extra: &[&str],
+        net: Option<&netns::Net>,
+        listen: Option<&dyn Fn(u64) -> String>,
+    ) -> Cluster {
         let addrs: Vec<(u64, String)> = (1..=n)
             .map(|id| match net {
                 Some(net) => (id, format!("{}:7000", net.addr(id as usize))),
@@ -245,7 +253,7 @@ impl Cluster {
                     args,
                     listen: match net {
                         Some(net) => format!("mqtt://{}:1883", net.addr(*id as usize)),
-                        None => "mqtt://127.0.0.1:0".into(),
+                        None => listen.map_or("mqtt://127.0.0.1:0".into(), |f| f(*id)),
                     },
                     ns: net.map(|net| net.ns(*id as usize)),
                 }

@@ -42,6 +42,8 @@ pub fn io_backend() -> ringmq_shard::config::IoBackend {
 /// An in-process broker on 127.0.0.1:0. Shut down (bounded) when dropped.
 pub struct Broker {
     handle: Option<ServerHandle>,
+    /// `RINGMQ_TEST_CLUSTER=N`: the nodes behind `addr` (a round-robin forwarder).
+    nodes: Option<super::cluster::Nodes>,
     pub addr: SocketAddr,
     pub shards: usize,
     pub data_dir: std::path::PathBuf,
@@ -75,29 +77,54 @@ impl Broker {
         }
         cfg.io_backend = io_backend();
         tweak(&mut cfg);
+        if let Some(n) = super::cluster::nodes() {
+            let nodes = super::cluster::start(n, &cfg);
+            return Broker {
+                handle: None,
+                addr: nodes.front.addr,
+                shards,
+                data_dir: nodes.nodes[0].data_dir.clone(),
+                nodes: Some(nodes),
+            };
+        }
         let data_dir = cfg.data_dir.clone();
         let handle = server::start(cfg).expect("broker starts");
         let addr = *handle.local_addrs().first().expect("one listener");
         Broker {
             handle: Some(handle),
+            nodes: None,
             addr,
             shards,
             data_dir,
         }
     }
 
-    /// Every listener's bound address, in `listen` order.
+    /// Every listener's bound address, in `listen` order (a cluster: the forwarder's).
     pub fn addrs(&self) -> Vec<SocketAddr> {
+        if self.nodes.is_some() {
+            return vec![self.addr];
+        }
         self.handle.as_ref().map_or(Vec::new(), |h| h.local_addrs())
     }
 
-    /// The running core (reload, listeners).
+    /// The running core (reload, listeners); in a cluster, node 1's.
     pub fn handle(&self) -> &ServerHandle {
-        self.handle.as_ref().expect("broker running")
+        match &self.nodes {
+            Some(n) => &n.nodes[0].handle,
+            None => self.handle.as_ref().expect("broker running"),
+        }
     }
 
-    /// Sum of one counter over all shards (`closes_for`, `drops_for`, ...).
+    /// Sum of one counter over all shards (`closes_for`, `drops_for`, ...), of every node
+    /// in a cluster.
     pub fn stat(&self, f: impl Fn(&ringmq_shard::stats::ShardStats) -> u64) -> u64 {
+        if let Some(n) = &self.nodes {
+            return n
+                .nodes
+                .iter()
+                .map(|n| n.handle.stats().iter().map(|s| f(s)).sum::<u64>())
+                .sum();
+        }
         self.handle
             .as_ref()
             .map_or(0, |h| h.stats().iter().map(|s| f(s)).sum())
@@ -105,6 +132,9 @@ impl Broker {
 
     /// Graceful shutdown, waited for at most `deadline`; returns whether it finished.
     pub fn shutdown(&mut self, deadline: Duration) -> bool {
+        if let Some(n) = self.nodes.take() {
+            return n.shutdown(deadline);
+        }
         let Some(handle) = self.handle.take() else {
             return true;
         };

@@ -9,11 +9,14 @@
 //!   with exact checks of the broker's answer.
 //! - `tls.rs`: test certificates (rcgen) and `RINGMQ_TEST_TRANSPORT=tls`, which runs every
 //!   suite's clients over TLS against an `mqtts://` listener.
+//! - `cluster.rs`: `RINGMQ_TEST_CLUSTER=3` runs every in-process broker as a cluster of three
+//!   nodes behind a round-robin forwarder (each new client connection to the next node).
 //! - here: `check_for` (poll with a deadline instead of sleeping), protocol/shard matrix macros.
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod persist;
 pub mod raw;
 pub mod tls;

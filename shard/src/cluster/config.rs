@@ -29,6 +29,10 @@ pub struct ClusterConfig {
     pub route_ack_timeout: Duration,
     /// Interval of route digests (anti-entropy) on each link.
     pub digest_interval: Duration,
+    /// A link that brought nothing (pings are answered every second) for this
+    /// long is closed: its peer is cut off or stuck, and the link must read as
+    /// down (SUBACKs stop waiting for it, the dialer reconnects, a full sync follows).
+    pub link_silence: Duration,
     /// Mutual TLS on the links (`None`: plain TCP).
     pub tls: Option<super::tls::LinkTls>,
 }
@@ -49,6 +53,7 @@ impl ClusterConfig {
             link_queue_bytes: 64 << 20,
             route_ack_timeout: Duration::from_secs(5),
             digest_interval: Duration::from_secs(5),
+            link_silence: Duration::from_secs(5),
             tls: None,
         }
     }

@@ -29,6 +29,9 @@ const RESYNC: u8 = 9;
 const PING: u8 = 10;
 const PONG: u8 = 11;
 const SHARED_PUBLISH: u8 = 12;
+// 0x50-0x5F: operator questions between nodes (`ops.rs`).
+const CLIENTS_ASK: u8 = 0x50;
+const CLIENTS_ANSWER: u8 = 0x51;
 // 0x20-0x2F: session handover (`handover.rs`).
 const SESSION_FETCH: u8 = 0x20;
 const SESSION_SHIP: u8 = 0x21;
@@ -75,6 +78,21 @@ pub enum Frame {
     /// Round-trip probe, answered with `Pong` carrying the same value.
     Ping(u64),
     Pong(u64),
+    /// `ringmq ctl clients` asked on the sender's node: the receiver's connected
+    /// clients (of shard `shard` only, `u32::MAX`: all) matching `pattern`
+    /// (empty: all), at most `limit` rows, answered with `ClientsAnswer{req}`.
+    ClientsAsk {
+        req: u64,
+        shard: u32,
+        limit: u32,
+        pattern: String,
+    },
+    /// The answer to `ClientsAsk{req}`: `total` clients matched, `rows` as `ops::encode_rows`.
+    ClientsAnswer {
+        req: u64,
+        total: u32,
+        rows: Bytes,
+    },
     /// The sender's node won session `client`'s ownership at `epoch` from the
     /// receiver: close it there and ship it (answered by `SessionShip{req}`).
     SessionFetch {
@@ -220,6 +238,24 @@ impl Frame {
                 });
                 out.put_u64(*n);
             }
+            Frame::ClientsAsk {
+                req,
+                shard,
+                limit,
+                pattern,
+            } => {
+                out.put_u8(CLIENTS_ASK);
+                out.put_u64(*req);
+                out.put_u32(*shard);
+                out.put_u32(*limit);
+                put_str(out, pattern);
+            }
+            Frame::ClientsAnswer { req, total, rows } => {
+                out.put_u8(CLIENTS_ANSWER);
+                out.put_u64(*req);
+                out.put_u32(*total);
+                out.put_slice(rows);
+            }
             Frame::SessionFetch { req, epoch, client } => {
                 out.put_u8(SESSION_FETCH);
                 out.put_u64(*req);
@@ -334,6 +370,23 @@ impl Frame {
                     Frame::Ping(n)
                 } else {
                     Frame::Pong(n)
+                }
+            }
+            CLIENTS_ASK => {
+                need(&body, 16, "clients ask")?;
+                Frame::ClientsAsk {
+                    req: body.get_u64(),
+                    shard: body.get_u32(),
+                    limit: body.get_u32(),
+                    pattern: get_str(&mut body, "clients ask")?,
+                }
+            }
+            CLIENTS_ANSWER => {
+                need(&body, 12, "clients answer")?;
+                Frame::ClientsAnswer {
+                    req: body.get_u64(),
+                    total: body.get_u32(),
+                    rows: std::mem::take(&mut body),
                 }
             }
             SESSION_FETCH => {
@@ -462,6 +515,17 @@ mod tests {
             publish: Bytes::from_static(b"\x30\x03\x00\x01a"),
         });
         round_trip(Frame::Pong(12));
+        round_trip(Frame::ClientsAsk {
+            req: 4,
+            shard: u32::MAX,
+            limit: 10,
+            pattern: "s-*".into(),
+        });
+        round_trip(Frame::ClientsAnswer {
+            req: 4,
+            total: 1,
+            rows: Bytes::from_static(b"\0\0\0\0"),
+        });
         round_trip(Frame::SessionFetch {
             req: 1 << 48 | 3,
             epoch: 77,

@@ -30,7 +30,12 @@ pub(crate) struct Hub {
     cfg: Arc<ClusterConfig>,
     pub stats: Arc<ClusterStats>,
     /// By slot - 1.
-    links: Vec<Rc<Link>>,
+    pub(super) links: Vec<Rc<Link>>,
+    /// Every shard's control channel (`ops.rs` gathers client lists through them).
+    pub(super) controls: Vec<flume::Sender<crate::control::Control>>,
+    /// Questions asked of peers and not answered yet (`ops.rs`).
+    pub(super) asks: RefCell<HashMap<u64, super::ops::Pending>>,
+    pub(super) next_ask: Cell<u64>,
     book: RefCell<RouteBook>,
     waiters: RefCell<Vec<Waiter>>,
     /// Route acks owed to a peer once every local shard applied its change: token -> (replies left, slot, seq).
@@ -46,7 +51,11 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub fn new(cfg: Arc<ClusterConfig>, stats: Arc<ClusterStats>) -> Self {
+    pub fn new(
+        cfg: Arc<ClusterConfig>,
+        stats: Arc<ClusterStats>,
+        controls: Vec<flume::Sender<crate::control::Control>>,
+    ) -> Self {
         let links = cfg
             .peers
             .iter()
@@ -66,6 +75,9 @@ impl Hub {
             cfg,
             stats,
             links,
+            controls,
+            asks: RefCell::default(),
+            next_ask: Cell::new(0),
             book: RefCell::default(),
             waiters: RefCell::default(),
             acks: RefCell::default(),
@@ -90,6 +102,7 @@ impl Hub {
                 self.clone(),
                 l.clone(),
                 self.cfg.digest_interval,
+                self.cfg.link_silence,
             );
             tasks.push(glommio::spawn_local(t));
         }
@@ -434,5 +447,6 @@ async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
             return;
         }
         hub.release(Some(Instant::now()));
+        hub.expire_asks(Instant::now());
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct Link {
     fd: Cell<i32>,
     /// Highest route sequence the peer acknowledged on this connection.
     pub acked: Cell<u64>,
+    /// When the current connection last brought bytes (a silent one is closed).
+    last_rx: Cell<std::time::Instant>,
     wake: Notify,
     pub stats: Arc<LinkStats>,
 }
@@ -61,6 +63,7 @@ impl Link {
             generation: Cell::new(0),
             fd: Cell::new(-1),
             acked: Cell::new(0),
+            last_rx: Cell::new(std::time::Instant::now()),
             wake: Notify::default(),
             stats,
         }
@@ -314,6 +317,7 @@ async fn serve(
     link.generation.set(generation);
     link.fd.set(fd);
     link.acked.set(0);
+    link.last_rx.set(std::time::Instant::now());
     link.up.set(true);
     link.stats.up.set(1);
     link.stats.connects.inc();
@@ -335,6 +339,7 @@ async fn serve(
     writer.await;
     link.fd.set(-1);
     hub.link_down();
+    hub.asks_link_down(link.peer.id);
 }
 
 /// Why a connection ended badly.
@@ -365,6 +370,7 @@ async fn read_loop(
             Ok(n) => n,
         };
         link.stats.bytes_in.add(n as u64);
+        link.last_rx.set(std::time::Instant::now());
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -401,6 +407,15 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::Pong(n) => {
             let now = hub.now_us();
             link.stats.rtt_us.set(now.saturating_sub(n));
+        }
+        Frame::ClientsAsk {
+            req,
+            shard: only,
+            limit,
+            pattern,
+        } => hub.on_clients_ask(link, req, only, limit, pattern),
+        Frame::ClientsAnswer { req, total, rows } => {
+            hub.on_clients_answer(link.peer.id, req, total, rows)
         }
         Frame::SessionFetch { req, epoch, client } => {
             super::handover::on_fetch(shard, link.slot, req, epoch, client)
@@ -444,7 +459,16 @@ async fn write_loop(
 }
 
 /// Sends a ping every second and this node's route digest every `digest` interval.
-pub(crate) async fn tick_loop(shard: Rc<Shard>, hub: Rc<Hub>, link: Rc<Link>, digest: Duration) {
+/// A link silent for `silence` (no pong, no frame) is closed: a peer cut off by
+/// the network leaves no socket error for minutes, and until the link reads as
+/// down, SUBACKs wait for that peer's route acknowledgements.
+pub(crate) async fn tick_loop(
+    shard: Rc<Shard>,
+    hub: Rc<Hub>,
+    link: Rc<Link>,
+    digest: Duration,
+    silence: Duration,
+) {
     let mut since_digest = Duration::ZERO;
     let step = Duration::from_secs(1).min(digest);
     loop {
@@ -453,6 +477,17 @@ pub(crate) async fn tick_loop(shard: Rc<Shard>, hub: Rc<Hub>, link: Rc<Link>, di
             return;
         }
         if !link.is_up() {
+            continue;
+        }
+        let quiet = link.last_rx.get().elapsed();
+        if quiet >= silence {
+            link.stats.errors.inc();
+            tracing::warn!(
+                peer = link.peer.id,
+                "node link silent for {} ms: closing it",
+                quiet.as_millis()
+            );
+            link.kick();
             continue;
         }
         link.push_frame(&Frame::Ping(hub.now_us()));

@@ -15,6 +15,9 @@
 //! only once all its shards applied it: a message published on any node after
 //! the SUBACK reaches the new subscription.
 //!
+//! Operator questions cross the same links (`ops.rs`: `ringmq ctl clients`
+//! cluster-wide, asked through `Control::AskPeers` on shard 0).
+//!
 //! Interface to the rest of the shard: [`filter_changed`] (subscribe/unsubscribe),
 //! [`forward`] (routing), [`on_item`] (mesh), [`after_routes`] (SUBACK), [`start`].
 
@@ -23,6 +26,7 @@ pub mod frame;
 pub mod handover;
 mod hub;
 mod link;
+pub mod ops;
 pub mod routes;
 pub mod stats;
 mod stream;
@@ -99,6 +103,8 @@ pub(crate) struct Init {
     pub cfg: Arc<ClusterConfig>,
     pub stats: Arc<ClusterStats>,
     pub listener: Option<std::net::TcpListener>,
+    /// Every shard's control channel (shard 0 asks them for a peer's `ClientsAsk`).
+    pub controls: Vec<flume::Sender<crate::control::Control>>,
 }
 
 /// One shard's part of the cluster.
@@ -115,8 +121,13 @@ impl Node {
     pub(crate) fn new(shard_id: usize, init: &Init) -> Self {
         Node {
             routes: RefCell::new(NodeRoutes::new(init.cfg.peers.len())),
-            hub: (shard_id == 0)
-                .then(|| Rc::new(hub::Hub::new(init.cfg.clone(), init.stats.clone()))),
+            hub: (shard_id == 0).then(|| {
+                Rc::new(hub::Hub::new(
+                    init.cfg.clone(),
+                    init.stats.clone(),
+                    init.controls.clone(),
+                ))
+            }),
             scratch: RefCell::default(),
             handover: Default::default(),
             stats: init.stats.clone(),
@@ -183,14 +194,16 @@ pub(crate) fn after_routes(shard: &Shard, then: Box<dyn FnOnce()>) {
 }
 
 /// Sends `p` (just routed on this node) to the other nodes with subscribers
-/// on its topic; a retained message goes to every node. `$` topics stay here.
+/// on its topic; a retained message goes to every node. `$SYS` topics (each
+/// node's own figures) stay here; other `$` topics clients publish cross like
+/// any topic ([MQTT-4.7.2-1] only keeps them from first-level wildcards).
 /// Each matching share group gets one node, in turn among the nodes with
 /// members; returns the groups given to another node (this node skips them).
 pub(crate) fn forward(shard: &Shard, p: &Publish) -> Vec<TopicFilter> {
     let Some(node) = &shard.cluster else {
         return Vec::new();
     };
-    if p.topic.as_str().starts_with('$') {
+    if is_sys(p.topic.as_str()) {
         return Vec::new();
     }
     let elsewhere = forward_shared(shard, node, p);
@@ -244,6 +257,28 @@ fn forward_plain(shard: &Shard, node: &Node, p: &Publish) {
             })),
         ),
     }
+}
+
+/// `Control::AskPeers` (shard 0): asks other nodes for their connected clients.
+pub(crate) fn ask_clients(shard: &Shard, ask: ops::AskClients) {
+    match shard.cluster.as_ref().and_then(|n| n.hub.as_ref()) {
+        Some(hub) => hub.ask_clients(ask),
+        None => {
+            for node in ask.nodes {
+                let _ = ask.reply.send(ops::PeerClients {
+                    node,
+                    result: Err("this node has no node links".into()),
+                });
+            }
+        }
+    }
+}
+
+/// `$SYS` or `$SYS/...`: a node's own figures, never sent to another node.
+fn is_sys(topic: &str) -> bool {
+    topic
+        .strip_prefix("$SYS")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// A cluster item from shard `from`.

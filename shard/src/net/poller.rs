@@ -97,6 +97,16 @@ impl Io {
         }
     }
 
+    /// io_uring: appends up to `max` bytes already received to `dst`;
+    /// `None` when none wait (or on epoll): read with [`Io::recv`].
+    pub fn recv_buffered(
+        &self,
+        dst: &mut bytes::BytesMut,
+        max: usize,
+    ) -> Option<io::Result<usize>> {
+        self.uring.as_ref()?.recv_append(self.key, dst, max)
+    }
+
     /// Non-blocking `send`; `WouldBlock` when the socket takes nothing now.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
         if let Some(u) = &self.uring {

@@ -40,6 +40,13 @@ pub(crate) trait Wire {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Non-blocking write; `WouldBlock` when the socket takes nothing now.
     fn send(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Non-blocking read of at most `scratch.len()` bytes appended to
+    /// `dst`, through `scratch` unless the wire holds them already.
+    fn recv_append(&self, scratch: &mut [u8], dst: &mut BytesMut) -> io::Result<usize> {
+        let n = self.recv(scratch)?;
+        dst.extend_from_slice(&scratch[..n]);
+        Ok(n)
+    }
 }
 
 impl Wire for super::poller::Io {
@@ -48,6 +55,16 @@ impl Wire for super::poller::Io {
     }
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
         super::poller::Io::send(self, buf)
+    }
+    fn recv_append(&self, scratch: &mut [u8], dst: &mut BytesMut) -> io::Result<usize> {
+        // io_uring: the received bytes are in the ring's buffers already;
+        // they go to `dst` with one copy.
+        if let Some(r) = self.recv_buffered(dst, scratch.len()) {
+            return r;
+        }
+        let n = self.recv(scratch)?;
+        dst.extend_from_slice(&scratch[..n]);
+        Ok(n)
     }
 }
 
@@ -81,11 +98,9 @@ impl Stack {
         mqtt: &mut BytesMut,
     ) -> io::Result<Read> {
         match self {
-            Stack::Plain => {
-                let n = wire.recv(scratch)?;
-                mqtt.extend_from_slice(&scratch[..n]);
-                Ok(Read { wire: n })
-            }
+            Stack::Plain => Ok(Read {
+                wire: wire.recv_append(scratch, mqtt)?,
+            }),
             Stack::Tls(t) => {
                 if t.at_eof() {
                     return Ok(Read { wire: 0 });

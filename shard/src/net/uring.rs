@@ -20,11 +20,20 @@
 //!   them (paused by the partial-packet budget) cannot stall the others
 //!   until their deadline; no byte is lost or reordered (the multishot
 //!   receive has ended before the first direct read).
+//!   Where the kernel has it (6.12) the ring is consumed incrementally
+//!   (`IOU_PBUF_RING_INC`): consecutive arrivals, of any socket, share a
+//!   buffer, which goes back once the kernel moved past it and each of its
+//!   chunks was read (`BufRing::landed`/`release`).
+//! - **Task work**: the ring is set up with `COOP_TASKRUN` + `TASKRUN_FLAG`
+//!   (5.19): completions do not interrupt the running shard with an IPI;
+//!   they run at its next syscall or wake-up, and [`Uring::reap`] enters the
+//!   kernel when the SQ flag says work waits.
 //! - **Send**: [`Uring::send`] copies the bytes it is given into a buffer
 //!   of the shard's pool and queues one `SEND` for the socket; the next send
 //!   says `WouldBlock` until it completed (a short send is re-queued for the
 //!   rest). The connection loop sends once per flush, so one `SEND` per
-//!   dirty connection per tick.
+//!   dirty connection per tick. Its completion wakes the connection only if
+//!   it waits for it (it saw `WouldBlock`, so WRITABLE was cleared).
 //! - **Accept**: one multishot `ACCEPT` per listener.
 //! - **Submission**: SQEs are queued without a syscall; the poller's task
 //!   submits them all with one `io_uring_enter` at the end of the tick
@@ -62,6 +71,9 @@ const OP_CANCEL: u64 = 4;
 const OP_POLL: u64 = 5;
 /// The one buffer group of the shard's ring.
 const BGID: u16 = 0;
+/// `IOU_PBUF_RING_INC` (include/uapi/linux/io_uring.h): buffers consumed
+/// incrementally.
+const IOU_PBUF_RING_INC: u16 = 2;
 /// No chunk / no send.
 const NIL: u32 = u32::MAX;
 /// Submission queue entries (a full queue is submitted at once).
@@ -97,6 +109,23 @@ struct BufRing {
     tail: Cell<u16>,
     /// Buffers the kernel may still pick.
     free: Cell<u32>,
+    /// Incremental consumption (`IOU_PBUF_RING_INC`, Linux 6.12): the
+    /// kernel fills a buffer across receives, of any socket, so small
+    /// arrivals share one buffer instead of taking 4 KiB each.
+    inc: bool,
+    /// Per buffer, with `inc`.
+    state: RefCell<Vec<BufState>>,
+}
+
+/// One buffer of an incremental ring.
+#[derive(Clone, Copy, Default)]
+struct BufState {
+    /// Where the kernel's next bytes go.
+    off: u32,
+    /// Chunks of it not read yet.
+    refs: u32,
+    /// The kernel has moved on to the next buffer.
+    retired: bool,
 }
 
 impl BufRing {
@@ -126,8 +155,67 @@ impl BufRing {
             mask: (entries - 1) as u16,
             tail: Cell::new(0),
             free: Cell::new(0),
+            inc: false,
+            state: RefCell::new(Vec::new()),
         };
         Ok(br)
+    }
+
+    /// A completion put `len` bytes the socket keeps into `bid`
+    /// (`more`: the kernel goes on filling it). Returns their offset.
+    fn landed(&self, bid: u16, len: u32, more: bool) -> u32 {
+        if !self.inc {
+            self.free.set(self.free.get() - 1);
+            return 0;
+        }
+        let mut st = self.state.borrow_mut();
+        let b = &mut st[bid as usize];
+        let off = b.off;
+        b.off += len;
+        b.refs += 1;
+        if !more {
+            b.retired = true;
+            self.free.set(self.free.get() - 1);
+        }
+        off
+    }
+
+    /// A completion's `len` bytes in `bid` that nobody reads.
+    fn discard(&self, bid: u16, len: u32, more: bool) {
+        if !self.inc {
+            self.free.set(self.free.get() - 1);
+            return self.give(bid);
+        }
+        let give = {
+            let mut st = self.state.borrow_mut();
+            let b = &mut st[bid as usize];
+            b.off += len;
+            if !more {
+                b.retired = true;
+                self.free.set(self.free.get() - 1);
+            }
+            b.retired && b.refs == 0
+        };
+        if give {
+            self.give(bid);
+        }
+    }
+
+    /// A chunk of `bid` was read: the buffer goes back once the kernel
+    /// is done with it and no other chunk of it waits.
+    fn release(&self, bid: u16) {
+        if !self.inc {
+            return self.give(bid);
+        }
+        let give = {
+            let mut st = self.state.borrow_mut();
+            let b = &mut st[bid as usize];
+            b.refs -= 1;
+            b.retired && b.refs == 0
+        };
+        if give {
+            self.give(bid);
+        }
     }
 
     /// Gives buffer `bid` (back) to the kernel.
@@ -141,6 +229,9 @@ impl BufRing {
         e.set_addr(addr as u64);
         e.set_len(self.size);
         e.set_bid(bid);
+        if self.inc {
+            self.state.borrow_mut()[bid as usize] = BufState::default();
+        }
         let next = tail.wrapping_add(1);
         self.tail.set(next);
         // SAFETY: the ring's first descriptor holds the shared tail
@@ -291,20 +382,51 @@ impl Uring {
         slots: Rc<RefCell<Slab<Slot>>>,
         stats: Arc<ShardStats>,
     ) -> io::Result<Self> {
+        // Cooperative task work (5.19+): a completion arriving while the
+        // shard runs does not interrupt it with an IPI; the kernel runs the
+        // ring's task work at the shard's next syscall (its submit, glommio's
+        // park), or at once when the thread sleeps. `taskrun` (the SQ flag)
+        // says when work waits and nothing else enters the kernel: `reap`
+        // enters then. Measured: the IPI's exit path was 3.5 % of the
+        // broker's CPU on 50 pairs. Older kernels: the plain ring.
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
             .setup_clamp()
-            .build(SQ_ENTRIES)?;
-        let bufs = BufRing::new(cfg)?;
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(SQ_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(CQ_ENTRIES)
+                    .setup_clamp()
+                    .build(SQ_ENTRIES)
+            })?;
+        let mut bufs = BufRing::new(cfg)?;
         // SAFETY: the descriptors stay allocated (and the buffers too) for
         // the life of `Uring`, which closes the ring first (its `Drop`).
-        unsafe {
+        // Incremental consumption where the kernel has it (6.12), else
+        // one buffer per completion.
+        let inc = unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 bufs.ring as u64,
                 cfg.buffers,
                 BGID,
-                0,
-            )?;
+                IOU_PBUF_RING_INC,
+            )
+        };
+        if inc.is_ok() {
+            bufs.inc = true;
+            bufs.state = RefCell::new(vec![BufState::default(); cfg.buffers as usize]);
+        } else {
+            // SAFETY: as above.
+            unsafe {
+                ring.submitter().register_buf_ring_with_flags(
+                    bufs.ring as u64,
+                    cfg.buffers,
+                    BGID,
+                    0,
+                )?;
+            }
         }
         for bid in 0..cfg.buffers {
             bufs.give(bid);
@@ -518,33 +640,93 @@ impl Uring {
         );
     }
 
+    /// Appends up to `max` received bytes to `dst` straight from the ring's
+    /// buffers (no scratch copy); `None` when no received bytes wait (the
+    /// caller reads with [`Uring::recv`], which reports an end of stream,
+    /// an error, `WouldBlock` or reads a starved socket directly).
+    pub fn recv_append(
+        &self,
+        key: u32,
+        dst: &mut bytes::BytesMut,
+        max: usize,
+    ) -> Option<io::Result<usize>> {
+        let n = {
+            let mut socks = self.socks.borrow_mut();
+            let s = socks.get_mut(key as usize).filter(|s| s.live)?;
+            if s.head == NIL {
+                return None;
+            }
+            let chunks = self.chunks.borrow();
+            let (mut held, mut at) = (0usize, s.head);
+            while at != NIL && held < max {
+                held += chunks[at as usize].len as usize;
+                at = chunks[at as usize].next;
+            }
+            drop(chunks);
+            dst.reserve(held.min(max));
+            self.take_chunks(s, max, |b| dst.extend_from_slice(b))
+        };
+        self.after_read(key);
+        Some(Ok(n))
+    }
+
+    /// Consumes up to `max` bytes of `s`'s received chunks, in order,
+    /// handing them to `put`; buffers read whole go back to the ring.
+    fn take_chunks(&self, s: &mut Sock, max: usize, mut put: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        let mut chunks = self.chunks.borrow_mut();
+        while n < max && s.head != NIL {
+            let c = &mut chunks[s.head as usize];
+            let take = (c.len as usize).min(max - n);
+            put(self.bufs.bytes(c.bid, c.off, take as u32));
+            n += take;
+            c.off += take as u32;
+            c.len -= take as u32;
+            if c.len == 0 {
+                let c = chunks.remove(s.head as usize);
+                s.head = c.next;
+                if s.head == NIL {
+                    s.tail = NIL;
+                }
+                s.held -= 1;
+                self.bufs.release(c.bid);
+            }
+        }
+        n
+    }
+
+    /// After a read: re-arms the receive if it ended and the socket holds
+    /// few enough buffers; wakes the poller when starved sockets wait for
+    /// the buffers just given back.
+    fn after_read(&self, key: u32) {
+        let rearm = self
+            .with_sock(key, |s| {
+                s.recv == Recv::Idle && !s.starved && s.held <= self.max_held / 2
+            })
+            .unwrap_or(false);
+        if rearm {
+            self.arm_recv(key);
+        }
+        if !self.starved.borrow().is_empty() {
+            self.pending.notify();
+        }
+    }
+
     /// Copies buffered received bytes into `buf`; `Ok(0)` end of stream,
     /// `WouldBlock` nothing there. Buffers read whole go back to the ring.
     pub fn recv(&self, key: u32, buf: &mut [u8]) -> io::Result<usize> {
-        let mut n = 0;
-        let (eof, err, rearm) = {
+        let mut n: usize;
+        let (eof, err) = {
             let mut socks = self.socks.borrow_mut();
             let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
                 return Err(io::Error::from_raw_os_error(libc::EBADF));
             };
-            let mut chunks = self.chunks.borrow_mut();
-            while n < buf.len() && s.head != NIL {
-                let c = &mut chunks[s.head as usize];
-                let take = (c.len as usize).min(buf.len() - n);
-                buf[n..n + take].copy_from_slice(self.bufs.bytes(c.bid, c.off, take as u32));
-                n += take;
-                c.off += take as u32;
-                c.len -= take as u32;
-                if c.len == 0 {
-                    let c = chunks.remove(s.head as usize);
-                    s.head = c.next;
-                    if s.head == NIL {
-                        s.tail = NIL;
-                    }
-                    s.held -= 1;
-                    self.bufs.give(c.bid);
-                }
-            }
+            let room = buf.len();
+            let mut at = 0;
+            n = self.take_chunks(s, room, |b| {
+                buf[at..at + b.len()].copy_from_slice(b);
+                at += b.len();
+            });
             if n == 0
                 && s.head == NIL
                 && s.starved
@@ -566,7 +748,6 @@ impl Uring {
                         // socket (epoll's edge): the poll announces the next
                         // bytes.
                         n = r as usize;
-                        drop(chunks);
                         drop(socks);
                         self.arm_poll(key);
                         return Ok(n);
@@ -575,7 +756,6 @@ impl Uring {
                         let e = io::Error::last_os_error();
                         match e.raw_os_error() {
                             Some(libc::EAGAIN) | Some(libc::EINTR) => {
-                                drop(chunks);
                                 drop(socks);
                                 self.arm_poll(key);
                                 return Err(io::ErrorKind::WouldBlock.into());
@@ -586,15 +766,9 @@ impl Uring {
                     }
                 }
             }
-            let rearm = s.recv == Recv::Idle && !s.starved && s.held <= self.max_held / 2;
-            (s.eof && s.head == NIL, s.err, rearm)
+            (s.eof && s.head == NIL, s.err)
         };
-        if rearm {
-            self.arm_recv(key);
-        }
-        if !self.starved.borrow().is_empty() {
-            self.pending.notify();
-        }
+        self.after_read(key);
         if n > 0 {
             Ok(n)
         } else if err != 0 {
@@ -757,7 +931,7 @@ impl Uring {
         while s.head != NIL {
             let c = chunks.remove(s.head as usize);
             s.head = c.next;
-            self.bufs.give(c.bid);
+            self.bufs.release(c.bid);
         }
         s.tail = NIL;
         s.held = 0;
@@ -783,10 +957,19 @@ impl Uring {
     }
 
     fn wake(&self, key: u32, bits: u8) {
+        self.wake_if(key, bits, true);
+    }
+
+    /// Sets `bits`; wakes the owner if `always`, or if one of `bits` was
+    /// not set (the owner cleared it: it waits for it).
+    fn wake_if(&self, key: u32, bits: u8, always: bool) {
         if let Some(s) = self.slots.borrow_mut().get_mut(key as usize) {
+            let new = bits & !s.ready != 0;
             s.ready |= bits;
-            if let Some(w) = s.waker.take() {
-                w.wake();
+            if always || new {
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
             }
         }
     }
@@ -797,6 +980,15 @@ impl Uring {
         let mut cqes = self.cqes.take();
         {
             let mut ring = self.ring.borrow_mut();
+            if ring.submission().taskrun() {
+                // Completions wait as task work (cooperative task run):
+                // any entry into the kernel runs it (and submits what is
+                // queued).
+                self.stats.uring_submits.inc();
+                if ring.submit().is_ok() {
+                    self.unsubmitted.set(0);
+                }
+            }
             cqes.extend(
                 ring.completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
@@ -849,13 +1041,12 @@ impl Uring {
     fn on_recv(&self, key: u32, res: i32, flags: u32) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
-        if bid.is_some() {
-            self.bufs.free.set(self.bufs.free.get() - 1);
-        }
+        let buf_more = cqueue::buffer_more(flags);
+        let len = res.max(0) as u32;
         let mut socks = self.socks.borrow_mut();
         let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
             if let Some(b) = bid {
-                self.bufs.give(b);
+                self.bufs.discard(b, len, buf_more);
             }
             return;
         };
@@ -866,11 +1057,12 @@ impl Uring {
         match (res, bid) {
             (n, Some(b)) if n > 0 => {
                 if s.stopped && s.owns_fd {
-                    self.bufs.give(b);
+                    self.bufs.discard(b, len, buf_more);
                 } else {
+                    let off = self.bufs.landed(b, len, buf_more);
                     let c = self.chunks.borrow_mut().insert(Chunk {
                         bid: b,
-                        off: 0,
+                        off,
                         len: n as u32,
                         next: NIL,
                     }) as u32;
@@ -899,7 +1091,7 @@ impl Uring {
             }
             (n, b) => {
                 if let Some(b) = b {
-                    self.bufs.give(b);
+                    self.bufs.discard(b, len, buf_more);
                 }
                 if n == 0 {
                     s.eof = true;
@@ -986,14 +1178,19 @@ impl Uring {
         }
         let s = &socks[key as usize];
         self.done_if_stopped(key, s);
-        let bits = if s.err != 0 {
-            READABLE | WRITABLE
+        let (bits, must) = if s.err != 0 {
+            (READABLE | WRITABLE, true)
         } else {
-            WRITABLE
+            (WRITABLE, s.stopped)
         };
         drop(sends);
         drop(socks);
-        self.wake(key, bits);
+        // The owner is woken only if it waits for this: it saw `WouldBlock`
+        // (and cleared WRITABLE), or the socket failed or is being let go.
+        // A connection whose send simply completed is not polled for it:
+        // at one send per delivery that was one task poll per message more
+        // than on epoll.
+        self.wake_if(key, bits, must);
     }
 
     fn on_accept(&self, key: u32, res: i32, flags: u32) {
@@ -1141,9 +1338,80 @@ fn kernel_release() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn probe_passes_on_this_kernel() {
         // The CI and development kernels are 6.x: the backend must be usable there.
         super::probe().expect("io_uring probe");
+    }
+
+    /// Small arrivals share a buffer of an incremental ring; every byte is
+    /// read once, in order, across buffer boundaries; every buffer goes
+    /// back to the ring once read.
+    #[test]
+    fn incremental_ring_packs_small_arrivals_in_order() {
+        let slots = Rc::new(RefCell::new(Slab::new()));
+        let u = Uring::new(
+            UringConfig {
+                buffers: 4,
+                buffer_size: 64,
+            },
+            slots.clone(),
+            Arc::new(ShardStats::default()),
+        )
+        .expect("ring");
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors; checked below.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: fresh descriptors owned by nobody else.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let key = slots.borrow_mut().insert(Slot {
+            waker: None,
+            ready: 0,
+        }) as u32;
+        u.add(key, a.as_raw_fd(), false);
+        u.submit();
+        let mut sent = Vec::new();
+        let mut got = Vec::new();
+        let mut bids = Vec::new();
+        // 40 arrivals of 10 bytes: 400 bytes through a 256-byte ring.
+        for i in 0..40u8 {
+            let msg = [i; 10];
+            sent.extend_from_slice(&msg);
+            // SAFETY: ten bytes from a valid buffer.
+            let w = unsafe { libc::write(b.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+            assert_eq!(w, 10);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !u.has_input(key) {
+                assert!(std::time::Instant::now() < deadline, "no completion");
+                let _ = u.ring.borrow().submitter().submit_and_wait(1);
+                u.reap();
+                u.submit();
+            }
+            let head = u.with_sock(key, |s| s.head).unwrap();
+            bids.push(u.chunks.borrow()[head as usize].bid);
+            let mut dst = bytes::BytesMut::new();
+            while let Some(Ok(n)) = u.recv_append(key, &mut dst, 1 << 16) {
+                assert!(n > 0);
+            }
+            got.extend_from_slice(&dst);
+        }
+        assert_eq!(got, sent);
+        if u.bufs.inc {
+            // Several arrivals landed in one buffer (6.12+ kernels).
+            assert!(bids.windows(2).any(|w| w[0] == w[1]), "bids {bids:?}");
+        }
+        assert_eq!(u.bufs.free.get(), 4, "every buffer back in the ring");
+        u.close(key, a);
+        u.submit();
     }
 }
