@@ -131,32 +131,43 @@ async fn partial_packet_flood_stays_within_the_budget() {
     let body_len = (1 << 20) - 16;
     let body = Arc::new(vec![b'f'; body_len]);
     let closed = Arc::new(AtomicUsize::new(0));
+    // Flooders that have their CONNACK: the connection burst is over once all have.
+    let acked = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..FLOODERS {
         let proto = if i % 2 == 0 { Proto::V4 } else { Proto::V5 };
-        let (addr, body, closed) = (b.addr, body.clone(), closed.clone());
+        let (addr, body, closed, acked) = (b.addr, body.clone(), closed.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             let v = version(proto);
             let mut c = connect_packet(v, &format!("flood-{i}"), true);
             c.keep_alive = 0;
             let mut out = bytes::BytesMut::new();
             Packet::Connect(Box::new(c)).encode(v, &mut out).unwrap();
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut rd, mut wr) = stream.into_split();
+            // The harness's transport (TCP, TLS, WebSocket or WSS): the flood
+            // is MQTT bytes the broker must decrypt/unframe, as a real attacker's.
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut rd, mut wr) = tokio::io::split(common::raw::over_transport(tcp).await);
             wr.write_all(&out).await.unwrap();
             let head = publish_head(body_len, v);
             let rest = body_len - (head.len() - 2) - 1; // all but the last byte
             let writer = tokio::spawn(async move {
                 let _ = wr.write_all(&head).await;
                 let _ = wr.write_all(&body[..rest]).await;
+                let _ = wr.flush().await; // a WebSocket sink sends its frame on flush
                 wr // kept open: the broker must close it
             });
             let mut buf = [0u8; 256];
             let end = Instant::now() + Duration::from_secs(60);
+            let mut first = true;
             loop {
                 match tokio::time::timeout_at(end.into(), rd.read(&mut buf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(_)) => {} // CONNACK
+                    Ok(Ok(_)) => {
+                        // CONNACK
+                        if std::mem::take(&mut first) {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     Err(_) => panic!("flooder {i} still open after 60 s"),
                 }
             }
@@ -168,10 +179,15 @@ async fn partial_packet_flood_stays_within_the_budget() {
     let mut peak = baseline;
     let mut exchanged = 0u16;
     let mut slowest = Duration::ZERO;
+    // Exchanges while flooders still connect (200 handshakes, over TLS in a
+    // debug build on a shared machine): reported, not asserted.
+    let mut slowest_burst = Duration::ZERO;
+    let mut after_burst = 0u16;
     while closed.load(Ordering::Relaxed) < FLOODERS {
         peak = peak.max(rss_kib(pid));
         if exchanged < 50 {
             exchanged += 1;
+            let burst = acked.load(Ordering::Relaxed) < FLOODERS;
             let t0 = Instant::now();
             publ.send(&Packet::Publish(publish_packet(
                 "ok/t", 1, false, exchanged, b"hi",
@@ -185,7 +201,12 @@ async fn partial_packet_flood_stays_within_the_budget() {
             if let Some(id) = got.packet_id {
                 sub.send(&Packet::PubAck(common::raw::resp(id.get()))).await;
             }
-            slowest = slowest.max(t0.elapsed());
+            if burst {
+                slowest_burst = slowest_burst.max(t0.elapsed());
+            } else {
+                after_burst += 1;
+                slowest = slowest.max(t0.elapsed());
+            }
         } else {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -216,7 +237,8 @@ async fn partial_packet_flood_stays_within_the_budget() {
     let grew_mib = (peak - baseline) as f64 / 1024.0;
     eprintln!(
         "flood: rss {baseline} -> peak {peak} KiB (+{grew_mib:.1} MiB), {paused} reads paused, \
-         {timeouts} packet_timeout closes, {exchanged} healthy messages (slowest {slowest:?}), \
+         {timeouts} packet_timeout closes, {exchanged} healthy messages (slowest {slowest:?}, while connecting \
+         {slowest_burst:?}), \
          receive ring dry {dry} times"
     );
     assert_eq!(
@@ -226,8 +248,8 @@ async fn partial_packet_flood_stays_within_the_budget() {
     assert!(paused > 0.0, "the budget was reached and reads paused");
     assert_eq!(held, 0.0, "nothing held after the flood");
     assert!(
-        exchanged >= 1,
-        "the healthy pair exchanged messages during the flood"
+        after_burst >= 1,
+        "the healthy pair exchanged messages while the flooders held the budget"
     );
     // Not a speed figure: a stall shows as an exchange that waited for the
     // flooders' 3 s deadline (on io_uring, a receive ring the paused

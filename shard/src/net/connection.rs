@@ -792,8 +792,8 @@ impl Link {
             // Drop the last read's allocation (decoded packets keep their slices).
             self.inbuf = BytesMut::new();
         }
-        self.partial
-            .update(shard, self.inbuf.capacity(), handled, now);
+        let held = self.inbuf.capacity() + self.stack.held();
+        self.partial.update(shard, held, handled, now);
         if shard.poller.ready(io.key) & READABLE == 0 {
             return handled;
         }
@@ -812,8 +812,8 @@ impl Link {
                 shard.stats.bytes_in.add(n as u64);
                 self.last_read = now;
                 // Counted at once, so the next connection's read sees it.
-                self.partial
-                    .update(shard, self.inbuf.capacity(), false, now);
+                let held = self.inbuf.capacity() + self.stack.held();
+                self.partial.update(shard, held, false, now);
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => handled,

@@ -23,6 +23,12 @@
 //! that happens to arrive during an attack; a paused one resumes as soon as
 //! the attackers' deadlines free their bytes.
 //!
+//! Over TLS the share also counts the tail of a record still arriving (the
+//! TLS layer's `incoming`, at most one record, RFC 8446 5.2): decrypted bytes
+//! reach the MQTT buffer record by record, so without it a flood of cut
+//! records would sit outside the budget, and a peer trickling one record
+//! forever (keep alive 0) would never meet the packet deadline.
+//!
 //! Not counted: a CONNECT still arriving (the handshake's buffer). Over
 //! budget it is read [`SMALL_READ`] bytes at a time, and the 10 s CONNECT
 //! deadline bounds it.

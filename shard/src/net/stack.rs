@@ -167,6 +167,18 @@ impl Stack {
         }
     }
 
+    /// Bytes the layers hold of input not yet handed on as MQTT bytes (the
+    /// tail of a TLS record): part of the connection's partial-packet share.
+    /// The WebSocket framer holds at most a 14-byte header inline.
+    #[inline]
+    pub fn held(&self) -> usize {
+        match self {
+            Stack::Plain | Stack::Ws(_) => 0,
+            Stack::Tls(t) => t.held(),
+            Stack::Wss(tw) => tw.0.held(),
+        }
+    }
+
     /// A layer is still in its own handshake (TLS, the WebSocket upgrade).
     pub fn handshaking(&self) -> bool {
         match self {
@@ -525,6 +537,32 @@ mod tests {
         }
         let wire = std::mem::take(&mut *pipe.taken.borrow_mut());
         assert_eq!(client_reads(&mut client, &wire), big);
+    }
+
+    /// A read that cuts a record keeps only the record's tail (not the read's
+    /// allocation), reports it as held (the partial-packet budget counts it),
+    /// and holds nothing once the record completes.
+    #[test]
+    fn tls_holds_only_a_cut_records_tail_and_reports_it() {
+        use std::io::Write as _;
+        let (mut client, mut stack, _pipe) = tls_pair();
+        client.writer().write_all(&[b'm'; 40_000]).unwrap();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        assert!(wire.len() > 40_000);
+        let mut mqtt = BytesMut::new();
+        // Two whole 16 KiB records and 100 bytes of the third, in one read.
+        let recs = records(&wire);
+        assert!(recs.len() >= 3, "{recs:?}");
+        let cut = 5 + recs[0].1 + 5 + recs[1].1 + 100;
+        stack.feed(&wire[..cut], &mut mqtt).unwrap();
+        let held = stack.held();
+        assert!((100..=100 + 4096 + 200).contains(&held), "held {held}");
+        stack.feed(&wire[cut..], &mut mqtt).unwrap();
+        assert_eq!(mqtt.len(), 40_000);
+        assert_eq!(stack.held(), 0);
     }
 
     #[test]

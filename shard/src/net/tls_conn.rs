@@ -24,6 +24,9 @@ use std::io;
 /// Plaintext encrypted per `encrypt` call at most; the rest waits for the
 /// socket to take what is pending (back-pressure, bounded memory).
 const ENCRYPT_CHUNK: usize = 64 * 1024;
+/// Spare room a kept record tail may carry before it is copied into an
+/// allocation of its own size.
+const TAIL_SLACK: usize = 4096;
 
 /// One connection's TLS state.
 pub(crate) struct TlsLayer {
@@ -172,8 +175,22 @@ impl TlsLayer {
         if self.incoming.is_empty() {
             // A whole number of records: nothing kept while idle.
             self.incoming = BytesMut::new();
+        } else if self.incoming.capacity() > 2 * self.incoming.len() + TAIL_SLACK {
+            // The tail of a record cut by the read (at most one record, 16 KiB
+            // plus overhead, RFC 8446 5.2): keep it alone, not the read's whole
+            // allocation (64 KiB) while the connection waits, e.g. paused by
+            // the partial-packet budget, which counts it (`held`).
+            self.incoming = BytesMut::from(&self.incoming[..]);
         }
         r
+    }
+
+    /// Bytes this layer holds of a record still arriving (its allocation):
+    /// counted with the MQTT buffer against the partial-packet budget, and
+    /// under the same deadline, so a peer trickling one record forever is
+    /// closed like one trickling a packet (net/read_budget.rs).
+    pub fn held(&self) -> usize {
+        self.incoming.capacity()
     }
 
     /// Encrypts up to 64 KiB of `plain` into records (16 KiB each, not one
