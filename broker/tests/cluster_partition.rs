@@ -7,23 +7,12 @@
 mod cluster_support;
 mod common;
 
-use cluster_support::mosq::{collect, link_up, publish_acked, wait_links, Sub, SETTLE};
+use cluster_support::mosq::{
+    collect, link_up, publish_acked, publish_one, wait_links, Sub, SETTLE,
+};
 use cluster_support::{netns::Net, Cluster};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// One v5 QoS 1 publish with mosquitto_pub; its stderr (empty when acknowledged with success:
-/// mosquitto_pub warns "Publish 1 failed" on a refusal and still exits 0).
-fn publish_v5(node: &cluster_support::Node, id: &str, topic: &str, m: &str) -> String {
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", &node.mqtt().ip().to_string()])
-        .args(["-p", &node.mqtt().port().to_string()])
-        .args(["-i", id, "-V", "mqttv5", "-q", "1", "-t", topic, "-m", m])
-        .output()
-        .expect("mosquitto_pub");
-    assert!(out.status.success(), "mosquitto_pub {m}");
-    String::from_utf8_lossy(&out.stderr).trim().to_string()
-}
 
 #[test]
 fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
@@ -78,7 +67,7 @@ fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
     // A topic only the majority subscribes to: acknowledged at once, nothing lost.
     let during: Vec<String> = (0..20).map(|i| format!("during-{i}")).collect();
     for m in &during {
-        let err = publish_v5(c.get(1), "part-p1", "part2/x", m);
+        let err = publish_one(c.get(1), "part-p1", "part2/x", m);
         assert!(err.is_empty(), "{m} refused during the partition: {err}");
     }
     assert_eq!(
@@ -90,7 +79,7 @@ fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
     // docs/cluster-data-plane.md, "Durable delivery"); the majority's subscribers
     // still get it (QoS 1: the publisher's retry may duplicate).
     let refused = "refused-0".to_string();
-    let err = publish_v5(c.get(1), "part-p1", "part/x", &refused);
+    let err = publish_one(c.get(1), "part-p1", "part/x", &refused);
     assert!(
         err.contains("failed"),
         "acknowledged without node 3: {err:?}"

@@ -14,8 +14,7 @@ use cluster_support::Cluster;
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,14 +28,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 const SETTLE: Duration = Duration::from_secs(30);
 
 /// `mosquitto_sub -v` on `addr`: its lines arrive on a channel. Killed (by PID) on drop.
-struct MosqSub {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
+struct MosqSub(cluster_support::mosq::Sub);
 
 impl MosqSub {
     fn start(addr: std::net::SocketAddr, id: &str, version: &str, filter: &str, qos: u8) -> Self {
-        let mut child = Command::new("mosquitto_sub")
+        let child = Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
             .args(["-i", id, "-V", version, "-q", &qos.to_string()])
             .args(["-t", filter, "-v"])
@@ -44,16 +40,7 @@ impl MosqSub {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto_sub (apt-get install mosquitto-clients)");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        MosqSub { child, lines }
+        MosqSub(cluster_support::mosq::Sub::adopt(child))
     }
 
     /// The next line whose payload is not a probe (polled: the runtime's other tasks, the
@@ -61,7 +48,7 @@ impl MosqSub {
     async fn next(&self, within: Duration) -> Option<String> {
         let end = Instant::now() + within;
         loop {
-            match self.lines.try_recv() {
+            match self.0.lines.try_recv() {
                 Ok(l) if l.contains(" probe") => continue,
                 Ok(l) => return Some(l),
                 Err(mpsc::TryRecvError::Disconnected) => return None,
@@ -72,13 +59,6 @@ impl MosqSub {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    }
-}
-
-impl Drop for MosqSub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -154,10 +134,10 @@ fn publish_on_node_1_reaches_mosquitto_and_rumqttc_subscribers_on_nodes_2_and_3(
         let seen2 = std::cell::Cell::new(false);
         let seen3 = std::cell::Cell::new(false);
         probe_until(&publ, "p/probe/x", || {
-            while let Ok(l) = m2.lines.try_recv() {
+            while let Ok(l) = m2.0.lines.try_recv() {
                 seen2.set(seen2.get() || l.contains("probe"));
             }
-            while let Ok(l) = m3.lines.try_recv() {
+            while let Ok(l) = m3.0.lines.try_recv() {
                 seen3.set(seen3.get() || l.contains("probe"));
             }
             seen2.get() && seen3.get()

@@ -12,12 +12,12 @@
 mod common;
 mod cluster_support;
 
+use cluster_support::mosq::Sub as MosqSub;
 use cluster_support::Cluster;
 use common::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -37,38 +37,15 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// `mosquitto_sub -v` (lines "topic payload") on a channel; killed by PID on drop.
-struct MosqSub {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl MosqSub {
-    fn start(addr: std::net::SocketAddr, id: &str, filter: &str) -> Self {
-        let mut child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-            .args(["-i", id, "-V", "mqttv5", "-q", "1", "-t", filter, "-v"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub (apt-get install mosquitto-clients)");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        MosqSub { child, lines }
-    }
-}
-
-impl Drop for MosqSub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn mosq_sub(addr: std::net::SocketAddr, id: &str, filter: &str) -> MosqSub {
+    let child = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(["-i", id, "-V", "mqttv5", "-q", "1", "-t", filter, "-v"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub (apt-get install mosquitto-clients)");
+    MosqSub::adopt(child)
 }
 
 /// Connects, retrying while the cluster answers 0x88 (a claim that timed out while the
@@ -168,7 +145,7 @@ fn wills_of_a_killed_node_arrive_once_and_not_again_after_it_returns() {
     }
     let (a1, a2, a3) = (c.get(1).mqtt(), c.get(2).mqtt(), c.get(3).mqtt());
     let rt = rt();
-    let m1 = MosqSub::start(a1, "wl-m1", "w/#");
+    let m1 = mosq_sub(a1, "wl-m1", "w/#");
     let mut seen = Seen::default();
     let (mut w2, publ, mut s2, _held) = rt.block_on(async {
         let mut w2 = connect(Opts::new(Proto::V4, a2, "wl-w2")).await;
@@ -338,7 +315,7 @@ fn a_node_back_before_it_was_called_down_publishes_the_wills_its_crash_lost() {
     }
     let (a1, a3) = (c.get(1).mqtt(), c.get(3).mqtt());
     let rt = rt();
-    let m1 = MosqSub::start(a1, "wr-m1", "w/#");
+    let m1 = mosq_sub(a1, "wr-m1", "w/#");
     let mut seen = Seen::default();
     let (mut w1, _held) = rt.block_on(async {
         let mut w1 = connect(Opts::new(Proto::V5, a1, "wr-w1")).await;

@@ -82,18 +82,34 @@ pub fn wait_links(c: &Cluster, ids: &[u64]) {
     });
 }
 
-/// `mosquitto_pub -q 1` of each payload to `node` (one connection each: its exit status says
-/// the broker acknowledged it).
+/// `mosquitto_pub -q 1` of each payload to `node` (one connection each), each acknowledged
+/// with success.
 pub fn publish_acked(node: &Node, id: &str, topic: &str, payloads: &[String]) {
     for m in payloads {
-        let st = Command::new("mosquitto_pub")
-            .args(["-h", &node.mqtt().ip().to_string()])
-            .args(["-p", &node.mqtt().port().to_string()])
-            .args(["-i", id, "-V", "mqttv5", "-q", "1", "-t", topic, "-m", m])
-            .status()
-            .expect("mosquitto_pub");
-        assert!(st.success(), "{m} not acknowledged by node {}", node.id);
+        let err = publish_one(node, id, topic, m);
+        assert!(
+            err.is_empty(),
+            "{m} not acknowledged by node {}: {err}",
+            node.id
+        );
     }
+}
+
+/// One v5 QoS 1 `mosquitto_pub`; its stderr, empty when the broker acknowledged with
+/// success (on a refusal mosquitto_pub warns "Publish 1 failed" and still exits 0).
+pub fn publish_one(node: &Node, id: &str, topic: &str, m: &str) -> String {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", &node.mqtt().ip().to_string()])
+        .args(["-p", &node.mqtt().port().to_string()])
+        .args(["-i", id, "-V", "mqttv5", "-q", "1", "-t", topic, "-m", m])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {m} to node {}",
+        node.id
+    );
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
 
 /// Payloads received by `sub` on `topic` until `want` all arrived (or `within` passed).
