@@ -11,30 +11,16 @@
 mod common;
 mod cluster_support;
 
-use cluster_support::Cluster;
+use cluster_support::{rt, serial, Cluster};
 use common::persist::{persistent_connect, subscribe, Inbox};
 use common::raw::{publish_packet, RawEv};
 use common::*;
 use ringmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Bound for links and leadership after a (re)start.
 const SETTLE: Duration = Duration::from_secs(30);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Waits until node `id` shows every link up; returns its status.
 fn wait_links(c: &Cluster, id: u64, peers: usize) -> serde_json::Value {

@@ -12,7 +12,7 @@ mod common;
 mod cluster_support;
 
 use bytes::Bytes;
-use cluster_support::Cluster;
+use cluster_support::{rt, serial, Cluster};
 use common::raw::{connect_packet, filter, pid, publish_packet, resp, topic, version, RawEv};
 use common::*;
 use ringmq_codec::{
@@ -20,24 +20,10 @@ use ringmq_codec::{
     SubscribeProperties, SubscriptionOptions,
 };
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Bound for links and leadership after a start.
 const SETTLE: Duration = Duration::from_secs(30);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Three nodes with every link up and a leader.
 fn cluster() -> Cluster {

@@ -10,19 +10,13 @@
 mod common;
 mod cluster_support;
 
-use cluster_support::Cluster;
+use cluster_support::{rt, serial, Cluster};
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Bound for links and leadership after a (re)start.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -96,13 +90,6 @@ async fn connect(opts: Opts) -> Client {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Waits until node `id`'s `ctl cluster status --json` shows every link up.

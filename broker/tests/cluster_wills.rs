@@ -13,28 +13,14 @@ mod common;
 mod cluster_support;
 
 use cluster_support::mosq::Sub as MosqSub;
-use cluster_support::Cluster;
+use cluster_support::{rt, serial, Cluster};
 use common::*;
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Bound for leadership, links, liveness and a will after a node's death.
 const SETTLE: Duration = Duration::from_secs(30);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// `mosquitto_sub -v` (lines "topic payload") on a channel; killed by PID on drop.
 fn mosq_sub(addr: std::net::SocketAddr, id: &str, filter: &str) -> MosqSub {
