@@ -292,6 +292,9 @@ section! {
         /// Longest a QoS 1/2 PUBLISH (durability sync) waits for another node to answer that its copy is durable; then v5 PUBACK/PUBREC 0x83, 3.1.1 a close
         #[arg(long, value_name = "DURATION", default_value = "5s")]
         pub cluster_ack_timeout: Millis,
+        /// Bytes of QoS 1/2 copies (durability sync) stored per other node while it cannot answer (down, or past cluster_ack_timeout), so their publishers are acknowledged; past it v5 0x97, 3.1.1 a close (0: no outbox, such publishes are refused)
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+        pub cluster_outbox_max_bytes: u64,
         /// Cluster links: this node's certificate chain, PEM (mutual TLS between nodes; empty: plain TCP)
         #[arg(long, value_name = "FILE", default_value = "")]
         pub cluster_tls_cert: OptPath,

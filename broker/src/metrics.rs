@@ -794,6 +794,42 @@ fn links(out: &mut String, s: &MetricsSnapshot) {
             "Retained messages of the peer node kept here (newer than ours).",
             |l| l.retained_in,
         ),
+        (
+            "cluster_link_outbox_rows",
+            "gauge",
+            "Acked copies held in this node's outbox for the peer node.",
+            |l| l.outbox_rows,
+        ),
+        (
+            "cluster_link_outbox_bytes",
+            "gauge",
+            "Bytes of the acked copies held in this node's outbox for the peer node.",
+            |l| l.outbox_bytes,
+        ),
+        (
+            "cluster_link_outbox_stored_total",
+            "counter",
+            "Acked copies stored in the outbox (the peer node could not answer).",
+            |l| l.outbox_stored,
+        ),
+        (
+            "cluster_link_outbox_sent_total",
+            "counter",
+            "Outbox copies the peer node answered as durable (rows deleted).",
+            |l| l.outbox_sent,
+        ),
+        (
+            "cluster_link_outbox_dropped_total",
+            "counter",
+            "Outbox copies dropped: the peer node was removed or could not store them.",
+            |l| l.outbox_dropped,
+        ),
+        (
+            "cluster_link_outbox_refused_total",
+            "counter",
+            "QoS 1/2 publishes refused because the peer node's outbox was full.",
+            |l| l.outbox_refused,
+        ),
     ];
     for (name, kind, help, f) in rows {
         family(out, name, kind, help);

@@ -367,6 +367,18 @@ pub struct LinkMetrics {
     pub retained_out: u64,
     #[serde(default)]
     pub retained_in: u64,
+    #[serde(default)]
+    pub outbox_rows: u64,
+    #[serde(default)]
+    pub outbox_bytes: u64,
+    #[serde(default)]
+    pub outbox_stored: u64,
+    #[serde(default)]
+    pub outbox_sent: u64,
+    #[serde(default)]
+    pub outbox_dropped: u64,
+    #[serde(default)]
+    pub outbox_refused: u64,
 }
 
 impl LinkMetrics {
@@ -399,6 +411,12 @@ impl LinkMetrics {
             unacked: l.unacked.get(),
             retained_out: l.retained_out.get(),
             retained_in: l.retained_in.get(),
+            outbox_rows: l.outbox_rows.get(),
+            outbox_bytes: l.outbox_bytes.get(),
+            outbox_stored: l.outbox_stored.get(),
+            outbox_sent: l.outbox_sent.get(),
+            outbox_dropped: l.outbox_dropped.get(),
+            outbox_refused: l.outbox_refused.get(),
         }
     }
 }

@@ -98,6 +98,10 @@ impl Config {
             let v = c.cluster_ack_timeout;
             return bad("cluster_ack_timeout", &v, "must be in 100ms..=600s");
         }
+        if c.cluster_outbox_max_bytes > 1 << 40 {
+            let v = c.cluster_outbox_max_bytes;
+            return bad("cluster_outbox_max_bytes", &v, "must be at most 1 TiB");
+        }
         if c.cluster_snapshot_every == 0 {
             return bad("cluster_snapshot_every", &0, "must be at least 1");
         }

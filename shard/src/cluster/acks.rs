@@ -35,6 +35,9 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
+/// Copy ids are `run << ID_BITS | n`: a later run's ids are above an earlier one's.
+const ID_BITS: u32 = 40;
+
 /// Who waits for an acked copy: a publish's confirm token on one of this node's shards.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Waiter {
@@ -43,19 +46,37 @@ pub(crate) struct Waiter {
 }
 
 /// An acked copy sent (or to send) to the peer, not answered yet.
-struct Sent {
-    id: u64,
-    frame: Bytes,
-    waiters: SmallVec<[Waiter; 1]>,
+pub(super) struct Sent {
+    pub id: u64,
+    pub frame: Bytes,
+    pub waiters: SmallVec<[Waiter; 1]>,
     deadline: Instant,
+    /// Held in this node's outbox (`outbox.rs`): no deadline, deleted once answered.
+    pub stored: bool,
+}
+
+impl Sent {
+    /// A copy read back from the outbox at start.
+    pub fn restored(id: u64, frame: Bytes) -> Sent {
+        Sent {
+            id,
+            frame,
+            waiters: SmallVec::new(),
+            deadline: Instant::now(),
+            stored: true,
+        }
+    }
 }
 
 /// One link's acked copies, both ways.
 #[derive(Default)]
 pub(crate) struct LinkAcks {
     /// Outbound, in id order.
-    sent: RefCell<VecDeque<Sent>>,
-    sent_bytes: Cell<usize>,
+    pub(super) sent: RefCell<VecDeque<Sent>>,
+    pub(super) sent_bytes: Cell<usize>,
+    /// Of those, the copies held in the outbox (`outbox.rs`).
+    pub(super) stored_bytes: Cell<usize>,
+    pub(super) stored_rows: Cell<usize>,
     next_id: Cell<u64>,
     /// Inbound on the current connection, in arrival order: (id, durable here).
     inbox: RefCell<VecDeque<(u64, bool)>>,
@@ -77,6 +98,16 @@ impl LinkAcks {
         }
         link.stats.resent.add(sent.len() as u64);
     }
+
+    /// The link to the same node was replaced (its address changed): the
+    /// ledger and the id sequence move to the new link.
+    pub fn carry_to(&self, to: &LinkAcks) {
+        std::mem::swap(&mut *self.sent.borrow_mut(), &mut *to.sent.borrow_mut());
+        to.sent_bytes.set(self.sent_bytes.replace(0));
+        to.stored_bytes.set(self.stored_bytes.replace(0));
+        to.stored_rows.set(self.stored_rows.replace(0));
+        to.next_id.set(self.next_id.get().max(to.next_id.get()));
+    }
 }
 
 /// A copy from a peer being stored on this node.
@@ -90,8 +121,10 @@ struct Incoming {
 
 /// Shard 0's acked-copy state across links.
 pub(crate) struct Acks {
-    /// This run's stream: a fresh value per start of the node.
-    stream: u64,
+    /// This data dir's stream (kept across restarts, `store/outbox.rs`).
+    stream: Cell<u64>,
+    /// The first copy id of this run: `run << 40`.
+    id_base: Cell<u64>,
     /// Local confirm token -> the peer copy it stores.
     incoming: RefCell<HashMap<u64, Incoming>>,
     /// Tokens waiting for this shard's own next commit.
@@ -101,15 +134,20 @@ pub(crate) struct Acks {
 
 impl Acks {
     pub fn new() -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let run = crate::store::LinkRun::fresh();
         Acks {
-            stream: now ^ (u64::from(std::process::id()) << 40),
+            stream: Cell::new(run.stream),
+            id_base: Cell::new(run.run << ID_BITS),
             incoming: RefCell::default(),
             own: RefCell::default(),
             paying: Cell::new(false),
         }
+    }
+
+    /// This start's stream and run, from the store (at start, before any copy).
+    pub fn begin(&self, run: crate::store::LinkRun) {
+        self.stream.set(run.stream);
+        self.id_base.set(run.run << ID_BITS);
     }
 
     // ---- the sending side --------------------------------------------------------------------
@@ -126,31 +164,37 @@ impl Acks {
         w: Waiter,
     ) {
         let la = &link.acks;
-        if la.sent_bytes.get() + mqtt.len() > hub.cfg.link_queue_bytes {
+        let in_memory = la.sent_bytes.get() - la.stored_bytes.get();
+        if in_memory + mqtt.len() > hub.cfg.link_queue_bytes {
             // Bounded like the plain queue; the publisher learns it now.
             link.stats.dropped.inc();
             answer(shard, w, Some(ReasonCode::ImplementationSpecificError));
             return;
         }
-        let id = la.next_id.get() + 1;
+        let id = (la.next_id.get() + 1).max(self.id_base.get() + 1);
         la.next_id.set(id);
         let mut b = BytesMut::with_capacity(mqtt.len() + 32);
         let stamp = Stamp {
-            stream: self.stream,
+            stream: self.stream.get(),
             id,
         };
         encode_acked(stamp, group, mqtt, &mut b);
-        let frame = b.freeze();
-        if link.is_up() {
-            link.push_raw(&frame);
-        }
-        la.sent_bytes.set(la.sent_bytes.get() + frame.len());
-        la.sent.borrow_mut().push_back(Sent {
+        let mut s = Sent {
             id,
-            frame,
+            frame: b.freeze(),
             waiters: SmallVec::from_buf([w]),
             deadline: Instant::now() + hub.cfg.durable_ack_timeout,
-        });
+            stored: false,
+        };
+        if link.is_up() {
+            link.push_raw(&s.frame);
+        } else if hub.outbox.on() && !super::outbox::store(shard, hub, link, &mut s) {
+            // The node is down and its outbox full: refused as without an outbox.
+            super::outbox::refuse_full(shard, w);
+            return;
+        }
+        la.sent_bytes.set(la.sent_bytes.get() + s.frame.len());
+        la.sent.borrow_mut().push_back(s);
         link.stats.acked_out.inc();
         link.stats.unacked.set(la.sent.borrow().len() as u64);
     }
@@ -158,6 +202,7 @@ impl Acks {
     /// The peer answered `Durable(upto)`.
     pub fn durable(&self, shard: &Rc<Shard>, link: &Link, upto: u64) {
         let done = take(link, |s| s.id <= upto, true);
+        super::outbox::done(shard, link, &done, false);
         for s in done {
             for w in s.waiters {
                 answer(shard, w, None);
@@ -173,6 +218,8 @@ impl Acks {
             .unwrap_or(ReasonCode::UnspecifiedError);
         let done = take(link, |s| s.id == id, false);
         link.stats.not_stored.add(done.len() as u64);
+        // A stored copy's publishers were acknowledged already: it is lost (counted).
+        super::outbox::done(shard, link, &done, true);
         for s in done {
             for w in s.waiters {
                 answer(shard, w, Some(code));
@@ -180,9 +227,35 @@ impl Acks {
         }
     }
 
-    /// Refuses the publishes of copies past their deadline (the sweep, every 100 ms).
-    pub fn expire(&self, shard: &Rc<Shard>, link: &Link, now: Instant) {
-        let late = take(link, |s| s.deadline <= now, true);
+    /// Copies past their deadline (the sweep, every 100 ms) go to the outbox;
+    /// without one, or when it is full, their publishes are refused.
+    pub fn expire(&self, shard: &Rc<Shard>, hub: &Hub, link: &Link, now: Instant) {
+        let late = {
+            let mut sent = link.acks.sent.borrow_mut();
+            let mut late = Vec::new();
+            let mut i = 0;
+            // Deadlines grow with ids among the copies not stored: stop at the first one not due.
+            while i < sent.len() {
+                let s = &mut sent[i];
+                if s.stored {
+                    i += 1;
+                    continue;
+                }
+                if s.deadline > now {
+                    break;
+                }
+                if hub.outbox.on() && super::outbox::store(shard, hub, link, s) {
+                    i += 1;
+                    continue;
+                }
+                late.extend(sent.remove(i));
+            }
+            let freed: usize = late.iter().map(|s: &Sent| s.frame.len()).sum();
+            let la = &link.acks;
+            la.sent_bytes.set(la.sent_bytes.get().saturating_sub(freed));
+            link.stats.unacked.set(sent.len() as u64);
+            late
+        };
         if late.is_empty() {
             return;
         }
@@ -208,6 +281,7 @@ impl Acks {
     /// The peer left the cluster: every copy waiting for it is refused.
     pub fn abandon(&self, shard: &Rc<Shard>, link: &Link) {
         let gone = take(link, |_| true, true);
+        super::outbox::done(shard, link, &gone, true);
         for s in gone {
             for w in s.waiters {
                 answer(shard, w, Some(ReasonCode::ImplementationSpecificError));
@@ -360,7 +434,7 @@ async fn own_commits(shard: Rc<Shard>) {
 }
 
 /// Answers a local publish waiting for a node: its confirm token on its shard.
-fn answer(shard: &Rc<Shard>, w: Waiter, refused: Option<ReasonCode>) {
+pub(super) fn answer(shard: &Rc<Shard>, w: Waiter, refused: Option<ReasonCode>) {
     // What the node's sessions did with the copy is not told back: counted as taken.
     let fate = Fate(Fate::HELD);
     if w.shard == shard.id {

@@ -36,6 +36,9 @@ pub struct ClusterConfig {
     /// How long a QoS 1/2 publish (durability `sync`) waits for a target
     /// node's answer that its copy is durable; then the publisher is refused.
     pub durable_ack_timeout: Duration,
+    /// Bytes of acked copies this node may store for one node that cannot
+    /// answer (`outbox.rs`); 0: none, such publishes are refused.
+    pub outbox_max_bytes: usize,
     /// Mutual TLS on the links (`None`: plain TCP).
     pub tls: Option<super::tls::LinkTls>,
 }
@@ -58,6 +61,7 @@ impl ClusterConfig {
             digest_interval: Duration::from_secs(5),
             link_silence: Duration::from_secs(5),
             durable_ack_timeout: Duration::from_secs(5),
+            outbox_max_bytes: 64 << 20,
             tls: None,
         }
     }

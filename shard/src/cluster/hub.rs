@@ -30,6 +30,8 @@ pub(crate) struct Hub {
     pub(super) cfg: Arc<ClusterConfig>,
     /// Acked copies (durability `sync`) both ways.
     pub(super) durable: super::acks::Acks,
+    /// Acked copies stored for nodes that cannot answer (`outbox.rs`).
+    pub(super) outbox: super::outbox::Outbox,
     pub stats: Arc<ClusterStats>,
     /// By slot - 1; a link to a node that left stays, retired (slots are never reused).
     pub(super) links: RefCell<Vec<Rc<Link>>>,
@@ -74,6 +76,7 @@ impl Hub {
             })
             .collect();
         Hub {
+            outbox: super::outbox::Outbox::new(cfg.outbox_max_bytes),
             cfg,
             durable: super::acks::Acks::new(),
             stats,
@@ -94,6 +97,9 @@ impl Hub {
 
     /// Starts the link tasks: dialers, the acceptor, tickers, the waiter deadline sweep.
     pub fn start(self: &Rc<Self>, shard: &Rc<Shard>, listener: Option<std::net::TcpListener>) {
+        // Copy ids continue above the last run's; its outbox goes first.
+        self.durable.begin(shard.store.link_run());
+        super::outbox::restore(shard, self);
         for l in self.live() {
             self.run_link(shard, &l);
         }
@@ -514,7 +520,7 @@ async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
         hub.release(Some(now));
         hub.expire_asks(now);
         for l in hub.live() {
-            hub.durable.expire(&shard, &l, now);
+            hub.durable.expire(&shard, &hub, &l, now);
         }
     }
 }

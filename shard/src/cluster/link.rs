@@ -363,6 +363,8 @@ async fn serve(
     link.kick();
     link.up.set(false);
     link.stats.up.set(0);
+    // The copies it did not have answered go to the outbox (`outbox.rs`).
+    super::outbox::link_down(shard, hub, link);
     // What this connection did not write is lost with it (acked copies are
     // written again on the next one).
     link.out.borrow_mut().clear();

@@ -45,8 +45,14 @@ pub(crate) fn set_peers(shard: &Rc<Shard>, peers: Vec<Peer>) {
     let me = hub.cfg.node_id;
     let live = hub.live();
     let mut changed = false;
+    // A node whose address changed keeps its ledger and outbox on the new link.
+    let mut carried = std::collections::HashMap::new();
     for l in live.iter().filter(|l| !peers.contains(&l.peer)) {
-        retire(shard, &hub, l);
+        let stays = peers.iter().any(|p| p.id == l.peer.id);
+        retire(shard, &hub, l, stays);
+        if stays {
+            carried.insert(l.peer.id, l.clone());
+        }
         changed = true;
     }
     for p in peers.into_iter().filter(|p| p.id != me) {
@@ -57,6 +63,10 @@ pub(crate) fn set_peers(shard: &Rc<Shard>, peers: Vec<Peer>) {
         let stats = hub.stats.add(p.id);
         tracing::info!(peer = p.id, addr = %p.link_addr, "node link added (cluster membership)");
         let l = Rc::new(Link::new(slot, p, me, hub.cfg.link_queue_bytes, stats));
+        if let Some(old) = carried.remove(&l.peer.id) {
+            old.acks.carry_to(&l.acks);
+        }
+        super::outbox::adopt(&hub, &l);
         hub.links.borrow_mut().push(l.clone());
         hub.run_link(shard, &l);
         changed = true;
@@ -76,8 +86,9 @@ pub(crate) fn set_peers(shard: &Rc<Shard>, peers: Vec<Peer>) {
 }
 
 /// The node of `l` left: its link closes for good, its routes go from every
-/// shard, the publishes waiting for its answer are refused.
-fn retire(shard: &Rc<Shard>, hub: &Rc<Hub>, l: &Rc<Link>) {
+/// shard, the publishes waiting for its answer are refused and its outbox
+/// dropped; unless it `stays` (only its address changed: the new link takes them).
+fn retire(shard: &Rc<Shard>, hub: &Rc<Hub>, l: &Rc<Link>, stays: bool) {
     tracing::info!(peer = l.peer.id, "node link removed (cluster membership)");
     l.retired.set(true);
     l.close();
@@ -86,7 +97,9 @@ fn retire(shard: &Rc<Shard>, hub: &Rc<Hub>, l: &Rc<Link>) {
     for f in gone {
         apply_everywhere(shard, l.slot, f, false);
     }
-    hub.durable.abandon(shard, l);
+    if !stays {
+        hub.durable.abandon(shard, l);
+    }
     hub.stats.remove(l.peer.id);
     // SUBACKs no longer wait for it.
     hub.check_waiters();

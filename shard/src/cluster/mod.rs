@@ -34,6 +34,7 @@ mod hub;
 mod link;
 mod members;
 pub mod ops;
+mod outbox;
 mod retained;
 pub mod routes;
 pub mod stats;

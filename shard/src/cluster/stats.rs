@@ -50,6 +50,15 @@ pub struct LinkStats {
     pub not_stored: Counter,
     /// Acked copies waiting for the peer's answer now.
     pub unacked: Counter,
+    /// The outbox (`outbox.rs`): copies held for the peer now, their bytes;
+    /// copies stored, sent and answered (rows deleted), dropped (the peer
+    /// left or could not store them), and publishes refused because it was full.
+    pub outbox_rows: Counter,
+    pub outbox_bytes: Counter,
+    pub outbox_stored: Counter,
+    pub outbox_sent: Counter,
+    pub outbox_dropped: Counter,
+    pub outbox_refused: Counter,
     /// Retained messages sent when the link came up / kept from the peer's.
     pub retained_out: Counter,
     pub retained_in: Counter,

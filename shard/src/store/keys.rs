@@ -14,6 +14,7 @@
 //! | `R`   | `R` + topic bytes                    | retained record           |
 //! | `G`   | `G` + origin shard u16 + nonce u64   | origin row (empty value)  |
 //! | `N`   | `N` + node id u64                    | last acked copy of that node delivered here: stream u64 + id u64 |
+//! | `H`   | `H` + peer node id u64 + copy id u64 | outbox: an acked copy for a node that was down (its link frame) |
 
 /// Name of the one LMDB database inside each shard environment.
 pub const DB_NAME: &str = "ringmq";
@@ -28,6 +29,14 @@ pub const ORIGIN: u8 = b'G';
 
 /// The last acked copy of another node this shard delivered (cluster dedup).
 pub const PEER_SEEN: u8 = b'N';
+
+/// The outbox (hinted handoff): acked copies for a node that was down,
+/// stored on shard 0 until that node answers (`cluster/outbox.rs`).
+pub const OUTBOX: u8 = b'H';
+
+/// Shard 0's acked-copy stream and run number (`cluster/outbox.rs`): the
+/// stream stays, the run grows by one per start, so copy ids grow across restarts.
+pub const META_LINK_RUN: &[u8] = b"Mlinkrun";
 
 /// The tables holding one session's rows (deleted with it).
 pub const SESSION_CHILDREN: [u8; 3] = [SUBSCRIPTION, OUTBOUND, INBOUND_QOS2];
@@ -75,6 +84,20 @@ pub fn push_origin(out: &mut Vec<u8>, from: u16, nonce: u64) {
 pub fn push_peer_seen(out: &mut Vec<u8>, node: u64) {
     out.push(PEER_SEEN);
     out.extend_from_slice(&node.to_be_bytes());
+}
+
+pub fn push_outbox(out: &mut Vec<u8>, peer: u64, id: u64) {
+    out.push(OUTBOX);
+    out.extend_from_slice(&peer.to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+}
+
+/// `(peer, id)` of an outbox key.
+pub fn split_outbox(key: &[u8]) -> Option<(u64, u64)> {
+    if key.len() != 17 || key[0] != OUTBOX {
+        return None;
+    }
+    Some((tail_u64(&key[1..9])?, tail_u64(&key[9..])?))
 }
 
 /// `(origin shard, nonce)` of an origin key.

@@ -59,6 +59,7 @@ mod holder;
 mod keys;
 mod layout;
 mod message;
+mod outbox;
 mod prepared;
 mod records;
 mod recover;
@@ -78,6 +79,7 @@ pub use engine::{StoreStats, Ticket, COMMIT_BUCKETS_US};
 pub use error::StoreError;
 pub use layout::{lock_dir as lock_data_dir, DirLock as DataDirLock, FORMAT};
 pub use message::{MessageRef, StoredMessage};
+pub use outbox::{LinkRun, OutboxRow};
 pub use records::{
     expires_by, InboundQos2, OutboundRecord, OutboundState, Owner, Prepared, RecoveredSession,
     RetainedRecord, SessionKey, SessionRecord, SubscriptionRecord, Target,
@@ -189,6 +191,9 @@ pub struct StoreHandle {
     next_nonce: u64,
     /// `(node, stream, id)`: the last acked copy of each other node delivered here.
     peer_seen: Vec<(u64, u64, u64)>,
+    /// The cluster outbox's rows and this start's link run (`outbox.rs`).
+    outbox: Vec<OutboxRow>,
+    link_run: LinkRun,
 }
 
 impl StoreHandle {
@@ -200,6 +205,8 @@ impl StoreHandle {
             next_key: 1,
             next_nonce: 1,
             peer_seen: Vec::new(),
+            outbox: Vec::new(),
+            link_run: LinkRun::fresh(),
         }
     }
 
@@ -215,7 +222,16 @@ impl StoreHandle {
             next_key,
             next_nonce,
             peer_seen,
+            outbox: Vec::new(),
+            link_run: LinkRun::fresh(),
         }
+    }
+
+    /// The outbox rows and the link run read at recovery.
+    pub(crate) fn with_outbox(mut self, (outbox, run): (Vec<OutboxRow>, LinkRun)) -> Self {
+        self.outbox = outbox;
+        self.link_run = run;
+        self
     }
 
     /// Runs `f` on this store outside a running broker (offline tools,
@@ -250,6 +266,8 @@ impl StoreHandle {
             next_nonce: Cell::new(self.next_nonce),
             last_retained_ns: Cell::new(0),
             peer_seen: std::cell::RefCell::new(self.peer_seen),
+            outbox: std::cell::RefCell::new(self.outbox),
+            link_run: self.link_run,
         }
     }
 }
@@ -268,6 +286,8 @@ pub struct Store {
     next_nonce: Cell<u64>,
     last_retained_ns: Cell<u64>,
     peer_seen: std::cell::RefCell<Vec<(u64, u64, u64)>>,
+    outbox: std::cell::RefCell<Vec<OutboxRow>>,
+    link_run: LinkRun,
 }
 
 impl Store {

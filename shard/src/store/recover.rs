@@ -70,6 +70,8 @@ struct Loaded {
     origins: Vec<(u16, u64)>,
     /// (node, stream, id) of the last acked copy of each other node.
     peer_seen: Vec<(u64, u64, u64)>,
+    /// The cluster outbox's rows and this start's link run.
+    outbox: (Vec<super::OutboxRow>, super::LinkRun),
     stats: RecoveryStats,
     next_key: SessionKey,
 }
@@ -117,6 +119,7 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
     let mut next_keys = Vec::new();
     let mut origins = Vec::new();
     let mut peer_seen = Vec::new();
+    let mut outboxes = Vec::new();
     for l in loaded {
         let l = l?;
         add_stats(&mut stats, &l.stats);
@@ -125,6 +128,7 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
         next_keys.push(l.next_key);
         origins.push(l.origins);
         peer_seen.push(l.peer_seen);
+        outboxes.push(l.outbox);
     }
     let (next_nonces, resolved) = prepared::resolve(&envs, &mut shard_sessions, &origins)?;
     stats.prepared_qos2 = resolved.prepared;
@@ -139,9 +143,9 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
         .into_iter()
         .zip(shard_sessions)
         .zip(next_keys.into_iter().zip(next_nonces))
-        .zip(peer_seen)
+        .zip(peer_seen.into_iter().zip(outboxes))
         .enumerate()
-        .map(|(i, (((env, sessions), next), peer_seen))| ShardRecovery {
+        .map(|(i, (((env, sessions), next), (peer_seen, outbox)))| ShardRecovery {
             shard: i as u16,
             sessions,
             handle: StoreHandle::disk(
@@ -153,7 +157,8 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
                 opts.durability,
                 next,
                 peer_seen,
-            ),
+            )
+            .with_outbox(outbox),
         })
         .collect();
     Ok(Recovery {
@@ -233,6 +238,7 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
             _ => return Err(StoreError::corrupt(&path, "bad peer-seen row")),
         }
     }
+    let outbox = super::outbox::load(db, &mut wtxn, &path)?;
     wtxn.commit().map_err(heed_err)?;
     stats.sessions = sessions.len();
     let next_key = sessions.iter().map(|s| s.key + 1).max().unwrap_or(1);
@@ -241,6 +247,7 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
         retained,
         origins,
         peer_seen,
+        outbox,
         stats,
         next_key,
     })

@@ -1,0 +1,120 @@
+//! Rows of the cluster outbox (hinted handoff, `cluster/outbox.rs`) and
+//! shard 0's link run: table `H` (`H` + peer node u64 + copy id u64 -> the
+//! acked copy's link frame) and the meta row `Mlinkrun` (stream u64 + run
+//! u64). Only shard 0 writes them; every shard reads its own at start.
+//!
+//! The run grows by one at every start, written in the recovery transaction
+//! (so it is durable before any copy of the new run leaves): acked copy ids
+//! are `run << 40 | n`, so a copy of a later run always has a higher id than
+//! every copy of an earlier one, and the stream never changes for a data
+//! dir. A receiving node's dedup (last `(stream, id)` per sending node) thus
+//! keeps working across restarts of the sender, which resends its outbox
+//! rows, lowest id first, before any copy of the new run.
+
+use bytes::Bytes;
+use heed::RwTxn;
+use std::path::Path;
+
+use super::engine::Ticket;
+use super::error::StoreError;
+use super::keys;
+use super::layout::Db;
+use super::batch::OpKind;
+use super::Store;
+
+/// An acked copy stored for a node that did not have it yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub peer: u64,
+    pub id: u64,
+    /// The whole link frame (`AckedPublish` / `AckedShared`), stamp included.
+    pub frame: Bytes,
+}
+
+/// This data dir's acked-copy stream and this start's run number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkRun {
+    pub stream: u64,
+    pub run: u64,
+}
+
+impl LinkRun {
+    /// A stream never seen before, run 1 (a store that keeps nothing).
+    pub fn fresh() -> LinkRun {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        LinkRun {
+            stream: now ^ (u64::from(std::process::id()) << 40),
+            run: 1,
+        }
+    }
+}
+
+impl Store {
+    /// Stores the acked copy `id` for node `peer` (its link frame): the
+    /// publisher is acknowledged once this row is durable.
+    pub fn put_outbox(&self, peer: u64, id: u64, frame: &[u8]) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_outbox(b, peer, id),
+            |b| b.extend_from_slice(frame),
+        )
+    }
+
+    /// Node `peer` answered that it holds copy `id` (or it left the cluster).
+    pub fn delete_outbox(&self, peer: u64, id: u64) -> Ticket {
+        self.engine
+            .push(OpKind::Delete, |b| keys::push_outbox(b, peer, id), |_| {})
+    }
+
+    /// The outbox rows recovered (once, at start), by peer then id.
+    pub fn take_outbox(&self) -> Vec<OutboxRow> {
+        std::mem::take(&mut *self.outbox.borrow_mut())
+    }
+
+    /// This start's stream and run (the run was made durable at recovery).
+    pub fn link_run(&self) -> LinkRun {
+        self.link_run
+    }
+}
+
+/// Reads the outbox rows and the run row, and writes the next run (in the
+/// recovery transaction, committed before the shards start).
+pub(super) fn load(
+    db: Db<'_>,
+    wtxn: &mut RwTxn<'_>,
+    path: &Path,
+) -> Result<(Vec<OutboxRow>, LinkRun), StoreError> {
+    let heed_err = |e| StoreError::from_heed(path, e);
+    let mut rows = Vec::new();
+    for entry in db.prefix_iter(wtxn, &[keys::OUTBOX]).map_err(heed_err)? {
+        let (k, v) = entry.map_err(heed_err)?;
+        let (peer, id) =
+            keys::split_outbox(k).ok_or_else(|| StoreError::corrupt(path, "bad outbox key"))?;
+        rows.push(OutboxRow {
+            peer,
+            id,
+            frame: Bytes::copy_from_slice(v),
+        });
+    }
+    let last = db.get(wtxn, keys::META_LINK_RUN).map_err(heed_err)?;
+    let run = match last {
+        None => LinkRun::fresh(),
+        Some(v) => match (
+            v.get(..8).and_then(keys::tail_u64),
+            v.get(8..).and_then(keys::tail_u64),
+        ) {
+            (Some(stream), Some(run)) => LinkRun {
+                stream,
+                run: run + 1,
+            },
+            _ => return Err(StoreError::corrupt(path, "bad link run row")),
+        },
+    };
+    let mut val = [0u8; 16];
+    val[..8].copy_from_slice(&run.stream.to_be_bytes());
+    val[8..].copy_from_slice(&run.run.to_be_bytes());
+    db.put(wtxn, keys::META_LINK_RUN, &val).map_err(heed_err)?;
+    Ok((rows, run))
+}
