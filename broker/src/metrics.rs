@@ -661,7 +661,7 @@ fn links(out: &mut String, s: &MetricsSnapshot) {
         return;
     }
     type F = fn(&crate::admin::backend::LinkMetrics) -> u64;
-    let rows: [(&str, &str, &str, F); 22] = [
+    let rows: [(&str, &str, &str, F); 28] = [
         (
             "cluster_link_up",
             "gauge",

@@ -1,7 +1,8 @@
 //! QoS 1 and 2 across nodes under `--durability sync` (the default), over real processes:
 //! three `ringmq --cores 1` binaries on 127.0.0.1 (docs/cluster-data-plane.md, "Durable
 //! delivery"). The publisher's PUBACK/PUBREC waits for every node with subscribers to answer
-//! that its copy is durable; a node that does not answer within `--cluster-ack-timeout`
+//! that its copy is durable; without an outbox (`--cluster-outbox-max-bytes 0`,
+//! `cluster_outbox.rs` tests it) a node that does not answer within `--cluster-ack-timeout`
 //! refuses the publish (v5 0x83, 3.1.1 a close); copies resent after the subscriber's node
 //! restarted are delivered exactly once. Clients: our raw codec client (exact reason codes,
 //! packet ids), rumqttc v4, mosquitto_sub.
@@ -172,7 +173,16 @@ fn qos_1_and_2_are_acknowledged_once_the_other_nodes_hold_them() {
 #[test]
 fn a_node_that_does_not_answer_within_the_bound_refuses_the_publish() {
     let _g = serial();
-    let mut c = Cluster::start(3, &["--cluster-ack-timeout", "1s"]);
+    // Without an outbox (docs/cluster-data-plane.md, "Durable outbox"): refused, as before it.
+    let mut c = Cluster::start(
+        3,
+        &[
+            "--cluster-ack-timeout",
+            "1s",
+            "--cluster-outbox-max-bytes",
+            "0",
+        ],
+    );
     c.wait_leader(&[1, 2, 3]);
     for id in [1, 2, 3] {
         wait_links(&c, id, 2);

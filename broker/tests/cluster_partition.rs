@@ -2,8 +2,9 @@
 //! network namespace on a bridge (`cluster_support::netns`; root only, skipped otherwise), clients
 //! we did not write (mosquitto_sub/pub). The node cut off refuses CONNECT with "Server
 //! unavailable"; the majority keeps its leader, routes and deliveries and loses nothing it
-//! acknowledged; the links notice the silence and read as down; healed, routes made meanwhile
-//! resync and messages flow to the returning node again.
+//! acknowledged (a QoS 1 message for the cut node's subscriber is acknowledged from node 1's
+//! outbox); the links notice the silence and read as down; healed, routes made meanwhile
+//! resync, the outbox copy arrives and messages flow to the returning node again.
 mod cluster_support;
 mod common;
 
@@ -74,20 +75,24 @@ fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
         collect(&s2b, "part2/x", &during, Duration::from_secs(10)),
         during
     );
-    // A topic the cut node subscribes to: its durable copy cannot be had, so the
-    // publish is refused after --cluster-ack-timeout (v5 0x83, never acknowledged:
-    // docs/cluster-data-plane.md, "Durable delivery"); the majority's subscribers
-    // still get it (QoS 1: the publisher's retry may duplicate).
-    let refused = "refused-0".to_string();
-    let err = publish_one(c.get(1), "part-p1", "part/x", &refused);
-    assert!(
-        err.contains("failed"),
-        "acknowledged without node 3: {err:?}"
-    );
+    // A topic the cut node subscribes to: its durable copy cannot be had there, so it is
+    // stored in node 1's outbox and the publish acknowledged (docs/cluster-data-plane.md,
+    // "Durable outbox"); the majority's subscribers get it now, node 3's after the heal.
+    let held = "held-0".to_string();
+    let err = publish_one(c.get(1), "part-p1", "part/x", &held);
+    assert!(err.is_empty(), "refused while node 3 is cut off: {err:?}");
     for s in [&s1, &s2] {
-        let want = std::slice::from_ref(&refused);
+        let want = std::slice::from_ref(&held);
         assert_eq!(collect(s, "part/x", want, Duration::from_secs(10)), want);
     }
+    let l = c.get(1).status().expect("status")["links"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["peer"] == 3)
+        .cloned()
+        .expect("link to 3");
+    assert_eq!(l["outbox_rows"], 1, "{l}");
 
     // The minority: CONNECT refused with "Server unavailable", v5 and 3.1.1, bounded.
     for v in ["mqttv5", "mqttv311"] {
@@ -113,6 +118,13 @@ fn a_partitioned_node_refuses_the_majority_keeps_serving_and_healing_resyncs() {
     net.heal(3);
     c.wait_leader(&[1, 2, 3]);
     wait_links(&c, &[1, 2, 3]);
+    // The copy node 1 held for node 3 reaches its subscriber, still connected there.
+    let want = std::slice::from_ref(&held);
+    assert_eq!(
+        collect(&s3, "part/x", want, Duration::from_secs(10)),
+        want,
+        "the outbox copy after the heal"
+    );
     let from3 = vec!["from-3".to_string()];
     common::check_for_blocking(SETTLE, "node 3 knows node 2's part2/x route", || {
         let s = c.get(3).status()?;

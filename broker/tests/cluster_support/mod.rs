@@ -4,6 +4,7 @@
 //! against each node's admin socket.
 #![allow(dead_code)]
 
+pub mod acked;
 pub mod mosq;
 pub mod netns;
 

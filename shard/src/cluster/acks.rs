@@ -168,7 +168,7 @@ impl Acks {
         if in_memory + mqtt.len() > hub.cfg.link_queue_bytes {
             // Bounded like the plain queue; the publisher learns it now.
             link.stats.dropped.inc();
-            answer(shard, w, Some(ReasonCode::ImplementationSpecificError));
+            super::outbox::refuse_later(shard, w, ReasonCode::ImplementationSpecificError);
             return;
         }
         let id = (la.next_id.get() + 1).max(self.id_base.get() + 1);
@@ -190,7 +190,7 @@ impl Acks {
             link.push_raw(&s.frame);
         } else if hub.outbox.on() && !super::outbox::store(shard, hub, link, &mut s) {
             // The node is down and its outbox full: refused as without an outbox.
-            super::outbox::refuse_full(shard, w);
+            super::outbox::refuse_later(shard, w, ReasonCode::QuotaExceeded);
             return;
         }
         la.sent_bytes.set(la.sent_bytes.get() + s.frame.len());

@@ -121,7 +121,8 @@ pub(super) fn done(shard: &Shard, link: &Link, copies: &[Sent], dropped: bool) {
     if n == 0 {
         return;
     }
-    la.stored_rows.set(la.stored_rows.get().saturating_sub(n as usize));
+    la.stored_rows
+        .set(la.stored_rows.get().saturating_sub(n as usize));
     if dropped {
         link.stats.outbox_dropped.add(n);
         tracing::warn!(
@@ -143,7 +144,10 @@ pub(super) fn restore(shard: &Shard, hub: &Hub) {
     if rows.is_empty() {
         return;
     }
-    tracing::info!(copies = rows.len(), "outbox: copies for other nodes restored");
+    tracing::info!(
+        copies = rows.len(),
+        "outbox: copies for other nodes restored"
+    );
     let mut orphans = hub.outbox.orphans.borrow_mut();
     for r in rows {
         orphans.entry(r.peer).or_default().push(r);
@@ -179,9 +183,16 @@ pub(super) fn adopt(hub: &Hub, link: &Link) {
     }
 }
 
-/// A copy not stored and not sent: refused at once with the outbox's reason.
-pub(super) fn refuse_full(shard: &Rc<Shard>, w: super::acks::Waiter) {
-    answer(shard, w, Some(ReasonCode::QuotaExceeded));
+/// A copy neither sent nor stored: its publish is refused with `code`, once
+/// it has registered its confirm token (this runs while the publish is being
+/// routed, before its token waits for answers: an answer now would be lost).
+pub(super) fn refuse_later(shard: &Rc<Shard>, w: super::acks::Waiter, code: ReasonCode) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        futures_lite::future::yield_now().await;
+        answer(&shard, w, Some(code));
+    })
+    .detach();
 }
 
 fn gauges(link: &Link) {

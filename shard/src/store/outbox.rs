@@ -15,11 +15,11 @@ use bytes::Bytes;
 use heed::RwTxn;
 use std::path::Path;
 
+use super::batch::OpKind;
 use super::engine::Ticket;
 use super::error::StoreError;
 use super::keys;
 use super::layout::Db;
-use super::batch::OpKind;
 use super::Store;
 
 /// An acked copy stored for a node that did not have it yet.

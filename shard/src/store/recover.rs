@@ -145,21 +145,23 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
         .zip(next_keys.into_iter().zip(next_nonces))
         .zip(peer_seen.into_iter().zip(outboxes))
         .enumerate()
-        .map(|(i, (((env, sessions), next), (peer_seen, outbox)))| ShardRecovery {
-            shard: i as u16,
-            sessions,
-            handle: StoreHandle::disk(
-                Backend {
-                    env,
-                    map,
-                    _lock: lock.clone(),
-                },
-                opts.durability,
-                next,
-                peer_seen,
-            )
-            .with_outbox(outbox),
-        })
+        .map(
+            |(i, (((env, sessions), next), (peer_seen, outbox)))| ShardRecovery {
+                shard: i as u16,
+                sessions,
+                handle: StoreHandle::disk(
+                    Backend {
+                        env,
+                        map,
+                        _lock: lock.clone(),
+                    },
+                    opts.durability,
+                    next,
+                    peer_seen,
+                )
+                .with_outbox(outbox),
+            },
+        )
         .collect();
     Ok(Recovery {
         shards,
