@@ -292,6 +292,7 @@ pub(crate) fn deliver_shared_local(shard: &Shard, filter: &TopicFilter, p: &Publ
 
 /// Sets or (empty payload) deletes this shard's replica of a retained message.
 pub(crate) fn store_retained(shard: &Shard, mut p: Publish) {
+    crate::cluster::retained_changed(shard, &p.topic, p.payload.is_empty());
     let mut store = shard.retained.borrow_mut();
     if p.payload.is_empty() {
         // [MQTT-3.3.1-10] [MQTT-3.3.1-11]

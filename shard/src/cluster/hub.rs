@@ -32,6 +32,8 @@ pub(crate) struct Hub {
     pub(super) durable: super::acks::Acks,
     /// Acked copies stored for nodes that cannot answer (`outbox.rs`).
     pub(super) outbox: super::outbox::Outbox,
+    /// Recent retained deletions, sent to a node that comes back (`retained.rs`).
+    pub(super) tombstones: RefCell<super::retained::Tombstones>,
     pub stats: Arc<ClusterStats>,
     /// By slot - 1; a link to a node that left stays, retired (slots are never reused).
     pub(super) links: RefCell<Vec<Rc<Link>>>,
@@ -77,6 +79,7 @@ impl Hub {
             .collect();
         Hub {
             outbox: super::outbox::Outbox::new(cfg.outbox_max_bytes),
+            tombstones: RefCell::default(),
             cfg,
             durable: super::acks::Acks::new(),
             stats,
@@ -100,6 +103,8 @@ impl Hub {
         // Copy ids continue above the last run's; its outbox goes first.
         self.durable.begin(shard.store.link_run());
         super::outbox::restore(shard, self);
+        let dead = shard.store.take_retained_tombstones();
+        self.tombstones.borrow_mut().restore(dead);
         for l in self.live() {
             self.run_link(shard, &l);
         }

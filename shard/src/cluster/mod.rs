@@ -400,6 +400,14 @@ fn send_to(shard: &Rc<Shard>, node: &Node, to: &ShardSet, p: &Publish, token: Op
     }
 }
 
+/// This node's replica of `topic`'s retained message was set or (`deleted`)
+/// deleted (shard 0 keeps recent deletions for nodes that were away).
+pub(crate) fn retained_changed(shard: &Shard, topic: &ringmq_codec::TopicName, deleted: bool) {
+    if let Some(hub) = shard.cluster.as_ref().and_then(|n| n.hub.as_ref()) {
+        retained::changed(hub, topic, deleted);
+    }
+}
+
 /// `Control::AskPeers` (shard 0): asks other nodes for their connected clients.
 pub(crate) fn ask_clients(shard: &Shard, ask: ops::AskClients) {
     match shard.cluster.as_ref().and_then(|n| n.hub.as_ref()) {

@@ -84,7 +84,9 @@ pub use records::{
     expires_by, InboundQos2, OutboundRecord, OutboundState, Owner, Prepared, RecoveredSession,
     RetainedRecord, SessionKey, SessionRecord, SubscriptionRecord, Target,
 };
-pub use recover::{open, Recovery, RecoveryStats, ShardRecovery};
+pub use recover::{
+    open, Recovery, RecoveryStats, ShardRecovery, Tombstone, TOMBSTONES_MAX, TOMBSTONE_KEEP,
+};
 pub use ship::{read_snapshot, SnapshotWriter};
 
 use batch::OpKind;
@@ -194,6 +196,8 @@ pub struct StoreHandle {
     /// The cluster outbox's rows and this start's link run (`outbox.rs`).
     outbox: Vec<OutboxRow>,
     link_run: LinkRun,
+    /// Recent retained deletions (shard 0 only).
+    tombstones: Vec<Tombstone>,
 }
 
 impl StoreHandle {
@@ -207,6 +211,7 @@ impl StoreHandle {
             peer_seen: Vec::new(),
             outbox: Vec::new(),
             link_run: LinkRun::fresh(),
+            tombstones: Vec::new(),
         }
     }
 
@@ -224,7 +229,14 @@ impl StoreHandle {
             peer_seen,
             outbox: Vec::new(),
             link_run: LinkRun::fresh(),
+            tombstones: Vec::new(),
         }
+    }
+
+    /// Recent retained deletions read at recovery (shard 0's handle).
+    pub(crate) fn with_tombstones(mut self, t: Vec<Tombstone>) -> Self {
+        self.tombstones = t;
+        self
     }
 
     /// The outbox rows and the link run read at recovery.
@@ -268,6 +280,7 @@ impl StoreHandle {
             peer_seen: std::cell::RefCell::new(self.peer_seen),
             outbox: std::cell::RefCell::new(self.outbox),
             link_run: self.link_run,
+            tombstones: std::cell::RefCell::new(self.tombstones),
         }
     }
 }
@@ -288,6 +301,7 @@ pub struct Store {
     peer_seen: std::cell::RefCell<Vec<(u64, u64, u64)>>,
     outbox: std::cell::RefCell<Vec<OutboxRow>>,
     link_run: LinkRun,
+    tombstones: std::cell::RefCell<Vec<Tombstone>>,
 }
 
 impl Store {
@@ -333,6 +347,12 @@ impl Store {
         let n = self.next_nonce.get();
         self.next_nonce.set(n + 1);
         n
+    }
+
+    /// Retained deletions of the last [`TOMBSTONE_KEEP`] (topic, unix ms), newest
+    /// first, recovered (once, at start; shard 0 only).
+    pub fn take_retained_tombstones(&self) -> Vec<Tombstone> {
+        std::mem::take(&mut *self.tombstones.borrow_mut())
     }
 
     /// The `(node, stream, id)` rows recovered (once, at start).

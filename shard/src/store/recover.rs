@@ -133,7 +133,7 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
     let (next_nonces, resolved) = prepared::resolve(&envs, &mut shard_sessions, &origins)?;
     stats.prepared_qos2 = resolved.prepared;
     stats.orphan_origins = resolved.orphans;
-    let retained = merge_retained(&envs, raw_retained)?;
+    let (retained, mut tombstones) = merge_retained(&envs, raw_retained)?;
     stats.retained = retained.len();
     stats.elapsed = start.elapsed();
     let map = MapPolicy {
@@ -159,7 +159,13 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
                     next,
                     peer_seen,
                 )
-                .with_outbox(outbox),
+                .with_outbox(outbox)
+                // Shard 0 runs the node links: it tells returning nodes of recent deletions.
+                .with_tombstones(if i == 0 {
+                    std::mem::take(&mut tombstones)
+                } else {
+                    Vec::new()
+                }),
             },
         )
         .collect();
@@ -342,10 +348,21 @@ fn bad_key() -> super::enc::BadRecord {
 /// Newest `(stored_at, shard)` wins per topic; then, in two phases so a
 /// crash in between never resurrects a deleted message, the losing rows and
 /// the winning tombstones are deleted.
+/// Retained deletions younger than this are kept (their tombstone rows stay and
+/// shard 0 gets them): a cluster node that was away meanwhile is told
+/// (`cluster/retained.rs`). Older ones are compacted away at startup.
+pub const TOMBSTONE_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// At most this many tombstones are kept (the newest).
+pub const TOMBSTONES_MAX: usize = 65_536;
+
+/// A retained deletion kept: the topic and when it happened (unix ms).
+pub type Tombstone = (Bytes, u64);
+
 fn merge_retained(
     envs: &[Env<WithoutTls>],
     per_shard: Vec<RawRetained>,
-) -> Result<Vec<RetainedRecord>, StoreError> {
+) -> Result<(Vec<RetainedRecord>, Vec<Tombstone>), StoreError> {
+    let keep_after = super::unix_ns().saturating_sub(TOMBSTONE_KEEP.as_nanos() as u64);
     let mut best: HashMap<Bytes, (u64, usize)> = HashMap::new();
     for (shard, rows) in per_shard.iter().enumerate() {
         for (topic, at, _) in rows {
@@ -357,6 +374,7 @@ fn merge_retained(
     }
     let mut losers: Vec<Vec<Bytes>> = vec![Vec::new(); envs.len()];
     let mut tombstones: Vec<Vec<Bytes>> = vec![Vec::new(); envs.len()];
+    let mut kept: Vec<(u64, usize, Bytes)> = Vec::new();
     let mut out = Vec::new();
     for (shard, rows) in per_shard.into_iter().enumerate() {
         for (topic, at, msg) in rows {
@@ -365,7 +383,11 @@ fn merge_retained(
                 continue;
             }
             let Some(message) = msg else {
-                tombstones[shard].push(topic);
+                if at >= keep_after {
+                    kept.push((at, shard, topic));
+                } else {
+                    tombstones[shard].push(topic);
+                }
                 continue;
             };
             let name = TopicName::try_from(topic).map_err(|_| {
@@ -378,9 +400,18 @@ fn merge_retained(
             });
         }
     }
+    // The newest TOMBSTONES_MAX stay; the rest go like older ones.
+    kept.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    for (_, shard, topic) in kept.drain(TOMBSTONES_MAX.min(kept.len())..) {
+        tombstones[shard].push(topic);
+    }
     delete_retained_rows(envs, &losers)?;
     delete_retained_rows(envs, &tombstones)?;
-    Ok(out)
+    let kept = kept
+        .into_iter()
+        .map(|(at, _, topic)| (topic, at / 1_000_000))
+        .collect();
+    Ok((out, kept))
 }
 
 fn delete_retained_rows(envs: &[Env<WithoutTls>], rows: &[Vec<Bytes>]) -> Result<(), StoreError> {
