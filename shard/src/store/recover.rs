@@ -401,7 +401,7 @@ fn merge_retained(
         }
     }
     // The newest TOMBSTONES_MAX stay; the rest go like older ones.
-    kept.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    kept.sort_unstable_by_key(|k| std::cmp::Reverse(k.0));
     for (_, shard, topic) in kept.drain(TOMBSTONES_MAX.min(kept.len())..) {
         tombstones[shard].push(topic);
     }
