@@ -22,7 +22,7 @@
 //!   (`cluster_unavailable`), as when a shard cannot store its copy. Nothing is acknowledged that B does not hold durably, so what
 //!   the cluster acknowledged survives kill -9 of any node.
 
-use super::frame::{encode_acked, Frame, Stamp};
+use super::frame::{encode_acked, encode_acked_origin, Frame, Stamp};
 use super::hub::Hub;
 use super::link::Link;
 use crate::mesh::{ConfirmReq, Fate, MeshItem};
@@ -33,7 +33,7 @@ use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Who waits for an acked copy: a publish's confirm token on one of this node's shards.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +48,8 @@ struct Sent {
     frame: Bytes,
     waiters: SmallVec<[Waiter; 1]>,
     deadline: Instant,
+    /// A prepared QoS 2 message's copy (`origin.rs`).
+    origin: bool,
 }
 
 /// One link's acked copies, both ways.
@@ -125,8 +127,63 @@ impl Acks {
         mqtt: &[u8],
         w: Waiter,
     ) {
+        let deadline = Instant::now() + hub.cfg.durable_ack_timeout;
+        self.queue(
+            shard,
+            hub,
+            link,
+            mqtt.len(),
+            w,
+            (deadline, false),
+            |stamp, b| encode_acked(stamp, group, mqtt, b),
+        );
+    }
+
+    /// [`Self::send`] for a prepared QoS 2 message with its origin key
+    /// (`origin.rs`); `patient` (recovery's resend): no deadline.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_origin(
+        &self,
+        shard: &Rc<Shard>,
+        hub: &Hub,
+        link: &Link,
+        (group, origin): (Option<&TopicFilter>, super::origin::Origin),
+        mqtt: &[u8],
+        w: Waiter,
+        patient: bool,
+    ) {
+        let now = Instant::now();
+        let deadline = if patient {
+            // Far enough never to come (Instant has no maximum).
+            now.checked_add(Duration::from_secs(100 * 365 * 86_400))
+                .unwrap_or(now + hub.cfg.durable_ack_timeout)
+        } else {
+            now + hub.cfg.durable_ack_timeout
+        };
+        self.queue(
+            shard,
+            hub,
+            link,
+            mqtt.len(),
+            w,
+            (deadline, true),
+            |stamp, b| encode_acked_origin(stamp, origin, group, mqtt, b),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &self,
+        shard: &Rc<Shard>,
+        hub: &Hub,
+        link: &Link,
+        len: usize,
+        w: Waiter,
+        (deadline, origin): (Instant, bool),
+        encode: impl FnOnce(Stamp, &mut BytesMut),
+    ) {
         let la = &link.acks;
-        if la.sent_bytes.get() + mqtt.len() > hub.cfg.link_queue_bytes {
+        if la.sent_bytes.get() + len > hub.cfg.link_queue_bytes {
             // Bounded like the plain queue; the publisher learns it now.
             link.stats.dropped.inc();
             answer(shard, w, Some(ReasonCode::ImplementationSpecificError));
@@ -134,12 +191,12 @@ impl Acks {
         }
         let id = la.next_id.get() + 1;
         la.next_id.set(id);
-        let mut b = BytesMut::with_capacity(mqtt.len() + 32);
+        let mut b = BytesMut::with_capacity(len + 48);
         let stamp = Stamp {
             stream: self.stream,
             id,
         };
-        encode_acked(stamp, group, mqtt, &mut b);
+        encode(stamp, &mut b);
         let frame = b.freeze();
         if link.is_up() {
             link.push_raw(&frame);
@@ -149,7 +206,8 @@ impl Acks {
             id,
             frame,
             waiters: SmallVec::from_buf([w]),
-            deadline: Instant::now() + hub.cfg.durable_ack_timeout,
+            deadline,
+            origin,
         });
         link.stats.acked_out.inc();
         link.stats.unacked.set(la.sent.borrow().len() as u64);
@@ -158,6 +216,9 @@ impl Acks {
     /// The peer answered `Durable(upto)`.
     pub fn durable(&self, shard: &Rc<Shard>, link: &Link, upto: u64) {
         let done = take(link, |s| s.id <= upto, true);
+        if done.iter().any(|s| s.origin) {
+            super::origin::crash_point("node-copy-durable");
+        }
         for s in done {
             for w in s.waiters {
                 answer(shard, w, None);
@@ -223,7 +284,7 @@ impl Acks {
         shard: &Rc<Shard>,
         link: &Link,
         stamp: Stamp,
-        group: Option<&TopicFilter>,
+        (group, origin): (Option<&TopicFilter>, Option<super::origin::Origin>),
         p: Publish,
     ) {
         link.stats.acked_in.inc();
@@ -237,6 +298,7 @@ impl Acks {
         let peer = Some(super::PeerStamp {
             node: link.peer.id,
             stamp,
+            origin,
         });
         let remote = match group {
             None => crate::route::route_from_peer(shard, p, req, peer),
@@ -360,7 +422,7 @@ async fn own_commits(shard: Rc<Shard>) {
 }
 
 /// Answers a local publish waiting for a node: its confirm token on its shard.
-fn answer(shard: &Rc<Shard>, w: Waiter, refused: Option<ReasonCode>) {
+pub(super) fn answer(shard: &Rc<Shard>, w: Waiter, refused: Option<ReasonCode>) {
     // What the node's sessions did with the copy is not told back: counted as taken.
     let fate = Fate(Fate::HELD);
     if w.shard == shard.id {

@@ -14,6 +14,7 @@
 //! | `R`   | `R` + topic bytes                    | retained record           |
 //! | `G`   | `G` + origin shard u16 + nonce u64   | origin row (empty value)  |
 //! | `N`   | `N` + node id u64                    | last acked copy of that node delivered here: stream u64 + id u64 |
+//! | `H`   | `H` + node id u64 + shard u16 + nonce u64 | node origin row (empty): that node's prepared QoS 2 message is here |
 
 /// Name of the one LMDB database inside each shard environment.
 pub const DB_NAME: &str = "ringmq";
@@ -28,6 +29,10 @@ pub const ORIGIN: u8 = b'G';
 
 /// The last acked copy of another node this shard delivered (cluster dedup).
 pub const PEER_SEEN: u8 = b'N';
+
+/// A copy of another *node's* prepared QoS 2 message is stored here
+/// (exactly once across nodes and their crashes: `cluster/origin.rs`).
+pub const NODE_ORIGIN: u8 = b'H';
 
 /// The tables holding one session's rows (deleted with it).
 pub const SESSION_CHILDREN: [u8; 3] = [SUBSCRIPTION, OUTBOUND, INBOUND_QOS2];
@@ -75,6 +80,23 @@ pub fn push_origin(out: &mut Vec<u8>, from: u16, nonce: u64) {
 pub fn push_peer_seen(out: &mut Vec<u8>, node: u64) {
     out.push(PEER_SEEN);
     out.extend_from_slice(&node.to_be_bytes());
+}
+
+pub fn push_node_origin(out: &mut Vec<u8>, node: u64, shard: u16, nonce: u64) {
+    out.push(NODE_ORIGIN);
+    out.extend_from_slice(&node.to_be_bytes());
+    out.extend_from_slice(&shard.to_be_bytes());
+    out.extend_from_slice(&nonce.to_be_bytes());
+}
+
+/// `(node, origin shard, nonce)` of a node origin key.
+pub fn split_node_origin(key: &[u8]) -> Option<(u64, u16, u64)> {
+    if key.len() != 19 || key[0] != NODE_ORIGIN {
+        return None;
+    }
+    let node = tail_u64(&key[1..9])?;
+    let shard = u16::from_be_bytes([key[9], key[10]]);
+    Some((node, shard, tail_u64(&key[11..])?))
 }
 
 /// `(origin shard, nonce)` of an origin key.
