@@ -548,3 +548,83 @@ fn takeover_time_across_nodes_is_printed() {
         );
     });
 }
+
+/// A node added at run time (`--cluster-join true`, then `ctl cluster add-node` on the leader)
+/// takes part in session moves both ways: its link slot is known to every shard of every node
+/// (not only the peers given at start), so a session of node 1 moves to node 4 whole (queued
+/// message with its subscription identifier, subscriptions routed from every node) and back.
+/// Before, node 4 was "unreachable" for a fetch and the client got a fresh session.
+#[test]
+fn a_session_moves_to_and_from_a_node_added_at_run_time() {
+    let _g = serial();
+    let mut c = cluster();
+    let (leader, _) = c.wait_leader(&[1, 2, 3]);
+    let j = c.joiner(4, &[]);
+    j.start();
+    let addr4 = j.cluster.clone();
+    let (code, out, err) = c.get(leader).ctl(&["cluster", "add-node", "4", &addr4]);
+    assert_eq!(code, 0, "{out}{err}");
+    c.wait_leader(&[1, 2, 3, 4]);
+    for id in 1..=4 {
+        check_for_blocking(SETTLE, "node links up", || {
+            let s = c.get(id).status()?;
+            let links = s["links"].as_array()?;
+            (links.len() == 3 && links.iter().all(|l| l["up"] == true)).then_some(())
+        });
+    }
+    let (n1, n2, n3, n4) = (
+        c.get(1).mqtt(),
+        c.get(2).mqtt(),
+        c.get(3).mqtt(),
+        c.get(4).mqtt(),
+    );
+    let id = "mover-joined";
+    let connect = || {
+        let mut k = connect_packet(ringmq_codec::ProtocolVersion::V5, id, false);
+        k.properties.session_expiry_interval = Some(600);
+        k
+    };
+    rt().block_on(async {
+        let mut publ = client(Opts::new(Proto::V5, n2, "pub-joined")).await;
+        // On node 1: a subscription with an identifier, then offline with a message queued.
+        let (mut a, present) = raw_connect(n1, &connect()).await;
+        assert!(!present);
+        let o = SubscriptionOptions::with_qos(QoS::AtLeastOnce);
+        a.send(&subscribe(1, "jm/#", o, Some(11))).await;
+        assert!(matches!(a.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        drop(a);
+        publ.publish("jm/a", 1, false, "queued-1").await;
+        publ.wait_acked(1).await;
+
+        // To node 4, added at run time: the session is there, whole.
+        let (mut b, present) = raw_connect(n4, &connect()).await;
+        assert!(present, "CONNACK session present 1 on node 4");
+        let m = b.expect_publish("queued on node 1").await;
+        assert_eq!(text(&m), "queued-1");
+        assert_eq!(sub_ids(&m), [11]);
+        b.send(&ack(&m).unwrap()).await;
+        assert_eq!(c.get(4).owner(id).map(|o| o.0), Some(4));
+        // Its subscription routes from every node to node 4.
+        let mut publ3 = client(Opts::new(Proto::V5, n3, "pub3-joined")).await;
+        publ3.publish("jm/b", 1, false, "from-3").await;
+        publ3.wait_acked(1).await;
+        let m = b.expect_publish("from node 3").await;
+        assert_eq!(text(&m), "from-3");
+        b.send(&ack(&m).unwrap()).await;
+        drop(b);
+        publ.publish("jm/c", 1, false, "queued-4").await;
+        publ.wait_acked(1).await;
+
+        // And back from node 4 to node 1.
+        let (mut a, present) = raw_connect(n1, &connect()).await;
+        assert!(present, "CONNACK session present 1 back on node 1");
+        let m = a.expect_publish("queued on node 4").await;
+        assert_eq!(text(&m), "queued-4");
+        assert_eq!(sub_ids(&m), [11]);
+        a.send(&ack(&m).unwrap()).await;
+        assert_eq!(c.get(1).owner(id).map(|o| o.0), Some(1));
+    });
+    let installed = |n: u64| handover(&c, n)["installed"].as_u64().unwrap_or(0);
+    assert!(installed(4) >= 1, "node 4 installed the shipped session");
+    assert!(installed(1) >= 1, "node 1 installed it back");
+}

@@ -49,6 +49,8 @@ pub struct Confirms {
     sending: bool,
     /// (shard, nonce) origin rows to forget once the done marks before them are durable.
     forget: Vec<(usize, u64)>,
+    /// (node, nonce): the same for other nodes' origin keys (`cluster/origin.rs`).
+    forget_nodes: Vec<(u64, u64)>,
     forgetting: bool,
 }
 
@@ -76,6 +78,8 @@ struct Row {
     id: PacketId,
     /// Every target shard (they all may hold an origin row).
     shards: SmallVec<[u16; 4]>,
+    /// Every target node (they all may hold the origin key).
+    nodes: SmallVec<[u64; 2]>,
 }
 
 /// Remote copies to send once `ticket` (the prepare commit) is durable.
@@ -117,13 +121,6 @@ pub(crate) fn await_confirms(
     );
 }
 
-/// `n` more answers (other nodes' acked copies) settle the publish behind `token`.
-pub(crate) fn expect_more(shard: &Shard, token: u64, n: usize) {
-    if let Some(w) = shard.confirms.borrow_mut().waiting.get_mut(&token) {
-        w.left += n;
-    }
-}
-
 /// True when session `sid` has remote copies waiting for a prepare commit:
 /// its next copies must queue behind them.
 pub(crate) fn deferring(shard: &Shard, sid: SessionId) -> bool {
@@ -131,9 +128,10 @@ pub(crate) fn deferring(shard: &Shard, sid: SessionId) -> bool {
     !c.deferring.is_empty() && c.deferring.contains_key(&sid)
 }
 
-/// An inbound QoS 2 message with copies for other shards (`items`, not yet
-/// sent): stores the prepared row, holds the PUBREC on `conn` until every
-/// copy is confirmed, and sends the copies once the row is durable.
+/// An inbound QoS 2 message with copies for other shards or nodes (`items`,
+/// not yet sent): stores the prepared row, holds the PUBREC on `conn` until
+/// every copy is confirmed (`left` answers: one per shard item, one per
+/// node given an acked copy), and sends the copies once the row is durable.
 /// `fate`: what this shard's sessions did with their copies.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn prepare(
@@ -141,22 +139,28 @@ pub(crate) fn prepare(
     sid: SessionId,
     conn: &Rc<ConnOut>,
     (key, id): (SessionKey, PacketId),
-    token: u64,
+    (token, left): (u64, usize),
     p: &Publish,
-    items: Vec<(usize, MeshItem)>,
+    mut items: Vec<(usize, MeshItem)>,
     pubrec: ringmq_codec::Packet,
     fate: Fate,
 ) {
     let targets: Vec<Target> = items
         .iter()
-        .map(|(to, item)| Target {
-            shard: *to as u16,
-            group: match item {
-                MeshItem::SharedPublish(_, g) => Some(g.clone()),
-                _ => None,
-            },
+        .filter_map(|(to, item)| {
+            match item {
+                MeshItem::SharedPublish(_, g) => Some(Some(g.clone())),
+                MeshItem::Cluster(_) => None,
+                _ => Some(None),
+            }
+            .map(|group| Target {
+                shard: *to as u16,
+                group,
+            })
         })
         .collect();
+    // Other nodes are targets too: their copies carry (this shard, token).
+    let node_targets = crate::cluster::origin::hold(shard, &mut items, token);
     let no_ids: [u32; 0] = [];
     let m = MessageRef {
         publish: p,
@@ -168,9 +172,10 @@ pub(crate) fn prepare(
     // [MQTT-4.3.3-8] ([MQTT-4.3.3-2] (3.1.1)) PUBREC only once ownership is
     // taken: the packet id (with the message) is durable before any copy
     // leaves this shard, and so before PUBREC.
-    let ticket = shard
-        .store
-        .prepare_inbound_qos2(key, id, token, &targets, m);
+    let ticket =
+        shard
+            .store
+            .prepare_inbound_qos2_nodes(key, id, token, (&targets, &node_targets), m);
     let mut shards: SmallVec<[u16; 4]> = targets.iter().map(|t| t.shard).collect();
     shards.sort_unstable();
     shards.dedup();
@@ -179,11 +184,12 @@ pub(crate) fn prepare(
         key,
         id,
         shards,
+        nodes: node_ids(&node_targets),
     };
     shard.confirms.borrow_mut().waiting.insert(
         token,
         Waiting {
-            left: items.len(),
+            left,
             conn: Rc::downgrade(conn),
             row: Some(row),
             refused: None,
@@ -194,6 +200,13 @@ pub(crate) fn prepare(
     );
     conn.ack(pubrec, Some(token));
     defer(shard, ticket, sid, Some(token), items);
+}
+
+fn node_ids(targets: &[store::NodeTarget]) -> SmallVec<[u64; 2]> {
+    let mut n: SmallVec<[u64; 2]> = targets.iter().map(|t| t.node).collect();
+    n.sort_unstable();
+    n.dedup();
+    n
 }
 
 /// Queues remote copies of session `sid` to leave once `ticket` is durable
@@ -241,8 +254,11 @@ async fn send_deferred(shard: Rc<Shard>) {
         }
         match result {
             Ok(()) => {
+                if crate::cluster::origin::has_origin_copies(&d.items) {
+                    crate::cluster::origin::crash_point("node-copy-prepared");
+                }
                 for (to, item) in d.items {
-                    shard.mesh.push(to, item);
+                    send_item(&shard, to, item);
                 }
             }
             // The prepare failed: nothing left this shard; the publisher is refused.
@@ -257,6 +273,15 @@ async fn send_deferred(shard: Rc<Shard>) {
                 }
             }
         }
+    }
+}
+
+/// A held copy leaves: over the mesh, or (a node copy held on shard 0,
+/// which runs the links) to the cluster wing here.
+fn send_item(shard: &Rc<Shard>, to: usize, item: MeshItem) {
+    match item {
+        MeshItem::Cluster(c) if to == shard.id => crate::cluster::on_item(shard, to, *c),
+        item => shard.mesh.push(to, item),
     }
 }
 
@@ -334,7 +359,7 @@ fn settle(shard: &Rc<Shard>, token: u64, w: Waiting) {
             // Done: the message is dropped from the row, the id stays until PUBREL.
             shard.store.put_inbound_qos2(r.key, r.id, None).detach();
         }
-        forget_after_commit(shard, token, &r.shards);
+        forget_after_commit(shard, token, r);
     }
     if let Some(conn) = w.conn.upgrade() {
         // The ack follows the done mark's commit (and everything before it).
@@ -382,7 +407,7 @@ fn settle_refused(shard: &Rc<Shard>, token: u64, w: Waiting, code: ReasonCode, w
             }
             shard.store.delete_inbound_qos2(r.key, r.id).detach();
         }
-        forget_after_commit(shard, token, &r.shards);
+        forget_after_commit(shard, token, r);
     }
     match conn {
         Some(conn) if v5 => conn.refuse_ack(token, code),
@@ -404,11 +429,13 @@ fn holds_id(shard: &Shard, r: &Row) -> bool {
         .is_some_and(|s| s.key == Some(r.key) && s.inbound_qos2.contains(&r.id.get()))
 }
 
-/// Tells `shards` to forget their origin rows for `nonce` once everything
-/// written so far (the done mark) is durable.
-fn forget_after_commit(shard: &Rc<Shard>, nonce: u64, shards: &[u16]) {
+/// Tells the target shards and nodes of `r` to forget their origin rows
+/// for `nonce` once everything written so far (the done mark) is durable.
+fn forget_after_commit(shard: &Rc<Shard>, nonce: u64, r: &Row) {
     let mut c = shard.confirms.borrow_mut();
-    c.forget.extend(shards.iter().map(|&s| (s as usize, nonce)));
+    c.forget
+        .extend(r.shards.iter().map(|&s| (s as usize, nonce)));
+    c.forget_nodes.extend(r.nodes.iter().map(|&n| (n, nonce)));
     if !std::mem::replace(&mut c.forgetting, true) {
         drop(c);
         glommio::spawn_local(send_forgets(shard.clone())).detach();
@@ -418,8 +445,14 @@ fn forget_after_commit(shard: &Rc<Shard>, nonce: u64, shards: &[u16]) {
 async fn send_forgets(shard: Rc<Shard>) {
     loop {
         futures_lite::future::yield_now().await;
-        let list = std::mem::take(&mut shard.confirms.borrow_mut().forget);
-        if list.is_empty() {
+        let (list, nodes) = {
+            let mut c = shard.confirms.borrow_mut();
+            (
+                std::mem::take(&mut c.forget),
+                std::mem::take(&mut c.forget_nodes),
+            )
+        };
+        if list.is_empty() && nodes.is_empty() {
             shard.confirms.borrow_mut().forgetting = false;
             return;
         }
@@ -428,6 +461,7 @@ async fn send_forgets(shard: Rc<Shard>) {
             for (to, nonce) in list {
                 shard.mesh.push(to, MeshItem::Forget(nonce));
             }
+            crate::cluster::origin::forget(&shard, nodes);
         }
     }
 }
@@ -500,6 +534,7 @@ pub(crate) fn resume(shard: &Rc<Shard>, mut list: Vec<Resume>) {
                 .iter()
                 .filter(|t| !p.delivered.contains(&t.shard))
                 .count()
+                + p.nodes.len()
         })
         .sum();
     tracing::info!(
@@ -519,6 +554,7 @@ pub(crate) fn resume(shard: &Rc<Shard>, mut list: Vec<Resume>) {
             key: r.key,
             id: r.id,
             shards,
+            nodes: node_ids(&r.prepared.nodes),
         };
         let publish = recovered_publish(r.message);
         let missing: Vec<&Target> = r
@@ -536,13 +572,22 @@ pub(crate) fn resume(shard: &Rc<Shard>, mut list: Vec<Resume>) {
             fate: Fate::default(),
             qos2: None,
         };
-        let Some(publish) = publish.filter(|_| !missing.is_empty()) else {
+        // Other nodes: each is sent it again (it skips a copy it holds: `cluster/origin.rs`).
+        let nodes = &r.prepared.nodes;
+        let Some(publish) = publish.filter(|_| !missing.is_empty() || !nodes.is_empty()) else {
             // Every copy is durable (or the message expired [MQTT-3.3.2-5]).
             settle(shard, nonce, w);
             continue;
         };
-        w.left = missing.len();
+        w.left = missing.len() + nodes.len();
         shard.confirms.borrow_mut().waiting.insert(nonce, w);
+        let origin = crate::cluster::origin::Origin {
+            shard: shard.id as u16,
+            nonce,
+        };
+        for t in nodes {
+            crate::cluster::origin::resend(shard, t, publish.clone(), nonce, origin);
+        }
         let confirm = Some(ConfirmReq {
             token: nonce,
             origin_row: true,

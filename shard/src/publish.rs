@@ -144,38 +144,36 @@ fn exactly_once(
             };
             let kept = p.clone();
             let mut held = Vec::new();
+            // Copies for other shards and nodes are held (`n` answers in all).
             let n = crate::route::route_to(shard, p, Some(sid), Some(req), Some(&mut held));
-            // Other nodes given an acked copy answer under the token too.
-            let nodes = n - held.len();
-            if held.is_empty() {
-                if quota_exceeded(shard, conn, nodes) {
+            if n == 0 {
+                if quota_exceeded(shard, conn, 0) {
                     return qos2_refused(shard, sid, conn, id);
                 }
                 // Same batch as the local copies: one transaction.
                 shard.store.put_inbound_qos2(k, id, None).detach();
+                if !held.is_empty() {
+                    // Plain copies (retained, for nodes without subscribers), in order.
+                    crate::confirm::defer(shard, Ticket::ready(), sid, None, held);
+                }
                 let fate = shard.tally.fate();
-                ack(
-                    shard,
-                    conn,
-                    pubrec,
-                    (Some(token), nodes),
-                    fate,
-                    Some((sid, id)),
-                );
+                ack(shard, conn, pubrec, (Some(token), 0), fate, Some((sid, id)));
             } else {
+                // Other shards and other nodes: the prepared row first (`confirm.rs`,
+                // `cluster/origin.rs`), so a crash of this node neither loses nor
+                // duplicates a copy.
                 let fate = shard.tally.fate();
                 crate::confirm::prepare(
                     shard,
                     sid,
                     conn,
                     (k, id),
-                    token,
+                    (token, n),
                     &kept,
                     held,
                     pubrec,
                     fate,
                 );
-                crate::confirm::expect_more(shard, token, nodes);
             }
         }
         (true, None) => {

@@ -35,10 +35,12 @@ pub(crate) fn route_to(
     p: Publish,
     publisher: Option<SessionId>,
     confirm: Option<ConfirmReq>,
-    held: Option<&mut Vec<(usize, MeshItem)>>,
+    mut held: Option<&mut Vec<(usize, MeshItem)>>,
 ) -> usize {
-    // Other nodes first: their copy leaves with this tick's link batch.
-    let (elsewhere, nodes) = crate::cluster::forward(shard, &p, confirm.map(|c| c.token));
+    // Other nodes first: their copy leaves with this tick's link batch (or,
+    // with `held`, joins the held copies: after the prepare commit, in order).
+    let (elsewhere, nodes) =
+        crate::cluster::forward(shard, &p, confirm.map(|c| c.token), held.as_deref_mut());
     nodes
         + route_here(
             shard,

@@ -267,6 +267,12 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
             )
         }
     };
+    // Other nodes may forget this node's origin keys below these (`cluster/origin.rs`).
+    let floors: Vec<(u16, u64)> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| (i as u16, h.origin_floor()))
+        .collect();
     stores.reverse();
     let cfg = Arc::new(cfg);
     // The channel mesh: one SPSC channel per ordered pair of shards.
@@ -327,6 +333,7 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
                 } else {
                     Vec::new()
                 },
+                floors: if id == 0 { floors.clone() } else { Vec::new() },
             }),
         };
         let handle = LocalExecutorBuilder::new(placement)

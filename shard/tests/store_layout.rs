@@ -80,9 +80,10 @@ fn set_meta_format(dir: &std::path::Path, shard: u16, format: u32) {
     env.prepare_for_closing().wait();
 }
 
-#[test]
-fn format_1_dir_is_migrated_in_place() {
-    assert_eq!(store::FORMAT, 2);
+/// A dir of `old` format (marker and one meta row; rows as that format wrote them) opens
+/// under this build's format, migrated in place, marker last.
+fn migrated_in_place(old: u32) {
+    assert_eq!(store::FORMAT, 3);
     let dir = TempDir::new("migrate");
     let mut rec = open(dir.path(), 2);
     let handle = rec.shards.remove(0).handle;
@@ -95,26 +96,38 @@ fn format_1_dir_is_migrated_in_place() {
     });
     let marker = dir.path().join("RINGMQ");
     let text = std::fs::read_to_string(&marker).unwrap();
-    std::fs::write(&marker, text.replace("format 2", "format 1")).unwrap();
-    // A crash during an earlier migration may have left one meta row at 2 already.
-    set_meta_format(dir.path(), 0, 1);
+    std::fs::write(&marker, text.replace("format 3", &format!("format {old}"))).unwrap();
+    // A crash during an earlier migration may have left one meta row at 3 already.
+    set_meta_format(dir.path(), 0, old);
     let rec = open(dir.path(), 2);
     assert_eq!(
         rec.shards[0].sessions.len(),
         1,
-        "format 1 rows read as before"
+        "format {old} rows read as before"
     );
     drop(rec);
     let text = std::fs::read_to_string(&marker).unwrap();
-    assert!(text.contains("format 2"), "marker rewritten last: {text}");
+    assert!(text.contains("format 3"), "marker rewritten last: {text}");
     drop(open(dir.path(), 2));
-    // A meta row at 1 under a format 2 marker is not a migration: refused.
-    set_meta_format(dir.path(), 1, 1);
+    // A meta row at `old` under a format 3 marker is not a migration: refused.
+    set_meta_format(dir.path(), 1, old);
     let e = open_err(dir.path(), 2);
     assert!(
-        matches!(e, StoreError::UnsupportedFormat { found: 1, .. }),
+        matches!(e, StoreError::UnsupportedFormat { found, .. } if found == old),
         "{e}"
     );
+}
+
+#[test]
+fn format_1_dir_is_migrated_in_place() {
+    migrated_in_place(1);
+}
+
+/// Format 3 only added node targets to prepared rows (record V3) and the node origin table:
+/// a format 2 dir is migrated by its meta rows and marker alone.
+#[test]
+fn format_2_dir_is_migrated_in_place() {
+    migrated_in_place(2);
 }
 
 #[test]

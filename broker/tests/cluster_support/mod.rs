@@ -86,17 +86,14 @@ impl Node {
     }
 
     fn base_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--listen",
-            &self.listen,
-            "--allow-anonymous",
-            "true",
-            "--cores",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut a: Vec<String> = ["--listen", &self.listen, "--allow-anonymous", "true"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // One core unless the node's own flags say otherwise.
+        if !self.args.iter().any(|a| a == "--cores") {
+            a.extend(["--cores".to_string(), "1".to_string()]);
+        }
         // $SYS off unless the test's own flags set an interval.
         if !self.args.iter().any(|a| a == "--sys-interval-secs") {
             a.extend(["--sys-interval-secs".to_string(), "0".to_string()]);
@@ -133,6 +130,38 @@ impl Node {
                 )
             }
         }
+    }
+
+    /// Starts (or restarts) the process with `env` set (e.g. a test crash point).
+    pub fn start_env(&mut self, env: &[(&str, &str)]) {
+        assert!(self.proc.is_none(), "node {} already running", self.id);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+        cmd.args(self.all_args());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        match launch_cmd(&mut cmd) {
+            Launched::Up(d) => self.proc = Some(d),
+            Launched::Exited { status, stderr } => {
+                panic!(
+                    "node {} exited ({status}) instead of listening:\n{stderr}",
+                    self.id
+                )
+            }
+        }
+    }
+
+    /// Waits for the process to die by itself (a test crash point): its stderr.
+    pub fn wait_crash(&mut self, within: Duration) -> String {
+        let mut p = self.proc.take().expect("node running");
+        let status = p.wait_exit(within);
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "node {} did not crash within {within:?} ({status:?}); stderr:\n{}",
+            self.id,
+            p.stderr()
+        );
+        p.stderr()
     }
 
     /// Starts it and expects it to exit instead (a refused start): its stderr.
@@ -221,11 +250,34 @@ impl Cluster {
         Cluster::launch(n, extra, net, None)
     }
 
+    /// `n` nodes on 127.0.0.1, node `id` with `each(id)` flags beyond `extra` (e.g. `--cores 2`).
+    pub fn start_each(n: u64, extra: &[&str], each: impl Fn(u64) -> Vec<String>) -> Cluster {
+        let mut c = Cluster::launch_each(n, extra, None, None, &each);
+        for n in &mut c.nodes {
+            n.start();
+        }
+        c
+    }
+
     fn launch(
         n: u64,
         extra: &[&str],
         net: Option<&netns::Net>,
         listen: Option<&dyn Fn(u64) -> String>,
+    ) -> Cluster {
+        let mut c = Cluster::launch_each(n, extra, net, listen, &|_| Vec::new());
+        for n in &mut c.nodes {
+            n.start();
+        }
+        c
+    }
+
+    fn launch_each(
+        n: u64,
+        extra: &[&str],
+        net: Option<&netns::Net>,
+        listen: Option<&dyn Fn(u64) -> String>,
+        each: &dyn Fn(u64) -> Vec<String>,
     ) -> Cluster {
         let addrs: Vec<(u64, String)> = (1..=n)
             .map(|id| match net {
@@ -234,7 +286,7 @@ impl Cluster {
             })
             .collect();
         let peers = peers_of(&addrs);
-        let mut nodes: Vec<Node> = addrs
+        let nodes: Vec<Node> = addrs
             .iter()
             .map(|(id, a)| {
                 let mut args: Vec<String> = vec![
@@ -246,6 +298,7 @@ impl Cluster {
                     "1s".into(),
                 ];
                 args.extend(extra.iter().map(|s| s.to_string()));
+                args.extend(each(*id));
                 Node {
                     id: *id,
                     cluster: a.clone(),
@@ -260,9 +313,6 @@ impl Cluster {
                 }
             })
             .collect();
-        for n in &mut nodes {
-            n.start();
-        }
         Cluster { nodes }
     }
 

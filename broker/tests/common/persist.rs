@@ -237,7 +237,8 @@ impl Durable {
         self.wait_exit(WAIT)
     }
 
-    fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+    /// Waits (bounded) for the process to exit by itself; its status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
         let end = Instant::now() + deadline;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

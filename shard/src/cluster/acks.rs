@@ -22,7 +22,7 @@
 //!   (`cluster_unavailable`), as when a shard cannot store its copy. Nothing is acknowledged that B does not hold durably, so what
 //!   the cluster acknowledged survives kill -9 of any node.
 
-use super::frame::{encode_acked, Frame, Stamp};
+use super::frame::{encode_acked, encode_acked_origin, Frame, Stamp};
 use super::hub::Hub;
 use super::link::Link;
 use crate::mesh::{ConfirmReq, Fate, MeshItem};
@@ -33,7 +33,7 @@ use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Copy ids are `run << ID_BITS | n`: a later run's ids are above an earlier one's.
 const ID_BITS: u32 = 40;
@@ -51,6 +51,10 @@ pub(super) struct Sent {
     pub frame: Bytes,
     pub waiters: SmallVec<[Waiter; 1]>,
     deadline: Instant,
+    /// A prepared QoS 2 message's copy (`origin.rs`).
+    origin: bool,
+    /// Recovery's resend of one (no deadline).
+    patient: bool,
     /// Held in this node's outbox (`outbox.rs`): no deadline, deleted once answered.
     pub stored: bool,
 }
@@ -63,6 +67,8 @@ impl Sent {
             frame,
             waiters: SmallVec::new(),
             deadline: Instant::now(),
+            origin: false,
+            patient: false,
             stored: true,
         }
     }
@@ -163,9 +169,64 @@ impl Acks {
         mqtt: &[u8],
         w: Waiter,
     ) {
+        let deadline = Instant::now() + hub.cfg.durable_ack_timeout;
+        self.queue(
+            shard,
+            hub,
+            link,
+            mqtt.len(),
+            w,
+            (deadline, false, false),
+            |stamp, b| encode_acked(stamp, group, mqtt, b),
+        );
+    }
+
+    /// [`Self::send`] for a prepared QoS 2 message with its origin key
+    /// (`origin.rs`); `patient` (recovery's resend): no deadline.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_origin(
+        &self,
+        shard: &Rc<Shard>,
+        hub: &Hub,
+        link: &Link,
+        (group, origin): (Option<&TopicFilter>, super::origin::Origin),
+        mqtt: &[u8],
+        w: Waiter,
+        patient: bool,
+    ) {
+        let now = Instant::now();
+        let deadline = if patient {
+            // Far enough never to come (Instant has no maximum).
+            now.checked_add(Duration::from_secs(100 * 365 * 86_400))
+                .unwrap_or(now + hub.cfg.durable_ack_timeout)
+        } else {
+            now + hub.cfg.durable_ack_timeout
+        };
+        self.queue(
+            shard,
+            hub,
+            link,
+            mqtt.len(),
+            w,
+            (deadline, true, patient),
+            |stamp, b| encode_acked_origin(stamp, origin, group, mqtt, b),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &self,
+        shard: &Rc<Shard>,
+        hub: &Hub,
+        link: &Link,
+        len: usize,
+        w: Waiter,
+        (deadline, origin, patient): (Instant, bool, bool),
+        encode: impl FnOnce(Stamp, &mut BytesMut),
+    ) {
         let la = &link.acks;
         let in_memory = la.sent_bytes.get() - la.stored_bytes.get();
-        if in_memory + mqtt.len() > hub.cfg.link_queue_bytes {
+        if in_memory + len > hub.cfg.link_queue_bytes {
             // Bounded like the plain queue; the publisher learns it now.
             link.stats.dropped.inc();
             super::outbox::refuse_later(shard, w, ReasonCode::ImplementationSpecificError);
@@ -173,23 +234,26 @@ impl Acks {
         }
         let id = (la.next_id.get() + 1).max(self.id_base.get() + 1);
         la.next_id.set(id);
-        let mut b = BytesMut::with_capacity(mqtt.len() + 32);
+        let mut b = BytesMut::with_capacity(len + 48);
         let stamp = Stamp {
             stream: self.stream.get(),
             id,
         };
-        encode_acked(stamp, group, mqtt, &mut b);
+        encode(stamp, &mut b);
         let mut s = Sent {
             id,
             frame: b.freeze(),
             waiters: SmallVec::from_buf([w]),
-            deadline: Instant::now() + hub.cfg.durable_ack_timeout,
+            deadline,
+            origin,
+            patient,
             stored: false,
         };
         if link.is_up() {
             link.push_raw(&s.frame);
-        } else if hub.outbox.on() && !super::outbox::store(shard, hub, link, &mut s) {
+        } else if !patient && hub.outbox.on() && !super::outbox::store(shard, hub, link, &mut s) {
             // The node is down and its outbox full: refused as without an outbox.
+            // (Recovery's patient resends need no outbox: their prepared row holds them.)
             super::outbox::refuse_later(shard, w, ReasonCode::QuotaExceeded);
             return;
         }
@@ -203,6 +267,9 @@ impl Acks {
     pub fn durable(&self, shard: &Rc<Shard>, link: &Link, upto: u64) {
         let done = take(link, |s| s.id <= upto, true);
         super::outbox::done(shard, link, &done, false);
+        if done.iter().any(|s| s.origin) {
+            super::origin::crash_point("node-copy-durable");
+        }
         for s in done {
             for w in s.waiters {
                 answer(shard, w, None);
@@ -234,10 +301,11 @@ impl Acks {
             let mut sent = link.acks.sent.borrow_mut();
             let mut late = Vec::new();
             let mut i = 0;
-            // Deadlines grow with ids among the copies not stored: stop at the first one not due.
+            // Deadlines grow with ids among the copies neither stored nor patient
+            // (recovery's resends, `origin.rs`: no deadline): stop at the first one not due.
             while i < sent.len() {
                 let s = &mut sent[i];
-                if s.stored {
+                if s.stored || s.patient {
                     i += 1;
                     continue;
                 }
@@ -297,7 +365,7 @@ impl Acks {
         shard: &Rc<Shard>,
         link: &Link,
         stamp: Stamp,
-        group: Option<&TopicFilter>,
+        (group, origin): (Option<&TopicFilter>, Option<super::origin::Origin>),
         p: Publish,
     ) {
         link.stats.acked_in.inc();
@@ -311,6 +379,7 @@ impl Acks {
         let peer = Some(super::PeerStamp {
             node: link.peer.id,
             stamp,
+            origin,
         });
         let remote = match group {
             None => crate::route::route_from_peer(shard, p, req, peer),

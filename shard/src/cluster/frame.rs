@@ -39,6 +39,10 @@ const DURABLE: u8 = 0x42;
 const NOT_STORED: u8 = 0x43;
 /// Retained messages sent when a link comes up (`cluster/retained.rs`).
 const RETAINED: u8 = 0x44;
+// 0x3A-0x3F: exactly once across nodes and their crashes (`origin.rs`).
+const ACKED_ORIGIN: u8 = 0x3A;
+const ORIGINS_DONE: u8 = 0x3B;
+const ORIGIN_FLOOR: u8 = 0x3C;
 // 0x20-0x2F: session handover (`handover.rs`).
 const SESSION_FETCH: u8 = 0x20;
 const SESSION_SHIP: u8 = 0x21;
@@ -128,6 +132,25 @@ pub enum Frame {
         at_ms: u64,
         publish: Bytes,
     },
+    /// An acked publish of a prepared QoS 2 message (`origin.rs`): as
+    /// `AckedPublish` (or `AckedShared` with `group`), plus the message's
+    /// key on the sender's node, which survives the sender's restart: the
+    /// receiver delivers it once per `(sender, origin)` whatever the stream.
+    AckedOrigin {
+        stamp: Stamp,
+        origin: super::origin::Origin,
+        group: Option<TopicFilter>,
+        publish: Bytes,
+    },
+    /// The sender marked these messages of its shard `shard` done: the
+    /// receiver may forget their origin keys.
+    OriginsDone {
+        shard: u16,
+        nonces: Vec<u64>,
+    },
+    /// Sent when a link comes up: per shard of the sender, no origin key
+    /// below this nonce is needed any more (what a lost `OriginsDone` left).
+    OriginFloor(Vec<(u16, u64)>),
     /// The sender's node won session `client`'s ownership at `epoch` from the
     /// receiver: close it there and ship it (answered by `SessionShip{req}`).
     SessionFetch {
@@ -244,6 +267,33 @@ pub fn encode_acked(stamp: Stamp, group: Option<&TopicFilter>, mqtt: &[u8], out:
     finish(out, start);
 }
 
+/// Appends an acked publish frame of a prepared QoS 2 message: as
+/// [`encode_acked`], with its origin key.
+pub fn encode_acked_origin(
+    stamp: Stamp,
+    origin: super::origin::Origin,
+    group: Option<&TopicFilter>,
+    mqtt: &[u8],
+    out: &mut BytesMut,
+) {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(ACKED_ORIGIN);
+    out.put_u64(stamp.stream);
+    out.put_u64(stamp.id);
+    out.put_u16(origin.shard);
+    out.put_u64(origin.nonce);
+    match group {
+        Some(g) => {
+            out.put_u8(1);
+            put_str(out, g.as_str());
+        }
+        None => out.put_u8(0),
+    }
+    out.put_slice(mqtt);
+    finish(out, start);
+}
+
 /// Decodes the PUBLISH carried by a `Publish` frame.
 pub fn decode_publish(bytes: Bytes) -> Result<Publish, FrameError> {
     let mut d = ringmq_codec::Decoder::new(0);
@@ -318,6 +368,32 @@ impl Frame {
                 out.truncate(start);
                 encode_acked(*stamp, Some(group), publish, out);
                 return;
+            }
+            Frame::AckedOrigin {
+                stamp,
+                origin,
+                group,
+                publish,
+            } => {
+                out.truncate(start);
+                encode_acked_origin(*stamp, *origin, group.as_ref(), publish, out);
+                return;
+            }
+            Frame::OriginsDone { shard, nonces } => {
+                out.put_u8(ORIGINS_DONE);
+                out.put_u16(*shard);
+                out.put_u32(nonces.len() as u32);
+                for n in nonces {
+                    out.put_u64(*n);
+                }
+            }
+            Frame::OriginFloor(floors) => {
+                out.put_u8(ORIGIN_FLOOR);
+                out.put_u16(floors.len() as u16);
+                for (shard, floor) in floors {
+                    out.put_u16(*shard);
+                    out.put_u64(*floor);
+                }
             }
             Frame::Durable(upto) => {
                 out.put_u8(DURABLE);
@@ -488,6 +564,52 @@ impl Frame {
                         publish: std::mem::take(&mut body),
                     }
                 }
+            }
+            ACKED_ORIGIN => {
+                need(&body, 27, "acked origin")?;
+                let stamp = Stamp {
+                    stream: body.get_u64(),
+                    id: body.get_u64(),
+                };
+                let origin = super::origin::Origin {
+                    shard: body.get_u16(),
+                    nonce: body.get_u64(),
+                };
+                let group = match body.get_u8() {
+                    0 => None,
+                    1 => {
+                        let g = get_filter(&mut body)?;
+                        if g.shared().is_none() {
+                            return Err(FrameError::BadFilter);
+                        }
+                        Some(g)
+                    }
+                    _ => return Err(FrameError::Truncated("acked origin")),
+                };
+                Frame::AckedOrigin {
+                    stamp,
+                    origin,
+                    group,
+                    publish: std::mem::take(&mut body),
+                }
+            }
+            ORIGINS_DONE => {
+                need(&body, 6, "origins done")?;
+                let shard = body.get_u16();
+                let n = body.get_u32() as usize;
+                if n > body.len() / 8 {
+                    return Err(FrameError::Truncated("origins done"));
+                }
+                let nonces = (0..n).map(|_| body.get_u64()).collect();
+                Frame::OriginsDone { shard, nonces }
+            }
+            ORIGIN_FLOOR => {
+                need(&body, 2, "origin floor")?;
+                let n = body.get_u16() as usize;
+                if n > body.len() / 10 {
+                    return Err(FrameError::Truncated("origin floor"));
+                }
+                Frame::OriginFloor((0..n).map(|_| (body.get_u16(), body.get_u64())).collect())
             }
             DURABLE => {
                 need(&body, 8, "durable")?;
@@ -681,6 +803,26 @@ mod tests {
             group: filter("$share/g/a/#"),
             publish: Bytes::from_static(b"\x32\x05\x00\x01a\x00\x01"),
         });
+        for group in [None, Some(filter("$share/g/a/#"))] {
+            round_trip(Frame::AckedOrigin {
+                stamp,
+                origin: crate::cluster::origin::Origin {
+                    shard: 1,
+                    nonce: 1 << 60 | 7,
+                },
+                group,
+                publish: Bytes::from_static(b"\x34\x05\x00\x01a\x00\x01"),
+            });
+        }
+        round_trip(Frame::OriginsDone {
+            shard: 1,
+            nonces: vec![3, 1 << 62],
+        });
+        round_trip(Frame::OriginsDone {
+            shard: 0,
+            nonces: vec![],
+        });
+        round_trip(Frame::OriginFloor(vec![(0, 9), (1, u64::MAX)]));
         round_trip(Frame::Durable(41));
         round_trip(Frame::NotStored { id: 9, code: 0x97 });
         round_trip(Frame::Retained {
@@ -769,6 +911,52 @@ mod tests {
         assert_eq!(
             Frame::decode(&mut b),
             Err(FrameError::Truncated("retained"))
+        );
+        // Origin frames: an origin cut short, a bad group flag, a plain filter as
+        // group, counts past the bytes.
+        let mut b = BytesMut::from(&[0, 0, 0, 5, ACKED_ORIGIN, 0, 0, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("acked origin"))
+        );
+        let o = crate::cluster::origin::Origin { shard: 0, nonce: 1 };
+        let mut b = BytesMut::new();
+        encode_acked_origin(
+            Stamp { stream: 1, id: 1 },
+            o,
+            None,
+            b"\x34\x03\x00\x01a",
+            &mut b,
+        );
+        b[4 + 1 + 26] = 7;
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("acked origin"))
+        );
+        let mut b = BytesMut::new();
+        let plain = filter("plain/filter");
+        encode_acked_origin(
+            Stamp { stream: 1, id: 1 },
+            o,
+            Some(&plain),
+            b"\x34\x03\x00\x01a",
+            &mut b,
+        );
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::BadFilter));
+        let mut b = BytesMut::new();
+        b.put_u32(15);
+        b.put_u8(ORIGINS_DONE);
+        b.put_u16(0);
+        b.put_u32(1_000_000);
+        b.put_u64(1);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("origins done"))
+        );
+        let mut b = BytesMut::from(&[0, 0, 0, 3, ORIGIN_FLOOR, 0, 9][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("origin floor"))
         );
     }
 

@@ -125,12 +125,13 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> O
     }
     let stats = &node.stats.handover;
     inc(&stats.fetches);
-    let Some(i) = cfg.peers.iter().position(|p| p.id == prev) else {
-        // A member without a node link (added at run time): it cannot ship.
+    // The live link's slot: a node added at run time has one too
+    // (`members.rs` tells every shard), the static peer list is not enough.
+    let Some(slot) = node.slot_of(prev) else {
+        // A member without a node link (removed, or not linked yet): it cannot ship.
         inc(&stats.unreachable);
         return None;
     };
-    let slot = i as Slot + 1;
     let n = node.handover.next.get() + 1;
     node.handover.next.set(n);
     let req = (shard.id as u64) << 48 | (n & ((1 << 48) - 1));

@@ -54,6 +54,10 @@ pub(crate) struct Hub {
     /// a cancelled task is only dropped when the executor runs it again).
     acceptor: RefCell<Option<glommio::Task<()>>>,
     listen_fd: Cell<i32>,
+    /// Per shard of this node: no origin key below this nonce is needed (`origin.rs`).
+    pub(super) floors: Vec<(u16, u64)>,
+    /// Recovery's origin copies for nodes not linked yet (`origin.rs`).
+    pub(super) unlinked: super::origin::Unlinked,
 }
 
 impl Hub {
@@ -61,6 +65,7 @@ impl Hub {
         cfg: Arc<ClusterConfig>,
         stats: Arc<ClusterStats>,
         controls: Vec<flume::Sender<crate::control::Control>>,
+        floors: Vec<(u16, u64)>,
     ) -> Self {
         let links = cfg
             .peers
@@ -95,7 +100,18 @@ impl Hub {
             tasks: RefCell::default(),
             acceptor: RefCell::default(),
             listen_fd: Cell::new(-1),
+            floors,
+            unlinked: Default::default(),
         }
+    }
+
+    /// The live link to node `node`.
+    pub fn link_to(&self, node: u64) -> Option<Rc<Link>> {
+        self.links
+            .borrow()
+            .iter()
+            .find(|l| l.peer.id == node && !l.retired.get())
+            .cloned()
     }
 
     /// Starts the link tasks: dialers, the acceptor, tickers, the waiter deadline sweep.

@@ -342,6 +342,7 @@ async fn serve(
     // the acked copies the peer has not answered yet (written again, in order).
     let queued = link.out.borrow_mut().split();
     hub.send_sync(link);
+    super::origin::send_floor(hub, link);
     link.acks.connected(link, generation);
     link.out.borrow_mut().unsplit(queued);
     // Retained messages set while the peer was away reach it (in steps).
@@ -424,7 +425,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::AckedPublish { stamp, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            hub.durable.receive(shard, link, stamp, None, p);
+            hub.durable.receive(shard, link, stamp, (None, None), p);
         }
         Frame::AckedShared {
             stamp,
@@ -433,8 +434,24 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            hub.durable.receive(shard, link, stamp, Some(&group), p);
+            hub.durable
+                .receive(shard, link, stamp, (Some(&group), None), p);
         }
+        Frame::AckedOrigin {
+            stamp,
+            origin,
+            group,
+            publish,
+        } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            hub.durable
+                .receive(shard, link, stamp, (group.as_ref(), Some(origin)), p);
+        }
+        Frame::OriginsDone { shard: s, nonces } => {
+            super::origin::on_done(shard, link.peer.id, s, nonces)
+        }
+        Frame::OriginFloor(floors) => super::origin::on_floor(shard, link.peer.id, floors),
         Frame::Retained { at_ms, publish } => {
             let p = super::frame::decode_publish(publish)?;
             super::retained::received(shard, link, at_ms, p);

@@ -13,7 +13,6 @@ use super::link::Link;
 use super::routes::Slot;
 use super::Item;
 use crate::mesh::MeshItem;
-use crate::router::ShardSet;
 use crate::shard::Shard;
 use std::rc::Rc;
 
@@ -69,15 +68,13 @@ pub(crate) fn set_peers(shard: &Rc<Shard>, peers: Vec<Peer>) {
         super::outbox::adopt(&hub, &l);
         hub.links.borrow_mut().push(l.clone());
         hub.run_link(shard, &l);
+        super::origin::linked(shard, &hub, &l);
         changed = true;
     }
     if changed {
-        let mut slots = ShardSet::new();
-        for l in hub.live() {
-            slots.insert(l.slot);
-        }
+        let slots: Vec<(u64, Slot)> = hub.live().iter().map(|l| (l.peer.id, l.slot)).collect();
         if let Some(n) = &shard.cluster {
-            *n.slots.borrow_mut() = slots.clone();
+            n.set_slots(slots.clone());
         }
         shard
             .mesh

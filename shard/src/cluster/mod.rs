@@ -35,6 +35,7 @@ mod link;
 mod members;
 pub mod ops;
 mod outbox;
+pub mod origin;
 mod retained;
 pub mod routes;
 pub mod stats;
@@ -79,8 +80,8 @@ pub enum Item {
         publish: Publish,
         token: Option<u64>,
     },
-    /// To every shard from shard 0: the slots of the nodes linked now (members changed).
-    Slots(ShardSet),
+    /// To every shard from shard 0: the nodes linked now and their slots (members changed).
+    Slots(Vec<(u64, Slot)>),
     /// To every shard from shard 0: reply `BarrierAck` (everything before is applied).
     Barrier(u64),
     BarrierAck(u64),
@@ -110,6 +111,33 @@ pub enum Item {
         snapshot: Option<bytes::Bytes>,
         reached: bool,
     },
+    /// A prepared QoS 2 message's copies for `nodes` (to shard 0; `origin.rs`):
+    /// acked copies carrying `origin`, each node's answer confirming `token`
+    /// to the sender; `patient` (recovery's resend): no deadline.
+    Origin {
+        nodes: Vec<u64>,
+        group: Option<TopicFilter>,
+        publish: Publish,
+        token: u64,
+        origin: origin::Origin,
+        patient: bool,
+    },
+    /// Shard `shard`'s done marks of these (node, nonce) are durable (to shard 0).
+    ForgetOrigins {
+        shard: u16,
+        list: Vec<(u64, u64)>,
+    },
+    /// Node `node` is done with these messages of its shard `shard` (from shard 0).
+    OriginsDone {
+        node: u64,
+        shard: u16,
+        nonces: Vec<u64>,
+    },
+    /// Node `node` needs none of its origin keys below these floors (from shard 0).
+    OriginFloor {
+        node: u64,
+        floors: Vec<(u16, u64)>,
+    },
     /// To shard 0: answer `RoutesSettled` once every connected peer
     /// acknowledged this node's route changes so far.
     RoutesQuery(u64),
@@ -123,6 +151,8 @@ pub(crate) struct Init {
     pub listener: Option<std::net::TcpListener>,
     /// Every shard's control channel (shard 0 asks them for a peer's `ClientsAsk`).
     pub controls: Vec<flume::Sender<crate::control::Control>>,
+    /// Per shard: the origin floor found at start (`origin.rs`; shard 0 sends it).
+    pub floors: Vec<(u16, u64)>,
 }
 
 /// One shard's part of the cluster.
@@ -135,6 +165,11 @@ pub struct Node {
     seen: RefCell<HashMap<u64, Stamp>>,
     /// Slots of the nodes linked now (every one gets retained messages).
     slots: RefCell<ShardSet>,
+    /// The nodes linked now: (node id, slot). A node added at run time is
+    /// here too, so a session can be fetched from it (`handover.rs`).
+    peer_slots: RefCell<Vec<(u64, Slot)>>,
+    /// Origin keys of other nodes' prepared QoS 2 copies delivered here (`origin.rs`).
+    origins: origin::Delivered,
     pub(crate) handover: handover::Handover,
     pub(crate) stats: Arc<ClusterStats>,
 }
@@ -144,6 +179,9 @@ pub struct Node {
 pub struct PeerStamp {
     pub node: u64,
     pub stamp: Stamp,
+    /// A prepared QoS 2 message's key on that node (`origin.rs`): delivered
+    /// once per key, whatever the stream (the sender may have restarted).
+    pub origin: Option<origin::Origin>,
 }
 
 /// Whether this shard has not had the acked copy `s` yet (and notes that it
@@ -159,7 +197,8 @@ pub(crate) fn fresh(shard: &Shard, s: PeerStamp) -> bool {
         Some(last) if last.stream == s.stamp.stream && s.stamp.id <= last.id => false,
         _ => {
             seen.insert(s.node, s.stamp);
-            true
+            s.origin
+                .is_none_or(|o| origin::first_time(shard, s.node, o))
         }
     }
 }
@@ -187,6 +226,9 @@ pub(crate) fn delivered(shard: &Shard, s: PeerStamp, ops_before: usize) {
             .store
             .put_peer_seen(s.node, s.stamp.stream, s.stamp.id)
             .detach();
+        if let Some(o) = s.origin {
+            origin::stored(shard, s.node, o);
+        }
     }
 }
 
@@ -200,6 +242,7 @@ pub(crate) fn seed(shard: &Shard) {
             seen.insert(n, Stamp { stream, id });
         }
     }
+    origin::seed(shard);
 }
 
 /// A confirmation (or refusal) for `token` that no local publish waits for:
@@ -215,6 +258,25 @@ pub(crate) fn copy_answered(
 }
 
 impl Node {
+    /// The slot of node `id`'s live link, if it has one.
+    pub(crate) fn slot_of(&self, id: u64) -> Option<Slot> {
+        self.peer_slots
+            .borrow()
+            .iter()
+            .find(|(n, _)| *n == id)
+            .map(|(_, s)| *s)
+    }
+
+    /// The nodes linked now (shard 0 after a membership change).
+    pub(crate) fn set_slots(&self, peers: Vec<(u64, Slot)>) {
+        let mut set = ShardSet::new();
+        for (_, s) in &peers {
+            set.insert(*s);
+        }
+        *self.slots.borrow_mut() = set;
+        *self.peer_slots.borrow_mut() = peers;
+    }
+
     pub(crate) fn new(shard_id: usize, init: &Init) -> Self {
         Node {
             routes: RefCell::new(NodeRoutes::new()),
@@ -223,6 +285,7 @@ impl Node {
                     init.cfg.clone(),
                     init.stats.clone(),
                     init.controls.clone(),
+                    init.floors.clone(),
                 ))
             }),
             scratch: RefCell::default(),
@@ -234,7 +297,16 @@ impl Node {
                 }
                 s
             }),
+            peer_slots: RefCell::new(
+                init.cfg
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.id, i as Slot + 1))
+                    .collect(),
+            ),
             handover: Default::default(),
+            origins: Default::default(),
             stats: init.stats.clone(),
         }
     }
@@ -306,10 +378,14 @@ pub(crate) fn after_routes(shard: &Shard, then: Box<dyn FnOnce()>) {
 /// members; returns the groups given to another node (this node skips them)
 /// and, with `token` (a QoS 1/2 publish under durability `sync`), how many
 /// node answers will confirm `token` (acked copies, `acks.rs`).
+/// With `held`, the copies for other nodes are appended to it instead (as
+/// items for shard 0, to send once a prepare commit is durable and in
+/// order behind the session's earlier held copies: `confirm.rs`).
 pub(crate) fn forward(
     shard: &Rc<Shard>,
     p: &Publish,
     token: Option<u64>,
+    mut held: Option<&mut Vec<(usize, MeshItem)>>,
 ) -> (Vec<TopicFilter>, usize) {
     let Some(node) = &shard.cluster else {
         return (Vec::new(), 0);
@@ -318,8 +394,8 @@ pub(crate) fn forward(
         return (Vec::new(), 0);
     }
     let token = token.filter(|_| p.qos != ringmq_codec::QoS::AtMostOnce);
-    let elsewhere = forward_shared(shard, node, p, token);
-    let n = forward_plain(shard, node, p, token);
+    let elsewhere = forward_shared(shard, node, p, token, &mut held);
+    let n = forward_plain(shard, node, p, token, &mut held);
     let answers = if token.is_some() {
         n + elsewhere.len()
     } else {
@@ -328,11 +404,27 @@ pub(crate) fn forward(
     (elsewhere, answers)
 }
 
+type Held<'a> = Option<&'a mut Vec<(usize, MeshItem)>>;
+
+/// Hands a cluster item to shard 0: now (`hub` on this shard, or the mesh),
+/// or into `held` for later.
+fn to_hub(shard: &Rc<Shard>, held: &mut Held<'_>, item: Item, now: impl FnOnce(&hub::Hub)) {
+    match (
+        held.as_deref_mut(),
+        &shard.cluster.as_ref().and_then(|n| n.hub.clone()),
+    ) {
+        (Some(h), _) => h.push((0, MeshItem::Cluster(Box::new(item)))),
+        (None, Some(hub)) => now(hub),
+        (None, None) => shard.mesh.push(0, MeshItem::Cluster(Box::new(item))),
+    }
+}
+
 fn forward_shared(
     shard: &Rc<Shard>,
     node: &Node,
     p: &Publish,
     token: Option<u64>,
+    held: &mut Held<'_>,
 ) -> Vec<TopicFilter> {
     let mut picks = Vec::new();
     node.routes
@@ -340,25 +432,28 @@ fn forward_shared(
         .match_shared(p.topic.as_str(), &mut picks);
     let mut elsewhere = Vec::new();
     for t in picks.into_iter().filter(|t| t.shard != routes::THIS_NODE) {
-        match &node.hub {
-            Some(hub) => hub.send_shared(shard, t.shard, &t.filter, p, token.map(|t| (0, t))),
-            None => shard.mesh.push(
-                0,
-                MeshItem::Cluster(Box::new(Item::ForwardShared {
-                    slot: t.shard,
-                    group: t.filter.clone(),
-                    publish: p.clone(),
-                    token,
-                })),
-            ),
-        }
+        let item = Item::ForwardShared {
+            slot: t.shard,
+            group: t.filter.clone(),
+            publish: p.clone(),
+            token,
+        };
+        to_hub(shard, held, item, |hub| {
+            hub.send_shared(shard, t.shard, &t.filter, p, token.map(|t| (0, t)))
+        });
         elsewhere.push(t.filter);
     }
     elsewhere
 }
 
 /// Returns how many nodes get an acked copy (with `token`).
-fn forward_plain(shard: &Rc<Shard>, node: &Node, p: &Publish, token: Option<u64>) -> usize {
+fn forward_plain(
+    shard: &Rc<Shard>,
+    node: &Node,
+    p: &Publish,
+    token: Option<u64>,
+    held: &mut Held<'_>,
+) -> usize {
     let mut to = node.scratch.borrow_mut();
     to.clear();
     node.routes.borrow().match_nodes(p.topic.as_str(), &mut to);
@@ -375,29 +470,26 @@ fn forward_plain(shard: &Rc<Shard>, node: &Node, p: &Publish, token: Option<u64>
         if token.is_none() {
             to.clear();
         }
-        send_to(shard, node, &rest, p, None);
+        send_to(shard, &rest, p, None, held);
     }
     if !to.is_empty() {
-        send_to(shard, node, &to, p, token);
+        send_to(shard, &to, p, token, held);
     }
     acked
 }
 
-fn send_to(shard: &Rc<Shard>, node: &Node, to: &ShardSet, p: &Publish, token: Option<u64>) {
+fn send_to(shard: &Rc<Shard>, to: &ShardSet, p: &Publish, token: Option<u64>, held: &mut Held<'_>) {
     if to.is_empty() {
         return;
     }
-    match &node.hub {
-        Some(hub) => hub.send_publish(shard, to, p, token.map(|t| (0, t))),
-        None => shard.mesh.push(
-            0,
-            MeshItem::Cluster(Box::new(Item::Forward {
-                to: to.clone(),
-                publish: p.clone(),
-                token,
-            })),
-        ),
-    }
+    let item = Item::Forward {
+        to: to.clone(),
+        publish: p.clone(),
+        token,
+    };
+    to_hub(shard, held, item, |hub| {
+        hub.send_publish(shard, to, p, token.map(|t| (0, t)))
+    });
 }
 
 /// This node's replica of `topic`'s retained message was set or (`deleted`)
@@ -452,7 +544,31 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
                 hub.send_shared(shard, slot, &group, &publish, token.map(|t| (from, t)));
             }
         }
-        Item::Slots(s) => *node.slots.borrow_mut() = s,
+        Item::Origin {
+            nodes,
+            group,
+            publish,
+            token,
+            origin: o,
+            patient,
+        } => {
+            if let Some(hub) = &node.hub {
+                let w = acks::Waiter { shard: from, token };
+                origin::send(shard, hub, &nodes, group.as_ref(), &publish, w, o, patient);
+            }
+        }
+        Item::ForgetOrigins { shard: s, list } => {
+            if let Some(hub) = &node.hub {
+                origin::send_forgets(hub, s, list);
+            }
+        }
+        Item::OriginsDone {
+            node: n,
+            shard: s,
+            nonces,
+        } => origin::done(shard, n, s, &nonces),
+        Item::OriginFloor { node: n, floors } => origin::floor(shard, n, &floors),
+        Item::Slots(s) => node.set_slots(s),
         Item::Barrier(t) => shard
             .mesh
             .push(from, MeshItem::Cluster(Box::new(Item::BarrierAck(t)))),

@@ -5,7 +5,7 @@
 //! node's `Durable` answer. When that node cannot answer (its link is down,
 //! or it did not answer within `--cluster-ack-timeout`), the copy is stored
 //! instead in this node's own store, in shard 0's LMDB environment (table
-//! `H`: peer, copy id -> the link frame, `store/outbox.rs`), and its
+//! `Q`: peer, copy id -> the link frame, `store/outbox.rs`), and its
 //! publishers are acknowledged once that row is durable (group-committed with
 //! shard 0's other rows; the shard never waits for it). The promise becomes:
 //! every acknowledged message is durable on its target node **or** in the

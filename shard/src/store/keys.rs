@@ -14,7 +14,8 @@
 //! | `R`   | `R` + topic bytes                    | retained record           |
 //! | `G`   | `G` + origin shard u16 + nonce u64   | origin row (empty value)  |
 //! | `N`   | `N` + node id u64                    | last acked copy of that node delivered here: stream u64 + id u64 |
-//! | `H`   | `H` + peer node id u64 + copy id u64 | outbox: an acked copy for a node that was down (its link frame) |
+//! | `Q`   | `Q` + peer node id u64 + copy id u64 | outbox: an acked copy for a node that was down (its link frame) |
+//! | `H`   | `H` + node id u64 + shard u16 + nonce u64 | node origin row (empty): that node's prepared QoS 2 message is here |
 
 /// Name of the one LMDB database inside each shard environment.
 pub const DB_NAME: &str = "ringmq";
@@ -32,11 +33,14 @@ pub const PEER_SEEN: u8 = b'N';
 
 /// The outbox (hinted handoff): acked copies for a node that was down,
 /// stored on shard 0 until that node answers (`cluster/outbox.rs`).
-pub const OUTBOX: u8 = b'H';
+pub const OUTBOX: u8 = b'Q';
 
 /// Shard 0's acked-copy stream and run number (`cluster/outbox.rs`): the
 /// stream stays, the run grows by one per start, so copy ids grow across restarts.
 pub const META_LINK_RUN: &[u8] = b"Mlinkrun";
+/// A copy of another *node's* prepared QoS 2 message is stored here
+/// (exactly once across nodes and their crashes: `cluster/origin.rs`).
+pub const NODE_ORIGIN: u8 = b'H';
 
 /// The tables holding one session's rows (deleted with it).
 pub const SESSION_CHILDREN: [u8; 3] = [SUBSCRIPTION, OUTBOUND, INBOUND_QOS2];
@@ -98,6 +102,23 @@ pub fn split_outbox(key: &[u8]) -> Option<(u64, u64)> {
         return None;
     }
     Some((tail_u64(&key[1..9])?, tail_u64(&key[9..])?))
+}
+
+pub fn push_node_origin(out: &mut Vec<u8>, node: u64, shard: u16, nonce: u64) {
+    out.push(NODE_ORIGIN);
+    out.extend_from_slice(&node.to_be_bytes());
+    out.extend_from_slice(&shard.to_be_bytes());
+    out.extend_from_slice(&nonce.to_be_bytes());
+}
+
+/// `(node, origin shard, nonce)` of a node origin key.
+pub fn split_node_origin(key: &[u8]) -> Option<(u64, u16, u64)> {
+    if key.len() != 19 || key[0] != NODE_ORIGIN {
+        return None;
+    }
+    let node = tail_u64(&key[1..9])?;
+    let shard = u16::from_be_bytes([key[9], key[10]]);
+    Some((node, shard, tail_u64(&key[11..])?))
 }
 
 /// `(origin shard, nonce)` of an origin key.

@@ -29,12 +29,19 @@ use super::keys;
 /// Storage format written and read by this build. Bump on any change of keys
 /// or record layout; older formats get a migration, newer ones are refused.
 /// 2: inbound QoS 2 rows may be prepared (record V2), origin table `G`.
-pub const FORMAT: u32 = 2;
+/// 3: prepared rows may name other nodes (record V3), node origin table `H`.
+pub const FORMAT: u32 = 3;
 
-/// Format 1 dirs are migrated in place: every format 1 row reads the same
-/// under format 2 (inbound record V1 = done), so only the meta rows and then
-/// the marker are rewritten (marker last: a crash between is resumed).
+/// Formats 1 and 2 are migrated in place: every row of theirs reads the same
+/// under format 3 (inbound record V1 = done, V2 = prepared without nodes), so
+/// only the meta rows and then the marker are rewritten (marker last: a crash
+/// between is resumed). The oldest format migrated:
 pub const MIGRATES_FROM: u32 = 1;
+
+/// A format this build migrates in place.
+fn migrates(format: u32) -> bool {
+    (MIGRATES_FROM..FORMAT).contains(&format)
+}
 
 const MARKER: &str = "RINGMQ";
 const MARKER_HEAD: &str = "ringmq data dir";
@@ -113,7 +120,7 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
 }
 
 /// Checks (or, for an empty dir, writes) the marker file. `Ok(true)`: the
-/// dir has format [`MIGRATES_FROM`]; open the envs with `migrate` set, then
+/// dir has an older format that [`migrates`]; open the envs with `migrate` set, then
 /// call [`finish_migration`].
 pub fn check_marker(dir: &Path, shards: u16) -> Result<bool, StoreError> {
     let path = dir.join(MARKER);
@@ -164,7 +171,7 @@ fn write_marker(dir: &Path, shards: u16) -> Result<(), StoreError> {
 /// Every environment's meta row is at [`FORMAT`]: the marker follows.
 pub fn finish_migration(dir: &Path, shards: u16) -> Result<(), StoreError> {
     write_marker(dir, shards)?;
-    tracing::info!(dir = %dir.display(), "store: data dir migrated from format {MIGRATES_FROM} to {FORMAT}");
+    tracing::info!(dir = %dir.display(), "store: data dir migrated to format {FORMAT}");
     Ok(())
 }
 
@@ -188,7 +195,7 @@ fn parse_marker(dir: &Path, text: &[u8], shards: u16) -> Result<bool, StoreError
         }
     }
     let format = format.ok_or_else(|| foreign("no readable format line"))?;
-    if format != FORMAT && format != MIGRATES_FROM {
+    if format != FORMAT && !migrates(format) {
         return Err(StoreError::UnsupportedFormat {
             path: dir.to_path_buf(),
             found: format,
@@ -203,7 +210,7 @@ fn parse_marker(dir: &Path, text: &[u8], shards: u16) -> Result<bool, StoreError
             configured: shards,
         });
     }
-    Ok(format == MIGRATES_FROM)
+    Ok(migrates(format))
 }
 
 /// Directory of shard `shard`'s environment.
@@ -284,7 +291,7 @@ fn meta_value(shard: u16, shards: u16) -> Vec<u8> {
     v
 }
 
-/// Returns the format found ([`FORMAT`], or [`MIGRATES_FROM`] when migrating).
+/// Returns the format found ([`FORMAT`], or an older one when migrating).
 fn check_meta(
     env: &Env<WithoutTls>,
     db: Db<'_>,
@@ -305,7 +312,7 @@ fn check_meta(
         });
     }
     let found = u32::from_be_bytes([meta[8], meta[9], meta[10], meta[11]]);
-    if found != FORMAT && !(migrate && found == MIGRATES_FROM) {
+    if found != FORMAT && !(migrate && migrates(found)) {
         return Err(StoreError::UnsupportedFormat {
             path: path.to_path_buf(),
             found,

@@ -81,8 +81,8 @@ pub use layout::{lock_dir as lock_data_dir, DirLock as DataDirLock, FORMAT};
 pub use message::{MessageRef, StoredMessage};
 pub use outbox::{LinkRun, OutboxRow};
 pub use records::{
-    expires_by, InboundQos2, OutboundRecord, OutboundState, Owner, Prepared, RecoveredSession,
-    RetainedRecord, SessionKey, SessionRecord, SubscriptionRecord, Target,
+    expires_by, InboundQos2, NodeTarget, OutboundRecord, OutboundState, Owner, Prepared,
+    RecoveredSession, RetainedRecord, SessionKey, SessionRecord, SubscriptionRecord, Target,
 };
 pub use recover::{
     open, Recovery, RecoveryStats, ShardRecovery, Tombstone, TOMBSTONES_MAX, TOMBSTONE_KEEP,
@@ -191,13 +191,26 @@ pub struct StoreHandle {
     durability: Durability,
     next_key: SessionKey,
     next_nonce: u64,
-    /// `(node, stream, id)`: the last acked copy of each other node delivered here.
-    peer_seen: Vec<(u64, u64, u64)>,
+    /// Rows about other nodes' copies, read at recovery.
+    peer: PeerRows,
+    /// No other node needs to keep an origin row of this shard below this
+    /// nonce (`cluster/origin.rs`): the oldest prepared row with node
+    /// targets, or the first nonce of this run.
+    origin_floor: u64,
     /// The cluster outbox's rows and this start's link run (`outbox.rs`).
     outbox: Vec<OutboxRow>,
     link_run: LinkRun,
     /// Recent retained deletions (shard 0 only).
     tombstones: Vec<Tombstone>,
+}
+
+/// What a shard's store holds about other nodes' acked copies.
+#[derive(Default)]
+pub(crate) struct PeerRows {
+    /// `(node, stream, id)`: the last acked copy of each other node delivered here.
+    pub seen: Vec<(u64, u64, u64)>,
+    /// `(node, origin shard, nonce)`: node origin rows (that node's prepared message is here).
+    pub origins: Vec<(u64, u16, u64)>,
 }
 
 impl StoreHandle {
@@ -208,29 +221,40 @@ impl StoreHandle {
             durability: Durability::None,
             next_key: 1,
             next_nonce: 1,
-            peer_seen: Vec::new(),
+            peer: PeerRows::default(),
+            origin_floor: 1,
             outbox: Vec::new(),
             link_run: LinkRun::fresh(),
             tombstones: Vec::new(),
         }
     }
 
+    /// `next_nonce` is at least the wall clock in ns, so nonces stay unique
+    /// across restarts even when no row kept the last one: another node may
+    /// still hold an origin row of an earlier run (until told the floor).
     pub(crate) fn disk(
         backend: Backend,
         durability: Durability,
-        (next_key, next_nonce): (SessionKey, u64),
-        peer_seen: Vec<(u64, u64, u64)>,
+        (next_key, next_nonce, oldest_node_prepared): (SessionKey, u64, Option<u64>),
+        peer: PeerRows,
     ) -> Self {
+        let next_nonce = next_nonce.max(unix_ns());
         StoreHandle {
             backend: Some(backend),
             durability,
             next_key,
             next_nonce,
-            peer_seen,
+            peer,
+            origin_floor: oldest_node_prepared.map_or(next_nonce, |n| n.min(next_nonce)),
             outbox: Vec::new(),
             link_run: LinkRun::fresh(),
             tombstones: Vec::new(),
         }
+    }
+
+    /// Other nodes may forget this shard's origin rows below this nonce.
+    pub fn origin_floor(&self) -> u64 {
+        self.origin_floor
     }
 
     /// Recent retained deletions read at recovery (shard 0's handle).
@@ -277,7 +301,7 @@ impl StoreHandle {
             next_key: Cell::new(self.next_key),
             next_nonce: Cell::new(self.next_nonce),
             last_retained_ns: Cell::new(0),
-            peer_seen: std::cell::RefCell::new(self.peer_seen),
+            peer: std::cell::RefCell::new(self.peer),
             outbox: std::cell::RefCell::new(self.outbox),
             link_run: self.link_run,
             tombstones: std::cell::RefCell::new(self.tombstones),
@@ -298,7 +322,7 @@ pub struct Store {
     next_key: Cell<SessionKey>,
     next_nonce: Cell<u64>,
     last_retained_ns: Cell<u64>,
-    peer_seen: std::cell::RefCell<Vec<(u64, u64, u64)>>,
+    peer: std::cell::RefCell<PeerRows>,
     outbox: std::cell::RefCell<Vec<OutboxRow>>,
     link_run: LinkRun,
     tombstones: std::cell::RefCell<Vec<Tombstone>>,
@@ -357,7 +381,32 @@ impl Store {
 
     /// The `(node, stream, id)` rows recovered (once, at start).
     pub fn take_peer_seen(&self) -> Vec<(u64, u64, u64)> {
-        std::mem::take(&mut *self.peer_seen.borrow_mut())
+        std::mem::take(&mut self.peer.borrow_mut().seen)
+    }
+
+    /// The `(node, origin shard, nonce)` node origin rows recovered (once, at start).
+    pub fn take_node_origins(&self) -> Vec<(u64, u16, u64)> {
+        std::mem::take(&mut self.peer.borrow_mut().origins)
+    }
+
+    /// In the batch holding the copies: node `node`'s prepared message
+    /// `(shard, nonce)` is here (a resend after that node restarted is skipped).
+    pub fn put_node_origin(&self, node: u64, shard: u16, nonce: u64) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_node_origin(b, node, shard, nonce),
+            |_| {},
+        )
+    }
+
+    /// Node `node` marked its message `(shard, nonce)` done (or it is below
+    /// that node's floor): the row may go.
+    pub fn forget_node_origin(&self, node: u64, shard: u16, nonce: u64) -> Ticket {
+        self.engine.push(
+            OpKind::Delete,
+            |b| keys::push_node_origin(b, node, shard, nonce),
+            |_| {},
+        )
     }
 
     /// The last acked copy of `node` delivered on this shard, stored in the
@@ -487,10 +536,23 @@ impl Store {
         targets: &[Target],
         message: MessageRef<'_>,
     ) -> Ticket {
+        self.prepare_inbound_qos2_nodes(key, id, nonce, (targets, &[]), message)
+    }
+
+    /// [`Self::prepare_inbound_qos2`] with other nodes among the targets
+    /// (`cluster/origin.rs`): recovery sends each of them the message again.
+    pub fn prepare_inbound_qos2_nodes(
+        &self,
+        key: SessionKey,
+        id: PacketId,
+        nonce: u64,
+        (targets, nodes): (&[Target], &[NodeTarget]),
+        message: MessageRef<'_>,
+    ) -> Ticket {
         self.engine.push(
             OpKind::Put,
             |b| keys::push_inbound(b, key, id.get()),
-            |b| records::put_inbound(b, Some((nonce, targets)), Some(message)),
+            |b| records::put_inbound_nodes(b, Some((nonce, targets, nodes)), Some(message)),
         )
     }
 

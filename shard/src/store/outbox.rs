@@ -1,5 +1,5 @@
 //! Rows of the cluster outbox (hinted handoff, `cluster/outbox.rs`) and
-//! shard 0's link run: table `H` (`H` + peer node u64 + copy id u64 -> the
+//! shard 0's link run: table `Q` (`Q` + peer node u64 + copy id u64 -> the
 //! acked copy's link frame) and the meta row `Mlinkrun` (stream u64 + run
 //! u64). Only shard 0 writes them; every shard reads its own at start.
 //!

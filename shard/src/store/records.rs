@@ -12,6 +12,8 @@
 //! inbound qos2  = V2 state:u8 (0 done | 1 prepared)
 //!                 [prepared: nonce:u64 count:var (shard:u16 group:bytes(empty = none))*]
 //!                 has_message:u8 [message]            (V1 = V1 has_message [message]: done)
+//!                 V3 (format 3, a prepared row with node targets): after the shard targets,
+//!                 node count:var (node:u64 group:bytes)*
 //! retained      = V1 stored_at_ns:u64 kind:u8 (0 tombstone | 1 message) [message]
 //! ```
 
@@ -27,6 +29,8 @@ use super::message::{put_message, put_will, read_message, read_will, MessageRef,
 const V1: u8 = 1;
 /// Inbound QoS 2 records since storage format 2 (state and prepared fields).
 const V2: u8 = 2;
+/// Inbound QoS 2 record with node targets (format 3).
+const V3: u8 = 3;
 
 /// Shard-local key of a persistent session (allocated by
 /// [`super::Store::allocate_session_key`], returned by recovery).
@@ -123,6 +127,14 @@ pub struct Target {
     pub group: Option<TopicFilter>,
 }
 
+/// One destination of a prepared message on another *node* (format 3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTarget {
+    pub node: u64,
+    /// As [`Target::group`], on that node.
+    pub group: Option<TopicFilter>,
+}
+
 /// An inbound QoS 2 message stored before it was routed to other shards
 /// (`docs/storage.md`, "Exactly once across shards").
 #[derive(Clone, Debug, PartialEq)]
@@ -130,6 +142,9 @@ pub struct Prepared {
     /// Unique per origin shard, increasing; the key of the origin rows.
     pub nonce: u64,
     pub targets: Vec<Target>,
+    /// Other nodes given an acked copy (`cluster/origin.rs`): each is sent
+    /// the message again by recovery and skips it if it holds it already.
+    pub nodes: Vec<NodeTarget>,
     /// Shards holding an origin row `(this shard, nonce)`, i.e. their copy
     /// is durable (filled in by recovery).
     pub delivered: Vec<u16>,
@@ -334,17 +349,35 @@ pub fn put_inbound(
     prepared: Option<(u64, &[Target])>,
     msg: Option<MessageRef<'_>>,
 ) {
+    put_inbound_nodes(out, prepared.map(|(n, t)| (n, t, &[][..])), msg)
+}
+
+/// [`put_inbound`] with node targets: record version 3 when there are any
+/// (version 2 otherwise, as format 2 wrote it).
+pub fn put_inbound_nodes(
+    out: &mut Vec<u8>,
+    prepared: Option<(u64, &[Target], &[NodeTarget])>,
+    msg: Option<MessageRef<'_>>,
+) {
     let mut w = Writer(out);
-    w.u8(V2);
+    let nodes = prepared.map_or(&[][..], |p| p.2);
+    w.u8(if nodes.is_empty() { V2 } else { V3 });
     match prepared {
         None => w.u8(0),
-        Some((nonce, targets)) => {
+        Some((nonce, targets, _)) => {
             w.u8(1);
             w.u64(nonce);
             w.var(targets.len() as u64);
             for t in targets {
                 w.u16(t.shard);
                 w.bytes(t.group.as_ref().map_or(&[][..], |g| g.as_str().as_bytes()));
+            }
+            if !nodes.is_empty() {
+                w.var(nodes.len() as u64);
+                for t in nodes {
+                    w.u64(t.node);
+                    w.bytes(t.group.as_ref().map_or(&[][..], |g| g.as_str().as_bytes()));
+                }
             }
         }
     }
@@ -355,9 +388,9 @@ pub fn read_inbound(packet_id: PacketId, buf: Bytes) -> Result<InboundQos2, BadR
     let mut r = Reader::new(buf);
     let prepared = match r.u8("record version")? {
         V1 => None,
-        V2 => match r.u8("inbound state")? {
+        v @ (V2 | V3) => match r.u8("inbound state")? {
             0 => None,
-            1 => Some(read_prepared(&mut r)?),
+            1 => Some(read_prepared(&mut r, v == V3)?),
             _ => return Err(BadRecord("inbound state")),
         },
         _ => return Err(BadRecord("unknown record version")),
@@ -373,25 +406,40 @@ pub fn read_inbound(packet_id: PacketId, buf: Bytes) -> Result<InboundQos2, BadR
     })
 }
 
-fn read_prepared(r: &mut Reader) -> Result<Prepared, BadRecord> {
+fn read_prepared(r: &mut Reader, with_nodes: bool) -> Result<Prepared, BadRecord> {
     let nonce = r.u64("nonce")?;
     let n = r.var("target count")?;
     let mut targets = Vec::new();
     for _ in 0..n.min(u16::MAX as u64) {
         let shard = r.u16("target shard")?;
-        let g = r.bytes("target group")?;
-        let group = if g.is_empty() {
-            None
-        } else {
-            Some(TopicFilter::try_from(g).map_err(|_| BadRecord("target group"))?)
-        };
+        let group = read_group(r)?;
         targets.push(Target { shard, group });
+    }
+    let mut nodes = Vec::new();
+    if with_nodes {
+        let n = r.var("node target count")?;
+        for _ in 0..n.min(u16::MAX as u64) {
+            let node = r.u64("target node")?;
+            let group = read_group(r)?;
+            nodes.push(NodeTarget { node, group });
+        }
     }
     Ok(Prepared {
         nonce,
         targets,
+        nodes,
         delivered: Vec::new(),
     })
+}
+
+fn read_group(r: &mut Reader) -> Result<Option<TopicFilter>, BadRecord> {
+    let g = r.bytes("target group")?;
+    if g.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        TopicFilter::try_from(g).map_err(|_| BadRecord("target group"))?,
+    ))
 }
 
 pub fn put_retained(out: &mut Vec<u8>, stored_at_ns: u64, msg: Option<MessageRef<'_>>) {

@@ -68,8 +68,8 @@ struct Loaded {
     retained: RawRetained,
     /// Origin rows: (origin shard, nonce).
     origins: Vec<(u16, u64)>,
-    /// (node, stream, id) of the last acked copy of each other node.
-    peer_seen: Vec<(u64, u64, u64)>,
+    /// Rows about other nodes' acked copies (last seen, node origins).
+    peer: super::PeerRows,
     /// The cluster outbox's rows and this start's link run.
     outbox: (Vec<super::OutboxRow>, super::LinkRun),
     stats: RecoveryStats,
@@ -127,10 +127,22 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
         raw_retained.push(l.retained);
         next_keys.push(l.next_key);
         origins.push(l.origins);
-        peer_seen.push(l.peer_seen);
+        peer_seen.push(l.peer);
         outboxes.push(l.outbox);
     }
     let (next_nonces, resolved) = prepared::resolve(&envs, &mut shard_sessions, &origins)?;
+    // Per shard, the oldest prepared row with other nodes among its targets.
+    let oldest: Vec<Option<u64>> = shard_sessions
+        .iter()
+        .map(|list| {
+            list.iter()
+                .flat_map(|s| s.inbound_qos2.iter())
+                .filter_map(|i| i.prepared.as_ref())
+                .filter(|p| !p.nodes.is_empty())
+                .map(|p| p.nonce)
+                .min()
+        })
+        .collect();
     stats.prepared_qos2 = resolved.prepared;
     stats.orphan_origins = resolved.orphans;
     let (retained, mut tombstones) = merge_retained(&envs, raw_retained)?;
@@ -142,7 +154,13 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
     let shards = envs
         .into_iter()
         .zip(shard_sessions)
-        .zip(next_keys.into_iter().zip(next_nonces))
+        .zip(
+            next_keys
+                .into_iter()
+                .zip(next_nonces)
+                .zip(oldest)
+                .map(|((k, n), o)| (k, n, o)),
+        )
         .zip(peer_seen.into_iter().zip(outboxes))
         .enumerate()
         .map(
@@ -246,6 +264,17 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
             _ => return Err(StoreError::corrupt(&path, "bad peer-seen row")),
         }
     }
+    let mut node_origins = Vec::new();
+    for entry in db
+        .prefix_iter(&wtxn, &[keys::NODE_ORIGIN])
+        .map_err(heed_err)?
+    {
+        let (k, _) = entry.map_err(heed_err)?;
+        node_origins.push(
+            keys::split_node_origin(k)
+                .ok_or_else(|| StoreError::corrupt(&path, "bad node origin key"))?,
+        );
+    }
     let outbox = super::outbox::load(db, &mut wtxn, &path)?;
     wtxn.commit().map_err(heed_err)?;
     stats.sessions = sessions.len();
@@ -254,7 +283,10 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
         sessions,
         retained,
         origins,
-        peer_seen,
+        peer: super::PeerRows {
+            seen: peer_seen,
+            origins: node_origins,
+        },
         outbox,
         stats,
         next_key,

@@ -116,6 +116,35 @@ proptest! {
         let p = back.prepared.expect("prepared");
         prop_assert_eq!(p.nonce, nonce);
         prop_assert_eq!(p.targets, targets);
+        prop_assert!(p.nodes.is_empty());
+        prop_assert_eq!(back.message, Some(m));
+    }
+
+    /// Format 3: a prepared row naming other nodes (record V3) reads back whole.
+    #[test]
+    fn inbound_with_nodes_round_trips(
+        m in message(),
+        nonce: u64,
+        shards in proptest::collection::vec(0u16..8, 0..4),
+        nodes in proptest::collection::vec((1u64.., proptest::bool::ANY), 1..4),
+    ) {
+        let id = PacketId::new(5).unwrap();
+        let targets: Vec<records::Target> = shards
+            .iter()
+            .map(|&shard| records::Target { shard, group: None })
+            .collect();
+        let group = ringmq_codec::TopicFilter::try_from("$share/g/a/#").unwrap();
+        let nodes: Vec<records::NodeTarget> = nodes
+            .into_iter()
+            .map(|(node, shared)| records::NodeTarget { node, group: shared.then(|| group.clone()) })
+            .collect();
+        let mut buf = Vec::new();
+        records::put_inbound_nodes(&mut buf, Some((nonce, &targets, &nodes)), Some(m.view()));
+        let back = records::read_inbound(id, Bytes::from(buf)).unwrap();
+        let p = back.prepared.expect("prepared");
+        prop_assert_eq!(p.nonce, nonce);
+        prop_assert_eq!(p.targets, targets);
+        prop_assert_eq!(p.nodes, nodes);
         prop_assert_eq!(back.message, Some(m));
     }
 
