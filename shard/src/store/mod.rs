@@ -196,6 +196,7 @@ pub struct StoreHandle {
     /// The cluster outbox's rows and this start's link run (`outbox.rs`).
     outbox: Vec<OutboxRow>,
     link_run: LinkRun,
+    peer_routes: Vec<(u64, bytes::Bytes)>,
     /// Recent retained deletions (shard 0 only).
     tombstones: Vec<Tombstone>,
 }
@@ -211,6 +212,7 @@ impl StoreHandle {
             peer_seen: Vec::new(),
             outbox: Vec::new(),
             link_run: LinkRun::fresh(),
+            peer_routes: Vec::new(),
             tombstones: Vec::new(),
         }
     }
@@ -229,6 +231,7 @@ impl StoreHandle {
             peer_seen,
             outbox: Vec::new(),
             link_run: LinkRun::fresh(),
+            peer_routes: Vec::new(),
             tombstones: Vec::new(),
         }
     }
@@ -239,10 +242,11 @@ impl StoreHandle {
         self
     }
 
-    /// The outbox rows and the link run read at recovery.
-    pub(crate) fn with_outbox(mut self, (outbox, run): (Vec<OutboxRow>, LinkRun)) -> Self {
-        self.outbox = outbox;
-        self.link_run = run;
+    /// The outbox rows, the link run and the peers' routes read at recovery.
+    pub(super) fn with_outbox(mut self, rows: outbox::LinkRows) -> Self {
+        self.outbox = rows.outbox;
+        self.link_run = rows.run;
+        self.peer_routes = rows.routes;
         self
     }
 
@@ -280,6 +284,7 @@ impl StoreHandle {
             peer_seen: std::cell::RefCell::new(self.peer_seen),
             outbox: std::cell::RefCell::new(self.outbox),
             link_run: self.link_run,
+            peer_routes: std::cell::RefCell::new(self.peer_routes),
             tombstones: std::cell::RefCell::new(self.tombstones),
         }
     }
@@ -301,6 +306,7 @@ pub struct Store {
     peer_seen: std::cell::RefCell<Vec<(u64, u64, u64)>>,
     outbox: std::cell::RefCell<Vec<OutboxRow>>,
     link_run: LinkRun,
+    peer_routes: std::cell::RefCell<Vec<(u64, bytes::Bytes)>>,
     tombstones: std::cell::RefCell<Vec<Tombstone>>,
 }
 

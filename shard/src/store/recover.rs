@@ -71,7 +71,7 @@ struct Loaded {
     /// (node, stream, id) of the last acked copy of each other node.
     peer_seen: Vec<(u64, u64, u64)>,
     /// The cluster outbox's rows and this start's link run.
-    outbox: (Vec<super::OutboxRow>, super::LinkRun),
+    outbox: super::outbox::LinkRows,
     stats: RecoveryStats,
     next_key: SessionKey,
 }
