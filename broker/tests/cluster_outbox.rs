@@ -2,7 +2,8 @@
 //! on 127.0.0.1 under `--durability sync` (docs/cluster-data-plane.md, "Durable outbox").
 //! A node with persistent subscribers dies (kill -9); QoS 1 and 2 publishes on the other nodes
 //! are acknowledged all the same, their copies stored in the outbox of the publisher's node;
-//! that node is killed too and restarted (its outbox survives); when the dead node returns,
+//! that node is killed too and restarted (its outbox survives, and it still knows the dead
+//! node's routes, so what is published on it meanwhile is held too); when the dead node returns,
 //! every acknowledged message reaches its sessions (v5 and 3.1.1, QoS 1 and 2), once each, in
 //! order. Clients: our raw codec client (exact reason codes, packet ids) and mosquitto_pub
 //! (3.1.1, a client we did not write).
@@ -119,10 +120,26 @@ fn a_dead_nodes_copies_wait_in_the_outbox_across_a_restart_and_arrive_once_in_or
     check_for_blocking(SETTLE, "node 1's outbox for node 3 restored", || {
         (outbox_rows(&c, 1, 3)? == 60).then_some(())
     });
-    // More on node 2 while node 3 is still down (node 2 never lost node 3's routes).
+    // More on node 2 while node 3 is still down (node 2 never lost node 3's routes), and on
+    // the restarted node 1, which knows node 3's routes from its store: into its outbox.
     for i in 20..30 {
         mosquitto_pub_v311(a2, "ob-p2", "ob/b", 1 + (i % 2), &format!("b-{i}"));
     }
+    assert!(link(&c, 1, 3)["peer_routes"].as_u64() >= Some(1));
+    let a1 = c.get(1).mqtt();
+    rt.block_on(async {
+        let p = raw_connect(
+            a1,
+            common::raw::connect_packet(ProtocolVersion::V5, "ob-p1", true),
+        )
+        .await;
+        let mut publ = Inbox::new(p);
+        for i in 60..80u16 {
+            let p = publish_packet("ob/a", 2, false, i + 1, format!("a-{i}").as_bytes());
+            common::persist::publish_acked(&mut publ.conn, p).await;
+        }
+    });
+    assert_eq!(link(&c, 1, 3)["outbox_rows"], 80);
 
     // Node 3 returns: both outboxes drain, answered durable, rows deleted.
     c.node(3).start();
@@ -133,7 +150,7 @@ fn a_dead_nodes_copies_wait_in_the_outbox_across_a_restart_and_arrive_once_in_or
         (outbox_rows(&c, 1, 3)? == 0 && outbox_rows(&c, 2, 3)? == 0).then_some(())
     });
     let l1 = link(&c, 1, 3);
-    assert!(l1["outbox_sent"].as_u64() >= Some(60), "{l1}");
+    assert!(l1["outbox_sent"].as_u64() >= Some(80), "{l1}");
     assert_eq!(l1["outbox_dropped"], 0, "{l1}");
     assert!(link(&c, 2, 3)["outbox_sent"].as_u64() >= Some(30));
 
@@ -143,10 +160,11 @@ fn a_dead_nodes_copies_wait_in_the_outbox_across_a_restart_and_arrive_once_in_or
         for (id, v, _) in SESSIONS {
             let s = raw_connect(a3, persistent_connect(v, id, 3600)).await;
             let mut s = Inbox::new(s);
-            s.until(SETTLE, "90 messages", |i| i.got.len() >= 90).await;
+            s.until(SETTLE, "110 messages", |i| i.got.len() >= 110)
+                .await;
             s.settle(std::time::Duration::from_millis(500)).await;
             let texts: Vec<String> = s.got.iter().map(|p| text(&p.payload).into()).collect();
-            for (prefix, n) in [("a-", 60), ("b-", 30)] {
+            for (prefix, n) in [("a-", 80), ("b-", 30)] {
                 let seq: Vec<u32> = texts
                     .iter()
                     .filter_map(|t| t.strip_prefix(prefix)?.parse().ok())
@@ -157,7 +175,7 @@ fn a_dead_nodes_copies_wait_in_the_outbox_across_a_restart_and_arrive_once_in_or
                     "{id}: every {prefix} message once, in order"
                 );
             }
-            assert_eq!(texts.len(), 90, "{id}: nothing else, nothing twice");
+            assert_eq!(texts.len(), 110, "{id}: nothing else, nothing twice");
         }
     });
 }

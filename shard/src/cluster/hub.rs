@@ -119,6 +119,7 @@ impl Hub {
         // Copy ids continue above the last run's; its outbox goes first.
         self.durable.begin(shard.store.link_run());
         super::outbox::restore(shard, self);
+        super::outbox::restore_routes(shard, self);
         let dead = shard.store.take_retained_tombstones();
         self.tombstones.borrow_mut().restore(dead);
         for l in self.live() {
@@ -345,6 +346,7 @@ impl Hub {
     pub fn peer_sync(&self, shard: &Rc<Shard>, link: &Link, seq: u64, filters: Vec<TopicFilter>) {
         let changes = self.book.borrow_mut().peer_sync(link.slot, filters);
         for (f, add) in changes {
+            super::outbox::route_told(shard, link, &f, add);
             apply_everywhere(shard, link.slot, f, add);
         }
         link.stats
@@ -356,6 +358,7 @@ impl Hub {
     pub fn peer_route(&self, shard: &Rc<Shard>, link: &Link, seq: u64, f: TopicFilter, add: bool) {
         link.stats.routes_in.inc();
         if self.book.borrow_mut().peer_change(link.slot, &f, add) {
+            super::outbox::route_told(shard, link, &f, add);
             apply_everywhere(shard, link.slot, f, add);
         }
         link.stats

@@ -92,6 +92,9 @@ fn retire(shard: &Rc<Shard>, hub: &Rc<Hub>, l: &Rc<Link>, stays: bool) {
     l.tasks.borrow_mut().clear();
     let gone = hub.book.borrow_mut().forget_peer(l.slot);
     for f in gone {
+        if !stays {
+            super::outbox::route_told(shard, l, &f, false);
+        }
         apply_everywhere(shard, l.slot, f, false);
     }
     if !stays {

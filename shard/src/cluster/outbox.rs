@@ -5,7 +5,7 @@
 //! node's `Durable` answer. When that node cannot answer (its link is down,
 //! or it did not answer within `--cluster-ack-timeout`), the copy is stored
 //! instead in this node's own store, in shard 0's LMDB environment (table
-//! `Q`: peer, copy id -> the link frame, `store/outbox.rs`), and its
+//! `H`: peer, copy id -> the link frame, `store/outbox.rs`), and its
 //! publishers are acknowledged once that row is durable (group-committed with
 //! shard 0's other rows; the shard never waits for it). The promise becomes:
 //! every acknowledged message is durable on its target node **or** in the
@@ -32,6 +32,10 @@
 //!   3.1.1 the connection closes), counted `outbox_refused`. 0 turns it off.
 //! - **Dropped** (counted `outbox_dropped`) when the peer is removed from the
 //!   cluster, or answers `NotStored` (its store is full).
+//! - **The peers' routes** are kept too (table `P`, written as peers tell
+//!   them, read back at start): a node restarted while a peer is down still
+//!   knows what that peer subscribes to, so copies for it go to the outbox
+//!   instead of nowhere. The peer's route sync replaces them when it returns.
 
 use super::acks::{answer, Sent};
 use super::hub::Hub;
@@ -219,5 +223,48 @@ async fn pay(shard: Rc<Shard>) {
         for w in waiters {
             answer(&shard, w, refused);
         }
+    }
+}
+
+/// A peer told this node it has subscribers on `filter` (`add`) or no longer:
+/// kept in shard 0's store, so a restart while that peer is down still knows.
+pub(super) fn route_told(
+    shard: &Shard,
+    link: &Link,
+    filter: &ringmq_codec::TopicFilter,
+    add: bool,
+) {
+    if shard.store.is_persistent() {
+        shard
+            .store
+            .put_peer_route(link.peer.id, filter.as_str(), add)
+            .detach();
+    }
+}
+
+/// At start (shard 0): the routes the linked peers last told, applied as if
+/// they had just sent them (their sync on link up replaces them).
+pub(super) fn restore_routes(shard: &Shard, hub: &Hub) {
+    let mut by_peer: HashMap<u64, Vec<ringmq_codec::TopicFilter>> = HashMap::new();
+    for (peer, f) in shard.store.take_peer_routes() {
+        let f = std::str::from_utf8(&f)
+            .ok()
+            .and_then(|s| ringmq_codec::TopicFilter::try_from(s).ok());
+        match f {
+            Some(f) => by_peer.entry(peer).or_default().push(f),
+            None => tracing::warn!(peer, "a stored peer route is not a topic filter: skipped"),
+        }
+    }
+    for l in hub.live() {
+        let Some(filters) = by_peer.remove(&l.peer.id) else {
+            continue;
+        };
+        let changes = hub.book.borrow_mut().peer_sync(l.slot, filters);
+        for (f, add) in changes {
+            super::hub::apply_everywhere(shard, l.slot, f, add);
+        }
+        l.stats
+            .peer_routes
+            .set(hub.book.borrow().peer_len(l.slot) as u64);
     }
 }

@@ -14,7 +14,8 @@
 //! | `R`   | `R` + topic bytes                    | retained record           |
 //! | `G`   | `G` + origin shard u16 + nonce u64   | origin row (empty value)  |
 //! | `N`   | `N` + node id u64                    | last acked copy of that node delivered here: stream u64 + id u64 |
-//! | `Q`   | `Q` + peer node id u64 + copy id u64 | outbox: an acked copy for a node that was down (its link frame) |
+//! | `H`   | `H` + peer node id u64 + copy id u64 | outbox: an acked copy for a node that was down (its link frame) |
+//! | `P`   | `P` + peer node id u64 + filter bytes | a filter that node has subscribers on, as last told (empty value) |
 //! | `H`   | `H` + node id u64 + shard u16 + nonce u64 | node origin row (empty): that node's prepared QoS 2 message is here |
 
 /// Name of the one LMDB database inside each shard environment.
@@ -33,7 +34,11 @@ pub const PEER_SEEN: u8 = b'N';
 
 /// The outbox (hinted handoff): acked copies for a node that was down,
 /// stored on shard 0 until that node answers (`cluster/outbox.rs`).
-pub const OUTBOX: u8 = b'Q';
+pub const OUTBOX: u8 = b'H';
+
+/// The routes other nodes last told shard 0 (`cluster/outbox.rs`): a node
+/// restarted while a peer is down still forwards to that peer's outbox.
+pub const PEER_ROUTE: u8 = b'P';
 
 /// Shard 0's acked-copy stream and run number (`cluster/outbox.rs`): the
 /// stream stays, the run grows by one per start, so copy ids grow across restarts.
@@ -94,6 +99,12 @@ pub fn push_outbox(out: &mut Vec<u8>, peer: u64, id: u64) {
     out.push(OUTBOX);
     out.extend_from_slice(&peer.to_be_bytes());
     out.extend_from_slice(&id.to_be_bytes());
+}
+
+pub fn push_peer_route(out: &mut Vec<u8>, peer: u64, filter: &[u8]) {
+    out.push(PEER_ROUTE);
+    out.extend_from_slice(&peer.to_be_bytes());
+    out.extend_from_slice(filter);
 }
 
 /// `(peer, id)` of an outbox key.

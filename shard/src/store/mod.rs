@@ -200,6 +200,7 @@ pub struct StoreHandle {
     /// The cluster outbox's rows and this start's link run (`outbox.rs`).
     outbox: Vec<OutboxRow>,
     link_run: LinkRun,
+    peer_routes: Vec<(u64, bytes::Bytes)>,
     /// Recent retained deletions (shard 0 only).
     tombstones: Vec<Tombstone>,
 }
@@ -225,6 +226,7 @@ impl StoreHandle {
             origin_floor: 1,
             outbox: Vec::new(),
             link_run: LinkRun::fresh(),
+            peer_routes: Vec::new(),
             tombstones: Vec::new(),
         }
     }
@@ -248,6 +250,7 @@ impl StoreHandle {
             origin_floor: oldest_node_prepared.map_or(next_nonce, |n| n.min(next_nonce)),
             outbox: Vec::new(),
             link_run: LinkRun::fresh(),
+            peer_routes: Vec::new(),
             tombstones: Vec::new(),
         }
     }
@@ -263,10 +266,11 @@ impl StoreHandle {
         self
     }
 
-    /// The outbox rows and the link run read at recovery.
-    pub(crate) fn with_outbox(mut self, (outbox, run): (Vec<OutboxRow>, LinkRun)) -> Self {
-        self.outbox = outbox;
-        self.link_run = run;
+    /// The outbox rows, the link run and the peers' routes read at recovery.
+    pub(super) fn with_outbox(mut self, rows: outbox::LinkRows) -> Self {
+        self.outbox = rows.outbox;
+        self.link_run = rows.run;
+        self.peer_routes = rows.routes;
         self
     }
 
@@ -304,6 +308,7 @@ impl StoreHandle {
             peer: std::cell::RefCell::new(self.peer),
             outbox: std::cell::RefCell::new(self.outbox),
             link_run: self.link_run,
+            peer_routes: std::cell::RefCell::new(self.peer_routes),
             tombstones: std::cell::RefCell::new(self.tombstones),
         }
     }
@@ -325,6 +330,7 @@ pub struct Store {
     peer: std::cell::RefCell<PeerRows>,
     outbox: std::cell::RefCell<Vec<OutboxRow>>,
     link_run: LinkRun,
+    peer_routes: std::cell::RefCell<Vec<(u64, bytes::Bytes)>>,
     tombstones: std::cell::RefCell<Vec<Tombstone>>,
 }
 

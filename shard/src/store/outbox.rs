@@ -1,5 +1,5 @@
 //! Rows of the cluster outbox (hinted handoff, `cluster/outbox.rs`) and
-//! shard 0's link run: table `Q` (`Q` + peer node u64 + copy id u64 -> the
+//! shard 0's link run: table `H` (`H` + peer node u64 + copy id u64 -> the
 //! acked copy's link frame) and the meta row `Mlinkrun` (stream u64 + run
 //! u64). Only shard 0 writes them; every shard reads its own at start.
 //!
@@ -51,7 +51,30 @@ impl LinkRun {
     }
 }
 
+/// What shard 0 keeps for the node links: the outbox, the run, the peers' routes.
+pub(crate) struct LinkRows {
+    pub outbox: Vec<OutboxRow>,
+    pub run: LinkRun,
+    /// (peer node id, filter bytes) as last told by each peer.
+    pub routes: Vec<(u64, Bytes)>,
+}
+
 impl Store {
+    /// Peer `peer` told this node it has subscribers on `filter` (`add`) or no longer.
+    pub fn put_peer_route(&self, peer: u64, filter: &str, add: bool) -> Ticket {
+        let kind = if add { OpKind::Put } else { OpKind::Delete };
+        self.engine.push(
+            kind,
+            |b| keys::push_peer_route(b, peer, filter.as_bytes()),
+            |_| {},
+        )
+    }
+
+    /// The peers' routes recovered (once, at start): (peer, filter bytes).
+    pub fn take_peer_routes(&self) -> Vec<(u64, Bytes)> {
+        std::mem::take(&mut *self.peer_routes.borrow_mut())
+    }
+
     /// Stores the acked copy `id` for node `peer` (its link frame): the
     /// publisher is acknowledged once this row is durable.
     pub fn put_outbox(&self, peer: u64, id: u64, frame: &[u8]) -> Ticket {
@@ -81,11 +104,7 @@ impl Store {
 
 /// Reads the outbox rows and the run row, and writes the next run (in the
 /// recovery transaction, committed before the shards start).
-pub(super) fn load(
-    db: Db<'_>,
-    wtxn: &mut RwTxn<'_>,
-    path: &Path,
-) -> Result<(Vec<OutboxRow>, LinkRun), StoreError> {
+pub(super) fn load(db: Db<'_>, wtxn: &mut RwTxn<'_>, path: &Path) -> Result<LinkRows, StoreError> {
     let heed_err = |e| StoreError::from_heed(path, e);
     let mut rows = Vec::new();
     for entry in db.prefix_iter(wtxn, &[keys::OUTBOX]).map_err(heed_err)? {
@@ -116,5 +135,21 @@ pub(super) fn load(
     val[..8].copy_from_slice(&run.stream.to_be_bytes());
     val[8..].copy_from_slice(&run.run.to_be_bytes());
     db.put(wtxn, keys::META_LINK_RUN, &val).map_err(heed_err)?;
-    Ok((rows, run))
+    let mut routes = Vec::new();
+    for entry in db
+        .prefix_iter(wtxn, &[keys::PEER_ROUTE])
+        .map_err(heed_err)?
+    {
+        let (k, _) = entry.map_err(heed_err)?;
+        let peer = k
+            .get(1..9)
+            .and_then(keys::tail_u64)
+            .ok_or_else(|| StoreError::corrupt(path, "bad peer route key"))?;
+        routes.push((peer, Bytes::copy_from_slice(&k[9..])));
+    }
+    Ok(LinkRows {
+        outbox: rows,
+        run,
+        routes,
+    })
 }

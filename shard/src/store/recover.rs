@@ -71,7 +71,7 @@ struct Loaded {
     /// Rows about other nodes' acked copies (last seen, node origins).
     peer: super::PeerRows,
     /// The cluster outbox's rows and this start's link run.
-    outbox: (Vec<super::OutboxRow>, super::LinkRun),
+    outbox: super::outbox::LinkRows,
     stats: RecoveryStats,
     next_key: SessionKey,
 }
