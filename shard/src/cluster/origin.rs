@@ -15,7 +15,7 @@
 //!    link stream does not;
 //! 3. a receiving shard on node B delivers it only if it has not delivered
 //!    that `(A, shard, nonce)` before ([`first_time`]), and stores a node
-//!    origin row `H(A, shard, nonce)` in the batch of the rows it wrote
+//!    origin row `K(A, shard, nonce)` in the batch of the rows it wrote
 //!    ([`stored`]), so a resend after *either* node restarted is known;
 //! 4. once every target answered, A marks the row done, and after that
 //!    commit tells the nodes `OriginsDone` ([`forget`]): B drops the keys.

@@ -14,7 +14,7 @@
 //! | `R`   | `R` + topic bytes                    | retained record           |
 //! | `G`   | `G` + origin shard u16 + nonce u64   | origin row (empty value)  |
 //! | `N`   | `N` + node id u64                    | last acked copy of that node delivered here: stream u64 + id u64 |
-//! | `H`   | `H` + node id u64 + shard u16 + nonce u64 | node origin row (empty): that node's prepared QoS 2 message is here |
+//! | `K`   | `K` + node id u64 + shard u16 + nonce u64 | node origin row (empty): that node's prepared QoS 2 message is here |
 
 /// Name of the one LMDB database inside each shard environment.
 pub const DB_NAME: &str = "ringmq";
@@ -32,7 +32,7 @@ pub const PEER_SEEN: u8 = b'N';
 
 /// A copy of another *node's* prepared QoS 2 message is stored here
 /// (exactly once across nodes and their crashes: `cluster/origin.rs`).
-pub const NODE_ORIGIN: u8 = b'H';
+pub const NODE_ORIGIN: u8 = b'K';
 
 /// The tables holding one session's rows (deleted with it).
 pub const SESSION_CHILDREN: [u8; 3] = [SUBSCRIPTION, OUTBOUND, INBOUND_QOS2];
