@@ -16,11 +16,20 @@
 # PUBACK then waits for node 2's durable copy; results in <date>-cluster-sync.md).
 #
 #   DURABILITY=sync NOTE="shared machine" bench/scripts/cluster.sh
+#
+# Under `sync`, QOS (1) picks the QoS of its rows and GEN_ARGS adds generator flags: QoS 2 from
+# persistent sessions (`QOS=2 GEN_ARGS=--no-clean-start`) takes the prepare path across nodes
+# (docs/cluster-data-plane.md, "Exactly once across a crash of the publisher's node").
+# RINGMQ / BENCH name other binaries (an A/B against another build), RT=1 runs nodes and
+# generator SCHED_FIFO (`chrt -f 50`), ROWS (a regex) runs only the rows whose label matches.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target="${CARGO_TARGET_DIR:-target}"
-RINGMQ="$target/release/ringmq"
-BENCH="$target/release/ringmq-bench"
+RINGMQ="${RINGMQ:-$target/release/ringmq}"
+BENCH="${BENCH:-$target/release/ringmq-bench}"
+QOS="${QOS:-1}"
+rt=()
+if [[ "${RT:-0}" == 1 ]]; then rt=(chrt -f 50); fi
 DURATION="${DURATION:-5}"
 WARMUP="${WARMUP:-1}"
 PAIRS="${PAIRS:-50}"
@@ -42,7 +51,7 @@ trap cleanup EXIT
 peers="1@127.0.0.1:$((BASE + 10)),2@127.0.0.1:$((BASE + 20)),3@127.0.0.1:$((BASE + 30))"
 for n in 1 2 3; do
     mkdir -p "$work/d$n"
-    "$RINGMQ" --node-id "$n" --cluster-peers "$peers" --listen "mqtt://127.0.0.1:$((BASE + n))" \
+    "${rt[@]}" "$RINGMQ" --node-id "$n" --cluster-peers "$peers" --listen "mqtt://127.0.0.1:$((BASE + n))" \
         --allow-anonymous true --cores 1 --durability "$DURABILITY" --sys-interval-secs 0 \
         --max-queued-messages 100000 --data-dir "$work/d$n" --log-level warn \
         >"$work/n$n.log" 2>&1 &
@@ -67,10 +76,13 @@ rows=()
 run() { # label scenario-args...
     local label=$1
     shift
+    # ROWS (a regex on the label): only those rows, e.g. one per fresh cluster when the
+    # sessions persist (GEN_ARGS=--no-clean-start) and would carry over to the next row.
+    if [[ -n "${ROWS:-}" && ! "$label" =~ $ROWS ]]; then return 0; fi
     local before=() after=()
     for p in "${pids[@]}"; do before+=("$(cpu "$p")"); done
-    "$BENCH" "$@" --payload "$PAYLOAD" --duration "$DURATION" --warmup "$WARMUP" \
-        ${RATE:+--rate "$RATE"} --json -q >"$work/out.json"
+    "${rt[@]}" "$BENCH" "$@" --payload "$PAYLOAD" --duration "$DURATION" --warmup "$WARMUP" \
+        ${RATE:+--rate "$RATE"} ${GEN_ARGS:-} --json -q >"$work/out.json"
     for p in "${pids[@]}"; do after+=("$(cpu "$p")"); done
     local cpus=""
     for i in 0 1 2; do
@@ -94,14 +106,14 @@ if [[ "$DURABILITY" == none ]]; then
     run "QoS 0 pairs, same node (1 -> 1)" pairs --pairs "$PAIRS" --qos 0 -p "$p1"
     run "QoS 0 pairs, cross node (1 -> 2)" pairs --pairs "$PAIRS" --qos 0 -p "$p1" --sub-port "$p2"
 fi
-run "QoS 1 pairs, same node (1 -> 1)" pairs --pairs "$PAIRS" --qos 1 -p "$p1"
-run "QoS 1 pairs, cross node (1 -> 2)" pairs --pairs "$PAIRS" --qos 1 -p "$p1" --sub-port "$p2"
+run "QoS $QOS pairs, same node (1 -> 1)" pairs --pairs "$PAIRS" --qos "$QOS" -p "$p1"
+run "QoS $QOS pairs, cross node (1 -> 2)" pairs --pairs "$PAIRS" --qos "$QOS" -p "$p1" --sub-port "$p2"
 if [[ "$DURABILITY" == none ]]; then
     run "QoS 0 1 pair, same node" pairs --pairs 1 --qos 0 -p "$p1" --rate 1000
     run "QoS 0 1 pair, cross node" pairs --pairs 1 --qos 0 -p "$p1" --sub-port "$p2" --rate 1000
 else
-    run "QoS 1 1 pair at 1000/s, same node" pairs --pairs 1 --qos 1 -p "$p1" --rate 1000
-    run "QoS 1 1 pair at 1000/s, cross node" pairs --pairs 1 --qos 1 -p "$p1" --sub-port "$p2" --rate 1000
+    run "QoS $QOS 1 pair at 1000/s, same node" pairs --pairs 1 --qos "$QOS" -p "$p1" --rate 1000
+    run "QoS $QOS 1 pair at 1000/s, cross node" pairs --pairs 1 --qos "$QOS" -p "$p1" --sub-port "$p2" --rate 1000
 fi
 ctl 1 --json cluster status >"$work/status.json"
 links=$(python3 - "$work/status.json" <<'PY'
@@ -123,7 +135,9 @@ report=$(
     echo "- CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; kernel $(uname -r)"
     echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- nodes: \`ringmq --node-id N --cluster-peers ... --cores 1 --durability $DURABILITY --sys-interval-secs 0\`, unpinned, all on this machine with the generator"
-    echo "- load: \`ringmq-bench pairs --payload $PAYLOAD --duration $DURATION --warmup $WARMUP${RATE:+ --rate $RATE}\`, publishers on node 1, subscribers on node 1 or node 2 (\`--sub-port\`)"
+    echo "- load: \`ringmq-bench pairs --payload $PAYLOAD --duration $DURATION --warmup $WARMUP${RATE:+ --rate $RATE}${GEN_ARGS:+ $GEN_ARGS}\`, publishers on node 1, subscribers on node 1 or node 2 (\`--sub-port\`)"
+    echo "- binaries: \`$RINGMQ\`, \`$BENCH\`"
+    if [[ ${#rt[@]} -gt 0 ]]; then echo "- nodes and generator run SCHED_FIFO (\`chrt -f 50\`)"; fi
     if [[ -n "${NOTE:-}" ]]; then echo "- note: $NOTE"; fi
     echo
     echo "| scenario | deliveries/s | p50 ms | p99 ms | lost | dup | out of order | CPU s node 1 / 2 / 3 |"

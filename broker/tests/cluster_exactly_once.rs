@@ -192,6 +192,20 @@ fn exactly_once_through_crashes_of_the_publishers_node(shards: usize) {
             "case {i}: no recovery of the prepared row:\n{log}"
         );
     }
+    // Nodes 2 and 3 stored origin keys (node origin rows) with their copies; node 1 told them
+    // it was done with each message (`OriginsDone`), so none is left: restarted, they restore
+    // nothing.
+    drop(online);
+    for id in [2, 3] {
+        c.node(id).stop();
+        c.node(id).start();
+        wait_links(&c, id, 2);
+        let log = c.get(id).stderr();
+        assert!(
+            !log.contains("origin keys of other nodes"),
+            "node {id} kept origin keys:\n{log}"
+        );
+    }
 }
 
 #[test]

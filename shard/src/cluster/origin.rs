@@ -15,7 +15,7 @@
 //!    link stream does not;
 //! 3. a receiving shard on node B delivers it only if it has not delivered
 //!    that `(A, shard, nonce)` before ([`first_time`]), and stores a node
-//!    origin row `H(A, shard, nonce)` in the batch of the rows it wrote
+//!    origin row `K(A, shard, nonce)` in the batch of the rows it wrote
 //!    ([`stored`]), so a resend after *either* node restarted is known;
 //! 4. once every target answered, A marks the row done, and after that
 //!    commit tells the nodes `OriginsDone` ([`forget`]): B drops the keys.
@@ -400,6 +400,14 @@ pub(crate) fn on_floor(shard: &Shard, node: u64, floors: Vec<(u16, u64)>) {
 /// Seeds this shard's delivered keys from its store (at start).
 pub(crate) fn seed(shard: &Shard) {
     let rows = shard.store.take_node_origins();
+    if !rows.is_empty() {
+        // Keys a node has not said it is done with (normally none after a clean run).
+        tracing::info!(
+            shard = shard.id,
+            keys = rows.len(),
+            "cluster: origin keys of other nodes' prepared QoS 2 messages restored"
+        );
+    }
     if let Some(n) = &shard.cluster {
         let mut keys = n.origins.keys.borrow_mut();
         for (node, s, nonce) in rows {

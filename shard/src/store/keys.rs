@@ -16,7 +16,7 @@
 //! | `N`   | `N` + node id u64                    | last acked copy of that node delivered here: stream u64 + id u64 |
 //! | `H`   | `H` + peer node id u64 + copy id u64 | outbox: an acked copy for a node that was down (its link frame) |
 //! | `P`   | `P` + peer node id u64 + filter bytes | a filter that node has subscribers on, as last told (empty value) |
-//! | `H`   | `H` + node id u64 + shard u16 + nonce u64 | node origin row (empty): that node's prepared QoS 2 message is here |
+//! | `K`   | `K` + node id u64 + shard u16 + nonce u64 | node origin row (empty): that node's prepared QoS 2 message is here |
 
 /// Name of the one LMDB database inside each shard environment.
 pub const DB_NAME: &str = "ringmq";
@@ -43,9 +43,10 @@ pub const PEER_ROUTE: u8 = b'P';
 /// Shard 0's acked-copy stream and run number (`cluster/outbox.rs`): the
 /// stream stays, the run grows by one per start, so copy ids grow across restarts.
 pub const META_LINK_RUN: &[u8] = b"Mlinkrun";
+
 /// A copy of another *node's* prepared QoS 2 message is stored here
 /// (exactly once across nodes and their crashes: `cluster/origin.rs`).
-pub const NODE_ORIGIN: u8 = b'H';
+pub const NODE_ORIGIN: u8 = b'K';
 
 /// The tables holding one session's rows (deleted with it).
 pub const SESSION_CHILDREN: [u8; 3] = [SUBSCRIPTION, OUTBOUND, INBOUND_QOS2];

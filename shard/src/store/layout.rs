@@ -29,7 +29,7 @@ use super::keys;
 /// Storage format written and read by this build. Bump on any change of keys
 /// or record layout; older formats get a migration, newer ones are refused.
 /// 2: inbound QoS 2 rows may be prepared (record V2), origin table `G`.
-/// 3: prepared rows may name other nodes (record V3), node origin table `H`.
+/// 3: prepared rows may name other nodes (record V3), node origin table `K`.
 pub const FORMAT: u32 = 3;
 
 /// Formats 1 and 2 are migrated in place: every row of theirs reads the same
