@@ -486,6 +486,9 @@ fn takeover_under_load_keeps_order_and_never_duplicates_qos2() {
             lost.join(", "),
             handover(&c, 1)["shipped_bytes"]
         );
+        for id in 1..=3 {
+            eprintln!("node {id}: {}", handover(&c, id));
+        }
     });
 }
 

@@ -22,7 +22,7 @@
 //!   (`cluster_unavailable`), as when a shard cannot store its copy. Nothing is acknowledged that B does not hold durably, so what
 //!   the cluster acknowledged survives kill -9 of any node.
 
-use super::frame::{encode_acked, Frame, Stamp};
+use super::frame::{encode_acked_from, Frame, Origin, OriginAt, Stamp};
 use super::hub::Hub;
 use super::link::Link;
 use crate::mesh::{ConfirmReq, Fate, MeshItem};
@@ -122,6 +122,7 @@ impl Acks {
         hub: &Hub,
         link: &Link,
         group: Option<&TopicFilter>,
+        origin: Option<OriginAt>,
         mqtt: &[u8],
         w: Waiter,
     ) {
@@ -139,7 +140,7 @@ impl Acks {
             stream: self.stream,
             id,
         };
-        encode_acked(stamp, group, mqtt, &mut b);
+        encode_acked_from(stamp, group, origin, mqtt, &mut b);
         let frame = b.freeze();
         if link.is_up() {
             link.push_raw(&frame);
@@ -225,6 +226,7 @@ impl Acks {
         stamp: Stamp,
         group: Option<&TopicFilter>,
         p: Publish,
+        origin: Option<Origin>,
     ) {
         link.stats.acked_in.inc();
         let token = crate::confirm::new_token(shard);
@@ -239,7 +241,7 @@ impl Acks {
             stamp,
         });
         let remote = match group {
-            None => crate::route::route_from_peer(shard, p, req, peer),
+            None => crate::route::route_from_peer(shard, p, req, peer, origin),
             Some(g) => crate::route::route_shared_from_peer(shard, p, g, req, peer),
         };
         self.incoming.borrow_mut().insert(

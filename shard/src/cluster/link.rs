@@ -412,8 +412,45 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::Publish(b) => {
             let p = super::frame::decode_publish(b)?;
             link.stats.msgs_in.inc();
-            crate::route::route_from_peer(shard, p, None, None);
+            crate::route::route_from_peer(shard, p, None, None, None);
         }
+        Frame::PublishFrom { origin, publish } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            let o = super::Origin {
+                node: link.peer.id,
+                shard: origin.shard,
+                seq: origin.seq,
+            };
+            crate::route::route_from_peer(shard, p, None, None, Some(o));
+        }
+        Frame::AckedFrom {
+            stamp,
+            origin,
+            publish,
+        } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            let o = super::Origin {
+                node: link.peer.id,
+                shard: origin.shard,
+                seq: origin.seq,
+            };
+            hub.durable.receive(shard, link, stamp, None, p, Some(o));
+        }
+        Frame::SessionCopy {
+            client,
+            origin,
+            publish,
+        } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            super::merge::on_copy(shard, client, origin, p);
+        }
+        Frame::MoveDone(client) => super::stub::on_move_done(shard, hub, link, client),
+        Frame::Flush(t) => link.push_frame(&Frame::Flushed(t)),
+        Frame::Flushed(t) => super::stub::on_flushed(shard, hub, link, t),
+        Frame::StubEnd { client, marks } => super::merge::on_stub_end(shard, client, marks),
         Frame::SharedPublish { group, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
@@ -422,7 +459,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::AckedPublish { stamp, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            hub.durable.receive(shard, link, stamp, None, p);
+            hub.durable.receive(shard, link, stamp, None, p, None);
         }
         Frame::AckedShared {
             stamp,
@@ -431,7 +468,8 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            hub.durable.receive(shard, link, stamp, Some(&group), p);
+            hub.durable
+                .receive(shard, link, stamp, Some(&group), p, None);
         }
         Frame::Retained { at_ms, publish } => {
             let p = super::frame::decode_publish(publish)?;
