@@ -116,6 +116,7 @@ impl Acks {
 
     /// Queues an acked copy of the MQTT bytes `mqtt` for `link` (for share
     /// group `group` there); `w` is answered when the peer does.
+    #[allow(clippy::too_many_arguments)] // the copy, where it goes, and who waits for it
     pub fn send(
         &self,
         shard: &Rc<Shard>,

@@ -28,6 +28,9 @@ struct Waiter {
     then: Box<dyn FnOnce()>,
 }
 
+/// A local barrier: replies still due, and what runs after the last.
+type LocalBarrier = (usize, Box<dyn FnOnce()>);
+
 pub(crate) struct Hub {
     pub(super) cfg: Arc<ClusterConfig>,
     /// Acked copies (durability `sync`) both ways.
@@ -45,7 +48,7 @@ pub(crate) struct Hub {
     /// Route acks owed to a peer once every local shard applied its change: token -> (replies left, slot, seq).
     acks: RefCell<HashMap<u64, (usize, Slot, u64)>>,
     /// Local barriers with something to run once every shard answered: token -> (replies left, then).
-    barriers: RefCell<HashMap<u64, (usize, Box<dyn FnOnce()>)>>,
+    barriers: RefCell<HashMap<u64, LocalBarrier>>,
     next_token: Cell<u64>,
     epoch: Instant,
     /// Dialers, tickers, the acceptor, the sweep: cancelled (and their sockets closed) at stop.

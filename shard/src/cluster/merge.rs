@@ -44,6 +44,9 @@ pub const MERGE_FOR: Duration = Duration::from_secs(25);
 /// Forwarded copies kept for a session not installed yet, at most.
 const PENDING_MAX: usize = 100_000;
 
+/// A forwarded copy that came before its session's install.
+type Early = (Origin, Publish);
+
 struct Held {
     publish: Publish,
     qos: QoS,
@@ -68,7 +71,7 @@ struct Merge {
 pub(crate) struct Merges {
     by_sid: RefCell<HashMap<SessionId, Merge>>,
     /// Forwarded copies for sessions not installed yet, by client id.
-    pending: RefCell<HashMap<Box<str>, Vec<(Origin, Publish)>>>,
+    pending: RefCell<HashMap<Box<str>, Vec<Early>>>,
     next: Cell<u64>,
 }
 
