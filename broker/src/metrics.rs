@@ -873,6 +873,29 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         "Bytes of the session snapshots this node shipped.",
     );
     let _ = writeln!(out, "ringmq_{name} {}", h.shipped_bytes);
+    let name = "cluster_move_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Messages published during session moves: stubs on the old node, copies forwarded, held and merged on the new one, duplicates dropped, ends and expiries.",
+    );
+    let m = &h.moves;
+    for (event, v) in [
+        ("stubs", m.stubs),
+        ("stub_ended", m.stub_ended),
+        ("stub_expired", m.stub_expired),
+        ("forwarded", m.forwarded),
+        ("forward_lost", m.forward_lost),
+        ("flush_timeouts", m.flush_timeouts),
+        ("held", m.held),
+        ("merged", m.merged),
+        ("merge_dups", m.merge_dups),
+        ("merge_ended", m.merge_ended),
+        ("merge_expired", m.merge_expired),
+    ] {
+        let _ = writeln!(out, "ringmq_{name}{{event=\"{event}\"}} {v}");
+    }
 }
 
 /// ACL refusals by action and node-wide ban counters.

@@ -598,6 +598,7 @@ pub(crate) fn resume(shard: &Rc<Shard>, mut list: Vec<Resume>) {
                 origin: None,
                 confirm,
                 peer: None,
+                source: None,
             });
             let item = match &t.group {
                 Some(g) => MeshItem::SharedPublish(routed, g.clone()),

@@ -371,6 +371,16 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
 /// becomes a tombstone at once; its subscriptions leave the router in
 /// bounded steps (`reap.rs`).
 pub(crate) fn remove_session(shard: &Rc<Shard>, sid: SessionId) {
+    if let Some(filters) = retire_session(shard, sid) {
+        crate::reap::bury(shard, sid, filters);
+    }
+}
+
+/// [`remove_session`] but for its plain subscriptions, returned: they stay
+/// in the router (matching the tombstone) until the caller buries them
+/// (`reap::bury`). A session that moved to another node keeps them while
+/// its traffic is forwarded there (`cluster/stub.rs`).
+pub(crate) fn retire_session(shard: &Rc<Shard>, sid: SessionId) -> Option<Vec<TopicFilter>> {
     let removed = {
         let mut sessions = shard.sessions.borrow_mut();
         match sessions.get_mut(sid as usize) {
@@ -401,8 +411,9 @@ pub(crate) fn remove_session(shard: &Rc<Shard>, sid: SessionId) {
                 false
             }
         });
-        crate::reap::bury(shard, sid, filters);
+        return Some(filters);
     }
+    None
 }
 
 /// A will as a PUBLISH.

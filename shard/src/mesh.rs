@@ -63,6 +63,8 @@ pub struct Routed {
     /// An acked copy from another node: delivered only if this shard has
     /// not had it yet (a copy resent after a link break).
     pub peer: Option<crate::cluster::PeerStamp>,
+    /// Where it entered the cluster (routed first on this node or another).
+    pub source: Option<crate::cluster::Origin>,
 }
 
 /// What the receiver of a routed copy owes its sender (durability `sync`).
@@ -93,7 +95,7 @@ pub struct Handoff {
     /// The cluster ownership epoch its CONNECT won (0 without a cluster).
     pub epoch: u64,
     /// The session another node shipped for it (`cluster/handover.rs`).
-    pub shipped: Option<bytes::Bytes>,
+    pub shipped: Option<crate::cluster::handover::Shipped>,
 }
 
 /// This shard's side of the mesh: per-peer outboxes flushed once per tick.

@@ -132,7 +132,8 @@ pub(crate) fn fence(shard: &Rc<Shard>, client_id: &str, epoch: u64) -> bool {
     let Some(sid) = sid else {
         return false;
     };
-    let Some(snapshot) = crate::cluster::handover::take(shard, sid, epoch) else {
+    let to = crate::cluster::handover::owner_slot(shard, client_id);
+    let Some(snapshot) = crate::cluster::handover::take(shard, sid, epoch, to) else {
         return false;
     };
     crate::cluster::handover::park(shard, client_id, epoch, snapshot);

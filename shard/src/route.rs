@@ -37,16 +37,23 @@ pub(crate) fn route_to(
     confirm: Option<ConfirmReq>,
     mut held: Option<&mut Vec<(usize, MeshItem)>>,
 ) -> usize {
+    // Where it entered the cluster: every copy of it, on any node, says so.
+    let origin = crate::cluster::next_origin(shard);
     // Other nodes first: their copy leaves with this tick's link batch (or,
     // with `held`, joins the held copies: after the prepare commit, in order).
-    let (elsewhere, nodes) =
-        crate::cluster::forward(shard, &p, confirm.map(|c| c.token), held.as_deref_mut());
+    let (elsewhere, nodes) = crate::cluster::forward(
+        shard,
+        &p,
+        confirm.map(|c| c.token),
+        held.as_deref_mut(),
+        origin,
+    );
     nodes
         + route_here(
             shard,
             p,
             publisher,
-            (confirm, None),
+            (confirm, None, origin),
             held,
             Groups::Except(&elsewhere),
         )
@@ -62,8 +69,9 @@ pub(crate) fn route_from_peer(
     p: Publish,
     confirm: Option<ConfirmReq>,
     peer: Option<crate::cluster::PeerStamp>,
+    origin: Option<crate::cluster::Origin>,
 ) -> usize {
-    route_here(shard, p, None, (confirm, peer), None, Groups::None)
+    route_here(shard, p, None, (confirm, peer, origin), None, Groups::None)
 }
 
 /// A publish another node picked this node for, for one share group only.
@@ -74,7 +82,14 @@ pub(crate) fn route_shared_from_peer(
     confirm: Option<ConfirmReq>,
     peer: Option<crate::cluster::PeerStamp>,
 ) -> usize {
-    route_here(shard, p, None, (confirm, peer), None, Groups::Only(group))
+    route_here(
+        shard,
+        p,
+        None,
+        (confirm, peer, None),
+        None,
+        Groups::Only(group),
+    )
 }
 
 /// Which share groups a routing on this node serves.
@@ -93,7 +108,11 @@ fn route_here(
     shard: &Rc<Shard>,
     p: Publish,
     publisher: Option<SessionId>,
-    (confirm, peer): (Option<ConfirmReq>, Option<crate::cluster::PeerStamp>),
+    (confirm, peer, source): (
+        Option<ConfirmReq>,
+        Option<crate::cluster::PeerStamp>,
+        Option<crate::cluster::Origin>,
+    ),
     mut held: Option<&mut Vec<(usize, MeshItem)>>,
     groups: Groups<'_>,
 ) -> usize {
@@ -148,6 +167,7 @@ fn route_here(
                 origin: publisher.map(|sid| (me, sid)),
                 confirm,
                 peer,
+                source,
             })),
         );
     }
@@ -166,6 +186,7 @@ fn route_here(
                         origin: None,
                         confirm,
                         peer,
+                        source: None,
                     }),
                     t.filter,
                 ),
@@ -173,7 +194,7 @@ fn route_here(
         }
     }
     if here && shards.contains(me) {
-        deliver_local(shard, &p, publisher);
+        deliver_local(shard, &p, publisher, source);
     }
     if let (true, Some(s)) = (here, peer) {
         crate::cluster::delivered(shard, s, ops);
@@ -210,7 +231,14 @@ fn persist_retained(shard: &Shard, p: &Publish) {
 }
 
 /// Delivers to this shard's sessions with non-shared subscriptions matching the topic.
-pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<SessionId>) {
+/// `origin`: where it entered the cluster (a session moving between nodes
+/// knows a copy that reaches it by two paths by it: `cluster/merge.rs`).
+pub(crate) fn deliver_local(
+    shard: &Shard,
+    p: &Publish,
+    publisher: Option<SessionId>,
+    origin: Option<crate::cluster::Origin>,
+) {
     let mut scratch = shard.scratch.borrow_mut();
     let router = shard.router.borrow();
     let info = PublishInfo {
@@ -221,6 +249,8 @@ pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<Sessio
     if matches.is_empty() {
         return;
     }
+    crate::cluster::handled(shard, origin);
+    let moving = crate::cluster::moving(shard);
     let mut sessions = shard.sessions.borrow_mut();
     let mut frames = FrameCache::default();
     let mut shared_msg = None;
@@ -235,6 +265,11 @@ pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<Sessio
         let Some(s) = sessions.get_mut(m.session as usize) else {
             continue;
         };
+        if moving && s.is_gone() {
+            // Moved to another node, still forwarded there until its routes settle.
+            crate::cluster::stub::offer(shard, m.session, p, origin);
+            continue;
+        }
         if crate::authz::must_check(shard, m.acl_check)
             && !crate::authz::may_receive(shard, s, p.topic.as_str(), AclAction::Deliver)
         {
@@ -242,10 +277,23 @@ pub(crate) fn deliver_local(shard: &Shard, p: &Publish, publisher: Option<Sessio
         }
         // [MQTT-3.8.4-8] the lower of the granted and the published QoS.
         let qos = p.qos.min(m.qos);
+        let retain = m.retain_as_published && p.retain;
+        if moving
+            && crate::cluster::merge::hold(
+                shard,
+                m.session,
+                p,
+                qos,
+                retain,
+                &m.subscription_ids,
+                origin,
+            )
+        {
+            continue; // moved here: after the old node's copies (`merge.rs`)
+        }
         let version = s.conn.as_ref().map_or(s.version, |c| c.version);
         let frame = frames.get(p, version, qos);
         // [MQTT-3.3.1-12/13] Retain As Published; 3.1.1 clears it on live delivery [MQTT-3.3.1-9].
-        let retain = m.retain_as_published && p.retain;
         s.deliver(
             shard,
             p,

@@ -377,7 +377,7 @@ fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
         MeshItem::Publish(r) => {
             shard.tally.reset();
             crate::cluster::deliver_once(shard, r.peer, || {
-                crate::route::deliver_local(shard, &r.publish, None)
+                crate::route::deliver_local(shard, &r.publish, None, r.source)
             });
             if let Some(t) = r.confirm {
                 crate::persist::owe(shard, from, t, shard.tally.fate());

@@ -309,6 +309,25 @@ pub struct HandoverMetrics {
     pub shipped_bytes: u64,
     pub parked: u64,
     pub expired: u64,
+    /// Messages published during a move (docs/cluster.md): stubs, forwarded, held, merged.
+    #[serde(default)]
+    pub moves: MoveMetrics,
+}
+
+/// Session moves (see `ringmq_shard::cluster::stub` and `merge`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MoveMetrics {
+    pub stubs: u64,
+    pub stub_ended: u64,
+    pub stub_expired: u64,
+    pub forwarded: u64,
+    pub forward_lost: u64,
+    pub flush_timeouts: u64,
+    pub held: u64,
+    pub merged: u64,
+    pub merge_dups: u64,
+    pub merge_ended: u64,
+    pub merge_expired: u64,
 }
 
 impl HandoverMetrics {
@@ -326,6 +345,19 @@ impl HandoverMetrics {
             shipped_bytes: h.shipped_bytes.load(Relaxed),
             parked: h.parked.load(Relaxed),
             expired: h.expired.load(Relaxed),
+            moves: MoveMetrics {
+                stubs: h.stubs.load(Relaxed),
+                stub_ended: h.stub_ended.load(Relaxed),
+                stub_expired: h.stub_expired.load(Relaxed),
+                forwarded: h.forwarded.load(Relaxed),
+                forward_lost: h.forward_lost.load(Relaxed),
+                flush_timeouts: h.flush_timeouts.load(Relaxed),
+                held: h.held.load(Relaxed),
+                merged: h.merged.load(Relaxed),
+                merge_dups: h.merge_dups.load(Relaxed),
+                merge_ended: h.merge_ended.load(Relaxed),
+                merge_expired: h.merge_expired.load(Relaxed),
+            },
         }
     }
 }

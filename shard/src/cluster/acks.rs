@@ -22,7 +22,7 @@
 //!   (`cluster_unavailable`), as when a shard cannot store its copy. Nothing is acknowledged that B does not hold durably, so what
 //!   the cluster acknowledged survives kill -9 of any node.
 
-use super::frame::{encode_acked, encode_acked_origin, Frame, Stamp};
+use super::frame::{encode_acked_from, encode_acked_origin, Frame, Origin, OriginAt, Stamp};
 use super::hub::Hub;
 use super::link::Link;
 use crate::mesh::{ConfirmReq, Fate, MeshItem};
@@ -160,12 +160,14 @@ impl Acks {
 
     /// Queues an acked copy of the MQTT bytes `mqtt` for `link` (for share
     /// group `group` there); `w` is answered when the peer does.
+    #[allow(clippy::too_many_arguments)] // the copy, where it goes, and who waits for it
     pub fn send(
         &self,
         shard: &Rc<Shard>,
         hub: &Hub,
         link: &Link,
         group: Option<&TopicFilter>,
+        origin: Option<OriginAt>,
         mqtt: &[u8],
         w: Waiter,
     ) {
@@ -177,7 +179,7 @@ impl Acks {
             mqtt.len(),
             w,
             (deadline, false, false),
-            |stamp, b| encode_acked(stamp, group, mqtt, b),
+            |stamp, b| encode_acked_from(stamp, group, origin, mqtt, b),
         );
     }
 
@@ -189,7 +191,8 @@ impl Acks {
         shard: &Rc<Shard>,
         hub: &Hub,
         link: &Link,
-        (group, origin): (Option<&TopicFilter>, super::origin::Origin),
+        (group, key): (Option<&TopicFilter>, super::origin::Origin),
+        at: Option<OriginAt>,
         mqtt: &[u8],
         w: Waiter,
         patient: bool,
@@ -209,7 +212,7 @@ impl Acks {
             mqtt.len(),
             w,
             (deadline, true, patient),
-            |stamp, b| encode_acked_origin(stamp, origin, group, mqtt, b),
+            |stamp, b| encode_acked_origin(stamp, key, (group, at), mqtt, b),
         );
     }
 
@@ -365,8 +368,9 @@ impl Acks {
         shard: &Rc<Shard>,
         link: &Link,
         stamp: Stamp,
-        (group, origin): (Option<&TopicFilter>, Option<super::origin::Origin>),
+        (group, key): (Option<&TopicFilter>, Option<super::origin::Origin>),
         p: Publish,
+        origin: Option<Origin>,
     ) {
         link.stats.acked_in.inc();
         let token = crate::confirm::new_token(shard);
@@ -379,10 +383,10 @@ impl Acks {
         let peer = Some(super::PeerStamp {
             node: link.peer.id,
             stamp,
-            origin,
+            origin: key,
         });
         let remote = match group {
-            None => crate::route::route_from_peer(shard, p, req, peer),
+            None => crate::route::route_from_peer(shard, p, req, peer, origin),
             Some(g) => crate::route::route_shared_from_peer(shard, p, g, req, peer),
         };
         self.incoming.borrow_mut().insert(

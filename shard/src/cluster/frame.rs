@@ -46,6 +46,10 @@ const ORIGIN_FLOOR: u8 = 0x3C;
 // 0x20-0x2F: session handover (`handover.rs`).
 const SESSION_FETCH: u8 = 0x20;
 const SESSION_SHIP: u8 = 0x21;
+// 0x30-0x39: publishes stamped with their origin, and moving a session's
+// traffic to its new node (`frame_move.rs`, `stub.rs`, `merge.rs`).
+pub(super) const PUBLISH_FROM: u8 = 0x30;
+pub(super) const ACKED_FROM: u8 = 0x31;
 
 /// One frame of a node link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +144,9 @@ pub enum Frame {
         stamp: Stamp,
         origin: super::origin::Origin,
         group: Option<TopicFilter>,
+        /// Where the publish entered the cluster on the sender, as `AckedFrom`
+        /// carries it (a moving session merges by it: `merge.rs`).
+        at: Option<OriginAt>,
         publish: Bytes,
     },
     /// The sender marked these messages of its shard `shard` done: the
@@ -164,6 +171,57 @@ pub enum Frame {
         req: u64,
         snapshot: Option<Bytes>,
     },
+    /// A `Publish` stamped with where it entered the cluster on the sender
+    /// (its shard and that shard's count): copies of one message that reach
+    /// a moving session by two paths are known as one (`merge.rs`).
+    PublishFrom {
+        origin: OriginAt,
+        publish: Bytes,
+    },
+    /// An `AckedPublish` with its origin.
+    AckedFrom {
+        stamp: Stamp,
+        origin: OriginAt,
+        publish: Bytes,
+    },
+    /// A copy for session `client`, which the sender held until it moved to
+    /// the receiver: the sender's stub forwards what its routes still bring
+    /// (`stub.rs`), with the origin of each.
+    SessionCopy {
+        client: String,
+        origin: Origin,
+        publish: Bytes,
+    },
+    /// The receiver's session `client` is installed here and every peer
+    /// applied its routes: the sender's stub may end once nothing routed the
+    /// old way can still arrive.
+    MoveDone(String),
+    /// Answer `Flushed` with the same token behind everything sent before.
+    Flush(u64),
+    Flushed(u64),
+    /// The stub of `client` ended: no copy will be forwarded after this
+    /// frame. `marks`: per origin, the last count the old node handled
+    /// (copies up to it reached the session there or were forwarded).
+    StubEnd {
+        client: String,
+        marks: Vec<Origin>,
+    },
+}
+
+/// Where a publish entered the cluster, on the node that sent the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OriginAt {
+    pub shard: u16,
+    pub seq: u64,
+}
+
+/// Where a publish entered the cluster: node, shard, and that shard's count
+/// (which grows by one per publish and starts above any earlier run's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub node: u64,
+    pub shard: u16,
+    pub seq: u64,
 }
 
 impl Frame {
@@ -215,9 +273,30 @@ pub enum FrameError {
 
 /// Appends a PUBLISH frame for `p` (packet id 1 at QoS 1/2: the link is not an MQTT session).
 pub fn encode_publish(p: &Publish, out: &mut BytesMut) {
+    encode_publish_from(p, None, out);
+}
+
+/// Length of a publish frame's header before the MQTT bytes (with an origin or not).
+pub fn publish_header(origin: Option<OriginAt>) -> usize {
+    if origin.is_some() {
+        15
+    } else {
+        5
+    }
+}
+
+/// [`encode_publish`], stamped with the publish's origin on this node (`PUBLISH_FROM`).
+pub fn encode_publish_from(p: &Publish, origin: Option<OriginAt>, out: &mut BytesMut) {
     let start = out.len();
     out.put_u32(0);
-    out.put_u8(PUBLISH);
+    match origin {
+        None => out.put_u8(PUBLISH),
+        Some(o) => {
+            out.put_u8(PUBLISH_FROM);
+            out.put_u16(o.shard);
+            out.put_u64(o.seq);
+        }
+    }
     let mut p = p.clone();
     p.dup = false;
     p.packet_id = (p.qos != ringmq_codec::QoS::AtMostOnce)
@@ -251,15 +330,31 @@ pub fn encode_shared_publish(group: &TopicFilter, p: &Publish, out: &mut BytesMu
 /// Appends an acked publish frame: `mqtt` is the PUBLISH bytes of a
 /// `Publish` frame (after its 5-byte frame header), `group` for a share group.
 pub fn encode_acked(stamp: Stamp, group: Option<&TopicFilter>, mqtt: &[u8], out: &mut BytesMut) {
+    encode_acked_from(stamp, group, None, mqtt, out);
+}
+
+/// [`encode_acked`], stamped with the publish's origin (`ACKED_FROM`; never for a group).
+pub fn encode_acked_from(
+    stamp: Stamp,
+    group: Option<&TopicFilter>,
+    origin: Option<OriginAt>,
+    mqtt: &[u8],
+    out: &mut BytesMut,
+) {
     let start = out.len();
     out.put_u32(0);
-    out.put_u8(if group.is_some() {
-        ACKED_SHARED
-    } else {
-        ACKED_PUBLISH
+    let origin = origin.filter(|_| group.is_none());
+    out.put_u8(match (group, origin) {
+        (Some(_), _) => ACKED_SHARED,
+        (None, Some(_)) => ACKED_FROM,
+        (None, None) => ACKED_PUBLISH,
     });
     out.put_u64(stamp.stream);
     out.put_u64(stamp.id);
+    if let Some(o) = origin {
+        out.put_u16(o.shard);
+        out.put_u64(o.seq);
+    }
     if let Some(g) = group {
         put_str(out, g.as_str());
     }
@@ -272,7 +367,7 @@ pub fn encode_acked(stamp: Stamp, group: Option<&TopicFilter>, mqtt: &[u8], out:
 pub fn encode_acked_origin(
     stamp: Stamp,
     origin: super::origin::Origin,
-    group: Option<&TopicFilter>,
+    (group, at): (Option<&TopicFilter>, Option<OriginAt>),
     mqtt: &[u8],
     out: &mut BytesMut,
 ) {
@@ -283,12 +378,14 @@ pub fn encode_acked_origin(
     out.put_u64(stamp.id);
     out.put_u16(origin.shard);
     out.put_u64(origin.nonce);
-    match group {
-        Some(g) => {
-            out.put_u8(1);
-            put_str(out, g.as_str());
-        }
-        None => out.put_u8(0),
+    // Flags: 1 a share group follows, 2 the publish's origin stamp (before the group).
+    out.put_u8(u8::from(group.is_some()) | u8::from(at.is_some()) << 1);
+    if let Some(o) = at {
+        out.put_u16(o.shard);
+        out.put_u64(o.seq);
+    }
+    if let Some(g) = group {
+        put_str(out, g.as_str());
     }
     out.put_slice(mqtt);
     finish(out, start);
@@ -373,10 +470,11 @@ impl Frame {
                 stamp,
                 origin,
                 group,
+                at,
                 publish,
             } => {
                 out.truncate(start);
-                encode_acked_origin(*stamp, *origin, group.as_ref(), publish, out);
+                encode_acked_origin(*stamp, *origin, (group.as_ref(), *at), publish, out);
                 return;
             }
             Frame::OriginsDone { shard, nonces } => {
@@ -441,6 +539,17 @@ impl Frame {
                 out.put_u64(*req);
                 out.put_u64(*epoch);
                 put_str(out, client);
+            }
+            Frame::PublishFrom { .. }
+            | Frame::AckedFrom { .. }
+            | Frame::SessionCopy { .. }
+            | Frame::MoveDone(_)
+            | Frame::Flush(_)
+            | Frame::Flushed(_)
+            | Frame::StubEnd { .. } => {
+                out.truncate(start);
+                super::frame_move::encode(self, out);
+                return;
             }
             Frame::SessionShip { req, snapshot } => {
                 out.put_u8(SESSION_SHIP);
@@ -575,21 +684,33 @@ impl Frame {
                     shard: body.get_u16(),
                     nonce: body.get_u64(),
                 };
-                let group = match body.get_u8() {
-                    0 => None,
-                    1 => {
-                        let g = get_filter(&mut body)?;
-                        if g.shared().is_none() {
-                            return Err(FrameError::BadFilter);
-                        }
-                        Some(g)
+                let flags = body.get_u8();
+                if flags & !3 != 0 {
+                    return Err(FrameError::Truncated("acked origin"));
+                }
+                let at = if flags & 2 != 0 {
+                    need(&body, 10, "acked origin")?;
+                    Some(OriginAt {
+                        shard: body.get_u16(),
+                        seq: body.get_u64(),
+                    })
+                } else {
+                    None
+                };
+                let group = if flags & 1 != 0 {
+                    let g = get_filter(&mut body)?;
+                    if g.shared().is_none() {
+                        return Err(FrameError::BadFilter);
                     }
-                    _ => return Err(FrameError::Truncated("acked origin")),
+                    Some(g)
+                } else {
+                    None
                 };
                 Frame::AckedOrigin {
                     stamp,
                     origin,
                     group,
+                    at,
                     publish: std::mem::take(&mut body),
                 }
             }
@@ -676,6 +797,7 @@ impl Frame {
                 };
                 Frame::SessionShip { req, snapshot }
             }
+            k @ 0x30..=0x39 => super::frame_move::decode(k, &mut body)?,
             k => return Err(FrameError::UnknownKind(k)),
         };
         if !body.is_empty() {
@@ -685,25 +807,25 @@ impl Frame {
     }
 }
 
-fn finish(out: &mut BytesMut, start: usize) {
+pub(super) fn finish(out: &mut BytesMut, start: usize) {
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_str(out: &mut BytesMut, s: &str) {
+pub(super) fn put_str(out: &mut BytesMut, s: &str) {
     let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
     out.put_u16(b.len() as u16);
     out.put_slice(b);
 }
 
-fn need(body: &Bytes, n: usize, what: &'static str) -> Result<(), FrameError> {
+pub(super) fn need(body: &Bytes, n: usize, what: &'static str) -> Result<(), FrameError> {
     if body.len() < n {
         return Err(FrameError::Truncated(what));
     }
     Ok(())
 }
 
-fn get_str(body: &mut Bytes, what: &'static str) -> Result<String, FrameError> {
+pub(super) fn get_str(body: &mut Bytes, what: &'static str) -> Result<String, FrameError> {
     need(body, 2, what)?;
     let n = body.get_u16() as usize;
     need(body, n, what)?;
@@ -803,7 +925,11 @@ mod tests {
             group: filter("$share/g/a/#"),
             publish: Bytes::from_static(b"\x32\x05\x00\x01a\x00\x01"),
         });
-        for group in [None, Some(filter("$share/g/a/#"))] {
+        let ats = [None, Some(OriginAt { shard: 3, seq: 9 })];
+        for (group, at) in [None, Some(filter("$share/g/a/#"))]
+            .into_iter()
+            .flat_map(|g| ats.map(|a| (g.clone(), a)))
+        {
             round_trip(Frame::AckedOrigin {
                 stamp,
                 origin: crate::cluster::origin::Origin {
@@ -811,6 +937,7 @@ mod tests {
                     nonce: 1 << 60 | 7,
                 },
                 group,
+                at,
                 publish: Bytes::from_static(b"\x34\x05\x00\x01a\x00\x01"),
             });
         }

@@ -38,6 +38,12 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// A session another node shipped here, and the peer it came from.
+pub struct Shipped {
+    pub snapshot: Bytes,
+    pub from: Slot,
+}
+
 /// How long a snapshot taken by a fence waits for its new owner's fetch.
 pub const PARK_FOR: Duration = Duration::from_secs(10);
 
@@ -65,6 +71,28 @@ pub struct HandoverStats {
     /// Snapshots parked by a fence, and those never fetched.
     pub parked: AtomicU64,
     pub expired: AtomicU64,
+    /// Session moves: stubs started on this node (sessions that left, still forwarded).
+    pub stubs: AtomicU64,
+    /// Session moves: stubs ended by their move's end.
+    pub stub_ended: AtomicU64,
+    /// Session moves: stubs ended without their move's end within STUB_FOR.
+    pub stub_expired: AtomicU64,
+    /// Session moves: copies a stub forwarded.
+    pub forwarded: AtomicU64,
+    /// Session moves: forwarded copies lost: link down, session gone, or not installed in time.
+    pub forward_lost: AtomicU64,
+    /// Session moves: flushes a peer did not answer within the route-ack timeout.
+    pub flush_timeouts: AtomicU64,
+    /// Session moves: direct copies held by a session that moved here.
+    pub held: AtomicU64,
+    /// Session moves: forwarded copies delivered to a session that moved here.
+    pub merged: AtomicU64,
+    /// Session moves: copies that reached a moved session by both paths, delivered once.
+    pub merge_dups: AtomicU64,
+    /// Session moves: merges ended by the old node's StubEnd.
+    pub merge_ended: AtomicU64,
+    /// Session moves: merges ended without StubEnd within MERGE_FOR.
+    pub merge_expired: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -116,7 +144,7 @@ fn shard_of(req: u64) -> usize {
 /// At CONNECT (clean start 0) after a claim won: the session the previous
 /// owner node held, or `None` for a fresh one (nobody owned it, this node
 /// did, the old node had none, did not answer in time, or is unreachable).
-pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> Option<Bytes> {
+pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> Option<Shipped> {
     let node = shard.cluster.as_ref()?;
     let cfg = shard.cfg.cluster.as_ref()?;
     let (prev, _) = claim.previous?;
@@ -160,7 +188,10 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> O
     .await;
     node.handover.waiting.borrow_mut().remove(&req);
     match answer {
-        Some(Some(snapshot)) => Some(snapshot),
+        Some(Some(snapshot)) => Some(Shipped {
+            snapshot,
+            from: slot,
+        }),
         Some(None) => None, // counted where it was decided (missing / unreachable)
         None => {
             inc(&stats.timeouts);
@@ -180,8 +211,9 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> O
 pub(crate) fn install(
     shard: &Rc<Shard>,
     client_id: &ringmq_codec::MqttString,
-    snapshot: Bytes,
+    shipped: Shipped,
 ) -> bool {
+    let Shipped { snapshot, from } = shipped;
     let Some(node) = shard.cluster.as_ref() else {
         return false;
     };
@@ -217,6 +249,14 @@ pub(crate) fn install(
     }
     crate::persist::install(shard, rs);
     inc(&stats.installed);
+    let sid: Option<SessionId> = shard
+        .by_client
+        .borrow()
+        .get(client_id, &shard.sessions.borrow());
+    if let Some(sid) = sid {
+        // Copies the old node still forwards are merged with the direct ones.
+        super::merge::begin(shard, sid, client_id.as_str(), from);
+    }
     true
 }
 
@@ -250,7 +290,23 @@ pub(crate) async fn routes_settled(shard: &Rc<Shard>) {
 /// Closes session `sid`'s connection (v5 DISCONNECT 0x8E), snapshots the
 /// session and discards it here, without releasing its ownership (it moved
 /// to epoch `epoch`). `None` when it is gone or not older than `epoch`.
-pub(crate) fn take(shard: &Rc<Shard>, sid: SessionId, epoch: u64) -> Option<Bytes> {
+/// `to`: the new owner's link slot; the session's plain subscriptions then
+/// stay routed here as a stub forwarding what they match (`stub.rs`).
+pub(crate) fn take(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    epoch: u64,
+    to: Option<Slot>,
+) -> Option<Bytes> {
+    if shard
+        .sessions
+        .borrow()
+        .get(sid as usize)
+        .is_some_and(|s| s.epoch < epoch && !s.is_gone())
+    {
+        // Moving on before its own move settled: what it holds back goes with it.
+        super::merge::abort(shard, sid);
+    }
     let (conn, snapshot) = {
         let mut sessions = shard.sessions.borrow_mut();
         let s = sessions.get_mut(sid as usize)?;
@@ -283,7 +339,17 @@ pub(crate) fn take(shard: &Rc<Shard>, sid: SessionId, epoch: u64) -> Option<Byte
         // connection is closed, v5 with DISCONNECT 0x8E.
         crate::connection::disconnect_client(&conn, CloseReason::SessionTakenOver);
     }
-    crate::connect::remove_session(shard, sid);
+    let client = shard
+        .sessions
+        .borrow()
+        .get(sid as usize)
+        .map(|s| s.client_id.clone());
+    if let Some(filters) = crate::connect::retire_session(shard, sid) {
+        match (to, client) {
+            (Some(slot), Some(c)) => super::stub::start(shard, sid, c.as_str(), slot, filters),
+            _ => crate::reap::bury(shard, sid, filters),
+        }
+    }
     if let Some(g) = &shard.cfg.ownership {
         g.gate.fenced();
     }
@@ -333,6 +399,22 @@ fn snapshot_of(s: &crate::session::Session) -> Bytes {
     Bytes::from(w.finish(&s.inbound_qos2))
 }
 
+/// The link slot of the node that owns `client_id` now (as applied here), if not this one.
+pub(crate) fn owner_slot(shard: &Shard, client_id: &str) -> Option<Slot> {
+    let cfg = shard.cfg.cluster.as_ref()?;
+    let (node, _) = shard
+        .cfg
+        .ownership
+        .as_ref()?
+        .gate
+        .owner(client_id.as_bytes())?;
+    let i = cfg
+        .peers
+        .iter()
+        .position(|p| p.id == node && node != cfg.node_id)?;
+    Some(i as Slot + 1)
+}
+
 /// Keeps a fenced session's snapshot for the new owner's fetch, [`PARK_FOR`] at most.
 pub(crate) fn park(shard: &Rc<Shard>, client_id: &str, epoch: u64, snapshot: Bytes) {
     let Some(node) = shard.cluster.as_ref() else {
@@ -366,11 +448,11 @@ pub(crate) fn park(shard: &Rc<Shard>, client_id: &str, epoch: u64, snapshot: Byt
 }
 
 /// On the old owner's home shard: the session for the node that won `epoch`.
-fn serve(shard: &Rc<Shard>, client: &str, epoch: u64) -> Option<Bytes> {
+fn serve(shard: &Rc<Shard>, slot: Slot, client: &str, epoch: u64) -> Option<Bytes> {
     let node = shard.cluster.as_ref()?;
     let id = ringmq_codec::MqttString::try_from(client).ok()?;
     let sid: Option<SessionId> = shard.by_client.borrow().get(&id, &shard.sessions.borrow());
-    let live = sid.and_then(|sid| take(shard, sid, epoch));
+    let live = sid.and_then(|sid| take(shard, sid, epoch, Some(slot)));
     let snapshot = live.or_else(|| {
         let mut parked = node.handover.parked.borrow_mut();
         match parked.get(client) {
@@ -459,7 +541,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
             epoch,
             client,
         } => {
-            let snapshot = serve(shard, &client, epoch);
+            let snapshot = serve(shard, slot, &client, epoch);
             let item = Item::Ship {
                 slot,
                 req,

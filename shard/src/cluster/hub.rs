@@ -3,7 +3,9 @@
 //! every local shard to apply a peer's change.
 
 use super::config::ClusterConfig;
-use super::frame::{encode_publish, Frame, Hello};
+use super::frame::{
+    encode_publish, encode_publish_from, publish_header, Frame, Hello, Origin, OriginAt,
+};
 use super::link::{self, Link};
 use super::routes::{Change, RouteBook, Slot};
 use super::stats::ClusterStats;
@@ -26,6 +28,9 @@ struct Waiter {
     then: Box<dyn FnOnce()>,
 }
 
+/// A local barrier: replies still due, and what runs after the last.
+type LocalBarrier = (usize, Box<dyn FnOnce()>);
+
 pub(crate) struct Hub {
     pub(super) cfg: Arc<ClusterConfig>,
     /// Acked copies (durability `sync`) both ways.
@@ -46,6 +51,8 @@ pub(crate) struct Hub {
     waiters: RefCell<Vec<Waiter>>,
     /// Route acks owed to a peer once every local shard applied its change: token -> (replies left, slot, seq).
     acks: RefCell<HashMap<u64, (usize, Slot, u64)>>,
+    /// Local barriers with something to run once every shard answered: token -> (replies left, then).
+    barriers: RefCell<HashMap<u64, LocalBarrier>>,
     next_token: Cell<u64>,
     epoch: Instant,
     /// Dialers, tickers, the acceptor, the sweep: cancelled (and their sockets closed) at stop.
@@ -95,6 +102,7 @@ impl Hub {
             book: RefCell::default(),
             waiters: RefCell::default(),
             acks: RefCell::default(),
+            barriers: RefCell::default(),
             next_token: Cell::new(0),
             epoch: Instant::now(),
             tasks: RefCell::default(),
@@ -383,8 +391,40 @@ impl Hub {
             .broadcast(|| MeshItem::Cluster(Box::new(Item::Barrier(token))));
     }
 
+    /// Runs `then` once every other shard of this node handled everything
+    /// it had sent to shard 0 before this call (at once with one shard).
+    pub fn after_local_barrier(&self, shard: &Shard, then: Box<dyn FnOnce()>) {
+        if shard.shards == 1 {
+            then();
+            return;
+        }
+        let token = self.next_token.get() + 1;
+        self.next_token.set(token);
+        self.barriers
+            .borrow_mut()
+            .insert(token, (shard.shards - 1, then));
+        shard
+            .mesh
+            .broadcast(|| MeshItem::Cluster(Box::new(Item::Barrier(token))));
+    }
+
     /// A local shard applied everything up to the barrier `token`.
     pub fn barrier_ack(&self, token: u64) {
+        let local = {
+            let mut b = self.barriers.borrow_mut();
+            match b.get_mut(&token) {
+                Some(e) if e.0 > 1 => {
+                    e.0 -= 1;
+                    return;
+                }
+                Some(_) => b.remove(&token),
+                None => None,
+            }
+        };
+        if let Some((_, then)) = local {
+            then();
+            return;
+        }
         let done = {
             let mut acks = self.acks.borrow_mut();
             let Some(e) = acks.get_mut(&token) else {
@@ -458,7 +498,8 @@ impl Hub {
             encode_publish(p, &mut b);
             if b.len() > 5 {
                 let w = super::acks::Waiter { shard: from, token };
-                self.durable.send(shard, self, &l, Some(group), &b[5..], w);
+                self.durable
+                    .send(shard, self, &l, Some(group), None, &b[5..], w);
             }
             return;
         }
@@ -477,10 +518,16 @@ impl Hub {
         to: &ShardSet,
         p: &Publish,
         waiter: Option<(usize, u64)>,
+        origin: Option<Origin>,
     ) {
+        let at = origin.map(|o| OriginAt {
+            shard: o.shard,
+            seq: o.seq,
+        });
         let mut b = BytesMut::new();
-        encode_publish(p, &mut b);
-        if b.is_empty() {
+        encode_publish_from(p, at, &mut b);
+        let head = publish_header(at);
+        if b.len() <= head {
             return;
         }
         for slot in to.iter() {
@@ -490,11 +537,37 @@ impl Hub {
             match waiter {
                 Some((from, token)) => {
                     let w = super::acks::Waiter { shard: from, token };
-                    self.durable.send(shard, self, &l, None, &b[5..], w);
+                    self.durable.send(shard, self, &l, None, at, &b[head..], w);
                 }
                 None => l.push_publish(&b),
             }
         }
+    }
+}
+
+impl Hub {
+    /// A fresh token for a move's flush or cut (`stub.rs`).
+    pub fn next_move_token(&self) -> u64 {
+        let t = self.next_token.get() + 1;
+        self.next_token.set(t);
+        t
+    }
+
+    /// Forwards `p` to peer `slot` for its session `client` (a stub of this
+    /// node, `stub.rs`); false when the link is down (the copy is lost).
+    pub fn session_copy(&self, slot: Slot, client: &str, origin: Origin, p: &Publish) -> bool {
+        let Some(l) = self.link_of(slot).filter(|l| l.is_up()) else {
+            return false;
+        };
+        let mut mqtt = BytesMut::new();
+        encode_publish(p, &mut mqtt);
+        if mqtt.len() <= 5 {
+            return false;
+        }
+        let mut b = BytesMut::new();
+        super::frame_move::encode_copy(client, origin, &mqtt[5..], &mut b);
+        l.push_publish(&b);
+        true
     }
 }
 
@@ -543,6 +616,7 @@ async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
         let now = Instant::now();
         hub.release(Some(now));
         hub.expire_asks(now);
+        super::stub::sweep(&shard, &hub, now);
         for l in hub.live() {
             hub.durable.expire(&shard, &hub, &l, now);
         }

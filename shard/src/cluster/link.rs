@@ -415,8 +415,46 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::Publish(b) => {
             let p = super::frame::decode_publish(b)?;
             link.stats.msgs_in.inc();
-            crate::route::route_from_peer(shard, p, None, None);
+            crate::route::route_from_peer(shard, p, None, None, None);
         }
+        Frame::PublishFrom { origin, publish } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            let o = super::Origin {
+                node: link.peer.id,
+                shard: origin.shard,
+                seq: origin.seq,
+            };
+            crate::route::route_from_peer(shard, p, None, None, Some(o));
+        }
+        Frame::AckedFrom {
+            stamp,
+            origin,
+            publish,
+        } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            let o = super::Origin {
+                node: link.peer.id,
+                shard: origin.shard,
+                seq: origin.seq,
+            };
+            hub.durable
+                .receive(shard, link, stamp, (None, None), p, Some(o));
+        }
+        Frame::SessionCopy {
+            client,
+            origin,
+            publish,
+        } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            super::merge::on_copy(shard, client, origin, p);
+        }
+        Frame::MoveDone(client) => super::stub::on_move_done(shard, hub, link, client),
+        Frame::Flush(t) => link.push_frame(&Frame::Flushed(t)),
+        Frame::Flushed(t) => super::stub::on_flushed(shard, hub, link, t),
+        Frame::StubEnd { client, marks } => super::merge::on_stub_end(shard, client, marks),
         Frame::SharedPublish { group, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
@@ -425,7 +463,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::AckedPublish { stamp, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            hub.durable.receive(shard, link, stamp, (None, None), p);
+            hub.durable.receive(shard, link, stamp, (None, None), p, None);
         }
         Frame::AckedShared {
             stamp,
@@ -435,18 +473,24 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
             hub.durable
-                .receive(shard, link, stamp, (Some(&group), None), p);
+                .receive(shard, link, stamp, (Some(&group), None), p, None);
         }
         Frame::AckedOrigin {
             stamp,
             origin,
             group,
+            at,
             publish,
         } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
+            let at = at.map(|a| super::Origin {
+                node: link.peer.id,
+                shard: a.shard,
+                seq: a.seq,
+            });
             hub.durable
-                .receive(shard, link, stamp, (group.as_ref(), Some(origin)), p);
+                .receive(shard, link, stamp, (group.as_ref(), Some(origin)), p, at);
         }
         Frame::OriginsDone { shard: s, nonces } => {
             super::origin::on_done(shard, link.peer.id, s, nonces)

@@ -29,10 +29,12 @@
 mod acks;
 pub mod config;
 pub mod frame;
+mod frame_move;
 pub mod handover;
 mod hub;
 mod link;
 mod members;
+pub(crate) mod merge;
 pub mod ops;
 mod outbox;
 pub mod origin;
@@ -40,10 +42,11 @@ mod retained;
 pub mod routes;
 pub mod stats;
 mod stream;
+pub(crate) mod stub;
 pub mod tls;
 
 pub use config::{ClusterConfig, Peer};
-pub use frame::Stamp;
+pub use frame::{Origin, OriginAt, Stamp};
 pub(crate) use members::set_peers;
 pub use members::PeerSetter;
 pub use stats::{ClusterStats, LinkStats};
@@ -72,6 +75,7 @@ pub enum Item {
         to: ShardSet,
         publish: Publish,
         token: Option<u64>,
+        origin: Option<Origin>,
     },
     /// A publish for one member of share group `group` on peer `slot` (to shard 0).
     ForwardShared {
@@ -120,6 +124,8 @@ pub enum Item {
         publish: Publish,
         token: u64,
         origin: origin::Origin,
+        /// Where the publish entered the cluster (`Forward`'s origin; none for recovery's resends).
+        at: Option<Origin>,
         patient: bool,
     },
     /// Shard `shard`'s done marks of these (node, nonce) are durable (to shard 0).
@@ -142,6 +148,8 @@ pub enum Item {
     /// acknowledged this node's route changes so far.
     RoutesQuery(u64),
     RoutesSettled(u64),
+    /// A session moving between nodes (`stub.rs`, `merge.rs`).
+    Move(stub::Move),
 }
 
 /// Given to each shard at start (the listener only to shard 0).
@@ -172,6 +180,61 @@ pub struct Node {
     origins: origin::Delivered,
     pub(crate) handover: handover::Handover,
     pub(crate) stats: Arc<ClusterStats>,
+    /// This node's id (origins of publishes).
+    pub(crate) node_id: u64,
+    /// This shard's origin count: the next publish routed here gets it.
+    origin_seq: std::cell::Cell<u64>,
+    /// Per origin (node, shard): the last count this shard delivered to a session.
+    handled: RefCell<HashMap<(u64, u16), u64>>,
+    /// Sessions that moved away and whose traffic is still forwarded (old node).
+    pub(crate) stubs: stub::Stubs,
+    /// Sessions that moved here and still merge the old node's copies (new node).
+    pub(crate) merges: merge::Merges,
+}
+
+/// The origin stamp of a publish entering the cluster on this shard (routed here first).
+pub(crate) fn next_origin(shard: &Shard) -> Option<Origin> {
+    let node = shard.cluster.as_ref()?;
+    let seq = node.origin_seq.get();
+    node.origin_seq.set(seq + 1);
+    Some(Origin {
+        node: node.node_id,
+        shard: shard.id as u16,
+        seq,
+    })
+}
+
+/// The next origin count of this shard (the first publish routed after now gets it).
+pub(crate) fn origin_now(shard: &Shard) -> u64 {
+    shard.cluster.as_ref().map_or(0, |n| n.origin_seq.get())
+}
+
+/// A publish of origin `o` reached sessions of this shard (each origin's
+/// copies reach a shard in their order: the last one is kept).
+pub(crate) fn handled(shard: &Shard, o: Option<Origin>) {
+    if let (Some(n), Some(o)) = (&shard.cluster, o) {
+        n.handled.borrow_mut().insert((o.node, o.shard), o.seq);
+    }
+}
+
+/// Whether a session of this shard is moving between nodes (a stub of one
+/// that left, or one that arrived and merges): deliveries look closer then.
+pub(crate) fn moving(shard: &Shard) -> bool {
+    shard
+        .cluster
+        .as_ref()
+        .is_some_and(|n| n.stubs.any() || n.merges.any())
+}
+
+/// Every origin's last count handled on this shard.
+pub(crate) fn handled_marks(shard: &Shard) -> Vec<Origin> {
+    shard.cluster.as_ref().map_or_else(Vec::new, |n| {
+        n.handled
+            .borrow()
+            .iter()
+            .map(|(&(node, shard), &seq)| Origin { node, shard, seq })
+            .collect()
+    })
 }
 
 /// An acked copy from another node: who sent it, where it stands in its stream.
@@ -308,6 +371,17 @@ impl Node {
             handover: Default::default(),
             origins: Default::default(),
             stats: init.stats.clone(),
+            node_id: init.cfg.node_id,
+            // Above any count of an earlier run of this node (a count grows by
+            // one per publish, far slower than the clock's nanoseconds).
+            origin_seq: std::cell::Cell::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64),
+            ),
+            handled: RefCell::default(),
+            stubs: Default::default(),
+            merges: Default::default(),
         }
     }
 }
@@ -386,6 +460,7 @@ pub(crate) fn forward(
     p: &Publish,
     token: Option<u64>,
     mut held: Option<&mut Vec<(usize, MeshItem)>>,
+    origin: Option<Origin>,
 ) -> (Vec<TopicFilter>, usize) {
     let Some(node) = &shard.cluster else {
         return (Vec::new(), 0);
@@ -395,7 +470,7 @@ pub(crate) fn forward(
     }
     let token = token.filter(|_| p.qos != ringmq_codec::QoS::AtMostOnce);
     let elsewhere = forward_shared(shard, node, p, token, &mut held);
-    let n = forward_plain(shard, node, p, token, &mut held);
+    let n = forward_plain(shard, node, p, token, origin, &mut held);
     let answers = if token.is_some() {
         n + elsewhere.len()
     } else {
@@ -452,6 +527,7 @@ fn forward_plain(
     node: &Node,
     p: &Publish,
     token: Option<u64>,
+    origin: Option<Origin>,
     held: &mut Held<'_>,
 ) -> usize {
     let mut to = node.scratch.borrow_mut();
@@ -470,15 +546,22 @@ fn forward_plain(
         if token.is_none() {
             to.clear();
         }
-        send_to(shard, &rest, p, None, held);
+        send_to(shard, &rest, p, None, origin, held);
     }
     if !to.is_empty() {
-        send_to(shard, &to, p, token, held);
+        send_to(shard, &to, p, token, origin, held);
     }
     acked
 }
 
-fn send_to(shard: &Rc<Shard>, to: &ShardSet, p: &Publish, token: Option<u64>, held: &mut Held<'_>) {
+fn send_to(
+    shard: &Rc<Shard>,
+    to: &ShardSet,
+    p: &Publish,
+    token: Option<u64>,
+    origin: Option<Origin>,
+    held: &mut Held<'_>,
+) {
     if to.is_empty() {
         return;
     }
@@ -486,9 +569,10 @@ fn send_to(shard: &Rc<Shard>, to: &ShardSet, p: &Publish, token: Option<u64>, he
         to: to.clone(),
         publish: p.clone(),
         token,
+        origin,
     };
     to_hub(shard, held, item, |hub| {
-        hub.send_publish(shard, to, p, token.map(|t| (0, t)))
+        hub.send_publish(shard, to, p, token.map(|t| (0, t)), origin)
     });
 }
 
@@ -529,9 +613,14 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
     };
     match item {
         Item::Route { slot, filter, add } => node.routes.borrow_mut().apply(slot, &filter, add),
-        Item::Forward { to, publish, token } => {
+        Item::Forward {
+            to,
+            publish,
+            token,
+            origin,
+        } => {
             if let Some(hub) = &node.hub {
-                hub.send_publish(shard, &to, &publish, token.map(|t| (from, t)));
+                hub.send_publish(shard, &to, &publish, token.map(|t| (from, t)), origin);
             }
         }
         Item::ForwardShared {
@@ -550,11 +639,17 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
             publish,
             token,
             origin: o,
+            at,
             patient,
         } => {
             if let Some(hub) = &node.hub {
                 let w = acks::Waiter { shard: from, token };
-                origin::send(shard, hub, &nodes, group.as_ref(), &publish, w, o, patient);
+                let at = at.map(|a| frame::OriginAt {
+                    shard: a.shard,
+                    seq: a.seq,
+                });
+                let copy = (group.as_ref(), at);
+                origin::send(shard, hub, &nodes, copy, &publish, w, o, patient);
             }
         }
         Item::ForgetOrigins { shard: s, list } => {
@@ -577,6 +672,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
                 hub.barrier_ack(t);
             }
         }
+        Item::Move(m) => stub::on_item(shard, from, m),
         item => handover::on_item(shard, from, item),
     }
 }

@@ -122,16 +122,18 @@ pub(crate) fn hold(shard: &Shard, items: &mut [(usize, MeshItem)], nonce: u64) -
         let MeshItem::Cluster(c) = item else {
             continue;
         };
-        let (nodes, group, publish, token) = match &mut **c {
+        let (nodes, group, publish, token, at) = match &mut **c {
             Item::Forward {
                 to,
                 publish,
                 token: Some(t),
+                origin: at,
             } => (
                 to.iter().map(|s| node_of(shard, s)).collect::<Vec<_>>(),
                 None,
                 publish,
                 *t,
+                *at,
             ),
             Item::ForwardShared {
                 slot,
@@ -143,6 +145,7 @@ pub(crate) fn hold(shard: &Shard, items: &mut [(usize, MeshItem)], nonce: u64) -
                 Some(group.clone()),
                 publish,
                 *t,
+                None,
             ),
             _ => continue,
         };
@@ -157,6 +160,7 @@ pub(crate) fn hold(shard: &Shard, items: &mut [(usize, MeshItem)], nonce: u64) -
             publish,
             token,
             origin,
+            at,
             patient: false,
         };
     }
@@ -186,6 +190,7 @@ pub(crate) fn resend(
         publish: p,
         token,
         origin,
+        at: None,
         patient: true,
     };
     to_shard0(shard, item);
@@ -206,7 +211,7 @@ pub(crate) fn send(
     shard: &Rc<Shard>,
     hub: &Hub,
     nodes: &[u64],
-    group: Option<&TopicFilter>,
+    (group, at): (Option<&TopicFilter>, Option<super::frame::OriginAt>),
     p: &Publish,
     waiter: Waiter,
     origin: Origin,
@@ -225,7 +230,7 @@ pub(crate) fn send(
         match hub.link_to(n) {
             Some(l) => {
                 hub.durable
-                    .send_origin(shard, hub, &l, (group, origin), mqtt, waiter, patient)
+                    .send_origin(shard, hub, &l, (group, origin), at, mqtt, waiter, patient)
             }
             None if patient => hub.unlinked.list.borrow_mut().push((
                 n,
@@ -262,6 +267,7 @@ pub(crate) fn linked(shard: &Rc<Shard>, hub: &Hub, link: &Rc<Link>) {
             hub,
             link,
             (p.group.as_ref(), p.origin),
+            None,
             &p.mqtt,
             p.waiter,
             true,

@@ -448,7 +448,7 @@ struct Claimed {
     auth: crate::auth_phase::Authenticated,
     epoch: u64,
     /// The session another node shipped (a cross-node takeover).
-    shipped: Option<bytes::Bytes>,
+    shipped: Option<crate::cluster::handover::Shipped>,
 }
 
 #[allow(clippy::too_many_arguments)] // what the handshake or a handoff carries, once
@@ -493,6 +493,8 @@ fn serve(
             let s = shard.clone();
             glommio::spawn_local(async move {
                 crate::cluster::handover::routes_settled(&s).await;
+                // The old node may stop forwarding once nothing routed its way can still come.
+                crate::cluster::merge::settled(&s, connect.client_id.as_str());
                 serve(s, io, via, connect, buf, assigned, armed, claimed);
             })
             .detach();

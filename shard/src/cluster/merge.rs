@@ -1,0 +1,400 @@
+//! The new node's side of a session move: the session was installed from the
+//! old node's snapshot, and until the old node's stub ends (`stub.rs`) its
+//! messages arrive by two paths: forwarded by the stub (`SessionCopy`) and
+//! directly (this node's routes, or a peer's copy). Each copy carries its
+//! origin (node, shard, count at that shard).
+//!
+//! - Forwarded copies are delivered at once, in their order (after the
+//!   snapshot's messages: a copy that comes before the install waits for it).
+//! - Direct copies are *held*, in arrival order, until the stub's `StubEnd`,
+//!   which comes behind every forwarded copy and carries, per origin, the last
+//!   count the old node delivered (`marks`). Then a held copy at or below its
+//!   origin's mark is dropped (it reached the session through the old node:
+//!   in the snapshot or forwarded) and the others are delivered, in order.
+//!
+//! Each origin's copies travel every path in their order, the old node's
+//! path carries an origin's copies up to its mark and the direct path every
+//! copy from a point at or before it (`stub.rs` says why), so the session gets
+//! each message once, and an origin's messages in its order: those up to the
+//! mark, then the rest. Exception: this node's home shard of the session
+//! routed its own copies after the install locally (No Local applied there);
+//! their forwarded twins are skipped and the local ones never dropped.
+//!
+//! Bounded: without `StubEnd` within [`MERGE_FOR`] (old node down) the held
+//! copies are delivered as they are (duplicates possible, counted).
+
+use super::frame::Origin;
+use super::routes::Slot;
+use super::stub::Move;
+use super::Item;
+use crate::mesh::MeshItem;
+use crate::router::PublishInfo;
+use crate::session::SessionId;
+use crate::shard::Shard;
+use ringmq_codec::{Publish, QoS};
+use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// The longest a moved session holds its direct copies.
+pub const MERGE_FOR: Duration = Duration::from_secs(25);
+/// Forwarded copies kept for a session not installed yet, at most.
+const PENDING_MAX: usize = 100_000;
+
+/// A forwarded copy that came before its session's install.
+type Early = (Origin, Publish);
+
+struct Held {
+    publish: Publish,
+    qos: QoS,
+    retain: bool,
+    sub_ids: SmallVec<[u32; 2]>,
+    origin: Option<Origin>,
+}
+
+struct Merge {
+    /// The slot is the session's while its client id is (a connection changes its generation).
+    client: Box<str>,
+    /// The old node's link slot.
+    slot: Slot,
+    held: Vec<Held>,
+    /// This shard's origin count at the install: its later copies were routed here with the session.
+    own_from: u64,
+    id: u64,
+}
+
+/// One shard's merging sessions and early copies.
+#[derive(Default)]
+pub(crate) struct Merges {
+    by_sid: RefCell<HashMap<SessionId, Merge>>,
+    /// Forwarded copies for sessions not installed yet, by client id.
+    pending: RefCell<HashMap<Box<str>, Vec<Early>>>,
+    next: Cell<u64>,
+}
+
+impl Merges {
+    pub fn any(&self) -> bool {
+        !self.by_sid.borrow().is_empty()
+    }
+}
+
+/// At install (home shard): session `sid` merges what peer `slot` still forwards.
+pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let id = n.merges.next.get() + 1;
+    n.merges.next.set(id);
+    n.merges.by_sid.borrow_mut().insert(
+        sid,
+        Merge {
+            client: client.into(),
+            slot,
+            held: Vec::new(),
+            own_from: super::origin_now(shard),
+            id,
+        },
+    );
+    let early = n.merges.pending.borrow_mut().remove(client);
+    for (o, p) in early.into_iter().flatten() {
+        forwarded(shard, client, o, p);
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(MERGE_FOR).await;
+        let live = shard.cluster.as_ref().is_some_and(|n| {
+            n.merges
+                .by_sid
+                .borrow()
+                .get(&sid)
+                .is_some_and(|m| m.id == id)
+        });
+        if live {
+            if let Some(n) = &shard.cluster {
+                n.stats.handover.merge_expired.fetch_add(1, Relaxed);
+            }
+            tracing::warn!(sid, "session move: no end from the old node within {MERGE_FOR:?}: held copies delivered");
+            finish(&shard, sid, None);
+        }
+    })
+    .detach();
+}
+
+/// In delivery: holds a direct copy for a merging session (true), or not.
+pub(crate) fn hold(
+    shard: &Shard,
+    sid: SessionId,
+    p: &Publish,
+    qos: QoS,
+    retain: bool,
+    sub_ids: &[u32],
+    origin: Option<Origin>,
+) -> bool {
+    let Some(n) = shard.cluster.as_ref() else {
+        return false;
+    };
+    let mut m = n.merges.by_sid.borrow_mut();
+    let Some(m) = m.get_mut(&sid) else {
+        return false;
+    };
+    m.held.push(Held {
+        publish: p.clone(),
+        qos,
+        retain,
+        sub_ids: SmallVec::from_slice(sub_ids),
+        origin,
+    });
+    n.stats.handover.held.fetch_add(1, Relaxed);
+    true
+}
+
+/// The session routes settled here (home shard, before CONNACK): the old
+/// node is told through shard 0, behind what every shard routed before.
+pub(crate) fn settled(shard: &Rc<Shard>, client: &str) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let slot = n
+        .merges
+        .by_sid
+        .borrow()
+        .values()
+        .find(|m| &*m.client == client)
+        .map(|m| m.slot);
+    if let Some(slot) = slot {
+        let m = Move::Done {
+            slot,
+            client: client.into(),
+        };
+        if shard.id == 0 {
+            on_item(shard, m);
+        } else {
+            shard
+                .mesh
+                .push(0, MeshItem::Cluster(Box::new(Item::Move(m))));
+        }
+    }
+}
+
+/// Shard 0, a `SessionCopy` from the old node: to the session's home shard.
+pub(crate) fn on_copy(shard: &Rc<Shard>, client: String, origin: Origin, publish: Publish) {
+    let home = crate::connection::home_shard(client.as_bytes(), shard.shards);
+    let m = Move::CopyIn {
+        client: client.into(),
+        origin,
+        publish,
+    };
+    to_home(shard, home, m);
+}
+
+/// Shard 0, a `StubEnd` from the old node: to the session's home shard.
+pub(crate) fn on_stub_end(shard: &Rc<Shard>, client: String, marks: Vec<Origin>) {
+    let home = crate::connection::home_shard(client.as_bytes(), shard.shards);
+    let m = Move::EndIn {
+        client: client.into(),
+        marks,
+    };
+    to_home(shard, home, m);
+}
+
+fn to_home(shard: &Rc<Shard>, home: usize, m: Move) {
+    if home == shard.id {
+        on_item(shard, m);
+    } else {
+        shard
+            .mesh
+            .push(home, MeshItem::Cluster(Box::new(Item::Move(m))));
+    }
+}
+
+/// A session here that moved on before its merge ended: held copies are
+/// delivered now (so they go with it), without the old node's marks.
+pub(crate) fn abort(shard: &Rc<Shard>, sid: SessionId) {
+    finish(shard, sid, None);
+}
+
+fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
+    let id = ringmq_codec::MqttString::try_from(client).ok()?;
+    let sid = shard.by_client.borrow().get(&id, &shard.sessions.borrow());
+    sid
+}
+
+/// A forwarded copy for `client` (home shard).
+fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let stats = &n.stats.handover;
+    let sid = sid_of(shard, client);
+    let merging = sid.and_then(|sid| {
+        n.merges
+            .by_sid
+            .borrow()
+            .get(&sid)
+            .map(|m| (sid, m.own_from))
+    });
+    match (sid, merging) {
+        (_, Some((sid, own_from))) => {
+            let own = origin.node == n.node_id && usize::from(origin.shard) == shard.id;
+            if own && origin.seq >= own_from {
+                // Routed here after the install: delivered (or held) here already.
+                stats.merge_dups.fetch_add(1, Relaxed);
+                return;
+            }
+            stats.merged.fetch_add(1, Relaxed);
+            deliver_to(shard, sid, &p, None);
+        }
+        (None, None) => {
+            // Before the install (the snapshot is on its way): kept for it.
+            let mut pending = n.merges.pending.borrow_mut();
+            let fresh = !pending.contains_key(client);
+            let v = pending.entry(client.into()).or_default();
+            if v.len() >= PENDING_MAX {
+                stats.forward_lost.fetch_add(1, Relaxed);
+                return;
+            }
+            v.push((origin, p));
+            if fresh {
+                let shard = shard.clone();
+                let client: Box<str> = client.into();
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(MERGE_FOR).await;
+                    if let Some(n) = &shard.cluster {
+                        if let Some(v) = n.merges.pending.borrow_mut().remove(&client) {
+                            n.stats
+                                .handover
+                                .forward_lost
+                                .fetch_add(v.len() as u64, Relaxed);
+                        }
+                    }
+                })
+                .detach();
+            }
+        }
+        (Some(_), None) => {
+            // The merge ended (or never began: a fresh session): nothing to merge into.
+            stats.forward_lost.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Delivers `p` to session `sid` as its subscriptions here match it
+/// (`held`: the QoS, flag and identifiers computed when it was held).
+fn deliver_to(shard: &Shard, sid: SessionId, p: &Publish, held: Option<&Held>) {
+    let (qos, retain, ids): (QoS, bool, SmallVec<[u32; 2]>) = match held {
+        Some(h) => (h.qos, h.retain, h.sub_ids.clone()),
+        None => {
+            let router = shard.router.borrow();
+            let mut scratch = shard.scratch.borrow_mut();
+            let info = PublishInfo {
+                publisher: None,
+                retain: p.retain,
+            };
+            let found = router
+                .match_local_with(p.topic.as_str(), info, &mut scratch)
+                .iter()
+                .find(|m| m.session == sid)
+                .map(|m| {
+                    (
+                        p.qos.min(m.qos),
+                        m.retain_as_published && p.retain,
+                        m.subscription_ids.clone(),
+                    )
+                });
+            match found {
+                Some(f) => f,
+                None => return, // unsubscribed meanwhile
+            }
+        }
+    };
+    let mut sessions = shard.sessions.borrow_mut();
+    let Some(s) = sessions.get_mut(sid as usize) else {
+        return;
+    };
+    let version = s.conn.as_ref().map_or(s.version, |c| c.version);
+    let frame = ringmq_codec::PublishFrame::new(p, version, qos);
+    let mut shared = None;
+    s.deliver(shard, p, &mut shared, &frame, retain, &ids, Instant::now());
+}
+
+/// Ends session `sid`'s merge: its held copies are delivered but those the
+/// old node's `marks` cover (all of them without marks).
+fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let Some(m) = n.merges.by_sid.borrow_mut().remove(&sid) else {
+        return;
+    };
+    let alive = shard
+        .sessions
+        .borrow()
+        .get(sid as usize)
+        .is_some_and(|s| *s.client_id.as_str() == *m.client && !s.is_gone());
+    if !alive {
+        return;
+    }
+    let last: HashMap<(u64, u16), u64> = marks
+        .unwrap_or_default()
+        .iter()
+        .map(|o| ((o.node, o.shard), o.seq))
+        .collect();
+    let stats = &n.stats.handover;
+    for h in &m.held {
+        let covered = h.origin.is_some_and(|o| {
+            let own =
+                o.node == n.node_id && usize::from(o.shard) == shard.id && o.seq >= m.own_from;
+            !own && last.get(&(o.node, o.shard)).is_some_and(|&l| o.seq <= l)
+        });
+        if covered {
+            stats.merge_dups.fetch_add(1, Relaxed);
+            continue;
+        }
+        deliver_to(shard, sid, &h.publish, Some(h));
+    }
+    stats.merge_ended.fetch_add(1, Relaxed);
+}
+
+/// The new node's mesh items of a move (`stub.rs` passes them on).
+pub(crate) fn on_item(shard: &Rc<Shard>, m: Move) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    match m {
+        Move::CopyIn {
+            client,
+            origin,
+            publish,
+        } => forwarded(shard, &client, origin, publish),
+        Move::EndIn { client, marks } => {
+            let sid = n
+                .merges
+                .by_sid
+                .borrow()
+                .iter()
+                .find(|(_, m)| m.client == client)
+                .map(|(sid, _)| *sid);
+            if let Some(sid) = sid {
+                finish(shard, sid, Some(&marks));
+            }
+        }
+        Move::Done { slot, client } => {
+            let Some(hub) = n.hub.clone() else { return };
+            // Behind every copy this node's shards routed toward the old node
+            // before they applied the session's subscriptions.
+            let h = hub.clone();
+            hub.after_local_barrier(
+                shard,
+                Box::new(move || {
+                    if let Some(l) = h.link_of(slot).filter(|l| l.is_up()) {
+                        l.push_frame(&super::frame::Frame::MoveDone(client.into()));
+                    }
+                }),
+            );
+        }
+        _ => {}
+    }
+}

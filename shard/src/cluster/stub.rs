@@ -1,0 +1,392 @@
+//! The old node's side of a session move: the session is shipped, but its
+//! plain subscriptions stay routed here as a *stub* that forwards every copy
+//! they match to the new node (`Frame::SessionCopy`, with the copy's origin),
+//! until nothing routed the old way can still arrive.
+//!
+//! ```text
+//! node A (old owner)                       node B (new owner)          node X (any other)
+//! take: snapshot, stub on the home shard
+//!   copies matching it ── SessionCopy ──►  merged (merge.rs)
+//!                        ◄── MoveDone ───  installed, every peer applied its routes
+//! Flush ──────────────────────────────────────────────────────────────►  (behind all X sent A)
+//!   ◄──────────────────────────────────────────────────────── Flushed
+//! every shard of A: cut token to the home shard (behind its own copies)
+//! home shard: stub ends ── StubEnd{marks} ─►  held direct copies delivered
+//! ```
+//!
+//! Why that is the end: B sends `MoveDone` once every peer acknowledged the
+//! routes of the installed session (each peer's shards applied them) and
+//! every shard of B applied its subscriptions. A copy a peer X routed without
+//! B's route was queued on X's link to A before X acknowledged, so before X's
+//! `Flushed`; a copy routed after reaches B directly, after the install. The
+//! cut tokens do the same for A's own shards. `marks` are, per origin, the
+//! last count the home shard delivered (to the session before the move, to
+//! the stub after): a direct copy at or below its origin's mark reached the
+//! session through A already; one above did not (`merge.rs`).
+//!
+//! Bounded: a stub whose `MoveDone` never comes (B down, or the client did
+//! not resume the session) ends after [`STUB_FOR`]; a flush a peer does not
+//! answer ends after the route-ack timeout. Both are counted.
+
+use super::frame::{Frame, Origin};
+use super::hub::Hub;
+use super::link::Link;
+use super::routes::Slot;
+use super::Item;
+use crate::mesh::MeshItem;
+use crate::session::SessionId;
+use crate::shard::Shard;
+use ringmq_codec::{Publish, TopicFilter};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// The longest a stub forwards without its end.
+pub const STUB_FOR: Duration = Duration::from_secs(20);
+
+/// Mesh items of a move (old node: `Copy`, `Cut`, `CutAck`, `Ended`;
+/// new node: `CopyIn`, `Done`, `EndIn`, handled by `merge.rs`).
+pub enum Move {
+    /// A stub's copy for peer `slot` (home shard to shard 0).
+    Copy {
+        slot: Slot,
+        client: Box<str>,
+        origin: Origin,
+        publish: Publish,
+    },
+    /// Shard 0 to every shard: send `CutAck` to the stub's home shard.
+    Cut {
+        client: Box<str>,
+        token: u64,
+    },
+    CutAck {
+        client: Box<str>,
+        token: u64,
+    },
+    /// The stub ended (home shard to shard 0): `StubEnd` to peer `slot`.
+    Ended {
+        slot: Slot,
+        client: Box<str>,
+        marks: Vec<Origin>,
+    },
+    /// A forwarded copy for a session here (shard 0 to its home shard).
+    CopyIn {
+        client: Box<str>,
+        origin: Origin,
+        publish: Publish,
+    },
+    /// The session moved here settled (home shard to shard 0): `MoveDone` to `slot`.
+    Done {
+        slot: Slot,
+        client: Box<str>,
+    },
+    /// The old node's stub ended (shard 0 to the session's home shard).
+    EndIn {
+        client: Box<str>,
+        marks: Vec<Origin>,
+    },
+}
+
+struct Stub {
+    client: Box<str>,
+    slot: Slot,
+    filters: Vec<TopicFilter>,
+    id: u64,
+}
+
+/// A `MoveDone` waiting for the other peers' `Flushed` (shard 0).
+struct Flushing {
+    client: Box<str>,
+    left: Vec<Slot>,
+    deadline: Instant,
+}
+
+/// One shard's stubs (home shard) and flushes (shard 0).
+#[derive(Default)]
+pub(crate) struct Stubs {
+    by_sid: RefCell<HashMap<SessionId, Stub>>,
+    next: Cell<u64>,
+    /// Cut tokens received per (client, token).
+    cuts: RefCell<HashMap<(Box<str>, u64), usize>>,
+    flushing: RefCell<HashMap<u64, Flushing>>,
+}
+
+impl Stubs {
+    pub fn any(&self) -> bool {
+        !self.by_sid.borrow().is_empty()
+    }
+}
+
+fn push(shard: &Rc<Shard>, to: usize, m: Move) {
+    if to == shard.id {
+        on_item(shard, to, m);
+    } else {
+        shard
+            .mesh
+            .push(to, MeshItem::Cluster(Box::new(Item::Move(m))));
+    }
+}
+
+/// At a cross-node take (home shard): session `sid` (a tombstone now) keeps
+/// `filters` routed and forwards what they match to peer `slot`.
+pub(crate) fn start(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    client: &str,
+    slot: Slot,
+    filters: Vec<TopicFilter>,
+) {
+    let Some(node) = shard.cluster.as_ref() else {
+        return crate::reap::bury(shard, sid, filters);
+    };
+    let id = node.stubs.next.get() + 1;
+    node.stubs.next.set(id);
+    let old = node.stubs.by_sid.borrow_mut().insert(
+        sid,
+        Stub {
+            client: client.into(),
+            slot,
+            filters,
+            id,
+        },
+    );
+    debug_assert!(old.is_none(), "a tombstone's slot is not reused");
+    node.stats.handover.stubs.fetch_add(1, Relaxed);
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(STUB_FOR).await;
+        let live = shard.cluster.as_ref().is_some_and(|n| {
+            n.stubs
+                .by_sid
+                .borrow()
+                .get(&sid)
+                .is_some_and(|s| s.id == id)
+        });
+        if live {
+            if let Some(n) = &shard.cluster {
+                n.stats.handover.stub_expired.fetch_add(1, Relaxed);
+            }
+            tracing::warn!(
+                sid,
+                "session move: no end within {STUB_FOR:?}: stub removed"
+            );
+            end(&shard, sid);
+        }
+    })
+    .detach();
+}
+
+/// A copy matched tombstone `sid`: forwarded if it is a stub.
+pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<Origin>) {
+    let Some(node) = shard.cluster.as_ref() else {
+        return;
+    };
+    let (slot, client) = match node.stubs.by_sid.borrow().get(&sid) {
+        Some(s) => (s.slot, s.client.clone()),
+        None => return,
+    };
+    // No origin (a publish recovered at start): never a duplicate of a direct copy.
+    let origin = origin.unwrap_or(Origin {
+        node: 0,
+        shard: 0,
+        seq: 0,
+    });
+    node.stats.handover.forwarded.fetch_add(1, Relaxed);
+    match &node.hub {
+        Some(hub) => {
+            if !hub.session_copy(slot, &client, origin, p) {
+                node.stats.handover.forward_lost.fetch_add(1, Relaxed);
+            }
+        }
+        None => shard.mesh.push(
+            0,
+            MeshItem::Cluster(Box::new(Item::Move(Move::Copy {
+                slot,
+                client,
+                origin,
+                publish: p.clone(),
+            }))),
+        ),
+    }
+}
+
+/// Shard 0: peer `link` installed `client` and its routes settled. Every
+/// other connected peer is asked to flush its link to this node.
+pub(crate) fn on_move_done(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Link, client: String) {
+    let token = hub.next_move_token();
+    let left: Vec<Slot> = hub
+        .live()
+        .iter()
+        .filter(|l| l.slot != link.slot && l.is_up())
+        .map(|l| {
+            l.push_frame(&Frame::Flush(token));
+            l.slot
+        })
+        .collect();
+    let client: Box<str> = client.into();
+    if left.is_empty() {
+        return cut(shard, client);
+    }
+    let deadline = Instant::now() + hub.cfg.route_ack_timeout;
+    if let Some(n) = &shard.cluster {
+        n.stubs.flushing.borrow_mut().insert(
+            token,
+            Flushing {
+                client,
+                left,
+                deadline,
+            },
+        );
+    }
+}
+
+/// Shard 0: peer `link` answered flush `token`.
+pub(crate) fn on_flushed(shard: &Rc<Shard>, _hub: &Rc<Hub>, link: &Link, token: u64) {
+    let Some(n) = &shard.cluster else { return };
+    let done = {
+        let mut f = n.stubs.flushing.borrow_mut();
+        let Some(e) = f.get_mut(&token) else { return };
+        e.left.retain(|s| *s != link.slot);
+        if !e.left.is_empty() {
+            return;
+        }
+        f.remove(&token)
+    };
+    if let Some(e) = done {
+        cut(shard, e.client);
+    }
+}
+
+/// Shard 0, every 100 ms: flushes past their deadline end anyway (counted);
+/// a peer whose link went down is not waited for.
+pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
+    let Some(n) = &shard.cluster else { return };
+    let due: Vec<(u64, bool)> = {
+        let mut f = n.stubs.flushing.borrow_mut();
+        for e in f.values_mut() {
+            e.left
+                .retain(|s| hub.link_of(*s).is_some_and(|l| l.is_up()));
+        }
+        f.iter()
+            .filter(|(_, e)| e.left.is_empty() || e.deadline <= now)
+            .map(|(t, e)| (*t, !e.left.is_empty()))
+            .collect()
+    };
+    for (t, late) in due {
+        if late {
+            n.stats.handover.flush_timeouts.fetch_add(1, Relaxed);
+        }
+        let e = n.stubs.flushing.borrow_mut().remove(&t);
+        if let Some(e) = e {
+            cut(shard, e.client);
+        }
+    }
+}
+
+/// Shard 0: every shard sends a cut token to the stub's home shard, behind
+/// the copies it routed there before.
+fn cut(shard: &Rc<Shard>, client: Box<str>) {
+    let token = shard
+        .cluster
+        .as_ref()
+        .and_then(|n| n.hub.as_ref())
+        .map_or(0, |h| h.next_move_token());
+    for to in (0..shard.shards).filter(|&s| s != shard.id) {
+        let m = Move::Cut {
+            client: client.clone(),
+            token,
+        };
+        shard
+            .mesh
+            .push(to, MeshItem::Cluster(Box::new(Item::Move(m))));
+    }
+    on_item(shard, shard.id, Move::Cut { client, token });
+}
+
+/// The home shard: once every shard's cut token arrived, the stub ends.
+fn cut_ack(shard: &Rc<Shard>, client: Box<str>, token: u64) {
+    let Some(n) = &shard.cluster else { return };
+    let all = {
+        let mut cuts = n.stubs.cuts.borrow_mut();
+        let k = (client.clone(), token);
+        let c = cuts.entry(k.clone()).or_insert(0);
+        *c += 1;
+        if *c < shard.shards {
+            return;
+        }
+        cuts.remove(&k);
+        true
+    };
+    let sid = n
+        .stubs
+        .by_sid
+        .borrow()
+        .iter()
+        .find(|(_, s)| s.client == client)
+        .map(|(sid, _)| *sid);
+    if let (true, Some(sid)) = (all, sid) {
+        end(shard, sid);
+    }
+}
+
+/// Ends stub `sid`: its subscriptions leave the router, and the new node
+/// learns the marks (through shard 0, behind every copy forwarded).
+fn end(shard: &Rc<Shard>, sid: SessionId) {
+    let Some(n) = &shard.cluster else { return };
+    let Some(stub) = n.stubs.by_sid.borrow_mut().remove(&sid) else {
+        return;
+    };
+    crate::reap::bury(shard, sid, stub.filters);
+    n.stats.handover.stub_ended.fetch_add(1, Relaxed);
+    let marks = super::handled_marks(shard);
+    push(
+        shard,
+        0,
+        Move::Ended {
+            slot: stub.slot,
+            client: stub.client,
+            marks,
+        },
+    );
+}
+
+/// The move's mesh items.
+pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, m: Move) {
+    let Some(n) = &shard.cluster else { return };
+    match m {
+        Move::Copy {
+            slot,
+            client,
+            origin,
+            publish,
+        } => {
+            if let Some(hub) = &n.hub {
+                if !hub.session_copy(slot, &client, origin, &publish) {
+                    n.stats.handover.forward_lost.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        Move::Cut { client, token } => {
+            let home = crate::connection::home_shard(client.as_bytes(), shard.shards);
+            push(shard, home, Move::CutAck { client, token });
+        }
+        Move::CutAck { client, token } => cut_ack(shard, client, token),
+        Move::Ended {
+            slot,
+            client,
+            marks,
+        } => {
+            if let Some(l) = n.hub.as_ref().and_then(|h| h.link_of(slot)) {
+                if l.is_up() {
+                    l.push_frame(&Frame::StubEnd {
+                        client: client.into(),
+                        marks,
+                    });
+                }
+            }
+        }
+        m => super::merge::on_item(shard, m),
+    }
+}
