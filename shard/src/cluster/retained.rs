@@ -227,3 +227,43 @@ pub(super) fn changed(hub: &super::hub::Hub, topic: &TopicName, deleted: bool) {
         t.clear(topic);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> TopicName {
+        TopicName::try_from(s).unwrap()
+    }
+
+    #[test]
+    fn the_later_deletion_wins_and_a_set_clears_it() {
+        let now = crate::store::unix_ms();
+        let mut ts = Tombstones::default();
+        ts.note(&t("a/b"), now - 10);
+        ts.note(&t("a/b"), now - 20);
+        assert_eq!(ts.get("a/b"), Some(now - 10));
+        ts.note(&t("a/b"), now);
+        assert_eq!(ts.get("a/b"), Some(now));
+        ts.clear(&t("a/b"));
+        assert_eq!(ts.get("a/b"), None);
+        assert!(ts.live().is_empty());
+    }
+
+    #[test]
+    fn old_tombstones_are_not_live_and_the_count_is_bounded() {
+        let now = crate::store::unix_ms();
+        let mut ts = Tombstones::default();
+        let old = now - TOMBSTONE_KEEP.as_millis() as u64 - 1;
+        ts.note(&t("old"), old);
+        assert_eq!(ts.get("old"), None);
+        assert!(ts.live().is_empty());
+        for i in 0..TOMBSTONES_MAX + 10 {
+            ts.note(&t(&format!("t/{i}")), now);
+        }
+        assert_eq!(ts.at.len(), TOMBSTONES_MAX);
+        // The first noted went first.
+        assert_eq!(ts.get("t/0"), None);
+        assert_eq!(ts.get(&format!("t/{}", TOMBSTONES_MAX + 9)), Some(now));
+    }
+}
