@@ -79,11 +79,18 @@ fn prepared_rows_learn_which_targets_hold_their_copy() {
     assert!(p6.delivered.is_empty(), "nonce 8 never reached shard 1");
     assert!(ins[2].prepared.is_none() && ins[2].message.is_none());
 
-    // Nonces start above every nonce on disk (99 was there at open).
+    // Nonces start above every nonce on disk (99 was there at open), and at least at the
+    // wall clock in ns at open: unique across restarts also for other nodes that may hold an
+    // origin key of an earlier run (`cluster/origin.rs`).
     let h0 = rec.shards.remove(0).handle;
     drop(rec);
     let next = on_executor(move || async move { h0.start().allocate_nonce() });
-    assert_eq!(next, 100);
+    let opened_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        - 60_000_000_000;
+    assert!(next >= 100 && next >= opened_ns, "next nonce {next}");
     let rec = open(dir.path(), 2);
     assert_eq!(rec.stats.orphan_origins, 0, "deleted at the first open");
     assert_eq!(rec.stats.prepared_qos2, 2);
