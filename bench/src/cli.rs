@@ -34,6 +34,10 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Measure the generator's own ceiling against the built-in relay TEST FIXTURE (not a broker).
     Selfcheck(SelfcheckArgs),
+    /// Cluster takeover under load: one persistent session CONNECTs (clean start 0) to the
+    /// next node every --dwell while a publisher keeps publishing to it; reports
+    /// CONNECT->CONNACK of each move and lost / duplicated messages.
+    Takeover(TakeoverArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -566,4 +570,54 @@ pub struct SelfcheckArgs {
     pub note: Option<String>,
     #[command(subcommand)]
     pub scenario: Option<Scenario>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TakeoverArgs {
+    /// The nodes' MQTT listeners, HOST:PORT, comma separated (at least two); the session
+    /// starts on the node after --pub-node and moves round the list.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// Takeovers to make (CONNECTs after the first).
+    #[arg(long, default_value_t = 100)]
+    pub moves: usize,
+    /// Time on each node before the next move, seconds.
+    #[arg(long, value_parser = parse_secs, default_value = "0.2")]
+    pub dwell: Duration,
+    /// The publisher's node, an index into --nodes (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub pub_node: usize,
+    /// Messages per second the publisher sends to the session's topic (0: none).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// QoS of the publishes and of the session's subscription.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub qos: u8,
+    /// MQTT protocol version: 5 or 3.1.1.
+    #[arg(long, default_value = "5", value_parser = parse_version)]
+    pub mqtt: MqttVersion,
+    /// Payload size in bytes (at least 20).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Most publishes awaiting their acknowledgement.
+    #[arg(long, default_value_t = 100)]
+    pub inflight: u16,
+    /// After the last move: longest wait for the acknowledged messages still missing, seconds.
+    #[arg(long, value_parser = parse_secs, default_value = "5")]
+    pub drain: Duration,
+    /// Session Expiry Interval of the session's CONNECTs (MQTT 5), seconds.
+    #[arg(long, default_value_t = 300)]
+    pub session_expiry: u32,
+    /// The session's client identifier (default rb-takeover-<pid>).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// The session's topic (default bench/takeover/<pid>).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Pin the generator to this CPU (default: not pinned).
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Print the result as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

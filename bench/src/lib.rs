@@ -18,6 +18,8 @@
 //!   scenario against each; `sweep`: fixed-rate latency at rising rates; `chart`: their
 //!   SVG pictures; `selfcheck` measures the generator's ceiling.
 //! - `rbuf`: a connection's receive buffer (reads land in place, frames parsed in place).
+//! - `takeover`: a persistent session moving between cluster nodes under load (its own
+//!   flow and report).
 //! - `relay`: a TEST FIXTURE relay (never a broker) for the self-check and fault tests.
 
 pub mod brokers;
@@ -40,6 +42,7 @@ pub mod stats;
 pub mod storm;
 pub mod subscriber;
 pub mod sweep;
+pub mod takeover;
 pub mod tracker;
 pub mod transport;
 

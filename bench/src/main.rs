@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use ringmq_bench::cli::{Cli, Command};
-use ringmq_bench::{compare, report, run_scenario, sweep};
+use ringmq_bench::{compare, report, run_scenario, sweep, takeover};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -19,6 +19,13 @@ fn main() -> ExitCode {
         Command::Compare(c) => compare::run(&c),
         Command::Sweep(a) => sweep::run(&a),
         Command::Selfcheck(a) => compare::selfcheck(&a),
+        Command::Takeover(a) => takeover::run(&a).map(|r| {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", takeover::table(&r));
+            }
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 
 mod common;
 
+use clap::Parser;
 use common::scenario;
 use ringmq_bench::brokers::{start_mosquitto, start_ringmq, BrokerProc};
 use ringmq_bench::run_scenario;
@@ -125,6 +126,70 @@ fn ringmq_passes_the_scenario_set() {
         }
     };
     scenario_set(&b);
+    b.stop();
+}
+
+/// `takeover` against one real ringmq node listed twice: each move is a takeover
+/// of the live session on that node (the cluster runs are bench/scripts/cluster.sh
+/// and broker/tests/cluster_handover.rs). Every move must find the session (session
+/// present 1), the old connection is closed by the broker (v5: DISCONNECT 0x8E), and
+/// every acknowledged message arrives: QoS 2 exactly once, QoS 1 at least once.
+#[test]
+fn takeover_moves_a_session_under_load_against_ringmq() {
+    let Some(bin) = common::ringmq() else {
+        eprintln!("SKIP: no ringmq binary (cargo build -p ringmq-broker, or set RINGMQ_BIN)");
+        return;
+    };
+    let b = match start_ringmq(bin.to_str().unwrap(), None) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIP: ringmq at {} does not start yet: {e}", bin.display());
+            return;
+        }
+    };
+    let node = format!("127.0.0.1:{}", b.port);
+    let nodes = format!("{node},{node}");
+    for (qos, mqtt) in [("1", "5"), ("2", "5"), ("1", "3.1.1")] {
+        let cli = ringmq_bench::cli::Cli::try_parse_from([
+            "ringmq-bench",
+            "takeover",
+            "--nodes",
+            &nodes,
+            "--moves",
+            "8",
+            "--dwell",
+            "0.1",
+            "--rate",
+            "500",
+            "--qos",
+            qos,
+            "--mqtt",
+            mqtt,
+            "--drain",
+            "5",
+        ])
+        .unwrap();
+        let ringmq_bench::cli::Command::Takeover(a) = cli.command else {
+            panic!("takeover")
+        };
+        let r = ringmq_bench::takeover::run(&a).unwrap();
+        let what = format!("QoS {qos} v{mqtt}: {r:#?}");
+        assert!(r.errors.is_empty(), "{what}");
+        assert_eq!(r.moves, 8, "{what}");
+        assert_eq!(r.fresh_sessions, 0, "{what}");
+        assert!(r.takeover.p50_us > 0.0, "{what}");
+        assert!(r.acknowledged > 200, "{what}");
+        assert_eq!(r.lost, 0, "{what}");
+        assert!(r.received >= r.acknowledged, "{what}");
+        if qos == "2" {
+            assert_eq!(r.duplicated, 0, "{what}");
+        }
+        if mqtt == "5" {
+            assert_eq!(r.old_closed_with_disconnect, 8, "{what}");
+        } else {
+            assert_eq!(r.old_closed_silently, 8, "{what}");
+        }
+    }
     b.stop();
 }
 

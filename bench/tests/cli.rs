@@ -284,3 +284,90 @@ fn default_windows_follow_version_qos_and_whether_anyone_listens() {
     assert_eq!(default_inflight(V::V3_1_1, QoS::ExactlyOnce, false), 20);
     assert_eq!(default_inflight(V::V5, QoS::AtLeastOnce, true), 1000);
 }
+
+fn takeover(args: &[&str]) -> Result<ringmq_bench::cli::TakeoverArgs, String> {
+    let cli = Cli::try_parse_from(
+        ["ringmq-bench", "takeover"]
+            .into_iter()
+            .chain(args.iter().copied()),
+    )
+    .map_err(|e| e.to_string())?;
+    let Command::Takeover(a) = cli.command else {
+        panic!("takeover")
+    };
+    ringmq_bench::takeover::check(&a)?;
+    Ok(a)
+}
+
+#[test]
+fn takeover_flags_parse_with_defaults_and_bad_ones_are_refused() {
+    let a = takeover(&["--nodes", "127.0.0.1:1883,127.0.0.1:1884"]).unwrap();
+    assert_eq!(a.nodes, ["127.0.0.1:1883", "127.0.0.1:1884"]);
+    assert_eq!((a.moves, a.pub_node, a.qos, a.payload), (100, 0, 1, 64));
+    assert_eq!(a.dwell, Duration::from_millis(200));
+    assert_eq!((a.rate, a.inflight, a.session_expiry), (1000.0, 100, 300));
+    assert_eq!(a.mqtt, MqttVersion::V5);
+    let a = takeover(&[
+        "--nodes",
+        "h:1,h:2,h:3",
+        "--moves",
+        "30",
+        "--dwell",
+        "0.5",
+        "--pub-node",
+        "2",
+        "--rate",
+        "5000",
+        "--qos",
+        "2",
+        "--mqtt",
+        "3.1.1",
+        "--payload",
+        "32",
+        "--inflight",
+        "20",
+        "--drain",
+        "2",
+        "--session-expiry",
+        "60",
+        "--client-id",
+        "c",
+        "--topic",
+        "t/1",
+        "--cpu",
+        "1",
+        "--json",
+    ])
+    .unwrap();
+    assert_eq!(
+        (a.moves, a.pub_node, a.qos, a.payload, a.inflight),
+        (30, 2, 2, 32, 20)
+    );
+    assert_eq!(
+        (a.dwell, a.drain),
+        (Duration::from_millis(500), Duration::from_secs(2))
+    );
+    assert_eq!(
+        (a.rate, a.session_expiry, a.cpu, a.json),
+        (5000.0, 60, Some(1), true)
+    );
+    assert_eq!(a.mqtt, MqttVersion::V311);
+    assert_eq!(
+        (a.client_id.as_deref(), a.topic.as_deref()),
+        (Some("c"), Some("t/1"))
+    );
+    for (bad, why) in [
+        (&[][..], "--nodes"),
+        (&["--nodes", "h:1"], "at least two"),
+        (&["--nodes", "h:1,h:2", "--pub-node", "2"], "--pub-node"),
+        (&["--nodes", "h:1,h:2", "--qos", "0"], "qos"),
+        (&["--nodes", "h:1,h:2", "--qos", "3"], "qos"),
+        (&["--nodes", "h:1,h:2", "--payload", "8"], "--payload"),
+        (&["--nodes", "h:1,h:2", "--moves", "0"], "--moves"),
+        (&["--nodes", "h:1,h:2", "--rate=-1"], "--rate"),
+        (&["--nodes", "h:1,h:2", "--dwell", "x"], "dwell"),
+    ] {
+        let e = takeover(bad).expect_err(&format!("{bad:?} should be refused"));
+        assert!(e.contains(why), "{bad:?}: {e}");
+    }
+}

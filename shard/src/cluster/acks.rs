@@ -31,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use ringmq_codec::{Publish, ReasonCode, TopicFilter};
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -132,7 +132,7 @@ pub(crate) struct Acks {
     /// The first copy id of this run: `run << 40`.
     id_base: Cell<u64>,
     /// Local confirm token -> the peer copy it stores.
-    incoming: RefCell<HashMap<u64, Incoming>>,
+    incoming: RefCell<crate::IntMap<u64, Incoming>>,
     /// Tokens waiting for this shard's own next commit.
     own: RefCell<Vec<u64>>,
     paying: Cell<bool>,
@@ -438,12 +438,26 @@ impl Acks {
                 code: code as u8,
             });
         }
-        if let Some(x) = la.inbox.borrow_mut().iter_mut().find(|x| x.0 == e.id) {
-            x.1 = true;
-        }
+        mark_durable(&mut la.inbox.borrow_mut(), e.id);
         if !la.answering.replace(true) {
             glommio::spawn_local(answer_at_tick_end(link)).detach();
         }
+    }
+}
+
+/// Marks copy `id` of the inbox durable. The peer writes its copies in id
+/// order on a connection (its resends first, oldest first, then new ones), so
+/// the inbox is sorted and a binary search finds it: a linear scan per
+/// answer was 72% of the receiving node's CPU with thousands of copies per
+/// tick (perf, 50 QoS 1 pairs cross node). A peer that broke the order
+/// still gets its answers, through the scan.
+fn mark_durable(inbox: &mut VecDeque<(u64, bool)>, id: u64) {
+    let at = match inbox.binary_search_by_key(&id, |x| x.0) {
+        Ok(i) => Some(i),
+        Err(_) => inbox.iter().position(|x| x.0 == id),
+    };
+    if let Some(i) = at {
+        inbox[i].1 = true;
     }
 }
 
@@ -521,5 +535,23 @@ pub(super) fn answer(shard: &Rc<Shard>, w: Waiter, refused: Option<ReasonCode>) 
             Some(code) => MeshItem::Refused(w.token, code),
         };
         shard.mesh.push(w.shard, item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mark_durable;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn marks_the_copy_in_a_sorted_inbox_and_in_one_out_of_order() {
+        let mut inbox: VecDeque<(u64, bool)> = (1..=1000).map(|i| (i * 2, false)).collect();
+        mark_durable(&mut inbox, 600);
+        mark_durable(&mut inbox, 601); // not there: nothing marked
+        assert_eq!(inbox.iter().filter(|x| x.1).count(), 1);
+        assert!(inbox[299].1);
+        let mut odd: VecDeque<(u64, bool)> = [(5, false), (3, false), (9, false)].into();
+        mark_durable(&mut odd, 3);
+        assert!(odd[1].1);
     }
 }

@@ -57,7 +57,6 @@ use crate::shard::Shard;
 use ringmq_codec::{Publish, TopicFilter};
 use routes::{NodeRoutes, Slot};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -170,7 +169,7 @@ pub struct Node {
     hub: Option<Rc<hub::Hub>>,
     scratch: RefCell<ShardSet>,
     /// Per sending node: the last acked copy this shard had (stream, id).
-    seen: RefCell<HashMap<u64, Stamp>>,
+    seen: RefCell<crate::IntMap<u64, Stamp>>,
     /// Slots of the nodes linked now (every one gets retained messages).
     slots: RefCell<ShardSet>,
     /// The nodes linked now: (node id, slot). A node added at run time is
