@@ -20,6 +20,10 @@
 //!   them (paused by the partial-packet budget) cannot stall the others
 //!   until their deadline; no byte is lost or reordered (the multishot
 //!   receive has ended before the first direct read).
+//!   The kernel is given 64 of the ring's buffers at a time (`BufRing::target`,
+//!   doubled when it runs dry while spare ones wait): it picks buffers in ring
+//!   order, so given all of them it cycled through all and made the whole
+//!   ring resident; the spare ones are reused last in, first out.
 //!   Where the kernel has it (6.12) the ring is consumed incrementally
 //!   (`IOU_PBUF_RING_INC`): consecutive arrivals, of any socket, share a
 //!   buffer, which goes back once the kernel moved past it and each of its
