@@ -25,7 +25,7 @@ use crate::poller::{Io, READABLE, WRITABLE};
 use crate::shard::Shard;
 use crate::stats::CloseReason;
 use crate::store::Ticket;
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use ringmq_codec::{
     Connect, ConnectReturnCode, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet,
     ProtocolVersion, ReasonCode,
@@ -902,10 +902,11 @@ impl Link {
             if shard.poller.ready(io.key) & WRITABLE == 0 {
                 return Ok(wrote);
             }
-            let sent = self.stack.write(io, &conn.buf.borrow()[..self.batch]);
+            let sent = self
+                .stack
+                .write_from(io, &mut conn.buf.borrow_mut(), self.batch);
             match sent {
                 Ok(n) => {
-                    conn.buf.borrow_mut().advance(n);
                     conn.room_freed();
                     self.batch -= n;
                     shard.stats.bytes_out.add(n as u64);

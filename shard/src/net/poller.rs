@@ -128,6 +128,17 @@ impl Io {
         }
     }
 
+    /// [`Io::send`] of the first `n` bytes of `buf`, which leave it; on
+    /// io_uring the bytes themselves go to the send (no copy).
+    pub fn send_from(&self, buf: &mut bytes::BytesMut, n: usize) -> io::Result<usize> {
+        if let Some(u) = &self.uring {
+            return u.send_from(self.key, buf, n);
+        }
+        let k = self.send(&buf[..n])?;
+        bytes::Buf::advance(buf, k);
+        Ok(k)
+    }
+
     /// Shuts both directions down (the peer sees the end of stream at once).
     pub fn shutdown(&self) {
         if let Some(u) = &self.uring {

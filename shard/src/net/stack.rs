@@ -40,6 +40,14 @@ pub(crate) trait Wire {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Non-blocking write; `WouldBlock` when the socket takes nothing now.
     fn send(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Non-blocking write of the first `n` bytes of `buf`, which leave
+    /// `buf` (advanced past what was taken). A wire that owns its sends
+    /// until they complete (io_uring) takes the bytes themselves, no copy.
+    fn send_from(&self, buf: &mut BytesMut, n: usize) -> io::Result<usize> {
+        let k = self.send(&buf[..n])?;
+        buf.advance(k);
+        Ok(k)
+    }
     /// Non-blocking read of at most `scratch.len()` bytes appended to
     /// `dst`, through `scratch` unless the wire holds them already.
     fn recv_append(&self, scratch: &mut [u8], dst: &mut BytesMut) -> io::Result<usize> {
@@ -55,6 +63,9 @@ impl Wire for super::poller::Io {
     }
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
         super::poller::Io::send(self, buf)
+    }
+    fn send_from(&self, buf: &mut BytesMut, n: usize) -> io::Result<usize> {
+        super::poller::Io::send_from(self, buf, n)
     }
     fn recv_append(&self, scratch: &mut [u8], dst: &mut BytesMut) -> io::Result<usize> {
         // io_uring: the received bytes are in the ring's buffers already;
@@ -259,6 +270,25 @@ impl Stack {
                 Ok(mqtt.len())
             }
         }
+    }
+
+    /// [`Stack::write`] of the first `n` bytes of `mqtt`, which leave it:
+    /// plain TCP hands them to the wire as they are (on io_uring the send
+    /// owns them until its completion, no copy); a layer encodes them into
+    /// its own buffer.
+    #[inline]
+    pub fn write_from(
+        &mut self,
+        wire: &impl Wire,
+        mqtt: &mut BytesMut,
+        n: usize,
+    ) -> io::Result<usize> {
+        if let Stack::Plain = self {
+            return wire.send_from(mqtt, n);
+        }
+        let k = self.write(wire, &mqtt[..n])?;
+        mqtt.advance(k);
+        Ok(k)
     }
 
     /// Whether a layer holds bytes the socket has not taken yet.
