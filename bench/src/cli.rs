@@ -310,6 +310,10 @@ pub struct RunArgs {
     /// No live progress line even on a terminal.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// A/B switch: plain TCP sockets wait through glommio's stream (an io_uring poll per
+    /// socket and read) instead of the core's epoll set (docs/benchmarking.md).
+    #[arg(long, hide = true)]
+    pub glommio_io: bool,
 }
 
 /// Message load: every scenario takes these.
@@ -340,7 +344,7 @@ pub struct LoadArgs {
     #[arg(long)]
     pub inflight: Option<u16>,
     /// Fixed rate only: publishers wake on a grid of this many microseconds and send
-    /// every message due, each stamped with the time it is written (default 250; 0 =
+    /// every message due, each stamped with its scheduled time, the slot (default 250; 0 =
     /// a wake-up per message). Fewer wake-ups, same offered rate.
     #[arg(long)]
     pub pace_slot_us: Option<u64>,

@@ -5,6 +5,7 @@
 //! [`Conn::next_packet`]. [`Conn::drive`] writes what is queued and reads what has
 //! arrived in one task, so a publisher can keep writing while acknowledgements come back.
 
+use crate::poller::{PolledFd, Poller};
 use crate::rbuf::{frame_len, ReadBuf};
 use crate::transport::{Layers, Target};
 use bytes::{Buf, Bytes, BytesMut};
@@ -19,6 +20,7 @@ use ringmq_codec::{
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -85,6 +87,10 @@ pub struct Conn {
     layers: Option<Box<Layers>>,
     /// Socket bytes read before the layers decode them (layered connections only).
     raw_in: Vec<u8>,
+    /// Plain TCP moved to the core's epoll set for the measured run ([`Conn::use_poller`]),
+    /// driven by [`Conn::pump`]; [`Conn::drive`] still works through `stream` (the same
+    /// socket) for the DISCONNECT at the end.
+    polled: Option<PolledFd>,
 }
 
 impl Conn {
@@ -116,6 +122,7 @@ impl Conn {
                 Vec::new()
             },
             layers,
+            polled: None,
         })
     }
 
@@ -132,7 +139,21 @@ impl Conn {
             version: ProtocolVersion::V5,
             layers: None,
             raw_in: Vec::new(),
+            polled: None,
         })
+    }
+
+    /// Moves a plain TCP connection onto the core's epoll set (`crate::poller`): its
+    /// reads and writes become direct non-blocking syscalls ([`Conn::pump`]) and its
+    /// readiness comes from the set, one wait per core instead of an io_uring poll per
+    /// socket and read. TLS / WebSocket connections stay on glommio's stream.
+    pub fn use_poller(&mut self, poller: &Rc<Poller>) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if self.layers.is_some() || self.polled.is_some() {
+            return Ok(());
+        }
+        self.polled = Some(PolledFd::adopt(self.stream.as_raw_fd(), poller)?);
+        Ok(())
     }
 
     /// `SO_RCVLOWAT`: the socket reports readable only once `bytes` are queued (1 =
@@ -140,11 +161,15 @@ impl Conn {
     /// broker: each read costs a syscall and, on loopback, the ACK it sends.
     pub fn set_rcvlowat(&self, bytes: usize) -> io::Result<()> {
         use std::os::fd::AsRawFd;
+        let fd = match &self.polled {
+            Some(p) => p.fd.as_raw_fd(),
+            None => self.stream.as_raw_fd(),
+        };
         let v = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
         // SAFETY: setsockopt reads an int from the pointer we pass, on our own socket.
         let r = unsafe {
             libc::setsockopt(
-                self.stream.as_raw_fd(),
+                fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVLOWAT,
                 (&v as *const libc::c_int).cast(),
@@ -478,6 +503,65 @@ impl Conn {
 }
 
 impl Conn {
+    /// A connection on the core's epoll set ([`Conn::use_poller`]), driven without a
+    /// task by `crate::driver`: sends what is queued, then reads once if the socket may
+    /// have bytes (a short read or `EAGAIN` means its queue was empty: the next input
+    /// edge says when there are more). Never waits.
+    pub fn pump(&mut self) -> io::Result<Progress> {
+        let Conn {
+            rbuf,
+            want,
+            wbuf,
+            polled,
+            ..
+        } = self;
+        let io = polled.as_ref().expect("a polled connection");
+        let mut p = Progress {
+            read: false,
+            wrote: false,
+        };
+        while !wbuf.is_empty() {
+            match io.send(wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    wbuf.advance(n);
+                    p.wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if io.poller.readable(io.key) {
+            let spare = rbuf.spare(*want);
+            let room = spare.len();
+            match io.recv(spare) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "broker closed the connection",
+                    ))
+                }
+                Ok(n) => {
+                    rbuf.filled(n);
+                    if n < room {
+                        io.poller.clear_readable(io.key);
+                    }
+                    p.read = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.poller.clear_readable(io.key),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(p)
+    }
+
+    /// The key of a polled connection in its core's epoll set.
+    pub fn poll_key(&self) -> Option<u32> {
+        self.polled.as_ref().map(|p| p.key)
+    }
+
     /// [`Conn::drive`] through TLS / WebSocket: MQTT bytes are pushed down the layers
     /// while less than a write chunk waits for the socket (so publishers still see
     /// back-pressure in `wbuf`), socket bytes are decoded up into the read buffer.

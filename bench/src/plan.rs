@@ -45,8 +45,9 @@ pub const DEFAULT_RCVLOWAT: usize = 16 * 1024;
 /// VM the idle exit and re-entry: 15-30 µs measured); one per message made the pacer,
 /// not the broker, the limit at 50k msg/s. Publishers on a core whose next messages
 /// fall due in the same slot wake together at its end; every message is stamped with
-/// the time it is written, so latency is still send-to-receipt, and the offered rate
-/// is unchanged (a message is at most one slot late).
+/// its slot's end, its scheduled send time, so a late generator shows as latency
+/// (coordinated omission), and the offered rate is unchanged (a message is at most one
+/// slot behind the exact spacing).
 pub const DEFAULT_PACE_SLOT_US: u64 = 250;
 
 /// Per-scenario defaults; command line values win.

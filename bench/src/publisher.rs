@@ -35,10 +35,12 @@ struct Sender {
 }
 
 impl Sender {
-    /// Appends up to `n` messages stamped `now`.
-    fn append(&mut self, conn: &mut Conn, n: u64, now: u64, measuring: bool) {
+    /// Appends `n` messages, each stamped with its scheduled send time ([`Pace::stamp`]).
+    fn append(&mut self, conn: &mut Conn, n: u64, now: u64, pace: &Pace<'_>, measuring: bool) {
         for _ in 0..n {
-            self.tpl.append(&mut conn.wbuf, self.next_id, self.seq, now);
+            let stamp = pace.stamp(self.seq, now);
+            self.tpl
+                .append(&mut conn.wbuf, self.next_id, self.seq, stamp);
             self.seq += 1;
             self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         }
@@ -92,9 +94,9 @@ impl Sender {
     }
 }
 
-/// Runs publisher `index` on `conn` until the duration or count is reached, then waits
-/// (up to the drain time) for its QoS 1/2 acknowledgements. Returns messages sent.
-pub async fn run(ctx: Rc<CoreCtx>, index: u32, mut conn: Conn, window: u16) -> u64 {
+/// Publisher `index`'s state on `conn`: its template and window, and whether its socket
+/// batches acknowledgements (`SO_RCVLOWAT`, set here). None after recording an error.
+fn prepare(ctx: &CoreCtx, index: u32, conn: &Conn, window: u16) -> Option<(Sender, bool)> {
     let plan = &ctx.shared.plan;
     let load = &plan.load;
     let tpl = match Template::new(
@@ -108,10 +110,10 @@ pub async fn run(ctx: Rc<CoreCtx>, index: u32, mut conn: Conn, window: u16) -> u
         Ok(t) => t,
         Err(e) => {
             ctx.stats.borrow_mut().error(e);
-            return 0;
+            return None;
         }
     };
-    let mut s = Sender {
+    let s = Sender {
         index,
         tpl,
         seq: 0,
@@ -134,18 +136,145 @@ pub async fn run(ctx: Rc<CoreCtx>, index: u32, mut conn: Conn, window: u16) -> u
             ctx.stats.borrow_mut().error(format!("SO_RCVLOWAT: {e}"));
         }
     }
+    Some((s, ack_lowat))
+}
+
+/// Adds a finished publisher's counts to the core's.
+fn record(ctx: &CoreCtx, s: &Sender) {
+    let mut st = ctx.stats.borrow_mut();
+    st.sent_measured += s.measured;
+    st.sent_by_publisher.push((s.index, s.seq));
+}
+
+/// Runs publisher `index` on `conn` until the duration or count is reached, then waits
+/// (up to the drain time) for its QoS 1/2 acknowledgements. Returns messages sent.
+pub async fn run(ctx: Rc<CoreCtx>, index: u32, mut conn: Conn, window: u16) -> u64 {
+    let Some((mut s, ack_lowat)) = prepare(&ctx, index, &conn, window) else {
+        return 0;
+    };
     if let Err(e) = send_loop(&ctx, &mut conn, &mut s, ack_lowat).await {
         ctx.stats
             .borrow_mut()
             .error(format!("publisher {index}: {e}"));
     }
-    {
-        let mut st = ctx.stats.borrow_mut();
-        st.sent_measured += s.measured;
-        st.sent_by_publisher.push((index, s.seq));
-    }
+    record(&ctx, &s);
     conn.disconnect().await;
     s.seq
+}
+
+/// A publisher stepped by the core's driver (`crate::driver`) instead of a task: the
+/// same pacing, window and drain as [`run`], one [`Polled::step`] per event or due time.
+pub struct Polled<'a> {
+    s: Sender,
+    pace: Pace<'a>,
+    pub conn: Conn,
+    ack_lowat: bool,
+    /// When to step it again without an event (u64::MAX: on an event only).
+    pub wake: u64,
+    /// Its window is full against a probe on this core that had seen this much.
+    on_probe: Option<u64>,
+    /// Set once publishing ended: the end of its drain.
+    drain_until: Option<u64>,
+    pub done: bool,
+}
+
+impl<'a> Polled<'a> {
+    pub fn new(ctx: &'a CoreCtx, index: u32, conn: Conn, window: u16) -> Option<Polled<'a>> {
+        let (s, ack_lowat) = prepare(ctx, index, &conn, window)?;
+        let pace = Pace::new(ctx, &s);
+        Some(Polled {
+            s,
+            pace,
+            conn,
+            ack_lowat,
+            wake: 0,
+            on_probe: None,
+            drain_until: None,
+            done: false,
+        })
+    }
+
+    /// Whether the probe it waits on moved.
+    pub fn probe_moved(&self) -> bool {
+        match (self.on_probe, &self.pace.probe) {
+            (Some(seen), Some(p)) => p.seen() > seen,
+            _ => false,
+        }
+    }
+
+    /// Sends what is due, reads acknowledgements, and sets when to step again. An error
+    /// ends the publisher (recorded).
+    pub fn step(&mut self, ctx: &CoreCtx, now: u64) {
+        if self.done {
+            return;
+        }
+        if let Err(e) = self.try_step(ctx, now) {
+            ctx.stats
+                .borrow_mut()
+                .error(format!("publisher {}: {e}", self.s.index));
+            self.finish(ctx);
+        }
+    }
+
+    fn try_step(&mut self, ctx: &CoreCtx, now: u64) -> io::Result<()> {
+        let (s, pace, conn) = (&mut self.s, &self.pace, &mut self.conn);
+        if self.drain_until.is_none() && (now >= ctx.pub_end_ns.get() || s.seq >= pace.count) {
+            if self.ack_lowat {
+                // The last acknowledgements may be fewer than the low mark.
+                conn.set_rcvlowat(1)?;
+            }
+            self.drain_until = Some(now + ctx.shared.plan.load.drain.as_nanos() as u64);
+        }
+        if let Some(until) = self.drain_until {
+            conn.pump()?;
+            s.on_packets(conn)?;
+            conn.pump()?;
+            let pending_acks = s.window != u32::MAX && s.inflight > 0;
+            if (conn.pending_out() == 0 && !pending_acks) || now >= until {
+                self.finish(ctx);
+            } else {
+                self.wake = until;
+            }
+            return Ok(());
+        }
+        let seen = pace.probe.as_ref().map_or(0, Probe::seen);
+        let n = pace.quota(s, now, conn.pending_out(), seen);
+        if n > 0 {
+            s.append(conn, n, now, pace, now >= ctx.measure_start_ns.get());
+            ctx.stats.borrow_mut().sent += n;
+        }
+        conn.pump()?;
+        s.on_packets(conn)?;
+        if conn.pending_out() > 0 {
+            conn.pump()?; // acknowledgements of acknowledgements (PUBREL)
+        }
+        let seen = pace.probe.as_ref().map_or(0, Probe::seen);
+        let window_full = pace
+            .probe
+            .as_ref()
+            .is_some_and(|p| s.seq - seen >= p.window);
+        self.on_probe =
+            (window_full && pace.probe.as_ref().is_some_and(|p| !p.remote)).then_some(seen);
+        self.wake = match pace.tick(s, window_full) {
+            Some(d) => now + d.as_nanos() as u64,
+            // Unlimited and the socket took everything: more may go at once.
+            None if conn.pending_out() == 0 && pace.quota(s, now, 0, seen) > 0 => now,
+            None => u64::MAX,
+        };
+        if s.seq >= pace.count {
+            self.wake = now; // all sent: the next step starts the drain
+        }
+        self.wake = self.wake.min(ctx.pub_end_ns.get());
+        Ok(())
+    }
+
+    fn finish(&mut self, ctx: &CoreCtx) {
+        if !self.done {
+            self.done = true;
+            self.wake = u64::MAX;
+            record(ctx, &self.s);
+        }
+    }
 }
 
 /// Closed-loop pacing for unlimited publishers: how far the probe subscriber got.
@@ -248,6 +377,20 @@ impl Pace<'_> {
         self.grid0 + slots * self.slot_ns
     }
 
+    /// The send time stamped into message `seq`, from which its latency is measured: at
+    /// a fixed rate its scheduled time (the end of the grid slot it falls due in, or
+    /// `now` if it goes out earlier), so a generator or a socket that falls behind the
+    /// schedule shows as latency instead of hiding it (coordinated omission); at
+    /// unlimited rate, `now`.
+    #[inline]
+    fn stamp(&self, seq: u64, now: u64) -> u64 {
+        if self.interval_ns == 0.0 {
+            return now;
+        }
+        self.wake_at(self.t0 + (seq as f64 * self.interval_ns) as u64)
+            .min(now)
+    }
+
     /// When to wake up without I/O: the next scheduled message, or a poll of a remote probe.
     fn tick(&self, s: &Sender, window_full: bool) -> Option<Duration> {
         if self.interval_ns > 0.0 && s.inflight < s.window {
@@ -289,7 +432,7 @@ async fn send_loop(
         let seen = pace.probe.as_ref().map_or(0, Probe::seen);
         let n = pace.quota(s, now, conn.pending_out(), seen);
         if n > 0 {
-            s.append(conn, n, now, now >= measure_start);
+            s.append(conn, n, now, &pace, now >= measure_start);
             ctx.stats.borrow_mut().sent += n;
         }
         let window_full = pace
@@ -396,5 +539,18 @@ mod tests {
         assert_eq!(p.wake_at(2_300_000), 2_500_000);
         assert_eq!(p.wake_at(999_000), 999_000, "before the origin");
         assert_eq!(pace(0).wake_at(2_300_123), 2_300_123, "no grid");
+    }
+
+    #[test]
+    fn messages_are_stamped_with_their_schedule() {
+        let p = pace(250_000);
+        // seq 2 is due at 3_000_300, in the slot ending at 3_250_000.
+        assert_eq!(p.stamp(2, 3_400_000), 3_250_000, "late: the schedule");
+        assert_eq!(p.stamp(2, 3_100_000), 3_100_000, "early: when written");
+        assert_eq!(
+            pace(0).stamp(2, 3_400_000),
+            3_000_300,
+            "no grid: the due time"
+        );
     }
 }

@@ -200,36 +200,32 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     let n = shared.cores;
     let my_subs: Vec<usize> = (core..shared.plan.sub_filters.len()).step_by(n).collect();
     let my_pubs: Vec<usize> = (core..shared.plan.pub_topics.len()).step_by(n).collect();
-    let subs = connect_all(&ctx, 's', my_subs).await;
-    let pubs = connect_all(&ctx, 'p', my_pubs).await;
-    let npubs = shared.plan.pub_topics.len();
-    let mut sub_tasks = Vec::new();
-    let mut sub_indices = Vec::new();
-    for (i, conn, _) in subs {
-        let tracker = Tracker::new(shared.matches[i].clone(), npubs);
-        sub_indices.push(i);
-        let task = subscriber::run(ctx.clone(), i, conn, tracker);
-        sub_tasks.push(glommio::spawn_local(task));
+    let mut subs = connect_all(&ctx, 's', my_subs).await;
+    let mut pubs = connect_all(&ctx, 'p', my_pubs).await;
+    // Plain TCP: one loop per core on an epoll set (crate::driver), not a task per client.
+    let poller = if shared.plan.run.glommio_io {
+        None
+    } else {
+        match crate::poller::Poller::new() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                ctx.stats.borrow_mut().error(format!("epoll: {e}"));
+                None
+            }
+        }
+    };
+    if let Some(p) = &poller {
+        for (_, conn, _) in subs.iter_mut().chain(pubs.iter_mut()) {
+            let _ = conn.use_poller(p); // refused (TLS, WebSocket): stays a task
+        }
     }
-    start_together(&ctx);
-    let cpu_start = (thread_cpu_secs(), payload::now_ns());
-    let t0 = shared.t0();
-    glommio::timer::sleep(Duration::from_nanos(t0.saturating_sub(payload::now_ns()))).await;
-    let ticker = glommio::spawn_local(ticker(ctx.clone()));
-    let sampler = glommio::spawn_local(sample_window(ctx.clone()));
-    let pub_tasks: Vec<_> = pubs
-        .into_iter()
-        .map(|(i, conn, w)| glommio::spawn_local(publisher::run(ctx.clone(), i as u32, conn, w)))
-        .collect();
-    for t in pub_tasks {
-        t.await;
-    }
-    report_sent(&ctx);
-    finish_subscribers(&ctx, &sub_indices).await;
-    for t in sub_tasks {
-        t.await;
-    }
-    drop(ticker);
+    let all = subs.iter().chain(pubs.iter()).map(|(_, c, _)| c);
+    let (sampler, cpu_start) = match poller {
+        Some(p) if crate::driver::Driver::conns_polled(all) => {
+            run_driven(&ctx, p, subs, pubs).await
+        }
+        _ => run_tasks(&ctx, subs, pubs).await,
+    };
     // Awaited, not dropped: when every delivery is in as publishing ends, this point can
     // come before the sampler's end-of-window timer has been polled, and dropping it
     // then lost the window figures (busy from the whole run, no demand: the warning
@@ -241,6 +237,90 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
     st.busy_secs = thread_cpu_secs() - cpu_start.0;
     st.wall_secs = (payload::now_ns() - cpu_start.1) as f64 / 1e9;
     st
+}
+
+type Started = (glommio::Task<()>, (f64, u64));
+
+/// The measured run with a task per client (TLS, WebSocket, `--glommio-io`). Returns
+/// the CPU sampler and the CPU time and clock at the start.
+async fn run_tasks(
+    ctx: &Rc<CoreCtx>,
+    subs: Vec<(usize, Conn, u16)>,
+    pubs: Vec<(usize, Conn, u16)>,
+) -> Started {
+    let shared = &ctx.shared;
+    let npubs = shared.plan.pub_topics.len();
+    let mut sub_tasks = Vec::new();
+    let mut sub_indices = Vec::new();
+    for (i, conn, _) in subs {
+        let tracker = Tracker::new(shared.matches[i].clone(), npubs);
+        sub_indices.push(i);
+        let task = subscriber::run(ctx.clone(), i, conn, tracker);
+        sub_tasks.push(glommio::spawn_local(task));
+    }
+    let (sampler, cpu_start, ticker) = start(ctx).await;
+    let pub_tasks: Vec<_> = pubs
+        .into_iter()
+        .map(|(i, conn, w)| glommio::spawn_local(publisher::run(ctx.clone(), i as u32, conn, w)))
+        .collect();
+    for t in pub_tasks {
+        t.await;
+    }
+    report_sent(ctx);
+    finish_subscribers(ctx, &sub_indices).await;
+    for t in sub_tasks {
+        t.await;
+    }
+    drop(ticker);
+    (sampler, cpu_start)
+}
+
+/// The measured run of plain-TCP clients in one loop (crate::driver).
+async fn run_driven(
+    ctx: &Rc<CoreCtx>,
+    poller: Rc<crate::poller::Poller>,
+    subs: Vec<(usize, Conn, u16)>,
+    pubs: Vec<(usize, Conn, u16)>,
+) -> Started {
+    let shared = &ctx.shared;
+    let npubs = shared.plan.pub_topics.len();
+    let mut d = crate::driver::Driver::new(ctx, poller);
+    let mut sub_indices = Vec::new();
+    for (i, conn, _) in subs {
+        let tracker = Tracker::new(shared.matches[i].clone(), npubs);
+        sub_indices.push(i);
+        d.add_sub(subscriber::PolledSub::new(ctx, i, conn, tracker));
+    }
+    let (sampler, cpu_start, ticker) = start(ctx).await;
+    for (i, conn, w) in pubs {
+        if let Some(p) = publisher::Polled::new(ctx, i as u32, conn, w) {
+            d.add_pub(p);
+        }
+    }
+    d.publish().await;
+    d.disconnect_pubs().await;
+    report_sent(ctx);
+    let fin = {
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move { finish_subscribers(&ctx, &sub_indices).await })
+    };
+    d.until_stopped().await;
+    fin.await;
+    d.finish().await;
+    drop(ticker);
+    (sampler, cpu_start)
+}
+
+/// Every core connected: agree on the start, wait for it, start the ticker and the
+/// CPU sampler.
+async fn start(ctx: &Rc<CoreCtx>) -> (glommio::Task<()>, (f64, u64), glommio::Task<()>) {
+    start_together(ctx);
+    let cpu_start = (thread_cpu_secs(), payload::now_ns());
+    let t0 = ctx.shared.t0();
+    glommio::timer::sleep(Duration::from_nanos(t0.saturating_sub(payload::now_ns()))).await;
+    let ticker = glommio::spawn_local(ticker(ctx.clone()));
+    let sampler = glommio::spawn_local(sample_window(ctx.clone()));
+    (sampler, cpu_start, ticker)
 }
 
 /// Blocks until every core is connected, agrees on the start time (20 ms ahead) and

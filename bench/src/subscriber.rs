@@ -84,6 +84,92 @@ pub async fn run(ctx: Rc<CoreCtx>, index: usize, mut conn: Conn, mut tracker: Tr
     conn.disconnect().await;
 }
 
+/// A subscriber driven by the core's driver (`crate::driver`) instead of a task: the
+/// same reading, acknowledging and checking as [`run`], one [`PolledSub::on_event`] per
+/// socket event.
+pub struct PolledSub {
+    pub index: usize,
+    pub conn: Conn,
+    tracker: Tracker,
+    probes: Vec<(u32, u64)>,
+    /// `SO_RCVLOWAT` batching on (dropped once every publisher stopped).
+    batching: bool,
+    /// Ended by an error (recorded) or by the stop signal.
+    pub done: bool,
+}
+
+impl PolledSub {
+    pub fn new(ctx: &CoreCtx, index: usize, conn: Conn, tracker: Tracker) -> PolledSub {
+        let lowat = ctx.shared.rcvlowat_of(index);
+        if lowat > 1 {
+            if let Err(e) = conn.set_rcvlowat(lowat) {
+                ctx.stats.borrow_mut().error(format!("SO_RCVLOWAT: {e}"));
+            }
+        }
+        PolledSub {
+            index,
+            conn,
+            tracker,
+            probes: ctx
+                .shared
+                .probes_of(index)
+                .into_iter()
+                .map(|p| (p, 0))
+                .collect(),
+            batching: lowat > 1,
+            done: false,
+        }
+    }
+
+    /// Reads everything the socket has, processes it and sends the acknowledgements.
+    pub fn on_event(&mut self, ctx: &CoreCtx) {
+        if self.done {
+            return;
+        }
+        if let Err(e) = self.read(ctx) {
+            if !ctx.stop.is_fired() {
+                ctx.stats
+                    .borrow_mut()
+                    .error(format!("subscriber {}: {e}", self.index));
+            }
+            self.done = true;
+        }
+    }
+
+    fn read(&mut self, ctx: &CoreCtx) -> io::Result<()> {
+        loop {
+            let p = self.conn.pump()?;
+            on_packets(ctx, &mut self.conn, &mut self.tracker, &mut self.probes)?;
+            if !p.read {
+                break;
+            }
+        }
+        if self.conn.pending_out() > 0 {
+            self.conn.pump()?;
+        }
+        Ok(())
+    }
+
+    /// Keep-alive round: a PINGREQ.
+    pub fn ping(&mut self, ctx: &CoreCtx) {
+        if !self.done && self.conn.queue(&Packet::PingReq).is_ok() {
+            self.on_event(ctx);
+        }
+    }
+
+    /// Every publisher stopped: read the last bytes at once, below the low mark too.
+    pub fn pubs_finished(&mut self, ctx: &CoreCtx) {
+        if self.batching {
+            self.batching = false;
+            // Linux re-checks readiness when the low mark changes (tcp_set_rcvlowat).
+            if let Err(e) = self.conn.set_rcvlowat(1) {
+                ctx.stats.borrow_mut().error(format!("SO_RCVLOWAT: {e}"));
+            }
+            self.on_event(ctx);
+        }
+    }
+}
+
 /// Processes every whole packet read so far.
 fn on_packets(
     ctx: &CoreCtx,

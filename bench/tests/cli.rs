@@ -251,6 +251,14 @@ fn batching_flags_parse() {
 }
 
 #[test]
+fn glommio_io_ab_switch_parses() {
+    let p = Plan::from_scenario(&scenario(&["pairs"])).unwrap();
+    assert!(!p.run.glommio_io, "the per-core loop is the default");
+    let p = Plan::from_scenario(&scenario(&["pairs", "--glommio-io"])).unwrap();
+    assert!(p.run.glommio_io);
+}
+
+#[test]
 fn pace_slot_flag_parses_and_is_bounded() {
     let p = Plan::from_scenario(&scenario(&["pairs", "--rate", "200"])).unwrap();
     assert_eq!(
