@@ -1051,7 +1051,7 @@ mod tests {
         encode_acked_origin(
             Stamp { stream: 1, id: 1 },
             o,
-            None,
+            (None, None),
             b"\x34\x03\x00\x01a",
             &mut b,
         );
@@ -1065,7 +1065,7 @@ mod tests {
         encode_acked_origin(
             Stamp { stream: 1, id: 1 },
             o,
-            Some(&plain),
+            (Some(&plain), None),
             b"\x34\x03\x00\x01a",
             &mut b,
         );

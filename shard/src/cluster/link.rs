@@ -463,7 +463,8 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::AckedPublish { stamp, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            hub.durable.receive(shard, link, stamp, (None, None), p, None);
+            hub.durable
+                .receive(shard, link, stamp, (None, None), p, None);
         }
         Frame::AckedShared {
             stamp,

@@ -36,8 +36,8 @@ mod link;
 mod members;
 pub(crate) mod merge;
 pub mod ops;
-mod outbox;
 pub mod origin;
+mod outbox;
 mod retained;
 pub mod routes;
 pub mod stats;
@@ -184,7 +184,7 @@ pub struct Node {
     /// This shard's origin count: the next publish routed here gets it.
     origin_seq: std::cell::Cell<u64>,
     /// Per origin (node, shard): the last count this shard delivered to a session.
-    handled: RefCell<HashMap<(u64, u16), u64>>,
+    handled: RefCell<std::collections::HashMap<(u64, u16), u64>>,
     /// Sessions that moved away and whose traffic is still forwarded (old node).
     pub(crate) stubs: stub::Stubs,
     /// Sessions that moved here and still merge the old node's copies (new node).
