@@ -482,20 +482,31 @@ impl Poller {
                 // completions are read at every executor loop, what a tick
                 // queued is submitted by the sleep that follows it.
                 super::park::install(u);
-                self.run_deadlines().await
+                self.run_deadlines(u).await
             }
             Backend::Epoll(_) => self.run_epoll().await,
         }
     }
 
-    /// io_uring: the poller's task only drives the deadline heap.
-    async fn run_deadlines(&self) {
+    /// io_uring: the poller's task drives the deadline heap, and submits
+    /// what a tick queued when other tasks are runnable after it (a busy
+    /// shard: its sends would otherwise wait for the next executor loop);
+    /// when none is, the shard is about to park and the park submits them
+    /// with the enter that sleeps.
+    async fn run_deadlines(&self, u: &Uring) {
         loop {
             self.fire_timers();
+            if glommio::executor().has_runnable_tasks() {
+                u.submit();
+            }
             let next = self.next_deadline();
             self.sleeping_until.set(next);
             let timer = self.sleep_until(next);
-            futures_lite::future::or(timer, self.kick.wait()).await;
+            futures_lite::future::or(
+                timer,
+                futures_lite::future::or(self.kick.wait(), u.pending.wait()),
+            )
+            .await;
             self.sleeping_until.set(0);
         }
     }
