@@ -1894,8 +1894,11 @@ impl Reactor {
         flush_rings!(lat_ring, poll_ring)?;
         // ringmq patch: the main ring's requests go into its SQ only; a sleep
         // in the main ring submits them with the enter that waits, else
-        // they are submitted below.
-        {
+        // they are submitted below. Cancellations go at once, as before:
+        // their completions would end that sleep before it began.
+        if main_ring.waiting_kernel_submission() > 0 {
+            flush_rings!(main_ring)?;
+        } else {
             let q = main_ring.submission_queue();
             let mut q = q.borrow_mut();
             main_ring
