@@ -121,8 +121,10 @@ pub const RINGMQ_MAX_QUEUED: usize = 10_000;
 pub const RINGMQ_RECEIVE_MAXIMUM: usize = 256;
 
 /// The peers `compare` knows, in its default order.
-pub const PEERS: [&str; 5] = [
+pub const PEERS: [&str; 7] = [
     "ringmq",
+    "ringmq-epoll",
+    "ringmq-io_uring",
     "mosquitto",
     "mosquitto-nodelay",
     "flashmq",
@@ -231,6 +233,18 @@ pub fn start_ringmq_with(
     tls: Option<&TlsFiles>,
     transport: crate::cli::Transport,
 ) -> Result<BrokerProc, String> {
+    start_ringmq_backend(bin, cpus, tls, transport, None)
+}
+
+/// As [`start_ringmq_with`], with `--io-backend BACKEND` when given (the peers
+/// `ringmq-epoll` and `ringmq-io_uring`, so one run compares both).
+pub fn start_ringmq_backend(
+    bin: &str,
+    cpus: Option<&str>,
+    tls: Option<&TlsFiles>,
+    transport: crate::cli::Transport,
+    backend: Option<&str>,
+) -> Result<BrokerProc, String> {
     use crate::cli::Transport;
     if !Path::new(bin).exists() {
         return Err(format!(
@@ -264,6 +278,9 @@ pub fn start_ringmq_with(
     // The bench's clients give no user name: named listeners refuse them otherwise.
     args.extend(["--allow-anonymous".into(), "true".into()]);
     args.extend(["--cores".into(), "1".into()]);
+    if let Some(b) = backend {
+        args.extend(["--io-backend".into(), b.into()]);
+    }
     let want = if extra.is_some() { 2 } else { 1 };
     let mut cmd = command(bin, cpus);
     cmd.current_dir(&dir)
@@ -286,7 +303,7 @@ pub fn start_ringmq_with(
         args.join(" ")
     );
     let mut proc = BrokerProc {
-        name: "ringmq".into(),
+        name: backend.map_or("ringmq".into(), |b| format!("ringmq-{b}")),
         port: 0,
         port_v5: None,
         port_tls: None,

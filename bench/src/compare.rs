@@ -3,8 +3,8 @@
 //! and `selfcheck`: the generator's own ceiling against the relay TEST FIXTURE.
 
 use crate::brokers::{
-    find_bin, start_flashmq, start_mosquitto_tls, start_ringmq_with, start_rumqttd, BrokerProc,
-    TlsFiles,
+    find_bin, start_flashmq, start_mosquitto_tls, start_ringmq_backend, start_ringmq_with,
+    start_rumqttd, BrokerProc, TlsFiles,
 };
 use crate::cli::Transport;
 use crate::cli::{Cli, Command, CompareArgs, MqttVersion, PeerArgs, Scenario, SelfcheckArgs};
@@ -158,6 +158,10 @@ pub fn start_peer(
     let tls = tls.as_ref();
     match name {
         "ringmq" => start_ringmq_with(&c.ringmq_bin, cpus, tls, transport),
+        "ringmq-epoll" | "ringmq-io_uring" => {
+            let backend = name.trim_start_matches("ringmq-");
+            start_ringmq_backend(&c.ringmq_bin, cpus, tls, transport, Some(backend))
+        }
         "mosquitto" | "mosquitto-nodelay" => {
             let b = bin(
                 &c.mosquitto_bin,

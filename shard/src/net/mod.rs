@@ -5,6 +5,8 @@
 //!   io_uring ring of `uring.rs`) and deadline heap.
 //! - `uring.rs`: the io_uring backend: multishot accept and receive into a
 //!   provided-buffer ring, sends as SQEs.
+//! - `park.rs`: where the shard sleeps (on io_uring: in its own ring, as
+//!   glommio's park).
 //! - `listener.rs`: listener sockets, bound once per shard.
 //! - `connection.rs`: a connection's one task, from accept to close.
 //! - `conn_out.rs`: a connection's outbound buffer.
@@ -23,6 +25,7 @@ pub(crate) mod accept_backoff;
 pub(crate) mod conn_out;
 pub mod connection;
 pub mod listener;
+mod park;
 pub(crate) mod poller;
 pub mod proxy;
 pub(crate) mod read_budget;

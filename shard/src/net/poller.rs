@@ -487,30 +487,74 @@ impl Poller {
 
     /// The poller's task: runs for the life of the shard.
     pub async fn run(self: Rc<Self>) {
+        match &self.backend {
+            Backend::Uring(u) => {
+                // The shard sleeps in its ring from now on (`park.rs`):
+                // completions are read at every executor loop, what a tick
+                // queued is submitted by the sleep that follows it.
+                super::park::install(u);
+                self.run_deadlines(u).await
+            }
+            Backend::Epoll(_) => self.run_epoll().await,
+        }
+    }
+
+    /// io_uring: the poller's task drives the deadline heap, and submits
+    /// what a tick queued when other tasks are runnable after it (a busy
+    /// shard: its sends would otherwise wait for the next executor loop);
+    /// when none is, the shard is about to park and the park submits them
+    /// with the enter that sleeps.
+    async fn run_deadlines(&self, u: &Uring) {
+        loop {
+            self.fire_timers();
+            if glommio::executor().has_runnable_tasks() {
+                u.submit();
+            }
+            let next = self.next_deadline();
+            self.sleeping_until.set(next);
+            let timer = self.sleep_until(next);
+            futures_lite::future::or(
+                timer,
+                futures_lite::future::or(self.kick.wait(), u.pending.wait()),
+            )
+            .await;
+            self.sleeping_until.set(0);
+        }
+    }
+
+    fn next_deadline(&self) -> u64 {
+        self.timers
+            .borrow()
+            .peek()
+            .map_or(u64::MAX, |Reverse((at, _))| *at)
+    }
+
+    async fn sleep_until(&self, at: u64) {
+        if at == u64::MAX {
+            std::future::pending::<()>().await;
+        } else {
+            let left = at.saturating_sub(self.now_ms());
+            glommio::timer::sleep(Duration::from_millis(left)).await;
+        }
+    }
+
+    /// epoll: waits on the epoll set through glommio, and drives the
+    /// deadline heap.
+    async fn run_epoll(&self) {
         // Wake-ups by the epoll stream that found no event, in a row.
         let mut spurious = 0u32;
         let mut by_epoll = false;
         let mut armed: Option<Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
-        let uring = match &self.backend {
-            Backend::Uring(u) => Some(u.clone()),
-            Backend::Epoll(_) => None,
-        };
-        // A completion reaped before its ring's poll fired makes that poll
-        // look spurious; on io_uring only a long run of them is suspicious.
-        let spurious_max = if uring.is_some() { 64 } else { 3 };
+        // glommio's timer for the earliest deadline, kept while that holds:
+        // glommio keeps its sleep timeout armed while the deadline of its
+        // next timer does not change (vendor/README.md).
+        let mut timer: Option<(u64, glommio::timer::Timer)> = None;
         loop {
-            let mut events = self.dispatch();
+            let events = self.dispatch();
             self.fire_timers();
-            if let Some(u) = &uring {
-                // One submission for everything the tick queued (sends,
-                // re-armed receives), then what it completed inline.
-                u.submit();
-                events += u.reap();
-                u.submit();
-            }
             if by_epoll && events == 0 {
                 spurious += 1;
-                if spurious > spurious_max {
+                if spurious > 3 {
                     // Never spin, should the epoll poll keep completing empty.
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
@@ -529,33 +573,31 @@ impl Poller {
                     }
                 },
             };
-            let next = self
-                .timers
-                .borrow()
-                .peek()
-                .map_or(u64::MAX, |Reverse((at, _))| *at);
+            let next = self.next_deadline();
             self.sleeping_until.set(next);
-            let timer = async {
-                if next == u64::MAX {
-                    std::future::pending::<()>().await;
-                } else {
-                    let left = next.saturating_sub(self.now_ms());
-                    glommio::timer::sleep(Duration::from_millis(left)).await;
+            if next == u64::MAX {
+                timer = None;
+            } else if timer.as_ref().is_none_or(|(at, _)| *at != next) {
+                let left = next.saturating_sub(self.now_ms());
+                timer = Some((
+                    next,
+                    glommio::timer::Timer::new(Duration::from_millis(left)),
+                ));
+            }
+            let deadline = async {
+                match &mut timer {
+                    Some((_, t)) => {
+                        t.await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
             };
             let ready = async {
                 ready.as_mut().await;
                 true
             };
-            let submit = async {
-                match &uring {
-                    Some(u) => u.pending.wait().await,
-                    None => std::future::pending::<()>().await,
-                }
-            };
             by_epoll = futures_lite::future::or(ready, async {
-                futures_lite::future::or(timer, futures_lite::future::or(self.kick.wait(), submit))
-                    .await;
+                futures_lite::future::or(deadline, self.kick.wait()).await;
                 false
             })
             .await;

@@ -299,6 +299,8 @@ mod uring_sys;
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod nop;
+/// ringmq patch (vendor/README.md): an outside ring the executor sleeps in.
+pub mod park;
 
 /// Unwraps a Result to Poll<T>: if error returns right away.
 ///

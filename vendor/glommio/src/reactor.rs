@@ -119,6 +119,11 @@ impl Timers {
         self.timers.insert((when, id), waker);
     }
 
+    /// ringmq patch: when the next timer fires.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(when, _)| *when)
+    }
+
     /// Return the duration until next event and the number of
     /// ready and woke timers.
     fn process_timers(&mut self) -> (Option<Duration>, usize) {
@@ -206,7 +211,9 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        // ringmq patch: or the coarse preemption deadline passed (sys/uring.rs).
+        (unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) })
+            || self.sys.preempt_due()
     }
 
     pub(crate) fn id(&self) -> usize {
@@ -867,7 +874,10 @@ impl Reactor {
     /// Processes new events, blocking until the first event or the timeout.
     pub(crate) fn react(&self, timeout: impl Fn() -> Option<Duration>) -> io::Result<bool> {
         // Process ready timers.
-        let (next_timer, woke) = self.process_external_events();
+        let (_, woke) = self.process_external_events();
+        // ringmq patch: the next timer's deadline itself, so a sleep timeout
+        // armed for it can be kept while it holds (sys/uring.rs).
+        let next_timer = self.timers.borrow().next_deadline();
 
         // Block on I/O events.
         match self

@@ -1320,6 +1320,17 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// ringmq patch (vendor/README.md): another task is runnable now (in the
+    /// running queue after the current task, or in another active queue).
+    pub(crate) fn has_runnable_tasks(&self) -> bool {
+        let q = self.queues.borrow();
+        !q.active_executors.is_empty()
+            || q
+                .active_executing
+                .as_ref()
+                .is_some_and(|t| t.try_borrow().map_or(true, |t| t.ex.is_active()))
+    }
+
     fn run_task_queues(&self) -> bool {
         let mut ran = false;
         loop {
@@ -2126,6 +2137,22 @@ impl ExecutorProxy {
             LOCAL_EX
                 .as_ref()
                 .map(|ex| ex.need_preempt())
+                .unwrap_or_default()
+        };
+    }
+
+    /// ringmq patch (vendor/README.md): whether another task is runnable now;
+    /// when not, the executor polls and parks as soon as the current task
+    /// returns (so work queued for the park's submission goes out at once).
+    pub fn has_runnable_tasks(&self) -> bool {
+        #[cfg(not(feature = "native-tls"))]
+        return LOCAL_EX.with(|local_ex| local_ex.has_runnable_tasks());
+
+        #[cfg(feature = "native-tls")]
+        return unsafe {
+            LOCAL_EX
+                .as_ref()
+                .map(|ex| ex.has_runnable_tasks())
                 .unwrap_or_default()
         };
     }

@@ -306,6 +306,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // ringmq patch: pairs with the fence the sleeper takes after
+        // `prepare_to_sleep` (was `membarrier::heavy()` on the sleeper's side
+        // alone): either this sees `should_notify` set, or the sleeper sees
+        // what was queued before this call.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

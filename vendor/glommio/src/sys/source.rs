@@ -224,6 +224,12 @@ impl Source {
         })
     }
 
+    /// ringmq patch (vendor/README.md): the request is queued or in the
+    /// kernel (its completion not consumed yet).
+    pub(crate) fn in_flight(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

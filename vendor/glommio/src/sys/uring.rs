@@ -1044,14 +1044,25 @@ impl SleepableRing {
         }
     }
 
-    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
-        );
-        if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
-            let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
+    /// ringmq patch (vendor/README.md): `arm` says the poll linking the
+    /// rings is not in the kernel (first sleep, or it fired); otherwise the
+    /// one of an earlier sleep is still armed and is kept, not cancelled and
+    /// re-added. What is queued (the link poll among it) is submitted by the
+    /// same `io_uring_enter` that waits: one syscall per sleep, was three
+    /// (submit, wait, cancel of the link poll on waking).
+    fn sleep(&mut self, link: &Source, arm: bool) -> io::Result<usize> {
+        if arm {
+            let mut sq = self.ring.sq();
+            let Some(mut sqe) = sq.prepare_sqe() else {
+                // Can't link rings because we ran out of `SQE`s. Just can't sleep.
+                // Submit what we have, once we're out of here we'll consume them
+                // and at some point will be able to sleep again.
+                return self
+                    .submit_sqes()
+                    .or_else(Reactor::busy_ok)
+                    .or_else(Reactor::again_ok)
+                    .or_else(Reactor::intr_ok);
+            };
             let op = UringDescriptor {
                 fd: link.raw(),
                 flags: SubmissionFlags::empty(),
@@ -1068,42 +1079,29 @@ impl SleepableRing {
                 DmaBuffer::new,
                 &mut self.source_map.borrow_mut(),
             );
-
-            // We have now prepared the SQE that links the two rings. We now need to submit
-            // it successfully to be able to safely sleep.
-
-            if self
-                .submit_sqes()
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
-                // We failed to submit the `SQE` that links the rings. Just can't sleep.
-                // Waiting here is unsafe because we could end up waiting much longer than
-                // needed.
-                // We make the SQE a no-op and return
-                unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
-                Err(io::Error::from_raw_os_error(libc::EBUSY))
-            } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
-            }
-        } else {
-            // Can't link rings because we ran out of `CQE`s. Just can't sleep.
-            // Submit what we have, once we're out of here we'll consume them
-            // and at some point will be able to sleep again.
-            self.submit_sqes()
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)
+            drop(sqe);
+            drop(sq);
         }
+        // If the submission fails (EBUSY: completions overflowing) nothing
+        // waited: the caller consumes and comes back.
+        let submitted = self
+            .ring
+            .sq()
+            .submit_and_wait(1)
+            .map(|n| n as usize)
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)?;
+        self.in_kernel += submitted;
+        Ok(1)
+    }
+}
+
+impl SleepableRing {
+    /// ringmq patch: as `can_sleep`, with requests in the SQ allowed: the
+    /// enter that sleeps submits them.
+    fn can_sleep_submitting(&self) -> bool {
+        self.submission_queue.borrow().is_empty() && self.waiting_kernel_collection() == 0
     }
 }
 
@@ -1221,8 +1219,22 @@ pub(crate) struct Reactor {
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// ringmq patch: the latency ring's timeout that ends a sleep at the next
+    /// user timer, and that timer's deadline; kept across sleeps while the
+    /// deadline holds (was cancelled and re-added at every wait).
+    sleep_timer: RefCell<Option<(Source, Instant)>>,
+    /// Armed once, re-armed only after it fired (was at every wait).
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// ringmq patch: the poll linking the latency ring into the main ring
+    /// while sleeping, kept armed across sleeps until it fires.
+    link_src: RefCell<Option<Source>>,
+    /// ringmq patch: the preemption deadline on the coarse monotonic clock
+    /// (ns; u64::MAX: none). Replaces the latency ring's preempt timeout,
+    /// which cost a cancel and a new timeout, and their `io_uring_enter`,
+    /// at every executor loop.
+    preempt_deadline: Cell<u64>,
+    /// ringmq patch: the application's ring the executor sleeps in (park.rs).
+    park_hook: RefCell<Option<Rc<dyn crate::park::ParkHook>>>,
 
     link_fd: RawFd,
 
@@ -1277,6 +1289,22 @@ macro_rules! flush_rings {
         )*
         io::Result::Ok(ret)
     }}
+}
+
+/// ringmq patch: `CLOCK_MONOTONIC_COARSE` in ns: a vDSO read of the last
+/// tick's time, no `rdtsc` (0 if unavailable: then preemption comes from the
+/// throughput timer and foreign wake-ups only).
+#[inline(always)]
+pub(crate) fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec into a valid, exclusively borrowed `ts`.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn align_up(v: usize, align: usize) -> usize {
@@ -1352,8 +1380,11 @@ impl Reactor {
             main_ring: RefCell::new(main_ring),
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
-            latency_preemption_timeout_src: Cell::new(None),
+            sleep_timer: RefCell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            link_src: RefCell::new(None),
+            preempt_deadline: Cell::new(u64::MAX),
+            park_hook: RefCell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1722,18 +1753,35 @@ impl Reactor {
     /// as we only have one thread. There are more than one sleepable rings, so
     /// what we do is we take advantage of the fact that the ring's `ring_fd` is
     /// pollable and register a `POLL_ADD` event into the ring we will wait on.
-    ///
-    /// We may not be able to register an `SQE` at this point, so we return an
-    /// Error and will just not sleep.
+    /// ringmq patch: the poll stays armed across sleeps until it fires.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
-        let link_rings = Source::new(
-            IoRequirements::default(),
-            self.link_fd,
-            SourceType::LinkRings,
-            None,
-            None,
-        );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        let mut link = self.link_src.borrow_mut();
+        let arm = !link.as_ref().is_some_and(|l| l.in_flight());
+        if arm {
+            *link = Some(Source::new(
+                IoRequirements::default(),
+                self.link_fd,
+                SourceType::LinkRings,
+                None,
+                None,
+            ));
+        }
+        let link = link.as_ref().expect("set above");
+        ring.sleep(link, arm).or_else(Self::busy_ok).map(|_| {})
+    }
+
+    /// ringmq patch: installs (or removes) the park hook; returns the
+    /// descriptors it must wake up for (park.rs).
+    pub(crate) fn set_park_hook(&self, hook: Option<Rc<dyn crate::park::ParkHook>>) -> Vec<RawFd> {
+        *self.park_hook.borrow_mut() = hook;
+        vec![self.main_ring.borrow().ring_fd(), self.link_fd]
+    }
+
+    /// ringmq patch: the coarse preemption deadline passed.
+    #[inline(always)]
+    pub(crate) fn preempt_due(&self) -> bool {
+        let d = self.preempt_deadline.get();
+        d != u64::MAX && coarse_ns() >= d
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1741,6 +1789,12 @@ impl Reactor {
         self.main_ring.borrow_mut().poll(woke)?;
         self.latency_ring.borrow_mut().poll(woke)?;
         *woke += self.flush_syscall_thread();
+        // ringmq patch: the hook's completions too; what it queued waits for
+        // the park that follows (one enter submits and sleeps).
+        let hook = self.park_hook.borrow().clone();
+        if let Some(h) = hook {
+            *woke += h.poll(false);
+        }
         Ok(())
     }
 
@@ -1797,7 +1851,7 @@ impl Reactor {
     pub(crate) fn wait<Preempt, F>(
         &self,
         preempt_timer: Preempt,
-        user_timer: Option<Duration>,
+        user_timer: Option<Instant>,
         mut woke: usize,
         process_remote_channels: F,
     ) -> io::Result<bool>
@@ -1806,6 +1860,9 @@ impl Reactor {
         F: Fn() -> usize,
     {
         woke += self.flush_syscall_thread();
+        let hook = self.park_hook.borrow().clone();
+        // No preemption while polling or sleeping; armed again below.
+        self.preempt_deadline.set(u64::MAX);
 
         let mut poll_ring = self.poll_ring.borrow_mut();
         let mut main_ring = self.main_ring.borrow_mut();
@@ -1814,61 +1871,97 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // ringmq patch: the throughput-based timeout stays armed until it
+        // fires (it counts main ring completions; re-adding it at every wait
+        // cost a cancel, a new timeout and an `io_uring_enter` per wait).
+        let armed = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|s| s.in_flight());
+        self.throughput_preemption_timeout_src
+            .set(Some(armed.unwrap_or_else(|| {
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                )
+            })));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
         // ... which happens right here. If you ever reorder this code just
         // be careful about this dependency.
-        flush_rings!(lat_ring, poll_ring, main_ring)?;
+        flush_rings!(lat_ring, poll_ring)?;
+        // ringmq patch: the main ring's requests go into its SQ only; a sleep
+        // in the main ring submits them with the enter that waits, else
+        // they are submitted below. Cancellations go at once, as before:
+        // their completions would end that sleep before it began.
+        if main_ring.waiting_kernel_submission() > 0 {
+            flush_rings!(main_ring)?;
+        } else {
+            let q = main_ring.submission_queue();
+            let mut q = q.borrow_mut();
+            main_ring
+                .consume_sqe_queue(&mut q.submissions, false)
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok)?;
+        }
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
+
+        // ringmq patch: the hook's completions; it submits now only if the
+        // executor is about to run its queues (else its sleep submits).
+        if let Some(h) = &hook {
+            woke += h.poll(preempt_timer().is_some());
+        }
 
         // If we generated any event so far, we can't sleep. Need to handle them.
         let should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
-            && main_ring.can_sleep()
+            && main_ring.can_sleep_submitting()
             && lat_ring.can_sleep();
 
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+            // ringmq patch: with a hook the wait itself times out; else the
+            // latency ring's timeout is kept while its deadline holds.
+            if hook.is_none() && self.arm_sleep_timer(&mut lat_ring, user_timer) {
+                flush_cancellations!(into &mut woke; lat_ring);
+                flush_rings!(lat_ring)?;
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // ringmq patch: a full fence here and one in `SleepNotifier::notify`
+            // (Dekker) instead of `membarrier::heavy()`, a syscall per sleep
+            // that also interrupts every other CPU running this process.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
-                        .expect("some error");
+                    match &hook {
+                        Some(h) => {
+                            flush_rings!(main_ring)?;
+                            drop(poll_ring);
+                            drop(main_ring);
+                            drop(lat_ring);
+                            let timeout =
+                                user_timer.map(|t| t.saturating_duration_since(Instant::now()));
+                            h.sleep(timeout);
+                            poll_ring = self.poll_ring.borrow_mut();
+                            main_ring = self.main_ring.borrow_mut();
+                            lat_ring = self.latency_ring.borrow_mut();
+                        }
+                        None => {
+                            self.link_rings_and_sleep(&mut main_ring)
+                                .expect("some error");
+                        }
+                    }
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
                     flush_rings!(lat_ring, poll_ring, main_ring)?;
@@ -1879,10 +1972,15 @@ impl Reactor {
             }
         }
 
+        // ringmq patch: what the main ring holds unsubmitted when no sleep
+        // took it (none if one did).
+        flush_rings!(main_ring)?;
+
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            // ringmq patch: a deadline on the coarse clock, checked by
+            // `need_preempt`, instead of a timeout in the latency ring.
+            let ns = u64::try_from(preempt.as_nanos()).unwrap_or(u64::MAX / 2);
+            self.preempt_deadline.set(coarse_ns().saturating_add(ns));
         }
 
         // A Note about `need_preempt`:
@@ -1893,6 +1991,24 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// ringmq patch: makes the latency ring's sleep timeout match `when`;
+    /// true if a request was queued (a cancel, a new timeout).
+    fn arm_sleep_timer(&self, lat_ring: &mut SleepableRing, when: Option<Instant>) -> bool {
+        let mut cur = self.sleep_timer.borrow_mut();
+        if let (Some(when), Some((src, at))) = (when, cur.as_ref()) {
+            if *at == when && src.in_flight() {
+                return false;
+            }
+        }
+        let had = cur.take().is_some_and(|(src, _)| src.in_flight());
+        if let Some(when) = when {
+            let d = when.saturating_duration_since(Instant::now());
+            *cur = Some((lat_ring.prepare_latency_preemption_timer(d), when));
+            return true;
+        }
+        had
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
