@@ -20,6 +20,10 @@
 //! routed its own copies after the install locally (No Local applied there);
 //! their forwarded twins are skipped and the local ones never dropped.
 //!
+//! After `StubEnd` the marks still apply for [`MERGE_FOR`]: a peer's direct
+//! copy covered by them can arrive after it (the peer's link to this node is
+//! not the path `StubEnd` took) and is dropped.
+//!
 //! Bounded: without `StubEnd` within [`MERGE_FOR`] (old node down) the held
 //! copies are delivered as they are (duplicates possible, counted).
 
@@ -66,10 +70,20 @@ struct Merge {
     id: u64,
 }
 
+/// After a merge ended: the old node's marks, still applied to direct copies
+/// (one that a peer sent before its flush may reach this node after the
+/// `StubEnd` that came through the old node), until [`MERGE_FOR`] passed.
+struct After {
+    last: HashMap<(u64, u16), u64>,
+    own_from: u64,
+    id: u64,
+}
+
 /// One shard's merging sessions and early copies.
 #[derive(Default)]
 pub(crate) struct Merges {
     by_sid: RefCell<HashMap<SessionId, Merge>>,
+    after: RefCell<HashMap<SessionId, After>>,
     /// Forwarded copies for sessions not installed yet, by client id.
     pending: RefCell<HashMap<Box<str>, Vec<Early>>>,
     next: Cell<u64>,
@@ -77,8 +91,22 @@ pub(crate) struct Merges {
 
 impl Merges {
     pub fn any(&self) -> bool {
-        !self.by_sid.borrow().is_empty()
+        !self.by_sid.borrow().is_empty() || !self.after.borrow().is_empty()
     }
+}
+
+/// Whether the old node's `last` counts cover a direct copy of `o` (it
+/// reached the session through the old node), this shard's own copies since
+/// the install (`own_from`) excepted.
+fn covered(
+    node: u64,
+    shard: usize,
+    last: &HashMap<(u64, u16), u64>,
+    own_from: u64,
+    o: Origin,
+) -> bool {
+    let own = o.node == node && usize::from(o.shard) == shard && o.seq >= own_from;
+    !own && last.get(&(o.node, o.shard)).is_some_and(|&l| o.seq <= l)
 }
 
 /// At install (home shard): session `sid` merges what peer `slot` still forwards.
@@ -88,6 +116,7 @@ pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot)
     };
     let id = n.merges.next.get() + 1;
     n.merges.next.set(id);
+    n.merges.after.borrow_mut().remove(&sid);
     n.merges.by_sid.borrow_mut().insert(
         sid,
         Merge {
@@ -136,6 +165,14 @@ pub(crate) fn hold(
     let Some(n) = shard.cluster.as_ref() else {
         return false;
     };
+    if let Some(a) = n.merges.after.borrow().get(&sid) {
+        // Ended: a late direct copy the old node delivered is dropped.
+        if origin.is_some_and(|o| covered(n.node_id, shard.id, &a.last, a.own_from, o)) {
+            n.stats.handover.merge_dups.fetch_add(1, Relaxed);
+            return true;
+        }
+        return false;
+    }
     let mut m = n.merges.by_sid.borrow_mut();
     let Some(m) = m.get_mut(&sid) else {
         return false;
@@ -344,11 +381,9 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         .collect();
     let stats = &n.stats.handover;
     for h in &m.held {
-        let covered = h.origin.is_some_and(|o| {
-            let own =
-                o.node == n.node_id && usize::from(o.shard) == shard.id && o.seq >= m.own_from;
-            !own && last.get(&(o.node, o.shard)).is_some_and(|&l| o.seq <= l)
-        });
+        let covered = h
+            .origin
+            .is_some_and(|o| covered(n.node_id, shard.id, &last, m.own_from, o));
         if covered {
             stats.merge_dups.fetch_add(1, Relaxed);
             continue;
@@ -356,6 +391,26 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         deliver_to(shard, sid, &h.publish, Some(h));
     }
     stats.merge_ended.fetch_add(1, Relaxed);
+    if marks.is_some() {
+        let id = m.id;
+        let a = After {
+            last,
+            own_from: m.own_from,
+            id,
+        };
+        n.merges.after.borrow_mut().insert(sid, a);
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(MERGE_FOR).await;
+            if let Some(n) = &shard.cluster {
+                let mut after = n.merges.after.borrow_mut();
+                if after.get(&sid).is_some_and(|a| a.id == id) {
+                    after.remove(&sid);
+                }
+            }
+        })
+        .detach();
+    }
 }
 
 /// The new node's mesh items of a move (`stub.rs` passes them on).
