@@ -281,6 +281,7 @@ pub(crate) fn deliver_local(
         if moving
             && crate::cluster::merge::hold(
                 shard,
+                s,
                 m.session,
                 p,
                 qos,

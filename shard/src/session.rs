@@ -428,6 +428,17 @@ impl Session {
         }
     }
 
+    /// Its next copies are stored at once, not deferred (`defer.rs`), for
+    /// [`crate::defer::BEHIND_FOR_MS`]: a moved session's held copies
+    /// (`cluster/merge.rs`) replace their durable rows by their deliveries.
+    pub(crate) fn store_at_once(&self, shard: &Shard) {
+        let now_ms = Instant::now()
+            .saturating_duration_since(shard.started)
+            .as_millis() as u64;
+        self.defer_off_until
+            .set(now_ms.saturating_add(crate::defer::BEHIND_FOR_MS));
+    }
+
     /// Writes deferred row `seq` with its current state, now due; false if
     /// the session no longer holds it.
     pub fn store_deferred(&self, shard: &Shard, seq: u64, now: Instant) -> bool {

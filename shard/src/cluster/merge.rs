@@ -33,7 +33,8 @@ use super::stub::Move;
 use super::Item;
 use crate::mesh::MeshItem;
 use crate::router::PublishInfo;
-use crate::session::SessionId;
+use crate::session::{Session, SessionId};
+use crate::store::{MessageRef, OutboundState, SessionKey};
 use crate::shard::Shard;
 use ringmq_codec::{Publish, QoS};
 use smallvec::SmallVec;
@@ -57,6 +58,10 @@ struct Held {
     retain: bool,
     sub_ids: SmallVec<[u32; 2]>,
     origin: Option<Origin>,
+    /// The session's queued row holding this copy durably (QoS 1/2 of a
+    /// persistent session): acknowledged copies survive a crash of this node
+    /// before the merge ends. Deleted once the merge delivered or dropped it.
+    row: Option<(SessionKey, u64)>,
 }
 
 struct Merge {
@@ -153,8 +158,15 @@ pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot)
 }
 
 /// In delivery: holds a direct copy for a merging session (true), or not.
+/// A held QoS 1/2 copy is stored as a queued row of the session at once, in
+/// the batch whose commit the acknowledgement of its publish waits for
+/// (the publisher's flush, or this shard's confirmation to another shard or
+/// node): the copy is the session's, acknowledged, and must survive a crash
+/// before `StubEnd` [MQTT-4.3.2-4]/[MQTT-4.3.3-4] hold for it like for any other.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn hold(
     shard: &Shard,
+    s: &mut Session,
     sid: SessionId,
     p: &Publish,
     qos: QoS,
@@ -177,12 +189,32 @@ pub(crate) fn hold(
     let Some(m) = m.get_mut(&sid) else {
         return false;
     };
+    let row = match s.key {
+        Some(key) if qos != QoS::AtMostOnce && shard.store.is_persistent() => {
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            let msg = MessageRef {
+                publish: p,
+                qos,
+                retain,
+                subscription_ids: sub_ids,
+                received_at_ms: crate::store::unix_ms(),
+            };
+            shard
+                .store
+                .put_outbound_new(key, seq, OutboundState::Queued, msg)
+                .detach();
+            Some((key, seq))
+        }
+        _ => None,
+    };
     m.held.push(Held {
         publish: p.clone(),
         qos,
         retain,
         sub_ids: SmallVec::from_slice(sub_ids),
         origin,
+        row,
     });
     n.stats.handover.held.fetch_add(1, Relaxed);
     true
@@ -372,7 +404,14 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         .get(sid as usize)
         .is_some_and(|s| *s.client_id.as_str() == *m.client && !s.is_gone());
     if !alive {
+        // Gone with its session (its rows went with it).
         return;
+    }
+    if let Some(s) = shard.sessions.borrow().get(sid as usize) {
+        // The held rows are deleted as their copies are delivered: the new
+        // rows must not be deferred (`defer.rs`), or a crash in between
+        // would lose what the held rows kept.
+        s.store_at_once(shard);
     }
     let last: HashMap<(u64, u16), u64> = marks
         .unwrap_or_default()
@@ -386,9 +425,13 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
             .is_some_and(|o| covered(n.node_id, shard.id, &last, m.own_from, o));
         if covered {
             stats.merge_dups.fetch_add(1, Relaxed);
-            continue;
+        } else {
+            deliver_to(shard, sid, &h.publish, Some(h));
         }
-        deliver_to(shard, sid, &h.publish, Some(h));
+        // Behind the delivery's own row in the same batch: one commit.
+        if let Some((key, seq)) = h.row {
+            shard.store.delete_outbound(key, seq).detach();
+        }
     }
     stats.merge_ended.fetch_add(1, Relaxed);
     if marks.is_some() {
