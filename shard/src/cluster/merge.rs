@@ -34,8 +34,8 @@ use super::Item;
 use crate::mesh::MeshItem;
 use crate::router::PublishInfo;
 use crate::session::{Session, SessionId};
-use crate::store::{MessageRef, OutboundState, SessionKey};
 use crate::shard::Shard;
+use crate::store::{MessageRef, OutboundState, SessionKey};
 use ringmq_codec::{Publish, QoS};
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
@@ -405,6 +405,17 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         .is_some_and(|s| *s.client_id.as_str() == *m.client && !s.is_gone());
     if !alive {
         // Gone with its session (its rows went with it).
+        return;
+    }
+    if marks.is_some() && !m.held.is_empty() && super::origin::crash_armed("merge-held-end") {
+        // Test crash point: the process ends once what it acknowledged is
+        // committed, with the held copies not delivered yet.
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let _ = shard.store.flush().await;
+            super::origin::crash_point("merge-held-end");
+        })
+        .detach();
         return;
     }
     if let Some(s) = shard.sessions.borrow().get(sid as usize) {

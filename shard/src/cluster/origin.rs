@@ -84,12 +84,17 @@ pub(crate) struct Pending {
 /// Aborts the process at test crash point `point` when `RINGMQ_TEST_CRASH`
 /// names it (read once).
 pub(crate) fn crash_point(point: &str) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let at = AT.get_or_init(|| std::env::var("RINGMQ_TEST_CRASH").ok());
-    if at.as_deref() == Some(point) {
+    if crash_armed(point) {
         eprintln!("RINGMQ_TEST_CRASH: aborting at {point}");
         std::process::abort();
     }
+}
+
+/// Whether the test crash point `point` is armed (`RINGMQ_TEST_CRASH`).
+pub(crate) fn crash_armed(point: &str) -> bool {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("RINGMQ_TEST_CRASH").ok());
+    at.as_deref() == Some(point)
 }
 
 // ---- the publisher's node -----------------------------------------------------------------------
