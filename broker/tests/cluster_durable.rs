@@ -12,54 +12,13 @@
 mod common;
 mod cluster_support;
 
+use cluster_support::acked::{self, acks_by_id, link, raw_connect, wait_links, SETTLE};
 use cluster_support::{rt, serial, Cluster};
-use common::persist::{persistent_connect, subscribe, Inbox};
+use common::persist::{persistent_connect, Inbox};
 use common::raw::{publish_packet, RawEv};
 use common::*;
-use ringmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
-use std::collections::HashMap;
+use ringmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 use std::time::{Duration, Instant};
-
-/// Bound for links and leadership after a (re)start.
-const SETTLE: Duration = Duration::from_secs(30);
-
-/// Waits until node `id` shows every link up; returns its status.
-fn wait_links(c: &Cluster, id: u64, peers: usize) -> serde_json::Value {
-    check_for_blocking(SETTLE, "node links up", || {
-        let s = c.get(id).status()?;
-        let links = s["links"].as_array()?;
-        (links.len() == peers && links.iter().all(|l| l["up"] == true)).then_some(s)
-    })
-}
-
-/// Node `id`'s counters for its link to `peer`.
-fn link(c: &Cluster, id: u64, peer: u64) -> serde_json::Value {
-    let s = c.get(id).status().expect("status");
-    s["links"]
-        .as_array()
-        .expect("links")
-        .iter()
-        .find(|l| l["peer"] == peer)
-        .cloned()
-        .expect("link to peer")
-}
-
-/// Connects a raw client, retrying while the cluster answers 0x88 (the metadata layer still
-/// settling on this loaded machine).
-async fn raw_connect(addr: std::net::SocketAddr, c: ringmq_codec::Connect) -> Raw {
-    let end = Instant::now() + SETTLE;
-    loop {
-        let mut raw = Raw::open(addr, c.protocol).await;
-        raw.send(&Packet::Connect(Box::new(c.clone()))).await;
-        if let RawEv::Packet(Packet::ConnAck(a)) = raw.recv(WAIT).await {
-            if a.reason == ReasonCode::Success {
-                return raw;
-            }
-        }
-        assert!(Instant::now() < end, "no CONNACK 0 for {}", c.client_id);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Connects rumqttc, retrying while the cluster answers 0x88.
 async fn connect(opts: Opts) -> Client {
@@ -74,31 +33,9 @@ async fn connect(opts: Opts) -> Client {
     }
 }
 
-/// A v5 persistent session subscribed to `f` at QoS 2, then disconnected: what matches is
-/// stored in its session rows on its node.
+/// A v5 persistent session subscribed to `f` at QoS 2, then disconnected.
 async fn parked_session(addr: std::net::SocketAddr, id: &str, f: &str) {
-    let mut s = raw_connect(addr, persistent_connect(ProtocolVersion::V5, id, 3600)).await;
-    subscribe(
-        &mut s,
-        1,
-        f,
-        SubscriptionOptions::with_qos(QoS::ExactlyOnce),
-        None,
-    )
-    .await;
-    common::persist::disconnect(s).await;
-}
-
-/// The reason of every PUBACK/PUBREC a publisher got, by packet id; PUBRELs are sent by the
-/// inbox as PUBRECs arrive.
-fn acks_by_id(i: &Inbox) -> HashMap<u16, ReasonCode> {
-    i.acks
-        .iter()
-        .filter_map(|a| match a {
-            Packet::PubAck(r) | Packet::PubRec(r) => Some((r.packet_id.get(), r.reason)),
-            _ => None,
-        })
-        .collect()
+    acked::parked_session(addr, ProtocolVersion::V5, id, f, QoS::ExactlyOnce).await;
 }
 
 #[test]

@@ -24,45 +24,17 @@
 mod common;
 mod cluster_support;
 
+use cluster_support::acked::{raw_connect_sp, wait_links};
 use cluster_support::{rt, serial, Cluster};
 use common::persist::{disconnect, persistent_connect, subscribe, text, Inbox};
 use common::raw::{connect_packet, publish_packet, resp, RawEv};
 use common::*;
 use ringmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
-use std::time::{Duration, Instant};
-
-/// Bound for links and leadership after a (re)start.
-const SETTLE: Duration = Duration::from_secs(30);
-
-/// Waits until node `id` shows every link up.
-fn wait_links(c: &Cluster, id: u64, peers: usize) {
-    check_for_blocking(SETTLE, "node links up", || {
-        let s = c.get(id).status()?;
-        let links = s["links"].as_array()?;
-        (links.len() == peers && links.iter().all(|l| l["up"] == true)).then_some(())
-    });
-}
-
-/// Connects a raw client, retrying while the cluster answers 0x88 (the metadata layer still
-/// settling after a restart): (connection, session present).
-async fn raw_connect(addr: std::net::SocketAddr, c: ringmq_codec::Connect) -> (Raw, bool) {
-    let end = Instant::now() + SETTLE;
-    loop {
-        let mut raw = Raw::open(addr, c.protocol).await;
-        raw.send(&Packet::Connect(Box::new(c.clone()))).await;
-        if let RawEv::Packet(Packet::ConnAck(a)) = raw.recv(WAIT).await {
-            if a.reason == ReasonCode::Success {
-                return (raw, a.session_present);
-            }
-        }
-        assert!(Instant::now() < end, "no CONNACK 0 for {}", c.client_id);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use std::time::Duration;
 
 /// A v5 persistent session subscribed to `eo/#` at QoS 2, parked (its copies are rows).
 async fn parked_session(addr: std::net::SocketAddr, id: &str) {
-    let (mut s, _) = raw_connect(addr, persistent_connect(ProtocolVersion::V5, id, 3600)).await;
+    let (mut s, _) = raw_connect_sp(addr, persistent_connect(ProtocolVersion::V5, id, 3600)).await;
     let o = SubscriptionOptions::with_qos(QoS::ExactlyOnce);
     subscribe(&mut s, 1, "eo/#", o, None).await;
     disconnect(s).await;
@@ -76,7 +48,8 @@ fn count(i: &Inbox, payload: &str) -> usize {
 /// Resumes parked session `id` on `addr`: `payload` arrives exactly once (nothing more within a
 /// quiet spell), then parks it again.
 async fn holds_once(addr: std::net::SocketAddr, id: &str, payload: &str) {
-    let (s, present) = raw_connect(addr, persistent_connect(ProtocolVersion::V5, id, 3600)).await;
+    let (s, present) =
+        raw_connect_sp(addr, persistent_connect(ProtocolVersion::V5, id, 3600)).await;
     assert!(present, "{id}: its session");
     let mut s = Inbox::new(s);
     s.until(WAIT * 4, &format!("{id}: {payload}"), |i| {
@@ -120,7 +93,7 @@ fn exactly_once_through_crashes_of_the_publishers_node(shards: usize) {
         parked_session(a2, "eo-s2").await;
         parked_session(a3, "eo-s3").await;
         let (mut on, _) =
-            raw_connect(a2, connect_packet(ProtocolVersion::V3_1_1, "eo-on2", true)).await;
+            raw_connect_sp(a2, connect_packet(ProtocolVersion::V3_1_1, "eo-on2", true)).await;
         let o = SubscriptionOptions::with_qos(QoS::ExactlyOnce);
         subscribe(&mut on, 1, "eo/#", o, None).await;
         Inbox::new(on)
@@ -137,7 +110,7 @@ fn exactly_once_through_crashes_of_the_publishers_node(shards: usize) {
         let a1 = c.get(1).mqtt();
         rt.block_on(async {
             // Routes of nodes 2 and 3 reach node 1 in its route sync (links up).
-            let (mut p, _) = raw_connect(a1, persistent_connect(*v, &pub_id, 3600)).await;
+            let (mut p, _) = raw_connect_sp(a1, persistent_connect(*v, &pub_id, 3600)).await;
             let msg = publish_packet(&format!("eo/{i}"), 2, false, 7, payload.as_bytes());
             p.send(&Packet::Publish(msg)).await;
             // No PUBREC: the node dies at the crash point first.
@@ -153,7 +126,7 @@ fn exactly_once_through_crashes_of_the_publishers_node(shards: usize) {
         rt.block_on(async {
             // The publisher resumes and resends with DUP: answered from the stored id
             // [MQTT-4.3.3-10] (v5) / [MQTT-4.3.3-2] (3.1.1), never routed again.
-            let (mut p, present) = raw_connect(a1, persistent_connect(*v, &pub_id, 3600)).await;
+            let (mut p, present) = raw_connect_sp(a1, persistent_connect(*v, &pub_id, 3600)).await;
             assert!(present, "case {i}: the publisher's session survived");
             let mut msg = publish_packet(&format!("eo/{i}"), 2, false, 7, payload.as_bytes());
             msg.dup = true;

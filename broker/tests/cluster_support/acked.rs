@@ -41,13 +41,18 @@ pub fn link(c: &Cluster, id: u64, peer: u64) -> serde_json::Value {
 /// Connects a raw client, retrying while the cluster answers 0x88 (the metadata layer still
 /// settling on this loaded machine).
 pub async fn raw_connect(addr: SocketAddr, c: ringmq_codec::Connect) -> Raw {
+    raw_connect_sp(addr, c).await.0
+}
+
+/// [`raw_connect`], with the CONNACK's session present flag.
+pub async fn raw_connect_sp(addr: SocketAddr, c: ringmq_codec::Connect) -> (Raw, bool) {
     let end = Instant::now() + SETTLE;
     loop {
         let mut raw = Raw::open(addr, c.protocol).await;
         raw.send(&Packet::Connect(Box::new(c.clone()))).await;
         if let RawEv::Packet(Packet::ConnAck(a)) = raw.recv(WAIT).await {
             if a.reason == ReasonCode::Success {
-                return raw;
+                return (raw, a.session_present);
             }
         }
         assert!(Instant::now() < end, "no CONNACK 0 for {}", c.client_id);

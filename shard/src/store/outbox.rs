@@ -3,7 +3,7 @@
 //! acked copy's link frame) and the meta row `Mlinkrun` (stream u64 + run
 //! u64). Only shard 0 writes them; every shard reads its own at start.
 //!
-//! The run grows by one at every start, written in the recovery transaction
+//! The run grows by one at every start, stored on shard 0 right after recovery
 //! (so it is durable before any copy of the new run leaves): acked copy ids
 //! are `run << 40 | n`, so a copy of a later run always has a higher id than
 //! every copy of an earlier one, and the stream never changes for a data
@@ -102,8 +102,8 @@ impl Store {
     }
 }
 
-/// Reads the outbox rows and the run row, and writes the next run (in the
-/// recovery transaction, committed before the shards start).
+/// Reads the outbox rows, the peers' routes and the run row; the next run
+/// is stored by [`save_run`] before the shards start.
 pub(super) fn load(db: Db<'_>, wtxn: &mut RwTxn<'_>, path: &Path) -> Result<LinkRows, StoreError> {
     let heed_err = |e| StoreError::from_heed(path, e);
     let mut rows = Vec::new();
@@ -131,10 +131,6 @@ pub(super) fn load(db: Db<'_>, wtxn: &mut RwTxn<'_>, path: &Path) -> Result<Link
             _ => return Err(StoreError::corrupt(path, "bad link run row")),
         },
     };
-    let mut val = [0u8; 16];
-    val[..8].copy_from_slice(&run.stream.to_be_bytes());
-    val[8..].copy_from_slice(&run.run.to_be_bytes());
-    db.put(wtxn, keys::META_LINK_RUN, &val).map_err(heed_err)?;
     let mut routes = Vec::new();
     for entry in db
         .prefix_iter(wtxn, &[keys::PEER_ROUTE])
@@ -152,4 +148,36 @@ pub(super) fn load(db: Db<'_>, wtxn: &mut RwTxn<'_>, path: &Path) -> Result<Link
         run,
         routes,
     })
+}
+
+/// Stores this start's run on shard 0 (after recovery, before any copy of
+/// the run leaves), in its own transaction, the map grown as for any
+/// commit. A store at its map's ceiling cannot take it: the run then gets
+/// a fresh stream instead (logged), so its copies can never be taken by a
+/// peer for copies of an earlier run; the outbox rows keep their own stamps.
+pub(super) fn save_run(
+    env: &heed::Env<heed::WithoutTls>,
+    map: super::batch::MapPolicy,
+    run: LinkRun,
+) -> Result<LinkRun, StoreError> {
+    let mut b = super::batch::Batch::default();
+    b.push(
+        OpKind::Put,
+        |k| k.extend_from_slice(keys::META_LINK_RUN),
+        |v| {
+            v.extend_from_slice(&run.stream.to_be_bytes());
+            v.extend_from_slice(&run.run.to_be_bytes());
+        },
+    );
+    match super::batch::commit(env, &mut b, map) {
+        Ok(_) => Ok(run),
+        Err(e) if e.is_no_space() => {
+            let fresh = LinkRun::fresh();
+            tracing::warn!(
+                "store: {e}; the node links' run is not stored: this start uses a fresh stream"
+            );
+            Ok(fresh)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -151,6 +151,10 @@ pub fn open(dir: &Path, shards: u16, opts: &StoreOptions) -> Result<Recovery, St
     let map = MapPolicy {
         max: opts.max_map_size,
     };
+    // Shard 0 runs the node links: its run is stored before anything starts.
+    if let (Some(env), Some(o)) = (envs.first(), outboxes.first_mut()) {
+        o.run = super::outbox::save_run(env, map, o.run)?;
+    }
     let shards = envs
         .into_iter()
         .zip(shard_sessions)
