@@ -746,14 +746,12 @@ fn a_session_moves_to_and_from_a_node_added_at_run_time() {
     assert!(installed(1) >= 1, "node 1 installed it back");
 }
 
-/// Sends `sig` (`-STOP`, `-CONT`) to node `id`'s process, by its PID.
-fn signal(c: &Cluster, id: u64, sig: &str) {
+/// Sends `sig` (SIGSTOP, SIGCONT) to node `id`'s process, by its PID.
+fn signal(c: &Cluster, id: u64, sig: libc::c_int) {
     let pid = c.get(id).proc.as_ref().expect("node running").pid();
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
+    // SAFETY: kill(2) on the PID of a child process this test started and still owns.
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig})");
 }
 
 /// Every link of every node up again (after a restart).
@@ -847,7 +845,7 @@ fn held_copies_survive_a_crash_of_the_new_node_before_the_merge_ends() {
         // and flush answer time out (5 s each), so the merge on node 2 holds what the
         // publisher sends it meanwhile. Node 2 crashes at the merge's end, maybe before its
         // CONNACK leaves.
-        signal(&c, 3, "-STOP");
+        signal(&c, 3, libc::SIGSTOP);
         let mut new = Raw::open(n2, cp.protocol).await;
         new.send(&Packet::Connect(Box::new(cp.clone()))).await;
         take_all(&mut m, &mut seen, Duration::from_millis(200)).await;
@@ -861,7 +859,7 @@ fn held_copies_survive_a_crash_of_the_new_node_before_the_merge_ends() {
         }
         publisher.join().unwrap()
     });
-    signal(&c, 3, "-CONT");
+    signal(&c, 3, libc::SIGCONT);
     let err = c.node(2).wait_crash(SETTLE);
     assert!(err.contains("aborting at merge-held-end"), "{err}");
     c.node(2).start();
