@@ -11,6 +11,8 @@
 //!   count the old node delivered (`marks`). Then a held copy at or below its
 //!   origin's mark is dropped (it reached the session through the old node:
 //!   in the snapshot or forwarded) and the others are delivered, in order.
+//!   A held QoS 1/2 copy is a queued row of the session meanwhile (`hold`):
+//!   acknowledged, it survives a crash of this node before `StubEnd`.
 //!
 //! Each origin's copies travel every path in their order, the old node's
 //! path carries an origin's copies up to its mark and the direct path every
@@ -162,7 +164,8 @@ pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot)
 /// the batch whose commit the acknowledgement of its publish waits for
 /// (the publisher's flush, or this shard's confirmation to another shard or
 /// node): the copy is the session's, acknowledged, and must survive a crash
-/// before `StubEnd` [MQTT-4.3.2-4]/[MQTT-4.3.3-4] hold for it like for any other.
+/// before `StubEnd`: the receiver's acknowledgement after accepting
+/// ownership, [MQTT-4.3.2-4]/[MQTT-4.3.3-8] (v5), [MQTT-4.3.2-2]/[MQTT-4.3.3-2] (3.1.1).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn hold(
     shard: &Shard,
