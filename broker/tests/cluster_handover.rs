@@ -12,6 +12,7 @@ mod common;
 mod cluster_support;
 
 use bytes::Bytes;
+use cluster_support::acked::{raw_connect_sp, wait_links};
 use cluster_support::{rt, serial, Cluster};
 use common::raw::{connect_packet, filter, pid, publish_packet, resp, topic, version, RawEv};
 use common::*;
@@ -30,11 +31,7 @@ fn cluster() -> Cluster {
     let c = Cluster::start(3, &[]);
     c.wait_leader(&[1, 2, 3]);
     for id in 1..=3 {
-        check_for_blocking(SETTLE, "node links up", || {
-            let s = c.get(id).status()?;
-            let links = s["links"].as_array()?;
-            (links.len() == 2 && links.iter().all(|l| l["up"] == true)).then_some(())
-        });
+        wait_links(&c, id, 2);
     }
     c
 }
@@ -55,18 +52,7 @@ async fn client(opts: Opts) -> Client {
 
 /// Raw CONNECT, retrying on 0x88 as above: (connection, session present).
 async fn raw_connect(addr: std::net::SocketAddr, c: &Connect) -> (Raw, bool) {
-    let end = Instant::now() + SETTLE;
-    loop {
-        let mut raw = Raw::open(addr, c.protocol).await;
-        raw.send(&Packet::Connect(Box::new(c.clone()))).await;
-        match raw.recv(WAIT).await {
-            RawEv::Packet(Packet::ConnAck(a)) if a.reason == ReasonCode::Success => {
-                return (raw, a.session_present)
-            }
-            other => assert!(Instant::now() < end, "CONNACK: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    raw_connect_sp(addr, c.clone()).await
 }
 
 /// `ctl metrics --json` of node `id`: its handover counters.
@@ -683,11 +669,7 @@ fn a_session_moves_to_and_from_a_node_added_at_run_time() {
     assert_eq!(code, 0, "{out}{err}");
     c.wait_leader(&[1, 2, 3, 4]);
     for id in 1..=4 {
-        check_for_blocking(SETTLE, "node links up", || {
-            let s = c.get(id).status()?;
-            let links = s["links"].as_array()?;
-            (links.len() == 3 && links.iter().all(|l| l["up"] == true)).then_some(())
-        });
+        wait_links(&c, id, 3);
     }
     let (n1, n2, n3, n4) = (
         c.get(1).mqtt(),
@@ -757,11 +739,7 @@ fn signal(c: &Cluster, id: u64, sig: libc::c_int) {
 /// Every link of every node up again (after a restart).
 fn links_up(c: &Cluster) {
     for id in 1..=3 {
-        check_for_blocking(SETTLE, "node links up", || {
-            let s = c.get(id).status()?;
-            let links = s["links"].as_array()?;
-            (links.len() == 2 && links.iter().all(|l| l["up"] == true)).then_some(())
-        });
+        wait_links(c, id, 2);
     }
 }
 

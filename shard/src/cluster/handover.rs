@@ -401,18 +401,17 @@ fn snapshot_of(s: &crate::session::Session) -> Bytes {
 
 /// The link slot of the node that owns `client_id` now (as applied here), if not this one.
 pub(crate) fn owner_slot(shard: &Shard, client_id: &str) -> Option<Slot> {
-    let cfg = shard.cfg.cluster.as_ref()?;
     let (node, _) = shard
         .cfg
         .ownership
         .as_ref()?
         .gate
         .owner(client_id.as_bytes())?;
-    let i = cfg
-        .peers
-        .iter()
-        .position(|p| p.id == node && node != cfg.node_id)?;
-    Some(i as Slot + 1)
+    let n = shard.cluster.as_ref()?;
+    // The live links (a node added at run time too), not the start-up peer list:
+    // without a slot the fenced session gets no stub, and the new owner's merge
+    // would hold its direct copies until its time bound.
+    (node != n.node_id).then(|| n.slot_of(node)).flatten()
 }
 
 /// Keeps a fenced session's snapshot for the new owner's fetch, [`PARK_FOR`] at most.
