@@ -199,6 +199,12 @@ fn a_full_outbox_refuses_and_a_removed_node_has_its_outbox_dropped() {
         QoS::ExactlyOnce,
     ));
     c.node(3).kill9();
+    // Node 1 has seen its link to node 3 go down: every copy below goes to the outbox or is
+    // refused as full (0x97). A copy made while the link still looked up would wait for
+    // the ack timeout instead, and one the outbox then cannot take is refused with 0x83.
+    check_for_blocking(SETTLE, "node 1's link to node 3 down", || {
+        (try_link(&c, 1, 3)?["up"] == false).then_some(())
+    });
     let a1 = c.get(1).mqtt();
     let payload = vec![b'x'; 100];
     rt.block_on(async {
