@@ -224,6 +224,27 @@ pub struct Origin {
     pub seq: u64,
 }
 
+impl OriginAt {
+    /// The stamp as node `node` (the link's peer) gave it.
+    pub fn on(self, node: u64) -> Origin {
+        Origin {
+            node,
+            shard: self.shard,
+            seq: self.seq,
+        }
+    }
+}
+
+impl Origin {
+    /// The stamp as this node writes it on a link (the node is the link's sender).
+    pub fn at(self) -> OriginAt {
+        OriginAt {
+            shard: self.shard,
+            seq: self.seq,
+        }
+    }
+}
+
 impl Frame {
     /// A retained message the sender holds, set at `at_ms` (unix ms), sent when the link
     /// comes up: `mqtt` is the PUBLISH bytes of a `Publish` frame (after its 5-byte header).

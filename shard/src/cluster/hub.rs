@@ -3,9 +3,7 @@
 //! every local shard to apply a peer's change.
 
 use super::config::ClusterConfig;
-use super::frame::{
-    encode_publish, encode_publish_from, publish_header, Frame, Hello, Origin, OriginAt,
-};
+use super::frame::{encode_publish, encode_publish_from, publish_header, Frame, Hello, Origin};
 use super::link::{self, Link};
 use super::routes::{Change, RouteBook, Slot};
 use super::stats::ClusterStats;
@@ -520,10 +518,7 @@ impl Hub {
         waiter: Option<(usize, u64)>,
         origin: Option<Origin>,
     ) {
-        let at = origin.map(|o| OriginAt {
-            shard: o.shard,
-            seq: o.seq,
-        });
+        let at = origin.map(Origin::at);
         let mut b = BytesMut::new();
         encode_publish_from(p, at, &mut b);
         let head = publish_header(at);

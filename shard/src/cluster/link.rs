@@ -420,11 +420,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         Frame::PublishFrom { origin, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            let o = super::Origin {
-                node: link.peer.id,
-                shard: origin.shard,
-                seq: origin.seq,
-            };
+            let o = origin.on(link.peer.id);
             crate::route::route_from_peer(shard, p, None, None, Some(o));
         }
         Frame::AckedFrom {
@@ -434,11 +430,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            let o = super::Origin {
-                node: link.peer.id,
-                shard: origin.shard,
-                seq: origin.seq,
-            };
+            let o = origin.on(link.peer.id);
             hub.durable
                 .receive(shard, link, stamp, (None, None), p, Some(o));
         }
@@ -485,11 +477,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            let at = at.map(|a| super::Origin {
-                node: link.peer.id,
-                shard: a.shard,
-                seq: a.seq,
-            });
+            let at = at.map(|a| a.on(link.peer.id));
             hub.durable
                 .receive(shard, link, stamp, (group.as_ref(), Some(origin)), p, at);
         }

@@ -184,7 +184,7 @@ pub struct Node {
     /// This shard's origin count: the next publish routed here gets it.
     origin_seq: std::cell::Cell<u64>,
     /// Per origin (node, shard): the last count this shard delivered to a session.
-    handled: RefCell<std::collections::HashMap<(u64, u16), u64>>,
+    handled: RefCell<crate::IntMap<(u64, u16), u64>>,
     /// Sessions that moved away and whose traffic is still forwarded (old node).
     pub(crate) stubs: stub::Stubs,
     /// Sessions that moved here and still merge the old node's copies (new node).
@@ -643,10 +643,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
         } => {
             if let Some(hub) = &node.hub {
                 let w = acks::Waiter { shard: from, token };
-                let at = at.map(|a| frame::OriginAt {
-                    shard: a.shard,
-                    seq: a.seq,
-                });
+                let at = at.map(Origin::at);
                 let copy = (group.as_ref(), at);
                 origin::send(shard, hub, &nodes, copy, &publish, w, o, patient);
             }
