@@ -356,6 +356,11 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<crate::listener::Lis
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // accept(2) takes a descriptor before it looks at the backlog, so
+                // an episode can fail on an empty backlog: a descriptor free again
+                // with nothing queued ends it too, or it would stay open (and
+                // unlogged) until the next client came.
+                backoff.recovered(shard.id);
                 shard.poller.clear(listener.key, READABLE);
                 shard.poller.wait(listener.key, READABLE).await;
             }
