@@ -206,6 +206,13 @@ pub enum Frame {
         client: String,
         marks: Vec<Origin>,
     },
+    /// Old node to new: copies from the nodes `peers` (whose flush did not
+    /// answer during the move) may still come, forwarded late as
+    /// `SessionCopy`; no peers: no more will (`ghost.rs`).
+    Ghost {
+        client: String,
+        peers: Vec<u64>,
+    },
 }
 
 /// Where a publish entered the cluster, on the node that sent the frame.
@@ -567,7 +574,8 @@ impl Frame {
             | Frame::MoveDone(_)
             | Frame::Flush(_)
             | Frame::Flushed(_)
-            | Frame::StubEnd { .. } => {
+            | Frame::StubEnd { .. }
+            | Frame::Ghost { .. } => {
                 out.truncate(start);
                 super::frame_move::encode(self, out);
                 return;

@@ -2,6 +2,7 @@
 //! frames that move a session's traffic from its old node to its new one
 //! (`stub.rs` on the old node, `merge.rs` on the new). Same framing as
 //! `frame.rs` (`len u32 | kind u8 | body`); malformed bodies close the link.
+//! `Ghost` (0x39) keeps late copies of a moved session flowing (`ghost.rs`).
 
 use super::frame::{
     finish, get_str, need, put_str, Frame, FrameError, Origin, OriginAt, Stamp, ACKED_FROM,
@@ -14,6 +15,7 @@ const MOVE_DONE: u8 = 0x33;
 const FLUSH: u8 = 0x34;
 const FLUSHED: u8 = 0x35;
 const STUB_END: u8 = 0x36;
+const GHOST: u8 = 0x39;
 
 /// Appends one of this file's frames (`frame.rs` delegates them here).
 pub(super) fn encode(f: &Frame, out: &mut BytesMut) {
@@ -64,6 +66,14 @@ pub(super) fn encode(f: &Frame, out: &mut BytesMut) {
             out.put_u32(marks.len() as u32);
             for m in marks {
                 put_origin(out, *m);
+            }
+        }
+        Frame::Ghost { client, peers } => {
+            out.put_u8(GHOST);
+            put_str(out, client);
+            out.put_u32(peers.len() as u32);
+            for p in peers {
+                out.put_u64(*p);
             }
         }
         _ => {
@@ -140,6 +150,16 @@ pub(super) fn decode(kind: u8, body: &mut Bytes) -> Result<Frame, FrameError> {
             let marks = (0..n).map(|_| get_origin(body)).collect();
             Frame::StubEnd { client, marks }
         }
+        GHOST => {
+            let client = get_str(body, "ghost")?;
+            need(body, 4, "ghost")?;
+            let n = body.get_u32() as usize;
+            if n > body.len() / 8 {
+                return Err(FrameError::Truncated("ghost"));
+            }
+            let peers = (0..n).map(|_| body.get_u64()).collect();
+            Frame::Ghost { client, peers }
+        }
         k => return Err(FrameError::UnknownKind(k)),
     })
 }
@@ -215,6 +235,14 @@ mod tests {
             client: "c".into(),
             marks: vec![o, Origin { node: 1, ..o }],
         });
+        round_trip(Frame::Ghost {
+            client: "c".into(),
+            peers: vec![3, 4],
+        });
+        round_trip(Frame::Ghost {
+            client: "c".into(),
+            peers: vec![],
+        });
     }
 
     #[test]
@@ -235,7 +263,13 @@ mod tests {
             Frame::decode(&mut b),
             Err(FrameError::Truncated("stub end"))
         );
-        let mut b = BytesMut::from(&[0, 0, 0, 1, 0x39][..]);
-        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(0x39)));
+        let mut b = BytesMut::new();
+        b.put_u32(7);
+        b.put_u8(GHOST);
+        b.put_u16(0);
+        b.put_u32(2);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::Truncated("ghost")));
+        let mut b = BytesMut::from(&[0, 0, 0, 1, 0x38][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(0x38)));
     }
 }

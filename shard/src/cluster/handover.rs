@@ -93,6 +93,16 @@ pub struct HandoverStats {
     pub merge_ended: AtomicU64,
     /// Session moves: merges ended without StubEnd within MERGE_FOR.
     pub merge_expired: AtomicU64,
+    /// Session moves: ghosts (a flush peer silent; its late copies forwarded, `ghost.rs`).
+    pub ghosts: AtomicU64,
+    /// Session moves: late copies a ghost forwarded to the new owner.
+    pub ghost_forwarded: AtomicU64,
+    /// Session moves: ghosts ended by every late peer's flush.
+    pub ghost_ended: AtomicU64,
+    /// Session moves: ghosts ended by their time bound.
+    pub ghost_expired: AtomicU64,
+    /// Session moves: copies from a ghost's peers that came by both paths, delivered once.
+    pub ghost_dups: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {

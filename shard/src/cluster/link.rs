@@ -445,8 +445,13 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         }
         Frame::MoveDone(client) => super::stub::on_move_done(shard, hub, link, client),
         Frame::Flush(t) => link.push_frame(&Frame::Flushed(t)),
-        Frame::Flushed(t) => super::stub::on_flushed(shard, hub, link, t),
+        Frame::Flushed(t) => {
+            if !super::ghost::on_flushed(shard, link, t) {
+                super::stub::on_flushed(shard, hub, link, t)
+            }
+        }
         Frame::StubEnd { client, marks } => super::merge::on_stub_end(shard, client, marks),
+        Frame::Ghost { client, peers } => super::ghost::on_frame(shard, client, peers),
         Frame::SharedPublish { group, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();

@@ -143,6 +143,7 @@ pub(crate) fn start(
     };
     let id = node.stubs.next.get() + 1;
     node.stubs.next.set(id);
+    super::ghost::stub_started(shard, client, slot, &filters);
     let old = node.stubs.by_sid.borrow_mut().insert(
         sid,
         Stub {
@@ -216,10 +217,17 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
 /// other connected peer is asked to flush its link to this node.
 pub(crate) fn on_move_done(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Link, client: String) {
     let token = hub.next_move_token();
-    let left: Vec<Slot> = hub
+    let others: Vec<Rc<Link>> = hub
         .live()
+        .into_iter()
+        .filter(|l| l.slot != link.slot)
+        .collect();
+    let down: Vec<Slot> = others.iter().filter(|l| !l.is_up()).map(|l| l.slot).collect();
+    // Their copies routed here come later: the session's ghost forwards them.
+    super::ghost::missing(shard, hub, &client, &down);
+    let left: Vec<Slot> = others
         .iter()
-        .filter(|l| l.slot != link.slot && l.is_up())
+        .filter(|l| l.is_up())
         .map(|l| {
             l.push_frame(&Frame::Flush(token));
             l.slot
@@ -263,23 +271,35 @@ pub(crate) fn on_flushed(shard: &Rc<Shard>, _hub: &Rc<Hub>, link: &Link, token: 
 /// a peer whose link went down is not waited for.
 pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
     let Some(n) = &shard.cluster else { return };
+    let mut silent: Vec<(Box<str>, Vec<Slot>)> = Vec::new();
     let due: Vec<(u64, bool)> = {
         let mut f = n.stubs.flushing.borrow_mut();
         for e in f.values_mut() {
-            e.left
-                .retain(|s| hub.link_of(*s).is_some_and(|l| l.is_up()));
+            let (up, down): (Vec<Slot>, Vec<Slot>) = e
+                .left
+                .iter()
+                .partition(|s| hub.link_of(**s).is_some_and(|l| l.is_up()));
+            if !down.is_empty() {
+                silent.push((e.client.clone(), down));
+            }
+            e.left = up;
         }
         f.iter()
             .filter(|(_, e)| e.left.is_empty() || e.deadline <= now)
             .map(|(t, e)| (*t, !e.left.is_empty()))
             .collect()
     };
+    // Peers that will not answer: their late copies go through the ghost.
+    for (client, slots) in silent {
+        super::ghost::missing(shard, hub, &client, &slots);
+    }
     for (t, late) in due {
         if late {
             n.stats.handover.flush_timeouts.fetch_add(1, Relaxed);
         }
         let e = n.stubs.flushing.borrow_mut().remove(&t);
         if let Some(e) = e {
+            super::ghost::missing(shard, hub, &e.client, &e.left);
             cut(shard, e.client);
         }
     }
@@ -378,6 +398,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, m: Move) {
             client,
             marks,
         } => {
+            super::ghost::stub_ended(shard, &client);
             if let Some(l) = n.hub.as_ref().and_then(|h| h.link_of(slot)) {
                 if l.is_up() {
                     l.push_frame(&Frame::StubEnd {
