@@ -120,10 +120,6 @@ fn route_here(
     // A resent copy this shard delivered before goes to the other shards
     // (each judges its own) but not to this shard's sessions again.
     let here = peer.is_none_or(|s| crate::cluster::fresh(shard, s));
-    if plain && shard.id == 0 {
-        // A late copy of a session that moved away (`cluster/ghost.rs`).
-        crate::cluster::ghost::offer(shard, &p, source, here);
-    }
     let ops = shard.store.pending_ops();
     let mut send = |to: usize, item: MeshItem| match held.as_deref_mut() {
         Some(h) => h.push((to, item)),

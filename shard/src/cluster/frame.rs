@@ -213,6 +213,12 @@ pub enum Frame {
         client: String,
         peers: Vec<u64>,
     },
+    /// A ghost's flush: answer `Flushed(token)` behind everything sent
+    /// before, once this node holds node `owner`'s routes (`ghost.rs`).
+    GhostFlush {
+        token: u64,
+        owner: u64,
+    },
 }
 
 /// Where a publish entered the cluster, on the node that sent the frame.
@@ -575,7 +581,8 @@ impl Frame {
             | Frame::Flush(_)
             | Frame::Flushed(_)
             | Frame::StubEnd { .. }
-            | Frame::Ghost { .. } => {
+            | Frame::Ghost { .. }
+            | Frame::GhostFlush { .. } => {
                 out.truncate(start);
                 super::frame_move::encode(self, out);
                 return;

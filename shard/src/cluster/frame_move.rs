@@ -2,7 +2,8 @@
 //! frames that move a session's traffic from its old node to its new one
 //! (`stub.rs` on the old node, `merge.rs` on the new). Same framing as
 //! `frame.rs` (`len u32 | kind u8 | body`); malformed bodies close the link.
-//! `Ghost` (0x39) keeps late copies of a moved session flowing (`ghost.rs`).
+//! `Ghost` and `GhostFlush` (0x37, 0x38) keep late copies of a moved
+//! session flowing (`ghost.rs`).
 
 use super::frame::{
     finish, get_str, need, put_str, Frame, FrameError, Origin, OriginAt, Stamp, ACKED_FROM,
@@ -15,7 +16,8 @@ const MOVE_DONE: u8 = 0x33;
 const FLUSH: u8 = 0x34;
 const FLUSHED: u8 = 0x35;
 const STUB_END: u8 = 0x36;
-const GHOST: u8 = 0x39;
+const GHOST: u8 = 0x37;
+const GHOST_FLUSH: u8 = 0x38;
 
 /// Appends one of this file's frames (`frame.rs` delegates them here).
 pub(super) fn encode(f: &Frame, out: &mut BytesMut) {
@@ -75,6 +77,11 @@ pub(super) fn encode(f: &Frame, out: &mut BytesMut) {
             for p in peers {
                 out.put_u64(*p);
             }
+        }
+        Frame::GhostFlush { token, owner } => {
+            out.put_u8(GHOST_FLUSH);
+            out.put_u64(*token);
+            out.put_u64(*owner);
         }
         _ => {
             out.truncate(start);
@@ -160,6 +167,13 @@ pub(super) fn decode(kind: u8, body: &mut Bytes) -> Result<Frame, FrameError> {
             let peers = (0..n).map(|_| body.get_u64()).collect();
             Frame::Ghost { client, peers }
         }
+        GHOST_FLUSH => {
+            need(body, 16, "ghost flush")?;
+            Frame::GhostFlush {
+                token: body.get_u64(),
+                owner: body.get_u64(),
+            }
+        }
         k => return Err(FrameError::UnknownKind(k)),
     })
 }
@@ -243,6 +257,7 @@ mod tests {
             client: "c".into(),
             peers: vec![],
         });
+        round_trip(Frame::GhostFlush { token: 9, owner: 2 });
     }
 
     #[test]
@@ -269,7 +284,12 @@ mod tests {
         b.put_u16(0);
         b.put_u32(2);
         assert_eq!(Frame::decode(&mut b), Err(FrameError::Truncated("ghost")));
-        let mut b = BytesMut::from(&[0, 0, 0, 1, 0x38][..]);
-        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(0x38)));
+        let mut b = BytesMut::from(&[0, 0, 0, 9, GHOST_FLUSH, 0, 0, 0, 0, 0, 0, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("ghost flush"))
+        );
+        let mut b = BytesMut::from(&[0, 0, 0, 1, 0x39][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(0x39)));
     }
 }

@@ -452,6 +452,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         }
         Frame::StubEnd { client, marks } => super::merge::on_stub_end(shard, client, marks),
         Frame::Ghost { client, peers } => super::ghost::on_frame(shard, client, peers),
+        Frame::GhostFlush { token, owner } => super::ghost::on_flush(shard, hub, link, token, owner),
         Frame::SharedPublish { group, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
@@ -496,7 +497,10 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         }
         Frame::Durable(upto) => hub.durable.durable(shard, link, upto),
         Frame::NotStored { id, code } => hub.durable.not_stored(shard, link, id, code),
-        Frame::RouteSync { seq, filters } => hub.peer_sync(shard, link, seq, filters),
+        Frame::RouteSync { seq, filters } => {
+            hub.peer_sync(shard, link, seq, filters);
+            super::ghost::synced(shard, link);
+        }
         Frame::RouteAdd { seq, filter } => hub.peer_route(shard, link, seq, filter, true),
         Frame::RouteDel { seq, filter } => hub.peer_route(shard, link, seq, filter, false),
         Frame::RouteAck(seq) => {

@@ -227,7 +227,7 @@ pub(crate) fn moving(shard: &Shard) -> bool {
     shard
         .cluster
         .as_ref()
-        .is_some_and(|n| n.stubs.any() || n.merges.any() || n.ghosts.haunted())
+        .is_some_and(|n| n.stubs.any() || n.merges.any() || n.ghosts.any())
 }
 
 /// Every origin's last count handled on this shard.

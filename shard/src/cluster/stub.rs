@@ -99,6 +99,8 @@ struct Stub {
 /// A `MoveDone` waiting for the other peers' `Flushed` (shard 0).
 struct Flushing {
     client: Box<str>,
+    /// The new owner's link.
+    to: Slot,
     left: Vec<Slot>,
     deadline: Instant,
 }
@@ -143,7 +145,6 @@ pub(crate) fn start(
     };
     let id = node.stubs.next.get() + 1;
     node.stubs.next.set(id);
-    super::ghost::stub_started(shard, client, slot, &filters);
     let old = node.stubs.by_sid.borrow_mut().insert(
         sid,
         Stub {
@@ -186,7 +187,8 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
     };
     let (slot, client) = match node.stubs.by_sid.borrow().get(&sid) {
         Some(s) => (s.slot, s.client.clone()),
-        None => return,
+        // Its stub ended: maybe a ghost, forwarding a late peer's copies.
+        None => return super::ghost::offer(shard, sid, p, origin),
     };
     // No origin (a publish recovered at start): never a duplicate of a direct copy.
     let origin = origin.unwrap_or(Origin {
@@ -224,7 +226,7 @@ pub(crate) fn on_move_done(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Link, client
         .collect();
     let down: Vec<Slot> = others.iter().filter(|l| !l.is_up()).map(|l| l.slot).collect();
     // Their copies routed here come later: the session's ghost forwards them.
-    super::ghost::missing(shard, hub, &client, &down);
+    super::ghost::missing(shard, hub, &client, link.slot, &down);
     let left: Vec<Slot> = others
         .iter()
         .filter(|l| l.is_up())
@@ -243,6 +245,7 @@ pub(crate) fn on_move_done(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Link, client
             token,
             Flushing {
                 client,
+                to: link.slot,
                 left,
                 deadline,
             },
@@ -271,7 +274,7 @@ pub(crate) fn on_flushed(shard: &Rc<Shard>, _hub: &Rc<Hub>, link: &Link, token: 
 /// a peer whose link went down is not waited for.
 pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
     let Some(n) = &shard.cluster else { return };
-    let mut silent: Vec<(Box<str>, Vec<Slot>)> = Vec::new();
+    let mut silent: Vec<(Box<str>, Slot, Vec<Slot>)> = Vec::new();
     let due: Vec<(u64, bool)> = {
         let mut f = n.stubs.flushing.borrow_mut();
         for e in f.values_mut() {
@@ -280,7 +283,7 @@ pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
                 .iter()
                 .partition(|s| hub.link_of(**s).is_some_and(|l| l.is_up()));
             if !down.is_empty() {
-                silent.push((e.client.clone(), down));
+                silent.push((e.client.clone(), e.to, down));
             }
             e.left = up;
         }
@@ -290,8 +293,8 @@ pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
             .collect()
     };
     // Peers that will not answer: their late copies go through the ghost.
-    for (client, slots) in silent {
-        super::ghost::missing(shard, hub, &client, &slots);
+    for (client, to, slots) in silent {
+        super::ghost::missing(shard, hub, &client, to, &slots);
     }
     for (t, late) in due {
         if late {
@@ -299,7 +302,7 @@ pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
         }
         let e = n.stubs.flushing.borrow_mut().remove(&t);
         if let Some(e) = e {
-            super::ghost::missing(shard, hub, &e.client, &e.left);
+            super::ghost::missing(shard, hub, &e.client, e.to, &e.left);
             cut(shard, e.client);
         }
     }
@@ -358,7 +361,11 @@ fn end(shard: &Rc<Shard>, sid: SessionId) {
     let Some(stub) = n.stubs.by_sid.borrow_mut().remove(&sid) else {
         return;
     };
-    crate::reap::bury(shard, sid, stub.filters);
+    let mut filters = stub.filters;
+    // A flush peer did not answer: the subscriptions stay routed (`ghost.rs`).
+    if !super::ghost::keep(shard, sid, &stub.client, &mut filters) {
+        crate::reap::bury(shard, sid, filters);
+    }
     n.stats.handover.stub_ended.fetch_add(1, Relaxed);
     let marks = super::handled_marks(shard);
     push(
@@ -398,7 +405,6 @@ pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, m: Move) {
             client,
             marks,
         } => {
-            super::ghost::stub_ended(shard, &client);
             if let Some(l) = n.hub.as_ref().and_then(|h| h.link_of(slot)) {
                 if l.is_up() {
                     l.push_frame(&Frame::StubEnd {
