@@ -85,11 +85,18 @@ async fn drain(m: &mut Raw, seen: &mut Seen, quiet: Duration) {
     }
 }
 
-/// The publisher on node 3: message i goes to `ghost/1` at QoS 1 and `ghost/2` at QoS 2, one
-/// pair every 2 ms, at most 100 pairs unanswered, until `stop`; then every one is answered
-/// (PUBACK, PUBCOMP; each PUBREC answered by PUBREL). Returns how many pairs it published, all
-/// acknowledged with success. No client-side timeout: its node may be stopped for seconds.
-fn publisher(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> usize {
+/// A publisher: message i goes to each of `topics` (QoS 1 for `ghost/1` and `share/1`, QoS 2
+/// for `ghost/2`), one round every `pace`, at most 100 rounds unanswered, until `stop`; then
+/// every one is answered (PUBACK, PUBCOMP; each PUBREC answered by PUBREL). Returns how many
+/// rounds it published, all acknowledged with success. No client-side timeout: its node may
+/// be stopped for seconds.
+fn publisher(
+    addr: std::net::SocketAddr,
+    topics: &'static [&'static str],
+    pace: Duration,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+) -> usize {
     rt().block_on(async {
         let v5 = ringmq_codec::ProtocolVersion::V5;
         let (mut p, _) = raw_connect_sp(addr, connect_packet(v5, "ghost-pub", true)).await;
@@ -102,18 +109,18 @@ fn publisher(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, sent: Arc<Atomic
             if stopping && open.is_empty() {
                 return i;
             }
-            if !stopping && open.len() < 200 && Instant::now() >= next_at {
-                let id1 = (i % 16_000 * 2 + 1) as u16;
+            if !stopping && open.len() < 100 * topics.len() && Instant::now() >= next_at {
                 let m = format!("{i}");
-                p.send(&Packet::Publish(publish_packet("ghost/1", 1, false, id1, m.as_bytes())))
-                    .await;
-                p.send(&Packet::Publish(publish_packet("ghost/2", 2, false, id1 + 1, m.as_bytes())))
-                    .await;
-                open.insert(id1);
-                open.insert(id1 + 1);
+                for (k, t) in topics.iter().enumerate() {
+                    let id = (i % 16_000 * 2 + 1 + k) as u16;
+                    let q = if *t == "ghost/2" { 2 } else { 1 };
+                    p.send(&Packet::Publish(publish_packet(t, q, false, id, m.as_bytes())))
+                        .await;
+                    open.insert(id);
+                }
                 i += 1;
                 sent.store(i, Relaxed);
-                next_at += Duration::from_millis(2);
+                next_at += pace;
                 continue;
             }
             match p.recv(Duration::from_millis(2)).await {
@@ -161,7 +168,9 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
         .await;
         assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
         let (s, p) = (stop.clone(), sent.clone());
-        let publ = std::thread::spawn(move || publisher(n3, s, p));
+        let topics = &["ghost/1", "ghost/2"];
+        let pace = Duration::from_millis(2);
+        let publ = std::thread::spawn(move || publisher(n3, topics, pace, s, p));
         let end = Instant::now() + SETTLE;
         let got = |seen: &Seen| seen.get("ghost/2").map_or(0, Vec::len);
         while got(&seen) < 200 {
@@ -240,5 +249,114 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
         report.join(", "),
         m1["ghost_forwarded"],
         m2["ghost_dups"],
+    );
+}
+
+/// Issue 14, shared subscriptions across a move: share group `g` has a member on node 3 and a
+/// persistent member that moves node 1 -> 2 -> 1 ... six times while a publisher on node 3
+/// streams QoS 1 to it. Node 3 picks one node of the group per message; a copy it picked the
+/// old node for after the member left there (before node 3 applied the withdrawal) is
+/// forwarded to the member's new node (`share_move.rs`). Each message reaches exactly one
+/// member (a QoS 1 redelivery with DUP on the moved member excepted), none is lost.
+#[test]
+fn a_share_group_member_moving_gets_each_message_once_in_the_group() {
+    let _g = serial();
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    let addrs = [c.get(1).mqtt(), c.get(2).mqtt(), c.get(3).mqtt()];
+    let mut cp = connect_packet(version(Proto::V5), "share-mover", false);
+    cp.properties.session_expiry_interval = Some(600);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (mut moved, mut stay) = (Seen::new(), Seen::new());
+    let group_sub = |id: u16| {
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(id),
+            filters: vec![(filter("$share/g/share/#"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
+            properties: SubscribeProperties::default(),
+        })
+    };
+    let n = rt().block_on(async {
+        let (mut m, _) = raw_connect_sp(addrs[0], cp.clone()).await;
+        m.send(&group_sub(1)).await;
+        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        let stay_cp = connect_packet(version(Proto::V5), "share-stay", true);
+        let (mut m3, _) = raw_connect_sp(addrs[2], stay_cp).await;
+        m3.send(&group_sub(1)).await;
+        assert!(matches!(m3.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        // Both members' routes reach node 3 before the stream starts.
+        let end = Instant::now() + SETTLE;
+        while link_up(&c, 3, 1) != Some(true) {
+            assert!(Instant::now() < end);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let (s, p) = (stop.clone(), sent.clone());
+        let n3 = addrs[2];
+        let publ = std::thread::spawn(move || {
+            publisher(n3, &["share/1"], Duration::from_micros(500), s, p)
+        });
+        let mut at = 0;
+        for _ in 0..6 {
+            let until = Instant::now() + Duration::from_millis(400);
+            while Instant::now() < until {
+                assert!(take_one(&mut m, &mut moved).await);
+                assert!(take_one(&mut m3, &mut stay).await);
+            }
+            at = if at == 0 { 1 } else { 0 };
+            let (new, present) = raw_connect_sp(addrs[at], cp.clone()).await;
+            assert!(present, "session present on node {}", at + 1);
+            // The old connection: what it still brings, until node it closes.
+            let end = Instant::now() + SETTLE;
+            while take_one(&mut m, &mut moved).await {
+                assert!(Instant::now() < end, "the old connection stayed open");
+            }
+            m = new;
+        }
+        let until = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < until {
+            assert!(take_one(&mut m, &mut moved).await);
+            assert!(take_one(&mut m3, &mut stay).await);
+        }
+        stop.store(true, Relaxed);
+        let n = publ.join().unwrap();
+        for _ in 0..2 {
+            drain(&mut m, &mut moved, Duration::from_secs(1)).await;
+            drain(&mut m3, &mut stay, Duration::from_secs(1)).await;
+        }
+        n
+    });
+    let empty = Vec::new();
+    let a = moved.get("share/1").unwrap_or(&empty);
+    let b = stay.get("share/1").unwrap_or(&empty);
+    let mut to_moved = HashSet::new();
+    let mut redelivered = 0;
+    for &(i, dup) in a {
+        if !to_moved.insert(i) {
+            assert!(dup, "share/1: {i} twice to the moving member, the second time without DUP");
+            redelivered += 1;
+        }
+    }
+    let mut to_stay = HashSet::new();
+    for &(i, _) in b {
+        assert!(to_stay.insert(i), "share/1: {i} twice to the member on node 3");
+        assert!(!to_moved.contains(&i), "share/1: {i} to both members of the group");
+    }
+    let lost: Vec<usize> = (0..n)
+        .filter(|i| !to_moved.contains(i) && !to_stay.contains(i))
+        .collect();
+    let fwd: u64 = (1..=3).map(|id| count(&moves(&c, id), "shared_forwarded")).sum();
+    assert!(
+        lost.is_empty(),
+        "share/1: lost {} of {n}: {:?}; forwarded {fwd}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    eprintln!(
+        "share group across 6 moves: {n} messages, {} to the moving member ({redelivered} redelivered with DUP), {} to node 3's; each once in the group; group copies forwarded by an old node {fwd}",
+        to_moved.len(),
+        to_stay.len()
     );
 }

@@ -338,6 +338,8 @@ pub struct MoveMetrics {
     pub ghost_expired: u64,
     #[serde(default)]
     pub ghost_dups: u64,
+    #[serde(default)]
+    pub shared_forwarded: u64,
 }
 
 impl HandoverMetrics {
@@ -372,6 +374,7 @@ impl HandoverMetrics {
                 ghost_ended: h.ghost_ended.load(Relaxed),
                 ghost_expired: h.ghost_expired.load(Relaxed),
                 ghost_dups: h.ghost_dups.load(Relaxed),
+                shared_forwarded: h.shared_forwarded.load(Relaxed),
             },
         }
     }

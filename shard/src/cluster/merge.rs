@@ -391,6 +391,11 @@ fn deliver_to(
                         m.subscription_ids.clone(),
                     )
                 });
+            let found = found.or_else(|| {
+                // A share-group copy the old node forwarded (`share_move.rs`).
+                let sessions = shard.sessions.borrow();
+                super::share_move::deliver(sessions.get(sid as usize)?, p)
+            });
             match found {
                 Some(f) => f,
                 None => return, // unsubscribed meanwhile

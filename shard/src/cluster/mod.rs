@@ -41,6 +41,7 @@ pub mod origin;
 mod outbox;
 mod retained;
 pub mod routes;
+pub(crate) mod share_move;
 pub mod stats;
 mod stream;
 pub(crate) mod stub;
@@ -152,6 +153,8 @@ pub enum Item {
     Move(stub::Move),
     /// Late copies of a moved session (`ghost.rs`).
     Ghost(ghost::Msg),
+    /// Share groups of a moved session (`share_move.rs`).
+    ShareMove(share_move::Msg),
 }
 
 /// Given to each shard at start (the listener only to shard 0).
@@ -194,6 +197,8 @@ pub struct Node {
     pub(crate) merges: merge::Merges,
     /// Moved sessions whose late copies are forwarded (old node) or noted (new node).
     pub(crate) ghosts: ghost::Ghosts,
+    /// Share groups of sessions moving away (shard 0).
+    pub(crate) shares: share_move::Shares,
 }
 
 /// The origin stamp of a publish entering the cluster on this shard (routed here first).
@@ -387,6 +392,7 @@ impl Node {
             stubs: Default::default(),
             merges: Default::default(),
             ghosts: Default::default(),
+            shares: Default::default(),
         }
     }
 }
@@ -676,6 +682,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
         }
         Item::Move(m) => stub::on_item(shard, from, m),
         Item::Ghost(m) => ghost::on_item(shard, m),
+        Item::ShareMove(m) => share_move::on_item(shard, m),
         item => handover::on_item(shard, from, item),
     }
 }

@@ -405,6 +405,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, m: Move) {
             client,
             marks,
         } => {
+            super::share_move::end(shard, &client);
             if let Some(l) = n.hub.as_ref().and_then(|h| h.link_of(slot)) {
                 if l.is_up() {
                     l.push_frame(&Frame::StubEnd {
