@@ -92,6 +92,7 @@ async fn drain(m: &mut Raw, seen: &mut Seen, quiet: Duration) {
 /// be stopped for seconds.
 fn publisher(
     addr: std::net::SocketAddr,
+    id: Option<&'static str>,
     topics: &'static [&'static str],
     pace: Duration,
     stop: Arc<AtomicBool>,
@@ -99,7 +100,12 @@ fn publisher(
 ) -> usize {
     rt().block_on(async {
         let v5 = ringmq_codec::ProtocolVersion::V5;
-        let (mut p, _) = raw_connect_sp(addr, connect_packet(v5, "ghost-pub", true)).await;
+        // A persistent publisher (`id`): its QoS 2 copies for other shards wait for a prepare commit.
+        let mut cp = connect_packet(v5, id.unwrap_or("ghost-pub"), id.is_none());
+        if id.is_some() {
+            cp.properties.session_expiry_interval = Some(600);
+        }
+        let (mut p, _) = raw_connect_sp(addr, cp).await;
         let (mut i, mut open) = (0usize, HashSet::<u16>::new());
         let end = Instant::now() + Duration::from_secs(120);
         let mut next_at = Instant::now();
@@ -113,7 +119,7 @@ fn publisher(
                 let m = format!("{i}");
                 for (k, t) in topics.iter().enumerate() {
                     let id = (i % 16_000 * 2 + 1 + k) as u16;
-                    let q = if *t == "ghost/2" { 2 } else { 1 };
+                    let q = if t.ends_with("/2") { 2 } else { 1 };
                     p.send(&Packet::Publish(publish_packet(t, q, false, id, m.as_bytes())))
                         .await;
                     open.insert(id);
@@ -170,7 +176,7 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
         let (s, p) = (stop.clone(), sent.clone());
         let topics = &["ghost/1", "ghost/2"];
         let pace = Duration::from_millis(2);
-        let publ = std::thread::spawn(move || publisher(n3, topics, pace, s, p));
+        let publ = std::thread::spawn(move || publisher(n3, None, topics, pace, s, p));
         let end = Instant::now() + SETTLE;
         let got = |seen: &Seen| seen.get("ghost/2").map_or(0, Vec::len);
         while got(&seen) < 200 {
@@ -296,7 +302,7 @@ fn a_share_group_member_moving_gets_each_message_once_in_the_group() {
         let (s, p) = (stop.clone(), sent.clone());
         let n3 = addrs[2];
         let publ = std::thread::spawn(move || {
-            publisher(n3, &["share/1"], Duration::from_micros(500), s, p)
+            publisher(n3, None, &["share/1"], Duration::from_micros(500), s, p)
         });
         let mut at = 0;
         for _ in 0..6 {
@@ -358,5 +364,104 @@ fn a_share_group_member_moving_gets_each_message_once_in_the_group() {
         "share group across 6 moves: {n} messages, {} to the moving member ({redelivered} redelivered with DUP), {} to node 3's; each once in the group; group copies forwarded by an old node {fwd}",
         to_moved.len(),
         to_stay.len()
+    );
+}
+
+/// Issue 14, several shards on the old node: node 1 runs `--cores 2`, a persistent publisher
+/// on it (on the other shard than the moving session's home shard) streams QoS 2 and QoS 1 to
+/// the session; its QoS 2 copies for the session's shard wait for a prepare commit
+/// (`confirm.rs`). The session moves to node 2 (also `--cores 2`) amid the stream: the stub's
+/// cut token from the publisher's shard queues behind those held copies, so the stub forwards
+/// them all before it ends. Nothing lost, QoS 2 once, order per topic kept.
+#[test]
+fn a_move_from_a_two_shard_node_keeps_copies_held_behind_a_prepare_commit() {
+    let _g = serial();
+    let c = Cluster::start_each(3, &[], |id| {
+        if id < 3 {
+            vec!["--cores".into(), "2".into()]
+        } else {
+            Vec::new()
+        }
+    });
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
+    let mover = "cut-mover";
+    let home = ringmq_shard::home_shard(mover.as_bytes(), 2);
+    let pub_id: &'static str = ["cut-pub-a", "cut-pub-b", "cut-pub-c", "cut-pub-d"]
+        .into_iter()
+        .find(|id| ringmq_shard::home_shard(id.as_bytes(), 2) != home)
+        .expect("a publisher id on the other shard");
+    let mut cp = connect_packet(version(Proto::V5), mover, false);
+    cp.properties.session_expiry_interval = Some(600);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut seen = Seen::new();
+    let n = rt().block_on(async {
+        let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
+        m.send(&Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(filter("cut/#"), SubscriptionOptions::with_qos(QoS::ExactlyOnce))],
+            properties: SubscribeProperties::default(),
+        }))
+        .await;
+        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        let (s, p) = (stop.clone(), sent.clone());
+        let topics = &["cut/1", "cut/2"];
+        let pace = Duration::from_micros(500);
+        let publ = std::thread::spawn(move || publisher(n1, Some(pub_id), topics, pace, s, p));
+        let end = Instant::now() + SETTLE;
+        while seen.get("cut/2").map_or(0, Vec::len) < 300 {
+            assert!(Instant::now() < end, "the stream never started");
+            assert!(take_one(&mut m, &mut seen).await);
+        }
+        let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
+        assert!(present, "session present on node 2");
+        let end = Instant::now() + SETTLE;
+        while take_one(&mut m, &mut seen).await {
+            assert!(Instant::now() < end, "the old connection stayed open");
+        }
+        let until = Instant::now() + Duration::from_millis(700);
+        while Instant::now() < until {
+            assert!(take_one(&mut new, &mut seen).await);
+        }
+        stop.store(true, Relaxed);
+        let n = publ.join().unwrap();
+        drain(&mut new, &mut seen, Duration::from_secs(3)).await;
+        n
+    });
+    let (m1, m2) = (moves(&c, 1), moves(&c, 2));
+    let mut report = Vec::new();
+    for t in ["cut/1", "cut/2"] {
+        let v = seen.get(t).map(Vec::as_slice).unwrap_or_default();
+        let mut taken = HashSet::new();
+        let (mut last, mut repeats) = (None, 0);
+        for &(i, dup) in v {
+            if !taken.insert(i) {
+                assert!(dup || t == "cut/1", "{t}: {i} delivered twice, the second time without DUP");
+                repeats += 1;
+                continue;
+            }
+            assert!(last < Some(i), "{t}: {i} after {last:?}");
+            last = Some(i);
+        }
+        let lost: Vec<usize> = (0..n).filter(|i| !taken.contains(i)).collect();
+        assert!(
+            lost.is_empty(),
+            "{t}: lost {} of {n}: {:?}; node 1 moves {m1}; node 2 moves {m2}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+        report.push(format!("{t} repeated {repeats}"));
+    }
+    eprintln!(
+        "move from a two-shard node: {n} per topic, nothing lost, {}; node 1 forwarded {}, node 2 merged {}, held {}, duplicates dropped {}",
+        report.join(", "),
+        m1["forwarded"],
+        m2["merged"],
+        m2["held"],
+        m2["merge_dups"],
     );
 }

@@ -234,6 +234,19 @@ pub(crate) fn defer(
     }
 }
 
+/// Sends `item` to shard `to` behind every copy this shard still holds for
+/// a prepare commit (at once when it holds none): a session move's cut
+/// token must not pass them (`cluster/stub.rs`).
+pub(crate) fn behind_held(shard: &Rc<Shard>, to: usize, item: MeshItem) {
+    let holding = shard.confirms.borrow().sending;
+    if holding {
+        // Not a session's: no publish queues behind it.
+        defer(shard, Ticket::ready(), SessionId::MAX, None, vec![(to, item)]);
+    } else {
+        send_item(shard, to, item);
+    }
+}
+
 /// Sends deferred copies in order, each batch once its prepare commit is durable.
 async fn send_deferred(shard: Rc<Shard>) {
     loop {

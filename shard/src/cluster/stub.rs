@@ -397,7 +397,15 @@ pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, m: Move) {
         }
         Move::Cut { client, token } => {
             let home = crate::connection::home_shard(client.as_bytes(), shard.shards);
-            push(shard, home, Move::CutAck { client, token });
+            let ack = Move::CutAck { client, token };
+            if home == shard.id {
+                push(shard, home, ack);
+            } else {
+                // Behind the copies this shard holds for a prepare commit
+                // (`confirm.rs`): they were routed before the cut.
+                let item = MeshItem::Cluster(Box::new(Item::Move(ack)));
+                crate::confirm::behind_held(shard, home, item);
+            }
         }
         Move::CutAck { client, token } => cut_ack(shard, client, token),
         Move::Ended {
