@@ -110,7 +110,11 @@ fn publisher(
         let end = Instant::now() + Duration::from_secs(120);
         let mut next_at = Instant::now();
         loop {
-            assert!(Instant::now() < end, "publisher: {} unanswered at the end", open.len());
+            assert!(
+                Instant::now() < end,
+                "publisher: {} unanswered at the end",
+                open.len()
+            );
             let stopping = stop.load(Relaxed);
             if stopping && open.is_empty() {
                 return i;
@@ -120,8 +124,14 @@ fn publisher(
                 for (k, t) in topics.iter().enumerate() {
                     let id = (i % 16_000 * 2 + 1 + k) as u16;
                     let q = if t.ends_with("/2") { 2 } else { 1 };
-                    p.send(&Packet::Publish(publish_packet(t, q, false, id, m.as_bytes())))
-                        .await;
+                    p.send(&Packet::Publish(publish_packet(
+                        t,
+                        q,
+                        false,
+                        id,
+                        m.as_bytes(),
+                    )))
+                    .await;
                     open.insert(id);
                 }
                 i += 1;
@@ -168,7 +178,10 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
         let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
         m.send(&Packet::Subscribe(Subscribe {
             packet_id: pid(1),
-            filters: vec![(filter("ghost/#"), SubscriptionOptions::with_qos(QoS::ExactlyOnce))],
+            filters: vec![(
+                filter("ghost/#"),
+                SubscriptionOptions::with_qos(QoS::ExactlyOnce),
+            )],
             properties: SubscribeProperties::default(),
         }))
         .await;
@@ -188,7 +201,10 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
         let at_stop = sent.load(Relaxed);
         let end = Instant::now() + SETTLE;
         while link_up(&c, 1, 3) != Some(false) || link_up(&c, 2, 3) != Some(false) {
-            assert!(Instant::now() < end, "links to the stopped node 3 never went down");
+            assert!(
+                Instant::now() < end,
+                "links to the stopped node 3 never went down"
+            );
             assert!(take_one(&mut m, &mut seen).await);
         }
         // The move to node 2, node 3 away: node 1's stub ends without its flush.
@@ -225,7 +241,10 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
         let (mut last, mut repeats, mut late) = (None, 0, 0);
         for &(i, dup) in v {
             if !taken.insert(i) {
-                assert!(dup || t == "ghost/1", "{t}: {i} delivered twice, the second time without DUP");
+                assert!(
+                    dup || t == "ghost/1",
+                    "{t}: {i} delivered twice, the second time without DUP"
+                );
                 repeats += 1;
                 continue;
             }
@@ -244,10 +263,17 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
         report.push(format!("{t}: repeated {repeats}, after a later one {late}"));
     }
     assert!(count(&m1, "ghosts") >= 1, "node 1 made no ghost: {m1}");
-    assert!(count(&m1, "ghost_forwarded") >= 1, "node 1's ghost forwarded nothing: {m1}");
+    assert!(
+        count(&m1, "ghost_forwarded") >= 1,
+        "node 1's ghost forwarded nothing: {m1}"
+    );
     let end = Instant::now() + SETTLE;
     while count(&moves(&c, 1), "ghost_ended") < 1 {
-        assert!(Instant::now() < end, "node 1's ghost never ended: {}", moves(&c, 1));
+        assert!(
+            Instant::now() < end,
+            "node 1's ghost never ended: {}",
+            moves(&c, 1)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
@@ -281,7 +307,10 @@ fn a_share_group_member_moving_gets_each_message_once_in_the_group() {
     let group_sub = |id: u16| {
         Packet::Subscribe(Subscribe {
             packet_id: pid(id),
-            filters: vec![(filter("$share/g/share/#"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
+            filters: vec![(
+                filter("$share/g/share/#"),
+                SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+            )],
             properties: SubscribeProperties::default(),
         })
     };
@@ -292,7 +321,10 @@ fn a_share_group_member_moving_gets_each_message_once_in_the_group() {
         let stay_cp = connect_packet(version(Proto::V5), "share-stay", true);
         let (mut m3, _) = raw_connect_sp(addrs[2], stay_cp).await;
         m3.send(&group_sub(1)).await;
-        assert!(matches!(m3.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        assert!(matches!(
+            m3.expect_packet("SUBACK").await,
+            Packet::SubAck(_)
+        ));
         // Both members' routes reach node 3 before the stream starts.
         let end = Instant::now() + SETTLE;
         while link_up(&c, 3, 1) != Some(true) {
@@ -341,19 +373,30 @@ fn a_share_group_member_moving_gets_each_message_once_in_the_group() {
     let mut redelivered = 0;
     for &(i, dup) in a {
         if !to_moved.insert(i) {
-            assert!(dup, "share/1: {i} twice to the moving member, the second time without DUP");
+            assert!(
+                dup,
+                "share/1: {i} twice to the moving member, the second time without DUP"
+            );
             redelivered += 1;
         }
     }
     let mut to_stay = HashSet::new();
     for &(i, _) in b {
-        assert!(to_stay.insert(i), "share/1: {i} twice to the member on node 3");
-        assert!(!to_moved.contains(&i), "share/1: {i} to both members of the group");
+        assert!(
+            to_stay.insert(i),
+            "share/1: {i} twice to the member on node 3"
+        );
+        assert!(
+            !to_moved.contains(&i),
+            "share/1: {i} to both members of the group"
+        );
     }
     let lost: Vec<usize> = (0..n)
         .filter(|i| !to_moved.contains(i) && !to_stay.contains(i))
         .collect();
-    let fwd: u64 = (1..=3).map(|id| count(&moves(&c, id), "shared_forwarded")).sum();
+    let fwd: u64 = (1..=3)
+        .map(|id| count(&moves(&c, id), "shared_forwarded"))
+        .sum();
     assert!(
         lost.is_empty(),
         "share/1: lost {} of {n}: {:?}; forwarded {fwd}",
@@ -403,7 +446,10 @@ fn a_move_from_a_two_shard_node_keeps_copies_held_behind_a_prepare_commit() {
         let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
         m.send(&Packet::Subscribe(Subscribe {
             packet_id: pid(1),
-            filters: vec![(filter("cut/#"), SubscriptionOptions::with_qos(QoS::ExactlyOnce))],
+            filters: vec![(
+                filter("cut/#"),
+                SubscriptionOptions::with_qos(QoS::ExactlyOnce),
+            )],
             properties: SubscribeProperties::default(),
         }))
         .await;
@@ -440,7 +486,10 @@ fn a_move_from_a_two_shard_node_keeps_copies_held_behind_a_prepare_commit() {
         let (mut last, mut repeats) = (None, 0);
         for &(i, dup) in v {
             if !taken.insert(i) {
-                assert!(dup || t == "cut/1", "{t}: {i} delivered twice, the second time without DUP");
+                assert!(
+                    dup || t == "cut/1",
+                    "{t}: {i} delivered twice, the second time without DUP"
+                );
                 repeats += 1;
                 continue;
             }

@@ -241,7 +241,13 @@ pub(crate) fn behind_held(shard: &Rc<Shard>, to: usize, item: MeshItem) {
     let holding = shard.confirms.borrow().sending;
     if holding {
         // Not a session's: no publish queues behind it.
-        defer(shard, Ticket::ready(), SessionId::MAX, None, vec![(to, item)]);
+        defer(
+            shard,
+            Ticket::ready(),
+            SessionId::MAX,
+            None,
+            vec![(to, item)],
+        );
     } else {
         send_item(shard, to, item);
     }

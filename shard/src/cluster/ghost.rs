@@ -197,7 +197,11 @@ pub(crate) fn missing(shard: &Rc<Shard>, hub: &Hub, client: &str, to: Slot, slot
         }
         g.late.iter().map(|x| x.node).collect::<Vec<u64>>()
     };
-    tracing::info!(client, ?nodes, "session move: the old node forwards late copies of silent peers");
+    tracing::info!(
+        client,
+        ?nodes,
+        "session move: the old node forwards late copies of silent peers"
+    );
     // Before any copy the ghost forwards, and before the stub's StubEnd.
     send(hub, to, client, nodes.clone());
     let m = Msg::Late {
@@ -318,7 +322,9 @@ fn answer(shard: &Rc<Shard>, hub: &Rc<Hub>) {
     let g = &n.ghosts;
     let mut ready = Vec::new();
     g.asked.borrow_mut().retain(|a| {
-        let asker = hub.link_of(a.slot).filter(|l| l.is_up() && l.generation.get() == a.generation);
+        let asker = hub
+            .link_of(a.slot)
+            .filter(|l| l.is_up() && l.generation.get() == a.generation);
         if asker.is_none() || a.at.elapsed() > GHOST_FOR {
             return false; // asked again on the next connection
         }
@@ -337,7 +343,10 @@ fn answer(shard: &Rc<Shard>, hub: &Rc<Hub>) {
         hub.after_local_barrier(
             shard,
             Box::new(move || {
-                if let Some(l) = h.link_of(slot).filter(|l| l.is_up() && l.generation.get() == generation) {
+                if let Some(l) = h
+                    .link_of(slot)
+                    .filter(|l| l.is_up() && l.generation.get() == generation)
+                {
                     l.push_frame(&Frame::Flushed(token));
                 }
             }),
@@ -357,7 +366,10 @@ pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
     n.ghosts.ghosts.borrow_mut().retain_mut(|gh| {
         if gh.deadline <= now {
             n.stats.handover.ghost_expired.fetch_add(1, Relaxed);
-            tracing::warn!(client = &*gh.client, "session move: late peers did not flush within {GHOST_FOR:?}");
+            tracing::warn!(
+                client = &*gh.client,
+                "session move: late peers did not flush within {GHOST_FOR:?}"
+            );
             ended.push((gh.to, gh.client.clone()));
             return false;
         }

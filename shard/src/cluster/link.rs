@@ -452,7 +452,9 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         }
         Frame::StubEnd { client, marks } => super::merge::on_stub_end(shard, client, marks),
         Frame::Ghost { client, peers } => super::ghost::on_frame(shard, client, peers),
-        Frame::GhostFlush { token, owner } => super::ghost::on_flush(shard, hub, link, token, owner),
+        Frame::GhostFlush { token, owner } => {
+            super::ghost::on_flush(shard, hub, link, token, owner)
+        }
         Frame::SharedPublish { group, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();

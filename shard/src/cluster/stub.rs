@@ -224,7 +224,11 @@ pub(crate) fn on_move_done(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Link, client
         .into_iter()
         .filter(|l| l.slot != link.slot)
         .collect();
-    let down: Vec<Slot> = others.iter().filter(|l| !l.is_up()).map(|l| l.slot).collect();
+    let down: Vec<Slot> = others
+        .iter()
+        .filter(|l| !l.is_up())
+        .map(|l| l.slot)
+        .collect();
     // Their copies routed here come later: the session's ghost forwards them.
     super::ghost::missing(shard, hub, &client, link.slot, &down);
     let left: Vec<Slot> = others
