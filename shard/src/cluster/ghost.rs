@@ -374,8 +374,10 @@ pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
             return false;
         }
         for x in gh.late.iter_mut().filter(|x| !x.done) {
-            match hub.link_of(x.slot).filter(|l| l.is_up()) {
-                Some(l) => {
+            match hub.link_of(x.slot) {
+                // Removed from the cluster: nothing more comes from it.
+                None => x.done = true,
+                Some(l) if l.is_up() => {
                     let generation = l.generation.get();
                     if x.flush.is_none_or(|(_, at)| at != generation) {
                         let token = hub.next_move_token();
@@ -386,7 +388,7 @@ pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
                         x.flush = Some((token, generation));
                     }
                 }
-                None => x.flush = None,
+                Some(_) => x.flush = None,
             }
         }
         if gh.late.iter().all(|x| x.done) {
