@@ -289,7 +289,7 @@ mod tests {
             Frame::decode(&mut b),
             Err(FrameError::Truncated("ghost flush"))
         );
-        let mut b = BytesMut::from(&[0, 0, 0, 1, 0x39][..]);
-        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(0x39)));
+        let mut b = BytesMut::from(&[0, 0, 0, 1, 0x3F][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(0x3F)));
     }
 }
