@@ -389,6 +389,14 @@ impl Subs {
         self.len() == 0
     }
 
+    pub fn iter(&self) -> <&Subs as IntoIterator>::IntoIter {
+        self.into_iter()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &TopicFilter> {
+        self.iter().map(|(f, _)| f)
+    }
+
     /// Takes every subscription out.
     pub fn drain(&mut self) -> impl Iterator<Item = (TopicFilter, SubEntry)> {
         self.0.take().into_iter().flat_map(|m| *m)
