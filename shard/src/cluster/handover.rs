@@ -342,7 +342,7 @@ pub(crate) fn take(
         }
         let conn = s.conn.take();
         if conn.is_some() {
-            s.disconnected_at = Some(std::time::Instant::now());
+            s.disconnected_at = crate::session::MaybeInstant::some(std::time::Instant::now());
         }
         (conn, snapshot_of(s))
     };
