@@ -36,10 +36,14 @@ BASE="${BASE:-26100}"
 DURABILITY="${DURABILITY:-sync}"
 ROWS="${ROWS:-all}"
 rt=() rt_gen=()
-# The generator stays SCHED_OTHER unless RT_GEN=1: it shares both CPUs with the nodes, and
-# a FIFO generator (at the nodes' priority, or below them at 40) busy on a node's CPU
-# starved that node for 5-6 s at a time in trial runs (its links closed as silent, clients
-# stalled), likely through the kernel work the FIFO tasks keep off the CPU (softirq threads).
+# The generator stays SCHED_OTHER unless RT_GEN=1. It shares both CPUs with the nodes, and in
+# a saturating row a FIFO generator (even at 40, below the nodes) takes every moment a node
+# leaves its CPU, so nothing SCHED_OTHER runs there for the whole row: ksoftirqd/0 stayed
+# runnable with under 1 ms of CPU through a 6 s same-node row (SCHEDMON, 2026-12-05
+# cluster-sync-fifo). Softirq work the kernel defers to ksoftirqd (loopback packets past the
+# inline budget) then waits for the row to end: with the earlier glommio generator, which
+# made fewer syscalls to run softirqs inline, node 1 went silent for 5-6 s (= the row) twice.
+# With the per-core epoll generator the same run kept going. SCHEDMON=FILE records it.
 if [[ "${RT:-1}" == 1 ]]; then rt=(chrt -f 50); fi
 if [[ "${RT_GEN:-0}" == 1 ]]; then rt_gen=(chrt -f 40); fi
 if [[ "${BUILD:-1}" == 1 ]]; then
@@ -204,6 +208,9 @@ report=$(
     if [[ ${#rt[@]} -gt 0 ]]; then echo "- nodes SCHED_FIFO (\`chrt -f 50\`): FIFO, shared machine; generator ${rt_gen[*]:-SCHED_OTHER (a FIFO generator sharing their CPUs starved them for seconds in trial runs)}"; fi
     echo "- load: \`ringmq-bench pairs --payload $PAYLOAD --duration $DURATION --warmup $WARMUP\`, publishers on node 1, subscribers on node 1 or node 2 (\`--sub-port\`)"
     if [[ -n "${NOTE:-}" ]]; then echo "- note: $NOTE"; fi
+    if [[ -n "${SCHEDMON:-}" ]]; then
+        echo "- softirq threads (\`bench/scripts/schedmon.py\`, 0.1 s samples): $(python3 bench/scripts/schedmon.py --report "$SCHEDMON" | paste -sd';' | sed 's/;/; /g')"
+    fi
     if [[ ${#rows[@]} -gt 0 ]]; then
     echo
     echo "Deliveries per CPU-second: messages the subscribers received during the run (warm-up included) over the CPU seconds the node spent in it (\`/proc/PID/stat\` utime + stime)."

@@ -9,6 +9,8 @@ cpu_ms: the process's utime+stime so far; R-threads: its threads in state R now;
 exec_ms:state: the kernel thread's se.sum_exec_runtime (/proc/PID/sched) and
 its state now (R: runnable or running); netrx/N: NET_RX softirqs on CPU N so far.
 Runs until killed or --secs pass.  Usage: schedmon.py --secs 120 name=PID ...
+`schedmon.py --report FILE` summarises a sample file: the longest stretch each
+ksoftirqd thread stayed runnable without getting 1 ms of CPU.
 """
 import argparse, os, sys, time
 
@@ -58,7 +60,31 @@ def netrx():
             return line.split()[1:]
     return []
 
+def report(path):
+    rows = []
+    for line in open(path):
+        c = line.rstrip("\n").split("\t")
+        rows.append((float(c[0]), dict(x.split(":", 1) for x in c[1:])))
+    if not rows:
+        return
+    t0 = rows[0][0]
+    for k in sorted(x for x in rows[0][1] if x.startswith("ksoftirqd/")):
+        best, start, prev = (0.0, 0.0, 0.0), None, None
+        for t, d in rows:
+            ex, st = d[k].split(":")
+            ex = float(ex)
+            if st == "R" and prev is not None and ex - prev < 1:
+                start = start if start is not None else t
+                if t - start > best[0]:
+                    best = (t - start, start - t0, t - t0)
+            else:
+                start = None
+            prev = ex
+        print(f"{k}: longest runnable without CPU {best[0]:.1f} s (at {best[1]:.1f}..{best[2]:.1f} s)")
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        return report(sys.argv[2])
     ap = argparse.ArgumentParser()
     ap.add_argument("--secs", type=float, default=180)
     ap.add_argument("--interval", type=float, default=0.1)
