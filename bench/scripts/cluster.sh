@@ -36,10 +36,14 @@ BASE="${BASE:-26100}"
 DURABILITY="${DURABILITY:-sync}"
 ROWS="${ROWS:-all}"
 rt=() rt_gen=()
-# The generator stays SCHED_OTHER unless RT_GEN=1: it shares both CPUs with the nodes, and
-# a FIFO generator (at the nodes' priority, or below them at 40) busy on a node's CPU
-# starved that node for 5-6 s at a time in trial runs (its links closed as silent, clients
-# stalled), likely through the kernel work the FIFO tasks keep off the CPU (softirq threads).
+# The generator stays SCHED_OTHER unless RT_GEN=1. It shares both CPUs with the nodes, and in
+# a saturating row a FIFO generator (even at 40, below the nodes) takes every moment a node
+# leaves its CPU, so nothing SCHED_OTHER runs there for the whole row: ksoftirqd/0 stayed
+# runnable with under 1 ms of CPU through a 6 s same-node row (SCHEDMON, 2026-12-05
+# cluster-sync-fifo). Softirq work the kernel defers to ksoftirqd (loopback packets past the
+# inline budget) then waits for the row to end: with the earlier glommio generator, which
+# made fewer syscalls to run softirqs inline, node 1 went silent for 5-6 s (= the row) twice.
+# With the per-core epoll generator the same run kept going. SCHEDMON=FILE records it.
 if [[ "${RT:-1}" == 1 ]]; then rt=(chrt -f 50); fi
 if [[ "${RT_GEN:-0}" == 1 ]]; then rt_gen=(chrt -f 40); fi
 if [[ "${BUILD:-1}" == 1 ]]; then
@@ -69,6 +73,13 @@ for n in 1 2 3; do
     pids+=($!)
 done
 ctl() { "$RINGMQ" ctl --data-dir "$work/d$1" "${@:2}"; }
+if [[ -n "${SCHEDMON:-}" ]]; then
+    # What the scheduler gave each node and the softirq threads, every 0.1 s, to this file
+    # (bench/scripts/schedmon.py); itself FIFO above everything so that it keeps sampling.
+    chrt -f 60 python3 bench/scripts/schedmon.py --secs 900 n1="${pids[0]}" n2="${pids[1]}" n3="${pids[2]}" \
+        >"$SCHEDMON" &
+    pids+=($!)
+fi
 for n in 1 2 3; do
     for _ in $(seq 1 300); do
         if ctl "$n" --json cluster status 2>/dev/null | python3 -c '
@@ -153,12 +164,35 @@ if [[ "$ROWS" == all || "$ROWS" == latency ]]; then
 fi
 takeover=""
 if [[ "${TAKEOVER:-0}" == 1 ]]; then
-    before=()
-    for p in "${pids[@]}"; do before+=("$(cpu "$p")"); done
-    "${rt_gen[@]}" "$BENCH" takeover --nodes "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$((BASE + 3))" \
-        --moves "${MOVES:-60}" --rate "${TAKEOVER_RATE:-1000}" --qos "${TAKEOVER_QOS:-1}" \
-        --payload "$PAYLOAD" >"$work/takeover.txt" 2>&1 || echo "takeover failed" >>"$work/takeover.txt"
-    takeover="$(cat "$work/takeover.txt")"
+    # One run per rate in TAKEOVER_RATES (0: no publisher, an idle cluster); with
+    # TAKEOVER_BG=1 one more at the last rate while BG_PAIRS pairs at 1000/s each (QoS 1,
+    # publishers on node 1, subscribers on node 2) load both nodes' cores.
+    tk() { # label extra-args...
+        local label=$1
+        shift
+        "${rt_gen[@]}" "$BENCH" takeover --nodes "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$((BASE + 3))" \
+            --moves "${MOVES:-60}" --qos "${TAKEOVER_QOS:-1}" --payload "$PAYLOAD" "$@" \
+            >"$work/takeover.txt" 2>&1 || echo "takeover failed" >>"$work/takeover.txt"
+        takeover+="$label"$'\n'"$(cat "$work/takeover.txt")"$'\n\n'
+    }
+    rates=(${TAKEOVER_RATES:-${TAKEOVER_RATE:-1000}})
+    for r in "${rates[@]}"; do
+        tk "# publisher on node 1 at $r msg/s to the session" --rate "$r"
+    done
+    if [[ "${TAKEOVER_BG:-0}" == 1 ]]; then
+        bg_secs=$(python3 -c "print(int(${MOVES:-60} * 0.25 + 8))")
+        "${rt_gen[@]}" "$BENCH" pairs --pairs "${BG_PAIRS:-10}" --qos 1 --rate 1000 -p "$p1" --sub-port "$p2" \
+            --payload "$PAYLOAD" --duration "$bg_secs" --warmup 1 --no-pin --json -q >"$work/bg.json" 2>&1 &
+        bg=$!
+        sleep 2
+        tk "# publisher on node 1 at ${rates[-1]} msg/s to the session, and ${BG_PAIRS:-10} x 1000/s QoS 1 pairs node 1 -> node 2 besides" --rate "${rates[-1]}"
+        wait "$bg" || true
+        takeover+="background pairs: $(python3 -c "
+import json, sys
+s = json.load(open(sys.argv[1]))
+l = s['latency']
+print(f\"{s['delivered_per_sec']:,.0f} deliveries/s, p50 {l['p50_us'] / 1e3:.2f} ms, p99 {l['p99_us'] / 1e3:.2f} ms, lost {s['lost']}\")" "$work/bg.json" 2>&1 || true)"$'\n'
+    fi
 fi
 commit="$(git rev-parse --short HEAD)"
 if ! git diff --quiet HEAD -- shard broker codec bench 2>/dev/null; then commit="$commit (+ uncommitted changes)"; fi
@@ -174,12 +208,17 @@ report=$(
     if [[ ${#rt[@]} -gt 0 ]]; then echo "- nodes SCHED_FIFO (\`chrt -f 50\`): FIFO, shared machine; generator ${rt_gen[*]:-SCHED_OTHER (a FIFO generator sharing their CPUs starved them for seconds in trial runs)}"; fi
     echo "- load: \`ringmq-bench pairs --payload $PAYLOAD --duration $DURATION --warmup $WARMUP\`, publishers on node 1, subscribers on node 1 or node 2 (\`--sub-port\`)"
     if [[ -n "${NOTE:-}" ]]; then echo "- note: $NOTE"; fi
+    if [[ -n "${SCHEDMON:-}" ]]; then
+        echo "- softirq threads (\`bench/scripts/schedmon.py\`, 0.1 s samples): $(python3 bench/scripts/schedmon.py --report "$SCHEDMON" | paste -sd';' | sed 's/;/; /g')"
+    fi
+    if [[ ${#rows[@]} -gt 0 ]]; then
     echo
     echo "Deliveries per CPU-second: messages the subscribers received during the run (warm-up included) over the CPU seconds the node spent in it (\`/proc/PID/stat\` utime + stime)."
     echo
     echo "| scenario | deliveries/s | p50 ms | p99 ms | lost | dup | out of order | CPU s node 1 / 2 / 3 | per CPU-s node 1 | per CPU-s node 2 |"
     echo "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"
     printf '%s\n' "${rows[@]}"
+    fi
     if [[ ${#links[@]} -gt 0 ]]; then
         echo
         echo "Node link 1 -> 2 during the cross-node rows (\`ringmq ctl cluster status --json\` before and after, over warm-up + duration):"
@@ -190,7 +229,7 @@ report=$(
     fi
     if [[ -n "$takeover" ]]; then
         echo
-        echo "Takeover under load (\`ringmq-bench takeover --nodes <node 1>,<node 2>,<node 3> --moves ${MOVES:-60} --rate ${TAKEOVER_RATE:-1000} --qos ${TAKEOVER_QOS:-1}\`, publisher on node 1):"
+        echo "Takeover (\`ringmq-bench takeover --nodes <node 1>,<node 2>,<node 3> --moves ${MOVES:-60} --rate R --qos ${TAKEOVER_QOS:-1}\`, publisher on node 1):"
         echo
         echo '```'
         echo "$takeover"

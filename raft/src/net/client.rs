@@ -1,9 +1,18 @@
 //! Outgoing connections: one per (peer, purpose), opened lazily, handshaken,
 //! then used for one request at a time; any error drops the connection and
 //! the next call opens a new one.
+//!
+//! A connection that could not be opened waits before the next attempt
+//! (20 ms, doubling to [`MAX_RETRY`]): openraft backs off from an unreachable
+//! follower only inside a stream session's request stream, which a
+//! `stream_append` that fails to connect never polls, so without this a
+//! leader retried a dead follower every ~25 µs on its Raft thread (one
+//! million `Unreachable` warnings in 15 s, Raft commits of ~0.5 s and
+//! publishes stalled for seconds on a node of a three-node cluster with one
+//! node down: bench/results/2026-12-05-cluster-outbox.md).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
@@ -39,12 +48,20 @@ pub enum CallError {
     Timeout { addr: String, ms: u128 },
 }
 
+/// First wait after a failed connect; it doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(20);
+/// Longest wait between connects to a peer that keeps failing (below the
+/// election timeout, so a returning node is reached within one).
+const MAX_RETRY: Duration = Duration::from_millis(250);
+
 /// One connection to one peer.
 pub struct Conn {
     target: NodeId,
     addr: String,
     ctx: Arc<NetCtx>,
     stream: Option<BoxIo>,
+    /// After a failed connect: no new attempt before this, and the next wait.
+    retry: Mutex<Option<(tokio::time::Instant, Duration)>>,
 }
 
 impl Conn {
@@ -54,6 +71,7 @@ impl Conn {
             addr,
             ctx,
             stream: None,
+            retry: Mutex::new(None),
         }
     }
 
@@ -86,8 +104,31 @@ impl Conn {
         self.stream = None;
     }
 
-    /// Connects and handshakes.
+    /// Connects and handshakes, first waiting out the backoff of an earlier
+    /// failure (module docs).
     pub(crate) async fn open(&self) -> Result<BoxIo, CallError> {
+        let not_before = self
+            .retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|r| r.0);
+        if let Some(at) = not_before {
+            tokio::time::sleep_until(at).await;
+        }
+        let res = self.connect().await;
+        let mut retry = self.retry.lock().unwrap_or_else(|e| e.into_inner());
+        *retry = match (&res, *retry) {
+            (Ok(_), _) => None,
+            (Err(_), None) => Some((tokio::time::Instant::now() + FIRST_RETRY, FIRST_RETRY * 2)),
+            (Err(_), Some((_, next))) => Some((
+                tokio::time::Instant::now() + next,
+                (next * 2).min(MAX_RETRY),
+            )),
+        };
+        res
+    }
+
+    async fn connect(&self) -> Result<BoxIo, CallError> {
         let addr = self.addr.clone();
         let err = |msg: String| CallError::Connect {
             addr: addr.clone(),
@@ -327,5 +368,54 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Response::TransferLeader(r) => Ok(r),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that keeps failing is not retried in a loop: between the
+    /// attempts `open` waits 20 ms, doubling to 250 ms, so 600 ms of calls
+    /// make at most 6 connects (a hot loop made thousands).
+    #[test]
+    fn failed_connects_back_off() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // Accepts and hangs up at once: every handshake fails.
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let n = accepts.clone();
+            tokio::spawn(async move {
+                while let Ok((s, _)) = l.accept().await {
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(s);
+                }
+            });
+            let ctx = Arc::new(NetCtx {
+                node_id: 1,
+                cluster_id: "t".into(),
+                tls: None,
+                faults: Default::default(),
+                stats: Default::default(),
+                max_frame: 1 << 20,
+                connect_timeout: Duration::from_secs(1),
+                handshake_timeout: Duration::from_secs(1),
+            });
+            let conn = Conn::new(ctx, 2, addr);
+            let mut failures = 0;
+            let end = tokio::time::Instant::now() + Duration::from_millis(600);
+            while tokio::time::Instant::now() < end {
+                assert!(conn.open().await.is_err());
+                failures += 1;
+            }
+            let accepts = accepts.load(std::sync::atomic::Ordering::Relaxed);
+            assert!((2..=7).contains(&failures), "{failures} connects in 600 ms");
+            assert!(accepts <= failures, "{accepts} accepted");
+        });
     }
 }
