@@ -186,11 +186,12 @@ pub(crate) fn hold(
             n.stats.handover.merge_dups.fetch_add(1, Relaxed);
             return true;
         }
-        return false;
+        return super::ghost::dup(shard, sid, origin);
     }
     let mut m = n.merges.by_sid.borrow_mut();
     let Some(m) = m.get_mut(&sid) else {
-        return false;
+        // A late peer's copy may also come through the old node (`ghost.rs`).
+        return super::ghost::dup(shard, sid, origin);
     };
     let row = match s.key {
         Some(key) if qos != QoS::AtMostOnce && shard.store.is_persistent() => {
@@ -288,7 +289,7 @@ pub(crate) fn abort(shard: &Rc<Shard>, sid: SessionId) {
     finish(shard, sid, None);
 }
 
-fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
+pub(crate) fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
     let id = ringmq_codec::MqttString::try_from(client).ok()?;
     let sid = shard.by_client.borrow().get(&id, &shard.sessions.borrow());
     sid
@@ -317,7 +318,11 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish) {
                 return;
             }
             stats.merged.fetch_add(1, Relaxed);
-            deliver_to(shard, sid, &p, None);
+            deliver_to(shard, sid, &p, None, Some(origin));
+        }
+        (Some(sid), None) if super::ghost::haunted(shard, sid) => {
+            // A late peer's copy the old node's ghost forwarded (`ghost.rs`).
+            deliver_to(shard, sid, &p, None, Some(origin));
         }
         (None, None) => {
             // Before the install (the snapshot is on its way): kept for it.
@@ -354,8 +359,18 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish) {
 }
 
 /// Delivers `p` to session `sid` as its subscriptions here match it
-/// (`held`: the QoS, flag and identifiers computed when it was held).
-fn deliver_to(shard: &Shard, sid: SessionId, p: &Publish, held: Option<&Held>) {
+/// (`held`: the QoS, flag and identifiers computed when it was held), once
+/// per origin of a late peer (`ghost.rs`).
+fn deliver_to(
+    shard: &Shard,
+    sid: SessionId,
+    p: &Publish,
+    held: Option<&Held>,
+    origin: Option<Origin>,
+) {
+    if super::ghost::dup(shard, sid, origin) {
+        return;
+    }
     let (qos, retain, ids): (QoS, bool, SmallVec<[u32; 2]>) = match held {
         Some(h) => (h.qos, h.retain, h.sub_ids.clone()),
         None => {
@@ -376,6 +391,11 @@ fn deliver_to(shard: &Shard, sid: SessionId, p: &Publish, held: Option<&Held>) {
                         m.subscription_ids.clone(),
                     )
                 });
+            let found = found.or_else(|| {
+                // A share-group copy the old node forwarded (`share_move.rs`).
+                let sessions = shard.sessions.borrow();
+                super::share_move::deliver(sessions.get(sid as usize)?, p)
+            });
             match found {
                 Some(f) => f,
                 None => return, // unsubscribed meanwhile
@@ -440,7 +460,7 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         if covered {
             stats.merge_dups.fetch_add(1, Relaxed);
         } else {
-            deliver_to(shard, sid, &h.publish, Some(h));
+            deliver_to(shard, sid, &h.publish, Some(h), h.origin);
         }
         // Behind the delivery's own row in the same batch: one commit.
         if let Some((key, seq)) = h.row {
