@@ -340,6 +340,9 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
             .name(&format!("ringmq-shard-{id}"))
             .io_memory(cfg.io_memory)
             .preempt_timer(Duration::from_millis(10));
+        if !cfg.idle_spin.is_zero() && !cfg.pin && id == 0 {
+            tracing::warn!("idle_spin_us is ignored: shards are not pinned (pin = false)");
+        }
         if !cfg.idle_spin.is_zero() {
             // glommio spins only on a pinned executor; on io_uring the
             // spin submits the tick's sends first (vendor/README.md).
