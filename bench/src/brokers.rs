@@ -255,17 +255,19 @@ pub fn start_ringmq_with(
     tls: Option<&TlsFiles>,
     transport: crate::cli::Transport,
 ) -> Result<BrokerProc, String> {
-    start_ringmq_backend(bin, cpus, tls, transport, None)
+    start_ringmq_backend(bin, cpus, tls, transport, None, None)
 }
 
 /// As [`start_ringmq_with`], with `--io-backend BACKEND` when given (the peers
-/// `ringmq-epoll` and `ringmq-io_uring`, so one run compares both).
+/// `ringmq-epoll` and `ringmq-io_uring`, so one run compares both), and
+/// `--idle-spin-us US` when `spin_us` is (the peers `ringmq-BACKEND-spinUS`).
 pub fn start_ringmq_backend(
     bin: &str,
     cpus: Option<&str>,
     tls: Option<&TlsFiles>,
     transport: crate::cli::Transport,
     backend: Option<&str>,
+    spin_us: Option<u64>,
 ) -> Result<BrokerProc, String> {
     use crate::cli::Transport;
     if !Path::new(bin).exists() {
@@ -303,6 +305,9 @@ pub fn start_ringmq_backend(
     if let Some(b) = backend {
         args.extend(["--io-backend".into(), b.into()]);
     }
+    if let Some(us) = spin_us {
+        args.extend(["--idle-spin-us".into(), us.to_string()]);
+    }
     let want = if extra.is_some() { 2 } else { 1 };
     let mut cmd = command(bin, cpus);
     cmd.current_dir(&dir)
@@ -325,7 +330,11 @@ pub fn start_ringmq_backend(
         args.join(" ")
     );
     let mut proc = BrokerProc {
-        name: backend.map_or("ringmq".into(), |b| format!("ringmq-{b}")),
+        name: match (backend, spin_us) {
+            (Some(b), Some(us)) => format!("ringmq-{b}-spin{us}"),
+            (Some(b), None) => format!("ringmq-{b}"),
+            (None, _) => "ringmq".into(),
+        },
         port: 0,
         port_v5: None,
         port_tls: None,

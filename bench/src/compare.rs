@@ -158,9 +158,9 @@ pub fn start_peer(
     let tls = tls.as_ref();
     match name {
         "ringmq" => start_ringmq_with(&c.ringmq_bin, cpus, tls, transport),
-        "ringmq-epoll" | "ringmq-io_uring" => {
-            let backend = name.trim_start_matches("ringmq-");
-            start_ringmq_backend(&c.ringmq_bin, cpus, tls, transport, Some(backend))
+        n if ringmq_variant(n).is_some() => {
+            let (backend, spin) = ringmq_variant(n).expect("matched");
+            start_ringmq_backend(&c.ringmq_bin, cpus, tls, transport, Some(backend), spin)
         }
         "mosquitto" | "mosquitto-nodelay" => {
             let b = bin(
@@ -191,9 +191,20 @@ pub fn start_peer(
         }
         other => Err(format!(
             "unknown broker `{other}` (known: {})",
-            crate::brokers::PEERS.join(", ")
+            crate::brokers::PEERS.join(", ") + ", ringmq-epoll-spinUS, ringmq-io_uring-spinUS"
         )),
     }
+}
+
+/// `ringmq-BACKEND` or `ringmq-BACKEND-spinUS` (BACKEND epoll or io_uring; US the
+/// broker's `--idle-spin-us`): the backend and the spin, if given.
+fn ringmq_variant(name: &str) -> Option<(&str, Option<u64>)> {
+    let rest = name.strip_prefix("ringmq-")?;
+    let (backend, spin) = match rest.split_once("-spin") {
+        Some((b, us)) => (b, Some(us.parse().ok()?)),
+        None => (rest, None),
+    };
+    matches!(backend, "epoll" | "io_uring").then_some((backend, spin))
 }
 
 /// Points the scenario at `b`, runs it, and adds the broker's memory.

@@ -80,6 +80,11 @@ fn bad_value_names_the_key() {
         err,
         "error: config key \"limits.receive_maximum\" = 0: must be at least 1"
     );
+    let (_, err) = check("spin", "[placement]\nidle_spin_us = 20000\n");
+    assert_eq!(
+        err,
+        "error: config key \"placement.idle_spin_us\" = 20000: must be at most 10000 (10 ms)"
+    );
     let (_, err) = check("syntax", "[limits\n");
     assert!(
         err.starts_with("error: config file ") && err.contains("line 1"),

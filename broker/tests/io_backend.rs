@@ -337,3 +337,58 @@ fn payload(p: usize, i: usize) -> Vec<u8> {
     let len = 1 + (i * 97 + p * 31) % 3000;
     (0..len).map(|k| (k * 7 + i * 13 + p) as u8).collect()
 }
+
+/// `idle_spin` (the shard polls for a while before it sleeps) on each backend, 1 and 2 shards,
+/// both protocols: QoS 1 publishes cross shards while the shards spin, are delivered after the
+/// spin lapsed and the shards slept (the spin's sends are submitted before it, not at its end),
+/// and a timer still fires (a client silent past 1.5 x its keep alive is closed).
+#[tokio::test]
+async fn idle_spin_serves_sleeps_and_keeps_timers() {
+    for backend in BACKENDS {
+        for shards in [1, 2] {
+            for proto in [Proto::V4, Proto::V5] {
+                let b = start(shards, backend, |c| {
+                    c.idle_spin = std::time::Duration::from_micros(200);
+                });
+                let v = version(proto);
+                let (pub_id, sub_id) = cross_shard_ids(&format!("spin-{shards}"), shards);
+                let mut sub = subscriber(b.addr, v, &sub_id, "spin/#").await;
+                let (mut publ, _) = Raw::connect(b.addr, v, &pub_id, true).await;
+                for round in 0..3u16 {
+                    if round > 0 {
+                        // Idle far longer than the spin: the shards go to sleep.
+                        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                    }
+                    for i in 0..20u16 {
+                        let n = round * 20 + i;
+                        let payload = format!("{backend:?}-{n}");
+                        publ.send(&Packet::Publish(publish_packet(
+                            "spin/t",
+                            1,
+                            false,
+                            n + 1,
+                            payload.as_bytes(),
+                        )))
+                        .await;
+                    }
+                    for i in 0..20u16 {
+                        let n = round * 20 + i;
+                        let p = sub.expect_publish("a publish while spinning").await;
+                        assert_eq!(&p.payload[..], format!("{backend:?}-{n}").as_bytes());
+                    }
+                }
+                assert_eq!(
+                    on_uring(&b),
+                    backend == IoBackend::IoUring,
+                    "{backend:?} serves the sockets"
+                );
+                let mut c = connect_packet(v, &format!("spin-ka-{shards}"), true);
+                c.keep_alive = 1;
+                let (mut quiet, _) = Raw::connect_with(b.addr, c).await;
+                quiet
+                    .expect_closed(std::time::Duration::from_secs(5), "keep alive 1 s, silent")
+                    .await;
+            }
+        }
+    }
+}

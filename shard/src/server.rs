@@ -336,10 +336,19 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
                 floors: if id == 0 { floors.clone() } else { Vec::new() },
             }),
         };
-        let handle = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("ringmq-shard-{id}"))
             .io_memory(cfg.io_memory)
-            .preempt_timer(Duration::from_millis(10))
+            .preempt_timer(Duration::from_millis(10));
+        if !cfg.idle_spin.is_zero() && !cfg.pin && id == 0 {
+            tracing::warn!("idle_spin_us is ignored: shards are not pinned (pin = false)");
+        }
+        if !cfg.idle_spin.is_zero() {
+            // glommio spins only on a pinned executor; on io_uring the
+            // spin submits the tick's sends first (vendor/README.md).
+            builder = builder.spin_before_park(cfg.idle_spin);
+        }
+        let handle = builder
             .spawn(move || crate::shard::run(init))
             .map_err(|e| io::Error::other(format!("cannot start shard {id}: {e}")))?;
         threads.push(handle);

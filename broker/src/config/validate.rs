@@ -53,6 +53,10 @@ impl Config {
                 "must be at least 64",
             );
         }
+        if p.idle_spin_us > 10_000 {
+            let why = "must be at most 10000 (10 ms)";
+            return bad("idle_spin_us", &p.idle_spin_us, why);
+        }
         if p.mesh_capacity == 0 {
             return bad("mesh_capacity", &0, "must be at least 1");
         }

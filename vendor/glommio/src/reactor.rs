@@ -856,9 +856,18 @@ impl Reactor {
     /// Polls for I/O, but does not change any timer registration.
     ///
     /// This doesn't ever sleep, and does not touch the preemption timer.
-    pub(crate) fn spin_poll_io(&self) -> io::Result<bool> {
+    ///
+    /// ringmq patch: `spinning`, the executor spins before it parks
+    /// (`spin_before_park`): a park hook submits what it queued now, else
+    /// those requests (sends) would wait for the park at the spin's end.
+    /// Without a spin the park submits them with the enter that sleeps.
+    pub(crate) fn spin_poll_io(&self, spinning: bool) -> io::Result<bool> {
         let mut woke = 0;
-        self.sys.poll_io(&mut woke)?;
+        if spinning {
+            self.sys.spin_poll_io(&mut woke)?;
+        } else {
+            self.sys.poll_io(&mut woke)?;
+        }
         woke += self.process_timers().1;
         woke += self.process_shared_channels();
 

@@ -1785,6 +1785,18 @@ impl Reactor {
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
+        self.poll_io_submitting(woke, false)
+    }
+
+    /// ringmq patch: `poll_io` for the executor's spin before it parks
+    /// (`LocalExecutorBuilder::spin_before_park`): the hook submits what the
+    /// tick queued (its sends) before the spin, else they would wait for the
+    /// park at the spin's end.
+    pub(crate) fn spin_poll_io(&self, woke: &mut usize) -> io::Result<()> {
+        self.poll_io_submitting(woke, true)
+    }
+
+    fn poll_io_submitting(&self, woke: &mut usize, submit: bool) -> io::Result<()> {
         self.poll_ring.borrow_mut().poll(woke)?;
         self.main_ring.borrow_mut().poll(woke)?;
         self.latency_ring.borrow_mut().poll(woke)?;
@@ -1793,7 +1805,7 @@ impl Reactor {
         // the park that follows (one enter submits and sleeps).
         let hook = self.park_hook.borrow().clone();
         if let Some(h) = hook {
-            *woke += h.poll(false);
+            *woke += h.poll(submit);
         }
         Ok(())
     }
