@@ -29,6 +29,7 @@
 //! Bounded: without `StubEnd` within [`MERGE_FOR`] (old node down) the held
 //! copies are delivered as they are (duplicates possible, counted).
 
+use super::copy_acks::CopyAck;
 use super::frame::Origin;
 use super::routes::Slot;
 use super::stub::Move;
@@ -38,7 +39,7 @@ use crate::router::PublishInfo;
 use crate::session::{Session, SessionId};
 use crate::shard::Shard;
 use crate::store::{MessageRef, OutboundState, SessionKey};
-use ringmq_codec::{Publish, QoS};
+use ringmq_codec::{Publish, QoS, ReasonCode};
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,8 +52,9 @@ pub const MERGE_FOR: Duration = Duration::from_secs(25);
 /// Forwarded copies kept for a session not installed yet, at most.
 const PENDING_MAX: usize = 100_000;
 
-/// A forwarded copy that came before its session's install.
-type Early = (Origin, Publish);
+/// A forwarded copy that came before its session's install (with `ack`,
+/// answered after the install: `copy_acks.rs`).
+type Early = (Origin, Publish, Option<CopyAck>);
 
 struct Held {
     publish: Publish,
@@ -135,8 +137,9 @@ pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot)
         },
     );
     let early = n.merges.pending.borrow_mut().remove(client);
-    for (o, p) in early.into_iter().flatten() {
-        forwarded(shard, client, o, p);
+    for (o, p, ack) in early.into_iter().flatten() {
+        // Behind the install's rows: one commit answers both.
+        forwarded(shard, client, o, p, ack);
     }
     let shard = shard.clone();
     glommio::spawn_local(async move {
@@ -251,13 +254,21 @@ pub(crate) fn settled(shard: &Rc<Shard>, client: &str) {
     }
 }
 
-/// Shard 0, a `SessionCopy` from the old node: to the session's home shard.
-pub(crate) fn on_copy(shard: &Rc<Shard>, client: String, origin: Origin, publish: Publish) {
+/// Shard 0, a `SessionCopy` (with `ack`: an `AckedCopy`) from the old
+/// node: to the session's home shard.
+pub(crate) fn on_copy(
+    shard: &Rc<Shard>,
+    client: String,
+    origin: Origin,
+    publish: Publish,
+    ack: Option<CopyAck>,
+) {
     let home = crate::connection::home_shard(client.as_bytes(), shard.shards);
     let m = Move::CopyIn {
         client: client.into(),
         origin,
         publish,
+        ack,
     };
     to_home(shard, home, m);
 }
@@ -294,8 +305,19 @@ fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
     sid
 }
 
+/// Delivers forwarded copy `p` to session `sid`; an acked one once per
+/// stamp (a resend is not delivered again), answered after the commit.
+fn deliver_forwarded(shard: &Rc<Shard>, sid: SessionId, client: &str, p: &Publish, ack: Option<CopyAck>) {
+    let Some(a) = ack else {
+        return deliver_to(shard, sid, p, None);
+    };
+    let once = super::copy_acks::once(client, a);
+    super::deliver_once(shard, Some(once), || deliver_to(shard, sid, p, None));
+    super::copy_acks::answer(shard, a, None);
+}
+
 /// A forwarded copy for `client` (home shard).
-fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish) {
+fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: Option<CopyAck>) {
     let Some(n) = shard.cluster.as_ref() else {
         return;
     };
@@ -314,10 +336,13 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish) {
             if own && origin.seq >= own_from {
                 // Routed here after the install: delivered (or held) here already.
                 stats.merge_dups.fetch_add(1, Relaxed);
+                if let Some(a) = ack {
+                    super::copy_acks::answer(shard, a, None);
+                }
                 return;
             }
             stats.merged.fetch_add(1, Relaxed);
-            deliver_to(shard, sid, &p, None);
+            deliver_forwarded(shard, sid, client, &p, ack);
         }
         (None, None) => {
             // Before the install (the snapshot is on its way): kept for it.
@@ -326,30 +351,47 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish) {
             let v = pending.entry(client.into()).or_default();
             if v.len() >= PENDING_MAX {
                 stats.forward_lost.fetch_add(1, Relaxed);
+                drop(pending);
+                if let Some(a) = ack {
+                    super::copy_acks::answer(shard, a, Some(ReasonCode::QuotaExceeded));
+                }
                 return;
             }
-            v.push((origin, p));
+            v.push((origin, p, ack));
             if fresh {
+                // No install comes after the fetch stopped waiting (the claim timeout).
+                let wait = super::copy_acks::pending_for(shard);
                 let shard = shard.clone();
                 let client: Box<str> = client.into();
                 glommio::spawn_local(async move {
-                    glommio::timer::sleep(MERGE_FOR).await;
-                    if let Some(n) = &shard.cluster {
-                        if let Some(v) = n.merges.pending.borrow_mut().remove(&client) {
-                            n.stats
-                                .handover
-                                .forward_lost
-                                .fetch_add(v.len() as u64, Relaxed);
-                        }
+                    glommio::timer::sleep(wait).await;
+                    let Some(n) = &shard.cluster else { return };
+                    let gone = n.merges.pending.borrow_mut().remove(&client);
+                    let Some(v) = gone else { return };
+                    n.stats
+                        .handover
+                        .forward_lost
+                        .fetch_add(v.len() as u64, Relaxed);
+                    let code = ReasonCode::ImplementationSpecificError;
+                    for a in v.into_iter().filter_map(|e| e.2) {
+                        super::copy_acks::answer(&shard, a, Some(code));
                     }
                 })
                 .detach();
             }
         }
-        (Some(_), None) => {
+        (Some(sid), None) => match ack {
+            // An acked copy after the merge ended (a resend after a link
+            // break or a restart): the session here takes it, once.
+            Some(a) => {
+                stats.copies_late.fetch_add(1, Relaxed);
+                deliver_forwarded(shard, sid, client, &p, Some(a));
+            }
             // The merge ended (or never began: a fresh session): nothing to merge into.
-            stats.forward_lost.fetch_add(1, Relaxed);
-        }
+            None => {
+                stats.forward_lost.fetch_add(1, Relaxed);
+            }
+        },
     }
 }
 
@@ -480,7 +522,8 @@ pub(crate) fn on_item(shard: &Rc<Shard>, m: Move) {
             client,
             origin,
             publish,
-        } => forwarded(shard, &client, origin, publish),
+            ack,
+        } => forwarded(shard, &client, origin, publish, ack),
         Move::EndIn { client, marks } => {
             let sid = n
                 .merges

@@ -28,6 +28,7 @@
 
 mod acks;
 pub mod config;
+pub(crate) mod copy_acks;
 pub mod frame;
 mod frame_move;
 pub mod handover;
@@ -189,6 +190,8 @@ pub struct Node {
     pub(crate) stubs: stub::Stubs,
     /// Sessions that moved here and still merge the old node's copies (new node).
     pub(crate) merges: merge::Merges,
+    /// A delivery under a confirm token meeting a stub (`copy_acks.rs`).
+    pub(crate) copy_acks: copy_acks::Under,
 }
 
 /// The origin stamp of a publish entering the cluster on this shard (routed here first).
@@ -381,6 +384,7 @@ impl Node {
             handled: RefCell::default(),
             stubs: Default::default(),
             merges: Default::default(),
+            copy_acks: Default::default(),
         }
     }
 }
