@@ -205,6 +205,55 @@ pub(crate) fn pending_for(shard: &Shard) -> std::time::Duration {
     claim + std::time::Duration::from_secs(1)
 }
 
+// ---- test crash points (`RINGMQ_TEST_CRASH`) -----------------------------------------------
+
+thread_local! {
+    /// Forwarded copies counted by an armed crash point; the install is durable.
+    static CRASH: (Cell<usize>, Cell<bool>) = const { (Cell::new(0), Cell::new(false)) };
+}
+
+/// The copy at which an armed crash point aborts.
+const CRASH_AT: usize = 10;
+
+/// `fwd-copy-in` (new node): once the install of a merging session is
+/// durable, the process aborts at the 10th forwarded copy reaching it,
+/// before it is delivered; the copies of the same tick are not committed
+/// either. Armed at the install (`merge::begin`).
+pub(crate) fn crash_arm_after_install(shard: &Rc<Shard>) {
+    if !super::origin::crash_armed("fwd-copy-in") {
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let _ = shard.store.flush().await;
+        CRASH.with(|c| c.1.set(true));
+    })
+    .detach();
+}
+
+/// At a forwarded copy for a merging session (new node): `fwd-copy-in`.
+pub(crate) fn crash_copy_in() {
+    crash_count("fwd-copy-in", CRASH.with(|c| c.1.get()));
+}
+
+/// At a copy a stub forwards (old node), before it leaves: `fwd-copy-out`.
+pub(crate) fn crash_copy_out() {
+    crash_count("fwd-copy-out", true);
+}
+
+fn crash_count(point: &str, ready: bool) {
+    if !ready || !super::origin::crash_armed(point) {
+        return;
+    }
+    let n = CRASH.with(|c| {
+        c.0.set(c.0.get() + 1);
+        c.0.get()
+    });
+    if n >= CRASH_AT {
+        super::origin::crash_point(point);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -136,6 +136,7 @@ pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot)
             id,
         },
     );
+    super::copy_acks::crash_arm_after_install(shard);
     let early = n.merges.pending.borrow_mut().remove(client);
     for (o, p, ack) in early.into_iter().flatten() {
         // Behind the install's rows: one commit answers both.
@@ -341,6 +342,7 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
                 }
                 return;
             }
+            super::copy_acks::crash_copy_in();
             stats.merged.fetch_add(1, Relaxed);
             deliver_forwarded(shard, sid, client, &p, ack);
         }

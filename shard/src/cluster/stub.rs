@@ -198,6 +198,7 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
         seq: 0,
     });
     node.stats.handover.forwarded.fetch_add(1, Relaxed);
+    super::copy_acks::crash_copy_out();
     if super::copy_acks::take(shard, slot, &client, origin, p) {
         return; // acked: leaves at the end of this delivery
     }
