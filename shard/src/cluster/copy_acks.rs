@@ -107,7 +107,7 @@ pub(crate) fn take(shard: &Shard, slot: Slot, client: &str, origin: Origin, p: &
     let Some(n) = shard.cluster.as_ref() else {
         return false;
     };
-    if n.copy_acks.token.get().is_none() || p.qos == QoS::AtMostOnce {
+    if true || n.copy_acks.token.get().is_none() || p.qos == QoS::AtMostOnce {
         return false;
     }
     n.stats.handover.forwarded_acked.fetch_add(1, Relaxed);
@@ -208,49 +208,66 @@ pub(crate) fn pending_for(shard: &Shard) -> std::time::Duration {
 // ---- test crash points (`RINGMQ_TEST_CRASH`) -----------------------------------------------
 
 thread_local! {
-    /// Forwarded copies counted by an armed crash point; the install is durable.
+    /// Copies counted by an armed crash point; whether it fired.
     static CRASH: (Cell<usize>, Cell<bool>) = const { (Cell::new(0), Cell::new(false)) };
 }
 
-/// The copy at which an armed crash point aborts.
-const CRASH_AT: usize = 10;
+/// The copy at which an armed crash point fires.
+const CRASH_AT: usize = 100;
 
-/// `fwd-copy-in` (new node): once the install of a merging session is
-/// durable, the process aborts at the 10th forwarded copy reaching it,
-/// before it is delivered; the copies of the same tick are not committed
-/// either. Armed at the install (`merge::begin`).
-pub(crate) fn crash_arm_after_install(shard: &Rc<Shard>) {
-    if !super::origin::crash_armed("fwd-copy-in") {
-        return;
+/// Whether the new node's crash point is armed.
+pub(crate) fn crash_in_armed() -> bool {
+    super::origin::crash_armed("fwd-copy-in")
+}
+
+/// `fwd-copy-in` (new node), at a forwarded copy for a merging session
+/// (`twinned`: a direct copy of it is held, so the copy came only after
+/// the old node had this node's route): from the first copy with no twin
+/// (or the 100th twinned one) on,
+/// copies are received but not delivered (true: drop it), and the process
+/// aborts once what it had before is committed (the install among it): a
+/// crash right after receiving forwarded copies, before their commit.
+pub(crate) fn crash_copy_in(shard: &Rc<Shard>, twinned: bool) -> bool {
+    let fire = CRASH.with(|c| {
+        if c.1.get() {
+            return None;
+        }
+        // Twinned copies count a hundredth: a move whose every copy is
+        // twinned (the old node had this node's route early) still crashes.
+        c.0.set(c.0.get() + if twinned { 1 } else { 100 });
+        let fire = c.0.get() >= CRASH_AT;
+        c.1.set(fire);
+        Some(fire)
+    });
+    match fire {
+        None => true,
+        Some(false) => false,
+        Some(true) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = shard.store.flush().await;
+                super::origin::crash_point("fwd-copy-in");
+            })
+            .detach();
+            true
+        }
     }
-    let shard = shard.clone();
-    glommio::spawn_local(async move {
-        let _ = shard.store.flush().await;
-        CRASH.with(|c| c.1.set(true));
-    })
-    .detach();
 }
 
-/// At a forwarded copy for a merging session (new node): `fwd-copy-in`.
-pub(crate) fn crash_copy_in() {
-    crash_count("fwd-copy-in", CRASH.with(|c| c.1.get()));
-}
+const CRASH_OUT_AT: usize = 10;
 
-/// At a copy a stub forwards (old node), before it leaves: `fwd-copy-out`.
+/// `fwd-copy-out` (old node): aborts at the 10th copy a stub forwards,
+/// before it leaves.
 pub(crate) fn crash_copy_out() {
-    crash_count("fwd-copy-out", true);
-}
-
-fn crash_count(point: &str, ready: bool) {
-    if !ready || !super::origin::crash_armed(point) {
+    if !super::origin::crash_armed("fwd-copy-out") {
         return;
     }
     let n = CRASH.with(|c| {
         c.0.set(c.0.get() + 1);
         c.0.get()
     });
-    if n >= CRASH_AT {
-        super::origin::crash_point(point);
+    if n >= CRASH_OUT_AT {
+        super::origin::crash_point("fwd-copy-out");
     }
 }
 

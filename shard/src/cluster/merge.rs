@@ -136,7 +136,6 @@ pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot)
             id,
         },
     );
-    super::copy_acks::crash_arm_after_install(shard);
     let early = n.merges.pending.borrow_mut().remove(client);
     for (o, p, ack) in early.into_iter().flatten() {
         // Behind the install's rows: one commit answers both.
@@ -342,7 +341,14 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
                 }
                 return;
             }
-            super::copy_acks::crash_copy_in();
+            if super::copy_acks::crash_in_armed() {
+                let twinned = n.merges.by_sid.borrow().get(&sid).is_some_and(|m| {
+                    m.held.iter().any(|h| h.origin == Some(origin))
+                });
+                if super::copy_acks::crash_copy_in(shard, twinned) {
+                    return; // test crash point: received, never committed
+                }
+            }
             stats.merged.fetch_add(1, Relaxed);
             deliver_forwarded(shard, sid, client, &p, ack);
         }
