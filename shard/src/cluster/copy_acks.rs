@@ -107,7 +107,7 @@ pub(crate) fn take(shard: &Shard, slot: Slot, client: &str, origin: Origin, p: &
     let Some(n) = shard.cluster.as_ref() else {
         return false;
     };
-    if true || n.copy_acks.token.get().is_none() || p.qos == QoS::AtMostOnce {
+    if n.copy_acks.token.get().is_none() || p.qos == QoS::AtMostOnce {
         return false;
     }
     n.stats.handover.forwarded_acked.fetch_add(1, Relaxed);
