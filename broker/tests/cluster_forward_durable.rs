@@ -17,7 +17,9 @@ use cluster_support::acked::{raw_connect_sp, wait_links};
 use cluster_support::{rt, serial, Cluster};
 use common::raw::{connect_packet, filter, pid, publish_packet, resp, RawEv};
 use common::*;
-use ringmq_codec::{Connect, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use ringmq_codec::{
+    Connect, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -111,10 +113,20 @@ fn publisher(addr: std::net::SocketAddr, started: Arc<AtomicBool>, stop: Arc<Ato
         let send = |p_: &mut usize, out: &mut HashMap<u16, (String, usize)>| {
             let i = *p_;
             *p_ += 1;
-            let (t, q) = if i % 2 == 0 { ("fwd/1", 1) } else { ("fwd/2", 2) };
+            let (t, q) = if i.is_multiple_of(2) {
+                ("fwd/1", 1)
+            } else {
+                ("fwd/2", 2)
+            };
             let id = (i % 60_000 + 1) as u16;
             out.insert(id, (t.to_string(), i / 2));
-            Packet::Publish(publish_packet(t, q, false, id, format!("{}", i / 2).as_bytes()))
+            Packet::Publish(publish_packet(
+                t,
+                q,
+                false,
+                id,
+                format!("{}", i / 2).as_bytes(),
+            ))
         };
         for _ in 0..40 {
             let pkt = send(&mut next, &mut out);
@@ -354,7 +366,11 @@ fn lost_of(acked: &Acked, seen: &Seen) -> Vec<(String, usize)> {
             .get(t)
             .map(|v| v.iter().map(|x| x.0).collect())
             .unwrap_or_default();
-        lost.extend(ns.iter().filter(|n| !got.contains(n)).map(|n| (t.clone(), *n)));
+        lost.extend(
+            ns.iter()
+                .filter(|n| !got.contains(n))
+                .map(|n| (t.clone(), *n)),
+        );
     }
     lost.sort();
     lost

@@ -550,7 +550,13 @@ impl Hub {
 
     /// Forwards `p` to peer `slot` for its session `client` (a stub of this
     /// node, `stub.rs`); false when the link is down (the copy is lost).
-    pub fn session_copy_plain(&self, slot: Slot, client: &str, origin: Origin, p: &Publish) -> bool {
+    pub fn session_copy_plain(
+        &self,
+        slot: Slot,
+        client: &str,
+        origin: Origin,
+        p: &Publish,
+    ) -> bool {
         let Some(l) = self.link_of(slot).filter(|l| l.is_up()) else {
             return false;
         };

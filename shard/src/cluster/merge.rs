@@ -307,7 +307,13 @@ fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
 
 /// Delivers forwarded copy `p` to session `sid`; an acked one once per
 /// stamp (a resend is not delivered again), answered after the commit.
-fn deliver_forwarded(shard: &Rc<Shard>, sid: SessionId, client: &str, p: &Publish, ack: Option<CopyAck>) {
+fn deliver_forwarded(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    client: &str,
+    p: &Publish,
+    ack: Option<CopyAck>,
+) {
     let Some(a) = ack else {
         return deliver_to(shard, sid, p, None);
     };
@@ -342,9 +348,12 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
                 return;
             }
             if super::copy_acks::crash_in_armed() {
-                let twinned = n.merges.by_sid.borrow().get(&sid).is_some_and(|m| {
-                    m.held.iter().any(|h| h.origin == Some(origin))
-                });
+                let twinned = n
+                    .merges
+                    .by_sid
+                    .borrow()
+                    .get(&sid)
+                    .is_some_and(|m| m.held.iter().any(|h| h.origin == Some(origin)));
                 if super::copy_acks::crash_copy_in(shard, twinned) {
                     return; // test crash point: received, never committed
                 }
