@@ -168,6 +168,48 @@ fn key(node: u64, client: &str) -> u64 {
     h | 1 << 63
 }
 
+/// The key of the held-row range of `client`'s copies from origin `o`'s
+/// node and shard (`held_durably`), apart from [`key`]'s.
+fn twin_key(client: &str, o: Origin) -> u64 {
+    let at = o.node.rotate_left(17) ^ u64::from(o.shard) << 40 ^ 0x5bd1_e995_0000_0001;
+    key(at, client)
+}
+
+/// A direct copy of origin `o` for merging session `client` was held in a
+/// durable row (`merge::hold`): `range` (first, last count of `o`'s node and
+/// shard held by this merge) is stored in the same batch. After a crash of
+/// this node ends the merge, the held rows come back as queued messages and
+/// a forwarded twin resent by the old node is known by it ([`held_twin`]):
+/// each origin's copies reach the merge in order on both paths, and from
+/// the first one the old node routed with this node's route on, every one
+/// came both ways, so a count in the range is a held twin.
+pub(crate) fn held_durably(shard: &Shard, client: &str, o: Origin, range: (u64, u64)) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let k = twin_key(client, o);
+    let (first, last) = range;
+    n.seen.borrow_mut().insert(
+        k,
+        Stamp {
+            stream: first,
+            id: last,
+        },
+    );
+    shard.store.put_peer_seen(k, first, last).detach();
+}
+
+/// Whether a forwarded copy of origin `o` for `client`, coming after its
+/// merge ended, has a direct twin the merge held durably ([`held_durably`]).
+pub(crate) fn held_twin(shard: &Shard, client: &str, o: Origin) -> bool {
+    let Some(n) = shard.cluster.as_ref() else {
+        return false;
+    };
+    let seen = n.seen.borrow();
+    seen.get(&twin_key(client, o))
+        .is_some_and(|r| r.stream <= o.seq && o.seq <= r.id)
+}
+
 /// The stamp a copy of `client` is delivered once by (`cluster::deliver_once`).
 pub(crate) fn once(client: &str, a: CopyAck) -> PeerStamp {
     PeerStamp {

@@ -66,6 +66,8 @@ struct Held {
     /// persistent session): acknowledged copies survive a crash of this node
     /// before the merge ends. Deleted once the merge delivered or dropped it.
     row: Option<(SessionKey, u64)>,
+    /// Dropped already: its forwarded twin was delivered.
+    gone: bool,
 }
 
 struct Merge {
@@ -77,6 +79,15 @@ struct Merge {
     /// This shard's origin count at the install: its later copies were routed here with the session.
     own_from: u64,
     id: u64,
+    /// Per origin (node, shard): the first and last count held in a durable
+    /// row (`copy_acks::held_durably`).
+    ranges: HashMap<(u64, u16), (u64, u64)>,
+    /// Held copies by origin, and the origins of the forwarded copies
+    /// delivered: a copy that came both ways is dropped as its twin arrives
+    /// (`twin_forwarded`, `twin_held`), not at `StubEnd` only, so a crash of
+    /// this node before `StubEnd` leaves no durable row of both.
+    held_at: HashMap<Origin, usize>,
+    forwarded: std::collections::HashSet<Origin>,
 }
 
 /// After a merge ended: the old node's marks, still applied to direct copies
@@ -134,6 +145,9 @@ pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot)
             held: Vec::new(),
             own_from: super::origin_now(shard),
             id,
+            ranges: HashMap::new(),
+            held_at: HashMap::new(),
+            forwarded: Default::default(),
         },
     );
     let early = n.merges.pending.borrow_mut().remove(client);
@@ -195,6 +209,11 @@ pub(crate) fn hold(
     let Some(m) = m.get_mut(&sid) else {
         return false;
     };
+    if origin.is_some_and(|o| m.forwarded.contains(&o)) {
+        // Its forwarded twin was delivered already.
+        n.stats.handover.merge_dups.fetch_add(1, Relaxed);
+        return true;
+    }
     let row = match s.key {
         Some(key) if qos != QoS::AtMostOnce && shard.store.is_persistent() => {
             let seq = s.next_seq;
@@ -210,10 +229,18 @@ pub(crate) fn hold(
                 .store
                 .put_outbound_new(key, seq, OutboundState::Queued, msg)
                 .detach();
+            if let Some(o) = origin {
+                let r = m.ranges.entry((o.node, o.shard)).or_insert((o.seq, o.seq));
+                r.1 = o.seq;
+                super::copy_acks::held_durably(shard, &m.client, o, *r);
+            }
             Some((key, seq))
         }
         _ => None,
     };
+    if let Some(o) = origin {
+        m.held_at.insert(o, m.held.len());
+    }
     m.held.push(Held {
         publish: p.clone(),
         qos,
@@ -221,6 +248,7 @@ pub(crate) fn hold(
         sub_ids: SmallVec::from_slice(sub_ids),
         origin,
         row,
+        gone: false,
     });
     n.stats.handover.held.fetch_add(1, Relaxed);
     true
@@ -305,6 +333,30 @@ fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
     sid
 }
 
+/// A forwarded copy of `origin` is delivered to merging session `sid`: its
+/// held twin, if any, is dropped now (its row deleted in the batch of the
+/// delivery's row), and a direct copy coming later is dropped in `hold`.
+fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let mut merges = n.merges.by_sid.borrow_mut();
+    let Some(m) = merges.get_mut(&sid) else {
+        return;
+    };
+    m.forwarded.insert(origin);
+    let Some(i) = m.held_at.remove(&origin) else {
+        return;
+    };
+    if let Some(h) = m.held.get_mut(i) {
+        if let Some((key, seq)) = h.row.take() {
+            shard.store.delete_outbound(key, seq).detach();
+        }
+        h.gone = true;
+        n.stats.handover.merge_dups.fetch_add(1, Relaxed);
+    }
+}
+
 /// Delivers forwarded copy `p` to session `sid`; an acked one once per
 /// stamp (a resend is not delivered again), answered after the commit.
 fn deliver_forwarded(
@@ -359,6 +411,7 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
                 }
             }
             stats.merged.fetch_add(1, Relaxed);
+            twin_forwarded(shard, sid, origin);
             deliver_forwarded(shard, sid, client, &p, ack);
         }
         (None, None) => {
@@ -402,6 +455,12 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
             // break or a restart): the session here takes it, once.
             Some(a) => {
                 stats.copies_late.fetch_add(1, Relaxed);
+                if super::copy_acks::held_twin(shard, client, origin) {
+                    // Its direct twin was held in a durable row (a crash of
+                    // this node ended the merge): the session has it.
+                    stats.merge_dups.fetch_add(1, Relaxed);
+                    return super::copy_acks::answer(shard, a, None);
+                }
                 deliver_forwarded(shard, sid, client, &p, Some(a));
             }
             // The merge ended (or never began: a fresh session): nothing to merge into.
@@ -492,7 +551,7 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         .map(|o| ((o.node, o.shard), o.seq))
         .collect();
     let stats = &n.stats.handover;
-    for h in &m.held {
+    for h in m.held.iter().filter(|h| !h.gone) {
         let covered = h
             .origin
             .is_some_and(|o| covered(n.node_id, shard.id, &last, m.own_from, o));
