@@ -34,7 +34,7 @@ pub struct BrokerProc {
 
 impl BrokerProc {
     /// Waits until each of the peer's ports (plain, TLS, ws, wss) listens.
-    fn wait_all_listening(&self) -> Result<(), String> {
+    fn wait_all_listening(&mut self) -> Result<(), String> {
         let ports = [self.port_tls, self.port_ws, self.port_wss];
         for p in std::iter::once(self.port).chain(ports.into_iter().flatten()) {
             if !wait_listening(p, Duration::from_secs(10)) {
@@ -43,6 +43,14 @@ impl BrokerProc {
                     self.name
                 ));
             }
+        }
+        // Every port answered; a listener that could not bind afterwards (another
+        // process took its port) makes the broker exit: say so rather than measure it.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Err(format!(
+                "{} exited after it started listening: {status}",
+                self.name
+            ));
         }
         Ok(())
     }
@@ -160,6 +168,20 @@ pub fn find_bin(flag: Option<&str>, names: &[&str], hint: &str) -> Result<PathBu
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `N` distinct loopback ports that were free a moment ago: each stays bound until
+/// all are chosen, so two calls in a row cannot hand the same port to two listeners
+/// of one broker (which then fails to start after its first listener answered).
+pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let held = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0u16; N];
+    for (p, l) in ports.iter_mut().zip(&held) {
+        *p = l.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// Polls until `port` accepts TCP connections.
@@ -398,17 +420,13 @@ pub fn start_mosquitto_tls(
     if !Path::new(bin).exists() {
         return Err(format!("{bin} not found (apt-get install mosquitto)"));
     }
-    let port = free_port().map_err(|e| e.to_string())?;
+    let [port, tls_port, ws_port, wss_port] = free_ports().map_err(|e| e.to_string())?;
     let dir = scratch_dir("mosquitto").map_err(|e| e.to_string())?;
     let mut conf = mosquitto_config(port, nodelay);
     let mut extra = None;
     if let Some(t) = tls {
         let t = t.copy_into(&dir)?;
-        let p = (
-            free_port().map_err(|e| e.to_string())?,
-            free_port().map_err(|e| e.to_string())?,
-            free_port().map_err(|e| e.to_string())?,
-        );
+        let p = (tls_port, ws_port, wss_port);
         conf.push_str(&mosquitto_tls_listeners(&t, p.0, p.1, p.2));
         extra = Some(p);
     }
@@ -418,7 +436,7 @@ pub fn start_mosquitto_tls(
         cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default(),
         conf.lines().take(7).collect::<Vec<_>>().join("; ")
     );
-    let proc = BrokerProc {
+    let mut proc = BrokerProc {
         name: if nodelay {
             "mosquitto-nodelay"
         } else {
@@ -446,8 +464,7 @@ pub fn start_rumqttd(bin: &str, cpus: Option<&str>) -> Result<BrokerProc, String
             "{bin} not installed (cargo install rumqttd --root /work/tools)"
         ));
     }
-    let port = free_port().map_err(|e| e.to_string())?;
-    let port5 = free_port().map_err(|e| e.to_string())?;
+    let [port, port5] = free_ports().map_err(|e| e.to_string())?;
     let dir = scratch_dir("rumqttd").map_err(|e| e.to_string())?;
     let conf = rumqttd_config(port, port5);
     let path = dir.join("rumqttd.toml");
@@ -523,17 +540,13 @@ pub fn start_flashmq(
             "{bin} not found (see docs/benchmarking.md: building FlashMQ)"
         ));
     }
-    let port = free_port().map_err(|e| e.to_string())?;
+    let [port, tls_port, ws_port, wss_port] = free_ports().map_err(|e| e.to_string())?;
     let dir = scratch_dir("flashmq").map_err(|e| e.to_string())?;
     let mut conf = flashmq_config(port, &dir.join("flashmq.log"));
     let mut extra = None;
     if let Some(t) = tls {
         let t = t.copy_into(&dir)?;
-        let p = (
-            free_port().map_err(|e| e.to_string())?,
-            free_port().map_err(|e| e.to_string())?,
-            free_port().map_err(|e| e.to_string())?,
-        );
+        let p = (tls_port, ws_port, wss_port);
         conf.push_str(&flashmq_listener("mqtt", p.0, Some(&t)));
         conf.push_str(&flashmq_listener("websockets", p.1, None));
         conf.push_str(&flashmq_listener("websockets", p.2, Some(&t)));
@@ -544,7 +557,7 @@ pub fn start_flashmq(
         "{}{bin} -c flashmq.conf  (generated config, printed with the results)",
         cpus.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
     );
-    let proc = BrokerProc {
+    let mut proc = BrokerProc {
         name: "flashmq".into(),
         port,
         port_v5: None,

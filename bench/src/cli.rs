@@ -352,9 +352,10 @@ pub struct LoadArgs {
     /// subscriber (closed loop, so queues stay bounded); 0 = open loop.
     #[arg(long)]
     pub window: Option<u64>,
-    /// Unlimited rate, QoS 0 only: a subscriber socket reports readable once this many
+    /// Unlimited rate, QoS 0: a subscriber socket reports readable once this many
     /// bytes wait (SO_RCVLOWAT; probes use at most half their window), so the generator
-    /// reads in batches; 1 = every byte (default 16384).
+    /// reads in batches; 1 = every byte (default 16384). QoS 1 subscribers use 4
+    /// deliveries' worth, at most this; 1 turns that off too.
     #[arg(long)]
     pub rcvlowat: Option<usize>,
     /// TEST HOOK: busy-wait this many ns per received message, to make the generator

@@ -557,6 +557,14 @@ impl Conn {
         Ok(p)
     }
 
+    /// A polled connection: the next [`Conn::pump`] tries a read even without an input
+    /// edge (bytes below the socket's low mark raise none).
+    pub fn may_read(&self) {
+        if let Some(io) = &self.polled {
+            io.poller.set_readable(io.key);
+        }
+    }
+
     /// The key of a polled connection in its core's epoll set.
     pub fn poll_key(&self) -> Option<u32> {
         self.polled.as_ref().map(|p| p.key)

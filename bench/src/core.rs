@@ -130,19 +130,47 @@ impl Shared {
             return 1;
         }
         let frame = load.payload + 16 + self.plan.sub_filters[sub].len();
+        self.probe_capped(sub, frame, load.rcvlowat)
+    }
+
+    /// `SO_RCVLOWAT` for a QoS 1 subscriber at unlimited rate driven by the core's loop
+    /// (`crate::subscriber::PolledSub`, which notices a stall and drops it; 1 = none):
+    /// [`QOS1_LOWAT_MSGS`] deliveries, so each read and each acknowledgement write
+    /// carries several messages. A broker keeps sending while fewer than its in-flight
+    /// limit are unacknowledged, so this many unread ones always come while it has more
+    /// queued; one whose limit is lower is caught by the stall check.
+    pub fn qos1_lowat_of(&self, sub: usize) -> usize {
+        let load = &self.plan.load;
+        if load.rcvlowat <= 1 || load.rate > 0.0 || load.qos != ringmq_codec::QoS::AtLeastOnce {
+            return 1;
+        }
+        // The smallest QoS 1 PUBLISH frame of this subscription: fixed header (2 bytes
+        // at least), topic length and packet id (2 + 2), topic, payload.
+        let frame = load.payload + 6 + self.plan.sub_filters[sub].len();
+        self.probe_capped(sub, frame, load.rcvlowat.min(QOS1_LOWAT_MSGS * frame))
+    }
+
+    /// `want` bytes, for a probe at most half of what its publishers' windows let it
+    /// have queued, so the closed loop cannot stall.
+    fn probe_capped(&self, sub: usize, frame: usize, want: usize) -> usize {
         let mut cap = usize::MAX;
         let probed: Vec<u32> = self.probes_of(sub);
         if !probed.is_empty() && probed.iter().all(|&p| self.window_of[p as usize] > 0) {
             let queued: u64 = probed.iter().map(|&p| self.window_of[p as usize]).sum();
             cap = (queued as usize).saturating_mul(frame) / 2;
         }
-        load.rcvlowat.min(cap).max(1)
+        want.min(cap).max(1)
     }
 
     pub fn t0(&self) -> u64 {
         self.t0_ns.load(Ordering::Acquire)
     }
 }
+
+/// Deliveries a QoS 1 subscriber at unlimited rate lets queue before it reads
+/// ([`Shared::qos1_lowat_of`]): below the in-flight limit of every broker we compare
+/// with (Mosquitto 20 by default, ringmq and FlashMQ far more).
+pub const QOS1_LOWAT_MSGS: usize = 4;
 
 /// Per-core state shared by the tasks of one executor.
 pub struct CoreCtx {

@@ -120,7 +120,11 @@ impl<'a> Driver<'a> {
                     None => {}
                 }
             }
-            if now_ns().saturating_sub(last_yield) >= HOUSEKEEPING_NS {
+            let now = now_ns();
+            if now.saturating_sub(last_yield) >= HOUSEKEEPING_NS {
+                for s in &mut self.subs {
+                    s.check_stall(ctx, now);
+                }
                 // Back to the executor: timers fire, the other tasks run, then this.
                 glommio::executor().yield_task_queue_now().await;
                 last_yield = now_ns();

@@ -93,6 +93,11 @@ impl Poller {
         self.slots.borrow()[key as usize].readable
     }
 
+    /// Try a read before the next input edge.
+    pub fn set_readable(&self, key: u32) {
+        self.slots.borrow_mut()[key as usize].readable = true;
+    }
+
     /// The receive queue was found empty: wait for the next input edge.
     pub fn clear_readable(&self, key: u32) {
         self.slots.borrow_mut()[key as usize].readable = false;

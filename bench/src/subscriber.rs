@@ -94,13 +94,30 @@ pub struct PolledSub {
     probes: Vec<(u32, u64)>,
     /// `SO_RCVLOWAT` batching on (dropped once every publisher stopped).
     batching: bool,
+    /// Its mark is the QoS 1 one ([`CoreCtx`]'s `qos1_lowat_of`): dropped if the broker
+    /// stops short of it ([`PolledSub::check_stall`]).
+    acked_batching: bool,
+    /// When it last read bytes, or was last checked for a stall.
+    last_read_ns: u64,
+    /// Reads that brought bytes.
+    reads: u64,
+    /// Stall checks in a row that found bytes below the mark, and `reads` after the last.
+    stalls: u32,
+    reads_after_stall: u64,
     /// Ended by an error (recorded) or by the stop signal.
     pub done: bool,
 }
 
+/// A QoS 1 subscriber batching its reads that has read nothing for this long is read
+/// anyway ([`PolledSub::check_stall`]).
+pub const STALL_NS: u64 = 20_000_000;
+/// Stall checks in a row finding bytes below the mark before it is dropped.
+pub const STALLS_TO_DROP: u32 = 3;
+
 impl PolledSub {
     pub fn new(ctx: &CoreCtx, index: usize, conn: Conn, tracker: Tracker) -> PolledSub {
-        let lowat = ctx.shared.rcvlowat_of(index);
+        let acked = ctx.shared.qos1_lowat_of(index);
+        let lowat = ctx.shared.rcvlowat_of(index).max(acked);
         if lowat > 1 {
             if let Err(e) = conn.set_rcvlowat(lowat) {
                 ctx.stats.borrow_mut().error(format!("SO_RCVLOWAT: {e}"));
@@ -117,6 +134,11 @@ impl PolledSub {
                 .map(|p| (p, 0))
                 .collect(),
             batching: lowat > 1,
+            acked_batching: acked > 1,
+            last_read_ns: now_ns(),
+            reads: 0,
+            stalls: 0,
+            reads_after_stall: u64::MAX,
             done: false,
         }
     }
@@ -143,6 +165,8 @@ impl PolledSub {
             if !p.read {
                 break;
             }
+            self.reads += 1;
+            self.last_read_ns = now_ns();
         }
         if self.conn.pending_out() > 0 {
             self.conn.pump()?;
@@ -153,6 +177,44 @@ impl PolledSub {
     /// Keep-alive round: a PINGREQ.
     pub fn ping(&mut self, ctx: &CoreCtx) {
         if !self.done && self.conn.queue(&Packet::PingReq).is_ok() {
+            self.on_event(ctx);
+        }
+    }
+
+    /// Called about once a millisecond: a QoS 1 subscriber whose low mark kept it from
+    /// reading for [`STALL_NS`] reads what is there. Bytes found that way
+    /// [`STALLS_TO_DROP`] times in a row, with no read woken by the mark in between,
+    /// mean the broker stops short of the mark (an in-flight limit below it: it waits
+    /// for the acknowledgements of what this has not read), so the mark goes for good and
+    /// the subscriber reads every delivery as it comes. Once is not enough: the first
+    /// deliveries of a run also come fewer than the mark.
+    pub fn check_stall(&mut self, ctx: &CoreCtx, now: u64) {
+        if self.done || !self.batching || !self.acked_batching {
+            return;
+        }
+        if now.saturating_sub(self.last_read_ns) < STALL_NS {
+            return;
+        }
+        self.last_read_ns = now;
+        let before = self.reads;
+        self.conn.may_read();
+        self.on_event(ctx);
+        if self.reads == before {
+            self.stalls = 0; // nothing waiting: idle, not stalled
+            return;
+        }
+        self.stalls = if before == self.reads_after_stall {
+            self.stalls + 1
+        } else {
+            1
+        };
+        self.reads_after_stall = self.reads;
+        if self.stalls >= STALLS_TO_DROP {
+            self.batching = false;
+            self.acked_batching = false;
+            if let Err(e) = self.conn.set_rcvlowat(1) {
+                ctx.stats.borrow_mut().error(format!("SO_RCVLOWAT: {e}"));
+            }
             self.on_event(ctx);
         }
     }

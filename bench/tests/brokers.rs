@@ -353,3 +353,56 @@ fn sweep_writes_latency_table_and_svg() {
     assert_well_formed_svg(&svg);
     assert!(svg.contains("mosquitto-nodelay p99.9"), "{svg}");
 }
+
+/// QoS 1 subscribers at unlimited rate let 4 deliveries queue before they read
+/// (`SO_RCVLOWAT`); a broker with a smaller in-flight limit (Mosquitto with
+/// `max_inflight_messages 2`) sends 2 and waits for their acknowledgements. Each
+/// subscriber must notice (stall checks find bytes below the mark) and drop the mark:
+/// kept, it would read 2 deliveries per 20 ms check, 2000 messages in 20 s, and the
+/// 5 s drain would end with messages lost.
+#[test]
+fn qos1_subscribers_drop_their_low_mark_below_a_small_inflight_limit() {
+    let Some(bin) = common::mosquitto() else {
+        eprintln!("SKIP: mosquitto not installed (apt-get install mosquitto)");
+        return;
+    };
+    let port = ringmq_bench::brokers::free_port().unwrap();
+    let dir = std::env::temp_dir().join(format!("ringmq-bench-inflight2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             log_dest none\nmax_inflight_messages 2\nmax_queued_messages 100000\n"
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(&bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let p = port.to_string();
+    let args = [
+        "pairs", "--pairs", "4", "--count", "2000", "--qos", "1", "--mqtt", "3.1.1", "--port", &p,
+        "--no-pin", "-q", "--warmup", "0", "--drain", "5",
+    ];
+    let r = run_scenario(&scenario(&args));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = r.expect("run");
+    assert_eq!(s.sent, 4 * 2000);
+    assert_clean(&s, "QoS 1 pairs against an in-flight limit of 2");
+}

@@ -895,6 +895,12 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("merge_dups", m.merge_dups),
         ("merge_ended", m.merge_ended),
         ("merge_expired", m.merge_expired),
+        ("ghosts", m.ghosts),
+        ("ghost_forwarded", m.ghost_forwarded),
+        ("ghost_ended", m.ghost_ended),
+        ("ghost_expired", m.ghost_expired),
+        ("ghost_dups", m.ghost_dups),
+        ("shared_forwarded", m.shared_forwarded),
     ] {
         let _ = writeln!(out, "ringmq_{name}{{event=\"{event}\"}} {v}");
     }

@@ -218,7 +218,7 @@ fn cluster_status_shows_link_counters_and_sys_stays_per_node() {
         .status()
         .expect("mosquitto_pub");
     assert!(st.success());
-    let got = sub.lines_for(Duration::from_secs(3));
+    let got = sub.lines_from_first(SETTLE, Duration::ZERO);
     assert!(got.iter().any(|l| l == "ops/s hello"), "{got:?}");
 
     // Node 1's link to node 2: messages, bytes, batches, queue, round trip (pings each second).
@@ -260,8 +260,8 @@ fn cluster_status_shows_link_counters_and_sys_stays_per_node() {
     // figures only; nothing of another node crosses.
     let sys2 = Sub::start(c.get(2), "ops-sys-2", "$SYS/broker/cluster/node", &[]);
     let sys3 = Sub::start(c.get(3), "ops-sys-3", "$SYS/broker/cluster/node", &[]);
-    let l2 = sys2.lines_for(Duration::from_millis(3500));
-    let l3 = sys3.lines_for(Duration::from_millis(100));
+    let l2 = sys2.lines_from_first(SETTLE, Duration::from_millis(1500));
+    let l3 = sys3.lines_from_first(SETTLE, Duration::from_millis(100));
     assert!(!l2.is_empty() && !l3.is_empty(), "{l2:?} {l3:?}");
     assert!(
         l2.iter().all(|l| l == "$SYS/broker/cluster/node 2"),
@@ -274,7 +274,7 @@ fn cluster_status_shows_link_counters_and_sys_stays_per_node() {
     // Connected clients on node 3: its own (1 before this subscriber, 2 with it), never
     // the cluster's 4.
     let conn3 = Sub::start(c.get(3), "ops-sys-3c", "$SYS/broker/clients/connected", &[]);
-    let l = conn3.lines_for(Duration::from_millis(2500));
+    let l = conn3.lines_from_first(SETTLE, Duration::from_millis(1500));
     let ok = [
         "$SYS/broker/clients/connected 1",
         "$SYS/broker/clients/connected 2",

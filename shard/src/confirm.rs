@@ -275,6 +275,35 @@ pub(crate) fn defer(
     }
 }
 
+/// Sends `item` to shard `to` behind every copy this shard still holds for
+/// a prepare commit (at once when it holds none): a session move's cut
+/// token must not pass them (`cluster/stub.rs`).
+pub(crate) fn behind_held(shard: &Rc<Shard>, to: usize, item: MeshItem) {
+    let holding = shard.confirms.borrow().sending;
+    if holding {
+        // Not a session's: no publish queues behind it.
+        defer(
+            shard,
+            Ticket::ready(),
+            SessionId::MAX,
+            None,
+            vec![(to, item)],
+        );
+    } else {
+        send_item(shard, to, item);
+    }
+}
+
+/// A test fault (`RINGMQ_TEST_HOLD_MS`): held copies leave that much later
+/// after their prepare commit, as if it were slow. Never set in production.
+fn test_hold() -> Option<std::time::Duration> {
+    static HOLD: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *HOLD.get_or_init(|| {
+        let ms: u64 = std::env::var("RINGMQ_TEST_HOLD_MS").ok()?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    })
+}
+
 /// Sends deferred copies in order, each batch once its prepare commit is durable.
 async fn send_deferred(shard: Rc<Shard>) {
     loop {
@@ -284,6 +313,10 @@ async fn send_deferred(shard: Rc<Shard>) {
             return;
         };
         let result = d.ticket.await;
+        if let Some(hold) = test_hold() {
+            // Test fault: a slow prepare commit (the held copies wait longer).
+            glommio::timer::sleep(hold).await;
+        }
         {
             let mut c = shard.confirms.borrow_mut();
             if let Some(n) = c.deferring.get_mut(&d.sid) {

@@ -3,7 +3,7 @@
 
 use crate::conn_out::ConnOut;
 use crate::connection::{disconnect_client, home_shard};
-use crate::session::{Session, SessionId};
+use crate::session::{MaybeInstant, Session, SessionId};
 use crate::shard::Shard;
 use crate::stats::CloseReason;
 use ringmq_codec::{
@@ -234,7 +234,7 @@ pub(crate) fn accept(
         s.epoch = epoch;
         s.expiry = expiry;
         s.will = c.will.clone().map(Box::new);
-        s.disconnected_at = None;
+        s.disconnected_at = MaybeInstant::NONE;
         s.identity = auth.identity;
         // The ACL's user: the authenticated one (password, SCRAM, the
         // certificate's CN), not whatever the CONNECT's user name field says.
@@ -310,7 +310,7 @@ pub(crate) fn closed(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>, reas
         }
         s.conn = None;
         s.identity = None;
-        s.disconnected_at = Some(Instant::now());
+        s.disconnected_at = MaybeInstant::some(Instant::now());
         // A retained replay waiting for room on it keeps its place with the
         // session now (`replay.rs`).
         conn.room_freed();
@@ -390,7 +390,7 @@ pub(crate) fn retire_session(shard: &Rc<Shard>, sid: SessionId) -> Option<Vec<To
                 s.clear(shard);
                 s.key = None;
                 s.conn = None;
-                s.disconnected_at = None;
+                s.disconnected_at = MaybeInstant::NONE;
                 s.generation = crate::reap::GONE;
                 let filters: Vec<TopicFilter> = s.subs.drain().map(|(f, _)| f).collect();
                 crate::ownership::released(shard, s.client_id.as_bytes(), s.epoch);

@@ -172,7 +172,7 @@ fn restore_session(shard: &Rc<Shard>, rs: RecoveredSession, prepared: &mut Vec<R
     s.key = Some(rs.key);
     // A cap lowered since the session was stored applies to it too.
     s.expiry = rec.expiry_interval.min(shard.cfg.max_session_expiry);
-    s.disconnected_at = Some(
+    s.disconnected_at = crate::session::MaybeInstant::some(
         rec.disconnected_at_ms
             .map_or_else(std::time::Instant::now, store::unix_ms_to_instant),
     );

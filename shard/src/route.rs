@@ -154,7 +154,13 @@ fn route_here(
         Groups::Except(elsewhere) if !elsewhere.is_empty() => {
             shared.retain(|t| !elsewhere.contains(&t.filter));
         }
-        Groups::Only(g) => shared.retain(|t| &t.filter == g),
+        Groups::Only(g) => {
+            shared.retain(|t| &t.filter == g);
+            // No member here: the one that left mid-move takes it (`cluster/share_move.rs`).
+            if shared.is_empty() && here {
+                crate::cluster::share_move::offer(shard, g, &p);
+            }
+        }
         _ => {}
     }
     let mut remote = 0;

@@ -20,7 +20,7 @@ pub(crate) async fn expiry_sweep(shard: Rc<Shard>) {
             .filter(|(_, s)| {
                 s.conn.is_none()
                     && s.expiry != u32::MAX
-                    && s.disconnected_at.is_some_and(|t| {
+                    && s.disconnected_at.get().is_some_and(|t| {
                         now.saturating_duration_since(t) >= Duration::from_secs(s.expiry as u64)
                     })
             })

@@ -332,6 +332,18 @@ pub struct MoveMetrics {
     pub merge_dups: u64,
     pub merge_ended: u64,
     pub merge_expired: u64,
+    #[serde(default)]
+    pub ghosts: u64,
+    #[serde(default)]
+    pub ghost_forwarded: u64,
+    #[serde(default)]
+    pub ghost_ended: u64,
+    #[serde(default)]
+    pub ghost_expired: u64,
+    #[serde(default)]
+    pub ghost_dups: u64,
+    #[serde(default)]
+    pub shared_forwarded: u64,
 }
 
 impl HandoverMetrics {
@@ -363,6 +375,12 @@ impl HandoverMetrics {
                 merge_dups: h.merge_dups.load(Relaxed),
                 merge_ended: h.merge_ended.load(Relaxed),
                 merge_expired: h.merge_expired.load(Relaxed),
+                ghosts: h.ghosts.load(Relaxed),
+                ghost_forwarded: h.ghost_forwarded.load(Relaxed),
+                ghost_ended: h.ghost_ended.load(Relaxed),
+                ghost_expired: h.ghost_expired.load(Relaxed),
+                ghost_dups: h.ghost_dups.load(Relaxed),
+                shared_forwarded: h.shared_forwarded.load(Relaxed),
             },
         }
     }

@@ -44,6 +44,19 @@ impl Sub {
         Sub { child, lines }
     }
 
+    /// The first line within `first` (a deadline, not a pause: a loaded machine may take
+    /// seconds), then whatever else arrives within `more` of it.
+    pub fn lines_from_first(&self, first: Duration, more: Duration) -> Vec<String> {
+        match self.lines.recv_timeout(first) {
+            Ok(l) => {
+                let mut out = vec![l];
+                out.extend(self.lines_for(more));
+                out
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Lines received within `within`.
     pub fn lines_for(&self, within: Duration) -> Vec<String> {
         let end = Instant::now() + within;

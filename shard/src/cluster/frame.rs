@@ -217,6 +217,19 @@ pub enum Frame {
         client: String,
         marks: Vec<Origin>,
     },
+    /// Old node to new: copies from the nodes `peers` (whose flush did not
+    /// answer during the move) may still come, forwarded late as
+    /// `SessionCopy`; no peers: no more will (`ghost.rs`).
+    Ghost {
+        client: String,
+        peers: Vec<u64>,
+    },
+    /// A ghost's flush: answer `Flushed(token)` behind everything sent
+    /// before, once this node holds node `owner`'s routes (`ghost.rs`).
+    GhostFlush {
+        token: u64,
+        owner: u64,
+    },
 }
 
 /// Where a publish entered the cluster, on the node that sent the frame.
@@ -579,7 +592,9 @@ impl Frame {
             | Frame::MoveDone(_)
             | Frame::Flush(_)
             | Frame::Flushed(_)
-            | Frame::StubEnd { .. } => {
+            | Frame::StubEnd { .. }
+            | Frame::Ghost { .. }
+            | Frame::GhostFlush { .. } => {
                 out.truncate(start);
                 super::frame_move::encode(self, out);
                 return;

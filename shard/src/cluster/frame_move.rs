@@ -3,6 +3,8 @@
 //! (`AckedCopy` 0x39: a forwarded copy the old node waits for, `acks.rs`)
 //! (`stub.rs` on the old node, `merge.rs` on the new). Same framing as
 //! `frame.rs` (`len u32 | kind u8 | body`); malformed bodies close the link.
+//! `Ghost` and `GhostFlush` (0x37, 0x38) keep late copies of a moved
+//! session flowing (`ghost.rs`).
 
 use super::frame::{
     finish, get_str, need, put_str, Frame, FrameError, Origin, OriginAt, Stamp, ACKED_FROM,
@@ -16,6 +18,8 @@ const FLUSH: u8 = 0x34;
 const FLUSHED: u8 = 0x35;
 const STUB_END: u8 = 0x36;
 const ACKED_COPY: u8 = 0x39;
+const GHOST: u8 = 0x37;
+const GHOST_FLUSH: u8 = 0x38;
 
 /// Appends one of this file's frames (`frame.rs` delegates them here).
 pub(super) fn encode(f: &Frame, out: &mut BytesMut) {
@@ -80,6 +84,19 @@ pub(super) fn encode(f: &Frame, out: &mut BytesMut) {
             for m in marks {
                 put_origin(out, *m);
             }
+        }
+        Frame::Ghost { client, peers } => {
+            out.put_u8(GHOST);
+            put_str(out, client);
+            out.put_u32(peers.len() as u32);
+            for p in peers {
+                out.put_u64(*p);
+            }
+        }
+        Frame::GhostFlush { token, owner } => {
+            out.put_u8(GHOST_FLUSH);
+            out.put_u64(*token);
+            out.put_u64(*owner);
         }
         _ => {
             out.truncate(start);
@@ -190,6 +207,23 @@ pub(super) fn decode(kind: u8, body: &mut Bytes) -> Result<Frame, FrameError> {
             let marks = (0..n).map(|_| get_origin(body)).collect();
             Frame::StubEnd { client, marks }
         }
+        GHOST => {
+            let client = get_str(body, "ghost")?;
+            need(body, 4, "ghost")?;
+            let n = body.get_u32() as usize;
+            if n > body.len() / 8 {
+                return Err(FrameError::Truncated("ghost"));
+            }
+            let peers = (0..n).map(|_| body.get_u64()).collect();
+            Frame::Ghost { client, peers }
+        }
+        GHOST_FLUSH => {
+            need(body, 16, "ghost flush")?;
+            Frame::GhostFlush {
+                token: body.get_u64(),
+                owner: body.get_u64(),
+            }
+        }
         k => return Err(FrameError::UnknownKind(k)),
     })
 }
@@ -282,6 +316,15 @@ mod tests {
             client: "c".into(),
             marks: vec![o, Origin { node: 1, ..o }],
         });
+        round_trip(Frame::Ghost {
+            client: "c".into(),
+            peers: vec![3, 4],
+        });
+        round_trip(Frame::Ghost {
+            client: "c".into(),
+            peers: vec![],
+        });
+        round_trip(Frame::GhostFlush { token: 9, owner: 2 });
     }
 
     #[test]
@@ -308,7 +351,18 @@ mod tests {
             Frame::decode(&mut b),
             Err(FrameError::Truncated("acked copy"))
         );
-        let mut b = BytesMut::from(&[0, 0, 0, 1, 0x38][..]);
-        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(0x38)));
+        let mut b = BytesMut::new();
+        b.put_u32(7);
+        b.put_u8(GHOST);
+        b.put_u16(0);
+        b.put_u32(2);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::Truncated("ghost")));
+        let mut b = BytesMut::from(&[0, 0, 0, 9, GHOST_FLUSH, 0, 0, 0, 0, 0, 0, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("ghost flush"))
+        );
+        let mut b = BytesMut::from(&[0, 0, 0, 1, 0x3F][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(0x3F)));
     }
 }

@@ -99,6 +99,18 @@ pub struct HandoverStats {
     pub merge_ended: AtomicU64,
     /// Session moves: merges ended without StubEnd within MERGE_FOR.
     pub merge_expired: AtomicU64,
+    /// Session moves: ghosts (a flush peer silent; its late copies forwarded, `ghost.rs`).
+    pub ghosts: AtomicU64,
+    /// Session moves: late copies a ghost forwarded to the new owner.
+    pub ghost_forwarded: AtomicU64,
+    /// Session moves: ghosts ended by every late peer's flush.
+    pub ghost_ended: AtomicU64,
+    /// Session moves: ghosts ended by their time bound.
+    pub ghost_expired: AtomicU64,
+    /// Session moves: copies from a ghost's peers that came by both paths, delivered once.
+    pub ghost_dups: AtomicU64,
+    /// Session moves: share-group copies given to the old node, forwarded to the moving member.
+    pub shared_forwarded: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -336,7 +348,7 @@ pub(crate) fn take(
         }
         let conn = s.conn.take();
         if conn.is_some() {
-            s.disconnected_at = Some(std::time::Instant::now());
+            s.disconnected_at = crate::session::MaybeInstant::some(std::time::Instant::now());
         }
         (conn, snapshot_of(s))
     };
@@ -345,14 +357,19 @@ pub(crate) fn take(
         // connection is closed, v5 with DISCONNECT 0x8E.
         crate::connection::disconnect_client(&conn, CloseReason::SessionTakenOver);
     }
-    let client = shard
+    let (client, groups) = shard
         .sessions
         .borrow()
         .get(sid as usize)
-        .map(|s| s.client_id.clone());
+        .map(|s| (s.client_id.clone(), super::share_move::shared_of(s)))
+        .unzip();
     if let Some(filters) = crate::connect::retire_session(shard, sid) {
         match (to, client) {
-            (Some(slot), Some(c)) => super::stub::start(shard, sid, c.as_str(), slot, filters),
+            (Some(slot), Some(c)) => {
+                let groups = groups.unwrap_or_default();
+                super::share_move::start(shard, c.as_str(), slot, groups);
+                super::stub::start(shard, sid, c.as_str(), slot, filters)
+            }
             _ => crate::reap::bury(shard, sid, filters),
         }
     }

@@ -652,6 +652,7 @@ async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
         hub.release(Some(now));
         hub.expire_asks(now);
         super::stub::sweep(&shard, &hub, now);
+        super::ghost::sweep(&shard, &hub, now);
         for l in hub.live() {
             hub.durable.expire(&shard, &hub, &l, now);
         }

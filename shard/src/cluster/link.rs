@@ -456,8 +456,16 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         }
         Frame::MoveDone(client) => super::stub::on_move_done(shard, hub, link, client),
         Frame::Flush(t) => link.push_frame(&Frame::Flushed(t)),
-        Frame::Flushed(t) => super::stub::on_flushed(shard, hub, link, t),
+        Frame::Flushed(t) => {
+            if !super::ghost::on_flushed(shard, link, t) {
+                super::stub::on_flushed(shard, hub, link, t)
+            }
+        }
         Frame::StubEnd { client, marks } => super::merge::on_stub_end(shard, client, marks),
+        Frame::Ghost { client, peers } => super::ghost::on_frame(shard, client, peers),
+        Frame::GhostFlush { token, owner } => {
+            super::ghost::on_flush(shard, hub, link, token, owner)
+        }
         Frame::SharedPublish { group, publish } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
@@ -502,7 +510,10 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         }
         Frame::Durable(upto) => hub.durable.durable(shard, link, upto),
         Frame::NotStored { id, code } => hub.durable.not_stored(shard, link, id, code),
-        Frame::RouteSync { seq, filters } => hub.peer_sync(shard, link, seq, filters),
+        Frame::RouteSync { seq, filters } => {
+            hub.peer_sync(shard, link, seq, filters);
+            super::ghost::synced(shard, link);
+        }
         Frame::RouteAdd { seq, filter } => hub.peer_route(shard, link, seq, filter, true),
         Frame::RouteDel { seq, filter } => hub.peer_route(shard, link, seq, filter, false),
         Frame::RouteAck(seq) => {

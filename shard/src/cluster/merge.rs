@@ -203,11 +203,12 @@ pub(crate) fn hold(
             n.stats.handover.merge_dups.fetch_add(1, Relaxed);
             return true;
         }
-        return false;
+        return super::ghost::dup(shard, sid, origin);
     }
     let mut m = n.merges.by_sid.borrow_mut();
     let Some(m) = m.get_mut(&sid) else {
-        return false;
+        // A late peer's copy may also come through the old node (`ghost.rs`).
+        return super::ghost::dup(shard, sid, origin);
     };
     if origin.is_some_and(|o| m.forwarded.contains(&o)) {
         // Its forwarded twin was delivered already.
@@ -327,7 +328,7 @@ pub(crate) fn abort(shard: &Rc<Shard>, sid: SessionId) {
     finish(shard, sid, None);
 }
 
-fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
+pub(crate) fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
     let id = ringmq_codec::MqttString::try_from(client).ok()?;
     let sid = shard.by_client.borrow().get(&id, &shard.sessions.borrow());
     sid
@@ -365,12 +366,15 @@ fn deliver_forwarded(
     client: &str,
     p: &Publish,
     ack: Option<CopyAck>,
+    origin: Origin,
 ) {
     let Some(a) = ack else {
-        return deliver_to(shard, sid, p, None);
+        return deliver_to(shard, sid, p, None, Some(origin));
     };
     let once = super::copy_acks::once(client, a);
-    super::deliver_once(shard, Some(once), || deliver_to(shard, sid, p, None));
+    super::deliver_once(shard, Some(once), || {
+        deliver_to(shard, sid, p, None, Some(origin))
+    });
     super::copy_acks::answer(shard, a, None);
 }
 
@@ -412,7 +416,11 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
             }
             stats.merged.fetch_add(1, Relaxed);
             twin_forwarded(shard, sid, origin);
-            deliver_forwarded(shard, sid, client, &p, ack);
+            deliver_forwarded(shard, sid, client, &p, ack, origin);
+        }
+        (Some(sid), None) if ack.is_none() && super::ghost::haunted(shard, sid) => {
+            // A late peer's copy the old node's ghost forwarded (`ghost.rs`).
+            deliver_to(shard, sid, &p, None, Some(origin));
         }
         (None, None) => {
             // Before the install (the snapshot is on its way): kept for it.
@@ -461,7 +469,7 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
                     stats.merge_dups.fetch_add(1, Relaxed);
                     return super::copy_acks::answer(shard, a, None);
                 }
-                deliver_forwarded(shard, sid, client, &p, Some(a));
+                deliver_forwarded(shard, sid, client, &p, Some(a), origin);
             }
             // The merge ended (or never began: a fresh session): nothing to merge into.
             None => {
@@ -472,8 +480,18 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
 }
 
 /// Delivers `p` to session `sid` as its subscriptions here match it
-/// (`held`: the QoS, flag and identifiers computed when it was held).
-fn deliver_to(shard: &Shard, sid: SessionId, p: &Publish, held: Option<&Held>) {
+/// (`held`: the QoS, flag and identifiers computed when it was held), once
+/// per origin of a late peer (`ghost.rs`).
+fn deliver_to(
+    shard: &Shard,
+    sid: SessionId,
+    p: &Publish,
+    held: Option<&Held>,
+    origin: Option<Origin>,
+) {
+    if super::ghost::dup(shard, sid, origin) {
+        return;
+    }
     let (qos, retain, ids): (QoS, bool, SmallVec<[u32; 2]>) = match held {
         Some(h) => (h.qos, h.retain, h.sub_ids.clone()),
         None => {
@@ -494,6 +512,11 @@ fn deliver_to(shard: &Shard, sid: SessionId, p: &Publish, held: Option<&Held>) {
                         m.subscription_ids.clone(),
                     )
                 });
+            let found = found.or_else(|| {
+                // A share-group copy the old node forwarded (`share_move.rs`).
+                let sessions = shard.sessions.borrow();
+                super::share_move::deliver(sessions.get(sid as usize)?, p)
+            });
             match found {
                 Some(f) => f,
                 None => return, // unsubscribed meanwhile
@@ -558,7 +581,7 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         if covered {
             stats.merge_dups.fetch_add(1, Relaxed);
         } else {
-            deliver_to(shard, sid, &h.publish, Some(h));
+            deliver_to(shard, sid, &h.publish, Some(h), h.origin);
         }
         // Behind the delivery's own row in the same batch: one commit.
         if let Some((key, seq)) = h.row {

@@ -31,6 +31,7 @@ pub mod config;
 pub(crate) mod copy_acks;
 pub mod frame;
 mod frame_move;
+pub(crate) mod ghost;
 pub mod handover;
 mod hub;
 mod link;
@@ -41,6 +42,7 @@ pub mod origin;
 mod outbox;
 mod retained;
 pub mod routes;
+pub(crate) mod share_move;
 pub mod stats;
 mod stream;
 pub(crate) mod stub;
@@ -150,6 +152,10 @@ pub enum Item {
     RoutesSettled(u64),
     /// A session moving between nodes (`stub.rs`, `merge.rs`).
     Move(stub::Move),
+    /// Late copies of a moved session (`ghost.rs`).
+    Ghost(ghost::Msg),
+    /// Share groups of a moved session (`share_move.rs`).
+    ShareMove(share_move::Msg),
 }
 
 /// Given to each shard at start (the listener only to shard 0).
@@ -192,6 +198,10 @@ pub struct Node {
     pub(crate) merges: merge::Merges,
     /// A delivery under a confirm token meeting a stub (`copy_acks.rs`).
     pub(crate) copy_acks: copy_acks::Under,
+    /// Moved sessions whose late copies are forwarded (old node) or noted (new node).
+    pub(crate) ghosts: ghost::Ghosts,
+    /// Share groups of sessions moving away (shard 0).
+    pub(crate) shares: share_move::Shares,
 }
 
 /// The origin stamp of a publish entering the cluster on this shard (routed here first).
@@ -225,7 +235,7 @@ pub(crate) fn moving(shard: &Shard) -> bool {
     shard
         .cluster
         .as_ref()
-        .is_some_and(|n| n.stubs.any() || n.merges.any())
+        .is_some_and(|n| n.stubs.any() || n.merges.any() || n.ghosts.any())
 }
 
 /// Every origin's last count handled on this shard.
@@ -385,6 +395,8 @@ impl Node {
             stubs: Default::default(),
             merges: Default::default(),
             copy_acks: Default::default(),
+            ghosts: Default::default(),
+            shares: Default::default(),
         }
     }
 }
@@ -673,6 +685,8 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
             }
         }
         Item::Move(m) => stub::on_item(shard, from, m),
+        Item::Ghost(m) => ghost::on_item(shard, m),
+        Item::ShareMove(m) => share_move::on_item(shard, m),
         item => handover::on_item(shard, from, item),
     }
 }

@@ -103,6 +103,8 @@ struct Stub {
 /// A `MoveDone` waiting for the other peers' `Flushed` (shard 0).
 struct Flushing {
     client: Box<str>,
+    /// The new owner's link.
+    to: Slot,
     left: Vec<Slot>,
     deadline: Instant,
 }
@@ -189,7 +191,8 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
     };
     let (slot, client) = match node.stubs.by_sid.borrow().get(&sid) {
         Some(s) => (s.slot, s.client.clone()),
-        None => return,
+        // Its stub ended: maybe a ghost, forwarding a late peer's copies.
+        None => return super::ghost::offer(shard, sid, p, origin),
     };
     // No origin (a publish recovered at start): never a duplicate of a direct copy.
     let origin = origin.unwrap_or(Origin {
@@ -225,10 +228,21 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
 /// other connected peer is asked to flush its link to this node.
 pub(crate) fn on_move_done(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Link, client: String) {
     let token = hub.next_move_token();
-    let left: Vec<Slot> = hub
+    let others: Vec<Rc<Link>> = hub
         .live()
+        .into_iter()
+        .filter(|l| l.slot != link.slot)
+        .collect();
+    let down: Vec<Slot> = others
         .iter()
-        .filter(|l| l.slot != link.slot && l.is_up())
+        .filter(|l| !l.is_up())
+        .map(|l| l.slot)
+        .collect();
+    // Their copies routed here come later: the session's ghost forwards them.
+    super::ghost::missing(shard, hub, &client, link.slot, &down);
+    let left: Vec<Slot> = others
+        .iter()
+        .filter(|l| l.is_up())
         .map(|l| {
             l.push_frame(&Frame::Flush(token));
             l.slot
@@ -244,6 +258,7 @@ pub(crate) fn on_move_done(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Link, client
             token,
             Flushing {
                 client,
+                to: link.slot,
                 left,
                 deadline,
             },
@@ -272,23 +287,35 @@ pub(crate) fn on_flushed(shard: &Rc<Shard>, _hub: &Rc<Hub>, link: &Link, token: 
 /// a peer whose link went down is not waited for.
 pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
     let Some(n) = &shard.cluster else { return };
+    let mut silent: Vec<(Box<str>, Slot, Vec<Slot>)> = Vec::new();
     let due: Vec<(u64, bool)> = {
         let mut f = n.stubs.flushing.borrow_mut();
         for e in f.values_mut() {
-            e.left
-                .retain(|s| hub.link_of(*s).is_some_and(|l| l.is_up()));
+            let (up, down): (Vec<Slot>, Vec<Slot>) = e
+                .left
+                .iter()
+                .partition(|s| hub.link_of(**s).is_some_and(|l| l.is_up()));
+            if !down.is_empty() {
+                silent.push((e.client.clone(), e.to, down));
+            }
+            e.left = up;
         }
         f.iter()
             .filter(|(_, e)| e.left.is_empty() || e.deadline <= now)
             .map(|(t, e)| (*t, !e.left.is_empty()))
             .collect()
     };
+    // Peers that will not answer: their late copies go through the ghost.
+    for (client, to, slots) in silent {
+        super::ghost::missing(shard, hub, &client, to, &slots);
+    }
     for (t, late) in due {
         if late {
             n.stats.handover.flush_timeouts.fetch_add(1, Relaxed);
         }
         let e = n.stubs.flushing.borrow_mut().remove(&t);
         if let Some(e) = e {
+            super::ghost::missing(shard, hub, &e.client, e.to, &e.left);
             cut(shard, e.client);
         }
     }
@@ -347,7 +374,11 @@ fn end(shard: &Rc<Shard>, sid: SessionId) {
     let Some(stub) = n.stubs.by_sid.borrow_mut().remove(&sid) else {
         return;
     };
-    crate::reap::bury(shard, sid, stub.filters);
+    let mut filters = stub.filters;
+    // A flush peer did not answer: the subscriptions stay routed (`ghost.rs`).
+    if !super::ghost::keep(shard, sid, &stub.client, &mut filters) {
+        crate::reap::bury(shard, sid, filters);
+    }
     n.stats.handover.stub_ended.fetch_add(1, Relaxed);
     let marks = super::handled_marks(shard);
     push(
@@ -380,7 +411,15 @@ pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, m: Move) {
         }
         Move::Cut { client, token } => {
             let home = crate::connection::home_shard(client.as_bytes(), shard.shards);
-            push(shard, home, Move::CutAck { client, token });
+            let ack = Move::CutAck { client, token };
+            if home == shard.id {
+                push(shard, home, ack);
+            } else {
+                // Behind the copies this shard holds for a prepare commit
+                // (`confirm.rs`): they were routed before the cut.
+                let item = MeshItem::Cluster(Box::new(Item::Move(ack)));
+                crate::confirm::behind_held(shard, home, item);
+            }
         }
         Move::CutAck { client, token } => cut_ack(shard, client, token),
         Move::Ended {
@@ -388,6 +427,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, m: Move) {
             client,
             marks,
         } => {
+            super::share_move::end(shard, &client);
             if let Some(l) = n.hub.as_ref().and_then(|h| h.link_of(slot)) {
                 if l.is_up() {
                     l.push_frame(&Frame::StubEnd {

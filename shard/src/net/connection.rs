@@ -540,9 +540,14 @@ fn serve(
     .detach();
 }
 
+/// A batch of `len` bytes, capped at what [`Link::batch`] holds.
+fn batch_len(len: usize) -> u32 {
+    len.min(u32::MAX as usize) as u32
+}
+
 /// The task of a served connection: everything it holds across wake-ups
 /// is in this struct (no `async` state machine around it).
-struct Served {
+pub(crate) struct Served {
     shard: Rc<Shard>,
     conn: Rc<ConnOut>,
     io: Option<Io>,
@@ -595,7 +600,7 @@ fn finish(shard: &Rc<Shard>, sid: u32, conn: &Rc<ConnOut>, io: Io, reason: Close
 }
 
 /// The I/O state of a served connection (lives in its task, not in the session).
-struct Link {
+pub(crate) struct Link {
     /// The transport layers between the socket and `inbuf`/`ConnOut.buf`.
     stack: Stack,
     /// Bytes read and not yet decoded (no allocation while empty).
@@ -603,8 +608,9 @@ struct Link {
     /// `inbuf`'s unfinished packet: its share of the shard's budget, its deadline.
     partial: Partial,
     decoder: Decoder,
-    /// Bytes at the front of the outbound buffer being written as one batch.
-    batch: usize,
+    /// Bytes at the front of the outbound buffer being written as one batch
+    /// (u32: at most 4 GiB a batch; the rest goes in the next one).
+    batch: u32,
     /// When the batch must be out (slow consumer), poller clock.
     batch_deadline: u64,
     /// Durability `sync`: the commit the next batch waits for, and that
@@ -890,12 +896,12 @@ impl Link {
                             return Err(CloseReason::StorageError);
                         }
                         Poll::Ready(Ok(())) => {
-                            self.batch = ticket_len;
+                            self.batch = batch_len(ticket_len);
                             self.ticket = None;
                         }
                     }
                 } else {
-                    self.batch = len;
+                    self.batch = batch_len(len);
                 }
                 self.batch_deadline = now + slow_ms(shard);
             }
@@ -904,11 +910,11 @@ impl Link {
             }
             let sent = self
                 .stack
-                .write_from(io, &mut conn.buf.borrow_mut(), self.batch);
+                .write_from(io, &mut conn.buf.borrow_mut(), self.batch as usize);
             match sent {
                 Ok(n) => {
                     conn.room_freed();
-                    self.batch -= n;
+                    self.batch -= n as u32;
                     shard.stats.bytes_out.add(n as u64);
                     wrote = true;
                     if self.sending() {

@@ -2,7 +2,8 @@
 //! turns a byte stream into MQTT packets and back.
 //!
 //! - `poller.rs`: the shard's sockets' readiness (epoll set, or the
-//!   io_uring ring of `uring.rs`) and deadline heap.
+//!   io_uring ring of `uring.rs`) and deadline heap; `slots.rs`: its slot
+//!   table (a waker and readiness bits per descriptor).
 //! - `uring.rs`: the io_uring backend: multishot accept and receive into a
 //!   provided-buffer ring, sends as SQEs.
 //! - `park.rs`: where the shard sleeps (on io_uring: in its own ring, as
@@ -29,6 +30,9 @@ mod park;
 pub(crate) mod poller;
 pub mod proxy;
 pub(crate) mod read_budget;
+#[cfg(test)]
+mod sizes_tests;
+mod slots;
 pub(crate) mod stack;
 pub mod tls;
 mod tls_conn;

@@ -19,7 +19,6 @@
 use super::uring::{Uring, UringConfig};
 use crate::notify::Notify;
 use crate::stats::ShardStats;
-use slab::Slab;
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -40,11 +39,7 @@ pub(crate) const WRITABLE: u8 = 2;
 /// an end of stream once, often in the same edge as the last bytes).
 const ENDED: u8 = 4;
 
-/// One registered descriptor.
-pub(crate) struct Slot {
-    pub waker: Option<Waker>,
-    pub ready: u8,
-}
+pub(crate) use super::slots::{Slot, Slots};
 
 /// How the shard's sockets are served (`--io-backend`).
 enum Backend {
@@ -57,7 +52,7 @@ enum Backend {
 /// Readiness and deadlines of one shard's sockets.
 pub(crate) struct Poller {
     backend: Backend,
-    slots: Rc<RefCell<Slab<Slot>>>,
+    slots: Rc<RefCell<Slots>>,
     /// (deadline in ms since `epoch`, slot key), earliest first.
     timers: RefCell<BinaryHeap<Reverse<(u64, u32)>>>,
     /// The deadline the run loop sleeps until (u64::MAX: none).
@@ -67,19 +62,34 @@ pub(crate) struct Poller {
     epoch: Instant,
 }
 
-/// A descriptor registered with the shard's poller.
+/// A descriptor registered with the shard's poller: 8 bytes (the
+/// descriptor and its slot key). Which backend serves it is the thread's:
+/// one shard, hence one poller, per thread; its ring (io_uring) is in
+/// [`RING`], not in every connection's handle.
 pub(crate) struct Io {
     pub fd: OwnedFd,
     pub key: u32,
-    /// The io_uring backend's ring (None: epoll).
-    uring: Option<Rc<Uring>>,
+}
+
+thread_local! {
+    /// The io_uring ring of the poller of this thread's shard (None: epoll).
+    static RING: RefCell<Option<Rc<Uring>>> = const { RefCell::new(None) };
+}
+
+/// `f` on this thread's io_uring ring; `None` on epoll.
+#[inline]
+fn with_ring<R>(f: impl FnOnce(&Uring) -> R) -> Option<R> {
+    // `try_with`: None once the thread's locals are torn down.
+    RING.try_with(|r| r.borrow().as_deref().map(f))
+        .ok()
+        .flatten()
 }
 
 impl Io {
     /// Non-blocking `recv` into `buf`; `WouldBlock` when nothing is there.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(u) = &self.uring {
-            return u.recv(self.key, buf);
+        if let Some(r) = with_ring(|u| u.recv(self.key, buf)) {
+            return r;
         }
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the descriptor is ours.
         let n = unsafe {
@@ -104,13 +114,13 @@ impl Io {
         dst: &mut bytes::BytesMut,
         max: usize,
     ) -> Option<io::Result<usize>> {
-        self.uring.as_ref()?.recv_append(self.key, dst, max)
+        with_ring(|u| u.recv_append(self.key, dst, max)).flatten()
     }
 
     /// Non-blocking `send`; `WouldBlock` when the socket takes nothing now.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(u) = &self.uring {
-            return u.send(self.key, buf);
+        if let Some(r) = with_ring(|u| u.send(self.key, buf)) {
+            return r;
         }
         // SAFETY: `buf` is valid for reads of `buf.len()` bytes; the descriptor is ours.
         let n = unsafe {
@@ -131,8 +141,8 @@ impl Io {
     /// [`Io::send`] of the first `n` bytes of `buf`, which leave it; on
     /// io_uring the bytes themselves go to the send (no copy).
     pub fn send_from(&self, buf: &mut bytes::BytesMut, n: usize) -> io::Result<usize> {
-        if let Some(u) = &self.uring {
-            return u.send_from(self.key, buf, n);
+        if let Some(r) = with_ring(|u| u.send_from(self.key, buf, n)) {
+            return r;
         }
         let k = self.send(&buf[..n])?;
         bytes::Buf::advance(buf, k);
@@ -141,10 +151,8 @@ impl Io {
 
     /// Shuts both directions down (the peer sees the end of stream at once).
     pub fn shutdown(&self) {
-        if let Some(u) = &self.uring {
-            // Queued sends reach the socket before its end.
-            u.submit();
-        }
+        // Queued sends reach the socket before its end.
+        with_ring(|u| u.submit());
         // SAFETY: plain syscall on a descriptor we own.
         unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
@@ -161,7 +169,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 impl Poller {
     /// A new, empty poller: an io_uring ring with `uring` set, else an epoll set.
     pub fn new(uring: Option<UringConfig>, stats: Arc<ShardStats>) -> io::Result<Self> {
-        let slots = Rc::new(RefCell::new(Slab::new()));
+        let slots = Rc::new(RefCell::new(Slots::new()));
         let backend = match uring {
             Some(cfg) => Backend::Uring(Rc::new(Uring::new(cfg, slots.clone(), stats)?)),
             None => {
@@ -171,6 +179,12 @@ impl Poller {
                 Backend::Epoll(unsafe { OwnedFd::from_raw_fd(fd) })
             }
         };
+        RING.with(|r| {
+            *r.borrow_mut() = match &backend {
+                Backend::Uring(u) => Some(u.clone()),
+                Backend::Epoll(_) => None,
+            };
+        });
         Ok(Poller {
             backend,
             slots,
@@ -193,18 +207,11 @@ impl Poller {
     }
 
     fn add(&self, fd: OwnedFd, listener: bool) -> io::Result<Io> {
-        let key = self.slots.borrow_mut().insert(Slot {
-            waker: None,
-            ready: WRITABLE,
-        }) as u32;
+        let key = self.slots.borrow_mut().insert(Slot::new(WRITABLE)) as u32;
         let epfd = match &self.backend {
             Backend::Uring(u) => {
                 u.add(key, fd.as_raw_fd(), listener);
-                return Ok(Io {
-                    fd,
-                    key,
-                    uring: Some(u.clone()),
-                });
+                return Ok(Io { fd, key });
             }
             Backend::Epoll(epfd) => epfd,
         };
@@ -225,11 +232,7 @@ impl Poller {
             self.slots.borrow_mut().remove(key as usize);
             return Err(e);
         }
-        Ok(Io {
-            fd,
-            key,
-            uring: None,
-        })
+        Ok(Io { fd, key })
     }
 
     /// Takes the descriptor back out to hand it to another shard, with the
@@ -605,6 +608,21 @@ impl Poller {
                 armed = None;
             }
             self.sleeping_until.set(0);
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // The thread's ring goes with its poller (a later poller on this
+        // thread, e.g. a broker restarted in a test, sets its own).
+        if let Backend::Uring(u) = &self.backend {
+            let _ = RING.try_with(|r| {
+                let mut r = r.borrow_mut();
+                if r.as_ref().is_some_and(|x| Rc::ptr_eq(x, u)) {
+                    *r = None;
+                }
+            });
         }
     }
 }

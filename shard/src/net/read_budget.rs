@@ -86,16 +86,21 @@ impl ReadBudget {
 }
 
 /// One connection's partial packet: its bytes in the shard's budget and the
-/// poller time its first byte arrived.
+/// poller time its first byte arrived. 16 bytes: it lives in every
+/// connection's task (`docs/connection-memory.md`).
 #[derive(Debug, Default)]
 pub struct Partial {
     held: u32,
-    /// Poller ms + 1 when the packet's first byte arrived; 0: no packet.
-    started: u64,
     /// The budget's round in which this connection queued its waker (0: never).
     queued: u32,
-    paused: bool,
+    /// Poller ms + 1 when the packet's first byte arrived (0: no packet),
+    /// and [`PAUSED`].
+    started: u64,
 }
+
+/// `Partial::started`'s top bit: reading is paused (counted once per pause).
+/// Poller times are ms since the shard started, far below it.
+const PAUSED: u64 = 1 << 63;
 
 impl Partial {
     /// The read buffer now takes `len` bytes (its capacity: what is allocated
@@ -103,10 +108,12 @@ impl Partial {
     /// completed in this round (the remainder is a new packet).
     #[inline]
     pub fn update(&mut self, shard: &Shard, len: usize, decoded: bool, now: u64) {
+        let paused = self.started & PAUSED;
+        let started = self.started & !PAUSED;
         if len == 0 {
-            self.started = 0;
-        } else if self.started == 0 || decoded {
-            self.started = now + 1;
+            self.started = paused;
+        } else if started == 0 || decoded {
+            self.started = (now + 1) | paused;
         }
         if len != self.held as usize {
             shard.read_budget.adjust(shard, self.held as usize, len);
@@ -117,7 +124,8 @@ impl Partial {
     /// When the packet under way must be complete, poller ms.
     #[inline]
     pub fn deadline(&self, timeout_ms: u64) -> Option<u64> {
-        (self.started != 0).then(|| self.started - 1 + timeout_ms)
+        let started = self.started & !PAUSED;
+        (started != 0).then(|| started - 1 + timeout_ms)
     }
 
     /// How many bytes this connection may read now: 0 means paused (then
@@ -126,7 +134,7 @@ impl Partial {
     pub fn allowance(&mut self, shard: &Shard, waker: &Waker, full: usize) -> usize {
         let budget = &shard.read_budget;
         if !budget.over() {
-            self.paused = false;
+            self.started &= !PAUSED;
             // No read takes the shard further past its budget than SMALL_READ.
             let room = budget.limit - budget.held.get();
             return full.min(room.max(SMALL_READ));
@@ -134,8 +142,8 @@ impl Partial {
         if self.held == 0 {
             return SMALL_READ.min(full);
         }
-        if !self.paused {
-            self.paused = true;
+        if self.started & PAUSED == 0 {
+            self.started |= PAUSED;
             shard.stats.reads_paused.inc();
         }
         if self.queued != budget.round.get() {

@@ -57,7 +57,7 @@
 //! descriptor is closed only then, too, so no queued request can name a
 //! descriptor number that was reused.
 
-use super::poller::{Slot, READABLE, WRITABLE};
+use super::poller::{Slot, Slots, READABLE, WRITABLE};
 use crate::notify::Notify;
 use crate::stats::ShardStats;
 use bytes::{Buf, BytesMut};
@@ -346,7 +346,7 @@ impl Drop for Uring {
         // The kernel tears the ring down after its descriptor closed; a
         // receive still in flight could land in a buffer meanwhile. The
         // buffers are freed only when no socket was left with one.
-        if !self.socks.get_mut().iter().any(|s| s.live) {
+        if !self.socks.get_mut().iter().any(|s| s.live()) {
             // SAFETY: dropped once, here; nothing refers to them any more.
             unsafe { std::mem::ManuallyDrop::drop(&mut self.bufs.mem) };
         }
@@ -372,42 +372,74 @@ enum Recv {
 }
 
 /// What the ring knows of one registered socket (indexed by slot key).
-struct Sock {
+pub(crate) struct Sock {
     fd: RawFd,
-    live: bool,
-    /// The owner let go of it: closed (free at the last completion) or
-    /// being handed to another shard (no more receives).
-    stopped: bool,
-    /// Close the descriptor when the slot is freed.
-    owns_fd: bool,
+    /// The socket's error (errno, 0: none); errno values fit 16 bits.
+    err: i16,
     recv: Recv,
-    accept_armed: bool,
-    /// Its receive ended on an empty buffer ring: read with `recv(2)`
-    /// until the ring has buffers again.
-    starved: bool,
-    /// A one-shot `POLL_ADD` in flight (a starved socket's readiness).
-    poll_armed: bool,
-    eof: bool,
-    err: i32,
+    /// [`LIVE`], [`STOPPED`], ... (one byte: `Sock` is 24 bytes, one per
+    /// socket, `docs/connection-memory.md`).
+    flags: u8,
     held: u32,
     head: u32,
     tail: u32,
     send: u32,
 }
 
+/// The slot holds a registered socket.
+const LIVE: u8 = 1;
+/// The owner let go of it: closed (free at the last completion) or being
+/// handed to another shard (no more receives).
+const STOPPED: u8 = 2;
+/// Close the descriptor when the slot is freed.
+const OWNS_FD: u8 = 4;
+const ACCEPT_ARMED: u8 = 8;
+/// Its receive ended on an empty buffer ring: read with `recv(2)` until the
+/// ring has buffers again.
+const STARVED: u8 = 16;
+/// A one-shot `POLL_ADD` in flight (a starved socket's readiness).
+const POLL_ARMED: u8 = 32;
+const EOF: u8 = 64;
+
+macro_rules! sock_flags {
+    ($($get:ident $set:ident $bit:ident;)*) => {
+        impl Sock {
+            $(
+                #[inline]
+                fn $get(&self) -> bool {
+                    self.flags & $bit != 0
+                }
+
+                #[inline]
+                fn $set(&mut self, on: bool) {
+                    if on {
+                        self.flags |= $bit;
+                    } else {
+                        self.flags &= !$bit;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+sock_flags! {
+    live set_live LIVE;
+    stopped set_stopped STOPPED;
+    owns_fd set_owns_fd OWNS_FD;
+    accept_armed set_accept_armed ACCEPT_ARMED;
+    starved set_starved STARVED;
+    poll_armed set_poll_armed POLL_ARMED;
+    eof set_eof EOF;
+}
+
 impl Sock {
     fn new(fd: RawFd) -> Self {
         Sock {
             fd,
-            live: true,
-            stopped: false,
-            owns_fd: false,
-            recv: Recv::Idle,
-            accept_armed: false,
-            starved: false,
-            poll_armed: false,
-            eof: false,
             err: 0,
+            recv: Recv::Idle,
+            flags: LIVE,
             held: 0,
             head: NIL,
             tail: NIL,
@@ -415,8 +447,13 @@ impl Sock {
         }
     }
 
+    /// Sets the socket's error (an errno).
+    fn set_err(&mut self, errno: i32) {
+        self.err = errno as i16;
+    }
+
     fn quiet(&self) -> bool {
-        self.recv == Recv::Idle && self.send == NIL && !self.accept_armed && !self.poll_armed
+        self.recv == Recv::Idle && self.send == NIL && !self.accept_armed() && !self.poll_armed()
     }
 }
 
@@ -437,7 +474,7 @@ pub(crate) struct Uring {
     /// Dropped first, by hand (see `Drop`).
     ring: std::mem::ManuallyDrop<RefCell<IoUring>>,
     bufs: BufRing,
-    slots: Rc<RefCell<Slab<Slot>>>,
+    slots: Rc<RefCell<Slots>>,
     socks: RefCell<Vec<Sock>>,
     chunks: RefCell<Slab<Chunk>>,
     sends: RefCell<Slab<SendBuf>>,
@@ -467,7 +504,7 @@ pub(crate) struct Uring {
 impl Uring {
     pub fn new(
         cfg: UringConfig,
-        slots: Rc<RefCell<Slab<Slot>>>,
+        slots: Rc<RefCell<Slots>>,
         stats: Arc<ShardStats>,
     ) -> io::Result<Self> {
         // Cooperative task work (5.19+): a completion arriving while the
@@ -582,7 +619,7 @@ impl Uring {
         for &key in &dirty {
             let sqe = {
                 let socks = self.socks.borrow();
-                let Some(s) = socks.get(key as usize).filter(|s| s.live) else {
+                let Some(s) = socks.get(key as usize).filter(|s| s.live()) else {
                     continue;
                 };
                 let mut sends = self.sends.borrow_mut();
@@ -631,7 +668,7 @@ impl Uring {
 
     fn with_sock<R>(&self, key: u32, f: impl FnOnce(&mut Sock) -> R) -> Option<R> {
         let mut socks = self.socks.borrow_mut();
-        socks.get_mut(key as usize).filter(|s| s.live).map(f)
+        socks.get_mut(key as usize).filter(|s| s.live()).map(f)
     }
 
     /// Starts serving a socket (a client's, or a listener's).
@@ -640,7 +677,7 @@ impl Uring {
             let mut socks = self.socks.borrow_mut();
             while socks.len() <= key as usize {
                 socks.push(Sock {
-                    live: false,
+                    flags: 0,
                     ..Sock::new(-1)
                 });
             }
@@ -658,12 +695,12 @@ impl Uring {
         let fd = {
             let mut socks = self.socks.borrow_mut();
             let s = &mut socks[key as usize];
-            if s.recv != Recv::Idle || s.stopped || s.eof || s.err != 0 {
+            if s.recv != Recv::Idle || s.stopped() || s.eof() || s.err != 0 {
                 return;
             }
             if self.bufs.available() == 0 {
-                if !s.starved {
-                    s.starved = true;
+                if !s.starved() {
+                    s.set_starved(true);
                     self.starved.borrow_mut().push(key);
                 }
                 drop(socks);
@@ -684,13 +721,13 @@ impl Uring {
     fn arm_poll(&self, key: u32) {
         let fd = {
             let mut socks = self.socks.borrow_mut();
-            let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+            let Some(s) = socks.get_mut(key as usize).filter(|s| s.live()) else {
                 return;
             };
-            if s.poll_armed || s.stopped || s.eof || s.err != 0 {
+            if s.poll_armed() || s.stopped() || s.eof() || s.err != 0 {
                 return;
             }
-            s.poll_armed = true;
+            s.set_poll_armed(true);
             s.fd
         };
         self.push(
@@ -703,12 +740,12 @@ impl Uring {
     fn on_poll(&self, key: u32) {
         let stopped = {
             let mut socks = self.socks.borrow_mut();
-            let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+            let Some(s) = socks.get_mut(key as usize).filter(|s| s.live()) else {
                 return;
             };
-            s.poll_armed = false;
+            s.set_poll_armed(false);
             self.done_if_stopped(key, s);
-            s.stopped
+            s.stopped()
         };
         // A socket being handed off waits for its requests to end.
         self.wake(key, if stopped { 0 } else { READABLE });
@@ -718,10 +755,10 @@ impl Uring {
         let fd = {
             let mut socks = self.socks.borrow_mut();
             let s = &mut socks[key as usize];
-            if s.accept_armed || s.stopped {
+            if s.accept_armed() || s.stopped() {
                 return;
             }
-            s.accept_armed = true;
+            s.set_accept_armed(true);
             s.fd
         };
         self.push(
@@ -752,7 +789,7 @@ impl Uring {
     ) -> Option<io::Result<usize>> {
         let n = {
             let mut socks = self.socks.borrow_mut();
-            let s = socks.get_mut(key as usize).filter(|s| s.live)?;
+            let s = socks.get_mut(key as usize).filter(|s| s.live())?;
             if s.head == NIL {
                 return None;
             }
@@ -801,7 +838,7 @@ impl Uring {
     fn after_read(&self, key: u32) {
         let rearm = self
             .with_sock(key, |s| {
-                s.recv == Recv::Idle && !s.starved && s.held <= self.max_held / 2
+                s.recv == Recv::Idle && !s.starved() && s.held <= self.max_held / 2
             })
             .unwrap_or(false);
         if rearm {
@@ -818,7 +855,7 @@ impl Uring {
         let mut n: usize;
         let (eof, err) = {
             let mut socks = self.socks.borrow_mut();
-            let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+            let Some(s) = socks.get_mut(key as usize).filter(|s| s.live()) else {
                 return Err(io::Error::from_raw_os_error(libc::EBADF));
             };
             let room = buf.len();
@@ -829,10 +866,10 @@ impl Uring {
             });
             if n == 0
                 && s.head == NIL
-                && s.starved
+                && s.starved()
                 && s.recv == Recv::Idle
-                && !s.stopped
-                && !s.eof
+                && !s.stopped()
+                && !s.eof()
                 && s.err == 0
             {
                 // The ring is dry: read the socket directly (module docs).
@@ -842,7 +879,7 @@ impl Uring {
                     libc::recv(s.fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
                 };
                 match r {
-                    0 => s.eof = true,
+                    0 => s.set_eof(true),
                     r if r > 0 => {
                         // The caller may take a short read for an empty
                         // socket (epoll's edge): the poll announces the next
@@ -860,13 +897,13 @@ impl Uring {
                                 self.arm_poll(key);
                                 return Err(io::ErrorKind::WouldBlock.into());
                             }
-                            Some(code) => s.err = code,
-                            None => s.err = libc::EIO,
+                            Some(code) => s.set_err(code),
+                            None => s.set_err(libc::EIO),
                         }
                     }
                 }
             }
-            (s.eof && s.head == NIL, s.err)
+            (s.eof() && s.head == NIL, s.err as i32)
         };
         self.after_read(key);
         if n > 0 {
@@ -927,11 +964,11 @@ impl Uring {
         put: impl FnOnce(Option<&mut BytesMut>) -> Option<(BytesMut, bool)>,
     ) -> io::Result<usize> {
         let mut socks = self.socks.borrow_mut();
-        let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+        let Some(s) = socks.get_mut(key as usize).filter(|s| s.live()) else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
         if s.err != 0 {
-            return Err(io::Error::from_raw_os_error(s.err));
+            return Err(io::Error::from_raw_os_error(s.err as i32));
         }
         if n == 0 {
             return Ok(0);
@@ -986,7 +1023,9 @@ impl Uring {
             return Ok(fd);
         }
         let (armed, err) = self
-            .with_sock(key, |s| (s.accept_armed, std::mem::take(&mut s.err)))
+            .with_sock(key, |s| {
+                (s.accept_armed(), std::mem::take(&mut s.err) as i32)
+            })
             .unwrap_or((true, libc::EBADF));
         if err != 0 {
             return Err(io::Error::from_raw_os_error(err));
@@ -1011,7 +1050,7 @@ impl Uring {
         }
         let free = self
             .with_sock(key, |s| {
-                s.owns_fd = true;
+                s.set_owns_fd(true);
                 debug_assert_eq!(s.fd, raw);
                 s.quiet()
             })
@@ -1030,12 +1069,12 @@ impl Uring {
     pub fn stop(&self, key: u32) {
         let (recv, accept, poll) = self
             .with_sock(key, |s| {
-                s.stopped = true;
+                s.set_stopped(true);
                 let r = s.recv == Recv::Armed;
                 if r {
                     s.recv = Recv::Cancelling;
                 }
-                (r, s.accept_armed, s.poll_armed)
+                (r, s.accept_armed(), s.poll_armed())
             })
             .unwrap_or((false, false, false));
         if recv {
@@ -1051,7 +1090,7 @@ impl Uring {
 
     /// Bytes, an end of stream or an error wait to be read.
     pub fn has_input(&self, key: u32) -> bool {
-        self.with_sock(key, |s| s.head != NIL || s.eof || s.err != 0)
+        self.with_sock(key, |s| s.head != NIL || s.eof() || s.err != 0)
             .unwrap_or(false)
     }
 
@@ -1073,7 +1112,7 @@ impl Uring {
         }
         self.drop_chunks(key);
         if let Some(s) = self.socks.borrow_mut().get_mut(key as usize) {
-            s.live = false;
+            s.set_live(false);
         }
         rest
     }
@@ -1101,8 +1140,8 @@ impl Uring {
         let owns = {
             let mut socks = self.socks.borrow_mut();
             let s = &mut socks[key as usize];
-            s.live = false;
-            s.owns_fd.then_some(s.fd)
+            s.set_live(false);
+            s.owns_fd().then_some(s.fd)
         };
         if let Some(fd) = owns {
             // SAFETY: the descriptor was handed to us by `close` and no
@@ -1270,7 +1309,7 @@ impl Uring {
         for key in starved {
             let go = self
                 .with_sock(key, |s| {
-                    s.starved = false;
+                    s.set_starved(false);
                     s.held <= self.max_held / 2
                 })
                 .unwrap_or(false);
@@ -1281,7 +1320,7 @@ impl Uring {
     }
 
     fn done_if_stopped(&self, key: u32, s: &Sock) {
-        if s.stopped && s.quiet() && s.owns_fd {
+        if s.stopped() && s.quiet() && s.owns_fd() {
             self.to_free.borrow_mut().push(key);
         }
     }
@@ -1292,7 +1331,7 @@ impl Uring {
         let buf_more = cqueue::buffer_more(flags);
         let len = res.max(0) as u32;
         let mut socks = self.socks.borrow_mut();
-        let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+        let Some(s) = socks.get_mut(key as usize).filter(|s| s.live()) else {
             if let Some(b) = bid {
                 self.bufs.discard(b, len, buf_more);
             }
@@ -1304,7 +1343,7 @@ impl Uring {
         let mut bits = 0;
         match (res, bid) {
             (n, Some(b)) if n > 0 => {
-                if s.stopped && s.owns_fd {
+                if s.stopped() && s.owns_fd() {
                     self.bufs.discard(b, len, buf_more);
                 } else {
                     let off = self.bufs.landed(b, len, buf_more);
@@ -1342,20 +1381,20 @@ impl Uring {
                     self.bufs.discard(b, len, buf_more);
                 }
                 if n == 0 {
-                    s.eof = true;
+                    s.set_eof(true);
                     bits = READABLE;
                 } else if n == -libc::ENOBUFS {
                     self.stats.uring_buffers_dry.inc();
                     self.bufs.ran_dry();
-                    if !s.starved && !s.stopped {
-                        s.starved = true;
+                    if !s.starved() && !s.stopped() {
+                        s.set_starved(true);
                         self.starved.borrow_mut().push(key);
                         // Read the epoll way meanwhile (module docs).
                         bits = READABLE;
                     }
                 } else if n == -libc::ECANCELED {
                 } else if n < 0 {
-                    s.err = -n;
+                    s.set_err(-n);
                     bits = READABLE | WRITABLE;
                 }
             }
@@ -1363,16 +1402,16 @@ impl Uring {
         let s = &socks[key as usize];
         self.done_if_stopped(key, s);
         // A socket being handed off waits for its receive to end.
-        let stopped = s.stopped;
+        let stopped = s.stopped();
         // Ended with data (the kernel may end a multishot receive at any
         // time) or cancelled for holding enough, and read meanwhile: again.
         let again = !more
             && (res > 0 || res == -libc::ECANCELED)
             && s.err == 0
-            && !s.eof
+            && !s.eof()
             && s.recv == Recv::Idle
-            && !s.stopped
-            && !s.starved
+            && !s.stopped()
+            && !s.starved()
             && s.held <= self.max_held / 2;
         drop(socks);
         if bits != 0 || stopped {
@@ -1385,7 +1424,7 @@ impl Uring {
 
     fn on_send(&self, key: u32, res: i32) {
         let mut socks = self.socks.borrow_mut();
-        let Some(s) = socks.get_mut(key as usize).filter(|s| s.live) else {
+        let Some(s) = socks.get_mut(key as usize).filter(|s| s.live()) else {
             return;
         };
         let idx = s.send;
@@ -1394,7 +1433,7 @@ impl Uring {
         }
         let mut sends = self.sends.borrow_mut();
         let sb = &mut sends[idx as usize];
-        if res > 0 && !(s.stopped && s.owns_fd) {
+        if res > 0 && !(s.stopped() && s.owns_fd()) {
             sb.off += res as usize;
             if sb.off < sb.buf.len() {
                 // A short send: the rest goes next.
@@ -1410,10 +1449,10 @@ impl Uring {
                 );
                 return;
             }
-        } else if res == 0 && !s.stopped {
-            s.err = libc::EPIPE;
+        } else if res == 0 && !s.stopped() {
+            s.set_err(libc::EPIPE);
         } else if res < 0 && res != -libc::ECANCELED {
-            s.err = -res;
+            s.set_err(-res);
         }
         let sb = sends.remove(idx as usize);
         s.send = NIL;
@@ -1425,7 +1464,7 @@ impl Uring {
         let (bits, must) = if s.err != 0 {
             (READABLE | WRITABLE, true)
         } else {
-            (WRITABLE, s.stopped)
+            (WRITABLE, s.stopped())
         };
         drop(sends);
         drop(socks);
@@ -1441,12 +1480,12 @@ impl Uring {
         let stopped = self
             .with_sock(key, |s| {
                 if !cqueue::more(flags) {
-                    s.accept_armed = false;
+                    s.set_accept_armed(false);
                 }
-                if res < 0 && res != -libc::ECANCELED && !s.stopped {
-                    s.err = -res;
+                if res < 0 && res != -libc::ECANCELED && !s.stopped() {
+                    s.set_err(-res);
                 }
-                s.stopped
+                s.stopped()
             })
             .unwrap_or(true);
         if res >= 0 {
@@ -1490,7 +1529,7 @@ pub fn probe() -> Result<String, String> {
 fn probe_here() -> Result<String, String> {
     let release = kernel_release();
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e} (kernel {release})");
-    let slots = Rc::new(RefCell::new(Slab::new()));
+    let slots = Rc::new(RefCell::new(Slots::new()));
     let u = Uring::new(
         UringConfig {
             buffers: 4,
@@ -1531,10 +1570,7 @@ fn probe_here() -> Result<String, String> {
     }
     // SAFETY: fresh descriptors owned by nobody else.
     let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let key = slots.borrow_mut().insert(Slot {
-        waker: None,
-        ready: 0,
-    }) as u32;
+    let key = slots.borrow_mut().insert(Slot::new(0)) as u32;
     u.add(key, a.as_raw_fd(), false);
     u.submit();
     // SAFETY: one byte from a valid buffer.
@@ -1564,7 +1600,7 @@ fn probe_here() -> Result<String, String> {
     u.close(key, a);
     u.submit();
     for _ in 0..100 {
-        if u.socks.borrow()[key as usize].live {
+        if u.socks.borrow()[key as usize].live() {
             let _ = u.ring.borrow().submitter().submit_and_wait(1);
             u.reap();
         } else {
@@ -1595,7 +1631,7 @@ mod tests {
     /// back to the ring once read.
     #[test]
     fn incremental_ring_packs_small_arrivals_in_order() {
-        let slots = Rc::new(RefCell::new(Slab::new()));
+        let slots = Rc::new(RefCell::new(Slots::new()));
         let u = Uring::new(
             UringConfig {
                 buffers: 4,
@@ -1618,10 +1654,7 @@ mod tests {
         assert_eq!(r, 0);
         // SAFETY: fresh descriptors owned by nobody else.
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let key = slots.borrow_mut().insert(Slot {
-            waker: None,
-            ready: 0,
-        }) as u32;
+        let key = slots.borrow_mut().insert(Slot::new(0)) as u32;
         u.add(key, a.as_raw_fd(), false);
         u.submit();
         let mut sent = Vec::new();

@@ -1,0 +1,520 @@
+//! Issue 14, messages published during a session move by a node that could not answer the
+//! move's flush (docs/cluster.md, "Late copies: the ghost"): three real `ringmq --cores 1`
+//! processes, `--durability sync`. Node 3 is stopped (SIGSTOP, by PID) while a publisher on
+//! it streams QoS 1 and 2 to a session on node 1; the session moves to node 2 meanwhile; node 3
+//! resumes and sends what it routed with node 1's old route (its outbox) to node 1, after node
+//! 1's stub ended. Node 1's ghost of the session forwards those copies to node 2: every message
+//! arrives, QoS 2 once.
+//!
+//! The moving client and the publisher are the project's codec client (exact packet ids; a
+//! publisher that waits out its node's stop without a client-side timeout).
+//!
+//! One test at a time per binary (a lock): each starts three processes on a 2-CPU machine.
+#[macro_use]
+mod common;
+mod cluster_support;
+
+use cluster_support::acked::{raw_connect_sp, wait_links};
+use cluster_support::mosq::link_up;
+use cluster_support::{rt, serial, Cluster};
+use common::raw::{connect_packet, filter, pid, publish_packet, resp, version, RawEv};
+use common::*;
+use ringmq_codec::{Packet, QoS, Subscribe, SubscribeProperties, SubscriptionOptions};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+type Seen = HashMap<String, Vec<(usize, bool)>>;
+
+/// `ctl metrics --json` of node `id`: its session-move counters.
+fn moves(c: &Cluster, id: u64) -> serde_json::Value {
+    let out = c.get(id).ctl(&["metrics", "--json"]).1;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("metrics JSON");
+    v["result"]["handover"]["moves"].clone()
+}
+
+fn count(m: &serde_json::Value, k: &str) -> u64 {
+    m[k].as_u64().unwrap_or(0)
+}
+
+/// Sends `sig` (SIGSTOP, SIGCONT) to node `id`'s process, by its PID.
+fn signal(c: &Cluster, id: u64, sig: libc::c_int) {
+    let pid = c.get(id).proc.as_ref().expect("node running").pid();
+    // SAFETY: kill(2) on the PID of a child process this test started and still owns.
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig})");
+}
+
+/// Reads one packet at most (or 10 ms) from the moving client, recording and acknowledging
+/// each PUBLISH and completing each PUBREL: false once the connection closed.
+async fn take_one(m: &mut Raw, seen: &mut Seen) -> bool {
+    match m.recv(Duration::from_millis(10)).await {
+        RawEv::Packet(Packet::Publish(p)) => {
+            let n = String::from_utf8_lossy(&p.payload).parse().unwrap();
+            seen.entry(p.topic.as_str().to_string())
+                .or_default()
+                .push((n, p.dup));
+            let id = p.packet_id.unwrap().get();
+            let ack = match p.qos {
+                QoS::AtLeastOnce => Packet::PubAck(resp(id)),
+                _ => Packet::PubRec(resp(id)),
+            };
+            m.send(&ack).await;
+        }
+        RawEv::Packet(Packet::PubRel(r)) => m.send(&Packet::PubComp(resp(r.packet_id.get()))).await,
+        RawEv::Closed | RawEv::Garbage(_) => return false,
+        _ => {}
+    }
+    true
+}
+
+/// Reads until `quiet` passes without a packet (or the connection closes).
+async fn drain(m: &mut Raw, seen: &mut Seen, quiet: Duration) {
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        let before: usize = seen.values().map(Vec::len).sum();
+        if !take_one(m, seen).await {
+            return;
+        }
+        if seen.values().map(Vec::len).sum::<usize>() != before {
+            last = Instant::now();
+        }
+    }
+}
+
+/// A publisher: message i goes to each of `topics` (QoS 1 for `ghost/1` and `share/1`, QoS 2
+/// for `ghost/2`), one round every `pace`, at most 100 rounds unanswered, until `stop`; then
+/// every one is answered (PUBACK, PUBCOMP; each PUBREC answered by PUBREL). Returns how many
+/// rounds it published, all acknowledged with success. No client-side timeout: its node may
+/// be stopped for seconds.
+fn publisher(
+    addr: std::net::SocketAddr,
+    id: Option<&'static str>,
+    topics: &'static [&'static str],
+    pace: Duration,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+) -> usize {
+    rt().block_on(async {
+        let v5 = ringmq_codec::ProtocolVersion::V5;
+        // A persistent publisher (`id`): its QoS 2 copies for other shards wait for a prepare commit.
+        let mut cp = connect_packet(v5, id.unwrap_or("ghost-pub"), id.is_none());
+        if id.is_some() {
+            cp.properties.session_expiry_interval = Some(600);
+        }
+        let (mut p, _) = raw_connect_sp(addr, cp).await;
+        let (mut i, mut open) = (0usize, HashSet::<u16>::new());
+        let end = Instant::now() + Duration::from_secs(120);
+        let mut next_at = Instant::now();
+        loop {
+            assert!(
+                Instant::now() < end,
+                "publisher: {} unanswered at the end",
+                open.len()
+            );
+            let stopping = stop.load(Relaxed);
+            if stopping && open.is_empty() {
+                return i;
+            }
+            if !stopping && open.len() < 100 * topics.len() && Instant::now() >= next_at {
+                let m = format!("{i}");
+                for (k, t) in topics.iter().enumerate() {
+                    let id = (i % 16_000 * 2 + 1 + k) as u16;
+                    let q = if t.ends_with("/2") { 2 } else { 1 };
+                    p.send(&Packet::Publish(publish_packet(
+                        t,
+                        q,
+                        false,
+                        id,
+                        m.as_bytes(),
+                    )))
+                    .await;
+                    open.insert(id);
+                }
+                i += 1;
+                sent.store(i, Relaxed);
+                next_at += pace;
+                continue;
+            }
+            match p.recv(Duration::from_millis(2)).await {
+                RawEv::Packet(Packet::PubAck(r)) | RawEv::Packet(Packet::PubComp(r)) => {
+                    assert!((r.reason as u8) < 0x80, "publisher: refused {r:?}");
+                    open.remove(&r.packet_id.get());
+                }
+                RawEv::Packet(Packet::PubRec(r)) => {
+                    assert!((r.reason as u8) < 0x80, "publisher: refused {r:?}");
+                    p.send(&Packet::PubRel(resp(r.packet_id.get()))).await;
+                }
+                RawEv::Packet(_) | RawEv::Timeout => {}
+                RawEv::Closed | RawEv::Garbage(_) => panic!("publisher: connection closed"),
+            }
+        }
+    })
+}
+
+/// Issue 14: node 3 stopped while its publisher streams QoS 1 and 2 to a session on node 1;
+/// the session moves to node 2 with node 3's links down; node 3 resumes and sends the copies
+/// it routed with node 1's old route to node 1 (after node 1's stub ended). All arrive, each
+/// QoS 2 message once (but the DUP resend of one in flight at the move); node 1's ghost
+/// forwarded some, and ended once node 3 answered its flush.
+#[test]
+fn late_copies_of_a_stopped_node_reach_the_moved_session() {
+    let _g = serial();
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    let (n1, n2, n3) = (c.get(1).mqtt(), c.get(2).mqtt(), c.get(3).mqtt());
+    let mut cp = connect_packet(version(Proto::V5), "ghost-mover", false);
+    cp.properties.session_expiry_interval = Some(600);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut seen = Seen::new();
+    let n = rt().block_on(async {
+        let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
+        m.send(&Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(
+                filter("ghost/#"),
+                SubscriptionOptions::with_qos(QoS::ExactlyOnce),
+            )],
+            properties: SubscribeProperties::default(),
+        }))
+        .await;
+        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        let (s, p) = (stop.clone(), sent.clone());
+        let topics = &["ghost/1", "ghost/2"];
+        let pace = Duration::from_millis(2);
+        let publ = std::thread::spawn(move || publisher(n3, None, topics, pace, s, p));
+        let end = Instant::now() + SETTLE;
+        let got = |seen: &Seen| seen.get("ghost/2").map_or(0, Vec::len);
+        while got(&seen) < 200 {
+            assert!(Instant::now() < end, "the stream never started");
+            assert!(take_one(&mut m, &mut seen).await);
+        }
+        // Node 3 stops amid the stream; nodes 1 and 2 close their silent links to it.
+        signal(&c, 3, libc::SIGSTOP);
+        let at_stop = sent.load(Relaxed);
+        let end = Instant::now() + SETTLE;
+        while link_up(&c, 1, 3) != Some(false) || link_up(&c, 2, 3) != Some(false) {
+            assert!(
+                Instant::now() < end,
+                "links to the stopped node 3 never went down"
+            );
+            assert!(take_one(&mut m, &mut seen).await);
+        }
+        // The move to node 2, node 3 away: node 1's stub ends without its flush.
+        let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
+        assert!(present, "session present on node 2");
+        let _ = m.expect_closed(WAIT, "taken over").await;
+        let end = Instant::now() + SETTLE;
+        while count(&moves(&c, 1), "stub_ended") < 1 {
+            assert!(Instant::now() < end, "node 1's stub never ended");
+            assert!(take_one(&mut new, &mut seen).await);
+        }
+        // Node 3 resumes: what it routed to node 1 comes late; the stream goes on a while.
+        signal(&c, 3, libc::SIGCONT);
+        let end = Instant::now() + SETTLE;
+        while link_up(&c, 3, 1) != Some(true) || link_up(&c, 3, 2) != Some(true) {
+            assert!(Instant::now() < end, "node 3's links never came back");
+            assert!(take_one(&mut new, &mut seen).await);
+        }
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            assert!(take_one(&mut new, &mut seen).await);
+        }
+        stop.store(true, Relaxed);
+        let n = publ.join().unwrap();
+        drain(&mut new, &mut seen, Duration::from_secs(3)).await;
+        eprintln!("published {n} pairs, {at_stop} before node 3 stopped");
+        n
+    });
+    let (m1, m2) = (moves(&c, 1), moves(&c, 2));
+    let mut report = Vec::new();
+    for t in ["ghost/1", "ghost/2"] {
+        let v = seen.get(t).map(Vec::as_slice).unwrap_or_default();
+        let mut taken = HashSet::new();
+        let (mut last, mut repeats, mut late) = (None, 0, 0);
+        for &(i, dup) in v {
+            if !taken.insert(i) {
+                assert!(
+                    dup || t == "ghost/1",
+                    "{t}: {i} delivered twice, the second time without DUP"
+                );
+                repeats += 1;
+                continue;
+            }
+            if last > Some(i) {
+                late += 1;
+            }
+            last = last.max(Some(i));
+        }
+        let lost: Vec<usize> = (0..n).filter(|i| !taken.contains(i)).collect();
+        assert!(
+            lost.is_empty(),
+            "{t}: lost {} of {n}: {:?}; node 1 moves {m1}; node 2 moves {m2}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+        report.push(format!("{t}: repeated {repeats}, after a later one {late}"));
+    }
+    assert!(count(&m1, "ghosts") >= 1, "node 1 made no ghost: {m1}");
+    assert!(
+        count(&m1, "ghost_forwarded") >= 1,
+        "node 1's ghost forwarded nothing: {m1}"
+    );
+    let end = Instant::now() + SETTLE;
+    while count(&moves(&c, 1), "ghost_ended") < 1 {
+        assert!(
+            Instant::now() < end,
+            "node 1's ghost never ended: {}",
+            moves(&c, 1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "late copies: {n} pairs, nothing lost; {}; node 1 ghost forwarded {}, node 2 ghost duplicates dropped {}",
+        report.join(", "),
+        m1["ghost_forwarded"],
+        m2["ghost_dups"],
+    );
+}
+
+/// Issue 14, shared subscriptions across a move: share group `g` has a member on node 3 and a
+/// persistent member that moves node 1 -> 2 -> 1 ... six times while a publisher on node 3
+/// streams QoS 1 to it. Node 3 picks one node of the group per message; a copy it picked the
+/// old node for after the member left there (before node 3 applied the withdrawal) is
+/// forwarded to the member's new node (`share_move.rs`). Each message reaches exactly one
+/// member (a QoS 1 redelivery with DUP on the moved member excepted), none is lost.
+#[test]
+fn a_share_group_member_moving_gets_each_message_once_in_the_group() {
+    let _g = serial();
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    let addrs = [c.get(1).mqtt(), c.get(2).mqtt(), c.get(3).mqtt()];
+    let mut cp = connect_packet(version(Proto::V5), "share-mover", false);
+    cp.properties.session_expiry_interval = Some(600);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (mut moved, mut stay) = (Seen::new(), Seen::new());
+    let group_sub = |id: u16| {
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(id),
+            filters: vec![(
+                filter("$share/g/share/#"),
+                SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+            )],
+            properties: SubscribeProperties::default(),
+        })
+    };
+    let n = rt().block_on(async {
+        let (mut m, _) = raw_connect_sp(addrs[0], cp.clone()).await;
+        m.send(&group_sub(1)).await;
+        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        let stay_cp = connect_packet(version(Proto::V5), "share-stay", true);
+        let (mut m3, _) = raw_connect_sp(addrs[2], stay_cp).await;
+        m3.send(&group_sub(1)).await;
+        assert!(matches!(
+            m3.expect_packet("SUBACK").await,
+            Packet::SubAck(_)
+        ));
+        // Both members' routes reach node 3 before the stream starts.
+        let end = Instant::now() + SETTLE;
+        while link_up(&c, 3, 1) != Some(true) {
+            assert!(Instant::now() < end);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let (s, p) = (stop.clone(), sent.clone());
+        let n3 = addrs[2];
+        let publ = std::thread::spawn(move || {
+            publisher(n3, None, &["share/1"], Duration::from_micros(500), s, p)
+        });
+        let mut at = 0;
+        for _ in 0..6 {
+            let until = Instant::now() + Duration::from_millis(400);
+            while Instant::now() < until {
+                assert!(take_one(&mut m, &mut moved).await);
+                assert!(take_one(&mut m3, &mut stay).await);
+            }
+            at = if at == 0 { 1 } else { 0 };
+            let (new, present) = raw_connect_sp(addrs[at], cp.clone()).await;
+            assert!(present, "session present on node {}", at + 1);
+            // The old connection: what it still brings, until node it closes.
+            let end = Instant::now() + SETTLE;
+            while take_one(&mut m, &mut moved).await {
+                assert!(Instant::now() < end, "the old connection stayed open");
+            }
+            m = new;
+        }
+        let until = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < until {
+            assert!(take_one(&mut m, &mut moved).await);
+            assert!(take_one(&mut m3, &mut stay).await);
+        }
+        stop.store(true, Relaxed);
+        let n = publ.join().unwrap();
+        for _ in 0..2 {
+            drain(&mut m, &mut moved, Duration::from_secs(1)).await;
+            drain(&mut m3, &mut stay, Duration::from_secs(1)).await;
+        }
+        n
+    });
+    let empty = Vec::new();
+    let a = moved.get("share/1").unwrap_or(&empty);
+    let b = stay.get("share/1").unwrap_or(&empty);
+    let mut to_moved = HashSet::new();
+    let mut redelivered = 0;
+    for &(i, dup) in a {
+        if !to_moved.insert(i) {
+            assert!(
+                dup,
+                "share/1: {i} twice to the moving member, the second time without DUP"
+            );
+            redelivered += 1;
+        }
+    }
+    let mut to_stay = HashSet::new();
+    for &(i, _) in b {
+        assert!(
+            to_stay.insert(i),
+            "share/1: {i} twice to the member on node 3"
+        );
+        assert!(
+            !to_moved.contains(&i),
+            "share/1: {i} to both members of the group"
+        );
+    }
+    let lost: Vec<usize> = (0..n)
+        .filter(|i| !to_moved.contains(i) && !to_stay.contains(i))
+        .collect();
+    let fwd: u64 = (1..=3)
+        .map(|id| count(&moves(&c, id), "shared_forwarded"))
+        .sum();
+    assert!(
+        lost.is_empty(),
+        "share/1: lost {} of {n}: {:?}; forwarded {fwd}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    eprintln!(
+        "share group across 6 moves: {n} messages, {} to the moving member ({redelivered} redelivered with DUP), {} to node 3's; each once in the group; group copies forwarded by an old node {fwd}",
+        to_moved.len(),
+        to_stay.len()
+    );
+}
+
+/// Issue 14, several shards on the old node: node 1 runs `--cores 2`, a persistent publisher
+/// on it (on the other shard than the moving session's home shard) streams QoS 2 and QoS 1 to
+/// the session; its QoS 2 copies for the session's shard wait for a prepare commit
+/// (`confirm.rs`). The session moves to node 2 (also `--cores 2`) amid the stream: the stub's
+/// cut token from the publisher's shard queues behind those held copies, so the stub forwards
+/// them all before it ends. Nothing lost, QoS 2 once, order per topic kept.
+#[test]
+fn a_move_from_a_two_shard_node_keeps_copies_held_behind_a_prepare_commit() {
+    let _g = serial();
+    let mut c = Cluster::start_each(3, &[], |id| {
+        if id < 3 {
+            vec!["--cores".into(), "2".into()]
+        } else {
+            Vec::new()
+        }
+    });
+    // Node 1's prepare commits made slow (test fault): its held copies wait 10 ms more, longer
+    // than the move's flush round, so the cut tokens meet them.
+    c.node(1).stop();
+    c.node(1).start_env(&[("RINGMQ_TEST_HOLD_MS", "10")]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
+    let mover = "cut-mover";
+    let home = ringmq_shard::home_shard(mover.as_bytes(), 2);
+    let pub_id: &'static str = ["cut-pub-a", "cut-pub-b", "cut-pub-c", "cut-pub-d"]
+        .into_iter()
+        .find(|id| ringmq_shard::home_shard(id.as_bytes(), 2) != home)
+        .expect("a publisher id on the other shard");
+    let mut cp = connect_packet(version(Proto::V5), mover, false);
+    cp.properties.session_expiry_interval = Some(600);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut seen = Seen::new();
+    let n = rt().block_on(async {
+        let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
+        m.send(&Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(
+                filter("cut/#"),
+                SubscriptionOptions::with_qos(QoS::ExactlyOnce),
+            )],
+            properties: SubscribeProperties::default(),
+        }))
+        .await;
+        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        let (s, p) = (stop.clone(), sent.clone());
+        let topics = &["cut/1", "cut/2"];
+        let pace = Duration::from_micros(500);
+        let publ = std::thread::spawn(move || publisher(n1, Some(pub_id), topics, pace, s, p));
+        let end = Instant::now() + SETTLE;
+        while seen.get("cut/2").map_or(0, Vec::len) < 100 {
+            assert!(Instant::now() < end, "the stream never started");
+            assert!(take_one(&mut m, &mut seen).await);
+        }
+        let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
+        assert!(present, "session present on node 2");
+        let end = Instant::now() + SETTLE;
+        while take_one(&mut m, &mut seen).await {
+            assert!(Instant::now() < end, "the old connection stayed open");
+        }
+        let until = Instant::now() + Duration::from_millis(700);
+        while Instant::now() < until {
+            assert!(take_one(&mut new, &mut seen).await);
+        }
+        stop.store(true, Relaxed);
+        let n = publ.join().unwrap();
+        drain(&mut new, &mut seen, Duration::from_secs(3)).await;
+        n
+    });
+    let (m1, m2) = (moves(&c, 1), moves(&c, 2));
+    let mut report = Vec::new();
+    for t in ["cut/1", "cut/2"] {
+        let v = seen.get(t).map(Vec::as_slice).unwrap_or_default();
+        let mut taken = HashSet::new();
+        let (mut last, mut repeats) = (None, 0);
+        for &(i, dup) in v {
+            if !taken.insert(i) {
+                assert!(
+                    dup || t == "cut/1",
+                    "{t}: {i} delivered twice, the second time without DUP"
+                );
+                repeats += 1;
+                continue;
+            }
+            assert!(last < Some(i), "{t}: {i} after {last:?}");
+            last = Some(i);
+        }
+        let lost: Vec<usize> = (0..n).filter(|i| !taken.contains(i)).collect();
+        assert!(
+            lost.is_empty(),
+            "{t}: lost {} of {n}: {:?}; node 1 moves {m1}; node 2 moves {m2}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+        report.push(format!("{t} repeated {repeats}"));
+    }
+    eprintln!(
+        "move from a two-shard node: {n} per topic, nothing lost, {}; node 1 forwarded {}, node 2 merged {}, held {}, duplicates dropped {}",
+        report.join(", "),
+        m1["forwarded"],
+        m2["merged"],
+        m2["held"],
+        m2["merge_dups"],
+    );
+}
