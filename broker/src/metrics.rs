@@ -887,6 +887,8 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("stub_expired", m.stub_expired),
         ("forwarded", m.forwarded),
         ("forward_lost", m.forward_lost),
+        ("forwarded_acked", m.forwarded_acked),
+        ("copies_late", m.copies_late),
         ("flush_timeouts", m.flush_timeouts),
         ("held", m.held),
         ("merged", m.merged),

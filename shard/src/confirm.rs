@@ -70,6 +70,10 @@ struct Waiting {
     /// A QoS 2 publish without a prepared row: the session and packet id
     /// to forget if it is refused (v5 [MQTT-4.3.3-9]).
     qos2: Option<(SessionId, PacketId)>,
+    /// Not a publish of this shard: another shard's copy that a stub here
+    /// forwarded as acked copies (`cluster/copy_acks.rs`); the outcome goes
+    /// to that shard's token.
+    relay: Option<(usize, u64)>,
 }
 
 struct Row {
@@ -117,8 +121,44 @@ pub(crate) fn await_confirms(
             unprepared: false,
             fate,
             qos2,
+            relay: None,
         },
     );
+}
+
+/// Shard `from`'s copy under `req` was delivered here to a stub that
+/// forwarded it as `sent` acked copies under the local token `local`
+/// (`cluster/copy_acks.rs`): `from` is answered once this shard's commit and
+/// every node's answer came (the first refusal wins, as for a publish).
+pub(crate) fn relay(
+    shard: &Rc<Shard>,
+    local: u64,
+    sent: usize,
+    (from, req): (usize, ConfirmReq),
+    fate: Fate,
+) {
+    if req.origin_row {
+        // Same batch as the copies just delivered: one transaction.
+        shard.store.put_origin(from as u16, req.token).detach();
+    }
+    shard.confirms.borrow_mut().waiting.insert(
+        local,
+        Waiting {
+            left: sent + 1,
+            conn: Weak::new(),
+            row: None,
+            refused: None,
+            unprepared: false,
+            fate,
+            qos2: None,
+            relay: Some((from, req.token)),
+        },
+    );
+    let own = ConfirmReq {
+        token: local,
+        origin_row: false,
+    };
+    owe(shard, shard.id, own, Fate::default());
 }
 
 /// True when session `sid` has remote copies waiting for a prepare commit:
@@ -196,6 +236,7 @@ pub(crate) fn prepare(
             unprepared: false,
             fate,
             qos2: None,
+            relay: None,
         },
     );
     conn.ack(pubrec, Some(token));
@@ -364,6 +405,13 @@ fn answer(shard: &Rc<Shard>, token: u64, refused: Option<ReasonCode>, fate: Fate
         c.waiting.remove(&token)
     };
     let Some(w) = w else { return };
+    if let Some((to, t)) = w.relay {
+        let item = match w.refused {
+            None => MeshItem::Confirm(t, w.fate),
+            Some(code) => MeshItem::Refused(t, code),
+        };
+        return shard.mesh.push(to, item);
+    }
     match w.refused {
         // Every copy on every shard was dropped (queues or byte budgets
         // full): v5 says so, 0x97 Quota exceeded (v5 3.4.2.1, 3.5.2.1).
@@ -529,9 +577,15 @@ async fn pay(shard: Rc<Shard>) {
         }
         let result = shard.store.flush().await;
         for (to, token, fate) in owed {
-            let item = match &result {
-                Ok(()) => MeshItem::Confirm(token, fate),
-                Err(e) => MeshItem::Refused(token, refusal(e)),
+            let refused = result.as_ref().err().map(refusal);
+            if to == shard.id {
+                // Owed here (`relay`, a node's copy on shard 0: `cluster/copy_acks.rs`).
+                answer(&shard, token, refused, fate);
+                continue;
+            }
+            let item = match refused {
+                None => MeshItem::Confirm(token, fate),
+                Some(code) => MeshItem::Refused(token, code),
             };
             shard.mesh.push(to, item);
         }
@@ -604,6 +658,7 @@ pub(crate) fn resume(shard: &Rc<Shard>, mut list: Vec<Resume>) {
             unprepared: false,
             fate: Fate::default(),
             qos2: None,
+            relay: None,
         };
         // Other nodes: each is sent it again (it skips a copy it holds: `cluster/origin.rs`).
         let nodes = &r.prepared.nodes;

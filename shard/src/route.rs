@@ -200,7 +200,12 @@ fn route_here(
         }
     }
     if here && shards.contains(me) {
+        // A stub's acked copies (`cluster/copy_acks.rs`) are answers to wait for too.
+        if let Some(c) = confirm {
+            crate::cluster::copy_acks::begin(shard, c.token);
+        }
         deliver_local(shard, &p, publisher, source);
+        remote += crate::cluster::copy_acks::end(shard);
     }
     if let (true, Some(s)) = (here, peer) {
         crate::cluster::delivered(shard, s, ops);

@@ -381,11 +381,20 @@ fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
     match item {
         MeshItem::Publish(r) => {
             shard.tally.reset();
+            // A stub here forwards acked copies: the answer waits for them too.
+            let relay = r
+                .confirm
+                .and_then(|_| crate::cluster::copy_acks::relay_begin(shard));
             crate::cluster::deliver_once(shard, r.peer, || {
                 crate::route::deliver_local(shard, &r.publish, None, r.source)
             });
             if let Some(t) = r.confirm {
-                crate::persist::owe(shard, from, t, shard.tally.fate());
+                let fate = shard.tally.fate();
+                let relayed = relay
+                    .is_some_and(|l| crate::cluster::copy_acks::relay_end(shard, l, from, t, fate));
+                if !relayed {
+                    crate::persist::owe(shard, from, t, fate);
+                }
             }
         }
         MeshItem::SharedPublish(r, group) => {

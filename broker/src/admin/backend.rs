@@ -322,6 +322,10 @@ pub struct MoveMetrics {
     pub stub_expired: u64,
     pub forwarded: u64,
     pub forward_lost: u64,
+    #[serde(default)]
+    pub forwarded_acked: u64,
+    #[serde(default)]
+    pub copies_late: u64,
     pub flush_timeouts: u64,
     pub held: u64,
     pub merged: u64,
@@ -363,6 +367,8 @@ impl HandoverMetrics {
                 stub_expired: h.stub_expired.load(Relaxed),
                 forwarded: h.forwarded.load(Relaxed),
                 forward_lost: h.forward_lost.load(Relaxed),
+                forwarded_acked: h.forwarded_acked.load(Relaxed),
+                copies_late: h.copies_late.load(Relaxed),
                 flush_timeouts: h.flush_timeouts.load(Relaxed),
                 held: h.held.load(Relaxed),
                 merged: h.merged.load(Relaxed),

@@ -183,6 +183,29 @@ impl Acks {
         );
     }
 
+    /// An acked copy for session `client` of the peer, forwarded by a stub
+    /// of this node (`copy_acks.rs`).
+    pub fn send_copy(
+        &self,
+        shard: &Rc<Shard>,
+        hub: &Hub,
+        link: &Link,
+        (client, origin): (&str, Origin),
+        mqtt: &[u8],
+        w: Waiter,
+    ) {
+        let deadline = Instant::now() + hub.cfg.durable_ack_timeout;
+        self.queue(
+            shard,
+            hub,
+            link,
+            mqtt.len() + client.len(),
+            w,
+            (deadline, false, false),
+            |stamp, b| super::frame_move::encode_acked_copy(stamp, client, origin, mqtt, b),
+        );
+    }
+
     /// [`Self::send`] for a prepared QoS 2 message with its origin key
     /// (`origin.rs`); `patient` (recovery's resend): no deadline.
     #[allow(clippy::too_many_arguments)]
@@ -404,6 +427,38 @@ impl Acks {
         if !self.paying.replace(true) {
             glommio::spawn_local(own_commits(shard.clone())).detach();
         }
+    }
+
+    /// An acked session copy from the peer (`copy_acks.rs`): to the
+    /// session's home shard, answered once durable there.
+    pub fn receive_copy(
+        &self,
+        shard: &Rc<Shard>,
+        link: &Link,
+        stamp: Stamp,
+        (client, origin): (String, Origin),
+        p: Publish,
+    ) {
+        link.stats.acked_in.inc();
+        let token = crate::confirm::new_token(shard);
+        let conn = link.acks.inbox_conn.get();
+        link.acks.inbox.borrow_mut().push_back((stamp.id, false));
+        self.incoming.borrow_mut().insert(
+            token,
+            Incoming {
+                slot: link.slot,
+                conn,
+                id: stamp.id,
+                left: 1,
+                refused: None,
+            },
+        );
+        let ack = super::copy_acks::CopyAck {
+            node: link.peer.id,
+            stamp,
+            token,
+        };
+        super::merge::on_copy(shard, client, origin, p, Some(ack));
     }
 
     /// One answer for the peer copy behind `token` (a shard's confirmation,

@@ -192,6 +192,17 @@ pub enum Frame {
         origin: Origin,
         publish: Bytes,
     },
+    /// A `SessionCopy` of a QoS 1/2 publish under durability `sync`, as an
+    /// acked copy: the receiver answers `Durable` (cumulative with the
+    /// link's other acked copies) once the session's row for it is durable,
+    /// and the sender's acknowledgement of the publish waits for that
+    /// (`stub.rs`, `merge.rs`).
+    AckedCopy {
+        stamp: Stamp,
+        client: String,
+        origin: Origin,
+        publish: Bytes,
+    },
     /// The receiver's session `client` is installed here and every peer
     /// applied its routes: the sender's stub may end once nothing routed the
     /// old way can still arrive.
@@ -577,6 +588,7 @@ impl Frame {
             Frame::PublishFrom { .. }
             | Frame::AckedFrom { .. }
             | Frame::SessionCopy { .. }
+            | Frame::AckedCopy { .. }
             | Frame::MoveDone(_)
             | Frame::Flush(_)
             | Frame::Flushed(_)

@@ -1,5 +1,6 @@
 //! Link frames 0x30-0x39: publishes stamped with their origin, and the
 //! frames that move a session's traffic from its old node to its new one
+//! (`AckedCopy` 0x39: a forwarded copy the old node waits for, `acks.rs`)
 //! (`stub.rs` on the old node, `merge.rs` on the new). Same framing as
 //! `frame.rs` (`len u32 | kind u8 | body`); malformed bodies close the link.
 //! `Ghost` and `GhostFlush` (0x37, 0x38) keep late copies of a moved
@@ -16,6 +17,7 @@ const MOVE_DONE: u8 = 0x33;
 const FLUSH: u8 = 0x34;
 const FLUSHED: u8 = 0x35;
 const STUB_END: u8 = 0x36;
+const ACKED_COPY: u8 = 0x39;
 const GHOST: u8 = 0x37;
 const GHOST_FLUSH: u8 = 0x38;
 
@@ -46,6 +48,19 @@ pub(super) fn encode(f: &Frame, out: &mut BytesMut) {
             publish,
         } => {
             out.put_u8(SESSION_COPY);
+            put_str(out, client);
+            put_origin(out, *origin);
+            out.put_slice(publish);
+        }
+        Frame::AckedCopy {
+            stamp,
+            client,
+            origin,
+            publish,
+        } => {
+            out.put_u8(ACKED_COPY);
+            out.put_u64(stamp.stream);
+            out.put_u64(stamp.id);
             put_str(out, client);
             put_origin(out, *origin);
             out.put_slice(publish);
@@ -102,6 +117,25 @@ pub(super) fn encode_copy(client: &str, origin: Origin, mqtt: &[u8], out: &mut B
     finish(out, start);
 }
 
+/// Encodes an acked session copy (`Frame::AckedCopy`) of the MQTT bytes `mqtt`.
+pub(super) fn encode_acked_copy(
+    stamp: Stamp,
+    client: &str,
+    origin: Origin,
+    mqtt: &[u8],
+    out: &mut BytesMut,
+) {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(ACKED_COPY);
+    out.put_u64(stamp.stream);
+    out.put_u64(stamp.id);
+    put_str(out, client);
+    put_origin(out, origin);
+    out.put_slice(mqtt);
+    finish(out, start);
+}
+
 /// Decodes the body of a frame of kind `kind` (0x30-0x39).
 pub(super) fn decode(kind: u8, body: &mut Bytes) -> Result<Frame, FrameError> {
     Ok(match kind {
@@ -131,6 +165,22 @@ pub(super) fn decode(kind: u8, body: &mut Bytes) -> Result<Frame, FrameError> {
             need(body, 18, "session copy")?;
             let origin = get_origin(body);
             Frame::SessionCopy {
+                client,
+                origin,
+                publish: std::mem::take(body),
+            }
+        }
+        ACKED_COPY => {
+            need(body, 16, "acked copy")?;
+            let stamp = Stamp {
+                stream: body.get_u64(),
+                id: body.get_u64(),
+            };
+            let client = get_str(body, "acked copy")?;
+            need(body, 18, "acked copy")?;
+            let origin = get_origin(body);
+            Frame::AckedCopy {
+                stamp,
                 client,
                 origin,
                 publish: std::mem::take(body),
@@ -240,8 +290,25 @@ mod tests {
         round_trip(Frame::SessionCopy {
             client: "c".into(),
             origin: o,
-            publish: mqtt,
+            publish: mqtt.clone(),
         });
+        round_trip(Frame::AckedCopy {
+            stamp: Stamp { stream: 5, id: 6 },
+            client: "c".into(),
+            origin: o,
+            publish: mqtt.clone(),
+        });
+        let mut b = BytesMut::new();
+        encode_acked_copy(Stamp { stream: 5, id: 6 }, "c", o, &mqtt, &mut b);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Ok(Some(Frame::AckedCopy {
+                stamp: Stamp { stream: 5, id: 6 },
+                client: "c".into(),
+                origin: o,
+                publish: mqtt,
+            }))
+        );
         round_trip(Frame::MoveDone("c".into()));
         round_trip(Frame::Flush(4));
         round_trip(Frame::Flushed(4));
@@ -277,6 +344,12 @@ mod tests {
         assert_eq!(
             Frame::decode(&mut b),
             Err(FrameError::Truncated("stub end"))
+        );
+        // An acked copy cut inside its stamp.
+        let mut b = BytesMut::from(&[0, 0, 0, 9, ACKED_COPY, 0, 0, 0, 0, 0, 0, 0, 1][..]);
+        assert_eq!(
+            Frame::decode(&mut b),
+            Err(FrameError::Truncated("acked copy"))
         );
         let mut b = BytesMut::new();
         b.put_u32(7);

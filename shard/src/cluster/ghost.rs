@@ -256,7 +256,7 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
     stats.ghost_forwarded.fetch_add(1, Relaxed);
     match &n.hub {
         Some(hub) => {
-            if !hub.session_copy(slot, &client, o, p) {
+            if !hub.session_copy_plain(slot, &client, o, p) {
                 stats.forward_lost.fetch_add(1, Relaxed);
             }
         }
@@ -266,6 +266,7 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
                 client,
                 origin: o,
                 publish: p.clone(),
+                ack: None,
             };
             shard
                 .mesh

@@ -81,6 +81,12 @@ pub struct HandoverStats {
     pub forwarded: AtomicU64,
     /// Session moves: forwarded copies lost: link down, session gone, or not installed in time.
     pub forward_lost: AtomicU64,
+    /// Session moves: of the forwarded copies, QoS 1/2 ones sent acked
+    /// (durability `sync`: the publisher's acknowledgement waits for the new node).
+    pub forwarded_acked: AtomicU64,
+    /// Session moves: acked forwarded copies that came after their merge
+    /// ended (resent after a link break or a restart), delivered once.
+    pub copies_late: AtomicU64,
     /// Session moves: flushes a peer did not answer within the route-ack timeout.
     pub flush_timeouts: AtomicU64,
     /// Session moves: direct copies held by a session that moved here.

@@ -550,7 +550,13 @@ impl Hub {
 
     /// Forwards `p` to peer `slot` for its session `client` (a stub of this
     /// node, `stub.rs`); false when the link is down (the copy is lost).
-    pub fn session_copy(&self, slot: Slot, client: &str, origin: Origin, p: &Publish) -> bool {
+    pub fn session_copy_plain(
+        &self,
+        slot: Slot,
+        client: &str,
+        origin: Origin,
+        p: &Publish,
+    ) -> bool {
         let Some(l) = self.link_of(slot).filter(|l| l.is_up()) else {
             return false;
         };
@@ -563,6 +569,40 @@ impl Hub {
         super::frame_move::encode_copy(client, origin, &mqtt[5..], &mut b);
         l.push_publish(&b);
         true
+    }
+
+    /// [`Self::session_copy_plain`], or with `ack` (shard, confirm token) an
+    /// acked copy in the link's ledger (`copy_acks.rs`): sent now or on the
+    /// next connection, the token answered by the peer's `Durable` (or
+    /// refused, or the outbox: as every acked copy). False when lost.
+    pub fn session_copy(
+        &self,
+        shard: &Rc<Shard>,
+        slot: Slot,
+        client: &str,
+        origin: Origin,
+        p: &Publish,
+        ack: Option<(usize, u64)>,
+    ) -> bool {
+        let Some((from, token)) = ack else {
+            return self.session_copy_plain(slot, client, origin, p);
+        };
+        let w = super::acks::Waiter { shard: from, token };
+        let mut mqtt = BytesMut::new();
+        encode_publish(p, &mut mqtt);
+        match self.link_of(slot) {
+            Some(l) if mqtt.len() > 5 => {
+                self.durable
+                    .send_copy(shard, self, &l, (client, origin), &mqtt[5..], w);
+                true
+            }
+            _ => {
+                // The node left the cluster: nothing can hold the copy.
+                let code = ringmq_codec::ReasonCode::ImplementationSpecificError;
+                super::outbox::refuse_later(shard, w, code);
+                false
+            }
+        }
     }
 }
 

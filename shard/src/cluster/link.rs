@@ -441,7 +441,18 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
         } => {
             let p = super::frame::decode_publish(publish)?;
             link.stats.msgs_in.inc();
-            super::merge::on_copy(shard, client, origin, p);
+            super::merge::on_copy(shard, client, origin, p, None);
+        }
+        Frame::AckedCopy {
+            stamp,
+            client,
+            origin,
+            publish,
+        } => {
+            let p = super::frame::decode_publish(publish)?;
+            link.stats.msgs_in.inc();
+            hub.durable
+                .receive_copy(shard, link, stamp, (client, origin), p);
         }
         Frame::MoveDone(client) => super::stub::on_move_done(shard, hub, link, client),
         Frame::Flush(t) => link.push_frame(&Frame::Flushed(t)),

@@ -29,6 +29,7 @@
 //! Bounded: without `StubEnd` within [`MERGE_FOR`] (old node down) the held
 //! copies are delivered as they are (duplicates possible, counted).
 
+use super::copy_acks::CopyAck;
 use super::frame::Origin;
 use super::routes::Slot;
 use super::stub::Move;
@@ -38,7 +39,7 @@ use crate::router::PublishInfo;
 use crate::session::{Session, SessionId};
 use crate::shard::Shard;
 use crate::store::{MessageRef, OutboundState, SessionKey};
-use ringmq_codec::{Publish, QoS};
+use ringmq_codec::{Publish, QoS, ReasonCode};
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,8 +52,9 @@ pub const MERGE_FOR: Duration = Duration::from_secs(25);
 /// Forwarded copies kept for a session not installed yet, at most.
 const PENDING_MAX: usize = 100_000;
 
-/// A forwarded copy that came before its session's install.
-type Early = (Origin, Publish);
+/// A forwarded copy that came before its session's install (with `ack`,
+/// answered after the install: `copy_acks.rs`).
+type Early = (Origin, Publish, Option<CopyAck>);
 
 struct Held {
     publish: Publish,
@@ -64,6 +66,8 @@ struct Held {
     /// persistent session): acknowledged copies survive a crash of this node
     /// before the merge ends. Deleted once the merge delivered or dropped it.
     row: Option<(SessionKey, u64)>,
+    /// Dropped already: its forwarded twin was delivered.
+    gone: bool,
 }
 
 struct Merge {
@@ -75,6 +79,15 @@ struct Merge {
     /// This shard's origin count at the install: its later copies were routed here with the session.
     own_from: u64,
     id: u64,
+    /// Per origin (node, shard): the first and last count held in a durable
+    /// row (`copy_acks::held_durably`).
+    ranges: HashMap<(u64, u16), (u64, u64)>,
+    /// Held copies by origin, and the origins of the forwarded copies
+    /// delivered: a copy that came both ways is dropped as its twin arrives
+    /// (`twin_forwarded`, `twin_held`), not at `StubEnd` only, so a crash of
+    /// this node before `StubEnd` leaves no durable row of both.
+    held_at: HashMap<Origin, usize>,
+    forwarded: std::collections::HashSet<Origin>,
 }
 
 /// After a merge ended: the old node's marks, still applied to direct copies
@@ -132,11 +145,15 @@ pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot)
             held: Vec::new(),
             own_from: super::origin_now(shard),
             id,
+            ranges: HashMap::new(),
+            held_at: HashMap::new(),
+            forwarded: Default::default(),
         },
     );
     let early = n.merges.pending.borrow_mut().remove(client);
-    for (o, p) in early.into_iter().flatten() {
-        forwarded(shard, client, o, p);
+    for (o, p, ack) in early.into_iter().flatten() {
+        // Behind the install's rows: one commit answers both.
+        forwarded(shard, client, o, p, ack);
     }
     let shard = shard.clone();
     glommio::spawn_local(async move {
@@ -193,6 +210,11 @@ pub(crate) fn hold(
         // A late peer's copy may also come through the old node (`ghost.rs`).
         return super::ghost::dup(shard, sid, origin);
     };
+    if origin.is_some_and(|o| m.forwarded.contains(&o)) {
+        // Its forwarded twin was delivered already.
+        n.stats.handover.merge_dups.fetch_add(1, Relaxed);
+        return true;
+    }
     let row = match s.key {
         Some(key) if qos != QoS::AtMostOnce && shard.store.is_persistent() => {
             let seq = s.next_seq;
@@ -208,10 +230,18 @@ pub(crate) fn hold(
                 .store
                 .put_outbound_new(key, seq, OutboundState::Queued, msg)
                 .detach();
+            if let Some(o) = origin {
+                let r = m.ranges.entry((o.node, o.shard)).or_insert((o.seq, o.seq));
+                r.1 = o.seq;
+                super::copy_acks::held_durably(shard, &m.client, o, *r);
+            }
             Some((key, seq))
         }
         _ => None,
     };
+    if let Some(o) = origin {
+        m.held_at.insert(o, m.held.len());
+    }
     m.held.push(Held {
         publish: p.clone(),
         qos,
@@ -219,6 +249,7 @@ pub(crate) fn hold(
         sub_ids: SmallVec::from_slice(sub_ids),
         origin,
         row,
+        gone: false,
     });
     n.stats.handover.held.fetch_add(1, Relaxed);
     true
@@ -252,13 +283,21 @@ pub(crate) fn settled(shard: &Rc<Shard>, client: &str) {
     }
 }
 
-/// Shard 0, a `SessionCopy` from the old node: to the session's home shard.
-pub(crate) fn on_copy(shard: &Rc<Shard>, client: String, origin: Origin, publish: Publish) {
+/// Shard 0, a `SessionCopy` (with `ack`: an `AckedCopy`) from the old
+/// node: to the session's home shard.
+pub(crate) fn on_copy(
+    shard: &Rc<Shard>,
+    client: String,
+    origin: Origin,
+    publish: Publish,
+    ack: Option<CopyAck>,
+) {
     let home = crate::connection::home_shard(client.as_bytes(), shard.shards);
     let m = Move::CopyIn {
         client: client.into(),
         origin,
         publish,
+        ack,
     };
     to_home(shard, home, m);
 }
@@ -295,8 +334,52 @@ pub(crate) fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
     sid
 }
 
+/// A forwarded copy of `origin` is delivered to merging session `sid`: its
+/// held twin, if any, is dropped now (its row deleted in the batch of the
+/// delivery's row), and a direct copy coming later is dropped in `hold`.
+fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let mut merges = n.merges.by_sid.borrow_mut();
+    let Some(m) = merges.get_mut(&sid) else {
+        return;
+    };
+    m.forwarded.insert(origin);
+    let Some(i) = m.held_at.remove(&origin) else {
+        return;
+    };
+    if let Some(h) = m.held.get_mut(i) {
+        if let Some((key, seq)) = h.row.take() {
+            shard.store.delete_outbound(key, seq).detach();
+        }
+        h.gone = true;
+        n.stats.handover.merge_dups.fetch_add(1, Relaxed);
+    }
+}
+
+/// Delivers forwarded copy `p` to session `sid`; an acked one once per
+/// stamp (a resend is not delivered again), answered after the commit.
+fn deliver_forwarded(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    client: &str,
+    p: &Publish,
+    ack: Option<CopyAck>,
+    origin: Origin,
+) {
+    let Some(a) = ack else {
+        return deliver_to(shard, sid, p, None, Some(origin));
+    };
+    let once = super::copy_acks::once(client, a);
+    super::deliver_once(shard, Some(once), || {
+        deliver_to(shard, sid, p, None, Some(origin))
+    });
+    super::copy_acks::answer(shard, a, None);
+}
+
 /// A forwarded copy for `client` (home shard).
-fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish) {
+fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: Option<CopyAck>) {
     let Some(n) = shard.cluster.as_ref() else {
         return;
     };
@@ -315,12 +398,27 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish) {
             if own && origin.seq >= own_from {
                 // Routed here after the install: delivered (or held) here already.
                 stats.merge_dups.fetch_add(1, Relaxed);
+                if let Some(a) = ack {
+                    super::copy_acks::answer(shard, a, None);
+                }
                 return;
             }
+            if super::copy_acks::crash_in_armed() {
+                let twinned = n
+                    .merges
+                    .by_sid
+                    .borrow()
+                    .get(&sid)
+                    .is_some_and(|m| m.held.iter().any(|h| h.origin == Some(origin)));
+                if super::copy_acks::crash_copy_in(shard, twinned) {
+                    return; // test crash point: received, never committed
+                }
+            }
             stats.merged.fetch_add(1, Relaxed);
-            deliver_to(shard, sid, &p, None, Some(origin));
+            twin_forwarded(shard, sid, origin);
+            deliver_forwarded(shard, sid, client, &p, ack, origin);
         }
-        (Some(sid), None) if super::ghost::haunted(shard, sid) => {
+        (Some(sid), None) if ack.is_none() && super::ghost::haunted(shard, sid) => {
             // A late peer's copy the old node's ghost forwarded (`ghost.rs`).
             deliver_to(shard, sid, &p, None, Some(origin));
         }
@@ -331,30 +429,53 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish) {
             let v = pending.entry(client.into()).or_default();
             if v.len() >= PENDING_MAX {
                 stats.forward_lost.fetch_add(1, Relaxed);
+                drop(pending);
+                if let Some(a) = ack {
+                    super::copy_acks::answer(shard, a, Some(ReasonCode::QuotaExceeded));
+                }
                 return;
             }
-            v.push((origin, p));
+            v.push((origin, p, ack));
             if fresh {
+                // No install comes after the fetch stopped waiting (the claim timeout).
+                let wait = super::copy_acks::pending_for(shard);
                 let shard = shard.clone();
                 let client: Box<str> = client.into();
                 glommio::spawn_local(async move {
-                    glommio::timer::sleep(MERGE_FOR).await;
-                    if let Some(n) = &shard.cluster {
-                        if let Some(v) = n.merges.pending.borrow_mut().remove(&client) {
-                            n.stats
-                                .handover
-                                .forward_lost
-                                .fetch_add(v.len() as u64, Relaxed);
-                        }
+                    glommio::timer::sleep(wait).await;
+                    let Some(n) = &shard.cluster else { return };
+                    let gone = n.merges.pending.borrow_mut().remove(&client);
+                    let Some(v) = gone else { return };
+                    n.stats
+                        .handover
+                        .forward_lost
+                        .fetch_add(v.len() as u64, Relaxed);
+                    let code = ReasonCode::ImplementationSpecificError;
+                    for a in v.into_iter().filter_map(|e| e.2) {
+                        super::copy_acks::answer(&shard, a, Some(code));
                     }
                 })
                 .detach();
             }
         }
-        (Some(_), None) => {
+        (Some(sid), None) => match ack {
+            // An acked copy after the merge ended (a resend after a link
+            // break or a restart): the session here takes it, once.
+            Some(a) => {
+                stats.copies_late.fetch_add(1, Relaxed);
+                if super::copy_acks::held_twin(shard, client, origin) {
+                    // Its direct twin was held in a durable row (a crash of
+                    // this node ended the merge): the session has it.
+                    stats.merge_dups.fetch_add(1, Relaxed);
+                    return super::copy_acks::answer(shard, a, None);
+                }
+                deliver_forwarded(shard, sid, client, &p, Some(a), origin);
+            }
             // The merge ended (or never began: a fresh session): nothing to merge into.
-            stats.forward_lost.fetch_add(1, Relaxed);
-        }
+            None => {
+                stats.forward_lost.fetch_add(1, Relaxed);
+            }
+        },
     }
 }
 
@@ -453,7 +574,7 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         .map(|o| ((o.node, o.shard), o.seq))
         .collect();
     let stats = &n.stats.handover;
-    for h in &m.held {
+    for h in m.held.iter().filter(|h| !h.gone) {
         let covered = h
             .origin
             .is_some_and(|o| covered(n.node_id, shard.id, &last, m.own_from, o));
@@ -500,7 +621,8 @@ pub(crate) fn on_item(shard: &Rc<Shard>, m: Move) {
             client,
             origin,
             publish,
-        } => forwarded(shard, &client, origin, publish),
+            ack,
+        } => forwarded(shard, &client, origin, publish, ack),
         Move::EndIn { client, marks } => {
             let sid = n
                 .merges

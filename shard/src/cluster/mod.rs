@@ -28,6 +28,7 @@
 
 mod acks;
 pub mod config;
+pub(crate) mod copy_acks;
 pub mod frame;
 mod frame_move;
 pub(crate) mod ghost;
@@ -195,6 +196,8 @@ pub struct Node {
     pub(crate) stubs: stub::Stubs,
     /// Sessions that moved here and still merge the old node's copies (new node).
     pub(crate) merges: merge::Merges,
+    /// A delivery under a confirm token meeting a stub (`copy_acks.rs`).
+    pub(crate) copy_acks: copy_acks::Under,
     /// Moved sessions whose late copies are forwarded (old node) or noted (new node).
     pub(crate) ghosts: ghost::Ghosts,
     /// Share groups of sessions moving away (shard 0).
@@ -391,6 +394,7 @@ impl Node {
             handled: RefCell::default(),
             stubs: Default::default(),
             merges: Default::default(),
+            copy_acks: Default::default(),
             ghosts: Default::default(),
             shares: Default::default(),
         }

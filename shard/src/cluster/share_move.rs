@@ -137,7 +137,7 @@ pub(crate) fn offer(shard: &Shard, group: &TopicFilter, p: &Publish) -> bool {
         seq: 0,
     };
     let stats = &n.stats.handover;
-    if hub.session_copy(slot, &client, origin, p) {
+    if hub.session_copy_plain(slot, &client, origin, p) {
         stats.shared_forwarded.fetch_add(1, Relaxed);
         true
     } else {

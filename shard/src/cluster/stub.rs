@@ -49,12 +49,14 @@ pub const STUB_FOR: Duration = Duration::from_secs(20);
 /// Mesh items of a move (old node: `Copy`, `Cut`, `CutAck`, `Ended`;
 /// new node: `CopyIn`, `Done`, `EndIn`, handled by `merge.rs`).
 pub enum Move {
-    /// A stub's copy for peer `slot` (home shard to shard 0).
+    /// A stub's copy for peer `slot` (home shard to shard 0); with `ack`
+    /// (shard, confirm token) an acked copy (`copy_acks.rs`).
     Copy {
         slot: Slot,
         client: Box<str>,
         origin: Origin,
         publish: Publish,
+        ack: Option<(usize, u64)>,
     },
     /// Shard 0 to every shard: send `CutAck` to the stub's home shard.
     Cut {
@@ -71,11 +73,13 @@ pub enum Move {
         client: Box<str>,
         marks: Vec<Origin>,
     },
-    /// A forwarded copy for a session here (shard 0 to its home shard).
+    /// A forwarded copy for a session here (shard 0 to its home shard);
+    /// with `ack`, answered once durable (`copy_acks.rs`).
     CopyIn {
         client: Box<str>,
         origin: Origin,
         publish: Publish,
+        ack: Option<super::copy_acks::CopyAck>,
     },
     /// The session moved here settled (home shard to shard 0): `MoveDone` to `slot`.
     Done {
@@ -197,9 +201,13 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
         seq: 0,
     });
     node.stats.handover.forwarded.fetch_add(1, Relaxed);
+    super::copy_acks::crash_copy_out();
+    if super::copy_acks::take(shard, slot, &client, origin, p) {
+        return; // acked: leaves at the end of this delivery
+    }
     match &node.hub {
         Some(hub) => {
-            if !hub.session_copy(slot, &client, origin, p) {
+            if !hub.session_copy_plain(slot, &client, origin, p) {
                 node.stats.handover.forward_lost.fetch_add(1, Relaxed);
             }
         }
@@ -210,6 +218,7 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
                 client,
                 origin,
                 publish: p.clone(),
+                ack: None,
             }))),
         ),
     }
@@ -392,9 +401,10 @@ pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, m: Move) {
             client,
             origin,
             publish,
+            ack,
         } => {
             if let Some(hub) = &n.hub {
-                if !hub.session_copy(slot, &client, origin, &publish) {
+                if !hub.session_copy(shard, slot, &client, origin, &publish, ack) {
                     n.stats.handover.forward_lost.fetch_add(1, Relaxed);
                 }
             }

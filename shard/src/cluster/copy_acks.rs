@@ -1,0 +1,326 @@
+//! Acked session copies (durability `sync`): a QoS 1/2 copy that the old
+//! node's stub (`stub.rs`) forwards to the session's new node is
+//! acknowledged to its publisher only once the new node holds it durably.
+//!
+//! ```text
+//! node A (old owner)                                   node B (new owner)
+//! a delivery meets the stub, under the publish's confirm token t
+//!   (the publisher's own; or, for a copy another shard routed here,
+//!    a local token relayed to it: `confirm::relay`)
+//! shard 0's ledger (`acks.rs`) ── AckedCopy{stamp, client, origin} (0x39) ──► shard 0: a token,
+//!   t waits for one more answer                                            the home shard:
+//!                                                    delivered (installed), or kept for the install
+//!                                                    once that commit is durable (install included)
+//!   t answered ◄──────────────── Durable(upto) (cumulative, with every acked copy) ─┘
+//! ```
+//!
+//! The ledger gives the copy what it gives every acked copy: written again
+//! first thing on a new connection; kept in A's outbox (and A's publisher
+//! acknowledged once that row is durable) when B cannot answer within the
+//! ack timeout; without an outbox, the publish is refused (v5 0x83, 3.1.1:
+//! the connection closes). So kill -9 of B before its commit, or of A before
+//! it forwarded, loses nothing A acknowledged.
+//!
+//! B delivers a copy once: the stamps of a session's copies grow on a link
+//! and reach its home shard in that order (those kept for the install
+//! too), so the last stamp per (A, session), stored with the delivery's
+//! row (`cluster::delivered`, the same table as the per-node stamps under
+//! a key of its own), knows a resend after a link break or a restart of
+//! either node. A copy that comes after the merge ended (a resend) is
+//! delivered to the session still here, not dropped.
+//!
+//! A copy kept for an install waits at most the claim timeout plus a
+//! second (the fetch waits no longer; its answer would be dropped): then it
+//! is answered `NotStored`, so the cumulative `Durable` of the link is not
+//! held back longer than that.
+
+use super::frame::{Origin, Stamp};
+use super::routes::Slot;
+use super::PeerStamp;
+use crate::mesh::{ConfirmReq, Fate, MeshItem};
+use crate::shard::Shard;
+use ringmq_codec::{Publish, QoS, ReasonCode};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// A stub's copy waiting for the end of the delivery that made it.
+struct Forward {
+    slot: Slot,
+    client: Box<str>,
+    origin: Origin,
+    publish: Publish,
+}
+
+/// One shard's delivery under a confirm token (old node).
+#[derive(Default)]
+pub(crate) struct Under {
+    token: Cell<Option<u64>>,
+    forwards: RefCell<Vec<Forward>>,
+}
+
+/// Routing of a publish confirmed under `token` starts on this shard: a
+/// stub's copy of it becomes an acked copy. Nothing unless a stub exists.
+pub(crate) fn begin(shard: &Shard, token: u64) {
+    if let Some(n) = shard.cluster.as_ref().filter(|n| n.stubs.any()) {
+        n.copy_acks.token.set(Some(token));
+    }
+}
+
+/// The delivery ended: the acked copies it made leave (through shard 0);
+/// returns how many (each is one more answer for the token).
+pub(crate) fn end(shard: &Rc<Shard>) -> usize {
+    let Some(n) = shard.cluster.as_ref() else {
+        return 0;
+    };
+    let Some(token) = n.copy_acks.token.take() else {
+        return 0;
+    };
+    let list = std::mem::take(&mut *n.copy_acks.forwards.borrow_mut());
+    let count = list.len();
+    for f in list {
+        let w = (shard.id, token);
+        match &n.hub {
+            Some(hub) => {
+                if !hub.session_copy(shard, f.slot, &f.client, f.origin, &f.publish, Some(w)) {
+                    n.stats.handover.forward_lost.fetch_add(1, Relaxed);
+                }
+            }
+            None => shard.mesh.push(
+                0,
+                MeshItem::Cluster(Box::new(super::Item::Move(super::stub::Move::Copy {
+                    slot: f.slot,
+                    client: f.client,
+                    origin: f.origin,
+                    publish: f.publish,
+                    ack: Some(w),
+                }))),
+            ),
+        }
+    }
+    count
+}
+
+/// A stub's copy of `p` for `client` at peer `slot`: kept as an acked copy
+/// (true) when a delivery under a token is running and `p` is QoS 1/2.
+pub(crate) fn take(shard: &Shard, slot: Slot, client: &str, origin: Origin, p: &Publish) -> bool {
+    let Some(n) = shard.cluster.as_ref() else {
+        return false;
+    };
+    if n.copy_acks.token.get().is_none() || p.qos == QoS::AtMostOnce {
+        return false;
+    }
+    n.stats.handover.forwarded_acked.fetch_add(1, Relaxed);
+    n.copy_acks.forwards.borrow_mut().push(Forward {
+        slot,
+        client: client.into(),
+        origin,
+        publish: p.clone(),
+    });
+    true
+}
+
+/// A copy another shard routed here under its `token` (`from`): with a
+/// stub on this shard, the delivery runs under a local token of its own.
+pub(crate) fn relay_begin(shard: &Shard) -> Option<u64> {
+    let n = shard.cluster.as_ref().filter(|n| n.stubs.any())?;
+    let local = crate::confirm::new_token(shard);
+    n.copy_acks.token.set(Some(local));
+    Some(local)
+}
+
+/// After [`relay_begin`]: true when acked copies left, and the answer to
+/// `from` now waits for them and this shard's commit (`confirm::relay`).
+pub(crate) fn relay_end(
+    shard: &Rc<Shard>,
+    local: u64,
+    from: usize,
+    req: ConfirmReq,
+    fate: Fate,
+) -> bool {
+    let sent = end(shard);
+    if sent == 0 {
+        return false;
+    }
+    crate::confirm::relay(shard, local, sent, (from, req), fate);
+    true
+}
+
+// ---- the new node --------------------------------------------------------------------------
+
+/// An acked copy on the new node: who sent it, its stamp, and the token
+/// shard 0 answers the sender under.
+#[derive(Clone, Copy, Debug)]
+pub struct CopyAck {
+    pub node: u64,
+    pub stamp: Stamp,
+    pub token: u64,
+}
+
+/// The key of a session's copies from `node` among the per-node stamps:
+/// high bit set (node ids stay below it), FNV-1a of the client id.
+fn key(node: u64, client: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ node.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in client.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1 << 63
+}
+
+/// The key of the held-row range of `client`'s copies from origin `o`'s
+/// node and shard (`held_durably`), apart from [`key`]'s.
+fn twin_key(client: &str, o: Origin) -> u64 {
+    let at = o.node.rotate_left(17) ^ u64::from(o.shard) << 40 ^ 0x5bd1_e995_0000_0001;
+    key(at, client)
+}
+
+/// A direct copy of origin `o` for merging session `client` was held in a
+/// durable row (`merge::hold`): `range` (first, last count of `o`'s node and
+/// shard held by this merge) is stored in the same batch. After a crash of
+/// this node ends the merge, the held rows come back as queued messages and
+/// a forwarded twin resent by the old node is known by it ([`held_twin`]):
+/// each origin's copies reach the merge in order on both paths, and from
+/// the first one the old node routed with this node's route on, every one
+/// came both ways, so a count in the range is a held twin.
+pub(crate) fn held_durably(shard: &Shard, client: &str, o: Origin, range: (u64, u64)) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let k = twin_key(client, o);
+    let (first, last) = range;
+    n.seen.borrow_mut().insert(
+        k,
+        Stamp {
+            stream: first,
+            id: last,
+        },
+    );
+    shard.store.put_peer_seen(k, first, last).detach();
+}
+
+/// Whether a forwarded copy of origin `o` for `client`, coming after its
+/// merge ended, has a direct twin the merge held durably ([`held_durably`]).
+pub(crate) fn held_twin(shard: &Shard, client: &str, o: Origin) -> bool {
+    let Some(n) = shard.cluster.as_ref() else {
+        return false;
+    };
+    let seen = n.seen.borrow();
+    seen.get(&twin_key(client, o))
+        .is_some_and(|r| r.stream <= o.seq && o.seq <= r.id)
+}
+
+/// The stamp a copy of `client` is delivered once by (`cluster::deliver_once`).
+pub(crate) fn once(client: &str, a: CopyAck) -> PeerStamp {
+    PeerStamp {
+        node: key(a.node, client),
+        stamp: a.stamp,
+        origin: None,
+    }
+}
+
+/// Answers the sender for copy `a` (home shard): after this shard's next
+/// commit, or at once refused.
+pub(crate) fn answer(shard: &Rc<Shard>, a: CopyAck, refused: Option<ReasonCode>) {
+    match refused {
+        None => crate::persist::owe(
+            shard,
+            0,
+            ConfirmReq {
+                token: a.token,
+                origin_row: false,
+            },
+            Fate::default(),
+        ),
+        Some(code) if shard.id == 0 => super::copy_answered(shard, a.token, Some(code)),
+        Some(code) => shard.mesh.push(0, MeshItem::Refused(a.token, code)),
+    }
+}
+
+/// The longest a copy waits for its session's install.
+pub(crate) fn pending_for(shard: &Shard) -> std::time::Duration {
+    let claim = shard
+        .cfg
+        .ownership
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(3), |g| g.timeout);
+    claim + std::time::Duration::from_secs(1)
+}
+
+// ---- test crash points (`RINGMQ_TEST_CRASH`) -----------------------------------------------
+
+thread_local! {
+    /// Copies counted by an armed crash point; whether it fired.
+    static CRASH: (Cell<usize>, Cell<bool>) = const { (Cell::new(0), Cell::new(false)) };
+}
+
+/// The copy at which an armed crash point fires.
+const CRASH_AT: usize = 100;
+
+/// Whether the new node's crash point is armed.
+pub(crate) fn crash_in_armed() -> bool {
+    super::origin::crash_armed("fwd-copy-in")
+}
+
+/// `fwd-copy-in` (new node), at a forwarded copy for a merging session
+/// (`twinned`: a direct copy of it is held, so the copy came only after
+/// the old node had this node's route): from the first copy with no twin
+/// (or the 100th twinned one) on,
+/// copies are received but not delivered (true: drop it), and the process
+/// aborts once what it had before is committed (the install among it): a
+/// crash right after receiving forwarded copies, before their commit.
+pub(crate) fn crash_copy_in(shard: &Rc<Shard>, twinned: bool) -> bool {
+    let fire = CRASH.with(|c| {
+        if c.1.get() {
+            return None;
+        }
+        // Twinned copies count a hundredth: a move whose every copy is
+        // twinned (the old node had this node's route early) still crashes.
+        c.0.set(c.0.get() + if twinned { 1 } else { 100 });
+        let fire = c.0.get() >= CRASH_AT;
+        c.1.set(fire);
+        Some(fire)
+    });
+    match fire {
+        None => true,
+        Some(false) => false,
+        Some(true) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = shard.store.flush().await;
+                super::origin::crash_point("fwd-copy-in");
+            })
+            .detach();
+            true
+        }
+    }
+}
+
+const CRASH_OUT_AT: usize = 10;
+
+/// `fwd-copy-out` (old node): aborts at the 10th copy a stub forwards,
+/// before it leaves.
+pub(crate) fn crash_copy_out() {
+    if !super::origin::crash_armed("fwd-copy-out") {
+        return;
+    }
+    let n = CRASH.with(|c| {
+        c.0.set(c.0.get() + 1);
+        c.0.get()
+    });
+    if n >= CRASH_OUT_AT {
+        super::origin::crash_point("fwd-copy-out");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_apart_from_node_ids_and_per_session() {
+        let a = super::key(2, "c1");
+        assert!(a >= 1 << 63);
+        assert_ne!(a, super::key(2, "c2"));
+        assert_ne!(a, super::key(3, "c1"));
+        assert_eq!(a, super::key(2, "c1"));
+    }
+}
