@@ -410,16 +410,21 @@ async fn read_loop(
     }
 }
 
+/// The PUBLISH a data frame carries, counted as one message in.
+fn publish_in(link: &Link, publish: Bytes) -> Result<ringmq_codec::Publish, LinkError> {
+    let p = super::frame::decode_publish(publish)?;
+    link.stats.msgs_in.inc();
+    Ok(p)
+}
+
 fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Result<(), LinkError> {
     match f {
         Frame::Publish(b) => {
-            let p = super::frame::decode_publish(b)?;
-            link.stats.msgs_in.inc();
+            let p = publish_in(link, b)?;
             crate::route::route_from_peer(shard, p, None, None, None);
         }
         Frame::PublishFrom { origin, publish } => {
-            let p = super::frame::decode_publish(publish)?;
-            link.stats.msgs_in.inc();
+            let p = publish_in(link, publish)?;
             let o = origin.on(link.peer.id);
             crate::route::route_from_peer(shard, p, None, None, Some(o));
         }
@@ -428,8 +433,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             origin,
             publish,
         } => {
-            let p = super::frame::decode_publish(publish)?;
-            link.stats.msgs_in.inc();
+            let p = publish_in(link, publish)?;
             let o = origin.on(link.peer.id);
             hub.durable
                 .receive(shard, link, stamp, (None, None), p, Some(o));
@@ -439,8 +443,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             origin,
             publish,
         } => {
-            let p = super::frame::decode_publish(publish)?;
-            link.stats.msgs_in.inc();
+            let p = publish_in(link, publish)?;
             super::merge::on_copy(shard, client, origin, p, None);
         }
         Frame::AckedCopy {
@@ -449,8 +452,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             origin,
             publish,
         } => {
-            let p = super::frame::decode_publish(publish)?;
-            link.stats.msgs_in.inc();
+            let p = publish_in(link, publish)?;
             hub.durable
                 .receive_copy(shard, link, stamp, (client, origin), p);
         }
@@ -467,13 +469,11 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             super::ghost::on_flush(shard, hub, link, token, owner)
         }
         Frame::SharedPublish { group, publish } => {
-            let p = super::frame::decode_publish(publish)?;
-            link.stats.msgs_in.inc();
+            let p = publish_in(link, publish)?;
             crate::route::route_shared_from_peer(shard, p, &group, None, None);
         }
         Frame::AckedPublish { stamp, publish } => {
-            let p = super::frame::decode_publish(publish)?;
-            link.stats.msgs_in.inc();
+            let p = publish_in(link, publish)?;
             hub.durable
                 .receive(shard, link, stamp, (None, None), p, None);
         }
@@ -482,8 +482,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             group,
             publish,
         } => {
-            let p = super::frame::decode_publish(publish)?;
-            link.stats.msgs_in.inc();
+            let p = publish_in(link, publish)?;
             hub.durable
                 .receive(shard, link, stamp, (Some(&group), None), p, None);
         }
@@ -494,8 +493,7 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             at,
             publish,
         } => {
-            let p = super::frame::decode_publish(publish)?;
-            link.stats.msgs_in.inc();
+            let p = publish_in(link, publish)?;
             let at = at.map(|a| a.on(link.peer.id));
             hub.durable
                 .receive(shard, link, stamp, (group.as_ref(), Some(origin)), p, at);
