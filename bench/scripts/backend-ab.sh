@@ -2,7 +2,8 @@
 # Throughput and broker CPU per delivery, --io-backend epoll against io_uring, back to back
 # (epoll, io_uring, epoll, ...): one-shard broker pinned to CPU 0, ringmq-bench on CPU 1.
 # Broker CPU is utime+stime from /proc/PID/stat over the whole run (setup included), which
-# stays comparable on a shared machine where wall-clock throughput swings.
+# stays comparable on a shared machine where wall-clock throughput swings. A scenario without
+# subscribers (QoS 1 ingest: `pubsub --publishers 50 -s 0 --qos 1`) is counted per message published.
 #
 #   bench/scripts/backend-ab.sh RINGMQ_BIN BENCH_BIN ROUNDS -- SCENARIO ARGS...
 #   bench/scripts/backend-ab.sh target/release/ringmq target/release/ringmq-bench 2 -- pairs --pairs 50 --qos 0 --payload 64 --duration 5
@@ -49,10 +50,13 @@ try:
     s = json.load(open(path))
 except Exception as e:
     print(f"{backend[-24:]:24s} bench failed: {e}"); sys.exit(0)
-n = s["received"]
+n, rate, what, per = s["received"], s["delivered_per_sec"], "deliveries/s", "delivery"
+if n == 0:
+    # No subscribers (ingest): per message published.
+    n, rate, what, per = s["sent"], s["sent_per_sec"], "published/s", "publish"
 cpu_ns = ticks * 1e9 / hz
-print(f"{backend[-24:]:24s} deliveries/s {s['delivered_per_sec']/1e6:6.2f}M  broker cpu {cpu_ns/1e6:7.0f} ms  "
-      f"{cpu_ns/max(n,1):6.0f} ns/delivery  lost {s['lost']}  generator busy {s['generator_busy_percent']:.0f}%")
+print(f"{backend[-24:]:24s} {what} {rate/1e6:6.2f}M  broker cpu {cpu_ns/1e6:7.0f} ms  "
+      f"{cpu_ns/max(n,1):6.0f} ns/{per}  lost {s['lost']}  generator busy {s['generator_busy_percent']:.0f}%")
 PY
   done
 done

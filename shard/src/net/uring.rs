@@ -20,7 +20,7 @@
 //!   them (paused by the partial-packet budget) cannot stall the others
 //!   until their deadline; no byte is lost or reordered (the multishot
 //!   receive has ended before the first direct read).
-//!   The kernel is given 64 of the ring's buffers at a time (`BufRing::target`,
+//!   The kernel is given 16 of the ring's buffers at a time (`BufRing::target`,
 //!   doubled when it runs dry while spare ones wait): it picks buffers in ring
 //!   order, so given all of them it cycled through all and made the whole
 //!   ring resident; the spare ones are reused last in, first out.
@@ -184,10 +184,13 @@ impl BufRing {
             mask: (entries - 1) as u16,
             tail: Cell::new(0),
             free: Cell::new(0),
-            // 64 of the default 1024 (256 KiB of 4 KiB buffers): a tick's
-            // arrivals of a busy shard fit many times over; a ring that runs
-            // dry between two reaps is handled (module docs) and counted.
-            target: Cell::new((entries as u32).min(64.max(entries as u32 / 16))),
+            // 16 of the default 1024 (64 KiB of 4 KiB buffers, consumed
+            // incrementally: hundreds of small arrivals): an idle shard's
+            // resident ring is 64 KiB, 3 B a connection at 19,000 (it was
+            // 64 buffers, 13 B). A busy shard that runs the kernel's share
+            // dry doubles it (`ran_dry`); the dry moment is handled (module
+            // docs) and counted.
+            target: Cell::new((entries as u32).min(16.max(entries as u32 / 64))),
             spare: RefCell::new(Vec::new()),
             inc: false,
             state: RefCell::new(Vec::new()),
@@ -371,35 +374,39 @@ enum Recv {
     Cancelling,
 }
 
-/// What the ring knows of one registered socket (indexed by slot key).
+/// What the ring knows of one registered socket (indexed by slot key):
+/// 16 bytes, one per socket (`docs/connection-memory.md`).
 pub(crate) struct Sock {
+    /// The descriptor; -1 while the slot holds no socket.
     fd: RawFd,
-    /// The socket's error (errno, 0: none); errno values fit 16 bits.
-    err: i16,
-    recv: Recv,
-    /// [`LIVE`], [`STOPPED`], ... (one byte: `Sock` is 24 bytes, one per
-    /// socket, `docs/connection-memory.md`).
-    flags: u8,
-    held: u32,
-    head: u32,
+    /// The last of its received chunks not read yet (`NIL`: none). The
+    /// chunks form a circle: the last one's `next` is the first.
     tail: u32,
     send: u32,
+    /// Chunks held (`max_held` is at most 16384).
+    held: u16,
+    /// [`STOPPED`], ... and the receive's state ([`RECV_BITS`]).
+    flags: u8,
+    /// The socket's error (errno, 0: none); Linux errno values fit 8 bits.
+    err: u8,
 }
 
-/// The slot holds a registered socket.
-const LIVE: u8 = 1;
 /// The owner let go of it: closed (free at the last completion) or being
 /// handed to another shard (no more receives).
-const STOPPED: u8 = 2;
+const STOPPED: u8 = 1;
 /// Close the descriptor when the slot is freed.
-const OWNS_FD: u8 = 4;
-const ACCEPT_ARMED: u8 = 8;
+const OWNS_FD: u8 = 2;
+const ACCEPT_ARMED: u8 = 4;
 /// Its receive ended on an empty buffer ring: read with `recv(2)` until the
 /// ring has buffers again.
-const STARVED: u8 = 16;
+const STARVED: u8 = 8;
 /// A one-shot `POLL_ADD` in flight (a starved socket's readiness).
-const POLL_ARMED: u8 = 32;
-const EOF: u8 = 64;
+const POLL_ARMED: u8 = 16;
+const EOF: u8 = 32;
+/// The receive's state: 0 idle, [`RECV_ARMED`], [`RECV_CANCELLING`].
+const RECV_BITS: u8 = 64 | 128;
+const RECV_ARMED: u8 = 64;
+const RECV_CANCELLING: u8 = 128;
 
 macro_rules! sock_flags {
     ($($get:ident $set:ident $bit:ident;)*) => {
@@ -424,7 +431,6 @@ macro_rules! sock_flags {
 }
 
 sock_flags! {
-    live set_live LIVE;
     stopped set_stopped STOPPED;
     owns_fd set_owns_fd OWNS_FD;
     accept_armed set_accept_armed ACCEPT_ARMED;
@@ -437,23 +443,46 @@ impl Sock {
     fn new(fd: RawFd) -> Self {
         Sock {
             fd,
-            err: 0,
-            recv: Recv::Idle,
-            flags: LIVE,
-            held: 0,
-            head: NIL,
             tail: NIL,
             send: NIL,
+            held: 0,
+            flags: 0,
+            err: 0,
         }
+    }
+
+    /// The slot holds a registered socket.
+    #[inline]
+    fn live(&self) -> bool {
+        self.fd >= 0
+    }
+
+    #[inline]
+    fn recv(&self) -> Recv {
+        match self.flags & RECV_BITS {
+            0 => Recv::Idle,
+            RECV_ARMED => Recv::Armed,
+            _ => Recv::Cancelling,
+        }
+    }
+
+    #[inline]
+    fn set_recv(&mut self, r: Recv) {
+        let bits = match r {
+            Recv::Idle => 0,
+            Recv::Armed => RECV_ARMED,
+            Recv::Cancelling => RECV_CANCELLING,
+        };
+        self.flags = (self.flags & !RECV_BITS) | bits;
     }
 
     /// Sets the socket's error (an errno).
     fn set_err(&mut self, errno: i32) {
-        self.err = errno as i16;
+        self.err = u8::try_from(errno).unwrap_or(libc::EIO as u8);
     }
 
     fn quiet(&self) -> bool {
-        self.recv == Recv::Idle && self.send == NIL && !self.accept_armed() && !self.poll_armed()
+        self.recv() == Recv::Idle && self.send == NIL && !self.accept_armed() && !self.poll_armed()
     }
 }
 
@@ -558,6 +587,7 @@ impl Uring {
         }
         // A connection may hold the bytes of up to 64 KiB (the epoll
         // backend's read size), and never more than half the ring.
+        // (At most 16384: `Sock::held` is 16 bits.)
         let max_held = ((64 << 10) / cfg.buffer_size.max(1))
             .min(cfg.buffers as u32 / 2)
             .max(1);
@@ -676,10 +706,7 @@ impl Uring {
         {
             let mut socks = self.socks.borrow_mut();
             while socks.len() <= key as usize {
-                socks.push(Sock {
-                    flags: 0,
-                    ..Sock::new(-1)
-                });
+                socks.push(Sock::new(-1));
             }
             socks[key as usize] = Sock::new(fd);
         }
@@ -695,7 +722,7 @@ impl Uring {
         let fd = {
             let mut socks = self.socks.borrow_mut();
             let s = &mut socks[key as usize];
-            if s.recv != Recv::Idle || s.stopped() || s.eof() || s.err != 0 {
+            if s.recv() != Recv::Idle || s.stopped() || s.eof() || s.err != 0 {
                 return;
             }
             if self.bufs.available() == 0 {
@@ -707,7 +734,7 @@ impl Uring {
                 self.arm_poll(key);
                 return;
             }
-            s.recv = Recv::Armed;
+            s.set_recv(Recv::Armed);
             s.fd
         };
         self.push(
@@ -790,14 +817,18 @@ impl Uring {
         let n = {
             let mut socks = self.socks.borrow_mut();
             let s = socks.get_mut(key as usize).filter(|s| s.live())?;
-            if s.head == NIL {
+            if s.tail == NIL {
                 return None;
             }
             let chunks = self.chunks.borrow();
-            let (mut held, mut at) = (0usize, s.head);
-            while at != NIL && held < max {
+            let head = chunks[s.tail as usize].next;
+            let (mut held, mut at) = (0usize, head);
+            loop {
                 held += chunks[at as usize].len as usize;
                 at = chunks[at as usize].next;
+                if at == head || held >= max {
+                    break;
+                }
             }
             drop(chunks);
             dst.reserve(held.min(max));
@@ -812,18 +843,20 @@ impl Uring {
     fn take_chunks(&self, s: &mut Sock, max: usize, mut put: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
         let mut chunks = self.chunks.borrow_mut();
-        while n < max && s.head != NIL {
-            let c = &mut chunks[s.head as usize];
+        while n < max && s.tail != NIL {
+            let head = chunks[s.tail as usize].next;
+            let c = &mut chunks[head as usize];
             let take = (c.len as usize).min(max - n);
             put(self.bufs.bytes(c.bid, c.off, take as u32));
             n += take;
             c.off += take as u32;
             c.len -= take as u32;
             if c.len == 0 {
-                let c = chunks.remove(s.head as usize);
-                s.head = c.next;
-                if s.head == NIL {
+                let c = chunks.remove(head as usize);
+                if head == s.tail {
                     s.tail = NIL;
+                } else {
+                    chunks[s.tail as usize].next = c.next;
                 }
                 s.held -= 1;
                 self.bufs.release(c.bid);
@@ -838,7 +871,7 @@ impl Uring {
     fn after_read(&self, key: u32) {
         let rearm = self
             .with_sock(key, |s| {
-                s.recv == Recv::Idle && !s.starved() && s.held <= self.max_held / 2
+                s.recv() == Recv::Idle && !s.starved() && u32::from(s.held) <= self.max_held / 2
             })
             .unwrap_or(false);
         if rearm {
@@ -865,9 +898,9 @@ impl Uring {
                 at += b.len();
             });
             if n == 0
-                && s.head == NIL
+                && s.tail == NIL
                 && s.starved()
-                && s.recv == Recv::Idle
+                && s.recv() == Recv::Idle
                 && !s.stopped()
                 && !s.eof()
                 && s.err == 0
@@ -903,7 +936,7 @@ impl Uring {
                     }
                 }
             }
-            (s.eof() && s.head == NIL, s.err as i32)
+            (s.eof() && s.tail == NIL, s.err as i32)
         };
         self.after_read(key);
         if n > 0 {
@@ -1070,9 +1103,9 @@ impl Uring {
         let (recv, accept, poll) = self
             .with_sock(key, |s| {
                 s.set_stopped(true);
-                let r = s.recv == Recv::Armed;
+                let r = s.recv() == Recv::Armed;
                 if r {
-                    s.recv = Recv::Cancelling;
+                    s.set_recv(Recv::Cancelling);
                 }
                 (r, s.accept_armed(), s.poll_armed())
             })
@@ -1090,7 +1123,7 @@ impl Uring {
 
     /// Bytes, an end of stream or an error wait to be read.
     pub fn has_input(&self, key: u32) -> bool {
-        self.with_sock(key, |s| s.head != NIL || s.eof() || s.err != 0)
+        self.with_sock(key, |s| s.tail != NIL || s.eof() || s.err != 0)
             .unwrap_or(false)
     }
 
@@ -1112,7 +1145,8 @@ impl Uring {
         }
         self.drop_chunks(key);
         if let Some(s) = self.socks.borrow_mut().get_mut(key as usize) {
-            s.set_live(false);
+            // The descriptor goes with the caller.
+            s.fd = -1;
         }
         rest
     }
@@ -1123,12 +1157,16 @@ impl Uring {
             return;
         };
         let mut chunks = self.chunks.borrow_mut();
-        while s.head != NIL {
-            let c = chunks.remove(s.head as usize);
-            s.head = c.next;
+        while s.tail != NIL {
+            let head = chunks[s.tail as usize].next;
+            let c = chunks.remove(head as usize);
+            if head == s.tail {
+                s.tail = NIL;
+            } else {
+                chunks[s.tail as usize].next = c.next;
+            }
             self.bufs.release(c.bid);
         }
-        s.tail = NIL;
         s.held = 0;
         drop(socks);
         if !self.starved.borrow().is_empty() {
@@ -1140,8 +1178,8 @@ impl Uring {
         let owns = {
             let mut socks = self.socks.borrow_mut();
             let s = &mut socks[key as usize];
-            s.set_live(false);
-            s.owns_fd().then_some(s.fd)
+            let fd = std::mem::replace(&mut s.fd, -1);
+            s.owns_fd().then_some(fd)
         };
         if let Some(fd) = owns {
             // SAFETY: the descriptor was handed to us by `close` and no
@@ -1310,7 +1348,7 @@ impl Uring {
             let go = self
                 .with_sock(key, |s| {
                     s.set_starved(false);
-                    s.held <= self.max_held / 2
+                    u32::from(s.held) <= self.max_held / 2
                 })
                 .unwrap_or(false);
             if go {
@@ -1338,7 +1376,7 @@ impl Uring {
             return;
         };
         if !more {
-            s.recv = Recv::Idle;
+            s.set_recv(Recv::Idle);
         }
         let mut bits = 0;
         match (res, bid) {
@@ -1347,17 +1385,20 @@ impl Uring {
                     self.bufs.discard(b, len, buf_more);
                 } else {
                     let off = self.bufs.landed(b, len, buf_more);
-                    let c = self.chunks.borrow_mut().insert(Chunk {
+                    let mut chunks = self.chunks.borrow_mut();
+                    let c = chunks.insert(Chunk {
                         bid: b,
                         off,
                         len: n as u32,
                         next: NIL,
                     }) as u32;
-                    if s.tail == NIL {
-                        s.head = c;
+                    // Into the circle, after the last.
+                    chunks[c as usize].next = if s.tail == NIL {
+                        c
                     } else {
-                        self.chunks.borrow_mut()[s.tail as usize].next = c;
-                    }
+                        std::mem::replace(&mut chunks[s.tail as usize].next, c)
+                    };
+                    drop(chunks);
                     s.tail = c;
                     s.held += 1;
                     bits = READABLE;
@@ -1366,10 +1407,10 @@ impl Uring {
                     // that do not read cannot take the ring from the rest.
                     let pressed = self.bufs.available() < self.bufs.entries() / 4;
                     let cap = if pressed { 1 } else { self.max_held };
-                    if s.held >= cap && s.recv == Recv::Armed {
+                    if u32::from(s.held) >= cap && s.recv() == Recv::Armed {
                         // Enough held for a connection that does not read:
                         // the rest waits in the socket.
-                        s.recv = Recv::Cancelling;
+                        s.set_recv(Recv::Cancelling);
                         drop(socks);
                         self.cancel(ud(OP_RECV, key));
                         socks = self.socks.borrow_mut();
@@ -1409,10 +1450,10 @@ impl Uring {
             && (res > 0 || res == -libc::ECANCELED)
             && s.err == 0
             && !s.eof()
-            && s.recv == Recv::Idle
+            && s.recv() == Recv::Idle
             && !s.stopped()
             && !s.starved()
-            && s.held <= self.max_held / 2;
+            && u32::from(s.held) <= self.max_held / 2;
         drop(socks);
         if bits != 0 || stopped {
             self.wake(key, bits);
@@ -1582,7 +1623,9 @@ fn probe_here() -> Result<String, String> {
         let mut byte = [0u8; 1];
         match u.recv(key, &mut byte) {
             Ok(1) if byte[0] == b'x' => {
-                let armed = u.with_sock(key, |s| s.recv == Recv::Armed).unwrap_or(false);
+                let armed = u
+                    .with_sock(key, |s| s.recv() == Recv::Armed)
+                    .unwrap_or(false);
                 got = if armed {
                     Ok(release.clone())
                 } else {
@@ -1624,6 +1667,66 @@ mod tests {
     fn probe_passes_on_this_kernel() {
         // The CI and development kernels are 6.x: the backend must be usable there.
         super::probe().expect("io_uring probe");
+    }
+
+    /// Arrivals queue up as chunks (a circle per socket) while the
+    /// connection does not read; reads of any size take them in order.
+    #[test]
+    fn queued_chunks_read_in_order_by_small_reads() {
+        let slots = Rc::new(RefCell::new(Slots::new()));
+        let u = Uring::new(
+            UringConfig {
+                buffers: 16,
+                buffer_size: 64,
+            },
+            slots.clone(),
+            Arc::new(ShardStats::default()),
+        )
+        .expect("ring");
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors; checked below.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: fresh descriptors owned by nobody else.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let key = slots.borrow_mut().insert(Slot::new(0)) as u32;
+        u.add(key, a.as_raw_fd(), false);
+        u.submit();
+        let mut sent = Vec::new();
+        for i in 0..5u8 {
+            let msg = [b'a' + i; 9];
+            sent.extend_from_slice(&msg);
+            // SAFETY: nine bytes from a valid buffer.
+            let w = unsafe { libc::write(b.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+            assert_eq!(w, 9);
+            let want = (i + 1) as usize;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while u.with_sock(key, |s| s.held as usize).unwrap() < want {
+                assert!(std::time::Instant::now() < deadline, "no completion");
+                let _ = u.ring.borrow().submitter().submit_and_wait(1);
+                u.reap();
+                u.submit();
+            }
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 7];
+        while let Ok(n) = u.recv(key, &mut buf) {
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, sent);
+        assert!(!u.has_input(key));
+        assert_eq!(u.with_sock(key, |s| (s.held, s.tail)), Some((0, NIL)));
+        assert_eq!(u.bufs.available(), 16, "every buffer back in the ring");
+        u.close(key, a);
+        u.submit();
     }
 
     /// Small arrivals share a buffer of an incremental ring; every byte is
@@ -1674,7 +1777,8 @@ mod tests {
                 u.reap();
                 u.submit();
             }
-            let head = u.with_sock(key, |s| s.head).unwrap();
+            let tail = u.with_sock(key, |s| s.tail).unwrap();
+            let head = u.chunks.borrow()[tail as usize].next;
             bids.push(u.chunks.borrow()[head as usize].bid);
             let mut dst = bytes::BytesMut::new();
             while let Some(Ok(n)) = u.recv_append(key, &mut dst, 1 << 16) {
