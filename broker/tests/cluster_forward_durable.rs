@@ -363,9 +363,7 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
             k.push(i);
             if k.len() > 1 && !dup {
                 dups += 1;
-                eprintln!(
-                    "QoS 2 twice: {n} at arrivals {k:?} (restart at arrival {cut})"
-                );
+                eprintln!("QoS 2 twice: {n} at arrivals {k:?} (restart at arrival {cut})");
             }
         }
     });

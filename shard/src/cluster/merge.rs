@@ -195,8 +195,8 @@ fn recovered_twin(shard: &Shard, sid: SessionId, o: Option<Origin>, direct: bool
     let Some(r) = recovered.get_mut(&sid) else {
         return false;
     };
-    let twin = (direct && super::copy_acks::forwarded_twin(shard, &r.client, o))
-        || r.seen.contains(&o);
+    let twin =
+        (direct && super::copy_acks::forwarded_twin(shard, &r.client, o)) || r.seen.contains(&o);
     if twin {
         n.stats.handover.merge_dups.fetch_add(1, Relaxed);
     } else if r.seen.len() < super::ghost::SEEN_MAX {
@@ -446,7 +446,10 @@ fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin, acked: bool) {
     m.forwarded.insert(origin);
     if acked && shard.store.is_persistent() {
         let o = origin;
-        let r = m.fwd_ranges.entry((o.node, o.shard)).or_insert((o.seq, o.seq));
+        let r = m
+            .fwd_ranges
+            .entry((o.node, o.shard))
+            .or_insert((o.seq, o.seq));
         r.1 = r.1.max(o.seq);
         super::copy_acks::forwarded_durably(shard, &m.client, o, *r);
     }
