@@ -82,7 +82,15 @@ pub(crate) fn end(shard: &Rc<Shard>) -> usize {
         let w = (shard.id, token);
         match &n.hub {
             Some(hub) => {
-                if !hub.session_copy(shard, f.slot, &f.client, f.origin, &f.publish, Some(w)) {
+                if !hub.session_copy(
+                    shard,
+                    f.slot,
+                    &f.client,
+                    f.origin,
+                    &f.publish,
+                    Some(w),
+                    false,
+                ) {
                     n.stats.handover.forward_lost.fetch_add(1, Relaxed);
                 }
             }
@@ -97,6 +105,32 @@ pub(crate) fn end(shard: &Rc<Shard>) -> usize {
                 }))),
             ),
         }
+    }
+    count
+}
+
+/// [`end`] for a prepared QoS 2 message (`confirm::prepare`, token = the
+/// prepared row's nonce): the acked copies go to `held`, so they leave
+/// after the prepare commit, as targets of the row (`origin::hold`): a
+/// crash of this node after that commit sends them again at recovery.
+pub(crate) fn end_keyed(shard: &Shard, held: &mut dyn FnMut(usize, MeshItem)) -> usize {
+    let Some(n) = shard.cluster.as_ref() else {
+        return 0;
+    };
+    let Some(token) = n.copy_acks.token.take() else {
+        return 0;
+    };
+    let list = std::mem::take(&mut *n.copy_acks.forwards.borrow_mut());
+    let count = list.len();
+    for f in list {
+        let m = super::stub::Move::KeyedCopy {
+            slot: f.slot,
+            client: f.client,
+            origin: f.origin,
+            publish: f.publish,
+            ack: (shard.id, token),
+        };
+        held(0, MeshItem::Cluster(Box::new(super::Item::Move(m))));
     }
     count
 }
@@ -155,6 +189,9 @@ pub struct CopyAck {
     pub node: u64,
     pub stamp: Stamp,
     pub token: u64,
+    /// A prepared QoS 2 message's key on the sender (`origin.rs`):
+    /// delivered once per key, a resend by the sender's recovery included.
+    pub key: Option<super::origin::Origin>,
 }
 
 /// The key of a session's copies from `node` among the per-node stamps:

@@ -469,7 +469,7 @@ fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin, acked: bool) {
 /// stamp (a resend is not delivered again), answered after the commit.
 fn deliver_forwarded(
     shard: &Rc<Shard>,
-    sid: SessionId,
+    (sid, merging): (SessionId, bool),
     client: &str,
     p: &Publish,
     ack: Option<CopyAck>,
@@ -478,10 +478,25 @@ fn deliver_forwarded(
     let Some(a) = ack else {
         return deliver_to(shard, sid, p, None, Some(origin));
     };
+    // A prepared QoS 2 message's copy: its key is noted, so the sender
+    // recovery's resend is not delivered again (`origin.rs`). While the
+    // merge runs its direct twin (same key) is told apart by origin, not
+    // by key (the twin is dropped for it: `twin_forwarded`); after it, a
+    // key delivered already (the resend came first) is not delivered again.
+    if let Some(k) = a.key {
+        if !super::origin::first_time(shard, a.node, k) && !merging {
+            return super::copy_acks::answer(shard, a, None);
+        }
+    }
+    let ops = shard.store.pending_ops();
     let once = super::copy_acks::once(client, a);
     super::deliver_once(shard, Some(once), || {
         deliver_to(shard, sid, p, None, Some(origin))
     });
+    if let Some(k) = a.key.filter(|_| shard.store.pending_ops() != ops) {
+        // In the batch of the delivery's rows.
+        super::origin::stored(shard, a.node, k);
+    }
     super::copy_acks::answer(shard, a, None);
 }
 
@@ -523,7 +538,7 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
             }
             stats.merged.fetch_add(1, Relaxed);
             twin_forwarded(shard, sid, origin, ack.is_some());
-            deliver_forwarded(shard, sid, client, &p, ack, origin);
+            deliver_forwarded(shard, (sid, true), client, &p, ack, origin);
         }
         (Some(sid), None) if ack.is_none() && super::ghost::haunted(shard, sid) => {
             // A late peer's copy the old node's ghost forwarded (`ghost.rs`).
@@ -579,7 +594,7 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
                     stats.merge_dups.fetch_add(1, Relaxed);
                     return super::copy_acks::answer(shard, a, None);
                 }
-                deliver_forwarded(shard, sid, client, &p, Some(a), origin);
+                deliver_forwarded(shard, (sid, false), client, &p, Some(a), origin);
             }
             // The merge ended (or never began: a fresh session): nothing to merge into.
             None => {
