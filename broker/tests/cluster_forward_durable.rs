@@ -376,10 +376,14 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
             while !seen.contains_key("fwd/probe") {
                 assert!(
                     Instant::now() < end,
-                    "node 1 never routed to node 2 again: node 1 {}\nnode 2 {}\nnode 2 moves {}",
+                    "node 1 never routed to node 2 again: node 1 {}\nnode 2 {}\nnode 2 moves {}\nnode 1 log (end): {}",
                     c.get(1).ctl(&["cluster", "status"]).1,
                     c.get(2).ctl(&["cluster", "status"]).1,
-                    moves(&c, 2)
+                    moves(&c, 2),
+                    {
+                        let l = c.get(1).stderr();
+                        l[l.len().saturating_sub(4000)..].to_string()
+                    }
                 );
                 let m = publish_packet("fwd/probe", 0, false, 0, b"0");
                 probe.send(&Packet::Publish(m)).await;
