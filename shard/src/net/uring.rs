@@ -187,10 +187,6 @@ impl BufRing {
             // 64 of the default 1024 (256 KiB of 4 KiB buffers): a tick's
             // arrivals of a busy shard fit many times over; a ring that runs
             // dry between two reaps is handled (module docs) and counted.
-            // (16 was tried, w/cio: 64 kB resident instead of 256 kB, 10 B
-            // less per idle connection at 19,000, but on 50 QoS 0 pairs at
-            // saturation the ring ran dry 442 times in 4 s, against 4, and
-            // cost ~5 % more CPU per delivery.)
             target: Cell::new((entries as u32).min(64.max(entries as u32 / 16))),
             spare: RefCell::new(Vec::new()),
             inc: false,
@@ -375,39 +371,35 @@ enum Recv {
     Cancelling,
 }
 
-/// What the ring knows of one registered socket (indexed by slot key):
-/// 16 bytes, one per socket (`docs/connection-memory.md`).
+/// What the ring knows of one registered socket (indexed by slot key).
 pub(crate) struct Sock {
-    /// The descriptor; -1 while the slot holds no socket.
     fd: RawFd,
-    /// The last of its received chunks not read yet (`NIL`: none). The
-    /// chunks form a circle: the last one's `next` is the first.
+    /// The socket's error (errno, 0: none); errno values fit 16 bits.
+    err: i16,
+    recv: Recv,
+    /// [`LIVE`], [`STOPPED`], ... (one byte: `Sock` is 24 bytes, one per
+    /// socket, `docs/connection-memory.md`).
+    flags: u8,
+    held: u32,
+    head: u32,
     tail: u32,
     send: u32,
-    /// Chunks held (`max_held` is at most 16384).
-    held: u16,
-    /// [`STOPPED`], ... and the receive's state ([`RECV_BITS`]).
-    flags: u8,
-    /// The socket's error (errno, 0: none); Linux errno values fit 8 bits.
-    err: u8,
 }
 
+/// The slot holds a registered socket.
+const LIVE: u8 = 1;
 /// The owner let go of it: closed (free at the last completion) or being
 /// handed to another shard (no more receives).
-const STOPPED: u8 = 1;
+const STOPPED: u8 = 2;
 /// Close the descriptor when the slot is freed.
-const OWNS_FD: u8 = 2;
-const ACCEPT_ARMED: u8 = 4;
+const OWNS_FD: u8 = 4;
+const ACCEPT_ARMED: u8 = 8;
 /// Its receive ended on an empty buffer ring: read with `recv(2)` until the
 /// ring has buffers again.
-const STARVED: u8 = 8;
+const STARVED: u8 = 16;
 /// A one-shot `POLL_ADD` in flight (a starved socket's readiness).
-const POLL_ARMED: u8 = 16;
-const EOF: u8 = 32;
-/// The receive's state: 0 idle, [`RECV_ARMED`], [`RECV_CANCELLING`].
-const RECV_BITS: u8 = 64 | 128;
-const RECV_ARMED: u8 = 64;
-const RECV_CANCELLING: u8 = 128;
+const POLL_ARMED: u8 = 32;
+const EOF: u8 = 64;
 
 macro_rules! sock_flags {
     ($($get:ident $set:ident $bit:ident;)*) => {
@@ -432,6 +424,7 @@ macro_rules! sock_flags {
 }
 
 sock_flags! {
+    live set_live LIVE;
     stopped set_stopped STOPPED;
     owns_fd set_owns_fd OWNS_FD;
     accept_armed set_accept_armed ACCEPT_ARMED;
@@ -444,46 +437,23 @@ impl Sock {
     fn new(fd: RawFd) -> Self {
         Sock {
             fd,
+            err: 0,
+            recv: Recv::Idle,
+            flags: LIVE,
+            held: 0,
+            head: NIL,
             tail: NIL,
             send: NIL,
-            held: 0,
-            flags: 0,
-            err: 0,
         }
-    }
-
-    /// The slot holds a registered socket.
-    #[inline]
-    fn live(&self) -> bool {
-        self.fd >= 0
-    }
-
-    #[inline]
-    fn recv(&self) -> Recv {
-        match self.flags & RECV_BITS {
-            0 => Recv::Idle,
-            RECV_ARMED => Recv::Armed,
-            _ => Recv::Cancelling,
-        }
-    }
-
-    #[inline]
-    fn set_recv(&mut self, r: Recv) {
-        let bits = match r {
-            Recv::Idle => 0,
-            Recv::Armed => RECV_ARMED,
-            Recv::Cancelling => RECV_CANCELLING,
-        };
-        self.flags = (self.flags & !RECV_BITS) | bits;
     }
 
     /// Sets the socket's error (an errno).
     fn set_err(&mut self, errno: i32) {
-        self.err = u8::try_from(errno).unwrap_or(libc::EIO as u8);
+        self.err = errno as i16;
     }
 
     fn quiet(&self) -> bool {
-        self.recv() == Recv::Idle && self.send == NIL && !self.accept_armed() && !self.poll_armed()
+        self.recv == Recv::Idle && self.send == NIL && !self.accept_armed() && !self.poll_armed()
     }
 }
 
@@ -588,7 +558,6 @@ impl Uring {
         }
         // A connection may hold the bytes of up to 64 KiB (the epoll
         // backend's read size), and never more than half the ring.
-        // (At most 16384: `Sock::held` is 16 bits.)
         let max_held = ((64 << 10) / cfg.buffer_size.max(1))
             .min(cfg.buffers as u32 / 2)
             .max(1);
@@ -707,7 +676,10 @@ impl Uring {
         {
             let mut socks = self.socks.borrow_mut();
             while socks.len() <= key as usize {
-                socks.push(Sock::new(-1));
+                socks.push(Sock {
+                    flags: 0,
+                    ..Sock::new(-1)
+                });
             }
             socks[key as usize] = Sock::new(fd);
         }
@@ -723,7 +695,7 @@ impl Uring {
         let fd = {
             let mut socks = self.socks.borrow_mut();
             let s = &mut socks[key as usize];
-            if s.recv() != Recv::Idle || s.stopped() || s.eof() || s.err != 0 {
+            if s.recv != Recv::Idle || s.stopped() || s.eof() || s.err != 0 {
                 return;
             }
             if self.bufs.available() == 0 {
@@ -735,7 +707,7 @@ impl Uring {
                 self.arm_poll(key);
                 return;
             }
-            s.set_recv(Recv::Armed);
+            s.recv = Recv::Armed;
             s.fd
         };
         self.push(
@@ -818,18 +790,14 @@ impl Uring {
         let n = {
             let mut socks = self.socks.borrow_mut();
             let s = socks.get_mut(key as usize).filter(|s| s.live())?;
-            if s.tail == NIL {
+            if s.head == NIL {
                 return None;
             }
             let chunks = self.chunks.borrow();
-            let head = chunks[s.tail as usize].next;
-            let (mut held, mut at) = (0usize, head);
-            loop {
+            let (mut held, mut at) = (0usize, s.head);
+            while at != NIL && held < max {
                 held += chunks[at as usize].len as usize;
                 at = chunks[at as usize].next;
-                if at == head || held >= max {
-                    break;
-                }
             }
             drop(chunks);
             dst.reserve(held.min(max));
@@ -844,20 +812,18 @@ impl Uring {
     fn take_chunks(&self, s: &mut Sock, max: usize, mut put: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
         let mut chunks = self.chunks.borrow_mut();
-        while n < max && s.tail != NIL {
-            let head = chunks[s.tail as usize].next;
-            let c = &mut chunks[head as usize];
+        while n < max && s.head != NIL {
+            let c = &mut chunks[s.head as usize];
             let take = (c.len as usize).min(max - n);
             put(self.bufs.bytes(c.bid, c.off, take as u32));
             n += take;
             c.off += take as u32;
             c.len -= take as u32;
             if c.len == 0 {
-                let c = chunks.remove(head as usize);
-                if head == s.tail {
+                let c = chunks.remove(s.head as usize);
+                s.head = c.next;
+                if s.head == NIL {
                     s.tail = NIL;
-                } else {
-                    chunks[s.tail as usize].next = c.next;
                 }
                 s.held -= 1;
                 self.bufs.release(c.bid);
@@ -872,7 +838,7 @@ impl Uring {
     fn after_read(&self, key: u32) {
         let rearm = self
             .with_sock(key, |s| {
-                s.recv() == Recv::Idle && !s.starved() && u32::from(s.held) <= self.max_held / 2
+                s.recv == Recv::Idle && !s.starved() && s.held <= self.max_held / 2
             })
             .unwrap_or(false);
         if rearm {
@@ -899,9 +865,9 @@ impl Uring {
                 at += b.len();
             });
             if n == 0
-                && s.tail == NIL
+                && s.head == NIL
                 && s.starved()
-                && s.recv() == Recv::Idle
+                && s.recv == Recv::Idle
                 && !s.stopped()
                 && !s.eof()
                 && s.err == 0
@@ -937,7 +903,7 @@ impl Uring {
                     }
                 }
             }
-            (s.eof() && s.tail == NIL, s.err as i32)
+            (s.eof() && s.head == NIL, s.err as i32)
         };
         self.after_read(key);
         if n > 0 {
@@ -1104,9 +1070,9 @@ impl Uring {
         let (recv, accept, poll) = self
             .with_sock(key, |s| {
                 s.set_stopped(true);
-                let r = s.recv() == Recv::Armed;
+                let r = s.recv == Recv::Armed;
                 if r {
-                    s.set_recv(Recv::Cancelling);
+                    s.recv = Recv::Cancelling;
                 }
                 (r, s.accept_armed(), s.poll_armed())
             })
@@ -1124,7 +1090,7 @@ impl Uring {
 
     /// Bytes, an end of stream or an error wait to be read.
     pub fn has_input(&self, key: u32) -> bool {
-        self.with_sock(key, |s| s.tail != NIL || s.eof() || s.err != 0)
+        self.with_sock(key, |s| s.head != NIL || s.eof() || s.err != 0)
             .unwrap_or(false)
     }
 
@@ -1146,8 +1112,7 @@ impl Uring {
         }
         self.drop_chunks(key);
         if let Some(s) = self.socks.borrow_mut().get_mut(key as usize) {
-            // The descriptor goes with the caller.
-            s.fd = -1;
+            s.set_live(false);
         }
         rest
     }
@@ -1158,16 +1123,12 @@ impl Uring {
             return;
         };
         let mut chunks = self.chunks.borrow_mut();
-        while s.tail != NIL {
-            let head = chunks[s.tail as usize].next;
-            let c = chunks.remove(head as usize);
-            if head == s.tail {
-                s.tail = NIL;
-            } else {
-                chunks[s.tail as usize].next = c.next;
-            }
+        while s.head != NIL {
+            let c = chunks.remove(s.head as usize);
+            s.head = c.next;
             self.bufs.release(c.bid);
         }
+        s.tail = NIL;
         s.held = 0;
         drop(socks);
         if !self.starved.borrow().is_empty() {
@@ -1179,8 +1140,8 @@ impl Uring {
         let owns = {
             let mut socks = self.socks.borrow_mut();
             let s = &mut socks[key as usize];
-            let fd = std::mem::replace(&mut s.fd, -1);
-            s.owns_fd().then_some(fd)
+            s.set_live(false);
+            s.owns_fd().then_some(s.fd)
         };
         if let Some(fd) = owns {
             // SAFETY: the descriptor was handed to us by `close` and no
@@ -1349,7 +1310,7 @@ impl Uring {
             let go = self
                 .with_sock(key, |s| {
                     s.set_starved(false);
-                    u32::from(s.held) <= self.max_held / 2
+                    s.held <= self.max_held / 2
                 })
                 .unwrap_or(false);
             if go {
@@ -1377,7 +1338,7 @@ impl Uring {
             return;
         };
         if !more {
-            s.set_recv(Recv::Idle);
+            s.recv = Recv::Idle;
         }
         let mut bits = 0;
         match (res, bid) {
@@ -1386,20 +1347,17 @@ impl Uring {
                     self.bufs.discard(b, len, buf_more);
                 } else {
                     let off = self.bufs.landed(b, len, buf_more);
-                    let mut chunks = self.chunks.borrow_mut();
-                    let c = chunks.insert(Chunk {
+                    let c = self.chunks.borrow_mut().insert(Chunk {
                         bid: b,
                         off,
                         len: n as u32,
                         next: NIL,
                     }) as u32;
-                    // Into the circle, after the last.
-                    chunks[c as usize].next = if s.tail == NIL {
-                        c
+                    if s.tail == NIL {
+                        s.head = c;
                     } else {
-                        std::mem::replace(&mut chunks[s.tail as usize].next, c)
-                    };
-                    drop(chunks);
+                        self.chunks.borrow_mut()[s.tail as usize].next = c;
+                    }
                     s.tail = c;
                     s.held += 1;
                     bits = READABLE;
@@ -1408,10 +1366,10 @@ impl Uring {
                     // that do not read cannot take the ring from the rest.
                     let pressed = self.bufs.available() < self.bufs.entries() / 4;
                     let cap = if pressed { 1 } else { self.max_held };
-                    if u32::from(s.held) >= cap && s.recv() == Recv::Armed {
+                    if s.held >= cap && s.recv == Recv::Armed {
                         // Enough held for a connection that does not read:
                         // the rest waits in the socket.
-                        s.set_recv(Recv::Cancelling);
+                        s.recv = Recv::Cancelling;
                         drop(socks);
                         self.cancel(ud(OP_RECV, key));
                         socks = self.socks.borrow_mut();
@@ -1451,10 +1409,10 @@ impl Uring {
             && (res > 0 || res == -libc::ECANCELED)
             && s.err == 0
             && !s.eof()
-            && s.recv() == Recv::Idle
+            && s.recv == Recv::Idle
             && !s.stopped()
             && !s.starved()
-            && u32::from(s.held) <= self.max_held / 2;
+            && s.held <= self.max_held / 2;
         drop(socks);
         if bits != 0 || stopped {
             self.wake(key, bits);
@@ -1624,9 +1582,7 @@ fn probe_here() -> Result<String, String> {
         let mut byte = [0u8; 1];
         match u.recv(key, &mut byte) {
             Ok(1) if byte[0] == b'x' => {
-                let armed = u
-                    .with_sock(key, |s| s.recv() == Recv::Armed)
-                    .unwrap_or(false);
+                let armed = u.with_sock(key, |s| s.recv == Recv::Armed).unwrap_or(false);
                 got = if armed {
                     Ok(release.clone())
                 } else {
@@ -1670,7 +1626,7 @@ mod tests {
         super::probe().expect("io_uring probe");
     }
 
-    /// Arrivals queue up as chunks (a circle per socket) while the
+    /// Arrivals queue up as chunks while the
     /// connection does not read; reads of any size take them in order.
     #[test]
     fn queued_chunks_read_in_order_by_small_reads() {
@@ -1778,8 +1734,7 @@ mod tests {
                 u.reap();
                 u.submit();
             }
-            let tail = u.with_sock(key, |s| s.tail).unwrap();
-            let head = u.chunks.borrow()[tail as usize].next;
+            let head = u.with_sock(key, |s| s.head).unwrap();
             bids.push(u.chunks.borrow()[head as usize].bid);
             let mut dst = bytes::BytesMut::new();
             while let Some(Ok(n)) = u.recv_append(key, &mut dst, 1 << 16) {
