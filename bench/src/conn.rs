@@ -91,6 +91,11 @@ pub struct Conn {
     /// driven by [`Conn::pump`]; [`Conn::drive`] still works through `stream` (the same
     /// socket) for the DISCONNECT at the end.
     polled: Option<PolledFd>,
+    /// Polled reads ask for the kernel's receive timestamp ([`Conn::enable_rx_stamps`]).
+    rx_stamps: bool,
+    /// The kernel's receive timestamp of the last polled read ([`crate::payload::now_ns`]
+    /// clock), until taken.
+    rx_ns: Option<u64>,
 }
 
 impl Conn {
@@ -123,6 +128,8 @@ impl Conn {
             },
             layers,
             polled: None,
+            rx_stamps: false,
+            rx_ns: None,
         })
     }
 
@@ -140,6 +147,8 @@ impl Conn {
             layers: None,
             raw_in: Vec::new(),
             polled: None,
+            rx_stamps: false,
+            rx_ns: None,
         })
     }
 
@@ -154,6 +163,31 @@ impl Conn {
         }
         self.polled = Some(PolledFd::adopt(self.stream.as_raw_fd(), poller)?);
         Ok(())
+    }
+
+    /// A polled connection's reads carry the kernel's software receive timestamp
+    /// (`SO_TIMESTAMPNS`), taken with [`Conn::take_rx_ns`]. Not available on a task's
+    /// stream (TLS, WebSocket, `--glommio-io`): an error.
+    pub fn enable_rx_stamps(&mut self) -> io::Result<()> {
+        let p = self
+            .polled
+            .as_ref()
+            .ok_or_else(|| io::Error::other("receive timestamps need a polled connection"))?;
+        p.enable_rx_stamps()?;
+        crate::payload::from_realtime(0, 0); // sample the clock offset now, not mid-run
+        self.rx_stamps = true;
+        Ok(())
+    }
+
+    /// The kernel's receive time of the last read (the last segment it took), if it
+    /// gave one; cleared.
+    pub fn take_rx_ns(&mut self) -> Option<u64> {
+        self.rx_ns.take()
+    }
+
+    /// The epoll set of a polled connection.
+    pub fn poller(&self) -> Option<&Rc<Poller>> {
+        self.polled.as_ref().map(|p| &p.poller)
     }
 
     /// `SO_RCVLOWAT`: the socket reports readable only once `bytes` are queued (1 =
@@ -513,6 +547,8 @@ impl Conn {
             want,
             wbuf,
             polled,
+            rx_stamps,
+            rx_ns,
             ..
         } = self;
         let io = polled.as_ref().expect("a polled connection");
@@ -535,7 +571,17 @@ impl Conn {
         if io.poller.readable(io.key) {
             let spare = rbuf.spare(*want);
             let room = spare.len();
-            match io.recv(spare) {
+            let r = if *rx_stamps {
+                io.recv_stamped(spare).map(|(n, ts)| {
+                    if let Some((sec, nsec)) = ts {
+                        *rx_ns = Some(crate::payload::from_realtime(sec, nsec));
+                    }
+                    n
+                })
+            } else {
+                io.recv(spare)
+            };
+            match r {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

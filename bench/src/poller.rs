@@ -210,6 +210,64 @@ impl PolledFd {
             Ok(n as usize)
         }
     }
+
+    /// Asks the kernel for a software receive timestamp with every read (`SO_TIMESTAMPNS`).
+    pub fn enable_rx_stamps(&self) -> io::Result<()> {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int from the pointer we pass, on our own socket.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Non-blocking `recvmsg`: bytes read and the kernel's receive timestamp of the last
+    /// segment read (real time, (sec, nsec)), if it gave one (`enable_rx_stamps`).
+    pub fn recv_stamped(&self, buf: &mut [u8]) -> io::Result<(usize, Option<(i64, i64)>)> {
+        const SPACE: usize = 64; // CMSG_SPACE(sizeof(struct timespec)) is 32 on 64-bit
+        #[repr(C, align(8))]
+        struct Cbuf([u8; SPACE]);
+        let mut cbuf = Cbuf([0; SPACE]);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid (no name, no iovec, no control yet).
+        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = cbuf.0.as_mut_ptr().cast();
+        m.msg_controllen = SPACE as _;
+        // SAFETY: `m` points at one iovec over `buf` (valid for writes of its length) and
+        // at `cbuf` (SPACE bytes, aligned for cmsghdr); the descriptor is ours.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut m, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut stamp = None;
+        // SAFETY: CMSG_FIRSTHDR / CMSG_NXTHDR walk the control bytes the kernel wrote
+        // (msg_controllen was updated by recvmsg); each header lies inside `cbuf`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&m);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    stamp = Some((ts.tv_sec, ts.tv_nsec));
+                }
+                c = libc::CMSG_NXTHDR(&m, c);
+            }
+        }
+        Ok((n as usize, stamp))
+    }
 }
 
 impl Drop for PolledFd {
