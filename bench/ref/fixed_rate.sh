@@ -11,7 +11,8 @@
 #   target/release/ringmq-bench), FLASHMQ (default flashmq on PATH, else /work/peers/bin/flashmq),
 #   PAIRS (50), RATE (1000), DURATION (5), WARMUP (1), ROUNDS (1),
 #   VARIANTS: ringmq-bench variants, `;`-separated extra args (default ";--wake-on-delivery"),
-#   REF_VARIANTS: reference variants (default ";--batch-recv --kstamp").
+#   REF_VARIANTS: reference variants (default ";--batch-recv --kstamp"),
+#   BENCH_OLD: another ringmq-bench binary run first with the same arguments (an A/B).
 # Brokers are pinned to CPU 0 and generators to CPU 1, all under SCHED_FIFO 50 (chrt), as
 # bench/scripts do with RT=1; the broker configurations are the ones `ringmq-bench compare`
 # writes, printed. Processes are stopped by PID. Wrap in `flock /work/helpers/bench.lock`
@@ -96,11 +97,15 @@ for name in "${names[@]}"; do
         awk -F'\t' '{printf "%-18s %-32s %7.1f %9.0f %8s %8s %8s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
     done
     IFS=';' read -ra bv <<<"$VARIANTS"
-    for v in "${bv[@]}"; do
+    runs=()
+    [[ -n ${BENCH_OLD:-} ]] && runs+=("old|$BENCH_OLD|")
+    for v in "${bv[@]}"; do runs+=("|$BENCH|$v"); done
+    for r in "${runs[@]}"; do
+      IFS='|' read -r tag bin v <<<"$r"
       # shellcheck disable=SC2086
-      out=$("${RT[@]}" "$BENCH" pairs --pairs "$PAIRS" --rate "$RATE" --mqtt 3.1.1 -p "$port" \
+      out=$("${RT[@]}" "$bin" pairs --pairs "$PAIRS" --rate "$RATE" --mqtt 3.1.1 -p "$port" \
         --duration "$DURATION" --warmup "$WARMUP" --cpus 1 -q --json $v "${EXTRA[@]}" 2>/dev/null) || true
-      jq -r --arg b "$name" --arg g "ringmq-bench ${v:-(default)}" \
+      jq -r --arg b "$name" --arg g "ringmq-bench${tag:+ $tag} ${v:-(default)}" \
         '[$b, $g, .generator_busy_percent, .generator_ns_per_message, .latency.p50_us, .latency.p99_us, .latency.p999_us, .lost] | @tsv' <<<"$out" |
         awk -F'\t' '{printf "%-18s %-32s %7.1f %9.0f %8s %8s %8s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8}'
     done

@@ -96,6 +96,8 @@ pub struct Conn {
     /// The kernel's receive timestamp of the last polled read ([`crate::payload::now_ns`]
     /// clock), until taken.
     rx_ns: Option<u64>,
+    /// With receive timestamps, most bytes per read (0 = no limit).
+    rx_cap: usize,
 }
 
 impl Conn {
@@ -130,6 +132,7 @@ impl Conn {
             polled: None,
             rx_stamps: false,
             rx_ns: None,
+            rx_cap: 0,
         })
     }
 
@@ -149,6 +152,7 @@ impl Conn {
             polled: None,
             rx_stamps: false,
             rx_ns: None,
+            rx_cap: 0,
         })
     }
 
@@ -168,7 +172,13 @@ impl Conn {
     /// A polled connection's reads carry the kernel's software receive timestamp
     /// (`SO_TIMESTAMPNS`), taken with [`Conn::take_rx_ns`]. Not available on a task's
     /// stream (TLS, WebSocket, `--glommio-io`): an error.
-    pub fn enable_rx_stamps(&mut self) -> io::Result<()> {
+    ///
+    /// TCP reports one timestamp per read, that of the last segment the read took, so a
+    /// read of several deliveries would give the earlier ones a later time. Each read
+    /// therefore takes at most `max_read` bytes (the smallest frame the subscriber can
+    /// receive; 0 = no limit): with frames of that size, one delivery per read and its own
+    /// segment's time (several deliveries coalesced in one segment share it, rightly).
+    pub fn enable_rx_stamps(&mut self, max_read: usize) -> io::Result<()> {
         let p = self
             .polled
             .as_ref()
@@ -176,6 +186,7 @@ impl Conn {
         p.enable_rx_stamps()?;
         crate::payload::from_realtime(0, 0); // sample the clock offset now, not mid-run
         self.rx_stamps = true;
+        self.rx_cap = max_read;
         Ok(())
     }
 
@@ -549,6 +560,7 @@ impl Conn {
             polled,
             rx_stamps,
             rx_ns,
+            rx_cap,
             ..
         } = self;
         let io = polled.as_ref().expect("a polled connection");
@@ -570,6 +582,11 @@ impl Conn {
         }
         if io.poller.readable(io.key) {
             let spare = rbuf.spare(*want);
+            let len = match *rx_cap {
+                0 => spare.len(),
+                cap => cap.min(spare.len()),
+            };
+            let spare = &mut spare[..len];
             let room = spare.len();
             let r = if *rx_stamps {
                 io.recv_stamped(spare).map(|(n, ts)| {

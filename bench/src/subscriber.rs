@@ -117,7 +117,7 @@ pub const STALLS_TO_DROP: u32 = 3;
 impl PolledSub {
     pub fn new(ctx: &CoreCtx, index: usize, mut conn: Conn, tracker: Tracker) -> PolledSub {
         if ctx.shared.plan.load.rx_stamps {
-            if let Err(e) = conn.enable_rx_stamps() {
+            if let Err(e) = conn.enable_rx_stamps(ctx.shared.min_frame_of(index)) {
                 ctx.stats.borrow_mut().error(format!("SO_TIMESTAMPNS: {e}"));
             }
         }
