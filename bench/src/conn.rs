@@ -588,12 +588,14 @@ impl Conn {
             };
             let spare = &mut spare[..len];
             let room = spare.len();
+            let mut drained = false;
             let r = if *rx_stamps {
-                io.recv_stamped(spare).map(|(n, ts)| {
-                    if let Some((sec, nsec)) = ts {
+                io.recv_stamped(spare).map(|s| {
+                    if let Some((sec, nsec)) = s.stamp {
                         *rx_ns = Some(crate::payload::from_realtime(sec, nsec));
                     }
-                    n
+                    drained = s.inq == Some(0);
+                    s.len
                 })
             } else {
                 io.recv(spare)
@@ -607,7 +609,9 @@ impl Conn {
                 }
                 Ok(n) => {
                     rbuf.filled(n);
-                    if n < room {
+                    // Short, or nothing left queued (TCP_INQ): bytes arriving later raise
+                    // a new edge.
+                    if n < room || drained {
                         io.poller.clear_readable(io.key);
                     }
                     p.read = true;
