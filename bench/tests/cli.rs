@@ -308,6 +308,23 @@ fn fixed_rate_qos0_subscribers_read_on_the_pace_grid_unless_asked_to_wake() {
 }
 
 #[test]
+fn compare_reads_on_the_grid_only_against_brokers_known_to_set_nodelay() {
+    use ringmq_bench::compare::sets_tcp_nodelay;
+    for b in [
+        "ringmq",
+        "ringmq-epoll",
+        "ringmq-io_uring-spin50",
+        "mosquitto-nodelay",
+        "flashmq",
+    ] {
+        assert!(sets_tcp_nodelay(b), "{b}");
+    }
+    for b in ["mosquitto", "rumqttd"] {
+        assert!(!sets_tcp_nodelay(b), "{b}");
+    }
+}
+
+#[test]
 fn default_windows_follow_version_qos_and_whether_anyone_listens() {
     use ringmq_bench::plan::default_inflight;
     use ringmq_codec::{ProtocolVersion as V, QoS};
