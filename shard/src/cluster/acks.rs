@@ -190,7 +190,7 @@ impl Acks {
         shard: &Rc<Shard>,
         hub: &Hub,
         link: &Link,
-        (client, origin): (&str, Origin),
+        (client, origin, key): (&str, Origin, Option<super::origin::Origin>),
         mqtt: &[u8],
         w: Waiter,
     ) {
@@ -202,7 +202,7 @@ impl Acks {
             mqtt.len() + client.len(),
             w,
             (deadline, false, false),
-            |stamp, b| super::frame_move::encode_acked_copy(stamp, client, origin, mqtt, b),
+            |stamp, b| super::frame_move::encode_acked_copy(stamp, (client, origin, key), mqtt, b),
         );
     }
 
@@ -436,7 +436,7 @@ impl Acks {
         shard: &Rc<Shard>,
         link: &Link,
         stamp: Stamp,
-        (client, origin): (String, Origin),
+        (client, origin, key): (String, Origin, Option<super::origin::Origin>),
         p: Publish,
     ) {
         link.stats.acked_in.inc();
@@ -457,6 +457,7 @@ impl Acks {
             node: link.peer.id,
             stamp,
             token,
+            key,
         };
         super::merge::on_copy(shard, client, origin, p, Some(ack));
     }
