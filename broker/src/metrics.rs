@@ -893,6 +893,7 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("held", m.held),
         ("merged", m.merged),
         ("merge_dups", m.merge_dups),
+        ("merge_recovered", m.merge_recovered),
         ("merge_ended", m.merge_ended),
         ("merge_expired", m.merge_expired),
         ("ghosts", m.ghosts),

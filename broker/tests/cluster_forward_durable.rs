@@ -102,10 +102,14 @@ async fn take(m: &mut Raw, seen: &mut Seen, p: &Publish) {
 /// A publisher on `addr` publishing `fwd/1` at QoS 1 and `fwd/2` at QoS 2, alternately, 40 in
 /// flight, until `stop` (or its connection ends, or 40,000 messages): the numbers each topic got
 /// a success PUBACK/PUBREC for. The first 200 leave before `started` is set.
-fn publisher(addr: std::net::SocketAddr, started: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> Acked {
+fn publisher(
+    addr: std::net::SocketAddr,
+    started: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    persistent: bool,
+) -> (Acked, Unacked) {
     rt().block_on(async {
-        let v5 = ProtocolVersion::V5;
-        let (mut p, _) = raw_connect_sp(addr, connect_packet(v5, "fwd-pub", true)).await;
+        let (mut p, _) = raw_connect_sp(addr, pub_connect(persistent)).await;
         let mut acked: Acked = HashMap::new();
         // Packet id -> (topic, number).
         let mut out: HashMap<u16, (String, usize)> = HashMap::new();
@@ -162,7 +166,7 @@ fn publisher(addr: std::net::SocketAddr, started: Arc<AtomicBool>, stop: Arc<Ato
                 }
                 RawEv::Closed | RawEv::Garbage(_) => {
                     eprintln!("publisher: connection ended after {next} sent");
-                    return acked;
+                    return (acked, out);
                 }
             };
             if let Some((t, n)) = id.and_then(|id| out.remove(&id)) {
@@ -176,12 +180,60 @@ fn publisher(addr: std::net::SocketAddr, started: Arc<AtomicBool>, stop: Arc<Ato
                 p.send(&pkt).await;
             } else if out.is_empty() {
                 eprintln!("publisher: stopped after {next} sent");
-                return acked;
+                return (acked, out);
             }
         }
         eprintln!("publisher: out of time after {next} sent");
-        acked
+        (acked, out)
     })
+}
+
+/// Packet id -> (topic, number) of the publishes not acknowledged yet.
+type Unacked = HashMap<u16, (String, usize)>;
+
+/// The publisher's CONNECT: v5, a clean session or (`persistent`) one kept 600 s.
+fn pub_connect(persistent: bool) -> Connect {
+    let mut cp = connect_packet(ProtocolVersion::V5, "fwd-pub", !persistent);
+    if persistent {
+        cp.properties.session_expiry_interval = Some(600);
+    }
+    cp
+}
+
+/// The persistent publisher back on `addr` after its node restarted: resends every publish
+/// not acknowledged with DUP [MQTT-4.4.0-1] and adds those now acknowledged to `acked`.
+async fn publisher_resumes(addr: std::net::SocketAddr, out: Unacked, acked: &mut Acked) {
+    let (mut p, present) = raw_connect_sp(addr, pub_connect(true)).await;
+    assert!(
+        present,
+        "the publisher's session survived its node's restart"
+    );
+    let mut left = out;
+    for (&id, (t, n)) in &left {
+        let q = if t == "fwd/1" { 1 } else { 2 };
+        let mut m = publish_packet(t, q, false, id, format!("{n}").as_bytes());
+        m.dup = true;
+        p.send(&Packet::Publish(m)).await;
+    }
+    let end = Instant::now() + SETTLE;
+    while !left.is_empty() && Instant::now() < end {
+        let (id, ok) = match p.recv(WAIT).await {
+            RawEv::Packet(Packet::PubAck(r)) => (r.packet_id.get(), (r.reason as u8) < 0x80),
+            RawEv::Packet(Packet::PubRec(r)) => {
+                p.send(&Packet::PubRel(resp(r.packet_id.get()))).await;
+                (r.packet_id.get(), (r.reason as u8) < 0x80)
+            }
+            RawEv::Packet(_) => continue,
+            other => panic!("publisher after the restart: {other:?}"),
+        };
+        if let Some((t, n)) = left.remove(&id).filter(|_| ok) {
+            acked.entry(t).or_default().push(n);
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "not acknowledged after the restart: {left:?}"
+    );
 }
 
 /// The session's CONNECT (v5, expiry 600 s, clean start 0).
@@ -196,8 +248,13 @@ fn mover(id: &str) -> Connect {
 enum Crash {
     /// Node 2, the new owner, at the 10th forwarded copy after its install is durable.
     New,
-    /// Node 1, the old owner, at the 10th copy its stub forwards.
+    /// Node 1, the old owner, at the 10th copy its stub forwards once node 2 answered the
+    /// first one (node 2's install is durable then).
     Old,
+    /// Node 1, the old owner, once the prepare commit of a persistent publisher's QoS 2
+    /// message with copies for node 2 (its stub's, a direct one) is durable, before they
+    /// leave (`node-copy-prepared`); the publisher resends what it had no answer for.
+    Prepared,
 }
 
 /// The move amid the stream, the crash, the restart, and the check: nothing acknowledged
@@ -209,6 +266,7 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
     let (victim, point) = match crash {
         Crash::New => (2, "fwd-copy-in"),
         Crash::Old => (1, "fwd-copy-out"),
+        Crash::Prepared => (1, "node-copy-prepared"),
     };
     c.node(victim).stop();
     c.node(victim).start_env(&[("RINGMQ_TEST_CRASH", point)]);
@@ -225,7 +283,7 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
         assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
         let (s, t) = (started.clone(), stop.clone());
         let publ = std::thread::spawn(move || {
-            let r = std::panic::catch_unwind(|| publisher(n1, s, t));
+            let r = std::panic::catch_unwind(|| publisher(n1, s, t, crash == Crash::Prepared));
             if r.is_err() {
                 eprintln!("publisher panicked");
             }
@@ -256,10 +314,13 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
                     new.send(&Packet::Connect(Box::new(cp.clone()))).await;
                 }
                 RawEv::Packet(Packet::ConnAck(a)) => {
-                    // The session moved whole (the crash points fire only after the
+                    // The session moved whole (these crash points fire only after the
                     // install: node 2 at a forwarded copy after it, node 1 once node 2
                     // answered its first forwarded copy).
-                    assert!(a.session_present, "session present on node 2");
+                    assert!(
+                        a.session_present || crash == Crash::Prepared,
+                        "session present on node 2"
+                    );
                     break;
                 }
                 _ => break,
@@ -279,7 +340,7 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
             let open = take_all(&mut new, &mut seen, Duration::from_millis(100)).await;
             let gone = match crash {
                 Crash::New => !open,
-                Crash::Old => publ.is_finished(),
+                Crash::Old | Crash::Prepared => publ.is_finished(),
             };
             if gone {
                 break;
@@ -290,7 +351,7 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
         (got, new)
     });
     signal(&c, 3, libc::SIGCONT);
-    let (acked, mut new) = acked;
+    let ((mut acked, unacked), mut new) = acked;
     eprintln!(
         "before the restart: node 1 moves {}; node 2 moves {}",
         moves(&c, 1),
@@ -311,10 +372,45 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut dups = 0;
+    // Where each topic's arrivals stood at the restart (a duplicate's two arrivals are
+    // reported as before/after it).
+    let at_restart: HashMap<String, usize> =
+        seen.iter().map(|(t, v)| (t.clone(), v.len())).collect();
     rt().block_on(async {
+        if crash == Crash::Prepared {
+            // Node 1 died before node 2's route reached it: a publish it routes before node
+            // 2's route sync is applied goes nowhere (docs/cluster.md, Still open). Probes
+            // until one reaches the session on node 2.
+            let (mut probe, _) =
+                raw_connect_sp(addr, connect_packet(ProtocolVersion::V5, "fwd-probe", true)).await;
+            let end = Instant::now() + SETTLE;
+            while !seen.contains_key("fwd/probe") {
+                assert!(
+                    Instant::now() < end,
+                    "node 1 never routed to node 2 again: node 1 {}\nnode 2 {}\nnode 2 moves {}\nnode 1 log (end): {}",
+                    c.get(1).ctl(&["cluster", "status"]).1,
+                    c.get(2).ctl(&["cluster", "status"]).1,
+                    moves(&c, 2),
+                    {
+                        let l = c.get(1).stderr();
+                        l[l.len().saturating_sub(4000)..].to_string()
+                    }
+                );
+                let m = publish_packet("fwd/probe", 0, false, 0, b"0");
+                probe.send(&Packet::Publish(m)).await;
+                take_all(&mut new, &mut seen, Duration::from_millis(200)).await;
+            }
+            publisher_resumes(addr, unacked, &mut acked).await;
+        }
         if crash == Crash::New {
             let (again, present) = raw_connect_sp(addr, cp.clone()).await;
             assert!(present, "session present on node 2 after its restart");
+            let m = moves(&c, 2);
+            assert_eq!(
+                m["merge_recovered"].as_u64(),
+                Some(1),
+                "node 2 knew the session's merge was cut: {m}"
+            );
             new = again;
         }
         // Every acknowledged message reaches the session (resends from node 1's ledger or
@@ -342,7 +438,7 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
                 moves(&c, 2)
             );
         }
-        if crash == Crash::Old {
+        if crash != Crash::New {
             // Node 2's merge ends without node 1's StubEnd (its time bound): what it held
             // is delivered then.
             let end = Instant::now() + Duration::from_secs(60);
@@ -359,12 +455,14 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
         }
         take_all(&mut new, &mut seen, Duration::from_secs(1)).await;
         // QoS 2 twice (a DUP resend of a message in flight when a connection ended aside).
-        let mut first: HashMap<usize, usize> = HashMap::new();
-        for (n, dup) in seen.get("fwd/2").into_iter().flatten() {
+        let mut first: HashMap<usize, Vec<usize>> = HashMap::new();
+        let cut = at_restart.get("fwd/2").copied().unwrap_or(0);
+        for (i, (n, dup)) in seen.get("fwd/2").into_iter().flatten().enumerate() {
             let k = first.entry(*n).or_default();
-            *k += 1;
-            if *k > 1 && !dup {
+            k.push(i);
+            if k.len() > 1 && !dup {
                 dups += 1;
+                eprintln!("QoS 2 twice: {n} at arrivals {k:?} (restart at arrival {cut})");
             }
         }
     });
@@ -413,17 +511,22 @@ fn id_on(prefix: &str, shards: usize, want: usize) -> String {
         .expect("an id for that shard")
 }
 
+/// Also QoS 2 exactly once across the crash: the old node resends both twins of a message
+/// the new node did not answer (the forwarded and the direct copy), and the restarted node
+/// drops the second (`merge::recover`).
 #[test]
 fn forwarded_copies_survive_a_crash_of_the_new_node_before_its_commit() {
-    let (acked, _) = forwarded_copies_survive(1, Crash::New, "fwd-mover");
+    let (acked, dups) = forwarded_copies_survive(1, Crash::New, "fwd-mover");
     assert!(acked > 0);
+    assert_eq!(dups, 0, "QoS 2 delivered twice");
 }
 
 #[test]
 fn forwarded_copies_survive_a_crash_of_the_new_node_with_two_cores() {
     let id = id_on("fwd-mover2", 2, 1);
-    let (acked, _) = forwarded_copies_survive(2, Crash::New, &id);
+    let (acked, dups) = forwarded_copies_survive(2, Crash::New, &id);
     assert!(acked > 0);
+    assert_eq!(dups, 0, "QoS 2 delivered twice");
 }
 
 /// Node 1 aborts at the 10th copy its stub forwards once node 2 answered the first one (node
@@ -438,6 +541,109 @@ fn forwarded_copies_survive_a_crash_of_the_new_node_with_two_cores() {
 #[ignore = "a crash of the old node as it forwards: a second failure, not explained (docs/cluster.md)"]
 fn forwarded_copies_survive_a_crash_of_the_old_node_as_it_forwards() {
     let (acked, dups) = forwarded_copies_survive(1, Crash::Old, "fwd-mover-old");
+    assert!(acked > 0);
+    assert_eq!(dups, 0, "QoS 2 delivered twice");
+}
+
+/// A persistent publisher on the old node's home shard: each QoS 2 message is prepared
+/// (`confirm.rs`) and its stub's copy leaves after the prepare commit with the message's key
+/// (`stub::Move::KeyedCopy`, frame 0x3D), a target of the prepared row. No crash: nothing
+/// acknowledged lost, QoS 2 once, and the keyed copies were acknowledged by node 2.
+#[test]
+fn a_persistent_publishers_prepared_copies_reach_the_moved_session_once() {
+    let _g = serial();
+    let c = Cluster::start(3, &["--cores", "1"]);
+    c.wait_leader(&[1, 2, 3]);
+    links_up(&c);
+    let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
+    let cp = mover("fwd-mover-keyed");
+    let mut seen: Seen = HashMap::new();
+    let started = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = rt().block_on(async {
+        let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
+        m.send(&subscribe_packet("fwd/#", QoS::ExactlyOnce)).await;
+        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        let (s, t) = (started.clone(), stop.clone());
+        let publ = std::thread::spawn(move || publisher(n1, s, t, true));
+        let end = Instant::now() + SETTLE;
+        while !started.load(Relaxed) {
+            assert!(Instant::now() < end, "the stream never started");
+            take_for(&mut m, &mut seen, Duration::from_millis(5)).await;
+        }
+        // Node 3 stopped: node 1's stub forwards for seconds (its flush times out).
+        signal(&c, 3, libc::SIGSTOP);
+        let mut new = Raw::open(n2, cp.protocol).await;
+        new.send(&Packet::Connect(Box::new(cp.clone()))).await;
+        take_all(&mut m, &mut seen, Duration::from_millis(200)).await;
+        let end = Instant::now() + SETTLE;
+        loop {
+            assert!(
+                Instant::now() < end,
+                "the stub never forwarded: {}",
+                moves(&c, 1)
+            );
+            take_all(&mut new, &mut seen, Duration::from_millis(100)).await;
+            if moves(&c, 1)["forwarded_acked"].as_u64().unwrap_or(0) >= 50 {
+                break;
+            }
+        }
+        stop.store(true, Relaxed);
+        let (acked, out) = publ.join().unwrap();
+        assert!(out.is_empty(), "unacknowledged at the end: {out:?}");
+        signal(&c, 3, libc::SIGCONT);
+        let end = Instant::now() + SETTLE;
+        loop {
+            take_all(&mut new, &mut seen, Duration::from_millis(500)).await;
+            let lost = lost_of(&acked, &seen);
+            if lost.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "lost {} : {:?}",
+                lost.len(),
+                &lost[..lost.len().min(20)]
+            );
+        }
+        take_all(&mut new, &mut seen, Duration::from_secs(1)).await;
+        acked
+    });
+    let mut count: HashMap<usize, usize> = HashMap::new();
+    let twice = seen
+        .get("fwd/2")
+        .into_iter()
+        .flatten()
+        .filter(|&&(n, dup)| {
+            let k = count.entry(n).or_default();
+            *k += 1;
+            *k > 1 && !dup
+        })
+        .count();
+    eprintln!(
+        "keyed copies: {} acknowledged, all in the session, QoS 2 twice {twice}; node 1 moves {}; node 2 moves {}",
+        acked.values().map(Vec::len).sum::<usize>(),
+        moves(&c, 1),
+        moves(&c, 2)
+    );
+    assert_eq!(twice, 0, "QoS 2 delivered twice");
+}
+
+/// Issue 14: a prepared QoS 2 message of a persistent publisher on the old node's home shard
+/// has its stub's copy as a target of the prepared row (`stub::Move::KeyedCopy`, sent after
+/// the commit with the message's key): node 1 aborts once such a prepare commit is durable,
+/// before the copies for node 2 leave (`node-copy-prepared`); after its restart, recovery
+/// sends the message to node 2, which delivers it once per key, and the publisher's resend
+/// is answered from the row: every message acknowledged is in the session, QoS 2 once.
+///
+/// Not yet passing: after node 1's restart it never routes to node 2 again within 30 s (its
+/// link to node 2 carries hundreds of thousands of messages, down, 9 MB queued); the same
+/// with the keyed copies disabled, so it belongs to the old node's crash path (docs/cluster.md,
+/// "Still open"). Run it with `-- --ignored`.
+#[test]
+#[ignore = "the old node's restart after a crash mid-move does not route to the new node (docs/cluster.md)"]
+fn a_prepared_qos2_message_reaches_the_moved_session_across_a_crash_of_the_old_node() {
+    let (acked, dups) = forwarded_copies_survive(1, Crash::Prepared, "fwd-mover-prep");
     assert!(acked > 0);
     assert_eq!(dups, 0, "QoS 2 delivered twice");
 }

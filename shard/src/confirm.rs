@@ -331,6 +331,9 @@ async fn send_deferred(shard: Rc<Shard>) {
                 if crate::cluster::origin::has_origin_copies(&d.items) {
                     crate::cluster::origin::crash_point("node-copy-prepared");
                 }
+                if crate::cluster::origin::stub_copies_only(&d.items) {
+                    crate::cluster::origin::crash_point("stub-copy-prepared");
+                }
                 for (to, item) in d.items {
                     send_item(&shard, to, item);
                 }

@@ -121,6 +121,9 @@ fn route_here(
     // (each judges its own) but not to this shard's sessions again.
     let here = peer.is_none_or(|s| crate::cluster::fresh(shard, s));
     let ops = shard.store.pending_ops();
+    // A prepared QoS 2 message (`confirm::prepare`): a stub's acked copies
+    // of it are held with the other copies, as targets of the prepared row.
+    let keyed = held.is_some() && confirm.is_some_and(|c| c.origin_row);
     let mut send = |to: usize, item: MeshItem| match held.as_deref_mut() {
         Some(h) => h.push((to, item)),
         None => shard.mesh.push(to, item),
@@ -205,7 +208,11 @@ fn route_here(
             crate::cluster::copy_acks::begin(shard, c.token);
         }
         deliver_local(shard, &p, publisher, source);
-        remote += crate::cluster::copy_acks::end(shard);
+        remote += if keyed {
+            crate::cluster::copy_acks::end_keyed(shard, &mut send)
+        } else {
+            crate::cluster::copy_acks::end(shard)
+        };
     }
     if let (true, Some(s)) = (here, peer) {
         crate::cluster::delivered(shard, s, ops);

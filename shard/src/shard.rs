@@ -210,6 +210,7 @@ pub(crate) async fn run(init: ShardInit) {
     // apply a peer's message (or serve a client) before the sessions exist.
     crate::persist::restore(&shard, init.recovered, &init.retained);
     crate::cluster::seed(&shard);
+    crate::cluster::merge::recover(&shard);
     for (from, rx) in receivers {
         let shard = shard.clone();
         spawn_local(async move {

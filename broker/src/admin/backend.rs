@@ -330,6 +330,8 @@ pub struct MoveMetrics {
     pub held: u64,
     pub merged: u64,
     pub merge_dups: u64,
+    #[serde(default)]
+    pub merge_recovered: u64,
     pub merge_ended: u64,
     pub merge_expired: u64,
     #[serde(default)]
@@ -373,6 +375,7 @@ impl HandoverMetrics {
                 held: h.held.load(Relaxed),
                 merged: h.merged.load(Relaxed),
                 merge_dups: h.merge_dups.load(Relaxed),
+                merge_recovered: h.merge_recovered.load(Relaxed),
                 merge_ended: h.merge_ended.load(Relaxed),
                 merge_expired: h.merge_expired.load(Relaxed),
                 ghosts: h.ghosts.load(Relaxed),

@@ -190,7 +190,7 @@ impl Acks {
         shard: &Rc<Shard>,
         hub: &Hub,
         link: &Link,
-        (client, origin): (&str, Origin),
+        (client, origin, key): (&str, Origin, Option<super::origin::Origin>),
         mqtt: &[u8],
         w: Waiter,
     ) {
@@ -204,7 +204,7 @@ impl Acks {
             (deadline, false, false),
             |stamp, b| {
                 super::copy_acks::crash_copy_sent(link.peer.id, stamp.id);
-                super::frame_move::encode_acked_copy(stamp, client, origin, mqtt, b)
+                super::frame_move::encode_acked_copy(stamp, (client, origin, key), mqtt, b)
             },
         );
     }
@@ -440,7 +440,7 @@ impl Acks {
         shard: &Rc<Shard>,
         link: &Link,
         stamp: Stamp,
-        (client, origin): (String, Origin),
+        (client, origin, key): (String, Origin, Option<super::origin::Origin>),
         p: Publish,
     ) {
         link.stats.acked_in.inc();
@@ -461,6 +461,7 @@ impl Acks {
             node: link.peer.id,
             stamp,
             token,
+            key,
         };
         super::merge::on_copy(shard, client, origin, p, Some(ack));
     }

@@ -83,7 +83,15 @@ pub(crate) fn end(shard: &Rc<Shard>) -> usize {
         let w = (shard.id, token);
         match &n.hub {
             Some(hub) => {
-                if !hub.session_copy(shard, f.slot, &f.client, f.origin, &f.publish, Some(w)) {
+                if !hub.session_copy(
+                    shard,
+                    f.slot,
+                    &f.client,
+                    f.origin,
+                    &f.publish,
+                    Some(w),
+                    false,
+                ) {
                     n.stats.handover.forward_lost.fetch_add(1, Relaxed);
                 }
             }
@@ -98,6 +106,32 @@ pub(crate) fn end(shard: &Rc<Shard>) -> usize {
                 }))),
             ),
         }
+    }
+    count
+}
+
+/// [`end`] for a prepared QoS 2 message (`confirm::prepare`, token = the
+/// prepared row's nonce): the acked copies go to `held`, so they leave
+/// after the prepare commit, as targets of the row (`origin::hold`): a
+/// crash of this node after that commit sends them again at recovery.
+pub(crate) fn end_keyed(shard: &Shard, held: &mut dyn FnMut(usize, MeshItem)) -> usize {
+    let Some(n) = shard.cluster.as_ref() else {
+        return 0;
+    };
+    let Some(token) = n.copy_acks.token.take() else {
+        return 0;
+    };
+    let list = std::mem::take(&mut *n.copy_acks.forwards.borrow_mut());
+    let count = list.len();
+    for f in list {
+        let m = super::stub::Move::KeyedCopy {
+            slot: f.slot,
+            client: f.client,
+            origin: f.origin,
+            publish: f.publish,
+            ack: (shard.id, token),
+        };
+        held(0, MeshItem::Cluster(Box::new(super::Item::Move(m))));
     }
     count
 }
@@ -156,6 +190,9 @@ pub struct CopyAck {
     pub node: u64,
     pub stamp: Stamp,
     pub token: u64,
+    /// A prepared QoS 2 message's key on the sender (`origin.rs`):
+    /// delivered once per key, a resend by the sender's recovery included.
+    pub key: Option<super::origin::Origin>,
 }
 
 /// The key of a session's copies from `node` among the per-node stamps:
@@ -208,6 +245,74 @@ pub(crate) fn held_twin(shard: &Shard, client: &str, o: Origin) -> bool {
     };
     let seen = n.seen.borrow();
     seen.get(&twin_key(client, o))
+        .is_some_and(|r| r.stream <= o.seq && o.seq <= r.id)
+}
+
+/// The key of the forwarded-copy range of `client`'s copies from origin
+/// `o`'s node and shard (`forwarded_durably`), apart from the others.
+fn fwd_key(client: &str, o: Origin) -> u64 {
+    let at = o.node.rotate_left(29) ^ u64::from(o.shard) << 44 ^ 0x27d4_eb2f_0000_0003;
+    key(at, client)
+}
+
+/// The key of `client`'s merge marker (`merging`): a tag no node id takes.
+fn merging_key(client: &str) -> u64 {
+    key(0x6d65_7267_696e_6721, client)
+}
+
+/// The merge of `client` began (`on`) or ended: a row among the stamps, in
+/// the batch of the install (or of the end), so a restart of this node
+/// knows which sessions it cut mid-merge (`merge::recover`).
+pub(crate) fn merging(shard: &Shard, client: &str, on: bool) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let (k, v) = (merging_key(client), u64::from(on));
+    n.seen.borrow_mut().insert(k, Stamp { stream: v, id: v });
+    shard.store.put_peer_seen(k, v, v).detach();
+}
+
+/// Whether `client`'s merge was running when this node last stopped.
+pub(crate) fn was_merging(shard: &Shard, client: &str) -> bool {
+    shard.cluster.as_ref().is_some_and(|n| {
+        n.seen
+            .borrow()
+            .get(&merging_key(client))
+            .is_some_and(|s| s.id != 0)
+    })
+}
+
+/// A forwarded acked copy of origin `o` was delivered to merging session
+/// `client`: `range` (first, last count of `o`'s node and shard forwarded
+/// and delivered by this merge) is stored in the batch of the delivery's
+/// row. After a crash of this node ends the merge, a direct twin resent by
+/// its sender is known by it ([`forwarded_twin`]): the old node forwards
+/// each origin's copies in order, so every count in the range it routed
+/// to the session came that way.
+pub(crate) fn forwarded_durably(shard: &Shard, client: &str, o: Origin, range: (u64, u64)) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let k = fwd_key(client, o);
+    let (first, last) = range;
+    n.seen.borrow_mut().insert(
+        k,
+        Stamp {
+            stream: first,
+            id: last,
+        },
+    );
+    shard.store.put_peer_seen(k, first, last).detach();
+}
+
+/// Whether a direct copy of origin `o` for `client`, coming after a crash
+/// ended its merge, has a forwarded twin delivered durably ([`forwarded_durably`]).
+pub(crate) fn forwarded_twin(shard: &Shard, client: &str, o: Origin) -> bool {
+    let Some(n) = shard.cluster.as_ref() else {
+        return false;
+    };
+    let seen = n.seen.borrow();
+    seen.get(&fwd_key(client, o))
         .is_some_and(|r| r.stream <= o.seq && o.seq <= r.id)
 }
 
@@ -354,5 +459,19 @@ mod tests {
         assert_ne!(a, super::key(2, "c2"));
         assert_ne!(a, super::key(3, "c1"));
         assert_eq!(a, super::key(2, "c1"));
+        let o = super::Origin {
+            node: 2,
+            shard: 0,
+            seq: 7,
+        };
+        let keys = [
+            a,
+            super::twin_key("c1", o),
+            super::fwd_key("c1", o),
+            super::merging_key("c1"),
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            assert!(keys[i + 1..].iter().all(|x| x != k), "keys apart");
+        }
     }
 }

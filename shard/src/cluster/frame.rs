@@ -201,6 +201,9 @@ pub enum Frame {
         stamp: Stamp,
         client: String,
         origin: Origin,
+        /// A prepared QoS 2 message's key on the sender (`origin.rs`):
+        /// kind 0x3D instead of 0x39, the key after the stamp.
+        key: Option<super::origin::Origin>,
         publish: Bytes,
     },
     /// The receiver's session `client` is installed here and every peer
@@ -845,7 +848,9 @@ impl Frame {
                 };
                 Frame::SessionShip { req, snapshot }
             }
-            k @ 0x30..=0x39 => super::frame_move::decode(k, &mut body)?,
+            k @ (0x30..=0x39 | super::frame_move::ACKED_COPY_KEYED) => {
+                super::frame_move::decode(k, &mut body)?
+            }
             k => return Err(FrameError::UnknownKind(k)),
         };
         if !body.is_empty() {

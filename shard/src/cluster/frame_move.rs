@@ -1,6 +1,7 @@
-//! Link frames 0x30-0x39: publishes stamped with their origin, and the
+//! Link frames 0x30-0x39 (and 0x3D): publishes stamped with their origin, and the
 //! frames that move a session's traffic from its old node to its new one
-//! (`AckedCopy` 0x39: a forwarded copy the old node waits for, `acks.rs`)
+//! (`AckedCopy` 0x39: a forwarded copy the old node waits for, `acks.rs`;
+//! 0x3D: the same with a prepared QoS 2 message's key, `origin.rs`)
 //! (`stub.rs` on the old node, `merge.rs` on the new). Same framing as
 //! `frame.rs` (`len u32 | kind u8 | body`); malformed bodies close the link.
 //! `Ghost` and `GhostFlush` (0x37, 0x38) keep late copies of a moved
@@ -18,6 +19,9 @@ const FLUSH: u8 = 0x34;
 const FLUSHED: u8 = 0x35;
 const STUB_END: u8 = 0x36;
 const ACKED_COPY: u8 = 0x39;
+/// `AckedCopy` with a prepared QoS 2 message's key (in the 0x3A-0x3F range
+/// of `origin.rs`'s frames).
+pub(super) const ACKED_COPY_KEYED: u8 = 0x3D;
 const GHOST: u8 = 0x37;
 const GHOST_FLUSH: u8 = 0x38;
 
@@ -56,13 +60,10 @@ pub(super) fn encode(f: &Frame, out: &mut BytesMut) {
             stamp,
             client,
             origin,
+            key,
             publish,
         } => {
-            out.put_u8(ACKED_COPY);
-            out.put_u64(stamp.stream);
-            out.put_u64(stamp.id);
-            put_str(out, client);
-            put_origin(out, *origin);
+            put_acked_copy(out, *stamp, (client, *origin, *key));
             out.put_slice(publish);
         }
         Frame::MoveDone(client) => {
@@ -117,26 +118,42 @@ pub(super) fn encode_copy(client: &str, origin: Origin, mqtt: &[u8], out: &mut B
     finish(out, start);
 }
 
+/// The kind and fields of an acked session copy, before its PUBLISH.
+fn put_acked_copy(
+    out: &mut BytesMut,
+    stamp: Stamp,
+    (client, origin, key): (&str, Origin, Option<super::origin::Origin>),
+) {
+    out.put_u8(if key.is_some() {
+        ACKED_COPY_KEYED
+    } else {
+        ACKED_COPY
+    });
+    out.put_u64(stamp.stream);
+    out.put_u64(stamp.id);
+    if let Some(k) = key {
+        out.put_u16(k.shard);
+        out.put_u64(k.nonce);
+    }
+    put_str(out, client);
+    put_origin(out, origin);
+}
+
 /// Encodes an acked session copy (`Frame::AckedCopy`) of the MQTT bytes `mqtt`.
 pub(super) fn encode_acked_copy(
     stamp: Stamp,
-    client: &str,
-    origin: Origin,
+    copy: (&str, Origin, Option<super::origin::Origin>),
     mqtt: &[u8],
     out: &mut BytesMut,
 ) {
     let start = out.len();
     out.put_u32(0);
-    out.put_u8(ACKED_COPY);
-    out.put_u64(stamp.stream);
-    out.put_u64(stamp.id);
-    put_str(out, client);
-    put_origin(out, origin);
+    put_acked_copy(out, stamp, copy);
     out.put_slice(mqtt);
     finish(out, start);
 }
 
-/// Decodes the body of a frame of kind `kind` (0x30-0x39).
+/// Decodes the body of a frame of kind `kind` (0x30-0x39, 0x3D).
 pub(super) fn decode(kind: u8, body: &mut Bytes) -> Result<Frame, FrameError> {
     Ok(match kind {
         PUBLISH_FROM => {
@@ -170,11 +187,20 @@ pub(super) fn decode(kind: u8, body: &mut Bytes) -> Result<Frame, FrameError> {
                 publish: std::mem::take(body),
             }
         }
-        ACKED_COPY => {
+        ACKED_COPY | ACKED_COPY_KEYED => {
             need(body, 16, "acked copy")?;
             let stamp = Stamp {
                 stream: body.get_u64(),
                 id: body.get_u64(),
+            };
+            let key = if kind == ACKED_COPY_KEYED {
+                need(body, 10, "acked copy")?;
+                Some(super::origin::Origin {
+                    shard: body.get_u16(),
+                    nonce: body.get_u64(),
+                })
+            } else {
+                None
             };
             let client = get_str(body, "acked copy")?;
             need(body, 18, "acked copy")?;
@@ -183,6 +209,7 @@ pub(super) fn decode(kind: u8, body: &mut Bytes) -> Result<Frame, FrameError> {
                 stamp,
                 client,
                 origin,
+                key,
                 publish: std::mem::take(body),
             }
         }
@@ -292,23 +319,35 @@ mod tests {
             origin: o,
             publish: mqtt.clone(),
         });
-        round_trip(Frame::AckedCopy {
-            stamp: Stamp { stream: 5, id: 6 },
-            client: "c".into(),
-            origin: o,
-            publish: mqtt.clone(),
-        });
-        let mut b = BytesMut::new();
-        encode_acked_copy(Stamp { stream: 5, id: 6 }, "c", o, &mqtt, &mut b);
-        assert_eq!(
-            Frame::decode(&mut b),
-            Ok(Some(Frame::AckedCopy {
+        let key = super::super::origin::Origin {
+            shard: 1,
+            nonce: 77,
+        };
+        for key in [None, Some(key)] {
+            round_trip(Frame::AckedCopy {
                 stamp: Stamp { stream: 5, id: 6 },
                 client: "c".into(),
                 origin: o,
-                publish: mqtt,
-            }))
-        );
+                key,
+                publish: mqtt.clone(),
+            });
+            let mut b = BytesMut::new();
+            encode_acked_copy(Stamp { stream: 5, id: 6 }, ("c", o, key), &mqtt, &mut b);
+            assert_eq!(
+                Frame::decode(&mut b),
+                Ok(Some(Frame::AckedCopy {
+                    stamp: Stamp { stream: 5, id: 6 },
+                    client: "c".into(),
+                    origin: o,
+                    key,
+                    publish: mqtt.clone(),
+                }))
+            );
+        }
+        // A keyed copy cut short in its key closes the link.
+        let mut b = BytesMut::from(&[0, 0, 0, 21, ACKED_COPY_KEYED][..]);
+        b.extend_from_slice(&[0; 20]);
+        assert!(Frame::decode(&mut b).is_err());
         round_trip(Frame::MoveDone("c".into()));
         round_trip(Frame::Flush(4));
         round_trip(Frame::Flushed(4));

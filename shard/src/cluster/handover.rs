@@ -95,6 +95,9 @@ pub struct HandoverStats {
     pub merged: AtomicU64,
     /// Session moves: copies that reached a moved session by both paths, delivered once.
     pub merge_dups: AtomicU64,
+    /// Session moves: sessions whose merge a restart of this node cut
+    /// (twins dropped for MERGE_FOR after it: `merge::recover`).
+    pub merge_recovered: AtomicU64,
     /// Session moves: merges ended by the old node's StubEnd.
     pub merge_ended: AtomicU64,
     /// Session moves: merges ended without StubEnd within MERGE_FOR.

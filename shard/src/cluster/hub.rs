@@ -575,6 +575,9 @@ impl Hub {
     /// acked copy in the link's ledger (`copy_acks.rs`): sent now or on the
     /// next connection, the token answered by the peer's `Durable` (or
     /// refused, or the outbox: as every acked copy). False when lost.
+    /// `keyed`: a prepared QoS 2 message's copy, carrying its key
+    /// `(shard, token)` (`stub::Move::KeyedCopy`).
+    #[allow(clippy::too_many_arguments)]
     pub fn session_copy(
         &self,
         shard: &Rc<Shard>,
@@ -583,17 +586,22 @@ impl Hub {
         origin: Origin,
         p: &Publish,
         ack: Option<(usize, u64)>,
+        keyed: bool,
     ) -> bool {
         let Some((from, token)) = ack else {
             return self.session_copy_plain(slot, client, origin, p);
         };
         let w = super::acks::Waiter { shard: from, token };
+        let key = keyed.then_some(super::origin::Origin {
+            shard: from as u16,
+            nonce: token,
+        });
         let mut mqtt = BytesMut::new();
         encode_publish(p, &mut mqtt);
         match self.link_of(slot) {
             Some(l) if mqtt.len() > 5 => {
                 self.durable
-                    .send_copy(shard, self, &l, (client, origin), &mqtt[5..], w);
+                    .send_copy(shard, self, &l, (client, origin, key), &mqtt[5..], w);
                 true
             }
             _ => {

@@ -450,11 +450,12 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             stamp,
             client,
             origin,
+            key,
             publish,
         } => {
             let p = publish_in(link, publish)?;
             hub.durable
-                .receive_copy(shard, link, stamp, (client, origin), p);
+                .receive_copy(shard, link, stamp, (client, origin, key), p);
         }
         Frame::MoveDone(client) => super::stub::on_move_done(shard, hub, link, client),
         Frame::Flush(t) => link.push_frame(&Frame::Flushed(t)),

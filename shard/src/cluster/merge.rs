@@ -28,6 +28,15 @@
 //!
 //! Bounded: without `StubEnd` within [`MERGE_FOR`] (old node down) the held
 //! copies are delivered as they are (duplicates possible, counted).
+//!
+//! A crash of this node mid-merge (`recover`): the merge's state was in
+//! memory, but a marker row written with the install says which sessions
+//! were merging. For [`MERGE_FOR`] after the restart such a session notes
+//! the origin of every copy delivered to it and drops a second copy of one
+//! origin: the old node resends the acked copies this node did not answer
+//! before it died, both twins of a message among them. A twin delivered
+//! before the crash is known by the ranges stored with the rows
+//! (`copy_acks::held_twin`, `copy_acks::forwarded_twin`).
 
 use super::copy_acks::CopyAck;
 use super::frame::Origin;
@@ -88,6 +97,16 @@ struct Merge {
     /// this node before `StubEnd` leaves no durable row of both.
     held_at: HashMap<Origin, usize>,
     forwarded: std::collections::HashSet<Origin>,
+    /// Per origin (node, shard): the first and last count of the acked
+    /// forwarded copies delivered (`copy_acks::forwarded_durably`).
+    fwd_ranges: HashMap<(u64, u16), (u64, u64)>,
+}
+
+/// A session whose merge a crash of this node cut (`recover`): the origins
+/// of the copies delivered to it since the restart.
+struct Recovered {
+    client: Box<str>,
+    seen: std::collections::HashSet<Origin>,
 }
 
 /// After a merge ended: the old node's marks, still applied to direct copies
@@ -107,12 +126,83 @@ pub(crate) struct Merges {
     /// Forwarded copies for sessions not installed yet, by client id.
     pending: RefCell<HashMap<Box<str>, Vec<Early>>>,
     next: Cell<u64>,
+    /// Sessions whose merge a crash of this node cut, for [`MERGE_FOR`] after the restart.
+    recovered: RefCell<HashMap<SessionId, Recovered>>,
 }
 
 impl Merges {
     pub fn any(&self) -> bool {
-        !self.by_sid.borrow().is_empty() || !self.after.borrow().is_empty()
+        !self.by_sid.borrow().is_empty()
+            || !self.after.borrow().is_empty()
+            || !self.recovered.borrow().is_empty()
     }
+}
+
+/// At start, after the sessions are restored: the persistent sessions whose
+/// merge was running when this node stopped (a crash before `StubEnd`, or
+/// within [`MERGE_FOR`] after it) drop a second copy of one origin for
+/// [`MERGE_FOR`]: the old node's resends of what this node did not answer
+/// carry both twins of a message (the forwarded and the direct copy), and
+/// the merge that told them apart died with the process.
+pub(crate) fn recover(shard: &Rc<Shard>) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    let found: Vec<(SessionId, Box<str>)> = shard
+        .sessions
+        .borrow()
+        .iter()
+        .filter(|(_, s)| s.key.is_some())
+        .filter(|(_, s)| super::copy_acks::was_merging(shard, s.client_id.as_str()))
+        .map(|(sid, s)| (sid as SessionId, s.client_id.as_str().into()))
+        .collect();
+    if found.is_empty() {
+        return;
+    }
+    n.stats
+        .handover
+        .merge_recovered
+        .fetch_add(found.len() as u64, Relaxed);
+    let mut r = n.merges.recovered.borrow_mut();
+    for (sid, client) in found {
+        tracing::info!(%client, "session move: a restart cut its merge; twins dropped for {MERGE_FOR:?}");
+        let seen = Default::default();
+        r.insert(sid, Recovered { client, seen });
+    }
+    drop(r);
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(MERGE_FOR).await;
+        let Some(n) = &shard.cluster else { return };
+        let ended = std::mem::take(&mut *n.merges.recovered.borrow_mut());
+        for (sid, r) in ended {
+            if !n.merges.by_sid.borrow().contains_key(&sid) {
+                super::copy_acks::merging(&shard, &r.client, false);
+            }
+        }
+    })
+    .detach();
+}
+
+/// A copy of `o` for session `sid` whose merge a restart cut: true when its
+/// twin was delivered (dropped, counted), else noted. `direct`: routed here
+/// (its forwarded twin may have been delivered durably before the crash).
+fn recovered_twin(shard: &Shard, sid: SessionId, o: Option<Origin>, direct: bool) -> bool {
+    let (Some(n), Some(o)) = (&shard.cluster, o) else {
+        return false;
+    };
+    let mut recovered = n.merges.recovered.borrow_mut();
+    let Some(r) = recovered.get_mut(&sid) else {
+        return false;
+    };
+    let twin =
+        (direct && super::copy_acks::forwarded_twin(shard, &r.client, o)) || r.seen.contains(&o);
+    if twin {
+        n.stats.handover.merge_dups.fetch_add(1, Relaxed);
+    } else if r.seen.len() < super::ghost::SEEN_MAX {
+        r.seen.insert(o);
+    }
+    twin
 }
 
 /// Whether the old node's `last` counts cover a direct copy of `o` (it
@@ -148,8 +238,12 @@ pub(crate) fn begin(shard: &Rc<Shard>, sid: SessionId, client: &str, slot: Slot)
             ranges: HashMap::new(),
             held_at: HashMap::new(),
             forwarded: Default::default(),
+            fwd_ranges: HashMap::new(),
         },
     );
+    // In the install's batch: a restart before the merge ends knows it.
+    super::copy_acks::merging(shard, client, true);
+    n.merges.recovered.borrow_mut().remove(&sid);
     let early = n.merges.pending.borrow_mut().remove(client);
     for (o, p, ack) in early.into_iter().flatten() {
         // Behind the install's rows: one commit answers both.
@@ -207,6 +301,9 @@ pub(crate) fn hold(
     }
     let mut m = n.merges.by_sid.borrow_mut();
     let Some(m) = m.get_mut(&sid) else {
+        if recovered_twin(shard, sid, origin, true) {
+            return true; // a restart cut its merge: the forwarded twin came
+        }
         // A late peer's copy may also come through the old node (`ghost.rs`).
         return super::ghost::dup(shard, sid, origin);
     };
@@ -337,7 +434,8 @@ pub(crate) fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
 /// A forwarded copy of `origin` is delivered to merging session `sid`: its
 /// held twin, if any, is dropped now (its row deleted in the batch of the
 /// delivery's row), and a direct copy coming later is dropped in `hold`.
-fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin) {
+/// An `acked` one extends the stored range of forwarded copies delivered.
+fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin, acked: bool) {
     let Some(n) = shard.cluster.as_ref() else {
         return;
     };
@@ -346,6 +444,15 @@ fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin) {
         return;
     };
     m.forwarded.insert(origin);
+    if acked && shard.store.is_persistent() {
+        let o = origin;
+        let r = m
+            .fwd_ranges
+            .entry((o.node, o.shard))
+            .or_insert((o.seq, o.seq));
+        r.1 = r.1.max(o.seq);
+        super::copy_acks::forwarded_durably(shard, &m.client, o, *r);
+    }
     let Some(i) = m.held_at.remove(&origin) else {
         return;
     };
@@ -362,7 +469,7 @@ fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin) {
 /// stamp (a resend is not delivered again), answered after the commit.
 fn deliver_forwarded(
     shard: &Rc<Shard>,
-    sid: SessionId,
+    (sid, merging): (SessionId, bool),
     client: &str,
     p: &Publish,
     ack: Option<CopyAck>,
@@ -371,10 +478,25 @@ fn deliver_forwarded(
     let Some(a) = ack else {
         return deliver_to(shard, sid, p, None, Some(origin));
     };
+    // A prepared QoS 2 message's copy: its key is noted, so the sender
+    // recovery's resend is not delivered again (`origin.rs`). While the
+    // merge runs its direct twin (same key) is told apart by origin, not
+    // by key (the twin is dropped for it: `twin_forwarded`); after it, a
+    // key delivered already (the resend came first) is not delivered again.
+    if let Some(k) = a.key {
+        if !super::origin::first_time(shard, a.node, k) && !merging {
+            return super::copy_acks::answer(shard, a, None);
+        }
+    }
+    let ops = shard.store.pending_ops();
     let once = super::copy_acks::once(client, a);
     super::deliver_once(shard, Some(once), || {
         deliver_to(shard, sid, p, None, Some(origin))
     });
+    if let Some(k) = a.key.filter(|_| shard.store.pending_ops() != ops) {
+        // In the batch of the delivery's rows.
+        super::origin::stored(shard, a.node, k);
+    }
     super::copy_acks::answer(shard, a, None);
 }
 
@@ -415,8 +537,8 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
                 }
             }
             stats.merged.fetch_add(1, Relaxed);
-            twin_forwarded(shard, sid, origin);
-            deliver_forwarded(shard, sid, client, &p, ack, origin);
+            twin_forwarded(shard, sid, origin, ack.is_some());
+            deliver_forwarded(shard, (sid, true), client, &p, ack, origin);
         }
         (Some(sid), None) if ack.is_none() && super::ghost::haunted(shard, sid) => {
             // A late peer's copy the old node's ghost forwarded (`ghost.rs`).
@@ -463,13 +585,16 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
             // break or a restart): the session here takes it, once.
             Some(a) => {
                 stats.copies_late.fetch_add(1, Relaxed);
-                if super::copy_acks::held_twin(shard, client, origin) {
-                    // Its direct twin was held in a durable row (a crash of
-                    // this node ended the merge): the session has it.
+                if super::copy_acks::held_twin(shard, client, origin)
+                    || recovered_twin(shard, sid, Some(origin), false)
+                {
+                    // Its direct twin was held in a durable row, or came
+                    // since the restart (a crash of this node ended the
+                    // merge): the session has it.
                     stats.merge_dups.fetch_add(1, Relaxed);
                     return super::copy_acks::answer(shard, a, None);
                 }
-                deliver_forwarded(shard, sid, client, &p, Some(a), origin);
+                deliver_forwarded(shard, (sid, false), client, &p, Some(a), origin);
             }
             // The merge ended (or never began: a fresh session): nothing to merge into.
             None => {
@@ -549,6 +674,7 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         .is_some_and(|s| *s.client_id.as_str() == *m.client && !s.is_gone());
     if !alive {
         // Gone with its session (its rows went with it).
+        super::copy_acks::merging(shard, &m.client, false);
         return;
     }
     if marks.is_some() && !m.held.is_empty() && super::origin::crash_armed("merge-held-end") {
@@ -598,16 +724,22 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         };
         n.merges.after.borrow_mut().insert(sid, a);
         let shard = shard.clone();
+        let client = m.client;
         glommio::spawn_local(async move {
             glommio::timer::sleep(MERGE_FOR).await;
             if let Some(n) = &shard.cluster {
                 let mut after = n.merges.after.borrow_mut();
                 if after.get(&sid).is_some_and(|a| a.id == id) {
                     after.remove(&sid);
+                    drop(after);
+                    // The marks no longer apply: a restart has nothing to recover.
+                    super::copy_acks::merging(&shard, &client, false);
                 }
             }
         })
         .detach();
+    } else {
+        super::copy_acks::merging(shard, &m.client, false);
     }
 }
 

@@ -33,7 +33,8 @@
 //! Test hook (test builds of the suite set it; documented in
 //! docs/cluster-data-plane.md): `RINGMQ_TEST_CRASH=node-copy-prepared`
 //! aborts the process when a prepare commit with node targets is durable,
-//! before its node copies leave; `node-copy-durable` when a node answers
+//! before its node copies leave (`stub-copy-prepared`: the same when they
+//! are a stub's copies only, `stub.rs`); `node-copy-durable` when a node answers
 //! that such a copy is durable, before the done mark and PUBREC.
 
 use super::acks::Waiter;
@@ -127,6 +128,16 @@ pub(crate) fn hold(shard: &Shard, items: &mut [(usize, MeshItem)], nonce: u64) -
         let MeshItem::Cluster(c) = item else {
             continue;
         };
+        if let Item::Move(super::stub::Move::KeyedCopy { slot, .. }) = &**c {
+            // A stub's copy for the session's new node: that node is a
+            // target too (recovery resends the message to it, and it
+            // delivers the copy once per key: `merge.rs`).
+            targets.push(NodeTarget {
+                node: node_of(shard, *slot),
+                group: None,
+            });
+            continue;
+        }
         let (nodes, group, publish, token, at) = match &mut **c {
             Item::Forward {
                 to,
@@ -174,9 +185,25 @@ pub(crate) fn hold(shard: &Shard, items: &mut [(usize, MeshItem)], nonce: u64) -
 
 /// Whether `items` (a prepare's held copies) hold origin copies.
 pub(crate) fn has_origin_copies(items: &[(usize, MeshItem)]) -> bool {
-    items
-        .iter()
-        .any(|(_, i)| matches!(i, MeshItem::Cluster(c) if matches!(**c, Item::Origin { .. })))
+    items.iter().any(|(_, i)| {
+        matches!(i, MeshItem::Cluster(c)
+            if matches!(**c, Item::Origin { .. } | Item::Move(super::stub::Move::KeyedCopy { .. })))
+    })
+}
+
+/// Whether `items` (a prepare's held copies) hold a stub's copy for a moved
+/// session and no other node copy (test crash point `stub-copy-prepared`:
+/// the new node gets the message through the stub only).
+pub(crate) fn stub_copies_only(items: &[(usize, MeshItem)]) -> bool {
+    let is = |i: &MeshItem, keyed: bool| match i {
+        MeshItem::Cluster(c) => match &**c {
+            Item::Move(super::stub::Move::KeyedCopy { .. }) => keyed,
+            Item::Origin { .. } => !keyed,
+            _ => false,
+        },
+        _ => false,
+    };
+    items.iter().any(|(_, i)| is(i, true)) && !items.iter().any(|(_, i)| is(i, false))
 }
 
 /// Recovery: sends prepared message `origin` again to `target` (patient:

@@ -58,6 +58,17 @@ pub enum Move {
         publish: Publish,
         ack: Option<(usize, u64)>,
     },
+    /// A stub's acked copy of a prepared QoS 2 message (`confirm.rs`): a
+    /// target of the prepared row, sent after its commit with the message's
+    /// key `(shard, token)` on this node (`ack`), so that recovery can send
+    /// it again and the new node deliver it once (`origin.rs`).
+    KeyedCopy {
+        slot: Slot,
+        client: Box<str>,
+        origin: Origin,
+        publish: Publish,
+        ack: (usize, u64),
+    },
     /// Shard 0 to every shard: send `CutAck` to the stub's home shard.
     Cut {
         client: Box<str>,
@@ -404,7 +415,20 @@ pub(crate) fn on_item(shard: &Rc<Shard>, _from: usize, m: Move) {
             ack,
         } => {
             if let Some(hub) = &n.hub {
-                if !hub.session_copy(shard, slot, &client, origin, &publish, ack) {
+                if !hub.session_copy(shard, slot, &client, origin, &publish, ack, false) {
+                    n.stats.handover.forward_lost.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        Move::KeyedCopy {
+            slot,
+            client,
+            origin,
+            publish,
+            ack,
+        } => {
+            if let Some(hub) = &n.hub {
+                if !hub.session_copy(shard, slot, &client, origin, &publish, Some(ack), true) {
                     n.stats.handover.forward_lost.fetch_add(1, Relaxed);
                 }
             }
