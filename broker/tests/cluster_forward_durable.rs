@@ -532,7 +532,7 @@ fn forwarded_copies_survive_a_crash_of_the_new_node_with_two_cores() {
 /// Node 1 aborts at the 10th copy its stub forwards once node 2 answered the first one (node
 /// 2 holds the session durably then). Counted from the take, as before, the crash could come
 /// before node 2 had the snapshot, and the client got a fresh session: one cause of the CI
-/// failure (10 of 268 lost). Still not reliable: in 1 of 4 runs with the new count the new
+/// failure (10 of 268 lost). Still not reliable: in 1 of 5 runs with the new count the new
 /// connection on node 2 received nothing after its CONNACK (no DUP resend of the shipped
 /// in-flight messages, none of the copies node 2 traced as delivered to the session), cause
 /// not found; another run hung (docs/cluster.md, "Still open"). Run it with
