@@ -43,6 +43,7 @@ use ringmq_codec::{Publish, QoS, ReasonCode};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 /// A stub's copy waiting for the end of the delivery that made it.
 struct Forward {
@@ -403,10 +404,41 @@ pub(crate) fn crash_copy_in(shard: &Rc<Shard>, twinned: bool) -> bool {
 
 const CRASH_OUT_AT: usize = 10;
 
-/// `fwd-copy-out` (old node): aborts at the 10th copy a stub forwards,
-/// before it leaves.
+/// The first acked copy a stub sent (peer, id), and whether that peer's
+/// `Durable` covered it (armed `fwd-copy-out` only).
+static FIRST_COPY: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// An acked copy `id` left for `peer` (`acks.rs`).
+pub(super) fn crash_copy_sent(peer: u64, id: u64) {
+    if super::origin::crash_armed("fwd-copy-out") && FIRST_COPY.1.load(Relaxed) == 0 {
+        FIRST_COPY.0.store(peer, Relaxed);
+        FIRST_COPY.1.store(id, Relaxed);
+    }
+}
+
+/// `peer` answered `Durable(upto)`: once it covers the first forwarded copy,
+/// the new node holds the session durably (it answers a copy that came
+/// before its install only after the commit holding the install).
+pub(super) fn crash_durable(peer: u64, upto: u64) {
+    let first = FIRST_COPY.1.load(Relaxed);
+    if first != 0 && FIRST_COPY.0.load(Relaxed) == peer && upto >= first {
+        INSTALLED.store(true, Relaxed);
+    }
+}
+
+/// `fwd-copy-out` (old node): aborts at the 10th copy a stub forwards once
+/// the new node answered the first one (its install is durable then), before
+/// it leaves. Counted from the take instead, the 10th copy could come before
+/// the new node had the snapshot (the fence took the session and parked it
+/// in memory before the fetch came, or the ship had not left), and the crash
+/// ended the move itself: the new node's fetch fails, the client gets a
+/// fresh session (session present 0) and the old session's queued messages
+/// go with it, as for any session of a node that dies (docs/cluster.md,
+/// "A crash of the old node before the new one has the session"): one of
+/// the two ways the test lost messages under load.
 pub(crate) fn crash_copy_out() {
-    if !super::origin::crash_armed("fwd-copy-out") {
+    if !super::origin::crash_armed("fwd-copy-out") || !INSTALLED.load(Relaxed) {
         return;
     }
     let n = CRASH.with(|c| {
