@@ -1,6 +1,7 @@
 //! Acked session copies (durability `sync`): a QoS 1/2 copy that the old
-//! node's stub (`stub.rs`) forwards to the session's new node is
-//! acknowledged to its publisher only once the new node holds it durably.
+//! node forwards to the session's new node (its stub, `stub.rs`; its ghost,
+//! `ghost.rs`; a share-group copy for a member that left, `share_move.rs`)
+//! is acknowledged to its publisher only once the new node holds it durably.
 //!
 //! ```text
 //! node A (old owner)                                   node B (new owner)
@@ -62,7 +63,21 @@ pub(crate) struct Under {
 /// Routing of a publish confirmed under `token` starts on this shard: a
 /// stub's copy of it becomes an acked copy. Nothing unless a stub exists.
 pub(crate) fn begin(shard: &Shard, token: u64) {
-    if let Some(n) = shard.cluster.as_ref().filter(|n| n.stubs.any()) {
+    if let Some(n) = shard.cluster.as_ref().filter(|n| forwards(n)) {
+        n.copy_acks.token.set(Some(token));
+    }
+}
+
+/// Whether a delivery on this shard may forward a copy: a stub, or a
+/// ghost's subscriptions (`ghost.rs`) routed here.
+fn forwards(n: &super::Node) -> bool {
+    n.stubs.any() || n.ghosts.forwarding()
+}
+
+/// Shard 0, a group copy another node picked this node for under `token`
+/// (`share_move.rs`): its forward to a moved member becomes an acked copy.
+pub(crate) fn begin_shared(shard: &Shard, token: u64) {
+    if let Some(n) = shard.cluster.as_ref() {
         n.copy_acks.token.set(Some(token));
     }
 }
@@ -123,7 +138,7 @@ pub(crate) fn take(shard: &Shard, slot: Slot, client: &str, origin: Origin, p: &
 /// A copy another shard routed here under its `token` (`from`): with a
 /// stub on this shard, the delivery runs under a local token of its own.
 pub(crate) fn relay_begin(shard: &Shard) -> Option<u64> {
-    let n = shard.cluster.as_ref().filter(|n| n.stubs.any())?;
+    let n = shard.cluster.as_ref().filter(|n| forwards(n))?;
     let local = crate::confirm::new_token(shard);
     n.copy_acks.token.set(Some(local));
     Some(local)
@@ -289,6 +304,38 @@ pub(crate) fn crash_copy_in(shard: &Rc<Shard>, twinned: bool) -> bool {
             glommio::spawn_local(async move {
                 let _ = shard.store.flush().await;
                 super::origin::crash_point("fwd-copy-in");
+            })
+            .detach();
+            true
+        }
+    }
+}
+
+/// `late-copy-in` (new node), at an acked copy for a session whose merge
+/// ended (a ghost's or a share group's forward, or a resend): from the 10th
+/// on, copies are received but not delivered (true: drop it), and the
+/// process aborts once what it had before is committed.
+pub(crate) fn crash_late_in(shard: &Rc<Shard>) -> bool {
+    if !super::origin::crash_armed("late-copy-in") {
+        return false;
+    }
+    let fire = CRASH.with(|c| {
+        if c.1.get() {
+            return None;
+        }
+        c.0.set(c.0.get() + 1);
+        let fire = c.0.get() >= 10;
+        c.1.set(fire);
+        Some(fire)
+    });
+    match fire {
+        None => true,
+        Some(false) => false,
+        Some(true) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = shard.store.flush().await;
+                super::origin::crash_point("late-copy-in");
             })
             .detach();
             true

@@ -136,6 +136,12 @@ impl Ghosts {
     pub fn any(&self) -> bool {
         !self.haunts.borrow().is_empty() || !self.kept.borrow().is_empty()
     }
+
+    /// Whether a ghost's subscriptions (or a stub's that becomes one) are
+    /// routed on this shard: a delivery may forward an acked copy.
+    pub fn forwarding(&self) -> bool {
+        !self.kept.borrow().is_empty()
+    }
 }
 
 fn to_shard(shard: &Rc<Shard>, to: usize, m: Msg) {
@@ -254,6 +260,9 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
     let Some((slot, client)) = found else { return };
     let stats = &n.stats.handover;
     stats.ghost_forwarded.fetch_add(1, Relaxed);
+    if super::copy_acks::take(shard, slot, &client, o, p) {
+        return; // acked: leaves at the end of this delivery (`copy_acks.rs`)
+    }
     match &n.hub {
         Some(hub) => {
             if !hub.session_copy_plain(slot, &client, o, p) {

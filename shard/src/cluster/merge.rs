@@ -463,6 +463,9 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
             // break or a restart): the session here takes it, once.
             Some(a) => {
                 stats.copies_late.fetch_add(1, Relaxed);
+                if super::copy_acks::crash_late_in(shard) {
+                    return; // test crash point: received, never committed
+                }
                 if super::copy_acks::held_twin(shard, client, origin) {
                     // Its direct twin was held in a durable row (a crash of
                     // this node ended the merge): the session has it.
