@@ -900,6 +900,7 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("ghost_ended", m.ghost_ended),
         ("ghost_expired", m.ghost_expired),
         ("ghost_dups", m.ghost_dups),
+        ("ghost_held", m.ghost_held),
         ("shared_forwarded", m.shared_forwarded),
     ] {
         let _ = writeln!(out, "ringmq_{name}{{event=\"{event}\"}} {v}");

@@ -162,6 +162,19 @@ fn publisher(
 /// forwarded some, and ended once node 3 answered its flush.
 #[test]
 fn late_copies_of_a_stopped_node_reach_the_moved_session() {
+    late_copies(false);
+}
+
+/// As above, but node 3's link to the new node comes back before its link to the old one
+/// (node 1 is SIGSTOPped as node 3 resumes, until node 2 got node 3's direct copies): node 3
+/// sends newer copies straight to node 2 while its older ones wait for node 1's ghost. Node 2
+/// holds the direct copies until the ghost's end: order per topic kept.
+#[test]
+fn late_copies_keep_their_order_when_the_new_node_comes_back_first() {
+    late_copies(true);
+}
+
+fn late_copies(old_stalls: bool) {
     let _g = serial();
     let c = Cluster::start(3, &[]);
     c.wait_leader(&[1, 2, 3]);
@@ -217,7 +230,26 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
             assert!(take_one(&mut new, &mut seen).await);
         }
         // Node 3 resumes: what it routed to node 1 comes late; the stream goes on a while.
+        if old_stalls {
+            signal(&c, 1, libc::SIGSTOP);
+        }
         signal(&c, 3, libc::SIGCONT);
+        if old_stalls {
+            // Node 3 reaches node 2 first and sends it newer copies directly.
+            let end = Instant::now() + SETTLE;
+            while link_up(&c, 3, 2) != Some(true) {
+                assert!(
+                    Instant::now() < end,
+                    "node 3's link to node 2 never came back"
+                );
+                assert!(take_one(&mut new, &mut seen).await);
+            }
+            let until = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < until {
+                assert!(take_one(&mut new, &mut seen).await);
+            }
+            signal(&c, 1, libc::SIGCONT);
+        }
         let end = Instant::now() + SETTLE;
         while link_up(&c, 3, 1) != Some(true) || link_up(&c, 3, 2) != Some(true) {
             assert!(Instant::now() < end, "node 3's links never came back");
@@ -249,10 +281,21 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
                 continue;
             }
             if last > Some(i) {
+                if late == 0 {
+                    let k = v.iter().position(|x| x.0 == i).unwrap_or(0);
+                    eprintln!(
+                        "{t}: first out of order at {k}: {:?}",
+                        &v[k.saturating_sub(5)..(k + 5).min(v.len())]
+                    );
+                }
                 late += 1;
             }
             last = last.max(Some(i));
         }
+        assert_eq!(
+            late, 0,
+            "{t}: {late} delivered after a later one; node 1 moves {m1}; node 2 moves {m2}"
+        );
         let lost: Vec<usize> = (0..n).filter(|i| !taken.contains(i)).collect();
         assert!(
             lost.is_empty(),
@@ -277,10 +320,11 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
-        "late copies: {n} pairs, nothing lost; {}; node 1 ghost forwarded {}, node 2 ghost duplicates dropped {}",
+        "late copies (old node stalled: {old_stalls}): {n} pairs, nothing lost, order kept; {}; node 1 ghost forwarded {}, node 2 ghost duplicates dropped {}, direct copies held {}",
         report.join(", "),
         m1["ghost_forwarded"],
         m2["ghost_dups"],
+        m2["ghost_held"],
     );
 }
 

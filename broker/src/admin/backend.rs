@@ -343,6 +343,8 @@ pub struct MoveMetrics {
     #[serde(default)]
     pub ghost_dups: u64,
     #[serde(default)]
+    pub ghost_held: u64,
+    #[serde(default)]
     pub shared_forwarded: u64,
 }
 
@@ -380,6 +382,7 @@ impl HandoverMetrics {
                 ghost_ended: h.ghost_ended.load(Relaxed),
                 ghost_expired: h.ghost_expired.load(Relaxed),
                 ghost_dups: h.ghost_dups.load(Relaxed),
+                ghost_held: h.ghost_held.load(Relaxed),
                 shared_forwarded: h.shared_forwarded.load(Relaxed),
             },
         }

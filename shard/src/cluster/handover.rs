@@ -109,6 +109,8 @@ pub struct HandoverStats {
     pub ghost_expired: AtomicU64,
     /// Session moves: copies from a ghost's peers that came by both paths, delivered once.
     pub ghost_dups: AtomicU64,
+    /// Session moves: direct copies from a ghost's peers held until the ghost ended (order).
+    pub ghost_held: AtomicU64,
     /// Session moves: share-group copies given to the old node, forwarded to the moving member.
     pub shared_forwarded: AtomicU64,
 }
