@@ -905,6 +905,14 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
     ] {
         let _ = writeln!(out, "ringmq_{name}{{event=\"{event}\"}} {v}");
     }
+    let name = "cluster_stamp_rows";
+    family(
+        out,
+        name,
+        "gauge",
+        "Rows of moved sessions in the acked-copy stamp tables (stamps, merge ranges); they go with their session.",
+    );
+    let _ = writeln!(out, "ringmq_{name} {}", m.stamp_rows);
 }
 
 /// ACL refusals by action and node-wide ban counters.

@@ -698,3 +698,97 @@ fn ghost_forwards_survive_a_crash_of_the_new_node() {
         m1["ghost_forwarded"], m1["forwarded_acked"]
     );
 }
+
+/// Issue 14, growth: the rows a move leaves in the new node's stamp table (acked-copy stamps
+/// per sending node, the merge's held ranges per origin) go with their session. Eight
+/// persistent sessions each move node 1 -> 2 -> 1 while a publisher on node 3 streams QoS 1
+/// to them (held direct copies, forwarded acked copies), then each is discarded by a clean
+/// start: the gauge `stamp_rows` rose during the moves and is back to 0 on both nodes.
+#[test]
+fn stamp_rows_of_moved_sessions_go_with_them() {
+    let _g = serial();
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    let addrs = [c.get(1).mqtt(), c.get(2).mqtt(), c.get(3).mqtt()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let rows = |id| count(&moves(&c, id), "stamp_rows");
+    let mut peak = 0;
+    let mut seen = Seen::new();
+    rt().block_on(async {
+        let (s, p) = (stop.clone(), sent.clone());
+        let n3 = addrs[2];
+        let publ = std::thread::spawn(move || {
+            publisher(n3, None, &["grow/1"], Duration::from_millis(1), s, p)
+        });
+        for i in 0..8 {
+            let id = format!("grow-{i}");
+            let mut cp = connect_packet(version(Proto::V5), &id, false);
+            cp.properties.session_expiry_interval = Some(600);
+            let (mut m, _) = raw_connect_sp(addrs[0], cp.clone()).await;
+            m.send(&Packet::Subscribe(Subscribe {
+                packet_id: pid(1),
+                filters: vec![(
+                    filter("grow/#"),
+                    SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+                )],
+                properties: SubscribeProperties::default(),
+            }))
+            .await;
+            loop {
+                // PUBLISHes of the stream may come right behind the SUBACK.
+                match m.expect_packet("SUBACK").await {
+                    Packet::SubAck(_) => break,
+                    Packet::Publish(_) => {}
+                    other => panic!("{id}: {other:?} instead of SUBACK"),
+                }
+            }
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                assert!(take_one(&mut m, &mut seen).await);
+            }
+            for at in [1, 0] {
+                let (new, present) = raw_connect_sp(addrs[at], cp.clone()).await;
+                assert!(present, "{id}: session present on node {}", at + 1);
+                let end = Instant::now() + SETTLE;
+                while take_one(&mut m, &mut seen).await {
+                    assert!(Instant::now() < end, "the old connection stayed open");
+                }
+                m = new;
+                let until = Instant::now() + Duration::from_millis(300);
+                while Instant::now() < until {
+                    assert!(take_one(&mut m, &mut seen).await);
+                }
+                peak = peak.max(rows(1) + rows(2));
+            }
+            // Discarded: a clean start on its node.
+            let clean = connect_packet(version(Proto::V5), &id, true);
+            let (_gone, present) = raw_connect_sp(addrs[0], clean).await;
+            assert!(!present, "{id}: a clean start gets a new session");
+            let end = Instant::now() + SETTLE;
+            while take_one(&mut m, &mut seen).await {
+                assert!(Instant::now() < end, "the discarded connection stayed open");
+            }
+        }
+        stop.store(true, Relaxed);
+        publ.join().unwrap();
+    });
+    assert!(peak > 0, "the moves left no stamp rows: nothing was tested");
+    let end = Instant::now() + SETTLE;
+    while rows(1) + rows(2) > 0 {
+        assert!(
+            Instant::now() < end,
+            "stamp rows left after every session was discarded: node 1 {}, node 2 {}",
+            moves(&c, 1),
+            moves(&c, 2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "stamp rows: up to {peak} during 16 moves of 8 sessions, 0 after they were discarded; node 2 moves {}",
+        moves(&c, 2)
+    );
+}

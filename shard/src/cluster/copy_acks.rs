@@ -204,13 +204,13 @@ pub(crate) fn held_durably(shard: &Shard, client: &str, o: Origin, range: (u64, 
     };
     let k = twin_key(client, o);
     let (first, last) = range;
-    n.seen.borrow_mut().insert(
-        k,
-        Stamp {
-            stream: first,
-            id: last,
-        },
-    );
+    let stamp = Stamp {
+        stream: first,
+        id: last,
+    };
+    if n.seen.borrow_mut().insert(k, stamp).is_none() {
+        n.session_stamps_add(1);
+    }
     shard.store.put_peer_seen(k, first, last).detach();
 }
 
@@ -223,6 +223,49 @@ pub(crate) fn held_twin(shard: &Shard, client: &str, o: Origin) -> bool {
     let seen = n.seen.borrow();
     seen.get(&twin_key(client, o))
         .is_some_and(|r| r.stream <= o.seq && o.seq <= r.id)
+}
+
+/// Whether a stamp-table key is a session's (a [`key`] or [`twin_key`]),
+/// not a node's.
+pub(crate) fn is_session_key(k: u64) -> bool {
+    k >= 1 << 63
+}
+
+/// Home shard, session `client` removed (expired, discarded, moved away):
+/// its rows in the stamp table go, in memory and in the store. Those are
+/// its acked-copy stamps per sending node ([`key`], for every linked peer)
+/// and its merge's held ranges per origin ([`twin_key`], for every origin
+/// this shard delivered from): no copy for the session is delivered
+/// through them any more. Nothing to do (no hashing) while the table holds
+/// no session row.
+pub(crate) fn session_removed(shard: &Shard, client: &str) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    if !n.has_session_stamps() {
+        return;
+    }
+    let mut keys: Vec<u64> = n
+        .peer_slots
+        .borrow()
+        .iter()
+        .map(|(node, _)| key(*node, client))
+        .collect();
+    keys.extend(n.handled.borrow().keys().map(|&(node, sh)| {
+        let o = Origin {
+            node,
+            shard: sh,
+            seq: 0,
+        };
+        twin_key(client, o)
+    }));
+    let mut seen = n.seen.borrow_mut();
+    for k in keys {
+        if seen.remove(&k).is_some() {
+            n.session_stamps_add(-1);
+            shard.store.delete_peer_seen(k).detach();
+        }
+    }
 }
 
 /// The stamp a copy of `client` is delivered once by (`cluster::deliver_once`).
