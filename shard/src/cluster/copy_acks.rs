@@ -1,6 +1,7 @@
 //! Acked session copies (durability `sync`): a QoS 1/2 copy that the old
-//! node's stub (`stub.rs`) forwards to the session's new node is
-//! acknowledged to its publisher only once the new node holds it durably.
+//! node forwards to the session's new node (its stub, `stub.rs`; its ghost,
+//! `ghost.rs`; a share-group copy for a member that left, `share_move.rs`)
+//! is acknowledged to its publisher only once the new node holds it durably.
 //!
 //! ```text
 //! node A (old owner)                                   node B (new owner)
@@ -63,7 +64,21 @@ pub(crate) struct Under {
 /// Routing of a publish confirmed under `token` starts on this shard: a
 /// stub's copy of it becomes an acked copy. Nothing unless a stub exists.
 pub(crate) fn begin(shard: &Shard, token: u64) {
-    if let Some(n) = shard.cluster.as_ref().filter(|n| n.stubs.any()) {
+    if let Some(n) = shard.cluster.as_ref().filter(|n| forwards(n)) {
+        n.copy_acks.token.set(Some(token));
+    }
+}
+
+/// Whether a delivery on this shard may forward a copy: a stub, or a
+/// ghost's subscriptions (`ghost.rs`) routed here.
+fn forwards(n: &super::Node) -> bool {
+    n.stubs.any() || n.ghosts.forwarding()
+}
+
+/// Shard 0, a group copy another node picked this node for under `token`
+/// (`share_move.rs`): its forward to a moved member becomes an acked copy.
+pub(crate) fn begin_shared(shard: &Shard, token: u64) {
+    if let Some(n) = shard.cluster.as_ref() {
         n.copy_acks.token.set(Some(token));
     }
 }
@@ -158,7 +173,7 @@ pub(crate) fn take(shard: &Shard, slot: Slot, client: &str, origin: Origin, p: &
 /// A copy another shard routed here under its `token` (`from`): with a
 /// stub on this shard, the delivery runs under a local token of its own.
 pub(crate) fn relay_begin(shard: &Shard) -> Option<u64> {
-    let n = shard.cluster.as_ref().filter(|n| n.stubs.any())?;
+    let n = shard.cluster.as_ref().filter(|n| forwards(n))?;
     let local = crate::confirm::new_token(shard);
     n.copy_acks.token.set(Some(local));
     Some(local)
@@ -227,13 +242,13 @@ pub(crate) fn held_durably(shard: &Shard, client: &str, o: Origin, range: (u64, 
     };
     let k = twin_key(client, o);
     let (first, last) = range;
-    n.seen.borrow_mut().insert(
-        k,
-        Stamp {
-            stream: first,
-            id: last,
-        },
-    );
+    let stamp = Stamp {
+        stream: first,
+        id: last,
+    };
+    if n.seen.borrow_mut().insert(k, stamp).is_none() {
+        n.session_stamps_add(1);
+    }
     shard.store.put_peer_seen(k, first, last).detach();
 }
 
@@ -268,7 +283,13 @@ pub(crate) fn merging(shard: &Shard, client: &str, on: bool) {
         return;
     };
     let (k, v) = (merging_key(client), u64::from(on));
-    n.seen.borrow_mut().insert(k, Stamp { stream: v, id: v });
+    if n.seen
+        .borrow_mut()
+        .insert(k, Stamp { stream: v, id: v })
+        .is_none()
+    {
+        n.session_stamps_add(1);
+    }
     shard.store.put_peer_seen(k, v, v).detach();
 }
 
@@ -295,13 +316,13 @@ pub(crate) fn forwarded_durably(shard: &Shard, client: &str, o: Origin, range: (
     };
     let k = fwd_key(client, o);
     let (first, last) = range;
-    n.seen.borrow_mut().insert(
-        k,
-        Stamp {
-            stream: first,
-            id: last,
-        },
-    );
+    let stamp = Stamp {
+        stream: first,
+        id: last,
+    };
+    if n.seen.borrow_mut().insert(k, stamp).is_none() {
+        n.session_stamps_add(1);
+    }
     shard.store.put_peer_seen(k, first, last).detach();
 }
 
@@ -314,6 +335,51 @@ pub(crate) fn forwarded_twin(shard: &Shard, client: &str, o: Origin) -> bool {
     let seen = n.seen.borrow();
     seen.get(&fwd_key(client, o))
         .is_some_and(|r| r.stream <= o.seq && o.seq <= r.id)
+}
+
+/// Whether a stamp-table key is a session's (a [`key`] or [`twin_key`]),
+/// not a node's.
+pub(crate) fn is_session_key(k: u64) -> bool {
+    k >= 1 << 63
+}
+
+/// Home shard, session `client` removed (expired, discarded, moved away):
+/// its rows in the stamp table go, in memory and in the store. Those are
+/// its acked-copy stamps per sending node ([`key`], for every linked peer)
+/// its merge's held and forwarded ranges per origin ([`twin_key`],
+/// [`fwd_key`], for every origin this shard delivered from) and its merge
+/// marker ([`merging_key`]): no copy for the session is delivered
+/// through them any more. Nothing to do (no hashing) while the table holds
+/// no session row.
+pub(crate) fn session_removed(shard: &Shard, client: &str) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    if !n.has_session_stamps() {
+        return;
+    }
+    let mut keys: Vec<u64> = n
+        .peer_slots
+        .borrow()
+        .iter()
+        .map(|(node, _)| key(*node, client))
+        .collect();
+    keys.extend(n.handled.borrow().keys().flat_map(|&(node, sh)| {
+        let o = Origin {
+            node,
+            shard: sh,
+            seq: 0,
+        };
+        [twin_key(client, o), fwd_key(client, o)]
+    }));
+    keys.push(merging_key(client));
+    let mut seen = n.seen.borrow_mut();
+    for k in keys {
+        if seen.remove(&k).is_some() {
+            n.session_stamps_add(-1);
+            shard.store.delete_peer_seen(k).detach();
+        }
+    }
 }
 
 /// The stamp a copy of `client` is delivered once by (`cluster::deliver_once`).
@@ -395,6 +461,38 @@ pub(crate) fn crash_copy_in(shard: &Rc<Shard>, twinned: bool) -> bool {
             glommio::spawn_local(async move {
                 let _ = shard.store.flush().await;
                 super::origin::crash_point("fwd-copy-in");
+            })
+            .detach();
+            true
+        }
+    }
+}
+
+/// `late-copy-in` (new node), at an acked copy for a session whose merge
+/// ended (a ghost's or a share group's forward, or a resend): from the 10th
+/// on, copies are received but not delivered (true: drop it), and the
+/// process aborts once what it had before is committed.
+pub(crate) fn crash_late_in(shard: &Rc<Shard>) -> bool {
+    if !super::origin::crash_armed("late-copy-in") {
+        return false;
+    }
+    let fire = CRASH.with(|c| {
+        if c.1.get() {
+            return None;
+        }
+        c.0.set(c.0.get() + 1);
+        let fire = c.0.get() >= 10;
+        c.1.set(fire);
+        Some(fire)
+    });
+    match fire {
+        None => true,
+        Some(false) => false,
+        Some(true) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = shard.store.flush().await;
+                super::origin::crash_point("late-copy-in");
             })
             .detach();
             true
