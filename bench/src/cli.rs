@@ -348,6 +348,16 @@ pub struct LoadArgs {
     /// a wake-up per message). Fewer wake-ups, same offered rate.
     #[arg(long)]
     pub pace_slot_us: Option<u64>,
+    /// Fixed rate, QoS 0, plain TCP: wake for every delivery and end its latency when it
+    /// is read. Without it subscribers are read once per pace slot and a delivery's
+    /// latency ends at the kernel's receive timestamp of its segment (SO_TIMESTAMPNS):
+    /// the same figure without a wake-up per delivery (docs/benchmarking.md).
+    #[arg(long)]
+    pub wake_on_delivery: bool,
+    /// A/B switch: latency ends at the kernel's receive timestamp also when woken per
+    /// delivery (plain TCP subscribers on the core's loop).
+    #[arg(long, hide = true)]
+    pub kernel_rx_stamps: bool,
     /// Unlimited rate only: most messages a publisher may have ahead of its probe
     /// subscriber (closed loop, so queues stay bounded); 0 = open loop.
     #[arg(long)]

@@ -207,6 +207,15 @@ fn ringmq_variant(name: &str) -> Option<(&str, Option<u64>)> {
     matches!(backend, "epoll" | "io_uring").then_some((backend, spin))
 }
 
+/// Whether broker `name` (as `compare` starts it) sets `TCP_NODELAY` on client sockets:
+/// ringmq does, and the `mosquitto-nodelay` and `flashmq` configurations ask for it.
+/// Against the others a fixed-rate run wakes for every delivery (`--wake-on-delivery`):
+/// reading on the pace grid moves the ACKs a Nagle sender waits for, and Mosquitto as
+/// shipped measured a different p50 that way (docs/benchmarking.md, sixth pass).
+pub fn sets_tcp_nodelay(name: &str) -> bool {
+    name.starts_with("ringmq") || name == "mosquitto-nodelay" || name == "flashmq"
+}
+
 /// Points the scenario at `b`, runs it, and adds the broker's memory.
 pub fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, String> {
     let mut s = scenario.clone();
@@ -234,6 +243,14 @@ pub fn run_against(b: &BrokerProc, scenario: &Scenario) -> Result<Summary, Strin
     }
     if let Scenario::Conn(a) = &mut s {
         a.broker_pid = Some(pid);
+    }
+    if !sets_tcp_nodelay(&b.name) {
+        if let Some(l) = s.load_mut() {
+            // A broker with Nagle on holds small deliveries until the previous one is
+            // acknowledged, so its latency depends on when the subscriber's ACKs leave:
+            // measured as before, each delivery read (and acknowledged) as it comes.
+            l.wake_on_delivery = true;
+        }
     }
     let before = proc_memory(pid);
     let mut sum = run_scenario(&s)?;

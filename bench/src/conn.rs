@@ -91,6 +91,13 @@ pub struct Conn {
     /// driven by [`Conn::pump`]; [`Conn::drive`] still works through `stream` (the same
     /// socket) for the DISCONNECT at the end.
     polled: Option<PolledFd>,
+    /// Polled reads ask for the kernel's receive timestamp ([`Conn::enable_rx_stamps`]).
+    rx_stamps: bool,
+    /// The kernel's receive timestamp of the last polled read ([`crate::payload::now_ns`]
+    /// clock), until taken.
+    rx_ns: Option<u64>,
+    /// With receive timestamps, most bytes per read (0 = no limit).
+    rx_cap: usize,
 }
 
 impl Conn {
@@ -123,6 +130,9 @@ impl Conn {
             },
             layers,
             polled: None,
+            rx_stamps: false,
+            rx_ns: None,
+            rx_cap: 0,
         })
     }
 
@@ -140,6 +150,9 @@ impl Conn {
             layers: None,
             raw_in: Vec::new(),
             polled: None,
+            rx_stamps: false,
+            rx_ns: None,
+            rx_cap: 0,
         })
     }
 
@@ -154,6 +167,38 @@ impl Conn {
         }
         self.polled = Some(PolledFd::adopt(self.stream.as_raw_fd(), poller)?);
         Ok(())
+    }
+
+    /// A polled connection's reads carry the kernel's software receive timestamp
+    /// (`SO_TIMESTAMPNS`), taken with [`Conn::take_rx_ns`]. Not available on a task's
+    /// stream (TLS, WebSocket, `--glommio-io`): an error.
+    ///
+    /// TCP reports one timestamp per read, that of the last segment the read took, so a
+    /// read of several deliveries would give the earlier ones a later time. Each read
+    /// therefore takes at most `max_read` bytes (the smallest frame the subscriber can
+    /// receive; 0 = no limit): with frames of that size, one delivery per read and its own
+    /// segment's time (several deliveries coalesced in one segment share it, rightly).
+    pub fn enable_rx_stamps(&mut self, max_read: usize) -> io::Result<()> {
+        let p = self
+            .polled
+            .as_ref()
+            .ok_or_else(|| io::Error::other("receive timestamps need a polled connection"))?;
+        p.enable_rx_stamps()?;
+        crate::payload::from_realtime(0, 0); // sample the clock offset now, not mid-run
+        self.rx_stamps = true;
+        self.rx_cap = max_read;
+        Ok(())
+    }
+
+    /// The kernel's receive time of the last read (the last segment it took), if it
+    /// gave one; cleared.
+    pub fn take_rx_ns(&mut self) -> Option<u64> {
+        self.rx_ns.take()
+    }
+
+    /// The epoll set of a polled connection.
+    pub fn poller(&self) -> Option<&Rc<Poller>> {
+        self.polled.as_ref().map(|p| &p.poller)
     }
 
     /// `SO_RCVLOWAT`: the socket reports readable only once `bytes` are queued (1 =
@@ -513,6 +558,9 @@ impl Conn {
             want,
             wbuf,
             polled,
+            rx_stamps,
+            rx_ns,
+            rx_cap,
             ..
         } = self;
         let io = polled.as_ref().expect("a polled connection");
@@ -534,8 +582,25 @@ impl Conn {
         }
         if io.poller.readable(io.key) {
             let spare = rbuf.spare(*want);
+            let len = match *rx_cap {
+                0 => spare.len(),
+                cap => cap.min(spare.len()),
+            };
+            let spare = &mut spare[..len];
             let room = spare.len();
-            match io.recv(spare) {
+            let mut drained = false;
+            let r = if *rx_stamps {
+                io.recv_stamped(spare).map(|s| {
+                    if let Some((sec, nsec)) = s.stamp {
+                        *rx_ns = Some(crate::payload::from_realtime(sec, nsec));
+                    }
+                    drained = s.inq == Some(0);
+                    s.len
+                })
+            } else {
+                io.recv(spare)
+            };
+            match r {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -544,7 +609,9 @@ impl Conn {
                 }
                 Ok(n) => {
                     rbuf.filled(n);
-                    if n < room {
+                    // Short, or nothing left queued (TCP_INQ): bytes arriving later raise
+                    // a new edge.
+                    if n < room || drained {
                         io.poller.clear_readable(io.key);
                     }
                     p.read = true;

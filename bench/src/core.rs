@@ -150,6 +150,30 @@ impl Shared {
         self.probe_capped(sub, frame, load.rcvlowat.min(QOS1_LOWAT_MSGS * frame))
     }
 
+    /// The smallest QoS 0 PUBLISH frame subscriber `sub` can receive from the publishers
+    /// it hears (fixed header, topic length, topic, MQTT 5 property length, payload):
+    /// with kernel receive timestamps it reads at most this much at a time, so each read
+    /// ends with the segment that carried the frame it completes
+    /// (`crate::conn::Conn::enable_rx_stamps`).
+    pub fn min_frame_of(&self, sub: usize) -> usize {
+        let load = &self.plan.load;
+        let props = usize::from(self.plan.broker.mqtt == crate::cli::MqttVersion::V5);
+        self.matches[sub]
+            .iter()
+            .map(|&p| {
+                let rem = 2 + self.plan.pub_topics[p as usize].len() + props + load.payload;
+                let varint = match rem {
+                    0..=127 => 1,
+                    128..=16_383 => 2,
+                    16_384..=2_097_151 => 3,
+                    _ => 4,
+                };
+                1 + varint + rem
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
     /// `want` bytes, for a probe at most half of what its publishers' windows let it
     /// have queued, so the closed loop cannot stall.
     fn probe_capped(&self, sub: usize, frame: usize, want: usize) -> usize {

@@ -27,6 +27,35 @@ pub fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64
 }
 
+/// `CLOCK_REALTIME` minus [`now_ns`]'s clock, ns, sampled once (the kernel's software
+/// receive timestamps are real time).
+static REAL_OFFSET: OnceLock<i128> = OnceLock::new();
+
+fn realtime_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// A kernel receive timestamp (`SO_TIMESTAMPNS`, real time) on [`now_ns`]'s clock. The
+/// offset between the clocks is sampled once, between two readings of the monotonic
+/// clock (error well under a microsecond; a step of the wall clock during a run would
+/// shift it, slewing by NTP is parts per million).
+pub fn from_realtime(sec: i64, nsec: i64) -> u64 {
+    let off = *REAL_OFFSET.get_or_init(|| {
+        let a = now_ns();
+        let r = realtime_ns();
+        let b = now_ns();
+        r - i128::from(a / 2 + b / 2)
+    });
+    let real = i128::from(sec) * 1_000_000_000 + i128::from(nsec);
+    u64::try_from(real - off).unwrap_or(0)
+}
+
 /// Fields decoded from a payload header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {

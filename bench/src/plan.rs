@@ -24,6 +24,12 @@ pub struct Load {
     /// Fixed rate only: the wake-up grid of publishers, ns (0 = a wake-up per message),
     /// see [`DEFAULT_PACE_SLOT_US`].
     pub pace_slot_ns: u64,
+    /// Fixed rate, QoS 0: subscribers are read on the pace grid, not woken per delivery,
+    /// and latency ends at the kernel's receive timestamp (off: `--wake-on-delivery`).
+    pub read_on_tick: bool,
+    /// Latency ends at the kernel's receive timestamp (with `read_on_tick`, or
+    /// `--kernel-rx-stamps`).
+    pub rx_stamps: bool,
     /// Closed-loop window for unlimited publishers (0 = open loop); None = automatic,
     /// see [`auto_window`].
     pub window: Option<u64>,
@@ -75,8 +81,17 @@ impl Load {
         if !(0.0..=1e9).contains(&rate) {
             return Err("--rate must be >= 0".into());
         }
+        let qos = qos_from(a.qos.unwrap_or(d.qos));
+        let pace_slot_ns = a
+            .pace_slot_us
+            .unwrap_or(DEFAULT_PACE_SLOT_US)
+            .checked_mul(1000)
+            .filter(|&ns| ns <= 1_000_000_000)
+            .ok_or("--pace-slot-us must be at most 1000000")?;
+        let read_on_tick =
+            rate > 0.0 && pace_slot_ns > 0 && qos == QoS::AtMostOnce && !a.wake_on_delivery;
         Ok(Load {
-            qos: qos_from(a.qos.unwrap_or(d.qos)),
+            qos,
             payload,
             rate,
             duration: a.duration.unwrap_or(Duration::from_secs_f64(d.duration)),
@@ -84,12 +99,9 @@ impl Load {
             warmup: a.warmup.unwrap_or(Duration::from_secs_f64(d.warmup)),
             drain: a.drain.unwrap_or(Duration::from_secs(5)),
             inflight: a.inflight.map(|n| n.max(1)),
-            pace_slot_ns: a
-                .pace_slot_us
-                .unwrap_or(DEFAULT_PACE_SLOT_US)
-                .checked_mul(1000)
-                .filter(|&ns| ns <= 1_000_000_000)
-                .ok_or("--pace-slot-us must be at most 1000000")?,
+            pace_slot_ns,
+            read_on_tick,
+            rx_stamps: read_on_tick || a.kernel_rx_stamps,
             window: a.window,
             rcvlowat: a.rcvlowat.unwrap_or(DEFAULT_RCVLOWAT).max(1),
             spin_ns: a.spin_ns.unwrap_or(0),

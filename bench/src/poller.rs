@@ -150,6 +150,15 @@ impl Poller {
     }
 }
 
+/// What [`PolledFd::recv_stamped`] read.
+pub struct Stamped {
+    pub len: usize,
+    /// The kernel's receive timestamp of the last segment read, real time (sec, nsec).
+    pub stamp: Option<(i64, i64)>,
+    /// Bytes still queued after the read.
+    pub inq: Option<libc::c_int>,
+}
+
 /// A non-blocking socket driven through a [`Poller`] (owns the descriptor).
 pub struct PolledFd {
     pub fd: OwnedFd,
@@ -209,6 +218,82 @@ impl PolledFd {
         } else {
             Ok(n as usize)
         }
+    }
+
+    /// Asks the kernel for a software receive timestamp with every read (`SO_TIMESTAMPNS`)
+    /// and for the bytes still queued after it (`TCP_INQ`, so a read that took
+    /// everything needs no second read to find the queue empty).
+    pub fn enable_rx_stamps(&self) -> io::Result<()> {
+        for (level, opt) in [
+            (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS),
+            (libc::IPPROTO_TCP, libc::TCP_INQ),
+        ] {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt reads an int from the pointer we pass, on our own socket.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    level,
+                    opt,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Non-blocking `recvmsg`: bytes read, the kernel's receive timestamp of the last
+    /// segment read (real time, (sec, nsec)) and the bytes left queued, each if the
+    /// kernel gave it (`enable_rx_stamps`).
+    pub fn recv_stamped(&self, buf: &mut [u8]) -> io::Result<Stamped> {
+        // CMSG_SPACE(sizeof(struct timespec)) + CMSG_SPACE(sizeof(int)): 32 + 24 on 64-bit.
+        const SPACE: usize = 64;
+        #[repr(C, align(8))]
+        struct Cbuf([u8; SPACE]);
+        let mut cbuf = Cbuf([0; SPACE]);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid (no name, no iovec, no control yet).
+        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = cbuf.0.as_mut_ptr().cast();
+        m.msg_controllen = SPACE as _;
+        // SAFETY: `m` points at one iovec over `buf` (valid for writes of its length) and
+        // at `cbuf` (SPACE bytes, aligned for cmsghdr); the descriptor is ours.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut m, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut stamp = None;
+        let mut inq = None;
+        // SAFETY: CMSG_FIRSTHDR / CMSG_NXTHDR walk the control bytes the kernel wrote
+        // (msg_controllen was updated by recvmsg); each header lies inside `cbuf`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&m);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    stamp = Some((ts.tv_sec, ts.tv_nsec));
+                } else if (*c).cmsg_level == libc::IPPROTO_TCP && (*c).cmsg_type == libc::TCP_CM_INQ
+                {
+                    let v: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    inq = Some(v);
+                }
+                c = libc::CMSG_NXTHDR(&m, c);
+            }
+        }
+        Ok(Stamped {
+            len: n as usize,
+            stamp,
+            inq,
+        })
     }
 }
 

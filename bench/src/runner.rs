@@ -214,15 +214,30 @@ async fn core_main(shared: Arc<Shared>, core: usize) -> CoreStats {
             }
         }
     };
+    // Fixed rate, QoS 0: subscribers on a set of their own, read once per turn of the
+    // driver's loop instead of waking it (crate::driver).
+    let ticked = match &poller {
+        Some(_) if shared.plan.load.read_on_tick => match crate::poller::Poller::new() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                ctx.stats.borrow_mut().error(format!("epoll: {e}"));
+                None
+            }
+        },
+        _ => None,
+    };
     if let Some(p) = &poller {
-        for (_, conn, _) in subs.iter_mut().chain(pubs.iter_mut()) {
-            let _ = conn.use_poller(p); // refused (TLS, WebSocket): stays a task
+        for (_, conn, _) in subs.iter_mut() {
+            let _ = conn.use_poller(ticked.as_ref().unwrap_or(p)); // refused (TLS, WebSocket): stays a task
+        }
+        for (_, conn, _) in pubs.iter_mut() {
+            let _ = conn.use_poller(p);
         }
     }
     let all = subs.iter().chain(pubs.iter()).map(|(_, c, _)| c);
     let (sampler, cpu_start) = match poller {
         Some(p) if crate::driver::Driver::conns_polled(all) => {
-            run_driven(&ctx, p, subs, pubs).await
+            run_driven(&ctx, p, ticked, subs, pubs).await
         }
         _ => run_tasks(&ctx, subs, pubs).await,
     };
@@ -279,12 +294,16 @@ async fn run_tasks(
 async fn run_driven(
     ctx: &Rc<CoreCtx>,
     poller: Rc<crate::poller::Poller>,
+    ticked: Option<Rc<crate::poller::Poller>>,
     subs: Vec<(usize, Conn, u16)>,
     pubs: Vec<(usize, Conn, u16)>,
 ) -> Started {
     let shared = &ctx.shared;
     let npubs = shared.plan.pub_topics.len();
     let mut d = crate::driver::Driver::new(ctx, poller);
+    if let Some(t) = ticked {
+        d = d.with_ticked(t);
+    }
     let mut sub_indices = Vec::new();
     for (i, conn, _) in subs {
         let tracker = Tracker::new(shared.matches[i].clone(), npubs);

@@ -115,7 +115,12 @@ pub const STALL_NS: u64 = 20_000_000;
 pub const STALLS_TO_DROP: u32 = 3;
 
 impl PolledSub {
-    pub fn new(ctx: &CoreCtx, index: usize, conn: Conn, tracker: Tracker) -> PolledSub {
+    pub fn new(ctx: &CoreCtx, index: usize, mut conn: Conn, tracker: Tracker) -> PolledSub {
+        if ctx.shared.plan.load.rx_stamps {
+            if let Err(e) = conn.enable_rx_stamps(ctx.shared.min_frame_of(index)) {
+                ctx.stats.borrow_mut().error(format!("SO_TIMESTAMPNS: {e}"));
+            }
+        }
         let acked = ctx.shared.qos1_lowat_of(index);
         let lowat = ctx.shared.rcvlowat_of(index).max(acked);
         if lowat > 1 {
@@ -254,7 +259,9 @@ fn read_all(
     tracker: &mut Tracker,
     probes: &mut [(u32, u64)],
 ) -> io::Result<()> {
-    let now = now_ns();
+    // One time per read: the kernel's receive timestamp when the subscriber asks for it
+    // (read on the pace grid), else now.
+    let now = conn.take_rx_ns().unwrap_or_else(now_ns);
     let measure_start = ctx.measure_start_ns.get();
     let pub_end = ctx.pub_end_ns.get();
     let spin_ns = ctx.shared.plan.load.spin_ns;

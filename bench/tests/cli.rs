@@ -280,6 +280,51 @@ fn pace_slot_flag_parses_and_is_bounded() {
 }
 
 #[test]
+fn fixed_rate_qos0_subscribers_read_on_the_pace_grid_unless_asked_to_wake() {
+    let load = |args: &[&str]| Plan::from_scenario(&scenario(args)).unwrap().load;
+    let l = load(&["pairs", "--rate", "1000"]);
+    assert!(
+        l.read_on_tick && l.rx_stamps,
+        "the default at a fixed rate, QoS 0"
+    );
+    let l = load(&["pairs", "--rate", "1000", "--wake-on-delivery"]);
+    assert!(!l.read_on_tick && !l.rx_stamps);
+    let l = load(&[
+        "pairs",
+        "--rate",
+        "1000",
+        "--wake-on-delivery",
+        "--kernel-rx-stamps",
+    ]);
+    assert!(!l.read_on_tick && l.rx_stamps, "the hidden A/B switch");
+    for off in [
+        &["pairs"][..],
+        &["pairs", "--rate", "1000", "--qos", "1"],
+        &["pairs", "--rate", "1000", "--pace-slot-us", "0"],
+    ] {
+        let l = load(off);
+        assert!(!l.read_on_tick && !l.rx_stamps, "{off:?}");
+    }
+}
+
+#[test]
+fn compare_reads_on_the_grid_only_against_brokers_known_to_set_nodelay() {
+    use ringmq_bench::compare::sets_tcp_nodelay;
+    for b in [
+        "ringmq",
+        "ringmq-epoll",
+        "ringmq-io_uring-spin50",
+        "mosquitto-nodelay",
+        "flashmq",
+    ] {
+        assert!(sets_tcp_nodelay(b), "{b}");
+    }
+    for b in ["mosquitto", "rumqttd"] {
+        assert!(!sets_tcp_nodelay(b), "{b}");
+    }
+}
+
+#[test]
 fn default_windows_follow_version_qos_and_whether_anyone_listens() {
     use ringmq_bench::plan::default_inflight;
     use ringmq_codec::{ProtocolVersion as V, QoS};

@@ -35,12 +35,23 @@ fn expected_anomalies(n: u64, f: Faults) -> (u64, u64, u64) {
 }
 
 fn run_one_pair(relay: &RelayFixture, count: u64, qos: &str) -> ringmq_bench::stats::Summary {
+    run_one_pair_with(relay, count, qos, &[])
+}
+
+fn run_one_pair_with(
+    relay: &RelayFixture,
+    count: u64,
+    qos: &str,
+    extra: &[&str],
+) -> ringmq_bench::stats::Summary {
     let port = relay.addr.port().to_string();
     let count = count.to_string();
-    let s = scenario(&[
+    let mut args = vec![
         "pairs", "--pairs", "1", "--count", &count, "--warmup", "0", "--drain", "1", "--qos", qos,
         "--port", &port, "--no-pin", "-q",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let s = scenario(&args);
     run_scenario(&s).expect("run against the relay fixture")
 }
 
@@ -78,4 +89,41 @@ fn clean_relay_shows_no_anomalies_at_qos1() {
     );
     assert_eq!(s.latency.samples, 500);
     assert!(s.errors.is_empty(), "{:?}", s.errors);
+}
+
+/// At a fixed rate, QoS 0, subscribers are read on the pace grid and latency ends at the
+/// kernel's receive timestamp: the same exact counts as waking per delivery, and every
+/// first sighting has a latency on the generator's clock (a wrong clock offset would give
+/// zero or years).
+#[test]
+fn faulty_relay_anomalies_are_counted_exactly_at_a_fixed_rate_in_both_read_modes() {
+    let faults = Faults {
+        drop_every: 10,
+        dup_every: 7,
+        swap_every: 13,
+    };
+    let (lost, dup, ooo) = expected_anomalies(600, faults);
+    for extra in [
+        &["--rate", "2000"][..],
+        &["--rate", "2000", "--wake-on-delivery"],
+    ] {
+        // A fresh relay per run: its fault rule counts every message it forwarded.
+        let relay = RelayFixture::start(0, None, faults).unwrap();
+        let s = run_one_pair_with(&relay, 600, "0", extra);
+        relay.stop();
+        assert_eq!((s.sent, s.expected), (600, 600), "{extra:?}");
+        assert_eq!(
+            (s.lost, s.duplicated, s.out_of_order),
+            (lost, dup, ooo),
+            "{extra:?}: {s:#?}"
+        );
+        assert_eq!(s.received, 600 - lost + dup, "{extra:?}");
+        assert!(s.errors.is_empty(), "{extra:?}: {:?}", s.errors);
+        assert_eq!(s.latency.samples, 600 - lost, "{extra:?}");
+        assert!(
+            s.latency.max_us > 0.0 && s.latency.max_us < 10_000_000.0,
+            "{extra:?}: latency on the wrong clock: {:?}",
+            s.latency
+        );
+    }
 }

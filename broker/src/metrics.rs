@@ -901,10 +901,19 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("ghost_ended", m.ghost_ended),
         ("ghost_expired", m.ghost_expired),
         ("ghost_dups", m.ghost_dups),
+        ("ghost_held", m.ghost_held),
         ("shared_forwarded", m.shared_forwarded),
     ] {
         let _ = writeln!(out, "ringmq_{name}{{event=\"{event}\"}} {v}");
     }
+    let name = "cluster_stamp_rows";
+    family(
+        out,
+        name,
+        "gauge",
+        "Rows of moved sessions in the acked-copy stamp tables (stamps, merge ranges); they go with their session.",
+    );
+    let _ = writeln!(out, "ringmq_{name} {}", m.stamp_rows);
 }
 
 /// ACL refusals by action and node-wide ban counters.

@@ -5,8 +5,8 @@
 //! on node 1 streams to it, so every copy its publishes make for the session goes through node
 //! 1's stub. Test crash points (`RINGMQ_TEST_CRASH`) abort node 2 right after it received
 //! forwarded copies and before it committed them (`fwd-copy-in`), or node 1 as its stub
-//! forwards (`fwd-copy-out`); every message the publisher got a PUBACK/PUBREC for must be in
-//! the session afterwards.
+//! forwards after node 2 installed the session (`fwd-copy-out`); every message the publisher
+//! got a PUBACK/PUBREC for must be in the session afterwards.
 //!
 //! One test at a time per binary (a lock): each starts three processes on a 2-CPU machine.
 #[macro_use]
@@ -248,7 +248,8 @@ fn mover(id: &str) -> Connect {
 enum Crash {
     /// Node 2, the new owner, at the 10th forwarded copy after its install is durable.
     New,
-    /// Node 1, the old owner, at the 10th copy its stub forwards.
+    /// Node 1, the old owner, at the 10th copy its stub forwards once node 2 answered the
+    /// first one (node 2's install is durable then).
     Old,
     /// Node 1, the old owner, once the prepare commit of a persistent publisher's QoS 2
     /// message with copies for node 2 (its stub's, a direct one) is durable, before they
@@ -311,6 +312,16 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     new = Raw::open(n2, cp.protocol).await;
                     new.send(&Packet::Connect(Box::new(cp.clone()))).await;
+                }
+                RawEv::Packet(Packet::ConnAck(a)) => {
+                    // The session moved whole (these crash points fire only after the
+                    // install: node 2 at a forwarded copy after it, node 1 once node 2
+                    // answered its first forwarded copy).
+                    assert!(
+                        a.session_present || crash == Crash::Prepared,
+                        "session present on node 2"
+                    );
+                    break;
                 }
                 _ => break,
             }
@@ -403,13 +414,19 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
             new = again;
         }
         // Every acknowledged message reaches the session (resends from node 1's ledger or
-        // outbox included), within the bound.
-        let end = Instant::now() + SETTLE;
+        // outbox included), within the bound: SETTLE without progress (the session may
+        // hold thousands, delivered at the pace this client acknowledges them).
+        let mut end = Instant::now() + SETTLE;
+        let mut missing = usize::MAX;
         loop {
             take_all(&mut new, &mut seen, Duration::from_millis(500)).await;
             let lost = lost_of(&acked, &seen);
             if lost.is_empty() {
                 break;
+            }
+            if lost.len() < missing {
+                missing = lost.len();
+                end = Instant::now() + SETTLE;
             }
             assert!(
                 Instant::now() < end,
@@ -512,12 +529,16 @@ fn forwarded_copies_survive_a_crash_of_the_new_node_with_two_cores() {
     assert_eq!(dups, 0, "QoS 2 delivered twice");
 }
 
-/// Not yet true: in one CI run of this test, 10 of 268 messages acknowledged by the old node
-/// (5 consecutive per topic, right before its abort at the 10th forwarded copy) were not in
-/// the session after its restart (docs/cluster.md, "Still open, under `sync`"). Run it with
+/// Node 1 aborts at the 10th copy its stub forwards once node 2 answered the first one (node
+/// 2 holds the session durably then). Counted from the take, as before, the crash could come
+/// before node 2 had the snapshot, and the client got a fresh session: one cause of the CI
+/// failure (10 of 268 lost). Still not reliable: in 1 of 5 runs with the new count the new
+/// connection on node 2 received nothing after its CONNACK (no DUP resend of the shipped
+/// in-flight messages, none of the copies node 2 traced as delivered to the session), cause
+/// not found; another run hung (docs/cluster.md, "Still open"). Run it with
 /// `cargo test -p ringmq-broker --test cluster_forward_durable -- --ignored`.
 #[test]
-#[ignore = "a crash of the old node as it forwards can lose acknowledged copies (docs/cluster.md)"]
+#[ignore = "a crash of the old node as it forwards: a second failure, not explained (docs/cluster.md)"]
 fn forwarded_copies_survive_a_crash_of_the_old_node_as_it_forwards() {
     let (acked, dups) = forwarded_copies_survive(1, Crash::Old, "fwd-mover-old");
     assert!(acked > 0);

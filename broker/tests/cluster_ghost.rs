@@ -162,6 +162,19 @@ fn publisher(
 /// forwarded some, and ended once node 3 answered its flush.
 #[test]
 fn late_copies_of_a_stopped_node_reach_the_moved_session() {
+    late_copies(false);
+}
+
+/// As above, but node 3's link to the new node comes back before its link to the old one
+/// (node 1 is SIGSTOPped as node 3 resumes, until node 2 got node 3's direct copies): node 3
+/// sends newer copies straight to node 2 while its older ones wait for node 1's ghost. Node 2
+/// holds the direct copies until the ghost's end: order per topic kept.
+#[test]
+fn late_copies_keep_their_order_when_the_new_node_comes_back_first() {
+    late_copies(true);
+}
+
+fn late_copies(old_stalls: bool) {
     let _g = serial();
     let c = Cluster::start(3, &[]);
     c.wait_leader(&[1, 2, 3]);
@@ -217,7 +230,26 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
             assert!(take_one(&mut new, &mut seen).await);
         }
         // Node 3 resumes: what it routed to node 1 comes late; the stream goes on a while.
+        if old_stalls {
+            signal(&c, 1, libc::SIGSTOP);
+        }
         signal(&c, 3, libc::SIGCONT);
+        if old_stalls {
+            // Node 3 reaches node 2 first and sends it newer copies directly.
+            let end = Instant::now() + SETTLE;
+            while link_up(&c, 3, 2) != Some(true) {
+                assert!(
+                    Instant::now() < end,
+                    "node 3's link to node 2 never came back"
+                );
+                assert!(take_one(&mut new, &mut seen).await);
+            }
+            let until = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < until {
+                assert!(take_one(&mut new, &mut seen).await);
+            }
+            signal(&c, 1, libc::SIGCONT);
+        }
         let end = Instant::now() + SETTLE;
         while link_up(&c, 3, 1) != Some(true) || link_up(&c, 3, 2) != Some(true) {
             assert!(Instant::now() < end, "node 3's links never came back");
@@ -249,10 +281,21 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
                 continue;
             }
             if last > Some(i) {
+                if late == 0 {
+                    let k = v.iter().position(|x| x.0 == i).unwrap_or(0);
+                    eprintln!(
+                        "{t}: first out of order at {k}: {:?}",
+                        &v[k.saturating_sub(5)..(k + 5).min(v.len())]
+                    );
+                }
                 late += 1;
             }
             last = last.max(Some(i));
         }
+        assert_eq!(
+            late, 0,
+            "{t}: {late} delivered after a later one; node 1 moves {m1}; node 2 moves {m2}"
+        );
         let lost: Vec<usize> = (0..n).filter(|i| !taken.contains(i)).collect();
         assert!(
             lost.is_empty(),
@@ -277,10 +320,11 @@ fn late_copies_of_a_stopped_node_reach_the_moved_session() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
-        "late copies: {n} pairs, nothing lost; {}; node 1 ghost forwarded {}, node 2 ghost duplicates dropped {}",
+        "late copies (old node stalled: {old_stalls}): {n} pairs, nothing lost, order kept; {}; node 1 ghost forwarded {}, node 2 ghost duplicates dropped {}, direct copies held {}",
         report.join(", "),
         m1["ghost_forwarded"],
         m2["ghost_dups"],
+        m2["ghost_held"],
     );
 }
 
@@ -516,5 +560,235 @@ fn a_move_from_a_two_shard_node_keeps_copies_held_behind_a_prepare_commit() {
         m2["merged"],
         m2["held"],
         m2["merge_dups"],
+    );
+}
+
+/// Issue 14, `--durability sync`: the ghost's forwards are acked copies (`copy_acks.rs`).
+/// As in the test above (node 3 stopped, the session moves 1 -> 2, node 3 resumes and its
+/// late copies reach node 1's ghost), but node 2 aborts right after it received the 10th late
+/// acked copy and before it committed it (test crash point `late-copy-in`). Node 3's publisher
+/// got a PUBACK/PUBCOMP for every message only once a node held it durably: after node 2's
+/// restart the session has every one of them (resent from node 1's ledger or outbox).
+#[test]
+fn ghost_forwards_survive_a_crash_of_the_new_node() {
+    let _g = serial();
+    let mut c = Cluster::start(3, &[]);
+    c.node(2).stop();
+    c.node(2)
+        .start_env(&[("RINGMQ_TEST_CRASH", "late-copy-in")]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    let (n1, n2, n3) = (c.get(1).mqtt(), c.get(2).mqtt(), c.get(3).mqtt());
+    let mut cp = connect_packet(version(Proto::V5), "ghost-crash", false);
+    cp.properties.session_expiry_interval = Some(600);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut seen = Seen::new();
+    let publ = rt().block_on(async {
+        let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
+        m.send(&Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(
+                filter("ghost/#"),
+                SubscriptionOptions::with_qos(QoS::ExactlyOnce),
+            )],
+            properties: SubscribeProperties::default(),
+        }))
+        .await;
+        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        let (s, p) = (stop.clone(), sent.clone());
+        let topics = &["ghost/1", "ghost/2"];
+        let pace = Duration::from_millis(2);
+        let publ = std::thread::spawn(move || publisher(n3, None, topics, pace, s, p));
+        let end = Instant::now() + SETTLE;
+        while seen.get("ghost/2").map_or(0, Vec::len) < 200 {
+            assert!(Instant::now() < end, "the stream never started");
+            assert!(take_one(&mut m, &mut seen).await);
+        }
+        signal(&c, 3, libc::SIGSTOP);
+        let end = Instant::now() + SETTLE;
+        while link_up(&c, 1, 3) != Some(false) || link_up(&c, 2, 3) != Some(false) {
+            assert!(Instant::now() < end, "links to node 3 never went down");
+            assert!(take_one(&mut m, &mut seen).await);
+        }
+        let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
+        assert!(present, "session present on node 2");
+        let _ = m.expect_closed(WAIT, "taken over").await;
+        let end = Instant::now() + SETTLE;
+        while count(&moves(&c, 1), "stub_ended") < 1 {
+            assert!(Instant::now() < end, "node 1's stub never ended");
+            assert!(take_one(&mut new, &mut seen).await);
+        }
+        signal(&c, 3, libc::SIGCONT);
+        // Until node 2 aborts at its crash point (its connection closes).
+        let end = Instant::now() + SETTLE;
+        while take_one(&mut new, &mut seen).await {
+            assert!(
+                Instant::now() < end,
+                "node 2 never reached late-copy-in: node 1 {}",
+                moves(&c, 1)
+            );
+        }
+        publ
+    });
+    let err = c.node(2).wait_crash(SETTLE);
+    assert!(err.contains("aborting at late-copy-in"), "{err}");
+    let m1 = moves(&c, 1);
+    assert!(count(&m1, "ghost_forwarded") >= 1, "no ghost forward: {m1}");
+    assert!(
+        count(&m1, "forwarded_acked") >= 1,
+        "node 1 forwarded no acked copy: {m1}"
+    );
+    c.node(2).start();
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    // A new ephemeral port after the restart.
+    let n2 = c.get(2).mqtt();
+    let end = Instant::now() + SETTLE;
+    while std::net::TcpStream::connect(n2).is_err() {
+        assert!(
+            Instant::now() < end,
+            "node 2 not listening after its restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let n = rt().block_on(async {
+        let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
+        assert!(present, "session present on node 2 after its restart");
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            assert!(take_one(&mut new, &mut seen).await);
+        }
+        stop.store(true, Relaxed);
+        let n = publ.join().unwrap();
+        // Every acknowledged message reaches the session, within the bound.
+        let end = Instant::now() + SETTLE;
+        loop {
+            drain(&mut new, &mut seen, Duration::from_millis(500)).await;
+            let missing = ["ghost/1", "ghost/2"].iter().any(|t| {
+                let got: HashSet<usize> = seen
+                    .get(*t)
+                    .map(|v| v.iter().map(|x| x.0).collect())
+                    .unwrap_or_default();
+                (0..n).any(|i| !got.contains(&i))
+            });
+            if !missing || Instant::now() > end {
+                break;
+            }
+        }
+        n
+    });
+    let (m1, m2) = (moves(&c, 1), moves(&c, 2));
+    for t in ["ghost/1", "ghost/2"] {
+        let v = seen.get(t).map(Vec::as_slice).unwrap_or_default();
+        let got: HashSet<usize> = v.iter().map(|x| x.0).collect();
+        let lost: Vec<usize> = (0..n).filter(|i| !got.contains(i)).collect();
+        assert!(
+            lost.is_empty(),
+            "{t}: lost {} of {n} acknowledged: {:?}; node 1 moves {m1}; node 2 moves {m2}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+    }
+    eprintln!(
+        "ghost forwards across a crash of the new node: {n} pairs acknowledged, nothing lost; node 1 ghost forwarded {}, acked {}",
+        m1["ghost_forwarded"], m1["forwarded_acked"]
+    );
+}
+
+/// Issue 14, growth: the rows a move leaves in the new node's stamp table (acked-copy stamps
+/// per sending node, the merge's held ranges per origin) go with their session. Eight
+/// persistent sessions each move node 1 -> 2 -> 1 while a publisher on node 3 streams QoS 1
+/// to them (held direct copies, forwarded acked copies), then each is discarded by a clean
+/// start: the gauge `stamp_rows` rose during the moves and is back to 0 on both nodes.
+#[test]
+fn stamp_rows_of_moved_sessions_go_with_them() {
+    let _g = serial();
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    let addrs = [c.get(1).mqtt(), c.get(2).mqtt(), c.get(3).mqtt()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let rows = |id| count(&moves(&c, id), "stamp_rows");
+    let mut peak = 0;
+    let mut seen = Seen::new();
+    rt().block_on(async {
+        let (s, p) = (stop.clone(), sent.clone());
+        let n3 = addrs[2];
+        let publ = std::thread::spawn(move || {
+            publisher(n3, None, &["grow/1"], Duration::from_millis(1), s, p)
+        });
+        for i in 0..8 {
+            let id = format!("grow-{i}");
+            let mut cp = connect_packet(version(Proto::V5), &id, false);
+            cp.properties.session_expiry_interval = Some(600);
+            let (mut m, _) = raw_connect_sp(addrs[0], cp.clone()).await;
+            m.send(&Packet::Subscribe(Subscribe {
+                packet_id: pid(1),
+                filters: vec![(
+                    filter("grow/#"),
+                    SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+                )],
+                properties: SubscribeProperties::default(),
+            }))
+            .await;
+            loop {
+                // PUBLISHes of the stream may come right behind the SUBACK.
+                match m.expect_packet("SUBACK").await {
+                    Packet::SubAck(_) => break,
+                    Packet::Publish(_) => {}
+                    other => panic!("{id}: {other:?} instead of SUBACK"),
+                }
+            }
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                assert!(take_one(&mut m, &mut seen).await);
+            }
+            for at in [1, 0] {
+                let (new, present) = raw_connect_sp(addrs[at], cp.clone()).await;
+                assert!(present, "{id}: session present on node {}", at + 1);
+                let end = Instant::now() + SETTLE;
+                while take_one(&mut m, &mut seen).await {
+                    assert!(Instant::now() < end, "the old connection stayed open");
+                }
+                m = new;
+                let until = Instant::now() + Duration::from_millis(300);
+                while Instant::now() < until {
+                    assert!(take_one(&mut m, &mut seen).await);
+                }
+                peak = peak.max(rows(1) + rows(2));
+            }
+            // Discarded: a clean start on its node.
+            let clean = connect_packet(version(Proto::V5), &id, true);
+            let (_gone, present) = raw_connect_sp(addrs[0], clean).await;
+            assert!(!present, "{id}: a clean start gets a new session");
+            let end = Instant::now() + SETTLE;
+            while take_one(&mut m, &mut seen).await {
+                assert!(Instant::now() < end, "the discarded connection stayed open");
+            }
+        }
+        stop.store(true, Relaxed);
+        publ.join().unwrap();
+    });
+    assert!(peak > 0, "the moves left no stamp rows: nothing was tested");
+    let end = Instant::now() + SETTLE;
+    while rows(1) + rows(2) > 0 {
+        assert!(
+            Instant::now() < end,
+            "stamp rows left after every session was discarded: node 1 {}, node 2 {}",
+            moves(&c, 1),
+            moves(&c, 2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "stamp rows: up to {peak} during 16 moves of 8 sessions, 0 after they were discarded; node 2 moves {}",
+        moves(&c, 2)
     );
 }

@@ -149,6 +149,34 @@ impl Decoder {
     }
 }
 
+/// Decodes one whole PUBLISH packet (fixed header included) held in `frame`, with nothing
+/// after it: topic and payload are slices of `frame`, nothing is copied. For a PUBLISH that
+/// arrives already framed, e.g. inside a node-link frame. `None`: `frame` is not exactly one
+/// PUBLISH (another type, a length that disagrees, or bytes left over).
+pub fn decode_publish_frame(
+    frame: bytes::Bytes,
+    version: ProtocolVersion,
+) -> Result<Option<Publish>, DecodeError> {
+    let Some(&first) = frame.first() else {
+        return Ok(None);
+    };
+    if first >> 4 != packet_type::PUBLISH {
+        return Ok(None);
+    }
+    check_first_byte(first, Some(version))?;
+    let (remaining, len_bytes) = match parse_var_int(&frame[1..]) {
+        VarInt::Value(v, n) => (v as usize, n),
+        VarInt::Incomplete => return Ok(None),
+        // [MQTT-1.5.5-1] at most 4 bytes, minimally encoded (v5 2.1.4).
+        VarInt::Malformed => return Err(DecodeError::MalformedRemainingLength),
+    };
+    if frame.len() != 1 + len_bytes + remaining {
+        return Ok(None);
+    }
+    let body = frame.slice(1 + len_bytes..);
+    Publish::decode(first & 0x0F, body, version).map(Some)
+}
+
 /// Packet types only a server sends.
 #[inline]
 fn server_to_client_only(ty: u8) -> bool {
@@ -171,6 +199,25 @@ mod tests {
         let mut d = Decoder::new(max);
         d.set_version(v);
         d
+    }
+
+    #[test]
+    fn a_framed_publish_decodes_without_copying() {
+        let raw = bytes::Bytes::from_static(&[0x30, 8, 0, 3, b'a', b'/', b'b', 0, b'h', b'i']);
+        let p = decode_publish_frame(raw.clone(), V5).unwrap().unwrap();
+        assert_eq!(p.topic.as_str(), "a/b");
+        assert_eq!(&p.payload[..], b"hi");
+        // The payload is a slice of the frame: same memory.
+        assert_eq!(p.payload.as_ptr(), raw[8..].as_ptr());
+        // Bytes after it, a short frame, or another packet type: not one whole PUBLISH.
+        let mut longer = raw.to_vec();
+        longer.push(0);
+        assert_eq!(decode_publish_frame(longer.into(), V5), Ok(None));
+        assert_eq!(decode_publish_frame(raw.slice(..9), V5), Ok(None));
+        let ping = bytes::Bytes::from_static(&[0xC0, 0]);
+        assert_eq!(decode_publish_frame(ping, V5), Ok(None));
+        let bad_len = bytes::Bytes::from_static(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
+        assert!(decode_publish_frame(bad_len, V5).is_err());
     }
 
     #[test]

@@ -68,7 +68,7 @@ mod testutil;
 pub use auth::Auth;
 pub use connack::ConnAck;
 pub use connect::{Connect, LastWill};
-pub use decoder::Decoder;
+pub use decoder::{decode_publish_frame, Decoder};
 pub use disconnect::Disconnect;
 pub use error::{DecodeError, EncodeError};
 pub use frame::{Delivery, PublishFrame};

@@ -394,6 +394,7 @@ pub(crate) fn retire_session(shard: &Rc<Shard>, sid: SessionId) -> Option<Vec<To
                 s.generation = crate::reap::GONE;
                 let filters: Vec<TopicFilter> = s.subs.drain().map(|(f, _)| f).collect();
                 crate::ownership::released(shard, s.client_id.as_bytes(), s.epoch);
+                crate::cluster::copy_acks::session_removed(shard, s.client_id.as_str());
                 s.epoch = 0;
                 Some((s.client_id.clone(), filters))
             }

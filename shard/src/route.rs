@@ -153,6 +153,7 @@ fn route_here(
             router.match_shared(p.topic.as_str(), &mut shared);
         }
     }
+    let mut remote = 0;
     match groups {
         Groups::Except(elsewhere) if !elsewhere.is_empty() => {
             shared.retain(|t| !elsewhere.contains(&t.filter));
@@ -161,12 +162,16 @@ fn route_here(
             shared.retain(|t| &t.filter == g);
             // No member here: the one that left mid-move takes it (`cluster/share_move.rs`).
             if shared.is_empty() && here {
+                // Under a confirm token, an acked copy: its answer is one more to wait for.
+                if let Some(c) = confirm {
+                    crate::cluster::copy_acks::begin_shared(shard, c.token);
+                }
                 crate::cluster::share_move::offer(shard, g, &p);
+                remote += crate::cluster::copy_acks::end(shard);
             }
         }
         _ => {}
     }
-    let mut remote = 0;
     for s in shards.iter().filter(|&s| s != me) {
         remote += 1;
         send(

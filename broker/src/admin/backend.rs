@@ -345,6 +345,10 @@ pub struct MoveMetrics {
     #[serde(default)]
     pub ghost_dups: u64,
     #[serde(default)]
+    pub ghost_held: u64,
+    #[serde(default)]
+    pub stamp_rows: u64,
+    #[serde(default)]
     pub shared_forwarded: u64,
 }
 
@@ -383,6 +387,8 @@ impl HandoverMetrics {
                 ghost_ended: h.ghost_ended.load(Relaxed),
                 ghost_expired: h.ghost_expired.load(Relaxed),
                 ghost_dups: h.ghost_dups.load(Relaxed),
+                ghost_held: h.ghost_held.load(Relaxed),
+                stamp_rows: h.stamp_rows.load(Relaxed),
                 shared_forwarded: h.shared_forwarded.load(Relaxed),
             },
         }

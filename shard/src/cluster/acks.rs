@@ -202,7 +202,10 @@ impl Acks {
             mqtt.len() + client.len(),
             w,
             (deadline, false, false),
-            |stamp, b| super::frame_move::encode_acked_copy(stamp, (client, origin, key), mqtt, b),
+            |stamp, b| {
+                super::copy_acks::crash_copy_sent(link.peer.id, stamp.id);
+                super::frame_move::encode_acked_copy(stamp, (client, origin, key), mqtt, b)
+            },
         );
     }
 
@@ -291,6 +294,7 @@ impl Acks {
 
     /// The peer answered `Durable(upto)`.
     pub fn durable(&self, shard: &Rc<Shard>, link: &Link, upto: u64) {
+        super::copy_acks::crash_durable(link.peer.id, upto);
         let done = take(link, |s| s.id <= upto, true);
         super::outbox::done(shard, link, &done, false);
         if done.iter().any(|s| s.origin) {

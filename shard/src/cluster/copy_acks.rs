@@ -1,6 +1,7 @@
 //! Acked session copies (durability `sync`): a QoS 1/2 copy that the old
-//! node's stub (`stub.rs`) forwards to the session's new node is
-//! acknowledged to its publisher only once the new node holds it durably.
+//! node forwards to the session's new node (its stub, `stub.rs`; its ghost,
+//! `ghost.rs`; a share-group copy for a member that left, `share_move.rs`)
+//! is acknowledged to its publisher only once the new node holds it durably.
 //!
 //! ```text
 //! node A (old owner)                                   node B (new owner)
@@ -43,6 +44,7 @@ use ringmq_codec::{Publish, QoS, ReasonCode};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 /// A stub's copy waiting for the end of the delivery that made it.
 struct Forward {
@@ -62,7 +64,21 @@ pub(crate) struct Under {
 /// Routing of a publish confirmed under `token` starts on this shard: a
 /// stub's copy of it becomes an acked copy. Nothing unless a stub exists.
 pub(crate) fn begin(shard: &Shard, token: u64) {
-    if let Some(n) = shard.cluster.as_ref().filter(|n| n.stubs.any()) {
+    if let Some(n) = shard.cluster.as_ref().filter(|n| forwards(n)) {
+        n.copy_acks.token.set(Some(token));
+    }
+}
+
+/// Whether a delivery on this shard may forward a copy: a stub, or a
+/// ghost's subscriptions (`ghost.rs`) routed here.
+fn forwards(n: &super::Node) -> bool {
+    n.stubs.any() || n.ghosts.forwarding()
+}
+
+/// Shard 0, a group copy another node picked this node for under `token`
+/// (`share_move.rs`): its forward to a moved member becomes an acked copy.
+pub(crate) fn begin_shared(shard: &Shard, token: u64) {
+    if let Some(n) = shard.cluster.as_ref() {
         n.copy_acks.token.set(Some(token));
     }
 }
@@ -157,7 +173,7 @@ pub(crate) fn take(shard: &Shard, slot: Slot, client: &str, origin: Origin, p: &
 /// A copy another shard routed here under its `token` (`from`): with a
 /// stub on this shard, the delivery runs under a local token of its own.
 pub(crate) fn relay_begin(shard: &Shard) -> Option<u64> {
-    let n = shard.cluster.as_ref().filter(|n| n.stubs.any())?;
+    let n = shard.cluster.as_ref().filter(|n| forwards(n))?;
     let local = crate::confirm::new_token(shard);
     n.copy_acks.token.set(Some(local));
     Some(local)
@@ -226,13 +242,13 @@ pub(crate) fn held_durably(shard: &Shard, client: &str, o: Origin, range: (u64, 
     };
     let k = twin_key(client, o);
     let (first, last) = range;
-    n.seen.borrow_mut().insert(
-        k,
-        Stamp {
-            stream: first,
-            id: last,
-        },
-    );
+    let stamp = Stamp {
+        stream: first,
+        id: last,
+    };
+    if n.seen.borrow_mut().insert(k, stamp).is_none() {
+        n.session_stamps_add(1);
+    }
     shard.store.put_peer_seen(k, first, last).detach();
 }
 
@@ -267,7 +283,13 @@ pub(crate) fn merging(shard: &Shard, client: &str, on: bool) {
         return;
     };
     let (k, v) = (merging_key(client), u64::from(on));
-    n.seen.borrow_mut().insert(k, Stamp { stream: v, id: v });
+    if n.seen
+        .borrow_mut()
+        .insert(k, Stamp { stream: v, id: v })
+        .is_none()
+    {
+        n.session_stamps_add(1);
+    }
     shard.store.put_peer_seen(k, v, v).detach();
 }
 
@@ -294,13 +316,13 @@ pub(crate) fn forwarded_durably(shard: &Shard, client: &str, o: Origin, range: (
     };
     let k = fwd_key(client, o);
     let (first, last) = range;
-    n.seen.borrow_mut().insert(
-        k,
-        Stamp {
-            stream: first,
-            id: last,
-        },
-    );
+    let stamp = Stamp {
+        stream: first,
+        id: last,
+    };
+    if n.seen.borrow_mut().insert(k, stamp).is_none() {
+        n.session_stamps_add(1);
+    }
     shard.store.put_peer_seen(k, first, last).detach();
 }
 
@@ -313,6 +335,51 @@ pub(crate) fn forwarded_twin(shard: &Shard, client: &str, o: Origin) -> bool {
     let seen = n.seen.borrow();
     seen.get(&fwd_key(client, o))
         .is_some_and(|r| r.stream <= o.seq && o.seq <= r.id)
+}
+
+/// Whether a stamp-table key is a session's (a [`key`] or [`twin_key`]),
+/// not a node's.
+pub(crate) fn is_session_key(k: u64) -> bool {
+    k >= 1 << 63
+}
+
+/// Home shard, session `client` removed (expired, discarded, moved away):
+/// its rows in the stamp table go, in memory and in the store. Those are
+/// its acked-copy stamps per sending node ([`key`], for every linked peer)
+/// its merge's held and forwarded ranges per origin ([`twin_key`],
+/// [`fwd_key`], for every origin this shard delivered from) and its merge
+/// marker ([`merging_key`]): no copy for the session is delivered
+/// through them any more. Nothing to do (no hashing) while the table holds
+/// no session row.
+pub(crate) fn session_removed(shard: &Shard, client: &str) {
+    let Some(n) = shard.cluster.as_ref() else {
+        return;
+    };
+    if !n.has_session_stamps() {
+        return;
+    }
+    let mut keys: Vec<u64> = n
+        .peer_slots
+        .borrow()
+        .iter()
+        .map(|(node, _)| key(*node, client))
+        .collect();
+    keys.extend(n.handled.borrow().keys().flat_map(|&(node, sh)| {
+        let o = Origin {
+            node,
+            shard: sh,
+            seq: 0,
+        };
+        [twin_key(client, o), fwd_key(client, o)]
+    }));
+    keys.push(merging_key(client));
+    let mut seen = n.seen.borrow_mut();
+    for k in keys {
+        if seen.remove(&k).is_some() {
+            n.session_stamps_add(-1);
+            shard.store.delete_peer_seen(k).detach();
+        }
+    }
 }
 
 /// The stamp a copy of `client` is delivered once by (`cluster::deliver_once`).
@@ -401,12 +468,75 @@ pub(crate) fn crash_copy_in(shard: &Rc<Shard>, twinned: bool) -> bool {
     }
 }
 
+/// `late-copy-in` (new node), at an acked copy for a session whose merge
+/// ended (a ghost's or a share group's forward, or a resend): from the 10th
+/// on, copies are received but not delivered (true: drop it), and the
+/// process aborts once what it had before is committed.
+pub(crate) fn crash_late_in(shard: &Rc<Shard>) -> bool {
+    if !super::origin::crash_armed("late-copy-in") {
+        return false;
+    }
+    let fire = CRASH.with(|c| {
+        if c.1.get() {
+            return None;
+        }
+        c.0.set(c.0.get() + 1);
+        let fire = c.0.get() >= 10;
+        c.1.set(fire);
+        Some(fire)
+    });
+    match fire {
+        None => true,
+        Some(false) => false,
+        Some(true) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = shard.store.flush().await;
+                super::origin::crash_point("late-copy-in");
+            })
+            .detach();
+            true
+        }
+    }
+}
+
 const CRASH_OUT_AT: usize = 10;
 
-/// `fwd-copy-out` (old node): aborts at the 10th copy a stub forwards,
-/// before it leaves.
+/// The first acked copy a stub sent (peer, id), and whether that peer's
+/// `Durable` covered it (armed `fwd-copy-out` only).
+static FIRST_COPY: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// An acked copy `id` left for `peer` (`acks.rs`).
+pub(super) fn crash_copy_sent(peer: u64, id: u64) {
+    if super::origin::crash_armed("fwd-copy-out") && FIRST_COPY.1.load(Relaxed) == 0 {
+        FIRST_COPY.0.store(peer, Relaxed);
+        FIRST_COPY.1.store(id, Relaxed);
+    }
+}
+
+/// `peer` answered `Durable(upto)`: once it covers the first forwarded copy,
+/// the new node holds the session durably (it answers a copy that came
+/// before its install only after the commit holding the install).
+pub(super) fn crash_durable(peer: u64, upto: u64) {
+    let first = FIRST_COPY.1.load(Relaxed);
+    if first != 0 && FIRST_COPY.0.load(Relaxed) == peer && upto >= first {
+        INSTALLED.store(true, Relaxed);
+    }
+}
+
+/// `fwd-copy-out` (old node): aborts at the 10th copy a stub forwards once
+/// the new node answered the first one (its install is durable then), before
+/// it leaves. Counted from the take instead, the 10th copy could come before
+/// the new node had the snapshot (the fence took the session and parked it
+/// in memory before the fetch came, or the ship had not left), and the crash
+/// ended the move itself: the new node's fetch fails, the client gets a
+/// fresh session (session present 0) and the old session's queued messages
+/// go with it, as for any session of a node that dies (docs/cluster.md,
+/// "A crash of the old node before the new one has the session"): one of
+/// the two ways the test lost messages under load.
 pub(crate) fn crash_copy_out() {
-    if !super::origin::crash_armed("fwd-copy-out") {
+    if !super::origin::crash_armed("fwd-copy-out") || !INSTALLED.load(Relaxed) {
         return;
     }
     let n = CRASH.with(|c| {

@@ -440,13 +440,12 @@ pub fn encode_acked_origin(
 }
 
 /// Decodes the PUBLISH carried by a `Publish` frame.
+/// Zero-copy: topic and payload are slices of the frame's bytes (the link's
+/// read buffer), as the codec does for a client's PUBLISH.
 pub fn decode_publish(bytes: Bytes) -> Result<Publish, FrameError> {
-    let mut d = ringmq_codec::Decoder::new(0);
-    d.set_version(ProtocolVersion::V5);
-    let mut buf = BytesMut::from(&bytes[..]);
-    match d.decode(&mut buf) {
-        Ok(Some(Packet::Publish(p))) if buf.is_empty() && !p.topic.as_str().is_empty() => Ok(p),
-        Ok(Some(_)) | Ok(None) => Err(FrameError::BadPublish("not one whole PUBLISH".into())),
+    match ringmq_codec::decode_publish_frame(bytes, ProtocolVersion::V5) {
+        Ok(Some(p)) if !p.topic.as_str().is_empty() => Ok(p),
+        Ok(_) => Err(FrameError::BadPublish("not one whole PUBLISH".into())),
         Err(e) => Err(FrameError::BadPublish(e.to_string())),
     }
 }

@@ -45,9 +45,12 @@ use super::link::Link;
 use super::routes::Slot;
 use super::Item;
 use crate::mesh::MeshItem;
+use crate::session::Session;
 use crate::session::SessionId;
 use crate::shard::Shard;
-use ringmq_codec::{Publish, TopicFilter};
+use crate::store::{MessageRef, OutboundState, SessionKey};
+use ringmq_codec::{Publish, QoS, TopicFilter};
+use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -114,6 +117,46 @@ struct Haunt {
     peers: Vec<u64>,
     seen: HashSet<Origin>,
     id: u64,
+    /// The old node's ghost still forwards (until its `Ghost{client, []}`).
+    open: bool,
+    /// Direct copies from the peers, in arrival order, held while `open`.
+    held: Vec<Direct>,
+    /// Per origin (node, shard): the first and last count held in a durable row.
+    ranges: HashMap<(u64, u16), (u64, u64)>,
+    /// Per origin (node, shard): the first count held. The direct path
+    /// brings every copy of that origin from there on, in order: a
+    /// forwarded copy at or past it is dropped (the held stream has it,
+    /// or will), so the held copies are not overtaken.
+    first: HashMap<(u64, u16), u64>,
+}
+
+/// A late peer's direct copy held on the new node until the ghost ends
+/// (order per topic: the ghost forwards that peer's earlier copies).
+pub(crate) struct Direct {
+    publish: Publish,
+    qos: QoS,
+    retain: bool,
+    sub_ids: SmallVec<[u32; 2]>,
+    /// The session's queued row holding it durably (QoS 1/2, persistent).
+    row: Option<(SessionKey, u64)>,
+}
+
+impl Direct {
+    pub(crate) fn new(
+        p: &Publish,
+        qos: QoS,
+        retain: bool,
+        sub_ids: &[u32],
+        row: Option<(SessionKey, u64)>,
+    ) -> Self {
+        Direct {
+            publish: p.clone(),
+            qos,
+            retain,
+            sub_ids: SmallVec::from_slice(sub_ids),
+            row,
+        }
+    }
 }
 
 /// One shard's ghosts: old node (shard 0: flushes; home shard: kept
@@ -135,6 +178,12 @@ impl Ghosts {
     /// (origins noted), or a ghost's subscriptions are routed here.
     pub fn any(&self) -> bool {
         !self.haunts.borrow().is_empty() || !self.kept.borrow().is_empty()
+    }
+
+    /// Whether a ghost's subscriptions (or a stub's that becomes one) are
+    /// routed on this shard: a delivery may forward an acked copy.
+    pub fn forwarding(&self) -> bool {
+        !self.kept.borrow().is_empty()
     }
 }
 
@@ -254,6 +303,9 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
     let Some((slot, client)) = found else { return };
     let stats = &n.stats.handover;
     stats.ghost_forwarded.fetch_add(1, Relaxed);
+    if super::copy_acks::take(shard, slot, &client, o, p) {
+        return; // acked: leaves at the end of this delivery (`copy_acks.rs`)
+    }
     match &n.hub {
         Some(hub) => {
             if !hub.session_copy_plain(slot, &client, o, p) {
@@ -452,8 +504,14 @@ fn haunt(shard: &Rc<Shard>, client: &str, peers: Vec<u64>) {
     let mut haunts = n.ghosts.haunts.borrow_mut();
     let (id, keep) = match haunts.get_mut(&sid) {
         Some(h) if peers.is_empty() => {
-            // The ghost ended: late direct copies may still follow theirs.
-            (h.id, super::merge::MERGE_FOR)
+            // The ghost ended, behind every copy it forwarded: the direct
+            // copies held meanwhile follow them. Late direct copies may
+            // still follow theirs: noted MERGE_FOR more.
+            h.open = false;
+            let id = h.id;
+            drop(haunts);
+            release(shard, sid);
+            (id, super::merge::MERGE_FOR)
         }
         Some(h) => {
             h.peers = peers;
@@ -469,6 +527,10 @@ fn haunt(shard: &Rc<Shard>, client: &str, peers: Vec<u64>) {
                     peers,
                     seen: HashSet::new(),
                     id,
+                    open: true,
+                    held: Vec::new(),
+                    ranges: HashMap::new(),
+                    first: HashMap::new(),
                 },
             );
             (id, GHOST_FOR + super::merge::MERGE_FOR)
@@ -478,13 +540,167 @@ fn haunt(shard: &Rc<Shard>, client: &str, peers: Vec<u64>) {
     glommio::spawn_local(async move {
         glommio::timer::sleep(keep).await;
         if let Some(n) = &shard.cluster {
-            let mut haunts = n.ghosts.haunts.borrow_mut();
-            if haunts.get(&sid).is_some_and(|h| h.id == id) {
-                haunts.remove(&sid);
+            let live = n
+                .ghosts
+                .haunts
+                .borrow()
+                .get(&sid)
+                .is_some_and(|h| h.id == id);
+            if live {
+                // No end came (the old node down): what is held goes now.
+                release(&shard, sid);
+                n.ghosts.haunts.borrow_mut().remove(&sid);
             }
         }
     })
     .detach();
+}
+
+/// New node, in delivery (the merge ended or never ran): a direct copy
+/// `d` for haunted session `sid`. True when taken: a second copy of an
+/// origin (dropped), or a late peer's copy while the ghost still forwards
+/// (held, as a queued row of the session when QoS 1/2 and persistent).
+pub(crate) fn hold(
+    shard: &Shard,
+    s: &mut Session,
+    sid: SessionId,
+    mut d: Direct,
+    origin: Option<Origin>,
+) -> bool {
+    let (Some(n), Some(o)) = (&shard.cluster, origin) else {
+        return false;
+    };
+    let mut haunts = n.ghosts.haunts.borrow_mut();
+    let Some(h) = haunts.get_mut(&sid) else {
+        return false;
+    };
+    if !h.peers.contains(&o.node) {
+        return false;
+    }
+    if h.seen.contains(&o) {
+        n.stats.handover.ghost_dups.fetch_add(1, Relaxed);
+        return true;
+    }
+    if h.seen.len() < SEEN_MAX {
+        h.seen.insert(o);
+    }
+    if !h.open {
+        return false;
+    }
+    if let Some(key) = s
+        .key
+        .filter(|_| d.qos != QoS::AtMostOnce && shard.store.is_persistent())
+    {
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let msg = MessageRef {
+            publish: &d.publish,
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: &d.sub_ids,
+            received_at_ms: crate::store::unix_ms(),
+        };
+        shard
+            .store
+            .put_outbound_new(key, seq, OutboundState::Queued, msg)
+            .detach();
+        let r = h.ranges.entry((o.node, o.shard)).or_insert((o.seq, o.seq));
+        r.1 = o.seq;
+        super::copy_acks::held_durably(shard, s.client_id.as_str(), o, *r);
+        d.row = Some((key, seq));
+    }
+    h.first.entry((o.node, o.shard)).or_insert(o.seq);
+    h.held.push(d);
+    n.stats.handover.ghost_held.fetch_add(1, Relaxed);
+    true
+}
+
+/// New node, at the end of the merge: a held direct copy of a late peer
+/// (not covered by the old node's marks) waits for the ghost's end too,
+/// with its row (true), while the ghost still forwards.
+pub(crate) fn keep_held(shard: &Shard, sid: SessionId, d: Direct, origin: Option<Origin>) -> bool {
+    let (Some(n), Some(o)) = (&shard.cluster, origin) else {
+        return false;
+    };
+    let mut haunts = n.ghosts.haunts.borrow_mut();
+    let Some(h) = haunts
+        .get_mut(&sid)
+        .filter(|h| h.open && h.peers.contains(&o.node))
+    else {
+        return false;
+    };
+    if h.seen.contains(&o) {
+        // Forwarded already (delivered): the held row goes.
+        if let Some((key, seq)) = d.row {
+            shard.store.delete_outbound(key, seq).detach();
+        }
+        n.stats.handover.ghost_dups.fetch_add(1, Relaxed);
+        return true;
+    }
+    if h.seen.len() < SEEN_MAX {
+        h.seen.insert(o);
+    }
+    h.first.entry((o.node, o.shard)).or_insert(o.seq);
+    h.held.push(d);
+    n.stats.handover.ghost_held.fetch_add(1, Relaxed);
+    true
+}
+
+/// New node, a copy the old node forwarded for haunted session `sid`:
+/// true (dropped, counted) when the ghost still forwards and direct copies
+/// of its origin are held from a count at or below its own: the direct
+/// stream carries it too, behind those held, and delivering it now would
+/// overtake them.
+pub(crate) fn overtakes(shard: &Shard, sid: SessionId, origin: Option<Origin>) -> bool {
+    let (Some(n), Some(o)) = (&shard.cluster, origin) else {
+        return false;
+    };
+    let haunts = n.ghosts.haunts.borrow();
+    let Some(h) = haunts.get(&sid).filter(|h| h.open) else {
+        return false;
+    };
+    let covered = h
+        .first
+        .get(&(o.node, o.shard))
+        .is_some_and(|&first| first <= o.seq);
+    if covered {
+        n.stats.handover.ghost_dups.fetch_add(1, Relaxed);
+    }
+    covered
+}
+
+/// New node: the ghost of `sid` ended (or its session moves on, or the
+/// bound passed): its held direct copies are delivered, in arrival order,
+/// each row deleted in the batch of its delivery's row.
+pub(crate) fn release(shard: &Shard, sid: SessionId) {
+    let Some(n) = &shard.cluster else { return };
+    let held = match n.ghosts.haunts.borrow_mut().get_mut(&sid) {
+        Some(h) => {
+            h.open = false;
+            std::mem::take(&mut h.held)
+        }
+        None => return,
+    };
+    if held.is_empty() {
+        return;
+    }
+    let alive = shard
+        .sessions
+        .borrow()
+        .get(sid as usize)
+        .is_some_and(|s| !s.is_gone());
+    if let Some(s) = shard.sessions.borrow().get(sid as usize).filter(|_| alive) {
+        // Not deferred (`defer.rs`): the held rows go in the same batch.
+        s.store_at_once(shard);
+    }
+    for d in held {
+        if alive {
+            super::merge::deliver_as(shard, sid, &d.publish, (d.qos, d.retain, &d.sub_ids));
+        }
+        if let Some((key, seq)) = d.row {
+            shard.store.delete_outbound(key, seq).detach();
+        }
+    }
 }
 
 /// New node: whether session `sid` is haunted (a late copy is delivered).

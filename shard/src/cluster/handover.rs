@@ -112,6 +112,11 @@ pub struct HandoverStats {
     pub ghost_expired: AtomicU64,
     /// Session moves: copies from a ghost's peers that came by both paths, delivered once.
     pub ghost_dups: AtomicU64,
+    /// Session moves: direct copies from a ghost's peers held until the ghost ended (order).
+    pub ghost_held: AtomicU64,
+    /// Gauge: rows of moved sessions in the stamp tables (acked-copy stamps,
+    /// merge ranges); they go with their session (`copy_acks::session_removed`).
+    pub stamp_rows: AtomicU64,
     /// Session moves: share-group copies given to the old node, forwarded to the moving member.
     pub shared_forwarded: AtomicU64,
 }

@@ -297,15 +297,18 @@ pub(crate) fn hold(
             n.stats.handover.merge_dups.fetch_add(1, Relaxed);
             return true;
         }
-        return super::ghost::dup(shard, sid, origin);
+        let d = super::ghost::Direct::new(p, qos, retain, sub_ids, None);
+        return super::ghost::hold(shard, s, sid, d, origin);
     }
     let mut m = n.merges.by_sid.borrow_mut();
     let Some(m) = m.get_mut(&sid) else {
         if recovered_twin(shard, sid, origin, true) {
             return true; // a restart cut its merge: the forwarded twin came
         }
-        // A late peer's copy may also come through the old node (`ghost.rs`).
-        return super::ghost::dup(shard, sid, origin);
+        // A late peer's copy may also come through the old node (`ghost.rs`):
+        // held until the ghost ends, or dropped as a duplicate.
+        let d = super::ghost::Direct::new(p, qos, retain, sub_ids, None);
+        return super::ghost::hold(shard, s, sid, d, origin);
     };
     if origin.is_some_and(|o| m.forwarded.contains(&o)) {
         // Its forwarded twin was delivered already.
@@ -423,6 +426,7 @@ fn to_home(shard: &Rc<Shard>, home: usize, m: Move) {
 /// delivered now (so they go with it), without the old node's marks.
 pub(crate) fn abort(shard: &Rc<Shard>, sid: SessionId) {
     finish(shard, sid, None);
+    super::ghost::release(shard, sid);
 }
 
 pub(crate) fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
@@ -585,6 +589,9 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
             // break or a restart): the session here takes it, once.
             Some(a) => {
                 stats.copies_late.fetch_add(1, Relaxed);
+                if super::copy_acks::crash_late_in(shard) {
+                    return; // test crash point: received, never committed
+                }
                 if super::copy_acks::held_twin(shard, client, origin)
                     || recovered_twin(shard, sid, Some(origin), false)
                 {
@@ -614,6 +621,9 @@ fn deliver_to(
     held: Option<&Held>,
     origin: Option<Origin>,
 ) {
+    if held.is_none() && super::ghost::overtakes(shard, sid, origin) {
+        return; // a late peer's forwarded copy whose direct twin comes behind held ones
+    }
     if super::ghost::dup(shard, sid, origin) {
         return;
     }
@@ -648,6 +658,13 @@ fn deliver_to(
             }
         }
     };
+    deliver_as(shard, sid, p, (qos, retain, &ids));
+}
+
+/// Delivers `p` to session `sid` with the QoS, Retain As Published and
+/// subscription identifiers computed for it.
+pub(crate) fn deliver_as(shard: &Shard, sid: SessionId, p: &Publish, how: (QoS, bool, &[u32])) {
+    let (qos, retain, ids) = how;
     let mut sessions = shard.sessions.borrow_mut();
     let Some(s) = sessions.get_mut(sid as usize) else {
         return;
@@ -655,7 +672,7 @@ fn deliver_to(
     let version = s.conn.as_ref().map_or(s.version, |c| c.version);
     let frame = ringmq_codec::PublishFrame::new(p, version, qos);
     let mut shared = None;
-    s.deliver(shard, p, &mut shared, &frame, retain, &ids, Instant::now());
+    s.deliver(shard, p, &mut shared, &frame, retain, ids, Instant::now());
 }
 
 /// Ends session `sid`'s merge: its held copies are delivered but those the
@@ -707,6 +724,10 @@ fn finish(shard: &Rc<Shard>, sid: SessionId, marks: Option<&[Origin]>) {
         if covered {
             stats.merge_dups.fetch_add(1, Relaxed);
         } else {
+            let d = super::ghost::Direct::new(&h.publish, h.qos, h.retain, &h.sub_ids, h.row);
+            if super::ghost::keep_held(shard, sid, d, h.origin) {
+                continue; // a late peer's direct copy: after the ghost's forwards (its row kept)
+            }
             deliver_to(shard, sid, &h.publish, Some(h), h.origin);
         }
         // Behind the delivery's own row in the same batch: one commit.

@@ -177,6 +177,8 @@ pub struct Node {
     scratch: RefCell<ShardSet>,
     /// Per sending node: the last acked copy this shard had (stream, id).
     seen: RefCell<crate::IntMap<u64, Stamp>>,
+    /// How many of `seen`'s keys are a session's (`copy_acks::session_removed`).
+    session_stamps: std::cell::Cell<usize>,
     /// Slots of the nodes linked now (every one gets retained messages).
     slots: RefCell<ShardSet>,
     /// The nodes linked now: (node id, slot). A node added at run time is
@@ -271,7 +273,9 @@ pub(crate) fn fresh(shard: &Shard, s: PeerStamp) -> bool {
     match seen.get(&s.node) {
         Some(last) if last.stream == s.stamp.stream && s.stamp.id <= last.id => false,
         _ => {
-            seen.insert(s.node, s.stamp);
+            if seen.insert(s.node, s.stamp).is_none() && copy_acks::is_session_key(s.node) {
+                node.session_stamps_add(1);
+            }
             s.origin
                 .is_none_or(|o| origin::first_time(shard, s.node, o))
         }
@@ -316,6 +320,11 @@ pub(crate) fn seed(shard: &Shard) {
         for (n, stream, id) in rows {
             seen.insert(n, Stamp { stream, id });
         }
+        let sessions = seen
+            .keys()
+            .filter(|k| copy_acks::is_session_key(**k))
+            .count();
+        node.session_stamps_add(sessions as i64);
     }
     origin::seed(shard);
 }
@@ -333,6 +342,23 @@ pub(crate) fn copy_answered(
 }
 
 impl Node {
+    pub(crate) fn has_session_stamps(&self) -> bool {
+        self.session_stamps.get() > 0
+    }
+
+    /// Session rows in this shard's stamp table: `delta` more (or fewer);
+    /// the node's total is the gauge `stamp_rows` (`handover.moves`).
+    pub(crate) fn session_stamps_add(&self, delta: i64) {
+        let now = self.session_stamps.get() as i64 + delta;
+        self.session_stamps.set(now.max(0) as usize);
+        let g = &self.stats.handover.stamp_rows;
+        if delta >= 0 {
+            g.fetch_add(delta as u64, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            g.fetch_sub(delta.unsigned_abs(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The slot of node `id`'s live link, if it has one.
     pub(crate) fn slot_of(&self, id: u64) -> Option<Slot> {
         self.peer_slots
@@ -365,6 +391,7 @@ impl Node {
             }),
             scratch: RefCell::default(),
             seen: RefCell::default(),
+            session_stamps: Default::default(),
             slots: RefCell::new({
                 let mut s = ShardSet::new();
                 for slot in 1..=init.cfg.peers.len() {

@@ -9,7 +9,9 @@
 //! `SessionCopy` of that session; B delivers it to the session's matching
 //! shared subscription (`deliver` below), with that subscription's QoS and
 //! identifier. Each copy still reaches one member: the publisher's node sent
-//! it to A only, and A hands it to one session.
+//! it to A only, and A hands it to one session. A QoS 1/2 copy that reached A
+//! under a confirm token (`--durability sync`) goes as an acked copy
+//! (`copy_acks.rs`): A answers its sender only once B holds it durably.
 //!
 //! Why the stub's span is enough: A's withdrawal travels on each link ahead
 //! of A's `Flush` to that peer, and the peer answers `Flushed` behind
@@ -137,6 +139,11 @@ pub(crate) fn offer(shard: &Shard, group: &TopicFilter, p: &Publish) -> bool {
         seq: 0,
     };
     let stats = &n.stats.handover;
+    if super::copy_acks::take(shard, slot, &client, origin, p) {
+        // Acked: leaves at the end of this routing (`copy_acks.rs`).
+        stats.shared_forwarded.fetch_add(1, Relaxed);
+        return true;
+    }
     if hub.session_copy_plain(slot, &client, origin, p) {
         stats.shared_forwarded.fetch_add(1, Relaxed);
         true

@@ -428,6 +428,12 @@ impl Store {
         )
     }
 
+    /// The row of [`Self::put_peer_seen`] is not needed any more (its session is gone).
+    pub fn delete_peer_seen(&self, node: u64) -> Ticket {
+        self.engine
+            .push(OpKind::Delete, |b| keys::push_peer_seen(b, node), |_| {})
+    }
+
     /// Creates or replaces the session row.
     pub fn put_session(&self, key: SessionKey, s: &SessionRecord) -> Ticket {
         self.engine.push(

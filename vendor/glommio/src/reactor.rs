@@ -112,6 +112,17 @@ impl Timers {
     }
 
     fn insert(&mut self, id: u64, when: Instant, waker: Waker) {
+        // ringmq patch (vendor/README.md): a timer polled again while it is
+        // registered for the same instant keeps its place in the map (a
+        // removal and an insertion in the BTreeMap per poll before).
+        if self.timers_by_id.get(&id) == Some(&when) {
+            if let Some(w) = self.timers.get_mut(&(when, id)) {
+                if !w.will_wake(&waker) {
+                    *w = waker;
+                }
+                return;
+            }
+        }
         if let Some(when) = self.timers_by_id.get_mut(&id) {
             self.timers.remove(&(*when, id));
         }
