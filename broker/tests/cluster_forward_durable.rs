@@ -63,6 +63,9 @@ async fn take_all(m: &mut Raw, seen: &mut Seen, within: Duration) -> bool {
             RawEv::Packet(Packet::PubRel(r)) => {
                 m.send(&Packet::PubComp(resp(r.packet_id.get()))).await
             }
+            RawEv::Packet(Packet::Disconnect(d)) => {
+                eprintln!("DISCONNECT from the broker: {:?}", d.reason)
+            }
             RawEv::Packet(_) => {}
             RawEv::Timeout => return true,
             RawEv::Closed | RawEv::Garbage(_) => return false,
@@ -398,7 +401,21 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
                 );
                 let m = publish_packet("fwd/probe", 0, false, 0, b"0");
                 probe.send(&Packet::Publish(m)).await;
-                take_all(&mut new, &mut seen, Duration::from_millis(200)).await;
+                // One probe per 200 ms: a closed session connection must not turn this
+                // into a flood (it did: 1.4M probes in 30 s, which swamped node 1).
+                let pace = Instant::now() + Duration::from_millis(200);
+                if !take_all(&mut new, &mut seen, Duration::from_millis(200)).await {
+                    let m = c.get(2).ctl(&["metrics", "--json"]).1;
+                    let v: serde_json::Value = serde_json::from_str(m.trim()).unwrap_or_default();
+                    eprintln!(
+                        "the session's connection on node 2 closed (node 2 closes {}): resumed",
+                        v["result"]["closes"]
+                    );
+                    let (again, present) = raw_connect_sp(n2, cp.clone()).await;
+                    eprintln!("session present {present} on the resume");
+                    new = again;
+                }
+                tokio::time::sleep_until(pace.into()).await;
             }
             publisher_resumes(addr, unacked, &mut acked).await;
         }
