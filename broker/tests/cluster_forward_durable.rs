@@ -312,11 +312,13 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
                 RawEv::Packet(Packet::ConnAck(a))
                     if a.reason != ringmq_codec::ReasonCode::Success =>
                 {
+                    eprintln!("CONNACK on node 2: {:?}, CONNECT again", a.reason);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     new = Raw::open(n2, cp.protocol).await;
                     new.send(&Packet::Connect(Box::new(cp.clone()))).await;
                 }
                 RawEv::Packet(Packet::ConnAck(a)) => {
+                    eprintln!("CONNACK on node 2: session present {}", a.session_present);
                     // The session moved whole (these crash points fire only after the
                     // install: node 2 at a forwarded copy after it, node 1 once node 2
                     // answered its first forwarded copy).
@@ -326,9 +328,15 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
                     );
                     break;
                 }
+                RawEv::Packet(other) => {
+                    eprintln!("CONNECT on node 2: {other:?} before its CONNACK");
+                }
+                RawEv::Timeout => {
+                    // Node 2's claim or fetch may wait for a node 1 that is crashing.
+                    eprintln!("CONNECT on node 2: no CONNACK within {WAIT:?} yet");
+                }
                 other => {
-                    // No CONNACK: node 2's claim or fetch ended with the crash of node 1
-                    // (the probe loop below resumes the session on node 2).
+                    // Closed without CONNACK (the probe loop below resumes the session).
                     eprintln!("CONNECT on node 2 ended without CONNACK: {other:?}");
                     break;
                 }
