@@ -328,7 +328,7 @@ async fn send_deferred(shard: Rc<Shard>) {
         }
         match result {
             Ok(()) => {
-                if crate::cluster::origin::has_origin_copies(&d.items) {
+                if crate::cluster::origin::has_node_copies(&d.items) {
                     crate::cluster::origin::crash_point("node-copy-prepared");
                 }
                 if crate::cluster::origin::stub_copies_only(&d.items) {

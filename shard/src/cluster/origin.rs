@@ -183,12 +183,15 @@ pub(crate) fn hold(shard: &Shard, items: &mut [(usize, MeshItem)], nonce: u64) -
     targets
 }
 
-/// Whether `items` (a prepare's held copies) hold origin copies.
-pub(crate) fn has_origin_copies(items: &[(usize, MeshItem)]) -> bool {
-    items.iter().any(|(_, i)| {
-        matches!(i, MeshItem::Cluster(c)
-            if matches!(**c, Item::Origin { .. } | Item::Move(super::stub::Move::KeyedCopy { .. })))
-    })
+/// Whether `items` hold a node copy routed by the target node's own route
+/// (test crash point `node-copy-prepared`: during a session move that is
+/// after the new node installed the session and its routes reached here, so
+/// the crash never lands before the install, a case `docs/cluster.md` lists
+/// as open).
+pub(crate) fn has_node_copies(items: &[(usize, MeshItem)]) -> bool {
+    items
+        .iter()
+        .any(|(_, i)| matches!(i, MeshItem::Cluster(c) if matches!(**c, Item::Origin { .. })))
 }
 
 /// Whether `items` (a prepare's held copies) hold a stub's copy for a moved
