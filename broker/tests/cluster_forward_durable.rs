@@ -284,7 +284,10 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
     let mut seen: Seen = HashMap::new();
     let started = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = rt().block_on(async {
+    // One runtime for both halves: the session's connection on node 2 opened in the first is
+    // read in the second (a socket of a dropped runtime reads as closed).
+    let runtime = rt();
+    let acked = runtime.block_on(async {
         let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
         m.send(&subscribe_packet("fwd/#", QoS::ExactlyOnce)).await;
         assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
@@ -397,7 +400,7 @@ fn forwarded_copies_survive(cores: usize, crash: Crash, client: &str) -> (usize,
     // reported as before/after it).
     let at_restart: HashMap<String, usize> =
         seen.iter().map(|(t, v)| (t.clone(), v.len())).collect();
-    rt().block_on(async {
+    runtime.block_on(async {
         if crash == Crash::Prepared {
             // Node 1 died before node 2's route reached it: a publish it routes before node
             // 2's route sync is applied goes nowhere (docs/cluster.md, Still open). Probes
