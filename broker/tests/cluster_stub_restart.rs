@@ -7,14 +7,12 @@
 //! matches the restored stub and reaches the session on node 2. Once the stub's window is
 //! over its row is gone: a second restart restores nothing.
 #[macro_use]
-#[allow(unused_macros)]
 mod common;
 mod cluster_support;
 
 use cluster_support::acked::{raw_connect_sp, wait_links};
 use cluster_support::{rt, serial, Cluster};
 use common::raw::{connect_packet, filter, pid, publish_packet, resp, RawEv};
-use common::*;
 use ringmq_codec::{Connect, Packet, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
 use std::time::{Duration, Instant};
 
@@ -78,12 +76,25 @@ fn a_stub_stored_with_the_take_forwards_again_after_a_crash_of_the_old_node() {
     c.wait_leader(&[1, 2, 3]);
     links_up(&c);
     let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
+    for id in 1..=3 {
+        let addr = c.get(id).mqtt();
+        wait_for(
+            &format!("node {id} not listening:\n{}", c.get(id).stderr()),
+            SETTLE,
+            || std::net::TcpStream::connect(addr).is_ok(),
+        );
+    }
     let cp = mover("stubrow-mover");
-    rt().block_on(async {
+    // One runtime for the whole test: a connection lives with the runtime it was opened on.
+    let rt = rt();
+    rt.block_on(async {
         let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
         let sub = Subscribe {
             packet_id: pid(1),
-            filters: vec![(filter("sr/#"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
+            filters: vec![(
+                filter("sr/#"),
+                SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+            )],
             properties: Default::default(),
         };
         m.send(&Packet::Subscribe(sub)).await;
@@ -92,23 +103,31 @@ fn a_stub_stored_with_the_take_forwards_again_after_a_crash_of_the_old_node() {
     // Node 3 stopped: node 1's flush to it waits (its route-ack timeout, then its link
     // read as down), so the stub forwards for seconds after node 2 installed the session.
     signal(&c, 3, libc::SIGSTOP);
-    let (mut new, present) = rt().block_on(raw_connect_sp(n2, cp.clone()));
+    let (mut new, present) = rt.block_on(raw_connect_sp(n2, cp.clone()));
     assert!(present, "session present on node 2");
     wait_for("node 1 never started a stub", SETTLE, || {
         count(&c, 1, "stubs") >= 1
     });
     let ended = count(&c, 1, "stub_ended") + count(&c, 1, "stub_expired");
-    assert_eq!(ended, 0, "the stub ended before the crash: {}", moves(&c, 1));
+    assert_eq!(
+        ended,
+        0,
+        "the stub ended before the crash: {}",
+        moves(&c, 1)
+    );
     c.node(1).kill9();
     signal(&c, 3, libc::SIGCONT);
     restart_listening(&mut c, 1);
     let m1 = moves(&c, 1);
     assert_eq!(m1["stubs_restored"].as_u64(), Some(1), "node 1 moves: {m1}");
-    rt().block_on(async {
+    rt.block_on(async {
+        let n1 = c.get(1).mqtt();
         let (mut p, _) =
             raw_connect_sp(n1, connect_packet(ProtocolVersion::V5, "stubrow-pub", true)).await;
-        p.send(&Packet::Publish(publish_packet("sr/after", 1, false, 1, b"1")))
-            .await;
+        p.send(&Packet::Publish(publish_packet(
+            "sr/after", 1, false, 1, b"1",
+        )))
+        .await;
         match p.recv(SETTLE).await {
             RawEv::Packet(Packet::PubAck(a)) => assert_eq!(a.packet_id.get(), 1),
             e => panic!("no PUBACK on node 1: {e:?}"),
@@ -133,7 +152,18 @@ fn a_stub_stored_with_the_take_forwards_again_after_a_crash_of_the_old_node() {
                         new.send(&Packet::PubAck(resp(id.get()))).await;
                     }
                 }
-                RawEv::Closed | RawEv::Garbage(_) => panic!("node 2 closed the session's connection"),
+                RawEv::Closed | RawEv::Garbage(_) => panic!(
+                    "node 2 closed the session's connection: node 2 log (end): {}",
+                    {
+                        c.get(2)
+                            .stderr()
+                            .lines()
+                            .filter(|l| l.contains("ringmq") || l.contains("WARN"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                ),
+                RawEv::Packet(other) => eprintln!("node 2 sent {other:?}"),
                 _ => {}
             }
         }
@@ -142,6 +172,11 @@ fn a_stub_stored_with_the_take_forwards_again_after_a_crash_of_the_old_node() {
         count(&c, 1, "forwarded") >= 1,
         "the restored stub forwarded: {}",
         moves(&c, 1)
+    );
+    eprintln!(
+        "after the restart: node 1 moves {}; node 2 moves {}",
+        moves(&c, 1),
+        moves(&c, 2)
     );
     // The rest of its window over, the stub ends and its row goes with it.
     wait_for("the restored stub never ended", SETTLE, || {

@@ -47,8 +47,8 @@ pub mod stats;
 mod stream;
 pub(crate) mod stub;
 mod stub_row;
-pub(crate) mod unrouted;
 pub mod tls;
+pub(crate) mod unrouted;
 
 pub use config::{ClusterConfig, Peer};
 pub use frame::{Origin, OriginAt, Stamp};

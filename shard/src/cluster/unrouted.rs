@@ -29,7 +29,9 @@ pub(crate) fn copy(shard: &Shard, p: &Publish, peer: Option<PeerStamp>, origin: 
     let now = Instant::now();
     let log = LOGGED.with(|l| {
         let mut l = l.borrow_mut();
-        let due = l.get(&from).is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
+        let due = l
+            .get(&from)
+            .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
         if due {
             l.insert(from, now);
         }
