@@ -40,7 +40,10 @@ fn a_stub_row_stored_with_the_take_survives_a_reopen_until_deleted() {
     drop(rec);
     let mut rec = open(dir.path(), 1);
     let sh = rec.shards.remove(0);
-    assert!(sh.sessions.is_empty(), "the session's rows went with the take");
+    assert!(
+        sh.sessions.is_empty(),
+        "the session's rows went with the take"
+    );
     let stubs = with_store(sh.handle, |s| {
         let stubs = s.take_stubs();
         s.delete_stub(b"mover").detach();
