@@ -130,6 +130,24 @@ struct Haunt {
     first: HashMap<(u64, u16), u64>,
 }
 
+impl Haunt {
+    /// A copy of origin `o` reaches the haunted session: `None` when `o` is
+    /// not a ghost peer's, `Some(true)` when a copy of it came before (a
+    /// duplicate), `Some(false)` the first time (noted, up to `SEEN_MAX`).
+    fn note(&mut self, o: Origin) -> Option<bool> {
+        if !self.peers.contains(&o.node) {
+            return None;
+        }
+        if self.seen.contains(&o) {
+            return Some(true);
+        }
+        if self.seen.len() < SEEN_MAX {
+            self.seen.insert(o);
+        }
+        Some(false)
+    }
+}
+
 /// A late peer's direct copy held on the new node until the ghost ends
 /// (order per topic: the ghost forwards that peer's earlier copies).
 pub(crate) struct Direct {
@@ -574,18 +592,14 @@ pub(crate) fn hold(
     let Some(h) = haunts.get_mut(&sid) else {
         return false;
     };
-    if !h.peers.contains(&o.node) {
-        return false;
-    }
-    if h.seen.contains(&o) {
-        n.stats.handover.ghost_dups.fetch_add(1, Relaxed);
-        return true;
-    }
-    if h.seen.len() < SEEN_MAX {
-        h.seen.insert(o);
-    }
-    if !h.open {
-        return false;
+    match h.note(o) {
+        Some(true) => {
+            n.stats.handover.ghost_dups.fetch_add(1, Relaxed);
+            return true;
+        }
+        None => return false,
+        Some(false) if !h.open => return false,
+        Some(false) => {}
     }
     if let Some(key) = s
         .key
@@ -719,18 +733,9 @@ pub(crate) fn dup(shard: &Shard, sid: SessionId, origin: Option<Origin>) -> bool
         return false;
     };
     let mut haunts = n.ghosts.haunts.borrow_mut();
-    let Some(h) = haunts.get_mut(&sid) else {
-        return false;
-    };
-    if !h.peers.contains(&o.node) {
-        return false;
-    }
-    if h.seen.contains(&o) {
+    let dup = haunts.get_mut(&sid).and_then(|h| h.note(o)) == Some(true);
+    if dup {
         n.stats.handover.ghost_dups.fetch_add(1, Relaxed);
-        return true;
     }
-    if h.seen.len() < SEEN_MAX {
-        h.seen.insert(o);
-    }
-    false
+    dup
 }

@@ -521,17 +521,7 @@ impl Poller {
             if glommio::executor().has_runnable_tasks() {
                 u.submit();
             }
-            let next = self.next_deadline();
-            self.sleeping_until.set(next);
-            if next == u64::MAX {
-                timer = None;
-            } else if timer.as_ref().is_none_or(|(at, _)| *at != next) {
-                let left = next.saturating_sub(self.now_ms());
-                timer = Some((
-                    next,
-                    glommio::timer::Timer::new(Duration::from_millis(left)),
-                ));
-            }
+            self.arm_deadline(&mut timer);
             let deadline = async {
                 match &mut timer {
                     Some((_, t)) => {
@@ -566,6 +556,24 @@ impl Poller {
             .borrow()
             .peek()
             .map_or(u64::MAX, |Reverse((at, _))| *at)
+    }
+
+    /// Before waiting: `timer` fires at the earliest deadline of the heap
+    /// (none when it is empty). A timer already set for that deadline is
+    /// kept, not re-armed, so a wait that the same deadline bounds costs no
+    /// timer work.
+    fn arm_deadline(&self, timer: &mut Option<(u64, glommio::timer::Timer)>) {
+        let next = self.next_deadline();
+        self.sleeping_until.set(next);
+        if next == u64::MAX {
+            *timer = None;
+        } else if timer.as_ref().is_none_or(|(at, _)| *at != next) {
+            let left = next.saturating_sub(self.now_ms());
+            *timer = Some((
+                next,
+                glommio::timer::Timer::new(Duration::from_millis(left)),
+            ));
+        }
     }
 
     /// epoll: waits on the epoll set through glommio, and drives the
@@ -603,17 +611,7 @@ impl Poller {
                     }
                 },
             };
-            let next = self.next_deadline();
-            self.sleeping_until.set(next);
-            if next == u64::MAX {
-                timer = None;
-            } else if timer.as_ref().is_none_or(|(at, _)| *at != next) {
-                let left = next.saturating_sub(self.now_ms());
-                timer = Some((
-                    next,
-                    glommio::timer::Timer::new(Duration::from_millis(left)),
-                ));
-            }
+            self.arm_deadline(&mut timer);
             let deadline = async {
                 match &mut timer {
                     Some((_, t)) => {

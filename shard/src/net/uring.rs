@@ -1647,20 +1647,14 @@ fn kernel_release() -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn probe_passes_on_this_kernel() {
-        // The CI and development kernels are 6.x: the backend must be usable there.
-        super::probe().expect("io_uring probe");
-    }
-
-    /// Arrivals queue up as chunks while the
-    /// connection does not read; reads of any size take them in order.
-    #[test]
-    fn queued_chunks_read_in_order_by_small_reads() {
+    /// A ring of `buffers` 64-byte buffers and one end (`a`, registered
+    /// under the returned key, its receive armed) of a connected socket
+    /// pair whose other end (`b`) the test writes to.
+    fn ring_with_socket(buffers: u16) -> (Uring, u32, OwnedFd, OwnedFd) {
         let slots = Rc::new(RefCell::new(Slots::new()));
         let u = Uring::new(
             UringConfig {
-                buffers: 16,
+                buffers,
                 buffer_size: 64,
             },
             slots.clone(),
@@ -1683,6 +1677,20 @@ mod tests {
         let key = slots.borrow_mut().insert(Slot::new(0)) as u32;
         u.add(key, a.as_raw_fd(), false);
         u.submit();
+        (u, key, a, b)
+    }
+
+    #[test]
+    fn probe_passes_on_this_kernel() {
+        // The CI and development kernels are 6.x: the backend must be usable there.
+        super::probe().expect("io_uring probe");
+    }
+
+    /// Arrivals queue up as chunks while the
+    /// connection does not read; reads of any size take them in order.
+    #[test]
+    fn queued_chunks_read_in_order_by_small_reads() {
+        let (u, key, a, b) = ring_with_socket(16);
         let mut sent = Vec::new();
         for i in 0..5u8 {
             let msg = [b'a' + i; 9];
@@ -1718,32 +1726,7 @@ mod tests {
     /// back to the ring once read.
     #[test]
     fn incremental_ring_packs_small_arrivals_in_order() {
-        let slots = Rc::new(RefCell::new(Slots::new()));
-        let u = Uring::new(
-            UringConfig {
-                buffers: 4,
-                buffer_size: 64,
-            },
-            slots.clone(),
-            Arc::new(ShardStats::default()),
-        )
-        .expect("ring");
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` has room for the two descriptors; checked below.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0);
-        // SAFETY: fresh descriptors owned by nobody else.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let key = slots.borrow_mut().insert(Slot::new(0)) as u32;
-        u.add(key, a.as_raw_fd(), false);
-        u.submit();
+        let (u, key, a, b) = ring_with_socket(4);
         let mut sent = Vec::new();
         let mut got = Vec::new();
         let mut bids = Vec::new();
