@@ -12,8 +12,11 @@ mod cluster_support;
 
 use cluster_support::acked::{raw_connect_sp, wait_links};
 use cluster_support::{rt, serial, Cluster};
+use common::raw::Raw;
 use common::raw::{connect_packet, filter, pid, publish_packet, resp, RawEv};
-use ringmq_codec::{Connect, Packet, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
+use ringmq_codec::{
+    Connect, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+};
 use std::time::{Duration, Instant};
 
 /// Bound for links, leadership, restarts and the stub's window (20 s).
@@ -30,6 +33,13 @@ fn moves(c: &Cluster, id: u64) -> serde_json::Value {
     let out = c.get(id).ctl(&["metrics", "--json"]).1;
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
     v["result"]["handover"]["moves"].clone()
+}
+
+/// Sessions node `id` installed from another node.
+fn installed(c: &Cluster, id: u64) -> u64 {
+    let out = c.get(id).ctl(&["metrics", "--json"]).1;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+    v["result"]["handover"]["installed"].as_u64().unwrap_or(0)
 }
 
 fn count(c: &Cluster, id: u64, k: &str) -> u64 {
@@ -100,14 +110,25 @@ fn a_stub_stored_with_the_take_forwards_again_after_a_crash_of_the_old_node() {
         m.send(&Packet::Subscribe(sub)).await;
         assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
     });
-    // Node 3 stopped: node 1's flush to it waits (its route-ack timeout, then its link
-    // read as down), so the stub forwards for seconds after node 2 installed the session.
+    // Node 3 stopped: node 2's CONNACK waits for node 3's route ack (5 s) and node 1's
+    // flush for node 3, so node 1's stub forwards for seconds after node 2 installed the
+    // session. Node 1 is killed as soon as node 2 installed it (its take, and the stub row
+    // with it, committed before its ship left): waiting for the CONNACK could come after
+    // node 1 read node 3's link as down (5.8 s of silence) and ended the stub.
     signal(&c, 3, libc::SIGSTOP);
-    let (mut new, present) = rt.block_on(raw_connect_sp(n2, cp.clone()));
-    assert!(present, "session present on node 2");
-    wait_for("node 1 never started a stub", SETTLE, || {
-        count(&c, 1, "stubs") >= 1
+    let mut new = rt.block_on(async {
+        let mut new = Raw::open(n2, cp.protocol).await;
+        new.send(&Packet::Connect(Box::new(cp.clone()))).await;
+        new
     });
+    wait_for("node 2 never installed the session", SETTLE, || {
+        installed(&c, 2) >= 1
+    });
+    assert!(
+        count(&c, 1, "stubs") >= 1,
+        "node 1 started a stub: {}",
+        moves(&c, 1)
+    );
     let ended = count(&c, 1, "stub_ended") + count(&c, 1, "stub_expired");
     assert_eq!(
         ended,
@@ -117,6 +138,15 @@ fn a_stub_stored_with_the_take_forwards_again_after_a_crash_of_the_old_node() {
     );
     c.node(1).kill9();
     signal(&c, 3, libc::SIGCONT);
+    let present = rt.block_on(async {
+        match new.recv(SETTLE).await {
+            RawEv::Packet(Packet::ConnAck(a)) => {
+                a.reason == ReasonCode::Success && a.session_present
+            }
+            e => panic!("no CONNACK on node 2: {e:?}"),
+        }
+    });
+    assert!(present, "session present on node 2");
     restart_listening(&mut c, 1);
     let m1 = moves(&c, 1);
     assert_eq!(m1["stubs_restored"].as_u64(), Some(1), "node 1 moves: {m1}");
