@@ -885,6 +885,8 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("stubs", m.stubs),
         ("stub_ended", m.stub_ended),
         ("stub_expired", m.stub_expired),
+        ("stubs_restored", m.stubs_restored),
+        ("copies_unrouted", m.copies_unrouted),
         ("forwarded", m.forwarded),
         ("forward_lost", m.forward_lost),
         ("forwarded_acked", m.forwarded_acked),

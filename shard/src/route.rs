@@ -153,6 +153,10 @@ fn route_here(
             router.match_shared(p.topic.as_str(), &mut shared);
         }
     }
+    if plain && shards.is_empty() && here && matches!(groups, Groups::None) {
+        // A copy from another node routed here with nothing to match it.
+        crate::cluster::unrouted::copy(shard, &p, peer, source);
+    }
     let mut remote = 0;
     match groups {
         Groups::Except(elsewhere) if !elsewhere.is_empty() => {
@@ -212,7 +216,10 @@ fn route_here(
         if let Some(c) = confirm {
             crate::cluster::copy_acks::begin(shard, c.token);
         }
-        deliver_local(shard, &p, publisher, source);
+        let hit = deliver_local(shard, &p, publisher, source);
+        if !hit && shard.shards == 1 && matches!(groups, Groups::None) {
+            crate::cluster::unrouted::copy(shard, &p, peer, source);
+        }
         remote += if keyed {
             crate::cluster::copy_acks::end_keyed(shard, &mut send)
         } else {
@@ -256,12 +263,13 @@ fn persist_retained(shard: &Shard, p: &Publish) {
 /// Delivers to this shard's sessions with non-shared subscriptions matching the topic.
 /// `origin`: where it entered the cluster (a session moving between nodes
 /// knows a copy that reaches it by two paths by it: `cluster/merge.rs`).
+/// False when nothing here matched.
 pub(crate) fn deliver_local(
     shard: &Shard,
     p: &Publish,
     publisher: Option<SessionId>,
     origin: Option<crate::cluster::Origin>,
-) {
+) -> bool {
     let mut scratch = shard.scratch.borrow_mut();
     let router = shard.router.borrow();
     let info = PublishInfo {
@@ -270,7 +278,7 @@ pub(crate) fn deliver_local(
     };
     let matches = router.match_local_with(p.topic.as_str(), info, &mut scratch);
     if matches.is_empty() {
-        return;
+        return false;
     }
     crate::cluster::handled(shard, origin);
     let moving = crate::cluster::moving(shard);
@@ -328,6 +336,7 @@ pub(crate) fn deliver_local(
             now,
         );
     }
+    true
 }
 
 /// Delivers to the next local member of a shared subscription group.

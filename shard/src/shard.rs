@@ -211,6 +211,7 @@ pub(crate) async fn run(init: ShardInit) {
     crate::persist::restore(&shard, init.recovered, &init.retained);
     crate::cluster::seed(&shard);
     crate::cluster::merge::recover(&shard);
+    crate::cluster::stub::recover(&shard);
     for (from, rx) in receivers {
         let shard = shard.clone();
         spawn_local(async move {
@@ -387,7 +388,7 @@ fn on_mesh_item(shard: &Rc<Shard>, from: usize, item: MeshItem) {
                 .confirm
                 .and_then(|_| crate::cluster::copy_acks::relay_begin(shard));
             crate::cluster::deliver_once(shard, r.peer, || {
-                crate::route::deliver_local(shard, &r.publish, None, r.source)
+                crate::route::deliver_local(shard, &r.publish, None, r.source);
             });
             if let Some(t) = r.confirm {
                 let fate = shard.tally.fate();

@@ -320,6 +320,8 @@ pub struct MoveMetrics {
     pub stubs: u64,
     pub stub_ended: u64,
     pub stub_expired: u64,
+    pub stubs_restored: u64,
+    pub copies_unrouted: u64,
     pub forwarded: u64,
     pub forward_lost: u64,
     #[serde(default)]
@@ -371,6 +373,8 @@ impl HandoverMetrics {
                 stubs: h.stubs.load(Relaxed),
                 stub_ended: h.stub_ended.load(Relaxed),
                 stub_expired: h.stub_expired.load(Relaxed),
+                stubs_restored: h.stubs_restored.load(Relaxed),
+                copies_unrouted: h.copies_unrouted.load(Relaxed),
                 forwarded: h.forwarded.load(Relaxed),
                 forward_lost: h.forward_lost.load(Relaxed),
                 forwarded_acked: h.forwarded_acked.load(Relaxed),

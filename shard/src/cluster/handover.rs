@@ -77,6 +77,11 @@ pub struct HandoverStats {
     pub stub_ended: AtomicU64,
     /// Session moves: stubs ended without their move's end within STUB_FOR.
     pub stub_expired: AtomicU64,
+    /// Session moves: stubs restored from the store at start (a crash in their window).
+    pub stubs_restored: AtomicU64,
+    /// Copies from other nodes that matched no subscription and no stub
+    /// here: no matching subscribers (their publishers were acknowledged).
+    pub copies_unrouted: AtomicU64,
     /// Session moves: copies a stub forwarded.
     pub forwarded: AtomicU64,
     /// Session moves: forwarded copies lost: link down, session gone, or not installed in time.
@@ -365,18 +370,20 @@ pub(crate) fn take(
         // connection is closed, v5 with DISCONNECT 0x8E.
         crate::connection::disconnect_client(&conn, CloseReason::SessionTakenOver);
     }
-    let (client, groups) = shard
-        .sessions
-        .borrow()
-        .get(sid as usize)
-        .map(|s| (s.client_id.clone(), super::share_move::shared_of(s)))
-        .unzip();
+    let (client, groups, subs) = match shard.sessions.borrow().get(sid as usize) {
+        Some(s) => (
+            Some(s.client_id.clone()),
+            Some(super::share_move::shared_of(s)),
+            stub_subs(s),
+        ),
+        None => (None, None, Vec::new()),
+    };
     if let Some(filters) = crate::connect::retire_session(shard, sid) {
         match (to, client) {
             (Some(slot), Some(c)) => {
                 let groups = groups.unwrap_or_default();
                 super::share_move::start(shard, c.as_str(), slot, groups);
-                super::stub::start(shard, sid, c.as_str(), slot, filters)
+                super::stub::start(shard, sid, c.as_str(), slot, filters, subs)
             }
             _ => crate::reap::bury(shard, sid, filters),
         }
@@ -385,6 +392,20 @@ pub(crate) fn take(
         g.gate.fenced();
     }
     Some(snapshot)
+}
+
+/// The session's plain subscriptions with their options: what its stub
+/// keeps routed, as stored with the take (`stub_row.rs`).
+fn stub_subs(s: &crate::session::Session) -> Vec<crate::store::SubscriptionRecord> {
+    s.subs
+        .iter()
+        .filter(|(f, _)| f.shared().is_none())
+        .map(|(f, e)| crate::store::SubscriptionRecord {
+            filter: f.clone(),
+            options: e.options,
+            subscription_id: e.subscription_id,
+        })
+        .collect()
 }
 
 /// The session as the store would hold it: its row, subscriptions, outbound

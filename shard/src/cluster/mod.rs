@@ -46,7 +46,9 @@ pub(crate) mod share_move;
 pub mod stats;
 mod stream;
 pub(crate) mod stub;
+mod stub_row;
 pub mod tls;
+pub(crate) mod unrouted;
 
 pub use config::{ClusterConfig, Peer};
 pub use frame::{Origin, OriginAt, Stamp};
@@ -366,6 +368,15 @@ impl Node {
             .iter()
             .find(|(n, _)| *n == id)
             .map(|(_, s)| *s)
+    }
+
+    /// The node id of link slot `slot`.
+    pub(crate) fn node_of(&self, slot: Slot) -> Option<u64> {
+        self.peer_slots
+            .borrow()
+            .iter()
+            .find(|(_, s)| *s == slot)
+            .map(|(n, _)| *n)
     }
 
     /// The nodes linked now (shard 0 after a membership change).

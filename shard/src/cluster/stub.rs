@@ -147,13 +147,111 @@ fn push(shard: &Rc<Shard>, to: usize, m: Move) {
 }
 
 /// At a cross-node take (home shard): session `sid` (a tombstone now) keeps
-/// `filters` routed and forwards what they match to peer `slot`.
+/// `filters` routed and forwards what they match to peer `slot`. `subs`
+/// (the filters with their options) are stored with the take, in the batch
+/// deleting the session's rows (`stub_row.rs`): a crash of this node in the
+/// stub's window restores it (`recover`).
 pub(crate) fn start(
     shard: &Rc<Shard>,
     sid: SessionId,
     client: &str,
     slot: Slot,
     filters: Vec<TopicFilter>,
+    subs: Vec<crate::store::SubscriptionRecord>,
+) {
+    if let Some(node) = shard.cluster.as_ref() {
+        let peer = node.node_of(slot);
+        if let (true, Some(peer)) = (shard.store.is_persistent(), peer) {
+            let row = super::stub_row::StubRow {
+                node: peer,
+                end_ms: crate::store::unix_ms() + STUB_FOR.as_millis() as u64,
+                subs,
+            };
+            let v = super::stub_row::encode(&row);
+            shard.store.put_stub(client.as_bytes(), &v).detach();
+        }
+    }
+    run(shard, sid, client, slot, filters, STUB_FOR);
+}
+
+/// At start (each shard, after its sessions): the stubs stored by a take
+/// whose window had not ended at the crash forward again for the rest of it;
+/// their subscriptions are routed to a tombstone as at the take.
+pub(crate) fn recover(shard: &Rc<Shard>) {
+    let rows = shard.store.take_stubs();
+    let Some(node) = shard.cluster.as_ref() else {
+        for (client, _) in rows {
+            shard.store.delete_stub(&client).detach();
+        }
+        return;
+    };
+    let now = crate::store::unix_ms();
+    for (client, v) in rows {
+        let row = super::stub_row::decode(&v);
+        let id = std::str::from_utf8(&client)
+            .ok()
+            .and_then(|c| ringmq_codec::MqttString::try_from(c).ok());
+        let slot = row.as_ref().and_then(|r| node.slot_of(r.node));
+        let (Some(row), Some(id), Some(slot)) = (row, id, slot) else {
+            tracing::warn!(
+                shard = shard.id,
+                "session move: a stored stub is unreadable or for a node no longer a peer: dropped"
+            );
+            shard.store.delete_stub(&client).detach();
+            continue;
+        };
+        if row.end_ms <= now {
+            shard.store.delete_stub(&client).detach();
+            continue;
+        }
+        let mut s = crate::session::Session::new(id.clone(), ringmq_codec::ProtocolVersion::V5);
+        s.key = None;
+        s.epoch = 0;
+        s.generation = crate::reap::GONE;
+        let sid = {
+            let mut sessions = shard.sessions.borrow_mut();
+            let sid = sessions.insert(s);
+            sessions[sid].sid = sid as SessionId;
+            sid as SessionId
+        };
+        let mut filters = Vec::with_capacity(row.subs.len());
+        for sub in row.subs {
+            let first = shard.router.borrow_mut().subscribe_local(
+                &sub.filter,
+                crate::router::LocalSub {
+                    session: sid,
+                    options: sub.options,
+                    subscription_id: sub.subscription_id,
+                    acl_check: false,
+                },
+            );
+            if first {
+                let f = sub.filter.clone();
+                shard.mesh.broadcast(|| MeshItem::SubAdd(f.clone()));
+                super::filter_changed(shard, &f, true);
+            }
+            filters.push(sub.filter);
+        }
+        node.stats.handover.stubs_restored.fetch_add(1, Relaxed);
+        let left = Duration::from_millis(row.end_ms - now);
+        tracing::info!(
+            shard = shard.id,
+            client = id.as_str(),
+            to = row.node,
+            left_ms = left.as_millis() as u64,
+            "session move: stub restored after a restart"
+        );
+        run(shard, sid, id.as_str(), slot, filters, left);
+    }
+}
+
+fn run(
+    shard: &Rc<Shard>,
+    sid: SessionId,
+    client: &str,
+    slot: Slot,
+    filters: Vec<TopicFilter>,
+    window: Duration,
 ) {
     let Some(node) = shard.cluster.as_ref() else {
         return crate::reap::bury(shard, sid, filters);
@@ -173,7 +271,7 @@ pub(crate) fn start(
     node.stats.handover.stubs.fetch_add(1, Relaxed);
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        glommio::timer::sleep(STUB_FOR).await;
+        glommio::timer::sleep(window).await;
         let live = shard.cluster.as_ref().is_some_and(|n| {
             n.stubs
                 .by_sid
@@ -385,6 +483,8 @@ fn end(shard: &Rc<Shard>, sid: SessionId) {
     let Some(stub) = n.stubs.by_sid.borrow_mut().remove(&sid) else {
         return;
     };
+    // Nothing routed the old way can come any more (or its window is over).
+    shard.store.delete_stub(stub.client.as_bytes()).detach();
     let mut filters = stub.filters;
     // A flush peer did not answer: the subscriptions stay routed (`ghost.rs`).
     if !super::ghost::keep(shard, sid, &stub.client, &mut filters) {

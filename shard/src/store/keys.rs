@@ -17,6 +17,7 @@
 //! | `H`   | `H` + peer node id u64 + copy id u64 | outbox: an acked copy for a node that was down (its link frame) |
 //! | `P`   | `P` + peer node id u64 + filter bytes | a filter that node has subscribers on, as last told (empty value) |
 //! | `K`   | `K` + node id u64 + shard u16 + nonce u64 | node origin row (empty): that node's prepared QoS 2 message is here |
+//! | `U`   | `U` + client id bytes                | a session move's stub: new node u64, end unix ms u64, subscriptions (`cluster/stub_row.rs`) |
 
 /// Name of the one LMDB database inside each shard environment.
 pub const DB_NAME: &str = "ringmq";
@@ -47,6 +48,16 @@ pub const META_LINK_RUN: &[u8] = b"Mlinkrun";
 /// A copy of another *node's* prepared QoS 2 message is stored here
 /// (exactly once across nodes and their crashes: `cluster/origin.rs`).
 pub const NODE_ORIGIN: u8 = b'K';
+
+/// A session move's stub on the old node, written with the take (the batch
+/// deleting the session's rows) and deleted when the stub ends
+/// (`cluster/stub_row.rs`): a crash during its window restores it.
+pub const STUB: u8 = b'U';
+
+pub fn push_stub(out: &mut Vec<u8>, client: &[u8]) {
+    out.push(STUB);
+    out.extend_from_slice(client);
+}
 
 /// The tables holding one session's rows (deleted with it).
 pub const SESSION_CHILDREN: [u8; 3] = [SUBSCRIPTION, OUTBOUND, INBOUND_QOS2];

@@ -61,7 +61,7 @@ mod layout;
 mod message;
 mod outbox;
 mod prepared;
-mod records;
+pub(crate) mod records;
 mod recover;
 mod ship;
 #[cfg(test)]
@@ -212,6 +212,8 @@ pub(crate) struct PeerRows {
     pub seen: Vec<(u64, u64, u64)>,
     /// `(node, origin shard, nonce)`: node origin rows (that node's prepared message is here).
     pub origins: Vec<(u64, u16, u64)>,
+    /// `(client id, value)`: stubs of session moves (`keys::STUB`).
+    pub stubs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl StoreHandle {
@@ -393,6 +395,27 @@ impl Store {
     /// The `(node, origin shard, nonce)` node origin rows recovered (once, at start).
     pub fn take_node_origins(&self) -> Vec<(u64, u16, u64)> {
         std::mem::take(&mut self.peer.borrow_mut().origins)
+    }
+
+    /// The stub rows recovered (once, at start): `(client id, value)`.
+    pub fn take_stubs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut self.peer.borrow_mut().stubs)
+    }
+
+    /// A session move's stub (`cluster/stub_row.rs`); issued right after the
+    /// take's `delete_session`, so it commits in the same batch.
+    pub fn put_stub(&self, client: &[u8], value: &[u8]) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_stub(b, client),
+            |b| b.extend_from_slice(value),
+        )
+    }
+
+    /// The stub of `client` ended: its row goes.
+    pub fn delete_stub(&self, client: &[u8]) -> Ticket {
+        self.engine
+            .push(OpKind::Delete, |b| keys::push_stub(b, client), |_| {})
     }
 
     /// In the batch holding the copies: node `node`'s prepared message

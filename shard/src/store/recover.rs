@@ -279,6 +279,11 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
                 .ok_or_else(|| StoreError::corrupt(&path, "bad node origin key"))?,
         );
     }
+    let mut stubs = Vec::new();
+    for entry in db.prefix_iter(&wtxn, &[keys::STUB]).map_err(heed_err)? {
+        let (k, v) = entry.map_err(heed_err)?;
+        stubs.push((k[1..].to_vec(), v.to_vec()));
+    }
     let outbox = super::outbox::load(db, &mut wtxn, &path)?;
     wtxn.commit().map_err(heed_err)?;
     stats.sessions = sessions.len();
@@ -290,6 +295,7 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
         peer: super::PeerRows {
             seen: peer_seen,
             origins: node_origins,
+            stubs,
         },
         outbox,
         stats,
