@@ -228,6 +228,29 @@ fn twin_key(client: &str, o: Origin) -> u64 {
     key(at, client)
 }
 
+/// Stores session row `k` of the stamp table as the range `(first, last)`,
+/// in memory and in the store's next batch (counted in `stamp_rows` when new).
+fn put_session_row(shard: &Shard, n: &super::Node, k: u64, (first, last): (u64, u64)) {
+    let stamp = Stamp {
+        stream: first,
+        id: last,
+    };
+    if n.seen.borrow_mut().insert(k, stamp).is_none() {
+        n.session_stamps_add(1);
+    }
+    shard.store.put_peer_seen(k, first, last).detach();
+}
+
+/// Whether count `seq` is in the range stored as session row `k`.
+fn in_range(shard: &Shard, k: u64, seq: u64) -> bool {
+    shard.cluster.as_ref().is_some_and(|n| {
+        n.seen
+            .borrow()
+            .get(&k)
+            .is_some_and(|r| r.stream <= seq && seq <= r.id)
+    })
+}
+
 /// A direct copy of origin `o` for merging session `client` was held in a
 /// durable row (`merge::hold`): `range` (first, last count of `o`'s node and
 /// shard held by this merge) is stored in the same batch. After a crash of
@@ -240,27 +263,13 @@ pub(crate) fn held_durably(shard: &Shard, client: &str, o: Origin, range: (u64, 
     let Some(n) = shard.cluster.as_ref() else {
         return;
     };
-    let k = twin_key(client, o);
-    let (first, last) = range;
-    let stamp = Stamp {
-        stream: first,
-        id: last,
-    };
-    if n.seen.borrow_mut().insert(k, stamp).is_none() {
-        n.session_stamps_add(1);
-    }
-    shard.store.put_peer_seen(k, first, last).detach();
+    put_session_row(shard, n, twin_key(client, o), range);
 }
 
 /// Whether a forwarded copy of origin `o` for `client`, coming after its
 /// merge ended, has a direct twin the merge held durably ([`held_durably`]).
 pub(crate) fn held_twin(shard: &Shard, client: &str, o: Origin) -> bool {
-    let Some(n) = shard.cluster.as_ref() else {
-        return false;
-    };
-    let seen = n.seen.borrow();
-    seen.get(&twin_key(client, o))
-        .is_some_and(|r| r.stream <= o.seq && o.seq <= r.id)
+    in_range(shard, twin_key(client, o), o.seq)
 }
 
 /// The key of the forwarded-copy range of `client`'s copies from origin
@@ -282,15 +291,8 @@ pub(crate) fn merging(shard: &Shard, client: &str, on: bool) {
     let Some(n) = shard.cluster.as_ref() else {
         return;
     };
-    let (k, v) = (merging_key(client), u64::from(on));
-    if n.seen
-        .borrow_mut()
-        .insert(k, Stamp { stream: v, id: v })
-        .is_none()
-    {
-        n.session_stamps_add(1);
-    }
-    shard.store.put_peer_seen(k, v, v).detach();
+    let v = u64::from(on);
+    put_session_row(shard, n, merging_key(client), (v, v));
 }
 
 /// Whether `client`'s merge was running when this node last stopped.
@@ -314,27 +316,13 @@ pub(crate) fn forwarded_durably(shard: &Shard, client: &str, o: Origin, range: (
     let Some(n) = shard.cluster.as_ref() else {
         return;
     };
-    let k = fwd_key(client, o);
-    let (first, last) = range;
-    let stamp = Stamp {
-        stream: first,
-        id: last,
-    };
-    if n.seen.borrow_mut().insert(k, stamp).is_none() {
-        n.session_stamps_add(1);
-    }
-    shard.store.put_peer_seen(k, first, last).detach();
+    put_session_row(shard, n, fwd_key(client, o), range);
 }
 
 /// Whether a direct copy of origin `o` for `client`, coming after a crash
 /// ended its merge, has a forwarded twin delivered durably ([`forwarded_durably`]).
 pub(crate) fn forwarded_twin(shard: &Shard, client: &str, o: Origin) -> bool {
-    let Some(n) = shard.cluster.as_ref() else {
-        return false;
-    };
-    let seen = n.seen.borrow();
-    seen.get(&fwd_key(client, o))
-        .is_some_and(|r| r.stream <= o.seq && o.seq <= r.id)
+    in_range(shard, fwd_key(client, o), o.seq)
 }
 
 /// Whether a stamp-table key is a session's (a [`key`] or [`twin_key`]),

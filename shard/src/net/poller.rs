@@ -522,14 +522,7 @@ impl Poller {
                 u.submit();
             }
             self.arm_deadline(&mut timer);
-            let deadline = async {
-                match &mut timer {
-                    Some((_, t)) => {
-                        t.await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
+            let deadline = until_deadline(&mut timer);
             let fired = futures_lite::future::or(
                 async {
                     deadline.await;
@@ -612,14 +605,7 @@ impl Poller {
                 },
             };
             self.arm_deadline(&mut timer);
-            let deadline = async {
-                match &mut timer {
-                    Some((_, t)) => {
-                        t.await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
+            let deadline = until_deadline(&mut timer);
             let ready = async {
                 ready.as_mut().await;
                 true
@@ -649,5 +635,16 @@ impl Drop for Poller {
                 }
             });
         }
+    }
+}
+
+/// Resolves when `timer` (set by `Poller::arm_deadline`) fires; never when
+/// there is none.
+async fn until_deadline(timer: &mut Option<(u64, glommio::timer::Timer)>) {
+    match timer {
+        Some((_, t)) => {
+            t.await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
