@@ -336,6 +336,8 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
 /// Shard 0: peer `link` installed `client` and its routes settled. Every
 /// other connected peer is asked to flush its link to this node.
 pub(crate) fn on_move_done(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Link, client: String) {
+    // The new node holds the session durably: what the take kept goes.
+    super::moving::move_done(shard, &client);
     let token = hub.next_move_token();
     let others: Vec<Rc<Link>> = hub
         .live()
