@@ -294,9 +294,11 @@ impl Cluster {
                     id.to_string(),
                     "--cluster-peers".into(),
                     peers.clone(),
-                    "--node-down-after".into(),
-                    "1s".into(),
                 ];
+                // 1 s unless the test's own flags say otherwise.
+                if !extra.contains(&"--node-down-after") {
+                    args.extend(["--node-down-after".into(), "1s".into()]);
+                }
                 args.extend(extra.iter().map(|s| s.to_string()));
                 args.extend(each(*id));
                 Node {

@@ -644,6 +644,19 @@ fn answer(shard: &Rc<Shard>, req: u64, snapshot: Option<Bytes>, ans: (bool, Opti
     }
 }
 
+/// Test crash point `session-taken` (`RINGMQ_TEST_CRASH`): the take's
+/// batch (rows deleted, session kept) commits, the snapshot never leaves,
+/// and the test kills this node by PID: a crash of the old node between the
+/// take and the new node's install (`moving.rs`).
+fn hold_for_crash(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let committed = shard.store.flush().await.is_ok();
+        eprintln!("RINGMQ_TEST_CRASH: session-taken: held (committed {committed})");
+    })
+    .detach();
+}
+
 /// The handover's mesh items (`Item::Fetch`, `Serve`, `Ship`, `Shipped`,
 /// `RoutesQuery`, `RoutesSettled`).
 pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
@@ -675,6 +688,9 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
             client,
         } => {
             let snapshot = serve(shard, slot, &client, epoch);
+            if snapshot.is_some() && super::origin::crash_armed("session-taken") {
+                return hold_for_crash(shard);
+            }
             let item = Item::Ship {
                 slot,
                 req,
