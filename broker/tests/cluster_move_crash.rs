@@ -232,7 +232,6 @@ fn run(cores: &str) {
     c.node(1).start();
     listening(&c, 1);
     links_up(&c);
-    assert!(kept(&c, 1, "kept_restored") >= 1, "node 1: {}", handover(&c, 1));
     rt.block_on(async {
         for (cp, what) in [(v5(id5), "v5"), (v4(id4), "3.1.1")] {
             let (mut s, present) = raw_connect_sp(n2, cp).await;
@@ -243,6 +242,7 @@ fn run(cores: &str) {
         }
     });
     let h1 = handover(&c, 1);
+    assert!(h1["moves"]["kept_restored"].as_u64().unwrap_or(0) >= 1, "node 1: {h1}");
     assert!(h1["moves"]["kept_served"].as_u64().unwrap_or(0) >= 1, "node 1: {h1}");
     // Node 2's MoveDone (its install durable) lets node 1 drop both keeps.
     wait_for("node 1 kept the sessions after MoveDone", SETTLE, || {
