@@ -171,7 +171,8 @@ fn run(cores: &str) {
     let mut c = Cluster::start(3, &flags);
     // Node 1 runs with the crash point armed: it holds the first session it takes.
     c.node(1).stop();
-    c.node(1).start_env(&[("RINGMQ_TEST_CRASH", "session-taken")]);
+    c.node(1)
+        .start_env(&[("RINGMQ_TEST_CRASH", "session-taken")]);
     c.wait_leader(&[1, 2, 3]);
     for id in 1..=3 {
         listening(&c, id);
@@ -184,7 +185,8 @@ fn run(cores: &str) {
     let mut c5 = rt.block_on(async {
         park(n1, v5(id5), "ac5/#").await;
         park(n1, v4(id4), "ac4/#").await;
-        let (mut p, _) = raw_connect_sp(n1, connect_packet(ProtocolVersion::V5, "ac-pub", true)).await;
+        let (mut p, _) =
+            raw_connect_sp(n1, connect_packet(ProtocolVersion::V5, "ac-pub", true)).await;
         let mut pid = 0;
         publish(&mut p, "ac5", &mut pid).await;
         publish(&mut p, "ac4", &mut pid).await;
@@ -209,7 +211,8 @@ fn run(cores: &str) {
             }
             e => panic!("no CONNACK on node 2 for the v5 client: {e:?}"),
         }
-        c5.expect_closed(Duration::from_secs(5), "after CONNACK 0x88").await;
+        c5.expect_closed(Duration::from_secs(5), "after CONNACK 0x88")
+            .await;
         // A retry while node 1 is down: refused again (node 2 kept the ownership).
         let mut again = Raw::open(n2, ProtocolVersion::V5).await;
         again.send(&Packet::Connect(Box::new(v5(id5)))).await;
@@ -222,7 +225,10 @@ fn run(cores: &str) {
         // 3.1.1: return code 0x03 Server unavailable [MQTT-3.2.2-6], as bytes.
         let mut s4 = Raw::open(n2, ProtocolVersion::V3_1_1).await;
         s4.send(&Packet::Connect(Box::new(v4(id4)))).await;
-        let bytes = s4.read_raw(SETTLE).await.expect("a CONNACK for the 3.1.1 client");
+        let bytes = s4
+            .read_raw(SETTLE)
+            .await
+            .expect("a CONNACK for the 3.1.1 client");
         assert_eq!(bytes, [0x20, 0x02, 0x00, 0x03], "3.1.1 CONNACK");
     });
     let h2 = handover(&c, 2);
@@ -242,8 +248,14 @@ fn run(cores: &str) {
         }
     });
     let h1 = handover(&c, 1);
-    assert!(h1["moves"]["kept_restored"].as_u64().unwrap_or(0) >= 1, "node 1: {h1}");
-    assert!(h1["moves"]["kept_served"].as_u64().unwrap_or(0) >= 1, "node 1: {h1}");
+    assert!(
+        h1["moves"]["kept_restored"].as_u64().unwrap_or(0) >= 1,
+        "node 1: {h1}"
+    );
+    assert!(
+        h1["moves"]["kept_served"].as_u64().unwrap_or(0) >= 1,
+        "node 1: {h1}"
+    );
     // Node 2's MoveDone (its install durable) lets node 1 drop both keeps.
     wait_for("node 1 kept the sessions after MoveDone", SETTLE, || {
         kept(&c, 1, "kept_done") >= 2
@@ -251,7 +263,12 @@ fn run(cores: &str) {
     c.node(1).stop();
     c.node(1).start();
     listening(&c, 1);
-    assert_eq!(kept(&c, 1, "kept_restored"), 0, "node 1: {}", handover(&c, 1));
+    assert_eq!(
+        kept(&c, 1, "kept_restored"),
+        0,
+        "node 1: {}",
+        handover(&c, 1)
+    );
 }
 
 #[test]

@@ -173,7 +173,10 @@ pub(crate) fn recover(shard: &Rc<Shard>) {
         let row = decode(&v);
         let id = std::str::from_utf8(&client).ok();
         let (Some((node, epoch, end, snapshot)), Some(id)) = (row, id) else {
-            tracing::warn!(shard = shard.id, "session move: an unreadable kept session: dropped");
+            tracing::warn!(
+                shard = shard.id,
+                "session move: an unreadable kept session: dropped"
+            );
             shard.store.delete_moving(&client).detach();
             continue;
         };
