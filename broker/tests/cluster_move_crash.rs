@@ -280,3 +280,77 @@ fn a_crash_of_the_old_node_before_the_new_one_installs_loses_nothing() {
 fn a_crash_of_the_old_node_before_the_new_one_installs_loses_nothing_2_cores() {
     run("2");
 }
+
+/// When the old node never comes back: once it has been down `--node-down-after` (3 s
+/// here) the session is declared lost, and the client gets a fresh session (session
+/// present 0), as for any session on a dead node; counted as `lost`.
+#[test]
+fn a_session_whose_old_node_stays_down_is_given_up_after_node_down_after() {
+    let _g = serial();
+    let flags = [
+        "--durability",
+        "sync",
+        "--node-down-after",
+        "3s",
+        "--cluster-claim-timeout",
+        "2s",
+    ];
+    let mut c = Cluster::start(3, &flags);
+    c.node(1).stop();
+    c.node(1)
+        .start_env(&[("RINGMQ_TEST_CRASH", "session-taken")]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        listening(&c, id);
+    }
+    links_up(&c);
+    let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
+    let id5 = "acrash-gone";
+    let rt = rt();
+    let mut s = rt.block_on(async {
+        park(n1, v5(id5), "acg/#").await;
+        let mut s = Raw::open(n2, ProtocolVersion::V5).await;
+        s.send(&Packet::Connect(Box::new(v5(id5)))).await;
+        s
+    });
+    wait_for("node 1 never reached the crash point", SETTLE, || {
+        c.get(1)
+            .stderr()
+            .contains("session-taken: held (committed true)")
+    });
+    c.node(1).kill9();
+    let killed = Instant::now();
+    rt.block_on(async {
+        match s.recv(SETTLE).await {
+            RawEv::Packet(Packet::ConnAck(a)) => {
+                assert_eq!(a.reason, ReasonCode::ServerUnavailable, "{a:?}")
+            }
+            e => panic!("no CONNACK on node 2: {e:?}"),
+        }
+        // The client retries; node 1 stays down.
+        let end = Instant::now() + SETTLE;
+        loop {
+            let mut r = Raw::open(n2, ProtocolVersion::V5).await;
+            r.send(&Packet::Connect(Box::new(v5(id5)))).await;
+            match r.recv(SETTLE).await {
+                RawEv::Packet(Packet::ConnAck(a)) if a.reason == ReasonCode::Success => {
+                    assert!(!a.session_present, "a fresh session: node 1 is down");
+                    break;
+                }
+                RawEv::Packet(Packet::ConnAck(a)) => {
+                    assert_eq!(a.reason, ReasonCode::ServerUnavailable, "{a:?}")
+                }
+                e => panic!("no CONNACK on node 2: {e:?}"),
+            }
+            assert!(Instant::now() < end, "node 2 never gave the session up");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    assert!(
+        killed.elapsed() >= Duration::from_secs(2),
+        "given up before node-down-after: {:?}",
+        killed.elapsed()
+    );
+    let h2 = handover(&c, 2);
+    assert_eq!(h2["lost"].as_u64(), Some(1), "node 2: {h2}");
+}
