@@ -227,13 +227,18 @@ pub(crate) fn settled(n: &Node, client: &str) {
 pub(crate) fn failed(n: &Node, client: &str, prev: u64, silent: Option<Duration>) -> bool {
     let down_after = n.down_after;
     let now = Instant::now();
+    let st = &n.stats.handover;
     let mut p = n.pending.lock();
+    // Notes of clients that never came back are given up with their time
+    // (their next CONNECT finds this node the owner: a fresh session).
+    let before = p.len();
+    p.retain(|c, (_, since)| &**c == client || now.duration_since(*since) < down_after);
+    st.lost.fetch_add((before - p.len()) as u64, Relaxed);
     let e = p.entry(client.into()).or_insert((prev, now));
     if e.0 != prev {
         *e = (prev, now);
     }
     let age = now.duration_since(e.1);
-    let st = &n.stats.handover;
     if silent.is_some_and(|s| s >= down_after) || age >= down_after {
         p.remove(client);
         st.lost.fetch_add(1, Relaxed);
