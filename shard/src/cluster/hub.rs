@@ -350,6 +350,10 @@ impl Hub {
     // ---- peers' routes -----------------------------------------------------------------------
 
     pub fn peer_sync(&self, shard: &Rc<Shard>, link: &Link, seq: u64, filters: Vec<TopicFilter>) {
+        if deaf_to(link.peer.id) {
+            self.ack_after_barrier(shard, link, seq);
+            return;
+        }
         let changes = self.book.borrow_mut().peer_sync(link.slot, filters);
         for (f, add) in changes {
             super::outbox::route_told(shard, link, &f, add);
@@ -363,6 +367,10 @@ impl Hub {
 
     pub fn peer_route(&self, shard: &Rc<Shard>, link: &Link, seq: u64, f: TopicFilter, add: bool) {
         link.stats.routes_in.inc();
+        if deaf_to(link.peer.id) {
+            self.ack_after_barrier(shard, link, seq);
+            return;
+        }
         if self.book.borrow_mut().peer_change(link.slot, &f, add) {
             super::outbox::route_told(shard, link, &f, add);
             apply_everywhere(shard, link.slot, f, add);
@@ -665,4 +673,15 @@ async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
             hub.durable.expire(&shard, &hub, &l, now);
         }
     }
+}
+
+/// A test fault (`RINGMQ_TEST_DEAF_TO=<node id>`): the route changes and syncs that node
+/// tells are acknowledged but never applied, so this node keeps routing the old way, as a
+/// node held behind a peer's route would (tests of a third node's copies routed only to a
+/// session's old node: `broker/tests/cluster_stub_outbox.rs`). Read once; never set in
+/// production.
+fn deaf_to(peer: u64) -> bool {
+    static DEAF: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let deaf = DEAF.get_or_init(|| std::env::var("RINGMQ_TEST_DEAF_TO").ok()?.parse().ok());
+    *deaf == Some(peer)
 }
