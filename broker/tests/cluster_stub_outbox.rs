@@ -157,15 +157,28 @@ async fn take(s: &mut Raw, got: &mut Got, within: Duration, done: impl Fn(&Got) 
     }
 }
 
-/// The move, A's crash in the stub window, X's publishes into its outbox, A's restart
-/// (`after_window`: only once the stub's window is over).
-fn outbox_copies_across_a_crash_of_the_old_node(after_window: bool, client: &str) {
+/// What the session subscribes, and when A restarts.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Case {
+    /// `so/#`, A restarted within the stub's window.
+    Plain,
+    /// `so/#`, A restarted once the window is over.
+    AfterWindow,
+    /// `$share/g/so/#` (the session the group's only member), A restarted within the window.
+    Shared,
+}
+
+/// The move, A's crash in the stub window, X's publishes into its outbox, A's restart.
+fn outbox_copies_across_a_crash_of_the_old_node(case: Case, client: &str) {
+    let after_window = case == Case::AfterWindow;
     let _g = serial();
     let mut c = Cluster::start(3, &["--cores", "1", "--durability", "sync"]);
     let wd = Watchdog::arm("cluster_stub_outbox", Duration::from_secs(240));
-    // X never applies B's routes (test fault).
+    // X never applies B's routes (test fault); for a share group, nor A's withdrawal of its
+    // membership at the take (a plain stub keeps its filters routed on A).
+    let deaf = if case == Case::Shared { "2,1-" } else { "2" };
     c.node(3).stop();
-    c.node(3).start_env(&[("RINGMQ_TEST_DEAF_TO", "2")]);
+    c.node(3).start_env(&[("RINGMQ_TEST_DEAF_TO", deaf)]);
     wd.phase("leader and links", &c);
     c.wait_leader(&[1, 2, 3]);
     links_up(&c);
@@ -182,7 +195,11 @@ fn outbox_copies_across_a_crash_of_the_old_node(after_window: bool, client: &str
         let sub = Subscribe {
             packet_id: pid(1),
             filters: vec![(
-                filter("so/#"),
+                filter(if case == Case::Shared {
+                    "$share/g/so/#"
+                } else {
+                    "so/#"
+                }),
                 SubscriptionOptions::with_qos(QoS::AtLeastOnce),
             )],
             properties: Default::default(),
@@ -290,7 +307,10 @@ fn outbox_copies_across_a_crash_of_the_old_node(after_window: bool, client: &str
     let m1 = moves(&c, 1);
     if !after_window {
         assert_eq!(m1["stubs_restored"].as_u64(), Some(1), "node 1 moves: {m1}");
-        wd.phase("the restored stub forwards node 3's copies to node 2", &c);
+        wd.phase(
+            &format!("the restored stub forwards node 3's copies to node 2 ({case:?})"),
+            &c,
+        );
         rt.block_on(take(&mut new, &mut got, SETTLE, |g| {
             of(g, "so/x").len() >= K
         }));
@@ -301,9 +321,14 @@ fn outbox_copies_across_a_crash_of_the_old_node(after_window: bool, client: &str
             "node 3's copies in the session on node 2"
         );
         let m1 = moves(&c, 1);
+        let k = if case == Case::Shared {
+            "shared_forwarded"
+        } else {
+            "forwarded"
+        };
         assert!(
-            m1["forwarded"].as_u64().unwrap_or(0) >= K as u64,
-            "node 1's restored stub forwarded them: {m1}"
+            m1[k].as_u64().unwrap_or(0) >= K as u64,
+            "node 1's restored stub forwarded them ({k}): {m1}"
         );
         assert_eq!(
             m1["copies_unrouted"].as_u64(),
@@ -311,7 +336,7 @@ fn outbox_copies_across_a_crash_of_the_old_node(after_window: bool, client: &str
             "node 1 moves: {m1}"
         );
         eprintln!(
-            "restored stub: node 3 stored {stored} copies for node 1, all {K} reached the session on node 2 through node 1's restored stub; node 1 moves {m1}; node 2 moves {}",
+            "restored stub ({case:?}): node 3 stored {stored} copies for node 1, all {K} reached the session on node 2 through node 1's restored stub; node 1 moves {m1}; node 2 moves {}",
             moves(&c, 2)
         );
     } else {
@@ -368,12 +393,19 @@ fn outbox_copies_across_a_crash_of_the_old_node(after_window: bool, client: &str
 /// through the stub A restored from its row after its crash.
 #[test]
 fn a_third_nodes_outbox_copies_reach_the_moved_session_through_the_restored_stub() {
-    outbox_copies_across_a_crash_of_the_old_node(false, "so-mover");
+    outbox_copies_across_a_crash_of_the_old_node(Case::Plain, "so-mover");
+}
+
+/// The same with the session a share group's member: the stub row holds its `$share/`
+/// filters too, and the restored stub forwards the group copies X picked A for.
+#[test]
+fn a_third_nodes_share_group_copies_reach_the_moved_member_through_the_restored_stub() {
+    outbox_copies_across_a_crash_of_the_old_node(Case::Shared, "so-mover-share");
 }
 
 /// `copies_unrouted`: the same copies reaching A after its stub's window are counted and
 /// logged once, and nothing else is disturbed.
 #[test]
 fn outbox_copies_reaching_the_old_node_after_the_stubs_window_are_counted_unrouted() {
-    outbox_copies_across_a_crash_of_the_old_node(true, "so-mover-late");
+    outbox_copies_across_a_crash_of_the_old_node(Case::AfterWindow, "so-mover-late");
 }
