@@ -166,17 +166,25 @@ enum Case {
     AfterWindow,
     /// `$share/g/so/#` (the session the group's only member), A restarted within the window.
     Shared,
+    /// `$share/g/so/#`, A restarted once the window is over.
+    SharedAfterWindow,
+}
+
+impl Case {
+    fn shared(self) -> bool {
+        matches!(self, Case::Shared | Case::SharedAfterWindow)
+    }
 }
 
 /// The move, A's crash in the stub window, X's publishes into its outbox, A's restart.
 fn outbox_copies_across_a_crash_of_the_old_node(case: Case, client: &str) {
-    let after_window = case == Case::AfterWindow;
+    let after_window = matches!(case, Case::AfterWindow | Case::SharedAfterWindow);
     let _g = serial();
     let mut c = Cluster::start(3, &["--cores", "1", "--durability", "sync"]);
     let wd = Watchdog::arm("cluster_stub_outbox", Duration::from_secs(240));
     // X never applies B's routes (test fault); for a share group, nor A's withdrawal of its
     // membership at the take (a plain stub keeps its filters routed on A).
-    let deaf = if case == Case::Shared { "2,1-" } else { "2" };
+    let deaf = if case.shared() { "2,1-" } else { "2" };
     c.node(3).stop();
     c.node(3).start_env(&[("RINGMQ_TEST_DEAF_TO", deaf)]);
     wd.phase("leader and links", &c);
@@ -195,7 +203,7 @@ fn outbox_copies_across_a_crash_of_the_old_node(case: Case, client: &str) {
         let sub = Subscribe {
             packet_id: pid(1),
             filters: vec![(
-                filter(if case == Case::Shared {
+                filter(if case.shared() {
                     "$share/g/so/#"
                 } else {
                     "so/#"
@@ -321,7 +329,7 @@ fn outbox_copies_across_a_crash_of_the_old_node(case: Case, client: &str) {
             "node 3's copies in the session on node 2"
         );
         let m1 = moves(&c, 1);
-        let k = if case == Case::Shared {
+        let k = if case.shared() {
             "shared_forwarded"
         } else {
             "forwarded"
@@ -354,6 +362,7 @@ fn outbox_copies_across_a_crash_of_the_old_node(case: Case, client: &str) {
             moves(&c, 1)
         );
         assert_eq!(count(&c, 1, "forwarded"), 0, "{}", moves(&c, 1));
+        assert_eq!(count(&c, 1, "shared_forwarded"), 0, "{}", moves(&c, 1));
         let log = c.get(1).stderr();
         let lines = log
             .lines()
@@ -381,7 +390,7 @@ fn outbox_copies_across_a_crash_of_the_old_node(case: Case, client: &str) {
             "unrouted copies reached the session: {got:?}"
         );
         eprintln!(
-            "after the window: node 3 stored {stored} copies for node 1; node 1 counted {} unrouted, logged once; node 1 moves {}",
+            "after the window ({case:?}): node 3 stored {stored} copies for node 1; node 1 counted {} unrouted, logged once; node 1 moves {}",
             count(&c, 1, "copies_unrouted"),
             moves(&c, 1)
         );
@@ -408,4 +417,10 @@ fn a_third_nodes_share_group_copies_reach_the_moved_member_through_the_restored_
 #[test]
 fn outbox_copies_reaching_the_old_node_after_the_stubs_window_are_counted_unrouted() {
     outbox_copies_across_a_crash_of_the_old_node(Case::AfterWindow, "so-mover-late");
+}
+
+/// The same for share-group copies: no member of the group and no moving one on A.
+#[test]
+fn group_copies_reaching_the_old_node_after_the_stubs_window_are_counted_unrouted() {
+    outbox_copies_across_a_crash_of_the_old_node(Case::SharedAfterWindow, "so-mover-share-late");
 }
