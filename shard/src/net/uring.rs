@@ -33,7 +33,9 @@
 //!   `TASKRUN_FLAG`, 5.19): completions do not interrupt the running shard;
 //!   their task work (a receive copying bytes into the buffer ring) waits on
 //!   the ring and runs when the shard enters with `GETEVENTS` (its park),
-//!   and [`Uring::reap`] enters the kernel when the SQ flag says work waits.
+//!   and [`Uring::reap`] enters the kernel when the SQ flag says work waits
+//!   (from the park hook only when no task is runnable: [`Uring::reap_with`];
+//!   such an enter also submits the tick's sends).
 //! - **Send**: a plain connection hands its outbound bytes themselves to
 //!   [`Uring::send_from`] (its whole buffer, taken: no copy; the connection
 //!   starts an empty one, which an idle connection would anyway); the send
