@@ -493,15 +493,34 @@ pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
         true
     });
     for (to, client) in ended {
-        n.ghosts.ended.borrow_mut().push(Ended {
-            client: client.clone(),
-            to,
-            sent_on: None,
-            fresh: true,
-            until: now + GHOST_FOR,
-        });
-        let to = home(shard, &client);
-        to_shard(shard, to, Msg::Release { client });
+        // The home shard forwards what the late peers sent before their
+        // `Flushed` (routed to it from here) and releases the filters; the
+        // end is owed once every shard handled what it had sent here before
+        // (its forwards go to the link through shard 0): behind them.
+        let home = home(shard, &client);
+        to_shard(
+            shard,
+            home,
+            Msg::Release {
+                client: client.clone(),
+            },
+        );
+        let (s, h) = (shard.clone(), hub.clone());
+        hub.after_local_barrier(
+            shard,
+            Box::new(move || {
+                if let Some(n) = &s.cluster {
+                    n.ghosts.ended.borrow_mut().push(Ended {
+                        client,
+                        to,
+                        sent_on: None,
+                        fresh: true,
+                        until: Instant::now() + GHOST_FOR,
+                    });
+                }
+                send_ends(&s, &h, Instant::now());
+            }),
+        );
     }
     send_ends(shard, hub, now);
 }
