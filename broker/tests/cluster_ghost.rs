@@ -982,3 +982,71 @@ fn stamp_rows_of_moved_sessions_go_with_them() {
         moves(&c, 2)
     );
 }
+
+/// Issue 14, growth while sessions live on: a merge's marker row (and its forwarded ranges) go
+/// when the merge is over, not only with the session. Four persistent sessions move node 1 -> 2
+/// and stay there: node 2's gauge `stamp_rows` rises by their merge markers and is back to 0
+/// once each merge ended and its marks stopped applying (`StubEnd`, then `MERGE_FOR`, 25 s, in
+/// which a restart would still need them); the sessions are still on node 2.
+#[test]
+fn stamp_rows_of_a_merge_go_when_it_ends() {
+    let _g = serial();
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        wait_links(&c, id, 2);
+    }
+    let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
+    let rows = |id| count(&moves(&c, id), "stamp_rows");
+    let ids: Vec<String> = (0..4).map(|i| format!("keep-{i}")).collect();
+    rt().block_on(async {
+        for id in &ids {
+            let mut cp = connect_packet(version(Proto::V5), id, false);
+            cp.properties.session_expiry_interval = Some(600);
+            let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
+            m.send(&Packet::Subscribe(Subscribe {
+                packet_id: pid(1),
+                filters: vec![(
+                    filter("keep/#"),
+                    SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+                )],
+                properties: SubscribeProperties::default(),
+            }))
+            .await;
+            assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+            let (_new, present) = raw_connect_sp(n2, cp.clone()).await;
+            assert!(present, "{id}: session present on node 2");
+            let _ = m.expect_closed(WAIT, "taken over").await;
+        }
+    });
+    let during = rows(2);
+    assert!(
+        during >= ids.len() as u64,
+        "node 2 holds no merge markers after the moves: {}",
+        moves(&c, 2)
+    );
+    let t = Instant::now();
+    let end = t + Duration::from_secs(25) + SETTLE;
+    while rows(2) > 0 {
+        assert!(
+            Instant::now() < end,
+            "stamp rows left after the merges ended, the sessions living on: {}",
+            moves(&c, 2)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = t.elapsed();
+    let m2 = moves(&c, 2);
+    assert!(count(&m2, "merge_ended") >= ids.len() as u64, "{m2}");
+    rt().block_on(async {
+        for id in &ids {
+            let mut cp = connect_packet(version(Proto::V5), id, false);
+            cp.properties.session_expiry_interval = Some(600);
+            let (_m, present) = raw_connect_sp(n2, cp).await;
+            assert!(present, "{id}: the session lives on on node 2");
+        }
+    });
+    eprintln!(
+        "merge rows: {during} on node 2 after 4 moves, 0 {after:?} later with the sessions still there"
+    );
+}
