@@ -35,6 +35,12 @@
 //! reaching the ghost are not forwarded (those nodes answered the flush: B's
 //! routes bring their copies).
 //!
+//! **The end.** It waits for a barrier over this node's shards (the home
+//! shard's forwards leave through shard 0 before it) and is owed until
+//! written on a connection of the link to B, then again on each later one
+//! for [`GHOST_FOR`] (a connection that breaks loses what it had not
+//! written; B drops an end for a closed haunt or from another node).
+//!
 //! **Bounded.** A ghost lives at most [`GHOST_FOR`] (the outbox may keep its
 //! copies longer: those are then lost for the session; counted
 //! `ghost_expired`); B notes at most [`SEEN_MAX`] origins per session.
