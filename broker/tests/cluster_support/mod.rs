@@ -7,6 +7,7 @@
 pub mod acked;
 pub mod mosq;
 pub mod netns;
+pub mod watchdog;
 
 use crate::common::persist::{launch, launch_cmd, DataDir, Durable, Launched};
 use serde_json::Value;

@@ -397,12 +397,12 @@ pub(crate) fn take(
     Some(snapshot)
 }
 
-/// The session's plain subscriptions with their options: what its stub
-/// keeps routed, as stored with the take (`stub_row.rs`).
+/// The session's subscriptions with their options, as stored with the take
+/// (`stub_row.rs`): the plain ones its stub keeps routed, the `$share/` ones
+/// whose group copies it forwards (`share_move.rs`).
 fn stub_subs(s: &crate::session::Session) -> Vec<crate::store::SubscriptionRecord> {
     s.subs
         .iter()
-        .filter(|(f, _)| f.shared().is_none())
         .map(|(f, e)| crate::store::SubscriptionRecord {
             filter: f.clone(),
             options: e.options,
