@@ -903,6 +903,7 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("ghosts", m.ghosts),
         ("ghost_forwarded", m.ghost_forwarded),
         ("ghost_ended", m.ghost_ended),
+        ("ghost_end_resent", m.ghost_end_resent),
         ("ghost_expired", m.ghost_expired),
         ("ghost_dups", m.ghost_dups),
         ("ghost_held", m.ghost_held),

@@ -349,6 +349,8 @@ pub struct MoveMetrics {
     #[serde(default)]
     pub ghost_ended: u64,
     #[serde(default)]
+    pub ghost_end_resent: u64,
+    #[serde(default)]
     pub ghost_expired: u64,
     #[serde(default)]
     pub ghost_dups: u64,
@@ -408,6 +410,7 @@ impl HandoverMetrics {
                 ghosts: h.ghosts.load(Relaxed),
                 ghost_forwarded: h.ghost_forwarded.load(Relaxed),
                 ghost_ended: h.ghost_ended.load(Relaxed),
+                ghost_end_resent: h.ghost_end_resent.load(Relaxed),
                 ghost_expired: h.ghost_expired.load(Relaxed),
                 ghost_dups: h.ghost_dups.load(Relaxed),
                 ghost_held: h.ghost_held.load(Relaxed),

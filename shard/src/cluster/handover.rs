@@ -130,6 +130,9 @@ pub struct HandoverStats {
     pub ghost_forwarded: AtomicU64,
     /// Session moves: ghosts ended by every late peer's flush.
     pub ghost_ended: AtomicU64,
+    /// Session moves: a ghost's end written on a later connection of the
+    /// link to the new owner (the link was down at the end, or broke after).
+    pub ghost_end_resent: AtomicU64,
     /// Session moves: ghosts ended by their time bound.
     pub ghost_expired: AtomicU64,
     /// Session moves: copies from a ghost's peers that came by both paths, delivered once.

@@ -470,7 +470,9 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             }
         }
         Frame::StubEnd { client, marks } => super::merge::on_stub_end(shard, client, marks),
-        Frame::Ghost { client, peers } => super::ghost::on_frame(shard, client, peers),
+        Frame::Ghost { client, peers } => {
+            super::ghost::on_frame(shard, link.peer.id, client, peers)
+        }
         Frame::GhostFlush { token, owner } => {
             super::ghost::on_flush(shard, hub, link, token, owner)
         }

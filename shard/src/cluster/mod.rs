@@ -305,7 +305,7 @@ pub(crate) fn deliver_once(shard: &Shard, peer: Option<PeerStamp>, deliver: impl
         None => deliver(),
         Some(s) if fresh(shard, s) => {
             let ops = shard.store.pending_ops();
-            deliver();
+            origin::delivering(shard, s.origin.map(|o| (s.node, o)), deliver);
             delivered(shard, s, ops);
         }
         Some(_) => {}
