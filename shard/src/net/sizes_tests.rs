@@ -44,7 +44,7 @@ fn per_connection_sizes() {
             size_of::<super::slots::Slot>(),
             24,
         ),
-        ("io_uring Sock", size_of::<super::uring::Sock>(), 24),
+        ("io_uring Sock", size_of::<super::uring::Sock>(), 16),
     ];
     for (name, n, _) in rows {
         println!("{name:45} {n:4}");
