@@ -289,6 +289,9 @@ pub struct ShardStats {
     /// (loopback always does).
     pub uring_sends_zc: Counter,
     pub uring_zc_copied: Counter,
+    /// io_uring backend: times an idle shard gave its receive buffer ring's
+    /// pages back to the kernel (`MADV_DONTNEED`, after 1 s without traffic).
+    pub uring_ring_trims: Counter,
     /// Bytes of packets still being received, held in read buffers (gauge).
     pub partial_bytes: Counter,
     /// Times a connection stopped reading because the shard's partial-packet
@@ -363,6 +366,7 @@ impl Default for ShardStats {
             uring_submits: Counter::default(),
             uring_sends_zc: Counter::default(),
             uring_zc_copied: Counter::default(),
+            uring_ring_trims: Counter::default(),
             partial_bytes: Counter::default(),
             reads_paused: Counter::default(),
             sessions: Counter::default(),

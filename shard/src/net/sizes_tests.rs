@@ -17,12 +17,12 @@ fn per_connection_sizes() {
         (
             "Session (slab entry payload)",
             size_of::<crate::session::Session>(),
-            216,
+            200,
         ),
         (
             "slab::Entry<Session>",
             size_of::<Entry<crate::session::Session>>(),
-            216,
+            200,
         ),
         (
             "ConnOut (in an Rc, +16)",

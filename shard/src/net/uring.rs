@@ -116,6 +116,11 @@ const POOL_BUF_MAX: usize = 256 << 10;
 /// park is for (100 µs at 10k msg/s), small against the latencies a full
 /// socket means.
 const SEND_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long a shard with no unread received bytes sleeps before it gives
+/// the buffer ring's pages back ([`BufRing::trim`]): a CONNECT storm leaves
+/// the buffers it cycled through resident (~256 kB, 13 B per connection at
+/// 19,000), which an idle shard does not need.
+const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn ud(op: u64, key: u32) -> u64 {
     (op << 32) | key as u64
@@ -161,6 +166,8 @@ struct BufRing {
     inc: bool,
     /// Per buffer, with `inc`.
     state: RefCell<Vec<BufState>>,
+    /// The kernel wrote into a buffer since the last [`BufRing::trim`].
+    touched: Cell<bool>,
 }
 
 /// One buffer of an incremental ring.
@@ -208,6 +215,7 @@ impl BufRing {
             spare: RefCell::new(Vec::new()),
             inc: false,
             state: RefCell::new(Vec::new()),
+            touched: Cell::new(false),
         };
         Ok(br)
     }
@@ -215,6 +223,7 @@ impl BufRing {
     /// A completion put `len` bytes the socket keeps into `bid`
     /// (`more`: the kernel goes on filling it). Returns their offset.
     fn landed(&self, bid: u16, len: u32, more: bool) -> u32 {
+        self.touched.set(true);
         if !self.inc {
             self.took();
             return 0;
@@ -236,6 +245,7 @@ impl BufRing {
 
     /// A completion's `len` bytes in `bid` that nobody reads.
     fn discard(&self, bid: u16, len: u32, more: bool) {
+        self.touched.set(true);
         if !self.inc {
             self.took();
             return self.give(bid);
@@ -309,6 +319,28 @@ impl BufRing {
     }
 
     /// Buffers free, the kernel's and the spare ones.
+    /// Gives the pages of every buffer back to the kernel (`MADV_DONTNEED`:
+    /// they read as zeros and are faulted in again when the kernel next
+    /// writes one). Only when no received byte waits in any buffer, and on
+    /// a `DEFER_TASKRUN` ring, whose receives write buffers only inside the
+    /// shard's own `io_uring_enter`, never while this runs.
+    fn trim(&self) {
+        self.touched.set(false);
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let start = self.mem.as_ptr() as usize;
+        let lo = (start + page - 1) & !(page - 1);
+        let hi = (start + self.mem.len()) & !(page - 1);
+        if hi > lo {
+            // SAFETY: `lo..hi` lies within `mem`, which we own; no byte of
+            // it is read before the kernel writes it again (the caller
+            // checked that no chunk is unread), and the kernel writes it
+            // only from this thread's `io_uring_enter` (caller: the ring is
+            // `DEFER_TASKRUN`). Anonymous memory stays mapped (zero pages).
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+        }
+    }
+
     fn available(&self) -> u32 {
         self.free.get() + self.spare.borrow().len() as u32
     }
@@ -525,6 +557,10 @@ pub(crate) struct Uring {
     errs: RefCell<HashMap<u32, i32>>,
     /// Sends of at least this many bytes go as `SEND_ZC` (0: never).
     send_zc: u32,
+    /// The ring defers task work (`DEFER_TASKRUN`): the kernel writes the
+    /// buffers only inside our `io_uring_enter`, so an idle shard may give
+    /// their pages back ([`BufRing::trim`]).
+    can_trim: bool,
 }
 
 impl Uring {
@@ -605,6 +641,7 @@ impl Uring {
         let max_held = ((64 << 10) / cfg.buffer_size.max(1))
             .min(cfg.buffers as u32 / 2)
             .max(1) as u16;
+        let can_trim = ring.params().is_setup_single_issuer();
         let send_zc = if cfg.send_zc > 0 && !zero_copy_sends(&ring) {
             tracing::warn!("io_uring SEND_ZC with usage reports needs Linux 6.2: sends are copied");
             0
@@ -632,6 +669,7 @@ impl Uring {
             sends_queued: Cell::new(0),
             errs: RefCell::new(HashMap::new()),
             send_zc,
+            can_trim,
         })
     }
 
@@ -1369,11 +1407,20 @@ impl Uring {
         }
         let sends = self.sends_queued.replace(0);
         let want = 1 + sends as usize;
+        // Received bytes came since the last trim and none waits unread:
+        // a second without any completion gives the ring's pages back.
+        let trim = sends == 0
+            && self.can_trim
+            && self.bufs.touched.get()
+            && self.chunks.borrow().is_empty();
         let limit = if sends > 0 {
             Some(timeout.map_or(SEND_GRACE, |t| t.min(SEND_GRACE)))
+        } else if trim {
+            Some(timeout.map_or(IDLE_TRIM, |t| t.min(IDLE_TRIM)))
         } else {
             timeout
         };
+        let trim = trim && limit == Some(IDLE_TRIM);
         self.stats.uring_submits.inc();
         let r = {
             let ring = self.ring.borrow();
@@ -1387,6 +1434,7 @@ impl Uring {
                 None => submitter.submit_and_wait(want),
             }
         };
+        let timed_out = matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ETIME));
         match r {
             Ok(_) => self.unsubmitted.set(0),
             Err(e) => match e.raw_os_error() {
@@ -1399,7 +1447,11 @@ impl Uring {
             },
         }
         self.pending.clear();
-        self.reap();
+        let n = self.reap();
+        if trim && timed_out && n == 0 && self.chunks.borrow().is_empty() {
+            self.bufs.trim();
+            self.stats.uring_ring_trims.inc();
+        }
     }
 
     fn rearm_starved(&self) {
@@ -1827,6 +1879,43 @@ mod tests {
         assert!(!u.has_input(key));
         assert_eq!(u.with_sock(key, |s| (s.held, s.head)), Some((0, NIL)));
         assert_eq!(u.bufs.available(), 16, "every buffer back in the ring");
+        u.close(key, a);
+        u.submit();
+    }
+
+    /// An idle shard gives the buffer ring's pages back after a second
+    /// without completions (once per idle spell), and bytes that arrive
+    /// afterwards are received whole into the fresh pages.
+    #[test]
+    fn idle_ring_trims_its_pages_and_receives_after() {
+        let (u, key, a, b) = ring_with_socket(4);
+        let trims = |u: &Uring| u.stats.uring_ring_trims.get();
+        let mut got = Vec::new();
+        for round in 0..2u8 {
+            let msg = [b'x' + round; 9];
+            // SAFETY: nine bytes from a valid buffer.
+            let w = unsafe { libc::write(b.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+            assert_eq!(w, 9);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !u.has_input(key) {
+                assert!(std::time::Instant::now() < deadline, "no completion");
+                u.park(Some(std::time::Duration::from_secs(5)));
+            }
+            let mut buf = [0u8; 16];
+            let n = u.recv(key, &mut buf).expect("bytes");
+            assert_eq!(&buf[..n], &msg[..], "round {round}");
+            got.push(n);
+            let before = trims(&u);
+            // No traffic: the sleep ends after IDLE_TRIM and trims.
+            u.park(Some(std::time::Duration::from_millis(1500)));
+            if u.can_trim {
+                assert_eq!(trims(&u), before + 1, "trimmed once idle");
+                // Nothing received since: the next sleep does not trim again.
+                u.park(Some(std::time::Duration::from_millis(10)));
+                assert_eq!(trims(&u), before + 1);
+            }
+        }
+        assert_eq!(got, [9, 9]);
         u.close(key, a);
         u.submit();
     }
