@@ -865,7 +865,7 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         out,
         name,
         "counter",
-        "Cross-node session takeovers: asked, installed, fresh instead (missing, timeout, unreachable, bad), late answers, shipped, parked, expired.",
+        "Cross-node session takeovers: asked, installed, fresh instead (missing, timeout, unreachable, bad), late answers, shipped, parked, expired, refused with the old node unreachable mid-move (unavailable), given up after node-down-after (lost).",
     );
     for (outcome, v) in [
         ("fetched", h.fetches),
@@ -878,6 +878,8 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("shipped", h.shipped),
         ("parked", h.parked),
         ("expired", h.expired),
+        ("unavailable", h.unavailable),
+        ("lost", h.lost),
     ] {
         let _ = writeln!(out, "ringmq_{name}{{outcome=\"{outcome}\"}} {v}");
     }
@@ -921,6 +923,11 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("ghost_dups", m.ghost_dups),
         ("ghost_held", m.ghost_held),
         ("shared_forwarded", m.shared_forwarded),
+        ("kept", m.kept),
+        ("kept_served", m.kept_served),
+        ("kept_done", m.kept_done),
+        ("kept_expired", m.kept_expired),
+        ("kept_restored", m.kept_restored),
     ] {
         let _ = writeln!(out, "ringmq_{name}{{event=\"{event}\"}} {v}");
     }

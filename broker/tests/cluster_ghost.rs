@@ -65,10 +65,42 @@ async fn take_one(m: &mut Raw, seen: &mut Seen) -> bool {
             m.send(&ack).await;
         }
         RawEv::Packet(Packet::PubRel(r)) => m.send(&Packet::PubComp(resp(r.packet_id.get()))).await,
-        RawEv::Closed | RawEv::Garbage(_) => return false,
+        RawEv::Packet(Packet::Disconnect(d)) => {
+            eprintln!("DISCONNECT from the broker: {:?}", d.reason)
+        }
+        RawEv::Garbage(e) => {
+            eprintln!("the broker sent what the decoder refuses: {e}");
+            return false;
+        }
+        RawEv::Closed => return false,
         _ => {}
     }
     true
+}
+
+/// A member's connection (on node `node`) ended mid-test: fails with each node's closes by
+/// reason and its log's warnings about the session (the cause, on a loaded machine where this
+/// failed once without one).
+fn member_closed(c: &Cluster, who: &str, node: usize) -> ! {
+    let mut why = String::new();
+    for id in 1..=3 {
+        let out = c.get(id).ctl(&["metrics", "--json"]).1;
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+        let closes: Vec<_> = v["result"]["shards"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["closes"].clone())
+            .collect();
+        why.push_str(&format!("\nnode {id} closes: {closes:?}"));
+    }
+    let log = c.get(node as u64).stderr();
+    for l in log.lines().filter(|l| !l.contains("openraft")) {
+        if l.contains("WARN") || l.contains("share-") {
+            why.push_str(&format!("\nnode {node}: {l}"));
+        }
+    }
+    panic!("{who}: its connection on node {node} closed{why}")
 }
 
 /// Reads until `quiet` passes without a packet (or the connection closes).
@@ -384,8 +416,12 @@ fn a_share_group_member_moving_gets_each_message_once_in_the_group() {
         for _ in 0..6 {
             let until = Instant::now() + Duration::from_millis(400);
             while Instant::now() < until {
-                assert!(take_one(&mut m, &mut moved).await);
-                assert!(take_one(&mut m3, &mut stay).await);
+                if !take_one(&mut m, &mut moved).await {
+                    member_closed(&c, "the moving member", at + 1);
+                }
+                if !take_one(&mut m3, &mut stay).await {
+                    member_closed(&c, "the member on node 3", 3);
+                }
             }
             at = if at == 0 { 1 } else { 0 };
             let (new, present) = raw_connect_sp(addrs[at], cp.clone()).await;
@@ -399,8 +435,12 @@ fn a_share_group_member_moving_gets_each_message_once_in_the_group() {
         }
         let until = Instant::now() + Duration::from_millis(400);
         while Instant::now() < until {
-            assert!(take_one(&mut m, &mut moved).await);
-            assert!(take_one(&mut m3, &mut stay).await);
+            if !take_one(&mut m, &mut moved).await {
+                member_closed(&c, "the moving member", at + 1);
+            }
+            if !take_one(&mut m3, &mut stay).await {
+                member_closed(&c, "the member on node 3", 3);
+            }
         }
         stop.store(true, Relaxed);
         let n = publ.join().unwrap();

@@ -315,6 +315,12 @@ pub struct HandoverMetrics {
     pub shipped_bytes: u64,
     pub parked: u64,
     pub expired: u64,
+    /// CONNECTs refused (server unavailable): the old node unreachable mid-move.
+    #[serde(default)]
+    pub unavailable: u64,
+    /// Sessions given up: the old node down `--node-down-after` (fresh session).
+    #[serde(default)]
+    pub lost: u64,
     /// Messages published during a move (docs/cluster.md): stubs, forwarded, held, merged.
     #[serde(default)]
     pub moves: MoveMetrics,
@@ -358,6 +364,17 @@ pub struct MoveMetrics {
     pub stamp_rows: u64,
     #[serde(default)]
     pub shared_forwarded: u64,
+    /// Old node: sessions kept until the new node's MoveDone (`cluster/moving.rs`).
+    #[serde(default)]
+    pub kept: u64,
+    #[serde(default)]
+    pub kept_served: u64,
+    #[serde(default)]
+    pub kept_done: u64,
+    #[serde(default)]
+    pub kept_expired: u64,
+    #[serde(default)]
+    pub kept_restored: u64,
 }
 
 impl HandoverMetrics {
@@ -375,6 +392,8 @@ impl HandoverMetrics {
             shipped_bytes: h.shipped_bytes.load(Relaxed),
             parked: h.parked.load(Relaxed),
             expired: h.expired.load(Relaxed),
+            unavailable: h.unavailable.load(Relaxed),
+            lost: h.lost.load(Relaxed),
             moves: MoveMetrics {
                 stubs: h.stubs.load(Relaxed),
                 stub_ended: h.stub_ended.load(Relaxed),
@@ -400,6 +419,11 @@ impl HandoverMetrics {
                 ghost_held: h.ghost_held.load(Relaxed),
                 stamp_rows: h.stamp_rows.load(Relaxed),
                 shared_forwarded: h.shared_forwarded.load(Relaxed),
+                kept: h.kept.load(Relaxed),
+                kept_served: h.kept_served.load(Relaxed),
+                kept_done: h.kept_done.load(Relaxed),
+                kept_expired: h.kept_expired.load(Relaxed),
+                kept_restored: h.kept_restored.load(Relaxed),
             },
         }
     }

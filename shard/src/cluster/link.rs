@@ -82,6 +82,11 @@ impl Link {
         self.up.get()
     }
 
+    /// How long the peer has sent nothing (its last connection's last bytes).
+    pub fn silent_for(&self) -> std::time::Duration {
+        self.last_rx.get().elapsed()
+    }
+
     /// Queues a control frame (never dropped: they are small and only sent while up).
     pub fn push_frame(&self, f: &Frame) {
         f.encode(&mut self.out.borrow_mut());
