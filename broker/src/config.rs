@@ -121,6 +121,9 @@ section! {
         /// io_uring: bytes per receive buffer
         #[arg(long, value_name = "BYTES", default_value_t = 4096)]
         pub io_uring_buffer_size: u32,
+        /// io_uring: sends of at least this many bytes go as SEND_ZC, zero-copy (0: never; loopback copies anyway)
+        #[arg(long, value_name = "BYTES", default_value_t = 0)]
+        pub io_uring_send_zc: u32,
         /// Microseconds a pinned shard keeps polling for work after its last before it sleeps (0: sleeps at once); trades CPU for wake-up latency
         #[arg(long, value_name = "US", default_value_t = 0)]
         pub idle_spin_us: u64,

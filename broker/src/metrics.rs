@@ -256,6 +256,22 @@ pub fn render(s: &MetricsSnapshot) -> String {
     per_shard(
         o,
         s,
+        "io_uring_sends_zc_total",
+        "counter",
+        "io_uring backend: sends submitted as SEND_ZC (--io-uring-send-zc).",
+        |m| m.uring_sends_zc as f64,
+    );
+    per_shard(
+        o,
+        s,
+        "io_uring_zc_copied_total",
+        "counter",
+        "io_uring backend: SEND_ZC notifications saying the kernel copied the bytes anyway (always on loopback).",
+        |m| m.uring_zc_copied as f64,
+    );
+    per_shard(
+        o,
+        s,
         "io_uring_submits_total",
         "counter",
         "io_uring backend: io_uring_enter calls that submitted sends and receives.",

@@ -85,6 +85,11 @@ fn bad_value_names_the_key() {
         err,
         "error: config key \"placement.idle_spin_us\" = 20000: must be at most 10000 (10 ms)"
     );
+    let (_, err) = check("zc", "[placement]\nio_uring_send_zc = 100\n");
+    assert_eq!(
+        err,
+        "error: config key \"placement.io_uring_send_zc\" = 100: must be 0 (off) or at least 1024"
+    );
     let (_, err) = check("syntax", "[limits\n");
     assert!(
         err.starts_with("error: config file ") && err.contains("line 1"),

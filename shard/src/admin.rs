@@ -24,7 +24,7 @@ fn info(shard: &Shard, s: &Session) -> ClientInfo {
         inflight: s.inflight.len(),
         queued: s.queue.len(),
         held_bytes: s.held_bytes as u64,
-        dropped: s.drops.as_ref().map_or_else(Vec::new, |d| {
+        dropped: s.drops().map_or_else(Vec::new, |d| {
             DropReason::ALL
                 .iter()
                 .map(|&r| (r.as_str().to_string(), d.by_reason[r as usize]))

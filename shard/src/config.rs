@@ -146,6 +146,8 @@ pub struct ShardConfig {
     pub io_uring_buffers: u16,
     /// Bytes per buffer of that ring.
     pub io_uring_buffer_size: u32,
+    /// io_uring: sends of at least this many bytes go as `SEND_ZC` (0: never).
+    pub io_uring_send_zc: u32,
     /// How long a pinned shard keeps polling for work (its sockets,
     /// timers, other shards) after its last before it sleeps; zero sleeps at
     /// once. Each wake-up of a sleeping CPU costs its idle exit (tens of µs
@@ -236,6 +238,7 @@ impl Default for ShardConfig {
             io_backend: IoBackend::Epoll,
             io_uring_buffers: 1024,
             io_uring_buffer_size: 4096,
+            io_uring_send_zc: 0,
             idle_spin: Duration::ZERO,
             backlog: 4096,
             max_connections: 1_000_000,
@@ -291,6 +294,7 @@ impl ShardConfig {
         (self.io_backend == IoBackend::IoUring).then_some(crate::net::uring::UringConfig {
             buffers: self.io_uring_buffers,
             buffer_size: self.io_uring_buffer_size,
+            send_zc: self.io_uring_send_zc,
         })
     }
 

@@ -74,8 +74,8 @@ pub(crate) fn resume(shard: &Rc<Shard>, sid: SessionId, conn: &Rc<ConnOut>) {
         .sessions
         .borrow_mut()
         .get_mut(sid as usize)
-        .and_then(|s| s.replays.take());
-    for r in left.into_iter().flat_map(|b| *b) {
+        .map(|s| s.take_replays());
+    for r in left.into_iter().flatten() {
         glommio::spawn_local(run(shard.clone(), sid, conn.clone(), r)).detach();
     }
 }
@@ -186,7 +186,7 @@ fn keep(shard: &Shard, sid: SessionId, r: Replay) {
     let mut sessions = shard.sessions.borrow_mut();
     if let Some(s) = sessions.get_mut(sid as usize) {
         if !s.is_gone() && s.client_id == r.client_id {
-            s.replays.get_or_insert_with(Box::default).push(r);
+            s.keep_replay(r);
         }
     }
 }

@@ -445,12 +445,10 @@ pub struct Session {
     /// Bytes (topic and payload) of the QoS 1/2 messages this session holds,
     /// in flight and queued: bounded by `max_queued_bytes`.
     pub held_bytes: u32,
-    /// QoS 1/2 messages this session dropped, by reason, and when it last
-    /// warned of them (boxed: allocated at the first drop).
-    pub drops: Option<Box<SessionDrops>>,
-    /// Packet ids in flight, one bit each, kept while the window is large
-    /// (a scan of `inflight` per send costs more beyond a few dozen).
-    ids_in_use: Option<Box<IdBitmap>>,
+    /// What few sessions hold (drop counts, the packet-id bitmap of a large
+    /// window, unfinished retained replays), in one box made at first use:
+    /// 8 bytes per session instead of 24 (`docs/connection-memory.md`).
+    rare: Option<Box<Rare>>,
     /// Session Expiry Interval, seconds (u32::MAX: never).
     pub expiry: u32,
     /// The will of the current connection (boxed: most clients have none,
@@ -474,11 +472,20 @@ pub struct Session {
     /// Who the session belongs to (its last connection's user), stored
     /// with it so the ACL decides for it after a restart too.
     pub owner: store::Owner,
+}
+
+/// The part of a [`Session`] few sessions ever hold (`Session::rare`).
+#[derive(Default)]
+struct Rare {
+    /// QoS 1/2 messages this session dropped, by reason, and when it last
+    /// warned of them (allocated at the first drop).
+    drops: Option<Box<SessionDrops>>,
+    /// Packet ids in flight, one bit each, kept while the window is large
+    /// (a scan of `inflight` per send costs more beyond a few dozen).
+    ids_in_use: Option<Box<IdBitmap>>,
     /// Retained replays its last connection left unfinished, resumed by the
-    /// next one (`replay.rs`); boxed: 8 bytes per session instead of a
-    /// `Vec`'s 24, as almost no session ever holds one.
-    #[allow(clippy::box_collection)]
-    pub replays: Option<Box<Vec<crate::replay::Replay>>>,
+    /// next one (`replay.rs`).
+    replays: Vec<crate::replay::Replay>,
 }
 
 impl Session {
@@ -497,8 +504,7 @@ impl Session {
             inbound_qos2: LazyIds::default(),
             next_packet_id: 0,
             held_bytes: 0,
-            drops: None,
-            ids_in_use: None,
+            rare: None,
             expiry: 0,
             will: None,
             disconnected_at: MaybeInstant::NONE,
@@ -508,8 +514,51 @@ impl Session {
             defer_off_until: Cell::new(0),
             acl: None,
             owner: store::Owner::Unknown,
-            replays: None,
         }
+    }
+
+    /// The packet-id bitmap, while the window is large.
+    fn ids_in_use(&self) -> Option<&IdBitmap> {
+        self.rare.as_ref()?.ids_in_use.as_deref()
+    }
+
+    fn ids_in_use_mut(&mut self) -> Option<&mut IdBitmap> {
+        self.rare.as_mut()?.ids_in_use.as_deref_mut()
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the box once it holds nothing.
+    fn tidy_rare(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.drops.is_none() && r.ids_in_use.is_none() && r.replays.is_empty())
+        {
+            self.rare = None;
+        }
+    }
+
+    /// Dropped QoS 1/2 messages by reason ([`DropReason::ALL`] order), if any.
+    pub fn drops(&self) -> Option<&SessionDrops> {
+        self.rare.as_ref()?.drops.as_deref()
+    }
+
+    /// Takes the retained replays left unfinished (`replay.rs`).
+    pub(crate) fn take_replays(&mut self) -> Vec<crate::replay::Replay> {
+        let Some(r) = self.rare.as_mut() else {
+            return Vec::new();
+        };
+        let left = std::mem::take(&mut r.replays);
+        self.tidy_rare();
+        left
+    }
+
+    /// Keeps a retained replay for the next connection (`replay.rs`).
+    pub(crate) fn keep_replay(&mut self, r: crate::replay::Replay) {
+        self.rare_mut().replays.push(r);
     }
 
     /// Persists one outbound message row (no-op when the session is not
@@ -616,24 +665,24 @@ impl Session {
 
     /// Next packet id not in flight [MQTT-2.2.1-4] ([MQTT-2.3.1-2] (3.1.1)).
     fn alloc_packet_id(&mut self) -> Option<PacketId> {
-        if self.ids_in_use.is_none() && self.inflight.len() >= BITMAP_FROM {
+        if self.ids_in_use().is_none() && self.inflight.len() >= BITMAP_FROM {
             let mut b = Box::new(IdBitmap([0; 1024]));
             for o in &self.inflight {
                 b.set(o.packet_id.get(), true);
             }
-            self.ids_in_use = Some(b);
+            self.rare_mut().ids_in_use = Some(b);
         }
         for _ in 0..=u16::MAX {
             self.next_packet_id = self.next_packet_id.wrapping_add(1);
             let Some(id) = PacketId::new(self.next_packet_id) else {
                 continue;
             };
-            let used = match &self.ids_in_use {
+            let used = match self.ids_in_use() {
                 Some(b) => b.get(id.get()),
                 None => self.inflight.iter().any(|o| o.packet_id == id),
             };
             if !used {
-                if let Some(b) = &mut self.ids_in_use {
+                if let Some(b) = self.ids_in_use_mut() {
                     b.set(id.get(), true);
                 }
                 return Some(id);
@@ -645,8 +694,11 @@ impl Session {
     /// `id` left the window.
     fn free_packet_id(&mut self, id: PacketId) {
         if self.inflight.is_empty() {
-            self.ids_in_use = None;
-        } else if let Some(b) = &mut self.ids_in_use {
+            if let Some(r) = self.rare.as_mut() {
+                r.ids_in_use = None;
+                self.tidy_rare();
+            }
+        } else if let Some(b) = self.ids_in_use_mut() {
             b.set(id.get(), false);
         }
     }
@@ -752,7 +804,8 @@ impl Session {
     /// message is never lost in silence.
     pub(crate) fn note_drop(&mut self, shard: &Shard, reason: DropReason) {
         shard.stats.drop_msg(reason);
-        let d = self.drops.get_or_insert_with(Box::default);
+        let rare = self.rare.get_or_insert_with(Box::default);
+        let d = rare.drops.get_or_insert_with(Box::default);
         d.by_reason[reason as usize] += 1;
         d.unwarned += 1;
         let now = Instant::now();
@@ -995,10 +1048,13 @@ impl Session {
         stats.inflight.sub(self.inflight.len() as u64);
         stats.queued.sub(self.queue.len() as u64);
         self.inflight.clear();
-        self.ids_in_use = None;
         self.queue.clear();
         self.held_bytes = 0;
-        self.replays = None;
+        if let Some(r) = self.rare.as_mut() {
+            r.ids_in_use = None;
+            r.replays = Vec::new();
+            self.tidy_rare();
+        }
         self.inbound_qos2.clear();
         self.will = None;
     }
@@ -1162,14 +1218,14 @@ mod tests {
                 assert!(!live.contains(&id), "live id {id} reused (window {window})");
                 live.push_back(id);
             }
-            assert_eq!(s.ids_in_use.is_some(), window >= BITMAP_FROM);
+            assert_eq!(s.ids_in_use().is_some(), window >= BITMAP_FROM);
             while let Some(id) = live.pop_front() {
                 give_back(&mut s, id);
             }
             for id in held {
                 give_back(&mut s, id);
             }
-            assert!(s.ids_in_use.is_none(), "bitmap dropped with the last id");
+            assert!(s.ids_in_use().is_none(), "bitmap dropped with the last id");
         }
     }
 }

@@ -284,6 +284,14 @@ pub struct ShardStats {
     pub uring_buffers_dry: Counter,
     /// io_uring backend: `io_uring_enter` calls that submitted requests.
     pub uring_submits: Counter,
+    /// io_uring backend: sends submitted as `SEND_ZC` (`--io-uring-send-zc`),
+    /// and their notifications saying the kernel copied the bytes anyway
+    /// (loopback always does).
+    pub uring_sends_zc: Counter,
+    pub uring_zc_copied: Counter,
+    /// io_uring backend: times an idle shard gave its receive buffer ring's
+    /// pages back to the kernel (`MADV_DONTNEED`, after 1 s without traffic).
+    pub uring_ring_trims: Counter,
     /// Bytes of packets still being received, held in read buffers (gauge).
     pub partial_bytes: Counter,
     /// Times a connection stopped reading because the shard's partial-packet
@@ -356,6 +364,9 @@ impl Default for ShardStats {
             accept_errors: Counter::default(),
             uring_buffers_dry: Counter::default(),
             uring_submits: Counter::default(),
+            uring_sends_zc: Counter::default(),
+            uring_zc_copied: Counter::default(),
+            uring_ring_trims: Counter::default(),
             partial_bytes: Counter::default(),
             reads_paused: Counter::default(),
             sessions: Counter::default(),

@@ -205,6 +205,12 @@ pub struct ShardMetrics {
     pub uring_buffers_dry: u64,
     #[serde(default)]
     pub uring_submits: u64,
+    /// io_uring backend: sends submitted as SEND_ZC, and their
+    /// notifications saying the kernel copied the bytes after all.
+    #[serde(default)]
+    pub uring_sends_zc: u64,
+    #[serde(default)]
+    pub uring_zc_copied: u64,
     /// Bytes of packets still being received (gauge), and reads paused by
     /// the partial-packet budget.
     #[serde(default)]

@@ -217,6 +217,8 @@ fn shard_metrics(
         accept_errors: s.accept_errors.get(),
         uring_buffers_dry: s.uring_buffers_dry.get(),
         uring_submits: s.uring_submits.get(),
+        uring_sends_zc: s.uring_sends_zc.get(),
+        uring_zc_copied: s.uring_zc_copied.get(),
         partial_bytes: s.partial_bytes.get(),
         reads_paused: s.reads_paused.get(),
         sessions: s.sessions.get(),

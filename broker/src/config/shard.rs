@@ -34,6 +34,7 @@ impl Config {
             },
             io_uring_buffers: p.io_uring_buffers,
             io_uring_buffer_size: p.io_uring_buffer_size,
+            io_uring_send_zc: p.io_uring_send_zc,
             idle_spin: Duration::from_micros(p.idle_spin_us),
             backlog: l.backlog,
             max_connections: m.max_connections,

@@ -53,6 +53,10 @@ impl Config {
                 "must be at least 64",
             );
         }
+        if p.io_uring_send_zc != 0 && p.io_uring_send_zc < 1024 {
+            let why = "must be 0 (off) or at least 1024";
+            return bad("io_uring_send_zc", &p.io_uring_send_zc, why);
+        }
         if p.idle_spin_us > 10_000 {
             let why = "must be at most 10000 (10 ms)";
             return bad("idle_spin_us", &p.idle_spin_us, why);

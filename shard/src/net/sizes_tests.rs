@@ -17,12 +17,12 @@ fn per_connection_sizes() {
         (
             "Session (slab entry payload)",
             size_of::<crate::session::Session>(),
-            216,
+            200,
         ),
         (
             "slab::Entry<Session>",
             size_of::<Entry<crate::session::Session>>(),
-            216,
+            200,
         ),
         (
             "ConnOut (in an Rc, +16)",
@@ -44,7 +44,7 @@ fn per_connection_sizes() {
             size_of::<super::slots::Slot>(),
             24,
         ),
-        ("io_uring Sock", size_of::<super::uring::Sock>(), 24),
+        ("io_uring Sock", size_of::<super::uring::Sock>(), 16),
     ];
     for (name, n, _) in rows {
         println!("{name:45} {n:4}");

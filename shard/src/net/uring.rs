@@ -46,6 +46,13 @@
 //!   rest). The connection loop sends once per flush, so one `SEND` per
 //!   dirty connection per tick. Its completion wakes the connection only if
 //!   it waits for it (it saw `WouldBlock`, so WRITABLE was cleared).
+//!   A send of at least `UringConfig::send_zc` bytes (`--io-uring-send-zc`,
+//!   default 0: off) goes as `SEND_ZC`: the kernel sends from the bytes
+//!   themselves, pinned, and posts a second completion (a notification)
+//!   when it let go of them; the send counts as in flight until then. On
+//!   loopback the receiving socket copies the pages anyway (counted:
+//!   `ShardStats::uring_zc_copied`), which is why it is off by default
+//!   (measured: docs/benchmarking.md, "SEND_ZC").
 //! - **Accept**: one multishot `ACCEPT` per listener.
 //! - **Submission**: SQEs are queued without a syscall; the poller's task
 //!   submits them all with one `io_uring_enter` at the end of the tick
@@ -69,7 +76,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 use std::alloc::Layout;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -84,6 +91,11 @@ const OP_CANCEL: u64 = 4;
 const OP_POLL: u64 = 5;
 /// A poll on one of glommio's rings (`park.rs`); the key indexes `watch`.
 const OP_WATCH: u64 = 6;
+/// `IORING_SEND_ZC_REPORT_USAGE` (6.2): the notification says whether the
+/// kernel copied the bytes after all.
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+/// `IORING_NOTIF_USAGE_ZC_COPIED`, in a notification's result.
+const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 /// The one buffer group of the shard's ring.
 const BGID: u16 = 0;
 /// `IOU_PBUF_RING_INC` (include/uapi/linux/io_uring.h): buffers consumed
@@ -106,6 +118,11 @@ const POOL_BUF_MAX: usize = 256 << 10;
 /// park is for (100 µs at 10k msg/s), small against the latencies a full
 /// socket means.
 const SEND_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long a shard with no unread received bytes sleeps before it gives
+/// the buffer ring's pages back ([`BufRing::trim`]): a CONNECT storm leaves
+/// the buffers it cycled through resident (~256 kB, 13 B per connection at
+/// 19,000), which an idle shard does not need.
+const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn ud(op: u64, key: u32) -> u64 {
     (op << 32) | key as u64
@@ -118,6 +135,9 @@ pub struct UringConfig {
     pub buffers: u16,
     /// Bytes per buffer.
     pub buffer_size: u32,
+    /// Sends of at least this many bytes go as `SEND_ZC` (0: never; module
+    /// docs, `send_zc.md` figures in docs/benchmarking.md).
+    pub send_zc: u32,
 }
 
 /// The shard's provided-buffer ring: `entries` descriptors the kernel picks
@@ -148,6 +168,8 @@ struct BufRing {
     inc: bool,
     /// Per buffer, with `inc`.
     state: RefCell<Vec<BufState>>,
+    /// The kernel wrote into a buffer since the last [`BufRing::trim`].
+    touched: Cell<bool>,
 }
 
 /// One buffer of an incremental ring.
@@ -195,6 +217,7 @@ impl BufRing {
             spare: RefCell::new(Vec::new()),
             inc: false,
             state: RefCell::new(Vec::new()),
+            touched: Cell::new(false),
         };
         Ok(br)
     }
@@ -202,6 +225,7 @@ impl BufRing {
     /// A completion put `len` bytes the socket keeps into `bid`
     /// (`more`: the kernel goes on filling it). Returns their offset.
     fn landed(&self, bid: u16, len: u32, more: bool) -> u32 {
+        self.touched.set(true);
         if !self.inc {
             self.took();
             return 0;
@@ -223,6 +247,7 @@ impl BufRing {
 
     /// A completion's `len` bytes in `bid` that nobody reads.
     fn discard(&self, bid: u16, len: u32, more: bool) {
+        self.touched.set(true);
         if !self.inc {
             self.took();
             return self.give(bid);
@@ -296,6 +321,28 @@ impl BufRing {
     }
 
     /// Buffers free, the kernel's and the spare ones.
+    /// Gives the pages of every buffer back to the kernel (`MADV_DONTNEED`:
+    /// they read as zeros and are faulted in again when the kernel next
+    /// writes one). Only when no received byte waits in any buffer, and on
+    /// a `DEFER_TASKRUN` ring, whose receives write buffers only inside the
+    /// shard's own `io_uring_enter`, never while this runs.
+    fn trim(&self) {
+        self.touched.set(false);
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let start = self.mem.as_ptr() as usize;
+        let lo = (start + page - 1) & !(page - 1);
+        let hi = (start + self.mem.len()) & !(page - 1);
+        if hi > lo {
+            // SAFETY: `lo..hi` lies within `mem`, which we own; no byte of
+            // it is read before the kernel writes it again (the caller
+            // checked that no chunk is unread), and the kernel writes it
+            // only from this thread's `io_uring_enter` (caller: the ring is
+            // `DEFER_TASKRUN`). Anonymous memory stays mapped (zero pages).
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+        }
+    }
+
     fn available(&self) -> u32 {
         self.free.get() + self.spare.borrow().len() as u32
     }
@@ -363,6 +410,9 @@ struct Chunk {
     off: u32,
     len: u32,
     next: u32,
+    /// In a socket's first chunk: its last (`Sock` keeps only the first:
+    /// 4 bytes less per socket, and the slab entry is 24 bytes either way).
+    tail: u32,
 }
 
 /// The receive request of a socket.
@@ -378,15 +428,15 @@ enum Recv {
 /// What the ring knows of one registered socket (indexed by slot key).
 pub(crate) struct Sock {
     fd: RawFd,
-    /// The socket's error (errno, 0: none); errno values fit 16 bits.
-    err: i16,
     recv: Recv,
-    /// [`LIVE`], [`STOPPED`], ... (one byte: `Sock` is 24 bytes, one per
-    /// socket, `docs/connection-memory.md`).
+    /// [`LIVE`], [`STOPPED`], ... (one byte: `Sock` is 16 bytes, one per
+    /// socket, `docs/connection-memory.md`). The error's errno, rare, is
+    /// kept beside (`Uring::errs`) while [`FAILED`] is set.
     flags: u8,
-    held: u32,
+    /// Received chunks held (bounded by `Uring::max_held`, at most 1024).
+    held: u16,
+    /// The first received chunk not read yet (its `tail` names the last).
     head: u32,
-    tail: u32,
     send: u32,
 }
 
@@ -404,6 +454,8 @@ const STARVED: u8 = 16;
 /// A one-shot `POLL_ADD` in flight (a starved socket's readiness).
 const POLL_ARMED: u8 = 32;
 const EOF: u8 = 64;
+/// The socket failed: its errno is in `Uring::errs`.
+const FAILED: u8 = 128;
 
 macro_rules! sock_flags {
     ($($get:ident $set:ident $bit:ident;)*) => {
@@ -435,25 +487,19 @@ sock_flags! {
     starved set_starved STARVED;
     poll_armed set_poll_armed POLL_ARMED;
     eof set_eof EOF;
+    failed set_failed FAILED;
 }
 
 impl Sock {
     fn new(fd: RawFd) -> Self {
         Sock {
             fd,
-            err: 0,
             recv: Recv::Idle,
             flags: LIVE,
             held: 0,
             head: NIL,
-            tail: NIL,
             send: NIL,
         }
-    }
-
-    /// Sets the socket's error (an errno).
-    fn set_err(&mut self, errno: i32) {
-        self.err = errno as i16;
     }
 
     fn quiet(&self) -> bool {
@@ -471,6 +517,11 @@ struct SendBuf {
     submitted: bool,
     /// `buf` came from the pool (and goes back to it).
     pooled: bool,
+    /// `SEND_ZC` notifications still owed: the kernel may still read `buf`.
+    notifs: u16,
+    /// Every byte was sent (or the send failed) while notifications were
+    /// owed: the send ends at the last one.
+    ended: bool,
 }
 
 /// One shard's ring and the state of its sockets.
@@ -495,7 +546,7 @@ pub(crate) struct Uring {
     unsubmitted: Cell<u32>,
     /// Wakes the poller's task: SQEs to submit, or starved sockets.
     pub pending: Notify,
-    max_held: u32,
+    max_held: u16,
     stats: Arc<ShardStats>,
     cqes: RefCell<Vec<(u64, i32, u32)>>,
     /// Descriptors the shard's sleep also waits for (glommio's rings:
@@ -503,6 +554,17 @@ pub(crate) struct Uring {
     watch: RefCell<Vec<(RawFd, bool)>>,
     /// SENDs queued since the last submission (see [`Uring::park`]).
     sends_queued: Cell<u32>,
+    /// The errno of each socket that failed ([`FAILED`]), by slot key: kept
+    /// out of `Sock`, which every socket has.
+    errs: RefCell<HashMap<u32, i32>>,
+    /// Sends of at least this many bytes go as `SEND_ZC` (0: never).
+    send_zc: u32,
+    /// The ring defers task work (`DEFER_TASKRUN`): the kernel writes the
+    /// buffers only inside our `io_uring_enter`, so an idle shard may give
+    /// their pages back ([`BufRing::trim`]).
+    can_trim: bool,
+    /// Since when the shard's sleeps end with nothing (see [`Uring::park`]).
+    quiet_since: Cell<Option<std::time::Instant>>,
 }
 
 impl Uring {
@@ -582,7 +644,14 @@ impl Uring {
         // backend's read size), and never more than half the ring.
         let max_held = ((64 << 10) / cfg.buffer_size.max(1))
             .min(cfg.buffers as u32 / 2)
-            .max(1);
+            .max(1) as u16;
+        let can_trim = ring.params().is_setup_single_issuer();
+        let send_zc = if cfg.send_zc > 0 && !zero_copy_sends(&ring) {
+            tracing::warn!("io_uring SEND_ZC with usage reports needs Linux 6.2: sends are copied");
+            0
+        } else {
+            cfg.send_zc
+        };
         Ok(Uring {
             ring: std::mem::ManuallyDrop::new(RefCell::new(ring)),
             bufs,
@@ -602,6 +671,10 @@ impl Uring {
             cqes: RefCell::new(Vec::new()),
             watch: RefCell::new(Vec::new()),
             sends_queued: Cell::new(0),
+            errs: RefCell::new(HashMap::new()),
+            send_zc,
+            can_trim,
+            quiet_since: Cell::new(None),
         })
     }
 
@@ -650,10 +723,7 @@ impl Uring {
                 };
                 sb.submitted = true;
                 self.sends_queued.set(self.sends_queued.get() + 1);
-                opcode::Send::new(types::Fd(s.fd), sb.buf.as_ptr(), sb.buf.len() as u32)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
-                    .user_data(ud(OP_SEND, key))
+                self.send_sqe(s.fd, &sb.buf, key)
             };
             self.push(sqe);
         }
@@ -661,6 +731,25 @@ impl Uring {
         let mut list = self.dirty.borrow_mut();
         if list.is_empty() {
             *list = dirty;
+        }
+    }
+
+    /// The request that sends `buf` on `fd`: `SEND_ZC` from
+    /// `UringConfig::send_zc` bytes on, else a plain `SEND`.
+    fn send_sqe(&self, fd: RawFd, buf: &[u8], key: u32) -> squeue::Entry {
+        let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
+        if self.send_zc != 0 && len >= self.send_zc {
+            self.stats.uring_sends_zc.inc();
+            opcode::SendZc::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .zc_flags(SEND_ZC_REPORT_USAGE)
+                .build()
+                .user_data(ud(OP_SEND, key))
+        } else {
+            opcode::Send::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud(OP_SEND, key))
         }
     }
 
@@ -693,6 +782,29 @@ impl Uring {
         socks.get_mut(key as usize).filter(|s| s.live()).map(f)
     }
 
+    /// Records the socket's error (an errno; the last one counts).
+    fn set_err(&self, key: u32, s: &mut Sock, errno: i32) {
+        s.set_failed(true);
+        self.errs.borrow_mut().insert(key, errno);
+    }
+
+    /// The socket's errno (0: none).
+    fn err_of(&self, key: u32, s: &Sock) -> i32 {
+        if !s.failed() {
+            return 0;
+        }
+        self.errs.borrow().get(&key).copied().unwrap_or(libc::EIO)
+    }
+
+    /// The socket's errno, cleared (0: none).
+    fn take_err(&self, key: u32, s: &mut Sock) -> i32 {
+        if !s.failed() {
+            return 0;
+        }
+        s.set_failed(false);
+        self.errs.borrow_mut().remove(&key).unwrap_or(libc::EIO)
+    }
+
     /// Starts serving a socket (a client's, or a listener's).
     pub fn add(&self, key: u32, fd: RawFd, listener: bool) {
         {
@@ -704,6 +816,9 @@ impl Uring {
                 });
             }
             socks[key as usize] = Sock::new(fd);
+        }
+        if !self.errs.borrow().is_empty() {
+            self.errs.borrow_mut().remove(&key);
         }
         if listener {
             self.accepted.borrow_mut().push((key, VecDeque::new()));
@@ -717,7 +832,7 @@ impl Uring {
         let fd = {
             let mut socks = self.socks.borrow_mut();
             let s = &mut socks[key as usize];
-            if s.recv != Recv::Idle || s.stopped() || s.eof() || s.err != 0 {
+            if s.recv != Recv::Idle || s.stopped() || s.eof() || s.failed() {
                 return;
             }
             if self.bufs.available() == 0 {
@@ -746,7 +861,7 @@ impl Uring {
             let Some(s) = socks.get_mut(key as usize).filter(|s| s.live()) else {
                 return;
             };
-            if s.poll_armed() || s.stopped() || s.eof() || s.err != 0 {
+            if s.poll_armed() || s.stopped() || s.eof() || s.failed() {
                 return;
             }
             s.set_poll_armed(true);
@@ -844,8 +959,8 @@ impl Uring {
             if c.len == 0 {
                 let c = chunks.remove(s.head as usize);
                 s.head = c.next;
-                if s.head == NIL {
-                    s.tail = NIL;
+                if s.head != NIL {
+                    chunks[s.head as usize].tail = c.tail;
                 }
                 s.held -= 1;
                 self.bufs.release(c.bid);
@@ -892,7 +1007,7 @@ impl Uring {
                 && s.recv == Recv::Idle
                 && !s.stopped()
                 && !s.eof()
-                && s.err == 0
+                && !s.failed()
             {
                 // The ring is dry: read the socket directly (module docs).
                 // SAFETY: `buf` is valid for `buf.len()` bytes; `s.fd` is
@@ -919,13 +1034,13 @@ impl Uring {
                                 self.arm_poll(key);
                                 return Err(io::ErrorKind::WouldBlock.into());
                             }
-                            Some(code) => s.set_err(code),
-                            None => s.set_err(libc::EIO),
+                            Some(code) => self.set_err(key, s, code),
+                            None => self.set_err(key, s, libc::EIO),
                         }
                     }
                 }
             }
-            (s.eof() && s.head == NIL, s.err as i32)
+            (s.eof() && s.head == NIL, self.err_of(key, s))
         };
         self.after_read(key);
         if n > 0 {
@@ -989,8 +1104,8 @@ impl Uring {
         let Some(s) = socks.get_mut(key as usize).filter(|s| s.live()) else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
-        if s.err != 0 {
-            return Err(io::Error::from_raw_os_error(s.err as i32));
+        if s.failed() {
+            return Err(io::Error::from_raw_os_error(self.err_of(key, s)));
         }
         if n == 0 {
             return Ok(0);
@@ -1012,6 +1127,8 @@ impl Uring {
             off: 0,
             submitted: false,
             pooled,
+            notifs: 0,
+            ended: false,
         }) as u32;
         let mut dirty = self.dirty.borrow_mut();
         dirty.push(key);
@@ -1045,9 +1162,7 @@ impl Uring {
             return Ok(fd);
         }
         let (armed, err) = self
-            .with_sock(key, |s| {
-                (s.accept_armed(), std::mem::take(&mut s.err) as i32)
-            })
+            .with_sock(key, |s| (s.accept_armed(), self.take_err(key, s)))
             .unwrap_or((true, libc::EBADF));
         if err != 0 {
             return Err(io::Error::from_raw_os_error(err));
@@ -1112,7 +1227,7 @@ impl Uring {
 
     /// Bytes, an end of stream or an error wait to be read.
     pub fn has_input(&self, key: u32) -> bool {
-        self.with_sock(key, |s| s.head != NIL || s.eof() || s.err != 0)
+        self.with_sock(key, |s| s.head != NIL || s.eof() || s.failed())
             .unwrap_or(false)
     }
 
@@ -1150,7 +1265,6 @@ impl Uring {
             s.head = c.next;
             self.bufs.release(c.bid);
         }
-        s.tail = NIL;
         s.held = 0;
         drop(socks);
         if !self.starved.borrow().is_empty() {
@@ -1165,6 +1279,7 @@ impl Uring {
             s.set_live(false);
             s.owns_fd().then_some(s.fd)
         };
+        self.errs.borrow_mut().remove(&key);
         if let Some(fd) = owns {
             // SAFETY: the descriptor was handed to us by `close` and no
             // request names it any more.
@@ -1237,7 +1352,7 @@ impl Uring {
             let key = data as u32;
             match data >> 32 {
                 OP_RECV => self.on_recv(key, res, flags),
-                OP_SEND => self.on_send(key, res),
+                OP_SEND => self.on_send(key, res, flags),
                 OP_ACCEPT => self.on_accept(key, res, flags),
                 OP_POLL => self.on_poll(key),
                 OP_WATCH => self.on_watch(key, flags),
@@ -1318,11 +1433,20 @@ impl Uring {
         }
         let sends = self.sends_queued.replace(0);
         let want = 1 + sends as usize;
+        // Received bytes came since the last trim and none waits unread:
+        // a second without any completion gives the ring's pages back.
+        let trim = sends == 0
+            && self.can_trim
+            && self.bufs.touched.get()
+            && self.chunks.borrow().is_empty();
         let limit = if sends > 0 {
             Some(timeout.map_or(SEND_GRACE, |t| t.min(SEND_GRACE)))
+        } else if trim {
+            Some(timeout.map_or(IDLE_TRIM, |t| t.min(IDLE_TRIM)))
         } else {
             timeout
         };
+
         self.stats.uring_submits.inc();
         let r = {
             let ring = self.ring.borrow();
@@ -1336,6 +1460,7 @@ impl Uring {
                 None => submitter.submit_and_wait(want),
             }
         };
+        let timed_out = matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ETIME));
         match r {
             Ok(_) => self.unsubmitted.set(0),
             Err(e) => match e.raw_os_error() {
@@ -1351,7 +1476,24 @@ impl Uring {
         // What woke it is read; task work that came meanwhile (a burst's
         // next arrivals) waits for the next enter, after the tasks woken
         // now have run and queued their sends (`reap_with`).
-        self.reap_with(false);
+        let n = self.reap_with(false);
+        if !(trim && timed_out && n == 0) {
+            self.quiet_since.set(None);
+        } else if self.chunks.borrow().is_empty() {
+            // Idle: a sleep that timed out with nothing (glommio's own
+            // timers may end sleeps more often than IDLE_TRIM). The clock
+            // is read only here, never on a busy path.
+            let now = std::time::Instant::now();
+            match self.quiet_since.get() {
+                None => self.quiet_since.set(Some(now)),
+                Some(t) if now.duration_since(t) >= IDLE_TRIM => {
+                    self.quiet_since.set(None);
+                    self.bufs.trim();
+                    self.stats.uring_ring_trims.inc();
+                }
+                Some(_) => {}
+            }
+        }
     }
 
     fn rearm_starved(&self) {
@@ -1400,19 +1542,23 @@ impl Uring {
                     self.bufs.discard(b, len, buf_more);
                 } else {
                     let off = self.bufs.landed(b, len, buf_more);
-                    let c = self.chunks.borrow_mut().insert(Chunk {
+                    let mut chunks = self.chunks.borrow_mut();
+                    let c = chunks.insert(Chunk {
                         bid: b,
                         off,
                         len: n as u32,
                         next: NIL,
+                        tail: NIL,
                     }) as u32;
-                    if s.tail == NIL {
+                    if s.head == NIL {
                         s.head = c;
                     } else {
-                        self.chunks.borrow_mut()[s.tail as usize].next = c;
+                        let last = chunks[s.head as usize].tail;
+                        chunks[last as usize].next = c;
                     }
-                    s.tail = c;
-                    s.held += 1;
+                    chunks[s.head as usize].tail = c;
+                    drop(chunks);
+                    s.held = s.held.saturating_add(1);
                     bits = READABLE;
                     // Under pressure (a quarter of the ring left) every
                     // socket holds one buffer at a time, so connections
@@ -1447,7 +1593,7 @@ impl Uring {
                     }
                 } else if n == -libc::ECANCELED {
                 } else if n < 0 {
-                    s.set_err(-n);
+                    self.set_err(key, s, -n);
                     bits = READABLE | WRITABLE;
                 }
             }
@@ -1460,7 +1606,7 @@ impl Uring {
         // time) or cancelled for holding enough, and read meanwhile: again.
         let again = !more
             && (res > 0 || res == -libc::ECANCELED)
-            && s.err == 0
+            && !s.failed()
             && !s.eof()
             && s.recv == Recv::Idle
             && !s.stopped()
@@ -1475,7 +1621,7 @@ impl Uring {
         }
     }
 
-    fn on_send(&self, key: u32, res: i32) {
+    fn on_send(&self, key: u32, res: i32, flags: u32) {
         let mut socks = self.socks.borrow_mut();
         let Some(s) = socks.get_mut(key as usize).filter(|s| s.live()) else {
             return;
@@ -1486,26 +1632,42 @@ impl Uring {
         }
         let mut sends = self.sends.borrow_mut();
         let sb = &mut sends[idx as usize];
-        if res > 0 && !(s.stopped() && s.owns_fd()) {
-            sb.off += res as usize;
-            if sb.off < sb.buf.len() {
-                // A short send: the rest goes next.
-                let (ptr, len) = (sb.buf[sb.off..].as_ptr(), sb.buf.len() - sb.off);
-                let fd = s.fd;
-                drop(sends);
-                drop(socks);
-                self.push(
-                    opcode::Send::new(types::Fd(fd), ptr, len as u32)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                        .user_data(ud(OP_SEND, key)),
-                );
+        if cqueue::notif(flags) {
+            // A `SEND_ZC`'s notification: the kernel let go of the bytes.
+            sb.notifs = sb.notifs.saturating_sub(1);
+            if res as u32 & NOTIF_USAGE_ZC_COPIED != 0 {
+                self.stats.uring_zc_copied.inc();
+            }
+            if sb.notifs > 0 || !sb.ended {
                 return;
             }
-        } else if res == 0 && !s.stopped() {
-            s.set_err(libc::EPIPE);
-        } else if res < 0 && res != -libc::ECANCELED {
-            s.set_err(-res);
+        } else {
+            if cqueue::more(flags) {
+                // A `SEND_ZC`: its notification follows.
+                sb.notifs += 1;
+            }
+            if res > 0 && !(s.stopped() && s.owns_fd()) {
+                sb.off += res as usize;
+                if sb.off < sb.buf.len() {
+                    // A short send: the rest goes next (the bytes sent stay
+                    // where they are until any notification).
+                    let sqe = self.send_sqe(s.fd, &sb.buf[sb.off..], key);
+                    drop(sends);
+                    drop(socks);
+                    self.push(sqe);
+                    return;
+                }
+            } else if res == 0 && !s.stopped() {
+                self.set_err(key, s, libc::EPIPE);
+            } else if res < 0 && res != -libc::ECANCELED {
+                self.set_err(key, s, -res);
+            }
+            if sb.notifs > 0 {
+                // The kernel may still read the bytes: the send ends at
+                // the last notification.
+                sb.ended = true;
+                return;
+            }
         }
         let sb = sends.remove(idx as usize);
         s.send = NIL;
@@ -1514,7 +1676,7 @@ impl Uring {
         }
         let s = &socks[key as usize];
         self.done_if_stopped(key, s);
-        let (bits, must) = if s.err != 0 {
+        let (bits, must) = if s.failed() {
             (READABLE | WRITABLE, true)
         } else {
             (WRITABLE, s.stopped())
@@ -1536,7 +1698,7 @@ impl Uring {
                     s.set_accept_armed(false);
                 }
                 if res < 0 && res != -libc::ECANCELED && !s.stopped() {
-                    s.set_err(-res);
+                    self.set_err(key, s, -res);
                 }
                 s.stopped()
             })
@@ -1587,6 +1749,7 @@ fn probe_here() -> Result<String, String> {
         UringConfig {
             buffers: 4,
             buffer_size: 64,
+            send_zc: 0,
         },
         slots.clone(),
         Arc::new(ShardStats::default()),
@@ -1663,6 +1826,20 @@ fn probe_here() -> Result<String, String> {
     got
 }
 
+/// Whether the ring has `SEND_ZC` with usage reports (6.2: the release
+/// that added `IORING_SEND_ZC_REPORT_USAGE`; the opcode itself is 6.0).
+fn zero_copy_sends(ring: &IoUring) -> bool {
+    let mut probe = io_uring::register::Probe::new();
+    let has_op = ring.submitter().register_probe(&mut probe).is_ok()
+        && probe.is_supported(opcode::SendZc::CODE);
+    let release = kernel_release();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    has_op && (major, minor) >= (6, 2)
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -1682,6 +1859,7 @@ mod tests {
             UringConfig {
                 buffers,
                 buffer_size: 64,
+                send_zc: 0,
             },
             slots.clone(),
             Arc::new(ShardStats::default()),
@@ -1741,8 +1919,50 @@ mod tests {
         }
         assert_eq!(got, sent);
         assert!(!u.has_input(key));
-        assert_eq!(u.with_sock(key, |s| (s.held, s.tail)), Some((0, NIL)));
+        assert_eq!(u.with_sock(key, |s| (s.held, s.head)), Some((0, NIL)));
         assert_eq!(u.bufs.available(), 16, "every buffer back in the ring");
+        u.close(key, a);
+        u.submit();
+    }
+
+    /// An idle shard gives the buffer ring's pages back after a second
+    /// without completions (once per idle spell), and bytes that arrive
+    /// afterwards are received whole into the fresh pages.
+    #[test]
+    fn idle_ring_trims_its_pages_and_receives_after() {
+        let (u, key, a, b) = ring_with_socket(4);
+        let trims = |u: &Uring| u.stats.uring_ring_trims.get();
+        let mut got = Vec::new();
+        for round in 0..2u8 {
+            let msg = [b'x' + round; 9];
+            // SAFETY: nine bytes from a valid buffer.
+            let w = unsafe { libc::write(b.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+            assert_eq!(w, 9);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !u.has_input(key) {
+                assert!(std::time::Instant::now() < deadline, "no completion");
+                u.park(Some(std::time::Duration::from_secs(5)));
+            }
+            let mut buf = [0u8; 16];
+            let n = u.recv(key, &mut buf).expect("bytes");
+            assert_eq!(&buf[..n], &msg[..], "round {round}");
+            got.push(n);
+            let before = trims(&u);
+            // No traffic: sleeps that end with nothing for IDLE_TRIM trim
+            // (short ones too, as glommio's timers may end them).
+            if u.can_trim {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while trims(&u) == before {
+                    assert!(std::time::Instant::now() < deadline, "never trimmed");
+                    u.park(Some(std::time::Duration::from_millis(300)));
+                }
+                assert_eq!(trims(&u), before + 1, "trimmed once idle");
+                // Nothing received since: the next sleep does not trim again.
+                u.park(Some(std::time::Duration::from_millis(10)));
+                assert_eq!(trims(&u), before + 1);
+            }
+        }
+        assert_eq!(got, [9, 9]);
         u.close(key, a);
         u.submit();
     }
