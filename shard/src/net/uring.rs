@@ -37,7 +37,9 @@
 //! - **Send**: a plain connection hands its outbound bytes themselves to
 //!   [`Uring::send_from`] (its whole buffer, taken: no copy; the connection
 //!   starts an empty one, which an idle connection would anyway); the send
-//!   owns them until its completion. Bytes a layer keeps (TLS records,
+//!   owns them until its completion, which gives the buffer to the shard's
+//!   pool of outbound buffers (`out_pool.rs`) for the next connection to
+//!   write, so buffers are not grown again from nothing at every tick. Bytes a layer keeps (TLS records,
 //!   WebSocket frames) are copied by [`Uring::send`] into a buffer of the
 //!   shard's pool. Either queues one `SEND` for the socket; the next send
 //!   says `WouldBlock` until it completed (a short send is re-queued for the
@@ -496,6 +498,9 @@ pub(crate) struct Uring {
     max_held: u32,
     stats: Arc<ShardStats>,
     cqes: RefCell<Vec<(u64, i32, u32)>>,
+    /// EXPERIMENT: wakers of a reap, woken last first.
+    woken: RefCell<Vec<std::task::Waker>>,
+    reaping: Cell<bool>,
     /// Descriptors the shard's sleep also waits for (glommio's rings:
     /// `park.rs`), and whether their poll is armed.
     watch: RefCell<Vec<(RawFd, bool)>>,
@@ -598,6 +603,8 @@ impl Uring {
             max_held,
             stats,
             cqes: RefCell::new(Vec::new()),
+            woken: RefCell::new(Vec::new()),
+            reaping: Cell::new(false),
             watch: RefCell::new(Vec::new()),
             sends_queued: Cell::new(0),
         })
@@ -1183,7 +1190,11 @@ impl Uring {
             s.ready |= bits;
             if always || new {
                 if let Some(w) = s.waker.take() {
-                    w.wake();
+                    if self.reaping.get() {
+                        self.woken.borrow_mut().push(w);
+                    } else {
+                        w.wake();
+                    }
                 }
             }
         }
@@ -1210,6 +1221,7 @@ impl Uring {
             );
         }
         let n = cqes.len();
+        self.reaping.set(super::out_pool::exp("RINGMQ_EXP_REVWAKE"));
         for &(data, res, flags) in &cqes {
             let key = data as u32;
             match data >> 32 {
@@ -1223,6 +1235,13 @@ impl Uring {
         }
         cqes.clear();
         self.cqes.replace(cqes);
+        if self.reaping.replace(false) {
+            let mut woken = self.woken.take();
+            for w in woken.drain(..).rev() {
+                w.wake();
+            }
+            self.woken.replace(woken);
+        }
         self.rearm_starved();
         for key in self.to_free.take() {
             self.free(key);
@@ -1485,6 +1504,10 @@ impl Uring {
         s.send = NIL;
         if sb.pooled {
             self.recycle(sb.buf);
+        } else {
+            // A connection's own outbound buffer: to the shard's pool, for
+            // the next connection to write (`out_pool.rs`).
+            super::out_pool::give(sb.buf);
         }
         let s = &socks[key as usize];
         self.done_if_stopped(key, s);
