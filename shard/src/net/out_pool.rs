@@ -76,8 +76,10 @@ pub(crate) fn give(mut b: BytesMut) {
     }
     b.clear();
     // Bytes sent from its front leave an offset: reclaimed (no copy, no
-    // allocation) when the buffer is its memory's only owner.
-    if !b.try_reclaim(KEEP_MIN) || b.capacity() > KEEP_MAX {
+    // allocation) when the buffer is its memory's only owner; else it is
+    // kept with the capacity that is its own.
+    let _ = b.try_reclaim(b.capacity() + 1);
+    if !(KEEP_MIN..=KEEP_MAX).contains(&b.capacity()) {
         return;
     }
     let _ = POOL.try_with(|p| {
