@@ -191,7 +191,14 @@ impl BufRing {
             // 64 of the default 1024 (256 KiB of 4 KiB buffers): a tick's
             // arrivals of a busy shard fit many times over; a ring that runs
             // dry between two reaps is handled (module docs) and counted.
-            target: Cell::new((entries as u32).min(64.max(entries as u32 / 16))),
+            target: Cell::new(
+                (entries as u32).min(
+                    std::env::var("RINGMQ_EXP_TARGET")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(64.max(entries as u32 / 16)),
+                ),
+            ),
             spare: RefCell::new(Vec::new()),
             inc: false,
             state: RefCell::new(Vec::new()),
