@@ -25,22 +25,6 @@ pub(crate) const KEEP_MAX: usize = 64 << 10;
 /// Bytes of capacity the pool holds at most.
 pub(crate) const KEEP_BYTES: usize = 4 << 20;
 
-/// EXPERIMENT toggles (read once per process).
-pub(crate) fn exp(name: &str) -> bool {
-    static V: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
-    let v = V.get_or_init(|| {
-        (
-            std::env::var_os("RINGMQ_EXP_NOPOOL").is_some(),
-            std::env::var_os("RINGMQ_EXP_REVWAKE").is_some(),
-        )
-    });
-    if name == "RINGMQ_EXP_NOPOOL" {
-        v.0
-    } else {
-        v.1
-    }
-}
-
 #[derive(Default)]
 struct Pool {
     bufs: Vec<BytesMut>,
@@ -54,9 +38,6 @@ thread_local! {
 /// An empty buffer, with the capacity of one given back if any.
 #[inline]
 pub(crate) fn take() -> BytesMut {
-    if exp("RINGMQ_EXP_NOPOOL") {
-        return BytesMut::new();
-    }
     POOL.try_with(|p| {
         let mut p = p.borrow_mut();
         let b = p.bufs.pop()?;
@@ -71,9 +52,6 @@ pub(crate) fn take() -> BytesMut {
 /// A buffer whose bytes all left: kept for [`take`] if within bounds.
 #[inline]
 pub(crate) fn give(mut b: BytesMut) {
-    if exp("RINGMQ_EXP_NOPOOL") {
-        return;
-    }
     b.clear();
     // Bytes sent from its front leave an offset: reclaimed (no copy, no
     // allocation) when the buffer is its memory's only owner; else it is

@@ -39,9 +39,8 @@
 //!   starts an empty one, which an idle connection would anyway); the send
 //!   owns them until its completion, which gives the buffer to the shard's
 //!   pool of outbound buffers (`out_pool.rs`) for the next connection to
-//!   write, so buffers are not grown again from nothing at every tick. Bytes a layer keeps (TLS records,
-//!   WebSocket frames) are copied by [`Uring::send`] into a buffer of the
-//!   shard's pool. Either queues one `SEND` for the socket; the next send
+//!   write. Bytes a layer keeps (TLS records, WebSocket frames) are copied
+//!   by [`Uring::send`] into a buffer of the ring's own send pool. Either queues one `SEND` for the socket; the next send
 //!   says `WouldBlock` until it completed (a short send is re-queued for the
 //!   rest). The connection loop sends once per flush, so one `SEND` per
 //!   dirty connection per tick. Its completion wakes the connection only if
@@ -191,14 +190,7 @@ impl BufRing {
             // 64 of the default 1024 (256 KiB of 4 KiB buffers): a tick's
             // arrivals of a busy shard fit many times over; a ring that runs
             // dry between two reaps is handled (module docs) and counted.
-            target: Cell::new(
-                (entries as u32).min(
-                    std::env::var("RINGMQ_EXP_TARGET")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(64.max(entries as u32 / 16)),
-                ),
-            ),
+            target: Cell::new((entries as u32).min(64.max(entries as u32 / 16))),
             spare: RefCell::new(Vec::new()),
             inc: false,
             state: RefCell::new(Vec::new()),
@@ -505,9 +497,6 @@ pub(crate) struct Uring {
     max_held: u32,
     stats: Arc<ShardStats>,
     cqes: RefCell<Vec<(u64, i32, u32)>>,
-    /// EXPERIMENT: wakers of a reap, woken last first.
-    woken: RefCell<Vec<std::task::Waker>>,
-    reaping: Cell<bool>,
     /// Descriptors the shard's sleep also waits for (glommio's rings:
     /// `park.rs`), and whether their poll is armed.
     watch: RefCell<Vec<(RawFd, bool)>>,
@@ -610,8 +599,6 @@ impl Uring {
             max_held,
             stats,
             cqes: RefCell::new(Vec::new()),
-            woken: RefCell::new(Vec::new()),
-            reaping: Cell::new(false),
             watch: RefCell::new(Vec::new()),
             sends_queued: Cell::new(0),
         })
@@ -1197,11 +1184,7 @@ impl Uring {
             s.ready |= bits;
             if always || new {
                 if let Some(w) = s.waker.take() {
-                    if self.reaping.get() {
-                        self.woken.borrow_mut().push(w);
-                    } else {
-                        w.wake();
-                    }
+                    w.wake();
                 }
             }
         }
@@ -1228,7 +1211,6 @@ impl Uring {
             );
         }
         let n = cqes.len();
-        self.reaping.set(super::out_pool::exp("RINGMQ_EXP_REVWAKE"));
         for &(data, res, flags) in &cqes {
             let key = data as u32;
             match data >> 32 {
@@ -1242,13 +1224,6 @@ impl Uring {
         }
         cqes.clear();
         self.cqes.replace(cqes);
-        if self.reaping.replace(false) {
-            let mut woken = self.woken.take();
-            for w in woken.drain(..).rev() {
-                w.wake();
-            }
-            self.woken.replace(woken);
-        }
         self.rearm_starved();
         for key in self.to_free.take() {
             self.free(key);
