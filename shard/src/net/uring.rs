@@ -88,8 +88,6 @@ const BGID: u16 = 0;
 /// `IOU_PBUF_RING_INC` (include/uapi/linux/io_uring.h): buffers consumed
 /// incrementally.
 const IOU_PBUF_RING_INC: u16 = 2;
-/// EXPERIMENT: room to align the ring's buffers to 2 MiB.
-const HUGE_PAD: usize = 2 << 20;
 /// No chunk / no send.
 const NIL: u32 = u32::MAX;
 /// Submission queue entries (a full queue is submitted at once).
@@ -127,8 +125,6 @@ struct BufRing {
     ring: *mut types::BufRingEntry,
     ring_layout: Layout,
     mem: std::mem::ManuallyDrop<Box<[u8]>>,
-    /// EXPERIMENT: where the buffers start in `mem` (2 MiB aligned with RINGMQ_EXP_HUGE).
-    base: usize,
     size: u32,
     mask: u16,
     /// Our producer index (published to the kernel at each give).
@@ -185,9 +181,8 @@ impl BufRing {
             ring,
             ring_layout,
             mem: std::mem::ManuallyDrop::new(
-                vec![0u8; entries * cfg.buffer_size as usize + HUGE_PAD].into_boxed_slice(),
+                vec![0u8; entries * cfg.buffer_size as usize].into_boxed_slice(),
             ),
-            base: 0,
             size: cfg.buffer_size,
             mask: (entries - 1) as u16,
             tail: Cell::new(0),
@@ -200,17 +195,6 @@ impl BufRing {
             inc: false,
             state: RefCell::new(Vec::new()),
         };
-        let mut br = br;
-        if std::env::var_os("RINGMQ_EXP_HUGE").is_some() {
-            let p = br.mem.as_ptr() as usize;
-            let aligned = (p + (2 << 20) - 1) & !((2 << 20) - 1);
-            br.base = aligned - p;
-            let len = entries * cfg.buffer_size as usize;
-            // SAFETY: the range lies within `mem` (padded by HUGE_PAD).
-            unsafe {
-                libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-            }
-        }
         Ok(br)
     }
 
@@ -322,11 +306,7 @@ impl BufRing {
         // the kernel only reads descriptors below the published tail.
         let e = unsafe { &mut *self.ring.add((tail & self.mask) as usize) };
         // SAFETY: `bid` < entries, so the buffer lies within `mem`.
-        let addr = unsafe {
-            self.mem
-                .as_ptr()
-                .add(self.base + bid as usize * self.size as usize)
-        };
+        let addr = unsafe { self.mem.as_ptr().add(bid as usize * self.size as usize) };
         e.set_addr(addr as u64);
         e.set_len(self.size);
         e.set_bid(bid);
@@ -349,7 +329,7 @@ impl BufRing {
     }
 
     fn bytes(&self, bid: u16, off: u32, len: u32) -> &[u8] {
-        let start = self.base + bid as usize * self.size as usize + off as usize;
+        let start = bid as usize * self.size as usize + off as usize;
         &self.mem[start..start + len as usize]
     }
 }
