@@ -849,7 +849,7 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         out,
         name,
         "counter",
-        "Cross-node session takeovers: asked, installed, fresh instead (missing, timeout, unreachable, bad), late answers, shipped, parked, expired.",
+        "Cross-node session takeovers: asked, installed, fresh instead (missing, timeout, unreachable, bad), late answers, shipped, parked, expired, refused with the old node unreachable mid-move (unavailable), given up after node-down-after (lost).",
     );
     for (outcome, v) in [
         ("fetched", h.fetches),
@@ -862,6 +862,8 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("shipped", h.shipped),
         ("parked", h.parked),
         ("expired", h.expired),
+        ("unavailable", h.unavailable),
+        ("lost", h.lost),
     ] {
         let _ = writeln!(out, "ringmq_{name}{{outcome=\"{outcome}\"}} {v}");
     }
@@ -901,10 +903,16 @@ fn handover(out: &mut String, s: &MetricsSnapshot) {
         ("ghosts", m.ghosts),
         ("ghost_forwarded", m.ghost_forwarded),
         ("ghost_ended", m.ghost_ended),
+        ("ghost_end_resent", m.ghost_end_resent),
         ("ghost_expired", m.ghost_expired),
         ("ghost_dups", m.ghost_dups),
         ("ghost_held", m.ghost_held),
         ("shared_forwarded", m.shared_forwarded),
+        ("kept", m.kept),
+        ("kept_served", m.kept_served),
+        ("kept_done", m.kept_done),
+        ("kept_expired", m.kept_expired),
+        ("kept_restored", m.kept_restored),
     ] {
         let _ = writeln!(out, "ringmq_{name}{{event=\"{event}\"}} {v}");
     }

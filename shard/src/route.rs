@@ -170,7 +170,13 @@ fn route_here(
                 if let Some(c) = confirm {
                     crate::cluster::copy_acks::begin_shared(shard, c.token);
                 }
-                crate::cluster::share_move::offer(shard, g, &p);
+                if !crate::cluster::share_move::offer(shard, g, &p)
+                    && !crate::cluster::share_move::covers(shard, g)
+                {
+                    // No member and no moving one (its stub's window over): counted like
+                    // a plain copy that matches nothing.
+                    crate::cluster::unrouted::copy(shard, &p, peer, source);
+                }
                 remote += crate::cluster::copy_acks::end(shard);
             }
         }

@@ -302,6 +302,7 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
         .collect();
     let all_stats = Arc::new(stats.clone());
     let mut threads = Vec::new();
+    let pending = std::sync::Arc::new(crate::cluster::moving::Pending::default());
     let (ready_tx, ready_rx) = flume::unbounded();
     for (id, (placement, listeners)) in placements.into_iter().zip(per_shard).enumerate() {
         let rx = control_rx.pop().expect("one control channel per shard");
@@ -334,6 +335,7 @@ pub fn start(mut cfg: ShardConfig) -> io::Result<ServerHandle> {
                     Vec::new()
                 },
                 floors: if id == 0 { floors.clone() } else { Vec::new() },
+                pending: pending.clone(),
             }),
         };
         let mut builder = LocalExecutorBuilder::new(placement)

@@ -212,6 +212,7 @@ pub(crate) async fn run(init: ShardInit) {
     crate::cluster::seed(&shard);
     crate::cluster::merge::recover(&shard);
     crate::cluster::stub::recover(&shard);
+    crate::cluster::moving::recover(&shard);
     for (from, rx) in receivers {
         let shard = shard.clone();
         spawn_local(async move {

@@ -309,6 +309,12 @@ pub struct HandoverMetrics {
     pub shipped_bytes: u64,
     pub parked: u64,
     pub expired: u64,
+    /// CONNECTs refused (server unavailable): the old node unreachable mid-move.
+    #[serde(default)]
+    pub unavailable: u64,
+    /// Sessions given up: the old node down `--node-down-after` (fresh session).
+    #[serde(default)]
+    pub lost: u64,
     /// Messages published during a move (docs/cluster.md): stubs, forwarded, held, merged.
     #[serde(default)]
     pub moves: MoveMetrics,
@@ -343,6 +349,8 @@ pub struct MoveMetrics {
     #[serde(default)]
     pub ghost_ended: u64,
     #[serde(default)]
+    pub ghost_end_resent: u64,
+    #[serde(default)]
     pub ghost_expired: u64,
     #[serde(default)]
     pub ghost_dups: u64,
@@ -352,6 +360,17 @@ pub struct MoveMetrics {
     pub stamp_rows: u64,
     #[serde(default)]
     pub shared_forwarded: u64,
+    /// Old node: sessions kept until the new node's MoveDone (`cluster/moving.rs`).
+    #[serde(default)]
+    pub kept: u64,
+    #[serde(default)]
+    pub kept_served: u64,
+    #[serde(default)]
+    pub kept_done: u64,
+    #[serde(default)]
+    pub kept_expired: u64,
+    #[serde(default)]
+    pub kept_restored: u64,
 }
 
 impl HandoverMetrics {
@@ -369,6 +388,8 @@ impl HandoverMetrics {
             shipped_bytes: h.shipped_bytes.load(Relaxed),
             parked: h.parked.load(Relaxed),
             expired: h.expired.load(Relaxed),
+            unavailable: h.unavailable.load(Relaxed),
+            lost: h.lost.load(Relaxed),
             moves: MoveMetrics {
                 stubs: h.stubs.load(Relaxed),
                 stub_ended: h.stub_ended.load(Relaxed),
@@ -389,11 +410,17 @@ impl HandoverMetrics {
                 ghosts: h.ghosts.load(Relaxed),
                 ghost_forwarded: h.ghost_forwarded.load(Relaxed),
                 ghost_ended: h.ghost_ended.load(Relaxed),
+                ghost_end_resent: h.ghost_end_resent.load(Relaxed),
                 ghost_expired: h.ghost_expired.load(Relaxed),
                 ghost_dups: h.ghost_dups.load(Relaxed),
                 ghost_held: h.ghost_held.load(Relaxed),
                 stamp_rows: h.stamp_rows.load(Relaxed),
                 shared_forwarded: h.shared_forwarded.load(Relaxed),
+                kept: h.kept.load(Relaxed),
+                kept_served: h.kept_served.load(Relaxed),
+                kept_done: h.kept_done.load(Relaxed),
+                kept_expired: h.kept_expired.load(Relaxed),
+                kept_restored: h.kept_restored.load(Relaxed),
             },
         }
     }

@@ -43,6 +43,7 @@ impl Config {
         let mut cfg = ClusterConfig::new(c.node_id, c.cluster_id.clone(), listen, peers);
         cfg.durable_ack_timeout = c.cluster_ack_timeout.duration();
         cfg.outbox_max_bytes = usize::try_from(c.cluster_outbox_max_bytes).unwrap_or(usize::MAX);
+        cfg.node_down_after = c.node_down_after.duration();
         // The metadata links' files secure the data links too: one CA, one name (the cluster id).
         if let (Some(cert), Some(key), Some(ca)) = (
             &c.cluster_tls_cert.0,

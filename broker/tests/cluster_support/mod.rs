@@ -7,6 +7,7 @@
 pub mod acked;
 pub mod mosq;
 pub mod netns;
+pub mod watchdog;
 
 use crate::common::persist::{launch, launch_cmd, DataDir, Durable, Launched};
 use serde_json::Value;
@@ -294,9 +295,11 @@ impl Cluster {
                     id.to_string(),
                     "--cluster-peers".into(),
                     peers.clone(),
-                    "--node-down-after".into(),
-                    "1s".into(),
                 ];
+                // 1 s unless the test's own flags say otherwise.
+                if !extra.contains(&"--node-down-after") {
+                    args.extend(["--node-down-after".into(), "1s".into()]);
+                }
                 args.extend(extra.iter().map(|s| s.to_string()));
                 args.extend(each(*id));
                 Node {

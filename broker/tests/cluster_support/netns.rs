@@ -86,6 +86,25 @@ impl Net {
         assert!(ip(&["link", "set", &self.veth(i), "down"]), "ip link down");
     }
 
+    /// Cuts nodes `i` and `j` off from each other only (a blackhole route
+    /// in each one's namespace); both still reach the others and the test.
+    pub fn cut_between(&self, i: usize, j: usize) {
+        for (a, b) in [(i, j), (j, i)] {
+            let to = format!("{}/32", self.addr(b));
+            let ok = ip(&["-n", &self.ns(a), "route", "add", "blackhole", &to]);
+            assert!(ok, "ip route add blackhole");
+        }
+    }
+
+    /// Undoes [`Net::cut_between`].
+    pub fn heal_between(&self, i: usize, j: usize) {
+        for (a, b) in [(i, j), (j, i)] {
+            let to = format!("{}/32", self.addr(b));
+            let ok = ip(&["-n", &self.ns(a), "route", "del", "blackhole", &to]);
+            assert!(ok, "ip route del blackhole");
+        }
+    }
+
     /// Reconnects node `i`.
     pub fn heal(&self, i: usize) {
         assert!(ip(&["link", "set", &self.veth(i), "up"]), "ip link up");

@@ -39,6 +39,9 @@ pub struct ClusterConfig {
     /// Bytes of acked copies this node may store for one node that cannot
     /// answer (`outbox.rs`); 0: none, such publishes are refused.
     pub outbox_max_bytes: usize,
+    /// A node silent this long is down (`--node-down-after`): a session
+    /// whose move it could not finish is given up then (`moving.rs`).
+    pub node_down_after: Duration,
     /// Mutual TLS on the links (`None`: plain TCP).
     pub tls: Option<super::tls::LinkTls>,
 }
@@ -62,6 +65,7 @@ impl ClusterConfig {
             link_silence: Duration::from_secs(5),
             durable_ack_timeout: Duration::from_secs(5),
             outbox_max_bytes: 64 << 20,
+            node_down_after: Duration::from_secs(3),
             tls: None,
         }
     }

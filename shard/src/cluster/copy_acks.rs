@@ -285,14 +285,49 @@ fn merging_key(client: &str) -> u64 {
 }
 
 /// The merge of `client` began (`on`) or ended: a row among the stamps, in
-/// the batch of the install (or of the end), so a restart of this node
-/// knows which sessions it cut mid-merge (`merge::recover`).
+/// the batch of the install, so a restart of this node knows which sessions
+/// it cut mid-merge (`merge::recover`). At the end (its marks no longer
+/// apply) the row goes in the batch of the end, with the merge's forwarded
+/// ranges ([`forwarded_durably`]): those serve only a restart that cut the
+/// merge, which the missing marker rules out. The held ranges stay (a
+/// forwarded twin resent later is known by them, [`held_twin`]), until the
+/// session goes ([`session_removed`]).
 pub(crate) fn merging(shard: &Shard, client: &str, on: bool) {
     let Some(n) = shard.cluster.as_ref() else {
         return;
     };
-    let v = u64::from(on);
-    put_session_row(shard, n, merging_key(client), (v, v));
+    if on {
+        put_session_row(shard, n, merging_key(client), (1, 1));
+        return;
+    }
+    if !n.has_session_stamps() {
+        return;
+    }
+    let mut keys = vec![merging_key(client)];
+    keys.extend(origins(n).map(|o| fwd_key(client, o)));
+    drop_rows(shard, n, keys);
+}
+
+/// Every origin (node, shard) this shard delivered copies from.
+fn origins(n: &super::Node) -> impl Iterator<Item = Origin> + '_ {
+    let handled: Vec<(u64, u16)> = n.handled.borrow().keys().copied().collect();
+    handled.into_iter().map(|(node, shard)| Origin {
+        node,
+        shard,
+        seq: 0,
+    })
+}
+
+/// Session rows `keys` leave the stamp table, in memory and in the store's
+/// next batch (the gauge `stamp_rows` counts them down).
+fn drop_rows(shard: &Shard, n: &super::Node, keys: Vec<u64>) {
+    let mut seen = n.seen.borrow_mut();
+    for k in keys {
+        if seen.remove(&k).is_some() {
+            n.session_stamps_add(-1);
+            shard.store.delete_peer_seen(k).detach();
+        }
+    }
 }
 
 /// Whether `client`'s merge was running when this node last stopped.
@@ -352,22 +387,9 @@ pub(crate) fn session_removed(shard: &Shard, client: &str) {
         .iter()
         .map(|(node, _)| key(*node, client))
         .collect();
-    keys.extend(n.handled.borrow().keys().flat_map(|&(node, sh)| {
-        let o = Origin {
-            node,
-            shard: sh,
-            seq: 0,
-        };
-        [twin_key(client, o), fwd_key(client, o)]
-    }));
+    keys.extend(origins(n).flat_map(|o| [twin_key(client, o), fwd_key(client, o)]));
     keys.push(merging_key(client));
-    let mut seen = n.seen.borrow_mut();
-    for k in keys {
-        if seen.remove(&k).is_some() {
-            n.session_stamps_add(-1);
-            shard.store.delete_peer_seen(k).detach();
-        }
-    }
+    drop_rows(shard, n, keys);
 }
 
 /// The stamp a copy of `client` is delivered once by (`cluster::deliver_once`).

@@ -35,6 +35,12 @@
 //! reaching the ghost are not forwarded (those nodes answered the flush: B's
 //! routes bring their copies).
 //!
+//! **The end.** It waits for a barrier over this node's shards (the home
+//! shard's forwards leave through shard 0 before it) and is owed until
+//! written on a connection of the link to B, then again on each later one
+//! for [`GHOST_FOR`] (a connection that breaks loses what it had not
+//! written; B drops an end for a closed haunt or from another node).
+//!
 //! **Bounded.** A ghost lives at most [`GHOST_FOR`] (the outbox may keep its
 //! copies longer: those are then lost for the session; counted
 //! `ghost_expired`); B notes at most [`SEEN_MAX`] origins per session.
@@ -74,7 +80,11 @@ pub enum Msg {
     /// Shard 0 to the home shard: the ghost ended, its filters leave the router.
     Release { client: Box<str> },
     /// The old node's `Ghost` frame (shard 0 to the session's home shard).
-    Haunt { client: Box<str>, peers: Vec<u64> },
+    Haunt {
+        client: Box<str>,
+        from: u64,
+        peers: Vec<u64>,
+    },
 }
 
 /// A peer whose late copies the ghost forwards.
@@ -103,6 +113,20 @@ struct Kept {
     tomb: Option<(SessionId, Vec<TopicFilter>)>,
 }
 
+/// Old node, shard 0: a ghost ended, its end (`Ghost{client, []}`) owed to
+/// the new owner. A connection that breaks loses what it had not written,
+/// so the end is written again on each new connection of the link until
+/// [`GHOST_FOR`] passed (the new node drops an end it has had).
+struct Ended {
+    client: Box<str>,
+    to: Slot,
+    /// The connection generation it was last written on.
+    sent_on: Option<u64>,
+    /// Still in the sweep that ended the ghost (a write later is counted).
+    fresh: bool,
+    until: Instant,
+}
+
 /// A peer's `GhostFlush` waiting for this node's link to the new owner (shard 0).
 struct Asked {
     slot: Slot,
@@ -115,6 +139,8 @@ struct Asked {
 /// New node, home shard: the origins of copies from the ghost's peers delivered.
 struct Haunt {
     peers: Vec<u64>,
+    /// The old node whose ghost this is (only its end closes the haunt).
+    from: u64,
     seen: HashSet<Origin>,
     id: u64,
     /// The old node's ghost still forwards (until its `Ghost{client, []}`).
@@ -183,6 +209,7 @@ impl Direct {
 #[derive(Default)]
 pub(crate) struct Ghosts {
     ghosts: RefCell<Vec<Ghost>>,
+    ended: RefCell<Vec<Ended>>,
     kept: RefCell<HashMap<Box<str>, Kept>>,
     haunts: RefCell<HashMap<SessionId, Haunt>>,
     asked: RefCell<Vec<Asked>>,
@@ -235,6 +262,8 @@ pub(crate) fn missing(shard: &Rc<Shard>, hub: &Hub, client: &str, to: Slot, slot
     if late.is_empty() {
         return;
     }
+    // A new ghost of the client: an end still owed for an older one would close it.
+    n.ghosts.ended.borrow_mut().retain(|e| &*e.client != client);
     let nodes = {
         let mut ghosts = n.ghosts.ghosts.borrow_mut();
         let i = match ghosts.iter().position(|g| &*g.client == client) {
@@ -470,17 +499,77 @@ pub(crate) fn sweep(shard: &Rc<Shard>, hub: &Rc<Hub>, now: Instant) {
         true
     });
     for (to, client) in ended {
-        send(hub, to, &client, Vec::new());
-        let to = home(shard, &client);
-        to_shard(shard, to, Msg::Release { client });
+        // The home shard forwards what the late peers sent before their
+        // `Flushed` (routed to it from here) and releases the filters; the
+        // end is owed once every shard handled what it had sent here before
+        // (its forwards go to the link through shard 0): behind them.
+        let home = home(shard, &client);
+        to_shard(
+            shard,
+            home,
+            Msg::Release {
+                client: client.clone(),
+            },
+        );
+        let (s, h) = (shard.clone(), hub.clone());
+        hub.after_local_barrier(
+            shard,
+            Box::new(move || {
+                if let Some(n) = &s.cluster {
+                    n.ghosts.ended.borrow_mut().push(Ended {
+                        client,
+                        to,
+                        sent_on: None,
+                        fresh: true,
+                        until: Instant::now() + GHOST_FOR,
+                    });
+                }
+                send_ends(&s, &h, Instant::now());
+            }),
+        );
     }
+    send_ends(shard, hub, now);
 }
 
-/// Shard 0, the old node's `Ghost` frame: to the session's home shard.
-pub(crate) fn on_frame(shard: &Rc<Shard>, client: String, peers: Vec<u64>) {
+/// Shard 0: the ends owed are written on the new owner's link when it is up
+/// and they were not written on this connection yet. Behind the acked copies
+/// the ghost forwarded: a new connection writes its ledger's copies first
+/// (`link.rs`, `serve`), and this runs after.
+fn send_ends(shard: &Shard, hub: &Hub, now: Instant) {
+    let Some(n) = &shard.cluster else { return };
+    n.ghosts.ended.borrow_mut().retain_mut(|e| {
+        if e.until <= now {
+            return false;
+        }
+        let Some(l) = hub.link_of(e.to) else {
+            return false; // removed from the cluster
+        };
+        let generation = l.generation.get();
+        let fresh = std::mem::replace(&mut e.fresh, false);
+        if l.is_up() && e.sent_on != Some(generation) {
+            if !fresh {
+                n.stats.handover.ghost_end_resent.fetch_add(1, Relaxed);
+                tracing::info!(
+                    client = &*e.client,
+                    "session move: the ghost's end written on a later connection"
+                );
+            }
+            l.push_frame(&Frame::Ghost {
+                client: e.client.to_string(),
+                peers: Vec::new(),
+            });
+            e.sent_on = Some(generation);
+        }
+        true
+    });
+}
+
+/// Shard 0, the old node `from`'s `Ghost` frame: to the session's home shard.
+pub(crate) fn on_frame(shard: &Rc<Shard>, from: u64, client: String, peers: Vec<u64>) {
     let to = home(shard, &client);
     let m = Msg::Haunt {
         client: client.into(),
+        from,
         peers,
     };
     to_shard(shard, to, m);
@@ -509,18 +598,25 @@ pub(crate) fn on_item(shard: &Rc<Shard>, m: Msg) {
                 crate::reap::bury(shard, sid, filters);
             }
         }
-        Msg::Haunt { client, peers } => haunt(shard, &client, peers),
+        Msg::Haunt {
+            client,
+            from,
+            peers,
+        } => haunt(shard, &client, from, peers),
     }
 }
 
-/// New node, home shard: `client`'s session is haunted by `peers` (none: the ghost ended).
-fn haunt(shard: &Rc<Shard>, client: &str, peers: Vec<u64>) {
+/// New node, home shard: `client`'s session is haunted by `peers` through
+/// old node `from`'s ghost (none: the ghost ended).
+fn haunt(shard: &Rc<Shard>, client: &str, from: u64, peers: Vec<u64>) {
     let Some(n) = &shard.cluster else { return };
     let Some(sid) = super::merge::sid_of(shard, client) else {
         return;
     };
     let mut haunts = n.ghosts.haunts.borrow_mut();
     let (id, keep) = match haunts.get_mut(&sid) {
+        // An end written again (a new connection), or another node's.
+        Some(h) if peers.is_empty() && (!h.open || h.from != from) => return,
         Some(h) if peers.is_empty() => {
             // The ghost ended, behind every copy it forwarded: the direct
             // copies held meanwhile follow them. Late direct copies may
@@ -533,6 +629,7 @@ fn haunt(shard: &Rc<Shard>, client: &str, peers: Vec<u64>) {
         }
         Some(h) => {
             h.peers = peers;
+            h.from = from;
             return;
         }
         None if peers.is_empty() => return,
@@ -543,6 +640,7 @@ fn haunt(shard: &Rc<Shard>, client: &str, peers: Vec<u64>) {
                 sid,
                 Haunt {
                     peers,
+                    from,
                     seen: HashSet::new(),
                     id,
                     open: true,

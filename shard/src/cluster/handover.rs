@@ -15,9 +15,14 @@
 //! B's fetch does: it takes the session the same way and parks the snapshot
 //! for [`PARK_FOR`], where the fetch finds it. A fetch finds the session live
 //! (and takes it), parked, or not at all (A never had it, or its node
-//! restarted: answered `None`). B waits at most the claim timeout
-//! (`--cluster-claim-timeout`); then, or when the link to A is down, the
-//! client gets a fresh session, counted by reason in [`HandoverStats`].
+//! restarted without it: answered `None`). The take keeps the session's
+//! snapshot on A, durably, until B's `MoveDone` (`moving.rs`): a fetch that
+//! finds it neither live nor parked is answered from that keep. B waits at
+//! most the claim timeout (`--cluster-claim-timeout`); then, or when the
+//! link to A is down, the CONNECT is refused with Server unavailable and
+//! the client's retry fetches again, until A has been down
+//! `--node-down-after` (then a fresh session); counted by reason in
+//! [`HandoverStats`].
 //!
 //! Interface: [`fetch`] (CONNECT), [`install`] (home shard, before
 //! `connect::accept`), [`take`] + [`park`] (fence), and the frame and mesh
@@ -37,6 +42,18 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+/// What a CONNECT's fetch brought.
+pub enum Fetched {
+    /// The session, shipped by the old node.
+    Session(Shipped),
+    /// A fresh session: nobody else had it, the old node had none, or it
+    /// has been down `--node-down-after` (the session is lost).
+    Fresh,
+    /// The old node is unreachable mid-move: refuse the CONNECT with Server
+    /// unavailable; its retry fetches again (`moving.rs`).
+    Unavailable,
+}
 
 /// A session another node shipped here, and the peer it came from.
 pub struct Shipped {
@@ -113,6 +130,9 @@ pub struct HandoverStats {
     pub ghost_forwarded: AtomicU64,
     /// Session moves: ghosts ended by every late peer's flush.
     pub ghost_ended: AtomicU64,
+    /// Session moves: a ghost's end written on a later connection of the
+    /// link to the new owner (the link was down at the end, or broke after).
+    pub ghost_end_resent: AtomicU64,
     /// Session moves: ghosts ended by their time bound.
     pub ghost_expired: AtomicU64,
     /// Session moves: copies from a ghost's peers that came by both paths, delivered once.
@@ -124,6 +144,21 @@ pub struct HandoverStats {
     pub stamp_rows: AtomicU64,
     /// Session moves: share-group copies given to the old node, forwarded to the moving member.
     pub shared_forwarded: AtomicU64,
+    /// Old node: sessions kept (stored with the take) until the new node's `MoveDone` (`moving.rs`).
+    pub kept: AtomicU64,
+    /// ... fetches answered from a keep (after a restart, or a retry).
+    pub kept_served: AtomicU64,
+    /// ... keeps dropped by `MoveDone` (or the session installed here again).
+    pub kept_done: AtomicU64,
+    /// ... keeps dropped by their time bound.
+    pub kept_expired: AtomicU64,
+    /// ... keeps restored from the store at start.
+    pub kept_restored: AtomicU64,
+    /// New node: CONNECTs refused (server unavailable) because the old node
+    /// was unreachable mid-move; the retry fetches again.
+    pub unavailable: AtomicU64,
+    /// New node: sessions given up, the old node down `--node-down-after` (fresh session).
+    pub lost: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -141,7 +176,7 @@ struct Parked {
 #[derive(Default)]
 pub(crate) struct Handover {
     /// Fetches of this shard awaiting their answer: request id -> answer.
-    waiting: RefCell<HashMap<u64, flume::Sender<Option<Bytes>>>>,
+    waiting: RefCell<HashMap<u64, flume::Sender<Answer>>>,
     next: Cell<u64>,
     parked: RefCell<HashMap<Box<str>, Parked>>,
     /// `routes_settled` calls of this shard waiting for shard 0.
@@ -167,21 +202,35 @@ pub(crate) fn will_due(shard: &Shard, sid: SessionId, generation: u64) -> bool {
         .is_none_or(|n| n.handover.wills.borrow_mut().remove(&(sid, generation)))
 }
 
+/// A fetch's answer: the snapshot (or none), whether the old node answered,
+/// and when it did not, how long its link has been silent (if known).
+type Answer = (Option<Bytes>, bool, Option<Duration>);
+
 /// Request ids carry the asking shard in their top 16 bits.
 fn shard_of(req: u64) -> usize {
     (req >> 48) as usize
 }
 
 /// At CONNECT (clean start 0) after a claim won: the session the previous
-/// owner node held, or `None` for a fresh one (nobody owned it, this node
-/// did, the old node had none, did not answer in time, or is unreachable).
-pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> Option<Shipped> {
-    let node = shard.cluster.as_ref()?;
-    let cfg = shard.cfg.cluster.as_ref()?;
-    let (prev, _) = claim.previous?;
-    if prev == cfg.node_id {
-        return None;
-    }
+/// owner node held ([`Fetched::Session`]), a fresh one (nobody owned it,
+/// this node did, the old node had none, or it is down), or
+/// [`Fetched::Unavailable`] (the old node unreachable mid-move).
+pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> Fetched {
+    let (Some(node), Some(cfg)) = (shard.cluster.as_ref(), shard.cfg.cluster.as_ref()) else {
+        return Fetched::Fresh;
+    };
+    let Some((prev, _)) = claim.previous else {
+        return Fetched::Fresh;
+    };
+    // This node owns it already: a retry after a failed move fetches again.
+    let prev = if prev == cfg.node_id {
+        match super::moving::pending_from(node, client_id) {
+            Some(from) => from,
+            None => return Fetched::Fresh,
+        }
+    } else {
+        prev
+    };
     let stats = &node.stats.handover;
     inc(&stats.fetches);
     // The live link's slot: a node added at run time has one too
@@ -189,7 +238,8 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> O
     let Some(slot) = node.slot_of(prev) else {
         // A member without a node link (removed, or not linked yet): it cannot ship.
         inc(&stats.unreachable);
-        return None;
+        super::moving::settled(node, client_id);
+        return Fetched::Fresh;
     };
     let n = node.handover.next.get() + 1;
     node.handover.next.set(n);
@@ -218,21 +268,41 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, client_id: &str, claim: Claim) -> O
     })
     .await;
     node.handover.waiting.borrow_mut().remove(&req);
-    match answer {
-        Some(Some(snapshot)) => Some(Shipped {
-            snapshot,
-            from: slot,
-        }),
-        Some(None) => None, // counted where it was decided (missing / unreachable)
+    let silent = match answer {
+        Some((Some(snapshot), _, _)) => {
+            super::moving::settled(node, client_id);
+            return Fetched::Session(Shipped {
+                snapshot,
+                from: slot,
+            });
+        }
+        // The old node answered it has none (counted as missing).
+        Some((None, true, _)) => {
+            super::moving::settled(node, client_id);
+            return Fetched::Fresh;
+        }
+        Some((None, false, silent)) => silent, // counted as unreachable
         None => {
             inc(&stats.timeouts);
             tracing::info!(
                 client_id,
                 node = prev,
-                "session handover: no answer within {timeout:?}: fresh session"
+                "session handover: no answer within {timeout:?}"
             );
             None
         }
+    };
+    if super::moving::failed(node, client_id, prev, silent) {
+        Fetched::Unavailable
+    } else {
+        Fetched::Fresh
+    }
+}
+
+/// A clean start discards the session: a failed move of it is not retried.
+pub(crate) fn discarded(shard: &Shard, client_id: &str) {
+    if let Some(n) = shard.cluster.as_ref() {
+        super::moving::settled(n, client_id);
     }
 }
 
@@ -280,6 +350,8 @@ pub(crate) fn install(
     }
     crate::persist::install(shard, rs);
     inc(&stats.installed);
+    // Moved away and back: what this node kept for that move is older.
+    super::moving::drop_keep(shard, client_id.as_str());
     let sid: Option<SessionId> = shard
         .by_client
         .borrow()
@@ -379,6 +451,12 @@ pub(crate) fn take(
         None => (None, None, Vec::new()),
     };
     if let Some(filters) = crate::connect::retire_session(shard, sid) {
+        // In the batch deleting the session's rows: kept until the new
+        // node's MoveDone, so a crash of this node loses nothing (`moving.rs`).
+        let to_node = to.and_then(|slot| shard.cluster.as_ref()?.node_of(slot));
+        if let (Some(node), Some(c)) = (to_node, &client) {
+            super::moving::keep(shard, c.as_str(), node, epoch, &snapshot);
+        }
         match (to, client) {
             (Some(slot), Some(c)) => {
                 let groups = groups.unwrap_or_default();
@@ -394,12 +472,12 @@ pub(crate) fn take(
     Some(snapshot)
 }
 
-/// The session's plain subscriptions with their options: what its stub
-/// keeps routed, as stored with the take (`stub_row.rs`).
+/// The session's subscriptions with their options, as stored with the take
+/// (`stub_row.rs`): the plain ones its stub keeps routed, the `$share/` ones
+/// whose group copies it forwards (`share_move.rs`).
 fn stub_subs(s: &crate::session::Session) -> Vec<crate::store::SubscriptionRecord> {
     s.subs
         .iter()
-        .filter(|(f, _)| f.shared().is_none())
         .map(|(f, e)| crate::store::SubscriptionRecord {
             filter: f.clone(),
             options: e.options,
@@ -504,13 +582,15 @@ fn serve(shard: &Rc<Shard>, slot: Slot, client: &str, epoch: u64) -> Option<Byte
     let id = ringmq_codec::MqttString::try_from(client).ok()?;
     let sid: Option<SessionId> = shard.by_client.borrow().get(&id, &shard.sessions.borrow());
     let live = sid.and_then(|sid| take(shard, sid, epoch, Some(slot)));
-    let snapshot = live.or_else(|| {
-        let mut parked = node.handover.parked.borrow_mut();
-        match parked.get(client) {
-            Some(p) if p.epoch <= epoch => parked.remove(client).map(|p| p.snapshot),
-            _ => None,
-        }
-    });
+    let snapshot = live
+        .or_else(|| {
+            let mut parked = node.handover.parked.borrow_mut();
+            match parked.get(client) {
+                Some(p) if p.epoch <= epoch => parked.remove(client).map(|p| p.snapshot),
+                _ => None,
+            }
+        })
+        .or_else(|| super::moving::serve(shard, client, node.node_of(slot)?, epoch));
     match &snapshot {
         Some(b) => {
             inc(&node.stats.handover.shipped);
@@ -545,16 +625,19 @@ pub(crate) fn on_fetch(shard: &Rc<Shard>, slot: Slot, req: u64, epoch: u64, clie
 
 /// Shard 0, a `SessionShip`: to the shard whose CONNECT asked.
 pub(crate) fn on_ship(shard: &Rc<Shard>, req: u64, snapshot: Option<Bytes>) {
-    answer(shard, req, snapshot, true);
+    answer(shard, req, snapshot, (true, None));
 }
 
 /// Shard 0: the answer to fetch `req` goes to the shard that asked
-/// (`reached`: the old node answered, rather than its link being down).
-fn answer(shard: &Rc<Shard>, req: u64, snapshot: Option<Bytes>, reached: bool) {
+/// (`reached`: the old node answered, rather than its link being down;
+/// `silent`: not reached, how long its link has been silent, when known).
+fn answer(shard: &Rc<Shard>, req: u64, snapshot: Option<Bytes>, ans: (bool, Option<Duration>)) {
+    let (reached, silent) = ans;
     let item = Item::Shipped {
         req,
         snapshot,
         reached,
+        silent,
     };
     let to = shard_of(req);
     if to == shard.id {
@@ -562,6 +645,19 @@ fn answer(shard: &Rc<Shard>, req: u64, snapshot: Option<Bytes>, reached: bool) {
     } else if to < shard.shards {
         shard.mesh.push(to, MeshItem::Cluster(Box::new(item)));
     }
+}
+
+/// Test crash point `session-taken` (`RINGMQ_TEST_CRASH`): the take's
+/// batch (rows deleted, session kept) commits, the snapshot never leaves,
+/// and the test kills this node by PID: a crash of the old node between the
+/// take and the new node's install (`moving.rs`).
+fn hold_for_crash(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let committed = shard.store.flush().await.is_ok();
+        eprintln!("RINGMQ_TEST_CRASH: session-taken: held (committed {committed})");
+    })
+    .detach();
 }
 
 /// The handover's mesh items (`Item::Fetch`, `Serve`, `Ship`, `Shipped`,
@@ -583,7 +679,9 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
                 .is_some_and(|h| h.session_fetch(slot, req, epoch, client));
             if !sent {
                 inc(&node.stats.handover.unreachable);
-                answer(shard, req, None, false);
+                let hub = node.hub.as_ref();
+                let silent = hub.and_then(|h| h.link_of(slot)).map(|l| l.silent_for());
+                answer(shard, req, None, (false, silent));
             }
         }
         Item::Serve {
@@ -593,6 +691,9 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
             client,
         } => {
             let snapshot = serve(shard, slot, &client, epoch);
+            if snapshot.is_some() && super::origin::crash_armed("session-taken") {
+                return hold_for_crash(shard);
+            }
             let item = Item::Ship {
                 slot,
                 req,
@@ -617,6 +718,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
             req,
             snapshot,
             reached,
+            silent,
         } => {
             let waiter = node.handover.waiting.borrow_mut().remove(&req);
             match waiter {
@@ -624,7 +726,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
                     if snapshot.is_none() && reached {
                         inc(&node.stats.handover.missing);
                     }
-                    let _ = tx.send(snapshot);
+                    let _ = tx.send((snapshot, reached, silent));
                 }
                 None => {
                     if snapshot.is_some() {

@@ -350,8 +350,15 @@ impl Hub {
     // ---- peers' routes -----------------------------------------------------------------------
 
     pub fn peer_sync(&self, shard: &Rc<Shard>, link: &Link, seq: u64, filters: Vec<TopicFilter>) {
+        if deaf_to(link.peer.id, true) {
+            self.ack_after_barrier(shard, link, seq);
+            return;
+        }
         let changes = self.book.borrow_mut().peer_sync(link.slot, filters);
         for (f, add) in changes {
+            if deaf_to(link.peer.id, add) {
+                continue;
+            }
             super::outbox::route_told(shard, link, &f, add);
             apply_everywhere(shard, link.slot, f, add);
         }
@@ -363,6 +370,10 @@ impl Hub {
 
     pub fn peer_route(&self, shard: &Rc<Shard>, link: &Link, seq: u64, f: TopicFilter, add: bool) {
         link.stats.routes_in.inc();
+        if deaf_to(link.peer.id, add) {
+            self.ack_after_barrier(shard, link, seq);
+            return;
+        }
         if self.book.borrow_mut().peer_change(link.slot, &f, add) {
             super::outbox::route_told(shard, link, &f, add);
             apply_everywhere(shard, link.slot, f, add);
@@ -665,4 +676,24 @@ async fn sweep(shard: Rc<Shard>, hub: Rc<Hub>) {
             hub.durable.expire(&shard, &hub, &l, now);
         }
     }
+}
+
+/// A test fault (`RINGMQ_TEST_DEAF_TO`, comma-separated `N` or `N-`): the route changes
+/// node `N` tells (`N-`: its withdrawals only) are acknowledged but never applied, so this
+/// node keeps routing the old way, as a node held behind a move's route changes would (tests
+/// of a third node's copies routed only to a session's old node:
+/// `broker/tests/cluster_stub_outbox.rs`). Whether a change (`add`) of `peer` is ignored.
+/// Read once; never set in production.
+fn deaf_to(peer: u64, add: bool) -> bool {
+    static DEAF: std::sync::OnceLock<Vec<(u64, bool)>> = std::sync::OnceLock::new();
+    let deaf = DEAF.get_or_init(|| {
+        let v = std::env::var("RINGMQ_TEST_DEAF_TO").unwrap_or_default();
+        v.split(',')
+            .filter_map(|n| match n.strip_suffix('-') {
+                Some(n) => Some((n.parse().ok()?, false)),
+                None => Some((n.parse().ok()?, true)),
+            })
+            .collect()
+    });
+    deaf.iter().any(|&(n, all)| n == peer && (all || !add))
 }

@@ -82,6 +82,11 @@ impl Link {
         self.up.get()
     }
 
+    /// How long the peer has sent nothing (its last connection's last bytes).
+    pub fn silent_for(&self) -> std::time::Duration {
+        self.last_rx.get().elapsed()
+    }
+
     /// Queues a control frame (never dropped: they are small and only sent while up).
     pub fn push_frame(&self, f: &Frame) {
         f.encode(&mut self.out.borrow_mut());
@@ -465,7 +470,9 @@ fn on_frame(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Rc<Link>, f: Frame) -> Resu
             }
         }
         Frame::StubEnd { client, marks } => super::merge::on_stub_end(shard, client, marks),
-        Frame::Ghost { client, peers } => super::ghost::on_frame(shard, client, peers),
+        Frame::Ghost { client, peers } => {
+            super::ghost::on_frame(shard, link.peer.id, client, peers)
+        }
         Frame::GhostFlush { token, owner } => {
             super::ghost::on_flush(shard, hub, link, token, owner)
         }

@@ -71,6 +71,9 @@ struct Held {
     retain: bool,
     sub_ids: SmallVec<[u32; 2]>,
     origin: Option<Origin>,
+    /// A prepared QoS 2 message's key (sending node, key), when the copy
+    /// came as one (`origin.rs`): the recovery's resend carries no origin.
+    key: Option<(u64, super::origin::Origin)>,
     /// The session's queued row holding this copy durably (QoS 1/2 of a
     /// persistent session): acknowledged copies survive a crash of this node
     /// before the merge ends. Deleted once the merge delivered or dropped it.
@@ -348,6 +351,7 @@ pub(crate) fn hold(
         retain,
         sub_ids: SmallVec::from_slice(sub_ids),
         origin,
+        key: super::origin::current(shard),
         row,
         gone: false,
     });
@@ -439,7 +443,18 @@ pub(crate) fn sid_of(shard: &Shard, client: &str) -> Option<SessionId> {
 /// held twin, if any, is dropped now (its row deleted in the batch of the
 /// delivery's row), and a direct copy coming later is dropped in `hold`.
 /// An `acked` one extends the stored range of forwarded copies delivered.
-fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin, acked: bool) {
+/// A keyed one (`key`: a prepared QoS 2 message, sending node and key)
+/// also finds its held twin by key: the old node's recovery resends such a
+/// message with no origin, and its keyed copy may come after from its
+/// outbox. Only a copy this merge holds is dropped so, never one the key
+/// was noted by elsewhere (that would lose the session's only copy).
+fn twin_forwarded(
+    shard: &Shard,
+    sid: SessionId,
+    origin: Origin,
+    acked: bool,
+    key: Option<(u64, super::origin::Origin)>,
+) {
     let Some(n) = shard.cluster.as_ref() else {
         return;
     };
@@ -457,7 +472,11 @@ fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin, acked: bool) {
         r.1 = r.1.max(o.seq);
         super::copy_acks::forwarded_durably(shard, &m.client, o, *r);
     }
-    let Some(i) = m.held_at.remove(&origin) else {
+    let by_key = || {
+        let k = key?;
+        m.held.iter().position(|h| !h.gone && h.key == Some(k))
+    };
+    let Some(i) = m.held_at.remove(&origin).or_else(by_key) else {
         return;
     };
     if let Some(h) = m.held.get_mut(i) {
@@ -465,6 +484,9 @@ fn twin_forwarded(shard: &Shard, sid: SessionId, origin: Origin, acked: bool) {
             shard.store.delete_outbound(key, seq).detach();
         }
         h.gone = true;
+        if let Some(o) = h.origin.filter(|o| *o != origin) {
+            m.held_at.remove(&o); // found by its key
+        }
         n.stats.handover.merge_dups.fetch_add(1, Relaxed);
     }
 }
@@ -541,7 +563,8 @@ fn forwarded(shard: &Rc<Shard>, client: &str, origin: Origin, p: Publish, ack: O
                 }
             }
             stats.merged.fetch_add(1, Relaxed);
-            twin_forwarded(shard, sid, origin, ack.is_some());
+            let key = ack.and_then(|a| a.key.map(|k| (a.node, k)));
+            twin_forwarded(shard, sid, origin, ack.is_some(), key);
             deliver_forwarded(shard, (sid, true), client, &p, ack, origin);
         }
         (Some(sid), None) if ack.is_none() && super::ghost::haunted(shard, sid) => {

@@ -37,6 +37,7 @@ mod hub;
 mod link;
 mod members;
 pub(crate) mod merge;
+pub(crate) mod moving;
 pub mod ops;
 pub mod origin;
 mod outbox;
@@ -118,6 +119,8 @@ pub enum Item {
         req: u64,
         snapshot: Option<bytes::Bytes>,
         reached: bool,
+        /// Not reached: how long the old node's link has been silent, when known.
+        silent: Option<std::time::Duration>,
     },
     /// A prepared QoS 2 message's copies for `nodes` (to shard 0; `origin.rs`):
     /// acked copies carrying `origin`, each node's answer confirming `token`
@@ -158,6 +161,9 @@ pub enum Item {
     Ghost(ghost::Msg),
     /// Share groups of a moved session (`share_move.rs`).
     ShareMove(share_move::Msg),
+    /// The new node holds this client's session durably (`MoveDone`; shard
+    /// 0 to the home shard): its keep goes (`moving.rs`).
+    KeepDone(String),
 }
 
 /// Given to each shard at start (the listener only to shard 0).
@@ -169,6 +175,8 @@ pub(crate) struct Init {
     pub controls: Vec<flume::Sender<crate::control::Control>>,
     /// Per shard: the origin floor found at start (`origin.rs`; shard 0 sends it).
     pub floors: Vec<(u16, u64)>,
+    /// Moves whose fetch failed (node-wide: a retry may land on any shard).
+    pub pending: Arc<moving::Pending>,
 }
 
 /// One shard's part of the cluster.
@@ -206,6 +214,12 @@ pub struct Node {
     pub(crate) ghosts: ghost::Ghosts,
     /// Share groups of sessions moving away (shard 0).
     pub(crate) shares: share_move::Shares,
+    /// Sessions taken for another node, kept until its `MoveDone` (old node).
+    pub(crate) keeps: moving::Keeps,
+    /// Moves whose fetch failed, the old node unreachable (new node).
+    pub(crate) pending: Arc<moving::Pending>,
+    /// `--node-down-after`: a failed move is given up then.
+    pub(crate) down_after: std::time::Duration,
 }
 
 /// The origin stamp of a publish entering the cluster on this shard (routed here first).
@@ -291,7 +305,7 @@ pub(crate) fn deliver_once(shard: &Shard, peer: Option<PeerStamp>, deliver: impl
         None => deliver(),
         Some(s) if fresh(shard, s) => {
             let ops = shard.store.pending_ops();
-            deliver();
+            origin::delivering(shard, s.origin.map(|o| (s.node, o)), deliver);
             delivered(shard, s, ops);
         }
         Some(_) => {}
@@ -435,6 +449,9 @@ impl Node {
             copy_acks: Default::default(),
             ghosts: Default::default(),
             shares: Default::default(),
+            keeps: Default::default(),
+            pending: init.pending.clone(),
+            down_after: init.cfg.node_down_after,
         }
     }
 }
@@ -725,6 +742,7 @@ pub(crate) fn on_item(shard: &Rc<Shard>, from: usize, item: Item) {
         Item::Move(m) => stub::on_item(shard, from, m),
         Item::Ghost(m) => ghost::on_item(shard, m),
         Item::ShareMove(m) => share_move::on_item(shard, m),
+        Item::KeepDone(client) => moving::drop_keep(shard, &client),
         item => handover::on_item(shard, from, item),
     }
 }

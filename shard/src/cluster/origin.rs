@@ -66,6 +66,27 @@ pub struct Origin {
 #[derive(Default)]
 pub(crate) struct Delivered {
     keys: RefCell<HashMap<(u64, u16, u64), bool>>,
+    /// The key of the acked copy being delivered on this shard (sending
+    /// node, key): a merge holding it notes it (`merge::hold`).
+    current: std::cell::Cell<Option<(u64, Origin)>>,
+}
+
+/// Runs `deliver` with `key` (sending node, key) as the key of the copy
+/// being delivered on this shard.
+pub(crate) fn delivering(shard: &Shard, key: Option<(u64, Origin)>, deliver: impl FnOnce()) {
+    match (&shard.cluster, key) {
+        (Some(n), Some(k)) => {
+            let before = n.origins.current.replace(Some(k));
+            deliver();
+            n.origins.current.set(before);
+        }
+        _ => deliver(),
+    }
+}
+
+/// The key of the acked copy being delivered on this shard, if it has one.
+pub(crate) fn current(shard: &Shard) -> Option<(u64, Origin)> {
+    shard.cluster.as_ref().and_then(|n| n.origins.current.get())
 }
 
 /// Copies recovery resends to a node that has no link yet (added at run

@@ -114,6 +114,17 @@ pub(crate) fn on_item(shard: &Rc<Shard>, m: Msg) {
     }
 }
 
+/// Shard 0: whether a session of `group` that is moving away is covered here.
+pub(crate) fn covers(shard: &Shard, group: &TopicFilter) -> bool {
+    shard.cluster.as_ref().is_some_and(|n| {
+        n.shares
+            .by_client
+            .borrow()
+            .values()
+            .any(|m| m.groups.contains(group))
+    })
+}
+
 /// Shard 0: a peer picked this node for `group` and no member of it is
 /// here. True when a session of the group that is moving away takes it
 /// (forwarded to its new node).

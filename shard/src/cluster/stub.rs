@@ -214,8 +214,16 @@ pub(crate) fn recover(shard: &Rc<Shard>) {
             sessions[sid].sid = sid as SessionId;
             sid as SessionId
         };
-        let mut filters = Vec::with_capacity(row.subs.len());
-        for sub in row.subs {
+        // The `$share/` filters: the groups whose copies a peer may still pick this node for
+        // (`share_move.rs`), covered again for the rest of the window; never routed here.
+        let (groups, plain): (Vec<_>, Vec<_>) = row
+            .subs
+            .into_iter()
+            .partition(|s| s.filter.shared().is_some());
+        let groups: Vec<TopicFilter> = groups.into_iter().map(|s| s.filter).collect();
+        super::share_move::start(shard, id.as_str(), slot, groups);
+        let mut filters = Vec::with_capacity(plain.len());
+        for sub in plain {
             let first = shard.router.borrow_mut().subscribe_local(
                 &sub.filter,
                 crate::router::LocalSub {
@@ -336,6 +344,8 @@ pub(crate) fn offer(shard: &Shard, sid: SessionId, p: &Publish, origin: Option<O
 /// Shard 0: peer `link` installed `client` and its routes settled. Every
 /// other connected peer is asked to flush its link to this node.
 pub(crate) fn on_move_done(shard: &Rc<Shard>, hub: &Rc<Hub>, link: &Link, client: String) {
+    // The new node holds the session durably: what the take kept goes.
+    super::moving::move_done(shard, &client);
     let token = hub.next_move_token();
     let others: Vec<Rc<Link>> = hub
         .live()

@@ -7,7 +7,8 @@
 //!
 //! Value: new node id u64, end unix ms u64, then per subscription the filter
 //! length u16, the filter bytes, the record length u16 and the subscription
-//! record (`records::put_subscription`: options and identifier).
+//! record (`records::put_subscription`: options and identifier). `$share/`
+//! filters are stored too: the groups the stub covers (`share_move.rs`).
 
 use crate::store::records;
 use crate::store::SubscriptionRecord;
@@ -85,6 +86,8 @@ mod tests {
             subs: vec![
                 sub("a/+/c", QoS::AtLeastOnce, true, Some(7)),
                 sub("#", QoS::ExactlyOnce, false, None),
+                // A share group's filter (restored as a group to cover, not a route).
+                sub("$share/g/a/#", QoS::AtLeastOnce, false, Some(3)),
             ],
         };
         assert_eq!(decode(&encode(&r)), Some(r));

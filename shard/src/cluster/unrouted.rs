@@ -1,4 +1,5 @@
-//! Copies another node routed here that match no subscription and no stub:
+//! Copies another node routed here that match no subscription and no stub
+//! (a share-group copy: no member of its group and no moving one):
 //! for MQTT a message with no matching subscribers (v5 PUBACK 0x10, a
 //! success: the publisher was acknowledged long ago, on its own node). Most
 //! often a copy that was in the sender's outbox while this node was down and

@@ -266,10 +266,26 @@ pub(crate) async fn handshake(shard: Rc<Shard>, fd: OwnedFd, rt: Arc<ListenerRt>
     };
     // A takeover from another node: that node ships the session here first
     // (bounded; `cluster/handover.rs`). A clean start discards it anyway.
-    let shipped = if connect.clean_start {
-        None
+    let fetched = if connect.clean_start {
+        crate::cluster::handover::discarded(&shard, connect.client_id.as_str());
+        crate::cluster::handover::Fetched::Fresh
     } else {
         crate::cluster::handover::fetch(&shard, connect.client_id.as_str(), claim).await
+    };
+    let shipped = match fetched {
+        crate::cluster::handover::Fetched::Session(s) => Some(s),
+        crate::cluster::handover::Fetched::Fresh => None,
+        crate::cluster::handover::Fetched::Unavailable => {
+            // The old node is unreachable mid-move: its session is not lost
+            // yet, so no fresh one: v5 CONNACK 0x88 Server unavailable,
+            // 3.1.1 0x03 [MQTT-3.2.2-6]; this node keeps the ownership and
+            // the retry fetches again (`cluster/moving.rs`).
+            let mut out = BytesMut::new();
+            let ack = connect::refusal(ReasonCode::ServerUnavailable);
+            let _ = Packet::ConnAck(ack).encode(connect.protocol, &mut out);
+            let reason = CloseReason::ClusterUnavailable;
+            return answer_and_close(&shard, io, &mut stack, li, &out, reason);
+        }
     };
     let epoch = claim.epoch;
     let home = home_shard(connect.client_id.as_bytes(), shard.shards);
@@ -493,6 +509,11 @@ fn serve(
             let s = shard.clone();
             glommio::spawn_local(async move {
                 crate::cluster::handover::routes_settled(&s).await;
+                // The install durable before CONNACK and before MoveDone,
+                // which lets the old node drop its keep (`cluster/moving.rs`).
+                if let Err(e) = s.store.flush().await {
+                    tracing::warn!(error = %e, "session handover: the install did not commit");
+                }
                 // The old node may stop forwarding once nothing routed its way can still come.
                 crate::cluster::merge::settled(&s, connect.client_id.as_str());
                 serve(s, io, via, connect, buf, assigned, armed, claimed);

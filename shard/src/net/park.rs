@@ -22,7 +22,14 @@ struct UringPark(Rc<Uring>);
 
 impl ParkHook for UringPark {
     fn poll(&self, submit: bool) -> usize {
-        let n = self.0.reap();
+        // Deferred task work (arrivals) is fetched with an enter only when
+        // the executor is about to run its queues and has nothing else to
+        // run: tasks already woken (a message read, its delivery to queue)
+        // run first, and their sends go with the enter that fetches the
+        // next arrivals (`Uring::reap_with`), or the park's. Without `submit`
+        // the park follows, and its enter runs the task work.
+        let enter = submit && !glommio::executor().has_runnable_tasks();
+        let n = self.0.reap_with(enter);
         if submit {
             self.0.submit();
         }

@@ -18,6 +18,7 @@
 //! | `P`   | `P` + peer node id u64 + filter bytes | a filter that node has subscribers on, as last told (empty value) |
 //! | `K`   | `K` + node id u64 + shard u16 + nonce u64 | node origin row (empty): that node's prepared QoS 2 message is here |
 //! | `U`   | `U` + client id bytes                | a session move's stub: new node u64, end unix ms u64, subscriptions (`cluster/stub_row.rs`) |
+//! | `V`   | `V` + client id bytes                | a session kept for its move: new node u64, epoch u64, end unix ms u64, snapshot (`cluster/moving.rs`) |
 
 /// Name of the one LMDB database inside each shard environment.
 pub const DB_NAME: &str = "ringmq";
@@ -56,6 +57,17 @@ pub const STUB: u8 = b'U';
 
 pub fn push_stub(out: &mut Vec<u8>, client: &[u8]) {
     out.push(STUB);
+    out.extend_from_slice(client);
+}
+
+/// A session taken for another node, kept (its snapshot) until that node's
+/// `MoveDone` says it holds the session durably (`cluster/moving.rs`):
+/// written in the take's batch, so a crash of the old node before the new
+/// one installed the session loses nothing.
+pub const MOVING: u8 = b'V';
+
+pub fn push_moving(out: &mut Vec<u8>, client: &[u8]) {
+    out.push(MOVING);
     out.extend_from_slice(client);
 }
 

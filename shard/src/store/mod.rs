@@ -214,6 +214,8 @@ pub(crate) struct PeerRows {
     pub origins: Vec<(u64, u16, u64)>,
     /// `(client id, value)`: stubs of session moves (`keys::STUB`).
     pub stubs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `(client id, value)`: sessions kept for their move (`keys::MOVING`).
+    pub moving: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl StoreHandle {
@@ -410,6 +412,27 @@ impl Store {
             |b| keys::push_stub(b, client),
             |b| b.extend_from_slice(value),
         )
+    }
+
+    /// The rows of sessions kept for their move, recovered (once, at start).
+    pub fn take_moving(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut self.peer.borrow_mut().moving)
+    }
+
+    /// A session kept for its move (`cluster/moving.rs`); issued right after
+    /// the take's `delete_session`, so it commits in the same batch.
+    pub fn put_moving(&self, client: &[u8], value: &[u8]) -> Ticket {
+        self.engine.push(
+            OpKind::Put,
+            |b| keys::push_moving(b, client),
+            |b| b.extend_from_slice(value),
+        )
+    }
+
+    /// The new node holds `client`'s session (or the keep ended): its row goes.
+    pub fn delete_moving(&self, client: &[u8]) -> Ticket {
+        self.engine
+            .push(OpKind::Delete, |b| keys::push_moving(b, client), |_| {})
     }
 
     /// The stub of `client` ended: its row goes.

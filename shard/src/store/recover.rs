@@ -284,6 +284,11 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
         let (k, v) = entry.map_err(heed_err)?;
         stubs.push((k[1..].to_vec(), v.to_vec()));
     }
+    let mut moving = Vec::new();
+    for entry in db.prefix_iter(&wtxn, &[keys::MOVING]).map_err(heed_err)? {
+        let (k, v) = entry.map_err(heed_err)?;
+        moving.push((k[1..].to_vec(), v.to_vec()));
+    }
     let outbox = super::outbox::load(db, &mut wtxn, &path)?;
     wtxn.commit().map_err(heed_err)?;
     stats.sessions = sessions.len();
@@ -296,6 +301,7 @@ fn load_shard(env: &Env<WithoutTls>, now_ms: u64) -> Result<Loaded, StoreError> 
             seen: peer_seen,
             origins: node_origins,
             stubs,
+            moving,
         },
         outbox,
         stats,
