@@ -191,12 +191,24 @@ impl ConnOut {
     }
 
     /// Gives the outbound buffer's memory back once everything left: an
-    /// idle connection holds no buffer.
+    /// idle connection holds no buffer. It goes to the shard's pool of
+    /// outbound buffers (`out_pool.rs`), for the next connection to write.
     pub fn release_idle_buffer(&self) {
         let mut buf = self.buf.borrow_mut();
         if buf.is_empty() && buf.capacity() > 0 {
-            *buf = BytesMut::new();
+            super::out_pool::give(std::mem::take(&mut *buf));
         }
+    }
+
+    /// The outbound buffer, to append to: one from the shard's pool if the
+    /// connection holds none (no allocation, no growth from nothing).
+    #[inline]
+    fn out_buf(&self) -> std::cell::RefMut<'_, BytesMut> {
+        let mut buf = self.buf.borrow_mut();
+        if buf.capacity() == 0 {
+            *buf = super::out_pool::take();
+        }
+        buf
     }
 
     /// Whether a QoS 0 message may still be buffered.
@@ -283,7 +295,7 @@ impl ConnOut {
         if self.closing() {
             return;
         }
-        let mut buf = self.buf.borrow_mut();
+        let mut buf = self.out_buf();
         let was_empty = buf.is_empty();
         if p.encode(self.version, &mut buf).is_ok() && was_empty {
             self.wake.notify();
@@ -312,7 +324,7 @@ impl ConnOut {
             stats.drop_msg(DropReason::TooLargeForClient);
             return;
         }
-        let mut buf = self.buf.borrow_mut();
+        let mut buf = self.out_buf();
         let was_empty = buf.is_empty();
         frame.write(&mut buf, &d);
         stats.msgs_out[frame.qos() as usize].inc();

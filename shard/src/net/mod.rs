@@ -10,7 +10,8 @@
 //!   glommio's park).
 //! - `listener.rs`: listener sockets, bound once per shard.
 //! - `connection.rs`: a connection's one task, from accept to close.
-//! - `conn_out.rs`: a connection's outbound buffer.
+//! - `conn_out.rs`: a connection's outbound buffer; `out_pool.rs`: the
+//!   shard's outbound buffers kept for reuse.
 //! - `accept_backoff.rs`: waiting out failed accepts (out of descriptors).
 //! - `read_budget.rs`: partial packets: the shard's byte budget, the packet deadline.
 //! - `stack.rs`: the transport layers between a socket and the MQTT bytes
@@ -26,6 +27,7 @@ pub(crate) mod accept_backoff;
 pub(crate) mod conn_out;
 pub mod connection;
 pub mod listener;
+mod out_pool;
 mod park;
 pub(crate) mod poller;
 pub mod proxy;

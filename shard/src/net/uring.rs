@@ -39,9 +39,10 @@
 //! - **Send**: a plain connection hands its outbound bytes themselves to
 //!   [`Uring::send_from`] (its whole buffer, taken: no copy; the connection
 //!   starts an empty one, which an idle connection would anyway); the send
-//!   owns them until its completion. Bytes a layer keeps (TLS records,
-//!   WebSocket frames) are copied by [`Uring::send`] into a buffer of the
-//!   shard's pool. Either queues one `SEND` for the socket; the next send
+//!   owns them until its completion, which gives the buffer to the shard's
+//!   pool of outbound buffers (`out_pool.rs`) for the next connection to
+//!   write. Bytes a layer keeps (TLS records, WebSocket frames) are copied
+//!   by [`Uring::send`] into a buffer of the ring's own send pool. Either queues one `SEND` for the socket; the next send
 //!   says `WouldBlock` until it completed (a short send is re-queued for the
 //!   rest). The connection loop sends once per flush, so one `SEND` per
 //!   dirty connection per tick. Its completion wakes the connection only if
@@ -1673,6 +1674,10 @@ impl Uring {
         s.send = NIL;
         if sb.pooled {
             self.recycle(sb.buf);
+        } else {
+            // A connection's own outbound buffer: to the shard's pool, for
+            // the next connection to write (`out_pool.rs`).
+            super::out_pool::give(sb.buf);
         }
         let s = &socks[key as usize];
         self.done_if_stopped(key, s);
