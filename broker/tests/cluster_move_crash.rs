@@ -281,6 +281,116 @@ fn a_crash_of_the_old_node_before_the_new_one_installs_loses_nothing_2_cores() {
     run("2");
 }
 
+/// A claim answered after its CONNECT's timeout (test fault `RINGMQ_TEST_CLAIM_LATE` on
+/// node 2: the claim commits, its answer comes 4 s late against a 2 s timeout). The CONNECT
+/// gets CONNACK 0x88; the claim's entry committed anyway, so node 2 owns the client at an
+/// epoch no session was installed under there, and node 1 fenced the session. The retry on
+/// node 2 finds node 2 the owner and still fetches the session from node 1: session present
+/// 1, every queued message, QoS 2 once (before, a fresh session: the session was lost).
+#[test]
+fn a_claim_that_commits_after_its_timeout_still_fetches_the_session() {
+    let _g = serial();
+    let flags = [
+        "--durability",
+        "sync",
+        "--node-down-after",
+        "30s",
+        "--cluster-claim-timeout",
+        "2s",
+    ];
+    let mut c = Cluster::start(3, &flags);
+    let id5 = "aclate-v5";
+    c.node(2).stop();
+    c.node(2)
+        .start_env(&[("RINGMQ_TEST_CLAIM_LATE", "aclate-v5:4000")]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        listening(&c, id);
+    }
+    links_up(&c);
+    let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
+    let rt = rt();
+    rt.block_on(async {
+        park(n1, v5(id5), "acl/#").await;
+        let (mut p, _) =
+            raw_connect_sp(n1, connect_packet(ProtocolVersion::V5, "acl-pub", true)).await;
+        let mut pid = 0;
+        publish(&mut p, "acl", &mut pid).await;
+        disconnect(p).await;
+        let mut s = Raw::open(n2, ProtocolVersion::V5).await;
+        s.send(&Packet::Connect(Box::new(v5(id5)))).await;
+        // [MQTT-3.2.2-6] the claim timed out: CONNACK 0x88 Server unavailable.
+        match s.recv(SETTLE).await {
+            RawEv::Packet(Packet::ConnAck(a)) => {
+                assert_eq!(a.reason, ReasonCode::ServerUnavailable, "{a:?}");
+                assert!(!a.session_present);
+            }
+            e => panic!("no CONNACK on node 2: {e:?}"),
+        }
+    });
+    // The claim committed (its answer was held past the timeout).
+    wait_for("node 2's late claim never committed", SETTLE, || {
+        c.get(2)
+            .stderr()
+            .contains("RINGMQ_TEST_CLAIM_LATE: claimed (true)")
+    });
+    rt.block_on(async {
+        let (mut s, present) = raw_connect_sp(n2, v5(id5)).await;
+        assert!(present, "session present 1 on node 2 after the late claim");
+        let got = drain(&mut s, "late claim").await;
+        check(&got, "late claim");
+        disconnect(s).await;
+    });
+}
+
+/// Two CONNECTs of one client on one node whose claims finish out of order (test fault: the
+/// first claim commits, its answer comes 1.5 s late, within the 3 s claim timeout; the second
+/// claims meanwhile at a later epoch and connects). When the first's answer comes it lost the
+/// race: it is refused (CONNACK 0x88) and does not take the newer connection's session over.
+#[test]
+fn the_older_of_two_claims_on_one_node_does_not_take_over_the_newer() {
+    let _g = serial();
+    let flags = ["--cluster-claim-timeout", "3s"];
+    let mut c = Cluster::start(3, &flags);
+    let id5 = "race-v5";
+    c.node(2).stop();
+    c.node(2)
+        .start_env(&[("RINGMQ_TEST_CLAIM_LATE", "race-v5:1500")]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        listening(&c, id);
+    }
+    links_up(&c);
+    let n2 = c.get(2).mqtt();
+    let rt = rt();
+    let mut first = rt.block_on(async {
+        let mut first = Raw::open(n2, ProtocolVersion::V5).await;
+        first.send(&Packet::Connect(Box::new(v5(id5)))).await;
+        first
+    });
+    wait_for("node 2 never claimed for the first CONNECT", SETTLE, || {
+        c.get(2)
+            .stderr()
+            .contains("RINGMQ_TEST_CLAIM_LATE: claimed (true)")
+    });
+    rt.block_on(async {
+        let (mut second, _) = raw_connect_sp(n2, v5(id5)).await;
+        match first.recv(SETTLE).await {
+            RawEv::Packet(Packet::ConnAck(a)) => {
+                assert_eq!(a.reason, ReasonCode::ServerUnavailable, "first: {a:?}");
+            }
+            e => panic!("no CONNACK for the first CONNECT: {e:?}"),
+        }
+        // The newer connection is still the session's: it answers a ping.
+        second.send(&Packet::PingReq).await;
+        match second.recv(SETTLE).await {
+            RawEv::Packet(Packet::PingResp) => {}
+            e => panic!("the newer connection: {e:?} instead of PINGRESP"),
+        }
+        disconnect(second).await;
+    });
+}
+
 /// When the old node never comes back: once it has been down `--node-down-after` (3 s
 /// here) the session is declared lost, and the client gets a fresh session (session
 /// present 0), as for any session on a dead node; counted as `lost`.

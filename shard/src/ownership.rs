@@ -87,7 +87,22 @@ pub(crate) async fn claim(shard: &Shard, client_id: &[u8]) -> Result<Claim, Clai
     let Some(g) = &shard.cfg.ownership else {
         return Ok(Claim::default());
     };
+    // The owner before this claim: the node holding the session if the
+    // claim commits after its refusal below.
+    let before = g.gate.owner(client_id);
     let claim = g.gate.claim(client_id);
+    let late = late_answer(client_id);
+    let claim = async move {
+        let r = claim.await;
+        if let Some(d) = late {
+            eprintln!(
+                "RINGMQ_TEST_CLAIM_LATE: claimed ({}), held {d:?}",
+                r.is_ok()
+            );
+            glommio::timer::sleep(d).await;
+        }
+        r
+    };
     let timeout = g.timeout;
     let r = futures_lite::future::or(claim, async move {
         glommio::timer::sleep(timeout).await;
@@ -96,18 +111,51 @@ pub(crate) async fn claim(shard: &Shard, client_id: &[u8]) -> Result<Claim, Clai
     .await;
     if r.is_err() {
         g.gate.refused();
+        // The claim's entry may still commit (it is on its way through the
+        // cluster): the retry must fetch the session from its old node
+        // (`cluster/moving.rs`, `claim_refused`).
+        let prev = before.map(|(node, _)| node);
+        if let (Some(prev), Some(n)) = (prev, shard.cluster.as_ref()) {
+            if let (true, Ok(id)) = (prev != g.gate.node_id(), std::str::from_utf8(client_id)) {
+                crate::cluster::moving::claim_refused(n, id, prev);
+            }
+        }
     }
     r
 }
 
-/// At accept on the home shard: has this node already applied a move of the
-/// client to another node at a later epoch than ours? (Then the CONNECT
-/// lost a race and is refused.)
+/// A test fault (`RINGMQ_TEST_CLAIM_LATE=CLIENT_ID:MS`): the first claim of
+/// that client on this node is answered `MS` late, after it committed, so
+/// its CONNECT's claim timeout fires first.
+fn late_answer(client_id: &[u8]) -> Option<Duration> {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<(Vec<u8>, u64)>> = OnceLock::new();
+    static USED: AtomicBool = AtomicBool::new(false);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("RINGMQ_TEST_CLAIM_LATE").ok()?;
+        let (id, ms) = v.rsplit_once(':')?;
+        Some((id.as_bytes().to_vec(), ms.parse().ok()?))
+    });
+    match at {
+        Some((id, ms)) if id == client_id && !USED.swap(true, Relaxed) => {
+            Some(Duration::from_millis(*ms))
+        }
+        _ => None,
+    }
+}
+
+/// At accept on the home shard: has this node already applied a later
+/// epoch of the client than ours, a move to another node or a later
+/// CONNECT's claim here? (Then the CONNECT lost a race and is refused.)
 pub(crate) fn superseded(shard: &Shard, client_id: &[u8], epoch: u64) -> bool {
     let Some(g) = &shard.cfg.ownership else {
         return false;
     };
-    matches!(g.gate.owner(client_id), Some((node, e)) if node != g.gate.node_id() && e > epoch)
+    // A later epoch of this node is a later CONNECT here whose claim
+    // finished first (claims answer out of order): this older one lost too,
+    // and must not take over the newer connection's session.
+    matches!(g.gate.owner(client_id), Some((_, e)) if e > epoch)
 }
 
 /// A session removed here gives its ownership back (if still its epoch).

@@ -221,6 +221,23 @@ pub(crate) fn settled(n: &Node, client: &str) {
     n.pending.lock().remove(client);
 }
 
+/// A claim of `client` refused here (its timeout, or the cluster could not
+/// decide) while node `prev` owned it. The claim's entry may still commit
+/// after the refusal: this node then owns the client at an epoch no session
+/// here was installed under, while the session waits on `prev` (its fence
+/// parked and kept it). Noted like a failed fetch, so the retry that finds
+/// this node the owner fetches from `prev` instead of starting a fresh
+/// session; the note goes as the fetch's do ([`settled`], or given up after
+/// `--node-down-after`).
+pub(crate) fn claim_refused(n: &Node, client: &str, prev: u64) {
+    let now = Instant::now();
+    let mut p = n.pending.lock();
+    let e = p.entry(client.into()).or_insert((prev, now));
+    if e.0 != prev {
+        *e = (prev, now);
+    }
+}
+
 /// A fetch from `prev` failed unreachable (`silent`: how long its link has
 /// been silent, when known). True: refuse the CONNECT (Server unavailable)
 /// and fetch again at the retry; false: the session is given up (fresh).
