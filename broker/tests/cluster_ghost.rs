@@ -19,8 +19,9 @@ use cluster_support::mosq::link_up;
 use cluster_support::{netns::Net, rt, serial, Cluster};
 use common::raw::{connect_packet, filter, pid, publish_packet, resp, version, RawEv};
 use common::*;
-use ringmq_codec::{Packet, QoS, Subscribe, SubscribeProperties, SubscriptionOptions};
+use ringmq_codec::{Connect, Packet, QoS, Subscribe, SubscribeProperties, SubscriptionOptions};
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,6 +126,64 @@ async fn drain(m: &mut Raw, seen: &mut Seen, quiet: Duration) {
             last = Instant::now();
         }
     }
+}
+
+/// Subscribes the moving client to `f` at `qos` and waits for its SUBACK.
+async fn subscribe(m: &mut Raw, f: &str, qos: QoS) {
+    m.send(&Packet::Subscribe(Subscribe {
+        packet_id: pid(1),
+        filters: vec![(filter(f), SubscriptionOptions::with_qos(qos))],
+        properties: SubscribeProperties::default(),
+    }))
+    .await;
+    assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+}
+
+/// Reads until `n` messages of `topic` came: the publisher's stream is flowing.
+async fn stream_started(m: &mut Raw, seen: &mut Seen, topic: &str, n: usize) {
+    let end = Instant::now() + SETTLE;
+    while seen.get(topic).map_or(0, Vec::len) < n {
+        assert!(Instant::now() < end, "the stream never started");
+        assert!(take_one(m, seen).await);
+    }
+}
+
+/// Stops node 3 (SIGSTOP, by PID) amid the stream; see [`links_to_3_down`].
+async fn stop_node_3(c: &Cluster, m: &mut Raw, seen: &mut Seen) {
+    signal(c, 3, libc::SIGSTOP);
+    links_to_3_down(c, m, seen).await;
+}
+
+/// Reads on until nodes 1 and 2 closed their silent links to the stopped node 3.
+async fn links_to_3_down(c: &Cluster, m: &mut Raw, seen: &mut Seen) {
+    let end = Instant::now() + SETTLE;
+    while link_up(c, 1, 3) != Some(false) || link_up(c, 2, 3) != Some(false) {
+        assert!(
+            Instant::now() < end,
+            "links to the stopped node 3 never went down"
+        );
+        assert!(take_one(m, seen).await);
+    }
+}
+
+/// The move to node 2 with node 3 away: the session is present there, the old connection is
+/// taken over, and the new one reads on until node 1's stub ended without its flush.
+async fn move_to_node_2(
+    c: &Cluster,
+    n2: SocketAddr,
+    cp: &Connect,
+    m: &mut Raw,
+    seen: &mut Seen,
+) -> Raw {
+    let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
+    assert!(present, "session present on node 2");
+    let _ = m.expect_closed(WAIT, "taken over").await;
+    let end = Instant::now() + SETTLE;
+    while count(&moves(c, 1), "stub_ended") < 1 {
+        assert!(Instant::now() < end, "node 1's stub never ended");
+        assert!(take_one(&mut new, seen).await);
+    }
+    new
 }
 
 /// A publisher: message i goes to each of `topics` (QoS 1 for `ghost/1` and `share/1`, QoS 2
@@ -251,46 +310,18 @@ fn late_copies(old_stalls: bool, old_cores: usize) {
     let mut seen = Seen::new();
     let n = rt().block_on(async {
         let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
-        m.send(&Packet::Subscribe(Subscribe {
-            packet_id: pid(1),
-            filters: vec![(
-                filter("ghost/#"),
-                SubscriptionOptions::with_qos(QoS::ExactlyOnce),
-            )],
-            properties: SubscribeProperties::default(),
-        }))
-        .await;
-        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        subscribe(&mut m, "ghost/#", QoS::ExactlyOnce).await;
         let (s, p) = (stop.clone(), sent.clone());
         let topics = &["ghost/1", "ghost/2"];
         let pace = Duration::from_millis(2);
         let publ = std::thread::spawn(move || publisher(n3, None, topics, pace, s, p));
-        let end = Instant::now() + SETTLE;
-        let got = |seen: &Seen| seen.get("ghost/2").map_or(0, Vec::len);
-        while got(&seen) < 200 {
-            assert!(Instant::now() < end, "the stream never started");
-            assert!(take_one(&mut m, &mut seen).await);
-        }
+        stream_started(&mut m, &mut seen, "ghost/2", 200).await;
         // Node 3 stops amid the stream; nodes 1 and 2 close their silent links to it.
         signal(&c, 3, libc::SIGSTOP);
         let at_stop = sent.load(Relaxed);
-        let end = Instant::now() + SETTLE;
-        while link_up(&c, 1, 3) != Some(false) || link_up(&c, 2, 3) != Some(false) {
-            assert!(
-                Instant::now() < end,
-                "links to the stopped node 3 never went down"
-            );
-            assert!(take_one(&mut m, &mut seen).await);
-        }
+        links_to_3_down(&c, &mut m, &mut seen).await;
         // The move to node 2, node 3 away: node 1's stub ends without its flush.
-        let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
-        assert!(present, "session present on node 2");
-        let _ = m.expect_closed(WAIT, "taken over").await;
-        let end = Instant::now() + SETTLE;
-        while count(&moves(&c, 1), "stub_ended") < 1 {
-            assert!(Instant::now() < end, "node 1's stub never ended");
-            assert!(take_one(&mut new, &mut seen).await);
-        }
+        let mut new = move_to_node_2(&c, n2, &cp, &mut m, &mut seen).await;
         // Node 3 resumes: what it routed to node 1 comes late; the stream goes on a while.
         if old_stalls {
             signal(&c, 1, libc::SIGSTOP);
@@ -380,45 +411,16 @@ fn the_ghosts_end_reaches_the_new_node_after_their_link_heals() {
     let mut seen = Seen::new();
     let (n, after_heal) = rt().block_on(async {
         let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
-        m.send(&Packet::Subscribe(Subscribe {
-            packet_id: pid(1),
-            filters: vec![(
-                filter("ghost/#"),
-                SubscriptionOptions::with_qos(QoS::ExactlyOnce),
-            )],
-            properties: SubscribeProperties::default(),
-        }))
-        .await;
-        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        subscribe(&mut m, "ghost/#", QoS::ExactlyOnce).await;
         let (s, p) = (stop.clone(), sent.clone());
         let topics = &["ghost/1", "ghost/2"];
         // Slower than above: node 2 holds what comes meanwhile, below its queue limit
         // (`--max-queued-messages`, 10,000) past which a session's copies are dropped.
         let pace = Duration::from_millis(5);
         let publ = std::thread::spawn(move || publisher(n3, None, topics, pace, s, p));
-        let end = Instant::now() + SETTLE;
-        let got = |seen: &Seen| seen.get("ghost/2").map_or(0, Vec::len);
-        while got(&seen) < 200 {
-            assert!(Instant::now() < end, "the stream never started");
-            assert!(take_one(&mut m, &mut seen).await);
-        }
-        signal(&c, 3, libc::SIGSTOP);
-        let end = Instant::now() + SETTLE;
-        while link_up(&c, 1, 3) != Some(false) || link_up(&c, 2, 3) != Some(false) {
-            assert!(
-                Instant::now() < end,
-                "links to the stopped node 3 never went down"
-            );
-            assert!(take_one(&mut m, &mut seen).await);
-        }
-        let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
-        assert!(present, "session present on node 2");
-        let _ = m.expect_closed(WAIT, "taken over").await;
-        let end = Instant::now() + SETTLE;
-        while count(&moves(&c, 1), "stub_ended") < 1 {
-            assert!(Instant::now() < end, "node 1's stub never ended");
-            assert!(take_one(&mut new, &mut seen).await);
-        }
+        stream_started(&mut m, &mut seen, "ghost/2", 200).await;
+        stop_node_3(&c, &mut m, &mut seen).await;
+        let mut new = move_to_node_2(&c, n2, &cp, &mut m, &mut seen).await;
         // Nodes 1 and 2 apart; node 3 resumes and reaches both.
         net.cut_between(1, 2);
         signal(&c, 3, libc::SIGCONT);
@@ -722,25 +724,12 @@ fn a_move_from_a_two_shard_node_keeps_copies_held_behind_a_prepare_commit() {
     let mut seen = Seen::new();
     let n = rt().block_on(async {
         let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
-        m.send(&Packet::Subscribe(Subscribe {
-            packet_id: pid(1),
-            filters: vec![(
-                filter("cut/#"),
-                SubscriptionOptions::with_qos(QoS::ExactlyOnce),
-            )],
-            properties: SubscribeProperties::default(),
-        }))
-        .await;
-        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        subscribe(&mut m, "cut/#", QoS::ExactlyOnce).await;
         let (s, p) = (stop.clone(), sent.clone());
         let topics = &["cut/1", "cut/2"];
         let pace = Duration::from_micros(500);
         let publ = std::thread::spawn(move || publisher(n1, Some(pub_id), topics, pace, s, p));
-        let end = Instant::now() + SETTLE;
-        while seen.get("cut/2").map_or(0, Vec::len) < 100 {
-            assert!(Instant::now() < end, "the stream never started");
-            assert!(take_one(&mut m, &mut seen).await);
-        }
+        stream_started(&mut m, &mut seen, "cut/2", 100).await;
         let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
         assert!(present, "session present on node 2");
         let end = Instant::now() + SETTLE;
@@ -818,39 +807,14 @@ fn ghost_forwards_survive_a_crash_of_the_new_node() {
     let mut seen = Seen::new();
     let publ = rt().block_on(async {
         let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
-        m.send(&Packet::Subscribe(Subscribe {
-            packet_id: pid(1),
-            filters: vec![(
-                filter("ghost/#"),
-                SubscriptionOptions::with_qos(QoS::ExactlyOnce),
-            )],
-            properties: SubscribeProperties::default(),
-        }))
-        .await;
-        assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+        subscribe(&mut m, "ghost/#", QoS::ExactlyOnce).await;
         let (s, p) = (stop.clone(), sent.clone());
         let topics = &["ghost/1", "ghost/2"];
         let pace = Duration::from_millis(2);
         let publ = std::thread::spawn(move || publisher(n3, None, topics, pace, s, p));
-        let end = Instant::now() + SETTLE;
-        while seen.get("ghost/2").map_or(0, Vec::len) < 200 {
-            assert!(Instant::now() < end, "the stream never started");
-            assert!(take_one(&mut m, &mut seen).await);
-        }
-        signal(&c, 3, libc::SIGSTOP);
-        let end = Instant::now() + SETTLE;
-        while link_up(&c, 1, 3) != Some(false) || link_up(&c, 2, 3) != Some(false) {
-            assert!(Instant::now() < end, "links to node 3 never went down");
-            assert!(take_one(&mut m, &mut seen).await);
-        }
-        let (mut new, present) = raw_connect_sp(n2, cp.clone()).await;
-        assert!(present, "session present on node 2");
-        let _ = m.expect_closed(WAIT, "taken over").await;
-        let end = Instant::now() + SETTLE;
-        while count(&moves(&c, 1), "stub_ended") < 1 {
-            assert!(Instant::now() < end, "node 1's stub never ended");
-            assert!(take_one(&mut new, &mut seen).await);
-        }
+        stream_started(&mut m, &mut seen, "ghost/2", 200).await;
+        stop_node_3(&c, &mut m, &mut seen).await;
+        let mut new = move_to_node_2(&c, n2, &cp, &mut m, &mut seen).await;
         signal(&c, 3, libc::SIGCONT);
         // Until node 2 aborts at its crash point (its connection closes).
         let end = Instant::now() + SETTLE;
@@ -1044,16 +1008,7 @@ fn stamp_rows_of_a_merge_go_when_it_ends() {
             let mut cp = connect_packet(version(Proto::V5), id, false);
             cp.properties.session_expiry_interval = Some(600);
             let (mut m, _) = raw_connect_sp(n1, cp.clone()).await;
-            m.send(&Packet::Subscribe(Subscribe {
-                packet_id: pid(1),
-                filters: vec![(
-                    filter("keep/#"),
-                    SubscriptionOptions::with_qos(QoS::AtLeastOnce),
-                )],
-                properties: SubscribeProperties::default(),
-            }))
-            .await;
-            assert!(matches!(m.expect_packet("SUBACK").await, Packet::SubAck(_)));
+            subscribe(&mut m, "keep/#", QoS::AtLeastOnce).await;
             let (_new, present) = raw_connect_sp(n2, cp.clone()).await;
             assert!(present, "{id}: session present on node 2");
             let _ = m.expect_closed(WAIT, "taken over").await;
