@@ -321,7 +321,6 @@ impl BufRing {
         }
     }
 
-    /// Buffers free, the kernel's and the spare ones.
     /// Gives the pages of every buffer back to the kernel (`MADV_DONTNEED`:
     /// they read as zeros and are faulted in again when the kernel next
     /// writes one). Only when no received byte waits in any buffer, and on
@@ -344,6 +343,7 @@ impl BufRing {
         }
     }
 
+    /// Buffers free, the kernel's and the spare ones.
     fn available(&self) -> u32 {
         self.free.get() + self.spare.borrow().len() as u32
     }
