@@ -58,6 +58,20 @@ fn listening(c: &Cluster, id: u64) {
     });
 }
 
+/// Three nodes started with `flags`, node `node` restarted with the test fault `env`; once
+/// they have a leader, listen and have their links up.
+fn start(flags: &[&str], node: u64, env: (&str, &str)) -> Cluster {
+    let mut c = Cluster::start(3, flags);
+    c.node(node).stop();
+    c.node(node).start_env(&[env]);
+    c.wait_leader(&[1, 2, 3]);
+    for id in 1..=3 {
+        listening(&c, id);
+    }
+    links_up(&c);
+    c
+}
+
 fn v5(id: &str) -> Connect {
     persistent_connect(ProtocolVersion::V5, id, 600)
 }
@@ -168,16 +182,8 @@ fn run(cores: &str) {
         "--cluster-claim-timeout",
         "2s",
     ];
-    let mut c = Cluster::start(3, &flags);
     // Node 1 runs with the crash point armed: it holds the first session it takes.
-    c.node(1).stop();
-    c.node(1)
-        .start_env(&[("RINGMQ_TEST_CRASH", "session-taken")]);
-    c.wait_leader(&[1, 2, 3]);
-    for id in 1..=3 {
-        listening(&c, id);
-    }
-    links_up(&c);
+    let mut c = start(&flags, 1, ("RINGMQ_TEST_CRASH", "session-taken"));
     let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
     let (id5, id4) = ("acrash-v5", "acrash-v4");
     // One runtime for the whole test: a connection lives with the runtime it was opened on.
@@ -298,16 +304,8 @@ fn a_claim_that_commits_after_its_timeout_still_fetches_the_session() {
         "--cluster-claim-timeout",
         "2s",
     ];
-    let mut c = Cluster::start(3, &flags);
     let id5 = "aclate-v5";
-    c.node(2).stop();
-    c.node(2)
-        .start_env(&[("RINGMQ_TEST_CLAIM_LATE", "aclate-v5:4000")]);
-    c.wait_leader(&[1, 2, 3]);
-    for id in 1..=3 {
-        listening(&c, id);
-    }
-    links_up(&c);
+    let c = start(&flags, 2, ("RINGMQ_TEST_CLAIM_LATE", "aclate-v5:4000"));
     let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
     let rt = rt();
     rt.block_on(async {
@@ -351,16 +349,8 @@ fn a_claim_that_commits_after_its_timeout_still_fetches_the_session() {
 fn the_older_of_two_claims_on_one_node_does_not_take_over_the_newer() {
     let _g = serial();
     let flags = ["--cluster-claim-timeout", "3s"];
-    let mut c = Cluster::start(3, &flags);
     let id5 = "race-v5";
-    c.node(2).stop();
-    c.node(2)
-        .start_env(&[("RINGMQ_TEST_CLAIM_LATE", "race-v5:1500")]);
-    c.wait_leader(&[1, 2, 3]);
-    for id in 1..=3 {
-        listening(&c, id);
-    }
-    links_up(&c);
+    let c = start(&flags, 2, ("RINGMQ_TEST_CLAIM_LATE", "race-v5:1500"));
     let n2 = c.get(2).mqtt();
     let rt = rt();
     let mut first = rt.block_on(async {
@@ -405,15 +395,7 @@ fn a_session_whose_old_node_stays_down_is_given_up_after_node_down_after() {
         "--cluster-claim-timeout",
         "2s",
     ];
-    let mut c = Cluster::start(3, &flags);
-    c.node(1).stop();
-    c.node(1)
-        .start_env(&[("RINGMQ_TEST_CRASH", "session-taken")]);
-    c.wait_leader(&[1, 2, 3]);
-    for id in 1..=3 {
-        listening(&c, id);
-    }
-    links_up(&c);
+    let mut c = start(&flags, 1, ("RINGMQ_TEST_CRASH", "session-taken"));
     let (n1, n2) = (c.get(1).mqtt(), c.get(2).mqtt());
     let id5 = "acrash-gone";
     let rt = rt();

@@ -230,12 +230,22 @@ pub(crate) fn settled(n: &Node, client: &str) {
 /// session; the note goes as the fetch's do ([`settled`], or given up after
 /// `--node-down-after`).
 pub(crate) fn claim_refused(n: &Node, client: &str, prev: u64) {
-    let now = Instant::now();
-    let mut p = n.pending.lock();
+    note(&mut n.pending.lock(), client, prev, Instant::now());
+}
+
+/// `client` waits for node `prev` (since `now`, or since its note of the
+/// same node): its note.
+fn note<'a>(
+    p: &'a mut HashMap<Box<str>, (u64, Instant)>,
+    client: &str,
+    prev: u64,
+    now: Instant,
+) -> &'a mut (u64, Instant) {
     let e = p.entry(client.into()).or_insert((prev, now));
     if e.0 != prev {
         *e = (prev, now);
     }
+    e
 }
 
 /// A fetch from `prev` failed unreachable (`silent`: how long its link has
@@ -251,11 +261,7 @@ pub(crate) fn failed(n: &Node, client: &str, prev: u64, silent: Option<Duration>
     let before = p.len();
     p.retain(|c, (_, since)| &**c == client || now.duration_since(*since) < down_after);
     st.lost.fetch_add((before - p.len()) as u64, Relaxed);
-    let e = p.entry(client.into()).or_insert((prev, now));
-    if e.0 != prev {
-        *e = (prev, now);
-    }
-    let age = now.duration_since(e.1);
+    let age = now.duration_since(note(&mut p, client, prev, now).1);
     if silent.is_some_and(|s| s >= down_after) || age >= down_after {
         p.remove(client);
         st.lost.fetch_add(1, Relaxed);
