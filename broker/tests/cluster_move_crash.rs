@@ -80,6 +80,18 @@ fn v4(id: &str) -> Connect {
     connect_packet(ProtocolVersion::V3_1_1, id, false)
 }
 
+/// The CONNECT's answer on `s` is CONNACK 0x88 Server unavailable with session present 0
+/// ([MQTT-3.2.2-6]); `what` names it when it is not.
+async fn unavailable(s: &mut Raw, what: &str) {
+    match s.recv(SETTLE).await {
+        RawEv::Packet(Packet::ConnAck(a)) => {
+            assert_eq!(a.reason, ReasonCode::ServerUnavailable, "{what}: {a:?}");
+            assert!(!a.session_present, "{what}: {a:?}");
+        }
+        e => panic!("{what}: {e:?}"),
+    }
+}
+
 /// A persistent session subscribed to `f` at QoS 2, then disconnected.
 async fn park(addr: SocketAddr, cp: Connect, f: &str) {
     let (mut s, _) = raw_connect_sp(addr, cp).await;
@@ -210,24 +222,13 @@ fn run(cores: &str) {
     c.node(1).kill9();
     rt.block_on(async {
         // [MQTT-3.2.2-6] v5: CONNACK 0x88 Server unavailable, not a fresh session.
-        match c5.recv(SETTLE).await {
-            RawEv::Packet(Packet::ConnAck(a)) => {
-                assert_eq!(a.reason, ReasonCode::ServerUnavailable, "v5 CONNACK {a:?}");
-                assert!(!a.session_present);
-            }
-            e => panic!("no CONNACK on node 2 for the v5 client: {e:?}"),
-        }
+        unavailable(&mut c5, "no CONNACK on node 2 for the v5 client").await;
         c5.expect_closed(Duration::from_secs(5), "after CONNACK 0x88")
             .await;
         // A retry while node 1 is down: refused again (node 2 kept the ownership).
         let mut again = Raw::open(n2, ProtocolVersion::V5).await;
         again.send(&Packet::Connect(Box::new(v5(id5)))).await;
-        match again.recv(SETTLE).await {
-            RawEv::Packet(Packet::ConnAck(a)) => {
-                assert_eq!(a.reason, ReasonCode::ServerUnavailable, "v5 retry {a:?}")
-            }
-            e => panic!("no CONNACK on node 2 for the v5 retry: {e:?}"),
-        }
+        unavailable(&mut again, "no CONNACK on node 2 for the v5 retry").await;
         // 3.1.1: return code 0x03 Server unavailable [MQTT-3.2.2-6], as bytes.
         let mut s4 = Raw::open(n2, ProtocolVersion::V3_1_1).await;
         s4.send(&Packet::Connect(Box::new(v4(id4)))).await;
@@ -318,13 +319,7 @@ fn a_claim_that_commits_after_its_timeout_still_fetches_the_session() {
         let mut s = Raw::open(n2, ProtocolVersion::V5).await;
         s.send(&Packet::Connect(Box::new(v5(id5)))).await;
         // [MQTT-3.2.2-6] the claim timed out: CONNACK 0x88 Server unavailable.
-        match s.recv(SETTLE).await {
-            RawEv::Packet(Packet::ConnAck(a)) => {
-                assert_eq!(a.reason, ReasonCode::ServerUnavailable, "{a:?}");
-                assert!(!a.session_present);
-            }
-            e => panic!("no CONNACK on node 2: {e:?}"),
-        }
+        unavailable(&mut s, "no CONNACK on node 2").await;
     });
     // The claim committed (its answer was held past the timeout).
     wait_for("node 2's late claim never committed", SETTLE, || {
@@ -365,12 +360,7 @@ fn the_older_of_two_claims_on_one_node_does_not_take_over_the_newer() {
     });
     rt.block_on(async {
         let (mut second, _) = raw_connect_sp(n2, v5(id5)).await;
-        match first.recv(SETTLE).await {
-            RawEv::Packet(Packet::ConnAck(a)) => {
-                assert_eq!(a.reason, ReasonCode::ServerUnavailable, "first: {a:?}");
-            }
-            e => panic!("no CONNACK for the first CONNECT: {e:?}"),
-        }
+        unavailable(&mut first, "no CONNACK for the first CONNECT").await;
         // The newer connection is still the session's: it answers a ping.
         second.send(&Packet::PingReq).await;
         match second.recv(SETTLE).await {
@@ -413,12 +403,7 @@ fn a_session_whose_old_node_stays_down_is_given_up_after_node_down_after() {
     c.node(1).kill9();
     let killed = Instant::now();
     rt.block_on(async {
-        match s.recv(SETTLE).await {
-            RawEv::Packet(Packet::ConnAck(a)) => {
-                assert_eq!(a.reason, ReasonCode::ServerUnavailable, "{a:?}")
-            }
-            e => panic!("no CONNACK on node 2: {e:?}"),
-        }
+        unavailable(&mut s, "no CONNACK on node 2").await;
         // The client retries; node 1 stays down.
         let end = Instant::now() + SETTLE;
         loop {
